@@ -1,0 +1,37 @@
+"""Backend registry: name -> implementation, imported lazily so `--help` stays instant."""
+
+from __future__ import annotations
+
+import importlib
+
+from luce_bench.backends.base import Backend, BackendUnavailable, ModelSpec, StepResult
+
+__all__ = ["REGISTRY", "Backend", "BackendUnavailable", "ModelSpec", "StepResult", "available", "get"]
+
+REGISTRY: dict[str, str] = {
+    "megakernel": "luce_bench.backends.megakernel:MegakernelBackend",
+    "llamacpp": "luce_bench.backends.llamacpp:LlamaCppBackend",
+    "hf": "luce_bench.backends.hf:HFBackend",
+    "sim": "luce_bench.backends.sim:SimBackend",
+}
+
+
+def get(name: str) -> type[Backend]:
+    """The backend class registered under `name`; unknown names raise a UserError listing the known ones."""
+    from luce_bench.errors import UserError
+
+    if name not in REGISTRY:
+        raise UserError(f"unknown backend {name!r}; known: {', '.join(REGISTRY)}")
+    module, cls = REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def available() -> dict[str, str | None]:
+    """{name: None if it can run here, else the reason why not}."""
+    out: dict[str, str | None] = {}
+    for name in REGISTRY:
+        try:
+            out[name] = get(name).unavailable_reason()
+        except ImportError as exc:  # module not written yet or broken
+            out[name] = f"not importable: {exc}"
+    return out

@@ -1,0 +1,100 @@
+"""The one seam every inference backend implements (hf, llamacpp, megakernel).
+
+Prompts are token ids (as in llama-bench): no tokenizer is needed. Decoding is greedy (argmax). Every timed call
+synchronises its own device before it stops the clock, so `elapsed_s` is the device time of the work, not of its launch.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from luce_bench.model.spec import TextConfig
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A resolved model: a local HF-layout directory (config.json + safetensors) and its text config."""
+
+    name: str  # what the user asked for: "synthetic-0.8b", "tiny", a hub id or a path
+    path: Path  # local directory in HF layout
+    config: TextConfig
+    synthetic: bool = False
+    seed: int | None = None  # generation seed of a synthetic checkpoint
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What a prefill or decode call produced.
+
+    tokens: greedy (argmax) token ids, one per produced position.
+    elapsed_s: wall time of the call, measured after a device synchronise.
+    logits: float32 array [len(tokens), vocab] when asked for, else None.
+    """
+
+    tokens: tuple[int, ...]
+    elapsed_s: float
+    logits: Any = None
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend cannot run here (missing package, no GPU, no build); the message says why."""
+
+
+class Backend(ABC):
+    """Inference engine under test. Load once, then any number of reset/prefill/decode cycles."""
+
+    name: ClassVar[str]
+
+    @classmethod
+    @abstractmethod
+    def unavailable_reason(cls) -> str | None:
+        """Why this backend cannot run on this machine, or None if it can. Must be cheap (no heavy imports)."""
+
+    @abstractmethod
+    def load(self, model: ModelSpec, device: str = "auto") -> None:
+        """Load weights once. `device` is "auto", "cpu" or "cuda"/"cuda:N". Heavy imports happen here."""
+
+    @abstractmethod
+    def reset(self) -> None:
+        """Forget the sequence: clear KV cache, recurrent and conv state. Not timed."""
+
+    @abstractmethod
+    def prefill(self, token_ids: Sequence[int], logits: bool = False) -> StepResult:
+        """Process the prompt after the current sequence; return the argmax next token (1 token).
+
+        With `logits`, also return the last position's logits as float32 [1, vocab].
+        """
+
+    @abstractmethod
+    def decode(self, n: int, logits: bool = False, inputs: Sequence[int] | None = None) -> StepResult:
+        """Greedy-decode `n` tokens, one forward step each, continuing from the last produced token.
+
+        `inputs` (teacher forcing): step i feeds inputs[i] instead of the previous argmax; len(inputs) == n.
+        With `logits`, return float32 [n, vocab] (one row per step).
+        """
+
+    def close(self) -> None:
+        """Free device memory."""
+
+    @property
+    def device_kind(self) -> str:
+        """"cuda" or "cpu": where the work actually ran (set by `load`)."""
+        return getattr(self, "_device_kind", "cpu")
+
+    def info(self) -> dict[str, Any]:
+        """Provenance for meta.json after `load`: versions, build, which fast paths ran."""
+        return {}
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        """Static facts for `luce-bench info` (version, build kind); may import the backend's package, never load a model."""
+        return {}
+
+
+def argmax_tokens(rows: Any) -> tuple[int, ...]:
+    """Argmax of each row of a [n, vocab] numpy array, as plain ints."""
+    return tuple(int(i) for i in rows.argmax(axis=-1))
