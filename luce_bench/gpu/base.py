@@ -1,0 +1,135 @@
+"""The GPU interface: one small protocol with units in every name, and the errors its implementations raise.
+
+Two implementations: `NvmlGPU` (gpu/nvml.py, the only importer of pynvml) and `FakeGPU` (gpu/fake.py, a deterministic
+simulation for CPU-only runs and tests). Power is in mW, energy in mJ, clocks in MHz, temperature in °C.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Protocol, runtime_checkable
+
+READONLY_ENV = "LUCE_BENCH_READONLY"
+
+# Clock-event-reason bits (nvmlClocksEventReason*), the ones the quality verdict cares about.
+REASON_GPU_IDLE = 0x1
+REASON_SW_POWER_CAP = 0x4
+REASON_HW_SLOWDOWN = 0x8
+REASON_SW_THERMAL = 0x20
+REASON_HW_THERMAL = 0x40
+REASON_HW_POWER_BRAKE = 0x80
+# A sample counts as throttled when any of these is set (GpuIdle and app-clock settings do not count).
+THROTTLE_MASK = REASON_SW_POWER_CAP | REASON_HW_SLOWDOWN | REASON_SW_THERMAL | REASON_HW_THERMAL | REASON_HW_POWER_BRAKE
+
+PERMISSION_HINT = (
+    "setting power limits needs root or CAP_SYS_ADMIN: run with sudo, or in Docker add `--cap-add SYS_ADMIN`; "
+    "`sudo nvidia-smi -pm 1` turns on persistence mode. Use --no-power-limit to measure at the current limit."
+)
+
+
+class GPUError(Exception):
+    """Any failure talking to the GPU."""
+
+
+class GPUPermissionError(GPUError):
+    """The caller lacks the privilege for a setter (root / CAP_SYS_ADMIN)."""
+
+
+class GPUNotSupportedError(GPUError):
+    """The GPU or driver does not support this query or setting."""
+
+
+class GPUReadOnlyError(GPUError):
+    """A setter was called in read-only mode (LUCE_BENCH_READONLY=1 or --read-only)."""
+
+
+class GPUUnavailable(GPUError):
+    """No usable GPU: no driver, no pynvml, bad index. The message says why."""
+
+
+@runtime_checkable
+class GPU(Protocol):
+    """One GPU. Getters are cheap; setters may raise GPUPermissionError or GPUReadOnlyError."""
+
+    index: int
+
+    def name(self) -> str:
+        """Product name."""
+
+    def uuid(self) -> str:
+        """Stable identifier ("GPU-..."); the power-limit journal is keyed by it."""
+
+    def driver_version(self) -> str:
+        """Driver version string."""
+
+    def cuda_driver_version(self) -> str:
+        """CUDA version the driver supports, e.g. "13.0"."""
+
+    def power_limit_constraints_mw(self) -> tuple[int, int]:
+        """(min, max) settable power limit. Units: mW."""
+
+    def default_power_limit_mw(self) -> int:
+        """Factory default power limit. Units: mW."""
+
+    def power_limit_mw(self) -> int:
+        """Enforced power limit (nvmlDeviceGetEnforcedPowerLimit). Units: mW."""
+
+    def set_power_limit_mw(self, mw: int) -> None:
+        """Set the power-management limit. Units: mW."""
+
+    def power_usage_mw(self) -> int:
+        """Instant power draw (field 186), not the 1 s average of nvmlDeviceGetPowerUsage. Units: mW."""
+
+    def average_power_mw(self) -> int:
+        """Averaged power draw (field 185, ~1 s window). Units: mW."""
+
+    def total_energy_mj(self) -> int:
+        """Energy counter since the driver loaded. Units: mJ."""
+
+    def clocks_mhz(self) -> tuple[int, int]:
+        """(SM, memory) clocks. Units: MHz."""
+
+    def temperature_c(self) -> int:
+        """GPU core temperature. Units: °C."""
+
+    def clock_event_reasons(self) -> int:
+        """Clock-event (throttle) reasons bitmask."""
+
+    def violation_ns(self) -> dict[str, int]:
+        """Cumulative violation time: power_cap, sw_thermal, hw_thermal, hw_power_brake (where readable). Units: ns."""
+
+    def compute_capability(self) -> tuple[int, int]:
+        """(major, minor)."""
+
+    def persistence_mode(self) -> bool:
+        """Whether persistence mode is on."""
+
+    def set_persistence_mode(self, enabled: bool) -> None:
+        """Turn persistence mode on or off (root)."""
+
+    def set_busy(self, busy: bool) -> None:
+        """Hint that measured work starts/stops; FakeGPU models the load, NVML ignores it."""
+
+    def close(self) -> None:
+        """Release the handle."""
+
+
+def read_only_mode() -> bool:
+    """True when LUCE_BENCH_READONLY is set to a true value (1/true/yes/on), e.g. by --read-only."""
+    return os.environ.get(READONLY_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def enable_read_only_mode() -> None:
+    """Turn read-only mode on for this process and its children (what --read-only does)."""
+    os.environ[READONLY_ENV] = "1"
+
+
+def refuse_if_read_only(read_only: bool, what: str) -> None:
+    """Raise GPUReadOnlyError naming the refused setter when `read_only`."""
+    if read_only:
+        raise GPUReadOnlyError(f"read-only mode ({READONLY_ENV}=1 or --read-only): refusing to {what}")
+
+
+def is_throttled(reasons: int) -> bool:
+    """Whether a clock-event-reasons bitmask says the clocks are held down by power or thermal limits."""
+    return bool(reasons & THROTTLE_MASK)

@@ -1,0 +1,352 @@
+"""`FakeGPU`: a deterministic simulated GPU with a DVFS model, for CPU-only runs (`--fake-gpu`) and tests.
+
+Model (per preset):
+* Idle (model resident, no work): draws `idle_w` at `idle_sm_mhz`.
+* Busy: dynamic power grows with the SM clock share s = f / f_max as s**alpha (voltage scales with f) down to a voltage
+  floor `vfloor_share`, below which it grows only linearly. When the full-clock draw `load_w` exceeds the limit, the
+  clock falls until the draw meets the limit and the SwPowerCap reason is set. So a sweep is flat while
+  `load_w <= limit`, bends gently, then drops at a knee below the voltage floor.
+* Throughput share (used by the sim backend): a roofline mix, 1 / (m + (1 - m) / s) for a memory-bound share m.
+* Temperature: first order towards ambient + `c_per_w` x power with time constant `tau_s`.
+* Energy: the exact integral of power, reported in counter ticks (`counter_tick_s`, 0.1 s like NVML) from a start value.
+  A scripted `trace_w` [(t_s, W), ...] (piecewise linear in time since creation) replaces the model's power.
+
+Time comes from the injected `clock`. With `state_path` (or env LUCE_BENCH_FAKE_GPU_STATE) the limit, persistence mode
+and setter calls live in a JSON file, so another process (`luce-bench restore` after SIGKILL) sees the same card.
+"""
+
+from __future__ import annotations
+
+import bisect
+import fcntl
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from luce_bench.gpu.base import (
+    PERMISSION_HINT,
+    REASON_GPU_IDLE,
+    REASON_SW_POWER_CAP,
+    GPUPermissionError,
+    GPUUnavailable,
+    refuse_if_read_only,
+)
+
+STATE_ENV = "LUCE_BENCH_FAKE_GPU_STATE"
+NO_PERMISSION_ENV = "LUCE_BENCH_FAKE_GPU_NO_PERMISSION"
+PRESET_ENV = "LUCE_BENCH_FAKE_GPU_PRESET"
+DEFAULT_PRESET = "rtx3090"
+
+
+@dataclass(frozen=True)
+class FakePreset:
+    """Static facts and model constants of one simulated card."""
+
+    name: str
+    product: str
+    min_limit_mw: int
+    max_limit_mw: int
+    default_limit_mw: int
+    idle_w: float
+    load_w: float  # draw under full load at the top clock
+    max_sm_mhz: int
+    idle_sm_mhz: int
+    min_sm_mhz: int
+    mem_mhz: int
+    compute_capability: tuple[int, int]
+    alpha: float = 2.5
+    vfloor_share: float = 0.6
+    ambient_c: float = 28.0
+    c_per_w: float = 0.13
+    tau_s: float = 20.0
+
+
+PRESETS: dict[str, FakePreset] = {
+    "rtx3090": FakePreset("rtx3090", "NVIDIA GeForce RTX 3090 (simulated)", 100_000, 420_000, 420_000,
+                          idle_w=30.0, load_w=380.0, max_sm_mhz=1950, idle_sm_mhz=210, min_sm_mhz=210,
+                          mem_mhz=9751, compute_capability=(8, 6)),
+    "h100-sxm": FakePreset("h100-sxm", "NVIDIA H100 80GB HBM3 (simulated)", 200_000, 700_000, 700_000,
+                           idle_w=72.0, load_w=520.0, max_sm_mhz=1980, idle_sm_mhz=345, min_sm_mhz=345,
+                           mem_mhz=2619, compute_capability=(9, 0), c_per_w=0.07, tau_s=30.0),
+}
+
+
+def preset(name: str) -> FakePreset:
+    """The preset called `name`; GPUUnavailable lists the known ones."""
+    if name not in PRESETS:
+        raise GPUUnavailable(f"unknown fake GPU preset {name!r}; known: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def _trace_integral_j(trace: Sequence[tuple[float, float]], t_s: float) -> float:
+    """Integral of a piecewise-linear power trace from its first point to `t_s` (held flat outside). Units: J."""
+    total, (t_prev, p_prev) = 0.0, trace[0]
+    if t_s <= t_prev:
+        return p_prev * (t_s - t_prev)
+    for t_i, p_i in trace[1:]:
+        if t_s <= t_i:
+            p_t = p_prev + (p_i - p_prev) * (t_s - t_prev) / (t_i - t_prev)
+            return total + 0.5 * (p_prev + p_t) * (t_s - t_prev)
+        total += 0.5 * (p_prev + p_i) * (t_i - t_prev)
+        t_prev, p_prev = t_i, p_i
+    return total + p_prev * (t_s - t_prev)
+
+
+def _trace_power_w(trace: Sequence[tuple[float, float]], t_s: float) -> float:
+    times = [t for t, _ in trace]
+    i = bisect.bisect_right(times, t_s)
+    if i == 0:
+        return trace[0][1]
+    if i == len(trace):
+        return trace[-1][1]
+    (t0, p0), (t1, p1) = trace[i - 1], trace[i]
+    return p0 + (p1 - p0) * (t_s - t0) / (t1 - t0)
+
+
+@dataclass
+class FakeGPU:
+    """Simulated GPU following the `GPU` protocol (see the module docstring for the model)."""
+
+    preset: FakePreset = field(default_factory=lambda: PRESETS[DEFAULT_PRESET])
+    index: int = 0
+    clock: Callable[[], float] = time.monotonic
+    read_only: bool = False
+    refuse_set: bool = False
+    state_path: Path | None = None
+    counter_tick_s: float = 0.1
+    trace_w: Sequence[tuple[float, float]] | None = None
+    set_calls: list[tuple[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._limit_mw = self.preset.default_limit_mw
+        self._persistence = False
+        self._busy = self._kernel_busy = False
+        self._t0 = self.clock()
+        idle_c = self.preset.ambient_c + self.preset.c_per_w * self.preset.idle_w
+        # event log: (t_s, energy_mj at t, power_w after t, temp_c at t, violation_ns at t, throttled after t)
+        self._events: list[tuple[float, float, float, float, float, bool]] = []
+        self._events.append((self._t0, 1.0e9, self._model_power_w(), idle_c, 0.0, False))
+        if self.state_path is not None:
+            self.state_path = Path(self.state_path)
+            self._sync_state(write=False)
+
+    # --- state file (shared with other processes) -------------------------------------------------------------
+    def _sync_state(self, write: bool, call: tuple[str, Any] | None = None) -> None:
+        if self.state_path is None:
+            return
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        # lockf (POSIX, per process) rather than flock: a signal handler that restores the limit may re-enter here
+        with open(str(self.state_path) + ".lock", "a") as lock:
+            fcntl.lockf(lock, fcntl.LOCK_EX)
+            try:
+                data = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
+            except (OSError, ValueError):
+                data = {}
+            card = data.get(self.uuid(), {})
+            if write:
+                card["limit_mw"], card["persistence"] = self._limit_mw, self._persistence
+                card.setdefault("set_calls", []).append(list(call) if call else None)
+                data[self.uuid()] = card
+                tmp = self.state_path.with_name(self.state_path.name + f".{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(data, indent=1))
+                os.replace(tmp, self.state_path)
+            elif card:
+                self._limit_mw = int(card.get("limit_mw", self._limit_mw))
+                self._persistence = bool(card.get("persistence", self._persistence))
+
+    def _refresh_from_state(self) -> None:
+        """Pick up a limit another process set, as a real card would show it."""
+        if self.state_path is None:
+            return
+        before = self._limit_mw
+        self._sync_state(write=False)
+        if self._limit_mw != before:
+            after, self._limit_mw = self._limit_mw, before
+            self._change(lambda: setattr(self, "_limit_mw", after))
+
+    def persisted_set_calls(self) -> list[list[Any]]:
+        """Setter calls recorded in the state file by every process (empty without a state file)."""
+        if self.state_path is None or not self.state_path.exists():
+            return []
+        return list(json.loads(self.state_path.read_text()).get(self.uuid(), {}).get("set_calls", []))
+
+    # --- the model ---------------------------------------------------------------------------------------------
+    def _loaded(self) -> bool:
+        return self._busy or self._kernel_busy
+
+    def busy_sm_share(self) -> float:
+        """SM clock share f / f_max that full load would run at under the current limit (the DVFS model)."""
+        p = self.preset
+        dyn_w = p.load_w - p.idle_w
+        g = (self._limit_mw / 1000.0 - p.idle_w) / dyn_w
+        if g >= 1.0:
+            return 1.0
+        g_floor = p.vfloor_share ** p.alpha
+        share = g ** (1.0 / p.alpha) if g >= g_floor else p.vfloor_share * max(g, 0.0) / g_floor
+        return max(share, p.min_sm_mhz / p.max_sm_mhz)
+
+    def throughput_share(self, mem_bound_share: float = 0.75) -> float:
+        """Throughput relative to the top clock for a workload whose time is `mem_bound_share` memory-bound."""
+        return 1.0 / (mem_bound_share + (1.0 - mem_bound_share) / self.busy_sm_share())
+
+    def _model_power_w(self) -> float:
+        p = self.preset
+        if not self._loaded():
+            return p.idle_w
+        s = self.busy_sm_share()
+        g = s ** p.alpha if s >= p.vfloor_share else (p.vfloor_share ** p.alpha) * s / p.vfloor_share
+        return p.idle_w + (p.load_w - p.idle_w) * g
+
+    def _power_at_w(self, t_s: float) -> float:
+        if self.trace_w:
+            return _trace_power_w(self.trace_w, t_s - self._t0)
+        return self._event_at(t_s)[2]
+
+    def _event_at(self, t_s: float) -> tuple[float, float, float, float, float, bool]:
+        i = bisect.bisect_right([e[0] for e in self._events], t_s)
+        return self._events[max(i - 1, 0)]
+
+    def _energy_at_mj(self, t_s: float) -> float:
+        if self.trace_w:
+            return 1.0e9 + 1000.0 * _trace_integral_j(self.trace_w, t_s - self._t0)
+        t_e, e_mj, p_w, *_ = self._event_at(t_s)
+        return e_mj + 1000.0 * p_w * max(t_s - t_e, 0.0)
+
+    def _temp_at_c(self, t_s: float) -> float:
+        t_e, _, p_w, temp_c, *_ = self._event_at(t_s)
+        target_c = self.preset.ambient_c + self.preset.c_per_w * p_w
+        return target_c + (temp_c - target_c) * math.exp(-max(t_s - t_e, 0.0) / self.preset.tau_s)
+
+    def _throttled(self) -> bool:
+        return self._loaded() and self.busy_sm_share() < 1.0
+
+    def _change(self, mutate: Callable[[], None]) -> None:
+        """Apply a state change at the current time, keeping energy and temperature continuous."""
+        now = self.clock()
+        energy_mj, temp_c = self._energy_at_mj(now), self._temp_at_c(now)
+        t_e, _, _, _, viol_ns, throttled = self._event_at(now)
+        viol_ns += (now - t_e) * 1e9 if throttled else 0.0
+        mutate()
+        self._events.append((now, energy_mj, self._model_power_w(), temp_c, viol_ns, self._throttled()))
+        del self._events[:-256]
+
+    # --- GPU protocol --------------------------------------------------------------------------------------------
+    def name(self) -> str:
+        """Product name (says simulated)."""
+        return self.preset.product
+
+    def uuid(self) -> str:
+        """Deterministic fake UUID per preset and index."""
+        return f"GPU-fake0000-{self.preset.name}-{self.index:04d}"
+
+    def driver_version(self) -> str:
+        """Fake driver version."""
+        return "fake-580.00"
+
+    def cuda_driver_version(self) -> str:
+        """Fake CUDA version."""
+        return "13.0"
+
+    def power_limit_constraints_mw(self) -> tuple[int, int]:
+        """(min, max) settable limit. Units: mW."""
+        return self.preset.min_limit_mw, self.preset.max_limit_mw
+
+    def default_power_limit_mw(self) -> int:
+        """Default limit. Units: mW."""
+        return self.preset.default_limit_mw
+
+    def power_limit_mw(self) -> int:
+        """Enforced limit (from the state file when there is one). Units: mW."""
+        self._refresh_from_state()
+        return self._limit_mw
+
+    def set_power_limit_mw(self, mw: int) -> None:
+        """Set the limit; refuses in read-only mode, with `refuse_set`, or out of range. Units: mW."""
+        refuse_if_read_only(self.read_only, f"set the power limit of GPU {self.index} to {mw / 1000:g} W")
+        if self.refuse_set:
+            raise GPUPermissionError(f"set power limit to {mw / 1000:g} W: no permission; {PERMISSION_HINT}")
+        lo, hi = self.power_limit_constraints_mw()
+        if not lo <= mw <= hi:
+            raise ValueError(f"fake GPU: limit {mw} mW outside [{lo}, {hi}] mW")
+        self.set_calls.append(("power_limit_mw", int(mw)))
+
+        def apply() -> None:
+            self._limit_mw = int(mw)
+            self._sync_state(write=True, call=("power_limit_mw", int(mw)))
+
+        self._change(apply)
+
+    def power_usage_mw(self) -> int:
+        """Instant power. Units: mW."""
+        return round(1000.0 * self._power_at_w(self.clock()))
+
+    def average_power_mw(self) -> int:
+        """Power averaged over the last second, like field 185. Units: mW."""
+        now = self.clock()
+        return round(self._energy_at_mj(now) - self._energy_at_mj(now - 1.0))
+
+    def total_energy_mj(self) -> int:
+        """Energy counter, advancing in ticks of `counter_tick_s`. Units: mJ."""
+        now = self.clock()
+        if self.counter_tick_s > 0:
+            now = self._t0 + math.floor((now - self._t0) / self.counter_tick_s) * self.counter_tick_s
+        return int(self._energy_at_mj(now))
+
+    def clocks_mhz(self) -> tuple[int, int]:
+        """(SM, memory). Units: MHz."""
+        if not self._loaded():
+            return self.preset.idle_sm_mhz, self.preset.mem_mhz
+        return round(self.preset.max_sm_mhz * self.busy_sm_share()), self.preset.mem_mhz
+
+    def temperature_c(self) -> int:
+        """Core temperature. Units: °C."""
+        return round(self._temp_at_c(self.clock()))
+
+    def clock_event_reasons(self) -> int:
+        """GpuIdle when idle, SwPowerCap when the limit holds the clock down."""
+        if not self._loaded():
+            return REASON_GPU_IDLE
+        return REASON_SW_POWER_CAP if self._throttled() else 0
+
+    def violation_ns(self) -> dict[str, int]:
+        """Cumulative power-cap violation time (thermal never violates here). Units: ns."""
+        now = self.clock()
+        t_e, _, _, _, viol_ns, throttled = self._event_at(now)
+        power_cap = viol_ns + ((now - t_e) * 1e9 if throttled else 0.0)
+        return {"power_cap": int(power_cap), "sw_thermal": 0, "hw_thermal": 0, "hw_power_brake": 0}
+
+    def compute_capability(self) -> tuple[int, int]:
+        """(major, minor)."""
+        return self.preset.compute_capability
+
+    def persistence_mode(self) -> bool:
+        """Persistence mode (from the state file when there is one)."""
+        self._refresh_from_state()
+        return self._persistence
+
+    def set_persistence_mode(self, enabled: bool) -> None:
+        """Set persistence mode; refuses like `set_power_limit_mw`."""
+        refuse_if_read_only(self.read_only, f"change persistence mode of GPU {self.index}")
+        if self.refuse_set:
+            raise GPUPermissionError(f"set persistence mode: no permission; {PERMISSION_HINT}")
+        self.set_calls.append(("persistence_mode", bool(enabled)))
+        self._persistence = bool(enabled)
+        self._sync_state(write=True, call=("persistence_mode", bool(enabled)))
+
+    def set_busy(self, busy: bool) -> None:
+        """Runner hint: measured work runs (busy) or not."""
+        if busy != self._busy:
+            self._change(lambda: setattr(self, "_busy", busy))
+
+    def kernel_busy(self, busy: bool) -> None:
+        """Sim-backend hint: simulated kernels run; the card is loaded if this or `set_busy` says so."""
+        if busy != self._kernel_busy:
+            self._change(lambda: setattr(self, "_kernel_busy", busy))
+
+    def close(self) -> None:
+        """Nothing to release."""

@@ -1,0 +1,167 @@
+"""Power-limit journal and per-GPU lock, in the state directory ($XDG_STATE_HOME/luce-bench, or LUCE_BENCH_STATE_DIR).
+
+Before luce-bench changes anything on a GPU it writes `power-limit-<uuid>.json` (atomically: temp file, fsync,
+rename) holding the ORIGINAL limit and persistence mode. The journal is deleted only after the original is back. A
+journal left behind (SIGKILL, OOM, power loss, reboot) is "stale": `luce-bench restore` replays it, and `sweep`
+refuses to start until then. `power-limit-<uuid>.lock` is held with flock while a process may change that GPU's
+settings, so two luce-bench processes never do at once; the kernel drops the lock when its holder dies.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import socket
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from luce_bench.gpu.base import GPUError
+
+STATE_DIR_ENV = "LUCE_BENCH_STATE_DIR"
+
+
+class JournalError(GPUError):
+    """A journal or lock problem the user must resolve (stale journal, lock held, unreadable file)."""
+
+
+def state_dir() -> Path:
+    """Where journals and locks live: $LUCE_BENCH_STATE_DIR, else $XDG_STATE_HOME/luce-bench, else ~/.local/state/luce-bench."""
+    if os.environ.get(STATE_DIR_ENV):
+        return Path(os.environ[STATE_DIR_ENV])
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "luce-bench"
+
+
+def _safe(uuid: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", uuid)
+
+
+def boot_id() -> str | None:
+    """This boot's id (Linux), to tell whether a journal survived a reboot."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """What must be put back on one GPU."""
+
+    uuid: str
+    index: int
+    gpu_name: str
+    original_limit_mw: int
+    persistence_mode: bool
+    fake: str | None  # FakeGPU preset name, None for a real GPU
+    pid: int
+    host: str
+    boot_id: str | None
+    created_unix_s: float
+
+    def describe(self) -> str:
+        """One line for messages."""
+        return (f"GPU {self.index} ({self.gpu_name}, {self.uuid}): original limit {self.original_limit_mw / 1000:g} W, "
+                f"persistence {'on' if self.persistence_mode else 'off'}, written by pid {self.pid} on {self.host}")
+
+
+def journal_path(uuid: str, directory: Path | None = None) -> Path:
+    """Path of the journal for `uuid`."""
+    return (directory or state_dir()) / f"power-limit-{_safe(uuid)}.json"
+
+
+def write_journal(entry: JournalEntry, directory: Path | None = None) -> Path:
+    """Write the journal atomically and durably (temp file, fsync, rename, fsync dir)."""
+    path = journal_path(entry.uuid, directory)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(asdict(entry), fh, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def read_journal(path: Path) -> JournalEntry:
+    """Parse one journal file; JournalError if it is unreadable."""
+    try:
+        data = json.loads(path.read_text())
+        return JournalEntry(**data)
+    except (OSError, ValueError, TypeError) as exc:
+        raise JournalError(f"unreadable power-limit journal {path}: {exc}; inspect it and delete it by hand") from exc
+
+
+def list_journals(directory: Path | None = None) -> list[Path]:
+    """All journal files in the state directory."""
+    d = directory or state_dir()
+    return sorted(d.glob("power-limit-*.json")) if d.is_dir() else []
+
+
+def new_entry(gpu, fake: str | None) -> JournalEntry:  # noqa: ANN001 - any GPU
+    """A journal entry recording `gpu`'s current (original) settings."""
+    try:
+        persistence = bool(gpu.persistence_mode())
+    except GPUError:
+        persistence = False
+    return JournalEntry(
+        uuid=gpu.uuid(), index=gpu.index, gpu_name=gpu.name(), original_limit_mw=int(gpu.power_limit_mw()),
+        persistence_mode=persistence, fake=fake, pid=os.getpid(), host=socket.gethostname(), boot_id=boot_id(),
+        created_unix_s=time.time(),
+    )
+
+
+class GpuLock:
+    """Exclusive, non-blocking flock on `power-limit-<uuid>.lock`; released on `release()` or when the process dies."""
+
+    def __init__(self, uuid: str, directory: Path | None = None) -> None:
+        """Prepare the lock for `uuid` (nothing is taken yet)."""
+        self.uuid = uuid
+        self.path = (directory or state_dir()) / f"power-limit-{_safe(uuid)}.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise JournalError naming the holder's pid."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise JournalError(
+                f"another luce-bench process (pid {holder}) is changing power limits on GPU {self.uuid}; "
+                "wait for it to finish"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    @property
+    def held(self) -> bool:
+        """Whether this object holds the lock."""
+        return self._fd is not None
+
+    def release(self) -> None:
+        """Drop the lock (idempotent)."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                os.ftruncate(fd, 0)
+            finally:
+                os.close(fd)
+
+    def __enter__(self) -> GpuLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

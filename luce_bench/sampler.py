@@ -1,0 +1,179 @@
+"""Background GPU sampler: a daemon thread polling instant power, clocks, temperature and throttle reasons.
+
+Energy itself comes from the counter delta at window edges (measurement.md rule 1); the sampler's instant-power trace
+is the cross-check (rule 2) and the timeline. A thread suffices: pynvml calls go through ctypes, which releases the GIL.
+Readings <= 0 W are skipped (NVML returns them when polled too fast). Timestamps use one monotonic clock; `now_s()`
+gives the same clock and origin so callers can mark window edges.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from luce_bench.gpu.base import GPUError, is_throttled
+
+MIN_PERIOD_S = 0.05
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One poll. `t_s` is seconds since the sampler's origin (see `Sampler.now_s`)."""
+
+    t_s: float
+    power_w: float
+    avg_power_w: float | None
+    sm_mhz: int
+    mem_mhz: int
+    temp_c: int
+    reasons: int
+    energy_mj: int
+    limit_w: float
+
+
+class Sampler:
+    """Poll `gpu` every `period_s` in a daemon thread; use as a context manager or start()/stop()."""
+
+    def __init__(self, gpu, period_s: float = 0.1, clock: Callable[[], float] = time.monotonic,  # noqa: ANN001
+                 read_average: bool = True) -> None:
+        """Args: `gpu` (GPU protocol), poll `period_s` (warns below 0.05 s), injectable `clock`, and whether to read
+        field 185 too (`read_average`)."""
+        if period_s <= 0:
+            raise ValueError("period_s must be positive")
+        if period_s < MIN_PERIOD_S:
+            warnings.warn(f"sampler period {period_s} s < {MIN_PERIOD_S} s: NVML may return zero or NotSupported readings",
+                          stacklevel=2)
+        self.gpu, self.period_s, self.clock, self.read_average = gpu, period_s, clock, read_average
+        self.samples: list[Sample] = []
+        self.ready = threading.Event()
+        self.stop_event = threading.Event()
+        self.errors: list[str] = []
+        self._origin = clock()
+        self._thread: threading.Thread | None = None
+        self._limit_w = 0.0
+
+    def now_s(self) -> float:
+        """Seconds on the sampler's clock, same origin as `Sample.t_s`."""
+        return self.clock() - self._origin
+
+    def start(self) -> Sampler:
+        """Start polling; returns once the first poll has been attempted."""
+        if self._thread is not None:
+            return self
+        self._thread = threading.Thread(target=self._run, name="luce-bench-sampler", daemon=True)
+        self._thread.start()
+        self.ready.wait(timeout=5.0)
+        return self
+
+    def stop(self) -> None:
+        """Stop polling and join the thread (idempotent)."""
+        self.stop_event.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+
+    def __enter__(self) -> Sampler:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def poll_once(self) -> Sample | None:
+        """Take one sample now (also used by tests with a fake clock); None when the reading is skipped."""
+        t_s = self.now_s()
+        try:
+            power_w = self.gpu.power_usage_mw() / 1000.0
+            if power_w <= 0:
+                return None
+            avg_w = None
+            if self.read_average:
+                try:
+                    avg_w = self.gpu.average_power_mw() / 1000.0
+                except GPUError:
+                    self.read_average = False
+            sm_mhz, mem_mhz = self.gpu.clocks_mhz()
+            if not self.samples or len(self.samples) % 10 == 0:  # the limit rarely changes; read it once a second
+                self._limit_w = self.gpu.power_limit_mw() / 1000.0
+            sample = Sample(t_s, power_w, avg_w, sm_mhz, mem_mhz, self.gpu.temperature_c(),
+                            self.gpu.clock_event_reasons(), self.gpu.total_energy_mj(), self._limit_w)
+        except GPUError as exc:
+            if len(self.errors) < 20:
+                self.errors.append(str(exc))
+            return None
+        self.samples.append(sample)
+        return sample
+
+    def _run(self) -> None:
+        next_t = self.clock()
+        while not self.stop_event.is_set():
+            self.poll_once()
+            self.ready.set()
+            # schedule on a fixed grid so a slow poll does not shift every later sample
+            next_t += self.period_s
+            delay = next_t - self.clock()
+            if delay < 0:
+                next_t = self.clock()
+                delay = 0.0
+            self.stop_event.wait(delay)
+        self.ready.set()
+
+    def window(self, t0_s: float, t1_s: float) -> list[Sample]:
+        """Samples with t0_s <= t_s <= t1_s."""
+        return [s for s in list(self.samples) if t0_s <= s.t_s <= t1_s]
+
+    def integrate_power_j(self, t0_s: float, t1_s: float) -> float:
+        """Trapezoid integral of instant power over [t0_s, t1_s]; edges are extended flat from the nearest sample. Units: J."""
+        pts = [(s.t_s, s.power_w) for s in list(self.samples)]
+        if not pts or t1_s <= t0_s:
+            return 0.0
+        inside = [(t, p) for t, p in pts if t0_s < t < t1_s]
+        before = [(t, p) for t, p in pts if t <= t0_s]
+        after = [(t, p) for t, p in pts if t >= t1_s]
+        first_p = before[-1][1] if before else (inside[0][1] if inside else after[0][1])
+        last_p = after[0][1] if after else (inside[-1][1] if inside else before[-1][1])
+        # interpolate at the edges when bracketing samples exist, else hold the nearest value
+        if before and (inside or after):
+            t_a, p_a = before[-1]
+            t_b, p_b = (inside or after)[0]
+            first_p = p_a + (p_b - p_a) * (t0_s - t_a) / (t_b - t_a) if t_b > t_a else p_a
+        if after and (inside or before):
+            t_a, p_a = (inside or before)[-1]
+            t_b, p_b = after[0]
+            last_p = p_a + (p_b - p_a) * (t1_s - t_a) / (t_b - t_a) if t_b > t_a else p_b
+        trace = [(t0_s, first_p), *inside, (t1_s, last_p)]
+        return sum(0.5 * (p0 + p1) * (t1 - t0) for (t0, p0), (t1, p1) in zip(trace, trace[1:]))
+
+    def summarize(self, t0_s: float, t1_s: float) -> dict[str, float | int | None]:
+        """Means over the window: mean_power_w, mean_sm_mhz, mean_mem_mhz, temp_start_c, temp_end_c, throttled_share, n_samples."""
+        win = self.window(t0_s, t1_s)
+        if not win:
+            return {"mean_power_w": None, "mean_sm_mhz": None, "mean_mem_mhz": None, "temp_start_c": None,
+                    "temp_end_c": None, "throttled_share": None, "n_samples": 0}
+        n = len(win)
+        return {
+            "mean_power_w": self.integrate_power_j(t0_s, t1_s) / (t1_s - t0_s) if t1_s > t0_s else win[0].power_w,
+            "mean_sm_mhz": sum(s.sm_mhz for s in win) / n,
+            "mean_mem_mhz": sum(s.mem_mhz for s in win) / n,
+            "temp_start_c": win[0].temp_c,
+            "temp_end_c": win[-1].temp_c,
+            "throttled_share": sum(is_throttled(s.reasons) for s in win) / n,
+            "n_samples": n,
+        }
+
+    def jitter_ms(self) -> dict[str, float | int]:
+        """Sample-interval jitter vs the period: mean/std/max interval and max |interval - period|, in ms."""
+        ts = [s.t_s for s in list(self.samples)]
+        gaps = [(b - a) * 1000.0 for a, b in zip(ts, ts[1:])]
+        if not gaps:
+            return {"n_intervals": 0, "period_ms": self.period_s * 1000.0}
+        return {
+            "n_intervals": len(gaps),
+            "period_ms": self.period_s * 1000.0,
+            "mean_interval_ms": statistics.fmean(gaps),
+            "std_interval_ms": statistics.stdev(gaps) if len(gaps) > 1 else 0.0,
+            "max_interval_ms": max(gaps),
+            "max_abs_jitter_ms": max(abs(g - self.period_s * 1000.0) for g in gaps),
+        }
