@@ -165,6 +165,9 @@ class PowerLimitController:
         refuse_if_read_only(getattr(self.gpu, "read_only", False), "change power limits")
         self._lock.acquire()
         try:
+            own = journal_path(self.uuid, self.state_dir)
+            if own.exists():  # we hold the lock, so no live process owns this journal
+                raise JournalError(_stale_message(own, read_journal(own)))
             refuse_stale_journals(self.state_dir)
         except BaseException:
             self._lock.release()
@@ -247,8 +250,12 @@ def refuse_stale_journals(state_dir: Path | None = None) -> None:
         except JournalError:
             continue  # a live run owns it (the lock check on our own GPU reports that conflict)
         lock.release()
-        raise JournalError(f"a stale power-limit journal exists ({path}): {entry.describe()}. "
-                           "A previous run did not finish; run `luce-bench restore` first")
+        raise JournalError(_stale_message(path, entry))
+
+
+def _stale_message(path: Path, entry) -> str:  # noqa: ANN001
+    return (f"a stale power-limit journal exists ({path}): {entry.describe()}. "
+            "A previous run did not finish; run `luce-bench restore` first")
 
 
 def restore_from_journals(state_dir: Path | None = None, opener: Callable[..., object] | None = None,

@@ -1,0 +1,140 @@
+"""Power-limit parsing/validation, journal-before-change, restore on exit and exception, stale journal, lock."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from luce_bench.errors import UserError
+from luce_bench.gpu import GPUPermissionError, GPUReadOnlyError
+from luce_bench.gpu.fake import FakeGPU, PRESETS
+from luce_bench.gpu.journal import JournalError, journal_path, list_journals
+from luce_bench.gpu.power_limit import (
+    PowerLimitController,
+    applied_power_limit,
+    check_set_permission,
+    parse_limits,
+    restore_from_journals,
+)
+
+H100 = (200_000, 700_000)
+
+
+@pytest.fixture(autouse=True)
+def state_dir(tmp_path, monkeypatch):
+    d = tmp_path / "state"
+    monkeypatch.setenv("LUCE_BENCH_STATE_DIR", str(d))
+    return d
+
+
+def test_parse_watts_and_percent():
+    got = parse_limits("420, 300W,70%", default_mw=420_000, constraints_mw=(100_000, 420_000))
+    assert [t.requested_mw for t in got] == [420_000, 300_000, 294_000]
+    assert [t.requested_mw for t in parse_limits([700, "50%"], 700_000, H100)] == [700_000, 350_000]
+
+
+def test_percent_travels_across_gpus():
+    assert [t.requested_mw for t in parse_limits("100%,50%", 700_000, H100)] == [700_000, 350_000]
+
+
+def test_out_of_range_names_the_card_range():
+    with pytest.raises(UserError, match=r"150 \(150 W\) outside the range of H100: 200-700 W .*--clamp"):
+        parse_limits("420,300,220,150", 700_000, H100, gpu_name="H100")
+
+
+def test_clamp_moves_into_range_and_dedupes():
+    got = parse_limits("800,150,200", 700_000, H100, clamp=True)
+    assert [(t.requested_mw, t.clamped) for t in got] == [(700_000, True), (200_000, True)]
+
+
+@pytest.mark.parametrize("bad", ["abc", "-5", "0", ""])
+def test_malformed_limits(bad):
+    with pytest.raises(UserError):
+        parse_limits(bad, 700_000, H100)
+
+
+def test_journal_written_before_first_change_and_restored(state_dir):
+    gpu = FakeGPU()
+    seen = {}
+    original_set = gpu.set_power_limit_mw
+
+    def spy(mw):
+        seen["journal"] = json.loads(journal_path(gpu.uuid()).read_text())
+        original_set(mw)
+
+    gpu.set_power_limit_mw = spy
+    with PowerLimitController(gpu, log=lambda m: None) as ctl:
+        assert ctl.set_limit_mw(220_000) == 220_000
+        assert gpu.power_limit_mw() == 220_000
+        assert gpu.persistence_mode() is True  # turned on while sweeping
+    assert seen["journal"]["original_limit_mw"] == 420_000
+    assert seen["journal"]["persistence_mode"] is False
+    assert gpu.power_limit_mw() == 420_000 and gpu.persistence_mode() is False
+    assert list_journals() == []
+
+
+def test_restores_original_not_max_after_exception():
+    gpu = FakeGPU()
+    gpu.set_power_limit_mw(350_000)  # the user's own setting before the sweep
+    with pytest.raises(RuntimeError), PowerLimitController(gpu) as ctl:
+        ctl.set_limit_mw(150_000)
+        raise RuntimeError("backend crashed")
+    assert gpu.power_limit_mw() == 350_000
+    assert list_journals() == []
+
+
+def test_applied_power_limit_shorthand():
+    gpu = FakeGPU(preset=PRESETS["h100-sxm"])
+    with applied_power_limit(gpu, 300) as enforced_mw:
+        assert enforced_mw == 300_000
+    assert gpu.power_limit_mw() == 700_000
+
+
+def test_no_change_no_journal():
+    gpu = FakeGPU()
+    with PowerLimitController(gpu):
+        assert list_journals() == []
+    assert gpu.set_calls == []
+
+
+def test_stale_journal_refused_and_restore_replays_it(state_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("LUCE_BENCH_FAKE_GPU_STATE", str(tmp_path / "fake.json"))
+    from luce_bench.gpu import open_gpu
+
+    gpu = open_gpu(fake=True)
+    ctl = PowerLimitController(gpu, fake="rtx3090").__enter__()
+    ctl.set_limit_mw(220_000)
+    ctl._lock.release()  # simulate SIGKILL: lock gone, journal left, limit still low
+    from luce_bench.gpu.power_limit import _Guard
+
+    _Guard.remove(ctl)
+    with pytest.raises(JournalError, match="luce-bench restore"), PowerLimitController(open_gpu(fake=True)):
+        pass
+    lines = restore_from_journals()
+    assert "restored GPU 0" in lines[0] and "220 W -> 420 W" in lines[0]
+    assert open_gpu(fake=True).power_limit_mw() == 420_000
+    assert list_journals() == []
+
+
+def test_lock_keeps_two_controllers_apart():
+    gpu = FakeGPU()
+    with PowerLimitController(gpu), pytest.raises(JournalError, match="another luce-bench process"):
+        PowerLimitController(FakeGPU()).__enter__()
+
+
+def test_missing_permission_fails_before_anything_changes():
+    gpu = FakeGPU(refuse_set=True)
+    with pytest.raises(GPUPermissionError, match="CAP_SYS_ADMIN.*cap-add SYS_ADMIN"):
+        check_set_permission(gpu)
+    with pytest.raises(GPUPermissionError), PowerLimitController(gpu) as ctl:
+        ctl.set_limit_mw(220_000)
+    assert gpu.power_limit_mw() == 420_000
+    assert list_journals() == []  # nothing changed, so the journal was cleared
+
+
+def test_read_only_refuses_controller_and_restore(monkeypatch):
+    with pytest.raises(GPUReadOnlyError):
+        PowerLimitController(FakeGPU(read_only=True)).__enter__()
+    with pytest.raises(GPUReadOnlyError):
+        check_set_permission(FakeGPU(read_only=True))

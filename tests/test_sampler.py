@@ -1,0 +1,92 @@
+"""Sampler and energy accounting on the FakeGPU: a known power trace gives known joules (±1 %)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from luce_bench.gpu.fake import FakeGPU
+from luce_bench.sampler import Sampler
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 50.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+TRACE = [(0.0, 80.0), (2.0, 80.0), (2.0001, 300.0), (6.0, 300.0), (9.0, 150.0), (12.0, 150.0)]
+# 0-2 s at 80 W (160 J) + 2-6 s at 300 W (1200 J) + 6-9 s ramp 300->150 (675 J) + 9-12 s at 150 W (450 J) = 2485 J
+TRACE_J = 2485.0
+
+
+def test_known_trace_gives_known_joules_counter_and_samples():
+    clock = Clock()
+    gpu = FakeGPU(clock=clock, trace_w=TRACE, counter_tick_s=0.1)
+    sampler = Sampler(gpu, period_s=0.1, clock=clock)
+    t0_s = sampler.now_s()
+    e0_mj = gpu.total_energy_mj()
+    for _ in range(121):  # 12 s at 10 Hz, driven by the fake clock
+        sampler.poll_once()
+        clock.t += 0.1
+    clock.t -= 0.1
+    t1_s = sampler.now_s()
+    counter_j = (gpu.total_energy_mj() - e0_mj) / 1000.0
+    assert counter_j == pytest.approx(TRACE_J, rel=0.01)
+    assert sampler.integrate_power_j(t0_s, t1_s) == pytest.approx(TRACE_J, rel=0.01)
+    summary = sampler.summarize(t0_s, t1_s)
+    assert summary["mean_power_w"] == pytest.approx(TRACE_J / 12.0, rel=0.01)
+    assert summary["n_samples"] == 121
+
+
+def test_constant_power_integral_is_exact_including_edges():
+    clock = Clock()
+    gpu = FakeGPU(clock=clock, trace_w=[(0.0, 200.0)])
+    sampler = Sampler(gpu, clock=clock)
+    for _ in range(11):
+        sampler.poll_once()
+        clock.t += 0.1
+    assert sampler.integrate_power_j(0.05, 0.95) == pytest.approx(180.0)
+
+
+def test_skips_non_positive_readings():
+    clock = Clock()
+    gpu = FakeGPU(clock=clock, trace_w=[(0.0, 0.0)])
+    sampler = Sampler(gpu, clock=clock)
+    assert sampler.poll_once() is None
+    assert sampler.samples == []
+
+
+def test_summary_throttle_share_and_temps():
+    clock = Clock()
+    gpu = FakeGPU(clock=clock)
+    gpu.set_power_limit_mw(200_000)
+    sampler = Sampler(gpu, clock=clock)
+    for i in range(20):
+        gpu.set_busy(i >= 10)  # half idle, half power-capped
+        sampler.poll_once()
+        clock.t += 0.1
+    s = sampler.summarize(0.0, 2.0)
+    assert s["throttled_share"] == pytest.approx(0.5)
+    assert s["temp_end_c"] >= s["temp_start_c"]
+    assert sampler.samples[-1].limit_w == 200.0
+
+
+def test_thread_polls_at_period_and_reports_jitter():
+    gpu = FakeGPU()
+    with Sampler(gpu, period_s=0.02 if False else 0.05) as sampler:
+        assert sampler.ready.is_set()
+        time.sleep(0.6)
+    n = len(sampler.samples)
+    assert 8 <= n <= 14
+    jitter = sampler.jitter_ms()
+    assert jitter["mean_interval_ms"] == pytest.approx(50.0, rel=0.3)
+    assert not sampler._thread.is_alive()
+
+
+def test_warns_below_50_ms():
+    with pytest.warns(UserWarning, match="0.05"):
+        Sampler(FakeGPU(), period_s=0.01)
