@@ -1,0 +1,40 @@
+# luce-bench: `make run` sets up and runs the main job; `make test` sets up and runs the whole test suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU torch on machines without a GPU (this version is cached locally on our CI machines); GPU users get CUDA torch
+TORCH_SPEC ?= torch==2.13.0
+LLAMACPP_SPEC ?= llama-cpp-python==0.3.36
+LLAMACPP_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF -DGGML_NATIVE=OFF
+ARGS ?=
+
+.PHONY: setup run test test-gpu llamacpp-cuda kernel clean
+
+setup: $(VENV)/.luce-bench-installed
+
+$(VENV)/.luce-bench-installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="$(LLAMACPP_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(BIN)/python -m pip install -q "$(LLAMACPP_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[hf,llamacpp,dev]"
+	touch $@
+
+run: setup
+	$(BIN)/luce-bench compare $(ARGS)
+
+test: setup
+	$(BIN)/python -m pytest -q $(ARGS)
+
+test-gpu: setup
+	LUCE_BENCH_READONLY=1 $(BIN)/python -m pytest -q -m gpu $(ARGS)
+
+llamacpp-cuda: setup
+	bash scripts/build-llamacpp-cuda.sh $(BIN)/python
+
+kernel: setup
+	$(BIN)/luce-bench kernel build
+
+clean:
+	rm -rf $(VENV) build dist .pytest_cache

@@ -1,0 +1,162 @@
+"""HF transformers baseline: `AutoModelForCausalLM`, bf16, greedy, cache-based decode.
+
+The next token stays on the device between steps (no `.item()` per token), so the measured time is the model's, and
+the host syncs once per call. transformers runs Qwen3.5's GDN layers through flash-linear-attention / causal-conv1d
+when they are installed, else through slow pure-torch fallbacks; `info()` records which path ran.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from luce_bench.backends.base import Backend, ModelSpec, StepResult
+from luce_bench.errors import UserError
+
+_FALLBACK_MARK = "falling back to its reference PyTorch implementation"
+
+
+class _FallbackRecorder(logging.Handler):
+    """Collects the names of kernels transformers reports as running on their pure-torch fallback."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.fallbacks: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if _FALLBACK_MARK in msg:
+            self.fallbacks.add(msg.split("`")[1] if "`" in msg else msg[:60])
+
+
+class HFBackend(Backend):
+    """transformers `Qwen3_5ForCausalLM` with its own hybrid cache (KV + GDN conv/recurrent state)."""
+
+    name = "hf"
+
+    def __init__(self, dtype: str = "bfloat16") -> None:
+        self.dtype_name = dtype
+        self._model: Any = None
+        self._cache: Any = None
+        self._last: Any = None  # last produced token, [1, 1] on the device
+        self._recorder = _FallbackRecorder()
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        for pkg in ("torch", "transformers"):
+            if importlib.util.find_spec(pkg) is None:
+                return f"{pkg} is not installed (pip install 'luce-bench[hf]')"
+        return None
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        import torch
+        import transformers
+
+        return {"torch": torch.__version__, "transformers": transformers.__version__,
+                "fla": _version_of("fla"), "causal_conv1d": _version_of("causal_conv1d")}
+
+    def load(self, model: ModelSpec, device: str = "auto") -> None:
+        import torch
+        from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
+
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError("HF backend: --device cuda asked for, but torch sees no CUDA GPU")
+        self._device = torch.device(device)
+        self._device_kind = self._device.type
+        hf_logging.get_logger("transformers").addHandler(self._recorder)
+        dtype = getattr(torch, self.dtype_name)
+        self._model = AutoModelForCausalLM.from_pretrained(str(model.path), dtype=dtype).to(self._device).eval()
+        self.reset()
+
+    def reset(self) -> None:
+        self._cache = None
+        self._last = None
+
+    def _forward(self, ids: Any) -> Any:
+        out = self._model(input_ids=ids, past_key_values=self._cache, use_cache=True, logits_to_keep=1)
+        self._cache = out.past_key_values
+        return out.logits[:, -1, :]  # [1, vocab]
+
+    def _sync(self) -> None:
+        if self._device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize(self._device)
+
+    def prefill(self, token_ids: Sequence[int], logits: bool = False) -> StepResult:
+        import torch
+
+        ids = torch.tensor([list(token_ids)], dtype=torch.long, device=self._device)
+        self._sync()
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            last = self._forward(ids)
+            self._last = last.argmax(dim=-1, keepdim=True)
+        self._sync()
+        elapsed = time.perf_counter() - t0
+        rows = last.float().cpu().numpy() if logits else None
+        return StepResult(tokens=(int(self._last.item()),), elapsed_s=elapsed, logits=rows)
+
+    def decode(self, n: int, logits: bool = False, inputs: Sequence[int] | None = None) -> StepResult:
+        import torch
+
+        if self._last is None and inputs is None:
+            raise RuntimeError("decode() needs a prefill() first")
+        forced = None
+        if inputs is not None:
+            if len(inputs) != n:
+                raise ValueError("len(inputs) must equal n")
+            forced = torch.tensor(list(inputs), dtype=torch.long, device=self._device).view(n, 1, 1)
+        toks, rows = [], []
+        self._sync()
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            nxt = self._last
+            for i in range(n):
+                step_in = forced[i] if forced is not None else nxt
+                last = self._forward(step_in)
+                nxt = last.argmax(dim=-1, keepdim=True)
+                toks.append(nxt)
+                if logits:
+                    rows.append(last.float())
+            self._last = nxt
+        self._sync()
+        elapsed = time.perf_counter() - t0
+        tokens = tuple(int(t) for t in torch.cat(toks).view(-1).tolist()) if toks else ()
+        out_rows = torch.cat(rows).cpu().numpy() if logits and rows else None
+        return StepResult(tokens=tokens, elapsed_s=elapsed, logits=out_rows)
+
+    def info(self) -> dict[str, Any]:
+        info = self.describe()
+        info.update(
+            dtype=self.dtype_name,
+            device=str(getattr(self, "_device", "")),
+            attn_implementation=getattr(getattr(self._model, "config", None), "_attn_implementation", None),
+            torch_fallbacks=sorted(self._recorder.fallbacks),
+            gdn_path="pure-torch fallback" if self._recorder.fallbacks else "fla/causal-conv1d kernels",
+        )
+        return info
+
+    def close(self) -> None:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.get_logger("transformers").removeHandler(self._recorder)
+        self._model = self._cache = self._last = None
+
+
+def _version_of(pkg: str) -> str | None:
+    if importlib.util.find_spec(pkg) is None:
+        return None
+    try:
+        from importlib.metadata import version
+
+        return version({"fla": "fla-core", "causal_conv1d": "causal-conv1d"}.get(pkg, pkg))
+    except Exception:
+        return "installed"

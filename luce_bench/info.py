@@ -1,0 +1,85 @@
+"""`luce-bench info`: the GPU as NVML sees it, and which backends can run here (and why not)."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+from typing import Any
+
+from luce_bench.backends import available, get
+from luce_bench.session import gpu_meta
+
+
+def nvcc_version() -> str | None:
+    """`nvcc --version`'s release line, or None without nvcc."""
+    exe = shutil.which("nvcc")
+    if not exe:
+        return None
+    with contextlib.suppress(Exception):
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=20).stdout
+        return next((ln.strip() for ln in out.splitlines() if "release" in ln), out.strip()[-60:])
+    return None
+
+
+def gather(gpu_index: int = 0, fake: bool = False) -> dict[str, Any]:
+    """Everything `info` shows, as a dict."""
+    from luce_bench.gpu import open_gpu
+    from luce_bench.gpu.base import GPUError
+
+    out: dict[str, Any] = {"nvcc": nvcc_version()}
+    try:
+        gpu = open_gpu(gpu_index, fake="h100-sxm" if fake else False, read_only=True)
+    except GPUError as exc:
+        out["gpu_error"] = str(exc)
+    else:
+        try:
+            out["gpu"] = gpu_meta(gpu)
+            out["gpu"]["simulated"] = fake
+        finally:
+            gpu.close()
+    backends = {}
+    for name, reason in available().items():
+        row: dict[str, Any] = {"available": reason is None, "reason": reason}
+        if reason is None:
+            with contextlib.suppress(Exception):
+                row["details"] = get(name).describe()
+        backends[name] = row
+    out["backends"] = backends
+    with contextlib.suppress(Exception):
+        from luce_bench.kernels import build_info
+
+        out["kernel"] = build_info()
+    return out
+
+
+def show(console: Any, gpu_index: int = 0, fake: bool = False) -> None:
+    """Print `gather()` as rich tables."""
+    from rich.table import Table
+
+    data = gather(gpu_index, fake)
+    if "gpu" in data:
+        g = data["gpu"]
+        t = Table(title="GPU" + (" (SIMULATED)" if g.get("simulated") else ""), show_header=False)
+        for key in ("name", "uuid", "driver", "cuda_driver", "compute_capability", "persistence_mode",
+                    "power_limit_w", "power_limit_default_w", "power_limit_min_w", "power_limit_max_w",
+                    "clocks_mhz", "temperature_c"):
+            if key in g:
+                t.add_row(key, str(g[key]))
+        console.print(t)
+    else:
+        console.print(f"[yellow]GPU:[/yellow] none usable: {data.get('gpu_error')}. "
+                      "Energy columns will stay empty (use --fake-gpu to exercise the pipeline).")
+    console.print(f"nvcc: {data.get('nvcc') or 'not found (the megakernel cannot be built)'}")
+    t = Table(title="Backends")
+    for col in ("backend", "available", "why not / details"):
+        t.add_column(col)
+    for name, row in data["backends"].items():
+        detail = row["reason"] or ", ".join(f"{k}={v}" for k, v in (row.get("details") or {}).items())
+        t.add_row(name, "yes" if row["available"] else "no", detail)
+    console.print(t)
+    if data.get("kernel"):
+        t = Table(title="Megakernel build", show_header=False)
+        for k, v in data["kernel"].items():
+            t.add_row(str(k), str(v))
+        console.print(t)

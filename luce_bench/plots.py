@@ -1,0 +1,107 @@
+"""Plots of a run directory (matplotlib, Agg): tok/s and tok/J per backend, and the power/clock timeline."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _f(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _limit_label(row: dict[str, Any]) -> str:
+    w = _f(row.get("power_limit_req_w"))
+    return f"{w:g} W" if math.isfinite(w) else "current limit"
+
+
+def bar_chart(summary: Sequence[dict[str, Any]], metric: str, err: str, ylabel: str, title: str, out: Path) -> Path | None:
+    """Grouped bars: one group per test, one bar per backend (× power limit when several). None if no data."""
+    rows = [r for r in summary if math.isfinite(_f(r.get(metric)))]
+    if not rows:
+        return None
+    plt = _pyplot()
+    tests = list(dict.fromkeys(r["test"] for r in rows))
+    series = list(dict.fromkeys((r["backend"], _limit_label(r)) for r in rows))
+    multi_limit = len({s[1] for s in series}) > 1
+    fig, axes = plt.subplots(1, len(tests), figsize=(4.5 * len(tests), 4), squeeze=False)
+    for ax, test in zip(axes[0], tests):
+        for i, (backend, lim) in enumerate(series):
+            match = [r for r in rows if r["test"] == test and r["backend"] == backend and _limit_label(r) == lim]
+            if not match:
+                continue
+            v, e = _f(match[0][metric]), _f(match[0].get(err))
+            label = f"{backend} @ {lim}" if multi_limit else backend
+            ax.bar(i, v, yerr=e if math.isfinite(e) else None, capsize=4, label=label)
+            ax.text(i, v, f"{v:.3g}", ha="center", va="bottom", fontsize=8)
+        ax.set_title(test)
+        ax.set_xticks(range(len(series)))
+        ax.set_xticklabels([f"{b}\n{lim}" if multi_limit else b for b, lim in series], fontsize=8)
+        ax.set_ylabel(ylabel)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def timeline(samples: Sequence[dict[str, Any]], runs: Sequence[dict[str, Any]], out: Path) -> Path | None:
+    """Power (W) and SM clock (MHz) against time, with every measured window shaded and labelled."""
+    pts = [s for s in samples if math.isfinite(_f(s.get("t_s"))) and math.isfinite(_f(s.get("power_w")))]
+    if not pts:
+        return None
+    plt = _pyplot()
+    t = [_f(s["t_s"]) for s in pts]
+    fig, (ax_p, ax_c) = plt.subplots(2, 1, figsize=(10, 5.5), sharex=True)
+    ax_p.plot(t, [_f(s["power_w"]) for s in pts], lw=0.8, label="instant power (field 186)")
+    if any(math.isfinite(_f(s.get("limit_w"))) for s in pts):
+        ax_p.plot(t, [_f(s.get("limit_w")) for s in pts], lw=0.8, ls="--", color="gray", label="power limit")
+    ax_c.plot(t, [_f(s.get("sm_mhz")) for s in pts], lw=0.8, color="tab:orange", label="SM clock")
+    ax_c.plot(t, [_f(s.get("mem_mhz")) for s in pts], lw=0.8, color="tab:green", label="memory clock")
+    seen: set[str] = set()
+    for r in runs:
+        a, b = _f(r.get("t_start_s")), _f(r.get("t_end_s"))
+        if math.isfinite(a) and math.isfinite(b):
+            for ax in (ax_p, ax_c):
+                ax.axvspan(a, b, alpha=0.12, color="tab:blue")
+            key = f"{r.get('backend')} {r.get('test')}"
+            if key not in seen:
+                seen.add(key)
+                ax_p.text(a, ax_p.get_ylim()[1] * 0.95, key, fontsize=7, va="top")
+    ax_p.set_ylabel("W")
+    ax_c.set_ylabel("MHz")
+    ax_c.set_xlabel("time (s)")
+    ax_p.legend(fontsize=7, loc="lower right")
+    ax_c.legend(fontsize=7, loc="lower right")
+    fig.suptitle("GPU power and clocks (shaded: measured windows)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def render(run_dir: Path, summary: Sequence[dict[str, Any]], runs: Sequence[dict[str, Any]],
+           samples: Sequence[dict[str, Any]]) -> list[Path]:
+    """Write every plot this run supports into `run_dir`; returns the files written."""
+    made = [
+        bar_chart(summary, "avg_ts", "stddev_ts", "tokens / s", "Throughput (mean ± std over repetitions)",
+                  run_dir / "tok_s.png"),
+        bar_chart(summary, "tok_per_j", "tok_per_j_std", "tokens / J", "Energy efficiency (GPU board energy)",
+                  run_dir / "tok_j.png"),
+        timeline(samples, runs, run_dir / "timeline.png"),
+    ]
+    return [p for p in made if p is not None]

@@ -1,0 +1,57 @@
+"""Shared fixtures: a per-session model cache with the tiny synthetic checkpoint, and the `gpu` marker's skip."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import pytest
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_gpu_reason() -> str | None:
+    """None if a CUDA GPU is usable through torch, else why not."""
+    try:
+        import torch
+    except ImportError:
+        return "torch is not installed"
+    if not torch.cuda.is_available():
+        return "no CUDA GPU visible to torch"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    gpu_items = [i for i in items if "gpu" in i.keywords]
+    if not gpu_items:
+        return
+    reason = cuda_gpu_reason()
+    if reason:
+        for item in gpu_items:
+            item.add_marker(pytest.mark.skip(reason=f"gpu test: {reason}"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _model_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Synthetic checkpoints go to a per-session cache unless the caller set one (so CI never touches ~/.cache)."""
+    path = os.environ.get("LUCE_BENCH_CACHE") or str(tmp_path_factory.mktemp("luce-cache"))
+    os.environ["LUCE_BENCH_CACHE"] = path
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(_model_cache: str):  # noqa: ANN201 - ModelSpec
+    """The tiny synthetic checkpoint (generated once per session)."""
+    from luce_bench.model.resolve import resolve_model
+
+    return resolve_model("tiny", progress=False)
+
+
+@pytest.fixture(scope="session")
+def hf_tiny(tiny_model):  # noqa: ANN001, ANN201
+    """The HF backend loaded with the tiny model on CPU (shared; call reset() before use)."""
+    from luce_bench.backends.hf import HFBackend
+
+    b = HFBackend()
+    b.load(tiny_model, "cpu")
+    yield b
+    b.close()

@@ -1,0 +1,58 @@
+"""Config loading and validation: every error names the bad key or value."""
+
+from pathlib import Path
+
+import pytest
+
+from luce_bench import config
+from luce_bench.errors import UserError
+
+DEFAULT = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+
+
+def test_default_yaml_loads_with_documented_values():
+    cfg = config.load(DEFAULT)
+    assert cfg.tests == ("pp520", "tg128")
+    assert cfg.reps == 5 and cfg.window_s == 10.0 and cfg.sampler.period_s == 0.1
+    assert cfg.sweep.limits == ("420", "300", "220", "150")
+    assert [t.name for t in cfg.test_specs] == ["pp520", "tg128"]
+
+
+def test_cli_overrides_win_and_none_is_ignored():
+    cfg = config.load(DEFAULT, {"reps": 7, "window_s": None, "sweep.limits": "100%,70%", "gpu.fake": True})
+    assert cfg.reps == 7 and cfg.window_s == 10.0
+    assert cfg.sweep.limits == ("100%", "70%") and cfg.gpu.fake is True
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        pytest.param("reps: 0\n", "reps = 0 is out of range", id="reps-range"),
+        pytest.param("repz: 3\n", "unknown key 'repz'", id="unknown-key"),
+        pytest.param("sampler:\n  periodd_s: 1\n", "unknown key 'sampler.periodd_s'", id="unknown-nested"),
+        pytest.param("window_s: fast\n", "window_s: expected a number", id="type"),
+        pytest.param("tests: [pp520, xx1]\n", "bad test 'xx1'", id="bad-test"),
+        pytest.param("sweep:\n  limits: [300, lots]\n", "sweep.limits[1]", id="bad-limit"),
+        pytest.param("sweep:\n  order: random\n", "sweep.order = 'random'", id="bad-choice"),
+        pytest.param("gpu:\n  fake: maybe\n", "gpu.fake: expected true or false", id="bool"),
+        pytest.param("- 1\n- 2\n", "expected a mapping", id="not-mapping"),
+        pytest.param("reps: [\n", "invalid YAML", id="yaml-syntax"),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path, yaml_text, message):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml_text)
+    with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        config.load(p)
+
+
+def test_missing_file_and_unknown_override(tmp_path):
+    with pytest.raises(UserError, match="config file not found"):
+        config.load(tmp_path / "nope.yaml")
+    with pytest.raises(UserError, match="unknown setting 'sweep.nope'"):
+        config.load(None, {"sweep.nope": 1})
+
+
+@pytest.mark.parametrize(("text", "expected"), [("220", (220.0, False)), ("220W", (220.0, False)), ("70%", (70.0, True))])
+def test_parse_limit(text, expected):
+    assert config.parse_limit(text) == expected
