@@ -176,7 +176,10 @@ def model_prepare(
 ) -> None:
     """Write a synthetic checkpoint (exact Qwen3.5 shapes, fixed seed) into the user cache, once."""
     from luce_bench.model.resolve import resolve_model
+    from luce_bench.model.spec import SIZES
 
+    if size not in SIZES:
+        raise UserError(f"unknown synthetic size {size!r}; known: {', '.join(SIZES)}")
     spec = resolve_model(size, seed=seed)
     typer.echo(f"{size}: {spec.config.num_params():,} params at {spec.path}")
 

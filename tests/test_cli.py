@@ -1,0 +1,127 @@
+"""The CLI through typer's CliRunner: help, errors, a full fake-GPU compare, report and info."""
+
+import csv
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from luce_bench.cli import app
+
+runner = CliRunner()
+FAST = ["--reps", "2", "--window-s", "0.3", "--warmup-s", "0.05", "--rep-gap-max-s", "0", "--tests", "pp16,tg8"]
+
+
+@pytest.mark.parametrize("cmd", [[], ["compare"], ["bench"], ["report"], ["info"], ["model"], ["model", "prepare"]])
+def test_every_command_has_help(cmd):
+    result = runner.invoke(app, [*cmd, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+@pytest.fixture(scope="module")
+def compare_run(tmp_path_factory, tiny_model):
+    """One fake-GPU compare run with the HF baseline on the tiny model; the GPU's setters are watched."""
+    from luce_bench.gpu.fake import FakeGPU
+
+    out = tmp_path_factory.mktemp("runs")
+    calls = []
+    original = FakeGPU.set_power_limit_mw
+    FakeGPU.set_power_limit_mw = lambda self, mw: calls.append(mw)  # any call at all is a failure below
+    try:
+        result = runner.invoke(app, ["compare", "--baselines", "hf", "--model", "tiny", "--fake-gpu", "--out", str(out),
+                                     *FAST, "-c", str(_quick_config(out))])
+    finally:
+        FakeGPU.set_power_limit_mw = original
+    run_dirs = list(out.glob("*-compare"))
+    return result, run_dirs, calls
+
+
+def _quick_config(tmp):
+    p = tmp / "quick.yaml"
+    p.write_text("cooldown:\n  max_s: 0\n")
+    return p
+
+
+def test_compare_writes_every_file(compare_run):
+    result, run_dirs, _ = compare_run
+    assert result.exit_code == 0, result.output
+    assert len(run_dirs) == 1
+    d = run_dirs[0]
+    for name in ("runs.csv", "summary.csv", "samples.csv", "meta.json", "report.md", "tok_s.png", "tok_j.png",
+                 "timeline.png"):
+        assert (d / name).is_file() and (d / name).stat().st_size > 0, name
+    runs = list(csv.DictReader((d / "runs.csv").open()))
+    assert [(r["backend"], r["test"]) for r in runs] == [("hf", "pp16")] * 2 + [("hf", "tg8")] * 2
+    for r in runs:
+        tokens, window, energy = float(r["n_tokens"]), float(r["window_s"]), float(r["energy_j"])
+        assert float(r["avg_ts"]) == pytest.approx(tokens / window, rel=1e-4)
+        assert float(r["tok_per_j"]) == pytest.approx(tokens / energy, rel=1e-4)
+        assert r["gpu_simulated"] == "True"
+    summary = list(csv.DictReader((d / "summary.csv").open()))
+    assert [(s["backend"], s["test"], s["n"]) for s in summary] == [("hf", "pp16", "2"), ("hf", "tg8", "2")]
+    meta = json.loads((d / "meta.json").read_text())
+    assert meta["gpu"]["power_limit_max_w"] == 700.0 and meta["energy"]["simulated"] is True
+    assert meta["backends"]["megakernel"].get("skipped")
+    assert meta["backends"]["hf"]["gdn_path"]
+    assert list(csv.DictReader((d / "samples.csv").open()))
+    assert "SIMULATED GPU" in (d / "report.md").read_text()
+
+
+def test_compare_never_sets_a_power_limit(compare_run):
+    _, _, calls = compare_run
+    assert calls == []
+
+
+def test_report_rebuilds_from_csvs(compare_run):
+    _, run_dirs, _ = compare_run
+    d = run_dirs[0]
+    (d / "summary.csv").unlink()
+    (d / "tok_s.png").unlink()
+    result = runner.invoke(app, ["report", str(d), "--llama-bench"])
+    assert result.exit_code == 0, result.output
+    assert (d / "summary.csv").is_file() and (d / "tok_s.png").is_file()
+    assert "| model | size | params | backend | test | t/s |" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param(["compare", "--baselines", "nope", "--fake-gpu"], "unknown backend 'nope'", id="backend"),
+        pytest.param(["compare", "--tests", "pp0"], "bad test 'pp0'", id="test"),
+        pytest.param(["compare", "--reps", "0"], "reps = 0 is out of range", id="reps"),
+        pytest.param(["report", "/no/such/dir"], "run directory not found", id="report"),
+        pytest.param(["bench", "hf", "--model", "/no/such/model"], "not a synthetic size", id="model"),
+        pytest.param(["compare", "-c", "/no/such.yaml"], "config file not found", id="config"),
+        pytest.param(["model", "prepare", "--size", "huge"], "unknown synthetic size", id="size"),
+    ],
+)
+def test_user_errors_are_one_line_exit_2(args, message):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert len([ln for ln in result.output.splitlines() if ln.startswith("error:")]) == 1
+
+
+def test_debug_shows_the_traceback():
+    result = runner.invoke(app, ["--debug", "report", "/no/such/dir"])
+    assert result.exit_code != 0 and result.exception is not None
+
+
+def test_info_is_clean_without_a_gpu():
+    result = runner.invoke(app, ["info"])
+    assert result.exit_code == 0, result.output
+    assert "Backends" in result.output and "hf" in result.output
+
+
+def test_info_with_fake_gpu_shows_limits():
+    result = runner.invoke(app, ["info", "--fake-gpu"])
+    assert result.exit_code == 0, result.output
+    assert "power_limit_max_w" in result.output and "SIMULATED" in result.output
+
+
+def test_model_prepare_writes_the_tiny_checkpoint(tiny_model):
+    result = runner.invoke(app, ["model", "prepare", "--size", "tiny"])
+    assert result.exit_code == 0, result.output
+    assert "910,200 params" in result.output
