@@ -138,7 +138,8 @@ def run(cfg: BenchConfig, backends: Sequence[str], name: str, optional: Sequence
                 writer.write_meta({"backends": backend_meta})
             runner._flush_samples()
             writer.write_meta({"token_agreement": token_agreement(runner.first_tokens),
-                               "first_tokens": runner.first_tokens})
+                               "first_tokens": runner.first_tokens,
+                               "sampler": measure.sampler.jitter_ms() if measure.sampler is not None else None})
     finally:
         writer.close()
     from luce_bench.report import build, print_table
