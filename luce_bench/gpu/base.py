@@ -23,7 +23,8 @@ THROTTLE_MASK = REASON_SW_POWER_CAP | REASON_HW_SLOWDOWN | REASON_SW_THERMAL | R
 
 PERMISSION_HINT = (
     "setting power limits needs root or CAP_SYS_ADMIN: run with sudo, or in Docker add `--cap-add SYS_ADMIN`; "
-    "`sudo nvidia-smi -pm 1` turns on persistence mode. Use --no-power-limit to measure at the current limit."
+    "`sudo nvidia-smi -pm 1` turns on persistence mode. `luce-bench bench`/`compare` measure at the current limit "
+    "without any privilege."
 )
 
 

@@ -1,0 +1,162 @@
+"""`luce-bench sweep` on the FakeGPU: rows per (limit, backend, test), validation before any change, sweet spot."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from luce_bench.cli import app
+from luce_bench.gpu import open_gpu
+from luce_bench.gpu.journal import list_journals, new_entry, write_journal
+from luce_bench.gpu.power_limit import LimitTarget
+from luce_bench.sweep import order_targets
+from luce_bench.sweep_report import sweet_spots
+
+FAST = ["--tests", "pp64,tg8", "--reps", "2", "--window-s", "0.2", "--warmup-s", "0", "--settle-s", "0",
+        "--idle-s", "0.2", "--cooldown-max-s", "0", "--rep-gap-max-s", "0"]
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("LUCE_BENCH_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("LUCE_BENCH_FAKE_GPU_STATE", str(tmp_path / "fake.json"))
+    monkeypatch.delenv("LUCE_BENCH_READONLY", raising=False)
+    monkeypatch.delenv("LUCE_BENCH_FAKE_GPU_NO_PERMISSION", raising=False)
+    return tmp_path
+
+
+def _sweep(env, *args):
+    result = CliRunner().invoke(app, ["sweep", "--fake-gpu", "-o", str(env / "runs"), *FAST, *args])
+    runs = sorted((env / "runs").glob("*")) if (env / "runs").exists() else []
+    return result, runs
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def _card(preset="rtx3090"):
+    return open_gpu(fake=preset, read_only=True)
+
+
+def test_four_limit_sweep_writes_rows_plots_and_sweet_spot(env):
+    result, runs = _sweep(env, "--limits", "420,300,220,150")
+    assert result.exit_code == 0, result.output
+    run = runs[0]
+    summary = _rows(run / "summary.csv")
+    assert len(summary) == 4 * 1 * 2  # limits x backends x tests
+    assert {(r["power_limit_req_w"], r["backend"], r["test"]) for r in summary} == {
+        (w, "sim", t) for w in ("420", "300", "220", "150") for t in ("pp64", "tg8")}
+    assert len(_rows(run / "runs.csv")) == 4 * 2 * 2
+    for r in summary:
+        assert float(r["power_limit_w"]) == float(r["power_limit_req_w"])
+        for col in ("mean_power_w", "mean_sm_mhz", "avg_ts", "tok_per_j", "net_tok_per_j", "throttled_share",
+                    "max_counter_vs_sampled_pct", "temp_drift_c", "verdict"):
+            assert r[col] != "", col
+    for name in ("sweep_tok_s.png", "sweep_tok_j.png", "sweep_pareto.png", "report.md", "meta.json", "samples.csv"):
+        assert (run / name).is_file(), name
+    spots = json.loads((run / "sweet_spot.json").read_text())["sweet_spots"]
+    assert {s["test"] for s in spots} == {"pp64", "tg8"}
+    assert "sweet spot" in result.output and "Power-limit sweep" in (run / "report.md").read_text()
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["sweep"]["limits_requested_w"] == [420.0, 300.0, 220.0, 150.0]
+    assert _card().power_limit_mw() == 420_000  # original back
+    assert list_journals() == []
+
+
+def test_throughput_falls_with_the_limit(env):
+    result, runs = _sweep(env, "--limits", "420,150")
+    assert result.exit_code == 0, result.output
+    ts = {r["power_limit_req_w"]: float(r["avg_ts"]) for r in _rows(runs[0] / "summary.csv") if r["test"] == "pp64"}
+    assert ts["150"] < 0.9 * ts["420"]
+
+
+def test_out_of_range_refused_before_any_change(env):
+    result, runs = _sweep(env, "--fake-preset", "h100-sxm", "--limits", "420,300,220,150")
+    assert result.exit_code == 2
+    assert "150 (150 W) outside the range" in result.output and "200-700 W" in result.output
+    assert "--clamp" in result.output
+    assert runs == [] and list_journals() == []
+    assert _card("h100-sxm").persisted_set_calls() == []
+
+
+def test_clamp_and_percent_limits(env):
+    result, runs = _sweep(env, "--fake-preset", "h100-sxm", "--limits", "100%,50%,150", "--clamp")
+    assert result.exit_code == 0, result.output
+    got = sorted({float(r["power_limit_req_w"]) for r in _rows(runs[0] / "summary.csv")})
+    assert got == [200.0, 350.0, 700.0]
+    assert _card("h100-sxm").power_limit_mw() == 700_000
+
+
+def test_missing_permission_stops_before_first_test(env, monkeypatch):
+    monkeypatch.setenv("LUCE_BENCH_FAKE_GPU_NO_PERMISSION", "1")
+    result, runs = _sweep(env, "--limits", "420,300")
+    assert result.exit_code == 2
+    assert "CAP_SYS_ADMIN" in result.output and "--cap-add SYS_ADMIN" in result.output
+    assert result.output.count("error:") == 1
+    assert runs == [] and _card().persisted_set_calls() == []
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_read_only_refuses_sweep_and_restore(env, monkeypatch, how):
+    if how == "env":
+        monkeypatch.setenv("LUCE_BENCH_READONLY", "1")
+    args = ["--read-only"] if how == "flag" else []
+    result, runs = _sweep(env, "--limits", "300", *args)
+    assert result.exit_code == 2 and "read-only" in result.output
+    assert runs == [] and _card().persisted_set_calls() == []
+
+
+def test_stale_journal_refused(env):
+    gpu = _card()
+    write_journal(new_entry(gpu, "rtx3090"))
+    result, runs = _sweep(env, "--limits", "300")
+    assert result.exit_code == 2
+    assert "stale power-limit journal" in result.output and "luce-bench restore" in result.output
+    assert runs == []
+    restored = CliRunner().invoke(app, ["restore"])
+    assert restored.exit_code == 0, restored.output
+    assert "restored GPU 0" in restored.output and list_journals() == []
+    assert "nothing to restore" in CliRunner().invoke(app, ["restore"]).output
+
+
+def test_sim_needs_fake_gpu(env):
+    result = CliRunner().invoke(app, ["sweep", "--backends", "sim", "--limits", "300"])
+    assert result.exit_code == 2 and "--fake-gpu" in result.output
+
+
+def test_bench_and_compare_never_set_a_limit(env):
+    from luce_bench.gpu.testing import forbid_gpu_setters
+
+    with forbid_gpu_setters() as calls:
+        result = CliRunner().invoke(app, ["bench", "sim", "--fake-gpu", "-o", str(env / "runs"), "--tests", "pp16",
+                                          "--reps", "1", "--window-s", "0.1", "--warmup-s", "0"])
+    assert result.exit_code == 0, result.output
+    assert calls == []
+    assert _card("h100-sxm").persisted_set_calls() == [] and _card().persisted_set_calls() == []
+
+
+def test_order_descending_by_default_and_seeded_shuffle():
+    ts = [LimitTarget(str(w), w * 1000) for w in (220, 420, 150, 300)]
+    assert [t.requested_mw // 1000 for t in order_targets(ts)] == [420, 300, 220, 150]
+    assert [t.requested_mw // 1000 for t in order_targets(ts, "ascending")] == [150, 220, 300, 420]
+    a, b = order_targets(ts, "shuffle", 7), order_targets(ts, "shuffle", 7)
+    assert a == b and sorted(t.requested_mw for t in a) == sorted(t.requested_mw for t in ts)
+
+
+def test_sweet_spot_rule():
+    def row(limit, ts, tpj, w):
+        return {"backend": "b", "test": "tg128", "power_limit_req_w": limit, "power_limit_w": limit, "avg_ts": ts,
+                "tok_per_j": tpj, "mean_power_w": w}
+
+    summary = [row(420, 100.0, 0.30, 330), row(300, 97.0, 0.40, 240), row(220, 95.5, 0.50, 190), row(150, 80.0, 0.60, 133)]
+    (spot,) = sweet_spots(summary, 0.95, default_limit_w=420)
+    assert spot["limit_w"] == 220 and spot["speed_share"] == pytest.approx(0.955)
+    assert spot["tok_per_j_gain_pct"] == pytest.approx(100 * (0.5 / 0.3 - 1))
+    (spot,) = sweet_spots(summary, 0.97, default_limit_w=420)
+    assert spot["limit_w"] == 300
