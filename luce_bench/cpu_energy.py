@@ -46,6 +46,11 @@ class Rapl:
             return f"cannot read RAPL counters: {exc}"
         return None
 
+    @property
+    def max_energy_range_uj(self) -> int:
+        """Wrap range of `energy_uj()` for one package; with several packages prefer `read_uj()` + `delta_uj()`."""
+        return sum(self.max_range_uj)
+
     def read_uj(self) -> list[int]:
         """Raw counters, one per package. Units: µJ."""
         return [int((d / "energy_uj").read_text()) for d in self.domains]
