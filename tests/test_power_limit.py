@@ -48,7 +48,7 @@ def test_clamp_moves_into_range_and_dedupes():
     assert [(t.requested_mw, t.clamped) for t in got] == [(700_000, True), (200_000, True)]
 
 
-@pytest.mark.parametrize("bad", ["abc", "-5", "0", ""])
+@pytest.mark.parametrize("bad", ["abc", "-5", "0", "", "nan", "inf", "1e400", "-10%", "70%%", ","])
 def test_malformed_limits(bad):
     with pytest.raises(UserError):
         parse_limits(bad, 700_000, H100)

@@ -31,6 +31,7 @@ from typing import Any
 from luce_bench.gpu.base import (
     PERMISSION_HINT,
     REASON_GPU_IDLE,
+    GPUError,
     REASON_SW_POWER_CAP,
     GPUPermissionError,
     GPUUnavailable,
@@ -272,7 +273,7 @@ class FakeGPU:
             raise GPUPermissionError(f"set power limit to {mw / 1000:g} W: no permission; {PERMISSION_HINT}")
         lo, hi = self.power_limit_constraints_mw()
         if not lo <= mw <= hi:
-            raise ValueError(f"fake GPU: limit {mw} mW outside [{lo}, {hi}] mW")
+            raise GPUError(f"set power limit to {mw / 1000:g} W: invalid argument (range {lo / 1000:g}-{hi / 1000:g} W)")
         self.set_calls.append(("power_limit_mw", int(mw)))
 
         def apply() -> None:

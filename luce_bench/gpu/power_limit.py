@@ -60,7 +60,7 @@ def parse_limits(spec: str | Sequence[str | int | float], default_mw: int, const
                 mw = round(float(text[:-1]) / 100.0 * default_mw)
             else:
                 mw = round(float(text.rstrip("Ww")) * 1000.0)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise UserError(f"bad power limit {text!r}: give watts (300) or a share of the default limit (70%)") from None
         if mw <= 0:
             raise UserError(f"bad power limit {text!r}: must be positive")
