@@ -1,0 +1,148 @@
+// mk_attn.cuh -- gated full attention at decode. attn_item: one (KV head, sequence chunk) work item: q/k RMSNorm +
+// partial RoPE of the 4 query heads sharing the KV head and of the key, the KV-cache append (by the chunk holding the
+// current position), an online-softmax pass over the chunk's positions (warps stride over positions) and a merge of
+// the 16 warps' partials into one (max, sum, acc[256]) per query head in global scratch. attn_out_act: every block's
+// prologue of o_proj, merging the chunks and applying the sigmoid output gate.
+#pragma once
+#include "mk_matvec.cuh"
+
+namespace mk {
+
+__device__ __forceinline__ int att_chunks(int pos) { return min(ATT_MAXCH, (pos + ATT_CHUNK) / ATT_CHUNK); }
+
+__device__ void attn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos) {
+    const int g = item & 1, ci = item >> 1, t = c.tid;
+    const int n = pos + 1, nch = att_chunks(pos);
+    const int per = (n + nch - 1) / nch;
+    const int c0 = ci * per, c1 = min(n, c0 + per);
+    float* qsm = c.misc;          // [4][256]
+    float* ksm = c.misc + 1024;   // [256]
+    float* vsm = c.misc + 1280;   // [256]
+    float* wm = c.misc + 1536;    // [16 warps]
+    float* wl = c.misc + 1552;    // [16 warps]
+    const float* raw = P.scratch + S_RAW;
+    const float* sp = P.sblob + (long long)l * SP;
+    const int fi = fa_index(l);
+    unsigned short* kc = (unsigned short*)P.kcache + ((long long)(fi * NKV + g) * P.max_seq) * HD;
+    unsigned short* vc = (unsigned short*)P.vcache + ((long long)(fi * NKV + g) * P.max_seq) * HD;
+
+    // q heads 4g..4g+3 (warps 0-3) and k (warp 4): RMSNorm(1+w) per head; v (warp 5) as is.
+    if (c.warp < 6) {
+        const int d0 = c.lane * 8;
+        const float* src = c.warp < 4 ? raw + 512 * (4 * g + c.warp) : c.warp == 4 ? raw + 4096 + 256 * g : raw + 4608 + 256 * g;
+        float x[8];
+        float ss = 0.f;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+            x[e] = __ldcg(src + d0 + e);
+            ss = fmaf(x[e], x[e], ss);
+        }
+        ss = warp_sum(ss);
+        const float r = rsqrtf(ss * (1.0f / HD) + EPS);
+        float* dst = c.warp < 4 ? qsm + 256 * c.warp : c.warp == 4 ? ksm : vsm;
+        const float* w = sp + (c.warp < 4 ? SP_QN : SP_KN);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) dst[d0 + e] = c.warp < 5 ? bfr(x[e] * r * w[d0 + e]) : x[e];
+    }
+    cbar();
+    if (t < 160) {  // partial RoPE (first 64 dims, rotate-half pairing), bf16 like HF
+        const int hh = t >> 5, i = t & 31;
+        float* arr = hh < 4 ? qsm + 256 * hh : ksm;
+        const float inv = 1.0f / powf(10000000.0f, (float)(2 * i) / (float)ROT);
+        float sn, cs;
+        sincosf((float)pos * inv, &sn, &cs);
+        cs = bfr(cs);
+        sn = bfr(sn);
+        const float a = arr[i], b = arr[i + 32];
+        arr[i] = bfr(bfr(a * cs) - bfr(b * sn));
+        arr[i + 32] = bfr(bfr(b * cs) + bfr(a * sn));
+    }
+    cbar();
+    if (c1 == n) {  // this chunk holds the current position: append k, v to the cache
+        if (t < 256) kc[(long long)pos * HD + t] = f2bf(ksm[t]);
+        else vc[(long long)pos * HD + t - 256] = f2bf(vsm[t - 256]);
+    }
+    cbar();
+
+    // query heads one pass each (K/V re-read from L2), keeping the register footprint under the 544-thread cap of 96
+    float* part = P.scratch + S_APART + ((g * ATT_MAXCH + ci) * 4) * 256;
+    float* ml = P.scratch + S_AML + ((g * ATT_MAXCH + ci) * 4) * 2;
+#pragma unroll 1
+    for (int hh = 0; hh < 4; ++hh) {
+        float q[8], acc[8], m = -INFINITY, ls = 0.f;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+            q[e] = qsm[256 * hh + c.lane * 8 + e] * 0.0625f;  // 1/sqrt(256)
+            acc[e] = 0.f;
+        }
+#pragma unroll 1
+        for (int p = c0 + c.warp; p < c1; p += NCW) {
+            const uint4 kr = __ldcg((const uint4*)(kc + (long long)p * HD + c.lane * 8));
+            const uint4 vr = __ldcg((const uint4*)(vc + (long long)p * HD + c.lane * 8));
+            float f[8];
+            unpack8(kr, f);
+            float s = 0.f;
+#pragma unroll
+            for (int e = 0; e < 8; ++e) s = fmaf(q[e], f[e], s);
+            s = warp_sum(s);
+            unpack8(vr, f);
+            const float mn = fmaxf(m, s);
+            const float corr = expf(m - mn), pr = expf(s - mn);
+            ls = fmaf(ls, corr, pr);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) acc[e] = fmaf(acc[e], corr, pr * f[e]);
+            m = mn;
+        }
+        // merge the 16 warps through the 16 KB activation area
+        if (c.lane == 0) {
+            wm[c.warp] = m;
+            wl[c.warp] = ls;
+        }
+#pragma unroll
+        for (int e = 0; e < 8; ++e) c.acts[c.warp * 256 + c.lane * 8 + e] = acc[e];
+        cbar();
+        if (t < 256) {
+            float M = -INFINITY;
+#pragma unroll
+            for (int w = 0; w < NCW; ++w) M = fmaxf(M, wm[w]);
+            if (M == -INFINITY) M = 0.f;
+            float L = 0.f, A = 0.f;
+#pragma unroll
+            for (int w = 0; w < NCW; ++w) {
+                const float f = expf(wm[w] - M);
+                L = fmaf(wl[w], f, L);
+                A = fmaf(c.acts[w * 256 + t], f, A);
+            }
+            part[hh * 256 + t] = A;
+            if (t == 0) {
+                ml[hh * 2] = M;
+                ml[hh * 2 + 1] = L;
+            }
+        }
+        cbar();
+    }
+}
+
+// acts[0..2048) <- bf16(attn_out) * bf16(sigmoid(gate)), merging the sequence chunks of every query head.
+__device__ __forceinline__ void attn_out_act(Ctx& c, const LuceMkParams& P, int pos) {
+    const int nch = att_chunks(pos);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+        const int i = c.tid + e * NCT;
+        const int jh = i >> 8, d = i & 255, g = jh >> 2, hh = jh & 3;
+        float M = -INFINITY;
+        for (int ci = 0; ci < nch; ++ci) M = fmaxf(M, __ldcg(P.scratch + S_AML + ((g * ATT_MAXCH + ci) * 4 + hh) * 2));
+        float L = 0.f, A = 0.f;
+        for (int ci = 0; ci < nch; ++ci) {
+            const int b = (g * ATT_MAXCH + ci) * 4 + hh;
+            const float f = expf(__ldcg(P.scratch + S_AML + b * 2) - M);
+            L = fmaf(__ldcg(P.scratch + S_AML + b * 2 + 1), f, L);
+            A = fmaf(__ldcg(P.scratch + S_APART + b * 256 + d), f, A);
+        }
+        const float gate = __ldcg(P.scratch + S_RAW + 512 * jh + 256 + d);
+        c.acts[i] = bfr(bfr(A / L) * bfr(sigm(gate)));
+    }
+    cbar();
+}
+
+}  // namespace mk

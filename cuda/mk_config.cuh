@@ -1,0 +1,68 @@
+// mk_config.cuh -- compile-time shapes of Qwen3.5-0.8B and the memory layouts shared by the kernel and luce_mk.h.
+#pragma once
+#include <cstdint>
+
+namespace mk {
+
+constexpr int H = 1024;          // hidden
+constexpr int NL = 24;           // layers (18 GDN + 6 full attention: layer l is FA iff l % 4 == 3)
+constexpr int FF = 3584;         // MLP intermediate
+constexpr int V = 248320;        // vocab
+constexpr int NQH = 8, NKV = 2, HD = 256, ROT = 64;    // gated attention
+constexpr int DH = 16, DK = 128, DV = 128;             // GDN heads / key / value dims
+constexpr int CONV = 6144;                             // GDN conv channels (q|k|v)
+constexpr int NSL = 8, SLV = DV / NSL;                 // GDN value slices per head (work items = 16 * 8)
+constexpr int GDN_ROWS = 8224;   // in_proj rows: qkv 6144 | z 2048 | b 16 | a 16
+constexpr int FA_ROWS = 5120;    // q(+gate) 4096 | k 512 | v 512
+constexpr float EPS = 1e-6f;
+
+constexpr int NCW = 16;          // consumer warps
+constexpr int NCT = NCW * 32;    // consumer threads
+constexpr int NT = NCT + 32;     // + one producer warp
+constexpr int SLOT_BYTES = 32768;
+constexpr int MAX_SLOTS = 6;
+constexpr int SYNCS_PER_STEP = NL * 5 + 1;
+constexpr int ATT_CHUNK = 128;   // min positions per attention work item
+constexpr int ATT_MAXCH = 16;    // max sequence chunks per KV head
+
+__host__ __device__ constexpr bool is_fa(int l) { return (l & 3) == 3; }
+__host__ __device__ constexpr int fa_index(int l) { return l >> 2; }
+__host__ __device__ constexpr int gdn_index(int l) { return l - (l >> 2); }
+
+// bf16 weight blob (elements)
+constexpr int64_t W_OUT = int64_t(H) * 2048;
+constexpr int64_t W_GU = int64_t(FF) * 2 * H;
+constexpr int64_t W_DOWN = int64_t(H) * FF;
+constexpr int64_t GDN_W = int64_t(GDN_ROWS) * H + W_OUT + W_GU + W_DOWN;
+constexpr int64_t FA_W = int64_t(FA_ROWS) * H + W_OUT + W_GU + W_DOWN;
+__host__ __device__ constexpr int64_t layer_woff(int l) { return int64_t(gdn_index(l)) * GDN_W + int64_t(l >> 2) * FA_W; }
+constexpr int64_t WBLOB = 18 * GDN_W + 6 * FA_W;
+
+// f32 small-parameter blob
+constexpr int SP_LN1 = 0, SP_LN2 = 1024, SP_CONV = 2048, SP_NEGA = 26624, SP_DTB = 26640, SP_GNW = 26656;
+constexpr int SP_QN = 2048, SP_KN = 2304;
+constexpr int SP = 26784;
+constexpr int64_t SBLOB = int64_t(NL) * SP + H;
+
+// f32 scratch (activations exchanged between blocks)
+constexpr int S_RAW = 0;                      // in_proj / qkv outputs (8224)
+constexpr int S_OGDN = 8448;                  // GDN recurrence outputs (2048)
+constexpr int S_SS = 10496;                   // GDN partial sum of squares [16][8]
+constexpr int S_HACT = 10624;                 // MLP silu(g)*u (3584)
+constexpr int S_X = 14208;                    // residual stream (1024)
+constexpr int S_APART = 15232;                // attention partials [2][16][4][256]
+constexpr int S_AML = S_APART + 2 * ATT_MAXCH * 4 * 256;   // [2][16][4][2] (max, sum)
+constexpr int SCRATCH = S_AML + 2 * ATT_MAXCH * 4 * 2;
+
+constexpr int64_t STATE_L = int64_t(DH) * DK * DV;   // f32 per GDN layer
+constexpr int64_t KV_L = int64_t(NKV) * HD;          // elements per position per FA layer
+
+// shared memory (bytes)
+constexpr int SM_BARS = 128;                          // 2 * MAX_SLOTS mbarriers
+constexpr int SM_X = SM_BARS;                         // x (1024 f32)
+constexpr int SM_ACT = SM_X + 4 * H;                  // activations / attention merge work (4096 f32)
+constexpr int SM_MISC = SM_ACT + 4 * 4096;            // 2048 f32 scratch
+constexpr int SM_RING = SM_MISC + 4 * 2048;           // ring of SLOT_BYTES slots (128-aligned)
+constexpr int SM_FIXED = SM_RING;
+
+}  // namespace mk

@@ -1,0 +1,252 @@
+// mk_decode.cu -- the persistent decode kernel (one cooperative launch runs n_steps whole decode steps) and the
+// extern "C" host entry points of luce_mk.h (layout, launch sizing from the SM count + occupancy API, launch).
+//
+// Per step and layer: P1 RMSNorm + in_proj/qkv | sync | P2 GDN recurrence or attention | sync | P3 gated norm or
+// attention merge + out/o_proj + residual | sync | P4 RMSNorm + gate/up + SiLU | sync | P5 down + residual | sync;
+// then final norm + LM head + argmax | sync. Weights stream through a per-block shared-memory ring filled by a
+// producer warp that runs ahead across all of these barriers.
+#include <cuda_runtime.h>
+#include "luce_mk.h"
+#include "mk_attn.cuh"
+#include "mk_gdn.cuh"
+
+namespace mk {
+
+__device__ __forceinline__ unsigned long long pack_best(float v, int idx) {
+    unsigned u = __float_as_uint(v);
+    u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+    return ((unsigned long long)u << 32) | (unsigned long long)(0xffffffffu - (unsigned)idx);
+}
+
+__device__ __forceinline__ void sync_all(Ctx& c, const LuceMkParams& P) {
+    ++c.nsync;
+    grid_sync(P.sync, (P.sync_base + c.nsync) * (unsigned)c.G);
+}
+
+__device__ void gdn_layer_mix(Ctx& c, const LuceMkParams& P, int l, int pos) {
+    for (int item = c.b; item < DH * NSL; item += c.G) gdn_item(c, P, l, item, pos);
+}
+
+__device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
+    const int pos = P.pos + s;
+    float* X = P.scratch + S_X;
+    float* RAW = P.scratch + S_RAW;
+    float* HACT = P.scratch + S_HACT;
+    for (int l = 0; l < NL; ++l) {
+        const float* sp = P.sblob + (long long)l * SP;
+        // P1: norm + in_proj / qkv
+        if (l == 0) load_x_norm(c, nullptr, (const unsigned short*)P.embed + (long long)tok * H, sp + SP_LN1);
+        else load_x_norm(c, X, nullptr, sp + SP_LN1);
+        {
+            float a[32];
+            load_act_regs(a, c.acts, c.lane);
+            consume(c, layer_phase(P.wblob, l, 0), [&](int r, const char* row) {
+                const float d = warp_sum(dot1024_part(row, a, c.lane));
+                if (c.lane == 0) RAW[r] = bfr(d);
+            });
+        }
+        sync_all(c, P);
+        if (l == 0 && c.b == 0 && c.tid == 0) P.best[(pos + 1) & 1] = 0ull;  // next step's argmax slot
+        // P2: token mixing
+        if (is_fa(l)) {
+            const int items = 2 * att_chunks(pos);
+            for (int item = c.b; item < items; item += c.G) attn_item(c, P, l, item, pos);
+        } else {
+            gdn_layer_mix(c, P, l, pos);
+        }
+        sync_all(c, P);
+        // P3: out_proj / o_proj + residual
+        if (is_fa(l)) attn_out_act(c, P, pos);
+        else gdn_out_act(c, P, l);
+        consume(c, layer_phase(P.wblob, l, 1), [&](int r, const char* row) {
+            const float d = warp_sum(dot_smem_part<2048>(row, c.acts, c.lane));
+            if (c.lane == 0) X[r] = bfr(c.xs[r] + bfr(d));
+        });
+        sync_all(c, P);
+        // P4: norm + gate/up + SiLU
+        load_x_norm(c, X, nullptr, sp + SP_LN2);
+        {
+            float a[32];
+            load_act_regs(a, c.acts, c.lane);
+            consume(c, layer_phase(P.wblob, l, 2), [&](int r, const char* row) {
+                const float gt = bfr(warp_sum(dot1024_part(row, a, c.lane)));
+                const float up = bfr(warp_sum(dot1024_part(row + 2048, a, c.lane)));
+                if (c.lane == 0) HACT[r] = bfr(bfr(silu(gt)) * up);
+            });
+        }
+        sync_all(c, P);
+        // P5: down + residual
+        for (int i = c.tid; i < FF; i += NCT) c.acts[i] = __ldcg(HACT + i);
+        cbar();
+        consume(c, layer_phase(P.wblob, l, 3), [&](int r, const char* row) {
+            const float d = warp_sum(dot_smem_part<FF>(row, c.acts, c.lane));
+            if (c.lane == 0) X[r] = bfr(c.xs[r] + bfr(d));
+        });
+        sync_all(c, P);
+    }
+    // final norm + LM head + argmax
+    load_x_norm(c, X, nullptr, P.sblob + (long long)NL * SP);
+    float a[32];
+    load_act_regs(a, c.acts, c.lane);
+    float bv = -INFINITY;
+    int bi = 0x7fffffff;
+    float* lg = (P.logits && s >= P.logits_first) ? P.logits + (long long)(s - P.logits_first) * V : nullptr;
+    consume(c, lm_phase(P.embed), [&](int r, const char* row) {
+        const float d = bfr(warp_sum(dot1024_part(row, a, c.lane)));
+        if (lg && c.lane == 0) lg[r] = d;
+        if (d > bv) { bv = d; bi = r; }
+    });
+    unsigned long long* kb = (unsigned long long*)(c.misc + 1664);
+    if (c.lane == 0) kb[c.warp] = bi == 0x7fffffff ? 0ull : pack_best(bv, bi);
+    cbar();
+    if (c.tid == 0) {
+        unsigned long long k = 0;
+        for (int w = 0; w < NCW; ++w) k = kb[w] > k ? kb[w] : k;
+        atomicMax(P.best + (pos & 1), k);
+    }
+    sync_all(c, P);
+    const unsigned long long k = __ldcg(P.best + (pos & 1));
+    tok = (int)(0xffffffffu - (unsigned)(k & 0xffffffffull));
+    if (c.b == 0 && c.tid == 0) {
+        P.out_tokens[s] = tok;
+        *P.last_token = tok;
+    }
+}
+
+__global__ void __launch_bounds__(NT, 1) decode_kernel(const __grid_constant__ LuceMkParams P, int ns) {
+    extern __shared__ __align__(128) unsigned char smem[];
+    Ctx c;
+    c.G = gridDim.x;
+    c.b = blockIdx.x;
+    c.tid = threadIdx.x;
+    c.warp = threadIdx.x >> 5;
+    c.lane = threadIdx.x & 31;
+    c.ns = ns;
+    c.q = 0;
+    c.nsync = 0;
+    c.full = (uint64_t*)smem;
+    c.empty = c.full + MAX_SLOTS;
+    c.xs = (float*)(smem + SM_X);
+    c.acts = (float*)(smem + SM_ACT);
+    c.misc = (float*)(smem + SM_MISC);
+    c.ring = (char*)(smem + SM_RING);
+    if (threadIdx.x == 0) {
+        for (int i = 0; i < ns; ++i) {
+#if __CUDA_ARCH__ >= 900
+            mbar_init(&c.full[i], 1);
+#else
+            mbar_init(&c.full[i], 32);
+#endif
+            mbar_init(&c.empty[i], NCW);
+        }
+    }
+    __syncthreads();
+    if (c.warp == NCW) {
+        run_producer(c, P);
+        return;
+    }
+    int tok = 0;
+    for (int s = 0; s < P.n_steps; ++s) {
+        const int forced = P.in_tokens ? P.in_tokens[s] : -1;
+        if (forced >= 0) tok = forced;
+        else if (s == 0) tok = *P.last_token;
+        consumer_step(c, P, s, tok);
+    }
+}
+
+}  // namespace mk
+
+// ------------------------------------------------------------------ host side
+
+namespace {
+constexpr int kErrNoCoop = -1, kErrSmem = -2, kErrOccupancy = -3, kErrArgs = -4;
+
+struct DevInfo {
+    int sms = 0, optin = 0, coop = 0, ns = 0, smem = 0, occ = 0;
+    bool ready = false;
+};
+DevInfo g_dev[64];
+
+int dev_info(DevInfo** out) {
+    int dev = 0;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e != cudaSuccess) return (int)e;
+    if (dev < 0 || dev >= 64) return kErrArgs;
+    DevInfo& d = g_dev[dev];
+    if (!d.ready) {
+        if ((e = cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, dev)) != cudaSuccess) return (int)e;
+        if ((e = cudaDeviceGetAttribute(&d.optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev)) != cudaSuccess) return (int)e;
+        if ((e = cudaDeviceGetAttribute(&d.coop, cudaDevAttrCooperativeLaunch, dev)) != cudaSuccess) return (int)e;
+        if (!d.coop) return kErrNoCoop;
+        d.ns = (d.optin - mk::SM_FIXED) / mk::SLOT_BYTES;
+        if (d.ns > mk::MAX_SLOTS) d.ns = mk::MAX_SLOTS;
+        if (d.ns < 2) return kErrSmem;
+        d.smem = mk::SM_FIXED + d.ns * mk::SLOT_BYTES;
+        e = cudaFuncSetAttribute(mk::decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, d.smem);
+        if (e != cudaSuccess) return (int)e;
+        e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&d.occ, mk::decode_kernel, mk::NT, d.smem);
+        if (e != cudaSuccess) return (int)e;
+        if (d.occ < 1) return kErrOccupancy;
+        d.ready = true;
+    }
+    *out = &d;
+    return 0;
+}
+}  // namespace
+
+extern "C" {
+
+int luce_mk_abi_version(void) { return LUCE_MK_ABI_VERSION; }
+
+void luce_mk_get_layout(LuceMkLayout* o) {
+    o->wblob_elems = mk::WBLOB;
+    for (int l = 0; l < mk::NL; ++l) o->layer_woff[l] = mk::layer_woff(l);
+    o->sblob_floats = mk::SBLOB;
+    o->sp_stride = mk::SP;
+    o->scratch_floats = mk::SCRATCH;
+    o->gdn_state_floats = 18 * mk::STATE_L;
+    o->conv_hist_floats = 18LL * mk::CONV * 4;
+    o->kv_elems_per_pos = 6 * mk::KV_L;
+    o->syncs_per_step = mk::SYNCS_PER_STEP;
+    o->vocab = mk::V;
+    o->hidden = mk::H;
+}
+
+int luce_mk_launch_info(LuceMkLaunchInfo* out) {
+    DevInfo* d = nullptr;
+    const int rc = dev_info(&d);
+    if (rc) return rc;
+    out->grid = d->sms;  // one block per SM: the occupancy check above guarantees co-residency
+    out->threads = mk::NT;
+    out->smem_bytes = d->smem;
+    out->ring_slots = d->ns;
+    out->sm_count = d->sms;
+    out->occupancy = d->occ;
+    return 0;
+}
+
+int luce_mk_decode(const LuceMkParams* p, void* stream) {
+    if (!p || p->n_steps < 1 || p->pos < 0 || p->pos + p->n_steps > p->max_seq) return kErrArgs;
+    DevInfo* d = nullptr;
+    const int rc = dev_info(&d);
+    if (rc) return rc;
+    LuceMkParams prm = *p;
+    int ns = d->ns;
+    void* args[] = {&prm, &ns};
+    cudaError_t e = cudaLaunchCooperativeKernel((const void*)mk::decode_kernel, dim3(d->sms), dim3(mk::NT), args,
+                                                (size_t)d->smem, (cudaStream_t)stream);
+    if (e != cudaSuccess) return (int)e;
+    return (int)cudaGetLastError();
+}
+
+const char* luce_mk_error_string(int code) {
+    switch (code) {
+        case kErrNoCoop: return "luce_mk: device does not support cooperative launch";
+        case kErrSmem: return "luce_mk: not enough shared memory per block for a 2-slot weight ring";
+        case kErrOccupancy: return "luce_mk: occupancy API reports 0 resident blocks per SM";
+        case kErrArgs: return "luce_mk: bad arguments (n_steps < 1, or pos + n_steps > max_seq)";
+        default: return cudaGetErrorString((cudaError_t)code);
+    }
+}
+
+}  // extern "C"

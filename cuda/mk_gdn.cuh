@@ -1,0 +1,130 @@
+// mk_gdn.cuh -- Gated DeltaNet decode step. gdn_item: one (head, 16-column value slice) work item (128 per layer):
+// causal conv + SiLU of its q/k/v channels, L2 norms, beta/decay, the delta-rule update of its 128x16 f32 state slice
+// and its 16 outputs (+ their partial sum of squares). gdn_out_act: every block's prologue of out_proj, the gated
+// RMSNorm of all 16 heads (rstd from the 8 partial sums of each head) times silu(z).
+#pragma once
+#include "mk_matvec.cuh"
+
+namespace mk {
+
+__device__ __forceinline__ float sel4(float4 v, int i) { return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w; }
+
+__device__ void gdn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos) {
+    const int h = item >> 3, j = item & 7, t = c.tid;
+    const int gi = gdn_index(l);
+    float* qs = c.misc;          // 128 conv outputs (q), then normalised
+    float* ks = c.misc + 128;    // 128 (k)
+    float* vs = c.misc + 256;    // 16 (v slice)
+    float* red = c.misc + 288;   // [16 warps][16 v][3]
+    float* sc = c.misc + 1056;   // scalars: beta, decay, rq, rk
+    float* es = c.misc + 1072;   // 16 deltas
+    const float* raw = P.scratch + S_RAW;
+    const float* sp = P.sblob + (long long)l * SP;
+    float* hist = P.conv_hist + (long long)gi * CONV * 4;
+
+    if (t < 272) {
+        const int ch = t < 128 ? h * 128 + t : t < 256 ? 2048 + h * 128 + (t - 128) : 4096 + h * 128 + j * 16 + (t - 256);
+        const float cur = __ldcg(raw + ch);
+        const float4 hv = __ldcg((const float4*)(hist + ch * 4));
+        const float4 w = *(const float4*)(sp + SP_CONV + ch * 4);
+        float acc = w.w * cur;
+        acc = fmaf(w.z, sel4(hv, (pos - 1) & 3), acc);
+        acc = fmaf(w.y, sel4(hv, (pos - 2) & 3), acc);
+        acc = fmaf(w.x, sel4(hv, (pos - 3) & 3), acc);
+        const float o = bfr(silu(bfr(acc)));
+        if (t < 128) qs[t] = o; else if (t < 256) ks[t - 128] = o; else vs[t - 256] = o;
+        if (t >= 256 || j == 0) hist[ch * 4 + (pos & 3)] = cur;  // one writer per channel; readers use other slots
+    }
+    cbar();
+    if (c.warp == 0) {
+        float qq = 0.f, kk = 0.f;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const float q = qs[c.lane * 4 + e], k = ks[c.lane * 4 + e];
+            qq = fmaf(q, q, qq);
+            kk = fmaf(k, k, kk);
+        }
+        qq = warp_sum(qq);
+        kk = warp_sum(kk);
+        if (c.lane == 0) {
+            const float b = __ldcg(raw + 8192 + h), a = __ldcg(raw + 8208 + h);
+            const float x = a + sp[SP_DTB + h];
+            const float sp_ = x > 20.f ? x : log1pf(expf(x));
+            sc[0] = bfr(sigm(b));
+            sc[1] = expf(sp[SP_NEGA + h] * sp_);
+            sc[2] = rsqrtf(qq + EPS);
+            sc[3] = rsqrtf(kk + EPS);
+        }
+    }
+    cbar();
+    if (t < 256) {
+        if (t < 128) qs[t] = bfr(qs[t] * sc[2]) * 0.08838834764831845f;  // l2norm (bf16) * 1/sqrt(128)
+        else ks[t - 128] = bfr(ks[t - 128] * sc[3]);
+    }
+    cbar();
+    const int v = t & 15, kg = t >> 4;
+    float* S = P.gdn_state + (long long)gi * STATE_L + (long long)item * (DK * SLV) + t * 4;
+    const float4 s4 = __ldcg((const float4*)S);
+    const float4 k4 = *(const float4*)(ks + kg * 4), q4 = *(const float4*)(qs + kg * 4);
+    float sk = s4.x * k4.x + s4.y * k4.y + s4.z * k4.z + s4.w * k4.w;
+    float sq = s4.x * q4.x + s4.y * q4.y + s4.z * q4.z + s4.w * q4.w;
+    float kq = k4.x * q4.x + k4.y * q4.y + k4.z * q4.z + k4.w * q4.w;
+    sk += __shfl_xor_sync(0xffffffffu, sk, 16);
+    sq += __shfl_xor_sync(0xffffffffu, sq, 16);
+    kq += __shfl_xor_sync(0xffffffffu, kq, 16);
+    if (c.lane < 16) {
+        red[(c.warp * 16 + v) * 3 + 0] = sk;
+        red[(c.warp * 16 + v) * 3 + 1] = sq;
+        red[(c.warp * 16 + v) * 3 + 2] = kq;
+    }
+    cbar();
+    const float beta = sc[0], decay = sc[1];
+    if (c.warp == 0) {
+        float o2 = 0.f;
+        if (c.lane < 16) {
+            float SK = 0.f, SQ = 0.f, KQ = 0.f;
+#pragma unroll
+            for (int w = 0; w < NCW; ++w) {
+                SK += red[(w * 16 + c.lane) * 3 + 0];
+                SQ += red[(w * 16 + c.lane) * 3 + 1];
+                KQ += red[(w * 16 + c.lane) * 3 + 2];
+            }
+            const float e = beta * (vs[c.lane] - decay * SK);
+            const float o = bfr(decay * SQ + KQ * e);
+            es[c.lane] = e;
+            P.scratch[S_OGDN + h * 128 + j * 16 + c.lane] = o;
+            o2 = o * o;
+        }
+        o2 = warp_sum(o2);
+        if (c.lane == 0) P.scratch[S_SS + h * NSL + j] = o2;
+    }
+    cbar();
+    const float e = es[v];
+    float4 n4;
+    n4.x = fmaf(decay, s4.x, k4.x * e);
+    n4.y = fmaf(decay, s4.y, k4.y * e);
+    n4.z = fmaf(decay, s4.z, k4.z * e);
+    n4.w = fmaf(decay, s4.w, k4.w * e);
+    __stcg((float4*)S, n4);
+}
+
+// acts[0..2048) <- bf16(bf16(w * bf16(o * rstd_head)) * silu(z)) for the out_proj matvec.
+__device__ __forceinline__ void gdn_out_act(Ctx& c, const LuceMkParams& P, int l) {
+    const float* sp = P.sblob + (long long)l * SP;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+        const int i = c.tid + e * NCT;
+        const int h = i >> 7;
+        float ss = 0.f;
+#pragma unroll
+        for (int s = 0; s < NSL; ++s) ss += __ldcg(P.scratch + S_SS + h * NSL + s);
+        const float r = rsqrtf(ss * (1.0f / DV) + EPS);
+        const float o = __ldcg(P.scratch + S_OGDN + i);
+        const float z = __ldcg(P.scratch + S_RAW + 6144 + i);
+        const float n = bfr(sp[SP_GNW + (i & 127)] * bfr(o * r));
+        c.acts[i] = bfr(n * silu(z));
+    }
+    cbar();
+}
+
+}  // namespace mk

@@ -1,0 +1,102 @@
+// mk_ring.cuh -- the weight stream: per-block row split of every matvec phase, the producer warp that streams the
+// block's rows of every phase (all layers, then the LM head, for every step) into a shared-memory ring of 32 KB slots
+// without ever waiting on activations, and the consumer side that takes chunks off the ring in the same order.
+#pragma once
+#include "luce_mk.h"
+#include "mk_config.cuh"
+#include "mk_sync.cuh"
+
+namespace mk {
+
+struct Phase {
+    const char* src;  // first row of the phase
+    int rows;
+    int row_bytes;    // 2048 (K=1024), 4096 (K=2048 or a gate|up pair), 7168 (K=3584)
+};
+
+struct Ctx {
+    int G, b, tid, warp, lane;
+    int ns;            // ring slots
+    unsigned q;        // chunks consumed so far (consumer view)
+    unsigned nsync;    // grid barriers passed in this launch
+    char* ring;
+    uint64_t* full;
+    uint64_t* empty;
+    float* xs;         // residual input of the current sub-layer (1024)
+    float* acts;       // activations of the current matvec (up to 4096)
+    float* misc;       // 2048 floats of per-phase scratch
+};
+
+__device__ __forceinline__ int split_rows(int R, int b, int G) { return (int)(((long long)R * b) / G); }
+
+__device__ __forceinline__ Phase layer_phase(const void* wblob, int l, int k) {
+    const char* base = (const char*)wblob + layer_woff(l) * 2;
+    const int r1 = is_fa(l) ? FA_ROWS : GDN_ROWS;
+    const char* outp = base + (long long)r1 * 2048;
+    switch (k) {
+        case 0: return {base, r1, 2048};
+        case 1: return {outp, H, 4096};
+        case 2: return {outp + W_OUT * 2, FF, 4096};
+        default: return {outp + (W_OUT + W_GU) * 2, H, 7168};
+    }
+}
+__device__ __forceinline__ Phase lm_phase(const void* embed) { return {(const char*)embed, V, 2048}; }
+
+// ---- producer ----
+struct Producer {
+    unsigned qp = 0;
+#if __CUDA_ARCH__ >= 900
+    uint64_t pol;
+#endif
+    __device__ __forceinline__ void issue(const Ctx& c, const Phase& ph) {
+        const int r0 = split_rows(ph.rows, c.b, c.G), r1 = split_rows(ph.rows, c.b + 1, c.G);
+        const int rps = SLOT_BYTES / ph.row_bytes;
+        for (int r = r0; r < r1; r += rps) {
+            const int n = min(rps, r1 - r);
+            const unsigned bytes = (unsigned)(n * ph.row_bytes);
+            const int slot = (int)(qp % (unsigned)c.ns);
+            mbar_wait(&c.empty[slot], ((qp / (unsigned)c.ns) & 1u) ^ 1u);
+            char* dst = c.ring + (size_t)slot * SLOT_BYTES;
+            const char* src = ph.src + (long long)r * ph.row_bytes;
+#if __CUDA_ARCH__ >= 900
+            bulk_load(dst, src, bytes, &c.full[slot], pol);
+#else
+            warp_async_load(dst, src, bytes, &c.full[slot], c.lane);
+#endif
+            ++qp;
+        }
+    }
+};
+
+__device__ void run_producer(const Ctx& c, const LuceMkParams& P) {
+    Producer pr;
+#if __CUDA_ARCH__ >= 900
+    if (c.lane != 0) return;
+    pr.pol = evict_first_policy();
+#endif
+    for (int s = 0; s < P.n_steps; ++s) {
+        for (int l = 0; l < NL; ++l)
+            for (int k = 0; k < 4; ++k) pr.issue(c, layer_phase(P.wblob, l, k));
+        pr.issue(c, lm_phase(P.embed));
+    }
+}
+
+// ---- consumer ----
+// Calls fn(row, smem_row_ptr) for the rows of this warp (local row index % 16 == warp), chunk by chunk.
+template <class F>
+__device__ __forceinline__ void consume(Ctx& c, const Phase& ph, F&& fn) {
+    const int r0 = split_rows(ph.rows, c.b, c.G), r1 = split_rows(ph.rows, c.b + 1, c.G);
+    const int rps = SLOT_BYTES / ph.row_bytes;
+    for (int r = r0; r < r1; r += rps) {
+        const int n = min(rps, r1 - r);
+        const int i = (c.warp - ((r - r0) & 15)) & 15;
+        const int slot = (int)(c.q % (unsigned)c.ns);
+        mbar_wait(&c.full[slot], (c.q / (unsigned)c.ns) & 1u);
+        if (i < n) fn(r + i, c.ring + (size_t)slot * SLOT_BYTES + (size_t)i * ph.row_bytes);
+        __syncwarp();
+        if (c.lane == 0) mbar_arrive(&c.empty[slot]);
+        ++c.q;
+    }
+}
+
+}  // namespace mk

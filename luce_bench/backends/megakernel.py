@@ -1,0 +1,222 @@
+"""The bundled CUDA decode megakernel as a backend: one cooperative kernel launch per decode call (all steps).
+
+Weights are repacked once at load into the kernel's streaming layout (see cuda/luce_mk.h): fused in_proj / qkv rows,
+interleaved gate|up rows, (1 + w) norm weights, -exp(A_log). Prefill feeds the prompt token by token through the
+same kernel (one launch for the whole prompt). torch is used only for device buffers, pointers and the stream.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from luce_bench.backends.base import Backend, ModelSpec, StepResult
+from luce_bench.errors import UserError
+
+_SHAPE_FIELDS = ("hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size", "num_attention_heads",
+                 "num_key_value_heads", "head_dim", "linear_num_key_heads", "linear_num_value_heads",
+                 "linear_key_head_dim", "linear_value_head_dim", "linear_conv_kernel_dim", "layer_types",
+                 "rope_theta", "partial_rotary_factor", "rms_norm_eps", "tie_word_embeddings")
+
+
+def _gpu_present() -> bool:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return pynvml.nvmlDeviceGetCount() > 0
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:
+        return Path("/dev/nvidia0").exists()
+
+
+def check_config(cfg: Any) -> None:
+    """UserError unless `cfg` has exactly the Qwen3.5-0.8B shapes the kernel is compiled for."""
+    from luce_bench.model.spec import QWEN35_08B
+
+    bad = [f for f in _SHAPE_FIELDS if getattr(cfg, f) != getattr(QWEN35_08B, f)]
+    if bad:
+        raise UserError("the megakernel supports only the exact Qwen3.5-0.8B shapes; this model differs in "
+                        + ", ".join(bad))
+
+
+class MegakernelBackend(Backend):
+    """Persistent decode megakernel (bf16 weights, f32 DeltaNet state, bf16 KV cache), greedy."""
+
+    name = "megakernel"
+    PREFILL_CHUNK = 512  # prompt steps per launch
+
+    def __init__(self, max_seq: int = 4096, arch: str | None = None) -> None:
+        self.max_seq = max_seq
+        self.arch = arch
+        self._lib: Any = None
+        self._build: Any = None
+        self._pos = 0
+        self._sync_count = 0
+        self._bufs: dict[str, Any] = {}
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        if importlib.util.find_spec("torch") is None:
+            return "torch is not installed (needed for device buffers)"
+        from luce_bench.kernels.build import find_nvcc
+
+        if find_nvcc() is None:
+            return "nvcc not found (the megakernel is compiled on first use; install the CUDA toolkit)"
+        if not _gpu_present():
+            return "no CUDA GPU visible"
+        return None
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        from luce_bench.kernels import build_info
+
+        return {"kernel": build_info()}
+
+    # ---------------------------------------------------------------- load
+    def load(self, model: ModelSpec, device: str = "auto") -> None:
+        import torch
+
+        from luce_bench.kernels import lib as klib
+        from luce_bench.kernels.build import build
+        from luce_bench.model.weights import load_text_weights
+
+        check_config(model.config)
+        if device == "cpu":
+            raise UserError("the megakernel backend runs on CUDA only (--device cuda)")
+        if not torch.cuda.is_available():
+            raise UserError("megakernel backend: torch sees no CUDA GPU")
+        self._device = torch.device("cuda" if device == "auto" else device)
+        self._device_kind = "cuda"
+        torch.cuda.set_device(self._device)
+        self._build = build(self.arch)
+        self._lib = klib.load_library(self._build.lib)
+        self._layout = klib.layout(self._lib)
+        self._launch = klib.LuceMkLaunchInfo()
+        klib.check(self._lib, self._lib.luce_mk_launch_info(self._launch), "launch info")
+        self.load_state_dict(load_text_weights(model.path))
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        """Repack HF-named CPU tensors into the kernel layout on the device and allocate the state buffers."""
+        import torch
+
+        from luce_bench.kernels.pack import pack_small, pack_weights
+
+        dev = self._device
+        lay = self._layout
+        self._bufs = {}
+        b = self._bufs
+        b["wblob"] = pack_weights(sd, lay, dev)
+        b["sblob"] = pack_small(sd, lay).to(dev)
+        b["embed"] = sd["model.embed_tokens.weight"].to(device=dev, dtype=torch.bfloat16).contiguous()
+        kv = self.max_seq * lay.kv_elems_per_pos
+        b["kcache"] = torch.zeros(kv, dtype=torch.bfloat16, device=dev)
+        b["vcache"] = torch.zeros(kv, dtype=torch.bfloat16, device=dev)
+        b["gdn_state"] = torch.zeros(lay.gdn_state_floats, dtype=torch.float32, device=dev)
+        b["conv_hist"] = torch.zeros(lay.conv_hist_floats, dtype=torch.float32, device=dev)
+        b["scratch"] = torch.zeros(lay.scratch_floats, dtype=torch.float32, device=dev)
+        b["sync"] = torch.zeros(32, dtype=torch.int32, device=dev)
+        b["best"] = torch.zeros(2, dtype=torch.int64, device=dev)
+        b["last_token"] = torch.zeros(1, dtype=torch.int32, device=dev)
+        self._sync_count = 0
+        self.reset()
+
+    # ---------------------------------------------------------------- run
+    def reset(self) -> None:
+        for k in ("gdn_state", "conv_hist", "best"):
+            self._bufs[k].zero_()
+        self._pos = 0
+
+    def _run(self, n: int, in_tokens: Any, logits_first: int | None) -> tuple[Any, Any]:
+        """Launch n steps; returns (out_tokens [n] int32, logits [n - logits_first, V] f32 or None) on the device."""
+        import torch
+
+        from luce_bench.kernels.lib import LuceMkParams, check
+
+        if self._pos + n > self.max_seq:
+            raise UserError(f"sequence of {self._pos + n} tokens exceeds the megakernel's KV cache "
+                            f"({self.max_seq}); construct the backend with a larger max_seq")
+        b, dev = self._bufs, self._device
+        out = torch.full((n,), -1, dtype=torch.int32, device=dev)  # poisoned: every step must write its token
+        lg = None
+        if logits_first is not None:  # debug path only; poisoned so an unwritten logit shows as NaN
+            lg = torch.full((n - logits_first, self._layout.vocab), float("nan"), dtype=torch.float32, device=dev)
+        p = LuceMkParams()
+        for k in ("wblob", "sblob", "embed", "kcache", "vcache", "gdn_state", "conv_hist", "scratch", "sync", "best",
+                  "last_token"):
+            setattr(p, k, b[k].data_ptr())
+        p.in_tokens = in_tokens.data_ptr() if in_tokens is not None else None
+        p.out_tokens = out.data_ptr()
+        p.logits = lg.data_ptr() if lg is not None else None
+        p.logits_first = logits_first or 0
+        p.pos, p.n_steps, p.max_seq = self._pos, n, self.max_seq
+        p.sync_base = self._sync_count & 0xFFFFFFFF
+        stream = torch.cuda.current_stream(dev).cuda_stream
+        check(self._lib, self._lib.luce_mk_decode(p, stream), "megakernel launch")
+        self._sync_count += n * self._layout.syncs_per_step
+        self._pos += n
+        return out, lg
+
+    def _tokens(self, ids: Sequence[int]) -> Any:
+        import torch
+
+        return torch.tensor(list(ids), dtype=torch.int32, device=self._device)
+
+    def prefill(self, token_ids: Sequence[int], logits: bool = False) -> StepResult:
+        import torch
+
+        ids = list(token_ids)
+        if not ids:
+            raise ValueError("empty prompt")
+        forced = self._tokens(ids)
+        torch.cuda.synchronize(self._device)
+        t0 = time.perf_counter()
+        out = lg = None
+        for s in range(0, len(ids), self.PREFILL_CHUNK):
+            n = min(self.PREFILL_CHUNK, len(ids) - s)
+            last = s + n == len(ids)
+            out, lg = self._run(n, forced[s:s + n], n - 1 if (logits and last) else None)
+        torch.cuda.synchronize(self._device)
+        elapsed = time.perf_counter() - t0
+        rows = lg.cpu().numpy() if lg is not None else None
+        return StepResult(tokens=(int(out[-1].item()),), elapsed_s=elapsed, logits=rows)
+
+    def decode(self, n: int, logits: bool = False, inputs: Sequence[int] | None = None) -> StepResult:
+        import torch
+
+        if n < 1:
+            return StepResult(tokens=(), elapsed_s=0.0)
+        forced = None
+        if inputs is not None:
+            if len(inputs) != n:
+                raise ValueError("len(inputs) must equal n")
+            forced = self._tokens(inputs)
+        elif self._pos == 0:
+            raise RuntimeError("decode() needs a prefill() first")
+        torch.cuda.synchronize(self._device)
+        t0 = time.perf_counter()
+        out, lg = self._run(n, forced, 0 if logits else None)
+        torch.cuda.synchronize(self._device)
+        elapsed = time.perf_counter() - t0
+        return StepResult(tokens=tuple(int(t) for t in out.tolist()), elapsed_s=elapsed,
+                          logits=lg.cpu().numpy() if lg is not None else None)
+
+    def info(self) -> dict[str, Any]:
+        if self._build is None:
+            return {}
+        return {
+            "lib": str(self._build.lib), "archs": list(self._build.archs), "nvcc": self._build.nvcc_version,
+            "grid": self._launch.grid, "threads": self._launch.threads, "smem_bytes": self._launch.smem_bytes,
+            "ring_slots": self._launch.ring_slots, "syncs_per_step": self._layout.syncs_per_step,
+            "max_seq": self.max_seq,
+            "ptxas": [{"arch": r.arch, "registers": r.registers, "spill_stores": r.spill_stores,
+                       "spill_loads": r.spill_loads} for r in self._build.reports],
+        }
+
+    def close(self) -> None:
+        self._bufs = {}

@@ -1,0 +1,48 @@
+"""The bundled CUDA decode megakernel: build (nvcc, cached), load (ctypes) and describe it.
+
+`build_info()` feeds `luce-bench info`; the heavy lifting lives in `build.py` (nvcc driver), `lib.py` (ctypes ABI)
+and `luce_bench/backends/megakernel.py` (the backend).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def build_info(arch: str | None = None, build: bool = False) -> dict[str, Any]:
+    """nvcc version, arch, cache path, registers/spills of the kernel build for `arch` (default: detected).
+
+    Without `build`, reports only what is already cached (never runs nvcc); errors become an `error` field.
+    """
+    from luce_bench.errors import UserError
+    from luce_bench.kernels import build as b
+
+    info: dict[str, Any] = {"nvcc": None, "arch": None, "cache": None, "built": False}
+    try:
+        nvcc = b.find_nvcc()
+        if nvcc is None:
+            info["error"] = "nvcc not found"
+            return info
+        version = b.nvcc_version(nvcc)
+        info["nvcc"] = version.splitlines()[-1]
+        arch_n = b.normalize_arch(arch) if arch else b.detect_arch()
+        info["arch"] = arch_n
+        src = b.source_dir()
+        flags = [*b.BASE_FLAGS, *b.gencode_flags((arch_n,))]
+        key = b.build_key(src, flags, version)
+        cache = b.cache_root() / key
+        info["cache"] = str(cache)
+        if build:
+            res = b.build((arch_n,))
+            cache = res.lib.parent
+        report = cache / b.REPORT_NAME
+        if report.is_file():
+            info["built"] = True
+            info["kernels"] = [
+                {"function": r.function, "arch": r.arch, "registers": r.registers, "stack_bytes": r.stack_bytes,
+                 "spill_stores": r.spill_stores, "spill_loads": r.spill_loads}
+                for r in b.parse_ptxas(report.read_text())
+            ]
+    except UserError as exc:
+        info["error"] = str(exc)
+    return info

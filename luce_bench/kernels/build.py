@@ -1,0 +1,239 @@
+"""Build the decode megakernel with nvcc (no torch, no cuBLAS) and cache the shared library by content hash.
+
+The cache key is sha256(sources + flags + `nvcc --version`); a build happens in a temporary directory next to the
+final one and is renamed into place, so concurrent builders never see a half-written library. The ptxas report
+(`-Xptxas -v`: registers, stack, spills per kernel and arch) is kept next to the .so as `ptxas.txt`.
+
+CLI: `python -m luce_bench.kernels.build --arch sm_80,sm_90 --out DIR`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from luce_bench.errors import UserError
+
+LIB_NAME = "libluce_mk.so"
+REPORT_NAME = "ptxas.txt"
+MAIN_SOURCE = "mk_decode.cu"
+BASE_FLAGS = ("-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", "-cudart", "static", "-Xptxas", "-v",
+              "--threads", "0", "-lineinfo")
+_ARCH = re.compile(r"^(?:sm_|compute_)?(\d{2,3}a?)$")
+
+
+@dataclass
+class KernelReport:
+    """ptxas facts for one kernel (function) on one arch."""
+
+    arch: str
+    function: str
+    registers: int = 0
+    stack_bytes: int = 0
+    spill_stores: int = 0
+    spill_loads: int = 0
+
+
+@dataclass
+class BuildResult:
+    """A built (or cached) library."""
+
+    lib: Path
+    archs: tuple[str, ...]
+    nvcc_version: str
+    cached: bool
+    reports: list[KernelReport] = field(default_factory=list)
+
+    @property
+    def report_path(self) -> Path:
+        return self.lib.parent / REPORT_NAME
+
+
+def source_dir() -> Path:
+    """The CUDA sources: package data of an installed wheel (`luce_bench/_cuda`), else the checkout's `cuda/`."""
+    pkg = Path(__file__).resolve().parent.parent
+    for cand in (pkg / "_cuda", pkg.parent / "cuda"):
+        if (cand / MAIN_SOURCE).is_file():
+            return cand
+    raise UserError(f"megakernel CUDA sources not found (looked in {pkg / '_cuda'} and {pkg.parent / 'cuda'})")
+
+
+def find_nvcc() -> str | None:
+    """Path of nvcc: $CUDACXX, else PATH, else $CUDA_HOME/bin, else /usr/local/cuda/bin."""
+    for cand in (os.environ.get("CUDACXX"), shutil.which("nvcc")):
+        if cand and Path(cand).is_file():
+            return cand
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if home and (Path(home) / "bin" / "nvcc").is_file():
+            return str(Path(home) / "bin" / "nvcc")
+    return None
+
+
+def nvcc_version(nvcc: str) -> str:
+    """The full `nvcc --version` text (part of the cache key)."""
+    out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise UserError(f"{nvcc} --version failed: {out.stderr.strip()[:200]}")
+    return out.stdout.strip()
+
+
+def normalize_arch(arch: str) -> str:
+    """'90', 'sm_90', 'compute_90', '9.0' -> 'sm_90'; loud error otherwise."""
+    a = arch.strip().lower().replace(".", "")
+    m = _ARCH.match(a)
+    if not m:
+        raise UserError(f"bad CUDA arch {arch!r}: expected e.g. sm_90, sm_80, 90 or 9.0")
+    return f"sm_{m.group(1)}"
+
+
+def detect_arch() -> str:
+    """Arch of GPU 0: $LUCE_BENCH_CUDA_ARCH, else torch, else NVML; a UserError when none can tell."""
+    env = os.environ.get("LUCE_BENCH_CUDA_ARCH")
+    if env:
+        return normalize_arch(env)
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability(0)
+            return f"sm_{major}{minor}"
+    except ImportError:
+        pass
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(pynvml.nvmlDeviceGetHandleByIndex(0))
+            return f"sm_{major}{minor}"
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:
+        pass
+    raise UserError("cannot tell the CUDA arch: no GPU visible to torch or NVML; pass --arch (e.g. sm_90) "
+                    "or set LUCE_BENCH_CUDA_ARCH")
+
+
+def gencode_flags(archs: tuple[str, ...]) -> list[str]:
+    """-gencode pairs: SASS for every arch, plus PTX of the newest for forward compatibility."""
+    flags: list[str] = []
+    for a in archs:
+        num = a[3:]
+        flags += ["-gencode", f"arch=compute_{num},code=sm_{num}"]
+    newest = archs[-1][3:]
+    flags += ["-gencode", f"arch=compute_{newest},code=compute_{newest}"]
+    return flags
+
+
+def cache_root() -> Path:
+    """$XDG_CACHE_HOME/luce-bench/kernels (or ~/.cache/luce-bench/kernels)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "luce-bench" / "kernels"
+
+
+def _sources(src: Path) -> list[Path]:
+    return sorted(p for p in src.iterdir() if p.suffix in (".cu", ".cuh", ".h"))
+
+
+def build_key(src: Path, flags: list[str], version: str) -> str:
+    """sha256 over the sources (names + bytes), the flags and the nvcc version."""
+    h = hashlib.sha256()
+    for p in _sources(src):
+        h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
+    h.update("\0".join(flags).encode() + b"\0" + version.encode())
+    return h.hexdigest()
+
+
+_FN = re.compile(r"Compiling entry function '([^']+)' for '(sm_\d+a?)'")
+_SPILL = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+_REGS = re.compile(r"Used (\d+) registers")
+
+
+def parse_ptxas(text: str) -> list[KernelReport]:
+    """Kernel entries of a `-Xptxas -v` report."""
+    reports: list[KernelReport] = []
+    cur: KernelReport | None = None
+    for line in text.splitlines():
+        if m := _FN.search(line):
+            cur = KernelReport(arch=m.group(2), function=m.group(1))
+            reports.append(cur)
+        elif cur is not None and (m := _SPILL.search(line)):
+            cur.stack_bytes, cur.spill_stores, cur.spill_loads = (int(x) for x in m.groups())
+        elif cur is not None and (m := _REGS.search(line)):
+            cur.registers = int(m.group(1))
+    return reports
+
+
+def build(archs: str | list[str] | tuple[str, ...] | None = None, out_dir: Path | None = None,
+          force: bool = False, verbose: bool = False) -> BuildResult:
+    """Build (or reuse) the library for `archs` (default: detected). `out_dir` overrides the cache directory."""
+    if archs is None:
+        archs = (detect_arch(),)
+    elif isinstance(archs, str):
+        archs = tuple(a for a in archs.split(",") if a.strip())
+    arch_t = tuple(sorted({normalize_arch(a) for a in archs}, key=lambda a: int(a[3:].rstrip("a"))))
+    if not arch_t:
+        raise UserError("no CUDA arch given")
+    nvcc = find_nvcc()
+    if nvcc is None:
+        raise UserError("nvcc not found (install the CUDA toolkit, put nvcc on PATH or set CUDACXX/CUDA_HOME)")
+    version = nvcc_version(nvcc)
+    src = source_dir()
+    flags = [*BASE_FLAGS, *gencode_flags(arch_t)]
+    key = build_key(src, flags, version)
+    final = Path(out_dir) if out_dir else cache_root() / key
+    lib = final / LIB_NAME
+    if lib.is_file() and (final / REPORT_NAME).is_file() and not force:
+        return BuildResult(lib, arch_t, version.splitlines()[-1], True, parse_ptxas((final / REPORT_NAME).read_text()))
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        cmd = [nvcc, *flags, "-I", str(src), "-o", str(tmp / LIB_NAME), str(src / MAIN_SOURCE)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        report = proc.stdout + proc.stderr
+        if proc.returncode != 0:
+            raise UserError(f"nvcc failed ({proc.returncode}): " + " | ".join(report.strip().splitlines()[-6:]))
+        (tmp / REPORT_NAME).write_text(report)
+        (tmp / "build.txt").write_text(" ".join(cmd) + "\n" + version + "\n")
+        if verbose:
+            print(report)
+        if final.exists():
+            shutil.rmtree(final, ignore_errors=True)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not lib.is_file():  # lost a race with a concurrent builder that did not finish
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return BuildResult(lib, arch_t, version.splitlines()[-1], False, parse_ptxas((final / REPORT_NAME).read_text()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m luce_bench.kernels.build --arch sm_80,sm_90 --out DIR`."""
+    ap = argparse.ArgumentParser(prog="python -m luce_bench.kernels.build", description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", default=None, help="comma-separated archs (sm_80,sm_90); default: the GPU's")
+    ap.add_argument("--out", type=Path, default=None, help="output directory (default: the content-hash cache)")
+    ap.add_argument("--force", action="store_true", help="rebuild even if cached")
+    args = ap.parse_args(argv)
+    try:
+        res = build(args.arch, args.out, force=args.force)
+    except UserError as exc:
+        print(f"error: {exc}")
+        return 2
+    print(f"{'cached' if res.cached else 'built'}: {res.lib}")
+    for r in res.reports:
+        print(f"  {r.arch} {r.function}: {r.registers} regs, {r.stack_bytes} B stack, "
+              f"{r.spill_stores} B spill stores, {r.spill_loads} B spill loads")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,77 @@
+"""ctypes binding of `cuda/luce_mk.h`: structs, argtypes, and loading a built library (no torch needed)."""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+from luce_bench.errors import UserError
+
+ABI_VERSION = 1
+SYMBOLS = ("luce_mk_abi_version", "luce_mk_get_layout", "luce_mk_launch_info", "luce_mk_decode",
+           "luce_mk_error_string")
+
+_p = ctypes.c_void_p
+
+
+class LuceMkParams(ctypes.Structure):
+    """Mirror of `LuceMkParams` (field order and types must match luce_mk.h)."""
+
+    _fields_ = [
+        ("wblob", _p), ("sblob", _p), ("embed", _p), ("kcache", _p), ("vcache", _p), ("gdn_state", _p),
+        ("conv_hist", _p), ("scratch", _p), ("sync", _p), ("best", _p), ("last_token", _p), ("in_tokens", _p),
+        ("out_tokens", _p), ("logits", _p), ("logits_first", ctypes.c_int), ("pos", ctypes.c_int),
+        ("n_steps", ctypes.c_int), ("max_seq", ctypes.c_int), ("sync_base", ctypes.c_uint),
+    ]
+
+
+class LuceMkLayout(ctypes.Structure):
+    """Mirror of `LuceMkLayout`."""
+
+    _fields_ = [
+        ("wblob_elems", ctypes.c_int64), ("layer_woff", ctypes.c_int64 * 24), ("sblob_floats", ctypes.c_int64),
+        ("sp_stride", ctypes.c_int64), ("scratch_floats", ctypes.c_int64), ("gdn_state_floats", ctypes.c_int64),
+        ("conv_hist_floats", ctypes.c_int64), ("kv_elems_per_pos", ctypes.c_int64), ("syncs_per_step", ctypes.c_int),
+        ("vocab", ctypes.c_int), ("hidden", ctypes.c_int),
+    ]
+
+
+class LuceMkLaunchInfo(ctypes.Structure):
+    """Mirror of `LuceMkLaunchInfo`."""
+
+    _fields_ = [("grid", ctypes.c_int), ("threads", ctypes.c_int), ("smem_bytes", ctypes.c_int),
+                ("ring_slots", ctypes.c_int), ("sm_count", ctypes.c_int), ("occupancy", ctypes.c_int)]
+
+
+def load_library(path: Path) -> ctypes.CDLL:
+    """dlopen the library, set argtypes/restypes and check the ABI version."""
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as exc:
+        raise UserError(f"cannot load megakernel library {path}: {exc}") from exc
+    lib.luce_mk_abi_version.argtypes = []
+    lib.luce_mk_abi_version.restype = ctypes.c_int
+    lib.luce_mk_get_layout.argtypes = [ctypes.POINTER(LuceMkLayout)]
+    lib.luce_mk_get_layout.restype = None
+    lib.luce_mk_launch_info.argtypes = [ctypes.POINTER(LuceMkLaunchInfo)]
+    lib.luce_mk_launch_info.restype = ctypes.c_int
+    lib.luce_mk_decode.argtypes = [ctypes.POINTER(LuceMkParams), ctypes.c_void_p]
+    lib.luce_mk_decode.restype = ctypes.c_int
+    lib.luce_mk_error_string.argtypes = [ctypes.c_int]
+    lib.luce_mk_error_string.restype = ctypes.c_char_p
+    if lib.luce_mk_abi_version() != ABI_VERSION:
+        raise UserError(f"{path}: ABI version {lib.luce_mk_abi_version()} != {ABI_VERSION}; rebuild the kernel")
+    return lib
+
+
+def layout(lib: ctypes.CDLL) -> LuceMkLayout:
+    """Buffer sizes and weight offsets of the compiled kernel."""
+    out = LuceMkLayout()
+    lib.luce_mk_get_layout(ctypes.byref(out))
+    return out
+
+
+def check(lib: ctypes.CDLL, rc: int, what: str) -> None:
+    """Raise a RuntimeError naming the CUDA / luce_mk error if rc != 0."""
+    if rc != 0:
+        raise RuntimeError(f"{what}: {lib.luce_mk_error_string(rc).decode()} (code {rc})")

@@ -1,0 +1,76 @@
+"""Repack HF-named Qwen3.5-0.8B weights into the megakernel's layouts (cuda/luce_mk.h): one bf16 blob of all layer
+matrices in streaming order and one f32 blob of the small parameters ((1 + w) norms, conv taps, -exp(A_log), ...)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+SP_LN1, SP_LN2, SP_CONV, SP_NEGA, SP_DTB, SP_GNW, SP_QN, SP_KN = 0, 1024, 2048, 26624, 26640, 26656, 2048, 2304
+
+
+def is_fa(layer: int) -> bool:
+    """Layer `layer` is a gated full-attention layer (3, 7, ..., 23)."""
+    return layer % 4 == 3
+
+
+def layer_matrices(sd: dict[str, Any], layer: int) -> list[Any]:
+    """The layer's 4 streamed matrices [rows, K] in kernel order (bf16, CPU)."""
+    import torch
+
+    p = f"model.layers.{layer}."
+    bf = torch.bfloat16
+    if is_fa(layer):
+        a = p + "self_attn."
+        proj = torch.cat([sd[a + "q_proj.weight"], sd[a + "k_proj.weight"], sd[a + "v_proj.weight"]], 0)
+        outp = sd[a + "o_proj.weight"]
+    else:
+        g = p + "linear_attn."
+        proj = torch.cat([sd[g + "in_proj_qkv.weight"], sd[g + "in_proj_z.weight"], sd[g + "in_proj_b.weight"],
+                          sd[g + "in_proj_a.weight"]], 0)
+        outp = sd[g + "out_proj.weight"]
+    m = p + "mlp."
+    gate_up = torch.stack([sd[m + "gate_proj.weight"], sd[m + "up_proj.weight"]], 1).reshape(-1, 2 * 1024)
+    return [t.to(bf) for t in (proj, outp, gate_up, sd[m + "down_proj.weight"])]
+
+
+def pack_weights(sd: dict[str, Any], layout: Any, device: Any) -> Any:
+    """The bf16 weight blob on `device` (filled layer by layer, so host memory stays small)."""
+    import torch
+
+    blob = torch.empty(layout.wblob_elems, dtype=torch.bfloat16, device=device)
+    for layer in range(24):
+        off = layout.layer_woff[layer]
+        for mat in layer_matrices(sd, layer):
+            n = mat.numel()
+            blob[off:off + n].view_as(mat).copy_(mat.contiguous())
+            off += n
+        end = layout.layer_woff[layer + 1] if layer < 23 else layout.wblob_elems
+        if off != end:
+            raise AssertionError(f"layer {layer}: packed {off} elements, layout expects {end}")
+    return blob
+
+
+def pack_small(sd: dict[str, Any], layout: Any) -> Any:
+    """The f32 small-parameter blob (CPU)."""
+    import torch
+
+    f = torch.float32
+    sp = int(layout.sp_stride)
+    out = torch.zeros(int(layout.sblob_floats), dtype=f)
+    for layer in range(24):
+        p = f"model.layers.{layer}."
+        base = layer * sp
+        out[base + SP_LN1: base + SP_LN1 + 1024] = 1.0 + sd[p + "input_layernorm.weight"].to(f)
+        out[base + SP_LN2: base + SP_LN2 + 1024] = 1.0 + sd[p + "post_attention_layernorm.weight"].to(f)
+        if is_fa(layer):
+            a = p + "self_attn."
+            out[base + SP_QN: base + SP_QN + 256] = 1.0 + sd[a + "q_norm.weight"].to(f)
+            out[base + SP_KN: base + SP_KN + 256] = 1.0 + sd[a + "k_norm.weight"].to(f)
+        else:
+            g = p + "linear_attn."
+            out[base + SP_CONV: base + SP_CONV + 6144 * 4] = sd[g + "conv1d.weight"].to(f).reshape(-1)
+            out[base + SP_NEGA: base + SP_NEGA + 16] = -torch.exp(sd[g + "A_log"].to(f))
+            out[base + SP_DTB: base + SP_DTB + 16] = sd[g + "dt_bias"].to(f)
+            out[base + SP_GNW: base + SP_GNW + 128] = sd[g + "norm.weight"].to(f)
+    out[24 * sp: 24 * sp + 1024] = 1.0 + sd["model.norm.weight"].to(f)
+    return out
