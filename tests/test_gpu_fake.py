@@ -40,7 +40,7 @@ def test_dvfs_flat_then_knee():
     for limit_w in (420, 400, 300, 220, 150, 100):
         gpu.set_power_limit_mw(limit_w * 1000)
         gpu.set_busy(True)
-        speeds[limit_w] = gpu.throughput_share(0.75)
+        speeds[limit_w] = gpu.throughput_share(0.7)
         assert gpu.power_usage_mw() <= limit_w * 1000
         gpu.set_busy(False)
     assert speeds[420] == speeds[400] == 1.0  # flat while the draw fits under the limit
@@ -70,11 +70,11 @@ def test_energy_counter_integrates_power_in_ticks():
     clock = Clock()
     gpu = FakeGPU(clock=clock, counter_tick_s=0.1)
     e0 = gpu.total_energy_mj()
-    gpu.set_busy(True)  # 380 W at the stock limit
+    gpu.set_busy(True)  # 330 W at the stock limit
     clock.t += 10.0
-    assert gpu.total_energy_mj() - e0 == pytest.approx(3_800_000, abs=1)
+    assert gpu.total_energy_mj() - e0 == pytest.approx(3_300_000, abs=1)
     clock.t += 0.05  # inside a tick: the counter has not moved yet
-    assert gpu.total_energy_mj() - e0 == pytest.approx(3_800_000, abs=1)
+    assert gpu.total_energy_mj() - e0 == pytest.approx(3_300_000, abs=1)
 
 
 def test_scripted_trace_gives_known_energy():

@@ -20,7 +20,7 @@ NOTE = "SIMULATED backend: throughput comes from the FakeGPU's DVFS model, not f
 # (prefill tok/s, decode tok/s) at the top clock, per FakeGPU preset; roughly a 0.8B model at batch 1.
 STOCK_RATES: dict[str, tuple[float, float]] = {"rtx3090": (9000.0, 250.0), "h100-sxm": (24000.0, 420.0)}
 PREFILL_MEM_BOUND_SHARE = 0.2
-DECODE_MEM_BOUND_SHARE = 0.75
+DECODE_MEM_BOUND_SHARE = 0.7
 
 
 def _fake_gpu() -> Any:

@@ -61,19 +61,19 @@ class FakePreset:
     mem_mhz: int
     compute_capability: tuple[int, int]
     alpha: float = 2.5
-    vfloor_share: float = 0.6
+    vfloor_share: float = 0.8
     ambient_c: float = 28.0
     c_per_w: float = 0.13
-    tau_s: float = 20.0
+    tau_s: float = 10.0
 
 
 PRESETS: dict[str, FakePreset] = {
     "rtx3090": FakePreset("rtx3090", "NVIDIA GeForce RTX 3090 (simulated)", 100_000, 420_000, 420_000,
-                          idle_w=30.0, load_w=380.0, max_sm_mhz=1950, idle_sm_mhz=210, min_sm_mhz=210,
+                          idle_w=30.0, load_w=330.0, max_sm_mhz=1950, idle_sm_mhz=210, min_sm_mhz=210,
                           mem_mhz=9751, compute_capability=(8, 6)),
     "h100-sxm": FakePreset("h100-sxm", "NVIDIA H100 80GB HBM3 (simulated)", 200_000, 700_000, 700_000,
                            idle_w=72.0, load_w=520.0, max_sm_mhz=1980, idle_sm_mhz=345, min_sm_mhz=345,
-                           mem_mhz=2619, compute_capability=(9, 0), c_per_w=0.07, tau_s=30.0),
+                           mem_mhz=2619, compute_capability=(9, 0), c_per_w=0.07, tau_s=12.0),
 }
 
 
@@ -191,7 +191,7 @@ class FakeGPU:
         share = g ** (1.0 / p.alpha) if g >= g_floor else p.vfloor_share * max(g, 0.0) / g_floor
         return max(share, p.min_sm_mhz / p.max_sm_mhz)
 
-    def throughput_share(self, mem_bound_share: float = 0.75) -> float:
+    def throughput_share(self, mem_bound_share: float = 0.7) -> float:
         """Throughput relative to the top clock for a workload whose time is `mem_bound_share` memory-bound."""
         return 1.0 / (mem_bound_share + (1.0 - mem_bound_share) / self.busy_sm_share())
 
