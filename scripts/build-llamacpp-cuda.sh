@@ -55,6 +55,31 @@ t0=$(date +%s)
 t1=$(date +%s)
 echo "build_seconds=$((t1 - t0))"
 whl=$(ls -t "$out"/llama_cpp_python-*.whl | head -1)
+# A wheel cannot hold symlinks, so every library lands three times (libX.so, libX.so.0, libX.so.0.25.3): keep
+# libllama.so (what llama_cpp dlopens) and each other library under its SONAME only (what the linker looks for).
+"$py" - "$whl" <<'PY'
+import base64, hashlib, os, re, sys, zipfile
+src = sys.argv[1]
+tmp = src + ".slim"
+keep = re.compile(r"llama_cpp/lib/(libllama\.so|lib(?!llama)[\w-]+\.so\.\d+)$")
+with zipfile.ZipFile(src) as zi, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zo:
+    names = [n for n in zi.namelist() if "/lib/" not in n or keep.search(n)]
+    if not any(n.endswith("/libllama.so") for n in names):  # unexpected layout: keep the wheel as built
+        sys.exit(0)
+    record_name = next(n for n in names if n.endswith(".dist-info/RECORD"))
+    rows = []
+    for n in names:
+        if n == record_name:
+            continue
+        data = zi.read(n)
+        info = zi.getinfo(n)
+        zo.writestr(info, data, compress_type=zipfile.ZIP_DEFLATED, compresslevel=9)
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        rows.append(f"{n},sha256={digest},{len(data)}")
+    rows.append(f"{record_name},,")
+    zo.writestr(record_name, "\n".join(rows) + "\n")
+os.replace(tmp, src)
+PY
 ls -l "$whl"
 if [ "${INSTALL:-1}" = 1 ]; then
   # shellcheck disable=SC2086

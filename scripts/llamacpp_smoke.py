@@ -35,6 +35,9 @@ def main() -> None:
     ap.add_argument("--parity", action="store_true")
     ap.add_argument("--out", default="")
     a = ap.parse_args()
+    import faulthandler
+
+    faulthandler.enable()  # a segfault prints the Python stack
     res: dict = {"nvml_in_process": a.nvml}
     nv = h = None
     if a.nvml:
@@ -47,13 +50,16 @@ def main() -> None:
     from luce_bench.gguf_export import ensure_gguf
     from luce_bench.model.resolve import resolve_model
 
+    print("stage: resolve", flush=True)
     t = time.perf_counter()
     m = resolve_model(a.model, progress=False)
     res["resolve_s"] = round(time.perf_counter() - t, 1)
+    print("stage: export", flush=True)
     t = time.perf_counter()
     ensure_gguf(m.path, m.config, "bf16", progress=False)
     res["gguf_export_s"] = round(time.perf_counter() - t, 1)
     b = LlamaCppBackend(n_ctx=1024)
+    print("stage: load", flush=True)
     t = time.perf_counter()
     b.load(m, "auto")
     res["load_s"] = round(time.perf_counter() - t, 1)
@@ -70,6 +76,7 @@ def main() -> None:
         b.prefill(prompt[:1])
         return len(b.decode(128).tokens)
 
+    print("stage: run", flush=True)
     b.reset()
     r = b.prefill(prompt)
     d = b.decode(128)
