@@ -61,7 +61,7 @@ class Rapl:
 
     def delta_uj(self, start: list[int], end: list[int]) -> int:
         """Energy between two `read_uj()` results, undoing at most one wraparound per package. Units: µJ."""
-        return sum(wrap_delta(a, b, m) for a, b, m in zip(start, end, self.max_range_uj))
+        return sum(wrap_delta(a, b, m) for a, b, m in zip(start, end, self.max_range_uj, strict=False))
 
 
 def wrap_delta(start_uj: int, end_uj: int, max_range_uj: int) -> int:

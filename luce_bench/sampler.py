@@ -38,15 +38,28 @@ class Sample:
 class Sampler:
     """Poll `gpu` every `period_s` in a daemon thread; use as a context manager or start()/stop()."""
 
-    def __init__(self, gpu, period_s: float = 0.1, clock: Callable[[], float] = time.monotonic,  # noqa: ANN001
-                 read_average: bool = True) -> None:
-        """Args: `gpu` (GPU protocol), poll `period_s` (warns below 0.05 s), injectable `clock`, and whether to read
-        field 185 too (`read_average`)."""
+    def __init__(
+        self,
+        gpu,
+        period_s: float = 0.1,
+        clock: Callable[[], float] = time.monotonic,  # noqa: ANN001
+        read_average: bool = True,
+    ) -> None:
+        """Prepare a sampler (the thread starts on `start()` / `with`).
+
+        Args:
+            gpu: any GPU-protocol object.
+            period_s: poll period; warns below 0.05 s.
+            clock: monotonic clock in seconds (injectable for tests).
+            read_average: also read field 185 (average power).
+        """
         if period_s <= 0:
             raise ValueError("period_s must be positive")
         if period_s < MIN_PERIOD_S:
-            warnings.warn(f"sampler period {period_s} s < {MIN_PERIOD_S} s: NVML may return zero or NotSupported readings",
-                          stacklevel=2)
+            warnings.warn(
+                f"sampler period {period_s} s < {MIN_PERIOD_S} s: NVML may return zero or NotSupported readings",
+                stacklevel=2,
+            )
         self.gpu, self.period_s, self.clock, self.read_average = gpu, period_s, clock, read_average
         self.samples: list[Sample] = []
         self.ready = threading.Event()
@@ -97,8 +110,17 @@ class Sampler:
             sm_mhz, mem_mhz = self.gpu.clocks_mhz()
             if not self.samples or len(self.samples) % 10 == 0:  # the limit rarely changes; read it once a second
                 self._limit_w = self.gpu.power_limit_mw() / 1000.0
-            sample = Sample(t_s, power_w, avg_w, sm_mhz, mem_mhz, self.gpu.temperature_c(),
-                            self.gpu.clock_event_reasons(), self.gpu.total_energy_mj(), self._limit_w)
+            sample = Sample(
+                t_s,
+                power_w,
+                avg_w,
+                sm_mhz,
+                mem_mhz,
+                self.gpu.temperature_c(),
+                self.gpu.clock_event_reasons(),
+                self.gpu.total_energy_mj(),
+                self._limit_w,
+            )
         except GPUError as exc:
             if len(self.errors) < 20:
                 self.errors.append(str(exc))
@@ -125,7 +147,7 @@ class Sampler:
         return [s for s in list(self.samples) if t0_s <= s.t_s <= t1_s]
 
     def integrate_power_j(self, t0_s: float, t1_s: float) -> float:
-        """Trapezoid integral of instant power over [t0_s, t1_s]; edges are extended flat from the nearest sample. Units: J."""
+        """Trapezoid integral of instant power over [t0_s, t1_s], edges interpolated (or held). Units: J."""
         pts = [(s.t_s, s.power_w) for s in list(self.samples)]
         if not pts or t1_s <= t0_s:
             return 0.0
@@ -144,14 +166,21 @@ class Sampler:
             t_b, p_b = after[0]
             last_p = p_a + (p_b - p_a) * (t1_s - t_a) / (t_b - t_a) if t_b > t_a else p_b
         trace = [(t0_s, first_p), *inside, (t1_s, last_p)]
-        return sum(0.5 * (p0 + p1) * (t1 - t0) for (t0, p0), (t1, p1) in zip(trace, trace[1:]))
+        return sum(0.5 * (p0 + p1) * (t1 - t0) for (t0, p0), (t1, p1) in zip(trace, trace[1:], strict=False))
 
     def summarize(self, t0_s: float, t1_s: float) -> dict[str, float | int | None]:
-        """Means over the window: mean_power_w, mean_sm_mhz, mean_mem_mhz, temp_start_c, temp_end_c, throttled_share, n_samples."""
+        """Window stats: mean_power_w, mean_sm_mhz, mean_mem_mhz, temp_start_c/end_c, throttled_share, n_samples."""
         win = self.window(t0_s, t1_s)
         if not win:
-            return {"mean_power_w": None, "mean_sm_mhz": None, "mean_mem_mhz": None, "temp_start_c": None,
-                    "temp_end_c": None, "throttled_share": None, "n_samples": 0}
+            return {
+                "mean_power_w": None,
+                "mean_sm_mhz": None,
+                "mean_mem_mhz": None,
+                "temp_start_c": None,
+                "temp_end_c": None,
+                "throttled_share": None,
+                "n_samples": 0,
+            }
         n = len(win)
         return {
             "mean_power_w": self.integrate_power_j(t0_s, t1_s) / (t1_s - t0_s) if t1_s > t0_s else win[0].power_w,
@@ -166,7 +195,7 @@ class Sampler:
     def jitter_ms(self) -> dict[str, float | int]:
         """Sample-interval jitter vs the period: mean/std/max interval and max |interval - period|, in ms."""
         ts = [s.t_s for s in list(self.samples)]
-        gaps = [(b - a) * 1000.0 for a, b in zip(ts, ts[1:])]
+        gaps = [(b - a) * 1000.0 for a, b in zip(ts, ts[1:], strict=False)]
         if not gaps:
             return {"n_intervals": 0, "period_ms": self.period_s * 1000.0}
         return {

@@ -46,8 +46,10 @@ class SweepOutcome:
     failed: list[str] = field(default_factory=list)
 
 
-def order_targets(targets: Sequence[LimitTarget], order: str = "descending", seed: int | None = None) -> list[LimitTarget]:
-    """Descending (default), ascending, or shuffled with `seed` (measurement.md rule 7: heating biases a fixed order)."""
+def order_targets(
+    targets: Sequence[LimitTarget], order: str = "descending", seed: int | None = None
+) -> list[LimitTarget]:
+    """Descending (default), ascending, or shuffled with `seed` (rule 7: heating biases a fixed order)."""
     if order == "descending":
         return sorted(targets, key=lambda t: -t.requested_mw)
     if order == "ascending":
@@ -59,11 +61,17 @@ def order_targets(targets: Sequence[LimitTarget], order: str = "descending", see
     raise UserError(f"bad sweep order {order!r}; expected descending, ascending or shuffle")
 
 
-def plan(cfg: BenchConfig, gpu: Any, limits: str | Sequence[str] | None = None, clamp: bool | None = None) -> list[LimitTarget]:
+def plan(
+    cfg: BenchConfig, gpu: Any, limits: str | Sequence[str] | None = None, clamp: bool | None = None
+) -> list[LimitTarget]:
     """Resolve and validate the limits against `gpu`'s constraints, in the configured order. Changes nothing."""
-    targets = parse_limits(limits if limits is not None else cfg.sweep.limits, gpu.default_power_limit_mw(),
-                           gpu.power_limit_constraints_mw(), clamp=cfg.sweep.clamp if clamp is None else clamp,
-                           gpu_name=gpu.name())
+    targets = parse_limits(
+        limits if limits is not None else cfg.sweep.limits,
+        gpu.default_power_limit_mw(),
+        gpu.power_limit_constraints_mw(),
+        clamp=cfg.sweep.clamp if clamp is None else clamp,
+        gpu_name=gpu.name(),
+    )
     return order_targets(targets, cfg.sweep.order, cfg.sweep.shuffle_seed)
 
 
@@ -72,8 +80,10 @@ def preflight(gpu: Any) -> None:
     try:
         check_set_permission(gpu)
     except GPUReadOnlyError as exc:
-        raise UserError(f"{exc}. A sweep changes power limits; unset LUCE_BENCH_READONLY / drop --read-only, or use "
-                        "`luce-bench bench` to measure at the current limit") from None
+        raise UserError(
+            f"{exc}. A sweep changes power limits; unset LUCE_BENCH_READONLY / drop --read-only, or use "
+            "`luce-bench bench` to measure at the current limit"
+        ) from None
     except GPUPermissionError as exc:
         raise UserError(str(exc)) from None
 
@@ -112,7 +122,9 @@ def open_sweep_gpu(cfg: BenchConfig, fake_preset: str | None = None) -> Any:
         raise UserError(f"cannot sweep without a GPU: {exc} (use --fake-gpu to simulate one)") from None
 
 
-def _load_backends(names: Sequence[str], model: Any, cfg: BenchConfig, console: Any, outcome: SweepOutcome) -> dict[str, Any]:
+def _load_backends(
+    names: Sequence[str], model: Any, cfg: BenchConfig, console: Any, outcome: SweepOutcome
+) -> dict[str, Any]:
     from luce_bench.backends import get as get_backend
 
     loaded: dict[str, Any] = {}
@@ -136,9 +148,18 @@ def _load_backends(names: Sequence[str], model: Any, cfg: BenchConfig, console: 
     return loaded
 
 
-def run_sweep(cfg: BenchConfig, backends: Sequence[str], *, limits: str | Sequence[str] | None = None,
-              clamp: bool | None = None, fake_preset: str | None = None, persistence: bool = True,
-              console: Any = None, name: str = "sweep", gpu: Any = None) -> SweepOutcome:
+def run_sweep(
+    cfg: BenchConfig,
+    backends: Sequence[str],
+    *,
+    limits: str | Sequence[str] | None = None,
+    clamp: bool | None = None,
+    fake_preset: str | None = None,
+    persistence: bool = True,
+    console: Any = None,
+    name: str = "sweep",
+    gpu: Any = None,
+) -> SweepOutcome:
     """Run the whole sweep (see the module docstring); returns the run directory, per-limit facts and sweet spots."""
     from luce_bench.model.resolve import resolve_model
     from luce_bench.sampler import Sampler
@@ -149,8 +170,9 @@ def run_sweep(cfg: BenchConfig, backends: Sequence[str], *, limits: str | Sequen
         targets = plan(cfg, gpu, limits, clamp)  # 1. validate: nothing has changed yet
         preflight(gpu)
         fake = gpu.preset.name if hasattr(gpu, "preset") else None
-        with PowerLimitController(gpu, fake=fake, persistence=persistence,
-                                  log=lambda msg: _log(console, msg)) as ctl:  # lock + stale-journal check
+        with PowerLimitController(
+            gpu, fake=fake, persistence=persistence, log=lambda msg: _log(console, msg)
+        ) as ctl:  # lock + stale-journal check
             model = resolve_model(_model_name(cfg), seed=cfg.model_seed)
             writer = RunWriter.create(cfg.output_dir, name)
             outcome = SweepOutcome(writer.dir)
@@ -164,7 +186,9 @@ def run_sweep(cfg: BenchConfig, backends: Sequence[str], *, limits: str | Sequen
                 loaded.update(_load_backends(backends, model, cfg, console, outcome))  # 2. load once
                 writer.write_meta({"backends": {n: b.info() for n, b in loaded.items()}})
                 for i, target in enumerate(targets):  # 3. per limit
-                    outcome.limits.append(_one_limit(ctl, runner, loaded, cfg, target, i, len(targets), console, outcome))
+                    outcome.limits.append(
+                        _one_limit(ctl, runner, loaded, cfg, target, i, len(targets), console, outcome)
+                    )
                     writer.write_meta({"sweep_limits": outcome.limits})
                 runner._flush_samples()
             finally:
@@ -183,12 +207,24 @@ def run_sweep(cfg: BenchConfig, backends: Sequence[str], *, limits: str | Sequen
     return outcome
 
 
-def _one_limit(ctl: PowerLimitController, runner: Runner, loaded: dict[str, Any], cfg: BenchConfig,
-               target: LimitTarget, i: int, n: int, console: Any, outcome: SweepOutcome) -> dict[str, Any]:
+def _one_limit(
+    ctl: PowerLimitController,
+    runner: Runner,
+    loaded: dict[str, Any],
+    cfg: BenchConfig,
+    target: LimitTarget,
+    i: int,
+    n: int,
+    console: Any,
+    outcome: SweepOutcome,
+) -> dict[str, Any]:
     enforced_mw = ctl.set_limit_mw(target.requested_mw)
     note = " (clamped)" if target.clamped else ""
-    _log(console, f"[bold]limit {i + 1}/{n}:[/bold] requested {target.requested_w:g} W{note} "
-                  f"({target.text}), enforced {enforced_mw / 1000:g} W")
+    _log(
+        console,
+        f"[bold]limit {i + 1}/{n}:[/bold] requested {target.requested_w:g} W{note} "
+        f"({target.text}), enforced {enforced_mw / 1000:g} W",
+    )
     first = next(iter(loaded.values()))
     _settle(runner, first, cfg, max(cfg.sweep.settle_s, 0.0))
     idle_w = runner.measure_idle(cfg.sweep.idle_s)
@@ -204,11 +240,20 @@ def _one_limit(ctl: PowerLimitController, runner: Runner, loaded: dict[str, Any]
             _log(console, f"[red]{bname} failed at {target.requested_w:g} W:[/red] {type(exc).__name__}: {exc}")
             continue
         for r in rows:
-            _log(console, f"  {bname} {r['test']} rep {r['rep']}: {r['avg_ts']:.1f} tok/s"
-                          + (f", {r['tok_per_j']:.3f} tok/J" if r.get("tok_per_j") else ""))
+            _log(
+                console,
+                f"  {bname} {r['test']} rep {r['rep']}: {r['avg_ts']:.1f} tok/s"
+                + (f", {r['tok_per_j']:.3f} tok/J" if r.get("tok_per_j") else ""),
+            )
     runner.cooldown()  # 5. towards the run's start temperature, bounded by cooldown.max_s
-    return {"requested_w": target.requested_w, "text": target.text, "clamped": target.clamped,
-            "enforced_w": enforced_mw / 1000.0, "idle_power_w": idle_w, "t_end_s": runner.measure.sampler.now_s()}
+    return {
+        "requested_w": target.requested_w,
+        "text": target.text,
+        "clamped": target.clamped,
+        "enforced_w": enforced_mw / 1000.0,
+        "idle_power_w": idle_w,
+        "t_end_s": runner.measure.sampler.now_s(),
+    }
 
 
 def _model_name(cfg: BenchConfig) -> str:
@@ -217,8 +262,9 @@ def _model_name(cfg: BenchConfig) -> str:
     return "tiny" if cfg.gpu.fake else "synthetic-0.8b"
 
 
-def _write_base_meta(writer: RunWriter, cfg: BenchConfig, model: Any, measure: Measure, targets: Sequence[LimitTarget],
-                     gpu: Any) -> None:
+def _write_base_meta(
+    writer: RunWriter, cfg: BenchConfig, model: Any, measure: Measure, targets: Sequence[LimitTarget], gpu: Any
+) -> None:
     try:
         from luce_bench.session import _base_meta
 
@@ -227,11 +273,17 @@ def _write_base_meta(writer: RunWriter, cfg: BenchConfig, model: Any, measure: M
         meta = {"meta_error": f"{type(exc).__name__}: {exc}"}
     lo, hi = gpu.power_limit_constraints_mw()
     meta["sweep"] = {
-        "limits_requested_w": [t.requested_w for t in targets], "limits_text": [t.text for t in targets],
-        "order": cfg.sweep.order, "shuffle_seed": cfg.sweep.shuffle_seed, "clamp": cfg.sweep.clamp,
-        "settle_s": cfg.sweep.settle_s, "idle_s": cfg.sweep.idle_s,
+        "limits_requested_w": [t.requested_w for t in targets],
+        "limits_text": [t.text for t in targets],
+        "order": cfg.sweep.order,
+        "shuffle_seed": cfg.sweep.shuffle_seed,
+        "clamp": cfg.sweep.clamp,
+        "settle_s": cfg.sweep.settle_s,
+        "idle_s": cfg.sweep.idle_s,
         "sweet_spot_min_speed": cfg.sweep.sweet_spot_min_speed,
-        "original_limit_w": gpu.power_limit_mw() / 1000.0, "default_limit_w": gpu.default_power_limit_mw() / 1000.0,
-        "constraints_w": [lo / 1000.0, hi / 1000.0], "started_unix_s": time.time(),
+        "original_limit_w": gpu.power_limit_mw() / 1000.0,
+        "default_limit_w": gpu.default_power_limit_mw() / 1000.0,
+        "constraints_w": [lo / 1000.0, hi / 1000.0],
+        "started_unix_s": time.time(),
     }
     writer.write_meta(meta)

@@ -13,8 +13,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-SWEET_SPOT_COLUMNS = ["backend", "test", "limit_w", "enforced_w", "avg_ts", "speed_share", "tok_per_j", "net_tok_per_j",
-                      "mean_power_w", "power_share", "stock_limit_w", "stock_ts", "stock_tok_per_j", "tok_per_j_gain_pct"]
+SWEET_SPOT_COLUMNS = [
+    "backend",
+    "test",
+    "limit_w",
+    "enforced_w",
+    "avg_ts",
+    "speed_share",
+    "tok_per_j",
+    "net_tok_per_j",
+    "mean_power_w",
+    "power_share",
+    "stock_limit_w",
+    "stock_ts",
+    "stock_tok_per_j",
+    "tok_per_j_gain_pct",
+]
 
 
 def _f(v: Any) -> float:
@@ -37,36 +51,55 @@ def _groups(summary: Sequence[dict[str, Any]]) -> dict[tuple[str, str], list[dic
     return {k: sorted(v, key=lambda r: -_f(r.get("power_limit_req_w"))) for k, v in out.items()}
 
 
-def sweet_spots(summary: Sequence[dict[str, Any]], min_speed: float = 0.95,
-                default_limit_w: float | None = None) -> list[dict[str, Any]]:
+def sweet_spots(
+    summary: Sequence[dict[str, Any]], min_speed: float = 0.95, default_limit_w: float | None = None
+) -> list[dict[str, Any]]:
     """One sweet spot per (backend, test) with at least one measured limit; see the module docstring."""
     spots = []
     for (backend, test), rows in _groups(summary).items():
-        stock = next((r for r in rows if default_limit_w is not None
-                      and abs(_f(r.get("power_limit_req_w")) - default_limit_w) < 0.5), rows[0])
+        stock = next(
+            (
+                r
+                for r in rows
+                if default_limit_w is not None and abs(_f(r.get("power_limit_req_w")) - default_limit_w) < 0.5
+            ),
+            rows[0],
+        )
         stock_ts, stock_tpj = _f(stock.get("avg_ts")), _f(stock.get("tok_per_j"))
         ok = [r for r in rows if math.isfinite(_f(r.get("tok_per_j"))) and _f(r.get("avg_ts")) >= min_speed * stock_ts]
         if not ok or not math.isfinite(stock_ts):
             continue
         best = max(ok, key=lambda r: _f(r.get("tok_per_j")))
         tpj = _f(best.get("tok_per_j"))
-        spots.append({
-            "backend": backend, "test": test, "limit_w": _f(best.get("power_limit_req_w")), "enforced_w": _limit_w(best),
-            "avg_ts": _f(best.get("avg_ts")), "speed_share": _f(best.get("avg_ts")) / stock_ts, "tok_per_j": tpj,
-            "net_tok_per_j": _f(best.get("net_tok_per_j")), "mean_power_w": _f(best.get("mean_power_w")),
-            "power_share": _f(best.get("mean_power_w")) / _f(stock.get("mean_power_w")),
-            "stock_limit_w": _f(stock.get("power_limit_req_w")), "stock_ts": stock_ts, "stock_tok_per_j": stock_tpj,
-            "tok_per_j_gain_pct": 100.0 * (tpj / stock_tpj - 1.0) if stock_tpj > 0 else math.nan,
-        })
+        spots.append(
+            {
+                "backend": backend,
+                "test": test,
+                "limit_w": _f(best.get("power_limit_req_w")),
+                "enforced_w": _limit_w(best),
+                "avg_ts": _f(best.get("avg_ts")),
+                "speed_share": _f(best.get("avg_ts")) / stock_ts,
+                "tok_per_j": tpj,
+                "net_tok_per_j": _f(best.get("net_tok_per_j")),
+                "mean_power_w": _f(best.get("mean_power_w")),
+                "power_share": _f(best.get("mean_power_w")) / _f(stock.get("mean_power_w")),
+                "stock_limit_w": _f(stock.get("power_limit_req_w")),
+                "stock_ts": stock_ts,
+                "stock_tok_per_j": stock_tpj,
+                "tok_per_j_gain_pct": 100.0 * (tpj / stock_tpj - 1.0) if stock_tpj > 0 else math.nan,
+            }
+        )
     return spots
 
 
 def describe_spot(s: dict[str, Any], min_speed: float) -> str:
     """One sentence for the console and the report."""
-    return (f"{s['backend']} {s['test']}: sweet spot {s['limit_w']:g} W (enforced {s['enforced_w']:g} W): "
-            f"{s['tok_per_j']:.3f} tok/J ({s['tok_per_j_gain_pct']:+.0f} % vs stock {s['stock_limit_w']:g} W), "
-            f"{100 * s['speed_share']:.1f} % of stock tok/s at {100 * s['power_share']:.0f} % of stock power "
-            f"(threshold >= {100 * min_speed:.0f} %)")
+    return (
+        f"{s['backend']} {s['test']}: sweet spot {s['limit_w']:g} W (enforced {s['enforced_w']:g} W): "
+        f"{s['tok_per_j']:.3f} tok/J ({s['tok_per_j_gain_pct']:+.0f} % vs stock {s['stock_limit_w']:g} W), "
+        f"{100 * s['speed_share']:.1f} % of stock tok/s at {100 * s['power_share']:.0f} % of stock power "
+        f"(threshold >= {100 * min_speed:.0f} %)"
+    )
 
 
 def _pyplot() -> Any:
@@ -94,17 +127,29 @@ def vs_limit_plot(summary: Sequence[dict[str, Any]], metric: str, out: Path) -> 
     plt = _pyplot()
     tests = list(dict.fromkeys(t for _, t in groups))
     fig, axes = plt.subplots(1, len(tests), figsize=(5 * len(tests), 4), squeeze=False)
-    for ax, test in zip(axes[0], tests):
+    for ax, test in zip(axes[0], tests, strict=False):
         for (backend, t), rows in groups.items():
             if t != test:
                 continue
             xs = [_limit_w(r) for r in rows]
             if metric == "avg_ts":
-                ax.errorbar(xs, [_f(r.get("avg_ts")) for r in rows], capsize=3, marker="o", label=backend,
-                            yerr=[_half_ci(r, "ts_ci95_lo", "ts_ci95_hi", "stddev_ts") for r in rows])
+                ax.errorbar(
+                    xs,
+                    [_f(r.get("avg_ts")) for r in rows],
+                    capsize=3,
+                    marker="o",
+                    label=backend,
+                    yerr=[_half_ci(r, "ts_ci95_lo", "ts_ci95_hi", "stddev_ts") for r in rows],
+                )
             else:
-                ax.errorbar(xs, [_f(r.get("tok_per_j")) for r in rows], capsize=3, marker="o", label=f"{backend} gross",
-                            yerr=[_half_ci(r, "tok_per_j_ci95_lo", "tok_per_j_ci95_hi", "tok_per_j_std") for r in rows])
+                ax.errorbar(
+                    xs,
+                    [_f(r.get("tok_per_j")) for r in rows],
+                    capsize=3,
+                    marker="o",
+                    label=f"{backend} gross",
+                    yerr=[_half_ci(r, "tok_per_j_ci95_lo", "tok_per_j_ci95_hi", "tok_per_j_std") for r in rows],
+                )
                 net = [_f(r.get("net_tok_per_j")) for r in rows]
                 if any(math.isfinite(v) for v in net):
                     ax.plot(xs, net, marker="x", ls="--", label=f"{backend} net of idle")
@@ -129,7 +174,7 @@ def pareto_plot(summary: Sequence[dict[str, Any]], out: Path) -> Path | None:
     plt = _pyplot()
     tests = list(dict.fromkeys(t for _, t in groups))
     fig, axes = plt.subplots(1, len(tests), figsize=(5 * len(tests), 4), squeeze=False)
-    for ax, test in zip(axes[0], tests):
+    for ax, test in zip(axes[0], tests, strict=False):
         for (backend, t), rows in groups.items():
             if t != test:
                 continue
@@ -156,20 +201,28 @@ def pareto_plot(summary: Sequence[dict[str, Any]], out: Path) -> Path | None:
 
 
 def section(run_dir: Path, summary: Sequence[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
-    """Render the sweep plots and sweet_spot.json/csv into `run_dir`; return the report.md lines (hook for report.build)."""
-    from luce_bench.results import write_csv_atomic, atomic_write_text
+    """Write the sweep plots and sweet_spot.json/csv into `run_dir`; return report.md lines (report.build hook)."""
+    from luce_bench.results import atomic_write_text, write_csv_atomic
 
     sweep = meta.get("sweep", {})
     min_speed = float(sweep.get("sweet_spot_min_speed", 0.95))
     spots = sweet_spots(summary, min_speed, sweep.get("default_limit_w"))
     write_csv_atomic(run_dir / "sweet_spot.csv", SWEET_SPOT_COLUMNS, spots)
-    atomic_write_text(run_dir / "sweet_spot.json", json.dumps({"min_speed": min_speed, "sweet_spots": spots}, indent=2) + "\n")
-    plots = [vs_limit_plot(summary, "avg_ts", run_dir / "sweep_tok_s.png"),
-             vs_limit_plot(summary, "tok_per_j", run_dir / "sweep_tok_j.png"),
-             pareto_plot(summary, run_dir / "sweep_pareto.png")]
-    lines = ["## Power-limit sweep", "",
-             f"Limits (requested, in order): {', '.join(f'{w:g} W' for w in sweep.get('limits_requested_w', []))}; "
-             f"original limit {sweep.get('original_limit_w', 'n/a')} W restored after the sweep.", ""]
+    atomic_write_text(
+        run_dir / "sweet_spot.json", json.dumps({"min_speed": min_speed, "sweet_spots": spots}, indent=2) + "\n"
+    )
+    plots = [
+        vs_limit_plot(summary, "avg_ts", run_dir / "sweep_tok_s.png"),
+        vs_limit_plot(summary, "tok_per_j", run_dir / "sweep_tok_j.png"),
+        pareto_plot(summary, run_dir / "sweep_pareto.png"),
+    ]
+    lines = [
+        "## Power-limit sweep",
+        "",
+        f"Limits (requested, in order): {', '.join(f'{w:g} W' for w in sweep.get('limits_requested_w', []))}; "
+        f"original limit {sweep.get('original_limit_w', 'n/a')} W restored after the sweep.",
+        "",
+    ]
     lines += [f"- **{describe_spot(s, min_speed)}**" for s in spots] or ["- no sweet spot: no limit has energy data"]
     lines += [""] + [f"![{p.stem}]({p.name})" for p in plots if p is not None]
     return lines

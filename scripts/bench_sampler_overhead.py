@@ -44,16 +44,19 @@ def numpy_workload() -> Callable[[], int]:
     def step() -> int:
         (a @ b).sum()
         return 1
+
     return step
 
 
 def python_workload() -> Callable[[], int]:
     """One unit = a 20k-iteration pure-Python loop (holds the GIL)."""
+
     def step() -> int:
         acc = 0
         for i in range(20_000):
             acc += i * i % 7
         return 1
+
     return step
 
 
@@ -108,20 +111,27 @@ def measure(step: Callable[[], int], gpu: object, seconds: float, trials: int, p
             (on if with_sampler else off).append(trial(step, seconds, sampler))
             if sampler is not None:
                 jitter = sampler.jitter_ms()
-    paired = [100.0 * (1.0 - b / a) for a, b in zip(off, on)]
+    paired = [100.0 * (1.0 - b / a) for a, b in zip(off, on, strict=False)]
     d = describe(paired)
     return {
-        "rate_off": statistics.fmean(off), "rate_on": statistics.fmean(on),
+        "rate_off": statistics.fmean(off),
+        "rate_on": statistics.fmean(on),
         "overhead_pct": 100.0 * (1.0 - statistics.fmean(on) / statistics.fmean(off)),
-        "overhead_ci95_pct": [d.ci95_lo, d.ci95_hi], "paired_overhead_pct": paired, "sampler_jitter_ms": jitter,
+        "overhead_ci95_pct": [d.ci95_lo, d.ci95_hi],
+        "paired_overhead_pct": paired,
+        "sampler_jitter_ms": jitter,
     }
 
 
 def main() -> int:
     """Run the benchmark; exit 1 if any workload's overhead is 1 % or more."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--workload", action="append", choices=["numpy", "python", "backend"],
-                   help="repeatable; default: numpy and python")
+    p.add_argument(
+        "--workload",
+        action="append",
+        choices=["numpy", "python", "backend"],
+        help="repeatable; default: numpy and python",
+    )
     p.add_argument("--backend", default="hf")
     p.add_argument("--model", default="tiny")
     p.add_argument("--test", default="tg128")
@@ -140,25 +150,42 @@ def main() -> int:
         source = "FakeGPU" if args.fake_gpu else f"NVML: {gpu.name()}"
     except GPUError as exc:
         gpu, source = open_gpu(0, fake=True, read_only=True), f"FakeGPU (no NVML: {exc})"
-    makers = {"numpy": numpy_workload, "python": python_workload,
-              "backend": lambda: backend_workload(args.backend, args.model, args.test, args.device)}
+    makers = {
+        "numpy": numpy_workload,
+        "python": python_workload,
+        "backend": lambda: backend_workload(args.backend, args.model, args.test, args.device),
+    }
     results: dict[str, object] = {}
     cost_us = poll_cost_us(gpu)
     duty_pct = 100.0 * cost_us * 1e-6 / args.period_s
     print(f"sampler period {args.period_s} s on {source}; {args.trials} trials x {args.seconds} s per condition")
-    print(f"one poll costs {cost_us:.0f} us of CPU: the sampler thread's duty is {duty_pct:.3f} % of one core "
-          "(the upper bound of what it can take from a GIL-bound workload)")
+    print(
+        f"one poll costs {cost_us:.0f} us of CPU: the sampler thread's duty is {duty_pct:.3f} % of one core "
+        "(the upper bound of what it can take from a GIL-bound workload)"
+    )
     for name in args.workload or ["numpy", "python"]:
         r = measure(makers[name](), gpu, args.seconds, args.trials, args.period_s)
         results[name] = r
         lo, hi = r["overhead_ci95_pct"]
         ci = f"[{lo:+.2f}, {hi:+.2f}] %" if math.isfinite(lo) else "n/a"
         verdict = "PASS" if _passes(r, duty_pct) else "FAIL"
-        print(f"{name:8s} off {r['rate_off']:10.2f}/s  on {r['rate_on']:10.2f}/s  overhead {r['overhead_pct']:+.2f} % "
-              f"(95 % CI {ci})  jitter max {r['sampler_jitter_ms'].get('max_abs_jitter_ms', math.nan):.1f} ms  {verdict}")
+        print(
+            f"{name:8s} off {r['rate_off']:10.2f}/s  on {r['rate_on']:10.2f}/s  overhead {r['overhead_pct']:+.2f} % "
+            f"(95 % CI {ci})  jitter max {r['sampler_jitter_ms'].get('max_abs_jitter_ms', math.nan):.1f} ms  {verdict}"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"source": source, "period_s": args.period_s, "poll_cost_us": cost_us,
-                                         "duty_pct": duty_pct, "results": results}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "source": source,
+                    "period_s": args.period_s,
+                    "poll_cost_us": cost_us,
+                    "duty_pct": duty_pct,
+                    "results": results,
+                },
+                indent=2,
+            )
+        )
     return 0 if all(_passes(r, duty_pct) for r in results.values()) else 1
 
 

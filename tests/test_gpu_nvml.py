@@ -24,9 +24,16 @@ def _fv(value: int, ret: int = 0):
 @pytest.fixture
 def nvml(monkeypatch):
     m = types.SimpleNamespace(
-        NVMLError=FakeNVMLError, NVML_ERROR_NO_PERMISSION=4, NVML_ERROR_NOT_SUPPORTED=3, NVML_ERROR_FUNCTION_NOT_FOUND=13,
-        NVML_ERROR_LIBRARY_NOT_FOUND=12, NVML_ERROR_DRIVER_NOT_LOADED=9, NVML_ERROR_GPU_IS_LOST=15,
-        NVML_CLOCK_SM=1, NVML_CLOCK_MEM=2, NVML_TEMPERATURE_GPU=0,
+        NVMLError=FakeNVMLError,
+        NVML_ERROR_NO_PERMISSION=4,
+        NVML_ERROR_NOT_SUPPORTED=3,
+        NVML_ERROR_FUNCTION_NOT_FOUND=13,
+        NVML_ERROR_LIBRARY_NOT_FOUND=12,
+        NVML_ERROR_DRIVER_NOT_LOADED=9,
+        NVML_ERROR_GPU_IS_LOST=15,
+        NVML_CLOCK_SM=1,
+        NVML_CLOCK_MEM=2,
+        NVML_TEMPERATURE_GPU=0,
     )
     m.nvmlInit = mock.Mock()
     m.nvmlShutdown = mock.Mock()
@@ -36,7 +43,9 @@ def nvml(monkeypatch):
     m.nvmlDeviceGetEnforcedPowerLimit = mock.Mock(return_value=700000)
     m.nvmlDeviceSetPowerManagementLimit = mock.Mock()
     m.nvmlDeviceGetPowerUsage = mock.Mock(side_effect=AssertionError("1 s average must not be used"))
-    m.nvmlDeviceGetFieldValues = mock.Mock(side_effect=lambda h, ids: [_fv({186: 72500, 185: 71000}.get(i, i * 10)) for i in ids])
+    m.nvmlDeviceGetFieldValues = mock.Mock(
+        side_effect=lambda h, ids: [_fv({186: 72500, 185: 71000}.get(i, i * 10)) for i in ids]
+    )
     m.nvmlDeviceGetClockInfo = mock.Mock(side_effect=lambda h, which: {1: 1980, 2: 2619}[which])
     m.nvmlSystemGetCudaDriverVersion = mock.Mock(return_value=13000)
     monkeypatch.setitem(sys.modules, "pynvml", m)

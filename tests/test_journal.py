@@ -9,7 +9,15 @@ import sys
 import pytest
 
 from luce_bench.gpu.fake import FakeGPU
-from luce_bench.gpu.journal import GpuLock, JournalError, journal_path, list_journals, new_entry, read_journal, write_journal
+from luce_bench.gpu.journal import (
+    GpuLock,
+    JournalError,
+    journal_path,
+    list_journals,
+    new_entry,
+    read_journal,
+    write_journal,
+)
 
 
 def test_round_trip_and_no_temp_left(tmp_path):
@@ -31,8 +39,10 @@ def test_unreadable_journal_is_a_clear_error(tmp_path):
 
 
 def test_lock_names_the_holder_and_frees_on_death(tmp_path):
-    code = ("import sys,time; from pathlib import Path; from luce_bench.gpu.journal import GpuLock; "
-            "l=GpuLock('GPU-1', Path(sys.argv[1])); l.acquire(); print('held', flush=True); time.sleep(60)")
+    code = (
+        "import sys,time; from pathlib import Path; from luce_bench.gpu.journal import GpuLock; "
+        "l=GpuLock('GPU-1', Path(sys.argv[1])); l.acquire(); print('held', flush=True); time.sleep(60)"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
     with pytest.raises(JournalError, match=f"pid {proc.pid}"):

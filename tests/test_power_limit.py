@@ -8,7 +8,7 @@ import pytest
 
 from luce_bench.errors import UserError
 from luce_bench.gpu import GPUPermissionError, GPUReadOnlyError
-from luce_bench.gpu.fake import FakeGPU, PRESETS
+from luce_bench.gpu.fake import PRESETS, FakeGPU
 from luce_bench.gpu.journal import JournalError, journal_path, list_journals
 from luce_bench.gpu.power_limit import (
     PowerLimitController,

@@ -63,8 +63,9 @@ def _card(env):
 
 
 def _start(env, mode):
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, mode], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, mode], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     if mode == "wait":
         assert proc.stdout.readline().strip() == "READY"
     return proc
@@ -82,8 +83,11 @@ def test_exit_paths_restore(env, mode, rc):
     assert list_journals(Path(env["LUCE_BENCH_STATE_DIR"])) == []
 
 
-@pytest.mark.parametrize("sig,rc", [(signal.SIGINT, -2), (signal.SIGTERM, 128 + 15), (signal.SIGHUP, 128 + 1)],
-                         ids=["SIGINT", "SIGTERM", "SIGHUP"])
+@pytest.mark.parametrize(
+    "sig,rc",
+    [(signal.SIGINT, -2), (signal.SIGTERM, 128 + 15), (signal.SIGHUP, 128 + 1)],
+    ids=["SIGINT", "SIGTERM", "SIGHUP"],
+)
 def test_signals_restore(env, sig, rc):
     proc = _start(env, "wait")
     assert _card(env).power_limit_mw() == 220_000

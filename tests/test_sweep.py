@@ -16,16 +16,33 @@ from luce_bench.gpu.power_limit import LimitTarget
 from luce_bench.sweep import order_targets
 from luce_bench.sweep_report import sweet_spots
 
-FAST = ["--tests", "pp64,tg8", "--reps", "2", "--window-s", "0.2", "--warmup-s", "0", "--settle-s", "0",
-        "--idle-s", "0.2", "--cooldown-max-s", "0", "--rep-gap-max-s", "0"]
+FAST = [
+    "--tests",
+    "pp64,tg8",
+    "--reps",
+    "2",
+    "--window-s",
+    "0.2",
+    "--warmup-s",
+    "0",
+    "--settle-s",
+    "0",
+    "--idle-s",
+    "0.2",
+    "--cooldown-max-s",
+    "0",
+    "--rep-gap-max-s",
+    "0",
+]
 
 
 @pytest.fixture
 def env(tmp_path, monkeypatch):
     monkeypatch.setenv("LUCE_BENCH_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("LUCE_BENCH_FAKE_GPU_STATE", str(tmp_path / "fake.json"))
-    monkeypatch.delenv("LUCE_BENCH_READONLY", raising=False)
-    monkeypatch.delenv("LUCE_BENCH_FAKE_GPU_NO_PERMISSION", raising=False)
+    # set (not deleted) so monkeypatch restores them even after --read-only wrote the variable in-process
+    monkeypatch.setenv("LUCE_BENCH_READONLY", "0")
+    monkeypatch.setenv("LUCE_BENCH_FAKE_GPU_NO_PERMISSION", "0")
     return tmp_path
 
 
@@ -51,12 +68,22 @@ def test_four_limit_sweep_writes_rows_plots_and_sweet_spot(env):
     summary = _rows(run / "summary.csv")
     assert len(summary) == 4 * 1 * 2  # limits x backends x tests
     assert {(r["power_limit_req_w"], r["backend"], r["test"]) for r in summary} == {
-        (w, "sim", t) for w in ("420", "300", "220", "150") for t in ("pp64", "tg8")}
+        (w, "sim", t) for w in ("420", "300", "220", "150") for t in ("pp64", "tg8")
+    }
     assert len(_rows(run / "runs.csv")) == 4 * 2 * 2
     for r in summary:
         assert float(r["power_limit_w"]) == float(r["power_limit_req_w"])
-        for col in ("mean_power_w", "mean_sm_mhz", "avg_ts", "tok_per_j", "net_tok_per_j", "throttled_share",
-                    "max_counter_vs_sampled_pct", "temp_drift_c", "verdict"):
+        for col in (
+            "mean_power_w",
+            "mean_sm_mhz",
+            "avg_ts",
+            "tok_per_j",
+            "net_tok_per_j",
+            "throttled_share",
+            "max_counter_vs_sampled_pct",
+            "temp_drift_c",
+            "verdict",
+        ):
             assert r[col] != "", col
     for name in ("sweep_tok_s.png", "sweep_tok_j.png", "sweep_pareto.png", "report.md", "meta.json", "samples.csv"):
         assert (run / name).is_file(), name
@@ -134,8 +161,24 @@ def test_bench_and_compare_never_set_a_limit(env):
     from luce_bench.gpu.testing import forbid_gpu_setters
 
     with forbid_gpu_setters() as calls:
-        result = CliRunner().invoke(app, ["bench", "sim", "--fake-gpu", "-o", str(env / "runs"), "--tests", "pp16",
-                                          "--reps", "1", "--window-s", "0.1", "--warmup-s", "0"])
+        result = CliRunner().invoke(
+            app,
+            [
+                "bench",
+                "sim",
+                "--fake-gpu",
+                "-o",
+                str(env / "runs"),
+                "--tests",
+                "pp16",
+                "--reps",
+                "1",
+                "--window-s",
+                "0.1",
+                "--warmup-s",
+                "0",
+            ],
+        )
     assert result.exit_code == 0, result.output
     assert calls == []
     assert _card("h100-sxm").persisted_set_calls() == [] and _card().persisted_set_calls() == []
@@ -151,10 +194,22 @@ def test_order_descending_by_default_and_seeded_shuffle():
 
 def test_sweet_spot_rule():
     def row(limit, ts, tpj, w):
-        return {"backend": "b", "test": "tg128", "power_limit_req_w": limit, "power_limit_w": limit, "avg_ts": ts,
-                "tok_per_j": tpj, "mean_power_w": w}
+        return {
+            "backend": "b",
+            "test": "tg128",
+            "power_limit_req_w": limit,
+            "power_limit_w": limit,
+            "avg_ts": ts,
+            "tok_per_j": tpj,
+            "mean_power_w": w,
+        }
 
-    summary = [row(420, 100.0, 0.30, 330), row(300, 97.0, 0.40, 240), row(220, 95.5, 0.50, 190), row(150, 80.0, 0.60, 133)]
+    summary = [
+        row(420, 100.0, 0.30, 330),
+        row(300, 97.0, 0.40, 240),
+        row(220, 95.5, 0.50, 190),
+        row(150, 80.0, 0.60, 133),
+    ]
     (spot,) = sweet_spots(summary, 0.95, default_limit_w=420)
     assert spot["limit_w"] == 220 and spot["speed_share"] == pytest.approx(0.955)
     assert spot["tok_per_j_gain_pct"] == pytest.approx(100 * (0.5 / 0.3 - 1))

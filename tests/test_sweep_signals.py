@@ -1,5 +1,6 @@
 """The sweep process killed mid-run: SIGTERM/SIGINT/SIGHUP restore at once; SIGKILL leaves a journal that
-`luce-bench restore`, run as a second process, replays to give back the original limit."""
+`luce-bench restore`, run as a second process, replays to give back the original limit.
+"""
 
 from __future__ import annotations
 
@@ -14,15 +15,38 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ARGS = ["sweep", "--fake-gpu", "--limits", "420,300,220,150", "--tests", "pp64", "--reps", "4", "--window-s", "0.3",
-        "--warmup-s", "0", "--settle-s", "0", "--idle-s", "0.1", "--cooldown-max-s", "0", "--rep-gap-max-s", "0"]
+ARGS = [
+    "sweep",
+    "--fake-gpu",
+    "--limits",
+    "420,300,220,150",
+    "--tests",
+    "pp64",
+    "--reps",
+    "4",
+    "--window-s",
+    "0.3",
+    "--warmup-s",
+    "0",
+    "--settle-s",
+    "0",
+    "--idle-s",
+    "0.1",
+    "--cooldown-max-s",
+    "0",
+    "--rep-gap-max-s",
+    "0",
+]
 
 
 @pytest.fixture
 def env(tmp_path):
     e = dict(os.environ)
-    e.update(LUCE_BENCH_STATE_DIR=str(tmp_path / "state"), LUCE_BENCH_FAKE_GPU_STATE=str(tmp_path / "fake.json"),
-             PYTHONPATH=str(ROOT))
+    e.update(
+        LUCE_BENCH_STATE_DIR=str(tmp_path / "state"),
+        LUCE_BENCH_FAKE_GPU_STATE=str(tmp_path / "fake.json"),
+        PYTHONPATH=str(ROOT),
+    )
     e.pop("LUCE_BENCH_READONLY", None)
     e.pop("LUCE_BENCH_FAKE_GPU_NO_PERMISSION", None)
     return e
@@ -37,8 +61,14 @@ def _limit_mw(env) -> int | None:
 
 
 def _start_and_wait_for(env, tmp_path, limit_mw):
-    proc = subprocess.Popen([sys.executable, "-m", "luce_bench", *ARGS, "-o", str(tmp_path / "runs")], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "luce_bench", *ARGS, "-o", str(tmp_path / "runs")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
     deadline = time.monotonic() + 120
     while _limit_mw(env) != limit_mw:
         assert proc.poll() is None, proc.stderr.read()
@@ -60,10 +90,13 @@ def test_sigkill_mid_sweep_then_restore_in_second_process(env, tmp_path):
     assert _limit_mw(env) == 300_000  # the card is still capped: nothing runs on SIGKILL
     assert list((tmp_path / "state").glob("power-limit-*.json"))
     assert _runs_rows(tmp_path) > 0  # finished repetitions survived
-    again = subprocess.run([sys.executable, "-m", "luce_bench", *ARGS], env=env, capture_output=True, text=True, cwd=ROOT)
+    again = subprocess.run(
+        [sys.executable, "-m", "luce_bench", *ARGS], env=env, capture_output=True, text=True, cwd=ROOT
+    )
     assert again.returncode == 2 and "luce-bench restore" in again.stderr
-    res = subprocess.run([sys.executable, "-m", "luce_bench", "restore"], env=env, capture_output=True, text=True,
-                         timeout=60, cwd=ROOT)
+    res = subprocess.run(
+        [sys.executable, "-m", "luce_bench", "restore"], env=env, capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
     assert res.returncode == 0, res.stderr
     assert "300 W -> 420 W" in res.stdout
     assert _limit_mw(env) == 420_000

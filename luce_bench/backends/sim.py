@@ -36,8 +36,12 @@ class SimBackend(Backend):
     name: ClassVar[str] = "sim"
 
     def __init__(self, gpu: Any = None, time_scale: float = 1.0) -> None:
-        """Args: the FakeGPU to simulate on (default: the one `open_gpu(fake=...)` opened last); `time_scale`
-        multiplies every sleep (tests use < 1)."""
+        """Create an unloaded sim backend.
+
+        Args:
+            gpu: the FakeGPU to simulate on (default: the one `open_gpu(fake=...)` opened last).
+            time_scale: multiplies every sleep (tests use < 1).
+        """
         self.gpu = gpu
         self.time_scale = time_scale
         self._vocab = 1000

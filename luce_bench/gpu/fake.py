@@ -31,8 +31,8 @@ from typing import Any
 from luce_bench.gpu.base import (
     PERMISSION_HINT,
     REASON_GPU_IDLE,
-    GPUError,
     REASON_SW_POWER_CAP,
+    GPUError,
     GPUPermissionError,
     GPUUnavailable,
     refuse_if_read_only,
@@ -68,12 +68,36 @@ class FakePreset:
 
 
 PRESETS: dict[str, FakePreset] = {
-    "rtx3090": FakePreset("rtx3090", "NVIDIA GeForce RTX 3090 (simulated)", 100_000, 420_000, 420_000,
-                          idle_w=30.0, load_w=330.0, max_sm_mhz=1950, idle_sm_mhz=210, min_sm_mhz=210,
-                          mem_mhz=9751, compute_capability=(8, 6)),
-    "h100-sxm": FakePreset("h100-sxm", "NVIDIA H100 80GB HBM3 (simulated)", 200_000, 700_000, 700_000,
-                           idle_w=72.0, load_w=520.0, max_sm_mhz=1980, idle_sm_mhz=345, min_sm_mhz=345,
-                           mem_mhz=2619, compute_capability=(9, 0), c_per_w=0.07, tau_s=12.0),
+    "rtx3090": FakePreset(
+        "rtx3090",
+        "NVIDIA GeForce RTX 3090 (simulated)",
+        100_000,
+        420_000,
+        420_000,
+        idle_w=30.0,
+        load_w=330.0,
+        max_sm_mhz=1950,
+        idle_sm_mhz=210,
+        min_sm_mhz=210,
+        mem_mhz=9751,
+        compute_capability=(8, 6),
+    ),
+    "h100-sxm": FakePreset(
+        "h100-sxm",
+        "NVIDIA H100 80GB HBM3 (simulated)",
+        200_000,
+        700_000,
+        700_000,
+        idle_w=72.0,
+        load_w=520.0,
+        max_sm_mhz=1980,
+        idle_sm_mhz=345,
+        min_sm_mhz=345,
+        mem_mhz=2619,
+        compute_capability=(9, 0),
+        c_per_w=0.07,
+        tau_s=12.0,
+    ),
 }
 
 
@@ -187,7 +211,7 @@ class FakeGPU:
         g = (self._limit_mw / 1000.0 - p.idle_w) / dyn_w
         if g >= 1.0:
             return 1.0
-        g_floor = p.vfloor_share ** p.alpha
+        g_floor = p.vfloor_share**p.alpha
         share = g ** (1.0 / p.alpha) if g >= g_floor else p.vfloor_share * max(g, 0.0) / g_floor
         return max(share, p.min_sm_mhz / p.max_sm_mhz)
 
@@ -200,7 +224,7 @@ class FakeGPU:
         if not self._loaded():
             return p.idle_w
         s = self.busy_sm_share()
-        g = s ** p.alpha if s >= p.vfloor_share else (p.vfloor_share ** p.alpha) * s / p.vfloor_share
+        g = s**p.alpha if s >= p.vfloor_share else (p.vfloor_share**p.alpha) * s / p.vfloor_share
         return p.idle_w + (p.load_w - p.idle_w) * g
 
     def _power_at_w(self, t_s: float) -> float:
@@ -273,7 +297,9 @@ class FakeGPU:
             raise GPUPermissionError(f"set power limit to {mw / 1000:g} W: no permission; {PERMISSION_HINT}")
         lo, hi = self.power_limit_constraints_mw()
         if not lo <= mw <= hi:
-            raise GPUError(f"set power limit to {mw / 1000:g} W: invalid argument (range {lo / 1000:g}-{hi / 1000:g} W)")
+            raise GPUError(
+                f"set power limit to {mw / 1000:g} W: invalid argument (range {lo / 1000:g}-{hi / 1000:g} W)"
+            )
         self.set_calls.append(("power_limit_mw", int(mw)))
 
         def apply() -> None:

@@ -28,7 +28,7 @@ class JournalError(GPUError):
 
 
 def state_dir() -> Path:
-    """Where journals and locks live: $LUCE_BENCH_STATE_DIR, else $XDG_STATE_HOME/luce-bench, else ~/.local/state/luce-bench."""
+    """Where journals and locks live: $LUCE_BENCH_STATE_DIR, else $XDG_STATE_HOME/luce-bench (~/.local/state)."""
     if os.environ.get(STATE_DIR_ENV):
         return Path(os.environ[STATE_DIR_ENV])
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
@@ -64,8 +64,10 @@ class JournalEntry:
 
     def describe(self) -> str:
         """One line for messages."""
-        return (f"GPU {self.index} ({self.gpu_name}, {self.uuid}): original limit {self.original_limit_mw / 1000:g} W, "
-                f"persistence {'on' if self.persistence_mode else 'off'}, written by pid {self.pid} on {self.host}")
+        return (
+            f"GPU {self.index} ({self.gpu_name}, {self.uuid}): original limit {self.original_limit_mw / 1000:g} W, "
+            f"persistence {'on' if self.persistence_mode else 'off'}, written by pid {self.pid} on {self.host}"
+        )
 
 
 def journal_path(uuid: str, directory: Path | None = None) -> Path:
@@ -113,8 +115,15 @@ def new_entry(gpu, fake: str | None) -> JournalEntry:  # noqa: ANN001 - any GPU
     except GPUError:
         persistence = False
     return JournalEntry(
-        uuid=gpu.uuid(), index=gpu.index, gpu_name=gpu.name(), original_limit_mw=int(gpu.power_limit_mw()),
-        persistence_mode=persistence, fake=fake, pid=os.getpid(), host=socket.gethostname(), boot_id=boot_id(),
+        uuid=gpu.uuid(),
+        index=gpu.index,
+        gpu_name=gpu.name(),
+        original_limit_mw=int(gpu.power_limit_mw()),
+        persistence_mode=persistence,
+        fake=fake,
+        pid=os.getpid(),
+        host=socket.gethostname(),
+        boot_id=boot_id(),
         created_unix_s=time.time(),
     )
 

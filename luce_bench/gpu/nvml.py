@@ -41,7 +41,11 @@ def _map_error(exc: Exception, what: str) -> GPUError:
         return GPUPermissionError(f"{what}: no permission; {PERMISSION_HINT}")
     if code in (pynvml.NVML_ERROR_NOT_SUPPORTED, pynvml.NVML_ERROR_FUNCTION_NOT_FOUND):
         return GPUNotSupportedError(f"{what}: not supported on this GPU/driver")
-    if code in (pynvml.NVML_ERROR_LIBRARY_NOT_FOUND, pynvml.NVML_ERROR_DRIVER_NOT_LOADED, pynvml.NVML_ERROR_GPU_IS_LOST):
+    if code in (
+        pynvml.NVML_ERROR_LIBRARY_NOT_FOUND,
+        pynvml.NVML_ERROR_DRIVER_NOT_LOADED,
+        pynvml.NVML_ERROR_GPU_IS_LOST,
+    ):
         return GPUUnavailable(f"{what}: {exc}")
     return GPUError(f"{what}: {exc}")
 
@@ -73,7 +77,9 @@ def _nvml_shutdown() -> None:
 
 def _field_value(fv: Any) -> int | float:
     # c_nvmlValue_t union; valueType picks the member (0 double, 1 uint, 2 ulong, 3 ulonglong, 4 sll, 5 sint, 6 ushort)
-    member = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal", 6: "usVal"}.get(fv.valueType, "ullVal")
+    member = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal", 6: "usVal"}.get(
+        fv.valueType, "ullVal"
+    )
     return getattr(fv.value, member)
 
 
@@ -196,7 +202,7 @@ class NvmlGPU:
             values = self._fields([VIOLATION_FIELDS[n] for n in names])
         except GPUNotSupportedError:
             return {}
-        return {n: int(v) for n, v in zip(names, values) if v is not None}
+        return {n: int(v) for n, v in zip(names, values, strict=False) if v is not None}
 
     def compute_capability(self) -> tuple[int, int]:
         """(major, minor)."""

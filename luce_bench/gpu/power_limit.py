@@ -1,4 +1,4 @@
-"""Changing power limits safely: parse and validate targets, journal, lock, and restore the ORIGINAL limit on every exit.
+"""Changing power limits safely: validate targets, journal, lock, and restore the ORIGINAL limit on every exit.
 
 `PowerLimitController` (a context manager) takes the per-GPU lock, refuses a stale journal, writes the journal before
 the first change, sets limits and reads back the enforced value, and restores the original limit and persistence mode
@@ -21,7 +21,15 @@ from pathlib import Path
 
 from luce_bench.errors import UserError
 from luce_bench.gpu.base import PERMISSION_HINT, GPUError, GPUNotSupportedError, GPUPermissionError, refuse_if_read_only
-from luce_bench.gpu.journal import GpuLock, JournalError, journal_path, list_journals, new_entry, read_journal, write_journal
+from luce_bench.gpu.journal import (
+    GpuLock,
+    JournalError,
+    journal_path,
+    list_journals,
+    new_entry,
+    read_journal,
+    write_journal,
+)
 
 HANDLED_SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
 
@@ -40,8 +48,13 @@ class LimitTarget:
         return self.requested_mw / 1000.0
 
 
-def parse_limits(spec: str | Sequence[str | int | float], default_mw: int, constraints_mw: tuple[int, int],
-                 clamp: bool = False, gpu_name: str = "this GPU") -> list[LimitTarget]:
+def parse_limits(
+    spec: str | Sequence[str | int | float],
+    default_mw: int,
+    constraints_mw: tuple[int, int],
+    clamp: bool = False,
+    gpu_name: str = "this GPU",
+) -> list[LimitTarget]:
     """Resolve "420,300,70%" (W or % of the default limit) and check every value against the card's range.
 
     Raises:
@@ -61,7 +74,9 @@ def parse_limits(spec: str | Sequence[str | int | float], default_mw: int, const
             else:
                 mw = round(float(text.rstrip("Ww")) * 1000.0)
         except (ValueError, OverflowError):
-            raise UserError(f"bad power limit {text!r}: give watts (300) or a share of the default limit (70%)") from None
+            raise UserError(
+                f"bad power limit {text!r}: give watts (300) or a share of the default limit (70%)"
+            ) from None
         if mw <= 0:
             raise UserError(f"bad power limit {text!r}: must be positive")
         clamped = False
@@ -73,8 +88,10 @@ def parse_limits(spec: str | Sequence[str | int | float], default_mw: int, const
         if all(t.requested_mw != mw for t in out):
             out.append(LimitTarget(text, mw, clamped))
     if bad:
-        raise UserError(f"power limit {', '.join(bad)} outside the range of {gpu_name}: {lo / 1000:g}-{hi / 1000:g} W "
-                        f"(default {default_mw / 1000:g} W); fix --limits or pass --clamp")
+        raise UserError(
+            f"power limit {', '.join(bad)} outside the range of {gpu_name}: {lo / 1000:g}-{hi / 1000:g} W "
+            f"(default {default_mw / 1000:g} W); fix --limits or pass --clamp"
+        )
     return out
 
 
@@ -149,10 +166,23 @@ class _Guard:
 class PowerLimitController:
     """Owns one GPU's power limit for a `with` block and guarantees the original comes back."""
 
-    def __init__(self, gpu, fake: str | None = None, state_dir: Path | None = None,  # noqa: ANN001 - any GPU
-                 persistence: bool = True, log: Callable[[str], None] | None = None) -> None:
-        """Args: `gpu` to control; `fake` preset name when it is a FakeGPU (journalled for `restore`);
-        `persistence` turns persistence mode on while limits are changed (rule 9); `log` gets one-line notes."""
+    def __init__(
+        self,
+        gpu,
+        fake: str | None = None,
+        state_dir: Path | None = None,  # noqa: ANN001 - any GPU
+        persistence: bool = True,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        """Prepare control of one GPU (nothing is taken or changed until `with`).
+
+        Args:
+            gpu: the GPU to control.
+            fake: FakeGPU preset name when it is one (journalled, so `restore` can reopen it).
+            state_dir: journal/lock directory (default `journal.state_dir()`).
+            persistence: turn persistence mode on while limits are changed (measurement.md rule 9).
+            log: receives one-line notes.
+        """
         self.gpu, self.fake, self.state_dir, self.persistence = gpu, fake, state_dir, persistence
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
         self.uuid = gpu.uuid()
@@ -199,7 +229,9 @@ class PowerLimitController:
                     try:
                         self.gpu.set_persistence_mode(True)
                     except GPUNotSupportedError:
-                        self.log("note: persistence mode cannot be set here; the limit may revert if the driver unloads")
+                        self.log(
+                            "note: persistence mode cannot be set here; the limit may revert if the driver unloads"
+                        )
             if self.gpu.power_limit_mw() != mw:
                 self.gpu.set_power_limit_mw(int(mw))
             return int(self.gpu.power_limit_mw())
@@ -218,8 +250,10 @@ class PowerLimitController:
                 journal_path(self.uuid, self.state_dir).unlink(missing_ok=True)
                 self._entry = None
             except Exception as exc:
-                self.log(f"luce-bench: could not restore the power limit of GPU {self.gpu.index} ({exc}); "
-                         "the journal is kept: run `luce-bench restore`")
+                self.log(
+                    f"luce-bench: could not restore the power limit of GPU {self.gpu.index} ({exc}); "
+                    "the journal is kept: run `luce-bench restore`"
+                )
                 if not quiet:
                     raise
             finally:
@@ -233,7 +267,9 @@ def _apply_entry(gpu, entry) -> str:  # noqa: ANN001
         gpu.set_power_limit_mw(entry.original_limit_mw)
     after_mw = int(gpu.power_limit_mw())
     if after_mw != entry.original_limit_mw:
-        raise GPUError(f"enforced limit reads {after_mw / 1000:g} W after restoring {entry.original_limit_mw / 1000:g} W")
+        raise GPUError(
+            f"enforced limit reads {after_mw / 1000:g} W after restoring {entry.original_limit_mw / 1000:g} W"
+        )
     with contextlib.suppress(GPUNotSupportedError):
         if bool(gpu.persistence_mode()) != entry.persistence_mode:
             gpu.set_persistence_mode(entry.persistence_mode)
@@ -254,12 +290,15 @@ def refuse_stale_journals(state_dir: Path | None = None) -> None:
 
 
 def _stale_message(path: Path, entry) -> str:  # noqa: ANN001
-    return (f"a stale power-limit journal exists ({path}): {entry.describe()}. "
-            "A previous run did not finish; run `luce-bench restore` first")
+    return (
+        f"a stale power-limit journal exists ({path}): {entry.describe()}. "
+        "A previous run did not finish; run `luce-bench restore` first"
+    )
 
 
-def restore_from_journals(state_dir: Path | None = None, opener: Callable[..., object] | None = None,
-                          dry_run: bool = False) -> list[str]:
+def restore_from_journals(
+    state_dir: Path | None = None, opener: Callable[..., object] | None = None, dry_run: bool = False
+) -> list[str]:
     """Replay every stale journal (`luce-bench restore`); return one line per GPU. Journals of live runs are skipped.
 
     Raises:
@@ -290,9 +329,15 @@ def restore_from_journals(state_dir: Path | None = None, opener: Callable[..., o
             finally:
                 gpu.close()
             path.unlink(missing_ok=True)
-            note = " (the machine rebooted since the journal was written)" if entry.boot_id and entry.boot_id != boot_id() else ""
-            lines.append(f"restored GPU {entry.index} ({entry.gpu_name}): power limit {done}, persistence "
-                         f"{'on' if entry.persistence_mode else 'off'}{note}")
+            note = (
+                " (the machine rebooted since the journal was written)"
+                if entry.boot_id and entry.boot_id != boot_id()
+                else ""
+            )
+            lines.append(
+                f"restored GPU {entry.index} ({entry.gpu_name}): power limit {done}, persistence "
+                f"{'on' if entry.persistence_mode else 'off'}{note}"
+            )
         finally:
             lock.release()
     return lines

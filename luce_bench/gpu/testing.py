@@ -1,8 +1,8 @@
 """Test helpers shipped in the package: prove that a code path never changes GPU settings.
 
-    with forbid_gpu_setters() as calls:
-        run_compare(...)
-    assert calls == []   # or: any setter call raises AssertionError at once (strict=True, the default)
+with forbid_gpu_setters() as calls:
+run_compare(...)
+assert calls == []   # or: any setter call raises AssertionError at once (strict=True, the default)
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ def forbid_gpu_setters(strict: bool = True) -> Iterator[list[tuple[str, str, Any
             calls.append((cls.__name__, name, value))
             if strict:
                 raise AssertionError(f"{cls.__name__}.{name}({value!r}) called where GPU settings must not change")
+
         return forbidden
 
     for cls in (FakeGPU, NvmlGPU):
