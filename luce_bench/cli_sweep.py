@@ -93,8 +93,8 @@ def sweep(
 ) -> None:
     """Measure every backend at each GPU power limit and report the sweet spot; the original limit is always restored.
 
-    Limits are validated against the card's range before anything changes. Needs root or CAP_SYS_ADMIN (not with
-    --fake-gpu). After a crash or SIGKILL run `luce-bench restore`.
+    Limits are validated against the card's range before anything changes. Changing limits needs root or
+    CAP_SYS_ADMIN, except on the simulated GPU. After a crash or SIGKILL run `luce-bench restore`.
     """
     from rich.console import Console
 
