@@ -52,6 +52,8 @@ typedef struct LuceMkParams {
     int n_steps;
     int max_seq;            /* KV cache capacity (positions) */
     unsigned int sync_base; /* barriers completed so far on `sync` (caller adds n_steps * syncs_per_step) */
+    int debug_flags;        /* 0 in normal use; timing experiments only (results invalid): 1 skip matvec math,
+                               2 skip GDN/attention work, 4 skip grid barriers */
 } LuceMkParams;
 
 typedef struct LuceMkLayout {

@@ -15,11 +15,11 @@ __device__ void attn_item(Ctx& c, const LuceMkParams& P, int l, int item, int po
     const int n = pos + 1, nch = att_chunks(pos);
     const int per = (n + nch - 1) / nch;
     const int c0 = ci * per, c1 = min(n, c0 + per);
-    float* qsm = c.misc;          // [4][256]
-    float* ksm = c.misc + 1024;   // [256]
-    float* vsm = c.misc + 1280;   // [256]
-    float* wm = c.misc + 1536;    // [16 warps]
-    float* wl = c.misc + 1552;    // [16 warps]
+    float* qsm = c.misc();          // [4][256]
+    float* ksm = c.misc() + 1024;   // [256]
+    float* vsm = c.misc() + 1280;   // [256]
+    float* wm = c.misc() + 1536;    // [16 warps]
+    float* wl = c.misc() + 1552;    // [16 warps]
     const float* raw = P.scratch + S_RAW;
     const float* sp = P.sblob + (long long)l * SP;
     const int fi = fa_index(l);
@@ -99,7 +99,7 @@ __device__ void attn_item(Ctx& c, const LuceMkParams& P, int l, int item, int po
             wl[c.warp] = ls;
         }
 #pragma unroll
-        for (int e = 0; e < 8; ++e) c.acts[c.warp * 256 + c.lane * 8 + e] = acc[e];
+        for (int e = 0; e < 8; ++e) c.acts()[c.warp * 256 + c.lane * 8 + e] = acc[e];
         cbar();
         if (t < 256) {
             float M = -INFINITY;
@@ -111,7 +111,7 @@ __device__ void attn_item(Ctx& c, const LuceMkParams& P, int l, int item, int po
             for (int w = 0; w < NCW; ++w) {
                 const float f = expf(wm[w] - M);
                 L = fmaf(wl[w], f, L);
-                A = fmaf(c.acts[w * 256 + t], f, A);
+                A = fmaf(c.acts()[w * 256 + t], f, A);
             }
             part[hh * 256 + t] = A;
             if (t == 0) {
@@ -140,7 +140,7 @@ __device__ __forceinline__ void attn_out_act(Ctx& c, const LuceMkParams& P, int 
             A = fmaf(__ldcg(P.scratch + S_APART + b * 256 + d), f, A);
         }
         const float gate = __ldcg(P.scratch + S_RAW + 512 * jh + 256 + d);
-        c.acts[i] = bfr(bfr(A / L) * bfr(sigm(gate)));
+        c.acts()[i] = bfr(bfr(A / L) * bfr(sigm(gate)));
     }
     cbar();
 }

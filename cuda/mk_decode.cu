@@ -20,6 +20,10 @@ __device__ __forceinline__ unsigned long long pack_best(float v, int idx) {
 
 __device__ __forceinline__ void sync_all(Ctx& c, const LuceMkParams& P) {
     ++c.nsync;
+    if (P.debug_flags & 4) {
+        cbar();
+        return;
+    }
     grid_sync(P.sync, (P.sync_base + c.nsync) * (unsigned)c.G);
 }
 
@@ -39,7 +43,7 @@ __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
         else load_x_norm(c, X, nullptr, sp + SP_LN1);
         {
             float a[32];
-            load_act_regs(a, c.acts, c.lane);
+            load_act_regs(a, c.acts(), c.lane);
             consume(c, layer_phase(P.wblob, l, 0), [&](int r, const char* row) {
                 const float d = warp_sum(dot1024_part(row, a, c.lane));
                 if (c.lane == 0) RAW[r] = bfr(d);
@@ -48,7 +52,8 @@ __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
         sync_all(c, P);
         if (l == 0 && c.b == 0 && c.tid == 0) P.best[(pos + 1) & 1] = 0ull;  // next step's argmax slot
         // P2: token mixing
-        if (is_fa(l)) {
+        if (P.debug_flags & 2) {
+        } else if (is_fa(l)) {
             const int items = 2 * att_chunks(pos);
             for (int item = c.b; item < items; item += c.G) attn_item(c, P, l, item, pos);
         } else {
@@ -59,15 +64,15 @@ __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
         if (is_fa(l)) attn_out_act(c, P, pos);
         else gdn_out_act(c, P, l);
         consume(c, layer_phase(P.wblob, l, 1), [&](int r, const char* row) {
-            const float d = warp_sum(dot_smem_part<2048>(row, c.acts, c.lane));
-            if (c.lane == 0) X[r] = bfr(c.xs[r] + bfr(d));
+            const float d = warp_sum(dot_smem_part<2048>(row, c.acts(), c.lane));
+            if (c.lane == 0) X[r] = bfr(c.xs()[r] + bfr(d));
         });
         sync_all(c, P);
         // P4: norm + gate/up + SiLU
         load_x_norm(c, X, nullptr, sp + SP_LN2);
         {
             float a[32];
-            load_act_regs(a, c.acts, c.lane);
+            load_act_regs(a, c.acts(), c.lane);
             consume(c, layer_phase(P.wblob, l, 2), [&](int r, const char* row) {
                 const float gt = bfr(warp_sum(dot1024_part(row, a, c.lane)));
                 const float up = bfr(warp_sum(dot1024_part(row + 2048, a, c.lane)));
@@ -76,18 +81,18 @@ __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
         }
         sync_all(c, P);
         // P5: down + residual
-        for (int i = c.tid; i < FF; i += NCT) c.acts[i] = __ldcg(HACT + i);
+        for (int i = c.tid; i < FF; i += NCT) c.acts()[i] = __ldcg(HACT + i);
         cbar();
         consume(c, layer_phase(P.wblob, l, 3), [&](int r, const char* row) {
-            const float d = warp_sum(dot_smem_part<FF>(row, c.acts, c.lane));
-            if (c.lane == 0) X[r] = bfr(c.xs[r] + bfr(d));
+            const float d = warp_sum(dot_smem_part<FF>(row, c.acts(), c.lane));
+            if (c.lane == 0) X[r] = bfr(c.xs()[r] + bfr(d));
         });
         sync_all(c, P);
     }
     // final norm + LM head + argmax
     load_x_norm(c, X, nullptr, P.sblob + (long long)NL * SP);
     float a[32];
-    load_act_regs(a, c.acts, c.lane);
+    load_act_regs(a, c.acts(), c.lane);
     float bv = -INFINITY;
     int bi = 0x7fffffff;
     float* lg = (P.logits && s >= P.logits_first) ? P.logits + (long long)(s - P.logits_first) * V : nullptr;
@@ -96,7 +101,7 @@ __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
         if (lg && c.lane == 0) lg[r] = d;
         if (d > bv) { bv = d; bi = r; }
     });
-    unsigned long long* kb = (unsigned long long*)(c.misc + 1664);
+    unsigned long long* kb = (unsigned long long*)(c.misc() + 1664);
     if (c.lane == 0) kb[c.warp] = bi == 0x7fffffff ? 0ull : pack_best(bv, bi);
     cbar();
     if (c.tid == 0) {
@@ -114,7 +119,6 @@ __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
 }
 
 __global__ void __launch_bounds__(NT, 1) decode_kernel(const __grid_constant__ LuceMkParams P, int ns) {
-    extern __shared__ __align__(128) unsigned char smem[];
     Ctx c;
     c.G = gridDim.x;
     c.b = blockIdx.x;
@@ -124,20 +128,15 @@ __global__ void __launch_bounds__(NT, 1) decode_kernel(const __grid_constant__ L
     c.ns = ns;
     c.q = 0;
     c.nsync = 0;
-    c.full = (uint64_t*)smem;
-    c.empty = c.full + MAX_SLOTS;
-    c.xs = (float*)(smem + SM_X);
-    c.acts = (float*)(smem + SM_ACT);
-    c.misc = (float*)(smem + SM_MISC);
-    c.ring = (char*)(smem + SM_RING);
+    c.skip_math = (P.debug_flags & 1) != 0;
     if (threadIdx.x == 0) {
         for (int i = 0; i < ns; ++i) {
 #if __CUDA_ARCH__ >= 900
-            mbar_init(&c.full[i], 1);
+            mbar_init(&c.full()[i], 1);
 #else
-            mbar_init(&c.full[i], 32);
+            mbar_init(&c.full()[i], 32);
 #endif
-            mbar_init(&c.empty[i], NCW);
+            mbar_init(&c.empty()[i], NCW);
         }
     }
     __syncthreads();

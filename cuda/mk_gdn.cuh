@@ -12,15 +12,23 @@ __device__ __forceinline__ float sel4(float4 v, int i) { return i == 0 ? v.x : i
 __device__ void gdn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos) {
     const int h = item >> 3, j = item & 7, t = c.tid;
     const int gi = gdn_index(l);
-    float* qs = c.misc;          // 128 conv outputs (q), then normalised
-    float* ks = c.misc + 128;    // 128 (k)
-    float* vs = c.misc + 256;    // 16 (v slice)
-    float* red = c.misc + 288;   // [16 warps][16 v][3]
-    float* sc = c.misc + 1056;   // scalars: beta, decay, rq, rk
-    float* es = c.misc + 1072;   // 16 deltas
+    float* qs = c.misc();          // 128 conv outputs (q), then normalised
+    float* ks = c.misc() + 128;    // 128 (k)
+    float* vs = c.misc() + 256;    // 16 (v slice)
+    float* red = c.misc() + 288;   // [16 warps][16 v][3]
+    float* sc = c.misc() + 1056;   // scalars: beta, decay, rq, rk
+    float* es = c.misc() + 1072;   // 16 deltas
     const float* raw = P.scratch + S_RAW;
     const float* sp = P.sblob + (long long)l * SP;
     float* hist = P.conv_hist + (long long)gi * CONV * 4;
+    // issue the independent global loads first: state slice, b and a
+    float* S = P.gdn_state + (long long)gi * STATE_L + (long long)item * (DK * SLV) + t * 4;
+    const float4 s4 = __ldcg((const float4*)S);
+    float bq = 0.f, aq = 0.f;
+    if (t == 0) {
+        bq = __ldcg(raw + 8192 + h);
+        aq = __ldcg(raw + 8208 + h);
+    }
 
     if (t < 272) {
         const int ch = t < 128 ? h * 128 + t : t < 256 ? 2048 + h * 128 + (t - 128) : 4096 + h * 128 + j * 16 + (t - 256);
@@ -47,8 +55,7 @@ __device__ void gdn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos
         qq = warp_sum(qq);
         kk = warp_sum(kk);
         if (c.lane == 0) {
-            const float b = __ldcg(raw + 8192 + h), a = __ldcg(raw + 8208 + h);
-            const float x = a + sp[SP_DTB + h];
+            const float b = bq, x = aq + sp[SP_DTB + h];
             const float sp_ = x > 20.f ? x : log1pf(expf(x));
             sc[0] = bfr(sigm(b));
             sc[1] = expf(sp[SP_NEGA + h] * sp_);
@@ -63,8 +70,6 @@ __device__ void gdn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos
     }
     cbar();
     const int v = t & 15, kg = t >> 4;
-    float* S = P.gdn_state + (long long)gi * STATE_L + (long long)item * (DK * SLV) + t * 4;
-    const float4 s4 = __ldcg((const float4*)S);
     const float4 k4 = *(const float4*)(ks + kg * 4), q4 = *(const float4*)(qs + kg * 4);
     float sk = s4.x * k4.x + s4.y * k4.y + s4.z * k4.z + s4.w * k4.w;
     float sq = s4.x * q4.x + s4.y * q4.y + s4.z * q4.z + s4.w * q4.w;
@@ -122,7 +127,7 @@ __device__ __forceinline__ void gdn_out_act(Ctx& c, const LuceMkParams& P, int l
         const float o = __ldcg(P.scratch + S_OGDN + i);
         const float z = __ldcg(P.scratch + S_RAW + 6144 + i);
         const float n = bfr(sp[SP_GNW + (i & 127)] * bfr(o * r));
-        c.acts[i] = bfr(n * silu(z));
+        c.acts()[i] = bfr(n * silu(z));
     }
     cbar();
 }

@@ -77,12 +77,12 @@ __device__ __forceinline__ void load_x_norm(Ctx& c, const float* xg, const unsig
         v0 = __ldcg(xg + c.tid);
         v1 = __ldcg(xg + c.tid + NCT);
     }
-    c.xs[c.tid] = v0;
-    c.xs[c.tid + NCT] = v1;
-    const float ss = block_sum(c, v0 * v0 + v1 * v1, c.misc + 2000);
+    c.xs()[c.tid] = v0;
+    c.xs()[c.tid + NCT] = v1;
+    const float ss = block_sum(c, v0 * v0 + v1 * v1, c.misc() + 2000);
     const float r = rsqrtf(ss * (1.0f / H) + EPS);
-    c.acts[c.tid] = bfr(v0 * r * w1p[c.tid]);
-    c.acts[c.tid + NCT] = bfr(v1 * r * w1p[c.tid + NCT]);
+    c.acts()[c.tid] = bfr(v0 * r * w1p[c.tid]);
+    c.acts()[c.tid + NCT] = bfr(v1 * r * w1p[c.tid + NCT]);
     cbar();
 }
 

@@ -14,17 +14,21 @@ struct Phase {
     int row_bytes;    // 2048 (K=1024), 4096 (K=2048 or a gate|up pair), 7168 (K=3584)
 };
 
+extern __shared__ __align__(128) unsigned char mk_smem[];
+
+// Per-thread view. Shared-memory regions are fixed offsets from mk_smem (no registers spent on pointers).
 struct Ctx {
     int G, b, tid, warp, lane;
     int ns;            // ring slots
     unsigned q;        // chunks consumed so far (consumer view)
     unsigned nsync;    // grid barriers passed in this launch
-    char* ring;
-    uint64_t* full;
-    uint64_t* empty;
-    float* xs;         // residual input of the current sub-layer (1024)
-    float* acts;       // activations of the current matvec (up to 4096)
-    float* misc;       // 2048 floats of per-phase scratch
+    bool skip_math;    // debug: take chunks off the ring without computing
+    __device__ __forceinline__ uint64_t* full() const { return (uint64_t*)mk_smem; }
+    __device__ __forceinline__ uint64_t* empty() const { return (uint64_t*)mk_smem + MAX_SLOTS; }
+    __device__ __forceinline__ char* ring() const { return (char*)(mk_smem + SM_RING); }
+    __device__ __forceinline__ float* xs() const { return (float*)(mk_smem + SM_X); }      // sub-layer input x (1024)
+    __device__ __forceinline__ float* acts() const { return (float*)(mk_smem + SM_ACT); }  // matvec input (<= 4096)
+    __device__ __forceinline__ float* misc() const { return (float*)(mk_smem + SM_MISC); } // 2048 floats scratch
 };
 
 __device__ __forceinline__ int split_rows(int R, int b, int G) { return (int)(((long long)R * b) / G); }
@@ -55,13 +59,13 @@ struct Producer {
             const int n = min(rps, r1 - r);
             const unsigned bytes = (unsigned)(n * ph.row_bytes);
             const int slot = (int)(qp % (unsigned)c.ns);
-            mbar_wait(&c.empty[slot], ((qp / (unsigned)c.ns) & 1u) ^ 1u);
-            char* dst = c.ring + (size_t)slot * SLOT_BYTES;
+            mbar_wait(&c.empty()[slot], ((qp / (unsigned)c.ns) & 1u) ^ 1u);
+            char* dst = c.ring() + (size_t)slot * SLOT_BYTES;
             const char* src = ph.src + (long long)r * ph.row_bytes;
 #if __CUDA_ARCH__ >= 900
-            bulk_load(dst, src, bytes, &c.full[slot], pol);
+            bulk_load(dst, src, bytes, &c.full()[slot], pol);
 #else
-            warp_async_load(dst, src, bytes, &c.full[slot], c.lane);
+            warp_async_load(dst, src, bytes, &c.full()[slot], c.lane);
 #endif
             ++qp;
         }
@@ -91,10 +95,10 @@ __device__ __forceinline__ void consume(Ctx& c, const Phase& ph, F&& fn) {
         const int n = min(rps, r1 - r);
         const int i = (c.warp - ((r - r0) & 15)) & 15;
         const int slot = (int)(c.q % (unsigned)c.ns);
-        mbar_wait(&c.full[slot], (c.q / (unsigned)c.ns) & 1u);
-        if (i < n) fn(r + i, c.ring + (size_t)slot * SLOT_BYTES + (size_t)i * ph.row_bytes);
+        mbar_wait(&c.full()[slot], (c.q / (unsigned)c.ns) & 1u);
+        if (i < n && !c.skip_math) fn(r + i, c.ring() + (size_t)slot * SLOT_BYTES + (size_t)i * ph.row_bytes);
         __syncwarp();
-        if (c.lane == 0) mbar_arrive(&c.empty[slot]);
+        if (c.lane == 0) mbar_arrive(&c.empty()[slot]);
         ++c.q;
     }
 }

@@ -70,14 +70,20 @@ __device__ __forceinline__ void warp_async_load(void* dst, const void* src, unsi
 }
 #endif
 
-// bf16 helpers: round-to-nearest-even to bf16 and back (mimics a bf16 tensor between ops), unpack 8 from a uint4.
-__device__ __forceinline__ float bfr(float x) {
+// bf16 helpers. bf16_round: round-to-nearest-even to bf16 and back. bfr: the rounding points of a bf16 transformers
+// model (activations between ops); identity unless built with -DMK_BF16_MIMIC=1 (default: f32 activations, which
+// track the f32 reference far closer than HF bf16 does). unpack8: 8 bf16 from a uint4.
+__device__ __forceinline__ float bf16_round(float x) {
     unsigned u = __float_as_uint(x);
     if ((u & 0x7f800000u) == 0x7f800000u) return x;  // inf / nan unchanged
     u += 0x7fffu + ((u >> 16) & 1u);
     return __uint_as_float(u & 0xffff0000u);
 }
-__device__ __forceinline__ unsigned short f2bf(float x) { return (unsigned short)(__float_as_uint(bfr(x)) >> 16); }
+#ifndef MK_BF16_MIMIC
+#define MK_BF16_MIMIC 0
+#endif
+__device__ __forceinline__ float bfr(float x) { return MK_BF16_MIMIC ? bf16_round(x) : x; }
+__device__ __forceinline__ unsigned short f2bf(float x) { return (unsigned short)(__float_as_uint(bf16_round(x)) >> 16); }
 __device__ __forceinline__ float bf_lo(unsigned w) { return __uint_as_float(w << 16); }
 __device__ __forceinline__ float bf_hi(unsigned w) { return __uint_as_float(w & 0xffff0000u); }
 __device__ __forceinline__ void unpack8(const uint4 w, float f[8]) {

@@ -134,7 +134,8 @@ def hf_logits(sd: dict, toks: list[int]):
     return np.stack(out)
 
 
-def time_decode(be, pos_tokens: list[int], steps: int, reps: int, per_token: bool = False) -> list[float]:
+def time_decode(be, pos_tokens: list[int], steps: int, reps: int, per_token: bool = False,
+                debug_flags: int = 0) -> list[float]:
     """Seconds per run of `steps` decode steps after feeding `pos_tokens` (CUDA events)."""
     import torch
 
@@ -149,7 +150,7 @@ def time_decode(be, pos_tokens: list[int], steps: int, reps: int, per_token: boo
             for _ in range(steps):
                 be._run(1, None, None)
         else:
-            be._run(steps, None, None)
+            be._run(steps, None, None, debug_flags)
         b.record()
         torch.cuda.synchronize()
         if r:
@@ -192,6 +193,11 @@ def main() -> int:
             floor = tps * FLOOR_BYTES / BW_MEASURED
             table.append(f"tg{args.steps} {label:16s} {mode:17s} median {tps:7.1f} tok/s  best {args.steps / mn:7.1f} "
                          f"tok/s  ({1e6 * med / args.steps:6.1f} us/tok, {100 * floor:5.1f}% of the 3.0 TB/s floor)")
+    prompt = torch.randint(0, 248320, (64,), generator=gen).tolist()
+    for flags, what in ((1, "no matvec math"), (2, "no GDN/attention"), (4, "no grid barriers"),
+                        (6, "no mixing, no barriers"), (7, "stream only")):
+        ts = time_decode(be, prompt, args.steps, max(3, args.reps // 2), debug_flags=flags)
+        table.append(f"  breakdown (invalid results) {what:24s}: {1e6 * statistics.median(ts) / args.steps:7.1f} us/tok")
     print("\n".join(table))
     return 0
 

@@ -132,7 +132,7 @@ class MegakernelBackend(Backend):
             self._bufs[k].zero_()
         self._pos = 0
 
-    def _run(self, n: int, in_tokens: Any, logits_first: int | None) -> tuple[Any, Any]:
+    def _run(self, n: int, in_tokens: Any, logits_first: int | None, debug_flags: int = 0) -> tuple[Any, Any]:
         """Launch n steps; returns (out_tokens [n] int32, logits [n - logits_first, V] f32 or None) on the device."""
         import torch
 
@@ -156,6 +156,7 @@ class MegakernelBackend(Backend):
         p.logits_first = logits_first or 0
         p.pos, p.n_steps, p.max_seq = self._pos, n, self.max_seq
         p.sync_base = self._sync_count & 0xFFFFFFFF
+        p.debug_flags = debug_flags
         stream = torch.cuda.current_stream(dev).cuda_stream
         check(self._lib, self._lib.luce_mk_decode(p, stream), "megakernel launch")
         self._sync_count += n * self._layout.syncs_per_step

@@ -1,0 +1,111 @@
+"""CPU CI for the megakernel: it compiles for sm_80/86/89/90 without cuBLAS, ptxas reports 0 spills, the library
+loads without a GPU (static cudart) and exports the luce_mk.h symbols; arch parsing and the build cache behave."""
+
+from __future__ import annotations
+
+import ctypes
+
+import pytest
+
+from luce_bench.errors import UserError
+from luce_bench.kernels import build as kb
+
+ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90")
+needs_nvcc = pytest.mark.skipif(kb.find_nvcc() is None, reason="nvcc not found: the CUDA toolkit is not installed here")
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory):
+    """One nvcc call for all four archs (parallel per arch), shared by the tests of this session."""
+    out = tmp_path_factory.mktemp("mk") / "build"
+    return kb.build(ARCHS, out)
+
+
+@needs_nvcc
+def test_compiles_for_all_archs(built):
+    assert built.lib.is_file()
+    assert {r.arch for r in built.reports} == set(ARCHS)
+
+
+@needs_nvcc
+def test_no_register_spills(built):
+    assert built.reports, "empty ptxas report"
+    for r in built.reports:
+        assert r.spill_stores == 0 and r.spill_loads == 0, f"{r.arch} {r.function}: {r.spill_stores}/{r.spill_loads} B spilled"
+        assert 0 < r.registers <= 255
+
+
+@needs_nvcc
+def test_library_loads_and_exports_abi(built):
+    from luce_bench.kernels import lib as klib
+
+    raw = ctypes.CDLL(str(built.lib))
+    for sym in klib.SYMBOLS:
+        assert hasattr(raw, sym), sym
+    lib = klib.load_library(built.lib)
+    lay = klib.layout(lib)
+    assert lay.wblob_elems == 18 * 21528576 + 6 * 18350080  # all layer matrices, bf16 elements
+    assert list(lay.layer_woff)[:5] == [0, 21528576, 43057152, 64585728, 82935808]
+    assert lay.syncs_per_step == 121 and lay.vocab == 248320 and lay.hidden == 1024
+    # layer params + embedding = 752,393,024 - norms/conv/A/dt (small params are in the f32 blob)
+    assert lay.wblob_elems + 248320 * 1024 == 752_393_024 - (24 * 2048 + 1024 + 6 * 512 + 18 * (6144 * 4 + 32 + 128))
+    assert ctypes.sizeof(klib.LuceMkParams) == 14 * 8 + 6 * 4  # 14 pointers, 6 ints
+
+
+@needs_nvcc
+def test_cache_hit(built, tmp_path):
+    again = kb.build(ARCHS, built.lib.parent)
+    assert again.cached and again.lib == built.lib
+
+
+def test_normalize_arch():
+    assert kb.normalize_arch("90") == "sm_90"
+    assert kb.normalize_arch("sm_86") == "sm_86"
+    assert kb.normalize_arch("9.0") == "sm_90"
+    assert kb.normalize_arch("compute_80") == "sm_80"
+    with pytest.raises(UserError):
+        kb.normalize_arch("hopper")
+
+
+def test_arch_from_env(monkeypatch):
+    monkeypatch.setenv("LUCE_BENCH_CUDA_ARCH", "sm_89")
+    assert kb.detect_arch() == "sm_89"
+
+
+def test_no_gpu_no_arch_is_loud(monkeypatch):
+    monkeypatch.delenv("LUCE_BENCH_CUDA_ARCH", raising=False)
+    import sys
+    import types
+
+    fake_torch = types.SimpleNamespace(cuda=types.SimpleNamespace(is_available=lambda: False))
+    monkeypatch.setitem(sys.modules, "torch", fake_torch)
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+    with pytest.raises(UserError, match="--arch"):
+        kb.detect_arch()
+
+
+def test_parse_ptxas():
+    text = (
+        "ptxas info    : Compiling entry function '_Z3fooPf' for 'sm_90'\n"
+        "ptxas info    : Function properties for _Z3fooPf\n"
+        "    8 bytes stack frame, 4 bytes spill stores, 12 bytes spill loads\n"
+        "ptxas info    : Used 40 registers, used 1 barriers\n"
+    )
+    (r,) = kb.parse_ptxas(text)
+    assert (r.arch, r.function, r.registers, r.stack_bytes, r.spill_stores, r.spill_loads) == (
+        "sm_90", "_Z3fooPf", 40, 8, 4, 12)
+
+
+def test_build_key_changes_with_flags(tmp_path):
+    (tmp_path / "a.cu").write_text("x")
+    assert kb.build_key(tmp_path, ["-O3"], "v1") != kb.build_key(tmp_path, ["-O2"], "v1")
+    assert kb.build_key(tmp_path, ["-O3"], "v1") != kb.build_key(tmp_path, ["-O3"], "v2")
+
+
+def test_config_check_refuses_other_shapes():
+    from luce_bench.backends.megakernel import check_config
+    from luce_bench.model.spec import QWEN35_08B, TINY
+
+    check_config(QWEN35_08B)
+    with pytest.raises(UserError, match="0.8B"):
+        check_config(TINY)
