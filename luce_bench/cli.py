@@ -64,9 +64,16 @@ def _gpu_errors() -> type[Exception]:
 
 
 @app.callback()
-def main_options(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False) -> None:
+def main_options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    read_only: Annotated[bool, typer.Option("--read-only", help="Refuse every GPU setter (also LUCE_BENCH_READONLY=1).")] = False,
+) -> None:
     """luce-bench: tok/s and tok/J of a CUDA megakernel vs llama.cpp vs HF transformers (Qwen3.5-0.8B)."""
     _state["debug"] = debug
+    if read_only:
+        from luce_bench.gpu import enable_read_only_mode
+
+        enable_read_only_mode()
 
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (default: configs/default.yaml).")]
@@ -161,11 +168,12 @@ def report(
 
 @app.command()
 @handle_errors
-def info(gpu: GpuOpt = None, fake_gpu: FakeOpt = False) -> None:
+def info(gpu: GpuOpt = None, fake_gpu: FakeOpt = False, config: ConfigOpt = None) -> None:
     """Show the GPU, driver, CUDA, power limits, clocks, and which backends can run here (and why not)."""
     from luce_bench.info import show
 
-    show(_console(), gpu_index=gpu or 0, fake=fake_gpu)
+    cfg = build_config(config)
+    show(_console(), gpu_index=gpu if gpu is not None else cfg.gpu.index, fake=cfg.gpu.fake_preset if fake_gpu else False)
 
 
 @model_app.command("prepare")

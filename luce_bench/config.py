@@ -51,7 +51,7 @@ class GpuConfig:
 
     index: int = 0
     fake: bool = False
-    fake_preset: str = "h100-sxm"
+    fake_preset: str = "rtx3090"
 
 
 @dataclass(frozen=True)

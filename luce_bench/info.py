@@ -22,20 +22,20 @@ def nvcc_version() -> str | None:
     return None
 
 
-def gather(gpu_index: int = 0, fake: bool = False) -> dict[str, Any]:
+def gather(gpu_index: int = 0, fake: bool | str = False) -> dict[str, Any]:
     """Everything `info` shows, as a dict."""
     from luce_bench.gpu import open_gpu
     from luce_bench.gpu.base import GPUError
 
     out: dict[str, Any] = {"nvcc": nvcc_version()}
     try:
-        gpu = open_gpu(gpu_index, fake="h100-sxm" if fake else False, read_only=True)
+        gpu = open_gpu(gpu_index, fake=fake, read_only=True)
     except GPUError as exc:
         out["gpu_error"] = str(exc)
     else:
         try:
             out["gpu"] = gpu_meta(gpu)
-            out["gpu"]["simulated"] = fake
+            out["gpu"]["simulated"] = bool(fake)
         finally:
             gpu.close()
     backends = {}
@@ -53,7 +53,7 @@ def gather(gpu_index: int = 0, fake: bool = False) -> dict[str, Any]:
     return out
 
 
-def show(console: Any, gpu_index: int = 0, fake: bool = False) -> None:
+def show(console: Any, gpu_index: int = 0, fake: bool | str = False) -> None:
     """Print `gather()` as rich tables."""
     from rich.table import Table
 

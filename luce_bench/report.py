@@ -107,6 +107,10 @@ def build(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any], str]:
         write_csv_atomic(run_dir / "summary.csv", SUMMARY_COLUMNS, summary)
     plots = render(run_dir, summary, runs, samples)
     md = _markdown(run_dir, summary, meta, plots)
+    if meta.get("sweep"):
+        from luce_bench import sweep_report
+
+        md += "\n" + "\n".join(sweep_report.section(run_dir, summary, meta)) + "\n"
     atomic_write_text(run_dir / "report.md", md)
     return summary, meta, md
 

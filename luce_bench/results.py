@@ -29,7 +29,8 @@ RUN_COLUMNS = [
 ]
 SAMPLE_COLUMNS = ["t_s", "power_w", "avg_power_w", "sm_mhz", "mem_mhz", "temp_c", "reasons", "energy_mj", "limit_w"]
 SUMMARY_COLUMNS = [
-    "backend", "model", "test", "n_prompt", "n_gen", "power_limit_req_w", "power_limit_w", "n", "avg_ts", "stddev_ts",
+    "backend", "model", "test", "n_prompt", "n_gen", "power_limit_req_w", "power_limit_w", "n", "window_s", "avg_ts",
+    "stddev_ts",
     "ts_ci95_lo", "ts_ci95_hi", "median_ts", "timed_ts", "tok_per_j", "tok_per_j_std", "tok_per_j_ci95_lo",
     "tok_per_j_ci95_hi", "j_per_tok", "mean_power_w", "idle_power_w", "net_tok_per_j", "mean_sm_mhz", "throttled_share",
     "max_counter_vs_sampled_pct", "temp_drift_c", "valid_reps", "device", "gpu_simulated", "verdict",
@@ -178,7 +179,7 @@ def summarize(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "backend": first.get("backend"), "model": first.get("model"), "test": first.get("test"),
             "n_prompt": first.get("n_prompt"), "n_gen": first.get("n_gen"),
             "power_limit_req_w": first.get("power_limit_req_w"), "power_limit_w": first.get("power_limit_w"),
-            "n": ts.n, "avg_ts": ts.mean, "stddev_ts": ts.std, "ts_ci95_lo": ts.ci95_lo, "ts_ci95_hi": ts.ci95_hi,
+            "n": ts.n, "window_s": describe([_num(r.get("window_s")) for r in rs]).mean, "avg_ts": ts.mean, "stddev_ts": ts.std, "ts_ci95_lo": ts.ci95_lo, "ts_ci95_hi": ts.ci95_hi,
             "median_ts": median([_num(r.get("avg_ts")) for r in rs]),
             "timed_ts": describe([_num(r.get("timed_ts")) for r in rs]).mean,
             "tok_per_j": tpj.mean, "tok_per_j_std": tpj.std, "tok_per_j_ci95_lo": tpj.ci95_lo,

@@ -103,13 +103,13 @@ class Runner:
                 m.sleep(rng.uniform(0.0, self.cfg.rep_gap_max_s))
             row = self._window(backend, test, prompt, rep, limit)
             self.writer.add_run(row)
-            self._flush_samples()
+            self.flush_samples()
             rows.append(row)
         if self.on_progress:
             self.on_progress(label, self.cfg.reps, self.cfg.reps)
         return rows
 
-    def _flush_samples(self) -> None:
+    def flush_samples(self) -> None:
         sampler = self.measure.sampler
         if sampler is not None:
             new = list(sampler.samples[self._drained:])

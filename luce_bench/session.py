@@ -129,14 +129,14 @@ def run(cfg: BenchConfig, backends: Sequence[str], name: str, optional: Sequence
     outcome = Outcome(writer.dir)
     try:
         with open_measure(cfg) as measure:
-            writer.write_meta(_base_meta(cfg, model, measure))
+            writer.write_meta(base_meta(cfg, model, measure))
             runner = Runner(cfg, model, measure, writer, on_progress=None)
             backend_meta: dict[str, Any] = {}
             for bname, cls in classes.items():
                 backend_meta[bname] = _run_one(runner, bname, cls, model, cfg, console, outcome, optional,
                                                (backend_kwargs or {}).get(bname, {}))
                 writer.write_meta({"backends": backend_meta})
-            runner._flush_samples()
+            runner.flush_samples()
             writer.write_meta({"token_agreement": token_agreement(runner.first_tokens),
                                "first_tokens": runner.first_tokens,
                                "sampler": measure.sampler.jitter_ms() if measure.sampler is not None else None})
@@ -217,7 +217,7 @@ def token_agreement(first_tokens: dict[str, list[int]]) -> dict[str, str]:
     return out
 
 
-def _base_meta(cfg: BenchConfig, model: ModelSpec, measure: Measure) -> dict[str, Any]:
+def base_meta(cfg: BenchConfig, model: ModelSpec, measure: Measure) -> dict[str, Any]:
     versions: dict[str, Any] = {"luce_bench": __version__, "python": platform.python_version()}
     for pkg in ("torch", "transformers", "llama_cpp_python", "nvidia-ml-py", "gguf"):
         with contextlib.suppress(Exception):

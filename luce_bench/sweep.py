@@ -190,7 +190,7 @@ def run_sweep(
                         _one_limit(ctl, runner, loaded, cfg, target, i, len(targets), console, outcome)
                     )
                     writer.write_meta({"sweep_limits": outcome.limits})
-                runner._flush_samples()
+                runner.flush_samples()
             finally:
                 sampler.stop()
                 for b in loaded.values():
@@ -266,9 +266,9 @@ def _write_base_meta(
     writer: RunWriter, cfg: BenchConfig, model: Any, measure: Measure, targets: Sequence[LimitTarget], gpu: Any
 ) -> None:
     try:
-        from luce_bench.session import _base_meta
+        from luce_bench.session import base_meta
 
-        meta = _base_meta(cfg, model, measure)
+        meta = base_meta(cfg, model, measure)
     except Exception as exc:  # noqa: BLE001 - provenance must not stop the sweep
         meta = {"meta_error": f"{type(exc).__name__}: {exc}"}
     lo, hi = gpu.power_limit_constraints_mw()

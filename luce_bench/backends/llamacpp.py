@@ -183,6 +183,7 @@ class LlamaCppBackend(Backend):
         if not self._ctx:
             raise RuntimeError(f"llama.cpp could not create a context: {''.join(_log_lines[mark:])[-500:]}")
         self._n_vocab = lc.llama_vocab_n_tokens(lc.llama_model_get_vocab(self._model))
+        self._ctx_len = int(lc.llama_n_ctx(self._ctx))  # llama.cpp may round the requested n_ctx up
         self._init_batch(lc)
         self._device_kind = kind
         load_log = "".join(_log_lines[mark:])
@@ -196,7 +197,7 @@ class LlamaCppBackend(Backend):
             "n_gpu_layers": mp.n_gpu_layers,
             "offloaded": offloaded[-1] if offloaded else None,
             "flash_attn": self.flash_attn,
-            "n_ctx": int(lc.llama_n_ctx(self._ctx)),
+            "n_ctx": self._ctx_len,
             "n_batch": self.n_batch,
             "n_ubatch": self.n_ubatch,
             "n_threads": self.n_threads,
@@ -247,8 +248,8 @@ class LlamaCppBackend(Backend):
         return np.ctypeslib.as_array(lc.llama_get_logits_ith(self._ctx, -1), shape=(self._n_vocab,))
 
     def _check_room(self, n: int) -> None:
-        if self._n_past + n > self.n_ctx:
-            raise UserError(f"llamacpp: {self._n_past} + {n} tokens exceed n_ctx={self.n_ctx}; pass a larger n_ctx")
+        if self._n_past + n > self._ctx_len:
+            raise UserError(f"llamacpp: {self._n_past} + {n} tokens exceed n_ctx={self._ctx_len}; pass a larger n_ctx")
 
     def prefill(self, token_ids: Sequence[int], logits: bool = False) -> StepResult:
         import llama_cpp as lc
