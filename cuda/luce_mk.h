@@ -7,7 +7,7 @@
  * Layouts (all device memory, owned by the caller; see luce_mk_get_layout for the sizes):
  *   wblob   bf16, the 24 layers' matrices in streaming order (layer l at layout.layer_woff[l] elements):
  *           GDN layer: in_proj [8224 x 1024] = rows [qkv 6144 | z 2048 | b 16 | a 16]; out_proj [1024 x 2048];
- *                      gate/up [3584 x 2048] (row i = gate_i | up_i); down [1024 x 3584]
+ *                      gate/up [3584 x 2048] (row i = gate_i | up_i); down_proj TRANSPOSED [3584 x 1024]
  *           FA layer:  qkv [5120 x 1024] = rows [q_proj 4096 (q/gate interleaved per head, as in HF) | k 512 | v 512];
  *                      o_proj [1024 x 2048]; gate/up; down (as above)
  *   sblob   f32 small params, layer l at l * layout.sp_stride: [0,1024) 1+input_layernorm, [1024,2048) 1+post_norm;

@@ -21,9 +21,9 @@ constexpr int NCT = NCW * 32;    // consumer threads
 constexpr int NT = NCT + 32;     // + one producer warp
 constexpr int SLOT_BYTES = 32768;
 constexpr int MAX_SLOTS = 6;
-constexpr int SYNCS_PER_STEP = NL * 5 + 1;
-constexpr int ATT_CHUNK = 128;   // min positions per attention work item
-constexpr int ATT_MAXCH = 16;    // max sequence chunks per KV head
+constexpr int SYNCS_PER_STEP = NL * 4 + 1;
+constexpr int ATT_CHUNK = 16;    // min positions per attention work item (one per warp)
+constexpr int ATT_MAXCH = 32;    // max sequence chunks per KV head
 
 __host__ __device__ constexpr bool is_fa(int l) { return (l & 3) == 3; }
 __host__ __device__ constexpr int fa_index(int l) { return l >> 2; }
@@ -32,7 +32,7 @@ __host__ __device__ constexpr int gdn_index(int l) { return l - (l >> 2); }
 // bf16 weight blob (elements)
 constexpr int64_t W_OUT = int64_t(H) * 2048;
 constexpr int64_t W_GU = int64_t(FF) * 2 * H;
-constexpr int64_t W_DOWN = int64_t(H) * FF;
+constexpr int64_t W_DOWN = int64_t(H) * FF;     // stored transposed: [FF][H]
 constexpr int64_t GDN_W = int64_t(GDN_ROWS) * H + W_OUT + W_GU + W_DOWN;
 constexpr int64_t FA_W = int64_t(FA_ROWS) * H + W_OUT + W_GU + W_DOWN;
 __host__ __device__ constexpr int64_t layer_woff(int l) { return int64_t(gdn_index(l)) * GDN_W + int64_t(l >> 2) * FA_W; }
@@ -48,10 +48,9 @@ constexpr int64_t SBLOB = int64_t(NL) * SP + H;
 constexpr int S_RAW = 0;                      // in_proj / qkv outputs (8224)
 constexpr int S_OGDN = 8448;                  // GDN recurrence outputs (2048)
 constexpr int S_SS = 10496;                   // GDN partial sum of squares [16][8]
-constexpr int S_HACT = 10624;                 // MLP silu(g)*u (3584)
-constexpr int S_X = 14208;                    // residual stream (1024)
-constexpr int S_APART = 15232;                // attention partials [2][16][4][256]
-constexpr int S_AML = S_APART + 2 * ATT_MAXCH * 4 * 256;   // [2][16][4][2] (max, sum)
+constexpr int S_X = 10624;                    // residual stream, 3 rotating buffers of 1024 (see mk_decode.cu)
+constexpr int S_APART = S_X + 3 * H;          // attention partials [2][ATT_MAXCH][4][256]
+constexpr int S_AML = S_APART + 2 * ATT_MAXCH * 4 * 256;   // [2][ATT_MAXCH][4][2] (max, sum)
 constexpr int SCRATCH = S_AML + 2 * ATT_MAXCH * 4 * 2;
 
 constexpr int64_t STATE_L = int64_t(DH) * DK * DV;   // f32 per GDN layer

@@ -31,16 +31,27 @@ __device__ void gdn_layer_mix(Ctx& c, const LuceMkParams& P, int l, int pos) {
     for (int item = c.b; item < DH * NSL; item += c.G) gdn_item(c, P, l, item, pos);
 }
 
+// Residual stream: three rotating f32 buffers. Sub-layer j (= 2*layer + {0: mixer, 1: MLP}; 48 per step, and
+// 48 % 3 == 0) reads buffer j%3, writes buffer (j+1)%3 (mixer: owner rows plain stores; MLP: every block adds its
+// split-K down_proj partial with f32 reductions, owners also add x) and zeroes its owned rows of buffer (j+2)%3, the
+// target of sub-layer j+1 (last read in sub-layer j-1, before the barrier that ended it).
+__device__ __forceinline__ float* xbuf(const LuceMkParams& P, int j) { return P.scratch + S_X + (j % 3) * H; }
+
+__device__ __forceinline__ void zero_owned(const Ctx& c, float* x) {
+    const int r0 = split_rows(H, c.b, c.G), r1 = split_rows(H, c.b + 1, c.G);
+    if (c.tid < r1 - r0) __stcg(x + r0 + c.tid, 0.f);
+}
+
 __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
     const int pos = P.pos + s;
-    float* X = P.scratch + S_X;
     float* RAW = P.scratch + S_RAW;
-    float* HACT = P.scratch + S_HACT;
     for (int l = 0; l < NL; ++l) {
         const float* sp = P.sblob + (long long)l * SP;
+        const int j = 2 * l;
         // P1: norm + in_proj / qkv
+        zero_owned(c, xbuf(P, j + 2));
         if (l == 0) load_x_norm(c, nullptr, (const unsigned short*)P.embed + (long long)tok * H, sp + SP_LN1);
-        else load_x_norm(c, X, nullptr, sp + SP_LN1);
+        else load_x_norm(c, xbuf(P, j), nullptr, sp + SP_LN1);
         {
             float a[32];
             load_act_regs(a, c.acts(), c.lane);
@@ -60,35 +71,69 @@ __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
             gdn_layer_mix(c, P, l, pos);
         }
         sync_all(c, P);
-        // P3: out_proj / o_proj + residual
+        // P3: out_proj / o_proj + residual (row owners)
         if (is_fa(l)) attn_out_act(c, P, pos);
         else gdn_out_act(c, P, l);
-        consume(c, layer_phase(P.wblob, l, 1), [&](int r, const char* row) {
-            const float d = warp_sum(dot_smem_part<2048>(row, c.acts(), c.lane));
-            if (c.lane == 0) X[r] = bfr(c.xs()[r] + bfr(d));
-        });
+        {
+            float* xn = xbuf(P, j + 1);
+            consume(c, layer_phase(P.wblob, l, 1), [&](int r, const char* row) {
+                const float d = warp_sum(dot_smem_part<2048>(row, c.acts(), c.lane));
+                if (c.lane == 0) xn[r] = bfr(c.xs()[r] + bfr(d));
+            });
+        }
         sync_all(c, P);
-        // P4: norm + gate/up + SiLU
-        load_x_norm(c, X, nullptr, sp + SP_LN2);
+        // P4: norm + gate/up + SiLU for this block's slice of the 3584 hidden units, then the matching columns of
+        // down_proj (split-K), reduced in shared memory and added to the next residual buffer.
+        zero_owned(c, xbuf(P, j + 3));
+        load_x_norm(c, xbuf(P, j + 1), nullptr, sp + SP_LN2);
+        float* part = c.misc();          // [1024] block partial of down_proj
+        float* hs = c.misc() + 1024;     // this block's silu(g)*u (<= 28)
+        part[c.tid] = 0.f;
+        part[c.tid + NCT] = 0.f;
+        const int k0 = split_rows(FF, c.b, c.G);
         {
             float a[32];
             load_act_regs(a, c.acts(), c.lane);
             consume(c, layer_phase(P.wblob, l, 2), [&](int r, const char* row) {
                 const float gt = bfr(warp_sum(dot1024_part(row, a, c.lane)));
                 const float up = bfr(warp_sum(dot1024_part(row + 2048, a, c.lane)));
-                if (c.lane == 0) HACT[r] = bfr(bfr(silu(gt)) * up);
+                if (c.lane == 0) hs[r - k0] = bfr(bfr(silu(gt)) * up);
             });
         }
-        sync_all(c, P);
-        // P5: down + residual
-        for (int i = c.tid; i < FF; i += NCT) c.acts()[i] = __ldcg(HACT + i);
         cbar();
         consume(c, layer_phase(P.wblob, l, 3), [&](int r, const char* row) {
-            const float d = warp_sum(dot_smem_part<FF>(row, c.acts(), c.lane));
-            if (c.lane == 0) X[r] = bfr(c.xs()[r] + bfr(d));
+            const float h = hs[r - k0];
+            const uint4* w = (const uint4*)row;
+#pragma unroll
+            for (int it = 0; it < 4; ++it) {
+                float f[8];
+                unpack8(w[it * 32 + c.lane], f);
+#pragma unroll
+                for (int e = 0; e < 8; ++e) atomicAdd(part + it * 256 + c.lane * 8 + e, h * f[e]);
+            }
         });
+        cbar();
+        {
+            const int r0 = split_rows(H, c.b, c.G), r1 = split_rows(H, c.b + 1, c.G);
+            float* xn = xbuf(P, j + 2);
+#if __CUDA_ARCH__ >= 900
+            if (c.tid < H / 4) {
+                const int i = c.tid * 4;
+                float4 v = *(const float4*)(part + i);
+                if (i >= r0 && i < r1) v.x += c.xs()[i];
+                if (i + 1 >= r0 && i + 1 < r1) v.y += c.xs()[i + 1];
+                if (i + 2 >= r0 && i + 2 < r1) v.z += c.xs()[i + 2];
+                if (i + 3 >= r0 && i + 3 < r1) v.w += c.xs()[i + 3];
+                red_add4(xn + i, v);
+            }
+#else
+#pragma unroll 1
+            for (int i = c.tid; i < H; i += NCT) atomicAdd(xn + i, part[i] + ((i >= r0 && i < r1) ? c.xs()[i] : 0.f));
+#endif
+        }
         sync_all(c, P);
     }
+    float* X = xbuf(P, 2 * NL);
     // final norm + LM head + argmax
     load_x_norm(c, X, nullptr, P.sblob + (long long)NL * SP);
     float a[32];

@@ -11,7 +11,7 @@ namespace mk {
 struct Phase {
     const char* src;  // first row of the phase
     int rows;
-    int row_bytes;    // 2048 (K=1024), 4096 (K=2048 or a gate|up pair), 7168 (K=3584)
+    int row_bytes;    // 2048 (K=1024, or a column of down_proj), 4096 (K=2048 or a gate|up pair)
 };
 
 extern __shared__ __align__(128) unsigned char mk_smem[];
@@ -41,7 +41,7 @@ __device__ __forceinline__ Phase layer_phase(const void* wblob, int l, int k) {
         case 0: return {base, r1, 2048};
         case 1: return {outp, H, 4096};
         case 2: return {outp + W_OUT * 2, FF, 4096};
-        default: return {outp + (W_OUT + W_GU) * 2, H, 7168};
+        default: return {outp + (W_OUT + W_GU) * 2, FF, 2048};  // down_proj transposed: row k = column k
     }
 }
 __device__ __forceinline__ Phase lm_phase(const void* embed) { return {(const char*)embed, V, 2048}; }

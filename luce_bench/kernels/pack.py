@@ -30,7 +30,8 @@ def layer_matrices(sd: dict[str, Any], layer: int) -> list[Any]:
         outp = sd[g + "out_proj.weight"]
     m = p + "mlp."
     gate_up = torch.stack([sd[m + "gate_proj.weight"], sd[m + "up_proj.weight"]], 1).reshape(-1, 2 * 1024)
-    return [t.to(bf) for t in (proj, outp, gate_up, sd[m + "down_proj.weight"])]
+    down_t = sd[m + "down_proj.weight"].t().contiguous()  # [3584, 1024]: row k = column k (split-K by block)
+    return [t.to(bf) for t in (proj, outp, gate_up, down_t)]
 
 
 def pack_weights(sd: dict[str, Any], layout: Any, device: Any) -> Any:
