@@ -274,7 +274,8 @@ def ensure_gguf(model_dir: Path, cfg: TextConfig, ftype: str = "bf16", progress:
         if progress and total >= _PROGRESS_MIN_PARAMS:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-            with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
+            with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                          TimeElapsedColumn(),
                           transient=True) as bar:
                 task = bar.add_task(f"exporting GGUF ({ftype}) {final.name}", total=total)
                 write_gguf(model_dir, cfg, tmp, ftype, src_hash, on_params=lambda n: bar.advance(task, n))

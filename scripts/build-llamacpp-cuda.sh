@@ -57,13 +57,17 @@ echo "build_seconds=$((t1 - t0))"
 whl=$(ls -t "$out"/llama_cpp_python-*.whl | head -1)
 # A wheel cannot hold symlinks, so every library lands three times (libX.so, libX.so.0, libX.so.0.25.3): keep
 # libllama.so (what llama_cpp dlopens) and each other library under its SONAME only (what the linker looks for).
+# 0.3.36 + CUDA sm_90: 147 MB as built, about 23 MB slimmed.
 "$py" - "$whl" <<'PY'
 import base64, hashlib, os, re, sys, zipfile
 src = sys.argv[1]
 tmp = src + ".slim"
 keep = re.compile(r"llama_cpp/lib/(libllama\.so|lib(?!llama)[\w-]+\.so\.\d+)$")
 with zipfile.ZipFile(src) as zi, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zo:
-    names = [n for n in zi.namelist() if "/lib/" not in n or keep.search(n)]
+    # only the package and its metadata: llama.cpp's own install rules also put lib/, include/ and bin/ at the
+    # wheel root (they would land in site-packages itself)
+    names = [n for n in zi.namelist()
+             if ".dist-info/" in n or (n.startswith("llama_cpp/") and ("/lib/" not in n or keep.search(n)))]
     if not any(n.endswith("/libllama.so") for n in names):  # unexpected layout: keep the wheel as built
         sys.exit(0)
     record_name = next(n for n in names if n.endswith(".dist-info/RECORD"))

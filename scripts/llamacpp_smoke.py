@@ -1,4 +1,4 @@
-"""Smoke test of the llamacpp backend on a GPU machine: pp/tg throughput, NVML energy, parity against HF, NVML coexistence.
+"""Smoke test of the llamacpp backend on a GPU: pp/tg throughput, NVML energy, parity with HF, NVML coexistence.
 
 usage: python3 scripts/llamacpp_smoke.py [--nvml] [--model synthetic-0.8b] [--seconds 5] [--parity] [--out result.json]
 
@@ -28,6 +28,7 @@ def _loop(fn, seconds: float):  # run fn until `seconds` pass; returns (calls, t
 
 
 def main() -> None:
+    """Run the smoke test and print (and optionally write) a JSON summary."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--nvml", action="store_true")
     ap.add_argument("--model", default="synthetic-0.8b")
@@ -89,7 +90,8 @@ def main() -> None:
         row = {"calls": calls, "tok_s": round(toks / el, 1)}
         if nv:
             joules = (nv.nvmlDeviceGetTotalEnergyConsumption(h) - e0) / 1000.0
-            row.update(mean_w=round(joules / el, 1), tok_j=round(toks / joules, 3), power_now_w=nv.nvmlDeviceGetPowerUsage(h) / 1000)
+            row.update(mean_w=round(joules / el, 1), tok_j=round(toks / joules, 3),
+                       power_now_w=nv.nvmlDeviceGetPowerUsage(h) / 1000)
         res[name] = row
         print(name, row, flush=True)
     if a.parity:

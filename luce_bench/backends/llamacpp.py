@@ -7,6 +7,11 @@ booked as prompt evaluation (`qwen35.md` §4.7). The next token is the argmax of
 
 A CPU-only llama.cpp on a machine with an NVIDIA GPU is refused unless `allow_cpu=True` (or device "cpu"): silently
 comparing a CPU llama.cpp with GPU engines would be a defect.
+
+Known hazard (H100, llama-cpp-python 0.3.36 CUDA build, torch 2.11+cu130): CUDA llama_cpp loaded into a process that had
+already imported torch crashed: with pynvml initialised, a segfault inside `llama_model_load_from_file`; without pynvml,
+the benchmark ran but a later `import torch.nn` aborted with "free(): invalid pointer". Run this backend in a process of
+its own (no torch, NVML read elsewhere) for GPU measurements.
 """
 
 from __future__ import annotations
@@ -120,6 +125,7 @@ class LlamaCppBackend(Backend):
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
+        """Why llamacpp cannot run here (missing llama_cpp, diskcache or gguf), or None."""
         for pkg, hint in (("llama_cpp", "pip install llama-cpp-python (CPU) or " + CUDA_RECIPE + " (CUDA)"),
                           ("diskcache", "pip install diskcache (llama-cpp-python imports it)"),
                           ("gguf", "pip install gguf")):
@@ -129,6 +135,7 @@ class LlamaCppBackend(Backend):
 
     @classmethod
     def describe(cls) -> dict[str, Any]:
+        """The installed build (version, commit, cuda/cpu, system info); warns of a CPU build on a GPU host."""
         reason = cls.unavailable_reason()
         if reason:
             return {"available": False, "reason": reason}
@@ -151,11 +158,12 @@ class LlamaCppBackend(Backend):
         if offload:
             return "cuda", 0
         if nvidia_gpu_present() and not self.allow_cpu:
-            raise CpuBuildOnGpuHost(f"llamacpp: this llama-cpp-python is a CPU-only build but an NVIDIA GPU is present; "
+            raise CpuBuildOnGpuHost("llamacpp: this llama-cpp-python is a CPU-only build but an NVIDIA GPU is present; "
                                     f"build the CUDA one with {CUDA_RECIPE}, or allow CPU explicitly")
         return "cpu", 0
 
     def load(self, model: ModelSpec, device: str = "auto") -> None:
+        """Export (or reuse) the GGUF, load it fully on the GPU (CUDA build) or the CPU, create the context."""
         import llama_cpp as lc
 
         from luce_bench.gguf_export import ensure_gguf
@@ -204,6 +212,9 @@ class LlamaCppBackend(Backend):
             "model_params": int(lc.llama_model_n_params(self._model)),
             "model_bytes": int(lc.llama_model_size(self._model)),
             "timing": "llama_decode per n_batch chunk / per token, llama_synchronize before the clock stops",
+            # On the H100, CUDA llama_cpp in a process that had imported torch crashed (with pynvml initialised:
+            # segfault in model load; without: heap corruption later). Recorded so a crash can be traced.
+            "same_process": sorted(m for m in ("torch", "pynvml", "transformers") if m in sys.modules),
         }
         self.reset()
 
@@ -220,6 +231,7 @@ class LlamaCppBackend(Backend):
         self._out = np.ctypeslib.as_array(b.logits, shape=(self.n_batch,))
 
     def reset(self) -> None:
+        """Clear the KV cache and recurrent state, and llama.cpp's perf counters."""
         import llama_cpp as lc
 
         lc.llama_memory_clear(lc.llama_get_memory(self._ctx), True)
@@ -252,6 +264,7 @@ class LlamaCppBackend(Backend):
             raise UserError(f"llamacpp: {self._n_past} + {n} tokens exceed n_ctx={self._ctx_len}; pass a larger n_ctx")
 
     def prefill(self, token_ids: Sequence[int], logits: bool = False) -> StepResult:
+        """Evaluate the prompt in n_batch chunks, synchronise, return the argmax next token."""
         import llama_cpp as lc
         import numpy as np
 
@@ -271,6 +284,7 @@ class LlamaCppBackend(Backend):
         return StepResult(tokens=(self._last,), elapsed_s=elapsed, logits=row[None, :].copy() if logits else None)
 
     def decode(self, n: int, logits: bool = False, inputs: Sequence[int] | None = None) -> StepResult:
+        """Greedy-decode n tokens, one llama_decode + llama_synchronize each (teacher-forced with `inputs`)."""
         import llama_cpp as lc
         import numpy as np
 
@@ -307,9 +321,11 @@ class LlamaCppBackend(Backend):
         return {"n_p_eval": d.n_p_eval, "t_p_eval_ms": d.t_p_eval_ms, "n_eval": d.n_eval, "t_eval_ms": d.t_eval_ms}
 
     def info(self) -> dict[str, Any]:
+        """Build and run settings for meta.json (build_commit, build, gguf, flash_attn, n_ctx, offload, ...)."""
         return dict(self._info)
 
     def close(self) -> None:
+        """Free the batch, context and model."""
         import llama_cpp as lc
 
         if self._batch is not None:

@@ -1,0 +1,162 @@
+"""llamacpp backend on the CPU build: parity with HF transformers on the tiny model, timing split, device refusal.
+
+Parity is teacher-forced: both engines see the same tokens at every step, so one near-tie cannot send them down
+different paths. The reference is the HF backend in float32 on the same (bf16-valued) weights.
+
+Tolerances (relative L2 of logit rows, measured on this model with llama-cpp-python 0.3.36 built with
+GGML_NATIVE=OFF):
+* F16 GGUF: all weights are exactly representable, so this isolates the conversion: all rows ≤ 1.5e-2
+  (measured ≤ 4.7e-3), aggregate ≤ 5e-3 (1.9e-3). A wrong transform (+1, -exp, squeeze, a swapped tensor)
+  gives errors of order 1.
+* BF16 GGUF (what the benchmark runs): llama.cpp's CPU matmul rounds activations to bf16, so aggregate ≤ 2e-2
+  (measured 1.7e-2) and every row ≤ 8e-2 (5.1e-2). HF itself in bf16 is 6e-2 away from its own fp32 result here.
+* Greedy: free-running llama.cpp tokens must be HF's argmax on the same path, up to near-ties: the HF logit of
+  llama.cpp's token within 0.05 of HF's max (measured: 61/63 exact, largest gap 0.014). F16: exact.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("llama_cpp")
+pytest.importorskip("transformers")
+
+from luce_bench.backends import base  # noqa: E402
+from luce_bench.backends import llamacpp as lcb  # noqa: E402
+from luce_bench.backends.llamacpp import CpuBuildOnGpuHost, LlamaCppBackend  # noqa: E402
+from luce_bench.errors import UserError  # noqa: E402
+
+N_PROMPT, N_DECODE = 32, 20
+SEEDS = (0, 1, 2)
+
+
+def _prompt(seed: int, vocab: int) -> list[int]:
+    return [int(x) for x in np.random.default_rng(seed).integers(0, vocab, size=N_PROMPT)]
+
+
+def _rel(a, b) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from luce_bench.model.resolve import resolve_model
+
+    return resolve_model("tiny", progress=False)
+
+
+@pytest.fixture(scope="module")
+def hf(tiny):
+    from luce_bench.backends.hf import HFBackend
+
+    b = HFBackend("float32")
+    b.load(tiny, "cpu")
+    yield b
+    b.close()
+
+
+@pytest.fixture(scope="module", params=["bf16", "f16"])
+def llama(request, tiny):
+    b = LlamaCppBackend(n_ctx=256, gguf_type=request.param, allow_cpu=True)
+    b.load(tiny, "cpu")
+    yield request.param, b
+    b.close()
+
+
+def _forced_pair(hf, llama, prompt):
+    """Reference (HF greedy, teacher-forced into llama.cpp) logits: two [1 + N_DECODE, vocab] arrays."""
+    hf.reset()
+    r = hf.prefill(prompt, logits=True)
+    d = hf.decode(N_DECODE, logits=True)
+    forced = [r.tokens[0], *d.tokens[:-1]]
+    llama.reset()
+    lr = llama.prefill(prompt, logits=True)
+    ld = llama.decode(N_DECODE, logits=True, inputs=forced)
+    return np.concatenate([r.logits, d.logits]), np.concatenate([lr.logits, ld.logits])
+
+
+def test_logits_match_hf(tiny, hf, llama):
+    ftype, ll = llama
+    refs, gots = zip(*(_forced_pair(hf, ll, _prompt(s, tiny.config.vocab_size)) for s in SEEDS), strict=True)
+    ref, got = np.concatenate(refs), np.concatenate(gots)
+    assert got.shape == ref.shape == (len(SEEDS) * (1 + N_DECODE), tiny.config.vocab_size)
+    rows = [_rel(got[i], ref[i]) for i in range(len(ref))]
+    agg_tol, row_tol = (2e-2, 8e-2) if ftype == "bf16" else (5e-3, 1.5e-2)
+    assert _rel(got, ref) <= agg_tol
+    assert max(rows) <= row_tol
+
+
+def test_greedy_tokens_agree(tiny, hf, llama):
+    ftype, ll = llama
+    delta = 0.05 if ftype == "bf16" else 0.0
+    for s in SEEDS:
+        prompt = _prompt(s, tiny.config.vocab_size)
+        ll.reset()
+        toks = [*ll.prefill(prompt).tokens, *ll.decode(N_DECODE).tokens]
+        hf.reset()  # HF along llama.cpp's own path
+        ref = np.concatenate([hf.prefill(prompt, logits=True).logits,
+                              hf.decode(N_DECODE, logits=True, inputs=toks[:-1]).logits])
+        gap = ref.max(axis=1) - ref[np.arange(len(toks)), toks]
+        assert gap.max() <= delta, f"seed {s}: llama.cpp chose a token {gap.max():.3f} below HF's best"
+
+
+def test_decode_continues_prefill_and_reset_repeats(tiny):
+    b = LlamaCppBackend(n_ctx=128, allow_cpu=True)
+    b.load(tiny, "cpu")
+    prompt = _prompt(5, tiny.config.vocab_size)
+    first = b.prefill(prompt, logits=True)
+    d1 = b.decode(8, logits=True)
+    assert len(d1.tokens) == 8 and d1.logits.shape == (8, tiny.config.vocab_size)
+    assert d1.tokens == base.argmax_tokens(d1.logits)
+    assert first.tokens == base.argmax_tokens(first.logits)
+    perf = b.perf()  # one llama_synchronize per decode step: 32 prompt tokens, 8 decode tokens
+    assert (perf["n_p_eval"], perf["n_eval"]) == (N_PROMPT, 8)
+    b.reset()
+    again = b.prefill(prompt)
+    assert again.tokens == first.tokens and b.decode(8).tokens == d1.tokens
+    b.reset()
+    b.prefill(prompt[:16])  # a prompt in two n_batch chunks gives the same state as one
+    b.close()
+    c = LlamaCppBackend(n_ctx=128, n_batch=16, allow_cpu=True)
+    c.load(tiny, "cpu")
+    assert c.prefill(prompt).tokens == first.tokens
+    with pytest.raises(UserError):
+        c.decode(300)
+    c.close()
+
+
+def test_info_and_describe(tiny):
+    d = LlamaCppBackend.describe()
+    assert {"llama_cpp_python", "build_commit", "build", "system_info"} <= set(d)
+    assert d["build"] in ("cpu", "cuda") and d["build_commit"] != ""
+    b = LlamaCppBackend(n_ctx=64, flash_attn=False, allow_cpu=True)
+    b.load(tiny, "cpu")
+    info = b.info()
+    assert info["flash_attn"] is False and info["n_ctx"] >= 64 and info["gguf_type"] == "bf16"
+    assert info["device"] == "cpu" and info["n_gpu_layers"] == 0 and b.device_kind == "cpu"
+    assert info["model_params"] == tiny.config.num_params()
+    b.close()
+
+
+def test_cpu_build_refused_when_gpu_present(tiny, monkeypatch):
+    import llama_cpp
+
+    monkeypatch.setattr(lcb, "nvidia_gpu_present", lambda: True)
+    monkeypatch.setattr(llama_cpp, "llama_supports_gpu_offload", lambda: False)
+    with pytest.raises(CpuBuildOnGpuHost) as err:
+        LlamaCppBackend(n_ctx=64).load(tiny, "auto")
+    assert isinstance(err.value, UserError) and isinstance(err.value, base.BackendUnavailable)
+    assert "build-llamacpp-cuda.sh" in str(err.value)
+    with pytest.raises(base.BackendUnavailable):
+        LlamaCppBackend(n_ctx=64).load(tiny, "cuda")
+    for kw, dev in (({"allow_cpu": True}, "auto"), ({}, "cpu")):  # explicit CPU is allowed
+        b = LlamaCppBackend(n_ctx=64, **kw)
+        b.load(tiny, dev)
+        assert b.device_kind == "cpu"
+        b.close()
+    assert "CPU-only" in LlamaCppBackend.describe().get("warning", "")
+
+
+def test_unavailable_reason_when_installed():
+    assert LlamaCppBackend.unavailable_reason() is None
