@@ -134,7 +134,7 @@ def run(cfg: BenchConfig, backends: Sequence[str], name: str, optional: Sequence
             backend_meta: dict[str, Any] = {}
             for bname, cls in classes.items():
                 backend_meta[bname] = _run_one(runner, bname, cls, model, cfg, console, outcome, optional,
-                                               (backend_kwargs or {}).get(bname, {}))
+                                               (backend_kwargs or default_backend_kwargs(cfg)).get(bname, {}))
                 writer.write_meta({"backends": backend_meta})
             runner.flush_samples()
             writer.write_meta({"token_agreement": token_agreement(runner.first_tokens),
@@ -148,6 +148,14 @@ def run(cfg: BenchConfig, backends: Sequence[str], name: str, optional: Sequence
     print_table(summary, meta, console)
     console.print(f"results: {writer.dir}")
     return outcome
+
+
+def default_backend_kwargs(cfg: BenchConfig) -> dict[str, dict[str, Any]]:
+    """Per-backend options derived from the tests: llama.cpp's context and batch sizes."""
+    longest = max(t.n for t in cfg.test_specs) + 1
+    n_ctx = max(512, -(-(longest + 64) // 256) * 256)
+    n_ubatch = min(2048, max([t.n for t in cfg.test_specs if t.kind == "pp"] or [512]))  # one ubatch per pp test
+    return {"llamacpp": {"n_ctx": n_ctx, "n_batch": max(2048, n_ubatch), "n_ubatch": n_ubatch}}
 
 
 def _backend_class(name: str) -> type[Backend] | str:
@@ -167,8 +175,9 @@ def _run_one(runner: Runner, bname: str, cls: type[Backend] | str, model: ModelS
             outcome.failed.append(bname)
         console.print(f"[yellow]skipping {bname}:[/yellow] {reason}")
         return {"skipped": reason}
-    assert not isinstance(cls, str)
-    backend = cls(**kwargs)
+    from luce_bench.backends import create
+
+    backend = create(bname, **kwargs)
     try:
         with console.status(f"loading {bname} with {model.name}…"):
             backend.load(model, cfg.device)

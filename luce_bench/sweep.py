@@ -125,6 +125,7 @@ def open_sweep_gpu(cfg: BenchConfig, fake_preset: str | None = None) -> Any:
 def _load_backends(
     names: Sequence[str], model: Any, cfg: BenchConfig, console: Any, outcome: SweepOutcome
 ) -> dict[str, Any]:
+    from luce_bench.backends import create
     from luce_bench.backends import get as get_backend
 
     loaded: dict[str, Any] = {}
@@ -135,7 +136,9 @@ def _load_backends(
             outcome.failed.append(name)
             _log(console, f"[yellow]skipping {name}:[/yellow] {reason}")
             continue
-        backend = cls()
+        from luce_bench.session import default_backend_kwargs
+
+        backend = create(name, **default_backend_kwargs(cfg).get(name, {}))
         try:
             backend.load(model, cfg.device)
         except Exception as exc:  # noqa: BLE001 - one backend failing must not stop the others

@@ -160,3 +160,31 @@ def test_cpu_build_refused_when_gpu_present(tiny, monkeypatch):
 
 def test_unavailable_reason_when_installed():
     assert LlamaCppBackend.unavailable_reason() is None
+
+
+def test_isolated_child_process_gives_the_same_tokens_without_torch(tiny):
+    """`create("llamacpp")` runs llama.cpp in a child process with no torch or NVML (the H100 crash workaround)."""
+    from luce_bench.backends import create
+    from luce_bench.backends.isolated import IsolatedBackend
+
+    prompt = _prompt(7, tiny.config.vocab_size)
+    direct = LlamaCppBackend(n_ctx=256, allow_cpu=True)
+    direct.load(tiny, "cpu")
+    want = direct.prefill(prompt).tokens + direct.decode(8).tokens
+    direct.close()
+
+    proxy = create("llamacpp", n_ctx=256, allow_cpu=True)
+    assert isinstance(proxy, IsolatedBackend) and proxy.name == "llamacpp"
+    proxy.load(tiny, "cpu")
+    try:
+        first = proxy.prefill(prompt, logits=True)
+        rest = proxy.decode(8)
+        assert first.tokens + rest.tokens == want
+        assert first.logits.shape == (1, tiny.config.vocab_size) and rest.elapsed_s > 0
+        info = proxy.info()
+        assert "torch" not in info["same_process"] and "pynvml" not in info["same_process"]
+        assert proxy.device_kind == "cpu"
+        with pytest.raises(UserError, match="exceed n_ctx"):
+            proxy.prefill(list(range(300)))  # errors come back as the same kind, one line
+    finally:
+        proxy.close()

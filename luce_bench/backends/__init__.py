@@ -6,7 +6,7 @@ import importlib
 
 from luce_bench.backends.base import Backend, BackendUnavailable, ModelSpec, StepResult
 
-__all__ = ["REGISTRY", "Backend", "BackendUnavailable", "ModelSpec", "StepResult", "available", "get"]
+__all__ = ["REGISTRY", "Backend", "BackendUnavailable", "ModelSpec", "StepResult", "available", "create", "get"]
 
 REGISTRY: dict[str, str] = {
     "megakernel": "luce_bench.backends.megakernel:MegakernelBackend",
@@ -24,6 +24,18 @@ def get(name: str) -> type[Backend]:
         raise UserError(f"unknown backend {name!r}; known: {', '.join(REGISTRY)}")
     module, cls = REGISTRY[name].split(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def create(name: str, **kwargs: object) -> Backend:
+    """A new, unloaded backend `name`; backends that ask for isolation run in a child process (`IsolatedBackend`)."""
+    import os
+
+    cls = get(name)
+    if cls.isolate and os.environ.get("LUCE_BENCH_NO_ISOLATION", "") in ("", "0"):
+        from luce_bench.backends.isolated import IsolatedBackend
+
+        return IsolatedBackend(name, **kwargs)
+    return cls(**kwargs)
 
 
 def available() -> dict[str, str | None]:

@@ -48,6 +48,9 @@ class Backend(ABC):
     """Inference engine under test. Load once, then any number of reset/prefill/decode cycles."""
 
     name: ClassVar[str]
+    # True: run in a child process of its own (see backends/isolated.py); its classmethod `prepare(model, **kwargs)`,
+    # if defined, runs in the parent first
+    isolate: ClassVar[bool] = False
 
     @classmethod
     @abstractmethod

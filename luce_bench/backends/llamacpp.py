@@ -104,6 +104,15 @@ class LlamaCppBackend(Backend):
     """llama.cpp on a BF16 (default), F16 or Q8_0 GGUF exported from the checkpoint under test."""
 
     name = "llamacpp"
+    # The CUDA build crashed in a process that had imported torch (module docstring): run it in a child process.
+    isolate = True
+
+    @classmethod
+    def prepare(cls, model: ModelSpec, gguf_type: str = "bf16", **_: Any) -> None:
+        """Parent-side: export (or find) the GGUF, which needs torch, before the torch-free child loads it."""
+        from luce_bench.gguf_export import ensure_gguf
+
+        ensure_gguf(model.path, model.config, gguf_type)
 
     def __init__(self, flash_attn: bool = True, n_ctx: int | None = None, n_batch: int = 2048, n_ubatch: int = 512,
                  n_threads: int | None = None, gguf_type: str = "bf16", allow_cpu: bool = False,

@@ -1,0 +1,137 @@
+"""Run a backend in a child Python process of its own.
+
+Why: on the H100, the CUDA build of llama-cpp-python crashed in a process that had imported torch (a segfault in
+`llama_model_load_from_file` when pynvml was initialised too, heap corruption otherwise). The child imports only the
+backend it runs, so torch and pynvml stay in the parent. Timings are unaffected: each call's `elapsed_s` is measured
+inside the child around synchronised device work; the pipe round trip (~0.1 ms) lies outside it but inside the
+energy window, like any other host overhead.
+
+    parent                                   child (python -m luce_bench.backends.isolated FD NAME KWARGS_JSON)
+    IsolatedBackend.prefill(ids) --pickle--> backend.prefill(ids) --pickle--> StepResult
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import traceback
+from collections.abc import Sequence
+from multiprocessing.connection import Connection, Pipe
+from typing import Any
+
+from luce_bench.backends.base import Backend, BackendUnavailable, ModelSpec, StepResult
+from luce_bench.errors import UserError
+
+
+class IsolatedBackend(Backend):
+    """Proxy for backend `inner_name`, running in a child process; same interface as the backend itself."""
+
+    def __init__(self, inner_name: str, **kwargs: Any) -> None:
+        from luce_bench.backends import get
+
+        self.name = inner_name  # type: ignore[misc]  # the proxy reports under the inner backend's name
+        self._inner_cls = get(inner_name)
+        self._kwargs = kwargs
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._conn: Connection | None = None
+        self._info: dict[str, Any] = {}
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        return None
+
+    def load(self, model: ModelSpec, device: str = "auto") -> None:
+        prepare = getattr(self._inner_cls, "prepare", None)
+        if prepare is not None:  # parent-side work that needs torch (e.g. the GGUF export)
+            prepare(model, **self._kwargs)
+        parent, child = Pipe(duplex=True)
+        fd = child.fileno()
+        env = dict(os.environ, LUCE_BENCH_ISOLATED="1")
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "luce_bench.backends.isolated", str(fd), self.name, json.dumps(self._kwargs)],
+            pass_fds=(fd,), env=env)
+        child.close()
+        self._conn = parent
+        self._call("load", model, device)
+        self._device_kind = self._call("device_kind")
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        if self._conn is None:
+            raise RuntimeError(f"{self.name}: not loaded")
+        try:
+            self._conn.send((method, args, kwargs))
+            status, value = self._conn.recv()
+        except (EOFError, OSError, BrokenPipeError) as exc:
+            code = self._proc.poll() if self._proc else None
+            raise RuntimeError(f"{self.name} worker process died (exit code {code}) during {method}()") from exc
+        if status == "ok":
+            return value
+        kind, message = value
+        if kind == "UserError":
+            raise UserError(message)
+        if kind == "BackendUnavailable":
+            raise BackendUnavailable(message)
+        raise RuntimeError(f"{self.name} worker: {message}")
+
+    def reset(self) -> None:
+        self._call("reset")
+
+    def prefill(self, token_ids: Sequence[int], logits: bool = False) -> StepResult:
+        return self._call("prefill", list(token_ids), logits=logits)
+
+    def decode(self, n: int, logits: bool = False, inputs: Sequence[int] | None = None) -> StepResult:
+        return self._call("decode", n, logits=logits, inputs=list(inputs) if inputs is not None else None)
+
+    def info(self) -> dict[str, Any]:
+        info = dict(self._call("info")) if self._conn is not None else dict(self._info)
+        info["process"] = "isolated child process (no torch, no NVML)"
+        return info
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._info = self._call("info")
+                self._call("close")
+                self._conn.send(("exit", (), {}))
+            except Exception:  # noqa: BLE001 - closing must not mask the run's result
+                pass
+            self._conn.close()
+            self._conn = None
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+
+
+def _serve(conn: Connection, name: str, kwargs: dict[str, Any]) -> None:
+    from luce_bench.backends import get
+
+    backend = get(name)(**kwargs)
+    while True:
+        try:
+            method, args, kw = conn.recv()
+        except EOFError:
+            return
+        if method == "exit":  # the parent does not wait for a reply
+            return
+        try:
+            if method == "device_kind":
+                result: Any = backend.device_kind
+            else:
+                result = getattr(backend, method)(*args, **kw)
+            conn.send(("ok", result))
+        except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent
+            kind = ("UserError" if isinstance(exc, UserError)
+                    else "BackendUnavailable" if isinstance(exc, BackendUnavailable) else type(exc).__name__)
+            detail = str(exc) if kind in ("UserError", "BackendUnavailable") else (
+                f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}")
+            conn.send(("error", (kind, detail)))
+
+
+if __name__ == "__main__":
+    _serve(Connection(int(sys.argv[1])), sys.argv[2], json.loads(sys.argv[3]))
