@@ -8,6 +8,8 @@
 
 namespace mk {
 
+// Sequence chunks per KV head for pos + 1 cached positions, ceil(n / nch) positions each. The last chunks can be
+// empty (e.g. n = 513: 32 chunks of 17); their items return at once and the merge skips them.
 __device__ __forceinline__ int att_chunks(int pos) { return min(ATT_MAXCH, (pos + ATT_CHUNK) / ATT_CHUNK); }
 
 __device__ void attn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos) {
@@ -15,6 +17,7 @@ __device__ void attn_item(Ctx& c, const LuceMkParams& P, int l, int item, int po
     const int n = pos + 1, nch = att_chunks(pos);
     const int per = (n + nch - 1) / nch;
     const int c0 = ci * per, c1 = min(n, c0 + per);
+    if (c0 >= n) return;  // empty chunk (uniform over the block)
     float* qsm = c.misc();          // [4][256]
     float* ksm = c.misc() + 1024;   // [256]
     float* vsm = c.misc() + 1280;   // [256]
@@ -49,8 +52,11 @@ __device__ void attn_item(Ctx& c, const LuceMkParams& P, int l, int item, int po
         const int hh = t >> 5, i = t & 31;
         float* arr = hh < 4 ? qsm + 256 * hh : ksm;
         const float inv = 1.0f / powf(10000000.0f, (float)(2 * i) / (float)ROT);
+        // angle as HF forms it (f32 product), reduced to [-pi, pi] in double, then the fast sin/cos (abs err ~1e-6)
+        const double ang = (double)((float)pos * inv);
+        const float red = (float)(ang - 6.283185307179586 * rint(ang * 0.15915494309189535));
         float sn, cs;
-        sincosf((float)pos * inv, &sn, &cs);
+        __sincosf(red, &sn, &cs);
         cs = bfr(cs);
         sn = bfr(sn);
         const float a = arr[i], b = arr[i + 32];
@@ -59,8 +65,10 @@ __device__ void attn_item(Ctx& c, const LuceMkParams& P, int l, int item, int po
     }
     cbar();
     if (c1 == n) {  // this chunk holds the current position: append k, v to the cache
-        if (t < 256) kc[(long long)pos * HD + t] = f2bf(ksm[t]);
-        else vc[(long long)pos * HD + t - 256] = f2bf(vsm[t - 256]);
+        if (t < 256) {
+            kc[(long long)pos * HD + t] = f2bf(ksm[t]);
+            vc[(long long)pos * HD + t] = f2bf(vsm[t]);
+        }
     }
     cbar();
 
@@ -125,15 +133,15 @@ __device__ void attn_item(Ctx& c, const LuceMkParams& P, int l, int item, int po
 
 // acts[0..2048) <- bf16(attn_out) * bf16(sigmoid(gate)), merging the sequence chunks of every query head.
 __device__ __forceinline__ void attn_out_act(Ctx& c, const LuceMkParams& P, int pos) {
-    const int nch = att_chunks(pos);
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-        const int i = c.tid + e * NCT;
+    const int n = pos + 1, nch = att_chunks(pos), per = (n + nch - 1) / nch;
+    const int used = (n + per - 1) / per;  // non-empty chunks
+#pragma unroll 1
+    for (int i = c.tid; i < NQH * HD; i += NCT) {
         const int jh = i >> 8, d = i & 255, g = jh >> 2, hh = jh & 3;
         float M = -INFINITY;
-        for (int ci = 0; ci < nch; ++ci) M = fmaxf(M, __ldcg(P.scratch + S_AML + ((g * ATT_MAXCH + ci) * 4 + hh) * 2));
+        for (int ci = 0; ci < used; ++ci) M = fmaxf(M, __ldcg(P.scratch + S_AML + ((g * ATT_MAXCH + ci) * 4 + hh) * 2));
         float L = 0.f, A = 0.f;
-        for (int ci = 0; ci < nch; ++ci) {
+        for (int ci = 0; ci < used; ++ci) {
             const int b = (g * ATT_MAXCH + ci) * 4 + hh;
             const float f = expf(__ldcg(P.scratch + S_AML + b * 2) - M);
             L = fmaf(__ldcg(P.scratch + S_AML + b * 2 + 1), f, L);

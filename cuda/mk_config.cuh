@@ -16,9 +16,9 @@ constexpr int GDN_ROWS = 8224;   // in_proj rows: qkv 6144 | z 2048 | b 16 | a 1
 constexpr int FA_ROWS = 5120;    // q(+gate) 4096 | k 512 | v 512
 constexpr float EPS = 1e-6f;
 
-constexpr int NCW = 16;          // consumer warps
-constexpr int NCT = NCW * 32;    // consumer threads
-constexpr int NT = NCT + 32;     // + one producer warp
+constexpr int NCW = 15;          // consumer warps
+constexpr int NCT = NCW * 32;    // consumer threads (480)
+constexpr int NT = NCT + 32;     // + one producer warp = 512 threads (a 17-warp block would cap registers at 96)
 constexpr int SLOT_BYTES = 32768;
 constexpr int MAX_SLOTS = 6;
 constexpr int SYNCS_PER_STEP = NL * 4 + 1;

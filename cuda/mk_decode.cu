@@ -88,8 +88,7 @@ __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
         load_x_norm(c, xbuf(P, j + 1), nullptr, sp + SP_LN2);
         float* part = c.misc();          // [1024] block partial of down_proj
         float* hs = c.misc() + 1024;     // this block's silu(g)*u (<= 28)
-        part[c.tid] = 0.f;
-        part[c.tid + NCT] = 0.f;
+        for (int i = c.tid; i < H; i += NCT) part[i] = 0.f;
         const int k0 = split_rows(FF, c.b, c.G);
         {
             float a[32];

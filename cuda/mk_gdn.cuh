@@ -15,15 +15,20 @@ __device__ void gdn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos
     float* qs = c.misc();          // 128 conv outputs (q), then normalised
     float* ks = c.misc() + 128;    // 128 (k)
     float* vs = c.misc() + 256;    // 16 (v slice)
-    float* red = c.misc() + 288;   // [16 warps][16 v][3]
+    float* red = c.misc() + 288;   // [8 warps][16 v][3]
     float* sc = c.misc() + 1056;   // scalars: beta, decay, rq, rk
     float* es = c.misc() + 1072;   // 16 deltas
     const float* raw = P.scratch + S_RAW;
     const float* sp = P.sblob + (long long)l * SP;
     float* hist = P.conv_hist + (long long)gi * CONV * 4;
     // issue the independent global loads first: state slice, b and a
-    float* S = P.gdn_state + (long long)gi * STATE_L + (long long)item * (DK * SLV) + t * 4;
-    const float4 s4 = __ldcg((const float4*)S);
+    // state slice [16 key groups][16 v][8 keys]: thread t < 256 holds key group t >> 4, value t & 15, 8 keys
+    float* S = P.gdn_state + (long long)gi * STATE_L + (long long)item * (DK * SLV) + (t & 255) * 8;
+    float4 sa = make_float4(0.f, 0.f, 0.f, 0.f), sb = sa;
+    if (t < 256) {
+        sa = __ldcg((const float4*)S);
+        sb = __ldcg((const float4*)S + 1);
+    }
     float bq = 0.f, aq = 0.f;
     if (t == 0) {
         bq = __ldcg(raw + 8192 + h);
@@ -69,15 +74,16 @@ __device__ void gdn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos
         else ks[t - 128] = bfr(ks[t - 128] * sc[3]);
     }
     cbar();
-    const int v = t & 15, kg = t >> 4;
-    const float4 k4 = *(const float4*)(ks + kg * 4), q4 = *(const float4*)(qs + kg * 4);
-    float sk = s4.x * k4.x + s4.y * k4.y + s4.z * k4.z + s4.w * k4.w;
-    float sq = s4.x * q4.x + s4.y * q4.y + s4.z * q4.z + s4.w * q4.w;
-    float kq = k4.x * q4.x + k4.y * q4.y + k4.z * q4.z + k4.w * q4.w;
+    const int v = t & 15, kg = (t >> 4) & 15;
+    const float4 ka = *(const float4*)(ks + kg * 8), kb = *(const float4*)(ks + kg * 8 + 4);
+    const float4 qa = *(const float4*)(qs + kg * 8), qb = *(const float4*)(qs + kg * 8 + 4);
+    float sk = sa.x * ka.x + sa.y * ka.y + sa.z * ka.z + sa.w * ka.w + sb.x * kb.x + sb.y * kb.y + sb.z * kb.z + sb.w * kb.w;
+    float sq = sa.x * qa.x + sa.y * qa.y + sa.z * qa.z + sa.w * qa.w + sb.x * qb.x + sb.y * qb.y + sb.z * qb.z + sb.w * qb.w;
+    float kq = ka.x * qa.x + ka.y * qa.y + ka.z * qa.z + ka.w * qa.w + kb.x * qb.x + kb.y * qb.y + kb.z * qb.z + kb.w * qb.w;
     sk += __shfl_xor_sync(0xffffffffu, sk, 16);
     sq += __shfl_xor_sync(0xffffffffu, sq, 16);
     kq += __shfl_xor_sync(0xffffffffu, kq, 16);
-    if (c.lane < 16) {
+    if (t < 256 && c.lane < 16) {  // 8 warps x 2 key groups each
         red[(c.warp * 16 + v) * 3 + 0] = sk;
         red[(c.warp * 16 + v) * 3 + 1] = sq;
         red[(c.warp * 16 + v) * 3 + 2] = kq;
@@ -89,7 +95,7 @@ __device__ void gdn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos
         if (c.lane < 16) {
             float SK = 0.f, SQ = 0.f, KQ = 0.f;
 #pragma unroll
-            for (int w = 0; w < NCW; ++w) {
+            for (int w = 0; w < 8; ++w) {
                 SK += red[(w * 16 + c.lane) * 3 + 0];
                 SQ += red[(w * 16 + c.lane) * 3 + 1];
                 KQ += red[(w * 16 + c.lane) * 3 + 2];
@@ -104,21 +110,23 @@ __device__ void gdn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos
         if (c.lane == 0) P.scratch[S_SS + h * NSL + j] = o2;
     }
     cbar();
-    const float e = es[v];
-    float4 n4;
-    n4.x = fmaf(decay, s4.x, k4.x * e);
-    n4.y = fmaf(decay, s4.y, k4.y * e);
-    n4.z = fmaf(decay, s4.z, k4.z * e);
-    n4.w = fmaf(decay, s4.w, k4.w * e);
-    __stcg((float4*)S, n4);
+    if (t < 256) {
+        const float e = es[v];
+        float4 na, nb;
+        na.x = fmaf(decay, sa.x, ka.x * e); na.y = fmaf(decay, sa.y, ka.y * e);
+        na.z = fmaf(decay, sa.z, ka.z * e); na.w = fmaf(decay, sa.w, ka.w * e);
+        nb.x = fmaf(decay, sb.x, kb.x * e); nb.y = fmaf(decay, sb.y, kb.y * e);
+        nb.z = fmaf(decay, sb.z, kb.z * e); nb.w = fmaf(decay, sb.w, kb.w * e);
+        __stcg((float4*)S, na);
+        __stcg((float4*)S + 1, nb);
+    }
 }
 
 // acts[0..2048) <- bf16(bf16(w * bf16(o * rstd_head)) * silu(z)) for the out_proj matvec.
 __device__ __forceinline__ void gdn_out_act(Ctx& c, const LuceMkParams& P, int l) {
     const float* sp = P.sblob + (long long)l * SP;
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-        const int i = c.tid + e * NCT;
+#pragma unroll 1
+    for (int i = c.tid; i < DH * DV; i += NCT) {
         const int h = i >> 7;
         float ss = 0.f;
 #pragma unroll

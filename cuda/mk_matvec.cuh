@@ -69,20 +69,24 @@ __device__ __forceinline__ float block_sum(const Ctx& c, float v, float* red) {
 
 // xs <- x (from the residual buffer, or an embedding row when `emb` is set); acts <- bf16(RMSNorm(x) * w1p).
 __device__ __forceinline__ void load_x_norm(Ctx& c, const float* xg, const unsigned short* emb, const float* w1p) {
-    float v0, v1;
-    if (emb) {
-        v0 = __uint_as_float((unsigned)emb[c.tid] << 16);
-        v1 = __uint_as_float((unsigned)emb[c.tid + NCT] << 16);
-    } else {
-        v0 = __ldcg(xg + c.tid);
-        v1 = __ldcg(xg + c.tid + NCT);
+    float v[3], ss = 0.f;
+#pragma unroll
+    for (int k = 0; k < 3; ++k) {
+        const int i = c.tid + k * NCT;
+        v[k] = 0.f;
+        if (i < H) v[k] = emb ? __uint_as_float((unsigned)emb[i] << 16) : __ldcg(xg + i);
+        ss = fmaf(v[k], v[k], ss);
     }
-    c.xs()[c.tid] = v0;
-    c.xs()[c.tid + NCT] = v1;
-    const float ss = block_sum(c, v0 * v0 + v1 * v1, c.misc() + 2000);
+#pragma unroll
+    for (int k = 0; k < 3; ++k)
+        if (c.tid + k * NCT < H) c.xs()[c.tid + k * NCT] = v[k];
+    ss = block_sum(c, ss, c.misc() + 2000);
     const float r = rsqrtf(ss * (1.0f / H) + EPS);
-    c.acts()[c.tid] = bfr(v0 * r * w1p[c.tid]);
-    c.acts()[c.tid + NCT] = bfr(v1 * r * w1p[c.tid + NCT]);
+#pragma unroll
+    for (int k = 0; k < 3; ++k) {
+        const int i = c.tid + k * NCT;
+        if (i < H) c.acts()[i] = bfr(v[k] * r * w1p[i]);
+    }
     cbar();
 }
 

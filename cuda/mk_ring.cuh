@@ -86,17 +86,19 @@ __device__ void run_producer(const Ctx& c, const LuceMkParams& P) {
 }
 
 // ---- consumer ----
-// Calls fn(row, smem_row_ptr) for the rows of this warp (local row index % 16 == warp), chunk by chunk.
+// Calls fn(row, smem_row_ptr) for the rows of this warp (local row index % NCW == warp), chunk by chunk.
 template <class F>
 __device__ __forceinline__ void consume(Ctx& c, const Phase& ph, F&& fn) {
     const int r0 = split_rows(ph.rows, c.b, c.G), r1 = split_rows(ph.rows, c.b + 1, c.G);
     const int rps = SLOT_BYTES / ph.row_bytes;
     for (int r = r0; r < r1; r += rps) {
         const int n = min(rps, r1 - r);
-        const int i = (c.warp - ((r - r0) & 15)) & 15;
         const int slot = (int)(c.q % (unsigned)c.ns);
         mbar_wait(&c.full()[slot], (c.q / (unsigned)c.ns) & 1u);
-        if (i < n && !c.skip_math) fn(r + i, c.ring() + (size_t)slot * SLOT_BYTES + (size_t)i * ph.row_bytes);
+        if (!c.skip_math) {
+            for (int i = (c.warp - (r - r0) % NCW + NCW) % NCW; i < n; i += NCW)
+                fn(r + i, c.ring() + (size_t)slot * SLOT_BYTES + (size_t)i * ph.row_bytes);
+        }
         __syncwarp();
         if (c.lane == 0) mbar_arrive(&c.empty()[slot]);
         ++c.q;

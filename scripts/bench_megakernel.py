@@ -78,7 +78,33 @@ def rel_l2(a, b) -> float:
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
-def check(be, sd: dict, seed: int, n_prompt: int = 64, n_dec: int = 128) -> list[str]:
+def probe(be, sd: dict, seed: int, n: int = 192, chunk: int = 16) -> None:
+    """Teacher-forced steps in short launches (progress printed, so a hang shows its position), vs the reference."""
+    import numpy as np
+    import torch
+
+    from luce_bench.kernels.reference import Reference
+    from luce_bench.model.spec import QWEN35_08B
+
+    gen = torch.Generator().manual_seed(seed + 1)
+    toks = torch.randint(0, QWEN35_08B.vocab_size, (n,), generator=gen).tolist()
+    be.reset()
+    rows = []
+    for s in range(0, n, chunk):
+        t0 = time.time()
+        rows.append(be.decode(chunk, logits=True, inputs=toks[s:s + chunk]).logits)
+        print(f"probe: positions {s}..{s + chunk - 1} ok ({time.time() - t0:.3f}s)", flush=True)
+    mk = np.concatenate(rows)
+    print(f"probe: NaN {int(np.isnan(mk).sum())}", flush=True)
+    ref = Reference(sd, QWEN35_08B, "cuda")
+    rl = np.stack([ref.step(t).float().cpu().numpy() for t in toks])
+    e = np.linalg.norm(mk - rl, axis=-1) / np.linalg.norm(rl, axis=-1)
+    print(f"probe vs fp32 reference: rel L2 max {e.max():.3e} median {np.median(e):.3e} "
+          f"(first 4: {np.round(e[:4], 5).tolist()}), argmax agree {float(np.mean(mk.argmax(-1) == rl.argmax(-1))):.3f}",
+          flush=True)
+
+
+def check(be, sd: dict, seed: int, n_prompt: int = 64, n_dec: int = 128, hf: bool = True) -> list[str]:
     """Teacher-forced logits vs the fp32 reference and HF; greedy agreement vs HF. Returns table rows."""
     import numpy as np
     import torch
@@ -100,6 +126,8 @@ def check(be, sd: dict, seed: int, n_prompt: int = 64, n_dec: int = 128) -> list
     rows.append(f"vs fp32 reference: rel L2 max {max(e_ref):.3e} median {statistics.median(e_ref):.3e}, "
                 f"argmax agree {agree_ref:.3f}")
     try:
+        if not hf:
+            return rows
         hl = hf_logits(sd, toks)
         e_hf = [rel_l2(mk[i], hl[i]) for i in range(len(toks))]
         e_hf_ref = [rel_l2(hl[i], rl[i]) for i in range(len(toks))]
@@ -165,6 +193,9 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=128)
     ap.add_argument("--long", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--probe", action="store_true", help="teacher-forced 192 steps in 16-step launches vs the fp32 reference, then exit")
+    ap.add_argument("--no-hf", action="store_true")
+    ap.add_argument("--no-breakdown", action="store_true")
     args = ap.parse_args()
     import torch
 
@@ -179,8 +210,11 @@ def main() -> int:
     t1 = time.time()
     r = be.decode(4, inputs=[1, 2, 3, 4])
     print(f"smoke: 4 steps -> tokens {r.tokens} in {time.time() - t1:.3f}s", flush=True)
+    if args.probe:
+        probe(be, sd, seed)
+        return 0
     if args.check:
-        table += check(be, sd, seed)
+        table += check(be, sd, seed, hf=not args.no_hf)
     gen = torch.Generator().manual_seed(seed + 2)
     for label, n_pos in (("short (pos 64)", 64), (f"long (pos {args.long})", args.long)):
         prompt = torch.randint(0, 248320, (n_pos,), generator=gen).tolist()
@@ -194,7 +228,7 @@ def main() -> int:
             table.append(f"tg{args.steps} {label:16s} {mode:17s} median {tps:7.1f} tok/s  best {args.steps / mn:7.1f} "
                          f"tok/s  ({1e6 * med / args.steps:6.1f} us/tok, {100 * floor:5.1f}% of the 3.0 TB/s floor)")
     prompt = torch.randint(0, 248320, (64,), generator=gen).tolist()
-    for flags, what in ((1, "no matvec math"), (2, "no GDN/attention"), (4, "no grid barriers"),
+    for flags, what in () if args.no_breakdown else ((1, "no matvec math"), (2, "no GDN/attention"), (4, "no grid barriers"),
                         (6, "no mixing, no barriers"), (7, "stream only")):
         ts = time_decode(be, prompt, args.steps, max(3, args.reps // 2), debug_flags=flags)
         table.append(f"  breakdown (invalid results) {what:24s}: {1e6 * statistics.median(ts) / args.steps:7.1f} us/tok")
