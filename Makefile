@@ -17,7 +17,7 @@ $(VENV)/.luce-bench-installed: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="$(LLAMACPP_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
-		$(BIN)/python -m pip install -q "$(LLAMACPP_SPEC)"
+		$(BIN)/python -m pip install -q "$(LLAMACPP_SPEC)" diskcache
 	$(BIN)/python -m pip install -q -e ".[hf,llamacpp,dev]"
 	touch $@
 
@@ -30,8 +30,15 @@ test: setup
 test-gpu: setup
 	LUCE_BENCH_READONLY=1 $(BIN)/python -m pytest -q -m gpu $(ARGS)
 
+# CUDA build of llama-cpp-python for this GPU's arch only. Offline machines: SDIST=path/to/llama_cpp_python-*.tar.gz
+# (see scripts/repack-llamacpp-sdist.sh); otherwise the sdist is downloaded from PyPI first.
+SDIST ?=
 llamacpp-cuda: setup
-	bash scripts/build-llamacpp-cuda.sh $(BIN)/python
+	@sdist="$(SDIST)"; if [ -z "$$sdist" ]; then \
+		$(BIN)/python -m pip download -q --no-deps --no-binary :all: -d build/sdist "$(LLAMACPP_SPEC)" && \
+		sdist=$$(ls build/sdist/llama_cpp_python-*.tar.gz | head -1); fi; \
+	$(BIN)/python -m pip install -q scikit-build-core cmake ninja; \
+	PYTHON=$(BIN)/python bash scripts/build-llamacpp-cuda.sh "$$sdist" build/llamacpp-cuda
 
 kernel: setup
 	$(BIN)/luce-bench kernel build
