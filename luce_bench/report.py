@@ -62,14 +62,26 @@ def markdown_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def _size(nbytes: Any) -> str:
+    b = _f(nbytes)
+    if not math.isfinite(b):
+        return "n/a"
+    return f"{b / 2**30:.2f} GiB" if b >= 2**30 else f"{b / 2**20:.2f} MiB"
+
+
+def _count(n: Any) -> str:
+    x = _f(n)
+    if not math.isfinite(x):
+        return "n/a"
+    return f"{x / 1e9:.2f} B" if x >= 1e9 else f"{x / 1e6:.2f} M"
+
+
 def llama_bench_table(summary: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
     """llama-bench's md printer layout (model, size, params, backend, test, t/s), extended with energy columns."""
     model = meta.get("model", {})
-    size_gib = _f(model.get("bytes")) / 2**30
-    params_b = _f(model.get("n_params")) / 1e9
     head = ["model", "size", "params", "backend", "test", "t/s", "W", "tok/J"]
-    rows = [[str(model.get("type", "qwen35")), f"{size_gib:.2f} GiB" if math.isfinite(size_gib) else "n/a",
-             f"{params_b:.2f} B" if math.isfinite(params_b) else "n/a", str(r.get("backend")), str(r.get("test")),
+    rows = [[str(model.get("type", "qwen35")), _size(model.get("bytes")), _count(model.get("n_params")),
+             str(r.get("backend")), str(r.get("test")),
              _pm(r.get("avg_ts"), r.get("stddev_ts")), _num(r.get("mean_power_w")), _pm(r.get("tok_per_j"), r.get("tok_per_j_std"), 3)]
             for r in summary]
     return markdown_table(head, rows)
@@ -88,6 +100,10 @@ def notes(meta: dict[str, Any]) -> list[str]:
             out.append(f"{name}: {info['warning']}")
         if isinstance(info, dict) and info.get("error"):
             out.append(f"{name}: FAILED: {info['error']}")
+    for name, info in meta.get("backends", {}).items():
+        device = str(info.get("device", "")) if isinstance(info, dict) else ""
+        if energy.get("available") and not energy.get("simulated") and device.startswith("cpu"):
+            out.append(f"{name} ran on the CPU: the GPU energy counter does not cover its work.")
     if meta.get("token_agreement"):
         out.append("Greedy tokens, first tg run: " + "; ".join(f"{k}: {v}" for k, v in meta["token_agreement"].items()))
     return out
