@@ -10,6 +10,20 @@ __device__ __forceinline__ void cbar() { asm volatile("bar.sync 1, %0;" ::"n"(NC
 
 __device__ __forceinline__ unsigned smem_u32(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
 
+// Watchdog for every spin loop: after ~2^22 polls, if more than MK_SPIN_LIMIT_NS passed since the loop started,
+// trap (the launch then fails with cudaErrorLaunchFailure instead of hanging the process).
+#ifndef MK_SPIN_LIMIT_NS
+#define MK_SPIN_LIMIT_NS 20000000000ull
+#endif
+__device__ __forceinline__ unsigned long long global_ns() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+__device__ __noinline__ void spin_check(unsigned long long t0) {
+    if (global_ns() - t0 > MK_SPIN_LIMIT_NS) __trap();
+}
+
 // Grid-wide barrier among the consumer threads of all blocks. `cnt` is incremented once per block per barrier and
 // never reset; the caller passes target = G * (barriers completed including this one). Wrap-safe in 32 bits.
 __device__ __forceinline__ void grid_sync(unsigned* cnt, unsigned target) {
@@ -17,9 +31,11 @@ __device__ __forceinline__ void grid_sync(unsigned* cnt, unsigned target) {
     if (threadIdx.x == 0) {
         __threadfence();
         asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(cnt) : "memory");
-        unsigned v;
+        unsigned v, n = 0;
+        const unsigned long long t0 = global_ns();
         do {
             asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(cnt) : "memory");
+            if ((++n & 0x3fffffu) == 0) spin_check(t0);
         } while ((int)(v - target) < 0);
     }
     cbar();
@@ -32,9 +48,14 @@ __device__ __forceinline__ void mbar_arrive(uint64_t* b) {
     asm volatile("{ .reg .b64 st; mbarrier.arrive.shared.b64 st, [%0]; }" ::"r"(smem_u32(b)) : "memory");
 }
 __device__ __forceinline__ void mbar_wait(uint64_t* b, unsigned parity) {
-    unsigned ok = 0;
+    unsigned ok = 0, n = 0;
     const unsigned a = smem_u32(b);
+    unsigned long long t0 = 0;
     while (!ok) {
+        if (++n == 0x400000u) {  // ~4M polls: start timing, then check every 4M
+            if (t0 == 0) t0 = global_ns(); else spin_check(t0);
+            n = 0;
+        }
 #if __CUDA_ARCH__ >= 900
         asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
                      : "=r"(ok) : "r"(a), "r"(parity) : "memory");

@@ -32,7 +32,8 @@ def test_no_register_spills(built):
     assert built.reports, "empty ptxas report"
     for r in built.reports:
         assert r.spill_stores == 0 and r.spill_loads == 0, f"{r.arch} {r.function}: {r.spill_stores}/{r.spill_loads} B spilled"
-        assert 0 < r.registers <= 255
+        if "kernel" in r.function:
+            assert 0 < r.registers <= 128  # 512-thread blocks: at most 128 registers per thread
 
 
 @needs_nvcc
@@ -91,9 +92,11 @@ def test_parse_ptxas():
         "    8 bytes stack frame, 4 bytes spill stores, 12 bytes spill loads\n"
         "ptxas info    : Used 40 registers, used 1 barriers\n"
     )
-    (r,) = kb.parse_ptxas(text)
+    text += "ptxas info    : Function properties for _Z3barv\n    0 bytes stack frame, 0 bytes spill stores, 4 bytes spill loads\n"
+    r, d = kb.parse_ptxas(text)
     assert (r.arch, r.function, r.registers, r.stack_bytes, r.spill_stores, r.spill_loads) == (
         "sm_90", "_Z3fooPf", 40, 8, 4, 12)
+    assert (d.arch, d.function, d.spill_loads) == ("sm_90", "_Z3barv", 4)
 
 
 def test_build_key_changes_with_flags(tmp_path):

@@ -156,16 +156,26 @@ _SPILL = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) b
 _REGS = re.compile(r"Used (\d+) registers")
 
 
+_PROPS = re.compile(r"Function properties for (\S+)")
+
+
 def parse_ptxas(text: str) -> list[KernelReport]:
-    """Kernel entries of a `-Xptxas -v` report."""
+    """Entries of a `-Xptxas -v` report: every kernel, plus every non-inlined device function (stack and spills)."""
     reports: list[KernelReport] = []
-    cur: KernelReport | None = None
+    cur: KernelReport | None = None      # the entry function being compiled
+    target: KernelReport | None = None   # where the next stack/spill line belongs
     for line in text.splitlines():
         if m := _FN.search(line):
-            cur = KernelReport(arch=m.group(2), function=m.group(1))
+            cur = target = KernelReport(arch=m.group(2), function=m.group(1))
             reports.append(cur)
-        elif cur is not None and (m := _SPILL.search(line)):
-            cur.stack_bytes, cur.spill_stores, cur.spill_loads = (int(x) for x in m.groups())
+        elif m := _PROPS.search(line):
+            if cur is not None and m.group(1) == cur.function:
+                target = cur
+            else:
+                target = KernelReport(arch=cur.arch if cur else "?", function=m.group(1))
+                reports.append(target)
+        elif target is not None and (m := _SPILL.search(line)):
+            target.stack_bytes, target.spill_stores, target.spill_loads = (int(x) for x in m.groups())
         elif cur is not None and (m := _REGS.search(line)):
             cur.registers = int(m.group(1))
     return reports
