@@ -72,7 +72,7 @@ __device__ void attn_item(Ctx& c, const LuceMkParams& P, int l, int item, int po
     }
     cbar();
 
-    // query heads one pass each (K/V re-read from L2), keeping the register footprint under the 544-thread cap of 96
+    // query heads one pass each (K/V re-read from L2): keeps the register footprint small
     float* part = P.scratch + S_APART + ((g * ATT_MAXCH + ci) * 4) * 256;
     float* ml = P.scratch + S_AML + ((g * ATT_MAXCH + ci) * 4) * 2;
 #pragma unroll 1
