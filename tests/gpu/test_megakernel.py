@@ -106,9 +106,7 @@ def _teacher_forced(setup, start: int, n_prompt: int):
     del ref
     hf = _hf(spec)
     if ctx:
-        hf.prefill(ctx[:1])
-        if len(ctx) > 1:
-            hf.decode(len(ctx) - 1, inputs=ctx[1:])
+        hf.prefill(ctx)  # HF's chunked prefill; the kernel fed the same context token by token
         first = hf.decode(len(toks), logits=True, inputs=toks).logits
     else:
         r0 = hf.prefill(toks[:1], logits=True)
