@@ -112,3 +112,19 @@ def test_config_check_refuses_other_shapes():
     check_config(QWEN35_08B)
     with pytest.raises(UserError, match="0.8B"):
         check_config(TINY)
+
+
+@needs_nvcc
+def test_cli_build_and_info(built):
+    import json
+
+    from typer.testing import CliRunner
+
+    from luce_bench.kernels.cli import app
+
+    r = CliRunner().invoke(app, ["build", "--arch", ",".join(ARCHS), "--out", str(built.lib.parent)])
+    assert r.exit_code == 0, r.output
+    assert "cached" in r.output and "0 B spill stores" in r.output
+    r = CliRunner().invoke(app, ["info", "--arch", "sm_90"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["arch"] == "sm_90"

@@ -10,6 +10,21 @@ import typer
 app = typer.Typer(help="Build and inspect the bundled CUDA decode megakernel.", no_args_is_help=True)
 
 
+@app.callback()
+def _group() -> None:
+    """Build and inspect the bundled CUDA decode megakernel."""
+
+
+@app.command("info")
+def info_cmd(arch: Optional[str] = typer.Option(None, help="arch to describe (default: the GPU's)")) -> None:
+    """Show nvcc, arch, cache path and (if built) registers/spills as JSON; never compiles."""
+    import json
+
+    from luce_bench.kernels import build_info
+
+    typer.echo(json.dumps(build_info(arch), indent=2))
+
+
 @app.command("build")
 def build_cmd(
     arch: Optional[str] = typer.Option(None, help="comma-separated archs, e.g. sm_90 or sm_80,sm_90; default: the GPU's"),
