@@ -15,7 +15,7 @@
  *                +26656 gated-norm weight[128] (plain).  FA: +2048 1+q_norm[256]; +2304 1+k_norm[256].
  *           final norm (1+w) at 24 * sp_stride.
  *   embed   bf16 [248320 x 1024]: embedding and (tied) LM head.
- *   kcache/vcache bf16 [6][2][max_seq][256]; gdn_state f32 [18][16][8][32][16][4] ([layer][head][v-slice][k/4][v][k%4]);
+ *   kcache/vcache bf16 [6][2][max_seq][256]; gdn_state f32 [18][16][8][16][16][8] ([layer][head][v-slice][k/8][v][k%8]);
  *   conv_hist f32 [18][6144][4] (ring indexed by position % 4); scratch f32 [layout.scratch_floats];
  *   sync u32 [32] (monotonic barrier counter, never reset); best u64 [2] (argmax slots, zeroed by reset);
  *   last_token i32 [1] (last produced token; input of step 0 when no forced token is given).
