@@ -1,14 +1,16 @@
 """Megakernel parity on the GPU: fresh random 0.8B-shaped weights and prompts every run (seed printed).
 
 * teacher-forced logits at every step of a 64-token prompt + 128 decode steps vs the fp32 token-by-token reference
-  (luce_bench.kernels.reference) and vs HF transformers bf16 (the HFBackend); relative L2 per step;
+  (luce_bench.kernels.reference) and vs HF transformers (the HFBackend computing in float32 on the same bf16 weights);
+  relative L2 per step, <= 2e-2 against both;
 * greedy tokens vs HF over 128 steps; a disagreement where HF's own top-2 logits lie within bf16 noise counts as a
   near tie (reported with its margin), not a failure;
 * the same at a long position (>= 2000 cached tokens);
 * outputs are poisoned (NaN logits, -1 tokens) before each launch by the backend; NaN never passes.
 
-HF bf16 itself deviates from the fp32 math by several 1e-2 on random weights (its residual stream and activations are
-bf16), so the HF bound is max(REL_L2_MAX, HF_SLACK * HF's own error vs the fp32 reference) at each step.
+HF run in bf16 deviates from the exact math by several 1e-2 on random weights (its residual stream and activations are
+rounded to bf16 at every op; measured max 0.105 vs fp32 on the 0.8B shapes), so the HF reference computes in float32
+on the very same bf16 weights: that is the function the kernel (bf16 weights, f32 activations) implements.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import pytest
 pytestmark = pytest.mark.gpu
 
 REL_L2_MAX = 2e-2
-HF_SLACK = 1.5
 N_PROMPT, N_DEC, LONG_POS = 64, 128, 2000
 NEAR_TIE = 2.0 ** -7  # relative bf16 noise of a logit: top-2 closer than this (x |top1|) is a tie
 
@@ -62,7 +63,7 @@ def _rel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _hf(spec):
     from luce_bench.backends.hf import HFBackend
 
-    hf = HFBackend()
+    hf = HFBackend("float32")  # same bf16-valued weights, exact float32 math (see module docstring)
     hf.load(spec, "cuda")
     return hf
 
@@ -123,7 +124,7 @@ def _check_parity(got, want, hf_logits, label):
               "argmax_agree_ref": float(np.mean(got.argmax(-1) == want.argmax(-1)))}
     print(json.dumps(report))
     assert e_ref.max() <= REL_L2_MAX, report
-    assert (e_hf <= np.maximum(REL_L2_MAX, HF_SLACK * e_hf_ref)).all(), report
+    assert e_hf.max() <= REL_L2_MAX, report
 
 
 def test_teacher_forced_logits_short(setup):
