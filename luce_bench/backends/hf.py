@@ -37,8 +37,11 @@ class HFBackend(Backend):
 
     name = "hf"
 
-    def __init__(self, dtype: str = "bfloat16") -> None:
+    def __init__(self, dtype: str = "bfloat16", sdpa_cudnn: bool = False) -> None:
         self.dtype_name = dtype
+        # On the H100, SDPA picked cuDNN attention for decode, and cuDNN built a new plan on the host for every new KV
+        # length: 6.9 ms of CPU per call, 41 ms of a 106 ms token (scripts/profile_hf.py). Off by default, recorded.
+        self.sdpa_cudnn = sdpa_cudnn
         self._model: Any = None
         self._cache: Any = None
         self._last: Any = None  # last produced token, [1, 1] on the device
@@ -69,7 +72,11 @@ class HFBackend(Backend):
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise UserError("HF backend: --device cuda asked for, but torch sees no CUDA GPU")
         self._device = torch.device(device)
+        if self._device.type == "cuda" and self._device.index is None:
+            self._device = torch.device("cuda", torch.cuda.current_device())
         self._device_kind = self._device.type
+        if self._device.type == "cuda":
+            torch.backends.cuda.enable_cudnn_sdp(self.sdpa_cudnn)
         hf_logging.get_logger("transformers").addHandler(self._recorder)
         dtype = getattr(torch, self.dtype_name)
         self._model = AutoModelForCausalLM.from_pretrained(str(model.path), dtype=dtype).to(self._device).eval()
@@ -139,6 +146,7 @@ class HFBackend(Backend):
             dtype=self.dtype_name,
             device=str(getattr(self, "_device", "")),
             attn_implementation=getattr(getattr(self._model, "config", None), "_attn_implementation", None),
+            sdpa_cudnn=self.sdpa_cudnn,
             torch_fallbacks=sorted(self._recorder.fallbacks),
             gdn_path="pure-torch fallback" if self._recorder.fallbacks else "fla/causal-conv1d kernels",
         )
