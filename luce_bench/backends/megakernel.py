@@ -92,6 +92,8 @@ class MegakernelBackend(Backend):
         if not torch.cuda.is_available():
             raise UserError("megakernel backend: torch sees no CUDA GPU")
         self._device = torch.device("cuda" if device == "auto" else device)
+        if self._device.index is None:  # torch.cuda.set_device() refuses a bare "cuda"
+            self._device = torch.device("cuda", torch.cuda.current_device())
         self._device_kind = "cuda"
         torch.cuda.set_device(self._device)
         self._build = build(self.arch)
