@@ -78,6 +78,9 @@ class HFBackend(Backend):
         if self._device.type == "cuda":
             torch.backends.cuda.enable_cudnn_sdp(self.sdpa_cudnn)
         hf_logging.get_logger("transformers").addHandler(self._recorder)
+        # The fallback warnings are recorded (info()["torch_fallbacks"], and the report's notes) instead of printed
+        # four times in the middle of the progress bars.
+        hf_logging.disable_default_handler()
         dtype = getattr(torch, self.dtype_name)
         self._model = AutoModelForCausalLM.from_pretrained(str(model.path), dtype=dtype).to(self._device).eval()
         self.reset()
@@ -150,12 +153,16 @@ class HFBackend(Backend):
             torch_fallbacks=sorted(self._recorder.fallbacks),
             gdn_path="pure-torch fallback" if self._recorder.fallbacks else "fla/causal-conv1d kernels",
         )
+        if self._recorder.fallbacks:
+            info["warning"] = ("GDN layers ran on transformers' pure-torch fallbacks (" + ", ".join(sorted(self._recorder.fallbacks))
+                               + "): install fla-core and causal-conv1d for the fast path")
         return info
 
     def close(self) -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.get_logger("transformers").removeHandler(self._recorder)
+        hf_logging.enable_default_handler()
         self._model = self._cache = self._last = None
 
 
