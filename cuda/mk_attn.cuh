@@ -135,6 +135,45 @@ __device__ void attn_item(Ctx& c, const LuceMkParams& P, int l, int item, int po
 __device__ __forceinline__ void attn_out_act(Ctx& c, const LuceMkParams& P, int pos) {
     const int n = pos + 1, nch = att_chunks(pos), per = (n + nch - 1) / nch;
     const int used = (n + per - 1) / per;  // non-empty chunks
+#if MK_PROLOGUE2
+    // chunk weights exp(m_ci - M) / L per query head (warp jh, lane ci), then one pass with all loads issued early
+    constexpr int IT = (NQH * HD + NCT - 1) / NCT;
+    float* wf = c.misc();  // [8 heads][32 chunks]
+    float gate[IT];
+#pragma unroll
+    for (int k = 0; k < IT; ++k) {
+        const int i = c.tid + k * NCT;
+        gate[k] = i < NQH * HD ? __ldcg(P.scratch + S_RAW + 512 * (i >> 8) + 256 + (i & 255)) : 0.f;
+    }
+    if (c.warp < NQH) {
+        const int jh = c.warp, g = jh >> 2, hh = jh & 3, ci = c.lane;
+        float m = -INFINITY, ls = 0.f;
+        if (ci < used) {
+            const int b = (g * ATT_MAXCH + ci) * 4 + hh;
+            m = __ldcg(P.scratch + S_AML + b * 2);
+            ls = __ldcg(P.scratch + S_AML + b * 2 + 1);
+        }
+        float M = m;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+        const float f = ci < used ? expf(m - M) : 0.f;
+        const float L = warp_sum(ls * f);
+        wf[jh * 32 + ci] = f / L;
+    }
+    cbar();
+#pragma unroll
+    for (int k = 0; k < IT; ++k) {
+        const int i = c.tid + k * NCT;
+        if (i < NQH * HD) {
+            const int jh = i >> 8, d = i & 255, g = jh >> 2, hh = jh & 3;
+            const float* src = P.scratch + S_APART + ((g * ATT_MAXCH) * 4 + hh) * 256 + d;
+            float A = 0.f;
+#pragma unroll 8
+            for (int ci = 0; ci < used; ++ci) A = fmaf(__ldcg(src + ci * 4 * 256), wf[jh * 32 + ci], A);
+            c.acts()[i] = bfr(bfr(A) * bfr(sigm(gate[k])));
+        }
+    }
+#else
 #pragma unroll 1
     for (int i = c.tid; i < NQH * HD; i += NCT) {
         const int jh = i >> 8, d = i & 255, g = jh >> 2, hh = jh & 3;
@@ -150,6 +189,7 @@ __device__ __forceinline__ void attn_out_act(Ctx& c, const LuceMkParams& P, int 
         const float gate = __ldcg(P.scratch + S_RAW + 512 * jh + 256 + d);
         c.acts()[i] = bfr(bfr(A / L) * bfr(sigm(gate)));
     }
+#endif
     cbar();
 }
 

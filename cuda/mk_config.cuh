@@ -48,8 +48,15 @@ constexpr int64_t SBLOB = int64_t(NL) * SP + H;
 constexpr int S_RAW = 0;                      // in_proj / qkv outputs (8224)
 constexpr int S_OGDN = 8448;                  // GDN recurrence outputs (2048)
 constexpr int S_SS = 10496;                   // GDN partial sum of squares [16][8]
-constexpr int S_X = 10624;                    // residual stream, 3 rotating buffers of 1024 (see mk_decode.cu)
-constexpr int S_APART = S_X + 3 * H;          // attention partials [2][ATT_MAXCH][4][256]
+#ifndef MK_PROLOGUE2
+#define MK_PROLOGUE2 1                // P3 prologues (gated norm, attention merge) issue all their loads up front
+#endif
+#ifndef MK_XCOPIES
+#define MK_XCOPIES 1
+#endif
+constexpr int XC = MK_XCOPIES;                // copies per residual buffer (block b adds its MLP partial to copy b % XC)
+constexpr int S_X = 10624;                    // residual stream, 3 rotating buffers x XC copies of 1024 (mk_decode.cu)
+constexpr int S_APART = S_X + 3 * XC * H;     // attention partials [2][ATT_MAXCH][4][256]
 constexpr int S_AML = S_APART + 2 * ATT_MAXCH * 4 * 256;   // [2][ATT_MAXCH][4][2] (max, sum)
 constexpr int SCRATCH = S_AML + 2 * ATT_MAXCH * 4 * 2;
 

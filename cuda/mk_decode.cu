@@ -35,11 +35,13 @@ __device__ void gdn_layer_mix(Ctx& c, const LuceMkParams& P, int l, int pos) {
 // 48 % 3 == 0) reads buffer j%3, writes buffer (j+1)%3 (mixer: owner rows plain stores; MLP: every block adds its
 // split-K down_proj partial with f32 reductions, owners also add x) and zeroes its owned rows of buffer (j+2)%3, the
 // target of sub-layer j+1 (last read in sub-layer j-1, before the barrier that ended it).
-__device__ __forceinline__ float* xbuf(const LuceMkParams& P, int j) { return P.scratch + S_X + (j % 3) * H; }
+// Each buffer has XC copies (readers sum them in a fixed order): the split-K adds of the 132 blocks spread over XC
+// copies, so fewer same-address f32 reductions queue in L2.
+__device__ __forceinline__ float* xbuf(const LuceMkParams& P, int j) { return P.scratch + S_X + (j % 3) * XC * H; }
 
 __device__ __forceinline__ void zero_owned(const Ctx& c, float* x) {
     const int r0 = split_rows(H, c.b, c.G), r1 = split_rows(H, c.b + 1, c.G);
-    if (c.tid < r1 - r0) __stcg(x + r0 + c.tid, 0.f);
+    for (int i = c.tid; i < (r1 - r0) * XC; i += NCT) __stcg(x + (i / (r1 - r0)) * H + r0 + i % (r1 - r0), 0.f);
 }
 
 __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
@@ -78,7 +80,11 @@ __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
             float* xn = xbuf(P, j + 1);
             consume(c, layer_phase(P.wblob, l, 1), [&](int r, const char* row) {
                 const float d = warp_sum(dot_smem_part<2048>(row, c.acts(), c.lane));
-                if (c.lane == 0) xn[r] = bfr(c.xs()[r] + bfr(d));
+                if (c.lane == 0) {
+                    xn[r] = bfr(c.xs()[r] + bfr(d));
+#pragma unroll 1
+                    for (int q = 1; q < XC; ++q) xn[q * H + r] = 0.f;
+                }
             });
         }
         sync_all(c, P);
@@ -88,7 +94,6 @@ __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
         load_x_norm(c, xbuf(P, j + 1), nullptr, sp + SP_LN2);
         float* part = c.misc();          // [1024] block partial of down_proj
         float* hs = c.misc() + 1024;     // this block's silu(g)*u (<= 28)
-        for (int i = c.tid; i < H; i += NCT) part[i] = 0.f;
         const int k0 = split_rows(FF, c.b, c.G);
         {
             float a[32];
@@ -100,23 +105,31 @@ __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
             });
         }
         cbar();
-        consume(c, layer_phase(P.wblob, l, 3), [&](int r, const char* row) {
-            const float h = hs[r - k0];
-            const uint4* w = (const uint4*)row;
-#pragma unroll
-            for (int it = 0; it < 4; ++it) {
-                float f[8];
-                unpack8(w[it * 32 + c.lane], f);
-#pragma unroll
-                for (int e = 0; e < 8; ++e) atomicAdd(part + it * 256 + c.lane * 8 + e, h * f[e]);
-            }
-        });
+        {
+            // down_proj^T rows of this block: thread t owns output columns t, t + 480, t + 960 (no atomics; the
+            // v2/v3 shared-memory atomicAdd per element was a CAS loop with 8-way bank conflicts)
+            float acc0 = 0.f, acc1 = 0.f, acc2 = 0.f;
+            const bool has2 = c.tid + 2 * NCT < H;
+            consume_all(c, layer_phase(P.wblob, l, 3), [&](int r, int n, const char* base) {
+                const unsigned short* w = (const unsigned short*)base + c.tid;
+#pragma unroll 4
+                for (int i = 0; i < n; ++i) {
+                    const float hv = hs[r - k0 + i];
+                    acc0 = fmaf(hv, __uint_as_float((unsigned)w[i * H] << 16), acc0);
+                    acc1 = fmaf(hv, __uint_as_float((unsigned)w[i * H + NCT] << 16), acc1);
+                    if (has2) acc2 = fmaf(hv, __uint_as_float((unsigned)w[i * H + 2 * NCT] << 16), acc2);
+                }
+            });
+            part[c.tid] = acc0;
+            part[c.tid + NCT] = acc1;
+            if (has2) part[c.tid + 2 * NCT] = acc2;
+        }
         cbar();
         {
             const int r0 = split_rows(H, c.b, c.G), r1 = split_rows(H, c.b + 1, c.G);
-            float* xn = xbuf(P, j + 2);
+            float* xn = xbuf(P, j + 2) + (c.b % XC) * H;
 #if __CUDA_ARCH__ >= 900
-            if (c.tid < H / 4) {
+            if (c.tid < H / 4 && !(P.debug_flags & 8)) {
                 const int i = c.tid * 4;
                 float4 v = *(const float4*)(part + i);
                 if (i >= r0 && i < r1) v.x += c.xs()[i];

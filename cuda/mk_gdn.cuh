@@ -125,6 +125,37 @@ __device__ void gdn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos
 // acts[0..2048) <- bf16(bf16(w * bf16(o * rstd_head)) * silu(z)) for the out_proj matvec.
 __device__ __forceinline__ void gdn_out_act(Ctx& c, const LuceMkParams& P, int l) {
     const float* sp = P.sblob + (long long)l * SP;
+#if MK_PROLOGUE2
+    // every global load issued up front (one L2 round trip instead of one per loop iteration)
+    constexpr int IT = (DH * DV + NCT - 1) / NCT;
+    float* rs = c.misc() + 1984;  // 16 head rstd (block_sum uses misc + 2000)
+    float o[IT], z[IT];
+#pragma unroll
+    for (int k = 0; k < IT; ++k) {
+        const int i = c.tid + k * NCT;
+        o[k] = z[k] = 0.f;
+        if (i < DH * DV) {
+            o[k] = __ldcg(P.scratch + S_OGDN + i);
+            z[k] = __ldcg(P.scratch + S_RAW + 6144 + i);
+        }
+    }
+    if (c.tid < DH * NSL) {
+        float ss = __ldcg(P.scratch + S_SS + c.tid);
+        ss += __shfl_xor_sync(0xffffffffu, ss, 1);
+        ss += __shfl_xor_sync(0xffffffffu, ss, 2);
+        ss += __shfl_xor_sync(0xffffffffu, ss, 4);
+        if ((c.tid & 7) == 0) rs[c.tid >> 3] = rsqrtf(ss * (1.0f / DV) + EPS);
+    }
+    cbar();
+#pragma unroll
+    for (int k = 0; k < IT; ++k) {
+        const int i = c.tid + k * NCT;
+        if (i < DH * DV) {
+            const float n = bfr(sp[SP_GNW + (i & 127)] * bfr(o[k] * rs[i >> 7]));
+            c.acts()[i] = bfr(n * silu(z[k]));
+        }
+    }
+#else
 #pragma unroll 1
     for (int i = c.tid; i < DH * DV; i += NCT) {
         const int h = i >> 7;
@@ -137,6 +168,7 @@ __device__ __forceinline__ void gdn_out_act(Ctx& c, const LuceMkParams& P, int l
         const float n = bfr(sp[SP_GNW + (i & 127)] * bfr(o * r));
         c.acts()[i] = bfr(n * silu(z));
     }
+#endif
     cbar();
 }
 

@@ -74,7 +74,15 @@ __device__ __forceinline__ void load_x_norm(Ctx& c, const float* xg, const unsig
     for (int k = 0; k < 3; ++k) {
         const int i = c.tid + k * NCT;
         v[k] = 0.f;
-        if (i < H) v[k] = emb ? __uint_as_float((unsigned)emb[i] << 16) : __ldcg(xg + i);
+        if (i < H) {
+            if (emb) {
+                v[k] = __uint_as_float((unsigned)emb[i] << 16);
+            } else {
+                v[k] = __ldcg(xg + i);
+#pragma unroll
+                for (int q = 1; q < XC; ++q) v[k] += __ldcg(xg + q * H + i);
+            }
+        }
         ss = fmaf(v[k], v[k], ss);
     }
 #pragma unroll

@@ -105,4 +105,21 @@ __device__ __forceinline__ void consume(Ctx& c, const Phase& ph, F&& fn) {
     }
 }
 
+// Calls fn(first_row, n_rows, smem_chunk) on every consumer thread for each chunk of this block's rows (for phases
+// whose work is split over columns, not rows); each warp releases the slot when it is done with it.
+template <class F>
+__device__ __forceinline__ void consume_all(Ctx& c, const Phase& ph, F&& fn) {
+    const int r0 = split_rows(ph.rows, c.b, c.G), r1 = split_rows(ph.rows, c.b + 1, c.G);
+    const int rps = SLOT_BYTES / ph.row_bytes;
+    for (int r = r0; r < r1; r += rps) {
+        const int n = min(rps, r1 - r);
+        const int slot = (int)(c.q % (unsigned)c.ns);
+        mbar_wait(&c.full()[slot], (c.q / (unsigned)c.ns) & 1u);
+        if (!c.skip_math) fn(r, n, (const char*)(c.ring() + (size_t)slot * SLOT_BYTES));
+        __syncwarp();
+        if (c.lane == 0) mbar_arrive(&c.empty()[slot]);
+        ++c.q;
+    }
+}
+
 }  // namespace mk

@@ -53,7 +53,7 @@ def random_state_dict(seed: int, device: str = "cuda") -> dict:
     return sd
 
 
-def make_backend(sd: dict, max_seq: int):
+def make_backend(sd: dict, max_seq: int, lib_dir: str | None = None):
     import torch
 
     from luce_bench.backends.megakernel import MegakernelBackend
@@ -63,7 +63,7 @@ def make_backend(sd: dict, max_seq: int):
     be = MegakernelBackend(max_seq=max_seq)
     be._device = torch.device("cuda")
     be._device_kind = "cuda"
-    be._build = build()
+    be._build = build(out_dir=Path(lib_dir)) if lib_dir else build()  # a prebuilt dir (libluce_mk.so + ptxas.txt)
     be._lib = klib.load_library(be._build.lib)
     be._layout = klib.layout(be._lib)
     be._launch = klib.LuceMkLaunchInfo()
@@ -196,6 +196,7 @@ def main() -> int:
     ap.add_argument("--probe", action="store_true", help="teacher-forced 192 steps in 16-step launches vs the fp32 reference, then exit")
     ap.add_argument("--no-hf", action="store_true")
     ap.add_argument("--no-breakdown", action="store_true")
+    ap.add_argument("--lib-dir", default=None, help="use the library prebuilt in this directory (e.g. a variant)")
     args = ap.parse_args()
     import torch
 
@@ -203,7 +204,7 @@ def main() -> int:
     print(f"seed {seed}; device {torch.cuda.get_device_name()}", flush=True)
     t0 = time.time()
     sd = random_state_dict(seed)
-    be = make_backend(sd, max_seq=max(4096, args.long + args.steps + 8))
+    be = make_backend(sd, max_seq=max(4096, args.long + args.steps + 8), lib_dir=args.lib_dir)
     print(f"loaded in {time.time() - t0:.1f}s; {be.info()}", flush=True)
     class Echo(list):
         def append(self, row):
@@ -241,6 +242,7 @@ def main() -> int:
                          f"tok/s  ({1e6 * med / args.steps:6.1f} us/tok, {100 * floor:5.1f}% of the 3.0 TB/s floor)")
     prompt = torch.randint(0, 248320, (64,), generator=gen).tolist()
     for flags, what in () if args.no_breakdown else ((1, "no matvec math"), (2, "no GDN/attention"), (4, "no grid barriers"),
+                        (8, "no down_proj L2 reduction"),
                         (6, "no mixing, no barriers"), (7, "stream only")):
         ts = time_decode(be, prompt, args.steps, max(3, args.reps // 2), debug_flags=flags)
         table.append(f"  breakdown (invalid results) {what:24s}: {1e6 * statistics.median(ts) / args.steps:7.1f} us/tok")
