@@ -18,6 +18,9 @@ __device__ void attn_item(Ctx& c, const LuceMkParams& P, int l, int item, int po
     const int per = (n + nch - 1) / nch;
     const int c0 = ci * per, c1 = min(n, c0 + per);
     if (c0 >= n) return;  // empty chunk (uniform over the block)
+#if MK_HEADCNT
+    if (!(P.debug_flags & 4)) wait_geq(row_counter(P, 16 + g), FA_GROUP_ROWS);
+#endif
     float* qsm = c.misc();          // [4][256]
     float* ksm = c.misc() + 1024;   // [256]
     float* vsm = c.misc() + 1280;   // [256]

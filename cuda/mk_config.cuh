@@ -2,6 +2,20 @@
 #pragma once
 #include <cstdint>
 
+// build options (defaults = the fastest measured; see NOTES.md)
+#ifndef MK_PROLOGUE2
+#define MK_PROLOGUE2 1                // P3 prologues (gated norm, attention merge) issue all their loads up front
+#endif
+#ifndef MK_HEADCNT
+#define MK_HEADCNT 1                  // P1 -> P2 by per-head (GDN) / per-KV-group (attention) row counters, no barrier
+#endif
+#ifndef MK_BAR2
+#define MK_BAR2 1                     // grid barrier arrival without the extra __threadfence (red.release suffices)
+#endif
+#ifndef MK_XCOPIES
+#define MK_XCOPIES 1
+#endif
+
 namespace mk {
 
 constexpr int H = 1024;          // hidden
@@ -21,7 +35,7 @@ constexpr int NCT = NCW * 32;    // consumer threads (480)
 constexpr int NT = NCT + 32;     // + one producer warp = 512 threads (a 17-warp block would cap registers at 96)
 constexpr int SLOT_BYTES = 32768;
 constexpr int MAX_SLOTS = 6;
-constexpr int SYNCS_PER_STEP = NL * 4 + 1;
+constexpr int SYNCS_PER_STEP = NL * (MK_HEADCNT ? 3 : 4) + 1;
 constexpr int ATT_CHUNK = 16;    // min positions per attention work item (one per warp)
 constexpr int ATT_MAXCH = 32;    // max sequence chunks per KV head
 
@@ -48,17 +62,13 @@ constexpr int64_t SBLOB = int64_t(NL) * SP + H;
 constexpr int S_RAW = 0;                      // in_proj / qkv outputs (8224)
 constexpr int S_OGDN = 8448;                  // GDN recurrence outputs (2048)
 constexpr int S_SS = 10496;                   // GDN partial sum of squares [16][8]
-#ifndef MK_PROLOGUE2
-#define MK_PROLOGUE2 1                // P3 prologues (gated norm, attention merge) issue all their loads up front
-#endif
-#ifndef MK_XCOPIES
-#define MK_XCOPIES 1
-#endif
 constexpr int XC = MK_XCOPIES;                // copies per residual buffer (block b adds its MLP partial to copy b % XC)
 constexpr int S_X = 10624;                    // residual stream, 3 rotating buffers x XC copies of 1024 (mk_decode.cu)
 constexpr int S_APART = S_X + 3 * XC * H;     // attention partials [2][ATT_MAXCH][4][256]
 constexpr int S_AML = S_APART + 2 * ATT_MAXCH * 4 * 256;   // [2][ATT_MAXCH][4][2] (max, sum)
-constexpr int SCRATCH = S_AML + 2 * ATT_MAXCH * 4 * 2;
+constexpr int S_CNT = S_AML + 2 * ATT_MAXCH * 4 * 2;     // u32 row counters [18], one per 128-byte line
+constexpr int CNT_STRIDE = 32;
+constexpr int SCRATCH = S_CNT + 18 * CNT_STRIDE;
 
 constexpr int64_t STATE_L = int64_t(DH) * DK * DV;   // f32 per GDN layer
 constexpr int64_t KV_L = int64_t(NKV) * HD;          // elements per position per FA layer

@@ -1,9 +1,10 @@
 // mk_decode.cu -- the persistent decode kernel (one cooperative launch runs n_steps whole decode steps) and the
 // extern "C" host entry points of luce_mk.h (layout, launch sizing from the SM count + occupancy API, launch).
 //
-// Per step and layer: P1 RMSNorm + in_proj/qkv | sync | P2 GDN recurrence or attention | sync | P3 gated norm or
-// attention merge + out/o_proj + residual | sync | P4 RMSNorm + gate/up + SiLU | sync | P5 down + residual | sync;
-// then final norm + LM head + argmax | sync. Weights stream through a per-block shared-memory ring filled by a
+// Per step and layer: P1 RMSNorm + in_proj/qkv | per-head (GDN) / per-KV-group (attention) row counters |
+// P2 GDN recurrence or attention | sync | P3 gated norm or attention merge + out/o_proj + residual | sync |
+// P4 RMSNorm + gate/up + SiLU + split-K down_proj^T added to the next residual buffer | sync; then final norm + LM head
+// + argmax | sync (73 grid barriers per step). Weights stream through a per-block shared-memory ring filled by a
 // producer warp that runs ahead across all of these barriers.
 #include <cuda_runtime.h>
 #include "luce_mk.h"
@@ -62,8 +63,17 @@ __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
                 if (c.lane == 0) RAW[r] = bfr(d);
             });
         }
+#if MK_HEADCNT
+        // publish this block's rows to the per-head / per-group counters that P2's work items wait on
+        cbar();
+        if (!(P.debug_flags & 4) && c.tid < 18) {
+            const Phase ph = layer_phase(P.wblob, l, 0);
+            const int n = counted_rows(is_fa(l), c.tid, split_rows(ph.rows, c.b, c.G), split_rows(ph.rows, c.b + 1, c.G));
+            if (n) red_release_add(row_counter(P, c.tid), (unsigned)n);
+        }
+#else
         sync_all(c, P);
-        if (l == 0 && c.b == 0 && c.tid == 0) P.best[(pos + 1) & 1] = 0ull;  // next step's argmax slot
+#endif
         // P2: token mixing
         if (P.debug_flags & 2) {
         } else if (is_fa(l)) {
@@ -73,6 +83,12 @@ __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
             gdn_layer_mix(c, P, l, pos);
         }
         sync_all(c, P);
+        if (l == 0 && c.b == 0 && c.tid == 0) P.best[(pos + 1) & 1] = 0ull;  // next step's argmax slot
+#if MK_HEADCNT
+        // every wait on this layer's counters ended before the barrier above; the next increments come two
+        // barriers later
+        if (c.b == 0 && c.tid < 18 && !(P.debug_flags & 4)) __stcg(row_counter(P, c.tid), 0u);
+#endif
         // P3: out_proj / o_proj + residual (row owners)
         if (is_fa(l)) attn_out_act(c, P, pos);
         else gdn_out_act(c, P, l);

@@ -29,6 +29,9 @@ __device__ void gdn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos
         sa = __ldcg((const float4*)S);
         sb = __ldcg((const float4*)S + 1);
     }
+#if MK_HEADCNT
+    if (!(P.debug_flags & 4)) wait_geq(row_counter(P, h), GDN_HEAD_ROWS);
+#endif
     float bq = 0.f, aq = 0.f;
     if (t == 0) {
         bq = __ldcg(raw + 8192 + h);

@@ -33,6 +33,29 @@ struct Ctx {
 
 __device__ __forceinline__ int split_rows(int R, int b, int G) { return (int)(((long long)R * b) / G); }
 
+// P1 -> P2 row counters (MK_HEADCNT): counter k < 16 counts the in_proj rows GDN head k's recurrence reads (q, k, v
+// channels, b, a: 386), counter 16 + g the qkv rows attention KV group g reads (4 q heads, k, v: 1536).
+__device__ __forceinline__ unsigned* row_counter(const LuceMkParams& P, int k) {
+    return (unsigned*)(P.scratch + S_CNT) + k * CNT_STRIDE;
+}
+constexpr unsigned GDN_HEAD_ROWS = 3 * 128 + 2, FA_GROUP_ROWS = 6 * 256;
+__device__ __forceinline__ int overlap(int a0, int a1, int r0, int r1) { return max(0, min(a1, r1) - max(a0, r0)); }
+// Rows of [r0, r1) that counter k counts, for a GDN (fa = false) or attention layer.
+__device__ __forceinline__ int counted_rows(bool fa, int k, int r0, int r1) {
+    if (!fa) {
+        if (k >= 16) return 0;
+        return overlap(k * 128, k * 128 + 128, r0, r1) + overlap(2048 + k * 128, 2048 + k * 128 + 128, r0, r1) +
+               overlap(4096 + k * 128, 4096 + k * 128 + 128, r0, r1) + overlap(8192 + k, 8193 + k, r0, r1) +
+               overlap(8208 + k, 8209 + k, r0, r1);
+    }
+    if (k < 16 || k >= 18) return 0;
+    const int g = k - 16;
+    int n = overlap(4096 + 256 * g, 4096 + 256 * g + 256, r0, r1) + overlap(4608 + 256 * g, 4608 + 256 * g + 256, r0, r1);
+#pragma unroll
+    for (int w = 0; w < 4; ++w) n += overlap(512 * (4 * g + w), 512 * (4 * g + w) + 256, r0, r1);
+    return n;
+}
+
 __device__ __forceinline__ Phase layer_phase(const void* wblob, int l, int k) {
     const char* base = (const char*)wblob + layer_woff(l) * 2;
     const int r1 = is_fa(l) ? FA_ROWS : GDN_ROWS;

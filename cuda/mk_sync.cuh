@@ -29,7 +29,9 @@ __device__ __noinline__ void spin_check(unsigned long long t0) {
 __device__ __forceinline__ void grid_sync(unsigned* cnt, unsigned target) {
     cbar();
     if (threadIdx.x == 0) {
+#if !MK_BAR2
         __threadfence();
+#endif
         asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(cnt) : "memory");
         unsigned v, n = 0;
         const unsigned long long t0 = global_ns();
@@ -39,6 +41,22 @@ __device__ __forceinline__ void grid_sync(unsigned* cnt, unsigned target) {
         } while ((int)(v - target) < 0);
     }
     cbar();
+}
+
+// Consumer threads wait until *cnt >= target (thread 0 spins with acquire loads, then a block barrier).
+__device__ __forceinline__ void wait_geq(const unsigned* cnt, unsigned target) {
+    if (threadIdx.x == 0) {
+        unsigned v, n = 0;
+        const unsigned long long t0 = global_ns();
+        do {
+            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(cnt) : "memory");
+            if ((++n & 0x3fffffu) == 0) spin_check(t0);
+        } while (v < target);
+    }
+    cbar();
+}
+__device__ __forceinline__ void red_release_add(unsigned* cnt, unsigned v) {
+    asm volatile("red.release.gpu.global.add.u32 [%0], %1;" ::"l"(cnt), "r"(v) : "memory");
 }
 
 __device__ __forceinline__ void mbar_init(uint64_t* b, unsigned count) {
