@@ -161,7 +161,7 @@ def main() -> int:
     print(f"sampler period {args.period_s} s on {source}; {args.trials} trials x {args.seconds} s per condition")
     print(
         f"one poll costs {cost_us:.0f} us of CPU: the sampler thread's duty is {duty_pct:.3f} % of one core "
-        "(the upper bound of what it can take from a GIL-bound workload)"
+        "(mostly inside NVML with the GIL released; the verdict is the measured A/B slowdown)"
     )
     for name in args.workload or ["numpy", "python"]:
         r = measure(makers[name](), gpu, args.seconds, args.trials, args.period_s)
@@ -190,10 +190,13 @@ def main() -> int:
 
 
 def _passes(r: dict, duty_pct: float) -> bool:
-    """Under 1 %: the sampler's duty is below 1 % and the A/B slowdown is not significantly above 1 %."""
-    lo = r["overhead_ci95_pct"][0]
-    significant = lo if math.isfinite(lo) else r["overhead_pct"]
-    return duty_pct < 1.0 and significant < 1.0
+    """Under 1 %: the upper end of the 95 % CI of the measured A/B slowdown is below 1 %.
+
+    The poll's CPU duty is reported but not judged: on the H100 VM one poll took 4 ms of thread CPU time, nearly all of
+    it inside NVML's ioctls with the GIL released (ctypes), so it is no measure of what the workload loses.
+    """
+    hi = r["overhead_ci95_pct"][1]
+    return (hi if math.isfinite(hi) else r["overhead_pct"]) < 1.0
 
 
 if __name__ == "__main__":
