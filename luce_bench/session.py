@@ -22,7 +22,11 @@ from luce_bench.runner import Limit, Measure, Runner
 
 
 def git_commit() -> str | None:
-    """The luce-bench checkout's commit (with -dirty), or None outside a git checkout."""
+    """The luce-bench checkout's commit (with -dirty); `LUCE_BENCH_GIT_COMMIT` for copies without .git; else None."""
+    import os
+
+    if os.environ.get("LUCE_BENCH_GIT_COMMIT"):
+        return os.environ["LUCE_BENCH_GIT_COMMIT"]
     here = Path(__file__).resolve().parent
     try:
         out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=here,
