@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from luce_bench.stats import to_float as _f
+
 
 def _pyplot() -> Any:
     import matplotlib
@@ -17,11 +19,6 @@ def _pyplot() -> Any:
     return plt
 
 
-def _f(v: Any) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def _limit_label(row: dict[str, Any]) -> str:

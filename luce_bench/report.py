@@ -12,14 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from luce_bench.errors import UserError
-from luce_bench.results import atomic_write_text, read_csv, summarize, write_csv_atomic, SUMMARY_COLUMNS
-
-
-def _f(v: Any) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return math.nan
+from luce_bench.results import SUMMARY_COLUMNS, atomic_write_text, read_csv, summarize, write_csv_atomic
+from luce_bench.stats import to_float as _f
 
 
 def _pm(mean: Any, std: Any, digits: int = 2) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from luce_bench.stats import describe, median
+from luce_bench.stats import to_float as _num
 
 RUN_COLUMNS = [
     "test_time", "backend", "model", "model_type", "model_n_params", "n_prompt", "n_gen", "test", "rep",
@@ -152,11 +153,6 @@ class RunWriter:
         self._samples.close()
 
 
-def _num(v: Any) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def summarize(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

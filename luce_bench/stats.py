@@ -48,6 +48,14 @@ def describe(values: Sequence[float]) -> Stat:
     return Stat(n, mean, std, mean - half, mean + half)
 
 
+def to_float(v: object) -> float:
+    """float(v), or NaN for None, empty strings and other non-numbers (CSV cells)."""
+    try:
+        return float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def median(values: Sequence[float]) -> float:
     """Median of the finite values (NaN if none)."""
     xs = sorted(float(v) for v in values if v is not None and math.isfinite(float(v)))

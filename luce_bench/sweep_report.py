@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from luce_bench.stats import to_float as _f
+
 SWEET_SPOT_COLUMNS = [
     "backend",
     "test",
@@ -31,11 +33,6 @@ SWEET_SPOT_COLUMNS = [
 ]
 
 
-def _f(v: Any) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def _limit_w(row: dict[str, Any]) -> float:
