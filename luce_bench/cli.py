@@ -87,6 +87,7 @@ FakeOpt = Annotated[bool, typer.Option("--fake-gpu", help="Use a simulated GPU (
 GpuOpt = Annotated[Optional[int], typer.Option("--gpu", help="GPU index.")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Directory for run directories (default: results/runs).")]
+CooldownOpt = Annotated[Optional[float], typer.Option("--cooldown-max-s", help="Longest cool-down wait between tests (s).")]
 
 
 def build_config(config: Optional[Path], **flags: Any) -> Any:
@@ -99,10 +100,11 @@ def build_config(config: Optional[Path], **flags: Any) -> Any:
 
 def _common(config: Optional[Path], model: Optional[str], tests: Optional[str], reps: Optional[int],
             window_s: Optional[float], warmup_s: Optional[float], gap: Optional[float], fake_gpu: bool,
-            gpu: Optional[int], device: Optional[str], out: Optional[Path], backends: Optional[str] = None) -> Any:
+            gpu: Optional[int], device: Optional[str], out: Optional[Path], backends: Optional[str] = None,
+            cooldown_max_s: Optional[float] = None) -> Any:
     return build_config(config, model=model, tests=tests, reps=reps, window_s=window_s, warmup_s=warmup_s,
                         rep_gap_max_s=gap, gpu__fake=True if fake_gpu else None, gpu__index=gpu, device=device,
-                        output_dir=str(out) if out else None, backends=backends)
+                        output_dir=str(out) if out else None, backends=backends, cooldown__max_s=cooldown_max_s)
 
 
 @app.command()
@@ -112,7 +114,7 @@ def compare(
     no_megakernel: Annotated[bool, typer.Option("--no-megakernel", help="Measure only the baselines.")] = False,
     config: ConfigOpt = None, model: ModelOpt = None, tests: TestsOpt = None, reps: RepsOpt = None,
     window_s: WindowOpt = None, warmup_s: WarmupOpt = None, rep_gap_max_s: GapOpt = None, fake_gpu: FakeOpt = False,
-    gpu: GpuOpt = None, device: DeviceOpt = None, out: OutOpt = None,
+    gpu: GpuOpt = None, device: DeviceOpt = None, out: OutOpt = None, cooldown_max_s: CooldownOpt = None,
 ) -> None:
     """Measure the megakernel against the baselines: tok/s and tok/J per test, one run directory with CSVs and plots."""
     from luce_bench import session
@@ -122,7 +124,7 @@ def compare(
         raise UserError("nothing to measure: --baselines is empty and --no-megakernel is set")
     backends = ([] if no_megakernel else ["megakernel"]) + [b for b in names if b != "megakernel"]
     cfg = _common(config, model, tests, reps, window_s, warmup_s, rep_gap_max_s, fake_gpu, gpu, device, out,
-                  ",".join(backends))
+                  ",".join(backends), cooldown_max_s)
     outcome = session.run(cfg, backends, "compare", optional=["megakernel"], console=_console())
     _finish(outcome)
 
@@ -133,12 +135,13 @@ def bench(
     backend: Annotated[str, typer.Argument(help="Backend: megakernel, llamacpp, hf (sim needs --fake-gpu).")],
     config: ConfigOpt = None, model: ModelOpt = None, tests: TestsOpt = None, reps: RepsOpt = None,
     window_s: WindowOpt = None, warmup_s: WarmupOpt = None, rep_gap_max_s: GapOpt = None, fake_gpu: FakeOpt = False,
-    gpu: GpuOpt = None, device: DeviceOpt = None, out: OutOpt = None,
+    gpu: GpuOpt = None, device: DeviceOpt = None, out: OutOpt = None, cooldown_max_s: CooldownOpt = None,
 ) -> None:
     """Measure one backend at the current power limit."""
     from luce_bench import session
 
-    cfg = _common(config, model, tests, reps, window_s, warmup_s, rep_gap_max_s, fake_gpu, gpu, device, out, backend)
+    cfg = _common(config, model, tests, reps, window_s, warmup_s, rep_gap_max_s, fake_gpu, gpu, device, out, backend,
+                  cooldown_max_s)
     _finish(session.run(cfg, [backend], f"bench-{backend}", console=_console()))
 
 

@@ -33,8 +33,8 @@ class TestSpec:
     def parse(cls, text: str) -> TestSpec:
         """Parse "pp520" / "tg128"."""
         m = _TEST_RE.match(text.strip())
-        if not m or int(m.group(2)) < 1:
-            raise UserError(f"bad test {text!r}: expected pp<N> or tg<N> with N >= 1, e.g. pp520,tg128")
+        if not m or not 1 <= int(m.group(2)) <= 131072:
+            raise UserError(f"bad test {text!r}: expected pp<N> or tg<N> with 1 <= N <= 131072, e.g. pp520,tg128")
         return cls(m.group(1), int(m.group(2)))
 
 
@@ -111,7 +111,9 @@ _RANGES: dict[str, tuple[float, float]] = {
     "cooldown.target_delta_c": (0, 100), "sweep.settle_s": (0, 600), "sweep.idle_s": (0, 600),
     "sweep.sweet_spot_min_speed": (0.01, 1.0),
 }
-_CHOICES: dict[str, tuple[str, ...]] = {"sweep.order": ("descending", "ascending", "shuffle"), "device": ("auto", "cpu", "cuda")}
+_CHOICES: dict[str, tuple[str, ...]] = {"sweep.order": ("descending", "ascending", "shuffle"),
+                                        "device": ("auto", "cpu", "cuda"), "gpu.fake_preset": ("rtx3090", "h100-sxm")}
+_CUDA_INDEX = re.compile(r"^cuda:\d+$")
 
 
 def _coerce(path: str, value: Any, hint: Any) -> Any:
@@ -163,8 +165,10 @@ def validate(cfg: BenchConfig) -> BenchConfig:
         if not lo <= v <= hi:
             raise UserError(f"config: {key} = {v} is out of range [{lo:g}, {hi:g}]")
     for key, options in _CHOICES.items():
-        if flat[key] not in options and not (key == "device" and str(flat[key]).startswith("cuda:")):
+        if flat[key] not in options and not (key == "device" and _CUDA_INDEX.match(str(flat[key]))):
             raise UserError(f"config: {key} = {flat[key]!r}; expected one of {', '.join(options)}")
+    if not cfg.model.strip():
+        raise UserError("config: model is empty")
     if not cfg.backends:
         raise UserError("config: backends is empty")
     if not cfg.tests:

@@ -111,7 +111,19 @@ def build(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any], str]:
     if not (run_dir / "runs.csv").is_file():
         raise UserError(f"{run_dir} is not a luce-bench run directory (no runs.csv)")
     runs, samples = read_csv(run_dir / "runs.csv"), read_csv(run_dir / "samples.csv")
-    meta = json.loads((run_dir / "meta.json").read_text()) if (run_dir / "meta.json").is_file() else {}
+    if runs and not {"backend", "test", "n_tokens", "window_s"} <= set(runs[0]):
+        raise UserError(f"{run_dir / 'runs.csv'} is not a luce-bench runs.csv (missing columns)")
+    meta: dict[str, Any] = {}
+    if (run_dir / "meta.json").is_file():
+        try:
+            meta = json.loads((run_dir / "meta.json").read_text())
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{run_dir / 'meta.json'} is not valid JSON ({exc.msg}, line {exc.lineno})") from exc
+    if "energy" not in meta:  # rebuilt from the CSVs alone: say what the rows themselves say
+        simulated = any(str(r.get("gpu_simulated")).lower() == "true" for r in runs)
+        has_energy = any(str(r.get("energy_j") or "").strip() for r in runs)
+        meta["energy"] = {"available": has_energy, "simulated": simulated,
+                          "reason": "" if has_energy else "no energy values in runs.csv (meta.json missing)"}
     summary = summarize(runs) if runs else []
     if summary:
         write_csv_atomic(run_dir / "summary.csv", SUMMARY_COLUMNS, summary)

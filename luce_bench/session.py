@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import platform
+import shutil
 import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -129,29 +130,84 @@ def run(cfg: BenchConfig, backends: Sequence[str], name: str, optional: Sequence
     console = console or Console()
     classes = {b: _backend_class(b) for b in backends}  # unknown names fail before anything starts
     model = resolve_model(resolve_model_name(cfg, console), seed=cfg.model_seed)
-    writer = RunWriter.create(cfg.output_dir, name)
-    outcome = Outcome(writer.dir)
-    try:
-        with open_measure(cfg) as measure:
-            writer.write_meta(base_meta(cfg, model, measure))
-            runner = Runner(cfg, model, measure, writer, on_progress=None)
-            backend_meta: dict[str, Any] = {}
-            for bname, cls in classes.items():
-                backend_meta[bname] = _run_one(runner, bname, cls, model, cfg, console, outcome, optional,
-                                               (backend_kwargs or default_backend_kwargs(cfg)).get(bname, {}))
-                writer.write_meta({"backends": backend_meta})
-            runner.flush_samples()
-            writer.write_meta({"token_agreement": token_agreement(runner.first_tokens),
-                               "first_tokens": runner.first_tokens,
-                               "sampler": measure.sampler.jitter_ms() if measure.sampler is not None else None})
-    finally:
-        writer.close()
+    check_tests_fit(cfg, model)
+    with open_measure(cfg) as measure:
+        for b, cls in classes.items():  # a backend asked for by name that cannot run here is bad input
+            reason = cls if isinstance(cls, str) else cls.unavailable_reason()
+            if reason and b not in optional:
+                raise UserError(f"backend {b} cannot run here: {reason}")
+        writer = _create_writer(cfg, name)
+        outcome = Outcome(writer.dir)
+        try:
+            _measure_all(cfg, model, measure, writer, classes, console, outcome, optional, backend_kwargs)
+        except UserError:
+            writer.close()
+            if not writer.runs:  # nothing measured: leave no run directory behind
+                shutil.rmtree(writer.dir, ignore_errors=True)
+            raise
+        except KeyboardInterrupt:
+            writer.close()
+            if writer.runs:
+                from luce_bench.report import build
+
+                build(writer.dir)
+                console.print(f"interrupted: {len(writer.runs)} finished repetitions kept in {writer.dir}")
+            raise
+        finally:
+            writer.close()
     from luce_bench.report import build, print_table
 
     summary, meta, _ = build(writer.dir)
     print_table(summary, meta, console)
     console.print(f"results: {writer.dir}")
     return outcome
+
+
+def _measure_all(cfg: BenchConfig, model: ModelSpec, measure: Measure, writer: RunWriter, classes: dict[str, Any],
+                 console: Any, outcome: Outcome, optional: Sequence[str],
+                 backend_kwargs: dict[str, dict[str, Any]] | None) -> None:
+    writer.write_meta(base_meta(cfg, model, measure))
+    runner = Runner(cfg, model, measure, writer, on_progress=None)
+    limit = current_limit(measure)
+    backend_meta: dict[str, Any] = {}
+    for bname, cls in classes.items():
+        backend_meta[bname] = _run_one(runner, bname, cls, model, cfg, console, outcome, optional,
+                                       (backend_kwargs or default_backend_kwargs(cfg)).get(bname, {}), limit)
+        writer.write_meta({"backends": backend_meta})
+    runner.flush_samples()
+    writer.write_meta({"token_agreement": token_agreement(runner.first_tokens), "first_tokens": runner.first_tokens,
+                       "sampler": measure.sampler.jitter_ms() if measure.sampler is not None else None})
+
+
+MAX_TEST_TOKENS = 131072
+
+
+def check_tests_fit(cfg: BenchConfig, model: ModelSpec) -> None:
+    """Refuse tests longer than the model's positions (or than MAX_TEST_TOKENS) before anything is loaded."""
+    limit = min(model.config.max_position_embeddings, MAX_TEST_TOKENS)
+    for t in cfg.test_specs:
+        if t.n + 1 > limit:
+            raise UserError(f"test {t.name} needs {t.n + 1} positions; {model.name} allows at most {limit}")
+
+
+def current_limit(measure: Measure) -> Limit:
+    """The enforced limit the run measures under (compare/bench never change it)."""
+    if measure.gpu is None:
+        return Limit()
+    try:
+        return Limit(enforced_w=measure.gpu.power_limit_mw() / 1000.0)
+    except Exception:  # noqa: BLE001 - the limit is provenance, not a precondition
+        return Limit()
+
+
+def _create_writer(cfg: BenchConfig, name: str) -> RunWriter:
+    out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a directory")
+    try:
+        return RunWriter.create(out, name)
+    except OSError as exc:
+        raise UserError(f"cannot create a run directory under {out}: {exc.strerror or exc}") from exc
 
 
 def default_backend_kwargs(cfg: BenchConfig) -> dict[str, dict[str, Any]]:
@@ -171,7 +227,7 @@ def _backend_class(name: str) -> type[Backend] | str:
 
 
 def _run_one(runner: Runner, bname: str, cls: type[Backend] | str, model: ModelSpec, cfg: BenchConfig, console: Any,
-             outcome: Outcome, optional: Sequence[str], kwargs: dict[str, Any]) -> dict[str, Any]:
+             outcome: Outcome, optional: Sequence[str], kwargs: dict[str, Any], limit: Limit) -> dict[str, Any]:
     reason = cls if isinstance(cls, str) else cls.unavailable_reason()
     if reason:
         outcome.skipped[bname] = reason
@@ -187,7 +243,7 @@ def _run_one(runner: Runner, bname: str, cls: type[Backend] | str, model: ModelS
             backend.load(model, cfg.device)
         with _progress(console) as on_progress:
             runner.on_progress = on_progress
-            runner.run_backend(backend, Limit())
+            runner.run_backend(backend, limit)
         info = backend.info()
     except UserError:
         raise

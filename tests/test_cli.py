@@ -94,6 +94,9 @@ def test_report_rebuilds_from_csvs(compare_run):
         pytest.param(["bench", "hf", "--model", "/no/such/model"], "not a synthetic size", id="model"),
         pytest.param(["compare", "-c", "/no/such.yaml"], "config file not found", id="config"),
         pytest.param(["model", "prepare", "--size", "huge"], "unknown synthetic size", id="size"),
+        pytest.param(["bench", "hf", "--tests", "pp99999999999"], "bad test 'pp99999999999'", id="huge-test"),
+        pytest.param(["bench", "hf", "--device", "cuda:x"], "device = 'cuda:x'", id="device"),
+        pytest.param(["bench", "hf", "--model", ""], "model is empty", id="empty-model"),
     ],
 )
 def test_user_errors_are_one_line_exit_2(args, message):
@@ -125,3 +128,50 @@ def test_model_prepare_writes_the_tiny_checkpoint(tiny_model):
     result = runner.invoke(app, ["model", "prepare", "--size", "tiny"])
     assert result.exit_code == 0, result.output
     assert "910,200 params" in result.output
+
+
+def test_bad_output_dir_and_unavailable_backend_leave_nothing(tmp_path, tiny_model):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    result = runner.invoke(app, ["bench", "hf", "--model", "tiny", "--out", str(afile), *FAST])
+    assert result.exit_code == 2 and "is not a directory" in result.output, result.output
+    out = tmp_path / "runs"
+    result = runner.invoke(app, ["bench", "sim", "--model", "tiny", "--out", str(out), *FAST])
+    assert result.exit_code == 2 and "backend sim cannot run here" in result.output, result.output
+    assert not out.exists() or not list(out.iterdir())
+
+
+def test_test_longer_than_the_model_is_refused(tiny_model, tmp_path):
+    result = runner.invoke(app, ["bench", "hf", "--model", "tiny", "--tests", "pp5000", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "allows at most 4096" in result.output, result.output
+
+
+def test_rows_record_the_limit_in_force(compare_run):
+    _, run_dirs, _ = compare_run
+    runs = list(csv.DictReader((run_dirs[0] / "runs.csv").open()))
+    assert {r["power_limit_w"] for r in runs} == {"420"}  # the rtx3090 preset's current limit
+
+
+def test_report_refuses_foreign_or_corrupt_files_and_survives_missing_meta(compare_run, tmp_path):
+    import shutil
+
+    _, run_dirs, _ = compare_run
+    d = tmp_path / "copy"
+    shutil.copytree(run_dirs[0], d)
+    (d / "meta.json").unlink()
+    result = runner.invoke(app, ["report", str(d)])
+    assert result.exit_code == 0 and "SIMULATED GPU" in (d / "report.md").read_text()
+    (d / "meta.json").write_text("{bad")
+    result = runner.invoke(app, ["report", str(d)])
+    assert result.exit_code == 2 and "meta.json is not valid JSON" in result.output
+    (d / "meta.json").unlink()
+    (d / "runs.csv").write_text("a,b\n1,2\n")
+    result = runner.invoke(app, ["report", str(d)])
+    assert result.exit_code == 2 and "not a luce-bench runs.csv" in result.output
+
+
+def test_unknown_fake_preset_in_yaml_is_a_config_error(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("gpu:\n  fake_preset: foo\n")
+    result = runner.invoke(app, ["bench", "hf", "--fake-gpu", "-c", str(cfg)])
+    assert result.exit_code == 2 and "gpu.fake_preset = 'foo'" in result.output

@@ -133,5 +133,20 @@ def _serve(conn: Connection, name: str, kwargs: dict[str, Any]) -> None:
             conn.send(("error", (kind, detail)))
 
 
+def _die_with_parent() -> None:
+    """Linux: get SIGTERM when the parent dies, so a killed luce-bench never leaves a worker behind."""
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:  # the parent is already gone
+        sys.exit(1)
+
+
 if __name__ == "__main__":
+    _die_with_parent()
     _serve(Connection(int(sys.argv[1])), sys.argv[2], json.loads(sys.argv[3]))

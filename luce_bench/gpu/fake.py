@@ -376,4 +376,8 @@ class FakeGPU:
             self._change(lambda: setattr(self, "_kernel_busy", busy))
 
     def close(self) -> None:
-        """Nothing to release."""
+        """Forget this card as the process's current simulated GPU (the sim backend looks for an open one)."""
+        from luce_bench import gpu as gpu_pkg
+
+        if gpu_pkg._last_fake is self:
+            gpu_pkg._last_fake = None
