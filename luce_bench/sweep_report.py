@@ -84,6 +84,10 @@ def sweet_spots(
                 "stock_ts": stock_ts,
                 "stock_tok_per_j": stock_tpj,
                 "tok_per_j_gain_pct": 100.0 * (tpj / stock_tpj - 1.0) if stock_tpj > 0 else math.nan,
+                "stock_is_default": default_limit_w is not None
+                and abs(_f(stock.get("power_limit_req_w")) - default_limit_w) < 0.5,
+                # the gain is noise when the sweet spot's tok/J CI reaches the stock row's mean
+                "significant": best is stock or _f(best.get("tok_per_j_ci95_lo")) > stock_tpj,
             }
         )
     return spots
@@ -91,12 +95,18 @@ def sweet_spots(
 
 def describe_spot(s: dict[str, Any], min_speed: float) -> str:
     """One sentence for the console and the report."""
-    return (
+    stock = "stock" if s.get("stock_is_default", True) else "the highest measured limit"
+    text = (
         f"{s['backend']} {s['test']}: sweet spot {s['limit_w']:g} W (enforced {s['enforced_w']:g} W): "
-        f"{s['tok_per_j']:.3f} tok/J ({s['tok_per_j_gain_pct']:+.0f} % vs stock {s['stock_limit_w']:g} W), "
-        f"{100 * s['speed_share']:.1f} % of stock tok/s at {100 * s['power_share']:.0f} % of stock power "
+        f"{s['tok_per_j']:.3f} tok/J ({s['tok_per_j_gain_pct']:+.1f} % vs {stock} {s['stock_limit_w']:g} W), "
+        f"{100 * s['speed_share']:.1f} % of its tok/s at {100 * s['power_share']:.0f} % of its power "
         f"(threshold >= {100 * min_speed:.0f} %)"
     )
+    if not s.get("stock_is_default", True):
+        text += "; the card's default limit was not measured"
+    if not s.get("significant", True):
+        text += "; the gain is within the 95 % CI: not significant"
+    return text
 
 
 def _pyplot() -> Any:
