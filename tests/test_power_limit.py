@@ -138,3 +138,13 @@ def test_read_only_refuses_controller_and_restore(monkeypatch):
         PowerLimitController(FakeGPU(read_only=True)).__enter__()
     with pytest.raises(GPUReadOnlyError):
         check_set_permission(FakeGPU(read_only=True))
+
+
+def test_env_read_only_holds_even_for_a_gpu_opened_writable(monkeypatch):
+    from luce_bench.gpu.base import GPUReadOnlyError
+    from luce_bench.gpu.fake import FakeGPU
+
+    gpu = FakeGPU(read_only=False)
+    monkeypatch.setenv("LUCE_BENCH_READONLY", "1")
+    with pytest.raises(GPUReadOnlyError):
+        gpu.set_power_limit_mw(300_000)

@@ -126,8 +126,11 @@ def enable_read_only_mode() -> None:
 
 
 def refuse_if_read_only(read_only: bool, what: str) -> None:
-    """Raise GPUReadOnlyError naming the refused setter when `read_only`."""
-    if read_only:
+    """Raise GPUReadOnlyError naming the refused setter when `read_only`, or when the environment says so now.
+
+    The environment is read at every call, so LUCE_BENCH_READONLY=1 holds even for a GPU opened with read_only=False.
+    """
+    if read_only or read_only_mode():
         raise GPUReadOnlyError(f"read-only mode ({READONLY_ENV}=1 or --read-only): refusing to {what}")
 
 
