@@ -207,6 +207,8 @@ def _mount_optional() -> None:
     try:
         from luce_bench.kernels.cli import app as kernel_app
 
+        for command in kernel_app.registered_commands:  # same one-line errors as every other command
+            command.callback = handle_errors(command.callback)
         app.add_typer(kernel_app, name="kernel", help="Build the CUDA megakernel.")
     except ImportError:
         pass

@@ -72,6 +72,7 @@ class Runner:
     measure: Measure
     writer: RunWriter
     on_progress: Callable[[str, int, int], None] | None = None  # (label, done, total)
+    on_status: Callable[[str], None] | None = None  # one-line notes (cool-down waits)
     first_tokens: dict[str, list[int]] = field(default_factory=dict)
     _start_temp_c: float | None = None
     _drained: int = 0
@@ -209,10 +210,15 @@ class Runner:
         if gpu is None or self._start_temp_c is None or self.cfg.cooldown.max_s <= 0:
             return
         t0 = m.clock()
-        while gpu.temperature_c() > self._start_temp_c + self.cfg.cooldown.target_delta_c:
+        target_c = self._start_temp_c + self.cfg.cooldown.target_delta_c
+        temp_c = gpu.temperature_c()
+        if temp_c > target_c and self.on_status:
+            self.on_status(f"cooling down: {temp_c:g} °C -> <= {target_c:g} °C (at most {self.cfg.cooldown.max_s:g} s)")
+        while temp_c > target_c:
             if m.clock() - t0 >= self.cfg.cooldown.max_s:
                 break
             m.sleep(min(0.5, self.cfg.cooldown.max_s))
+            temp_c = gpu.temperature_c()
 
     def measure_idle(self, duration_s: float) -> float | None:
         """Idle draw (W) from the energy counter over `duration_s` with the model resident; None without NVML."""

@@ -167,7 +167,7 @@ def _measure_all(cfg: BenchConfig, model: ModelSpec, measure: Measure, writer: R
                  console: Any, outcome: Outcome, optional: Sequence[str],
                  backend_kwargs: dict[str, dict[str, Any]] | None) -> None:
     writer.write_meta(base_meta(cfg, model, measure))
-    runner = Runner(cfg, model, measure, writer, on_progress=None)
+    runner = Runner(cfg, model, measure, writer, on_progress=None, on_status=console.print)
     limit = current_limit(measure)
     backend_meta: dict[str, Any] = {}
     for bname, cls in classes.items():

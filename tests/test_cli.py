@@ -97,6 +97,7 @@ def test_report_rebuilds_from_csvs(compare_run):
         pytest.param(["bench", "hf", "--tests", "pp99999999999"], "bad test 'pp99999999999'", id="huge-test"),
         pytest.param(["bench", "hf", "--device", "cuda:x"], "device = 'cuda:x'", id="device"),
         pytest.param(["bench", "hf", "--model", ""], "model is empty", id="empty-model"),
+        pytest.param(["kernel", "info", "--arch", "foo"], "bad CUDA arch 'foo'", id="kernel-arch"),
     ],
 )
 def test_user_errors_are_one_line_exit_2(args, message):

@@ -20,9 +20,13 @@ def info_cmd(arch: Optional[str] = typer.Option(None, help="arch to describe (de
     """Show nvcc, arch, cache path and (if built) registers/spills as JSON; never compiles."""
     import json
 
+    from luce_bench.errors import UserError
     from luce_bench.kernels import build_info
 
-    typer.echo(json.dumps(build_info(arch), indent=2))
+    info = build_info(arch)
+    if arch is not None and info.get("error"):  # an explicit bad --arch is bad input, not a state to report
+        raise UserError(info["error"])
+    typer.echo(json.dumps(info, indent=2))
 
 
 @app.command("build")
