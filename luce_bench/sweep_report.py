@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from luce_bench.plots import _pyplot
 from luce_bench.stats import to_float as _f
 
 SWEET_SPOT_COLUMNS = [
@@ -109,15 +110,6 @@ def describe_spot(s: dict[str, Any], min_speed: float) -> str:
     return text
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _half_ci(r: dict[str, Any], lo: str, hi: str, std: str) -> float:
     a, b = _f(r.get(lo)), _f(r.get(hi))
     if math.isfinite(a) and math.isfinite(b):
@@ -126,50 +118,53 @@ def _half_ci(r: dict[str, Any], lo: str, hi: str, std: str) -> float:
     return s if math.isfinite(s) else 0.0
 
 
+def _panels(groups: dict[tuple[str, str], list[dict[str, Any]]]) -> tuple[Any, Any, list[tuple[Any, str, list]]]:
+    """(plt, fig, [(axis, backend, rows)]): one panel per test, each backend's rows on its test's panel."""
+    plt = _pyplot()
+    tests = list(dict.fromkeys(t for _, t in groups))
+    fig, axes = plt.subplots(1, len(tests), figsize=(5 * len(tests), 4), squeeze=False)
+    axis_of = dict(zip(tests, axes[0], strict=True))
+    for test, ax in axis_of.items():
+        ax.set_title(test)
+    return plt, fig, [(axis_of[t], backend, rows) for (backend, t), rows in groups.items()]
+
+
+def _save(plt: Any, fig: Any, title: str, out: Path) -> Path:
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _style(axes: Any, xlabel: str, ylabel: str) -> None:
+    for ax in axes:
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+
+
 def vs_limit_plot(summary: Sequence[dict[str, Any]], metric: str, out: Path) -> Path | None:
     """tok/s or tok/J (error bars: 95 % CI) against the enforced limit, one line per backend, one panel per test."""
     groups = _groups(summary)
     if not groups:
         return None
-    plt = _pyplot()
-    tests = list(dict.fromkeys(t for _, t in groups))
-    fig, axes = plt.subplots(1, len(tests), figsize=(5 * len(tests), 4), squeeze=False)
-    for ax, test in zip(axes[0], tests, strict=False):
-        for (backend, t), rows in groups.items():
-            if t != test:
-                continue
-            xs = [_limit_w(r) for r in rows]
-            if metric == "avg_ts":
-                ax.errorbar(
-                    xs,
-                    [_f(r.get("avg_ts")) for r in rows],
-                    capsize=3,
-                    marker="o",
-                    label=backend,
-                    yerr=[_half_ci(r, "ts_ci95_lo", "ts_ci95_hi", "stddev_ts") for r in rows],
-                )
-            else:
-                ax.errorbar(
-                    xs,
-                    [_f(r.get("tok_per_j")) for r in rows],
-                    capsize=3,
-                    marker="o",
-                    label=f"{backend} gross",
-                    yerr=[_half_ci(r, "tok_per_j_ci95_lo", "tok_per_j_ci95_hi", "tok_per_j_std") for r in rows],
-                )
-                net = [_f(r.get("net_tok_per_j")) for r in rows]
-                if any(math.isfinite(v) for v in net):
-                    ax.plot(xs, net, marker="x", ls="--", label=f"{backend} net of idle")
-        ax.set_title(test)
-        ax.set_xlabel("power limit (W, enforced)")
-        ax.set_ylabel("tokens / s" if metric == "avg_ts" else "tokens / J")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle(("Throughput" if metric == "avg_ts" else "Energy efficiency") + " vs power limit (95 % CI)")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    plt, fig, panels = _panels(groups)
+    for ax, backend, rows in panels:
+        xs = [_limit_w(r) for r in rows]
+        if metric == "avg_ts":
+            ax.errorbar(xs, [_f(r.get("avg_ts")) for r in rows], capsize=3, marker="o", label=backend,
+                        yerr=[_half_ci(r, "ts_ci95_lo", "ts_ci95_hi", "stddev_ts") for r in rows])
+            continue
+        ax.errorbar(xs, [_f(r.get("tok_per_j")) for r in rows], capsize=3, marker="o", label=f"{backend} gross",
+                    yerr=[_half_ci(r, "tok_per_j_ci95_lo", "tok_per_j_ci95_hi", "tok_per_j_std") for r in rows])
+        net = [_f(r.get("net_tok_per_j")) for r in rows]
+        if any(math.isfinite(v) for v in net):
+            ax.plot(xs, net, marker="x", ls="--", label=f"{backend} net of idle")
+    _style(fig.axes, "power limit (W, enforced)", "tokens / s" if metric == "avg_ts" else "tokens / J")
+    title = ("Throughput" if metric == "avg_ts" else "Energy efficiency") + " vs power limit (95 % CI)"
+    return _save(plt, fig, title, out)
 
 
 def pareto_plot(summary: Sequence[dict[str, Any]], out: Path) -> Path | None:
@@ -178,33 +173,20 @@ def pareto_plot(summary: Sequence[dict[str, Any]], out: Path) -> Path | None:
     groups = {k: v for k, v in groups.items() if v}
     if not groups:
         return None
-    plt = _pyplot()
-    tests = list(dict.fromkeys(t for _, t in groups))
-    fig, axes = plt.subplots(1, len(tests), figsize=(5 * len(tests), 4), squeeze=False)
-    for ax, test in zip(axes[0], tests, strict=False):
-        for (backend, t), rows in groups.items():
-            if t != test:
-                continue
-            pts = sorted((_f(r.get("mean_power_w")), _f(r.get("avg_ts")), _f(r.get("power_limit_req_w"))) for r in rows)
-            line = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ls=":", label=backend)[0]
-            front, best = [], -math.inf
-            for w, ts, _ in pts:  # lowest power first: a point is on the frontier if it is faster than all cheaper ones
-                if ts > best:
-                    front.append((w, ts))
-                    best = ts
-            ax.plot([p[0] for p in front], [p[1] for p in front], color=line.get_color(), lw=2, alpha=0.5)
-            for w, ts, lim in pts:
-                ax.annotate(f"{lim:g} W", (w, ts), fontsize=7, textcoords="offset points", xytext=(3, 3))
-        ax.set_title(test)
-        ax.set_xlabel("mean GPU power (W)")
-        ax.set_ylabel("tokens / s")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle("Pareto: throughput vs power (labels: power limit)")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    plt, fig, panels = _panels(groups)
+    for ax, backend, rows in panels:
+        pts = sorted((_f(r.get("mean_power_w")), _f(r.get("avg_ts")), _f(r.get("power_limit_req_w"))) for r in rows)
+        line = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ls=":", label=backend)[0]
+        front, best = [], -math.inf
+        for w, ts, _ in pts:  # lowest power first: a point is on the frontier if it is faster than all cheaper ones
+            if ts > best:
+                front.append((w, ts))
+                best = ts
+        ax.plot([p[0] for p in front], [p[1] for p in front], color=line.get_color(), lw=2, alpha=0.5)
+        for w, ts, lim in pts:
+            ax.annotate(f"{lim:g} W", (w, ts), fontsize=7, textcoords="offset points", xytext=(3, 3))
+    _style(fig.axes, "mean GPU power (W)", "tokens / s")
+    return _save(plt, fig, "Pareto: throughput vs power (labels: power limit)", out)
 
 
 def section(run_dir: Path, summary: Sequence[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
