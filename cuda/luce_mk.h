@@ -6,9 +6,12 @@
  *
  * Layouts (all device memory, owned by the caller; see luce_mk_get_layout for the sizes):
  *   wblob   bf16, the 24 layers' matrices in streaming order (layer l at layout.layer_woff[l] elements):
- *           GDN layer: in_proj [8224 x 1024] = rows [qkv 6144 | z 2048 | b 16 | a 16]; out_proj [1024 x 2048];
+ *           GDN layer: in_proj [8224 x 1024], head-major: for head h = 0..15 the 514 rows [q_h 128 | k_h 128 |
+ *                      v_h 128 | z_h 128 | b_h | a_h] (rows of in_proj_qkv / _z / _b / _a); out_proj [1024 x 2048]
+ *                      (TRANSPOSED [2048 x 1024] when layout.gdn_out_transposed);
  *                      gate/up [3584 x 2048] (row i = gate_i | up_i); down_proj TRANSPOSED [3584 x 1024]
- *           FA layer:  qkv [5120 x 1024] = rows [q_proj 4096 (q/gate interleaved per head, as in HF) | k 512 | v 512];
+ *           FA layer:  qkv [5120 x 1024], by KV group g = 0, 1: [q_proj rows 2048g..2048g+2047 (4 query heads, q/gate
+ *                      interleaved per head as in HF) | k_proj rows 256g.. (256) | v_proj rows 256g.. (256)];
  *                      o_proj [1024 x 2048]; gate/up; down (as above)
  *   sblob   f32 small params, layer l at l * layout.sp_stride: [0,1024) 1+input_layernorm, [1024,2048) 1+post_norm;
  *           GDN: [2048, 2048+6144*4) conv1d weight [6144][4]; +26624 -exp(A_log)[16]; +26640 dt_bias[16];
@@ -30,7 +33,7 @@
 extern "C" {
 #endif
 
-#define LUCE_MK_ABI_VERSION 1
+#define LUCE_MK_ABI_VERSION 2
 
 typedef struct LuceMkParams {
     const void* wblob;
@@ -68,6 +71,7 @@ typedef struct LuceMkLayout {
     int syncs_per_step;
     int vocab;
     int hidden;
+    int gdn_out_transposed;     /* 1: GDN out_proj is stored transposed [2048 x 1024] (split-K build, MK_GDNFUSE) */
 } LuceMkLayout;
 
 typedef struct LuceMkLaunchInfo {

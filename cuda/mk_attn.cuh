@@ -35,7 +35,7 @@ __device__ void attn_item(Ctx& c, const LuceMkParams& P, int l, int item, int po
     // q heads 4g..4g+3 (warps 0-3) and k (warp 4): RMSNorm(1+w) per head; v (warp 5) as is.
     if (c.warp < 6) {
         const int d0 = c.lane * 8;
-        const float* src = c.warp < 4 ? raw + 512 * (4 * g + c.warp) : c.warp == 4 ? raw + 4096 + 256 * g : raw + 4608 + 256 * g;
+        const float* src = raw + FA_GROWS * g + (c.warp < 4 ? 512 * c.warp : c.warp == 4 ? FK : FV);
         float x[8];
         float ss = 0.f;
 #pragma unroll
@@ -146,7 +146,7 @@ __device__ __forceinline__ void attn_out_act(Ctx& c, const LuceMkParams& P, int 
 #pragma unroll
     for (int k = 0; k < IT; ++k) {
         const int i = c.tid + k * NCT;
-        gate[k] = i < NQH * HD ? __ldcg(P.scratch + S_RAW + 512 * (i >> 8) + 256 + (i & 255)) : 0.f;
+        gate[k] = i < NQH * HD ? __ldcg(P.scratch + S_RAW + FA_GROWS * (i >> 10) + 512 * ((i >> 8) & 3) + 256 + (i & 255)) : 0.f;
     }
     if (c.warp < NQH) {
         const int jh = c.warp, g = jh >> 2, hh = jh & 3, ci = c.lane;
@@ -189,7 +189,7 @@ __device__ __forceinline__ void attn_out_act(Ctx& c, const LuceMkParams& P, int 
             L = fmaf(__ldcg(P.scratch + S_AML + b * 2 + 1), f, L);
             A = fmaf(__ldcg(P.scratch + S_APART + b * 256 + d), f, A);
         }
-        const float gate = __ldcg(P.scratch + S_RAW + 512 * jh + 256 + d);
+        const float gate = __ldcg(P.scratch + S_RAW + FA_GROWS * g + 512 * hh + 256 + d);
         c.acts()[i] = bfr(bfr(A / L) * bfr(sigm(gate)));
     }
 #endif

@@ -12,6 +12,13 @@
 #ifndef MK_BAR2
 #define MK_BAR2 1                     // grid barrier arrival without the extra __threadfence (red.release suffices)
 #endif
+#ifndef MK_GDNFUSE
+#define MK_GDNFUSE 1                  // GDN out_proj split-K by (head, value slice) inside the recurrence item: no
+                                      // barrier between the recurrence and out_proj (out_proj stored transposed)
+#endif
+#ifndef MK_L2LEAD
+#define MK_L2LEAD 0                   // bytes of the block's weight stream kept prefetched into L2 beyond the ring
+#endif
 #ifndef MK_XCOPIES
 #define MK_XCOPIES 1
 #endif
@@ -26,8 +33,12 @@ constexpr int NQH = 8, NKV = 2, HD = 256, ROT = 64;    // gated attention
 constexpr int DH = 16, DK = 128, DV = 128;             // GDN heads / key / value dims
 constexpr int CONV = 6144;                             // GDN conv channels (q|k|v)
 constexpr int NSL = 8, SLV = DV / NSL;                 // GDN value slices per head (work items = 16 * 8)
-constexpr int GDN_ROWS = 8224;   // in_proj rows: qkv 6144 | z 2048 | b 16 | a 16
-constexpr int FA_ROWS = 5120;    // q(+gate) 4096 | k 512 | v 512
+constexpr int GDN_ROWS = 8224;   // in_proj rows, head-major: 16 x [q 128 | k 128 | v 128 | z 128 | b | a]
+constexpr int GDN_HROWS = 514;   // in_proj rows per GDN head
+constexpr int GQ = 0, GK = 128, GV = 256, GZ = 384, GB = 512, GA = 513;  // offsets inside a head's rows
+constexpr int FA_ROWS = 5120;    // qkv rows, by KV group: 2 x [4 x (q 256 | gate 256) | k 256 | v 256]
+constexpr int FA_GROWS = 2560;   // qkv rows per KV group
+constexpr int FK = 2048, FV = 2304;  // k, v offsets inside a group's rows (query head hh at 512 hh, its gate + 256)
 constexpr float EPS = 1e-6f;
 
 constexpr int NCW = 15;          // consumer warps
@@ -35,7 +46,7 @@ constexpr int NCT = NCW * 32;    // consumer threads (480)
 constexpr int NT = NCT + 32;     // + one producer warp = 512 threads (a 17-warp block would cap registers at 96)
 constexpr int SLOT_BYTES = 32768;
 constexpr int MAX_SLOTS = 6;
-constexpr int SYNCS_PER_STEP = NL * (MK_HEADCNT ? 3 : 4) + 1;
+constexpr int SYNCS_PER_STEP = 6 * (MK_HEADCNT ? 3 : 4) + 18 * ((MK_HEADCNT ? 3 : 4) - (MK_GDNFUSE ? 1 : 0)) + 1;
 constexpr int ATT_CHUNK = 16;    // min positions per attention work item (one per warp)
 constexpr int ATT_MAXCH = 32;    // max sequence chunks per KV head
 
@@ -66,9 +77,12 @@ constexpr int XC = MK_XCOPIES;                // copies per residual buffer (blo
 constexpr int S_X = 10624;                    // residual stream, 3 rotating buffers x XC copies of 1024 (mk_decode.cu)
 constexpr int S_APART = S_X + 3 * XC * H;     // attention partials [2][ATT_MAXCH][4][256]
 constexpr int S_AML = S_APART + 2 * ATT_MAXCH * 4 * 256;   // [2][ATT_MAXCH][4][2] (max, sum)
-constexpr int S_CNT = S_AML + 2 * ATT_MAXCH * 4 * 2;     // u32 row counters [18], one per 128-byte line
+constexpr int S_CNT = S_AML + 2 * ATT_MAXCH * 4 * 2;     // u32 counters, one per 128-byte line: [0,16) GDN head
+                                                         // in_proj rows, [16,18) attention group qkv rows,
+                                                         // [18,34) GDN head value slices done (MK_GDNFUSE)
 constexpr int CNT_STRIDE = 32;
-constexpr int SCRATCH = S_CNT + 18 * CNT_STRIDE;
+constexpr int N_CNT = 34;
+constexpr int SCRATCH = S_CNT + N_CNT * CNT_STRIDE;
 
 constexpr int64_t STATE_L = int64_t(DH) * DK * DV;   // f32 per GDN layer
 constexpr int64_t KV_L = int64_t(NKV) * HD;          // elements per position per FA layer

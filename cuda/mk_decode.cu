@@ -28,8 +28,17 @@ __device__ __forceinline__ void sync_all(Ctx& c, const LuceMkParams& P) {
     grid_sync(P.sync, (P.sync_base + c.nsync) * (unsigned)c.G);
 }
 
-__device__ void gdn_layer_mix(Ctx& c, const LuceMkParams& P, int l, int pos) {
-    for (int item = c.b; item < DH * NSL; item += c.G) gdn_item(c, P, l, item, pos);
+// GDN token mixing: the block's (head, value slice) items; with MK_GDNFUSE also out_proj, added into xn (the mixer's
+// output residual buffer, zeroed before the previous barrier) together with the block's owned rows of x.
+__device__ void gdn_layer_mix(Ctx& c, const LuceMkParams& P, int l, int pos, float* xn) {
+    for (int it = 0, item = c.b; item < GDN_ITEMS; ++it, item += c.G) {
+        if (!(P.debug_flags & 2)) gdn_item(c, P, l, item, pos, it, xn);
+        else if (MK_GDNFUSE) consume_all_seg(c, phase_seg(c, P, l, 1, it), [](int, int, const char*) {});
+    }
+#if MK_GDNFUSE
+    const int r0 = split_rows(H, c.b, c.G), r1 = split_rows(H, c.b + 1, c.G);
+    if (c.tid < r1 - r0) atomicAdd(xn + r0 + c.tid, c.xs()[r0 + c.tid]);
+#endif
 }
 
 // Residual stream: three rotating f32 buffers. Sub-layer j (= 2*layer + {0: mixer, 1: MLP}; 48 per step, and
@@ -75,24 +84,24 @@ __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
         sync_all(c, P);
 #endif
         // P2: token mixing
-        if (P.debug_flags & 2) {
-        } else if (is_fa(l)) {
+        if (is_fa(l)) {
             const int items = 2 * att_chunks(pos);
-            for (int item = c.b; item < items; item += c.G) attn_item(c, P, l, item, pos);
+            if (!(P.debug_flags & 2))
+                for (int item = c.b; item < items; item += c.G) attn_item(c, P, l, item, pos);
         } else {
-            gdn_layer_mix(c, P, l, pos);
+            gdn_layer_mix(c, P, l, pos, xbuf(P, j + 1));
         }
         sync_all(c, P);
         if (l == 0 && c.b == 0 && c.tid == 0) P.best[(pos + 1) & 1] = 0ull;  // next step's argmax slot
-#if MK_HEADCNT
+#if MK_HEADCNT || MK_GDNFUSE
         // every wait on this layer's counters ended before the barrier above; the next increments come two
         // barriers later
-        if (c.b == 0 && c.tid < 18 && !(P.debug_flags & 4)) __stcg(row_counter(P, c.tid), 0u);
+        if (c.b == 0 && c.tid < N_CNT && !(P.debug_flags & 4)) __stcg(row_counter(P, c.tid), 0u);
 #endif
-        // P3: out_proj / o_proj + residual (row owners)
-        if (is_fa(l)) attn_out_act(c, P, pos);
-        else gdn_out_act(c, P, l);
-        {
+        // P3: out_proj / o_proj + residual (row owners), unless fused into the GDN items
+        if (!fused_out(l)) {
+            if (is_fa(l)) attn_out_act(c, P, pos);
+            else gdn_out_act(c, P, l);
             float* xn = xbuf(P, j + 1);
             consume(c, layer_phase(P.wblob, l, 1), [&](int r, const char* row) {
                 const float d = warp_sum(dot_smem_part<2048>(row, c.acts(), c.lane));
@@ -102,8 +111,8 @@ __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
                     for (int q = 1; q < XC; ++q) xn[q * H + r] = 0.f;
                 }
             });
+            sync_all(c, P);
         }
-        sync_all(c, P);
         // P4: norm + gate/up + SiLU for this block's slice of the 3584 hidden units, then the matching columns of
         // down_proj (split-K), reduced in shared memory and added to the next residual buffer.
         zero_owned(c, xbuf(P, j + 3));
@@ -283,6 +292,7 @@ void luce_mk_get_layout(LuceMkLayout* o) {
     o->syncs_per_step = mk::SYNCS_PER_STEP;
     o->vocab = mk::V;
     o->hidden = mk::H;
+    o->gdn_out_transposed = MK_GDNFUSE;
 }
 
 int luce_mk_launch_info(LuceMkLaunchInfo* out) {

@@ -7,9 +7,43 @@
 
 namespace mk {
 
+// out_proj split-K for one item: u[16] (shared) times the item's 16 rows of out_proj^T, 1024 partial outputs added to
+// xn[block % XC copy] by f32 vector reductions. Thread t owns outputs t, t + 480, t + 960 (no shared atomics).
+__device__ __forceinline__ void gdn_out_split(Ctx& c, const LuceMkParams& P, int l, int seg, const float* us, float* xn) {
+    float acc0 = 0.f, acc1 = 0.f, acc2 = 0.f;
+    const bool has2 = c.tid + 2 * NCT < H;
+    const Seg g = phase_seg(c, P, l, 1, seg);
+    consume_all_seg(c, g, [&](int r, int n, const char* base) {
+        const unsigned short* w = (const unsigned short*)base + c.tid;
+#pragma unroll 4
+        for (int i = 0; i < n; ++i) {
+            const float hv = us[r - g.r0 + i];
+            acc0 = fmaf(hv, __uint_as_float((unsigned)w[i * H] << 16), acc0);
+            acc1 = fmaf(hv, __uint_as_float((unsigned)w[i * H + NCT] << 16), acc1);
+            if (has2) acc2 = fmaf(hv, __uint_as_float((unsigned)w[i * H + 2 * NCT] << 16), acc2);
+        }
+    });
+    float* part = c.acts();
+    part[c.tid] = acc0;
+    part[c.tid + NCT] = acc1;
+    if (has2) part[c.tid + 2 * NCT] = acc2;
+    cbar();
+    float* x = xn + (c.b % XC) * H;
+#if __CUDA_ARCH__ >= 900
+    if (c.tid < H / 4) red_add4(x + 4 * c.tid, *(const float4*)(part + 4 * c.tid));
+#else
+#pragma unroll 1
+    for (int i = c.tid; i < H; i += NCT) atomicAdd(x + i, part[i]);
+#endif
+}
+
 __device__ __forceinline__ float sel4(float4 v, int i) { return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w; }
 
-__device__ void gdn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos) {
+// With MK_GDNFUSE (seg = the item's segment index in this block's out_proj stream, xn = the mixer's output residual
+// buffer) the item then waits for the head's 8 sums of squares (a per-head counter, not a grid barrier), applies the
+// gated RMSNorm to its 16 outputs and adds out_proj^T rows [16 item, 16 item + 16) times them (1024 partial outputs)
+// into xn with f32 reductions.
+__device__ void gdn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos, int seg, float* xn) {
     const int h = item >> 3, j = item & 7, t = c.tid;
     const int gi = gdn_index(l);
     float* qs = c.misc();          // 128 conv outputs (q), then normalised
@@ -18,7 +52,9 @@ __device__ void gdn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos
     float* red = c.misc() + 288;   // [8 warps][16 v][3]
     float* sc = c.misc() + 1056;   // scalars: beta, decay, rq, rk
     float* es = c.misc() + 1072;   // 16 deltas
-    const float* raw = P.scratch + S_RAW;
+    float* os_ = c.misc() + 1088;  // 16 outputs (MK_GDNFUSE)
+    float* us = c.misc() + 1104;   // 16 out_proj inputs (MK_GDNFUSE)
+    const float* raw = P.scratch + S_RAW + h * GDN_HROWS;  // this head's in_proj outputs
     const float* sp = P.sblob + (long long)l * SP;
     float* hist = P.conv_hist + (long long)gi * CONV * 4;
     // issue the independent global loads first: state slice, b and a
@@ -32,15 +68,16 @@ __device__ void gdn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos
 #if MK_HEADCNT
     if (!(P.debug_flags & 4)) wait_geq(row_counter(P, h), GDN_HEAD_ROWS);
 #endif
-    float bq = 0.f, aq = 0.f;
+    float bq = 0.f, aq = 0.f, zq = 0.f;
     if (t == 0) {
-        bq = __ldcg(raw + 8192 + h);
-        aq = __ldcg(raw + 8208 + h);
+        bq = __ldcg(raw + GB);
+        aq = __ldcg(raw + GA);
     }
+    if (MK_GDNFUSE && t < SLV) zq = __ldcg(raw + GZ + j * SLV + t);
 
     if (t < 272) {
         const int ch = t < 128 ? h * 128 + t : t < 256 ? 2048 + h * 128 + (t - 128) : 4096 + h * 128 + j * 16 + (t - 256);
-        const float cur = __ldcg(raw + ch);
+        const float cur = __ldcg(raw + (t < 256 ? t : GV + j * 16 + (t - 256)));  // q, k, or v slice
         const float4 hv = __ldcg((const float4*)(hist + ch * 4));
         const float4 w = *(const float4*)(sp + SP_CONV + ch * 4);
         float acc = w.w * cur;
@@ -106,11 +143,17 @@ __device__ void gdn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos
             const float e = beta * (vs[c.lane] - decay * SK);
             const float o = bfr(decay * SQ + KQ * e);
             es[c.lane] = e;
-            P.scratch[S_OGDN + h * 128 + j * 16 + c.lane] = o;
+            if (MK_GDNFUSE) os_[c.lane] = o;
+            else P.scratch[S_OGDN + h * 128 + j * 16 + c.lane] = o;
             o2 = o * o;
         }
         o2 = warp_sum(o2);
-        if (c.lane == 0) P.scratch[S_SS + h * NSL + j] = o2;
+        if (c.lane == 0) {
+            P.scratch[S_SS + h * NSL + j] = o2;
+#if MK_GDNFUSE
+            if (!(P.debug_flags & 4)) red_release_add(row_counter(P, 18 + h), 1u);
+#endif
+        }
     }
     cbar();
     if (t < 256) {
@@ -123,6 +166,25 @@ __device__ void gdn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos
         __stcg((float4*)S, na);
         __stcg((float4*)S + 1, nb);
     }
+#if MK_GDNFUSE
+    if (!(P.debug_flags & 4)) wait_geq(row_counter(P, 18 + h), NSL);  // ends with a block barrier
+    else cbar();
+    if (c.warp == 0) {
+        float ss = c.lane < NSL ? __ldcg(P.scratch + S_SS + h * NSL + c.lane) : 0.f;
+        ss = warp_sum(ss);
+        if (c.lane < SLV) {
+            const float r = rsqrtf(ss * (1.0f / DV) + EPS);
+            const float n = bfr(sp[SP_GNW + j * SLV + c.lane] * bfr(os_[c.lane] * r));
+            us[c.lane] = bfr(n * silu(zq));
+        }
+    }
+    cbar();
+    gdn_out_split(c, P, l, seg, us, xn);
+#else
+    (void)seg;
+    (void)xn;
+    (void)zq;
+#endif
 }
 
 // acts[0..2048) <- bf16(bf16(w * bf16(o * rstd_head)) * silu(z)) for the out_proj matvec.
@@ -139,7 +201,7 @@ __device__ __forceinline__ void gdn_out_act(Ctx& c, const LuceMkParams& P, int l
         o[k] = z[k] = 0.f;
         if (i < DH * DV) {
             o[k] = __ldcg(P.scratch + S_OGDN + i);
-            z[k] = __ldcg(P.scratch + S_RAW + 6144 + i);
+            z[k] = __ldcg(P.scratch + S_RAW + (i >> 7) * GDN_HROWS + GZ + (i & 127));
         }
     }
     if (c.tid < DH * NSL) {
@@ -167,7 +229,7 @@ __device__ __forceinline__ void gdn_out_act(Ctx& c, const LuceMkParams& P, int l
         for (int s = 0; s < NSL; ++s) ss += __ldcg(P.scratch + S_SS + h * NSL + s);
         const float r = rsqrtf(ss * (1.0f / DV) + EPS);
         const float o = __ldcg(P.scratch + S_OGDN + i);
-        const float z = __ldcg(P.scratch + S_RAW + 6144 + i);
+        const float z = __ldcg(P.scratch + S_RAW + h * GDN_HROWS + GZ + (i & 127));
         const float n = bfr(sp[SP_GNW + (i & 127)] * bfr(o * r));
         c.acts()[i] = bfr(n * silu(z));
     }

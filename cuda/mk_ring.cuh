@@ -33,27 +33,17 @@ struct Ctx {
 
 __device__ __forceinline__ int split_rows(int R, int b, int G) { return (int)(((long long)R * b) / G); }
 
-// P1 -> P2 row counters (MK_HEADCNT): counter k < 16 counts the in_proj rows GDN head k's recurrence reads (q, k, v
-// channels, b, a: 386), counter 16 + g the qkv rows attention KV group g reads (4 q heads, k, v: 1536).
+// P1 -> P2 row counters (MK_HEADCNT): counter k < 16 counts GDN head k's in_proj rows (514, contiguous in the
+// head-major layout, so a head waits only on the ~9 blocks that own them), counter 16 + g KV group g's 2560 qkv rows.
 __device__ __forceinline__ unsigned* row_counter(const LuceMkParams& P, int k) {
     return (unsigned*)(P.scratch + S_CNT) + k * CNT_STRIDE;
 }
-constexpr unsigned GDN_HEAD_ROWS = 3 * 128 + 2, FA_GROUP_ROWS = 6 * 256;
+constexpr unsigned GDN_HEAD_ROWS = GDN_HROWS, FA_GROUP_ROWS = FA_GROWS;
 __device__ __forceinline__ int overlap(int a0, int a1, int r0, int r1) { return max(0, min(a1, r1) - max(a0, r0)); }
 // Rows of [r0, r1) that counter k counts, for a GDN (fa = false) or attention layer.
 __device__ __forceinline__ int counted_rows(bool fa, int k, int r0, int r1) {
-    if (!fa) {
-        if (k >= 16) return 0;
-        return overlap(k * 128, k * 128 + 128, r0, r1) + overlap(2048 + k * 128, 2048 + k * 128 + 128, r0, r1) +
-               overlap(4096 + k * 128, 4096 + k * 128 + 128, r0, r1) + overlap(8192 + k, 8193 + k, r0, r1) +
-               overlap(8208 + k, 8209 + k, r0, r1);
-    }
-    if (k < 16 || k >= 18) return 0;
-    const int g = k - 16;
-    int n = overlap(4096 + 256 * g, 4096 + 256 * g + 256, r0, r1) + overlap(4608 + 256 * g, 4608 + 256 * g + 256, r0, r1);
-#pragma unroll
-    for (int w = 0; w < 4; ++w) n += overlap(512 * (4 * g + w), 512 * (4 * g + w) + 256, r0, r1);
-    return n;
+    if (!fa) return k < 16 ? overlap(k * GDN_HROWS, (k + 1) * GDN_HROWS, r0, r1) : 0;
+    return (k >= 16 && k < 18) ? overlap((k - 16) * FA_GROWS, (k - 15) * FA_GROWS, r0, r1) : 0;
 }
 
 __device__ __forceinline__ Phase layer_phase(const void* wblob, int l, int k) {
@@ -62,80 +52,149 @@ __device__ __forceinline__ Phase layer_phase(const void* wblob, int l, int k) {
     const char* outp = base + (long long)r1 * 2048;
     switch (k) {
         case 0: return {base, r1, 2048};
+#if MK_GDNFUSE
+        case 1: return is_fa(l) ? Phase{outp, H, 4096} : Phase{outp, 2048, 2048};  // GDN out_proj transposed
+#else
         case 1: return {outp, H, 4096};
+#endif
         case 2: return {outp + W_OUT * 2, FF, 4096};
         default: return {outp + (W_OUT + W_GU) * 2, FF, 2048};  // down_proj transposed: row k = column k
     }
 }
 __device__ __forceinline__ Phase lm_phase(const void* embed) { return {(const char*)embed, V, 2048}; }
 
-// ---- producer ----
-struct Producer {
-    unsigned qp = 0;
-#if __CUDA_ARCH__ >= 900
-    uint64_t pol;
-#endif
-    __device__ __forceinline__ void issue(const Ctx& c, const Phase& ph) {
-        const int r0 = split_rows(ph.rows, c.b, c.G), r1 = split_rows(ph.rows, c.b + 1, c.G);
-        const int rps = SLOT_BYTES / ph.row_bytes;
-        for (int r = r0; r < r1; r += rps) {
-            const int n = min(rps, r1 - r);
-            const unsigned bytes = (unsigned)(n * ph.row_bytes);
-            const int slot = (int)(qp % (unsigned)c.ns);
-            mbar_wait(&c.empty()[slot], ((qp / (unsigned)c.ns) & 1u) ^ 1u);
-            char* dst = c.ring() + (size_t)slot * SLOT_BYTES;
-            const char* src = ph.src + (long long)r * ph.row_bytes;
-#if __CUDA_ARCH__ >= 900
-            bulk_load(dst, src, bytes, &c.full()[slot], pol);
-#else
-            warp_async_load(dst, src, bytes, &c.full()[slot], c.lane);
-#endif
-            ++qp;
-        }
-    }
+// A contiguous run of rows [r0, r1) of a phase that one block streams and consumes.
+struct Seg {
+    const char* src;  // row 0 of the phase
+    int r0, r1, row_bytes;
 };
+__device__ __forceinline__ Seg block_seg(const Ctx& c, const Phase& ph) {
+    return {ph.src, split_rows(ph.rows, c.b, c.G), split_rows(ph.rows, c.b + 1, c.G), ph.row_bytes};
+}
+// GDN items (head, value slice) of a layer; with MK_GDNFUSE item i also owns rows [16 i, 16 i + 16) of out_proj^T.
+constexpr int GDN_ITEMS = DH * NSL;
+__device__ __forceinline__ bool fused_out(int l) { return MK_GDNFUSE && !is_fa(l); }
+// Segments block c.b streams in phase k of layer l (l == NL: the LM head, one phase).
+__device__ __forceinline__ int phase_segs(const Ctx& c, int l, int k) {
+    if (l < NL && k == 1 && fused_out(l)) return c.b < GDN_ITEMS ? (GDN_ITEMS - 1 - c.b) / c.G + 1 : 0;
+    return 1;
+}
+__device__ __forceinline__ Seg phase_seg(const Ctx& c, const LuceMkParams& P, int l, int k, int i) {
+    if (l == NL) return block_seg(c, lm_phase(P.embed));
+    const Phase ph = layer_phase(P.wblob, l, k);
+    if (k == 1 && fused_out(l)) {
+        const int item = c.b + i * c.G;
+        return {ph.src, item * SLV, item * SLV + SLV, ph.row_bytes};
+    }
+    return block_seg(c, ph);
+}
 
+// Position in a block's chunk stream (steps x (24 layers x 4 phases + the LM head) x segments x 32 KB chunks).
+struct Walk {
+    int s = 0, l = 0, k = 0, i = 0, r = -1;
+};
+// Next chunk of the stream: src, bytes; false at the end. The producer's copies and L2 prefetches use the same walk,
+// and the consumers take chunks in the same order.
+__device__ __forceinline__ bool walk_next(const Ctx& c, const LuceMkParams& P, Walk& w, const char*& src, unsigned& bytes) {
+    for (;;) {
+        if (w.s >= P.n_steps) return false;
+        if (w.k >= (w.l == NL ? 1 : 4)) {
+            w.k = 0;
+            if (++w.l > NL) {
+                w.l = 0;
+                ++w.s;
+            }
+            continue;
+        }
+        if (w.i >= phase_segs(c, w.l, w.k)) {
+            w.i = 0;
+            ++w.k;
+            continue;
+        }
+        const Seg g = phase_seg(c, P, w.l, w.k, w.i);
+        if (w.r < 0) w.r = g.r0;
+        if (w.r >= g.r1) {
+            w.r = -1;
+            ++w.i;
+            continue;
+        }
+        const int n = min(SLOT_BYTES / g.row_bytes, g.r1 - w.r);
+        src = g.src + (long long)w.r * g.row_bytes;
+        bytes = (unsigned)(n * g.row_bytes);
+        w.r += n;
+        return true;
+    }
+}
+
+// ---- producer ----
+// One lane copies every chunk into the next free ring slot (TMA 1D bulk copy on sm_90, the whole warp's cp.async
+// below). With MK_L2LEAD > 0 it also keeps up to MK_L2LEAD bytes beyond the chunk being copied prefetched into L2,
+// so HBM keeps streaming while the ring is full (the ring holds only ~8 us of per-SM streaming).
 __device__ void run_producer(const Ctx& c, const LuceMkParams& P) {
-    Producer pr;
 #if __CUDA_ARCH__ >= 900
     if (c.lane != 0) return;
-    pr.pol = evict_first_policy();
+    const uint64_t pol = evict_first_policy();
 #endif
-    for (int s = 0; s < P.n_steps; ++s) {
-        for (int l = 0; l < NL; ++l)
-            for (int k = 0; k < 4; ++k) pr.issue(c, layer_phase(P.wblob, l, k));
-        pr.issue(c, lm_phase(P.embed));
+    Walk w;
+#if __CUDA_ARCH__ >= 900 && MK_L2LEAD > 0
+    Walk pf;
+    long long ahead = 0;  // bytes prefetched beyond the copy cursor
+#endif
+    const char* src;
+    unsigned bytes;
+    unsigned qp = 0;
+    while (walk_next(c, P, w, src, bytes)) {
+#if __CUDA_ARCH__ >= 900 && MK_L2LEAD > 0
+        const char* psrc;
+        unsigned pbytes;
+        while (ahead < MK_L2LEAD && walk_next(c, P, pf, psrc, pbytes)) {
+            prefetch_l2(psrc, pbytes);
+            ahead += pbytes;
+        }
+        ahead -= bytes;
+#endif
+        const int slot = (int)(qp % (unsigned)c.ns);
+        mbar_wait(&c.empty()[slot], ((qp / (unsigned)c.ns) & 1u) ^ 1u);
+        char* dst = c.ring() + (size_t)slot * SLOT_BYTES;
+#if __CUDA_ARCH__ >= 900
+        bulk_load(dst, src, bytes, &c.full()[slot], pol);
+#else
+        warp_async_load(dst, src, bytes, &c.full()[slot], c.lane);
+#endif
+        ++qp;
     }
 }
 
 // ---- consumer ----
 // Calls fn(row, smem_row_ptr) for the rows of this warp (local row index % NCW == warp), chunk by chunk.
 template <class F>
-__device__ __forceinline__ void consume(Ctx& c, const Phase& ph, F&& fn) {
-    const int r0 = split_rows(ph.rows, c.b, c.G), r1 = split_rows(ph.rows, c.b + 1, c.G);
-    const int rps = SLOT_BYTES / ph.row_bytes;
-    for (int r = r0; r < r1; r += rps) {
-        const int n = min(rps, r1 - r);
+__device__ __forceinline__ void consume_seg(Ctx& c, const Seg& g, F&& fn) {
+    const int rps = SLOT_BYTES / g.row_bytes;
+    for (int r = g.r0; r < g.r1; r += rps) {
+        const int n = min(rps, g.r1 - r);
         const int slot = (int)(c.q % (unsigned)c.ns);
         mbar_wait(&c.full()[slot], (c.q / (unsigned)c.ns) & 1u);
         if (!c.skip_math) {
-            for (int i = (c.warp - (r - r0) % NCW + NCW) % NCW; i < n; i += NCW)
-                fn(r + i, c.ring() + (size_t)slot * SLOT_BYTES + (size_t)i * ph.row_bytes);
+            for (int i = (c.warp - (r - g.r0) % NCW + NCW) % NCW; i < n; i += NCW)
+                fn(r + i, c.ring() + (size_t)slot * SLOT_BYTES + (size_t)i * g.row_bytes);
         }
         __syncwarp();
         if (c.lane == 0) mbar_arrive(&c.empty()[slot]);
         ++c.q;
     }
 }
-
-// Calls fn(first_row, n_rows, smem_chunk) on every consumer thread for each chunk of this block's rows (for phases
-// whose work is split over columns, not rows); each warp releases the slot when it is done with it.
 template <class F>
-__device__ __forceinline__ void consume_all(Ctx& c, const Phase& ph, F&& fn) {
-    const int r0 = split_rows(ph.rows, c.b, c.G), r1 = split_rows(ph.rows, c.b + 1, c.G);
-    const int rps = SLOT_BYTES / ph.row_bytes;
-    for (int r = r0; r < r1; r += rps) {
-        const int n = min(rps, r1 - r);
+__device__ __forceinline__ void consume(Ctx& c, const Phase& ph, F&& fn) {
+    consume_seg(c, block_seg(c, ph), fn);
+}
+
+// Calls fn(first_row, n_rows, smem_chunk) on every consumer thread for each chunk of the segment (for phases whose
+// work is split over columns, not rows); each warp releases the slot when it is done with it.
+template <class F>
+__device__ __forceinline__ void consume_all_seg(Ctx& c, const Seg& g, F&& fn) {
+    const int rps = SLOT_BYTES / g.row_bytes;
+    for (int r = g.r0; r < g.r1; r += rps) {
+        const int n = min(rps, g.r1 - r);
         const int slot = (int)(c.q % (unsigned)c.ns);
         mbar_wait(&c.full()[slot], (c.q / (unsigned)c.ns) & 1u);
         if (!c.skip_math) fn(r, n, (const char*)(c.ring() + (size_t)slot * SLOT_BYTES));
@@ -143,6 +202,10 @@ __device__ __forceinline__ void consume_all(Ctx& c, const Phase& ph, F&& fn) {
         if (c.lane == 0) mbar_arrive(&c.empty()[slot]);
         ++c.q;
     }
+}
+template <class F>
+__device__ __forceinline__ void consume_all(Ctx& c, const Phase& ph, F&& fn) {
+    consume_all_seg(c, block_seg(c, ph), fn);
 }
 
 }  // namespace mk

@@ -98,6 +98,10 @@ __device__ __forceinline__ void bulk_load(void* dst, const void* src, unsigned b
         "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;"
         ::"r"(smem_u32(dst)), "l"(src), "r"(bytes), "r"(smem_u32(bar)), "l"(pol) : "memory");
 }
+// Start pulling `bytes` (multiple of 16) at src into L2 (no completion tracking).
+__device__ __forceinline__ void prefetch_l2(const void* src, unsigned bytes) {
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(src), "r"(bytes) : "memory");
+}
 #else
 // Whole producer warp: 16-byte cp.async per lane, then each lane's arrive fires when its copies land (count 32).
 __device__ __forceinline__ void warp_async_load(void* dst, const void* src, unsigned bytes, uint64_t* bar, int lane) {

@@ -34,11 +34,18 @@ def test_gdn_layer_matrices():
     sd = _layer_sd(0, attn=False)
     proj, outp, gate_up, down_t = pack.layer_matrices(sd, 0)
     p = "model.layers.0."
-    assert proj.shape == (8224, 1024) and outp.shape == (1024, 2048)
-    assert torch.equal(proj[:6144], sd[p + "linear_attn.in_proj_qkv.weight"])
-    assert torch.equal(proj[6144:8192], sd[p + "linear_attn.in_proj_z.weight"])
-    assert torch.equal(proj[8192:8208], sd[p + "linear_attn.in_proj_b.weight"])
-    assert torch.equal(proj[8208:], sd[p + "linear_attn.in_proj_a.weight"])
+    assert proj.shape == (8224, 1024) and outp.shape == (2048, 1024)  # split-K layout: row k = input column k
+    assert torch.equal(outp[9], sd[p + "linear_attn.out_proj.weight"][:, 9])
+    assert torch.equal(pack.layer_matrices(sd, 0, gdn_out_transposed=False)[1], sd[p + "linear_attn.out_proj.weight"])
+    la = p + "linear_attn."
+    for h in (0, 5, 15):  # head-major: [q_h | k_h | v_h | z_h | b_h | a_h], 514 rows per head
+        blk = proj[514 * h:514 * (h + 1)]
+        assert torch.equal(blk[:128], sd[la + "in_proj_qkv.weight"][128 * h:128 * (h + 1)])
+        assert torch.equal(blk[128:256], sd[la + "in_proj_qkv.weight"][2048 + 128 * h:2048 + 128 * (h + 1)])
+        assert torch.equal(blk[256:384], sd[la + "in_proj_qkv.weight"][4096 + 128 * h:4096 + 128 * (h + 1)])
+        assert torch.equal(blk[384:512], sd[la + "in_proj_z.weight"][128 * h:128 * (h + 1)])
+        assert torch.equal(blk[512], sd[la + "in_proj_b.weight"][h])
+        assert torch.equal(blk[513], sd[la + "in_proj_a.weight"][h])
     assert gate_up.shape == (3584, 2048)
     assert torch.equal(gate_up[7, :1024], sd[p + "mlp.gate_proj.weight"][7])
     assert torch.equal(gate_up[7, 1024:], sd[p + "mlp.up_proj.weight"][7])
@@ -50,9 +57,11 @@ def test_attention_layer_matrices():
     proj, outp, _, _ = pack.layer_matrices(sd, 3)
     a = "model.layers.3.self_attn."
     assert proj.shape == (5120, 1024)
-    assert torch.equal(proj[:4096], sd[a + "q_proj.weight"])
-    assert torch.equal(proj[4096:4608], sd[a + "k_proj.weight"])
-    assert torch.equal(proj[4608:], sd[a + "v_proj.weight"])
+    for g in range(2):  # by KV group: [q_proj rows of its 4 heads | k_g | v_g]
+        blk = proj[2560 * g:2560 * (g + 1)]
+        assert torch.equal(blk[:2048], sd[a + "q_proj.weight"][2048 * g:2048 * (g + 1)])
+        assert torch.equal(blk[2048:2304], sd[a + "k_proj.weight"][256 * g:256 * (g + 1)])
+        assert torch.equal(blk[2304:], sd[a + "v_proj.weight"][256 * g:256 * (g + 1)])
     assert torch.equal(outp, sd[a + "o_proj.weight"])
 
 

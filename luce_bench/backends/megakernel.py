@@ -130,7 +130,9 @@ class MegakernelBackend(Backend):
 
     # ---------------------------------------------------------------- run
     def reset(self) -> None:
-        for k in ("gdn_state", "conv_hist", "best"):
+        # scratch too: its residual buffers receive split-K f32 reductions that expect zeroed targets (kept zeroed
+        # by every complete launch; a fresh zero makes a sequence independent of an interrupted one)
+        for k in ("gdn_state", "conv_hist", "best", "scratch"):
             self._bufs[k].zero_()
         self._pos = 0
 

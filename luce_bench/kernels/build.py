@@ -181,9 +181,20 @@ def parse_ptxas(text: str) -> list[KernelReport]:
     return reports
 
 
+def define_flags(defines: dict[str, int] | None) -> list[str]:
+    """-DNAME=VALUE for the kernel's build options (MK_* macros in cuda/mk_config.cuh); bad names are refused."""
+    out = []
+    for name, value in sorted((defines or {}).items()):
+        if not re.fullmatch(r"MK_[A-Z0-9_]+", name):
+            raise UserError(f"kernel option {name!r}: expected an MK_* macro name (see cuda/mk_config.cuh)")
+        out.append(f"-D{name}={int(value)}")
+    return out
+
+
 def build(archs: str | list[str] | tuple[str, ...] | None = None, out_dir: Path | None = None,
-          force: bool = False, verbose: bool = False) -> BuildResult:
-    """Build (or reuse) the library for `archs` (default: detected). `out_dir` overrides the cache directory."""
+          force: bool = False, verbose: bool = False, defines: dict[str, int] | None = None) -> BuildResult:
+    """Build (or reuse) the library for `archs` (default: detected). `out_dir` overrides the cache directory;
+    `defines` sets build options (e.g. {"MK_L2LEAD": 131072}) and is part of the cache key."""
     if archs is None:
         archs = (detect_arch(),)
     elif isinstance(archs, str):
@@ -196,7 +207,7 @@ def build(archs: str | list[str] | tuple[str, ...] | None = None, out_dir: Path 
         raise UserError("nvcc not found (install the CUDA toolkit, put nvcc on PATH or set CUDACXX/CUDA_HOME)")
     version = nvcc_version(nvcc)
     src = source_dir()
-    flags = [*BASE_FLAGS, *gencode_flags(arch_t)]
+    flags = [*BASE_FLAGS, *define_flags(defines), *gencode_flags(arch_t)]
     key = build_key(src, flags, version)
     final = Path(out_dir) if out_dir else cache_root() / key
     lib = final / LIB_NAME
@@ -232,9 +243,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arch", default=None, help="comma-separated archs (sm_80,sm_90); default: the GPU's")
     ap.add_argument("--out", type=Path, default=None, help="output directory (default: the content-hash cache)")
     ap.add_argument("--force", action="store_true", help="rebuild even if cached")
+    ap.add_argument("-D", dest="defines", action="append", default=[], metavar="MK_NAME=VALUE",
+                    help="build option (cuda/mk_config.cuh), repeatable")
     args = ap.parse_args(argv)
     try:
-        res = build(args.arch, args.out, force=args.force)
+        defines = {}
+        for d in args.defines:
+            name, _, value = d.partition("=")
+            try:
+                defines[name] = int(value or "1", 0)
+            except ValueError:
+                raise UserError(f"-D {d}: the value must be an integer") from None
+        res = build(args.arch, args.out, force=args.force, defines=defines)
     except UserError as exc:
         print(f"error: {exc}")
         return 2

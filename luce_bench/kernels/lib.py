@@ -7,7 +7,7 @@ from pathlib import Path
 
 from luce_bench.errors import UserError
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 SYMBOLS = ("luce_mk_abi_version", "luce_mk_get_layout", "luce_mk_launch_info", "luce_mk_decode",
            "luce_mk_error_string")
 
@@ -33,7 +33,7 @@ class LuceMkLayout(ctypes.Structure):
         ("wblob_elems", ctypes.c_int64), ("layer_woff", ctypes.c_int64 * 24), ("sblob_floats", ctypes.c_int64),
         ("sp_stride", ctypes.c_int64), ("scratch_floats", ctypes.c_int64), ("gdn_state_floats", ctypes.c_int64),
         ("conv_hist_floats", ctypes.c_int64), ("kv_elems_per_pos", ctypes.c_int64), ("syncs_per_step", ctypes.c_int),
-        ("vocab", ctypes.c_int), ("hidden", ctypes.c_int),
+        ("vocab", ctypes.c_int), ("hidden", ctypes.c_int), ("gdn_out_transposed", ctypes.c_int),
     ]
 
 

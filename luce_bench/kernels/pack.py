@@ -13,21 +13,31 @@ def is_fa(layer: int) -> bool:
     return layer % 4 == 3
 
 
-def layer_matrices(sd: dict[str, Any], layer: int) -> list[Any]:
-    """The layer's 4 streamed matrices [rows, K] in kernel order (bf16, CPU)."""
+def layer_matrices(sd: dict[str, Any], layer: int, gdn_out_transposed: bool = True) -> list[Any]:
+    """The layer's 4 streamed matrices [rows, K] in kernel order (bf16, CPU). A split-K build (the library's
+    layout.gdn_out_transposed) streams the GDN out_proj transposed: row k = input column k."""
     import torch
 
     p = f"model.layers.{layer}."
     bf = torch.bfloat16
     if is_fa(layer):
         a = p + "self_attn."
-        proj = torch.cat([sd[a + "q_proj.weight"], sd[a + "k_proj.weight"], sd[a + "v_proj.weight"]], 0)
+        q, k, v = sd[a + "q_proj.weight"], sd[a + "k_proj.weight"], sd[a + "v_proj.weight"]
+        # by KV group: the 4 query heads (q/gate interleaved) sharing it, then its k and v rows
+        proj = torch.cat([t for g in range(2) for t in (q[2048 * g:2048 * (g + 1)], k[256 * g:256 * (g + 1)],
+                                                           v[256 * g:256 * (g + 1)])], 0)
         outp = sd[a + "o_proj.weight"]
     else:
         g = p + "linear_attn."
-        proj = torch.cat([sd[g + "in_proj_qkv.weight"], sd[g + "in_proj_z.weight"], sd[g + "in_proj_b.weight"],
-                          sd[g + "in_proj_a.weight"]], 0)
+        qkv, z = sd[g + "in_proj_qkv.weight"], sd[g + "in_proj_z.weight"]
+        b, a_ = sd[g + "in_proj_b.weight"], sd[g + "in_proj_a.weight"]
+        # head-major: head h's q, k, v, z rows, then its b and a rows (514 rows per head)
+        proj = torch.cat([t for h in range(16) for t in (qkv[128 * h:128 * (h + 1)], qkv[2048 + 128 * h:2048 + 128 * (h + 1)],
+                                                         qkv[4096 + 128 * h:4096 + 128 * (h + 1)], z[128 * h:128 * (h + 1)],
+                                                         b[h:h + 1], a_[h:h + 1])], 0)
         outp = sd[g + "out_proj.weight"]
+        if gdn_out_transposed:
+            outp = outp.t().contiguous()  # [2048, 1024]
     m = p + "mlp."
     gate_up = torch.stack([sd[m + "gate_proj.weight"], sd[m + "up_proj.weight"]], 1).reshape(-1, 2 * 1024)
     down_t = sd[m + "down_proj.weight"].t().contiguous()  # [3584, 1024]: row k = column k (split-K by block)
@@ -41,7 +51,7 @@ def pack_weights(sd: dict[str, Any], layout: Any, device: Any) -> Any:
     blob = torch.empty(layout.wblob_elems, dtype=torch.bfloat16, device=device)
     for layer in range(24):
         off = layout.layer_woff[layer]
-        for mat in layer_matrices(sd, layer):
+        for mat in layer_matrices(sd, layer, bool(getattr(layout, "gdn_out_transposed", 0))):
             n = mat.numel()
             blob[off:off + n].view_as(mat).copy_(mat.contiguous())
             off += n
