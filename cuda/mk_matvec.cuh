@@ -67,9 +67,33 @@ __device__ __forceinline__ float block_sum(const Ctx& c, float v, float* red) {
     return t;
 }
 
-// xs <- x (from the residual buffer, or an embedding row when `emb` is set); acts <- bf16(RMSNorm(x) * w1p).
-__device__ __forceinline__ void load_x_norm(Ctx& c, const float* xg, const unsigned short* emb, const float* w1p) {
+// Rows of the residual stream that block b owns (adds x into the next buffer, clears them before reuse).
+__device__ __forceinline__ int own0(const Ctx& c) { return split_rows(H, c.b, c.G); }
+__device__ __forceinline__ int own1(const Ctx& c) { return split_rows(H, c.b + 1, c.G); }
+// Called by all consumer threads before the block barrier that precedes the block's adds into a residual buffer:
+// the threads that cleared owned rows (load_x_norm) wait until the zeros are in L2 (long done by then: cheap).
+// The clearing threads are lanes 1.. of the last consumer warp: they store no other data (lane 0 stores matvec
+// outputs), so their fence waits on nothing else.
+__device__ __forceinline__ int zero_index(const Ctx& c) { return c.tid - (NCT - 31); }
+__device__ __forceinline__ bool zero_thread(const Ctx& c) { return (unsigned)zero_index(c) < (unsigned)(own1(c) - own0(c)); }
+__device__ __forceinline__ void fence_zero(const Ctx& c) {
+    if (zero_thread(c)) __threadfence();
+}
+
+// xs <- x; acts <- bf16(RMSNorm(x) * w1p). x is an embedding row (emb) or the counted residual buffer xg, polled
+// until every value has `count` addends. `zero`: the buffer whose owned rows this block clears for its next use, once
+// the whole of xg is complete (every block has then added to xg, so every block is done reading `zero`, the input of
+// the sub-layer before). The clearing threads fence (fence_zero) before this block's next adds, which other blocks
+// must see before they add into `zero`.
+__device__ __forceinline__ void load_x_norm(Ctx& c, const u64* xg, unsigned count, const unsigned short* emb,
+                                            const float* w1p, u64* zero, bool nowait) {
     float v[3], ss = 0.f;
+    u64 w[3];
+    if (!emb) {
+#pragma unroll
+        for (int k = 0; k < 3; ++k)
+            if (c.tid + k * NCT < H) w[k] = ld_gpu(xg + c.tid + k * NCT);
+    }
 #pragma unroll
     for (int k = 0; k < 3; ++k) {
         const int i = c.tid + k * NCT;
@@ -78,9 +102,15 @@ __device__ __forceinline__ void load_x_norm(Ctx& c, const float* xg, const unsig
             if (emb) {
                 v[k] = __uint_as_float((unsigned)emb[i] << 16);
             } else {
-                v[k] = __ldcg(xg + i);
-#pragma unroll
-                for (int q = 1; q < XC; ++q) v[k] += __ldcg(xg + q * H + i);
+                if (!fx_done(w[k], count) && !nowait) {
+                    const unsigned long long t0 = global_ns();
+                    unsigned n = 0;
+                    do {
+                        w[k] = ld_gpu(xg + i);
+                        if ((++n & 0xfffffu) == 0) spin_check(t0);
+                    } while (!fx_done(w[k], count));
+                }
+                v[k] = fx_val(w[k], count);
             }
         }
         ss = fmaf(v[k], v[k], ss);
@@ -89,6 +119,7 @@ __device__ __forceinline__ void load_x_norm(Ctx& c, const float* xg, const unsig
     for (int k = 0; k < 3; ++k)
         if (c.tid + k * NCT < H) c.xs()[c.tid + k * NCT] = v[k];
     ss = block_sum(c, ss, c.misc() + 2000);
+    if (zero && zero_thread(c)) __stcg(zero + own0(c) + zero_index(c), 0ull);
     const float r = rsqrtf(ss * (1.0f / H) + EPS);
 #pragma unroll
     for (int k = 0; k < 3; ++k) {
