@@ -33,8 +33,9 @@ __device__ __noinline__ void attn_item(Ctx& c, const LuceMkParams& P, int l, int
 
     // the group's 1536 q, k, v values (tagged, polled; every load in flight at once) -> qsm | ksm | vsm (contiguous)
     {
-        const bool nowait = (P.debug_flags & 4) != 0;
+        const bool nowait = (P.debug_flags & 5) != 0;
         const u64* grp = raw + FA_GROWS * g;
+        lead_wait_tag(grp + (t < 1024 ? 512 * (t >> 8) + (t & 255) : FK + (t - 1024)), ep, nowait, true);
         u64 wv[4];
 #pragma unroll
         for (int k = 0; k < 4; ++k) {

@@ -3,6 +3,13 @@
 #include <cstdint>
 
 // build options (defaults = the fastest measured; see NOTES.md)
+#ifndef MK_XV4
+#define MK_XV4 1                      // sm_90: residual buffers as float4 {3 values, count} (see mk_matvec.cuh)
+#endif
+#ifndef MK_POLL
+#define MK_POLL 1                     // 1: one lane per warp spins on the data first, the others after it (32x fewer
+                                      // L2 requests while waiting); 0: every thread spins on its own values
+#endif
 #ifndef MK_L2LEAD
 #define MK_L2LEAD 65536               // bytes of the block's weight stream kept prefetched into L2 beyond the ring
 #endif
@@ -59,8 +66,9 @@ constexpr int64_t SBLOB = int64_t(NL) * SP + H;
 //   counted u64 = fixed-point sum with an add count in the top byte (residual stream, split-K reductions).
 constexpr int S_RAW = 0;                      // tagged [8224] in_proj / qkv outputs
 constexpr int S_SS = 16448;                   // tagged [16 heads][8 slices] GDN partial sums of squares
-constexpr int S_X = 16704;                    // counted [3][1024] residual stream, rotating buffers (mk_decode.cu)
-constexpr int S_APART = S_X + 3 * 2 * H;      // f32 attention partials [2][ATT_MAXCH][4][256]
+constexpr int S_X = 16704;                    // counted residual stream, 3 rotating buffers (stride 2048 floats)
+constexpr int XSTRIDE = 2048;
+constexpr int S_APART = S_X + 3 * XSTRIDE;    // f32 attention partials [2][ATT_MAXCH][4][256]
 constexpr int S_AML = S_APART + 2 * ATT_MAXCH * 4 * 256;   // [2][ATT_MAXCH][4][2] (max, sum)
 constexpr int SCRATCH = S_AML + 2 * ATT_MAXCH * 4 * 2;
 

@@ -36,28 +36,24 @@ __device__ __forceinline__ void sync_all(Ctx& c, const LuceMkParams& P) {
 
 // GDN token mixing: the block's (head, value slice) items; with MK_GDNFUSE also out_proj, added into xn (the mixer's
 // output residual buffer, zeroed before the previous barrier) together with the block's owned rows of x.
-// Residual stream: three rotating counted buffers. Sub-layer k reads buffer k % 3 (polling until every value has the
-// addends its writer makes), adds into buffer (k + 1) % 3 and clears its owned rows of buffer (k + 2) % 3 (see
-// load_x_norm: safe once buffer k is complete, ordered before the block's adds by fence_zero).
-__device__ __forceinline__ u64* xbuf(const LuceMkParams& P, int k) { return (u64*)(P.scratch + S_X) + (k % 3) * H; }
-// Addends per value that sub-layer k's writer makes: GDN mixer 128 items + the owner's x; attention mixer the owner
-// (x + o_proj row); MLP every block (its split-K partial, the owner's with x).
-__device__ __forceinline__ unsigned x_count(const Ctx& c, int k_writer) {
-    if (k_writer & 1) return (unsigned)c.G;
-    return is_fa(k_writer >> 1) ? 1u : (unsigned)GDN_ITEMS + 1u;
-}
+// Residual stream: three rotating counted buffers (mk_matvec.cuh). Sub-layer k reads buffer k % 3 (polling until
+// every value has its G addends), adds one partial per block into buffer (k + 1) % 3 and clears its words of buffer
+// (k + 2) % 3 (see load_x_norm: safe once buffer k is complete, ordered before the block's add by fence_zero).
+__device__ __forceinline__ float* xbuf(const LuceMkParams& P, int k) { return P.scratch + S_X + (k % 3) * XSTRIDE; }
 
 __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
     const int pos = P.pos + s;
-    const bool nowait = (P.debug_flags & 4) != 0;
+    const bool nowait = (P.debug_flags & 5) != 0;  // debug timing modes without matvec math or barriers: no waits
     u64* RAW = (u64*)(P.scratch + S_RAW);
+    const unsigned G = (unsigned)c.G;  // addends per residual value
+    float* part = c.misc();            // [1024] the block's partial of a residual update
     for (int l = 0; l < NL; ++l) {
         const float* sp = P.sblob + (long long)l * SP;
         const int j = 2 * l;
         const unsigned ep = (P.step_base + (unsigned)s) * NL + (unsigned)l + 1u;  // tag of this layer's P1 outputs
         // P1: norm + in_proj / qkv (tagged outputs)
         if (l == 0) load_x_norm(c, nullptr, 0, (const unsigned short*)P.embed + (long long)tok * H, sp + SP_LN1, xbuf(P, j + 2), nowait);
-        else load_x_norm(c, xbuf(P, j), x_count(c, j - 1), nullptr, sp + SP_LN1, xbuf(P, j + 2), nowait);
+        else load_x_norm(c, xbuf(P, j), G, nullptr, sp + SP_LN1, xbuf(P, j + 2), nowait);
         {
             float a[32];
             load_act_regs(a, c.acts(), c.lane);
@@ -66,7 +62,8 @@ __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
                 if (c.lane == 0) st_tag(RAW + r, ep, bfr(d));
             });
         }
-        u64* xn = xbuf(P, j + 1);
+        float* xn = xbuf(P, j + 1);
+        float* pm = c.acts() + 2048;  // the block's partial of the mixer's residual update (acts[0, 2048): o_proj input)
         if (is_fa(l)) {
             // attention items, grid barrier, then merge + o_proj rows + x of the owned rows
             const int items = 2 * att_chunks(pos);
@@ -74,21 +71,29 @@ __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
                 for (int item = c.b; item < items; item += c.G) attn_item(c, P, l, item, pos, ep);
             sync_all(c, P);
             attn_out_act(c, P, pos);
+            for (int i = c.tid; i < H; i += NCT) pm[i] = 0.f;
+            cbar();
             consume(c, layer_phase(P.wblob, l, 1), [&](int r, const char* row) {
                 const float d = warp_sum(dot_smem_part<2048>(row, c.acts(), c.lane));
-                if (c.lane == 0) fx_add(xn + r, bfr(c.xs()[r] + bfr(d)));
+                if (c.lane == 0) pm[r] = bfr(c.xs()[r] + bfr(d));
             });
         } else {
-            fence_zero(c);
-            for (int it = 0, item = c.b; item < GDN_ITEMS; ++it, item += c.G)
-                gdn_item(c, P, l, item, pos, it, xn, ep, (P.debug_flags & 2) != 0);
-            if (zero_thread(c)) fx_add(xn + own0(c) + zero_index(c), c.xs()[own0(c) + zero_index(c)]);
+            bool any = false;
+            for (int it = 0, item = c.b; item < GDN_ITEMS; ++it, item += c.G, any = true)
+                gdn_item(c, P, l, item, pos, it, pm, ep, (P.debug_flags & 2) != 0);
+            cbar();
+            for (int i = own0(c) + c.tid; i < own1(c); i += NCT) pm[i] = (any ? pm[i] : 0.f) + c.xs()[i];
+            if (!any)
+                for (int i = c.tid; i < H; i += NCT)
+                    if (i < own0(c) || i >= own1(c)) pm[i] = 0.f;
         }
+        fence_zero(c);
+        cbar();
+        add_partial(c, xn, pm);
         // P4: norm + gate/up + SiLU for this block's slice of the 3584 hidden units, then the matching columns of
         // down_proj (split-K), added with the owned rows of x into the next residual buffer.
-        load_x_norm(c, xn, x_count(c, j), nullptr, sp + SP_LN2, xbuf(P, j + 3), nowait);
+        load_x_norm(c, xn, G, nullptr, sp + SP_LN2, xbuf(P, j + 3), nowait);
         if (l == 0 && c.b == 0 && c.tid == 0) P.best[(pos + 1) & 1] = 0ull;  // next step's argmax slot (see below)
-        float* part = c.misc();          // [1024] block partial of down_proj
         float* hs = c.misc() + 1024;     // this block's silu(g)*u (<= 28)
         const int k0 = split_rows(FF, c.b, c.G);
         {
@@ -116,24 +121,17 @@ __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
                     if (has2) acc2 = fmaf(hv, __uint_as_float((unsigned)w[i * H + 2 * NCT] << 16), acc2);
                 }
             });
-            part[c.tid] = acc0;
-            part[c.tid + NCT] = acc1;
-            if (has2) part[c.tid + 2 * NCT] = acc2;
+            const int r0 = own0(c), r1 = own1(c);
+            part[c.tid] = acc0 + ((c.tid >= r0 && c.tid < r1) ? c.xs()[c.tid] : 0.f);
+            part[c.tid + NCT] = acc1 + ((c.tid + NCT >= r0 && c.tid + NCT < r1) ? c.xs()[c.tid + NCT] : 0.f);
+            if (has2) part[c.tid + 2 * NCT] = acc2 + ((c.tid + 2 * NCT >= r0 && c.tid + 2 * NCT < r1) ? c.xs()[c.tid + 2 * NCT] : 0.f);
         }
         fence_zero(c);
         cbar();
-        {
-            u64* x2 = xbuf(P, j + 2);
-            const int r0 = own0(c), r1 = own1(c);
-#pragma unroll
-            for (int k = 0; k < 3; ++k) {
-                const int i = c.tid + k * NCT;
-                if (i < H) fx_add(x2 + i, part[i] + ((i >= r0 && i < r1) ? c.xs()[i] : 0.f));
-            }
-        }
+        add_partial(c, xbuf(P, j + 2), part);
     }
     // final norm + LM head + argmax
-    load_x_norm(c, xbuf(P, 2 * NL), x_count(c, 2 * NL - 1), nullptr, P.sblob + (long long)NL * SP, nullptr, nowait);
+    load_x_norm(c, xbuf(P, 2 * NL), G, nullptr, P.sblob + (long long)NL * SP, nullptr, nowait);
     float a[32];
     load_act_regs(a, c.acts(), c.lane);
     float bv = -INFINITY;

@@ -8,8 +8,9 @@
 namespace mk {
 
 // out_proj split-K for one item: u[16] (shared) times the item's 16 rows of out_proj^T, 1024 partial outputs added to
-// the counted residual buffer xn (one addend per item). Thread t owns outputs t, t + 480, t + 960 (no shared atomics).
-__device__ __forceinline__ void gdn_out_split(Ctx& c, const LuceMkParams& P, int l, int seg, const float* us, u64* xn) {
+// the block's partial part (shared; `first`: set instead). Thread t owns outputs t, t + 480, t + 960 (no atomics).
+__device__ __forceinline__ void gdn_out_split(Ctx& c, const LuceMkParams& P, int l, int seg, const float* us, float* part,
+                                              bool first) {
     float acc0 = 0.f, acc1 = 0.f, acc2 = 0.f;
     const bool has2 = c.tid + 2 * NCT < H;
     const Seg g = phase_seg(c, P, l, 1, seg);
@@ -23,14 +24,9 @@ __device__ __forceinline__ void gdn_out_split(Ctx& c, const LuceMkParams& P, int
             if (has2) acc2 = fmaf(hv, __uint_as_float((unsigned)w[i * H + 2 * NCT] << 16), acc2);
         }
     });
-    float* part = c.acts();
-    part[c.tid] = acc0;
-    part[c.tid + NCT] = acc1;
-    if (has2) part[c.tid + 2 * NCT] = acc2;
-    cbar();
-#pragma unroll
-    for (int k = 0; k < 3; ++k)
-        if (c.tid + k * NCT < H) fx_add(xn + c.tid + k * NCT, part[c.tid + k * NCT]);
+    part[c.tid] = first ? acc0 : part[c.tid] + acc0;
+    part[c.tid + NCT] = first ? acc1 : part[c.tid + NCT] + acc1;
+    if (has2) part[c.tid + 2 * NCT] = first ? acc2 : part[c.tid + 2 * NCT] + acc2;
 }
 
 __device__ __forceinline__ float sel4(float4 v, int i) { return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w; }
@@ -63,6 +59,7 @@ __device__ __forceinline__ void gdn_mix(Ctx& c, const LuceMkParams& P, int l, in
     // 273 a, 274..289 the slice's z
     const u64* pin = raw + (t < 256 ? t : t < 272 ? GV + j * 16 + (t - 256) : t == 272 ? GB : t == 273 ? GA : GZ + j * SLV + (t - 274));
     float cur = 0.f;
+    if (c.warp < 10) lead_wait_tag(pin, ep, nowait, t < 290);
     if (t < 290) cur = poll_tag(pin, ep, nowait);
     if (t == 272) sc[4] = cur;
     else if (t == 273) sc[5] = cur;
@@ -164,14 +161,15 @@ __device__ __forceinline__ void gdn_mix(Ctx& c, const LuceMkParams& P, int l, in
     cbar();
 }
 
-// seg = the item's segment index in this block's out_proj stream; xn = the mixer's output residual buffer; ep = the
+// seg = the item's segment index in this block's out_proj stream; part = the block's out_proj partial; ep = the
 // epoch tag of this layer's in_proj outputs (polled: the item waits only for its head's 514 rows) and of the sums of
 // squares it exchanges with the head's other 7 items. With `skip` (debug timing) it only adds a zero partial.
 // Not inlined: the 128-register budget of a 512-thread block does not hold the item and the main loop's live values at
 // once (inlined, ptxas spilled 16-52 B); the call costs a 40 B frame of saved registers per call instead.
-__device__ __noinline__ void gdn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos, int seg, u64* xn, unsigned ep, bool skip) {
+__device__ __noinline__ void gdn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos, int seg, float* part, unsigned ep,
+                                      bool skip) {
     const int h = item >> 3, j = item & 7, t = c.tid;
-    const bool nowait = (P.debug_flags & 4) != 0;
+    const bool nowait = (P.debug_flags & 5) != 0;
     float* us = c.misc() + 1104;   // 16 out_proj inputs
     if (skip) {
         if (t < SLV) us[t] = 0.f;
@@ -179,7 +177,7 @@ __device__ __noinline__ void gdn_item(Ctx& c, const LuceMkParams& P, int l, int 
     } else {
         gdn_mix(c, P, l, item, pos, ep, us, nowait);
     }
-    gdn_out_split(c, P, l, seg, us, xn);
+    gdn_out_split(c, P, l, seg, us, part, seg == 0);
 }
 
 }  // namespace mk

@@ -65,6 +65,19 @@ __device__ __forceinline__ void st_tag(u64* p, unsigned epoch, float v) {
 __device__ __forceinline__ float tag_val(u64 w) { return __uint_as_float((unsigned)w); }
 __device__ __forceinline__ bool tag_ok(u64 w, unsigned epoch) { return (unsigned)(w >> 32) == epoch; }
 // Spin on one tagged value (no wait when `nowait`, the debug timing modes).
+// Warp-leader wait (MK_POLL): lane 0 spins until its value is tagged `epoch`, then the warp goes on (the warp's
+// values come from the same writer at about the same time; every lane still checks its own).
+__device__ __forceinline__ void lead_wait_tag(const u64* p, unsigned epoch, bool nowait, bool active) {
+#if MK_POLL
+    if ((threadIdx.x & 31) == 0 && active && !nowait) {
+        const unsigned long long t0 = global_ns();
+        unsigned n = 0;
+        while (!tag_ok(ld_gpu(p), epoch))
+            if ((++n & 0xfffffu) == 0) spin_check(t0);
+    }
+    __syncwarp();
+#endif
+}
 // Same, with the first load already issued (w): issue several loads, then poll each.
 __device__ __forceinline__ float poll_tag_w(const u64* p, u64 w, unsigned epoch, bool nowait) {
     if (!tag_ok(w, epoch) && !nowait) {
