@@ -19,8 +19,7 @@
  *           final norm (1+w) at 24 * sp_stride.
  *   embed   bf16 [248320 x 1024]: embedding and (tied) LM head.
  *   kcache/vcache bf16 [6][2][max_seq][256]; gdn_state f32 [18][16][8][16][16][8] ([layer][head][v-slice][k/8][v][k%8]);
- *   conv_hist f32 [18][6144][4] (ring indexed by position % 4); scratch f32 [layout.scratch_floats] (zeroed before
- *   the first launch; then kept consistent by every complete launch without debug flag 4);
+ *   conv_hist f32 [18][6144][4] (ring indexed by position % 4); scratch f32 [layout.scratch_floats];
  *   sync u32 [32] (monotonic barrier counter, never reset); best u64 [2] (argmax slots, zeroed by reset);
  *   last_token i32 [1] (last produced token; input of step 0 when no forced token is given).
  * A new sequence (reset) needs gdn_state, conv_hist and best zeroed and pos = 0; the KV cache needs no clearing.
@@ -56,8 +55,6 @@ typedef struct LuceMkParams {
     int n_steps;
     int max_seq;            /* KV cache capacity (positions) */
     unsigned int sync_base; /* barriers completed so far on `sync` (caller adds n_steps * syncs_per_step) */
-    unsigned int step_base; /* steps run so far on this scratch since it was zeroed (epoch tags of the data blocks
-                               exchange; the caller adds n_steps after every launch, debug ones included) */
     int debug_flags;        /* 0 in normal use; timing experiments only (results invalid): 1 skip matvec math,
                                2 skip GDN/attention work, 4 skip grid barriers */
 } LuceMkParams;

@@ -12,61 +12,43 @@ namespace mk {
 // empty (e.g. n = 513: 32 chunks of 17); their items return at once and the merge skips them.
 __device__ __forceinline__ int att_chunks(int pos) { return min(ATT_MAXCH, (pos + ATT_CHUNK) / ATT_CHUNK); }
 
-// ep: the epoch tag of this layer's qkv outputs (polled: the item waits only for its KV group's 2560 rows).
-// Not inlined, for the register budget (see gdn_item).
-__device__ __noinline__ void attn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos, unsigned ep) {
+__device__ void attn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos) {
     const int g = item & 1, ci = item >> 1, t = c.tid;
     const int n = pos + 1, nch = att_chunks(pos);
     const int per = (n + nch - 1) / nch;
     const int c0 = ci * per, c1 = min(n, c0 + per);
     if (c0 >= n) return;  // empty chunk (uniform over the block)
+#if MK_HEADCNT
+    if (!(P.debug_flags & 4)) wait_geq(row_counter(P, 16 + g), FA_GROUP_ROWS);
+#endif
     float* qsm = c.misc();          // [4][256]
     float* ksm = c.misc() + 1024;   // [256]
     float* vsm = c.misc() + 1280;   // [256]
     float* wm = c.misc() + 1536;    // [16 warps]
     float* wl = c.misc() + 1552;    // [16 warps]
-    const u64* raw = (const u64*)(P.scratch + S_RAW);
+    const float* raw = P.scratch + S_RAW;
     const float* sp = P.sblob + (long long)l * SP;
     const int fi = fa_index(l);
     unsigned short* kc = (unsigned short*)P.kcache + ((long long)(fi * NKV + g) * P.max_seq) * HD;
     unsigned short* vc = (unsigned short*)P.vcache + ((long long)(fi * NKV + g) * P.max_seq) * HD;
 
-    // the group's 1536 q, k, v values (tagged, polled; every load in flight at once) -> qsm | ksm | vsm (contiguous)
-    {
-        const bool nowait = (P.debug_flags & 5) != 0;
-        const u64* grp = raw + FA_GROWS * g;
-        lead_wait_tag(grp + (t < 1024 ? 512 * (t >> 8) + (t & 255) : FK + (t - 1024)), ep, nowait, true);
-        u64 wv[4];
-#pragma unroll
-        for (int k = 0; k < 4; ++k) {
-            const int i = t + k * NCT;
-            const int off = i < 1024 ? 512 * (i >> 8) + (i & 255) : i < 1280 ? FK + (i - 1024) : FV + (i - 1280);
-            if (i < 1536) wv[k] = ld_gpu(grp + off);
-        }
-#pragma unroll
-        for (int k = 0; k < 4; ++k) {
-            const int i = t + k * NCT;
-            const int off = i < 1024 ? 512 * (i >> 8) + (i & 255) : i < 1280 ? FK + (i - 1024) : FV + (i - 1280);
-            if (i < 1536) qsm[i] = poll_tag_w(grp + off, wv[k], ep, nowait);
-        }
-    }
-    cbar();
-    // q heads 4g..4g+3 (warps 0-3) and k (warp 4): RMSNorm(1+w) per head, in place; v as is.
-    if (c.warp < 5) {
+    // q heads 4g..4g+3 (warps 0-3) and k (warp 4): RMSNorm(1+w) per head; v (warp 5) as is.
+    if (c.warp < 6) {
         const int d0 = c.lane * 8;
-        float* dst = c.warp < 4 ? qsm + 256 * c.warp : ksm;
+        const float* src = raw + FA_GROWS * g + (c.warp < 4 ? 512 * c.warp : c.warp == 4 ? FK : FV);
         float x[8];
         float ss = 0.f;
 #pragma unroll
         for (int e = 0; e < 8; ++e) {
-            x[e] = dst[d0 + e];
+            x[e] = __ldcg(src + d0 + e);
             ss = fmaf(x[e], x[e], ss);
         }
         ss = warp_sum(ss);
         const float r = rsqrtf(ss * (1.0f / HD) + EPS);
+        float* dst = c.warp < 4 ? qsm + 256 * c.warp : c.warp == 4 ? ksm : vsm;
         const float* w = sp + (c.warp < 4 ? SP_QN : SP_KN);
 #pragma unroll
-        for (int e = 0; e < 8; ++e) dst[d0 + e] = bfr(x[e] * r * w[d0 + e]);
+        for (int e = 0; e < 8; ++e) dst[d0 + e] = c.warp < 5 ? bfr(x[e] * r * w[d0 + e]) : x[e];
     }
     cbar();
     if (t < 160) {  // partial RoPE (first 64 dims, rotate-half pairing), bf16 like HF
@@ -156,6 +138,7 @@ __device__ __noinline__ void attn_item(Ctx& c, const LuceMkParams& P, int l, int
 __device__ __forceinline__ void attn_out_act(Ctx& c, const LuceMkParams& P, int pos) {
     const int n = pos + 1, nch = att_chunks(pos), per = (n + nch - 1) / nch;
     const int used = (n + per - 1) / per;  // non-empty chunks
+#if MK_PROLOGUE2
     // chunk weights exp(m_ci - M) / L per query head (warp jh, lane ci), then one pass with all loads issued early
     constexpr int IT = (NQH * HD + NCT - 1) / NCT;
     float* wf = c.misc();  // [8 heads][32 chunks]
@@ -163,7 +146,7 @@ __device__ __forceinline__ void attn_out_act(Ctx& c, const LuceMkParams& P, int 
 #pragma unroll
     for (int k = 0; k < IT; ++k) {
         const int i = c.tid + k * NCT;
-        gate[k] = i < NQH * HD ? tag_val(__ldcg((const u64*)(P.scratch + S_RAW) + FA_GROWS * (i >> 10) + 512 * ((i >> 8) & 3) + 256 + (i & 255))) : 0.f;
+        gate[k] = i < NQH * HD ? __ldcg(P.scratch + S_RAW + FA_GROWS * (i >> 10) + 512 * ((i >> 8) & 3) + 256 + (i & 255)) : 0.f;
     }
     if (c.warp < NQH) {
         const int jh = c.warp, g = jh >> 2, hh = jh & 3, ci = c.lane;
@@ -193,6 +176,23 @@ __device__ __forceinline__ void attn_out_act(Ctx& c, const LuceMkParams& P, int 
             c.acts()[i] = bfr(bfr(A) * bfr(sigm(gate[k])));
         }
     }
+#else
+#pragma unroll 1
+    for (int i = c.tid; i < NQH * HD; i += NCT) {
+        const int jh = i >> 8, d = i & 255, g = jh >> 2, hh = jh & 3;
+        float M = -INFINITY;
+        for (int ci = 0; ci < used; ++ci) M = fmaxf(M, __ldcg(P.scratch + S_AML + ((g * ATT_MAXCH + ci) * 4 + hh) * 2));
+        float L = 0.f, A = 0.f;
+        for (int ci = 0; ci < used; ++ci) {
+            const int b = (g * ATT_MAXCH + ci) * 4 + hh;
+            const float f = expf(__ldcg(P.scratch + S_AML + b * 2) - M);
+            L = fmaf(__ldcg(P.scratch + S_AML + b * 2 + 1), f, L);
+            A = fmaf(__ldcg(P.scratch + S_APART + b * 256 + d), f, A);
+        }
+        const float gate = __ldcg(P.scratch + S_RAW + FA_GROWS * g + 512 * hh + 256 + d);
+        c.acts()[i] = bfr(bfr(A / L) * bfr(sigm(gate)));
+    }
+#endif
     cbar();
 }
 

@@ -3,15 +3,24 @@
 #include <cstdint>
 
 // build options (defaults = the fastest measured; see NOTES.md)
-#ifndef MK_XV4
-#define MK_XV4 1                      // sm_90: residual buffers as float4 {3 values, count} (see mk_matvec.cuh)
+#ifndef MK_PROLOGUE2
+#define MK_PROLOGUE2 1                // P3 prologues (gated norm, attention merge) issue all their loads up front
 #endif
-#ifndef MK_POLL
-#define MK_POLL 1                     // 1: one lane per warp spins on the data first, the others after it (32x fewer
-                                      // L2 requests while waiting); 0: every thread spins on its own values
+#ifndef MK_HEADCNT
+#define MK_HEADCNT 1                  // P1 -> P2 by per-head (GDN) / per-KV-group (attention) row counters, no barrier
+#endif
+#ifndef MK_BAR2
+#define MK_BAR2 1                     // grid barrier arrival without the extra __threadfence (red.release suffices)
+#endif
+#ifndef MK_GDNFUSE
+#define MK_GDNFUSE 1                  // GDN out_proj split-K by (head, value slice) inside the recurrence item: no
+                                      // barrier between the recurrence and out_proj (out_proj stored transposed)
 #endif
 #ifndef MK_L2LEAD
 #define MK_L2LEAD 65536               // bytes of the block's weight stream kept prefetched into L2 beyond the ring
+#endif
+#ifndef MK_XCOPIES
+#define MK_XCOPIES 1
 #endif
 
 namespace mk {
@@ -37,7 +46,7 @@ constexpr int NCT = NCW * 32;    // consumer threads (480)
 constexpr int NT = NCT + 32;     // + one producer warp = 512 threads (a 17-warp block would cap registers at 96)
 constexpr int SLOT_BYTES = 32768;
 constexpr int MAX_SLOTS = 6;
-constexpr int SYNCS_PER_STEP = 6 + 1;   // grid barriers: attention items -> merge (6 layers), LM head argmax
+constexpr int SYNCS_PER_STEP = 6 * (MK_HEADCNT ? 3 : 4) + 18 * ((MK_HEADCNT ? 3 : 4) - (MK_GDNFUSE ? 1 : 0)) + 1;
 constexpr int ATT_CHUNK = 16;    // min positions per attention work item (one per warp)
 constexpr int ATT_MAXCH = 32;    // max sequence chunks per KV head
 
@@ -60,17 +69,20 @@ constexpr int SP_QN = 2048, SP_KN = 2304;
 constexpr int SP = 26784;
 constexpr int64_t SBLOB = int64_t(NL) * SP + H;
 
-// scratch (activations exchanged between blocks; offsets in floats, u64 regions 8-byte aligned). No flags or
-// barriers guard the data: a reader polls the data itself (see mk_sync.cuh):
-//   tagged u64 = (epoch << 32) | f32 bits, one writer per value (in_proj/qkv outputs, GDN sums of squares);
-//   counted u64 = fixed-point sum with an add count in the top byte (residual stream, split-K reductions).
-constexpr int S_RAW = 0;                      // tagged [8224] in_proj / qkv outputs
-constexpr int S_SS = 16448;                   // tagged [16 heads][8 slices] GDN partial sums of squares
-constexpr int S_X = 16704;                    // counted residual stream, 3 rotating buffers (stride 2048 floats)
-constexpr int XSTRIDE = 2048;
-constexpr int S_APART = S_X + 3 * XSTRIDE;    // f32 attention partials [2][ATT_MAXCH][4][256]
+// f32 scratch (activations exchanged between blocks)
+constexpr int S_RAW = 0;                      // in_proj / qkv outputs (8224)
+constexpr int S_OGDN = 8448;                  // GDN recurrence outputs (2048)
+constexpr int S_SS = 10496;                   // GDN partial sum of squares [16][8]
+constexpr int XC = MK_XCOPIES;                // copies per residual buffer (block b adds its MLP partial to copy b % XC)
+constexpr int S_X = 10624;                    // residual stream, 3 rotating buffers x XC copies of 1024 (mk_decode.cu)
+constexpr int S_APART = S_X + 3 * XC * H;     // attention partials [2][ATT_MAXCH][4][256]
 constexpr int S_AML = S_APART + 2 * ATT_MAXCH * 4 * 256;   // [2][ATT_MAXCH][4][2] (max, sum)
-constexpr int SCRATCH = S_AML + 2 * ATT_MAXCH * 4 * 2;
+constexpr int S_CNT = S_AML + 2 * ATT_MAXCH * 4 * 2;     // u32 counters, one per 128-byte line: [0,16) GDN head
+                                                         // in_proj rows, [16,18) attention group qkv rows,
+                                                         // [18,34) GDN head value slices done (MK_GDNFUSE)
+constexpr int CNT_STRIDE = 32;
+constexpr int N_CNT = 34;
+constexpr int SCRATCH = S_CNT + N_CNT * CNT_STRIDE;
 
 constexpr int64_t STATE_L = int64_t(DH) * DK * DV;   // f32 per GDN layer
 constexpr int64_t KV_L = int64_t(NKV) * HD;          // elements per position per FA layer

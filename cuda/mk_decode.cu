@@ -1,17 +1,11 @@
 // mk_decode.cu -- the persistent decode kernel (one cooperative launch runs n_steps whole decode steps) and the
 // extern "C" host entry points of luce_mk.h (layout, launch sizing from the SM count + occupancy API, launch).
 //
-// Per step and layer (sub-layers k = 2l mixer, 2l + 1 MLP; the residual stream rotates through 3 counted buffers):
-//   P1  poll x (buffer k) complete, RMSNorm, in_proj / qkv rows of this block -> tagged outputs
-//   GDN: items (head, value slice) poll their head's rows, run the recurrence, exchange the head's sums of squares
-//        (tagged), apply the gated norm and add out_proj^T split-K partials into buffer k+1 (129 addends per value)
-//   attention: items (KV group, sequence chunk) poll their group's rows | grid barrier | merge + o_proj rows of this
-//        block + x, added into buffer k+1 (1 addend per value)
-//   P4  poll buffer k+1 complete, RMSNorm, gate/up + SiLU of this block's 1/G of the 3584 units, their down_proj^T
-//        columns (split-K) + the owned rows of x added into buffer k+2 (G addends per value)
-// then the final norm + LM head + argmax | grid barrier. 7 grid barriers per step; every other dependency is a poll
-// on the data itself (mk_sync.cuh). Weights stream through a per-block shared-memory ring filled by a producer warp
-// that runs ahead of all of it, plus an L2 prefetch lead (MK_L2LEAD).
+// Per step and layer: P1 RMSNorm + in_proj/qkv | per-head (GDN) / per-KV-group (attention) row counters |
+// P2 GDN recurrence or attention | sync | P3 gated norm or attention merge + out/o_proj + residual | sync |
+// P4 RMSNorm + gate/up + SiLU + split-K down_proj^T added to the next residual buffer | sync; then final norm + LM head
+// + argmax | sync (73 grid barriers per step). Weights stream through a per-block shared-memory ring filled by a
+// producer warp that runs ahead across all of these barriers.
 #include <cuda_runtime.h>
 #include "luce_mk.h"
 #include "mk_attn.cuh"
@@ -36,64 +30,94 @@ __device__ __forceinline__ void sync_all(Ctx& c, const LuceMkParams& P) {
 
 // GDN token mixing: the block's (head, value slice) items; with MK_GDNFUSE also out_proj, added into xn (the mixer's
 // output residual buffer, zeroed before the previous barrier) together with the block's owned rows of x.
-// Residual stream: three rotating counted buffers (mk_matvec.cuh). Sub-layer k reads buffer k % 3 (polling until
-// every value has its G addends), adds one partial per block into buffer (k + 1) % 3 and clears its words of buffer
-// (k + 2) % 3 (see load_x_norm: safe once buffer k is complete, ordered before the block's add by fence_zero).
-__device__ __forceinline__ float* xbuf(const LuceMkParams& P, int k) { return P.scratch + S_X + (k % 3) * XSTRIDE; }
+__device__ void gdn_layer_mix(Ctx& c, const LuceMkParams& P, int l, int pos, float* xn) {
+    for (int it = 0, item = c.b; item < GDN_ITEMS; ++it, item += c.G) {
+        if (!(P.debug_flags & 2)) gdn_item(c, P, l, item, pos, it, xn);
+        else if (MK_GDNFUSE) consume_all_seg(c, phase_seg(c, P, l, 1, it), [](int, int, const char*) {});
+    }
+#if MK_GDNFUSE
+    const int r0 = split_rows(H, c.b, c.G), r1 = split_rows(H, c.b + 1, c.G);
+    if (c.tid < r1 - r0) atomicAdd(xn + r0 + c.tid, c.xs()[r0 + c.tid]);
+#endif
+}
+
+// Residual stream: three rotating f32 buffers. Sub-layer j (= 2*layer + {0: mixer, 1: MLP}; 48 per step, and
+// 48 % 3 == 0) reads buffer j%3, writes buffer (j+1)%3 (mixer: owner rows plain stores; MLP: every block adds its
+// split-K down_proj partial with f32 reductions, owners also add x) and zeroes its owned rows of buffer (j+2)%3, the
+// target of sub-layer j+1 (last read in sub-layer j-1, before the barrier that ended it).
+// Each buffer has XC copies (readers sum them in a fixed order): the split-K adds of the 132 blocks spread over XC
+// copies, so fewer same-address f32 reductions queue in L2.
+__device__ __forceinline__ float* xbuf(const LuceMkParams& P, int j) { return P.scratch + S_X + (j % 3) * XC * H; }
+
+__device__ __forceinline__ void zero_owned(const Ctx& c, float* x) {
+    const int r0 = split_rows(H, c.b, c.G), r1 = split_rows(H, c.b + 1, c.G);
+    for (int i = c.tid; i < (r1 - r0) * XC; i += NCT) __stcg(x + (i / (r1 - r0)) * H + r0 + i % (r1 - r0), 0.f);
+}
 
 __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
     const int pos = P.pos + s;
-    const bool nowait = (P.debug_flags & 5) != 0;  // debug timing modes without matvec math or barriers: no waits
-    u64* RAW = (u64*)(P.scratch + S_RAW);
-    const unsigned G = (unsigned)c.G;  // addends per residual value
-    float* part = c.misc();            // [1024] the block's partial of a residual update
+    float* RAW = P.scratch + S_RAW;
     for (int l = 0; l < NL; ++l) {
         const float* sp = P.sblob + (long long)l * SP;
         const int j = 2 * l;
-        const unsigned ep = (P.step_base + (unsigned)s) * NL + (unsigned)l + 1u;  // tag of this layer's P1 outputs
-        // P1: norm + in_proj / qkv (tagged outputs)
-        if (l == 0) load_x_norm(c, nullptr, 0, (const unsigned short*)P.embed + (long long)tok * H, sp + SP_LN1, xbuf(P, j + 2), nowait);
-        else load_x_norm(c, xbuf(P, j), G, nullptr, sp + SP_LN1, xbuf(P, j + 2), nowait);
+        // P1: norm + in_proj / qkv
+        zero_owned(c, xbuf(P, j + 2));
+        if (l == 0) load_x_norm(c, nullptr, (const unsigned short*)P.embed + (long long)tok * H, sp + SP_LN1);
+        else load_x_norm(c, xbuf(P, j), nullptr, sp + SP_LN1);
         {
             float a[32];
             load_act_regs(a, c.acts(), c.lane);
             consume(c, layer_phase(P.wblob, l, 0), [&](int r, const char* row) {
                 const float d = warp_sum(dot1024_part(row, a, c.lane));
-                if (c.lane == 0) st_tag(RAW + r, ep, bfr(d));
+                if (c.lane == 0) RAW[r] = bfr(d);
             });
         }
-        float* xn = xbuf(P, j + 1);
-        float* pm = c.acts() + 2048;  // the block's partial of the mixer's residual update (acts[0, 2048): o_proj input)
+#if MK_HEADCNT
+        // publish this block's rows to the per-head / per-group counters that P2's work items wait on
+        cbar();
+        if (!(P.debug_flags & 4) && c.tid < 18) {
+            const Phase ph = layer_phase(P.wblob, l, 0);
+            const int n = counted_rows(is_fa(l), c.tid, split_rows(ph.rows, c.b, c.G), split_rows(ph.rows, c.b + 1, c.G));
+            if (n) red_release_add(row_counter(P, c.tid), (unsigned)n);
+        }
+#else
+        sync_all(c, P);
+#endif
+        // P2: token mixing
         if (is_fa(l)) {
-            // attention items, grid barrier, then merge + o_proj rows + x of the owned rows
             const int items = 2 * att_chunks(pos);
             if (!(P.debug_flags & 2))
-                for (int item = c.b; item < items; item += c.G) attn_item(c, P, l, item, pos, ep);
-            sync_all(c, P);
-            attn_out_act(c, P, pos);
-            for (int i = c.tid; i < H; i += NCT) pm[i] = 0.f;
-            cbar();
+                for (int item = c.b; item < items; item += c.G) attn_item(c, P, l, item, pos);
+        } else {
+            gdn_layer_mix(c, P, l, pos, xbuf(P, j + 1));
+        }
+        sync_all(c, P);
+        if (l == 0 && c.b == 0 && c.tid == 0) P.best[(pos + 1) & 1] = 0ull;  // next step's argmax slot
+#if MK_HEADCNT || MK_GDNFUSE
+        // every wait on this layer's counters ended before the barrier above; the next increments come two
+        // barriers later
+        if (c.b == 0 && c.tid < N_CNT && !(P.debug_flags & 4)) __stcg(row_counter(P, c.tid), 0u);
+#endif
+        // P3: out_proj / o_proj + residual (row owners), unless fused into the GDN items
+        if (!fused_out(l)) {
+            if (is_fa(l)) attn_out_act(c, P, pos);
+            else gdn_out_act(c, P, l);
+            float* xn = xbuf(P, j + 1);
             consume(c, layer_phase(P.wblob, l, 1), [&](int r, const char* row) {
                 const float d = warp_sum(dot_smem_part<2048>(row, c.acts(), c.lane));
-                if (c.lane == 0) pm[r] = bfr(c.xs()[r] + bfr(d));
+                if (c.lane == 0) {
+                    xn[r] = bfr(c.xs()[r] + bfr(d));
+#pragma unroll 1
+                    for (int q = 1; q < XC; ++q) xn[q * H + r] = 0.f;
+                }
             });
-        } else {
-            bool any = false;
-            for (int it = 0, item = c.b; item < GDN_ITEMS; ++it, item += c.G, any = true)
-                gdn_item(c, P, l, item, pos, it, pm, ep, (P.debug_flags & 2) != 0);
-            cbar();
-            for (int i = own0(c) + c.tid; i < own1(c); i += NCT) pm[i] = (any ? pm[i] : 0.f) + c.xs()[i];
-            if (!any)
-                for (int i = c.tid; i < H; i += NCT)
-                    if (i < own0(c) || i >= own1(c)) pm[i] = 0.f;
+            sync_all(c, P);
         }
-        fence_zero(c);
-        cbar();
-        add_partial(c, xn, pm);
         // P4: norm + gate/up + SiLU for this block's slice of the 3584 hidden units, then the matching columns of
-        // down_proj (split-K), added with the owned rows of x into the next residual buffer.
-        load_x_norm(c, xn, G, nullptr, sp + SP_LN2, xbuf(P, j + 3), nowait);
-        if (l == 0 && c.b == 0 && c.tid == 0) P.best[(pos + 1) & 1] = 0ull;  // next step's argmax slot (see below)
+        // down_proj (split-K), reduced in shared memory and added to the next residual buffer.
+        zero_owned(c, xbuf(P, j + 3));
+        load_x_norm(c, xbuf(P, j + 1), nullptr, sp + SP_LN2);
+        float* part = c.misc();          // [1024] block partial of down_proj
         float* hs = c.misc() + 1024;     // this block's silu(g)*u (<= 28)
         const int k0 = split_rows(FF, c.b, c.G);
         {
@@ -121,17 +145,34 @@ __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
                     if (has2) acc2 = fmaf(hv, __uint_as_float((unsigned)w[i * H + 2 * NCT] << 16), acc2);
                 }
             });
-            const int r0 = own0(c), r1 = own1(c);
-            part[c.tid] = acc0 + ((c.tid >= r0 && c.tid < r1) ? c.xs()[c.tid] : 0.f);
-            part[c.tid + NCT] = acc1 + ((c.tid + NCT >= r0 && c.tid + NCT < r1) ? c.xs()[c.tid + NCT] : 0.f);
-            if (has2) part[c.tid + 2 * NCT] = acc2 + ((c.tid + 2 * NCT >= r0 && c.tid + 2 * NCT < r1) ? c.xs()[c.tid + 2 * NCT] : 0.f);
+            part[c.tid] = acc0;
+            part[c.tid + NCT] = acc1;
+            if (has2) part[c.tid + 2 * NCT] = acc2;
         }
-        fence_zero(c);
         cbar();
-        add_partial(c, xbuf(P, j + 2), part);
+        {
+            const int r0 = split_rows(H, c.b, c.G), r1 = split_rows(H, c.b + 1, c.G);
+            float* xn = xbuf(P, j + 2) + (c.b % XC) * H;
+#if __CUDA_ARCH__ >= 900
+            if (c.tid < H / 4 && !(P.debug_flags & 8)) {
+                const int i = c.tid * 4;
+                float4 v = *(const float4*)(part + i);
+                if (i >= r0 && i < r1) v.x += c.xs()[i];
+                if (i + 1 >= r0 && i + 1 < r1) v.y += c.xs()[i + 1];
+                if (i + 2 >= r0 && i + 2 < r1) v.z += c.xs()[i + 2];
+                if (i + 3 >= r0 && i + 3 < r1) v.w += c.xs()[i + 3];
+                red_add4(xn + i, v);
+            }
+#else
+#pragma unroll 1
+            for (int i = c.tid; i < H; i += NCT) atomicAdd(xn + i, part[i] + ((i >= r0 && i < r1) ? c.xs()[i] : 0.f));
+#endif
+        }
+        sync_all(c, P);
     }
+    float* X = xbuf(P, 2 * NL);
     // final norm + LM head + argmax
-    load_x_norm(c, xbuf(P, 2 * NL), G, nullptr, P.sblob + (long long)NL * SP, nullptr, nowait);
+    load_x_norm(c, X, nullptr, P.sblob + (long long)NL * SP);
     float a[32];
     load_act_regs(a, c.acts(), c.lane);
     float bv = -INFINITY;
@@ -150,8 +191,6 @@ __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
         for (int w = 0; w < NCW; ++w) k = kb[w] > k ? kb[w] : k;
         atomicMax(P.best + (pos & 1), k);
     }
-    // every block's argmax is in before any block reads it; the slot of step s + 1 is cleared by block 0 in layer 0 of
-    // step s + 1 once buffer 1 is complete (every block has then read this step's token)
     sync_all(c, P);
     const unsigned long long k = __ldcg(P.best + (pos & 1));
     tok = (int)(0xffffffffu - (unsigned)(k & 0xffffffffull));
@@ -253,7 +292,7 @@ void luce_mk_get_layout(LuceMkLayout* o) {
     o->syncs_per_step = mk::SYNCS_PER_STEP;
     o->vocab = mk::V;
     o->hidden = mk::H;
-    o->gdn_out_transposed = 1;
+    o->gdn_out_transposed = MK_GDNFUSE;
 }
 
 int luce_mk_launch_info(LuceMkLaunchInfo* out) {

@@ -1,16 +1,15 @@
 // mk_gdn.cuh -- Gated DeltaNet decode step. gdn_item: one (head, 16-column value slice) work item (128 per layer):
-// causal conv + SiLU of its q/k/v channels, L2 norms, beta/decay, the delta-rule update of its 128x16 f32 state slice,
-// its 16 outputs and their sum of squares; then (after the head's 8 sums of squares arrive) the gated RMSNorm of its 16
-// outputs and out_proj split-K: the item's 16 rows of out_proj^T times them, added into the residual stream.
+// causal conv + SiLU of its q/k/v channels, L2 norms, beta/decay, the delta-rule update of its 128x16 f32 state slice
+// and its 16 outputs (+ their partial sum of squares). gdn_out_act: every block's prologue of out_proj, the gated
+// RMSNorm of all 16 heads (rstd from the 8 partial sums of each head) times silu(z).
 #pragma once
 #include "mk_matvec.cuh"
 
 namespace mk {
 
 // out_proj split-K for one item: u[16] (shared) times the item's 16 rows of out_proj^T, 1024 partial outputs added to
-// the block's partial part (shared; `first`: set instead). Thread t owns outputs t, t + 480, t + 960 (no atomics).
-__device__ __forceinline__ void gdn_out_split(Ctx& c, const LuceMkParams& P, int l, int seg, const float* us, float* part,
-                                              bool first) {
+// xn[block % XC copy] by f32 vector reductions. Thread t owns outputs t, t + 480, t + 960 (no shared atomics).
+__device__ __forceinline__ void gdn_out_split(Ctx& c, const LuceMkParams& P, int l, int seg, const float* us, float* xn) {
     float acc0 = 0.f, acc1 = 0.f, acc2 = 0.f;
     const bool has2 = c.tid + 2 * NCT < H;
     const Seg g = phase_seg(c, P, l, 1, seg);
@@ -24,27 +23,38 @@ __device__ __forceinline__ void gdn_out_split(Ctx& c, const LuceMkParams& P, int
             if (has2) acc2 = fmaf(hv, __uint_as_float((unsigned)w[i * H + 2 * NCT] << 16), acc2);
         }
     });
-    part[c.tid] = first ? acc0 : part[c.tid] + acc0;
-    part[c.tid + NCT] = first ? acc1 : part[c.tid + NCT] + acc1;
-    if (has2) part[c.tid + 2 * NCT] = first ? acc2 : part[c.tid + 2 * NCT] + acc2;
+    float* part = c.acts();
+    part[c.tid] = acc0;
+    part[c.tid + NCT] = acc1;
+    if (has2) part[c.tid + 2 * NCT] = acc2;
+    cbar();
+    float* x = xn + (c.b % XC) * H;
+#if __CUDA_ARCH__ >= 900
+    if (c.tid < H / 4) red_add4(x + 4 * c.tid, *(const float4*)(part + 4 * c.tid));
+#else
+#pragma unroll 1
+    for (int i = c.tid; i < H; i += NCT) atomicAdd(x + i, part[i]);
+#endif
 }
 
 __device__ __forceinline__ float sel4(float4 v, int i) { return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w; }
 
-// The recurrence of item (h, j) and the gated norm of its outputs: us[16] <- the out_proj inputs of the item.
-__device__ __forceinline__ void gdn_mix(Ctx& c, const LuceMkParams& P, int l, int item, int pos, unsigned ep, float* us,
-                                        bool nowait) {
+// With MK_GDNFUSE (seg = the item's segment index in this block's out_proj stream, xn = the mixer's output residual
+// buffer) the item then waits for the head's 8 sums of squares (a per-head counter, not a grid barrier), applies the
+// gated RMSNorm to its 16 outputs and adds out_proj^T rows [16 item, 16 item + 16) times them (1024 partial outputs)
+// into xn with f32 reductions.
+__device__ void gdn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos, int seg, float* xn) {
     const int h = item >> 3, j = item & 7, t = c.tid;
     const int gi = gdn_index(l);
     float* qs = c.misc();          // 128 conv outputs (q), then normalised
     float* ks = c.misc() + 128;    // 128 (k)
     float* vs = c.misc() + 256;    // 16 (v slice)
     float* red = c.misc() + 288;   // [8 warps][16 v][3]
-    float* sc = c.misc() + 1056;   // scalars: beta, decay, rq, rk, b, a
+    float* sc = c.misc() + 1056;   // scalars: beta, decay, rq, rk
     float* es = c.misc() + 1072;   // 16 deltas
-    float* os_ = c.misc() + 1088;  // 16 outputs
-    float* zs = c.misc() + 1120;   // 16 z (gate) values
-    const u64* raw = (const u64*)(P.scratch + S_RAW) + h * GDN_HROWS;  // this head's in_proj outputs (tagged)
+    float* os_ = c.misc() + 1088;  // 16 outputs (MK_GDNFUSE)
+    float* us = c.misc() + 1104;   // 16 out_proj inputs (MK_GDNFUSE)
+    const float* raw = P.scratch + S_RAW + h * GDN_HROWS;  // this head's in_proj outputs
     const float* sp = P.sblob + (long long)l * SP;
     float* hist = P.conv_hist + (long long)gi * CONV * 4;
     // issue the independent global loads first: state slice, b and a
@@ -55,17 +65,19 @@ __device__ __forceinline__ void gdn_mix(Ctx& c, const LuceMkParams& P, int l, in
         sa = __ldcg((const float4*)S);
         sb = __ldcg((const float4*)S + 1);
     }
-    // one tagged input per thread, all loads in flight at once: threads < 272 a q, k or v (slice) channel, 272 b,
-    // 273 a, 274..289 the slice's z
-    const u64* pin = raw + (t < 256 ? t : t < 272 ? GV + j * 16 + (t - 256) : t == 272 ? GB : t == 273 ? GA : GZ + j * SLV + (t - 274));
-    float cur = 0.f;
-    if (c.warp < 10) lead_wait_tag(pin, ep, nowait, t < 290);
-    if (t < 290) cur = poll_tag(pin, ep, nowait);
-    if (t == 272) sc[4] = cur;
-    else if (t == 273) sc[5] = cur;
-    else if (t >= 274 && t < 290) zs[t - 274] = cur;
+#if MK_HEADCNT
+    if (!(P.debug_flags & 4)) wait_geq(row_counter(P, h), GDN_HEAD_ROWS);
+#endif
+    float bq = 0.f, aq = 0.f, zq = 0.f;
+    if (t == 0) {
+        bq = __ldcg(raw + GB);
+        aq = __ldcg(raw + GA);
+    }
+    if (MK_GDNFUSE && t < SLV) zq = __ldcg(raw + GZ + j * SLV + t);
+
     if (t < 272) {
         const int ch = t < 128 ? h * 128 + t : t < 256 ? 2048 + h * 128 + (t - 128) : 4096 + h * 128 + j * 16 + (t - 256);
+        const float cur = __ldcg(raw + (t < 256 ? t : GV + j * 16 + (t - 256)));  // q, k, or v slice
         const float4 hv = __ldcg((const float4*)(hist + ch * 4));
         const float4 w = *(const float4*)(sp + SP_CONV + ch * 4);
         float acc = w.w * cur;
@@ -88,7 +100,7 @@ __device__ __forceinline__ void gdn_mix(Ctx& c, const LuceMkParams& P, int l, in
         qq = warp_sum(qq);
         kk = warp_sum(kk);
         if (c.lane == 0) {
-            const float b = sc[4], x = sc[5] + sp[SP_DTB + h];
+            const float b = bq, x = aq + sp[SP_DTB + h];
             const float sp_ = x > 20.f ? x : log1pf(expf(x));
             sc[0] = bfr(sigm(b));
             sc[1] = expf(sp[SP_NEGA + h] * sp_);
@@ -131,11 +143,17 @@ __device__ __forceinline__ void gdn_mix(Ctx& c, const LuceMkParams& P, int l, in
             const float e = beta * (vs[c.lane] - decay * SK);
             const float o = bfr(decay * SQ + KQ * e);
             es[c.lane] = e;
-            os_[c.lane] = o;
+            if (MK_GDNFUSE) os_[c.lane] = o;
+            else P.scratch[S_OGDN + h * 128 + j * 16 + c.lane] = o;
             o2 = o * o;
         }
         o2 = warp_sum(o2);
-        if (c.lane == 0) st_tag((u64*)(P.scratch + S_SS) + h * NSL + j, ep, o2);
+        if (c.lane == 0) {
+            P.scratch[S_SS + h * NSL + j] = o2;
+#if MK_GDNFUSE
+            if (!(P.debug_flags & 4)) red_release_add(row_counter(P, 18 + h), 1u);
+#endif
+        }
     }
     cbar();
     if (t < 256) {
@@ -148,36 +166,75 @@ __device__ __forceinline__ void gdn_mix(Ctx& c, const LuceMkParams& P, int l, in
         __stcg((float4*)S, na);
         __stcg((float4*)S + 1, nb);
     }
-    // the head's 8 sums of squares (this item's own included), then the gated norm of the item's 16 outputs
+#if MK_GDNFUSE
+    if (!(P.debug_flags & 4)) wait_geq(row_counter(P, 18 + h), NSL);  // ends with a block barrier
+    else cbar();
     if (c.warp == 0) {
-        float ss = c.lane < NSL ? poll_tag((const u64*)(P.scratch + S_SS) + h * NSL + c.lane, ep, nowait) : 0.f;
+        float ss = c.lane < NSL ? __ldcg(P.scratch + S_SS + h * NSL + c.lane) : 0.f;
         ss = warp_sum(ss);
         if (c.lane < SLV) {
             const float r = rsqrtf(ss * (1.0f / DV) + EPS);
             const float n = bfr(sp[SP_GNW + j * SLV + c.lane] * bfr(os_[c.lane] * r));
-            us[c.lane] = bfr(n * silu(zs[c.lane]));
+            us[c.lane] = bfr(n * silu(zq));
         }
     }
     cbar();
+    gdn_out_split(c, P, l, seg, us, xn);
+#else
+    (void)seg;
+    (void)xn;
+    (void)zq;
+#endif
 }
 
-// seg = the item's segment index in this block's out_proj stream; part = the block's out_proj partial; ep = the
-// epoch tag of this layer's in_proj outputs (polled: the item waits only for its head's 514 rows) and of the sums of
-// squares it exchanges with the head's other 7 items. With `skip` (debug timing) it only adds a zero partial.
-// Not inlined: the 128-register budget of a 512-thread block does not hold the item and the main loop's live values at
-// once (inlined, ptxas spilled 16-52 B); the call costs a 40 B frame of saved registers per call instead.
-__device__ __noinline__ void gdn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos, int seg, float* part, unsigned ep,
-                                      bool skip) {
-    const int h = item >> 3, j = item & 7, t = c.tid;
-    const bool nowait = (P.debug_flags & 5) != 0;
-    float* us = c.misc() + 1104;   // 16 out_proj inputs
-    if (skip) {
-        if (t < SLV) us[t] = 0.f;
-        cbar();
-    } else {
-        gdn_mix(c, P, l, item, pos, ep, us, nowait);
+// acts[0..2048) <- bf16(bf16(w * bf16(o * rstd_head)) * silu(z)) for the out_proj matvec.
+__device__ __forceinline__ void gdn_out_act(Ctx& c, const LuceMkParams& P, int l) {
+    const float* sp = P.sblob + (long long)l * SP;
+#if MK_PROLOGUE2
+    // every global load issued up front (one L2 round trip instead of one per loop iteration)
+    constexpr int IT = (DH * DV + NCT - 1) / NCT;
+    float* rs = c.misc() + 1984;  // 16 head rstd (block_sum uses misc + 2000)
+    float o[IT], z[IT];
+#pragma unroll
+    for (int k = 0; k < IT; ++k) {
+        const int i = c.tid + k * NCT;
+        o[k] = z[k] = 0.f;
+        if (i < DH * DV) {
+            o[k] = __ldcg(P.scratch + S_OGDN + i);
+            z[k] = __ldcg(P.scratch + S_RAW + (i >> 7) * GDN_HROWS + GZ + (i & 127));
+        }
     }
-    gdn_out_split(c, P, l, seg, us, part, seg == 0);
+    if (c.tid < DH * NSL) {
+        float ss = __ldcg(P.scratch + S_SS + c.tid);
+        ss += __shfl_xor_sync(0xffffffffu, ss, 1);
+        ss += __shfl_xor_sync(0xffffffffu, ss, 2);
+        ss += __shfl_xor_sync(0xffffffffu, ss, 4);
+        if ((c.tid & 7) == 0) rs[c.tid >> 3] = rsqrtf(ss * (1.0f / DV) + EPS);
+    }
+    cbar();
+#pragma unroll
+    for (int k = 0; k < IT; ++k) {
+        const int i = c.tid + k * NCT;
+        if (i < DH * DV) {
+            const float n = bfr(sp[SP_GNW + (i & 127)] * bfr(o[k] * rs[i >> 7]));
+            c.acts()[i] = bfr(n * silu(z[k]));
+        }
+    }
+#else
+#pragma unroll 1
+    for (int i = c.tid; i < DH * DV; i += NCT) {
+        const int h = i >> 7;
+        float ss = 0.f;
+#pragma unroll
+        for (int s = 0; s < NSL; ++s) ss += __ldcg(P.scratch + S_SS + h * NSL + s);
+        const float r = rsqrtf(ss * (1.0f / DV) + EPS);
+        const float o = __ldcg(P.scratch + S_OGDN + i);
+        const float z = __ldcg(P.scratch + S_RAW + h * GDN_HROWS + GZ + (i & 127));
+        const float n = bfr(sp[SP_GNW + (i & 127)] * bfr(o * r));
+        c.acts()[i] = bfr(n * silu(z));
+    }
+#endif
+    cbar();
 }
 
 }  // namespace mk

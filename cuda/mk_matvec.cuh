@@ -67,123 +67,34 @@ __device__ __forceinline__ float block_sum(const Ctx& c, float v, float* red) {
     return t;
 }
 
-// ---- residual stream buffers (counted: see mk_sync.cuh) ----
-// Every block adds exactly one partial (all 1024 values; the owner rows carry x) per use, so a value is complete when
-// its count reaches G. Two representations:
-//   sm_90 (MK_XV4): 342 float4 {x[3v], x[3v+1], x[3v+2], count}, added with one red.global.add.v4.f32 each (a 16-byte
-//       aligned vector reduction is one L2 operation, and the reader's 16-byte load sees it whole); 342 reductions per
-//       block instead of 1024 u64 ones (measured: the u64 adds cost ~60 us/token in L2 atomic throughput).
-//   otherwise: 1024 u64 fixed-point sums with the count in the top byte (exact, order-independent).
-#if __CUDA_ARCH__ >= 900 && MK_XV4
-#define MK_XVEC 1
-constexpr int XW = (H + 2) / 3;   // words (float4) per buffer
-#else
-#define MK_XVEC 0
-constexpr int XW = H;             // words (u64) per buffer
-#endif
-constexpr int XB_FLOATS = (MK_XVEC ? 4 : 2) * XW;
-
-// Rows of x that block b owns (its partial carries x for them) and the words it clears before a buffer's reuse.
-__device__ __forceinline__ int own0(const Ctx& c) { return split_rows(H, c.b, c.G); }
-__device__ __forceinline__ int own1(const Ctx& c) { return split_rows(H, c.b + 1, c.G); }
-// Clearing threads: lanes 1.. of the last consumer warp (they store no other data: lane 0 stores matvec outputs).
-__device__ __forceinline__ int zero_index(const Ctx& c) { return c.tid - (NCT - 31); }
-__device__ __forceinline__ bool zero_thread(const Ctx& c) {
-    return (unsigned)zero_index(c) < (unsigned)(split_rows(XW, c.b + 1, c.G) - split_rows(XW, c.b, c.G));
-}
-__device__ __forceinline__ void zero_words(const Ctx& c, float* x) {
-    if (!zero_thread(c)) return;
-    const int wd = split_rows(XW, c.b, c.G) + zero_index(c);
-#if MK_XVEC
-    __stcg((float4*)x + wd, make_float4(0.f, 0.f, 0.f, 0.f));
-#else
-    __stcg((u64*)x + wd, 0ull);
-#endif
-}
-// Called by all consumer threads before the block barrier that precedes the block's add: the clearing threads wait
-// until their zeros are in L2 (long done by then: cheap), so every block that sees this block's add sees them first.
-__device__ __forceinline__ void fence_zero(const Ctx& c) {
-    if (zero_thread(c)) __threadfence();
-}
-// Adds the block's partial part[0..1024) (shared, complete: call after a block barrier) to buffer x.
-__device__ __forceinline__ void add_partial(const Ctx& c, float* x, const float* part) {
-#if MK_XVEC
-    for (int wd = c.tid; wd < XW; wd += NCT) {
-        const int i = 3 * wd;
-        const float4 v = make_float4(part[i], i + 1 < H ? part[i + 1] : 0.f, i + 2 < H ? part[i + 2] : 0.f, 1.0f);
-        red_add4(x + 4 * wd, v);
-    }
-#else
-    for (int i = c.tid; i < H; i += NCT) fx_add((u64*)x + i, part[i]);
-#endif
-}
-
-// xs <- x; acts <- bf16(RMSNorm(x) * w1p). x is an embedding row (emb) or the counted residual buffer xg, polled
-// until every value has `count` addends. `zero`: the buffer whose words this block clears for its next use, once the
-// whole of xg is complete (every block has then added to xg, so every block is done reading `zero`, the input of the
-// sub-layer before). The clearing threads fence (fence_zero) before this block's next add, which other blocks must
-// see before they add into `zero`.
-__device__ __forceinline__ void load_x_norm(Ctx& c, const float* xg, unsigned count, const unsigned short* emb,
-                                            const float* w1p, float* zero, bool nowait) {
-    float ss = 0.f;
-    if (emb) {
-        for (int i = c.tid; i < H; i += NCT) {
-            const float v = __uint_as_float((unsigned)emb[i] << 16);
-            c.xs()[i] = v;
-            ss = fmaf(v, v, ss);
-        }
-    } else {
-#if MK_XVEC
-        // thread t < 342 polls word t (x[3t..3t+2])
-        if (c.tid < XW) {
-            const float4* p = (const float4*)xg + c.tid;
-            float4 w;
-            asm volatile("ld.relaxed.gpu.global.v4.f32 {%0, %1, %2, %3}, [%4];"
-                         : "=f"(w.x), "=f"(w.y), "=f"(w.z), "=f"(w.w) : "l"(p) : "memory");
-            if (w.w != (float)count && !nowait) {
-                const unsigned long long t0 = global_ns();
-                unsigned n = 0;
-                do {
-                    asm volatile("ld.relaxed.gpu.global.v4.f32 {%0, %1, %2, %3}, [%4];"
-                                 : "=f"(w.x), "=f"(w.y), "=f"(w.z), "=f"(w.w) : "l"(p) : "memory");
-                    if ((++n & 0xfffffu) == 0) spin_check(t0);
-                } while (w.w != (float)count);
-            }
-            const int i = 3 * c.tid;
-            c.xs()[i] = w.x;
-            ss = w.x * w.x;
-            if (i + 1 < H) { c.xs()[i + 1] = w.y; ss = fmaf(w.y, w.y, ss); }
-            if (i + 2 < H) { c.xs()[i + 2] = w.z; ss = fmaf(w.z, w.z, ss); }
-        }
-#else
-        const u64* xw = (const u64*)xg;
-        u64 w[3];
+// xs <- x (from the residual buffer, or an embedding row when `emb` is set); acts <- bf16(RMSNorm(x) * w1p).
+__device__ __forceinline__ void load_x_norm(Ctx& c, const float* xg, const unsigned short* emb, const float* w1p) {
+    float v[3], ss = 0.f;
 #pragma unroll
-        for (int k = 0; k < 3; ++k)
-            if (c.tid + k * NCT < H) w[k] = ld_gpu(xw + c.tid + k * NCT);
+    for (int k = 0; k < 3; ++k) {
+        const int i = c.tid + k * NCT;
+        v[k] = 0.f;
+        if (i < H) {
+            if (emb) {
+                v[k] = __uint_as_float((unsigned)emb[i] << 16);
+            } else {
+                v[k] = __ldcg(xg + i);
 #pragma unroll
-        for (int k = 0; k < 3; ++k) {
-            const int i = c.tid + k * NCT;
-            if (i < H) {
-                if (!fx_done(w[k], count) && !nowait) {
-                    const unsigned long long t0 = global_ns();
-                    unsigned n = 0;
-                    do {
-                        w[k] = ld_gpu(xw + i);
-                        if ((++n & 0xfffffu) == 0) spin_check(t0);
-                    } while (!fx_done(w[k], count));
-                }
-                const float v = fx_val(w[k], count);
-                c.xs()[i] = v;
-                ss = fmaf(v, v, ss);
+                for (int q = 1; q < XC; ++q) v[k] += __ldcg(xg + q * H + i);
             }
         }
-#endif
+        ss = fmaf(v[k], v[k], ss);
     }
-    ss = block_sum(c, ss, c.misc() + 2000);  // also orders the xs writes before the reads below
-    if (zero) zero_words(c, zero);
+#pragma unroll
+    for (int k = 0; k < 3; ++k)
+        if (c.tid + k * NCT < H) c.xs()[c.tid + k * NCT] = v[k];
+    ss = block_sum(c, ss, c.misc() + 2000);
     const float r = rsqrtf(ss * (1.0f / H) + EPS);
-    for (int i = c.tid; i < H; i += NCT) c.acts()[i] = bfr(c.xs()[i] * r * w1p[i]);
+#pragma unroll
+    for (int k = 0; k < 3; ++k) {
+        const int i = c.tid + k * NCT;
+        if (i < H) c.acts()[i] = bfr(v[k] * r * w1p[i]);
+    }
     cbar();
 }
 

@@ -33,13 +33,30 @@ struct Ctx {
 
 __device__ __forceinline__ int split_rows(int R, int b, int G) { return (int)(((long long)R * b) / G); }
 
+// P1 -> P2 row counters (MK_HEADCNT): counter k < 16 counts GDN head k's in_proj rows (514, contiguous in the
+// head-major layout, so a head waits only on the ~9 blocks that own them), counter 16 + g KV group g's 2560 qkv rows.
+__device__ __forceinline__ unsigned* row_counter(const LuceMkParams& P, int k) {
+    return (unsigned*)(P.scratch + S_CNT) + k * CNT_STRIDE;
+}
+constexpr unsigned GDN_HEAD_ROWS = GDN_HROWS, FA_GROUP_ROWS = FA_GROWS;
+__device__ __forceinline__ int overlap(int a0, int a1, int r0, int r1) { return max(0, min(a1, r1) - max(a0, r0)); }
+// Rows of [r0, r1) that counter k counts, for a GDN (fa = false) or attention layer.
+__device__ __forceinline__ int counted_rows(bool fa, int k, int r0, int r1) {
+    if (!fa) return k < 16 ? overlap(k * GDN_HROWS, (k + 1) * GDN_HROWS, r0, r1) : 0;
+    return (k >= 16 && k < 18) ? overlap((k - 16) * FA_GROWS, (k - 15) * FA_GROWS, r0, r1) : 0;
+}
+
 __device__ __forceinline__ Phase layer_phase(const void* wblob, int l, int k) {
     const char* base = (const char*)wblob + layer_woff(l) * 2;
     const int r1 = is_fa(l) ? FA_ROWS : GDN_ROWS;
     const char* outp = base + (long long)r1 * 2048;
     switch (k) {
         case 0: return {base, r1, 2048};
+#if MK_GDNFUSE
         case 1: return is_fa(l) ? Phase{outp, H, 4096} : Phase{outp, 2048, 2048};  // GDN out_proj transposed
+#else
+        case 1: return {outp, H, 4096};
+#endif
         case 2: return {outp + W_OUT * 2, FF, 4096};
         default: return {outp + (W_OUT + W_GU) * 2, FF, 2048};  // down_proj transposed: row k = column k
     }
@@ -54,9 +71,9 @@ struct Seg {
 __device__ __forceinline__ Seg block_seg(const Ctx& c, const Phase& ph) {
     return {ph.src, split_rows(ph.rows, c.b, c.G), split_rows(ph.rows, c.b + 1, c.G), ph.row_bytes};
 }
-// GDN items (head, value slice) of a layer; item i also owns rows [16 i, 16 i + 16) of out_proj^T (split-K).
+// GDN items (head, value slice) of a layer; with MK_GDNFUSE item i also owns rows [16 i, 16 i + 16) of out_proj^T.
 constexpr int GDN_ITEMS = DH * NSL;
-__device__ __forceinline__ bool fused_out(int l) { return !is_fa(l); }
+__device__ __forceinline__ bool fused_out(int l) { return MK_GDNFUSE && !is_fa(l); }
 // Segments block c.b streams in phase k of layer l (l == NL: the LM head, one phase).
 __device__ __forceinline__ int phase_segs(const Ctx& c, int l, int k) {
     if (l < NL && k == 1 && fused_out(l)) return c.b < GDN_ITEMS ? (GDN_ITEMS - 1 - c.b) / c.G + 1 : 0;

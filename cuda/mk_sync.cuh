@@ -43,72 +43,20 @@ __device__ __forceinline__ void grid_sync(unsigned* cnt, unsigned target) {
     cbar();
 }
 
-// ---- dataflow without flags: the reader polls the data itself ----
-// A dependency signalled by a flag costs a release (the writer waits ~1 L2 round trip for its data to be acknowledged),
-// the flag's trip and poll, then the data load: ~3-4 round trips of ~1.5-2 us each while HBM is saturated. Here the
-// data carries its own completeness, so the reader's poll returns it: ~1-1.5 round trips.
-//   tagged value: u64 (epoch << 32) | f32 bits, written once per epoch by a single 64-bit store (single-copy atomic);
-//                 the reader spins until the tag equals the epoch it needs. Epochs only grow, so stale data never matches.
-//   counted sum:  u64 = count << 56 | (count * FX_BIAS + sum of fixed-point addends), built with 64-bit integer adds
-//                 (exact, so the sum does not depend on the order of the adds: bit-deterministic); the reader spins
-//                 until the count byte equals the number of addends expected. The buffer is zeroed before each use.
-// Data read this way goes through L2 only (ld.relaxed.gpu / st.cg / red), never a stale L1 line.
-typedef unsigned long long u64;
-__device__ __forceinline__ u64 ld_gpu(const u64* p) {
-    u64 v;
-    asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
-    return v;
-}
-__device__ __forceinline__ void st_tag(u64* p, unsigned epoch, float v) {
-    __stcg(p, ((u64)epoch << 32) | (u64)__float_as_uint(v));
-}
-__device__ __forceinline__ float tag_val(u64 w) { return __uint_as_float((unsigned)w); }
-__device__ __forceinline__ bool tag_ok(u64 w, unsigned epoch) { return (unsigned)(w >> 32) == epoch; }
-// Spin on one tagged value (no wait when `nowait`, the debug timing modes).
-// Warp-leader wait (MK_POLL): lane 0 spins until its value is tagged `epoch`, then the warp goes on (the warp's
-// values come from the same writer at about the same time; every lane still checks its own).
-__device__ __forceinline__ void lead_wait_tag(const u64* p, unsigned epoch, bool nowait, bool active) {
-#if MK_POLL
-    if ((threadIdx.x & 31) == 0 && active && !nowait) {
+// Consumer threads wait until *cnt >= target (thread 0 spins with acquire loads, then a block barrier).
+__device__ __forceinline__ void wait_geq(const unsigned* cnt, unsigned target) {
+    if (threadIdx.x == 0) {
+        unsigned v, n = 0;
         const unsigned long long t0 = global_ns();
-        unsigned n = 0;
-        while (!tag_ok(ld_gpu(p), epoch))
-            if ((++n & 0xfffffu) == 0) spin_check(t0);
-    }
-    __syncwarp();
-#endif
-}
-// Same, with the first load already issued (w): issue several loads, then poll each.
-__device__ __forceinline__ float poll_tag_w(const u64* p, u64 w, unsigned epoch, bool nowait) {
-    if (!tag_ok(w, epoch) && !nowait) {
-        const unsigned long long t0 = global_ns();
-        unsigned n = 0;
         do {
-            w = ld_gpu(p);
-            if ((++n & 0xfffffu) == 0) spin_check(t0);
-        } while (!tag_ok(w, epoch));
+            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(cnt) : "memory");
+            if ((++n & 0x3fffffu) == 0) spin_check(t0);
+        } while (v < target);
     }
-    return tag_val(w);
+    cbar();
 }
-__device__ __forceinline__ float poll_tag(const u64* p, unsigned epoch, bool nowait) {
-    return poll_tag_w(p, ld_gpu(p), epoch, nowait);
-}
-
-constexpr float FX_SCALE = 16777216.0f;           // 2^24: fixed-point resolution 6e-8
-constexpr u64 FX_BIAS = 1ull << 47;               // per addend; keeps the low 56 bits of any sum of <= 255 sane addends in range
-constexpr u64 FX_ONE = (1ull << 56) + FX_BIAS;    // one addend's count + bias
-__device__ __forceinline__ u64 fx_addend(float v) {
-    // clamp to |v| < 2^27 (a NaN becomes -2^27): a bad value gives bad logits, never a corrupted count (a hang)
-    const float s = fminf(fmaxf(v * FX_SCALE, -2.2517998e15f), 2.2517998e15f);
-    return (u64)__float2ll_rn(s) + FX_ONE;
-}
-__device__ __forceinline__ void fx_add(u64* p, float v) {
-    asm volatile("red.relaxed.gpu.global.add.u64 [%0], %1;" ::"l"(p), "l"(fx_addend(v)) : "memory");
-}
-__device__ __forceinline__ bool fx_done(u64 w, unsigned count) { return (unsigned)(w >> 56) == count; }
-__device__ __forceinline__ float fx_val(u64 w, unsigned count) {
-    const long long q = (long long)(w & ((1ull << 56) - 1)) - (long long)(count * FX_BIAS);
-    return (float)((double)q * (1.0 / 16777216.0));
+__device__ __forceinline__ void red_release_add(unsigned* cnt, unsigned v) {
+    asm volatile("red.release.gpu.global.add.u32 [%0], %1;" ::"l"(cnt), "r"(v) : "memory");
 }
 
 __device__ __forceinline__ void mbar_init(uint64_t* b, unsigned count) {

@@ -47,11 +47,11 @@ def test_library_loads_and_exports_abi(built):
     lay = klib.layout(lib)
     assert lay.wblob_elems == 18 * 21528576 + 6 * 18350080  # all layer matrices, bf16 elements
     assert list(lay.layer_woff)[:5] == [0, 21528576, 43057152, 64585728, 82935808]
-    assert lay.syncs_per_step == 7 and lay.vocab == 248320 and lay.hidden == 1024  # 6 attention + 1 LM head
+    assert lay.syncs_per_step == 55 and lay.vocab == 248320 and lay.hidden == 1024  # 18 x 2 + 6 x 3 + 1
     assert lay.gdn_out_transposed == 1
     # layer params + embedding = 752,393,024 - norms/conv/A/dt (small params are in the f32 blob)
     assert lay.wblob_elems + 248320 * 1024 == 752_393_024 - (24 * 2048 + 1024 + 6 * 512 + 18 * (6144 * 4 + 32 + 128))
-    assert ctypes.sizeof(klib.LuceMkParams) == 14 * 8 + 8 * 4  # 14 pointers, 7 ints + tail padding
+    assert ctypes.sizeof(klib.LuceMkParams) == 14 * 8 + 6 * 4  # 14 pointers, 6 ints
 
 
 @needs_nvcc

@@ -21,7 +21,7 @@ class LuceMkParams(ctypes.Structure):
         ("wblob", _p), ("sblob", _p), ("embed", _p), ("kcache", _p), ("vcache", _p), ("gdn_state", _p),
         ("conv_hist", _p), ("scratch", _p), ("sync", _p), ("best", _p), ("last_token", _p), ("in_tokens", _p),
         ("out_tokens", _p), ("logits", _p), ("logits_first", ctypes.c_int), ("pos", ctypes.c_int),
-        ("n_steps", ctypes.c_int), ("max_seq", ctypes.c_int), ("sync_base", ctypes.c_uint), ("step_base", ctypes.c_uint),
+        ("n_steps", ctypes.c_int), ("max_seq", ctypes.c_int), ("sync_base", ctypes.c_uint),
         ("debug_flags", ctypes.c_int),
     ]
 
