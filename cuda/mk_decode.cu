@@ -2,10 +2,12 @@
 // extern "C" host entry points of luce_mk.h (layout, launch sizing from the SM count + occupancy API, launch).
 //
 // Per step and layer: P1 RMSNorm + in_proj/qkv | per-head (GDN) / per-KV-group (attention) row counters |
-// P2 GDN recurrence or attention | sync | P3 gated norm or attention merge + out/o_proj + residual | sync |
-// P4 RMSNorm + gate/up + SiLU + split-K down_proj^T added to the next residual buffer | sync; then final norm + LM head
-// + argmax | sync (73 grid barriers per step). Weights stream through a per-block shared-memory ring filled by a
-// producer warp that runs ahead across all of these barriers.
+// GDN: P2 recurrence items that also apply the gated norm (per-head sum-of-squares counter) and add their out_proj^T
+// split-K partials into the next residual buffer | sync;  attention: P2 items | sync | P3 merge + o_proj rows +
+// residual | sync;  P4 RMSNorm + gate/up + SiLU + split-K down_proj^T added to the next residual buffer | sync; then
+// final norm + LM head + argmax | sync (18 x 2 + 6 x 3 + 1 = 55 grid barriers per step). Weights stream through a
+// per-block shared-memory ring filled by a producer warp that runs ahead across all of these barriers (plus an L2
+// prefetch lead, MK_L2LEAD).
 #include <cuda_runtime.h>
 #include "luce_mk.h"
 #include "mk_attn.cuh"
