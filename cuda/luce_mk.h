@@ -33,7 +33,7 @@
 extern "C" {
 #endif
 
-#define LUCE_MK_ABI_VERSION 2
+#define LUCE_MK_ABI_VERSION 3
 
 typedef struct LuceMkParams {
     const void* wblob;
@@ -55,6 +55,8 @@ typedef struct LuceMkParams {
     int n_steps;
     int max_seq;            /* KV cache capacity (positions) */
     unsigned int sync_base; /* barriers completed so far on `sync` (caller adds n_steps * syncs_per_step) */
+    unsigned int step_base; /* steps run so far on this scratch since it was zeroed (epoch tags of the activations
+                               blocks exchange); the caller adds n_steps after every launch, debug ones included */
     int debug_flags;        /* 0 in normal use; timing experiments only (results invalid): 1 skip matvec math,
                                2 skip GDN/attention work, 4 skip grid barriers */
 } LuceMkParams;

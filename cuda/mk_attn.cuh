@@ -10,15 +10,26 @@ namespace mk {
 
 // Sequence chunks per KV head for pos + 1 cached positions, ceil(n / nch) positions each. The last chunks can be
 // empty (e.g. n = 513: 32 chunks of 17); their items return at once and the merge skips them.
+// P1 output r read after a grid barrier (complete: no poll)
+__device__ __forceinline__ float raw_at(const LuceMkParams& P, int r) {
+#if MK_TAGRAW
+    return tag_val(__ldcg((const u64*)(P.scratch + S_RAW) + r));
+#else
+    return __ldcg(P.scratch + S_RAW + r);
+#endif
+}
+
 __device__ __forceinline__ int att_chunks(int pos) { return min(ATT_MAXCH, (pos + ATT_CHUNK) / ATT_CHUNK); }
 
-__device__ void attn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos) {
+// ep: epoch tag of this layer's qkv outputs (MK_TAGRAW: polled, the item waits only for its group's rows).
+// Not inlined, for the 128-register budget of the kernel (a 40 B call frame instead).
+__device__ __noinline__ void attn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos, unsigned ep) {
     const int g = item & 1, ci = item >> 1, t = c.tid;
     const int n = pos + 1, nch = att_chunks(pos);
     const int per = (n + nch - 1) / nch;
     const int c0 = ci * per, c1 = min(n, c0 + per);
     if (c0 >= n) return;  // empty chunk (uniform over the block)
-#if MK_HEADCNT
+#if MK_HEADCNT && !MK_TAGRAW
     if (!(P.debug_flags & 4)) wait_geq(row_counter(P, 16 + g), FA_GROUP_ROWS);
 #endif
     float* qsm = c.misc();          // [4][256]
@@ -32,23 +43,57 @@ __device__ void attn_item(Ctx& c, const LuceMkParams& P, int l, int item, int po
     unsigned short* kc = (unsigned short*)P.kcache + ((long long)(fi * NKV + g) * P.max_seq) * HD;
     unsigned short* vc = (unsigned short*)P.vcache + ((long long)(fi * NKV + g) * P.max_seq) * HD;
 
-    // q heads 4g..4g+3 (warps 0-3) and k (warp 4): RMSNorm(1+w) per head; v (warp 5) as is.
-    if (c.warp < 6) {
+    // the group's 1536 q, k, v values -> qsm | ksm | vsm (contiguous), every load in flight at once
+    {
+        const float* grp = raw + FA_GROWS * g;
+#if MK_TAGRAW
+        const bool nowait = (P.debug_flags & 5) != 0;
+        const u64* gt = (const u64*)(P.scratch + S_RAW) + FA_GROWS * g;
+        lead_wait_tag(gt + (t < 1024 ? 512 * (t >> 8) + (t & 255) : FK + (t - 1024)), ep, nowait, true);
+        u64 wv[4];
+#else
+        (void)ep;
+        float wv[4];
+#endif
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const int i = t + k * NCT;
+            const int off = i < 1024 ? 512 * (i >> 8) + (i & 255) : i < 1280 ? FK + (i - 1024) : FV + (i - 1280);
+#if MK_TAGRAW
+            if (i < 1536) wv[k] = ld_gpu(gt + off);
+#else
+            if (i < 1536) wv[k] = __ldcg(grp + off);
+#endif
+        }
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const int i = t + k * NCT;
+            const int off = i < 1024 ? 512 * (i >> 8) + (i & 255) : i < 1280 ? FK + (i - 1024) : FV + (i - 1280);
+#if MK_TAGRAW
+            if (i < 1536) qsm[i] = poll_tag_w(gt + off, wv[k], ep, nowait);
+#else
+            if (i < 1536) qsm[i] = wv[k];
+#endif
+        }
+        (void)grp;
+    }
+    cbar();
+    // q heads 4g..4g+3 (warps 0-3) and k (warp 4): RMSNorm(1+w) per head, in place; v as is.
+    if (c.warp < 5) {
         const int d0 = c.lane * 8;
-        const float* src = raw + FA_GROWS * g + (c.warp < 4 ? 512 * c.warp : c.warp == 4 ? FK : FV);
+        float* dst = c.warp < 4 ? qsm + 256 * c.warp : ksm;
         float x[8];
         float ss = 0.f;
 #pragma unroll
         for (int e = 0; e < 8; ++e) {
-            x[e] = __ldcg(src + d0 + e);
+            x[e] = dst[d0 + e];
             ss = fmaf(x[e], x[e], ss);
         }
         ss = warp_sum(ss);
         const float r = rsqrtf(ss * (1.0f / HD) + EPS);
-        float* dst = c.warp < 4 ? qsm + 256 * c.warp : c.warp == 4 ? ksm : vsm;
         const float* w = sp + (c.warp < 4 ? SP_QN : SP_KN);
 #pragma unroll
-        for (int e = 0; e < 8; ++e) dst[d0 + e] = c.warp < 5 ? bfr(x[e] * r * w[d0 + e]) : x[e];
+        for (int e = 0; e < 8; ++e) dst[d0 + e] = bfr(x[e] * r * w[d0 + e]);
     }
     cbar();
     if (t < 160) {  // partial RoPE (first 64 dims, rotate-half pairing), bf16 like HF
@@ -146,7 +191,7 @@ __device__ __forceinline__ void attn_out_act(Ctx& c, const LuceMkParams& P, int 
 #pragma unroll
     for (int k = 0; k < IT; ++k) {
         const int i = c.tid + k * NCT;
-        gate[k] = i < NQH * HD ? __ldcg(P.scratch + S_RAW + FA_GROWS * (i >> 10) + 512 * ((i >> 8) & 3) + 256 + (i & 255)) : 0.f;
+        gate[k] = i < NQH * HD ? raw_at(P, FA_GROWS * (i >> 10) + 512 * ((i >> 8) & 3) + 256 + (i & 255)) : 0.f;
     }
     if (c.warp < NQH) {
         const int jh = c.warp, g = jh >> 2, hh = jh & 3, ci = c.lane;
@@ -189,7 +234,7 @@ __device__ __forceinline__ void attn_out_act(Ctx& c, const LuceMkParams& P, int 
             L = fmaf(__ldcg(P.scratch + S_AML + b * 2 + 1), f, L);
             A = fmaf(__ldcg(P.scratch + S_APART + b * 256 + d), f, A);
         }
-        const float gate = __ldcg(P.scratch + S_RAW + FA_GROWS * g + 512 * hh + 256 + d);
+        const float gate = raw_at(P, FA_GROWS * g + 512 * hh + 256 + d);
         c.acts()[i] = bfr(bfr(A / L) * bfr(sigm(gate)));
     }
 #endif

@@ -16,6 +16,13 @@
 #define MK_GDNFUSE 1                  // GDN out_proj split-K by (head, value slice) inside the recurrence item: no
                                       // barrier between the recurrence and out_proj (out_proj stored transposed)
 #endif
+#ifndef MK_TAGRAW
+#define MK_TAGRAW 1                   // P1 outputs as tagged u64 (epoch << 32 | f32) that P2 polls: no row counters
+#endif
+#ifndef MK_HEADBUF
+#define MK_HEADBUF 1                  // GDN items add out_proj partials without the head's rstd into per-head buffers;
+                                      // the MLP prologue applies the 16 rstd: no wait for the 8 sibling items
+#endif
 #ifndef MK_L2LEAD
 #define MK_L2LEAD 65536               // bytes of the block's weight stream kept prefetched into L2 beyond the ring
 #endif
@@ -70,14 +77,16 @@ constexpr int SP = 26784;
 constexpr int64_t SBLOB = int64_t(NL) * SP + H;
 
 // f32 scratch (activations exchanged between blocks)
-constexpr int S_RAW = 0;                      // in_proj / qkv outputs (8224)
-constexpr int S_OGDN = 8448;                  // GDN recurrence outputs (2048)
-constexpr int S_SS = 10496;                   // GDN partial sum of squares [16][8]
+constexpr int S_RAW = 0;                      // in_proj / qkv outputs (8224; tagged u64 with MK_TAGRAW)
+constexpr int RAW_FLOATS = MK_TAGRAW ? 16448 : 8448;
+constexpr int S_OGDN = RAW_FLOATS;            // GDN recurrence outputs (2048)
+constexpr int S_SS = S_OGDN + 2048;           // GDN partial sum of squares [16][8]
 constexpr int XC = MK_XCOPIES;                // copies per residual buffer (block b adds its MLP partial to copy b % XC)
-constexpr int S_X = 10624;                    // residual stream, 3 rotating buffers x XC copies of 1024 (mk_decode.cu)
+constexpr int S_X = S_SS + 128;               // residual stream, 3 rotating buffers x XC copies of 1024 (mk_decode.cu)
 constexpr int S_APART = S_X + 3 * XC * H;     // attention partials [2][ATT_MAXCH][4][256]
 constexpr int S_AML = S_APART + 2 * ATT_MAXCH * 4 * 256;   // [2][ATT_MAXCH][4][2] (max, sum)
-constexpr int S_CNT = S_AML + 2 * ATT_MAXCH * 4 * 2;     // u32 counters, one per 128-byte line: [0,16) GDN head
+constexpr int S_HB = S_AML + 2 * ATT_MAXCH * 4 * 2;      // MK_HEADBUF: [2 sets][16 heads][1024] out_proj partials
+constexpr int S_CNT = S_HB + (MK_HEADBUF ? 2 * DH * H : 0);  // u32 counters, one per 128-byte line: [0,16) GDN head
                                                          // in_proj rows, [16,18) attention group qkv rows,
                                                          // [18,34) GDN head value slices done (MK_GDNFUSE)
 constexpr int CNT_STRIDE = 32;

@@ -32,16 +32,67 @@ __device__ __forceinline__ void sync_all(Ctx& c, const LuceMkParams& P) {
 
 // GDN token mixing: the block's (head, value slice) items; with MK_GDNFUSE also out_proj, added into xn (the mixer's
 // output residual buffer, zeroed before the previous barrier) together with the block's owned rows of x.
-__device__ void gdn_layer_mix(Ctx& c, const LuceMkParams& P, int l, int pos, float* xn) {
+// With MK_HEADBUF the items add into the per-head buffers hb (no rstd) instead and x stays in xs for the MLP prologue.
+__device__ void gdn_layer_mix(Ctx& c, const LuceMkParams& P, int l, int pos, float* xn, unsigned ep, float* hb) {
     for (int it = 0, item = c.b; item < GDN_ITEMS; ++it, item += c.G) {
-        if (!(P.debug_flags & 2)) gdn_item(c, P, l, item, pos, it, xn);
+        if (!(P.debug_flags & 2)) gdn_item(c, P, l, item, pos, it, xn, ep, hb);
         else if (MK_GDNFUSE) consume_all_seg(c, phase_seg(c, P, l, 1, it), [](int, int, const char*) {});
     }
-#if MK_GDNFUSE
+#if MK_GDNFUSE && !MK_HEADBUF
     const int r0 = split_rows(H, c.b, c.G), r1 = split_rows(H, c.b + 1, c.G);
     if (c.tid < r1 - r0) atomicAdd(xn + r0 + c.tid, c.xs()[r0 + c.tid]);
 #endif
 }
+
+#if MK_HEADBUF
+// The per-head out_proj buffers of GDN layer gi (2 sets, alternating): [16][1024] f32.
+__device__ __forceinline__ float* hbuf(const LuceMkParams& P, int gi) { return P.scratch + S_HB + (gi & 1) * DH * H; }
+// MLP prologue of a GDN layer: xs += sum_h rstd_h * hb[h] (rstd_h from the head's 8 partial sums of squares), then
+// acts <- bf16(RMSNorm(xs) * w1p); all 48 + 1 loads per thread in flight at once. Also clears this block's rows of
+// the other buffer set (last read by the previous GDN layer's prologue, before a barrier; next written after one).
+__device__ __forceinline__ void load_x_headbuf(Ctx& c, const LuceMkParams& P, int gi, const float* w1p) {
+    const float* hb = hbuf(P, gi);
+    float* rs = c.misc() + 1984;  // 16 head rstd (block_sum uses misc + 2000)
+    float hv[3][DH];
+#pragma unroll
+    for (int k = 0; k < 3; ++k)
+#pragma unroll
+        for (int h = 0; h < DH; ++h) hv[k][h] = c.tid + k * NCT < H ? __ldcg(hb + h * H + c.tid + k * NCT) : 0.f;
+    if (c.tid < DH * NSL) {
+        float ss = __ldcg(P.scratch + S_SS + c.tid);
+        ss += __shfl_xor_sync(0xffffffffu, ss, 1);
+        ss += __shfl_xor_sync(0xffffffffu, ss, 2);
+        ss += __shfl_xor_sync(0xffffffffu, ss, 4);
+        if ((c.tid & 7) == 0) rs[c.tid >> 3] = rsqrtf(ss * (1.0f / DV) + EPS);
+    }
+    cbar();
+    float v[3], ss = 0.f;
+#pragma unroll
+    for (int k = 0; k < 3; ++k) {
+        const int i = c.tid + k * NCT;
+        v[k] = 0.f;
+        if (i < H) {
+            float a = 0.f;
+#pragma unroll
+            for (int h = 0; h < DH; ++h) a = fmaf(rs[h], hv[k][h], a);
+            v[k] = c.xs()[i] + a;
+            c.xs()[i] = v[k];
+        }
+        ss = fmaf(v[k], v[k], ss);
+    }
+    ss = block_sum(c, ss, c.misc() + 2000);
+    const float r = rsqrtf(ss * (1.0f / H) + EPS);
+#pragma unroll
+    for (int k = 0; k < 3; ++k) {
+        const int i = c.tid + k * NCT;
+        if (i < H) c.acts()[i] = bfr(v[k] * r * w1p[i]);
+    }
+    float* other = P.scratch + S_HB + ((gi + 1) & 1) * DH * H;
+    const int r0 = split_rows(H, c.b, c.G), r1 = split_rows(H, c.b + 1, c.G);
+    for (int i = c.tid; i < DH * (r1 - r0); i += NCT) __stcg(other + (i / (r1 - r0)) * H + r0 + i % (r1 - r0), 0.f);
+    cbar();
+}
+#endif
 
 // Residual stream: three rotating f32 buffers. Sub-layer j (= 2*layer + {0: mixer, 1: MLP}; 48 per step, and
 // 48 % 3 == 0) reads buffer j%3, writes buffer (j+1)%3 (mixer: owner rows plain stores; MLP: every block adds its
@@ -62,6 +113,7 @@ __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
     for (int l = 0; l < NL; ++l) {
         const float* sp = P.sblob + (long long)l * SP;
         const int j = 2 * l;
+        const unsigned ep = (P.step_base + (unsigned)s) * NL + (unsigned)l + 1u;  // tag of this layer's P1 outputs
         // P1: norm + in_proj / qkv
         zero_owned(c, xbuf(P, j + 2));
         if (l == 0) load_x_norm(c, nullptr, (const unsigned short*)P.embed + (long long)tok * H, sp + SP_LN1);
@@ -71,10 +123,16 @@ __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
             load_act_regs(a, c.acts(), c.lane);
             consume(c, layer_phase(P.wblob, l, 0), [&](int r, const char* row) {
                 const float d = warp_sum(dot1024_part(row, a, c.lane));
+#if MK_TAGRAW
+                if (c.lane == 0) st_tag((u64*)RAW + r, ep, bfr(d));
+#else
                 if (c.lane == 0) RAW[r] = bfr(d);
+#endif
             });
         }
-#if MK_HEADCNT
+#if MK_TAGRAW
+        // P2 polls the tagged outputs themselves
+#elif MK_HEADCNT
         // publish this block's rows to the per-head / per-group counters that P2's work items wait on
         cbar();
         if (!(P.debug_flags & 4) && c.tid < 18) {
@@ -89,9 +147,13 @@ __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
         if (is_fa(l)) {
             const int items = 2 * att_chunks(pos);
             if (!(P.debug_flags & 2))
-                for (int item = c.b; item < items; item += c.G) attn_item(c, P, l, item, pos);
+                for (int item = c.b; item < items; item += c.G) attn_item(c, P, l, item, pos, ep);
         } else {
-            gdn_layer_mix(c, P, l, pos, xbuf(P, j + 1));
+#if MK_HEADBUF
+            gdn_layer_mix(c, P, l, pos, xbuf(P, j + 1), ep, hbuf(P, gdn_index(l)));
+#else
+            gdn_layer_mix(c, P, l, pos, xbuf(P, j + 1), ep, nullptr);
+#endif
         }
         sync_all(c, P);
         if (l == 0 && c.b == 0 && c.tid == 0) P.best[(pos + 1) & 1] = 0ull;  // next step's argmax slot
@@ -118,7 +180,12 @@ __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
         // P4: norm + gate/up + SiLU for this block's slice of the 3584 hidden units, then the matching columns of
         // down_proj (split-K), reduced in shared memory and added to the next residual buffer.
         zero_owned(c, xbuf(P, j + 3));
+#if MK_HEADBUF
+        if (!is_fa(l)) load_x_headbuf(c, P, gdn_index(l), sp + SP_LN2);
+        else load_x_norm(c, xbuf(P, j + 1), nullptr, sp + SP_LN2);
+#else
         load_x_norm(c, xbuf(P, j + 1), nullptr, sp + SP_LN2);
+#endif
         float* part = c.misc();          // [1024] block partial of down_proj
         float* hs = c.misc() + 1024;     // this block's silu(g)*u (<= 28)
         const int k0 = split_rows(FF, c.b, c.G);

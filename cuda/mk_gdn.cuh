@@ -43,8 +43,13 @@ __device__ __forceinline__ float sel4(float4 v, int i) { return i == 0 ? v.x : i
 // buffer) the item then waits for the head's 8 sums of squares (a per-head counter, not a grid barrier), applies the
 // gated RMSNorm to its 16 outputs and adds out_proj^T rows [16 item, 16 item + 16) times them (1024 partial outputs)
 // into xn with f32 reductions.
-__device__ void gdn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos, int seg, float* xn) {
+// ep: epoch tag of this layer's in_proj outputs (MK_TAGRAW). With MK_HEADBUF the partial goes, without the head's
+// rstd, into the per-head buffer hb[h] (the MLP prologue scales and sums the 16 heads) and the item never waits for
+// its 7 sibling items.
+__device__ __noinline__ void gdn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos, int seg, float* xn,
+                                      unsigned ep, float* hb) {
     const int h = item >> 3, j = item & 7, t = c.tid;
+    const bool nowait = (P.debug_flags & 5) != 0;
     const int gi = gdn_index(l);
     float* qs = c.misc();          // 128 conv outputs (q), then normalised
     float* ks = c.misc() + 128;    // 128 (k)
@@ -53,8 +58,13 @@ __device__ void gdn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos
     float* sc = c.misc() + 1056;   // scalars: beta, decay, rq, rk
     float* es = c.misc() + 1072;   // 16 deltas
     float* os_ = c.misc() + 1088;  // 16 outputs (MK_GDNFUSE)
+    float* zs = c.misc() + 1120;   // 16 z values
     float* us = c.misc() + 1104;   // 16 out_proj inputs (MK_GDNFUSE)
+#if MK_TAGRAW
+    const u64* raw = (const u64*)(P.scratch + S_RAW) + h * GDN_HROWS;  // this head's in_proj outputs (tagged)
+#else
     const float* raw = P.scratch + S_RAW + h * GDN_HROWS;  // this head's in_proj outputs
+#endif
     const float* sp = P.sblob + (long long)l * SP;
     float* hist = P.conv_hist + (long long)gi * CONV * 4;
     // issue the independent global loads first: state slice, b and a
@@ -65,19 +75,26 @@ __device__ void gdn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos
         sa = __ldcg((const float4*)S);
         sb = __ldcg((const float4*)S + 1);
     }
+    // one input per thread, all loads in flight at once: threads < 272 a q, k or v (slice) channel, 272 b, 273 a,
+    // 274..289 the slice's z
+    const int rix = t < 256 ? t : t < 272 ? GV + j * 16 + (t - 256) : t == 272 ? GB : t == 273 ? GA : GZ + j * SLV + (t - 274);
+    float cur = 0.f;
+#if MK_TAGRAW
+    if (c.warp < 10) lead_wait_tag(raw + rix, ep, nowait, t < 290);
+    if (t < 290) cur = poll_tag(raw + rix, ep, nowait);
+#else
+    (void)ep;
+    (void)nowait;
 #if MK_HEADCNT
     if (!(P.debug_flags & 4)) wait_geq(row_counter(P, h), GDN_HEAD_ROWS);
 #endif
-    float bq = 0.f, aq = 0.f, zq = 0.f;
-    if (t == 0) {
-        bq = __ldcg(raw + GB);
-        aq = __ldcg(raw + GA);
-    }
-    if (MK_GDNFUSE && t < SLV) zq = __ldcg(raw + GZ + j * SLV + t);
-
+    if (t < 290) cur = __ldcg(raw + rix);
+#endif
+    if (t == 272) sc[4] = cur;
+    else if (t == 273) sc[5] = cur;
+    else if (t >= 274 && t < 290) zs[t - 274] = cur;
     if (t < 272) {
         const int ch = t < 128 ? h * 128 + t : t < 256 ? 2048 + h * 128 + (t - 128) : 4096 + h * 128 + j * 16 + (t - 256);
-        const float cur = __ldcg(raw + (t < 256 ? t : GV + j * 16 + (t - 256)));  // q, k, or v slice
         const float4 hv = __ldcg((const float4*)(hist + ch * 4));
         const float4 w = *(const float4*)(sp + SP_CONV + ch * 4);
         float acc = w.w * cur;
@@ -100,7 +117,7 @@ __device__ void gdn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos
         qq = warp_sum(qq);
         kk = warp_sum(kk);
         if (c.lane == 0) {
-            const float b = bq, x = aq + sp[SP_DTB + h];
+            const float b = sc[4], x = sc[5] + sp[SP_DTB + h];
             const float sp_ = x > 20.f ? x : log1pf(expf(x));
             sc[0] = bfr(sigm(b));
             sc[1] = expf(sp[SP_NEGA + h] * sp_);
@@ -150,10 +167,14 @@ __device__ void gdn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos
         o2 = warp_sum(o2);
         if (c.lane == 0) {
             P.scratch[S_SS + h * NSL + j] = o2;
-#if MK_GDNFUSE
+#if MK_GDNFUSE && !MK_HEADBUF
             if (!(P.debug_flags & 4)) red_release_add(row_counter(P, 18 + h), 1u);
 #endif
         }
+#if MK_HEADBUF
+        // out_proj input without the head's rstd (applied by the MLP prologue)
+        if (c.lane < SLV) us[c.lane] = bfr(sp[SP_GNW + j * SLV + c.lane] * os_[c.lane]) * silu(zs[c.lane]);
+#endif
     }
     cbar();
     if (t < 256) {
@@ -166,7 +187,10 @@ __device__ void gdn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos
         __stcg((float4*)S, na);
         __stcg((float4*)S + 1, nb);
     }
-#if MK_GDNFUSE
+#if MK_GDNFUSE && MK_HEADBUF
+    cbar();
+    gdn_out_split(c, P, l, seg, us, hb + h * H);
+#elif MK_GDNFUSE
     if (!(P.debug_flags & 4)) wait_geq(row_counter(P, 18 + h), NSL);  // ends with a block barrier
     else cbar();
     if (c.warp == 0) {
@@ -175,7 +199,7 @@ __device__ void gdn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos
         if (c.lane < SLV) {
             const float r = rsqrtf(ss * (1.0f / DV) + EPS);
             const float n = bfr(sp[SP_GNW + j * SLV + c.lane] * bfr(os_[c.lane] * r));
-            us[c.lane] = bfr(n * silu(zq));
+            us[c.lane] = bfr(n * silu(zs[c.lane]));
         }
     }
     cbar();
@@ -183,7 +207,11 @@ __device__ void gdn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos
 #else
     (void)seg;
     (void)xn;
-    (void)zq;
+#endif
+#if MK_HEADBUF
+    (void)xn;
+#else
+    (void)hb;
 #endif
 }
 

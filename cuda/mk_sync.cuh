@@ -59,6 +59,49 @@ __device__ __forceinline__ void red_release_add(unsigned* cnt, unsigned v) {
     asm volatile("red.release.gpu.global.add.u32 [%0], %1;" ::"l"(cnt), "r"(v) : "memory");
 }
 
+// ---- tagged values (MK_TAGRAW): the reader polls the data itself ----
+// A flag costs the writer a release (~1 L2 round trip for its data to be acknowledged), then the flag's poll, then the
+// data load. A tagged value = u64 (epoch << 32) | f32 bits, written once per epoch by one 64-bit store (single-copy
+// atomic): the reader spins until the tag equals the epoch it needs, and the load that sees it returns the data.
+// Epochs only grow (the host passes step_base), so stale data never matches. Reads go to L2 (ld.relaxed.gpu).
+typedef unsigned long long u64;
+__device__ __forceinline__ u64 ld_gpu(const u64* p) {
+    u64 v;
+    asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
+    return v;
+}
+__device__ __forceinline__ void st_tag(u64* p, unsigned epoch, float v) {
+    __stcg(p, ((u64)epoch << 32) | (u64)__float_as_uint(v));
+}
+__device__ __forceinline__ float tag_val(u64 w) { return __uint_as_float((unsigned)w); }
+__device__ __forceinline__ bool tag_ok(u64 w, unsigned epoch) { return (unsigned)(w >> 32) == epoch; }
+// Spin on a tagged value whose first load (w) is already issued; no wait when `nowait` (debug timing modes).
+__device__ __forceinline__ float poll_tag_w(const u64* p, u64 w, unsigned epoch, bool nowait) {
+    if (!tag_ok(w, epoch) && !nowait) {
+        const unsigned long long t0 = global_ns();
+        unsigned n = 0;
+        do {
+            w = ld_gpu(p);
+            if ((++n & 0xfffffu) == 0) spin_check(t0);
+        } while (!tag_ok(w, epoch));
+    }
+    return tag_val(w);
+}
+__device__ __forceinline__ float poll_tag(const u64* p, unsigned epoch, bool nowait) {
+    return poll_tag_w(p, ld_gpu(p), epoch, nowait);
+}
+// Lane 0 spins first, then the warp goes on (its values come from one writer at about the same time; every lane still
+// checks its own): 32x fewer L2 requests while waiting.
+__device__ __forceinline__ void lead_wait_tag(const u64* p, unsigned epoch, bool nowait, bool active) {
+    if ((threadIdx.x & 31) == 0 && active && !nowait) {
+        const unsigned long long t0 = global_ns();
+        unsigned n = 0;
+        while (!tag_ok(ld_gpu(p), epoch))
+            if ((++n & 0xfffffu) == 0) spin_check(t0);
+    }
+    __syncwarp();
+}
+
 __device__ __forceinline__ void mbar_init(uint64_t* b, unsigned count) {
     asm volatile("mbarrier.init.shared.b64 [%0], %1;" ::"r"(smem_u32(b)), "r"(count) : "memory");
 }

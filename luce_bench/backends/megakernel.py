@@ -58,6 +58,7 @@ class MegakernelBackend(Backend):
         self._build: Any = None
         self._pos = 0
         self._sync_count = 0
+        self._step_count = 0  # steps run on the scratch since it was zeroed (epoch tags of exchanged activations)
         self._bufs: dict[str, Any] = {}
 
     @classmethod
@@ -134,6 +135,7 @@ class MegakernelBackend(Backend):
         # by every complete launch; a fresh zero makes a sequence independent of an interrupted one)
         for k in ("gdn_state", "conv_hist", "best", "scratch"):
             self._bufs[k].zero_()
+        self._step_count = 0  # the tags restart with the zeroed scratch
         self._pos = 0
 
     def _run(self, n: int, in_tokens: Any, logits_first: int | None, debug_flags: int = 0) -> tuple[Any, Any]:
@@ -160,11 +162,13 @@ class MegakernelBackend(Backend):
         p.logits_first = logits_first or 0
         p.pos, p.n_steps, p.max_seq = self._pos, n, self.max_seq
         p.sync_base = self._sync_count & 0xFFFFFFFF
+        p.step_base = self._step_count & 0xFFFFFFFF
         p.debug_flags = debug_flags
         stream = torch.cuda.current_stream(dev).cuda_stream
         check(self._lib, self._lib.luce_mk_decode(p, stream), "megakernel launch")
         if not debug_flags & 4:  # flag 4 skips the grid barriers: the device counter did not move
             self._sync_count += n * self._layout.syncs_per_step
+        self._step_count += n  # every launch writes tags of these epochs, debug ones included
         self._pos += n
         return out, lg
 

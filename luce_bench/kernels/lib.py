@@ -7,7 +7,7 @@ from pathlib import Path
 
 from luce_bench.errors import UserError
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 SYMBOLS = ("luce_mk_abi_version", "luce_mk_get_layout", "luce_mk_launch_info", "luce_mk_decode",
            "luce_mk_error_string")
 
@@ -21,7 +21,7 @@ class LuceMkParams(ctypes.Structure):
         ("wblob", _p), ("sblob", _p), ("embed", _p), ("kcache", _p), ("vcache", _p), ("gdn_state", _p),
         ("conv_hist", _p), ("scratch", _p), ("sync", _p), ("best", _p), ("last_token", _p), ("in_tokens", _p),
         ("out_tokens", _p), ("logits", _p), ("logits_first", ctypes.c_int), ("pos", ctypes.c_int),
-        ("n_steps", ctypes.c_int), ("max_seq", ctypes.c_int), ("sync_base", ctypes.c_uint),
+        ("n_steps", ctypes.c_int), ("max_seq", ctypes.c_int), ("sync_base", ctypes.c_uint), ("step_base", ctypes.c_uint),
         ("debug_flags", ctypes.c_int),
     ]
 
