@@ -22,8 +22,8 @@ __device__ __forceinline__ float raw_at(const LuceMkParams& P, int r) {
 __device__ __forceinline__ int att_chunks(int pos) { return min(ATT_MAXCH, (pos + ATT_CHUNK) / ATT_CHUNK); }
 
 // ep: epoch tag of this layer's qkv outputs (MK_TAGRAW: polled, the item waits only for its group's rows).
-// Not inlined, for the 128-register budget of the kernel (a 40 B call frame instead).
-__device__ __noinline__ void attn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos, unsigned ep) {
+// Inlined unless MK_NOINLINE (see mk_config.cuh).
+MK_ITEM_FN void attn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos, unsigned ep) {
     const int g = item & 1, ci = item >> 1, t = c.tid;
     const int n = pos + 1, nch = att_chunks(pos);
     const int per = (n + nch - 1) / nch;
@@ -43,6 +43,7 @@ __device__ __noinline__ void attn_item(Ctx& c, const LuceMkParams& P, int l, int
     unsigned short* kc = (unsigned short*)P.kcache + ((long long)(fi * NKV + g) * P.max_seq) * HD;
     unsigned short* vc = (unsigned short*)P.vcache + ((long long)(fi * NKV + g) * P.max_seq) * HD;
 
+#if MK_TAGRAW
     // the group's 1536 q, k, v values -> qsm | ksm | vsm (contiguous), every load in flight at once
     {
         const float* grp = raw + FA_GROWS * g;
@@ -95,6 +96,27 @@ __device__ __noinline__ void attn_item(Ctx& c, const LuceMkParams& P, int l, int
 #pragma unroll
         for (int e = 0; e < 8; ++e) dst[d0 + e] = bfr(x[e] * r * w[d0 + e]);
     }
+#else
+    // q heads 4g..4g+3 (warps 0-3) and k (warp 4): RMSNorm(1+w) per head; v (warp 5) as is.
+    (void)ep;
+    if (c.warp < 6) {
+        const int d0 = c.lane * 8;
+        const float* src = raw + FA_GROWS * g + (c.warp < 4 ? 512 * c.warp : c.warp == 4 ? FK : FV);
+        float x[8];
+        float ss = 0.f;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+            x[e] = __ldcg(src + d0 + e);
+            ss = fmaf(x[e], x[e], ss);
+        }
+        ss = warp_sum(ss);
+        const float r = rsqrtf(ss * (1.0f / HD) + EPS);
+        float* dst = c.warp < 4 ? qsm + 256 * c.warp : c.warp == 4 ? ksm : vsm;
+        const float* w = sp + (c.warp < 4 ? SP_QN : SP_KN);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) dst[d0 + e] = c.warp < 5 ? bfr(x[e] * r * w[d0 + e]) : x[e];
+    }
+#endif
     cbar();
     if (t < 160) {  // partial RoPE (first 64 dims, rotate-half pairing), bf16 like HF
         const int hh = t >> 5, i = t & 31;

@@ -17,11 +17,22 @@
                                       // barrier between the recurrence and out_proj (out_proj stored transposed)
 #endif
 #ifndef MK_TAGRAW
-#define MK_TAGRAW 1                   // P1 outputs as tagged u64 (epoch << 32 | f32) that P2 polls: no row counters
+#define MK_TAGRAW 0                   // 1: P1 outputs as tagged u64 (epoch << 32 | f32) that P2 polls, no row
+                                      // counters (measured: no gain once inlined; 8 B spill with MK_HEADBUF)
 #endif
 #ifndef MK_HEADBUF
-#define MK_HEADBUF 1                  // GDN items add out_proj partials without the head's rstd into per-head buffers;
-                                      // the MLP prologue applies the 16 rstd: no wait for the 8 sibling items
+#define MK_HEADBUF 0                  // 1: GDN items add out_proj partials without the head's rstd into per-head
+                                      // buffers, the MLP prologue applies the 16 rstd: no wait for the 8 sibling
+                                      // items (measured: no gain)
+#endif
+#ifndef MK_NOINLINE
+#define MK_NOINLINE 0                 // 1: GDN / attention items as real calls: no spills with every option, but
+                                      // Ctx then lives in local memory: -75..-90 us/token (measured)
+#endif
+#if MK_NOINLINE
+#define MK_ITEM_FN __device__ __noinline__
+#else
+#define MK_ITEM_FN __device__
 #endif
 #ifndef MK_L2LEAD
 #define MK_L2LEAD 65536               // bytes of the block's weight stream kept prefetched into L2 beyond the ring

@@ -46,7 +46,7 @@ __device__ __forceinline__ float sel4(float4 v, int i) { return i == 0 ? v.x : i
 // ep: epoch tag of this layer's in_proj outputs (MK_TAGRAW). With MK_HEADBUF the partial goes, without the head's
 // rstd, into the per-head buffer hb[h] (the MLP prologue scales and sums the 16 heads) and the item never waits for
 // its 7 sibling items.
-__device__ __noinline__ void gdn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos, int seg, float* xn,
+MK_ITEM_FN void gdn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos, int seg, float* xn,
                                       unsigned ep, float* hb) {
     const int h = item >> 3, j = item & 7, t = c.tid;
     const bool nowait = (P.debug_flags & 5) != 0;

@@ -129,3 +129,18 @@ def test_cli_build_and_info(built):
     r = CliRunner().invoke(app, ["info", "--arch", "sm_90"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["arch"] == "sm_90"
+
+
+def test_kernel_options_from_env(monkeypatch):
+    from luce_bench.errors import UserError
+    from luce_bench.kernels import build as b
+
+    monkeypatch.setenv(b.OPTIONS_ENV, "MK_L2LEAD=0, MK_POLL=0x1")
+    assert b.options_from_env() == {"MK_L2LEAD": 0, "MK_POLL": 1}
+    assert b.define_flags(b.options_from_env()) == ["-DMK_L2LEAD=0", "-DMK_POLL=1"]
+    monkeypatch.setenv(b.OPTIONS_ENV, "")
+    assert b.options_from_env() == {}
+    for bad in ("L2LEAD=0", "MK_L2LEAD=fast"):
+        monkeypatch.setenv(b.OPTIONS_ENV, bad)
+        with pytest.raises(UserError):
+            b.options_from_env()

@@ -217,13 +217,15 @@ class MegakernelBackend(Backend):
                           logits=lg.cpu().numpy() if lg is not None else None)
 
     def info(self) -> dict[str, Any]:
+        from luce_bench.kernels.build import options_from_env
+
         if self._build is None:
             return {}
         return {
             "lib": str(self._build.lib), "archs": list(self._build.archs), "nvcc": self._build.nvcc_version,
             "grid": self._launch.grid, "threads": self._launch.threads, "smem_bytes": self._launch.smem_bytes,
             "ring_slots": self._launch.ring_slots, "syncs_per_step": self._layout.syncs_per_step,
-            "max_seq": self.max_seq,
+            "max_seq": self.max_seq, "options": options_from_env(),
             "ptxas": [{"arch": r.arch, "registers": r.registers, "spill_stores": r.spill_stores,
                        "spill_loads": r.spill_loads} for r in self._build.reports],
         }

@@ -28,7 +28,10 @@ def build_info(arch: str | None = None, build: bool = False) -> dict[str, Any]:
         arch_n = b.normalize_arch(arch) if arch else b.detect_arch()
         info["arch"] = arch_n
         src = b.source_dir()
-        flags = [*b.BASE_FLAGS, *b.gencode_flags((arch_n,))]
+        options = b.options_from_env()
+        if options:
+            info["options"] = options
+        flags = [*b.BASE_FLAGS, *b.define_flags(options), *b.gencode_flags((arch_n,))]
         key = b.build_key(src, flags, version)
         cache = b.cache_root() / key
         info["cache"] = str(cache)

@@ -191,10 +191,30 @@ def define_flags(defines: dict[str, int] | None) -> list[str]:
     return out
 
 
+OPTIONS_ENV = "LUCE_BENCH_KERNEL_OPTIONS"
+
+
+def options_from_env() -> dict[str, int]:
+    """Build options from $LUCE_BENCH_KERNEL_OPTIONS, e.g. "MK_L2LEAD=0,MK_POLL=1" (empty: the defaults)."""
+    text = os.environ.get(OPTIONS_ENV, "").strip()
+    out: dict[str, int] = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        name, _, value = item.partition("=")
+        try:
+            out[name.strip()] = int(value.strip() or "1", 0)
+        except ValueError:
+            raise UserError(f"{OPTIONS_ENV}: {item!r}: expected MK_NAME=INTEGER") from None
+    define_flags(out)  # validates the names
+    return out
+
+
 def build(archs: str | list[str] | tuple[str, ...] | None = None, out_dir: Path | None = None,
           force: bool = False, verbose: bool = False, defines: dict[str, int] | None = None) -> BuildResult:
     """Build (or reuse) the library for `archs` (default: detected). `out_dir` overrides the cache directory;
-    `defines` sets build options (e.g. {"MK_L2LEAD": 131072}) and is part of the cache key."""
+    `defines` sets build options (e.g. {"MK_L2LEAD": 131072}; default: $LUCE_BENCH_KERNEL_OPTIONS) and is part of
+    the cache key."""
+    if defines is None:
+        defines = options_from_env()
     if archs is None:
         archs = (detect_arch(),)
     elif isinstance(archs, str):
@@ -254,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                 defines[name] = int(value or "1", 0)
             except ValueError:
                 raise UserError(f"-D {d}: the value must be an integer") from None
-        res = build(args.arch, args.out, force=args.force, defines=defines)
+        res = build(args.arch, args.out, force=args.force, defines=defines or None)
     except UserError as exc:
         print(f"error: {exc}")
         return 2
