@@ -42,6 +42,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--breakdown", default=None, help="variant to run the debug-flag breakdown on")
     ap.add_argument("--out", default="/tmp/mk-variants")
+    ap.add_argument("--prebuilt", action="append", default=[], metavar="NAME=DIR",
+                    help="also run a library built elsewhere (DIR holds libluce_mk.so + ptxas.txt; same ABI)")
     args = ap.parse_args()
     import numpy as np
     import torch
@@ -54,6 +56,11 @@ def main() -> int:
     t0 = time.time()
     with ThreadPoolExecutor(max_workers=8) as ex:
         builds = list(ex.map(lambda v: build(out_dir=Path(args.out) / v[0], defines=v[1], force=True), variants))
+    lib_dirs = {name: str(Path(args.out) / name) for name, _ in variants}
+    for item in args.prebuilt:
+        name, _, d = item.partition("=")
+        lib_dirs[name] = d
+        variants.append((name, {"prebuilt": d}))
     for (name, d), b in zip(variants, builds):
         r = [x for x in b.reports if "decode_kernel" in x.function][0]
         print(f"built {name} {d}: {r.registers} regs, {r.spill_stores} B spill stores, {r.stack_bytes} B stack", flush=True)
@@ -79,7 +86,7 @@ def main() -> int:
             if rnd == 0:
                 t1 = time.time()
                 be = backends[name] = make_backend(sd, max_seq=max(4096, args.long + args.steps + 8),
-                                                   lib_dir=str(Path(args.out) / name))
+                                                   lib_dir=lib_dirs[name])
                 print(f"{name}: loaded in {time.time() - t1:.1f}s", flush=True)
             be = backends[name]
             if rnd == 0:
