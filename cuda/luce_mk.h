@@ -33,7 +33,7 @@
 extern "C" {
 #endif
 
-#define LUCE_MK_ABI_VERSION 3
+#define LUCE_MK_ABI_VERSION 4
 
 typedef struct LuceMkParams {
     const void* wblob;
@@ -59,6 +59,8 @@ typedef struct LuceMkParams {
                                blocks exchange); the caller adds n_steps after every launch, debug ones included */
     int debug_flags;        /* 0 in normal use; timing experiments only (results invalid): 1 skip matvec math,
                                2 skip GDN/attention work, 4 skip grid barriers */
+    unsigned long long* trace; /* NULL, or [n_steps][luce_mk_trace_points()][grid] %globaltimer ns at each block's
+                                  phase boundaries (timing diagnosis; see scripts/trace_megakernel.py) */
 } LuceMkParams;
 
 typedef struct LuceMkLayout {
@@ -92,6 +94,10 @@ int luce_mk_launch_info(LuceMkLaunchInfo* out);
 /* Runs p->n_steps decode steps in one cooperative launch on `stream` (a cudaStream_t). Returns 0 or an error code. */
 int luce_mk_decode(const LuceMkParams* p, void* stream);
 const char* luce_mk_error_string(int code);
+/* Trace points per step: 10 per layer (P1 x ready, in_proj done, mixer done, mixer barrier passed, P3 done, P3 barrier
+   passed [attention layers], P4 x ready, gate/up done, down added, P4 barrier passed), then step start, LM x ready,
+   LM head done, LM barrier passed. */
+int luce_mk_trace_points(void);
 
 #ifdef __cplusplus
 }

@@ -21,6 +21,13 @@ __device__ __forceinline__ unsigned long long pack_best(float v, int idx) {
     return ((unsigned long long)u << 32) | (unsigned long long)(0xffffffffu - (unsigned)idx);
 }
 
+// Timing trace (P.trace != NULL): thread 0 stamps %globaltimer at phase boundaries. Point k of a layer: TR_L * l + k;
+// then the per-step points from TR_STEP on (luce_mk.h, luce_mk_trace_points).
+constexpr int TR_L = 10, TR_STEP = NL * TR_L, TR_POINTS = TR_STEP + 4;
+__device__ __forceinline__ void trace_pt(const Ctx& c, const LuceMkParams& P, int s, int k) {
+    if (P.trace && c.tid == 0) P.trace[((long long)s * TR_POINTS + k) * c.G + c.b] = global_ns();
+}
+
 __device__ __forceinline__ void sync_all(Ctx& c, const LuceMkParams& P) {
     ++c.nsync;
     if (P.debug_flags & 4) {
@@ -110,6 +117,7 @@ __device__ __forceinline__ void zero_owned(const Ctx& c, float* x) {
 __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
     const int pos = P.pos + s;
     float* RAW = P.scratch + S_RAW;
+    trace_pt(c, P, s, TR_STEP);
     for (int l = 0; l < NL; ++l) {
         const float* sp = P.sblob + (long long)l * SP;
         const int j = 2 * l;
@@ -118,6 +126,7 @@ __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
         zero_owned(c, xbuf(P, j + 2));
         if (l == 0) load_x_norm(c, nullptr, (const unsigned short*)P.embed + (long long)tok * H, sp + SP_LN1);
         else load_x_norm(c, xbuf(P, j), nullptr, sp + SP_LN1);
+        trace_pt(c, P, s, TR_L * l + 0);
         {
             float a[32];
             load_act_regs(a, c.acts(), c.lane);
@@ -130,6 +139,8 @@ __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
 #endif
             });
         }
+        if (P.trace) cbar();
+        trace_pt(c, P, s, TR_L * l + 1);
 #if MK_TAGRAW
         // P2 polls the tagged outputs themselves
 #elif MK_HEADCNT
@@ -155,7 +166,10 @@ __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
             gdn_layer_mix(c, P, l, pos, xbuf(P, j + 1), ep, nullptr);
 #endif
         }
+        if (P.trace) cbar();
+        trace_pt(c, P, s, TR_L * l + 2);
         sync_all(c, P);
+        trace_pt(c, P, s, TR_L * l + 3);
         if (l == 0 && c.b == 0 && c.tid == 0) P.best[(pos + 1) & 1] = 0ull;  // next step's argmax slot
 #if MK_HEADCNT || MK_GDNFUSE
         // every wait on this layer's counters ended before the barrier above; the next increments come two
@@ -175,7 +189,10 @@ __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
                     for (int q = 1; q < XC; ++q) xn[q * H + r] = 0.f;
                 }
             });
+            if (P.trace) cbar();
+            trace_pt(c, P, s, TR_L * l + 4);
             sync_all(c, P);
+            trace_pt(c, P, s, TR_L * l + 5);
         }
         // P4: norm + gate/up + SiLU for this block's slice of the 3584 hidden units, then the matching columns of
         // down_proj (split-K), reduced in shared memory and added to the next residual buffer.
@@ -186,6 +203,7 @@ __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
 #else
         load_x_norm(c, xbuf(P, j + 1), nullptr, sp + SP_LN2);
 #endif
+        trace_pt(c, P, s, TR_L * l + 6);
         float* part = c.misc();          // [1024] block partial of down_proj
         float* hs = c.misc() + 1024;     // this block's silu(g)*u (<= 28)
         const int k0 = split_rows(FF, c.b, c.G);
@@ -199,6 +217,7 @@ __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
             });
         }
         cbar();
+        trace_pt(c, P, s, TR_L * l + 7);
         {
             // down_proj^T rows of this block: thread t owns output columns t, t + 480, t + 960 (no atomics; the
             // v2/v3 shared-memory atomicAdd per element was a CAS loop with 8-way bank conflicts)
@@ -237,11 +256,15 @@ __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
             for (int i = c.tid; i < H; i += NCT) atomicAdd(xn + i, part[i] + ((i >= r0 && i < r1) ? c.xs()[i] : 0.f));
 #endif
         }
+        if (P.trace) cbar();
+        trace_pt(c, P, s, TR_L * l + 8);
         sync_all(c, P);
+        trace_pt(c, P, s, TR_L * l + 9);
     }
     float* X = xbuf(P, 2 * NL);
     // final norm + LM head + argmax
     load_x_norm(c, X, nullptr, P.sblob + (long long)NL * SP);
+    trace_pt(c, P, s, TR_STEP + 1);
     float a[32];
     load_act_regs(a, c.acts(), c.lane);
     float bv = -INFINITY;
@@ -260,7 +283,9 @@ __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
         for (int w = 0; w < NCW; ++w) k = kb[w] > k ? kb[w] : k;
         atomicMax(P.best + (pos & 1), k);
     }
+    trace_pt(c, P, s, TR_STEP + 2);
     sync_all(c, P);
+    trace_pt(c, P, s, TR_STEP + 3);
     const unsigned long long k = __ldcg(P.best + (pos & 1));
     tok = (int)(0xffffffffu - (unsigned)(k & 0xffffffffull));
     if (tok < 0 || tok >= V) tok = 0;  // only reachable in debug timing modes (no argmax written)
@@ -390,6 +415,8 @@ int luce_mk_decode(const LuceMkParams* p, void* stream) {
     if (e != cudaSuccess) return (int)e;
     return (int)cudaGetLastError();
 }
+
+int luce_mk_trace_points(void) { return mk::TR_POINTS; }
 
 const char* luce_mk_error_string(int code) {
     switch (code) {

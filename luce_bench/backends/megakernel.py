@@ -138,8 +138,10 @@ class MegakernelBackend(Backend):
         self._step_count = 0  # the tags restart with the zeroed scratch
         self._pos = 0
 
-    def _run(self, n: int, in_tokens: Any, logits_first: int | None, debug_flags: int = 0) -> tuple[Any, Any]:
-        """Launch n steps; returns (out_tokens [n] int32, logits [n - logits_first, V] f32 or None) on the device."""
+    def _run(self, n: int, in_tokens: Any, logits_first: int | None, debug_flags: int = 0,
+             trace: Any = None) -> tuple[Any, Any]:
+        """Launch n steps; returns (out_tokens [n] int32, logits [n - logits_first, V] f32 or None) on the device.
+        `trace`: an int64 device tensor of n * luce_mk_trace_points() * grid elements for the timing trace."""
         import torch
 
         from luce_bench.kernels.lib import LuceMkParams, check
@@ -164,6 +166,11 @@ class MegakernelBackend(Backend):
         p.sync_base = self._sync_count & 0xFFFFFFFF
         p.step_base = self._step_count & 0xFFFFFFFF
         p.debug_flags = debug_flags
+        if trace is not None:
+            need = n * self._lib.luce_mk_trace_points() * self._launch.grid
+            if trace.numel() < need or trace.element_size() != 8:
+                raise ValueError(f"trace buffer needs {need} 64-bit elements")
+            p.trace = trace.data_ptr()
         stream = torch.cuda.current_stream(dev).cuda_stream
         check(self._lib, self._lib.luce_mk_decode(p, stream), "megakernel launch")
         if not debug_flags & 4:  # flag 4 skips the grid barriers: the device counter did not move

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from luce_bench.errors import UserError
 
-ABI_VERSION = 3
+ABI_VERSION = 4
 SYMBOLS = ("luce_mk_abi_version", "luce_mk_get_layout", "luce_mk_launch_info", "luce_mk_decode",
-           "luce_mk_error_string")
+           "luce_mk_error_string", "luce_mk_trace_points")
 
 _p = ctypes.c_void_p
 
@@ -22,7 +22,7 @@ class LuceMkParams(ctypes.Structure):
         ("conv_hist", _p), ("scratch", _p), ("sync", _p), ("best", _p), ("last_token", _p), ("in_tokens", _p),
         ("out_tokens", _p), ("logits", _p), ("logits_first", ctypes.c_int), ("pos", ctypes.c_int),
         ("n_steps", ctypes.c_int), ("max_seq", ctypes.c_int), ("sync_base", ctypes.c_uint), ("step_base", ctypes.c_uint),
-        ("debug_flags", ctypes.c_int),
+        ("debug_flags", ctypes.c_int), ("trace", _p),
     ]
 
 
@@ -50,6 +50,8 @@ def load_library(path: Path) -> ctypes.CDLL:
         lib = ctypes.CDLL(str(path))
     except OSError as exc:
         raise UserError(f"cannot load megakernel library {path}: {exc}") from exc
+    lib.luce_mk_trace_points.argtypes = []
+    lib.luce_mk_trace_points.restype = ctypes.c_int
     lib.luce_mk_abi_version.argtypes = []
     lib.luce_mk_abi_version.restype = ctypes.c_int
     lib.luce_mk_get_layout.argtypes = [ctypes.POINTER(LuceMkLayout)]
