@@ -37,6 +37,7 @@ def main() -> int:
     ap.add_argument("--pos", type=int, default=64)
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--lib-dir", default=None)
+    ap.add_argument("--flags", type=int, default=0, help="debug_flags for the traced launches (timing experiments)")
     args = ap.parse_args()
     import numpy as np
     import torch
@@ -53,7 +54,7 @@ def main() -> int:
         torch.cuda.synchronize()
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
-        be._run(args.steps, None, None, trace=trace)
+        be._run(args.steps, None, None, debug_flags=args.flags if trace is not None else 0, trace=trace)
         b.record()
         torch.cuda.synchronize()
         return a.elapsed_time(b) * 1e3 / args.steps
