@@ -34,6 +34,9 @@
 #else
 #define MK_ITEM_FN __device__
 #endif
+#ifndef MK_INFLIGHT
+#define MK_INFLIGHT 0                 // > 0: the producer keeps at most this many 32 KB copies in flight (queue depth)
+#endif
 #ifndef MK_L2LEAD
 #define MK_L2LEAD 0                   // bytes of the block's weight stream kept prefetched into L2 beyond the ring
                                       // (65536: +1 % tok/s, -3 % tok/J on the H100: off for an energy tool)

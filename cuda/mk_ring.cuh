@@ -154,6 +154,14 @@ __device__ void run_producer(const Ctx& c, const LuceMkParams& P) {
         ahead -= bytes;
 #endif
         const int slot = (int)(qp % (unsigned)c.ns);
+#if MK_INFLIGHT > 0
+        // at most MK_INFLIGHT copies in flight: wait until copy qp - MK_INFLIGHT has landed (its slot is not re-armed
+        // before copy qp - MK_INFLIGHT + ns > qp, so its full barrier still shows that phase)
+        if (qp >= (unsigned)MK_INFLIGHT) {
+            const unsigned q0 = qp - (unsigned)MK_INFLIGHT;
+            mbar_wait(&c.full()[q0 % (unsigned)c.ns], (q0 / (unsigned)c.ns) & 1u);
+        }
+#endif
         mbar_wait(&c.empty()[slot], ((qp / (unsigned)c.ns) & 1u) ^ 1u);
         char* dst = c.ring() + (size_t)slot * SLOT_BYTES;
 #if __CUDA_ARCH__ >= 900
