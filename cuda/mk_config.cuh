@@ -34,6 +34,9 @@
 #else
 #define MK_ITEM_FN __device__
 #endif
+#ifndef MK_SLOT_KB
+#define MK_SLOT_KB 32                 // ring slot size (KB): 32 or 16
+#endif
 #ifndef MK_INFLIGHT
 #define MK_INFLIGHT 0                 // > 0: the producer keeps at most this many 32 KB copies in flight (queue depth)
 #endif
@@ -66,8 +69,8 @@ constexpr float EPS = 1e-6f;
 constexpr int NCW = 15;          // consumer warps
 constexpr int NCT = NCW * 32;    // consumer threads (480)
 constexpr int NT = NCT + 32;     // + one producer warp = 512 threads (a 17-warp block would cap registers at 96)
-constexpr int SLOT_BYTES = 32768;
-constexpr int MAX_SLOTS = 6;
+constexpr int SLOT_BYTES = MK_SLOT_KB * 1024;   // ring slot (one TMA copy); 192 KB of ring in all
+constexpr int MAX_SLOTS = 6 * 32 / MK_SLOT_KB;
 constexpr int SYNCS_PER_STEP = 6 * (MK_HEADCNT ? 3 : 4) + 18 * ((MK_HEADCNT ? 3 : 4) - (MK_GDNFUSE ? 1 : 0)) + 1;
 constexpr int ATT_CHUNK = 16;    // min positions per attention work item (one per warp)
 constexpr int ATT_MAXCH = 32;    // max sequence chunks per KV head
@@ -112,7 +115,7 @@ constexpr int64_t STATE_L = int64_t(DH) * DK * DV;   // f32 per GDN layer
 constexpr int64_t KV_L = int64_t(NKV) * HD;          // elements per position per FA layer
 
 // shared memory (bytes)
-constexpr int SM_BARS = 128;                          // 2 * MAX_SLOTS mbarriers
+constexpr int SM_BARS = MAX_SLOTS > 8 ? 256 : 128;    // 2 * MAX_SLOTS mbarriers
 constexpr int SM_X = SM_BARS;                         // x (1024 f32)
 constexpr int SM_ACT = SM_X + 4 * H;                  // activations / attention merge work (4096 f32)
 constexpr int SM_MISC = SM_ACT + 4 * 4096;            // 2048 f32 scratch
