@@ -38,7 +38,8 @@
 #define MK_SLOT_KB 32                 // ring slot size (KB): 32 or 16
 #endif
 #ifndef MK_INFLIGHT
-#define MK_INFLIGHT 0                 // > 0: the producer keeps at most this many 32 KB copies in flight (queue depth)
+#define MK_INFLIGHT 1                 // > 0: the producer keeps at most this many copies in flight per SM (queue depth;
+                                      // 1: +12 % tok/s on the H100: every dependent L2 round trip waits behind them)
 #endif
 #ifndef MK_L2LEAD
 #define MK_L2LEAD 0                   // bytes of the block's weight stream kept prefetched into L2 beyond the ring
