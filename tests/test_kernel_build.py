@@ -145,3 +145,15 @@ def test_kernel_options_from_env(monkeypatch):
         monkeypatch.setenv(b.OPTIONS_ENV, bad)
         with pytest.raises(UserError):
             b.options_from_env()
+
+
+@pytest.mark.parametrize("options", [{"MK_TAGRAW": 1, "MK_HEADBUF": 1}, {"MK_INFLIGHT": 0, "MK_SLOT_KB": 16},
+                                     {"MK_GDNFUSE": 0, "MK_L2LEAD": 65536, "MK_NOINLINE": 1}])
+def test_kernel_build_options_compile(tmp_path, options):
+    """The non-default build options (measured variants, cuda/NOTES.md) still compile for sm_90."""
+    from luce_bench.kernels import build as b
+
+    if b.find_nvcc() is None:
+        pytest.skip("nvcc not found")
+    res = b.build(("sm_90",), out_dir=tmp_path / "lib", defines=options)
+    assert res.lib.is_file() and any("decode_kernel" in r.function for r in res.reports)
