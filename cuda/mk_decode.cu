@@ -6,8 +6,9 @@
 // split-K partials into the next residual buffer | sync;  attention: P2 items | sync | P3 merge + o_proj rows +
 // residual | sync;  P4 RMSNorm + gate/up + SiLU + split-K down_proj^T added to the next residual buffer | sync; then
 // final norm + LM head + argmax | sync (18 x 2 + 6 x 3 + 1 = 55 grid barriers per step). Weights stream through a
-// per-block shared-memory ring filled by a producer warp that runs ahead across all of these barriers (plus an L2
-// prefetch lead, MK_L2LEAD).
+// per-block shared-memory ring filled by a producer warp that runs ahead across all of these barriers, with at most
+// MK_INFLIGHT copies in flight (deep queues slow every dependent L2 round trip; NOTES.md v9). Build options: mk_config.cuh.
+// With P.trace set, thread 0 of every block stamps %globaltimer at each phase boundary (scripts/trace_megakernel.py).
 #include <cuda_runtime.h>
 #include "luce_mk.h"
 #include "mk_attn.cuh"
