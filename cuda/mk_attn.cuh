@@ -10,6 +10,11 @@ namespace mk {
 
 // Sequence chunks per KV head for pos + 1 cached positions, ceil(n / nch) positions each. The last chunks can be
 // empty (e.g. n = 513: 32 chunks of 17); their items return at once and the merge skips them.
+// Row (within a KV group's 2560 qkv rows) of element i of the group's [4 q heads | k | v] = 1536 values.
+__device__ __forceinline__ int qkv_group_off(int i) {
+    return i < 1024 ? 512 * (i >> 8) + (i & 255) : i < 1280 ? FK + (i - 1024) : FV + (i - 1280);
+}
+
 // P1 output r read after a grid barrier (complete: no poll)
 __device__ __forceinline__ float raw_at(const LuceMkParams& P, int r) {
 #if MK_TAGRAW
@@ -37,7 +42,6 @@ MK_ITEM_FN void attn_item(Ctx& c, const LuceMkParams& P, int l, int item, int po
     float* vsm = c.misc() + 1280;   // [256]
     float* wm = c.misc() + 1536;    // [16 warps]
     float* wl = c.misc() + 1552;    // [16 warps]
-    const float* raw = P.scratch + S_RAW;
     const float* sp = P.sblob + (long long)l * SP;
     const int fi = fa_index(l);
     unsigned short* kc = (unsigned short*)P.kcache + ((long long)(fi * NKV + g) * P.max_seq) * HD;
@@ -46,37 +50,16 @@ MK_ITEM_FN void attn_item(Ctx& c, const LuceMkParams& P, int l, int item, int po
 #if MK_TAGRAW
     // the group's 1536 q, k, v values -> qsm | ksm | vsm (contiguous), every load in flight at once
     {
-        const float* grp = raw + FA_GROWS * g;
-#if MK_TAGRAW
         const bool nowait = (P.debug_flags & 5) != 0;
         const u64* gt = (const u64*)(P.scratch + S_RAW) + FA_GROWS * g;
-        lead_wait_tag(gt + (t < 1024 ? 512 * (t >> 8) + (t & 255) : FK + (t - 1024)), ep, nowait, true);
+        lead_wait_tag(gt + qkv_group_off(t), ep, nowait, true);
         u64 wv[4];
-#else
-        (void)ep;
-        float wv[4];
-#endif
 #pragma unroll
-        for (int k = 0; k < 4; ++k) {
-            const int i = t + k * NCT;
-            const int off = i < 1024 ? 512 * (i >> 8) + (i & 255) : i < 1280 ? FK + (i - 1024) : FV + (i - 1280);
-#if MK_TAGRAW
-            if (i < 1536) wv[k] = ld_gpu(gt + off);
-#else
-            if (i < 1536) wv[k] = __ldcg(grp + off);
-#endif
-        }
+        for (int k = 0; k < 4; ++k)
+            if (t + k * NCT < 1536) wv[k] = ld_gpu(gt + qkv_group_off(t + k * NCT));
 #pragma unroll
-        for (int k = 0; k < 4; ++k) {
-            const int i = t + k * NCT;
-            const int off = i < 1024 ? 512 * (i >> 8) + (i & 255) : i < 1280 ? FK + (i - 1024) : FV + (i - 1280);
-#if MK_TAGRAW
-            if (i < 1536) qsm[i] = poll_tag_w(gt + off, wv[k], ep, nowait);
-#else
-            if (i < 1536) qsm[i] = wv[k];
-#endif
-        }
-        (void)grp;
+        for (int k = 0; k < 4; ++k)
+            if (t + k * NCT < 1536) qsm[t + k * NCT] = poll_tag_w(gt + qkv_group_off(t + k * NCT), wv[k], ep, nowait);
     }
     cbar();
     // q heads 4g..4g+3 (warps 0-3) and k (warp 4): RMSNorm(1+w) per head, in place; v as is.
@@ -99,6 +82,7 @@ MK_ITEM_FN void attn_item(Ctx& c, const LuceMkParams& P, int l, int item, int po
 #else
     // q heads 4g..4g+3 (warps 0-3) and k (warp 4): RMSNorm(1+w) per head; v (warp 5) as is.
     (void)ep;
+    const float* raw = P.scratch + S_RAW;
     if (c.warp < 6) {
         const int d0 = c.lane * 8;
         const float* src = raw + FA_GROWS * g + (c.warp < 4 ? 512 * c.warp : c.warp == 4 ? FK : FV);

@@ -52,6 +52,12 @@ __device__ void gdn_layer_mix(Ctx& c, const LuceMkParams& P, int l, int pos, flo
 #endif
 }
 
+// Zeroes this block's owned rows of `copies` consecutive 1024-float vectors at x.
+__device__ __forceinline__ void zero_owned(const Ctx& c, float* x, int copies = XC) {
+    const int r0 = split_rows(H, c.b, c.G), r1 = split_rows(H, c.b + 1, c.G);
+    for (int i = c.tid; i < (r1 - r0) * copies; i += NCT) __stcg(x + (i / (r1 - r0)) * H + r0 + i % (r1 - r0), 0.f);
+}
+
 #if MK_HEADBUF
 // The per-head out_proj buffers of GDN layer gi (2 sets, alternating): [16][1024] f32.
 __device__ __forceinline__ float* hbuf(const LuceMkParams& P, int gi) { return P.scratch + S_HB + (gi & 1) * DH * H; }
@@ -66,13 +72,7 @@ __device__ __forceinline__ void load_x_headbuf(Ctx& c, const LuceMkParams& P, in
     for (int k = 0; k < 3; ++k)
 #pragma unroll
         for (int h = 0; h < DH; ++h) hv[k][h] = c.tid + k * NCT < H ? __ldcg(hb + h * H + c.tid + k * NCT) : 0.f;
-    if (c.tid < DH * NSL) {
-        float ss = __ldcg(P.scratch + S_SS + c.tid);
-        ss += __shfl_xor_sync(0xffffffffu, ss, 1);
-        ss += __shfl_xor_sync(0xffffffffu, ss, 2);
-        ss += __shfl_xor_sync(0xffffffffu, ss, 4);
-        if ((c.tid & 7) == 0) rs[c.tid >> 3] = rsqrtf(ss * (1.0f / DV) + EPS);
-    }
+    head_rstd(c, P, rs);
     cbar();
     float v[3], ss = 0.f;
 #pragma unroll
@@ -88,17 +88,8 @@ __device__ __forceinline__ void load_x_headbuf(Ctx& c, const LuceMkParams& P, in
         }
         ss = fmaf(v[k], v[k], ss);
     }
-    ss = block_sum(c, ss, c.misc() + 2000);
-    const float r = rsqrtf(ss * (1.0f / H) + EPS);
-#pragma unroll
-    for (int k = 0; k < 3; ++k) {
-        const int i = c.tid + k * NCT;
-        if (i < H) c.acts()[i] = bfr(v[k] * r * w1p[i]);
-    }
-    float* other = P.scratch + S_HB + ((gi + 1) & 1) * DH * H;
-    const int r0 = split_rows(H, c.b, c.G), r1 = split_rows(H, c.b + 1, c.G);
-    for (int i = c.tid; i < DH * (r1 - r0); i += NCT) __stcg(other + (i / (r1 - r0)) * H + r0 + i % (r1 - r0), 0.f);
-    cbar();
+    norm_to_acts(c, v, ss, w1p);
+    zero_owned(c, hbuf(P, gi + 1), DH);
 }
 #endif
 
@@ -110,10 +101,6 @@ __device__ __forceinline__ void load_x_headbuf(Ctx& c, const LuceMkParams& P, in
 // copies, so fewer same-address f32 reductions queue in L2.
 __device__ __forceinline__ float* xbuf(const LuceMkParams& P, int j) { return P.scratch + S_X + (j % 3) * XC * H; }
 
-__device__ __forceinline__ void zero_owned(const Ctx& c, float* x) {
-    const int r0 = split_rows(H, c.b, c.G), r1 = split_rows(H, c.b + 1, c.G);
-    for (int i = c.tid; i < (r1 - r0) * XC; i += NCT) __stcg(x + (i / (r1 - r0)) * H + r0 + i % (r1 - r0), 0.f);
-}
 
 __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
     const int pos = P.pos + s;

@@ -206,13 +206,20 @@ MK_ITEM_FN void gdn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos
     gdn_out_split(c, P, l, seg, us, xn);
 #else
     (void)seg;
-    (void)xn;
 #endif
-#if MK_HEADBUF
-    (void)xn;
-#else
+    (void)xn;  // one of xn / hb is unused, depending on the build options
     (void)hb;
-#endif
+}
+
+// rs[h] <- rstd of GDN head h from its 8 partial sums of squares (threads < 128; the caller block-syncs before use).
+__device__ __forceinline__ void head_rstd(const Ctx& c, const LuceMkParams& P, float* rs) {
+    if (c.tid < DH * NSL) {
+        float ss = __ldcg(P.scratch + S_SS + c.tid);
+        ss += __shfl_xor_sync(0xffffffffu, ss, 1);
+        ss += __shfl_xor_sync(0xffffffffu, ss, 2);
+        ss += __shfl_xor_sync(0xffffffffu, ss, 4);
+        if ((c.tid & 7) == 0) rs[c.tid >> 3] = rsqrtf(ss * (1.0f / DV) + EPS);
+    }
 }
 
 // acts[0..2048) <- bf16(bf16(w * bf16(o * rstd_head)) * silu(z)) for the out_proj matvec.
@@ -232,13 +239,7 @@ __device__ __forceinline__ void gdn_out_act(Ctx& c, const LuceMkParams& P, int l
             z[k] = __ldcg(P.scratch + S_RAW + (i >> 7) * GDN_HROWS + GZ + (i & 127));
         }
     }
-    if (c.tid < DH * NSL) {
-        float ss = __ldcg(P.scratch + S_SS + c.tid);
-        ss += __shfl_xor_sync(0xffffffffu, ss, 1);
-        ss += __shfl_xor_sync(0xffffffffu, ss, 2);
-        ss += __shfl_xor_sync(0xffffffffu, ss, 4);
-        if ((c.tid & 7) == 0) rs[c.tid >> 3] = rsqrtf(ss * (1.0f / DV) + EPS);
-    }
+    head_rstd(c, P, rs);
     cbar();
 #pragma unroll
     for (int k = 0; k < IT; ++k) {

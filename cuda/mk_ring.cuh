@@ -174,28 +174,6 @@ __device__ void run_producer(const Ctx& c, const LuceMkParams& P) {
 }
 
 // ---- consumer ----
-// Calls fn(row, smem_row_ptr) for the rows of this warp (local row index % NCW == warp), chunk by chunk.
-template <class F>
-__device__ __forceinline__ void consume_seg(Ctx& c, const Seg& g, F&& fn) {
-    const int rps = SLOT_BYTES / g.row_bytes;
-    for (int r = g.r0; r < g.r1; r += rps) {
-        const int n = min(rps, g.r1 - r);
-        const int slot = (int)(c.q % (unsigned)c.ns);
-        mbar_wait(&c.full()[slot], (c.q / (unsigned)c.ns) & 1u);
-        if (!c.skip_math) {
-            for (int i = (c.warp - (r - g.r0) % NCW + NCW) % NCW; i < n; i += NCW)
-                fn(r + i, c.ring() + (size_t)slot * SLOT_BYTES + (size_t)i * g.row_bytes);
-        }
-        __syncwarp();
-        if (c.lane == 0) mbar_arrive(&c.empty()[slot]);
-        ++c.q;
-    }
-}
-template <class F>
-__device__ __forceinline__ void consume(Ctx& c, const Phase& ph, F&& fn) {
-    consume_seg(c, block_seg(c, ph), fn);
-}
-
 // Calls fn(first_row, n_rows, smem_chunk) on every consumer thread for each chunk of the segment (for phases whose
 // work is split over columns, not rows); each warp releases the slot when it is done with it.
 template <class F>
@@ -211,6 +189,19 @@ __device__ __forceinline__ void consume_all_seg(Ctx& c, const Seg& g, F&& fn) {
         ++c.q;
     }
 }
+// Calls fn(row, smem_row_ptr) for the rows of this warp (local row index % NCW == warp), chunk by chunk.
+template <class F>
+__device__ __forceinline__ void consume_seg(Ctx& c, const Seg& g, F&& fn) {
+    const int warp = c.warp;
+    consume_all_seg(c, g, [&](int r, int n, const char* base) {
+        for (int i = (warp - (r - g.r0) % NCW + NCW) % NCW; i < n; i += NCW) fn(r + i, base + (size_t)i * g.row_bytes);
+    });
+}
+template <class F>
+__device__ __forceinline__ void consume(Ctx& c, const Phase& ph, F&& fn) {
+    consume_seg(c, block_seg(c, ph), fn);
+}
+
 template <class F>
 __device__ __forceinline__ void consume_all(Ctx& c, const Phase& ph, F&& fn) {
     consume_all_seg(c, block_seg(c, ph), fn);
