@@ -35,11 +35,23 @@
 #define MK_ITEM_FN __device__
 #endif
 #ifndef MK_SLOT_KB
-#define MK_SLOT_KB 32                 // ring slot size (KB): 32 or 16
+#define MK_SLOT_KB 32                 // ring slot size (KB): 16, 24, 32, 48 or 64 (192 KB of ring)
 #endif
 #ifndef MK_INFLIGHT
 #define MK_INFLIGHT 1                 // > 0: the producer keeps at most this many copies in flight per SM (queue depth;
                                       // 1: +12 % tok/s on the H100: every dependent L2 round trip waits behind them)
+#endif
+#ifndef MK_INFLIGHT_LM
+#define MK_INFLIGHT_LM MK_INFLIGHT    // the same cap while streaming the LM head (pure streaming, no dependent loads)
+#endif
+#ifndef MK_PAUSE
+#define MK_PAUSE 0                    // bit mask: the producer issues no new copy while the consumers wait on a grid
+                                      // barrier (1), a row / sibling counter (2), load x for a norm (4), or run a GDN
+                                      // recurrence item up to its out_proj (8): queued copies slow those round trips
+#endif
+#ifndef MK_ATTHEAD
+#define MK_ATTHEAD 0                  // 1: attention items per (KV group, query head, chunk): one pass over the chunk
+                                      // instead of one per query head (<= 16 chunks, <= 128 items)
 #endif
 #ifndef MK_L2LEAD
 #define MK_L2LEAD 0                   // bytes of the block's weight stream kept prefetched into L2 beyond the ring
@@ -116,7 +128,8 @@ constexpr int64_t STATE_L = int64_t(DH) * DK * DV;   // f32 per GDN layer
 constexpr int64_t KV_L = int64_t(NKV) * HD;          // elements per position per FA layer
 
 // shared memory (bytes)
-constexpr int SM_BARS = MAX_SLOTS > 8 ? 256 : 128;    // 2 * MAX_SLOTS mbarriers
+constexpr int SM_BARS = MAX_SLOTS >= 8 ? 256 : 128;   // 2 * MAX_SLOTS mbarriers, then (last word) the pause flag
+constexpr int SM_PAUSE = SM_BARS - 4;
 constexpr int SM_X = SM_BARS;                         // x (1024 f32)
 constexpr int SM_ACT = SM_X + 4 * H;                  // activations / attention merge work (4096 f32)
 constexpr int SM_MISC = SM_ACT + 4 * 4096;            // 2048 f32 scratch

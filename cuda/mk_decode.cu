@@ -22,12 +22,6 @@ __device__ __forceinline__ unsigned long long pack_best(float v, int idx) {
     return ((unsigned long long)u << 32) | (unsigned long long)(0xffffffffu - (unsigned)idx);
 }
 
-// Timing trace (P.trace != NULL): thread 0 stamps %globaltimer at phase boundaries. Point k of a layer: TR_L * l + k;
-// then the per-step points from TR_STEP on (luce_mk.h, luce_mk_trace_points).
-constexpr int TR_L = 10, TR_STEP = NL * TR_L, TR_POINTS = TR_STEP + 4;
-__device__ __forceinline__ void trace_pt(const Ctx& c, const LuceMkParams& P, int s, int k) {
-    if (P.trace && c.tid == 0) P.trace[((long long)s * TR_POINTS + k) * c.G + c.b] = global_ns();
-}
 
 __device__ __forceinline__ void sync_all(Ctx& c, const LuceMkParams& P) {
     ++c.nsync;
@@ -144,9 +138,15 @@ __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
 #endif
         // P2: token mixing
         if (is_fa(l)) {
-            const int items = 2 * att_chunks(pos);
+            const int items = att_items(pos);
             if (!(P.debug_flags & 2))
-                for (int item = c.b; item < items; item += c.G) attn_item(c, P, l, item, pos, ep);
+                for (int item = c.b; item < items; item += c.G) {
+#if MK_ATTHEAD && !MK_TAGRAW
+                    attn_head_item(c, P, l, item, pos);
+#else
+                    attn_item(c, P, l, item, pos, ep);
+#endif
+                }
         } else {
 #if MK_HEADBUF
             gdn_layer_mix(c, P, l, pos, xbuf(P, j + 1), ep, hbuf(P, gdn_index(l)));
@@ -168,6 +168,7 @@ __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
         if (!fused_out(l)) {
             if (is_fa(l)) attn_out_act(c, P, pos);
             else gdn_out_act(c, P, l);
+            trace_pt(c, P, s, TR_L * l + 11);
             float* xn = xbuf(P, j + 1);
             consume(c, layer_phase(P.wblob, l, 1), [&](int r, const char* row) {
                 const float d = warp_sum(dot_smem_part<2048>(row, c.acts(), c.lane));
@@ -303,6 +304,7 @@ __global__ void __launch_bounds__(NT, 1) decode_kernel(const __grid_constant__ L
 #endif
             mbar_init(&c.empty()[i], NCW);
         }
+        *(volatile unsigned*)(mk_smem + SM_PAUSE) = 0u;
     }
     __syncthreads();
     if (c.warp == NCW) {

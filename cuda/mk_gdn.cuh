@@ -65,6 +65,7 @@ MK_ITEM_FN void gdn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos
 #else
     const float* raw = P.scratch + S_RAW + h * GDN_HROWS;  // this head's in_proj outputs
 #endif
+    pause_set(8, 1u);  // (lowered after the sibling wait)
     const float* sp = P.sblob + (long long)l * SP;
     float* hist = P.conv_hist + (long long)gi * CONV * 4;
     // issue the independent global loads first: state slice, b and a
@@ -87,6 +88,8 @@ MK_ITEM_FN void gdn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos
     (void)nowait;
 #if MK_HEADCNT
     if (!(P.debug_flags & 4)) wait_geq(row_counter(P, h), GDN_HEAD_ROWS);
+    else cbar();
+    if (MK_GDNFUSE) trace_pt(c, P, pos - P.pos, TR_L * l + 4);  // (P3 uses points 4, 5 without it)
 #endif
     if (t < 290) cur = __ldcg(raw + rix);
 #endif
@@ -193,6 +196,8 @@ MK_ITEM_FN void gdn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos
 #elif MK_GDNFUSE
     if (!(P.debug_flags & 4)) wait_geq(row_counter(P, 18 + h), NSL);  // ends with a block barrier
     else cbar();
+    trace_pt(c, P, pos - P.pos, TR_L * l + 5);
+    pause_set(8, 0u);
     if (c.warp == 0) {
         float ss = c.lane < NSL ? __ldcg(P.scratch + S_SS + h * NSL + c.lane) : 0.f;
         ss = warp_sum(ss);

@@ -70,6 +70,7 @@ __device__ __forceinline__ float block_sum(const Ctx& c, float v, float* red) {
 // acts <- bf16(RMSNorm(x) * w1p) for this thread's values v[k] = x[tid + k * NCT] (ss: their partial sum of squares).
 __device__ __forceinline__ void norm_to_acts(Ctx& c, const float v[3], float ss, const float* w1p) {
     ss = block_sum(c, ss, c.misc() + 2000);
+    pause_set(4, 0u);  // (every x load has returned)
     const float r = rsqrtf(ss * (1.0f / H) + EPS);
 #pragma unroll
     for (int k = 0; k < 3; ++k) {
@@ -82,6 +83,7 @@ __device__ __forceinline__ void norm_to_acts(Ctx& c, const float v[3], float ss,
 // xs <- x (from the residual buffer, or an embedding row when `emb` is set); acts <- bf16(RMSNorm(x) * w1p).
 __device__ __forceinline__ void load_x_norm(Ctx& c, const float* xg, const unsigned short* emb, const float* w1p) {
     float v[3], ss = 0.f;
+    pause_set(4, 1u);
 #pragma unroll
     for (int k = 0; k < 3; ++k) {
         const int i = c.tid + k * NCT;

@@ -14,8 +14,6 @@ struct Phase {
     int row_bytes;    // 2048 (K=1024, or a column of down_proj), 4096 (K=2048 or a gate|up pair)
 };
 
-extern __shared__ __align__(128) unsigned char mk_smem[];
-
 // Per-thread view. Shared-memory regions are fixed offsets from mk_smem (no registers spent on pointers).
 struct Ctx {
     int G, b, tid, warp, lane;
@@ -30,6 +28,15 @@ struct Ctx {
     __device__ __forceinline__ float* acts() const { return (float*)(mk_smem + SM_ACT); }  // matvec input (<= 4096)
     __device__ __forceinline__ float* misc() const { return (float*)(mk_smem + SM_MISC); } // 2048 floats scratch
 };
+
+// Timing trace (P.trace != NULL): thread 0 stamps %globaltimer at phase boundaries. Point k of a layer: TR_L * l + k
+// (GDN layers use k = 4, 5 inside the block's recurrence item: after the in_proj row wait, after the sibling wait;
+// attention layers k = 10 after an item's qkv row wait, 11 after the o_proj prologue);
+// then the per-step points from TR_STEP on (luce_mk.h, luce_mk_trace_points).
+constexpr int TR_L = 12, TR_STEP = NL * TR_L, TR_POINTS = TR_STEP + 4;
+__device__ __forceinline__ void trace_pt(const Ctx& c, const LuceMkParams& P, int s, int k) {
+    if (P.trace && c.tid == 0) P.trace[((long long)s * TR_POINTS + k) * c.G + c.b] = global_ns();
+}
 
 __device__ __forceinline__ int split_rows(int R, int b, int G) { return (int)(((long long)R * b) / G); }
 
@@ -154,15 +161,16 @@ __device__ void run_producer(const Ctx& c, const LuceMkParams& P) {
         ahead -= bytes;
 #endif
         const int slot = (int)(qp % (unsigned)c.ns);
-#if MK_INFLIGHT > 0
-        // at most MK_INFLIGHT copies in flight: wait until copy qp - MK_INFLIGHT has landed (its slot is not re-armed
-        // before copy qp - MK_INFLIGHT + ns > qp, so its full barrier still shows that phase)
-        if (qp >= (unsigned)MK_INFLIGHT) {
-            const unsigned q0 = qp - (unsigned)MK_INFLIGHT;
+        // at most N copies in flight (N = MK_INFLIGHT in the layers, MK_INFLIGHT_LM in the LM head, which has no
+        // dependent round trips to slow down): wait until copy qp - N has landed (its slot is not re-armed before
+        // copy qp - N + ns > qp, so its full barrier still shows that phase; N >= ns: no cap beyond the ring)
+        const unsigned cap = (unsigned)(w.l == NL ? MK_INFLIGHT_LM : MK_INFLIGHT);
+        if (cap > 0 && cap < (unsigned)c.ns && qp >= cap) {
+            const unsigned q0 = qp - cap;
             mbar_wait(&c.full()[q0 % (unsigned)c.ns], (q0 / (unsigned)c.ns) & 1u);
         }
-#endif
         mbar_wait(&c.empty()[slot], ((qp / (unsigned)c.ns) & 1u) ^ 1u);
+        pause_wait();
         char* dst = c.ring() + (size_t)slot * SLOT_BYTES;
 #if __CUDA_ARCH__ >= 900
         bulk_load(dst, src, bytes, &c.full()[slot], pol);

@@ -24,6 +24,20 @@ __device__ __noinline__ void spin_check(unsigned long long t0) {
     if (global_ns() - t0 > MK_SPIN_LIMIT_NS) __trap();
 }
 
+// MK_PAUSE: consumer thread 0 raises / lowers the block's pause flag (shared memory) around latency-bound waits;
+// the producer issues no new copy while it is raised.
+extern __shared__ __align__(128) unsigned char mk_smem[];
+__device__ __forceinline__ void pause_set(int bit, unsigned on) {
+    if ((MK_PAUSE & bit) && threadIdx.x == 0) {  // only thread 0 writes the flag (one bit per reason)
+        volatile unsigned* f = (volatile unsigned*)(mk_smem + SM_PAUSE);
+        *f = on ? (*f | (unsigned)bit) : (*f & ~(unsigned)bit);
+    }
+}
+__device__ __forceinline__ void pause_wait() {
+    if (MK_PAUSE)
+        while (*(volatile unsigned*)(mk_smem + SM_PAUSE)) __nanosleep(32);
+}
+
 // Grid-wide barrier among the consumer threads of all blocks. `cnt` is incremented once per block per barrier and
 // never reset; the caller passes target = G * (barriers completed including this one). Wrap-safe in 32 bits.
 __device__ __forceinline__ void grid_sync(unsigned* cnt, unsigned target) {
@@ -32,6 +46,7 @@ __device__ __forceinline__ void grid_sync(unsigned* cnt, unsigned target) {
 #if !MK_BAR2
         __threadfence();
 #endif
+        pause_set(1, 1u);
         asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(cnt) : "memory");
         unsigned v, n = 0;
         const unsigned long long t0 = global_ns();
@@ -39,6 +54,7 @@ __device__ __forceinline__ void grid_sync(unsigned* cnt, unsigned target) {
             asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(cnt) : "memory");
             if ((++n & 0x3fffffu) == 0) spin_check(t0);
         } while ((int)(v - target) < 0);
+        pause_set(1, 0u);
     }
     cbar();
 }
@@ -46,12 +62,14 @@ __device__ __forceinline__ void grid_sync(unsigned* cnt, unsigned target) {
 // Consumer threads wait until *cnt >= target (thread 0 spins with acquire loads, then a block barrier).
 __device__ __forceinline__ void wait_geq(const unsigned* cnt, unsigned target) {
     if (threadIdx.x == 0) {
+        pause_set(2, 1u);
         unsigned v, n = 0;
         const unsigned long long t0 = global_ns();
         do {
             asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(cnt) : "memory");
             if ((++n & 0x3fffffu) == 0) spin_check(t0);
         } while (v < target);
+        pause_set(2, 0u);
     }
     cbar();
 }
