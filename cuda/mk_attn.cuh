@@ -317,11 +317,56 @@ MK_ITEM_FN void attn_head_item(Ctx& c, const LuceMkParams& P, int l, int item, i
         }
     }
     cbar();
+#if MK_ATTMERGE
+    // the last of the head's chunk items to finish (acq_rel count) merges all of them
+    const int used = (n + per - 1) / per;
+    volatile int* last = (volatile int*)(c.misc() + 1568);
+    if (t == 0) {
+        unsigned old;
+        asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;" : "=r"(old) : "l"(row_counter(P, 34 + g * 4 + hh)) : "memory");
+        *last = old == (unsigned)(used - 1);
+    }
+    cbar();
+    if (*last) {  // (block-uniform)
+        float* cm = c.misc() + 1584;  // [16] chunk maxima
+        float* cl = c.misc() + 1600;  // [16] chunk sums
+        float av[ATT_MAXCH / 2];
+        const int b0 = (g * ATT_MAXCH) * 4 + hh;
+        const float gate = t < 256 ? __ldcg(P.scratch + S_RAW + FA_GROWS * g + 512 * hh + 256 + t) : 0.f;
+#pragma unroll
+        for (int k = 0; k < ATT_MAXCH / 2; ++k)
+            av[k] = (t < 256 && k < used) ? __ldcg(P.scratch + S_APART + (b0 + 4 * k) * 256 + t) : 0.f;
+        if (t < used) {
+            cm[t] = __ldcg(P.scratch + S_AML + (b0 + 4 * t) * 2);
+            cl[t] = __ldcg(P.scratch + S_AML + (b0 + 4 * t) * 2 + 1);
+        }
+        cbar();
+        if (t < 256) {
+            float M = -INFINITY;
+            for (int k = 0; k < used; ++k) M = fmaxf(M, cm[k]);
+            float L = 0.f, A = 0.f;
+#pragma unroll
+            for (int k = 0; k < ATT_MAXCH / 2; ++k) {
+                const float f = k < used ? expf(cm[k] - M) : 0.f;
+                L = fmaf(k < used ? cl[k] : 0.f, f, L);
+                A = fmaf(av[k], f, A);
+            }
+            __stcg(P.scratch + S_AOUT + (g * 4 + hh) * 256 + t, bfr(bfr(A / L) * bfr(sigm(gate))));
+        }
+    }
+#endif
 }
 #endif
 
 // acts[0..2048) <- bf16(attn_out) * bf16(sigmoid(gate)), merging the sequence chunks of every query head.
 __device__ __forceinline__ void attn_out_act(Ctx& c, const LuceMkParams& P, int pos) {
+#if MK_ATTMERGE
+    // merged by the items: one load per value
+    (void)pos;
+    for (int i = c.tid; i < NQH * HD; i += NCT) c.acts()[i] = __ldcg(P.scratch + S_AOUT + i);
+    cbar();
+    return;
+#endif
     const int n = pos + 1, nch = att_chunks(pos), per = (n + nch - 1) / nch;
     const int used = (n + per - 1) / per;  // non-empty chunks
 #if MK_PROLOGUE2

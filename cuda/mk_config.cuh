@@ -42,23 +42,51 @@
                                       // 1: +12 % tok/s on the H100: every dependent L2 round trip waits behind them)
 #endif
 #ifndef MK_INFLIGHT_LM
-#define MK_INFLIGHT_LM MK_INFLIGHT    // the same cap while streaming the LM head (pure streaming, no dependent loads)
+#define MK_INFLIGHT_LM 2              // the same cap while streaming the LM head (pure streaming, no dependent loads)
 #endif
 #ifndef MK_PAUSE
-#define MK_PAUSE 0                    // bit mask: the producer issues no new copy while the consumers wait on a grid
+#define MK_PAUSE 12                   // bit mask: the producer issues no new copy while the consumers wait on a grid
                                       // barrier (1), a row / sibling counter (2), load x for a norm (4), or run a GDN
                                       // recurrence item up to its out_proj (8): queued copies slow those round trips
 #endif
 #ifndef MK_ATTHEAD
-#define MK_ATTHEAD 0                  // 1: attention items per (KV group, query head, chunk): one pass over the chunk
+#define MK_ATTHEAD 1                  // 1: attention items per (KV group, query head, chunk): one pass over the chunk
                                       // instead of one per query head (<= 16 chunks, <= 128 items)
+#endif
+#ifndef MK_ATTMERGE
+#define MK_ATTMERGE 1                 // 1 (needs MK_ATTHEAD): the last chunk item of each query head merges the head's
+                                      // chunks and applies the output gate; o_proj's prologue then reads 2048 values
+                                      // instead of every chunk's partials (132 blocks reading the same lines)
+#endif
+#if MK_ATTHEAD && MK_TAGRAW
+#error "MK_ATTHEAD items poll no tags: build MK_TAGRAW with MK_ATTHEAD=0 MK_ATTMERGE=0"
+#endif
+#if MK_ATTMERGE && !MK_ATTHEAD
+#error "MK_ATTMERGE needs MK_ATTHEAD"
+#endif
+#ifndef MK_LMTAIL_ROWS
+#define MK_LMTAIL_ROWS 96             // the last rows of a block's LM head stream use the MK_INFLIGHT cap again
+#endif
+#ifndef MK_IDLEPF
+#define MK_IDLEPF 0                   // > 0: while the ring is full the producer prefetches up to this many bytes of
+                                      // the following chunks into L2 (sm_90), one chunk per MK_IDLEPF_NS
+#endif
+#ifndef MK_IDLEPF_NS
+#define MK_IDLEPF_NS 1500
+#endif
+#ifndef MK_SSTAG
+#define MK_SSTAG 1                    // 1: GDN items publish their partial sum of squares as tagged u64 (epoch | f32)
+                                      // that the 7 sibling items poll: no counter release + poll + load
+#endif
+#if MK_SSTAG && (!MK_GDNFUSE || MK_HEADBUF)
+#error "MK_SSTAG needs MK_GDNFUSE and not MK_HEADBUF"
 #endif
 #ifndef MK_L2LEAD
 #define MK_L2LEAD 0                   // bytes of the block's weight stream kept prefetched into L2 beyond the ring
                                       // (65536: +1 % tok/s, -3 % tok/J on the H100: off for an energy tool)
 #endif
 #ifndef MK_XCOPIES
-#define MK_XCOPIES 1
+#define MK_XCOPIES 4
 #endif
 
 namespace mk {
@@ -111,17 +139,19 @@ constexpr int64_t SBLOB = int64_t(NL) * SP + H;
 constexpr int S_RAW = 0;                      // in_proj / qkv outputs (8224; tagged u64 with MK_TAGRAW)
 constexpr int RAW_FLOATS = MK_TAGRAW ? 16448 : 8448;
 constexpr int S_OGDN = RAW_FLOATS;            // GDN recurrence outputs (2048)
-constexpr int S_SS = S_OGDN + 2048;           // GDN partial sum of squares [16][8]
+constexpr int S_SS = S_OGDN + 2048;           // GDN partial sum of squares [16][8] (f32, or tagged u64: MK_SSTAG)
 constexpr int XC = MK_XCOPIES;                // copies per residual buffer (block b adds its MLP partial to copy b % XC)
-constexpr int S_X = S_SS + 128;               // residual stream, 3 rotating buffers x XC copies of 1024 (mk_decode.cu)
+constexpr int S_X = S_SS + 256;               // residual stream, 3 rotating buffers x XC copies of 1024 (mk_decode.cu)
 constexpr int S_APART = S_X + 3 * XC * H;     // attention partials [2][ATT_MAXCH][4][256]
 constexpr int S_AML = S_APART + 2 * ATT_MAXCH * 4 * 256;   // [2][ATT_MAXCH][4][2] (max, sum)
 constexpr int S_HB = S_AML + 2 * ATT_MAXCH * 4 * 2;      // MK_HEADBUF: [2 sets][16 heads][1024] out_proj partials
-constexpr int S_CNT = S_HB + (MK_HEADBUF ? 2 * DH * H : 0);  // u32 counters, one per 128-byte line: [0,16) GDN head
+constexpr int S_AOUT = S_HB + (MK_HEADBUF ? 2 * DH * H : 0);  // MK_ATTMERGE: merged, gated attention output (2048)
+constexpr int S_CNT = S_AOUT + (MK_ATTMERGE ? NQH * HD : 0);  // u32 counters, one per 128-byte line: [0,16) GDN head
                                                          // in_proj rows, [16,18) attention group qkv rows,
-                                                         // [18,34) GDN head value slices done (MK_GDNFUSE)
+                                                         // [18,34) GDN head value slices done (MK_GDNFUSE),
+                                                         // [34,42) attention chunk items done per query head
 constexpr int CNT_STRIDE = 32;
-constexpr int N_CNT = 34;
+constexpr int N_CNT = 42;
 constexpr int SCRATCH = S_CNT + N_CNT * CNT_STRIDE;
 
 constexpr int64_t STATE_L = int64_t(DH) * DK * DV;   // f32 per GDN layer

@@ -169,9 +169,13 @@ MK_ITEM_FN void gdn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos
         }
         o2 = warp_sum(o2);
         if (c.lane == 0) {
+#if MK_SSTAG
+            st_tag((u64*)(P.scratch + S_SS) + h * NSL + j, ep, o2);
+#else
             P.scratch[S_SS + h * NSL + j] = o2;
 #if MK_GDNFUSE && !MK_HEADBUF
             if (!(P.debug_flags & 4)) red_release_add(row_counter(P, 18 + h), 1u);
+#endif
 #endif
         }
 #if MK_HEADBUF
@@ -194,12 +198,17 @@ MK_ITEM_FN void gdn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos
     cbar();
     gdn_out_split(c, P, l, seg, us, hb + h * H);
 #elif MK_GDNFUSE
+#if MK_SSTAG
+    if (c.warp == 0) {  // (os_ and zs were written by this warp / before a block barrier)
+        float ss = c.lane < NSL ? poll_tag((const u64*)(P.scratch + S_SS) + h * NSL + c.lane, ep, nowait) : 0.f;
+#else
     if (!(P.debug_flags & 4)) wait_geq(row_counter(P, 18 + h), NSL);  // ends with a block barrier
     else cbar();
     trace_pt(c, P, pos - P.pos, TR_L * l + 5);
     pause_set(8, 0u);
     if (c.warp == 0) {
         float ss = c.lane < NSL ? __ldcg(P.scratch + S_SS + h * NSL + c.lane) : 0.f;
+#endif
         ss = warp_sum(ss);
         if (c.lane < SLV) {
             const float r = rsqrtf(ss * (1.0f / DV) + EPS);
@@ -208,6 +217,10 @@ MK_ITEM_FN void gdn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos
         }
     }
     cbar();
+#if MK_SSTAG
+    trace_pt(c, P, pos - P.pos, TR_L * l + 5);
+    pause_set(8, 0u);
+#endif
     gdn_out_split(c, P, l, seg, us, xn);
 #else
     (void)seg;

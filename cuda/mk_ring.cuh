@@ -147,10 +147,25 @@ __device__ void run_producer(const Ctx& c, const LuceMkParams& P) {
     Walk pf;
     long long ahead = 0;  // bytes prefetched beyond the copy cursor
 #endif
+#if __CUDA_ARCH__ >= 900 && MK_IDLEPF > 0
+    Walk pfw;                    // idle-time L2 prefetch cursor, pf_ahead chunks beyond the copy cursor
+    int pf_ahead = 0;
+    unsigned long long pf_t = 0;
+#endif
+    const int lm_end = split_rows(V, c.b + 1, c.G);
     const char* src;
     unsigned bytes;
     unsigned qp = 0;
     while (walk_next(c, P, w, src, bytes)) {
+#if __CUDA_ARCH__ >= 900 && MK_IDLEPF > 0
+        if (pf_ahead > 0) {
+            --pf_ahead;
+        } else {
+            const char* ps;
+            unsigned pb;
+            walk_next(c, P, pfw, ps, pb);  // keep the prefetch cursor at or beyond the copy cursor
+        }
+#endif
 #if __CUDA_ARCH__ >= 900 && MK_L2LEAD > 0
         const char* psrc;
         unsigned pbytes;
@@ -164,11 +179,29 @@ __device__ void run_producer(const Ctx& c, const LuceMkParams& P) {
         // at most N copies in flight (N = MK_INFLIGHT in the layers, MK_INFLIGHT_LM in the LM head, which has no
         // dependent round trips to slow down): wait until copy qp - N has landed (its slot is not re-armed before
         // copy qp - N + ns > qp, so its full barrier still shows that phase; N >= ns: no cap beyond the ring)
-        const unsigned cap = (unsigned)(w.l == NL ? MK_INFLIGHT_LM : MK_INFLIGHT);
+        const unsigned cap = (unsigned)(w.l == NL && lm_end - w.r > MK_LMTAIL_ROWS ? MK_INFLIGHT_LM : MK_INFLIGHT);
         if (cap > 0 && cap < (unsigned)c.ns && qp >= cap) {
             const unsigned q0 = qp - cap;
             mbar_wait(&c.full()[q0 % (unsigned)c.ns], (q0 / (unsigned)c.ns) & 1u);
         }
+#if __CUDA_ARCH__ >= 900 && MK_IDLEPF > 0
+        // ring full (the consumers are in a latency-bound stretch, HBM idle): pull the chunks after the ring's into
+        // L2, at most one every MK_IDLEPF_NS and MK_IDLEPF bytes ahead
+        while (!mbar_test(&c.empty()[slot], ((qp / (unsigned)c.ns) & 1u) ^ 1u)) {
+            if (pf_ahead * SLOT_BYTES < MK_IDLEPF) {
+                const unsigned long long now = global_ns();
+                if (now - pf_t >= (unsigned long long)MK_IDLEPF_NS) {
+                    const char* ps;
+                    unsigned pb;
+                    if (walk_next(c, P, pfw, ps, pb)) {
+                        prefetch_l2(ps, pb);
+                        ++pf_ahead;
+                    }
+                    pf_t = now;
+                }
+            }
+        }
+#endif
         mbar_wait(&c.empty()[slot], ((qp / (unsigned)c.ns) & 1u) ^ 1u);
         pause_wait();
         char* dst = c.ring() + (size_t)slot * SLOT_BYTES;

@@ -26,15 +26,21 @@ __device__ __noinline__ void spin_check(unsigned long long t0) {
 
 // MK_PAUSE: consumer thread 0 raises / lowers the block's pause flag (shared memory) around latency-bound waits;
 // the producer issues no new copy while it is raised.
+// (sm_90 only: the TMA producer; the cp.async producer of older archs is not paused)
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define MK_PAUSE_ARCH MK_PAUSE
+#else
+#define MK_PAUSE_ARCH 0
+#endif
 extern __shared__ __align__(128) unsigned char mk_smem[];
 __device__ __forceinline__ void pause_set(int bit, unsigned on) {
-    if ((MK_PAUSE & bit) && threadIdx.x == 0) {  // only thread 0 writes the flag (one bit per reason)
+    if ((MK_PAUSE_ARCH & bit) && threadIdx.x == 0) {  // only thread 0 writes the flag (one bit per reason)
         volatile unsigned* f = (volatile unsigned*)(mk_smem + SM_PAUSE);
         *f = on ? (*f | (unsigned)bit) : (*f & ~(unsigned)bit);
     }
 }
 __device__ __forceinline__ void pause_wait() {
-    if (MK_PAUSE)
+    if (MK_PAUSE_ARCH)
         while (*(volatile unsigned*)(mk_smem + SM_PAUSE)) __nanosleep(32);
 }
 
@@ -143,6 +149,14 @@ __device__ __forceinline__ void mbar_wait(uint64_t* b, unsigned parity) {
                      : "=r"(ok) : "r"(a), "r"(parity) : "memory");
 #endif
     }
+}
+
+// Non-blocking: has the mbarrier completed the phase with this parity?
+__device__ __forceinline__ bool mbar_test(uint64_t* b, unsigned parity) {
+    unsigned ok;
+    asm volatile("{ .reg .pred p; mbarrier.test_wait.parity.shared.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+                 : "=r"(ok) : "r"(smem_u32(b)), "r"(parity) : "memory");
+    return ok != 0;
 }
 
 #if __CUDA_ARCH__ >= 900
