@@ -191,21 +191,29 @@ MK_ITEM_FN void attn_item(Ctx& c, const LuceMkParams& P, int l, int item, int po
     }
 }
 
-#if MK_ATTHEAD && !MK_TAGRAW
+#if MK_ATTHEAD
 // MK_ATTHEAD: one (KV group g, query head hh of the group, chunk ci) item: one pass over the chunk's positions instead
 // of four (the item chain is ~4x shorter; 4x the items). Every item normalises and rotates its q head and the key
 // itself; the hh == 0 item appends k, v to the cache, and every item takes the current position's k, v from shared
 // memory (the value the cache gets), so no item reads a cache row another block is writing.
-MK_ITEM_FN void attn_head_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos) {
+// ep: epoch tag of this layer's qkv outputs (MK_TAGRAW: the item polls its q head, k, v and gate values themselves).
+MK_ITEM_FN void attn_head_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos, unsigned ep) {
     const int hh = item & 3, g = (item >> 2) & 1, ci = item >> 3, t = c.tid;
     const int n = pos + 1, nch = att_chunks(pos);
     const int per = (n + nch - 1) / nch;
     const int c0 = ci * per, c1 = min(n, c0 + per);
     if (c0 >= n) return;  // empty chunk (uniform over the block)
+    pause_set(16, 1u);  // (lowered at the end of the item)
+#if MK_TAGRAW
+    const bool nowait = (P.debug_flags & 5) != 0;
+    const u64* graw = (const u64*)(P.scratch + S_RAW) + FA_GROWS * g;
+#else
+    (void)ep;
 #if MK_HEADCNT
     if (!(P.debug_flags & 4)) wait_geq(row_counter(P, 16 + g), FA_GROUP_ROWS);
     else cbar();
     trace_pt(c, P, pos - P.pos, TR_L * l + 10);
+#endif
 #endif
     float* qsm = c.misc();          // [256]
     float* ksm = c.misc() + 256;    // [256]
@@ -217,15 +225,27 @@ MK_ITEM_FN void attn_head_item(Ctx& c, const LuceMkParams& P, int l, int item, i
     unsigned short* kc = (unsigned short*)P.kcache + ((long long)(fi * NKV + g) * P.max_seq) * HD;
     unsigned short* vc = (unsigned short*)P.vcache + ((long long)(fi * NKV + g) * P.max_seq) * HD;
     if (c.warp < 3) {  // warp 0: q head hh, 1: k (RMSNorm(1+w) per head), 2: v as is
-        const int d0 = c.lane * 8;
-        const float* src = P.scratch + S_RAW + FA_GROWS * g + (c.warp == 0 ? 512 * hh : c.warp == 1 ? FK : FV);
+        const int d0 = c.lane * 8, off = c.warp == 0 ? 512 * hh : c.warp == 1 ? FK : FV;
         float x[8];
         float ss = 0.f;
+#if MK_TAGRAW
+        lead_wait_tag(graw + off + d0, ep, nowait, true);
+        u64 wv[8];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) wv[e] = ld_gpu(graw + off + d0 + e);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+            x[e] = poll_tag_w(graw + off + d0 + e, wv[e], ep, nowait);
+            ss = fmaf(x[e], x[e], ss);
+        }
+#else
+        const float* src = P.scratch + S_RAW + FA_GROWS * g + off;
 #pragma unroll
         for (int e = 0; e < 8; ++e) {
             x[e] = __ldcg(src + d0 + e);
             ss = fmaf(x[e], x[e], ss);
         }
+#endif
         ss = warp_sum(ss);
         const float r = rsqrtf(ss * (1.0f / HD) + EPS);
         float* dst = c.misc() + 256 * c.warp;
@@ -332,7 +352,11 @@ MK_ITEM_FN void attn_head_item(Ctx& c, const LuceMkParams& P, int l, int item, i
         float* cl = c.misc() + 1600;  // [16] chunk sums
         float av[ATT_MAXCH / 2];
         const int b0 = (g * ATT_MAXCH) * 4 + hh;
+#if MK_TAGRAW
+        const float gate = t < 256 ? poll_tag(graw + 512 * hh + 256 + t, ep, nowait) : 0.f;
+#else
         const float gate = t < 256 ? __ldcg(P.scratch + S_RAW + FA_GROWS * g + 512 * hh + 256 + t) : 0.f;
+#endif
 #pragma unroll
         for (int k = 0; k < ATT_MAXCH / 2; ++k)
             av[k] = (t < 256 && k < used) ? __ldcg(P.scratch + S_APART + (b0 + 4 * k) * 256 + t) : 0.f;
@@ -355,6 +379,7 @@ MK_ITEM_FN void attn_head_item(Ctx& c, const LuceMkParams& P, int l, int item, i
         }
     }
 #endif
+    pause_set(16, 0u);
 }
 #endif
 

@@ -46,8 +46,9 @@
 #endif
 #ifndef MK_PAUSE
 #define MK_PAUSE 12                   // bit mask: the producer issues no new copy while the consumers wait on a grid
-                                      // barrier (1), a row / sibling counter (2), load x for a norm (4), or run a GDN
-                                      // recurrence item up to its out_proj (8): queued copies slow those round trips
+                                      // barrier (1), a row / sibling counter (2), load x for a norm (4), run a GDN
+                                      // recurrence item up to its out_proj (8) or an attention item (16): queued
+                                      // copies slow those round trips
 #endif
 #ifndef MK_ATTHEAD
 #define MK_ATTHEAD 1                  // 1: attention items per (KV group, query head, chunk): one pass over the chunk
@@ -57,9 +58,6 @@
 #define MK_ATTMERGE 1                 // 1 (needs MK_ATTHEAD): the last chunk item of each query head merges the head's
                                       // chunks and applies the output gate; o_proj's prologue then reads 2048 values
                                       // instead of every chunk's partials (132 blocks reading the same lines)
-#endif
-#if MK_ATTHEAD && MK_TAGRAW
-#error "MK_ATTHEAD items poll no tags: build MK_TAGRAW with MK_ATTHEAD=0 MK_ATTMERGE=0"
 #endif
 #if MK_ATTMERGE && !MK_ATTHEAD
 #error "MK_ATTMERGE needs MK_ATTHEAD"

@@ -141,8 +141,8 @@ __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
             const int items = att_items(pos);
             if (!(P.debug_flags & 2))
                 for (int item = c.b; item < items; item += c.G) {
-#if MK_ATTHEAD && !MK_TAGRAW
-                    attn_head_item(c, P, l, item, pos);
+#if MK_ATTHEAD
+                    attn_head_item(c, P, l, item, pos, ep);
 #else
                     attn_item(c, P, l, item, pos, ep);
 #endif
