@@ -254,6 +254,9 @@ MK_ITEM_FN void attn_head_item(Ctx& c, const LuceMkParams& P, int l, int item, i
         for (int e = 0; e < 8; ++e) dst[d0 + e] = c.warp < 2 ? bfr(x[e] * r * w[d0 + e]) : x[e];
     }
     cbar();
+#if MK_TAGRAW
+    trace_pt(c, P, pos - P.pos, TR_L * l + 10);  // (after the polls and the norms)
+#endif
     if (t < 64) {  // partial RoPE of q and k (first 64 dims, rotate-half pairing), bf16 like HF
         const int i = t & 31;
         float* arr = t < 32 ? qsm : ksm;

@@ -17,7 +17,7 @@
                                       // barrier between the recurrence and out_proj (out_proj stored transposed)
 #endif
 #ifndef MK_TAGRAW
-#define MK_TAGRAW 0                   // 1: P1 outputs as tagged u64 (epoch << 32 | f32) that P2 polls, no row
+#define MK_TAGRAW 1                   // 1: P1 outputs as tagged u64 (epoch << 32 | f32) that P2 polls, no row
                                       // counters (measured: no gain once inlined; 8 B spill with MK_HEADBUF)
 #endif
 #ifndef MK_HEADBUF
@@ -63,7 +63,7 @@
 #error "MK_ATTMERGE needs MK_ATTHEAD"
 #endif
 #ifndef MK_LMTAIL_ROWS
-#define MK_LMTAIL_ROWS 96             // the last rows of a block's LM head stream use the MK_INFLIGHT cap again
+#define MK_LMTAIL_ROWS 192            // the last rows of a block's LM head stream use the MK_INFLIGHT cap again
 #endif
 #ifndef MK_IDLEPF
 #define MK_IDLEPF 0                   // > 0: while the ring is full the producer prefetches up to this many bytes of

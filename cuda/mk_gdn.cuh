@@ -109,6 +109,9 @@ MK_ITEM_FN void gdn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos
         if (t >= 256 || j == 0) hist[ch * 4 + (pos & 3)] = cur;  // one writer per channel; readers use other slots
     }
     cbar();
+#if MK_TAGRAW
+    trace_pt(c, P, pos - P.pos, TR_L * l + 4);  // (after the polls and the conv)
+#endif
     if (c.warp == 0) {
         float qq = 0.f, kk = 0.f;
 #pragma unroll

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_megakernel import make_backend, random_state_dict  # noqa: E402
 
 NL = 24
-SEG_GDN = [("P1 prologue (release -> x ready)", None, 0), ("P1 in_proj", 0, 1), ("item: wait for head rows", 1, 4),
+SEG_GDN = [("P1 prologue (release -> x ready)", None, 0), ("P1 in_proj", 0, 1), ("item: wait for head rows + conv", 1, 4),
            ("item: recurrence + sibling wait", 4, 5), ("item: out_proj + adds", 5, 2),
            ("mixer barrier", 2, 3), ("P4 prologue", 3, 6), ("P4 gate/up", 6, 7), ("P4 down + adds", 7, 8),
            ("P4 barrier", 8, 9)]

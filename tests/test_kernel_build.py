@@ -148,9 +148,9 @@ def test_kernel_options_from_env(monkeypatch):
 
 
 @pytest.mark.parametrize("options", [
-    {"MK_TAGRAW": 1, "MK_HEADBUF": 1, "MK_SSTAG": 0, "MK_ATTHEAD": 0, "MK_ATTMERGE": 0},
-    {"MK_INFLIGHT": 0, "MK_SLOT_KB": 16, "MK_PAUSE": 0, "MK_XCOPIES": 1, "MK_ATTMERGE": 0},
-    {"MK_GDNFUSE": 0, "MK_SSTAG": 0, "MK_L2LEAD": 65536, "MK_IDLEPF": 131072, "MK_NOINLINE": 1}])
+    {"MK_TAGRAW": 1, "MK_HEADBUF": 1, "MK_SSTAG": 0, "MK_ATTHEAD": 0, "MK_ATTMERGE": 0, "MK_XCOPIES": 1},
+    {"MK_INFLIGHT": 0, "MK_SLOT_KB": 16, "MK_PAUSE": 0, "MK_TAGRAW": 0, "MK_ATTMERGE": 0},
+    {"MK_GDNFUSE": 0, "MK_SSTAG": 0, "MK_TAGRAW": 0, "MK_L2LEAD": 65536, "MK_IDLEPF": 131072, "MK_NOINLINE": 1}])
 def test_kernel_build_options_compile(tmp_path, options):
     """The non-default build options (measured variants, cuda/NOTES.md) still compile for sm_90."""
     from luce_bench.kernels import build as b
