@@ -3,8 +3,9 @@
 * teacher-forced logits at every step of a 64-token prompt + 128 decode steps vs the fp32 token-by-token reference
   (luce_bench.kernels.reference) and vs HF transformers (the HFBackend computing in float32 on the same bf16 weights);
   relative L2 per step, <= 2e-2 against both;
-* greedy tokens vs HF over 128 steps; a disagreement where HF's own top-2 logits lie within bf16 noise counts as a
-  near tie (reported with its margin), not a failure;
+* greedy tokens vs HF over 128 steps, decided on the same history (HF's greedy tokens fed back to the kernel); a
+  disagreement where HF's own top-2 logits lie within bf16 noise counts as a near tie (reported with its margin), not
+  a failure; the free-running greedy match length is reported too;
 * the same at a long position (>= 2000 cached tokens);
 * outputs are poisoned (NaN logits, -1 tokens) before each launch by the backend; NaN never passes.
 
@@ -69,6 +70,7 @@ def _hf(spec):
 
 
 def _greedy_report(mk_tokens, hf_tokens, hf_logits) -> dict:
+    """Step-by-step greedy decisions on the same history: every disagreement must be a near tie in HF's logits."""
     agree, ties, margins = 0, 0, []
     for i, (a, b) in enumerate(zip(mk_tokens, hf_tokens)):
         if a == b:
@@ -77,10 +79,9 @@ def _greedy_report(mk_tokens, hf_tokens, hf_logits) -> dict:
         top2 = np.sort(hf_logits[i])[-2:]
         margin = float((top2[1] - top2[0]) / max(abs(top2[1]), 1e-6))
         margins.append(margin)
-        if margin <= NEAR_TIE:
-            ties += 1
-            break  # the sequences legitimately diverge here; later steps compare different histories
-        raise AssertionError(f"greedy token {i}: megakernel {a} vs HF {b}, HF top-2 margin {margin:.2e} > {NEAR_TIE:.1e}")
+        if margin > NEAR_TIE:
+            raise AssertionError(f"greedy token {i}: megakernel {a} vs HF {b}, HF top-2 margin {margin:.2e} > {NEAR_TIE:.1e}")
+        ties += 1
     return {"agree": agree, "near_ties": ties, "margins": margins}
 
 
@@ -138,20 +139,29 @@ def test_teacher_forced_logits_long(setup):
 
 
 def test_greedy_tokens_vs_hf(setup):
+    """HF decodes greedily for 128 steps; the megakernel then follows HF's history (its tokens fed back) and its own
+    greedy choice at every step must equal HF's, unless HF's top-2 logits are a near tie there (counted, margins
+    reported). Also reported: how many steps the megakernel's free-running greedy decode matches HF's."""
     import torch
 
     mk, spec, gen = setup["mk"], setup["spec"], setup["gen"]
     prompt = torch.randint(0, 248320, (N_PROMPT,), generator=gen).tolist()
-    mk.reset()
-    first = mk.prefill(prompt).tokens[0]
-    mk_toks = [first, *mk.decode(N_DEC - 1).tokens]
     hf = _hf(spec)
     r = hf.prefill(prompt, logits=True)
     d = hf.decode(N_DEC - 1, logits=True)
     hf.close()
     hf_toks = [r.tokens[0], *d.tokens]
     hf_logits = np.concatenate([r.logits, d.logits])
+    mk.reset()
+    first = mk.prefill(prompt).tokens[0]
+    free = [first, *mk.decode(N_DEC - 1).tokens]
+    mk.reset()
+    mk.prefill(prompt)
+    forced = mk.decode(N_DEC - 1, logits=True, inputs=hf_toks[:-1]).logits
+    assert np.isfinite(forced).all(), "NaN/inf in megakernel logits"
+    mk_toks = [first, *forced.argmax(-1).tolist()]
     rep = _greedy_report(mk_toks, hf_toks, hf_logits)
-    print(json.dumps({"greedy": rep, "steps": N_DEC}))
-    assert rep["agree"] == N_DEC or rep["near_ties"] == 1
-    assert all(0 <= t < 248320 for t in mk_toks)
+    same = next((i for i, (a, b) in enumerate(zip(free, hf_toks)) if a != b), N_DEC)
+    print(json.dumps({"greedy": rep, "steps": N_DEC, "free_running_equal_steps": same}))
+    assert rep["agree"] + rep["near_ties"] == N_DEC
+    assert all(0 <= t < 248320 for t in free)
