@@ -1,13 +1,15 @@
 // mk_decode.cu -- the persistent decode kernel (one cooperative launch runs n_steps whole decode steps) and the
 // extern "C" host entry points of luce_mk.h (layout, launch sizing from the SM count + occupancy API, launch).
 //
-// Per step and layer: P1 RMSNorm + in_proj/qkv | per-head (GDN) / per-KV-group (attention) row counters |
-// GDN: P2 recurrence items that also apply the gated norm (per-head sum-of-squares counter) and add their out_proj^T
-// split-K partials into the next residual buffer | sync;  attention: P2 items | sync | P3 merge + o_proj rows +
-// residual | sync;  P4 RMSNorm + gate/up + SiLU + split-K down_proj^T added to the next residual buffer | sync; then
-// final norm + LM head + argmax | sync (18 x 2 + 6 x 3 + 1 = 55 grid barriers per step). Weights stream through a
-// per-block shared-memory ring filled by a producer warp that runs ahead across all of these barriers, with at most
-// MK_INFLIGHT copies in flight (deep queues slow every dependent L2 round trip; NOTES.md v9). Build options: mk_config.cuh.
+// Per step and layer: P1 RMSNorm + in_proj/qkv, outputs written as tagged values (epoch | f32) |
+// GDN: P2 recurrence items poll their head's tagged inputs, apply the gated norm (the 8 slices' sums of squares are
+// tagged values too) and add their out_proj^T split-K partials into the next residual buffer | sync;  attention: P2
+// items per (KV group, query head, chunk) poll q/k/v, the head's last chunk item merges the chunks and gates | sync |
+// P3 o_proj rows + residual | sync;  P4 RMSNorm + gate/up + SiLU + split-K down_proj^T added to the next residual
+// buffer (4 copies) | sync; then final norm + LM head + argmax | sync (18 x 2 + 6 x 3 + 1 = 55 grid barriers per step).
+// Weights stream through a per-block shared-memory ring filled by a producer warp that runs ahead across all of these
+// barriers, with at most MK_INFLIGHT copies in flight (deep queues slow every dependent L2 round trip; NOTES.md v9)
+// and none issued while the consumers load x or run a GDN item (MK_PAUSE). Build options: mk_config.cuh.
 // With P.trace set, thread 0 of every block stamps %globaltimer at each phase boundary (scripts/trace_megakernel.py).
 #include <cuda_runtime.h>
 #include "luce_mk.h"
