@@ -52,7 +52,7 @@ def test_library_loads_and_exports_abi(built):
     # layer params + embedding = 752,393,024 - norms/conv/A/dt (small params are in the f32 blob)
     assert lay.wblob_elems + 248320 * 1024 == 752_393_024 - (24 * 2048 + 1024 + 6 * 512 + 18 * (6144 * 4 + 32 + 128))
     assert ctypes.sizeof(klib.LuceMkParams) == 15 * 8 + 8 * 4  # 15 pointers, 7 ints + padding before `trace`
-    assert lib.luce_mk_trace_points() == 24 * 10 + 4
+    assert lib.luce_mk_trace_points() == 24 * 12 + 4  # 12 points per layer + 4 per step
 
 
 @needs_nvcc
