@@ -63,6 +63,19 @@
 #if MK_ATTMERGE && !MK_ATTHEAD
 #error "MK_ATTMERGE needs MK_ATTHEAD"
 #endif
+// per-phase caps inside a layer (0: in_proj / qkv, 1: out_proj / o_proj, 2: gate/up, 3: down), default MK_INFLIGHT
+#ifndef MK_CAP_K0
+#define MK_CAP_K0 MK_INFLIGHT
+#endif
+#ifndef MK_CAP_K1
+#define MK_CAP_K1 MK_INFLIGHT
+#endif
+#ifndef MK_CAP_K2
+#define MK_CAP_K2 MK_INFLIGHT
+#endif
+#ifndef MK_CAP_K3
+#define MK_CAP_K3 MK_INFLIGHT
+#endif
 #ifndef MK_LMTAIL_ROWS
 #define MK_LMTAIL_ROWS 192            // the last rows of a block's LM head stream use the MK_INFLIGHT cap again
 #endif

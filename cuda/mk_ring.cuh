@@ -179,7 +179,8 @@ __device__ void run_producer(const Ctx& c, const LuceMkParams& P) {
         // at most N copies in flight (N = MK_INFLIGHT in the layers, MK_INFLIGHT_LM in the LM head, which has no
         // dependent round trips to slow down): wait until copy qp - N has landed (its slot is not re-armed before
         // copy qp - N + ns > qp, so its full barrier still shows that phase; N >= ns: no cap beyond the ring)
-        const unsigned cap = (unsigned)(w.l == NL && lm_end - w.r > MK_LMTAIL_ROWS ? MK_INFLIGHT_LM : MK_INFLIGHT);
+        const unsigned cap = (unsigned)(w.l == NL ? (lm_end - w.r > MK_LMTAIL_ROWS ? MK_INFLIGHT_LM : MK_INFLIGHT)
+                                        : w.k == 0 ? MK_CAP_K0 : w.k == 1 ? MK_CAP_K1 : w.k == 2 ? MK_CAP_K2 : MK_CAP_K3);
         if (cap > 0 && cap < (unsigned)c.ns && qp >= cap) {
             const unsigned q0 = qp - cap;
             mbar_wait(&c.full()[q0 % (unsigned)c.ns], (q0 / (unsigned)c.ns) & 1u);
