@@ -90,6 +90,9 @@
 #define MK_SSTAG 1                    // 1: GDN items publish their partial sum of squares as tagged u64 (epoch | f32)
                                       // that the 7 sibling items poll: no counter release + poll + load
 #endif
+#if MK_HEADBUF && MK_XCOPIES != 1
+#error "MK_HEADBUF needs MK_XCOPIES=1 (with 4 copies it measured wrong logits on the H100)"
+#endif
 #if MK_SSTAG && (!MK_GDNFUSE || MK_HEADBUF)
 #error "MK_SSTAG needs MK_GDNFUSE and not MK_HEADBUF"
 #endif
