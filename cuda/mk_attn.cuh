@@ -30,6 +30,75 @@ __device__ __forceinline__ int att_chunks(int pos) {
 // Work items of an attention layer: (KV group, chunk), or (KV group, query head, chunk) with MK_ATTHEAD (<= 128).
 __device__ __forceinline__ int att_items(int pos) { return (MK_ATTHEAD ? 2 * 4 : 2) * att_chunks(pos); }
 
+// One warp: dst[d0 + e] <- RMSNorm(x) * w (q or k head; 8 values per lane) when `scale`, else x (v).
+__device__ __forceinline__ void head_norm8(float* dst, const float x[8], const float* w, int d0, bool scale) {
+    float ss = 0.f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) ss = fmaf(x[e], x[e], ss);
+    const float r = rsqrtf(warp_sum(ss) * (1.0f / HD) + EPS);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) dst[d0 + e] = scale ? bfr(x[e] * r * w[d0 + e]) : x[e];
+}
+
+// Partial RoPE of one head (first 64 dims, rotate-half pairing) for the pair (i, i + 32), i < 32, bf16 like HF.
+__device__ __forceinline__ void rope_pair(float* arr, int i, int pos) {
+    const float inv = 1.0f / powf(10000000.0f, (float)(2 * i) / (float)ROT);
+    // angle as HF forms it (f32 product), reduced to [-pi, pi] in double, then the fast sin/cos (abs err ~1e-6)
+    const double ang = (double)((float)pos * inv);
+    const float red = (float)(ang - 6.283185307179586 * rint(ang * 0.15915494309189535));
+    float sn, cs;
+    __sincosf(red, &sn, &cs);
+    cs = bfr(cs);
+    sn = bfr(sn);
+    const float a = arr[i], b = arr[i + 32];
+    arr[i] = bfr(bfr(a * cs) - bfr(b * sn));
+    arr[i + 32] = bfr(bfr(b * cs) + bfr(a * sn));
+}
+
+// Online softmax: fold one position (score s, this lane's 8 values v) into the warp's (m, ls, acc).
+__device__ __forceinline__ void softmax_step(float s, const float v[8], float& m, float& ls, float acc[8]) {
+    const float mn = fmaxf(m, s);
+    const float corr = expf(m - mn), pr = expf(s - mn);
+    ls = fmaf(ls, corr, pr);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc[e] = fmaf(acc[e], corr, pr * v[e]);
+    m = mn;
+}
+
+// Merge the 15 warps' (m, ls, acc) of one query head through the activation area: threads < 256 write the chunk's
+// unnormalised output to part[t], thread 0 (max, sum) to ml[0..1]. Ends with a block barrier.
+__device__ __forceinline__ void merge_warps(const Ctx& c, float m, float ls, const float acc[8], float* part, float* ml) {
+    float* wm = c.misc() + 1536;  // [16 warps]
+    float* wl = c.misc() + 1552;  // [16 warps]
+    const int t = c.tid;
+    if (c.lane == 0) {
+        wm[c.warp] = m;
+        wl[c.warp] = ls;
+    }
+#pragma unroll
+    for (int e = 0; e < 8; ++e) c.acts()[c.warp * 256 + c.lane * 8 + e] = acc[e];
+    cbar();
+    if (t < 256) {
+        float M = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < NCW; ++w) M = fmaxf(M, wm[w]);
+        if (M == -INFINITY) M = 0.f;
+        float L = 0.f, A = 0.f;
+#pragma unroll
+        for (int w = 0; w < NCW; ++w) {
+            const float f = expf(wm[w] - M);
+            L = fmaf(wl[w], f, L);
+            A = fmaf(c.acts()[w * 256 + t], f, A);
+        }
+        part[t] = A;
+        if (t == 0) {
+            ml[0] = M;
+            ml[1] = L;
+        }
+    }
+    cbar();
+}
+
 // ep: epoch tag of this layer's qkv outputs (MK_TAGRAW: polled, the item waits only for its group's rows).
 // Inlined unless MK_NOINLINE (see mk_config.cuh).
 MK_ITEM_FN void attn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos, unsigned ep) {
@@ -46,8 +115,6 @@ MK_ITEM_FN void attn_item(Ctx& c, const LuceMkParams& P, int l, int item, int po
     float* qsm = c.misc();          // [4][256]
     float* ksm = c.misc() + 1024;   // [256]
     float* vsm = c.misc() + 1280;   // [256]
-    float* wm = c.misc() + 1536;    // [16 warps]
-    float* wl = c.misc() + 1552;    // [16 warps]
     const float* sp = P.sblob + (long long)l * SP;
     const int fi = fa_index(l);
     unsigned short* kc = (unsigned short*)P.kcache + ((long long)(fi * NKV + g) * P.max_seq) * HD;
@@ -73,17 +140,9 @@ MK_ITEM_FN void attn_item(Ctx& c, const LuceMkParams& P, int l, int item, int po
         const int d0 = c.lane * 8;
         float* dst = c.warp < 4 ? qsm + 256 * c.warp : ksm;
         float x[8];
-        float ss = 0.f;
 #pragma unroll
-        for (int e = 0; e < 8; ++e) {
-            x[e] = dst[d0 + e];
-            ss = fmaf(x[e], x[e], ss);
-        }
-        ss = warp_sum(ss);
-        const float r = rsqrtf(ss * (1.0f / HD) + EPS);
-        const float* w = sp + (c.warp < 4 ? SP_QN : SP_KN);
-#pragma unroll
-        for (int e = 0; e < 8; ++e) dst[d0 + e] = bfr(x[e] * r * w[d0 + e]);
+        for (int e = 0; e < 8; ++e) x[e] = dst[d0 + e];
+        head_norm8(dst, x, sp + (c.warp < 4 ? SP_QN : SP_KN), d0, true);
     }
 #else
     // q heads 4g..4g+3 (warps 0-3) and k (warp 4): RMSNorm(1+w) per head; v (warp 5) as is.
@@ -93,36 +152,14 @@ MK_ITEM_FN void attn_item(Ctx& c, const LuceMkParams& P, int l, int item, int po
         const int d0 = c.lane * 8;
         const float* src = raw + FA_GROWS * g + (c.warp < 4 ? 512 * c.warp : c.warp == 4 ? FK : FV);
         float x[8];
-        float ss = 0.f;
 #pragma unroll
-        for (int e = 0; e < 8; ++e) {
-            x[e] = __ldcg(src + d0 + e);
-            ss = fmaf(x[e], x[e], ss);
-        }
-        ss = warp_sum(ss);
-        const float r = rsqrtf(ss * (1.0f / HD) + EPS);
-        float* dst = c.warp < 4 ? qsm + 256 * c.warp : c.warp == 4 ? ksm : vsm;
-        const float* w = sp + (c.warp < 4 ? SP_QN : SP_KN);
-#pragma unroll
-        for (int e = 0; e < 8; ++e) dst[d0 + e] = c.warp < 5 ? bfr(x[e] * r * w[d0 + e]) : x[e];
+        for (int e = 0; e < 8; ++e) x[e] = __ldcg(src + d0 + e);
+        head_norm8(c.warp < 4 ? qsm + 256 * c.warp : c.warp == 4 ? ksm : vsm, x, sp + (c.warp < 4 ? SP_QN : SP_KN), d0,
+                   c.warp < 5);
     }
 #endif
     cbar();
-    if (t < 160) {  // partial RoPE (first 64 dims, rotate-half pairing), bf16 like HF
-        const int hh = t >> 5, i = t & 31;
-        float* arr = hh < 4 ? qsm + 256 * hh : ksm;
-        const float inv = 1.0f / powf(10000000.0f, (float)(2 * i) / (float)ROT);
-        // angle as HF forms it (f32 product), reduced to [-pi, pi] in double, then the fast sin/cos (abs err ~1e-6)
-        const double ang = (double)((float)pos * inv);
-        const float red = (float)(ang - 6.283185307179586 * rint(ang * 0.15915494309189535));
-        float sn, cs;
-        __sincosf(red, &sn, &cs);
-        cs = bfr(cs);
-        sn = bfr(sn);
-        const float a = arr[i], b = arr[i + 32];
-        arr[i] = bfr(bfr(a * cs) - bfr(b * sn));
-        arr[i + 32] = bfr(bfr(b * cs) + bfr(a * sn));
-    }
+    if (t < 160) rope_pair(t < 128 ? qsm + 256 * (t >> 5) : ksm, t & 31, pos);  // the 4 query heads and the key
     cbar();
     if (c1 == n) {  // this chunk holds the current position: append k, v to the cache
         if (t < 256) {
@@ -152,42 +189,10 @@ MK_ITEM_FN void attn_item(Ctx& c, const LuceMkParams& P, int l, int item, int po
             float s = 0.f;
 #pragma unroll
             for (int e = 0; e < 8; ++e) s = fmaf(q[e], f[e], s);
-            s = warp_sum(s);
             unpack8(vr, f);
-            const float mn = fmaxf(m, s);
-            const float corr = expf(m - mn), pr = expf(s - mn);
-            ls = fmaf(ls, corr, pr);
-#pragma unroll
-            for (int e = 0; e < 8; ++e) acc[e] = fmaf(acc[e], corr, pr * f[e]);
-            m = mn;
+            softmax_step(warp_sum(s), f, m, ls, acc);
         }
-        // merge the 16 warps through the 16 KB activation area
-        if (c.lane == 0) {
-            wm[c.warp] = m;
-            wl[c.warp] = ls;
-        }
-#pragma unroll
-        for (int e = 0; e < 8; ++e) c.acts()[c.warp * 256 + c.lane * 8 + e] = acc[e];
-        cbar();
-        if (t < 256) {
-            float M = -INFINITY;
-#pragma unroll
-            for (int w = 0; w < NCW; ++w) M = fmaxf(M, wm[w]);
-            if (M == -INFINITY) M = 0.f;
-            float L = 0.f, A = 0.f;
-#pragma unroll
-            for (int w = 0; w < NCW; ++w) {
-                const float f = expf(wm[w] - M);
-                L = fmaf(wl[w], f, L);
-                A = fmaf(c.acts()[w * 256 + t], f, A);
-            }
-            part[hh * 256 + t] = A;
-            if (t == 0) {
-                ml[hh * 2] = M;
-                ml[hh * 2 + 1] = L;
-            }
-        }
-        cbar();
+        merge_warps(c, m, ls, acc, part + hh * 256, ml + hh * 2);
     }
 }
 
@@ -218,8 +223,6 @@ MK_ITEM_FN void attn_head_item(Ctx& c, const LuceMkParams& P, int l, int item, i
     float* qsm = c.misc();          // [256]
     float* ksm = c.misc() + 256;    // [256]
     float* vsm = c.misc() + 512;    // [256]
-    float* wm = c.misc() + 1536;    // [16 warps]
-    float* wl = c.misc() + 1552;    // [16 warps]
     const float* sp = P.sblob + (long long)l * SP;
     const int fi = fa_index(l);
     unsigned short* kc = (unsigned short*)P.kcache + ((long long)(fi * NKV + g) * P.max_seq) * HD;
@@ -227,50 +230,25 @@ MK_ITEM_FN void attn_head_item(Ctx& c, const LuceMkParams& P, int l, int item, i
     if (c.warp < 3) {  // warp 0: q head hh, 1: k (RMSNorm(1+w) per head), 2: v as is
         const int d0 = c.lane * 8, off = c.warp == 0 ? 512 * hh : c.warp == 1 ? FK : FV;
         float x[8];
-        float ss = 0.f;
 #if MK_TAGRAW
         lead_wait_tag(graw + off + d0, ep, nowait, true);
         u64 wv[8];
 #pragma unroll
         for (int e = 0; e < 8; ++e) wv[e] = ld_gpu(graw + off + d0 + e);
 #pragma unroll
-        for (int e = 0; e < 8; ++e) {
-            x[e] = poll_tag_w(graw + off + d0 + e, wv[e], ep, nowait);
-            ss = fmaf(x[e], x[e], ss);
-        }
+        for (int e = 0; e < 8; ++e) x[e] = poll_tag_w(graw + off + d0 + e, wv[e], ep, nowait);
 #else
         const float* src = P.scratch + S_RAW + FA_GROWS * g + off;
 #pragma unroll
-        for (int e = 0; e < 8; ++e) {
-            x[e] = __ldcg(src + d0 + e);
-            ss = fmaf(x[e], x[e], ss);
-        }
+        for (int e = 0; e < 8; ++e) x[e] = __ldcg(src + d0 + e);
 #endif
-        ss = warp_sum(ss);
-        const float r = rsqrtf(ss * (1.0f / HD) + EPS);
-        float* dst = c.misc() + 256 * c.warp;
-        const float* w = sp + (c.warp == 0 ? SP_QN : SP_KN);
-#pragma unroll
-        for (int e = 0; e < 8; ++e) dst[d0 + e] = c.warp < 2 ? bfr(x[e] * r * w[d0 + e]) : x[e];
+        head_norm8(c.misc() + 256 * c.warp, x, sp + (c.warp == 0 ? SP_QN : SP_KN), d0, c.warp < 2);
     }
     cbar();
 #if MK_TAGRAW
     trace_pt(c, P, pos - P.pos, TR_L * l + 10);  // (after the polls and the norms)
 #endif
-    if (t < 64) {  // partial RoPE of q and k (first 64 dims, rotate-half pairing), bf16 like HF
-        const int i = t & 31;
-        float* arr = t < 32 ? qsm : ksm;
-        const float inv = 1.0f / powf(10000000.0f, (float)(2 * i) / (float)ROT);
-        const double ang = (double)((float)pos * inv);
-        const float red = (float)(ang - 6.283185307179586 * rint(ang * 0.15915494309189535));
-        float sn, cs;
-        __sincosf(red, &sn, &cs);
-        cs = bfr(cs);
-        sn = bfr(sn);
-        const float a = arr[i], b = arr[i + 32];
-        arr[i] = bfr(bfr(a * cs) - bfr(b * sn));
-        arr[i + 32] = bfr(bfr(b * cs) + bfr(a * sn));
-    }
+    if (t < 64) rope_pair(t < 32 ? qsm : ksm, t & 31, pos);  // q head and key
     cbar();
     if (t < 256) {  // the current position's k, v as the cache stores them (bf16)
         const unsigned short kb = f2bf(ksm[t]), vb = f2bf(vsm[t]);
@@ -304,42 +282,10 @@ MK_ITEM_FN void attn_head_item(Ctx& c, const LuceMkParams& P, int l, int item, i
         float s = 0.f;
 #pragma unroll
         for (int e = 0; e < 8; ++e) s = fmaf(q[e], kf[e], s);
-        s = warp_sum(s);
-        const float mn = fmaxf(m, s);
-        const float corr = expf(m - mn), pr = expf(s - mn);
-        ls = fmaf(ls, corr, pr);
-#pragma unroll
-        for (int e = 0; e < 8; ++e) acc[e] = fmaf(acc[e], corr, pr * vf[e]);
-        m = mn;
+        softmax_step(warp_sum(s), vf, m, ls, acc);
     }
-    // merge the 15 warps through the activation area
-    if (c.lane == 0) {
-        wm[c.warp] = m;
-        wl[c.warp] = ls;
-    }
-#pragma unroll
-    for (int e = 0; e < 8; ++e) c.acts()[c.warp * 256 + c.lane * 8 + e] = acc[e];
-    cbar();
-    if (t < 256) {
-        float M = -INFINITY;
-#pragma unroll
-        for (int w = 0; w < NCW; ++w) M = fmaxf(M, wm[w]);
-        if (M == -INFINITY) M = 0.f;
-        float L = 0.f, A = 0.f;
-#pragma unroll
-        for (int w = 0; w < NCW; ++w) {
-            const float f = expf(wm[w] - M);
-            L = fmaf(wl[w], f, L);
-            A = fmaf(c.acts()[w * 256 + t], f, A);
-        }
-        const int b = (g * ATT_MAXCH + ci) * 4 + hh;
-        P.scratch[S_APART + b * 256 + t] = A;
-        if (t == 0) {
-            P.scratch[S_AML + b * 2] = M;
-            P.scratch[S_AML + b * 2 + 1] = L;
-        }
-    }
-    cbar();
+    const int b = (g * ATT_MAXCH + ci) * 4 + hh;
+    merge_warps(c, m, ls, acc, P.scratch + S_APART + b * 256, P.scratch + S_AML + b * 2);
 #if MK_ATTMERGE
     // the last of the head's chunk items to finish (acq_rel count) merges all of them
     const int used = (n + per - 1) / per;

@@ -30,8 +30,9 @@ struct Ctx {
 };
 
 // Timing trace (P.trace != NULL): thread 0 stamps %globaltimer at phase boundaries. Point k of a layer: TR_L * l + k
-// (GDN layers use k = 4, 5 inside the block's recurrence item: after the in_proj row wait, after the sibling wait;
-// attention layers k = 10 after an item's qkv row wait, 11 after the o_proj prologue);
+// (GDN layers use k = 4, 5 inside the block's recurrence item: after its inputs arrived (row counter, or the tag polls
+// and the conv), after the siblings' sums of squares arrived; attention layers k = 10 after an item's inputs arrived,
+// 11 after the o_proj prologue);
 // then the per-step points from TR_STEP on (luce_mk.h, luce_mk_trace_points).
 constexpr int TR_L = 12, TR_STEP = NL * TR_L, TR_POINTS = TR_STEP + 4;
 __device__ __forceinline__ void trace_pt(const Ctx& c, const LuceMkParams& P, int s, int k) {

@@ -132,9 +132,16 @@ __device__ __forceinline__ void mbar_init(uint64_t* b, unsigned count) {
 __device__ __forceinline__ void mbar_arrive(uint64_t* b) {
     asm volatile("{ .reg .b64 st; mbarrier.arrive.shared.b64 st, [%0]; }" ::"r"(smem_u32(b)) : "memory");
 }
+// Non-blocking: has the mbarrier completed the phase with this parity?
+__device__ __forceinline__ bool mbar_test(uint64_t* b, unsigned parity) {
+    unsigned ok;
+    asm volatile("{ .reg .pred p; mbarrier.test_wait.parity.shared.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+                 : "=r"(ok) : "r"(smem_u32(b)), "r"(parity) : "memory");
+    return ok != 0;
+}
+
 __device__ __forceinline__ void mbar_wait(uint64_t* b, unsigned parity) {
     unsigned ok = 0, n = 0;
-    const unsigned a = smem_u32(b);
     unsigned long long t0 = 0;
     while (!ok) {
         if (++n == 0x400000u) {  // ~4M polls: start timing, then check every 4M
@@ -143,20 +150,11 @@ __device__ __forceinline__ void mbar_wait(uint64_t* b, unsigned parity) {
         }
 #if __CUDA_ARCH__ >= 900
         asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
-                     : "=r"(ok) : "r"(a), "r"(parity) : "memory");
+                     : "=r"(ok) : "r"(smem_u32(b)), "r"(parity) : "memory");
 #else
-        asm volatile("{ .reg .pred p; mbarrier.test_wait.parity.shared.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
-                     : "=r"(ok) : "r"(a), "r"(parity) : "memory");
+        ok = mbar_test(b, parity);
 #endif
     }
-}
-
-// Non-blocking: has the mbarrier completed the phase with this parity?
-__device__ __forceinline__ bool mbar_test(uint64_t* b, unsigned parity) {
-    unsigned ok;
-    asm volatile("{ .reg .pred p; mbarrier.test_wait.parity.shared.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
-                 : "=r"(ok) : "r"(smem_u32(b)), "r"(parity) : "memory");
-    return ok != 0;
 }
 
 #if __CUDA_ARCH__ >= 900
