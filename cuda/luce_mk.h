@@ -4,25 +4,23 @@
  * embedding lookup, all 24 layers, the final norm, the tied LM head and the argmax; the argmax is fed back on the
  * device as the next step's input (unless a forced input token is given). No host work happens between layers/steps.
  *
- * Layouts (all device memory, owned by the caller; see luce_mk_get_layout for the sizes):
+ * Layouts (all device memory, owned by the caller; luce_mk_get_layout gives the sizes):
  *   wblob   bf16, the 24 layers' matrices in streaming order (layer l at layout.layer_woff[l] elements):
  *           GDN layer: in_proj [8224 x 1024], head-major: for head h = 0..15 the 514 rows [q_h 128 | k_h 128 |
- *                      v_h 128 | z_h 128 | b_h | a_h] (rows of in_proj_qkv / _z / _b / _a); out_proj [1024 x 2048]
- *                      (TRANSPOSED [2048 x 1024] when layout.gdn_out_transposed);
- *                      gate/up [3584 x 2048] (row i = gate_i | up_i); down_proj TRANSPOSED [3584 x 1024]
+ *                      v_h 128 | z_h 128 | b_h | a_h] (rows of in_proj_qkv / _z / _b / _a); out_proj TRANSPOSED
+ *                      [2048 x 1024]; gate/up [3584 x 2048] (row i = gate_i | up_i); down_proj TRANSPOSED [3584 x 1024]
  *           FA layer:  qkv [5120 x 1024], by KV group g = 0, 1: [q_proj rows 2048g..2048g+2047 (4 query heads, q/gate
  *                      interleaved per head as in HF) | k_proj rows 256g.. (256) | v_proj rows 256g.. (256)];
  *                      o_proj [1024 x 2048]; gate/up; down (as above)
- *   sblob   f32 small params, layer l at l * layout.sp_stride: [0,1024) 1+input_layernorm, [1024,2048) 1+post_norm;
- *           GDN: [2048, 2048+6144*4) conv1d weight [6144][4]; +26624 -exp(A_log)[16]; +26640 dt_bias[16];
- *                +26656 gated-norm weight[128] (plain).  FA: +2048 1+q_norm[256]; +2304 1+k_norm[256].
- *           final norm (1+w) at 24 * sp_stride.
+ *   sblob   f32 small parameters, layer l at l * LUCE_MK_SP_STRIDE, offsets LUCE_MK_SP_* below; the final norm
+ *           (1 + w) at 24 * LUCE_MK_SP_STRIDE. Python reads these offsets from this header (luce_bench/kernels/abi.py).
  *   embed   bf16 [248320 x 1024]: embedding and (tied) LM head.
  *   kcache/vcache bf16 [6][2][max_seq][256]; gdn_state f32 [18][16][8][16][16][8] ([layer][head][v-slice][k/8][v][k%8]);
  *   conv_hist f32 [18][6144][4] (ring indexed by position % 4); scratch f32 [layout.scratch_floats];
  *   sync u32 [32] (monotonic barrier counter, never reset); best u64 [2] (argmax slots, zeroed by reset);
  *   last_token i32 [1] (last produced token; input of step 0 when no forced token is given).
- * A new sequence (reset) needs gdn_state, conv_hist and best zeroed and pos = 0; the KV cache needs no clearing.
+ * A new sequence (reset) needs gdn_state, conv_hist, best and scratch zeroed and pos = 0, step_base = 0; the KV
+ * cache needs no clearing.
  */
 #ifndef LUCE_MK_H
 #define LUCE_MK_H
@@ -34,6 +32,27 @@ extern "C" {
 #endif
 
 #define LUCE_MK_ABI_VERSION 4
+
+/* Small-parameter blob, f32 offsets inside one layer's LUCE_MK_SP_STRIDE floats. */
+enum LuceMkSmallParams {
+    LUCE_MK_SP_LN1 = 0,       /* [1024] 1 + input_layernorm.weight */
+    LUCE_MK_SP_LN2 = 1024,    /* [1024] 1 + post_attention_layernorm.weight */
+    LUCE_MK_SP_CONV = 2048,   /* GDN: [6144][4] conv1d.weight */
+    LUCE_MK_SP_NEGA = 26624,  /* GDN: [16] -exp(A_log) */
+    LUCE_MK_SP_DTB = 26640,   /* GDN: [16] dt_bias */
+    LUCE_MK_SP_GNW = 26656,   /* GDN: [128] gated-norm weight (plain, no 1 +) */
+    LUCE_MK_SP_QN = 2048,     /* attention: [256] 1 + q_norm.weight */
+    LUCE_MK_SP_KN = 2304,     /* attention: [256] 1 + k_norm.weight */
+    LUCE_MK_SP_STRIDE = 26784 /* floats per layer */
+};
+
+/* debug_flags bits: timing experiments only; every result of such a launch is invalid. */
+enum LuceMkDebugFlags {
+    LUCE_MK_DEBUG_NO_MATH = 1,      /* take weight chunks off the ring without computing */
+    LUCE_MK_DEBUG_NO_MIXING = 2,    /* skip the GDN and attention work items */
+    LUCE_MK_DEBUG_NO_BARRIERS = 4,  /* skip grid barriers and tag waits (the host must not advance sync_base) */
+    LUCE_MK_DEBUG_NO_MLP_ADDS = 8   /* skip the MLP's split-K f32 reductions into the residual stream (sm_90) */
+};
 
 typedef struct LuceMkParams {
     const void* wblob;
@@ -57,10 +76,9 @@ typedef struct LuceMkParams {
     unsigned int sync_base; /* barriers completed so far on `sync` (caller adds n_steps * syncs_per_step) */
     unsigned int step_base; /* steps run so far on this scratch since it was zeroed (epoch tags of the activations
                                blocks exchange); the caller adds n_steps after every launch, debug ones included */
-    int debug_flags;        /* 0 in normal use; timing experiments only (results invalid): 1 skip matvec math,
-                               2 skip GDN/attention work, 4 skip grid barriers */
+    int debug_flags;        /* 0 in normal use; LuceMkDebugFlags bits for timing experiments (results invalid) */
     unsigned long long* trace; /* NULL, or [n_steps][luce_mk_trace_points()][grid] %globaltimer ns at each block's
-                                  phase boundaries (timing diagnosis; see scripts/trace_megakernel.py) */
+                                  phase boundaries (timing diagnosis; luce-bench kernel trace) */
 } LuceMkParams;
 
 typedef struct LuceMkLayout {
@@ -75,14 +93,14 @@ typedef struct LuceMkLayout {
     int syncs_per_step;
     int vocab;
     int hidden;
-    int gdn_out_transposed;     /* 1: GDN out_proj is stored transposed [2048 x 1024] (split-K build, MK_GDNFUSE) */
+    int gdn_out_transposed;     /* always 1 (GDN out_proj stored transposed [2048 x 1024]) */
 } LuceMkLayout;
 
 typedef struct LuceMkLaunchInfo {
     int grid;            /* blocks (one per SM) */
     int threads;         /* per block */
     int smem_bytes;      /* dynamic shared memory per block */
-    int ring_slots;      /* weight-ring slots of 32 KB */
+    int ring_slots;      /* weight-ring slots (MK_SLOT_KB each) */
     int sm_count;
     int occupancy;       /* resident blocks per SM the occupancy API allows */
 } LuceMkLaunchInfo;
@@ -94,9 +112,8 @@ int luce_mk_launch_info(LuceMkLaunchInfo* out);
 /* Runs p->n_steps decode steps in one cooperative launch on `stream` (a cudaStream_t). Returns 0 or an error code. */
 int luce_mk_decode(const LuceMkParams* p, void* stream);
 const char* luce_mk_error_string(int code);
-/* Trace points per step: 10 per layer (P1 x ready, in_proj done, mixer done, mixer barrier passed, P3 done, P3 barrier
-   passed [attention layers], P4 x ready, gate/up done, down added, P4 barrier passed), then step start, LM x ready,
-   LM head done, LM barrier passed. */
+/* Trace points per step: 12 per layer (mk_trace.cuh names them), then 4 per step (step start, LM x ready, LM head
+   done, LM barrier passed). */
 int luce_mk_trace_points(void);
 
 #ifdef __cplusplus

@@ -1,72 +1,39 @@
-// mk_ring.cuh -- the weight stream: per-block row split of every matvec phase, the producer warp that streams the
-// block's rows of every phase (all layers, then the LM head, for every step) into a shared-memory ring of 32 KB slots
-// without ever waiting on activations, and the consumer side that takes chunks off the ring in the same order.
+// mk_ring.cuh -- the weight stream. Every matvec phase's rows are split over the blocks; the producer warp copies the
+// block's rows of every phase (all layers, then the LM head, for every step) into a ring of shared-memory slots and
+// never waits on activations, only on free slots; the consumer warps take the chunks off the ring in the same order.
+// Waits for: free slots (empty mbarriers). Publishes: full slots (bulk copy completion on the full mbarriers).
 #pragma once
 #include "luce_mk.h"
-#include "mk_config.cuh"
+#include "mk_math.cuh"
 #include "mk_sync.cuh"
 
 namespace mk {
 
-struct Phase {
-    const char* src;  // first row of the phase
-    int rows;
-    int row_bytes;    // 2048 (K=1024, or a column of down_proj), 4096 (K=2048 or a gate|up pair)
-};
-
-// Per-thread view. Shared-memory regions are fixed offsets from mk_smem (no registers spent on pointers).
+// Per-thread view of the block. Shared memory is reached through smem() (no registers spent on pointers).
 struct Ctx {
     int G, b, tid, warp, lane;
     int ns;            // ring slots
     unsigned q;        // chunks consumed so far (consumer view)
     unsigned nsync;    // grid barriers passed in this launch
-    bool skip_math;    // debug: take chunks off the ring without computing
-    __device__ __forceinline__ uint64_t* full() const { return (uint64_t*)mk_smem; }
-    __device__ __forceinline__ uint64_t* empty() const { return (uint64_t*)mk_smem + MAX_SLOTS; }
+    bool skip_math;    // LUCE_MK_DEBUG_NO_MATH: take chunks off the ring without computing
     __device__ __forceinline__ char* ring() const { return (char*)(mk_smem + SM_RING); }
-    __device__ __forceinline__ float* xs() const { return (float*)(mk_smem + SM_X); }      // sub-layer input x (1024)
-    __device__ __forceinline__ float* acts() const { return (float*)(mk_smem + SM_ACT); }  // matvec input (<= 4096)
-    __device__ __forceinline__ float* misc() const { return (float*)(mk_smem + SM_MISC); } // 2048 floats scratch
 };
 
-// Timing trace (P.trace != NULL): thread 0 stamps %globaltimer at phase boundaries. Point k of a layer: TR_L * l + k
-// (GDN layers use k = 4, 5 inside the block's recurrence item: after its inputs arrived (row counter, or the tag polls
-// and the conv), after the siblings' sums of squares arrived; attention layers k = 10 after an item's inputs arrived,
-// 11 after the o_proj prologue);
-// then the per-step points from TR_STEP on (luce_mk.h, luce_mk_trace_points).
-constexpr int TR_L = 12, TR_STEP = NL * TR_L, TR_POINTS = TR_STEP + 4;
-__device__ __forceinline__ void trace_pt(const Ctx& c, const LuceMkParams& P, int s, int k) {
-    if (P.trace && c.tid == 0) P.trace[((long long)s * TR_POINTS + k) * c.G + c.b] = global_ns();
-}
-
-__device__ __forceinline__ int split_rows(int R, int b, int G) { return (int)(((long long)R * b) / G); }
-
-// P1 -> P2 row counters (MK_HEADCNT): counter k < 16 counts GDN head k's in_proj rows (514, contiguous in the
-// head-major layout, so a head waits only on the ~9 blocks that own them), counter 16 + g KV group g's 2560 qkv rows.
-__device__ __forceinline__ unsigned* row_counter(const LuceMkParams& P, int k) {
-    return (unsigned*)(P.scratch + S_CNT) + k * CNT_STRIDE;
-}
-constexpr unsigned GDN_HEAD_ROWS = GDN_HROWS, FA_GROUP_ROWS = FA_GROWS;
-__device__ __forceinline__ int overlap(int a0, int a1, int r0, int r1) { return max(0, min(a1, r1) - max(a0, r0)); }
-// Rows of [r0, r1) that counter k counts, for a GDN (fa = false) or attention layer.
-__device__ __forceinline__ int counted_rows(bool fa, int k, int r0, int r1) {
-    if (!fa) return k < 16 ? overlap(k * GDN_HROWS, (k + 1) * GDN_HROWS, r0, r1) : 0;
-    return (k >= 16 && k < 18) ? overlap((k - 16) * FA_GROWS, (k - 15) * FA_GROWS, r0, r1) : 0;
-}
-
+struct Phase {
+    const char* src;  // first row of the phase
+    int rows;
+    int row_bytes;    // 2048 (K = 1024, or a row of a transposed matrix), 4096 (K = 2048, or a gate|up pair)
+};
+// Phase k of layer l: 0 in_proj / qkv, 1 GDN out_proj^T / attention o_proj, 2 gate|up, 3 down^T.
 __device__ __forceinline__ Phase layer_phase(const void* wblob, int l, int k) {
     const char* base = (const char*)wblob + layer_woff(l) * 2;
     const int r1 = is_fa(l) ? FA_ROWS : GDN_ROWS;
     const char* outp = base + (long long)r1 * 2048;
     switch (k) {
         case 0: return {base, r1, 2048};
-#if MK_GDNFUSE
-        case 1: return is_fa(l) ? Phase{outp, H, 4096} : Phase{outp, 2048, 2048};  // GDN out_proj transposed
-#else
-        case 1: return {outp, H, 4096};
-#endif
+        case 1: return is_fa(l) ? Phase{outp, H, 4096} : Phase{outp, 2048, 2048};
         case 2: return {outp + W_OUT * 2, FF, 4096};
-        default: return {outp + (W_OUT + W_GU) * 2, FF, 2048};  // down_proj transposed: row k = column k
+        default: return {outp + (W_OUT + W_GU) * 2, FF, 2048};
     }
 }
 __device__ __forceinline__ Phase lm_phase(const void* embed) { return {(const char*)embed, V, 2048}; }
@@ -76,33 +43,31 @@ struct Seg {
     const char* src;  // row 0 of the phase
     int r0, r1, row_bytes;
 };
+__device__ __forceinline__ int split_rows(int R, int b, int G) { return (int)(((long long)R * b) / G); }
 __device__ __forceinline__ Seg block_seg(const Ctx& c, const Phase& ph) {
     return {ph.src, split_rows(ph.rows, c.b, c.G), split_rows(ph.rows, c.b + 1, c.G), ph.row_bytes};
 }
-// GDN items (head, value slice) of a layer; with MK_GDNFUSE item i also owns rows [16 i, 16 i + 16) of out_proj^T.
-constexpr int GDN_ITEMS = DH * NSL;
-__device__ __forceinline__ bool fused_out(int l) { return MK_GDNFUSE && !is_fa(l); }
-// Segments block c.b streams in phase k of layer l (l == NL: the LM head, one phase).
+// Segments block c.b streams in phase k of layer l (l == NL: the LM head). A GDN layer's out_proj^T is split by work
+// item: item i owns rows [16 i, 16 i + 16), and block b runs items b, b + G, ...
 __device__ __forceinline__ int phase_segs(const Ctx& c, int l, int k) {
-    if (l < NL && k == 1 && fused_out(l)) return c.b < GDN_ITEMS ? (GDN_ITEMS - 1 - c.b) / c.G + 1 : 0;
+    if (l < NL && k == 1 && !is_fa(l)) return c.b < GDN_ITEMS ? (GDN_ITEMS - 1 - c.b) / c.G + 1 : 0;
     return 1;
 }
 __device__ __forceinline__ Seg phase_seg(const Ctx& c, const LuceMkParams& P, int l, int k, int i) {
     if (l == NL) return block_seg(c, lm_phase(P.embed));
     const Phase ph = layer_phase(P.wblob, l, k);
-    if (k == 1 && fused_out(l)) {
+    if (k == 1 && !is_fa(l)) {
         const int item = c.b + i * c.G;
         return {ph.src, item * SLV, item * SLV + SLV, ph.row_bytes};
     }
     return block_seg(c, ph);
 }
 
-// Position in a block's chunk stream (steps x (24 layers x 4 phases + the LM head) x segments x 32 KB chunks).
+// Position in a block's chunk stream (steps x (24 layers x 4 phases + the LM head) x segments x slot-sized chunks).
 struct Walk {
     int s = 0, l = 0, k = 0, i = 0, r = -1;
 };
-// Next chunk of the stream: src, bytes; false at the end. The producer's copies and L2 prefetches use the same walk,
-// and the consumers take chunks in the same order.
+// Next chunk of the stream: src, bytes; false at the end. The consumers take chunks in the same order.
 __device__ __forceinline__ bool walk_next(const Ctx& c, const LuceMkParams& P, Walk& w, const char*& src, unsigned& bytes) {
     for (;;) {
         if (w.s >= P.n_steps) return false;
@@ -134,89 +99,72 @@ __device__ __forceinline__ bool walk_next(const Ctx& c, const LuceMkParams& P, W
     }
 }
 
+// ---- copies into the ring ----
+#if __CUDA_ARCH__ >= 900
+__device__ __forceinline__ uint64_t evict_first_policy() {
+    uint64_t pol;
+    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
+    return pol;
+}
+// One thread: expect `bytes` on the mbarrier and start a bulk (TMA 1D) global->shared copy completing on it.
+__device__ __forceinline__ void bulk_load(void* dst, const void* src, unsigned bytes, uint64_t* bar, uint64_t pol) {
+    asm volatile("{ .reg .b64 st; mbarrier.arrive.expect_tx.shared.b64 st, [%0], %1; }" ::"r"(smem_u32(bar)), "r"(bytes)
+                 : "memory");
+    asm volatile(
+        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;"
+        ::"r"(smem_u32(dst)), "l"(src), "r"(bytes), "r"(smem_u32(bar)), "l"(pol) : "memory");
+}
+#else
+// Whole producer warp: 16-byte cp.async per lane, then each lane's arrive fires when its copies land (count 32).
+__device__ __forceinline__ void warp_async_load(void* dst, const void* src, unsigned bytes, uint64_t* bar, int lane) {
+    const unsigned d = smem_u32(dst);
+    const char* s = (const char*)src;
+    for (unsigned o = lane * 16u; o < bytes; o += 512u)
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d + o), "l"(s + o) : "memory");
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared.b64 [%0];" ::"r"(smem_u32(bar)) : "memory");
+}
+#endif
+// Arrivals that complete a full slot: the TMA thread's expect_tx, or the 32 lanes' cp.async arrivals.
+#if __CUDA_ARCH__ >= 900
+constexpr unsigned FULL_ARRIVALS = 1;
+#else
+constexpr unsigned FULL_ARRIVALS = 32;
+#endif
+
 // ---- producer ----
-// One lane copies every chunk into the next free ring slot (TMA 1D bulk copy on sm_90, the whole warp's cp.async
-// below). With MK_L2LEAD > 0 it also keeps up to MK_L2LEAD bytes beyond the chunk being copied prefetched into L2,
-// so HBM keeps streaming while the ring is full (the ring holds only ~8 us of per-SM streaming).
+// Copies every chunk into the next free slot, with at most MK_INFLIGHT copies in flight (MK_INFLIGHT_LM in the LM
+// head but its last LM_TAIL_ROWS rows): every queued copy delays the consumers' dependent L2 round trips (NOTES.md v9).
 __device__ void run_producer(const Ctx& c, const LuceMkParams& P) {
 #if __CUDA_ARCH__ >= 900
     if (c.lane != 0) return;
     const uint64_t pol = evict_first_policy();
 #endif
-    Walk w;
-#if __CUDA_ARCH__ >= 900 && MK_L2LEAD > 0
-    Walk pf;
-    long long ahead = 0;  // bytes prefetched beyond the copy cursor
-#endif
-#if __CUDA_ARCH__ >= 900 && MK_IDLEPF > 0
-    Walk pfw;                    // idle-time L2 prefetch cursor, pf_ahead chunks beyond the copy cursor
-    int pf_ahead = 0;
-    unsigned long long pf_t = 0;
-#endif
+    const unsigned ns = (unsigned)c.ns;
     const int lm_end = split_rows(V, c.b + 1, c.G);
+    Walk w;
     const char* src;
     unsigned bytes;
-    unsigned qp = 0;
-    while (walk_next(c, P, w, src, bytes)) {
-#if __CUDA_ARCH__ >= 900 && MK_IDLEPF > 0
-        if (pf_ahead > 0) {
-            --pf_ahead;
-        } else {
-            const char* ps;
-            unsigned pb;
-            walk_next(c, P, pfw, ps, pb);  // keep the prefetch cursor at or beyond the copy cursor
-        }
-#endif
-#if __CUDA_ARCH__ >= 900 && MK_L2LEAD > 0
-        const char* psrc;
-        unsigned pbytes;
-        while (ahead < MK_L2LEAD && walk_next(c, P, pf, psrc, pbytes)) {
-            prefetch_l2(psrc, pbytes);
-            ahead += pbytes;
-        }
-        ahead -= bytes;
-#endif
-        const int slot = (int)(qp % (unsigned)c.ns);
-        // at most N copies in flight (N = MK_INFLIGHT in the layers, MK_INFLIGHT_LM in the LM head, which has no
-        // dependent round trips to slow down): wait until copy qp - N has landed (its slot is not re-armed before
-        // copy qp - N + ns > qp, so its full barrier still shows that phase; N >= ns: no cap beyond the ring)
-        const unsigned cap = (unsigned)(w.l == NL ? (lm_end - w.r > MK_LMTAIL_ROWS ? MK_INFLIGHT_LM : MK_INFLIGHT)
-                                        : w.k == 0 ? MK_CAP_K0 : w.k == 1 ? MK_CAP_K1 : w.k == 2 ? MK_CAP_K2 : MK_CAP_K3);
-        if (cap > 0 && cap < (unsigned)c.ns && qp >= cap) {
+    for (unsigned qp = 0; walk_next(c, P, w, src, bytes); ++qp) {
+        const unsigned slot = qp % ns;
+        // wait until copy qp - cap has landed (its slot is not re-armed before copy qp - cap + ns > qp, so its full
+        // barrier still shows that phase); cap 0 or >= ns: no cap beyond the ring
+        const unsigned cap = (unsigned)(w.l == NL && lm_end - w.r > LM_TAIL_ROWS ? MK_INFLIGHT_LM : MK_INFLIGHT);
+        if (cap > 0 && cap < ns && qp >= cap) {
             const unsigned q0 = qp - cap;
-            mbar_wait(&c.full()[q0 % (unsigned)c.ns], (q0 / (unsigned)c.ns) & 1u);
+            mbar_wait(&smem().full[q0 % ns], (q0 / ns) & 1u);
         }
-#if __CUDA_ARCH__ >= 900 && MK_IDLEPF > 0
-        // ring full (the consumers are in a latency-bound stretch, HBM idle): pull the chunks after the ring's into
-        // L2, at most one every MK_IDLEPF_NS and MK_IDLEPF bytes ahead
-        while (!mbar_test(&c.empty()[slot], ((qp / (unsigned)c.ns) & 1u) ^ 1u)) {
-            if (pf_ahead * SLOT_BYTES < MK_IDLEPF) {
-                const unsigned long long now = global_ns();
-                if (now - pf_t >= (unsigned long long)MK_IDLEPF_NS) {
-                    const char* ps;
-                    unsigned pb;
-                    if (walk_next(c, P, pfw, ps, pb)) {
-                        prefetch_l2(ps, pb);
-                        ++pf_ahead;
-                    }
-                    pf_t = now;
-                }
-            }
-        }
-#endif
-        mbar_wait(&c.empty()[slot], ((qp / (unsigned)c.ns) & 1u) ^ 1u);
+        mbar_wait(&smem().empty[slot], ((qp / ns) & 1u) ^ 1u);
         pause_wait();
         char* dst = c.ring() + (size_t)slot * SLOT_BYTES;
 #if __CUDA_ARCH__ >= 900
-        bulk_load(dst, src, bytes, &c.full()[slot], pol);
+        bulk_load(dst, src, bytes, &smem().full[slot], pol);
 #else
-        warp_async_load(dst, src, bytes, &c.full()[slot], c.lane);
+        warp_async_load(dst, src, bytes, &smem().full[slot], c.lane);
 #endif
-        ++qp;
     }
 }
 
-// ---- consumer ----
+// ---- consumers ----
 // Calls fn(first_row, n_rows, smem_chunk) on every consumer thread for each chunk of the segment (for phases whose
 // work is split over columns, not rows); each warp releases the slot when it is done with it.
 template <class F>
@@ -225,10 +173,10 @@ __device__ __forceinline__ void consume_all_seg(Ctx& c, const Seg& g, F&& fn) {
     for (int r = g.r0; r < g.r1; r += rps) {
         const int n = min(rps, g.r1 - r);
         const int slot = (int)(c.q % (unsigned)c.ns);
-        mbar_wait(&c.full()[slot], (c.q / (unsigned)c.ns) & 1u);
+        mbar_wait(&smem().full[slot], (c.q / (unsigned)c.ns) & 1u);
         if (!c.skip_math) fn(r, n, (const char*)(c.ring() + (size_t)slot * SLOT_BYTES));
         __syncwarp();
-        if (c.lane == 0) mbar_arrive(&c.empty()[slot]);
+        if (c.lane == 0) mbar_arrive(&smem().empty[slot]);
         ++c.q;
     }
 }
@@ -244,7 +192,6 @@ template <class F>
 __device__ __forceinline__ void consume(Ctx& c, const Phase& ph, F&& fn) {
     consume_seg(c, block_seg(c, ph), fn);
 }
-
 template <class F>
 __device__ __forceinline__ void consume_all(Ctx& c, const Phase& ph, F&& fn) {
     consume_all_seg(c, block_seg(c, ph), fn);

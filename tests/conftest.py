@@ -7,6 +7,17 @@ import os
 
 import pytest
 
+# Non-default values of every build option the kernel keeps (cuda/mk_config.cuh): CI compiles each set for
+# sm_80/86/89/90 with 0 spills (tests/test_kernel_build.py), the GPU tests check each for parity
+# (tests/gpu/test_megakernel.py). Import with `from conftest import KERNEL_OPTION_SETS`.
+KERNEL_OPTION_SETS = {
+    "inflight2-lm1": {"MK_INFLIGHT": 2, "MK_INFLIGHT_LM": 1},
+    "uncapped": {"MK_INFLIGHT": 0, "MK_INFLIGHT_LM": 0},
+    "slot16": {"MK_SLOT_KB": 16},
+    "slot24-spin60s": {"MK_SLOT_KB": 24, "MK_SPIN_LIMIT_NS": 60_000_000_000},
+    "slot64-inflight2": {"MK_SLOT_KB": 64, "MK_INFLIGHT": 2},
+}
+
 
 @functools.lru_cache(maxsize=1)
 def cuda_gpu_reason() -> str | None:

@@ -7,10 +7,15 @@ import ctypes
 
 import pytest
 
+from conftest import KERNEL_OPTION_SETS
 from luce_bench.errors import UserError
 from luce_bench.kernels import build as kb
 
 ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90")
+# f32 words of scratch (mk_layout.cuh Scratch): tagged raw 8224 x 2 + tagged sums of squares 128 x 2 + residual
+# 3 x 4 x 1024 + attention partials 2 x 16 x 4 x 256 + (max, sum) 2 x 16 x 4 x 2 + merged output 2048 + 8 counters
+# on 128-byte lines
+SCRATCH_FLOATS = 16448 + 256 + 12288 + 32768 + 256 + 2048 + 8 * 32
 needs_nvcc = pytest.mark.skipif(kb.find_nvcc() is None, reason="nvcc not found: the CUDA toolkit is not installed here")
 
 
@@ -48,7 +53,8 @@ def test_library_loads_and_exports_abi(built):
     assert lay.wblob_elems == 18 * 21528576 + 6 * 18350080  # all layer matrices, bf16 elements
     assert list(lay.layer_woff)[:5] == [0, 21528576, 43057152, 64585728, 82935808]
     assert lay.syncs_per_step == 55 and lay.vocab == 248320 and lay.hidden == 1024  # 18 x 2 + 6 x 3 + 1
-    assert lay.gdn_out_transposed == 1
+    assert lay.gdn_out_transposed == 1 and lay.scratch_floats == SCRATCH_FLOATS
+    assert lay.sp_stride == 26784 and lay.sblob_floats == 24 * 26784 + 1024
     # layer params + embedding = 752,393,024 - norms/conv/A/dt (small params are in the f32 blob)
     assert lay.wblob_elems + 248320 * 1024 == 752_393_024 - (24 * 2048 + 1024 + 6 * 512 + 18 * (6144 * 4 + 32 + 128))
     assert ctypes.sizeof(klib.LuceMkParams) == 15 * 8 + 8 * 4  # 15 pointers, 7 ints + padding before `trace`
@@ -133,29 +139,75 @@ def test_cli_build_and_info(built):
 
 
 def test_kernel_options_from_env(monkeypatch):
-    from luce_bench.errors import UserError
     from luce_bench.kernels import build as b
 
-    monkeypatch.setenv(b.OPTIONS_ENV, "MK_L2LEAD=0, MK_POLL=0x1")
-    assert b.options_from_env() == {"MK_L2LEAD": 0, "MK_POLL": 1}
-    assert b.define_flags(b.options_from_env()) == ["-DMK_L2LEAD=0", "-DMK_POLL=1"]
+    monkeypatch.setenv(b.OPTIONS_ENV, "MK_INFLIGHT=2, MK_SLOT_KB=0x10")
+    assert b.options_from_env() == {"MK_INFLIGHT": 2, "MK_SLOT_KB": 16}
+    assert b.define_flags(b.options_from_env()) == ["-DMK_INFLIGHT=2", "-DMK_SLOT_KB=16"]
     monkeypatch.setenv(b.OPTIONS_ENV, "")
     assert b.options_from_env() == {}
-    for bad in ("L2LEAD=0", "MK_L2LEAD=fast"):
+    for bad in ("INFLIGHT=0", "MK_INFLIGHT=fast", "MK_POLL=1", "MK_L2LEAD=65536"):
         monkeypatch.setenv(b.OPTIONS_ENV, bad)
         with pytest.raises(UserError):
             b.options_from_env()
 
 
-@pytest.mark.parametrize("options", [
-    {"MK_TAGRAW": 1, "MK_HEADBUF": 1, "MK_SSTAG": 0, "MK_ATTHEAD": 0, "MK_ATTMERGE": 0, "MK_XCOPIES": 1},
-    {"MK_INFLIGHT": 0, "MK_SLOT_KB": 16, "MK_PAUSE": 0, "MK_TAGRAW": 0, "MK_ATTMERGE": 0},
-    {"MK_GDNFUSE": 0, "MK_SSTAG": 0, "MK_TAGRAW": 0, "MK_L2LEAD": 65536, "MK_IDLEPF": 131072, "MK_NOINLINE": 1}])
-def test_kernel_build_options_compile(tmp_path, options):
-    """The non-default build options (measured variants, cuda/NOTES.md) still compile for sm_90."""
-    from luce_bench.kernels import build as b
+def test_build_options_are_read_from_the_header():
+    """The names (and defaults) come from cuda/mk_config.cuh: exactly the four options that stayed."""
+    from luce_bench.kernels.abi import build_options
 
-    if b.find_nvcc() is None:
-        pytest.skip("nvcc not found")
-    res = b.build(("sm_90",), out_dir=tmp_path / "lib", defines=options)
-    assert res.lib.is_file() and any("decode_kernel" in r.function for r in res.reports)
+    assert build_options() == {"MK_INFLIGHT": "1", "MK_INFLIGHT_LM": "2", "MK_SLOT_KB": "32",
+                               "MK_SPIN_LIMIT_NS": "20000000000ull"}
+
+
+def test_unknown_option_is_one_line_before_nvcc(tmp_path):
+    with pytest.raises(UserError, match=r"unknown kernel option 'MK_HEADBUF'; the kernel reads MK_INFLIGHT"):
+        kb.build(("sm_90",), out_dir=tmp_path / "lib", defines={"MK_HEADBUF": 1})
+    assert not (tmp_path / "lib").exists()
+
+
+@needs_nvcc
+@pytest.mark.parametrize("options, message", [
+    ({"MK_SLOT_KB": 20}, "MK_SLOT_KB must be 16, 24, 32, 48 or 64"),
+    ({"MK_INFLIGHT": -1}, "MK_INFLIGHT and MK_INFLIGHT_LM must be >= 0"),
+    ({"MK_SPIN_LIMIT_NS": 5}, "MK_SPIN_LIMIT_NS must be at least"),
+], ids=["slot20", "inflight-neg", "spin5"])
+def test_bad_option_value_is_the_kernels_own_error_line(tmp_path, options, message):
+    with pytest.raises(UserError) as err:
+        kb.build(("sm_90",), out_dir=tmp_path / "lib", defines=options)
+    assert str(err.value).startswith(f"kernel build options: {message}")
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "lib" / kb.LIB_NAME).exists()
+
+
+def test_cli_build_refuses_unknown_option():
+    from typer.testing import CliRunner
+
+    from luce_bench.cli import app
+
+    r = CliRunner().invoke(app, ["kernel", "build", "--arch", "sm_90", "--option", "MK_POLL=1"])
+    assert r.exit_code == 2
+    assert "unknown kernel option 'MK_POLL'" in r.output and "Traceback" not in r.output
+
+
+@needs_nvcc
+@pytest.mark.parametrize("name", sorted(KERNEL_OPTION_SETS))
+def test_kernel_option_sets_compile_without_spills(tmp_path, name):
+    """Every option set that remains compiles for all four archs with 0 spills and the same ABI layout."""
+    from luce_bench.kernels import lib as klib
+
+    res = kb.build(ARCHS, out_dir=tmp_path / "lib", defines=KERNEL_OPTION_SETS[name])
+    kernels = [r for r in res.reports if "decode_kernel" in r.function]
+    assert {r.arch for r in kernels} == set(ARCHS)
+    for r in res.reports:
+        assert r.spill_stores == 0 and r.spill_loads == 0, f"{name} {r.arch} {r.function}: spills"
+    lay = klib.layout(klib.load_library(res.lib))
+    assert lay.syncs_per_step == 55 and lay.scratch_floats == SCRATCH_FLOATS
+
+
+@needs_nvcc
+def test_prebuilt_reads_a_build_directory(built):
+    res = kb.prebuilt(built.lib.parent)
+    assert res.lib == built.lib and {r.arch for r in res.reports} == set(ARCHS) and res.cached
+    with pytest.raises(UserError, match="no libluce_mk.so"):
+        kb.prebuilt(built.lib.parent / "nothing-here")

@@ -36,7 +36,6 @@ def test_gdn_layer_matrices():
     p = "model.layers.0."
     assert proj.shape == (8224, 1024) and outp.shape == (2048, 1024)  # split-K layout: row k = input column k
     assert torch.equal(outp[9], sd[p + "linear_attn.out_proj.weight"][:, 9])
-    assert torch.equal(pack.layer_matrices(sd, 0, gdn_out_transposed=False)[1], sd[p + "linear_attn.out_proj.weight"])
     la = p + "linear_attn."
     for h in (0, 5, 15):  # head-major: [q_h | k_h | v_h | z_h | b_h | a_h], 514 rows per head
         blk = proj[514 * h:514 * (h + 1)]
@@ -84,3 +83,21 @@ def test_small_param_blob():
     a = "model.layers.3.self_attn."
     assert torch.allclose(out[3 * base + 2304: 3 * base + 2560], 1 + sd[a + "k_norm.weight"].to(f))
     assert torch.allclose(out[24 * base:], torch.full((1024,), 1.5))
+
+
+def test_small_param_offsets_come_from_the_abi_header():
+    """pack.py reads the offsets from cuda/luce_mk.h: the enum parses to the documented layout."""
+    from luce_bench.kernels import abi
+
+    assert abi.small_params() == {"LN1": 0, "LN2": 1024, "CONV": 2048, "NEGA": 26624, "DTB": 26640, "GNW": 26656,
+                                  "QN": 2048, "KN": 2304, "STRIDE": 26784}
+    assert abi.debug_flags() == {"NO_MATH": 1, "NO_MIXING": 2, "NO_BARRIERS": 4, "NO_MLP_ADDS": 8}
+
+
+def test_small_param_blob_refuses_a_foreign_stride():
+    class Lay:
+        sp_stride = 26000
+        sblob_floats = 24 * 26000 + 1024
+
+    with pytest.raises(AssertionError, match="STRIDE"):
+        pack.pack_small({}, Lay)

@@ -46,16 +46,27 @@ def check_config(cfg: Any) -> None:
 
 
 class MegakernelBackend(Backend):
-    """Persistent decode megakernel (bf16 weights, f32 DeltaNet state, bf16 KV cache), greedy."""
+    """Persistent decode megakernel (bf16 weights, f32 DeltaNet state, bf16 KV cache), greedy.
+
+    Besides the Backend interface, the kernel tools (`luce-bench kernel bench/trace`, the GPU tests) use the public
+    kernel entry: `from_state_dict` (weights already in memory, optional build options or a prebuilt library),
+    `run_steps` (one launch, with debug flags and the timing trace), `launch`, `layout` and `trace_points`.
+    """
 
     name = "megakernel"
     PREFILL_CHUNK = 512  # prompt steps per launch
 
-    def __init__(self, max_seq: int = 4096, arch: str | None = None) -> None:
+    def __init__(self, max_seq: int = 4096, arch: str | None = None, options: dict[str, int] | None = None,
+                 lib_dir: Path | None = None) -> None:
+        """`options`: kernel build options (default: $LUCE_BENCH_KERNEL_OPTIONS); `lib_dir`: a prebuilt library."""
         self.max_seq = max_seq
         self.arch = arch
+        self.options = options
+        self.lib_dir = lib_dir
         self._lib: Any = None
         self._build: Any = None
+        self.layout: Any = None
+        self.launch: Any = None
         self._pos = 0
         self._sync_count = 0
         self._step_count = 0  # steps run on the scratch since it was zeroed (epoch tags of exchanged activations)
@@ -81,15 +92,30 @@ class MegakernelBackend(Backend):
 
     # ---------------------------------------------------------------- load
     def load(self, model: ModelSpec, device: str = "auto") -> None:
-        import torch
-
-        from luce_bench.kernels import lib as klib
-        from luce_bench.kernels.build import build
         from luce_bench.model.weights import load_text_weights
 
         check_config(model.config)
         if device == "cpu":
             raise UserError("the megakernel backend runs on CUDA only (--device cuda)")
+        self._open(device)
+        self.load_state_dict(load_text_weights(model.path))
+
+    @classmethod
+    def from_state_dict(cls, sd: dict[str, Any], max_seq: int, device: str = "cuda",
+                        options: dict[str, int] | None = None, lib_dir: Path | None = None) -> MegakernelBackend:
+        """A loaded backend from HF-named CPU tensors of the 0.8B shapes (kernel tools and tests)."""
+        be = cls(max_seq=max_seq, options=options, lib_dir=lib_dir)
+        be._open(device)
+        be.load_state_dict(sd)
+        return be
+
+    def _open(self, device: str) -> None:
+        """Pick the CUDA device, build (or find) the library, load it and read its layout and launch sizes."""
+        import torch
+
+        from luce_bench.kernels import lib as klib
+        from luce_bench.kernels.build import build, prebuilt
+
         if not torch.cuda.is_available():
             raise UserError("megakernel backend: torch sees no CUDA GPU")
         self._device = torch.device("cuda" if device == "auto" else device)
@@ -97,12 +123,11 @@ class MegakernelBackend(Backend):
             self._device = torch.device("cuda", torch.cuda.current_device())
         self._device_kind = "cuda"
         torch.cuda.set_device(self._device)
-        self._build = build(self.arch)
+        self._build = prebuilt(self.lib_dir) if self.lib_dir else build(self.arch, defines=self.options)
         self._lib = klib.load_library(self._build.lib)
-        self._layout = klib.layout(self._lib)
-        self._launch = klib.LuceMkLaunchInfo()
-        klib.check(self._lib, self._lib.luce_mk_launch_info(self._launch), "launch info")
-        self.load_state_dict(load_text_weights(model.path))
+        self.layout = klib.layout(self._lib)
+        self.launch = klib.LuceMkLaunchInfo()
+        klib.check(self._lib, self._lib.luce_mk_launch_info(self.launch), "launch info")
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         """Repack HF-named CPU tensors into the kernel layout on the device and allocate the state buffers."""
@@ -111,7 +136,7 @@ class MegakernelBackend(Backend):
         from luce_bench.kernels.pack import pack_small, pack_weights
 
         dev = self._device
-        lay = self._layout
+        lay = self.layout
         self._bufs = {}
         b = self._bufs
         b["wblob"] = pack_weights(sd, lay, dev)
@@ -138,10 +163,26 @@ class MegakernelBackend(Backend):
         self._step_count = 0  # the tags restart with the zeroed scratch
         self._pos = 0
 
-    def _run(self, n: int, in_tokens: Any, logits_first: int | None, debug_flags: int = 0,
-             trace: Any = None) -> tuple[Any, Any]:
-        """Launch n steps; returns (out_tokens [n] int32, logits [n - logits_first, V] f32 or None) on the device.
-        `trace`: an int64 device tensor of n * luce_mk_trace_points() * grid elements for the timing trace."""
+    @property
+    def device(self) -> Any:
+        """The torch device the kernel runs on (after load)."""
+        return self._device
+
+    @property
+    def trace_points(self) -> int:
+        """Timestamps per step in a trace buffer (times the grid): luce_mk_trace_points()."""
+        return int(self._lib.luce_mk_trace_points())
+
+    def run_steps(self, n: int, inputs: Any = None, logits_first: int | None = None, debug_flags: int = 0,
+                  trace: Any = None) -> tuple[Any, Any]:
+        """One launch of n steps after the current sequence, not synchronised (time it with CUDA events).
+
+        inputs: None (greedy) or an int32 device tensor [n] of forced input tokens (-1: the previous argmax).
+        logits_first: None (no logits) or the first step whose logits are returned.
+        debug_flags: luce_mk.h LuceMkDebugFlags bits (timing experiments; the results are invalid).
+        trace: None or an int64 device tensor of n * trace_points * launch.grid elements.
+        Returns (out_tokens [n] int32, logits [n - logits_first, vocab] f32 or None), both on the device.
+        """
         import torch
 
         from luce_bench.kernels.lib import LuceMkParams, check
@@ -152,13 +193,13 @@ class MegakernelBackend(Backend):
         b, dev = self._bufs, self._device
         out = torch.full((n,), -1, dtype=torch.int32, device=dev)  # poisoned: every step must write its token
         lg = None
-        if logits_first is not None:  # debug path only; poisoned so an unwritten logit shows as NaN
-            lg = torch.full((n - logits_first, self._layout.vocab), float("nan"), dtype=torch.float32, device=dev)
+        if logits_first is not None:  # poisoned so an unwritten logit shows as NaN
+            lg = torch.full((n - logits_first, self.layout.vocab), float("nan"), dtype=torch.float32, device=dev)
         p = LuceMkParams()
         for k in ("wblob", "sblob", "embed", "kcache", "vcache", "gdn_state", "conv_hist", "scratch", "sync", "best",
                   "last_token"):
             setattr(p, k, b[k].data_ptr())
-        p.in_tokens = in_tokens.data_ptr() if in_tokens is not None else None
+        p.in_tokens = inputs.data_ptr() if inputs is not None else None
         p.out_tokens = out.data_ptr()
         p.logits = lg.data_ptr() if lg is not None else None
         p.logits_first = logits_first or 0
@@ -167,14 +208,14 @@ class MegakernelBackend(Backend):
         p.step_base = self._step_count & 0xFFFFFFFF
         p.debug_flags = debug_flags
         if trace is not None:
-            need = n * self._lib.luce_mk_trace_points() * self._launch.grid
+            need = n * self.trace_points * self.launch.grid
             if trace.numel() < need or trace.element_size() != 8:
                 raise ValueError(f"trace buffer needs {need} 64-bit elements")
             p.trace = trace.data_ptr()
         stream = torch.cuda.current_stream(dev).cuda_stream
         check(self._lib, self._lib.luce_mk_decode(p, stream), "megakernel launch")
-        if not debug_flags & 4:  # flag 4 skips the grid barriers: the device counter did not move
-            self._sync_count += n * self._layout.syncs_per_step
+        if not debug_flags & 4:  # LUCE_MK_DEBUG_NO_BARRIERS: the device counter did not move
+            self._sync_count += n * self.layout.syncs_per_step
         self._step_count += n  # every launch writes tags of these epochs, debug ones included
         self._pos += n
         return out, lg
@@ -197,7 +238,7 @@ class MegakernelBackend(Backend):
         for s in range(0, len(ids), self.PREFILL_CHUNK):
             n = min(self.PREFILL_CHUNK, len(ids) - s)
             last = s + n == len(ids)
-            out, lg = self._run(n, forced[s:s + n], n - 1 if (logits and last) else None)
+            out, lg = self.run_steps(n, forced[s:s + n], n - 1 if (logits and last) else None)
         torch.cuda.synchronize(self._device)
         elapsed = time.perf_counter() - t0
         rows = lg.cpu().numpy() if lg is not None else None
@@ -217,7 +258,7 @@ class MegakernelBackend(Backend):
             raise RuntimeError("decode() needs a prefill() first")
         torch.cuda.synchronize(self._device)
         t0 = time.perf_counter()
-        out, lg = self._run(n, forced, 0 if logits else None)
+        out, lg = self.run_steps(n, forced, 0 if logits else None)
         torch.cuda.synchronize(self._device)
         elapsed = time.perf_counter() - t0
         return StepResult(tokens=tuple(int(t) for t in out.tolist()), elapsed_s=elapsed,
@@ -230,9 +271,10 @@ class MegakernelBackend(Backend):
             return {}
         return {
             "lib": str(self._build.lib), "archs": list(self._build.archs), "nvcc": self._build.nvcc_version,
-            "grid": self._launch.grid, "threads": self._launch.threads, "smem_bytes": self._launch.smem_bytes,
-            "ring_slots": self._launch.ring_slots, "syncs_per_step": self._layout.syncs_per_step,
-            "max_seq": self.max_seq, "options": options_from_env(),
+            "grid": self.launch.grid, "threads": self.launch.threads, "smem_bytes": self.launch.smem_bytes,
+            "ring_slots": self.launch.ring_slots, "syncs_per_step": self.layout.syncs_per_step,
+            "max_seq": self.max_seq, "options": self.options if self.options is not None else options_from_env(),
+            "prebuilt": str(self.lib_dir) if self.lib_dir else None,
             "ptxas": [{"arch": r.arch, "registers": r.registers, "spill_stores": r.spill_stores,
                        "spill_loads": r.spill_loads} for r in self._build.reports],
         }

@@ -181,21 +181,37 @@ def parse_ptxas(text: str) -> list[KernelReport]:
     return reports
 
 
-def define_flags(defines: dict[str, int] | None) -> list[str]:
-    """-DNAME=VALUE for the kernel's build options (MK_* macros in cuda/mk_config.cuh); bad names are refused."""
+def define_flags(defines: dict[str, int] | None, src: Path | None = None) -> list[str]:
+    """-DNAME=VALUE for the kernel's build options; a name the kernel does not read (cuda/mk_config.cuh) is refused.
+
+    Values are checked by the kernel's own `#error` lines at compile time (see `build`)."""
+    from luce_bench.kernels.abi import build_options
+
+    known = build_options(src)
     out = []
     for name, value in sorted((defines or {}).items()):
-        if not re.fullmatch(r"MK_[A-Z0-9_]+", name):
-            raise UserError(f"kernel option {name!r}: expected an MK_* macro name (see cuda/mk_config.cuh)")
+        if name not in known:
+            raise UserError(f"unknown kernel option {name!r}; the kernel reads {', '.join(sorted(known))} "
+                            "(cuda/mk_config.cuh)")
         out.append(f"-D{name}={int(value)}")
     return out
+
+
+_HASH_ERROR = re.compile(r'#error(?: directive)?:?\s*"?([^"\n]+)"?')
+
+
+def nvcc_error(report: str, returncode: int) -> UserError:
+    """One line for a failed nvcc run: the kernel's own `#error` text when an option is out of range."""
+    if m := _HASH_ERROR.search(report):
+        return UserError(f"kernel build options: {m.group(1).strip()}")
+    return UserError(f"nvcc failed ({returncode}): " + " | ".join(report.strip().splitlines()[-6:]))
 
 
 OPTIONS_ENV = "LUCE_BENCH_KERNEL_OPTIONS"
 
 
 def options_from_env() -> dict[str, int]:
-    """Build options from $LUCE_BENCH_KERNEL_OPTIONS, e.g. "MK_L2LEAD=0,MK_POLL=1" (empty: the defaults)."""
+    """Build options from $LUCE_BENCH_KERNEL_OPTIONS, e.g. "MK_INFLIGHT=2,MK_SLOT_KB=16" (empty: the defaults)."""
     text = os.environ.get(OPTIONS_ENV, "").strip()
     out: dict[str, int] = {}
     for item in filter(None, (t.strip() for t in text.split(","))):
@@ -211,10 +227,12 @@ def options_from_env() -> dict[str, int]:
 def build(archs: str | list[str] | tuple[str, ...] | None = None, out_dir: Path | None = None,
           force: bool = False, verbose: bool = False, defines: dict[str, int] | None = None) -> BuildResult:
     """Build (or reuse) the library for `archs` (default: detected). `out_dir` overrides the cache directory;
-    `defines` sets build options (e.g. {"MK_L2LEAD": 131072}; default: $LUCE_BENCH_KERNEL_OPTIONS) and is part of
+    `defines` sets build options (e.g. {"MK_INFLIGHT": 2}; default: $LUCE_BENCH_KERNEL_OPTIONS) and is part of
     the cache key."""
     if defines is None:
         defines = options_from_env()
+    src = source_dir()
+    dflags = define_flags(defines, src)  # unknown names fail here, before anything else
     if archs is None:
         archs = (detect_arch(),)
     elif isinstance(archs, str):
@@ -226,8 +244,7 @@ def build(archs: str | list[str] | tuple[str, ...] | None = None, out_dir: Path 
     if nvcc is None:
         raise UserError("nvcc not found (install the CUDA toolkit, put nvcc on PATH or set CUDACXX/CUDA_HOME)")
     version = nvcc_version(nvcc)
-    src = source_dir()
-    flags = [*BASE_FLAGS, *define_flags(defines), *gencode_flags(arch_t)]
+    flags = [*BASE_FLAGS, *dflags, *gencode_flags(arch_t)]
     key = build_key(src, flags, version)
     final = Path(out_dir) if out_dir else cache_root() / key
     lib = final / LIB_NAME
@@ -240,7 +257,7 @@ def build(archs: str | list[str] | tuple[str, ...] | None = None, out_dir: Path 
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         report = proc.stdout + proc.stderr
         if proc.returncode != 0:
-            raise UserError(f"nvcc failed ({proc.returncode}): " + " | ".join(report.strip().splitlines()[-6:]))
+            raise nvcc_error(report, proc.returncode)
         (tmp / REPORT_NAME).write_text(report)
         (tmp / "build.txt").write_text(" ".join(cmd) + "\n" + version + "\n")
         if verbose:
@@ -255,6 +272,20 @@ def build(archs: str | list[str] | tuple[str, ...] | None = None, out_dir: Path 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return BuildResult(lib, arch_t, version.splitlines()[-1], False, parse_ptxas((final / REPORT_NAME).read_text()))
+
+
+def prebuilt(lib_dir: Path) -> BuildResult:
+    """A library built earlier into `lib_dir` (libluce_mk.so, with ptxas.txt and build.txt when `build` made it)."""
+    lib_dir = Path(lib_dir)
+    lib = lib_dir / LIB_NAME
+    if not lib.is_file():
+        raise UserError(f"no {LIB_NAME} in {lib_dir}")
+    report = lib_dir / REPORT_NAME
+    reports = parse_ptxas(report.read_text()) if report.is_file() else []
+    info = lib_dir / "build.txt"
+    version = info.read_text().strip().splitlines()[-1] if info.is_file() else "unknown"
+    archs = tuple(sorted({r.arch for r in reports}))
+    return BuildResult(lib, archs, version, True, reports)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,25 +1,45 @@
-"""`luce-bench kernel ...`: build the megakernel and show its ptxas report (mounted by the lead with add_typer)."""
+"""`luce-bench kernel ...`: build, inspect, benchmark and trace the bundled CUDA decode megakernel."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
-app = typer.Typer(help="Build and inspect the bundled CUDA decode megakernel.", no_args_is_help=True)
+app = typer.Typer(help="Build, benchmark and trace the bundled CUDA decode megakernel.", no_args_is_help=True)
+
+OptionList = Annotated[
+    Optional[list[str]],
+    typer.Option("--option", "-D", help="Build option MK_NAME=VALUE (cuda/mk_config.cuh), repeatable."),
+]
+
+
+def _options(items: list[str] | None) -> dict[str, int] | None:
+    """-D MK_A=1 -D MK_B=2 -> {"MK_A": 1, "MK_B": 2}; None without any (then $LUCE_BENCH_KERNEL_OPTIONS applies)."""
+    from luce_bench.errors import UserError
+
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        try:
+            out[name.strip()] = int(value.strip() or "1", 0)
+        except ValueError:
+            raise UserError(f"--option {item!r}: expected MK_NAME=INTEGER") from None
+    return out
 
 
 @app.callback()
 def _group() -> None:
-    """Build and inspect the bundled CUDA decode megakernel."""
+    """Build, benchmark and trace the bundled CUDA decode megakernel."""
 
 
 @app.command("info")
 def info_cmd(arch: Optional[str] = typer.Option(None, help="arch to describe (default: the GPU's)")) -> None:
     """Show nvcc, arch, cache path and (if built) registers/spills as JSON; never compiles."""
-    import json
-
     from luce_bench.errors import UserError
     from luce_bench.kernels import build_info
 
@@ -34,11 +54,12 @@ def build_cmd(
     arch: Optional[str] = typer.Option(None, help="comma-separated archs, e.g. sm_90 or sm_80,sm_90; default: the GPU's"),
     out: Optional[Path] = typer.Option(None, help="output directory (default: the content-hash cache)"),
     force: bool = typer.Option(False, help="rebuild even if a cached build exists"),
+    option: OptionList = None,
 ) -> None:
     """Compile the megakernel with nvcc (cached by sources + flags + nvcc version) and print registers/spills."""
     from luce_bench.kernels.build import build
 
-    res = build(arch, out, force=force)
+    res = build(arch, out, force=force, defines=_options(option))
     typer.echo(f"{'cached' if res.cached else 'built'}: {res.lib}")
     typer.echo(f"nvcc: {res.nvcc_version}")
     for r in res.reports:
@@ -46,3 +67,85 @@ def build_cmd(
                    f"{r.spill_stores} B spill stores, {r.spill_loads} B spill loads  ({r.function})")
     if any(r.spill_stores or r.spill_loads for r in res.reports):
         typer.echo("WARNING: register spills (see ptxas.txt next to the library)", err=True)
+
+
+@app.command("bench")
+def bench_cmd(
+    variant: Annotated[Optional[list[str]], typer.Option(
+        help="NAME:MK_A=1,MK_B=2 (a build-option set), NAME (the defaults) or NAME=DIR (a prebuilt library); "
+             "repeatable, measured side by side. Default: one variant with $LUCE_BENCH_KERNEL_OPTIONS.")] = None,
+    reps: Annotated[int, typer.Option(min=1, help="Timed launches per round at the short position.")] = 10,
+    rounds: Annotated[int, typer.Option(min=1, help="Rounds; variants alternate within each.")] = 2,
+    steps: Annotated[int, typer.Option(min=1, help="Decode steps per launch (tgN).")] = 128,
+    long_pos: Annotated[int, typer.Option("--long", min=0, help="Long position (cached tokens); 0 skips it.")] = 4000,
+    seed: Annotated[Optional[int], typer.Option(help="Weight/prompt seed (default: from the clock, printed).")] = None,
+    check: Annotated[bool, typer.Option(help="Check each variant against the float32 reference first.")] = True,
+    per_token: Annotated[bool, typer.Option(help="Also time one launch per token (host-driven loop).")] = True,
+    breakdown: Annotated[Optional[str], typer.Option(
+        help="Variant that gets the debug-flag breakdown (timings of invalid results).")] = None,
+    bandwidth_tbs: Annotated[Optional[float], typer.Option(
+        help="GPU copy bandwidth in TB/s for the share of the floor (default: measured).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the summary as JSON here.")] = None,
+) -> None:
+    """Decode speed of the megakernel (tg128 at position 64 and at --long), variants side by side, vs the floor."""
+    from luce_bench.kernels import bench
+
+    variants = [bench.parse_variant(v) for v in (variant or ["default"])]
+    if len(variants) == 1 and not variants[0].options and variants[0].lib_dir is None:
+        from luce_bench.kernels.build import options_from_env
+
+        variants[0].options = options_from_env()
+    plan = bench.BenchPlan(variants, reps=reps, rounds=rounds, steps=steps, long_pos=long_pos, seed=seed, check=check,
+                           per_token=per_token, breakdown=breakdown, bandwidth_tbs=bandwidth_tbs)
+    summary = bench.run(plan, say=lambda line: typer.echo(line))
+    _print_bench(summary)
+    if json_out:
+        json_out.write_text(json.dumps(summary, indent=2))
+
+
+def _print_bench(s: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"tg{s['steps']} on {s['gpu']} (seed {s['seed']}; floor {s['floor_tok_s']:.0f} tok/s at "
+                    f"{s['bandwidth_tbs']:.2f} TB/s)")
+    for col in ("variant", f"pos {s['short_pos']} tok/s", "us/token", "of floor", f"pos {s['long_pos']} tok/s",
+                "1 launch/token tok/s", "rel L2 max", "n"):
+        t.add_column(col, justify="left" if col == "variant" else "right")
+    for r in s["variants"]:
+        t.add_row(r["variant"], f"{r['short_tok_s']:,.1f}", f"{r['short_us_per_token']:.1f}",
+                  f"{100 * r['share_of_floor']:.1f} %", f"{r['long_tok_s']:,.1f}" if "long_tok_s" in r else "-",
+                  f"{r['per_token_tok_s']:,.1f}" if "per_token_tok_s" in r else "-",
+                  f"{r['parity']['rel_l2_max']:.2e}" if r["parity"] else "-", str(r["n"]))
+    Console().print(t)
+
+
+@app.command("trace")
+def trace_cmd(
+    steps: Annotated[int, typer.Option(min=5, help="Decode steps in the traced launch.")] = 24,
+    pos: Annotated[int, typer.Option(min=1, help="Cached tokens before the traced steps.")] = 64,
+    seed: Annotated[Optional[int], typer.Option(help="Weight/prompt seed (default: from the clock).")] = None,
+    flags: Annotated[int, typer.Option(help="Debug flags for the traced launches (luce_mk.h; results invalid).")] = 0,
+    option: OptionList = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the analysis as JSON here.")] = None,
+) -> None:
+    """Where a decode step's time goes: per-phase medians over blocks, barrier skews, late blocks."""
+    from luce_bench.kernels import trace
+
+    r = trace.run(steps=steps, pos=pos, seed=seed, flags=flags, options=_options(option))
+    typer.echo(f"seed {r['seed']}; {r['gpu']}; grid {r['grid']}; untraced {r['untraced_us']:.1f} us/token, traced "
+               f"{r['traced_us']:.1f} us/token (steps {trace.WARM_STEPS}..{steps - 1} analysed)")
+    typer.echo(f"\n{'segment':36s} {'18 GDN (us)':>12s} {'6 attn (us)':>12s} {'per GDN layer':>14s}")
+    total = 0.0
+    for name, v in r["segments"].items():
+        total += v["gdn_us"] + v["attn_us"]
+        typer.echo(f"{name:36s} {v['gdn_us']:12.1f} {v['attn_us']:12.1f} {v['gdn_us'] / 18:14.2f}")
+    typer.echo(f"{'sum':36s} {total:12.1f}   (step: {r['step_us']:.1f} us)")
+    for name, us in r["attention_items"].items():
+        typer.echo(f"{name:44s} {us:8.2f} us per attention layer")
+    typer.echo("\nbarrier arrival skew (slowest block - median block), us: " + ", ".join(
+        f"{k} mean {v['mean']:.2f} max {v['max']:.2f}" for k, v in r["skew_us"].items()))
+    typer.echo("blocks arriving last at the P4 barrier most often: "
+               + ", ".join(f"{b} ({n}x)" for b, n in r["last_blocks"]))
+    if json_out:
+        json_out.write_text(json.dumps(r, indent=2))

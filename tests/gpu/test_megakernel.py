@@ -7,7 +7,8 @@
   disagreement where HF's own top-2 logits lie within bf16 noise counts as a near tie (reported with its margin), not
   a failure; the free-running greedy match length is reported too;
 * the same at a long position (>= 2000 cached tokens);
-* outputs are poisoned (NaN logits, -1 tokens) before each launch by the backend; NaN never passes.
+* outputs are poisoned (NaN logits, -1 tokens) before each launch by the backend; NaN never passes;
+* every build-option set that remains (conftest.KERNEL_OPTION_SETS) against the reference and the default build.
 
 HF run in bf16 deviates from the exact math by several 1e-2 on random weights (its residual stream and activations are
 rounded to bf16 at every op; measured max 0.105 vs fp32 on the 0.8B shapes), so the HF reference computes in float32
@@ -22,6 +23,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import KERNEL_OPTION_SETS
 
 pytestmark = pytest.mark.gpu
 
@@ -165,3 +167,40 @@ def test_greedy_tokens_vs_hf(setup):
     print(json.dumps({"greedy": rep, "steps": N_DEC, "free_running_equal_steps": same}))
     assert rep["agree"] + rep["near_ties"] == N_DEC
     assert all(0 <= t < 248320 for t in free)
+
+
+@pytest.fixture(scope="module")
+def option_ref(setup):
+    """192 teacher-forced tokens from position 0, the fp32 reference logits and the default build's logits."""
+    import torch
+
+    from luce_bench.kernels.bench import reference_logits
+    from luce_bench.model.weights import load_text_weights
+
+    sd = load_text_weights(setup["spec"].path)
+    toks = torch.randint(0, 248320, (N_PROMPT + N_DEC,), generator=setup["gen"]).tolist()
+    mk = setup["mk"]
+    mk.reset()
+    default = mk.decode(len(toks), logits=True, inputs=toks).logits
+    return {"sd": sd, "toks": toks, "ref": reference_logits(sd, toks), "default": default}
+
+
+@pytest.mark.parametrize("name", sorted(KERNEL_OPTION_SETS))
+def test_option_set_parity(option_ref, name):
+    """Every build-option set that remains computes the same function: within the parity bound of the fp32
+    reference, and within f32 reduction-order noise of the default build."""
+    from luce_bench.backends.megakernel import MegakernelBackend
+    from luce_bench.kernels.bench import parity
+
+    be = MegakernelBackend.from_state_dict(option_ref["sd"], max_seq=256, options=KERNEL_OPTION_SETS[name])
+    try:
+        rep = parity(be, option_ref["toks"], option_ref["ref"])
+        be.reset()
+        got = be.decode(len(option_ref["toks"]), logits=True, inputs=option_ref["toks"]).logits
+    finally:
+        be.close()
+    vs_default = float(_rel(got, option_ref["default"]).max())
+    print(json.dumps({"options": name, **rep, "rel_l2_vs_default_max": vs_default}))
+    assert rep["nan"] == 0
+    assert rep["rel_l2_max"] <= REL_L2_MAX, rep
+    assert vs_default <= 1e-3, vs_default

@@ -1,0 +1,103 @@
+// mk_norm.cuh -- the residual stream and the RMSNorm prologue of every matvec phase.
+//
+// Residual stream: three rotating f32 buffers in scratch, each XC copies. Sub-layer j (= 2 * layer + {0: mixer,
+// 1: MLP}; 48 per step, and 48 % 3 == 0) reads buffer j % 3 and writes buffer (j + 1) % 3: every block adds its
+// split-K partial with f32 reductions into copy (block % XC), the blocks owning a row also add x itself. It zeroes
+// its owned rows of buffer (j + 2) % 3, the target of sub-layer j + 1, last read in sub-layer j - 1 before the
+// barrier that ended it. Readers sum the XC copies in a fixed order.
+// The prologue: load x (a residual buffer, or the embedding row in layer 0), keep it in smem().x, and write
+// RMSNorm(x) * (1 + w) into smem().acts for the phase's matvec.
+#pragma once
+#include "mk_ring.cuh"
+
+namespace mk {
+
+__device__ __forceinline__ Scratch& scratch(const LuceMkParams& P) { return *reinterpret_cast<Scratch*>(P.scratch); }
+__device__ __forceinline__ float* xbuf(const LuceMkParams& P, int j) { return &scratch(P).x[j % 3][0][0]; }
+
+// Rows [r0, r1) of the hidden state this block owns (adds x to, zeroes).
+__device__ __forceinline__ int own_r0(const Ctx& c) { return split_rows(H, c.b, c.G); }
+__device__ __forceinline__ int own_r1(const Ctx& c) { return split_rows(H, c.b + 1, c.G); }
+
+// Zeroes this block's owned rows of the XC copies of the residual buffer at x.
+__device__ __forceinline__ void zero_owned(const Ctx& c, float* x) {
+    const int r0 = own_r0(c), n = own_r1(c) - r0;
+    for (int i = c.tid; i < n * XC; i += NCT) __stcg(x + (i / n) * H + r0 + i % n, 0.f);
+}
+
+// x += part, plus own[i] for the owned rows when `own` is set: the block's split-K partial into its copy of a
+// residual buffer (vector f32 reductions in L2 on sm_90, element atomics before).
+__device__ __forceinline__ void add_partial(const Ctx& c, float* x, const float* part, const float* own) {
+    const int r0 = own_r0(c), r1 = own_r1(c);
+#if __CUDA_ARCH__ >= 900
+    if (c.tid < H / 4) {
+        const int i = c.tid * 4;
+        float4 v = *(const float4*)(part + i);
+        if (own) {
+            if (i >= r0 && i < r1) v.x += own[i];
+            if (i + 1 >= r0 && i + 1 < r1) v.y += own[i + 1];
+            if (i + 2 >= r0 && i + 2 < r1) v.z += own[i + 2];
+            if (i + 3 >= r0 && i + 3 < r1) v.w += own[i + 3];
+        }
+        asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(x + i), "f"(v.x), "f"(v.y), "f"(v.z),
+                     "f"(v.w) : "memory");
+    }
+#else
+#pragma unroll 1
+    for (int i = c.tid; i < H; i += NCT) atomicAdd(x + i, part[i] + ((own && i >= r0 && i < r1) ? own[i] : 0.f));
+#endif
+}
+
+// Sum over the consumer threads. Ends with a barrier, so smem().red can be reused at once.
+__device__ __forceinline__ float block_sum(const Ctx& c, float v) {
+    float* red = smem().red;
+    v = warp_sum(v);
+    if (c.lane == 0) red[c.warp] = v;
+    cbar();
+    float t = 0.f;
+#pragma unroll
+    for (int i = 0; i < NCW; ++i) t += red[i];
+    cbar();
+    return t;
+}
+
+// acts <- RMSNorm(x) * w1p for this thread's values v[k] = x[tid + k * NCT] (ss: their partial sum of squares).
+__device__ __forceinline__ void norm_to_acts(Ctx& c, const float v[3], float ss, const float* w1p) {
+    ss = block_sum(c, ss);
+    pause_set(PAUSE_X_LOAD, false);  // (every x load has returned)
+    const float r = rsqrtf(ss * (1.0f / H) + EPS);
+#pragma unroll
+    for (int k = 0; k < 3; ++k) {
+        const int i = c.tid + k * NCT;
+        if (i < H) smem().acts[i] = v[k] * r * w1p[i];
+    }
+    cbar();
+}
+
+// smem().x <- x (the XC copies of residual buffer xg summed, or the bf16 embedding row `emb` when set);
+// smem().acts <- RMSNorm(x) * w1p.
+__device__ __forceinline__ void load_x_norm(Ctx& c, const float* xg, const unsigned short* emb, const float* w1p) {
+    float v[3], ss = 0.f;
+    pause_set(PAUSE_X_LOAD, true);
+#pragma unroll
+    for (int k = 0; k < 3; ++k) {
+        const int i = c.tid + k * NCT;
+        v[k] = 0.f;
+        if (i < H) {
+            if (emb) {
+                v[k] = bf2f(emb[i]);
+            } else {
+                v[k] = __ldcg(xg + i);
+#pragma unroll
+                for (int q = 1; q < XC; ++q) v[k] += __ldcg(xg + q * H + i);
+            }
+        }
+        ss = fmaf(v[k], v[k], ss);
+    }
+#pragma unroll
+    for (int k = 0; k < 3; ++k)
+        if (c.tid + k * NCT < H) smem().x[c.tid + k * NCT] = v[k];
+    norm_to_acts(c, v, ss, w1p);
+}
+
+}  // namespace mk

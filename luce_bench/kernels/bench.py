@@ -1,0 +1,284 @@
+"""Kernel benchmark: decode speed of one or more megakernel builds on the local GPU (`luce-bench kernel bench`).
+
+Method (as the kernel notes quote it): random weights with the exact 0.8B shapes from a seed, generated on the GPU;
+every variant (a build-option set or a prebuilt library) loads the same weights. Per round and variant: tg`steps` at
+position 64 (after a 64-token prompt), `reps` timed launches of `steps` decode steps each after one warm-up launch,
+CUDA events around the launch; then the same at a long position (2 launches). Variants alternate within each round, so
+slow drift of clocks or temperature hits them all alike; medians over all rounds are reported. The share of the
+bandwidth floor uses the bytes a decode step must stream (the layers' matrices and the tied LM head, from the
+library's layout) and the device-to-device copy bandwidth of this GPU, measured once. Each variant is first checked
+against the float32 reference (teacher-forced logits of 192 tokens). Debug-flag breakdowns time invalid results.
+These are kernel-speed numbers; energy comes from `luce-bench bench megakernel`.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from luce_bench.errors import UserError
+
+SHORT_POS = 64
+CHECK_TOKENS = 192
+BREAKDOWN = ((1, "no matvec math"), (2, "no GDN/attention"), (4, "no grid barriers"), (8, "no MLP reductions"),
+             (6, "no mixing, no barriers"), (7, "stream only"))
+
+
+@dataclass
+class Variant:
+    """A kernel to measure: build options, or a prebuilt library directory."""
+
+    name: str
+    options: dict[str, int] = field(default_factory=dict)
+    lib_dir: Path | None = None
+
+
+@dataclass
+class VariantResult:
+    """Timings (seconds per launch of `steps` steps) and checks of one variant."""
+
+    name: str
+    build: dict[str, Any] = field(default_factory=dict)
+    short_s: list[float] = field(default_factory=list)
+    long_s: list[float] = field(default_factory=list)
+    per_token_s: list[float] = field(default_factory=list)
+    parity: dict[str, float] = field(default_factory=dict)
+    breakdown_us: dict[str, float] = field(default_factory=dict)
+
+
+def parse_variant(text: str) -> Variant:
+    """"NAME:MK_A=1,MK_B=2" (options), "NAME" (the defaults) or "NAME=DIR" (a prebuilt library)."""
+    name, sep, rest = text.partition(":")
+    if not sep and "=" in text:
+        name, _, path = text.partition("=")
+        return Variant(name.strip(), lib_dir=Path(path.strip()))
+    options: dict[str, int] = {}
+    for item in filter(None, (t.strip() for t in rest.split(","))):
+        key, _, value = item.partition("=")
+        try:
+            options[key.strip()] = int(value.strip() or "1", 0)
+        except ValueError:
+            raise UserError(f"--variant {text!r}: expected NAME:MK_OPTION=INTEGER,...") from None
+    if not name.strip():
+        raise UserError(f"--variant {text!r}: the name is empty")
+    return Variant(name.strip(), options)
+
+
+def random_state_dict(seed: int, device: str = "cuda") -> dict[str, Any]:
+    """Synthetic-init 0.8B weights (as luce_bench.model.synthetic) generated on `device`, returned as CPU bf16."""
+    import math
+
+    import torch
+
+    from luce_bench.model.spec import QWEN35_08B
+    from luce_bench.model.synthetic import tensor_plan
+
+    g = torch.Generator(device=device).manual_seed(seed)
+    sd = {}
+    for name, shape, kind in tensor_plan(QWEN35_08B):
+        r = torch.randn(shape, generator=g, device=device)
+        if kind in ("linear", "conv"):
+            t = r / math.sqrt(shape[-1])
+        elif kind in ("embed", "norm1p"):
+            t = r * 0.1
+        elif kind == "norm_plain":
+            t = 1.0 + r * 0.1
+        elif kind == "a_log":
+            t = torch.log(torch.rand(shape, generator=g, device=device) * 15.0 + 1.0)
+        else:  # dt_bias: inverse softplus of dt ~ log-uniform [1e-3, 0.1]
+            u = torch.rand(shape, generator=g, device=device)
+            dt = torch.exp(u * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+            t = dt + torch.log(-torch.expm1(-dt))
+        sd[name] = t.to(torch.bfloat16).cpu()
+    return sd
+
+
+def measure_bandwidth_tbs(size_gib: float = 2.0, reps: int = 10) -> float:
+    """Device-to-device copy bandwidth (bytes read + written per second, median of `reps`) in TB/s."""
+    import torch
+
+    n = int(size_gib * 2**30) // 4
+    src = torch.empty(n, dtype=torch.float32, device="cuda").fill_(1.0)
+    dst = torch.empty_like(src)
+    times = []
+    for r in range(reps + 1):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        dst.copy_(src)
+        b.record()
+        torch.cuda.synchronize()
+        if r:
+            times.append(a.elapsed_time(b) / 1e3)
+    del src, dst
+    torch.cuda.empty_cache()
+    return 2 * n * 4 / statistics.median(times) / 1e12
+
+
+def bytes_per_token(layout: Any) -> int:
+    """Bytes one decode step streams: every layer matrix plus the tied LM head, bf16."""
+    return 2 * (int(layout.wblob_elems) + int(layout.vocab) * int(layout.hidden))
+
+
+def time_decode(be: Any, prompt: list[int], steps: int, reps: int, per_token: bool = False,
+                debug_flags: int = 0) -> list[float]:
+    """Seconds per `steps` decode steps after `prompt` (CUDA events), `reps` times after one warm-up."""
+    import torch
+
+    times = []
+    for r in range(reps + 1):
+        be.reset()
+        be.prefill(prompt)
+        torch.cuda.synchronize()
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        if per_token:
+            for _ in range(steps):
+                be.run_steps(1)
+        else:
+            be.run_steps(steps, debug_flags=debug_flags)
+        b.record()
+        torch.cuda.synchronize()
+        if r:
+            times.append(a.elapsed_time(b) / 1e3)
+    return times
+
+
+def reference_logits(sd: dict[str, Any], tokens: list[int]) -> Any:
+    """float32 reference logits [len(tokens), vocab] (token by token, luce_bench.kernels.reference)."""
+    import numpy as np
+    import torch
+
+    from luce_bench.kernels.reference import Reference
+    from luce_bench.model.spec import QWEN35_08B
+
+    ref = Reference(sd, QWEN35_08B, "cuda")
+    rows = np.stack([ref.step(t).float().cpu().numpy() for t in tokens])
+    del ref
+    torch.cuda.empty_cache()
+    return rows
+
+
+def parity(be: Any, tokens: list[int], ref: Any) -> dict[str, float]:
+    """Teacher-forced kernel logits vs the reference: rel L2 max / median, argmax agreement, NaN count."""
+    import numpy as np
+
+    be.reset()
+    got = be.decode(len(tokens), logits=True, inputs=tokens).logits
+    e = np.linalg.norm(got - ref, axis=-1) / np.linalg.norm(ref, axis=-1)
+    return {"rel_l2_max": float(np.nanmax(e)), "rel_l2_median": float(np.nanmedian(e)),
+            "argmax_agree": float(np.mean(got.argmax(-1) == ref.argmax(-1))), "nan": int(np.isnan(got).sum())}
+
+
+def prebuild(variants: list[Variant], out_dir: Path) -> dict[str, Path]:
+    """Build every option variant (in parallel threads: nvcc runs out of process) into out_dir/NAME."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from luce_bench.kernels.build import build
+
+    todo = [v for v in variants if v.lib_dir is None]
+    with ThreadPoolExecutor(max_workers=max(1, len(todo))) as ex:
+        done = list(ex.map(lambda v: build(out_dir=out_dir / v.name, defines=v.options, force=True), todo))
+    return {v.name: r.lib.parent for v, r in zip(todo, done)}
+
+
+@dataclass
+class BenchPlan:
+    """What `run` measures."""
+
+    variants: list[Variant]
+    reps: int = 10
+    rounds: int = 2
+    steps: int = 128
+    long_pos: int = 4000
+    seed: int | None = None
+    check: bool = True
+    per_token: bool = True
+    breakdown: str | None = None  # the variant that gets the debug-flag breakdown
+    bandwidth_tbs: float | None = None  # None: measure
+
+
+def run(plan: BenchPlan, say: Callable[[str], None] = print, build_dir: Path | None = None) -> dict[str, Any]:
+    """Measure every variant (see the module docstring); `say` gets a line as each result is produced."""
+    import tempfile
+
+    import torch
+
+    from luce_bench.backends.megakernel import MegakernelBackend
+
+    if not torch.cuda.is_available():
+        raise UserError("luce-bench kernel bench needs a CUDA GPU (torch sees none)")
+    names = [v.name for v in plan.variants]
+    if len(set(names)) != len(names):
+        raise UserError(f"variant names must differ: {names}")
+    t0 = time.time()
+    dirs = prebuild(plan.variants, build_dir or Path(tempfile.mkdtemp(prefix="luce-mk-variants-")))
+    say(f"builds: {time.time() - t0:.1f} s")
+    seed = plan.seed if plan.seed is not None else int(time.time()) % 100000
+    bw = plan.bandwidth_tbs or measure_bandwidth_tbs()
+    say(f"seed {seed}; {torch.cuda.get_device_name()}; copy bandwidth {bw:.2f} TB/s"
+        + (" (given)" if plan.bandwidth_tbs else " (measured: device-to-device, read + write)"))
+    sd = random_state_dict(seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    check_toks = torch.randint(0, 248320, (CHECK_TOKENS,), generator=gen).tolist()
+    short = torch.randint(0, 248320, (SHORT_POS,), generator=gen).tolist()
+    long_ = torch.randint(0, 248320, (plan.long_pos,), generator=gen).tolist() if plan.long_pos else None
+    ref = reference_logits(sd, check_toks) if plan.check else None
+    max_seq = max(4096, plan.long_pos + plan.steps + 8)
+    results = {v.name: VariantResult(v.name) for v in plan.variants}
+    backends: dict[str, Any] = {}
+    layout = None
+    for rnd in range(plan.rounds):
+        for v in plan.variants:
+            res = results[v.name]
+            if rnd == 0:
+                be = backends[v.name] = MegakernelBackend.from_state_dict(
+                    sd, max_seq=max_seq, lib_dir=v.lib_dir or dirs[v.name])
+                layout = be.layout
+                res.build = be.info()
+                if ref is not None:
+                    res.parity = parity(be, check_toks, ref)
+                    say(f"{v.name}: vs fp32 reference rel L2 max {res.parity['rel_l2_max']:.3e} median "
+                        f"{res.parity['rel_l2_median']:.3e}, argmax agree {res.parity['argmax_agree']:.3f}, "
+                        f"NaN {res.parity['nan']}")
+            be = backends[v.name]
+            res.short_s += time_decode(be, short, plan.steps, plan.reps)
+            line = f"round {rnd} {v.name}: pos {SHORT_POS} {plan.steps / statistics.median(res.short_s):.1f} tok/s"
+            if long_:
+                res.long_s += time_decode(be, long_, plan.steps, 2)
+                line += f", pos {plan.long_pos} {plan.steps / statistics.median(res.long_s):.1f} tok/s"
+            if plan.per_token and rnd == 0:
+                res.per_token_s = time_decode(be, short, plan.steps, max(3, plan.reps // 2), per_token=True)
+                line += f", one launch per token {plan.steps / statistics.median(res.per_token_s):.1f} tok/s"
+            say(line)
+            if rnd == 0 and v.name == plan.breakdown:
+                for flags, what in BREAKDOWN:
+                    tb = time_decode(be, short, plan.steps, 3, debug_flags=flags)
+                    res.breakdown_us[what] = 1e6 * statistics.median(tb) / plan.steps
+                    say(f"  {v.name} breakdown (invalid results) {what:24s}: {res.breakdown_us[what]:7.1f} us/token")
+    floor_tok_s = bw * 1e12 / bytes_per_token(layout)
+    return summarize(plan, results, bw, floor_tok_s, seed, torch.cuda.get_device_name())
+
+
+def summarize(plan: BenchPlan, results: dict[str, VariantResult], bw_tbs: float, floor_tok_s: float, seed: int,
+              gpu: str) -> dict[str, Any]:
+    """Medians, tok/s and share of the floor per variant (a JSON-ready dict)."""
+    rows = []
+    for r in results.values():
+        row: dict[str, Any] = {"variant": r.name, "n": len(r.short_s), "parity": r.parity, "breakdown_us": r.breakdown_us,
+                               "options": r.build.get("options"), "prebuilt": r.build.get("prebuilt"),
+                               "ptxas": r.build.get("ptxas")}
+        med = statistics.median(r.short_s)
+        row.update(short_tok_s=plan.steps / med, short_us_per_token=1e6 * med / plan.steps,
+                   short_best_tok_s=plan.steps / min(r.short_s), share_of_floor=plan.steps / med / floor_tok_s)
+        if r.long_s:
+            row["long_tok_s"] = plan.steps / statistics.median(r.long_s)
+        if r.per_token_s:
+            row["per_token_tok_s"] = plan.steps / statistics.median(r.per_token_s)
+        rows.append(row)
+    return {"gpu": gpu, "seed": seed, "steps": plan.steps, "short_pos": SHORT_POS, "long_pos": plan.long_pos,
+            "reps": plan.reps, "rounds": plan.rounds, "bandwidth_tbs": bw_tbs, "floor_tok_s": floor_tok_s,
+            "variants": rows}

@@ -1,0 +1,141 @@
+"""Where a decode step's time goes: per-block phase timestamps from the kernel's trace (`luce-bench kernel trace`).
+
+One launch of `steps` decode steps after a `pos`-token prompt with the trace on: thread 0 of every block stamps
+%globaltimer at each phase boundary (cuda/mk_trace.cuh names the points; they are read from that header). Per phase,
+the median over blocks, averaged over the steps after the first 4 and summed over the 18 GDN and the 6 attention
+layers; the skew at the grid barriers (slowest block's arrival minus the median block's) and the blocks that arrive
+last most often. The trace adds a block barrier per point; the untraced launch time is printed beside it.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from typing import Any
+
+from luce_bench.errors import UserError
+
+NL = 24
+WARM_STEPS = 4
+
+
+def segments(tp: dict[str, int]) -> tuple[list[tuple[str, int | None, int]], list[tuple[str, int | None, int]]]:
+    """(GDN, attention) segments as (name, start point or None = previous layer's end, end point)."""
+    o_done, o_sync = tp["TR_ITEM_IN"], tp["TR_ITEM_SS"]  # attention layers reuse points 4 and 5 (mk_trace.cuh)
+    mlp = [("P4 prologue", None, tp["TR_MLP_X_READY"]), ("P4 gate/up", tp["TR_MLP_X_READY"], tp["TR_GATE_UP_DONE"]),
+           ("P4 down + adds", tp["TR_GATE_UP_DONE"], tp["TR_DOWN_DONE"]),
+           ("P4 barrier", tp["TR_DOWN_DONE"], tp["TR_MLP_SYNC"])]
+    p1 = [("P1 prologue (release -> x ready)", None, tp["TR_X_READY"]),
+          ("P1 in_proj / qkv", tp["TR_X_READY"], tp["TR_PROJ_DONE"])]
+    gdn = p1 + [("item: polls + conv", tp["TR_PROJ_DONE"], tp["TR_ITEM_IN"]),
+                ("item: recurrence + sibling wait", tp["TR_ITEM_IN"], tp["TR_ITEM_SS"]),
+                ("item: out_proj + adds", tp["TR_ITEM_SS"], tp["TR_MIX_DONE"]),
+                ("mixer barrier", tp["TR_MIX_DONE"], tp["TR_MIX_SYNC"])]
+    gdn += [(n, tp["TR_MIX_SYNC"] if a is None else a, b) for n, a, b in mlp]
+    fa = p1 + [("mixer items", tp["TR_PROJ_DONE"], tp["TR_MIX_DONE"]),
+               ("mixer barrier", tp["TR_MIX_DONE"], tp["TR_MIX_SYNC"]),
+               ("P3 o_proj prologue", tp["TR_MIX_SYNC"], tp["TR_O_READY"]), ("P3 o_proj", tp["TR_O_READY"], o_done),
+               ("P3 barrier", o_done, o_sync)]
+    fa += [(n, o_sync if a is None else a, b) for n, a, b in mlp]
+    return gdn, fa
+
+
+def capture(be: Any, prompt: list[int], steps: int, flags: int = 0) -> tuple[float, float, Any]:
+    """(untraced us/token, traced us/token, trace [steps, points, grid] in us) of launches after `prompt`."""
+    import numpy as np
+    import torch
+
+    def launch(trace: Any) -> float:
+        be.reset()
+        be.prefill(prompt)
+        torch.cuda.synchronize()
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        be.run_steps(steps, debug_flags=flags if trace is not None else 0, trace=trace)
+        b.record()
+        torch.cuda.synchronize()
+        return a.elapsed_time(b) * 1e3 / steps
+
+    plain = sorted(launch(None) for _ in range(5))[2]
+    npts, grid = be.trace_points, be.launch.grid
+    buf = torch.zeros(steps * npts * grid, dtype=torch.int64, device=be.device)
+    traced = sorted(launch(buf) for _ in range(3))[1]
+    t_us = buf.view(steps, npts, grid).cpu().numpy().astype(np.float64) / 1e3
+    t_us[t_us == 0] = np.nan  # points a block never reaches (item points on blocks without an item)
+    return plain, traced, t_us
+
+
+def analyse(t_us: Any, tp: dict[str, int]) -> dict[str, Any]:
+    """Per-segment totals (18 GDN layers, 6 attention layers), attention item details, barrier skews, late blocks."""
+    import warnings
+
+    import numpy as np
+
+    warnings.filterwarnings("ignore", "All-NaN slice", RuntimeWarning)
+    steps_n, npts, _ = t_us.shape
+    tr_l = tp["TR_L"]
+    step0 = NL * tr_l
+    if npts != step0 + 4:
+        raise UserError(f"trace has {npts} points per step, mk_trace.cuh says {step0 + 4}")
+    if steps_n <= WARM_STEPS:
+        raise UserError(f"trace needs more than {WARM_STEPS} steps (got {steps_n})")
+    seg_gdn, seg_fa = segments(tp)
+    tot: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0])
+    skew: dict[str, list[float]] = collections.defaultdict(list)
+    detail: dict[str, list[float]] = collections.defaultdict(list)
+    last: collections.Counter = collections.Counter()
+    steps = range(WARM_STEPS, steps_n)
+    for s in steps:
+        t = t_us[s] - np.nanmin(t_us[s, step0])
+        med = np.nanmedian(t, axis=1)
+        prev = med[step0]
+        for layer in range(NL):
+            fa = layer % 4 == 3
+            base = tr_l * layer
+            for name, a, b in seg_fa if fa else seg_gdn:
+                start = prev if a is None else med[base + a]
+                tot[name][1 if fa else 0] += (med[base + b] - start) / len(steps)
+            if fa:
+                for name, a, b in (("attention item: wait + norms", tp["TR_PROJ_DONE"], tp["TR_ATT_IN"]),
+                                   ("attention item: work", tp["TR_ATT_IN"], tp["TR_MIX_DONE"])):
+                    d = t[base + b] - t[base + a]
+                    if np.isfinite(d).any():
+                        detail[name + " (median)"].append(float(np.nanmedian(d)))
+                        detail[name + " (slowest)"].append(float(np.nanmax(d)))
+            for name, k in (("mixer", tp["TR_MIX_DONE"]), ("P3", tp["TR_ITEM_IN"]), ("P4", tp["TR_DOWN_DONE"])):
+                if name == "P3" and not fa:
+                    continue
+                arr = t[base + k]
+                skew[name].append(float(np.nanmax(arr) - np.nanmedian(arr)))
+                if name == "P4":
+                    last[int(np.nanargmax(arr))] += 1
+            prev = med[base + tp["TR_MLP_SYNC"]]
+        for name, a, b in (("LM prologue", None, 1), ("LM head + argmax", 1, 2), ("LM barrier", 2, 3)):
+            start = prev if a is None else med[step0 + a]
+            tot[name][0] += (med[step0 + b] - start) / len(steps)
+    step_us = float(np.mean([np.nanmedian(t_us[s, step0 + 3]) - np.nanmin(t_us[s, step0]) for s in steps]))
+    return {"segments": {k: {"gdn_us": v[0], "attn_us": v[1]} for k, v in tot.items()},
+            "attention_items": {k: float(np.mean(v)) for k, v in detail.items()},
+            "skew_us": {k: {"mean": float(np.mean(v)), "max": float(np.max(v))} for k, v in skew.items()},
+            "last_blocks": last.most_common(8), "step_us": step_us}
+
+
+def run(steps: int = 24, pos: int = 64, seed: int | None = None, flags: int = 0,
+        options: dict[str, int] | None = None) -> dict[str, Any]:
+    """Trace one build (`options`, default: $LUCE_BENCH_KERNEL_OPTIONS) on random weights; returns the analysis."""
+    import torch
+
+    from luce_bench.backends.megakernel import MegakernelBackend
+    from luce_bench.kernels.abi import trace_points
+    from luce_bench.kernels.bench import random_state_dict
+
+    if not torch.cuda.is_available():
+        raise UserError("luce-bench kernel trace needs a CUDA GPU (torch sees none)")
+    seed = seed if seed is not None else int(time.time()) % 100000
+    be = MegakernelBackend.from_state_dict(random_state_dict(seed), max_seq=pos + steps + 8, options=options)
+    prompt = torch.randint(0, 248320, (pos,), generator=torch.Generator().manual_seed(seed + 2)).tolist()
+    plain, traced, t_us = capture(be, prompt, steps, flags)
+    out = analyse(t_us, trace_points())
+    out.update(seed=seed, gpu=torch.cuda.get_device_name(), grid=be.launch.grid, untraced_us=plain, traced_us=traced,
+               steps=steps, pos=pos, flags=flags)
+    return out

@@ -1,0 +1,42 @@
+"""`luce-bench kernel bench` and `kernel trace` run end to end on a GPU (short runs; their numbers are not checked
+here: performance is judged by benchmarks, not tests)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.gpu
+
+
+def test_kernel_bench_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    from luce_bench.cli import app
+
+    out = tmp_path / "bench.json"
+    r = CliRunner().invoke(app, ["kernel", "bench", "--variant", "base", "--variant", "inflight2:MK_INFLIGHT=2",
+                                 "--reps", "1", "--rounds", "1", "--steps", "8", "--long", "300", "--no-per-token",
+                                 "--seed", "7", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    s = json.loads(out.read_text())
+    assert [v["variant"] for v in s["variants"]] == ["base", "inflight2"]
+    for v in s["variants"]:
+        assert v["parity"]["nan"] == 0 and v["parity"]["rel_l2_max"] < 2e-2
+        assert v["short_tok_s"] > 0 and v["long_tok_s"] > 0 and 0 < v["share_of_floor"] < 1.05
+    assert 1.0 < s["bandwidth_tbs"] < 10.0
+
+
+def test_kernel_trace_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    from luce_bench.cli import app
+
+    out = tmp_path / "trace.json"
+    r = CliRunner().invoke(app, ["kernel", "trace", "--steps", "8", "--seed", "3", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    t = json.loads(out.read_text())
+    total = sum(v["gdn_us"] + v["attn_us"] for v in t["segments"].values())
+    assert abs(total - t["step_us"]) < 0.02 * t["step_us"]  # the segments tile the step
+    assert "mixer barrier" in t["segments"] and "LM head + argmax" in t["segments"]

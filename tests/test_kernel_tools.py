@@ -1,0 +1,119 @@
+"""The kernel tools' CPU parts: variant parsing, the floor, the summary, and the trace analysis on a synthetic
+trace whose phase times are known."""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+
+from luce_bench.errors import UserError
+from luce_bench.kernels import bench, trace
+from luce_bench.kernels.abi import trace_points
+
+
+def test_parse_variant():
+    assert bench.parse_variant("base") == bench.Variant("base", {})
+    assert bench.parse_variant("q2:MK_INFLIGHT=2,MK_SLOT_KB=0x10") == bench.Variant("q2", {"MK_INFLIGHT": 2, "MK_SLOT_KB": 16})
+    v = bench.parse_variant("v10=/tmp/v10lib")
+    assert v.name == "v10" and str(v.lib_dir) == "/tmp/v10lib" and v.options == {}
+    for bad in ("x:MK_INFLIGHT=two", ":MK_INFLIGHT=2"):
+        with pytest.raises(UserError):
+            bench.parse_variant(bad)
+
+
+def test_bytes_per_token_is_the_floor_of_the_0_8b_model():
+    lay = types.SimpleNamespace(wblob_elems=18 * 21528576 + 6 * 18350080, vocab=248320, hidden=1024)
+    assert bench.bytes_per_token(lay) == 1_503_789_056  # layers 995 MB + tied LM head 509 MB
+
+
+def test_summary_medians_and_share_of_floor():
+    plan = bench.BenchPlan([bench.Variant("a")], steps=128)
+    r = bench.VariantResult("a", short_s=[0.064, 0.070, 0.0640, 0.0639], long_s=[0.08], per_token_s=[0.1, 0.1, 0.1])
+    s = bench.summarize(plan, {"a": r}, bw_tbs=4.2, floor_tok_s=2800.0, seed=1, gpu="GPU")
+    row = s["variants"][0]
+    assert row["short_tok_s"] == pytest.approx(2000.0)
+    assert row["short_us_per_token"] == pytest.approx(500.0)
+    assert row["short_best_tok_s"] == pytest.approx(128 / 0.0639)
+    assert row["share_of_floor"] == pytest.approx(2000 / 2800)
+    assert row["long_tok_s"] == pytest.approx(1600.0) and row["per_token_tok_s"] == pytest.approx(1280.0)
+
+
+def _synthetic_trace(steps: int = 6, grid: int = 4):
+    """Every layer takes 20 us: points at fixed offsets after the layer's start; block 2 reaches the MLP's 'down
+    done' 3 us late in every layer; block 3 runs no GDN item (NaN at the item points)."""
+    tp = trace_points()
+    tr_l = tp["TR_L"]
+    npts = 24 * tr_l + 4
+    t = np.zeros((steps, npts, grid))
+    off = {"TR_X_READY": 1, "TR_PROJ_DONE": 3, "TR_ITEM_IN": 4, "TR_ITEM_SS": 6, "TR_MIX_DONE": 7, "TR_MIX_SYNC": 8,
+           "TR_O_READY": 9, "TR_MLP_X_READY": 12, "TR_GATE_UP_DONE": 14, "TR_DOWN_DONE": 15, "TR_MLP_SYNC": 20,
+           "TR_ATT_IN": 5}
+    for s in range(steps):
+        t0 = 1000.0 * (s + 1)
+        t[s, 24 * tr_l] = t0
+        for layer in range(24):
+            base = layer * tr_l
+            fa = layer % 4 == 3
+            for name, o in off.items():
+                t[s, base + tp[name]] = t0 + 20 * layer + o
+            if fa:  # attention layers: o_proj done / barrier passed at points 4 and 5
+                t[s, base + tp["TR_ITEM_IN"]] = t0 + 20 * layer + 10
+                t[s, base + tp["TR_ITEM_SS"]] = t0 + 20 * layer + 11
+            else:
+                t[s, base + tp["TR_ITEM_IN"], 3] = np.nan
+                t[s, base + tp["TR_ITEM_SS"], 3] = np.nan
+            t[s, base + tp["TR_DOWN_DONE"], 2] += 3
+        t[s, 24 * tr_l + 1] = t0 + 482
+        t[s, 24 * tr_l + 2] = t0 + 487
+        t[s, 24 * tr_l + 3] = t0 + 488
+    return t, tp
+
+
+def test_trace_analysis_recovers_known_phase_times():
+    t, tp = _synthetic_trace()
+    a = trace.analyse(t, tp)
+    seg = a["segments"]
+    gdn = {k: v["gdn_us"] for k, v in seg.items()}
+    fa = {k: v["attn_us"] for k, v in seg.items()}
+    assert gdn["P1 prologue (release -> x ready)"] == pytest.approx(18 * 1)
+    assert gdn["P1 in_proj / qkv"] == pytest.approx(18 * 2) and fa["P1 in_proj / qkv"] == pytest.approx(6 * 2)
+    assert gdn["item: polls + conv"] == pytest.approx(18 * 1)
+    assert gdn["item: recurrence + sibling wait"] == pytest.approx(18 * 2)
+    assert gdn["item: out_proj + adds"] == pytest.approx(18 * 1)
+    assert fa["mixer items"] == pytest.approx(6 * 4)
+    assert gdn["mixer barrier"] == pytest.approx(18) and fa["mixer barrier"] == pytest.approx(6)
+    assert fa["P3 o_proj prologue"] == pytest.approx(6) and fa["P3 o_proj"] == pytest.approx(6)
+    assert fa["P3 barrier"] == pytest.approx(6)
+    assert gdn["P4 prologue"] == pytest.approx(18 * 4) and fa["P4 prologue"] == pytest.approx(6 * 1)
+    assert gdn["P4 barrier"] == pytest.approx(18 * 5)
+    assert gdn["LM prologue"] == pytest.approx(2) and gdn["LM head + argmax"] == pytest.approx(5)
+    assert gdn["LM barrier"] == pytest.approx(1)
+    assert sum(v["gdn_us"] + v["attn_us"] for v in seg.values()) == pytest.approx(488)
+    assert a["step_us"] == pytest.approx(488)
+    assert a["attention_items"]["attention item: wait + norms (median)"] == pytest.approx(2)
+    assert a["attention_items"]["attention item: work (slowest)"] == pytest.approx(2)
+    assert a["skew_us"]["P4"]["max"] == pytest.approx(3) and a["skew_us"]["mixer"]["max"] == pytest.approx(0)
+    assert a["last_blocks"][0] == (2, 24 * 2)  # block 2, every layer of the 2 analysed steps
+
+
+def test_trace_analysis_refuses_a_foreign_trace():
+    t, tp = _synthetic_trace()
+    with pytest.raises(UserError, match="points per step"):
+        trace.analyse(t[:, :-1], tp)
+    with pytest.raises(UserError, match="more than 4 steps"):
+        trace.analyse(t[:3], tp)
+
+
+def test_kernel_tools_need_a_gpu(monkeypatch):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    from typer.testing import CliRunner
+
+    from luce_bench.cli import app
+
+    for args in (["kernel", "bench", "--reps", "1"], ["kernel", "trace"]):
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code == 2 and "needs a CUDA GPU" in r.output and "Traceback" not in r.output
