@@ -127,12 +127,13 @@ def trace_cmd(
     seed: Annotated[Optional[int], typer.Option(help="Weight/prompt seed (default: from the clock).")] = None,
     flags: Annotated[int, typer.Option(help="Debug flags for the traced launches (luce_mk.h; results invalid).")] = 0,
     option: OptionList = None,
+    prebuilt: Annotated[Optional[Path], typer.Option(help="Trace the library built earlier in this directory.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the analysis as JSON here.")] = None,
 ) -> None:
     """Where a decode step's time goes: per-phase medians over blocks, barrier skews, late blocks."""
     from luce_bench.kernels import trace
 
-    r = trace.run(steps=steps, pos=pos, seed=seed, flags=flags, options=_options(option))
+    r = trace.run(steps=steps, pos=pos, seed=seed, flags=flags, options=_options(option), lib_dir=prebuilt)
     typer.echo(f"seed {r['seed']}; {r['gpu']}; grid {r['grid']}; untraced {r['untraced_us']:.1f} us/token, traced "
                f"{r['traced_us']:.1f} us/token (steps {trace.WARM_STEPS}..{steps - 1} analysed)")
     typer.echo(f"\n{'segment':36s} {'18 GDN (us)':>12s} {'6 attn (us)':>12s} {'per GDN layer':>14s}")

@@ -121,8 +121,9 @@ def analyse(t_us: Any, tp: dict[str, int]) -> dict[str, Any]:
 
 
 def run(steps: int = 24, pos: int = 64, seed: int | None = None, flags: int = 0,
-        options: dict[str, int] | None = None) -> dict[str, Any]:
-    """Trace one build (`options`, default: $LUCE_BENCH_KERNEL_OPTIONS) on random weights; returns the analysis."""
+        options: dict[str, int] | None = None, lib_dir: Any = None) -> dict[str, Any]:
+    """Trace one build (`options`, default: $LUCE_BENCH_KERNEL_OPTIONS; or the prebuilt library in `lib_dir`) on
+    random weights; returns the analysis."""
     import torch
 
     from luce_bench.backends.megakernel import MegakernelBackend
@@ -132,7 +133,8 @@ def run(steps: int = 24, pos: int = 64, seed: int | None = None, flags: int = 0,
     if not torch.cuda.is_available():
         raise UserError("luce-bench kernel trace needs a CUDA GPU (torch sees none)")
     seed = seed if seed is not None else int(time.time()) % 100000
-    be = MegakernelBackend.from_state_dict(random_state_dict(seed), max_seq=pos + steps + 8, options=options)
+    be = MegakernelBackend.from_state_dict(random_state_dict(seed), max_seq=pos + steps + 8, options=options,
+                                           lib_dir=lib_dir)
     prompt = torch.randint(0, 248320, (pos,), generator=torch.Generator().manual_seed(seed + 2)).tolist()
     plain, traced, t_us = capture(be, prompt, steps, flags)
     out = analyse(t_us, trace_points())
