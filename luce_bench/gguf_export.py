@@ -15,13 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from luce_bench.errors import UserError
+from luce_bench.files import atomic_path
 from luce_bench.model.spec import TextConfig
 
 EXPORTER_VERSION = "1"
@@ -247,9 +247,9 @@ def gguf_path(model_dir: Path, ftype: str, src_hash: str) -> Path:
     local = model_dir / "gguf"
     if (local / name).is_file() or _writable_dir(local):
         return local / name
-    from luce_bench.model.synthetic import cache_root
+    from luce_bench.files import cache_dir
 
-    return cache_root() / "gguf" / src_hash[:16] / name
+    return cache_dir() / "gguf" / src_hash[:16] / name
 
 
 def ensure_gguf(model_dir: Path, cfg: TextConfig, ftype: str = "bf16", progress: bool = True) -> Path:
@@ -265,23 +265,15 @@ def ensure_gguf(model_dir: Path, cfg: TextConfig, ftype: str = "bf16", progress:
     final = gguf_path(model_dir, ftype, src_hash)
     if final.is_file():
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(final) as tmp:
         total = cfg.num_params()  # progress counts source parameters
         if progress and total >= _PROGRESS_MIN_PARAMS:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
             with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                          TimeElapsedColumn(),
-                          transient=True) as bar:
+                          TimeElapsedColumn(), transient=True) as bar:  # fmt: skip
                 task = bar.add_task(f"exporting GGUF ({ftype}) {final.name}", total=total)
                 write_gguf(model_dir, cfg, tmp, ftype, src_hash, on_params=lambda n: bar.advance(task, n))
         else:
             write_gguf(model_dir, cfg, tmp, ftype, src_hash)
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
     return final

@@ -6,7 +6,17 @@ import importlib
 
 from luce_bench.backends.base import Backend, BackendUnavailable, ModelSpec, StepResult
 
-__all__ = ["REGISTRY", "Backend", "BackendUnavailable", "ModelSpec", "StepResult", "available", "create", "get"]
+__all__ = [
+    "REGISTRY",
+    "Backend",
+    "BackendUnavailable",
+    "ModelSpec",
+    "StepResult",
+    "available",
+    "create",
+    "get",
+    "unavailable_reason",
+]
 
 REGISTRY: dict[str, str] = {
     "megakernel": "luce_bench.backends.megakernel:MegakernelBackend",
@@ -38,12 +48,20 @@ def create(name: str, **kwargs: object) -> Backend:
     return cls(**kwargs)
 
 
-def available() -> dict[str, str | None]:
+def unavailable_reason(name: str, simulated_gpu: bool = False) -> str | None:
+    """Why backend `name` cannot run here (None if it can); unknown names raise a UserError.
+
+    A simulated backend needs a simulated GPU (`simulated_gpu`, i.e. --fake-gpu).
+    """
+    try:
+        cls = get(name)
+    except ImportError as exc:  # a broken install of the backend's module
+        return f"cannot import the {name} backend ({exc})"
+    if cls.simulated and not simulated_gpu:
+        return "simulated backend: runs only with --fake-gpu"
+    return cls.unavailable_reason()
+
+
+def available(simulated_gpu: bool = False) -> dict[str, str | None]:
     """{name: None if it can run here, else the reason why not}."""
-    out: dict[str, str | None] = {}
-    for name in REGISTRY:
-        try:
-            out[name] = get(name).unavailable_reason()
-        except ImportError as exc:  # module not written yet or broken
-            out[name] = f"not importable: {exc}"
-    return out
+    return {name: unavailable_reason(name, simulated_gpu) for name in REGISTRY}

@@ -51,6 +51,8 @@ class Backend(ABC):
     # True: run in a child process of its own (see backends/isolated.py); its classmethod `prepare(model, **kwargs)`,
     # if defined, runs in the parent first
     isolate: ClassVar[bool] = False
+    # True: a simulation of a GPU engine (backends/sim.py); runs only with a simulated GPU (--fake-gpu)
+    simulated: ClassVar[bool] = False
 
     @classmethod
     @abstractmethod
