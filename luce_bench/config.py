@@ -45,14 +45,14 @@ class TestSpec:
 
 
 def parse_limit(text: str) -> tuple[float, bool]:
-    """ "220" / "220W" -> (220.0, False); "70%" -> (70.0, True)."""
+    """Parse a power limit: "220" / "220W" -> (220.0, False); "70%" -> (70.0, True)."""
     m = _LIMIT_RE.match(text)
     if not m:
         raise UserError(f"bad power limit {text!r}: expected watts (220) or a share of the default (70%)")
     return float(m.group(1)), m.group(2) == "%"
 
 
-# --- field types: YAML and CLI values in, the old one-line messages out ----------------------------------------------
+# --- field types: YAML and CLI values in, the old one-line messages out -----------------------------------------------
 def _whole(v: Any) -> Any:
     return int(v) if isinstance(v, float) and v.is_integer() else v
 
@@ -158,7 +158,9 @@ class BenchConfig(_Section):
     model_seed: Int = 0
     device: Annotated[Str, _one_of("auto", "cpu", "cuda", pattern=_CUDA_INDEX)] = "auto"
     backends: Names = ("hf",)
-    tests: Annotated[tuple[Annotated[Str, AfterValidator(_test)], ...], BeforeValidator(_items), AfterValidator(_not_empty)] = ("pp520", "tg128")
+    tests: Annotated[
+        tuple[Annotated[Str, AfterValidator(_test)], ...], BeforeValidator(_items), AfterValidator(_not_empty)
+    ] = ("pp520", "tg128")
     reps: Annotated[Int, _within(1, 1000)] = 5
     warmup_s: Seconds = 3.0
     window_s: Annotated[float, _within(0.001, 3600)] = 10.0
@@ -180,7 +182,7 @@ class BenchConfig(_Section):
         return self.model_dump(mode="json")
 
 
-# --- errors ------------------------------------------------------------------------------------------------------------
+# --- errors -----------------------------------------------------------------------------------------------------------
 _EXPECTED = {
     "bool_type": "expected true or false",
     "int_type": "expected an integer",

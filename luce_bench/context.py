@@ -1,5 +1,6 @@
-"""The run context: the GPU opened once (an NVML card, a simulated one, or none), the clock, CPU energy, and how the
-run's backends are made. Everything below the CLI gets the context passed in; nothing looks the GPU up on its own.
+"""The run context: the GPU opened once (NVML, simulated or none), the clock, CPU energy, the backend factory.
+
+Everything below the CLI gets the context passed in; nothing looks the GPU up on its own.
 """
 
 from __future__ import annotations

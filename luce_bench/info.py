@@ -61,15 +61,28 @@ def show(console: Any, gpu_index: int = 0, fake_preset: str | None = None) -> No
     if "gpu" in data:
         g = data["gpu"]
         t = Table(title="GPU" + (" (SIMULATED)" if g.get("simulated") else ""), show_header=False)
-        for key in ("name", "uuid", "driver", "cuda_driver", "compute_capability", "persistence_mode",
-                    "power_limit_w", "power_limit_default_w", "power_limit_min_w", "power_limit_max_w",
-                    "clocks_mhz", "temperature_c"):
+        for key in (
+            "name",
+            "uuid",
+            "driver",
+            "cuda_driver",
+            "compute_capability",
+            "persistence_mode",
+            "power_limit_w",
+            "power_limit_default_w",
+            "power_limit_min_w",
+            "power_limit_max_w",
+            "clocks_mhz",
+            "temperature_c",
+        ):
             if key in g:
                 t.add_row(key, str(g[key]))
         console.print(t)
     else:
-        console.print(f"[yellow]GPU:[/yellow] none usable: {data.get('gpu_error')}. "
-                      "Energy columns will stay empty (use --fake-gpu to exercise the pipeline).")
+        console.print(
+            f"[yellow]GPU:[/yellow] none usable: {data.get('gpu_error')}. "
+            "Energy columns will stay empty (use --fake-gpu to exercise the pipeline)."
+        )
     console.print(f"nvcc: {data.get('nvcc') or 'not found (the megakernel cannot be built)'}")
     t = Table(title="Backends")
     for col in ("backend", "available", "why not / details"):

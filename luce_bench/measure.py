@@ -99,7 +99,9 @@ class Meter:
         self.on_progress(label, cfg.reps, cfg.reps)
         return records
 
-    def loop(self, backend: Backend, test: TestSpec, prompt: Sequence[int], seconds: float, at_least_once: bool) -> None:
+    def loop(
+        self, backend: Backend, test: TestSpec, prompt: Sequence[int], seconds: float, at_least_once: bool
+    ) -> None:
         """Run `test` for `seconds` (not measured): a warm-up, or settling at a new setting."""
         clock = self.ctx.clock
         t0 = clock.now_s()
@@ -137,16 +139,32 @@ class Meter:
         end = self._edge()
         cfg = self.model.config
         return RunRecord(
-            test_time=rfc3339(clock.unix_s()), backend=backend.name, model=self.model.name,
-            model_type=f"qwen35 {cfg.num_hidden_layers}L h{cfg.hidden_size}", model_n_params=cfg.num_params(),
-            n_prompt=test.n if test.kind == "pp" else 0, n_gen=test.n if test.kind == "tg" else 0,
-            test=test.name, rep=rep, power_limit_req_w=limit.requested_w, power_limit_w=limit.enforced_w,
-            iterations=iters, n_tokens=tokens, window_s=elapsed_s, compute_s=compute_s, avg_ts=tokens / elapsed_s,
-            timed_ts=tokens / compute_s if compute_s > 0 else None, idle_power_w=limit.idle_power_w,
-            device=backend.device_kind, gpu_simulated=self.ctx.fake_gpu is not None, t_start_s=start.t_s,
-            t_end_s=end.t_s, energy_note=self.ctx.energy_note, cpu_energy_j=self._cpu_j(start, end),
+            test_time=rfc3339(clock.unix_s()),
+            backend=backend.name,
+            model=self.model.name,
+            model_type=f"qwen35 {cfg.num_hidden_layers}L h{cfg.hidden_size}",
+            model_n_params=cfg.num_params(),
+            n_prompt=test.n if test.kind == "pp" else 0,
+            n_gen=test.n if test.kind == "tg" else 0,
+            test=test.name,
+            rep=rep,
+            power_limit_req_w=limit.requested_w,
+            power_limit_w=limit.enforced_w,
+            iterations=iters,
+            n_tokens=tokens,
+            window_s=elapsed_s,
+            compute_s=compute_s,
+            avg_ts=tokens / elapsed_s,
+            timed_ts=tokens / compute_s if compute_s > 0 else None,
+            idle_power_w=limit.idle_power_w,
+            device=backend.device_kind,
+            gpu_simulated=self.ctx.fake_gpu is not None,
+            t_start_s=start.t_s,
+            t_end_s=end.t_s,
+            energy_note=self.ctx.energy_note,
+            cpu_energy_j=self._cpu_j(start, end),
             **self._energy(start, end, tokens, elapsed_s, limit),
-        )  # fmt: skip
+        )
 
     def _cpu_j(self, start: Window, end: Window) -> float | None:
         rapl = self.ctx.rapl
@@ -166,8 +184,13 @@ class Meter:
         if energy_j <= 0:
             out.update(valid=False, verdict=";".join(flags + ["energy-invalid"]))
             return out
-        out.update(tok_per_j=tokens / energy_j, j_per_tok=energy_j / tokens, mean_power_w=energy_j / window_s,
-                   valid=True, verdict=";".join(flags) or "ok")  # fmt: skip
+        out.update(
+            tok_per_j=tokens / energy_j,
+            j_per_tok=energy_j / tokens,
+            mean_power_w=energy_j / window_s,
+            valid=True,
+            verdict=";".join(flags) or "ok",
+        )
         if limit.idle_power_w is not None:
             net_j = energy_j - limit.idle_power_w * window_s
             out["net_tok_per_j"] = tokens / net_j if net_j > 0 else None
@@ -178,10 +201,14 @@ class Meter:
         s = self.sampler.summarize(t0_s, t1_s)
         sampled_j = self.sampler.integrate_power_j(t0_s, t1_s)
         out: dict[str, Any] = {
-            "mean_sm_mhz": s["mean_sm_mhz"], "mean_mem_mhz": s["mean_mem_mhz"], "temp_start_c": s["temp_start_c"],
-            "temp_end_c": s["temp_end_c"], "throttled_share": s["throttled_share"], "n_samples": s["n_samples"],
+            "mean_sm_mhz": s["mean_sm_mhz"],
+            "mean_mem_mhz": s["mean_mem_mhz"],
+            "temp_start_c": s["temp_start_c"],
+            "temp_end_c": s["temp_end_c"],
+            "throttled_share": s["throttled_share"],
+            "n_samples": s["n_samples"],
             "sampled_energy_j": sampled_j,
-        }  # fmt: skip
+        }
         if energy_j > 0 and sampled_j and sampled_j > 0:
             out["counter_vs_sampled_pct"] = 100.0 * (sampled_j - energy_j) / energy_j
             if abs(out["counter_vs_sampled_pct"]) > MAX_DISAGREE_PCT:

@@ -129,8 +129,10 @@ def parse_limits(
     return out
 
 
-def order_targets(targets: Sequence[LimitTarget], order: str = "descending", seed: int | None = None) -> list[LimitTarget]:
-    """Descending (default), ascending, or shuffled with `seed` (measurement.md rule 7: heating biases a fixed order)."""
+def order_targets(
+    targets: Sequence[LimitTarget], order: str = "descending", seed: int | None = None
+) -> list[LimitTarget]:
+    """Descending (default), ascending, or shuffled with `seed` (measurement.md rule 7: heat biases a fixed order)."""
     if order == "descending":
         return sorted(targets, key=lambda t: -t.requested_mw)
     if order == "ascending":

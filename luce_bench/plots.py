@@ -102,16 +102,28 @@ def render_run(
 ) -> list[Path]:
     """Write tok_s.png, tok_j.png and timeline.png where there is data; returns the files written."""
     made = [
-        bar_chart(summary, "avg_ts", "stddev_ts", "tokens / s", "Throughput (mean ± std over repetitions)",
-                  run_dir / "tok_s.png"),
-        bar_chart(summary, "tok_per_j", "tok_per_j_std", "tokens / J", "Energy efficiency (GPU board energy)",
-                  run_dir / "tok_j.png"),
+        bar_chart(
+            summary,
+            "avg_ts",
+            "stddev_ts",
+            "tokens / s",
+            "Throughput (mean ± std over repetitions)",
+            run_dir / "tok_s.png",
+        ),
+        bar_chart(
+            summary,
+            "tok_per_j",
+            "tok_per_j_std",
+            "tokens / J",
+            "Energy efficiency (GPU board energy)",
+            run_dir / "tok_j.png",
+        ),
         timeline(samples, runs, run_dir / "timeline.png"),
-    ]  # fmt: skip
+    ]
     return [p for p in made if p is not None]
 
 
-# --- sweep plots -------------------------------------------------------------------------------------------------------
+# --- sweep plots ------------------------------------------------------------------------------------------------------
 def _groups(summary: Sequence[SummaryRow]) -> dict[tuple[str, str], list[SummaryRow]]:
     out: dict[tuple[str, str], list[SummaryRow]] = {}
     for r in summary:
@@ -154,11 +166,23 @@ def vs_limit_plot(summary: Sequence[SummaryRow], metric: str, out: Path) -> Path
     for ax, backend, rows in panels:
         xs = [_f(r.limit_w) for r in rows]
         if metric == "avg_ts":
-            ax.errorbar(xs, [_f(r.avg_ts) for r in rows], capsize=3, marker="o", label=backend,
-                        yerr=[_half_ci(r.ts_ci95_lo, r.ts_ci95_hi, r.stddev_ts) for r in rows])  # fmt: skip
+            ax.errorbar(
+                xs,
+                [_f(r.avg_ts) for r in rows],
+                capsize=3,
+                marker="o",
+                label=backend,
+                yerr=[_half_ci(r.ts_ci95_lo, r.ts_ci95_hi, r.stddev_ts) for r in rows],
+            )
             continue
-        ax.errorbar(xs, [_f(r.tok_per_j) for r in rows], capsize=3, marker="o", label=f"{backend} gross",
-                    yerr=[_half_ci(r.tok_per_j_ci95_lo, r.tok_per_j_ci95_hi, r.tok_per_j_std) for r in rows])  # fmt: skip
+        ax.errorbar(
+            xs,
+            [_f(r.tok_per_j) for r in rows],
+            capsize=3,
+            marker="o",
+            label=f"{backend} gross",
+            yerr=[_half_ci(r.tok_per_j_ci95_lo, r.tok_per_j_ci95_hi, r.tok_per_j_std) for r in rows],
+        )
         net = [_f(r.net_tok_per_j) for r in rows]
         if any(math.isfinite(v) for v in net):
             ax.plot(xs, net, marker="x", ls="--", label=f"{backend} net of idle")

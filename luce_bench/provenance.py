@@ -26,9 +26,12 @@ def git_commit() -> str | None:
     here = Path(__file__).resolve().parent
     try:
         out = subprocess.run(
-            ["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=here, capture_output=True, text=True,
+            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
+            cwd=here,
+            capture_output=True,
+            text=True,
             timeout=5,
-        )  # fmt: skip
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return (out.stdout.strip() or None) if out.returncode == 0 else None
@@ -49,10 +52,15 @@ def gpu_meta(gpu: GPU) -> dict[str, Any]:
     """Facts of `gpu`; fields that cannot be read are left out."""
     meta: dict[str, Any] = {}
     probes = {
-        "name": gpu.name, "uuid": gpu.uuid, "driver": gpu.driver_version, "cuda_driver": gpu.cuda_driver_version,
-        "compute_capability": gpu.compute_capability, "persistence_mode": gpu.persistence_mode,
-        "temperature_c": gpu.temperature_c, "clocks_mhz": gpu.clocks_mhz,
-    }  # fmt: skip
+        "name": gpu.name,
+        "uuid": gpu.uuid,
+        "driver": gpu.driver_version,
+        "cuda_driver": gpu.cuda_driver_version,
+        "compute_capability": gpu.compute_capability,
+        "persistence_mode": gpu.persistence_mode,
+        "temperature_c": gpu.temperature_c,
+        "clocks_mhz": gpu.clocks_mhz,
+    }
     for key, fn in probes.items():
         with contextlib.suppress(Exception):
             meta[key] = fn()
@@ -72,15 +80,35 @@ def run_meta(ctx: RunContext, model: ModelSpec) -> dict[str, Any]:
     simulated = ctx.fake_gpu is not None
     n_params = model.config.num_params()
     return {
-        "luce_bench_version": __version__, "git_commit": git_commit(), "host": platform.node(),
-        "platform": platform.platform(), "versions": versions(), "config": cfg.to_dict(),
-        "model": {"name": model.name, "path": str(model.path), "synthetic": model.synthetic, "seed": model.seed,
-                  "n_params": n_params, "bytes": n_params * 2, "type": "qwen35 bf16"},
+        "luce_bench_version": __version__,
+        "git_commit": git_commit(),
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "versions": versions(),
+        "config": cfg.to_dict(),
+        "model": {
+            "name": model.name,
+            "path": str(model.path),
+            "synthetic": model.synthetic,
+            "seed": model.seed,
+            "n_params": n_params,
+            "bytes": n_params * 2,
+            "type": "qwen35 bf16",
+        },
         "gpu": gpu_meta(ctx.gpu) if ctx.gpu is not None else {},
-        "energy": {"available": ctx.gpu is not None, "simulated": simulated, "virtual_time": ctx.virtual_time,
-                   "reason": ctx.energy_note or ("simulated GPU" if simulated else "NVML energy counter"),
-                   "cpu_rapl": ctx.rapl is not None},
-        "method": {"window_s": cfg.window_s, "reps": cfg.reps, "warmup_s": cfg.warmup_s,
-                   "sampler_period_s": cfg.sampler.period_s,
-                   "energy_source": "nvmlDeviceGetTotalEnergyConsumption delta", "power_samples": "field 186 (instant)"},
-    }  # fmt: skip
+        "energy": {
+            "available": ctx.gpu is not None,
+            "simulated": simulated,
+            "virtual_time": ctx.virtual_time,
+            "reason": ctx.energy_note or ("simulated GPU" if simulated else "NVML energy counter"),
+            "cpu_rapl": ctx.rapl is not None,
+        },
+        "method": {
+            "window_s": cfg.window_s,
+            "reps": cfg.reps,
+            "warmup_s": cfg.warmup_s,
+            "sampler_period_s": cfg.sampler.period_s,
+            "energy_source": "nvmlDeviceGetTotalEnergyConsumption delta",
+            "power_samples": "field 186 (instant)",
+        },
+    }

@@ -43,18 +43,26 @@ def publish(run_dir: Path, results: Path, name: str | None = None) -> Path:
 
 def write_index(results: Path) -> Path:
     """`results`/README.md: every committed run's summary."""
-    parts = ["# Reference results", "",
-             "Committed runs of luce-bench (method: README.md, 'How it measures'). Each folder holds runs.csv, "
-             "summary.csv, samples.csv.gz, meta.json (GPU, driver, versions, config, git commit), report.md and "
-             "plots. Regenerate with `luce-bench publish RUN_DIR`.", ""]  # fmt: skip
+    parts = [
+        "# Reference results",
+        "",
+        "Committed runs of luce-bench (method: README.md, 'How it measures'). Each folder holds runs.csv, "
+        "summary.csv, samples.csv.gz, meta.json (GPU, driver, versions, config, git commit), report.md and "
+        "plots. Regenerate with `luce-bench publish RUN_DIR`.",
+        "",
+    ]
     for summary_csv in sorted(results.glob("*/*/summary.csv")):
         d = summary_csv.parent
         meta = read_meta(d)
         gpu = meta.get("gpu", {})
-        parts += [f"## {d.parent.name} / {d.name}", "",
-                  f"GPU {gpu.get('name', 'none')}, driver {gpu.get('driver', 'n/a')}, power limit "
-                  f"{gpu.get('power_limit_w', 'n/a')} W; model {meta.get('model', {}).get('name', '?')}; "
-                  f"commit {meta.get('git_commit', 'n/a')}. [report]({d.parent.name}/{d.name}/report.md)", ""]  # fmt: skip
+        parts += [
+            f"## {d.parent.name} / {d.name}",
+            "",
+            f"GPU {gpu.get('name', 'none')}, driver {gpu.get('driver', 'n/a')}, power limit "
+            f"{gpu.get('power_limit_w', 'n/a')} W; model {meta.get('model', {}).get('name', '?')}; "
+            f"commit {meta.get('git_commit', 'n/a')}. [report]({d.parent.name}/{d.name}/report.md)",
+            "",
+        ]
         parts += [f"> {n}" for n in notes(meta)]
         parts += ["", markdown_table(TABLE_HEAD, table_rows(read_csv(summary_csv, SummaryRow))), ""]
     out = results / "README.md"

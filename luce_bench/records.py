@@ -139,7 +139,7 @@ class SweetSpot:
     significant: bool = field(default=True, metadata=_JSON_ONLY)  # the gain is outside the 95 % CI
 
 
-# --- CSV codec ----------------------------------------------------------------------------------------------------------
+# --- CSV codec --------------------------------------------------------------------------------------------------------
 @functools.cache
 def _schema(cls: type) -> tuple[tuple[str, type, bool, bool], ...]:
     """(column, scalar type, required, nullable) per CSV column of the dataclass `cls`."""

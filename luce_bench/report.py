@@ -65,11 +65,20 @@ def _limit(w: float | None) -> str:
 def table_rows(summary: Sequence[SummaryRow]) -> list[list[str]]:
     """Human rows for the summary table (TABLE_HEAD)."""
     return [
-        [r.backend, r.test, _limit(r.power_limit_req_w), _pm(r.avg_ts, r.stddev_ts), _range(r.ts_ci95_lo, r.ts_ci95_hi, 1),
-         _num(r.mean_power_w), _pm(r.tok_per_j, r.tok_per_j_std, 3), _range(r.tok_per_j_ci95_lo, r.tok_per_j_ci95_hi, 3),
-         str(r.n), r.verdict]
+        [
+            r.backend,
+            r.test,
+            _limit(r.power_limit_req_w),
+            _pm(r.avg_ts, r.stddev_ts),
+            _range(r.ts_ci95_lo, r.ts_ci95_hi, 1),
+            _num(r.mean_power_w),
+            _pm(r.tok_per_j, r.tok_per_j_std, 3),
+            _range(r.tok_per_j_ci95_lo, r.tok_per_j_ci95_hi, 3),
+            str(r.n),
+            r.verdict,
+        ]
         for r in summary
-    ]  # fmt: skip
+    ]
 
 
 def markdown_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -94,9 +103,19 @@ def llama_bench_table(summary: Sequence[SummaryRow], meta: dict[str, Any]) -> st
     """llama-bench's md printer layout (model, size, params, backend, test, t/s), extended with energy columns."""
     model = meta.get("model", {})
     head = ["model", "size", "params", "backend", "test", "t/s", "W", "tok/J"]
-    rows = [[str(model.get("type", "qwen35")), _size(model.get("bytes")), _count(model.get("n_params")), r.backend,
-             r.test, _pm(r.avg_ts, r.stddev_ts), _num(r.mean_power_w), _pm(r.tok_per_j, r.tok_per_j_std, 3)]
-            for r in summary]  # fmt: skip
+    rows = [
+        [
+            str(model.get("type", "qwen35")),
+            _size(model.get("bytes")),
+            _count(model.get("n_params")),
+            r.backend,
+            r.test,
+            _pm(r.avg_ts, r.stddev_ts),
+            _num(r.mean_power_w),
+            _pm(r.tok_per_j, r.tok_per_j_std, 3),
+        ]
+        for r in summary
+    ]
     return markdown_table(head, rows)
 
 
@@ -125,20 +144,36 @@ def notes(meta: dict[str, Any]) -> list[str]:
 def _energy_from_rows(runs: Sequence[RunRecord]) -> dict[str, Any]:
     """meta.json's `energy` when meta.json is missing: what the rows themselves say."""
     has_energy = any(r.energy_j is not None for r in runs)
-    return {"available": has_energy, "simulated": any(r.gpu_simulated for r in runs),
-            "reason": "" if has_energy else "no energy values in runs.csv (meta.json missing)"}  # fmt: skip
+    return {
+        "available": has_energy,
+        "simulated": any(r.gpu_simulated for r in runs),
+        "reason": "" if has_energy else "no energy values in runs.csv (meta.json missing)",
+    }
 
 
 def _markdown(run_dir: Path, summary: Sequence[SummaryRow], meta: dict[str, Any], plots: Sequence[Path]) -> str:
     gpu, model = meta.get("gpu", {}), meta.get("model", {})
-    parts = [f"# luce-bench report: {run_dir.name}", "",
-             f"- model: {model.get('name', '?')} ({model.get('n_params', '?')} params)",
-             f"- GPU: {gpu.get('name', 'none')} (driver {gpu.get('driver', 'n/a')}, limit {gpu.get('power_limit_w', 'n/a')} W)",
-             f"- git commit: {meta.get('git_commit', 'n/a')}", ""]  # fmt: skip
+    parts = [
+        f"# luce-bench report: {run_dir.name}",
+        "",
+        f"- model: {model.get('name', '?')} ({model.get('n_params', '?')} params)",
+        f"- GPU: {gpu.get('name', 'none')} (driver {gpu.get('driver', 'n/a')}, "
+        f"limit {gpu.get('power_limit_w', 'n/a')} W)",
+        f"- git commit: {meta.get('git_commit', 'n/a')}",
+        "",
+    ]
     parts += [f"> {n}" for n in notes(meta)]
-    parts += ["", "## Summary (mean ± sample std over repetitions; each repetition is one energy window)", "",
-              markdown_table(TABLE_HEAD, table_rows(summary)), "", "## llama-bench layout", "",
-              llama_bench_table(summary, meta), ""]  # fmt: skip
+    parts += [
+        "",
+        "## Summary (mean ± sample std over repetitions; each repetition is one energy window)",
+        "",
+        markdown_table(TABLE_HEAD, table_rows(summary)),
+        "",
+        "## llama-bench layout",
+        "",
+        llama_bench_table(summary, meta),
+        "",
+    ]
     parts += [f"![{p.stem}]({p.name})" for p in plots]
     return "\n".join(parts) + "\n"
 
@@ -155,9 +190,13 @@ def _sweep_section(run_dir: Path, summary: Sequence[SummaryRow], meta: dict[str,
     atomic_write(run_dir / "sweet_spot.json", json.dumps(doc, indent=2) + "\n")
     plots = render_sweep(run_dir, summary)
     limits = ", ".join(f"{w:g} W" for w in sweep.get("limits_requested_w", []))
-    lines = ["## Power-limit sweep", "",
-             f"Limits (requested, in order): {limits}; original limit {sweep.get('original_limit_w', 'n/a')} W "
-             "restored after the sweep.", ""]  # fmt: skip
+    lines = [
+        "## Power-limit sweep",
+        "",
+        f"Limits (requested, in order): {limits}; original limit {sweep.get('original_limit_w', 'n/a')} W "
+        "restored after the sweep.",
+        "",
+    ]
     lines += [f"- **{describe_spot(s, min_speed)}**" for s in spots] or ["- no sweet spot: no limit has energy data"]
     lines += [""] + [f"![{p.stem}]({p.name})" for p in plots]
     return spots, "\n".join(lines) + "\n"
@@ -191,9 +230,16 @@ def print_report(report: Report, console: Any, spots: bool = True) -> None:
     for h in ("backend", "test", "limit", "tok/s", "W", "tok/J", "n", "verdict"):
         table.add_column(h, justify="left" if h in ("backend", "test", "verdict") else "right")
     for r in report.summary:
-        table.add_row(r.backend, r.test, _limit(r.power_limit_req_w), _ci(r.avg_ts, r.ts_ci95_lo, r.ts_ci95_hi, 1),
-                      _num(r.mean_power_w), _ci(r.tok_per_j, r.tok_per_j_ci95_lo, r.tok_per_j_ci95_hi, 3), str(r.n),
-                      r.verdict)  # fmt: skip
+        table.add_row(
+            r.backend,
+            r.test,
+            _limit(r.power_limit_req_w),
+            _ci(r.avg_ts, r.ts_ci95_lo, r.ts_ci95_hi, 1),
+            _num(r.mean_power_w),
+            _ci(r.tok_per_j, r.tok_per_j_ci95_lo, r.tok_per_j_ci95_hi, 3),
+            str(r.n),
+            r.verdict,
+        )
     console.print(table)
     for n in notes(report.meta):
         console.print(f"[yellow]note:[/yellow] {n}")

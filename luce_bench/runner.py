@@ -220,11 +220,16 @@ class _Run:
             self.meter.loop(first, test, self.meter.prompt(test), max(self.ctx.cfg.sweep.settle_s, 0.0), False)
         idle_w = self.meter.idle_power_w(self.ctx.cfg.sweep.idle_s)
         self.ui.status(f"  idle baseline (models resident): {idle_w:.1f} W" if idle_w else "  idle baseline: n/a")
-        self.settings_meta.append({
-            "requested_w": target.requested_w, "text": target.text, "clamped": target.clamped,
-            "enforced_w": enforced_mw / 1000.0, "idle_power_w": idle_w,
-            "t_end_s": self.sampler.now_s() if self.sampler is not None else None,
-        })  # fmt: skip
+        self.settings_meta.append(
+            {
+                "requested_w": target.requested_w,
+                "text": target.text,
+                "clamped": target.clamped,
+                "enforced_w": enforced_mw / 1000.0,
+                "idle_power_w": idle_w,
+                "t_end_s": self.sampler.now_s() if self.sampler is not None else None,
+            }
+        )
         self.writer.write_meta({"sweep_limits": self.settings_meta})
         return Limit(requested_w=target.requested_w, enforced_w=enforced_mw / 1000.0, idle_power_w=idle_w)
 
@@ -264,14 +269,22 @@ class _Run:
         if not targets or gpu is None:
             return {}
         lo, hi = gpu.power_limit_constraints_mw()
-        return {"sweep": {
-            "limits_requested_w": [t.requested_w for t in targets], "limits_text": [t.text for t in targets],
-            "order": cfg.sweep.order, "shuffle_seed": cfg.sweep.shuffle_seed, "clamp": cfg.sweep.clamp,
-            "settle_s": cfg.sweep.settle_s, "idle_s": cfg.sweep.idle_s,
-            "sweet_spot_min_speed": cfg.sweep.sweet_spot_min_speed, "original_limit_w": gpu.power_limit_mw() / 1000.0,
-            "default_limit_w": gpu.default_power_limit_mw() / 1000.0, "constraints_w": [lo / 1000.0, hi / 1000.0],
-            "started_unix_s": self.ctx.clock.unix_s(),
-        }}  # fmt: skip
+        return {
+            "sweep": {
+                "limits_requested_w": [t.requested_w for t in targets],
+                "limits_text": [t.text for t in targets],
+                "order": cfg.sweep.order,
+                "shuffle_seed": cfg.sweep.shuffle_seed,
+                "clamp": cfg.sweep.clamp,
+                "settle_s": cfg.sweep.settle_s,
+                "idle_s": cfg.sweep.idle_s,
+                "sweet_spot_min_speed": cfg.sweep.sweet_spot_min_speed,
+                "original_limit_w": gpu.power_limit_mw() / 1000.0,
+                "default_limit_w": gpu.default_power_limit_mw() / 1000.0,
+                "constraints_w": [lo / 1000.0, hi / 1000.0],
+                "started_unix_s": self.ctx.clock.unix_s(),
+            }
+        }
 
     def _final_meta(self) -> dict[str, Any]:
         return {
@@ -291,6 +304,8 @@ def token_agreement(first_tokens: dict[str, list[int]]) -> dict[str, str]:
     for test, entries in by_test.items():
         ref_name, ref = entries[0]
         for name, toks in entries[1:]:
-            same = next((i for i, (a, b) in enumerate(zip(ref, toks, strict=False)) if a != b), min(len(ref), len(toks)))
+            same = next(
+                (i for i, (a, b) in enumerate(zip(ref, toks, strict=False)) if a != b), min(len(ref), len(toks))
+            )
             out[f"{test} {name} vs {ref_name}"] = f"{same}/{min(len(ref), len(toks))} leading tokens equal"
     return out

@@ -37,9 +37,7 @@ class Sample:
 class Sampler:
     """Poll `gpu` every `period_s` on `clock`; use as a context manager or start()/stop()."""
 
-    def __init__(
-        self, gpu: GPU, period_s: float = 0.1, clock: Clock | None = None, read_average: bool = True
-    ) -> None:
+    def __init__(self, gpu: GPU, period_s: float = 0.1, clock: Clock | None = None, read_average: bool = True) -> None:
         """Prepare a sampler (polling starts on `start()` / `with`).
 
         Args:

@@ -31,19 +31,38 @@ def _summary_row(rs: Sequence[RunRecord]) -> SummaryRow:
     flags = sorted({f for r in rs for f in r.verdict.split(";") if f and f != "ok"})
     first = rs[0]
     return SummaryRow(
-        backend=first.backend, model=first.model, test=first.test, n_prompt=first.n_prompt, n_gen=first.n_gen,
-        power_limit_req_w=first.power_limit_req_w, power_limit_w=first.power_limit_w, n=ts.n,
-        window_s=mean(r.window_s for r in rs), avg_ts=ts.mean, stddev_ts=ts.std, ts_ci95_lo=ts.ci95_lo,
-        ts_ci95_hi=ts.ci95_hi, median_ts=median(r.avg_ts for r in rs), timed_ts=mean(r.timed_ts for r in rs),
-        tok_per_j=tpj.mean, tok_per_j_std=tpj.std, tok_per_j_ci95_lo=tpj.ci95_lo, tok_per_j_ci95_hi=tpj.ci95_hi,
+        backend=first.backend,
+        model=first.model,
+        test=first.test,
+        n_prompt=first.n_prompt,
+        n_gen=first.n_gen,
+        power_limit_req_w=first.power_limit_req_w,
+        power_limit_w=first.power_limit_w,
+        n=ts.n,
+        window_s=mean(r.window_s for r in rs),
+        avg_ts=ts.mean,
+        stddev_ts=ts.std,
+        ts_ci95_lo=ts.ci95_lo,
+        ts_ci95_hi=ts.ci95_hi,
+        median_ts=median(r.avg_ts for r in rs),
+        timed_ts=mean(r.timed_ts for r in rs),
+        tok_per_j=tpj.mean,
+        tok_per_j_std=tpj.std,
+        tok_per_j_ci95_lo=tpj.ci95_lo,
+        tok_per_j_ci95_hi=tpj.ci95_hi,
         j_per_tok=energy_j / tokens if tokens > 0 and valid else math.nan,
-        mean_power_w=mean(r.mean_power_w for r in valid), idle_power_w=mean(r.idle_power_w for r in rs),
-        net_tok_per_j=mean(r.net_tok_per_j for r in valid), mean_sm_mhz=mean(r.mean_sm_mhz for r in rs),
+        mean_power_w=mean(r.mean_power_w for r in valid),
+        idle_power_w=mean(r.idle_power_w for r in rs),
+        net_tok_per_j=mean(r.net_tok_per_j for r in valid),
+        mean_sm_mhz=mean(r.mean_sm_mhz for r in rs),
         throttled_share=mean(r.throttled_share for r in rs),
-        max_counter_vs_sampled_pct=_max_abs([r.counter_vs_sampled_pct for r in rs]), temp_drift_c=_max_abs(drift),
-        valid_reps=len(valid), device=first.device, gpu_simulated=first.gpu_simulated,
+        max_counter_vs_sampled_pct=_max_abs([r.counter_vs_sampled_pct for r in rs]),
+        temp_drift_c=_max_abs(drift),
+        valid_reps=len(valid),
+        device=first.device,
+        gpu_simulated=first.gpu_simulated,
         verdict=";".join(flags) if flags else ("ok" if valid else "no-energy"),
-    )  # fmt: skip
+    )
 
 
 def summarize(runs: Sequence[RunRecord]) -> list[SummaryRow]:
@@ -67,7 +86,9 @@ def _is_limit(row: SummaryRow, limit_w: float | None) -> bool:
     return limit_w is not None and abs(_v(row.power_limit_req_w) - limit_w) < 0.5
 
 
-def _spot(backend: str, test: str, rows: list[SummaryRow], min_speed: float, default_w: float | None) -> SweetSpot | None:
+def _spot(
+    backend: str, test: str, rows: list[SummaryRow], min_speed: float, default_w: float | None
+) -> SweetSpot | None:
     stock = next((r for r in rows if _is_limit(r, default_w)), rows[0])
     stock_ts, stock_tpj = _v(stock.avg_ts), _v(stock.tok_per_j)
     ok = [r for r in rows if math.isfinite(_v(r.tok_per_j)) and _v(r.avg_ts) >= min_speed * stock_ts]
@@ -76,15 +97,23 @@ def _spot(backend: str, test: str, rows: list[SummaryRow], min_speed: float, def
     best = max(ok, key=lambda r: _v(r.tok_per_j))
     tpj = _v(best.tok_per_j)
     return SweetSpot(
-        backend=backend, test=test, limit_w=_v(best.power_limit_req_w), enforced_w=_v(best.limit_w),
-        avg_ts=_v(best.avg_ts), speed_share=_v(best.avg_ts) / stock_ts, tok_per_j=tpj,
-        net_tok_per_j=_v(best.net_tok_per_j), mean_power_w=_v(best.mean_power_w),
-        power_share=_v(best.mean_power_w) / _v(stock.mean_power_w), stock_limit_w=_v(stock.power_limit_req_w),
-        stock_ts=stock_ts, stock_tok_per_j=stock_tpj,
+        backend=backend,
+        test=test,
+        limit_w=_v(best.power_limit_req_w),
+        enforced_w=_v(best.limit_w),
+        avg_ts=_v(best.avg_ts),
+        speed_share=_v(best.avg_ts) / stock_ts,
+        tok_per_j=tpj,
+        net_tok_per_j=_v(best.net_tok_per_j),
+        mean_power_w=_v(best.mean_power_w),
+        power_share=_v(best.mean_power_w) / _v(stock.mean_power_w),
+        stock_limit_w=_v(stock.power_limit_req_w),
+        stock_ts=stock_ts,
+        stock_tok_per_j=stock_tpj,
         tok_per_j_gain_pct=100.0 * (tpj / stock_tpj - 1.0) if stock_tpj > 0 else math.nan,
         stock_is_default=_is_limit(stock, default_w),
         significant=best is stock or _v(best.tok_per_j_ci95_lo) > stock_tpj,
-    )  # fmt: skip
+    )
 
 
 def sweet_spots(

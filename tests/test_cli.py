@@ -29,8 +29,22 @@ def compare_run(tmp_path_factory, tiny_model):
     original = FakeGPU.set_power_limit_mw
     FakeGPU.set_power_limit_mw = lambda self, mw: calls.append(mw)  # any call at all is a failure below
     try:
-        result = runner.invoke(app, ["compare", "--baselines", "hf", "--model", "tiny", "--fake-gpu", "--out", str(out),
-                                     *FAST, "-c", str(_quick_config(out))])
+        result = runner.invoke(
+            app,
+            [
+                "compare",
+                "--baselines",
+                "hf",
+                "--model",
+                "tiny",
+                "--fake-gpu",
+                "--out",
+                str(out),
+                *FAST,
+                "-c",
+                str(_quick_config(out)),
+            ],
+        )
     finally:
         FakeGPU.set_power_limit_mw = original
     run_dirs = list(out.glob("*-compare"))
@@ -48,8 +62,16 @@ def test_compare_writes_every_file(compare_run):
     assert result.exit_code == 0, result.output
     assert len(run_dirs) == 1
     d = run_dirs[0]
-    for name in ("runs.csv", "summary.csv", "samples.csv", "meta.json", "report.md", "tok_s.png", "tok_j.png",
-                 "timeline.png"):
+    for name in (
+        "runs.csv",
+        "summary.csv",
+        "samples.csv",
+        "meta.json",
+        "report.md",
+        "tok_s.png",
+        "tok_j.png",
+        "timeline.png",
+    ):
         assert (d / name).is_file() and (d / name).stat().st_size > 0, name
     runs = list(csv.DictReader((d / "runs.csv").open()))
     assert [(r["backend"], r["test"]) for r in runs] == [("hf", "pp16")] * 2 + [("hf", "tg8")] * 2

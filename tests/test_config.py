@@ -53,6 +53,8 @@ def test_missing_file_and_unknown_override(tmp_path):
         config.load(None, {"sweep.nope": 1})
 
 
-@pytest.mark.parametrize(("text", "expected"), [("220", (220.0, False)), ("220W", (220.0, False)), ("70%", (70.0, True))])
+@pytest.mark.parametrize(
+    ("text", "expected"), [("220", (220.0, False)), ("220W", (220.0, False)), ("70%", (70.0, True))]
+)
 def test_parse_limit(text, expected):
     assert config.parse_limit(text) == expected

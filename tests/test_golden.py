@@ -46,8 +46,10 @@ RUNS = {
     "compare": ["compare", "--no-megakernel", "--baselines", "sim", "--fake-gpu"],
     "sweep": ["sweep", "--fake-gpu", "--limits", "420,300,220,150", "--shuffle", "--seed", "5"],
 }
-FILES = {"compare": ("runs.csv", "summary.csv", "samples.csv"),
-         "sweep": ("runs.csv", "summary.csv", "samples.csv", "sweet_spot.csv")}
+FILES = {
+    "compare": ("runs.csv", "summary.csv", "samples.csv"),
+    "sweep": ("runs.csv", "summary.csv", "samples.csv", "sweet_spot.csv"),
+}
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Every exit path restores the ORIGINAL limit: normal, exception, SIGINT, SIGTERM, SIGHUP, atexit, and SIGKILL + restore.
+"""Every exit path restores the ORIGINAL limit: normal, exception, SIGINT, SIGTERM, SIGHUP, atexit, SIGKILL + restore.
 
 Each case runs a child process on a FakeGPU whose state lives in a file, so this process can read the card afterwards.
 """

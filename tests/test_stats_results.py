@@ -40,12 +40,29 @@ def test_describe_drops_nan_and_handles_tiny_samples():
 
 def _row(backend, test, rep, tokens, window_s, energy_j, valid=True, **kw):
     return RunRecord(
-        test_time="2027-01-01T00:00:00Z", backend=backend, model="tiny", model_type="qwen35 4L h128",
-        model_n_params=910200, n_prompt=0, n_gen=128, test=test, rep=rep, iterations=10, n_tokens=tokens,
-        window_s=window_s, compute_s=window_s, avg_ts=tokens / window_s, energy_j=energy_j if valid else None,
-        tok_per_j=tokens / energy_j if valid else None, mean_power_w=energy_j / window_s if valid else None,
-        device="cuda", gpu_simulated=False, valid=valid, verdict="ok" if valid else "no-energy", **kw,
-    )  # fmt: skip
+        test_time="2027-01-01T00:00:00Z",
+        backend=backend,
+        model="tiny",
+        model_type="qwen35 4L h128",
+        model_n_params=910200,
+        n_prompt=0,
+        n_gen=128,
+        test=test,
+        rep=rep,
+        iterations=10,
+        n_tokens=tokens,
+        window_s=window_s,
+        compute_s=window_s,
+        avg_ts=tokens / window_s,
+        energy_j=energy_j if valid else None,
+        tok_per_j=tokens / energy_j if valid else None,
+        mean_power_w=energy_j / window_s if valid else None,
+        device="cuda",
+        gpu_simulated=False,
+        valid=valid,
+        verdict="ok" if valid else "no-energy",
+        **kw,
+    )
 
 
 def test_summarize_groups_and_pools_energy():
@@ -62,9 +79,11 @@ def test_summarize_groups_and_pools_energy():
 
 
 def test_summary_groups_by_limit_and_collects_flags():
-    runs = [_row("hf", "tg128", 0, 100, 10.0, 50.0, power_limit_req_w=300.0, temp_start_c=40.0, temp_end_c=47.0),
-            _row("hf", "tg128", 1, 100, 10.0, 50.0, power_limit_req_w=300.0),
-            _row("hf", "tg128", 0, 90, 10.0, 40.0, power_limit_req_w=200.0)]  # fmt: skip
+    runs = [
+        _row("hf", "tg128", 0, 100, 10.0, 50.0, power_limit_req_w=300.0, temp_start_c=40.0, temp_end_c=47.0),
+        _row("hf", "tg128", 1, 100, 10.0, 50.0, power_limit_req_w=300.0),
+        _row("hf", "tg128", 0, 90, 10.0, 40.0, power_limit_req_w=200.0),
+    ]
     runs[0].verdict = "temp-drift"
     rows = summarize(runs)
     assert [(r.power_limit_req_w, r.n) for r in rows] == [(300.0, 2), (200.0, 1)]
@@ -78,8 +97,17 @@ def test_summary_without_energy_says_so():
 
 def test_records_round_trip_through_csv_with_the_llama_bench_names(tmp_path):
     rec = _row("hf", "tg128", 0, 1280, 10.0, 1000.0, power_limit_req_w=300.0, temp_start_c=41)
-    assert columns(RunRecord)[:9] == ["test_time", "backend", "model", "model_type", "model_n_params", "n_prompt",
-                                      "n_gen", "test", "rep"]  # fmt: skip
+    assert columns(RunRecord)[:9] == [
+        "test_time",
+        "backend",
+        "model",
+        "model_type",
+        "model_n_params",
+        "n_prompt",
+        "n_gen",
+        "test",
+        "rep",
+    ]
     write_csv(tmp_path / "r.csv", RunRecord, [rec])
     (back,) = read_csv(tmp_path / "r.csv", RunRecord)
     assert back == dataclasses.replace(rec, temp_start_c=41.0)

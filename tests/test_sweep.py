@@ -195,10 +195,22 @@ def test_order_descending_by_default_and_seeded_shuffle():
 def test_sweet_spot_rule():
     def row(limit, ts, tpj, w):
         return SummaryRow(
-            backend="b", model="m", test="tg128", n_prompt=0, n_gen=128, power_limit_req_w=limit, power_limit_w=limit,
-            n=5, avg_ts=ts, tok_per_j=tpj, mean_power_w=w, valid_reps=5, device="cuda", gpu_simulated=True,
+            backend="b",
+            model="m",
+            test="tg128",
+            n_prompt=0,
+            n_gen=128,
+            power_limit_req_w=limit,
+            power_limit_w=limit,
+            n=5,
+            avg_ts=ts,
+            tok_per_j=tpj,
+            mean_power_w=w,
+            valid_reps=5,
+            device="cuda",
+            gpu_simulated=True,
             verdict="ok",
-        )  # fmt: skip
+        )
 
     summary = [
         row(420, 100.0, 0.30, 330),

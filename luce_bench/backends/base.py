@@ -82,12 +82,12 @@ class Backend(ABC):
         With `logits`, return float32 [n, vocab] (one row per step).
         """
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: most backends free their memory here
         """Free device memory."""
 
     @property
     def device_kind(self) -> str:
-        """"cuda" or "cpu": where the work actually ran (set by `load`)."""
+        """Where the work actually ran: "cuda" or "cpu" (set by `load`)."""
         return getattr(self, "_device_kind", "cpu")
 
     def info(self) -> dict[str, Any]:
@@ -96,7 +96,7 @@ class Backend(ABC):
 
     @classmethod
     def describe(cls) -> dict[str, Any]:
-        """Static facts for `luce-bench info` (version, build kind); may import the backend's package, never load a model."""
+        """Static facts for `luce-bench info` (version, build kind); may import its package, never loads a model."""
         return {}
 
 

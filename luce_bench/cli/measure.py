@@ -28,8 +28,14 @@ from luce_bench.cli.options import (
 from luce_bench.errors import UserError
 
 
-def measure(cfg: Any, name: str, backends: Sequence[str], optional: Sequence[str] = (), sweep: bool = False,
-            persistence: bool = True) -> None:  # fmt: skip
+def measure(
+    cfg: Any,
+    name: str,
+    backends: Sequence[str],
+    optional: Sequence[str] = (),
+    sweep: bool = False,
+    persistence: bool = True,
+) -> None:
     """Open the GPU, plan, run, render and print; exit 1 if a backend failed."""
     from luce_bench.cli.ui import ConsoleUI
     from luce_bench.context import open_context
@@ -57,19 +63,32 @@ def measure(cfg: Any, name: str, backends: Sequence[str], optional: Sequence[str
     print_report(render(outcome.run_dir), out)
     out.print(f"results: {outcome.run_dir}")
     if outcome.failed:
-        typer.echo(f"error: backends failed or unavailable: {', '.join(outcome.failed)} (see {outcome.run_dir})", err=True)
+        typer.echo(
+            f"error: backends failed or unavailable: {', '.join(outcome.failed)} (see {outcome.run_dir})", err=True
+        )
         raise typer.Exit(1)
 
 
 def compare(
     ctx: typer.Context,
-    baselines: Annotated[str, typer.Option("--baselines", "-b", help="Comma list of baselines: llamacpp, hf.")] = "llamacpp,hf",
+    baselines: Annotated[
+        str, typer.Option("--baselines", "-b", help="Comma list of baselines: llamacpp, hf.")
+    ] = "llamacpp,hf",
     no_megakernel: Annotated[bool, typer.Option("--no-megakernel", help="Measure only the baselines.")] = False,
-    config: ConfigOpt = None, model: ModelOpt = None, tests: TestsOpt = None, reps: RepsOpt = None,
-    window_s: WindowOpt = None, warmup_s: WarmupOpt = None, rep_gap_max_s: GapOpt = None, fake_gpu: FakeOpt = False,
-    fake_preset: PresetOpt = None, gpu: GpuOpt = None, device: DeviceOpt = None, out: OutOpt = None,
+    config: ConfigOpt = None,
+    model: ModelOpt = None,
+    tests: TestsOpt = None,
+    reps: RepsOpt = None,
+    window_s: WindowOpt = None,
+    warmup_s: WarmupOpt = None,
+    rep_gap_max_s: GapOpt = None,
+    fake_gpu: FakeOpt = False,
+    fake_preset: PresetOpt = None,
+    gpu: GpuOpt = None,
+    device: DeviceOpt = None,
+    out: OutOpt = None,
     cooldown_max_s: CooldownOpt = None,
-) -> None:  # fmt: skip
+) -> None:
     """Measure the megakernel against the baselines: tok/s and tok/J per test, one run directory with CSVs and plots."""
     names = [b.strip() for b in baselines.split(",") if b.strip()]
     if not names and no_megakernel:
@@ -82,11 +101,20 @@ def compare(
 def bench(
     ctx: typer.Context,
     backend: Annotated[str, typer.Argument(help="Backend: megakernel, llamacpp, hf (sim needs --fake-gpu).")],
-    config: ConfigOpt = None, model: ModelOpt = None, tests: TestsOpt = None, reps: RepsOpt = None,
-    window_s: WindowOpt = None, warmup_s: WarmupOpt = None, rep_gap_max_s: GapOpt = None, fake_gpu: FakeOpt = False,
-    fake_preset: PresetOpt = None, gpu: GpuOpt = None, device: DeviceOpt = None, out: OutOpt = None,
+    config: ConfigOpt = None,
+    model: ModelOpt = None,
+    tests: TestsOpt = None,
+    reps: RepsOpt = None,
+    window_s: WindowOpt = None,
+    warmup_s: WarmupOpt = None,
+    rep_gap_max_s: GapOpt = None,
+    fake_gpu: FakeOpt = False,
+    fake_preset: PresetOpt = None,
+    gpu: GpuOpt = None,
+    device: DeviceOpt = None,
+    out: OutOpt = None,
     cooldown_max_s: CooldownOpt = None,
-) -> None:  # fmt: skip
+) -> None:
     """Measure one backend at the current power limit."""
     cfg = load_config(ctx.params, backends=backend)
     measure(cfg, f"bench-{backend}", [backend])
@@ -94,12 +122,18 @@ def bench(
 
 LimitsOpt = Annotated[
     Optional[str],
-    typer.Option("--limits", "-l", help="Comma list of limits in W or % of the default limit, e.g. 420,300,220,150 "
-                 "or 100%,70%,50% (default: sweep.limits)."),
-]  # fmt: skip
+    typer.Option(
+        "--limits",
+        "-l",
+        help="Comma list of limits in W or % of the default limit, e.g. 420,300,220,150 "
+        "or 100%,70%,50% (default: sweep.limits).",
+    ),
+]
 BackendsOpt = Annotated[
     Optional[str],
-    typer.Option("--backends", "-b", help="Comma list of backends (default: config `backends`; `sim` with --fake-gpu)."),
+    typer.Option(
+        "--backends", "-b", help="Comma list of backends (default: config `backends`; `sim` with --fake-gpu)."
+    ),
 ]
 
 
@@ -107,20 +141,43 @@ def sweep(
     ctx: typer.Context,
     limits: LimitsOpt = None,
     backends: BackendsOpt = None,
-    clamp: Annotated[bool, typer.Option("--clamp", help="Clamp out-of-range limits to the card's range instead of refusing.")] = False,
-    shuffle: Annotated[bool, typer.Option("--shuffle", help="Shuffle the limit order (with --seed); default is descending.")] = False,
+    clamp: Annotated[
+        bool, typer.Option("--clamp", help="Clamp out-of-range limits to the card's range instead of refusing.")
+    ] = False,
+    shuffle: Annotated[
+        bool, typer.Option("--shuffle", help="Shuffle the limit order (with --seed); default is descending.")
+    ] = False,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for --shuffle.")] = None,
-    order: Annotated[Optional[str], typer.Option("--order", help="descending, ascending or shuffle (default: sweep.order).")] = None,
-    settle_s: Annotated[Optional[float], typer.Option("--settle-s", help="Settle/warm-up under load after each limit change (s, >= 3 recommended).")] = None,
+    order: Annotated[
+        Optional[str], typer.Option("--order", help="descending, ascending or shuffle (default: sweep.order).")
+    ] = None,
+    settle_s: Annotated[
+        Optional[float],
+        typer.Option("--settle-s", help="Settle/warm-up under load after each limit change (s, >= 3 recommended)."),
+    ] = None,
     idle_s: Annotated[Optional[float], typer.Option("--idle-s", help="Idle-baseline window per limit (s).")] = None,
-    min_speed: Annotated[Optional[float], typer.Option("--sweet-spot-min-speed", help="Sweet spot keeps at least this share of stock tok/s (0.95).")] = None,
+    min_speed: Annotated[
+        Optional[float],
+        typer.Option("--sweet-spot-min-speed", help="Sweet spot keeps at least this share of stock tok/s (0.95)."),
+    ] = None,
     read_only: ReadOnlyOpt = False,
-    no_persistence: Annotated[bool, typer.Option("--no-persistence", help="Do not turn on persistence mode while sweeping.")] = False,
-    config: ConfigOpt = None, model: ModelOpt = None, tests: TestsOpt = None, reps: RepsOpt = None,
-    window_s: WindowOpt = None, warmup_s: WarmupOpt = None, rep_gap_max_s: GapOpt = None, fake_gpu: FakeOpt = False,
-    fake_preset: PresetOpt = None, gpu: GpuOpt = None, device: DeviceOpt = None, out: OutOpt = None,
+    no_persistence: Annotated[
+        bool, typer.Option("--no-persistence", help="Do not turn on persistence mode while sweeping.")
+    ] = False,
+    config: ConfigOpt = None,
+    model: ModelOpt = None,
+    tests: TestsOpt = None,
+    reps: RepsOpt = None,
+    window_s: WindowOpt = None,
+    warmup_s: WarmupOpt = None,
+    rep_gap_max_s: GapOpt = None,
+    fake_gpu: FakeOpt = False,
+    fake_preset: PresetOpt = None,
+    gpu: GpuOpt = None,
+    device: DeviceOpt = None,
+    out: OutOpt = None,
     cooldown_max_s: CooldownOpt = None,
-) -> None:  # fmt: skip
+) -> None:
     """Measure every backend at each GPU power limit and report the sweet spot; the original limit is always restored.
 
     Limits are validated against the card's range before anything changes. Changing limits needs root or
@@ -134,6 +191,7 @@ def sweep(
         raise UserError(f"--shuffle conflicts with --order {order}")
     if seed is not None and not shuffle and order != "shuffle":
         raise UserError("--seed only applies with --shuffle")
-    cfg = load_config(ctx.params, backends=backends or ("sim" if fake_gpu else None),
-                      order="shuffle" if shuffle else order)  # fmt: skip
+    cfg = load_config(
+        ctx.params, backends=backends or ("sim" if fake_gpu else None), order="shuffle" if shuffle else order
+    )
     measure(cfg, "sweep", list(cfg.backends), sweep=True, persistence=not no_persistence)

@@ -13,36 +13,62 @@ from luce_bench.errors import UserError
 
 state = {"debug": False}
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (default: configs/default.yaml).")]
-ModelOpt = Annotated[
-    Optional[str], typer.Option("--model", "-m", help="synthetic-0.8b, tiny, a local HF dir or a hub id (default: auto).")
+ConfigOpt = Annotated[
+    Optional[Path], typer.Option("--config", "-c", help="YAML config (default: configs/default.yaml).")
 ]
-TestsOpt = Annotated[Optional[str], typer.Option("--tests", "-t", help="Comma list of llama-bench tests, e.g. pp520,tg128.")]
+ModelOpt = Annotated[
+    Optional[str],
+    typer.Option("--model", "-m", help="synthetic-0.8b, tiny, a local HF dir or a hub id (default: auto)."),
+]
+TestsOpt = Annotated[
+    Optional[str], typer.Option("--tests", "-t", help="Comma list of llama-bench tests, e.g. pp520,tg128.")
+]
 RepsOpt = Annotated[Optional[int], typer.Option("--reps", "-r", help="Repetitions (energy windows) per test.")]
 WindowOpt = Annotated[Optional[float], typer.Option("--window-s", help="Minimum energy window per repetition (s).")]
 WarmupOpt = Annotated[Optional[float], typer.Option("--warmup-s", help="Warm-up before each test (s).")]
 GapOpt = Annotated[Optional[float], typer.Option("--rep-gap-max-s", help="Max random gap between repetitions (s).")]
-FakeOpt = Annotated[bool, typer.Option("--fake-gpu", help="Use a simulated GPU (power, energy, clocks): runs anywhere.")]
+FakeOpt = Annotated[
+    bool, typer.Option("--fake-gpu", help="Use a simulated GPU (power, energy, clocks): runs anywhere.")
+]
 PresetOpt = Annotated[
     Optional[str],
     typer.Option("--fake-preset", help="Simulated card: rtx3090 (100-420 W, default) or h100-sxm (200-700 W)."),
 ]
 GpuOpt = Annotated[Optional[int], typer.Option("--gpu", help="GPU index.")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
-OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Directory for run directories (default: results/runs).")]
-CooldownOpt = Annotated[Optional[float], typer.Option("--cooldown-max-s", help="Longest cool-down wait between tests (s).")]
+OutOpt = Annotated[
+    Optional[Path], typer.Option("--out", "-o", help="Directory for run directories (default: results/runs).")
+]
+CooldownOpt = Annotated[
+    Optional[float], typer.Option("--cooldown-max-s", help="Longest cool-down wait between tests (s).")
+]
 ReadOnlyOpt = Annotated[
     bool, typer.Option("--read-only", help="Refuse every GPU setter (same as LUCE_BENCH_READONLY=1).")
 ]
 
 # command-line flag -> dotted config key (flags left at None, or False for switches, keep the config's value)
 FLAG_KEYS = {
-    "model": "model", "tests": "tests", "reps": "reps", "window_s": "window_s", "warmup_s": "warmup_s",
-    "rep_gap_max_s": "rep_gap_max_s", "fake_gpu": "gpu.fake", "fake_preset": "gpu.fake_preset", "gpu": "gpu.index",
-    "device": "device", "out": "output_dir", "cooldown_max_s": "cooldown.max_s", "backends": "backends",
-    "limits": "sweep.limits", "clamp": "sweep.clamp", "order": "sweep.order", "seed": "sweep.shuffle_seed",
-    "settle_s": "sweep.settle_s", "idle_s": "sweep.idle_s", "min_speed": "sweep.sweet_spot_min_speed",
-}  # fmt: skip
+    "model": "model",
+    "tests": "tests",
+    "reps": "reps",
+    "window_s": "window_s",
+    "warmup_s": "warmup_s",
+    "rep_gap_max_s": "rep_gap_max_s",
+    "fake_gpu": "gpu.fake",
+    "fake_preset": "gpu.fake_preset",
+    "gpu": "gpu.index",
+    "device": "device",
+    "out": "output_dir",
+    "cooldown_max_s": "cooldown.max_s",
+    "backends": "backends",
+    "limits": "sweep.limits",
+    "clamp": "sweep.clamp",
+    "order": "sweep.order",
+    "seed": "sweep.shuffle_seed",
+    "settle_s": "sweep.settle_s",
+    "idle_s": "sweep.idle_s",
+    "min_speed": "sweep.sweet_spot_min_speed",
+}
 
 
 def default_config() -> Optional[Path]:

@@ -13,8 +13,10 @@ from luce_bench.errors import UserError
 
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run directory (results/runs/...).")],
-    llama_bench: Annotated[bool, typer.Option("--llama-bench", help="Also print the llama-bench style markdown table.")] = False,
-) -> None:  # fmt: skip
+    llama_bench: Annotated[
+        bool, typer.Option("--llama-bench", help="Also print the llama-bench style markdown table.")
+    ] = False,
+) -> None:
     """Rebuild summary.csv, plots and report.md of a run from its CSVs alone."""
     from luce_bench.report import llama_bench_table, print_report, render
 
@@ -28,9 +30,12 @@ def report(
 
 
 def info(
-    ctx: typer.Context, gpu: GpuOpt = None, fake_gpu: FakeOpt = False, fake_preset: PresetOpt = None,
+    ctx: typer.Context,
+    gpu: GpuOpt = None,
+    fake_gpu: FakeOpt = False,
+    fake_preset: PresetOpt = None,
     config: ConfigOpt = None,
-) -> None:  # fmt: skip
+) -> None:
     """Show the GPU, driver, CUDA, power limits, clocks, and which backends can run here (and why not)."""
     from luce_bench.info import show
 
@@ -61,10 +66,14 @@ def restore(
 
 
 def publish(
-    run_dir: Annotated[Optional[Path], typer.Argument(help="A run directory to publish (omit to only rebuild the index).")] = None,
-    name: Annotated[Optional[str], typer.Option("--name", help="Folder name after the date (default: the run's).")] = None,
+    run_dir: Annotated[
+        Optional[Path], typer.Argument(help="A run directory to publish (omit to only rebuild the index).")
+    ] = None,
+    name: Annotated[
+        Optional[str], typer.Option("--name", help="Folder name after the date (default: the run's).")
+    ] = None,
     results: Annotated[Path, typer.Option("--results", help="The results tree.")] = Path("results"),
-) -> None:  # fmt: skip
+) -> None:
     """Copy a run into results/<gpu>/<date>-<name>/ and regenerate results/README.md from the committed CSVs."""
     from luce_bench.publish import publish as publish_run
     from luce_bench.publish import write_index

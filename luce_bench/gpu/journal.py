@@ -1,10 +1,11 @@
 """Power-limit journal and per-GPU lock, in the state directory (`luce_bench.files.state_dir()`).
 
 Before luce-bench changes anything on a GPU it writes `power-limit-<uuid>.json` (atomically and durably: temp file,
-fsync, rename, fsync of the directory) holding the ORIGINAL limit and persistence mode. The journal is deleted only after the original is back. A
-journal left behind (SIGKILL, OOM, power loss, reboot) is "stale": `luce-bench restore` replays it, and `sweep`
-refuses to start until then. `power-limit-<uuid>.lock` is held with flock while a process may change that GPU's
-settings, so two luce-bench processes never do at once; the kernel drops the lock when its holder dies.
+fsync, rename, fsync of the directory) holding the ORIGINAL limit and persistence mode. The journal is deleted only
+after the original is back. A journal left behind (SIGKILL, OOM, power loss, reboot) is "stale": `luce-bench restore`
+replays it, and `sweep` refuses to start until then. `power-limit-<uuid>.lock` is held with flock while a process may
+change that GPU's settings, so two luce-bench processes never do at once; the kernel drops the lock when its holder
+dies.
 """
 
 from __future__ import annotations

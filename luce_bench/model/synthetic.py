@@ -134,8 +134,13 @@ def _generate_with_progress(cfg: TextConfig, out_dir: Path, seed: int, label: st
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     total = cfg.num_params()
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                  TimeElapsedColumn(), transient=True) as bar:
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        transient=True,
+    ) as bar:
         task = bar.add_task(f"generating {label}", total=total)
         generate(cfg, out_dir, seed, on_tensor=lambda _n, k: bar.advance(task, k))
         bar.update(task, description=f"writing {label}")
