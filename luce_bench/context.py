@@ -39,15 +39,17 @@ class RunContext:
         return self.cfg.gpu.fake_preset if self.fake_gpu is not None else None
 
     def backend_kwargs(self, name: str) -> dict[str, Any]:
-        """Constructor options of backend `name` for this run: llama.cpp's context sizes, the sim backend's card."""
+        """Constructor options of backend `name`: llama.cpp's context sizes; a simulated backend's card and clock."""
+        from luce_bench.backends import get
+
         tests = self.cfg.test_specs
+        if get(name).simulated:
+            return {"gpu": self.fake_gpu, "clock": self.clock}
         if name == "llamacpp":
             longest = max(t.n for t in tests) + 1
             n_ctx = max(512, -(-(longest + 64) // 256) * 256)
             n_ubatch = min(2048, max([t.n for t in tests if t.kind == "pp"] or [512]))  # one ubatch per pp test
             return {"n_ctx": n_ctx, "n_batch": max(2048, n_ubatch), "n_ubatch": n_ubatch}
-        if name == "sim":
-            return {"gpu": self.fake_gpu, "clock": self.clock}
         return {}
 
     def create_backend(self, name: str) -> Backend:

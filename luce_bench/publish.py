@@ -42,7 +42,7 @@ def publish(run_dir: Path, results: Path, name: str | None = None) -> Path:
 
 
 def write_index(results: Path) -> Path:
-    """`results`/README.md: every committed run's summary."""
+    """`results`/README.md: every committed run's summary (ad-hoc runs under `results/runs/` are left out)."""
     parts = [
         "# Reference results",
         "",
@@ -53,6 +53,8 @@ def write_index(results: Path) -> Path:
     ]
     for summary_csv in sorted(results.glob("*/*/summary.csv")):
         d = summary_csv.parent
+        if d.parent.name == "runs":  # ad-hoc runs (results/runs/, not committed)
+            continue
         meta = read_meta(d)
         gpu = meta.get("gpu", {})
         parts += [

@@ -33,6 +33,7 @@ from luce_bench.provenance import run_meta
 from luce_bench.records import RunRecord
 from luce_bench.results import RunWriter
 from luce_bench.sampler import Sampler
+from luce_bench.summary import token_agreement
 
 
 class UI(Protocol):
@@ -182,6 +183,8 @@ class _Run:
         backend = self.loaded.pop(name)
         try:
             info = backend.info()
+        except Exception as exc:  # noqa: BLE001 - provenance must not hide the run's own outcome
+            info = {"info_error": f"{type(exc).__name__}: {exc}"}
         finally:
             backend.close()
         self.backend_meta[name] = {**info, **self.backend_meta.get(name, {})}
@@ -292,20 +295,3 @@ class _Run:
             "first_tokens": self.meter.first_tokens,
             "sampler": self.sampler.jitter_ms() if self.sampler is not None else None,
         }
-
-
-def token_agreement(first_tokens: dict[str, list[int]]) -> dict[str, str]:
-    """For each tg test, how many leading greedy tokens each backend shares with the first backend measured."""
-    out: dict[str, str] = {}
-    by_test: dict[str, list[tuple[str, list[int]]]] = {}
-    for label, toks in first_tokens.items():
-        backend, test = label.split(" ", 1)
-        by_test.setdefault(test, []).append((backend, toks))
-    for test, entries in by_test.items():
-        ref_name, ref = entries[0]
-        for name, toks in entries[1:]:
-            same = next(
-                (i for i, (a, b) in enumerate(zip(ref, toks, strict=False)) if a != b), min(len(ref), len(toks))
-            )
-            out[f"{test} {name} vs {ref_name}"] = f"{same}/{min(len(ref), len(toks))} leading tokens equal"
-    return out

@@ -1,4 +1,4 @@
-"""From repetitions to conclusions: summary rows per (backend, test, limit), and the sweet spot of a sweep.
+"""From repetitions to conclusions: summary rows, the sweet spot of a sweep, greedy-token agreement.
 
 Sweet spot, per (backend, test): the limit with the best gross tok/J whose tok/s stays at or above `min_speed` x the
 stock tok/s (stock = the run at the card's default limit, else the highest limit measured).
@@ -138,3 +138,20 @@ def describe_spot(s: SweetSpot, min_speed: float) -> str:
     if not s.significant:
         text += "; the gain is within the 95 % CI: not significant"
     return text
+
+
+def token_agreement(first_tokens: dict[str, list[int]]) -> dict[str, str]:
+    """For each tg test, how many leading greedy tokens each backend shares with the first backend measured."""
+    out: dict[str, str] = {}
+    by_test: dict[str, list[tuple[str, list[int]]]] = {}
+    for label, toks in first_tokens.items():
+        backend, test = label.split(" ", 1)
+        by_test.setdefault(test, []).append((backend, toks))
+    for test, entries in by_test.items():
+        ref_name, ref = entries[0]
+        for name, toks in entries[1:]:
+            same = next(
+                (i for i, (a, b) in enumerate(zip(ref, toks, strict=False)) if a != b), min(len(ref), len(toks))
+            )
+            out[f"{test} {name} vs {ref_name}"] = f"{same}/{min(len(ref), len(toks))} leading tokens equal"
+    return out

@@ -7,24 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from luce_bench.cli.options import (
-    ConfigOpt,
-    CooldownOpt,
-    DeviceOpt,
-    FakeOpt,
-    GapOpt,
-    GpuOpt,
-    ModelOpt,
-    OutOpt,
-    PresetOpt,
-    ReadOnlyOpt,
-    RepsOpt,
-    TestsOpt,
-    WarmupOpt,
-    WindowOpt,
-    console,
-    load_config,
-)
+from luce_bench.cli.options import ReadOnlyOpt, console, load_config, run_options
 from luce_bench.errors import UserError
 
 
@@ -69,25 +52,13 @@ def measure(
         raise typer.Exit(1)
 
 
+@run_options
 def compare(
     ctx: typer.Context,
-    baselines: Annotated[
-        str, typer.Option("--baselines", "-b", help="Comma list of baselines: llamacpp, hf.")
-    ] = "llamacpp,hf",
+    baselines: Annotated[str, typer.Option("--baselines", "-b", help="Comma list of baselines: llamacpp, hf.")] = (
+        "llamacpp,hf"
+    ),
     no_megakernel: Annotated[bool, typer.Option("--no-megakernel", help="Measure only the baselines.")] = False,
-    config: ConfigOpt = None,
-    model: ModelOpt = None,
-    tests: TestsOpt = None,
-    reps: RepsOpt = None,
-    window_s: WindowOpt = None,
-    warmup_s: WarmupOpt = None,
-    rep_gap_max_s: GapOpt = None,
-    fake_gpu: FakeOpt = False,
-    fake_preset: PresetOpt = None,
-    gpu: GpuOpt = None,
-    device: DeviceOpt = None,
-    out: OutOpt = None,
-    cooldown_max_s: CooldownOpt = None,
 ) -> None:
     """Measure the megakernel against the baselines: tok/s and tok/J per test, one run directory with CSVs and plots."""
     names = [b.strip() for b in baselines.split(",") if b.strip()]
@@ -98,85 +69,42 @@ def compare(
     measure(cfg, "compare", backends, optional=["megakernel"])
 
 
+@run_options
 def bench(
     ctx: typer.Context,
     backend: Annotated[str, typer.Argument(help="Backend: megakernel, llamacpp, hf (sim needs --fake-gpu).")],
-    config: ConfigOpt = None,
-    model: ModelOpt = None,
-    tests: TestsOpt = None,
-    reps: RepsOpt = None,
-    window_s: WindowOpt = None,
-    warmup_s: WarmupOpt = None,
-    rep_gap_max_s: GapOpt = None,
-    fake_gpu: FakeOpt = False,
-    fake_preset: PresetOpt = None,
-    gpu: GpuOpt = None,
-    device: DeviceOpt = None,
-    out: OutOpt = None,
-    cooldown_max_s: CooldownOpt = None,
 ) -> None:
     """Measure one backend at the current power limit."""
     cfg = load_config(ctx.params, backends=backend)
     measure(cfg, f"bench-{backend}", [backend])
 
 
-LimitsOpt = Annotated[
-    Optional[str],
-    typer.Option(
-        "--limits",
-        "-l",
-        help="Comma list of limits in W or % of the default limit, e.g. 420,300,220,150 "
-        "or 100%,70%,50% (default: sweep.limits).",
-    ),
-]
-BackendsOpt = Annotated[
-    Optional[str],
-    typer.Option(
-        "--backends", "-b", help="Comma list of backends (default: config `backends`; `sim` with --fake-gpu)."
-    ),
-]
+def _opt(kind: Any, *decls: str, help: str) -> Any:  # noqa: A002 - typer's name
+    return Annotated[kind, typer.Option(*decls, help=help)]
 
 
+LIMITS_HELP = (
+    "Comma list of limits in W or % of the default limit, e.g. 420,300,220,150 or 100%,70%,50% (default: sweep.limits)."
+)
+BACKENDS_HELP = "Comma list of backends (default: config `backends`; `sim` with --fake-gpu)."
+SETTLE_HELP = "Settle/warm-up under load after each limit change (s, >= 3 recommended)."
+SPEED_HELP = "Sweet spot keeps at least this share of stock tok/s (0.95)."
+
+
+@run_options
 def sweep(
     ctx: typer.Context,
-    limits: LimitsOpt = None,
-    backends: BackendsOpt = None,
-    clamp: Annotated[
-        bool, typer.Option("--clamp", help="Clamp out-of-range limits to the card's range instead of refusing.")
-    ] = False,
-    shuffle: Annotated[
-        bool, typer.Option("--shuffle", help="Shuffle the limit order (with --seed); default is descending.")
-    ] = False,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for --shuffle.")] = None,
-    order: Annotated[
-        Optional[str], typer.Option("--order", help="descending, ascending or shuffle (default: sweep.order).")
-    ] = None,
-    settle_s: Annotated[
-        Optional[float],
-        typer.Option("--settle-s", help="Settle/warm-up under load after each limit change (s, >= 3 recommended)."),
-    ] = None,
-    idle_s: Annotated[Optional[float], typer.Option("--idle-s", help="Idle-baseline window per limit (s).")] = None,
-    min_speed: Annotated[
-        Optional[float],
-        typer.Option("--sweet-spot-min-speed", help="Sweet spot keeps at least this share of stock tok/s (0.95)."),
-    ] = None,
+    limits: _opt(Optional[str], "--limits", "-l", help=LIMITS_HELP) = None,
+    backends: _opt(Optional[str], "--backends", "-b", help=BACKENDS_HELP) = None,
+    clamp: _opt(bool, "--clamp", help="Clamp out-of-range limits to the card's range instead of refusing.") = False,
+    shuffle: _opt(bool, "--shuffle", help="Shuffle the limit order (with --seed); default is descending.") = False,
+    seed: _opt(Optional[int], "--seed", help="Seed for --shuffle.") = None,
+    order: _opt(Optional[str], "--order", help="descending, ascending or shuffle (default: sweep.order).") = None,
+    settle_s: _opt(Optional[float], "--settle-s", help=SETTLE_HELP) = None,
+    idle_s: _opt(Optional[float], "--idle-s", help="Idle-baseline window per limit (s).") = None,
+    min_speed: _opt(Optional[float], "--sweet-spot-min-speed", help=SPEED_HELP) = None,
     read_only: ReadOnlyOpt = False,
-    no_persistence: Annotated[
-        bool, typer.Option("--no-persistence", help="Do not turn on persistence mode while sweeping.")
-    ] = False,
-    config: ConfigOpt = None,
-    model: ModelOpt = None,
-    tests: TestsOpt = None,
-    reps: RepsOpt = None,
-    window_s: WindowOpt = None,
-    warmup_s: WarmupOpt = None,
-    rep_gap_max_s: GapOpt = None,
-    fake_gpu: FakeOpt = False,
-    fake_preset: PresetOpt = None,
-    gpu: GpuOpt = None,
-    device: DeviceOpt = None,
-    out: OutOpt = None,
-    cooldown_max_s: CooldownOpt = None,
+    no_persistence: _opt(bool, "--no-persistence", help="Do not turn on persistence mode while sweeping.") = False,
 ) -> None:
     """Measure every backend at each GPU power limit and report the sweet spot; the original limit is always restored.
 
@@ -191,7 +119,6 @@ def sweep(
         raise UserError(f"--shuffle conflicts with --order {order}")
     if seed is not None and not shuffle and order != "shuffle":
         raise UserError("--seed only applies with --shuffle")
-    cfg = load_config(
-        ctx.params, backends=backends or ("sim" if fake_gpu else None), order="shuffle" if shuffle else order
-    )
+    default_backends = "sim" if ctx.params["fake_gpu"] else None
+    cfg = load_config(ctx.params, backends=backends or default_backends, order="shuffle" if shuffle else order)
     measure(cfg, "sweep", list(cfg.backends), sweep=True, persistence=not no_persistence)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -46,6 +47,23 @@ ReadOnlyOpt = Annotated[
     bool, typer.Option("--read-only", help="Refuse every GPU setter (same as LUCE_BENCH_READONLY=1).")
 ]
 
+# the options of every measuring command (compare, bench, sweep), attached by `run_options`: name -> (type, default)
+RUN_OPTIONS = {
+    "config": (ConfigOpt, None),
+    "model": (ModelOpt, None),
+    "tests": (TestsOpt, None),
+    "reps": (RepsOpt, None),
+    "window_s": (WindowOpt, None),
+    "warmup_s": (WarmupOpt, None),
+    "rep_gap_max_s": (GapOpt, None),
+    "fake_gpu": (FakeOpt, False),
+    "fake_preset": (PresetOpt, None),
+    "gpu": (GpuOpt, None),
+    "device": (DeviceOpt, None),
+    "out": (OutOpt, None),
+    "cooldown_max_s": (CooldownOpt, None),
+}
+
 # command-line flag -> dotted config key (flags left at None, or False for switches, keep the config's value)
 FLAG_KEYS = {
     "model": "model",
@@ -69,6 +87,22 @@ FLAG_KEYS = {
     "idle_s": "sweep.idle_s",
     "min_speed": "sweep.sweet_spot_min_speed",
 }
+
+
+def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Give the command `fn` the RUN_OPTIONS after its own; their values reach it only through `ctx.params`."""
+    own = inspect.signature(fn, eval_str=True)
+    shared = [
+        inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=a)
+        for n, (a, d) in RUN_OPTIONS.items()
+    ]
+
+    @functools.wraps(fn)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **{k: v for k, v in kwargs.items() if k in own.parameters})
+
+    command.__signature__ = own.replace(parameters=[*own.parameters.values(), *shared])  # type: ignore[attr-defined]
+    return command
 
 
 def default_config() -> Optional[Path]:
