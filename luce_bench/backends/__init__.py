@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
-
-from luce_bench.backends.base import Backend, BackendUnavailable, ModelSpec, StepResult
+from luce_bench.backends.base import Backend, BackendUnavailable, ModelSpec, StepResult, load_class
 
 __all__ = [
     "REGISTRY",
@@ -32,8 +30,7 @@ def get(name: str) -> type[Backend]:
 
     if name not in REGISTRY:
         raise UserError(f"unknown backend {name!r}; known: {', '.join(REGISTRY)}")
-    module, cls = REGISTRY[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+    return load_class(REGISTRY[name])
 
 
 def create(name: str, **kwargs: object) -> Backend:
@@ -44,7 +41,7 @@ def create(name: str, **kwargs: object) -> Backend:
     if cls.isolate and os.environ.get("LUCE_BENCH_NO_ISOLATION", "") in ("", "0"):
         from luce_bench.backends.isolated import IsolatedBackend
 
-        return IsolatedBackend(name, **kwargs)
+        return IsolatedBackend(name, REGISTRY[name], **kwargs)
     return cls(**kwargs)
 
 

@@ -103,3 +103,11 @@ class Backend(ABC):
 def argmax_tokens(rows: Any) -> tuple[int, ...]:
     """Argmax of each row of a [n, vocab] numpy array, as plain ints."""
     return tuple(int(i) for i in rows.argmax(axis=-1))
+
+
+def load_class(target: str) -> type[Backend]:
+    """The backend class at "package.module:Class" (imports the module)."""
+    import importlib
+
+    module, cls = target.split(":")
+    return getattr(importlib.import_module(module), cls)

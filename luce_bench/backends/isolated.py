@@ -6,7 +6,7 @@ backend it runs, so torch and pynvml stay in the parent. Timings are unaffected:
 inside the child around synchronised device work; the pipe round trip (~0.1 ms) lies outside it but inside the
 energy window, like any other host overhead.
 
-    parent                                   child (python -m luce_bench.backends.isolated FD NAME KWARGS_JSON)
+    parent                                   child (python -m luce_bench.backends.isolated FD MODULE:CLASS KWARGS)
     IsolatedBackend.prefill(ids) --pickle--> backend.prefill(ids) --pickle--> StepResult
 """
 
@@ -21,18 +21,17 @@ from collections.abc import Sequence
 from multiprocessing.connection import Connection, Pipe
 from typing import Any
 
-from luce_bench.backends.base import Backend, BackendUnavailable, ModelSpec, StepResult
+from luce_bench.backends.base import Backend, BackendUnavailable, ModelSpec, StepResult, load_class
 from luce_bench.errors import UserError
 
 
 class IsolatedBackend(Backend):
-    """Proxy for backend `inner_name`, running in a child process; same interface as the backend itself."""
+    """Proxy for backend `inner_name` ("module:Class" `target`), in a child process; the backend's own interface."""
 
-    def __init__(self, inner_name: str, **kwargs: Any) -> None:
-        from luce_bench.backends import get
-
+    def __init__(self, inner_name: str, target: str, **kwargs: Any) -> None:
         self.name = inner_name  # type: ignore[misc]  # the proxy reports under the inner backend's name
-        self._inner_cls = get(inner_name)
+        self._target = target
+        self._inner_cls = load_class(target)
         self._kwargs = kwargs
         self._proc: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
@@ -52,7 +51,7 @@ class IsolatedBackend(Backend):
         fd = child.fileno()
         env = dict(os.environ, LUCE_BENCH_ISOLATED="1")
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "luce_bench.backends.isolated", str(fd), self.name, json.dumps(self._kwargs)],
+            [sys.executable, "-m", "luce_bench.backends.isolated", str(fd), self._target, json.dumps(self._kwargs)],
             pass_fds=(fd,),
             env=env,
         )
@@ -117,10 +116,8 @@ class IsolatedBackend(Backend):
             self._proc = None
 
 
-def _serve(conn: Connection, name: str, kwargs: dict[str, Any]) -> None:
-    from luce_bench.backends import get
-
-    backend = get(name)(**kwargs)
+def _serve(conn: Connection, target: str, kwargs: dict[str, Any]) -> None:
+    backend = load_class(target)(**kwargs)
     while True:
         try:
             method, args, kw = conn.recv()
