@@ -9,8 +9,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, get_args
 
+from annotated_types import Ge, Le
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from luce_bench.errors import UserError
@@ -52,7 +53,7 @@ def parse_limit(text: str) -> tuple[float, bool]:
     return float(m.group(1)), m.group(2) == "%"
 
 
-# --- field types: YAML and CLI values in, the old one-line messages out -----------------------------------------------
+# --- field types: YAML and CLI values in, the one-line messages users know out --------------------------------------
 def _whole(v: Any) -> Any:
     return int(v) if isinstance(v, float) and v.is_integer() else v
 
@@ -67,27 +68,15 @@ def _items(v: Any) -> Any:
     return tuple(v) if isinstance(v, list) else v
 
 
-def _within(lo: float, hi: float) -> AfterValidator:
-    def check(v: float) -> float:
-        if not lo <= v <= hi:
-            raise ValueError(f"= {v} is out of range [{lo:g}, {hi:g}]")
-        return v
-
-    return AfterValidator(check)
-
-
-def _one_of(*choices: str, pattern: re.Pattern[str] | None = None) -> AfterValidator:
-    def check(v: str) -> str:
-        if v not in choices and not (pattern and pattern.match(v)):
-            raise ValueError(f"= {v!r}; expected one of {', '.join(choices)}")
-        return v
-
-    return AfterValidator(check)
-
-
 def _not_empty(v: Any) -> Any:
     if not (v.strip() if isinstance(v, str) else v):
         raise ValueError("is empty")
+    return v
+
+
+def _device(v: str) -> str:
+    if v not in ("auto", "cpu", "cuda") and not _CUDA_INDEX.match(v):
+        raise ValueError(f"= {v!r}; expected one of auto, cpu, cuda")
     return v
 
 
@@ -102,10 +91,19 @@ def _limit(v: str) -> str:
     return v
 
 
-Int = Annotated[int, BeforeValidator(_whole)]
-Str = Annotated[str, BeforeValidator(_text)]
-Seconds = Annotated[float, _within(0, 3600)]
-Names = Annotated[tuple[Str, ...], BeforeValidator(_items), AfterValidator(_not_empty)]
+Int = Annotated[int, BeforeValidator(_whole)]  # 3.0 in YAML is 3
+Str = Annotated[str, BeforeValidator(_text)]  # 300 in YAML is "300"
+
+
+def _list(*item_checks: AfterValidator, non_empty: bool = True) -> Any:
+    """Strings from a YAML list or a comma-separated string (a tuple), each item checked by `item_checks`."""
+    item = Annotated[Str, *item_checks] if item_checks else Str
+    return Annotated[tuple[item, ...], BeforeValidator(_items), *([AfterValidator(_not_empty)] if non_empty else [])]
+
+
+Names = _list()
+Tests = _list(AfterValidator(_test))
+Limits = _list(AfterValidator(_limit), non_empty=False)
 
 
 class _Section(BaseModel):
@@ -115,40 +113,35 @@ class _Section(BaseModel):
 class SamplerConfig(_Section):
     """Background power/clock sampler."""
 
-    period_s: Annotated[float, _within(0.01, 10)] = 0.1
+    period_s: float = Field(0.1, ge=0.01, le=10)
 
 
 class GpuConfig(_Section):
     """Which GPU, and whether to simulate it (`fake_clock: virtual` runs a simulated GPU in virtual time)."""
 
-    index: Annotated[Int, _within(0, 63)] = 0
+    index: Int = Field(0, ge=0, le=63)
     fake: bool = False
-    fake_preset: Annotated[Str, _one_of("rtx3090", "h100-sxm")] = "rtx3090"
-    fake_clock: Annotated[Str, _one_of("real", "virtual")] = "real"
+    fake_preset: Literal["rtx3090", "h100-sxm"] = "rtx3090"
+    fake_clock: Literal["real", "virtual"] = "real"
 
 
 class CooldownConfig(_Section):
     """Cool down between tests until within `target_delta_c` of the start temperature, at most `max_s`."""
 
-    max_s: Seconds = 30.0
-    target_delta_c: Annotated[float, _within(0, 100)] = 3.0
+    max_s: float = Field(30.0, ge=0, le=3600)
+    target_delta_c: float = Field(3.0, ge=0, le=100)
 
 
 class SweepConfig(_Section):
     """Power-limit sweep (`luce-bench sweep`)."""
 
-    limits: Annotated[tuple[Annotated[Str, AfterValidator(_limit)], ...], BeforeValidator(_items)] = (
-        "420",
-        "300",
-        "220",
-        "150",
-    )
-    order: Annotated[Str, _one_of("descending", "ascending", "shuffle")] = "descending"
+    limits: Limits = ("420", "300", "220", "150")
+    order: Literal["descending", "ascending", "shuffle"] = "descending"
     shuffle_seed: Int | None = None
     clamp: bool = False
-    settle_s: Annotated[float, _within(0, 600)] = 3.0
-    idle_s: Annotated[float, _within(0, 600)] = 10.0
-    sweet_spot_min_speed: Annotated[float, _within(0.01, 1.0)] = 0.95
+    settle_s: float = Field(3.0, ge=0, le=600)
+    idle_s: float = Field(10.0, ge=0, le=600)
+    sweet_spot_min_speed: float = Field(0.95, ge=0.01, le=1.0)
 
 
 class BenchConfig(_Section):
@@ -156,15 +149,13 @@ class BenchConfig(_Section):
 
     model: Annotated[Str, AfterValidator(_not_empty)] = "auto"
     model_seed: Int = 0
-    device: Annotated[Str, _one_of("auto", "cpu", "cuda", pattern=_CUDA_INDEX)] = "auto"
+    device: Annotated[Str, AfterValidator(_device)] = "auto"
     backends: Names = ("hf",)
-    tests: Annotated[
-        tuple[Annotated[Str, AfterValidator(_test)], ...], BeforeValidator(_items), AfterValidator(_not_empty)
-    ] = ("pp520", "tg128")
-    reps: Annotated[Int, _within(1, 1000)] = 5
-    warmup_s: Seconds = 3.0
-    window_s: Annotated[float, _within(0.001, 3600)] = 10.0
-    rep_gap_max_s: Annotated[float, _within(0, 60)] = 1.0
+    tests: Tests = ("pp520", "tg128")
+    reps: Int = Field(5, ge=1, le=1000)
+    warmup_s: float = Field(3.0, ge=0, le=3600)
+    window_s: float = Field(10.0, ge=0.001, le=3600)
+    rep_gap_max_s: float = Field(1.0, ge=0, le=60)
     prompt_seed: Int = 1234
     output_dir: Str = "results/runs"
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
@@ -211,6 +202,11 @@ def _section(loc: tuple[Any, ...]) -> type[BaseModel]:
     return cls
 
 
+def _range(loc: tuple[Any, ...]) -> tuple[float, float]:
+    meta = _section(loc[:-1]).model_fields[loc[-1]].metadata
+    return next(m.ge for m in meta if isinstance(m, Ge)), next(m.le for m in meta if isinstance(m, Le))
+
+
 def _message(exc: ValidationError) -> str:
     """The first error of `exc` as the one line users get."""
     err = exc.errors()[0]
@@ -219,6 +215,12 @@ def _message(exc: ValidationError) -> str:
     if kind == "extra_forbidden":
         known = ", ".join(sorted(_section(loc[:-1]).model_fields))
         return f"config: unknown key '{where}'; known: {known}"
+    if kind in ("greater_than_equal", "less_than_equal"):
+        lo, hi = _range(loc)
+        return f"config: {where} = {value} is out of range [{lo:g}, {hi:g}]"
+    if kind == "literal_error":
+        choices = get_args(_section(loc[:-1]).model_fields[loc[-1]].annotation)
+        return f"config: {where} = {value!r}; expected one of {', '.join(choices)}"
     if kind == "value_error":
         text = str(err["ctx"]["error"])
         return f"config: {where}{'' if text.startswith(':') else ' '}{text}"

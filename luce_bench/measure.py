@@ -53,8 +53,8 @@ class Limit:
 
 
 @dataclass
-class Window:
-    """Readings at the edges of one energy window."""
+class Edge:
+    """Readings at one edge of an energy window."""
 
     t_s: float | None  # sampler time
     energy_mj: int | None  # NVML counter
@@ -116,9 +116,9 @@ class Meter:
             backend.prefill(prompt[:1])
             self.first_tokens[label] = list(backend.decode(min(test.n, 32)).tokens)
 
-    def _edge(self) -> Window:
+    def _edge(self) -> Edge:
         rapl, gpu, sampler = self.ctx.rapl, self.ctx.gpu, self.sampler
-        return Window(
+        return Edge(
             t_s=sampler.now_s() if sampler is not None else None,
             energy_mj=gpu.total_energy_mj() if gpu is not None else None,
             cpu_uj=rapl.read_uj() if rapl is not None else None,
@@ -166,13 +166,13 @@ class Meter:
             **self._energy(start, end, tokens, elapsed_s, limit),
         )
 
-    def _cpu_j(self, start: Window, end: Window) -> float | None:
+    def _cpu_j(self, start: Edge, end: Edge) -> float | None:
         rapl = self.ctx.rapl
         if rapl is None or start.cpu_uj is None or end.cpu_uj is None:
             return None
         return rapl.delta_uj(start.cpu_uj, end.cpu_uj) / 1e6
 
-    def _energy(self, start: Window, end: Window, tokens: int, window_s: float, limit: Limit) -> dict[str, Any]:
+    def _energy(self, start: Edge, end: Edge, tokens: int, window_s: float, limit: Limit) -> dict[str, Any]:
         """Energy, power, sampler cross-check and the quality verdict of one window (measurement.md rule 13)."""
         flags = [] if window_s >= MIN_TRUSTED_WINDOW_S else ["short-window"]
         if start.energy_mj is None or end.energy_mj is None:

@@ -57,11 +57,10 @@ class UI(Protocol):
 
 @dataclass
 class Outcome:
-    """What a run produced: its directory, and what failed or was skipped."""
+    """What a run produced: its directory, what failed, how many repetitions finished, whether it was interrupted."""
 
     run_dir: Path
     failed: list[str] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)
     n_runs: int = 0
     interrupted: bool = False
 
@@ -89,7 +88,7 @@ def run(plan: Plan, ctx: RunContext, ui: UI, persistence: bool = True) -> Outcom
         control = PowerLimitController(ctx.gpu, fake=ctx.fake_preset, persistence=persistence, log=ui.status)
     with control or contextlib.nullcontext():
         writer = RunWriter.create(ctx.cfg.output_dir, plan.name)
-        outcome = Outcome(writer.dir, skipped=dict(plan.skipped))
+        outcome = Outcome(writer.dir)
         try:
             with _Run(plan, ctx, ui, writer, control, outcome) as r:
                 r.execute()
@@ -174,7 +173,7 @@ class _Run:
             raise
         except Exception as exc:  # noqa: BLE001 - one backend failing must not stop the others
             backend.close()
-            self._fail(name, name, exc, "failed to load")
+            self._fail(name, name, exc, "failed to load", dead=True)
             return None
         self.loaded[name] = backend
         return backend
@@ -191,11 +190,12 @@ class _Run:
         self.writer.write_meta({"backends": self.backend_meta})
         self.ui.backend_done(name)
 
-    def _fail(self, name: str, label: str, exc: Exception, what: str) -> None:
+    def _fail(self, name: str, label: str, exc: Exception, what: str, dead: bool) -> None:
+        """Record a failure of backend `name`; a dead backend is not tried again in this run."""
         self.outcome.failed.append(label)
         self.backend_meta.setdefault(name, {})["error"] = f"{type(exc).__name__}: {exc}"
         self.ui.status(f"[red]{label} {what}:[/red] {type(exc).__name__}: {exc}")
-        if not self.resident or what == "failed to load":
+        if dead:
             self.dead.add(name)
 
     # --- settings and trials -----------------------------------------------------------------------------------------
@@ -248,7 +248,7 @@ class _Run:
         except Exception as exc:  # noqa: BLE001 - record, go on, exit non-zero at the end
             label = f"{trial.backend}@{trial.setting.label}" if trial.setting.changes_gpu else trial.backend
             failed_here.add(trial.backend)
-            self._fail(trial.backend, label, exc, "failed")
+            self._fail(trial.backend, label, exc, "failed", dead=not self.resident)  # resident: next setting retries
         finally:
             if trial.backend in self.loaded and not self.resident:
                 if trial.backend in self.dead or self.last_trial[trial.backend] == trial:
