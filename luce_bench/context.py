@@ -65,16 +65,18 @@ class RunContext:
 
 
 def _open_gpu(cfg: BenchConfig, ctx: RunContext, for_settings: bool) -> None:
-    read_only = None if for_settings else True  # None: writable unless LUCE_BENCH_READONLY says otherwise
+    from luce_bench.gpu import read_only_mode
+
+    read_only = read_only_mode() or not for_settings  # setters also re-check LUCE_BENCH_READONLY at every call
     if cfg.gpu.fake:
         from luce_bench.gpu.fake import open_fake
 
-        ctx.gpu = ctx.fake_gpu = open_fake(cfg.gpu.fake_preset, cfg.gpu.index, bool(read_only), clock=ctx.clock.now_s)
+        ctx.gpu = ctx.fake_gpu = open_fake(cfg.gpu.fake_preset, cfg.gpu.index, read_only, clock=ctx.clock.now_s)
         return
-    from luce_bench.gpu import open_gpu, read_only_mode
+    from luce_bench.gpu import open_gpu
 
     try:
-        ctx.gpu = open_gpu(cfg.gpu.index, read_only=read_only_mode() if read_only is None else read_only)
+        ctx.gpu = open_gpu(cfg.gpu.index, read_only=read_only)
     except GPUError as exc:
         if for_settings:
             raise UserError(f"cannot sweep without a GPU: {exc} (use --fake-gpu to simulate one)") from None

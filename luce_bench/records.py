@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
+import gzip
 import io
 import math
 import os
@@ -211,10 +212,11 @@ def write_csv(path: Path, cls: type, records: Iterable[Any]) -> None:
 
 
 def read_csv(path: Path, cls: type[R]) -> list[R]:
-    """The rows of the CSV at `path` as `cls` (empty if the file is missing); UserError names a bad line."""
-    if not path.is_file():
+    """The rows of the CSV at `path` (or `path`.gz) as `cls`, [] if neither exists; UserError names a bad line."""
+    gz = path.with_name(path.name + ".gz")
+    if not path.is_file() and not gz.is_file():
         return []
-    with path.open(newline="") as f:
+    with path.open(newline="") if path.is_file() else gzip.open(gz, "rt", newline="") as f:
         reader = csv.DictReader(f)
         missing = [n for n, _, required, _ in _schema(cls) if required and n not in (reader.fieldnames or [])]
         if missing:

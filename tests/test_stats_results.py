@@ -144,3 +144,13 @@ def test_writer_refuses_a_file_as_output_dir(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(UserError, match="exists and is not a directory"):
         RunWriter.create(tmp_path / "f", "x")
+
+
+def test_a_published_run_reads_its_gzipped_samples(tmp_path):
+    import gzip
+
+    sample = Sample(0.5, 250.0, 240.0, 1980, 2619, 55, 4, 123456, 700.0)
+    write_csv(tmp_path / "samples.csv", Sample, [sample])
+    (tmp_path / "samples.csv.gz").write_bytes(gzip.compress((tmp_path / "samples.csv").read_bytes()))
+    (tmp_path / "samples.csv").unlink()
+    assert read_samples(tmp_path) == [sample]

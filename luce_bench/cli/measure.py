@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from luce_bench.cli.options import ReadOnlyOpt, console, load_config, run_options
 from luce_bench.errors import UserError
 
+if TYPE_CHECKING:
+    from luce_bench.config import BenchConfig
+
 
 def measure(
-    cfg: Any,
+    cfg: BenchConfig,
     name: str,
     backends: Sequence[str],
     optional: Sequence[str] = (),
