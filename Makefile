@@ -8,7 +8,7 @@ LLAMACPP_SPEC ?= llama-cpp-python==0.3.36
 LLAMACPP_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF -DGGML_NATIVE=OFF
 ARGS ?=
 
-.PHONY: setup run test test-gpu llamacpp-cuda kernel clean bench-sampler
+.PHONY: setup run test lint test-gpu llamacpp-cuda kernel clean bench-sampler
 
 setup: $(VENV)/.luce-bench-installed
 
@@ -26,6 +26,10 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest -q $(ARGS)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test-gpu: setup
 	LUCE_BENCH_READONLY=1 $(BIN)/python -m pytest -q -m gpu $(ARGS)
@@ -46,6 +50,6 @@ kernel: setup
 clean:
 	rm -rf $(VENV) build dist .pytest_cache
 
-# the sampler's cost on tok/s (must stay < 1 %); on a GPU machine pass e.g. ARGS="--workload backend --backend hf"
+# experiment: the sampler's cost on tok/s (must stay < 1 %); on a GPU machine e.g. ARGS="--workload backend --backend hf"
 bench-sampler: setup
-	$(BIN)/python scripts/bench_sampler_overhead.py $(ARGS)
+	$(BIN)/python experiments/bench_sampler_overhead.py $(ARGS)

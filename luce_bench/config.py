@@ -1,20 +1,25 @@
-"""Benchmark configuration: YAML (`configs/default.yaml`) validated into frozen dataclasses, then CLI overrides.
+"""Benchmark configuration: YAML (`configs/default.yaml`) plus CLI overrides, validated by pydantic models.
 
-Every error names the offending key and value, e.g. `config: sweep.limits[2]: expected watts or a percentage, got 'x'`.
+Unknown keys are refused and every error is one line naming the key and value, e.g.
+`config: sweep.limits[2]: expected watts (220) or a share of the default (70%), got 'x'`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import re
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, get_args
+
+from annotated_types import Ge, Le
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from luce_bench.errors import UserError
 
+MAX_TEST_TOKENS = 131072
 _TEST_RE = re.compile(r"^(pp|tg)(\d+)$")
 _LIMIT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(%|w|W)?\s*$")
+_CUDA_INDEX = re.compile(r"^cuda:\d+$")
 
 
 @dataclass(frozen=True)
@@ -33,67 +38,130 @@ class TestSpec:
     def parse(cls, text: str) -> TestSpec:
         """Parse "pp520" / "tg128"."""
         m = _TEST_RE.match(text.strip())
-        if not m or not 1 <= int(m.group(2)) <= 131072:
-            raise UserError(f"bad test {text!r}: expected pp<N> or tg<N> with 1 <= N <= 131072, e.g. pp520,tg128")
+        if not m or not 1 <= int(m.group(2)) <= MAX_TEST_TOKENS:
+            raise UserError(
+                f"bad test {text!r}: expected pp<N> or tg<N> with 1 <= N <= {MAX_TEST_TOKENS}, e.g. pp520,tg128"
+            )
         return cls(m.group(1), int(m.group(2)))
 
 
-@dataclass(frozen=True)
-class SamplerConfig:
+def parse_limit(text: str) -> tuple[float, bool]:
+    """Parse a power limit: "220" / "220W" -> (220.0, False); "70%" -> (70.0, True)."""
+    m = _LIMIT_RE.match(text)
+    if not m:
+        raise UserError(f"bad power limit {text!r}: expected watts (220) or a share of the default (70%)")
+    return float(m.group(1)), m.group(2) == "%"
+
+
+# --- field types: YAML and CLI values in, the one-line messages users know out --------------------------------------
+def _whole(v: Any) -> Any:
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+def _text(v: Any) -> Any:
+    return str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
+
+
+def _items(v: Any) -> Any:
+    if isinstance(v, str):
+        return tuple(s for s in v.split(",") if s.strip())
+    return tuple(v) if isinstance(v, list) else v
+
+
+def _not_empty(v: Any) -> Any:
+    if not (v.strip() if isinstance(v, str) else v):
+        raise ValueError("is empty")
+    return v
+
+
+def _device(v: str) -> str:
+    if v not in ("auto", "cpu", "cuda") and not _CUDA_INDEX.match(v):
+        raise ValueError(f"= {v!r}; expected one of auto, cpu, cuda")
+    return v
+
+
+def _test(v: str) -> str:
+    TestSpec.parse(v)  # raises the UserError users know
+    return v
+
+
+def _limit(v: str) -> str:
+    if not _LIMIT_RE.match(v):
+        raise ValueError(f": expected watts (220) or a share of the default (70%), got {v!r}")
+    return v
+
+
+Int = Annotated[int, BeforeValidator(_whole)]  # 3.0 in YAML is 3
+Str = Annotated[str, BeforeValidator(_text)]  # 300 in YAML is "300"
+
+
+def _list(*item_checks: AfterValidator, non_empty: bool = True) -> Any:
+    """Strings from a YAML list or a comma-separated string (a tuple), each item checked by `item_checks`."""
+    item = Annotated[Str, *item_checks] if item_checks else Str
+    return Annotated[tuple[item, ...], BeforeValidator(_items), *([AfterValidator(_not_empty)] if non_empty else [])]
+
+
+Names = _list()
+Tests = _list(AfterValidator(_test))
+Limits = _list(AfterValidator(_limit), non_empty=False)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class SamplerConfig(_Section):
     """Background power/clock sampler."""
 
-    period_s: float = 0.1
+    period_s: float = Field(0.1, ge=0.01, le=10)
 
 
-@dataclass(frozen=True)
-class GpuConfig:
-    """Which GPU, and whether to simulate it."""
+class GpuConfig(_Section):
+    """Which GPU, and whether to simulate it (`fake_clock: virtual` runs a simulated GPU in virtual time)."""
 
-    index: int = 0
+    index: Int = Field(0, ge=0, le=63)
     fake: bool = False
-    fake_preset: str = "rtx3090"
+    fake_preset: Literal["rtx3090", "h100-sxm"] = "rtx3090"
+    fake_clock: Literal["real", "virtual"] = "real"
 
 
-@dataclass(frozen=True)
-class CooldownConfig:
+class CooldownConfig(_Section):
     """Cool down between tests until within `target_delta_c` of the start temperature, at most `max_s`."""
 
-    max_s: float = 30.0
-    target_delta_c: float = 3.0
+    max_s: float = Field(30.0, ge=0, le=3600)
+    target_delta_c: float = Field(3.0, ge=0, le=100)
 
 
-@dataclass(frozen=True)
-class SweepConfig:
+class SweepConfig(_Section):
     """Power-limit sweep (`luce-bench sweep`)."""
 
-    limits: tuple[str, ...] = ("420", "300", "220", "150")
-    order: str = "descending"
-    shuffle_seed: int | None = None
+    limits: Limits = ("420", "300", "220", "150")
+    order: Literal["descending", "ascending", "shuffle"] = "descending"
+    shuffle_seed: Int | None = None
     clamp: bool = False
-    settle_s: float = 3.0
-    idle_s: float = 10.0
-    sweet_spot_min_speed: float = 0.95
+    settle_s: float = Field(3.0, ge=0, le=600)
+    idle_s: float = Field(10.0, ge=0, le=600)
+    sweet_spot_min_speed: float = Field(0.95, ge=0.01, le=1.0)
 
 
-@dataclass(frozen=True)
-class BenchConfig:
+class BenchConfig(_Section):
     """Everything a compare/bench/sweep run needs."""
 
-    model: str = "auto"
-    model_seed: int = 0
-    device: str = "auto"
-    backends: tuple[str, ...] = ("hf",)
-    tests: tuple[str, ...] = ("pp520", "tg128")
-    reps: int = 5
-    warmup_s: float = 3.0
-    window_s: float = 10.0
-    rep_gap_max_s: float = 1.0
-    prompt_seed: int = 1234
-    output_dir: str = "results/runs"
-    sampler: SamplerConfig = field(default_factory=SamplerConfig)
-    gpu: GpuConfig = field(default_factory=GpuConfig)
-    cooldown: CooldownConfig = field(default_factory=CooldownConfig)
-    sweep: SweepConfig = field(default_factory=SweepConfig)
+    model: Annotated[Str, AfterValidator(_not_empty)] = "auto"
+    model_seed: Int = 0
+    device: Annotated[Str, AfterValidator(_device)] = "auto"
+    backends: Names = ("hf",)
+    tests: Tests = ("pp520", "tg128")
+    reps: Int = Field(5, ge=1, le=1000)
+    warmup_s: float = Field(3.0, ge=0, le=3600)
+    window_s: float = Field(10.0, ge=0.001, le=3600)
+    rep_gap_max_s: float = Field(1.0, ge=0, le=60)
+    prompt_seed: Int = 1234
+    output_dir: Str = "results/runs"
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    gpu: GpuConfig = Field(default_factory=GpuConfig)
+    cooldown: CooldownConfig = Field(default_factory=CooldownConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
 
     @property
     def test_specs(self) -> list[TestSpec]:
@@ -102,128 +170,101 @@ class BenchConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for meta.json)."""
-        return dataclasses.asdict(self)
+        return self.model_dump(mode="json")
 
 
-_RANGES: dict[str, tuple[float, float]] = {
-    "reps": (1, 1000), "warmup_s": (0, 3600), "window_s": (0.001, 3600), "rep_gap_max_s": (0, 60),
-    "sampler.period_s": (0.01, 10), "gpu.index": (0, 63), "cooldown.max_s": (0, 3600),
-    "cooldown.target_delta_c": (0, 100), "sweep.settle_s": (0, 600), "sweep.idle_s": (0, 600),
-    "sweep.sweet_spot_min_speed": (0.01, 1.0),
+# --- errors -----------------------------------------------------------------------------------------------------------
+_EXPECTED = {
+    "bool_type": "expected true or false",
+    "int_type": "expected an integer",
+    "int_parsing": "expected an integer",
+    "int_from_float": "expected an integer",
+    "float_type": "expected a number",
+    "float_parsing": "expected a number",
+    "finite_number": "expected a number",
+    "string_type": "expected a string",
+    "tuple_type": "expected a list",
+    "model_type": "expected a mapping",
 }
-_CHOICES: dict[str, tuple[str, ...]] = {"sweep.order": ("descending", "ascending", "shuffle"),
-                                        "device": ("auto", "cpu", "cuda"), "gpu.fake_preset": ("rtx3090", "h100-sxm")}
-_CUDA_INDEX = re.compile(r"^cuda:\d+$")
 
 
-def _coerce(path: str, value: Any, hint: Any) -> Any:
-    origin = get_origin(hint)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, path + ".")
-    if origin is tuple:
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise UserError(f"config: {path}: expected a list, got {value!r}")
-        return tuple(_coerce(f"{path}[{i}]", v, str) for i, v in enumerate(value))
-    args = [a for a in get_args(hint) if a is not type(None)]
-    if value is None and type(None) in get_args(hint):
-        return None
-    target = args[0] if args else hint
-    if target is bool:
-        if not isinstance(value, bool):
-            raise UserError(f"config: {path}: expected true or false, got {value!r}")
-        return value
-    if target is str:
-        if isinstance(value, (dict, list)):
-            raise UserError(f"config: {path}: expected a string, got {value!r}")
-        return str(value)
-    if target in (int, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (target is int and not float(value).is_integer()):
-            raise UserError(f"config: {path}: expected {'an integer' if target is int else 'a number'}, got {value!r}")
-        return target(value)
-    return value
-
-
-def _build(cls: Any, data: Any, prefix: str = "") -> Any:
-    if not isinstance(data, dict):
-        raise UserError(f"config: {prefix.rstrip('.') or 'top level'}: expected a mapping, got {data!r}")
-    hints = get_type_hints(cls)
-    names = {f.name for f in fields(cls)}
-    for key in data:
-        if key not in names:
-            raise UserError(f"config: unknown key '{prefix}{key}'; known: {', '.join(sorted(names))}")
-    kwargs = {k: _coerce(prefix + k, v, hints[k]) for k, v in data.items()}
-    return cls(**kwargs)
-
-
-def validate(cfg: BenchConfig) -> BenchConfig:
-    """Range and choice checks; returns `cfg` unchanged or raises UserError naming the key."""
-    flat = _flatten(cfg)
-    for key, (lo, hi) in _RANGES.items():
-        v = flat[key]
-        if not lo <= v <= hi:
-            raise UserError(f"config: {key} = {v} is out of range [{lo:g}, {hi:g}]")
-    for key, options in _CHOICES.items():
-        if flat[key] not in options and not (key == "device" and _CUDA_INDEX.match(str(flat[key]))):
-            raise UserError(f"config: {key} = {flat[key]!r}; expected one of {', '.join(options)}")
-    if not cfg.model.strip():
-        raise UserError("config: model is empty")
-    if not cfg.backends:
-        raise UserError("config: backends is empty")
-    if not cfg.tests:
-        raise UserError("config: tests is empty")
-    for t in cfg.tests:
-        TestSpec.parse(t)
-    for i, lim in enumerate(cfg.sweep.limits):
-        if not _LIMIT_RE.match(lim):
-            raise UserError(f"config: sweep.limits[{i}]: expected watts (220) or a share of the default (70%), got {lim!r}")
-    return cfg
-
-
-def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for f in fields(obj):
-        v = getattr(obj, f.name)
-        if dataclasses.is_dataclass(v):
-            out.update(_flatten(v, f"{prefix}{f.name}."))
-        else:
-            out[prefix + f.name] = v
+def _where(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
+
+
+def _section(loc: tuple[Any, ...]) -> type[BaseModel]:
+    cls: type[BaseModel] = BenchConfig
+    for part in loc:
+        cls = cls.model_fields[part].annotation  # type: ignore[assignment]
+    return cls
+
+
+def _range(loc: tuple[Any, ...]) -> tuple[float, float]:
+    meta = _section(loc[:-1]).model_fields[loc[-1]].metadata
+    return next(m.ge for m in meta if isinstance(m, Ge)), next(m.le for m in meta if isinstance(m, Le))
+
+
+def _message(exc: ValidationError) -> str:
+    """The first error of `exc` as the one line users get."""
+    err = exc.errors()[0]
+    kind, loc, value = err["type"], tuple(err["loc"]), err["input"]
+    where = _where(loc)
+    if kind == "extra_forbidden":
+        known = ", ".join(sorted(_section(loc[:-1]).model_fields))
+        return f"config: unknown key '{where}'; known: {known}"
+    if kind in ("greater_than_equal", "less_than_equal"):
+        lo, hi = _range(loc)
+        return f"config: {where} = {value} is out of range [{lo:g}, {hi:g}]"
+    if kind == "literal_error":
+        choices = get_args(_section(loc[:-1]).model_fields[loc[-1]].annotation)
+        return f"config: {where} = {value!r}; expected one of {', '.join(choices)}"
+    if kind == "value_error":
+        text = str(err["ctx"]["error"])
+        return f"config: {where}{'' if text.startswith(':') else ' '}{text}"
+    expected = _EXPECTED.get(kind, err["msg"].lower())
+    return f"config: {where or 'top level'}: {expected}, got {value!r}"
+
+
+def _set(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set the dotted `key` in nested `data`; refuses keys the config does not have."""
+    parts = key.split(".")
+    cls: Any = BenchConfig
+    for part in parts:
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel) and part in cls.model_fields):
+            raise UserError(f"unknown setting {key!r}")
+        cls = cls.model_fields[part].annotation
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {}) if isinstance(node.get(part, {}), dict) else {}
+    node[parts[-1]] = value
+
+
+def _read_yaml(path: Path) -> Any:
+    import yaml
+
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise UserError(f"config {path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"config {path}: cannot read it ({exc})") from None
 
 
 def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> BenchConfig:
     """Read YAML at `path` (defaults only if None), apply dotted `overrides` (None values ignored), validate."""
-    import yaml
-
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"config file not found: {p}")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise UserError(f"config {p}: invalid YAML ({str(exc).splitlines()[0]})") from exc
-    cfg = _build(BenchConfig, data)
+    data = _read_yaml(Path(path)) if path is not None else None
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise UserError(f"config: top level: expected a mapping, got {data!r}")
     for key, value in (overrides or {}).items():
         if value is not None:
-            cfg = _override(cfg, key.split("."), value, key)
-    return validate(cfg)
-
-
-def _override(obj: Any, parts: list[str], value: Any, full: str) -> Any:
-    hints = get_type_hints(type(obj))
-    if parts[0] not in hints:
-        raise UserError(f"unknown setting {full!r}")
-    if len(parts) == 1:
-        return replace(obj, **{parts[0]: _coerce(full, value, hints[parts[0]])})
-    return replace(obj, **{parts[0]: _override(getattr(obj, parts[0]), parts[1:], value, full)})
-
-
-def parse_limit(text: str) -> tuple[float, bool]:
-    """"220" / "220W" -> (220.0, False); "70%" -> (70.0, True)."""
-    m = _LIMIT_RE.match(text)
-    if not m:
-        raise UserError(f"bad power limit {text!r}: expected watts (220) or a share of the default (70%)")
-    return float(m.group(1)), m.group(2) == "%"
+            _set(data, key, value)
+    try:
+        return BenchConfig.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(_message(exc)) from None

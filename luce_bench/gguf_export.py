@@ -15,13 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from luce_bench.errors import UserError
+from luce_bench.files import atomic_path
 from luce_bench.model.spec import TextConfig
 
 EXPORTER_VERSION = "1"
@@ -53,8 +53,12 @@ def _layer_items(cfg: TextConfig, i: int) -> Iterator[_Item]:
         yield _Item(b + "attn_k_norm.weight", a + "k_norm.weight", "norm1p", False)
     else:
         a = p + "linear_attn."
-        for g, h in (("attn_qkv", "in_proj_qkv"), ("attn_gate", "in_proj_z"), ("ssm_beta", "in_proj_b"),
-                     ("ssm_alpha", "in_proj_a")):
+        for g, h in (
+            ("attn_qkv", "in_proj_qkv"),
+            ("attn_gate", "in_proj_z"),
+            ("ssm_beta", "in_proj_b"),
+            ("ssm_alpha", "in_proj_a"),
+        ):
             yield _Item(b + g + ".weight", a + h + ".weight", "copy", True)
         yield _Item(b + "ssm_conv1d.weight", a + "conv1d.weight", "squeeze", False)
         yield _Item(b + "ssm_dt.bias", a + "dt_bias", "copy", False)
@@ -192,8 +196,15 @@ def source_hash(model_dir: Path) -> str:
     return h.hexdigest()
 
 
-def write_gguf(model_dir: Path, cfg: TextConfig, out: Path, ftype: str = "bf16", src_hash: str = "",
-               on_params: Callable[[int], None] | None = None, weights: dict[str, Any] | None = None) -> None:
+def write_gguf(
+    model_dir: Path,
+    cfg: TextConfig,
+    out: Path,
+    ftype: str = "bf16",
+    src_hash: str = "",
+    on_params: Callable[[int], None] | None = None,
+    weights: dict[str, Any] | None = None,
+) -> None:
     """Write the GGUF of the checkpoint at `model_dir` to `out` (not atomic; see `ensure_gguf`)."""
     import gguf
     import numpy as np
@@ -219,8 +230,9 @@ def write_gguf(model_dir: Path, cfg: TextConfig, out: Path, ftype: str = "bf16",
     for it in items:  # tensor infos first (shape, type, size); the data streams afterwards, one tensor at a time
         shape = _shape(it, sd[it.src])
         qtype = _stored_type(it, shape, ftype)
-        writer.add_tensor_info(it.name, shape, np.dtype(np.float32), _nbytes(qtype, shape),
-                               raw_dtype=gguf.GGMLQuantizationType[qtype])
+        writer.add_tensor_info(
+            it.name, shape, np.dtype(np.float32), _nbytes(qtype, shape), raw_dtype=gguf.GGMLQuantizationType[qtype]
+        )
         plan.append((it, qtype))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -247,9 +259,9 @@ def gguf_path(model_dir: Path, ftype: str, src_hash: str) -> Path:
     local = model_dir / "gguf"
     if (local / name).is_file() or _writable_dir(local):
         return local / name
-    from luce_bench.model.synthetic import cache_root
+    from luce_bench.files import cache_dir
 
-    return cache_root() / "gguf" / src_hash[:16] / name
+    return cache_dir() / "gguf" / src_hash[:16] / name
 
 
 def ensure_gguf(model_dir: Path, cfg: TextConfig, ftype: str = "bf16", progress: bool = True) -> Path:
@@ -265,23 +277,20 @@ def ensure_gguf(model_dir: Path, cfg: TextConfig, ftype: str = "bf16", progress:
     final = gguf_path(model_dir, ftype, src_hash)
     if final.is_file():
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(final) as tmp:
         total = cfg.num_params()  # progress counts source parameters
         if progress and total >= _PROGRESS_MIN_PARAMS:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-            with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                          TimeElapsedColumn(),
-                          transient=True) as bar:
+            with Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                TextColumn("{task.percentage:>3.0f}%"),
+                TimeElapsedColumn(),
+                transient=True,
+            ) as bar:
                 task = bar.add_task(f"exporting GGUF ({ftype}) {final.name}", total=total)
                 write_gguf(model_dir, cfg, tmp, ftype, src_hash, on_params=lambda n: bar.advance(task, n))
         else:
             write_gguf(model_dir, cfg, tmp, ftype, src_hash)
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
     return final

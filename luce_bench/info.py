@@ -8,7 +8,7 @@ import subprocess
 from typing import Any
 
 from luce_bench.backends import available, get
-from luce_bench.session import gpu_meta
+from luce_bench.provenance import gpu_meta
 
 
 def nvcc_version() -> str | None:
@@ -22,24 +22,24 @@ def nvcc_version() -> str | None:
     return None
 
 
-def gather(gpu_index: int = 0, fake: bool | str = False) -> dict[str, Any]:
-    """Everything `info` shows, as a dict."""
+def gather(gpu_index: int = 0, fake_preset: str | None = None) -> dict[str, Any]:
+    """Everything `info` shows, as a dict (`fake_preset`: describe that simulated card instead of NVML's)."""
     from luce_bench.gpu import open_gpu
     from luce_bench.gpu.base import GPUError
 
     out: dict[str, Any] = {"nvcc": nvcc_version()}
     try:
-        gpu = open_gpu(gpu_index, fake=fake, read_only=True)
+        gpu = open_gpu(gpu_index, fake_preset=fake_preset, read_only=True)
     except GPUError as exc:
         out["gpu_error"] = str(exc)
     else:
         try:
             out["gpu"] = gpu_meta(gpu)
-            out["gpu"]["simulated"] = bool(fake)
+            out["gpu"]["simulated"] = fake_preset is not None
         finally:
             gpu.close()
     backends = {}
-    for name, reason in available().items():
+    for name, reason in available(simulated_gpu=fake_preset is not None).items():
         row: dict[str, Any] = {"available": reason is None, "reason": reason}
         if reason is None:
             with contextlib.suppress(Exception):
@@ -53,23 +53,36 @@ def gather(gpu_index: int = 0, fake: bool | str = False) -> dict[str, Any]:
     return out
 
 
-def show(console: Any, gpu_index: int = 0, fake: bool | str = False) -> None:
+def show(console: Any, gpu_index: int = 0, fake_preset: str | None = None) -> None:
     """Print `gather()` as rich tables."""
     from rich.table import Table
 
-    data = gather(gpu_index, fake)
+    data = gather(gpu_index, fake_preset)
     if "gpu" in data:
         g = data["gpu"]
         t = Table(title="GPU" + (" (SIMULATED)" if g.get("simulated") else ""), show_header=False)
-        for key in ("name", "uuid", "driver", "cuda_driver", "compute_capability", "persistence_mode",
-                    "power_limit_w", "power_limit_default_w", "power_limit_min_w", "power_limit_max_w",
-                    "clocks_mhz", "temperature_c"):
+        for key in (
+            "name",
+            "uuid",
+            "driver",
+            "cuda_driver",
+            "compute_capability",
+            "persistence_mode",
+            "power_limit_w",
+            "power_limit_default_w",
+            "power_limit_min_w",
+            "power_limit_max_w",
+            "clocks_mhz",
+            "temperature_c",
+        ):
             if key in g:
                 t.add_row(key, str(g[key]))
         console.print(t)
     else:
-        console.print(f"[yellow]GPU:[/yellow] none usable: {data.get('gpu_error')}. "
-                      "Energy columns will stay empty (use --fake-gpu to exercise the pipeline).")
+        console.print(
+            f"[yellow]GPU:[/yellow] none usable: {data.get('gpu_error')}. "
+            "Energy columns will stay empty (use --fake-gpu to exercise the pipeline)."
+        )
     console.print(f"nvcc: {data.get('nvcc') or 'not found (the megakernel cannot be built)'}")
     t = Table(title="Backends")
     for col in ("backend", "available", "why not / details"):

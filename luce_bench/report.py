@@ -1,83 +1,121 @@
-"""Tables of a run: a rich console table, a markdown report, and a llama-bench style markdown table.
+"""The report of a run directory, rebuilt from its CSVs and meta.json alone: `render(run_dir)` is the one entry.
 
-Everything is rebuilt from the run directory's CSVs and meta.json alone (`luce-bench report RUN_DIR`).
+It writes summary.csv, the plots and report.md; for a sweep it adds the sweep section (sweet_spot.csv/.json, sweep
+plots). `print_report` shows the summary as a rich table; `llama_bench_table` is llama-bench's markdown layout.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from luce_bench.errors import UserError
-from luce_bench.results import SUMMARY_COLUMNS, atomic_write_text, read_csv, summarize, write_csv_atomic
-from luce_bench.stats import to_float as _f
-
-
-def _pm(mean: Any, std: Any, digits: int = 2) -> str:
-    m, s = _f(mean), _f(std)
-    if not math.isfinite(m):
-        return "n/a"
-    return f"{m:.{digits}f} ± {s:.{digits}f}" if math.isfinite(s) else f"{m:.{digits}f}"
-
-
-def _num(v: Any, digits: int = 1) -> str:
-    x = _f(v)
-    return f"{x:.{digits}f}" if math.isfinite(x) else "n/a"
-
-
-def _limit(v: Any) -> str:
-    x = _f(v)
-    return f"{x:g} W" if math.isfinite(x) else "current"
-
+from luce_bench.files import atomic_write
+from luce_bench.records import RunRecord, SummaryRow, SweetSpot, write_csv
+from luce_bench.results import SUMMARY, read_meta, read_runs, read_samples
+from luce_bench.summary import describe_spot, summarize, sweet_spots
 
 TABLE_HEAD = ["backend", "test", "limit", "tok/s", "95% CI tok/s", "mean W", "tok/J", "95% CI tok/J", "n", "verdict"]
 
 
-def table_rows(summary: Sequence[dict[str, Any]]) -> list[list[str]]:
-    """Human rows for the summary table."""
-    out = []
-    for r in summary:
-        ci_ts = f"{_num(r.get('ts_ci95_lo'))}–{_num(r.get('ts_ci95_hi'))}" if math.isfinite(_f(r.get("ts_ci95_lo"))) else "n/a"
-        ci_j = (f"{_num(r.get('tok_per_j_ci95_lo'), 3)}–{_num(r.get('tok_per_j_ci95_hi'), 3)}"
-                if math.isfinite(_f(r.get("tok_per_j_ci95_lo"))) else "n/a")
-        out.append([str(r.get("backend")), str(r.get("test")), _limit(r.get("power_limit_req_w")),
-                    _pm(r.get("avg_ts"), r.get("stddev_ts")), ci_ts, _num(r.get("mean_power_w")),
-                    _pm(r.get("tok_per_j"), r.get("tok_per_j_std"), 3), ci_j, str(r.get("n")), str(r.get("verdict"))])
-    return out
+@dataclass
+class Report:
+    """What `render` produced."""
+
+    run_dir: Path
+    summary: list[SummaryRow]
+    meta: dict[str, Any]
+    markdown: str
+    spots: list[SweetSpot] | None = None  # None: not a sweep
+    min_speed: float = 0.95
+
+
+def _ok(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+def _num(x: float | None, digits: int = 1) -> str:
+    return f"{x:.{digits}f}" if _ok(x) else "n/a"
+
+
+def _pm(mean: float | None, std: float | None, digits: int = 2) -> str:
+    if not _ok(mean):
+        return "n/a"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if _ok(std) else f"{mean:.{digits}f}"
+
+
+def _ci(mean: float | None, lo: float | None, hi: float | None, digits: int) -> str:
+    if not _ok(mean):
+        return "n/a"
+    return f"{mean:.{digits}f} ± {(hi - lo) / 2:.{digits}f}" if _ok(lo) and _ok(hi) else f"{mean:.{digits}f}"
+
+
+def _range(lo: float | None, hi: float | None, digits: int) -> str:
+    return f"{_num(lo, digits)}–{_num(hi, digits)}" if _ok(lo) else "n/a"
+
+
+def _limit(w: float | None) -> str:
+    return f"{w:g} W" if w is not None else "current"
+
+
+def table_rows(summary: Sequence[SummaryRow]) -> list[list[str]]:
+    """Human rows for the summary table (TABLE_HEAD)."""
+    return [
+        [
+            r.backend,
+            r.test,
+            _limit(r.power_limit_req_w),
+            _pm(r.avg_ts, r.stddev_ts),
+            _range(r.ts_ci95_lo, r.ts_ci95_hi, 1),
+            _num(r.mean_power_w),
+            _pm(r.tok_per_j, r.tok_per_j_std, 3),
+            _range(r.tok_per_j_ci95_lo, r.tok_per_j_ci95_hi, 3),
+            str(r.n),
+            r.verdict,
+        ]
+        for r in summary
+    ]
 
 
 def markdown_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A GitHub markdown table."""
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---:" if i > 1 else "---" for i in range(len(head))) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
 def _size(nbytes: Any) -> str:
-    b = _f(nbytes)
-    if not math.isfinite(b):
+    if not isinstance(nbytes, int | float):
         return "n/a"
-    return f"{b / 2**30:.2f} GiB" if b >= 2**30 else f"{b / 2**20:.2f} MiB"
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.2f} MiB"
 
 
 def _count(n: Any) -> str:
-    x = _f(n)
-    if not math.isfinite(x):
+    if not isinstance(n, int | float):
         return "n/a"
-    return f"{x / 1e9:.2f} B" if x >= 1e9 else f"{x / 1e6:.2f} M"
+    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.2f} M"
 
 
-def llama_bench_table(summary: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
+def llama_bench_table(summary: Sequence[SummaryRow], meta: dict[str, Any]) -> str:
     """llama-bench's md printer layout (model, size, params, backend, test, t/s), extended with energy columns."""
     model = meta.get("model", {})
     head = ["model", "size", "params", "backend", "test", "t/s", "W", "tok/J"]
-    rows = [[str(model.get("type", "qwen35")), _size(model.get("bytes")), _count(model.get("n_params")),
-             str(r.get("backend")), str(r.get("test")),
-             _pm(r.get("avg_ts"), r.get("stddev_ts")), _num(r.get("mean_power_w")), _pm(r.get("tok_per_j"), r.get("tok_per_j_std"), 3)]
-            for r in summary]
+    rows = [
+        [
+            str(model.get("type", "qwen35")),
+            _size(model.get("bytes")),
+            _count(model.get("n_params")),
+            r.backend,
+            r.test,
+            _pm(r.avg_ts, r.stddev_ts),
+            _num(r.mean_power_w),
+            _pm(r.tok_per_j, r.tok_per_j_std, 3),
+        ]
+        for r in summary
+    ]
     return markdown_table(head, rows)
 
 
@@ -89,89 +127,121 @@ def notes(meta: dict[str, Any]) -> list[str]:
         out.append("SIMULATED GPU (--fake-gpu): power, energy and clocks come from a model, not from hardware.")
     elif not energy.get("available"):
         out.append(f"GPU energy unavailable: {energy.get('reason', 'unknown reason')}. tok/J columns are empty.")
-    for name, info in meta.get("backends", {}).items():
-        if isinstance(info, dict) and info.get("warning"):
+    backends = {k: v for k, v in meta.get("backends", {}).items() if isinstance(v, dict)}
+    for name, info in backends.items():
+        if info.get("warning"):
             out.append(f"{name}: {info['warning']}")
-        if isinstance(info, dict) and info.get("error"):
+        if info.get("error"):
             out.append(f"{name}: FAILED: {info['error']}")
-    for name, info in meta.get("backends", {}).items():
-        device = str(info.get("device", "")) if isinstance(info, dict) else ""
-        if energy.get("available") and not energy.get("simulated") and device.startswith("cpu"):
+    for name, info in backends.items():
+        if energy.get("available") and not energy.get("simulated") and str(info.get("device", "")).startswith("cpu"):
             out.append(f"{name} ran on the CPU: the GPU energy counter does not cover its work.")
     if meta.get("token_agreement"):
         out.append("Greedy tokens, first tg run: " + "; ".join(f"{k}: {v}" for k, v in meta["token_agreement"].items()))
     return out
 
 
-def build(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any], str]:
-    """Rebuild summary.csv, plots and report.md of `run_dir` from its CSVs; returns (summary, meta, markdown)."""
-    from luce_bench.plots import render
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "runs.csv").is_file():
-        raise UserError(f"{run_dir} is not a luce-bench run directory (no runs.csv)")
-    runs, samples = read_csv(run_dir / "runs.csv"), read_csv(run_dir / "samples.csv")
-    if runs and not {"backend", "test", "n_tokens", "window_s"} <= set(runs[0]):
-        raise UserError(f"{run_dir / 'runs.csv'} is not a luce-bench runs.csv (missing columns)")
-    meta: dict[str, Any] = {}
-    if (run_dir / "meta.json").is_file():
-        try:
-            meta = json.loads((run_dir / "meta.json").read_text())
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{run_dir / 'meta.json'} is not valid JSON ({exc.msg}, line {exc.lineno})") from exc
-    if "energy" not in meta:  # rebuilt from the CSVs alone: say what the rows themselves say
-        simulated = any(str(r.get("gpu_simulated")).lower() == "true" for r in runs)
-        has_energy = any(str(r.get("energy_j") or "").strip() for r in runs)
-        meta["energy"] = {"available": has_energy, "simulated": simulated,
-                          "reason": "" if has_energy else "no energy values in runs.csv (meta.json missing)"}
-    summary = summarize(runs) if runs else []
-    if summary:
-        write_csv_atomic(run_dir / "summary.csv", SUMMARY_COLUMNS, summary)
-    plots = render(run_dir, summary, runs, samples)
-    md = _markdown(run_dir, summary, meta, plots)
-    if meta.get("sweep"):
-        from luce_bench import sweep_report
-
-        md += "\n" + "\n".join(sweep_report.section(run_dir, summary, meta)) + "\n"
-    atomic_write_text(run_dir / "report.md", md)
-    return summary, meta, md
+def _energy_from_rows(runs: Sequence[RunRecord]) -> dict[str, Any]:
+    """meta.json's `energy` when meta.json is missing: what the rows themselves say."""
+    has_energy = any(r.energy_j is not None for r in runs)
+    return {
+        "available": has_energy,
+        "simulated": any(r.gpu_simulated for r in runs),
+        "reason": "" if has_energy else "no energy values in runs.csv (meta.json missing)",
+    }
 
 
-def _markdown(run_dir: Path, summary: Sequence[dict[str, Any]], meta: dict[str, Any], plots: Sequence[Path]) -> str:
-    gpu = meta.get("gpu", {})
-    parts = [f"# luce-bench report: {run_dir.name}", "",
-             f"- model: {meta.get('model', {}).get('name', '?')} ({meta.get('model', {}).get('n_params', '?')} params)",
-             f"- GPU: {gpu.get('name', 'none')} (driver {gpu.get('driver', 'n/a')}, limit {gpu.get('power_limit_w', 'n/a')} W)",
-             f"- git commit: {meta.get('git_commit', 'n/a')}", ""]
+def _markdown(run_dir: Path, summary: Sequence[SummaryRow], meta: dict[str, Any], plots: Sequence[Path]) -> str:
+    gpu, model = meta.get("gpu", {}), meta.get("model", {})
+    parts = [
+        f"# luce-bench report: {run_dir.name}",
+        "",
+        f"- model: {model.get('name', '?')} ({model.get('n_params', '?')} params)",
+        f"- GPU: {gpu.get('name', 'none')} (driver {gpu.get('driver', 'n/a')}, "
+        f"limit {gpu.get('power_limit_w', 'n/a')} W)",
+        f"- git commit: {meta.get('git_commit', 'n/a')}",
+        "",
+    ]
     parts += [f"> {n}" for n in notes(meta)]
-    parts += ["", "## Summary (mean ± sample std over repetitions; each repetition is one energy window)", "",
-              markdown_table(TABLE_HEAD, table_rows(summary)), "", "## llama-bench layout", "",
-              llama_bench_table(summary, meta), ""]
+    parts += [
+        "",
+        "## Summary (mean ± sample std over repetitions; each repetition is one energy window)",
+        "",
+        markdown_table(TABLE_HEAD, table_rows(summary)),
+        "",
+        "## llama-bench layout",
+        "",
+        llama_bench_table(summary, meta),
+        "",
+    ]
     parts += [f"![{p.stem}]({p.name})" for p in plots]
     return "\n".join(parts) + "\n"
 
 
-def _ci(mean: Any, lo: Any, hi: Any, digits: int) -> str:
-    m, a, b = _f(mean), _f(lo), _f(hi)
-    if not math.isfinite(m):
-        return "n/a"
-    return f"{m:.{digits}f} ± {(b - a) / 2:.{digits}f}" if math.isfinite(a) and math.isfinite(b) else f"{m:.{digits}f}"
+def _sweep_section(run_dir: Path, summary: Sequence[SummaryRow], meta: dict[str, Any]) -> tuple[list[SweetSpot], str]:
+    """Sweet spots (written to sweet_spot.csv/.json), the sweep plots, and the report's sweep section."""
+    from luce_bench.plots import render_sweep
+
+    sweep = meta["sweep"]
+    min_speed = float(sweep.get("sweet_spot_min_speed", 0.95))
+    spots = sweet_spots(summary, min_speed, sweep.get("default_limit_w"))
+    write_csv(run_dir / "sweet_spot.csv", SweetSpot, spots)
+    doc = {"min_speed": min_speed, "sweet_spots": [dataclasses.asdict(s) for s in spots]}
+    atomic_write(run_dir / "sweet_spot.json", json.dumps(doc, indent=2) + "\n")
+    plots = render_sweep(run_dir, summary)
+    limits = ", ".join(f"{w:g} W" for w in sweep.get("limits_requested_w", []))
+    lines = [
+        "## Power-limit sweep",
+        "",
+        f"Limits (requested, in order): {limits}; original limit {sweep.get('original_limit_w', 'n/a')} W "
+        "restored after the sweep.",
+        "",
+    ]
+    lines += [f"- **{describe_spot(s, min_speed)}**" for s in spots] or ["- no sweet spot: no limit has energy data"]
+    lines += [""] + [f"![{p.stem}]({p.name})" for p in plots]
+    return spots, "\n".join(lines) + "\n"
 
 
-def print_table(summary: Sequence[dict[str, Any]], meta: dict[str, Any], console: Any = None) -> None:
-    """Compact rich table of the summary (mean ± 95 % CI half-width), with the notes below it."""
-    from rich.console import Console
+def render(run_dir: Path) -> Report:
+    """Rebuild summary.csv, plots and report.md of `run_dir` (and the sweep section of a sweep) from its files."""
+    from luce_bench.plots import render_run
+
+    run_dir = Path(run_dir)
+    runs, meta = read_runs(run_dir), read_meta(run_dir)
+    meta.setdefault("energy", _energy_from_rows(runs))
+    summary = summarize(runs)
+    if summary:
+        write_csv(run_dir / SUMMARY, SummaryRow, summary)
+    md = _markdown(run_dir, summary, meta, render_run(run_dir, summary, runs, read_samples(run_dir)))
+    report = Report(run_dir, summary, meta, md)
+    if meta.get("sweep"):
+        report.spots, section = _sweep_section(run_dir, summary, meta)
+        report.min_speed = float(meta["sweep"].get("sweet_spot_min_speed", 0.95))
+        report.markdown += "\n" + section
+    atomic_write(run_dir / "report.md", report.markdown)
+    return report
+
+
+def print_report(report: Report, console: Any, spots: bool = True) -> None:
+    """Compact rich table of the summary (mean ± 95 % CI half-width), its notes, and a sweep's sweet spots."""
     from rich.table import Table
 
-    console = console or Console()
     table = Table(title="luce-bench summary (mean ± 95% CI)")
     for h in ("backend", "test", "limit", "tok/s", "W", "tok/J", "n", "verdict"):
         table.add_column(h, justify="left" if h in ("backend", "test", "verdict") else "right")
-    for r in summary:
-        table.add_row(str(r.get("backend")), str(r.get("test")), _limit(r.get("power_limit_req_w")),
-                      _ci(r.get("avg_ts"), r.get("ts_ci95_lo"), r.get("ts_ci95_hi"), 1), _num(r.get("mean_power_w")),
-                      _ci(r.get("tok_per_j"), r.get("tok_per_j_ci95_lo"), r.get("tok_per_j_ci95_hi"), 3),
-                      str(r.get("n")), str(r.get("verdict")))
+    for r in report.summary:
+        table.add_row(
+            r.backend,
+            r.test,
+            _limit(r.power_limit_req_w),
+            _ci(r.avg_ts, r.ts_ci95_lo, r.ts_ci95_hi, 1),
+            _num(r.mean_power_w),
+            _ci(r.tok_per_j, r.tok_per_j_ci95_lo, r.tok_per_j_ci95_hi, 3),
+            str(r.n),
+            r.verdict,
+        )
     console.print(table)
-    for n in notes(meta):
+    for n in notes(report.meta):
         console.print(f"[yellow]note:[/yellow] {n}")
+    for s in (report.spots or []) if spots else []:
+        console.print(f"[green]{describe_spot(s, report.min_speed)}[/green]")

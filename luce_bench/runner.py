@@ -1,241 +1,297 @@
-"""The measurement loop shared by `compare`, `bench` and `sweep`.
+"""The one run loop: a `Plan` on a `RunContext` becomes a run directory. compare, bench and sweep all run here.
 
-Method (`measurement.md`): each test (llama-bench `pp<N>` / `tg<N>`) gets a time-based warm-up, then `reps`
-repetitions. A repetition is one energy window of at least `window_s` that loops the test; before it opens and after
-it closes the backend has synchronised its device, and the NVML total-energy counter is read at both edges. tok/s and
-tok/J come from that same window (tokens / window seconds, tokens / counter joules). The sampler's instant power,
-integrated over the window, cross-checks the counter. Random 0..`rep_gap_max_s` gaps between windows break phase
-locking with the sensor's update period. A `tg<N>` iteration resets the sequence, feeds one seed token (not
-counted) and times N greedy decode steps; a `pp<N>` iteration resets and times the prefill of N seeded token ids.
+Order (measurement.md rules 6-10; llama-bench's "minimise reloads"):
+1. A plan that changes GPU settings first checks that setters work (read-only mode, root / CAP_SYS_ADMIN), takes the
+   GPU's lock and refuses a stale journal (`PowerLimitController`), and loads every backend before the first change;
+   they stay resident for the whole run. Otherwise each backend is loaded just before its first trial and closed
+   after its last one.
+2. Per block of trials sharing a setting: apply it (journal first, read back the enforced limit), settle under load
+   (`sweep.settle_s`), measure the idle baseline with the models resident (`sweep.idle_s`).
+3. Per trial: cool down towards the run's start temperature, warm up, `reps` energy windows (measure.py). Rows and
+   samples are appended to the run directory as they finish.
+4. After a changed setting: cool down. The ORIGINAL limit comes back on every exit path (`luce-bench restore` after
+   SIGKILL).
+A backend that fails to load or crashes is recorded and the run goes on (exit code 1 at the end); bad input
+(UserError), GPU errors and interrupts stop the run.
 """
 
 from __future__ import annotations
 
-import random
-import time
-from collections.abc import Callable, Sequence
+import contextlib
+import shutil
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
-from luce_bench.backends.base import Backend, ModelSpec
-from luce_bench.config import BenchConfig, TestSpec
-from luce_bench.results import RunWriter, rfc3339
-
-MIN_TRUSTED_WINDOW_S = 10.0
-MAX_DISAGREE_PCT = 5.0
-MAX_TEMP_DRIFT_C = 5.0
-
-
-def make_prompt(n: int, vocab_size: int, seed: int) -> list[int]:
-    """`n` seeded token ids in [0, vocab_size) (llama-bench uses random ids too)."""
-    rng = random.Random(seed)
-    return [rng.randrange(vocab_size) for _ in range(n)]
-
-
-@dataclass
-class Measure:
-    """What measures energy in this run. `gpu`/`sampler` are None when NVML is unavailable (`energy_note` says why)."""
-
-    gpu: Any = None
-    sampler: Any = None
-    rapl: Any = None
-    energy_note: str = ""
-    simulated: bool = False
-    clock: Callable[[], float] = time.perf_counter
-    sleep: Callable[[float], None] = time.sleep
+from luce_bench.backends.base import Backend
+from luce_bench.context import RunContext
+from luce_bench.errors import UserError
+from luce_bench.gpu.base import GPUError, GPUPermissionError, GPUReadOnlyError
+from luce_bench.measure import Limit, Meter
+from luce_bench.plan import Plan, Setting, Trial
+from luce_bench.provenance import run_meta
+from luce_bench.records import RunRecord
+from luce_bench.results import RunWriter
+from luce_bench.sampler import Sampler
+from luce_bench.summary import token_agreement
 
 
-@dataclass
-class Limit:
-    """The power limit a block of tests runs under (requested and enforced, W), and its idle baseline."""
+class UI(Protocol):
+    """What the loop tells the user (the CLI's console; tests may pass a silent one)."""
 
-    requested_w: float | None = None
-    enforced_w: float | None = None
-    idle_power_w: float | None = None
+    def status(self, msg: str) -> None:
+        """One line of news."""
 
+    def loading(self, backend: str, model: str) -> contextlib.AbstractContextManager[Any]:
+        """Around loading a backend."""
 
-def run_once(backend: Backend, test: TestSpec, prompt: Sequence[int]) -> tuple[int, float]:
-    """One iteration of `test`: (tokens counted, timed seconds)."""
-    backend.reset()
-    if test.kind == "pp":
-        return test.n, backend.prefill(prompt[: test.n]).elapsed_s
-    backend.prefill(prompt[:1])
-    return test.n, backend.decode(test.n).elapsed_s
+    def progress(self, label: str, done: int, total: int) -> None:
+        """Repetitions of one trial done so far."""
+
+    def record(self, record: RunRecord) -> None:
+        """A finished repetition."""
+
+    def backend_done(self, backend: str) -> None:
+        """A backend has run all its trials."""
 
 
 @dataclass
-class Runner:
-    """Runs tests of loaded backends and records one row per repetition into `writer`."""
+class Outcome:
+    """What a run produced: its directory, what failed, how many repetitions finished, whether it was interrupted."""
 
-    cfg: BenchConfig
-    model: ModelSpec
-    measure: Measure
-    writer: RunWriter
-    on_progress: Callable[[str, int, int], None] | None = None  # (label, done, total)
-    on_status: Callable[[str], None] | None = None  # one-line notes (cool-down waits)
-    first_tokens: dict[str, list[int]] = field(default_factory=dict)
-    _start_temp_c: float | None = None
-    _drained: int = 0
+    run_dir: Path
+    failed: list[str] = field(default_factory=list)
+    n_runs: int = 0
+    interrupted: bool = False
 
-    def run_backend(self, backend: Backend, limit: Limit | None = None) -> list[dict[str, Any]]:
-        """All configured tests for one loaded backend; returns their rows."""
-        rows: list[dict[str, Any]] = []
-        for i, test in enumerate(self.cfg.test_specs):
-            if i or self._start_temp_c is not None:
-                self.cooldown()
-            rows += self.run_test(backend, test, limit or Limit())
-        return rows
 
-    def run_test(self, backend: Backend, test: TestSpec, limit: Limit) -> list[dict[str, Any]]:
-        """Warm up, then `reps` windows of `test`."""
-        m = self.measure
-        prompt = make_prompt(max(test.n, 1), self.model.config.vocab_size, self.cfg.prompt_seed)
-        if self._start_temp_c is None and m.gpu is not None:
-            self._start_temp_c = m.gpu.temperature_c()
-        label = f"{backend.name} {test.name}"
-        self._record_tokens(backend, test, prompt, label)
-        self._warmup(backend, test, prompt)
-        rows = []
-        rng = random.Random(self.cfg.prompt_seed + test.n)
-        for rep in range(self.cfg.reps):
-            if self.on_progress:
-                self.on_progress(label, rep, self.cfg.reps)
-            if rep and self.cfg.rep_gap_max_s > 0:
-                m.sleep(rng.uniform(0.0, self.cfg.rep_gap_max_s))
-            row = self._window(backend, test, prompt, rep, limit)
-            self.writer.add_run(row)
-            self.flush_samples()
-            rows.append(row)
-        if self.on_progress:
-            self.on_progress(label, self.cfg.reps, self.cfg.reps)
-        return rows
+def preflight(gpu: Any) -> None:
+    """Stop before anything changes when settings cannot be changed; the message says how to run it."""
+    try:
+        gpu.check_writable()
+    except GPUReadOnlyError as exc:
+        raise UserError(
+            f"{exc}. A sweep changes power limits; unset LUCE_BENCH_READONLY / drop --read-only, or use "
+            "`luce-bench bench` to measure at the current limit"
+        ) from None
+    except GPUPermissionError as exc:
+        raise UserError(str(exc)) from None
 
-    def flush_samples(self) -> None:
-        sampler = self.measure.sampler
-        if sampler is not None:
-            new = list(sampler.samples[self._drained:])
-            self._drained += len(new)
+
+def run(plan: Plan, ctx: RunContext, ui: UI, persistence: bool = True) -> Outcome:
+    """Run every trial of `plan` (see the module docstring); the caller renders the report."""
+    control = None
+    if plan.changes_gpu:
+        from luce_bench.gpu.power_limit import PowerLimitController
+
+        preflight(ctx.gpu)
+        control = PowerLimitController(ctx.gpu, fake=ctx.fake_preset, persistence=persistence, log=ui.status)
+    with control or contextlib.nullcontext():
+        writer = RunWriter.create(ctx.cfg.output_dir, plan.name)
+        outcome = Outcome(writer.dir)
+        try:
+            with _Run(plan, ctx, ui, writer, control, outcome) as r:
+                r.execute()
+        except KeyboardInterrupt:
+            outcome.interrupted = True
+        except UserError:
+            if writer.n_runs == 0:  # nothing measured: leave no run directory behind
+                shutil.rmtree(writer.dir, ignore_errors=True)
+            raise
+        finally:
+            outcome.n_runs = writer.n_runs
+    if control is not None and not outcome.interrupted and ctx.gpu is not None:
+        ui.status(f"power limit restored to {ctx.gpu.power_limit_mw() / 1000:g} W")
+    return outcome
+
+
+class _Run:
+    """State of one run: loaded backends, the meter, meta.json."""
+
+    def __init__(self, plan: Plan, ctx: RunContext, ui: UI, writer: RunWriter, control: Any, outcome: Outcome):
+        self.plan, self.ctx, self.ui, self.writer, self.control, self.outcome = plan, ctx, ui, writer, control, outcome
+        self.sampler = Sampler(ctx.gpu, ctx.cfg.sampler.period_s, ctx.clock) if ctx.gpu is not None else None
+        self.meter = Meter(ctx, plan.model, self.sampler, self._on_record, ui.progress, ui.status)
+        self.loaded: dict[str, Backend] = {}
+        self.dead: set[str] = set()  # failed to load, or (not resident) failed in a trial
+        self.backend_meta: dict[str, Any] = {n: {"skipped": r} for n, r in plan.skipped.items()}
+        self.resident = plan.changes_gpu
+        self.last_trial = {t.backend: t for t in plan.trials}  # trials are unique
+        self.drained = 0
+        self.settings_meta: list[dict[str, Any]] = []
+
+    def __enter__(self) -> _Run:
+        if self.sampler is not None:
+            self.sampler.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            for name in list(self.loaded):
+                self._close(name)
+            if self.sampler is not None:
+                self.sampler.stop()
+            self._flush_samples()
+        finally:
+            self.writer.close()
+
+    def execute(self) -> None:
+        """The loop."""
+        self.writer.write_meta({**run_meta(self.ctx, self.plan.model), **self._sweep_meta()})
+        self.writer.write_meta({"backends": self.backend_meta})
+        for skipped in self.plan.skipped.items():
+            self.ui.status("[yellow]skipping {}:[/yellow] {}".format(*skipped))
+        if self.resident:
+            for name in self.plan.backends:
+                self._load(name)
+            if not self.loaded and self.plan.trials:
+                names = ", ".join(self.plan.backends)
+                self.ui.status(f"[red]no backend could be loaded ({names}): no setting was changed[/red]")
+                return
+        current = self._current_limit()
+        for i, (setting, trials) in enumerate(self.plan.blocks()):
+            failed_here: set[str] = set()
+            limit = self._apply(setting, i) if setting.changes_gpu else current
+            for trial in trials:
+                if trial.backend not in failed_here:
+                    self._trial(trial, limit, failed_here)
+            if setting.changes_gpu:
+                self.meter.cooldown()  # towards the run's start temperature, bounded by cooldown.max_s
+        self._flush_samples()
+        self.writer.write_meta(self._final_meta())
+
+    # --- backends ----------------------------------------------------------------------------------------------------
+    def _load(self, name: str) -> Backend | None:
+        if name in self.loaded or name in self.dead:
+            return self.loaded.get(name)
+        backend = self.ctx.create_backend(name)
+        try:
+            with self.ui.loading(name, self.plan.model.name):
+                backend.load(self.plan.model, self.ctx.cfg.device)
+        except (UserError, GPUError, KeyboardInterrupt):
+            backend.close()
+            raise
+        except Exception as exc:  # noqa: BLE001 - one backend failing must not stop the others
+            backend.close()
+            self._fail(name, name, exc, "failed to load", dead=True)
+            return None
+        self.loaded[name] = backend
+        return backend
+
+    def _close(self, name: str) -> None:
+        backend = self.loaded.pop(name)
+        try:
+            info = backend.info()
+        except Exception as exc:  # noqa: BLE001 - provenance must not hide the run's own outcome
+            info = {"info_error": f"{type(exc).__name__}: {exc}"}
+        finally:
+            backend.close()
+        self.backend_meta[name] = {**info, **self.backend_meta.get(name, {})}
+        self.writer.write_meta({"backends": self.backend_meta})
+        self.ui.backend_done(name)
+
+    def _fail(self, name: str, label: str, exc: Exception, what: str, dead: bool) -> None:
+        """Record a failure of backend `name`; a dead backend is not tried again in this run."""
+        self.outcome.failed.append(label)
+        self.backend_meta.setdefault(name, {})["error"] = f"{type(exc).__name__}: {exc}"
+        self.ui.status(f"[red]{label} {what}:[/red] {type(exc).__name__}: {exc}")
+        if dead:
+            self.dead.add(name)
+
+    # --- settings and trials -----------------------------------------------------------------------------------------
+    def _current_limit(self) -> Limit:
+        """The limit in force (a plan without settings never changes it)."""
+        try:
+            return Limit(enforced_w=self.ctx.gpu.power_limit_mw() / 1000.0) if self.ctx.gpu is not None else Limit()
+        except GPUError:  # the limit is provenance, not a precondition
+            return Limit()
+
+    def _apply(self, setting: Setting, i: int) -> Limit:
+        """Set the block's limit, settle under load, measure the idle baseline."""
+        target = setting.power_limit
+        assert target is not None and self.control is not None
+        enforced_mw = self.control.set_limit_mw(target.requested_mw)
+        n = len(list(self.plan.blocks()))
+        note = " (clamped)" if target.clamped else ""
+        self.ui.status(
+            f"[bold]limit {i + 1}/{n}:[/bold] requested {target.requested_w:g} W{note} ({target.text}), "
+            f"enforced {enforced_mw / 1000:g} W"
+        )
+        if self.loaded:
+            test = self.ctx.cfg.test_specs[0]
+            first = next(iter(self.loaded.values()))
+            self.meter.loop(first, test, self.meter.prompt(test), max(self.ctx.cfg.sweep.settle_s, 0.0), False)
+        idle_w = self.meter.idle_power_w(self.ctx.cfg.sweep.idle_s)
+        self.ui.status(f"  idle baseline (models resident): {idle_w:.1f} W" if idle_w else "  idle baseline: n/a")
+        self.settings_meta.append(
+            {
+                "requested_w": target.requested_w,
+                "text": target.text,
+                "clamped": target.clamped,
+                "enforced_w": enforced_mw / 1000.0,
+                "idle_power_w": idle_w,
+                "t_end_s": self.sampler.now_s() if self.sampler is not None else None,
+            }
+        )
+        self.writer.write_meta({"sweep_limits": self.settings_meta})
+        return Limit(requested_w=target.requested_w, enforced_w=enforced_mw / 1000.0, idle_power_w=idle_w)
+
+    def _trial(self, trial: Trial, limit: Limit, failed_here: set[str]) -> None:
+        backend = self._load(trial.backend)
+        if backend is None:
+            return
+        self.meter.cooldown()
+        try:
+            self.meter.run_test(backend, trial.test, limit)
+        except (UserError, GPUError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - record, go on, exit non-zero at the end
+            label = f"{trial.backend}@{trial.setting.label}" if trial.setting.changes_gpu else trial.backend
+            failed_here.add(trial.backend)
+            self._fail(trial.backend, label, exc, "failed", dead=not self.resident)  # resident: next setting retries
+        finally:
+            if trial.backend in self.loaded and not self.resident:
+                if trial.backend in self.dead or self.last_trial[trial.backend] == trial:
+                    self._close(trial.backend)
+
+    def _on_record(self, record: RunRecord) -> None:
+        self.writer.add_run(record)
+        self._flush_samples()
+        self.ui.record(record)
+
+    def _flush_samples(self) -> None:
+        if self.sampler is not None:
+            new = self.sampler.samples[self.drained :]
+            self.drained += len(new)
             self.writer.add_samples(new)
 
-    def _record_tokens(self, backend: Backend, test: TestSpec, prompt: Sequence[int], label: str) -> None:
-        # The greedy tokens of one tg run, kept in meta.json so backends can be checked against each other.
-        if test.kind != "tg":
-            return
-        backend.reset()
-        backend.prefill(prompt[:1])
-        self.first_tokens[label] = list(backend.decode(min(test.n, 32)).tokens)
-
-    def _warmup(self, backend: Backend, test: TestSpec, prompt: Sequence[int]) -> None:
-        m = self.measure
-        if m.gpu is not None:
-            m.gpu.set_busy(True)
-        t0 = m.clock()
-        run_once(backend, test, prompt)
-        while m.clock() - t0 < self.cfg.warmup_s:
-            run_once(backend, test, prompt)
-        if m.gpu is not None:
-            m.gpu.set_busy(False)
-
-    def _window(self, backend: Backend, test: TestSpec, prompt: Sequence[int], rep: int, limit: Limit) -> dict[str, Any]:
-        m, gpu, sampler = self.measure, self.measure.gpu, self.measure.sampler
-        tokens = iters = 0
-        compute_s = 0.0
-        if gpu is not None:
-            gpu.set_busy(True)
-        t_s0 = sampler.now_s() if sampler is not None else None
-        e0 = gpu.total_energy_mj() if gpu is not None else None
-        c0 = m.rapl.energy_uj() if m.rapl is not None else None
-        w0 = m.clock()
-        while True:
-            n, dt = run_once(backend, test, prompt)
-            tokens, iters, compute_s = tokens + n, iters + 1, compute_s + dt
-            if m.clock() - w0 >= self.cfg.window_s:
-                break
-        window_s = m.clock() - w0
-        e1 = gpu.total_energy_mj() if gpu is not None else None
-        c1 = m.rapl.energy_uj() if m.rapl is not None else None
-        t_s1 = sampler.now_s() if sampler is not None else None
-        if gpu is not None:
-            gpu.set_busy(False)
-        row: dict[str, Any] = {
-            "test_time": rfc3339(), "backend": backend.name, "model": self.model.name,
-            "model_type": f"qwen35 {self.model.config.num_hidden_layers}L h{self.model.config.hidden_size}",
-            "model_n_params": self.model.config.num_params(),
-            "n_prompt": test.n if test.kind == "pp" else 0, "n_gen": test.n if test.kind == "tg" else 0,
-            "test": test.name, "rep": rep, "power_limit_req_w": limit.requested_w, "power_limit_w": limit.enforced_w,
-            "iterations": iters, "n_tokens": tokens, "window_s": window_s, "compute_s": compute_s,
-            "avg_ts": tokens / window_s, "timed_ts": tokens / compute_s if compute_s > 0 else None,
-            "idle_power_w": limit.idle_power_w, "device": backend.device_kind, "gpu_simulated": m.simulated,
-            "t_start_s": t_s0, "t_end_s": t_s1, "energy_note": m.energy_note,
-            "cpu_energy_j": _rapl_delta_j(m.rapl, c0, c1),
+    # --- meta.json ---------------------------------------------------------------------------------------------------
+    def _sweep_meta(self) -> dict[str, Any]:
+        gpu, cfg = self.ctx.gpu, self.ctx.cfg
+        targets = [s.power_limit for s, _ in self.plan.blocks() if s.power_limit is not None]
+        if not targets or gpu is None:
+            return {}
+        lo, hi = gpu.power_limit_constraints_mw()
+        return {
+            "sweep": {
+                "limits_requested_w": [t.requested_w for t in targets],
+                "limits_text": [t.text for t in targets],
+                "order": cfg.sweep.order,
+                "shuffle_seed": cfg.sweep.shuffle_seed,
+                "clamp": cfg.sweep.clamp,
+                "settle_s": cfg.sweep.settle_s,
+                "idle_s": cfg.sweep.idle_s,
+                "sweet_spot_min_speed": cfg.sweep.sweet_spot_min_speed,
+                "original_limit_w": gpu.power_limit_mw() / 1000.0,
+                "default_limit_w": gpu.default_power_limit_mw() / 1000.0,
+                "constraints_w": [lo / 1000.0, hi / 1000.0],
+                "started_unix_s": self.ctx.clock.unix_s(),
+            }
         }
-        row.update(self._energy_fields(e0, e1, tokens, window_s, t_s0, t_s1, limit))
-        return row
 
-    def _energy_fields(self, e0: Any, e1: Any, tokens: int, window_s: float, t_s0: Any, t_s1: Any,
-                       limit: Limit) -> dict[str, Any]:
-        flags = [] if window_s >= MIN_TRUSTED_WINDOW_S else ["short-window"]
-        if e0 is None or e1 is None:
-            return {"valid": False, "verdict": ";".join(flags + ["no-energy"])}
-        energy_j = (e1 - e0) / 1000.0
-        out: dict[str, Any] = {"energy_j": energy_j}
-        sampler = self.measure.sampler
-        if sampler is not None:
-            s = sampler.summarize(t_s0, t_s1)
-            sampled_j = sampler.integrate_power_j(t_s0, t_s1)
-            out.update(mean_sm_mhz=s.get("mean_sm_mhz"), mean_mem_mhz=s.get("mean_mem_mhz"),
-                       temp_start_c=s.get("temp_start_c"), temp_end_c=s.get("temp_end_c"),
-                       throttled_share=s.get("throttled_share"), n_samples=s.get("n_samples"),
-                       sampled_energy_j=sampled_j)
-            if energy_j > 0 and sampled_j and sampled_j > 0:
-                out["counter_vs_sampled_pct"] = 100.0 * (sampled_j - energy_j) / energy_j
-                if abs(out["counter_vs_sampled_pct"]) > MAX_DISAGREE_PCT:
-                    flags.append("power-disagree")
-            ts, te = s.get("temp_start_c"), s.get("temp_end_c")
-            if ts is not None and te is not None and abs(te - ts) > MAX_TEMP_DRIFT_C:
-                flags.append("temp-drift")
-        if energy_j <= 0:
-            out.update(valid=False, verdict=";".join(flags + ["energy-invalid"]))
-            return out
-        out.update(tok_per_j=tokens / energy_j, j_per_tok=energy_j / tokens, mean_power_w=energy_j / window_s,
-                   valid=True, verdict=";".join(flags) or "ok")
-        if limit.idle_power_w is not None:
-            net_j = energy_j - limit.idle_power_w * window_s
-            out["net_tok_per_j"] = tokens / net_j if net_j > 0 else None
-        return out
-
-    def cooldown(self) -> None:
-        """Wait until the GPU is within `target_delta_c` of the run's start temperature, at most `max_s`."""
-        gpu, m = self.measure.gpu, self.measure
-        if gpu is None or self._start_temp_c is None or self.cfg.cooldown.max_s <= 0:
-            return
-        t0 = m.clock()
-        target_c = self._start_temp_c + self.cfg.cooldown.target_delta_c
-        temp_c = gpu.temperature_c()
-        if temp_c > target_c and self.on_status:
-            self.on_status(f"cooling down: {temp_c:g} °C -> <= {target_c:g} °C (at most {self.cfg.cooldown.max_s:g} s)")
-        while temp_c > target_c:
-            if m.clock() - t0 >= self.cfg.cooldown.max_s:
-                break
-            m.sleep(min(0.5, self.cfg.cooldown.max_s))
-            temp_c = gpu.temperature_c()
-
-    def measure_idle(self, duration_s: float) -> float | None:
-        """Idle draw (W) from the energy counter over `duration_s` with the model resident; None without NVML."""
-        gpu, m = self.measure.gpu, self.measure
-        if gpu is None or duration_s <= 0:
-            return None
-        e0, t0 = gpu.total_energy_mj(), m.clock()
-        m.sleep(duration_s)
-        e1, t1 = gpu.total_energy_mj(), m.clock()
-        return (e1 - e0) / 1000.0 / (t1 - t0) if t1 > t0 and e1 > e0 else None
-
-
-def _rapl_delta_j(rapl: Any, c0: Any, c1: Any) -> float | None:
-    """CPU package energy between two RAPL readings (µJ), handling one counter wrap."""
-    if rapl is None or c0 is None or c1 is None:
-        return None
-    d = c1 - c0
-    if d < 0:
-        d += getattr(rapl, "max_energy_range_uj", 0) or 0
-    return d / 1e6 if d >= 0 else None
+    def _final_meta(self) -> dict[str, Any]:
+        return {
+            "token_agreement": token_agreement(self.meter.first_tokens),
+            "first_tokens": self.meter.first_tokens,
+            "sampler": self.sampler.jitter_ms() if self.sampler is not None else None,
+        }

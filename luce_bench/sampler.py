@@ -1,21 +1,20 @@
-"""Background GPU sampler: a daemon thread polling instant power, clocks, temperature and throttle reasons.
+"""Background GPU sampler: polls instant power, clocks, temperature and throttle reasons every `period_s`.
 
 Energy itself comes from the counter delta at window edges (measurement.md rule 1); the sampler's instant-power trace
-is the cross-check (rule 2) and the timeline. A thread suffices: pynvml calls go through ctypes, which releases the GIL.
-Readings <= 0 W are skipped (NVML returns them when polled too fast). Timestamps use one monotonic clock; `now_s()`
-gives the same clock and origin so callers can mark window edges.
+is the cross-check (rule 2) and the timeline. The polls run through the run's `Clock`: a daemon thread on the real
+clock (enough: pynvml calls go through ctypes, which releases the GIL), due times inside sleeps in virtual time.
+Readings <= 0 W are skipped (NVML returns them when polled too fast). `now_s()` gives the samples' clock and origin,
+so callers can mark window edges.
 """
 
 from __future__ import annotations
 
 import statistics
-import threading
-import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from luce_bench.gpu.base import GPUError, is_throttled
+from luce_bench.clock import Cancel, Clock, RealClock
+from luce_bench.gpu.base import GPU, GPUError, is_throttled
 
 MIN_PERIOD_S = 0.05
 
@@ -36,21 +35,15 @@ class Sample:
 
 
 class Sampler:
-    """Poll `gpu` every `period_s` in a daemon thread; use as a context manager or start()/stop()."""
+    """Poll `gpu` every `period_s` on `clock`; use as a context manager or start()/stop()."""
 
-    def __init__(
-        self,
-        gpu,
-        period_s: float = 0.1,
-        clock: Callable[[], float] = time.monotonic,  # noqa: ANN001
-        read_average: bool = True,
-    ) -> None:
-        """Prepare a sampler (the thread starts on `start()` / `with`).
+    def __init__(self, gpu: GPU, period_s: float = 0.1, clock: Clock | None = None, read_average: bool = True) -> None:
+        """Prepare a sampler (polling starts on `start()` / `with`).
 
         Args:
             gpu: any GPU-protocol object.
             period_s: poll period; warns below 0.05 s.
-            clock: monotonic clock in seconds (injectable for tests).
+            clock: the run's clock (default: the real one).
             read_average: also read field 185 (average power).
         """
         if period_s <= 0:
@@ -60,33 +53,28 @@ class Sampler:
                 f"sampler period {period_s} s < {MIN_PERIOD_S} s: NVML may return zero or NotSupported readings",
                 stacklevel=2,
             )
-        self.gpu, self.period_s, self.clock, self.read_average = gpu, period_s, clock, read_average
+        self.gpu, self.period_s, self.read_average = gpu, period_s, read_average
+        self.clock: Clock = clock or RealClock()
         self.samples: list[Sample] = []
-        self.ready = threading.Event()
-        self.stop_event = threading.Event()
         self.errors: list[str] = []
-        self._origin = clock()
-        self._thread: threading.Thread | None = None
+        self._origin = self.clock.now_s()
+        self._cancel: Cancel | None = None
         self._limit_w = 0.0
 
     def now_s(self) -> float:
         """Seconds on the sampler's clock, same origin as `Sample.t_s`."""
-        return self.clock() - self._origin
+        return self.clock.now_s() - self._origin
 
     def start(self) -> Sampler:
         """Start polling; returns once the first poll has been attempted."""
-        if self._thread is not None:
-            return self
-        self._thread = threading.Thread(target=self._run, name="luce-bench-sampler", daemon=True)
-        self._thread.start()
-        self.ready.wait(timeout=5.0)
+        if self._cancel is None:
+            self._cancel = self.clock.every(self.period_s, self.poll_once)
         return self
 
     def stop(self) -> None:
-        """Stop polling and join the thread (idempotent)."""
-        self.stop_event.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
+        """Stop polling and wait for the poller (idempotent)."""
+        if self._cancel is not None:
+            self._cancel()
 
     def __enter__(self) -> Sampler:
         return self.start()
@@ -127,20 +115,6 @@ class Sampler:
             return None
         self.samples.append(sample)
         return sample
-
-    def _run(self) -> None:
-        next_t = self.clock()
-        while not self.stop_event.is_set():
-            self.poll_once()
-            self.ready.set()
-            # schedule on a fixed grid so a slow poll does not shift every later sample
-            next_t += self.period_s
-            delay = next_t - self.clock()
-            if delay < 0:
-                next_t = self.clock()
-                delay = 0.0
-            self.stop_event.wait(delay)
-        self.ready.set()
 
     def window(self, t0_s: float, t1_s: float) -> list[Sample]:
         """Samples with t0_s <= t_s <= t1_s."""

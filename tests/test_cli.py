@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -9,6 +10,7 @@ from typer.testing import CliRunner
 from luce_bench.cli import app
 
 runner = CliRunner()
+ROOT_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 FAST = ["--reps", "2", "--window-s", "0.3", "--warmup-s", "0.05", "--rep-gap-max-s", "0", "--tests", "pp16,tg8"]
 
 
@@ -29,8 +31,22 @@ def compare_run(tmp_path_factory, tiny_model):
     original = FakeGPU.set_power_limit_mw
     FakeGPU.set_power_limit_mw = lambda self, mw: calls.append(mw)  # any call at all is a failure below
     try:
-        result = runner.invoke(app, ["compare", "--baselines", "hf", "--model", "tiny", "--fake-gpu", "--out", str(out),
-                                     *FAST, "-c", str(_quick_config(out))])
+        result = runner.invoke(
+            app,
+            [
+                "compare",
+                "--baselines",
+                "hf",
+                "--model",
+                "tiny",
+                "--fake-gpu",
+                "--out",
+                str(out),
+                *FAST,
+                "-c",
+                str(_quick_config(out)),
+            ],
+        )
     finally:
         FakeGPU.set_power_limit_mw = original
     run_dirs = list(out.glob("*-compare"))
@@ -48,8 +64,16 @@ def test_compare_writes_every_file(compare_run):
     assert result.exit_code == 0, result.output
     assert len(run_dirs) == 1
     d = run_dirs[0]
-    for name in ("runs.csv", "summary.csv", "samples.csv", "meta.json", "report.md", "tok_s.png", "tok_j.png",
-                 "timeline.png"):
+    for name in (
+        "runs.csv",
+        "summary.csv",
+        "samples.csv",
+        "meta.json",
+        "report.md",
+        "tok_s.png",
+        "tok_j.png",
+        "timeline.png",
+    ):
         assert (d / name).is_file() and (d / name).stat().st_size > 0, name
     runs = list(csv.DictReader((d / "runs.csv").open()))
     assert [(r["backend"], r["test"]) for r in runs] == [("hf", "pp16")] * 2 + [("hf", "tg8")] * 2
@@ -176,3 +200,37 @@ def test_unknown_fake_preset_in_yaml_is_a_config_error(tmp_path):
     cfg.write_text("gpu:\n  fake_preset: foo\n")
     result = runner.invoke(app, ["bench", "hf", "--fake-gpu", "-c", str(cfg)])
     assert result.exit_code == 2 and "gpu.fake_preset = 'foo'" in result.output
+
+
+def test_smoke_config_sweeps_the_simulated_gpu_in_virtual_time(tmp_path, monkeypatch, tiny_model):
+    monkeypatch.setenv("LUCE_BENCH_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.delenv("LUCE_BENCH_FAKE_GPU_STATE", raising=False)
+    result = runner.invoke(app, ["sweep", "-c", str(ROOT_CONFIGS / "smoke.yaml"), "-o", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    (d,) = (tmp_path / "runs").iterdir()
+    runs = list(csv.DictReader((d / "runs.csv").open()))
+    assert len(runs) == 3 * 2 * 3  # limits x tests x reps
+    assert {r["power_limit_req_w"] for r in runs} == {"420", "294", "210"}  # 100 %, 70 %, 50 % of the rtx3090's 420 W
+    for name in ("summary.csv", "samples.csv", "sweet_spot.csv", "sweet_spot.json", "tok_s.png", "sweep_pareto.png"):
+        assert (d / name).is_file(), name
+    assert "## Power-limit sweep" in (d / "report.md").read_text()
+    assert json.loads((d / "meta.json").read_text())["energy"]["virtual_time"] is True
+
+
+def test_fake_preset_flag_picks_the_simulated_card(tmp_path, tiny_model):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("gpu: {fake_clock: virtual}\ntests: [tg8]\nreps: 1\nwindow_s: 0.5\nwarmup_s: 0\n")
+    result = runner.invoke(
+        app, ["bench", "sim", "--fake-gpu", "--fake-preset", "h100-sxm", "-c", str(cfg), "-o", str(tmp_path / "runs")]
+    )
+    assert result.exit_code == 0, result.output
+    (d,) = (tmp_path / "runs").iterdir()
+    assert d.name.endswith("-bench-sim")
+    assert json.loads((d / "meta.json").read_text())["gpu"]["power_limit_max_w"] == 700.0
+
+
+def test_info_with_fake_gpu_lists_the_sim_backend_as_available():
+    result = runner.invoke(app, ["info", "--fake-gpu"])
+    assert result.exit_code == 0, result.output
+    sim = next(line for line in result.output.splitlines() if line.strip("│ ").startswith("sim "))
+    assert "yes" in sim

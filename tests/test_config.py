@@ -53,6 +53,45 @@ def test_missing_file_and_unknown_override(tmp_path):
         config.load(None, {"sweep.nope": 1})
 
 
-@pytest.mark.parametrize(("text", "expected"), [("220", (220.0, False)), ("220W", (220.0, False)), ("70%", (70.0, True))])
+@pytest.mark.parametrize(
+    ("text", "expected"), [("220", (220.0, False)), ("220W", (220.0, False)), ("70%", (70.0, True))]
+)
 def test_parse_limit(text, expected):
     assert config.parse_limit(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        pytest.param('reps: "3"\n', "reps: expected an integer, got '3'", id="string-int"),
+        pytest.param("reps: 2.5\n", "reps: expected an integer, got 2.5", id="fractional-int"),
+        pytest.param("gpu:\n  fake: yes please\n", "gpu.fake: expected true or false", id="string-bool"),
+        pytest.param("sampler: 5\n", "config: sampler: expected a mapping, got 5", id="section-not-mapping"),
+        pytest.param("tests: 5\n", "tests: expected a list, got 5", id="not-a-list"),
+        pytest.param(
+            "gpu:\n  fake_clock: fast\n", "gpu.fake_clock = 'fast'; expected one of real, virtual", id="clock"
+        ),
+        pytest.param("window_s: 9999\n", "window_s = 9999 is out of range [0.001, 3600]", id="upper-bound"),
+    ],
+)
+def test_types_are_strict_with_the_same_one_line_messages(tmp_path, yaml_text, message):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml_text)
+    with pytest.raises(UserError) as err:
+        config.load(p)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_yaml_numbers_become_strings_and_whole_floats_integers(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("reps: 3.0\nsweep:\n  limits: [300, 220.5, 70%]\nmodel: 123\n")
+    cfg = config.load(p)
+    assert cfg.reps == 3 and isinstance(cfg.reps, int)
+    assert cfg.sweep.limits == ("300", "220.5", "70%") and cfg.model == "123"
+
+
+def test_unreadable_config_is_one_line(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_bytes(b"reps: \xff\xfe\n")
+    with pytest.raises(UserError, match="cannot read it"):
+        config.load(p)

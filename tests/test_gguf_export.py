@@ -41,20 +41,39 @@ def test_tensor_list_of_08b_matches_llamacpp_names():
     names = [it.name for it in tensor_items(QWEN35_08B)]
     assert len(names) == 1 + 18 * 14 + 6 * 11 + 1  # embed, GDN layers, attention layers, final norm (tied: no output)
     assert "output.weight" not in names
-    assert {"blk.3.attn_q.weight", "blk.3.attn_q_norm.weight", "blk.0.ssm_a", "blk.0.ssm_dt.bias",
-            "blk.0.ssm_conv1d.weight", "blk.23.post_attention_norm.weight"} <= set(names)
+    assert {
+        "blk.3.attn_q.weight",
+        "blk.3.attn_q_norm.weight",
+        "blk.0.ssm_a",
+        "blk.0.ssm_dt.bias",
+        "blk.0.ssm_conv1d.weight",
+        "blk.23.post_attention_norm.weight",
+    } <= set(names)
 
 
 def test_export_keys_types_and_transforms(tiny_dir):
     path = ensure_gguf(tiny_dir, TINY, "bf16", progress=False)
     fields, tensors = _read(path)
     assert fields["general.architecture"] == "qwen35"
-    expect = {"qwen35.block_count": 4, "qwen35.embedding_length": 128, "qwen35.feed_forward_length": 256,
-              "qwen35.attention.head_count": 4, "qwen35.attention.head_count_kv": 2, "qwen35.attention.key_length": 64,
-              "qwen35.attention.value_length": 64, "qwen35.rope.dimension_count": 16, "qwen35.ssm.conv_kernel": 4,
-              "qwen35.ssm.state_size": 32, "qwen35.ssm.group_count": 4, "qwen35.ssm.time_step_rank": 4,
-              "qwen35.ssm.inner_size": 128, "qwen35.full_attention_interval": 4, "qwen35.vocab_size": 1024,
-              "tokenizer.ggml.model": "none", "luce_bench.exporter_version": EXPORTER_VERSION}
+    expect = {
+        "qwen35.block_count": 4,
+        "qwen35.embedding_length": 128,
+        "qwen35.feed_forward_length": 256,
+        "qwen35.attention.head_count": 4,
+        "qwen35.attention.head_count_kv": 2,
+        "qwen35.attention.key_length": 64,
+        "qwen35.attention.value_length": 64,
+        "qwen35.rope.dimension_count": 16,
+        "qwen35.ssm.conv_kernel": 4,
+        "qwen35.ssm.state_size": 32,
+        "qwen35.ssm.group_count": 4,
+        "qwen35.ssm.time_step_rank": 4,
+        "qwen35.ssm.inner_size": 128,
+        "qwen35.full_attention_interval": 4,
+        "qwen35.vocab_size": 1024,
+        "tokenizer.ggml.model": "none",
+        "luce_bench.exporter_version": EXPORTER_VERSION,
+    }
     for k, v in expect.items():
         assert fields[k] == v, k
     assert fields["qwen35.rope.freq_base"] == pytest.approx(1e7)

@@ -15,7 +15,7 @@ def test_greedy_tokens_equal_generate(hf_tiny):
     rest = hf_tiny.decode(31)
     ours = list(first.tokens + rest.tokens)
     ref = hf_tiny._model.generate(torch.tensor([PROMPT]), max_new_tokens=32, do_sample=False, min_new_tokens=32)
-    assert ours == ref[0, len(PROMPT):].tolist()
+    assert ours == ref[0, len(PROMPT) :].tolist()
     assert len(set(ours)) > 8, "synthetic weights must not give degenerate (constant) greedy output"
     assert first.elapsed_s > 0 and rest.elapsed_s > 0
 

@@ -95,8 +95,9 @@ def test_greedy_tokens_agree(tiny, hf, llama):
         ll.reset()
         toks = [*ll.prefill(prompt).tokens, *ll.decode(N_DECODE).tokens]
         hf.reset()  # HF along llama.cpp's own path
-        ref = np.concatenate([hf.prefill(prompt, logits=True).logits,
-                              hf.decode(N_DECODE, logits=True, inputs=toks[:-1]).logits])
+        ref = np.concatenate(
+            [hf.prefill(prompt, logits=True).logits, hf.decode(N_DECODE, logits=True, inputs=toks[:-1]).logits]
+        )
         gap = ref.max(axis=1) - ref[np.arange(len(toks)), toks]
         assert gap.max() <= delta, f"seed {s}: llama.cpp chose a token {gap.max():.3f} below HF's best"
 

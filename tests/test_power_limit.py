@@ -10,13 +10,8 @@ from luce_bench.errors import UserError
 from luce_bench.gpu import GPUPermissionError, GPUReadOnlyError
 from luce_bench.gpu.fake import PRESETS, FakeGPU
 from luce_bench.gpu.journal import JournalError, journal_path, list_journals
-from luce_bench.gpu.power_limit import (
-    PowerLimitController,
-    applied_power_limit,
-    check_set_permission,
-    parse_limits,
-    restore_from_journals,
-)
+from luce_bench.gpu.power_limit import PowerLimitController, applied_power_limit, restore_from_journals
+from luce_bench.plan import parse_limits
 
 H100 = (200_000, 700_000)
 
@@ -102,18 +97,18 @@ def test_stale_journal_refused_and_restore_replays_it(state_dir, tmp_path, monke
     monkeypatch.setenv("LUCE_BENCH_FAKE_GPU_STATE", str(tmp_path / "fake.json"))
     from luce_bench.gpu import open_gpu
 
-    gpu = open_gpu(fake=True)
+    gpu = open_gpu(fake_preset="rtx3090")
     ctl = PowerLimitController(gpu, fake="rtx3090").__enter__()
     ctl.set_limit_mw(220_000)
     ctl._lock.release()  # simulate SIGKILL: lock gone, journal left, limit still low
     from luce_bench.gpu.power_limit import _Guard
 
     _Guard.remove(ctl)
-    with pytest.raises(JournalError, match="luce-bench restore"), PowerLimitController(open_gpu(fake=True)):
+    with pytest.raises(JournalError, match="luce-bench restore"), PowerLimitController(open_gpu(fake_preset="rtx3090")):
         pass
     lines = restore_from_journals()
     assert "restored GPU 0" in lines[0] and "220 W -> 420 W" in lines[0]
-    assert open_gpu(fake=True).power_limit_mw() == 420_000
+    assert open_gpu(fake_preset="rtx3090").power_limit_mw() == 420_000
     assert list_journals() == []
 
 
@@ -126,7 +121,7 @@ def test_lock_keeps_two_controllers_apart():
 def test_missing_permission_fails_before_anything_changes():
     gpu = FakeGPU(refuse_set=True)
     with pytest.raises(GPUPermissionError, match="CAP_SYS_ADMIN.*cap-add SYS_ADMIN"):
-        check_set_permission(gpu)
+        gpu.check_writable()
     with pytest.raises(GPUPermissionError), PowerLimitController(gpu) as ctl:
         ctl.set_limit_mw(220_000)
     assert gpu.power_limit_mw() == 420_000
@@ -137,7 +132,7 @@ def test_read_only_refuses_controller_and_restore(monkeypatch):
     with pytest.raises(GPUReadOnlyError):
         PowerLimitController(FakeGPU(read_only=True)).__enter__()
     with pytest.raises(GPUReadOnlyError):
-        check_set_permission(FakeGPU(read_only=True))
+        FakeGPU(read_only=True).check_writable()
 
 
 def test_env_read_only_holds_even_for_a_gpu_opened_writable(monkeypatch):

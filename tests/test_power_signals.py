@@ -1,4 +1,4 @@
-"""Every exit path restores the ORIGINAL limit: normal, exception, SIGINT, SIGTERM, SIGHUP, atexit, and SIGKILL + restore.
+"""Every exit path restores the ORIGINAL limit: normal, exception, SIGINT, SIGTERM, SIGHUP, atexit, SIGKILL + restore.
 
 Each case runs a child process on a FakeGPU whose state lives in a file, so this process can read the card afterwards.
 """
@@ -23,7 +23,7 @@ CHILD = textwrap.dedent(
     from luce_bench.gpu import open_gpu
     from luce_bench.gpu.power_limit import PowerLimitController
     mode = sys.argv[1]
-    gpu = open_gpu(fake=True)
+    gpu = open_gpu(fake_preset="rtx3090")
     if mode == "atexit":  # never leaves the with block normally: the atexit backstop must restore
         ctl = PowerLimitController(gpu, fake="rtx3090").__enter__()
         ctl.set_limit_mw(220000)
@@ -54,7 +54,7 @@ def _card(env):
     old = os.environ.get("LUCE_BENCH_FAKE_GPU_STATE")
     os.environ["LUCE_BENCH_FAKE_GPU_STATE"] = env["LUCE_BENCH_FAKE_GPU_STATE"]
     try:
-        return open_gpu(fake=True, read_only=True)
+        return open_gpu(fake_preset="rtx3090", read_only=True)
     finally:
         if old is None:
             del os.environ["LUCE_BENCH_FAKE_GPU_STATE"]

@@ -6,16 +6,13 @@ import time
 
 import pytest
 
+from luce_bench.clock import SimClock
 from luce_bench.gpu.fake import FakeGPU
 from luce_bench.sampler import Sampler
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 50.0
-
-    def __call__(self) -> float:
-        return self.t
+def Clock() -> SimClock:  # noqa: N802 - virtual time, advanced by sleep()
+    return SimClock(start_s=50.0)
 
 
 TRACE = [(0.0, 80.0), (2.0, 80.0), (2.0001, 300.0), (6.0, 300.0), (9.0, 150.0), (12.0, 150.0)]
@@ -29,10 +26,10 @@ def test_known_trace_gives_known_joules_counter_and_samples():
     sampler = Sampler(gpu, period_s=0.1, clock=clock)
     t0_s = sampler.now_s()
     e0_mj = gpu.total_energy_mj()
-    for _ in range(121):  # 12 s at 10 Hz, driven by the fake clock
+    for i in range(121):  # 12 s at 10 Hz, polled by hand on the virtual clock
         sampler.poll_once()
-        clock.t += 0.1
-    clock.t -= 0.1
+        if i < 120:
+            clock.sleep(0.1)
     t1_s = sampler.now_s()
     counter_j = (gpu.total_energy_mj() - e0_mj) / 1000.0
     assert counter_j == pytest.approx(TRACE_J, rel=0.01)
@@ -48,7 +45,7 @@ def test_constant_power_integral_is_exact_including_edges():
     sampler = Sampler(gpu, clock=clock)
     for _ in range(11):
         sampler.poll_once()
-        clock.t += 0.1
+        clock.sleep(0.1)
     assert sampler.integrate_power_j(0.05, 0.95) == pytest.approx(180.0)
 
 
@@ -66,9 +63,9 @@ def test_summary_throttle_share_and_temps():
     gpu.set_power_limit_mw(200_000)
     sampler = Sampler(gpu, clock=clock)
     for i in range(20):
-        gpu.set_busy(i >= 10)  # half idle, half power-capped
+        gpu.set_load(i >= 10)  # half idle, half power-capped
         sampler.poll_once()
-        clock.t += 0.1
+        clock.sleep(0.1)
     s = sampler.summarize(0.0, 2.0)
     assert s["throttled_share"] == pytest.approx(0.5)
     assert s["temp_end_c"] >= s["temp_start_c"]
@@ -77,14 +74,27 @@ def test_summary_throttle_share_and_temps():
 
 def test_thread_polls_at_period_and_reports_jitter():
     gpu = FakeGPU()
-    with Sampler(gpu, period_s=0.02 if False else 0.05) as sampler:
-        assert sampler.ready.is_set()
+    with Sampler(gpu, period_s=0.05) as sampler:
+        assert len(sampler.samples) == 1  # the first poll happens before start() returns
         time.sleep(0.6)
     n = len(sampler.samples)
     assert 8 <= n <= 14
     jitter = sampler.jitter_ms()
     assert jitter["mean_interval_ms"] == pytest.approx(50.0, rel=0.3)
-    assert not sampler._thread.is_alive()
+    time.sleep(0.15)
+    assert len(sampler.samples) == n  # stopped: the thread is gone
+
+
+def test_virtual_clock_polls_inside_sleeps_at_due_times():
+    clock = SimClock(start_s=0.0)
+    gpu = FakeGPU(clock=clock, trace_w=[(0.0, 100.0), (1.0, 200.0)])
+    with Sampler(gpu, period_s=0.25, clock=clock) as sampler:
+        clock.sleep(0.6)  # due at 0.25 and 0.5
+        clock.sleep(0.5)  # due at 0.75 and 1.0
+    assert [s.t_s for s in sampler.samples] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert [s.power_w for s in sampler.samples] == [100.0, 125.0, 150.0, 175.0, 200.0]
+    clock.sleep(1.0)
+    assert len(sampler.samples) == 5
 
 
 def test_warns_below_50_ms():

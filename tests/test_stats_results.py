@@ -1,19 +1,33 @@
-"""Statistics and the run-directory writer: known numbers in, known numbers out."""
+"""Statistics, typed records, the run-directory writer and summaries: known numbers in, known numbers out."""
 
+import dataclasses
 import math
 
 import pytest
 
 from luce_bench import stats
-from luce_bench.results import RunWriter, read_csv, summarize
+from luce_bench.errors import UserError
+from luce_bench.records import RunRecord, SummaryRow, columns, read_csv, write_csv
+from luce_bench.results import RunWriter, read_meta, read_runs, read_samples
+from luce_bench.sampler import Sample
+from luce_bench.summary import summarize
+
+T975_DF4 = 2.776445105197793  # Student t, 97.5 % quantile, 4 degrees of freedom (tables: 2.776)
 
 
 def test_describe_matches_hand_computed_t_interval():
     s = stats.describe([10.0, 12.0, 14.0, 16.0, 18.0])
     assert s.n == 5 and s.mean == 14.0
     assert s.std == pytest.approx(math.sqrt(10.0))  # sample std, n-1
-    half = 2.776 * math.sqrt(10.0) / math.sqrt(5)
+    half = T975_DF4 * math.sqrt(10.0) / math.sqrt(5)
     assert (s.ci95_lo, s.ci95_hi) == pytest.approx((14.0 - half, 14.0 + half))
+
+
+def test_t_quantiles_are_exact():
+    assert stats.t975(4) == pytest.approx(T975_DF4, rel=1e-12)
+    assert stats.t975(1) == pytest.approx(12.706204736174707, rel=1e-12)
+    assert stats.t975(100) == pytest.approx(1.983971518523552, rel=1e-12)  # not the normal 1.960
+    assert math.isnan(stats.t975(0))
 
 
 def test_describe_drops_nan_and_handles_tiny_samples():
@@ -21,43 +35,122 @@ def test_describe_drops_nan_and_handles_tiny_samples():
     one = stats.describe([3.0, float("nan"), None])
     assert one.n == 1 and one.mean == 3.0 and math.isnan(one.std)
     assert stats.median([3, 1, 2, float("nan")]) == 2
-    assert stats.t975(100) == 1.960
+    assert stats.describe([246.594] * 3).std == 0.0  # equal values: exactly no spread
 
 
-def _row(backend, test, rep, tokens, window_s, energy_j, valid=True):
-    return {"backend": backend, "test": test, "rep": rep, "n_tokens": tokens, "window_s": window_s,
-            "avg_ts": tokens / window_s, "energy_j": energy_j, "tok_per_j": tokens / energy_j if valid else None,
-            "mean_power_w": energy_j / window_s, "valid": valid, "verdict": "ok" if valid else "no-energy"}
+def _row(backend, test, rep, tokens, window_s, energy_j, valid=True, **kw):
+    return RunRecord(
+        test_time="2027-01-01T00:00:00Z",
+        backend=backend,
+        model="tiny",
+        model_type="qwen35 4L h128",
+        model_n_params=910200,
+        n_prompt=0,
+        n_gen=128,
+        test=test,
+        rep=rep,
+        iterations=10,
+        n_tokens=tokens,
+        window_s=window_s,
+        compute_s=window_s,
+        avg_ts=tokens / window_s,
+        energy_j=energy_j if valid else None,
+        tok_per_j=tokens / energy_j if valid else None,
+        mean_power_w=energy_j / window_s if valid else None,
+        device="cuda",
+        gpu_simulated=False,
+        valid=valid,
+        verdict="ok" if valid else "no-energy",
+        **kw,
+    )
 
 
 def test_summarize_groups_and_pools_energy():
-    runs = [_row("hf", "tg128", i, 1280, 10.0, 1000.0 + 100 * i) for i in range(3)] + [_row("mk", "tg128", 0, 12800, 10.0, 3000.0)]
+    runs = [_row("hf", "tg128", i, 1280, 10.0, 1000.0 + 100 * i) for i in range(3)]
+    runs.append(_row("mk", "tg128", 0, 12800, 10.0, 3000.0))
     rows = summarize(runs)
-    assert [(r["backend"], r["test"], r["n"]) for r in rows] == [("hf", "tg128", 3), ("mk", "tg128", 1)]
+    assert [(r.backend, r.test, r.n) for r in rows] == [("hf", "tg128", 3), ("mk", "tg128", 1)]
     hf = rows[0]
-    assert hf["avg_ts"] == pytest.approx(128.0)
-    assert hf["tok_per_j"] == pytest.approx((1.28 + 1280 / 1100 + 1280 / 1200) / 3)
-    assert hf["j_per_tok"] == pytest.approx(3300.0 / 3840)
-    assert hf["mean_power_w"] == pytest.approx(110.0)
-    assert hf["valid_reps"] == 3 and hf["verdict"] == "ok"
+    assert hf.avg_ts == pytest.approx(128.0)
+    assert hf.tok_per_j == pytest.approx((1.28 + 1280 / 1100 + 1280 / 1200) / 3)
+    assert hf.j_per_tok == pytest.approx(3300.0 / 3840)
+    assert hf.mean_power_w == pytest.approx(110.0)
+    assert hf.valid_reps == 3 and hf.verdict == "ok"
+
+
+def test_summary_groups_by_limit_and_collects_flags():
+    runs = [
+        _row("hf", "tg128", 0, 100, 10.0, 50.0, power_limit_req_w=300.0, temp_start_c=40.0, temp_end_c=47.0),
+        _row("hf", "tg128", 1, 100, 10.0, 50.0, power_limit_req_w=300.0),
+        _row("hf", "tg128", 0, 90, 10.0, 40.0, power_limit_req_w=200.0),
+    ]
+    runs[0].verdict = "temp-drift"
+    rows = summarize(runs)
+    assert [(r.power_limit_req_w, r.n) for r in rows] == [(300.0, 2), (200.0, 1)]
+    assert rows[0].verdict == "temp-drift" and rows[0].temp_drift_c == 7.0 and rows[1].verdict == "ok"
 
 
 def test_summary_without_energy_says_so():
-    rows = summarize([_row("hf", "pp520", 0, 520, 10.0, 1.0, valid=False)])
-    assert math.isnan(rows[0]["tok_per_j"]) and rows[0]["verdict"] == "no-energy"
+    (row,) = summarize([_row("hf", "pp520", 0, 520, 10.0, 1.0, valid=False)])
+    assert math.isnan(row.tok_per_j) and row.verdict == "no-energy"
 
 
-def test_writer_appends_rows_immediately_and_replaces_summary(tmp_path):
+def test_records_round_trip_through_csv_with_the_llama_bench_names(tmp_path):
+    rec = _row("hf", "tg128", 0, 1280, 10.0, 1000.0, power_limit_req_w=300.0, temp_start_c=41)
+    assert columns(RunRecord)[:9] == [
+        "test_time",
+        "backend",
+        "model",
+        "model_type",
+        "model_n_params",
+        "n_prompt",
+        "n_gen",
+        "test",
+        "rep",
+    ]
+    write_csv(tmp_path / "r.csv", RunRecord, [rec])
+    (back,) = read_csv(tmp_path / "r.csv", RunRecord)
+    assert back == dataclasses.replace(rec, temp_start_c=41.0)
+    assert back.power_limit_w is None and back.valid is True and back.tok_per_j == pytest.approx(1.28)
+
+
+def test_reader_names_the_bad_line_and_missing_columns(tmp_path):
+    write_csv(tmp_path / "runs.csv", RunRecord, [_row("hf", "tg128", 0, 128, 10.0, 100.0)])
+    text = (tmp_path / "runs.csv").read_text().replace(",1280,", ",x,").replace("128,10,", "lots,10,")
+    (tmp_path / "runs.csv").write_text(text)
+    with pytest.raises(UserError, match=r"runs.csv line 2: invalid literal"):
+        read_csv(tmp_path / "runs.csv", RunRecord)
+    (tmp_path / "summary.csv").write_text("backend,test\nhf,tg128\n")
+    with pytest.raises(UserError, match=r"missing columns: model, n_prompt"):
+        read_csv(tmp_path / "summary.csv", SummaryRow)
+
+
+def test_writer_appends_rows_immediately_and_reads_back(tmp_path):
     w = RunWriter.create(tmp_path, "x")
     w.add_run(_row("hf", "tg128", 0, 128, 10.0, 100.0))
     # an interrupted run keeps the finished rows: they are on disk before close()
-    assert len(read_csv(w.dir / "runs.csv")) == 1
-    w.add_samples([{"t_s": 0.1, "power_w": 100.0}])
-    w.write_summary()
+    assert len(read_runs(w.dir)) == 1 and w.n_runs == 1
+    w.add_samples([Sample(0.1, 100.0, None, 1980, 2619, 40, 0, 1000, 700.0)])
     w.write_meta({"a": 1})
     w.write_meta({"b": 2})
     w.close()
-    assert read_csv(w.dir / "summary.csv")[0]["avg_ts"] == "12.8"
-    assert float(read_csv(w.dir / "samples.csv")[0]["power_w"]) == 100.0
-    assert (w.dir / "meta.json").read_text().count('"') == 4
+    assert read_runs(w.dir)[0].avg_ts == 12.8
+    assert read_samples(w.dir)[0].power_w == 100.0 and read_samples(w.dir)[0].avg_power_w is None
+    assert read_meta(w.dir) == {"a": 1, "b": 2}
     assert not list(w.dir.glob(".*"))  # no temp files left behind
+
+
+def test_writer_refuses_a_file_as_output_dir(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(UserError, match="exists and is not a directory"):
+        RunWriter.create(tmp_path / "f", "x")
+
+
+def test_a_published_run_reads_its_gzipped_samples(tmp_path):
+    import gzip
+
+    sample = Sample(0.5, 250.0, 240.0, 1980, 2619, 55, 4, 123456, 700.0)
+    write_csv(tmp_path / "samples.csv", Sample, [sample])
+    (tmp_path / "samples.csv.gz").write_bytes(gzip.compress((tmp_path / "samples.csv").read_bytes()))
+    (tmp_path / "samples.csv").unlink()
+    assert read_samples(tmp_path) == [sample]

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 from luce_bench.cli import app
 from luce_bench.gpu import open_gpu
 from luce_bench.gpu.journal import list_journals, new_entry, write_journal
-from luce_bench.gpu.power_limit import LimitTarget
-from luce_bench.sweep import order_targets
-from luce_bench.sweep_report import sweet_spots
+from luce_bench.plan import LimitTarget, order_targets
+from luce_bench.records import SummaryRow
+from luce_bench.summary import sweet_spots
 
 FAST = [
     "--tests",
@@ -58,7 +58,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 
 def _card(preset="rtx3090"):
-    return open_gpu(fake=preset, read_only=True)
+    return open_gpu(fake_preset=preset, read_only=True)
 
 
 def test_four_limit_sweep_writes_rows_plots_and_sweet_spot(env):
@@ -194,15 +194,23 @@ def test_order_descending_by_default_and_seeded_shuffle():
 
 def test_sweet_spot_rule():
     def row(limit, ts, tpj, w):
-        return {
-            "backend": "b",
-            "test": "tg128",
-            "power_limit_req_w": limit,
-            "power_limit_w": limit,
-            "avg_ts": ts,
-            "tok_per_j": tpj,
-            "mean_power_w": w,
-        }
+        return SummaryRow(
+            backend="b",
+            model="m",
+            test="tg128",
+            n_prompt=0,
+            n_gen=128,
+            power_limit_req_w=limit,
+            power_limit_w=limit,
+            n=5,
+            avg_ts=ts,
+            tok_per_j=tpj,
+            mean_power_w=w,
+            valid_reps=5,
+            device="cuda",
+            gpu_simulated=True,
+            verdict="ok",
+        )
 
     summary = [
         row(420, 100.0, 0.30, 330),
@@ -211,7 +219,7 @@ def test_sweet_spot_rule():
         row(150, 80.0, 0.60, 133),
     ]
     (spot,) = sweet_spots(summary, 0.95, default_limit_w=420)
-    assert spot["limit_w"] == 220 and spot["speed_share"] == pytest.approx(0.955)
-    assert spot["tok_per_j_gain_pct"] == pytest.approx(100 * (0.5 / 0.3 - 1))
+    assert spot.limit_w == 220 and spot.speed_share == pytest.approx(0.955)
+    assert spot.tok_per_j_gain_pct == pytest.approx(100 * (0.5 / 0.3 - 1))
     (spot,) = sweet_spots(summary, 0.97, default_limit_w=420)
-    assert spot["limit_w"] == 300
+    assert spot.limit_w == 300

@@ -1,5 +1,7 @@
-"""The sweep process killed mid-run: SIGTERM/SIGINT/SIGHUP restore at once; SIGKILL leaves a journal that
-`luce-bench restore`, run as a second process, replays to give back the original limit.
+"""The sweep process killed mid-run: SIGTERM/SIGINT/SIGHUP restore at once; SIGKILL needs `luce-bench restore`.
+
+After SIGKILL the journal is left behind; `luce-bench restore`, run as a second process, replays it to give back the
+original limit.
 """
 
 from __future__ import annotations

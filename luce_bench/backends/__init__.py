@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-import importlib
+from luce_bench.backends.base import Backend, BackendUnavailable, ModelSpec, StepResult, load_class
 
-from luce_bench.backends.base import Backend, BackendUnavailable, ModelSpec, StepResult
-
-__all__ = ["REGISTRY", "Backend", "BackendUnavailable", "ModelSpec", "StepResult", "available", "create", "get"]
+__all__ = [
+    "REGISTRY",
+    "Backend",
+    "BackendUnavailable",
+    "ModelSpec",
+    "StepResult",
+    "available",
+    "create",
+    "get",
+    "unavailable_reason",
+]
 
 REGISTRY: dict[str, str] = {
     "megakernel": "luce_bench.backends.megakernel:MegakernelBackend",
@@ -22,8 +30,7 @@ def get(name: str) -> type[Backend]:
 
     if name not in REGISTRY:
         raise UserError(f"unknown backend {name!r}; known: {', '.join(REGISTRY)}")
-    module, cls = REGISTRY[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+    return load_class(REGISTRY[name])
 
 
 def create(name: str, **kwargs: object) -> Backend:
@@ -34,16 +41,24 @@ def create(name: str, **kwargs: object) -> Backend:
     if cls.isolate and os.environ.get("LUCE_BENCH_NO_ISOLATION", "") in ("", "0"):
         from luce_bench.backends.isolated import IsolatedBackend
 
-        return IsolatedBackend(name, **kwargs)
+        return IsolatedBackend(name, REGISTRY[name], **kwargs)
     return cls(**kwargs)
 
 
-def available() -> dict[str, str | None]:
+def unavailable_reason(name: str, simulated_gpu: bool = False) -> str | None:
+    """Why backend `name` cannot run here (None if it can); unknown names raise a UserError.
+
+    A simulated backend needs a simulated GPU (`simulated_gpu`, i.e. --fake-gpu).
+    """
+    try:
+        cls = get(name)
+    except ImportError as exc:  # a broken install of the backend's module
+        return f"cannot import the {name} backend ({exc})"
+    if cls.simulated and not simulated_gpu:
+        return "simulated backend: runs only with --fake-gpu"
+    return cls.unavailable_reason()
+
+
+def available(simulated_gpu: bool = False) -> dict[str, str | None]:
     """{name: None if it can run here, else the reason why not}."""
-    out: dict[str, str | None] = {}
-    for name in REGISTRY:
-        try:
-            out[name] = get(name).unavailable_reason()
-        except ImportError as exc:  # module not written yet or broken
-            out[name] = f"not importable: {exc}"
-    return out
+    return {name: unavailable_reason(name, simulated_gpu) for name in REGISTRY}

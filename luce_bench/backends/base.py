@@ -51,6 +51,8 @@ class Backend(ABC):
     # True: run in a child process of its own (see backends/isolated.py); its classmethod `prepare(model, **kwargs)`,
     # if defined, runs in the parent first
     isolate: ClassVar[bool] = False
+    # True: a simulation of a GPU engine (backends/sim.py); runs only with a simulated GPU (--fake-gpu)
+    simulated: ClassVar[bool] = False
 
     @classmethod
     @abstractmethod
@@ -80,12 +82,12 @@ class Backend(ABC):
         With `logits`, return float32 [n, vocab] (one row per step).
         """
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: most backends free their memory here
         """Free device memory."""
 
     @property
     def device_kind(self) -> str:
-        """"cuda" or "cpu": where the work actually ran (set by `load`)."""
+        """Where the work actually ran: "cuda" or "cpu" (set by `load`)."""
         return getattr(self, "_device_kind", "cpu")
 
     def info(self) -> dict[str, Any]:
@@ -94,10 +96,18 @@ class Backend(ABC):
 
     @classmethod
     def describe(cls) -> dict[str, Any]:
-        """Static facts for `luce-bench info` (version, build kind); may import the backend's package, never load a model."""
+        """Static facts for `luce-bench info` (version, build kind); may import its package, never loads a model."""
         return {}
 
 
 def argmax_tokens(rows: Any) -> tuple[int, ...]:
     """Argmax of each row of a [n, vocab] numpy array, as plain ints."""
     return tuple(int(i) for i in rows.argmax(axis=-1))
+
+
+def load_class(target: str) -> type[Backend]:
+    """The backend class at "package.module:Class" (imports the module)."""
+    import importlib
+
+    module, cls = target.split(":")
+    return getattr(importlib.import_module(module), cls)

@@ -40,7 +40,7 @@ class HFBackend(Backend):
     def __init__(self, dtype: str = "bfloat16", sdpa_cudnn: bool = False) -> None:
         self.dtype_name = dtype
         # On the H100, SDPA picked cuDNN attention for decode, and cuDNN built a new plan on the host for every new KV
-        # length: 6.9 ms of CPU per call, 41 ms of a 106 ms token (scripts/profile_hf.py). Off by default, recorded.
+        # length: 6.9 ms of CPU per call, 41 ms of a 106 ms token (experiments/profile_hf.py). Off by default, recorded.
         self.sdpa_cudnn = sdpa_cudnn
         self._model: Any = None
         self._cache: Any = None
@@ -49,6 +49,7 @@ class HFBackend(Backend):
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
+        """Why HF cannot run here (torch or transformers missing), or None."""
         for pkg in ("torch", "transformers"):
             if importlib.util.find_spec(pkg) is None:
                 return f"{pkg} is not installed (pip install 'luce-bench[hf]')"
@@ -56,13 +57,19 @@ class HFBackend(Backend):
 
     @classmethod
     def describe(cls) -> dict[str, Any]:
+        """Versions of torch, transformers and the GDN kernel packages."""
         import torch
         import transformers
 
-        return {"torch": torch.__version__, "transformers": transformers.__version__,
-                "fla": _version_of("fla"), "causal_conv1d": _version_of("causal_conv1d")}
+        return {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "fla": _version_of("fla"),
+            "causal_conv1d": _version_of("causal_conv1d"),
+        }
 
     def load(self, model: ModelSpec, device: str = "auto") -> None:
+        """Load the checkpoint in `dtype` on `device` (cuda when available for "auto")."""
         import torch
         from transformers import AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
@@ -86,6 +93,7 @@ class HFBackend(Backend):
         self.reset()
 
     def reset(self) -> None:
+        """Drop the cache (KV and GDN state)."""
         self._cache = None
         self._last = None
 
@@ -101,6 +109,7 @@ class HFBackend(Backend):
             torch.cuda.synchronize(self._device)
 
     def prefill(self, token_ids: Sequence[int], logits: bool = False) -> StepResult:
+        """Run the prompt in one forward pass; return the argmax next token."""
         import torch
 
         ids = torch.tensor([list(token_ids)], dtype=torch.long, device=self._device)
@@ -115,6 +124,7 @@ class HFBackend(Backend):
         return StepResult(tokens=(int(self._last.item()),), elapsed_s=elapsed, logits=rows)
 
     def decode(self, n: int, logits: bool = False, inputs: Sequence[int] | None = None) -> StepResult:
+        """Greedy-decode `n` tokens, one forward step each (teacher-forced with `inputs`)."""
         import torch
 
         if self._last is None and inputs is None:
@@ -144,6 +154,7 @@ class HFBackend(Backend):
         return StepResult(tokens=tokens, elapsed_s=elapsed, logits=out_rows)
 
     def info(self) -> dict[str, Any]:
+        """dtype, device, attention and GDN paths (fla kernels or pure-torch fallbacks) for meta.json."""
         info = self.describe()
         info.update(
             dtype=self.dtype_name,
@@ -154,11 +165,15 @@ class HFBackend(Backend):
             gdn_path="pure-torch fallback" if self._recorder.fallbacks else "fla/causal-conv1d kernels",
         )
         if self._recorder.fallbacks:
-            info["warning"] = ("GDN layers ran on transformers' pure-torch fallbacks (" + ", ".join(sorted(self._recorder.fallbacks))
-                               + "): install fla-core and causal-conv1d for the fast path")
+            info["warning"] = (
+                "GDN layers ran on transformers' pure-torch fallbacks ("
+                + ", ".join(sorted(self._recorder.fallbacks))
+                + "): install fla-core and causal-conv1d for the fast path"
+            )
         return info
 
     def close(self) -> None:
+        """Release the model and restore transformers' log handler."""
         from transformers.utils import logging as hf_logging
 
         hf_logging.get_logger("transformers").removeHandler(self._recorder)

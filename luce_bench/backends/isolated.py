@@ -6,7 +6,7 @@ backend it runs, so torch and pynvml stay in the parent. Timings are unaffected:
 inside the child around synchronised device work; the pipe round trip (~0.1 ms) lies outside it but inside the
 energy window, like any other host overhead.
 
-    parent                                   child (python -m luce_bench.backends.isolated FD NAME KWARGS_JSON)
+    parent                                   child (python -m luce_bench.backends.isolated FD MODULE:CLASS KWARGS)
     IsolatedBackend.prefill(ids) --pickle--> backend.prefill(ids) --pickle--> StepResult
 """
 
@@ -21,18 +21,17 @@ from collections.abc import Sequence
 from multiprocessing.connection import Connection, Pipe
 from typing import Any
 
-from luce_bench.backends.base import Backend, BackendUnavailable, ModelSpec, StepResult
+from luce_bench.backends.base import Backend, BackendUnavailable, ModelSpec, StepResult, load_class
 from luce_bench.errors import UserError
 
 
 class IsolatedBackend(Backend):
-    """Proxy for backend `inner_name`, running in a child process; same interface as the backend itself."""
+    """Proxy for backend `inner_name` ("module:Class" `target`), in a child process; the backend's own interface."""
 
-    def __init__(self, inner_name: str, **kwargs: Any) -> None:
-        from luce_bench.backends import get
-
+    def __init__(self, inner_name: str, target: str, **kwargs: Any) -> None:
         self.name = inner_name  # type: ignore[misc]  # the proxy reports under the inner backend's name
-        self._inner_cls = get(inner_name)
+        self._target = target
+        self._inner_cls = load_class(target)
         self._kwargs = kwargs
         self._proc: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
@@ -40,9 +39,11 @@ class IsolatedBackend(Backend):
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
+        """The proxy can always start; the inner backend's reason was checked by the caller."""
         return None
 
     def load(self, model: ModelSpec, device: str = "auto") -> None:
+        """Run the inner backend's `prepare` here, start the child process, load the model there."""
         prepare = getattr(self._inner_cls, "prepare", None)
         if prepare is not None:  # parent-side work that needs torch (e.g. the GGUF export)
             prepare(model, **self._kwargs)
@@ -50,8 +51,10 @@ class IsolatedBackend(Backend):
         fd = child.fileno()
         env = dict(os.environ, LUCE_BENCH_ISOLATED="1")
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "luce_bench.backends.isolated", str(fd), self.name, json.dumps(self._kwargs)],
-            pass_fds=(fd,), env=env)
+            [sys.executable, "-m", "luce_bench.backends.isolated", str(fd), self._target, json.dumps(self._kwargs)],
+            pass_fds=(fd,),
+            env=env,
+        )
         child.close()
         self._conn = parent
         self._call("load", model, device)
@@ -76,20 +79,25 @@ class IsolatedBackend(Backend):
         raise RuntimeError(f"{self.name} worker: {message}")
 
     def reset(self) -> None:
+        """Reset the inner backend."""
         self._call("reset")
 
     def prefill(self, token_ids: Sequence[int], logits: bool = False) -> StepResult:
+        """The inner backend's prefill, in the child."""
         return self._call("prefill", list(token_ids), logits=logits)
 
     def decode(self, n: int, logits: bool = False, inputs: Sequence[int] | None = None) -> StepResult:
+        """The inner backend's decode, in the child."""
         return self._call("decode", n, logits=logits, inputs=list(inputs) if inputs is not None else None)
 
     def info(self) -> dict[str, Any]:
+        """The inner backend's provenance, marked as run in a child process."""
         info = dict(self._call("info")) if self._conn is not None else dict(self._info)
         info["process"] = "isolated child process (no torch, no NVML)"
         return info
 
     def close(self) -> None:
+        """Close the inner backend and end the child process."""
         if self._conn is not None:
             try:
                 self._info = self._call("info")
@@ -108,10 +116,8 @@ class IsolatedBackend(Backend):
             self._proc = None
 
 
-def _serve(conn: Connection, name: str, kwargs: dict[str, Any]) -> None:
-    from luce_bench.backends import get
-
-    backend = get(name)(**kwargs)
+def _serve(conn: Connection, target: str, kwargs: dict[str, Any]) -> None:
+    backend = load_class(target)(**kwargs)
     while True:
         try:
             method, args, kw = conn.recv()
@@ -126,10 +132,18 @@ def _serve(conn: Connection, name: str, kwargs: dict[str, Any]) -> None:
                 result = getattr(backend, method)(*args, **kw)
             conn.send(("ok", result))
         except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent
-            kind = ("UserError" if isinstance(exc, UserError)
-                    else "BackendUnavailable" if isinstance(exc, BackendUnavailable) else type(exc).__name__)
-            detail = str(exc) if kind in ("UserError", "BackendUnavailable") else (
-                f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}")
+            kind = (
+                "UserError"
+                if isinstance(exc, UserError)
+                else "BackendUnavailable"
+                if isinstance(exc, BackendUnavailable)
+                else type(exc).__name__
+            )
+            detail = (
+                str(exc)
+                if kind in ("UserError", "BackendUnavailable")
+                else (f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}")
+            )
             conn.send(("error", (kind, detail)))
 
 

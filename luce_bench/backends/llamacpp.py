@@ -48,6 +48,7 @@ def _install_log_capture(echo: bool) -> None:
 
     _log_state["echo"] = echo
     if _log_state["cb"] is None:
+
         def _cb(level: int, text: bytes, _user: Any) -> None:
             line = text.decode("utf-8", "replace")
             _log_lines.append(line)
@@ -114,9 +115,17 @@ class LlamaCppBackend(Backend):
 
         ensure_gguf(model.path, model.config, gguf_type)
 
-    def __init__(self, flash_attn: bool = True, n_ctx: int | None = None, n_batch: int = 2048, n_ubatch: int = 512,
-                 n_threads: int | None = None, gguf_type: str = "bf16", allow_cpu: bool = False,
-                 verbose: bool = False) -> None:
+    def __init__(
+        self,
+        flash_attn: bool = True,
+        n_ctx: int | None = None,
+        n_batch: int = 2048,
+        n_ubatch: int = 512,
+        n_threads: int | None = None,
+        gguf_type: str = "bf16",
+        allow_cpu: bool = False,
+        verbose: bool = False,
+    ) -> None:
         self.flash_attn = flash_attn
         self.n_ctx = n_ctx or 4096
         self.n_batch = n_batch
@@ -135,9 +144,11 @@ class LlamaCppBackend(Backend):
     @classmethod
     def unavailable_reason(cls) -> str | None:
         """Why llamacpp cannot run here (missing llama_cpp, diskcache or gguf), or None."""
-        for pkg, hint in (("llama_cpp", "pip install llama-cpp-python (CPU) or " + CUDA_RECIPE + " (CUDA)"),
-                          ("diskcache", "pip install diskcache (llama-cpp-python imports it)"),
-                          ("gguf", "pip install gguf")):
+        for pkg, hint in (
+            ("llama_cpp", "pip install llama-cpp-python (CPU) or " + CUDA_RECIPE + " (CUDA)"),
+            ("diskcache", "pip install diskcache (llama-cpp-python imports it)"),
+            ("gguf", "pip install gguf"),
+        ):
             if importlib.util.find_spec(pkg) is None:
                 return f"{pkg} is not installed ({hint})"
         return None
@@ -159,16 +170,20 @@ class LlamaCppBackend(Backend):
             return "cpu", 0
         if device.startswith("cuda"):
             if not offload:
-                raise BackendUnavailable(f"llamacpp: --device {device} but this llama-cpp-python build has no GPU "
-                                         f"support (build it with {CUDA_RECIPE})")
+                raise BackendUnavailable(
+                    f"llamacpp: --device {device} but this llama-cpp-python build has no GPU "
+                    f"support (build it with {CUDA_RECIPE})"
+                )
             return "cuda", int(device.split(":")[1]) if ":" in device else 0
         if device != "auto":
             raise UserError(f"llamacpp: unknown device {device!r} (auto, cpu, cuda, cuda:N)")
         if offload:
             return "cuda", 0
         if nvidia_gpu_present() and not self.allow_cpu:
-            raise CpuBuildOnGpuHost("llamacpp: this llama-cpp-python is a CPU-only build but an NVIDIA GPU is present; "
-                                    f"build the CUDA one with {CUDA_RECIPE}, or allow CPU explicitly")
+            raise CpuBuildOnGpuHost(
+                "llamacpp: this llama-cpp-python is a CPU-only build but an NVIDIA GPU is present; "
+                f"build the CUDA one with {CUDA_RECIPE}, or allow CPU explicitly"
+            )
         return "cpu", 0
 
     def load(self, model: ModelSpec, device: str = "auto") -> None:
@@ -285,7 +300,7 @@ class LlamaCppBackend(Backend):
         lc.llama_synchronize(ctx)
         t0 = time.perf_counter()
         for s in range(0, ids.size, self.n_batch):
-            self._decode_chunk(lc, ids[s:s + self.n_batch])
+            self._decode_chunk(lc, ids[s : s + self.n_batch])
         lc.llama_synchronize(ctx)
         row = self._last_logits(lc)
         self._last = int(row.argmax())

@@ -1,19 +1,24 @@
-"""`sim`: a SIMULATED backend for `--fake-gpu` runs. Its numbers are a model, never a measurement.
+"""The simulation side of `--fake-gpu`: the `sim` backend, and the load every backend puts on a simulated card.
 
-It produces deterministic pseudo tokens and sleeps for the time the FakeGPU's DVFS model says the work would take at
-the current power limit: time = tokens / (stock rate x throughput share), where the share follows the simulated SM
-clock (prefill mostly compute-bound, decode mostly memory-bound). While it "computes" it marks the FakeGPU loaded, so
-the simulated power, clocks and energy counter respond. It refuses to load without a FakeGPU.
+`sim` is a SIMULATED backend; its numbers are a model, never a measurement. It produces deterministic pseudo tokens
+and waits, on the run's clock, for the time the FakeGPU's DVFS model says the work would take at the current power
+limit: time = tokens / (stock rate x throughput share), where the share follows the simulated SM clock (prefill
+mostly compute-bound, decode mostly memory-bound). It is given the card it simulates on; it runs only in a run with
+a simulated GPU.
+
+`SimulatedLoad` wraps each backend of such a run so the card is loaded while the backend computes: the simulated
+power, clocks and energy counter respond to the work (the GPU protocol itself has no such hook).
 """
 
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from luce_bench.backends.base import Backend, BackendUnavailable, ModelSpec, StepResult
+from luce_bench.backends.base import Backend, ModelSpec, StepResult
+from luce_bench.clock import Clock
+from luce_bench.gpu.fake import FakeGPU
 
 NOTE = "SIMULATED backend: throughput comes from the FakeGPU's DVFS model, not from running a model"
 
@@ -23,44 +28,28 @@ PREFILL_MEM_BOUND_SHARE = 0.2
 DECODE_MEM_BOUND_SHARE = 0.7
 
 
-def _fake_gpu() -> Any:
-    from luce_bench.gpu import last_fake_gpu
-
-    gpu = last_fake_gpu()
-    return gpu if gpu is not None and hasattr(gpu, "kernel_busy") else None
-
-
 class SimBackend(Backend):
     """Simulated engine whose speed follows the FakeGPU's SM clock."""
 
     name: ClassVar[str] = "sim"
+    simulated: ClassVar[bool] = True
 
-    def __init__(self, gpu: Any = None, time_scale: float = 1.0) -> None:
-        """Create an unloaded sim backend.
-
-        Args:
-            gpu: the FakeGPU to simulate on (default: the one `open_gpu(fake=...)` opened last).
-            time_scale: multiplies every sleep (tests use < 1).
-        """
-        self.gpu = gpu
-        self.time_scale = time_scale
+    def __init__(self, gpu: FakeGPU, clock: Clock, time_scale: float = 1.0) -> None:
+        """A sim backend on the simulated card `gpu`, waiting on `clock`; `time_scale` multiplies every wait."""
+        self.gpu, self.clock, self.time_scale = gpu, clock, time_scale
         self._vocab = 1000
         self._pos = 0
         self._last = 0
+        self._rates = STOCK_RATES.get(gpu.preset.name, STOCK_RATES["rtx3090"])
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        """Available only after a FakeGPU was opened (`--fake-gpu`)."""
-        return None if _fake_gpu() is not None else "simulated backend: runs only with --fake-gpu"
+        """Always installable; the run refuses it without a simulated GPU (`simulated`)."""
+        return None
 
     def load(self, model: ModelSpec, device: str = "auto") -> None:
-        """Attach to the FakeGPU; no weights are read."""
-        self.gpu = self.gpu or _fake_gpu()
-        if self.gpu is None or not hasattr(self.gpu, "kernel_busy"):
-            raise BackendUnavailable("the sim backend runs only with --fake-gpu (it simulates a FakeGPU)")
-        vocab = getattr(getattr(model, "config", None), "vocab_size", None)
-        self._vocab = int(vocab) if vocab else 1000
-        self._rates = STOCK_RATES.get(self.gpu.preset.name, STOCK_RATES["rtx3090"])
+        """No weights are read: only the vocabulary size matters."""
+        self._vocab = int(model.config.vocab_size)
         self._device_kind = "cuda"
         print(f"luce-bench: {NOTE}", file=sys.stderr)
         self.reset()
@@ -74,15 +63,11 @@ class SimBackend(Backend):
         return (prev * 1103515245 + self._pos * 12345 + 7) % self._vocab
 
     def _compute(self, n_tokens: int, rate_tok_s: float, mem_bound_share: float) -> float:
-        """Sleep for the modelled time of `n_tokens` with the simulated GPU loaded; return the elapsed seconds."""
+        """Wait for the modelled time of `n_tokens`; return the elapsed seconds."""
         share = self.gpu.throughput_share(mem_bound_share)
-        t0 = time.perf_counter()
-        self.gpu.kernel_busy(True)
-        try:
-            time.sleep(self.time_scale * n_tokens / (rate_tok_s * share))
-        finally:
-            self.gpu.kernel_busy(False)
-        return time.perf_counter() - t0
+        t0 = self.clock.now_s()
+        self.clock.sleep(self.time_scale * n_tokens / (rate_tok_s * share))
+        return self.clock.now_s() - t0
 
     def _logits(self, tokens: Sequence[int]) -> Any:
         import numpy as np
@@ -93,8 +78,6 @@ class SimBackend(Backend):
 
     def prefill(self, token_ids: Sequence[int], logits: bool = False) -> StepResult:
         """Simulate the prompt pass; return one pseudo token."""
-        if self.gpu is None:
-            raise BackendUnavailable("sim backend used before load()")
         elapsed_s = self._compute(len(token_ids), self._rates[0], PREFILL_MEM_BOUND_SHARE)
         prev = int(sum(token_ids)) % self._vocab if token_ids else 0
         self._pos += len(token_ids) - 1
@@ -103,8 +86,6 @@ class SimBackend(Backend):
 
     def decode(self, n: int, logits: bool = False, inputs: Sequence[int] | None = None) -> StepResult:
         """Simulate `n` greedy steps; return `n` pseudo tokens."""
-        if self.gpu is None:
-            raise BackendUnavailable("sim backend used before load()")
         if inputs is not None and len(inputs) != n:
             raise ValueError("len(inputs) must equal n")
         elapsed_s = self._compute(n, self._rates[1], DECODE_MEM_BOUND_SHARE)
@@ -116,9 +97,60 @@ class SimBackend(Backend):
 
     def info(self) -> dict[str, Any]:
         """Provenance: says it is simulated."""
-        return {"simulated": True, "note": NOTE, "stock_rates_tok_s": list(getattr(self, "_rates", ()))}
+        return {"simulated": True, "note": NOTE, "stock_rates_tok_s": list(self._rates)}
 
     @classmethod
     def describe(cls) -> dict[str, Any]:
         """Static facts for `luce-bench info`."""
         return {"simulated": True, "note": NOTE}
+
+
+class SimulatedLoad(Backend):
+    """`inner` with the simulated card loaded during each prefill and decode call."""
+
+    def __init__(self, inner: Backend, gpu: FakeGPU) -> None:
+        """Wrap `inner`, loading `gpu` while it computes."""
+        self.inner, self.gpu = inner, gpu
+        self.name = inner.name  # type: ignore[misc]  # reported under the inner backend's name
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """The inner backend's reason was checked before it was created."""
+        return None
+
+    def load(self, model: ModelSpec, device: str = "auto") -> None:
+        """Load the inner backend."""
+        self.inner.load(model, device)
+
+    def reset(self) -> None:
+        """Reset the inner backend."""
+        self.inner.reset()
+
+    def prefill(self, token_ids: Sequence[int], logits: bool = False) -> StepResult:
+        """The inner prefill, with the card loaded."""
+        self.gpu.set_load(True)
+        try:
+            return self.inner.prefill(token_ids, logits)
+        finally:
+            self.gpu.set_load(False)
+
+    def decode(self, n: int, logits: bool = False, inputs: Sequence[int] | None = None) -> StepResult:
+        """The inner decode, with the card loaded."""
+        self.gpu.set_load(True)
+        try:
+            return self.inner.decode(n, logits, inputs)
+        finally:
+            self.gpu.set_load(False)
+
+    @property
+    def device_kind(self) -> str:
+        """Where the inner backend runs."""
+        return self.inner.device_kind
+
+    def info(self) -> dict[str, Any]:
+        """The inner backend's provenance."""
+        return self.inner.info()
+
+    def close(self) -> None:
+        """Close the inner backend."""
+        self.inner.close()

@@ -53,6 +53,7 @@ class GPU(Protocol):
     """One GPU. Getters are cheap; setters may raise GPUPermissionError or GPUReadOnlyError."""
 
     index: int
+    read_only: bool  # setters refuse (LUCE_BENCH_READONLY=1 refuses too, whatever this says)
 
     def name(self) -> str:
         """Product name."""
@@ -108,8 +109,8 @@ class GPU(Protocol):
     def set_persistence_mode(self, enabled: bool) -> None:
         """Turn persistence mode on or off (root)."""
 
-    def set_busy(self, busy: bool) -> None:
-        """Hint that measured work starts/stops; FakeGPU models the load, NVML ignores it."""
+    def check_writable(self) -> None:
+        """Raise GPUReadOnlyError or GPUPermissionError now if setters would refuse; changes nothing."""
 
     def close(self) -> None:
         """Release the handle."""

@@ -1,6 +1,8 @@
 """`FakeGPU`: a deterministic simulated GPU with a DVFS model, for CPU-only runs (`--fake-gpu`) and tests.
 
 Model (per preset):
+* Load: the card is busy while simulated work runs (`set_load`, called around every backend call of a simulated
+  run, see backends/sim.py); otherwise it is idle.
 * Idle (model resident, no work): draws `idle_w` at `idle_sm_mhz`.
 * Busy: dynamic power grows with the SM clock share s = f / f_max as s**alpha (voltage scales with f) down to a voltage
   floor `vfloor_share`, below which it grows only linearly. When the full-clock draw `load_w` exceeds the limit, the
@@ -11,8 +13,10 @@ Model (per preset):
 * Energy: the exact integral of power, reported in counter ticks (`counter_tick_s`, 0.1 s like NVML) from a start value.
   A scripted `trace_w` [(t_s, W), ...] (piecewise linear in time since creation) replaces the model's power.
 
-Time comes from the injected `clock`. With `state_path` (or env LUCE_BENCH_FAKE_GPU_STATE) the limit, persistence mode
-and setter calls live in a JSON file, so another process (`luce-bench restore` after SIGKILL) sees the same card.
+Time comes from the injected `clock` (virtual time in `gpu.fake_clock: virtual` runs). With `state_path` (env
+LUCE_BENCH_FAKE_GPU_STATE for `open_fake`) the limit, persistence mode and setter calls live in a JSON file, so another
+process (`luce-bench restore` after SIGKILL) sees the same card; LUCE_BENCH_FAKE_GPU_NO_PERMISSION=1 simulates a
+process without the privilege to change limits.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from luce_bench.files import atomic_write
 from luce_bench.gpu.base import (
     PERMISSION_HINT,
     REASON_GPU_IDLE,
@@ -40,7 +45,6 @@ from luce_bench.gpu.base import (
 
 STATE_ENV = "LUCE_BENCH_FAKE_GPU_STATE"
 NO_PERMISSION_ENV = "LUCE_BENCH_FAKE_GPU_NO_PERMISSION"
-PRESET_ENV = "LUCE_BENCH_FAKE_GPU_PRESET"
 DEFAULT_PRESET = "rtx3090"
 
 
@@ -150,7 +154,7 @@ class FakeGPU:
     def __post_init__(self) -> None:
         self._limit_mw = self.preset.default_limit_mw
         self._persistence = False
-        self._busy = self._kernel_busy = False
+        self._loaded = False
         self._t0 = self.clock()
         idle_c = self.preset.ambient_c + self.preset.c_per_w * self.preset.idle_w
         # event log: (t_s, energy_mj at t, power_w after t, temp_c at t, violation_ns at t, throttled after t)
@@ -177,9 +181,7 @@ class FakeGPU:
                 card["limit_mw"], card["persistence"] = self._limit_mw, self._persistence
                 card.setdefault("set_calls", []).append(list(call) if call else None)
                 data[self.uuid()] = card
-                tmp = self.state_path.with_name(self.state_path.name + f".{os.getpid()}.tmp")
-                tmp.write_text(json.dumps(data, indent=1))
-                os.replace(tmp, self.state_path)
+                atomic_write(self.state_path, json.dumps(data, indent=1))
             elif card:
                 self._limit_mw = int(card.get("limit_mw", self._limit_mw))
                 self._persistence = bool(card.get("persistence", self._persistence))
@@ -201,9 +203,6 @@ class FakeGPU:
         return list(json.loads(self.state_path.read_text()).get(self.uuid(), {}).get("set_calls", []))
 
     # --- the model ---------------------------------------------------------------------------------------------
-    def _loaded(self) -> bool:
-        return self._busy or self._kernel_busy
-
     def busy_sm_share(self) -> float:
         """SM clock share f / f_max that full load would run at under the current limit (the DVFS model)."""
         p = self.preset
@@ -221,7 +220,7 @@ class FakeGPU:
 
     def _model_power_w(self) -> float:
         p = self.preset
-        if not self._loaded():
+        if not self._loaded:
             return p.idle_w
         s = self.busy_sm_share()
         g = s**p.alpha if s >= p.vfloor_share else (p.vfloor_share**p.alpha) * s / p.vfloor_share
@@ -248,7 +247,7 @@ class FakeGPU:
         return target_c + (temp_c - target_c) * math.exp(-max(t_s - t_e, 0.0) / self.preset.tau_s)
 
     def _throttled(self) -> bool:
-        return self._loaded() and self.busy_sm_share() < 1.0
+        return self._loaded and self.busy_sm_share() < 1.0
 
     def _change(self, mutate: Callable[[], None]) -> None:
         """Apply a state change at the current time, keeping energy and temperature continuous."""
@@ -326,7 +325,7 @@ class FakeGPU:
 
     def clocks_mhz(self) -> tuple[int, int]:
         """(SM, memory). Units: MHz."""
-        if not self._loaded():
+        if not self._loaded:
             return self.preset.idle_sm_mhz, self.preset.mem_mhz
         return round(self.preset.max_sm_mhz * self.busy_sm_share()), self.preset.mem_mhz
 
@@ -336,7 +335,7 @@ class FakeGPU:
 
     def clock_event_reasons(self) -> int:
         """GpuIdle when idle, SwPowerCap when the limit holds the clock down."""
-        if not self._loaded():
+        if not self._loaded:
             return REASON_GPU_IDLE
         return REASON_SW_POWER_CAP if self._throttled() else 0
 
@@ -365,19 +364,39 @@ class FakeGPU:
         self._persistence = bool(enabled)
         self._sync_state(write=True, call=("persistence_mode", bool(enabled)))
 
-    def set_busy(self, busy: bool) -> None:
-        """Runner hint: measured work runs (busy) or not."""
-        if busy != self._busy:
-            self._change(lambda: setattr(self, "_busy", busy))
-
-    def kernel_busy(self, busy: bool) -> None:
-        """Sim-backend hint: simulated kernels run; the card is loaded if this or `set_busy` says so."""
-        if busy != self._kernel_busy:
-            self._change(lambda: setattr(self, "_kernel_busy", busy))
+    def check_writable(self) -> None:
+        """Refuse now in read-only mode or when this simulated process lacks the privilege (`refuse_set`)."""
+        refuse_if_read_only(self.read_only, "change power limits")
+        if self.refuse_set:
+            raise GPUPermissionError(f"no permission to change power limits of GPU {self.index}; {PERMISSION_HINT}")
 
     def close(self) -> None:
-        """Forget this card as the process's current simulated GPU (the sim backend looks for an open one)."""
-        from luce_bench import gpu as gpu_pkg
+        """Nothing to release."""
 
-        if gpu_pkg._last_fake is self:
-            gpu_pkg._last_fake = None
+    # --- simulation (not part of the GPU protocol) --------------------------------------------------------------
+    def set_load(self, busy: bool) -> None:
+        """Simulated work starts (True) or stops (False) on this card."""
+        if busy != self._loaded:
+            self._change(lambda: setattr(self, "_loaded", busy))
+
+
+def open_fake(
+    preset_name: str = DEFAULT_PRESET,
+    index: int = 0,
+    read_only: bool = False,
+    uuid: str | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> FakeGPU:
+    """A simulated card; its state file and missing privilege come from the environment (see the module docstring)."""
+    state = os.environ.get(STATE_ENV)
+    gpu = FakeGPU(
+        preset=preset(preset_name),
+        index=index,
+        clock=clock,
+        read_only=read_only,
+        refuse_set=os.environ.get(NO_PERMISSION_ENV, "") not in ("", "0"),
+        state_path=Path(state) if state else None,
+    )
+    if uuid is not None and gpu.uuid() != uuid:
+        raise GPUUnavailable(f"no fake GPU with UUID {uuid} (this one is {gpu.uuid()})")
+    return gpu

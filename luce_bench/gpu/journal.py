@@ -1,10 +1,11 @@
-"""Power-limit journal and per-GPU lock, in the state directory ($XDG_STATE_HOME/luce-bench, or LUCE_BENCH_STATE_DIR).
+"""Power-limit journal and per-GPU lock, in the state directory (`luce_bench.files.state_dir()`).
 
-Before luce-bench changes anything on a GPU it writes `power-limit-<uuid>.json` (atomically: temp file, fsync,
-rename) holding the ORIGINAL limit and persistence mode. The journal is deleted only after the original is back. A
-journal left behind (SIGKILL, OOM, power loss, reboot) is "stale": `luce-bench restore` replays it, and `sweep`
-refuses to start until then. `power-limit-<uuid>.lock` is held with flock while a process may change that GPU's
-settings, so two luce-bench processes never do at once; the kernel drops the lock when its holder dies.
+Before luce-bench changes anything on a GPU it writes `power-limit-<uuid>.json` (atomically and durably: temp file,
+fsync, rename, fsync of the directory) holding the ORIGINAL limit and persistence mode. The journal is deleted only
+after the original is back. A journal left behind (SIGKILL, OOM, power loss, reboot) is "stale": `luce-bench restore`
+replays it, and `sweep` refuses to start until then. `power-limit-<uuid>.lock` is held with flock while a process may
+change that GPU's settings, so two luce-bench processes never do at once; the kernel drops the lock when its holder
+dies.
 """
 
 from __future__ import annotations
@@ -18,21 +19,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from luce_bench.files import atomic_write, state_dir
 from luce_bench.gpu.base import GPUError
-
-STATE_DIR_ENV = "LUCE_BENCH_STATE_DIR"
 
 
 class JournalError(GPUError):
     """A journal or lock problem the user must resolve (stale journal, lock held, unreadable file)."""
-
-
-def state_dir() -> Path:
-    """Where journals and locks live: $LUCE_BENCH_STATE_DIR, else $XDG_STATE_HOME/luce-bench (~/.local/state)."""
-    if os.environ.get(STATE_DIR_ENV):
-        return Path(os.environ[STATE_DIR_ENV])
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "luce-bench"
 
 
 def _safe(uuid: str) -> str:
@@ -78,18 +70,7 @@ def journal_path(uuid: str, directory: Path | None = None) -> Path:
 def write_journal(entry: JournalEntry, directory: Path | None = None) -> Path:
     """Write the journal atomically and durably (temp file, fsync, rename, fsync dir)."""
     path = journal_path(entry.uuid, directory)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(asdict(entry), fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    atomic_write(path, json.dumps(asdict(entry), indent=1), durable=True)
     return path
 
 

@@ -6,7 +6,9 @@ Every NVML call goes through `_call`, which maps NVMLError codes to our errors. 
 
 from __future__ import annotations
 
+import os
 import threading
+from pathlib import Path
 from typing import Any
 
 from luce_bench.gpu.base import (
@@ -73,6 +75,16 @@ def _nvml_shutdown() -> None:
                 _pynvml().nvmlShutdown()
             except Exception:  # noqa: BLE001 - shutdown failures are harmless
                 pass
+
+
+def _has_cap_sys_admin() -> bool:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) & (1 << 21))
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
 
 
 def _field_value(fv: Any) -> int | float:
@@ -218,8 +230,11 @@ class NvmlGPU:
         refuse_if_read_only(self.read_only, f"change persistence mode of GPU {self.index}")
         self._call("set persistence mode", "nvmlDeviceSetPersistenceMode", 1 if enabled else 0)
 
-    def set_busy(self, busy: bool) -> None:
-        """No-op: a real GPU shows its own load."""
+    def check_writable(self) -> None:
+        """Refuse now in read-only mode or without root / CAP_SYS_ADMIN (what NVML setters need)."""
+        refuse_if_read_only(self.read_only, "change power limits")
+        if os.geteuid() != 0 and not _has_cap_sys_admin():
+            raise GPUPermissionError(f"no permission to change power limits of GPU {self.index}; {PERMISSION_HINT}")
 
     def close(self) -> None:
         """Release NVML (reference-counted across handles)."""

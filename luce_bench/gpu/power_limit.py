@@ -1,4 +1,4 @@
-"""Changing power limits safely: validate targets, journal, lock, and restore the ORIGINAL limit on every exit.
+"""Changing power limits safely: journal, lock, and restore the ORIGINAL limit on every exit.
 
 `PowerLimitController` (a context manager) takes the per-GPU lock, refuses a stale journal, writes the journal before
 the first change, sets limits and reads back the enforced value, and restores the original limit and persistence mode
@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from luce_bench.errors import UserError
-from luce_bench.gpu.base import PERMISSION_HINT, GPUError, GPUNotSupportedError, GPUPermissionError, refuse_if_read_only
+from luce_bench.gpu.base import GPU, GPUError, GPUNotSupportedError, GPUPermissionError, refuse_if_read_only
 from luce_bench.gpu.journal import (
     GpuLock,
+    JournalEntry,
     JournalError,
     journal_path,
     list_journals,
@@ -32,93 +30,6 @@ from luce_bench.gpu.journal import (
 )
 
 HANDLED_SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
-
-
-@dataclass(frozen=True)
-class LimitTarget:
-    """One requested limit: what the user wrote, what it resolves to, and whether --clamp moved it."""
-
-    text: str
-    requested_mw: int
-    clamped: bool = False
-
-    @property
-    def requested_w(self) -> float:
-        """Requested limit in W."""
-        return self.requested_mw / 1000.0
-
-
-def parse_limits(
-    spec: str | Sequence[str | int | float],
-    default_mw: int,
-    constraints_mw: tuple[int, int],
-    clamp: bool = False,
-    gpu_name: str = "this GPU",
-) -> list[LimitTarget]:
-    """Resolve "420,300,70%" (W or % of the default limit) and check every value against the card's range.
-
-    Raises:
-        UserError: a malformed value, or one outside `constraints_mw` without `clamp`; nothing has changed yet.
-    """
-    items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s).strip() for s in spec]
-    items = [s for s in items if s]
-    if not items:
-        raise UserError("no power limits given (e.g. --limits 420,300,220 or 100%,70%,50%)")
-    lo, hi = constraints_mw
-    out: list[LimitTarget] = []
-    bad: list[str] = []
-    for text in items:
-        try:
-            if text.endswith("%"):
-                mw = round(float(text[:-1]) / 100.0 * default_mw)
-            else:
-                mw = round(float(text.rstrip("Ww")) * 1000.0)
-        except (ValueError, OverflowError):
-            raise UserError(
-                f"bad power limit {text!r}: give watts (300) or a share of the default limit (70%)"
-            ) from None
-        if mw <= 0:
-            raise UserError(f"bad power limit {text!r}: must be positive")
-        clamped = False
-        if not lo <= mw <= hi:
-            if not clamp:
-                bad.append(f"{text} ({mw / 1000:g} W)")
-                continue
-            mw, clamped = min(max(mw, lo), hi), True
-        if all(t.requested_mw != mw for t in out):
-            out.append(LimitTarget(text, mw, clamped))
-    if bad:
-        raise UserError(
-            f"power limit {', '.join(bad)} outside the range of {gpu_name}: {lo / 1000:g}-{hi / 1000:g} W "
-            f"(default {default_mw / 1000:g} W); fix --limits or pass --clamp"
-        )
-    return out
-
-
-def _has_cap_sys_admin() -> bool:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("CapEff:"):
-                return bool(int(line.split()[1], 16) & (1 << 21))
-    except (OSError, ValueError, IndexError):
-        pass
-    return False
-
-
-def check_set_permission(gpu) -> None:  # noqa: ANN001 - any GPU
-    """Fail before anything changes if setters cannot work: read-only mode, or no root / CAP_SYS_ADMIN.
-
-    Raises:
-        GPUReadOnlyError: read-only mode is on.
-        GPUPermissionError: the process lacks the privilege (message says how to run it).
-    """
-    refuse_if_read_only(getattr(gpu, "read_only", False), "change power limits")
-    if hasattr(gpu, "refuse_set"):  # FakeGPU: its own switch models the privilege
-        if gpu.refuse_set:
-            raise GPUPermissionError(f"no permission to change power limits of GPU {gpu.index}; {PERMISSION_HINT}")
-        return
-    if os.geteuid() != 0 and not _has_cap_sys_admin():
-        raise GPUPermissionError(f"no permission to change power limits of GPU {gpu.index}; {PERMISSION_HINT}")
 
 
 class _Guard:
@@ -168,9 +79,9 @@ class PowerLimitController:
 
     def __init__(
         self,
-        gpu,
+        gpu: GPU,
         fake: str | None = None,
-        state_dir: Path | None = None,  # noqa: ANN001 - any GPU
+        state_dir: Path | None = None,
         persistence: bool = True,
         log: Callable[[str], None] | None = None,
     ) -> None:
@@ -178,7 +89,7 @@ class PowerLimitController:
 
         Args:
             gpu: the GPU to control.
-            fake: FakeGPU preset name when it is one (journalled, so `restore` can reopen it).
+            fake: the simulated card's preset name, None for a real GPU (journalled, so `restore` can reopen it).
             state_dir: journal/lock directory (default `journal.state_dir()`).
             persistence: turn persistence mode on while limits are changed (measurement.md rule 9).
             log: receives one-line notes.
@@ -192,7 +103,7 @@ class PowerLimitController:
         self.restoring = False
 
     def __enter__(self) -> PowerLimitController:
-        refuse_if_read_only(getattr(self.gpu, "read_only", False), "change power limits")
+        refuse_if_read_only(self.gpu.read_only, "change power limits")
         self._lock.acquire()
         try:
             own = journal_path(self.uuid, self.state_dir)
@@ -260,7 +171,7 @@ class PowerLimitController:
                 self.restoring = False
 
 
-def _apply_entry(gpu, entry) -> str:  # noqa: ANN001
+def _apply_entry(gpu: GPU, entry: JournalEntry) -> str:
     """Set `gpu` back to the journalled state; return what was done. Skips unchanged values."""
     before_mw = int(gpu.power_limit_mw())
     if before_mw != entry.original_limit_mw:
@@ -289,7 +200,7 @@ def refuse_stale_journals(state_dir: Path | None = None) -> None:
         raise JournalError(_stale_message(path, entry))
 
 
-def _stale_message(path: Path, entry) -> str:  # noqa: ANN001
+def _stale_message(path: Path, entry: JournalEntry) -> str:
     return (
         f"a stale power-limit journal exists ({path}): {entry.describe()}. "
         "A previous run did not finish; run `luce-bench restore` first"
@@ -321,7 +232,7 @@ def restore_from_journals(
             if dry_run:
                 lines.append(f"would restore {entry.describe()}")
                 continue
-            gpu = opener(index=entry.index, fake=entry.fake or False, uuid=entry.uuid)
+            gpu = opener(index=entry.index, fake_preset=entry.fake, uuid=entry.uuid)
             try:
                 done = _apply_entry(gpu, entry)
             except GPUPermissionError as exc:
@@ -344,7 +255,7 @@ def restore_from_journals(
 
 
 @contextlib.contextmanager
-def applied_power_limit(gpu, watts: float, **kwargs: object) -> Iterator[int]:  # noqa: ANN001
+def applied_power_limit(gpu: GPU, watts: float, **kwargs: object) -> Iterator[int]:
     """Set one limit for a `with` block and yield the enforced limit in mW; the original always comes back."""
     with PowerLimitController(gpu, **kwargs) as ctl:  # type: ignore[arg-type]
         yield ctl.set_limit_mw(round(watts * 1000))

@@ -1,7 +1,7 @@
 """Qwen3.5 text-model configuration: the exact 0.8B shapes and a tiny test size.
 
-The values follow `qwen35.md` §1.1. `Qwen3_5TextConfig()` with no arguments is a much larger model (the "defaults trap"), so
-`to_hf_dict()` always writes every field explicitly.
+The values follow `qwen35.md` §1.1. `Qwen3_5TextConfig()` with no arguments is a much larger model (the "defaults
+trap"), so `to_hf_dict()` always writes every field explicitly.
 """
 
 from __future__ import annotations
@@ -58,7 +58,10 @@ class TextConfig:
     @property
     def conv_dim(self) -> int:
         """Channels of the GDN depthwise conv: q, k and v of every head."""
-        return 2 * self.linear_num_key_heads * self.linear_key_head_dim + self.linear_num_value_heads * self.linear_value_head_dim
+        return (
+            2 * self.linear_num_key_heads * self.linear_key_head_dim
+            + self.linear_num_value_heads * self.linear_value_head_dim
+        )
 
     def num_params(self) -> int:
         """Parameter count of the text model, tied embedding counted once (752,393,024 for 0.8B)."""

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from luce_bench.files import atomic_path, cache_dir
 from luce_bench.model.spec import SIZES, TextConfig
 
 FORMAT_VERSION = 1
@@ -26,17 +25,9 @@ MARKER = "luce_bench.json"
 DEFAULT_SEED = 0
 
 
-def cache_root() -> Path:
-    """`$LUCE_BENCH_CACHE`, else `$XDG_CACHE_HOME/luce-bench`, else `~/.cache/luce-bench`."""
-    if os.environ.get("LUCE_BENCH_CACHE"):
-        return Path(os.environ["LUCE_BENCH_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "luce-bench"
-
-
 def synthetic_dir(size: str, seed: int = DEFAULT_SEED) -> Path:
-    """Where the synthetic checkpoint of `size` and `seed` lives."""
-    return cache_root() / "models" / f"{size}-seed{seed}-v{FORMAT_VERSION}"
+    """Where the synthetic checkpoint of `size` and `seed` lives (in the user cache, `luce_bench.files`)."""
+    return cache_dir() / "models" / f"{size}-seed{seed}-v{FORMAT_VERSION}"
 
 
 def is_complete(path: Path) -> bool:
@@ -123,21 +114,16 @@ def ensure_synthetic(size: str, seed: int = DEFAULT_SEED, progress: bool = True)
     final = synthetic_dir(size, seed)
     if is_complete(final):
         return final
-    cfg = SIZES[size]
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    if final.exists():  # an incomplete leftover from a killed run; a complete one returned above
+        shutil.rmtree(final, ignore_errors=True)
     try:
-        _generate_with_progress(cfg, tmp, seed, f"synthetic {size} (seed {seed})", progress)
-        (tmp / MARKER).write_text(json.dumps({"size": size, "seed": seed, "format": FORMAT_VERSION}) + "\n")
-        if final.exists():  # an incomplete leftover from a killed run; a complete one returned above
-            shutil.rmtree(final, ignore_errors=True)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not is_complete(final):  # lost a race with a concurrent writer that did not finish either
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_path(final) as tmp:
+            tmp.mkdir()
+            _generate_with_progress(SIZES[size], tmp, seed, f"synthetic {size} (seed {seed})", progress)
+            (tmp / MARKER).write_text(json.dumps({"size": size, "seed": seed, "format": FORMAT_VERSION}) + "\n")
+    except OSError:
+        if not is_complete(final):  # lost a race with a concurrent writer that finished first: theirs is fine
+            raise
     return final
 
 
@@ -148,8 +134,13 @@ def _generate_with_progress(cfg: TextConfig, out_dir: Path, seed: int, label: st
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     total = cfg.num_params()
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                  TimeElapsedColumn(), transient=True) as bar:
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        transient=True,
+    ) as bar:
         task = bar.add_task(f"generating {label}", total=total)
         generate(cfg, out_dir, seed, on_tensor=lambda _n, k: bar.advance(task, k))
         bar.update(task, description=f"writing {label}")

@@ -21,7 +21,7 @@ def canonical_key(key: str) -> str | None:
         return None
     for p in _PREFIXES:
         if key.startswith(p):
-            return "model." + key[len(p):]
+            return "model." + key[len(p) :]
     if key.startswith("model.") or key == "lm_head.weight":
         return key
     return None

@@ -35,8 +35,13 @@ def test_nvml_counter_and_instant_power_follow_a_gpu_load():
             t1, e1 = sampler.now_s(), gpu.total_energy_mj()
         energy_j = (e1 - e0) / 1000
         sampled_j = sampler.integrate_power_j(t0, t1)
-        report = {"energy_j": energy_j, "sampled_j": sampled_j, "mean_w": energy_j / (t1 - t0),
-                  "jitter": sampler.jitter_ms(), "summary": sampler.summarize(t0, t1)}
+        report = {
+            "energy_j": energy_j,
+            "sampled_j": sampled_j,
+            "mean_w": energy_j / (t1 - t0),
+            "jitter": sampler.jitter_ms(),
+            "summary": sampler.summarize(t0, t1),
+        }
         print(json.dumps(report))
         assert energy_j / (t1 - t0) > 100, report  # a bf16 GEMM loop draws far above the ~72 W idle
         assert abs(sampled_j - energy_j) / energy_j < 0.10, report
@@ -84,8 +89,15 @@ def test_llamacpp_cuda_logits_match_hf_on_tiny():
             rows_got.append(np.concatenate([lr.logits, ld.logits]))
         ref, got = np.concatenate(rows_ref), np.concatenate(rows_got)
         rel = np.linalg.norm(got - ref, axis=1) / np.linalg.norm(ref, axis=1)
-        print(json.dumps({"rel_l2_max": float(rel.max()), "rel_l2_median": float(np.median(rel)),
-                          "argmax_agree": float(np.mean(got.argmax(1) == ref.argmax(1)))}))
+        print(
+            json.dumps(
+                {
+                    "rel_l2_max": float(rel.max()),
+                    "rel_l2_median": float(np.median(rel)),
+                    "argmax_agree": float(np.mean(got.argmax(1) == ref.argmax(1))),
+                }
+            )
+        )
         assert np.isfinite(got).all() and rel.max() <= 2e-2
     finally:
         ll.close()

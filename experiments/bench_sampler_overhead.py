@@ -9,8 +9,8 @@ units of work (tokens for a backend, iterations for a CPU workload). The overhea
 * `backend`: a luce-bench backend running `--test` (e.g. `--backend hf --test tg128`; on the GPU host).
 The sampler reads the real GPU read-only (NVML) unless `--fake-gpu`; without a GPU it falls back to the FakeGPU.
 
-    python scripts/bench_sampler_overhead.py --workload numpy --workload python        # CPU, here
-    LUCE_BENCH_READONLY=1 python scripts/bench_sampler_overhead.py --workload backend --backend hf \
+    python experiments/bench_sampler_overhead.py --workload numpy --workload python        # CPU, here
+    LUCE_BENCH_READONLY=1 python experiments/bench_sampler_overhead.py --workload backend --backend hf \
         --model synthetic-0.8b --test tg128 --seconds 10 --trials 6                      # GPU host
 """
 
@@ -64,8 +64,8 @@ def backend_workload(name: str, model: str, test: str, device: str) -> Callable[
     """One unit = one token of `test` on backend `name` (loaded once)."""
     from luce_bench.backends import get
     from luce_bench.config import TestSpec
+    from luce_bench.measure import make_prompt, run_once
     from luce_bench.model.resolve import resolve_model
-    from luce_bench.runner import make_prompt, run_once
 
     spec = resolve_model(model)
     backend = get(name)()
@@ -146,10 +146,10 @@ def main() -> int:
     from luce_bench.gpu import GPUError, open_gpu
 
     try:
-        gpu = open_gpu(0, fake=args.fake_gpu, read_only=True)
+        gpu = open_gpu(0, fake_preset="rtx3090" if args.fake_gpu else None, read_only=True)
         source = "FakeGPU" if args.fake_gpu else f"NVML: {gpu.name()}"
     except GPUError as exc:
-        gpu, source = open_gpu(0, fake=True, read_only=True), f"FakeGPU (no NVML: {exc})"
+        gpu, source = open_gpu(0, fake_preset="rtx3090", read_only=True), f"FakeGPU (no NVML: {exc})"
     makers = {
         "numpy": numpy_workload,
         "python": python_workload,

@@ -3,17 +3,22 @@
 Prints ms per token (wall), GPU kernel time per token, CUDA kernel launches per token and the ops that cost the most
 host time, so "HF is slow" can be attributed (launch-bound host work vs GPU work vs a slow fallback).
 
-    python scripts/profile_hf.py --model synthetic-0.8b --steps 8
+    python experiments/profile_hf.py --model synthetic-0.8b --steps 8
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> None:
+    """Load the HF backend, time decode, then profile a few steps."""
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", default="synthetic-0.8b")
     ap.add_argument("--steps", type=int, default=8)
@@ -41,10 +46,19 @@ def main() -> None:
     kernels = [e for e in events if getattr(e, "device_type", None) is not None and "CUDA" in str(e.device_type)]
     n_kernels = sum(e.count for e in kernels)
     gpu_us = sum(getattr(e, "self_device_time_total", 0) for e in kernels)
-    print(f"CUDA kernels per token: {n_kernels / args.steps:.0f}; GPU kernel time per token: {gpu_us / args.steps / 1e3:.2f} ms")
+    print(
+        f"CUDA kernels per token: {n_kernels / args.steps:.0f}; "
+        f"GPU kernel time per token: {gpu_us / args.steps / 1e3:.2f} ms"
+    )
     launches = Counter()
     for e in events:
-        if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cudaMemcpyAsync", "cudaStreamSynchronize"):
+        if e.key in (
+            "cudaLaunchKernel",
+            "cuLaunchKernel",
+            "cudaLaunchKernelExC",
+            "cudaMemcpyAsync",
+            "cudaStreamSynchronize",
+        ):
             launches[e.key] += e.count
     print("runtime calls per token:", {k: round(v / args.steps, 1) for k, v in launches.items()})
     print(events.table(sort_by="self_cpu_time_total", row_limit=18, max_name_column_width=60))

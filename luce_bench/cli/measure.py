@@ -1,0 +1,127 @@
+"""`compare`, `bench` and `sweep`: flags -> config -> plan -> the one run loop -> report."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+
+import typer
+
+from luce_bench.cli.options import ReadOnlyOpt, console, load_config, run_options
+from luce_bench.errors import UserError
+
+if TYPE_CHECKING:
+    from luce_bench.config import BenchConfig
+
+
+def measure(
+    cfg: BenchConfig,
+    name: str,
+    backends: Sequence[str],
+    optional: Sequence[str] = (),
+    sweep: bool = False,
+    persistence: bool = True,
+) -> None:
+    """Open the GPU, plan, run, render and print; exit 1 if a backend failed."""
+    from luce_bench.cli.ui import ConsoleUI
+    from luce_bench.context import open_context
+    from luce_bench.plan import Setting, limit_settings, plan
+    from luce_bench.report import print_report, render
+    from luce_bench.runner import run
+
+    out, ui = console(), None
+    try:
+        with open_context(cfg, for_settings=sweep) as ctx:
+            settings = limit_settings(cfg, ctx.gpu) if sweep else [Setting()]
+            p = plan(cfg, ctx, name=name, backends=backends, optional=optional, settings=settings)
+            for note in p.notes:
+                out.print(f"[yellow]note:[/yellow] {note}")
+            ui = ConsoleUI(out, rows=sweep)
+            outcome = run(p, ctx, ui, persistence=persistence)
+    finally:
+        if ui is not None:
+            ui.close()
+    if outcome.interrupted:
+        if outcome.n_runs:
+            render(outcome.run_dir)
+            out.print(f"interrupted: {outcome.n_runs} finished repetitions kept in {outcome.run_dir}")
+        raise KeyboardInterrupt
+    print_report(render(outcome.run_dir), out)
+    out.print(f"results: {outcome.run_dir}")
+    if outcome.failed:
+        typer.echo(
+            f"error: backends failed or unavailable: {', '.join(outcome.failed)} (see {outcome.run_dir})", err=True
+        )
+        raise typer.Exit(1)
+
+
+@run_options
+def compare(
+    ctx: typer.Context,
+    baselines: Annotated[str, typer.Option("--baselines", "-b", help="Comma list of baselines: llamacpp, hf.")] = (
+        "llamacpp,hf"
+    ),
+    no_megakernel: Annotated[bool, typer.Option("--no-megakernel", help="Measure only the baselines.")] = False,
+) -> None:
+    """Measure the megakernel against the baselines: tok/s and tok/J per test, one run directory with CSVs and plots."""
+    names = [b.strip() for b in baselines.split(",") if b.strip()]
+    if not names and no_megakernel:
+        raise UserError("nothing to measure: --baselines is empty and --no-megakernel is set")
+    backends = ([] if no_megakernel else ["megakernel"]) + [b for b in names if b != "megakernel"]
+    cfg = load_config(ctx.params, backends=",".join(backends))
+    measure(cfg, "compare", backends, optional=["megakernel"])
+
+
+@run_options
+def bench(
+    ctx: typer.Context,
+    backend: Annotated[str, typer.Argument(help="Backend: megakernel, llamacpp, hf (sim needs --fake-gpu).")],
+) -> None:
+    """Measure one backend at the current power limit."""
+    cfg = load_config(ctx.params, backends=backend)
+    measure(cfg, f"bench-{backend}", [backend])
+
+
+def _opt(kind: Any, *decls: str, help: str) -> Any:  # noqa: A002 - typer's name
+    return Annotated[kind, typer.Option(*decls, help=help)]
+
+
+LIMITS_HELP = (
+    "Comma list of limits in W or % of the default limit, e.g. 420,300,220,150 or 100%,70%,50% (default: sweep.limits)."
+)
+BACKENDS_HELP = "Comma list of backends (default: config `backends`; `sim` with --fake-gpu)."
+SETTLE_HELP = "Settle/warm-up under load after each limit change (s, >= 3 recommended)."
+SPEED_HELP = "Sweet spot keeps at least this share of stock tok/s (0.95)."
+
+
+@run_options
+def sweep(
+    ctx: typer.Context,
+    limits: _opt(Optional[str], "--limits", "-l", help=LIMITS_HELP) = None,
+    backends: _opt(Optional[str], "--backends", "-b", help=BACKENDS_HELP) = None,
+    clamp: _opt(bool, "--clamp", help="Clamp out-of-range limits to the card's range instead of refusing.") = False,
+    shuffle: _opt(bool, "--shuffle", help="Shuffle the limit order (with --seed); default is descending.") = False,
+    seed: _opt(Optional[int], "--seed", help="Seed for --shuffle.") = None,
+    order: _opt(Optional[str], "--order", help="descending, ascending or shuffle (default: sweep.order).") = None,
+    settle_s: _opt(Optional[float], "--settle-s", help=SETTLE_HELP) = None,
+    idle_s: _opt(Optional[float], "--idle-s", help="Idle-baseline window per limit (s).") = None,
+    min_speed: _opt(Optional[float], "--sweet-spot-min-speed", help=SPEED_HELP) = None,
+    read_only: ReadOnlyOpt = False,
+    no_persistence: _opt(bool, "--no-persistence", help="Do not turn on persistence mode while sweeping.") = False,
+) -> None:
+    """Measure every backend at each GPU power limit and report the sweet spot; the original limit is always restored.
+
+    Limits are validated against the card's range before anything changes. Changing limits needs root or
+    CAP_SYS_ADMIN, except on the simulated GPU. After a crash or SIGKILL run `luce-bench restore`.
+    """
+    if read_only:
+        from luce_bench.gpu import enable_read_only_mode
+
+        enable_read_only_mode()
+    if shuffle and order not in (None, "shuffle"):
+        raise UserError(f"--shuffle conflicts with --order {order}")
+    if seed is not None and not shuffle and order != "shuffle":
+        raise UserError("--seed only applies with --shuffle")
+    default_backends = "sim" if ctx.params["fake_gpu"] else None
+    cfg = load_config(ctx.params, backends=backends or default_backends, order="shuffle" if shuffle else order)
+    measure(cfg, "sweep", list(cfg.backends), sweep=True, persistence=not no_persistence)

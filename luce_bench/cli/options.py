@@ -1,0 +1,160 @@
+"""What every command shares: the options (declared once), flags -> config, one-line errors, the console."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from luce_bench.errors import UserError
+
+state = {"debug": False}
+
+ConfigOpt = Annotated[
+    Optional[Path], typer.Option("--config", "-c", help="YAML config (default: configs/default.yaml).")
+]
+ModelOpt = Annotated[
+    Optional[str],
+    typer.Option("--model", "-m", help="synthetic-0.8b, tiny, a local HF dir or a hub id (default: auto)."),
+]
+TestsOpt = Annotated[
+    Optional[str], typer.Option("--tests", "-t", help="Comma list of llama-bench tests, e.g. pp520,tg128.")
+]
+RepsOpt = Annotated[Optional[int], typer.Option("--reps", "-r", help="Repetitions (energy windows) per test.")]
+WindowOpt = Annotated[Optional[float], typer.Option("--window-s", help="Minimum energy window per repetition (s).")]
+WarmupOpt = Annotated[Optional[float], typer.Option("--warmup-s", help="Warm-up before each test (s).")]
+GapOpt = Annotated[Optional[float], typer.Option("--rep-gap-max-s", help="Max random gap between repetitions (s).")]
+FakeOpt = Annotated[
+    bool, typer.Option("--fake-gpu", help="Use a simulated GPU (power, energy, clocks): runs anywhere.")
+]
+PresetOpt = Annotated[
+    Optional[str],
+    typer.Option("--fake-preset", help="Simulated card: rtx3090 (100-420 W, default) or h100-sxm (200-700 W)."),
+]
+GpuOpt = Annotated[Optional[int], typer.Option("--gpu", help="GPU index.")]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+OutOpt = Annotated[
+    Optional[Path], typer.Option("--out", "-o", help="Directory for run directories (default: results/runs).")
+]
+CooldownOpt = Annotated[
+    Optional[float], typer.Option("--cooldown-max-s", help="Longest cool-down wait between tests (s).")
+]
+ReadOnlyOpt = Annotated[
+    bool, typer.Option("--read-only", help="Refuse every GPU setter (same as LUCE_BENCH_READONLY=1).")
+]
+
+# the options of every measuring command (compare, bench, sweep), attached by `run_options`: name -> (type, default)
+RUN_OPTIONS = {
+    "config": (ConfigOpt, None),
+    "model": (ModelOpt, None),
+    "tests": (TestsOpt, None),
+    "reps": (RepsOpt, None),
+    "window_s": (WindowOpt, None),
+    "warmup_s": (WarmupOpt, None),
+    "rep_gap_max_s": (GapOpt, None),
+    "fake_gpu": (FakeOpt, False),
+    "fake_preset": (PresetOpt, None),
+    "gpu": (GpuOpt, None),
+    "device": (DeviceOpt, None),
+    "out": (OutOpt, None),
+    "cooldown_max_s": (CooldownOpt, None),
+}
+
+# command-line flag -> dotted config key (flags left at None, or False for switches, keep the config's value)
+FLAG_KEYS = {
+    "model": "model",
+    "tests": "tests",
+    "reps": "reps",
+    "window_s": "window_s",
+    "warmup_s": "warmup_s",
+    "rep_gap_max_s": "rep_gap_max_s",
+    "fake_gpu": "gpu.fake",
+    "fake_preset": "gpu.fake_preset",
+    "gpu": "gpu.index",
+    "device": "device",
+    "out": "output_dir",
+    "cooldown_max_s": "cooldown.max_s",
+    "backends": "backends",
+    "limits": "sweep.limits",
+    "clamp": "sweep.clamp",
+    "order": "sweep.order",
+    "seed": "sweep.shuffle_seed",
+    "settle_s": "sweep.settle_s",
+    "idle_s": "sweep.idle_s",
+    "min_speed": "sweep.sweet_spot_min_speed",
+}
+
+
+def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Give the command `fn` the RUN_OPTIONS after its own; their values reach it only through `ctx.params`."""
+    own = inspect.signature(fn, eval_str=True)
+    shared = [
+        inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=a)
+        for n, (a, d) in RUN_OPTIONS.items()
+    ]
+
+    @functools.wraps(fn)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **{k: v for k, v in kwargs.items() if k in own.parameters})
+
+    command.__signature__ = own.replace(parameters=[*own.parameters.values(), *shared])  # type: ignore[attr-defined]
+    return command
+
+
+def default_config() -> Optional[Path]:
+    """configs/default.yaml of the checkout, or the copy in the installed package."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here.parent / "configs" / "default.yaml", here / "_configs" / "default.yaml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_config(params: dict[str, Any], **overrides: Any) -> Any:
+    """The validated config: YAML (`params["config"]` or the default), then the flags in `params`, then `overrides`."""
+    from luce_bench import config as cfgmod
+
+    flags = {**{k: v for k, v in params.items() if k in FLAG_KEYS}, **overrides}
+    dotted = {}
+    for flag, value in flags.items():
+        if value is False:  # a switch that is off leaves the config alone
+            value = None
+        dotted[FLAG_KEYS[flag]] = str(value) if isinstance(value, Path) else value
+    path = params.get("config") or default_config()
+    return cfgmod.load(path, dotted)
+
+
+def console() -> Any:
+    """The rich console commands print to."""
+    from rich.console import Console
+
+    return Console()
+
+
+def _gpu_error() -> type[Exception]:
+    from luce_bench.gpu.base import GPUError
+
+    return GPUError
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn UserError and GPU errors into one line on stderr and exit code 2 (`--debug`: the traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (UserError, _gpu_error()) as exc:
+            if state["debug"]:
+                raise
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper

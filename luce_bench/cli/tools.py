@@ -1,0 +1,99 @@
+"""`report`, `info`, `restore`, `publish` and `model prepare`: the commands around a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from luce_bench.cli.options import ConfigOpt, FakeOpt, GpuOpt, PresetOpt, ReadOnlyOpt, console, load_config
+from luce_bench.errors import UserError
+
+
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (results/runs/...).")],
+    llama_bench: Annotated[
+        bool, typer.Option("--llama-bench", help="Also print the llama-bench style markdown table.")
+    ] = False,
+) -> None:
+    """Rebuild summary.csv, plots and report.md of a run from its CSVs alone."""
+    from luce_bench.report import llama_bench_table, print_report, render
+
+    if not run_dir.is_dir():
+        raise UserError(f"run directory not found: {run_dir}")
+    rep = render(run_dir)
+    print_report(rep, console(), spots=False)
+    if llama_bench:
+        typer.echo(llama_bench_table(rep.summary, rep.meta))
+    typer.echo(f"wrote {run_dir / 'report.md'}")
+
+
+def info(
+    ctx: typer.Context,
+    gpu: GpuOpt = None,
+    fake_gpu: FakeOpt = False,
+    fake_preset: PresetOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Show the GPU, driver, CUDA, power limits, clocks, and which backends can run here (and why not)."""
+    from luce_bench.info import show
+
+    cfg = load_config(ctx.params)
+    show(console(), gpu_index=cfg.gpu.index, fake_preset=cfg.gpu.fake_preset if cfg.gpu.fake else None)
+
+
+def restore(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be restored; change nothing.")] = False,
+    read_only: ReadOnlyOpt = False,
+) -> None:
+    """Put back the original power limit and persistence mode recorded by an interrupted sweep (SIGKILL, crash)."""
+    from luce_bench.files import state_dir
+    from luce_bench.gpu import enable_read_only_mode
+    from luce_bench.gpu.journal import list_journals
+    from luce_bench.gpu.power_limit import restore_from_journals
+
+    if read_only:
+        enable_read_only_mode()
+    if not list_journals():
+        typer.echo(f"nothing to restore: no power-limit journal in {state_dir()}")
+        return
+    lines = restore_from_journals(dry_run=dry_run)
+    for line in lines:
+        typer.echo(line)
+    if any(line.startswith("skipped") for line in lines):
+        raise typer.Exit(1)
+
+
+def publish(
+    run_dir: Annotated[
+        Optional[Path], typer.Argument(help="A run directory to publish (omit to only rebuild the index).")
+    ] = None,
+    name: Annotated[
+        Optional[str], typer.Option("--name", help="Folder name after the date (default: the run's).")
+    ] = None,
+    results: Annotated[Path, typer.Option("--results", help="The results tree.")] = Path("results"),
+) -> None:
+    """Copy a run into results/<gpu>/<date>-<name>/ and regenerate results/README.md from the committed CSVs."""
+    from luce_bench.publish import publish as publish_run
+    from luce_bench.publish import write_index
+
+    if run_dir is not None:
+        if not (run_dir / "runs.csv").is_file():
+            raise UserError(f"{run_dir} is not a luce-bench run directory (no runs.csv)")
+        typer.echo(f"published to {publish_run(run_dir, results, name)}")
+    typer.echo(f"wrote {write_index(results)}")
+
+
+def model_prepare(
+    size: Annotated[str, typer.Option("--size", help="synthetic-0.8b or tiny.")] = "synthetic-0.8b",
+    seed: Annotated[int, typer.Option("--seed", help="Generator seed.")] = 0,
+) -> None:
+    """Write a synthetic checkpoint (exact Qwen3.5 shapes, fixed seed) into the user cache, once."""
+    from luce_bench.model.resolve import resolve_model
+    from luce_bench.model.spec import SIZES
+
+    if size not in SIZES:
+        raise UserError(f"unknown synthetic size {size!r}; known: {', '.join(SIZES)}")
+    spec = resolve_model(size, seed=seed)
+    typer.echo(f"{size}: {spec.config.num_params():,} params at {spec.path}")

@@ -1,0 +1,61 @@
+"""The console side of a run: status lines, a loading spinner, progress bars or one line per repetition."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from luce_bench.records import RunRecord
+
+
+class ConsoleUI:
+    """Shows a run on a rich console: progress bars per backend, or (`rows`) one line per finished repetition."""
+
+    def __init__(self, console: Any, rows: bool = False) -> None:
+        """Print to `console`; `rows` replaces the progress bars by a line per repetition (sweeps)."""
+        self.console, self.rows = console, rows
+        self._bar: Any = None
+        self._tasks: dict[str, Any] = {}
+
+    def status(self, msg: str) -> None:
+        """One line of news."""
+        self.console.print(msg)
+
+    def loading(self, backend: str, model: str) -> Any:
+        """A spinner while `backend` loads."""
+        return self.console.status(f"loading {backend} with {model}…")
+
+    def progress(self, label: str, done: int, total: int) -> None:
+        """Advance the bar of `label` (no bars in `rows` mode)."""
+        if self.rows:
+            return
+        if self._bar is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=self.console,
+                transient=False,
+            )
+            self._bar.start()
+        if label not in self._tasks:
+            self._tasks[label] = self._bar.add_task(f"{label} repetitions", total=total)
+        self._bar.update(self._tasks[label], completed=done)
+
+    def record(self, record: RunRecord) -> None:
+        """In `rows` mode, one line per finished repetition."""
+        if self.rows:
+            energy = f", {record.tok_per_j:.3f} tok/J" if record.tok_per_j else ""
+            self.console.print(f"  {record.backend} {record.test} rep {record.rep}: {record.avg_ts:.1f} tok/s{energy}")
+
+    def backend_done(self, backend: str) -> None:
+        """Close the bars of a backend that has finished."""
+        self.close()
+
+    def close(self) -> None:
+        """Stop the live display, if any."""
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar, self._tasks = None, {}

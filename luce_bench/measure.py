@@ -1,0 +1,243 @@
+"""Measuring one test of a loaded backend: warm-up, then `reps` energy windows, each one `RunRecord`.
+
+Method (`measurement.md`): each test (llama-bench `pp<N>` / `tg<N>`) gets a time-based warm-up, then `reps`
+repetitions. A repetition is one energy window of at least `window_s` that loops the test; before it opens and after
+it closes the backend has synchronised its device, and the NVML total-energy counter is read at both edges. tok/s and
+tok/J come from that same window (tokens / window seconds, tokens / counter joules). The sampler's instant power,
+integrated over the window, cross-checks the counter. Random 0..`rep_gap_max_s` gaps between windows break phase
+locking with the sensor's update period. A `tg<N>` iteration resets the sequence, feeds one seed token (not
+counted) and times N greedy decode steps; a `pp<N>` iteration resets and times the prefill of N seeded token ids.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from luce_bench.backends.base import Backend, ModelSpec
+from luce_bench.clock import rfc3339
+from luce_bench.config import TestSpec
+from luce_bench.context import RunContext
+from luce_bench.records import RunRecord
+from luce_bench.sampler import Sampler
+
+MIN_TRUSTED_WINDOW_S = 10.0
+MAX_DISAGREE_PCT = 5.0
+MAX_TEMP_DRIFT_C = 5.0
+
+
+def make_prompt(n: int, vocab_size: int, seed: int) -> list[int]:
+    """`n` seeded token ids in [0, vocab_size) (llama-bench uses random ids too)."""
+    rng = random.Random(seed)
+    return [rng.randrange(vocab_size) for _ in range(n)]
+
+
+def run_once(backend: Backend, test: TestSpec, prompt: Sequence[int]) -> tuple[int, float]:
+    """One iteration of `test`: (tokens counted, timed seconds)."""
+    backend.reset()
+    if test.kind == "pp":
+        return test.n, backend.prefill(prompt[: test.n]).elapsed_s
+    backend.prefill(prompt[:1])
+    return test.n, backend.decode(test.n).elapsed_s
+
+
+@dataclass(frozen=True)
+class Limit:
+    """The power limit a block of tests runs under (requested and enforced) and its idle baseline. Units: W."""
+
+    requested_w: float | None = None
+    enforced_w: float | None = None
+    idle_power_w: float | None = None
+
+
+@dataclass
+class Edge:
+    """Readings at one edge of an energy window."""
+
+    t_s: float | None  # sampler time
+    energy_mj: int | None  # NVML counter
+    cpu_uj: list[int] | None  # RAPL counters
+
+
+@dataclass
+class Meter:
+    """Runs tests of loaded backends on the run's GPU and clock; every finished repetition goes to `on_record`."""
+
+    ctx: RunContext
+    model: ModelSpec
+    sampler: Sampler | None
+    on_record: Callable[[RunRecord], None]
+    on_progress: Callable[[str, int, int], None] = lambda label, done, total: None
+    on_status: Callable[[str], None] = lambda msg: None
+    first_tokens: dict[str, list[int]] = field(default_factory=dict)  # greedy tokens of each tg test, for agreement
+    start_temp_c: float | None = None
+
+    def prompt(self, test: TestSpec) -> list[int]:
+        """The seeded prompt of `test`."""
+        return make_prompt(max(test.n, 1), self.model.config.vocab_size, self.ctx.cfg.prompt_seed)
+
+    def run_test(self, backend: Backend, test: TestSpec, limit: Limit) -> list[RunRecord]:
+        """Warm up, then `reps` windows of `test`."""
+        cfg, clock, gpu = self.ctx.cfg, self.ctx.clock, self.ctx.gpu
+        prompt = self.prompt(test)
+        if self.start_temp_c is None and gpu is not None:
+            self.start_temp_c = gpu.temperature_c()
+        label = f"{backend.name} {test.name}"
+        self._record_tokens(backend, test, prompt, label)
+        self.loop(backend, test, prompt, cfg.warmup_s, at_least_once=True)
+        records = []
+        rng = random.Random(cfg.prompt_seed + test.n)
+        for rep in range(cfg.reps):
+            self.on_progress(label, rep, cfg.reps)
+            if rep and cfg.rep_gap_max_s > 0:
+                clock.sleep(rng.uniform(0.0, cfg.rep_gap_max_s))
+            record = self._window(backend, test, prompt, rep, limit)
+            self.on_record(record)
+            records.append(record)
+        self.on_progress(label, cfg.reps, cfg.reps)
+        return records
+
+    def loop(
+        self, backend: Backend, test: TestSpec, prompt: Sequence[int], seconds: float, at_least_once: bool
+    ) -> None:
+        """Run `test` for `seconds` (not measured): a warm-up, or settling at a new setting."""
+        clock = self.ctx.clock
+        t0 = clock.now_s()
+        if at_least_once:
+            run_once(backend, test, prompt)
+        while clock.now_s() - t0 < seconds:
+            run_once(backend, test, prompt)
+
+    def _record_tokens(self, backend: Backend, test: TestSpec, prompt: Sequence[int], label: str) -> None:
+        if test.kind == "tg":
+            backend.reset()
+            backend.prefill(prompt[:1])
+            self.first_tokens[label] = list(backend.decode(min(test.n, 32)).tokens)
+
+    def _edge(self) -> Edge:
+        rapl, gpu, sampler = self.ctx.rapl, self.ctx.gpu, self.sampler
+        return Edge(
+            t_s=sampler.now_s() if sampler is not None else None,
+            energy_mj=gpu.total_energy_mj() if gpu is not None else None,
+            cpu_uj=rapl.read_uj() if rapl is not None else None,
+        )
+
+    def _window(self, backend: Backend, test: TestSpec, prompt: Sequence[int], rep: int, limit: Limit) -> RunRecord:
+        clock, window_s = self.ctx.clock, self.ctx.cfg.window_s
+        tokens = iters = 0
+        compute_s = 0.0
+        start = self._edge()
+        w0 = clock.now_s()
+        while True:
+            n, dt = run_once(backend, test, prompt)
+            tokens, iters, compute_s = tokens + n, iters + 1, compute_s + dt
+            if clock.now_s() - w0 >= window_s:
+                break
+        elapsed_s = clock.now_s() - w0
+        end = self._edge()
+        cfg = self.model.config
+        return RunRecord(
+            test_time=rfc3339(clock.unix_s()),
+            backend=backend.name,
+            model=self.model.name,
+            model_type=f"qwen35 {cfg.num_hidden_layers}L h{cfg.hidden_size}",
+            model_n_params=cfg.num_params(),
+            n_prompt=test.n if test.kind == "pp" else 0,
+            n_gen=test.n if test.kind == "tg" else 0,
+            test=test.name,
+            rep=rep,
+            power_limit_req_w=limit.requested_w,
+            power_limit_w=limit.enforced_w,
+            iterations=iters,
+            n_tokens=tokens,
+            window_s=elapsed_s,
+            compute_s=compute_s,
+            avg_ts=tokens / elapsed_s,
+            timed_ts=tokens / compute_s if compute_s > 0 else None,
+            idle_power_w=limit.idle_power_w,
+            device=backend.device_kind,
+            gpu_simulated=self.ctx.fake_gpu is not None,
+            t_start_s=start.t_s,
+            t_end_s=end.t_s,
+            energy_note=self.ctx.energy_note,
+            cpu_energy_j=self._cpu_j(start, end),
+            **self._energy(start, end, tokens, elapsed_s, limit),
+        )
+
+    def _cpu_j(self, start: Edge, end: Edge) -> float | None:
+        rapl = self.ctx.rapl
+        if rapl is None or start.cpu_uj is None or end.cpu_uj is None:
+            return None
+        return rapl.delta_uj(start.cpu_uj, end.cpu_uj) / 1e6
+
+    def _energy(self, start: Edge, end: Edge, tokens: int, window_s: float, limit: Limit) -> dict[str, Any]:
+        """Energy, power, sampler cross-check and the quality verdict of one window (measurement.md rule 13)."""
+        flags = [] if window_s >= MIN_TRUSTED_WINDOW_S else ["short-window"]
+        if start.energy_mj is None or end.energy_mj is None:
+            return {"valid": False, "verdict": ";".join(flags + ["no-energy"])}
+        energy_j = (end.energy_mj - start.energy_mj) / 1000.0
+        out: dict[str, Any] = {"energy_j": energy_j}
+        if self.sampler is not None and start.t_s is not None and end.t_s is not None:
+            out.update(self._sampled(start.t_s, end.t_s, energy_j, flags))
+        if energy_j <= 0:
+            out.update(valid=False, verdict=";".join(flags + ["energy-invalid"]))
+            return out
+        out.update(
+            tok_per_j=tokens / energy_j,
+            j_per_tok=energy_j / tokens,
+            mean_power_w=energy_j / window_s,
+            valid=True,
+            verdict=";".join(flags) or "ok",
+        )
+        if limit.idle_power_w is not None:
+            net_j = energy_j - limit.idle_power_w * window_s
+            out["net_tok_per_j"] = tokens / net_j if net_j > 0 else None
+        return out
+
+    def _sampled(self, t0_s: float, t1_s: float, energy_j: float, flags: list[str]) -> dict[str, Any]:
+        assert self.sampler is not None
+        s = self.sampler.summarize(t0_s, t1_s)
+        sampled_j = self.sampler.integrate_power_j(t0_s, t1_s)
+        out: dict[str, Any] = {
+            "mean_sm_mhz": s["mean_sm_mhz"],
+            "mean_mem_mhz": s["mean_mem_mhz"],
+            "temp_start_c": s["temp_start_c"],
+            "temp_end_c": s["temp_end_c"],
+            "throttled_share": s["throttled_share"],
+            "n_samples": s["n_samples"],
+            "sampled_energy_j": sampled_j,
+        }
+        if energy_j > 0 and sampled_j and sampled_j > 0:
+            out["counter_vs_sampled_pct"] = 100.0 * (sampled_j - energy_j) / energy_j
+            if abs(out["counter_vs_sampled_pct"]) > MAX_DISAGREE_PCT:
+                flags.append("power-disagree")
+        ts, te = s["temp_start_c"], s["temp_end_c"]
+        if ts is not None and te is not None and abs(te - ts) > MAX_TEMP_DRIFT_C:
+            flags.append("temp-drift")
+        return out
+
+    def cooldown(self) -> None:
+        """Wait until the GPU is within `target_delta_c` of the run's start temperature, at most `max_s`."""
+        gpu, clock, cool = self.ctx.gpu, self.ctx.clock, self.ctx.cfg.cooldown
+        if gpu is None or self.start_temp_c is None or cool.max_s <= 0:
+            return
+        t0 = clock.now_s()
+        target_c = self.start_temp_c + cool.target_delta_c
+        temp_c = gpu.temperature_c()
+        if temp_c > target_c:
+            self.on_status(f"cooling down: {temp_c:g} °C -> <= {target_c:g} °C (at most {cool.max_s:g} s)")
+        while temp_c > target_c and clock.now_s() - t0 < cool.max_s:
+            clock.sleep(min(0.5, cool.max_s))
+            temp_c = gpu.temperature_c()
+
+    def idle_power_w(self, duration_s: float) -> float | None:
+        """Idle draw from the energy counter over `duration_s` with the models resident; None without NVML. Units: W."""
+        gpu, clock = self.ctx.gpu, self.ctx.clock
+        if gpu is None or duration_s <= 0:
+            return None
+        e0, t0 = gpu.total_energy_mj(), clock.now_s()
+        clock.sleep(duration_s)
+        e1, t1 = gpu.total_energy_mj(), clock.now_s()
+        return (e1 - e0) / 1000.0 / (t1 - t0) if t1 > t0 and e1 > e0 else None

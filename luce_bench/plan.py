@@ -1,0 +1,217 @@
+"""What a run will measure, decided and checked before anything starts: `plan(...) -> Plan`, a list of `Trial`s.
+
+A trial is (backend, test, setting); a `Setting` is the GPU state it runs under (a power limit, or the state in force).
+`compare` and `bench` are one setting (the current one) times their backends and tests; `sweep` is one setting per
+power limit. Trials are ordered setting > backend > test, so each setting is applied once. The rules every run shares
+live here: unknown or unavailable backends, the `auto` model, tests that do not fit the model, limits outside the
+card's range. A bad plan is a UserError before any run directory exists and before any setting changes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from luce_bench.backends import get as get_backend
+from luce_bench.backends import unavailable_reason
+from luce_bench.backends.base import ModelSpec
+from luce_bench.config import MAX_TEST_TOKENS, BenchConfig, TestSpec, parse_limit
+from luce_bench.context import RunContext
+from luce_bench.errors import UserError
+from luce_bench.gpu.base import GPU
+
+
+@dataclass(frozen=True)
+class LimitTarget:
+    """One requested power limit: what the user wrote, what it resolves to, and whether --clamp moved it."""
+
+    text: str
+    requested_mw: int
+    clamped: bool = False
+
+    @property
+    def requested_w(self) -> float:
+        """Requested limit. Units: W."""
+        return self.requested_mw / 1000.0
+
+
+@dataclass(frozen=True)
+class Setting:
+    """The GPU state a block of trials runs under; an empty setting measures the state in force, read-only."""
+
+    power_limit: LimitTarget | None = None
+
+    @property
+    def changes_gpu(self) -> bool:
+        """Whether luce-bench must change the GPU for this setting."""
+        return self.power_limit is not None
+
+    @property
+    def label(self) -> str:
+        """Short name, e.g. "300W" ("" for the state in force)."""
+        return f"{self.power_limit.requested_w:g}W" if self.power_limit else ""
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One backend running one test under one setting: a warm-up and `reps` energy windows."""
+
+    backend: str
+    test: TestSpec
+    setting: Setting = Setting()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a run will do, in order."""
+
+    name: str  # run directory suffix: compare, bench-hf, sweep
+    model: ModelSpec
+    trials: tuple[Trial, ...]
+    skipped: dict[str, str] = field(default_factory=dict)  # optional backends that cannot run here, and why
+    notes: tuple[str, ...] = ()  # for the user, before the run starts
+
+    @property
+    def backends(self) -> list[str]:
+        """Backends in order of first use."""
+        return list(dict.fromkeys(t.backend for t in self.trials))
+
+    @property
+    def changes_gpu(self) -> bool:
+        """Whether any trial needs a GPU setting changed."""
+        return any(t.setting.changes_gpu for t in self.trials)
+
+    def blocks(self) -> Iterator[tuple[Setting, list[Trial]]]:
+        """Consecutive trials sharing a setting."""
+        for setting, trials in itertools.groupby(self.trials, key=lambda t: t.setting):
+            yield setting, list(trials)
+
+
+def parse_limits(
+    spec: str | Sequence[str | int | float],
+    default_mw: int,
+    constraints_mw: tuple[int, int],
+    clamp: bool = False,
+    gpu_name: str = "this GPU",
+) -> list[LimitTarget]:
+    """Resolve "420,300,70%" (W or % of the default limit) and check every value against the card's range.
+
+    Raises:
+        UserError: a malformed value, or one outside `constraints_mw` without `clamp`; nothing has changed yet.
+    """
+    items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s).strip() for s in spec]
+    items = [s for s in items if s]
+    if not items:
+        raise UserError("no power limits given (e.g. --limits 420,300,220 or 100%,70%,50%)")
+    lo, hi = constraints_mw
+    out: list[LimitTarget] = []
+    bad: list[str] = []
+    for text in items:
+        value, percent = parse_limit(text)
+        mw = round(value / 100.0 * default_mw) if percent else round(value * 1000.0)
+        if mw <= 0:
+            raise UserError(f"bad power limit {text!r}: must be positive")
+        clamped = False
+        if not lo <= mw <= hi:
+            if not clamp:
+                bad.append(f"{text} ({mw / 1000:g} W)")
+                continue
+            mw, clamped = min(max(mw, lo), hi), True
+        if all(t.requested_mw != mw for t in out):
+            out.append(LimitTarget(text, mw, clamped))
+    if bad:
+        raise UserError(
+            f"power limit {', '.join(bad)} outside the range of {gpu_name}: {lo / 1000:g}-{hi / 1000:g} W "
+            f"(default {default_mw / 1000:g} W); fix --limits or pass --clamp"
+        )
+    return out
+
+
+def order_targets(
+    targets: Sequence[LimitTarget], order: str = "descending", seed: int | None = None
+) -> list[LimitTarget]:
+    """Descending (default), ascending, or shuffled with `seed` (measurement.md rule 7: heat biases a fixed order)."""
+    if order == "descending":
+        return sorted(targets, key=lambda t: -t.requested_mw)
+    if order == "ascending":
+        return sorted(targets, key=lambda t: t.requested_mw)
+    if order == "shuffle":
+        out = list(targets)
+        random.Random(seed).shuffle(out)
+        return out
+    raise UserError(f"bad sweep order {order!r}; expected descending, ascending or shuffle")
+
+
+def limit_settings(cfg: BenchConfig, gpu: GPU) -> list[Setting]:
+    """One setting per configured power limit, validated against `gpu`'s range, in the configured order."""
+    targets = parse_limits(
+        cfg.sweep.limits,
+        gpu.default_power_limit_mw(),
+        gpu.power_limit_constraints_mw(),
+        clamp=cfg.sweep.clamp,
+        gpu_name=gpu.name(),
+    )
+    return [Setting(power_limit=t) for t in order_targets(targets, cfg.sweep.order, cfg.sweep.shuffle_seed)]
+
+
+TINY_NOTE = (
+    "no CUDA GPU in use: running the CPU-capable backends on the tiny synthetic model (same architecture, small "
+    "shapes). Use --model synthetic-0.8b to force the full size."
+)
+
+
+def model_name(cfg: BenchConfig, ctx: RunContext) -> str:
+    """`auto` means synthetic-0.8b on a real GPU and the tiny synthetic model otherwise (simulated or no GPU)."""
+    if cfg.model != "auto":
+        return cfg.model
+    return "synthetic-0.8b" if ctx.gpu is not None and ctx.fake_gpu is None else "tiny"
+
+
+def check_tests_fit(tests: Sequence[TestSpec], model: ModelSpec) -> None:
+    """Refuse tests longer than the model's positions (or than MAX_TEST_TOKENS)."""
+    limit = min(model.config.max_position_embeddings, MAX_TEST_TOKENS)
+    for t in tests:
+        if t.n + 1 > limit:
+            raise UserError(f"test {t.name} needs {t.n + 1} positions; {model.name} allows at most {limit}")
+
+
+def _runnable(names: Sequence[str], optional: Sequence[str], ctx: RunContext) -> tuple[list[str], dict[str, str]]:
+    """(backends that can run, {optional backend: why not}); a named backend that cannot run is bad input."""
+    for name in names:
+        get_backend(name)  # unknown names first, whatever else is wrong
+    keep, skipped = [], {}
+    for name in dict.fromkeys(names):
+        reason = unavailable_reason(name, simulated_gpu=ctx.fake_gpu is not None)
+        if reason and name not in optional:
+            raise UserError(f"backend {name} cannot run here: {reason}")
+        if reason:
+            skipped[name] = reason
+        elif ctx.virtual_time and not get_backend(name).simulated:
+            raise UserError(f"gpu.fake_clock: virtual runs only simulated backends (sim); {name} runs in real time")
+        else:
+            keep.append(name)
+    return keep, skipped
+
+
+def plan(
+    cfg: BenchConfig,
+    ctx: RunContext,
+    *,
+    name: str,
+    backends: Sequence[str],
+    optional: Sequence[str] = (),
+    settings: Sequence[Setting] = (Setting(),),
+) -> Plan:
+    """Check the request against this machine and resolve it into trials (setting > backend > test)."""
+    from luce_bench.model.resolve import resolve_model
+
+    keep, skipped = _runnable(backends, optional, ctx)
+    tests = cfg.test_specs
+    chosen = model_name(cfg, ctx)
+    notes = (TINY_NOTE,) if cfg.model == "auto" and chosen == "tiny" else ()
+    model = resolve_model(chosen, seed=cfg.model_seed)
+    check_tests_fit(tests, model)
+    trials = tuple(Trial(b, t, s) for s in settings for b in keep for t in tests)
+    return Plan(name=name, model=model, trials=trials, skipped=skipped, notes=notes)

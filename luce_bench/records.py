@@ -1,0 +1,251 @@
+"""Typed rows of a run directory and their CSV schema: the columns are the dataclass fields, in order.
+
+`RunRecord` (runs.csv, one row per repetition), `SummaryRow` (summary.csv), `SweetSpot` (sweet_spot.csv) and the
+sampler's `Sample` (samples.csv) are written and read through `to_cells` / `from_cells`, so every reader gets typed
+values once. Column names follow llama-bench's where they overlap (`model_type`, `model_n_params`, `n_prompt`,
+`n_gen`, `test_time`, `avg_ts`, `stddev_ts`). Cells: floats with 6 significant digits, None and NaN empty.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import gzip
+import io
+import math
+import os
+import types
+import typing
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from luce_bench.errors import UserError
+from luce_bench.files import atomic_write
+
+R = TypeVar("R")
+
+
+@dataclass(kw_only=True)
+class RunRecord:
+    """One repetition: one energy window looping one test of one backend under one power setting."""
+
+    test_time: str  # RFC 3339 UTC, when the window closed
+    backend: str
+    model: str
+    model_type: str
+    model_n_params: int
+    n_prompt: int
+    n_gen: int
+    test: str
+    rep: int
+    power_limit_req_w: float | None = None  # None: the limit in force, not set by luce-bench
+    power_limit_w: float | None = None  # enforced
+    iterations: int
+    n_tokens: int
+    window_s: float
+    compute_s: float
+    avg_ts: float  # tokens / window seconds
+    timed_ts: float | None = None  # tokens / the backends' own synchronised timings
+    energy_j: float | None = None  # NVML counter delta over the window
+    tok_per_j: float | None = None
+    j_per_tok: float | None = None
+    mean_power_w: float | None = None
+    idle_power_w: float | None = None
+    net_tok_per_j: float | None = None
+    sampled_energy_j: float | None = None  # integral of the sampled instant power
+    counter_vs_sampled_pct: float | None = None
+    n_samples: int | None = None
+    mean_sm_mhz: float | None = None
+    mean_mem_mhz: float | None = None
+    temp_start_c: float | None = None
+    temp_end_c: float | None = None
+    throttled_share: float | None = None
+    cpu_energy_j: float | None = None  # RAPL package energy, where readable
+    t_start_s: float | None = None  # window edges on the sampler's clock
+    t_end_s: float | None = None
+    device: str
+    gpu_simulated: bool
+    valid: bool
+    verdict: str
+    energy_note: str = ""
+
+
+@dataclass(kw_only=True)
+class SummaryRow:
+    """Repetitions of one (backend, test, power limit): n, mean, std and 95 % CI of tok/s and tok/J."""
+
+    backend: str
+    model: str
+    test: str
+    n_prompt: int
+    n_gen: int
+    power_limit_req_w: float | None = None
+    power_limit_w: float | None = None
+    n: int
+    window_s: float | None = None
+    avg_ts: float | None = None
+    stddev_ts: float | None = None
+    ts_ci95_lo: float | None = None
+    ts_ci95_hi: float | None = None
+    median_ts: float | None = None
+    timed_ts: float | None = None
+    tok_per_j: float | None = None
+    tok_per_j_std: float | None = None
+    tok_per_j_ci95_lo: float | None = None
+    tok_per_j_ci95_hi: float | None = None
+    j_per_tok: float | None = None
+    mean_power_w: float | None = None
+    idle_power_w: float | None = None
+    net_tok_per_j: float | None = None
+    mean_sm_mhz: float | None = None
+    throttled_share: float | None = None
+    max_counter_vs_sampled_pct: float | None = None
+    temp_drift_c: float | None = None
+    valid_reps: int
+    device: str
+    gpu_simulated: bool
+    verdict: str
+
+    @property
+    def limit_w(self) -> float | None:
+        """The enforced limit, else the requested one (None: the limit in force)."""
+        return self.power_limit_w if self.power_limit_w is not None else self.power_limit_req_w
+
+
+_JSON_ONLY = {"csv": False}
+
+
+@dataclass(kw_only=True)
+class SweetSpot:
+    """Per (backend, test) of a sweep: the best tok/J keeping `min_speed` of stock tok/s (see summary.py)."""
+
+    backend: str
+    test: str
+    limit_w: float
+    enforced_w: float | None
+    avg_ts: float
+    speed_share: float
+    tok_per_j: float
+    net_tok_per_j: float | None
+    mean_power_w: float | None
+    power_share: float | None
+    stock_limit_w: float
+    stock_ts: float
+    stock_tok_per_j: float
+    tok_per_j_gain_pct: float | None
+    stock_is_default: bool = field(default=True, metadata=_JSON_ONLY)
+    significant: bool = field(default=True, metadata=_JSON_ONLY)  # the gain is outside the 95 % CI
+
+
+# --- CSV codec --------------------------------------------------------------------------------------------------------
+@functools.cache
+def _schema(cls: type) -> tuple[tuple[str, type, bool, bool], ...]:
+    """(column, scalar type, required, nullable) per CSV column of the dataclass `cls`."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("csv", True):
+            hint = hints[f.name]
+            args = [a for a in typing.get_args(hint) if a is not type(None)]
+            nullable = isinstance(hint, types.UnionType)
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            out.append((f.name, args[0] if nullable else hint, required, nullable))
+    return tuple(out)
+
+
+def columns(cls: type) -> list[str]:
+    """The CSV columns of record type `cls`."""
+    return [name for name, *_ in _schema(cls)]
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def to_cells(record: Any) -> list[str]:
+    """One CSV row of `record`."""
+    return [_cell(getattr(record, name)) for name in columns(type(record))]
+
+
+def _parse(text: str, scalar: type) -> Any:
+    if text == "":
+        return None
+    if scalar is bool:
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"expected True or False, got {text!r}")
+        return text.lower() in ("true", "1")
+    return scalar(text)
+
+
+def from_cells(cls: type[R], cells: dict[str, str]) -> R:
+    """A `cls` from one CSV row (a DictReader dict); missing optional columns become None, unknown ones are ignored."""
+    values = {}
+    for name, scalar, required, nullable in _schema(cls):
+        text = cells.get(name)
+        if text is None:
+            if required:
+                raise ValueError(f"missing column {name}")
+            continue
+        value = _parse(text, scalar)
+        if value is None and scalar is str:
+            value = ""
+        elif value is None and not nullable:
+            raise ValueError(f"column {name} is empty")
+        values[name] = value
+    return cls(**values)
+
+
+def write_csv(path: Path, cls: type, records: Iterable[Any]) -> None:
+    """Replace the CSV at `path` with `records` of type `cls` (atomically)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns(cls))
+    w.writerows(to_cells(r) for r in records)
+    atomic_write(path, buf.getvalue())
+
+
+def read_csv(path: Path, cls: type[R]) -> list[R]:
+    """The rows of the CSV at `path` (or `path`.gz) as `cls`, [] if neither exists; UserError names a bad line."""
+    gz = path.with_name(path.name + ".gz")
+    if not path.is_file() and not gz.is_file():
+        return []
+    with path.open(newline="") if path.is_file() else gzip.open(gz, "rt", newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [n for n, _, required, _ in _schema(cls) if required and n not in (reader.fieldnames or [])]
+        if missing:
+            raise UserError(f"{path} is not a luce-bench {path.name} (missing columns: {', '.join(missing)})")
+        try:
+            return [from_cells(cls, row) for row in reader]
+        except (ValueError, TypeError) as exc:
+            raise UserError(f"{path} line {reader.line_num}: {exc}") from None
+
+
+class CsvAppender:
+    """A CSV of records of one type that gains flushed, fsynced rows as they finish."""
+
+    def __init__(self, path: Path, cls: type) -> None:
+        """Open `path` for appending; a new file gets the header first."""
+        new = not path.exists()
+        self._f = path.open("a", newline="")
+        self._w = csv.writer(self._f, lineterminator="\n")
+        if new:
+            self._w.writerow(columns(cls))
+            self._f.flush()
+
+    def add(self, records: Sequence[Any]) -> None:
+        """Append `records` and make them durable."""
+        if records:
+            self._w.writerows(to_cells(r) for r in records)
+            self._f.flush()
+            os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        """Close the file."""
+        self._f.close()

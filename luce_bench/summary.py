@@ -1,0 +1,157 @@
+"""From repetitions to conclusions: summary rows, the sweet spot of a sweep, greedy-token agreement.
+
+Sweet spot, per (backend, test): the limit with the best gross tok/J whose tok/s stays at or above `min_speed` x the
+stock tok/s (stock = the run at the card's default limit, else the highest limit measured).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from luce_bench.records import RunRecord, SummaryRow, SweetSpot
+from luce_bench.stats import describe, mean, median
+
+
+def _v(x: float | None) -> float:
+    return math.nan if x is None else x
+
+
+def _max_abs(values: list[float | None]) -> float:
+    return max((abs(v) for v in values if v is not None and math.isfinite(v)), default=math.nan)
+
+
+def _summary_row(rs: Sequence[RunRecord]) -> SummaryRow:
+    valid = [r for r in rs if r.valid]
+    ts = describe(r.avg_ts for r in rs)
+    tpj = describe(r.tok_per_j for r in valid)
+    energy_j = sum(_v(r.energy_j) for r in valid)
+    tokens = sum(r.n_tokens for r in valid)
+    drift = [abs(_v(r.temp_end_c) - _v(r.temp_start_c)) for r in rs]
+    flags = sorted({f for r in rs for f in r.verdict.split(";") if f and f != "ok"})
+    first = rs[0]
+    return SummaryRow(
+        backend=first.backend,
+        model=first.model,
+        test=first.test,
+        n_prompt=first.n_prompt,
+        n_gen=first.n_gen,
+        power_limit_req_w=first.power_limit_req_w,
+        power_limit_w=first.power_limit_w,
+        n=ts.n,
+        window_s=mean(r.window_s for r in rs),
+        avg_ts=ts.mean,
+        stddev_ts=ts.std,
+        ts_ci95_lo=ts.ci95_lo,
+        ts_ci95_hi=ts.ci95_hi,
+        median_ts=median(r.avg_ts for r in rs),
+        timed_ts=mean(r.timed_ts for r in rs),
+        tok_per_j=tpj.mean,
+        tok_per_j_std=tpj.std,
+        tok_per_j_ci95_lo=tpj.ci95_lo,
+        tok_per_j_ci95_hi=tpj.ci95_hi,
+        j_per_tok=energy_j / tokens if tokens > 0 and valid else math.nan,
+        mean_power_w=mean(r.mean_power_w for r in valid),
+        idle_power_w=mean(r.idle_power_w for r in rs),
+        net_tok_per_j=mean(r.net_tok_per_j for r in valid),
+        mean_sm_mhz=mean(r.mean_sm_mhz for r in rs),
+        throttled_share=mean(r.throttled_share for r in rs),
+        max_counter_vs_sampled_pct=_max_abs([r.counter_vs_sampled_pct for r in rs]),
+        temp_drift_c=_max_abs(drift),
+        valid_reps=len(valid),
+        device=first.device,
+        gpu_simulated=first.gpu_simulated,
+        verdict=";".join(flags) if flags else ("ok" if valid else "no-energy"),
+    )
+
+
+def summarize(runs: Sequence[RunRecord]) -> list[SummaryRow]:
+    """One row per (backend, test, requested power limit), in first-seen order."""
+    groups: dict[tuple[str, str, float | None], list[RunRecord]] = {}
+    for r in runs:
+        groups.setdefault((r.backend, r.test, r.power_limit_req_w), []).append(r)
+    return [_summary_row(rs) for rs in groups.values()]
+
+
+def _by_limit(summary: Sequence[SummaryRow]) -> dict[tuple[str, str], list[SummaryRow]]:
+    """Rows with a requested limit, per (backend, test), highest limit first."""
+    out: dict[tuple[str, str], list[SummaryRow]] = {}
+    for r in summary:
+        if r.power_limit_req_w is not None and math.isfinite(r.power_limit_req_w):
+            out.setdefault((r.backend, r.test), []).append(r)
+    return {k: sorted(v, key=lambda r: -_v(r.power_limit_req_w)) for k, v in out.items()}
+
+
+def _is_limit(row: SummaryRow, limit_w: float | None) -> bool:
+    return limit_w is not None and abs(_v(row.power_limit_req_w) - limit_w) < 0.5
+
+
+def _spot(
+    backend: str, test: str, rows: list[SummaryRow], min_speed: float, default_w: float | None
+) -> SweetSpot | None:
+    stock = next((r for r in rows if _is_limit(r, default_w)), rows[0])
+    stock_ts, stock_tpj = _v(stock.avg_ts), _v(stock.tok_per_j)
+    ok = [r for r in rows if math.isfinite(_v(r.tok_per_j)) and _v(r.avg_ts) >= min_speed * stock_ts]
+    if not ok or not math.isfinite(stock_ts):
+        return None
+    best = max(ok, key=lambda r: _v(r.tok_per_j))
+    tpj = _v(best.tok_per_j)
+    return SweetSpot(
+        backend=backend,
+        test=test,
+        limit_w=_v(best.power_limit_req_w),
+        enforced_w=_v(best.limit_w),
+        avg_ts=_v(best.avg_ts),
+        speed_share=_v(best.avg_ts) / stock_ts,
+        tok_per_j=tpj,
+        net_tok_per_j=_v(best.net_tok_per_j),
+        mean_power_w=_v(best.mean_power_w),
+        power_share=_v(best.mean_power_w) / _v(stock.mean_power_w),
+        stock_limit_w=_v(stock.power_limit_req_w),
+        stock_ts=stock_ts,
+        stock_tok_per_j=stock_tpj,
+        tok_per_j_gain_pct=100.0 * (tpj / stock_tpj - 1.0) if stock_tpj > 0 else math.nan,
+        stock_is_default=_is_limit(stock, default_w),
+        significant=best is stock or _v(best.tok_per_j_ci95_lo) > stock_tpj,
+    )
+
+
+def sweet_spots(
+    summary: Sequence[SummaryRow], min_speed: float = 0.95, default_limit_w: float | None = None
+) -> list[SweetSpot]:
+    """One sweet spot per (backend, test) with at least one measured limit; see the module docstring."""
+    spots = [_spot(b, t, rows, min_speed, default_limit_w) for (b, t), rows in _by_limit(summary).items()]
+    return [s for s in spots if s is not None]
+
+
+def describe_spot(s: SweetSpot, min_speed: float) -> str:
+    """One sentence for the console and the report."""
+    stock = "stock" if s.stock_is_default else "the highest measured limit"
+    text = (
+        f"{s.backend} {s.test}: sweet spot {s.limit_w:g} W (enforced {_v(s.enforced_w):g} W): "
+        f"{s.tok_per_j:.3f} tok/J ({_v(s.tok_per_j_gain_pct):+.1f} % vs {stock} {s.stock_limit_w:g} W), "
+        f"{100 * s.speed_share:.1f} % of its tok/s at {100 * _v(s.power_share):.0f} % of its power "
+        f"(threshold >= {100 * min_speed:.0f} %)"
+    )
+    if not s.stock_is_default:
+        text += "; the card's default limit was not measured"
+    if not s.significant:
+        text += "; the gain is within the 95 % CI: not significant"
+    return text
+
+
+def token_agreement(first_tokens: dict[str, list[int]]) -> dict[str, str]:
+    """For each tg test, how many leading greedy tokens each backend shares with the first backend measured."""
+    out: dict[str, str] = {}
+    by_test: dict[str, list[tuple[str, list[int]]]] = {}
+    for label, toks in first_tokens.items():
+        backend, test = label.split(" ", 1)
+        by_test.setdefault(test, []).append((backend, toks))
+    for test, entries in by_test.items():
+        ref_name, ref = entries[0]
+        for name, toks in entries[1:]:
+            same = next(
+                (i for i, (a, b) in enumerate(zip(ref, toks, strict=False)) if a != b), min(len(ref), len(toks))
+            )
+            out[f"{test} {name} vs {ref_name}"] = f"{same}/{min(len(ref), len(toks))} leading tokens equal"
+    return out
