@@ -1,13 +1,16 @@
-"""CPU CI for the megakernel: it compiles for sm_80/86/89/90 without cuBLAS, ptxas reports 0 spills, the library
-loads without a GPU (static cudart) and exports the luce_mk.h symbols; arch parsing and the build cache behave."""
+"""CPU CI for the megakernel.
+
+It compiles for sm_80/86/89/90 without cuBLAS, ptxas reports 0 spills, the library loads without a GPU (static cudart)
+and exports the luce_mk.h symbols; arch parsing and the build cache behave.
+"""
 
 from __future__ import annotations
 
 import ctypes
 
 import pytest
-
 from conftest import KERNEL_OPTION_SETS
+
 from luce_bench.errors import UserError
 from luce_bench.kernels import build as kb
 
@@ -36,7 +39,9 @@ def test_compiles_for_all_archs(built):
 def test_no_register_spills(built):
     assert built.reports, "empty ptxas report"
     for r in built.reports:
-        assert r.spill_stores == 0 and r.spill_loads == 0, f"{r.arch} {r.function}: {r.spill_stores}/{r.spill_loads} B spilled"
+        assert r.spill_stores == 0 and r.spill_loads == 0, (
+            f"{r.arch} {r.function}: {r.spill_stores}/{r.spill_loads} B spilled"
+        )
         if "kernel" in r.function:
             assert 0 < r.registers <= 128  # 512-thread blocks: at most 128 registers per thread
 
@@ -100,10 +105,19 @@ def test_parse_ptxas():
         "    8 bytes stack frame, 4 bytes spill stores, 12 bytes spill loads\n"
         "ptxas info    : Used 40 registers, used 1 barriers\n"
     )
-    text += "ptxas info    : Function properties for _Z3barv\n    0 bytes stack frame, 0 bytes spill stores, 4 bytes spill loads\n"
+    text += (
+        "ptxas info    : Function properties for _Z3barv\n"
+        "    0 bytes stack frame, 0 bytes spill stores, 4 bytes spill loads\n"
+    )
     r, d = kb.parse_ptxas(text)
     assert (r.arch, r.function, r.registers, r.stack_bytes, r.spill_stores, r.spill_loads) == (
-        "sm_90", "_Z3fooPf", 40, 8, 4, 12)
+        "sm_90",
+        "_Z3fooPf",
+        40,
+        8,
+        4,
+        12,
+    )
     assert (d.arch, d.function, d.spill_loads) == ("sm_90", "_Z3barv", 4)
 
 
@@ -156,8 +170,12 @@ def test_build_options_are_read_from_the_header():
     """The names (and defaults) come from cuda/mk_config.cuh: exactly the four options that stayed."""
     from luce_bench.kernels.abi import build_options
 
-    assert build_options() == {"MK_INFLIGHT": "1", "MK_INFLIGHT_LM": "2", "MK_SLOT_KB": "32",
-                               "MK_SPIN_LIMIT_NS": "20000000000ull"}
+    assert build_options() == {
+        "MK_INFLIGHT": "1",
+        "MK_INFLIGHT_LM": "2",
+        "MK_SLOT_KB": "32",
+        "MK_SPIN_LIMIT_NS": "20000000000ull",
+    }
 
 
 def test_unknown_option_is_one_line_before_nvcc(tmp_path):
@@ -167,11 +185,15 @@ def test_unknown_option_is_one_line_before_nvcc(tmp_path):
 
 
 @needs_nvcc
-@pytest.mark.parametrize("options, message", [
-    ({"MK_SLOT_KB": 20}, "MK_SLOT_KB must be 16, 24, 32, 48 or 64"),
-    ({"MK_INFLIGHT": -1}, "MK_INFLIGHT and MK_INFLIGHT_LM must be >= 0"),
-    ({"MK_SPIN_LIMIT_NS": 5}, "MK_SPIN_LIMIT_NS must be at least"),
-], ids=["slot20", "inflight-neg", "spin5"])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"MK_SLOT_KB": 20}, "MK_SLOT_KB must be 16, 24, 32, 48 or 64"),
+        ({"MK_INFLIGHT": -1}, "MK_INFLIGHT and MK_INFLIGHT_LM must be >= 0"),
+        ({"MK_SPIN_LIMIT_NS": 5}, "MK_SPIN_LIMIT_NS must be at least"),
+    ],
+    ids=["slot20", "inflight-neg", "spin5"],
+)
 def test_bad_option_value_is_the_kernels_own_error_line(tmp_path, options, message):
     with pytest.raises(UserError) as err:
         kb.build(("sm_90",), out_dir=tmp_path / "lib", defines=options)

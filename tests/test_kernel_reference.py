@@ -1,5 +1,8 @@
-"""The fp32 token-by-token reference (luce_bench.kernels.reference, the megakernel's oracle) agrees with HF
-transformers in fp32 on the tiny synthetic Qwen3.5 (3 GDN + 1 attention layer), at every position."""
+"""The fp32 token-by-token reference (the megakernel's oracle) agrees with HF.
+
+luce_bench.kernels.reference agrees with HF transformers in fp32 on the tiny synthetic Qwen3.5 (3 GDN + 1 attention
+layer), at every position.
+"""
 
 from __future__ import annotations
 

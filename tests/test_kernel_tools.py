@@ -1,5 +1,7 @@
-"""The kernel tools' CPU parts: variant parsing, the floor, the summary, and the trace analysis on a synthetic
-trace whose phase times are known."""
+"""The kernel tools' CPU parts.
+
+Variant parsing, the floor, the summary, and the trace analysis on a synthetic trace whose phase times are known.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +17,9 @@ from luce_bench.kernels.abi import trace_points
 
 def test_parse_variant():
     assert bench.parse_variant("base") == bench.Variant("base", {})
-    assert bench.parse_variant("q2:MK_INFLIGHT=2,MK_SLOT_KB=0x10") == bench.Variant("q2", {"MK_INFLIGHT": 2, "MK_SLOT_KB": 16})
+    assert bench.parse_variant("q2:MK_INFLIGHT=2,MK_SLOT_KB=0x10") == bench.Variant(
+        "q2", {"MK_INFLIGHT": 2, "MK_SLOT_KB": 16}
+    )
     v = bench.parse_variant("v10=/tmp/v10lib")
     assert v.name == "v10" and str(v.lib_dir) == "/tmp/v10lib" and v.options == {}
     for bad in ("x:MK_INFLIGHT=two", ":MK_INFLIGHT=2"):
@@ -41,15 +45,29 @@ def test_summary_medians_and_share_of_floor():
 
 
 def _synthetic_trace(steps: int = 6, grid: int = 4):
-    """Every layer takes 20 us: points at fixed offsets after the layer's start; block 2 reaches the MLP's 'down
-    done' 3 us late in every layer; block 3 runs no GDN item (NaN at the item points)."""
+    """A trace in which every layer takes 20 us.
+
+    Points at fixed offsets after the layer's start; block 2 reaches the MLP's 'down done' 3 us late in every layer;
+    block 3 runs no GDN item (NaN at the item points).
+    """
     tp = trace_points()
     tr_l = tp["TR_L"]
     npts = 24 * tr_l + 4
     t = np.zeros((steps, npts, grid))
-    off = {"TR_X_READY": 1, "TR_PROJ_DONE": 3, "TR_ITEM_IN": 4, "TR_ITEM_SS": 6, "TR_MIX_DONE": 7, "TR_MIX_SYNC": 8,
-           "TR_O_READY": 9, "TR_MLP_X_READY": 12, "TR_GATE_UP_DONE": 14, "TR_DOWN_DONE": 15, "TR_MLP_SYNC": 20,
-           "TR_ATT_IN": 5}
+    off = {
+        "TR_X_READY": 1,
+        "TR_PROJ_DONE": 3,
+        "TR_ITEM_IN": 4,
+        "TR_ITEM_SS": 6,
+        "TR_MIX_DONE": 7,
+        "TR_MIX_SYNC": 8,
+        "TR_O_READY": 9,
+        "TR_MLP_X_READY": 12,
+        "TR_GATE_UP_DONE": 14,
+        "TR_DOWN_DONE": 15,
+        "TR_MLP_SYNC": 20,
+        "TR_ATT_IN": 5,
+    }
     for s in range(steps):
         t0 = 1000.0 * (s + 1)
         t[s, 24 * tr_l] = t0

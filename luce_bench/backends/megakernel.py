@@ -16,10 +16,25 @@ from typing import Any
 from luce_bench.backends.base import Backend, ModelSpec, StepResult
 from luce_bench.errors import UserError
 
-_SHAPE_FIELDS = ("hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size", "num_attention_heads",
-                 "num_key_value_heads", "head_dim", "linear_num_key_heads", "linear_num_value_heads",
-                 "linear_key_head_dim", "linear_value_head_dim", "linear_conv_kernel_dim", "layer_types",
-                 "rope_theta", "partial_rotary_factor", "rms_norm_eps", "tie_word_embeddings")
+_SHAPE_FIELDS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "intermediate_size",
+    "vocab_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "linear_num_key_heads",
+    "linear_num_value_heads",
+    "linear_key_head_dim",
+    "linear_value_head_dim",
+    "linear_conv_kernel_dim",
+    "layer_types",
+    "rope_theta",
+    "partial_rotary_factor",
+    "rms_norm_eps",
+    "tie_word_embeddings",
+)
 
 
 def _gpu_present() -> bool:
@@ -41,8 +56,9 @@ def check_config(cfg: Any) -> None:
 
     bad = [f for f in _SHAPE_FIELDS if getattr(cfg, f) != getattr(QWEN35_08B, f)]
     if bad:
-        raise UserError("the megakernel supports only the exact Qwen3.5-0.8B shapes; this model differs in "
-                        + ", ".join(bad))
+        raise UserError(
+            "the megakernel supports only the exact Qwen3.5-0.8B shapes; this model differs in " + ", ".join(bad)
+        )
 
 
 class MegakernelBackend(Backend):
@@ -56,8 +72,13 @@ class MegakernelBackend(Backend):
     name = "megakernel"
     PREFILL_CHUNK = 512  # prompt steps per launch
 
-    def __init__(self, max_seq: int = 4096, arch: str | None = None, options: dict[str, int] | None = None,
-                 lib_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        max_seq: int = 4096,
+        arch: str | None = None,
+        options: dict[str, int] | None = None,
+        lib_dir: Path | None = None,
+    ) -> None:
         """`options`: kernel build options (default: $LUCE_BENCH_KERNEL_OPTIONS); `lib_dir`: a prebuilt library."""
         self.max_seq = max_seq
         self.arch = arch
@@ -74,6 +95,7 @@ class MegakernelBackend(Backend):
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
+        """Why the kernel cannot run here: no torch, no nvcc or no GPU; None if it can."""
         if importlib.util.find_spec("torch") is None:
             return "torch is not installed (needed for device buffers)"
         from luce_bench.kernels.build import find_nvcc
@@ -86,12 +108,14 @@ class MegakernelBackend(Backend):
 
     @classmethod
     def describe(cls) -> dict[str, Any]:
+        """The kernel build facts for `luce-bench info` (never compiles)."""
         from luce_bench.kernels import build_info
 
         return {"kernel": build_info()}
 
     # ---------------------------------------------------------------- load
     def load(self, model: ModelSpec, device: str = "auto") -> None:
+        """Build or find the library, then repack the model's weights onto the GPU (CUDA only)."""
         from luce_bench.model.weights import load_text_weights
 
         check_config(model.config)
@@ -101,8 +125,14 @@ class MegakernelBackend(Backend):
         self.load_state_dict(load_text_weights(model.path))
 
     @classmethod
-    def from_state_dict(cls, sd: dict[str, Any], max_seq: int, device: str = "cuda",
-                        options: dict[str, int] | None = None, lib_dir: Path | None = None) -> MegakernelBackend:
+    def from_state_dict(
+        cls,
+        sd: dict[str, Any],
+        max_seq: int,
+        device: str = "cuda",
+        options: dict[str, int] | None = None,
+        lib_dir: Path | None = None,
+    ) -> MegakernelBackend:
         """A loaded backend from HF-named CPU tensors of the 0.8B shapes (kernel tools and tests)."""
         be = cls(max_seq=max_seq, options=options, lib_dir=lib_dir)
         be._open(device)
@@ -156,6 +186,7 @@ class MegakernelBackend(Backend):
 
     # ---------------------------------------------------------------- run
     def reset(self) -> None:
+        """Start a new sequence: zero the recurrent and conv states, the argmax slots and the scratch."""
         # scratch too: its residual buffers receive split-K f32 reductions that expect zeroed targets (kept zeroed
         # by every complete launch; a fresh zero makes a sequence independent of an interrupted one)
         for k in ("gdn_state", "conv_hist", "best", "scratch"):
@@ -173,8 +204,9 @@ class MegakernelBackend(Backend):
         """Timestamps per step in a trace buffer (times the grid): luce_mk_trace_points()."""
         return int(self._lib.luce_mk_trace_points())
 
-    def run_steps(self, n: int, inputs: Any = None, logits_first: int | None = None, debug_flags: int = 0,
-                  trace: Any = None) -> tuple[Any, Any]:
+    def run_steps(
+        self, n: int, inputs: Any = None, logits_first: int | None = None, debug_flags: int = 0, trace: Any = None
+    ) -> tuple[Any, Any]:
         """One launch of n steps after the current sequence, not synchronised (time it with CUDA events).
 
         inputs: None (greedy) or an int32 device tensor [n] of forced input tokens (-1: the previous argmax).
@@ -188,16 +220,29 @@ class MegakernelBackend(Backend):
         from luce_bench.kernels.lib import LuceMkParams, check
 
         if self._pos + n > self.max_seq:
-            raise UserError(f"sequence of {self._pos + n} tokens exceeds the megakernel's KV cache "
-                            f"({self.max_seq}); construct the backend with a larger max_seq")
+            raise UserError(
+                f"sequence of {self._pos + n} tokens exceeds the megakernel's KV cache "
+                f"({self.max_seq}); construct the backend with a larger max_seq"
+            )
         b, dev = self._bufs, self._device
         out = torch.full((n,), -1, dtype=torch.int32, device=dev)  # poisoned: every step must write its token
         lg = None
         if logits_first is not None:  # poisoned so an unwritten logit shows as NaN
             lg = torch.full((n - logits_first, self.layout.vocab), float("nan"), dtype=torch.float32, device=dev)
         p = LuceMkParams()
-        for k in ("wblob", "sblob", "embed", "kcache", "vcache", "gdn_state", "conv_hist", "scratch", "sync", "best",
-                  "last_token"):
+        for k in (
+            "wblob",
+            "sblob",
+            "embed",
+            "kcache",
+            "vcache",
+            "gdn_state",
+            "conv_hist",
+            "scratch",
+            "sync",
+            "best",
+            "last_token",
+        ):
             setattr(p, k, b[k].data_ptr())
         p.in_tokens = inputs.data_ptr() if inputs is not None else None
         p.out_tokens = out.data_ptr()
@@ -226,6 +271,7 @@ class MegakernelBackend(Backend):
         return torch.tensor(list(ids), dtype=torch.int32, device=self._device)
 
     def prefill(self, token_ids: Sequence[int], logits: bool = False) -> StepResult:
+        """Feed the prompt token by token through the decode kernel (one launch per 512 tokens)."""
         import torch
 
         ids = list(token_ids)
@@ -238,13 +284,14 @@ class MegakernelBackend(Backend):
         for s in range(0, len(ids), self.PREFILL_CHUNK):
             n = min(self.PREFILL_CHUNK, len(ids) - s)
             last = s + n == len(ids)
-            out, lg = self.run_steps(n, forced[s:s + n], n - 1 if (logits and last) else None)
+            out, lg = self.run_steps(n, forced[s : s + n], n - 1 if (logits and last) else None)
         torch.cuda.synchronize(self._device)
         elapsed = time.perf_counter() - t0
         rows = lg.cpu().numpy() if lg is not None else None
         return StepResult(tokens=(int(out[-1].item()),), elapsed_s=elapsed, logits=rows)
 
     def decode(self, n: int, logits: bool = False, inputs: Sequence[int] | None = None) -> StepResult:
+        """Greedy-decode n tokens in one launch (teacher-forced by `inputs` when given)."""
         import torch
 
         if n < 1:
@@ -261,23 +308,36 @@ class MegakernelBackend(Backend):
         out, lg = self.run_steps(n, forced, 0 if logits else None)
         torch.cuda.synchronize(self._device)
         elapsed = time.perf_counter() - t0
-        return StepResult(tokens=tuple(int(t) for t in out.tolist()), elapsed_s=elapsed,
-                          logits=lg.cpu().numpy() if lg is not None else None)
+        return StepResult(
+            tokens=tuple(int(t) for t in out.tolist()),
+            elapsed_s=elapsed,
+            logits=lg.cpu().numpy() if lg is not None else None,
+        )
 
     def info(self) -> dict[str, Any]:
+        """Library, build options, launch sizes and ptxas facts for meta.json."""
         from luce_bench.kernels.build import options_from_env
 
         if self._build is None:
             return {}
         return {
-            "lib": str(self._build.lib), "archs": list(self._build.archs), "nvcc": self._build.nvcc_version,
-            "grid": self.launch.grid, "threads": self.launch.threads, "smem_bytes": self.launch.smem_bytes,
-            "ring_slots": self.launch.ring_slots, "syncs_per_step": self.layout.syncs_per_step,
-            "max_seq": self.max_seq, "options": self.options if self.options is not None else options_from_env(),
+            "lib": str(self._build.lib),
+            "archs": list(self._build.archs),
+            "nvcc": self._build.nvcc_version,
+            "grid": self.launch.grid,
+            "threads": self.launch.threads,
+            "smem_bytes": self.launch.smem_bytes,
+            "ring_slots": self.launch.ring_slots,
+            "syncs_per_step": self.layout.syncs_per_step,
+            "max_seq": self.max_seq,
+            "options": self.options if self.options is not None else options_from_env(),
             "prebuilt": str(self.lib_dir) if self.lib_dir else None,
-            "ptxas": [{"arch": r.arch, "registers": r.registers, "spill_stores": r.spill_stores,
-                       "spill_loads": r.spill_loads} for r in self._build.reports],
+            "ptxas": [
+                {"arch": r.arch, "registers": r.registers, "spill_stores": r.spill_stores, "spill_loads": r.spill_loads}
+                for r in self._build.reports
+            ],
         }
 
     def close(self) -> None:
+        """Free the device buffers."""
         self._bufs = {}

@@ -10,7 +10,7 @@ from typing import Any
 
 
 def build_info(arch: str | None = None, build: bool = False) -> dict[str, Any]:
-    """nvcc version, arch, cache path, registers/spills of the kernel build for `arch` (default: detected).
+    """Nvcc version, arch, cache path, registers/spills of the kernel build for `arch` (default: detected).
 
     Without `build`, reports only what is already cached (never runs nvcc); errors become an `error` field.
     """
@@ -42,8 +42,14 @@ def build_info(arch: str | None = None, build: bool = False) -> dict[str, Any]:
         if report.is_file():
             info["built"] = True
             info["kernels"] = [
-                {"function": r.function, "arch": r.arch, "registers": r.registers, "stack_bytes": r.stack_bytes,
-                 "spill_stores": r.spill_stores, "spill_loads": r.spill_loads}
+                {
+                    "function": r.function,
+                    "arch": r.arch,
+                    "registers": r.registers,
+                    "stack_bytes": r.stack_bytes,
+                    "spill_stores": r.spill_stores,
+                    "spill_loads": r.spill_loads,
+                }
                 for r in b.parse_ptxas(report.read_text())
             ]
     except UserError as exc:

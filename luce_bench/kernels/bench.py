@@ -24,8 +24,14 @@ from luce_bench.errors import UserError
 
 SHORT_POS = 64
 CHECK_TOKENS = 192
-BREAKDOWN = ((1, "no matvec math"), (2, "no GDN/attention"), (4, "no grid barriers"), (8, "no MLP reductions"),
-             (6, "no mixing, no barriers"), (7, "stream only"))
+BREAKDOWN = (
+    (1, "no matvec math"),
+    (2, "no GDN/attention"),
+    (4, "no grid barriers"),
+    (8, "no MLP reductions"),
+    (6, "no mixing, no barriers"),
+    (7, "stream only"),
+)
 
 
 @dataclass
@@ -51,7 +57,7 @@ class VariantResult:
 
 
 def parse_variant(text: str) -> Variant:
-    """"NAME:MK_A=1,MK_B=2" (options), "NAME" (the defaults) or "NAME=DIR" (a prebuilt library)."""
+    """A variant from "NAME:MK_A=1,MK_B=2" (options), "NAME" (the defaults) or "NAME=DIR" (a prebuilt library)."""
     name, sep, rest = text.partition(":")
     if not sep and "=" in text:
         name, _, path = text.partition("=")
@@ -123,8 +129,9 @@ def bytes_per_token(layout: Any) -> int:
     return 2 * (int(layout.wblob_elems) + int(layout.vocab) * int(layout.hidden))
 
 
-def time_decode(be: Any, prompt: list[int], steps: int, reps: int, per_token: bool = False,
-                debug_flags: int = 0) -> list[float]:
+def time_decode(
+    be: Any, prompt: list[int], steps: int, reps: int, per_token: bool = False, debug_flags: int = 0
+) -> list[float]:
     """Seconds per `steps` decode steps after `prompt` (CUDA events), `reps` times after one warm-up."""
     import torch
 
@@ -169,8 +176,12 @@ def parity(be: Any, tokens: list[int], ref: Any) -> dict[str, float]:
     be.reset()
     got = be.decode(len(tokens), logits=True, inputs=tokens).logits
     e = np.linalg.norm(got - ref, axis=-1) / np.linalg.norm(ref, axis=-1)
-    return {"rel_l2_max": float(np.nanmax(e)), "rel_l2_median": float(np.nanmedian(e)),
-            "argmax_agree": float(np.mean(got.argmax(-1) == ref.argmax(-1))), "nan": int(np.isnan(got).sum())}
+    return {
+        "rel_l2_max": float(np.nanmax(e)),
+        "rel_l2_median": float(np.nanmedian(e)),
+        "argmax_agree": float(np.mean(got.argmax(-1) == ref.argmax(-1))),
+        "nan": int(np.isnan(got).sum()),
+    }
 
 
 def prebuild(variants: list[Variant], out_dir: Path) -> dict[str, Path]:
@@ -182,7 +193,7 @@ def prebuild(variants: list[Variant], out_dir: Path) -> dict[str, Path]:
     todo = [v for v in variants if v.lib_dir is None]
     with ThreadPoolExecutor(max_workers=max(1, len(todo))) as ex:
         done = list(ex.map(lambda v: build(out_dir=out_dir / v.name, defines=v.options, force=True), todo))
-    return {v.name: r.lib.parent for v, r in zip(todo, done)}
+    return {v.name: r.lib.parent for v, r in zip(todo, done, strict=True)}
 
 
 @dataclass
@@ -219,8 +230,10 @@ def run(plan: BenchPlan, say: Callable[[str], None] = print, build_dir: Path | N
     say(f"builds: {time.time() - t0:.1f} s")
     seed = plan.seed if plan.seed is not None else int(time.time()) % 100000
     bw = plan.bandwidth_tbs or measure_bandwidth_tbs()
-    say(f"seed {seed}; {torch.cuda.get_device_name()}; copy bandwidth {bw:.2f} TB/s"
-        + (" (given)" if plan.bandwidth_tbs else " (measured: device-to-device, read + write)"))
+    say(
+        f"seed {seed}; {torch.cuda.get_device_name()}; copy bandwidth {bw:.2f} TB/s"
+        + (" (given)" if plan.bandwidth_tbs else " (measured: device-to-device, read + write)")
+    )
     sd = random_state_dict(seed)
     gen = torch.Generator().manual_seed(seed + 1)
     check_toks = torch.randint(0, 248320, (CHECK_TOKENS,), generator=gen).tolist()
@@ -236,14 +249,17 @@ def run(plan: BenchPlan, say: Callable[[str], None] = print, build_dir: Path | N
             res = results[v.name]
             if rnd == 0:
                 be = backends[v.name] = MegakernelBackend.from_state_dict(
-                    sd, max_seq=max_seq, lib_dir=v.lib_dir or dirs[v.name])
+                    sd, max_seq=max_seq, lib_dir=v.lib_dir or dirs[v.name]
+                )
                 layout = be.layout
                 res.build = be.info()
                 if ref is not None:
                     res.parity = parity(be, check_toks, ref)
-                    say(f"{v.name}: vs fp32 reference rel L2 max {res.parity['rel_l2_max']:.3e} median "
+                    say(
+                        f"{v.name}: vs fp32 reference rel L2 max {res.parity['rel_l2_max']:.3e} median "
                         f"{res.parity['rel_l2_median']:.3e}, argmax agree {res.parity['argmax_agree']:.3f}, "
-                        f"NaN {res.parity['nan']}")
+                        f"NaN {res.parity['nan']}"
+                    )
             be = backends[v.name]
             res.short_s += time_decode(be, short, plan.steps, plan.reps)
             line = f"round {rnd} {v.name}: pos {SHORT_POS} {plan.steps / statistics.median(res.short_s):.1f} tok/s"
@@ -263,22 +279,42 @@ def run(plan: BenchPlan, say: Callable[[str], None] = print, build_dir: Path | N
     return summarize(plan, results, bw, floor_tok_s, seed, torch.cuda.get_device_name())
 
 
-def summarize(plan: BenchPlan, results: dict[str, VariantResult], bw_tbs: float, floor_tok_s: float, seed: int,
-              gpu: str) -> dict[str, Any]:
+def summarize(
+    plan: BenchPlan, results: dict[str, VariantResult], bw_tbs: float, floor_tok_s: float, seed: int, gpu: str
+) -> dict[str, Any]:
     """Medians, tok/s and share of the floor per variant (a JSON-ready dict)."""
     rows = []
     for r in results.values():
-        row: dict[str, Any] = {"variant": r.name, "n": len(r.short_s), "parity": r.parity, "breakdown_us": r.breakdown_us,
-                               "options": r.build.get("options"), "prebuilt": r.build.get("prebuilt"),
-                               "ptxas": r.build.get("ptxas")}
+        row: dict[str, Any] = {
+            "variant": r.name,
+            "n": len(r.short_s),
+            "parity": r.parity,
+            "breakdown_us": r.breakdown_us,
+            "options": r.build.get("options"),
+            "prebuilt": r.build.get("prebuilt"),
+            "ptxas": r.build.get("ptxas"),
+        }
         med = statistics.median(r.short_s)
-        row.update(short_tok_s=plan.steps / med, short_us_per_token=1e6 * med / plan.steps,
-                   short_best_tok_s=plan.steps / min(r.short_s), share_of_floor=plan.steps / med / floor_tok_s)
+        row.update(
+            short_tok_s=plan.steps / med,
+            short_us_per_token=1e6 * med / plan.steps,
+            short_best_tok_s=plan.steps / min(r.short_s),
+            share_of_floor=plan.steps / med / floor_tok_s,
+        )
         if r.long_s:
             row["long_tok_s"] = plan.steps / statistics.median(r.long_s)
         if r.per_token_s:
             row["per_token_tok_s"] = plan.steps / statistics.median(r.per_token_s)
         rows.append(row)
-    return {"gpu": gpu, "seed": seed, "steps": plan.steps, "short_pos": SHORT_POS, "long_pos": plan.long_pos,
-            "reps": plan.reps, "rounds": plan.rounds, "bandwidth_tbs": bw_tbs, "floor_tok_s": floor_tok_s,
-            "variants": rows}
+    return {
+        "gpu": gpu,
+        "seed": seed,
+        "steps": plan.steps,
+        "short_pos": SHORT_POS,
+        "long_pos": plan.long_pos,
+        "reps": plan.reps,
+        "rounds": plan.rounds,
+        "bandwidth_tbs": bw_tbs,
+        "floor_tok_s": floor_tok_s,
+        "variants": rows,
+    }

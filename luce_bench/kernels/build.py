@@ -1,8 +1,9 @@
 """Build the decode megakernel with nvcc (no torch, no cuBLAS) and cache the shared library by content hash.
 
 The cache key is sha256(sources + flags + `nvcc --version`); a build happens in a temporary directory next to the
-final one and is renamed into place, so concurrent builders never see a half-written library. The ptxas report
-(`-Xptxas -v`: registers, stack, spills per kernel and arch) is kept next to the .so as `ptxas.txt`.
+final one and is renamed into place (luce_bench.files.atomic_path), so concurrent builders never see a half-written
+library. The ptxas report (`-Xptxas -v`: registers, stack, spills per kernel and arch) is kept next to the .so as
+`ptxas.txt`.
 
 CLI: `python -m luce_bench.kernels.build --arch sm_80,sm_90 --out DIR`.
 """
@@ -15,17 +16,29 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from luce_bench.errors import UserError
+from luce_bench.files import atomic_path
 
 LIB_NAME = "libluce_mk.so"
 REPORT_NAME = "ptxas.txt"
 MAIN_SOURCE = "mk_decode.cu"
-BASE_FLAGS = ("-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", "-cudart", "static", "-Xptxas", "-v",
-              "--threads", "0", "-lineinfo")
+BASE_FLAGS = (
+    "-O3",
+    "-std=c++17",
+    "-shared",
+    "-Xcompiler",
+    "-fPIC",
+    "-cudart",
+    "static",
+    "-Xptxas",
+    "-v",
+    "--threads",
+    "0",
+    "-lineinfo",
+)
 _ARCH = re.compile(r"^(?:sm_|compute_)?(\d{2,3}a?)$")
 
 
@@ -53,6 +66,7 @@ class BuildResult:
 
     @property
     def report_path(self) -> Path:
+        """The ptxas report next to the library."""
         return self.lib.parent / REPORT_NAME
 
 
@@ -117,8 +131,10 @@ def detect_arch() -> str:
             pynvml.nvmlShutdown()
     except Exception:
         pass
-    raise UserError("cannot tell the CUDA arch: no GPU visible to torch or NVML; pass --arch (e.g. sm_90) "
-                    "or set LUCE_BENCH_CUDA_ARCH")
+    raise UserError(
+        "cannot tell the CUDA arch: no GPU visible to torch or NVML; pass --arch (e.g. sm_90) "
+        "or set LUCE_BENCH_CUDA_ARCH"
+    )
 
 
 def gencode_flags(archs: tuple[str, ...]) -> list[str]:
@@ -133,9 +149,10 @@ def gencode_flags(archs: tuple[str, ...]) -> list[str]:
 
 
 def cache_root() -> Path:
-    """$XDG_CACHE_HOME/luce-bench/kernels (or ~/.cache/luce-bench/kernels)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "luce-bench" / "kernels"
+    """Where built libraries are cached: the user cache directory (luce_bench.files) + "kernels"."""
+    from luce_bench.files import cache_dir
+
+    return cache_dir() / "kernels"
 
 
 def _sources(src: Path) -> list[Path]:
@@ -162,8 +179,8 @@ _PROPS = re.compile(r"Function properties for (\S+)")
 def parse_ptxas(text: str) -> list[KernelReport]:
     """Entries of a `-Xptxas -v` report: every kernel, plus every non-inlined device function (stack and spills)."""
     reports: list[KernelReport] = []
-    cur: KernelReport | None = None      # the entry function being compiled
-    target: KernelReport | None = None   # where the next stack/spill line belongs
+    cur: KernelReport | None = None  # the entry function being compiled
+    target: KernelReport | None = None  # where the next stack/spill line belongs
     for line in text.splitlines():
         if m := _FN.search(line):
             cur = target = KernelReport(arch=m.group(2), function=m.group(1))
@@ -184,15 +201,17 @@ def parse_ptxas(text: str) -> list[KernelReport]:
 def define_flags(defines: dict[str, int] | None, src: Path | None = None) -> list[str]:
     """-DNAME=VALUE for the kernel's build options; a name the kernel does not read (cuda/mk_config.cuh) is refused.
 
-    Values are checked by the kernel's own `#error` lines at compile time (see `build`)."""
+    Values are checked by the kernel's own `#error` lines at compile time (see `build`).
+    """
     from luce_bench.kernels.abi import build_options
 
     known = build_options(src)
     out = []
     for name, value in sorted((defines or {}).items()):
         if name not in known:
-            raise UserError(f"unknown kernel option {name!r}; the kernel reads {', '.join(sorted(known))} "
-                            "(cuda/mk_config.cuh)")
+            raise UserError(
+                f"unknown kernel option {name!r}; the kernel reads {', '.join(sorted(known))} (cuda/mk_config.cuh)"
+            )
         out.append(f"-D{name}={int(value)}")
     return out
 
@@ -224,11 +243,18 @@ def options_from_env() -> dict[str, int]:
     return out
 
 
-def build(archs: str | list[str] | tuple[str, ...] | None = None, out_dir: Path | None = None,
-          force: bool = False, verbose: bool = False, defines: dict[str, int] | None = None) -> BuildResult:
-    """Build (or reuse) the library for `archs` (default: detected). `out_dir` overrides the cache directory;
-    `defines` sets build options (e.g. {"MK_INFLIGHT": 2}; default: $LUCE_BENCH_KERNEL_OPTIONS) and is part of
-    the cache key."""
+def build(
+    archs: str | list[str] | tuple[str, ...] | None = None,
+    out_dir: Path | None = None,
+    force: bool = False,
+    verbose: bool = False,
+    defines: dict[str, int] | None = None,
+) -> BuildResult:
+    """Build (or reuse) the library for `archs` (default: detected).
+
+    `out_dir` overrides the cache directory; `defines` sets build options (e.g. {"MK_INFLIGHT": 2}; default:
+    $LUCE_BENCH_KERNEL_OPTIONS) and is part of the cache key.
+    """
     if defines is None:
         defines = options_from_env()
     src = source_dir()
@@ -250,27 +276,23 @@ def build(archs: str | list[str] | tuple[str, ...] | None = None, out_dir: Path 
     lib = final / LIB_NAME
     if lib.is_file() and (final / REPORT_NAME).is_file() and not force:
         return BuildResult(lib, arch_t, version.splitlines()[-1], True, parse_ptxas((final / REPORT_NAME).read_text()))
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    if final.exists():  # a forced rebuild, or a directory without its report
+        shutil.rmtree(final, ignore_errors=True)
     try:
-        cmd = [nvcc, *flags, "-I", str(src), "-o", str(tmp / LIB_NAME), str(src / MAIN_SOURCE)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        report = proc.stdout + proc.stderr
-        if proc.returncode != 0:
-            raise nvcc_error(report, proc.returncode)
-        (tmp / REPORT_NAME).write_text(report)
-        (tmp / "build.txt").write_text(" ".join(cmd) + "\n" + version + "\n")
-        if verbose:
-            print(report)
-        if final.exists():
-            shutil.rmtree(final, ignore_errors=True)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not lib.is_file():  # lost a race with a concurrent builder that did not finish
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_path(final) as tmp:
+            tmp.mkdir()
+            cmd = [nvcc, *flags, "-I", str(src), "-o", str(tmp / LIB_NAME), str(src / MAIN_SOURCE)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            report = proc.stdout + proc.stderr
+            if proc.returncode != 0:
+                raise nvcc_error(report, proc.returncode)
+            (tmp / REPORT_NAME).write_text(report)
+            (tmp / "build.txt").write_text(" ".join(cmd) + "\n" + version + "\n")
+            if verbose:
+                print(report)
+    except OSError:
+        if not lib.is_file():  # not a concurrent builder that finished first
+            raise
     return BuildResult(lib, arch_t, version.splitlines()[-1], False, parse_ptxas((final / REPORT_NAME).read_text()))
 
 
@@ -294,8 +316,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arch", default=None, help="comma-separated archs (sm_80,sm_90); default: the GPU's")
     ap.add_argument("--out", type=Path, default=None, help="output directory (default: the content-hash cache)")
     ap.add_argument("--force", action="store_true", help="rebuild even if cached")
-    ap.add_argument("-D", dest="defines", action="append", default=[], metavar="MK_NAME=VALUE",
-                    help="build option (cuda/mk_config.cuh), repeatable")
+    ap.add_argument(
+        "-D",
+        dest="defines",
+        action="append",
+        default=[],
+        metavar="MK_NAME=VALUE",
+        help="build option (cuda/mk_config.cuh), repeatable",
+    )
     args = ap.parse_args(argv)
     try:
         defines = {}
@@ -311,8 +339,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"{'cached' if res.cached else 'built'}: {res.lib}")
     for r in res.reports:
-        print(f"  {r.arch} {r.function}: {r.registers} regs, {r.stack_bytes} B stack, "
-              f"{r.spill_stores} B spill stores, {r.spill_loads} B spill loads")
+        print(
+            f"  {r.arch} {r.function}: {r.registers} regs, {r.stack_bytes} B stack, "
+            f"{r.spill_stores} B spill stores, {r.spill_loads} B spill loads"
+        )
     return 0
 
 

@@ -51,9 +51,11 @@ def info_cmd(arch: Optional[str] = typer.Option(None, help="arch to describe (de
 
 @app.command("build")
 def build_cmd(
-    arch: Optional[str] = typer.Option(None, help="comma-separated archs, e.g. sm_90 or sm_80,sm_90; default: the GPU's"),
-    out: Optional[Path] = typer.Option(None, help="output directory (default: the content-hash cache)"),
-    force: bool = typer.Option(False, help="rebuild even if a cached build exists"),
+    arch: Annotated[
+        Optional[str], typer.Option(help="comma-separated archs, e.g. sm_90 or sm_80,sm_90; default: the GPU's")
+    ] = None,
+    out: Annotated[Optional[Path], typer.Option(help="output directory (default: the content-hash cache)")] = None,
+    force: Annotated[bool, typer.Option(help="rebuild even if a cached build exists")] = False,
     option: OptionList = None,
 ) -> None:
     """Compile the megakernel with nvcc (cached by sources + flags + nvcc version) and print registers/spills."""
@@ -63,17 +65,23 @@ def build_cmd(
     typer.echo(f"{'cached' if res.cached else 'built'}: {res.lib}")
     typer.echo(f"nvcc: {res.nvcc_version}")
     for r in res.reports:
-        typer.echo(f"  {r.arch}: {r.registers} registers, {r.stack_bytes} B stack, "
-                   f"{r.spill_stores} B spill stores, {r.spill_loads} B spill loads  ({r.function})")
+        typer.echo(
+            f"  {r.arch}: {r.registers} registers, {r.stack_bytes} B stack, "
+            f"{r.spill_stores} B spill stores, {r.spill_loads} B spill loads  ({r.function})"
+        )
     if any(r.spill_stores or r.spill_loads for r in res.reports):
         typer.echo("WARNING: register spills (see ptxas.txt next to the library)", err=True)
 
 
 @app.command("bench")
 def bench_cmd(
-    variant: Annotated[Optional[list[str]], typer.Option(
-        help="NAME:MK_A=1,MK_B=2 (a build-option set), NAME (the defaults) or NAME=DIR (a prebuilt library); "
-             "repeatable, measured side by side. Default: one variant with $LUCE_BENCH_KERNEL_OPTIONS.")] = None,
+    variant: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            help="NAME:MK_A=1,MK_B=2 (a build-option set), NAME (the defaults) or NAME=DIR (a prebuilt library); "
+            "repeatable, measured side by side. Default: one variant with $LUCE_BENCH_KERNEL_OPTIONS."
+        ),
+    ] = None,
     reps: Annotated[int, typer.Option(min=1, help="Timed launches per round at the short position.")] = 10,
     rounds: Annotated[int, typer.Option(min=1, help="Rounds; variants alternate within each.")] = 2,
     steps: Annotated[int, typer.Option(min=1, help="Decode steps per launch (tgN).")] = 128,
@@ -81,10 +89,12 @@ def bench_cmd(
     seed: Annotated[Optional[int], typer.Option(help="Weight/prompt seed (default: from the clock, printed).")] = None,
     check: Annotated[bool, typer.Option(help="Check each variant against the float32 reference first.")] = True,
     per_token: Annotated[bool, typer.Option(help="Also time one launch per token (host-driven loop).")] = True,
-    breakdown: Annotated[Optional[str], typer.Option(
-        help="Variant that gets the debug-flag breakdown (timings of invalid results).")] = None,
-    bandwidth_tbs: Annotated[Optional[float], typer.Option(
-        help="GPU copy bandwidth in TB/s for the share of the floor (default: measured).")] = None,
+    breakdown: Annotated[
+        Optional[str], typer.Option(help="Variant that gets the debug-flag breakdown (timings of invalid results).")
+    ] = None,
+    bandwidth_tbs: Annotated[
+        Optional[float], typer.Option(help="GPU copy bandwidth in TB/s for the share of the floor (default: measured).")
+    ] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the summary as JSON here.")] = None,
 ) -> None:
     """Decode speed of the megakernel (tg128 at position 64 and at --long), variants side by side, vs the floor."""
@@ -95,8 +105,18 @@ def bench_cmd(
         from luce_bench.kernels.build import options_from_env
 
         variants[0].options = options_from_env()
-    plan = bench.BenchPlan(variants, reps=reps, rounds=rounds, steps=steps, long_pos=long_pos, seed=seed, check=check,
-                           per_token=per_token, breakdown=breakdown, bandwidth_tbs=bandwidth_tbs)
+    plan = bench.BenchPlan(
+        variants,
+        reps=reps,
+        rounds=rounds,
+        steps=steps,
+        long_pos=long_pos,
+        seed=seed,
+        check=check,
+        per_token=per_token,
+        breakdown=breakdown,
+        bandwidth_tbs=bandwidth_tbs,
+    )
     summary = bench.run(plan, say=lambda line: typer.echo(line))
     _print_bench(summary)
     if json_out:
@@ -107,16 +127,32 @@ def _print_bench(s: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"tg{s['steps']} on {s['gpu']} (seed {s['seed']}; floor {s['floor_tok_s']:.0f} tok/s at "
-                    f"{s['bandwidth_tbs']:.2f} TB/s)")
-    for col in ("variant", f"pos {s['short_pos']} tok/s", "us/token", "of floor", f"pos {s['long_pos']} tok/s",
-                "1 launch/token tok/s", "rel L2 max", "n"):
+    t = Table(
+        title=f"tg{s['steps']} on {s['gpu']} (seed {s['seed']}; floor {s['floor_tok_s']:.0f} tok/s at "
+        f"{s['bandwidth_tbs']:.2f} TB/s)"
+    )
+    for col in (
+        "variant",
+        f"pos {s['short_pos']} tok/s",
+        "us/token",
+        "of floor",
+        f"pos {s['long_pos']} tok/s",
+        "1 launch/token tok/s",
+        "rel L2 max",
+        "n",
+    ):
         t.add_column(col, justify="left" if col == "variant" else "right")
     for r in s["variants"]:
-        t.add_row(r["variant"], f"{r['short_tok_s']:,.1f}", f"{r['short_us_per_token']:.1f}",
-                  f"{100 * r['share_of_floor']:.1f} %", f"{r['long_tok_s']:,.1f}" if "long_tok_s" in r else "-",
-                  f"{r['per_token_tok_s']:,.1f}" if "per_token_tok_s" in r else "-",
-                  f"{r['parity']['rel_l2_max']:.2e}" if r["parity"] else "-", str(r["n"]))
+        t.add_row(
+            r["variant"],
+            f"{r['short_tok_s']:,.1f}",
+            f"{r['short_us_per_token']:.1f}",
+            f"{100 * r['share_of_floor']:.1f} %",
+            f"{r['long_tok_s']:,.1f}" if "long_tok_s" in r else "-",
+            f"{r['per_token_tok_s']:,.1f}" if "per_token_tok_s" in r else "-",
+            f"{r['parity']['rel_l2_max']:.2e}" if r["parity"] else "-",
+            str(r["n"]),
+        )
     Console().print(t)
 
 
@@ -134,8 +170,10 @@ def trace_cmd(
     from luce_bench.kernels import trace
 
     r = trace.run(steps=steps, pos=pos, seed=seed, flags=flags, options=_options(option), lib_dir=prebuilt)
-    typer.echo(f"seed {r['seed']}; {r['gpu']}; grid {r['grid']}; untraced {r['untraced_us']:.1f} us/token, traced "
-               f"{r['traced_us']:.1f} us/token (steps {trace.WARM_STEPS}..{steps - 1} analysed)")
+    typer.echo(
+        f"seed {r['seed']}; {r['gpu']}; grid {r['grid']}; untraced {r['untraced_us']:.1f} us/token, traced "
+        f"{r['traced_us']:.1f} us/token (steps {trace.WARM_STEPS}..{steps - 1} analysed)"
+    )
     typer.echo(f"\n{'segment':36s} {'18 GDN (us)':>12s} {'6 attn (us)':>12s} {'per GDN layer':>14s}")
     total = 0.0
     for name, v in r["segments"].items():
@@ -144,9 +182,12 @@ def trace_cmd(
     typer.echo(f"{'sum':36s} {total:12.1f}   (step: {r['step_us']:.1f} us)")
     for name, us in r["attention_items"].items():
         typer.echo(f"{name:44s} {us:8.2f} us per attention layer")
-    typer.echo("\nbarrier arrival skew (slowest block - median block), us: " + ", ".join(
-        f"{k} mean {v['mean']:.2f} max {v['max']:.2f}" for k, v in r["skew_us"].items()))
-    typer.echo("blocks arriving last at the P4 barrier most often: "
-               + ", ".join(f"{b} ({n}x)" for b, n in r["last_blocks"]))
+    typer.echo(
+        "\nbarrier arrival skew (slowest block - median block), us: "
+        + ", ".join(f"{k} mean {v['mean']:.2f} max {v['max']:.2f}" for k, v in r["skew_us"].items())
+    )
+    typer.echo(
+        "blocks arriving last at the P4 barrier most often: " + ", ".join(f"{b} ({n}x)" for b, n in r["last_blocks"])
+    )
     if json_out:
         json_out.write_text(json.dumps(r, indent=2))

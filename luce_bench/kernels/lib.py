@@ -8,8 +8,14 @@ from pathlib import Path
 from luce_bench.errors import UserError
 
 ABI_VERSION = 4
-SYMBOLS = ("luce_mk_abi_version", "luce_mk_get_layout", "luce_mk_launch_info", "luce_mk_decode",
-           "luce_mk_error_string", "luce_mk_trace_points")
+SYMBOLS = (
+    "luce_mk_abi_version",
+    "luce_mk_get_layout",
+    "luce_mk_launch_info",
+    "luce_mk_decode",
+    "luce_mk_error_string",
+    "luce_mk_trace_points",
+)
 
 _p = ctypes.c_void_p
 
@@ -18,11 +24,28 @@ class LuceMkParams(ctypes.Structure):
     """Mirror of `LuceMkParams` (field order and types must match luce_mk.h)."""
 
     _fields_ = [
-        ("wblob", _p), ("sblob", _p), ("embed", _p), ("kcache", _p), ("vcache", _p), ("gdn_state", _p),
-        ("conv_hist", _p), ("scratch", _p), ("sync", _p), ("best", _p), ("last_token", _p), ("in_tokens", _p),
-        ("out_tokens", _p), ("logits", _p), ("logits_first", ctypes.c_int), ("pos", ctypes.c_int),
-        ("n_steps", ctypes.c_int), ("max_seq", ctypes.c_int), ("sync_base", ctypes.c_uint), ("step_base", ctypes.c_uint),
-        ("debug_flags", ctypes.c_int), ("trace", _p),
+        ("wblob", _p),
+        ("sblob", _p),
+        ("embed", _p),
+        ("kcache", _p),
+        ("vcache", _p),
+        ("gdn_state", _p),
+        ("conv_hist", _p),
+        ("scratch", _p),
+        ("sync", _p),
+        ("best", _p),
+        ("last_token", _p),
+        ("in_tokens", _p),
+        ("out_tokens", _p),
+        ("logits", _p),
+        ("logits_first", ctypes.c_int),
+        ("pos", ctypes.c_int),
+        ("n_steps", ctypes.c_int),
+        ("max_seq", ctypes.c_int),
+        ("sync_base", ctypes.c_uint),
+        ("step_base", ctypes.c_uint),
+        ("debug_flags", ctypes.c_int),
+        ("trace", _p),
     ]
 
 
@@ -30,22 +53,36 @@ class LuceMkLayout(ctypes.Structure):
     """Mirror of `LuceMkLayout`."""
 
     _fields_ = [
-        ("wblob_elems", ctypes.c_int64), ("layer_woff", ctypes.c_int64 * 24), ("sblob_floats", ctypes.c_int64),
-        ("sp_stride", ctypes.c_int64), ("scratch_floats", ctypes.c_int64), ("gdn_state_floats", ctypes.c_int64),
-        ("conv_hist_floats", ctypes.c_int64), ("kv_elems_per_pos", ctypes.c_int64), ("syncs_per_step", ctypes.c_int),
-        ("vocab", ctypes.c_int), ("hidden", ctypes.c_int), ("gdn_out_transposed", ctypes.c_int),
+        ("wblob_elems", ctypes.c_int64),
+        ("layer_woff", ctypes.c_int64 * 24),
+        ("sblob_floats", ctypes.c_int64),
+        ("sp_stride", ctypes.c_int64),
+        ("scratch_floats", ctypes.c_int64),
+        ("gdn_state_floats", ctypes.c_int64),
+        ("conv_hist_floats", ctypes.c_int64),
+        ("kv_elems_per_pos", ctypes.c_int64),
+        ("syncs_per_step", ctypes.c_int),
+        ("vocab", ctypes.c_int),
+        ("hidden", ctypes.c_int),
+        ("gdn_out_transposed", ctypes.c_int),
     ]
 
 
 class LuceMkLaunchInfo(ctypes.Structure):
     """Mirror of `LuceMkLaunchInfo`."""
 
-    _fields_ = [("grid", ctypes.c_int), ("threads", ctypes.c_int), ("smem_bytes", ctypes.c_int),
-                ("ring_slots", ctypes.c_int), ("sm_count", ctypes.c_int), ("occupancy", ctypes.c_int)]
+    _fields_ = [
+        ("grid", ctypes.c_int),
+        ("threads", ctypes.c_int),
+        ("smem_bytes", ctypes.c_int),
+        ("ring_slots", ctypes.c_int),
+        ("sm_count", ctypes.c_int),
+        ("occupancy", ctypes.c_int),
+    ]
 
 
 def load_library(path: Path) -> ctypes.CDLL:
-    """dlopen the library, set argtypes/restypes and check the ABI version."""
+    """Dlopen the library, set argtypes/restypes and check the ABI version."""
     try:
         lib = ctypes.CDLL(str(path))
     except OSError as exc:

@@ -1,6 +1,8 @@
-"""Repack HF-named Qwen3.5-0.8B weights into the megakernel's layouts (cuda/luce_mk.h): one bf16 blob of all layer
-matrices in streaming order and one f32 blob of the small parameters ((1 + w) norms, conv taps, -exp(A_log), ...),
-whose offsets come from luce_mk.h itself (luce_bench.kernels.abi)."""
+"""Repack HF-named Qwen3.5-0.8B weights into the megakernel's layouts (cuda/luce_mk.h).
+
+One bf16 blob of all layer matrices in streaming order and one f32 blob of the small parameters ((1 + w) norms, conv
+taps, -exp(A_log), ...), whose offsets come from luce_mk.h itself (luce_bench.kernels.abi).
+"""
 
 from __future__ import annotations
 
@@ -15,8 +17,10 @@ def is_fa(layer: int) -> bool:
 
 
 def layer_matrices(sd: dict[str, Any], layer: int) -> list[Any]:
-    """The layer's 4 streamed matrices [rows, K] in kernel order (bf16, CPU). The GDN out_proj and every down_proj are
-    streamed transposed (row k = input column k: split-K by block)."""
+    """The layer's 4 streamed matrices [rows, K] in kernel order (bf16, CPU).
+
+    The GDN out_proj and every down_proj are streamed transposed (row k = input column k: split-K by block).
+    """
     import torch
 
     p = f"model.layers.{layer}."
@@ -25,17 +29,35 @@ def layer_matrices(sd: dict[str, Any], layer: int) -> list[Any]:
         a = p + "self_attn."
         q, k, v = sd[a + "q_proj.weight"], sd[a + "k_proj.weight"], sd[a + "v_proj.weight"]
         # by KV group: the 4 query heads (q/gate interleaved) sharing it, then its k and v rows
-        proj = torch.cat([t for g in range(2) for t in (q[2048 * g:2048 * (g + 1)], k[256 * g:256 * (g + 1)],
-                                                           v[256 * g:256 * (g + 1)])], 0)
+        proj = torch.cat(
+            [
+                t
+                for g in range(2)
+                for t in (q[2048 * g : 2048 * (g + 1)], k[256 * g : 256 * (g + 1)], v[256 * g : 256 * (g + 1)])
+            ],
+            0,
+        )
         outp = sd[a + "o_proj.weight"]
     else:
         g = p + "linear_attn."
         qkv, z = sd[g + "in_proj_qkv.weight"], sd[g + "in_proj_z.weight"]
         b, a_ = sd[g + "in_proj_b.weight"], sd[g + "in_proj_a.weight"]
         # head-major: head h's q, k, v, z rows, then its b and a rows (514 rows per head)
-        proj = torch.cat([t for h in range(16) for t in (qkv[128 * h:128 * (h + 1)], qkv[2048 + 128 * h:2048 + 128 * (h + 1)],
-                                                         qkv[4096 + 128 * h:4096 + 128 * (h + 1)], z[128 * h:128 * (h + 1)],
-                                                         b[h:h + 1], a_[h:h + 1])], 0)
+        proj = torch.cat(
+            [
+                t
+                for h in range(16)
+                for t in (
+                    qkv[128 * h : 128 * (h + 1)],
+                    qkv[2048 + 128 * h : 2048 + 128 * (h + 1)],
+                    qkv[4096 + 128 * h : 4096 + 128 * (h + 1)],
+                    z[128 * h : 128 * (h + 1)],
+                    b[h : h + 1],
+                    a_[h : h + 1],
+                )
+            ],
+            0,
+        )
         outp = sd[g + "out_proj.weight"].t().contiguous()  # [2048, 1024]
     m = p + "mlp."
     gate_up = torch.stack([sd[m + "gate_proj.weight"], sd[m + "up_proj.weight"]], 1).reshape(-1, 2 * 1024)
@@ -52,7 +74,7 @@ def pack_weights(sd: dict[str, Any], layout: Any, device: Any) -> Any:
         off = layout.layer_woff[layer]
         for mat in layer_matrices(sd, layer):
             n = mat.numel()
-            blob[off:off + n].view_as(mat).copy_(mat.contiguous())
+            blob[off : off + n].view_as(mat).copy_(mat.contiguous())
             off += n
         end = layout.layer_woff[layer + 1] if layer < 23 else layout.wblob_elems
         if off != end:
@@ -73,17 +95,17 @@ def pack_small(sd: dict[str, Any], layout: Any) -> Any:
     for layer in range(24):
         p = f"model.layers.{layer}."
         base = layer * sp
-        out[base + o["LN1"]: base + o["LN1"] + 1024] = 1.0 + sd[p + "input_layernorm.weight"].to(f)
-        out[base + o["LN2"]: base + o["LN2"] + 1024] = 1.0 + sd[p + "post_attention_layernorm.weight"].to(f)
+        out[base + o["LN1"] : base + o["LN1"] + 1024] = 1.0 + sd[p + "input_layernorm.weight"].to(f)
+        out[base + o["LN2"] : base + o["LN2"] + 1024] = 1.0 + sd[p + "post_attention_layernorm.weight"].to(f)
         if is_fa(layer):
             a = p + "self_attn."
-            out[base + o["QN"]: base + o["QN"] + 256] = 1.0 + sd[a + "q_norm.weight"].to(f)
-            out[base + o["KN"]: base + o["KN"] + 256] = 1.0 + sd[a + "k_norm.weight"].to(f)
+            out[base + o["QN"] : base + o["QN"] + 256] = 1.0 + sd[a + "q_norm.weight"].to(f)
+            out[base + o["KN"] : base + o["KN"] + 256] = 1.0 + sd[a + "k_norm.weight"].to(f)
         else:
             g = p + "linear_attn."
-            out[base + o["CONV"]: base + o["CONV"] + 6144 * 4] = sd[g + "conv1d.weight"].to(f).reshape(-1)
-            out[base + o["NEGA"]: base + o["NEGA"] + 16] = -torch.exp(sd[g + "A_log"].to(f))
-            out[base + o["DTB"]: base + o["DTB"] + 16] = sd[g + "dt_bias"].to(f)
-            out[base + o["GNW"]: base + o["GNW"] + 128] = sd[g + "norm.weight"].to(f)
-    out[24 * sp: 24 * sp + 1024] = 1.0 + sd["model.norm.weight"].to(f)
+            out[base + o["CONV"] : base + o["CONV"] + 6144 * 4] = sd[g + "conv1d.weight"].to(f).reshape(-1)
+            out[base + o["NEGA"] : base + o["NEGA"] + 16] = -torch.exp(sd[g + "A_log"].to(f))
+            out[base + o["DTB"] : base + o["DTB"] + 16] = sd[g + "dt_bias"].to(f)
+            out[base + o["GNW"] : base + o["GNW"] + 128] = sd[g + "norm.weight"].to(f)
+    out[24 * sp : 24 * sp + 1024] = 1.0 + sd["model.norm.weight"].to(f)
     return out

@@ -21,6 +21,7 @@ class Reference:
         self.reset()
 
     def reset(self) -> None:
+        """Forget the sequence: empty KV cache, zero conv and recurrent states."""
         import torch
 
         c = self.cfg
@@ -33,8 +34,9 @@ class Reference:
                 self.kv[i] = ([], [])
             else:
                 self.conv[i] = torch.zeros(c.conv_dim, c.linear_conv_kernel_dim - 1, device=self.dev)
-                self.state[i] = torch.zeros(c.linear_num_value_heads, c.linear_key_head_dim,
-                                            c.linear_value_head_dim, device=self.dev)
+                self.state[i] = torch.zeros(
+                    c.linear_num_value_heads, c.linear_key_head_dim, c.linear_value_head_dim, device=self.dev
+                )
 
     def _rms1p(self, x: Any, w: Any) -> Any:
         import torch
@@ -48,7 +50,7 @@ class Reference:
         inv = 1.0 / (self.cfg.rope_theta ** (torch.arange(0, rd, 2, device=self.dev, dtype=torch.float32) / rd))
         ang = pos * inv
         cos, sin = torch.cos(ang), torch.sin(ang)
-        a, b = x[..., : rd // 2], x[..., rd // 2: rd]
+        a, b = x[..., : rd // 2], x[..., rd // 2 : rd]
         return torch.cat([a * cos - b * sin, b * cos + a * sin, x[..., rd:]], -1)
 
     def _attn(self, i: int, u: Any) -> Any:
@@ -87,7 +89,11 @@ class Reference:
         win = torch.cat([self.conv[i], mixed[:, None]], 1)  # [C, 4], newest last
         self.conv[i] = win[:, 1:]
         conv = F.silu((win * self.w[p + "conv1d.weight"][:, 0, :]).sum(-1))
-        q, k, v = conv[: nh * dk].view(nh, dk), conv[nh * dk: 2 * nh * dk].view(nh, dk), conv[2 * nh * dk:].view(nh, dv)
+        q, k, v = (
+            conv[: nh * dk].view(nh, dk),
+            conv[nh * dk : 2 * nh * dk].view(nh, dk),
+            conv[2 * nh * dk :].view(nh, dv),
+        )
         q = q * torch.rsqrt((q * q).sum(-1, keepdim=True) + 1e-6) / math.sqrt(dk)
         k = k * torch.rsqrt((k * k).sum(-1, keepdim=True) + 1e-6)
         beta = torch.sigmoid(b)
@@ -114,8 +120,9 @@ class Reference:
             x = x + (self._attn(i, u) if t == "full_attention" else self._gdn(i, u))
             h = self._rms1p(x, self.w[p + "post_attention_layernorm.weight"])
             m = p + "mlp."
-            x = x + self.w[m + "down_proj.weight"] @ (F.silu(self.w[m + "gate_proj.weight"] @ h)
-                                                      * (self.w[m + "up_proj.weight"] @ h))
+            x = x + self.w[m + "down_proj.weight"] @ (
+                F.silu(self.w[m + "gate_proj.weight"] @ h) * (self.w[m + "up_proj.weight"] @ h)
+            )
         self.pos += 1
         head = self.w.get("lm_head.weight", E)
         return head @ self._rms1p(x, self.w["model.norm.weight"])

@@ -22,20 +22,30 @@ WARM_STEPS = 4
 def segments(tp: dict[str, int]) -> tuple[list[tuple[str, int | None, int]], list[tuple[str, int | None, int]]]:
     """(GDN, attention) segments as (name, start point or None = previous layer's end, end point)."""
     o_done, o_sync = tp["TR_ITEM_IN"], tp["TR_ITEM_SS"]  # attention layers reuse points 4 and 5 (mk_trace.cuh)
-    mlp = [("P4 prologue", None, tp["TR_MLP_X_READY"]), ("P4 gate/up", tp["TR_MLP_X_READY"], tp["TR_GATE_UP_DONE"]),
-           ("P4 down + adds", tp["TR_GATE_UP_DONE"], tp["TR_DOWN_DONE"]),
-           ("P4 barrier", tp["TR_DOWN_DONE"], tp["TR_MLP_SYNC"])]
-    p1 = [("P1 prologue (release -> x ready)", None, tp["TR_X_READY"]),
-          ("P1 in_proj / qkv", tp["TR_X_READY"], tp["TR_PROJ_DONE"])]
-    gdn = p1 + [("item: polls + conv", tp["TR_PROJ_DONE"], tp["TR_ITEM_IN"]),
-                ("item: recurrence + sibling wait", tp["TR_ITEM_IN"], tp["TR_ITEM_SS"]),
-                ("item: out_proj + adds", tp["TR_ITEM_SS"], tp["TR_MIX_DONE"]),
-                ("mixer barrier", tp["TR_MIX_DONE"], tp["TR_MIX_SYNC"])]
+    mlp = [
+        ("P4 prologue", None, tp["TR_MLP_X_READY"]),
+        ("P4 gate/up", tp["TR_MLP_X_READY"], tp["TR_GATE_UP_DONE"]),
+        ("P4 down + adds", tp["TR_GATE_UP_DONE"], tp["TR_DOWN_DONE"]),
+        ("P4 barrier", tp["TR_DOWN_DONE"], tp["TR_MLP_SYNC"]),
+    ]
+    p1 = [
+        ("P1 prologue (release -> x ready)", None, tp["TR_X_READY"]),
+        ("P1 in_proj / qkv", tp["TR_X_READY"], tp["TR_PROJ_DONE"]),
+    ]
+    gdn = p1 + [
+        ("item: polls + conv", tp["TR_PROJ_DONE"], tp["TR_ITEM_IN"]),
+        ("item: recurrence + sibling wait", tp["TR_ITEM_IN"], tp["TR_ITEM_SS"]),
+        ("item: out_proj + adds", tp["TR_ITEM_SS"], tp["TR_MIX_DONE"]),
+        ("mixer barrier", tp["TR_MIX_DONE"], tp["TR_MIX_SYNC"]),
+    ]
     gdn += [(n, tp["TR_MIX_SYNC"] if a is None else a, b) for n, a, b in mlp]
-    fa = p1 + [("mixer items", tp["TR_PROJ_DONE"], tp["TR_MIX_DONE"]),
-               ("mixer barrier", tp["TR_MIX_DONE"], tp["TR_MIX_SYNC"]),
-               ("P3 o_proj prologue", tp["TR_MIX_SYNC"], tp["TR_O_READY"]), ("P3 o_proj", tp["TR_O_READY"], o_done),
-               ("P3 barrier", o_done, o_sync)]
+    fa = p1 + [
+        ("mixer items", tp["TR_PROJ_DONE"], tp["TR_MIX_DONE"]),
+        ("mixer barrier", tp["TR_MIX_DONE"], tp["TR_MIX_SYNC"]),
+        ("P3 o_proj prologue", tp["TR_MIX_SYNC"], tp["TR_O_READY"]),
+        ("P3 o_proj", tp["TR_O_READY"], o_done),
+        ("P3 barrier", o_done, o_sync),
+    ]
     fa += [(n, o_sync if a is None else a, b) for n, a, b in mlp]
     return gdn, fa
 
@@ -96,8 +106,10 @@ def analyse(t_us: Any, tp: dict[str, int]) -> dict[str, Any]:
                 start = prev if a is None else med[base + a]
                 tot[name][1 if fa else 0] += (med[base + b] - start) / len(steps)
             if fa:
-                for name, a, b in (("attention item: wait + norms", tp["TR_PROJ_DONE"], tp["TR_ATT_IN"]),
-                                   ("attention item: work", tp["TR_ATT_IN"], tp["TR_MIX_DONE"])):
+                for name, a, b in (
+                    ("attention item: wait + norms", tp["TR_PROJ_DONE"], tp["TR_ATT_IN"]),
+                    ("attention item: work", tp["TR_ATT_IN"], tp["TR_MIX_DONE"]),
+                ):
                     d = t[base + b] - t[base + a]
                     if np.isfinite(d).any():
                         detail[name + " (median)"].append(float(np.nanmedian(d)))
@@ -114,16 +126,27 @@ def analyse(t_us: Any, tp: dict[str, int]) -> dict[str, Any]:
             start = prev if a is None else med[step0 + a]
             tot[name][0] += (med[step0 + b] - start) / len(steps)
     step_us = float(np.mean([np.nanmedian(t_us[s, step0 + 3]) - np.nanmin(t_us[s, step0]) for s in steps]))
-    return {"segments": {k: {"gdn_us": v[0], "attn_us": v[1]} for k, v in tot.items()},
-            "attention_items": {k: float(np.mean(v)) for k, v in detail.items()},
-            "skew_us": {k: {"mean": float(np.mean(v)), "max": float(np.max(v))} for k, v in skew.items()},
-            "last_blocks": last.most_common(8), "step_us": step_us}
+    return {
+        "segments": {k: {"gdn_us": v[0], "attn_us": v[1]} for k, v in tot.items()},
+        "attention_items": {k: float(np.mean(v)) for k, v in detail.items()},
+        "skew_us": {k: {"mean": float(np.mean(v)), "max": float(np.max(v))} for k, v in skew.items()},
+        "last_blocks": last.most_common(8),
+        "step_us": step_us,
+    }
 
 
-def run(steps: int = 24, pos: int = 64, seed: int | None = None, flags: int = 0,
-        options: dict[str, int] | None = None, lib_dir: Any = None) -> dict[str, Any]:
-    """Trace one build (`options`, default: $LUCE_BENCH_KERNEL_OPTIONS; or the prebuilt library in `lib_dir`) on
-    random weights; returns the analysis."""
+def run(
+    steps: int = 24,
+    pos: int = 64,
+    seed: int | None = None,
+    flags: int = 0,
+    options: dict[str, int] | None = None,
+    lib_dir: Any = None,
+) -> dict[str, Any]:
+    """Trace one build on random weights and return the analysis.
+
+    `options`: build options (default: $LUCE_BENCH_KERNEL_OPTIONS); `lib_dir`: a prebuilt library instead.
+    """
     import torch
 
     from luce_bench.backends.megakernel import MegakernelBackend
@@ -133,11 +156,20 @@ def run(steps: int = 24, pos: int = 64, seed: int | None = None, flags: int = 0,
     if not torch.cuda.is_available():
         raise UserError("luce-bench kernel trace needs a CUDA GPU (torch sees none)")
     seed = seed if seed is not None else int(time.time()) % 100000
-    be = MegakernelBackend.from_state_dict(random_state_dict(seed), max_seq=pos + steps + 8, options=options,
-                                           lib_dir=lib_dir)
+    be = MegakernelBackend.from_state_dict(
+        random_state_dict(seed), max_seq=pos + steps + 8, options=options, lib_dir=lib_dir
+    )
     prompt = torch.randint(0, 248320, (pos,), generator=torch.Generator().manual_seed(seed + 2)).tolist()
     plain, traced, t_us = capture(be, prompt, steps, flags)
     out = analyse(t_us, trace_points())
-    out.update(seed=seed, gpu=torch.cuda.get_device_name(), grid=be.launch.grid, untraced_us=plain, traced_us=traced,
-               steps=steps, pos=pos, flags=flags)
+    out.update(
+        seed=seed,
+        gpu=torch.cuda.get_device_name(),
+        grid=be.launch.grid,
+        untraced_us=plain,
+        traced_us=traced,
+        steps=steps,
+        pos=pos,
+        flags=flags,
+    )
     return out

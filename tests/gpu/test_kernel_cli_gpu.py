@@ -1,5 +1,7 @@
-"""`luce-bench kernel bench` and `kernel trace` run end to end on a GPU (short runs; their numbers are not checked
-here: performance is judged by benchmarks, not tests)."""
+"""`luce-bench kernel bench` and `kernel trace` run end to end on a GPU.
+
+Short runs; their numbers are not checked here: performance is judged by benchmarks, not tests).
+"""
 
 from __future__ import annotations
 
@@ -16,9 +18,30 @@ def test_kernel_bench_cli(tmp_path):
     from luce_bench.cli import app
 
     out = tmp_path / "bench.json"
-    r = CliRunner().invoke(app, ["kernel", "bench", "--variant", "base", "--variant", "inflight2:MK_INFLIGHT=2",
-                                 "--reps", "1", "--rounds", "1", "--steps", "8", "--long", "300", "--no-per-token",
-                                 "--seed", "7", "--json", str(out)])
+    r = CliRunner().invoke(
+        app,
+        [
+            "kernel",
+            "bench",
+            "--variant",
+            "base",
+            "--variant",
+            "inflight2:MK_INFLIGHT=2",
+            "--reps",
+            "1",
+            "--rounds",
+            "1",
+            "--steps",
+            "8",
+            "--long",
+            "300",
+            "--no-per-token",
+            "--seed",
+            "7",
+            "--json",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
     s = json.loads(out.read_text())
     assert [v["variant"] for v in s["variants"]] == ["base", "inflight2"]

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.gpu
 
 REL_L2_MAX = 2e-2
 N_PROMPT, N_DEC, LONG_POS = 64, 128, 2000
-NEAR_TIE = 2.0 ** -7  # relative bf16 noise of a logit: top-2 closer than this (x |top1|) is a tie
+NEAR_TIE = 2.0**-7  # relative bf16 noise of a logit: top-2 closer than this (x |top1|) is a tie
 
 
 def _seed() -> int:
@@ -74,7 +74,7 @@ def _hf(spec):
 def _greedy_report(mk_tokens, hf_tokens, hf_logits) -> dict:
     """Step-by-step greedy decisions on the same history: every disagreement must be a near tie in HF's logits."""
     agree, ties, margins = 0, 0, []
-    for i, (a, b) in enumerate(zip(mk_tokens, hf_tokens)):
+    for i, (a, b) in enumerate(zip(mk_tokens, hf_tokens, strict=True)):
         if a == b:
             agree += 1
             continue
@@ -82,7 +82,9 @@ def _greedy_report(mk_tokens, hf_tokens, hf_logits) -> dict:
         margin = float((top2[1] - top2[0]) / max(abs(top2[1]), 1e-6))
         margins.append(margin)
         if margin > NEAR_TIE:
-            raise AssertionError(f"greedy token {i}: megakernel {a} vs HF {b}, HF top-2 margin {margin:.2e} > {NEAR_TIE:.1e}")
+            raise AssertionError(
+                f"greedy token {i}: megakernel {a} vs HF {b}, HF top-2 margin {margin:.2e} > {NEAR_TIE:.1e}"
+            )
         ties += 1
     return {"agree": agree, "near_ties": ties, "margins": margins}
 
@@ -121,10 +123,16 @@ def _teacher_forced(setup, start: int, n_prompt: int):
 
 def _check_parity(got, want, hf_logits, label):
     e_ref, e_hf, e_hf_ref = _rel(got, want), _rel(got, hf_logits), _rel(hf_logits, want)
-    report = {"label": label, "rel_l2_vs_ref_max": float(e_ref.max()), "rel_l2_vs_ref_median": float(np.median(e_ref)),
-              "rel_l2_vs_hf_max": float(e_hf.max()), "rel_l2_vs_hf_median": float(np.median(e_hf)),
-              "hf_vs_ref_max": float(e_hf_ref.max()), "hf_vs_ref_median": float(np.median(e_hf_ref)),
-              "argmax_agree_ref": float(np.mean(got.argmax(-1) == want.argmax(-1)))}
+    report = {
+        "label": label,
+        "rel_l2_vs_ref_max": float(e_ref.max()),
+        "rel_l2_vs_ref_median": float(np.median(e_ref)),
+        "rel_l2_vs_hf_max": float(e_hf.max()),
+        "rel_l2_vs_hf_median": float(np.median(e_hf)),
+        "hf_vs_ref_max": float(e_hf_ref.max()),
+        "hf_vs_ref_median": float(np.median(e_hf_ref)),
+        "argmax_agree_ref": float(np.mean(got.argmax(-1) == want.argmax(-1))),
+    }
     print(json.dumps(report))
     assert e_ref.max() <= REL_L2_MAX, report
     assert e_hf.max() <= REL_L2_MAX, report
@@ -141,9 +149,12 @@ def test_teacher_forced_logits_long(setup):
 
 
 def test_greedy_tokens_vs_hf(setup):
-    """HF decodes greedily for 128 steps; the megakernel then follows HF's history (its tokens fed back) and its own
+    """The kernel's greedy choice equals HF's at every step of HF's own greedy history.
+
+    HF decodes greedily for 128 steps; the megakernel then follows HF's history (its tokens fed back) and its own
     greedy choice at every step must equal HF's, unless HF's top-2 logits are a near tie there (counted, margins
-    reported). Also reported: how many steps the megakernel's free-running greedy decode matches HF's."""
+    reported). Also reported: how many steps the megakernel's free-running greedy decode matches HF's.
+    """
     import torch
 
     mk, spec, gen = setup["mk"], setup["spec"], setup["gen"]
@@ -163,7 +174,7 @@ def test_greedy_tokens_vs_hf(setup):
     assert np.isfinite(forced).all(), "NaN/inf in megakernel logits"
     mk_toks = [first, *forced.argmax(-1).tolist()]
     rep = _greedy_report(mk_toks, hf_toks, hf_logits)
-    same = next((i for i, (a, b) in enumerate(zip(free, hf_toks)) if a != b), N_DEC)
+    same = next((i for i, (a, b) in enumerate(zip(free, hf_toks, strict=True)) if a != b), N_DEC)
     print(json.dumps({"greedy": rep, "steps": N_DEC, "free_running_equal_steps": same}))
     assert rep["agree"] + rep["near_ties"] == N_DEC
     assert all(0 <= t < 248320 for t in free)
@@ -187,8 +198,10 @@ def option_ref(setup):
 
 @pytest.mark.parametrize("name", sorted(KERNEL_OPTION_SETS))
 def test_option_set_parity(option_ref, name):
-    """Every build-option set that remains computes the same function: within the parity bound of the fp32
-    reference, and within f32 reduction-order noise of the default build."""
+    """Every build-option set that remains computes the same function.
+
+    Within the parity bound of the fp32 reference, and within f32 reduction-order noise of the default build.
+    """
     from luce_bench.backends.megakernel import MegakernelBackend
     from luce_bench.kernels.bench import parity
 
