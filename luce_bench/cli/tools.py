@@ -51,7 +51,7 @@ def restore(
     from luce_bench.files import state_dir
     from luce_bench.gpu import enable_read_only_mode
     from luce_bench.gpu.journal import list_journals
-    from luce_bench.gpu.power_limit import restore_from_journals
+    from luce_bench.gpu.restore import restore_from_journals
 
     if read_only:
         enable_read_only_mode()

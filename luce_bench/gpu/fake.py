@@ -1,22 +1,22 @@
 """`FakeGPU`: a deterministic simulated GPU with a DVFS model, for CPU-only runs (`--fake-gpu`) and tests.
 
-Model (per preset):
+The physics (power against clock and voltage, the power-limit and clock-lock response, throughput, idle draw) and the
+presets with their calibration live in gpu/fake_model.py. This module is the device around it:
 * Load: the card is busy while simulated work runs (`set_load`, called around every backend call of a simulated
-  run, see backends/sim.py); otherwise it is idle.
-* Idle (model resident, no work): draws `idle_w` at `idle_sm_mhz`.
-* Busy: dynamic power grows with the SM clock share s = f / f_max as s**alpha (voltage scales with f) down to a voltage
-  floor `vfloor_share`, below which it grows only linearly. When the full-clock draw `load_w` exceeds the limit, the
-  clock falls until the draw meets the limit and the SwPowerCap reason is set. So a sweep is flat while
-  `load_w <= limit`, bends gently, then drops at a knee below the voltage floor.
-* Throughput share (used by the sim backend): a roofline mix, 1 / (m + (1 - m) / s) for a memory-bound share m.
+  run, see backends/sim.py; prefill marks its work compute-bound); otherwise it is idle.
+* Clocks: busy, the SM clock is the lower of the power-limited clock and the locked one (`set_locked_sm_clocks_mhz`;
+  only clocks from `supported_sm_clocks_mhz()` are accepted, as NVML does); idle, it sits at the idle clock, or at
+  the lock's minimum when that is higher. Reasons: SwPowerCap when the limit holds the clock down, ClocksSetting when
+  the lock does, GpuIdle when idle.
 * Temperature: first order towards ambient + `c_per_w` x power with time constant `tau_s`.
 * Energy: the exact integral of power, reported in counter ticks (`counter_tick_s`, 0.1 s like NVML) from a start value.
   A scripted `trace_w` [(t_s, W), ...] (piecewise linear in time since creation) replaces the model's power.
 
 Time comes from the injected `clock` (virtual time in `gpu.fake_clock: virtual` runs). With `state_path` (env
-LUCE_BENCH_FAKE_GPU_STATE for `open_fake`) the limit, persistence mode and setter calls live in a JSON file, so another
-process (`luce-bench restore` after SIGKILL) sees the same card; LUCE_BENCH_FAKE_GPU_NO_PERMISSION=1 simulates a
-process without the privilege to change limits.
+LUCE_BENCH_FAKE_GPU_STATE for `open_fake`) the limit, the clock lock, persistence mode and setter calls live in a JSON
+file, so another process (`luce-bench restore` after SIGKILL) sees the same card. LUCE_BENCH_FAKE_GPU_NO_PERMISSION=1
+simulates a process without the privilege to change settings; LUCE_BENCH_FAKE_GPU_NO_CLOCK_LOCKS=1 a card or driver
+without locked clocks.
 """
 
 from __future__ import annotations
@@ -33,83 +33,26 @@ from pathlib import Path
 from typing import Any
 
 from luce_bench.files import atomic_write
+from luce_bench.gpu import fake_model as model
 from luce_bench.gpu.base import (
+    CLOCK_HINT,
     PERMISSION_HINT,
+    REASON_CLOCK_SETTING,
     REASON_GPU_IDLE,
     REASON_SW_POWER_CAP,
     GPUError,
+    GPUNotSupportedError,
     GPUPermissionError,
     GPUUnavailable,
     refuse_if_read_only,
 )
+from luce_bench.gpu.fake_model import DEFAULT_PRESET, PRESETS, FakePreset, preset
+
+__all__ = ["DEFAULT_PRESET", "PRESETS", "FakeGPU", "FakePreset", "open_fake", "preset"]
 
 STATE_ENV = "LUCE_BENCH_FAKE_GPU_STATE"
 NO_PERMISSION_ENV = "LUCE_BENCH_FAKE_GPU_NO_PERMISSION"
-DEFAULT_PRESET = "rtx3090"
-
-
-@dataclass(frozen=True)
-class FakePreset:
-    """Static facts and model constants of one simulated card."""
-
-    name: str
-    product: str
-    min_limit_mw: int
-    max_limit_mw: int
-    default_limit_mw: int
-    idle_w: float
-    load_w: float  # draw under full load at the top clock
-    max_sm_mhz: int
-    idle_sm_mhz: int
-    min_sm_mhz: int
-    mem_mhz: int
-    compute_capability: tuple[int, int]
-    alpha: float = 2.5
-    vfloor_share: float = 0.8
-    ambient_c: float = 28.0
-    c_per_w: float = 0.13
-    tau_s: float = 10.0
-
-
-PRESETS: dict[str, FakePreset] = {
-    "rtx3090": FakePreset(
-        "rtx3090",
-        "NVIDIA GeForce RTX 3090 (simulated)",
-        100_000,
-        420_000,
-        420_000,
-        idle_w=30.0,
-        load_w=330.0,
-        max_sm_mhz=1950,
-        idle_sm_mhz=210,
-        min_sm_mhz=210,
-        mem_mhz=9751,
-        compute_capability=(8, 6),
-    ),
-    "h100-sxm": FakePreset(
-        "h100-sxm",
-        "NVIDIA H100 80GB HBM3 (simulated)",
-        200_000,
-        700_000,
-        700_000,
-        idle_w=72.0,
-        load_w=520.0,
-        max_sm_mhz=1980,
-        idle_sm_mhz=345,
-        min_sm_mhz=345,
-        mem_mhz=2619,
-        compute_capability=(9, 0),
-        c_per_w=0.07,
-        tau_s=12.0,
-    ),
-}
-
-
-def preset(name: str) -> FakePreset:
-    """The preset called `name`; GPUUnavailable lists the known ones."""
-    if name not in PRESETS:
-        raise GPUUnavailable(f"unknown fake GPU preset {name!r}; known: {', '.join(PRESETS)}")
-    return PRESETS[name]
+NO_CLOCK_LOCKS_ENV = "LUCE_BENCH_FAKE_GPU_NO_CLOCK_LOCKS"
 
 
 def _trace_integral_j(trace: Sequence[tuple[float, float]], t_s: float) -> float:
@@ -150,19 +93,22 @@ class FakeGPU:
     counter_tick_s: float = 0.1
     trace_w: Sequence[tuple[float, float]] | None = None
     set_calls: list[tuple[str, Any]] = field(default_factory=list)
+    clock_locks: bool = True  # False: a card/driver without locked clocks (NotSupported)
 
     def __post_init__(self) -> None:
         self._limit_mw = self.preset.default_limit_mw
+        self._lock_mhz: tuple[int, int] | None = None
         self._persistence = False
         self._loaded = False
+        self._compute_bound = False
         self._t0 = self.clock()
+        if self.state_path is not None:
+            self.state_path = Path(self.state_path)
+            self._sync_state(write=False)
         idle_c = self.preset.ambient_c + self.preset.c_per_w * self.preset.idle_w
         # event log: (t_s, energy_mj at t, power_w after t, temp_c at t, violation_ns at t, throttled after t)
         self._events: list[tuple[float, float, float, float, float, bool]] = []
         self._events.append((self._t0, 1.0e9, self._model_power_w(), idle_c, 0.0, False))
-        if self.state_path is not None:
-            self.state_path = Path(self.state_path)
-            self._sync_state(write=False)
 
     # --- state file (shared with other processes) -------------------------------------------------------------
     def _sync_state(self, write: bool, call: tuple[str, Any] | None = None) -> None:
@@ -179,22 +125,30 @@ class FakeGPU:
             card = data.get(self.uuid(), {})
             if write:
                 card["limit_mw"], card["persistence"] = self._limit_mw, self._persistence
+                card["sm_lock_mhz"] = list(self._lock_mhz) if self._lock_mhz else None
                 card.setdefault("set_calls", []).append(list(call) if call else None)
                 data[self.uuid()] = card
                 atomic_write(self.state_path, json.dumps(data, indent=1))
             elif card:
                 self._limit_mw = int(card.get("limit_mw", self._limit_mw))
                 self._persistence = bool(card.get("persistence", self._persistence))
+                lock_mhz = card.get("sm_lock_mhz", self._lock_mhz)
+                self._lock_mhz = (int(lock_mhz[0]), int(lock_mhz[1])) if lock_mhz else None
 
     def _refresh_from_state(self) -> None:
-        """Pick up a limit another process set, as a real card would show it."""
+        """Pick up a limit or clock lock another process set, as a real card would show it."""
         if self.state_path is None:
             return
-        before = self._limit_mw
+        before = (self._limit_mw, self._lock_mhz)
         self._sync_state(write=False)
-        if self._limit_mw != before:
-            after, self._limit_mw = self._limit_mw, before
-            self._change(lambda: setattr(self, "_limit_mw", after))
+        after = (self._limit_mw, self._lock_mhz)
+        if after != before:
+            self._limit_mw, self._lock_mhz = before
+
+            def apply() -> None:
+                self._limit_mw, self._lock_mhz = after
+
+            self._change(apply)
 
     def persisted_set_calls(self) -> list[list[Any]]:
         """Setter calls recorded in the state file by every process (empty without a state file)."""
@@ -202,29 +156,36 @@ class FakeGPU:
             return []
         return list(json.loads(self.state_path.read_text()).get(self.uuid(), {}).get("set_calls", []))
 
-    # --- the model ---------------------------------------------------------------------------------------------
+    # --- the model (gpu/fake_model.py) -------------------------------------------------------------------------
+    def _load_w(self) -> float:
+        return self.preset.load_of(self._compute_bound)
+
+    def _capped_share(self) -> float:
+        """The clock share the power limit allows the current work."""
+        return model.capped_share(self.preset, self._limit_mw / 1000.0, self._load_w())
+
+    def _lock_share(self) -> float:
+        """The clock share the lock allows (1.0 without a lock)."""
+        return min(self._lock_mhz[1] / self.preset.max_sm_mhz, 1.0) if self._lock_mhz else 1.0
+
     def busy_sm_share(self) -> float:
-        """SM clock share f / f_max that full load would run at under the current limit (the DVFS model)."""
-        p = self.preset
-        dyn_w = p.load_w - p.idle_w
-        g = (self._limit_mw / 1000.0 - p.idle_w) / dyn_w
-        if g >= 1.0:
-            return 1.0
-        g_floor = p.vfloor_share**p.alpha
-        share = g ** (1.0 / p.alpha) if g >= g_floor else p.vfloor_share * max(g, 0.0) / g_floor
-        return max(share, p.min_sm_mhz / p.max_sm_mhz)
+        """SM clock share f / f_max that the current work runs at under the limit and the lock (the DVFS model)."""
+        return min(self._capped_share(), self._lock_share())
 
     def throughput_share(self, mem_bound_share: float = 0.7) -> float:
         """Throughput relative to the top clock for a workload whose time is `mem_bound_share` memory-bound."""
-        return 1.0 / (mem_bound_share + (1.0 - mem_bound_share) / self.busy_sm_share())
+        return model.throughput_share(self.busy_sm_share(), mem_bound_share)
+
+    def _idle_mhz(self) -> int:
+        p = self.preset
+        if self._lock_mhz is None:
+            return p.idle_sm_mhz
+        return min(max(p.idle_sm_mhz, self._lock_mhz[0]), self._lock_mhz[1])
 
     def _model_power_w(self) -> float:
-        p = self.preset
         if not self._loaded:
-            return p.idle_w
-        s = self.busy_sm_share()
-        g = s**p.alpha if s >= p.vfloor_share else (p.vfloor_share**p.alpha) * s / p.vfloor_share
-        return p.idle_w + (p.load_w - p.idle_w) * g
+            return model.idle_power_w(self.preset, self._idle_mhz())
+        return model.busy_power_w(self.preset, self.busy_sm_share(), self._load_w())
 
     def _power_at_w(self, t_s: float) -> float:
         if self.trace_w:
@@ -247,7 +208,8 @@ class FakeGPU:
         return target_c + (temp_c - target_c) * math.exp(-max(t_s - t_e, 0.0) / self.preset.tau_s)
 
     def _throttled(self) -> bool:
-        return self._loaded and self.busy_sm_share() < 1.0
+        """Whether the power limit holds the clock down (below the top clock and below the lock)."""
+        return self._loaded and self._capped_share() < self._lock_share()
 
     def _change(self, mutate: Callable[[], None]) -> None:
         """Apply a state change at the current time, keeping energy and temperature continuous."""
@@ -326,7 +288,7 @@ class FakeGPU:
     def clocks_mhz(self) -> tuple[int, int]:
         """(SM, memory). Units: MHz."""
         if not self._loaded:
-            return self.preset.idle_sm_mhz, self.preset.mem_mhz
+            return self._idle_mhz(), self.preset.mem_mhz
         return round(self.preset.max_sm_mhz * self.busy_sm_share()), self.preset.mem_mhz
 
     def temperature_c(self) -> int:
@@ -334,10 +296,12 @@ class FakeGPU:
         return round(self._temp_at_c(self.clock()))
 
     def clock_event_reasons(self) -> int:
-        """GpuIdle when idle, SwPowerCap when the limit holds the clock down."""
+        """GpuIdle when idle, SwPowerCap when the limit holds the clock down, ClocksSetting when the lock does."""
         if not self._loaded:
             return REASON_GPU_IDLE
-        return REASON_SW_POWER_CAP if self._throttled() else 0
+        if self._throttled():
+            return REASON_SW_POWER_CAP
+        return REASON_CLOCK_SETTING if self._lock_share() < 1.0 else 0
 
     def violation_ns(self) -> dict[str, int]:
         """Cumulative power-cap violation time (thermal never violates here). Units: ns."""
@@ -345,6 +309,52 @@ class FakeGPU:
         t_e, _, _, _, viol_ns, throttled = self._event_at(now)
         power_cap = viol_ns + ((now - t_e) * 1e9 if throttled else 0.0)
         return {"power_cap": int(power_cap), "sw_thermal": 0, "hw_thermal": 0, "hw_power_brake": 0}
+
+    def supported_sm_clocks_mhz(self) -> list[int]:
+        """The preset's SM clocks, highest first (NotSupported without clock locks). Units: MHz."""
+        if not self.clock_locks:
+            raise GPUNotSupportedError(f"read supported SM clocks of GPU {self.index}: not supported; {CLOCK_HINT}")
+        return model.supported_sm_clocks_mhz(self.preset)
+
+    def supported_mem_clocks_mhz(self) -> list[int]:
+        """The one memory clock of the preset. Units: MHz."""
+        return [self.preset.mem_mhz]
+
+    def locked_sm_clocks_mhz(self) -> tuple[int, int] | None:
+        """The lock in force (from the state file when there is one); None without one. Units: MHz."""
+        self._refresh_from_state()
+        return self._lock_mhz
+
+    def set_locked_sm_clocks_mhz(self, min_mhz: int, max_mhz: int) -> None:
+        """Lock the SM clock; refuses like `set_power_limit_mw`, and clocks the card does not list. Units: MHz."""
+        what = f"lock the SM clock of GPU {self.index} to {min_mhz}-{max_mhz} MHz"
+        self._check_clock_setter(what)
+        supported = model.supported_sm_clocks_mhz(self.preset)
+        if min_mhz > max_mhz or min_mhz not in supported or max_mhz not in supported:
+            raise GPUError(f"{what}: invalid argument (supported: {supported[-1]}-{supported[0]} MHz)")
+        self._set_lock((int(min_mhz), int(max_mhz)))
+
+    def reset_locked_sm_clocks(self) -> None:
+        """Remove the lock; refuses like `set_locked_sm_clocks_mhz`."""
+        self._check_clock_setter(f"reset the locked SM clocks of GPU {self.index}")
+        self._set_lock(None)
+
+    def _check_clock_setter(self, what: str) -> None:
+        refuse_if_read_only(self.read_only, what)
+        if self.refuse_set:
+            raise GPUPermissionError(f"{what}: no permission; {CLOCK_HINT}")
+        if not self.clock_locks:
+            raise GPUNotSupportedError(f"{what}: not supported on this GPU/driver; {CLOCK_HINT}")
+
+    def _set_lock(self, lock_mhz: tuple[int, int] | None) -> None:
+        call = ("sm_lock_mhz", list(lock_mhz) if lock_mhz else None)
+        self.set_calls.append(call)
+
+        def apply() -> None:
+            self._lock_mhz = lock_mhz
+            self._sync_state(write=True, call=call)
+
+        self._change(apply)
 
     def compute_capability(self) -> tuple[int, int]:
         """(major, minor)."""
@@ -374,10 +384,14 @@ class FakeGPU:
         """Nothing to release."""
 
     # --- simulation (not part of the GPU protocol) --------------------------------------------------------------
-    def set_load(self, busy: bool) -> None:
-        """Simulated work starts (True) or stops (False) on this card."""
-        if busy != self._loaded:
-            self._change(lambda: setattr(self, "_loaded", busy))
+    def set_load(self, busy: bool, compute_bound: bool = False) -> None:
+        """Simulated work starts (True) or stops (False) on this card; prefill is `compute_bound` (its own draw)."""
+        if busy != self._loaded or (busy and compute_bound != self._compute_bound):
+
+            def apply() -> None:
+                self._loaded, self._compute_bound = busy, compute_bound if busy else self._compute_bound
+
+            self._change(apply)
 
 
 def open_fake(
@@ -396,6 +410,7 @@ def open_fake(
         read_only=read_only,
         refuse_set=os.environ.get(NO_PERMISSION_ENV, "") not in ("", "0"),
         state_path=Path(state) if state else None,
+        clock_locks=os.environ.get(NO_CLOCK_LOCKS_ENV, "") in ("", "0"),
     )
     if uuid is not None and gpu.uuid() != uuid:
         raise GPUUnavailable(f"no fake GPU with UUID {uuid} (this one is {gpu.uuid()})")
