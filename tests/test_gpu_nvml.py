@@ -178,3 +178,18 @@ def test_every_protocol_call_exists_in_pynvml(nvml):
     gpu.set_persistence_mode(True)
     gpu.set_locked_sm_clocks_mhz(345, 1980)
     gpu.reset_locked_sm_clocks()
+
+
+def test_info_reads_clocks_through_getters_only(nvml):
+    from luce_bench.info import gather
+
+    data = gather(0)
+    assert data["gpu"]["sm_clocks_supported"] == "345-1980 MHz, 110 clocks every 15 MHz"
+    assert data["gpu"]["mem_clocks_supported"] == "3201 MHz"
+    assert data["gpu"]["sm_clock_lock"] == "not readable through NVML"
+    for setter in (
+        "nvmlDeviceSetGpuLockedClocks",
+        "nvmlDeviceResetGpuLockedClocks",
+        "nvmlDeviceSetPowerManagementLimit",
+    ):
+        getattr(nvml, setter).assert_not_called()
