@@ -166,10 +166,10 @@ def efficiency_pareto_plot(
         _annotate(ax, pts)
         spot = spot_of.get((backend, rows[0].test))
         if spot is not None:
-            ax.plot([spot.tok_per_j], [spot.avg_ts], marker="*", ms=16, color=color, mec="black", ls="none",
-                    label=f"{backend} sweet spot: {spot.setting}")  # fmt: skip
-            ax.axhline(min_speed * spot.stock_ts, color=color, ls="--", lw=0.8,
-                       label=f"{100 * min_speed:.0f} % of {spot.stock_setting}")  # fmt: skip
+            star = f"{backend} sweet spot: {spot.setting}"
+            ax.plot([spot.tok_per_j], [spot.avg_ts], "*", ms=16, color=color, mec="black", label=star)
+            line = f"{100 * min_speed:.0f} % of {spot.stock_setting}"
+            ax.axhline(min_speed * spot.stock_ts, color=color, ls="--", lw=0.8, label=line)
     _style(fig.axes, "tokens / J (gross)", "tokens / s")
     return save(plt, fig, "Pareto: throughput vs efficiency (labels: setting; star: sweet spot)", out)
 

@@ -127,7 +127,7 @@ def test_signal_mid_sweep_restores(env, tmp_path, sig):
     assert not list((tmp_path / "state").glob("power-limit-*.json"))
 
 
-GRID = [*ARGS[:2], "--limits", "420,300", "--clocks", "1950,1200", *ARGS[4:], "--tests", "pp64,tg8"]
+GRID = [*ARGS[:2], "--limits", "420,300", "--clocks", "1950,1200", *ARGS[4:], "--tests", "pp64,tg8", "--reps", "2"]
 
 
 def _reported_and_written(out: str, tmp_path) -> tuple[int, list]:
@@ -146,11 +146,13 @@ def _reported_and_written(out: str, tmp_path) -> tuple[int, list]:
 )
 def test_grid_sigkill_at_random_points_then_restore(env, tmp_path, limit_mw, lock_mhz, seed):
     env = {**env, "PYTHONUNBUFFERED": "1"}  # every reported repetition reaches the pipe before the kill
-    wait_s = random.Random(seed).uniform(0.0, 1.5)
+    wait_s = random.Random(seed).uniform(0.0, 1.0)
     proc = _start_and_wait_for(env, tmp_path, limit_mw, lock_mhz, GRID, subprocess.PIPE, wait_s)
     proc.send_signal(signal.SIGKILL)
     out, _ = proc.communicate(timeout=30)
-    assert (_limit_mw(env), _lock_mhz(env)) == (limit_mw, [lock_mhz, lock_mhz])  # nothing ran on SIGKILL
+    # nothing ran on SIGKILL: the card keeps a cell's setting (this one, or the next if the kill came later)
+    lock_before = _lock_mhz(env)
+    assert _limit_mw(env) in (420_000, 300_000) and lock_before in ([1950, 1950], [1200, 1200])
     reported, rows = _reported_and_written(out, tmp_path)
     assert reported > 0 and reported <= len(rows) <= reported + 1  # no reported row lost; at most one unreported
     assert all(r.sm_clock_mhz in (1950, 1200) and r.power_limit_req_w in (420, 300) for r in rows)
@@ -162,15 +164,19 @@ def test_grid_sigkill_at_random_points_then_restore(env, tmp_path, limit_mw, loc
         [sys.executable, "-m", "luce_bench", "restore"], env=env, capture_output=True, text=True, timeout=60, cwd=ROOT
     )
     assert res.returncode == 0, res.stderr
-    assert f"SM clocks locked {lock_mhz} MHz -> unlocked" in res.stdout
+    assert f"SM clocks locked {lock_before[0]} MHz -> unlocked" in res.stdout
     assert (_limit_mw(env), _lock_mhz(env)) == (420_000, None)
     assert _card_state(env)["persistence"] is False
     assert not list((tmp_path / "state").glob("power-limit-*.json"))
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_grid_signal_restores_limit_and_clocks(env, tmp_path, sig):
-    proc = _start_and_wait_for(env, tmp_path, 300_000, 1200, GRID)
+@pytest.mark.parametrize(
+    "sig,limit_mw,lock_mhz",
+    [(signal.SIGTERM, 300_000, 1950), (signal.SIGINT, 420_000, 1200)],
+    ids=["SIGTERM", "SIGINT"],
+)
+def test_grid_signal_restores_limit_and_clocks(env, tmp_path, sig, limit_mw, lock_mhz):
+    proc = _start_and_wait_for(env, tmp_path, limit_mw, lock_mhz, GRID)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0

@@ -10,7 +10,8 @@ presets with their calibration live in gpu/fake_model.py. This module is the dev
   the lock does, GpuIdle when idle.
 * Temperature: first order towards ambient + `c_per_w` x power with time constant `tau_s`.
 * Energy: the exact integral of power, reported in counter ticks (`counter_tick_s`, 0.1 s like NVML) from a start value.
-  A scripted `trace_w` [(t_s, W), ...] (piecewise linear in time since creation) replaces the model's power.
+  A scripted `trace_w` [(t_s, W), ...] (piecewise linear in time since creation) replaces the model's power
+  (gpu/fake_state.py).
 
 Time comes from the injected `clock` (virtual time in `gpu.fake_clock: virtual` runs). With `state_path` (env
 LUCE_BENCH_FAKE_GPU_STATE for `open_fake`) the limit, the clock lock, persistence mode and setter calls live in a JSON
@@ -22,8 +23,6 @@ without locked clocks.
 from __future__ import annotations
 
 import bisect
-import fcntl
-import json
 import math
 import os
 import time
@@ -32,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from luce_bench.files import atomic_write
 from luce_bench.gpu import fake_model as model
 from luce_bench.gpu.base import (
     CLOCK_HINT,
@@ -47,37 +45,13 @@ from luce_bench.gpu.base import (
     refuse_if_read_only,
 )
 from luce_bench.gpu.fake_model import DEFAULT_PRESET, PRESETS, FakePreset, preset
+from luce_bench.gpu.fake_state import SharedState, trace_integral_j, trace_power_w
 
 __all__ = ["DEFAULT_PRESET", "PRESETS", "FakeGPU", "FakePreset", "open_fake", "preset"]
 
 STATE_ENV = "LUCE_BENCH_FAKE_GPU_STATE"
 NO_PERMISSION_ENV = "LUCE_BENCH_FAKE_GPU_NO_PERMISSION"
 NO_CLOCK_LOCKS_ENV = "LUCE_BENCH_FAKE_GPU_NO_CLOCK_LOCKS"
-
-
-def _trace_integral_j(trace: Sequence[tuple[float, float]], t_s: float) -> float:
-    """Integral of a piecewise-linear power trace from its first point to `t_s` (held flat outside). Units: J."""
-    total, (t_prev, p_prev) = 0.0, trace[0]
-    if t_s <= t_prev:
-        return p_prev * (t_s - t_prev)
-    for t_i, p_i in trace[1:]:
-        if t_s <= t_i:
-            p_t = p_prev + (p_i - p_prev) * (t_s - t_prev) / (t_i - t_prev)
-            return total + 0.5 * (p_prev + p_t) * (t_s - t_prev)
-        total += 0.5 * (p_prev + p_i) * (t_i - t_prev)
-        t_prev, p_prev = t_i, p_i
-    return total + p_prev * (t_s - t_prev)
-
-
-def _trace_power_w(trace: Sequence[tuple[float, float]], t_s: float) -> float:
-    times = [t for t, _ in trace]
-    i = bisect.bisect_right(times, t_s)
-    if i == 0:
-        return trace[0][1]
-    if i == len(trace):
-        return trace[-1][1]
-    (t0, p0), (t1, p1) = trace[i - 1], trace[i]
-    return p0 + (p1 - p0) * (t_s - t0) / (t1 - t0)
 
 
 @dataclass
@@ -102,45 +76,35 @@ class FakeGPU:
         self._loaded = False
         self._compute_bound = False
         self._t0 = self.clock()
-        if self.state_path is not None:
-            self.state_path = Path(self.state_path)
-            self._sync_state(write=False)
+        self._shared = SharedState(Path(self.state_path), self.uuid()) if self.state_path is not None else None
+        self._load_state()
         idle_c = self.preset.ambient_c + self.preset.c_per_w * self.preset.idle_w
         # event log: (t_s, energy_mj at t, power_w after t, temp_c at t, violation_ns at t, throttled after t)
         self._events: list[tuple[float, float, float, float, float, bool]] = []
         self._events.append((self._t0, 1.0e9, self._model_power_w(), idle_c, 0.0, False))
 
-    # --- state file (shared with other processes) -------------------------------------------------------------
-    def _sync_state(self, write: bool, call: tuple[str, Any] | None = None) -> None:
-        if self.state_path is None:
+    # --- state file (shared with other processes, gpu/fake_state.py) -----------------------------------------------
+    def _load_state(self) -> None:
+        if self._shared is None:
             return
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        # lockf (POSIX, per process) rather than flock: a signal handler that restores the limit may re-enter here
-        with open(str(self.state_path) + ".lock", "a") as lock:
-            fcntl.lockf(lock, fcntl.LOCK_EX)
-            try:
-                data = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
-            except (OSError, ValueError):
-                data = {}
-            card = data.get(self.uuid(), {})
-            if write:
-                card["limit_mw"], card["persistence"] = self._limit_mw, self._persistence
-                card["sm_lock_mhz"] = list(self._lock_mhz) if self._lock_mhz else None
-                card.setdefault("set_calls", []).append(list(call) if call else None)
-                data[self.uuid()] = card
-                atomic_write(self.state_path, json.dumps(data, indent=1))
-            elif card:
-                self._limit_mw = int(card.get("limit_mw", self._limit_mw))
-                self._persistence = bool(card.get("persistence", self._persistence))
-                lock_mhz = card.get("sm_lock_mhz", self._lock_mhz)
-                self._lock_mhz = (int(lock_mhz[0]), int(lock_mhz[1])) if lock_mhz else None
+        card = self._shared.read()
+        self._limit_mw = int(card.get("limit_mw", self._limit_mw))
+        self._persistence = bool(card.get("persistence", self._persistence))
+        lock_mhz = card.get("sm_lock_mhz", self._lock_mhz)
+        self._lock_mhz = (int(lock_mhz[0]), int(lock_mhz[1])) if lock_mhz else None
+
+    def _save_state(self, call: tuple[str, Any]) -> None:
+        if self._shared is not None:
+            lock = list(self._lock_mhz) if self._lock_mhz else None
+            fields = {"limit_mw": self._limit_mw, "persistence": self._persistence, "sm_lock_mhz": lock}
+            self._shared.write(fields, call)
 
     def _refresh_from_state(self) -> None:
         """Pick up a limit or clock lock another process set, as a real card would show it."""
-        if self.state_path is None:
+        if self._shared is None:
             return
         before = (self._limit_mw, self._lock_mhz)
-        self._sync_state(write=False)
+        self._load_state()
         after = (self._limit_mw, self._lock_mhz)
         if after != before:
             self._limit_mw, self._lock_mhz = before
@@ -152,9 +116,7 @@ class FakeGPU:
 
     def persisted_set_calls(self) -> list[list[Any]]:
         """Setter calls recorded in the state file by every process (empty without a state file)."""
-        if self.state_path is None or not self.state_path.exists():
-            return []
-        return list(json.loads(self.state_path.read_text()).get(self.uuid(), {}).get("set_calls", []))
+        return self._shared.set_calls() if self._shared is not None else []
 
     # --- the model (gpu/fake_model.py) -------------------------------------------------------------------------
     def _load_w(self) -> float:
@@ -189,7 +151,7 @@ class FakeGPU:
 
     def _power_at_w(self, t_s: float) -> float:
         if self.trace_w:
-            return _trace_power_w(self.trace_w, t_s - self._t0)
+            return trace_power_w(self.trace_w, t_s - self._t0)
         return self._event_at(t_s)[2]
 
     def _event_at(self, t_s: float) -> tuple[float, float, float, float, float, bool]:
@@ -198,7 +160,7 @@ class FakeGPU:
 
     def _energy_at_mj(self, t_s: float) -> float:
         if self.trace_w:
-            return 1.0e9 + 1000.0 * _trace_integral_j(self.trace_w, t_s - self._t0)
+            return 1.0e9 + 1000.0 * trace_integral_j(self.trace_w, t_s - self._t0)
         t_e, e_mj, p_w, *_ = self._event_at(t_s)
         return e_mj + 1000.0 * p_w * max(t_s - t_e, 0.0)
 
@@ -265,7 +227,7 @@ class FakeGPU:
 
         def apply() -> None:
             self._limit_mw = int(mw)
-            self._sync_state(write=True, call=("power_limit_mw", int(mw)))
+            self._save_state(("power_limit_mw", int(mw)))
 
         self._change(apply)
 
@@ -352,7 +314,7 @@ class FakeGPU:
 
         def apply() -> None:
             self._lock_mhz = lock_mhz
-            self._sync_state(write=True, call=call)
+            self._save_state(call)
 
         self._change(apply)
 
@@ -372,7 +334,7 @@ class FakeGPU:
             raise GPUPermissionError(f"set persistence mode: no permission; {PERMISSION_HINT}")
         self.set_calls.append(("persistence_mode", bool(enabled)))
         self._persistence = bool(enabled)
-        self._sync_state(write=True, call=("persistence_mode", bool(enabled)))
+        self._save_state(("persistence_mode", bool(enabled)))
 
     def check_writable(self) -> None:
         """Refuse now in read-only mode or when this simulated process lacks the privilege (`refuse_set`)."""
