@@ -2,6 +2,10 @@
 
 Unknown keys are refused and every error is one line naming the key and value, e.g.
 `config: sweep.limits[2]: expected watts (220) or a share of the default (70%), got 'x'`.
+
+A sweep has up to two axes: `sweep.limits` (power limits) and `sweep.clocks` (locked SM clocks); both given, it is
+their grid. A source that names clocks but no limits sweeps the clocks alone: a YAML file with `sweep.clocks` and no
+`sweep.limits` (the limits default does not apply), or `--clocks` without `--limits` on the command line.
 """
 
 from __future__ import annotations
@@ -12,13 +16,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 from annotated_types import Ge, Le
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from luce_bench.errors import UserError
 
 MAX_TEST_TOKENS = 131072
 _TEST_RE = re.compile(r"^(pp|tg)(\d+)$")
 _LIMIT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(%|w|W)?\s*$")
+_CLOCK_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(%|mhz)?\s*$", re.IGNORECASE)
+CLOCK_FORMS = "MHz (1600) or a share of the max SM clock (80%)"
 _CUDA_INDEX = re.compile(r"^cuda:\d+$")
 
 
@@ -50,6 +56,14 @@ def parse_limit(text: str) -> tuple[float, bool]:
     m = _LIMIT_RE.match(text)
     if not m:
         raise UserError(f"bad power limit {text!r}: expected watts (220) or a share of the default (70%)")
+    return float(m.group(1)), m.group(2) == "%"
+
+
+def parse_clock(text: str) -> tuple[float, bool]:
+    """Parse an SM clock: "1600" / "1600MHz" -> (1600.0, False); "80%" -> (80.0, True)."""
+    m = _CLOCK_RE.match(text)
+    if not m:
+        raise UserError(f"bad SM clock {text!r}: expected {CLOCK_FORMS}")
     return float(m.group(1)), m.group(2) == "%"
 
 
@@ -91,6 +105,12 @@ def _limit(v: str) -> str:
     return v
 
 
+def _clock(v: str) -> str:
+    if not _CLOCK_RE.match(v):
+        raise ValueError(f": expected {CLOCK_FORMS}, got {v!r}")
+    return v
+
+
 Int = Annotated[int, BeforeValidator(_whole)]  # 3.0 in YAML is 3
 Str = Annotated[str, BeforeValidator(_text)]  # 300 in YAML is "300"
 
@@ -104,6 +124,7 @@ def _list(*item_checks: AfterValidator, non_empty: bool = True) -> Any:
 Names = _list()
 Tests = _list(AfterValidator(_test))
 Limits = _list(AfterValidator(_limit), non_empty=False)
+Clocks = _list(AfterValidator(_clock), non_empty=False)
 
 
 class _Section(BaseModel):
@@ -121,7 +142,7 @@ class GpuConfig(_Section):
 
     index: Int = Field(0, ge=0, le=63)
     fake: bool = False
-    fake_preset: Literal["rtx3090", "h100-sxm"] = "rtx3090"
+    fake_preset: Literal["rtx3090", "h100-sxm", "h200"] = "rtx3090"
     fake_clock: Literal["real", "virtual"] = "real"
 
 
@@ -133,15 +154,24 @@ class CooldownConfig(_Section):
 
 
 class SweepConfig(_Section):
-    """Power-limit sweep (`luce-bench sweep`)."""
+    """Power-limit and SM-clock sweep (`luce-bench sweep`): either axis, or their grid."""
 
     limits: Limits = ("420", "300", "220", "150")
+    clocks: Clocks = ()
     order: Literal["descending", "ascending", "shuffle"] = "descending"
     shuffle_seed: Int | None = None
     clamp: bool = False
     settle_s: float = Field(3.0, ge=0, le=600)
     idle_s: float = Field(10.0, ge=0, le=600)
     sweet_spot_min_speed: float = Field(0.95, ge=0.01, le=1.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _clocks_alone(cls, data: Any) -> Any:
+        """Clocks named without limits sweep the clocks alone (the limits default does not apply)."""
+        if isinstance(data, dict) and data.get("clocks") and "limits" not in data:
+            return {**data, "limits": ()}
+        return data
 
 
 class BenchConfig(_Section):

@@ -1,4 +1,8 @@
-"""`luce-bench info`: the GPU as NVML sees it, and which backends can run here (and why not)."""
+"""`luce-bench info`: the GPU as NVML sees it, and which backends can run here (and why not).
+
+Read-only: the GPU is opened with its setters refused; the clock facts (supported SM and memory clocks, the lock in
+force where it can be read) come from getters only.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +26,35 @@ def nvcc_version() -> str | None:
     return None
 
 
+def _steps(clocks: list[int]) -> str:
+    """A supported-clock list (highest first) in words, e.g. "345-1980 MHz, 110 clocks every 15 MHz"."""
+    gaps = {a - b for a, b in zip(clocks, clocks[1:], strict=False)}
+    every = f" every {gaps.pop()} MHz" if len(gaps) == 1 else ""
+    return f"{clocks[-1]}-{clocks[0]} MHz, {len(clocks)} clocks{every}" if len(clocks) > 1 else f"{clocks[0]} MHz"
+
+
+def clock_facts(gpu: Any) -> dict[str, Any]:
+    """Supported SM and memory clocks and the SM clock lock in force, as `info` shows them (getters only)."""
+    from luce_bench.gpu.base import GPUError
+    from luce_bench.gpu.journal import lock_text
+
+    out: dict[str, Any] = {}
+    for key, getter in (
+        ("sm_clocks_supported", gpu.supported_sm_clocks_mhz),
+        ("mem_clocks_supported", gpu.supported_mem_clocks_mhz),
+    ):
+        try:
+            clocks = getter()
+            out[key] = _steps(clocks) if clocks else "none listed"
+        except GPUError as exc:
+            out[key] = f"n/a ({exc})"
+    try:
+        out["sm_clock_lock"] = lock_text(gpu.locked_sm_clocks_mhz())
+    except GPUError:
+        out["sm_clock_lock"] = "not readable through NVML"
+    return out
+
+
 def gather(gpu_index: int = 0, fake_preset: str | None = None) -> dict[str, Any]:
     """Everything `info` shows, as a dict (`fake_preset`: describe that simulated card instead of NVML's)."""
     from luce_bench.gpu import open_gpu
@@ -35,6 +68,7 @@ def gather(gpu_index: int = 0, fake_preset: str | None = None) -> dict[str, Any]
     else:
         try:
             out["gpu"] = gpu_meta(gpu)
+            out["gpu"].update(clock_facts(gpu))
             out["gpu"]["simulated"] = fake_preset is not None
         finally:
             gpu.close()
@@ -73,6 +107,9 @@ def show(console: Any, gpu_index: int = 0, fake_preset: str | None = None) -> No
             "power_limit_min_w",
             "power_limit_max_w",
             "clocks_mhz",
+            "sm_clocks_supported",
+            "mem_clocks_supported",
+            "sm_clock_lock",
             "temperature_c",
         ):
             if key in g:

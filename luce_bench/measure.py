@@ -44,12 +44,17 @@ def run_once(backend: Backend, test: TestSpec, prompt: Sequence[int]) -> tuple[i
 
 
 @dataclass(frozen=True)
-class Limit:
-    """The power limit a block of tests runs under (requested and enforced) and its idle baseline. Units: W."""
+class Conditions:
+    """What a block of tests runs under: power limit, SM clock lock, and the idle baseline measured there.
+
+    Limits and idle power in W; clocks in MHz (None: not locked by luce-bench).
+    """
 
     requested_w: float | None = None
     enforced_w: float | None = None
     idle_power_w: float | None = None
+    sm_clock_req_mhz: int | None = None
+    sm_clock_mhz: int | None = None
 
 
 @dataclass
@@ -78,7 +83,7 @@ class Meter:
         """The seeded prompt of `test`."""
         return make_prompt(max(test.n, 1), self.model.config.vocab_size, self.ctx.cfg.prompt_seed)
 
-    def run_test(self, backend: Backend, test: TestSpec, limit: Limit) -> list[RunRecord]:
+    def run_test(self, backend: Backend, test: TestSpec, limit: Conditions) -> list[RunRecord]:
         """Warm up, then `reps` windows of `test`."""
         cfg, clock, gpu = self.ctx.cfg, self.ctx.clock, self.ctx.gpu
         prompt = self.prompt(test)
@@ -124,7 +129,9 @@ class Meter:
             cpu_uj=rapl.read_uj() if rapl is not None else None,
         )
 
-    def _window(self, backend: Backend, test: TestSpec, prompt: Sequence[int], rep: int, limit: Limit) -> RunRecord:
+    def _window(
+        self, backend: Backend, test: TestSpec, prompt: Sequence[int], rep: int, limit: Conditions
+    ) -> RunRecord:
         clock, window_s = self.ctx.clock, self.ctx.cfg.window_s
         tokens = iters = 0
         compute_s = 0.0
@@ -150,6 +157,8 @@ class Meter:
             rep=rep,
             power_limit_req_w=limit.requested_w,
             power_limit_w=limit.enforced_w,
+            sm_clock_req_mhz=limit.sm_clock_req_mhz,
+            sm_clock_mhz=limit.sm_clock_mhz,
             iterations=iters,
             n_tokens=tokens,
             window_s=elapsed_s,
@@ -172,7 +181,7 @@ class Meter:
             return None
         return rapl.delta_uj(start.cpu_uj, end.cpu_uj) / 1e6
 
-    def _energy(self, start: Edge, end: Edge, tokens: int, window_s: float, limit: Limit) -> dict[str, Any]:
+    def _energy(self, start: Edge, end: Edge, tokens: int, window_s: float, limit: Conditions) -> dict[str, Any]:
         """Energy, power, sampler cross-check and the quality verdict of one window (measurement.md rule 13)."""
         flags = [] if window_s >= MIN_TRUSTED_WINDOW_S else ["short-window"]
         if start.energy_mj is None or end.energy_mj is None:
@@ -206,6 +215,7 @@ class Meter:
             "temp_start_c": s["temp_start_c"],
             "temp_end_c": s["temp_end_c"],
             "throttled_share": s["throttled_share"],
+            "clock_reasons": s["clock_reasons"],
             "n_samples": s["n_samples"],
             "sampled_energy_j": sampled_j,
         }

@@ -1,10 +1,11 @@
 """What a run will measure, decided and checked before anything starts: `plan(...) -> Plan`, a list of `Trial`s.
 
-A trial is (backend, test, setting); a `Setting` is the GPU state it runs under (a power limit, or the state in force).
-`compare` and `bench` are one setting (the current one) times their backends and tests; `sweep` is one setting per
-power limit. Trials are ordered setting > backend > test, so each setting is applied once. The rules every run shares
-live here: unknown or unavailable backends, the `auto` model, tests that do not fit the model, limits outside the
-card's range. A bad plan is a UserError before any run directory exists and before any setting changes.
+A trial is (backend, test, setting); a `Setting` is the GPU state it runs under: a power limit, a locked SM clock,
+both, or neither (the state in force). `compare` and `bench` are one setting (the current one) times their backends
+and tests; `sweep` is one setting per power limit, per SM clock, or per cell of their grid (`sweep_settings`). Trials
+are ordered setting > backend > test, so each setting is applied once. The rules every run shares live here: unknown
+or unavailable backends, the `auto` model, tests that do not fit the model, limits outside the card's range, clocks
+it does not support. A bad plan is a UserError before any run directory exists and before any setting changes.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from luce_bench.backends.base import ModelSpec
 from luce_bench.config import MAX_TEST_TOKENS, BenchConfig, TestSpec, parse_limit
 from luce_bench.context import RunContext
 from luce_bench.errors import UserError
-from luce_bench.gpu.base import GPU
+from luce_bench.gpu.base import GPU, GPUError
+from luce_bench.sm_clocks import ClockTarget, parse_clocks
 
 
 @dataclass(frozen=True)
@@ -42,16 +44,19 @@ class Setting:
     """The GPU state a block of trials runs under; an empty setting measures the state in force, read-only."""
 
     power_limit: LimitTarget | None = None
+    sm_clock: ClockTarget | None = None  # the SM clock is locked (min = max) to `sm_clock.locked_mhz`
 
     @property
     def changes_gpu(self) -> bool:
         """Whether luce-bench must change the GPU for this setting."""
-        return self.power_limit is not None
+        return self.power_limit is not None or self.sm_clock is not None
 
     @property
     def label(self) -> str:
-        """Short name, e.g. "300W" ("" for the state in force)."""
-        return f"{self.power_limit.requested_w:g}W" if self.power_limit else ""
+        """Short name, e.g. "300W", "1605MHz" or "300W/1605MHz" ("" for the state in force)."""
+        parts = [f"{self.power_limit.requested_w:g}W"] if self.power_limit else []
+        parts += [f"{self.sm_clock.locked_mhz}MHz"] if self.sm_clock else []
+        return "/".join(parts)
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,11 @@ class Plan:
     def changes_gpu(self) -> bool:
         """Whether any trial needs a GPU setting changed."""
         return any(t.setting.changes_gpu for t in self.trials)
+
+    @property
+    def locks_clocks(self) -> bool:
+        """Whether any trial locks the SM clock."""
+        return any(t.setting.sm_clock is not None for t in self.trials)
 
     def blocks(self) -> Iterator[tuple[Setting, list[Trial]]]:
         """Consecutive trials sharing a setting."""
@@ -154,6 +164,47 @@ def limit_settings(cfg: BenchConfig, gpu: GPU) -> list[Setting]:
         gpu_name=gpu.name(),
     )
     return [Setting(power_limit=t) for t in order_targets(targets, cfg.sweep.order, cfg.sweep.shuffle_seed)]
+
+
+def clock_targets(cfg: BenchConfig, gpu: GPU) -> list[ClockTarget]:
+    """The configured SM clocks resolved against `gpu`'s supported clocks; UserError where it cannot lock clocks."""
+    try:
+        supported = gpu.supported_sm_clocks_mhz()
+    except GPUError as exc:
+        raise UserError(f"cannot sweep SM clocks on {gpu.name()}: {exc}; sweep --limits only") from None
+    return parse_clocks(cfg.sweep.clocks, supported, clamp=cfg.sweep.clamp, gpu_name=gpu.name())
+
+
+def _sort_key(s: Setting) -> tuple[int, int]:
+    return (s.power_limit.requested_mw if s.power_limit else 0, s.sm_clock.locked_mhz if s.sm_clock else 0)
+
+
+def order_settings(settings: Sequence[Setting], order: str = "descending", seed: int | None = None) -> list[Setting]:
+    """Limit-major then clock, descending (default) or ascending; or the whole list shuffled with `seed`."""
+    if order == "shuffle":
+        out = list(settings)
+        random.Random(seed).shuffle(out)
+        return out
+    if order not in ("descending", "ascending"):
+        raise UserError(f"bad sweep order {order!r}; expected descending, ascending or shuffle")
+    return sorted(settings, key=_sort_key, reverse=order == "descending")
+
+
+def sweep_settings(cfg: BenchConfig, gpu: GPU) -> list[Setting]:
+    """One setting per power limit, per SM clock, or per cell of their grid, validated against `gpu`, in order.
+
+    Limits only: exactly `limit_settings`. A limit sweep's order is kept for each axis of a grid; shuffle shuffles
+    the cells.
+    """
+    if not cfg.sweep.clocks:
+        return limit_settings(cfg, gpu)
+    clocks = clock_targets(cfg, gpu)
+    limits: list[LimitTarget | None] = [None]
+    if cfg.sweep.limits:
+        default_mw, range_mw = gpu.default_power_limit_mw(), gpu.power_limit_constraints_mw()
+        limits = list(parse_limits(cfg.sweep.limits, default_mw, range_mw, cfg.sweep.clamp, gpu.name()))
+    cells = [Setting(power_limit=lim, sm_clock=clk) for lim in limits for clk in clocks]
+    return order_settings(cells, cfg.sweep.order, cfg.sweep.shuffle_seed)
 
 
 TINY_NOTE = (

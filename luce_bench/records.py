@@ -4,6 +4,11 @@
 sampler's `Sample` (samples.csv) are written and read through `to_cells` / `from_cells`, so every reader gets typed
 values once. Column names follow llama-bench's where they overlap (`model_type`, `model_n_params`, `n_prompt`,
 `n_gen`, `test_time`, `avg_ts`, `stddev_ts`). Cells: floats with 6 significant digits, None and NaN empty.
+
+A setting is a power limit (`power_limit_req_w` requested, `power_limit_w` enforced) and/or a locked SM clock
+(`sm_clock_req_mhz` requested, `sm_clock_mhz` the supported clock it snapped to and was locked at; the clock the
+card actually ran at is `mean_sm_mhz`). `clock_reasons` names the clock-event reasons seen in a window
+(`sw_power_cap`: the limit held the clock down; `clock_setting`: the lock did; thermal ones; see gpu/base.py).
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ class RunRecord:
     rep: int
     power_limit_req_w: float | None = None  # None: the limit in force, not set by luce-bench
     power_limit_w: float | None = None  # enforced
+    sm_clock_req_mhz: int | None = None  # None: the SM clock not locked by luce-bench
+    sm_clock_mhz: int | None = None  # the supported clock the request snapped to, locked (min = max)
     iterations: int
     n_tokens: int
     window_s: float
@@ -63,6 +70,7 @@ class RunRecord:
     temp_start_c: float | None = None
     temp_end_c: float | None = None
     throttled_share: float | None = None
+    clock_reasons: str = ""  # clock-event reasons seen in the window, e.g. "sw_power_cap" (GpuIdle left out)
     cpu_energy_j: float | None = None  # RAPL package energy, where readable
     t_start_s: float | None = None  # window edges on the sampler's clock
     t_end_s: float | None = None
@@ -75,7 +83,7 @@ class RunRecord:
 
 @dataclass(kw_only=True)
 class SummaryRow:
-    """Repetitions of one (backend, test, power limit): n, mean, std and 95 % CI of tok/s and tok/J."""
+    """Repetitions of one (backend, test, setting): n, mean, std and 95 % CI of tok/s and tok/J."""
 
     backend: str
     model: str
@@ -84,6 +92,8 @@ class SummaryRow:
     n_gen: int
     power_limit_req_w: float | None = None
     power_limit_w: float | None = None
+    sm_clock_req_mhz: int | None = None
+    sm_clock_mhz: int | None = None
     n: int
     window_s: float | None = None
     avg_ts: float | None = None
@@ -101,7 +111,9 @@ class SummaryRow:
     idle_power_w: float | None = None
     net_tok_per_j: float | None = None
     mean_sm_mhz: float | None = None
+    mean_mem_mhz: float | None = None
     throttled_share: float | None = None
+    clock_reasons: str = ""  # reasons seen in any repetition
     max_counter_vs_sampled_pct: float | None = None
     temp_drift_c: float | None = None
     valid_reps: int
@@ -114,30 +126,64 @@ class SummaryRow:
         """The enforced limit, else the requested one (None: the limit in force)."""
         return self.power_limit_w if self.power_limit_w is not None else self.power_limit_req_w
 
+    @property
+    def is_setting(self) -> bool:
+        """Whether luce-bench set this row's GPU state (a sweep's limit and/or clock)."""
+        return self.power_limit_req_w is not None or self.sm_clock_mhz is not None
+
+    @property
+    def setting(self) -> str:
+        """The setting in words: "300 W", "1605 MHz", "300 W, 1605 MHz" ("current" for the state in force)."""
+        return setting_text(self.power_limit_req_w, self.sm_clock_mhz)
+
+
+def setting_text(limit_w: float | None, sm_clock_mhz: float | None, current: str = "current") -> str:
+    """A setting in words: "300 W", "1605 MHz" or "300 W, 1605 MHz"; `current` when neither was set."""
+    parts = [f"{limit_w:g} W"] if limit_w is not None and math.isfinite(limit_w) else []
+    parts += [f"{sm_clock_mhz:g} MHz"] if sm_clock_mhz is not None and math.isfinite(sm_clock_mhz) else []
+    return ", ".join(parts) or current
+
 
 _JSON_ONLY = {"csv": False}
 
 
 @dataclass(kw_only=True)
 class SweetSpot:
-    """Per (backend, test) of a sweep: the best tok/J keeping `min_speed` of stock tok/s (see summary.py)."""
+    """Per (backend, test) of a sweep: the best tok/J keeping `min_speed` of the reference tok/s (see summary.py).
+
+    The reference ("stock_*") is the run at the card's default limit in a limits-only sweep, the fastest setting
+    when SM clocks were swept (`reference` says which).
+    """
 
     backend: str
     test: str
-    limit_w: float
+    limit_w: float | None
     enforced_w: float | None
+    sm_clock_mhz: int | None = None
     avg_ts: float
     speed_share: float
     tok_per_j: float
     net_tok_per_j: float | None
     mean_power_w: float | None
     power_share: float | None
-    stock_limit_w: float
+    stock_limit_w: float | None
+    stock_sm_clock_mhz: int | None = None
     stock_ts: float
     stock_tok_per_j: float
     tok_per_j_gain_pct: float | None
     stock_is_default: bool = field(default=True, metadata=_JSON_ONLY)
     significant: bool = field(default=True, metadata=_JSON_ONLY)  # the gain is outside the 95 % CI
+    reference: str = field(default="stock", metadata=_JSON_ONLY)  # stock, highest (limit measured) or fastest
+
+    @property
+    def setting(self) -> str:
+        """The sweet spot's setting in words."""
+        return setting_text(self.limit_w, self.sm_clock_mhz)
+
+    @property
+    def stock_setting(self) -> str:
+        """The reference setting in words."""
+        return setting_text(self.stock_limit_w, self.stock_sm_clock_mhz)
 
 
 # --- CSV codec --------------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The report of a run directory, rebuilt from its CSVs and meta.json alone: `render(run_dir)` is the one entry.
 
 It writes summary.csv, the plots and report.md; for a sweep it adds the sweep section (sweet_spot.csv/.json, sweep
-plots). `print_report` shows the summary as a rich table; `llama_bench_table` is llama-bench's markdown layout.
+plots). `print_report` shows the summary as a rich table; `llama_bench_table` is llama-bench's markdown layout. Runs
+with locked SM clocks get an "SM clock" column (locked MHz, the request when it snapped) in both tables.
 """
 
 from __future__ import annotations
@@ -62,13 +63,32 @@ def _limit(w: float | None) -> str:
     return f"{w:g} W" if w is not None else "current"
 
 
+def _clocked(summary: Sequence[SummaryRow]) -> bool:
+    return any(r.sm_clock_mhz is not None for r in summary)
+
+
+def _clock(r: SummaryRow) -> str:
+    """The locked SM clock, with the request when it snapped: "1605 MHz (req 1600)"; "-" when not locked."""
+    if r.sm_clock_mhz is None:
+        return "-"
+    req = f" (req {r.sm_clock_req_mhz})" if r.sm_clock_req_mhz not in (None, r.sm_clock_mhz) else ""
+    return f"{r.sm_clock_mhz} MHz{req}"
+
+
+def table_head(summary: Sequence[SummaryRow]) -> list[str]:
+    """TABLE_HEAD, with an "SM clock" column after the limit when clocks were locked."""
+    return [*TABLE_HEAD[:3], "SM clock", *TABLE_HEAD[3:]] if _clocked(summary) else list(TABLE_HEAD)
+
+
 def table_rows(summary: Sequence[SummaryRow]) -> list[list[str]]:
-    """Human rows for the summary table (TABLE_HEAD)."""
+    """Human rows for the summary table (`table_head`)."""
+    clocked = _clocked(summary)
     return [
         [
             r.backend,
             r.test,
             _limit(r.power_limit_req_w),
+            *([_clock(r)] if clocked else []),
             _pm(r.avg_ts, r.stddev_ts),
             _range(r.ts_ci95_lo, r.ts_ci95_hi, 1),
             _num(r.mean_power_w),
@@ -167,7 +187,7 @@ def _markdown(run_dir: Path, summary: Sequence[SummaryRow], meta: dict[str, Any]
         "",
         "## Summary (mean ± sample std over repetitions; each repetition is one energy window)",
         "",
-        markdown_table(TABLE_HEAD, table_rows(summary)),
+        markdown_table(table_head(summary), table_rows(summary)),
         "",
         "## llama-bench layout",
         "",
@@ -178,9 +198,37 @@ def _markdown(run_dir: Path, summary: Sequence[SummaryRow], meta: dict[str, Any]
     return "\n".join(parts) + "\n"
 
 
+def _sweep_intro(sweep: dict[str, Any]) -> list[str]:
+    """The sweep section's heading and what was swept, in order."""
+    limits = ", ".join(f"{w:g} W" for w in sweep.get("limits_requested_w", []))
+    original_w = sweep.get("original_limit_w", "n/a")
+    restored = f"original limit {original_w} W"
+    if not sweep.get("clocks_locked_mhz"):
+        return [
+            "## Power-limit sweep",
+            "",
+            f"Limits (requested, in order): {limits}; {restored} restored after the sweep.",
+            "",
+        ]
+    pairs = zip(sweep.get("clocks_text", []), sweep["clocks_locked_mhz"], strict=False)
+    clocks = ", ".join(f"{text} -> {mhz} MHz" for text, mhz in pairs)
+    heading = "## Power-limit x SM-clock sweep (grid)" if limits else "## SM-clock sweep"
+    lines = [heading, "", f"Locked SM clocks (requested -> locked, in order): {clocks}."]
+    if limits:
+        lines.append(f"Limits (requested): {limits}.")
+    original = sweep.get("original_sm_lock_mhz")
+    lock = "none" if original is None else original
+    lines += [
+        f"Sweet spot: best tok/J at >= {100 * float(sweep.get('sweet_spot_min_speed', 0.95)):.0f} % of the fastest "
+        f"setting's tok/s. Original limit {original_w} W and SM clock lock ({lock}) restored after the sweep.",
+        "",
+    ]
+    return lines
+
+
 def _sweep_section(run_dir: Path, summary: Sequence[SummaryRow], meta: dict[str, Any]) -> tuple[list[SweetSpot], str]:
     """Sweet spots (written to sweet_spot.csv/.json), the sweep plots, and the report's sweep section."""
-    from luce_bench.plots import render_sweep
+    from luce_bench.sweep_plots import render_sweep
 
     sweep = meta["sweep"]
     min_speed = float(sweep.get("sweet_spot_min_speed", 0.95))
@@ -188,16 +236,10 @@ def _sweep_section(run_dir: Path, summary: Sequence[SummaryRow], meta: dict[str,
     write_csv(run_dir / "sweet_spot.csv", SweetSpot, spots)
     doc = {"min_speed": min_speed, "sweet_spots": [dataclasses.asdict(s) for s in spots]}
     atomic_write(run_dir / "sweet_spot.json", json.dumps(doc, indent=2) + "\n")
-    plots = render_sweep(run_dir, summary)
-    limits = ", ".join(f"{w:g} W" for w in sweep.get("limits_requested_w", []))
-    lines = [
-        "## Power-limit sweep",
-        "",
-        f"Limits (requested, in order): {limits}; original limit {sweep.get('original_limit_w', 'n/a')} W "
-        "restored after the sweep.",
-        "",
-    ]
-    lines += [f"- **{describe_spot(s, min_speed)}**" for s in spots] or ["- no sweet spot: no limit has energy data"]
+    plots = render_sweep(run_dir, summary, spots, min_speed)
+    lines = _sweep_intro(sweep)
+    none = f"- no sweet spot: no {'setting' if sweep.get('clocks_locked_mhz') else 'limit'} has energy data"
+    lines += [f"- **{describe_spot(s, min_speed)}**" for s in spots] or [none]
     lines += [""] + [f"![{p.stem}]({p.name})" for p in plots]
     return spots, "\n".join(lines) + "\n"
 
@@ -227,13 +269,16 @@ def print_report(report: Report, console: Any, spots: bool = True) -> None:
     from rich.table import Table
 
     table = Table(title="luce-bench summary (mean ± 95% CI)")
-    for h in ("backend", "test", "limit", "tok/s", "W", "tok/J", "n", "verdict"):
+    clocked = _clocked(report.summary)
+    head = ("backend", "test", "limit", *(("SM clock",) if clocked else ()), "tok/s", "W", "tok/J", "n", "verdict")
+    for h in head:
         table.add_column(h, justify="left" if h in ("backend", "test", "verdict") else "right")
     for r in report.summary:
         table.add_row(
             r.backend,
             r.test,
             _limit(r.power_limit_req_w),
+            *([_clock(r)] if clocked else []),
             _ci(r.avg_ts, r.ts_ci95_lo, r.ts_ci95_hi, 1),
             _num(r.mean_power_w),
             _ci(r.tok_per_j, r.tok_per_j_ci95_lo, r.tok_per_j_ci95_hi, 3),

@@ -5,12 +5,13 @@ Order (measurement.md rules 6-10; llama-bench's "minimise reloads"):
    GPU's lock and refuses a stale journal (`PowerLimitController`), and loads every backend before the first change;
    they stay resident for the whole run. Otherwise each backend is loaded just before its first trial and closed
    after its last one.
-2. Per block of trials sharing a setting: apply it (journal first, read back the enforced limit), settle under load
-   (`sweep.settle_s`), measure the idle baseline with the models resident (`sweep.idle_s`).
+2. Per block of trials sharing a setting: apply it (settings.py: lock the SM clock, set the limit, each journalled
+   first and read back), settle under load (`sweep.settle_s`), measure the idle baseline with the models resident
+   (`sweep.idle_s`).
 3. Per trial: cool down towards the run's start temperature, warm up, `reps` energy windows (measure.py). Rows and
    samples are appended to the run directory as they finish.
-4. After a changed setting: cool down. The ORIGINAL limit comes back on every exit path (`luce-bench restore` after
-   SIGKILL).
+4. After a changed setting: cool down. The ORIGINAL limit and clock lock come back on every exit path
+   (`luce-bench restore` after SIGKILL).
 A backend that fails to load or crashes is recorded and the run goes on (exit code 1 at the end); bad input
 (UserError), GPU errors and interrupts stop the run.
 """
@@ -26,13 +27,14 @@ from typing import Any, Protocol
 from luce_bench.backends.base import Backend
 from luce_bench.context import RunContext
 from luce_bench.errors import UserError
-from luce_bench.gpu.base import GPUError, GPUPermissionError, GPUReadOnlyError
-from luce_bench.measure import Limit, Meter
+from luce_bench.gpu.base import CLOCK_HINT, GPUError, GPUPermissionError, GPUReadOnlyError
+from luce_bench.measure import Conditions, Meter
 from luce_bench.plan import Plan, Setting, Trial
 from luce_bench.provenance import run_meta
 from luce_bench.records import RunRecord
 from luce_bench.results import RunWriter
 from luce_bench.sampler import Sampler
+from luce_bench.settings import apply_setting, current_limit_w, setting_meta, status_line, sweep_meta
 from luce_bench.summary import token_agreement
 
 
@@ -65,17 +67,18 @@ class Outcome:
     interrupted: bool = False
 
 
-def preflight(gpu: Any) -> None:
+def preflight(gpu: Any, locks_clocks: bool = False) -> None:
     """Stop before anything changes when settings cannot be changed; the message says how to run it."""
+    what = "changes power limits and locks SM clocks" if locks_clocks else "changes power limits"
     try:
         gpu.check_writable()
     except GPUReadOnlyError as exc:
         raise UserError(
-            f"{exc}. A sweep changes power limits; unset LUCE_BENCH_READONLY / drop --read-only, or use "
+            f"{exc}. A sweep {what}; unset LUCE_BENCH_READONLY / drop --read-only, or use "
             "`luce-bench bench` to measure at the current limit"
         ) from None
     except GPUPermissionError as exc:
-        raise UserError(str(exc)) from None
+        raise UserError(f"{exc} Also, {CLOCK_HINT}" if locks_clocks else str(exc)) from None
 
 
 def run(plan: Plan, ctx: RunContext, ui: UI, persistence: bool = True) -> Outcome:
@@ -84,7 +87,7 @@ def run(plan: Plan, ctx: RunContext, ui: UI, persistence: bool = True) -> Outcom
     if plan.changes_gpu:
         from luce_bench.gpu.power_limit import PowerLimitController
 
-        preflight(ctx.gpu)
+        preflight(ctx.gpu, plan.locks_clocks)
         control = PowerLimitController(ctx.gpu, fake=ctx.fake_preset, persistence=persistence, log=ui.status)
     with control or contextlib.nullcontext():
         writer = RunWriter.create(ctx.cfg.output_dir, plan.name)
@@ -102,7 +105,18 @@ def run(plan: Plan, ctx: RunContext, ui: UI, persistence: bool = True) -> Outcom
             outcome.n_runs = writer.n_runs
     if control is not None and not outcome.interrupted and ctx.gpu is not None:
         ui.status(f"power limit restored to {ctx.gpu.power_limit_mw() / 1000:g} W")
+        if plan.locks_clocks:
+            ui.status("SM clocks restored (" + _lock_state(ctx.gpu) + ")")
     return outcome
+
+
+def _lock_state(gpu: Any) -> str:
+    from luce_bench.gpu.journal import lock_text
+
+    try:
+        return lock_text(gpu.locked_sm_clocks_mhz())
+    except GPUError:
+        return "lock reset; NVML cannot read it back"
 
 
 class _Run:
@@ -137,7 +151,8 @@ class _Run:
 
     def execute(self) -> None:
         """The loop."""
-        self.writer.write_meta({**run_meta(self.ctx, self.plan.model), **self._sweep_meta()})
+        sweep = sweep_meta(self.plan, self.ctx.cfg, self.ctx.gpu, self.ctx.clock.unix_s())
+        self.writer.write_meta({**run_meta(self.ctx, self.plan.model), **({"sweep": sweep} if sweep else {})})
         self.writer.write_meta({"backends": self.backend_meta})
         for skipped in self.plan.skipped.items():
             self.ui.status("[yellow]skipping {}:[/yellow] {}".format(*skipped))
@@ -148,7 +163,7 @@ class _Run:
                 names = ", ".join(self.plan.backends)
                 self.ui.status(f"[red]no backend could be loaded ({names}): no setting was changed[/red]")
                 return
-        current = self._current_limit()
+        current = Conditions(enforced_w=current_limit_w(self.ctx.gpu))
         for i, (setting, trials) in enumerate(self.plan.blocks()):
             failed_here: set[str] = set()
             limit = self._apply(setting, i) if setting.changes_gpu else current
@@ -199,44 +214,29 @@ class _Run:
             self.dead.add(name)
 
     # --- settings and trials -----------------------------------------------------------------------------------------
-    def _current_limit(self) -> Limit:
-        """The limit in force (a plan without settings never changes it)."""
-        try:
-            return Limit(enforced_w=self.ctx.gpu.power_limit_mw() / 1000.0) if self.ctx.gpu is not None else Limit()
-        except GPUError:  # the limit is provenance, not a precondition
-            return Limit()
-
-    def _apply(self, setting: Setting, i: int) -> Limit:
-        """Set the block's limit, settle under load, measure the idle baseline."""
-        target = setting.power_limit
-        assert target is not None and self.control is not None
-        enforced_mw = self.control.set_limit_mw(target.requested_mw)
-        n = len(list(self.plan.blocks()))
-        note = " (clamped)" if target.clamped else ""
-        self.ui.status(
-            f"[bold]limit {i + 1}/{n}:[/bold] requested {target.requested_w:g} W{note} ({target.text}), "
-            f"enforced {enforced_mw / 1000:g} W"
-        )
+    def _apply(self, setting: Setting, i: int) -> Conditions:
+        """Apply the block's setting, settle under load, measure the idle baseline."""
+        applied = apply_setting(self.control, setting, self.ctx.gpu)
+        self.ui.status(status_line(setting, applied, i, len(list(self.plan.blocks()))))
         if self.loaded:
             test = self.ctx.cfg.test_specs[0]
             first = next(iter(self.loaded.values()))
             self.meter.loop(first, test, self.meter.prompt(test), max(self.ctx.cfg.sweep.settle_s, 0.0), False)
         idle_w = self.meter.idle_power_w(self.ctx.cfg.sweep.idle_s)
         self.ui.status(f"  idle baseline (models resident): {idle_w:.1f} W" if idle_w else "  idle baseline: n/a")
-        self.settings_meta.append(
-            {
-                "requested_w": target.requested_w,
-                "text": target.text,
-                "clamped": target.clamped,
-                "enforced_w": enforced_mw / 1000.0,
-                "idle_power_w": idle_w,
-                "t_end_s": self.sampler.now_s() if self.sampler is not None else None,
-            }
-        )
+        t_end_s = self.sampler.now_s() if self.sampler is not None else None
+        self.settings_meta.append(setting_meta(setting, applied, idle_w, t_end_s))
         self.writer.write_meta({"sweep_limits": self.settings_meta})
-        return Limit(requested_w=target.requested_w, enforced_w=enforced_mw / 1000.0, idle_power_w=idle_w)
+        limit, clock = setting.power_limit, setting.sm_clock
+        return Conditions(
+            requested_w=limit.requested_w if limit else None,
+            enforced_w=applied.enforced_w,
+            idle_power_w=idle_w,
+            sm_clock_req_mhz=clock.requested_mhz if clock else None,
+            sm_clock_mhz=applied.locked_mhz,
+        )
 
-    def _trial(self, trial: Trial, limit: Limit, failed_here: set[str]) -> None:
+    def _trial(self, trial: Trial, limit: Conditions, failed_here: set[str]) -> None:
         backend = self._load(trial.backend)
         if backend is None:
             return
@@ -266,29 +266,6 @@ class _Run:
             self.writer.add_samples(new)
 
     # --- meta.json ---------------------------------------------------------------------------------------------------
-    def _sweep_meta(self) -> dict[str, Any]:
-        gpu, cfg = self.ctx.gpu, self.ctx.cfg
-        targets = [s.power_limit for s, _ in self.plan.blocks() if s.power_limit is not None]
-        if not targets or gpu is None:
-            return {}
-        lo, hi = gpu.power_limit_constraints_mw()
-        return {
-            "sweep": {
-                "limits_requested_w": [t.requested_w for t in targets],
-                "limits_text": [t.text for t in targets],
-                "order": cfg.sweep.order,
-                "shuffle_seed": cfg.sweep.shuffle_seed,
-                "clamp": cfg.sweep.clamp,
-                "settle_s": cfg.sweep.settle_s,
-                "idle_s": cfg.sweep.idle_s,
-                "sweet_spot_min_speed": cfg.sweep.sweet_spot_min_speed,
-                "original_limit_w": gpu.power_limit_mw() / 1000.0,
-                "default_limit_w": gpu.default_power_limit_mw() / 1000.0,
-                "constraints_w": [lo / 1000.0, hi / 1000.0],
-                "started_unix_s": self.ctx.clock.unix_s(),
-            }
-        }
-
     def _final_meta(self) -> dict[str, Any]:
         return {
             "token_agreement": token_agreement(self.meter.first_tokens),

@@ -9,12 +9,14 @@ so callers can mark window edges.
 
 from __future__ import annotations
 
+import functools
+import operator
 import statistics
 import warnings
 from dataclasses import dataclass
 
 from luce_bench.clock import Cancel, Clock, RealClock
-from luce_bench.gpu.base import GPU, GPUError, is_throttled
+from luce_bench.gpu.base import GPU, GPUError, is_throttled, reason_names
 
 MIN_PERIOD_S = 0.05
 
@@ -142,8 +144,12 @@ class Sampler:
         trace = [(t0_s, first_p), *inside, (t1_s, last_p)]
         return sum(0.5 * (p0 + p1) * (t1 - t0) for (t0, p0), (t1, p1) in zip(trace, trace[1:], strict=False))
 
-    def summarize(self, t0_s: float, t1_s: float) -> dict[str, float | int | None]:
-        """Window stats: mean_power_w, mean_sm_mhz, mean_mem_mhz, temp_start_c/end_c, throttled_share, n_samples."""
+    def summarize(self, t0_s: float, t1_s: float) -> dict[str, float | int | str | None]:
+        """Window stats: mean power, SM and memory clocks, temperatures, throttled share, reasons seen, n_samples.
+
+        Keys: mean_power_w, mean_sm_mhz, mean_mem_mhz, temp_start_c, temp_end_c, throttled_share, clock_reasons (the
+        reasons seen in any sample, named), n_samples.
+        """
         win = self.window(t0_s, t1_s)
         if not win:
             return {
@@ -153,6 +159,7 @@ class Sampler:
                 "temp_start_c": None,
                 "temp_end_c": None,
                 "throttled_share": None,
+                "clock_reasons": "",
                 "n_samples": 0,
             }
         n = len(win)
@@ -163,6 +170,7 @@ class Sampler:
             "temp_start_c": win[0].temp_c,
             "temp_end_c": win[-1].temp_c,
             "throttled_share": sum(is_throttled(s.reasons) for s in win) / n,
+            "clock_reasons": reason_names(functools.reduce(operator.or_, (s.reasons for s in win), 0)),
             "n_samples": n,
         }
 

@@ -1,7 +1,9 @@
 """From repetitions to conclusions: summary rows, the sweet spot of a sweep, greedy-token agreement.
 
-Sweet spot, per (backend, test): the limit with the best gross tok/J whose tok/s stays at or above `min_speed` x the
-stock tok/s (stock = the run at the card's default limit, else the highest limit measured).
+Sweet spot, per (backend, test): the setting with the best gross tok/J whose tok/s stays at or above `min_speed` x
+the reference tok/s. The reference of a power-limit sweep is stock: the run at the card's default limit, else the
+highest limit measured. When SM clocks were swept (alone or as a grid with limits) it is the fastest setting measured:
+a clock sweep has no stock row (every row is locked), and "keep 95 % of the best speed" reads the same on both axes.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ def _summary_row(rs: Sequence[RunRecord]) -> SummaryRow:
         n_gen=first.n_gen,
         power_limit_req_w=first.power_limit_req_w,
         power_limit_w=first.power_limit_w,
+        sm_clock_req_mhz=first.sm_clock_req_mhz,
+        sm_clock_mhz=first.sm_clock_mhz,
         n=ts.n,
         window_s=mean(r.window_s for r in rs),
         avg_ts=ts.mean,
@@ -55,7 +59,9 @@ def _summary_row(rs: Sequence[RunRecord]) -> SummaryRow:
         idle_power_w=mean(r.idle_power_w for r in rs),
         net_tok_per_j=mean(r.net_tok_per_j for r in valid),
         mean_sm_mhz=mean(r.mean_sm_mhz for r in rs),
+        mean_mem_mhz=mean(r.mean_mem_mhz for r in rs),
         throttled_share=mean(r.throttled_share for r in rs),
+        clock_reasons=";".join(dict.fromkeys(n for r in rs for n in r.clock_reasons.split(";") if n)),
         max_counter_vs_sampled_pct=_max_abs([r.counter_vs_sampled_pct for r in rs]),
         temp_drift_c=_max_abs(drift),
         valid_reps=len(valid),
@@ -66,30 +72,44 @@ def _summary_row(rs: Sequence[RunRecord]) -> SummaryRow:
 
 
 def summarize(runs: Sequence[RunRecord]) -> list[SummaryRow]:
-    """One row per (backend, test, requested power limit), in first-seen order."""
-    groups: dict[tuple[str, str, float | None], list[RunRecord]] = {}
+    """One row per (backend, test, requested power limit, locked SM clock), in first-seen order."""
+    groups: dict[tuple[str, str, float | None, int | None], list[RunRecord]] = {}
     for r in runs:
-        groups.setdefault((r.backend, r.test, r.power_limit_req_w), []).append(r)
+        groups.setdefault((r.backend, r.test, r.power_limit_req_w, r.sm_clock_mhz), []).append(r)
     return [_summary_row(rs) for rs in groups.values()]
 
 
-def _by_limit(summary: Sequence[SummaryRow]) -> dict[tuple[str, str], list[SummaryRow]]:
-    """Rows with a requested limit, per (backend, test), highest limit first."""
+def _setting_key(r: SummaryRow) -> tuple[bool, float, bool, float]:
+    """Highest limit first (no limit last), then highest clock (no lock last)."""
+    limit_w, clock_mhz = r.power_limit_req_w, r.sm_clock_mhz
+    return limit_w is None, -(limit_w or 0.0), clock_mhz is None, -(clock_mhz or 0.0)
+
+
+def by_setting(summary: Sequence[SummaryRow]) -> dict[tuple[str, str], list[SummaryRow]]:
+    """Rows of the settings luce-bench made (a limit and/or a clock), per (backend, test), in `_setting_key` order."""
     out: dict[tuple[str, str], list[SummaryRow]] = {}
     for r in summary:
-        if r.power_limit_req_w is not None and math.isfinite(r.power_limit_req_w):
+        if r.is_setting and (r.power_limit_req_w is None or math.isfinite(r.power_limit_req_w)):
             out.setdefault((r.backend, r.test), []).append(r)
-    return {k: sorted(v, key=lambda r: -_v(r.power_limit_req_w)) for k, v in out.items()}
+    return {k: sorted(v, key=_setting_key) for k, v in out.items()}
 
 
 def _is_limit(row: SummaryRow, limit_w: float | None) -> bool:
     return limit_w is not None and abs(_v(row.power_limit_req_w) - limit_w) < 0.5
 
 
+def _reference(rows: list[SummaryRow], default_w: float | None) -> tuple[SummaryRow, str]:
+    """The row tok/s is kept against, and which kind it is: stock, highest (limit measured) or fastest."""
+    if any(r.sm_clock_mhz is not None for r in rows):
+        return max(rows, key=lambda r: _v(r.avg_ts) if math.isfinite(_v(r.avg_ts)) else -math.inf), "fastest"
+    stock = next((r for r in rows if _is_limit(r, default_w)), None)
+    return (stock, "stock") if stock is not None else (rows[0], "highest")
+
+
 def _spot(
     backend: str, test: str, rows: list[SummaryRow], min_speed: float, default_w: float | None
 ) -> SweetSpot | None:
-    stock = next((r for r in rows if _is_limit(r, default_w)), rows[0])
+    stock, reference = _reference(rows, default_w)
     stock_ts, stock_tpj = _v(stock.avg_ts), _v(stock.tok_per_j)
     ok = [r for r in rows if math.isfinite(_v(r.tok_per_j)) and _v(r.avg_ts) >= min_speed * stock_ts]
     if not ok or not math.isfinite(stock_ts):
@@ -99,41 +119,49 @@ def _spot(
     return SweetSpot(
         backend=backend,
         test=test,
-        limit_w=_v(best.power_limit_req_w),
+        limit_w=best.power_limit_req_w,
         enforced_w=_v(best.limit_w),
+        sm_clock_mhz=best.sm_clock_mhz,
         avg_ts=_v(best.avg_ts),
         speed_share=_v(best.avg_ts) / stock_ts,
         tok_per_j=tpj,
         net_tok_per_j=_v(best.net_tok_per_j),
         mean_power_w=_v(best.mean_power_w),
         power_share=_v(best.mean_power_w) / _v(stock.mean_power_w),
-        stock_limit_w=_v(stock.power_limit_req_w),
+        stock_limit_w=stock.power_limit_req_w,
+        stock_sm_clock_mhz=stock.sm_clock_mhz,
         stock_ts=stock_ts,
         stock_tok_per_j=stock_tpj,
         tok_per_j_gain_pct=100.0 * (tpj / stock_tpj - 1.0) if stock_tpj > 0 else math.nan,
-        stock_is_default=_is_limit(stock, default_w),
+        stock_is_default=reference == "stock",
         significant=best is stock or _v(best.tok_per_j_ci95_lo) > stock_tpj,
+        reference=reference,
     )
 
 
 def sweet_spots(
     summary: Sequence[SummaryRow], min_speed: float = 0.95, default_limit_w: float | None = None
 ) -> list[SweetSpot]:
-    """One sweet spot per (backend, test) with at least one measured limit; see the module docstring."""
-    spots = [_spot(b, t, rows, min_speed, default_limit_w) for (b, t), rows in _by_limit(summary).items()]
+    """One sweet spot per (backend, test) with at least one measured setting; see the module docstring."""
+    spots = [_spot(b, t, rows, min_speed, default_limit_w) for (b, t), rows in by_setting(summary).items()]
     return [s for s in spots if s is not None]
 
 
 def describe_spot(s: SweetSpot, min_speed: float) -> str:
     """One sentence for the console and the report."""
-    stock = "stock" if s.stock_is_default else "the highest measured limit"
+    if s.reference == "fastest":
+        where = s.setting + (f" (enforced {_v(s.enforced_w):g} W)" if s.limit_w is not None else "")
+        stock = f"the fastest setting, {s.stock_setting}"
+    else:
+        where = f"{_v(s.limit_w):g} W (enforced {_v(s.enforced_w):g} W)"
+        stock = f"{'stock' if s.stock_is_default else 'the highest measured limit'} {_v(s.stock_limit_w):g} W"
     text = (
-        f"{s.backend} {s.test}: sweet spot {s.limit_w:g} W (enforced {_v(s.enforced_w):g} W): "
-        f"{s.tok_per_j:.3f} tok/J ({_v(s.tok_per_j_gain_pct):+.1f} % vs {stock} {s.stock_limit_w:g} W), "
+        f"{s.backend} {s.test}: sweet spot {where}: "
+        f"{s.tok_per_j:.3f} tok/J ({_v(s.tok_per_j_gain_pct):+.1f} % vs {stock}), "
         f"{100 * s.speed_share:.1f} % of its tok/s at {100 * _v(s.power_share):.0f} % of its power "
         f"(threshold >= {100 * min_speed:.0f} %)"
     )
-    if not s.stock_is_default:
+    if s.reference == "highest":
         text += "; the card's default limit was not measured"
     if not s.significant:
         text += "; the gain is within the 95 % CI: not significant"

@@ -14,7 +14,9 @@ ROOT_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 FAST = ["--reps", "2", "--window-s", "0.3", "--warmup-s", "0.05", "--rep-gap-max-s", "0", "--tests", "pp16,tg8"]
 
 
-@pytest.mark.parametrize("cmd", [[], ["compare"], ["bench"], ["report"], ["info"], ["model"], ["model", "prepare"]])
+@pytest.mark.parametrize(
+    "cmd", [[], ["compare"], ["bench"], ["sweep"], ["restore"], ["report"], ["info"], ["model"], ["model", "prepare"]]
+)
 def test_every_command_has_help(cmd):
     result = runner.invoke(app, [*cmd, "--help"])
     assert result.exit_code == 0, result.output

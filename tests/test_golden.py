@@ -11,6 +11,11 @@ reproduces them cell for cell, except:
 * standard deviations (`stddev_ts`, `tok_per_j_std`): the old hand formula left rounding noise where every
   repetition has the same value (3.48e-14 tok/s for three equal 246.594); `statistics.stdev` is exact (0). They agree
   within 1e-12 of the mean.
+Issue 14 (locked SM clocks) added columns and changed no recorded cell: runs.csv gained `sm_clock_req_mhz`,
+`sm_clock_mhz` (empty: these runs lock no clock) and `clock_reasons` ("sw_power_cap" exactly where
+`throttled_share` is 1, else empty); summary.csv the same plus `mean_mem_mhz` (the simulated card's one memory clock,
+9751); sweet_spot.csv `sm_clock_mhz` and `stock_sm_clock_mhz` (empty). They were inserted into the recorded files,
+whose other bytes are unchanged; samples.csv is unchanged.
 `LUCE_BENCH_UPDATE_GOLDEN=1` rewrites the files (only when a change of the numbers is intended).
 """
 

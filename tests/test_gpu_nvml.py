@@ -1,4 +1,4 @@
-"""NvmlGPU against a stand-in pynvml: units, field 186, error mapping, read-only refusal."""
+"""NvmlGPU against an autospecced pynvml: units, field 186, clock tables and locks, error mapping, read-only refusal."""
 
 from __future__ import annotations
 
@@ -10,44 +10,40 @@ import pytest
 
 from luce_bench.gpu import GPUNotSupportedError, GPUPermissionError, GPUReadOnlyError, GPUUnavailable
 
-
-class FakeNVMLError(Exception):
-    def __init__(self, value: int) -> None:
-        super().__init__(f"NVML error {value}")
-        self.value = value
+REAL = pytest.importorskip("pynvml")
 
 
 def _fv(value: int, ret: int = 0):
     return types.SimpleNamespace(nvmlReturn=ret, valueType=3, value=types.SimpleNamespace(ullVal=value))
 
 
+def _err(code: int) -> Exception:
+    return REAL.NVMLError(code)
+
+
 @pytest.fixture
 def nvml(monkeypatch):
-    m = types.SimpleNamespace(
-        NVMLError=FakeNVMLError,
-        NVML_ERROR_NO_PERMISSION=4,
-        NVML_ERROR_NOT_SUPPORTED=3,
-        NVML_ERROR_FUNCTION_NOT_FOUND=13,
-        NVML_ERROR_LIBRARY_NOT_FOUND=12,
-        NVML_ERROR_DRIVER_NOT_LOADED=9,
-        NVML_ERROR_GPU_IS_LOST=15,
-        NVML_CLOCK_SM=1,
-        NVML_CLOCK_MEM=2,
-        NVML_TEMPERATURE_GPU=0,
+    """The installed nvidia-ml-py's pynvml, autospecced: a misspelt name or a wrong argument count fails.
+
+    Constants and the NVMLError classes are the real ones, so error codes map as they do on a GPU.
+    """
+    m = mock.create_autospec(REAL)
+    for name, value in vars(REAL).items():
+        if isinstance(value, int | float | str) or (isinstance(value, type) and issubclass(value, Exception)):
+            setattr(m, name, value)
+    m.nvmlDeviceGetCount.return_value = 1
+    m.nvmlDeviceGetHandleByIndex.return_value = "h0"
+    m.nvmlDeviceGetPowerManagementLimitConstraints.return_value = [200000, 700000]
+    m.nvmlDeviceGetEnforcedPowerLimit.return_value = 700000
+    m.nvmlDeviceGetPowerUsage.side_effect = AssertionError("1 s average must not be used")
+    m.nvmlDeviceGetFieldValues.side_effect = lambda h, ids: [_fv({186: 72500, 185: 71000}.get(i, i * 10)) for i in ids]
+    m.nvmlDeviceGetClockInfo.side_effect = lambda h, which: {REAL.NVML_CLOCK_SM: 1980, REAL.NVML_CLOCK_MEM: 2619}[which]
+    m.nvmlSystemGetCudaDriverVersion.return_value = 13000
+    # an H200's clock tables: one memory clock, SM clocks 1980..345 MHz in 15 MHz steps (unsorted, as NVML may list)
+    m.nvmlDeviceGetSupportedMemoryClocks.return_value = [3201]
+    m.nvmlDeviceGetSupportedGraphicsClocks.side_effect = lambda h, mem: (
+        list(range(345, 1981, 15)) if mem == 3201 else []
     )
-    m.nvmlInit = mock.Mock()
-    m.nvmlShutdown = mock.Mock()
-    m.nvmlDeviceGetCount = mock.Mock(return_value=1)
-    m.nvmlDeviceGetHandleByIndex = mock.Mock(return_value="h0")
-    m.nvmlDeviceGetPowerManagementLimitConstraints = mock.Mock(return_value=[200000, 700000])
-    m.nvmlDeviceGetEnforcedPowerLimit = mock.Mock(return_value=700000)
-    m.nvmlDeviceSetPowerManagementLimit = mock.Mock()
-    m.nvmlDeviceGetPowerUsage = mock.Mock(side_effect=AssertionError("1 s average must not be used"))
-    m.nvmlDeviceGetFieldValues = mock.Mock(
-        side_effect=lambda h, ids: [_fv({186: 72500, 185: 71000}.get(i, i * 10)) for i in ids]
-    )
-    m.nvmlDeviceGetClockInfo = mock.Mock(side_effect=lambda h, which: {1: 1980, 2: 2619}[which])
-    m.nvmlSystemGetCudaDriverVersion = mock.Mock(return_value=13000)
     monkeypatch.setitem(sys.modules, "pynvml", m)
     import luce_bench.gpu.nvml as nvml_mod
 
@@ -74,10 +70,10 @@ def test_error_mapping(nvml):
     from luce_bench.gpu.nvml import NvmlGPU
 
     gpu = NvmlGPU(0)
-    nvml.nvmlDeviceSetPowerManagementLimit.side_effect = FakeNVMLError(4)
+    nvml.nvmlDeviceSetPowerManagementLimit.side_effect = _err(REAL.NVML_ERROR_NO_PERMISSION)
     with pytest.raises(GPUPermissionError, match="CAP_SYS_ADMIN"):
         gpu.set_power_limit_mw(300000)
-    nvml.nvmlDeviceGetEnforcedPowerLimit.side_effect = FakeNVMLError(3)
+    nvml.nvmlDeviceGetEnforcedPowerLimit.side_effect = _err(REAL.NVML_ERROR_NOT_SUPPORTED)
     with pytest.raises(GPUNotSupportedError):
         gpu.power_limit_mw()
 
@@ -96,6 +92,104 @@ def test_unavailable_reasons(nvml):
 
     with pytest.raises(GPUUnavailable, match="index 3 out of range"):
         NvmlGPU(3)
-    nvml.nvmlInit.side_effect = FakeNVMLError(9)
+    nvml.nvmlInit.side_effect = _err(REAL.NVML_ERROR_DRIVER_NOT_LOADED)
     with pytest.raises(GPUUnavailable, match="no NVIDIA driver"):
         NvmlGPU(0)
+
+
+def test_a_misspelt_nvml_name_fails(nvml):
+    with pytest.raises(AttributeError):
+        nvml.nvmlDeviceSetGpuLockedClock  # noqa: B018 - the real name ends in "Clocks"
+    with pytest.raises(TypeError):
+        nvml.nvmlDeviceSetGpuLockedClocks("h0", 1200)  # the real call takes (handle, min, max)
+
+
+def test_supported_clocks_at_the_highest_memory_clock(nvml):
+    from luce_bench.gpu.nvml import NvmlGPU
+
+    nvml.nvmlDeviceGetSupportedMemoryClocks.return_value = [1593, 3201]
+    gpu = NvmlGPU(0)
+    sm = gpu.supported_sm_clocks_mhz()
+    assert sm[0] == 1980 and sm[-1] == 345 and sm == sorted(sm, reverse=True) and len(sm) == 110
+    assert gpu.supported_mem_clocks_mhz() == [3201, 1593]
+    nvml.nvmlDeviceGetSupportedGraphicsClocks.assert_called_once_with("h0", 3201)
+
+
+def test_lock_and_reset_reach_nvml_with_min_and_max(nvml):
+    from luce_bench.gpu.nvml import NvmlGPU
+
+    gpu = NvmlGPU(0)
+    gpu.set_locked_sm_clocks_mhz(1200, 1200)
+    nvml.nvmlDeviceSetGpuLockedClocks.assert_called_once_with("h0", 1200, 1200)
+    gpu.reset_locked_sm_clocks()
+    nvml.nvmlDeviceResetGpuLockedClocks.assert_called_once_with("h0")
+    with pytest.raises(GPUNotSupportedError, match="cannot read back"):
+        gpu.locked_sm_clocks_mhz()
+
+
+@pytest.mark.parametrize(
+    "code,error,words",
+    [
+        (
+            REAL.NVML_ERROR_NO_PERMISSION,
+            GPUPermissionError,
+            "no permission; locking SM clocks needs root or CAP_SYS_ADMIN",
+        ),
+        (REAL.NVML_ERROR_NOT_SUPPORTED, GPUNotSupportedError, "not supported on this GPU/driver; locking SM clocks"),
+    ],
+    ids=["no-permission", "not-supported"],
+)
+def test_clock_lock_errors_name_what_is_needed(nvml, code, error, words):
+    from luce_bench.gpu.nvml import NvmlGPU
+
+    nvml.nvmlDeviceSetGpuLockedClocks.side_effect = _err(code)
+    with pytest.raises(error, match=words) as info:
+        NvmlGPU(0).set_locked_sm_clocks_mhz(1200, 1200)
+    assert "some cards and drivers do not support locked clocks" in str(info.value)
+
+
+def test_read_only_never_reaches_the_clock_setters(nvml, monkeypatch):
+    from luce_bench.gpu.nvml import NvmlGPU
+
+    for gpu in (NvmlGPU(0, read_only=True), NvmlGPU(0)):
+        if not gpu.read_only:
+            monkeypatch.setenv("LUCE_BENCH_READONLY", "1")
+        with pytest.raises(GPUReadOnlyError):
+            gpu.set_locked_sm_clocks_mhz(1200, 1200)
+        with pytest.raises(GPUReadOnlyError):
+            gpu.reset_locked_sm_clocks()
+    nvml.nvmlDeviceSetGpuLockedClocks.assert_not_called()
+    nvml.nvmlDeviceResetGpuLockedClocks.assert_not_called()
+
+
+def test_every_protocol_call_exists_in_pynvml(nvml):
+    """Each getter and setter once against the autospec: a misspelt function or a wrong argument count would raise."""
+    from luce_bench.gpu.base import GPU
+    from luce_bench.gpu.nvml import NvmlGPU
+
+    nvml.nvmlDeviceGetCudaComputeCapability.return_value = (9, 0)
+    gpu = NvmlGPU(0)
+    assert isinstance(gpu, GPU)
+    for getter in (gpu.name, gpu.uuid, gpu.driver_version, gpu.default_power_limit_mw, gpu.total_energy_mj):
+        getter()
+    for getter in (gpu.temperature_c, gpu.clock_event_reasons, gpu.persistence_mode, gpu.compute_capability):
+        getter()
+    gpu.set_power_limit_mw(300_000)
+    gpu.set_persistence_mode(True)
+    gpu.set_locked_sm_clocks_mhz(345, 1980)
+    gpu.reset_locked_sm_clocks()
+
+
+def test_info_reads_clocks_through_getters_only(nvml):
+    from luce_bench.info import gather
+
+    data = gather(0)
+    assert data["gpu"]["sm_clocks_supported"] == "345-1980 MHz, 110 clocks every 15 MHz"
+    assert data["gpu"]["mem_clocks_supported"] == "3201 MHz"
+    assert data["gpu"]["sm_clock_lock"] == "not readable through NVML"
+    for setter in (
+        "nvmlDeviceSetGpuLockedClocks",
+        "nvmlDeviceResetGpuLockedClocks",
+        "nvmlDeviceSetPowerManagementLimit",
+    ):
+        getattr(nvml, setter).assert_not_called()

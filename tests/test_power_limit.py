@@ -7,10 +7,11 @@ import json
 import pytest
 
 from luce_bench.errors import UserError
-from luce_bench.gpu import GPUPermissionError, GPUReadOnlyError
+from luce_bench.gpu import GPUNotSupportedError, GPUPermissionError, GPUReadOnlyError
 from luce_bench.gpu.fake import PRESETS, FakeGPU
 from luce_bench.gpu.journal import JournalError, journal_path, list_journals
-from luce_bench.gpu.power_limit import PowerLimitController, applied_power_limit, restore_from_journals
+from luce_bench.gpu.power_limit import PowerLimitController, applied_power_limit
+from luce_bench.gpu.restore import restore_from_journals
 from luce_bench.plan import parse_limits
 
 H100 = (200_000, 700_000)
@@ -143,3 +144,99 @@ def test_env_read_only_holds_even_for_a_gpu_opened_writable(monkeypatch):
     monkeypatch.setenv("LUCE_BENCH_READONLY", "1")
     with pytest.raises(GPUReadOnlyError):
         gpu.set_power_limit_mw(300_000)
+
+
+# --- locked SM clocks on the same rails (issue 14) ----------------------------------------------------------------
+def test_journal_rewritten_before_the_first_clock_change_and_clocks_restored(state_dir):
+    gpu = FakeGPU()
+    seen = []
+    original_lock = gpu.set_locked_sm_clocks_mhz
+
+    def spy(lo, hi):
+        seen.append(json.loads(journal_path(gpu.uuid()).read_text()))
+        original_lock(lo, hi)
+
+    gpu.set_locked_sm_clocks_mhz = spy
+    with PowerLimitController(gpu, log=lambda m: None) as ctl:
+        ctl.set_limit_mw(300_000)
+        assert json.loads(journal_path(gpu.uuid()).read_text())["sm_clocks_changed"] is False
+        assert ctl.set_sm_clock_mhz(1200) == 1200
+        assert ctl.set_sm_clock_mhz(1200) == 1200  # unchanged: not set again
+        assert gpu.locked_sm_clocks_mhz() == (1200, 1200)
+    assert len(seen) == 1 and seen[0]["sm_clocks_changed"] is True and seen[0]["original_sm_lock_mhz"] is None
+    assert seen[0]["original_limit_mw"] == 420_000  # the first journal's original survives the rewrite
+    assert gpu.locked_sm_clocks_mhz() is None and gpu.power_limit_mw() == 420_000
+    assert list_journals() == []
+
+
+def test_a_lock_set_before_the_run_comes_back_not_a_reset():
+    gpu = FakeGPU()
+    gpu.set_locked_sm_clocks_mhz(900, 1500)  # the user's own lock
+    with pytest.raises(RuntimeError), PowerLimitController(gpu) as ctl:
+        ctl.set_sm_clock_mhz(1200)
+        raise RuntimeError("backend crashed")
+    assert gpu.locked_sm_clocks_mhz() == (900, 1500)
+    assert ("sm_lock_mhz", None) not in gpu.set_calls
+
+
+def test_a_power_only_run_never_touches_the_clocks():
+    gpu = FakeGPU()
+    gpu.set_locked_sm_clocks_mhz(900, 1500)
+    with PowerLimitController(gpu) as ctl:
+        ctl.set_limit_mw(220_000)
+    assert [c for c in gpu.set_calls if c[0] == "sm_lock_mhz"] == [("sm_lock_mhz", [900, 1500])]
+
+
+class Unreadable(FakeGPU):
+    """A card like NVML's: locks can be set but not read back."""
+
+    def locked_sm_clocks_mhz(self):
+        raise GPUNotSupportedError("NVML cannot read back a locked SM clock range")
+
+
+def test_an_unreadable_lock_is_journalled_as_such_and_reset_at_the_end():
+    gpu = Unreadable()
+    notes = []
+    with PowerLimitController(gpu, log=notes.append) as ctl:
+        ctl.set_sm_clock_mhz(1200)
+        ctl.set_sm_clock_mhz(1200)  # cannot tell it is already set: set again
+        journal = json.loads(journal_path(gpu.uuid()).read_text())
+    assert journal["sm_lock_readable"] is False and journal["sm_clocks_changed"] is True
+    assert [c for c in gpu.set_calls if c[0] == "sm_lock_mhz"] == [("sm_lock_mhz", [1200, 1200])] * 2 + [
+        ("sm_lock_mhz", None)
+    ]
+    assert any("cannot read back a clock lock" in n for n in notes)
+
+
+def test_a_refused_lock_changes_nothing_and_leaves_no_journal():
+    gpu = FakeGPU(clock_locks=False)
+    with pytest.raises(GPUNotSupportedError, match="some cards and drivers"), PowerLimitController(gpu) as ctl:
+        ctl.set_sm_clock_mhz(1200)
+    assert gpu.persistence_mode() is False and gpu.power_limit_mw() == 420_000
+    assert list_journals() == []  # the restore found nothing to undo and cleared the journal
+
+
+def test_restore_replays_limit_and_clocks(state_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("LUCE_BENCH_FAKE_GPU_STATE", str(tmp_path / "fake.json"))
+    from luce_bench.gpu import open_gpu
+    from luce_bench.gpu.power_limit import _Guard
+
+    ctl = PowerLimitController(open_gpu(fake_preset="rtx3090"), fake="rtx3090").__enter__()
+    ctl.set_limit_mw(220_000)
+    ctl.set_sm_clock_mhz(1200)
+    ctl._lock.release()  # simulate SIGKILL
+    _Guard.remove(ctl)
+    (dry,) = restore_from_journals(dry_run=True)
+    assert dry.startswith("would restore") and "original limit 420 W, SM clocks unlocked" in dry
+    (line,) = restore_from_journals()
+    assert "power limit 220 W -> 420 W, SM clocks locked 1200 MHz -> unlocked" in line
+    card = open_gpu(fake_preset="rtx3090")
+    assert card.power_limit_mw() == 420_000 and card.locked_sm_clocks_mhz() is None
+
+
+def test_read_only_refuses_clock_locks_before_anything_changes(monkeypatch):
+    gpu = FakeGPU()
+    monkeypatch.setenv("LUCE_BENCH_READONLY", "1")
+    with pytest.raises(GPUReadOnlyError):
+        PowerLimitController(gpu).__enter__()
+    assert gpu.set_calls == [] and list_journals() == []

@@ -1,13 +1,16 @@
 """The sweep process killed mid-run: SIGTERM/SIGINT/SIGHUP restore at once; SIGKILL needs `luce-bench restore`.
 
 After SIGKILL the journal is left behind; `luce-bench restore`, run as a second process, replays it to give back the
-original limit.
+original limit. The grid tests sweep limits x locked SM clocks and are killed at seeded random moments inside chosen
+cells: afterwards the original limit AND clock lock are back, and every repetition the sweep reported is in runs.csv,
+complete (rows are appended and fsynced before they are reported).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -54,29 +57,37 @@ def env(tmp_path):
     return e
 
 
-def _limit_mw(env) -> int | None:
+def _card_state(env) -> dict:
     path = Path(env["LUCE_BENCH_FAKE_GPU_STATE"])
     try:
-        return next(iter(json.loads(path.read_text()).values()))["limit_mw"]
+        return next(iter(json.loads(path.read_text()).values()))
     except (OSError, ValueError, StopIteration):
-        return None
+        return {}
 
 
-def _start_and_wait_for(env, tmp_path, limit_mw):
+def _limit_mw(env) -> int | None:
+    return _card_state(env).get("limit_mw")
+
+
+def _lock_mhz(env) -> list[int] | None:
+    return _card_state(env).get("sm_lock_mhz")
+
+
+def _start_and_wait_for(env, tmp_path, limit_mw, lock_mhz=None, args=ARGS, stdout=subprocess.DEVNULL, wait_s=0.5):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "luce_bench", *ARGS, "-o", str(tmp_path / "runs")],
+        [sys.executable, "-m", "luce_bench", *args, "-o", str(tmp_path / "runs")],
         env=env,
-        stdout=subprocess.DEVNULL,
+        stdout=stdout,
         stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
     )
     deadline = time.monotonic() + 120
-    while _limit_mw(env) != limit_mw:
+    while _limit_mw(env) != limit_mw or (lock_mhz is not None and _lock_mhz(env) != [lock_mhz, lock_mhz]):
         assert proc.poll() is None, proc.stderr.read()
-        assert time.monotonic() < deadline, "sweep never reached the limit"
+        assert time.monotonic() < deadline, "sweep never reached the setting"
         time.sleep(0.05)
-    time.sleep(0.5)  # inside the measurement at that limit
+    time.sleep(wait_s)  # inside the measurement at that setting
     return proc
 
 
@@ -113,4 +124,62 @@ def test_signal_mid_sweep_restores(env, tmp_path, sig):
     assert proc.returncode != 0
     assert "restoring power limits" in err
     assert _limit_mw(env) == 420_000
+    assert not list((tmp_path / "state").glob("power-limit-*.json"))
+
+
+GRID = [*ARGS[:2], "--limits", "420,300", "--clocks", "1950,1200", *ARGS[4:], "--tests", "pp64,tg8", "--reps", "2"]
+
+
+def _reported_and_written(out: str, tmp_path) -> tuple[int, list]:
+    """(repetitions the sweep printed, rows of runs.csv read back: every cell typed, so none half-written)."""
+    from luce_bench.results import read_runs
+
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    reported = sum(1 for line in out.splitlines() if " rep " in line and "tok/s" in line)
+    return reported, read_runs(run_dir)
+
+
+@pytest.mark.parametrize(
+    "limit_mw,lock_mhz,seed",
+    [(420_000, 1200, 1), (300_000, 1950, 2), (300_000, 1200, 3)],
+    ids=["420W-1200MHz", "300W-1950MHz", "300W-1200MHz"],
+)
+def test_grid_sigkill_at_random_points_then_restore(env, tmp_path, limit_mw, lock_mhz, seed):
+    env = {**env, "PYTHONUNBUFFERED": "1"}  # every reported repetition reaches the pipe before the kill
+    wait_s = random.Random(seed).uniform(0.0, 1.0)
+    proc = _start_and_wait_for(env, tmp_path, limit_mw, lock_mhz, GRID, subprocess.PIPE, wait_s)
+    proc.send_signal(signal.SIGKILL)
+    out, _ = proc.communicate(timeout=30)
+    # nothing ran on SIGKILL: the card keeps a cell's setting (this one, or the next if the kill came later)
+    lock_before = _lock_mhz(env)
+    assert _limit_mw(env) in (420_000, 300_000) and lock_before in ([1950, 1950], [1200, 1200])
+    reported, rows = _reported_and_written(out, tmp_path)
+    assert reported > 0 and reported <= len(rows) <= reported + 1  # no reported row lost; at most one unreported
+    assert all(r.sm_clock_mhz in (1950, 1200) and r.power_limit_req_w in (420, 300) for r in rows)
+    again = subprocess.run(
+        [sys.executable, "-m", "luce_bench", *GRID], env=env, capture_output=True, text=True, cwd=ROOT
+    )
+    assert again.returncode == 2 and "luce-bench restore" in again.stderr
+    res = subprocess.run(
+        [sys.executable, "-m", "luce_bench", "restore"], env=env, capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert res.returncode == 0, res.stderr
+    assert f"SM clocks locked {lock_before[0]} MHz -> unlocked" in res.stdout
+    assert (_limit_mw(env), _lock_mhz(env)) == (420_000, None)
+    assert _card_state(env)["persistence"] is False
+    assert not list((tmp_path / "state").glob("power-limit-*.json"))
+
+
+@pytest.mark.parametrize(
+    "sig,limit_mw,lock_mhz",
+    [(signal.SIGTERM, 300_000, 1950), (signal.SIGINT, 420_000, 1200)],
+    ids=["SIGTERM", "SIGINT"],
+)
+def test_grid_signal_restores_limit_and_clocks(env, tmp_path, sig, limit_mw, lock_mhz):
+    proc = _start_and_wait_for(env, tmp_path, limit_mw, lock_mhz, GRID)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert "restoring power limits and SM clocks" in err
+    assert (_limit_mw(env), _lock_mhz(env)) == (420_000, None)
     assert not list((tmp_path / "state").glob("power-limit-*.json"))

@@ -2,12 +2,13 @@
 
 `sim` is a SIMULATED backend; its numbers are a model, never a measurement. It produces deterministic pseudo tokens
 and waits, on the run's clock, for the time the FakeGPU's DVFS model says the work would take at the current power
-limit: time = tokens / (stock rate x throughput share), where the share follows the simulated SM clock (prefill
-mostly compute-bound, decode mostly memory-bound). It is given the card it simulates on; it runs only in a run with
-a simulated GPU.
+limit and clock lock: time = tokens / (stock rate x throughput share), where the share follows the simulated SM clock
+(prefill mostly compute-bound, decode mostly memory-bound; gpu/fake_model.py). It is given the card it simulates
+on; it runs only in a run with a simulated GPU.
 
 `SimulatedLoad` wraps each backend of such a run so the card is loaded while the backend computes: the simulated
-power, clocks and energy counter respond to the work (the GPU protocol itself has no such hook).
+power, clocks and energy counter respond to the work (the GPU protocol itself has no such hook). Prefill loads it
+as compute-bound work, which has its own draw on presets that model one (h200).
 """
 
 from __future__ import annotations
@@ -22,8 +23,13 @@ from luce_bench.gpu.fake import FakeGPU
 
 NOTE = "SIMULATED backend: throughput comes from the FakeGPU's DVFS model, not from running a model"
 
-# (prefill tok/s, decode tok/s) at the top clock, per FakeGPU preset; roughly a 0.8B model at batch 1.
-STOCK_RATES: dict[str, tuple[float, float]] = {"rtx3090": (9000.0, 250.0), "h100-sxm": (24000.0, 420.0)}
+# (prefill tok/s, decode tok/s) at the top clock, per FakeGPU preset; roughly a 0.8B model at batch 1. h200: measured
+# on the team's H200 at the stock limit (h200.md): llama.cpp's pp520 and our megakernel's tg128.
+STOCK_RATES: dict[str, tuple[float, float]] = {
+    "rtx3090": (9000.0, 250.0),
+    "h100-sxm": (24000.0, 420.0),
+    "h200": (43694.0, 1636.0),
+}
 PREFILL_MEM_BOUND_SHARE = 0.2
 DECODE_MEM_BOUND_SHARE = 0.7
 
@@ -127,8 +133,8 @@ class SimulatedLoad(Backend):
         self.inner.reset()
 
     def prefill(self, token_ids: Sequence[int], logits: bool = False) -> StepResult:
-        """The inner prefill, with the card loaded."""
-        self.gpu.set_load(True)
+        """The inner prefill, with the card loaded by compute-bound work."""
+        self.gpu.set_load(True, compute_bound=True)
         try:
             return self.inner.prefill(token_ids, logits)
         finally:

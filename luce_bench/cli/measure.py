@@ -25,14 +25,14 @@ def measure(
     """Open the GPU, plan, run, render and print; exit 1 if a backend failed."""
     from luce_bench.cli.ui import ConsoleUI
     from luce_bench.context import open_context
-    from luce_bench.plan import Setting, limit_settings, plan
+    from luce_bench.plan import Setting, plan, sweep_settings
     from luce_bench.report import print_report, render
     from luce_bench.runner import run
 
     out, ui = console(), None
     try:
         with open_context(cfg, for_settings=sweep) as ctx:
-            settings = limit_settings(cfg, ctx.gpu) if sweep else [Setting()]
+            settings = sweep_settings(cfg, ctx.gpu) if sweep else [Setting()]
             p = plan(cfg, ctx, name=name, backends=backends, optional=optional, settings=settings)
             for note in p.notes:
                 out.print(f"[yellow]note:[/yellow] {note}")
@@ -89,6 +89,10 @@ def _opt(kind: Any, *decls: str, help: str) -> Any:  # noqa: A002 - typer's name
 LIMITS_HELP = (
     "Comma list of limits in W or % of the default limit, e.g. 420,300,220,150 or 100%,70%,50% (default: sweep.limits)."
 )
+CLOCKS_HELP = (
+    "Comma list of locked SM clocks in MHz or % of the top SM clock, e.g. 1980,1600,1200,900 or 100%,80%,60%; they "
+    "snap to the card's supported clocks. Alone, or with --limits as a grid (default: sweep.clocks)."
+)
 BACKENDS_HELP = "Comma list of backends (default: config `backends`; `sim` with --fake-gpu)."
 SETTLE_HELP = "Settle/warm-up under load after each limit change (s, >= 3 recommended)."
 SPEED_HELP = "Sweet spot keeps at least this share of stock tok/s (0.95)."
@@ -98,21 +102,24 @@ SPEED_HELP = "Sweet spot keeps at least this share of stock tok/s (0.95)."
 def sweep(
     ctx: typer.Context,
     limits: _opt(Optional[str], "--limits", "-l", help=LIMITS_HELP) = None,
+    clocks: _opt(Optional[str], "--clocks", "-k", help=CLOCKS_HELP) = None,
     backends: _opt(Optional[str], "--backends", "-b", help=BACKENDS_HELP) = None,
-    clamp: _opt(bool, "--clamp", help="Clamp out-of-range limits to the card's range instead of refusing.") = False,
-    shuffle: _opt(bool, "--shuffle", help="Shuffle the limit order (with --seed); default is descending.") = False,
+    clamp: _opt(bool, "--clamp", help="Clamp out-of-range limits and clocks to the card's range, not refuse.") = False,
+    shuffle: _opt(bool, "--shuffle", help="Shuffle the setting order (with --seed); default is descending.") = False,
     seed: _opt(Optional[int], "--seed", help="Seed for --shuffle.") = None,
     order: _opt(Optional[str], "--order", help="descending, ascending or shuffle (default: sweep.order).") = None,
     settle_s: _opt(Optional[float], "--settle-s", help=SETTLE_HELP) = None,
-    idle_s: _opt(Optional[float], "--idle-s", help="Idle-baseline window per limit (s).") = None,
+    idle_s: _opt(Optional[float], "--idle-s", help="Idle-baseline window per setting (s).") = None,
     min_speed: _opt(Optional[float], "--sweet-spot-min-speed", help=SPEED_HELP) = None,
     read_only: ReadOnlyOpt = False,
     no_persistence: _opt(bool, "--no-persistence", help="Do not turn on persistence mode while sweeping.") = False,
 ) -> None:
-    """Measure every backend at each GPU power limit and report the sweet spot; the original limit is always restored.
+    """Measure every backend at each power limit and/or locked SM clock; report the sweet spot. Originals come back.
 
-    Limits are validated against the card's range before anything changes. Changing limits needs root or
-    CAP_SYS_ADMIN, except on the simulated GPU. After a crash or SIGKILL run `luce-bench restore`.
+    Limits are validated against the card's range, clocks against its supported clocks, before anything changes.
+    --clocks alone sweeps clocks at the current limit; with --limits it sweeps their grid. Changing limits and
+    locking clocks need root or CAP_SYS_ADMIN, except on the simulated GPU (some cards and drivers cannot lock clocks
+    at all). After a crash or SIGKILL run `luce-bench restore`.
     """
     if read_only:
         from luce_bench.gpu import enable_read_only_mode
@@ -123,5 +130,11 @@ def sweep(
     if seed is not None and not shuffle and order != "shuffle":
         raise UserError("--seed only applies with --shuffle")
     default_backends = "sim" if ctx.params["fake_gpu"] else None
-    cfg = load_config(ctx.params, backends=backends or default_backends, order="shuffle" if shuffle else order)
+    alone = "" if clocks and limits is None else None  # --clocks without --limits: the clocks alone
+    cfg = load_config(
+        ctx.params,
+        backends=backends or default_backends,
+        order="shuffle" if shuffle else order,
+        **({"limits": alone} if alone is not None else {}),
+    )
     measure(cfg, "sweep", list(cfg.backends), sweep=True, persistence=not no_persistence)

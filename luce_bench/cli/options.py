@@ -33,7 +33,7 @@ FakeOpt = Annotated[
 ]
 PresetOpt = Annotated[
     Optional[str],
-    typer.Option("--fake-preset", help="Simulated card: rtx3090 (100-420 W, default) or h100-sxm (200-700 W)."),
+    typer.Option("--fake-preset", help="Simulated card: rtx3090 (100-420 W, default), h100-sxm or h200 (200-700 W)."),
 ]
 GpuOpt = Annotated[Optional[int], typer.Option("--gpu", help="GPU index.")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
@@ -80,6 +80,7 @@ FLAG_KEYS = {
     "cooldown_max_s": "cooldown.max_s",
     "backends": "backends",
     "limits": "sweep.limits",
+    "clocks": "sweep.clocks",
     "clamp": "sweep.clamp",
     "order": "sweep.order",
     "seed": "sweep.shuffle_seed",

@@ -36,7 +36,7 @@ def info(
     fake_preset: PresetOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Show the GPU, driver, CUDA, power limits, clocks, and which backends can run here (and why not)."""
+    """Show the GPU, driver, CUDA, power limits, clocks (supported ones too, read-only), and which backends can run."""
     from luce_bench.info import show
 
     cfg = load_config(ctx.params)
@@ -47,11 +47,11 @@ def restore(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be restored; change nothing.")] = False,
     read_only: ReadOnlyOpt = False,
 ) -> None:
-    """Put back the original power limit and persistence mode recorded by an interrupted sweep (SIGKILL, crash)."""
+    """Put back the original power limit, SM clock lock and persistence mode recorded by an interrupted sweep."""
     from luce_bench.files import state_dir
     from luce_bench.gpu import enable_read_only_mode
     from luce_bench.gpu.journal import list_journals
-    from luce_bench.gpu.power_limit import restore_from_journals
+    from luce_bench.gpu.restore import restore_from_journals
 
     if read_only:
         enable_read_only_mode()

@@ -2,6 +2,10 @@
 
 Two implementations: `NvmlGPU` (gpu/nvml.py, the only importer of pynvml) and `FakeGPU` (gpu/fake.py, a deterministic
 simulation for CPU-only runs and tests). Power is in mW, energy in mJ, clocks in MHz, temperature in °C.
+
+Locked SM clocks (issue 14): a GPU lists the SM clocks it supports and can pin the SM clock into a [min, max] range
+(`nvmlDeviceSetGpuLockedClocks`); `reset_locked_sm_clocks` removes the lock. NVML cannot read a lock back, so
+`locked_sm_clocks_mhz` raises GPUNotSupportedError there; the simulated GPU can.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ READONLY_ENV = "LUCE_BENCH_READONLY"
 
 # Clock-event-reason bits (nvmlClocksEventReason*), the ones the quality verdict cares about.
 REASON_GPU_IDLE = 0x1
+# ApplicationsClocksSetting (alias UserDefinedClocks): the clock is held by a user setting, e.g. a clock lock.
+REASON_CLOCK_SETTING = 0x2
 REASON_SW_POWER_CAP = 0x4
 REASON_HW_SLOWDOWN = 0x8
 REASON_SW_THERMAL = 0x20
@@ -20,11 +26,26 @@ REASON_HW_THERMAL = 0x40
 REASON_HW_POWER_BRAKE = 0x80
 # A sample counts as throttled when any of these is set (GpuIdle and app-clock settings do not count).
 THROTTLE_MASK = REASON_SW_POWER_CAP | REASON_HW_SLOWDOWN | REASON_SW_THERMAL | REASON_HW_THERMAL | REASON_HW_POWER_BRAKE
+# Names of the reasons a row records (`clock_reasons`); GpuIdle is left out: it says nothing about a held-down clock.
+REASON_NAMES = {
+    REASON_CLOCK_SETTING: "clock_setting",
+    REASON_SW_POWER_CAP: "sw_power_cap",
+    REASON_HW_SLOWDOWN: "hw_slowdown",
+    0x10: "sync_boost",
+    REASON_SW_THERMAL: "sw_thermal",
+    REASON_HW_THERMAL: "hw_thermal",
+    REASON_HW_POWER_BRAKE: "hw_power_brake",
+    0x100: "display_clock",
+}
 
 PERMISSION_HINT = (
     "setting power limits needs root or CAP_SYS_ADMIN: run with sudo, or in Docker add `--cap-add SYS_ADMIN`; "
     "`sudo nvidia-smi -pm 1` turns on persistence mode. `luce-bench bench`/`compare` measure at the current limit "
     "without any privilege."
+)
+CLOCK_HINT = (
+    "locking SM clocks needs root or CAP_SYS_ADMIN (sudo, or Docker `--cap-add SYS_ADMIN`), and some cards and "
+    "drivers do not support locked clocks at all (NVML: Volta or newer; some GeForce and virtualised GPUs refuse)"
 )
 
 
@@ -100,6 +121,21 @@ class GPU(Protocol):
     def violation_ns(self) -> dict[str, int]:
         """Cumulative violation time: power_cap, sw_thermal, hw_thermal, hw_power_brake (where readable). Units: ns."""
 
+    def supported_sm_clocks_mhz(self) -> list[int]:
+        """SM clocks the card can be locked to (at its highest memory clock), highest first. Units: MHz."""
+
+    def supported_mem_clocks_mhz(self) -> list[int]:
+        """Memory clocks the card supports, highest first. Units: MHz."""
+
+    def locked_sm_clocks_mhz(self) -> tuple[int, int] | None:
+        """The SM clock lock in force (min, max), None without one; GPUNotSupportedError if unreadable. Units: MHz."""
+
+    def set_locked_sm_clocks_mhz(self, min_mhz: int, max_mhz: int) -> None:
+        """Lock the SM clock into [min_mhz, max_mhz] (root). Units: MHz."""
+
+    def reset_locked_sm_clocks(self) -> None:
+        """Remove any SM clock lock (root)."""
+
     def compute_capability(self) -> tuple[int, int]:
         """(major, minor)."""
 
@@ -133,6 +169,11 @@ def refuse_if_read_only(read_only: bool, what: str) -> None:
     """
     if read_only or read_only_mode():
         raise GPUReadOnlyError(f"read-only mode ({READONLY_ENV}=1 or --read-only): refusing to {what}")
+
+
+def reason_names(reasons: int) -> str:
+    """The named clock-event reasons set in `reasons`, ";"-joined in bit order ("" when none; GpuIdle is left out)."""
+    return ";".join(name for bit, name in sorted(REASON_NAMES.items()) if reasons & bit)
 
 
 def is_throttled(reasons: int) -> bool:

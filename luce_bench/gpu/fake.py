@@ -1,29 +1,28 @@
 """`FakeGPU`: a deterministic simulated GPU with a DVFS model, for CPU-only runs (`--fake-gpu`) and tests.
 
-Model (per preset):
+The physics (power against clock and voltage, the power-limit and clock-lock response, throughput, idle draw) and the
+presets with their calibration live in gpu/fake_model.py. This module is the device around it:
 * Load: the card is busy while simulated work runs (`set_load`, called around every backend call of a simulated
-  run, see backends/sim.py); otherwise it is idle.
-* Idle (model resident, no work): draws `idle_w` at `idle_sm_mhz`.
-* Busy: dynamic power grows with the SM clock share s = f / f_max as s**alpha (voltage scales with f) down to a voltage
-  floor `vfloor_share`, below which it grows only linearly. When the full-clock draw `load_w` exceeds the limit, the
-  clock falls until the draw meets the limit and the SwPowerCap reason is set. So a sweep is flat while
-  `load_w <= limit`, bends gently, then drops at a knee below the voltage floor.
-* Throughput share (used by the sim backend): a roofline mix, 1 / (m + (1 - m) / s) for a memory-bound share m.
+  run, see backends/sim.py; prefill marks its work compute-bound); otherwise it is idle.
+* Clocks: busy, the SM clock is the lower of the power-limited clock and the locked one (`set_locked_sm_clocks_mhz`;
+  only clocks from `supported_sm_clocks_mhz()` are accepted, as NVML does); idle, it sits at the idle clock, or at
+  the lock's minimum when that is higher. Reasons: SwPowerCap when the limit holds the clock down, ClocksSetting when
+  the lock does, GpuIdle when idle.
 * Temperature: first order towards ambient + `c_per_w` x power with time constant `tau_s`.
 * Energy: the exact integral of power, reported in counter ticks (`counter_tick_s`, 0.1 s like NVML) from a start value.
-  A scripted `trace_w` [(t_s, W), ...] (piecewise linear in time since creation) replaces the model's power.
+  A scripted `trace_w` [(t_s, W), ...] (piecewise linear in time since creation) replaces the model's power
+  (gpu/fake_state.py).
 
 Time comes from the injected `clock` (virtual time in `gpu.fake_clock: virtual` runs). With `state_path` (env
-LUCE_BENCH_FAKE_GPU_STATE for `open_fake`) the limit, persistence mode and setter calls live in a JSON file, so another
-process (`luce-bench restore` after SIGKILL) sees the same card; LUCE_BENCH_FAKE_GPU_NO_PERMISSION=1 simulates a
-process without the privilege to change limits.
+LUCE_BENCH_FAKE_GPU_STATE for `open_fake`) the limit, the clock lock, persistence mode and setter calls live in a JSON
+file, so another process (`luce-bench restore` after SIGKILL) sees the same card. LUCE_BENCH_FAKE_GPU_NO_PERMISSION=1
+simulates a process without the privilege to change settings; LUCE_BENCH_FAKE_GPU_NO_CLOCK_LOCKS=1 a card or driver
+without locked clocks.
 """
 
 from __future__ import annotations
 
 import bisect
-import fcntl
-import json
 import math
 import os
 import time
@@ -32,109 +31,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from luce_bench.files import atomic_write
+from luce_bench.gpu import fake_model as model
 from luce_bench.gpu.base import (
+    CLOCK_HINT,
     PERMISSION_HINT,
+    REASON_CLOCK_SETTING,
     REASON_GPU_IDLE,
     REASON_SW_POWER_CAP,
     GPUError,
+    GPUNotSupportedError,
     GPUPermissionError,
     GPUUnavailable,
     refuse_if_read_only,
 )
+from luce_bench.gpu.fake_model import DEFAULT_PRESET, PRESETS, FakePreset, preset
+from luce_bench.gpu.fake_state import SharedState, trace_integral_j, trace_power_w
+
+__all__ = ["DEFAULT_PRESET", "PRESETS", "FakeGPU", "FakePreset", "open_fake", "preset"]
 
 STATE_ENV = "LUCE_BENCH_FAKE_GPU_STATE"
 NO_PERMISSION_ENV = "LUCE_BENCH_FAKE_GPU_NO_PERMISSION"
-DEFAULT_PRESET = "rtx3090"
-
-
-@dataclass(frozen=True)
-class FakePreset:
-    """Static facts and model constants of one simulated card."""
-
-    name: str
-    product: str
-    min_limit_mw: int
-    max_limit_mw: int
-    default_limit_mw: int
-    idle_w: float
-    load_w: float  # draw under full load at the top clock
-    max_sm_mhz: int
-    idle_sm_mhz: int
-    min_sm_mhz: int
-    mem_mhz: int
-    compute_capability: tuple[int, int]
-    alpha: float = 2.5
-    vfloor_share: float = 0.8
-    ambient_c: float = 28.0
-    c_per_w: float = 0.13
-    tau_s: float = 10.0
-
-
-PRESETS: dict[str, FakePreset] = {
-    "rtx3090": FakePreset(
-        "rtx3090",
-        "NVIDIA GeForce RTX 3090 (simulated)",
-        100_000,
-        420_000,
-        420_000,
-        idle_w=30.0,
-        load_w=330.0,
-        max_sm_mhz=1950,
-        idle_sm_mhz=210,
-        min_sm_mhz=210,
-        mem_mhz=9751,
-        compute_capability=(8, 6),
-    ),
-    "h100-sxm": FakePreset(
-        "h100-sxm",
-        "NVIDIA H100 80GB HBM3 (simulated)",
-        200_000,
-        700_000,
-        700_000,
-        idle_w=72.0,
-        load_w=520.0,
-        max_sm_mhz=1980,
-        idle_sm_mhz=345,
-        min_sm_mhz=345,
-        mem_mhz=2619,
-        compute_capability=(9, 0),
-        c_per_w=0.07,
-        tau_s=12.0,
-    ),
-}
-
-
-def preset(name: str) -> FakePreset:
-    """The preset called `name`; GPUUnavailable lists the known ones."""
-    if name not in PRESETS:
-        raise GPUUnavailable(f"unknown fake GPU preset {name!r}; known: {', '.join(PRESETS)}")
-    return PRESETS[name]
-
-
-def _trace_integral_j(trace: Sequence[tuple[float, float]], t_s: float) -> float:
-    """Integral of a piecewise-linear power trace from its first point to `t_s` (held flat outside). Units: J."""
-    total, (t_prev, p_prev) = 0.0, trace[0]
-    if t_s <= t_prev:
-        return p_prev * (t_s - t_prev)
-    for t_i, p_i in trace[1:]:
-        if t_s <= t_i:
-            p_t = p_prev + (p_i - p_prev) * (t_s - t_prev) / (t_i - t_prev)
-            return total + 0.5 * (p_prev + p_t) * (t_s - t_prev)
-        total += 0.5 * (p_prev + p_i) * (t_i - t_prev)
-        t_prev, p_prev = t_i, p_i
-    return total + p_prev * (t_s - t_prev)
-
-
-def _trace_power_w(trace: Sequence[tuple[float, float]], t_s: float) -> float:
-    times = [t for t, _ in trace]
-    i = bisect.bisect_right(times, t_s)
-    if i == 0:
-        return trace[0][1]
-    if i == len(trace):
-        return trace[-1][1]
-    (t0, p0), (t1, p1) = trace[i - 1], trace[i]
-    return p0 + (p1 - p0) * (t_s - t0) / (t1 - t0)
+NO_CLOCK_LOCKS_ENV = "LUCE_BENCH_FAKE_GPU_NO_CLOCK_LOCKS"
 
 
 @dataclass
@@ -150,85 +67,91 @@ class FakeGPU:
     counter_tick_s: float = 0.1
     trace_w: Sequence[tuple[float, float]] | None = None
     set_calls: list[tuple[str, Any]] = field(default_factory=list)
+    clock_locks: bool = True  # False: a card/driver without locked clocks (NotSupported)
 
     def __post_init__(self) -> None:
         self._limit_mw = self.preset.default_limit_mw
+        self._lock_mhz: tuple[int, int] | None = None
         self._persistence = False
         self._loaded = False
+        self._compute_bound = False
         self._t0 = self.clock()
+        self._shared = SharedState(Path(self.state_path), self.uuid()) if self.state_path is not None else None
+        self._load_state()
         idle_c = self.preset.ambient_c + self.preset.c_per_w * self.preset.idle_w
         # event log: (t_s, energy_mj at t, power_w after t, temp_c at t, violation_ns at t, throttled after t)
         self._events: list[tuple[float, float, float, float, float, bool]] = []
         self._events.append((self._t0, 1.0e9, self._model_power_w(), idle_c, 0.0, False))
-        if self.state_path is not None:
-            self.state_path = Path(self.state_path)
-            self._sync_state(write=False)
 
-    # --- state file (shared with other processes) -------------------------------------------------------------
-    def _sync_state(self, write: bool, call: tuple[str, Any] | None = None) -> None:
-        if self.state_path is None:
+    # --- state file (shared with other processes, gpu/fake_state.py) -----------------------------------------------
+    def _load_state(self) -> None:
+        if self._shared is None:
             return
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        # lockf (POSIX, per process) rather than flock: a signal handler that restores the limit may re-enter here
-        with open(str(self.state_path) + ".lock", "a") as lock:
-            fcntl.lockf(lock, fcntl.LOCK_EX)
-            try:
-                data = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
-            except (OSError, ValueError):
-                data = {}
-            card = data.get(self.uuid(), {})
-            if write:
-                card["limit_mw"], card["persistence"] = self._limit_mw, self._persistence
-                card.setdefault("set_calls", []).append(list(call) if call else None)
-                data[self.uuid()] = card
-                atomic_write(self.state_path, json.dumps(data, indent=1))
-            elif card:
-                self._limit_mw = int(card.get("limit_mw", self._limit_mw))
-                self._persistence = bool(card.get("persistence", self._persistence))
+        card = self._shared.read()
+        self._limit_mw = int(card.get("limit_mw", self._limit_mw))
+        self._persistence = bool(card.get("persistence", self._persistence))
+        lock_mhz = card.get("sm_lock_mhz", self._lock_mhz)
+        self._lock_mhz = (int(lock_mhz[0]), int(lock_mhz[1])) if lock_mhz else None
+
+    def _save_state(self, call: tuple[str, Any]) -> None:
+        if self._shared is not None:
+            lock = list(self._lock_mhz) if self._lock_mhz else None
+            fields = {"limit_mw": self._limit_mw, "persistence": self._persistence, "sm_lock_mhz": lock}
+            self._shared.write(fields, call)
 
     def _refresh_from_state(self) -> None:
-        """Pick up a limit another process set, as a real card would show it."""
-        if self.state_path is None:
+        """Pick up a limit or clock lock another process set, as a real card would show it."""
+        if self._shared is None:
             return
-        before = self._limit_mw
-        self._sync_state(write=False)
-        if self._limit_mw != before:
-            after, self._limit_mw = self._limit_mw, before
-            self._change(lambda: setattr(self, "_limit_mw", after))
+        before = (self._limit_mw, self._lock_mhz)
+        self._load_state()
+        after = (self._limit_mw, self._lock_mhz)
+        if after != before:
+            self._limit_mw, self._lock_mhz = before
+
+            def apply() -> None:
+                self._limit_mw, self._lock_mhz = after
+
+            self._change(apply)
 
     def persisted_set_calls(self) -> list[list[Any]]:
         """Setter calls recorded in the state file by every process (empty without a state file)."""
-        if self.state_path is None or not self.state_path.exists():
-            return []
-        return list(json.loads(self.state_path.read_text()).get(self.uuid(), {}).get("set_calls", []))
+        return self._shared.set_calls() if self._shared is not None else []
 
-    # --- the model ---------------------------------------------------------------------------------------------
+    # --- the model (gpu/fake_model.py) -------------------------------------------------------------------------
+    def _load_w(self) -> float:
+        return self.preset.load_of(self._compute_bound)
+
+    def _capped_share(self) -> float:
+        """The clock share the power limit allows the current work."""
+        return model.capped_share(self.preset, self._limit_mw / 1000.0, self._load_w())
+
+    def _lock_share(self) -> float:
+        """The clock share the lock allows (1.0 without a lock)."""
+        return min(self._lock_mhz[1] / self.preset.max_sm_mhz, 1.0) if self._lock_mhz else 1.0
+
     def busy_sm_share(self) -> float:
-        """SM clock share f / f_max that full load would run at under the current limit (the DVFS model)."""
-        p = self.preset
-        dyn_w = p.load_w - p.idle_w
-        g = (self._limit_mw / 1000.0 - p.idle_w) / dyn_w
-        if g >= 1.0:
-            return 1.0
-        g_floor = p.vfloor_share**p.alpha
-        share = g ** (1.0 / p.alpha) if g >= g_floor else p.vfloor_share * max(g, 0.0) / g_floor
-        return max(share, p.min_sm_mhz / p.max_sm_mhz)
+        """SM clock share f / f_max that the current work runs at under the limit and the lock (the DVFS model)."""
+        return min(self._capped_share(), self._lock_share())
 
     def throughput_share(self, mem_bound_share: float = 0.7) -> float:
         """Throughput relative to the top clock for a workload whose time is `mem_bound_share` memory-bound."""
-        return 1.0 / (mem_bound_share + (1.0 - mem_bound_share) / self.busy_sm_share())
+        return model.throughput_share(self.busy_sm_share(), mem_bound_share)
+
+    def _idle_mhz(self) -> int:
+        p = self.preset
+        if self._lock_mhz is None:
+            return p.idle_sm_mhz
+        return min(max(p.idle_sm_mhz, self._lock_mhz[0]), self._lock_mhz[1])
 
     def _model_power_w(self) -> float:
-        p = self.preset
         if not self._loaded:
-            return p.idle_w
-        s = self.busy_sm_share()
-        g = s**p.alpha if s >= p.vfloor_share else (p.vfloor_share**p.alpha) * s / p.vfloor_share
-        return p.idle_w + (p.load_w - p.idle_w) * g
+            return model.idle_power_w(self.preset, self._idle_mhz())
+        return model.busy_power_w(self.preset, self.busy_sm_share(), self._load_w())
 
     def _power_at_w(self, t_s: float) -> float:
         if self.trace_w:
-            return _trace_power_w(self.trace_w, t_s - self._t0)
+            return trace_power_w(self.trace_w, t_s - self._t0)
         return self._event_at(t_s)[2]
 
     def _event_at(self, t_s: float) -> tuple[float, float, float, float, float, bool]:
@@ -237,7 +160,7 @@ class FakeGPU:
 
     def _energy_at_mj(self, t_s: float) -> float:
         if self.trace_w:
-            return 1.0e9 + 1000.0 * _trace_integral_j(self.trace_w, t_s - self._t0)
+            return 1.0e9 + 1000.0 * trace_integral_j(self.trace_w, t_s - self._t0)
         t_e, e_mj, p_w, *_ = self._event_at(t_s)
         return e_mj + 1000.0 * p_w * max(t_s - t_e, 0.0)
 
@@ -247,7 +170,8 @@ class FakeGPU:
         return target_c + (temp_c - target_c) * math.exp(-max(t_s - t_e, 0.0) / self.preset.tau_s)
 
     def _throttled(self) -> bool:
-        return self._loaded and self.busy_sm_share() < 1.0
+        """Whether the power limit holds the clock down (below the top clock and below the lock)."""
+        return self._loaded and self._capped_share() < self._lock_share()
 
     def _change(self, mutate: Callable[[], None]) -> None:
         """Apply a state change at the current time, keeping energy and temperature continuous."""
@@ -303,7 +227,7 @@ class FakeGPU:
 
         def apply() -> None:
             self._limit_mw = int(mw)
-            self._sync_state(write=True, call=("power_limit_mw", int(mw)))
+            self._save_state(("power_limit_mw", int(mw)))
 
         self._change(apply)
 
@@ -326,7 +250,7 @@ class FakeGPU:
     def clocks_mhz(self) -> tuple[int, int]:
         """(SM, memory). Units: MHz."""
         if not self._loaded:
-            return self.preset.idle_sm_mhz, self.preset.mem_mhz
+            return self._idle_mhz(), self.preset.mem_mhz
         return round(self.preset.max_sm_mhz * self.busy_sm_share()), self.preset.mem_mhz
 
     def temperature_c(self) -> int:
@@ -334,10 +258,12 @@ class FakeGPU:
         return round(self._temp_at_c(self.clock()))
 
     def clock_event_reasons(self) -> int:
-        """GpuIdle when idle, SwPowerCap when the limit holds the clock down."""
+        """GpuIdle when idle, SwPowerCap when the limit holds the clock down, ClocksSetting when the lock does."""
         if not self._loaded:
             return REASON_GPU_IDLE
-        return REASON_SW_POWER_CAP if self._throttled() else 0
+        if self._throttled():
+            return REASON_SW_POWER_CAP
+        return REASON_CLOCK_SETTING if self._lock_share() < 1.0 else 0
 
     def violation_ns(self) -> dict[str, int]:
         """Cumulative power-cap violation time (thermal never violates here). Units: ns."""
@@ -345,6 +271,52 @@ class FakeGPU:
         t_e, _, _, _, viol_ns, throttled = self._event_at(now)
         power_cap = viol_ns + ((now - t_e) * 1e9 if throttled else 0.0)
         return {"power_cap": int(power_cap), "sw_thermal": 0, "hw_thermal": 0, "hw_power_brake": 0}
+
+    def supported_sm_clocks_mhz(self) -> list[int]:
+        """The preset's SM clocks, highest first (NotSupported without clock locks). Units: MHz."""
+        if not self.clock_locks:
+            raise GPUNotSupportedError(f"read supported SM clocks of GPU {self.index}: not supported; {CLOCK_HINT}")
+        return model.supported_sm_clocks_mhz(self.preset)
+
+    def supported_mem_clocks_mhz(self) -> list[int]:
+        """The one memory clock of the preset. Units: MHz."""
+        return [self.preset.mem_mhz]
+
+    def locked_sm_clocks_mhz(self) -> tuple[int, int] | None:
+        """The lock in force (from the state file when there is one); None without one. Units: MHz."""
+        self._refresh_from_state()
+        return self._lock_mhz
+
+    def set_locked_sm_clocks_mhz(self, min_mhz: int, max_mhz: int) -> None:
+        """Lock the SM clock; refuses like `set_power_limit_mw`, and clocks the card does not list. Units: MHz."""
+        what = f"lock the SM clock of GPU {self.index} to {min_mhz}-{max_mhz} MHz"
+        self._check_clock_setter(what)
+        supported = model.supported_sm_clocks_mhz(self.preset)
+        if min_mhz > max_mhz or min_mhz not in supported or max_mhz not in supported:
+            raise GPUError(f"{what}: invalid argument (supported: {supported[-1]}-{supported[0]} MHz)")
+        self._set_lock((int(min_mhz), int(max_mhz)))
+
+    def reset_locked_sm_clocks(self) -> None:
+        """Remove the lock; refuses like `set_locked_sm_clocks_mhz`."""
+        self._check_clock_setter(f"reset the locked SM clocks of GPU {self.index}")
+        self._set_lock(None)
+
+    def _check_clock_setter(self, what: str) -> None:
+        refuse_if_read_only(self.read_only, what)
+        if self.refuse_set:
+            raise GPUPermissionError(f"{what}: no permission; {CLOCK_HINT}")
+        if not self.clock_locks:
+            raise GPUNotSupportedError(f"{what}: not supported on this GPU/driver; {CLOCK_HINT}")
+
+    def _set_lock(self, lock_mhz: tuple[int, int] | None) -> None:
+        call = ("sm_lock_mhz", list(lock_mhz) if lock_mhz else None)
+        self.set_calls.append(call)
+
+        def apply() -> None:
+            self._lock_mhz = lock_mhz
+            self._save_state(call)
+
+        self._change(apply)
 
     def compute_capability(self) -> tuple[int, int]:
         """(major, minor)."""
@@ -362,7 +334,7 @@ class FakeGPU:
             raise GPUPermissionError(f"set persistence mode: no permission; {PERMISSION_HINT}")
         self.set_calls.append(("persistence_mode", bool(enabled)))
         self._persistence = bool(enabled)
-        self._sync_state(write=True, call=("persistence_mode", bool(enabled)))
+        self._save_state(("persistence_mode", bool(enabled)))
 
     def check_writable(self) -> None:
         """Refuse now in read-only mode or when this simulated process lacks the privilege (`refuse_set`)."""
@@ -374,10 +346,14 @@ class FakeGPU:
         """Nothing to release."""
 
     # --- simulation (not part of the GPU protocol) --------------------------------------------------------------
-    def set_load(self, busy: bool) -> None:
-        """Simulated work starts (True) or stops (False) on this card."""
-        if busy != self._loaded:
-            self._change(lambda: setattr(self, "_loaded", busy))
+    def set_load(self, busy: bool, compute_bound: bool = False) -> None:
+        """Simulated work starts (True) or stops (False) on this card; prefill is `compute_bound` (its own draw)."""
+        if busy != self._loaded or (busy and compute_bound != self._compute_bound):
+
+            def apply() -> None:
+                self._loaded, self._compute_bound = busy, compute_bound if busy else self._compute_bound
+
+            self._change(apply)
 
 
 def open_fake(
@@ -396,6 +372,7 @@ def open_fake(
         read_only=read_only,
         refuse_set=os.environ.get(NO_PERMISSION_ENV, "") not in ("", "0"),
         state_path=Path(state) if state else None,
+        clock_locks=os.environ.get(NO_CLOCK_LOCKS_ENV, "") in ("", "0"),
     )
     if uuid is not None and gpu.uuid() != uuid:
         raise GPUUnavailable(f"no fake GPU with UUID {uuid} (this one is {gpu.uuid()})")

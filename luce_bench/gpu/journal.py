@@ -1,11 +1,13 @@
 """Power-limit journal and per-GPU lock, in the state directory (`luce_bench.files.state_dir()`).
 
 Before luce-bench changes anything on a GPU it writes `power-limit-<uuid>.json` (atomically and durably: temp file,
-fsync, rename, fsync of the directory) holding the ORIGINAL limit and persistence mode. The journal is deleted only
-after the original is back. A journal left behind (SIGKILL, OOM, power loss, reboot) is "stale": `luce-bench restore`
-replays it, and `sweep` refuses to start until then. `power-limit-<uuid>.lock` is held with flock while a process may
-change that GPU's settings, so two luce-bench processes never do at once; the kernel drops the lock when its holder
-dies.
+fsync, rename, fsync of the directory) holding the ORIGINAL limit, persistence mode and SM clock lock (where it can be
+read: NVML cannot read a lock back, then `sm_lock_readable` is false and a restore unlocks). Before the first clock
+change the journal is rewritten with `sm_clocks_changed` set, so a restore touches the clocks only when luce-bench
+may have changed them. The journal is deleted only after the original is back. A journal left behind (SIGKILL, OOM,
+power loss, reboot) is "stale": `luce-bench restore` replays it, and `sweep` refuses to start until then.
+`power-limit-<uuid>.lock` is held with flock while a process may change that GPU's settings, so two luce-bench
+processes never do at once; the kernel drops the lock when its holder dies.
 """
 
 from __future__ import annotations
@@ -53,13 +55,32 @@ class JournalEntry:
     host: str
     boot_id: str | None
     created_unix_s: float
+    sm_clocks_changed: bool = False  # luce-bench may have locked SM clocks: a restore puts them back
+    original_sm_lock_mhz: list[int] | None = None  # [min, max] in force before, None: no lock (or not readable)
+    sm_lock_readable: bool = True  # False: the original lock could not be read (NVML); a restore unlocks
 
     def describe(self) -> str:
         """One line for messages."""
+        clocks = f", SM clocks {self.original_lock_text()}" if self.sm_clocks_changed else ""
         return (
-            f"GPU {self.index} ({self.gpu_name}, {self.uuid}): original limit {self.original_limit_mw / 1000:g} W, "
-            f"persistence {'on' if self.persistence_mode else 'off'}, written by pid {self.pid} on {self.host}"
+            f"GPU {self.index} ({self.gpu_name}, {self.uuid}): original limit {self.original_limit_mw / 1000:g} W"
+            f"{clocks}, persistence {'on' if self.persistence_mode else 'off'}, "
+            f"written by pid {self.pid} on {self.host}"
         )
+
+    def original_lock_text(self) -> str:
+        """The original SM clock state in words."""
+        if not self.sm_lock_readable:
+            return "unlocked at the end (the original lock cannot be read back)"
+        return lock_text(self.original_sm_lock_mhz)
+
+
+def lock_text(lock_mhz: tuple[int, int] | list[int] | None) -> str:
+    """A lock in words: unlocked, "locked 1605 MHz" or "locked 900-1605 MHz"."""
+    if not lock_mhz:
+        return "unlocked"
+    lo, hi = lock_mhz
+    return f"locked {hi} MHz" if lo == hi else f"locked {lo}-{hi} MHz"
 
 
 def journal_path(uuid: str, directory: Path | None = None) -> Path:
@@ -89,12 +110,16 @@ def list_journals(directory: Path | None = None) -> list[Path]:
     return sorted(d.glob("power-limit-*.json")) if d.is_dir() else []
 
 
-def new_entry(gpu, fake: str | None) -> JournalEntry:  # noqa: ANN001 - any GPU
-    """A journal entry recording `gpu`'s current (original) settings."""
+def new_entry(gpu, fake: str | None, sm_clocks_changed: bool = False) -> JournalEntry:  # noqa: ANN001 - any GPU
+    """A journal entry of `gpu`'s current (original) settings; `sm_clocks_changed`: its clocks are about to change."""
     try:
         persistence = bool(gpu.persistence_mode())
     except GPUError:
         persistence = False
+    try:
+        lock_mhz, readable = gpu.locked_sm_clocks_mhz(), True
+    except GPUError:
+        lock_mhz, readable = None, False
     return JournalEntry(
         uuid=gpu.uuid(),
         index=gpu.index,
@@ -106,6 +131,9 @@ def new_entry(gpu, fake: str | None) -> JournalEntry:  # noqa: ANN001 - any GPU
         host=socket.gethostname(),
         boot_id=boot_id(),
         created_unix_s=time.time(),
+        sm_clocks_changed=sm_clocks_changed,
+        original_sm_lock_mhz=list(lock_mhz) if lock_mhz else None,
+        sm_lock_readable=readable,
     )
 
 

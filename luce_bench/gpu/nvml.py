@@ -2,6 +2,8 @@
 
 Every NVML call goes through `_call`, which maps NVMLError codes to our errors. Instant power comes from field 186
 (`NVML_FI_DEV_POWER_INSTANT`): on Ampere and newer (H100 included) `nvmlDeviceGetPowerUsage` is a 1 s average.
+SM clock locks go through `nvmlDeviceSetGpuLockedClocks` / `nvmlDeviceResetGpuLockedClocks`; NVML has no call that
+reads a lock back, so `locked_sm_clocks_mhz` says so (GPUNotSupportedError) and a restore unlocks.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from luce_bench.gpu.base import (
+    CLOCK_HINT,
     PERMISSION_HINT,
     GPUError,
     GPUNotSupportedError,
@@ -36,13 +39,16 @@ def _pynvml() -> Any:
     return pynvml
 
 
-def _map_error(exc: Exception, what: str) -> GPUError:
+def _map_error(exc: Exception, what: str, hint: str = PERMISSION_HINT) -> GPUError:
+    """Our error for an NVMLError; `hint` says what a refused setter needs (root, and for clocks, support)."""
     pynvml = _pynvml()
     code = getattr(exc, "value", None)
     if code == pynvml.NVML_ERROR_NO_PERMISSION:
-        return GPUPermissionError(f"{what}: no permission; {PERMISSION_HINT}")
+        return GPUPermissionError(f"{what}: no permission; {hint}")
     if code in (pynvml.NVML_ERROR_NOT_SUPPORTED, pynvml.NVML_ERROR_FUNCTION_NOT_FOUND):
-        return GPUNotSupportedError(f"{what}: not supported on this GPU/driver")
+        return GPUNotSupportedError(
+            f"{what}: not supported on this GPU/driver" + ("" if hint is PERMISSION_HINT else f"; {hint}")
+        )
     if code in (
         pynvml.NVML_ERROR_LIBRARY_NOT_FOUND,
         pynvml.NVML_ERROR_DRIVER_NOT_LOADED,
@@ -121,12 +127,12 @@ class NvmlGPU:
             raise
         self.read_only = read_only
 
-    def _call(self, what: str, fn_name: str, *args: Any) -> Any:
+    def _call(self, what: str, fn_name: str, *args: Any, hint: str = PERMISSION_HINT) -> Any:
         pynvml = _pynvml()
         try:
             return getattr(pynvml, fn_name)(self._handle, *args)
         except pynvml.NVMLError as exc:
-            raise _map_error(exc, what) from exc
+            raise _map_error(exc, what, hint) from exc
 
     def _fields(self, field_ids: list[int]) -> list[int | float | None]:
         """Read several field values at once; None where one is not readable."""
@@ -216,6 +222,35 @@ class NvmlGPU:
             return {}
         return {n: int(v) for n, v in zip(names, values, strict=False) if v is not None}
 
+    def supported_mem_clocks_mhz(self) -> list[int]:
+        """Supported memory clocks, highest first. Units: MHz."""
+        clocks = self._call("read supported memory clocks", "nvmlDeviceGetSupportedMemoryClocks", hint=CLOCK_HINT)
+        return sorted({int(c) for c in clocks}, reverse=True)
+
+    def supported_sm_clocks_mhz(self) -> list[int]:
+        """SM (graphics) clocks supported at the highest memory clock, highest first. Units: MHz."""
+        mem = self.supported_mem_clocks_mhz()
+        if not mem:
+            raise GPUNotSupportedError(f"GPU {self.index} lists no supported memory clocks; {CLOCK_HINT}")
+        clocks = self._call("read supported SM clocks", "nvmlDeviceGetSupportedGraphicsClocks", mem[0], hint=CLOCK_HINT)
+        return sorted({int(c) for c in clocks}, reverse=True)
+
+    def locked_sm_clocks_mhz(self) -> tuple[int, int] | None:
+        """Not readable: NVML has no call that reads a clock lock back."""
+        raise GPUNotSupportedError("NVML cannot read back a locked SM clock range")
+
+    def set_locked_sm_clocks_mhz(self, min_mhz: int, max_mhz: int) -> None:
+        """Lock the SM clock into [min_mhz, max_mhz] (root / CAP_SYS_ADMIN). Units: MHz."""
+        what = f"lock the SM clock of GPU {self.index} to {min_mhz}-{max_mhz} MHz"
+        refuse_if_read_only(self.read_only, what)
+        self._call(what, "nvmlDeviceSetGpuLockedClocks", int(min_mhz), int(max_mhz), hint=CLOCK_HINT)
+
+    def reset_locked_sm_clocks(self) -> None:
+        """Remove the SM clock lock (root / CAP_SYS_ADMIN)."""
+        what = f"reset the locked SM clocks of GPU {self.index}"
+        refuse_if_read_only(self.read_only, what)
+        self._call(what, "nvmlDeviceResetGpuLockedClocks", hint=CLOCK_HINT)
+
     def compute_capability(self) -> tuple[int, int]:
         """(major, minor)."""
         major, minor = self._call("read compute capability", "nvmlDeviceGetCudaComputeCapability")
@@ -235,6 +270,7 @@ class NvmlGPU:
         refuse_if_read_only(self.read_only, "change power limits")
         if os.geteuid() != 0 and not _has_cap_sys_admin():
             raise GPUPermissionError(f"no permission to change power limits of GPU {self.index}; {PERMISSION_HINT}")
+        # locked clocks need the same privilege: the caller adds CLOCK_HINT when its plan locks clocks
 
     def close(self) -> None:
         """Release NVML (reference-counted across handles)."""

@@ -1,33 +1,35 @@
-"""Changing power limits safely: journal, lock, and restore the ORIGINAL limit on every exit.
+"""Changing GPU settings safely (power limits and locked SM clocks): journal, lock, restore the ORIGINAL on every exit.
 
 `PowerLimitController` (a context manager) takes the per-GPU lock, refuses a stale journal, writes the journal before
-the first change, sets limits and reads back the enforced value, and restores the original limit and persistence mode
-on normal exit, exception, SIGINT, SIGTERM and SIGHUP (signal handlers restore first, then raise KeyboardInterrupt or
-SystemExit), with an atexit backstop. After SIGKILL or a crash, `restore_from_journals()` (`luce-bench restore`)
-replays the journal. `applied_power_limit(gpu, watts)` is the one-limit shorthand.
+the first change (and again before the first clock change), sets limits and clock locks and reads back what is in
+force, and restores the original limit, clock lock and persistence mode on normal exit, exception, SIGINT, SIGTERM and
+SIGHUP (signal handlers restore first, then raise KeyboardInterrupt or SystemExit), with an atexit backstop. After
+SIGKILL or a crash, `restore_from_journals()` (gpu/restore.py, `luce-bench restore`) replays the journal.
+`applied_power_limit(gpu, watts)` is the one-limit shorthand.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from luce_bench.gpu.base import GPU, GPUError, GPUNotSupportedError, GPUPermissionError, refuse_if_read_only
+from luce_bench.gpu.base import GPU, GPUError, GPUNotSupportedError, refuse_if_read_only
 from luce_bench.gpu.journal import (
     GpuLock,
-    JournalEntry,
     JournalError,
     journal_path,
-    list_journals,
+    lock_text,
     new_entry,
     read_journal,
     write_journal,
 )
+from luce_bench.gpu.restore import apply_entry, refuse_stale_journals, stale_message
 
 HANDLED_SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
 
@@ -67,7 +69,8 @@ class _Guard:
     def on_signal(cls, signum: int, frame: object) -> None:
         if any(ctl.restoring for ctl in cls.active):
             return  # a second signal while restoring: let the restore finish
-        print(f"luce-bench: caught {signal.Signals(signum).name}, restoring power limits", file=sys.stderr, flush=True)
+        what = "power limits and SM clocks" if any(ctl.clocks_changed for ctl in cls.active) else "power limits"
+        print(f"luce-bench: caught {signal.Signals(signum).name}, restoring {what}", file=sys.stderr, flush=True)
         cls.restore_all()
         if signum == signal.SIGINT:
             raise KeyboardInterrupt
@@ -75,7 +78,7 @@ class _Guard:
 
 
 class PowerLimitController:
-    """Owns one GPU's power limit for a `with` block and guarantees the original comes back."""
+    """Owns one GPU's power limit and SM clock lock for a `with` block and guarantees the originals come back."""
 
     def __init__(
         self,
@@ -91,7 +94,7 @@ class PowerLimitController:
             gpu: the GPU to control.
             fake: the simulated card's preset name, None for a real GPU (journalled, so `restore` can reopen it).
             state_dir: journal/lock directory (default `journal.state_dir()`).
-            persistence: turn persistence mode on while limits are changed (measurement.md rule 9).
+            persistence: turn persistence mode on while settings are changed (measurement.md rule 9).
             log: receives one-line notes.
         """
         self.gpu, self.fake, self.state_dir, self.persistence = gpu, fake, state_dir, persistence
@@ -100,6 +103,7 @@ class PowerLimitController:
         self._lock = GpuLock(self.uuid, state_dir)
         self._entry = None
         self._rlock = threading.RLock()
+        self._noted_unreadable = False
         self.restoring = False
 
     def __enter__(self) -> PowerLimitController:
@@ -108,7 +112,7 @@ class PowerLimitController:
         try:
             own = journal_path(self.uuid, self.state_dir)
             if own.exists():  # we hold the lock, so no live process owns this journal
-                raise JournalError(_stale_message(own, read_journal(own)))
+                raise JournalError(stale_message(own, read_journal(own)))
             refuse_stale_journals(self.state_dir)
         except BaseException:
             self._lock.release()
@@ -128,27 +132,61 @@ class PowerLimitController:
         """The journalled original limit, once the first change is about to happen."""
         return self._entry.original_limit_mw if self._entry else None
 
-    def set_limit_mw(self, mw: int) -> int:
-        """Set the limit (journal first), read back and return the enforced limit. Units: mW."""
+    @property
+    def clocks_changed(self) -> bool:
+        """Whether SM clocks may have been changed (so a restore puts them back)."""
+        return self._entry is not None and self._entry.sm_clocks_changed
+
+    def _journal(self, clocks: bool) -> None:
+        """Write the journal before the first change, and again before the first clock change."""
         if not self._lock.held:
             raise JournalError("PowerLimitController used outside its `with` block")
+        if self._entry is None:
+            self._entry = new_entry(self.gpu, self.fake, sm_clocks_changed=clocks)
+            write_journal(self._entry, self.state_dir)
+            if self.persistence and not self._entry.persistence_mode:
+                try:
+                    self.gpu.set_persistence_mode(True)
+                except GPUNotSupportedError:
+                    self.log("note: persistence mode cannot be set here; the limit may revert if the driver unloads")
+        elif clocks and not self._entry.sm_clocks_changed:
+            self._entry = dataclasses.replace(self._entry, sm_clocks_changed=True)
+            write_journal(self._entry, self.state_dir)
+        if clocks and not self._entry.sm_lock_readable and not self._noted_unreadable:
+            self._noted_unreadable = True
+            self.log(
+                "note: NVML cannot read back a clock lock set before this run; the SM clocks will be unlocked "
+                "(reset) at the end"
+            )
+
+    def set_limit_mw(self, mw: int) -> int:
+        """Set the limit (journal first), read back and return the enforced limit. Units: mW."""
         with self._rlock:
-            if self._entry is None:
-                self._entry = new_entry(self.gpu, self.fake)
-                write_journal(self._entry, self.state_dir)
-                if self.persistence and not self._entry.persistence_mode:
-                    try:
-                        self.gpu.set_persistence_mode(True)
-                    except GPUNotSupportedError:
-                        self.log(
-                            "note: persistence mode cannot be set here; the limit may revert if the driver unloads"
-                        )
+            self._journal(clocks=False)
             if self.gpu.power_limit_mw() != mw:
                 self.gpu.set_power_limit_mw(int(mw))
             return int(self.gpu.power_limit_mw())
 
+    def set_sm_clock_mhz(self, mhz: int) -> int:
+        """Lock the SM clock to `mhz` (min = max; journal first); return the lock read back (`mhz` if unreadable).
+
+        Units: MHz. Raises GPUError when the card reads back a different lock.
+        """
+        target = (int(mhz), int(mhz))
+        with self._rlock:
+            self._journal(clocks=True)
+            try:
+                current, readable = self.gpu.locked_sm_clocks_mhz(), True
+            except GPUNotSupportedError:  # NVML: set every time, trust the call
+                current, readable = None, False
+            if current != target:
+                self.gpu.set_locked_sm_clocks_mhz(*target)
+            if readable and (back := self.gpu.locked_sm_clocks_mhz()) != target:
+                raise GPUError(f"SM clocks read {lock_text(back)} after locking {target[1]} MHz")
+            return target[1]
+
     def restore(self, quiet: bool = False) -> None:
-        """Put the original limit and persistence mode back and delete the journal (idempotent).
+        """Put the original clock lock, limit and persistence mode back and delete the journal (idempotent).
 
         On failure the journal stays, a message names `luce-bench restore`, and the error is raised unless `quiet`.
         """
@@ -157,101 +195,18 @@ class PowerLimitController:
                 return
             self.restoring = True
             try:
-                _apply_entry(self.gpu, self._entry)
+                apply_entry(self.gpu, self._entry)
                 journal_path(self.uuid, self.state_dir).unlink(missing_ok=True)
                 self._entry = None
             except Exception as exc:
                 self.log(
-                    f"luce-bench: could not restore the power limit of GPU {self.gpu.index} ({exc}); "
+                    f"luce-bench: could not restore the settings of GPU {self.gpu.index} ({exc}); "
                     "the journal is kept: run `luce-bench restore`"
                 )
                 if not quiet:
                     raise
             finally:
                 self.restoring = False
-
-
-def _apply_entry(gpu: GPU, entry: JournalEntry) -> str:
-    """Set `gpu` back to the journalled state; return what was done. Skips unchanged values."""
-    before_mw = int(gpu.power_limit_mw())
-    if before_mw != entry.original_limit_mw:
-        gpu.set_power_limit_mw(entry.original_limit_mw)
-    after_mw = int(gpu.power_limit_mw())
-    if after_mw != entry.original_limit_mw:
-        raise GPUError(
-            f"enforced limit reads {after_mw / 1000:g} W after restoring {entry.original_limit_mw / 1000:g} W"
-        )
-    with contextlib.suppress(GPUNotSupportedError):
-        if bool(gpu.persistence_mode()) != entry.persistence_mode:
-            gpu.set_persistence_mode(entry.persistence_mode)
-    return f"{before_mw / 1000:g} W -> {after_mw / 1000:g} W"
-
-
-def refuse_stale_journals(state_dir: Path | None = None) -> None:
-    """Raise JournalError when a journal exists whose GPU lock no live process holds (it needs `luce-bench restore`)."""
-    for path in list_journals(state_dir):
-        entry = read_journal(path)
-        lock = GpuLock(entry.uuid, state_dir)
-        try:
-            lock.acquire()
-        except JournalError:
-            continue  # a live run owns it (the lock check on our own GPU reports that conflict)
-        lock.release()
-        raise JournalError(_stale_message(path, entry))
-
-
-def _stale_message(path: Path, entry: JournalEntry) -> str:
-    return (
-        f"a stale power-limit journal exists ({path}): {entry.describe()}. "
-        "A previous run did not finish; run `luce-bench restore` first"
-    )
-
-
-def restore_from_journals(
-    state_dir: Path | None = None, opener: Callable[..., object] | None = None, dry_run: bool = False
-) -> list[str]:
-    """Replay every stale journal (`luce-bench restore`); return one line per GPU. Journals of live runs are skipped.
-
-    Raises:
-        GPUError: a GPU could not be restored (its journal stays; the message says why).
-    """
-    if opener is None:
-        from luce_bench.gpu import open_gpu as opener
-    from luce_bench.gpu.journal import boot_id
-
-    lines: list[str] = []
-    for path in list_journals(state_dir):
-        entry = read_journal(path)
-        lock = GpuLock(entry.uuid, state_dir)
-        try:
-            lock.acquire()
-        except JournalError as exc:
-            lines.append(f"skipped {entry.uuid}: {exc}")
-            continue
-        try:
-            if dry_run:
-                lines.append(f"would restore {entry.describe()}")
-                continue
-            gpu = opener(index=entry.index, fake_preset=entry.fake, uuid=entry.uuid)
-            try:
-                done = _apply_entry(gpu, entry)
-            except GPUPermissionError as exc:
-                raise GPUPermissionError(f"cannot restore GPU {entry.index}: {exc}") from exc
-            finally:
-                gpu.close()
-            path.unlink(missing_ok=True)
-            note = (
-                " (the machine rebooted since the journal was written)"
-                if entry.boot_id and entry.boot_id != boot_id()
-                else ""
-            )
-            lines.append(
-                f"restored GPU {entry.index} ({entry.gpu_name}): power limit {done}, persistence "
-                f"{'on' if entry.persistence_mode else 'off'}{note}"
-            )
-        finally:
-            lock.release()
-    return lines
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-SETTERS = ("set_power_limit_mw", "set_persistence_mode")
+SETTERS = ("set_power_limit_mw", "set_persistence_mode", "set_locked_sm_clocks_mhz", "reset_locked_sm_clocks")
 
 
 @contextlib.contextmanager
@@ -19,7 +19,7 @@ def forbid_gpu_setters(strict: bool = True) -> Iterator[list[tuple[str, str, Any
     """Patch every GPU setter (FakeGPU and NvmlGPU) for the block; record attempted calls, raising if `strict`.
 
     Yields:
-        The list of attempted calls as (class name, setter, argument).
+        The list of attempted calls as (class name, setter, arguments: one value, a tuple of several, or None).
     """
     from luce_bench.gpu.fake import FakeGPU
     from luce_bench.gpu.nvml import NvmlGPU
@@ -28,10 +28,11 @@ def forbid_gpu_setters(strict: bool = True) -> Iterator[list[tuple[str, str, Any
     saved: list[tuple[type, str, Any]] = []
 
     def make(cls: type, name: str) -> Any:
-        def forbidden(self: Any, value: Any) -> None:
+        def forbidden(self: Any, *args: Any) -> None:
+            value = args[0] if len(args) == 1 else (args or None)
             calls.append((cls.__name__, name, value))
             if strict:
-                raise AssertionError(f"{cls.__name__}.{name}({value!r}) called where GPU settings must not change")
+                raise AssertionError(f"{cls.__name__}.{name}{args!r} called where GPU settings must not change")
 
         return forbidden
 
