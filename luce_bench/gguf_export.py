@@ -280,17 +280,10 @@ def ensure_gguf(model_dir: Path, cfg: TextConfig, ftype: str = "bf16", progress:
     with atomic_path(final) as tmp:
         total = cfg.num_params()  # progress counts source parameters
         if progress and total >= _PROGRESS_MIN_PARAMS:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+            from luce_bench.progress import param_bar
 
-            with Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                TextColumn("{task.percentage:>3.0f}%"),
-                TimeElapsedColumn(),
-                transient=True,
-            ) as bar:
-                task = bar.add_task(f"exporting GGUF ({ftype}) {final.name}", total=total)
-                write_gguf(model_dir, cfg, tmp, ftype, src_hash, on_params=lambda n: bar.advance(task, n))
+            with param_bar(f"exporting GGUF ({ftype}) {final.name}", total) as (advance, _):
+                write_gguf(model_dir, cfg, tmp, ftype, src_hash, on_params=advance)
         else:
             write_gguf(model_dir, cfg, tmp, ftype, src_hash)
     return final

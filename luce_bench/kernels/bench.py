@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from luce_bench.errors import UserError
+from luce_bench.kernels.build import parse_options
 
 SHORT_POS = 64
 CHECK_TOKENS = 192
@@ -62,13 +63,7 @@ def parse_variant(text: str) -> Variant:
     if not sep and "=" in text:
         name, _, path = text.partition("=")
         return Variant(name.strip(), lib_dir=Path(path.strip()))
-    options: dict[str, int] = {}
-    for item in filter(None, (t.strip() for t in rest.split(","))):
-        key, _, value = item.partition("=")
-        try:
-            options[key.strip()] = int(value.strip() or "1", 0)
-        except ValueError:
-            raise UserError(f"--variant {text!r}: expected NAME:MK_OPTION=INTEGER,...") from None
+    options = parse_options(rest.split(","), f"--variant {text!r}")
     if not name.strip():
         raise UserError(f"--variant {text!r}: the name is empty")
     return Variant(name.strip(), options)

@@ -16,6 +16,8 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -229,16 +231,21 @@ def nvcc_error(report: str, returncode: int) -> UserError:
 OPTIONS_ENV = "LUCE_BENCH_KERNEL_OPTIONS"
 
 
-def options_from_env() -> dict[str, int]:
-    """Build options from $LUCE_BENCH_KERNEL_OPTIONS, e.g. "MK_INFLIGHT=2,MK_SLOT_KB=16" (empty: the defaults)."""
-    text = os.environ.get(OPTIONS_ENV, "").strip()
+def parse_options(items: Iterable[str], where: str) -> dict[str, int]:
+    """["MK_A=1", "MK_B=0x10"] -> {"MK_A": 1, "MK_B": 16} ("MK_A" alone is 1); `where` names the source in errors."""
     out: dict[str, int] = {}
-    for item in filter(None, (t.strip() for t in text.split(","))):
+    for item in filter(None, (t.strip() for t in items)):
         name, _, value = item.partition("=")
         try:
             out[name.strip()] = int(value.strip() or "1", 0)
         except ValueError:
-            raise UserError(f"{OPTIONS_ENV}: {item!r}: expected MK_NAME=INTEGER") from None
+            raise UserError(f"{where}: {item!r}: expected MK_NAME=INTEGER") from None
+    return out
+
+
+def options_from_env() -> dict[str, int]:
+    """Build options from $LUCE_BENCH_KERNEL_OPTIONS, e.g. "MK_INFLIGHT=2,MK_SLOT_KB=16" (empty: the defaults)."""
+    out = parse_options(os.environ.get(OPTIONS_ENV, "").split(","), OPTIONS_ENV)
     define_flags(out)  # validates the names
     return out
 
@@ -326,16 +333,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     try:
-        defines = {}
-        for d in args.defines:
-            name, _, value = d.partition("=")
-            try:
-                defines[name] = int(value or "1", 0)
-            except ValueError:
-                raise UserError(f"-D {d}: the value must be an integer") from None
+        defines = parse_options(args.defines, "-D")
         res = build(args.arch, args.out, force=args.force, defines=defines or None)
     except UserError as exc:
-        print(f"error: {exc}")
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"{'cached' if res.cached else 'built'}: {res.lib}")
     for r in res.reports:

@@ -18,18 +18,9 @@ OptionList = Annotated[
 
 def _options(items: list[str] | None) -> dict[str, int] | None:
     """-D MK_A=1 -D MK_B=2 -> {"MK_A": 1, "MK_B": 2}; None without any (then $LUCE_BENCH_KERNEL_OPTIONS applies)."""
-    from luce_bench.errors import UserError
+    from luce_bench.kernels.build import parse_options
 
-    if not items:
-        return None
-    out = {}
-    for item in items:
-        name, _, value = item.partition("=")
-        try:
-            out[name.strip()] = int(value.strip() or "1", 0)
-        except ValueError:
-            raise UserError(f"--option {item!r}: expected MK_NAME=INTEGER") from None
-    return out
+    return parse_options(items, "--option") if items else None
 
 
 @app.callback()

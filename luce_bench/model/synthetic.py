@@ -131,16 +131,8 @@ def _generate_with_progress(cfg: TextConfig, out_dir: Path, seed: int, label: st
     if not progress:
         generate(cfg, out_dir, seed)
         return
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from luce_bench.progress import param_bar
 
-    total = cfg.num_params()
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.percentage:>3.0f}%"),
-        TimeElapsedColumn(),
-        transient=True,
-    ) as bar:
-        task = bar.add_task(f"generating {label}", total=total)
-        generate(cfg, out_dir, seed, on_tensor=lambda _n, k: bar.advance(task, k))
-        bar.update(task, description=f"writing {label}")
+    with param_bar(f"generating {label}", cfg.num_params()) as (advance, describe):
+        generate(cfg, out_dir, seed, on_tensor=lambda _n, k: advance(k))
+        describe(f"writing {label}")
