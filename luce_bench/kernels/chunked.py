@@ -1,0 +1,66 @@
+"""The gated delta rule two ways: token by token (the decode kernel's recurrence) and chunked (the prefill's algorithm).
+
+Shapes: q, k [T, H, K] (already L2-normalised; q also scaled by 1/sqrt(K)), v [T, H, V], g (log decay, <= 0) and beta
+[T, H]; state S [H, K, V]. One token step (qwen35.md section 2.4):
+
+    S <- exp(g_t) S;   e_t = beta_t (v_t - S^T k_t);   S <- S + k_t e_t^T;   o_t = S^T q_t
+
+The chunked form (section 2.5) computes the same outputs and final state a chunk of C tokens at a time: inside a chunk,
+with G the cumulative sum of g, A[i, j] = beta_i (k_i . k_j) exp(G_i - G_j) for j < i; solve (I + A) U = beta v and
+(I + A) W = beta exp(G) k; then with the chunk's start state S: E = U - W S, O = exp(G) (Q S) + (M * (Q K^T)) E with
+M[i, j] = exp(G_i - G_j) for j <= i (else 0), and S <- exp(G_C) S + sum_t exp(G_C - G_t) k_t e_t^T. Only the last
+step is sequential over chunks; everything else is parallel over heads and chunks (the CUDA prefill's plan).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def recurrent_gated_delta_rule(q: Any, k: Any, v: Any, g: Any, beta: Any, state: Any = None) -> tuple[Any, Any]:
+    """Outputs [T, H, V] and the final state [H, K, V], one token at a time."""
+    import torch
+
+    T, H, K = k.shape
+    S = torch.zeros(H, K, v.shape[-1], dtype=q.dtype) if state is None else state.clone()
+    out = []
+    for t in range(T):
+        S = S * torch.exp(g[t])[:, None, None]
+        e = beta[t][:, None] * (v[t] - torch.einsum("hkv,hk->hv", S, k[t]))
+        S = S + k[t][:, :, None] * e[:, None, :]
+        out.append(torch.einsum("hkv,hk->hv", S, q[t]))
+    return torch.stack(out), S
+
+
+def chunked_gated_delta_rule(
+    q: Any, k: Any, v: Any, g: Any, beta: Any, chunk: int = 64, state: Any = None
+) -> tuple[Any, Any]:
+    """The same as `recurrent_gated_delta_rule`, computed `chunk` tokens at a time (T is zero-padded to a multiple)."""
+    import torch
+
+    T, H, K = k.shape
+    Vd = v.shape[-1]
+    pad = (-T) % chunk
+    if pad:  # padded tokens have k = v = 0, beta = 0, g = 0: they change neither outputs nor the state
+        q, k, v = (torch.cat([x, x.new_zeros(pad, *x.shape[1:])]) for x in (q, k, v))
+        g, beta = (torch.cat([x, x.new_zeros(pad, H)]) for x in (g, beta))
+    S = torch.zeros(H, K, Vd, dtype=q.dtype) if state is None else state.clone()
+    eye = torch.eye(chunk, dtype=q.dtype)
+    causal = torch.tril(torch.ones(chunk, chunk, dtype=torch.bool))
+    out = []
+    for c0 in range(0, T + pad, chunk):
+        sl = slice(c0, c0 + chunk)
+        Q, Kc, Vc = (x[sl].transpose(0, 1) for x in (q, k, v))  # [H, C, K|V]
+        G = torch.cumsum(g[sl], 0).transpose(0, 1)  # [H, C]
+        b = beta[sl].transpose(0, 1)  # [H, C]
+        decay = torch.exp(G[:, :, None] - G[:, None, :]).masked_fill(~causal, 0.0)  # [H, C, C], j <= i
+        A = (b[:, :, None] * (Kc @ Kc.transpose(1, 2)) * decay).tril(-1)
+        rhs = torch.cat([b[:, :, None] * Vc, (b * torch.exp(G))[:, :, None] * Kc], -1)
+        UW = torch.linalg.solve_triangular(eye + A, rhs, upper=False, unitriangular=True)
+        U, W = UW[..., :Vd], UW[..., Vd:]
+        E = U - W @ S  # [H, C, V]
+        o = torch.exp(G)[:, :, None] * (Q @ S) + ((Q @ Kc.transpose(1, 2)) * decay) @ E
+        out.append(o.transpose(0, 1))
+        last = G[:, -1]
+        S = torch.exp(last)[:, None, None] * S + (Kc * torch.exp(last[:, None] - G)[:, :, None]).transpose(1, 2) @ E
+    return torch.cat(out)[:T], S

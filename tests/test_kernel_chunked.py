@@ -1,0 +1,54 @@
+"""The chunked gated delta rule (the prefill's algorithm) equals the token-by-token recurrence (the decode's)."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from luce_bench.kernels.chunked import chunked_gated_delta_rule, recurrent_gated_delta_rule  # noqa: E402
+
+
+def _inputs(T: int, H: int = 3, K: int = 16, V: int = 8, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
+    q, k = r(T, H, K), r(T, H, K)
+    q = q / q.norm(dim=-1, keepdim=True) / K**0.5
+    k = k / k.norm(dim=-1, keepdim=True)
+    v = r(T, H, V)
+    g = -torch.rand(T, H, generator=gen, dtype=torch.float64) * 0.5  # log decay in (-0.5, 0]
+    beta = torch.rand(T, H, generator=gen, dtype=torch.float64)
+    return q, k, v, g, beta
+
+
+@pytest.mark.parametrize("T", [1, 7, 63, 64, 65, 130], ids=lambda t: f"T{t}")
+def test_chunked_equals_recurrent(T):
+    q, k, v, g, beta = _inputs(T)
+    o_ref, s_ref = recurrent_gated_delta_rule(q, k, v, g, beta)
+    o, s = chunked_gated_delta_rule(q, k, v, g, beta, chunk=64)
+    assert o.shape == o_ref.shape and s.shape == s_ref.shape
+    torch.testing.assert_close(o, o_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(s, s_ref, rtol=1e-10, atol=1e-10)
+
+
+def test_chunked_continues_from_a_state_and_chunk_size_does_not_matter():
+    q, k, v, g, beta = _inputs(40, seed=1)
+    o1, s1 = recurrent_gated_delta_rule(q[:17], k[:17], v[:17], g[:17], beta[:17])
+    o2, s2 = recurrent_gated_delta_rule(q[17:], k[17:], v[17:], g[17:], beta[17:], state=s1)
+    for chunk in (8, 16, 64):
+        c1, t1 = chunked_gated_delta_rule(q[:17], k[:17], v[:17], g[:17], beta[:17], chunk=chunk)
+        c2, t2 = chunked_gated_delta_rule(q[17:], k[17:], v[17:], g[17:], beta[17:], chunk=chunk, state=t1)
+        torch.testing.assert_close(torch.cat([c1, c2]), torch.cat([o1, o2]), rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(t2, s2, rtol=1e-10, atol=1e-10)
+
+
+def test_known_values_of_one_token():
+    """One token from a zero state: e = beta v, S = k e^T, o = (k . q) beta v."""
+    q = torch.tensor([[[1.0, 0.0]]], dtype=torch.float64)
+    k = torch.tensor([[[0.6, 0.8]]], dtype=torch.float64)
+    v = torch.tensor([[[2.0, -1.0, 4.0]]], dtype=torch.float64)
+    g = torch.tensor([[-0.3]], dtype=torch.float64)
+    beta = torch.tensor([[0.5]], dtype=torch.float64)
+    o, s = chunked_gated_delta_rule(q, k, v, g, beta)
+    torch.testing.assert_close(o[0, 0], torch.tensor([0.6, -0.3, 1.2], dtype=torch.float64))
+    torch.testing.assert_close(s[0], torch.tensor([[0.6, -0.3, 1.2], [0.8, -0.4, 1.6]], dtype=torch.float64))
