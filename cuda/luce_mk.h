@@ -31,7 +31,7 @@
 extern "C" {
 #endif
 
-#define LUCE_MK_ABI_VERSION 4
+#define LUCE_MK_ABI_VERSION 5  /* 5: + the prefill entry points (the decode ABI is that of 4) */
 
 /* Small-parameter blob, f32 offsets inside one layer's LUCE_MK_SP_STRIDE floats. */
 enum LuceMkSmallParams {
@@ -44,6 +44,16 @@ enum LuceMkSmallParams {
     LUCE_MK_SP_QN = 2048,     /* attention: [256] 1 + q_norm.weight */
     LUCE_MK_SP_KN = 2304,     /* attention: [256] 1 + k_norm.weight */
     LUCE_MK_SP_STRIDE = 26784 /* floats per layer */
+};
+
+/* Error codes of the entry points (negative; positive codes are cudaError_t). */
+enum LuceMkErrors {
+    LUCE_MK_ERR_NO_COOP = -1,        /* the device cannot launch cooperative kernels */
+    LUCE_MK_ERR_SMEM = -2,           /* too little shared memory per block for a 2-slot ring */
+    LUCE_MK_ERR_OCCUPANCY = -3,      /* the occupancy API reports 0 resident blocks per SM */
+    LUCE_MK_ERR_ARGS = -4,           /* bad arguments */
+    LUCE_MK_ERR_GRID = -5,           /* too few SMs */
+    LUCE_MK_ERR_PREFILL_SMEM = -6    /* the prefill's GDN kernels need more shared memory per block than the device has */
 };
 
 /* debug_flags bits: timing experiments only; every result of such a launch is invalid. */
@@ -105,6 +115,29 @@ typedef struct LuceMkLaunchInfo {
     int occupancy;       /* resident blocks per SM the occupancy API allows */
 } LuceMkLaunchInfo;
 
+/* The prefill of a prompt from position 0 (mk_prefill.cu): all 24 layers for the n_tokens positions, leaving the
+ * KV cache rows 0..n_tokens-1, the GDN states and conv histories exactly as n_tokens decode steps would, and the
+ * argmax of the last position in *last_token (the decode kernel's next input). Expects reset buffers (zero GDN
+ * state and conv history). */
+typedef struct LuceMkPrefillParams {
+    const void* wblob;
+    const float* sblob;
+    const void* embed;
+    void* kcache;
+    void* vcache;
+    float* gdn_state;
+    float* conv_hist;
+    int* last_token;
+    const int* tokens;      /* [n_tokens] prompt token ids (device) */
+    int n_tokens;           /* 1 .. max_seq */
+    int max_seq;            /* KV cache capacity (positions) */
+    void* workspace;        /* luce_mk_prefill_workspace(n_tokens) bytes of device memory, 256-byte aligned */
+    float* logits;          /* [vocab] logits of the last position, or NULL */
+    int n_layers;           /* 0 (all 24 layers, then the LM head) or, to check layer by layer, 1..24: stop after these
+                               layers, without the LM head and last_token */
+    float* hidden;          /* NULL, or [n_tokens][1024] f32: the residual stream after the layers run */
+} LuceMkPrefillParams;
+
 int luce_mk_abi_version(void);
 void luce_mk_get_layout(LuceMkLayout* out);
 /* Fills `out` for the current device; returns 0 or a CUDA error / negative luce_mk error code. */
@@ -112,6 +145,12 @@ int luce_mk_launch_info(LuceMkLaunchInfo* out);
 /* Runs p->n_steps decode steps in one cooperative launch on `stream` (a cudaStream_t). Returns 0 or an error code. */
 int luce_mk_decode(const LuceMkParams* p, void* stream);
 const char* luce_mk_error_string(int code);
+/* Device bytes the prefill of n_tokens needs as its workspace (0 if n_tokens < 1). */
+int64_t luce_mk_prefill_workspace(int n_tokens);
+/* Runs the prefill on `stream` (a cudaStream_t), asynchronously. Returns 0 or an error code (luce_mk_error_string). */
+int luce_mk_prefill(const LuceMkPrefillParams* p, void* stream);
+/* Launches one prefill makes for n_tokens (kernels, for the report). */
+int luce_mk_prefill_launches(int n_tokens);
 /* Trace points per step: 12 per layer (mk_trace.cuh names them), then 4 per step (step start, LM x ready, LM head
    done, LM barrier passed). */
 int luce_mk_trace_points(void);

@@ -8,6 +8,7 @@
 // Publishes: scratch().apart / aml per chunk; scratch().aout, the merged gated output (complete after the mixer
 // barrier); scratch().done counts the head's finished chunks (reset after the barrier).
 #pragma once
+#include "mk_attn_math.cuh"
 #include "mk_norm.cuh"
 #include "mk_trace.cuh"
 
@@ -17,39 +18,6 @@ namespace mk {
 // empty (e.g. n = 257: 16 chunks of 17); their items return at once and the merge skips them.
 __device__ __forceinline__ int att_chunks(int pos) { return min(ATT_MAXCH, (pos + ATT_CHUNK) / ATT_CHUNK); }
 __device__ __forceinline__ int att_items(int pos) { return NKV * QPG * att_chunks(pos); }
-
-// One warp: dst[d0 + e] <- RMSNorm(x) * w (a q or k head; 8 values per lane) when `scale`, else x (v).
-__device__ __forceinline__ void head_norm8(float* dst, const float x[8], const float* w, int d0, bool scale) {
-    float ss = 0.f;
-#pragma unroll
-    for (int e = 0; e < 8; ++e) ss = fmaf(x[e], x[e], ss);
-    const float r = rsqrtf(warp_sum(ss) * (1.0f / HD) + EPS);
-#pragma unroll
-    for (int e = 0; e < 8; ++e) dst[d0 + e] = scale ? x[e] * r * w[d0 + e] : x[e];
-}
-
-// Partial RoPE of one head (first 64 dims, rotate-half pairing) for the pair (i, i + 32), i < 32.
-__device__ __forceinline__ void rope_pair(float* arr, int i, int pos) {
-    const float inv = 1.0f / powf(10000000.0f, (float)(2 * i) / (float)ROT);
-    // angle as HF forms it (f32 product), reduced to [-pi, pi] in double, then the fast sin/cos (abs err ~1e-6)
-    const double ang = (double)((float)pos * inv);
-    const float red = (float)(ang - 6.283185307179586 * rint(ang * 0.15915494309189535));
-    float sn, cs;
-    __sincosf(red, &sn, &cs);
-    const float a = arr[i], b = arr[i + 32];
-    arr[i] = a * cs - b * sn;
-    arr[i + 32] = b * cs + a * sn;
-}
-
-// Online softmax: fold one position (score s, this lane's 8 values v) into the warp's (m, ls, acc).
-__device__ __forceinline__ void softmax_step(float s, const float v[8], float& m, float& ls, float acc[8]) {
-    const float mn = fmaxf(m, s);
-    const float corr = expf(m - mn), pr = expf(s - mn);
-    ls = fmaf(ls, corr, pr);
-#pragma unroll
-    for (int e = 0; e < 8; ++e) acc[e] = fmaf(acc[e], corr, pr * v[e]);
-    m = mn;
-}
 
 // Merge the 15 warps' (m, ls, acc) through smem().acts: threads < 256 write the chunk's unnormalised output to
 // part[t], thread 0 (max, sum) to ml[0..1]. Ends with a block barrier.

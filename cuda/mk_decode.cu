@@ -106,7 +106,8 @@ __global__ void __launch_bounds__(NT, 1) decode_kernel(const __grid_constant__ L
 // ------------------------------------------------------------------ host side
 
 namespace {
-constexpr int kErrNoCoop = -1, kErrSmem = -2, kErrOccupancy = -3, kErrArgs = -4, kErrGrid = -5;
+constexpr int kErrNoCoop = LUCE_MK_ERR_NO_COOP, kErrSmem = LUCE_MK_ERR_SMEM, kErrOccupancy = LUCE_MK_ERR_OCCUPANCY,
+              kErrArgs = LUCE_MK_ERR_ARGS, kErrGrid = LUCE_MK_ERR_GRID;
 
 struct DevInfo {
     int sms = 0, optin = 0, coop = 0, ns = 0, smem = 0, occ = 0;
@@ -196,7 +197,9 @@ const char* luce_mk_error_string(int code) {
         case kErrSmem: return "luce_mk: not enough shared memory per block for a 2-slot weight ring";
         case kErrOccupancy: return "luce_mk: occupancy API reports 0 resident blocks per SM";
         case kErrGrid: return "luce_mk: too few SMs (each block holds at most 1024 of the 3584 MLP hidden units)";
-        case kErrArgs: return "luce_mk: bad arguments (n_steps < 1, or pos + n_steps > max_seq)";
+        case kErrArgs: return "luce_mk: bad arguments (n_steps or n_tokens < 1, or beyond max_seq)";
+        case LUCE_MK_ERR_PREFILL_SMEM:
+            return "luce_mk: the prefill needs about 180 KB of shared memory per block (sm_80 / sm_90 class GPUs)";
         default: return cudaGetErrorString((cudaError_t)code);
     }
 }

@@ -42,7 +42,7 @@ def test_no_register_spills(built):
         assert r.spill_stores == 0 and r.spill_loads == 0, (
             f"{r.arch} {r.function}: {r.spill_stores}/{r.spill_loads} B spilled"
         )
-        if "kernel" in r.function:
+        if "decode_kernel" in r.function:
             assert 0 < r.registers <= 128  # 512-thread blocks: at most 128 registers per thread
 
 
@@ -51,7 +51,7 @@ def test_library_loads_and_exports_abi(built):
     from luce_bench.kernels import lib as klib
 
     raw = ctypes.CDLL(str(built.lib))
-    for sym in klib.SYMBOLS:
+    for sym in (*klib.SYMBOLS, *klib.PREFILL_SYMBOLS):
         assert hasattr(raw, sym), sym
     lib = klib.load_library(built.lib)
     lay = klib.layout(lib)
@@ -64,6 +64,13 @@ def test_library_loads_and_exports_abi(built):
     assert lay.wblob_elems + 248320 * 1024 == 752_393_024 - (24 * 2048 + 1024 + 6 * 512 + 18 * (6144 * 4 + 32 + 128))
     assert ctypes.sizeof(klib.LuceMkParams) == 15 * 8 + 8 * 4  # 15 pointers, 7 ints + padding before `trace`
     assert lib.luce_mk_trace_points() == 24 * 12 + 4  # 12 points per layer + 4 per step
+    assert klib.has_prefill(lib) and lib.luce_mk_abi_version() == 5
+    assert ctypes.sizeof(klib.LuceMkPrefillParams) == 9 * 8 + 2 * 4 + 2 * 8 + 8 + 8  # n_layers padded before hidden
+    # prefill workspace for 64 tokens: best 256 B | X f32 64 x 1024 | Xn bf16 | Y f32 64 x 8224 | U bf16 64 x 3584 |
+    # conv out f32 64 x 6144 | O f32 64 x 2048 | Q, K, U, W f32 16 x 64 x 128 each | G 16 x 64 | M 16 x 64 x 64
+    assert lib.luce_mk_prefill_workspace(64) == 7_418_112 and lib.luce_mk_prefill_workspace(0) == 0
+    assert lib.luce_mk_prefill_workspace(65) > lib.luce_mk_prefill_workspace(64)
+    assert lib.luce_mk_prefill_launches(520) == 1 + 24 * 4 + 18 * 6 + 6 * 4 + 3
 
 
 @needs_nvcc

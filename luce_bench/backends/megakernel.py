@@ -78,8 +78,20 @@ class MegakernelBackend(Backend):
         arch: str | None = None,
         options: dict[str, int] | None = None,
         lib_dir: Path | None = None,
+        prefill: str | None = None,
     ) -> None:
-        """`options`: kernel build options (default: $LUCE_BENCH_KERNEL_OPTIONS); `lib_dir`: a prebuilt library."""
+        """A backend to load later.
+
+        `options`: kernel build options (default: $LUCE_BENCH_KERNEL_OPTIONS); `lib_dir`: a prebuilt library;
+        `prefill`: "tokens" or "kernel" (default: $LUCE_BENCH_PREFILL, else "tokens"; see kernels/prefill.py).
+        """
+        from luce_bench.kernels.prefill import MODES, mode_from_env
+
+        if prefill is not None and prefill not in MODES:
+            raise UserError(f"prefill path {prefill!r}: expected one of {', '.join(MODES)}")
+        self.prefill_mode = prefill or mode_from_env()
+        self.prefill_used: str | None = None  # the path the last prefill took
+        self._kprefill: Any = None
         self.max_seq = max_seq
         self.arch = arch
         self.options = options
@@ -271,12 +283,56 @@ class MegakernelBackend(Backend):
         return torch.tensor(list(ids), dtype=torch.int32, device=self._device)
 
     def prefill(self, token_ids: Sequence[int], logits: bool = False) -> StepResult:
-        """Feed the prompt token by token through the decode kernel (one launch per 512 tokens)."""
-        import torch
-
+        """Run the prompt: through the kernel prefill (at position 0, when chosen), else token by token."""
         ids = list(token_ids)
         if not ids:
             raise ValueError("empty prompt")
+        if self.prefill_mode == "kernel" and self._pos == 0 and self._kernel_prefill() is not None:
+            return self._prefill_kernel(ids, logits)
+        return self._prefill_tokens(ids, logits)
+
+    def _kernel_prefill(self) -> Any:
+        from luce_bench.kernels.lib import has_prefill
+        from luce_bench.kernels.prefill import KernelPrefill
+
+        if self._kprefill is None and has_prefill(self._lib):
+            self._kprefill = KernelPrefill(self._lib, self._device)
+        return self._kprefill
+
+    def _prefill_kernel(self, ids: list[int], logits: bool) -> StepResult:
+        import torch
+
+        lg = torch.full((self.layout.vocab,), float("nan"), device=self._device) if logits else None
+        tokens = self._tokens(ids)
+        torch.cuda.synchronize(self._device)
+        t0 = time.perf_counter()
+        self._kprefill.run(self._bufs, tokens, self.max_seq, logits=lg)
+        torch.cuda.synchronize(self._device)
+        elapsed = time.perf_counter() - t0
+        self._pos = len(ids)
+        self.prefill_used = "kernel"
+        rows = lg[None].cpu().numpy() if lg is not None else None
+        return StepResult(tokens=(int(self._bufs["last_token"].item()),), elapsed_s=elapsed, logits=rows)
+
+    def prefill_hidden(self, token_ids: Sequence[int], n_layers: int) -> Any:
+        """The residual stream [n, 1024] after the kernel prefill's first n_layers layers (a layer-by-layer check).
+
+        The backend is reset before and after.
+        """
+        import torch
+
+        if self._kernel_prefill() is None:
+            raise UserError("this megakernel library has no prefill (ABI < 5)")
+        self.reset()
+        hidden = torch.empty(len(token_ids), self.layout.hidden, dtype=torch.float32, device=self._device)
+        self._kprefill.run(self._bufs, self._tokens(token_ids), self.max_seq, n_layers=n_layers, hidden=hidden)
+        torch.cuda.synchronize(self._device)
+        self.reset()
+        return hidden
+
+    def _prefill_tokens(self, ids: list[int], logits: bool) -> StepResult:
+        import torch
+
         forced = self._tokens(ids)
         torch.cuda.synchronize(self._device)
         t0 = time.perf_counter()
@@ -287,6 +343,7 @@ class MegakernelBackend(Backend):
             out, lg = self.run_steps(n, forced[s : s + n], n - 1 if (logits and last) else None)
         torch.cuda.synchronize(self._device)
         elapsed = time.perf_counter() - t0
+        self.prefill_used = "tokens"
         rows = lg.cpu().numpy() if lg is not None else None
         return StepResult(tokens=(int(out[-1].item()),), elapsed_s=elapsed, logits=rows)
 
@@ -332,6 +389,7 @@ class MegakernelBackend(Backend):
             "max_seq": self.max_seq,
             "options": self.options if self.options is not None else options_from_env(),
             "prebuilt": str(self.lib_dir) if self.lib_dir else None,
+            "prefill": {"chosen": self.prefill_mode, "last_used": self.prefill_used},
             "ptxas": [
                 {"arch": r.arch, "registers": r.registers, "spill_stores": r.spill_stores, "spill_loads": r.spill_loads}
                 for r in self._build.reports

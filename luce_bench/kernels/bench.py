@@ -55,6 +55,7 @@ class VariantResult:
     per_token_s: list[float] = field(default_factory=list)
     parity: dict[str, float] = field(default_factory=dict)
     breakdown_us: dict[str, float] = field(default_factory=dict)
+    prefill_s: dict[int, list[float]] = field(default_factory=dict)
 
 
 def parse_variant(text: str) -> Variant:
@@ -149,6 +150,31 @@ def time_decode(
     return times
 
 
+def time_prefill(be: Any, n: int, reps: int, seed: int) -> list[float]:
+    """Seconds per kernel prefill of an n-token prompt (CUDA events), `reps` times after one warm-up."""
+    import torch
+
+    prompt = torch.randint(0, 248320, (n,), generator=torch.Generator().manual_seed(seed + n)).tolist()
+    mode, be.prefill_mode = be.prefill_mode, "kernel"
+    times = []
+    try:
+        for r in range(reps + 1):
+            be.reset()
+            torch.cuda.synchronize()
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            be.prefill(prompt)
+            b.record()
+            torch.cuda.synchronize()
+            if be.prefill_used != "kernel":
+                raise UserError("this library has no kernel prefill (ABI < 5)")
+            if r:
+                times.append(a.elapsed_time(b) / 1e3)
+    finally:
+        be.prefill_mode = mode
+    return times
+
+
 def reference_logits(sd: dict[str, Any], tokens: list[int]) -> Any:
     """float32 reference logits [len(tokens), vocab] (token by token, luce_bench.kernels.reference)."""
     import numpy as np
@@ -205,6 +231,7 @@ class BenchPlan:
     per_token: bool = True
     breakdown: str | None = None  # the variant that gets the debug-flag breakdown
     bandwidth_tbs: float | None = None  # None: measure
+    prefill_lengths: tuple[int, ...] = ()  # prompt lengths to time the kernel prefill at (ms against N)
 
 
 def run(plan: BenchPlan, say: Callable[[str], None] = print, build_dir: Path | None = None) -> dict[str, Any]:
@@ -235,7 +262,7 @@ def run(plan: BenchPlan, say: Callable[[str], None] = print, build_dir: Path | N
     short = torch.randint(0, 248320, (SHORT_POS,), generator=gen).tolist()
     long_ = torch.randint(0, 248320, (plan.long_pos,), generator=gen).tolist() if plan.long_pos else None
     ref = reference_logits(sd, check_toks) if plan.check else None
-    max_seq = max(4096, plan.long_pos + plan.steps + 8)
+    max_seq = max(4096, plan.long_pos + plan.steps + 8, *(n + 8 for n in plan.prefill_lengths))
     results = {v.name: VariantResult(v.name) for v in plan.variants}
     backends: dict[str, Any] = {}
     layout = None
@@ -265,6 +292,14 @@ def run(plan: BenchPlan, say: Callable[[str], None] = print, build_dir: Path | N
                 res.per_token_s = time_decode(be, short, plan.steps, max(3, plan.reps // 2), per_token=True)
                 line += f", one launch per token {plan.steps / statistics.median(res.per_token_s):.1f} tok/s"
             say(line)
+            if rnd == 0 and plan.prefill_lengths:
+                for n in plan.prefill_lengths:
+                    tp = time_prefill(be, n, max(3, plan.reps // 2), seed)
+                    res.prefill_s[n] = tp
+                    say(
+                        f"  {v.name} prefill N={n}: {1e3 * statistics.median(tp):8.3f} ms, "
+                        f"{n / statistics.median(tp):10.0f} tok/s"
+                    )
             if rnd == 0 and v.name == plan.breakdown:
                 for flags, what in BREAKDOWN:
                     tb = time_decode(be, short, plan.steps, 3, debug_flags=flags)
@@ -300,6 +335,11 @@ def summarize(
             row["long_tok_s"] = plan.steps / statistics.median(r.long_s)
         if r.per_token_s:
             row["per_token_tok_s"] = plan.steps / statistics.median(r.per_token_s)
+        if r.prefill_s:
+            row["prefill"] = [
+                {"n": n, "ms": 1e3 * statistics.median(t), "tok_s": n / statistics.median(t)}
+                for n, t in sorted(r.prefill_s.items())
+            ]
         rows.append(row)
     return {
         "gpu": gpu,

@@ -27,6 +27,7 @@ from luce_bench.files import atomic_path
 LIB_NAME = "libluce_mk.so"
 REPORT_NAME = "ptxas.txt"
 MAIN_SOURCE = "mk_decode.cu"
+SOURCES = (MAIN_SOURCE, "mk_prefill.cu")  # one library: the decode kernel and the prefill
 BASE_FLAGS = (
     "-O3",
     "-std=c++17",
@@ -288,7 +289,7 @@ def build(
     try:
         with atomic_path(final) as tmp:
             tmp.mkdir()
-            cmd = [nvcc, *flags, "-I", str(src), "-o", str(tmp / LIB_NAME), str(src / MAIN_SOURCE)]
+            cmd = [nvcc, *flags, "-I", str(src), "-o", str(tmp / LIB_NAME), *(str(src / f) for f in SOURCES)]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
             report = proc.stdout + proc.stderr
             if proc.returncode != 0:

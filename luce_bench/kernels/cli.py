@@ -86,6 +86,12 @@ def bench_cmd(
     bandwidth_tbs: Annotated[
         Optional[float], typer.Option(help="GPU copy bandwidth in TB/s for the share of the floor (default: measured).")
     ] = None,
+    prefill: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Also time the kernel prefill at these prompt lengths, e.g. 1,64,520,2048,8192 (ms against N)."
+        ),
+    ] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the summary as JSON here.")] = None,
 ) -> None:
     """Decode speed of the megakernel (tg128 at position 64 and at --long), variants side by side, vs the floor."""
@@ -112,6 +118,20 @@ def bench_cmd(
     _print_bench(summary)
     if json_out:
         json_out.write_text(json.dumps(summary, indent=2))
+
+
+def _lengths(text: str | None) -> tuple[int, ...]:
+    from luce_bench.errors import UserError
+
+    if not text:
+        return ()
+    try:
+        out = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise UserError(f"--prefill {text!r}: expected prompt lengths, e.g. 64,520,2048") from None
+    if any(n < 1 for n in out):
+        raise UserError(f"--prefill {text!r}: lengths must be >= 1")
+    return out
 
 
 def _print_bench(s: dict) -> None:

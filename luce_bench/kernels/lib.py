@@ -7,7 +7,9 @@ from pathlib import Path
 
 from luce_bench.errors import UserError
 
-ABI_VERSION = 4
+ABI_VERSION = 5
+DECODE_ABIS = (4, 5)  # 4: the decode only (libraries built before the prefill, e.g. for side-by-side benchmarks)
+PREFILL_SYMBOLS = ("luce_mk_prefill", "luce_mk_prefill_workspace", "luce_mk_prefill_launches")
 SYMBOLS = (
     "luce_mk_abi_version",
     "luce_mk_get_layout",
@@ -46,6 +48,28 @@ class LuceMkParams(ctypes.Structure):
         ("step_base", ctypes.c_uint),
         ("debug_flags", ctypes.c_int),
         ("trace", _p),
+    ]
+
+
+class LuceMkPrefillParams(ctypes.Structure):
+    """Mirror of `LuceMkPrefillParams`."""
+
+    _fields_ = [
+        ("wblob", _p),
+        ("sblob", _p),
+        ("embed", _p),
+        ("kcache", _p),
+        ("vcache", _p),
+        ("gdn_state", _p),
+        ("conv_hist", _p),
+        ("last_token", _p),
+        ("tokens", _p),
+        ("n_tokens", ctypes.c_int),
+        ("max_seq", ctypes.c_int),
+        ("workspace", _p),
+        ("logits", _p),
+        ("n_layers", ctypes.c_int),
+        ("hidden", _p),
     ]
 
 
@@ -99,9 +123,22 @@ def load_library(path: Path) -> ctypes.CDLL:
     lib.luce_mk_decode.restype = ctypes.c_int
     lib.luce_mk_error_string.argtypes = [ctypes.c_int]
     lib.luce_mk_error_string.restype = ctypes.c_char_p
-    if lib.luce_mk_abi_version() != ABI_VERSION:
-        raise UserError(f"{path}: ABI version {lib.luce_mk_abi_version()} != {ABI_VERSION}; rebuild the kernel")
+    abi = lib.luce_mk_abi_version()
+    if abi not in DECODE_ABIS:
+        raise UserError(f"{path}: ABI version {abi}, this luce-bench reads {DECODE_ABIS}; rebuild the kernel")
+    if abi >= 5:
+        lib.luce_mk_prefill_workspace.argtypes = [ctypes.c_int]
+        lib.luce_mk_prefill_workspace.restype = ctypes.c_int64
+        lib.luce_mk_prefill.argtypes = [ctypes.POINTER(LuceMkPrefillParams), ctypes.c_void_p]
+        lib.luce_mk_prefill.restype = ctypes.c_int
+        lib.luce_mk_prefill_launches.argtypes = [ctypes.c_int]
+        lib.luce_mk_prefill_launches.restype = ctypes.c_int
     return lib
+
+
+def has_prefill(lib: ctypes.CDLL) -> bool:
+    """The library has the prefill entry points (ABI 5 and later)."""
+    return lib.luce_mk_abi_version() >= 5
 
 
 def layout(lib: ctypes.CDLL) -> LuceMkLayout:

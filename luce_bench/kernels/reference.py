@@ -108,8 +108,11 @@ class Reference:
         o = o * F.silu(z)
         return self.w[p + "out_proj.weight"] @ o.reshape(-1)
 
-    def step(self, token: int) -> Any:
-        """Feed one token; return float32 logits [vocab] for the next position."""
+    def step(self, token: int, hidden: list[Any] | None = None) -> Any:
+        """Feed one token; return float32 logits [vocab] for the next position.
+
+        With `hidden`, the residual stream after every layer is appended to it (24 vectors [hidden]).
+        """
         import torch.nn.functional as F
 
         E = self.w["model.embed_tokens.weight"]
@@ -123,6 +126,8 @@ class Reference:
             x = x + self.w[m + "down_proj.weight"] @ (
                 F.silu(self.w[m + "gate_proj.weight"] @ h) * (self.w[m + "up_proj.weight"] @ h)
             )
+            if hidden is not None:
+                hidden.append(x)
         self.pos += 1
         head = self.w.get("lm_head.weight", E)
         return head @ self._rms1p(x, self.w["model.norm.weight"])

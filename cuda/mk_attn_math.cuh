@@ -1,0 +1,41 @@
+// mk_attn_math.cuh -- per-head arithmetic of gated attention, shared by the decode items (mk_attn.cuh) and the
+// prefill (pf_attn.cuh): the per-head RMSNorm, the partial RoPE as HF forms it, and the online-softmax step.
+#pragma once
+#include "mk_math.cuh"
+
+namespace mk {
+
+// One warp: dst[d0 + e] <- RMSNorm(x) * w (a q or k head; 8 values per lane) when `scale`, else x (v).
+__device__ __forceinline__ void head_norm8(float* dst, const float x[8], const float* w, int d0, bool scale) {
+    float ss = 0.f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) ss = fmaf(x[e], x[e], ss);
+    const float r = rsqrtf(warp_sum(ss) * (1.0f / HD) + EPS);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) dst[d0 + e] = scale ? x[e] * r * w[d0 + e] : x[e];
+}
+
+// Partial RoPE of one head (first 64 dims, rotate-half pairing) for the pair (i, i + 32), i < 32.
+__device__ __forceinline__ void rope_pair(float* arr, int i, int pos) {
+    const float inv = 1.0f / powf(10000000.0f, (float)(2 * i) / (float)ROT);
+    // angle as HF forms it (f32 product), reduced to [-pi, pi] in double, then the fast sin/cos (abs err ~1e-6)
+    const double ang = (double)((float)pos * inv);
+    const float red = (float)(ang - 6.283185307179586 * rint(ang * 0.15915494309189535));
+    float sn, cs;
+    __sincosf(red, &sn, &cs);
+    const float a = arr[i], b = arr[i + 32];
+    arr[i] = a * cs - b * sn;
+    arr[i + 32] = b * cs + a * sn;
+}
+
+// Online softmax: fold one position (score s, this lane's 8 values v) into the warp's (m, ls, acc).
+__device__ __forceinline__ void softmax_step(float s, const float v[8], float& m, float& ls, float acc[8]) {
+    const float mn = fmaxf(m, s);
+    const float corr = expf(m - mn), pr = expf(s - mn);
+    ls = fmaf(ls, corr, pr);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc[e] = fmaf(acc[e], corr, pr * v[e]);
+    m = mn;
+}
+
+}  // namespace mk

@@ -1,0 +1,190 @@
+// mk_prefill.cu -- the prompt's prefill (luce_mk.h, luce_mk_prefill): all 24 layers over N tokens at once, as a fixed
+// sequence of kernels on one stream, leaving the caches exactly where the decode kernel reads them.
+//
+// X [N][1024] f32 is the residual stream. Per layer:
+//   rmsnorm -> Xn (bf16)
+//   GDN:  GEMM in_proj (NT) -> Y | conv + SiLU -> C, conv_hist | chunk prep | chunk scan -> O, gdn_state | gated norm
+//         -> U (bf16) | GEMM out_proj^T (NN) added into X                                       (pf_gdn.cuh)
+//   attn: GEMM qkv (NT) -> Y | norms, RoPE, K/V cache append | causal attention x gate -> U | GEMM o_proj (NT) into X
+//   MLP:  rmsnorm -> Xn | GEMM gate|up (NT) with the SwiGLU epilogue -> U (bf16) | GEMM down^T (NN) into X
+// then the last position's final norm, LM head and argmax -> *last_token. GEMMs: pf_gemm.cuh (tensor cores).
+#include <cuda_runtime.h>
+#include "luce_mk.h"
+#include "pf_attn.cuh"
+#include "pf_gdn.cuh"
+#include "pf_gemm.cuh"
+#include "pf_misc.cuh"
+
+namespace mk {
+namespace pf {
+
+// Byte offsets of the workspace's arrays for N tokens (each 256-byte aligned).
+struct Workspace {
+    size_t best, x, xn, y, u, c, o, gq, gk, gu, gw, gg, gm, total;
+    int np;
+    explicit Workspace(int n) {
+        np = (n + GC - 1) / GC * GC;
+        size_t at = 0;
+        auto take = [&](size_t bytes) {
+            const size_t here = at;
+            at += (bytes + 255) / 256 * 256;
+            return here;
+        };
+        const size_t N = (size_t)n, P = (size_t)np;
+        best = take(8);
+        x = take(N * H * 4);
+        xn = take(N * H * 2);
+        y = take(N * GDN_ROWS * 4);  // the widest projection (in_proj 8224; qkv 5120, gate|up 7168)
+        u = take(N * FF * 2);        // bf16 GEMM inputs: SwiGLU (3584), GDN gated norm / attention output (2048)
+        c = take(N * CONV * 4);      // GDN conv outputs; the attention layers' q (2048) in the same place
+        o = take(N * DH * DV * 4);
+        gq = take(DH * P * DK * 4);
+        gk = take(DH * P * DK * 4);
+        gu = take(DH * P * DK * 4);
+        gw = take(DH * P * DK * 4);
+        gg = take(DH * P * 4);
+        gm = take(DH * P * GC * 4);
+        total = at;
+    }
+};
+
+int g_sms = 0;
+
+template <bool NN, int OUT>
+void gemm(const unsigned short* A, const unsigned short* B, float* C, unsigned short* Hout, int M, int N, int K,
+          int ldb, cudaStream_t st) {
+    GemmArgs g{A, B, C, Hout, M, N, K, K, ldb, N, K};
+    const int tiles = ((N + GBN - 1) / GBN) * ((M + GBM - 1) / GBM);
+    int splits = 1;
+    if (OUT == OUT_ADD && tiles < g_sms) {  // too few tiles for the GPU: split K (f32 atomics into X)
+        splits = (2 * g_sms + tiles - 1) / tiles;
+        splits = splits < K / (4 * GBK) ? splits : K / (4 * GBK);
+        splits = splits > 1 ? splits : 1;
+    }
+    g.k_per_split = (K / GBK + splits - 1) / splits * GBK;
+    splits = (K + g.k_per_split - 1) / g.k_per_split;
+    const dim3 grid((N + GBN - 1) / GBN, (M + GBM - 1) / GBM, splits);
+    gemm_kernel<NN, OUT><<<grid, GTHREADS, 0, st>>>(g);
+}
+
+// Phase k of layer l's weights (0 in_proj / qkv, 1 out_proj^T / o_proj, 2 gate|up, 3 down^T), bf16.
+const unsigned short* layer_w(const void* wblob, int l, int k) {
+    const unsigned short* base = (const unsigned short*)wblob + layer_woff(l);
+    const int64_t rows = is_fa(l) ? FA_ROWS : GDN_ROWS;
+    switch (k) {
+        case 0: return base;
+        case 1: return base + rows * H;
+        case 2: return base + rows * H + W_OUT;
+        default: return base + rows * H + W_OUT + W_GU;
+    }
+}
+
+void gdn_layer(const LuceMkPrefillParams& p, const Workspace& ws, char* w, int l, cudaStream_t st) {
+    const int n = p.n_tokens, gi = gdn_index(l);
+    const float* sp = p.sblob + (int64_t)l * SP;
+    float* Y = (float*)(w + ws.y);
+    float* C = (float*)(w + ws.c);
+    GdnWork gw{(float*)(w + ws.gq), (float*)(w + ws.gk), (float*)(w + ws.gu), (float*)(w + ws.gw),
+               (float*)(w + ws.gg), (float*)(w + ws.gm), ws.np};
+    gemm<false, OUT_STORE>((unsigned short*)(w + ws.xn), layer_w(p.wblob, l, 0), Y, nullptr, n, GDN_ROWS, H, H,
+                           st);
+    gdn_conv_kernel<<<dim3(CONV / 128, ws.np / GC), 128, 0, st>>>(Y, sp + SP_CONV, p.conv_hist + (int64_t)gi * CONV * 4,
+                                                                 C, n);
+    gdn_chunk_kernel<<<dim3(DH, ws.np / GC), 256, sizeof(ChunkSmem), st>>>(C, Y, sp, gw, n);
+    gdn_scan_kernel<<<DH * NSL, 256, sizeof(ScanSmem), st>>>(gw, (float*)(w + ws.o), p.gdn_state + gi * STATE_L, n);
+    gdn_gate_kernel<<<n, 512, 0, st>>>((float*)(w + ws.o), Y, sp + SP_GNW, (unsigned short*)(w + ws.u), n);
+    gemm<true, OUT_ADD>((unsigned short*)(w + ws.u), layer_w(p.wblob, l, 1), (float*)(w + ws.x), nullptr, n, H,
+                        DH * DV, H, st);
+}
+
+void attn_layer(const LuceMkPrefillParams& p, const Workspace& ws, char* w, int l, cudaStream_t st) {
+    const int n = p.n_tokens;
+    const float* sp = p.sblob + (int64_t)l * SP;
+    float* Y = (float*)(w + ws.y);
+    float* Qa = (float*)(w + ws.c);
+    const int64_t cache = (int64_t)fa_index(l) * NKV * p.max_seq * HD;
+    unsigned short* kc = (unsigned short*)p.kcache + cache;
+    unsigned short* vc = (unsigned short*)p.vcache + cache;
+    gemm<false, OUT_STORE>((unsigned short*)(w + ws.xn), layer_w(p.wblob, l, 0), Y, nullptr, n, FA_ROWS, H, H,
+                           st);
+    attn_prep_kernel<<<n, 384, 0, st>>>(Y, sp, Qa, kc, vc, p.max_seq);
+    attn_kernel<<<dim3((n + AQ - 1) / AQ, NKV), 512, 0, st>>>(Qa, Y, kc, vc, (unsigned short*)(w + ws.u), n, p.max_seq);
+    gemm<false, OUT_ADD>((unsigned short*)(w + ws.u), layer_w(p.wblob, l, 1), (float*)(w + ws.x), nullptr, n, H,
+                         NQH * HD, NQH * HD, st);
+}
+
+void mlp(const LuceMkPrefillParams& p, const Workspace& ws, char* w, int l, cudaStream_t st) {
+    const int n = p.n_tokens;
+    rmsnorm_kernel<<<n, 256, 0, st>>>((float*)(w + ws.x), p.sblob + (int64_t)l * SP + SP_LN2,
+                                      (unsigned short*)(w + ws.xn));
+    // gate|up rows are [gate_i | up_i] pairs: as a [2 FF][H] matrix, output columns 2i, 2i + 1 = gate_i, up_i
+    gemm<false, OUT_SWIGLU>((unsigned short*)(w + ws.xn), layer_w(p.wblob, l, 2), nullptr,
+                            (unsigned short*)(w + ws.u), n, 2 * FF, H, H, st);
+    gemm<true, OUT_ADD>((unsigned short*)(w + ws.u), layer_w(p.wblob, l, 3), (float*)(w + ws.x), nullptr, n, H,
+                        FF, H, st);
+}
+
+int setup_device() {
+    static int done_dev = -1;
+    int dev = 0;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e != cudaSuccess) return (int)e;
+    if (done_dev == dev) return 0;
+    int optin = 0;
+    if ((e = cudaDeviceGetAttribute(&g_sms, cudaDevAttrMultiProcessorCount, dev)) != cudaSuccess) return (int)e;
+    if ((e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev)) != cudaSuccess) return (int)e;
+    if (optin < (int)sizeof(ChunkSmem) || optin < (int)sizeof(ScanSmem)) return LUCE_MK_ERR_PREFILL_SMEM;
+    e = cudaFuncSetAttribute(gdn_chunk_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sizeof(ChunkSmem));
+    if (e != cudaSuccess) return (int)e;
+    e = cudaFuncSetAttribute(gdn_scan_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sizeof(ScanSmem));
+    if (e != cudaSuccess) return (int)e;
+    done_dev = dev;
+    return 0;
+}
+
+}  // namespace pf
+}  // namespace mk
+
+extern "C" {
+
+int64_t luce_mk_prefill_workspace(int n_tokens) {
+    return n_tokens < 1 ? 0 : (int64_t)mk::pf::Workspace(n_tokens).total;
+}
+
+int luce_mk_prefill_launches(int n_tokens) {
+    if (n_tokens < 1) return 0;
+    // embed + 24 x (rmsnorm + MLP's 3) + 18 GDN x 6 + 6 attention x 4 + LM head + finish (+ the best reset)
+    return 1 + 24 * 4 + 18 * 6 + 6 * 4 + 3;
+}
+
+int luce_mk_prefill(const LuceMkPrefillParams* p, void* stream) {
+    using namespace mk;
+    using namespace mk::pf;
+    if (!p || p->n_tokens < 1 || p->n_tokens > p->max_seq || !p->workspace || p->n_layers < 0 || p->n_layers > NL)
+        return LUCE_MK_ERR_ARGS;
+    int rc = setup_device();
+    if (rc) return rc;
+    cudaStream_t st = (cudaStream_t)stream;
+    const Workspace ws(p->n_tokens);
+    char* w = (char*)p->workspace;
+    const int n = p->n_tokens;
+    cudaMemsetAsync(w + ws.best, 0, 8, st);
+    embed_kernel<<<n, 256, 0, st>>>(p->tokens, (const unsigned short*)p->embed, (float*)(w + ws.x));
+    const int layers = p->n_layers ? p->n_layers : NL;
+    for (int l = 0; l < layers; ++l) {
+        rmsnorm_kernel<<<n, 256, 0, st>>>((float*)(w + ws.x), p->sblob + (int64_t)l * SP + SP_LN1,
+                                          (unsigned short*)(w + ws.xn));
+        if (is_fa(l)) attn_layer(*p, ws, w, l, st);
+        else gdn_layer(*p, ws, w, l, st);
+        mlp(*p, ws, w, l, st);
+    }
+    if (p->hidden) cudaMemcpyAsync(p->hidden, w + ws.x, (size_t)n * H * 4, cudaMemcpyDeviceToDevice, st);
+    if (p->n_layers) return (int)cudaGetLastError();
+    lm_head_kernel<<<1024, 256, 0, st>>>((float*)(w + ws.x) + (int64_t)(n - 1) * H, p->sblob + (int64_t)NL * SP,
+                                         (const unsigned short*)p->embed, p->logits,
+                                         (unsigned long long*)(w + ws.best));
+    finish_kernel<<<1, 1, 0, st>>>((unsigned long long*)(w + ws.best), p->last_token);
+    return (int)cudaGetLastError();
+}
+
+}  // extern "C"

@@ -1,0 +1,248 @@
+// pf_gdn.cuh -- the prefill of a Gated DeltaNet layer, chunked (luce_bench/kernels/chunked.py is the same algorithm in
+// Python, tested against the token-by-token recurrence): four kernels after the in_proj GEMM.
+//   gdn_conv_kernel   causal depthwise conv (4 taps) + SiLU of the q/k/v channels; leaves the last 3 raw inputs in
+//                     conv_hist where the decode kernel reads them (slot = position % 4)
+//   gdn_chunk_kernel  per (head, chunk of 64 tokens), all in parallel: L2 norms, beta, log decay g and its cumulative
+//                     sum G; A = strictly lower beta_i (k_i . k_j) exp(G_i - G_j); (I + A) [U | W] = [beta v | beta
+//                     exp(G) k] by forward substitution; M = lower (q_i . k_j) exp(G_i - G_j)
+//   gdn_scan_kernel   per (head, 16-column value slice), sequential over chunks with the f32 state slice: E = U - W S,
+//                     O = exp(G) (Q S) + M E, S <- exp(G_C) S + K^T (exp(G_C - G) E); leaves S in the decode layout
+//   gdn_gate_kernel   the gated RMSNorm of each head's output times silu(z), as bf16 for the out_proj GEMM
+// Waits for: the in_proj GEMM's f32 output Y [N][8224] (head-major rows: q 128 | k 128 | v 128 | z 128 | b | a).
+#pragma once
+#include "mk_layout.cuh"
+#include "mk_math.cuh"
+
+namespace mk {
+namespace pf {
+
+constexpr int GC = 64;            // chunk length (tokens)
+constexpr int GLD = DK + 1;       // padded f32 row of a 128-wide tile in shared memory
+constexpr int GRHS = DK + DV;     // the right-hand side [beta v | beta exp(G) k]
+
+// Per-head arrays the chunk kernel leaves for the scan: [16 heads][Np tokens][128] (Q, K, U, W), G [16][Np],
+// M [16][Np / 64][64][64].
+struct GdnWork {
+    float *q, *k, *u, *w, *g, *m;
+    int np;  // tokens padded to a multiple of GC
+};
+
+__global__ void __launch_bounds__(128) gdn_conv_kernel(const float* Y, const float* wconv, float* hist, float* C,
+                                                       int n) {
+    const int ch = blockIdx.x * 128 + threadIdx.x;               // conv channel: [q 16 x 128 | k | v]
+    const int ycol = ((ch & 2047) >> 7) * GDN_HROWS + (ch >> 11) * 128 + (ch & 127);
+    const int t0 = blockIdx.y * GC, t1 = min(n, t0 + GC);
+    const float4 w = *(const float4*)(wconv + ch * 4);
+    auto raw = [&](int t) { return t < 0 ? 0.f : Y[(size_t)t * GDN_ROWS + ycol]; };
+    float r3 = raw(t0 - 3), r2 = raw(t0 - 2), r1 = raw(t0 - 1);  // inputs at t - 3, t - 2, t - 1
+    for (int t = t0; t < t1; ++t) {
+        const float cur = raw(t);
+        float acc = w.w * cur;
+        acc = fmaf(w.z, r1, acc);
+        acc = fmaf(w.y, r2, acc);
+        acc = fmaf(w.x, r3, acc);
+        C[(size_t)t * CONV + ch] = silu(acc);
+        if (t >= n - 3) hist[ch * 4 + (t & 3)] = cur;  // what decode step n reads at (n - 1..3) % 4
+        r3 = r2;
+        r2 = r1;
+        r1 = cur;
+    }
+}
+
+// Shared memory of gdn_chunk_kernel (floats).
+struct ChunkSmem {
+    float q[GC][GLD], k[GC][GLD], v[GC][GLD];
+    float a[GC][GC + 1];
+    float x[GC][GRHS];  // the right-hand side, solved in place into [U | W]
+    float beta[GC], g[GC], G[GC], eg[GC];
+};
+
+__global__ void __launch_bounds__(256, 1) gdn_chunk_kernel(const float* C, const float* Y, const float* sp, GdnWork gw,
+                                                        int n) {
+    extern __shared__ __align__(16) unsigned char pf_smem[];
+    ChunkSmem& s = *reinterpret_cast<ChunkSmem*>(pf_smem);
+    const int h = blockIdx.x, c = blockIdx.y, t0 = c * GC, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int valid = min(GC, n - t0);
+    for (int i = tid; i < GC * DK; i += 256) {  // conv outputs of this head (zeros past the prompt)
+        const int r = i >> 7, d = i & 127;
+        const bool ok = r < valid;
+        const float* row = C + (size_t)(t0 + r) * CONV + h * 128 + d;
+        s.q[r][d] = ok ? row[0] : 0.f;
+        s.k[r][d] = ok ? row[2048] : 0.f;
+        s.v[r][d] = ok ? row[4096] : 0.f;
+    }
+    if (tid < GC) {
+        const bool ok = tid < valid;
+        const float b = ok ? Y[(size_t)(t0 + tid) * GDN_ROWS + h * GDN_HROWS + GB] : 0.f;
+        const float a = ok ? Y[(size_t)(t0 + tid) * GDN_ROWS + h * GDN_HROWS + GA] : 0.f;
+        const float x = a + sp[SP_DTB + h];
+        const float softplus = x > 20.f ? x : log1pf(expf(x));
+        s.beta[tid] = ok ? sigm(b) : 0.f;
+        s.g[tid] = ok ? sp[SP_NEGA + h] * softplus : 0.f;  // log decay, <= 0
+    }
+    __syncthreads();
+    for (int r = warp; r < GC; r += 8) {  // L2 norms (q also scaled by 1/sqrt(128)), one warp per row
+        float qq = 0.f, kk = 0.f;
+        for (int d = lane; d < DK; d += 32) {
+            qq = fmaf(s.q[r][d], s.q[r][d], qq);
+            kk = fmaf(s.k[r][d], s.k[r][d], kk);
+        }
+        const float rq = rsqrtf(warp_sum(qq) + EPS), rk = rsqrtf(warp_sum(kk) + EPS);
+        for (int d = lane; d < DK; d += 32) {
+            s.q[r][d] = s.q[r][d] * rq * 0.08838834764831845f;
+            s.k[r][d] = s.k[r][d] * rk;
+        }
+    }
+    if (tid == 0) {
+        float acc = 0.f;
+        for (int r = 0; r < GC; ++r) s.G[r] = acc += s.g[r];
+    }
+    __syncthreads();
+    // A (strictly lower) and M (lower with the diagonal): thread -> row i = tid / 4, columns j = 16 (tid % 4) + 0..15
+    {
+        const int i = tid >> 2, j0 = (tid & 3) * 16;
+        float kk[16], qk[16];
+#pragma unroll
+        for (int jj = 0; jj < 16; ++jj) kk[jj] = qk[jj] = 0.f;
+        for (int d = 0; d < DK; ++d) {
+            const float ki = s.k[i][d], qi = s.q[i][d];
+#pragma unroll
+            for (int jj = 0; jj < 16; ++jj) {
+                const float kj = s.k[j0 + jj][d];
+                kk[jj] = fmaf(ki, kj, kk[jj]);
+                qk[jj] = fmaf(qi, kj, qk[jj]);
+            }
+        }
+        float* m = gw.m + (((size_t)h * (gw.np / GC) + c) * GC + i) * GC;
+#pragma unroll
+        for (int jj = 0; jj < 16; ++jj) {
+            const int j = j0 + jj;
+            const float dec = j <= i ? expf(s.G[i] - s.G[j]) : 0.f;
+            s.a[i][j] = j < i ? s.beta[i] * kk[jj] * dec : 0.f;
+            m[j] = qk[jj] * dec;
+        }
+    }
+    for (int i = tid; i < GC * GRHS; i += 256) {
+        const int r = i / GRHS, col = i % GRHS;
+        s.x[r][col] = col < DV ? s.beta[r] * s.v[r][col] : s.beta[r] * expf(s.G[r]) * s.k[r][col - DV];
+    }
+    __syncthreads();
+    // forward substitution, one column per thread: x_i -= sum_{j < i} A[i][j] x_j
+    for (int i = 1; i < GC; ++i) {
+        float acc = s.x[i][tid];
+        for (int j = 0; j < i; ++j) acc = fmaf(-s.a[i][j], s.x[j][tid], acc);
+        s.x[i][tid] = acc;
+    }
+    __syncthreads();
+    const size_t base = ((size_t)h * gw.np + t0) * DK;
+    for (int i = tid; i < GC * DK; i += 256) {
+        const int r = i >> 7, d = i & 127;
+        gw.q[base + i] = s.q[r][d];
+        gw.k[base + i] = s.k[r][d];
+        gw.u[base + i] = s.x[r][d];
+        gw.w[base + i] = s.x[r][DV + d];
+    }
+    if (tid < GC) gw.g[(size_t)h * gw.np + t0 + tid] = s.G[tid];
+}
+
+// Shared memory of gdn_scan_kernel (floats).
+struct ScanSmem {
+    float w[GC][GLD], q[GC][GLD], k[GC][GLD];
+    float m[GC][GC + 1];
+    float u[GC][SLV], e[GC][SLV];
+    float s[DK][SLV];
+    float G[GC], eg[GC];
+};
+
+__global__ void __launch_bounds__(256, 1) gdn_scan_kernel(GdnWork gw, float* O, float* state, int n) {
+    extern __shared__ __align__(16) unsigned char pf_smem[];
+    ScanSmem& s = *reinterpret_cast<ScanSmem*>(pf_smem);
+    const int h = blockIdx.x >> 3, j = blockIdx.x & 7, tid = threadIdx.x;
+    for (int i = tid; i < DK * SLV; i += 256) s.s[i >> 4][i & 15] = 0.f;  // a prompt starts from a zero state
+    const int nch = gw.np / GC;
+    for (int c = 0; c < nch; ++c) {
+        const int t0 = c * GC;
+        const size_t base = ((size_t)h * gw.np + t0) * DK;
+        for (int i = tid; i < GC * DK; i += 256) {
+            const int r = i >> 7, d = i & 127;
+            s.w[r][d] = gw.w[base + i];
+            s.q[r][d] = gw.q[base + i];
+            s.k[r][d] = gw.k[base + i];
+        }
+        const float* m = gw.m + ((size_t)h * nch + c) * GC * GC;
+        for (int i = tid; i < GC * GC; i += 256) s.m[i >> 6][i & 63] = m[i];
+        for (int i = tid; i < GC * SLV; i += 256) s.u[i >> 4][i & 15] = gw.u[base + (i >> 4) * DK + j * SLV + (i & 15)];
+        if (tid < GC) s.G[tid] = gw.g[(size_t)h * gw.np + t0 + tid];
+        __syncthreads();
+        const float glast = s.G[GC - 1];
+        if (tid < GC) s.eg[tid] = expf(glast - s.G[tid]);
+        // E = U - W S: thread -> row r = tid / 4, columns v0 .. v0 + 3
+        const int r = tid >> 2, v0 = (tid & 3) * 4;
+        float e4[4] = {s.u[r][v0], s.u[r][v0 + 1], s.u[r][v0 + 2], s.u[r][v0 + 3]};
+        for (int d = 0; d < DK; ++d) {
+            const float wv = s.w[r][d];
+#pragma unroll
+            for (int x = 0; x < 4; ++x) e4[x] = fmaf(-wv, s.s[d][v0 + x], e4[x]);
+        }
+#pragma unroll
+        for (int x = 0; x < 4; ++x) s.e[r][v0 + x] = e4[x];
+        __syncthreads();
+        // O = exp(G) (Q S) + M E, with the chunk's start state
+        float o4[4] = {0.f, 0.f, 0.f, 0.f};
+        for (int d = 0; d < DK; ++d) {
+            const float qv = s.q[r][d];
+#pragma unroll
+            for (int x = 0; x < 4; ++x) o4[x] = fmaf(qv, s.s[d][v0 + x], o4[x]);
+        }
+        const float egr = expf(s.G[r]);
+#pragma unroll
+        for (int x = 0; x < 4; ++x) o4[x] *= egr;
+        for (int t = 0; t <= r; ++t) {
+            const float mv = s.m[r][t];
+#pragma unroll
+            for (int x = 0; x < 4; ++x) o4[x] = fmaf(mv, s.e[t][v0 + x], o4[x]);
+        }
+        if (t0 + r < n)
+#pragma unroll
+            for (int x = 0; x < 4; ++x) O[(size_t)(t0 + r) * (DH * DV) + h * DV + j * SLV + v0 + x] = o4[x];
+        __syncthreads();
+        // S <- exp(G_C) S + K^T (exp(G_C - G) E): thread -> key row kr = tid / 2, columns 8 (tid % 2) + 0..7
+        const int kr = tid >> 1, w0 = (tid & 1) * 8;
+        const float dec = expf(glast);
+        float s8[8];
+#pragma unroll
+        for (int x = 0; x < 8; ++x) s8[x] = dec * s.s[kr][w0 + x];
+        for (int t = 0; t < GC; ++t) {
+            const float kv = s.k[t][kr] * s.eg[t];
+#pragma unroll
+            for (int x = 0; x < 8; ++x) s8[x] = fmaf(kv, s.e[t][w0 + x], s8[x]);
+        }
+        __syncthreads();
+#pragma unroll
+        for (int x = 0; x < 8; ++x) s.s[kr][w0 + x] = s8[x];
+        __syncthreads();
+    }
+    // the decode layout: [head][value slice][k / 8][v][k % 8]
+    float* dst = state + (size_t)(h * NSL + j) * DK * SLV;
+    for (int i = tid; i < DK * SLV; i += 256) {
+        const int kk = i >> 4, v = i & 15;
+        dst[((kk >> 3) * SLV + v) * 8 + (kk & 7)] = s.s[kk][v];
+    }
+}
+
+// Gated RMSNorm per (token, head): u = w * (o / rms(o)) * silu(z), bf16 [N][2048] for the out_proj GEMM.
+__global__ void __launch_bounds__(512) gdn_gate_kernel(const float* O, const float* Y, const float* gnw,
+                                                       unsigned short* U, int n) {
+    const int t = blockIdx.x, h = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const float4 o = *(const float4*)(O + (size_t)t * (DH * DV) + h * DV + lane * 4);
+    float ss = o.x * o.x + o.y * o.y + o.z * o.z + o.w * o.w;
+    const float r = rsqrtf(warp_sum(ss) * (1.0f / DV) + EPS);
+    const float* z = Y + (size_t)t * GDN_ROWS + h * GDN_HROWS + GZ + lane * 4;
+    const float ov[4] = {o.x, o.y, o.z, o.w};
+    unsigned short* out = U + (size_t)t * (DH * DV) + h * DV + lane * 4;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) out[e] = f2bf(gnw[lane * 4 + e] * (ov[e] * r) * silu(z[e]));
+}
+
+}  // namespace pf
+}  // namespace mk

@@ -1,0 +1,174 @@
+// pf_gemm.cuh -- the prefill's tensor-core GEMM: C[M x N] = A[M x K] B, A bf16 row-major (activations, one row per
+// token), B the bf16 weights as the blob stores them: "NT" ([N][K] rows, nn.Linear's [out][in]) or "NN" ([K][N], the
+// transposed GDN out_proj and down_proj). f32 accumulation with mma.sync m16n8k16 (sm_80+), operands through ldmatrix
+// from padded shared-memory tiles that cp.async fills two stages deep.
+// Epilogues: store f32; add into f32 (the residual stream; atomically when the K range is split over blocks); SwiGLU
+// (adjacent output columns are the gate and up of one hidden unit: store bf16(silu(gate) * up)).
+// Tile 64 x 128 x 32, 4 warps of 32 x 64. M and N are guarded (out-of-range rows load as zeros); K % 32 == 0.
+#pragma once
+#include <cstdint>
+#include "mk_math.cuh"
+
+namespace mk {
+namespace pf {
+
+enum GemmOut : int { OUT_STORE = 0, OUT_ADD = 1, OUT_SWIGLU = 2 };
+
+constexpr int GBM = 64, GBN = 128, GBK = 32, GTHREADS = 128;
+constexpr int A_LD = GBK + 8;     // padded row (elements): 80 B, ldmatrix rows land in distinct banks
+constexpr int BT_LD = GBK + 8;    // NT: B tile rows are n, k contiguous
+constexpr int BN_LD = GBN + 8;    // NN: B tile rows are k, n contiguous (272 B)
+constexpr int A_TILE = GBM * A_LD;
+constexpr int B_TILE = (GBN * BT_LD > GBK * BN_LD) ? GBN * BT_LD : GBK * BN_LD;
+
+struct GemmArgs {
+    const unsigned short* A;  // bf16 [M][lda]
+    const unsigned short* B;  // bf16: NT [N][ldb] or NN [K][ldb]
+    float* C;                 // f32 [M][ldc] (OUT_STORE, OUT_ADD)
+    unsigned short* H;        // bf16 [M][ldc / 2] (OUT_SWIGLU)
+    int M, N, K, lda, ldb, ldc;
+    int k_per_split;          // K range of one blockIdx.z (a multiple of GBK)
+};
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+    const unsigned d = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(gmem), "r"(valid ? 16 : 0) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
+
+__device__ __forceinline__ void ldmatrix_x4(unsigned r[4], const void* smem) {
+    const unsigned a = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned r[4], const void* smem) {
+    const unsigned a = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+// d += a (16 x 16, row) * b (16 x 8, col), bf16 in, f32 accumulate
+__device__ __forceinline__ void mma_bf16(float d[4], const unsigned a[4], unsigned b0, unsigned b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+                 "{%0, %1, %2, %3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// One stage of tiles: A rows [m0, m0 + 64) x K [k0, k0 + 32), B likewise for columns [n0, n0 + 128).
+template <bool NN>
+__device__ __forceinline__ void load_tiles(const GemmArgs& g, unsigned short* As, unsigned short* Bs, int m0, int n0,
+                                           int k0, int tid) {
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {  // A: 64 rows x 4 chunks of 16 B
+        const int c = tid + i * GTHREADS, row = c >> 2, kc = (c & 3) * 8;
+        const bool ok = m0 + row < g.M;
+        cp_async16(As + row * A_LD + kc, g.A + (size_t)(ok ? m0 + row : 0) * g.lda + k0 + kc, ok);
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int c = tid + i * GTHREADS;
+        if (NN) {  // 32 k rows x 16 chunks of 8 columns
+            const int row = c >> 4, nc = (c & 15) * 8;
+            const bool ok = n0 + nc < g.N;
+            cp_async16(Bs + row * BN_LD + nc, g.B + (size_t)(k0 + row) * g.ldb + (ok ? n0 + nc : 0), ok);
+        } else {   // 128 n rows x 4 chunks of 8 k
+            const int row = c >> 2, kc = (c & 3) * 8;
+            const bool ok = n0 + row < g.N;
+            cp_async16(Bs + row * BT_LD + kc, g.B + (size_t)(ok ? n0 + row : 0) * g.ldb + k0 + kc, ok);
+        }
+    }
+}
+
+// The warp's 32 x 64 block over one 32-deep stage: 2 k16 steps x (2 m16 x 8 n8) mma.
+template <bool NN>
+__device__ __forceinline__ void mma_stage(const unsigned short* As, const unsigned short* Bs, int wm, int wn, int lane,
+                                          float acc[2][8][4]) {
+#pragma unroll
+    for (int ks = 0; ks < GBK; ks += 16) {
+        unsigned a[2][4];
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi)
+            ldmatrix_x4(a[mi], As + (wm * 32 + mi * 16 + (lane & 15)) * A_LD + ks + (lane >> 4) * 8);
+#pragma unroll
+        for (int np = 0; np < 4; ++np) {  // two n8 subtiles per ldmatrix.x4
+            unsigned b[4];
+            if (NN) {
+                const int k = ks + (lane & 7) + ((lane >> 3) & 1) * 8, n = wn * 64 + np * 16 + (lane >> 4) * 8;
+                ldmatrix_x4_trans(b, Bs + k * BN_LD + n);
+            } else {
+                const int n = wn * 64 + np * 16 + (lane & 7) + (lane >> 4) * 8, k = ks + ((lane >> 3) & 1) * 8;
+                ldmatrix_x4(b, Bs + n * BT_LD + k);
+            }
+#pragma unroll
+            for (int mi = 0; mi < 2; ++mi) {
+                mma_bf16(acc[mi][2 * np], a[mi], b[0], b[1]);
+                mma_bf16(acc[mi][2 * np + 1], a[mi], b[2], b[3]);
+            }
+        }
+    }
+}
+
+template <bool NN, int OUT>
+__global__ void __launch_bounds__(GTHREADS) gemm_kernel(const GemmArgs g) {
+    __shared__ __align__(16) unsigned short As[2][A_TILE];
+    __shared__ __align__(16) unsigned short Bs[2][B_TILE];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wm = warp >> 1, wn = warp & 1;
+    const int m0 = blockIdx.y * GBM, n0 = blockIdx.x * GBN;
+    const int kb = blockIdx.z * g.k_per_split, ke = min(g.K, kb + g.k_per_split);
+    float acc[2][8][4];
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < 8; ++ni)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.f;
+    const int nk = (ke - kb) / GBK;
+    if (nk > 0) {
+        load_tiles<NN>(g, As[0], Bs[0], m0, n0, kb, tid);
+        cp_async_commit();
+    }
+    for (int kt = 0; kt < nk; ++kt) {
+        if (kt + 1 < nk) {
+            load_tiles<NN>(g, As[(kt + 1) & 1], Bs[(kt + 1) & 1], m0, n0, kb + (kt + 1) * GBK, tid);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        mma_stage<NN>(As[kt & 1], Bs[kt & 1], wm, wn, lane, acc);
+        __syncthreads();
+    }
+    // c0, c1: row g, columns 2t, 2t + 1; c2, c3: row g + 8
+    const int gr = lane >> 2, tc = (lane & 3) * 2;
+    const bool split = gridDim.z > 1;
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < 8; ++ni)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int r = m0 + wm * 32 + mi * 16 + gr + h * 8, c = n0 + wn * 64 + ni * 8 + tc;
+                if (r >= g.M || c >= g.N) continue;
+                const float v0 = acc[mi][ni][2 * h], v1 = acc[mi][ni][2 * h + 1];
+                if (OUT == OUT_SWIGLU) {
+                    g.H[(size_t)r * (g.ldc / 2) + c / 2] = f2bf(silu(v0) * v1);
+                } else {
+                    float* p = g.C + (size_t)r * g.ldc + c;
+                    if (OUT == OUT_STORE) {
+                        *(float2*)p = make_float2(v0, v1);
+                    } else if (split) {
+                        atomicAdd(p, v0);
+                        atomicAdd(p + 1, v1);
+                    } else {
+                        float2 o = *(float2*)p;
+                        *(float2*)p = make_float2(o.x + v0, o.y + v1);
+                    }
+                }
+            }
+}
+
+}  // namespace pf
+}  // namespace mk

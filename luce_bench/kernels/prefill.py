@@ -1,0 +1,70 @@
+"""Calling the kernel prefill (cuda/mk_prefill.cu, `luce_mk_prefill`) on a megakernel backend's buffers.
+
+The prefill runs a whole prompt from position 0 through all 24 layers in a fixed sequence of kernels (tensor-core
+GEMMs, chunked gated delta rule, causal attention) and leaves the KV cache, the GDN states and conv histories and the
+first generated token where the decode kernel reads them. `LUCE_BENCH_PREFILL` picks the path a backend uses for
+prompts: `tokens` (default: the prompt goes token by token through the decode kernel) or `kernel`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from luce_bench.errors import UserError
+
+PREFILL_ENV = "LUCE_BENCH_PREFILL"
+MODES = ("tokens", "kernel")
+
+
+def mode_from_env() -> str:
+    """The prefill path named by $LUCE_BENCH_PREFILL (default `tokens`)."""
+    mode = os.environ.get(PREFILL_ENV, "tokens").strip() or "tokens"
+    if mode not in MODES:
+        raise UserError(f"{PREFILL_ENV}={mode!r}: expected one of {', '.join(MODES)}")
+    return mode
+
+
+class KernelPrefill:
+    """The workspace and the call; one per backend (the workspace grows to the longest prompt seen)."""
+
+    def __init__(self, lib: Any, device: Any) -> None:
+        self.lib = lib
+        self.device = device
+        self._ws: Any = None
+
+    def launches(self, n_tokens: int) -> int:
+        """Kernel launches of one prefill of n_tokens."""
+        return int(self.lib.luce_mk_prefill_launches(n_tokens))
+
+    def run(
+        self, bufs: dict[str, Any], tokens: Any, max_seq: int, logits: Any = None, n_layers: int = 0, hidden: Any = None
+    ) -> None:
+        """Launch the prefill of `tokens` (an int32 device tensor) on the current stream (not synchronised).
+
+        logits: None or an f32 device tensor [vocab] for the last position's logits. n_layers: 0, or stop after
+        that many layers (a layer-by-layer check; no LM head then). hidden: None or an f32 device tensor [n][1024]
+        that receives the residual stream after the layers run.
+        """
+        import torch
+
+        from luce_bench.kernels.lib import LuceMkPrefillParams, check
+
+        n = int(tokens.numel())
+        if n < 1 or n > max_seq:
+            raise UserError(f"prefill of {n} tokens: the KV cache holds 1..{max_seq}")
+        need = int(self.lib.luce_mk_prefill_workspace(n))
+        if self._ws is None or self._ws.numel() < need:
+            self._ws = None
+            self._ws = torch.empty(need, dtype=torch.uint8, device=self.device)
+        p = LuceMkPrefillParams()
+        for k in ("wblob", "sblob", "embed", "kcache", "vcache", "gdn_state", "conv_hist", "last_token"):
+            setattr(p, k, bufs[k].data_ptr())
+        p.tokens = tokens.data_ptr()
+        p.n_tokens, p.max_seq = n, max_seq
+        p.workspace = self._ws.data_ptr()
+        p.logits = logits.data_ptr() if logits is not None else None
+        p.n_layers = n_layers
+        p.hidden = hidden.data_ptr() if hidden is not None else None
+        stream = torch.cuda.current_stream(self.device).cuda_stream
+        check(self.lib, self.lib.luce_mk_prefill(p, stream), "megakernel prefill")

@@ -1,0 +1,121 @@
+"""The kernel prefill (cuda/mk_prefill.cu) against the float32 token-by-token reference, on random 0.8B weights.
+
+* layer by layer: the residual stream after the first 1, 2, 3, 4, 8 and 24 layers (where a wrong layer shows first);
+* after prompts of 1 .. 2000 tokens: the last position's logits and argmax, the KV cache rows, the GDN states and conv
+  histories, all within 2e-2 relative L2 (values printed as JSON lines);
+* the decode kernel continues from the prefill's caches with the decode's parity (teacher-forced logits).
+Seeds are fresh each run unless LUCE_BENCH_TEST_SEED is set; the seed is printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gpu
+
+REL_L2_MAX = 2e-2
+MAX_SEQ = 2048 + 64
+
+
+def _rel(a, b) -> np.ndarray:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return np.linalg.norm(a - b, axis=-1) / np.maximum(np.linalg.norm(b, axis=-1), 1e-30)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    import torch
+
+    from luce_bench.backends.megakernel import MegakernelBackend
+    from luce_bench.kernels.bench import random_state_dict
+
+    if MegakernelBackend.unavailable_reason():
+        pytest.skip(MegakernelBackend.unavailable_reason())
+    seed = int(os.environ.get("LUCE_BENCH_TEST_SEED", int(time.time()) % 1_000_000))
+    print(f"prefill parity seed: {seed}")
+    sd = random_state_dict(seed)
+    mk = MegakernelBackend.from_state_dict(sd, max_seq=MAX_SEQ)
+    mk.prefill_mode = "kernel"
+    return {"sd": sd, "mk": mk, "gen": torch.Generator().manual_seed(seed + 1)}
+
+
+def _reference(sd, tokens, hidden: bool = False):
+    """(reference, logits after the last token, per-token hidden states [T][24][1024] or None)."""
+    from luce_bench.kernels.reference import Reference
+    from luce_bench.model.spec import QWEN35_08B
+
+    ref = Reference(sd, QWEN35_08B, "cuda")
+    hs, lg = [], None
+    for t in tokens:
+        h: list = [] if hidden else None
+        lg = ref.step(t, hidden=h)
+        if hidden:
+            hs.append(np.stack([x.float().cpu().numpy() for x in h]))
+    return ref, lg.float().cpu().numpy(), (np.stack(hs) if hidden else None)
+
+
+def test_prefill_layer_by_layer(setup):
+    import torch
+
+    mk = setup["mk"]
+    toks = torch.randint(0, 248320, (65,), generator=setup["gen"]).tolist()
+    _, _, hs = _reference(setup["sd"], toks, hidden=True)
+    report = {}
+    for layers in (1, 2, 3, 4, 8, 24):
+        got = mk.prefill_hidden(toks, layers).cpu().numpy()
+        e = _rel(got, hs[:, layers - 1])
+        report[layers] = float(e.max())
+        assert np.isfinite(got).all(), f"non-finite hidden state after {layers} layers"
+    print(json.dumps({"prefill_hidden_rel_l2_max_by_layers": report}))
+    assert max(report.values()) <= REL_L2_MAX, report
+
+
+def _gdn_states(mk) -> np.ndarray:
+    """[18][16][k 128][v 128] from the decode layout [18][16][v-slice 8][k / 8][v 16][k % 8]."""
+    s = mk._bufs["gdn_state"].view(18, 16, 8, 16, 16, 8).cpu().numpy()
+    return s.transpose(0, 1, 3, 5, 2, 4).reshape(18, 16, 128, 128)
+
+
+@pytest.mark.parametrize("n", [1, 7, 63, 64, 65, 520, 2000], ids=lambda n: f"N{n}")
+def test_prefill_caches_logits_and_decode(setup, n):
+    import torch
+
+    mk, sd = setup["mk"], setup["sd"]
+    toks = torch.randint(0, 248320, (n,), generator=setup["gen"]).tolist()
+    ref, want, _ = _reference(sd, toks)
+    mk.reset()
+    r = mk.prefill(toks, logits=True)
+    assert mk.prefill_used == "kernel"
+    got = r.logits[0]
+    assert np.isfinite(got).all()
+    rep = {"n": n, "logits": float(_rel(got, want))}
+    assert r.tokens[0] == int(got.argmax())
+    # KV cache rows (post-norm, post-RoPE keys; values), bf16 in the cache
+    kc = mk._bufs["kcache"].view(6, 2, mk.max_seq, 256)[:, :, :n].float().cpu().numpy()
+    vc = mk._bufs["vcache"].view(6, 2, mk.max_seq, 256)[:, :, :n].float().cpu().numpy()
+    kref = np.stack([torch.stack(ref.kv[3 + 4 * f][0], 1).cpu().numpy() for f in range(6)])  # [6][2][n][256]
+    vref = np.stack([torch.stack(ref.kv[3 + 4 * f][1], 1).cpu().numpy() for f in range(6)])
+    rep["k_cache"], rep["v_cache"] = float(_rel(kc, kref).max()), float(_rel(vc, vref).max())
+    # GDN recurrent states and conv histories
+    gdn = [i for i in range(24) if i % 4 != 3]
+    sref = np.stack([ref.state[i].cpu().numpy() for i in gdn])
+    rep["gdn_state"] = float(_rel(_gdn_states(mk).reshape(18, -1), sref.reshape(18, -1)).max())
+    hist = mk._bufs["conv_hist"].view(18, 6144, 4).cpu().numpy()
+    conv = np.stack([ref.conv[i].cpu().numpy() for i in gdn])  # [18][6144][3]: inputs n - 3, n - 2, n - 1
+    cols = [c for c, t in enumerate(range(n - 3, n)) if t >= 0]
+    got_h = np.stack([hist[:, :, (n - 3 + c) & 3] for c in cols], -1)
+    rep["conv_hist"] = float(_rel(got_h.reshape(18, -1), conv[:, :, cols].reshape(18, -1)).max())
+    # the decode kernel continues from these caches
+    steps = 128 if n in (64, 520) else 16
+    cont = torch.randint(0, 248320, (steps,), generator=setup["gen"]).tolist()
+    dec = mk.decode(steps, logits=True, inputs=cont).logits
+    cref = np.stack([ref.step(t).float().cpu().numpy() for t in cont])
+    rep["decode_after_prefill"] = float(_rel(dec, cref).max())
+    print(json.dumps(rep))
+    for key in ("logits", "k_cache", "v_cache", "gdn_state", "conv_hist", "decode_after_prefill"):
+        assert rep[key] <= REL_L2_MAX, (key, rep)
