@@ -10,6 +10,7 @@ their grid. A source that names clocks but no limits sweeps the clocks alone: a 
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,7 +179,7 @@ class BenchConfig(_Section):
     """Everything a compare/bench/sweep run needs."""
 
     model: Annotated[Str, AfterValidator(_not_empty)] = "auto"
-    model_seed: Int = 0
+    model_seed: Int = Field(0, ge=-(2**63), le=2**64 - 1)  # what torch's generator takes
     device: Annotated[Str, AfterValidator(_device)] = "auto"
     backends: Names = ("hf",)
     tests: Tests = ("pp520", "tg128")
@@ -186,12 +187,20 @@ class BenchConfig(_Section):
     warmup_s: float = Field(3.0, ge=0, le=3600)
     window_s: float = Field(10.0, ge=0.001, le=3600)
     rep_gap_max_s: float = Field(1.0, ge=0, le=60)
+    test_timeout_s: float = Field(0.0, ge=0, le=86400)  # 0: auto (`test_deadline_s`)
     prompt_seed: Int = 1234
     output_dir: Str = "results/runs"
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     gpu: GpuConfig = Field(default_factory=GpuConfig)
     cooldown: CooldownConfig = Field(default_factory=CooldownConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
+
+    @property
+    def test_deadline_s(self) -> float:
+        """How long one test (warm-up and every repetition) may take: `test_timeout_s`, or 60 s plus 3x its plan."""
+        if self.test_timeout_s > 0:
+            return self.test_timeout_s
+        return 60.0 + 3.0 * (self.warmup_s + self.reps * (self.window_s + self.rep_gap_max_s))
 
     @property
     def test_specs(self) -> list[TestSpec]:
@@ -272,25 +281,54 @@ def _set(data: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _read_yaml(path: Path) -> Any:
-    import yaml
+MAX_CONFIG_BYTES = 1 << 20
 
+
+def _read_text(path: Path) -> str:
+    """The config file's text; UserError when it is missing, not a file, too large, unreadable, not UTF-8 or empty."""
+    if path.is_dir():
+        raise UserError(f"config {path} is a directory, not a YAML file")
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise UserError(f"config {path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise UserError(f"config {path} is larger than {MAX_CONFIG_BYTES >> 20} MiB: not a luce-bench config")
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"config {path}: cannot read it ({exc})") from None
+    if not text.strip():
+        raise UserError(f"config {path} is empty (omit --config to use the defaults)")
+    return text
+
+
+def _read_yaml(path: Path) -> Any:
+    import yaml
+
+    text = _read_text(path)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UserError(f"config {path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    except (ValueError, TypeError) as exc:  # a scalar YAML accepts but cannot build, e.g. the date 2017-13-45
+        raise UserError(f"config {path}: invalid YAML value ({exc})") from None
+    except RecursionError:
+        raise UserError(f"config {path}: invalid YAML (nested too deeply)") from None
+    if data is None:
+        raise UserError(f"config {path} has no settings, only comments (omit --config to use the defaults)")
+    return data
 
 
 def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> BenchConfig:
     """Read YAML at `path` (defaults only if None), apply dotted `overrides` (None values ignored), validate."""
-    data = _read_yaml(Path(path)) if path is not None else None
-    data = {} if data is None else data
+    data = _read_yaml(Path(path)) if path is not None else {}
+    return from_mapping(data, overrides)
+
+
+def from_mapping(data: Any, overrides: dict[str, Any] | None = None) -> BenchConfig:
+    """Validate the config `data` (a mapping, as YAML or meta.json give it) with dotted `overrides` applied."""
     if not isinstance(data, dict):
         raise UserError(f"config: top level: expected a mapping, got {data!r}")
+    data = copy.deepcopy(data)
     for key, value in (overrides or {}).items():
         if value is not None:
             _set(data, key, value)

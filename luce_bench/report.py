@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from luce_bench.files import atomic_write
+from luce_bench.quality import stressed
 from luce_bench.records import RunRecord, SummaryRow, SweetSpot, write_csv
 from luce_bench.results import SUMMARY, read_meta, read_runs, read_samples
-from luce_bench.summary import describe_spot, summarize, sweet_spots
+from luce_bench.summary import describe_spot, stress_notes, summarize, sweet_spots
 
 TABLE_HEAD = ["backend", "test", "limit", "tok/s", "95% CI tok/s", "mean W", "tok/J", "95% CI tok/J", "n", "verdict"]
 
@@ -33,6 +34,7 @@ class Report:
     markdown: str
     spots: list[SweetSpot] | None = None  # None: not a sweep
     min_speed: float = 0.95
+    quality: list[str] = dataclasses.field(default_factory=list)  # throttled repetitions, left out or not
 
 
 def _ok(x: float | None) -> bool:
@@ -95,10 +97,17 @@ def table_rows(summary: Sequence[SummaryRow]) -> list[list[str]]:
             _pm(r.tok_per_j, r.tok_per_j_std, 3),
             _range(r.tok_per_j_ci95_lo, r.tok_per_j_ci95_hi, 3),
             str(r.n),
-            r.verdict,
+            mark_verdict(r.verdict),
         ]
         for r in summary
     ]
+
+
+def mark_verdict(verdict: str, markup: bool = False) -> str:
+    """A summary verdict as tables show it: throttled rows (quality.STRESS_FLAGS) stand out ("⚠", red in rich)."""
+    if not stressed(verdict):
+        return verdict
+    return f"[red]⚠ {verdict}[/red]" if markup else f"⚠ {verdict}"
 
 
 def markdown_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -171,7 +180,9 @@ def _energy_from_rows(runs: Sequence[RunRecord]) -> dict[str, Any]:
     }
 
 
-def _markdown(run_dir: Path, summary: Sequence[SummaryRow], meta: dict[str, Any], plots: Sequence[Path]) -> str:
+def _markdown(
+    run_dir: Path, summary: Sequence[SummaryRow], meta: dict[str, Any], plots: Sequence[Path], quality: Sequence[str]
+) -> str:
     gpu, model = meta.get("gpu", {}), meta.get("model", {})
     parts = [
         f"# luce-bench report: {run_dir.name}",
@@ -183,6 +194,7 @@ def _markdown(run_dir: Path, summary: Sequence[SummaryRow], meta: dict[str, Any]
         "",
     ]
     parts += [f"> {n}" for n in notes(meta)]
+    parts += [f"> ⚠ {q}" for q in quality]
     parts += [
         "",
         "## Summary (mean ± sample std over repetitions; each repetition is one energy window)",
@@ -254,8 +266,9 @@ def render(run_dir: Path) -> Report:
     summary = summarize(runs)
     if summary:
         write_csv(run_dir / SUMMARY, SummaryRow, summary)
-    md = _markdown(run_dir, summary, meta, render_run(run_dir, summary, runs, read_samples(run_dir)))
-    report = Report(run_dir, summary, meta, md)
+    quality = stress_notes(runs)
+    md = _markdown(run_dir, summary, meta, render_run(run_dir, summary, runs, read_samples(run_dir)), quality)
+    report = Report(run_dir, summary, meta, md, quality=quality)
     if meta.get("sweep"):
         report.spots, section = _sweep_section(run_dir, summary, meta)
         report.min_speed = float(meta["sweep"].get("sweet_spot_min_speed", 0.95))
@@ -283,10 +296,12 @@ def print_report(report: Report, console: Any, spots: bool = True) -> None:
             _num(r.mean_power_w),
             _ci(r.tok_per_j, r.tok_per_j_ci95_lo, r.tok_per_j_ci95_hi, 3),
             str(r.n),
-            r.verdict,
+            mark_verdict(r.verdict, markup=True),
         )
     console.print(table)
     for n in notes(report.meta):
         console.print(f"[yellow]note:[/yellow] {n}")
+    for q in report.quality:
+        console.print(f"[red]quality:[/red] {q}")
     for s in (report.spots or []) if spots else []:
         console.print(f"[green]{describe_spot(s, report.min_speed)}[/green]")

@@ -117,7 +117,9 @@ def test_report_rebuilds_from_csvs(compare_run):
         pytest.param(["compare", "--tests", "pp0"], "bad test 'pp0'", id="test"),
         pytest.param(["compare", "--reps", "0"], "reps = 0 is out of range", id="reps"),
         pytest.param(["report", "/no/such/dir"], "run directory not found", id="report"),
-        pytest.param(["bench", "hf", "--model", "/no/such/model"], "not a synthetic size", id="model"),
+        pytest.param(
+            ["bench", "hf", "--model", "/no/such/model"], "--model /no/such/model: no such directory", id="model"
+        ),
         pytest.param(["compare", "-c", "/no/such.yaml"], "config file not found", id="config"),
         pytest.param(["model", "prepare", "--size", "huge"], "unknown synthetic size", id="size"),
         pytest.param(["bench", "hf", "--tests", "pp99999999999"], "bad test 'pp99999999999'", id="huge-test"),

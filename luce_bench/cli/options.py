@@ -43,6 +43,10 @@ OutOpt = Annotated[
 CooldownOpt = Annotated[
     Optional[float], typer.Option("--cooldown-max-s", help="Longest cool-down wait between tests (s).")
 ]
+TimeoutOpt = Annotated[
+    Optional[float],
+    typer.Option("--test-timeout-s", help="A test running longer fails its backend (s; 0: auto, 60 s + 3x its plan)."),
+]
 ReadOnlyOpt = Annotated[
     bool, typer.Option("--read-only", help="Refuse every GPU setter (same as LUCE_BENCH_READONLY=1).")
 ]
@@ -62,6 +66,7 @@ RUN_OPTIONS = {
     "device": (DeviceOpt, None),
     "out": (OutOpt, None),
     "cooldown_max_s": (CooldownOpt, None),
+    "test_timeout_s": (TimeoutOpt, None),
 }
 
 # command-line flag -> dotted config key (flags left at None, or False for switches, keep the config's value)
@@ -78,6 +83,7 @@ FLAG_KEYS = {
     "device": "device",
     "out": "output_dir",
     "cooldown_max_s": "cooldown.max_s",
+    "test_timeout_s": "test_timeout_s",
     "backends": "backends",
     "limits": "sweep.limits",
     "clocks": "sweep.clocks",
