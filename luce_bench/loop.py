@@ -20,6 +20,7 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any
 
+from luce_bench import quality
 from luce_bench.backends.base import Backend
 from luce_bench.context import RunContext
 from luce_bench.deadline import TrialTimeout
@@ -69,6 +70,7 @@ class RunLoop:
         self.settings_meta: list[dict[str, Any]] = list(writer.meta.get("sweep_limits", [])) if self.resumed else []
         self.n_trials = len(plan.trials)
         self.trial_no = 0
+        self.counter_resets = 0
 
     def __enter__(self) -> RunLoop:
         if self.sampler is not None:
@@ -83,6 +85,11 @@ class RunLoop:
                 self.sampler.stop()
                 if self.sampler.failure:
                     self.outcome.warnings.append(f"the sampler stopped: {self.sampler.failure}")
+            if self.counter_resets:
+                self.outcome.warnings.append(
+                    f"the energy counter went backwards in {self.counter_resets} window(s) (a driver reload?): "
+                    "those rows have no energy"
+                )
             with contextlib.suppress(RunDirError):  # the run is ending anyway; its first error is what counts
                 self._flush_samples()
         finally:
@@ -229,6 +236,7 @@ class RunLoop:
             self.status.at(phase="measuring", rep=done)
 
     def _on_record(self, record: RunRecord) -> None:
+        self.counter_resets += quality.COUNTER_RESET in quality.flags_of(record.verdict)
         self.writer.add_run(record)
         self.status.rows(self.writer.n_runs)
         self._flush_samples()

@@ -1,8 +1,9 @@
 """The plots of a run directory, and the one place matplotlib is imported (`pyplot()`; Agg backend).
 
 Run plots: tok/s and tok/J per backend and test, and the power/clock timeline. The sweep plots (sweep_plots.py) draw
-through `pyplot()` and `save()` here. Throttled results (quality.STRESS_FLAGS in the verdict) are marked in every plot:
-hatched bars, red rings around points (`mark_stressed`), red windows in the timeline.
+through `pyplot()` and `save()` here. Results the verdict flags (quality.mark) are marked in every plot: throttled
+ones (a stress flag) in red, ones from windows shorter than 10 s in orange: hatched bars, rings around points
+(`mark_flagged`), coloured windows in the timeline.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from luce_bench.quality import stressed
+from luce_bench.quality import mark
 from luce_bench.records import RunRecord, SummaryRow
 from luce_bench.sampler import Sample
 
@@ -41,16 +42,20 @@ def save(plt: Any, fig: Any, title: str, out: Path) -> Path:
     return out
 
 
-STRESS_LABEL = "throttled windows (see verdict)"
+# quality.mark -> (colour, bar hatch, legend label)
+MARKS = {
+    "throttled": ("red", "//", "throttled windows (see verdict)"),
+    "short": ("orange", "..", "windows < 10 s (see verdict)"),
+}
 
 
-def mark_stressed(ax: Any, points: Sequence[tuple[float, float, str]]) -> None:
-    """Ring the (x, y, verdict) points whose verdict has a stress flag, in red, with one legend entry per axis."""
-    hit = [(x, y) for x, y, v in points if stressed(v) and math.isfinite(x) and math.isfinite(y)]
-    if hit:
-        labels = ax.get_legend_handles_labels()[1]
-        label = None if STRESS_LABEL in labels else STRESS_LABEL
-        ax.plot([p[0] for p in hit], [p[1] for p in hit], "o", ms=13, mfc="none", mec="red", mew=1.8, label=label)
+def mark_flagged(ax: Any, points: Sequence[tuple[float, float, str]]) -> None:
+    """Ring the (x, y, verdict) points whose verdict is marked (quality.mark), one legend entry per kind and axis."""
+    for kind, (color, _, text) in MARKS.items():
+        hit = [(x, y) for x, y, v in points if mark(v) == kind and math.isfinite(x) and math.isfinite(y)]
+        if hit:
+            label = None if text in ax.get_legend_handles_labels()[1] else text
+            ax.plot([p[0] for p in hit], [p[1] for p in hit], "o", ms=13, mfc="none", mec=color, mew=1.8, label=label)
 
 
 def _limit_label(row: SummaryRow) -> str:
@@ -75,10 +80,10 @@ def bar_chart(summary: Sequence[SummaryRow], metric: str, err: str, ylabel: str,
                 continue
             v, e = num(getattr(match[0], metric)), num(getattr(match[0], err))
             label = f"{backend} @ {lim}" if multi_limit else backend
-            flagged = bool(stressed(match[0].verdict))
-            hatch = {"hatch": "//", "edgecolor": "red"} if flagged else {}
+            kind = mark(match[0].verdict)
+            hatch = {"hatch": MARKS[kind][1], "edgecolor": MARKS[kind][0]} if kind else {}
             ax.bar(i, v, yerr=e if math.isfinite(e) else None, capsize=4, label=label, **hatch)
-            ax.text(i, v, f"{v:.3g}" + (" ⚠" if flagged else ""), ha="center", va="bottom", fontsize=8)
+            ax.text(i, v, f"{v:.3g}" + (" ⚠" if kind else ""), ha="center", va="bottom", fontsize=8)
         ax.set_title(test)
         ax.set_xticks(range(len(series)))
         ax.set_xticklabels([f"{b}\n{lim}" if multi_limit else b for b, lim in series], fontsize=8)
@@ -103,7 +108,8 @@ def timeline(samples: Sequence[Sample], runs: Sequence[RunRecord], out: Path) ->
     for r in runs:
         a, b = num(r.t_start_s), num(r.t_end_s)
         if math.isfinite(a) and math.isfinite(b):
-            color = "red" if stressed(r.verdict) else "tab:blue"
+            kind = mark(r.verdict)
+            color = MARKS[kind][0] if kind else "tab:blue"
             for ax in (ax_p, ax_c):
                 ax.axvspan(a, b, alpha=0.12, color=color)
             key = f"{r.backend} {r.test}"
@@ -115,7 +121,8 @@ def timeline(samples: Sequence[Sample], runs: Sequence[RunRecord], out: Path) ->
     ax_c.set_xlabel("time (s)")
     ax_p.legend(fontsize=7, loc="lower right")
     ax_c.legend(fontsize=7, loc="lower right")
-    return save(plt, fig, "GPU power and clocks (shaded: measured windows; red: throttled)", out)
+    title = "GPU power and clocks (shaded: measured windows; red: throttled, orange: < 10 s)"
+    return save(plt, fig, title, out)
 
 
 def render_run(
@@ -128,7 +135,7 @@ def render_run(
             "avg_ts",
             "stddev_ts",
             "tokens / s",
-            "Throughput (mean ± std over repetitions; hatched ⚠: throttled)",
+            "Throughput (mean ± std; ⚠ hatched: flagged windows, see verdict)",
             run_dir / "tok_s.png",
         ),
         bar_chart(
@@ -136,7 +143,7 @@ def render_run(
             "tok_per_j",
             "tok_per_j_std",
             "tokens / J",
-            "Energy efficiency (GPU board energy; hatched ⚠: throttled)",
+            "Energy efficiency (GPU board energy; ⚠ hatched: flagged windows)",
             run_dir / "tok_j.png",
         ),
         timeline(samples, runs, run_dir / "timeline.png"),

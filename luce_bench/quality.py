@@ -17,6 +17,7 @@ A window's verdict is "ok" or a ";"-joined list of flags, in this order:
 `STRESS_FLAGS` mark windows measured in a different operating state than the row's setting. A summary averages only
 the windows without them when it has any such windows (`summary_basis`), so throttled windows are never averaged in
 with clean ones; when every window is throttled it averages them all, and its verdict names the flag either way.
+Tables and plots mark results whose verdict has a stress flag ("throttled") or a short window ("short"): `mark`.
 """
 
 from __future__ import annotations
@@ -87,6 +88,14 @@ def flags_of(verdict_text: str) -> list[str]:
 def stressed(verdict_text: str) -> list[str]:
     """The stress flags in a verdict cell."""
     return [f for f in flags_of(verdict_text) if f in STRESS_FLAGS]
+
+
+def mark(verdict_text: str) -> str | None:
+    """How tables and plots mark a result: "throttled" (a stress flag), "short" (a short window), or None."""
+    flags = flags_of(verdict_text)
+    if any(f in STRESS_FLAGS for f in flags):
+        return "throttled"
+    return "short" if SHORT_WINDOW in flags else None
 
 
 def summary_basis(verdicts: Sequence[str]) -> list[int]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from luce_bench.files import atomic_write
-from luce_bench.quality import stressed
+from luce_bench.quality import mark
 from luce_bench.records import RunRecord, SummaryRow, SweetSpot, write_csv
 from luce_bench.results import SUMMARY, read_meta, read_runs, read_samples
 from luce_bench.summary import describe_spot, stress_notes, summarize, sweet_spots
@@ -104,10 +104,12 @@ def table_rows(summary: Sequence[SummaryRow]) -> list[list[str]]:
 
 
 def mark_verdict(verdict: str, markup: bool = False) -> str:
-    """A summary verdict as tables show it: throttled rows (quality.STRESS_FLAGS) stand out ("⚠", red in rich)."""
-    if not stressed(verdict):
+    """A summary verdict as tables show it: flagged rows (quality.mark) stand out ("⚠"; red / yellow in rich)."""
+    kind = mark(verdict)
+    if kind is None:
         return verdict
-    return f"[red]⚠ {verdict}[/red]" if markup else f"⚠ {verdict}"
+    color = "red" if kind == "throttled" else "yellow"
+    return f"[{color}]⚠ {verdict}[/{color}]" if markup else f"⚠ {verdict}"
 
 
 def markdown_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -148,6 +148,14 @@ def _gpu_error() -> type[Exception]:
     return GPUError
 
 
+def one_line(text: str) -> str:
+    r"""`text` as one printable line: line breaks become spaces, other control characters escapes like \x1e."""
+    out = []
+    for ch in " ".join(str(text).splitlines()):
+        out.append(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii"))
+    return "".join(out)
+
+
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn UserError and GPU errors into one line on stderr and exit code 2 (`--debug`: the traceback)."""
 
@@ -158,7 +166,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except (UserError, _gpu_error()) as exc:
             if state["debug"]:
                 raise
-            typer.echo(f"error: {exc}", err=True)
+            typer.echo(f"error: {one_line(str(exc))}", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)

@@ -9,6 +9,7 @@ opened (on the card's own clock: virtual time in virtual runs, so a fault lands 
 * `counter-reset`: the energy counter starts again from 0 at `at_s`, as after a driver reload.
 * `crash`: the calls in `calls` raise a RuntimeError that is not a GPUError (a bug in a driver binding), e.g. in the
   sampler thread's `clock_event_reasons`.
+* `thermal`: the clock-event reasons report a software thermal slowdown (the card overheating).
 
 `open_fake` applies the faults listed as JSON in LUCE_BENCH_FAKE_GPU_FAULTS, e.g.
 `[{"kind": "not-supported", "at_s": 5.0, "calls": ["total_energy_mj"]}]`, so a test can script a fault into a run it
@@ -21,11 +22,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from luce_bench.gpu.base import GPUError, GPUNotSupportedError, GPUUnavailable
+from luce_bench.gpu.base import REASON_SW_THERMAL, GPUError, GPUNotSupportedError, GPUUnavailable
 from luce_bench.gpu.fake import FakeGPU
 
 FAULTS_ENV = "LUCE_BENCH_FAKE_GPU_FAULTS"
-KINDS = ("lost", "not-supported", "counter-reset", "crash")
+KINDS = ("lost", "not-supported", "counter-reset", "crash", "thermal")
+PASSIVE = ("counter-reset", "thermal")  # change readings instead of raising
 # The GPU protocol's calls (gpu/base.py); a lost card refuses them all.
 PROTOCOL_CALLS = frozenset(
     (
@@ -81,6 +83,7 @@ class FaultyGPU:
         self._inner, self._faults = inner, list(faults)
         self._t0_s = inner.clock()
         self.fired: list[str] = []  # "kind call" per fault that fired, for tests
+        self._reset_mj: dict[int, int] = {}
 
     def _t_s(self) -> float:
         return self._inner.clock() - self._t0_s
@@ -88,7 +91,7 @@ class FaultyGPU:
     def _check(self, call: str) -> None:
         t_s = self._t_s()
         for fault in self._faults:
-            if fault.kind == "counter-reset" or not (fault.active(t_s) and fault.hits(call)):
+            if fault.kind in PASSIVE or not (fault.active(t_s) and fault.hits(call)):
                 continue
             self.fired.append(f"{fault.kind} {call}")
             what = f"{call} on GPU {self._inner.index} (simulated fault at {fault.at_s:g} s)"
@@ -103,10 +106,19 @@ class FaultyGPU:
         self._check("total_energy_mj")
         value = self._inner.total_energy_mj()
         t_s = self._t_s()
-        for fault in self._faults:
+        for i, fault in enumerate(self._faults):
             if fault.kind == "counter-reset" and fault.active(t_s):
-                value -= int(self._inner._energy_at_mj(self._t0_s + fault.at_s))  # the counter at the reload
+                if i not in self._reset_mj:  # the counter at the reload, read while the card still remembers it
+                    self._reset_mj[i] = int(self._inner._energy_at_mj(self._t0_s + fault.at_s))
+                value -= self._reset_mj[i]
         return max(value, 0)
+
+    def clock_event_reasons(self) -> int:
+        """The reasons bitmask, with SwThermalSlowdown while a `thermal` fault is active."""
+        self._check("clock_event_reasons")
+        reasons = self._inner.clock_event_reasons()
+        active = any(f.kind == "thermal" and f.active(self._t_s()) for f in self._faults)
+        return reasons | REASON_SW_THERMAL if active else reasons
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._inner, name)

@@ -40,7 +40,10 @@ def _string(f: BinaryIO, file_size: int) -> str:
     data = f.read(n)
     if len(data) < n:
         raise _Bad("ends inside its header (truncated)")
-    return data.decode("utf-8", "replace")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Bad("a metadata string that is not UTF-8") from None
 
 
 def _skip_value(f: BinaryIO, kind: int, file_size: int) -> int | float | str | None:
