@@ -14,11 +14,11 @@ import copy
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
-from annotated_types import Ge, Le
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from luce_bench.config_errors import message
 from luce_bench.errors import UserError
 
 MAX_TEST_TOKENS = 131072
@@ -212,61 +212,6 @@ class BenchConfig(_Section):
         return self.model_dump(mode="json")
 
 
-# --- errors -----------------------------------------------------------------------------------------------------------
-_EXPECTED = {
-    "bool_type": "expected true or false",
-    "int_type": "expected an integer",
-    "int_parsing": "expected an integer",
-    "int_from_float": "expected an integer",
-    "float_type": "expected a number",
-    "float_parsing": "expected a number",
-    "finite_number": "expected a number",
-    "string_type": "expected a string",
-    "tuple_type": "expected a list",
-    "model_type": "expected a mapping",
-}
-
-
-def _where(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _section(loc: tuple[Any, ...]) -> type[BaseModel]:
-    cls: type[BaseModel] = BenchConfig
-    for part in loc:
-        cls = cls.model_fields[part].annotation  # type: ignore[assignment]
-    return cls
-
-
-def _range(loc: tuple[Any, ...]) -> tuple[float, float]:
-    meta = _section(loc[:-1]).model_fields[loc[-1]].metadata
-    return next(m.ge for m in meta if isinstance(m, Ge)), next(m.le for m in meta if isinstance(m, Le))
-
-
-def _message(exc: ValidationError) -> str:
-    """The first error of `exc` as the one line users get."""
-    err = exc.errors()[0]
-    kind, loc, value = err["type"], tuple(err["loc"]), err["input"]
-    where = _where(loc)
-    if kind == "extra_forbidden":
-        known = ", ".join(sorted(_section(loc[:-1]).model_fields))
-        return f"config: unknown key '{where}'; known: {known}"
-    if kind in ("greater_than_equal", "less_than_equal"):
-        lo, hi = _range(loc)
-        return f"config: {where} = {value} is out of range [{lo:g}, {hi:g}]"
-    if kind == "literal_error":
-        choices = get_args(_section(loc[:-1]).model_fields[loc[-1]].annotation)
-        return f"config: {where} = {value!r}; expected one of {', '.join(choices)}"
-    if kind == "value_error":
-        text = str(err["ctx"]["error"])
-        return f"config: {where}{'' if text.startswith(':') else ' '}{text}"
-    expected = _EXPECTED.get(kind, err["msg"].lower())
-    return f"config: {where or 'top level'}: {expected}, got {value!r}"
-
-
 def _set(data: dict[str, Any], key: str, value: Any) -> None:
     """Set the dotted `key` in nested `data`; refuses keys the config does not have."""
     parts = key.split(".")
@@ -335,4 +280,4 @@ def from_mapping(data: Any, overrides: dict[str, Any] | None = None) -> BenchCon
     try:
         return BenchConfig.model_validate(data)
     except ValidationError as exc:
-        raise UserError(_message(exc)) from None
+        raise UserError(message(exc, BenchConfig)) from None

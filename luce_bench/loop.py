@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from luce_bench import quality
+from luce_bench.appender import RunDirError
 from luce_bench.backends.base import Backend
 from luce_bench.context import RunContext
 from luce_bench.deadline import TrialTimeout
@@ -29,7 +30,7 @@ from luce_bench.gpu.base import GPUError
 from luce_bench.measure import Conditions, Meter
 from luce_bench.plan import Plan, Setting, Trial
 from luce_bench.provenance import run_meta
-from luce_bench.records import RunDirError, RunRecord
+from luce_bench.records import RunRecord
 from luce_bench.results import RunWriter
 from luce_bench.sampler import Sampler
 from luce_bench.settings import apply_setting, current_limit_w, setting_meta, status_line, sweep_meta

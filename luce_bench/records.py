@@ -13,17 +13,15 @@ card actually ran at is `mean_sm_mhz`). `clock_reasons` names the clock-event re
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import functools
 import gzip
 import io
 import math
-import os
 import types
 import typing
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -272,61 +270,3 @@ def read_csv(path: Path, cls: type[R]) -> list[R]:
             return [from_cells(cls, row) for row in reader]
         except (ValueError, TypeError) as exc:
             raise UserError(f"{path} line {reader.line_num}: {exc}") from None
-
-
-class RunDirError(Exception):
-    """A run directory could not be written (disk full, I/O error): the run stops, its finished rows stay intact."""
-
-
-class CsvAppender:
-    """A CSV of records of one type that gains whole, fsynced rows as they finish.
-
-    Each `add` is one write of complete lines; if it fails (a full disk), the file is cut back to where it was, so a
-    row is either all there or not at all, and RunDirError says why. A file whose last line lacks its newline (a
-    crash mid-write on a filesystem that allows it) is cut back to its last complete line when reopened.
-    """
-
-    def __init__(self, path: Path, cls: type) -> None:
-        """Open `path` for appending; a new file gets the header first."""
-        self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-        if self._cut_partial_line(os.fstat(self._fd).st_size) == 0:
-            self._write(",".join(columns(cls)) + "\n")
-
-    def _cut_partial_line(self, size: int) -> int:
-        """Cut the file back to its last complete line; return its size."""
-        if size == 0:
-            return 0
-        with open(self.path, "rb") as f:
-            f.seek(max(size - (1 << 16), 0))  # a row is far shorter than 64 KiB
-            tail = f.read()
-        if not tail.endswith(b"\n"):
-            size = size - len(tail) + tail.rfind(b"\n") + 1
-            os.ftruncate(self._fd, size)
-        return size
-
-    def _write(self, text: str) -> None:
-        data = text.encode("utf-8")
-        start = os.lseek(self._fd, 0, os.SEEK_END)
-        try:
-            done = 0
-            while done < len(data):
-                done += os.write(self._fd, data[done:])
-            os.fsync(self._fd)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, start)  # no half-written row: cut back to the last complete one
-            raise RunDirError(f"cannot append to {self.path}: {exc.strerror or exc}") from exc
-
-    def add(self, records: Sequence[Any]) -> None:
-        """Append `records` and make them durable; RunDirError (file unchanged) if they cannot be written."""
-        if records:
-            buf = io.StringIO()
-            csv.writer(buf, lineterminator="\n").writerows(to_cells(r) for r in records)
-            self._write(buf.getvalue())
-
-    def close(self) -> None:
-        """Close the file."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1

@@ -1,7 +1,7 @@
 """A run directory: runs.csv and samples.csv grow row by row; meta.json and the derived files are replaced whole.
 
 Rows are appended whole and fsynced as they finish, so an interrupted run keeps every finished repetition and never a
-half-written one (records.CsvAppender); meta.json, summary.csv and the other derived files are replaced atomically.
+half-written one (appender.py); meta.json, summary.csv and the other derived files are replaced atomically.
 A write that fails (a full disk) raises RunDirError: the run stops with its finished rows intact. `RunWriter.reopen`
 continues an interrupted run directory (`sweep --resume`).
 """
@@ -14,9 +14,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from luce_bench.appender import CsvAppender, RunDirError
 from luce_bench.errors import UserError
 from luce_bench.files import atomic_write
-from luce_bench.records import CsvAppender, RunDirError, RunRecord, read_csv
+from luce_bench.records import RunRecord, read_csv
 from luce_bench.sampler import Sample
 
 RUNS, SAMPLES, SUMMARY, META = "runs.csv", "samples.csv", "summary.csv", "meta.json"

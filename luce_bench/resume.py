@@ -1,7 +1,7 @@
 """`luce-bench sweep --resume RUN_DIR`: continue an interrupted sweep, without duplicating or dropping a row.
 
 What is done is read from the run directory itself: runs.csv holds every finished repetition (whole rows only, see
-records.CsvAppender), status.json how the run ended and what it was. A plan is deterministic for a config and a card
+appender.py), status.json how the run ended and what it was. A plan is deterministic for a config and a card
 (the shuffle order aside, which does not matter here), so the same config on the same card gives the same trials; each
 trial still lacking repetitions is measured again under its setting, for exactly the repetition indices it lacks (a
 trial that failed or was cut short mid-way included). The resumed rows append to runs.csv, the sampler's timeline
@@ -19,10 +19,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from luce_bench.appender import CsvAppender
 from luce_bench.context import RunContext
 from luce_bench.errors import UserError
 from luce_bench.plan import Plan, Trial, key_of
-from luce_bench.records import CsvAppender, RunRecord
+from luce_bench.records import RunRecord
 from luce_bench.results import RUNS, SAMPLES, read_meta, read_runs, read_samples
 from luce_bench.runner import Resume, identity
 from luce_bench.sampler import Sample

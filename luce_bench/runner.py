@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from luce_bench import status as st
+from luce_bench.appender import RunDirError
 from luce_bench.context import RunContext
 from luce_bench.errors import UserError
 from luce_bench.gpu.base import CLOCK_HINT, GPUError, GPUPermissionError, GPUReadOnlyError
 from luce_bench.loop import RunLoop
 from luce_bench.plan import Plan, fingerprint
-from luce_bench.records import RunDirError, RunRecord
+from luce_bench.records import RunRecord
 from luce_bench.results import RunWriter
 
 

@@ -103,7 +103,7 @@ def register(monkeypatch: Any) -> None:
 
 
 class DiskFullAfter:
-    """Stands in for `os` in luce_bench.records: a disk that fills up in the middle of runs.csv row `rows` + 1.
+    """Stands in for `os` in luce_bench.appender: a disk that fills up in the middle of runs.csv row `rows` + 1.
 
     Once runs.csv holds `rows` rows, a write to it writes half of its data, then fails with ENOSPC.
     """

@@ -110,6 +110,7 @@ def test_report_rebuilds_from_csvs(compare_run):
     assert "| model | size | params | backend | test | t/s |" in result.output
 
 
+@pytest.mark.tries("bad input", "CLI: unknown backend, bad test/size/device, missing model/config/run dir")
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -181,6 +182,7 @@ def test_rows_record_the_limit_in_force(compare_run):
     assert {r["power_limit_w"] for r in runs} == {"420"}  # the rtx3090 preset's current limit
 
 
+@pytest.mark.tries("bad input", "report: foreign or corrupt run files")
 def test_report_refuses_foreign_or_corrupt_files_and_survives_missing_meta(compare_run, tmp_path):
     import shutil
 

@@ -19,7 +19,7 @@ import pytest
 from faultkit import DiskFullAfter, card, check_rows, only_run_dir, register, status
 from typer.testing import CliRunner
 
-from luce_bench import records
+from luce_bench import appender
 from luce_bench.cli import app
 from luce_bench.gpu.journal import list_journals
 
@@ -175,7 +175,7 @@ def test_a_backend_hanging_in_real_time_is_interrupted_at_the_deadline(env, monk
 
 @pytest.mark.tries("fault", "full disk while appending a row")
 def test_a_full_disk_mid_row_leaves_whole_rows_and_stops_with_code_4(env, monkeypatch):
-    monkeypatch.setattr(records, "os", DiskFullAfter(rows=7))
+    monkeypatch.setattr(appender, "os", DiskFullAfter(rows=7))
     result, run_dir = sweep(env)
     assert result.exit_code == 4, result.output
     rows = check_rows(run_dir)  # the half row was cut off again

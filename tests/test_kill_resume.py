@@ -146,3 +146,19 @@ def test_a_write_error_in_a_real_process_stops_with_code_4_and_resumes(env, tmp_
     assert len(check_rows(run_dir)) == doc["rows"] < len(PLANNED)
     assert card(env["LUCE_BENCH_FAKE_GPU_STATE"])["limit_mw"] == 420_000 and not list_journals()
     finish_by_resuming(env, run_dir)
+
+
+@pytest.mark.tries("fault", "SIGINT / SIGTERM at random points, then --resume")
+def test_sigterm_stops_a_compare_too_with_its_status(env, tmp_path):
+    common = [*ARGS[4:10], "--warmup-s", "0", "--cooldown-max-s", "0", "--rep-gap-max-s", "0"]
+    args = ["compare", "--fake-gpu", "--no-megakernel", "--baselines", "sim", *common, "-o", str(tmp_path / "runs")]
+    proc = subprocess.Popen([sys.executable, "-m", "luce_bench", *args], env=env, cwd=ROOT, stderr=subprocess.PIPE)
+    stop_at_random(proc, tmp_path / "runs", signal.SIGTERM, seed=31)
+    run_dir = only_run_dir(tmp_path / "runs")
+    rows = check_rows(run_dir)
+    doc = status(run_dir)
+    if proc.returncode == 0:
+        assert doc["state"] == "finished" and len(rows) == len(TESTS) * REPS
+        return
+    assert proc.returncode == 143 and doc["state"] == "interrupted" and doc["rows"] == len(rows)
+    assert doc["settings_restored"] is None and "set_calls" not in card(env["LUCE_BENCH_FAKE_GPU_STATE"])

@@ -16,7 +16,7 @@ from faultkit import DiskFullAfter, card, check_rows, only_run_dir, status
 from test_faults import VIRTUAL
 from typer.testing import CliRunner
 
-from luce_bench import records
+from luce_bench import appender
 from luce_bench.cli import app
 from luce_bench.results import read_meta, read_samples
 
@@ -37,7 +37,7 @@ def env(tmp_path, monkeypatch, tiny_model):
 def stopped(env, monkeypatch):
     """A sweep stopped by a full disk after 7 of its 18 rows."""
     with monkeypatch.context() as m:
-        m.setattr(records, "os", DiskFullAfter(rows=7))
+        m.setattr(appender, "os", DiskFullAfter(rows=7))
         result = runner.invoke(app, ["sweep", "-c", str(env / "v.yaml"), "-o", str(env / "runs")])
     assert result.exit_code == 4, result.output
     return only_run_dir(env / "runs")
@@ -118,3 +118,36 @@ def test_resume_refusals_are_one_line_and_change_nothing(env, stopped, case):
     assert len(errors) == 1 and message in errors[0] and "Traceback" not in result.output
     assert (stopped / "runs.csv").read_bytes() == runs_before if runs_before is not None else not stopped.exists()
     assert card(env / "card.json").get("set_calls") == calls_before  # no setting touched
+
+
+def test_a_grid_sweep_resumes_by_limit_and_clock(env, monkeypatch):
+    grid = ["sweep", "-c", str(env / "v.yaml"), "-o", str(env / "runs"), "--limits", "420,300", "--clocks", "1950,1200"]
+    with monkeypatch.context() as m:
+        m.setattr(appender, "os", DiskFullAfter(rows=9))
+        assert runner.invoke(app, grid).exit_code == 4
+    run_dir = only_run_dir(env / "runs")
+    result = runner.invoke(app, ["sweep", "--resume", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    rows = check_rows(run_dir)
+    cells = {(r.power_limit_req_w, r.sm_clock_mhz, r.test, r.rep) for r in rows}
+    assert len(rows) == 24 and cells == {
+        (w, c, t, rep) for w in (420.0, 300.0) for c in (1950, 1200) for t in ("pp64", "tg8") for rep in range(3)
+    }
+    assert card(env / "card.json")["limit_mw"] == 420_000 and card(env / "card.json")["sm_lock_mhz"] is None
+
+
+def test_resume_measures_the_trials_a_backend_failed_before(env, monkeypatch):
+    from faultkit import register
+
+    register(monkeypatch)
+    monkeypatch.setenv("FAULTKIT_FAIL_AT", "3")
+    first = runner.invoke(app, ["sweep", "-c", str(env / "v.yaml"), "-o", str(env / "runs"), "--backends", "crashsim"])
+    assert first.exit_code == 1, first.output
+    run_dir = only_run_dir(env / "runs")
+    assert {r.test for r in check_rows(run_dir)} == {"pp64"}  # every tg8 trial crashed
+    monkeypatch.setenv("FAULTKIT_FAIL_AT", "1000")  # the backend works now
+    result = runner.invoke(app, ["sweep", "--resume", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    rows = check_rows(run_dir)
+    assert len(rows) == 18 and {r.test for r in rows[9:]} == {"tg8"}
+    assert status(run_dir)["attempts"][0]["state"] == "finished-with-failures"

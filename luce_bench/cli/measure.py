@@ -56,7 +56,7 @@ def measure(
 
 def _finish(outcome: Any, out: Any, sweep: bool) -> None:
     """Render what was measured, say how the run ended, exit with its code."""
-    from luce_bench.records import RunDirError
+    from luce_bench.appender import RunDirError
     from luce_bench.report import print_report, render
     from luce_bench.status import EXIT_FAILURES
 
