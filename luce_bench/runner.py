@@ -171,7 +171,7 @@ def _in_dir(plan: Plan, ctx: RunContext, ui: UI, control: Any, resume: Resume | 
     """Create (or reopen) the run directory and run the loop in it; stops are recorded, not raised."""
     writer = _open_dir(plan, ctx, resume)
     if control is not None:
-        control.run_dir = str(writer.dir)
+        control.run_dir = str(writer.dir.resolve())  # `luce-bench restore` may run from another directory
     status = st.RunStatus.start(writer.dir, identity(plan, ctx), writer.n_runs, resume.status if resume else None)
     outcome = Outcome(writer.dir, status=status)
     work = plan if resume is None else plan.only([t for t in plan.trials if t in resume.todo])

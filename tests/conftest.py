@@ -15,7 +15,12 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
-    "luce-bench", derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+    "luce-bench",
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    print_blob=True,
 )
 settings.load_profile("luce-bench")
 

@@ -184,3 +184,22 @@ def test_a_full_disk_mid_row_leaves_whole_rows_and_stops_with_code_4(env, monkey
     assert doc["state"] == "stopped" and doc["exit_code"] == 4 and doc["rows"] == 7
     assert "No space left on device" in doc["reason"] and doc["where"]["setting"] == "300W"
     assert card(env / "card.json")["limit_mw"] == 420_000 and not list_journals()
+
+
+@pytest.mark.tries("fault", "full disk while writing the report")
+def test_a_report_that_cannot_be_written_is_one_line_and_code_4(env, monkeypatch):
+    import errno
+
+    from luce_bench import records
+
+    result, run_dir = sweep(env, "--limits", "420")
+    assert result.exit_code == 0, result.output
+
+    def full(path, data, durable=False):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(records, "atomic_write", full)
+    rebuilt = CliRunner().invoke(app, ["report", str(run_dir)])
+    assert rebuilt.exit_code == 4
+    (line,) = [ln for ln in rebuilt.output.splitlines() if ln.strip()]
+    assert line == f"error: cannot write ({run_dir / 'summary.csv'}): No space left on device"

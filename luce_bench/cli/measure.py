@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from luce_bench.cli.options import ReadOnlyOpt, console, load_config, run_options
+from luce_bench.cli.options import ReadOnlyOpt, console, load_config, one_line, run_options
 from luce_bench.errors import UserError
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ def _finish(outcome: Any, out: Any, sweep: bool) -> None:
         return
     if code == EXIT_FAILURES and outcome.failed and not outcome.warnings and outcome.restore_error is None:
         reason = f"backends failed or unavailable: {', '.join(outcome.failed)}"
-    typer.echo(f"error: {reason} (see {outcome.run_dir}/status.json)", err=True)
+    typer.echo(f"error: {one_line(reason)} (see {outcome.run_dir}/status.json)", err=True)
     raise typer.Exit(code)
 
 
@@ -163,6 +163,9 @@ def sweep(
         raise UserError(f"--shuffle conflicts with --order {order}")
     if seed is not None and not shuffle and order != "shuffle":
         raise UserError("--seed only applies with --shuffle")
+    for flag, value in (("--clocks", clocks), ("--backends", backends)):
+        if value is not None and not value.replace(",", " ").strip():
+            raise UserError(f"{flag} is empty; leave it out for the config's value")
     default_backends = "sim" if ctx.params["fake_gpu"] else None
     alone = "" if clocks and limits is None else None  # --clocks without --limits: the clocks alone
     overrides = {

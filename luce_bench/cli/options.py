@@ -157,7 +157,10 @@ def one_line(text: str) -> str:
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn UserError and GPU errors into one line on stderr and exit code 2 (`--debug`: the traceback)."""
+    """Turn UserError and GPU errors into one line on stderr and exit code 2 (`--debug`: the traceback).
+
+    An OSError that reaches here (a report or cache file that cannot be written) is one line and exit code 4.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -171,5 +174,11 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
+        except OSError as exc:  # a file luce-bench must write (a report, a cache entry): full disk, no permission
+            if state["debug"]:
+                raise
+            where = f" ({exc.filename})" if exc.filename else ""
+            typer.echo(f"error: cannot write{where}: {one_line(exc.strerror or str(exc))}", err=True)
+            raise typer.Exit(4) from None
 
     return wrapper
