@@ -135,3 +135,22 @@ def test_a_bad_fault_script_is_one_clear_error():
     with pytest.raises(GPUError, match="bad LUCE_BENCH_FAKE_GPU_FAULTS: .*kind in lost"):
         with_faults(FakeGPU(), '[{"kind": "meteor"}]')
     assert isinstance(with_faults(FakeGPU(), ""), FakeGPU)
+
+
+def test_the_report_says_how_a_run_that_did_not_finish_ended(tmp_path):
+    from luce_bench.report import run_state
+
+    ident = {"command": "sweep", "rows_planned": 4}
+    st = status.RunStatus.start(tmp_path, ident, rows=0, previous=None)
+    st.at(phase="measuring", setting="300W", backend="sim", test="tg8", rep=0)
+    st.rows(1)
+    step = "last step: phase measuring, setting 300W, backend sim, test tg8, rep 0"
+    assert run_state(tmp_path) == [f"this run is running: 1 of 4 repetitions; {step}"]
+    st.doc["pid"] = 2**22 + 12345  # the process is gone: SIGKILL
+    st.write()
+    (line,) = run_state(tmp_path)
+    assert line.startswith("run killed: 1 of 4 repetitions;") and line.endswith("(SIGKILL, OOM or power loss)")
+    st.finish("finished", 0, rows=4)
+    assert run_state(tmp_path) == []
+    (tmp_path / "status.json").write_text("[]")
+    assert run_state(tmp_path) == [f"{tmp_path / 'status.json'} is not a luce-bench status file (format 1)"]

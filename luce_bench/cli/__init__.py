@@ -6,6 +6,7 @@ do not parse as well (`--reps abc`, an unknown option or command): `OneLineError
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Annotated, Any
 
@@ -100,3 +101,7 @@ def main() -> None:
             raise
         typer.echo(f"error: {one_line(str(exc))}", err=True)
         sys.exit(2)
+    finally:
+        # The work is done and recorded: a Ctrl-C from now on ends the process at once, instead of a
+        # KeyboardInterrupt raised inside the interpreter's shutdown (printed as an ignored exception).
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
