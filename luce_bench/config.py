@@ -197,7 +197,11 @@ class BenchConfig(_Section):
 
     @property
     def test_deadline_s(self) -> float:
-        """How long one test (warm-up and every repetition) may take: `test_timeout_s`, or 60 s plus 3x its plan."""
+        """How long one test (warm-up and every repetition) may take: `test_timeout_s`, or 60 s plus 3x its plan.
+
+        The automatic deadline also grows by 3x the first iteration per window once that iteration is timed
+        (measure.py), so a slow backend is not taken for a hung one.
+        """
         if self.test_timeout_s > 0:
             return self.test_timeout_s
         return 60.0 + 3.0 * (self.warmup_s + self.reps * (self.window_s + self.rep_gap_max_s))

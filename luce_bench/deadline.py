@@ -14,7 +14,8 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Iterator
 from typing import Any
 
 from luce_bench.clock import Clock
@@ -24,27 +25,47 @@ class TrialTimeout(BaseException):
     """A test ran past its deadline; the message says which and how long it was given."""
 
 
+class Deadline:
+    """A running deadline: `check()` between iterations; `extend(seconds)` gives more time (re-arming the alarm)."""
+
+    def __init__(self, seconds: float, clock: Clock, what: str) -> None:
+        """Start a deadline of `seconds` from now on `clock` for `what`."""
+        self.seconds, self.clock, self.what = seconds, clock, what
+        self.start_s = clock.now_s()
+        self.armed = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
+        self._wall_end_s = time.monotonic() + seconds
+
+    def _expired(self) -> TrialTimeout:
+        return TrialTimeout(f"{self.what} timed out after {self.seconds:g} s (test_timeout_s)")
+
+    def check(self) -> None:
+        """Raise TrialTimeout when the run clock has passed the deadline."""
+        if self.clock.now_s() - self.start_s > self.seconds:
+            raise self._expired()
+
+    def extend(self, seconds: float) -> None:
+        """Move the deadline `seconds` later."""
+        self.seconds += seconds
+        self._wall_end_s += seconds
+        if self.armed:
+            signal.setitimer(signal.ITIMER_REAL, max(self._wall_end_s - time.monotonic(), 0.001))
+
+    def on_alarm(self, signum: int, frame: Any) -> None:
+        """SIGALRM: the wall clock passed the deadline inside a call."""
+        raise self._expired()
+
+
 @contextlib.contextmanager
-def deadline(seconds: float, clock: Clock, what: str) -> Iterator[Callable[[], None]]:
-    """Give the block `seconds` on `clock` (and on the wall clock); yield `check()` to call between iterations."""
-    message = f"{what} timed out after {seconds:g} s (test_timeout_s)"
-    start_s = clock.now_s()
-
-    def check() -> None:
-        if clock.now_s() - start_s > seconds:
-            raise TrialTimeout(message)
-
-    def on_alarm(signum: int, frame: Any) -> None:
-        raise TrialTimeout(message)
-
-    armed = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
+def deadline(seconds: float, clock: Clock, what: str) -> Iterator[Deadline]:
+    """Give the block `seconds` on `clock` (and on the wall clock); yield the `Deadline` to check and extend."""
+    limit = Deadline(seconds, clock, what)
     previous: Any = None
-    if armed:
-        previous = signal.signal(signal.SIGALRM, on_alarm)
+    if limit.armed:
+        previous = signal.signal(signal.SIGALRM, limit.on_alarm)
         signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
-        yield check
+        yield limit
     finally:
-        if armed:
+        if limit.armed:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)

@@ -92,18 +92,22 @@ class Meter:
         """Warm up, then one window of `test` per repetition index in `reps` (default: all of `cfg.reps`).
 
         The whole test has `cfg.test_deadline_s` (deadline.py): past it, TrialTimeout; the window in progress is lost.
+        With the automatic deadline, a backend whose first iteration is slow gets 3x that iteration per window more.
         """
         cfg, clock, gpu = self.ctx.cfg, self.ctx.clock, self.ctx.gpu
         todo = list(range(cfg.reps)) if reps is None else list(reps)
         prompt = self.prompt(test)
         label = f"{backend.name} {test.name}"
         records: list[RunRecord] = []
-        with deadline(cfg.test_deadline_s, clock, label) as self._check:
+        with deadline(cfg.test_deadline_s, clock, label) as due:
+            self._check = due.check
             try:
                 if self.start_temp_c is None and gpu is not None:
                     self.start_temp_c = gpu.temperature_c()
                 self._record_tokens(backend, test, prompt, label)
-                self.loop(backend, test, prompt, cfg.warmup_s, at_least_once=True)
+                per_window = 3.0 * (len(todo) + 1)  # a slow backend's windows last at least one iteration each
+                grow = (lambda first_s: due.extend(per_window * first_s)) if cfg.test_timeout_s == 0 else None
+                self.loop(backend, test, prompt, cfg.warmup_s, at_least_once=True, on_first=grow)
                 rng = random.Random(cfg.prompt_seed + test.n)
                 for i, rep in enumerate(todo):
                     self.on_progress(label, rep, cfg.reps)
@@ -118,13 +122,24 @@ class Meter:
         return records
 
     def loop(
-        self, backend: Backend, test: TestSpec, prompt: Sequence[int], seconds: float, at_least_once: bool
+        self,
+        backend: Backend,
+        test: TestSpec,
+        prompt: Sequence[int],
+        seconds: float,
+        at_least_once: bool,
+        on_first: Callable[[float], None] | None = None,
     ) -> None:
-        """Run `test` for `seconds` (not measured): a warm-up, or settling at a new setting."""
+        """Run `test` for `seconds` (not measured): a warm-up, or settling at a new setting.
+
+        `on_first` gets the duration of the first iteration (the automatic deadline grows for a slow backend).
+        """
         clock = self.ctx.clock
         t0 = clock.now_s()
         if at_least_once:
             run_once(backend, test, prompt)
+            if on_first is not None:
+                on_first(clock.now_s() - t0)
             self._check()
         while clock.now_s() - t0 < seconds:
             run_once(backend, test, prompt)

@@ -90,12 +90,17 @@ def test_on_a_full_disk_the_final_status_overwrites_the_old_one_in_place(tmp_pat
 
 def test_the_deadline_counts_run_clock_time_between_iterations():
     clock = SimClock()
-    with deadline(10.0, clock, "sim tg8") as check:
+    with deadline(10.0, clock, "sim tg8") as due:
         clock.sleep(9.0)
-        check()  # within the deadline
+        due.check()  # within the deadline
         clock.sleep(2.0)
         with pytest.raises(TrialTimeout, match="sim tg8 timed out after 10 s"):
-            check()
+            due.check()
+        due.extend(5.0)  # a slow backend gets more time
+        due.check()
+        clock.sleep(5.0)
+        with pytest.raises(TrialTimeout, match="after 15 s"):
+            due.check()
 
 
 def test_the_wall_clock_deadline_interrupts_a_call_and_restores_sigalrm():

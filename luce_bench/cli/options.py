@@ -45,7 +45,10 @@ CooldownOpt = Annotated[
 ]
 TimeoutOpt = Annotated[
     Optional[float],
-    typer.Option("--test-timeout-s", help="A test running longer fails its backend (s; 0: auto, 60 s + 3x its plan)."),
+    typer.Option(
+        "--test-timeout-s",
+        help="A test running longer fails its backend (s; 0: auto, 60 s + 3x its plan, more when slow).",
+    ),
 ]
 ReadOnlyOpt = Annotated[
     bool, typer.Option("--read-only", help="Refuse every GPU setter (same as LUCE_BENCH_READONLY=1).")
