@@ -10,14 +10,15 @@ their grid. A source that names clocks but no limits sweeps the clocks alone: a 
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
-from annotated_types import Ge, Le
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from luce_bench.config_errors import message
 from luce_bench.errors import UserError
 
 MAX_TEST_TOKENS = 131072
@@ -178,7 +179,7 @@ class BenchConfig(_Section):
     """Everything a compare/bench/sweep run needs."""
 
     model: Annotated[Str, AfterValidator(_not_empty)] = "auto"
-    model_seed: Int = 0
+    model_seed: Int = Field(0, ge=-(2**63), le=2**64 - 1)  # what torch's generator takes
     device: Annotated[Str, AfterValidator(_device)] = "auto"
     backends: Names = ("hf",)
     tests: Tests = ("pp520", "tg128")
@@ -186,12 +187,24 @@ class BenchConfig(_Section):
     warmup_s: float = Field(3.0, ge=0, le=3600)
     window_s: float = Field(10.0, ge=0.001, le=3600)
     rep_gap_max_s: float = Field(1.0, ge=0, le=60)
+    test_timeout_s: float = Field(0.0, ge=0, le=86400)  # 0: auto (`test_deadline_s`)
     prompt_seed: Int = 1234
     output_dir: Str = "results/runs"
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     gpu: GpuConfig = Field(default_factory=GpuConfig)
     cooldown: CooldownConfig = Field(default_factory=CooldownConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
+
+    @property
+    def test_deadline_s(self) -> float:
+        """How long one test (warm-up and every repetition) may take: `test_timeout_s`, or 60 s plus 3x its plan.
+
+        The automatic deadline also grows by 3x the first iteration per window once that iteration is timed
+        (measure.py), so a slow backend is not taken for a hung one.
+        """
+        if self.test_timeout_s > 0:
+            return self.test_timeout_s
+        return 60.0 + 3.0 * (self.warmup_s + self.reps * (self.window_s + self.rep_gap_max_s))
 
     @property
     def test_specs(self) -> list[TestSpec]:
@@ -201,61 +214,6 @@ class BenchConfig(_Section):
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for meta.json)."""
         return self.model_dump(mode="json")
-
-
-# --- errors -----------------------------------------------------------------------------------------------------------
-_EXPECTED = {
-    "bool_type": "expected true or false",
-    "int_type": "expected an integer",
-    "int_parsing": "expected an integer",
-    "int_from_float": "expected an integer",
-    "float_type": "expected a number",
-    "float_parsing": "expected a number",
-    "finite_number": "expected a number",
-    "string_type": "expected a string",
-    "tuple_type": "expected a list",
-    "model_type": "expected a mapping",
-}
-
-
-def _where(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _section(loc: tuple[Any, ...]) -> type[BaseModel]:
-    cls: type[BaseModel] = BenchConfig
-    for part in loc:
-        cls = cls.model_fields[part].annotation  # type: ignore[assignment]
-    return cls
-
-
-def _range(loc: tuple[Any, ...]) -> tuple[float, float]:
-    meta = _section(loc[:-1]).model_fields[loc[-1]].metadata
-    return next(m.ge for m in meta if isinstance(m, Ge)), next(m.le for m in meta if isinstance(m, Le))
-
-
-def _message(exc: ValidationError) -> str:
-    """The first error of `exc` as the one line users get."""
-    err = exc.errors()[0]
-    kind, loc, value = err["type"], tuple(err["loc"]), err["input"]
-    where = _where(loc)
-    if kind == "extra_forbidden":
-        known = ", ".join(sorted(_section(loc[:-1]).model_fields))
-        return f"config: unknown key '{where}'; known: {known}"
-    if kind in ("greater_than_equal", "less_than_equal"):
-        lo, hi = _range(loc)
-        return f"config: {where} = {value} is out of range [{lo:g}, {hi:g}]"
-    if kind == "literal_error":
-        choices = get_args(_section(loc[:-1]).model_fields[loc[-1]].annotation)
-        return f"config: {where} = {value!r}; expected one of {', '.join(choices)}"
-    if kind == "value_error":
-        text = str(err["ctx"]["error"])
-        return f"config: {where}{'' if text.startswith(':') else ' '}{text}"
-    expected = _EXPECTED.get(kind, err["msg"].lower())
-    return f"config: {where or 'top level'}: {expected}, got {value!r}"
 
 
 def _set(data: dict[str, Any], key: str, value: Any) -> None:
@@ -272,29 +230,58 @@ def _set(data: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _read_yaml(path: Path) -> Any:
-    import yaml
+MAX_CONFIG_BYTES = 1 << 20
 
+
+def _read_text(path: Path) -> str:
+    """The config file's text; UserError when it is missing, not a file, too large, unreadable, not UTF-8 or empty."""
+    if path.is_dir():
+        raise UserError(f"config {path} is a directory, not a YAML file")
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise UserError(f"config {path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise UserError(f"config {path} is larger than {MAX_CONFIG_BYTES >> 20} MiB: not a luce-bench config")
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"config {path}: cannot read it ({exc})") from None
+    if not text.strip():
+        raise UserError(f"config {path} is empty (omit --config to use the defaults)")
+    return text
+
+
+def _read_yaml(path: Path) -> Any:
+    import yaml
+
+    text = _read_text(path)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UserError(f"config {path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    except (ValueError, TypeError) as exc:  # a scalar YAML accepts but cannot build, e.g. the date 2017-13-45
+        raise UserError(f"config {path}: invalid YAML value ({exc})") from None
+    except RecursionError:
+        raise UserError(f"config {path}: invalid YAML (nested too deeply)") from None
+    if data is None:
+        raise UserError(f"config {path} has no settings, only comments (omit --config to use the defaults)")
+    return data
 
 
 def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> BenchConfig:
     """Read YAML at `path` (defaults only if None), apply dotted `overrides` (None values ignored), validate."""
-    data = _read_yaml(Path(path)) if path is not None else None
-    data = {} if data is None else data
+    data = _read_yaml(Path(path)) if path is not None else {}
+    return from_mapping(data, overrides)
+
+
+def from_mapping(data: Any, overrides: dict[str, Any] | None = None) -> BenchConfig:
+    """Validate the config `data` (a mapping, as YAML or meta.json give it) with dotted `overrides` applied."""
     if not isinstance(data, dict):
         raise UserError(f"config: top level: expected a mapping, got {data!r}")
+    data = copy.deepcopy(data)
     for key, value in (overrides or {}).items():
         if value is not None:
             _set(data, key, value)
     try:
         return BenchConfig.model_validate(data)
     except ValidationError as exc:
-        raise UserError(_message(exc)) from None
+        raise UserError(message(exc, BenchConfig)) from None

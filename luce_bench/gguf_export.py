@@ -12,6 +12,7 @@ so a reader never sees a half-written one. A read-only checkpoint directory fall
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -22,6 +23,7 @@ from typing import Any
 
 from luce_bench.errors import UserError
 from luce_bench.files import atomic_path
+from luce_bench.model.gguf_check import check_gguf
 from luce_bench.model.spec import TextConfig
 
 EXPORTER_VERSION = "1"
@@ -186,9 +188,16 @@ def source_hash(model_dir: Path) -> str:
     """sha256 over config.json, the safetensors shards' contents and the exporter version (hex)."""
     from luce_bench.model.weights import safetensors_files
 
-    h = hashlib.sha256(f"luce-bench-gguf-{EXPORTER_VERSION}\n".encode())
     files = [model_dir / "config.json", *safetensors_files(model_dir)]
-    for f in files:
+    stamp = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    return _hash_files(stamp)
+
+
+@functools.lru_cache(maxsize=8)
+def _hash_files(stamp: tuple[tuple[str, int, int], ...]) -> str:
+    """The hash of the files in `stamp` (path, size, mtime): hashed once per process while they are unchanged."""
+    h = hashlib.sha256(f"luce-bench-gguf-{EXPORTER_VERSION}\n".encode())
+    for f in (Path(p) for p, _, _ in stamp):
         h.update(f"{f.name}\n".encode())
         with open(f, "rb") as fh:
             while chunk := fh.read(16 << 20):
@@ -264,6 +273,18 @@ def gguf_path(model_dir: Path, ftype: str, src_hash: str) -> Path:
     return cache_dir() / "gguf" / src_hash[:16] / name
 
 
+def cached_gguf(model_dir: Path, ftype: str = "bf16") -> Path | None:
+    """The cached export of the checkpoint at `model_dir`, if there is one (nothing is written)."""
+    from luce_bench.files import cache_dir
+
+    src = source_hash(Path(model_dir))
+    name = f"model-{ftype}-{src[:16]}.gguf"
+    for path in (Path(model_dir) / "gguf" / name, cache_dir() / "gguf" / src[:16] / name):
+        if path.is_file():
+            return path
+    return None
+
+
 def ensure_gguf(model_dir: Path, cfg: TextConfig, ftype: str = "bf16", progress: bool = True) -> Path:
     """Path of the cached GGUF of the checkpoint at `model_dir`, exporting it first if needed.
 
@@ -276,6 +297,7 @@ def ensure_gguf(model_dir: Path, cfg: TextConfig, ftype: str = "bf16", progress:
     src_hash = source_hash(model_dir)
     final = gguf_path(model_dir, ftype, src_hash)
     if final.is_file():
+        check_gguf(final)  # a damaged cached export is refused, not handed to llama.cpp
         return final
     with atomic_path(final) as tmp:
         total = cfg.num_params()  # progress counts source parameters

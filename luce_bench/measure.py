@@ -16,16 +16,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from luce_bench import quality
 from luce_bench.backends.base import Backend, ModelSpec
 from luce_bench.clock import rfc3339
 from luce_bench.config import TestSpec
 from luce_bench.context import RunContext
+from luce_bench.deadline import deadline
 from luce_bench.records import RunRecord
 from luce_bench.sampler import Sampler
 
-MIN_TRUSTED_WINDOW_S = 10.0
-MAX_DISAGREE_PCT = 5.0
-MAX_TEMP_DRIFT_C = 5.0
+
+def _no_deadline() -> None:
+    """Outside a test (settling at a new setting) there is no deadline."""
 
 
 def make_prompt(n: int, vocab_size: int, seed: int) -> list[int]:
@@ -78,42 +80,70 @@ class Meter:
     on_status: Callable[[str], None] = lambda msg: None
     first_tokens: dict[str, list[int]] = field(default_factory=dict)  # greedy tokens of each tg test, for agreement
     start_temp_c: float | None = None
+    _check: Callable[[], None] = field(default=_no_deadline, repr=False)  # the running test's deadline check
 
     def prompt(self, test: TestSpec) -> list[int]:
         """The seeded prompt of `test`."""
         return make_prompt(max(test.n, 1), self.model.config.vocab_size, self.ctx.cfg.prompt_seed)
 
-    def run_test(self, backend: Backend, test: TestSpec, limit: Conditions) -> list[RunRecord]:
-        """Warm up, then `reps` windows of `test`."""
+    def run_test(
+        self, backend: Backend, test: TestSpec, limit: Conditions, reps: Sequence[int] | None = None
+    ) -> list[RunRecord]:
+        """Warm up, then one window of `test` per repetition index in `reps` (default: all of `cfg.reps`).
+
+        The whole test has `cfg.test_deadline_s` (deadline.py): past it, TrialTimeout; the window in progress is lost.
+        With the automatic deadline, a backend whose first iteration is slow gets 3x that iteration per window more.
+        """
         cfg, clock, gpu = self.ctx.cfg, self.ctx.clock, self.ctx.gpu
+        todo = list(range(cfg.reps)) if reps is None else list(reps)
         prompt = self.prompt(test)
-        if self.start_temp_c is None and gpu is not None:
-            self.start_temp_c = gpu.temperature_c()
         label = f"{backend.name} {test.name}"
-        self._record_tokens(backend, test, prompt, label)
-        self.loop(backend, test, prompt, cfg.warmup_s, at_least_once=True)
-        records = []
-        rng = random.Random(cfg.prompt_seed + test.n)
-        for rep in range(cfg.reps):
-            self.on_progress(label, rep, cfg.reps)
-            if rep and cfg.rep_gap_max_s > 0:
-                clock.sleep(rng.uniform(0.0, cfg.rep_gap_max_s))
-            record = self._window(backend, test, prompt, rep, limit)
-            self.on_record(record)
-            records.append(record)
+        records: list[RunRecord] = []
+        with deadline(cfg.test_deadline_s, clock, label) as due:
+            self._check = due.check
+            try:
+                if self.start_temp_c is None and gpu is not None:
+                    self.start_temp_c = gpu.temperature_c()
+                self._record_tokens(backend, test, prompt, label)
+                per_window = 3.0 * (len(todo) + 1)  # a slow backend's windows last at least one iteration each
+                grow = (lambda first_s: due.extend(per_window * first_s)) if cfg.test_timeout_s == 0 else None
+                self.loop(backend, test, prompt, cfg.warmup_s, at_least_once=True, on_first=grow)
+                rng = random.Random(cfg.prompt_seed + test.n)
+                for i, rep in enumerate(todo):
+                    self.on_progress(label, rep, cfg.reps)
+                    if i and cfg.rep_gap_max_s > 0:
+                        clock.sleep(rng.uniform(0.0, cfg.rep_gap_max_s))
+                    record = self._window(backend, test, prompt, rep, limit)
+                    self.on_record(record)
+                    records.append(record)
+            finally:
+                self._check = _no_deadline
         self.on_progress(label, cfg.reps, cfg.reps)
         return records
 
     def loop(
-        self, backend: Backend, test: TestSpec, prompt: Sequence[int], seconds: float, at_least_once: bool
+        self,
+        backend: Backend,
+        test: TestSpec,
+        prompt: Sequence[int],
+        seconds: float,
+        at_least_once: bool,
+        on_first: Callable[[float], None] | None = None,
     ) -> None:
-        """Run `test` for `seconds` (not measured): a warm-up, or settling at a new setting."""
+        """Run `test` for `seconds` (not measured): a warm-up, or settling at a new setting.
+
+        `on_first` gets the duration of the first iteration (the automatic deadline grows for a slow backend).
+        """
         clock = self.ctx.clock
         t0 = clock.now_s()
         if at_least_once:
             run_once(backend, test, prompt)
+            if on_first is not None:
+                on_first(clock.now_s() - t0)
+            self._check()
         while clock.now_s() - t0 < seconds:
             run_once(backend, test, prompt)
+            self._check()
 
     def _record_tokens(self, backend: Backend, test: TestSpec, prompt: Sequence[int], label: str) -> None:
         if test.kind == "tg":
@@ -139,6 +169,7 @@ class Meter:
         w0 = clock.now_s()
         while True:
             n, dt = run_once(backend, test, prompt)
+            self._check()
             tokens, iters, compute_s = tokens + n, iters + 1, compute_s + dt
             if clock.now_s() - w0 >= window_s:
                 break
@@ -182,30 +213,31 @@ class Meter:
         return rapl.delta_uj(start.cpu_uj, end.cpu_uj) / 1e6
 
     def _energy(self, start: Edge, end: Edge, tokens: int, window_s: float, limit: Conditions) -> dict[str, Any]:
-        """Energy, power, sampler cross-check and the quality verdict of one window (measurement.md rule 13)."""
-        flags = [] if window_s >= MIN_TRUSTED_WINDOW_S else ["short-window"]
+        """Energy, power, sampler cross-check and the quality verdict of one window (quality.py, rule 13)."""
+        flags = quality.window_flags(window_s)
         if start.energy_mj is None or end.energy_mj is None:
-            return {"valid": False, "verdict": ";".join(flags + ["no-energy"])}
+            return {"valid": False, "verdict": quality.verdict([*flags, quality.NO_ENERGY])}
         energy_j = (end.energy_mj - start.energy_mj) / 1000.0
         out: dict[str, Any] = {"energy_j": energy_j}
         if self.sampler is not None and start.t_s is not None and end.t_s is not None:
-            out.update(self._sampled(start.t_s, end.t_s, energy_j, flags))
-        if energy_j <= 0:
-            out.update(valid=False, verdict=";".join(flags + ["energy-invalid"]))
+            out.update(self._sampled(start.t_s, end.t_s, energy_j, flags, limit.requested_w is not None))
+        bad = quality.energy_flag(energy_j)
+        if bad is not None:
+            out.update(valid=False, verdict=quality.verdict([*flags, bad]))
             return out
         out.update(
             tok_per_j=tokens / energy_j,
             j_per_tok=energy_j / tokens,
             mean_power_w=energy_j / window_s,
             valid=True,
-            verdict=";".join(flags) or "ok",
+            verdict=quality.verdict(flags),
         )
         if limit.idle_power_w is not None:
             net_j = energy_j - limit.idle_power_w * window_s
             out["net_tok_per_j"] = tokens / net_j if net_j > 0 else None
         return out
 
-    def _sampled(self, t0_s: float, t1_s: float, energy_j: float, flags: list[str]) -> dict[str, Any]:
+    def _sampled(self, t0_s: float, t1_s: float, energy_j: float, flags: list[str], limit_set: bool) -> dict[str, Any]:
         assert self.sampler is not None
         s = self.sampler.summarize(t0_s, t1_s)
         sampled_j = self.sampler.integrate_power_j(t0_s, t1_s)
@@ -221,11 +253,7 @@ class Meter:
         }
         if energy_j > 0 and sampled_j and sampled_j > 0:
             out["counter_vs_sampled_pct"] = 100.0 * (sampled_j - energy_j) / energy_j
-            if abs(out["counter_vs_sampled_pct"]) > MAX_DISAGREE_PCT:
-                flags.append("power-disagree")
-        ts, te = s["temp_start_c"], s["temp_end_c"]
-        if ts is not None and te is not None and abs(te - ts) > MAX_TEMP_DRIFT_C:
-            flags.append("temp-drift")
+        flags += quality.sampled_flags(s, out.get("counter_vs_sampled_pct"), limit_set)
         return out
 
     def cooldown(self) -> None:

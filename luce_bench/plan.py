@@ -10,6 +10,7 @@ it does not support. A bad plan is a UserError before any run directory exists a
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 from collections.abc import Iterator, Sequence
@@ -97,6 +98,31 @@ class Plan:
         """Consecutive trials sharing a setting."""
         for setting, trials in itertools.groupby(self.trials, key=lambda t: t.setting):
             yield setting, list(trials)
+
+    def only(self, trials: Sequence[Trial]) -> Plan:
+        """This plan with just `trials` (in their order here): what a resumed run still has to do."""
+        keep = set(trials)
+        return dataclasses.replace(self, trials=tuple(t for t in self.trials if t in keep))
+
+
+def trial_key(backend: str, test: str, limit_mw: int | None, clock_mhz: int | None) -> tuple[str, str, int, int]:
+    """The identity of a trial, as rows of runs.csv also give it (0: no limit set / no clock locked)."""
+    return backend, test, limit_mw or 0, clock_mhz or 0
+
+
+def key_of(t: Trial) -> tuple[str, str, int, int]:
+    """`trial_key` of a planned trial."""
+    limit, clock = t.setting.power_limit, t.setting.sm_clock
+    return trial_key(t.backend, t.test.name, limit.requested_mw if limit else None, clock.locked_mhz if clock else None)
+
+
+def fingerprint(plan: Plan, reps: int) -> str:
+    """A hash of what `plan` measures, whatever the order: its trials, repetitions and model (for `sweep --resume`)."""
+    import hashlib
+    import json
+
+    what = {"trials": sorted(key_of(t) for t in plan.trials), "reps": reps, "model": [plan.model.name, plan.model.seed]}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 
 def parse_limits(
@@ -264,5 +290,7 @@ def plan(
     notes = (TINY_NOTE,) if cfg.model == "auto" and chosen == "tiny" else ()
     model = resolve_model(chosen, seed=cfg.model_seed)
     check_tests_fit(tests, model)
+    for backend in keep:  # files a backend would fail on (a damaged cached GGUF) are refused now, not mid-run
+        get_backend(backend).check_model(model, **ctx.backend_kwargs(backend))
     trials = tuple(Trial(b, t, s) for s in settings for b in keep for t in tests)
     return Plan(name=name, model=model, trials=trials, skipped=skipped, notes=notes)

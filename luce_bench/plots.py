@@ -1,7 +1,9 @@
 """The plots of a run directory, and the one place matplotlib is imported (`pyplot()`; Agg backend).
 
 Run plots: tok/s and tok/J per backend and test, and the power/clock timeline. The sweep plots (sweep_plots.py) draw
-through `pyplot()` and `save()` here.
+through `pyplot()` and `save()` here. Results the verdict flags (quality.mark) are marked in every plot: throttled
+ones (a stress flag) in red, ones from windows shorter than 10 s in orange: hatched bars, rings around points
+(`mark_flagged`), coloured windows in the timeline.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from luce_bench.quality import mark
 from luce_bench.records import RunRecord, SummaryRow
 from luce_bench.sampler import Sample
 
@@ -39,6 +42,22 @@ def save(plt: Any, fig: Any, title: str, out: Path) -> Path:
     return out
 
 
+# quality.mark -> (colour, bar hatch, legend label)
+MARKS = {
+    "throttled": ("red", "//", "throttled windows (see verdict)"),
+    "short": ("orange", "..", "windows < 10 s (see verdict)"),
+}
+
+
+def mark_flagged(ax: Any, points: Sequence[tuple[float, float, str]]) -> None:
+    """Ring the (x, y, verdict) points whose verdict is marked (quality.mark), one legend entry per kind and axis."""
+    for kind, (color, _, text) in MARKS.items():
+        hit = [(x, y) for x, y, v in points if mark(v) == kind and math.isfinite(x) and math.isfinite(y)]
+        if hit:
+            label = None if text in ax.get_legend_handles_labels()[1] else text
+            ax.plot([p[0] for p in hit], [p[1] for p in hit], "o", ms=13, mfc="none", mec=color, mew=1.8, label=label)
+
+
 def _limit_label(row: SummaryRow) -> str:
     """The row's setting ("300 W", "300 W, 1605 MHz"), or "current limit" for the state in force."""
     return row.setting if row.is_setting else "current limit"
@@ -61,8 +80,10 @@ def bar_chart(summary: Sequence[SummaryRow], metric: str, err: str, ylabel: str,
                 continue
             v, e = num(getattr(match[0], metric)), num(getattr(match[0], err))
             label = f"{backend} @ {lim}" if multi_limit else backend
-            ax.bar(i, v, yerr=e if math.isfinite(e) else None, capsize=4, label=label)
-            ax.text(i, v, f"{v:.3g}", ha="center", va="bottom", fontsize=8)
+            kind = mark(match[0].verdict)
+            hatch = {"hatch": MARKS[kind][1], "edgecolor": MARKS[kind][0]} if kind else {}
+            ax.bar(i, v, yerr=e if math.isfinite(e) else None, capsize=4, label=label, **hatch)
+            ax.text(i, v, f"{v:.3g}" + (" ⚠" if kind else ""), ha="center", va="bottom", fontsize=8)
         ax.set_title(test)
         ax.set_xticks(range(len(series)))
         ax.set_xticklabels([f"{b}\n{lim}" if multi_limit else b for b, lim in series], fontsize=8)
@@ -87,8 +108,10 @@ def timeline(samples: Sequence[Sample], runs: Sequence[RunRecord], out: Path) ->
     for r in runs:
         a, b = num(r.t_start_s), num(r.t_end_s)
         if math.isfinite(a) and math.isfinite(b):
+            kind = mark(r.verdict)
+            color = MARKS[kind][0] if kind else "tab:blue"
             for ax in (ax_p, ax_c):
-                ax.axvspan(a, b, alpha=0.12, color="tab:blue")
+                ax.axvspan(a, b, alpha=0.12, color=color)
             key = f"{r.backend} {r.test}"
             if key not in seen:
                 seen.add(key)
@@ -98,7 +121,8 @@ def timeline(samples: Sequence[Sample], runs: Sequence[RunRecord], out: Path) ->
     ax_c.set_xlabel("time (s)")
     ax_p.legend(fontsize=7, loc="lower right")
     ax_c.legend(fontsize=7, loc="lower right")
-    return save(plt, fig, "GPU power and clocks (shaded: measured windows)", out)
+    title = "GPU power and clocks (shaded: measured windows; red: throttled, orange: < 10 s)"
+    return save(plt, fig, title, out)
 
 
 def render_run(
@@ -111,7 +135,7 @@ def render_run(
             "avg_ts",
             "stddev_ts",
             "tokens / s",
-            "Throughput (mean ± std over repetitions)",
+            "Throughput (mean ± std; ⚠ hatched: flagged windows, see verdict)",
             run_dir / "tok_s.png",
         ),
         bar_chart(
@@ -119,7 +143,7 @@ def render_run(
             "tok_per_j",
             "tok_per_j_std",
             "tokens / J",
-            "Energy efficiency (GPU board energy)",
+            "Energy efficiency (GPU board energy; ⚠ hatched: flagged windows)",
             run_dir / "tok_j.png",
         ),
         timeline(samples, runs, run_dir / "timeline.png"),

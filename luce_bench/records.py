@@ -19,10 +19,9 @@ import functools
 import gzip
 import io
 import math
-import os
 import types
 import typing
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -271,27 +270,3 @@ def read_csv(path: Path, cls: type[R]) -> list[R]:
             return [from_cells(cls, row) for row in reader]
         except (ValueError, TypeError) as exc:
             raise UserError(f"{path} line {reader.line_num}: {exc}") from None
-
-
-class CsvAppender:
-    """A CSV of records of one type that gains flushed, fsynced rows as they finish."""
-
-    def __init__(self, path: Path, cls: type) -> None:
-        """Open `path` for appending; a new file gets the header first."""
-        new = not path.exists()
-        self._f = path.open("a", newline="")
-        self._w = csv.writer(self._f, lineterminator="\n")
-        if new:
-            self._w.writerow(columns(cls))
-            self._f.flush()
-
-    def add(self, records: Sequence[Any]) -> None:
-        """Append `records` and make them durable."""
-        if records:
-            self._w.writerows(to_cells(r) for r in records)
-            self._f.flush()
-            os.fsync(self._f.fileno())
-
-    def close(self) -> None:
-        """Close the file."""
-        self._f.close()

@@ -9,18 +9,40 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from luce_bench.errors import UserError
 from luce_bench.files import atomic_write
 from luce_bench.records import RunRecord, SummaryRow, SweetSpot, write_csv
 from luce_bench.results import SUMMARY, read_meta, read_runs, read_samples
-from luce_bench.summary import describe_spot, summarize, sweet_spots
+from luce_bench.summary import describe_spot, stress_notes, summarize, sweet_spots
+from luce_bench.tables import (
+    TABLE_HEAD,
+    ci_text,
+    clock_text,
+    clocked,
+    limit_text,
+    llama_bench_table,
+    mark_verdict,
+    markdown_table,
+    num_text,
+    table_head,
+    table_rows,
+)
 
-TABLE_HEAD = ["backend", "test", "limit", "tok/s", "95% CI tok/s", "mean W", "tok/J", "95% CI tok/J", "n", "verdict"]
+__all__ = [
+    "TABLE_HEAD",
+    "Report",
+    "llama_bench_table",
+    "markdown_table",
+    "notes",
+    "print_report",
+    "render",
+    "table_rows",
+]
 
 
 @dataclass
@@ -33,110 +55,7 @@ class Report:
     markdown: str
     spots: list[SweetSpot] | None = None  # None: not a sweep
     min_speed: float = 0.95
-
-
-def _ok(x: float | None) -> bool:
-    return x is not None and math.isfinite(x)
-
-
-def _num(x: float | None, digits: int = 1) -> str:
-    return f"{x:.{digits}f}" if _ok(x) else "n/a"
-
-
-def _pm(mean: float | None, std: float | None, digits: int = 2) -> str:
-    if not _ok(mean):
-        return "n/a"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}" if _ok(std) else f"{mean:.{digits}f}"
-
-
-def _ci(mean: float | None, lo: float | None, hi: float | None, digits: int) -> str:
-    if not _ok(mean):
-        return "n/a"
-    return f"{mean:.{digits}f} ± {(hi - lo) / 2:.{digits}f}" if _ok(lo) and _ok(hi) else f"{mean:.{digits}f}"
-
-
-def _range(lo: float | None, hi: float | None, digits: int) -> str:
-    return f"{_num(lo, digits)}–{_num(hi, digits)}" if _ok(lo) else "n/a"
-
-
-def _limit(w: float | None) -> str:
-    return f"{w:g} W" if w is not None else "current"
-
-
-def _clocked(summary: Sequence[SummaryRow]) -> bool:
-    return any(r.sm_clock_mhz is not None for r in summary)
-
-
-def _clock(r: SummaryRow) -> str:
-    """The locked SM clock, with the request when it snapped: "1605 MHz (req 1600)"; "-" when not locked."""
-    if r.sm_clock_mhz is None:
-        return "-"
-    req = f" (req {r.sm_clock_req_mhz})" if r.sm_clock_req_mhz not in (None, r.sm_clock_mhz) else ""
-    return f"{r.sm_clock_mhz} MHz{req}"
-
-
-def table_head(summary: Sequence[SummaryRow]) -> list[str]:
-    """TABLE_HEAD, with an "SM clock" column after the limit when clocks were locked."""
-    return [*TABLE_HEAD[:3], "SM clock", *TABLE_HEAD[3:]] if _clocked(summary) else list(TABLE_HEAD)
-
-
-def table_rows(summary: Sequence[SummaryRow]) -> list[list[str]]:
-    """Human rows for the summary table (`table_head`)."""
-    clocked = _clocked(summary)
-    return [
-        [
-            r.backend,
-            r.test,
-            _limit(r.power_limit_req_w),
-            *([_clock(r)] if clocked else []),
-            _pm(r.avg_ts, r.stddev_ts),
-            _range(r.ts_ci95_lo, r.ts_ci95_hi, 1),
-            _num(r.mean_power_w),
-            _pm(r.tok_per_j, r.tok_per_j_std, 3),
-            _range(r.tok_per_j_ci95_lo, r.tok_per_j_ci95_hi, 3),
-            str(r.n),
-            r.verdict,
-        ]
-        for r in summary
-    ]
-
-
-def markdown_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A GitHub markdown table."""
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---:" if i > 1 else "---" for i in range(len(head))) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
-
-
-def _size(nbytes: Any) -> str:
-    if not isinstance(nbytes, int | float):
-        return "n/a"
-    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.2f} MiB"
-
-
-def _count(n: Any) -> str:
-    if not isinstance(n, int | float):
-        return "n/a"
-    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.2f} M"
-
-
-def llama_bench_table(summary: Sequence[SummaryRow], meta: dict[str, Any]) -> str:
-    """llama-bench's md printer layout (model, size, params, backend, test, t/s), extended with energy columns."""
-    model = meta.get("model", {})
-    head = ["model", "size", "params", "backend", "test", "t/s", "W", "tok/J"]
-    rows = [
-        [
-            str(model.get("type", "qwen35")),
-            _size(model.get("bytes")),
-            _count(model.get("n_params")),
-            r.backend,
-            r.test,
-            _pm(r.avg_ts, r.stddev_ts),
-            _num(r.mean_power_w),
-            _pm(r.tok_per_j, r.tok_per_j_std, 3),
-        ]
-        for r in summary
-    ]
-    return markdown_table(head, rows)
+    quality: list[str] = dataclasses.field(default_factory=list)  # how the run ended, if badly; throttled repetitions
 
 
 def notes(meta: dict[str, Any]) -> list[str]:
@@ -171,7 +90,9 @@ def _energy_from_rows(runs: Sequence[RunRecord]) -> dict[str, Any]:
     }
 
 
-def _markdown(run_dir: Path, summary: Sequence[SummaryRow], meta: dict[str, Any], plots: Sequence[Path]) -> str:
+def _markdown(
+    run_dir: Path, summary: Sequence[SummaryRow], meta: dict[str, Any], plots: Sequence[Path], quality: Sequence[str]
+) -> str:
     gpu, model = meta.get("gpu", {}), meta.get("model", {})
     parts = [
         f"# luce-bench report: {run_dir.name}",
@@ -183,6 +104,7 @@ def _markdown(run_dir: Path, summary: Sequence[SummaryRow], meta: dict[str, Any]
         "",
     ]
     parts += [f"> {n}" for n in notes(meta)]
+    parts += [f"> ⚠ {q}" for q in quality]
     parts += [
         "",
         "## Summary (mean ± sample std over repetitions; each repetition is one energy window)",
@@ -244,6 +166,19 @@ def _sweep_section(run_dir: Path, summary: Sequence[SummaryRow], meta: dict[str,
     return spots, "\n".join(lines) + "\n"
 
 
+def run_state(run_dir: Path) -> list[str]:
+    """A line when the run did not finish cleanly (status.json): how far it got, where it stopped, why."""
+    from luce_bench.status import FINISHED, describe, effective_state, read_status
+
+    try:
+        doc = read_status(run_dir)
+    except UserError as exc:
+        return [str(exc)]
+    if doc is None or effective_state(doc) == FINISHED:
+        return []
+    return [f"this run is {describe(doc)}" if effective_state(doc) == "running" else f"run {describe(doc)}"]
+
+
 def render(run_dir: Path) -> Report:
     """Rebuild summary.csv, plots and report.md of `run_dir` (and the sweep section of a sweep) from its files."""
     from luce_bench.plots import render_run
@@ -254,8 +189,9 @@ def render(run_dir: Path) -> Report:
     summary = summarize(runs)
     if summary:
         write_csv(run_dir / SUMMARY, SummaryRow, summary)
-    md = _markdown(run_dir, summary, meta, render_run(run_dir, summary, runs, read_samples(run_dir)))
-    report = Report(run_dir, summary, meta, md)
+    quality = run_state(run_dir) + stress_notes(runs)
+    md = _markdown(run_dir, summary, meta, render_run(run_dir, summary, runs, read_samples(run_dir)), quality)
+    report = Report(run_dir, summary, meta, md, quality=quality)
     if meta.get("sweep"):
         report.spots, section = _sweep_section(run_dir, summary, meta)
         report.min_speed = float(meta["sweep"].get("sweet_spot_min_speed", 0.95))
@@ -269,24 +205,26 @@ def print_report(report: Report, console: Any, spots: bool = True) -> None:
     from rich.table import Table
 
     table = Table(title="luce-bench summary (mean ± 95% CI)")
-    clocked = _clocked(report.summary)
-    head = ("backend", "test", "limit", *(("SM clock",) if clocked else ()), "tok/s", "W", "tok/J", "n", "verdict")
+    has_clocks = clocked(report.summary)
+    head = ("backend", "test", "limit", *(("SM clock",) if has_clocks else ()), "tok/s", "W", "tok/J", "n", "verdict")
     for h in head:
         table.add_column(h, justify="left" if h in ("backend", "test", "verdict") else "right")
     for r in report.summary:
         table.add_row(
             r.backend,
             r.test,
-            _limit(r.power_limit_req_w),
-            *([_clock(r)] if clocked else []),
-            _ci(r.avg_ts, r.ts_ci95_lo, r.ts_ci95_hi, 1),
-            _num(r.mean_power_w),
-            _ci(r.tok_per_j, r.tok_per_j_ci95_lo, r.tok_per_j_ci95_hi, 3),
+            limit_text(r.power_limit_req_w),
+            *([clock_text(r)] if has_clocks else []),
+            ci_text(r.avg_ts, r.ts_ci95_lo, r.ts_ci95_hi, 1),
+            num_text(r.mean_power_w),
+            ci_text(r.tok_per_j, r.tok_per_j_ci95_lo, r.tok_per_j_ci95_hi, 3),
             str(r.n),
-            r.verdict,
+            mark_verdict(r.verdict, markup=True),
         )
     console.print(table)
     for n in notes(report.meta):
         console.print(f"[yellow]note:[/yellow] {n}")
+    for q in report.quality:
+        console.print(f"[red]quality:[/red] {q}")
     for s in (report.spots or []) if spots else []:
         console.print(f"[green]{describe_spot(s, report.min_speed)}[/green]")

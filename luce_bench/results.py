@@ -1,7 +1,9 @@
 """A run directory: runs.csv and samples.csv grow row by row; meta.json and the derived files are replaced whole.
 
-Rows are appended, flushed and fsynced as they finish, so an interrupted run keeps every finished repetition;
-meta.json, summary.csv and the other derived files are replaced atomically, never left half-written.
+Rows are appended whole and fsynced as they finish, so an interrupted run keeps every finished repetition and never a
+half-written one (appender.py); meta.json, summary.csv and the other derived files are replaced atomically.
+A write that fails (a full disk) raises RunDirError: the run stops with its finished rows intact. `RunWriter.reopen`
+continues an interrupted run directory (`sweep --resume`).
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from luce_bench.appender import CsvAppender, RunDirError
 from luce_bench.errors import UserError
 from luce_bench.files import atomic_write
-from luce_bench.records import CsvAppender, RunRecord, read_csv
+from luce_bench.records import RunRecord, read_csv
 from luce_bench.sampler import Sample
 
 RUNS, SAMPLES, SUMMARY, META = "runs.csv", "samples.csv", "summary.csv", "meta.json"
@@ -28,14 +31,25 @@ def utc_stamp() -> str:
 class RunWriter:
     """Owns one new run directory: appends rows and samples, merges meta.json."""
 
-    def __init__(self, run_dir: Path) -> None:
-        """Create `run_dir` (it must not exist) with empty runs.csv and samples.csv."""
+    def __init__(self, run_dir: Path, existing: bool = False) -> None:
+        """Create `run_dir` (it must not exist) with empty runs.csv and samples.csv; `existing`: append to it."""
         self.dir = run_dir
-        run_dir.mkdir(parents=True, exist_ok=False)
+        if not existing:
+            run_dir.mkdir(parents=True, exist_ok=False)
+        self.meta: dict[str, Any] = read_meta(run_dir) if existing else {}
         self.n_runs = 0
         self._runs = CsvAppender(run_dir / RUNS, RunRecord)
         self._samples = CsvAppender(run_dir / SAMPLES, Sample)
-        self.meta: dict[str, Any] = {}
+
+    @classmethod
+    def reopen(cls, run_dir: Path) -> RunWriter:
+        """Append to the interrupted run directory `run_dir` (a partial last line is cut off first)."""
+        try:
+            writer = cls(Path(run_dir), existing=True)
+        except OSError as exc:
+            raise UserError(f"cannot append to {run_dir}: {exc.strerror or exc}") from exc
+        writer.n_runs = len(read_runs(writer.dir))  # after the cut
+        return writer
 
     @classmethod
     def create(cls, output_dir: str | Path, name: str) -> RunWriter:
@@ -63,9 +77,12 @@ class RunWriter:
         self._samples.add(samples)
 
     def write_meta(self, meta: dict[str, Any]) -> None:
-        """Merge `meta` into meta.json (atomically)."""
+        """Merge `meta` into meta.json (atomically); RunDirError if it cannot be written."""
         self.meta.update(meta)
-        atomic_write(self.dir / META, json.dumps(self.meta, indent=2, default=str) + "\n")
+        try:
+            atomic_write(self.dir / META, json.dumps(self.meta, indent=2, default=str) + "\n")
+        except OSError as exc:
+            raise RunDirError(f"cannot write {self.dir / META}: {exc.strerror or exc}") from exc
 
     def close(self) -> None:
         """Close the CSV files."""

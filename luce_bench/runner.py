@@ -1,41 +1,35 @@
-"""The one run loop: a `Plan` on a `RunContext` becomes a run directory. compare, bench and sweep all run here.
+"""The one run: a `Plan` on a `RunContext` becomes a run directory. compare, bench and sweep (and its resume) run here.
 
-Order (measurement.md rules 6-10; llama-bench's "minimise reloads"):
 1. A plan that changes GPU settings first checks that setters work (read-only mode, root / CAP_SYS_ADMIN), takes the
-   GPU's lock and refuses a stale journal (`PowerLimitController`), and loads every backend before the first change;
-   they stay resident for the whole run. Otherwise each backend is loaded just before its first trial and closed
-   after its last one.
-2. Per block of trials sharing a setting: apply it (settings.py: lock the SM clock, set the limit, each journalled
-   first and read back), settle under load (`sweep.settle_s`), measure the idle baseline with the models resident
-   (`sweep.idle_s`).
-3. Per trial: cool down towards the run's start temperature, warm up, `reps` energy windows (measure.py). Rows and
-   samples are appended to the run directory as they finish.
-4. After a changed setting: cool down. The ORIGINAL limit and clock lock come back on every exit path
-   (`luce-bench restore` after SIGKILL).
-A backend that fails to load or crashes is recorded and the run goes on (exit code 1 at the end); bad input
-(UserError), GPU errors and interrupts stop the run.
+   GPU's lock and refuses a stale journal (`PowerLimitController`); bad input stops here, before anything exists.
+2. The run directory is created (or, resuming, reopened) with status.json, and the loop runs (loop.py).
+3. However the loop ends, the ORIGINAL limit and clock lock come back (`luce-bench restore` after SIGKILL), and
+   status.json says how it ended, where and why, with the exit code the CLI gives (status.EXIT_CODES):
+   finished (0), finished with failures (1), stopped by a GPU error (3) or an unwritable run directory (4), settings
+   not restored (5), interrupted by SIGINT / SIGTERM / SIGHUP (128 + the signal). Finished rows always stay.
+SIGTERM and SIGHUP stop any run the way SIGINT does (a sweep's controller restores first, see gpu/power_limit.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import shutil
+import signal
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from luce_bench.backends.base import Backend
+from luce_bench import status as st
+from luce_bench.appender import RunDirError
 from luce_bench.context import RunContext
 from luce_bench.errors import UserError
 from luce_bench.gpu.base import CLOCK_HINT, GPUError, GPUPermissionError, GPUReadOnlyError
-from luce_bench.measure import Conditions, Meter
-from luce_bench.plan import Plan, Setting, Trial
-from luce_bench.provenance import run_meta
+from luce_bench.loop import RunLoop
+from luce_bench.plan import Plan, fingerprint
 from luce_bench.records import RunRecord
 from luce_bench.results import RunWriter
-from luce_bench.sampler import Sampler
-from luce_bench.settings import apply_setting, current_limit_w, setting_meta, status_line, sweep_meta
-from luce_bench.summary import token_agreement
 
 
 class UI(Protocol):
@@ -57,14 +51,46 @@ class UI(Protocol):
         """A backend has run all its trials."""
 
 
+@dataclass(frozen=True)
+class Stop:
+    """Why a run ended before its plan did: status state, reason, exit code."""
+
+    state: str
+    reason: str
+    exit_code: int
+
+
 @dataclass
 class Outcome:
-    """What a run produced: its directory, what failed, how many repetitions finished, whether it was interrupted."""
+    """What a run produced: its directory, what failed, how many rows it holds, and how it ended."""
 
     run_dir: Path
     failed: list[str] = field(default_factory=list)
     n_runs: int = 0
-    interrupted: bool = False
+    stop: Stop | None = None
+    warnings: list[str] = field(default_factory=list)
+    restore_error: str | None = None  # the original settings could not be put back
+    error: UserError | None = None  # bad input found mid-run, raised again after the status is written
+    status: st.RunStatus | None = field(default=None, repr=False)
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether a signal (SIGINT, SIGTERM, SIGHUP) stopped the run."""
+        return self.stop is not None and self.stop.state == st.INTERRUPTED
+
+    def ending(self) -> tuple[str, int, str]:
+        """(status state, exit code, reason) of the run as a whole."""
+        if self.stop is not None:
+            state, code, reason = self.stop.state, self.stop.exit_code, self.stop.reason
+        elif self.failed or self.warnings:
+            notes = [f"failed: {', '.join(self.failed)}"] if self.failed else []
+            state, code, reason = st.FAILURES, st.EXIT_FAILURES, "; ".join(notes + self.warnings)
+        else:
+            state, code, reason = st.FINISHED, st.EXIT_OK, ""
+        if self.restore_error is not None:
+            not_back = f"the original settings could not be restored ({self.restore_error}): run `luce-bench restore`"
+            code, reason = st.EXIT_NOT_RESTORED, f"{reason}; {not_back}" if reason else not_back
+        return state, code, reason
 
 
 def preflight(gpu: Any, locks_clocks: bool = False) -> None:
@@ -81,194 +107,141 @@ def preflight(gpu: Any, locks_clocks: bool = False) -> None:
         raise UserError(f"{exc} Also, {CLOCK_HINT}" if locks_clocks else str(exc)) from None
 
 
-def run(plan: Plan, ctx: RunContext, ui: UI, persistence: bool = True) -> Outcome:
-    """Run every trial of `plan` (see the module docstring); the caller renders the report."""
+@contextlib.contextmanager
+def signals_stop_the_run() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise SystemExit(128 + signal) where they would kill the process outright (main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    saved = {}
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None and signal.getsignal(sig) is signal.SIG_DFL:
+            saved[sig] = signal.signal(sig, stop)
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def _signal_stop(code: object) -> Stop:
+    try:
+        name = signal.Signals(int(code) - 128).name  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return Stop(st.STOPPED, f"exit requested ({code})", code if isinstance(code, int) else 1)
+    return Stop(st.INTERRUPTED, f"interrupted by {name}", int(code))  # type: ignore[call-overload]
+
+
+def identity(plan: Plan, ctx: RunContext) -> dict[str, Any]:
+    """What status.json records so that `sweep --resume` can tell the same run from another."""
+    cfg = {k: v for k, v in ctx.cfg.to_dict().items() if k != "output_dir"}
+    uuid = None
+    with contextlib.suppress(GPUError, AttributeError):
+        uuid = ctx.gpu.uuid() if ctx.gpu is not None else None
+    return {
+        "command": plan.name,
+        "config_sha256": st.sha256_json(cfg),
+        "plan_sha256": fingerprint(plan, ctx.cfg.reps),
+        "gpu_uuid": uuid,
+        "rows_planned": len(plan.trials) * ctx.cfg.reps,
+    }
+
+
+@dataclass(frozen=True)
+class Resume:
+    """What a resumed run continues: its directory, its status, the repetitions still missing per trial."""
+
+    run_dir: Path
+    status: dict[str, Any]
+    todo: dict[Any, list[int]]
+    t_offset_s: float = 0.0
+
+
+def _open_dir(plan: Plan, ctx: RunContext, resume: Resume | None) -> RunWriter:
+    if resume is not None:
+        return RunWriter.reopen(resume.run_dir)
+    return RunWriter.create(ctx.cfg.output_dir, plan.name)
+
+
+def _in_dir(plan: Plan, ctx: RunContext, ui: UI, control: Any, resume: Resume | None) -> Outcome:
+    """Create (or reopen) the run directory and run the loop in it; stops are recorded, not raised."""
+    writer = _open_dir(plan, ctx, resume)
+    if control is not None:
+        control.run_dir = str(writer.dir.resolve())  # `luce-bench restore` may run from another directory
+    status = st.RunStatus.start(writer.dir, identity(plan, ctx), writer.n_runs, resume.status if resume else None)
+    outcome = Outcome(writer.dir, status=status)
+    work = plan if resume is None else plan.only([t for t in plan.trials if t in resume.todo])
+    try:
+        todo, offset = (resume.todo, resume.t_offset_s) if resume is not None else (None, 0.0)
+        with RunLoop(work, ctx, ui, writer, control, outcome, status, todo, offset) as loop:
+            loop.execute()
+    except KeyboardInterrupt:
+        outcome.stop = Stop(st.INTERRUPTED, "interrupted by SIGINT", 130)
+    except SystemExit as exc:
+        outcome.stop = _signal_stop(exc.code)
+    except RunDirError as exc:
+        outcome.stop = Stop(st.STOPPED, f"run directory not writable: {exc}", st.EXIT_DISK)
+    except GPUError as exc:
+        outcome.stop = Stop(st.STOPPED, f"GPU error: {exc}", st.EXIT_GPU_FAULT)
+    except UserError as exc:
+        if writer.n_runs == 0 and resume is None:  # nothing measured: leave no run directory behind
+            shutil.rmtree(writer.dir, ignore_errors=True)
+            raise
+        outcome.stop, outcome.error = Stop(st.STOPPED, f"error: {exc}", st.EXIT_BAD_INPUT), exc
+    finally:
+        outcome.n_runs = writer.n_runs
+    return outcome
+
+
+def _finish(outcome: Outcome, control: Any) -> None:
+    state, code, reason = outcome.ending()
+    restored = None if control is None or not control.changed else outcome.restore_error is None
+    if outcome.status is not None:
+        outcome.status.finish(
+            state, code, reason, rows=outcome.n_runs, warnings=outcome.warnings, settings_restored=restored
+        )
+
+
+def run(plan: Plan, ctx: RunContext, ui: UI, persistence: bool = True, resume: Resume | None = None) -> Outcome:
+    """Run every trial of `plan` (see the module docstring); the caller renders the report and exits with the code."""
     control = None
     if plan.changes_gpu:
         from luce_bench.gpu.power_limit import PowerLimitController
 
         preflight(ctx.gpu, plan.locks_clocks)
         control = PowerLimitController(ctx.gpu, fake=ctx.fake_preset, persistence=persistence, log=ui.status)
-    with control or contextlib.nullcontext():
-        writer = RunWriter.create(ctx.cfg.output_dir, plan.name)
-        outcome = Outcome(writer.dir)
+    outcome: Outcome | None = None
+    with signals_stop_the_run():
         try:
-            with _Run(plan, ctx, ui, writer, control, outcome) as r:
-                r.execute()
-        except KeyboardInterrupt:
-            outcome.interrupted = True
-        except UserError:
-            if writer.n_runs == 0:  # nothing measured: leave no run directory behind
-                shutil.rmtree(writer.dir, ignore_errors=True)
-            raise
-        finally:
-            outcome.n_runs = writer.n_runs
-    if control is not None and not outcome.interrupted and ctx.gpu is not None:
-        ui.status(f"power limit restored to {ctx.gpu.power_limit_mw() / 1000:g} W")
-        if plan.locks_clocks:
-            ui.status("SM clocks restored (" + _lock_state(ctx.gpu) + ")")
+            with control or contextlib.nullcontext():
+                outcome = _in_dir(plan, ctx, ui, control, resume)
+        except GPUError as exc:
+            if outcome is None:  # the controller refused to start (lock, stale journal): nothing exists yet
+                raise
+            outcome.restore_error = str(exc)
+        if outcome is not None and control is not None and control.restore_error and not outcome.restore_error:
+            outcome.restore_error = control.restore_error
+        assert outcome is not None
+        _finish(outcome, control)
+        if control is not None and outcome.restore_error is None and not outcome.interrupted and ctx.gpu is not None:
+            _say_restored(ctx, plan, ui)
+    if outcome.error is not None:
+        raise outcome.error
     return outcome
 
 
-def _lock_state(gpu: Any) -> str:
+def _say_restored(ctx: RunContext, plan: Plan, ui: UI) -> None:
     from luce_bench.gpu.journal import lock_text
 
-    try:
-        return lock_text(gpu.locked_sm_clocks_mhz())
-    except GPUError:
-        return "lock reset; NVML cannot read it back"
-
-
-class _Run:
-    """State of one run: loaded backends, the meter, meta.json."""
-
-    def __init__(self, plan: Plan, ctx: RunContext, ui: UI, writer: RunWriter, control: Any, outcome: Outcome):
-        self.plan, self.ctx, self.ui, self.writer, self.control, self.outcome = plan, ctx, ui, writer, control, outcome
-        self.sampler = Sampler(ctx.gpu, ctx.cfg.sampler.period_s, ctx.clock) if ctx.gpu is not None else None
-        self.meter = Meter(ctx, plan.model, self.sampler, self._on_record, ui.progress, ui.status)
-        self.loaded: dict[str, Backend] = {}
-        self.dead: set[str] = set()  # failed to load, or (not resident) failed in a trial
-        self.backend_meta: dict[str, Any] = {n: {"skipped": r} for n, r in plan.skipped.items()}
-        self.resident = plan.changes_gpu
-        self.last_trial = {t.backend: t for t in plan.trials}  # trials are unique
-        self.drained = 0
-        self.settings_meta: list[dict[str, Any]] = []
-
-    def __enter__(self) -> _Run:
-        if self.sampler is not None:
-            self.sampler.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            for name in list(self.loaded):
-                self._close(name)
-            if self.sampler is not None:
-                self.sampler.stop()
-            self._flush_samples()
-        finally:
-            self.writer.close()
-
-    def execute(self) -> None:
-        """The loop."""
-        sweep = sweep_meta(self.plan, self.ctx.cfg, self.ctx.gpu, self.ctx.clock.unix_s())
-        self.writer.write_meta({**run_meta(self.ctx, self.plan.model), **({"sweep": sweep} if sweep else {})})
-        self.writer.write_meta({"backends": self.backend_meta})
-        for skipped in self.plan.skipped.items():
-            self.ui.status("[yellow]skipping {}:[/yellow] {}".format(*skipped))
-        if self.resident:
-            for name in self.plan.backends:
-                self._load(name)
-            if not self.loaded and self.plan.trials:
-                names = ", ".join(self.plan.backends)
-                self.ui.status(f"[red]no backend could be loaded ({names}): no setting was changed[/red]")
-                return
-        current = Conditions(enforced_w=current_limit_w(self.ctx.gpu))
-        for i, (setting, trials) in enumerate(self.plan.blocks()):
-            failed_here: set[str] = set()
-            limit = self._apply(setting, i) if setting.changes_gpu else current
-            for trial in trials:
-                if trial.backend not in failed_here:
-                    self._trial(trial, limit, failed_here)
-            if setting.changes_gpu:
-                self.meter.cooldown()  # towards the run's start temperature, bounded by cooldown.max_s
-        self._flush_samples()
-        self.writer.write_meta(self._final_meta())
-
-    # --- backends ----------------------------------------------------------------------------------------------------
-    def _load(self, name: str) -> Backend | None:
-        if name in self.loaded or name in self.dead:
-            return self.loaded.get(name)
-        backend = self.ctx.create_backend(name)
-        try:
-            with self.ui.loading(name, self.plan.model.name):
-                backend.load(self.plan.model, self.ctx.cfg.device)
-        except (UserError, GPUError, KeyboardInterrupt):
-            backend.close()
-            raise
-        except Exception as exc:  # noqa: BLE001 - one backend failing must not stop the others
-            backend.close()
-            self._fail(name, name, exc, "failed to load", dead=True)
-            return None
-        self.loaded[name] = backend
-        return backend
-
-    def _close(self, name: str) -> None:
-        backend = self.loaded.pop(name)
-        try:
-            info = backend.info()
-        except Exception as exc:  # noqa: BLE001 - provenance must not hide the run's own outcome
-            info = {"info_error": f"{type(exc).__name__}: {exc}"}
-        finally:
-            backend.close()
-        self.backend_meta[name] = {**info, **self.backend_meta.get(name, {})}
-        self.writer.write_meta({"backends": self.backend_meta})
-        self.ui.backend_done(name)
-
-    def _fail(self, name: str, label: str, exc: Exception, what: str, dead: bool) -> None:
-        """Record a failure of backend `name`; a dead backend is not tried again in this run."""
-        self.outcome.failed.append(label)
-        self.backend_meta.setdefault(name, {})["error"] = f"{type(exc).__name__}: {exc}"
-        self.ui.status(f"[red]{label} {what}:[/red] {type(exc).__name__}: {exc}")
-        if dead:
-            self.dead.add(name)
-
-    # --- settings and trials -----------------------------------------------------------------------------------------
-    def _apply(self, setting: Setting, i: int) -> Conditions:
-        """Apply the block's setting, settle under load, measure the idle baseline."""
-        applied = apply_setting(self.control, setting, self.ctx.gpu)
-        self.ui.status(status_line(setting, applied, i, len(list(self.plan.blocks()))))
-        if self.loaded:
-            test = self.ctx.cfg.test_specs[0]
-            first = next(iter(self.loaded.values()))
-            self.meter.loop(first, test, self.meter.prompt(test), max(self.ctx.cfg.sweep.settle_s, 0.0), False)
-        idle_w = self.meter.idle_power_w(self.ctx.cfg.sweep.idle_s)
-        self.ui.status(f"  idle baseline (models resident): {idle_w:.1f} W" if idle_w else "  idle baseline: n/a")
-        t_end_s = self.sampler.now_s() if self.sampler is not None else None
-        self.settings_meta.append(setting_meta(setting, applied, idle_w, t_end_s))
-        self.writer.write_meta({"sweep_limits": self.settings_meta})
-        limit, clock = setting.power_limit, setting.sm_clock
-        return Conditions(
-            requested_w=limit.requested_w if limit else None,
-            enforced_w=applied.enforced_w,
-            idle_power_w=idle_w,
-            sm_clock_req_mhz=clock.requested_mhz if clock else None,
-            sm_clock_mhz=applied.locked_mhz,
-        )
-
-    def _trial(self, trial: Trial, limit: Conditions, failed_here: set[str]) -> None:
-        backend = self._load(trial.backend)
-        if backend is None:
-            return
-        self.meter.cooldown()
-        try:
-            self.meter.run_test(backend, trial.test, limit)
-        except (UserError, GPUError, KeyboardInterrupt):
-            raise
-        except Exception as exc:  # noqa: BLE001 - record, go on, exit non-zero at the end
-            label = f"{trial.backend}@{trial.setting.label}" if trial.setting.changes_gpu else trial.backend
-            failed_here.add(trial.backend)
-            self._fail(trial.backend, label, exc, "failed", dead=not self.resident)  # resident: next setting retries
-        finally:
-            if trial.backend in self.loaded and not self.resident:
-                if trial.backend in self.dead or self.last_trial[trial.backend] == trial:
-                    self._close(trial.backend)
-
-    def _on_record(self, record: RunRecord) -> None:
-        self.writer.add_run(record)
-        self._flush_samples()
-        self.ui.record(record)
-
-    def _flush_samples(self) -> None:
-        if self.sampler is not None:
-            new = self.sampler.samples[self.drained :]
-            self.drained += len(new)
-            self.writer.add_samples(new)
-
-    # --- meta.json ---------------------------------------------------------------------------------------------------
-    def _final_meta(self) -> dict[str, Any]:
-        return {
-            "token_agreement": token_agreement(self.meter.first_tokens),
-            "first_tokens": self.meter.first_tokens,
-            "sampler": self.sampler.jitter_ms() if self.sampler is not None else None,
-        }
+    with contextlib.suppress(GPUError):
+        ui.status(f"power limit restored to {ctx.gpu.power_limit_mw() / 1000:g} W")  # type: ignore[union-attr]
+        if plan.locks_clocks:
+            try:
+                lock = lock_text(ctx.gpu.locked_sm_clocks_mhz())  # type: ignore[union-attr]
+            except GPUError:
+                lock = "lock reset; NVML cannot read it back"
+            ui.status(f"SM clocks restored ({lock})")

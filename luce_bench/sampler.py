@@ -3,8 +3,11 @@
 Energy itself comes from the counter delta at window edges (measurement.md rule 1); the sampler's instant-power trace
 is the cross-check (rule 2) and the timeline. The polls run through the run's `Clock`: a daemon thread on the real
 clock (enough: pynvml calls go through ctypes, which releases the GIL), due times inside sleeps in virtual time.
-Readings <= 0 W are skipped (NVML returns them when polled too fast). `now_s()` gives the samples' clock and origin,
-so callers can mark window edges.
+Readings <= 0 W are skipped (NVML returns them when polled too fast), and so are polls that raise a GPUError (the first
+20 are kept in `errors`). Any other exception (a bug in a driver binding, say) stops the sampler for good: it is kept
+in `failure`, later polls do nothing, and the run goes on without samples (its windows are flagged `no-samples`).
+`now_s()` gives the samples' clock and origin, so callers can mark window edges; `t_offset_s` continues the timeline
+of an earlier run (a resumed sweep).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import warnings
 from dataclasses import dataclass
 
 from luce_bench.clock import Cancel, Clock, RealClock
-from luce_bench.gpu.base import GPU, GPUError, is_throttled, reason_names
+from luce_bench.gpu.base import GPU, REASON_SW_POWER_CAP, THERMAL_MASK, GPUError, is_throttled, reason_names
 
 MIN_PERIOD_S = 0.05
 
@@ -39,7 +42,14 @@ class Sample:
 class Sampler:
     """Poll `gpu` every `period_s` on `clock`; use as a context manager or start()/stop()."""
 
-    def __init__(self, gpu: GPU, period_s: float = 0.1, clock: Clock | None = None, read_average: bool = True) -> None:
+    def __init__(
+        self,
+        gpu: GPU,
+        period_s: float = 0.1,
+        clock: Clock | None = None,
+        read_average: bool = True,
+        t_offset_s: float = 0.0,
+    ) -> None:
         """Prepare a sampler (polling starts on `start()` / `with`).
 
         Args:
@@ -47,6 +57,7 @@ class Sampler:
             period_s: poll period; warns below 0.05 s.
             clock: the run's clock (default: the real one).
             read_average: also read field 185 (average power).
+            t_offset_s: the samples' time at the start (a resumed run continues the earlier timeline).
         """
         if period_s <= 0:
             raise ValueError("period_s must be positive")
@@ -59,7 +70,8 @@ class Sampler:
         self.clock: Clock = clock or RealClock()
         self.samples: list[Sample] = []
         self.errors: list[str] = []
-        self._origin = self.clock.now_s()
+        self.failure: str | None = None  # why the sampler stopped for good (see the module docstring)
+        self._origin = self.clock.now_s() - t_offset_s
         self._cancel: Cancel | None = None
         self._limit_w = 0.0
 
@@ -86,6 +98,15 @@ class Sampler:
 
     def poll_once(self) -> Sample | None:
         """Take one sample now (also used by tests with a fake clock); None when the reading is skipped."""
+        if self.failure is not None:
+            return None
+        try:
+            return self._poll()
+        except Exception as exc:  # noqa: BLE001 - a poller that raises must not take the run (or its thread) down
+            self.failure = f"{type(exc).__name__}: {exc}"
+            return None
+
+    def _poll(self) -> Sample | None:
         t_s = self.now_s()
         try:
             power_w = self.gpu.power_usage_mw() / 1000.0
@@ -148,7 +169,8 @@ class Sampler:
         """Window stats: mean power, SM and memory clocks, temperatures, throttled share, reasons seen, n_samples.
 
         Keys: mean_power_w, mean_sm_mhz, mean_mem_mhz, temp_start_c, temp_end_c, throttled_share, clock_reasons (the
-        reasons seen in any sample, named), n_samples.
+        reasons seen in any sample, named), n_samples, and the shares of samples held down by thermal or hardware
+        slowdowns (thermal_share) and by the power cap (power_cap_share).
         """
         win = self.window(t0_s, t1_s)
         if not win:
@@ -161,6 +183,8 @@ class Sampler:
                 "throttled_share": None,
                 "clock_reasons": "",
                 "n_samples": 0,
+                "thermal_share": None,
+                "power_cap_share": None,
             }
         n = len(win)
         return {
@@ -172,6 +196,8 @@ class Sampler:
             "throttled_share": sum(is_throttled(s.reasons) for s in win) / n,
             "clock_reasons": reason_names(functools.reduce(operator.or_, (s.reasons for s in win), 0)),
             "n_samples": n,
+            "thermal_share": sum(bool(s.reasons & THERMAL_MASK) for s in win) / n,
+            "power_cap_share": sum(bool(s.reasons & REASON_SW_POWER_CAP) for s in win) / n,
         }
 
     def jitter_ms(self) -> dict[str, float | int]:

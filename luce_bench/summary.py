@@ -1,5 +1,8 @@
 """From repetitions to conclusions: summary rows, the sweet spot of a sweep, greedy-token agreement.
 
+A summary row averages the repetitions `quality.summary_basis` keeps: throttled windows (thermal slowdown, or a power
+cap the run did not set) are left out when the group has clean ones; its verdict names every flag of every repetition.
+
 Sweet spot, per (backend, test): the setting with the best gross tok/J whose tok/s stays at or above `min_speed` x
 the reference tok/s. The reference of a power-limit sweep is stock: the run at the card's default limit, else the
 highest limit measured. When SM clocks were swept (alone or as a grid with limits) it is the fastest setting measured:
@@ -11,7 +14,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from luce_bench.records import RunRecord, SummaryRow, SweetSpot
+from luce_bench import quality
+from luce_bench.records import RunRecord, SummaryRow, SweetSpot, setting_text
 from luce_bench.stats import describe, mean, median
 
 
@@ -23,14 +27,16 @@ def _max_abs(values: list[float | None]) -> float:
     return max((abs(v) for v in values if v is not None and math.isfinite(v)), default=math.nan)
 
 
-def _summary_row(rs: Sequence[RunRecord]) -> SummaryRow:
+def _summary_row(every: Sequence[RunRecord]) -> SummaryRow:
+    """The summary of one group's repetitions: statistics over `quality.summary_basis`, flags over all of them."""
+    rs = [every[i] for i in quality.summary_basis([r.verdict for r in every])]
     valid = [r for r in rs if r.valid]
     ts = describe(r.avg_ts for r in rs)
     tpj = describe(r.tok_per_j for r in valid)
     energy_j = sum(_v(r.energy_j) for r in valid)
     tokens = sum(r.n_tokens for r in valid)
-    drift = [abs(_v(r.temp_end_c) - _v(r.temp_start_c)) for r in rs]
-    flags = sorted({f for r in rs for f in r.verdict.split(";") if f and f != "ok"})
+    drift = [abs(_v(r.temp_end_c) - _v(r.temp_start_c)) for r in every]
+    flags = sorted({f for r in every for f in quality.flags_of(r.verdict)})
     first = rs[0]
     return SummaryRow(
         backend=first.backend,
@@ -61,8 +67,8 @@ def _summary_row(rs: Sequence[RunRecord]) -> SummaryRow:
         mean_sm_mhz=mean(r.mean_sm_mhz for r in rs),
         mean_mem_mhz=mean(r.mean_mem_mhz for r in rs),
         throttled_share=mean(r.throttled_share for r in rs),
-        clock_reasons=";".join(dict.fromkeys(n for r in rs for n in r.clock_reasons.split(";") if n)),
-        max_counter_vs_sampled_pct=_max_abs([r.counter_vs_sampled_pct for r in rs]),
+        clock_reasons=";".join(dict.fromkeys(n for r in every for n in r.clock_reasons.split(";") if n)),
+        max_counter_vs_sampled_pct=_max_abs([r.counter_vs_sampled_pct for r in every]),
         temp_drift_c=_max_abs(drift),
         valid_reps=len(valid),
         device=first.device,
@@ -77,6 +83,25 @@ def summarize(runs: Sequence[RunRecord]) -> list[SummaryRow]:
     for r in runs:
         groups.setdefault((r.backend, r.test, r.power_limit_req_w, r.sm_clock_mhz), []).append(r)
     return [_summary_row(rs) for rs in groups.values()]
+
+
+def stress_notes(runs: Sequence[RunRecord]) -> list[str]:
+    """One line per group with throttled repetitions: how many the summary left out, or that it averaged them all."""
+    groups: dict[tuple[str, str, float | None, int | None], list[RunRecord]] = {}
+    for r in runs:
+        groups.setdefault((r.backend, r.test, r.power_limit_req_w, r.sm_clock_mhz), []).append(r)
+    out = []
+    for (backend, test, limit_w, clock_mhz), rs in groups.items():
+        hit = [r for r in rs if quality.stressed(r.verdict)]
+        if not hit:
+            continue
+        names = ", ".join(sorted({f for r in hit for f in quality.stressed(r.verdict)}))
+        where = f"{backend} {test} @ {setting_text(limit_w, clock_mhz)}"
+        if len(hit) < len(rs):
+            out.append(f"{where}: {len(hit)} of {len(rs)} repetitions left out of the summary ({names})")
+        else:
+            out.append(f"{where}: all {len(rs)} repetitions flagged {names}; the summary averages throttled windows")
+    return out
 
 
 def _setting_key(r: SummaryRow) -> tuple[bool, float, bool, float]:

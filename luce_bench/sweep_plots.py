@@ -7,6 +7,7 @@
   setting beats on both; the star is the sweet spot, the dashed line `min_speed` x the reference tok/s.
 * `sweep_heatmap.png` (a grid of limits x clocks): tok/J per cell, with the share of the reference tok/s; cells below
   the speed threshold are greyed, the sweet spot is outlined.
+Flagged settings (quality.mark) get a ring: red when throttled, orange for windows < 10 s (⚠ in the heat map).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from luce_bench.plots import num, pyplot, save
+from luce_bench.plots import mark_flagged, num, pyplot, save
+from luce_bench.quality import mark
 from luce_bench.records import SummaryRow, SweetSpot
 from luce_bench.summary import by_setting
 
@@ -96,9 +98,11 @@ def vs_setting_plot(summary: Sequence[SummaryRow], metric: str, out: Path) -> Pa
     plt, fig, panels = _panels(groups)
     for ax, backend, rows in panels:
         for label, line, xs in _lines(backend, rows, clocks):
+            ys = [num(getattr(r, metric)) for r in line]
+            mark_flagged(ax, [(x, y, r.verdict) for x, y, r in zip(xs, ys, line, strict=True)])
             if metric == "avg_ts":
                 err = [_half_ci(r.ts_ci95_lo, r.ts_ci95_hi, r.stddev_ts) for r in line]
-                ax.errorbar(xs, [num(r.avg_ts) for r in line], capsize=3, marker="o", label=label, yerr=err)
+                ax.errorbar(xs, ys, capsize=3, marker="o", label=label, yerr=err)
                 continue
             err = [_half_ci(r.tok_per_j_ci95_lo, r.tok_per_j_ci95_hi, r.tok_per_j_std) for r in line]
             bars = ax.errorbar(
@@ -132,6 +136,7 @@ def pareto_plot(summary: Sequence[SummaryRow], out: Path) -> Path | None:
                 front.append((w, ts))
                 best = ts
         ax.plot([p[0] for p in front], [p[1] for p in front], color=line.get_color(), lw=2, alpha=0.5)
+        mark_flagged(ax, [(num(r.mean_power_w), num(r.avg_ts), r.verdict) for r in rows])
         _annotate(ax, pts)
     _style(fig.axes, "mean GPU power (W)", "tokens / s")
     return save(plt, fig, "Pareto: throughput vs power (labels: setting)", out)
@@ -163,6 +168,7 @@ def efficiency_pareto_plot(
         front = _frontier(pts)
         color = dots.get_color()
         ax.plot([p[0] for p in front], [p[1] for p in front], color=color, lw=2, alpha=0.5, label=f"{backend} frontier")
+        mark_flagged(ax, [(num(r.tok_per_j), num(r.avg_ts), r.verdict) for r in rows])
         _annotate(ax, pts)
         spot = spot_of.get((backend, rows[0].test))
         if spot is not None:
@@ -184,7 +190,7 @@ def _grid(rows: list[SummaryRow]) -> tuple[list[float], list[int]] | None:
 def _cell(ax: Any, plt: Any, i: int, j: int, row: SummaryRow, ref_ts: float, min_speed: float, dark: bool) -> None:
     """One heat-map cell's text (tok/J, share of the reference tok/s); too slow a cell is hatched."""
     share = num(row.avg_ts) / ref_ts
-    text = f"{num(row.tok_per_j):.3g}\n{100 * share:.0f} %"
+    text = f"{num(row.tok_per_j):.3g}\n{100 * share:.0f} %" + (" ⚠" if mark(row.verdict) else "")
     ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if dark else "black")
     if not share >= min_speed:
         ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", ec="0.5", lw=0))

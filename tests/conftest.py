@@ -1,11 +1,28 @@
-"""Shared fixtures: a per-session model cache with the tiny synthetic checkpoint, and the `gpu` marker's skip."""
+"""Shared fixtures: a per-session model cache with the tiny synthetic checkpoint, and the `gpu` marker's skip.
+
+Hypothesis runs derandomized (the same examples every run, so CI time and results are stable), without per-example
+deadlines (a CLI invocation may take a while on a busy 2-core machine). With LUCE_BENCH_INVENTORY=FILE, collection
+writes the `tries` markers (fault and bad-input tests) to FILE for tests/inventory.py.
+"""
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "luce-bench",
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    print_blob=True,
+)
+settings.load_profile("luce-bench")
 
 # Non-default values of every build option the kernel keeps (cuda/mk_config.cuh): CI compiles each set for
 # sm_80/86/89/90 with 0 spills (tests/test_kernel_build.py), the GPU tests check each for parity
@@ -31,7 +48,20 @@ def cuda_gpu_reason() -> str | None:
     return None
 
 
+def _inventory(items: list[pytest.Item], path: str) -> None:
+    """Write (kind, what, test id, hypothesis max_examples or None) of every `tries`-marked item to `path`."""
+    out = []
+    for item in items:
+        for mark in item.iter_markers("tries"):
+            hyp = getattr(getattr(item, "obj", None), "_hypothesis_internal_use_settings", None)
+            out.append([*mark.args, item.nodeid, hyp.max_examples if hyp is not None else None])
+    with open(path, "w") as f:
+        json.dump(out, f)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get("LUCE_BENCH_INVENTORY"):
+        _inventory(items, os.environ["LUCE_BENCH_INVENTORY"])
     gpu_items = [i for i in items if "gpu" in i.keywords]
     if not gpu_items:
         return

@@ -110,6 +110,7 @@ def test_report_rebuilds_from_csvs(compare_run):
     assert "| model | size | params | backend | test | t/s |" in result.output
 
 
+@pytest.mark.tries("bad input", "CLI: unknown backend, bad test/size/device, missing model/config/run dir")
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -117,7 +118,9 @@ def test_report_rebuilds_from_csvs(compare_run):
         pytest.param(["compare", "--tests", "pp0"], "bad test 'pp0'", id="test"),
         pytest.param(["compare", "--reps", "0"], "reps = 0 is out of range", id="reps"),
         pytest.param(["report", "/no/such/dir"], "run directory not found", id="report"),
-        pytest.param(["bench", "hf", "--model", "/no/such/model"], "not a synthetic size", id="model"),
+        pytest.param(
+            ["bench", "hf", "--model", "/no/such/model"], "--model /no/such/model: no such directory", id="model"
+        ),
         pytest.param(["compare", "-c", "/no/such.yaml"], "config file not found", id="config"),
         pytest.param(["model", "prepare", "--size", "huge"], "unknown synthetic size", id="size"),
         pytest.param(["bench", "hf", "--tests", "pp99999999999"], "bad test 'pp99999999999'", id="huge-test"),
@@ -179,6 +182,7 @@ def test_rows_record_the_limit_in_force(compare_run):
     assert {r["power_limit_w"] for r in runs} == {"420"}  # the rtx3090 preset's current limit
 
 
+@pytest.mark.tries("bad input", "report: foreign or corrupt run files")
 def test_report_refuses_foreign_or_corrupt_files_and_survives_missing_meta(compare_run, tmp_path):
     import shutil
 

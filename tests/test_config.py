@@ -24,6 +24,7 @@ def test_cli_overrides_win_and_none_is_ignored():
     assert cfg.sweep.limits == ("100%", "70%") and cfg.gpu.fake is True
 
 
+@pytest.mark.tries("bad input", "YAML config: bad keys, types and ranges named")
 @pytest.mark.parametrize(
     ("yaml_text", "message"),
     [
@@ -46,6 +47,7 @@ def test_bad_config_names_the_key(tmp_path, yaml_text, message):
         config.load(p)
 
 
+@pytest.mark.tries("bad input", "YAML config: bad keys, types and ranges named")
 def test_missing_file_and_unknown_override(tmp_path):
     with pytest.raises(UserError, match="config file not found"):
         config.load(tmp_path / "nope.yaml")
@@ -60,6 +62,7 @@ def test_parse_limit(text, expected):
     assert config.parse_limit(text) == expected
 
 
+@pytest.mark.tries("bad input", "YAML config: bad keys, types and ranges named")
 @pytest.mark.parametrize(
     ("yaml_text", "message"),
     [
@@ -90,6 +93,7 @@ def test_yaml_numbers_become_strings_and_whole_floats_integers(tmp_path):
     assert cfg.sweep.limits == ("300", "220.5", "70%") and cfg.model == "123"
 
 
+@pytest.mark.tries("bad input", "config files: empty, unreadable, non-UTF-8, too large/deep, bad values")
 def test_unreadable_config_is_one_line(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_bytes(b"reps: \xff\xfe\n")

@@ -31,6 +31,7 @@ def test_round_trip_and_no_temp_left(tmp_path):
     assert list_journals(tmp_path) == [path]
 
 
+@pytest.mark.tries("bad input", "restore: corrupt or foreign journals")
 def test_unreadable_journal_is_a_clear_error(tmp_path):
     bad = tmp_path / "power-limit-GPU-x.json"
     bad.write_text("{not json")

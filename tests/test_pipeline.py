@@ -112,6 +112,7 @@ def test_an_optional_backend_that_cannot_run_is_skipped_with_its_reason(env):
             plan(cfg, ctx, name="x", backends=["megakernel"])
 
 
+@pytest.mark.tries("fault", "backend crashing partway through a test")
 def test_a_crashing_backend_is_recorded_and_the_run_goes_on(env):
     cfg = _cfg(env)
     ui = QuietUI()
@@ -124,6 +125,7 @@ def test_a_crashing_backend_is_recorded_and_the_run_goes_on(env):
     assert any("crash failed" in line for line in ui.lines)
 
 
+@pytest.mark.tries("fault", "backend crashing partway through a test")
 def test_a_sweep_keeps_backends_resident_and_retries_after_a_crash(env):
     cfg = _cfg(env, **{"sweep.limits": "420,220"})
     with open_context(cfg, for_settings=True) as ctx:

@@ -44,6 +44,7 @@ def test_clamp_moves_into_range_and_dedupes():
     assert [(t.requested_mw, t.clamped) for t in got] == [(700_000, True), (200_000, True)]
 
 
+@pytest.mark.tries("bad input", "clock and limit values: malformed or impossible")
 @pytest.mark.parametrize("bad", ["abc", "-5", "0", "", "nan", "inf", "1e400", "-10%", "70%%", ","])
 def test_malformed_limits(bad):
     with pytest.raises(UserError):

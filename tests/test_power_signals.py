@@ -18,6 +18,8 @@ import pytest
 from luce_bench.gpu import open_gpu
 from luce_bench.gpu.journal import list_journals
 
+pytestmark = pytest.mark.tries("fault", "controller exit paths: exception, atexit, signals, SIGKILL + restore")
+
 CHILD = textwrap.dedent(
     """
     import sys, time

@@ -43,6 +43,7 @@ def test_out_of_range_names_the_card_range_and_clamp():
     assert [(t.locked_mhz, t.clamped) for t in got] == [(1980, True), (345, True)]
 
 
+@pytest.mark.tries("bad input", "clock and limit values: malformed or impossible")
 @pytest.mark.parametrize("bad", ["abc", "-5", "0", "", ",", "120%", "0%", "70%%", "1e3", "nan", "1600 W"])
 def test_malformed_or_impossible_clocks(bad):
     with pytest.raises(UserError):

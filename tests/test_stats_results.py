@@ -114,6 +114,7 @@ def test_records_round_trip_through_csv_with_the_llama_bench_names(tmp_path):
     assert back.power_limit_w is None and back.valid is True and back.tok_per_j == pytest.approx(1.28)
 
 
+@pytest.mark.tries("bad input", "report: foreign or corrupt run files")
 def test_reader_names_the_bad_line_and_missing_columns(tmp_path):
     write_csv(tmp_path / "runs.csv", RunRecord, [_row("hf", "tg128", 0, 128, 10.0, 100.0)])
     text = (tmp_path / "runs.csv").read_text().replace(",1280,", ",x,").replace("128,10,", "lots,10,")

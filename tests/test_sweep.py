@@ -103,6 +103,7 @@ def test_throughput_falls_with_the_limit(env):
     assert ts["150"] < 0.9 * ts["420"]
 
 
+@pytest.mark.tries("bad input", "sweep preconditions: limit out of range, no permission, read-only, stale journal")
 def test_out_of_range_refused_before_any_change(env):
     result, runs = _sweep(env, "--fake-preset", "h100-sxm", "--limits", "420,300,220,150")
     assert result.exit_code == 2
@@ -120,6 +121,7 @@ def test_clamp_and_percent_limits(env):
     assert _card("h100-sxm").power_limit_mw() == 700_000
 
 
+@pytest.mark.tries("bad input", "sweep preconditions: limit out of range, no permission, read-only, stale journal")
 def test_missing_permission_stops_before_first_test(env, monkeypatch):
     monkeypatch.setenv("LUCE_BENCH_FAKE_GPU_NO_PERMISSION", "1")
     result, runs = _sweep(env, "--limits", "420,300")
@@ -129,6 +131,7 @@ def test_missing_permission_stops_before_first_test(env, monkeypatch):
     assert runs == [] and _card().persisted_set_calls() == []
 
 
+@pytest.mark.tries("bad input", "sweep preconditions: limit out of range, no permission, read-only, stale journal")
 @pytest.mark.parametrize("how", ["flag", "env"])
 def test_read_only_refuses_sweep_and_restore(env, monkeypatch, how):
     if how == "env":
@@ -139,6 +142,7 @@ def test_read_only_refuses_sweep_and_restore(env, monkeypatch, how):
     assert runs == [] and _card().persisted_set_calls() == []
 
 
+@pytest.mark.tries("bad input", "sweep preconditions: limit out of range, no permission, read-only, stale journal")
 def test_stale_journal_refused(env):
     gpu = _card()
     write_journal(new_entry(gpu, "rtx3090"))

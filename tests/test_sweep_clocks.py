@@ -163,6 +163,7 @@ def test_a_limits_only_sweep_touches_no_clock(env):
     assert "## Power-limit sweep" in (runs[0] / "report.md").read_text()
 
 
+@pytest.mark.tries("bad input", "clock sweeps: bad clocks, no clock locks, no permission, read-only")
 @pytest.mark.parametrize(
     "args,words",
     [
@@ -187,6 +188,7 @@ def test_clamp_moves_clocks_into_range(env):
     assert got == {("1950", "1950"), ("1200", "1200")}
 
 
+@pytest.mark.tries("bad input", "clock sweeps: bad clocks, no clock locks, no permission, read-only")
 def test_read_only_refuses_a_clock_sweep(env):
     result, runs = _sweep(env, "--clocks", "1200", "--read-only")
     said = " ".join(result.output.split())
@@ -194,6 +196,7 @@ def test_read_only_refuses_a_clock_sweep(env):
     _untouched(result, runs)
 
 
+@pytest.mark.tries("bad input", "clock sweeps: bad clocks, no clock locks, no permission, read-only")
 def test_missing_permission_names_root_and_clock_support(env, monkeypatch):
     monkeypatch.setenv("LUCE_BENCH_FAKE_GPU_NO_PERMISSION", "1")
     result, runs = _sweep(env, "--clocks", "1200")
@@ -202,6 +205,7 @@ def test_missing_permission_names_root_and_clock_support(env, monkeypatch):
     _untouched(result, runs)
 
 
+@pytest.mark.tries("bad input", "clock sweeps: bad clocks, no clock locks, no permission, read-only")
 def test_a_card_without_clock_locks_is_refused_before_anything_changes(env, monkeypatch):
     monkeypatch.setenv("LUCE_BENCH_FAKE_GPU_NO_CLOCK_LOCKS", "1")
     result, runs = _sweep(env, "--clocks", "1200")

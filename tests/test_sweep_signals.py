@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.tries("fault", "sweep killed by SIGKILL, SIGTERM, SIGINT, SIGHUP (limits and grids), restore")
+
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = [
     "sweep",

@@ -59,6 +59,13 @@ class Backend(ABC):
     def unavailable_reason(cls) -> str | None:
         """Why this backend cannot run on this machine, or None if it can. Must be cheap (no heavy imports)."""
 
+    @classmethod  # noqa: B027 - optional: most backends need no check of their own
+    def check_model(cls, model: ModelSpec, **kwargs: Any) -> None:
+        """Refuse (UserError) model files this backend would fail on, while the plan is made; cheap; nothing written.
+
+        `kwargs` are the backend's constructor options. The checkpoint itself was checked already (model/check.py).
+        """
+
     @abstractmethod
     def load(self, model: ModelSpec, device: str = "auto") -> None:
         """Load weights once. `device` is "auto", "cpu" or "cuda"/"cuda:N". Heavy imports happen here."""

@@ -36,6 +36,7 @@ class IsolatedBackend(Backend):
         self._proc: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self._info: dict[str, Any] = {}
+        self._broken = False  # a call was interrupted or the child died: close() kills it at once
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -63,12 +64,18 @@ class IsolatedBackend(Backend):
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         if self._conn is None:
             raise RuntimeError(f"{self.name}: not loaded")
+        if self._broken:
+            raise RuntimeError(f"{self.name} worker process was abandoned mid-call; it cannot be used again")
         try:
             self._conn.send((method, args, kwargs))
             status, value = self._conn.recv()
         except (EOFError, OSError, BrokenPipeError) as exc:
+            self._broken = True
             code = self._proc.poll() if self._proc else None
             raise RuntimeError(f"{self.name} worker process died (exit code {code}) during {method}()") from exc
+        except BaseException:  # interrupted mid-call (a test's deadline, a signal): the reply may never come
+            self._broken = True
+            raise
         if status == "ok":
             return value
         kind, message = value
@@ -97,14 +104,17 @@ class IsolatedBackend(Backend):
         return info
 
     def close(self) -> None:
-        """Close the inner backend and end the child process."""
-        if self._conn is not None:
+        """Close the inner backend and end the child process (killed at once when a call was interrupted)."""
+        if self._broken and self._proc is not None:
+            self._proc.kill()
+        if self._conn is not None and not self._broken:
             try:
                 self._info = self._call("info")
                 self._call("close")
                 self._conn.send(("exit", (), {}))
             except Exception:  # noqa: BLE001 - closing must not mask the run's result
                 pass
+        if self._conn is not None:
             self._conn.close()
             self._conn = None
         if self._proc is not None:

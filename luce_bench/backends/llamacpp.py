@@ -115,6 +115,16 @@ class LlamaCppBackend(Backend):
 
         ensure_gguf(model.path, model.config, gguf_type)
 
+    @classmethod
+    def check_model(cls, model: ModelSpec, gguf_type: str = "bf16", **_: Any) -> None:
+        """Refuse a cached GGUF export of `model` that is truncated or malformed (it is not re-exported silently)."""
+        from luce_bench.gguf_export import cached_gguf
+        from luce_bench.model.gguf_check import check_gguf
+
+        path = cached_gguf(model.path, gguf_type)
+        if path is not None:
+            check_gguf(path)
+
     def __init__(
         self,
         flash_attn: bool = True,

@@ -1,20 +1,54 @@
 """luce-bench command line: flags become a validated config, the config a plan; the work lives in other modules.
 
-A user error prints one line and exits with code 2; `--debug` shows the traceback instead.
+A user error prints one line and exits with code 2; `--debug` shows the traceback instead. That holds for flags that
+do not parse as well (`--reps abc`, an unknown option or command): `OneLineErrors` prints click's message on one line.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
+import click
 import typer
+from typer import core as typer_core
+from typer.core import TyperGroup
 
 from luce_bench.cli import measure, tools
-from luce_bench.cli.options import handle_errors, state
+from luce_bench.cli.options import handle_errors, one_line, state
 from luce_bench.errors import UserError
 
+# typer >= 0.2x carries its own copy of click (typer.core._click); older versions use click itself: catch both
+_CLICK = {click, getattr(typer_core, "_click", click)}
+USAGE_ERRORS = tuple(m.exceptions.ClickException for m in _CLICK)
+ABORTS = (click.exceptions.Abort, typer.Abort)
+
+
+class OneLineErrors(TyperGroup):
+    """The root command group: a usage error (a flag of the wrong type, an unknown option or command) is one line."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        """Run the CLI; usage errors become `error: ...` on stderr and exit code 2."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except USAGE_ERRORS as exc:
+            message = one_line(" ".join(exc.format_message().split()))
+            if message:  # empty: a group called without a command, whose help is shown already
+                ctx = getattr(exc, "ctx", None)
+                where = ctx.command_path if ctx is not None else "luce-bench"
+                typer.echo(f"error: {message} (see `{where} --help`)", err=True)
+            sys.exit(exc.exit_code)
+        except ABORTS:
+            typer.echo("aborted", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=OneLineErrors,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -65,5 +99,9 @@ def main() -> None:
     except UserError as exc:  # raised outside a command (e.g. while mounting)
         if state["debug"]:
             raise
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {one_line(str(exc))}", err=True)
         sys.exit(2)
+    finally:
+        # The work is done and recorded: a Ctrl-C from now on ends the process at once, instead of a
+        # KeyboardInterrupt raised inside the interpreter's shutdown (printed as an ignored exception).
+        signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from luce_bench.cli.options import ReadOnlyOpt, console, load_config, run_options
+from luce_bench.cli.options import ReadOnlyOpt, console, load_config, one_line, run_options
 from luce_bench.errors import UserError
 
 if TYPE_CHECKING:
@@ -21,12 +22,12 @@ def measure(
     optional: Sequence[str] = (),
     sweep: bool = False,
     persistence: bool = True,
+    resume: Path | None = None,
 ) -> None:
-    """Open the GPU, plan, run, render and print; exit 1 if a backend failed."""
+    """Open the GPU, plan, run, render and print; exit with the run's code (status.EXIT_CODES)."""
     from luce_bench.cli.ui import ConsoleUI
     from luce_bench.context import open_context
     from luce_bench.plan import Setting, plan, sweep_settings
-    from luce_bench.report import print_report, render
     from luce_bench.runner import run
 
     out, ui = console(), None
@@ -34,25 +35,52 @@ def measure(
         with open_context(cfg, for_settings=sweep) as ctx:
             settings = sweep_settings(cfg, ctx.gpu) if sweep else [Setting()]
             p = plan(cfg, ctx, name=name, backends=backends, optional=optional, settings=settings)
+            todo = None
+            if resume is not None:
+                from luce_bench.resume import prepare
+
+                todo = prepare(resume, p, ctx)
+                if todo is None:
+                    out.print(f"nothing to resume: every planned repetition is in {resume}")
+                    return
+                out.print(f"resuming {resume}: {sum(len(r) for r in todo.todo.values())} repetitions to measure")
             for note in p.notes:
                 out.print(f"[yellow]note:[/yellow] {note}")
             ui = ConsoleUI(out, rows=sweep)
-            outcome = run(p, ctx, ui, persistence=persistence)
+            outcome = run(p, ctx, ui, persistence=persistence, resume=todo)
     finally:
         if ui is not None:
             ui.close()
-    if outcome.interrupted:
-        if outcome.n_runs:
-            render(outcome.run_dir)
-            out.print(f"interrupted: {outcome.n_runs} finished repetitions kept in {outcome.run_dir}")
-        raise KeyboardInterrupt
-    print_report(render(outcome.run_dir), out)
-    out.print(f"results: {outcome.run_dir}")
-    if outcome.failed:
-        typer.echo(
-            f"error: backends failed or unavailable: {', '.join(outcome.failed)} (see {outcome.run_dir})", err=True
-        )
-        raise typer.Exit(1)
+    _finish(outcome, out, sweep)
+
+
+def _finish(outcome: Any, out: Any, sweep: bool) -> None:
+    """Render what was measured, say how the run ended, exit with its code."""
+    from luce_bench.appender import RunDirError
+    from luce_bench.report import print_report, render
+    from luce_bench.status import EXIT_FAILURES
+
+    state, code, reason = outcome.ending()
+    report = None
+    if outcome.n_runs:
+        try:
+            report = render(outcome.run_dir)
+        except (OSError, RunDirError, UserError) as exc:
+            typer.echo(f"warning: could not render the report of {outcome.run_dir}: {exc}", err=True)
+    if outcome.stop is None and report is not None:
+        print_report(report, out)
+    if outcome.stop is not None:
+        out.print(f"{state}: {outcome.n_runs} finished repetitions kept in {outcome.run_dir}")
+        if sweep:
+            out.print(f"continue it with: luce-bench sweep --resume {outcome.run_dir}")
+    else:
+        out.print(f"results: {outcome.run_dir}")
+    if code == 0:
+        return
+    if code == EXIT_FAILURES and outcome.failed and not outcome.warnings and outcome.restore_error is None:
+        reason = f"backends failed or unavailable: {', '.join(outcome.failed)}"
+    typer.echo(f"error: {one_line(reason)} (see {outcome.run_dir}/status.json)", err=True)
+    raise typer.Exit(code)
 
 
 @run_options
@@ -96,6 +124,10 @@ CLOCKS_HELP = (
 BACKENDS_HELP = "Comma list of backends (default: config `backends`; `sim` with --fake-gpu)."
 SETTLE_HELP = "Settle/warm-up under load after each limit change (s, >= 3 recommended)."
 SPEED_HELP = "Sweet spot keeps at least this share of stock tok/s (0.95)."
+RESUME_HELP = (
+    "Continue the interrupted sweep in RUN_DIR: measure only the repetitions it lacks, with its config (flags and "
+    "--config must agree with it, else it is refused)."
+)
 
 
 @run_options
@@ -113,13 +145,15 @@ def sweep(
     min_speed: _opt(Optional[float], "--sweet-spot-min-speed", help=SPEED_HELP) = None,
     read_only: ReadOnlyOpt = False,
     no_persistence: _opt(bool, "--no-persistence", help="Do not turn on persistence mode while sweeping.") = False,
+    resume: _opt(Optional[Path], "--resume", help=RESUME_HELP) = None,
 ) -> None:
     """Measure every backend at each power limit and/or locked SM clock; report the sweet spot. Originals come back.
 
     Limits are validated against the card's range, clocks against its supported clocks, before anything changes.
     --clocks alone sweeps clocks at the current limit; with --limits it sweeps their grid. Changing limits and
     locking clocks need root or CAP_SYS_ADMIN, except on the simulated GPU (some cards and drivers cannot lock clocks
-    at all). After a crash or SIGKILL run `luce-bench restore`.
+    at all). After a crash or SIGKILL run `luce-bench restore`; `--resume RUN_DIR` then continues the sweep.
+    Exit codes: 0 done, 1 a backend failed, 2 bad input, 3 GPU error, 4 disk, 5 not restored, 128+N signal N.
     """
     if read_only:
         from luce_bench.gpu import enable_read_only_mode
@@ -129,12 +163,20 @@ def sweep(
         raise UserError(f"--shuffle conflicts with --order {order}")
     if seed is not None and not shuffle and order != "shuffle":
         raise UserError("--seed only applies with --shuffle")
+    for flag, value in (("--clocks", clocks), ("--backends", backends)):
+        if value is not None and not value.replace(",", " ").strip():
+            raise UserError(f"{flag} is empty; leave it out for the config's value")
     default_backends = "sim" if ctx.params["fake_gpu"] else None
     alone = "" if clocks and limits is None else None  # --clocks without --limits: the clocks alone
-    cfg = load_config(
-        ctx.params,
-        backends=backends or default_backends,
-        order="shuffle" if shuffle else order,
+    overrides = {
+        "backends": backends or default_backends,
+        "order": "shuffle" if shuffle else order,
         **({"limits": alone} if alone is not None else {}),
-    )
-    measure(cfg, "sweep", list(cfg.backends), sweep=True, persistence=not no_persistence)
+    }
+    if resume is not None:
+        from luce_bench.resume import resume_config
+
+        cfg = resume_config(resume, ctx.params, overrides)
+    else:
+        cfg = load_config(ctx.params, **overrides)
+    measure(cfg, "sweep", list(cfg.backends), sweep=True, persistence=not no_persistence, resume=resume)

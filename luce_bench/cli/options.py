@@ -43,6 +43,13 @@ OutOpt = Annotated[
 CooldownOpt = Annotated[
     Optional[float], typer.Option("--cooldown-max-s", help="Longest cool-down wait between tests (s).")
 ]
+TimeoutOpt = Annotated[
+    Optional[float],
+    typer.Option(
+        "--test-timeout-s",
+        help="A test running longer fails its backend (s; 0: auto, 60 s + 3x its plan, more when slow).",
+    ),
+]
 ReadOnlyOpt = Annotated[
     bool, typer.Option("--read-only", help="Refuse every GPU setter (same as LUCE_BENCH_READONLY=1).")
 ]
@@ -62,6 +69,7 @@ RUN_OPTIONS = {
     "device": (DeviceOpt, None),
     "out": (OutOpt, None),
     "cooldown_max_s": (CooldownOpt, None),
+    "test_timeout_s": (TimeoutOpt, None),
 }
 
 # command-line flag -> dotted config key (flags left at None, or False for switches, keep the config's value)
@@ -78,6 +86,7 @@ FLAG_KEYS = {
     "device": "device",
     "out": "output_dir",
     "cooldown_max_s": "cooldown.max_s",
+    "test_timeout_s": "test_timeout_s",
     "backends": "backends",
     "limits": "sweep.limits",
     "clocks": "sweep.clocks",
@@ -142,8 +151,19 @@ def _gpu_error() -> type[Exception]:
     return GPUError
 
 
+def one_line(text: str) -> str:
+    r"""`text` as one printable line: line breaks become spaces, other control characters escapes like \x1e."""
+    out = []
+    for ch in " ".join(str(text).splitlines()):
+        out.append(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii"))
+    return "".join(out)
+
+
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn UserError and GPU errors into one line on stderr and exit code 2 (`--debug`: the traceback)."""
+    """Turn UserError and GPU errors into one line on stderr and exit code 2 (`--debug`: the traceback).
+
+    An OSError that reaches here (a report or cache file that cannot be written) is one line and exit code 4.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -152,10 +172,16 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except (UserError, _gpu_error()) as exc:
             if state["debug"]:
                 raise
-            typer.echo(f"error: {exc}", err=True)
+            typer.echo(f"error: {one_line(str(exc))}", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
+        except OSError as exc:  # a file luce-bench must write (a report, a cache entry): full disk, no permission
+            if state["debug"]:
+                raise
+            where = f" ({exc.filename})" if exc.filename else ""
+            typer.echo(f"error: cannot write{where}: {one_line(exc.strerror or str(exc))}", err=True)
+            raise typer.Exit(4) from None
 
     return wrapper

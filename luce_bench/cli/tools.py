@@ -95,5 +95,7 @@ def model_prepare(
 
     if size not in SIZES:
         raise UserError(f"unknown synthetic size {size!r}; known: {', '.join(SIZES)}")
+    if not -(2**63) <= seed < 2**64:
+        raise UserError(f"--seed {seed} is out of range [-2**63, 2**64 - 1]")
     spec = resolve_model(size, seed=seed)
     typer.echo(f"{size}: {spec.config.num_params():,} params at {spec.path}")

@@ -26,6 +26,8 @@ REASON_HW_THERMAL = 0x40
 REASON_HW_POWER_BRAKE = 0x80
 # A sample counts as throttled when any of these is set (GpuIdle and app-clock settings do not count).
 THROTTLE_MASK = REASON_SW_POWER_CAP | REASON_HW_SLOWDOWN | REASON_SW_THERMAL | REASON_HW_THERMAL | REASON_HW_POWER_BRAKE
+# Slowdowns that are never a setting's intended effect: heat, and the hardware's own emergency brakes.
+THERMAL_MASK = REASON_HW_SLOWDOWN | REASON_SW_THERMAL | REASON_HW_THERMAL | REASON_HW_POWER_BRAKE
 # Names of the reasons a row records (`clock_reasons`); GpuIdle is left out: it says nothing about a held-down clock.
 REASON_NAMES = {
     REASON_CLOCK_SETTING: "clock_setting",

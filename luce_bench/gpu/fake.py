@@ -17,7 +17,8 @@ Time comes from the injected `clock` (virtual time in `gpu.fake_clock: virtual` 
 LUCE_BENCH_FAKE_GPU_STATE for `open_fake`) the limit, the clock lock, persistence mode and setter calls live in a JSON
 file, so another process (`luce-bench restore` after SIGKILL) sees the same card. LUCE_BENCH_FAKE_GPU_NO_PERMISSION=1
 simulates a process without the privilege to change settings; LUCE_BENCH_FAKE_GPU_NO_CLOCK_LOCKS=1 a card or driver
-without locked clocks.
+without locked clocks; LUCE_BENCH_FAKE_GPU_FAULTS scripts NVML errors, a lost GPU or a counter reset at chosen times
+(gpu/fake_faults.py).
 """
 
 from __future__ import annotations
@@ -363,7 +364,10 @@ def open_fake(
     uuid: str | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> FakeGPU:
-    """A simulated card; its state file and missing privilege come from the environment (see the module docstring)."""
+    """A simulated card; its state file, missing privilege and scripted faults come from the environment.
+
+    With LUCE_BENCH_FAKE_GPU_FAULTS set, the card comes wrapped in a `FaultyGPU` that follows the same interface.
+    """
     state = os.environ.get(STATE_ENV)
     gpu = FakeGPU(
         preset=preset(preset_name),
@@ -376,4 +380,6 @@ def open_fake(
     )
     if uuid is not None and gpu.uuid() != uuid:
         raise GPUUnavailable(f"no fake GPU with UUID {uuid} (this one is {gpu.uuid()})")
-    return gpu
+    from luce_bench.gpu.fake_faults import FAULTS_ENV, with_faults
+
+    return with_faults(gpu, os.environ.get(FAULTS_ENV))  # type: ignore[return-value]  # same interface

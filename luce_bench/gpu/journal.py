@@ -12,6 +12,7 @@ processes never do at once; the kernel drops the lock when its holder dies.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import os
@@ -58,6 +59,7 @@ class JournalEntry:
     sm_clocks_changed: bool = False  # luce-bench may have locked SM clocks: a restore puts them back
     original_sm_lock_mhz: list[int] | None = None  # [min, max] in force before, None: no lock (or not readable)
     sm_lock_readable: bool = True  # False: the original lock could not be read (NVML); a restore unlocks
+    run_dir: str | None = None  # the run that changed the settings; `luce-bench restore` marks it killed
 
     def describe(self) -> str:
         """One line for messages."""
@@ -95,13 +97,55 @@ def write_journal(entry: JournalEntry, directory: Path | None = None) -> Path:
     return path
 
 
+# field -> the JSON types it may hold (a journal is hand-editable and outlives versions: check every field)
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "uuid": (str,),
+    "index": (int,),
+    "gpu_name": (str,),
+    "original_limit_mw": (int,),
+    "persistence_mode": (bool,),
+    "fake": (str, type(None)),
+    "pid": (int,),
+    "host": (str,),
+    "boot_id": (str, type(None)),
+    "created_unix_s": (int, float),
+    "sm_clocks_changed": (bool,),
+    "original_sm_lock_mhz": (list, type(None)),
+    "sm_lock_readable": (bool,),
+    "run_dir": (str, type(None)),
+}
+
+
+def _check_fields(data: object) -> None:
+    """ValueError naming the first field of a journal that is missing, unknown or of the wrong type."""
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(_FIELD_TYPES))
+    if unknown:
+        raise ValueError(f"unknown field {unknown[0]!r} (a journal of another program or version?)")
+    for name, types in _FIELD_TYPES.items():
+        if name not in data:
+            if JournalEntry.__dataclass_fields__[name].default is dataclasses.MISSING:
+                raise ValueError(f"missing field {name!r}")
+            continue
+        value = data[name]
+        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+        if not ok or (name == "original_limit_mw" and value <= 0):
+            raise ValueError(f"field {name!r} = {value!r} is not valid")
+    lock = data.get("original_sm_lock_mhz")
+    if lock is not None and not (len(lock) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in lock)):
+        raise ValueError(f"field 'original_sm_lock_mhz' = {lock!r} is not [min, max] in MHz")
+
+
 def read_journal(path: Path) -> JournalEntry:
-    """Parse one journal file; JournalError if it is unreadable."""
+    """Parse one journal file; JournalError (one line) if it is unreadable, corrupt or not a luce-bench journal."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
+        _check_fields(data)
         return JournalEntry(**data)
-    except (OSError, ValueError, TypeError) as exc:
-        raise JournalError(f"unreadable power-limit journal {path}: {exc}; inspect it and delete it by hand") from exc
+    except (OSError, ValueError, TypeError, RecursionError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise JournalError(f"unreadable power-limit journal {path}: {msg}; inspect it and delete it by hand") from None
 
 
 def list_journals(directory: Path | None = None) -> list[Path]:
@@ -110,7 +154,9 @@ def list_journals(directory: Path | None = None) -> list[Path]:
     return sorted(d.glob("power-limit-*.json")) if d.is_dir() else []
 
 
-def new_entry(gpu, fake: str | None, sm_clocks_changed: bool = False) -> JournalEntry:  # noqa: ANN001 - any GPU
+def new_entry(  # noqa: ANN001 - any GPU
+    gpu, fake: str | None, sm_clocks_changed: bool = False, run_dir: str | None = None
+) -> JournalEntry:
     """A journal entry of `gpu`'s current (original) settings; `sm_clocks_changed`: its clocks are about to change."""
     try:
         persistence = bool(gpu.persistence_mode())
@@ -134,6 +180,7 @@ def new_entry(gpu, fake: str | None, sm_clocks_changed: bool = False) -> Journal
         sm_clocks_changed=sm_clocks_changed,
         original_sm_lock_mhz=list(lock_mhz) if lock_mhz else None,
         sm_lock_readable=readable,
+        run_dir=run_dir,
     )
 
 

@@ -105,6 +105,9 @@ class PowerLimitController:
         self._rlock = threading.RLock()
         self._noted_unreadable = False
         self.restoring = False
+        self.changed = False  # a journal was written: settings may have changed
+        self.run_dir: str | None = None  # journalled, so `luce-bench restore` can mark a killed run
+        self.restore_error: str | None = None  # why the last restore failed (the journal is kept)
 
     def __enter__(self) -> PowerLimitController:
         refuse_if_read_only(self.gpu.read_only, "change power limits")
@@ -142,8 +145,9 @@ class PowerLimitController:
         if not self._lock.held:
             raise JournalError("PowerLimitController used outside its `with` block")
         if self._entry is None:
-            self._entry = new_entry(self.gpu, self.fake, sm_clocks_changed=clocks)
+            self._entry = new_entry(self.gpu, self.fake, sm_clocks_changed=clocks, run_dir=self.run_dir)
             write_journal(self._entry, self.state_dir)
+            self.changed = True
             if self.persistence and not self._entry.persistence_mode:
                 try:
                     self.gpu.set_persistence_mode(True)
@@ -198,7 +202,9 @@ class PowerLimitController:
                 apply_entry(self.gpu, self._entry)
                 journal_path(self.uuid, self.state_dir).unlink(missing_ok=True)
                 self._entry = None
+                self.restore_error = None
             except Exception as exc:
+                self.restore_error = f"{type(exc).__name__}: {exc}"
                 self.log(
                     f"luce-bench: could not restore the settings of GPU {self.gpu.index} ({exc}); "
                     "the journal is kept: run `luce-bench restore`"

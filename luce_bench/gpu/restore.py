@@ -14,6 +14,7 @@ from pathlib import Path
 
 from luce_bench.gpu.base import GPU, GPUError, GPUNotSupportedError, GPUPermissionError
 from luce_bench.gpu.journal import GpuLock, JournalEntry, JournalError, list_journals, lock_text, read_journal
+from luce_bench.status import mark_killed
 
 
 def _restore_clocks(gpu: GPU, entry: JournalEntry) -> str:
@@ -108,39 +109,73 @@ def restore_from_journals(
         from luce_bench.gpu import open_gpu as opener
 
     lines: list[str] = []
-    for path in list_journals(state_dir):
-        entry = read_journal(path)
-        lock = GpuLock(entry.uuid, state_dir)
-        try:
-            lock.acquire()
-        except JournalError as exc:
-            lines.append(f"skipped {entry.uuid}: {exc}")
-            continue
-        try:
-            if dry_run:
-                lines.append(f"would restore {entry.describe()}")
+    entries = [(path, read_journal(path)) for path in list_journals(state_dir)]  # all readable before any change
+    held: list[tuple[Path, JournalEntry, GpuLock]] = []
+    try:
+        for path, entry in entries:
+            lock = GpuLock(entry.uuid, state_dir)
+            try:
+                lock.acquire()
+            except JournalError as exc:
+                lines.append(f"skipped {entry.uuid}: {exc}")
                 continue
-            lines.append(_replay(path, entry, opener))
+            held.append((path, entry, lock))
+        if dry_run:
+            return lines + [f"would restore {entry.describe()}" for _, entry, _ in held]
+        gpus = _open_checked(held, opener)
+        try:
+            lines += [_replay(path, entry, gpu) for (path, entry, _), gpu in zip(held, gpus, strict=True)]
         finally:
+            for gpu in gpus:
+                gpu.close()  # type: ignore[attr-defined]
+    finally:
+        for _, _, lock in held:
             lock.release()
     return lines
 
 
-def _replay(path: Path, entry: JournalEntry, opener: Callable[..., object]) -> str:
+def _open_checked(held: list[tuple[Path, JournalEntry, GpuLock]], opener: Callable[..., object]) -> list[object]:
+    """Open every journalled GPU and check its journal against it, before any setting changes."""
+    gpus: list[object] = []
+    try:
+        for path, entry, _ in held:
+            gpus.append(opener(index=entry.index, fake_preset=entry.fake, uuid=entry.uuid))
+            check_entry(path, entry, gpus[-1])  # type: ignore[arg-type]
+    except BaseException:
+        for gpu in gpus:
+            gpu.close()  # type: ignore[attr-defined]
+        raise
+    return gpus
+
+
+def _replay(path: Path, entry: JournalEntry, gpu: object) -> str:
     from luce_bench.gpu.journal import boot_id
 
-    gpu = opener(index=entry.index, fake_preset=entry.fake, uuid=entry.uuid)
     try:
         done = apply_entry(gpu, entry)  # type: ignore[arg-type]
     except GPUPermissionError as exc:
         raise GPUPermissionError(f"cannot restore GPU {entry.index}: {exc}") from exc
-    finally:
-        gpu.close()  # type: ignore[attr-defined]
     path.unlink(missing_ok=True)
     note = (
         " (the machine rebooted since the journal was written)" if entry.boot_id and entry.boot_id != boot_id() else ""
     )
+    if entry.run_dir and mark_killed(Path(entry.run_dir), "`luce-bench restore` put the original settings back"):
+        note += f"; the killed run {entry.run_dir} can continue with `luce-bench sweep --resume {entry.run_dir}`"
     return (
         f"restored GPU {entry.index} ({entry.gpu_name}): {done}, persistence "
         f"{'on' if entry.persistence_mode else 'off'}{note}"
     )
+
+
+def check_entry(path: Path, entry: JournalEntry, gpu: GPU) -> None:
+    """Refuse, before any change, a journal whose original limit or clock lock this card could not have had."""
+    lo, hi = gpu.power_limit_constraints_mw()
+    if not lo <= entry.original_limit_mw <= hi:
+        raise JournalError(
+            f"power-limit journal {path}: its original limit {entry.original_limit_mw / 1000:g} W is outside the "
+            f"range of GPU {entry.index} ({lo / 1000:g}-{hi / 1000:g} W): not this card's journal; inspect it and "
+            "delete it by hand"
+        )
+    lock = entry.original_sm_lock_mhz
+    if entry.sm_clocks_changed and lock and not (len(lock) == 2 and 0 < lock[0] <= lock[1]):
+        raise JournalError(f"power-limit journal {path}: bad original SM clock lock {lock}; inspect it and delete it")

@@ -121,9 +121,10 @@ def ensure_synthetic(size: str, seed: int = DEFAULT_SEED, progress: bool = True)
             tmp.mkdir()
             _generate_with_progress(SIZES[size], tmp, seed, f"synthetic {size} (seed {seed})", progress)
             (tmp / MARKER).write_text(json.dumps({"size": size, "seed": seed, "format": FORMAT_VERSION}) + "\n")
-    except OSError:
+    except Exception as exc:  # noqa: BLE001 - OSError, or the safetensors writer's own error on a full disk
         if not is_complete(final):  # lost a race with a concurrent writer that finished first: theirs is fine
-            raise
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UserError(f"cannot write the synthetic checkpoint {final}: {reason}") from exc
     return final
 
 

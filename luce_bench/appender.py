@@ -1,0 +1,71 @@
+"""Appending rows to a run directory's CSVs so that a row is either all there or not at all.
+
+Each `add` is one write of complete lines, fsynced; if it fails (a full disk, a file-size limit), the file is cut
+back to where it was and RunDirError says why. A file whose last line lacks its newline (a crash mid-write on a
+filesystem that allows it) is cut back to its last complete line when reopened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from luce_bench.records import columns, to_cells
+
+
+class RunDirError(Exception):
+    """A run directory could not be written (disk full, I/O error): the run stops, its finished rows stay intact."""
+
+
+class CsvAppender:
+    """A CSV of records of one type that gains whole, fsynced rows as they finish (see the module docstring)."""
+
+    def __init__(self, path: Path, cls: type) -> None:
+        """Open `path` for appending; a new file gets the header first."""
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        if self._cut_partial_line(os.fstat(self._fd).st_size) == 0:
+            self._write(",".join(columns(cls)) + "\n")
+
+    def _cut_partial_line(self, size: int) -> int:
+        """Cut the file back to its last complete line; return its size."""
+        if size == 0:
+            return 0
+        with open(self.path, "rb") as f:
+            f.seek(max(size - (1 << 16), 0))  # a row is far shorter than 64 KiB
+            tail = f.read()
+        if not tail.endswith(b"\n"):
+            size = size - len(tail) + tail.rfind(b"\n") + 1
+            os.ftruncate(self._fd, size)
+        return size
+
+    def _write(self, text: str) -> None:
+        data = text.encode("utf-8")
+        start = os.lseek(self._fd, 0, os.SEEK_END)
+        try:
+            done = 0
+            while done < len(data):
+                done += os.write(self._fd, data[done:])
+            os.fsync(self._fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, start)  # no half-written row: cut back to the last complete one
+            raise RunDirError(f"cannot append to {self.path}: {exc.strerror or exc}") from exc
+
+    def add(self, records: Sequence[Any]) -> None:
+        """Append `records` and make them durable; RunDirError (file unchanged) if they cannot be written."""
+        if records:
+            buf = io.StringIO()
+            csv.writer(buf, lineterminator="\n").writerows(to_cells(r) for r in records)
+            self._write(buf.getvalue())
+
+    def close(self) -> None:
+        """Close the file."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

@@ -1,0 +1,104 @@
+"""The quality verdict of one energy window (measurement.md rule 13), and which windows a summary leaves out.
+
+A window's verdict is "ok" or a ";"-joined list of flags, in this order:
+* `short-window`: shorter than MIN_TRUSTED_WINDOW_S (the counter's ~0.1 s ticks give >2 % error, rule 4).
+* `power-disagree`: the sampled instant-power integral and the counter differ by more than MAX_DISAGREE_PCT.
+* `temp-drift`: the temperature moved by more than MAX_TEMP_DRIFT_C within the window.
+* `thermal-throttle`: a thermal or hardware slowdown (sw/hw thermal, hw slowdown, power brake) held the clocks down
+  in any sample of the window: the card ran below the setting the row names.
+* `power-capped`: the power cap held the clocks down in more than MAX_POWER_CAPPED_SHARE of the samples of a window
+  whose limit luce-bench did not set (compare, bench, a clocks-only sweep): the number depends on a limit the run did
+  not choose to measure, and a locked clock was not what ran. Under a limit the sweep set, the cap holding the clock
+  down is the effect being measured (`clock_reasons` records it), not a flaw.
+* `no-samples`: the sampler recorded nothing in the window (it failed): no cross-check, no clocks, no temperatures.
+* `counter-reset`: the energy counter went backwards (a driver reload resets it): no energy for this window.
+* `energy-invalid`: the counter did not advance; `no-energy`: no NVML counter at all.
+
+`STRESS_FLAGS` mark windows measured in a different operating state than the row's setting. A summary averages only
+the windows without them when it has any such windows (`summary_basis`), so throttled windows are never averaged in
+with clean ones; when every window is throttled it averages them all, and its verdict names the flag either way.
+Tables and plots mark results whose verdict has a stress flag ("throttled") or a short window ("short"): `mark`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+MIN_TRUSTED_WINDOW_S = 10.0
+MAX_DISAGREE_PCT = 5.0
+MAX_TEMP_DRIFT_C = 5.0
+MAX_POWER_CAPPED_SHARE = 0.05
+
+SHORT_WINDOW = "short-window"
+POWER_DISAGREE = "power-disagree"
+TEMP_DRIFT = "temp-drift"
+THERMAL_THROTTLE = "thermal-throttle"
+POWER_CAPPED = "power-capped"
+NO_SAMPLES = "no-samples"
+COUNTER_RESET = "counter-reset"
+ENERGY_INVALID = "energy-invalid"
+NO_ENERGY = "no-energy"
+
+STRESS_FLAGS = (THERMAL_THROTTLE, POWER_CAPPED)
+
+
+def window_flags(window_s: float) -> list[str]:
+    """The flags a window gets from its length alone."""
+    return [] if window_s >= MIN_TRUSTED_WINDOW_S else [SHORT_WINDOW]
+
+
+def sampled_flags(sampled: dict[str, Any], disagree_pct: float | None, limit_set: bool) -> list[str]:
+    """Flags from the sampler's view of a window (`Sampler.summarize`): disagreement, drift, throttling, no samples.
+
+    `limit_set`: luce-bench set this window's power limit (a sweep's limit), so capping is the measured effect.
+    """
+    if not sampled.get("n_samples"):
+        return [NO_SAMPLES]
+    flags = []
+    if disagree_pct is not None and abs(disagree_pct) > MAX_DISAGREE_PCT:
+        flags.append(POWER_DISAGREE)
+    ts, te = sampled.get("temp_start_c"), sampled.get("temp_end_c")
+    if ts is not None and te is not None and abs(te - ts) > MAX_TEMP_DRIFT_C:
+        flags.append(TEMP_DRIFT)
+    if (sampled.get("thermal_share") or 0.0) > 0.0:
+        flags.append(THERMAL_THROTTLE)
+    if not limit_set and (sampled.get("power_cap_share") or 0.0) > MAX_POWER_CAPPED_SHARE:
+        flags.append(POWER_CAPPED)
+    return flags
+
+
+def energy_flag(energy_j: float) -> str | None:
+    """The flag of a counter delta that cannot be trusted (None when it can)."""
+    if energy_j < 0:
+        return COUNTER_RESET
+    return ENERGY_INVALID if energy_j == 0 else None
+
+
+def verdict(flags: Sequence[str]) -> str:
+    """The verdict cell: the flags ";"-joined, or "ok"."""
+    return ";".join(flags) or "ok"
+
+
+def flags_of(verdict_text: str) -> list[str]:
+    """The flags of a verdict cell ("ok" has none)."""
+    return [f for f in verdict_text.split(";") if f and f != "ok"]
+
+
+def stressed(verdict_text: str) -> list[str]:
+    """The stress flags in a verdict cell."""
+    return [f for f in flags_of(verdict_text) if f in STRESS_FLAGS]
+
+
+def mark(verdict_text: str) -> str | None:
+    """How tables and plots mark a result: "throttled" (a stress flag), "short" (a short window), or None."""
+    flags = flags_of(verdict_text)
+    if any(f in STRESS_FLAGS for f in flags):
+        return "throttled"
+    return "short" if SHORT_WINDOW in flags else None
+
+
+def summary_basis(verdicts: Sequence[str]) -> list[int]:
+    """Indices of the windows a summary averages: those without stress flags, or all when none is clean."""
+    clean = [i for i, v in enumerate(verdicts) if not stressed(v)]
+    return clean or list(range(len(verdicts)))

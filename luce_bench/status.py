@@ -1,0 +1,213 @@
+"""`status.json` in every run directory: where the run is, where it stopped and why, and the exit code it gave.
+
+The file is rewritten (atomically) when the run starts, at each setting, trial and repetition, after each row, and
+when it ends. Fields:
+* `state`: running, finished, finished-with-failures, interrupted (a signal), stopped (a fault) or killed (the
+  process vanished without a word: SIGKILL, OOM, power loss; see `effective_state`); `exit_code` and `reason`
+  say why (see EXIT_CODES); `settings_restored`: whether the original power limit and clock lock are back (None when
+  the run changed nothing).
+* `where`: the last step started: phase (loading, applying setting, warm-up, measuring, cooldown, done), trial n of
+  N, setting, backend, test, repetition.
+* `rows` / `rows_planned`; `failed` (backends that failed, with why) and `warnings` (e.g. the sampler stopped).
+* `command`, `config_sha256`, `plan_sha256`, `gpu_uuid`: what `sweep --resume` checks; `pid`, `host`, `boot_id`.
+* `attempts`: the earlier attempts of a resumed run, each with its state, exit code, reason and rows.
+
+On a full disk the atomic rewrite fails; the status is then written compactly over the old file, in place (its
+blocks are already allocated), padded with spaces to the old length.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from luce_bench.errors import UserError
+from luce_bench.files import atomic_write
+
+STATUS = "status.json"
+FORMAT = 1
+
+EXIT_OK = 0
+EXIT_FAILURES = 1
+EXIT_BAD_INPUT = 2
+EXIT_GPU_FAULT = 3
+EXIT_DISK = 4
+EXIT_NOT_RESTORED = 5
+EXIT_CODES = {
+    EXIT_OK: "finished: every planned repetition was measured",
+    EXIT_FAILURES: "finished with failures: a backend failed to load, crashed or timed out, or the sampler stopped",
+    EXIT_BAD_INPUT: "bad input: refused before any run directory was created and before any setting changed",
+    EXIT_GPU_FAULT: "stopped by a GPU error mid-run (NVML: GPU lost, not supported, ...); finished rows kept",
+    EXIT_DISK: "stopped: the run directory could not be written (disk full, I/O error); finished rows kept",
+    EXIT_NOT_RESTORED: "the original power limit / clock lock could not be put back: run `luce-bench restore`",
+    128 + 1: "interrupted by SIGHUP (settings restored)",
+    128 + 2: "interrupted by SIGINT / Ctrl-C (settings restored)",
+    128 + 15: "interrupted by SIGTERM (settings restored)",
+    128 + 9: "killed by SIGKILL: nothing could run; `luce-bench restore`, then `luce-bench sweep --resume RUN_DIR`",
+}
+
+RUNNING, FINISHED, FAILURES = "running", "finished", "finished-with-failures"
+INTERRUPTED, STOPPED, KILLED = "interrupted", "stopped", "killed"
+
+
+def utc_now() -> str:
+    """The current UTC time, RFC 3339 to the second."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def sha256_json(value: Any) -> str:
+    """A stable hash of a JSON-able value (sorted keys)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _boot_id() -> str | None:
+    from luce_bench.gpu.journal import boot_id
+
+    return boot_id()
+
+
+def write_status(run_dir: Path, doc: dict[str, Any]) -> bool:
+    """Write `doc` to `run_dir`/status.json; on a full disk overwrite the old file in place. False if neither worked."""
+    path = Path(run_dir) / STATUS
+    try:
+        atomic_write(path, json.dumps(doc, indent=1, default=str) + "\n")
+        return True
+    except OSError:
+        pass
+    compact = json.dumps(doc, default=str) + "\n"
+    try:
+        size = path.stat().st_size
+        if len(compact) > size:
+            return False
+        with open(path, "r+", encoding="utf-8") as f:  # the old file's blocks are already allocated
+            f.write(compact + " " * (size - len(compact)))
+        return True
+    except OSError:
+        return False
+
+
+def read_status(run_dir: Path) -> dict[str, Any] | None:
+    """status.json of `run_dir` (None when there is none); UserError when it is not a luce-bench status file."""
+    path = Path(run_dir) / STATUS
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path} is unreadable ({exc}); it is not a luce-bench status file") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("state"), str):
+        raise UserError(f"{path} is not a luce-bench status file (format {FORMAT})")
+    return doc
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def effective_state(doc: dict[str, Any]) -> str:
+    """The state, with a `running` status whose process is gone (or ran before a reboot) read as `killed`."""
+    if doc.get("state") != RUNNING:
+        return str(doc.get("state"))
+    same_machine = doc.get("host") == socket.gethostname() and doc.get("boot_id") == _boot_id()
+    return RUNNING if same_machine and _alive(doc.get("pid")) else KILLED
+
+
+def describe(doc: dict[str, Any]) -> str:
+    """One line: the state, where it stopped and why."""
+    state = effective_state(doc)
+    where = doc.get("where") or {}
+    at = ", ".join(
+        f"{k} {where[k]}" for k in ("phase", "setting", "backend", "test", "rep") if where.get(k) not in (None, "")
+    )
+    rows = f"{doc.get('rows', '?')} of {doc.get('rows_planned', '?')} repetitions"
+    if state == KILLED and doc.get("state") == RUNNING:
+        reason = "the process ended without a word (SIGKILL, OOM or power loss)"
+    else:
+        reason = doc.get("reason") or ""
+    return f"{state}: {rows}" + (f"; last step: {at}" if at else "") + (f"; {reason}" if reason else "")
+
+
+class RunStatus:
+    """The status file of one run directory (see the module docstring)."""
+
+    def __init__(self, run_dir: Path, doc: dict[str, Any]) -> None:
+        """Wrap `doc` for `run_dir` (use `start`)."""
+        self.run_dir, self.doc = Path(run_dir), doc
+
+    @classmethod
+    def start(cls, run_dir: Path, identity: dict[str, Any], rows: int, previous: dict[str, Any] | None) -> RunStatus:
+        """A running status: `identity` (command, config_sha256, plan_sha256, gpu_uuid, rows_planned), `rows` so far.
+
+        `previous`: the status of the attempt a resume continues; it moves into `attempts`.
+        """
+        attempts = list(previous.get("attempts", [])) if previous else []
+        if previous:
+            keep = ("started_utc", "updated_utc", "pid", "host", "rows", "exit_code", "reason", "where")
+            attempts.append({"state": effective_state(previous), **{k: previous.get(k) for k in keep}})
+        now = utc_now()
+        doc = {
+            "format": FORMAT,
+            **identity,
+            "state": RUNNING,
+            "exit_code": None,
+            "reason": "",
+            "where": {"phase": "starting"},
+            "rows": rows,
+            "failed": [],
+            "warnings": [],
+            "settings_restored": None,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "boot_id": _boot_id(),
+            "started_utc": now,
+            "updated_utc": now,
+            "attempts": attempts,
+        }
+        status = cls(run_dir, doc)
+        status.write()
+        return status
+
+    def write(self) -> bool:
+        """Write the file now (best effort: a status write never stops a run)."""
+        self.doc["updated_utc"] = utc_now()
+        return write_status(self.run_dir, self.doc)
+
+    def at(self, **where: Any) -> None:
+        """Record the step the run is starting (phase, trial, setting, backend, test, rep); unset keys stay."""
+        self.doc["where"] = {**self.doc["where"], **where}
+        self.write()
+
+    def rows(self, n_rows: int) -> None:
+        """Record the rows in runs.csv."""
+        self.doc["rows"] = n_rows
+        self.write()
+
+    def finish(self, state: str, exit_code: int, reason: str = "", **extra: Any) -> bool:
+        """Record how the run ended (`extra`: rows, failed, warnings, settings_restored)."""
+        self.doc.update(state=state, exit_code=exit_code, reason=reason, **extra)
+        return self.write()
+
+
+def mark_killed(run_dir: Path, note: str) -> bool:
+    """Say in a killed run's status that it was killed and what `luce-bench restore` did; False if not applicable."""
+    with contextlib.suppress(UserError):
+        doc = read_status(run_dir)
+        if doc is not None and effective_state(doc) == KILLED and doc.get("state") == RUNNING:
+            reason = f"the process ended without a word (SIGKILL, OOM or power loss); {note}"
+            doc.update(state=KILLED, exit_code=137, reason=reason, settings_restored=True, updated_utc=utc_now())
+            return write_status(run_dir, doc)
+    return False

@@ -1,0 +1,230 @@
+"""Bad input on the command line and in the YAML config: fuzzed with hypothesis, and the named cases by hand.
+
+Every input is either accepted (it reaches the run, which is stubbed out) or refused with one line and exit code 2,
+before any run directory exists and before any GPU setter is called (badinput.py). Hypothesis runs derandomized
+(conftest.py), so every run tries the same examples.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+from badinput import invoke, refused, refused_or_reached, sandbox
+from hypothesis import event, example, given, settings
+from hypothesis import strategies as st
+
+from luce_bench import config
+from luce_bench.errors import UserError
+
+SMOKE = (Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml").read_text()
+TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=8)
+SPECIAL = ["0", "-0", "-1", "1e9", "1000000000", "nan", "NaN", "inf", "-inf", "1e309", "", " ", "abc", "0x10", "1_0"]
+NUMBER = st.one_of(
+    st.integers(-(10**12), 10**12).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.sampled_from(SPECIAL),
+    TEXT,
+)
+WATTS = st.one_of(NUMBER, NUMBER.map(lambda v: v + "%"), NUMBER.map(lambda v: v + "W"), st.sampled_from(["300", "70%"]))
+MHZ = st.one_of(NUMBER, NUMBER.map(lambda v: v + "%"), NUMBER.map(lambda v: v + "MHz"), st.sampled_from(["1200"]))
+TEST = st.one_of(st.builds("{}{}".format, st.sampled_from(["pp", "tg", "xx", ""]), NUMBER), TEXT)
+COMMON = {
+    "--reps": NUMBER,
+    "--window-s": NUMBER,
+    "--warmup-s": NUMBER,
+    "--rep-gap-max-s": NUMBER,
+    "--cooldown-max-s": NUMBER,
+    "--test-timeout-s": NUMBER,
+    "--gpu": NUMBER,
+    "--tests": st.lists(TEST, max_size=3).map(",".join),
+    "--device": st.one_of(st.sampled_from(["auto", "cpu", "cuda", "cuda:0", "cuda:x", "tpu"]), TEXT),
+    "--fake-preset": st.one_of(st.sampled_from(["rtx3090", "h200", "h100-sxm", "a100"]), TEXT),
+    "--model": st.sampled_from(["tiny", "/no/such/dir", "./missing", "", " ", "tiny/", "synthetic-9b", "a b"]),
+}
+SWEEP = {
+    "--limits": st.lists(WATTS, max_size=4).map(",".join),
+    "--clocks": st.lists(MHZ, max_size=3).map(",".join),
+    "--seed": NUMBER,
+    "--order": st.one_of(st.sampled_from(["descending", "ascending", "shuffle", "random"]), TEXT),
+    "--settle-s": NUMBER,
+    "--idle-s": NUMBER,
+    "--sweet-spot-min-speed": NUMBER,
+    "--backends": st.one_of(st.sampled_from(["sim", "hf", "nope", "sim,nope", ",", "sim,sim"]), TEXT),
+}
+COMMANDS = {
+    "sweep": (["sweep", "--fake-gpu"], {**COMMON, **SWEEP}),
+    "compare": (["compare", "--fake-gpu", "--no-megakernel", "--baselines", "sim"], COMMON),
+    "bench": (["bench", "sim", "--fake-gpu"], COMMON),
+}
+
+
+@st.composite
+def command_lines(draw: st.DrawFn) -> list[str]:
+    """A command with a random subset of its flags, each with a value from the strategies above."""
+    head, flags = COMMANDS[draw(st.sampled_from(sorted(COMMANDS)))]
+    chosen = draw(st.lists(st.sampled_from(sorted(flags)), min_size=1, max_size=5, unique=True))
+    return [*head, *(f"{flag}={draw(flags[flag])}" for flag in chosen)]
+
+
+@pytest.mark.tries("bad input", "CLI flags: fuzzed values (sizes, W, MHz, NaN/inf, text, choices)")
+@settings(max_examples=250)
+@given(command_lines())
+@example(["sweep", "--fake-gpu", "--limits=0"])
+@example(["sweep", "--fake-gpu", "--limits=nan"])
+@example(["sweep", "--fake-gpu", "--limits=1e9"])
+@example(["sweep", "--fake-gpu", "--limits=1000000000"])
+@example(["bench", "sim", "--fake-gpu", "--reps=1000000000000"])
+def test_fuzzed_flags_are_accepted_or_refused_in_one_line(tiny_model, argv):
+    with sandbox() as tmp:
+        result, calls = invoke([*argv, f"--out={tmp}/runs"], tmp)
+        event("accepted" if refused_or_reached(result, calls, tmp) else "refused")
+
+
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**30), 10**30),
+    st.floats(allow_nan=True, allow_infinity=True),
+    TEXT,
+    st.sampled_from(["420", "70%", "1200MHz", "pp64", "tg8", "sim", "virtual", "h200", "shuffle"]),
+)
+VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3))
+SECTIONS = {"sampler": ["period_s"], "gpu": ["index", "fake", "fake_preset", "fake_clock"], "cooldown": ["max_s"]}
+SECTIONS["sweep"] = ["limits", "clocks", "order", "shuffle_seed", "clamp", "settle_s", "idle_s", "sweet_spot_min_speed"]
+TOP = ["backends", "tests", "reps", "warmup_s", "window_s", "rep_gap_max_s", "test_timeout_s", "prompt_seed", "device"]
+KEYS = st.one_of(st.sampled_from(TOP), TEXT)
+
+
+@st.composite
+def configs(draw: st.DrawFn) -> dict:
+    """The smoke config with random keys changed, added or given values of the wrong type or range."""
+    doc = yaml.safe_load(SMOKE)
+    for key in draw(st.lists(KEYS, max_size=4)):
+        doc[key] = draw(VALUES)
+    for section in draw(st.lists(st.sampled_from(sorted(SECTIONS)), max_size=2)):
+        inner = doc.setdefault(section, {})
+        if isinstance(inner, dict):
+            key = draw(st.one_of(st.sampled_from(SECTIONS[section]), TEXT))
+            inner[key] = draw(VALUES)
+        else:
+            doc[section] = draw(VALUES)
+    return doc
+
+
+@pytest.mark.tries("bad input", "YAML config: fuzzed documents (types, ranges, unknown keys, nesting)")
+@settings(max_examples=200)
+@given(configs())
+def test_fuzzed_yaml_configs_are_accepted_or_refused_in_one_line(tiny_model, doc):
+    with sandbox() as tmp:
+        path = tmp / "fuzz.yaml"
+        path.write_text(yaml.safe_dump(doc, allow_unicode=True))
+        result, calls = invoke(["sweep", "-c", str(path), f"--out={tmp}/runs"], tmp)
+        event("accepted" if refused_or_reached(result, calls, tmp) else "refused")
+
+
+@st.composite
+def mangled(draw: st.DrawFn) -> bytes:
+    """The smoke config's bytes with random spans deleted, replaced or inserted (malformed YAML, broken UTF-8)."""
+    data = bytearray(SMOKE.encode())
+    for _ in range(draw(st.integers(1, 4))):
+        at = draw(st.integers(0, len(data)))
+        cut = draw(st.integers(0, 8))
+        data[at : at + cut] = draw(st.binary(max_size=6))
+    return bytes(data)
+
+
+@pytest.mark.tries("bad input", "YAML config: mangled bytes (malformed YAML, broken UTF-8, binary)")
+@settings(max_examples=300)
+@given(st.one_of(mangled(), st.binary(max_size=64)))
+def test_mangled_config_files_load_or_give_one_line(data):
+    with sandbox() as tmp:
+        path = tmp / "c.yaml"
+        path.write_bytes(data)
+        try:
+            cfg = config.load(path)
+        except UserError as exc:
+            assert "\n" not in str(exc) and str(exc)
+        else:
+            assert cfg.reps >= 1 and math.isfinite(cfg.window_s)
+
+
+def _deep(tmp: Path) -> Path:
+    (tmp / "deep.yaml").write_text("[" * 3000 + "]" * 3000)
+    return tmp / "deep.yaml"
+
+
+CONFIG_FILES = {
+    "empty": (lambda t: _write(t, b""), "is empty"),
+    "comments-only": (lambda t: _write(t, b"# nothing here\n\n"), "only comments"),
+    "not-utf8": (lambda t: _write(t, b"reps: \xff\xfe3\n"), "cannot read it"),
+    "utf16": (lambda t: _write(t, "reps: 3\n".encode("utf-16")), "cannot read it"),
+    "directory": (lambda t: t, "is a directory"),
+    "missing": (lambda t: t / "nope.yaml", "config file not found"),
+    "too-large": (lambda t: _write(t, b"# " + b"x" * (2 << 20)), "larger than 1 MiB"),
+    "too-deep": (_deep, "nested too deeply"),
+    "bad-date": (lambda t: _write(t, b"reps: 2017-13-45\n"), "invalid YAML value"),
+    "bad-tag": (lambda t: _write(t, b"reps: !!python/name:os.system\n"), "invalid YAML"),
+    "syntax": (lambda t: _write(t, b"reps: [\n"), "invalid YAML"),
+    "not-a-mapping": (lambda t: _write(t, b"- 1\n"), "expected a mapping"),
+    "unknown-key": (lambda t: _write(t, b"repz: 3\n"), "unknown key 'repz'"),
+    "nan-window": (lambda t: _write(t, b"window_s: .nan\n"), "window_s = nan is out of range"),
+    "huge-reps": (lambda t: _write(t, b"reps: 100000000000000000000\n"), "reps = 100000000000000000000 is out"),
+    "negative-size": (lambda t: _write(t, b"tests: [pp-5]\n"), "bad test 'pp-5'"),
+    "huge-seed": (lambda t: _write(t, b"model_seed: 100000000000000000000000\n"), "model_seed = "),
+    "zero-watts": (lambda t: _write(t, b"sweep: {limits: ['0']}\n"), "bad power limit '0': must be positive"),
+    "giga-watts": (lambda t: _write(t, b"sweep: {limits: [1000000000]}\n"), "outside the range"),
+}
+
+
+def _write(tmp: Path, data: bytes) -> Path:
+    (tmp / "c.yaml").write_bytes(data)
+    return tmp / "c.yaml"
+
+
+@pytest.mark.tries("bad input", "config files: empty, unreadable, non-UTF-8, too large/deep, bad values")
+@pytest.mark.parametrize("case", list(CONFIG_FILES))
+def test_bad_config_files_are_one_line(tiny_model, case):
+    make, fragment = CONFIG_FILES[case]
+    with sandbox() as tmp:
+        path = make(tmp)
+        result, calls = invoke(["sweep", "--fake-gpu", "-c", str(path), f"--out={tmp}/runs"], tmp)
+        refused(result, calls, tmp, fragment)
+
+
+FLAGS = {
+    "zero-watts": (["sweep", "--fake-gpu", "--limits", "0"], "bad power limit '0': must be positive"),
+    "nan-watts": (["sweep", "--fake-gpu", "--limits", "nan"], "got 'nan'"),
+    "giga-watts": (["sweep", "--fake-gpu", "--limits", "1000000000"], "outside the range"),
+    "exp-watts": (["sweep", "--fake-gpu", "--limits", "1e9"], "got '1e9'"),
+    "zero-percent": (["sweep", "--fake-gpu", "--limits", "0%"], "must be positive"),
+    "nan-window": (["sweep", "--fake-gpu", "--window-s", "nan"], "window_s = nan is out of range"),
+    "inf-timeout": (["sweep", "--fake-gpu", "--test-timeout-s", "inf"], "test_timeout_s = inf is out of range"),
+    "negative-reps": (["bench", "sim", "--fake-gpu", "--reps", "-3"], "reps = -3 is out of range"),
+    "huge-reps": (["bench", "sim", "--fake-gpu", "--reps", "99999999999"], "reps = 99999999999 is out of range"),
+    "huge-test": (["bench", "sim", "--fake-gpu", "--tests", "tg999999999"], "bad test 'tg999999999'"),
+    "test-too-long": (["bench", "sim", "--fake-gpu", "--tests", "pp5000"], "needs 5001 positions"),
+    "zero-clock": (["sweep", "--fake-gpu", "--clocks", "0"], "bad SM clock '0': must be positive"),
+    "huge-clock": (["sweep", "--fake-gpu", "--clocks", "99999999"], "not supported by"),
+    "unknown-backend": (["sweep", "--fake-gpu", "--backends", "nope"], "unknown backend 'nope'"),
+    "empty-backends": (["sweep", "--fake-gpu", "--backends", " , "], "--backends is empty"),
+    "empty-clocks": (["sweep", "--fake-gpu", "--clocks", ""], "--clocks is empty"),
+    "empty-limits": (["sweep", "--fake-gpu", "--limits", ""], "no power limits given"),
+    "empty-tests": (["sweep", "--fake-gpu", "--tests", ","], "tests is empty"),
+    "sim-without-fake-gpu": (["bench", "sim"], "backend sim cannot run here"),
+    "missing-model": (["bench", "sim", "--fake-gpu", "--model", "/no/such/model"], "no such directory"),
+    "wrong-type": (["sweep", "--reps", "abc"], "Invalid value for '--reps'"),
+    "unknown-option": (["sweep", "--nope"], "No such option: --nope"),
+    "unknown-command": (["nosuchcommand"], "No such command 'nosuchcommand'"),
+}
+
+
+@pytest.mark.tries("bad input", "CLI flags: 0 W, NaN, 1e9 W, huge/negative sizes, unknown backends, paths")
+@pytest.mark.parametrize("case", list(FLAGS))
+def test_bad_flags_are_one_line(tiny_model, case):
+    argv, fragment = FLAGS[case]
+    with sandbox() as tmp:
+        result, calls = invoke([*argv, f"--out={tmp}/runs"] if argv[0] != "nosuchcommand" else argv, tmp)
+        refused(result, calls, tmp, fragment)

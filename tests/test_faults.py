@@ -1,0 +1,223 @@
+"""Faults during a run, injected through the simulated GPU's scripted faults and the test backends of faultkit.py.
+
+Each test runs `luce-bench sweep` (or `bench`) in this process on the simulated card, in virtual time where it can
+(so a fault lands at the same point of the sweep every time), then checks what the issue asks for: every finished
+row intact and none half written (`faultkit.check_rows`), status.json saying where the run stopped and why, the
+original power limit back on the card (its state file), and the exit code.
+
+The virtual sweep below takes 21.7 s of simulated time: 420 W holds rows 1-6 (t = 0.9-7.3 s), 300 W rows 7-12
+(pp64 8.2-11.2 s, tg8 11.4-14.5 s), 220 W rows 13-18 (15.4-21.7 s). A fault at t = 12 s lands inside the 10th
+window (tg8 rep 0 at 300 W).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from faultkit import DiskFullAfter, card, check_rows, only_run_dir, register, status
+from typer.testing import CliRunner
+
+from luce_bench import appender
+from luce_bench.cli import app
+from luce_bench.gpu.journal import list_journals
+
+VIRTUAL = """\
+backends: [sim]
+gpu:
+  fake: true
+  fake_clock: virtual
+tests: [pp64, tg8]
+reps: 3
+warmup_s: 0.2
+window_s: 1.0
+rep_gap_max_s: 0.0
+cooldown:
+  max_s: 0.0
+sweep:
+  limits: ["420", "300", "220"]
+  settle_s: 0.2
+  idle_s: 0.5
+"""
+PLANNED = 18
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch, tiny_model):
+    monkeypatch.setenv("LUCE_BENCH_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("LUCE_BENCH_FAKE_GPU_STATE", str(tmp_path / "card.json"))
+    for var in ("LUCE_BENCH_READONLY", "LUCE_BENCH_FAKE_GPU_NO_PERMISSION", "LUCE_BENCH_FAKE_GPU_FAULTS"):
+        monkeypatch.delenv(var, raising=False)
+    register(monkeypatch)
+    (tmp_path / "v.yaml").write_text(VIRTUAL)
+    return tmp_path
+
+
+def sweep(env, *args: str, faults: str | None = None, monkeypatch=None):
+    if faults is not None:
+        monkeypatch.setenv("LUCE_BENCH_FAKE_GPU_FAULTS", faults)
+    result = CliRunner().invoke(app, ["sweep", "-c", str(env / "v.yaml"), "-o", str(env / "runs"), *args])
+    return result, only_run_dir(env / "runs")
+
+
+@pytest.mark.tries("fault", "NVML error mid-window: energy counter not supported")
+def test_energy_counter_not_supported_mid_window_stops_with_code_3(env, monkeypatch):
+    faults = '[{"kind": "not-supported", "at_s": 12.0, "calls": ["total_energy_mj"]}]'
+    result, run_dir = sweep(env, faults=faults, monkeypatch=monkeypatch)
+    assert result.exit_code == 3, result.output
+    rows = check_rows(run_dir)
+    assert len(rows) == 9  # the 10th window was open at t = 12 s: it is not written at all
+    doc = status(run_dir)
+    assert doc["state"] == "stopped" and doc["exit_code"] == 3 and doc["rows"] == 9
+    assert "GPU error" in doc["reason"] and "not supported" in doc["reason"]
+    assert doc["where"] == {**doc["where"], "phase": "measuring", "setting": "300W", "test": "tg8", "rep": 0}
+    assert doc["settings_restored"] is True and card(env / "card.json")["limit_mw"] == 420_000
+    assert not list_journals()
+    assert "sweep --resume" in result.output
+
+
+@pytest.mark.tries("fault", "NVML error mid-window: GPU lost (restore after it returns)")
+def test_gpu_lost_mid_window_keeps_the_journal_then_restore_and_resume(env, monkeypatch):
+    result, run_dir = sweep(env, faults='[{"kind": "lost", "at_s": 12.0}]', monkeypatch=monkeypatch)
+    assert result.exit_code == 5, result.output  # stopped, and the limit could not be put back
+    assert len(check_rows(run_dir)) == 9
+    doc = status(run_dir)
+    assert doc["state"] == "stopped" and doc["exit_code"] == 5 and doc["settings_restored"] is False
+    assert "GPU is lost" in doc["reason"] and "luce-bench restore" in doc["reason"]
+    assert card(env / "card.json")["limit_mw"] == 300_000 and list_journals()  # capped, journal kept
+    monkeypatch.delenv("LUCE_BENCH_FAKE_GPU_FAULTS")  # the GPU is back (a reboot, a driver reload)
+    restored = CliRunner().invoke(app, ["restore"])
+    assert restored.exit_code == 0 and "300 W -> 420 W" in restored.output
+    assert card(env / "card.json")["limit_mw"] == 420_000 and not list_journals()
+    resumed = CliRunner().invoke(app, ["sweep", "--resume", str(run_dir)])
+    assert resumed.exit_code == 0, resumed.output
+    rows = check_rows(run_dir)
+    assert len(rows) == PLANNED and status(run_dir)["attempts"][0]["exit_code"] == 5
+
+
+@pytest.mark.tries("fault", "energy counter going backwards (driver reload)")
+def test_counter_reset_flags_its_window_and_the_run_goes_on(env, monkeypatch):
+    result, run_dir = sweep(env, faults='[{"kind": "counter-reset", "at_s": 12.0}]', monkeypatch=monkeypatch)
+    assert result.exit_code == 1, result.output
+    rows = check_rows(run_dir)
+    assert len(rows) == PLANNED
+    hit = [r for r in rows if "counter-reset" in r.verdict]
+    assert [(r.power_limit_req_w, r.test, r.rep) for r in hit] == [(300.0, "tg8", 0)]
+    assert hit[0].energy_j < 0 and not hit[0].valid and hit[0].tok_per_j is None
+    assert all(r.valid for r in rows if r not in hit)
+    doc = status(run_dir)
+    assert doc["state"] == "finished-with-failures" and "went backwards" in " ".join(doc["warnings"])
+    assert card(env / "card.json")["limit_mw"] == 420_000
+
+
+@pytest.mark.tries("fault", "sampler thread raising")
+def test_a_sampler_that_raises_stops_alone_and_later_windows_are_flagged(env, monkeypatch):
+    faults = '[{"kind": "crash", "at_s": 12.0, "calls": ["clock_event_reasons"]}]'
+    result, run_dir = sweep(env, faults=faults, monkeypatch=monkeypatch)
+    assert result.exit_code == 1, result.output
+    rows = check_rows(run_dir)
+    assert len(rows) == PLANNED  # the measurement itself needs only the counter
+    late = [r for r in rows if r.t_start_s > 12.0]
+    assert late and all("no-samples" in r.verdict and r.n_samples == 0 and r.valid for r in late)
+    assert all("no-samples" not in r.verdict for r in rows if r.t_end_s < 12.0)
+    doc = status(run_dir)
+    assert doc["state"] == "finished-with-failures" and "sampler stopped: RuntimeError" in doc["reason"]
+    assert card(env / "card.json")["limit_mw"] == 420_000
+
+
+@pytest.mark.tries("fault", "backend crashing partway through a test")
+def test_a_backend_crashing_partway_fails_its_trials_and_the_others_run(env, monkeypatch):
+    monkeypatch.setenv("FAULTKIT_FAIL_AT", "3")
+    result, run_dir = sweep(env, "--backends", "crashsim,sim")
+    assert result.exit_code == 1, result.output
+    rows = check_rows(run_dir)
+    assert len([r for r in rows if r.backend == "sim"]) == PLANNED
+    crashed = [r for r in rows if r.backend == "crashsim"]
+    assert {r.test for r in crashed} == {"pp64"}  # its decode crashes from the third call on: no tg row
+    doc = status(run_dir)
+    assert doc["exit_code"] == 1 and any("crashsim@420W failed: RuntimeError" in f for f in doc["failed"])
+    assert card(env / "card.json")["limit_mw"] == 420_000
+
+
+@pytest.mark.tries("fault", "backend hanging partway through a test (virtual time deadline)")
+def test_a_backend_hanging_in_virtual_time_hits_the_test_deadline(env, monkeypatch):
+    monkeypatch.setenv("FAULTKIT_FAIL_AT", "4")
+    result, run_dir = sweep(env, "--backends", "hangsim,sim", "--test-timeout-s", "60")
+    assert result.exit_code == 1, result.output
+    rows = check_rows(run_dir)
+    assert len([r for r in rows if r.backend == "sim"]) == PLANNED
+    assert not [r for r in rows if r.backend == "hangsim" and r.test == "tg8"]  # the hung test left no row
+    doc = status(run_dir)
+    assert any("hangsim@420W timed out" in f and "60 s" in f for f in doc["failed"])
+    assert card(env / "card.json")["limit_mw"] == 420_000
+
+
+REAL = ["--fake-gpu", "--model", "tiny", "--tests", "tg8", "--reps", "2", "--window-s", "0.2", "--warmup-s", "0"]
+
+
+@pytest.mark.tries("fault", "backend hanging partway through a test (wall-clock deadline)")
+@pytest.mark.parametrize("backend", ["hangreal", "hangiso"], ids=["in-process", "child-process"])
+def test_a_backend_hanging_in_real_time_is_interrupted_at_the_deadline(env, monkeypatch, backend):
+    monkeypatch.setenv("FAULTKIT_FAIL_AT", "6")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(env.parent), os.path.dirname(__file__), os.getcwd()]))
+    out = env / "runs"
+    args = ["bench", backend, *REAL, "--test-timeout-s", "2", "-o", str(out), "--cooldown-max-s", "0"]
+    t0 = time.monotonic()
+    result = CliRunner().invoke(app, args)
+    assert time.monotonic() - t0 < 30  # not the hour the backend sleeps: the call is interrupted, a child killed
+    assert result.exit_code == 1, result.output
+    run_dir = only_run_dir(out)
+    doc = status(run_dir)
+    assert any(f"{backend} timed out" in f and "after 2 s" in f for f in doc["failed"])
+    assert doc["state"] == "finished-with-failures" and len(check_rows(run_dir)) <= 1
+
+
+@pytest.mark.tries("fault", "full disk while appending a row")
+def test_a_full_disk_mid_row_leaves_whole_rows_and_stops_with_code_4(env, monkeypatch):
+    monkeypatch.setattr(appender, "os", DiskFullAfter(rows=7))
+    result, run_dir = sweep(env)
+    assert result.exit_code == 4, result.output
+    rows = check_rows(run_dir)  # the half row was cut off again
+    assert len(rows) == 7
+    doc = status(run_dir)
+    assert doc["state"] == "stopped" and doc["exit_code"] == 4 and doc["rows"] == 7
+    assert "No space left on device" in doc["reason"] and doc["where"]["setting"] == "300W"
+    assert card(env / "card.json")["limit_mw"] == 420_000 and not list_journals()
+
+
+@pytest.mark.tries("fault", "full disk while writing the report")
+def test_a_report_that_cannot_be_written_is_one_line_and_code_4(env, monkeypatch):
+    import errno
+
+    from luce_bench import records
+
+    result, run_dir = sweep(env, "--limits", "420")
+    assert result.exit_code == 0, result.output
+
+    def full(path, data, durable=False):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(records, "atomic_write", full)
+    rebuilt = CliRunner().invoke(app, ["report", str(run_dir)])
+    assert rebuilt.exit_code == 4
+    (line,) = [ln for ln in rebuilt.output.splitlines() if ln.strip()]
+    assert line == f"error: cannot write ({run_dir / 'summary.csv'}): No space left on device"
+
+
+def test_the_automatic_deadline_grows_for_a_backend_that_is_slow_not_hung(env, monkeypatch):
+    from luce_bench.backends.sim import SimBackend
+
+    monkeypatch.setattr(SimBackend, "decode", _slow_decode(SimBackend.decode))  # each tg8 iteration: 200 s
+    result, run_dir = sweep(env, "--limits", "420", "--tests", "tg8", "--reps", "2")
+    assert result.exit_code == 0, result.output  # 3 x 200 s plus windows: far past the 60 s + 3x plan base
+    rows = check_rows(run_dir)
+    assert len(rows) == 2 and all(r.window_s >= 200.0 for r in rows)
+
+
+def _slow_decode(decode):
+    def slow(self, n, logits=False, inputs=None):
+        self.clock.sleep(200.0)
+        return decode(self, n, logits, inputs)
+
+    return slow

@@ -1,0 +1,153 @@
+"""Measurement quality under stress: throttling and short windows in verdicts, summaries, tables and plots.
+
+Known inputs with known outputs (quality.py, summary.py, plots.py), then whole runs on the simulated card.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from faultkit import check_rows, only_run_dir
+from test_faults import VIRTUAL
+from typer.testing import CliRunner
+
+from luce_bench import plots, quality
+from luce_bench.cli import app
+from luce_bench.records import RunRecord
+from luce_bench.summary import stress_notes, summarize
+
+CLEAN = {"n_samples": 20, "temp_start_c": 40, "temp_end_c": 42, "thermal_share": 0.0, "power_cap_share": 0.0}
+
+
+@pytest.mark.parametrize(
+    ("sampled", "disagree_pct", "limit_set", "flags"),
+    [
+        pytest.param(CLEAN, 1.0, False, [], id="clean"),
+        pytest.param({**CLEAN, "thermal_share": 0.05}, 1.0, True, ["thermal-throttle"], id="thermal-any-sample"),
+        pytest.param({**CLEAN, "power_cap_share": 1.0}, 1.0, True, [], id="capped-at-the-sweeps-limit"),
+        pytest.param({**CLEAN, "power_cap_share": 1.0}, 1.0, False, ["power-capped"], id="capped-limit-not-set"),
+        pytest.param({**CLEAN, "power_cap_share": 0.05}, 1.0, False, [], id="capped-at-the-threshold"),
+        pytest.param({**CLEAN, "temp_end_c": 46}, 6.0, False, ["power-disagree", "temp-drift"], id="drift"),
+        pytest.param({**CLEAN, "n_samples": 0}, None, False, ["no-samples"], id="no-samples"),
+    ],
+)
+def test_sampled_flags(sampled, disagree_pct, limit_set, flags):
+    assert quality.sampled_flags(sampled, disagree_pct, limit_set) == flags
+
+
+@pytest.mark.parametrize(
+    ("window_s", "energy_j", "verdict"),
+    [(10.0, 5.0, "ok"), (9.99, 5.0, "short-window"), (12.0, 0.0, "energy-invalid"), (12.0, -3.0, "counter-reset")],
+)
+def test_window_and_energy_flags(window_s, energy_j, verdict):
+    flags = quality.window_flags(window_s) + [f for f in [quality.energy_flag(energy_j)] if f]
+    assert quality.verdict(flags) == verdict
+
+
+@pytest.mark.parametrize(
+    ("verdicts", "basis", "marks"),
+    [
+        (["ok", "short-window", "ok"], [0, 1, 2], [None, "short", None]),
+        (["ok", "thermal-throttle", "short-window;power-capped"], [0], [None, "throttled", "throttled"]),
+        (["thermal-throttle", "power-capped"], [0, 1], ["throttled", "throttled"]),
+        (["ok", "temp-drift;no-samples"], [0, 1], [None, None]),
+    ],
+)
+def test_summary_basis_leaves_throttled_windows_out(verdicts, basis, marks):
+    assert quality.summary_basis(verdicts) == basis
+    assert [quality.mark(v) for v in verdicts] == marks
+
+
+def _row(rep: int, avg_ts: float, tok_per_j: float, verdict: str) -> RunRecord:
+    return RunRecord(
+        test_time="2027-01-01T00:00:00Z", backend="sim", model="tiny", model_type="t", model_n_params=1, n_prompt=0,
+        n_gen=8, test="tg8", rep=rep, iterations=1, n_tokens=8, window_s=12.0, compute_s=12.0, avg_ts=avg_ts,
+        energy_j=8 / tok_per_j, tok_per_j=tok_per_j, device="cuda", gpu_simulated=True, valid=True, verdict=verdict,
+    )  # fmt: skip
+
+
+def test_a_summary_never_averages_throttled_windows_with_clean_ones():
+    runs = [_row(0, 100.0, 2.0, "ok"), _row(1, 60.0, 1.0, "thermal-throttle"), _row(2, 110.0, 2.2, "ok")]
+    (row,) = summarize(runs)
+    assert (row.n, row.avg_ts, row.tok_per_j, row.valid_reps) == (2, 105.0, 2.1, 2)
+    assert row.verdict == "thermal-throttle"  # named although its window was left out
+    assert stress_notes(runs) == ["sim tg8 @ current: 1 of 3 repetitions left out of the summary (thermal-throttle)"]
+    every = [dataclasses.replace(r, verdict="power-capped") for r in runs]
+    (all_capped,) = summarize(every)
+    assert (all_capped.n, all_capped.avg_ts) == (3, 90.0) and all_capped.verdict == "power-capped"
+    assert stress_notes(every) == [
+        "sim tg8 @ current: all 3 repetitions flagged power-capped; the summary averages throttled windows"
+    ]
+
+
+def test_flagged_points_and_bars_are_marked_in_the_plots(monkeypatch, tmp_path):
+    plt = plots.pyplot()
+    fig, ax = plt.subplots()
+    plots.mark_flagged(ax, [(1.0, 2.0, "thermal-throttle"), (3.0, 4.0, "short-window"), (5.0, 6.0, "ok")])
+    rings = {line.get_label(): (list(line.get_xdata()), line.get_markeredgecolor()) for line in ax.lines}
+    assert rings == {
+        plots.MARKS["throttled"][2]: ([1.0], "red"),
+        plots.MARKS["short"][2]: ([3.0], "orange"),
+    }
+    plt.close(fig)
+    kept = []
+    monkeypatch.setattr(plots, "save", lambda plt, fig, title, out: kept.append(fig) or out)
+    runs = [_row(0, 100.0, 2.0, "thermal-throttle"), _row(0, 90.0, 2.0, "ok")]
+    summary = summarize([runs[0], dataclasses.replace(runs[1], backend="other")])
+    plots.bar_chart(summary, "avg_ts", "stddev_ts", "tok/s", "t", tmp_path / "x.png")
+    hatches = [p.get_hatch() for p in kept[0].axes[0].patches]
+    assert hatches == ["//", None]  # the throttled backend's bar is hatched, the clean one not
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch, tiny_model):
+    monkeypatch.setenv("LUCE_BENCH_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("LUCE_BENCH_FAKE_GPU_STATE", str(tmp_path / "card.json"))
+    for var in ("LUCE_BENCH_READONLY", "LUCE_BENCH_FAKE_GPU_NO_PERMISSION", "LUCE_BENCH_FAKE_GPU_FAULTS"):
+        monkeypatch.delenv(var, raising=False)
+    (tmp_path / "v.yaml").write_text(VIRTUAL.replace("window_s: 1.0", "window_s: 10.0"))
+    return tmp_path
+
+
+@pytest.mark.tries("fault", "thermal throttling mid-sweep (quality flag)")
+def test_thermal_throttling_is_flagged_left_out_and_reported(env, monkeypatch):
+    monkeypatch.setenv("LUCE_BENCH_FAKE_GPU_FAULTS", '[{"kind": "thermal", "at_s": 12.0, "until_s": 25.0}]')
+    args = ["sweep", "-c", str(env / "v.yaml"), "-o", str(env / "runs"), "--limits", "420", "--reps", "4"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    run_dir = only_run_dir(env / "runs")
+    rows = check_rows(run_dir)
+    hot = [r.rep for r in rows if "thermal-throttle" in r.verdict]
+    assert hot and all("thermal-throttle" not in r.verdict for r in rows if r.t_end_s < 12.0 or r.t_start_s > 25.0)
+    assert all(r.t_end_s >= 12.0 and r.t_start_s <= 25.0 for r in rows if r.rep in hot and r.test == rows[0].test)
+    report = (run_dir / "report.md").read_text()
+    assert "2 of 4 repetitions left out of the summary (thermal-throttle)" in report and hot == [1, 2]
+    (line,) = [ln for ln in report.splitlines() if ln.startswith("| sim | pp64 | 420 W |")]
+    assert line.endswith("| 2 | ⚠ temp-drift;thermal-throttle |")  # n = the 2 clean windows; the flag is marked
+
+
+@pytest.mark.tries("fault", "power-cap throttling at a limit the run did not set (quality flag)")
+def test_power_capping_is_flagged_only_where_the_run_did_not_set_the_limit(env):
+    from luce_bench.gpu import open_gpu
+
+    open_gpu(fake_preset="rtx3090").set_power_limit_mw(150_000)  # someone capped the card before the run
+    args = ["compare", "-c", str(env / "v.yaml"), "-o", str(env / "cmp"), "--no-megakernel", "--baselines", "sim"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = check_rows(only_run_dir(env / "cmp"))
+    assert rows and all("power-capped" in r.verdict and r.throttled_share == 1.0 for r in rows)
+    swept = CliRunner().invoke(app, ["sweep", "-c", str(env / "v.yaml"), "-o", str(env / "sw"), "--limits", "150"])
+    assert swept.exit_code == 0, swept.output
+    rows = check_rows(only_run_dir(env / "sw"))
+    assert rows and all("power-capped" not in r.verdict and r.throttled_share == 1.0 for r in rows)
+
+
+@pytest.mark.tries("fault", "windows shorter than 10 s (quality flag)")
+def test_short_windows_are_flagged_and_marked(env):
+    (env / "short.yaml").write_text(VIRTUAL)  # 1 s windows
+    args = ["sweep", "-c", str(env / "short.yaml"), "-o", str(env / "runs"), "--limits", "420"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    run_dir = only_run_dir(env / "runs")
+    assert all(r.verdict.startswith("short-window") for r in check_rows(run_dir))
+    assert "⚠ short-window" in (run_dir / "report.md").read_text()

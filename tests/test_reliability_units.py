@@ -1,0 +1,161 @@
+"""The pieces behind the fault tests, one at a time: status.json, whole-row appends, the deadline, scripted faults."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import time
+
+import pytest
+from faultkit import DiskFullAfter
+
+from luce_bench import appender, status
+from luce_bench.appender import CsvAppender, RunDirError
+from luce_bench.clock import SimClock
+from luce_bench.deadline import TrialTimeout, deadline
+from luce_bench.gpu.base import GPUNotSupportedError, GPUUnavailable
+from luce_bench.gpu.fake import FakeGPU
+from luce_bench.gpu.fake_faults import Fault, FaultyGPU, with_faults
+from luce_bench.records import RunRecord
+from luce_bench.results import read_runs
+
+
+def _row(rep: int) -> RunRecord:
+    return RunRecord(
+        test_time="2027-01-01T00:00:00Z", backend="sim", model="tiny", model_type="t", model_n_params=1, n_prompt=0,
+        n_gen=8, test="tg8", rep=rep, iterations=1, n_tokens=8, window_s=1.0, compute_s=1.0, avg_ts=8.0,
+        device="cuda", gpu_simulated=True, valid=False, verdict="no-energy",
+    )  # fmt: skip
+
+
+@pytest.mark.tries("fault", "full disk while appending a row")
+def test_a_failed_append_leaves_the_file_as_it_was(tmp_path, monkeypatch):
+    rows = CsvAppender(tmp_path / "runs.csv", RunRecord)
+    rows.add([_row(0), _row(1)])
+    before = (tmp_path / "runs.csv").read_bytes()
+    monkeypatch.setattr(appender, "os", DiskFullAfter(rows=2))
+    with pytest.raises(RunDirError, match="No space left on device"):
+        rows.add([_row(2)])
+    rows.close()
+    assert (tmp_path / "runs.csv").read_bytes() == before
+    assert [r.rep for r in read_runs(tmp_path)] == [0, 1]
+
+
+def test_reopening_cuts_a_partial_last_line_and_keeps_the_header(tmp_path):
+    CsvAppender(tmp_path / "runs.csv", RunRecord).close()
+    whole = (tmp_path / "runs.csv").read_bytes()
+    (tmp_path / "runs.csv").write_bytes(whole + b"2027-01-01T00:00:00Z,sim,ti")  # a crash mid-row
+    rows = CsvAppender(tmp_path / "runs.csv", RunRecord)
+    rows.add([_row(0)])
+    rows.close()
+    assert [r.rep for r in read_runs(tmp_path)] == [0]
+    (tmp_path / "runs.csv").write_bytes(b"test_time,back")  # even the header cut short: it is written again
+    CsvAppender(tmp_path / "runs.csv", RunRecord).close()
+    assert (tmp_path / "runs.csv").read_bytes() == whole
+
+
+def test_status_file_round_trip_and_a_vanished_process_reads_as_killed(tmp_path):
+    ident = {"command": "sweep", "config_sha256": "c", "plan_sha256": "p", "gpu_uuid": "g", "rows_planned": 4}
+    st = status.RunStatus.start(tmp_path, ident, rows=0, previous=None)
+    st.at(phase="measuring", setting="300W", backend="sim", test="tg8", rep=1)
+    st.rows(3)
+    doc = status.read_status(tmp_path)
+    assert status.effective_state(doc) == "running"  # this process is alive
+    said = "running: 3 of 4 repetitions; last step: phase measuring, setting 300W, backend sim, test tg8, rep 1"
+    assert status.describe(doc) == said
+    doc["pid"] = 2**22 + 12345  # above Linux's pid_max: no such process
+    (tmp_path / "status.json").write_text(json.dumps(doc))
+    assert status.effective_state(status.read_status(tmp_path)) == "killed"
+    assert status.mark_killed(tmp_path, "restored by test")
+    doc = status.read_status(tmp_path)
+    assert (doc["state"], doc["exit_code"], doc["settings_restored"]) == ("killed", 137, True)
+    again = status.RunStatus.start(tmp_path, ident, rows=3, previous=doc)
+    assert again.doc["attempts"][0]["state"] == "killed" and again.doc["attempts"][0]["rows"] == 3
+
+
+def test_on_a_full_disk_the_final_status_overwrites_the_old_one_in_place(tmp_path, monkeypatch):
+    ident = {"command": "sweep", "rows_planned": 4}
+    st = status.RunStatus.start(tmp_path, ident, rows=0, previous=None)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(status, "atomic_write", full)
+    assert st.finish("stopped", 4, "disk full", rows=2)
+    doc = status.read_status(tmp_path)
+    assert (doc["state"], doc["exit_code"], doc["reason"], doc["rows"]) == ("stopped", 4, "disk full", 2)
+
+
+def test_the_deadline_counts_run_clock_time_between_iterations():
+    clock = SimClock()
+    with deadline(10.0, clock, "sim tg8") as due:
+        clock.sleep(9.0)
+        due.check()  # within the deadline
+        clock.sleep(2.0)
+        with pytest.raises(TrialTimeout, match="sim tg8 timed out after 10 s"):
+            due.check()
+        due.extend(5.0)  # a slow backend gets more time
+        due.check()
+        clock.sleep(5.0)
+        with pytest.raises(TrialTimeout, match="after 15 s"):
+            due.check()
+
+
+def test_the_wall_clock_deadline_interrupts_a_call_and_restores_sigalrm():
+    before = signal.getsignal(signal.SIGALRM)
+    t0 = time.monotonic()
+    with pytest.raises(TrialTimeout), deadline(0.2, SimClock(), "hang"):
+        time.sleep(30)
+    assert time.monotonic() - t0 < 5 and signal.getsignal(signal.SIGALRM) == before
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+def test_scripted_faults_fire_on_the_cards_clock():
+    clock = SimClock()
+    gpu = FaultyGPU(FakeGPU(clock=clock), [Fault("not-supported", 5.0, 7.0), Fault("lost", 10.0)])
+    gpu.total_energy_mj()  # t = 0: fine
+    clock.sleep(5.0)
+    with pytest.raises(GPUNotSupportedError, match="total_energy_mj on GPU 0 .* not supported"):
+        gpu.total_energy_mj()
+    assert gpu.power_limit_mw() == 420_000  # other calls unaffected
+    clock.sleep(2.0)
+    gpu.total_energy_mj()  # the fault ended at 7 s
+    clock.sleep(3.0)
+    for call in (gpu.power_usage_mw, gpu.power_limit_mw, lambda: gpu.set_power_limit_mw(300_000)):
+        with pytest.raises(GPUUnavailable, match="GPU is lost"):
+            call()
+    assert gpu.fired == [
+        "not-supported total_energy_mj",
+        "lost power_usage_mw",
+        "lost power_limit_mw",
+        "lost set_power_limit_mw",
+    ]
+
+
+def test_a_bad_fault_script_is_one_clear_error():
+    from luce_bench.gpu.base import GPUError
+
+    with pytest.raises(GPUError, match="bad LUCE_BENCH_FAKE_GPU_FAULTS: .*kind in lost"):
+        with_faults(FakeGPU(), '[{"kind": "meteor"}]')
+    assert isinstance(with_faults(FakeGPU(), ""), FakeGPU)
+
+
+def test_the_report_says_how_a_run_that_did_not_finish_ended(tmp_path):
+    from luce_bench.report import run_state
+
+    ident = {"command": "sweep", "rows_planned": 4}
+    st = status.RunStatus.start(tmp_path, ident, rows=0, previous=None)
+    st.at(phase="measuring", setting="300W", backend="sim", test="tg8", rep=0)
+    st.rows(1)
+    step = "last step: phase measuring, setting 300W, backend sim, test tg8, rep 0"
+    assert run_state(tmp_path) == [f"this run is running: 1 of 4 repetitions; {step}"]
+    st.doc["pid"] = 2**22 + 12345  # the process is gone: SIGKILL
+    st.write()
+    (line,) = run_state(tmp_path)
+    assert line.startswith("run killed: 1 of 4 repetitions;") and line.endswith("(SIGKILL, OOM or power loss)")
+    st.finish("finished", 0, rows=4)
+    assert run_state(tmp_path) == []
+    (tmp_path / "status.json").write_text("[]")
+    assert run_state(tmp_path) == [f"{tmp_path / 'status.json'} is not a luce-bench status file (format 1)"]

@@ -1,0 +1,153 @@
+"""`sweep --resume RUN_DIR` in this process, in virtual time: what it continues, and what it refuses.
+
+A sweep stopped after its 7th row (a full disk, faultkit.DiskFullAfter) is resumed: the 11 missing repetitions are
+measured, the one trial cut short mid-way gets exactly its missing repetition indices, and nothing is measured twice.
+Every refusal is one line and exit code 2, and leaves runs.csv and the card untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+from faultkit import DiskFullAfter, card, check_rows, only_run_dir, status
+from test_faults import VIRTUAL
+from typer.testing import CliRunner
+
+from luce_bench import appender
+from luce_bench.cli import app
+from luce_bench.results import read_meta, read_samples
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch, tiny_model):
+    monkeypatch.setenv("LUCE_BENCH_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("LUCE_BENCH_FAKE_GPU_STATE", str(tmp_path / "card.json"))
+    for var in ("LUCE_BENCH_READONLY", "LUCE_BENCH_FAKE_GPU_NO_PERMISSION", "LUCE_BENCH_FAKE_GPU_FAULTS"):
+        monkeypatch.delenv(var, raising=False)
+    (tmp_path / "v.yaml").write_text(VIRTUAL)
+    return tmp_path
+
+
+@pytest.fixture
+def stopped(env, monkeypatch):
+    """A sweep stopped by a full disk after 7 of its 18 rows."""
+    with monkeypatch.context() as m:
+        m.setattr(appender, "os", DiskFullAfter(rows=7))
+        result = runner.invoke(app, ["sweep", "-c", str(env / "v.yaml"), "-o", str(env / "runs")])
+    assert result.exit_code == 4, result.output
+    return only_run_dir(env / "runs")
+
+
+def test_resume_measures_exactly_the_missing_repetitions(env, stopped):
+    before = check_rows(stopped)
+    samples_before = read_samples(stopped)
+    result = runner.invoke(app, ["sweep", "--resume", str(stopped)])
+    assert result.exit_code == 0, result.output
+    assert "resuming" in result.output and "11 repetitions to measure" in result.output
+    rows = check_rows(stopped)  # no repetition twice
+    assert rows[:7] == before and len(rows) == 18
+    cut_short = [r.rep for r in rows[7:] if (r.power_limit_req_w, r.test) == (300.0, "pp64")]
+    assert cut_short == [1, 2]  # rep 0 of that trial was measured before the stop
+    samples = read_samples(stopped)
+    assert samples[: len(samples_before)] == samples_before
+    assert samples[len(samples_before)].t_s > samples_before[-1].t_s  # the timeline goes on, it does not restart
+    assert read_meta(stopped)["resumes"][0]["rows_before"] == 7
+    doc = status(stopped)
+    assert doc["state"] == "finished" and doc["rows"] == 18 and doc["attempts"][0]["exit_code"] == 4
+    assert [(s["n"], s["test"]) for s in _summary(stopped)] == [("3", t) for _ in range(3) for t in ("pp64", "tg8")]
+    again = runner.invoke(app, ["sweep", "--resume", str(stopped)])
+    assert again.exit_code == 0 and "nothing to resume" in again.output and len(check_rows(stopped)) == 18
+
+
+def _summary(run_dir):
+    import csv
+
+    with (run_dir / "summary.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_the_same_command_with_resume_is_accepted(env, stopped):
+    args = ["sweep", "-c", str(env / "v.yaml"), "-o", str(env / "runs"), "--resume", str(stopped)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert len(check_rows(stopped)) == 18
+
+
+def _edit_json(path, **changes):
+    doc = json.loads(path.read_text())
+    doc.update(changes)
+    path.write_text(json.dumps(doc))
+
+
+def _add_foreign_row(run_dir):
+    lines = (run_dir / "runs.csv").read_text().splitlines(keepends=True)
+    (run_dir / "runs.csv").write_text("".join(lines) + lines[1].replace(",420,420,", ",999,999,"))
+
+
+REFUSALS = {
+    "flag-differs": (["--reps", "4"], None, "reps is 4 now, 3 in the run"),
+    "config-file-differs": (["-c", "{env}/other.yaml"], None, "window_s is 2.0 now, 1.0 in the run"),
+    "not-a-sweep": ([], lambda d: _edit_json(d / "status.json", command="compare"), "only sweeps can be resumed"),
+    "still-running": ([], lambda d: _edit_json(d / "status.json", state="running", pid=os.getpid()), "still going"),
+    "no-status": ([], lambda d: (d / "status.json").unlink(), "no status.json"),
+    "corrupt-status": ([], lambda d: (d / "status.json").write_text("{nope"), "status.json is unreadable"),
+    "foreign-row": ([], _add_foreign_row, "is not part of this sweep's plan"),
+    "other-plan": ([], lambda d: _edit_json(d / "status.json", plan_sha256="0" * 64), "plan"),
+    "other-gpu": ([], lambda d: _edit_json(d / "status.json", gpu_uuid="GPU-other"), "measured on GPU GPU-other"),
+    "not-a-directory": ([], lambda d: shutil.rmtree(d), "not a directory"),
+}
+
+
+@pytest.mark.tries("bad input", "sweep --resume of a run directory it must refuse")
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_resume_refusals_are_one_line_and_change_nothing(env, stopped, case):
+    args, tamper, message = REFUSALS[case]
+    (env / "other.yaml").write_text(VIRTUAL.replace("window_s: 1.0", "window_s: 2.0"))
+    if tamper is not None:
+        tamper(stopped)
+    runs_before = (stopped / "runs.csv").read_bytes() if stopped.exists() else None
+    calls_before = card(env / "card.json").get("set_calls")
+    result = runner.invoke(app, ["sweep", "--resume", str(stopped), *[a.format(env=env) for a in args]])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0] and "Traceback" not in result.output
+    assert (stopped / "runs.csv").read_bytes() == runs_before if runs_before is not None else not stopped.exists()
+    assert card(env / "card.json").get("set_calls") == calls_before  # no setting touched
+
+
+def test_a_grid_sweep_resumes_by_limit_and_clock(env, monkeypatch):
+    grid = ["sweep", "-c", str(env / "v.yaml"), "-o", str(env / "runs"), "--limits", "420,300", "--clocks", "1950,1200"]
+    with monkeypatch.context() as m:
+        m.setattr(appender, "os", DiskFullAfter(rows=9))
+        assert runner.invoke(app, grid).exit_code == 4
+    run_dir = only_run_dir(env / "runs")
+    result = runner.invoke(app, ["sweep", "--resume", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    rows = check_rows(run_dir)
+    cells = {(r.power_limit_req_w, r.sm_clock_mhz, r.test, r.rep) for r in rows}
+    assert len(rows) == 24 and cells == {
+        (w, c, t, rep) for w in (420.0, 300.0) for c in (1950, 1200) for t in ("pp64", "tg8") for rep in range(3)
+    }
+    assert card(env / "card.json")["limit_mw"] == 420_000 and card(env / "card.json")["sm_lock_mhz"] is None
+
+
+def test_resume_measures_the_trials_a_backend_failed_before(env, monkeypatch):
+    from faultkit import register
+
+    register(monkeypatch)
+    monkeypatch.setenv("FAULTKIT_FAIL_AT", "3")
+    first = runner.invoke(app, ["sweep", "-c", str(env / "v.yaml"), "-o", str(env / "runs"), "--backends", "crashsim"])
+    assert first.exit_code == 1, first.output
+    run_dir = only_run_dir(env / "runs")
+    assert {r.test for r in check_rows(run_dir)} == {"pp64"}  # every tg8 trial crashed
+    monkeypatch.setenv("FAULTKIT_FAIL_AT", "1000")  # the backend works now
+    result = runner.invoke(app, ["sweep", "--resume", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    rows = check_rows(run_dir)
+    assert len(rows) == 18 and {r.test for r in rows[9:]} == {"tg8"}
+    assert status(run_dir)["attempts"][0]["state"] == "finished-with-failures"
