@@ -151,3 +151,11 @@ def only_run_dir(out: Path) -> Path:
     """The one run directory under `out`."""
     (run_dir,) = [p for p in Path(out).iterdir() if p.is_dir()]
     return run_dir
+
+
+def isolate_fake_gpu(tmp_path: Path, monkeypatch: Any) -> None:
+    """A private journal directory and simulated-card state for one test, with no faults or refusals switched on."""
+    monkeypatch.setenv("LUCE_BENCH_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("LUCE_BENCH_FAKE_GPU_STATE", str(tmp_path / "card.json"))
+    for var in ("LUCE_BENCH_READONLY", "LUCE_BENCH_FAKE_GPU_NO_PERMISSION", "LUCE_BENCH_FAKE_GPU_FAULTS"):
+        monkeypatch.delenv(var, raising=False)

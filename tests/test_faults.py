@@ -16,7 +16,7 @@ import os
 import time
 
 import pytest
-from faultkit import DiskFullAfter, card, check_rows, only_run_dir, register, status
+from faultkit import DiskFullAfter, card, check_rows, isolate_fake_gpu, only_run_dir, register, status
 from typer.testing import CliRunner
 
 from luce_bench import appender
@@ -45,10 +45,7 @@ PLANNED = 18
 
 @pytest.fixture
 def env(tmp_path, monkeypatch, tiny_model):
-    monkeypatch.setenv("LUCE_BENCH_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("LUCE_BENCH_FAKE_GPU_STATE", str(tmp_path / "card.json"))
-    for var in ("LUCE_BENCH_READONLY", "LUCE_BENCH_FAKE_GPU_NO_PERMISSION", "LUCE_BENCH_FAKE_GPU_FAULTS"):
-        monkeypatch.delenv(var, raising=False)
+    isolate_fake_gpu(tmp_path, monkeypatch)
     register(monkeypatch)
     (tmp_path / "v.yaml").write_text(VIRTUAL)
     return tmp_path

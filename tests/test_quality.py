@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from faultkit import check_rows, only_run_dir
+from faultkit import check_rows, isolate_fake_gpu, only_run_dir
 from test_faults import VIRTUAL
 from typer.testing import CliRunner
 
@@ -102,10 +102,7 @@ def test_flagged_points_and_bars_are_marked_in_the_plots(monkeypatch, tmp_path):
 
 @pytest.fixture
 def env(tmp_path, monkeypatch, tiny_model):
-    monkeypatch.setenv("LUCE_BENCH_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("LUCE_BENCH_FAKE_GPU_STATE", str(tmp_path / "card.json"))
-    for var in ("LUCE_BENCH_READONLY", "LUCE_BENCH_FAKE_GPU_NO_PERMISSION", "LUCE_BENCH_FAKE_GPU_FAULTS"):
-        monkeypatch.delenv(var, raising=False)
+    isolate_fake_gpu(tmp_path, monkeypatch)
     (tmp_path / "v.yaml").write_text(VIRTUAL.replace("window_s: 1.0", "window_s: 10.0"))
     return tmp_path
 

@@ -12,7 +12,7 @@ import os
 import shutil
 
 import pytest
-from faultkit import DiskFullAfter, card, check_rows, only_run_dir, status
+from faultkit import DiskFullAfter, card, check_rows, isolate_fake_gpu, only_run_dir, status
 from test_faults import VIRTUAL
 from typer.testing import CliRunner
 
@@ -25,10 +25,7 @@ runner = CliRunner()
 
 @pytest.fixture
 def env(tmp_path, monkeypatch, tiny_model):
-    monkeypatch.setenv("LUCE_BENCH_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("LUCE_BENCH_FAKE_GPU_STATE", str(tmp_path / "card.json"))
-    for var in ("LUCE_BENCH_READONLY", "LUCE_BENCH_FAKE_GPU_NO_PERMISSION", "LUCE_BENCH_FAKE_GPU_FAULTS"):
-        monkeypatch.delenv(var, raising=False)
+    isolate_fake_gpu(tmp_path, monkeypatch)
     (tmp_path / "v.yaml").write_text(VIRTUAL)
     return tmp_path
 
