@@ -35,6 +35,8 @@ __global__ void __launch_bounds__(128) gdn_conv_kernel(const float* Y, const flo
     const float4 w = *(const float4*)(wconv + ch * 4);
     auto raw = [&](int t) { return t < 0 ? 0.f : Y[(size_t)t * GDN_ROWS + ycol]; };
     float r3 = raw(t0 - 3), r2 = raw(t0 - 2), r1 = raw(t0 - 1);  // inputs at t - 3, t - 2, t - 1
+    if (t0 == 0)
+        for (int t = n - 3; t < 0; ++t) hist[ch * 4 + (t & 3)] = 0.f;  // a prompt shorter than 3: zeros before it
     for (int t = t0; t < t1; ++t) {
         const float cur = raw(t);
         float acc = w.w * cur;
