@@ -135,3 +135,25 @@ def test_kernel_tools_need_a_gpu(monkeypatch):
     for args in (["kernel", "bench", "--reps", "1"], ["kernel", "trace"]):
         r = CliRunner().invoke(app, args)
         assert r.exit_code == 2 and "needs a CUDA GPU" in r.output and "Traceback" not in r.output
+
+
+def test_kernel_bench_passes_its_options_to_the_plan(monkeypatch):
+    from typer.testing import CliRunner
+
+    from luce_bench.cli import app
+
+    seen = {}
+
+    def fake_run(plan, say=print, build_dir=None):
+        seen["plan"] = plan
+        return {"variants": []}
+
+    monkeypatch.setattr(bench, "run", fake_run)
+    monkeypatch.setattr("luce_bench.kernels.cli._print_bench", lambda s: None)
+    args = ["kernel", "bench", "--prefill", "1,520,8192", "--reps", "4", "--long", "0", "--no-check"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    plan = seen["plan"]
+    assert plan.prefill_lengths == (1, 520, 8192) and plan.reps == 4 and plan.long_pos == 0 and not plan.check
+    r = CliRunner().invoke(app, ["kernel", "bench", "--prefill", "64,x"])
+    assert r.exit_code == 2 and "--prefill '64,x'" in r.output

@@ -113,6 +113,7 @@ def bench_cmd(
         per_token=per_token,
         breakdown=breakdown,
         bandwidth_tbs=bandwidth_tbs,
+        prefill_lengths=_lengths(prefill),
     )
     summary = bench.run(plan, say=lambda line: typer.echo(line))
     _print_bench(summary)
