@@ -31,7 +31,7 @@
 extern "C" {
 #endif
 
-#define LUCE_MK_ABI_VERSION 5  /* 5: + the prefill entry points (the decode ABI is that of 4) */
+#define LUCE_MK_ABI_VERSION 6  /* 6: + the prefill entry points (the decode ABI is that of 4) */
 
 /* Small-parameter blob, f32 offsets inside one layer's LUCE_MK_SP_STRIDE floats. */
 enum LuceMkSmallParams {
@@ -120,7 +120,7 @@ typedef struct LuceMkLaunchInfo {
  * argmax of the last position in *last_token (the decode kernel's next input). Expects reset buffers (zero GDN
  * state and conv history). */
 typedef struct LuceMkPrefillParams {
-    const void* wblob;
+    const void* wblob16;    /* the layers' weights as fp16, in the layout of LuceMkParams.wblob (the GEMMs read these) */
     const float* sblob;
     const void* embed;
     void* kcache;

@@ -2,11 +2,11 @@
 // sequence of kernels on one stream, leaving the caches exactly where the decode kernel reads them.
 //
 // X [N][1024] f32 is the residual stream. Per layer:
-//   rmsnorm -> Xn (bf16)
+//   rmsnorm -> Xn (fp16)
 //   GDN:  GEMM in_proj (NT) -> Y | conv + SiLU -> C, conv_hist | chunk prep | chunk scan -> O, gdn_state | gated norm
-//         -> U (bf16) | GEMM out_proj^T (NN) added into X                                       (pf_gdn.cuh)
+//         -> U (fp16) | GEMM out_proj^T (NN) added into X                                       (pf_gdn.cuh)
 //   attn: GEMM qkv (NT) -> Y | norms, RoPE, K/V cache append | causal attention x gate -> U | GEMM o_proj (NT) into X
-//   MLP:  rmsnorm -> Xn | GEMM gate|up (NT) with the SwiGLU epilogue -> U (bf16) | GEMM down^T (NN) into X
+//   MLP:  rmsnorm -> Xn | GEMM gate|up (NT) with the SwiGLU epilogue -> U (fp16) | GEMM down^T (NN) into X
 // then the last position's final norm, LM head and argmax -> *last_token. GEMMs: pf_gemm.cuh (tensor cores).
 #include <cuda_runtime.h>
 #include "luce_mk.h"
@@ -35,7 +35,7 @@ struct Workspace {
         x = take(N * H * 4);
         xn = take(N * H * 2);
         y = take(N * GDN_ROWS * 4);  // the widest projection (in_proj 8224; qkv 5120, gate|up 7168)
-        u = take(N * FF * 2);        // bf16 GEMM inputs: SwiGLU (3584), GDN gated norm / attention output (2048)
+        u = take(N * FF * 2);        // fp16 GEMM inputs: SwiGLU (3584), GDN gated norm / attention output (2048)
         c = take(N * CONV * 4);      // GDN conv outputs; the attention layers' q (2048) in the same place
         o = take(N * DH * DV * 4);
         gq = take(DH * P * DK * 4);
@@ -67,9 +67,9 @@ void gemm(const unsigned short* A, const unsigned short* B, float* C, unsigned s
     gemm_kernel<NN, OUT><<<grid, GTHREADS, 0, st>>>(g);
 }
 
-// Phase k of layer l's weights (0 in_proj / qkv, 1 out_proj^T / o_proj, 2 gate|up, 3 down^T), bf16.
-const unsigned short* layer_w(const void* wblob, int l, int k) {
-    const unsigned short* base = (const unsigned short*)wblob + layer_woff(l);
+// Phase k of layer l's weights (0 in_proj / qkv, 1 out_proj^T / o_proj, 2 gate|up, 3 down^T), in the fp16 copy.
+const unsigned short* layer_w(const void* wblob16, int l, int k) {
+    const unsigned short* base = (const unsigned short*)wblob16 + layer_woff(l);
     const int64_t rows = is_fa(l) ? FA_ROWS : GDN_ROWS;
     switch (k) {
         case 0: return base;
@@ -86,14 +86,14 @@ void gdn_layer(const LuceMkPrefillParams& p, const Workspace& ws, char* w, int l
     float* C = (float*)(w + ws.c);
     GdnWork gw{(float*)(w + ws.gq), (float*)(w + ws.gk), (float*)(w + ws.gu), (float*)(w + ws.gw),
                (float*)(w + ws.gg), (float*)(w + ws.gm), ws.np};
-    gemm<false, OUT_STORE>((unsigned short*)(w + ws.xn), layer_w(p.wblob, l, 0), Y, nullptr, n, GDN_ROWS, H, H,
+    gemm<false, OUT_STORE>((unsigned short*)(w + ws.xn), layer_w(p.wblob16, l, 0), Y, nullptr, n, GDN_ROWS, H, H,
                            st);
     gdn_conv_kernel<<<dim3(CONV / 128, ws.np / GC), 128, 0, st>>>(Y, sp + SP_CONV, p.conv_hist + (int64_t)gi * CONV * 4,
                                                                  C, n);
     gdn_chunk_kernel<<<dim3(DH, ws.np / GC), 256, sizeof(ChunkSmem), st>>>(C, Y, sp, gw, n);
     gdn_scan_kernel<<<DH * NSL, 256, sizeof(ScanSmem), st>>>(gw, (float*)(w + ws.o), p.gdn_state + gi * STATE_L, n);
     gdn_gate_kernel<<<n, 512, 0, st>>>((float*)(w + ws.o), Y, sp + SP_GNW, (unsigned short*)(w + ws.u), n);
-    gemm<true, OUT_ADD>((unsigned short*)(w + ws.u), layer_w(p.wblob, l, 1), (float*)(w + ws.x), nullptr, n, H,
+    gemm<true, OUT_ADD>((unsigned short*)(w + ws.u), layer_w(p.wblob16, l, 1), (float*)(w + ws.x), nullptr, n, H,
                         DH * DV, H, st);
 }
 
@@ -105,11 +105,11 @@ void attn_layer(const LuceMkPrefillParams& p, const Workspace& ws, char* w, int 
     const int64_t cache = (int64_t)fa_index(l) * NKV * p.max_seq * HD;
     unsigned short* kc = (unsigned short*)p.kcache + cache;
     unsigned short* vc = (unsigned short*)p.vcache + cache;
-    gemm<false, OUT_STORE>((unsigned short*)(w + ws.xn), layer_w(p.wblob, l, 0), Y, nullptr, n, FA_ROWS, H, H,
+    gemm<false, OUT_STORE>((unsigned short*)(w + ws.xn), layer_w(p.wblob16, l, 0), Y, nullptr, n, FA_ROWS, H, H,
                            st);
     attn_prep_kernel<<<n, 384, 0, st>>>(Y, sp, Qa, kc, vc, p.max_seq);
     attn_kernel<<<dim3((n + AQ - 1) / AQ, NKV), 512, 0, st>>>(Qa, Y, kc, vc, (unsigned short*)(w + ws.u), n, p.max_seq);
-    gemm<false, OUT_ADD>((unsigned short*)(w + ws.u), layer_w(p.wblob, l, 1), (float*)(w + ws.x), nullptr, n, H,
+    gemm<false, OUT_ADD>((unsigned short*)(w + ws.u), layer_w(p.wblob16, l, 1), (float*)(w + ws.x), nullptr, n, H,
                          NQH * HD, NQH * HD, st);
 }
 
@@ -118,9 +118,9 @@ void mlp(const LuceMkPrefillParams& p, const Workspace& ws, char* w, int l, cuda
     rmsnorm_kernel<<<n, 256, 0, st>>>((float*)(w + ws.x), p.sblob + (int64_t)l * SP + SP_LN2,
                                       (unsigned short*)(w + ws.xn));
     // gate|up rows are [gate_i | up_i] pairs: as a [2 FF][H] matrix, output columns 2i, 2i + 1 = gate_i, up_i
-    gemm<false, OUT_SWIGLU>((unsigned short*)(w + ws.xn), layer_w(p.wblob, l, 2), nullptr,
+    gemm<false, OUT_SWIGLU>((unsigned short*)(w + ws.xn), layer_w(p.wblob16, l, 2), nullptr,
                             (unsigned short*)(w + ws.u), n, 2 * FF, H, H, st);
-    gemm<true, OUT_ADD>((unsigned short*)(w + ws.u), layer_w(p.wblob, l, 3), (float*)(w + ws.x), nullptr, n, H,
+    gemm<true, OUT_ADD>((unsigned short*)(w + ws.u), layer_w(p.wblob16, l, 3), (float*)(w + ws.x), nullptr, n, H,
                         FF, H, st);
 }
 
@@ -160,7 +160,8 @@ int luce_mk_prefill_launches(int n_tokens) {
 int luce_mk_prefill(const LuceMkPrefillParams* p, void* stream) {
     using namespace mk;
     using namespace mk::pf;
-    if (!p || p->n_tokens < 1 || p->n_tokens > p->max_seq || !p->workspace || p->n_layers < 0 || p->n_layers > NL)
+    if (!p || p->n_tokens < 1 || p->n_tokens > p->max_seq || !p->workspace || !p->wblob16 || p->n_layers < 0 ||
+        p->n_layers > NL)
         return LUCE_MK_ERR_ARGS;
     int rc = setup_device();
     if (rc) return rc;

@@ -4,11 +4,12 @@
 //                     q kept in f32; k and v appended to the bf16 KV cache the decode kernel reads
 //   attn_kernel       causal attention with online softmax over the cache: a block holds 4 queries x the 4 query
 //                     heads of one KV group (a warp each) and streams the group's K/V in 32-position tiles through
-//                     shared memory; out = softmax(q k / 16) v * sigmoid(gate), bf16 [N][2048] for the o_proj GEMM
+//                     shared memory; out = softmax(q k / 16) v * sigmoid(gate), fp16 [N][2048] for the o_proj GEMM
 // CUDA cores only (v1): tensor-core attention is the next step for long prompts.
 #pragma once
 #include "mk_attn_math.cuh"
 #include "mk_layout.cuh"
+#include "pf_gemm.cuh"
 
 namespace mk {
 namespace pf {
@@ -80,7 +81,7 @@ __global__ void __launch_bounds__(512) attn_kernel(const float* Qa, const float*
     const float* gate = Y + (size_t)t * FA_ROWS + FA_GROWS * g + 2 * HD * hh + HD + d0;
     unsigned short* o = out + (size_t)t * (NQH * HD) + j * HD + d0;
 #pragma unroll
-    for (int e = 0; e < 8; ++e) o[e] = f2bf((acc[e] / ls) * sigm(gate[e]));
+    for (int e = 0; e < 8; ++e) o[e] = f2h((acc[e] / ls) * sigm(gate[e]));
 }
 
 }  // namespace pf

@@ -7,11 +7,12 @@
 //                     exp(G) k] by forward substitution; M = lower (q_i . k_j) exp(G_i - G_j)
 //   gdn_scan_kernel   per (head, 16-column value slice), sequential over chunks with the f32 state slice: E = U - W S,
 //                     O = exp(G) (Q S) + M E, S <- exp(G_C) S + K^T (exp(G_C - G) E); leaves S in the decode layout
-//   gdn_gate_kernel   the gated RMSNorm of each head's output times silu(z), as bf16 for the out_proj GEMM
+//   gdn_gate_kernel   the gated RMSNorm of each head's output times silu(z), as fp16 for the out_proj GEMM
 // Waits for: the in_proj GEMM's f32 output Y [N][8224] (head-major rows: q 128 | k 128 | v 128 | z 128 | b | a).
 #pragma once
 #include "mk_layout.cuh"
 #include "mk_math.cuh"
+#include "pf_gemm.cuh"
 
 namespace mk {
 namespace pf {
@@ -232,7 +233,7 @@ __global__ void __launch_bounds__(256, 1) gdn_scan_kernel(GdnWork gw, float* O, 
     }
 }
 
-// Gated RMSNorm per (token, head): u = w * (o / rms(o)) * silu(z), bf16 [N][2048] for the out_proj GEMM.
+// Gated RMSNorm per (token, head): u = w * (o / rms(o)) * silu(z), fp16 [N][2048] for the out_proj GEMM.
 __global__ void __launch_bounds__(512) gdn_gate_kernel(const float* O, const float* Y, const float* gnw,
                                                        unsigned short* U, int n) {
     const int t = blockIdx.x, h = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -243,7 +244,7 @@ __global__ void __launch_bounds__(512) gdn_gate_kernel(const float* O, const flo
     const float ov[4] = {o.x, o.y, o.z, o.w};
     unsigned short* out = U + (size_t)t * (DH * DV) + h * DV + lane * 4;
 #pragma unroll
-    for (int e = 0; e < 4; ++e) out[e] = f2bf(gnw[lane * 4 + e] * (ov[e] * r) * silu(z[e]));
+    for (int e = 0; e < 4; ++e) out[e] = f2h(gnw[lane * 4 + e] * (ov[e] * r) * silu(z[e]));
 }
 
 }  // namespace pf

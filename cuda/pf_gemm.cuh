@@ -1,11 +1,17 @@
-// pf_gemm.cuh -- the prefill's tensor-core GEMM: C[M x N] = A[M x K] B, A bf16 row-major (activations, one row per
-// token), B the bf16 weights as the blob stores them: "NT" ([N][K] rows, nn.Linear's [out][in]) or "NN" ([K][N], the
-// transposed GDN out_proj and down_proj). f32 accumulation with mma.sync m16n8k16 (sm_80+), operands through ldmatrix
-// from padded shared-memory tiles that cp.async fills two stages deep.
+// pf_gemm.cuh -- the prefill's tensor-core GEMM: C[M x N] = A[M x K] B, A fp16 row-major (activations, one row per
+// token), B the weights in fp16 (an fp16 copy of the bf16 blob, same layout; bf16 values convert exactly
+// down to 6e-5, below that with an absolute error under 3e-8) as the blob
+// stores them: "NT" ([N][K] rows, nn.Linear's [out][in]) or "NN" ([K][N], the transposed GDN out_proj and down_proj).
+// f32 accumulation with mma.sync m16n8k16 (sm_80+), operands through ldmatrix from padded shared-memory tiles that
+// cp.async fills two stages deep.
+// Why fp16 and not bf16: the activations are rounded once per GEMM input, and fp16 keeps 3 more mantissa bits. On
+// random weights bf16 inputs put the logits 3-7 % off the f32 reference, fp16 inputs 0.5 % (cuda/NOTES.md, Prefill v2).
+// Activations are clamped to the fp16 range (+-65504) instead of becoming inf.
 // Epilogues: store f32; add into f32 (the residual stream; atomically when the K range is split over blocks); SwiGLU
-// (adjacent output columns are the gate and up of one hidden unit: store bf16(silu(gate) * up)).
+// (adjacent output columns are the gate and up of one hidden unit: store fp16(silu(gate) * up)).
 // Tile 64 x 128 x 32, 4 warps of 32 x 64. M and N are guarded (out-of-range rows load as zeros); K % 32 == 0.
 #pragma once
+#include <cuda_fp16.h>
 #include <cstdint>
 #include "mk_math.cuh"
 
@@ -13,6 +19,11 @@ namespace mk {
 namespace pf {
 
 enum GemmOut : int { OUT_STORE = 0, OUT_ADD = 1, OUT_SWIGLU = 2 };
+
+// An activation as a GEMM input: fp16 bits, clamped to the finite range.
+__device__ __forceinline__ unsigned short f2h(float x) {
+    return __half_as_ushort(__float2half_rn(fminf(fmaxf(x, -65504.f), 65504.f)));
+}
 
 constexpr int GBM = 64, GBN = 128, GBK = 32, GTHREADS = 128;
 constexpr int A_LD = GBK + 8;     // padded row (elements): 80 B, ldmatrix rows land in distinct banks
@@ -22,10 +33,10 @@ constexpr int A_TILE = GBM * A_LD;
 constexpr int B_TILE = (GBN * BT_LD > GBK * BN_LD) ? GBN * BT_LD : GBK * BN_LD;
 
 struct GemmArgs {
-    const unsigned short* A;  // bf16 [M][lda]
-    const unsigned short* B;  // bf16: NT [N][ldb] or NN [K][ldb]
+    const unsigned short* A;  // fp16 [M][lda]
+    const unsigned short* B;  // fp16: NT [N][ldb] or NN [K][ldb]
     float* C;                 // f32 [M][ldc] (OUT_STORE, OUT_ADD)
-    unsigned short* H;        // bf16 [M][ldc / 2] (OUT_SWIGLU)
+    unsigned short* H;        // fp16 [M][ldc / 2] (OUT_SWIGLU)
     int M, N, K, lda, ldb, ldc;
     int k_per_split;          // K range of one blockIdx.z (a multiple of GBK)
 };
@@ -48,9 +59,9 @@ __device__ __forceinline__ void ldmatrix_x4_trans(unsigned r[4], const void* sme
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
 }
-// d += a (16 x 16, row) * b (16 x 8, col), bf16 in, f32 accumulate
-__device__ __forceinline__ void mma_bf16(float d[4], const unsigned a[4], unsigned b0, unsigned b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+// d += a (16 x 16, row) * b (16 x 8, col), fp16 in, f32 accumulate
+__device__ __forceinline__ void mma_f16(float d[4], const unsigned a[4], unsigned b0, unsigned b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
                  "{%0, %1, %2, %3};"
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
@@ -103,8 +114,8 @@ __device__ __forceinline__ void mma_stage(const unsigned short* As, const unsign
             }
 #pragma unroll
             for (int mi = 0; mi < 2; ++mi) {
-                mma_bf16(acc[mi][2 * np], a[mi], b[0], b[1]);
-                mma_bf16(acc[mi][2 * np + 1], a[mi], b[2], b[3]);
+                mma_f16(acc[mi][2 * np], a[mi], b[0], b[1]);
+                mma_f16(acc[mi][2 * np + 1], a[mi], b[2], b[3]);
             }
         }
     }
@@ -154,7 +165,7 @@ __global__ void __launch_bounds__(GTHREADS) gemm_kernel(const GemmArgs g) {
                 if (r >= g.M || c >= g.N) continue;
                 const float v0 = acc[mi][ni][2 * h], v1 = acc[mi][ni][2 * h + 1];
                 if (OUT == OUT_SWIGLU) {
-                    g.H[(size_t)r * (g.ldc / 2) + c / 2] = f2bf(silu(v0) * v1);
+                    g.H[(size_t)r * (g.ldc / 2) + c / 2] = f2h(silu(v0) * v1);
                 } else {
                     float* p = g.C + (size_t)r * g.ldc + c;
                     if (OUT == OUT_STORE) {

@@ -1,9 +1,10 @@
 // pf_misc.cuh -- the prefill's row-wise kernels: the embedding lookup into the f32 residual stream X [N][1024], the
-// RMSNorm (1 + w) that turns X into the bf16 input of the next GEMM, and the end: the final norm of the last position,
+// RMSNorm (1 + w) that turns X into the fp16 input of the next GEMM, and the end: the final norm of the last position,
 // the tied LM head over all 248,320 rows (optional logits) and the argmax, which becomes the decode kernel's first
 // input (last_token).
 #pragma once
 #include "mk_math.cuh"
+#include "pf_gemm.cuh"
 
 namespace mk {
 namespace pf {
@@ -26,7 +27,7 @@ __device__ __forceinline__ float block_sum256(float v, float* red) {
     return t;
 }
 
-// Xn[t] = bf16(RMSNorm(X[t]) * w1p), one block per token.
+// Xn[t] = fp16(RMSNorm(X[t]) * w1p), one block per token.
 __global__ void __launch_bounds__(256) rmsnorm_kernel(const float* X, const float* w1p, unsigned short* Xn) {
     __shared__ float red[8];
     const int t = blockIdx.x;
@@ -35,10 +36,10 @@ __global__ void __launch_bounds__(256) rmsnorm_kernel(const float* X, const floa
     const float r = rsqrtf(ss * (1.0f / H) + EPS);
     const float* w = w1p + threadIdx.x * 4;
     unsigned short* o = Xn + (size_t)t * H + threadIdx.x * 4;
-    o[0] = f2bf(x.x * r * w[0]);
-    o[1] = f2bf(x.y * r * w[1]);
-    o[2] = f2bf(x.z * r * w[2]);
-    o[3] = f2bf(x.w * r * w[3]);
+    o[0] = f2h(x.x * r * w[0]);
+    o[1] = f2h(x.y * r * w[1]);
+    o[2] = f2h(x.z * r * w[2]);
+    o[3] = f2h(x.w * r * w[3]);
 }
 
 // Order-preserving key: larger logit first, then the smaller token id (as the decode kernel's argmax).

@@ -64,7 +64,7 @@ def test_library_loads_and_exports_abi(built):
     assert lay.wblob_elems + 248320 * 1024 == 752_393_024 - (24 * 2048 + 1024 + 6 * 512 + 18 * (6144 * 4 + 32 + 128))
     assert ctypes.sizeof(klib.LuceMkParams) == 15 * 8 + 8 * 4  # 15 pointers, 7 ints + padding before `trace`
     assert lib.luce_mk_trace_points() == 24 * 12 + 4  # 12 points per layer + 4 per step
-    assert klib.has_prefill(lib) and lib.luce_mk_abi_version() == 5
+    assert klib.has_prefill(lib) and lib.luce_mk_abi_version() == 6
     assert ctypes.sizeof(klib.LuceMkPrefillParams) == 9 * 8 + 2 * 4 + 2 * 8 + 8 + 8  # n_layers padded before hidden
     # prefill workspace for 64 tokens: best 256 B | X f32 64 x 1024 | Xn bf16 | Y f32 64 x 8224 | U bf16 64 x 3584 |
     # conv out f32 64 x 6144 | O f32 64 x 2048 | Q, K, U, W f32 16 x 64 x 128 each | G 16 x 64 | M 16 x 64 x 64

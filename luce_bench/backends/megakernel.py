@@ -322,7 +322,7 @@ class MegakernelBackend(Backend):
         import torch
 
         if self._kernel_prefill() is None:
-            raise UserError("this megakernel library has no prefill (ABI < 5)")
+            raise UserError("this megakernel library has no prefill (ABI < 6)")
         self.reset()
         hidden = torch.empty(len(token_ids), self.layout.hidden, dtype=torch.float32, device=self._device)
         self._kprefill.run(self._bufs, self._tokens(token_ids), self.max_seq, n_layers=n_layers, hidden=hidden)

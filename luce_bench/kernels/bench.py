@@ -167,7 +167,7 @@ def time_prefill(be: Any, n: int, reps: int, seed: int) -> list[float]:
             b.record()
             torch.cuda.synchronize()
             if be.prefill_used != "kernel":
-                raise UserError("this library has no kernel prefill (ABI < 5)")
+                raise UserError("this library has no kernel prefill (ABI < 6)")
             if r:
                 times.append(a.elapsed_time(b) / 1e3)
     finally:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from luce_bench.errors import UserError
 
-ABI_VERSION = 5
-DECODE_ABIS = (4, 5)  # 4: the decode only (libraries built before the prefill, e.g. for side-by-side benchmarks)
+ABI_VERSION = 6
+DECODE_ABIS = (4, 6)  # 4: the decode only (libraries built before the prefill, e.g. for side-by-side benchmarks)
 PREFILL_SYMBOLS = ("luce_mk_prefill", "luce_mk_prefill_workspace", "luce_mk_prefill_launches")
 SYMBOLS = (
     "luce_mk_abi_version",
@@ -55,7 +55,7 @@ class LuceMkPrefillParams(ctypes.Structure):
     """Mirror of `LuceMkPrefillParams`."""
 
     _fields_ = [
-        ("wblob", _p),
+        ("wblob16", _p),
         ("sblob", _p),
         ("embed", _p),
         ("kcache", _p),
@@ -126,7 +126,7 @@ def load_library(path: Path) -> ctypes.CDLL:
     abi = lib.luce_mk_abi_version()
     if abi not in DECODE_ABIS:
         raise UserError(f"{path}: ABI version {abi}, this luce-bench reads {DECODE_ABIS}; rebuild the kernel")
-    if abi >= 5:
+    if abi >= 6:
         lib.luce_mk_prefill_workspace.argtypes = [ctypes.c_int]
         lib.luce_mk_prefill_workspace.restype = ctypes.c_int64
         lib.luce_mk_prefill.argtypes = [ctypes.POINTER(LuceMkPrefillParams), ctypes.c_void_p]
@@ -137,8 +137,8 @@ def load_library(path: Path) -> ctypes.CDLL:
 
 
 def has_prefill(lib: ctypes.CDLL) -> bool:
-    """The library has the prefill entry points (ABI 5 and later)."""
-    return lib.luce_mk_abi_version() >= 5
+    """The library has the prefill entry points (ABI 6 and later)."""
+    return lib.luce_mk_abi_version() >= 6
 
 
 def layout(lib: ctypes.CDLL) -> LuceMkLayout:

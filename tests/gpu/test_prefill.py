@@ -1,7 +1,7 @@
 """The kernel prefill (cuda/mk_prefill.cu) against the float32 token-by-token reference, on random 0.8B weights.
 
 * layer by layer: the residual stream after the first 1, 2, 3, 4, 8 and 24 layers (where a wrong layer shows first);
-* after prompts of 1 .. 2000 tokens: the last position's logits and argmax, the KV cache rows, the GDN states and conv
+* after prompts of 1 .. 4096 tokens: the last position's logits and argmax, the KV cache rows, the GDN states and conv
   histories, all within 2e-2 relative L2 (values printed as JSON lines);
 * the decode kernel continues from the prefill's caches with the decode's parity (teacher-forced logits).
 Seeds are fresh each run unless LUCE_BENCH_TEST_SEED is set; the seed is printed.
@@ -19,7 +19,7 @@ import pytest
 pytestmark = pytest.mark.gpu
 
 REL_L2_MAX = 2e-2
-MAX_SEQ = 2048 + 64
+MAX_SEQ = 4096 + 64
 
 
 def _rel(a, b) -> np.ndarray:
@@ -81,7 +81,7 @@ def _gdn_states(mk) -> np.ndarray:
     return s.transpose(0, 1, 3, 5, 2, 4).reshape(18, 16, 128, 128)
 
 
-@pytest.mark.parametrize("n", [1, 7, 63, 64, 65, 520, 2000], ids=lambda n: f"N{n}")
+@pytest.mark.parametrize("n", [1, 7, 63, 64, 65, 520, 2000, 4096], ids=lambda n: f"N{n}")
 def test_prefill_caches_logits_and_decode(setup, n):
     import torch
 
