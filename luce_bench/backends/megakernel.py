@@ -389,12 +389,23 @@ class MegakernelBackend(Backend):
             "max_seq": self.max_seq,
             "options": self.options if self.options is not None else options_from_env(),
             "prebuilt": str(self.lib_dir) if self.lib_dir else None,
-            "prefill": {"chosen": self.prefill_mode, "last_used": self.prefill_used},
+            "prefill": self._prefill_info(),
             "ptxas": [
                 {"arch": r.arch, "registers": r.registers, "spill_stores": r.spill_stores, "spill_loads": r.spill_loads}
                 for r in self._build.reports
             ],
         }
+
+    def _prefill_info(self) -> dict[str, Any]:
+        """Which prompt path was chosen and last ran; for the kernel prefill, its launches and CUDA graph use."""
+        out: dict[str, Any] = {"chosen": self.prefill_mode, "last_used": self.prefill_used}
+        kp = self._kprefill
+        if kp is not None:
+            out["launches_per_prefill"] = kp.launches(max(1, self._pos))
+            out["cuda_graph"] = kp.graph and kp.graph_error is None
+            if kp.graph_error:
+                out["cuda_graph_error"] = kp.graph_error
+        return out
 
     def close(self) -> None:
         """Free the device buffers."""

@@ -55,7 +55,8 @@ class VariantResult:
     per_token_s: list[float] = field(default_factory=list)
     parity: dict[str, float] = field(default_factory=dict)
     breakdown_us: dict[str, float] = field(default_factory=dict)
-    prefill_s: dict[int, list[float]] = field(default_factory=dict)
+    prefill_s: dict[int, list[float]] = field(default_factory=dict)  # replayed from a CUDA graph
+    prefill_eager_s: dict[int, list[float]] = field(default_factory=dict)  # launched kernel by kernel
 
 
 def parse_variant(text: str) -> Variant:
@@ -150,12 +151,19 @@ def time_decode(
     return times
 
 
-def time_prefill(be: Any, n: int, reps: int, seed: int) -> list[float]:
-    """Seconds per kernel prefill of an n-token prompt (CUDA events), `reps` times after one warm-up."""
+def time_prefill(be: Any, n: int, reps: int, seed: int, graph: bool = True) -> list[float]:
+    """Seconds per kernel prefill of an n-token prompt (CUDA events), `reps` times after one warm-up.
+
+    With `graph` the prefill replays a CUDA graph, else it is launched kernel by kernel.
+    """
     import torch
 
     prompt = torch.randint(0, 248320, (n,), generator=torch.Generator().manual_seed(seed + n)).tolist()
     mode, be.prefill_mode = be.prefill_mode, "kernel"
+    kp = be._kernel_prefill()
+    if kp is None:
+        raise UserError("this library has no kernel prefill (ABI < 6)")
+    was_graph, kp.graph = kp.graph, graph
     times = []
     try:
         for r in range(reps + 1):
@@ -172,6 +180,7 @@ def time_prefill(be: Any, n: int, reps: int, seed: int) -> list[float]:
                 times.append(a.elapsed_time(b) / 1e3)
     finally:
         be.prefill_mode = mode
+        kp.graph = was_graph
     return times
 
 
@@ -295,10 +304,12 @@ def run(plan: BenchPlan, say: Callable[[str], None] = print, build_dir: Path | N
             if rnd == 0 and plan.prefill_lengths:
                 for n in plan.prefill_lengths:
                     tp = time_prefill(be, n, max(3, plan.reps // 2), seed)
-                    res.prefill_s[n] = tp
+                    te = time_prefill(be, n, max(3, plan.reps // 2), seed, graph=False)
+                    res.prefill_s[n], res.prefill_eager_s[n] = tp, te
                     say(
                         f"  {v.name} prefill N={n}: {1e3 * statistics.median(tp):8.3f} ms, "
-                        f"{n / statistics.median(tp):10.0f} tok/s"
+                        f"{n / statistics.median(tp):10.0f} tok/s (CUDA graph); "
+                        f"{1e3 * statistics.median(te):8.3f} ms launched kernel by kernel"
                     )
             if rnd == 0 and v.name == plan.breakdown:
                 for flags, what in BREAKDOWN:
@@ -337,7 +348,12 @@ def summarize(
             row["per_token_tok_s"] = plan.steps / statistics.median(r.per_token_s)
         if r.prefill_s:
             row["prefill"] = [
-                {"n": n, "ms": 1e3 * statistics.median(t), "tok_s": n / statistics.median(t)}
+                {
+                    "n": n,
+                    "ms": 1e3 * statistics.median(t),
+                    "tok_s": n / statistics.median(t),
+                    "eager_ms": 1e3 * statistics.median(r.prefill_eager_s[n]) if n in r.prefill_eager_s else None,
+                }
                 for n, t in sorted(r.prefill_s.items())
             ]
         rows.append(row)

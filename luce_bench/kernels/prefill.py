@@ -30,13 +30,23 @@ def mode_from_env() -> str:
 
 
 class KernelPrefill:
-    """The workspace and the call; one per backend (the workspace grows to the longest prompt seen)."""
+    """The workspace, the fp16 weights and the call; one per backend (the workspace grows to the longest prompt seen).
 
-    def __init__(self, lib: Any, device: Any) -> None:
+    With `graph` (the default), a prompt length's launch sequence is captured once as a CUDA graph (one per length,
+    the newest GRAPHS kept) and replayed: ~230 launches become one. `graph_error` holds why capture failed, if it did
+    (the prefill then launches kernel by kernel).
+    """
+
+    GRAPHS = 8
+
+    def __init__(self, lib: Any, device: Any, graph: bool = True) -> None:
         self.lib = lib
         self.device = device
+        self.graph = graph
+        self.graph_error: str | None = None
         self._ws: Any = None
         self._w16: Any = None
+        self._graphs: dict[tuple[int, int], tuple[Any, Any, Any]] = {}  # (n, max_seq) -> (graph, tokens, logits)
 
     def weights16(self, wblob: Any) -> Any:
         """The fp16 copy of the bf16 layer weights (made once); UserError when a weight does not fit fp16."""
@@ -50,36 +60,82 @@ class KernelPrefill:
         return self._w16
 
     def launches(self, n_tokens: int) -> int:
-        """Kernel launches of one prefill of n_tokens."""
+        """Kernel launches of one prefill of n_tokens (one graph launch when replayed from a graph)."""
         return int(self.lib.luce_mk_prefill_launches(n_tokens))
 
     def run(
         self, bufs: dict[str, Any], tokens: Any, max_seq: int, logits: Any = None, n_layers: int = 0, hidden: Any = None
     ) -> None:
-        """Launch the prefill of `tokens` (an int32 device tensor) on the current stream (not synchronised).
+        """Run the prefill of `tokens` (an int32 device tensor) on the current stream (not synchronised).
 
         logits: None or an f32 device tensor [vocab] for the last position's logits. n_layers: 0, or stop after
         that many layers (a layer-by-layer check; no LM head then). hidden: None or an f32 device tensor [n][1024]
-        that receives the residual stream after the layers run.
+        that receives the residual stream after the layers run. Whole prefills replay a CUDA graph when `graph`.
         """
+        n = int(tokens.numel())
+        if n < 1 or n > max_seq:
+            raise UserError(f"prefill of {n} tokens: the KV cache holds 1..{max_seq}")
+        if self.graph and self.graph_error is None and not n_layers and hidden is None:
+            entry = self._graphs.get((n, max_seq)) or self._capture(bufs, n, max_seq)
+            if entry is not None:
+                g, t_static, lg_static = entry
+                t_static.copy_(tokens)
+                g.replay()
+                if logits is not None:
+                    logits.copy_(lg_static)
+                return
+        self._launch(bufs, tokens, max_seq, logits, n_layers, hidden)
+
+    def _workspace(self, n: int) -> Any:
+        import torch
+
+        need = int(self.lib.luce_mk_prefill_workspace(n))
+        if self._ws is None or self._ws.numel() < need:
+            self._graphs.clear()  # captured graphs point into the old workspace
+            self._ws = None
+            self._ws = torch.empty(need, dtype=torch.uint8, device=self.device)
+        return self._ws
+
+    def _capture(self, bufs: dict[str, Any], n: int, max_seq: int) -> tuple[Any, Any, Any] | None:
+        import torch
+
+        t_static = torch.zeros(n, dtype=torch.int32, device=self.device)
+        lg_static = torch.empty(self._vocab(), device=self.device)
+        self._workspace(n)
+        self._launch(bufs, t_static, max_seq, lg_static, 0, None)  # warm-up: device setup, fp16 weights
+        torch.cuda.synchronize(self.device)
+        g = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(g, capture_error_mode="thread_local"):
+                self._launch(bufs, t_static, max_seq, lg_static, 0, None)
+        except RuntimeError as exc:
+            self.graph_error = str(exc).splitlines()[0][:200]
+            torch.cuda.synchronize(self.device)
+            return None
+        while len(self._graphs) >= self.GRAPHS:
+            self._graphs.pop(next(iter(self._graphs)))
+        self._graphs[(n, max_seq)] = (g, t_static, lg_static)
+        return self._graphs[(n, max_seq)]
+
+    def _vocab(self) -> int:
+        from luce_bench.kernels.lib import layout
+
+        return int(layout(self.lib).vocab)
+
+    def _launch(self, bufs: dict[str, Any], tokens: Any, max_seq: int, logits: Any, n_layers: int, hidden: Any) -> None:
         import torch
 
         from luce_bench.kernels.lib import LuceMkPrefillParams, check
 
         n = int(tokens.numel())
-        if n < 1 or n > max_seq:
-            raise UserError(f"prefill of {n} tokens: the KV cache holds 1..{max_seq}")
-        need = int(self.lib.luce_mk_prefill_workspace(n))
-        if self._ws is None or self._ws.numel() < need:
-            self._ws = None
-            self._ws = torch.empty(need, dtype=torch.uint8, device=self.device)
+        ws = self._workspace(n)
         p = LuceMkPrefillParams()
         for k in ("sblob", "embed", "kcache", "vcache", "gdn_state", "conv_hist", "last_token"):
             setattr(p, k, bufs[k].data_ptr())
         p.wblob16 = self.weights16(bufs["wblob"]).data_ptr()
         p.tokens = tokens.data_ptr()
         p.n_tokens, p.max_seq = n, max_seq
-        p.workspace = self._ws.data_ptr()
+        p.workspace = ws.data_ptr()
         p.logits = logits.data_ptr() if logits is not None else None
         p.n_layers = n_layers
         p.hidden = hidden.data_ptr() if hidden is not None else None
