@@ -28,8 +28,8 @@ struct GdnWork {
     int np;  // tokens padded to a multiple of GC
 };
 
-__global__ void __launch_bounds__(128) gdn_conv_kernel(const float* Y, const float* wconv, float* hist, float* C,
-                                                       int n) {
+__global__ void __launch_bounds__(128) gdn_conv_kernel(const float* __restrict__ Y, const float* __restrict__ wconv,
+                                                       float* __restrict__ hist, float* __restrict__ C, int n) {
     const int ch = blockIdx.x * 128 + threadIdx.x;               // conv channel: [q 16 x 128 | k | v]
     const int ycol = ((ch & 2047) >> 7) * GDN_HROWS + (ch >> 11) * 128 + (ch & 127);
     const int t0 = blockIdx.y * GC, t1 = min(n, t0 + GC);
@@ -38,17 +38,25 @@ __global__ void __launch_bounds__(128) gdn_conv_kernel(const float* Y, const flo
     float r3 = raw(t0 - 3), r2 = raw(t0 - 2), r1 = raw(t0 - 1);  // inputs at t - 3, t - 2, t - 1
     if (t0 == 0)
         for (int t = n - 3; t < 0; ++t) hist[ch * 4 + (t & 3)] = 0.f;  // a prompt shorter than 3: zeros before it
-    for (int t = t0; t < t1; ++t) {
-        const float cur = raw(t);
-        float acc = w.w * cur;
-        acc = fmaf(w.z, r1, acc);
-        acc = fmaf(w.y, r2, acc);
-        acc = fmaf(w.x, r3, acc);
-        C[(size_t)t * CONV + ch] = silu(acc);
-        if (t >= n - 3) hist[ch * 4 + (t & 3)] = cur;  // what decode step n reads at (n - 1..3) % 4
-        r3 = r2;
-        r2 = r1;
-        r1 = cur;
+    for (int tb = t0; tb < t1; tb += 8) {  // 8 loads in flight, then 8 outputs
+        float in[8];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) in[e] = tb + e < t1 ? Y[(size_t)(tb + e) * GDN_ROWS + ycol] : 0.f;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+            const int t = tb + e;
+            if (t >= t1) break;
+            const float cur = in[e];
+            float acc = w.w * cur;
+            acc = fmaf(w.z, r1, acc);
+            acc = fmaf(w.y, r2, acc);
+            acc = fmaf(w.x, r3, acc);
+            C[(size_t)t * CONV + ch] = silu(acc);
+            if (t >= n - 3) hist[ch * 4 + (t & 3)] = cur;  // what decode step n reads at (n - 1..3) % 4
+            r3 = r2;
+            r2 = r1;
+            r1 = cur;
+        }
     }
 }
 
@@ -66,13 +74,24 @@ __global__ void __launch_bounds__(256, 1) gdn_chunk_kernel(const float* C, const
     ChunkSmem& s = *reinterpret_cast<ChunkSmem*>(pf_smem);
     const int h = blockIdx.x, c = blockIdx.y, t0 = c * GC, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int valid = min(GC, n - t0);
-    for (int i = tid; i < GC * DK; i += 256) {  // conv outputs of this head (zeros past the prompt)
-        const int r = i >> 7, d = i & 127;
-        const bool ok = r < valid;
-        const float* row = C + (size_t)(t0 + r) * CONV + h * 128 + d;
-        s.q[r][d] = ok ? row[0] : 0.f;
-        s.k[r][d] = ok ? row[2048] : 0.f;
-        s.v[r][d] = ok ? row[4096] : 0.f;
+#pragma unroll
+    for (int part = 0; part < 3; ++part) {  // conv outputs of this head (zeros past the prompt), q, k, v
+        float4 r4[8];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {  // 64 rows x 32 float4: row = i / 32, columns 4 (i % 32)
+            const int i = tid + e * 256, r = i >> 5;
+            r4[e] = r < valid ? *(const float4*)(C + (size_t)(t0 + r) * CONV + part * 2048 + h * 128 + (i & 31) * 4)
+                              : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+        float(*dst)[GLD] = part == 0 ? s.q : part == 1 ? s.k : s.v;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+            const int i = tid + e * 256, r = i >> 5, d = (i & 31) * 4;
+            dst[r][d] = r4[e].x;
+            dst[r][d + 1] = r4[e].y;
+            dst[r][d + 2] = r4[e].z;
+            dst[r][d + 3] = r4[e].w;
+        }
     }
     if (tid < GC) {
         const bool ok = tid < valid;
@@ -101,6 +120,8 @@ __global__ void __launch_bounds__(256, 1) gdn_chunk_kernel(const float* C, const
         for (int r = 0; r < GC; ++r) s.G[r] = acc += s.g[r];
     }
     __syncthreads();
+    if (tid < GC) s.eg[tid] = expf(s.G[tid]);
+    __syncthreads();
     // A (strictly lower) and M (lower with the diagonal): thread -> row i = tid / 4, columns j = 16 (tid % 4) + 0..15
     {
         const int i = tid >> 2, j0 = (tid & 3) * 16;
@@ -127,25 +148,46 @@ __global__ void __launch_bounds__(256, 1) gdn_chunk_kernel(const float* C, const
     }
     for (int i = tid; i < GC * GRHS; i += 256) {
         const int r = i / GRHS, col = i % GRHS;
-        s.x[r][col] = col < DV ? s.beta[r] * s.v[r][col] : s.beta[r] * expf(s.G[r]) * s.k[r][col - DV];
+        s.x[r][col] = col < DV ? s.beta[r] * s.v[r][col] : s.beta[r] * s.eg[r] * s.k[r][col - DV];
     }
     __syncthreads();
     // forward substitution, one column per thread: x_i -= sum_{j < i} A[i][j] x_j
     for (int i = 1; i < GC; ++i) {
-        float acc = s.x[i][tid];
-        for (int j = 0; j < i; ++j) acc = fmaf(-s.a[i][j], s.x[j][tid], acc);
-        s.x[i][tid] = acc;
+        float acc[4] = {s.x[i][tid], 0.f, 0.f, 0.f};  // four chains: the sum is latency-bound
+        int j = 0;
+        for (; j + 4 <= i; j += 4)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[e] = fmaf(-s.a[i][j + e], s.x[j + e][tid], acc[e]);
+        for (; j < i; ++j) acc[0] = fmaf(-s.a[i][j], s.x[j][tid], acc[0]);
+        s.x[i][tid] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
     }
     __syncthreads();
     const size_t base = ((size_t)h * gw.np + t0) * DK;
-    for (int i = tid; i < GC * DK; i += 256) {
-        const int r = i >> 7, d = i & 127;
-        gw.q[base + i] = s.q[r][d];
-        gw.k[base + i] = s.k[r][d];
-        gw.u[base + i] = s.x[r][d];
-        gw.w[base + i] = s.x[r][DV + d];
+    for (int i = tid; i < GC * DK / 4; i += 256) {  // float4 stores
+        const int r = i >> 5, d = (i & 31) * 4;
+        *(float4*)(gw.q + base + 4 * i) = make_float4(s.q[r][d], s.q[r][d + 1], s.q[r][d + 2], s.q[r][d + 3]);
+        *(float4*)(gw.k + base + 4 * i) = make_float4(s.k[r][d], s.k[r][d + 1], s.k[r][d + 2], s.k[r][d + 3]);
+        *(float4*)(gw.u + base + 4 * i) = make_float4(s.x[r][d], s.x[r][d + 1], s.x[r][d + 2], s.x[r][d + 3]);
+        *(float4*)(gw.w + base + 4 * i) =
+            make_float4(s.x[r][DV + d], s.x[r][DV + d + 1], s.x[r][DV + d + 2], s.x[r][DV + d + 3]);
     }
     if (tid < GC) gw.g[(size_t)h * gw.np + t0 + tid] = s.G[tid];
+}
+
+// A [64][128] f32 tile from global memory (contiguous rows) into padded shared rows, 8 float4 loads in flight per
+// thread (256 threads).
+__device__ __forceinline__ void load_tile64x128(float (*dst)[GLD], const float* __restrict__ src, int tid) {
+    float4 r4[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) r4[e] = *(const float4*)(src + 4 * (tid + e * 256));
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+        const int i = tid + e * 256, r = i >> 5, d = (i & 31) * 4;
+        dst[r][d] = r4[e].x;
+        dst[r][d + 1] = r4[e].y;
+        dst[r][d + 2] = r4[e].z;
+        dst[r][d + 3] = r4[e].w;
+    }
 }
 
 // Shared memory of gdn_scan_kernel (floats).
@@ -166,16 +208,27 @@ __global__ void __launch_bounds__(256, 1) gdn_scan_kernel(GdnWork gw, float* O, 
     for (int c = 0; c < nch; ++c) {
         const int t0 = c * GC;
         const size_t base = ((size_t)h * gw.np + t0) * DK;
-        for (int i = tid; i < GC * DK; i += 256) {
-            const int r = i >> 7, d = i & 127;
-            s.w[r][d] = gw.w[base + i];
-            s.q[r][d] = gw.q[base + i];
-            s.k[r][d] = gw.k[base + i];
+        {  // M [64][64] (4 float4 per thread), this slice of U [64][16] (one float4) and G, all in flight together
+            const float* m = gw.m + ((size_t)h * nch + c) * GC * GC;
+            float4 m4[4];
+#pragma unroll
+            for (int e = 0; e < 4; ++e) m4[e] = *(const float4*)(m + 4 * (tid + e * 256));
+            const float4 u4 = *(const float4*)(gw.u + base + (tid >> 2) * DK + j * SLV + (tid & 3) * 4);
+            const float g = tid < GC ? gw.g[(size_t)h * gw.np + t0 + tid] : 0.f;
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int i = tid + e * 256, r = i >> 4, c4 = (i & 15) * 4;
+                s.m[r][c4] = m4[e].x;
+                s.m[r][c4 + 1] = m4[e].y;
+                s.m[r][c4 + 2] = m4[e].z;
+                s.m[r][c4 + 3] = m4[e].w;
+            }
+            *(float4*)&s.u[tid >> 2][(tid & 3) * 4] = u4;
+            if (tid < GC) s.G[tid] = g;
         }
-        const float* m = gw.m + ((size_t)h * nch + c) * GC * GC;
-        for (int i = tid; i < GC * GC; i += 256) s.m[i >> 6][i & 63] = m[i];
-        for (int i = tid; i < GC * SLV; i += 256) s.u[i >> 4][i & 15] = gw.u[base + (i >> 4) * DK + j * SLV + (i & 15)];
-        if (tid < GC) s.G[tid] = gw.g[(size_t)h * gw.np + t0 + tid];
+        load_tile64x128(s.w, gw.w + base, tid);
+        load_tile64x128(s.q, gw.q + base, tid);
+        load_tile64x128(s.k, gw.k + base, tid);
         __syncthreads();
         const float glast = s.G[GC - 1];
         if (tid < GC) s.eg[tid] = expf(glast - s.G[tid]);

@@ -23,6 +23,7 @@ from typing import Any
 from luce_bench.errors import UserError
 from luce_bench.kernels.build import parse_options
 
+PREFILL_CHECK_TOKENS = 200  # the quick prefill check's prompt (3 chunks of 64, then a partial one)
 SHORT_POS = 64
 CHECK_TOKENS = 192
 BREAKDOWN = (
@@ -55,6 +56,7 @@ class VariantResult:
     per_token_s: list[float] = field(default_factory=list)
     parity: dict[str, float] = field(default_factory=dict)
     breakdown_us: dict[str, float] = field(default_factory=dict)
+    prefill_parity: dict[str, Any] | None = None  # kernel prefill vs token-by-token logits (prefill_parity)
     prefill_s: dict[int, list[float]] = field(default_factory=dict)  # replayed from a CUDA graph
     prefill_eager_s: dict[int, list[float]] = field(default_factory=dict)  # launched kernel by kernel
 
@@ -149,6 +151,30 @@ def time_decode(
         if r:
             times.append(a.elapsed_time(b) / 1e3)
     return times
+
+
+def prefill_parity(be: Any, n: int, seed: int) -> dict[str, Any]:
+    """The kernel prefill's last logits against the same prompt run token by token through the decode kernel.
+
+    Returns rel L2 and whether the argmax agrees: a quick check of every variant (tests/gpu has the full one).
+    """
+    import numpy as np
+    import torch
+
+    prompt = torch.randint(0, 248320, (n,), generator=torch.Generator().manual_seed(seed + 7 * n)).tolist()
+    mode = be.prefill_mode
+    out = {}
+    try:
+        for path in ("tokens", "kernel"):
+            be.prefill_mode = path
+            be.reset()
+            out[path] = be.prefill(prompt, logits=True).logits[0].astype(np.float64)
+    finally:
+        be.prefill_mode = mode
+        be.reset()
+    a, b = out["kernel"], out["tokens"]
+    rel = float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+    return {"n": n, "rel_l2": rel, "argmax_agree": bool(a.argmax() == b.argmax())}
 
 
 def time_prefill(be: Any, n: int, reps: int, seed: int, graph: bool = True) -> list[float]:
@@ -302,6 +328,11 @@ def run(plan: BenchPlan, say: Callable[[str], None] = print, build_dir: Path | N
                 line += f", one launch per token {plan.steps / statistics.median(res.per_token_s):.1f} tok/s"
             say(line)
             if rnd == 0 and plan.prefill_lengths:
+                res.prefill_parity = prefill_parity(be, PREFILL_CHECK_TOKENS, seed)
+                say(
+                    f"  {v.name} prefill of {PREFILL_CHECK_TOKENS} tokens vs the same prompt token by token: logits "
+                    f"rel L2 {res.prefill_parity['rel_l2']:.2e}, argmax agree {res.prefill_parity['argmax_agree']}"
+                )
                 for n in plan.prefill_lengths:
                     tp = time_prefill(be, n, max(3, plan.reps // 2), seed)
                     te = time_prefill(be, n, max(3, plan.reps // 2), seed, graph=False)
@@ -346,6 +377,8 @@ def summarize(
             row["long_tok_s"] = plan.steps / statistics.median(r.long_s)
         if r.per_token_s:
             row["per_token_tok_s"] = plan.steps / statistics.median(r.per_token_s)
+        if r.prefill_parity:
+            row["prefill_parity"] = r.prefill_parity
         if r.prefill_s:
             row["prefill"] = [
                 {
