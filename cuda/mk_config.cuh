@@ -8,6 +8,8 @@
 //   MK_INFLIGHT_LM    the same while streaming the LM head (pure streaming; its last LM_TAIL_ROWS rows go back to
 //                     MK_INFLIGHT so the next step does not start behind a deep queue)
 //   MK_SLOT_KB        ring slot (one bulk copy) size; the ring is 192 KB whatever the slot size
+//   MK_PF_GSTAGES     prefill GEMM: cp.async stages (2-4) and k depth per stage (MK_PF_GBK 32 or 64); being tuned
+//   MK_PF_GBK         on the H200 (issue 11); the losers go once measured
 //   MK_SPIN_LIMIT_NS  watchdog: a spin loop that waits longer traps (the launch fails instead of hanging); raise it
 //                     under compute-sanitizer or a debugger
 #pragma once
@@ -21,6 +23,12 @@
 #ifndef MK_SLOT_KB
 #define MK_SLOT_KB 32
 #endif
+#ifndef MK_PF_GSTAGES
+#define MK_PF_GSTAGES 2
+#endif
+#ifndef MK_PF_GBK
+#define MK_PF_GBK 32
+#endif
 #ifndef MK_SPIN_LIMIT_NS
 #define MK_SPIN_LIMIT_NS 20000000000ull
 #endif
@@ -30,6 +38,9 @@
 #endif
 #if MK_SLOT_KB != 16 && MK_SLOT_KB != 24 && MK_SLOT_KB != 32 && MK_SLOT_KB != 48 && MK_SLOT_KB != 64
 #error "MK_SLOT_KB must be 16, 24, 32, 48 or 64"
+#endif
+#if MK_PF_GSTAGES < 2 || MK_PF_GSTAGES > 4 || (MK_PF_GBK != 32 && MK_PF_GBK != 64)
+#error "MK_PF_GSTAGES must be 2, 3 or 4 and MK_PF_GBK 32 or 64"
 #endif
 #if MK_SPIN_LIMIT_NS < 1000000
 #error "MK_SPIN_LIMIT_NS must be at least 1000000 (1 ms)"

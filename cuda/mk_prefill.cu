@@ -64,7 +64,7 @@ void gemm(const unsigned short* A, const unsigned short* B, float* C, unsigned s
     g.k_per_split = (K / GBK + splits - 1) / splits * GBK;
     splits = (K + g.k_per_split - 1) / g.k_per_split;
     const dim3 grid((N + GBN - 1) / GBN, (M + GBM - 1) / GBM, splits);
-    gemm_kernel<NN, OUT><<<grid, GTHREADS, 0, st>>>(g);
+    gemm_kernel<NN, OUT><<<grid, GTHREADS, GEMM_SMEM, st>>>(g);
 }
 
 // Phase k of layer l's weights (0 in_proj / qkv, 1 out_proj^T / o_proj, 2 gate|up, 3 down^T), in the fp16 copy.
@@ -138,6 +138,11 @@ int setup_device() {
     if (e != cudaSuccess) return (int)e;
     e = cudaFuncSetAttribute(gdn_scan_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sizeof(ScanSmem));
     if (e != cudaSuccess) return (int)e;
+    if (optin < GEMM_SMEM) return LUCE_MK_ERR_PREFILL_SMEM;
+    for (const void* f : {(const void*)gemm_kernel<false, OUT_STORE>, (const void*)gemm_kernel<false, OUT_ADD>,
+                          (const void*)gemm_kernel<false, OUT_SWIGLU>, (const void*)gemm_kernel<true, OUT_ADD>})
+        if ((e = cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, GEMM_SMEM)) != cudaSuccess)
+            return (int)e;
     done_dev = dev;
     return 0;
 }

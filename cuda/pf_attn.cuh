@@ -16,6 +16,7 @@ namespace pf {
 
 constexpr int AQ = 4;      // queries per attention block
 constexpr int AKT = 32;    // key positions per shared-memory tile
+constexpr int AKU = 4;     // key positions per inner step (AKT % AKU == 0)
 
 __global__ void __launch_bounds__(384) attn_prep_kernel(const float* Y, const float* sp, float* Qa,
                                                         unsigned short* kc, unsigned short* vc, int max_seq) {
@@ -66,14 +67,35 @@ __global__ void __launch_bounds__(512) attn_kernel(const float* Qa, const float*
         }
         __syncthreads();
         const int pend = active ? min(AKT, t - p0 + 1) : 0;  // causal: positions <= t
-        for (int r = 0; r < pend; ++r) {
-            float kf[8], vf[8];
-            unpack8(*(const uint4*)&ks[r][d0], kf);
-            unpack8(*(const uint4*)&vs[r][d0], vf);
-            float s = 0.f;
+        for (int r = 0; r < pend; r += AKU) {  // AKU positions at once: their reductions overlap
+            float s[AKU];
 #pragma unroll
-            for (int e = 0; e < 8; ++e) s = fmaf(q[e], kf[e], s);
-            softmax_step(warp_sum(s), vf, m, ls, acc);
+            for (int u = 0; u < AKU; ++u) {
+                float kf[8];
+                unpack8(*(const uint4*)&ks[r + u][d0], kf);  // rows past pend are in the tile (r + u < AKT)
+                s[u] = 0.f;
+#pragma unroll
+                for (int e = 0; e < 8; ++e) s[u] = fmaf(q[e], kf[e], s[u]);
+            }
+#pragma unroll
+            for (int u = 0; u < AKU; ++u) s[u] = r + u < pend ? warp_sum(s[u]) : -INFINITY;
+            float mn = m;
+#pragma unroll
+            for (int u = 0; u < AKU; ++u) mn = fmaxf(mn, s[u]);
+            const float corr = expf(m - mn);  // 0 while m is -inf (s[0] is a real score: r < pend)
+            ls *= corr;
+#pragma unroll
+            for (int e = 0; e < 8; ++e) acc[e] *= corr;
+#pragma unroll
+            for (int u = 0; u < AKU; ++u) {
+                const float pr = expf(s[u] - mn);  // 0 for positions past pend
+                float vf[8];
+                unpack8(*(const uint4*)&vs[r + u][d0], vf);
+                ls += pr;
+#pragma unroll
+                for (int e = 0; e < 8; ++e) acc[e] = fmaf(pr, vf[e], acc[e]);
+            }
+            m = mn;
         }
         __syncthreads();
     }

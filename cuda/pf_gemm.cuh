@@ -25,12 +25,13 @@ __device__ __forceinline__ unsigned short f2h(float x) {
     return __half_as_ushort(__float2half_rn(fminf(fmaxf(x, -65504.f), 65504.f)));
 }
 
-constexpr int GBM = 64, GBN = 128, GBK = 32, GTHREADS = 128;
+constexpr int GBM = 64, GBN = 128, GBK = MK_PF_GBK, GTHREADS = 128, GSTAGES = MK_PF_GSTAGES;
 constexpr int A_LD = GBK + 8;     // padded row (elements): 80 B, ldmatrix rows land in distinct banks
 constexpr int BT_LD = GBK + 8;    // NT: B tile rows are n, k contiguous
 constexpr int BN_LD = GBN + 8;    // NN: B tile rows are k, n contiguous (272 B)
 constexpr int A_TILE = GBM * A_LD;
 constexpr int B_TILE = (GBN * BT_LD > GBK * BN_LD) ? GBN * BT_LD : GBK * BN_LD;
+constexpr int GEMM_SMEM = GSTAGES * (A_TILE + B_TILE) * 2;  // bytes (dynamic shared memory)
 
 struct GemmArgs {
     const unsigned short* A;  // fp16 [M][lda]
@@ -67,25 +68,26 @@ __device__ __forceinline__ void mma_f16(float d[4], const unsigned a[4], unsigne
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// One stage of tiles: A rows [m0, m0 + 64) x K [k0, k0 + 32), B likewise for columns [n0, n0 + 128).
+// One stage of tiles: A rows [m0, m0 + 64) x K [k0, k0 + GBK), B likewise for columns [n0, n0 + 128).
 template <bool NN>
 __device__ __forceinline__ void load_tiles(const GemmArgs& g, unsigned short* As, unsigned short* Bs, int m0, int n0,
                                            int k0, int tid) {
+    constexpr int KC = GBK / 8;  // 16-byte chunks per k row
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {  // A: 64 rows x 4 chunks of 16 B
-        const int c = tid + i * GTHREADS, row = c >> 2, kc = (c & 3) * 8;
+    for (int i = 0; i < GBM * KC / GTHREADS; ++i) {  // A: 64 rows x KC chunks
+        const int c = tid + i * GTHREADS, row = c / KC, kc = (c % KC) * 8;
         const bool ok = m0 + row < g.M;
         cp_async16(As + row * A_LD + kc, g.A + (size_t)(ok ? m0 + row : 0) * g.lda + k0 + kc, ok);
     }
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
+    for (int i = 0; i < GBN * KC / GTHREADS; ++i) {
         const int c = tid + i * GTHREADS;
-        if (NN) {  // 32 k rows x 16 chunks of 8 columns
+        if (NN) {  // GBK k rows x 16 chunks of 8 columns
             const int row = c >> 4, nc = (c & 15) * 8;
             const bool ok = n0 + nc < g.N;
             cp_async16(Bs + row * BN_LD + nc, g.B + (size_t)(k0 + row) * g.ldb + (ok ? n0 + nc : 0), ok);
-        } else {   // 128 n rows x 4 chunks of 8 k
-            const int row = c >> 2, kc = (c & 3) * 8;
+        } else {   // 128 n rows x KC chunks of 8 k
+            const int row = c / KC, kc = (c % KC) * 8;
             const bool ok = n0 + row < g.N;
             cp_async16(Bs + row * BT_LD + kc, g.B + (size_t)(ok ? n0 + row : 0) * g.ldb + k0 + kc, ok);
         }
@@ -123,8 +125,9 @@ __device__ __forceinline__ void mma_stage(const unsigned short* As, const unsign
 
 template <bool NN, int OUT>
 __global__ void __launch_bounds__(GTHREADS) gemm_kernel(const GemmArgs g) {
-    __shared__ __align__(16) unsigned short As[2][A_TILE];
-    __shared__ __align__(16) unsigned short Bs[2][B_TILE];
+    extern __shared__ __align__(16) unsigned char gemm_smem[];  // GSTAGES x (A tile, B tile)
+    unsigned short(*As)[A_TILE] = reinterpret_cast<unsigned short(*)[A_TILE]>(gemm_smem);
+    unsigned short(*Bs)[B_TILE] = reinterpret_cast<unsigned short(*)[B_TILE]>(gemm_smem + GSTAGES * A_TILE * 2);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wm = warp >> 1, wn = warp & 1;
     const int m0 = blockIdx.y * GBM, n0 = blockIdx.x * GBN;
     const int kb = blockIdx.z * g.k_per_split, ke = min(g.K, kb + g.k_per_split);
@@ -136,21 +139,19 @@ __global__ void __launch_bounds__(GTHREADS) gemm_kernel(const GemmArgs g) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.f;
     const int nk = (ke - kb) / GBK;
-    if (nk > 0) {
-        load_tiles<NN>(g, As[0], Bs[0], m0, n0, kb, tid);
+    // GSTAGES - 1 stages in flight ahead of the one being multiplied (one commit group per stage, empty ones too)
+#pragma unroll
+    for (int s = 0; s < GSTAGES - 1; ++s) {
+        if (s < nk) load_tiles<NN>(g, As[s], Bs[s], m0, n0, kb + s * GBK, tid);
         cp_async_commit();
     }
     for (int kt = 0; kt < nk; ++kt) {
-        if (kt + 1 < nk) {
-            load_tiles<NN>(g, As[(kt + 1) & 1], Bs[(kt + 1) & 1], m0, n0, kb + (kt + 1) * GBK, tid);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
-        __syncthreads();
-        mma_stage<NN>(As[kt & 1], Bs[kt & 1], wm, wn, lane, acc);
-        __syncthreads();
+        cp_async_wait<GSTAGES - 2>();  // stage kt has landed (for this thread)
+        __syncthreads();               // ... for all threads; and stage kt - 1's slot is free again
+        const int pre = kt + GSTAGES - 1;
+        if (pre < nk) load_tiles<NN>(g, As[pre % GSTAGES], Bs[pre % GSTAGES], m0, n0, kb + pre * GBK, tid);
+        cp_async_commit();
+        mma_stage<NN>(As[kt % GSTAGES], Bs[kt % GSTAGES], wm, wn, lane, acc);
     }
     // c0, c1: row g, columns 2t, 2t + 1; c2, c3: row g + 8
     const int gr = lane >> 2, tc = (lane & 3) * 2;

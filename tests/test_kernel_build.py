@@ -174,13 +174,15 @@ def test_kernel_options_from_env(monkeypatch):
 
 
 def test_build_options_are_read_from_the_header():
-    """The names (and defaults) come from cuda/mk_config.cuh: exactly the four options that stayed."""
+    """The names (and defaults) come from cuda/mk_config.cuh: the four decode options, two prefill GEMM options."""
     from luce_bench.kernels.abi import build_options
 
     assert build_options() == {
         "MK_INFLIGHT": "1",
         "MK_INFLIGHT_LM": "2",
         "MK_SLOT_KB": "32",
+        "MK_PF_GSTAGES": "2",
+        "MK_PF_GBK": "32",
         "MK_SPIN_LIMIT_NS": "20000000000ull",
     }
 
@@ -198,8 +200,9 @@ def test_unknown_option_is_one_line_before_nvcc(tmp_path):
         ({"MK_SLOT_KB": 20}, "MK_SLOT_KB must be 16, 24, 32, 48 or 64"),
         ({"MK_INFLIGHT": -1}, "MK_INFLIGHT and MK_INFLIGHT_LM must be >= 0"),
         ({"MK_SPIN_LIMIT_NS": 5}, "MK_SPIN_LIMIT_NS must be at least"),
+        ({"MK_PF_GBK": 48}, "MK_PF_GSTAGES must be 2, 3 or 4 and MK_PF_GBK 32 or 64"),
     ],
-    ids=["slot20", "inflight-neg", "spin5"],
+    ids=["slot20", "inflight-neg", "spin5", "gbk48"],
 )
 def test_bad_option_value_is_the_kernels_own_error_line(tmp_path, options, message):
     with pytest.raises(UserError) as err:

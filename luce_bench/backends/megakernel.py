@@ -83,7 +83,7 @@ class MegakernelBackend(Backend):
         """A backend to load later.
 
         `options`: kernel build options (default: $LUCE_BENCH_KERNEL_OPTIONS); `lib_dir`: a prebuilt library;
-        `prefill`: "tokens" or "kernel" (default: $LUCE_BENCH_PREFILL, else "tokens"; see kernels/prefill.py).
+        `prefill`: "kernel" or "tokens" (default: $LUCE_BENCH_PREFILL, else "kernel"; see kernels/prefill.py).
         """
         from luce_bench.kernels.prefill import MODES, mode_from_env
 
@@ -91,6 +91,7 @@ class MegakernelBackend(Backend):
             raise UserError(f"prefill path {prefill!r}: expected one of {', '.join(MODES)}")
         self.prefill_mode = prefill or mode_from_env()
         self.prefill_used: str | None = None  # the path the last prefill took
+        self.prefill_fallback: str | None = None  # why the last prefill took the token path while "kernel" was chosen
         self._kprefill: Any = None
         self.max_seq = max_seq
         self.arch = arch
@@ -287,8 +288,19 @@ class MegakernelBackend(Backend):
         ids = list(token_ids)
         if not ids:
             raise ValueError("empty prompt")
-        if self.prefill_mode == "kernel" and self._pos == 0 and self._kernel_prefill() is not None:
-            return self._prefill_kernel(ids, logits)
+        self.prefill_fallback = None
+        if self.prefill_mode == "kernel":
+            if self._pos != 0:
+                self.prefill_fallback = f"the prompt starts at position {self._pos} (the kernel prefill starts at 0)"
+            elif self._kernel_prefill() is None:
+                self.prefill_fallback = "this megakernel library has no prefill (ABI < 6)"
+            else:
+                try:
+                    self._kprefill.weights16(self._bufs["wblob"])
+                except UserError as exc:
+                    self.prefill_fallback = str(exc)
+                else:
+                    return self._prefill_kernel(ids, logits)
         return self._prefill_tokens(ids, logits)
 
     def _kernel_prefill(self) -> Any:
@@ -399,6 +411,8 @@ class MegakernelBackend(Backend):
     def _prefill_info(self) -> dict[str, Any]:
         """Which prompt path was chosen and last ran; for the kernel prefill, its launches and CUDA graph use."""
         out: dict[str, Any] = {"chosen": self.prefill_mode, "last_used": self.prefill_used}
+        if self.prefill_fallback:
+            out["fallback_reason"] = self.prefill_fallback
         kp = self._kprefill
         if kp is not None:
             out["launches_per_prefill"] = kp.launches(max(1, self._pos))

@@ -3,7 +3,9 @@
 The prefill runs a whole prompt from position 0 through all 24 layers in a fixed sequence of kernels (tensor-core
 GEMMs, chunked gated delta rule, causal attention) and leaves the KV cache, the GDN states and conv histories and the
 first generated token where the decode kernel reads them. `LUCE_BENCH_PREFILL` picks the path a backend uses for
-prompts: `tokens` (default: the prompt goes token by token through the decode kernel) or `kernel`.
+prompts: `kernel` (default) or `tokens` (the prompt goes token by token through the decode kernel). A prompt that
+does not start at position 0 (a depth test's), a library without the prefill (ABI < 6) or weights beyond fp16 take the
+token path; the backend records which path ran and why.
 
 The prefill's GEMMs read an fp16 copy of the layer weights (made on first use, as large as the bf16 blob: ~1 GB for
 the 0.8B model): fp16 activations keep the prefill within 0.5 % of the f32 reference where bf16 ones drift by 3-7 %
@@ -22,8 +24,8 @@ MODES = ("tokens", "kernel")
 
 
 def mode_from_env() -> str:
-    """The prefill path named by $LUCE_BENCH_PREFILL (default `tokens`)."""
-    mode = os.environ.get(PREFILL_ENV, "tokens").strip() or "tokens"
+    """The prefill path named by $LUCE_BENCH_PREFILL (default `kernel`)."""
+    mode = os.environ.get(PREFILL_ENV, "kernel").strip() or "kernel"
     if mode not in MODES:
         raise UserError(f"{PREFILL_ENV}={mode!r}: expected one of {', '.join(MODES)}")
     return mode

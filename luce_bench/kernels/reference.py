@@ -26,12 +26,13 @@ class Reference:
 
         c = self.cfg
         self.pos = 0
-        self.kv: dict[int, tuple[list[Any], list[Any]]] = {}
+        self.kv: dict[int, list[Any]] = {}  # layer -> [K, V], each [nkv, capacity, head_dim]; rows < pos are valid
         self.conv: dict[int, Any] = {}
         self.state: dict[int, Any] = {}
         for i, t in enumerate(c.layer_types):
             if t == "full_attention":
-                self.kv[i] = ([], [])
+                shape = (c.num_key_value_heads, 64, c.head_dim)
+                self.kv[i] = [torch.zeros(shape, device=self.dev), torch.zeros(shape, device=self.dev)]
             else:
                 self.conv[i] = torch.zeros(c.conv_dim, c.linear_conv_kernel_dim - 1, device=self.dev)
                 self.state[i] = torch.zeros(
@@ -53,6 +54,10 @@ class Reference:
         a, b = x[..., : rd // 2], x[..., rd // 2 : rd]
         return torch.cat([a * cos - b * sin, b * cos + a * sin, x[..., rd:]], -1)
 
+    def kv_rows(self, i: int) -> tuple[Any, Any]:
+        """Layer i's cached keys and values so far, each [nkv, pos, head_dim]."""
+        return self.kv[i][0][:, : self.pos], self.kv[i][1][:, : self.pos]
+
     def _attn(self, i: int, u: Any) -> Any:
         import torch
 
@@ -64,16 +69,14 @@ class Reference:
         v = (self.w[p + "v_proj.weight"] @ u).view(nkv, hd)
         q = self._rope(self._rms1p(q, self.w[p + "q_norm.weight"]), self.pos)
         k = self._rope(self._rms1p(k, self.w[p + "k_norm.weight"]), self.pos)
-        ks, vs = self.kv[i]
-        ks.append(k)
-        vs.append(v)
-        K, V = torch.stack(ks, 1), torch.stack(vs, 1)  # [nkv, T, hd]
+        cache = self.kv[i]
+        if self.pos == cache[0].shape[1]:  # grow by doubling (amortised appends)
+            cache[:] = [torch.cat([b, torch.zeros_like(b)], 1) for b in cache]
+        cache[0][:, self.pos], cache[1][:, self.pos] = k, v
+        K, V = cache[0][:, : self.pos + 1], cache[1][:, : self.pos + 1]  # [nkv, T, hd]
         rep = nq // nkv
-        out = []
-        for j in range(nq):
-            s = (K[j // rep] @ q[j]) / math.sqrt(hd)
-            out.append(torch.softmax(s, -1) @ V[j // rep])
-        o = torch.cat(out) * torch.sigmoid(gate.reshape(-1))
+        s = torch.einsum("gjd,gtd->gjt", q.view(nkv, rep, hd), K) / math.sqrt(hd)  # [nkv, rep, T]
+        o = torch.einsum("gjt,gtd->gjd", torch.softmax(s, -1), V).reshape(-1) * torch.sigmoid(gate.reshape(-1))
         return self.w[p + "o_proj.weight"] @ o
 
     def _gdn(self, i: int, u: Any) -> Any:
@@ -108,8 +111,8 @@ class Reference:
         o = o * F.silu(z)
         return self.w[p + "out_proj.weight"] @ o.reshape(-1)
 
-    def step(self, token: int, hidden: list[Any] | None = None) -> Any:
-        """Feed one token; return float32 logits [vocab] for the next position.
+    def step(self, token: int, hidden: list[Any] | None = None, logits: bool = True) -> Any:
+        """Feed one token; return float32 logits [vocab] for the next position (None without `logits`).
 
         With `hidden`, the residual stream after every layer is appended to it (24 vectors [hidden]).
         """
@@ -129,5 +132,7 @@ class Reference:
             if hidden is not None:
                 hidden.append(x)
         self.pos += 1
+        if not logits:
+            return None
         head = self.w.get("lm_head.weight", E)
         return head @ self._rms1p(x, self.w["model.norm.weight"])

@@ -51,9 +51,9 @@ def _reference(sd, tokens, hidden: bool = False):
 
     ref = Reference(sd, QWEN35_08B, "cuda")
     hs, lg = [], None
-    for t in tokens:
+    for i, t in enumerate(tokens):
         h: list = [] if hidden else None
-        lg = ref.step(t, hidden=h)
+        lg = ref.step(t, hidden=h, logits=i == len(tokens) - 1)
         if hidden:
             hs.append(np.stack([x.float().cpu().numpy() for x in h]))
     return ref, lg.float().cpu().numpy(), (np.stack(hs) if hidden else None)
@@ -98,8 +98,8 @@ def test_prefill_caches_logits_and_decode(setup, n):
     # KV cache rows (post-norm, post-RoPE keys; values), bf16 in the cache
     kc = mk._bufs["kcache"].view(6, 2, mk.max_seq, 256)[:, :, :n].float().cpu().numpy()
     vc = mk._bufs["vcache"].view(6, 2, mk.max_seq, 256)[:, :, :n].float().cpu().numpy()
-    kref = np.stack([torch.stack(ref.kv[3 + 4 * f][0], 1).cpu().numpy() for f in range(6)])  # [6][2][n][256]
-    vref = np.stack([torch.stack(ref.kv[3 + 4 * f][1], 1).cpu().numpy() for f in range(6)])
+    kref = np.stack([ref.kv_rows(3 + 4 * f)[0].cpu().numpy() for f in range(6)])  # [6][2][n][256]
+    vref = np.stack([ref.kv_rows(3 + 4 * f)[1].cpu().numpy() for f in range(6)])
     rep["k_cache"], rep["v_cache"] = float(_rel(kc, kref).max()), float(_rel(vc, vref).max())
     # GDN recurrent states and conv histories
     gdn = [i for i in range(24) if i % 4 != 3]
