@@ -391,12 +391,14 @@ class MegakernelBackend(Backend):
         )
 
     def info(self) -> dict[str, Any]:
-        """Library, build options, launch sizes and ptxas facts for meta.json."""
-        from luce_bench.kernels.build import options_from_env
+        """Kernel version (ABI, sources hash), library, build options, launch sizes and ptxas facts for meta.json."""
+        from luce_bench.kernels.build import build_key, options_from_env, source_dir
 
         if self._build is None:
             return {}
         return {
+            "abi_version": int(self._lib.luce_mk_abi_version()),
+            "sources_sha256": build_key(source_dir(), [], ""),  # the kernel version: its sources alone, no flags
             "lib": str(self._build.lib),
             "archs": list(self._build.archs),
             "nvcc": self._build.nvcc_version,
