@@ -8,6 +8,7 @@ the tokens a fresh prefill of the whole sequence gives.
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 from typer.testing import CliRunner
@@ -97,6 +98,9 @@ def test_depth_rows_time_only_the_work_after_the_context(tiny_model, tmp_path, m
     with (run_dir / "summary.csv").open(newline="") as f:
         summary = {r["test"]: r["n_depth"] for r in csv.DictReader(f)}
     assert summary == {"tg32": "0", "tg32@d2048": "2048", "pp512@d2048": "2048"}
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert meta["model"]["kv_bytes_per_position"] == 512  # tiny: 1 attention layer x K,V x 2 heads x 64 x 2 B
+    assert meta["gpu"]["memory_bandwidth_gb_s"] == 4916.7  # the simulated H200's bus and memory clock
     report = (run_dir / "report.md").read_text()
     assert "| sim | tg32@d2048 |" in report and "| tg32 @ d2048 |" in report  # ours and llama-bench's layout
 
