@@ -85,27 +85,21 @@ def test_editing_a_measurement_without_regenerating_fails_until_regenerated(tree
     assert "| llamacpp | tg128 | 464.6 |" in (tree / "README.md").read_text()  # (500 + 450.162 + ... + 456.873) / 5
 
 
+PROBLEMS = {  # what is done to the copy -> the start of the line that must name it
+    "summary-edited": "{run}/summary.csv is stale against runs.csv",
+    "report-edited": "{run}/report.md: missing or its table is stale",
+    "index-edited": "{tree}/README.md is stale against the committed CSVs",
+    "no-meta": "{run}: no meta.json",
+    "unknown-column": "{run}/runs.csv: not in the runs.csv schema: column(s) speedup",
+    "bad-cell": "{run}/runs.csv line 3: could not convert string to float: 'fast'",
+    "missing-column": "{run}/summary.csv is not a luce-bench summary.csv (missing columns: n)",
+    "no-markers": "{readme} has no <!-- results:begin --> ... <!-- results:end --> block",
+}
+
+
 @pytest.mark.tries("bad input", "report --check: stale, schema-breaking or meta-less results trees")
-@pytest.mark.parametrize(
-    ("case", "problem"),
-    [
-        pytest.param("summary-edited", "{run}/summary.csv is stale against runs.csv", id="summary-edited"),
-        pytest.param("report-edited", "{run}/report.md: missing or its table is stale", id="report-edited"),
-        pytest.param("index-edited", "{tree}/README.md is stale against the committed CSVs", id="index-edited"),
-        pytest.param("no-meta", "{run}: no meta.json", id="no-meta"),
-        pytest.param("unknown-column", "{run}/runs.csv: not in the runs.csv schema: column(s) speedup", id="column"),
-        pytest.param("bad-cell", "{run}/runs.csv line 3: could not convert string to float: 'fast'", id="bad-cell"),
-        pytest.param(
-            "missing-column",
-            "{run}/summary.csv is not a luce-bench summary.csv (missing columns: n)",
-            id="missing-column",
-        ),
-        pytest.param(
-            "no-markers", "{readme} has no <!-- results:begin --> ... <!-- results:end --> block", id="markers"
-        ),
-    ],
-)
-def test_each_problem_is_one_line_and_exit_1(case, problem, tree):
+@pytest.mark.parametrize("case", list(PROBLEMS))
+def test_each_problem_is_one_line_and_exit_1(case, tree):
     run, readme = tree / RUN, tree.parent / "README.md"
     if case == "summary-edited":
         _edit_cell(run / "summary.csv", 0, "avg_ts", "1600")
@@ -131,7 +125,7 @@ def test_each_problem_is_one_line_and_exit_1(case, problem, tree):
     out = _check(tree)
     assert out.exit_code == 1
     lines = _lines(out)
-    want = problem.format(run=run, tree=tree, readme=readme)
+    want = PROBLEMS[case].format(run=run, tree=tree, readme=readme)
     assert [ln for ln in lines if ln.startswith(want)], lines
     schema_broken = case in ("no-meta", "unknown-column", "bad-cell", "missing-column")
     assert lines[-1].endswith("generated tables not checked until the CSVs above read cleanly") == schema_broken
