@@ -8,7 +8,7 @@ LLAMACPP_SPEC ?= llama-cpp-python==0.3.36
 LLAMACPP_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF -DGGML_NATIVE=OFF
 ARGS ?=
 
-.PHONY: setup run test lint test-gpu llamacpp-cuda kernel clean bench-sampler
+.PHONY: setup run test lint check-results test-gpu llamacpp-cuda kernel clean bench-sampler
 
 setup: $(VENV)/.luce-bench-installed
 
@@ -30,6 +30,10 @@ test: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# the committed results agree with their CSVs: summaries, reports, results/README.md and the README's block
+check-results: setup
+	$(BIN)/luce-bench report --check results/
 
 test-gpu: setup
 	LUCE_BENCH_READONLY=1 $(BIN)/python -m pytest -q -m gpu $(ARGS)

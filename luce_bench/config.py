@@ -22,7 +22,7 @@ from luce_bench.config_errors import message
 from luce_bench.errors import UserError
 
 MAX_TEST_TOKENS = 131072
-_TEST_RE = re.compile(r"^(pp|tg)(\d+)$")
+_TEST_RE = re.compile(r"^(pp|tg)(\d+)(?:@d(\d+))?$")
 _LIMIT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(%|w|W)?\s*$")
 _CLOCK_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(%|mhz)?\s*$", re.IGNORECASE)
 CLOCK_FORMS = "MHz (1600) or a share of the max SM clock (80%)"
@@ -31,25 +31,40 @@ _CUDA_INDEX = re.compile(r"^cuda:\d+$")
 
 @dataclass(frozen=True)
 class TestSpec:
-    """One llama-bench style test: `pp512` = prompt processing of 512 tokens, `tg128` = 128 generated tokens."""
+    """One llama-bench style test: `pp512` = prompt processing of 512 tokens, `tg128` = 128 generated tokens.
+
+    `depth` is llama-bench's `-d`: `tg128@d4096` decodes 128 tokens after 4096 tokens are already in the context,
+    `pp512@d4096` processes 512 prompt tokens after them. The context is prefilled before the measured part and is
+    not measured.
+    """
 
     kind: str
     n: int
+    depth: int = 0
 
     @property
     def name(self) -> str:
-        """llama-bench's name of the test, e.g. "pp520"."""
-        return f"{self.kind}{self.n}"
+        """The test's name, e.g. "pp520" or "tg128@d4096" (llama-bench writes "tg128 @ d4096")."""
+        return f"{self.kind}{self.n}" + (f"@d{self.depth}" if self.depth else "")
+
+    @property
+    def positions(self) -> int:
+        """Sequence positions one iteration may fill: the context, the measured tokens, one more (tg's seed token)."""
+        return self.depth + self.n + 1
 
     @classmethod
     def parse(cls, text: str) -> TestSpec:
-        """Parse "pp520" / "tg128"."""
+        """Parse "pp520" / "tg128" / "tg128@d4096"."""
         m = _TEST_RE.match(text.strip())
-        if not m or not 1 <= int(m.group(2)) <= MAX_TEST_TOKENS:
+        n = int(m.group(2)) if m else 0
+        depth = int(m.group(3)) if m and m.group(3) is not None else 0
+        bad_depth = m is not None and m.group(3) is not None and depth < 1
+        if not m or not 1 <= n <= MAX_TEST_TOKENS or bad_depth or n + depth > MAX_TEST_TOKENS:
             raise UserError(
-                f"bad test {text!r}: expected pp<N> or tg<N> with 1 <= N <= {MAX_TEST_TOKENS}, e.g. pp520,tg128"
+                f"bad test {text!r}: expected pp<N> or tg<N>, optionally @d<D> (D >= 1 tokens already in the "
+                f"context), N >= 1 and N + D <= {MAX_TEST_TOKENS}, e.g. pp520,tg128,tg128@d4096"
             )
-        return cls(m.group(1), int(m.group(2)))
+        return cls(m.group(1), n, depth)
 
 
 def parse_limit(text: str) -> tuple[float, bool]:

@@ -39,14 +39,20 @@ class RunContext:
         return self.cfg.gpu.fake_preset if self.fake_gpu is not None else None
 
     def backend_kwargs(self, name: str) -> dict[str, Any]:
-        """Constructor options of backend `name`: llama.cpp's context sizes; a simulated backend's card and clock."""
+        """Constructor options of backend `name`.
+
+        llama.cpp's context sizes and the megakernel's KV cache fit the longest test, depth included; a simulated
+        backend gets its card and clock.
+        """
         from luce_bench.backends import get
 
         tests = self.cfg.test_specs
+        longest = max(t.positions for t in tests)
         if get(name).simulated:
             return {"gpu": self.fake_gpu, "clock": self.clock}
+        if name == "megakernel":
+            return {"max_seq": max(4096, longest + 8)}
         if name == "llamacpp":
-            longest = max(t.n for t in tests) + 1
             n_ctx = max(512, -(-(longest + 64) // 256) * 256)
             n_ubatch = min(2048, max([t.n for t in tests if t.kind == "pp"] or [512]))  # one ubatch per pp test
             return {"n_ctx": n_ctx, "n_batch": max(2048, n_ubatch), "n_ubatch": n_ubatch}

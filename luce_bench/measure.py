@@ -7,6 +7,9 @@ tok/J come from that same window (tokens / window seconds, tokens / counter joul
 integrated over the window, cross-checks the counter. Random 0..`rep_gap_max_s` gaps between windows break phase
 locking with the sensor's update period. A `tg<N>` iteration resets the sequence, feeds one seed token (not
 counted) and times N greedy decode steps; a `pp<N>` iteration resets and times the prefill of N seeded token ids.
+A depth test (`tg128@d4096`, llama-bench's `-d`) prefills its D context tokens once, unmeasured, before its warm-up,
+and the backend keeps that state (`save_context`); each iteration then goes back to it (`restore_context`, a copy of
+the state, inside the window like a reset) and times only the N prompt tokens or decode steps that follow.
 """
 
 from __future__ import annotations
@@ -36,12 +39,29 @@ def make_prompt(n: int, vocab_size: int, seed: int) -> list[int]:
     return [rng.randrange(vocab_size) for _ in range(n)]
 
 
-def run_once(backend: Backend, test: TestSpec, prompt: Sequence[int]) -> tuple[int, float]:
-    """One iteration of `test`: (tokens counted, timed seconds)."""
+def prepare_context(backend: Backend, test: TestSpec, prompt: Sequence[int]) -> None:
+    """Before a depth test: prefill its context (the prompt's first `test.depth` ids, not measured) and keep it."""
+    if test.depth:
+        backend.reset()
+        backend.prefill(prompt[: test.depth])
+        backend.save_context()
+
+
+def start_iteration(backend: Backend, test: TestSpec, prompt: Sequence[int]) -> None:
+    """The unmeasured start of an iteration: back to a depth test's context, else a new sequence (tg: a seed token)."""
+    if test.depth:
+        backend.restore_context()
+        return
     backend.reset()
+    if test.kind == "tg":
+        backend.prefill(prompt[:1])
+
+
+def run_once(backend: Backend, test: TestSpec, prompt: Sequence[int]) -> tuple[int, float]:
+    """One iteration of `test`: (tokens counted, timed seconds). A depth test needs `prepare_context` first."""
+    start_iteration(backend, test, prompt)
     if test.kind == "pp":
-        return test.n, backend.prefill(prompt[: test.n]).elapsed_s
-    backend.prefill(prompt[:1])
+        return test.n, backend.prefill(prompt[test.depth : test.depth + test.n]).elapsed_s
     return test.n, backend.decode(test.n).elapsed_s
 
 
@@ -83,8 +103,8 @@ class Meter:
     _check: Callable[[], None] = field(default=_no_deadline, repr=False)  # the running test's deadline check
 
     def prompt(self, test: TestSpec) -> list[int]:
-        """The seeded prompt of `test`."""
-        return make_prompt(max(test.n, 1), self.model.config.vocab_size, self.ctx.cfg.prompt_seed)
+        """The seeded prompt of `test`: its context first (depth tests), then its own tokens."""
+        return make_prompt(test.depth + max(test.n, 1), self.model.config.vocab_size, self.ctx.cfg.prompt_seed)
 
     def run_test(
         self, backend: Backend, test: TestSpec, limit: Conditions, reps: Sequence[int] | None = None
@@ -104,11 +124,13 @@ class Meter:
             try:
                 if self.start_temp_c is None and gpu is not None:
                     self.start_temp_c = gpu.temperature_c()
+                prepare_context(backend, test, prompt)
+                self._check()
                 self._record_tokens(backend, test, prompt, label)
                 per_window = 3.0 * (len(todo) + 1)  # a slow backend's windows last at least one iteration each
                 grow = (lambda first_s: due.extend(per_window * first_s)) if cfg.test_timeout_s == 0 else None
-                self.loop(backend, test, prompt, cfg.warmup_s, at_least_once=True, on_first=grow)
-                rng = random.Random(cfg.prompt_seed + test.n)
+                self.loop(backend, test, prompt, cfg.warmup_s, True, on_first=grow, context_ready=True)
+                rng = random.Random(cfg.prompt_seed + test.n + test.depth)
                 for i, rep in enumerate(todo):
                     self.on_progress(label, rep, cfg.reps)
                     if i and cfg.rep_gap_max_s > 0:
@@ -129,12 +151,16 @@ class Meter:
         seconds: float,
         at_least_once: bool,
         on_first: Callable[[float], None] | None = None,
+        context_ready: bool = False,
     ) -> None:
         """Run `test` for `seconds` (not measured): a warm-up, or settling at a new setting.
 
-        `on_first` gets the duration of the first iteration (the automatic deadline grows for a slow backend).
+        `on_first` gets the duration of the first iteration (the automatic deadline grows for a slow backend). A depth
+        test's context is prefilled first unless `context_ready`.
         """
         clock = self.ctx.clock
+        if not context_ready:
+            prepare_context(backend, test, prompt)
         t0 = clock.now_s()
         if at_least_once:
             run_once(backend, test, prompt)
@@ -147,8 +173,7 @@ class Meter:
 
     def _record_tokens(self, backend: Backend, test: TestSpec, prompt: Sequence[int], label: str) -> None:
         if test.kind == "tg":
-            backend.reset()
-            backend.prefill(prompt[:1])
+            start_iteration(backend, test, prompt)
             self.first_tokens[label] = list(backend.decode(min(test.n, 32)).tokens)
 
     def _edge(self) -> Edge:
@@ -184,6 +209,7 @@ class Meter:
             model_n_params=cfg.num_params(),
             n_prompt=test.n if test.kind == "pp" else 0,
             n_gen=test.n if test.kind == "tg" else 0,
+            n_depth=test.depth,
             test=test.name,
             rep=rep,
             power_limit_req_w=limit.requested_w,

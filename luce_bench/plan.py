@@ -247,11 +247,11 @@ def model_name(cfg: BenchConfig, ctx: RunContext) -> str:
 
 
 def check_tests_fit(tests: Sequence[TestSpec], model: ModelSpec) -> None:
-    """Refuse tests longer than the model's positions (or than MAX_TEST_TOKENS)."""
+    """Refuse tests (their depth included) longer than the model's positions (or than MAX_TEST_TOKENS)."""
     limit = min(model.config.max_position_embeddings, MAX_TEST_TOKENS)
     for t in tests:
-        if t.n + 1 > limit:
-            raise UserError(f"test {t.name} needs {t.n + 1} positions; {model.name} allows at most {limit}")
+        if t.positions > limit:
+            raise UserError(f"test {t.name} needs {t.positions} positions; {model.name} allows at most {limit}")
 
 
 def _runnable(names: Sequence[str], optional: Sequence[str], ctx: RunContext) -> tuple[list[str], dict[str, str]]:

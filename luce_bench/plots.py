@@ -84,7 +84,8 @@ def bar_chart(summary: Sequence[SummaryRow], metric: str, err: str, ylabel: str,
             hatch = {"hatch": MARKS[kind][1], "edgecolor": MARKS[kind][0]} if kind else {}
             ax.bar(i, v, yerr=e if math.isfinite(e) else None, capsize=4, label=label, **hatch)
             ax.text(i, v, f"{v:.3g}" + (" ⚠" if kind else ""), ha="center", va="bottom", fontsize=8)
-        ax.set_title(test)
+        depth = next(r.n_depth for r in rows if r.test == test)
+        ax.set_title(f"{test}\n(after {depth} cached tokens)" if depth else test)
         ax.set_xticks(range(len(series)))
         ax.set_xticklabels([f"{b}\n{lim}" if multi_limit else b for b, lim in series], fontsize=8)
         ax.set_ylabel(ylabel)

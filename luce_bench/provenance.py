@@ -19,10 +19,22 @@ if TYPE_CHECKING:
 PACKAGES = ("torch", "transformers", "llama_cpp_python", "nvidia-ml-py", "gguf")
 
 
+COMMIT_ENV = "LUCE_BENCH_GIT_COMMIT"
+
+
 def git_commit() -> str | None:
     """The luce-bench checkout's commit (with -dirty); `LUCE_BENCH_GIT_COMMIT` for copies without .git; else None."""
-    if os.environ.get("LUCE_BENCH_GIT_COMMIT"):
-        return os.environ["LUCE_BENCH_GIT_COMMIT"]
+    return commit_and_source()[0]
+
+
+def commit_and_source() -> tuple[str | None, str]:
+    """(commit, where it came from): LUCE_BENCH_GIT_COMMIT first (a copy of the tree without .git), else git."""
+    if os.environ.get(COMMIT_ENV):
+        return os.environ[COMMIT_ENV], COMMIT_ENV
+    return _describe(), "git describe"
+
+
+def _describe() -> str | None:
     here = Path(__file__).resolve().parent
     try:
         out = subprocess.run(
@@ -71,7 +83,33 @@ def gpu_meta(gpu: GPU) -> dict[str, Any]:
         meta["power_limit_default_w"] = gpu.default_power_limit_mw() / 1000
     with contextlib.suppress(Exception):
         meta["power_limit_w"] = gpu.power_limit_mw() / 1000
+    with contextlib.suppress(Exception):
+        bus_bits, mem_mhz = gpu.memory_bus_width_bits(), max(gpu.supported_mem_clocks_mhz())
+        meta.update(
+            memory_bus_width_bits=bus_bits,
+            memory_clock_max_mhz=mem_mhz,
+            memory_bandwidth_gb_s=peak_bandwidth_gb_s(bus_bits, mem_mhz),
+        )
     return meta
+
+
+def peak_bandwidth_gb_s(bus_bits: int, mem_mhz: float) -> float:
+    """Peak memory bandwidth: bus width x the top memory clock x 2 transfers per clock. Units: GB/s (1e9 B/s).
+
+    NVML's memory clock is half the data rate on HBM and GDDR6X alike: H100 SXM 5120 bits x 2619 MHz -> 3352 GB/s,
+    H200 6144 x 3201 -> 4917, RTX 3090 384 x 9751 -> 936 (the datasheets: 3.35 TB/s, 4.8 TB/s, 936 GB/s).
+    """
+    return round(bus_bits / 8 * mem_mhz * 1e6 * 2 / 1e9, 1)
+
+
+def kv_bytes_per_position(model: ModelSpec) -> int:
+    """Bytes of KV cache one position adds: bf16 K and V of every full-attention layer. Units: bytes.
+
+    Decode reads them for every cached position on top of the weights (the bandwidth floor of a depth test).
+    """
+    cfg = model.config
+    n_attention = sum(t == "full_attention" for t in cfg.layer_types)
+    return n_attention * 2 * cfg.num_key_value_heads * cfg.head_dim * 2
 
 
 def run_meta(ctx: RunContext, model: ModelSpec) -> dict[str, Any]:
@@ -79,9 +117,11 @@ def run_meta(ctx: RunContext, model: ModelSpec) -> dict[str, Any]:
     cfg = ctx.cfg
     simulated = ctx.fake_gpu is not None
     n_params = model.config.num_params()
+    commit, source = commit_and_source()
     return {
         "luce_bench_version": __version__,
-        "git_commit": git_commit(),
+        "git_commit": commit,
+        "git_commit_source": source if commit else None,
         "host": platform.node(),
         "platform": platform.platform(),
         "versions": versions(),
@@ -93,6 +133,7 @@ def run_meta(ctx: RunContext, model: ModelSpec) -> dict[str, Any]:
             "seed": model.seed,
             "n_params": n_params,
             "bytes": n_params * 2,
+            "kv_bytes_per_position": kv_bytes_per_position(model),
             "type": "qwen35 bf16",
         },
         "gpu": gpu_meta(ctx.gpu) if ctx.gpu is not None else {},

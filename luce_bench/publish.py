@@ -1,72 +1,137 @@
-"""`luce-bench publish`: copy a run directory into the committed results tree and regenerate its README.
+"""`luce-bench publish`: commit a run into the results tree, then regenerate the tables from the committed CSVs.
 
-A run goes to `<results>/<gpu>/<date>-<name>/` (samples.csv gzipped); `<results>/README.md` gets one section per
-committed run with its summary table, rebuilt from its CSVs.
+A run goes to `<results>/<gpu>/<date>-<name>/` (date: UTC day of its first window): runs.csv, meta.json,
+samples.csv.gz and, rebuilt from those by the report code, summary.csv, report.md and the plots. Only what a reader
+can trust is taken: a finished run on a real GPU with energy, at the limit in force (compare or bench; sweeps stay on
+the user's card), with luce-bench's git commit recorded. A run that recorded none (a copy of the tree without .git)
+gets it at publish time from `LUCE_BENCH_GIT_COMMIT`, else from this checkout, and meta.json says which. The folder
+is built aside and renamed into place: nothing is half written; an existing folder is never replaced.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import json
 import re
 import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+from luce_bench.errors import UserError
 from luce_bench.files import atomic_write
-from luce_bench.records import SummaryRow, read_csv
-from luce_bench.report import TABLE_HEAD, markdown_table, notes, table_rows
-from luce_bench.results import read_meta
+from luce_bench.records import RunRecord, read_csv
+from luce_bench.results import META, RUNS, SAMPLES, read_meta
 
-COPY = ("runs.csv", "summary.csv", "meta.json", "report.md", "sweet_spot.csv", "sweet_spot.json")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,79}$")
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
+    """Lower-case words joined by "-": "NVIDIA H200" -> "nvidia-h200"."""
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
 
 
-def publish(run_dir: Path, results: Path, name: str | None = None) -> Path:
-    """Copy `run_dir` under `results` and return the destination."""
+def _refusal(run_dir: Path, meta: dict[str, Any], runs: list[RunRecord]) -> str | None:
+    """Why `run_dir` must not be committed, or None."""
+    from luce_bench.status import FINISHED, describe, effective_state, read_status
+
+    energy = meta.get("energy", {})
+    if not runs:
+        return "it has no measured rows"
+    if not meta:
+        return "it has no meta.json (GPU, driver, versions, commit)"
+    if energy.get("simulated") or any(r.gpu_simulated for r in runs):
+        return "it ran on the simulated GPU (--fake-gpu); committed runs are real measurements only"
+    if not energy.get("available") or not meta.get("gpu", {}).get("name"):
+        return "it has no GPU energy (no NVML GPU)"
+    if meta.get("sweep"):
+        return "it is a sweep; published tables hold runs at the limit in force (compare, bench)"
+    status = read_status(run_dir)
+    if status is not None and effective_state(status) != FINISHED:
+        return f"it did not finish cleanly: {describe(status)}"
+    return None
+
+
+def _with_commit(meta: dict[str, Any]) -> dict[str, Any]:
+    """meta.json with luce-bench's commit: the run's own, else LUCE_BENCH_GIT_COMMIT or this checkout's."""
+    from luce_bench.provenance import COMMIT_ENV, commit_and_source
+
+    if meta.get("git_commit"):
+        return meta
+    commit, source = commit_and_source()
+    if not commit:
+        raise UserError(
+            f"the run recorded no git commit and none is known here: set {COMMIT_ENV} to the commit it ran "
+            "(or publish from the git checkout it ran from)"
+        )
+    return {**meta, "git_commit": commit, "git_commit_source": f"luce-bench publish ({source}); the run recorded none"}
+
+
+@contextlib.contextmanager
+def _staged(final: Path) -> Iterator[Path]:
+    """A folder named like `final` in a temporary sibling directory, renamed onto `final` on success."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".publish-", dir=final.parent))
+    try:
+        stage = tmp / final.name
+        stage.mkdir()
+        yield stage
+        stage.rename(final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def destination(run_dir: Path, results: Path, name: str | None) -> Path:
+    """`results/<gpu>/<date>-<name>` for the run in `run_dir` (UserError for a bad name or a taken folder)."""
     meta = read_meta(run_dir)
-    gpu = _slug(meta.get("gpu", {}).get("name", "no-gpu"))
-    stamp = run_dir.name.split("T")[0]
-    dest = results / gpu / f"{stamp}-{name or run_dir.name.split('-', 1)[-1]}"
-    dest.mkdir(parents=True, exist_ok=True)
-    for f in COPY:
-        if (run_dir / f).is_file():
-            shutil.copy2(run_dir / f, dest / f)
-    for png in run_dir.glob("*.png"):
-        shutil.copy2(png, dest / png.name)
-    if (run_dir / "samples.csv").is_file():
-        with (run_dir / "samples.csv").open("rb") as src, gzip.open(dest / "samples.csv.gz", "wb") as out:
-            shutil.copyfileobj(src, out)
+    runs = read_csv(run_dir / RUNS, RunRecord)
+    name = name if name is not None else run_dir.name.split("-", 1)[-1].lower()
+    if not _NAME.match(name):
+        raise UserError(f"--name {name!r}: use lower-case letters, digits, '.', '_' and '-' (e.g. compare-v11)")
+    date = min(r.test_time for r in runs)[:10].replace("-", "") if runs else "nodate"
+    dest = results / slug(meta.get("gpu", {}).get("name", "no-gpu")) / f"{date}-{name}"
+    if dest.exists():
+        raise UserError(f"{dest} exists already: published runs are never replaced; pick another --name")
     return dest
 
 
-def write_index(results: Path) -> Path:
-    """`results`/README.md: every committed run's summary (ad-hoc runs under `results/runs/` are left out)."""
-    parts = [
-        "# Reference results",
-        "",
-        "Committed runs of luce-bench (method: README.md, 'How it measures'). Each folder holds runs.csv, "
-        "summary.csv, samples.csv.gz, meta.json (GPU, driver, versions, config, git commit), report.md and "
-        "plots. Regenerate with `luce-bench publish RUN_DIR`.",
-        "",
-    ]
-    for summary_csv in sorted(results.glob("*/*/summary.csv")):
-        d = summary_csv.parent
-        if d.parent.name == "runs":  # ad-hoc runs (results/runs/, not committed)
-            continue
-        meta = read_meta(d)
-        gpu = meta.get("gpu", {})
-        parts += [
-            f"## {d.parent.name} / {d.name}",
-            "",
-            f"GPU {gpu.get('name', 'none')}, driver {gpu.get('driver', 'n/a')}, power limit "
-            f"{gpu.get('power_limit_w', 'n/a')} W; model {meta.get('model', {}).get('name', '?')}; "
-            f"commit {meta.get('git_commit', 'n/a')}. [report]({d.parent.name}/{d.name}/report.md)",
-            "",
-        ]
-        parts += [f"> {n}" for n in notes(meta)]
-        parts += ["", markdown_table(TABLE_HEAD, table_rows(read_csv(summary_csv, SummaryRow))), ""]
-    out = results / "README.md"
-    atomic_write(out, "\n".join(parts) + "\n")
-    return out
+def publish(run_dir: Path, results: Path, name: str | None = None) -> Path:
+    """Commit `run_dir` under `results` (see the module docstring) and return its new folder."""
+    from luce_bench.report import render
+
+    if not (run_dir / RUNS).is_file():
+        raise UserError(f"{run_dir} is not a luce-bench run directory (no runs.csv)")
+    meta, runs = read_meta(run_dir), read_csv(run_dir / RUNS, RunRecord)
+    why = _refusal(run_dir, meta, runs)
+    if why:
+        raise UserError(f"cannot publish {run_dir}: {why}")
+    meta = _with_commit(meta)
+    dest = destination(run_dir, results, name)
+    with _staged(dest) as stage:
+        shutil.copy2(run_dir / RUNS, stage / RUNS)
+        (stage / META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        samples = run_dir / SAMPLES
+        if samples.is_file():
+            with samples.open("rb") as src, gzip.GzipFile(stage / f"{SAMPLES}.gz", "wb", mtime=0) as out:
+                shutil.copyfileobj(src, out)
+        elif (run_dir / f"{SAMPLES}.gz").is_file():
+            shutil.copy2(run_dir / f"{SAMPLES}.gz", stage / f"{SAMPLES}.gz")
+        render(stage)  # summary.csv, plots and report.md from the files above, as `report --check` rebuilds them
+    return dest
+
+
+def readme_of(results: Path) -> Path:
+    """The project README the results block lives in: next to the results folder."""
+    return results.resolve().parent / "README.md"
+
+
+def write_tables(results: Path, readme: Path | None) -> list[Path]:
+    """Regenerate results/README.md (and the README block, where that README exists) from the committed CSVs."""
+    from luce_bench.published_tables import expected
+
+    docs = expected(results, readme)  # everything is generated before anything is written
+    for path, text in docs.items():
+        atomic_write(path, text)
+    return list(docs)

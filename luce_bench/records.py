@@ -3,7 +3,8 @@
 `RunRecord` (runs.csv, one row per repetition), `SummaryRow` (summary.csv), `SweetSpot` (sweet_spot.csv) and the
 sampler's `Sample` (samples.csv) are written and read through `to_cells` / `from_cells`, so every reader gets typed
 values once. Column names follow llama-bench's where they overlap (`model_type`, `model_n_params`, `n_prompt`,
-`n_gen`, `test_time`, `avg_ts`, `stddev_ts`). Cells: floats with 6 significant digits, None and NaN empty.
+`n_gen`, `n_depth`, `test_time`, `avg_ts`, `stddev_ts`); a depth test's name says its depth too (`tg128@d4096`).
+Cells: floats with 6 significant digits, None and NaN empty.
 
 A setting is a power limit (`power_limit_req_w` requested, `power_limit_w` enforced) and/or a locked SM clock
 (`sm_clock_req_mhz` requested, `sm_clock_mhz` the supported clock it snapped to and was locked at; the clock the
@@ -43,6 +44,7 @@ class RunRecord:
     model_n_params: int
     n_prompt: int
     n_gen: int
+    n_depth: int = 0  # tokens already in the context (llama-bench -d): prefilled before the window's work, not counted
     test: str
     rep: int
     power_limit_req_w: float | None = None  # None: the limit in force, not set by luce-bench
@@ -89,6 +91,7 @@ class SummaryRow:
     test: str
     n_prompt: int
     n_gen: int
+    n_depth: int = 0
     power_limit_req_w: float | None = None
     power_limit_w: float | None = None
     sm_clock_req_mhz: int | None = None

@@ -44,6 +44,7 @@ def _summary_row(every: Sequence[RunRecord]) -> SummaryRow:
         test=first.test,
         n_prompt=first.n_prompt,
         n_gen=first.n_gen,
+        n_depth=first.n_depth,
         power_limit_req_w=first.power_limit_req_w,
         power_limit_w=first.power_limit_w,
         sm_clock_req_mhz=first.sm_clock_req_mhz,

@@ -123,7 +123,7 @@ def llama_bench_table(summary: Sequence[SummaryRow], meta: dict[str, Any]) -> st
             _size(model.get("bytes")),
             _count(model.get("n_params")),
             r.backend,
-            r.test,
+            r.test.replace("@", " @ "),  # llama-bench writes a depth test as "tg128 @ d4096"
             _pm(r.avg_ts, r.stddev_ts),
             num_text(r.mean_power_w),
             _pm(r.tok_per_j, r.tok_per_j_std, 3),

@@ -16,6 +16,8 @@ Issue 14 (locked SM clocks) added columns and changed no recorded cell: runs.csv
 `throttled_share` is 1, else empty); summary.csv the same plus `mean_mem_mhz` (the simulated card's one memory clock,
 9751); sweet_spot.csv `sm_clock_mhz` and `stock_sm_clock_mhz` (empty). They were inserted into the recorded files,
 whose other bytes are unchanged; samples.csv is unchanged.
+Issue 15 (depth tests) added `n_depth` after `n_gen` to runs.csv and summary.csv (0: these runs have no depth
+tests), inserted the same way.
 `LUCE_BENCH_UPDATE_GOLDEN=1` rewrites the files (only when a change of the numbers is intended).
 """
 

@@ -193,3 +193,13 @@ def test_info_reads_clocks_through_getters_only(nvml):
         "nvmlDeviceSetPowerManagementLimit",
     ):
         getattr(nvml, setter).assert_not_called()
+
+
+def test_meta_records_the_peak_memory_bandwidth_from_bus_width_and_memory_clock(nvml):
+    from luce_bench.gpu.nvml import NvmlGPU
+    from luce_bench.provenance import gpu_meta
+
+    nvml.nvmlDeviceGetMemoryBusWidth.return_value = 6144  # what an H200 reports; its memory clock here is 3201 MHz
+    meta = gpu_meta(NvmlGPU(0))
+    assert (meta["memory_bus_width_bits"], meta["memory_clock_max_mhz"]) == (6144, 3201)
+    assert meta["memory_bandwidth_gb_s"] == 4916.7  # 6144 / 8 B x 3201e6 /s x 2 (double data rate)

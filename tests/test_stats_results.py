@@ -97,7 +97,7 @@ def test_summary_without_energy_says_so():
 
 def test_records_round_trip_through_csv_with_the_llama_bench_names(tmp_path):
     rec = _row("hf", "tg128", 0, 1280, 10.0, 1000.0, power_limit_req_w=300.0, temp_start_c=41)
-    assert columns(RunRecord)[:9] == [
+    assert columns(RunRecord)[:10] == [
         "test_time",
         "backend",
         "model",
@@ -105,6 +105,7 @@ def test_records_round_trip_through_csv_with_the_llama_bench_names(tmp_path):
         "model_n_params",
         "n_prompt",
         "n_gen",
+        "n_depth",
         "test",
         "rep",
     ]

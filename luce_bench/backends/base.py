@@ -89,6 +89,17 @@ class Backend(ABC):
         With `logits`, return float32 [n, vocab] (one row per step).
         """
 
+    def save_context(self) -> None:
+        """Keep the current sequence (a depth test's prefilled context) so `restore_context` can go back to it.
+
+        Not timed. One context is kept; a new call replaces it, `reset` leaves it alone.
+        """
+        raise NotImplementedError(f"backend {self.name} cannot keep a context: depth tests (@d<D>) need it")
+
+    def restore_context(self) -> None:
+        """Go back to the sequence `save_context` kept, as if its prefill had just finished. Not timed."""
+        raise NotImplementedError(f"backend {self.name} cannot keep a context: depth tests (@d<D>) need it")
+
     def close(self) -> None:  # noqa: B027 - optional: most backends free their memory here
         """Free device memory."""
 

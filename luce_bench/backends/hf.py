@@ -45,6 +45,7 @@ class HFBackend(Backend):
         self._model: Any = None
         self._cache: Any = None
         self._last: Any = None  # last produced token, [1, 1] on the device
+        self._saved: Any = None  # (cache, last token) of a depth test's context
         self._recorder = _FallbackRecorder()
 
     @classmethod
@@ -96,6 +97,21 @@ class HFBackend(Backend):
         """Drop the cache (KV and GDN state)."""
         self._cache = None
         self._last = None
+
+    def save_context(self) -> None:
+        """Keep a copy of the cache (KV and GDN state) and the last token."""
+        import copy
+
+        self._saved = (copy.deepcopy(self._cache), self._last)
+
+    def restore_context(self) -> None:
+        """Continue from a fresh copy of the kept cache (decode updates the GDN state in place)."""
+        import copy
+
+        if self._saved is None:
+            raise RuntimeError("restore_context() needs a save_context() first")
+        cache, self._last = self._saved
+        self._cache = copy.deepcopy(cache)
 
     def _forward(self, ids: Any) -> Any:
         out = self._model(input_ids=ids, past_key_values=self._cache, use_cache=True, logits_to_keep=1)
@@ -178,7 +194,7 @@ class HFBackend(Backend):
 
         hf_logging.get_logger("transformers").removeHandler(self._recorder)
         hf_logging.enable_default_handler()
-        self._model = self._cache = self._last = None
+        self._model = self._cache = self._last = self._saved = None
 
 
 def _version_of(pkg: str) -> str | None:

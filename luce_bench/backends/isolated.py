@@ -97,6 +97,14 @@ class IsolatedBackend(Backend):
         """The inner backend's decode, in the child."""
         return self._call("decode", n, logits=logits, inputs=list(inputs) if inputs is not None else None)
 
+    def save_context(self) -> None:
+        """The inner backend keeps its context, in the child."""
+        self._call("save_context")
+
+    def restore_context(self) -> None:
+        """The inner backend goes back to its context, in the child."""
+        self._call("restore_context")
+
     def info(self) -> dict[str, Any]:
         """The inner backend's provenance, marked as run in a child process."""
         info = dict(self._call("info")) if self._conn is not None else dict(self._info)

@@ -149,6 +149,7 @@ class LlamaCppBackend(Backend):
         self._batch: Any = None
         self._n_past = 0
         self._last: int | None = None
+        self._saved: tuple[Any, int, int | None] | None = None  # (sequence state, n_past, last) of a depth context
         self._info: dict[str, Any] = {}
 
     @classmethod
@@ -273,6 +274,31 @@ class LlamaCppBackend(Backend):
         self._n_past = 0
         self._last = None
 
+    def save_context(self) -> None:
+        """Copy sequence 0's state (KV cache and recurrent state) to host memory, as llama-bench does for `-d`."""
+        import ctypes
+
+        import llama_cpp as lc
+
+        lc.llama_synchronize(self._ctx)
+        size = lc.llama_state_seq_get_size(self._ctx, 0)
+        buf = (ctypes.c_uint8 * size)()
+        if lc.llama_state_seq_get_data(self._ctx, buf, size, 0) != size:
+            raise RuntimeError(f"llama_state_seq_get_data did not copy the {size}-byte sequence state")
+        self._saved = (buf, self._n_past, self._last)
+
+    def restore_context(self) -> None:
+        """Clear the memory and load the kept sequence state back."""
+        import llama_cpp as lc
+
+        if self._saved is None:
+            raise RuntimeError("restore_context() needs a save_context() first")
+        buf, n_past, last = self._saved
+        lc.llama_memory_clear(lc.llama_get_memory(self._ctx), True)
+        if lc.llama_state_seq_set_data(self._ctx, buf, len(buf), 0) == 0:
+            raise RuntimeError("llama_state_seq_set_data could not load the kept sequence state")
+        self._n_past, self._last = n_past, last
+
     def _decode_chunk(self, lc: Any, ids: Any) -> None:
         """Queue one `llama_decode` of `ids` (≤ n_batch) at the current position, logits for its last token."""
         import numpy as np
@@ -365,6 +391,7 @@ class LlamaCppBackend(Backend):
         if self._batch is not None:
             lc.llama_batch_free(self._batch)
             self._batch = None
+        self._saved = None
         if self._ctx:
             lc.llama_free(self._ctx)
             self._ctx = None

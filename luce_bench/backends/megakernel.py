@@ -37,6 +37,11 @@ _SHAPE_FIELDS = (
 )
 
 
+# The state a decode step reads and changes besides the KV cache: a depth test's context is these plus the position.
+# KV rows below the position are never written again, and scratch, sync and the step tags keep running forward.
+CONTEXT_BUFFERS = ("gdn_state", "conv_hist", "best", "last_token")
+
+
 def _gpu_present() -> bool:
     try:
         import pynvml
@@ -105,6 +110,7 @@ class MegakernelBackend(Backend):
         self._sync_count = 0
         self._step_count = 0  # steps run on the scratch since it was zeroed (epoch tags of exchanged activations)
         self._bufs: dict[str, Any] = {}
+        self._saved: tuple[int, dict[str, Any]] | None = None  # (position, CONTEXT_BUFFERS copies)
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -206,6 +212,19 @@ class MegakernelBackend(Backend):
             self._bufs[k].zero_()
         self._step_count = 0  # the tags restart with the zeroed scratch
         self._pos = 0
+
+    def save_context(self) -> None:
+        """Keep the position and device copies of CONTEXT_BUFFERS (~19 MB)."""
+        self._saved = (self._pos, {k: self._bufs[k].clone() for k in CONTEXT_BUFFERS})
+
+    def restore_context(self) -> None:
+        """Copy CONTEXT_BUFFERS back and return to the kept position (the KV rows below it are unchanged)."""
+        if self._saved is None:
+            raise RuntimeError("restore_context() needs a save_context() first")
+        pos, bufs = self._saved
+        for k, v in bufs.items():
+            self._bufs[k].copy_(v)
+        self._pos = pos
 
     @property
     def device(self) -> Any:
@@ -384,12 +403,14 @@ class MegakernelBackend(Backend):
         )
 
     def info(self) -> dict[str, Any]:
-        """Library, build options, launch sizes and ptxas facts for meta.json."""
-        from luce_bench.kernels.build import options_from_env
+        """Kernel version (ABI, sources hash), library, build options, launch sizes and ptxas facts for meta.json."""
+        from luce_bench.kernels.build import build_key, options_from_env, source_dir
 
         if self._build is None:
             return {}
         return {
+            "abi_version": int(self._lib.luce_mk_abi_version()),
+            "sources_sha256": build_key(source_dir(), [], ""),  # the kernel version: its sources alone, no flags
             "lib": str(self._build.lib),
             "archs": list(self._build.archs),
             "nvcc": self._build.nvcc_version,
@@ -424,3 +445,4 @@ class MegakernelBackend(Backend):
     def close(self) -> None:
         """Free the device buffers."""
         self._bufs = {}
+        self._saved = None

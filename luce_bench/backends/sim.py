@@ -46,6 +46,7 @@ class SimBackend(Backend):
         self._vocab = 1000
         self._pos = 0
         self._last = 0
+        self._saved: tuple[int, int] | None = None  # (position, last token) of a depth test's context
         self._rates = STOCK_RATES.get(gpu.preset.name, STOCK_RATES["rtx3090"])
 
     @classmethod
@@ -63,6 +64,16 @@ class SimBackend(Backend):
     def reset(self) -> None:
         """Forget the sequence."""
         self._pos, self._last = 0, 0
+
+    def save_context(self) -> None:
+        """Keep the position and last token."""
+        self._saved = (self._pos, self._last)
+
+    def restore_context(self) -> None:
+        """Back to the kept position and last token."""
+        if self._saved is None:
+            raise RuntimeError("restore_context() needs a save_context() first")
+        self._pos, self._last = self._saved
 
     def _next_token(self, prev: int) -> int:
         self._pos += 1
@@ -147,6 +158,14 @@ class SimulatedLoad(Backend):
             return self.inner.decode(n, logits, inputs)
         finally:
             self.gpu.set_load(False)
+
+    def save_context(self) -> None:
+        """The inner backend keeps its context."""
+        self.inner.save_context()
+
+    def restore_context(self) -> None:
+        """The inner backend goes back to its context (a state copy: the card is not loaded as for compute)."""
+        self.inner.restore_context()
 
     @property
     def device_kind(self) -> str:

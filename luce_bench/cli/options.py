@@ -22,7 +22,12 @@ ModelOpt = Annotated[
     typer.Option("--model", "-m", help="synthetic-0.8b, tiny, a local HF dir or a hub id (default: auto)."),
 ]
 TestsOpt = Annotated[
-    Optional[str], typer.Option("--tests", "-t", help="Comma list of llama-bench tests, e.g. pp520,tg128.")
+    Optional[str],
+    typer.Option(
+        "--tests",
+        "-t",
+        help="Comma list of llama-bench tests, e.g. pp520,tg128; @d<D>: after D cached tokens (tg128@d4096).",
+    ),
 ]
 RepsOpt = Annotated[Optional[int], typer.Option("--reps", "-r", help="Repetitions (energy windows) per test.")]
 WindowOpt = Annotated[Optional[float], typer.Option("--window-s", help="Minimum energy window per repetition (s).")]

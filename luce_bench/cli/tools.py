@@ -10,14 +10,31 @@ import typer
 from luce_bench.cli.options import ConfigOpt, FakeOpt, GpuOpt, PresetOpt, ReadOnlyOpt, console, load_config
 from luce_bench.errors import UserError
 
+ReadmeOpt = Annotated[
+    Optional[Path],
+    typer.Option("--readme", help="The README with the results block (default: the one next to the results tree)."),
+]
+
 
 def report(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory (results/runs/...).")],
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (results/runs/...); with --check, a results tree.")],
     llama_bench: Annotated[
         bool, typer.Option("--llama-bench", help="Also print the llama-bench style markdown table.")
     ] = False,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Check a results tree instead: every run has meta.json, CSVs follow the schema, summaries, reports "
+            "and the generated tables match the CSVs. One line per problem; exit 1 if any.",
+        ),
+    ] = False,
+    readme: ReadmeOpt = None,
 ) -> None:
-    """Rebuild summary.csv, plots and report.md of a run from its CSVs alone."""
+    """Rebuild summary.csv, plots and report.md of a run from its CSVs alone (or --check a results tree)."""
+    if check:
+        _check(run_dir, readme)
+        return
     from luce_bench.report import llama_bench_table, print_report, render
 
     if not run_dir.is_dir():
@@ -27,6 +44,18 @@ def report(
     if llama_bench:
         typer.echo(llama_bench_table(rep.summary, rep.meta))
     typer.echo(f"wrote {run_dir / 'report.md'}")
+
+
+def _check(results: Path, readme: Path | None) -> None:
+    from luce_bench.check import check
+    from luce_bench.publish import readme_of
+
+    problems = check(results, readme or readme_of(results))
+    for line in problems:
+        typer.echo(line, err=True)
+    if problems:
+        raise typer.Exit(1)
+    typer.echo(f"{results}: every run, summary, report and generated table agrees with its CSVs")
 
 
 def info(
@@ -67,22 +96,22 @@ def restore(
 
 def publish(
     run_dir: Annotated[
-        Optional[Path], typer.Argument(help="A run directory to publish (omit to only rebuild the index).")
+        Optional[Path], typer.Argument(help="A run directory to publish (omit to only regenerate the tables).")
     ] = None,
     name: Annotated[
-        Optional[str], typer.Option("--name", help="Folder name after the date (default: the run's).")
+        Optional[str], typer.Option("--name", help="Folder name after the date (default: the run's, e.g. compare).")
     ] = None,
     results: Annotated[Path, typer.Option("--results", help="The results tree.")] = Path("results"),
+    readme: ReadmeOpt = None,
 ) -> None:
-    """Copy a run into results/<gpu>/<date>-<name>/ and regenerate results/README.md from the committed CSVs."""
+    """Commit a real run into results/<gpu>/<date>-<name>/ and regenerate the tables from the committed CSVs."""
     from luce_bench.publish import publish as publish_run
-    from luce_bench.publish import write_index
+    from luce_bench.publish import readme_of, write_tables
 
     if run_dir is not None:
-        if not (run_dir / "runs.csv").is_file():
-            raise UserError(f"{run_dir} is not a luce-bench run directory (no runs.csv)")
         typer.echo(f"published to {publish_run(run_dir, results, name)}")
-    typer.echo(f"wrote {write_index(results)}")
+    for path in write_tables(results, readme or readme_of(results)):
+        typer.echo(f"wrote {path}")
 
 
 def model_prepare(

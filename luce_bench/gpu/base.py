@@ -129,6 +129,9 @@ class GPU(Protocol):
     def supported_mem_clocks_mhz(self) -> list[int]:
         """Memory clocks the card supports, highest first. Units: MHz."""
 
+    def memory_bus_width_bits(self) -> int:
+        """Width of the memory bus (nvmlDeviceGetMemoryBusWidth). Units: bits."""
+
     def locked_sm_clocks_mhz(self) -> tuple[int, int] | None:
         """The SM clock lock in force (min, max), None without one; GPUNotSupportedError if unreadable. Units: MHz."""
 

@@ -283,6 +283,10 @@ class FakeGPU:
         """The one memory clock of the preset. Units: MHz."""
         return [self.preset.mem_mhz]
 
+    def memory_bus_width_bits(self) -> int:
+        """The preset's memory bus. Units: bits."""
+        return self.preset.mem_bus_bits
+
     def locked_sm_clocks_mhz(self) -> tuple[int, int] | None:
         """The lock in force (from the state file when there is one); None without one. Units: MHz."""
         self._refresh_from_state()

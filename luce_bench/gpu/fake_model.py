@@ -60,6 +60,7 @@ class FakePreset:
     idle_sm_mhz: int
     min_sm_mhz: int
     mem_mhz: int
+    mem_bus_bits: int  # with mem_mhz: the peak memory bandwidth luce-bench records (provenance.peak_bandwidth_gb_s)
     compute_capability: tuple[int, int]
     alpha: float = 2.5  # dynamic power ~ s**alpha above the voltage knee
     vfloor_share: float = 0.8  # the knee: below this clock share the voltage stays at its floor
@@ -88,6 +89,7 @@ PRESETS: dict[str, FakePreset] = {
         idle_sm_mhz=210,
         min_sm_mhz=210,
         mem_mhz=9751,
+        mem_bus_bits=384,
         compute_capability=(8, 6),
         idle_clocked_w=55.0,
     ),
@@ -103,6 +105,7 @@ PRESETS: dict[str, FakePreset] = {
         idle_sm_mhz=345,
         min_sm_mhz=345,
         mem_mhz=2619,
+        mem_bus_bits=5120,
         compute_capability=(9, 0),
         c_per_w=0.07,
         tau_s=12.0,
@@ -120,6 +123,7 @@ PRESETS: dict[str, FakePreset] = {
         idle_sm_mhz=345,
         min_sm_mhz=345,
         mem_mhz=3201,
+        mem_bus_bits=6144,
         compute_capability=(9, 0),
         c_per_w=0.07,
         tau_s=12.0,

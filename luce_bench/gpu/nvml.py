@@ -227,6 +227,10 @@ class NvmlGPU:
         clocks = self._call("read supported memory clocks", "nvmlDeviceGetSupportedMemoryClocks", hint=CLOCK_HINT)
         return sorted({int(c) for c in clocks}, reverse=True)
 
+    def memory_bus_width_bits(self) -> int:
+        """Width of the memory bus. Units: bits."""
+        return int(self._call("read memory bus width", "nvmlDeviceGetMemoryBusWidth"))
+
     def supported_sm_clocks_mhz(self) -> list[int]:
         """SM (graphics) clocks supported at the highest memory clock, highest first. Units: MHz."""
         mem = self.supported_mem_clocks_mhz()

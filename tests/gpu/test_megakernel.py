@@ -217,3 +217,23 @@ def test_option_set_parity(option_ref, name):
     assert rep["nan"] == 0
     assert rep["rel_l2_max"] <= REL_L2_MAX, rep
     assert vs_default <= 1e-3, vs_default
+
+
+def test_going_back_to_a_kept_context_repeats_the_decode(setup):
+    """A depth test's iterations: after restore_context the kernel decodes what it decoded right after the prefill."""
+    import torch
+
+    mk, gen = setup["mk"], setup["gen"]
+    ctx = torch.randint(0, 248320, (LONG_POS,), generator=gen).tolist()
+    mk.reset()
+    mk.prefill(ctx)
+    mk.save_context()
+    first = mk.decode(32)
+    mk.decode(16)  # the sequence moves on (GDN state, KV rows past the context), then goes back
+    for _ in range(2):
+        mk.restore_context()
+        assert mk.decode(32).tokens == first.tokens
+    mk.restore_context()
+    after = mk.prefill(ctx[:8]).tokens
+    mk.reset()
+    assert mk.prefill(ctx + ctx[:8]).tokens == after

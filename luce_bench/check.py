@@ -1,0 +1,94 @@
+"""`luce-bench report --check results/`: the committed results agree with their CSVs, or one line per problem.
+
+Problems: a run without meta.json or runs.csv; a CSV that breaks its schema (a missing or unknown column, a cell of
+the wrong type); a derived file that is stale: summary.csv against runs.csv, report.md's table against summary.csv,
+results/README.md and the project README's block against every run. Stale files are regenerated, never edited:
+`luce-bench report RUN_DIR` rebuilds a run's summary and report, `luce-bench publish` the tables.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+from pathlib import Path
+
+from luce_bench.errors import UserError
+from luce_bench.published import run_dirs
+from luce_bench.records import RunRecord, SummaryRow, columns, read_csv, to_cells
+from luce_bench.results import META, RUNS, SAMPLES, SUMMARY
+from luce_bench.sampler import Sample
+from luce_bench.summary import summarize
+from luce_bench.tables import markdown_table, table_head, table_rows
+
+SCHEMAS = ((RUNS, RunRecord), (SUMMARY, SummaryRow), (f"{SAMPLES}.gz", Sample), (SAMPLES, Sample))
+REPORT_FIX = "run `luce-bench report {}`"
+
+
+def _header(path: Path) -> list[str]:
+    with gzip.open(path, "rt", newline="") if path.suffix == ".gz" else path.open(newline="") as f:
+        return next(csv.reader(f), [])
+
+
+def schema_problems(run: Path) -> list[str]:
+    """Missing files, unknown columns and unreadable cells of one run folder."""
+    out = [f"{run}: no {name}" for name in (META, RUNS) if not (run / name).is_file()]
+    for name, cls in SCHEMAS:
+        path = run / name
+        if not path.is_file():
+            continue
+        unknown = [c for c in _header(path) if c not in columns(cls)]
+        if unknown:
+            out.append(f"{path}: not in the {name} schema: column(s) {', '.join(unknown)}")
+        try:
+            read_csv(run / name.removesuffix(".gz"), cls)
+        except UserError as exc:
+            out.append(str(exc))
+    return out
+
+
+def summary_problems(run: Path) -> list[str]:
+    """summary.csv against runs.csv, and report.md's table against summary.csv (schema-clean runs only)."""
+    if not (run / SUMMARY).is_file():
+        return [f"{run}: no {SUMMARY} ({REPORT_FIX.format(run)})"]
+    summary = summarize(read_csv(run / RUNS, RunRecord))
+    with (run / SUMMARY).open(newline="") as f:
+        got = list(csv.reader(f))
+    if got != [columns(SummaryRow), *(to_cells(r) for r in summary)]:
+        return [f"{run / SUMMARY} is stale against {RUNS} ({REPORT_FIX.format(run)})"]
+    report = run / "report.md"
+    table = markdown_table(table_head(summary), table_rows(summary))
+    if not report.is_file() or table not in report.read_text():
+        return [f"{report}: missing or its table is stale against {SUMMARY} ({REPORT_FIX.format(run)})"]
+    return []
+
+
+def table_problems(results: Path, readme: Path | None) -> list[str]:
+    """The generated documents against what the committed runs give now."""
+    from luce_bench.published_tables import expected
+
+    try:
+        docs = expected(results, readme)
+    except UserError as exc:
+        return [str(exc)]
+    return [
+        f"{path} is stale against the committed CSVs (run `luce-bench publish --results {results}`)"
+        for path, text in docs.items()
+        if not path.is_file() or path.read_text() != text
+    ]
+
+
+def check(results: Path, readme: Path | None) -> list[str]:
+    """Every problem of the results tree `results` (and the README block in `readme`), one line each."""
+    if not results.is_dir():
+        raise UserError(f"results directory not found: {results}")
+    problems: list[str] = []
+    clean = True
+    for run in run_dirs(results):
+        found = schema_problems(run)
+        problems += found or summary_problems(run)
+        clean = clean and not found
+    if clean:  # the tables are built from every run: only meaningful once each run reads cleanly
+        problems += table_problems(results, readme)
+    else:
+        problems.append(f"{results}: generated tables not checked until the CSVs above read cleanly")
+    return problems

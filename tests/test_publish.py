@@ -1,0 +1,138 @@
+"""`luce-bench publish`: a real run (a committed H100 run as input) goes into the results tree with its commit.
+
+The input run is rebuilt from `results/nvidia-h100-80gb-hbm3/20261124-compare-v10-tagraw` (runs.csv, meta.json,
+samples): real measurements, so publishing it again must give the very summary committed there.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from luce_bench.cli import app
+
+ROOT = Path(__file__).resolve().parent.parent
+H100_RUN = ROOT / "results" / "nvidia-h100-80gb-hbm3" / "20261124-compare-v10-tagraw"
+runner = CliRunner()
+
+
+def _run_dir(tmp_path: Path, **meta_changes) -> Path:
+    """The committed H100 run as luce-bench wrote it on the GPU machine (samples.csv not yet gzipped)."""
+    run = tmp_path / "20261124T152746Z-compare"
+    run.mkdir()
+    shutil.copy(H100_RUN / "runs.csv", run / "runs.csv")
+    (run / "samples.csv").write_bytes(gzip.decompress((H100_RUN / "samples.csv.gz").read_bytes()))
+    meta = json.loads((H100_RUN / "meta.json").read_text())
+    for key, value in meta_changes.items():
+        if value is None:
+            meta.pop(key, None)
+        else:
+            meta[key] = value
+    (run / "meta.json").write_text(json.dumps(meta))
+    return run
+
+
+def _publish(run: Path, results: Path, *extra: str):
+    return runner.invoke(app, ["publish", str(run), "--results", str(results), *extra])
+
+
+def test_a_run_without_a_commit_gets_the_one_in_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("LUCE_BENCH_GIT_COMMIT", "1b915c3aa0d2")
+    run, results = _run_dir(tmp_path, git_commit=None), tmp_path / "results"
+    out = _publish(run, results, "--name", "h100-stock")
+    assert out.exit_code == 0, out.output
+    dest = results / "nvidia-h100-80gb-hbm3" / "20261124-h100-stock"
+    assert sorted(p.name for p in dest.iterdir()) == [
+        "meta.json",
+        "report.md",
+        "runs.csv",
+        "samples.csv.gz",
+        "summary.csv",
+        "timeline.png",
+        "tok_j.png",
+        "tok_s.png",
+    ]
+    meta = json.loads((dest / "meta.json").read_text())
+    assert meta["git_commit"] == "1b915c3aa0d2"
+    assert meta["git_commit_source"] == "luce-bench publish (LUCE_BENCH_GIT_COMMIT); the run recorded none"
+    assert (dest / "summary.csv").read_bytes() == (H100_RUN / "summary.csv").read_bytes()
+    assert gzip.decompress((dest / "samples.csv.gz").read_bytes()) == (run / "samples.csv").read_bytes()
+    assert "# luce-bench report: 20261124-h100-stock" in (dest / "report.md").read_text()
+    index = (results / "README.md").read_text()
+    assert (
+        "- luce-bench commit: 1b915c3aa0d2 (from luce-bench publish (LUCE_BENCH_GIT_COMMIT); the run recorded none)"
+        in index
+    )
+    assert "| megakernel | tg128 | 1,456.8 | 503 | 2.898 | 3.20× | 2.17× | 66.91× | 18.05× |" in index
+    assert runner.invoke(app, ["report", "--check", str(results)]).exit_code == 0
+
+
+def test_a_run_keeps_its_own_commit_and_is_named_after_its_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("LUCE_BENCH_GIT_COMMIT", "not-this-one")
+    out = _publish(_run_dir(tmp_path), tmp_path / "results")
+    assert out.exit_code == 0, out.output
+    meta = json.loads((tmp_path / "results" / "nvidia-h100-80gb-hbm3" / "20261124-compare" / "meta.json").read_text())
+    assert meta["git_commit"] == "70a0e474e9d11eb5420b91e22db113db4934c9c9" and "git_commit_source" not in meta
+
+
+def _simulated_run(tmp_path: Path) -> Path:
+    cfg = tmp_path / "sim.yaml"
+    cfg.write_text("gpu:\n  fake_clock: virtual\ntests: [tg8]\nreps: 1\nwarmup_s: 0.1\nwindow_s: 0.5\n")
+    args = ["compare", "--no-megakernel", "--baselines", "sim", "--fake-gpu", "-c", str(cfg), "--model", "tiny"]
+    assert runner.invoke(app, [*args, "-o", str(tmp_path / "runs")]).exit_code == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    return run
+
+
+def _edit_meta(run: Path, **changes) -> None:
+    meta = json.loads((run / "meta.json").read_text())
+    (run / "meta.json").write_text(json.dumps({**meta, **changes}))
+
+
+@pytest.mark.tries("bad input", "publish: runs it must refuse (simulated, sweep, no meta, no commit, taken, bad name)")
+@pytest.mark.parametrize(
+    "case",
+    ["simulated", "sweep", "no-meta", "no-energy", "no-commit", "taken", "bad-name", "not-a-run", "unfinished"],
+)
+def test_publish_refuses_in_one_line_and_writes_nothing(case, tmp_path, monkeypatch, tiny_model):
+    monkeypatch.setenv("LUCE_BENCH_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.delenv("LUCE_BENCH_GIT_COMMIT", raising=False)
+    results = tmp_path / "results"
+    extra: list[str] = []
+    run = _run_dir(tmp_path)
+    if case == "simulated":
+        run, message = _simulated_run(tmp_path), "ran on the simulated GPU"
+    elif case == "sweep":
+        _edit_meta(run, sweep={"limits_requested_w": [300]})
+        message = "it is a sweep"
+    elif case == "no-meta":
+        (run / "meta.json").unlink()
+        message = "it has no meta.json"
+    elif case == "no-energy":
+        _edit_meta(run, energy={"available": False, "reason": "no NVML"})
+        message = "it has no GPU energy"
+    elif case == "no-commit":
+        _edit_meta(run, git_commit=None)
+        monkeypatch.setenv("PATH", str(tmp_path / "no-git-here"))  # no git: the checkout's commit is unknown
+        message = "recorded no git commit and none is known here: set LUCE_BENCH_GIT_COMMIT"
+    elif case == "taken":
+        (results / "nvidia-h100-80gb-hbm3" / "20261124-compare").mkdir(parents=True)
+        message = "exists already: published runs are never replaced"
+    elif case == "bad-name":
+        extra, message = ["--name", "H200 stock"], "--name 'H200 stock': use lower-case letters"
+    elif case == "not-a-run":
+        run, message = tmp_path, "is not a luce-bench run directory"
+    else:
+        status = {"format": 1, "state": "stopped", "rows": 20, "rows_planned": 30, "reason": "GPU lost"}
+        (run / "status.json").write_text(json.dumps(status))
+        message = "it did not finish cleanly: stopped: 20 of 30 repetitions; GPU lost"
+    before = sorted(p.relative_to(tmp_path) for p in results.rglob("*")) if results.exists() else []
+    out = _publish(run, results, *extra)
+    assert out.exit_code == 2, out.output
+    assert message in out.output and len(out.output.strip().splitlines()) == 1, out.output
+    assert (sorted(p.relative_to(tmp_path) for p in results.rglob("*")) if results.exists() else []) == before

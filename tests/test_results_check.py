@@ -1,0 +1,154 @@
+"""`luce-bench report --check`: the committed results agree with their CSVs, else one line per problem and exit 1.
+
+Most tests work on a copy of this repository's own results/ (real H100 runs) and a README holding the results block;
+the first checks the repository itself, as CI does.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from luce_bench.cli import app
+from luce_bench.published_tables import BEGIN, END
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN = "nvidia-h100-80gb-hbm3/20261124-compare-v10-tagraw"
+runner = CliRunner()
+
+
+def _check(results: Path):
+    return runner.invoke(app, ["report", "--check", str(results)])
+
+
+def _lines(out) -> list[str]:
+    return out.output.strip().splitlines()
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """A copy of results/ and a README with the generated block, next to each other."""
+    results = tmp_path / "results"
+    shutil.copytree(ROOT / "results", results, ignore=shutil.ignore_patterns("runs"))
+    (tmp_path / "README.md").write_text((ROOT / "README.md").read_text())
+    return results
+
+
+def test_the_repository_results_agree_with_their_csvs():
+    out = _check(ROOT / "results")
+    assert out.exit_code == 0, out.output
+
+
+def test_a_copy_elsewhere_agrees_once_regenerated(tree):
+    out = _check(tree)  # the README's links are relative to where it lives: a copy must be regenerated
+    assert out.exit_code == 0, out.output
+    (tree.parent / "README.md").write_text(f"# x\n\n{BEGIN}\n{END}\n\nmore\n")
+    assert _lines(_check(tree)) == [
+        f"{tree.parent / 'README.md'} is stale against the committed CSVs (run `luce-bench publish --results {tree}`)"
+    ]
+    assert runner.invoke(app, ["publish", "--results", str(tree)]).exit_code == 0
+    assert _check(tree).exit_code == 0
+    text = (tree.parent / "README.md").read_text()
+    assert text.startswith(f"# x\n\n{BEGIN}\n") and text.endswith(f"{END}\n\nmore\n")
+
+
+def _edit_cell(path: Path, row: int, column: str, value: str) -> None:
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    rows[row][column] = value
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def test_editing_a_measurement_without_regenerating_fails_until_regenerated(tree):
+    run = tree / RUN
+    _edit_cell(run / "runs.csv", 15, "avg_ts", "500")  # a llamacpp tg128 window "improved" by hand (453.797)
+    tables = [
+        f"{path} is stale against the committed CSVs (run `luce-bench publish --results {tree}`)"
+        for path in (tree / "README.md", tree.parent / "README.md")
+    ]
+    out = _check(tree)
+    assert out.exit_code == 1
+    assert _lines(out) == [f"{run / 'summary.csv'} is stale against runs.csv (run `luce-bench report {run}`)", *tables]
+    assert runner.invoke(app, ["report", str(run)]).exit_code == 0  # the run's summary and report follow the CSV ...
+    out = _check(tree)
+    assert out.exit_code == 1 and _lines(out) == tables  # ... the published tables not yet
+    assert runner.invoke(app, ["publish", "--results", str(tree)]).exit_code == 0
+    assert _check(tree).exit_code == 0
+    assert "| llamacpp | tg128 | 464.6 |" in (tree / "README.md").read_text()  # (500 + 450.162 + ... + 456.873) / 5
+
+
+PROBLEMS = {  # what is done to the copy -> the start of the line that must name it
+    "summary-edited": "{run}/summary.csv is stale against runs.csv",
+    "report-edited": "{run}/report.md: missing or its table is stale",
+    "index-edited": "{tree}/README.md is stale against the committed CSVs",
+    "no-meta": "{run}: no meta.json",
+    "unknown-column": "{run}/runs.csv: not in the runs.csv schema: column(s) speedup",
+    "bad-cell": "{run}/runs.csv line 3: could not convert string to float: 'fast'",
+    "missing-column": "{run}/summary.csv is not a luce-bench summary.csv (missing columns: n)",
+    "no-markers": "{readme} has no <!-- results:begin --> ... <!-- results:end --> block",
+}
+
+
+@pytest.mark.tries("bad input", "report --check: stale, schema-breaking or meta-less results trees")
+@pytest.mark.parametrize("case", list(PROBLEMS))
+def test_each_problem_is_one_line_and_exit_1(case, tree):
+    run, readme = tree / RUN, tree.parent / "README.md"
+    if case == "summary-edited":
+        _edit_cell(run / "summary.csv", 0, "avg_ts", "1600")
+    elif case == "report-edited":
+        text = (run / "report.md").read_text()
+        (run / "report.md").write_text(text.replace("1456.76 ± 1.45", "1556.76 ± 1.45"))
+    elif case == "index-edited":
+        (tree / "README.md").write_text((tree / "README.md").read_text().replace("1,456.8", "1,556.8"))
+    elif case == "no-meta":
+        (run / "meta.json").unlink()
+    elif case == "unknown-column":
+        text = (run / "runs.csv").read_text().splitlines()
+        (run / "runs.csv").write_text("\n".join([text[0] + ",speedup", *(r + ",2" for r in text[1:])]) + "\n")
+    elif case == "bad-cell":
+        _edit_cell(run / "runs.csv", 1, "avg_ts", "fast")
+    elif case == "missing-column":
+        with (run / "summary.csv").open() as f:
+            rows = [r for r in csv.reader(f)]
+        i = rows[0].index("n")
+        (run / "summary.csv").write_text("\n".join(",".join(r[:i] + r[i + 1 :]) for r in rows) + "\n")
+    else:
+        readme.write_text("# a README without the block\n")
+    out = _check(tree)
+    assert out.exit_code == 1
+    lines = _lines(out)
+    want = PROBLEMS[case].format(run=run, tree=tree, readme=readme)
+    assert [ln for ln in lines if ln.startswith(want)], lines
+    schema_broken = case in ("no-meta", "unknown-column", "bad-cell", "missing-column")
+    assert lines[-1].endswith("generated tables not checked until the CSVs above read cleanly") == schema_broken
+    assert len(lines) == 1 + schema_broken
+
+
+def test_a_missing_results_tree_is_bad_input(tmp_path):
+    out = _check(tmp_path / "nope")
+    assert out.exit_code == 2 and _lines(out) == [f"error: results directory not found: {tmp_path / 'nope'}"]
+
+
+def test_meta_without_bandwidth_says_so_in_the_cell_and_a_recorded_one_gives_the_floor(tree):
+    from luce_bench.published import load_run
+    from luce_bench.published_tables import headline_rows
+
+    run = tree / RUN
+    rows = {(r[0], r[1]): r for r in headline_rows(load_run(run))}
+    assert rows[("megakernel", "tg128")][9] == "n/a: no bandwidth in meta.json"
+    assert rows[("megakernel", "pp520")][9] == "– (prefill)"
+    meta = json.loads((run / "meta.json").read_text())
+    meta["gpu"]["memory_bandwidth_gb_s"] = 3352.3  # what NVML gives on this H100: 5120 bits x 2619 MHz x 2
+    (run / "meta.json").write_text(json.dumps(meta))
+    rows = {(r[0], r[1]): r for r in headline_rows(load_run(run))}
+    # 1456.76 tok/s of 3352.3e9 B/s / 1,504,786,048 B per token (no KV bytes recorded: weights only) = 2227.8
+    assert rows[("megakernel", "tg128")][9] == "65 % of 2,228"
+    assert rows[("llamacpp", "tg128")][9] == "20 % of 2,228"
