@@ -10,6 +10,7 @@
 //   MK_SLOT_KB        ring slot (one bulk copy) size; the ring is 192 KB whatever the slot size
 //   MK_PF_GSTAGES     prefill GEMM: cp.async stages (2-4) and k depth per stage (MK_PF_GBK 32 or 64); being tuned
 //   MK_PF_GBK         on the H200 (issue 11); the losers go once measured
+//   MK_PF_ATTN_TC     prefill attention on tensor cores (1) or CUDA cores (0); being measured on the H200 (issue 11)
 //   MK_SPIN_LIMIT_NS  watchdog: a spin loop that waits longer traps (the launch fails instead of hanging); raise it
 //                     under compute-sanitizer or a debugger
 #pragma once
@@ -29,6 +30,9 @@
 #ifndef MK_PF_GBK
 #define MK_PF_GBK 32
 #endif
+#ifndef MK_PF_ATTN_TC
+#define MK_PF_ATTN_TC 0
+#endif
 #ifndef MK_SPIN_LIMIT_NS
 #define MK_SPIN_LIMIT_NS 20000000000ull
 #endif
@@ -41,6 +45,9 @@
 #endif
 #if MK_PF_GSTAGES < 2 || MK_PF_GSTAGES > 4 || (MK_PF_GBK != 32 && MK_PF_GBK != 64)
 #error "MK_PF_GSTAGES must be 2, 3 or 4 and MK_PF_GBK 32 or 64"
+#endif
+#if MK_PF_ATTN_TC != 0 && MK_PF_ATTN_TC != 1
+#error "MK_PF_ATTN_TC must be 0 or 1"
 #endif
 #if MK_SPIN_LIMIT_NS < 1000000
 #error "MK_SPIN_LIMIT_NS must be at least 1000000 (1 ms)"

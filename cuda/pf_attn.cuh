@@ -106,5 +106,153 @@ __global__ void __launch_bounds__(512) attn_kernel(const float* Qa, const float*
     for (int e = 0; e < 8; ++e) o[e] = f2h((acc[e] / ls) * sigm(gate[e]));
 }
 
+
+// ---- tensor-core attention (MK_PF_ATTN_TC) ----
+// A block: one KV group, 16 query positions x its 4 query heads = 64 rows, 4 warps of 16 rows (warp w: positions
+// q0 + 4w .. + 3, row r: position r / 4, head r % 4). Q (pre-scaled by log2(e) / 16), K and V are fp16 in shared
+// memory (K and V converted from the bf16 cache; exact in fp16's normal range); S = Q K^T and O += P V on mma.sync
+// m16n8k16 f16 -> f32, P in fp16 from the S registers; online softmax in base 2 per row; key tiles of 64 positions.
+constexpr int TQ = 16;               // query positions per block
+constexpr int TK = 64;               // key positions per tile
+constexpr int T_LD = HD + 8;         // padded fp16 row (528 B: ldmatrix rows in distinct banks)
+constexpr int ATT_TC_SMEM = (4 * TQ + 2 * TK) * T_LD * 2;  // Q rows, K tile, V tile (bytes)
+
+__device__ __forceinline__ unsigned pack_h2(float a, float b) {
+    return (unsigned)__half_as_ushort(__float2half_rn(a)) | ((unsigned)__half_as_ushort(__float2half_rn(b)) << 16);
+}
+// 8 bf16 (uint4) -> 8 fp16 (uint4)
+__device__ __forceinline__ uint4 bf8_to_h8(uint4 w) {
+    float f[8];
+    unpack8(w, f);
+    return make_uint4(pack_h2(f[0], f[1]), pack_h2(f[2], f[3]), pack_h2(f[4], f[5]), pack_h2(f[6], f[7]));
+}
+
+__global__ void __launch_bounds__(128) attn_tc_kernel(const float* __restrict__ Qa, const float* __restrict__ Y,
+                                                      const unsigned short* __restrict__ kc,
+                                                      const unsigned short* __restrict__ vc, unsigned short* out, int n,
+                                                      int max_seq) {
+    extern __shared__ __align__(16) unsigned char att_smem[];
+    unsigned short(*Qs)[T_LD] = reinterpret_cast<unsigned short(*)[T_LD]>(att_smem);
+    unsigned short(*Ks)[T_LD] = Qs + 4 * TQ;
+    unsigned short(*Vs)[T_LD] = Ks + TK;
+    const int g = blockIdx.y, q0 = blockIdx.x * TQ, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int t_last = min(n - 1, q0 + TQ - 1);
+    const float qscale = 0.0625f * 1.4426950408889634f;  // 1/sqrt(256), and exp -> exp2
+    for (int i = tid; i < 4 * TQ * (HD / 4); i += 128) {  // Q rows: 64 x 64 float4
+        const int r = i / (HD / 4), d = (i % (HD / 4)) * 4, t = q0 + (r >> 2), j = g * QPG + (r & 3);
+        float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (t < n) x = *(const float4*)(Qa + (size_t)t * (NQH * HD) + j * HD + d);
+        *(uint2*)&Qs[r][d] = make_uint2(pack_h2(x.x * qscale, x.y * qscale), pack_h2(x.z * qscale, x.w * qscale));
+    }
+    const unsigned short* kg = kc + (size_t)g * max_seq * HD;
+    const unsigned short* vg = vc + (size_t)g * max_seq * HD;
+    const int gr = lane >> 2, tc = (lane & 3) * 2;
+    // this thread's two rows (gr, gr + 8 of the warp's 16): their query positions
+    const int tq0 = q0 + 4 * warp + (gr >> 2), tq1 = q0 + 4 * warp + ((gr + 8) >> 2);
+    float o[HD / 8][4];
+#pragma unroll
+    for (int ni = 0; ni < HD / 8; ++ni) o[ni][0] = o[ni][1] = o[ni][2] = o[ni][3] = 0.f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;  // running max (base 2) and this thread's partial sums
+    for (int p0 = 0; p0 <= t_last; p0 += TK) {
+        __syncthreads();  // the previous tile is consumed (and Q is written, the first time)
+        for (int i = tid; i < TK * (HD / 8); i += 128) {  // K and V tiles: 64 rows x 32 uint4, bf16 -> fp16
+            const int r = i / (HD / 8), c = (i % (HD / 8)) * 8;
+            const bool ok = p0 + r <= t_last;
+            const uint4 zero = make_uint4(0, 0, 0, 0);
+            *(uint4*)&Ks[r][c] = ok ? bf8_to_h8(*(const uint4*)(kg + (size_t)(p0 + r) * HD + c)) : zero;
+            *(uint4*)&Vs[r][c] = ok ? bf8_to_h8(*(const uint4*)(vg + (size_t)(p0 + r) * HD + c)) : zero;
+        }
+        __syncthreads();
+        // S = Q K^T: 16 rows x 64 keys
+        float s[TK / 8][4];
+#pragma unroll
+        for (int ni = 0; ni < TK / 8; ++ni) s[ni][0] = s[ni][1] = s[ni][2] = s[ni][3] = 0.f;
+#pragma unroll 4
+        for (int ks = 0; ks < HD; ks += 16) {
+            unsigned a[4];
+            ldmatrix_x4(a, &Qs[warp * 16 + (lane & 15)][ks + (lane >> 4) * 8]);
+#pragma unroll
+            for (int np = 0; np < TK / 16; ++np) {
+                unsigned b[4];
+                ldmatrix_x4(b, &Ks[np * 16 + (lane & 7) + (lane >> 4) * 8][ks + ((lane >> 3) & 1) * 8]);
+                mma_f16(s[2 * np], a, b[0], b[1]);
+                mma_f16(s[2 * np + 1], a, b[2], b[3]);
+            }
+        }
+        // causal mask, online softmax (base 2)
+        float mx0 = m0, mx1 = m1;
+#pragma unroll
+        for (int ni = 0; ni < TK / 8; ++ni) {
+            const int p = p0 + ni * 8 + tc;
+            if (p > tq0) s[ni][0] = -INFINITY;
+            if (p + 1 > tq0) s[ni][1] = -INFINITY;
+            if (p > tq1) s[ni][2] = -INFINITY;
+            if (p + 1 > tq1) s[ni][3] = -INFINITY;
+            mx0 = fmaxf(mx0, fmaxf(s[ni][0], s[ni][1]));
+            mx1 = fmaxf(mx1, fmaxf(s[ni][2], s[ni][3]));
+        }
+#pragma unroll
+        for (int off = 1; off <= 2; off <<= 1) {  // the 4 threads of a row
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
+        }
+        // rows past the prompt see only masked keys: keep them finite (their output is never written)
+        if (mx0 == -INFINITY) mx0 = 0.f;
+        if (mx1 == -INFINITY) mx1 = 0.f;
+        const float c0 = exp2f(m0 - mx0), c1 = exp2f(m1 - mx1);
+        m0 = mx0;
+        m1 = mx1;
+        l0 *= c0;
+        l1 *= c1;
+#pragma unroll
+        for (int ni = 0; ni < HD / 8; ++ni) {
+            o[ni][0] *= c0;
+            o[ni][1] *= c0;
+            o[ni][2] *= c1;
+            o[ni][3] *= c1;
+        }
+        unsigned pa[TK / 16][4];  // P as the A operand of P V: k16 step kk takes S n-tiles 2kk, 2kk + 1
+#pragma unroll
+        for (int ni = 0; ni < TK / 8; ++ni) {
+            const float e0 = exp2f(s[ni][0] - m0), e1 = exp2f(s[ni][1] - m0);
+            const float e2 = exp2f(s[ni][2] - m1), e3 = exp2f(s[ni][3] - m1);
+            l0 += e0 + e1;
+            l1 += e2 + e3;
+            pa[ni >> 1][(ni & 1) * 2] = pack_h2(e0, e1);
+            pa[ni >> 1][(ni & 1) * 2 + 1] = pack_h2(e2, e3);
+        }
+        // O += P V: 16 rows x 256 dims, k = the tile's 64 keys
+#pragma unroll
+        for (int kk = 0; kk < TK / 16; ++kk) {
+#pragma unroll
+            for (int np = 0; np < HD / 16; ++np) {
+                unsigned b[4];
+                ldmatrix_x4_trans(b, &Vs[kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8][np * 16 + (lane >> 4) * 8]);
+                mma_f16(o[2 * np], pa[kk], b[0], b[1]);
+                mma_f16(o[2 * np + 1], pa[kk], b[2], b[3]);
+            }
+        }
+    }
+#pragma unroll
+    for (int off = 1; off <= 2; off <<= 1) {
+        l0 += __shfl_xor_sync(0xffffffffu, l0, off);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, off);
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {  // rows gr (h = 0) and gr + 8
+        const int r = warp * 16 + gr + 8 * h, t = q0 + (r >> 2), j = g * QPG + (r & 3);
+        if (t >= n) continue;
+        const float inv = 1.f / (h ? l1 : l0);
+        const float* gate = Y + (size_t)t * FA_ROWS + FA_GROWS * g + 2 * HD * (r & 3) + HD;
+        const size_t base = (size_t)t * (NQH * HD) + j * HD;
+#pragma unroll
+        for (int ni = 0; ni < HD / 8; ++ni) {
+            const int d = ni * 8 + tc;
+            out[base + d] = f2h(o[ni][2 * h] * inv * sigm(gate[d]));
+            out[base + d + 1] = f2h(o[ni][2 * h + 1] * inv * sigm(gate[d + 1]));
+        }
+    }
+}
+
 }  // namespace pf
 }  // namespace mk
