@@ -1,0 +1,322 @@
+"""What `make setup` installs on this machine: `decide(machine, options) -> SetupPlan`, a list of steps and notes.
+
+No GPU (no nvidia-smi): the CPU setup of old: CPU torch (`TORCH_SPEC`), llama-cpp-python compiled for the CPU, the
+package with its extras. With an NVIDIA GPU:
+
+* torch: a torch that already sees the GPU is kept (the system's, through a venv with system site-packages, or the
+  venv's own); else a CUDA build for the newest CUDA the driver runs (`TORCH_CUDA_TAGS`); a driver older than all of
+  them keeps or installs the CPU torch, and HF runs on the CPU.
+* llama.cpp: a CUDA build is kept; else a CUDA wheel from WHEELS (built for this arch, where its marker says), else
+  the CUDA build recipe (`scripts/build-llamacpp-cuda.sh`, nvcc + cuBLAS needed) from an sdist in WHEELS or PyPI.
+  Without nvcc or cuBLAS nothing is installed (llama.cpp's CPU build is refused on a GPU host) and `compare` skips it.
+* the megakernel is compiled once (`luce-bench kernel build`) when nvcc is here.
+
+Offline (WHEELS=dir): every pip call gets `--no-index --find-links dir`; what is neither installed nor in the directory
+is named in one line. The venv sees the system's site-packages where a preinstalled torch is what can be had.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from luce_bench.setup.probe import ROOT, Machine, PythonFacts
+
+# The driver must run at least this CUDA version for the torch wheels of that tag (newest first)
+TORCH_CUDA_TAGS = (((13, 0), "cu130"), ((12, 8), "cu128"), ((12, 6), "cu126"))
+TORCH_INDEX = "https://download.pytorch.org/whl"
+TOOLKIT_HINT = "install the CUDA toolkit (nvcc, cuBLAS) or put its bin/ on PATH"
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the Makefile passes in (its variables of the same names)."""
+
+    venv: Path = Path(".venv")
+    wheels: Path | None = None  # WHEELS: offline, from this directory only
+    torch_spec: str = "torch==2.13.0"  # TORCH_SPEC
+    torch_index: str = TORCH_INDEX  # TORCH_INDEX: CUDA builds come from TORCH_INDEX/<tag>
+    llamacpp_spec: str = "llama-cpp-python==0.3.36"  # LLAMACPP_SPEC
+    llamacpp_cmake_args: str = ""  # LLAMACPP_CMAKE_ARGS: the CPU build's
+    sdist: Path | None = None  # SDIST: build llama.cpp (CUDA) from this sdist
+    redo_llamacpp: bool = False  # rebuild llama.cpp with CUDA even if one is installed (make llamacpp-cuda)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One command of the setup; a step that is not `required` may fail, and `fail_note` then says what it costs."""
+
+    title: str
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()
+    required: bool = True
+    fail_note: str = ""
+
+    @property
+    def command(self) -> str:
+        """The command as a shell line (for --dry-run and the log)."""
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env)
+        return (env + " " if env else "") + shlex.join(self.argv)
+
+
+@dataclass
+class SetupPlan:
+    """The steps in order, and one line per thing that cannot be had (what runs instead, how to fix it)."""
+
+    steps: list[Step] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    system_site: bool = False
+
+
+def torch_cuda_tag(driver_cuda: tuple[int, int] | None) -> str | None:
+    """The newest torch CUDA tag the driver runs (cu130, cu128, cu126), or None for an older or unknown driver."""
+    if driver_cuda is None:
+        return None
+    return next((tag for need, tag in TORCH_CUDA_TAGS if driver_cuda >= need), None)
+
+
+class _Planner:
+    """Builds a SetupPlan step by step; `env` is what the venv will hold once the earlier steps ran."""
+
+    def __init__(self, m: Machine, o: Options) -> None:
+        self.m, self.o, self.plan = m, o, SetupPlan()
+        self.py = str(o.venv / "bin" / "python")
+        self.env: PythonFacts = m.venv or PythonFacts(python=self.py)
+        self.llama_skipped = False
+
+    def pip(self, *args: str) -> tuple[str, ...]:
+        index = ("--no-index", "--find-links", str(self.o.wheels)) if self.o.wheels else ()
+        return (self.py, "-m", "pip", "install", "-q", *index, *args)
+
+    def add(self, title: str, argv: tuple[str, ...], **kw: object) -> None:
+        self.plan.steps.append(Step(title, argv, **kw))  # type: ignore[arg-type]
+
+    def note(self, line: str) -> None:
+        self.plan.notes.append(line)
+
+    def have(self, dist: str) -> bool:
+        """Whether the wheel directory holds `dist` (always True online: the index has it)."""
+        return self.m.wheels is None or dist in self.m.wheels.names
+
+
+def _venv(p: _Planner) -> None:
+    m, o = p.m, p.o
+    if m.venv is not None:
+        p.plan.system_site = m.venv.system_site
+        return
+    host = m.host
+    keep_cuda = m.gpu is not None and host.torch_gpu
+    offline_torch = m.wheels is not None and host.torch is not None and m.wheels.torch is None
+    p.plan.system_site = keep_cuda or offline_torch
+    flag = ("--system-site-packages",) if p.plan.system_site else ()
+    why = f" (keeps the system's torch {host.torch})" if p.plan.system_site else ""
+    p.add(f"creating the virtual environment {o.venv}{why}", (host.python, "-m", "venv", *flag, str(o.venv)))
+    if p.plan.system_site:
+        p.env = PythonFacts(
+            p.py, host.torch, host.torch_cuda, host.torch_gpu, host.llama_cpp, host.llama_cpp_cuda, host.modules, True
+        )
+    if m.wheels is None:
+        p.add("upgrading pip", p.pip("--upgrade", "pip"), required=False)
+
+
+def _torch_install(p: _Planner, spec: str, what: str, extra: tuple[str, ...] = ()) -> None:
+    if p.m.wheels is not None and p.m.wheels.torch is None:
+        p.note(f"torch: not installed and not in WHEELS; HF cannot run (fix: put a {what} torch wheel in WHEELS)")
+        return
+    p.add(f"installing {what} torch ({spec})", p.pip(*extra, spec))
+    p.env = PythonFacts(p.py, spec, None, False, p.env.llama_cpp, p.env.llama_cpp_cuda, p.env.modules)
+
+
+def _torch(p: _Planner) -> None:
+    m, o, env = p.m, p.o, p.env
+    if m.gpu is None:
+        if env.torch is None:
+            _torch_install(p, o.torch_spec, "CPU")
+        return
+    if env.torch is not None and env.torch_gpu:
+        return
+    tag = torch_cuda_tag(m.gpu.driver_cuda)
+    if tag is None:
+        p.note(
+            f"torch: the NVIDIA driver {m.gpu.driver} runs CUDA {m.gpu.cuda_text}, too old for CUDA torch "
+            f"(needs >= 12.6): HF runs on the CPU (fix: update the NVIDIA driver, then make setup)"
+        )
+        if env.torch is None:
+            _torch_install(p, o.torch_spec, "CPU")
+        return
+    if m.wheels is not None and m.wheels.torch is None:
+        if env.torch is None:
+            p.note("torch: not installed and no torch wheel in WHEELS: HF cannot run (fix: put a CUDA torch there)")
+        else:
+            p.note(f"torch {env.torch} does not see the GPU and WHEELS has no CUDA torch: HF runs on the CPU")
+        return
+    extra = () if m.wheels is not None else ("--index-url", f"{o.torch_index}/{tag}")
+    if env.torch is not None:  # a CPU torch of the same version number counts as installed for pip
+        extra = ("--force-reinstall", *extra)
+    p.add(f"installing CUDA torch ({tag}, for the driver's CUDA {m.gpu.cuda_text})", p.pip(*extra, o.torch_spec))
+    p.env = PythonFacts(p.py, o.torch_spec, tag, True, env.llama_cpp, env.llama_cpp_cuda, env.modules)
+
+
+def _llamacpp_cpu(p: _Planner) -> None:
+    o = p.o
+    if p.env.llama_cpp is not None:
+        return
+    if not p.have("llama-cpp-python"):
+        p.llama_skipped = True
+        p.note("llama.cpp: not installed and not in WHEELS: compare runs without llamacpp (fix: put its sdist there)")
+        return
+    env = (("CMAKE_ARGS", o.llamacpp_cmake_args), ("CMAKE_BUILD_PARALLEL_LEVEL", str(_cpus())))
+    p.add("building llama-cpp-python for the CPU (a few minutes)", p.pip(o.llamacpp_spec), env=env)
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _llamacpp_cuda_wheel(p: _Planner, arch: str) -> bool:
+    """Install a CUDA wheel from WHEELS built for `arch` (or for an arch it does not name); True if planned."""
+    w = p.m.wheels
+    if w is None or w.llama_cuda is None or p.o.sdist is not None:
+        return False
+    if w.llama_cuda_arch not in (None, arch):
+        p.note(f"llama.cpp: the CUDA wheel in WHEELS is built for sm_{w.llama_cuda_arch}, this GPU is sm_{arch}")
+        return False
+    name = Path(w.llama_cuda).name
+    p.add(f"installing llama-cpp-python with CUDA ({name})", p.pip("--force-reinstall", "--no-deps", w.llama_cuda))
+    return True
+
+
+def _llamacpp_build(p: _Planner, arch: str) -> None:
+    """The CUDA build recipe from an sdist (SDIST, WHEELS or PyPI), with its build tools."""
+    m, o = p.m, p.o
+    sdist = str(o.sdist) if o.sdist else (m.wheels.llama_sdist if m.wheels else None)
+    if sdist is None and m.wheels is not None:
+        p.llama_skipped = True
+        p.note(
+            "llama.cpp: WHEELS has no CUDA llama-cpp-python wheel and no sdist: compare runs without llamacpp "
+            "(fix: put the sdist there, see scripts/repack-llamacpp-sdist.sh)"
+        )
+        return
+    if sdist is None:
+        sdist = "build/sdist"
+        dl = (p.py, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", "-d", sdist, o.llamacpp_spec)
+        p.add("downloading the llama-cpp-python sdist", dl)
+    need = [] if "scikit_build_core" in p.env.modules else ["scikit-build-core"]
+    need += [t for t in ("cmake", "ninja") if t not in m.tools]
+    if need:
+        p.add(f"installing the build tools ({', '.join(need)})", p.pip(*need))
+    env = (("PYTHON", p.py), ("CUDA_ARCH", arch))
+    p.add(
+        f"building llama-cpp-python with CUDA for sm_{arch} (several minutes)",
+        ("bash", "scripts/build-llamacpp-cuda.sh", sdist, "build/llamacpp-cuda"),
+        env=env,
+        required=False,
+        fail_note="llama.cpp: the CUDA build failed (the log says why): compare runs without llamacpp",
+    )
+
+
+def _llamacpp(p: _Planner, cuda_arch: str | None = None, redo: bool = False) -> None:
+    m = p.m
+    if m.gpu is None and cuda_arch is None:
+        _llamacpp_cpu(p)
+        return
+    if p.env.llama_cpp_cuda and not redo:
+        return
+    arch = cuda_arch or m.gpu.arch  # type: ignore[union-attr]
+    if _llamacpp_cuda_wheel(p, arch):
+        return
+    lacking = [what for what, ok in (("nvcc", m.toolkit.nvcc), ("cuBLAS", m.toolkit.cublas)) if not ok]
+    if lacking:
+        p.llama_skipped = True
+        what = " and ".join(lacking)
+        fix = f"fix: {TOOLKIT_HINT}, then make llamacpp-cuda"
+        if p.env.llama_cpp is not None:
+            p.note(f"llama.cpp: no {what}, no CUDA build; the CPU build installed is refused on a GPU host ({fix})")
+        else:
+            p.note(f"llama.cpp: no {what} to build it with CUDA: compare runs without llamacpp ({fix})")
+        return
+    _llamacpp_build(p, arch)
+
+
+def pyproject_requirements(root: Path = ROOT) -> dict[str, list[str]]:
+    """{"base": [...], "hf": [...], "llamacpp": [...], "dev": [...]} from pyproject.toml."""
+    import tomllib
+
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    return {"base": list(project["dependencies"]), **project.get("optional-dependencies", {})}
+
+
+def requirement_name(req: str) -> str:
+    """'torch>=2.4' -> 'torch'; 'llama_cpp_python' -> 'llama-cpp-python'."""
+    import re
+
+    return re.sub(r"[-_.]+", "-", re.split(r"[<>=!~;\[ ]", req, maxsplit=1)[0]).lower()
+
+
+def _deps(p: _Planner) -> None:
+    reqs = pyproject_requirements()
+    own_steps = {"torch", "llama-cpp-python"}  # installed (or not) by their own steps above
+    run = [r for g in ("base", "hf", "llamacpp") for r in reqs.get(g, []) if requirement_name(r) not in own_steps]
+    p.add("installing the dependencies", p.pip(*run))
+    p.add(
+        "installing the test tools",
+        p.pip(*reqs.get("dev", [])),
+        required=False,
+        fail_note="the test tools are missing: make run works, make test does not",
+    )
+
+
+def _package(p: _Planner) -> None:
+    if p.m.wheels is None:
+        p.add("installing luce-bench (editable)", p.pip("--no-deps", "-e", str(ROOT)))
+    elif "hatchling" in p.env.modules:
+        p.add("installing luce-bench (editable)", p.pip("--no-deps", "--no-build-isolation", "-e", str(ROOT)))
+    else:  # offline without the build backend: the same result as an editable install, without building
+        p.add("linking luce-bench into the venv (no build backend offline)", (p.py, "-m", "luce_bench.setup.link"))
+
+
+def _gpu_extras(p: _Planner) -> None:
+    """fla-core for HF's fast GDN path, and the megakernel compiled once (both may fail: one line, go on)."""
+    m = p.m
+    if m.gpu is None:
+        return
+    if p.env.torch_gpu and "fla" not in p.env.modules and p.have("fla-core"):
+        torch = p.env.torch or "torch"
+        pin = torch if torch.startswith("torch") else f"torch=={torch}"  # a planned spec, or the version installed
+        p.add(
+            "installing fla-core (HF's fast GDN kernels)",
+            p.pip("fla-core", pin),
+            required=False,
+            fail_note="hf: fla-core could not be installed: HF runs its GDN layers on slow pure-torch fallbacks",
+        )
+    if m.toolkit.nvcc is None:
+        p.note(f"megakernel: no nvcc to compile it: compare runs without it (fix: {TOOLKIT_HINT}, then make run)")
+        return
+    p.add(
+        f"compiling the megakernel for sm_{m.gpu.arch} (nvcc)",
+        (str(p.o.venv / "bin" / "luce-bench"), "kernel", "build"),
+        required=False,
+        fail_note="megakernel: the build failed (the log says why)",
+    )
+
+
+def decide(m: Machine, o: Options) -> SetupPlan:
+    """The whole setup for machine `m` (see the module docstring)."""
+    p = _Planner(m, o)
+    _venv(p)
+    _torch(p)
+    _llamacpp(p)
+    _deps(p)
+    _package(p)
+    _gpu_extras(p)
+    return p.plan
+
+
+def decide_llamacpp_cuda(m: Machine, o: Options, cuda_arch: str | None) -> SetupPlan:
+    """`make llamacpp-cuda`: (re)build llama.cpp with CUDA for this GPU, or for `cuda_arch` on another machine."""
+    p = _Planner(m, o)
+    _llamacpp(p, cuda_arch=cuda_arch, redo=True)
+    return p.plan
