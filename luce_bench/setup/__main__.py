@@ -95,9 +95,9 @@ def machine_line(hw: Hardware, o: Options) -> str:
 
 
 def run_plan(plan: SetupPlan, log: Path, dry_run: bool) -> None:
-    """Print the notes, then the steps (dry run) or run them."""
-    for note in plan.notes:
-        print(f"setup: {note}")
+    """Print the gaps (one line each), then the steps (dry run) or run them."""
+    for gap in plan.gaps:
+        print(f"setup: {gap.line}")
     if dry_run:
         for i, step in enumerate(plan.steps, 1):
             flag = "" if step.required else " (may fail)"

@@ -1,4 +1,4 @@
-"""What `make setup` installs on this machine: `decide(machine, options) -> SetupPlan`, a list of steps and notes.
+"""What `make setup` installs on this machine: `decide(machine, options) -> SetupPlan`, steps and gaps.
 
 No GPU (no nvidia-smi): the CPU setup of old: CPU torch (`TORCH_SPEC`), llama-cpp-python compiled for the CPU, the
 package with its extras. With an NVIDIA GPU:
@@ -9,14 +9,16 @@ package with its extras. With an NVIDIA GPU:
 * llama.cpp: a CUDA build is kept; else a CUDA wheel from WHEELS (built for this arch, where its marker says), else
   the CUDA build recipe (`scripts/build-llamacpp-cuda.sh`, nvcc + cuBLAS needed) from an sdist in WHEELS or PyPI.
   Without nvcc or cuBLAS nothing is installed (llama.cpp's CPU build is refused on a GPU host) and `compare` skips it.
-* the megakernel is compiled once (`luce-bench kernel build`) when nvcc is here.
+* fla-core (HF's fast GDN kernels) where torch sees the GPU; the megakernel compiled once when nvcc is here.
 
-Offline (WHEELS=dir): every pip call gets `--no-index --find-links dir`; what is neither installed nor in the directory
-is named in one line. The venv sees the system's site-packages where a preinstalled torch is what can be had.
+Offline (WHEELS=dir): every pip call gets `--no-index --find-links dir`. The venv sees the system's site-packages
+where a preinstalled torch is what can be had. A `Gap` is one thing that cannot be had: what runs instead, the fix.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +28,7 @@ from luce_bench.setup.probe import ROOT, Machine, PythonFacts
 # The driver must run at least this CUDA version for the torch wheels of that tag (newest first)
 TORCH_CUDA_TAGS = (((13, 0), "cu130"), ((12, 8), "cu128"), ((12, 6), "cu126"))
 TORCH_INDEX = "https://download.pytorch.org/whl"
-TOOLKIT_HINT = "install the CUDA toolkit (nvcc, cuBLAS) or put its bin/ on PATH"
+TOOLKIT_FIX = "install the CUDA toolkit (nvcc, cuBLAS) or put its bin/ on PATH, then make setup"
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,20 @@ class Options:
     llamacpp_spec: str = "llama-cpp-python==0.3.36"  # LLAMACPP_SPEC
     llamacpp_cmake_args: str = ""  # LLAMACPP_CMAKE_ARGS: the CPU build's
     sdist: Path | None = None  # SDIST: build llama.cpp (CUDA) from this sdist
-    redo_llamacpp: bool = False  # rebuild llama.cpp with CUDA even if one is installed (make llamacpp-cuda)
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Something this machine lacks for the main job: what is missing or runs instead, and what fixes it."""
+
+    piece: str  # e.g. "nvcc", "torch", "llama.cpp", "megakernel"
+    problem: str
+    fix: str
+
+    @property
+    def line(self) -> str:
+        """One line, as setup prints it."""
+        return f"{self.piece}: {self.problem} (fix: {self.fix})"
 
 
 @dataclass(frozen=True)
@@ -52,6 +67,7 @@ class Step:
     env: tuple[tuple[str, str], ...] = ()
     required: bool = True
     fail_note: str = ""
+    closes: Gap | None = None  # the gap this step fills (what `luce-bench info` shows while it is pending)
 
     @property
     def command(self) -> str:
@@ -62,10 +78,10 @@ class Step:
 
 @dataclass
 class SetupPlan:
-    """The steps in order, and one line per thing that cannot be had (what runs instead, how to fix it)."""
+    """The steps in order, and the gaps no step can fill here."""
 
     steps: list[Step] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+    gaps: list[Gap] = field(default_factory=list)
     system_site: bool = False
 
 
@@ -77,13 +93,12 @@ def torch_cuda_tag(driver_cuda: tuple[int, int] | None) -> str | None:
 
 
 class _Planner:
-    """Builds a SetupPlan step by step; `env` is what the venv will hold once the earlier steps ran."""
+    """Builds a SetupPlan step by step; `env` is what the venv will hold once the steps so far have run."""
 
     def __init__(self, m: Machine, o: Options) -> None:
         self.m, self.o, self.plan = m, o, SetupPlan()
         self.py = str(o.venv / "bin" / "python")
         self.env: PythonFacts = m.venv or PythonFacts(python=self.py)
-        self.llama_skipped = False
 
     def pip(self, *args: str) -> tuple[str, ...]:
         index = ("--no-index", "--find-links", str(self.o.wheels)) if self.o.wheels else ()
@@ -92,12 +107,15 @@ class _Planner:
     def add(self, title: str, argv: tuple[str, ...], **kw: object) -> None:
         self.plan.steps.append(Step(title, argv, **kw))  # type: ignore[arg-type]
 
-    def note(self, line: str) -> None:
-        self.plan.notes.append(line)
+    def gap(self, piece: str, problem: str, fix: str) -> None:
+        self.plan.gaps.append(Gap(piece, problem, fix))
 
     def have(self, dist: str) -> bool:
         """Whether the wheel directory holds `dist` (always True online: the index has it)."""
         return self.m.wheels is None or dist in self.m.wheels.names
+
+    def now_has(self, **facts: object) -> None:
+        self.env = dataclasses.replace(self.env, **facts)
 
 
 def _venv(p: _Planner) -> None:
@@ -113,49 +131,51 @@ def _venv(p: _Planner) -> None:
     why = f" (keeps the system's torch {host.torch})" if p.plan.system_site else ""
     p.add(f"creating the virtual environment {o.venv}{why}", (host.python, "-m", "venv", *flag, str(o.venv)))
     if p.plan.system_site:
-        p.env = PythonFacts(
-            p.py, host.torch, host.torch_cuda, host.torch_gpu, host.llama_cpp, host.llama_cpp_cuda, host.modules, True
-        )
+        p.env = dataclasses.replace(host, python=p.py, system_site=True)
     if m.wheels is None:
         p.add("upgrading pip", p.pip("--upgrade", "pip"), required=False)
 
 
-def _torch_install(p: _Planner, spec: str, what: str, extra: tuple[str, ...] = ()) -> None:
-    if p.m.wheels is not None and p.m.wheels.torch is None:
-        p.note(f"torch: not installed and not in WHEELS; HF cannot run (fix: put a {what} torch wheel in WHEELS)")
+def _cpu_torch(p: _Planner, why: str) -> None:
+    if p.env.torch is not None:
         return
-    p.add(f"installing {what} torch ({spec})", p.pip(*extra, spec))
-    p.env = PythonFacts(p.py, spec, None, False, p.env.llama_cpp, p.env.llama_cpp_cuda, p.env.modules)
+    if not p.have("torch"):
+        p.gap("torch", "not installed and not in WHEELS: HF cannot run", "put a torch wheel in WHEELS")
+        return
+    p.add(f"installing CPU torch ({p.o.torch_spec})", p.pip(p.o.torch_spec), closes=Gap("torch", why, "make setup"))
+    p.now_has(torch=p.o.torch_spec, torch_cuda=None, torch_gpu=False)
 
 
 def _torch(p: _Planner) -> None:
     m, o, env = p.m, p.o, p.env
     if m.gpu is None:
-        if env.torch is None:
-            _torch_install(p, o.torch_spec, "CPU")
+        _cpu_torch(p, "not installed: HF cannot run")
         return
     if env.torch is not None and env.torch_gpu:
         return
     tag = torch_cuda_tag(m.gpu.driver_cuda)
     if tag is None:
-        p.note(
-            f"torch: the NVIDIA driver {m.gpu.driver} runs CUDA {m.gpu.cuda_text}, too old for CUDA torch "
-            f"(needs >= 12.6): HF runs on the CPU (fix: update the NVIDIA driver, then make setup)"
+        p.gap(
+            "NVIDIA driver",
+            f"{m.gpu.driver} runs CUDA {m.gpu.cuda_text}, too old for CUDA torch (>= 12.6): HF runs on the CPU",
+            "update the NVIDIA driver, then make setup",
         )
-        if env.torch is None:
-            _torch_install(p, o.torch_spec, "CPU")
+        _cpu_torch(p, "not installed: HF cannot run")
         return
+    state = f"{env.torch} does not see the GPU" if env.torch else "not installed"
     if m.wheels is not None and m.wheels.torch is None:
-        if env.torch is None:
-            p.note("torch: not installed and no torch wheel in WHEELS: HF cannot run (fix: put a CUDA torch there)")
-        else:
-            p.note(f"torch {env.torch} does not see the GPU and WHEELS has no CUDA torch: HF runs on the CPU")
+        runs = "HF runs on the CPU" if env.torch else "HF cannot run"
+        p.gap("torch", f"{state} and WHEELS has no CUDA torch: {runs}", "put a CUDA torch wheel in WHEELS")
         return
     extra = () if m.wheels is not None else ("--index-url", f"{o.torch_index}/{tag}")
     if env.torch is not None:  # a CPU torch of the same version number counts as installed for pip
         extra = ("--force-reinstall", *extra)
-    p.add(f"installing CUDA torch ({tag}, for the driver's CUDA {m.gpu.cuda_text})", p.pip(*extra, o.torch_spec))
-    p.env = PythonFacts(p.py, o.torch_spec, tag, True, env.llama_cpp, env.llama_cpp_cuda, env.modules)
+    p.add(
+        f"installing CUDA torch ({tag}, for the driver's CUDA {m.gpu.cuda_text})",
+        p.pip(*extra, o.torch_spec),
+        closes=Gap("torch", f"{state}: HF runs on the CPU", "make setup"),
+    )
+    p.now_has(torch=o.torch_spec, torch_cuda=tag, torch_gpu=True)
 
 
 def _llamacpp_cpu(p: _Planner) -> None:
@@ -163,8 +183,7 @@ def _llamacpp_cpu(p: _Planner) -> None:
     if p.env.llama_cpp is not None:
         return
     if not p.have("llama-cpp-python"):
-        p.llama_skipped = True
-        p.note("llama.cpp: not installed and not in WHEELS: compare runs without llamacpp (fix: put its sdist there)")
+        p.gap("llama.cpp", "not installed and not in WHEELS: compare runs without it", "put its sdist in WHEELS")
         return
     env = (("CMAKE_ARGS", o.llamacpp_cmake_args), ("CMAKE_BUILD_PARALLEL_LEVEL", str(_cpus())))
     p.add("building llama-cpp-python for the CPU (a few minutes)", p.pip(o.llamacpp_spec), env=env)
@@ -176,28 +195,36 @@ def _cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _llamacpp_cuda_wheel(p: _Planner, arch: str) -> bool:
+LLAMA_CUDA_GAP = "make llamacpp-cuda"
+
+
+def _llamacpp_cuda_wheel(p: _Planner, arch: str, closes: Gap) -> bool:
     """Install a CUDA wheel from WHEELS built for `arch` (or for an arch it does not name); True if planned."""
     w = p.m.wheels
     if w is None or w.llama_cuda is None or p.o.sdist is not None:
         return False
     if w.llama_cuda_arch not in (None, arch):
-        p.note(f"llama.cpp: the CUDA wheel in WHEELS is built for sm_{w.llama_cuda_arch}, this GPU is sm_{arch}")
+        p.gap(
+            "llama.cpp wheel",
+            f"the CUDA wheel in WHEELS is built for sm_{w.llama_cuda_arch}, this GPU is sm_{arch}: building instead",
+            "put a wheel built for this GPU in WHEELS",
+        )
         return False
     name = Path(w.llama_cuda).name
-    p.add(f"installing llama-cpp-python with CUDA ({name})", p.pip("--force-reinstall", "--no-deps", w.llama_cuda))
+    argv = p.pip("--force-reinstall", "--no-deps", w.llama_cuda)
+    p.add(f"installing llama-cpp-python with CUDA ({name})", argv, closes=closes)
     return True
 
 
-def _llamacpp_build(p: _Planner, arch: str) -> None:
+def _llamacpp_build(p: _Planner, arch: str, closes: Gap) -> None:
     """The CUDA build recipe from an sdist (SDIST, WHEELS or PyPI), with its build tools."""
     m, o = p.m, p.o
     sdist = str(o.sdist) if o.sdist else (m.wheels.llama_sdist if m.wheels else None)
     if sdist is None and m.wheels is not None:
-        p.llama_skipped = True
-        p.note(
-            "llama.cpp: WHEELS has no CUDA llama-cpp-python wheel and no sdist: compare runs without llamacpp "
-            "(fix: put the sdist there, see scripts/repack-llamacpp-sdist.sh)"
+        p.gap(
+            "llama.cpp",
+            "WHEELS has no CUDA llama-cpp-python wheel and no sdist: compare runs without llamacpp",
+            "put the sdist there (scripts/repack-llamacpp-sdist.sh)",
         )
         return
     if sdist is None:
@@ -208,13 +235,13 @@ def _llamacpp_build(p: _Planner, arch: str) -> None:
     need += [t for t in ("cmake", "ninja") if t not in m.tools]
     if need:
         p.add(f"installing the build tools ({', '.join(need)})", p.pip(*need))
-    env = (("PYTHON", p.py), ("CUDA_ARCH", arch))
     p.add(
         f"building llama-cpp-python with CUDA for sm_{arch} (several minutes)",
         ("bash", "scripts/build-llamacpp-cuda.sh", sdist, "build/llamacpp-cuda"),
-        env=env,
+        env=(("PYTHON", p.py), ("CUDA_ARCH", arch)),
         required=False,
         fail_note="llama.cpp: the CUDA build failed (the log says why): compare runs without llamacpp",
+        closes=closes,
     )
 
 
@@ -226,19 +253,16 @@ def _llamacpp(p: _Planner, cuda_arch: str | None = None, redo: bool = False) -> 
     if p.env.llama_cpp_cuda and not redo:
         return
     arch = cuda_arch or m.gpu.arch  # type: ignore[union-attr]
-    if _llamacpp_cuda_wheel(p, arch):
+    state = "a CPU build, refused on a GPU host" if p.env.llama_cpp else "not installed"
+    closes = Gap("llama.cpp", f"{state}: compare runs without llamacpp", LLAMA_CUDA_GAP)
+    if _llamacpp_cuda_wheel(p, arch, closes):
         return
     lacking = [what for what, ok in (("nvcc", m.toolkit.nvcc), ("cuBLAS", m.toolkit.cublas)) if not ok]
     if lacking:
-        p.llama_skipped = True
         what = " and ".join(lacking)
-        fix = f"fix: {TOOLKIT_HINT}, then make llamacpp-cuda"
-        if p.env.llama_cpp is not None:
-            p.note(f"llama.cpp: no {what}, no CUDA build; the CPU build installed is refused on a GPU host ({fix})")
-        else:
-            p.note(f"llama.cpp: no {what} to build it with CUDA: compare runs without llamacpp ({fix})")
+        p.gap(what, f"llama.cpp cannot be built with CUDA; it is {state}: compare runs without llamacpp", TOOLKIT_FIX)
         return
-    _llamacpp_build(p, arch)
+    _llamacpp_build(p, arch, closes)
 
 
 def pyproject_requirements(root: Path = ROOT) -> dict[str, list[str]]:
@@ -251,8 +275,6 @@ def pyproject_requirements(root: Path = ROOT) -> dict[str, list[str]]:
 
 def requirement_name(req: str) -> str:
     """'torch>=2.4' -> 'torch'; 'llama_cpp_python' -> 'llama-cpp-python'."""
-    import re
-
     return re.sub(r"[-_.]+", "-", re.split(r"[<>=!~;\[ ]", req, maxsplit=1)[0]).lower()
 
 
@@ -286,14 +308,16 @@ def _gpu_extras(p: _Planner) -> None:
     if p.env.torch_gpu and "fla" not in p.env.modules and p.have("fla-core"):
         torch = p.env.torch or "torch"
         pin = torch if torch.startswith("torch") else f"torch=={torch}"  # a planned spec, or the version installed
+        slow = "HF runs its GDN layers on slow pure-torch fallbacks"
         p.add(
             "installing fla-core (HF's fast GDN kernels)",
             p.pip("fla-core", pin),
             required=False,
-            fail_note="hf: fla-core could not be installed: HF runs its GDN layers on slow pure-torch fallbacks",
+            fail_note=f"fla-core could not be installed: {slow}",
+            closes=Gap("fla-core", f"not installed: {slow}", "make setup"),
         )
     if m.toolkit.nvcc is None:
-        p.note(f"megakernel: no nvcc to compile it: compare runs without it (fix: {TOOLKIT_HINT}, then make run)")
+        p.gap("nvcc", "the megakernel cannot be compiled: compare runs without it", TOOLKIT_FIX)
         return
     p.add(
         f"compiling the megakernel for sm_{m.gpu.arch} (nvcc)",
@@ -306,6 +330,8 @@ def _gpu_extras(p: _Planner) -> None:
 def decide(m: Machine, o: Options) -> SetupPlan:
     """The whole setup for machine `m` (see the module docstring)."""
     p = _Planner(m, o)
+    if m.gpu_problem:
+        p.gap("NVIDIA GPU", f"{m.gpu_problem}: the CPU setup", "check the driver with nvidia-smi, then make setup")
     _venv(p)
     _torch(p)
     _llamacpp(p)
