@@ -159,11 +159,13 @@ def test_durations_read_as_minutes_and_seconds(seconds, text):
 
 
 def test_the_stamp_skips_an_unchanged_setup_and_the_fingerprint_sees_a_new_gpu(tmp_path, capsys):
-    o = Options(venv=tmp_path / "venv")
+    (tmp_path / "wheels").mkdir()
+    o = Options(venv=tmp_path / "venv", wheels=tmp_path / "wheels")
     hw = probe.probe_hardware()
     (tmp_path / "venv").mkdir()
-    (tmp_path / "venv" / STAMP).write_text(fingerprint(o, hw) + "\n")
-    assert main(["--venv", str(tmp_path / "venv"), "--if-changed"]) == 0
+    stamp = {"fingerprint": fingerprint(o, hw), "wheels": str(tmp_path / "wheels")}
+    (tmp_path / "venv" / STAMP).write_text(json.dumps(stamp))
+    assert main(["--venv", str(tmp_path / "venv"), "--if-changed"]) == 0  # WHEELS left out: the stamp's is used
     assert capsys.readouterr().out == ""  # nothing printed, nothing run
     gpu = probe.Hardware(probe.Gpu("NVIDIA H200", "90", "570", (12, 8)), None, hw.toolkit, hw.tools)
     assert fingerprint(o, gpu) != fingerprint(o, hw)

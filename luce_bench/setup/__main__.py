@@ -2,7 +2,8 @@
 
 Probes the machine, decides (`decide.py`), says in one line each what cannot be had, runs the steps with progress.
 `--if-changed` does nothing when the venv's stamp matches this machine and these settings (what `make run` and
-`make test` use, so they start at once); `make setup` always re-checks. Bad input: one line, exit 2; a required step
+`make test` use, so they start at once); `make setup` always re-checks. The stamp remembers WHEELS: a venv set up
+offline stays offline when later commands leave WHEELS out. Bad input: one line, exit 2; a required step
 failing: one line naming the log, exit 1.
 """
 
@@ -106,18 +107,29 @@ def run_plan(plan: SetupPlan, log: Path, dry_run: bool) -> None:
     StepRunner(log).run_all(plan)
 
 
+def read_stamp(venv: Path) -> dict[str, str]:
+    """The venv's stamp ({"fingerprint": ..., "wheels": ...}); {} when missing or unreadable."""
+    try:
+        data = json.loads((venv / STAMP).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Set up (or check) this machine; the exit code: 0 done, 1 a required step failed, 2 bad input."""
     args = parse_args(argv)
+    stamp = read_stamp(Path(args.venv))
+    if not args.wheels.strip() and stamp.get("wheels") and Path(stamp["wheels"]).is_dir():
+        args.wheels = stamp["wheels"]  # set up offline once: stays offline
     try:
         o = options_from(args)
     except BadInput as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     hw = probe_hardware()
-    stamp = o.venv / STAMP
     fp = fingerprint(o, hw)
-    if args.if_changed and stamp.is_file() and stamp.read_text().strip() == fp:
+    if args.if_changed and stamp.get("fingerprint") == fp:
         return 0
     if args.llamacpp_cuda and hw.gpu is None and not args.cuda_arch:
         print("error: no NVIDIA GPU found (nvidia-smi); set CUDA_ARCH (e.g. 90) to build for another", file=sys.stderr)
@@ -136,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if not args.dry_run:
         if not args.llamacpp_cuda:
-            stamp.write_text(fp + "\n")
+            stamp_data = {"fingerprint": fp, "wheels": str(o.wheels) if o.wheels else None}
+            (o.venv / STAMP).write_text(json.dumps(stamp_data) + "\n")
         print(f"setup: done in {duration_text(time.monotonic() - t0)} (commands' output: {args.log})")
     return 0
 
