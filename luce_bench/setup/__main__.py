@@ -60,7 +60,7 @@ def options_from(args: argparse.Namespace) -> Options:
         raise BadInput(f"CUDA_ARCH={args.cuda_arch} is not an arch (e.g. 90 for H100/H200, 89, 86, 80)")
     args.cuda_arch = arch
     return Options(
-        venv=Path(args.venv),
+        venv=Path(args.venv).absolute(),  # the steps run in the checkout, wherever this was started
         wheels=wheels,
         torch_spec=args.torch_spec,
         torch_index=args.torch_index.rstrip("/"),
@@ -119,7 +119,7 @@ def read_stamp(venv: Path) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     """Set up (or check) this machine; the exit code: 0 done, 1 a required step failed, 2 bad input."""
     args = parse_args(argv)
-    stamp = read_stamp(Path(args.venv))
+    stamp = read_stamp(Path(args.venv).absolute())
     if not args.wheels.strip() and stamp.get("wheels") and Path(stamp["wheels"]).is_dir():
         args.wheels = stamp["wheels"]  # set up offline once: stays offline
     try:
@@ -146,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     except SetupFailed as exc:
         print(f"setup: failed: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("\nsetup: interrupted (run it again to go on)", file=sys.stderr)
+        return 130
     if not args.dry_run:
         if not args.llamacpp_cuda:
             stamp_data = {"fingerprint": fp, "wheels": str(o.wheels) if o.wheels else None}

@@ -52,7 +52,6 @@ class StepRunner:
         self.log_path, self.out, self.clock = log_path, out, clock
         self.live = out.isatty()
         self.tick_s = tick_s if tick_s is not None else (TICK_TTY_S if self.live else TICK_LOG_S)
-        self.failed_notes: list[str] = []
 
     def say(self, text: str, end: str = "\n") -> None:
         """Write `text` to the console now."""
@@ -71,7 +70,6 @@ class StepRunner:
             self._status(f"  failed after {duration_text(elapsed_s)}: {why}")
             if step.required:
                 raise SetupFailed(f"{step.title}: {why} (full output: {self.log_path})")
-            self.failed_notes.append(step.fail_note)
             self.say(f"setup: {step.fail_note}")
 
     def _status(self, text: str) -> None:
