@@ -65,7 +65,8 @@ def setup_gaps() -> list[dict[str, str]]:
     import sys
     from pathlib import Path
 
-    from luce_bench.setup.decide import Options, decide
+    from luce_bench.setup.decide import decide
+    from luce_bench.setup.plan import Options
     from luce_bench.setup.probe import Machine, probe_hardware, python_facts
 
     hw = probe_hardware()

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from luce_bench.setup.decide import Options, decide, decide_llamacpp_cuda, requirement_name, torch_cuda_tag
+from luce_bench.setup.decide import decide, decide_llamacpp_cuda, requirement_name, torch_cuda_tag
+from luce_bench.setup.plan import Options
 from luce_bench.setup.probe import Gpu, Machine, PythonFacts, Toolkit, Wheels
 
 H200 = Gpu("NVIDIA H200", "90", "570.86.15", (12, 8))

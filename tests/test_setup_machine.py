@@ -19,7 +19,7 @@ import pytest
 
 from luce_bench.setup import probe, steps
 from luce_bench.setup.__main__ import STAMP, fingerprint, main
-from luce_bench.setup.decide import Options, SetupPlan, Step
+from luce_bench.setup.plan import Options, SetupPlan, Step
 
 ROOT = Path(__file__).resolve().parents[1]
 SMI_OK = """#!/bin/sh

@@ -17,7 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from luce_bench.setup.decide import Options, SetupPlan, decide, decide_llamacpp_cuda
+from luce_bench.setup.decide import decide, decide_llamacpp_cuda
+from luce_bench.setup.plan import Options, SetupPlan
 from luce_bench.setup.probe import ROOT, Hardware, probe, probe_hardware
 from luce_bench.setup.steps import SetupFailed, StepRunner, duration_text
 

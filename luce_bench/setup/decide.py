@@ -19,70 +19,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import shlex
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from luce_bench.setup.probe import ROOT, Machine, PythonFacts
+from luce_bench.setup.plan import Gap, Options, Planner, SetupPlan
+from luce_bench.setup.probe import ROOT, Machine
 
 # The driver must run at least this CUDA version for the torch wheels of that tag (newest first)
 TORCH_CUDA_TAGS = (((13, 0), "cu130"), ((12, 8), "cu128"), ((12, 6), "cu126"))
-TORCH_INDEX = "https://download.pytorch.org/whl"
 TOOLKIT_FIX = "install the CUDA toolkit (nvcc, cuBLAS) or put its bin/ on PATH, then make setup"
-
-
-@dataclass(frozen=True)
-class Options:
-    """What the Makefile passes in (its variables of the same names)."""
-
-    venv: Path = Path(".venv")
-    wheels: Path | None = None  # WHEELS: offline, from this directory only
-    torch_spec: str = "torch==2.13.0"  # TORCH_SPEC
-    torch_index: str = TORCH_INDEX  # TORCH_INDEX: CUDA builds come from TORCH_INDEX/<tag>
-    llamacpp_spec: str = "llama-cpp-python==0.3.36"  # LLAMACPP_SPEC
-    llamacpp_cmake_args: str = ""  # LLAMACPP_CMAKE_ARGS: the CPU build's
-    sdist: Path | None = None  # SDIST: build llama.cpp (CUDA) from this sdist
-
-
-@dataclass(frozen=True)
-class Gap:
-    """Something this machine lacks for the main job: what is missing or runs instead, and what fixes it."""
-
-    piece: str  # e.g. "nvcc", "torch", "llama.cpp", "megakernel"
-    problem: str
-    fix: str
-
-    @property
-    def line(self) -> str:
-        """One line, as setup prints it."""
-        return f"{self.piece}: {self.problem} (fix: {self.fix})"
-
-
-@dataclass(frozen=True)
-class Step:
-    """One command of the setup; a step that is not `required` may fail, and `fail_note` then says what it costs."""
-
-    title: str
-    argv: tuple[str, ...]
-    env: tuple[tuple[str, str], ...] = ()
-    required: bool = True
-    fail_note: str = ""
-    closes: Gap | None = None  # the gap this step fills (what `luce-bench info` shows while it is pending)
-
-    @property
-    def command(self) -> str:
-        """The command as a shell line (for --dry-run and the log)."""
-        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env)
-        return (env + " " if env else "") + shlex.join(self.argv)
-
-
-@dataclass
-class SetupPlan:
-    """The steps in order, and the gaps no step can fill here."""
-
-    steps: list[Step] = field(default_factory=list)
-    gaps: list[Gap] = field(default_factory=list)
-    system_site: bool = False
 
 
 def torch_cuda_tag(driver_cuda: tuple[int, int] | None) -> str | None:
@@ -92,33 +36,7 @@ def torch_cuda_tag(driver_cuda: tuple[int, int] | None) -> str | None:
     return next((tag for need, tag in TORCH_CUDA_TAGS if driver_cuda >= need), None)
 
 
-class _Planner:
-    """Builds a SetupPlan step by step; `env` is what the venv will hold once the steps so far have run."""
-
-    def __init__(self, m: Machine, o: Options) -> None:
-        self.m, self.o, self.plan = m, o, SetupPlan()
-        self.py = str(o.venv / "bin" / "python")
-        self.env: PythonFacts = m.venv or PythonFacts(python=self.py)
-
-    def pip(self, *args: str) -> tuple[str, ...]:
-        index = ("--no-index", "--find-links", str(self.o.wheels)) if self.o.wheels else ()
-        return (self.py, "-m", "pip", "install", "-q", *index, *args)
-
-    def add(self, title: str, argv: tuple[str, ...], **kw: object) -> None:
-        self.plan.steps.append(Step(title, argv, **kw))  # type: ignore[arg-type]
-
-    def gap(self, piece: str, problem: str, fix: str) -> None:
-        self.plan.gaps.append(Gap(piece, problem, fix))
-
-    def have(self, dist: str) -> bool:
-        """Whether the wheel directory holds `dist` (always True online: the index has it)."""
-        return self.m.wheels is None or dist in self.m.wheels.names
-
-    def now_has(self, **facts: object) -> None:
-        self.env = dataclasses.replace(self.env, **facts)
-
-
-def _venv(p: _Planner) -> None:
+def _venv(p: Planner) -> None:
     m, o = p.m, p.o
     if m.venv is not None:
         p.plan.system_site = m.venv.system_site
@@ -136,7 +54,7 @@ def _venv(p: _Planner) -> None:
         p.add("upgrading pip", p.pip("--upgrade", "pip"), required=False)
 
 
-def _cpu_torch(p: _Planner, why: str) -> None:
+def _cpu_torch(p: Planner, why: str) -> None:
     if p.env.torch is not None:
         return
     if not p.have("torch"):
@@ -146,7 +64,7 @@ def _cpu_torch(p: _Planner, why: str) -> None:
     p.now_has(torch=p.o.torch_spec, torch_cuda=None, torch_gpu=False)
 
 
-def _torch(p: _Planner) -> None:
+def _torch(p: Planner) -> None:
     m, o, env = p.m, p.o, p.env
     if m.gpu is None:
         _cpu_torch(p, "not installed: HF cannot run")
@@ -178,7 +96,7 @@ def _torch(p: _Planner) -> None:
     p.now_has(torch=o.torch_spec, torch_cuda=tag, torch_gpu=True)
 
 
-def _llamacpp_cpu(p: _Planner) -> None:
+def _llamacpp_cpu(p: Planner) -> None:
     o = p.o
     if p.env.llama_cpp is not None:
         return
@@ -198,7 +116,7 @@ def _cpus() -> int:
 LLAMA_CUDA_GAP = "make llamacpp-cuda"
 
 
-def _llamacpp_cuda_wheel(p: _Planner, arch: str, closes: Gap) -> bool:
+def _llamacpp_cuda_wheel(p: Planner, arch: str, closes: Gap) -> bool:
     """Install a CUDA wheel from WHEELS built for `arch` (or for an arch it does not name); True if planned."""
     w = p.m.wheels
     if w is None or w.llama_cuda is None or p.o.sdist is not None:
@@ -216,7 +134,7 @@ def _llamacpp_cuda_wheel(p: _Planner, arch: str, closes: Gap) -> bool:
     return True
 
 
-def _llamacpp_build(p: _Planner, arch: str, closes: Gap) -> None:
+def _llamacpp_build(p: Planner, arch: str, closes: Gap) -> None:
     """The CUDA build recipe from an sdist (SDIST, WHEELS or PyPI), with its build tools."""
     m, o = p.m, p.o
     sdist = str(o.sdist) if o.sdist else (m.wheels.llama_sdist if m.wheels else None)
@@ -245,7 +163,7 @@ def _llamacpp_build(p: _Planner, arch: str, closes: Gap) -> None:
     )
 
 
-def _llamacpp(p: _Planner, cuda_arch: str | None = None, redo: bool = False) -> None:
+def _llamacpp(p: Planner, cuda_arch: str | None = None, redo: bool = False) -> None:
     m = p.m
     if m.gpu is None and cuda_arch is None:
         _llamacpp_cpu(p)
@@ -278,7 +196,7 @@ def requirement_name(req: str) -> str:
     return re.sub(r"[-_.]+", "-", re.split(r"[<>=!~;\[ ]", req, maxsplit=1)[0]).lower()
 
 
-def _deps(p: _Planner) -> None:
+def _deps(p: Planner) -> None:
     reqs = pyproject_requirements()
     own_steps = {"torch", "llama-cpp-python"}  # installed (or not) by their own steps above
     run = [r for g in ("base", "hf", "llamacpp") for r in reqs.get(g, []) if requirement_name(r) not in own_steps]
@@ -291,7 +209,7 @@ def _deps(p: _Planner) -> None:
     )
 
 
-def _package(p: _Planner) -> None:
+def _package(p: Planner) -> None:
     if p.m.wheels is None:
         p.add("installing luce-bench (editable)", p.pip("--no-deps", "-e", str(ROOT)))
     elif "hatchling" in p.env.modules:
@@ -300,7 +218,7 @@ def _package(p: _Planner) -> None:
         p.add("linking luce-bench into the venv (no build backend offline)", (p.py, "-m", "luce_bench.setup.link"))
 
 
-def _gpu_extras(p: _Planner) -> None:
+def _gpu_extras(p: Planner) -> None:
     """fla-core for HF's fast GDN path, and the megakernel compiled once (both may fail: one line, go on)."""
     m = p.m
     if m.gpu is None:
@@ -329,7 +247,7 @@ def _gpu_extras(p: _Planner) -> None:
 
 def decide(m: Machine, o: Options) -> SetupPlan:
     """The whole setup for machine `m` (see the module docstring)."""
-    p = _Planner(m, o)
+    p = Planner(m, o)
     if m.gpu_problem:
         p.gap("NVIDIA GPU", f"{m.gpu_problem}: the CPU setup", "check the driver with nvidia-smi, then make setup")
     _venv(p)
@@ -343,6 +261,6 @@ def decide(m: Machine, o: Options) -> SetupPlan:
 
 def decide_llamacpp_cuda(m: Machine, o: Options, cuda_arch: str | None) -> SetupPlan:
     """`make llamacpp-cuda`: (re)build llama.cpp with CUDA for this GPU, or for `cuda_arch` on another machine."""
-    p = _Planner(m, o)
+    p = Planner(m, o)
     _llamacpp(p, cuda_arch=cuda_arch, redo=True)
     return p.plan

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from luce_bench.setup.decide import SetupPlan, Step
+from luce_bench.setup.plan import SetupPlan, Step
 from luce_bench.setup.probe import ROOT
 
 TICK_TTY_S = 1.0
