@@ -3,57 +3,61 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # CPU torch on machines without a GPU (this version is cached locally on our CI machines); GPU users get CUDA torch
+# from TORCH_INDEX/<cu tag for the driver> unless a torch that sees the GPU is already installed (system-wide too)
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl
 LLAMACPP_SPEC ?= llama-cpp-python==0.3.36
 LLAMACPP_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF -DGGML_NATIVE=OFF
+# Offline / air-gapped: a directory of pre-downloaded wheels and sdists; every pip call then uses only it
+WHEELS ?=
+# llamacpp-cuda: build from this sdist (else WHEELS' or PyPI's); CUDA_ARCH builds for another GPU (e.g. 90)
+SDIST ?=
+CUDA_ARCH ?=
 ARGS ?=
+SETUP_ARGS ?=
+# The GPU / no-GPU decisions live in luce_bench/setup/ (stdlib only, run by $(PYTHON); tests/test_setup_*.py)
+SETUP = $(PYTHON) -m luce_bench.setup --venv "$(VENV)" --wheels "$(WHEELS)" --torch-spec "$(TORCH_SPEC)" \
+	--torch-index "$(TORCH_INDEX)" --llamacpp-spec "$(LLAMACPP_SPEC)" --llamacpp-cmake-args="$(LLAMACPP_CMAKE_ARGS)" \
+	--sdist "$(SDIST)" $(SETUP_ARGS)
 
-.PHONY: setup run test lint check-results test-gpu llamacpp-cuda kernel clean bench-sampler
+.PHONY: setup ready run test lint check-results test-gpu llamacpp-cuda kernel clean bench-sampler
 
-setup: $(VENV)/.luce-bench-installed
+# re-checks the machine and installs what is missing (after installing a driver or the CUDA toolkit, say)
+setup:
+	@$(SETUP)
 
-$(VENV)/.luce-bench-installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="$(LLAMACPP_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
-		$(BIN)/python -m pip install -q "$(LLAMACPP_SPEC)" diskcache
-	$(BIN)/python -m pip install -q -e ".[hf,llamacpp,dev]"
-	touch $@
+# what run/test/lint need: the setup, unless nothing it depends on changed since the last one (then instant)
+ready:
+	@$(SETUP) --if-changed
 
-run: setup
+run: ready
 	$(BIN)/luce-bench compare $(ARGS)
 
-test: setup
+test: ready
 	$(BIN)/python -m pytest -q $(ARGS)
 
-lint: setup
+lint: ready
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 # the committed results agree with their CSVs: summaries, reports, results/README.md and the README's block
-check-results: setup
+check-results: ready
 	$(BIN)/luce-bench report --check results/
 
-test-gpu: setup
+test-gpu: ready
 	LUCE_BENCH_READONLY=1 $(BIN)/python -m pytest -q -m gpu $(ARGS)
 
-# CUDA build of llama-cpp-python for this GPU's arch only. Offline machines: SDIST=path/to/llama_cpp_python-*.tar.gz
-# (see scripts/repack-llamacpp-sdist.sh); otherwise the sdist is downloaded from PyPI first.
-SDIST ?=
-llamacpp-cuda: setup
-	@sdist="$(SDIST)"; if [ -z "$$sdist" ]; then \
-		$(BIN)/python -m pip download -q --no-deps --no-binary :all: -d build/sdist "$(LLAMACPP_SPEC)" && \
-		sdist=$$(ls build/sdist/llama_cpp_python-*.tar.gz | head -1); fi; \
-	$(BIN)/python -m pip install -q scikit-build-core cmake ninja; \
-	PYTHON=$(BIN)/python bash scripts/build-llamacpp-cuda.sh "$$sdist" build/llamacpp-cuda
+# CUDA build of llama-cpp-python for this GPU's arch only (again, even if one is installed), from SDIST, a CUDA wheel
+# or sdist in WHEELS, or PyPI's sdist (see scripts/build-llamacpp-cuda.sh and scripts/repack-llamacpp-sdist.sh)
+llamacpp-cuda: ready
+	@$(SETUP) --llamacpp-cuda --cuda-arch "$(CUDA_ARCH)"
 
-kernel: setup
+kernel: ready
 	$(BIN)/luce-bench kernel build
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache
 
 # experiment: the sampler's cost on tok/s (must stay < 1 %); on a GPU machine e.g. ARGS="--workload backend --backend hf"
-bench-sampler: setup
+bench-sampler: ready
 	$(BIN)/python experiments/bench_sampler_overhead.py $(ARGS)

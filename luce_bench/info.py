@@ -55,6 +55,27 @@ def clock_facts(gpu: Any) -> dict[str, Any]:
     return out
 
 
+def setup_gaps() -> list[dict[str, str]]:
+    """What this machine lacks for the main job, each with the command that fixes it (`make setup`'s decisions).
+
+    The Python running luce-bench stands for the venv: a torch that does not see the GPU, a CPU build of llama.cpp on
+    a GPU host, no nvcc or cuBLAS, a driver too old for CUDA torch.
+    """
+    import dataclasses
+    import sys
+    from pathlib import Path
+
+    from luce_bench.setup.decide import decide
+    from luce_bench.setup.plan import Options
+    from luce_bench.setup.probe import Machine, probe_hardware, python_facts
+
+    hw = probe_hardware()
+    me = python_facts()
+    plan = decide(Machine(hw.gpu, hw.gpu_problem, hw.toolkit, me, me, tools=hw.tools), Options(venv=Path(sys.prefix)))
+    gaps = [*plan.gaps, *(s.closes for s in plan.steps if s.closes is not None)]
+    return [dataclasses.asdict(g) for g in gaps]
+
+
 def gather(gpu_index: int = 0, fake_preset: str | None = None) -> dict[str, Any]:
     """Everything `info` shows, as a dict (`fake_preset`: describe that simulated card instead of NVML's)."""
     from luce_bench.gpu import open_gpu
@@ -84,6 +105,7 @@ def gather(gpu_index: int = 0, fake_preset: str | None = None) -> dict[str, Any]
         from luce_bench.kernels import build_info
 
         out["kernel"] = build_info()
+    out["missing"] = setup_gaps()
     return out
 
 
@@ -133,3 +155,18 @@ def show(console: Any, gpu_index: int = 0, fake_preset: str | None = None) -> No
         for k, v in data["kernel"].items():
             t.add_row(str(k), str(v))
         console.print(t)
+    _show_missing(console, data["missing"])
+
+
+def _show_missing(console: Any, missing: list[dict[str, str]]) -> None:
+    from rich.table import Table
+
+    if not missing:
+        console.print("missing: nothing (`make setup` has nothing to add here)")
+        return
+    t = Table(title="Missing here (what runs instead, and the fix)")
+    for col in ("piece", "what it costs", "fix"):
+        t.add_column(col)
+    for gap in missing:
+        t.add_row(gap["piece"], gap["problem"], gap["fix"])
+    console.print(t)

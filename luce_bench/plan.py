@@ -269,6 +269,8 @@ def _runnable(names: Sequence[str], optional: Sequence[str], ctx: RunContext) ->
             raise UserError(f"gpu.fake_clock: virtual runs only simulated backends (sim); {name} runs in real time")
         else:
             keep.append(name)
+    if not keep and skipped:
+        raise UserError("no backend can run here: " + "; ".join(f"{n}: {why}" for n, why in skipped.items()))
     return keep, skipped
 
 

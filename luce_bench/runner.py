@@ -30,6 +30,7 @@ from luce_bench.loop import RunLoop
 from luce_bench.plan import Plan, fingerprint
 from luce_bench.records import RunRecord
 from luce_bench.results import RunWriter
+from luce_bench.run_log import warnings_to_log
 
 
 class UI(Protocol):
@@ -177,7 +178,8 @@ def _in_dir(plan: Plan, ctx: RunContext, ui: UI, control: Any, resume: Resume | 
     work = plan if resume is None else plan.only([t for t in plan.trials if t in resume.todo])
     try:
         todo, offset = (resume.todo, resume.t_offset_s) if resume is not None else (None, 0.0)
-        with RunLoop(work, ctx, ui, writer, control, outcome, status, todo, offset) as loop:
+        loop = RunLoop(work, ctx, ui, writer, control, outcome, status, todo, offset)
+        with warnings_to_log(writer.dir), loop:
             loop.execute()
     except KeyboardInterrupt:
         outcome.stop = Stop(st.INTERRUPTED, "interrupted by SIGINT", 130)

@@ -2,12 +2,18 @@
 # Build llama-cpp-python with CUDA for this machine's GPU architecture only, offline, from a pre-downloaded sdist
 # (ideally repacked by scripts/repack-llamacpp-sdist.sh), and install it.
 #
-# usage: scripts/build-llamacpp-cuda.sh SDIST.tar.gz [WHEEL_DIR=dist/llamacpp-cuda]
+# usage: scripts/build-llamacpp-cuda.sh SDIST.tar.gz|SDIST_DIR [WHEEL_DIR=dist/llamacpp-cuda]
+#        (a directory: the newest llama_cpp_python-*.tar.gz in it, e.g. what `pip download` left there)
 # env:   PYTHON (python3), CUDA_ARCH (e.g. 90; default: detected), INSTALL=0 (only build the wheel),
 #        PIP_INSTALL_ARGS (extra args for the install, e.g. "--target /tmp/site")
 # needs: nvcc + cuBLAS (CUDA toolkit), cmake >= 3.21, ninja, scikit-build-core in PYTHON (no build isolation: no internet)
 set -euo pipefail
-sdist=${1:?usage: $0 SDIST.tar.gz [WHEEL_DIR]}
+sdist=${1:?usage: $0 SDIST.tar.gz|SDIST_DIR [WHEEL_DIR]}
+if [ -d "$sdist" ]; then
+  dir=$sdist
+  sdist=$(ls -t "$dir"/llama_cpp_python-*.tar.gz 2>/dev/null | head -1 || true)
+  [ -n "$sdist" ] || { echo "error: no llama_cpp_python-*.tar.gz in $dir" >&2; exit 2; }
+fi
 out=${2:-dist/llamacpp-cuda}
 py=${PYTHON:-python3}
 arch=${CUDA_ARCH:-}

@@ -1,4 +1,7 @@
-"""Shared fixtures: a per-session model cache with the tiny synthetic checkpoint, and the `gpu` marker's skip.
+"""Shared fixtures: a per-session model cache with the tiny synthetic checkpoint, and the `gpu` marker's rules.
+
+Tests marked `gpu` skip without a CUDA GPU; with one they run read-only (LUCE_BENCH_READONLY=1: they share a real card
+and must never change a setting), and the end of the run says how many ran and how they went, or why they skipped.
 
 Hypothesis runs derandomized (the same examples every run, so CI time and results are stable), without per-example
 deadlines (a CLI invocation may take a while on a busy 2-core machine). With LUCE_BENCH_INVENTORY=FILE, collection
@@ -10,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -70,6 +74,39 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if reason:
         for item in gpu_items:
             item.add_marker(pytest.mark.skip(reason=f"gpu test: {reason}"))
+
+
+@pytest.fixture(autouse=True)
+def _gpu_tests_read_only(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if request.node.get_closest_marker("gpu") is not None:
+        monkeypatch.setenv("LUCE_BENCH_READONLY", "1")
+
+
+def gpu_outcomes(reports: dict[str, list[Any]]) -> dict[str, str]:
+    """{test id: passed / failed / skipped} of the `gpu`-marked tests in pytest's reports (errors count as failed)."""
+    out: dict[str, str] = {}
+    for outcome in ("passed", "skipped", "failed", "error"):
+        for rep in reports.get(outcome, []):
+            if "gpu" in getattr(rep, "keywords", {}):
+                out[rep.nodeid] = "failed" if outcome == "error" else outcome
+    return out
+
+
+def gpu_summary(outcomes: dict[str, str], skip_reason: str | None) -> str | None:
+    """One line on the GPU tests of this run (None when none was collected)."""
+    if not outcomes:
+        return None
+    counts = {k: sum(v == k for v in outcomes.values()) for k in ("passed", "failed", "skipped")}
+    text = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+    if skip_reason:
+        return f"GPU tests (marker gpu): {text}: {skip_reason}; on a machine with an NVIDIA GPU `make test` runs them"
+    return f"GPU tests (marker gpu): {text}, read-only (LUCE_BENCH_READONLY=1)"
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    line = gpu_summary(gpu_outcomes(terminalreporter.stats), cuda_gpu_reason())
+    if line:
+        terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session", autouse=True)

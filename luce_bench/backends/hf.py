@@ -46,6 +46,7 @@ class HFBackend(Backend):
         self._cache: Any = None
         self._last: Any = None  # last produced token, [1, 1] on the device
         self._saved: Any = None  # (cache, last token) of a depth test's context
+        self._cache_name = "past_key_values"  # or "cache": what the loaded model's forward takes (cache_argument)
         self._recorder = _FallbackRecorder()
 
     @classmethod
@@ -87,10 +88,12 @@ class HFBackend(Backend):
             torch.backends.cuda.enable_cudnn_sdp(self.sdpa_cudnn)
         hf_logging.get_logger("transformers").addHandler(self._recorder)
         # The fallback warnings are recorded (info()["torch_fallbacks"], and the report's notes) instead of printed
-        # four times in the middle of the progress bars.
+        # four times in the middle of the progress bars; the weight-loading bar is noise next to ours.
         hf_logging.disable_default_handler()
+        hf_logging.disable_progress_bar()
         dtype = getattr(torch, self.dtype_name)
         self._model = AutoModelForCausalLM.from_pretrained(str(model.path), dtype=dtype).to(self._device).eval()
+        self._cache_name = cache_argument(self._model.forward)
         self.reset()
 
     def reset(self) -> None:
@@ -114,8 +117,8 @@ class HFBackend(Backend):
         self._cache = copy.deepcopy(cache)
 
     def _forward(self, ids: Any) -> Any:
-        out = self._model(input_ids=ids, past_key_values=self._cache, use_cache=True, logits_to_keep=1)
-        self._cache = out.past_key_values
+        out = self._model(input_ids=ids, **{self._cache_name: self._cache}, use_cache=True, logits_to_keep=1)
+        self._cache = getattr(out, self._cache_name)
         return out.logits[:, -1, :]  # [1, vocab]
 
     def _sync(self) -> None:
@@ -194,7 +197,19 @@ class HFBackend(Backend):
 
         hf_logging.get_logger("transformers").removeHandler(self._recorder)
         hf_logging.enable_default_handler()
+        hf_logging.enable_progress_bar()
         self._model = self._cache = self._last = self._saved = None
+
+
+def cache_argument(forward: Any) -> str:
+    """The name `forward` takes the cache under: "cache" (transformers >= 5.2x) or "past_key_values" (older ones).
+
+    Newer transformers still accept `past_key_values` but warn (a FutureWarning per process, "`past_key_values` is
+    deprecated ... Use `cache` instead") and log the same for the output attribute.
+    """
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
 def _version_of(pkg: str) -> str | None:

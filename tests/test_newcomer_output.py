@@ -1,0 +1,125 @@
+"""What a newcomer sees: the run's output, `make test`'s GPU line and `info`'s missing pieces.
+
+`compare` skips default baselines that cannot run (with the reason) instead of refusing, library warnings land in the
+run's log and not between the progress bars, HF calls transformers without its deprecated argument, `make test` says
+what became of the GPU tests, and `info` names what is missing and the fix.
+"""
+
+from __future__ import annotations
+
+import csv
+import warnings
+
+import pytest
+from conftest import gpu_outcomes, gpu_summary
+from typer.testing import CliRunner
+
+from luce_bench.cli import app
+from luce_bench.run_log import warnings_to_log
+
+runner = CliRunner()
+FAST = ["--reps", "1", "--window-s", "0.2", "--warmup-s", "0.05", "--rep-gap-max-s", "0", "--tests", "tg4"]
+
+
+def test_default_baselines_that_cannot_run_are_skipped_named_ones_are_refused(tmp_path, tiny_model, monkeypatch):
+    from luce_bench.backends.llamacpp import LlamaCppBackend
+
+    monkeypatch.setattr(LlamaCppBackend, "unavailable_reason", classmethod(lambda cls: "llama_cpp is not installed"))
+    out = tmp_path / "runs"
+    result = runner.invoke(app, ["compare", "--fake-gpu", "--model", "tiny", "-o", str(out), *FAST])
+    assert result.exit_code == 0, result.output
+    assert "skipping llamacpp: llama_cpp is not installed" in " ".join(result.output.split())
+    (run_dir,) = out.iterdir()
+    with open(run_dir / "runs.csv") as f:
+        assert {row["backend"] for row in csv.DictReader(f)} == {"hf"}
+    named = runner.invoke(app, ["compare", "--fake-gpu", "--baselines", "llamacpp,hf", "-o", str(tmp_path / "x")])
+    assert named.exit_code == 2 and "backend llamacpp cannot run here: llama_cpp is not installed" in named.output
+
+
+def test_nothing_runnable_is_one_line_naming_every_reason(tmp_path, monkeypatch):
+    from luce_bench.backends.hf import HFBackend
+
+    monkeypatch.setattr(HFBackend, "unavailable_reason", classmethod(lambda cls: "torch is not installed"))
+    result = runner.invoke(app, ["compare", "--fake-gpu", "--baselines", "", "-o", str(tmp_path / "runs")])
+    assert result.exit_code == 2, result.output
+    assert "no backend can run here: megakernel: " in result.output and not (tmp_path / "runs").exists()
+
+
+def test_warnings_during_a_run_go_to_its_log_only(tmp_path, capsys):
+    console = warnings.showwarning
+    with warnings_to_log(tmp_path) as log:
+        assert not log.exists()  # created only when there is something to write
+        warnings.warn("`past_key_values` is deprecated", FutureWarning, stacklevel=1)
+    assert "FutureWarning: `past_key_values` is deprecated" in log.read_text()
+    assert capsys.readouterr().err == "" and warnings.showwarning is console  # the console is back afterwards
+
+
+def test_hf_decodes_without_the_deprecated_cache_argument(hf_tiny):
+    from luce_bench.backends.hf import cache_argument
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        hf_tiny.reset()
+        hf_tiny.prefill([1, 2, 3, 4])
+        assert len(hf_tiny.decode(4).tokens) == 4
+    assert cache_argument(lambda input_ids, cache=None: None) == "cache"
+    assert cache_argument(lambda input_ids, past_key_values=None: None) == "past_key_values"
+
+
+class _Report:
+    def __init__(self, nodeid: str, gpu: bool) -> None:
+        self.nodeid, self.keywords = nodeid, {"gpu": 1} if gpu else {}
+
+
+@pytest.fixture
+def reports():
+    return {
+        "passed": [_Report("a", True), _Report("b", True), _Report("cpu", False)],
+        "failed": [_Report("c", True)],
+        "error": [_Report("a", True)],  # a teardown error of a test that passed
+        "skipped": [_Report("d", True)],
+    }
+
+
+def test_the_gpu_test_summary_counts_what_ran(reports):
+    outcomes = gpu_outcomes(reports)
+    assert outcomes == {"a": "failed", "b": "passed", "c": "failed", "d": "skipped"}
+    assert (
+        gpu_summary(outcomes, None)
+        == "GPU tests (marker gpu): 1 passed, 2 failed, 1 skipped, read-only (LUCE_BENCH_READONLY=1)"
+    )
+    skipped = {"x": "skipped", "y": "skipped"}
+    assert gpu_summary(skipped, "no CUDA GPU visible to torch") == (
+        "GPU tests (marker gpu): 2 skipped: no CUDA GPU visible to torch; on a machine with an NVIDIA GPU `make test` "
+        "runs them"
+    )
+    assert gpu_summary({}, None) is None
+
+
+@pytest.mark.gpu
+def test_gpu_tests_run_read_only():
+    import os
+
+    assert os.environ["LUCE_BENCH_READONLY"] == "1"
+
+
+def test_info_names_the_missing_pieces_and_their_fixes(monkeypatch):
+    from luce_bench.info import setup_gaps
+    from luce_bench.setup import probe
+
+    hw = probe.Hardware(probe.Gpu("NVIDIA H200", "90", "570.86.15", (12, 8)), None, probe.Toolkit(), frozenset())
+    me = probe.PythonFacts("/v/bin/python", torch="2.13.0+cpu", llama_cpp="0.3.36")
+    monkeypatch.setattr(probe, "probe_hardware", lambda: hw)
+    monkeypatch.setattr(probe, "python_facts", lambda: me)
+    got = {(g["piece"], g["fix"]) for g in setup_gaps()}
+    toolkit_fix = "install the CUDA toolkit (nvcc, cuBLAS) or put its bin/ on PATH, then make setup"
+    expected = {
+        ("nvcc and cuBLAS", toolkit_fix),
+        ("nvcc", toolkit_fix),
+        ("torch", "make setup"),
+        ("fla-core", "make setup"),
+    }
+    assert got == expected
+    result = runner.invoke(app, ["info"])
+    assert result.exit_code == 0, result.output
+    assert "Missing here" in result.output and "2.13.0+cpu does not see the" in result.output
