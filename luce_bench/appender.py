@@ -2,7 +2,9 @@
 
 Each `add` is one write of complete lines, fsynced; if it fails (a full disk, a file-size limit), the file is cut
 back to where it was and RunDirError says why. A file whose last line lacks its newline (a crash mid-write on a
-filesystem that allows it) is cut back to its last complete line when reopened.
+filesystem that allows it) is cut back to its last complete line when reopened. `signals_deferred` holds SIGINT,
+SIGTERM and SIGHUP back over a few statements (a row and the count of rows that goes with it), so that a signal lands
+before or after them, never between.
 """
 
 from __future__ import annotations
@@ -11,11 +13,27 @@ import contextlib
 import csv
 import io
 import os
-from collections.abc import Sequence
+import signal
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from luce_bench.records import columns, to_cells
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Block SIGINT, SIGTERM and SIGHUP in the block (main thread, POSIX); they are delivered when it ends."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 class RunDirError(Exception):

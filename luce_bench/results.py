@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from luce_bench.appender import CsvAppender, RunDirError
+from luce_bench.appender import CsvAppender, RunDirError, signals_deferred
 from luce_bench.errors import UserError
 from luce_bench.files import atomic_write
 from luce_bench.records import RunRecord, read_csv
@@ -68,9 +68,10 @@ class RunWriter:
             raise UserError(f"cannot create a run directory under {out}: {exc.strerror or exc}") from exc
 
     def add_run(self, record: RunRecord) -> None:
-        """Append one repetition's row to runs.csv."""
-        self._runs.add([record])
-        self.n_runs += 1
+        """Append one repetition's row to runs.csv (a signal lands before or after the row and its count)."""
+        with signals_deferred():
+            self._runs.add([record])
+            self.n_runs += 1
 
     def add_samples(self, samples: Sequence[Sample]) -> None:
         """Append sampler readings to samples.csv."""

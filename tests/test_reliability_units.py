@@ -159,3 +159,19 @@ def test_the_report_says_how_a_run_that_did_not_finish_ended(tmp_path):
     assert run_state(tmp_path) == []
     (tmp_path / "status.json").write_text("[]")
     assert run_state(tmp_path) == [f"{tmp_path / 'status.json'} is not a luce-bench status file (format 1)"]
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX signal masks")
+def test_a_signal_waits_for_the_end_of_a_deferred_block():
+    """A row and its count go together: SIGTERM sent inside the block is handled only after it."""
+    got = []
+    old = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+    try:
+        with appender.signals_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            inside = list(got)
+        time.sleep(0.05)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert inside == [] and got == [signal.SIGTERM]
