@@ -39,7 +39,7 @@ class RunContext:
         return self.cfg.gpu.fake_preset if self.fake_gpu is not None else None
 
     def backend_kwargs(self, name: str) -> dict[str, Any]:
-        """Constructor options of backend `name`: llama.cpp's context sizes; a simulated backend's card and clock."""
+        """Constructor options of `name`: llama.cpp's context sizes, hf-compiled's cache length, a simulated card."""
         from luce_bench.backends import get
 
         tests = self.cfg.test_specs
@@ -50,6 +50,8 @@ class RunContext:
             n_ctx = max(512, -(-(longest + 64) // 256) * 256)
             n_ubatch = min(2048, max([t.n for t in tests if t.kind == "pp"] or [512]))  # one ubatch per pp test
             return {"n_ctx": n_ctx, "n_batch": max(2048, n_ubatch), "n_ubatch": n_ubatch}
+        if name == "hf-compiled":  # as generate sizes it: the longest sequence a test puts in the cache
+            return {"max_cache_len": max(t.n for t in tests) + 1}
         return {}
 
     def create_backend(self, name: str) -> Backend:

@@ -48,5 +48,7 @@ def test_reset_starts_a_new_sequence(hf_tiny):
 
 def test_info_records_the_gdn_path(hf_tiny):
     info = hf_tiny.info()
-    assert info["gdn_path"] in ("pure-torch fallback", "fla/causal-conv1d kernels")
+    assert info["gdn_path"] in ("pure-torch fallback", "fla kernels")
+    assert info["conv1d_path"] in ("pure-torch fallback", "causal-conv1d kernels")
     assert info["device"] == "cpu" and info["dtype"] == "bfloat16"
+    assert info["setup"].startswith("eager transformers")

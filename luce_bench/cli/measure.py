@@ -83,27 +83,34 @@ def _finish(outcome: Any, out: Any, sweep: bool) -> None:
     raise typer.Exit(code)
 
 
+DEFAULT_BASELINES = "llamacpp,hf,hf-compiled"
+OPTIONAL_BASELINES = ("hf-compiled",)  # in the default list, skipped with its reason where it cannot run
+BASELINES_HELP = (
+    f"Comma list of baselines: llamacpp, hf, hf-compiled (default: {DEFAULT_BASELINES}; hf-compiled, needing CUDA "
+    "torch and a compiler, is skipped with its reason where it cannot run unless named here)."
+)
+
+
 @run_options
 def compare(
     ctx: typer.Context,
-    baselines: Annotated[str, typer.Option("--baselines", "-b", help="Comma list of baselines: llamacpp, hf.")] = (
-        "llamacpp,hf"
-    ),
+    baselines: Annotated[Optional[str], typer.Option("--baselines", "-b", help=BASELINES_HELP)] = None,
     no_megakernel: Annotated[bool, typer.Option("--no-megakernel", help="Measure only the baselines.")] = False,
 ) -> None:
     """Measure the megakernel against the baselines: tok/s and tok/J per test, one run directory with CSVs and plots."""
-    names = [b.strip() for b in baselines.split(",") if b.strip()]
+    names = [b.strip() for b in (baselines if baselines is not None else DEFAULT_BASELINES).split(",") if b.strip()]
     if not names and no_megakernel:
         raise UserError("nothing to measure: --baselines is empty and --no-megakernel is set")
     backends = ([] if no_megakernel else ["megakernel"]) + [b for b in names if b != "megakernel"]
+    optional = ["megakernel", *(OPTIONAL_BASELINES if baselines is None else ())]
     cfg = load_config(ctx.params, backends=",".join(backends))
-    measure(cfg, "compare", backends, optional=["megakernel"])
+    measure(cfg, "compare", backends, optional=optional)
 
 
 @run_options
 def bench(
     ctx: typer.Context,
-    backend: Annotated[str, typer.Argument(help="Backend: megakernel, llamacpp, hf (sim needs --fake-gpu).")],
+    backend: Annotated[str, typer.Argument(help="Backend: megakernel, llamacpp, hf, hf-compiled; sim: --fake-gpu.")],
 ) -> None:
     """Measure one backend at the current power limit."""
     cfg = load_config(ctx.params, backends=backend)
