@@ -4,7 +4,12 @@ Two engines computing the same function in different orders (fused kernels, comp
 differently, so where the reference's two best logits lie within that rounding noise either choice is right. A step
 counts as a near tie when the engines disagree there and the reference's top-2 margin, relative to its top logit, is at
 most `NEAR_TIE` (2^-7: one bf16 ulp relative to the logit, bf16 keeps 8 significant bits). Any other disagreement is a
-mismatch: the engines do not compute the same function. tests/gpu/test_megakernel.py counts the same way.
+disagreement beyond a near tie (a mismatch). tests/gpu/test_megakernel.py counts the same way.
+
+The rule fits an engine compared with a float32 reference. Two engines that both keep bf16 activations (eager and
+compiled HF in bf16) differ by several 1e-2 in relative L2 of the logits on random weights (the rounding of 24 layers
+of bf16 residual stream), so some of their disagreements lie a few bf16 ulps beyond a near tie; whether they compute
+the same function is then told by the logits' relative L2 (`rel_l2`), and in float32, where the rule holds again.
 """
 
 from __future__ import annotations
@@ -46,12 +51,12 @@ class Agreement:
         return not self.mismatches
 
     def text(self) -> str:
-        """One line, e.g. "15/16 equal, 1 near tie (margin 4.9e-03), 0 mismatches"."""
+        """One line, e.g. "15/16 equal, 1 near tie (margin 4.9e-03), 0 beyond a near tie"."""
         ties = f"{self.near_ties} near tie{'s' if self.near_ties != 1 else ''}"
         if self.near_tie_margins:
             ties += " (margin " + ", ".join(f"{m:.1e}" for m in self.near_tie_margins) + ")"
         bad = ", ".join(f"step {m.step}: {m.token} vs {m.ref_token}, margin {m.margin:.1e}" for m in self.mismatches)
-        return f"{self.agree}/{self.steps} equal, {ties}, {len(self.mismatches)} mismatches" + (
+        return f"{self.agree}/{self.steps} equal, {ties}, {len(self.mismatches)} beyond a near tie" + (
             f" ({bad})" if bad else ""
         )
 
@@ -65,6 +70,14 @@ class Agreement:
             "mismatches": [vars(m) for m in self.mismatches],
             "text": self.text(),
         }
+
+
+def rel_l2(got: Any, ref: Any) -> Any:
+    """Relative L2 distance of each row of `got` from the same row of `ref` (numpy arrays [steps, vocab])."""
+    import numpy as np
+
+    diff = np.asarray(got, dtype=np.float64) - np.asarray(ref, dtype=np.float64)
+    return np.linalg.norm(diff, axis=-1) / np.maximum(np.linalg.norm(np.asarray(ref, dtype=np.float64), axis=-1), 1e-30)
 
 
 def top2_margin(row: Any) -> float:
