@@ -62,12 +62,12 @@ def _teacher_forced(backend, eager, prompt, steps):
     return greedy_agreement(got_tokens, ref_tokens, ref_logits), rel_l2(got_logits, ref_logits)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 1])
 def test_greedy_tokens_agree_with_eager_hf_on_its_history(compiled, eager, tiny_model, seed):
     prompt = make_prompt(12, tiny_model.config.vocab_size, seed)
-    agreement, rel = _teacher_forced(compiled, eager, prompt, 40)
+    agreement, rel = _teacher_forced(compiled, eager, prompt, 32)
     assert agreement.ok, agreement.text()
-    assert agreement.agree + agreement.near_ties == 40
+    assert agreement.agree + agreement.near_ties == 32
     assert rel.max() <= 1e-3, rel.max()
 
 

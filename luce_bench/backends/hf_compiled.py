@@ -170,11 +170,11 @@ class HFCompiledBackend(HFBackend):
         before = _dynamo_counts()
         try:
             self._compile()
+            self._check_agreement(model.config.vocab_size)  # runs the compiled step at other positions
         except (UserError, KeyboardInterrupt):
             raise
         except Exception as exc:  # noqa: BLE001 - any compile failure makes the backend unavailable, in one line
             raise BackendUnavailable(f"compiling the decode step failed: {_one_line(exc)}") from exc
-        self._check_agreement(model.config.vocab_size)
         self._dynamo_at_load = _dynamo_counts()
         self._counts = {k: self._dynamo_at_load[k] - before[k] for k in before}
 
