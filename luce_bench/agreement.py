@@ -80,6 +80,25 @@ def rel_l2(got: Any, ref: Any) -> Any:
     return np.linalg.norm(diff, axis=-1) / np.maximum(np.linalg.norm(np.asarray(ref, dtype=np.float64), axis=-1), 1e-30)
 
 
+def follow(engine: Any, reference: Any, prompt: Sequence[int], steps: int) -> tuple[Agreement, Any]:
+    """`reference` decodes `steps` greedy tokens after `prompt`; `engine` (a Backend too) follows that history.
+
+    Returns the greedy agreement and the logits' relative L2 per step (numpy [steps]).
+    """
+    import numpy as np
+
+    reference.reset()
+    r, d = reference.prefill(prompt, logits=True), reference.decode(steps - 1, logits=True)
+    ref_tokens, ref_logits = [r.tokens[0], *d.tokens], np.concatenate([r.logits, d.logits])
+    engine.reset()
+    f = engine.prefill(prompt, logits=True)
+    g = engine.decode(steps - 1, logits=True, inputs=ref_tokens[:-1])
+    logits = np.concatenate([f.logits, g.logits])
+    if not np.isfinite(logits).all():
+        raise ValueError(f"{engine.name}: NaN or inf in its logits")
+    return greedy_agreement([f.tokens[0], *g.tokens], ref_tokens, ref_logits), rel_l2(logits, ref_logits)
+
+
 def top2_margin(row: Any) -> float:
     """(top1 - top2) / |top1| of one logits row (numpy array [vocab])."""
     import numpy as np

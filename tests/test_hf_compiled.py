@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 from faultkit import check_rows, only_run_dir, status
 from typer.testing import CliRunner
 
 from luce_bench import backends, config
-from luce_bench.agreement import greedy_agreement, rel_l2
+from luce_bench.agreement import follow
 from luce_bench.backends.base import BackendUnavailable
 from luce_bench.backends.hf_compiled import HFCompiledBackend, cuda_of_version_file, torch_cuda_version
 from luce_bench.cli import app
@@ -39,33 +38,16 @@ def compiled(tiny_model):
     b.close()
 
 
-@pytest.fixture(scope="module")
-def eager(tiny_model):
+@pytest.fixture
+def eager(hf32_tiny):
     """The eager `hf` backend, float32, on the same weights."""
-    from luce_bench.backends.hf import HFBackend
-
-    b = HFBackend("float32")
-    b.load(tiny_model, "cpu")
-    yield b
-    b.close()
-
-
-def _teacher_forced(backend, eager, prompt, steps):
-    """(greedy agreement, logits rel L2 per step) of `backend` on eager's greedy history of `steps` tokens."""
-    eager.reset()
-    r, d = eager.prefill(prompt, logits=True), eager.decode(steps - 1, logits=True)
-    ref_tokens, ref_logits = [r.tokens[0], *d.tokens], np.concatenate([r.logits, d.logits])
-    backend.reset()
-    f = backend.prefill(prompt, logits=True)
-    g = backend.decode(steps - 1, logits=True, inputs=ref_tokens[:-1])
-    got_tokens, got_logits = [f.tokens[0], *g.tokens], np.concatenate([f.logits, g.logits])
-    return greedy_agreement(got_tokens, ref_tokens, ref_logits), rel_l2(got_logits, ref_logits)
+    return hf32_tiny
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_greedy_tokens_agree_with_eager_hf_on_its_history(compiled, eager, tiny_model, seed):
     prompt = make_prompt(12, tiny_model.config.vocab_size, seed)
-    agreement, rel = _teacher_forced(compiled, eager, prompt, 32)
+    agreement, rel = follow(compiled, eager, prompt, 32)
     assert agreement.ok, agreement.text()
     assert agreement.agree + agreement.near_ties == 32
     assert rel.max() <= 1e-3, rel.max()
@@ -127,7 +109,7 @@ def test_the_static_cache_alone_without_compile(tiny_model, eager):
         info = b.info()
         assert info["compile_mode"] == "none" and info["compile_backend"] is None and info["graphs"] == 0
         assert "LUCE_BENCH_HF_COMPILE=none" in info["setup"]
-        agreement, rel = _teacher_forced(b, eager, make_prompt(12, tiny_model.config.vocab_size, 4), 24)
+        agreement, rel = follow(b, eager, make_prompt(12, tiny_model.config.vocab_size, 4), 24)
         assert agreement.ok and agreement.agree + agreement.near_ties == 24 and rel.max() <= 1e-3
     finally:
         b.close()

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
+
+from luce_bench.agreement import follow
+from luce_bench.measure import make_prompt
 
 pytestmark = pytest.mark.gpu
 
@@ -43,27 +45,10 @@ def _pair(model, dtype: str):
     return eager, compiled
 
 
-def _compare(eager, compiled, vocab: int, seed: int):
-    """Eager greedy for N_DEC steps, then hf-compiled on that history: (agreement, rel L2 per step)."""
-    from luce_bench.agreement import greedy_agreement, rel_l2
-    from luce_bench.measure import make_prompt
-
-    prompt = make_prompt(N_PROMPT, vocab, seed)
-    eager.reset()
-    r, d = eager.prefill(prompt, logits=True), eager.decode(N_DEC - 1, logits=True)
-    ref_tokens, ref_logits = [r.tokens[0], *d.tokens], np.concatenate([r.logits, d.logits])
-    compiled.reset()
-    f = compiled.prefill(prompt, logits=True)
-    g = compiled.decode(N_DEC - 1, logits=True, inputs=ref_tokens[:-1])
-    logits = np.concatenate([f.logits, g.logits])
-    assert np.isfinite(logits).all(), "NaN/inf in hf-compiled logits"
-    return greedy_agreement([f.tokens[0], *g.tokens], ref_tokens, ref_logits), rel_l2(logits, ref_logits)
-
-
 def test_float32_compiled_decode_computes_what_eager_hf_computes(model08):
     eager, compiled = _pair(model08, "float32")
     try:
-        agreement, rel = _compare(eager, compiled, model08.config.vocab_size, 7)
+        agreement, rel = follow(compiled, eager, make_prompt(N_PROMPT, model08.config.vocab_size, 7), N_DEC)
         print(json.dumps({"float32": agreement.to_dict(), "rel_l2_max": float(rel.max())}))
         assert agreement.ok and agreement.agree + agreement.near_ties == N_DEC, agreement.text()
         assert rel.max() <= 1e-3
@@ -78,7 +63,7 @@ def test_bf16_compiled_decode_as_measured(model08):
 
     eager, compiled = _pair(model08, "bfloat16")
     try:
-        agreement, rel = _compare(eager, compiled, model08.config.vocab_size, 11)
+        agreement, rel = follow(compiled, eager, make_prompt(N_PROMPT, model08.config.vocab_size, 11), N_DEC)
         speeds = {}
         for name, b in (("eager", eager), ("compiled", compiled)):
             b.reset()
