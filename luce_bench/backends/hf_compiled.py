@@ -79,12 +79,13 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _dynamo_counts() -> dict[str, int]:
-    """Graphs compiled and graph breaks so far in this process (torch._dynamo's own counters)."""
+    """Graphs compiled, graph breaks and graphs left without CUDA graphs so far in this process (torch's counters)."""
     from torch._dynamo.utils import counters
 
     return {
         "graphs": int(counters["stats"].get("unique_graphs", 0)),
         "graph_breaks": int(sum(counters["graph_break"].values())),
+        "cudagraph_skips": int(counters["inductor"].get("cudagraph_skips", 0)),
     }
 
 
@@ -282,6 +283,11 @@ class HFCompiledBackend(HFBackend):
             info["graphs_compiled_after_load"] = late
             if late:
                 warnings.append(f"torch.compile compiled {late} more graph(s) after load: inside measured windows")
+        if self._counts.get("cudagraph_skips"):
+            warnings.append(
+                f"{self._counts['cudagraph_skips']} compiled graph(s) ran without CUDA graphs "
+                "(TORCH_LOGS=perf_hints says why)"
+            )
         if self._check:
             info["greedy_vs_eager"] = self._check
             if not self._check["same_function"]:
