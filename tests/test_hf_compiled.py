@@ -44,9 +44,8 @@ def eager(hf32_tiny):
     return hf32_tiny
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_greedy_tokens_agree_with_eager_hf_on_its_history(compiled, eager, tiny_model, seed):
-    prompt = make_prompt(12, tiny_model.config.vocab_size, seed)
+def test_greedy_tokens_agree_with_eager_hf_on_its_history(compiled, eager, tiny_model):
+    prompt = make_prompt(12, tiny_model.config.vocab_size, 0)  # load checked another prompt (test below)
     agreement, rel = follow(compiled, eager, prompt, 32)
     assert agreement.ok, agreement.text()
     assert agreement.agree + agreement.near_ties == 32
@@ -83,9 +82,9 @@ def test_pp_and_tg_iterations_reuse_the_compiled_step(compiled, eager, tiny_mode
 def test_reset_starts_a_new_sequence(compiled, tiny_model):
     prompt = make_prompt(10, tiny_model.config.vocab_size, 9)
     compiled.reset()
-    a = compiled.prefill(prompt).tokens + compiled.decode(20).tokens
+    a = compiled.prefill(prompt).tokens + compiled.decode(12).tokens
     compiled.reset()
-    b = compiled.prefill(prompt).tokens + compiled.decode(20).tokens
+    b = compiled.prefill(prompt).tokens + compiled.decode(12).tokens
     assert a == b
 
 
