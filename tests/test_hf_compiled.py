@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 from luce_bench import backends, config
 from luce_bench.agreement import follow
 from luce_bench.backends.base import BackendUnavailable
-from luce_bench.backends.hf_compiled import HFCompiledBackend, cuda_of_version_file, torch_cuda_version
+from luce_bench.backends.hf_compiled import HFCompiledBackend
+from luce_bench.backends.hf_paths import cuda_of_version_file, torch_cuda_version
 from luce_bench.cli import app
 from luce_bench.measure import make_prompt, run_once
 

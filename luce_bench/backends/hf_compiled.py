@@ -22,15 +22,13 @@ the report otherwise). A compilation that fails raises BackendUnavailable with o
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import re
 import time
-from pathlib import Path
 from typing import Any
 
 from luce_bench.backends.base import BackendUnavailable, ModelSpec
 from luce_bench.backends.hf import HFBackend
+from luce_bench.backends.hf_paths import torch_cuda_version
 from luce_bench.errors import UserError
 
 ENV_MODE = "LUCE_BENCH_HF_COMPILE"
@@ -41,28 +39,6 @@ WARMUP_STEPS = 4  # decode steps after the compiling one: CUDA-graph trees run, 
 # is up to 0.105 off float32 on the 0.8B random weights (H200 parity tests), two bf16 engines up to 0.108 apart on the
 # tiny model (CPU); a wrong cache or position gives ~1. float32: ~1e-5 measured (CPU, tiny).
 REL_L2_BOUND = {"bfloat16": 0.25, "float16": 0.05, "float32": 1e-3}
-
-
-def cuda_of_version_file(text: str) -> str | None:
-    """The `cuda` value of a torch/version.py text ("13.0"); None for a CPU-only build; "unknown" if it has none."""
-    m = re.search(r"^cuda\s*(?::[^=\n]*)?=\s*(.+)$", text, re.MULTILINE)
-    if m is None:
-        return "unknown"
-    value = m.group(1).strip().strip("'\"")
-    return None if value == "None" else value
-
-
-def torch_cuda_version() -> str | None:
-    """The CUDA version torch was built for, read without importing torch (cheap); None: a CPU-only build.
-
-    "unknown" when torch/version.py cannot be read (load decides then).
-    """
-    spec = importlib.util.find_spec("torch")
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    try:
-        return cuda_of_version_file((Path(locations[0]) / "version.py").read_text())
-    except (IndexError, OSError):
-        return "unknown"
 
 
 def _mode_from_env() -> str | None:

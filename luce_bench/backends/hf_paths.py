@@ -1,4 +1,4 @@
-"""Which code a transformers Qwen3.5 model runs: its GDN and conv1d implementations, and its cache argument's name.
+"""Which code a transformers Qwen3.5 model runs: GDN and conv1d kernels, the cache argument, a CUDA build of torch.
 
 transformers (5.17 to 5.24 at least) binds each GDN helper of `modeling_qwen3_5` once, at import, to the fast package
 when it imports (flash-linear-attention: `fla`, causal-conv1d) and to its own pure-torch reference otherwise
@@ -9,8 +9,11 @@ model of a process (the eager and the compiled HF backends share one process in 
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
+import re
 import sys
+from pathlib import Path
 from typing import Any
 
 # modeling function -> what it computes
@@ -72,3 +75,25 @@ def cache_kwarg(model: Any) -> str:
     """The name `model.forward` takes its cache under: `past_key_values` (transformers 5.17) or `cache` (5.24)."""
     params = inspect.signature(model.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
+
+
+def cuda_of_version_file(text: str) -> str | None:
+    """The `cuda` value of a torch/version.py text ("13.0"); None for a CPU-only build; "unknown" if it has none."""
+    m = re.search(r"^cuda\s*(?::[^=\n]*)?=\s*(.+)$", text, re.MULTILINE)
+    if m is None:
+        return "unknown"
+    value = m.group(1).strip().strip("'\"")
+    return None if value == "None" else value
+
+
+def torch_cuda_version() -> str | None:
+    """The CUDA version torch was built for, read without importing torch (cheap); None: a CPU-only build.
+
+    "unknown" when torch/version.py cannot be read (load decides then).
+    """
+    spec = importlib.util.find_spec("torch")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    try:
+        return cuda_of_version_file((Path(locations[0]) / "version.py").read_text())
+    except (IndexError, OSError):
+        return "unknown"
