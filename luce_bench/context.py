@@ -41,8 +41,8 @@ class RunContext:
     def backend_kwargs(self, name: str) -> dict[str, Any]:
         """Constructor options of backend `name`.
 
-        llama.cpp's context sizes and the megakernel's KV cache fit the longest test, depth included; a simulated
-        backend gets its card and clock.
+        llama.cpp's context sizes, the megakernel's KV cache and hf-compiled's static cache fit the longest test, depth
+        included; a simulated backend gets its card and clock.
         """
         from luce_bench.backends import get
 
@@ -56,6 +56,8 @@ class RunContext:
             n_ctx = max(512, -(-(longest + 64) // 256) * 256)
             n_ubatch = min(2048, max([t.n for t in tests if t.kind == "pp"] or [512]))  # one ubatch per pp test
             return {"n_ctx": n_ctx, "n_batch": max(2048, n_ubatch), "n_ubatch": n_ubatch}
+        if name == "hf-compiled":  # as generate sizes it: the longest sequence a test puts in the cache
+            return {"max_cache_len": max(t.n for t in tests) + 1}
         return {}
 
     def create_backend(self, name: str) -> Backend:

@@ -10,7 +10,9 @@ Order (measurement.md rules 6-10; llama-bench's "minimise reloads"):
    within the test's deadline. Rows and samples are appended to the run directory as they finish.
 4. After a changed setting: cool down.
 A backend that fails to load, crashes or runs past its deadline is recorded and the run goes on (a timed-out backend is
-not used again); bad input (UserError), GPU errors, an unwritable run directory and interrupts stop the run.
+not used again); an optional one (`Plan.optional`) found unavailable while loading (BackendUnavailable, e.g. its
+compilation failed) is skipped with its reason, as at plan time. Bad input (UserError), GPU errors, an unwritable run
+directory and interrupts stop the run.
 Every step is recorded in status.json (`RunStatus.at`) before it starts.
 """
 
@@ -22,7 +24,7 @@ from typing import Any
 
 from luce_bench import quality
 from luce_bench.appender import RunDirError
-from luce_bench.backends.base import Backend
+from luce_bench.backends.base import Backend, BackendUnavailable
 from luce_bench.context import RunContext
 from luce_bench.deadline import TrialTimeout
 from luce_bench.errors import UserError
@@ -147,6 +149,15 @@ class RunLoop:
         except (UserError, GPUError, RunDirError, KeyboardInterrupt):
             backend.close()
             raise
+        except BackendUnavailable as exc:
+            backend.close()
+            if name not in self.plan.optional:
+                self._fail(name, name, exc, "failed to load", dead=True)
+                return None
+            self.backend_meta[name] = {"skipped": str(exc)}  # e.g. its compilation failed: skipped as at plan time
+            self.ui.status(f"[yellow]skipping {name}:[/yellow] {exc}")
+            self.dead.add(name)
+            return None
         except Exception as exc:  # noqa: BLE001 - one backend failing must not stop the others
             backend.close()
             self._fail(name, name, exc, "failed to load", dead=True)

@@ -77,6 +77,7 @@ class Plan:
     model: ModelSpec
     trials: tuple[Trial, ...]
     skipped: dict[str, str] = field(default_factory=dict)  # optional backends that cannot run here, and why
+    optional: tuple[str, ...] = ()  # backends skipped, not failed, when they turn out unavailable while loading
     notes: tuple[str, ...] = ()  # for the user, before the run starts
 
     @property
@@ -295,4 +296,5 @@ def plan(
     for backend in keep:  # files a backend would fail on (a damaged cached GGUF) are refused now, not mid-run
         get_backend(backend).check_model(model, **ctx.backend_kwargs(backend))
     trials = tuple(Trial(b, t, s) for s in settings for b in keep for t in tests)
-    return Plan(name=name, model=model, trials=trials, skipped=skipped, notes=notes)
+    optional_kept = tuple(b for b in keep if b in optional)
+    return Plan(name=name, model=model, trials=trials, skipped=skipped, optional=optional_kept, notes=notes)

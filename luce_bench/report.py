@@ -68,6 +68,10 @@ def notes(meta: dict[str, Any]) -> list[str]:
         out.append(f"GPU energy unavailable: {energy.get('reason', 'unknown reason')}. tok/J columns are empty.")
     backends = {k: v for k, v in meta.get("backends", {}).items() if isinstance(v, dict)}
     for name, info in backends.items():
+        if info.get("setup"):
+            out.append(f"{name}: {info['setup']}")
+        if info.get("skipped"):
+            out.append(f"{name}: skipped: {info['skipped']}")
         if info.get("warning"):
             out.append(f"{name}: {info['warning']}")
         if info.get("error"):

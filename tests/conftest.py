@@ -126,6 +126,17 @@ def tiny_model(_model_cache: str):  # noqa: ANN201 - ModelSpec
 
 
 @pytest.fixture(scope="session")
+def hf32_tiny(tiny_model):  # noqa: ANN001, ANN201
+    """The HF backend computing in float32 on the tiny model, on CPU (shared; call reset() before use)."""
+    from luce_bench.backends.hf import HFBackend
+
+    b = HFBackend("float32")
+    b.load(tiny_model, "cpu")
+    yield b
+    b.close()
+
+
+@pytest.fixture(scope="session")
 def hf_tiny(tiny_model):  # noqa: ANN001, ANN201
     """The HF backend loaded with the tiny model on CPU (shared; call reset() before use)."""
     from luce_bench.backends.hf import HFBackend

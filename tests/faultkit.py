@@ -5,7 +5,8 @@ nothing in the package knows about them:
 * `CrashSim`: the simulated backend, raising RuntimeError from its Nth decode call on;
 * `HangSim`: the simulated backend whose Nth decode call takes a virtual hour;
 * `HangReal`: a real-time backend (no model) whose Nth decode call sleeps for an hour of wall time;
-* `HangIsolated`: `HangReal` in a child process of its own (as llama.cpp runs), hung inside the child.
+* `HangIsolated`: `HangReal` in a child process of its own (as llama.cpp runs), hung inside the child;
+* `UncompilableHF`: the real `hf-compiled`, allowed on the CPU, whose torch.compile names a compiler torch lacks.
 After a fault, `check_rows` reads runs.csv back cell by cell (a half-written row fails to parse) and `card` reads the
 simulated card's state file (the limit and clock lock another process left).
 """
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from luce_bench.backends.base import Backend, ModelSpec, StepResult
+from luce_bench.backends.hf import HFBackend
+from luce_bench.backends.hf_compiled import HFCompiledBackend
 from luce_bench.backends.sim import SimBackend
 
 FAIL_AT_ENV = "FAULTKIT_FAIL_AT"  # the decode call (1-based) that fails or hangs
@@ -89,6 +92,19 @@ class HangIsolated(HangReal):
 
     name: ClassVar[str] = "hangiso"
     isolate: ClassVar[bool] = True
+
+
+class UncompilableHF(HFCompiledBackend):
+    """`hf-compiled` on any machine with torch and transformers; compiling its decode step fails (no such compiler)."""
+
+    name: ClassVar[str] = "hf-compiled"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs, compile_backend="no-such-compiler", allow_cpu=True)
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        return HFBackend.unavailable_reason()  # the CPU is allowed
 
 
 TEST_BACKENDS = {cls.name: f"faultkit:{cls.__name__}" for cls in (CrashSim, HangSim, HangReal, HangIsolated)}

@@ -91,7 +91,10 @@ def test_compare_writes_every_file(compare_run):
     assert meta["backends"]["megakernel"].get("skipped")
     assert meta["backends"]["hf"]["gdn_path"]
     assert list(csv.DictReader((d / "samples.csv").open()))
-    assert "SIMULATED GPU" in (d / "report.md").read_text()
+    report = (d / "report.md").read_text()
+    assert "SIMULATED GPU" in report
+    assert f"hf: {meta['backends']['hf']['setup']}" in report and "hf: eager transformers" in report
+    assert f"megakernel: skipped: {meta['backends']['megakernel']['skipped']}" in report
 
 
 def test_compare_never_sets_a_power_limit(compare_run):

@@ -48,5 +48,39 @@ def test_reset_starts_a_new_sequence(hf_tiny):
 
 def test_info_records_the_gdn_path(hf_tiny):
     info = hf_tiny.info()
-    assert info["gdn_path"] in ("pure-torch fallback", "fla/causal-conv1d kernels")
+    assert info["gdn_path"] in ("pure-torch fallback", "fla kernels")
+    assert info["conv1d_path"] in ("pure-torch fallback", "causal-conv1d kernels")
     assert info["device"] == "cpu" and info["dtype"] == "bfloat16"
+    assert info["setup"].startswith("eager transformers")
+
+
+def test_kernel_paths_are_read_from_transformers_binding(hf_tiny):
+    """A kernel is bound to its fast package exactly when that package imports (transformers' fallback rule)."""
+    import importlib.util
+
+    from luce_bench.backends.hf_paths import bound_kernels, paths
+
+    bound = bound_kernels(hf_tiny._model)
+    assert set(bound) == {
+        "chunk_gated_delta_rule",
+        "fused_recurrent_gated_delta_rule",
+        "causal_conv1d_fn",
+        "causal_conv1d_update",
+    }
+    for kernel, package in [("chunk_gated_delta_rule", "fla"), ("causal_conv1d_update", "causal_conv1d")]:
+        assert (bound[kernel] == "torch") == (importlib.util.find_spec(package) is None), bound
+        if bound[kernel] != "torch":
+            assert bound[kernel].startswith(package)
+    info = paths(hf_tiny._model, set())  # nothing logged: a second model in a process sees no warning
+    assert info["kernel_paths_source"] == "bound at import"
+    assert (info["gdn_path"] == "pure-torch fallback") == (bound["chunk_gated_delta_rule"] == "torch")
+    assert sorted(k for k, v in bound.items() if v == "torch") == info["torch_fallbacks"]
+
+
+def test_kernel_paths_fall_back_to_the_log_when_the_binding_is_unreadable():
+    from luce_bench.backends.hf_paths import paths
+
+    info = paths(object(), {"chunk_gated_delta_rule"})
+    assert info["kernel_paths_source"] == "from transformers' log" and "kernel_modules" not in info
+    assert (info["gdn_path"], info["conv1d_path"]) == ("pure-torch fallback", "causal-conv1d kernels")
+    assert info["torch_fallbacks"] == ["chunk_gated_delta_rule"]

@@ -47,13 +47,8 @@ def tiny():
 
 
 @pytest.fixture(scope="module")
-def hf(tiny):
-    from luce_bench.backends.hf import HFBackend
-
-    b = HFBackend("float32")
-    b.load(tiny, "cpu")
-    yield b
-    b.close()
+def hf(hf32_tiny):
+    return hf32_tiny
 
 
 @pytest.fixture(scope="module", params=["bf16", "f16"])

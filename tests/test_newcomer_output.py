@@ -55,15 +55,17 @@ def test_warnings_during_a_run_go_to_its_log_only(tmp_path, capsys):
 
 
 def test_hf_decodes_without_the_deprecated_cache_argument(hf_tiny):
-    from luce_bench.backends.hf import cache_argument
+    from types import SimpleNamespace
+
+    from luce_bench.backends.hf_paths import cache_kwarg
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)
         hf_tiny.reset()
         hf_tiny.prefill([1, 2, 3, 4])
         assert len(hf_tiny.decode(4).tokens) == 4
-    assert cache_argument(lambda input_ids, cache=None: None) == "cache"
-    assert cache_argument(lambda input_ids, past_key_values=None: None) == "past_key_values"
+    assert cache_kwarg(SimpleNamespace(forward=lambda input_ids, cache=None: None)) == "cache"
+    assert cache_kwarg(SimpleNamespace(forward=lambda input_ids, past_key_values=None: None)) == "past_key_values"
 
 
 class _Report:

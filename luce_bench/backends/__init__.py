@@ -20,6 +20,7 @@ REGISTRY: dict[str, str] = {
     "megakernel": "luce_bench.backends.megakernel:MegakernelBackend",
     "llamacpp": "luce_bench.backends.llamacpp:LlamaCppBackend",
     "hf": "luce_bench.backends.hf:HFBackend",
+    "hf-compiled": "luce_bench.backends.hf_compiled:HFCompiledBackend",
     "sim": "luce_bench.backends.sim:SimBackend",
 }
 

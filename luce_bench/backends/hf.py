@@ -46,7 +46,7 @@ class HFBackend(Backend):
         self._cache: Any = None
         self._last: Any = None  # last produced token, [1, 1] on the device
         self._saved: Any = None  # (cache, last token) of a depth test's context
-        self._cache_name = "past_key_values"  # or "cache": what the loaded model's forward takes (cache_argument)
+        self._cache_kw = "past_key_values"  # `cache` from transformers 5.24 (load reads the model's signature)
         self._recorder = _FallbackRecorder()
 
     @classmethod
@@ -76,6 +76,8 @@ class HFBackend(Backend):
         from transformers import AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
 
+        from luce_bench.backends.hf_paths import cache_kwarg
+
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device.startswith("cuda") and not torch.cuda.is_available():
@@ -93,8 +95,14 @@ class HFBackend(Backend):
         hf_logging.disable_progress_bar()
         dtype = getattr(torch, self.dtype_name)
         self._model = AutoModelForCausalLM.from_pretrained(str(model.path), dtype=dtype).to(self._device).eval()
-        self._cache_name = cache_argument(self._model.forward)
+        self._cache_kw = cache_kwarg(self._model)  # the output carries the cache under the same name
         self.reset()
+
+    def _no_grad(self) -> Any:
+        """The autograd mode of every forward (inference mode: the eager path keeps no tensor across modes)."""
+        import torch
+
+        return torch.inference_mode()
 
     def reset(self) -> None:
         """Drop the cache (KV and GDN state)."""
@@ -117,8 +125,8 @@ class HFBackend(Backend):
         self._cache = copy.deepcopy(cache)
 
     def _forward(self, ids: Any) -> Any:
-        out = self._model(input_ids=ids, **{self._cache_name: self._cache}, use_cache=True, logits_to_keep=1)
-        self._cache = getattr(out, self._cache_name)
+        out = self._model(input_ids=ids, use_cache=True, logits_to_keep=1, **{self._cache_kw: self._cache})
+        self._cache = getattr(out, self._cache_kw)
         return out.logits[:, -1, :]  # [1, vocab]
 
     def _sync(self) -> None:
@@ -134,7 +142,7 @@ class HFBackend(Backend):
         ids = torch.tensor([list(token_ids)], dtype=torch.long, device=self._device)
         self._sync()
         t0 = time.perf_counter()
-        with torch.inference_mode():
+        with self._no_grad():
             last = self._forward(ids)
             self._last = last.argmax(dim=-1, keepdim=True)
         self._sync()
@@ -156,7 +164,7 @@ class HFBackend(Backend):
         toks, rows = [], []
         self._sync()
         t0 = time.perf_counter()
-        with torch.inference_mode():
+        with self._no_grad():
             nxt = self._last
             for i in range(n):
                 step_in = forced[i] if forced is not None else nxt
@@ -173,23 +181,33 @@ class HFBackend(Backend):
         return StepResult(tokens=tokens, elapsed_s=elapsed, logits=out_rows)
 
     def info(self) -> dict[str, Any]:
-        """dtype, device, attention and GDN paths (fla kernels or pure-torch fallbacks) for meta.json."""
+        """dtype, device, attention, GDN and conv1d paths (fast kernels or pure-torch fallbacks) for meta.json."""
+        from luce_bench.backends.hf_paths import paths
+
         info = self.describe()
         info.update(
             dtype=self.dtype_name,
             device=str(getattr(self, "_device", "")),
             attn_implementation=getattr(getattr(self._model, "config", None), "_attn_implementation", None),
             sdpa_cudnn=self.sdpa_cudnn,
-            torch_fallbacks=sorted(self._recorder.fallbacks),
-            gdn_path="pure-torch fallback" if self._recorder.fallbacks else "fla/causal-conv1d kernels",
         )
-        if self._recorder.fallbacks:
+        if self._model is not None:
+            info.update(paths(self._model, self._recorder.fallbacks))
+            info["setup"] = self.setup_text(info)
+        if info.get("torch_fallbacks"):
             info["warning"] = (
                 "GDN layers ran on transformers' pure-torch fallbacks ("
-                + ", ".join(sorted(self._recorder.fallbacks))
+                + ", ".join(info["torch_fallbacks"])
                 + "): install fla-core and causal-conv1d for the fast path"
             )
         return info
+
+    def setup_text(self, info: dict[str, Any]) -> str:
+        """What this row measured, in one line for the report."""
+        return (
+            f"eager transformers {info.get('transformers')}: one Python forward per token over the dynamic hybrid "
+            f"cache, no compile; GDN {info.get('gdn_path')}, conv1d {info.get('conv1d_path')}"
+        )
 
     def close(self) -> None:
         """Release the model and restore transformers' log handler."""
@@ -199,17 +217,6 @@ class HFBackend(Backend):
         hf_logging.enable_default_handler()
         hf_logging.enable_progress_bar()
         self._model = self._cache = self._last = self._saved = None
-
-
-def cache_argument(forward: Any) -> str:
-    """The name `forward` takes the cache under: "cache" (transformers >= 5.2x) or "past_key_values" (older ones).
-
-    Newer transformers still accept `past_key_values` but warn (a FutureWarning per process, "`past_key_values` is
-    deprecated ... Use `cache` instead") and log the same for the output attribute.
-    """
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
 def _version_of(pkg: str) -> str | None:

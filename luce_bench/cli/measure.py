@@ -83,10 +83,10 @@ def _finish(outcome: Any, out: Any, sweep: bool) -> None:
     raise typer.Exit(code)
 
 
-DEFAULT_BASELINES = ("llamacpp", "hf")
+DEFAULT_BASELINES = ("llamacpp", "hf", "hf-compiled")
 BASELINES_HELP = (
-    "Comma list of baselines: llamacpp, hf. Default: both, each skipped with a note where it cannot run here (as the "
-    "megakernel is); named ones must run."
+    "Comma list of baselines: llamacpp, hf, hf-compiled. Default: all three, each skipped with a note where it cannot "
+    "run here (as the megakernel is; hf-compiled needs CUDA torch and a compiler); named ones must run."
 )
 
 
@@ -109,7 +109,7 @@ def compare(
 @run_options
 def bench(
     ctx: typer.Context,
-    backend: Annotated[str, typer.Argument(help="Backend: megakernel, llamacpp, hf (sim needs --fake-gpu).")],
+    backend: Annotated[str, typer.Argument(help="Backend: megakernel, llamacpp, hf, hf-compiled; sim: --fake-gpu.")],
 ) -> None:
     """Measure one backend at the current power limit."""
     cfg = load_config(ctx.params, backends=backend)

@@ -1,0 +1,99 @@
+"""Which code a transformers Qwen3.5 model runs: GDN and conv1d kernels, the cache argument, a CUDA build of torch.
+
+transformers (5.17 to 5.24 at least) binds each GDN helper of `modeling_qwen3_5` once, at import, to the fast package
+when it imports (flash-linear-attention: `fla`, causal-conv1d) and to its own pure-torch reference otherwise
+(`use_kernel_func_from_hub_with_fallback` keeps both in the wrapper's closure). Reading that binding tells the path
+without running the model; the "falling back" warning it logs is a `warning_once` and so appears only for the first
+model of a process (the eager and the compiled HF backends share one process in `compare`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+# modeling function -> what it computes
+GDN_FUNCTIONS = {
+    "torch_chunk_gated_delta_rule": "chunk_gated_delta_rule",  # prefill
+    "torch_recurrent_gated_delta_rule": "fused_recurrent_gated_delta_rule",  # one-token decode
+}
+CONV_FUNCTIONS = {"causal_conv1d_fn": "causal_conv1d_fn", "causal_conv1d_update": "causal_conv1d_update"}
+
+FLA = "fla kernels"
+CAUSAL_CONV1D = "causal-conv1d kernels"
+FALLBACK = "pure-torch fallback"
+
+
+def bound_kernels(model: Any) -> dict[str, str] | None:
+    """{kernel: module of the implementation bound to it} of `model`'s GDN helpers; None if transformers hides it.
+
+    A kernel on its pure-torch fallback maps to transformers' own modeling module.
+    """
+    module = sys.modules.get(type(model).__module__)
+    out: dict[str, str] = {}
+    for fn_name, kernel in {**GDN_FUNCTIONS, **CONV_FUNCTIONS}.items():
+        fn = getattr(module, fn_name, None)
+        try:
+            bound = inspect.getclosurevars(fn).nonlocals if fn is not None else {}
+        except TypeError:  # not a plain Python function
+            return None
+        impl = bound.get("implementation")
+        if impl is None or "torch_function" not in bound:
+            return None
+        out[kernel] = "torch" if impl is bound["torch_function"] else getattr(impl, "__module__", "?")
+    return out
+
+
+def paths(model: Any, logged_fallbacks: set[str]) -> dict[str, Any]:
+    """`gdn_path`, `conv1d_path` and `torch_fallbacks` for meta.json.
+
+    `logged_fallbacks`: kernel names transformers logged as falling back; used when the binding cannot be read.
+    """
+    bound = bound_kernels(model)
+    if bound is None:
+        fallbacks = set(logged_fallbacks)
+        known = "from transformers' log"
+    else:
+        fallbacks = {k for k, impl in bound.items() if impl == "torch"} | set(logged_fallbacks)
+        known = "bound at import"
+    gdn_slow = fallbacks & set(GDN_FUNCTIONS.values())
+    conv_slow = fallbacks & set(CONV_FUNCTIONS.values())
+    return {
+        "gdn_path": FALLBACK if gdn_slow else FLA,
+        "conv1d_path": FALLBACK if conv_slow else CAUSAL_CONV1D,
+        "torch_fallbacks": sorted(fallbacks),
+        "kernel_paths_source": known,
+        **({"kernel_modules": bound} if bound is not None else {}),
+    }
+
+
+def cache_kwarg(model: Any) -> str:
+    """The name `model.forward` takes its cache under: `past_key_values` (transformers 5.17) or `cache` (5.24)."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def cuda_of_version_file(text: str) -> str | None:
+    """The `cuda` value of a torch/version.py text ("13.0"); None for a CPU-only build; "unknown" if it has none."""
+    m = re.search(r"^cuda\s*(?::[^=\n]*)?=\s*(.+)$", text, re.MULTILINE)
+    if m is None:
+        return "unknown"
+    value = m.group(1).strip().strip("'\"")
+    return None if value == "None" else value
+
+
+def torch_cuda_version() -> str | None:
+    """The CUDA version torch was built for, read without importing torch (cheap); None: a CPU-only build.
+
+    "unknown" when torch/version.py cannot be read (load decides then).
+    """
+    spec = importlib.util.find_spec("torch")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    try:
+        return cuda_of_version_file((Path(locations[0]) / "version.py").read_text())
+    except (IndexError, OSError):
+        return "unknown"
