@@ -24,16 +24,27 @@ from luce_bench.records import columns, to_cells
 
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
-    """Block SIGINT, SIGTERM and SIGHUP in the block (main thread, POSIX); they are delivered when it ends."""
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+    """Hold SIGINT, SIGTERM and SIGHUP back in the block (main thread); they are raised again when it ends.
+
+    A handler that only records stands in for each one meanwhile (a signal mask would not do: the kernel delivers a
+    process signal to any thread that does not block it, the sampler's, and Python then runs the handler at once).
+    """
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    held = [s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None]
+    old = {s: signal.getsignal(s) for s in held}
+    held = [s for s in held if old[s] is not None]  # a handler installed outside Python stays as it is
+    pending: list[int] = []
+    for s in held:
+        signal.signal(s, lambda signum, frame: pending.append(signum))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for s in held:
+            signal.signal(s, old[s])
+        for s in pending:
+            signal.raise_signal(s)
 
 
 class RunDirError(Exception):
