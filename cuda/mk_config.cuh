@@ -8,9 +8,8 @@
 //   MK_INFLIGHT_LM    the same while streaming the LM head (pure streaming; its last LM_TAIL_ROWS rows go back to
 //                     MK_INFLIGHT so the next step does not start behind a deep queue)
 //   MK_SLOT_KB        ring slot (one bulk copy) size; the ring is 192 KB whatever the slot size
-//   MK_PF_GSTAGES     prefill GEMM: cp.async stages (2-4) and k depth per stage (MK_PF_GBK 32 or 64); being tuned
-//   MK_PF_GBK         on the H200 (issue 11); the losers go once measured
-//   MK_PF_ATTN_TC     prefill attention on tensor cores (1) or CUDA cores (0); being measured on the H200 (issue 11)
+//   MK_PF_GSTAGES     prefill GEMM: cp.async stages (2-4) and k depth per stage (MK_PF_GBK 32 or 64): the pipeline
+//   MK_PF_GBK         depth that hides L2 latency; 3 x 64 won on the H200 (NOTES.md, prefill v3), another GPU may differ
 //   MK_SPIN_LIMIT_NS  watchdog: a spin loop that waits longer traps (the launch fails instead of hanging); raise it
 //                     under compute-sanitizer or a debugger
 #pragma once
@@ -25,13 +24,10 @@
 #define MK_SLOT_KB 32
 #endif
 #ifndef MK_PF_GSTAGES
-#define MK_PF_GSTAGES 2
+#define MK_PF_GSTAGES 3
 #endif
 #ifndef MK_PF_GBK
-#define MK_PF_GBK 32
-#endif
-#ifndef MK_PF_ATTN_TC
-#define MK_PF_ATTN_TC 0
+#define MK_PF_GBK 64
 #endif
 #ifndef MK_SPIN_LIMIT_NS
 #define MK_SPIN_LIMIT_NS 20000000000ull
@@ -45,9 +41,6 @@
 #endif
 #if MK_PF_GSTAGES < 2 || MK_PF_GSTAGES > 4 || (MK_PF_GBK != 32 && MK_PF_GBK != 64)
 #error "MK_PF_GSTAGES must be 2, 3 or 4 and MK_PF_GBK 32 or 64"
-#endif
-#if MK_PF_ATTN_TC != 0 && MK_PF_ATTN_TC != 1
-#error "MK_PF_ATTN_TC must be 0 or 1"
 #endif
 #if MK_SPIN_LIMIT_NS < 1000000
 #error "MK_SPIN_LIMIT_NS must be at least 1000000 (1 ms)"

@@ -108,12 +108,8 @@ void attn_layer(const LuceMkPrefillParams& p, const Workspace& ws, char* w, int 
     gemm<false, OUT_STORE>((unsigned short*)(w + ws.xn), layer_w(p.wblob16, l, 0), Y, nullptr, n, FA_ROWS, H, H,
                            st);
     attn_prep_kernel<<<n, 384, 0, st>>>(Y, sp, Qa, kc, vc, p.max_seq);
-    if (MK_PF_ATTN_TC)
-        attn_tc_kernel<<<dim3((n + TQ - 1) / TQ, NKV), 128, ATT_TC_SMEM, st>>>(Qa, Y, kc, vc, (unsigned short*)(w + ws.u),
-                                                                          n, p.max_seq);
-    else
-        attn_kernel<<<dim3((n + AQ - 1) / AQ, NKV), 512, 0, st>>>(Qa, Y, kc, vc, (unsigned short*)(w + ws.u), n,
-                                                                  p.max_seq);
+    attn_kernel<<<dim3((n + TQ - 1) / TQ, NKV), 128, ATT_SMEM, st>>>(Qa, Y, kc, vc, (unsigned short*)(w + ws.u), n,
+                                                                   p.max_seq);
     gemm<false, OUT_ADD>((unsigned short*)(w + ws.u), layer_w(p.wblob16, l, 1), (float*)(w + ws.x), nullptr, n, H,
                          NQH * HD, NQH * HD, st);
 }
@@ -143,8 +139,8 @@ int setup_device() {
     if (e != cudaSuccess) return (int)e;
     e = cudaFuncSetAttribute(gdn_scan_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sizeof(ScanSmem));
     if (e != cudaSuccess) return (int)e;
-    if (optin < GEMM_SMEM || optin < ATT_TC_SMEM) return LUCE_MK_ERR_PREFILL_SMEM;
-    e = cudaFuncSetAttribute(attn_tc_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, ATT_TC_SMEM);
+    if (optin < GEMM_SMEM || optin < ATT_SMEM) return LUCE_MK_ERR_PREFILL_SMEM;
+    e = cudaFuncSetAttribute(attn_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, ATT_SMEM);
     if (e != cudaSuccess) return (int)e;
     for (const void* f : {(const void*)gemm_kernel<false, OUT_STORE>, (const void*)gemm_kernel<false, OUT_ADD>,
                           (const void*)gemm_kernel<false, OUT_SWIGLU>, (const void*)gemm_kernel<true, OUT_ADD>})

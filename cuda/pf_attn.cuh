@@ -2,10 +2,9 @@
 // 256 | gate 256) | k 256 | v 256).
 //   attn_prep_kernel  per token: q and k RMSNorm (1 + w) and partial RoPE (mk_attn_math.cuh, as the decode does),
 //                     q kept in f32; k and v appended to the bf16 KV cache the decode kernel reads
-//   attn_kernel       causal attention with online softmax over the cache: a block holds 4 queries x the 4 query
-//                     heads of one KV group (a warp each) and streams the group's K/V in 32-position tiles through
-//                     shared memory; out = softmax(q k / 16) v * sigmoid(gate), fp16 [N][2048] for the o_proj GEMM
-// CUDA cores only (v1): tensor-core attention is the next step for long prompts.
+//   attn_kernel       causal attention on tensor cores with online softmax over the cache: a block holds 16
+//                     positions x the 4 query heads of one KV group and streams the group's K/V in 64-position tiles
+//                     through shared memory; out = softmax(q k / 16) v * sigmoid(gate), fp16 [N][2048] for o_proj
 #pragma once
 #include "mk_attn_math.cuh"
 #include "mk_layout.cuh"
@@ -13,10 +12,6 @@
 
 namespace mk {
 namespace pf {
-
-constexpr int AQ = 4;      // queries per attention block
-constexpr int AKT = 32;    // key positions per shared-memory tile
-constexpr int AKU = 4;     // key positions per inner step (AKT % AKU == 0)
 
 __global__ void __launch_bounds__(384) attn_prep_kernel(const float* Y, const float* sp, float* Qa,
                                                         unsigned short* kc, unsigned short* vc, int max_seq) {
@@ -43,79 +38,14 @@ __global__ void __launch_bounds__(384) attn_prep_kernel(const float* Y, const fl
     }
 }
 
-__global__ void __launch_bounds__(512) attn_kernel(const float* Qa, const float* Y, const unsigned short* kc,
-                                                   const unsigned short* vc, unsigned short* out, int n, int max_seq) {
-    __shared__ __align__(16) unsigned short ks[AKT][HD], vs[AKT][HD];
-    const int g = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, d0 = lane * 8;
-    const int t = blockIdx.x * AQ + (warp >> 2), hh = warp & 3, j = g * QPG + hh;
-    const int t_last = min(n - 1, blockIdx.x * AQ + AQ - 1);
-    const bool active = t < n;
-    float q[8], acc[8], m = -INFINITY, ls = 0.f;
-#pragma unroll
-    for (int e = 0; e < 8; ++e) {
-        q[e] = active ? Qa[(size_t)t * (NQH * HD) + j * HD + d0 + e] * 0.0625f : 0.f;  // 1/sqrt(256)
-        acc[e] = 0.f;
-    }
-    const unsigned short* kg = kc + (size_t)g * max_seq * HD;
-    const unsigned short* vg = vc + (size_t)g * max_seq * HD;
-    for (int p0 = 0; p0 <= t_last; p0 += AKT) {
-        for (int i = threadIdx.x; i < AKT * HD / 8; i += 512) {  // 16-byte pieces of the K and V tiles
-            const int r = i / (HD / 8), c = (i % (HD / 8)) * 8;
-            const bool ok = p0 + r <= t_last;
-            *(uint4*)&ks[r][c] = ok ? *(const uint4*)(kg + (size_t)(p0 + r) * HD + c) : make_uint4(0, 0, 0, 0);
-            *(uint4*)&vs[r][c] = ok ? *(const uint4*)(vg + (size_t)(p0 + r) * HD + c) : make_uint4(0, 0, 0, 0);
-        }
-        __syncthreads();
-        const int pend = active ? min(AKT, t - p0 + 1) : 0;  // causal: positions <= t
-        for (int r = 0; r < pend; r += AKU) {  // AKU positions at once: their reductions overlap
-            float s[AKU];
-#pragma unroll
-            for (int u = 0; u < AKU; ++u) {
-                float kf[8];
-                unpack8(*(const uint4*)&ks[r + u][d0], kf);  // rows past pend are in the tile (r + u < AKT)
-                s[u] = 0.f;
-#pragma unroll
-                for (int e = 0; e < 8; ++e) s[u] = fmaf(q[e], kf[e], s[u]);
-            }
-#pragma unroll
-            for (int u = 0; u < AKU; ++u) s[u] = r + u < pend ? warp_sum(s[u]) : -INFINITY;
-            float mn = m;
-#pragma unroll
-            for (int u = 0; u < AKU; ++u) mn = fmaxf(mn, s[u]);
-            const float corr = expf(m - mn);  // 0 while m is -inf (s[0] is a real score: r < pend)
-            ls *= corr;
-#pragma unroll
-            for (int e = 0; e < 8; ++e) acc[e] *= corr;
-#pragma unroll
-            for (int u = 0; u < AKU; ++u) {
-                const float pr = expf(s[u] - mn);  // 0 for positions past pend
-                float vf[8];
-                unpack8(*(const uint4*)&vs[r + u][d0], vf);
-                ls += pr;
-#pragma unroll
-                for (int e = 0; e < 8; ++e) acc[e] = fmaf(pr, vf[e], acc[e]);
-            }
-            m = mn;
-        }
-        __syncthreads();
-    }
-    if (!active) return;
-    const float* gate = Y + (size_t)t * FA_ROWS + FA_GROWS * g + 2 * HD * hh + HD + d0;
-    unsigned short* o = out + (size_t)t * (NQH * HD) + j * HD + d0;
-#pragma unroll
-    for (int e = 0; e < 8; ++e) o[e] = f2h((acc[e] / ls) * sigm(gate[e]));
-}
-
-
-// ---- tensor-core attention (MK_PF_ATTN_TC) ----
-// A block: one KV group, 16 query positions x its 4 query heads = 64 rows, 4 warps of 16 rows (warp w: positions
+// attn_kernel, a block: one KV group, 16 query positions x its 4 query heads = 64 rows, 4 warps of 16 rows (warp w: positions
 // q0 + 4w .. + 3, row r: position r / 4, head r % 4). Q (pre-scaled by log2(e) / 16), K and V are fp16 in shared
 // memory (K and V converted from the bf16 cache; exact in fp16's normal range); S = Q K^T and O += P V on mma.sync
 // m16n8k16 f16 -> f32, P in fp16 from the S registers; online softmax in base 2 per row; key tiles of 64 positions.
 constexpr int TQ = 16;               // query positions per block
 constexpr int TK = 64;               // key positions per tile
 constexpr int T_LD = HD + 8;         // padded fp16 row (528 B: ldmatrix rows in distinct banks)
-constexpr int ATT_TC_SMEM = (4 * TQ + 2 * TK) * T_LD * 2;  // Q rows, K tile, V tile (bytes)
+constexpr int ATT_SMEM = (4 * TQ + 2 * TK) * T_LD * 2;  // Q rows, K tile, V tile (bytes)
 
 __device__ __forceinline__ unsigned pack_h2(float a, float b) {
     return (unsigned)__half_as_ushort(__float2half_rn(a)) | ((unsigned)__half_as_ushort(__float2half_rn(b)) << 16);
@@ -127,7 +57,7 @@ __device__ __forceinline__ uint4 bf8_to_h8(uint4 w) {
     return make_uint4(pack_h2(f[0], f[1]), pack_h2(f[2], f[3]), pack_h2(f[4], f[5]), pack_h2(f[6], f[7]));
 }
 
-__global__ void __launch_bounds__(128) attn_tc_kernel(const float* __restrict__ Qa, const float* __restrict__ Y,
+__global__ void __launch_bounds__(128) attn_kernel(const float* __restrict__ Qa, const float* __restrict__ Y,
                                                       const unsigned short* __restrict__ kc,
                                                       const unsigned short* __restrict__ vc, unsigned short* out, int n,
                                                       int max_seq) {

@@ -37,7 +37,7 @@ KERNEL_OPTION_SETS = {
     "slot16": {"MK_SLOT_KB": 16},
     "slot24-spin60s": {"MK_SLOT_KB": 24, "MK_SPIN_LIMIT_NS": 60_000_000_000},
     "slot64-inflight2": {"MK_SLOT_KB": 64, "MK_INFLIGHT": 2},
-    "gemm-stages3-bk64-attn-tc": {"MK_PF_GSTAGES": 3, "MK_PF_GBK": 64, "MK_PF_ATTN_TC": 1},
+    "gemm-stages2-bk32": {"MK_PF_GSTAGES": 2, "MK_PF_GBK": 32},
 }
 
 

@@ -174,16 +174,15 @@ def test_kernel_options_from_env(monkeypatch):
 
 
 def test_build_options_are_read_from_the_header():
-    """The names (and defaults) come from cuda/mk_config.cuh: the four decode options, three prefill options."""
+    """The names (and defaults) come from cuda/mk_config.cuh: the four decode options, two prefill GEMM options."""
     from luce_bench.kernels.abi import build_options
 
     assert build_options() == {
         "MK_INFLIGHT": "1",
         "MK_INFLIGHT_LM": "2",
         "MK_SLOT_KB": "32",
-        "MK_PF_GSTAGES": "2",
-        "MK_PF_GBK": "32",
-        "MK_PF_ATTN_TC": "0",
+        "MK_PF_GSTAGES": "3",
+        "MK_PF_GBK": "64",
         "MK_SPIN_LIMIT_NS": "20000000000ull",
     }
 

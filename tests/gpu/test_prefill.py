@@ -41,15 +41,16 @@ def setup():
     sd = random_state_dict(seed)
     mk = MegakernelBackend.from_state_dict(sd, max_seq=MAX_SEQ)
     mk.prefill_mode = "kernel"
-    return {"sd": sd, "mk": mk, "gen": torch.Generator().manual_seed(seed + 1)}
-
-
-def _reference(sd, tokens, hidden: bool = False):
-    """(reference, logits after the last token, per-token hidden states [T][24][1024] or None)."""
     from luce_bench.kernels.reference import Reference
     from luce_bench.model.spec import QWEN35_08B
 
-    ref = Reference(sd, QWEN35_08B, "cuda")
+    ref = Reference(sd, QWEN35_08B, "cuda")  # its f32 weights are made once; reset() per prompt
+    return {"sd": sd, "mk": mk, "ref": ref, "gen": torch.Generator().manual_seed(seed + 1)}
+
+
+def _reference(ref, tokens, hidden: bool = False):
+    """(reference, logits after the last token, per-token hidden states [T][24][1024] or None), from a reset."""
+    ref.reset()
     hs, lg = [], None
     for i, t in enumerate(tokens):
         h: list = [] if hidden else None
@@ -64,7 +65,7 @@ def test_prefill_layer_by_layer(setup):
 
     mk = setup["mk"]
     toks = torch.randint(0, 248320, (65,), generator=setup["gen"]).tolist()
-    _, _, hs = _reference(setup["sd"], toks, hidden=True)
+    _, _, hs = _reference(setup["ref"], toks, hidden=True)
     report = {}
     for layers in (1, 2, 3, 4, 8, 24):
         got = mk.prefill_hidden(toks, layers).cpu().numpy()
@@ -85,9 +86,9 @@ def _gdn_states(mk) -> np.ndarray:
 def test_prefill_caches_logits_and_decode(setup, n):
     import torch
 
-    mk, sd = setup["mk"], setup["sd"]
+    mk = setup["mk"]
     toks = torch.randint(0, 248320, (n,), generator=setup["gen"]).tolist()
-    ref, want, _ = _reference(sd, toks)
+    ref, want, _ = _reference(setup["ref"], toks)
     mk.reset()
     r = mk.prefill(toks, logits=True)
     assert mk.prefill_used == "kernel"
