@@ -243,3 +243,14 @@ def test_prebuilt_reads_a_build_directory(built):
     assert res.lib == built.lib and {r.arch for r in res.reports} == set(ARCHS) and res.cached
     with pytest.raises(UserError, match="no libluce_mk.so"):
         kb.prebuilt(built.lib.parent / "nothing-here")
+
+
+def test_info_names_the_prompt_path(monkeypatch):
+    from luce_bench.kernels import build_info
+
+    monkeypatch.delenv("LUCE_BENCH_PREFILL", raising=False)
+    assert build_info()["prefill"].startswith("kernel ")
+    monkeypatch.setenv("LUCE_BENCH_PREFILL", "tokens")
+    assert build_info()["prefill"].startswith("tokens ")
+    monkeypatch.setenv("LUCE_BENCH_PREFILL", "fast")
+    assert build_info()["prefill"] == "error: LUCE_BENCH_PREFILL='fast': expected one of tokens, kernel"

@@ -19,6 +19,12 @@ def build_info(arch: str | None = None, build: bool = False) -> dict[str, Any]:
 
     info: dict[str, Any] = {"nvcc": None, "arch": None, "cache": None, "built": False}
     try:
+        from luce_bench.kernels.prefill import PREFILL_ENV, mode_from_env
+
+        info["prefill"] = f"{mode_from_env()} (${PREFILL_ENV}: kernel, the chunked prefill, or tokens)"
+    except UserError as exc:
+        info["prefill"] = f"error: {exc}"
+    try:
         nvcc = b.find_nvcc()
         if nvcc is None:
             info["error"] = "nvcc not found"
