@@ -157,3 +157,34 @@ def test_kernel_bench_passes_its_options_to_the_plan(monkeypatch):
     assert plan.prefill_lengths == (1, 520, 8192) and plan.reps == 4 and plan.long_pos == 0 and not plan.check
     r = CliRunner().invoke(app, ["kernel", "bench", "--prefill", "64,x"])
     assert r.exit_code == 2 and "--prefill '64,x'" in r.output
+
+
+def test_prefill_table_lists_ms_against_n_per_variant():
+    from rich.console import Console
+
+    from luce_bench.kernels.cli import prefill_table
+
+    s = {
+        "variants": [
+            {
+                "variant": "a",
+                "prefill": [{"n": 520, "ms": 9.1, "tok_s": 57142.9}, {"n": 8192, "ms": 107.9, "tok_s": 75922.1}],
+                "prefill_parity": {"n": 200, "rel_l2": 3.5e-3, "argmax_agree": True},
+            },
+            {"variant": "b", "prefill": [{"n": 520, "ms": 9.6, "tok_s": 54166.7}]},
+            {"variant": "c"},
+        ]
+    }
+    console = Console(width=200, record=True)
+    console.print(prefill_table(s))
+    text = console.export_text()
+    rows = {
+        cells[0]: cells[1:]
+        for cells in ([c.strip() for c in line.split("│")[1:-1]] for line in text.splitlines())
+        if cells
+    }
+    assert rows["520"] == ["9.100", "57,143", "9.600", "54,167"]
+    assert rows["8192"] == ["107.900", "75,922", "-", "-"]
+    caption = " ".join(text.split())
+    assert "a: 200-token prefill vs token by token, logits rel L2 3.5e-03, argmax agrees" in caption
+    assert "c ms" not in text

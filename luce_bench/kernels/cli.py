@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -166,6 +166,38 @@ def _print_bench(s: dict) -> None:
             str(r["n"]),
         )
     Console().print(t)
+    if any(r.get("prefill") for r in s["variants"]):
+        Console().print(prefill_table(s))
+
+
+def prefill_table(s: dict) -> Any:
+    """The kernel prefill's cost against the prompt length: ms (CUDA graph) and tok/s per variant, one row per N."""
+    from rich.table import Table
+
+    rows = [r for r in s["variants"] if r.get("prefill")]
+    t = Table(title="kernel prefill: ms against prompt length N (replayed from a CUDA graph)")
+    t.add_column("N", justify="right")
+    for r in rows:
+        t.add_column(f"{r['variant']} ms", justify="right")
+        t.add_column(f"{r['variant']} tok/s", justify="right")
+    by_n = {r["variant"]: {p["n"]: p for p in r["prefill"]} for r in rows}
+    for n in sorted({p["n"] for r in rows for p in r["prefill"]}):
+        cells = [str(n)]
+        for r in rows:
+            p = by_n[r["variant"]].get(n)
+            cells += [f"{p['ms']:.3f}", f"{p['tok_s']:,.0f}"] if p else ["-", "-"]
+        t.add_row(*cells)
+    checks = []
+    for r in rows:
+        if pp := r.get("prefill_parity"):
+            agree = "agrees" if pp["argmax_agree"] else "differs"
+            checks.append(
+                f"{r['variant']}: {pp['n']}-token prefill vs token by token, logits rel L2 {pp['rel_l2']:.1e}, "
+                f"argmax {agree}"
+            )
+    if checks:
+        t.caption = "; ".join(checks)
+    return t
 
 
 @app.command("trace")
