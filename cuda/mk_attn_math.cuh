@@ -1,5 +1,5 @@
-// mk_attn_math.cuh -- per-head arithmetic of gated attention, shared by the decode items (mk_attn.cuh) and the
-// prefill (pf_attn.cuh): the per-head RMSNorm, the partial RoPE as HF forms it, and the online-softmax step.
+// mk_attn_math.cuh -- per-head arithmetic of gated attention: the per-head RMSNorm and the partial RoPE as HF forms
+// it (shared by the decode items, mk_attn.cuh, and the prefill, pf_attn.cuh), and the decode's online-softmax step.
 #pragma once
 #include "mk_math.cuh"
 

@@ -60,6 +60,26 @@ __global__ void __launch_bounds__(128) gdn_conv_kernel(const float* __restrict__
     }
 }
 
+// A [64][128] f32 tile from global memory (row r at src + r ld; rows >= valid read as zeros) into padded shared rows,
+// 8 float4 loads in flight per thread (256 threads).
+__device__ __forceinline__ void load_tile64x128(float (*dst)[GLD], const float* __restrict__ src, size_t ld, int valid,
+                                                int tid) {
+    float4 r4[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {  // 64 rows x 32 float4: row i / 32, columns 4 (i % 32)
+        const int i = tid + e * 256, r = i >> 5;
+        r4[e] = r < valid ? *(const float4*)(src + r * ld + (i & 31) * 4) : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+        const int i = tid + e * 256, r = i >> 5, d = (i & 31) * 4;
+        dst[r][d] = r4[e].x;
+        dst[r][d + 1] = r4[e].y;
+        dst[r][d + 2] = r4[e].z;
+        dst[r][d + 3] = r4[e].w;
+    }
+}
+
 // Shared memory of gdn_chunk_kernel (floats).
 struct ChunkSmem {
     float q[GC][GLD], k[GC][GLD], v[GC][GLD];
@@ -74,24 +94,11 @@ __global__ void __launch_bounds__(256, 1) gdn_chunk_kernel(const float* C, const
     ChunkSmem& s = *reinterpret_cast<ChunkSmem*>(pf_smem);
     const int h = blockIdx.x, c = blockIdx.y, t0 = c * GC, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int valid = min(GC, n - t0);
-#pragma unroll
-    for (int part = 0; part < 3; ++part) {  // conv outputs of this head (zeros past the prompt), q, k, v
-        float4 r4[8];
-#pragma unroll
-        for (int e = 0; e < 8; ++e) {  // 64 rows x 32 float4: row = i / 32, columns 4 (i % 32)
-            const int i = tid + e * 256, r = i >> 5;
-            r4[e] = r < valid ? *(const float4*)(C + (size_t)(t0 + r) * CONV + part * 2048 + h * 128 + (i & 31) * 4)
-                              : make_float4(0.f, 0.f, 0.f, 0.f);
-        }
-        float(*dst)[GLD] = part == 0 ? s.q : part == 1 ? s.k : s.v;
-#pragma unroll
-        for (int e = 0; e < 8; ++e) {
-            const int i = tid + e * 256, r = i >> 5, d = (i & 31) * 4;
-            dst[r][d] = r4[e].x;
-            dst[r][d + 1] = r4[e].y;
-            dst[r][d + 2] = r4[e].z;
-            dst[r][d + 3] = r4[e].w;
-        }
+    {  // conv outputs of this head (zeros past the prompt): q, k, v
+        const float* c0 = C + (size_t)t0 * CONV + h * 128;
+        load_tile64x128(s.q, c0, CONV, valid, tid);
+        load_tile64x128(s.k, c0 + 2048, CONV, valid, tid);
+        load_tile64x128(s.v, c0 + 4096, CONV, valid, tid);
     }
     if (tid < GC) {
         const bool ok = tid < valid;
@@ -174,22 +181,6 @@ __global__ void __launch_bounds__(256, 1) gdn_chunk_kernel(const float* C, const
     if (tid < GC) gw.g[(size_t)h * gw.np + t0 + tid] = s.G[tid];
 }
 
-// A [64][128] f32 tile from global memory (contiguous rows) into padded shared rows, 8 float4 loads in flight per
-// thread (256 threads).
-__device__ __forceinline__ void load_tile64x128(float (*dst)[GLD], const float* __restrict__ src, int tid) {
-    float4 r4[8];
-#pragma unroll
-    for (int e = 0; e < 8; ++e) r4[e] = *(const float4*)(src + 4 * (tid + e * 256));
-#pragma unroll
-    for (int e = 0; e < 8; ++e) {
-        const int i = tid + e * 256, r = i >> 5, d = (i & 31) * 4;
-        dst[r][d] = r4[e].x;
-        dst[r][d + 1] = r4[e].y;
-        dst[r][d + 2] = r4[e].z;
-        dst[r][d + 3] = r4[e].w;
-    }
-}
-
 // Shared memory of gdn_scan_kernel (floats).
 struct ScanSmem {
     float w[GC][GLD], q[GC][GLD], k[GC][GLD];
@@ -226,9 +217,9 @@ __global__ void __launch_bounds__(256, 1) gdn_scan_kernel(GdnWork gw, float* O, 
             *(float4*)&s.u[tid >> 2][(tid & 3) * 4] = u4;
             if (tid < GC) s.G[tid] = g;
         }
-        load_tile64x128(s.w, gw.w + base, tid);
-        load_tile64x128(s.q, gw.q + base, tid);
-        load_tile64x128(s.k, gw.k + base, tid);
+        load_tile64x128(s.w, gw.w + base, DK, GC, tid);
+        load_tile64x128(s.q, gw.q + base, DK, GC, tid);
+        load_tile64x128(s.k, gw.k + base, DK, GC, tid);
         __syncthreads();
         const float glast = s.G[GC - 1];
         if (tid < GC) s.eg[tid] = expf(glast - s.G[tid]);
