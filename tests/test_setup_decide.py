@@ -235,3 +235,20 @@ def test_make_llamacpp_cuda_rebuilds_for_another_arch_without_a_gpu():
     assert titles(plan) == ["building llama-cpp-python with CUDA for sm_89"]
     assert step(plan, "building").argv[2] == "/s/llama_cpp_python-0.3.36.tar.gz"
     assert dict(step(plan, "building").env)["CUDA_ARCH"] == "89"
+
+
+def test_a_host_python_that_is_itself_a_venv_is_seen_through_a_pth():
+    # the H200's python3 is /opt/torch/.venv/bin/python3: a venv made from it with --system-site-packages sees
+    # /usr/lib/python3/dist-packages, not /opt/torch/.venv's torch and typer, so setup adds those by a .pth
+    site = "/opt/torch/.venv/lib/python3.12/site-packages"
+    host = PythonFacts(
+        "/opt/torch/.venv/bin/python3", torch="2.11.0+cu130", torch_cuda="13.0", torch_gpu=True, venv_site=(site,)
+    )
+    plan = decide(machine(gpu=H200, toolkit=TOOLKIT, host=host), Options(venv=VENV))
+    assert titles(plan)[:2] == ["creating the virtual environment /repo/.venv", f"letting the venv see {site}"]
+    assert step(plan, "letting").argv == (PY, "-m", "luce_bench.setup.link", "--host-site", site)
+
+
+def test_a_plain_host_python_needs_no_pth():
+    plan = decide(machine(gpu=H200, toolkit=TOOLKIT, host=CUDA_TORCH), Options(venv=VENV))
+    assert not [t for t in titles(plan) if t.startswith("letting")]

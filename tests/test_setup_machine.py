@@ -240,3 +240,24 @@ def test_link_puts_the_checkout_on_a_bare_venvs_path(tmp_path):
     assert out.stdout.strip() == str(ROOT / "luce_bench" / "__init__.py")
     script = (tmp_path / "v" / "bin" / "luce-bench").read_text()
     assert script.startswith(f"#!{py}\n") and "from luce_bench.cli import main" in script
+
+
+def test_a_venv_made_from_a_venv_sees_the_hosts_packages_through_host_site(tmp_path):
+    # as on the H200, whose python3 is a venv holding torch: --system-site-packages alone does not show its packages
+    host = tmp_path / "host"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(host)], check=True, timeout=120)
+    code = "from luce_bench.setup.probe import python_facts as f; print(*f().venv_site)"
+    facts = subprocess.run(
+        [str(host / "bin" / "python"), "-c", code], cwd=ROOT, capture_output=True, text=True, check=True, timeout=60
+    )
+    (site_dir,) = facts.stdout.split()
+    (Path(site_dir) / "only_in_host.py").write_text("WHERE = 'host venv'\n")
+    new = tmp_path / "new"
+    subprocess.run([str(host / "bin" / "python"), "-m", "venv", "--without-pip", "--system-site-packages", str(new)],
+                   check=True, timeout=120)  # fmt: skip
+    py = str(new / "bin" / "python")
+    probe = [py, "-c", "import only_in_host; print(only_in_host.WHERE)"]
+    assert subprocess.run(probe, cwd=tmp_path, capture_output=True, timeout=60, check=False).returncode != 0
+    subprocess.run([py, "-m", "luce_bench.setup.link", "--host-site", site_dir], cwd=ROOT, check=True, timeout=60)
+    seen = subprocess.run(probe, cwd=tmp_path, capture_output=True, text=True, check=True, timeout=60)
+    assert seen.stdout.strip() == "host venv"

@@ -48,6 +48,9 @@ def _venv(p: Planner) -> None:
     flag = ("--system-site-packages",) if p.plan.system_site else ()
     why = f" (keeps the system's torch {host.torch})" if p.plan.system_site else ""
     p.add(f"creating the virtual environment {o.venv}{why}", (host.python, "-m", "venv", *flag, str(o.venv)))
+    if p.plan.system_site and host.venv_site:  # the host is a venv: its packages are not the "system site"
+        dirs = ", ".join(host.venv_site)
+        p.add(f"letting the venv see {dirs}", (p.py, "-m", "luce_bench.setup.link", "--host-site", *host.venv_site))
     if p.plan.system_site:
         p.env = dataclasses.replace(host, python=p.py, system_site=True)
     if m.wheels is None:

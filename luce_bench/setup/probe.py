@@ -11,6 +11,7 @@ import importlib.util
 import json
 import re
 import shutil
+import site
 import subprocess
 import sys
 import zipfile
@@ -61,6 +62,9 @@ class PythonFacts:
     llama_cpp_cuda: bool = False  # its lib/ holds libggml-cuda
     modules: frozenset[str] = frozenset()  # those of MODULES that are importable
     system_site: bool = False  # a venv that sees the system's site-packages
+    # its own site-packages when this Python is itself a venv (conda's or an image's python3, say): a venv made from
+    # it with --system-site-packages sees only the base interpreter's, so setup points the new venv at these too
+    venv_site: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -172,8 +176,12 @@ def python_facts() -> PythonFacts:
             pass
     llama_v, llama_cuda = _llama_cpp_facts()
     modules = frozenset(m for m in MODULES if importlib.util.find_spec(m) is not None)
-    system_site = sys.prefix != sys.base_prefix and _sees_system_site()
-    return PythonFacts(sys.executable, torch_v, torch_cuda, torch_gpu, llama_v, llama_cuda, modules, system_site)
+    in_venv = sys.prefix != sys.base_prefix
+    system_site = in_venv and _sees_system_site()
+    venv_site = tuple(site.getsitepackages()) if in_venv else ()
+    return PythonFacts(
+        sys.executable, torch_v, torch_cuda, torch_gpu, llama_v, llama_cuda, modules, system_site, venv_site
+    )
 
 
 def _sees_system_site() -> bool:
@@ -200,6 +208,7 @@ def venv_facts(venv: Path, run: Runner = subprocess.run) -> PythonFacts | None:
     if not isinstance(data, dict):  # a venv whose Python runs but cannot tell: as good as empty
         return PythonFacts(python=str(python))
     data["modules"] = frozenset(data["modules"])
+    data["venv_site"] = tuple(data.get("venv_site", ()))
     return PythonFacts(**data)
 
 
