@@ -56,8 +56,8 @@ class RunContext:
             n_ctx = max(512, -(-(longest + 64) // 256) * 256)
             n_ubatch = min(2048, max([t.n for t in tests if t.kind == "pp"] or [512]))  # one ubatch per pp test
             return {"n_ctx": n_ctx, "n_batch": max(2048, n_ubatch), "n_ubatch": n_ubatch}
-        if name == "hf-compiled":  # as generate sizes it: the longest sequence a test puts in the cache
-            return {"max_cache_len": max(t.n for t in tests) + 1}
+        if name == "hf-compiled":  # as generate sizes it: the longest sequence a test puts in the cache, depth included
+            return {"max_cache_len": longest + 1}
         return {}
 
     def create_backend(self, name: str) -> Backend:

@@ -59,6 +59,8 @@ def test_backends_are_sized_for_the_longest_test_depth_included():
     ctx = RunContext(cfg, SimClock())
     assert ctx.backend_kwargs("megakernel") == {"max_seq": 4096 + 128 + 1 + 8}
     assert ctx.backend_kwargs("llamacpp") == {"n_ctx": 4352, "n_batch": 2048, "n_ubatch": 520}
+    # the H200 run of 2026-12-03 failed tg128@d4096 on a static cache sized from pp2048 alone (2049 positions)
+    assert ctx.backend_kwargs("hf-compiled") == {"max_cache_len": 4096 + 128 + 1 + 1}
     assert RunContext(config.from_mapping({"tests": ["tg128"]}), SimClock()).backend_kwargs("megakernel") == {
         "max_seq": 4096
     }
