@@ -3,7 +3,9 @@
 A run goes to `<results>/<gpu>/<date>-<name>/` (date: UTC day of its first window): runs.csv, meta.json,
 samples.csv.gz and, rebuilt from those by the report code, summary.csv, report.md and the plots. Only what a reader
 can trust is taken: a finished run on a real GPU with energy, at the limit in force (compare or bench; sweeps stay on
-the user's card), with luce-bench's git commit recorded. A run that recorded none (a copy of the tree without .git)
+the user's card), with luce-bench's git commit recorded. A run that finished with a failed backend is taken only with
+`--allow-failures`: its rows are real, and meta.json's `published_with_failures` lists what failed, which the
+generated tables print beside the numbers. A run that recorded none (a copy of the tree without .git)
 gets it at publish time from `LUCE_BENCH_GIT_COMMIT`, else from this checkout, and meta.json says which. The folder
 is built aside and renamed into place: nothing is half written; an existing folder is never replaced.
 """
@@ -33,9 +35,9 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
 
 
-def _refusal(run_dir: Path, meta: dict[str, Any], runs: list[RunRecord]) -> str | None:
+def _refusal(run_dir: Path, meta: dict[str, Any], runs: list[RunRecord], allow_failures: bool = False) -> str | None:
     """Why `run_dir` must not be committed, or None."""
-    from luce_bench.status import FINISHED, describe, effective_state, read_status
+    from luce_bench.status import FAILURES, FINISHED, describe, effective_state, read_status
 
     energy = meta.get("energy", {})
     if not runs:
@@ -49,9 +51,21 @@ def _refusal(run_dir: Path, meta: dict[str, Any], runs: list[RunRecord]) -> str 
     if meta.get("sweep"):
         return "it is a sweep; published tables hold runs at the limit in force (compare, bench)"
     status = read_status(run_dir)
-    if status is not None and effective_state(status) != FINISHED:
-        return f"it did not finish cleanly: {describe(status)}"
+    state = effective_state(status) if status is not None else FINISHED
+    if state == FAILURES and allow_failures:
+        return None
+    if state != FINISHED:
+        hint = " (--allow-failures publishes its rows and lists the failures)" if state == FAILURES else ""
+        return f"it did not finish cleanly: {describe(status)}{hint}"
     return None
+
+
+def _failures(run_dir: Path) -> list[str]:
+    """What failed in a run that finished with failures (status.json), for the tables to print."""
+    from luce_bench.status import read_status
+
+    status = read_status(run_dir) or {}
+    return [str(f) for f in status.get("failed", [])] or [str(status.get("reason", "a backend failed"))]
 
 
 def _with_commit(meta: dict[str, Any]) -> dict[str, Any]:
@@ -97,17 +111,19 @@ def destination(run_dir: Path, results: Path, name: str | None) -> Path:
     return dest
 
 
-def publish(run_dir: Path, results: Path, name: str | None = None) -> Path:
+def publish(run_dir: Path, results: Path, name: str | None = None, allow_failures: bool = False) -> Path:
     """Commit `run_dir` under `results` (see the module docstring) and return its new folder."""
     from luce_bench.report import render
 
     if not (run_dir / RUNS).is_file():
         raise UserError(f"{run_dir} is not a luce-bench run directory (no runs.csv)")
     meta, runs = read_meta(run_dir), read_csv(run_dir / RUNS, RunRecord)
-    why = _refusal(run_dir, meta, runs)
+    why = _refusal(run_dir, meta, runs, allow_failures)
     if why:
         raise UserError(f"cannot publish {run_dir}: {why}")
     meta = _with_commit(meta)
+    if _refusal(run_dir, meta, runs) is not None:  # allowed only by --allow-failures
+        meta = {**meta, "published_with_failures": _failures(run_dir)}
     dest = destination(run_dir, results, name)
     with _staged(dest) as stage:
         shutil.copy2(run_dir / RUNS, stage / RUNS)

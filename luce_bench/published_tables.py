@@ -96,6 +96,7 @@ def run_section(run: CommittedRun, base: Path, heading: str) -> list[str]:
     """A run's heading, labels, headline table and plot links."""
     lines = [heading, ""]
     lines += [f"- {what}: {text}" for what, text in labels(run.meta)]
+    lines += [f"- failed in this run (no rows): {f}" for f in run.meta.get("published_with_failures", [])]
     lines += [f"- last window closed {run.last_time}; files: [{run.path.name}]({_link(run.path, base)})", ""]
     lines += [markdown_table(HEADLINE_HEAD, headline_rows(run)), "", plots_line(run, base), ""]
     return lines

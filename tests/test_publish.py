@@ -136,3 +136,21 @@ def test_publish_refuses_in_one_line_and_writes_nothing(case, tmp_path, monkeypa
     assert out.exit_code == 2, out.output
     assert message in out.output and len(out.output.strip().splitlines()) == 1, out.output
     assert (sorted(p.relative_to(tmp_path) for p in results.rglob("*")) if results.exists() else []) == before
+
+
+def test_a_run_with_a_failed_backend_needs_allow_failures_and_its_failure_is_printed(tmp_path, monkeypatch):
+    # as the first H200 run: every row measured except hf-compiled's depth test, which failed on its cache size
+    monkeypatch.setenv("LUCE_BENCH_STATE_DIR", str(tmp_path / "state"))
+    run, results = _run_dir(tmp_path), tmp_path / "results"
+    failure = "hf-compiled failed: RuntimeError: the static cache holds 2049 positions; this sequence needs 4096"
+    status = {"format": 1, "state": "finished-with-failures", "rows": 75, "rows_planned": 80, "failed": [failure]}
+    (run / "status.json").write_text(json.dumps(status))
+    refused = _publish(run, results)
+    assert refused.exit_code == 2 and "(--allow-failures publishes its rows and lists the failures)" in refused.output
+    assert not results.exists()
+    out = _publish(run, results, "--allow-failures")
+    assert out.exit_code == 0, out.output
+    dest = results / "nvidia-h100-80gb-hbm3" / "20261124-compare"
+    assert json.loads((dest / "meta.json").read_text())["published_with_failures"] == [failure]
+    assert f"- failed in this run (no rows): {failure}" in (results / "README.md").read_text()
+    assert runner.invoke(app, ["report", "--check", str(results)]).exit_code == 0

@@ -103,13 +103,20 @@ def publish(
     ] = None,
     results: Annotated[Path, typer.Option("--results", help="The results tree.")] = Path("results"),
     readme: ReadmeOpt = None,
+    allow_failures: Annotated[
+        bool,
+        typer.Option(
+            "--allow-failures",
+            help="Publish a run in which a backend failed: its measured rows, with the failures listed beside them.",
+        ),
+    ] = False,
 ) -> None:
     """Commit a real run into results/<gpu>/<date>-<name>/ and regenerate the tables from the committed CSVs."""
     from luce_bench.publish import publish as publish_run
     from luce_bench.publish import readme_of, write_tables
 
     if run_dir is not None:
-        typer.echo(f"published to {publish_run(run_dir, results, name)}")
+        typer.echo(f"published to {publish_run(run_dir, results, name, allow_failures)}")
     for path in write_tables(results, readme or readme_of(results)):
         typer.echo(f"wrote {path}")
 
