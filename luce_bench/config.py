@@ -94,7 +94,10 @@ def _text(v: Any) -> Any:
 
 def _items(v: Any) -> Any:
     if isinstance(v, str):
-        return tuple(s for s in v.split(",") if s.strip())
+        parts = [s.strip() for s in v.split(",")]
+        if any(parts) and not all(parts):  # "300,,200": a typo, not a shorter list
+            raise ValueError(f"has an empty entry: {v!r}")
+        return tuple(s for s in parts if s)
     return tuple(v) if isinstance(v, list) else v
 
 

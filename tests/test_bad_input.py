@@ -213,6 +213,7 @@ FLAGS = {
     "empty-clocks": (["sweep", "--fake-gpu", "--clocks", ""], "--clocks is empty"),
     "empty-limits": (["sweep", "--fake-gpu", "--limits", ""], "no power limits given"),
     "empty-tests": (["sweep", "--fake-gpu", "--tests", ","], "tests is empty"),
+    "empty-entry": (["sweep", "--fake-gpu", "--limits", "300,,200"], "sweep.limits has an empty entry: '300,,200'"),
     "sim-without-fake-gpu": (["bench", "sim"], "backend sim cannot run here"),
     "missing-model": (["bench", "sim", "--fake-gpu", "--model", "/no/such/model"], "no such directory"),
     "wrong-type": (["sweep", "--reps", "abc"], "Invalid value for '--reps'"),
