@@ -10,6 +10,8 @@
 //   MK_SLOT_KB        ring slot (one bulk copy) size; the ring is 192 KB whatever the slot size
 //   MK_PF_GSTAGES     prefill GEMM: cp.async stages (2-4) and k depth per stage (MK_PF_GBK 32 or 64): the pipeline
 //   MK_PF_GBK         depth that hides L2 latency; 3 x 64 won on the H200 (NOTES.md, prefill v3), another GPU may differ
+//   MK_PF_GDN_TC      prefill GDN: 1 runs the chunked delta rule on tensor cores (pf_gdn_tc.cuh, tf32), 0 the f32
+//                     CUDA-core kernels (pf_gdn.cuh); 0 until the tensor-core path is measured on the GPU (NOTES.md v4)
 //   MK_SPIN_LIMIT_NS  watchdog: a spin loop that waits longer traps (the launch fails instead of hanging); raise it
 //                     under compute-sanitizer or a debugger
 #pragma once
@@ -29,6 +31,9 @@
 #ifndef MK_PF_GBK
 #define MK_PF_GBK 64
 #endif
+#ifndef MK_PF_GDN_TC
+#define MK_PF_GDN_TC 0
+#endif
 #ifndef MK_SPIN_LIMIT_NS
 #define MK_SPIN_LIMIT_NS 20000000000ull
 #endif
@@ -41,6 +46,9 @@
 #endif
 #if MK_PF_GSTAGES < 2 || MK_PF_GSTAGES > 4 || (MK_PF_GBK != 32 && MK_PF_GBK != 64)
 #error "MK_PF_GSTAGES must be 2, 3 or 4 and MK_PF_GBK 32 or 64"
+#endif
+#if MK_PF_GDN_TC != 0 && MK_PF_GDN_TC != 1
+#error "MK_PF_GDN_TC must be 0 or 1"
 #endif
 #if MK_SPIN_LIMIT_NS < 1000000
 #error "MK_SPIN_LIMIT_NS must be at least 1000000 (1 ms)"

@@ -9,9 +9,11 @@
 //   MLP:  rmsnorm -> Xn | GEMM gate|up (NT) with the SwiGLU epilogue -> U (fp16) | GEMM down^T (NN) into X
 // then the last position's final norm, LM head and argmax -> *last_token. GEMMs: pf_gemm.cuh (tensor cores).
 #include <cuda_runtime.h>
+#include <utility>
 #include "luce_mk.h"
 #include "pf_attn.cuh"
 #include "pf_gdn.cuh"
+#include "pf_gdn_tc.cuh"
 #include "pf_gemm.cuh"
 #include "pf_misc.cuh"
 
@@ -20,7 +22,7 @@ namespace pf {
 
 // Byte offsets of the workspace's arrays for N tokens (each 256-byte aligned).
 struct Workspace {
-    size_t best, x, xn, y, u, c, o, gq, gk, gu, gw, gg, gm, total;
+    size_t best, x, xn, y, u, c, o, gq, gk, gu, gw, gg, gm, gs, ge, total;
     int np;
     explicit Workspace(int n) {
         np = (n + GC - 1) / GC * GC;
@@ -37,13 +39,15 @@ struct Workspace {
         y = take(N * GDN_ROWS * 4);  // the widest projection (in_proj 8224; qkv 5120, gate|up 7168)
         u = take(N * FF * 2);        // fp16 GEMM inputs: SwiGLU (3584), GDN gated norm / attention output (2048)
         c = take(N * CONV * 4);      // GDN conv outputs; the attention layers' q (2048) in the same place
-        o = take(N * DH * DV * 4);
+        o = MK_PF_GDN_TC ? 0 : take(N * DH * DV * 4);  // the tensor-core path norms its output in gdn_out_kernel
         gq = take(DH * P * DK * 4);
         gk = take(DH * P * DK * 4);
         gu = take(DH * P * DK * 4);
         gw = take(DH * P * DK * 4);
         gg = take(DH * P * 4);
         gm = take(DH * P * GC * 4);
+        gs = MK_PF_GDN_TC ? take(DH * (P / GC) * DK * DV * 4) : 0;  // every chunk's start state S_c
+        ge = MK_PF_GDN_TC ? take(DH * P * DV * 4) : 0;              // E = U - W S_c
         total = at;
     }
 };
@@ -90,9 +94,17 @@ void gdn_layer(const LuceMkPrefillParams& p, const Workspace& ws, char* w, int l
                            st);
     gdn_conv_kernel<<<dim3(CONV / 128, ws.np / GC), 128, 0, st>>>(Y, sp + SP_CONV, p.conv_hist + (int64_t)gi * CONV * 4,
                                                                  C, n);
+#if MK_PF_GDN_TC
+    const GdnTcWork tw{(float*)(w + ws.gs), (float*)(w + ws.ge)};
+    gdn_prep_kernel<<<dim3(DH, ws.np / GC), 128, sizeof(PrepSmem), st>>>(C, Y, sp, gw, n);
+    gdn_state_kernel<<<DH * NSL, 128, sizeof(StateSmem), st>>>(gw, tw, p.gdn_state + gi * STATE_L);
+    gdn_out_kernel<<<dim3(DH, ws.np / GC), 128, sizeof(OutSmem), st>>>(gw, tw, Y, sp + SP_GNW,
+                                                                       (unsigned short*)(w + ws.u), n);
+#else
     gdn_chunk_kernel<<<dim3(DH, ws.np / GC), 256, sizeof(ChunkSmem), st>>>(C, Y, sp, gw, n);
     gdn_scan_kernel<<<DH * NSL, 256, sizeof(ScanSmem), st>>>(gw, (float*)(w + ws.o), p.gdn_state + gi * STATE_L, n);
     gdn_gate_kernel<<<n, 512, 0, st>>>((float*)(w + ws.o), Y, sp + SP_GNW, (unsigned short*)(w + ws.u), n);
+#endif
     gemm<true, OUT_ADD>((unsigned short*)(w + ws.u), layer_w(p.wblob16, l, 1), (float*)(w + ws.x), nullptr, n, H,
                         DH * DV, H, st);
 }
@@ -134,11 +146,19 @@ int setup_device() {
     int optin = 0;
     if ((e = cudaDeviceGetAttribute(&g_sms, cudaDevAttrMultiProcessorCount, dev)) != cudaSuccess) return (int)e;
     if ((e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev)) != cudaSuccess) return (int)e;
-    if (optin < (int)sizeof(ChunkSmem) || optin < (int)sizeof(ScanSmem)) return LUCE_MK_ERR_PREFILL_SMEM;
-    e = cudaFuncSetAttribute(gdn_chunk_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sizeof(ChunkSmem));
-    if (e != cudaSuccess) return (int)e;
-    e = cudaFuncSetAttribute(gdn_scan_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sizeof(ScanSmem));
-    if (e != cudaSuccess) return (int)e;
+#if MK_PF_GDN_TC
+    const std::pair<const void*, int> gdn[] = {{(const void*)gdn_prep_kernel, (int)sizeof(PrepSmem)},
+                                               {(const void*)gdn_state_kernel, (int)sizeof(StateSmem)},
+                                               {(const void*)gdn_out_kernel, (int)sizeof(OutSmem)}};
+#else
+    const std::pair<const void*, int> gdn[] = {{(const void*)gdn_chunk_kernel, (int)sizeof(ChunkSmem)},
+                                               {(const void*)gdn_scan_kernel, (int)sizeof(ScanSmem)}};
+#endif
+    for (const auto& [f, bytes] : gdn) {
+        if (optin < bytes) return LUCE_MK_ERR_PREFILL_SMEM;
+        if ((e = cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)) != cudaSuccess)
+            return (int)e;
+    }
     if (optin < GEMM_SMEM || optin < ATT_SMEM) return LUCE_MK_ERR_PREFILL_SMEM;
     e = cudaFuncSetAttribute(attn_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, ATT_SMEM);
     if (e != cudaSuccess) return (int)e;

@@ -174,7 +174,7 @@ def test_kernel_options_from_env(monkeypatch):
 
 
 def test_build_options_are_read_from_the_header():
-    """The names (and defaults) come from cuda/mk_config.cuh: the four decode options, two prefill GEMM options."""
+    """The names (and defaults) come from cuda/mk_config.cuh: the four decode options, three prefill options."""
     from luce_bench.kernels.abi import build_options
 
     assert build_options() == {
@@ -183,6 +183,7 @@ def test_build_options_are_read_from_the_header():
         "MK_SLOT_KB": "32",
         "MK_PF_GSTAGES": "3",
         "MK_PF_GBK": "64",
+        "MK_PF_GDN_TC": "0",
         "MK_SPIN_LIMIT_NS": "20000000000ull",
     }
 

@@ -6,7 +6,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from luce_bench.kernels.chunked import chunked_gated_delta_rule, recurrent_gated_delta_rule  # noqa: E402
+from luce_bench.kernels.chunked import (  # noqa: E402
+    _tf32,
+    chunked_gated_delta_rule,
+    recurrent_gated_delta_rule,
+    three_pass_gated_delta_rule,
+)
 
 
 def _inputs(T: int, H: int = 3, K: int = 16, V: int = 8, seed: int = 0):
@@ -52,3 +57,24 @@ def test_known_values_of_one_token():
     o, s = chunked_gated_delta_rule(q, k, v, g, beta)
     torch.testing.assert_close(o[0, 0], torch.tensor([0.6, -0.3, 1.2], dtype=torch.float64))
     torch.testing.assert_close(s[0], torch.tensor([[0.6, -0.3, 1.2], [0.8, -0.4, 1.6]], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("T", [1, 63, 64, 65, 200], ids=lambda t: f"T{t}")
+def test_the_tensor_core_kernels_split_equals_the_recurrence(T):
+    # cuda/pf_gdn_tc.cuh computes T = (I + A)^-1 first, then U and W as products, and keeps every chunk's start state
+    q, k, v, g, beta = _inputs(T, seed=2)
+    o_ref, s_ref = recurrent_gated_delta_rule(q, k, v, g, beta)
+    o, s = three_pass_gated_delta_rule(q, k, v, g, beta, chunk=16)
+    torch.testing.assert_close(o, o_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(s, s_ref, rtol=1e-10, atol=1e-10)
+
+
+def test_tf32_rounding_keeps_ten_mantissa_bits_and_the_split_stays_close():
+    x = torch.tensor([1.0 + 2**-10, 1.0 + 2**-11, 1.0 + 2**-12, -3.0 - 2**-9, 1e-30], dtype=torch.float64)
+    assert _tf32(x).tolist() == [1.0 + 2**-10, 1.0 + 2**-10, 1.0, -3.0 - 2**-9, pytest.approx(1e-30, rel=2**-11)]
+    # products with tf32 inputs (as the kernels' mma.sync): the chunked outputs stay within ~1e-3 of float64
+    q, k, v, g, beta = _inputs(130, H=2, K=128, V=32, seed=3)
+    o_ref, s_ref = recurrent_gated_delta_rule(q, k, v, g, beta)
+    o, s = three_pass_gated_delta_rule(q, k, v, g, beta, chunk=64, tf32=True)
+    rel = lambda a, b: float((a - b).norm() / b.norm())  # noqa: E731
+    assert 1e-6 < rel(o, o_ref) < 3e-3 and 1e-6 < rel(s, s_ref) < 3e-3

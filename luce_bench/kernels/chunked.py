@@ -64,3 +64,65 @@ def chunked_gated_delta_rule(
         last = G[:, -1]
         S = torch.exp(last)[:, None, None] * S + (Kc * torch.exp(last[:, None] - G)[:, :, None]).transpose(1, 2) @ E
     return torch.cat(out)[:T], S
+
+
+def _tf32(x: Any) -> Any:
+    """Round float32/64 values to tf32 (10 explicit mantissa bits, round to nearest, ties away), as cvt.rna.tf32."""
+    import torch
+
+    x32 = x.to(torch.float32).contiguous()
+    bits = x32.view(torch.int32)
+    rounded = ((bits + 0x1000) & ~0x1FFF).view(torch.float32)  # add half an ulp of tf32, drop the low 13 bits
+    return rounded.to(x.dtype)
+
+
+def three_pass_gated_delta_rule(
+    q: Any, k: Any, v: Any, g: Any, beta: Any, chunk: int = 64, tf32: bool = False
+) -> tuple[Any, Any]:
+    """The same as `recurrent_gated_delta_rule` from a zero state, split as the tensor-core prefill kernels split it.
+
+    prep (per chunk, parallel): T = (I + A)^-1 by forward substitution, U = T diag(beta) V, W = T diag(beta exp(G)) K,
+    Kd = K exp(G_C - G), M = (Q K^T) * decay; state (sequential): keep every chunk's start state S_c and
+    E = U - W S_c, then S <- exp(G_C) S + Kd^T E; out (parallel): O = exp(G) (Q S_c) + M E. With `tf32` the inputs of
+    every product are rounded to tf32 as the kernels' mma.sync does (sums stay in the working precision).
+    """
+    import torch
+
+    T, H, K = k.shape
+    Vd = v.shape[-1]
+    pad = (-T) % chunk
+    if pad:
+        q, k, v = (torch.cat([x, x.new_zeros(pad, *x.shape[1:])]) for x in (q, k, v))
+        g, beta = (torch.cat([x, x.new_zeros(pad, H)]) for x in (g, beta))
+    r = _tf32 if tf32 else (lambda x: x)
+    mm = lambda a, b: r(a) @ r(b)  # noqa: E731 - one tensor-core product
+    causal = torch.tril(torch.ones(chunk, chunk, dtype=torch.bool))
+    chunks = []
+    for c0 in range(0, T + pad, chunk):  # prep
+        sl = slice(c0, c0 + chunk)
+        Q, Kc, Vc = (x[sl].transpose(0, 1) for x in (q, k, v))
+        G = torch.cumsum(g[sl], 0).transpose(0, 1)
+        b = beta[sl].transpose(0, 1)
+        decay = torch.exp(G[:, :, None] - G[:, None, :]).masked_fill(~causal, 0.0)
+        A = (b[:, :, None] * mm(Kc, Kc.transpose(1, 2)) * decay).tril(-1)
+        Tm = torch.zeros_like(A)
+        for i in range(chunk):  # T[i] = e_i - sum_{j < i} A[i, j] T[j]
+            Tm[:, i, i] = 1.0
+            Tm[:, i, :i] = -torch.einsum("hj,hjc->hc", A[:, i, :i], Tm[:, :i, :i])
+        U = mm(Tm * b[:, None, :], Vc)
+        W = mm(Tm * (b * torch.exp(G))[:, None, :], Kc)
+        Kd = Kc * torch.exp(G[:, -1:] - G)[:, :, None]
+        M = mm(Q, Kc.transpose(1, 2)) * decay
+        chunks.append((Q, G, U, W, Kd, M))
+    S = torch.zeros(H, K, Vd, dtype=q.dtype)
+    starts, errs = [], []
+    for Q, G, U, W, Kd, M in chunks:  # state
+        starts.append(S)
+        E = U - mm(W, S)
+        errs.append(E)
+        S = torch.exp(G[:, -1])[:, None, None] * S + mm(Kd.transpose(1, 2), E)
+    out = [  # out
+        (torch.exp(G)[:, :, None] * mm(Q, Sc) + mm(M, E)).transpose(0, 1)
+        for (Q, G, _, _, _, M), Sc, E in zip(chunks, starts, errs)
+    ]
+    return torch.cat(out)[:T], S

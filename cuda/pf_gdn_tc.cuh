@@ -1,0 +1,439 @@
+// pf_gdn_tc.cuh -- the chunked gated delta rule of a GDN layer's prefill on tensor cores (mma.sync m16n8k8 tf32 ->
+// f32): three kernels between gdn_conv_kernel and the out_proj GEMM, replacing gdn_chunk_kernel, gdn_scan_kernel and
+// gdn_gate_kernel (pf_gdn.cuh) when MK_PF_GDN_TC=1. Same algorithm (luce_bench/kernels/chunked.py), split so that only
+// the state update is sequential over chunks:
+//   gdn_prep_kernel   per (head, chunk of 64 tokens): L2 norms, beta, G = cumsum(g); A = strictly lower beta_i (k_i .
+//                     k_j) exp(G_i - G_j) and M = lower (q_i . k_j) exp(G_i - G_j) on tensor cores; T = (I + A)^-1 by
+//                     forward substitution (f32, 64 columns); U = T diag(beta) V and W = T diag(beta exp(G)) K on
+//                     tensor cores. Leaves Q, Kd = K exp(G_C - G), U, W, M and G.
+//   gdn_state_kernel  per (head, 16-column value slice), sequential over chunks, the next chunk's tiles loading
+//                     (cp.async) while this one computes: stores the start state S_c, E = U - W S_c, then
+//                     S <- exp(G_C) S + Kd^T E; leaves every chunk's S_c and E, and the final S in the decode layout.
+//   gdn_out_kernel    per (head, chunk): O = exp(G) (Q S_c) + M E, then the gated RMSNorm times silu(z), as fp16 for
+//                     the out_proj GEMM.
+// Precision: the products' inputs are rounded to tf32 (10-bit mantissa, as the fp16 GEMM inputs), sums in f32; the
+// substitution, norms, gates and the state between chunks stay f32.
+// Shared-memory rows are padded so that fragment loads hit distinct banks: a row stride = 4 (mod 32) for an operand
+// read along its rows (A row-major, B as [n][k]), 8 (mod 32) for one read along its columns (A transposed, B as [k][n]).
+#pragma once
+#include "pf_gdn.cuh"
+
+namespace mk {
+namespace pf {
+
+constexpr int LD4 = DK + 4;  // 132: rows read along the row
+constexpr int LD8 = DK + 8;  // 136: rows read along the column
+constexpr int LDT = GC + 4;  // 68: the 64 x 64 A, T and M
+constexpr int LDS = SLV + 8; // 24: a 16-column slice read along its columns
+
+// Per-chunk arrays the state and out kernels read besides GdnWork's: S_c [16 heads][chunks][128][128] and E [16][Np][128].
+struct GdnTcWork {
+    float *s, *e;
+};
+
+__device__ __forceinline__ unsigned tf32(float x) {
+    unsigned r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+    return r;
+}
+// d += a (16 x 8, row) * b (8 x 8, col), tf32 in, f32 accumulate
+__device__ __forceinline__ void mma_tf32(float d[4], const unsigned a[4], unsigned b0, unsigned b1) {
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+                 "{%0, %1, %2, %3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+// Fragments from f32 shared memory (g = lane / 4, t = lane % 4). A rows r0.., k k0..: element (r, k) at p[r ld + k]
+// (row-major) or p[k ld + r] (transposed); sc, if given, scales A's column k (a diagonal matrix on the right).
+__device__ __forceinline__ void frag_a(unsigned a[4], const float* p, int ld, int r0, int k0, int lane,
+                                       const float* sc = nullptr) {
+    const int g = lane >> 2, t = lane & 3;
+    const float* q = p + (r0 + g) * ld + k0 + t;
+    const float s0 = sc ? sc[k0 + t] : 1.f, s1 = sc ? sc[k0 + t + 4] : 1.f;
+    a[0] = tf32(q[0] * s0);
+    a[1] = tf32(q[8 * ld] * s0);
+    a[2] = tf32(q[4] * s1);
+    a[3] = tf32(q[8 * ld + 4] * s1);
+}
+__device__ __forceinline__ void frag_a_tr(unsigned a[4], const float* p, int ld, int r0, int k0, int lane) {
+    const int g = lane >> 2, t = lane & 3;
+    const float* q = p + (k0 + t) * ld + r0 + g;
+    a[0] = tf32(q[0]);
+    a[1] = tf32(q[8]);
+    a[2] = tf32(q[4 * ld]);
+    a[3] = tf32(q[4 * ld + 8]);
+}
+// B k k0.., n n0..: element (k, n) at p[k ld + n] ("kn") or p[n ld + k] ("nk")
+__device__ __forceinline__ void frag_b_kn(unsigned& b0, unsigned& b1, const float* p, int ld, int k0, int n0, int lane) {
+    const float* q = p + (k0 + (lane & 3)) * ld + n0 + (lane >> 2);
+    b0 = tf32(q[0]);
+    b1 = tf32(q[4 * ld]);
+}
+__device__ __forceinline__ void frag_b_nk(unsigned& b0, unsigned& b1, const float* p, int ld, int k0, int n0, int lane) {
+    const float* q = p + (n0 + (lane >> 2)) * ld + k0 + (lane & 3);
+    b0 = tf32(q[0]);
+    b1 = tf32(q[4]);
+}
+
+// rows x 128 f32 from global (row r at src + r ld; rows >= valid as zeros) into shared rows of stride LD, float4 by
+// float4, 8 loads of a thread in flight before its stores (THREADS threads).
+template <int ROWS, int LD, int THREADS>
+__device__ __forceinline__ void load_rows128(float* dst, const float* __restrict__ src, size_t ld, int valid, int tid) {
+    constexpr int PER = ROWS * 32 / THREADS, BATCH = PER < 8 ? PER : 8;
+    static_assert(PER % BATCH == 0, "whole batches");
+#pragma unroll
+    for (int b = 0; b < PER; b += BATCH) {
+        float4 r4[BATCH];
+#pragma unroll
+        for (int e = 0; e < BATCH; ++e) {
+            const int i = tid + (b + e) * THREADS, r = i >> 5;
+            r4[e] = r < valid ? *(const float4*)(src + r * ld + (i & 31) * 4) : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+#pragma unroll
+        for (int e = 0; e < BATCH; ++e) {
+            const int i = tid + (b + e) * THREADS;
+            *(float4*)(dst + (i >> 5) * LD + (i & 31) * 4) = r4[e];
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// gdn_prep_kernel: grid (16 heads, chunks), 128 threads (warp w owns rows 16 w .. 16 w + 15 of every 64-row product).
+struct PrepSmem {
+    float qv[GC][LD8];  // q, then v (once Q and M are out)
+    float k[GC][LD4];
+    float a[GC][LDT];   // A (strictly lower)
+    float t[GC][LDT];   // T = (I + A)^-1 (unit lower)
+    float beta[GC], G[GC], sv[GC], sw[GC];  // sv = beta, sw = beta exp(G): T's column scales for U and W
+};
+
+__global__ void __launch_bounds__(128) gdn_prep_kernel(const float* C, const float* Y, const float* sp, GdnWork gw,
+                                                       int n) {
+    extern __shared__ __align__(16) unsigned char pf_smem[];
+    PrepSmem& s = *reinterpret_cast<PrepSmem*>(pf_smem);
+    const int h = blockIdx.x, c = blockIdx.y, t0 = c * GC, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int valid = min(GC, n - t0);
+    const float* c0 = C + (size_t)t0 * CONV + h * 128;
+    load_rows128<GC, LD8, 128>(&s.qv[0][0], c0, CONV, valid, tid);
+    load_rows128<GC, LD4, 128>(&s.k[0][0], c0 + 2048, CONV, valid, tid);
+    float g = 0.f;
+    if (tid < GC) {
+        const bool ok = tid < valid;
+        const float b = ok ? Y[(size_t)(t0 + tid) * GDN_ROWS + h * GDN_HROWS + GB] : 0.f;
+        const float a = ok ? Y[(size_t)(t0 + tid) * GDN_ROWS + h * GDN_HROWS + GA] : 0.f;
+        const float x = a + sp[SP_DTB + h];
+        const float softplus = x > 20.f ? x : log1pf(expf(x));
+        s.beta[tid] = ok ? sigm(b) : 0.f;
+        g = ok ? sp[SP_NEGA + h] * softplus : 0.f;  // log decay, <= 0
+    }
+    if (warp < 2) {  // G = inclusive cumulative sum of g: a scan per warp, then the first half's total to the second
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            const float u = __shfl_up_sync(0xffffffffu, g, o);
+            if (lane >= o) g += u;
+        }
+        s.G[tid] = g;
+    }
+    __syncthreads();
+    if (tid >= 32 && tid < GC) s.G[tid] += s.G[31];
+    for (int r = warp; r < GC; r += 4) {  // L2 norms (q also scaled by 1/sqrt(128)), one warp per row, a float4 per lane
+        float4 q4 = *(float4*)&s.qv[r][lane * 4], k4 = *(float4*)&s.k[r][lane * 4];
+        const float rq = rsqrtf(warp_sum(q4.x * q4.x + q4.y * q4.y + q4.z * q4.z + q4.w * q4.w) + EPS) *
+                         0.08838834764831845f;
+        const float rk = rsqrtf(warp_sum(k4.x * k4.x + k4.y * k4.y + k4.z * k4.z + k4.w * k4.w) + EPS);
+        *(float4*)&s.qv[r][lane * 4] = make_float4(q4.x * rq, q4.y * rq, q4.z * rq, q4.w * rq);
+        *(float4*)&s.k[r][lane * 4] = make_float4(k4.x * rk, k4.y * rk, k4.z * rk, k4.w * rk);
+    }
+    __syncthreads();
+    if (tid < GC) {
+        s.sv[tid] = s.beta[tid];
+        s.sw[tid] = s.beta[tid] * expf(s.G[tid]);
+    }
+    const int r0 = warp * 16, g8 = lane >> 2, t4 = lane & 3;
+    {  // K K^T and Q K^T: warp rows r0.., all 64 columns (8 n-tiles), k = 128
+        float kk[8][4] = {}, qk[8][4] = {};
+        for (int k0 = 0; k0 < DK; k0 += 8) {
+            unsigned ak[4], aq[4];
+            frag_a(ak, &s.k[0][0], LD4, r0, k0, lane);
+            frag_a(aq, &s.qv[0][0], LD8, r0, k0, lane);
+#pragma unroll
+            for (int nt = 0; nt < 8; ++nt) {
+                unsigned b0, b1;
+                frag_b_nk(b0, b1, &s.k[0][0], LD4, k0, nt * 8, lane);
+                mma_tf32(kk[nt], ak, b0, b1);
+                mma_tf32(qk[nt], aq, b0, b1);
+            }
+        }
+        float* m = gw.m + ((size_t)h * (gw.np / GC) + c) * GC * GC;
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+            for (int hf = 0; hf < 2; ++hf) {  // rows r0 + g8 (c0, c1) and r0 + g8 + 8 (c2, c3)
+                const int i = r0 + g8 + hf * 8, j = nt * 8 + 2 * t4;
+                const float d0 = j <= i ? expf(s.G[i] - s.G[j]) : 0.f, d1 = j + 1 <= i ? expf(s.G[i] - s.G[j + 1]) : 0.f;
+                s.a[i][j] = j < i ? s.beta[i] * kk[nt][2 * hf] * d0 : 0.f;
+                s.a[i][j + 1] = j + 1 < i ? s.beta[i] * kk[nt][2 * hf + 1] * d1 : 0.f;
+                *(float2*)(m + i * GC + j) = make_float2(qk[nt][2 * hf] * d0, qk[nt][2 * hf + 1] * d1);
+            }
+    }
+    __syncthreads();
+    const size_t base = ((size_t)h * gw.np + t0) * DK;
+    {  // Q and Kd = K exp(G_C - G) out; then v into q's place
+        const float gl = s.G[GC - 1];
+        for (int i = tid; i < GC * 32; i += 128) {
+            const int r = i >> 5, d = (i & 31) * 4;
+            const float dec = expf(gl - s.G[r]);
+            const float4 k4 = *(float4*)&s.k[r][d];
+            *(float4*)(gw.q + base + 4 * i) = *(float4*)&s.qv[r][d];
+            *(float4*)(gw.k + base + 4 * i) = make_float4(k4.x * dec, k4.y * dec, k4.z * dec, k4.w * dec);
+        }
+        if (tid < GC) gw.g[(size_t)h * gw.np + t0 + tid] = s.G[tid];
+    }
+    __syncthreads();
+    load_rows128<GC, LD8, 128>(&s.qv[0][0], c0 + 4096, CONV, valid, tid);
+    {  // T = (I + A)^-1 row by row: T[i][col] = -sum_{col <= j < i} A[i][j] T[j][col]; a pair of lanes per column
+        const int col = tid >> 1, half = tid & 1;
+        for (int i = 0; i < GC; ++i) {
+            float acc0 = 0.f, acc1 = 0.f;
+            int j = col + half;
+            for (; j + 2 < i; j += 4) {
+                acc0 = fmaf(s.a[i][j], s.t[j][col], acc0);
+                acc1 = fmaf(s.a[i][j + 2], s.t[j + 2][col], acc1);
+            }
+            if (j < i) acc0 = fmaf(s.a[i][j], s.t[j][col], acc0);
+            float sum = acc0 + acc1;
+            sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+            if (half == 0) s.t[i][col] = col < i ? -sum : (col == i ? 1.f : 0.f);
+            __syncwarp();
+        }
+    }
+    __syncthreads();
+    // U = T diag(beta) V and W = T diag(beta exp(G)) K: warp rows r0.., 128 columns (16 n-tiles), k = 64 tokens
+#pragma unroll 1
+    for (int which = 0; which < 2; ++which) {
+        const float* B = which == 0 ? &s.qv[0][0] : &s.k[0][0];
+        const int ldb = which == 0 ? LD8 : LD4;
+        const float* sc = which == 0 ? s.sv : s.sw;
+        float acc[16][4] = {};
+        for (int k0 = 0; k0 < GC; k0 += 8) {
+            unsigned a[4];
+            frag_a(a, &s.t[0][0], LDT, r0, k0, lane, sc);
+#pragma unroll
+            for (int nt = 0; nt < 16; ++nt) {
+                unsigned b0, b1;
+                frag_b_kn(b0, b1, B, ldb, k0, nt * 8, lane);
+                mma_tf32(acc[nt], a, b0, b1);
+            }
+        }
+        float* out = (which == 0 ? gw.u : gw.w) + base;
+#pragma unroll
+        for (int nt = 0; nt < 16; ++nt) {
+            const int row = r0 + g8, col = nt * 8 + 2 * t4;
+            *(float2*)(out + row * DK + col) = make_float2(acc[nt][0], acc[nt][1]);
+            *(float2*)(out + (row + 8) * DK + col) = make_float2(acc[nt][2], acc[nt][3]);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// gdn_state_kernel: grid 16 heads x 8 value slices (of SLV = 16 columns), 128 threads; sequential over chunks.
+struct StateSmem {
+    float w[2][GC][LD4];   // W of chunks c, c + 1 (cp.async double buffer)
+    float kd[2][GC][LD8];  // Kd likewise
+    float u[2][GC][LDS];   // this slice of U
+    float s[DK][LDS];      // the state slice S [128 keys][16 values]
+    float e[GC][LDS];      // this slice of E
+};
+
+__device__ __forceinline__ void state_loads(StateSmem& s, const GdnWork& gw, int buf, size_t base, int j, int tid) {
+    for (int i = tid; i < GC * 32; i += 128) {  // W, Kd: 64 rows x 32 float4
+        const int r = i >> 5, d = (i & 31) * 4;
+        cp_async16(&s.w[buf][r][d], gw.w + base + 4 * i, true);
+        cp_async16(&s.kd[buf][r][d], gw.k + base + 4 * i, true);
+    }
+    for (int i = tid; i < GC * 4; i += 128) {  // U slice: 64 rows x 4 float4
+        const int r = i >> 2, d = (i & 3) * 4;
+        cp_async16(&s.u[buf][r][d], gw.u + base + r * DK + j * SLV + d, true);
+    }
+    cp_async_commit();
+}
+
+__global__ void __launch_bounds__(128, 1) gdn_state_kernel(GdnWork gw, GdnTcWork tw, float* state) {
+    extern __shared__ __align__(16) unsigned char pf_smem[];
+    StateSmem& s = *reinterpret_cast<StateSmem*>(pf_smem);
+    const int h = blockIdx.x >> 3, j = blockIdx.x & 7, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g8 = lane >> 2, t4 = lane & 3, nch = gw.np / GC;
+    for (int i = tid; i < DK * LDS; i += 128) (&s.s[0][0])[i] = 0.f;  // a prompt starts from a zero state
+    state_loads(s, gw, 0, (size_t)h * gw.np * DK, j, tid);
+    for (int c = 0; c < nch; ++c) {
+        const int buf = c & 1;
+        const size_t base = ((size_t)h * gw.np + (size_t)c * GC) * DK;
+        cp_async_wait<0>();
+        __syncthreads();  // chunk c's tiles and the state are in; every warp is done with chunk c - 1
+        if (c + 1 < nch) state_loads(s, gw, buf ^ 1, base + GC * DK, j, tid);
+        {  // S_c out: [head][chunk][key][value], this slice's 16 columns
+            float* dst = tw.s + ((size_t)h * nch + c) * DK * DV + j * SLV;
+            for (int i = tid; i < DK * 4; i += 128) {
+                const int r = i >> 2, d = (i & 3) * 4;
+                *(float4*)(dst + r * DV + d) = *(float4*)&s.s[r][d];
+            }
+        }
+        {  // E = U - W S: warp rows 16 warp .., 2 n-tiles, k = 128
+            const int r0 = warp * 16;
+            float acc[2][4] = {};
+            for (int k0 = 0; k0 < DK; k0 += 8) {
+                unsigned a[4];
+                frag_a(a, &s.w[buf][0][0], LD4, r0, k0, lane);
+#pragma unroll
+                for (int nt = 0; nt < 2; ++nt) {
+                    unsigned b0, b1;
+                    frag_b_kn(b0, b1, &s.s[0][0], LDS, k0, nt * 8, lane);
+                    mma_tf32(acc[nt], a, b0, b1);
+                }
+            }
+            float* eg = tw.e + base + j * SLV;
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+                for (int hf = 0; hf < 2; ++hf) {
+                    const int r = r0 + g8 + hf * 8, col = nt * 8 + 2 * t4;
+                    const float2 e2 = make_float2(s.u[buf][r][col] - acc[nt][2 * hf], s.u[buf][r][col + 1] - acc[nt][2 * hf + 1]);
+                    *(float2*)&s.e[r][col] = e2;
+                    *(float2*)(eg + r * DK + col) = e2;
+                }
+        }
+        __syncthreads();
+        {  // S <- exp(G_C) S + Kd^T E: warp keys 32 warp .. (2 m-tiles), 2 n-tiles, k = 64 tokens
+            const float dec = expf(gw.g[(size_t)h * gw.np + (size_t)c * GC + GC - 1]);
+            float acc[2][2][4];
+#pragma unroll
+            for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+                for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+                    for (int x = 0; x < 4; ++x)
+                        acc[mt][nt][x] = dec * s.s[warp * 32 + mt * 16 + g8 + (x >> 1) * 8][nt * 8 + 2 * t4 + (x & 1)];
+            for (int k0 = 0; k0 < GC; k0 += 8) {
+                unsigned a[2][4];
+#pragma unroll
+                for (int mt = 0; mt < 2; ++mt) frag_a_tr(a[mt], &s.kd[buf][0][0], LD8, warp * 32 + mt * 16, k0, lane);
+#pragma unroll
+                for (int nt = 0; nt < 2; ++nt) {
+                    unsigned b0, b1;
+                    frag_b_kn(b0, b1, &s.e[0][0], LDS, k0, nt * 8, lane);
+#pragma unroll
+                    for (int mt = 0; mt < 2; ++mt) mma_tf32(acc[mt][nt], a[mt], b0, b1);
+                }
+            }
+#pragma unroll
+            for (int mt = 0; mt < 2; ++mt)  // each warp rewrites only the rows it read
+#pragma unroll
+                for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+                    for (int x = 0; x < 4; ++x)
+                        s.s[warp * 32 + mt * 16 + g8 + (x >> 1) * 8][nt * 8 + 2 * t4 + (x & 1)] = acc[mt][nt][x];
+        }
+    }
+    __syncthreads();
+    // the decode layout: [head][value slice][k / 8][v][k % 8]
+    float* dst = state + (size_t)(h * NSL + j) * DK * SLV;
+    for (int i = tid; i < DK * SLV; i += 128) {
+        const int kk = i >> 4, v = i & 15;
+        dst[((kk >> 3) * SLV + v) * 8 + (kk & 7)] = s.s[kk][v];
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// gdn_out_kernel: grid (16 heads, chunks), 128 threads (warp w: rows 16 w .., all 128 value columns). Q S_c first
+// (Q and S_c in shared memory), then M E into the same space, so that two blocks fit on an SM.
+struct OutSmem {
+    union {
+        struct {
+            float q[GC][LD4];
+            float s[DK][LD8];
+        } p1;
+        struct {
+            float m[GC][LDT];
+            float e[GC][LD8];
+        } p2;
+    };
+    float G[GC];
+};
+
+__global__ void __launch_bounds__(128) gdn_out_kernel(GdnWork gw, GdnTcWork tw, const float* Y, const float* gnw,
+                                                      unsigned short* U, int n) {
+    extern __shared__ __align__(16) unsigned char pf_smem[];
+    OutSmem& s = *reinterpret_cast<OutSmem*>(pf_smem);
+    const int h = blockIdx.x, c = blockIdx.y, t0 = c * GC, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g8 = lane >> 2, t4 = lane & 3, r0 = warp * 16, nch = gw.np / GC;
+    const size_t base = ((size_t)h * gw.np + t0) * DK;
+    load_rows128<GC, LD4, 128>(&s.p1.q[0][0], gw.q + base, DK, GC, tid);
+    load_rows128<DK, LD8, 128>(&s.p1.s[0][0], tw.s + ((size_t)h * nch + c) * DK * DV, DV, DK, tid);
+    if (tid < GC) s.G[tid] = gw.g[(size_t)h * gw.np + t0 + tid];
+    __syncthreads();
+    float acc[16][4] = {};
+    for (int k0 = 0; k0 < DK; k0 += 8) {  // Q S_c
+        unsigned a[4];
+        frag_a(a, &s.p1.q[0][0], LD4, r0, k0, lane);
+#pragma unroll
+        for (int nt = 0; nt < 16; ++nt) {
+            unsigned b0, b1;
+            frag_b_kn(b0, b1, &s.p1.s[0][0], LD8, k0, nt * 8, lane);
+            mma_tf32(acc[nt], a, b0, b1);
+        }
+    }
+    const float e_lo = expf(s.G[r0 + g8]), e_hi = expf(s.G[r0 + g8 + 8]);
+#pragma unroll
+    for (int nt = 0; nt < 16; ++nt) {
+        acc[nt][0] *= e_lo;
+        acc[nt][1] *= e_lo;
+        acc[nt][2] *= e_hi;
+        acc[nt][3] *= e_hi;
+    }
+    __syncthreads();
+    {  // M [64][64] and E [64][128] into the space of Q and S_c
+        const float* m = gw.m + ((size_t)h * nch + c) * GC * GC;
+        for (int i = tid; i < GC * GC / 4; i += 128) {
+            const int r = i >> 4, d = (i & 15) * 4;
+            *(float4*)&s.p2.m[r][d] = *(const float4*)(m + 4 * i);
+        }
+        load_rows128<GC, LD8, 128>(&s.p2.e[0][0], tw.e + base, DK, GC, tid);
+    }
+    __syncthreads();
+    for (int k0 = 0; k0 < GC; k0 += 8) {  // + M E
+        unsigned a[4];
+        frag_a(a, &s.p2.m[0][0], LDT, r0, k0, lane);
+#pragma unroll
+        for (int nt = 0; nt < 16; ++nt) {
+            unsigned b0, b1;
+            frag_b_kn(b0, b1, &s.p2.e[0][0], LD8, k0, nt * 8, lane);
+            mma_tf32(acc[nt], a, b0, b1);
+        }
+    }
+    // gated RMSNorm per token: a row's 128 values lie in the quad of lanes g8 (32 each: columns 8 nt + 2 t4, + 1)
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+        const int t = t0 + r0 + g8 + hf * 8;
+        float ss = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < 16; ++nt) ss += acc[nt][2 * hf] * acc[nt][2 * hf] + acc[nt][2 * hf + 1] * acc[nt][2 * hf + 1];
+        ss += __shfl_xor_sync(0xffffffffu, ss, 1);
+        ss += __shfl_xor_sync(0xffffffffu, ss, 2);
+        const float r = rsqrtf(ss * (1.0f / DV) + EPS);
+        if (t < n) {
+            const float* z = Y + (size_t)t * GDN_ROWS + h * GDN_HROWS + GZ;
+            unsigned short* out = U + (size_t)t * (DH * DV) + h * DV;
+#pragma unroll
+            for (int nt = 0; nt < 16; ++nt) {
+                const int col = nt * 8 + 2 * t4;
+                const float2 z2 = *(const float2*)(z + col);
+                const unsigned lo = f2h(gnw[col] * (acc[nt][2 * hf] * r) * silu(z2.x));
+                const unsigned hi = f2h(gnw[col + 1] * (acc[nt][2 * hf + 1] * r) * silu(z2.y));
+                *(unsigned*)(out + col) = lo | (hi << 16);
+            }
+        }
+    }
+}
+
+}  // namespace pf
+}  // namespace mk
