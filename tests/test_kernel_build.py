@@ -67,8 +67,9 @@ def test_library_loads_and_exports_abi(built):
     assert klib.has_prefill(lib) and lib.luce_mk_abi_version() == 6
     assert ctypes.sizeof(klib.LuceMkPrefillParams) == 9 * 8 + 2 * 4 + 2 * 8 + 8 + 8  # n_layers padded before hidden
     # prefill workspace for 64 tokens: best 256 B | X f32 64 x 1024 | Xn bf16 | Y f32 64 x 8224 | U bf16 64 x 3584 |
-    # conv out f32 64 x 6144 | O f32 64 x 2048 | Q, K, U, W f32 16 x 64 x 128 each | G 16 x 64 | M 16 x 64 x 64
-    assert lib.luce_mk_prefill_workspace(64) == 7_418_112 and lib.luce_mk_prefill_workspace(0) == 0
+    # conv out f32 64 x 6144 | Q, K, U, W f32 16 x 64 x 128 each | G 16 x 64 | M 16 x 64 x 64 | the tensor-core GDN's
+    # start states S_c f32 16 x 1 chunk x 128 x 128 and E f32 16 x 64 x 128 (no O: its gated norm is fused)
+    assert lib.luce_mk_prefill_workspace(64) == 8_466_688 and lib.luce_mk_prefill_workspace(0) == 0
     assert lib.luce_mk_prefill_workspace(65) > lib.luce_mk_prefill_workspace(64)
     assert lib.luce_mk_prefill_launches(520) == 1 + 24 * 4 + 18 * 6 + 6 * 4 + 3
 
@@ -183,7 +184,7 @@ def test_build_options_are_read_from_the_header():
         "MK_SLOT_KB": "32",
         "MK_PF_GSTAGES": "3",
         "MK_PF_GBK": "64",
-        "MK_PF_GDN_TC": "0",
+        "MK_PF_GDN_TC": "1",
         "MK_SPIN_LIMIT_NS": "20000000000ull",
     }
 
