@@ -10,6 +10,8 @@
 //   MK_SLOT_KB        ring slot (one bulk copy) size; the ring is 192 KB whatever the slot size
 //   MK_PF_GSTAGES     prefill GEMM: cp.async stages (2-4) and k depth per stage (MK_PF_GBK 32 or 64): the pipeline
 //   MK_PF_GBK         depth that hides L2 latency; 3 x 64 won on the H200 (NOTES.md, prefill v3), another GPU may differ
+//   MK_PF_GBM         prefill GEMM: rows per tile, 64 or 128 (warp tiles 32 x 64 or 64 x 64: more products per
+//                     shared-memory load against more padding rows at M = 520); to be measured (NOTES.md v4)
 //   MK_PF_GDN_TC      prefill GDN: 1 runs the chunked delta rule on tensor cores (pf_gdn_tc.cuh, tf32; pp520 7.06 ms
 //                     against 9.10, NOTES.md v4), 0 the f32 CUDA-core kernels (pf_gdn.cuh); 0 stays only until the
 //                     per-length GPU test has passed with 1, then it goes
@@ -32,6 +34,9 @@
 #ifndef MK_PF_GBK
 #define MK_PF_GBK 64
 #endif
+#ifndef MK_PF_GBM
+#define MK_PF_GBM 64
+#endif
 #ifndef MK_PF_GDN_TC
 #define MK_PF_GDN_TC 1
 #endif
@@ -47,6 +52,9 @@
 #endif
 #if MK_PF_GSTAGES < 2 || MK_PF_GSTAGES > 4 || (MK_PF_GBK != 32 && MK_PF_GBK != 64)
 #error "MK_PF_GSTAGES must be 2, 3 or 4 and MK_PF_GBK 32 or 64"
+#endif
+#if MK_PF_GBM != 64 && MK_PF_GBM != 128
+#error "MK_PF_GBM must be 64 or 128"
 #endif
 #if MK_PF_GDN_TC != 0 && MK_PF_GDN_TC != 1
 #error "MK_PF_GDN_TC must be 0 or 1"

@@ -75,25 +75,14 @@ __device__ __forceinline__ void frag_b_nk(unsigned& b0, unsigned& b1, const floa
     b1 = tf32(q[4]);
 }
 
-// rows x 128 f32 from global (row r at src + r ld; rows >= valid as zeros) into shared rows of stride LD, float4 by
-// float4, 8 loads of a thread in flight before its stores (THREADS threads).
+// rows x 128 f32 from global (row r at src + r ld; rows >= valid as zeros) into shared rows of stride LD by cp.async
+// (16 bytes each, all in flight at once; THREADS threads). The caller commits, waits and syncs.
 template <int ROWS, int LD, int THREADS>
-__device__ __forceinline__ void load_rows128(float* dst, const float* __restrict__ src, size_t ld, int valid, int tid) {
-    constexpr int PER = ROWS * 32 / THREADS, BATCH = PER < 8 ? PER : 8;
-    static_assert(PER % BATCH == 0, "whole batches");
-#pragma unroll
-    for (int b = 0; b < PER; b += BATCH) {
-        float4 r4[BATCH];
-#pragma unroll
-        for (int e = 0; e < BATCH; ++e) {
-            const int i = tid + (b + e) * THREADS, r = i >> 5;
-            r4[e] = r < valid ? *(const float4*)(src + r * ld + (i & 31) * 4) : make_float4(0.f, 0.f, 0.f, 0.f);
-        }
-#pragma unroll
-        for (int e = 0; e < BATCH; ++e) {
-            const int i = tid + (b + e) * THREADS;
-            *(float4*)(dst + (i >> 5) * LD + (i & 31) * 4) = r4[e];
-        }
+__device__ __forceinline__ void cp_rows128(float* dst, const float* __restrict__ src, size_t ld, int valid, int tid) {
+#pragma unroll 8
+    for (int i = tid; i < ROWS * 32; i += THREADS) {
+        const int r = i >> 5, d = (i & 31) * 4;
+        cp_async16(dst + r * LD + d, src + (size_t)(r < valid ? r : 0) * ld + d, r < valid);
     }
 }
 
@@ -114,8 +103,9 @@ __global__ void __launch_bounds__(128) gdn_prep_kernel(const float* C, const flo
     const int h = blockIdx.x, c = blockIdx.y, t0 = c * GC, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int valid = min(GC, n - t0);
     const float* c0 = C + (size_t)t0 * CONV + h * 128;
-    load_rows128<GC, LD8, 128>(&s.qv[0][0], c0, CONV, valid, tid);
-    load_rows128<GC, LD4, 128>(&s.k[0][0], c0 + 2048, CONV, valid, tid);
+    cp_rows128<GC, LD8, 128>(&s.qv[0][0], c0, CONV, valid, tid);
+    cp_rows128<GC, LD4, 128>(&s.k[0][0], c0 + 2048, CONV, valid, tid);
+    cp_async_commit();
     float g = 0.f;
     if (tid < GC) {
         const bool ok = tid < valid;
@@ -134,6 +124,7 @@ __global__ void __launch_bounds__(128) gdn_prep_kernel(const float* C, const flo
         }
         s.G[tid] = g;
     }
+    cp_async_wait<0>();
     __syncthreads();
     if (tid >= 32 && tid < GC) s.G[tid] += s.G[31];
     for (int r = warp; r < GC; r += 4) {  // L2 norms (q also scaled by 1/sqrt(128)), one warp per row, a float4 per lane
@@ -190,7 +181,8 @@ __global__ void __launch_bounds__(128) gdn_prep_kernel(const float* C, const flo
         if (tid < GC) gw.g[(size_t)h * gw.np + t0 + tid] = s.G[tid];
     }
     __syncthreads();
-    load_rows128<GC, LD8, 128>(&s.qv[0][0], c0 + 4096, CONV, valid, tid);
+    cp_rows128<GC, LD8, 128>(&s.qv[0][0], c0 + 4096, CONV, valid, tid);  // v arrives while T is solved
+    cp_async_commit();
     {  // T = (I + A)^-1 row by row: T[i][col] = -sum_{col <= j < i} A[i][j] T[j][col]; a pair of lanes per column
         const int col = tid >> 1, half = tid & 1;
         for (int i = 0; i < GC; ++i) {
@@ -207,6 +199,7 @@ __global__ void __launch_bounds__(128) gdn_prep_kernel(const float* C, const flo
             __syncwarp();
         }
     }
+    cp_async_wait<0>();
     __syncthreads();
     // U = T diag(beta) V and W = T diag(beta exp(G)) K: warp rows r0.., 128 columns (16 n-tiles), k = 64 tokens
 #pragma unroll 1
@@ -367,9 +360,11 @@ __global__ void __launch_bounds__(128) gdn_out_kernel(GdnWork gw, GdnTcWork tw, 
     const int h = blockIdx.x, c = blockIdx.y, t0 = c * GC, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g8 = lane >> 2, t4 = lane & 3, r0 = warp * 16, nch = gw.np / GC;
     const size_t base = ((size_t)h * gw.np + t0) * DK;
-    load_rows128<GC, LD4, 128>(&s.p1.q[0][0], gw.q + base, DK, GC, tid);
-    load_rows128<DK, LD8, 128>(&s.p1.s[0][0], tw.s + ((size_t)h * nch + c) * DK * DV, DV, DK, tid);
+    cp_rows128<GC, LD4, 128>(&s.p1.q[0][0], gw.q + base, DK, GC, tid);
+    cp_rows128<DK, LD8, 128>(&s.p1.s[0][0], tw.s + ((size_t)h * nch + c) * DK * DV, DV, DK, tid);
+    cp_async_commit();
     if (tid < GC) s.G[tid] = gw.g[(size_t)h * gw.np + t0 + tid];
+    cp_async_wait<0>();
     __syncthreads();
     float acc[16][4] = {};
     for (int k0 = 0; k0 < DK; k0 += 8) {  // Q S_c
@@ -393,12 +388,12 @@ __global__ void __launch_bounds__(128) gdn_out_kernel(GdnWork gw, GdnTcWork tw, 
     __syncthreads();
     {  // M [64][64] and E [64][128] into the space of Q and S_c
         const float* m = gw.m + ((size_t)h * nch + c) * GC * GC;
-        for (int i = tid; i < GC * GC / 4; i += 128) {
-            const int r = i >> 4, d = (i & 15) * 4;
-            *(float4*)&s.p2.m[r][d] = *(const float4*)(m + 4 * i);
-        }
-        load_rows128<GC, LD8, 128>(&s.p2.e[0][0], tw.e + base, DK, GC, tid);
+#pragma unroll 8
+        for (int i = tid; i < GC * GC / 4; i += 128) cp_async16(&s.p2.m[i >> 4][(i & 15) * 4], m + 4 * i, true);
+        cp_rows128<GC, LD8, 128>(&s.p2.e[0][0], tw.e + base, DK, GC, tid);
+        cp_async_commit();
     }
+    cp_async_wait<0>();
     __syncthreads();
     for (int k0 = 0; k0 < GC; k0 += 8) {  // + M E
         unsigned a[4];

@@ -9,7 +9,8 @@
 // Activations are clamped to the fp16 range (+-65504) instead of becoming inf.
 // Epilogues: store f32; add into f32 (the residual stream; atomically when the K range is split over blocks); SwiGLU
 // (adjacent output columns are the gate and up of one hidden unit: store fp16(silu(gate) * up)).
-// Tile 64 x 128 x 32, 4 warps of 32 x 64. M and N are guarded (out-of-range rows load as zeros); K % 32 == 0.
+// Tile GBM (64 or 128, MK_PF_GBM) x 128 x GBK, 4 warps of (GBM / 2) x 64. M and N are guarded (out-of-range rows load
+// as zeros); K % GBK == 0.
 #pragma once
 #include <cuda_fp16.h>
 #include <cstdint>
@@ -25,7 +26,8 @@ __device__ __forceinline__ unsigned short f2h(float x) {
     return __half_as_ushort(__float2half_rn(fminf(fmaxf(x, -65504.f), 65504.f)));
 }
 
-constexpr int GBM = 64, GBN = 128, GBK = MK_PF_GBK, GTHREADS = 128, GSTAGES = MK_PF_GSTAGES;
+constexpr int GBM = MK_PF_GBM, GBN = 128, GBK = MK_PF_GBK, GTHREADS = 128, GSTAGES = MK_PF_GSTAGES;
+constexpr int GMI = GBM / 32;  // m16 tiles per warp: the warps are 2 x 2, each (GBM / 2) x 64
 constexpr int A_LD = GBK + 8;     // padded row (elements): 80 B, ldmatrix rows land in distinct banks
 constexpr int BT_LD = GBK + 8;    // NT: B tile rows are n, k contiguous
 constexpr int BN_LD = GBN + 8;    // NN: B tile rows are k, n contiguous (272 B)
@@ -74,7 +76,7 @@ __device__ __forceinline__ void load_tiles(const GemmArgs& g, unsigned short* As
                                            int k0, int tid) {
     constexpr int KC = GBK / 8;  // 16-byte chunks per k row
 #pragma unroll
-    for (int i = 0; i < GBM * KC / GTHREADS; ++i) {  // A: 64 rows x KC chunks
+    for (int i = 0; i < GBM * KC / GTHREADS; ++i) {  // A: GBM rows x KC chunks
         const int c = tid + i * GTHREADS, row = c / KC, kc = (c % KC) * 8;
         const bool ok = m0 + row < g.M;
         cp_async16(As + row * A_LD + kc, g.A + (size_t)(ok ? m0 + row : 0) * g.lda + k0 + kc, ok);
@@ -94,16 +96,16 @@ __device__ __forceinline__ void load_tiles(const GemmArgs& g, unsigned short* As
     }
 }
 
-// The warp's 32 x 64 block over one 32-deep stage: 2 k16 steps x (2 m16 x 8 n8) mma.
+// The warp's (GBM / 2) x 64 block over one stage: GBK / 16 k16 steps x (GMI m16 x 8 n8) mma.
 template <bool NN>
 __device__ __forceinline__ void mma_stage(const unsigned short* As, const unsigned short* Bs, int wm, int wn, int lane,
-                                          float acc[2][8][4]) {
+                                          float acc[GMI][8][4]) {
 #pragma unroll
     for (int ks = 0; ks < GBK; ks += 16) {
-        unsigned a[2][4];
+        unsigned a[GMI][4];
 #pragma unroll
-        for (int mi = 0; mi < 2; ++mi)
-            ldmatrix_x4(a[mi], As + (wm * 32 + mi * 16 + (lane & 15)) * A_LD + ks + (lane >> 4) * 8);
+        for (int mi = 0; mi < GMI; ++mi)
+            ldmatrix_x4(a[mi], As + (wm * (GBM / 2) + mi * 16 + (lane & 15)) * A_LD + ks + (lane >> 4) * 8);
 #pragma unroll
         for (int np = 0; np < 4; ++np) {  // two n8 subtiles per ldmatrix.x4
             unsigned b[4];
@@ -115,7 +117,7 @@ __device__ __forceinline__ void mma_stage(const unsigned short* As, const unsign
                 ldmatrix_x4(b, Bs + n * BT_LD + k);
             }
 #pragma unroll
-            for (int mi = 0; mi < 2; ++mi) {
+            for (int mi = 0; mi < GMI; ++mi) {
                 mma_f16(acc[mi][2 * np], a[mi], b[0], b[1]);
                 mma_f16(acc[mi][2 * np + 1], a[mi], b[2], b[3]);
             }
@@ -131,9 +133,9 @@ __global__ void __launch_bounds__(GTHREADS) gemm_kernel(const GemmArgs g) {
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wm = warp >> 1, wn = warp & 1;
     const int m0 = blockIdx.y * GBM, n0 = blockIdx.x * GBN;
     const int kb = blockIdx.z * g.k_per_split, ke = min(g.K, kb + g.k_per_split);
-    float acc[2][8][4];
+    float acc[GMI][8][4];
 #pragma unroll
-    for (int mi = 0; mi < 2; ++mi)
+    for (int mi = 0; mi < GMI; ++mi)
 #pragma unroll
         for (int ni = 0; ni < 8; ++ni)
 #pragma unroll
@@ -157,12 +159,12 @@ __global__ void __launch_bounds__(GTHREADS) gemm_kernel(const GemmArgs g) {
     const int gr = lane >> 2, tc = (lane & 3) * 2;
     const bool split = gridDim.z > 1;
 #pragma unroll
-    for (int mi = 0; mi < 2; ++mi)
+    for (int mi = 0; mi < GMI; ++mi)
 #pragma unroll
         for (int ni = 0; ni < 8; ++ni)
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
-                const int r = m0 + wm * 32 + mi * 16 + gr + h * 8, c = n0 + wn * 64 + ni * 8 + tc;
+                const int r = m0 + wm * (GBM / 2) + mi * 16 + gr + h * 8, c = n0 + wn * 64 + ni * 8 + tc;
                 if (r >= g.M || c >= g.N) continue;
                 const float v0 = acc[mi][ni][2 * h], v1 = acc[mi][ni][2 * h + 1];
                 if (OUT == OUT_SWIGLU) {
@@ -172,8 +174,12 @@ __global__ void __launch_bounds__(GTHREADS) gemm_kernel(const GemmArgs g) {
                     if (OUT == OUT_STORE) {
                         *(float2*)p = make_float2(v0, v1);
                     } else if (split) {
+#if __CUDA_ARCH__ >= 900
+                        atomicAdd((float2*)p, make_float2(v0, v1));  // one vector reduction (sm_90)
+#else
                         atomicAdd(p, v0);
                         atomicAdd(p + 1, v1);
+#endif
                     } else {
                         float2 o = *(float2*)p;
                         *(float2*)p = make_float2(o.x + v0, o.y + v1);
