@@ -265,5 +265,7 @@ class RunLoop:
         return {
             "token_agreement": token_agreement(self.meter.first_tokens),
             "first_tokens": self.meter.first_tokens,
-            "sampler": self.sampler.jitter_ms() if self.sampler is not None else None,
+            "sampler": {**self.sampler.jitter_ms(), "origin_unix_s": self.sampler.origin_unix_s}
+            if self.sampler is not None
+            else None,
         }

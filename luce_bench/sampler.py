@@ -79,6 +79,11 @@ class Sampler:
         """Seconds on the sampler's clock, same origin as `Sample.t_s`."""
         return self.clock.now_s() - self._origin
 
+    @property
+    def origin_unix_s(self) -> float:
+        """The wall-clock time (Unix s) of `t_s = 0`: the anchor that lines the timeline up with outside logs."""
+        return self.clock.unix_s() - self.now_s()
+
     def start(self) -> Sampler:
         """Start polling; returns once the first poll has been attempted."""
         if self._cancel is None:

@@ -30,10 +30,21 @@ def report(
         ),
     ] = False,
     readme: ReadmeOpt = None,
+    independent: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--independent",
+            help="An energy log of scripts/nvml_energy_log.py taken beside the run: compare every window's energy "
+            "with it (printed, and written to independent.md in the run directory).",
+        ),
+    ] = None,
 ) -> None:
     """Rebuild summary.csv, plots and report.md of a run from its CSVs alone (or --check a results tree)."""
     if check:
         _check(run_dir, readme)
+        return
+    if independent is not None:
+        _independent(run_dir, independent)
         return
     from luce_bench.report import llama_bench_table, print_report, render
 
@@ -44,6 +55,22 @@ def report(
     if llama_bench:
         typer.echo(llama_bench_table(rep.summary, rep.meta))
     typer.echo(f"wrote {run_dir / 'report.md'}")
+
+
+def _independent(run_dir: Path, log: Path) -> None:
+    from luce_bench.files import atomic_write
+    from luce_bench.independent import compare, summary_lines
+    from luce_bench.results import read_meta, read_runs
+
+    if not (run_dir / "runs.csv").is_file():
+        raise UserError(f"{run_dir} is not a luce-bench run directory (no runs.csv)")
+    comparisons, missing = compare(read_runs(run_dir), read_meta(run_dir), log)
+    lines = summary_lines(comparisons, missing)
+    text = "\n".join([f"# Energy: {run_dir.name} against an independent reader ({log.name})", "", *lines, ""])
+    atomic_write(run_dir / "independent.md", text)
+    for line in lines:
+        typer.echo(line)
+    typer.echo(f"wrote {run_dir / 'independent.md'}")
 
 
 def _check(results: Path, readme: Path | None) -> None:

@@ -116,13 +116,13 @@ def three_pass_gated_delta_rule(
         chunks.append((Q, G, U, W, Kd, M))
     S = torch.zeros(H, K, Vd, dtype=q.dtype)
     starts, errs = [], []
-    for Q, G, U, W, Kd, M in chunks:  # state
+    for _, G, U, W, Kd, _ in chunks:  # state
         starts.append(S)
         E = U - mm(W, S)
         errs.append(E)
         S = torch.exp(G[:, -1])[:, None, None] * S + mm(Kd.transpose(1, 2), E)
     out = [  # out
         (torch.exp(G)[:, :, None] * mm(Q, Sc) + mm(M, E)).transpose(0, 1)
-        for (Q, G, _, _, _, M), Sc, E in zip(chunks, starts, errs)
+        for (Q, G, _, _, _, M), Sc, E in zip(chunks, starts, errs, strict=True)
     ]
     return torch.cat(out)[:T], S

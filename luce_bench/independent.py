@@ -1,0 +1,109 @@
+"""`luce-bench report RUN --independent LOG`: every window's energy against an independent reader's log.
+
+The log comes from `scripts/nvml_energy_log.py` (its own process, no luce-bench code): `unix_s,energy_mj,power_mw`
+rows. A run's windows are on the sampler's monotonic clock; meta.json's `sampler.origin_unix_s` is the wall-clock time
+of its zero, so a window [t_start_s, t_end_s] is [origin + t_start_s, origin + t_end_s] in the log's time. The log's
+counter is interpolated linearly at both edges; the difference from the run's `energy_j` is reported per window and
+summarised per backend and test. Two readers of one counter disagree only by their edges' timing (a 100 ms poll puts
+each edge up to one tick off: about 2 % of a 10 s window at worst, far less on average).
+"""
+
+from __future__ import annotations
+
+import bisect
+import csv
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from luce_bench.errors import UserError
+from luce_bench.records import RunRecord, setting_text
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One window: the run's energy and the independent log's over the same wall-clock span."""
+
+    backend: str
+    test: str
+    setting: str
+    energy_j: float
+    independent_j: float
+
+    @property
+    def diff_pct(self) -> float:
+        """(independent - run) / run, in %."""
+        return (self.independent_j / self.energy_j - 1.0) * 100.0
+
+
+def read_log(path: Path) -> tuple[list[float], list[float]]:
+    """(unix_s, energy_j) columns of a log, in time order (UserError for a file that is not one)."""
+    try:
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        times = [float(r["unix_s"]) for r in rows]
+        energy_j = [float(r["energy_mj"]) / 1000.0 for r in rows]
+    except FileNotFoundError:
+        raise UserError(f"--independent {path}: no such file") from None
+    except (KeyError, ValueError, TypeError, UnicodeDecodeError):
+        raise UserError(f"--independent {path}: not an energy log (unix_s,energy_mj,power_mw rows)") from None
+    if len(times) < 2 or any(b <= a for a, b in zip(times, times[1:], strict=False)):
+        raise UserError(f"--independent {path}: needs at least two readings in time order")
+    return times, energy_j
+
+
+def _at(times: list[float], values: list[float], t: float) -> float | None:
+    """`values` linearly interpolated at time `t`; None outside the log."""
+    i = bisect.bisect_right(times, t)
+    if i == 0 or i == len(times):
+        return None
+    t0, t1 = times[i - 1], times[i]
+    return values[i - 1] + (values[i] - values[i - 1]) * (t - t0) / (t1 - t0)
+
+
+def compare(runs: list[RunRecord], meta: dict[str, Any], log: Path) -> tuple[list[Comparison], int]:
+    """Windows with energy that the log covers, compared; and how many windows it does not cover."""
+    origin = (meta.get("sampler") or {}).get("origin_unix_s")
+    if origin is None:
+        raise UserError("the run has no wall-clock anchor (meta.json sampler.origin_unix_s): measure it again")
+    if meta.get("resumes"):
+        raise UserError("a resumed run's windows come from several attempts; the anchor covers only the last")
+    times, energy = read_log(log)
+    out, missing = [], 0
+    for r in runs:
+        if r.energy_j is None or r.energy_j <= 0 or r.t_start_s is None or r.t_end_s is None:
+            continue
+        e0, e1 = _at(times, energy, origin + r.t_start_s), _at(times, energy, origin + r.t_end_s)
+        if e0 is None or e1 is None:
+            missing += 1
+            continue
+        setting = setting_text(r.power_limit_req_w, r.sm_clock_mhz)
+        out.append(Comparison(r.backend, r.test, setting, r.energy_j, e1 - e0))
+    if not out:
+        raise UserError(f"--independent {log}: the log covers none of the run's windows (another run or machine?)")
+    return out, missing
+
+
+def summary_lines(comparisons: list[Comparison], missing: int) -> list[str]:
+    """A markdown table per backend, test and setting: windows, median and largest |difference|; then all windows."""
+    groups: dict[tuple[str, str, str], list[float]] = {}
+    for c in comparisons:
+        groups.setdefault((c.backend, c.test, c.setting), []).append(c.diff_pct)
+    lines = [
+        "| backend | test | setting | windows | median difference | largest difference |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for (backend, test, setting), diffs in groups.items():
+        worst = max(diffs, key=abs)
+        lines.append(
+            f"| {backend} | {test} | {setting} | {len(diffs)} | {statistics.median(diffs):+.2f} % | {worst:+.2f} % |"
+        )
+    every = [c.diff_pct for c in comparisons]
+    lines.append("")
+    lines.append(
+        f"All {len(every)} windows: independent reader vs the run's counter, median {statistics.median(every):+.2f} %, "
+        f"largest |difference| {max(abs(d) for d in every):.2f} %"
+        + (f"; {missing} windows lie outside the log" if missing else "")
+    )
+    return lines

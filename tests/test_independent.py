@@ -1,0 +1,74 @@
+"""`luce-bench report RUN --independent LOG`: the run's window energies against an independent reader's log.
+
+The run is a simulated one in virtual time; the "independent" log is made from its own samples (the counter and the
+wall-clock anchor), so the expected differences are known: ~0 for the same counter, +5 % for a counter 5 % higher.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from luce_bench.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def sim_run(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("independent")
+    cfg = tmp / "sim.yaml"
+    cfg.write_text("gpu:\n  fake_clock: virtual\ntests: [tg16, pp64]\nreps: 2\nwarmup_s: 0.5\nwindow_s: 10.0\n")
+    args = ["compare", "--no-megakernel", "--baselines", "sim", "--fake-gpu", "-c", str(cfg), "--model", "tiny"]
+    assert runner.invoke(app, [*args, "-o", str(tmp / "runs")]).exit_code == 0
+    (run,) = (tmp / "runs").iterdir()
+    return run
+
+
+def _log_from_samples(run: Path, out: Path, scale: float = 1.0, shift_s: float = 0.0) -> Path:
+    origin = json.loads((run / "meta.json").read_text())["sampler"]["origin_unix_s"]
+    with (run / "samples.csv").open() as f:
+        samples = list(csv.DictReader(f))
+    rows = [(origin + float(r["t_s"]) + shift_s, float(r["energy_mj"]), float(r["power_w"])) for r in samples]
+    t, e_mj, p_w = rows[-1]
+    rows.append((t + 1.0, e_mj + p_w * 1000.0, p_w))  # the reader outlives the run by a second, as it does in use
+    body = "".join(f"{t:.4f},{e * scale:.0f},{p * 1000:.0f}\n" for t, e, p in rows)
+    out.write_text("unix_s,energy_mj,power_mw\n" + body)
+    return out
+
+
+def _overall_median(output: str) -> float:
+    (line,) = [ln for ln in output.splitlines() if ln.startswith("All 4 windows")]
+    return float(line.split("median ")[1].split(" %")[0])
+
+
+def test_the_same_counter_agrees_and_a_counter_5_percent_high_reads_plus_5(sim_run, tmp_path):
+    log = _log_from_samples(sim_run, tmp_path / "a")
+    same = runner.invoke(app, ["report", str(sim_run), "--independent", str(log)])
+    assert same.exit_code == 0, same.output
+    assert "| sim | tg16 | current | 2 |" in same.output
+    assert abs(_overall_median(same.output)) < 0.3, same.output  # 10 s windows: edges interpolated within a 0.1 s tick
+    high = _log_from_samples(sim_run, tmp_path / "b", scale=1.05)
+    out = runner.invoke(app, ["report", str(sim_run), "--independent", str(high)])
+    assert out.exit_code == 0 and 4.7 < _overall_median(out.output) < 5.3, out.output
+    assert (sim_run / "independent.md").read_text().startswith(f"# Energy: {sim_run.name} against an independent")
+
+
+@pytest.mark.tries("bad input", "report --independent: a missing log, a log that is not one, a log of another run")
+@pytest.mark.parametrize("case", ["missing", "not-a-log", "other-run"])
+def test_bad_logs_are_one_line(sim_run, tmp_path, case):
+    log = tmp_path / "log.csv"
+    if case == "not-a-log":
+        log.write_text("time,watts\n1,2\n")
+        message = "not an energy log"
+    elif case == "other-run":
+        _log_from_samples(sim_run, log, shift_s=1e6)
+        message = "the log covers none of the run's windows"
+    else:
+        message = "no such file"
+    out = runner.invoke(app, ["report", str(sim_run), "--independent", str(log)])
+    assert out.exit_code == 2 and message in out.output and len(out.output.strip().splitlines()) == 1, out.output
