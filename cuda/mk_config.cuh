@@ -15,6 +15,8 @@
 //   MK_PF_GDN_TC      prefill GDN: 1 runs the chunked delta rule on tensor cores (pf_gdn_tc.cuh, tf32; pp520 7.06 ms
 //                     against 9.10, NOTES.md v4), 0 the f32 CUDA-core kernels (pf_gdn.cuh); 0 stays only until the
 //                     per-length GPU test has passed with 1, then it goes
+//   MK_SPIN_SLEEP_NS  a sleep between two polls of a counter or tagged value in global memory (0: poll at full
+//                     speed, the measured default so far); issue 12 measures what cheaper waiting saves in W and tok/J
 //   MK_SPIN_LIMIT_NS  watchdog: a spin loop that waits longer traps (the launch fails instead of hanging); raise it
 //                     under compute-sanitizer or a debugger
 #pragma once
@@ -40,6 +42,9 @@
 #ifndef MK_PF_GDN_TC
 #define MK_PF_GDN_TC 1
 #endif
+#ifndef MK_SPIN_SLEEP_NS
+#define MK_SPIN_SLEEP_NS 0
+#endif
 #ifndef MK_SPIN_LIMIT_NS
 #define MK_SPIN_LIMIT_NS 20000000000ull
 #endif
@@ -58,6 +63,9 @@
 #endif
 #if MK_PF_GDN_TC != 0 && MK_PF_GDN_TC != 1
 #error "MK_PF_GDN_TC must be 0 or 1"
+#endif
+#if MK_SPIN_SLEEP_NS < 0 || MK_SPIN_SLEEP_NS > 1000000
+#error "MK_SPIN_SLEEP_NS must be 0..1000000 (ns)"
 #endif
 #if MK_SPIN_LIMIT_NS < 1000000
 #error "MK_SPIN_LIMIT_NS must be at least 1000000 (1 ms)"

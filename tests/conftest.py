@@ -39,6 +39,7 @@ KERNEL_OPTION_SETS = {
     "slot64-inflight2": {"MK_SLOT_KB": 64, "MK_INFLIGHT": 2},
     "gemm-stages2-bk32": {"MK_PF_GSTAGES": 2, "MK_PF_GBK": 32},
     "gemm-rows128": {"MK_PF_GBM": 128},
+    "spin-sleep128": {"MK_SPIN_SLEEP_NS": 128},
     "gdn-f32-cuda-cores": {"MK_PF_GDN_TC": 0},
 }
 
