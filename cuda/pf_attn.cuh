@@ -45,7 +45,11 @@ __global__ void __launch_bounds__(384) attn_prep_kernel(const float* Y, const fl
 constexpr int TQ = 16;               // query positions per block
 constexpr int TK = 64;               // key positions per tile
 constexpr int T_LD = HD + 8;         // padded fp16 row (528 B: ldmatrix rows in distinct banks)
-constexpr int ATT_SMEM = (4 * TQ + 2 * TK) * T_LD * 2;  // Q rows, K tile, V tile (bytes)
+constexpr int ATT_TILES = (4 * TQ + 2 * TK) * T_LD * 2;  // Q rows, K tile, V tile (bytes)
+// MK_PF_ATT_STAGE=1: the next key tile's raw bf16 K and V land by cp.async in a dense staging area while this tile is
+// multiplied (one block per SM instead of two); 0: each tile is loaded and converted through registers when needed
+constexpr int ATT_STAGE = MK_PF_ATT_STAGE ? 2 * TK * HD * 2 : 0;
+constexpr int ATT_SMEM = ATT_TILES + ATT_STAGE;
 
 __device__ __forceinline__ unsigned pack_h2(float a, float b) {
     return (unsigned)__half_as_ushort(__float2half_rn(a)) | ((unsigned)__half_as_ushort(__float2half_rn(b)) << 16);
@@ -83,8 +87,34 @@ __global__ void __launch_bounds__(128) attn_kernel(const float* __restrict__ Qa,
 #pragma unroll
     for (int ni = 0; ni < HD / 8; ++ni) o[ni][0] = o[ni][1] = o[ni][2] = o[ni][3] = 0.f;
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;  // running max (base 2) and this thread's partial sums
+#if MK_PF_ATT_STAGE
+    unsigned short(*Kst)[HD] = reinterpret_cast<unsigned short(*)[HD]>(att_smem + ATT_TILES);
+    unsigned short(*Vst)[HD] = Kst + TK;
+    auto stage = [&](int p) {  // raw bf16 rows p .. p + 63 (zeros past t_last)
+        for (int i = tid; i < TK * (HD / 8); i += 128) {
+            const int r = i / (HD / 8), c = (i % (HD / 8)) * 8;
+            const bool ok = p + r <= t_last;
+            const size_t row = (size_t)(ok ? p + r : 0) * HD + c;
+            cp_async16(&Kst[r][c], kg + row, ok);
+            cp_async16(&Vst[r][c], vg + row, ok);
+        }
+        cp_async_commit();
+    };
+    stage(0);
+#endif
     for (int p0 = 0; p0 <= t_last; p0 += TK) {
         __syncthreads();  // the previous tile is consumed (and Q is written, the first time)
+#if MK_PF_ATT_STAGE
+        cp_async_wait<0>();
+        __syncthreads();  // tile p0 is staged, for every thread's copies
+        for (int i = tid; i < TK * (HD / 8); i += 128) {  // bf16 -> fp16, shared to shared
+            const int r = i / (HD / 8), c = (i % (HD / 8)) * 8;
+            *(uint4*)&Ks[r][c] = bf8_to_h8(*(const uint4*)&Kst[r][c]);
+            *(uint4*)&Vs[r][c] = bf8_to_h8(*(const uint4*)&Vst[r][c]);
+        }
+        __syncthreads();  // the staging area is free again
+        if (p0 + TK <= t_last) stage(p0 + TK);
+#else
         for (int i = tid; i < TK * (HD / 8); i += 128) {  // K and V tiles: 64 rows x 32 uint4, bf16 -> fp16
             const int r = i / (HD / 8), c = (i % (HD / 8)) * 8;
             const bool ok = p0 + r <= t_last;
@@ -93,6 +123,7 @@ __global__ void __launch_bounds__(128) attn_kernel(const float* __restrict__ Qa,
             *(uint4*)&Vs[r][c] = ok ? bf8_to_h8(*(const uint4*)(vg + (size_t)(p0 + r) * HD + c)) : zero;
         }
         __syncthreads();
+#endif
         // S = Q K^T: 16 rows x 64 keys
         float s[TK / 8][4];
 #pragma unroll

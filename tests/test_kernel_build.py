@@ -185,6 +185,7 @@ def test_build_options_are_read_from_the_header():
         "MK_PF_GSTAGES": "3",
         "MK_PF_GBK": "64",
         "MK_PF_GBM": "64",
+        "MK_PF_ATT_STAGE": "0",
         "MK_PF_GDN_TC": "1",
         "MK_SPIN_SLEEP_NS": "0",
         "MK_SPIN_LIMIT_NS": "20000000000ull",
