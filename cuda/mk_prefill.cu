@@ -61,7 +61,9 @@ void gemm(const unsigned short* A, const unsigned short* B, float* C, unsigned s
     const int tiles = ((N + GBN - 1) / GBN) * ((M + GBM - 1) / GBM);
     int splits = 1;
     if (OUT == OUT_ADD && tiles < g_sms) {  // too few tiles for the GPU: split K (f32 atomics into X)
-        splits = (2 * g_sms + tiles - 1) / tiles;
+        // as many blocks as fit at once (two per SM), never more: 72 tiles x 4 splits = 288 blocks on 264 slots ran
+        // a second wave of 24 blocks
+        splits = 2 * g_sms / tiles;
         splits = splits < K / (4 * GBK) ? splits : K / (4 * GBK);
         splits = splits > 1 ? splits : 1;
     }
