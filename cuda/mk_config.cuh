@@ -11,7 +11,7 @@
 //   MK_PF_GSTAGES     prefill GEMM: cp.async stages (2-4) and k depth per stage (MK_PF_GBK 32 or 64): the pipeline
 //   MK_PF_GBK         depth that hides L2 latency; 3 x 64 won on the H200 (NOTES.md, prefill v3), another GPU may differ
 //   MK_PF_GBM         prefill GEMM: rows per tile, 64 or 128 (warp tiles 32 x 64 or 64 x 64: more products per
-//                     shared-memory load against more padding rows at M = 520); to be measured (NOTES.md v4)
+//                     shared-memory load against more padding rows at M = 520); to be measured (NOTES.md v5)
 //   MK_PF_ATT_STAGE   prefill attention: 1 stages the next key tile by cp.async while this one is multiplied (one
 //                     block per SM), 0 loads each tile through registers when needed; to be measured (NOTES.md v5)
 //   MK_PF_GDN_TC      prefill GDN: 1 runs the chunked delta rule on tensor cores (pf_gdn_tc.cuh, tf32; pp520 7.06 ms
@@ -72,8 +72,8 @@
 #if MK_PF_GDN_TC != 0 && MK_PF_GDN_TC != 1
 #error "MK_PF_GDN_TC must be 0 or 1"
 #endif
-#if MK_SPIN_SLEEP_NS < 0 || MK_SPIN_SLEEP_NS > 1000000
-#error "MK_SPIN_SLEEP_NS must be 0..1000000 (ns)"
+#if MK_SPIN_SLEEP_NS < 0 || MK_SPIN_SLEEP_NS > 4096
+#error "MK_SPIN_SLEEP_NS must be 0..4096 (ns): longer sleeps push the watchdog's first check past minutes"
 #endif
 #if MK_SPIN_LIMIT_NS < 1000000
 #error "MK_SPIN_LIMIT_NS must be at least 1000000 (1 ms)"

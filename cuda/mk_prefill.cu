@@ -53,6 +53,7 @@ struct Workspace {
 };
 
 int g_sms = 0;
+int g_gemm_slots = 0;  // GEMM blocks resident at once on the GPU (SMs x blocks per SM at GEMM_SMEM)
 
 template <bool NN, int OUT>
 void gemm(const unsigned short* A, const unsigned short* B, float* C, unsigned short* Hout, int M, int N, int K,
@@ -61,9 +62,9 @@ void gemm(const unsigned short* A, const unsigned short* B, float* C, unsigned s
     const int tiles = ((N + GBN - 1) / GBN) * ((M + GBM - 1) / GBM);
     int splits = 1;
     if (OUT == OUT_ADD && tiles < g_sms) {  // too few tiles for the GPU: split K (f32 atomics into X)
-        // as many blocks as fit at once (two per SM), never more: 72 tiles x 4 splits = 288 blocks on 264 slots ran
+        // as many blocks as fit at once, never more: 72 tiles x 4 splits = 288 blocks on 264 slots (two per SM) ran
         // a second wave of 24 blocks
-        splits = 2 * g_sms / tiles;
+        splits = g_gemm_slots / tiles;
         splits = splits < K / (4 * GBK) ? splits : K / (4 * GBK);
         splits = splits > 1 ? splits : 1;
     }
@@ -168,6 +169,10 @@ int setup_device() {
                           (const void*)gemm_kernel<false, OUT_SWIGLU>, (const void*)gemm_kernel<true, OUT_ADD>})
         if ((e = cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, GEMM_SMEM)) != cudaSuccess)
             return (int)e;
+    int per_sm = 0;  // the split-K kernels' occupancy sizes their splits
+    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, gemm_kernel<true, OUT_ADD>, GTHREADS, GEMM_SMEM);
+    if (e != cudaSuccess) return (int)e;
+    g_gemm_slots = g_sms * (per_sm > 0 ? per_sm : 1);
     done_dev = dev;
     return 0;
 }

@@ -103,10 +103,9 @@ __global__ void __launch_bounds__(128) attn_kernel(const float* __restrict__ Qa,
     stage(0);
 #endif
     for (int p0 = 0; p0 <= t_last; p0 += TK) {
-        __syncthreads();  // the previous tile is consumed (and Q is written, the first time)
 #if MK_PF_ATT_STAGE
-        cp_async_wait<0>();
-        __syncthreads();  // tile p0 is staged, for every thread's copies
+        cp_async_wait<0>();  // this thread's copies of tile p0; the barrier makes them everyone's
+        __syncthreads();     // ... and the previous tile is consumed (and Q is written, the first time)
         for (int i = tid; i < TK * (HD / 8); i += 128) {  // bf16 -> fp16, shared to shared
             const int r = i / (HD / 8), c = (i % (HD / 8)) * 8;
             *(uint4*)&Ks[r][c] = bf8_to_h8(*(const uint4*)&Kst[r][c]);
@@ -115,6 +114,7 @@ __global__ void __launch_bounds__(128) attn_kernel(const float* __restrict__ Qa,
         __syncthreads();  // the staging area is free again
         if (p0 + TK <= t_last) stage(p0 + TK);
 #else
+        __syncthreads();  // the previous tile is consumed (and Q is written, the first time)
         for (int i = tid; i < TK * (HD / 8); i += 128) {  // K and V tiles: 64 rows x 32 uint4, bf16 -> fp16
             const int r = i / (HD / 8), c = (i % (HD / 8)) * 8;
             const bool ok = p0 + r <= t_last;

@@ -3,7 +3,7 @@
 // down to 6e-5, below that with an absolute error under 3e-8) as the blob
 // stores them: "NT" ([N][K] rows, nn.Linear's [out][in]) or "NN" ([K][N], the transposed GDN out_proj and down_proj).
 // f32 accumulation with mma.sync m16n8k16 (sm_80+), operands through ldmatrix from padded shared-memory tiles that
-// cp.async fills two stages deep.
+// cp.async fills MK_PF_GSTAGES stages deep.
 // Why fp16 and not bf16: the activations are rounded once per GEMM input, and fp16 keeps 3 more mantissa bits. On
 // random weights bf16 inputs put the logits 3-7 % off the f32 reference, fp16 inputs 0.5 % (cuda/NOTES.md, Prefill v2).
 // Activations are clamped to the fp16 range (+-65504) instead of becoming inf.
@@ -70,7 +70,7 @@ __device__ __forceinline__ void mma_f16(float d[4], const unsigned a[4], unsigne
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// One stage of tiles: A rows [m0, m0 + 64) x K [k0, k0 + GBK), B likewise for columns [n0, n0 + 128).
+// One stage of tiles: A rows [m0, m0 + GBM) x K [k0, k0 + GBK), B likewise for columns [n0, n0 + 128).
 template <bool NN>
 __device__ __forceinline__ void load_tiles(const GemmArgs& g, unsigned short* As, unsigned short* Bs, int m0, int n0,
                                            int k0, int tid) {
