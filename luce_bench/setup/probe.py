@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]  # the repository (pyproject.toml, Makefile, scripts/)
 PROBE_TIMEOUT_S = 60.0
 # Python modules whose presence changes a setup decision: the build backends of luce-bench and llama-cpp-python,
-# and flash-linear-attention (HF's fast GDN kernels on a GPU)
+# flash-linear-attention (HF's fast GDN kernels on a GPU), and the test tools (offline: already there, or a gap)
 MODULES = ("hatchling", "scikit_build_core", "fla", "pytest", "hypothesis", "ruff")
 
 
