@@ -101,6 +101,8 @@ class RunLoop:
     def execute(self) -> None:
         """The loop."""
         self._write_start_meta()
+        for note in self.plan.notes:  # here, not before: bad input (an unusable --out) is refused before any note
+            self.ui.status(f"[yellow]note:[/yellow] {note}")
         for skipped in self.plan.skipped.items():
             self.ui.status("[yellow]skipping {}:[/yellow] {}".format(*skipped))
         if self.resident:

@@ -123,6 +123,7 @@ def test_a_crashing_backend_is_recorded_and_the_run_goes_on(env):
     assert [(r.backend, r.test) for r in rows] == [("crash", "pp64")] * 2 + [("sim", "pp64")] * 2 + [("sim", "tg8")] * 2
     assert read_meta(outcome.run_dir)["backends"]["crash"]["error"] == "RuntimeError: simulated crash in decode"
     assert any("crash failed" in line for line in ui.lines)
+    assert ui.lines[0] == f"[yellow]note:[/yellow] {TINY_NOTE}"  # the plan's note, once the run directory exists
 
 
 @pytest.mark.tries("fault", "backend crashing partway through a test")
