@@ -23,6 +23,32 @@ def test_every_command_has_help(cmd):
     assert "Usage" in result.output
 
 
+def _commands(group) -> list[str]:
+    """Every command path under the click group `group`, e.g. ["compare", ..., "kernel info", "model prepare"]."""
+    out = []
+    for name, cmd in group.commands.items():
+        out += [f"{name} {sub}" for sub in _commands(cmd)] if hasattr(cmd, "commands") else [name]
+    return out
+
+
+def test_help_names_what_the_tool_and_the_kernel_group_do():
+    import typer
+
+    said = " ".join(runner.invoke(app, ["--help"]).output.split())
+    assert "DVFS sweeps (power limits and/or locked SM clocks)" in said
+    kernel = typer.main.get_command(app).commands["kernel"]
+    assert sorted(kernel.commands) == ["bench", "build", "info", "trace"]
+    assert all(name in kernel.help for name in kernel.commands), kernel.help  # not just "Build the CUDA megakernel."
+
+
+def test_the_readme_command_table_lists_every_command():
+    import typer
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    missing = [c for c in _commands(typer.main.get_command(app)) if f"| `luce-bench {c}" not in readme]
+    assert missing == []
+
+
 @pytest.fixture(scope="module")
 def compare_run(tmp_path_factory, tiny_model):
     """One fake-GPU compare run with the HF baseline on the tiny model; the GPU's setters are watched."""
