@@ -250,4 +250,4 @@ def test_info_shows_the_supported_clocks_read_only(env):
         result = CliRunner().invoke(app, ["info", "--fake-gpu", "--fake-preset", "h200"])
     assert result.exit_code == 0, result.output
     assert "345-1980 MHz, 110 clocks every 15 MHz" in result.output and "3201 MHz" in result.output
-    assert "sm_clock_lock" in result.output and calls == []
+    assert "SM clock lock" in result.output and calls == []
