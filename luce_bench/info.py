@@ -110,32 +110,17 @@ def gather(gpu_index: int = 0, fake_preset: str | None = None) -> dict[str, Any]
 
 
 def show(console: Any, gpu_index: int = 0, fake_preset: str | None = None) -> None:
-    """Print `gather()` as rich tables."""
+    """Print `gather()` as rich tables, in words (info_text.py)."""
     from rich.table import Table
+
+    from luce_bench.info_text import details_text, gpu_rows, kernel_rows, missing_line
 
     data = gather(gpu_index, fake_preset)
     if "gpu" in data:
         g = data["gpu"]
         t = Table(title="GPU" + (" (SIMULATED)" if g.get("simulated") else ""), show_header=False)
-        for key in (
-            "name",
-            "uuid",
-            "driver",
-            "cuda_driver",
-            "compute_capability",
-            "persistence_mode",
-            "power_limit_w",
-            "power_limit_default_w",
-            "power_limit_min_w",
-            "power_limit_max_w",
-            "clocks_mhz",
-            "sm_clocks_supported",
-            "mem_clocks_supported",
-            "sm_clock_lock",
-            "temperature_c",
-        ):
-            if key in g:
-                t.add_row(key, str(g[key]))
+        for label, text in gpu_rows(g):
+            t.add_row(label, text)
         console.print(t)
     else:
         console.print(
@@ -147,23 +132,24 @@ def show(console: Any, gpu_index: int = 0, fake_preset: str | None = None) -> No
     for col in ("backend", "available", "why not / details"):
         t.add_column(col)
     for name, row in data["backends"].items():
-        detail = row["reason"] or ", ".join(f"{k}={v}" for k, v in (row.get("details") or {}).items())
-        t.add_row(name, "yes" if row["available"] else "no", detail)
+        t.add_row(name, "yes" if row["available"] else "no", row["reason"] or details_text(row.get("details") or {}))
     console.print(t)
     if data.get("kernel"):
         t = Table(title="Megakernel build", show_header=False)
-        for k, v in data["kernel"].items():
-            t.add_row(str(k), str(v))
+        real_gpu = "gpu" in data and not data["gpu"].get("simulated")
+        for label, text in kernel_rows(data["kernel"], gpu_visible=real_gpu):
+            t.add_row(label, text)
         console.print(t)
-    _show_missing(console, data["missing"])
+    if data["missing"]:
+        _show_missing(console, data["missing"])
+    else:  # nothing to add, but the backends marked `no` above still cannot run (no GPU, say): no "missing: nothing"
+        stuck = [n for n, row in data["backends"].items() if not row["available"] and not get(n).simulated]
+        console.print(missing_line(stuck))
 
 
 def _show_missing(console: Any, missing: list[dict[str, str]]) -> None:
     from rich.table import Table
 
-    if not missing:
-        console.print("missing: nothing (`make setup` has nothing to add here)")
-        return
     t = Table(title="Missing here (what runs instead, and the fix)")
     for col in ("piece", "what it costs", "fix"):
         t.add_column(col)

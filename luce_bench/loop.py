@@ -101,6 +101,8 @@ class RunLoop:
     def execute(self) -> None:
         """The loop."""
         self._write_start_meta()
+        for note in self.plan.notes:  # here, not before: bad input (an unusable --out) is refused before any note
+            self.ui.status(f"[yellow]note:[/yellow] {note}")
         for skipped in self.plan.skipped.items():
             self.ui.status("[yellow]skipping {}:[/yellow] {}".format(*skipped))
         if self.resident:
@@ -193,11 +195,15 @@ class RunLoop:
         self.status.at(phase="applying setting", setting=setting.label, backend=None, test=None, rep=None)
         applied = apply_setting(self.control, setting, self.ctx.gpu)
         self.ui.status(status_line(setting, applied, i, n))
+        sweep = self.ctx.cfg.sweep
         if self.loaded:
             test = self.ctx.cfg.test_specs[0]
-            first = next(iter(self.loaded.values()))
-            self.meter.loop(first, test, self.meter.prompt(test), max(self.ctx.cfg.sweep.settle_s, 0.0), False)
-        idle_w = self.meter.idle_power_w(self.ctx.cfg.sweep.idle_s)
+            name, first = next(iter(self.loaded.items()))
+            settle_s = max(sweep.settle_s, 0.0)
+            with self.ui.waiting(f"  settling: {name} {test.name} under load", settle_s):
+                self.meter.loop(first, test, self.meter.prompt(test), settle_s, False)
+        with self.ui.waiting("  idle baseline (models resident)", sweep.idle_s if self.ctx.gpu is not None else 0.0):
+            idle_w = self.meter.idle_power_w(sweep.idle_s)
         self.ui.status(f"  idle baseline (models resident): {idle_w:.1f} W" if idle_w else "  idle baseline: n/a")
         t_end_s = self.sampler.now_s() if self.sampler is not None else None
         entry = setting_meta(setting, applied, idle_w, t_end_s)

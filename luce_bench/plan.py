@@ -275,6 +275,32 @@ def _runnable(names: Sequence[str], optional: Sequence[str], ctx: RunContext) ->
     return keep, skipped
 
 
+def cuda_gpu_visible(ctx: RunContext) -> bool:
+    """Whether this process can see a CUDA GPU, told without importing torch (seconds).
+
+    Visible: CUDA_VISIBLE_DEVICES does not hide them, and NVML opened a real GPU for this run or the driver lists one
+    (/proc/driver/nvidia/gpus).
+    """
+    import os
+
+    from luce_bench.backends.llamacpp import nvidia_gpu_present
+
+    if os.environ.get("CUDA_VISIBLE_DEVICES") in ("", "-1"):
+        return False
+    return (ctx.gpu is not None and ctx.fake_gpu is None) or nvidia_gpu_present()
+
+
+def check_device(device: str, backends: Sequence[str], ctx: RunContext) -> None:
+    """Refuse `--device cuda` before the run starts where no CUDA GPU is visible (a simulated one does not count).
+
+    Without this, every backend would find out while loading, one after the other, seconds into the run.
+    """
+    if not device.startswith("cuda") or all(get_backend(b).simulated for b in backends):
+        return
+    if not cuda_gpu_visible(ctx):
+        raise UserError(f"--device {device}: no CUDA GPU visible here; use --device auto or --device cpu")
+
+
 def plan(
     cfg: BenchConfig,
     ctx: RunContext,
@@ -288,6 +314,7 @@ def plan(
     from luce_bench.model.resolve import resolve_model
 
     keep, skipped = _runnable(backends, optional, ctx)
+    check_device(cfg.device, keep, ctx)
     tests = cfg.test_specs
     chosen = model_name(cfg, ctx)
     notes = (TINY_NOTE,) if cfg.model == "auto" and chosen == "tiny" else ()

@@ -80,7 +80,7 @@ def notes(meta: dict[str, Any]) -> list[str]:
         if energy.get("available") and not energy.get("simulated") and str(info.get("device", "")).startswith("cpu"):
             out.append(f"{name} ran on the CPU: the GPU energy counter does not cover its work.")
     if meta.get("token_agreement"):
-        out.append("Greedy tokens, first tg run: " + "; ".join(f"{k}: {v}" for k, v in meta["token_agreement"].items()))
+        out.append("greedy tokens, first tg run: " + "; ".join(f"{k}: {v}" for k, v in meta["token_agreement"].items()))
     return out
 
 

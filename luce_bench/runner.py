@@ -42,6 +42,9 @@ class UI(Protocol):
     def loading(self, backend: str, model: str) -> contextlib.AbstractContextManager[Any]:
         """Around loading a backend."""
 
+    def waiting(self, label: str, total_s: float) -> contextlib.AbstractContextManager[Any]:
+        """Around a timed wait of `total_s` seconds that reports nothing while it lasts (settling, idle baseline)."""
+
     def progress(self, label: str, done: int, total: int) -> None:
         """Repetitions of one trial done so far."""
 

@@ -4,7 +4,7 @@
 journals before every change and puts the originals back on every exit path. A setting without a limit (a clocks-only
 sweep) runs under the limit in force, recorded like `compare` records it. `status_line`, `setting_meta` and
 `sweep_meta` are the console line, meta.json's per-setting entry and meta.json's `sweep` section; for a limits-only
-sweep they say exactly what they said before clocks could be swept.
+sweep the last two say exactly what they said before clocks could be swept.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from luce_bench.config import parse_clock, parse_limit
 from luce_bench.gpu.base import GPU, GPUError
 from luce_bench.plan import Plan, Setting
 
@@ -41,21 +42,31 @@ def apply_setting(control: Any, setting: Setting, gpu: GPU | None) -> Applied:
     return Applied(control.set_limit_mw(setting.power_limit.requested_mw) / 1000.0, locked)
 
 
+def asked_text(text: str, resolved: float, unit: str, clamped: bool = False) -> str:
+    """A request as written, and what it resolved to only where that differs: "420 W", "70% (294 W)".
+
+    `text` is a limit or clock as the user wrote it ("420", "420W", "70%"); `resolved` its value in `unit`.
+    """
+    value, percent = parse_limit(text) if unit == "W" else parse_clock(text)
+    asked = f"{value:g}%" if percent else f"{value:g} {unit}"
+    if clamped:
+        return f"{asked} (clamped to {resolved:g} {unit})"
+    return asked if not percent and value == resolved else f"{asked} ({resolved:g} {unit})"
+
+
 def status_line(setting: Setting, applied: Applied, i: int, n: int) -> str:
-    """The console line after applying setting `i` of `n`."""
+    """The console line after applying setting `i` of `n`, e.g. "limit 2/4: requested 70% (294 W), enforced 294 W"."""
     limit = setting.power_limit
     limit_text = ""
     if limit is not None:
-        note = " (clamped)" if limit.clamped else ""
-        limit_text = f"requested {limit.requested_w:g} W{note} ({limit.text}), enforced {applied.enforced_w:g} W"
+        asked = asked_text(limit.text, limit.requested_w, "W", limit.clamped)
+        limit_text = f"requested {asked}, enforced {applied.enforced_w:g} W"
     clock = setting.sm_clock
     if clock is None:
         return f"[bold]limit {i + 1}/{n}:[/bold] {limit_text}"
-    note = " (clamped)" if clock.clamped else (" (snapped to a supported clock)" if clock.snapped else "")
-    line = (
-        f"[bold]setting {i + 1}/{n}:[/bold] SM clock requested {clock.requested_mhz} MHz ({clock.text}), "
-        f"locked {applied.locked_mhz} MHz{note}"
-    )
+    snapped = " (snapped to a supported clock)" if clock.locked_mhz != clock.requested_mhz else ""
+    asked = asked_text(clock.text, clock.requested_mhz, "MHz", clock.clamped)
+    line = f"[bold]setting {i + 1}/{n}:[/bold] SM clock requested {asked}, locked {applied.locked_mhz} MHz{snapped}"
     return line + (f"; limit {limit_text}" if limit_text else "")
 
 

@@ -1,7 +1,8 @@
 """Shared fixtures: a per-session model cache with the tiny synthetic checkpoint, and the `gpu` marker's rules.
 
 Tests marked `gpu` skip without a CUDA GPU; with one they run read-only (LUCE_BENCH_READONLY=1: they share a real card
-and must never change a setting), and the end of the run says how many ran and how they went, or why they skipped.
+and must never change a setting), and the end of the run says how many ran and how they went, or why they skipped;
+one more line sums up the other skipped tests by reason (pyproject's -rfE lists only failures and errors).
 
 Hypothesis runs derandomized (the same examples every run, so CI time and results are stable), without per-example
 deadlines (a CLI invocation may take a while on a busy 2-core machine). With LUCE_BENCH_INVENTORY=FILE, collection
@@ -107,10 +108,26 @@ def gpu_summary(outcomes: dict[str, str], skip_reason: str | None) -> str | None
     return f"GPU tests (marker gpu): {text}, read-only (LUCE_BENCH_READONLY=1)"
 
 
+def other_skips(reports: dict[str, list[Any]]) -> str | None:
+    """One line on the skipped tests that are not GPU tests, by reason (pytest's -rfE no longer lists each skip)."""
+    reasons: dict[str, int] = {}
+    for rep in reports.get("skipped", []):
+        if "gpu" in getattr(rep, "keywords", {}):
+            continue
+        longrepr = getattr(rep, "longrepr", None)
+        reason = str(longrepr[2] if isinstance(longrepr, tuple) else longrepr).removeprefix("Skipped: ")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    if not reasons:
+        return None
+    by_reason = "; ".join(f"{n}x {reason}" for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
+    return f"other tests skipped: {sum(reasons.values())} ({by_reason})"
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    line = gpu_summary(gpu_outcomes(terminalreporter.stats), cuda_gpu_reason())
-    if line:
-        terminalreporter.write_line(line)
+    gpu = gpu_summary(gpu_outcomes(terminalreporter.stats), cuda_gpu_reason())
+    for line in (gpu, other_skips(terminalreporter.stats)):
+        if line:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session", autouse=True)

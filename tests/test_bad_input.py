@@ -229,3 +229,42 @@ def test_bad_flags_are_one_line(tiny_model, case):
     with sandbox() as tmp:
         result, calls = invoke([*argv, f"--out={tmp}/runs"] if argv[0] != "nosuchcommand" else argv, tmp)
         refused(result, calls, tmp, fragment)
+
+
+DEVICE_CUDA = {
+    "compare": ["compare", "--no-megakernel", "--baselines", "hf"],
+    "bench": ["bench", "hf"],
+    "sweep": ["sweep", "--fake-gpu", "--backends", "hf", "--limits", "300"],
+}
+
+
+@pytest.mark.tries("bad input", "CLI: --device cuda with no CUDA GPU visible, an unusable --out: before any note")
+@pytest.mark.parametrize("case", list(DEVICE_CUDA))
+def test_device_cuda_without_a_visible_gpu_is_refused_before_any_backend_loads(tiny_model, monkeypatch, case):
+    import os
+    from unittest import mock
+
+    from luce_bench.backends.hf import HFBackend
+
+    monkeypatch.setattr(HFBackend, "unavailable_reason", classmethod(lambda cls: None))  # installed or not
+    with sandbox() as tmp, mock.patch.dict(os.environ, {"CUDA_VISIBLE_DEVICES": ""}):
+        result, calls = invoke([*DEVICE_CUDA[case], "--device", "cuda", f"--out={tmp}/runs"], tmp)
+        line = refused(result, calls, tmp)
+    assert line == "error: --device cuda: no CUDA GPU visible here; use --device auto or --device cpu"
+
+
+@pytest.mark.tries("bad input", "CLI: --device cuda with no CUDA GPU visible, an unusable --out: before any note")
+def test_an_unusable_out_is_the_only_line_even_when_the_plan_has_notes(tiny_model, tmp_path):
+    from typer.testing import CliRunner
+
+    from luce_bench.cli import app
+    from luce_bench.plan import TINY_NOTE
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    argv = ["compare", "--fake-gpu", "--no-megakernel", "--baselines", "sim", "--model", "auto", "--out", str(afile)]
+    with sandbox():
+        result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines() == [f"error: --out {afile}: exists and is not a directory"]
+    assert TINY_NOTE.split(":")[0] not in result.output  # the plan had its note; bad input comes first

@@ -23,6 +23,32 @@ def test_every_command_has_help(cmd):
     assert "Usage" in result.output
 
 
+def _commands(group) -> list[str]:
+    """Every command path under the click group `group`, e.g. ["compare", ..., "kernel info", "model prepare"]."""
+    out = []
+    for name, cmd in group.commands.items():
+        out += [f"{name} {sub}" for sub in _commands(cmd)] if hasattr(cmd, "commands") else [name]
+    return out
+
+
+def test_help_names_what_the_tool_and_the_kernel_group_do():
+    import typer
+
+    said = " ".join(runner.invoke(app, ["--help"]).output.split())
+    assert "DVFS sweeps (power limits and/or locked SM clocks)" in said
+    kernel = typer.main.get_command(app).commands["kernel"]
+    assert sorted(kernel.commands) == ["bench", "build", "info", "trace"]
+    assert all(name in kernel.help for name in kernel.commands), kernel.help  # not just "Build the CUDA megakernel."
+
+
+def test_the_readme_command_table_lists_every_command():
+    import typer
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    missing = [c for c in _commands(typer.main.get_command(app)) if f"| `luce-bench {c}" not in readme]
+    assert missing == []
+
+
 @pytest.fixture(scope="module")
 def compare_run(tmp_path_factory, tiny_model):
     """One fake-GPU compare run with the HF baseline on the tiny model; the GPU's setters are watched."""
@@ -154,7 +180,70 @@ def test_info_is_clean_without_a_gpu():
 def test_info_with_fake_gpu_shows_limits():
     result = runner.invoke(app, ["info", "--fake-gpu"])
     assert result.exit_code == 0, result.output
-    assert "power_limit_max_w" in result.output and "SIMULATED" in result.output
+    assert "SIMULATED" in result.output
+    rows = {" ".join(line.strip("│ ").split()) for line in result.output.splitlines()}
+    for row in ("power limit max │ 420 W", "compute capability │ 8.6", "persistence mode │ off"):
+        assert row in rows, row  # words and units, not Python values such as (8, 6) or False
+
+
+NO_GPU_BACKENDS = {"megakernel": "no CUDA GPU visible", "llamacpp": "not installed", "sim": "runs only with --fake-gpu"}
+
+
+def test_info_says_what_a_gpu_less_machine_lacks_in_words(monkeypatch):
+    from luce_bench import info
+    from luce_bench.gpu import GPUUnavailable
+
+    kernel = {
+        "nvcc": "Build cuda_13.0",
+        "arch": None,
+        "cache": None,
+        "built": False,
+        "error": "cannot tell the CUDA arch: no GPU visible to torch or NVML; pass --arch (e.g. sm_90) or set X",
+    }
+    monkeypatch.setattr("luce_bench.kernels.build_info", lambda: kernel)
+    monkeypatch.setattr(info, "setup_gaps", lambda: [])  # `make setup` has nothing to add
+    monkeypatch.setattr(info, "available", lambda simulated_gpu: dict(NO_GPU_BACKENDS))
+
+    def no_gpu(*args, **kwargs):
+        raise GPUUnavailable("NVML could not start")
+
+    monkeypatch.setattr("luce_bench.gpu.open_gpu", no_gpu)
+    result = runner.invoke(app, ["info"])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    for text in ("arch │ none (no GPU)", "cache │ none (no arch to build for)", "built │ no"):
+        assert text in said, text
+    assert "missing: nothing (" not in said  # not under a table of backends marked no
+    assert "missing: nothing `make setup` can add; megakernel, llamacpp cannot run on this machine" in said
+
+
+def test_info_kernel_rows_are_words_and_point_to_the_command_with_arch():
+    from luce_bench.info_text import kernel_rows
+
+    kernel = {
+        "nvcc": "Build cuda_13.0",
+        "arch": None,
+        "cache": None,
+        "built": False,
+        "error": "cannot tell the CUDA arch: no GPU visible to torch or NVML; pass --arch (e.g. sm_90) or set X",
+    }
+    assert kernel_rows(kernel, gpu_visible=False) == [
+        ("nvcc", "Build cuda_13.0"),
+        ("arch", "none (no GPU)"),
+        ("cache", "none (no arch to build for)"),
+        ("built", "no"),
+        ("error", "cannot tell the CUDA arch: no GPU visible to torch or NVML; build for one with "
+                  "`luce-bench kernel build --arch sm_90` or set X"),
+    ]  # fmt: skip
+    built = {"nvcc": "Build cuda_13.0", "arch": "sm_90", "cache": "/c/k", "built": True, "options": {"MK_INFLIGHT": 2}}
+    built["kernels"] = [
+        {"function": "mk", "arch": "sm_90", "registers": 128, "stack_bytes": 0, "spill_stores": 0, "spill_loads": 4}
+    ]
+    assert kernel_rows(built, gpu_visible=True)[3:] == [
+        ("built", "yes"),
+        ("options", "MK_INFLIGHT=2"),
+        ("kernels", "mk (sm_90): 128 registers, 0 B stack, 0 B spill stores, 4 B spill loads"),
+    ]
 
 
 def test_model_prepare_writes_the_tiny_checkpoint(tiny_model):

@@ -11,7 +11,7 @@ import csv
 import warnings
 
 import pytest
-from conftest import gpu_outcomes, gpu_summary
+from conftest import gpu_outcomes, gpu_summary, other_skips
 from typer.testing import CliRunner
 
 from luce_bench.cli import app
@@ -96,6 +96,22 @@ def test_the_gpu_test_summary_counts_what_ran(reports):
         "runs them"
     )
     assert gpu_summary({}, None) is None
+
+
+def test_the_other_skipped_tests_are_one_line_by_reason():
+    def skipped(nodeid: str, reason: str, gpu: bool = False) -> _Report:
+        rep = _Report(nodeid, gpu)
+        rep.longrepr = ("tests/x.py", 1, f"Skipped: {reason}")
+        return rep
+
+    torch = "could not import 'torch': No module named 'torch'"
+    reports = {
+        "skipped": [skipped("a", torch), skipped("b", "nvcc not found"), skipped("c", torch), skipped("g", "x", True)]
+    }
+    assert (
+        other_skips(reports) == f"other tests skipped: 3 (2x {torch}; 1x nvcc not found)"
+    )  # the GPU test: its own line
+    assert other_skips({"skipped": [skipped("g", "no GPU", True)]}) is None
 
 
 @pytest.mark.gpu

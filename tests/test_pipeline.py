@@ -45,6 +45,12 @@ class QuietUI:
 
         return contextlib.nullcontext()
 
+    def waiting(self, label: str, total_s: float):
+        import contextlib
+
+        self.lines.append(f"{label} ({total_s:g} s)")
+        return contextlib.nullcontext()
+
     def progress(self, label: str, done: int, total: int) -> None:
         pass
 
@@ -123,6 +129,7 @@ def test_a_crashing_backend_is_recorded_and_the_run_goes_on(env):
     assert [(r.backend, r.test) for r in rows] == [("crash", "pp64")] * 2 + [("sim", "pp64")] * 2 + [("sim", "tg8")] * 2
     assert read_meta(outcome.run_dir)["backends"]["crash"]["error"] == "RuntimeError: simulated crash in decode"
     assert any("crash failed" in line for line in ui.lines)
+    assert ui.lines[0] == f"[yellow]note:[/yellow] {TINY_NOTE}"  # the plan's note, once the run directory exists
 
 
 @pytest.mark.tries("fault", "backend crashing partway through a test")
@@ -130,8 +137,11 @@ def test_a_sweep_keeps_backends_resident_and_retries_after_a_crash(env):
     cfg = _cfg(env, **{"sweep.limits": "420,220"})
     with open_context(cfg, for_settings=True) as ctx:
         p = plan(cfg, ctx, name="sweep", backends=["crash"], settings=limit_settings(cfg, ctx.gpu))
-        outcome = run(p, ctx, QuietUI())
+        ui = QuietUI()
+        outcome = run(p, ctx, ui)
         assert ctx.gpu.power_limit_mw() == 420_000  # the original limit is back
+    waits = [line for line in ui.lines if line.endswith(" s)")]  # each setting's timed waits show a bar
+    assert waits == ["  settling: crash pp64 under load (0.2 s)", "  idle baseline (models resident) (0.5 s)"] * 2
     assert outcome.failed == ["crash@420W", "crash@220W"]  # tried again at the next limit
     assert {(r.power_limit_req_w, r.test) for r in read_runs(outcome.run_dir)} == {(420.0, "pp64"), (220.0, "pp64")}
 

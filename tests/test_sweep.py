@@ -90,6 +90,8 @@ def test_four_limit_sweep_writes_rows_plots_and_sweet_spot(env):
     spots = json.loads((run / "sweet_spot.json").read_text())["sweet_spots"]
     assert {s["test"] for s in spots} == {"pp64", "tg8"}
     assert "sweet spot" in result.output and "Power-limit sweep" in (run / "report.md").read_text()
+    said = " ".join(result.output.split())
+    assert "limit 1/4: requested 420 W, enforced 420 W idle baseline" in said  # no "(420)" repeating the number
     meta = json.loads((run / "meta.json").read_text())
     assert meta["sweep"]["limits_requested_w"] == [420.0, 300.0, 220.0, 150.0]
     assert _card().power_limit_mw() == 420_000  # original back
@@ -118,6 +120,10 @@ def test_clamp_and_percent_limits(env):
     assert result.exit_code == 0, result.output
     got = sorted({float(r["power_limit_req_w"]) for r in _rows(runs[0] / "summary.csv")})
     assert got == [200.0, 350.0, 700.0]
+    said = " ".join(result.output.split())  # the console wraps lines
+    assert "limit 1/3: requested 100% (700 W), enforced 700 W" in said  # the request as written, then what it is
+    assert "limit 2/3: requested 50% (350 W), enforced 350 W" in said
+    assert "limit 3/3: requested 150 W (clamped to 200 W), enforced 200 W" in said
     assert _card("h100-sxm").power_limit_mw() == 700_000
 
 
@@ -227,3 +233,23 @@ def test_sweet_spot_rule():
     assert spot.tok_per_j_gain_pct == pytest.approx(100 * (0.5 / 0.3 - 1))
     (spot,) = sweet_spots(summary, 0.97, default_limit_w=420)
     assert spot.limit_w == 300
+
+
+def test_a_timed_wait_shows_its_seconds_on_a_terminal_and_nothing_in_a_log():
+    import io
+    import time
+
+    from rich.console import Console
+
+    from luce_bench.cli.ui import ConsoleUI
+
+    tty, log = io.StringIO(), io.StringIO()
+    for file, terminal in ((tty, True), (log, False)):
+        ui = ConsoleUI(Console(file=file, force_terminal=terminal, width=100), rows=True)
+        with ui.waiting("  settling: sim tg8 under load", 0.3):
+            time.sleep(0.4)
+        with ui.waiting("  idle baseline", 0.0):  # no wait, no bar
+            pass
+    assert "settling: sim tg8 under load" in tty.getvalue() and "0.3/0.3 s" in tty.getvalue()
+    assert "idle baseline" not in tty.getvalue()
+    assert log.getvalue() == ""  # the bar is transient: a log or a pipe gets none of it

@@ -131,7 +131,7 @@ def test_clocks_alone_run_at_the_limit_in_force_and_snap(env):
     assert {(r["power_limit_req_w"], r["power_limit_w"]) for r in summary} == {("", "420")}
     assert {(r["sm_clock_req_mhz"], r["sm_clock_mhz"]) for r in summary} == {("1600", "1605"), ("1200", "1200")}
     said = " ".join(result.output.split())  # the console wraps lines
-    assert "SM clock requested 1600 MHz (1600), locked 1605 MHz (snapped to a supported clock)" in said
+    assert "SM clock requested 1600 MHz, locked 1605 MHz (snapped to a supported clock)" in said
     assert "## SM-clock sweep" in (runs[0] / "report.md").read_text()
     assert not (runs[0] / "sweep_heatmap.png").exists()  # one axis: no grid to map
     assert _png(runs[0] / "sweep_pareto_tok_j.png")
@@ -250,4 +250,4 @@ def test_info_shows_the_supported_clocks_read_only(env):
         result = CliRunner().invoke(app, ["info", "--fake-gpu", "--fake-preset", "h200"])
     assert result.exit_code == 0, result.output
     assert "345-1980 MHz, 110 clocks every 15 MHz" in result.output and "3201 MHz" in result.output
-    assert "sm_clock_lock" in result.output and calls == []
+    assert "SM clock lock" in result.output and calls == []

@@ -182,7 +182,7 @@ class LlamaCppBackend(Backend):
         if device.startswith("cuda"):
             if not offload:
                 raise BackendUnavailable(
-                    f"llamacpp: --device {device} but this llama-cpp-python build has no GPU "
+                    f"--device {device} but this llama-cpp-python build has no GPU "
                     f"support (build it with {CUDA_RECIPE})"
                 )
             return "cuda", int(device.split(":")[1]) if ":" in device else 0

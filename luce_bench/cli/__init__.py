@@ -52,7 +52,10 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Energy-efficiency benchmarks and power-limit sweeps for local LLM inference on NVIDIA GPUs.",
+    help=(
+        "Energy-efficiency benchmarks and DVFS sweeps (power limits and/or locked SM clocks) for local LLM inference "
+        "on NVIDIA GPUs."
+    ),
 )
 model_app = typer.Typer(no_args_is_help=True, help="Prepare model checkpoints.")
 
@@ -78,6 +81,9 @@ model_app.command("prepare")(handle_errors(tools.model_prepare))
 app.add_typer(model_app, name="model")
 
 
+KERNEL_HELP = "The CUDA megakernel on its own: info (build facts), build, bench (decode speed) and trace (phase times)."
+
+
 def _mount_kernel() -> None:
     # `luce-bench kernel ...` lives with the kernel code; a missing module must not break --help of the rest
     try:
@@ -86,7 +92,7 @@ def _mount_kernel() -> None:
         return
     for command in kernel_app.registered_commands:  # the same one-line errors as every other command
         command.callback = handle_errors(command.callback)
-    app.add_typer(kernel_app, name="kernel", help="Build the CUDA megakernel.")
+    app.add_typer(kernel_app, name="kernel", help=KERNEL_HELP)
 
 
 _mount_kernel()

@@ -44,8 +44,6 @@ def measure(
                     out.print(f"nothing to resume: every planned repetition is in {resume}")
                     return
                 out.print(f"resuming {resume}: {sum(len(r) for r in todo.todo.values())} repetitions to measure")
-            for note in p.notes:
-                out.print(f"[yellow]note:[/yellow] {note}")
             ui = ConsoleUI(out, rows=sweep)
             outcome = run(p, ctx, ui, persistence=persistence, resume=todo)
     finally:

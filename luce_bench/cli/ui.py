@@ -24,6 +24,17 @@ class ConsoleUI:
         """A spinner while `backend` loads."""
         return self.console.status(f"loading {backend} with {model}…")
 
+    def waiting(self, label: str, total_s: float) -> Any:
+        """A bar that fills over a timed wait of `total_s` seconds (a sweep's settling and idle baseline)."""
+        import contextlib
+
+        from luce_bench.progress import wait_bar
+
+        if total_s <= 0 or not self.console.is_terminal:  # a log or a pipe gets the lines around it, no bar
+            return contextlib.nullcontext()
+        self.close()  # one live display at a time
+        return wait_bar(self.console, label, total_s)
+
     def progress(self, label: str, done: int, total: int) -> None:
         """Advance the bar of `label` (no bars in `rows` mode)."""
         if self.rows:
