@@ -31,7 +31,7 @@
 extern "C" {
 #endif
 
-#define LUCE_MK_ABI_VERSION 6  /* 6: + the prefill entry points (the decode ABI is that of 4) */
+#define LUCE_MK_ABI_VERSION 7  /* 6: + the prefill entry points (the decode ABI is that of 4); 7: + the prefill at pos > 0 */
 
 /* Small-parameter blob, f32 offsets inside one layer's LUCE_MK_SP_STRIDE floats. */
 enum LuceMkSmallParams {
@@ -136,6 +136,8 @@ typedef struct LuceMkPrefillParams {
     int n_layers;           /* 0 (all 24 layers, then the LM head) or, to check layer by layer, 1..24: stop after these
                                layers, without the LM head and last_token */
     float* hidden;          /* NULL, or [n_tokens][1024] f32: the residual stream after the layers run */
+    int pos;                /* ABI 7: the prompt's first position; 0, or the positions already cached (their KV rows,
+                               GDN states and conv histories are read and continued); pos + n_tokens <= max_seq */
 } LuceMkPrefillParams;
 
 int luce_mk_abi_version(void);

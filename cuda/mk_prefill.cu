@@ -1,5 +1,7 @@
 // mk_prefill.cu -- the prompt's prefill (luce_mk.h, luce_mk_prefill): all 24 layers over N tokens at once, as a fixed
-// sequence of kernels on one stream, leaving the caches exactly where the decode kernel reads them.
+// sequence of kernels on one stream, leaving the caches exactly where the decode kernel reads them. A prompt at
+// position pos > 0 continues what is cached: attention reads the pos cached K/V rows, the GDN layers start from their
+// states and conv histories.
 //
 // X [N][1024] f32 is the residual stream. Per layer:
 //   rmsnorm -> Xn (fp16)
@@ -22,7 +24,7 @@ namespace pf {
 
 // Byte offsets of the workspace's arrays for N tokens (each 256-byte aligned).
 struct Workspace {
-    size_t best, x, xn, y, u, c, o, gq, gk, gu, gw, gg, gm, gs, ge, total;
+    size_t best, h0, x, xn, y, u, c, o, gq, gk, gu, gw, gg, gm, gs, ge, total;
     int np;
     explicit Workspace(int n) {
         np = (n + GC - 1) / GC * GC;
@@ -34,6 +36,7 @@ struct Workspace {
         };
         const size_t N = (size_t)n, P = (size_t)np;
         best = take(8);
+        h0 = take(CONV * 4 * 4);  // a GDN layer's conv history as it was before a prompt at position > 0
         x = take(N * H * 4);
         xn = take(N * H * 2);
         y = take(N * GDN_ROWS * 4);  // the widest projection (in_proj 8224; qkv 5120, gate|up 7168)
@@ -95,17 +98,23 @@ void gdn_layer(const LuceMkPrefillParams& p, const Workspace& ws, char* w, int l
                (float*)(w + ws.gg), (float*)(w + ws.gm), ws.np};
     gemm<false, OUT_STORE>((unsigned short*)(w + ws.xn), layer_w(p.wblob16, l, 0), Y, nullptr, n, GDN_ROWS, H, H,
                            st);
-    gdn_conv_kernel<<<dim3(CONV / 128, ws.np / GC), 128, 0, st>>>(Y, sp + SP_CONV, p.conv_hist + (int64_t)gi * CONV * 4,
-                                                                 C, n);
+    float* hist = p.conv_hist + (int64_t)gi * CONV * 4;
+    float* hist0 = nullptr;
+    if (p.pos > 0) {  // the first outputs read the history that the last ones overwrite: keep a copy
+        hist0 = (float*)(w + ws.h0);
+        cudaMemcpyAsync(hist0, hist, (size_t)CONV * 4 * 4, cudaMemcpyDeviceToDevice, st);
+    }
+    gdn_conv_kernel<<<dim3(CONV / 128, ws.np / GC), 128, 0, st>>>(Y, sp + SP_CONV, hist, hist0, C, n, p.pos);
 #if MK_PF_GDN_TC
     const GdnTcWork tw{(float*)(w + ws.gs), (float*)(w + ws.ge)};
     gdn_prep_kernel<<<dim3(DH, ws.np / GC), 128, sizeof(PrepSmem), st>>>(C, Y, sp, gw, n);
-    gdn_state_kernel<<<DH * NSL, 128, sizeof(StateSmem), st>>>(gw, tw, p.gdn_state + gi * STATE_L);
+    gdn_state_kernel<<<DH * NSL, 128, sizeof(StateSmem), st>>>(gw, tw, p.gdn_state + gi * STATE_L, p.pos);
     gdn_out_kernel<<<dim3(DH, ws.np / GC), 128, sizeof(OutSmem), st>>>(gw, tw, Y, sp + SP_GNW,
                                                                        (unsigned short*)(w + ws.u), n);
 #else
     gdn_chunk_kernel<<<dim3(DH, ws.np / GC), 256, sizeof(ChunkSmem), st>>>(C, Y, sp, gw, n);
-    gdn_scan_kernel<<<DH * NSL, 256, sizeof(ScanSmem), st>>>(gw, (float*)(w + ws.o), p.gdn_state + gi * STATE_L, n);
+    gdn_scan_kernel<<<DH * NSL, 256, sizeof(ScanSmem), st>>>(gw, (float*)(w + ws.o), p.gdn_state + gi * STATE_L, n,
+                                                             p.pos);
     gdn_gate_kernel<<<n, 512, 0, st>>>((float*)(w + ws.o), Y, sp + SP_GNW, (unsigned short*)(w + ws.u), n);
 #endif
     gemm<true, OUT_ADD>((unsigned short*)(w + ws.u), layer_w(p.wblob16, l, 1), (float*)(w + ws.x), nullptr, n, H,
@@ -122,9 +131,9 @@ void attn_layer(const LuceMkPrefillParams& p, const Workspace& ws, char* w, int 
     unsigned short* vc = (unsigned short*)p.vcache + cache;
     gemm<false, OUT_STORE>((unsigned short*)(w + ws.xn), layer_w(p.wblob16, l, 0), Y, nullptr, n, FA_ROWS, H, H,
                            st);
-    attn_prep_kernel<<<n, 384, 0, st>>>(Y, sp, Qa, kc, vc, p.max_seq);
+    attn_prep_kernel<<<n, 384, 0, st>>>(Y, sp, Qa, kc, vc, p.max_seq, p.pos);
     attn_kernel<<<dim3((n + TQ - 1) / TQ, NKV), 128, ATT_SMEM, st>>>(Qa, Y, kc, vc, (unsigned short*)(w + ws.u), n,
-                                                                   p.max_seq);
+                                                                   p.max_seq, p.pos);
     gemm<false, OUT_ADD>((unsigned short*)(w + ws.u), layer_w(p.wblob16, l, 1), (float*)(w + ws.x), nullptr, n, H,
                          NQH * HD, NQH * HD, st);
 }
@@ -195,8 +204,8 @@ int luce_mk_prefill_launches(int n_tokens) {
 int luce_mk_prefill(const LuceMkPrefillParams* p, void* stream) {
     using namespace mk;
     using namespace mk::pf;
-    if (!p || p->n_tokens < 1 || p->n_tokens > p->max_seq || !p->workspace || !p->wblob16 || p->n_layers < 0 ||
-        p->n_layers > NL)
+    if (!p || p->n_tokens < 1 || p->pos < 0 || p->n_tokens > p->max_seq - p->pos || !p->workspace || !p->wblob16 ||
+        p->n_layers < 0 || p->n_layers > NL)
         return LUCE_MK_ERR_ARGS;
     int rc = setup_device();
     if (rc) return rc;

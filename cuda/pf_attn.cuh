@@ -14,7 +14,7 @@ namespace mk {
 namespace pf {
 
 __global__ void __launch_bounds__(384) attn_prep_kernel(const float* Y, const float* sp, float* Qa,
-                                                        unsigned short* kc, unsigned short* vc, int max_seq) {
+                                                        unsigned short* kc, unsigned short* vc, int max_seq, int pos) {
     __shared__ __align__(16) float hs[12][HD];
     const int t = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, d0 = lane * 8;
     // warps 0-7: query head j (group j / 4); 8, 9: the groups' keys; 10, 11: their values
@@ -26,13 +26,13 @@ __global__ void __launch_bounds__(384) attn_prep_kernel(const float* Y, const fl
     for (int e = 0; e < 8; ++e) x[e] = src[e];
     head_norm8(hs[warp], x, sp + (warp < 8 ? SP_QN : SP_KN), d0, warp < 10);
     __syncwarp();
-    if (warp < 10) rope_pair(hs[warp], lane, t);
+    if (warp < 10) rope_pair(hs[warp], lane, pos + t);  // the token's absolute position
     __syncwarp();
     if (warp < 8) {
 #pragma unroll
         for (int e = 0; e < 8; ++e) Qa[(size_t)t * (NQH * HD) + warp * HD + d0 + e] = hs[warp][d0 + e];
     } else {
-        unsigned short* cache = (warp < 10 ? kc : vc) + ((size_t)g * max_seq + t) * HD + d0;
+        unsigned short* cache = (warp < 10 ? kc : vc) + ((size_t)g * max_seq + pos + t) * HD + d0;
 #pragma unroll
         for (int e = 0; e < 8; ++e) cache[e] = f2bf(hs[warp][d0 + e]);
     }
@@ -64,13 +64,14 @@ __device__ __forceinline__ uint4 bf8_to_h8(uint4 w) {
 __global__ void __launch_bounds__(128) attn_kernel(const float* __restrict__ Qa, const float* __restrict__ Y,
                                                       const unsigned short* __restrict__ kc,
                                                       const unsigned short* __restrict__ vc, unsigned short* out, int n,
-                                                      int max_seq) {
+                                                      int max_seq, int pos) {
     extern __shared__ __align__(16) unsigned char att_smem[];
     unsigned short(*Qs)[T_LD] = reinterpret_cast<unsigned short(*)[T_LD]>(att_smem);
     unsigned short(*Ks)[T_LD] = Qs + 4 * TQ;
     unsigned short(*Vs)[T_LD] = Ks + TK;
     const int g = blockIdx.y, q0 = blockIdx.x * TQ, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int t_last = min(n - 1, q0 + TQ - 1);
+    // keys 0 .. k_last: the cached positions before the prompt (pos of them) and the prompt's up to this block's last
+    const int k_last = pos + min(n - 1, q0 + TQ - 1);
     const float qscale = 0.0625f * 1.4426950408889634f;  // 1/sqrt(256), and exp -> exp2
     for (int i = tid; i < 4 * TQ * (HD / 4); i += 128) {  // Q rows: 64 x 64 float4
         const int r = i / (HD / 4), d = (i % (HD / 4)) * 4, t = q0 + (r >> 2), j = g * QPG + (r & 3);
@@ -81,8 +82,8 @@ __global__ void __launch_bounds__(128) attn_kernel(const float* __restrict__ Qa,
     const unsigned short* kg = kc + (size_t)g * max_seq * HD;
     const unsigned short* vg = vc + (size_t)g * max_seq * HD;
     const int gr = lane >> 2, tc = (lane & 3) * 2;
-    // this thread's two rows (gr, gr + 8 of the warp's 16): their query positions
-    const int tq0 = q0 + 4 * warp + (gr >> 2), tq1 = q0 + 4 * warp + ((gr + 8) >> 2);
+    // this thread's two rows (gr, gr + 8 of the warp's 16): their absolute query positions
+    const int tq0 = pos + q0 + 4 * warp + (gr >> 2), tq1 = pos + q0 + 4 * warp + ((gr + 8) >> 2);
     float o[HD / 8][4];
 #pragma unroll
     for (int ni = 0; ni < HD / 8; ++ni) o[ni][0] = o[ni][1] = o[ni][2] = o[ni][3] = 0.f;
@@ -90,10 +91,10 @@ __global__ void __launch_bounds__(128) attn_kernel(const float* __restrict__ Qa,
 #if MK_PF_ATT_STAGE
     unsigned short(*Kst)[HD] = reinterpret_cast<unsigned short(*)[HD]>(att_smem + ATT_TILES);
     unsigned short(*Vst)[HD] = Kst + TK;
-    auto stage = [&](int p) {  // raw bf16 rows p .. p + 63 (zeros past t_last)
+    auto stage = [&](int p) {  // raw bf16 rows p .. p + 63 (zeros past k_last)
         for (int i = tid; i < TK * (HD / 8); i += 128) {
             const int r = i / (HD / 8), c = (i % (HD / 8)) * 8;
-            const bool ok = p + r <= t_last;
+            const bool ok = p + r <= k_last;
             const size_t row = (size_t)(ok ? p + r : 0) * HD + c;
             cp_async16(&Kst[r][c], kg + row, ok);
             cp_async16(&Vst[r][c], vg + row, ok);
@@ -102,7 +103,7 @@ __global__ void __launch_bounds__(128) attn_kernel(const float* __restrict__ Qa,
     };
     stage(0);
 #endif
-    for (int p0 = 0; p0 <= t_last; p0 += TK) {
+    for (int p0 = 0; p0 <= k_last; p0 += TK) {
 #if MK_PF_ATT_STAGE
         cp_async_wait<0>();  // this thread's copies of tile p0; the barrier makes them everyone's
         __syncthreads();     // ... and the previous tile is consumed (and Q is written, the first time)
@@ -112,12 +113,12 @@ __global__ void __launch_bounds__(128) attn_kernel(const float* __restrict__ Qa,
             *(uint4*)&Vs[r][c] = bf8_to_h8(*(const uint4*)&Vst[r][c]);
         }
         __syncthreads();  // the staging area is free again
-        if (p0 + TK <= t_last) stage(p0 + TK);
+        if (p0 + TK <= k_last) stage(p0 + TK);
 #else
         __syncthreads();  // the previous tile is consumed (and Q is written, the first time)
         for (int i = tid; i < TK * (HD / 8); i += 128) {  // K and V tiles: 64 rows x 32 uint4, bf16 -> fp16
             const int r = i / (HD / 8), c = (i % (HD / 8)) * 8;
-            const bool ok = p0 + r <= t_last;
+            const bool ok = p0 + r <= k_last;
             const uint4 zero = make_uint4(0, 0, 0, 0);
             *(uint4*)&Ks[r][c] = ok ? bf8_to_h8(*(const uint4*)(kg + (size_t)(p0 + r) * HD + c)) : zero;
             *(uint4*)&Vs[r][c] = ok ? bf8_to_h8(*(const uint4*)(vg + (size_t)(p0 + r) * HD + c)) : zero;

@@ -28,15 +28,20 @@ struct GdnWork {
     int np;  // tokens padded to a multiple of GC
 };
 
+// hist0: a copy of hist from before this prefill (the inputs of positions pos - 3 .. pos - 1, where pos > 0), or null
 __global__ void __launch_bounds__(128) gdn_conv_kernel(const float* __restrict__ Y, const float* __restrict__ wconv,
-                                                       float* __restrict__ hist, float* __restrict__ C, int n) {
+                                                       float* __restrict__ hist, const float* __restrict__ hist0,
+                                                       float* __restrict__ C, int n, int pos) {
     const int ch = blockIdx.x * 128 + threadIdx.x;               // conv channel: [q 16 x 128 | k | v]
     const int ycol = ((ch & 2047) >> 7) * GDN_HROWS + (ch >> 11) * 128 + (ch & 127);
     const int t0 = blockIdx.y * GC, t1 = min(n, t0 + GC);
     const float4 w = *(const float4*)(wconv + ch * 4);
-    auto raw = [&](int t) { return t < 0 ? 0.f : Y[(size_t)t * GDN_ROWS + ycol]; };
+    auto raw = [&](int t) {  // the conv input at prompt index t (t < 0: before the prompt, from the history)
+        if (t >= 0) return Y[(size_t)t * GDN_ROWS + ycol];
+        return hist0 != nullptr && pos + t >= 0 ? hist0[ch * 4 + ((pos + t) & 3)] : 0.f;
+    };
     float r3 = raw(t0 - 3), r2 = raw(t0 - 2), r1 = raw(t0 - 1);  // inputs at t - 3, t - 2, t - 1
-    if (t0 == 0)
+    if (t0 == 0 && pos == 0)
         for (int t = n - 3; t < 0; ++t) hist[ch * 4 + (t & 3)] = 0.f;  // a prompt shorter than 3: zeros before it
     for (int tb = t0; tb < t1; tb += 8) {  // 8 loads in flight, then 8 outputs
         float in[8];
@@ -52,7 +57,7 @@ __global__ void __launch_bounds__(128) gdn_conv_kernel(const float* __restrict__
             acc = fmaf(w.y, r2, acc);
             acc = fmaf(w.x, r3, acc);
             C[(size_t)t * CONV + ch] = silu(acc);
-            if (t >= n - 3) hist[ch * 4 + (t & 3)] = cur;  // what decode step n reads at (n - 1..3) % 4
+            if (t >= n - 3) hist[ch * 4 + ((pos + t) & 3)] = cur;  // what the next decode step reads
             r3 = r2;
             r2 = r1;
             r1 = cur;
@@ -181,6 +186,15 @@ __global__ void __launch_bounds__(256, 1) gdn_chunk_kernel(const float* C, const
     if (tid < GC) gw.g[(size_t)h * gw.np + t0 + tid] = s.G[tid];
 }
 
+// A state slice [128 keys][16 values] into shared rows of stride ld: from the decode layout ([k / 8][v][k % 8], the
+// state the cached positions left) when `cont`, else zeros (a prompt at position 0)
+__device__ __forceinline__ void load_state_slice(float* dst, int ld, const float* src, bool cont, int tid, int threads) {
+    for (int i = tid; i < DK * SLV; i += threads) {
+        const int kk = i >> 4, v = i & 15;
+        dst[kk * ld + v] = cont ? src[((kk >> 3) * SLV + v) * 8 + (kk & 7)] : 0.f;
+    }
+}
+
 // Shared memory of gdn_scan_kernel (floats).
 struct ScanSmem {
     float w[GC][GLD], q[GC][GLD], k[GC][GLD];
@@ -190,11 +204,11 @@ struct ScanSmem {
     float G[GC], eg[GC];
 };
 
-__global__ void __launch_bounds__(256, 1) gdn_scan_kernel(GdnWork gw, float* O, float* state, int n) {
+__global__ void __launch_bounds__(256, 1) gdn_scan_kernel(GdnWork gw, float* O, float* state, int n, int pos) {
     extern __shared__ __align__(16) unsigned char pf_smem[];
     ScanSmem& s = *reinterpret_cast<ScanSmem*>(pf_smem);
     const int h = blockIdx.x >> 3, j = blockIdx.x & 7, tid = threadIdx.x;
-    for (int i = tid; i < DK * SLV; i += 256) s.s[i >> 4][i & 15] = 0.f;  // a prompt starts from a zero state
+    load_state_slice(&s.s[0][0], SLV, state + (size_t)(h * NSL + j) * DK * SLV, pos > 0, tid, 256);
     const int nch = gw.np / GC;
     for (int c = 0; c < nch; ++c) {
         const int t0 = c * GC;

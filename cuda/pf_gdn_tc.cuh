@@ -251,12 +251,13 @@ __device__ __forceinline__ void state_loads(StateSmem& s, const GdnWork& gw, int
     cp_async_commit();
 }
 
-__global__ void __launch_bounds__(128, 1) gdn_state_kernel(GdnWork gw, GdnTcWork tw, float* state) {
+__global__ void __launch_bounds__(128, 1) gdn_state_kernel(GdnWork gw, GdnTcWork tw, float* state, int pos) {
     extern __shared__ __align__(16) unsigned char pf_smem[];
     StateSmem& s = *reinterpret_cast<StateSmem*>(pf_smem);
     const int h = blockIdx.x >> 3, j = blockIdx.x & 7, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g8 = lane >> 2, t4 = lane & 3, nch = gw.np / GC;
-    for (int i = tid; i < DK * LDS; i += 128) (&s.s[0][0])[i] = 0.f;  // a prompt starts from a zero state
+    // the state the cached positions left (a prompt at position pos > 0), else zeros; the padding columns stay unread
+    load_state_slice(&s.s[0][0], LDS, state + (size_t)(h * NSL + j) * DK * SLV, pos > 0, tid, 128);
     state_loads(s, gw, 0, (size_t)h * gw.np * DK, j, tid);
     for (int c = 0; c < nch; ++c) {
         const int buf = c & 1;

@@ -64,12 +64,14 @@ def test_library_loads_and_exports_abi(built):
     assert lay.wblob_elems + 248320 * 1024 == 752_393_024 - (24 * 2048 + 1024 + 6 * 512 + 18 * (6144 * 4 + 32 + 128))
     assert ctypes.sizeof(klib.LuceMkParams) == 15 * 8 + 8 * 4  # 15 pointers, 7 ints + padding before `trace`
     assert lib.luce_mk_trace_points() == 24 * 12 + 4  # 12 points per layer + 4 per step
-    assert klib.has_prefill(lib) and lib.luce_mk_abi_version() == 6
-    assert ctypes.sizeof(klib.LuceMkPrefillParams) == 9 * 8 + 2 * 4 + 2 * 8 + 8 + 8  # n_layers padded before hidden
-    # prefill workspace for 64 tokens: best 256 B | X f32 64 x 1024 | Xn bf16 | Y f32 64 x 8224 | U bf16 64 x 3584 |
+    assert klib.has_prefill(lib) and klib.prefill_continues(lib) and lib.luce_mk_abi_version() == 7
+    # n_layers padded before hidden; pos (ABI 7) appended, padded to 8
+    assert ctypes.sizeof(klib.LuceMkPrefillParams) == 9 * 8 + 2 * 4 + 2 * 8 + 8 + 8 + 8
+    # prefill workspace for 64 tokens: best 256 B | conv history copy f32 6144 x 4 | X f32 64 x 1024 | Xn bf16 |
+    # Y f32 64 x 8224 | U bf16 64 x 3584 |
     # conv out f32 64 x 6144 | Q, K, U, W f32 16 x 64 x 128 each | G 16 x 64 | M 16 x 64 x 64 | the tensor-core GDN's
     # start states S_c f32 16 x 1 chunk x 128 x 128 and E f32 16 x 64 x 128 (no O: its gated norm is fused)
-    assert lib.luce_mk_prefill_workspace(64) == 8_466_688 and lib.luce_mk_prefill_workspace(0) == 0
+    assert lib.luce_mk_prefill_workspace(64) == 8_564_992 and lib.luce_mk_prefill_workspace(0) == 0
     assert lib.luce_mk_prefill_workspace(65) > lib.luce_mk_prefill_workspace(64)
     assert lib.luce_mk_prefill_launches(520) == 1 + 24 * 4 + 18 * 6 + 6 * 4 + 3
 

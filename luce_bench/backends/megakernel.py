@@ -303,16 +303,20 @@ class MegakernelBackend(Backend):
         return torch.tensor(list(ids), dtype=torch.int32, device=self._device)
 
     def prefill(self, token_ids: Sequence[int], logits: bool = False) -> StepResult:
-        """Run the prompt: through the kernel prefill (at position 0, when chosen), else token by token."""
+        """Run the prompt: through the kernel prefill when chosen (at any position with ABI 7), else token by token."""
+        from luce_bench.kernels.lib import prefill_continues
+
         ids = list(token_ids)
         if not ids:
             raise ValueError("empty prompt")
         self.prefill_fallback = None
         if self.prefill_mode == "kernel":
-            if self._pos != 0:
-                self.prefill_fallback = f"the prompt starts at position {self._pos} (the kernel prefill starts at 0)"
-            elif self._kernel_prefill() is None:
+            if self._kernel_prefill() is None:
                 self.prefill_fallback = "this megakernel library has no prefill (ABI < 6)"
+            elif self._pos != 0 and not prefill_continues(self._lib):
+                self.prefill_fallback = (
+                    f"the prompt starts at position {self._pos} and this library's prefill starts at 0 (ABI 6)"
+                )
             else:
                 try:
                     self._kprefill.weights16(self._bufs["wblob"])
@@ -337,10 +341,10 @@ class MegakernelBackend(Backend):
         tokens = self._tokens(ids)
         torch.cuda.synchronize(self._device)
         t0 = time.perf_counter()
-        self._kprefill.run(self._bufs, tokens, self.max_seq, logits=lg)
+        self._kprefill.run(self._bufs, tokens, self.max_seq, logits=lg, pos=self._pos)
         torch.cuda.synchronize(self._device)
         elapsed = time.perf_counter() - t0
-        self._pos = len(ids)
+        self._pos += len(ids)
         self.prefill_used = "kernel"
         rows = lg[None].cpu().numpy() if lg is not None else None
         return StepResult(tokens=(int(self._bufs["last_token"].item()),), elapsed_s=elapsed, logits=rows)

@@ -7,8 +7,10 @@ from pathlib import Path
 
 from luce_bench.errors import UserError
 
-ABI_VERSION = 6
-DECODE_ABIS = (4, 6)  # 4: the decode only (libraries built before the prefill, e.g. for side-by-side benchmarks)
+ABI_VERSION = 7
+# 4: the decode only (libraries built before the prefill, e.g. for side-by-side benchmarks); 6: + the prefill from
+# position 0; 7: + the prefill at any position (LuceMkPrefillParams.pos, appended: ABI 6 libraries ignore it)
+DECODE_ABIS = (4, 6, 7)
 PREFILL_SYMBOLS = ("luce_mk_prefill", "luce_mk_prefill_workspace", "luce_mk_prefill_launches")
 SYMBOLS = (
     "luce_mk_abi_version",
@@ -70,6 +72,7 @@ class LuceMkPrefillParams(ctypes.Structure):
         ("logits", _p),
         ("n_layers", ctypes.c_int),
         ("hidden", _p),
+        ("pos", ctypes.c_int),
     ]
 
 
@@ -139,6 +142,11 @@ def load_library(path: Path) -> ctypes.CDLL:
 def has_prefill(lib: ctypes.CDLL) -> bool:
     """The library has the prefill entry points (ABI 6 and later)."""
     return lib.luce_mk_abi_version() >= 6
+
+
+def prefill_continues(lib: ctypes.CDLL) -> bool:
+    """The library's prefill can start at a position > 0, continuing the cached ones (ABI 7 and later)."""
+    return lib.luce_mk_abi_version() >= 7
 
 
 def layout(lib: ctypes.CDLL) -> LuceMkLayout:

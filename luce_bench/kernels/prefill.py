@@ -1,11 +1,13 @@
 """Calling the kernel prefill (cuda/mk_prefill.cu, `luce_mk_prefill`) on a megakernel backend's buffers.
 
-The prefill runs a whole prompt from position 0 through all 24 layers in a fixed sequence of kernels (tensor-core
-GEMMs, chunked gated delta rule, causal attention) and leaves the KV cache, the GDN states and conv histories and the
-first generated token where the decode kernel reads them. `LUCE_BENCH_PREFILL` picks the path a backend uses for
-prompts: `kernel` (default) or `tokens` (the prompt goes token by token through the decode kernel). A prompt that
-does not start at position 0 (a depth test's), a library without the prefill (ABI < 6) or weights beyond fp16 take the
-token path; the backend records which path ran and why.
+The prefill runs a whole prompt through all 24 layers in a fixed sequence of kernels (tensor-core GEMMs, chunked gated
+delta rule, causal attention) and leaves the KV cache, the GDN states and conv histories and the first generated token
+where the decode kernel reads them. A prompt at position pos > 0 (a depth test's, or a turn after earlier ones)
+continues the cached positions: attention reads their K/V rows, the GDN layers start from their states and conv
+histories. `LUCE_BENCH_PREFILL` picks the path a backend uses for prompts: `kernel` (default) or `tokens` (the prompt
+goes token by token through the decode kernel). A library without the prefill (ABI < 6), one whose prefill starts only
+at 0 (ABI 6) for a prompt at pos > 0, or weights beyond fp16 take the token path; the backend records which path ran
+and why.
 
 The prefill's GEMMs read an fp16 copy of the layer weights (made on first use, as large as the bf16 blob: ~1 GB for
 the 0.8B model): fp16 activations keep the prefill within 0.5 % of the f32 reference where bf16 ones drift by 3-7 %
@@ -48,7 +50,8 @@ class KernelPrefill:
         self.graph_error: str | None = None
         self._ws: Any = None
         self._w16: Any = None
-        self._graphs: dict[tuple[int, int], tuple[Any, Any, Any]] = {}  # (n, max_seq) -> (graph, tokens, logits)
+        # (n, max_seq, pos) -> (graph, tokens, logits): the position is a kernel argument, fixed in the graph
+        self._graphs: dict[tuple[int, int, int], tuple[Any, Any, Any]] = {}
 
     def weights16(self, wblob: Any) -> Any:
         """The fp16 copy of the bf16 layer weights (made once); UserError when a weight does not fit fp16."""
@@ -66,19 +69,27 @@ class KernelPrefill:
         return int(self.lib.luce_mk_prefill_launches(n_tokens))
 
     def run(
-        self, bufs: dict[str, Any], tokens: Any, max_seq: int, logits: Any = None, n_layers: int = 0, hidden: Any = None
+        self,
+        bufs: dict[str, Any],
+        tokens: Any,
+        max_seq: int,
+        logits: Any = None,
+        n_layers: int = 0,
+        hidden: Any = None,
+        pos: int = 0,
     ) -> None:
-        """Run the prefill of `tokens` (an int32 device tensor) on the current stream (not synchronised).
+        """Run the prefill of `tokens` (an int32 device tensor) at position `pos` on the current stream (not synced).
 
         logits: None or an f32 device tensor [vocab] for the last position's logits. n_layers: 0, or stop after
         that many layers (a layer-by-layer check; no LM head then). hidden: None or an f32 device tensor [n][1024]
-        that receives the residual stream after the layers run. Whole prefills replay a CUDA graph when `graph`.
+        that receives the residual stream after the layers run. pos > 0 continues the cached positions 0 .. pos - 1
+        (ABI 7). Whole prefills replay a CUDA graph when `graph`.
         """
         n = int(tokens.numel())
-        if n < 1 or n > max_seq:
-            raise UserError(f"prefill of {n} tokens: the KV cache holds 1..{max_seq}")
+        if n < 1 or pos < 0 or pos + n > max_seq:
+            raise UserError(f"prefill of {n} tokens at position {pos}: the KV cache holds positions 0..{max_seq - 1}")
         if self.graph and self.graph_error is None and not n_layers and hidden is None:
-            entry = self._graphs.get((n, max_seq)) or self._capture(bufs, n, max_seq)
+            entry = self._graphs.get((n, max_seq, pos)) or self._capture(bufs, n, max_seq, pos)
             if entry is not None:
                 g, t_static, lg_static = entry
                 t_static.copy_(tokens)
@@ -86,7 +97,7 @@ class KernelPrefill:
                 if logits is not None:
                     logits.copy_(lg_static)
                 return
-        self._launch(bufs, tokens, max_seq, logits, n_layers, hidden)
+        self._launch(bufs, tokens, max_seq, logits, n_layers, hidden, pos)
 
     def _workspace(self, n: int) -> Any:
         import torch
@@ -98,32 +109,43 @@ class KernelPrefill:
             self._ws = torch.empty(need, dtype=torch.uint8, device=self.device)
         return self._ws
 
-    def _capture(self, bufs: dict[str, Any], n: int, max_seq: int) -> tuple[Any, Any, Any] | None:
+    def _capture(self, bufs: dict[str, Any], n: int, max_seq: int, pos: int) -> tuple[Any, Any, Any] | None:
+        """Capture the prefill of n tokens at `pos` as a graph, after one warm-up run on zero tokens.
+
+        The warm-up sets the device up (workspace, fp16 weights). The run that follows overwrites what it wrote,
+        except what a prompt at pos > 0 reads before writing: the GDN states and conv histories, kept aside around it.
+        """
         import torch
 
         t_static = torch.zeros(n, dtype=torch.int32, device=self.device)
         lg_static = torch.empty(self._vocab(), device=self.device)
-        self._launch(bufs, t_static, max_seq, lg_static, 0, None)  # warm-up: device setup, fp16 weights
+        kept = {k: bufs[k].clone() for k in ("gdn_state", "conv_hist")} if pos > 0 else {}
+        self._launch(bufs, t_static, max_seq, lg_static, 0, None, pos)  # warm-up
         torch.cuda.synchronize(self.device)
+        for k, v in kept.items():
+            bufs[k].copy_(v)
+        del kept
         g = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(g, capture_error_mode="thread_local"):
-                self._launch(bufs, t_static, max_seq, lg_static, 0, None)
+                self._launch(bufs, t_static, max_seq, lg_static, 0, None, pos)
         except RuntimeError as exc:
             self.graph_error = str(exc).splitlines()[0][:200]
             torch.cuda.synchronize(self.device)
             return None
         while len(self._graphs) >= self.GRAPHS:
             self._graphs.pop(next(iter(self._graphs)))
-        self._graphs[(n, max_seq)] = (g, t_static, lg_static)
-        return self._graphs[(n, max_seq)]
+        self._graphs[(n, max_seq, pos)] = (g, t_static, lg_static)
+        return self._graphs[(n, max_seq, pos)]
 
     def _vocab(self) -> int:
         from luce_bench.kernels.lib import layout
 
         return int(layout(self.lib).vocab)
 
-    def _launch(self, bufs: dict[str, Any], tokens: Any, max_seq: int, logits: Any, n_layers: int, hidden: Any) -> None:
+    def _launch(
+        self, bufs: dict[str, Any], tokens: Any, max_seq: int, logits: Any, n_layers: int, hidden: Any, pos: int = 0
+    ) -> None:
         import torch
 
         from luce_bench.kernels.lib import LuceMkPrefillParams, check
@@ -140,5 +162,6 @@ class KernelPrefill:
         p.logits = logits.data_ptr() if logits is not None else None
         p.n_layers = n_layers
         p.hidden = hidden.data_ptr() if hidden is not None else None
+        p.pos = pos
         stream = torch.cuda.current_stream(self.device).cuda_stream
         check(self.lib, self.lib.luce_mk_prefill(p, stream), "megakernel prefill")

@@ -120,3 +120,51 @@ def test_prefill_caches_logits_and_decode(setup, n):
     print(json.dumps(rep))
     for key in ("logits", "k_cache", "v_cache", "gdn_state", "conv_hist", "decode_after_prefill"):
         assert rep[key] <= REL_L2_MAX, (key, rep)
+
+
+@pytest.mark.parametrize(
+    ("a", "decoded", "b"),
+    [(520, 0, 64), (65, 0, 2), (1, 0, 130), (100, 5, 40), (2000, 0, 520)],
+    ids=lambda v: str(v),
+)
+def test_prefill_at_a_position_continues_the_cache(setup, a, decoded, b):
+    """A prompt of b tokens at position a (+ decoded) continues what is cached (ABI 7).
+
+    The same logits, KV rows, GDN states and conv histories as the reference fed everything in one go; a depth test's
+    pp512@d4096 takes this path.
+    """
+    import torch
+
+    from luce_bench.kernels.lib import prefill_continues
+
+    mk = setup["mk"]
+    if not prefill_continues(mk._lib):
+        pytest.skip("this library's prefill starts at position 0 (ABI 6)")
+    first = torch.randint(0, 248320, (a,), generator=setup["gen"]).tolist()
+    mid = torch.randint(0, 248320, (decoded,), generator=setup["gen"]).tolist()
+    second = torch.randint(0, 248320, (b,), generator=setup["gen"]).tolist()
+    ref, want, _ = _reference(setup["ref"], first + mid + second)
+    mk.reset()
+    mk.prefill(first)
+    if decoded:
+        mk.decode(decoded, inputs=mid)
+    r = mk.prefill(second, logits=True)
+    assert mk.prefill_used == "kernel" and mk.prefill_fallback is None
+    n = a + decoded + b
+    rep = {"a": a, "decoded": decoded, "b": b, "logits": float(_rel(r.logits[0], want))}
+    kc = mk._bufs["kcache"].view(6, 2, mk.max_seq, 256)[:, :, :n].float().cpu().numpy()
+    kref = np.stack([ref.kv_rows(3 + 4 * f)[0].cpu().numpy() for f in range(6)])
+    rep["k_cache"] = float(_rel(kc, kref).max())
+    gdn = [i for i in range(24) if i % 4 != 3]
+    sref = np.stack([ref.state[i].cpu().numpy() for i in gdn])
+    rep["gdn_state"] = float(_rel(_gdn_states(mk).reshape(18, -1), sref.reshape(18, -1)).max())
+    hist = mk._bufs["conv_hist"].view(18, 6144, 4).cpu().numpy()
+    conv = np.stack([ref.conv[i].cpu().numpy() for i in gdn])
+    got_h = np.stack([hist[:, :, t & 3] for t in range(n - 3, n)], -1)
+    rep["conv_hist"] = float(_rel(got_h.reshape(18, -1), conv.reshape(18, -1)).max())
+    cont = torch.randint(0, 248320, (16,), generator=setup["gen"]).tolist()
+    dec = mk.decode(16, logits=True, inputs=cont).logits
+    rep["decode_after"] = float(_rel(dec, np.stack([ref.step(t).float().cpu().numpy() for t in cont])).max())
+    print(json.dumps(rep))
+    for key in ("logits", "k_cache", "gdn_state", "conv_hist", "decode_after"):
+        assert rep[key] <= REL_L2_MAX, (key, rep)
