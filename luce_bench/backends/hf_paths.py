@@ -1,10 +1,12 @@
 """Which code a transformers Qwen3.5 model runs: GDN and conv1d kernels, the cache argument, a CUDA build of torch.
 
-transformers (5.17 to 5.24 at least) binds each GDN helper of `modeling_qwen3_5` once, at import, to the fast package
+transformers (5.17 to 5.25 at least) binds each GDN helper of `modeling_qwen3_5` once, at import, to the fast package
 when it imports (flash-linear-attention: `fla`, causal-conv1d) and to its own pure-torch reference otherwise
-(`use_kernel_func_from_hub_with_fallback` keeps both in the wrapper's closure). Reading that binding tells the path
-without running the model; the "falling back" warning it logs is a `warning_once` and so appears only for the first
-model of a process (the eager and the compiled HF backends share one process in `compare`).
+(`use_kernel_func_from_hub_with_fallback` keeps both in the wrapper's closure). With the `kernels` package installed
+(a dependency of transformers 5.25) the helper is a small `nn.Module` whose forward calls that wrapper. Reading that
+binding tells the path without running the model; the "falling back" warning it logs is a `warning_once` and so
+appears only for the first model of a process (the eager and the compiled HF backends share one process in
+`compare`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,18 @@ CAUSAL_CONV1D = "causal-conv1d kernels"
 FALLBACK = "pure-torch fallback"
 
 
+def _fallback_wrapper(fn: Any) -> Any:
+    """The plain function behind a GDN helper: `fn` itself, or the one a `kernels` Func module's forward calls.
+
+    None if it is neither.
+    """
+    if inspect.isfunction(fn):
+        return fn
+    forward = getattr(type(fn), "forward", None)
+    inner = inspect.getclosurevars(forward).nonlocals.get("func") if inspect.isfunction(forward) else None
+    return inner if inspect.isfunction(inner) else None
+
+
 def bound_kernels(model: Any) -> dict[str, str] | None:
     """{kernel: module of the implementation bound to it} of `model`'s GDN helpers; None if transformers hides it.
 
@@ -36,11 +50,10 @@ def bound_kernels(model: Any) -> dict[str, str] | None:
     module = sys.modules.get(type(model).__module__)
     out: dict[str, str] = {}
     for fn_name, kernel in {**GDN_FUNCTIONS, **CONV_FUNCTIONS}.items():
-        fn = getattr(module, fn_name, None)
-        try:
-            bound = inspect.getclosurevars(fn).nonlocals if fn is not None else {}
-        except TypeError:  # not a plain Python function
+        fn = _fallback_wrapper(getattr(module, fn_name, None))
+        if fn is None:
             return None
+        bound = inspect.getclosurevars(fn).nonlocals
         impl = bound.get("implementation")
         if impl is None or "torch_function" not in bound:
             return None
