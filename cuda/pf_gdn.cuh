@@ -85,6 +85,18 @@ __device__ __forceinline__ void load_tile64x128(float (*dst)[GLD], const float* 
     }
 }
 
+// Token t's gates in head h, from its in_proj rows b and a: beta = sigmoid(b) and the log decay
+// g = -exp(A_log) softplus(a + dt_bias) <= 0 (sp[SP_NEGA] holds -exp(A_log)); both 0 for a row past the prompt (!ok).
+__device__ __forceinline__ void gdn_gates(const float* Y, const float* sp, int h, int t, bool ok, float& beta,
+                                          float& g) {
+    const float b = ok ? Y[(size_t)t * GDN_ROWS + h * GDN_HROWS + GB] : 0.f;
+    const float a = ok ? Y[(size_t)t * GDN_ROWS + h * GDN_HROWS + GA] : 0.f;
+    const float x = a + sp[SP_DTB + h];
+    const float softplus = x > 20.f ? x : log1pf(expf(x));
+    beta = ok ? sigm(b) : 0.f;
+    g = ok ? sp[SP_NEGA + h] * softplus : 0.f;
+}
+
 // Shared memory of gdn_chunk_kernel (floats).
 struct ChunkSmem {
     float q[GC][GLD], k[GC][GLD], v[GC][GLD];
@@ -105,15 +117,7 @@ __global__ void __launch_bounds__(256, 1) gdn_chunk_kernel(const float* C, const
         load_tile64x128(s.k, c0 + 2048, CONV, valid, tid);
         load_tile64x128(s.v, c0 + 4096, CONV, valid, tid);
     }
-    if (tid < GC) {
-        const bool ok = tid < valid;
-        const float b = ok ? Y[(size_t)(t0 + tid) * GDN_ROWS + h * GDN_HROWS + GB] : 0.f;
-        const float a = ok ? Y[(size_t)(t0 + tid) * GDN_ROWS + h * GDN_HROWS + GA] : 0.f;
-        const float x = a + sp[SP_DTB + h];
-        const float softplus = x > 20.f ? x : log1pf(expf(x));
-        s.beta[tid] = ok ? sigm(b) : 0.f;
-        s.g[tid] = ok ? sp[SP_NEGA + h] * softplus : 0.f;  // log decay, <= 0
-    }
+    if (tid < GC) gdn_gates(Y, sp, h, t0 + tid, tid < valid, s.beta[tid], s.g[tid]);
     __syncthreads();
     for (int r = warp; r < GC; r += 8) {  // L2 norms (q also scaled by 1/sqrt(128)), one warp per row
         float qq = 0.f, kk = 0.f;

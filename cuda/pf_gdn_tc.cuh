@@ -75,6 +75,23 @@ __device__ __forceinline__ void frag_b_nk(unsigned& b0, unsigned& b1, const floa
     b1 = tf32(q[4]);
 }
 
+// acc[nt] (16 n-tiles) += the warp's 16 rows r0 .. of A [rows][K] (row-major, stride lda; its column k scaled by
+// sc[k] when sc is given) times B [K][128] (stride ldb, read along its columns)
+template <int K>
+__device__ __forceinline__ void rows16_x128(float acc[16][4], const float* A, int lda, const float* B, int ldb, int r0,
+                                            int lane, const float* sc = nullptr) {
+    for (int k0 = 0; k0 < K; k0 += 8) {
+        unsigned a[4];
+        frag_a(a, A, lda, r0, k0, lane, sc);
+#pragma unroll
+        for (int nt = 0; nt < 16; ++nt) {
+            unsigned b0, b1;
+            frag_b_kn(b0, b1, B, ldb, k0, nt * 8, lane);
+            mma_tf32(acc[nt], a, b0, b1);
+        }
+    }
+}
+
 // rows x 128 f32 from global (row r at src + r ld; rows >= valid as zeros) into shared rows of stride LD by cp.async
 // (16 bytes each, all in flight at once; THREADS threads). The caller commits, waits and syncs.
 template <int ROWS, int LD, int THREADS>
@@ -106,16 +123,8 @@ __global__ void __launch_bounds__(128) gdn_prep_kernel(const float* C, const flo
     cp_rows128<GC, LD8, 128>(&s.qv[0][0], c0, CONV, valid, tid);
     cp_rows128<GC, LD4, 128>(&s.k[0][0], c0 + 2048, CONV, valid, tid);
     cp_async_commit();
-    float g = 0.f;
-    if (tid < GC) {
-        const bool ok = tid < valid;
-        const float b = ok ? Y[(size_t)(t0 + tid) * GDN_ROWS + h * GDN_HROWS + GB] : 0.f;
-        const float a = ok ? Y[(size_t)(t0 + tid) * GDN_ROWS + h * GDN_HROWS + GA] : 0.f;
-        const float x = a + sp[SP_DTB + h];
-        const float softplus = x > 20.f ? x : log1pf(expf(x));
-        s.beta[tid] = ok ? sigm(b) : 0.f;
-        g = ok ? sp[SP_NEGA + h] * softplus : 0.f;  // log decay, <= 0
-    }
+    float g = 0.f;  // log decay, <= 0
+    if (tid < GC) gdn_gates(Y, sp, h, t0 + tid, tid < valid, s.beta[tid], g);
     if (warp < 2) {  // G = inclusive cumulative sum of g: a scan per warp, then the first half's total to the second
 #pragma unroll
         for (int o = 1; o < 32; o <<= 1) {
@@ -208,16 +217,7 @@ __global__ void __launch_bounds__(128) gdn_prep_kernel(const float* C, const flo
         const int ldb = which == 0 ? LD8 : LD4;
         const float* sc = which == 0 ? s.sv : s.sw;
         float acc[16][4] = {};
-        for (int k0 = 0; k0 < GC; k0 += 8) {
-            unsigned a[4];
-            frag_a(a, &s.t[0][0], LDT, r0, k0, lane, sc);
-#pragma unroll
-            for (int nt = 0; nt < 16; ++nt) {
-                unsigned b0, b1;
-                frag_b_kn(b0, b1, B, ldb, k0, nt * 8, lane);
-                mma_tf32(acc[nt], a, b0, b1);
-            }
-        }
+        rows16_x128<GC>(acc, &s.t[0][0], LDT, B, ldb, r0, lane, sc);
         float* out = (which == 0 ? gw.u : gw.w) + base;
 #pragma unroll
         for (int nt = 0; nt < 16; ++nt) {
@@ -368,16 +368,7 @@ __global__ void __launch_bounds__(128) gdn_out_kernel(GdnWork gw, GdnTcWork tw, 
     cp_async_wait<0>();
     __syncthreads();
     float acc[16][4] = {};
-    for (int k0 = 0; k0 < DK; k0 += 8) {  // Q S_c
-        unsigned a[4];
-        frag_a(a, &s.p1.q[0][0], LD4, r0, k0, lane);
-#pragma unroll
-        for (int nt = 0; nt < 16; ++nt) {
-            unsigned b0, b1;
-            frag_b_kn(b0, b1, &s.p1.s[0][0], LD8, k0, nt * 8, lane);
-            mma_tf32(acc[nt], a, b0, b1);
-        }
-    }
+    rows16_x128<DK>(acc, &s.p1.q[0][0], LD4, &s.p1.s[0][0], LD8, r0, lane);  // Q S_c
     const float e_lo = expf(s.G[r0 + g8]), e_hi = expf(s.G[r0 + g8 + 8]);
 #pragma unroll
     for (int nt = 0; nt < 16; ++nt) {
@@ -396,16 +387,7 @@ __global__ void __launch_bounds__(128) gdn_out_kernel(GdnWork gw, GdnTcWork tw, 
     }
     cp_async_wait<0>();
     __syncthreads();
-    for (int k0 = 0; k0 < GC; k0 += 8) {  // + M E
-        unsigned a[4];
-        frag_a(a, &s.p2.m[0][0], LDT, r0, k0, lane);
-#pragma unroll
-        for (int nt = 0; nt < 16; ++nt) {
-            unsigned b0, b1;
-            frag_b_kn(b0, b1, &s.p2.e[0][0], LD8, k0, nt * 8, lane);
-            mma_tf32(acc[nt], a, b0, b1);
-        }
-    }
+    rows16_x128<GC>(acc, &s.p2.m[0][0], LDT, &s.p2.e[0][0], LD8, r0, lane);  // + M E
     // gated RMSNorm per token: a row's 128 values lie in the quad of lanes g8 (32 each: columns 8 nt + 2 t4, + 1)
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {

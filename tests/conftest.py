@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -166,3 +167,18 @@ def hf_tiny(tiny_model):  # noqa: ANN001, ANN201
     b.load(tiny_model, "cpu")
     yield b
     b.close()
+
+
+def simulated_compare(tmp: Path, config_yaml: str) -> Path:
+    """The run directory of `compare` with the simulated backend on the simulated GPU under `config_yaml`."""
+    from typer.testing import CliRunner
+
+    from luce_bench.cli import app
+
+    cfg = tmp / "sim.yaml"
+    cfg.write_text(config_yaml)
+    args = ["compare", "--no-megakernel", "--baselines", "sim", "--fake-gpu", "-c", str(cfg), "--model", "tiny"]
+    result = CliRunner().invoke(app, [*args, "-o", str(tmp / "runs")])
+    assert result.exit_code == 0, result.output
+    (run,) = (tmp / "runs").iterdir()
+    return run

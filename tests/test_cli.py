@@ -186,6 +186,13 @@ def test_info_with_fake_gpu_shows_limits():
         assert row in rows, row  # words and units, not Python values such as (8, 6) or False
 
 
+GPU_LESS_KERNEL = {  # kernels.build_info() on a machine without a GPU
+    "nvcc": "Build cuda_13.0",
+    "arch": None,
+    "cache": None,
+    "built": False,
+    "error": "cannot tell the CUDA arch: no GPU visible to torch or NVML; pass --arch (e.g. sm_90) or set X",
+}
 NO_GPU_BACKENDS = {"megakernel": "no CUDA GPU visible", "llamacpp": "not installed", "sim": "runs only with --fake-gpu"}
 
 
@@ -193,14 +200,7 @@ def test_info_says_what_a_gpu_less_machine_lacks_in_words(monkeypatch):
     from luce_bench import info
     from luce_bench.gpu import GPUUnavailable
 
-    kernel = {
-        "nvcc": "Build cuda_13.0",
-        "arch": None,
-        "cache": None,
-        "built": False,
-        "error": "cannot tell the CUDA arch: no GPU visible to torch or NVML; pass --arch (e.g. sm_90) or set X",
-    }
-    monkeypatch.setattr("luce_bench.kernels.build_info", lambda: kernel)
+    monkeypatch.setattr("luce_bench.kernels.build_info", lambda: GPU_LESS_KERNEL)
     monkeypatch.setattr(info, "setup_gaps", lambda: [])  # `make setup` has nothing to add
     monkeypatch.setattr(info, "available", lambda simulated_gpu: dict(NO_GPU_BACKENDS))
 
@@ -220,14 +220,7 @@ def test_info_says_what_a_gpu_less_machine_lacks_in_words(monkeypatch):
 def test_info_kernel_rows_are_words_and_point_to_the_command_with_arch():
     from luce_bench.info_text import kernel_rows
 
-    kernel = {
-        "nvcc": "Build cuda_13.0",
-        "arch": None,
-        "cache": None,
-        "built": False,
-        "error": "cannot tell the CUDA arch: no GPU visible to torch or NVML; pass --arch (e.g. sm_90) or set X",
-    }
-    assert kernel_rows(kernel, gpu_visible=False) == [
+    assert kernel_rows(GPU_LESS_KERNEL, gpu_visible=False) == [
         ("nvcc", "Build cuda_13.0"),
         ("arch", "none (no GPU)"),
         ("cache", "none (no arch to build for)"),

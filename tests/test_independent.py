@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import simulated_compare
 from typer.testing import CliRunner
 
 from luce_bench.cli import app
@@ -20,13 +21,8 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def sim_run(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("independent")
-    cfg = tmp / "sim.yaml"
-    cfg.write_text("gpu:\n  fake_clock: virtual\ntests: [tg16, pp64]\nreps: 2\nwarmup_s: 0.5\nwindow_s: 10.0\n")
-    args = ["compare", "--no-megakernel", "--baselines", "sim", "--fake-gpu", "-c", str(cfg), "--model", "tiny"]
-    assert runner.invoke(app, [*args, "-o", str(tmp / "runs")]).exit_code == 0
-    (run,) = (tmp / "runs").iterdir()
-    return run
+    config = "gpu:\n  fake_clock: virtual\ntests: [tg16, pp64]\nreps: 2\nwarmup_s: 0.5\nwindow_s: 10.0\n"
+    return simulated_compare(tmp_path_factory.mktemp("independent"), config)
 
 
 def _log_from_samples(run: Path, out: Path, scale: float = 1.0, shift_s: float = 0.0) -> Path:

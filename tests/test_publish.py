@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import simulated_compare
 from typer.testing import CliRunner
 
 from luce_bench.cli import app
@@ -81,12 +82,8 @@ def test_a_run_keeps_its_own_commit_and_is_named_after_its_command(tmp_path, mon
 
 
 def _simulated_run(tmp_path: Path) -> Path:
-    cfg = tmp_path / "sim.yaml"
-    cfg.write_text("gpu:\n  fake_clock: virtual\ntests: [tg8]\nreps: 1\nwarmup_s: 0.1\nwindow_s: 0.5\n")
-    args = ["compare", "--no-megakernel", "--baselines", "sim", "--fake-gpu", "-c", str(cfg), "--model", "tiny"]
-    assert runner.invoke(app, [*args, "-o", str(tmp_path / "runs")]).exit_code == 0
-    (run,) = (tmp_path / "runs").iterdir()
-    return run
+    config = "gpu:\n  fake_clock: virtual\ntests: [tg8]\nreps: 1\nwarmup_s: 0.1\nwindow_s: 0.5\n"
+    return simulated_compare(tmp_path, config)
 
 
 def _edit_meta(run: Path, **changes) -> None:
