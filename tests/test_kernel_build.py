@@ -261,3 +261,25 @@ def test_info_names_the_prompt_path(monkeypatch):
     assert build_info()["prefill"].startswith("tokens ")
     monkeypatch.setenv("LUCE_BENCH_PREFILL", "fast")
     assert build_info()["prefill"] == "error: LUCE_BENCH_PREFILL='fast': expected one of tokens, kernel"
+
+
+@pytest.mark.tries("fault", "nvcc: its threaded device link fails to read its own temp file once (a rerun succeeds)")
+def test_nvcc_is_rerun_once_on_its_temp_file_race_only(tmp_path):
+    import subprocess
+
+    race = "nvlink fatal   : Could not read file '/tmp/tmpxft_00000a29_00000000-17_libluce_mk_dlink.reg.c'"
+    calls: list[dict] = []
+
+    def fake_run(outcomes):
+        def run(cmd, **kw):
+            calls.append(kw["env"])
+            code, err = outcomes[len(calls) - 1]
+            return subprocess.CompletedProcess(cmd, code, "", err)
+
+        return run
+
+    assert kb.run_nvcc(["nvcc"], tmp_path / "t", run=fake_run([(255, race), (0, "")])).returncode == 0
+    assert len(calls) == 2 and calls[0]["TMPDIR"] == str(tmp_path / "t") and not (tmp_path / "t").exists()
+    calls.clear()
+    other = kb.run_nvcc(["nvcc"], tmp_path / "t", run=fake_run([(1, "error: identifier undefined"), (0, "")]))
+    assert other.returncode == 1 and len(calls) == 1  # a real compile error is not retried

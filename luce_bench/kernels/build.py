@@ -20,6 +20,7 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from luce_bench.errors import UserError
 from luce_bench.files import atomic_path
@@ -222,6 +223,23 @@ def define_flags(defines: dict[str, int] | None, src: Path | None = None) -> lis
 _HASH_ERROR = re.compile(r'#error(?: directive)?:?\s*"?([^"\n]+)"?')
 
 
+# nvcc --threads compiles the archs in parallel, and now and then its device link cannot read one of its own
+# intermediate files ("nvlink fatal : Could not read file '/tmp/tmpxft_..._dlink.reg.c'", seen once in CI): a rerun
+# of the same command succeeds. Any other failure is reported as it is.
+_NVCC_TMP_RACE = re.compile(r"Could not read file '[^']*tmpxft_")
+
+
+def run_nvcc(cmd: list[str], tmp_dir: Path, run: Any = subprocess.run) -> subprocess.CompletedProcess[str]:
+    """Run nvcc with its intermediate files in `tmp_dir` (its own, not the shared /tmp), once more on that race."""
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "TMPDIR": str(tmp_dir)}
+    proc = run(cmd, capture_output=True, text=True, check=False, env=env)
+    if proc.returncode != 0 and _NVCC_TMP_RACE.search(proc.stdout + proc.stderr):
+        proc = run(cmd, capture_output=True, text=True, check=False, env=env)
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    return proc
+
+
 def nvcc_error(report: str, returncode: int) -> UserError:
     """One line for a failed nvcc run: the kernel's own `#error` text when an option is out of range."""
     if m := _HASH_ERROR.search(report):
@@ -290,7 +308,7 @@ def build(
         with atomic_path(final) as tmp:
             tmp.mkdir()
             cmd = [nvcc, *flags, "-I", str(src), "-o", str(tmp / LIB_NAME), *(str(src / f) for f in SOURCES)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            proc = run_nvcc(cmd, tmp / "nvcc-tmp")
             report = proc.stdout + proc.stderr
             if proc.returncode != 0:
                 raise nvcc_error(report, proc.returncode)
