@@ -20,7 +20,7 @@ from luce_bench.backends.base import BackendUnavailable
 from luce_bench.backends.hf_compiled import HFCompiledBackend
 from luce_bench.backends.hf_paths import cuda_of_version_file, torch_cuda_version
 from luce_bench.cli import app
-from luce_bench.measure import make_prompt, run_once
+from luce_bench.measure import make_prompt, prepare_context, run_once, start_iteration
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -77,6 +77,36 @@ def test_pp_and_tg_iterations_reuse_the_compiled_step(compiled, eager, tiny_mode
     eager.reset()
     compiled.reset()
     assert compiled.prefill(prompt[:40]).tokens == eager.prefill(prompt[:40]).tokens
+    assert compiled.info()["graphs_compiled_after_load"] == 0
+
+
+def _cache_addresses(backend) -> list[int]:
+    found = []
+    for layer in backend._static.layers:
+        for value in vars(layer).values():
+            for t in value.values() if isinstance(value, dict) else [value]:
+                if isinstance(t, torch.Tensor):
+                    found.append(t.data_ptr())
+    return found
+
+
+def test_a_depth_test_goes_back_to_its_context_every_iteration(compiled, tiny_model):
+    """tg8@d40 as the pipeline runs it: every iteration decodes from the kept context, in the cache's own tensors."""
+    test = config.TestSpec.parse("tg8@d40")
+    prompt = make_prompt(test.depth + test.n, tiny_model.config.vocab_size, 4)
+    compiled.reset()
+    compiled.prefill(prompt[: test.depth])
+    fresh = compiled.decode(test.n).tokens
+    prepare_context(compiled, test, prompt)
+    addresses = _cache_addresses(compiled)
+    runs = []
+    for _ in range(4):  # four iterations need 40 + 4 x 8 positions if the fill were not restored: more than 64
+        start_iteration(compiled, test, prompt)
+        runs.append(compiled.decode(test.n).tokens)
+        compiled.reset()
+        compiled.prefill(prompt[5:20])  # another sequence in between
+    assert runs == [fresh] * 4
+    assert _cache_addresses(compiled) == addresses  # the compiled step's buffers, updated in place
     assert compiled.info()["graphs_compiled_after_load"] == 0
 
 

@@ -65,6 +65,42 @@ def _dynamo_counts() -> dict[str, int]:
     }
 
 
+def _copied(value: Any) -> Any:
+    """A copy of a cache layer's state: tensors cloned, dicts and lists copied, other values (flags, ints) kept."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, dict):
+        return {k: _copied(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copied(v) for v in value]
+    return value
+
+
+def _copied_into(current: Any, kept: Any) -> Any:
+    """`kept` (from `_copied`) as the new value of `current`: into the same tensor, dict or list where they match."""
+    import torch
+
+    if isinstance(kept, torch.Tensor):
+        same = isinstance(current, torch.Tensor) and (current.shape, current.dtype, current.device) == (
+            kept.shape,
+            kept.dtype,
+            kept.device,
+        )
+        return current.copy_(kept) if same else kept.clone()
+    if isinstance(kept, dict) and isinstance(current, dict):
+        for k, v in kept.items():
+            current[k] = _copied_into(current.get(k), v)
+        for k in set(current) - set(kept):
+            del current[k]
+        return current
+    if isinstance(kept, list) and isinstance(current, list) and len(kept) == len(current):
+        current[:] = [_copied_into(c, v) for c, v in zip(current, kept, strict=True)]
+        return current
+    return _copied(kept)
+
+
 class HFCompiledBackend(HFBackend):
     """transformers' Qwen3.5 with a `StaticCache` and the decode step compiled as `generate` compiles it."""
 
@@ -224,6 +260,23 @@ class HFCompiledBackend(HFBackend):
         if self._static is not None:
             with self._no_grad():
                 self._static.reset()
+
+    def save_context(self) -> None:
+        """Keep a copy of the static cache's state (KV, conv and recurrent states, counters), its fill, last logits."""
+        if self._static is None:
+            raise RuntimeError("save_context() needs a loaded backend")
+        with self._no_grad():
+            self._saved = ([_copied(vars(layer)) for layer in self._static.layers], self._pos, self._last)
+
+    def restore_context(self) -> None:
+        """Go back to the kept state, copied into the cache's own tensors: the compiled step's addresses stay valid."""
+        if self._saved is None:
+            raise RuntimeError("restore_context() needs a save_context() first")
+        layers, self._pos, self._last = self._saved
+        with self._no_grad():
+            for layer, kept in zip(self._static.layers, layers, strict=True):
+                for name, value in kept.items():
+                    setattr(layer, name, _copied_into(getattr(layer, name, None), value))
 
     def _forward(self, ids: Any) -> Any:
         """Last position's logits [1, vocab]; prompts run eager, one-token steps run the compiled call."""

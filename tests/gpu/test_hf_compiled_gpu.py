@@ -96,7 +96,7 @@ def test_compare_measures_eager_and_compiled_hf(tmp_path, monkeypatch, model08):
 
     out = tmp_path / "runs"
     args = ["compare", "--no-megakernel", "--baselines", "hf,hf-compiled", "--model", "synthetic-0.8b"]
-    args += ["--tests", "pp64,tg32", "--reps", "2", "--window-s", "2", "--warmup-s", "1", "-o", str(out)]
+    args += ["--tests", "pp64,tg32,tg16@d256", "--reps", "2", "--window-s", "2", "--warmup-s", "1", "-o", str(out)]
     monkeypatch.setenv("LUCE_BENCH_READONLY", "1")
     result = CliRunner().invoke(app, args)
     print(result.output)
@@ -110,4 +110,5 @@ def test_compare_measures_eager_and_compiled_hf(tmp_path, monkeypatch, model08):
     report = (run_dir / "report.md").read_text()
     assert "hf-compiled: transformers" in report and "compiled in" in report
     rows = {(r["backend"], r["test"]) for r in csv.DictReader((run_dir / "summary.csv").open())}
-    assert rows == {(b, t) for b in ("hf", "hf-compiled") for t in ("pp64", "tg32")}
+    assert rows == {(b, t) for b in ("hf", "hf-compiled") for t in ("pp64", "tg32", "tg16@d256")}
+    assert hfc["max_cache_len"] == 256 + 16 + 2  # the longest test's positions, depth included, + 1
