@@ -2,8 +2,9 @@
 
 Problems: a run without meta.json or runs.csv; a CSV that breaks its schema (a missing or unknown column, a cell of
 the wrong type); a derived file that is stale: summary.csv against runs.csv, report.md's table against summary.csv,
-results/README.md and the project README's block against every run. Stale files are regenerated, never edited:
-`luce-bench report RUN_DIR` rebuilds a run's summary and report, `luce-bench publish` the tables.
+independent.md against the independent reader's log kept in the run, results/README.md and the project README's
+block against every run. Stale files are regenerated, never edited: `luce-bench report RUN_DIR` rebuilds a run's
+summary and report, `report RUN_DIR --independent LOG` its independent.md, `luce-bench publish` the tables.
 """
 
 from __future__ import annotations
@@ -62,6 +63,22 @@ def summary_problems(run: Path) -> list[str]:
     return []
 
 
+def independent_problems(run: Path) -> list[str]:
+    """independent.md against the independent reader's log kept in the run (a run without a log: nothing to check)."""
+    from luce_bench.independent import LOG, REPORT, report_text
+
+    if not (run / LOG).is_file():
+        return []
+    fix = f"run `luce-bench report {run} --independent {run / LOG}`"
+    try:
+        text = report_text(run)[0]
+    except UserError as exc:
+        return [f"{run / LOG}: {exc}"]
+    if not (run / REPORT).is_file() or (run / REPORT).read_text() != text:
+        return [f"{run / REPORT}: missing or stale against {LOG} ({fix})"]
+    return []
+
+
 def table_problems(results: Path, readme: Path | None) -> list[str]:
     """The generated documents against what the committed runs give now."""
     from luce_bench.published_tables import expected
@@ -85,7 +102,7 @@ def check(results: Path, readme: Path | None) -> list[str]:
     clean = True
     for run in run_dirs(results):
         found = schema_problems(run)
-        problems += found or summary_problems(run)
+        problems += found or summary_problems(run) + independent_problems(run)
         clean = clean and not found
     if clean:  # the tables are built from every run: only meaningful once each run reads cleanly
         problems += table_problems(results, readme)

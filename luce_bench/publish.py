@@ -1,7 +1,8 @@
 """`luce-bench publish`: commit a run into the results tree, then regenerate the tables from the committed CSVs.
 
 A run goes to `<results>/<gpu>/<date>-<name>/` (date: UTC day of its first window): runs.csv, meta.json,
-samples.csv.gz and, rebuilt from those by the report code, summary.csv, report.md and the plots. Only what a reader
+samples.csv.gz, an independent reader's energy log where the run kept one (`report --independent`), and, rebuilt
+from those by the report code, summary.csv, report.md, the plots and independent.md. Only what a reader
 can trust is taken: a finished run on a real GPU with energy, at the limit in force (compare or bench; sweeps stay on
 the user's card), with luce-bench's git commit recorded. A run that finished with a failed backend is taken only with
 `--allow-failures`: its rows are real, and meta.json's `published_with_failures` lists what failed, which the
@@ -24,6 +25,9 @@ from typing import Any
 
 from luce_bench.errors import UserError
 from luce_bench.files import atomic_write
+from luce_bench.independent import LOG as INDEPENDENT_LOG
+from luce_bench.independent import REPORT as INDEPENDENT_REPORT
+from luce_bench.independent import report_text
 from luce_bench.records import RunRecord, read_csv
 from luce_bench.results import META, RUNS, SAMPLES, read_meta
 
@@ -134,6 +138,9 @@ def publish(run_dir: Path, results: Path, name: str | None = None, allow_failure
                 shutil.copyfileobj(src, out)
         elif (run_dir / f"{SAMPLES}.gz").is_file():
             shutil.copy2(run_dir / f"{SAMPLES}.gz", stage / f"{SAMPLES}.gz")
+        if (run_dir / INDEPENDENT_LOG).is_file():
+            shutil.copy2(run_dir / INDEPENDENT_LOG, stage / INDEPENDENT_LOG)
+            atomic_write(stage / INDEPENDENT_REPORT, report_text(stage)[0])
         render(stage)  # summary.csv, plots and report.md from the files above, as `report --check` rebuilds them
     return dest
 

@@ -92,11 +92,27 @@ def plots_line(run: CommittedRun, base: Path) -> str:
     return "Plots: " + (" · ".join(links) if links else "none committed")
 
 
+def independent_line(run: CommittedRun, base: Path) -> list[str]:
+    """The run's energy against the independent reader's log it keeps, in one line (none without a log)."""
+    from luce_bench.independent import REPORT, agreement
+
+    found = agreement(run.path)
+    if found is None:
+        return []
+    n, median, largest = found
+    link = f"[{REPORT}]({_link(run.path / REPORT, base)})"
+    return [
+        f"- energy, checked by an independent reader (scripts/nvml_energy_log.py, its own process; {link}): "
+        f"median difference {median:+.2f} %, largest {largest:.2f} % over {n} windows"
+    ]
+
+
 def run_section(run: CommittedRun, base: Path, heading: str) -> list[str]:
     """A run's heading, labels, headline table and plot links."""
     lines = [heading, ""]
     lines += [f"- {what}: {text}" for what, text in labels(run.meta)]
     lines += [f"- failed in this run (no rows): {f}" for f in run.meta.get("published_with_failures", [])]
+    lines += independent_line(run, base)
     lines += [f"- last window closed {run.last_time}; files: [{run.path.name}]({_link(run.path, base)})", ""]
     lines += [markdown_table(HEADLINE_HEAD, headline_rows(run)), "", plots_line(run, base), ""]
     return lines

@@ -2,12 +2,16 @@
 
 The run is a simulated one in virtual time; the "independent" log is made from its own samples (the counter and the
 wall-clock anchor), so the expected differences are known: ~0 for the same counter, +5 % for a counter 5 % higher.
+The published H200 run (results/nvidia-h200/20261203-compare-v5-prefill) keeps a real reader's log: publishing it
+again gives the committed independent.md and the tables' line, and a changed log makes `report --check` fail.
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,6 +21,8 @@ from typer.testing import CliRunner
 from luce_bench.cli import app
 
 runner = CliRunner()
+ROOT = Path(__file__).resolve().parent.parent
+H200_RUN = ROOT / "results" / "nvidia-h200" / "20261203-compare-v5-prefill"
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +57,9 @@ def test_the_same_counter_agrees_and_a_counter_5_percent_high_reads_plus_5(sim_r
     high = _log_from_samples(sim_run, tmp_path / "b", scale=1.05)
     out = runner.invoke(app, ["report", str(sim_run), "--independent", str(high)])
     assert out.exit_code == 0 and 4.7 < _overall_median(out.output) < 5.3, out.output
-    assert (sim_run / "independent.md").read_text().startswith(f"# Energy: {sim_run.name} against an independent")
+    assert (sim_run / "independent.md").read_text().startswith("# Energy against an independent reader")
+    kept = gzip.decompress((sim_run / "independent_log.csv.gz").read_bytes())
+    assert kept == high.read_bytes()  # the last log compared is kept in the run, gzipped
 
 
 @pytest.mark.tries("bad input", "report --independent: a missing log, a log that is not one, a log of another run")
@@ -68,3 +76,35 @@ def test_bad_logs_are_one_line(sim_run, tmp_path, case):
         message = "no such file"
     out = runner.invoke(app, ["report", str(sim_run), "--independent", str(log)])
     assert out.exit_code == 2 and message in out.output and len(out.output.strip().splitlines()) == 1, out.output
+
+
+def _h200_run(tmp_path: Path) -> Path:
+    """The published H200 run as it came from the GPU machine, with the reader's log it kept."""
+    run = tmp_path / "20261203T165850Z-compare"
+    run.mkdir()
+    for name in ("runs.csv", "meta.json", "independent_log.csv.gz"):
+        shutil.copy(H200_RUN / name, run / name)
+    meta = json.loads((run / "meta.json").read_text())
+    (run / "meta.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "published_with_failures"}))
+    (run / "samples.csv").write_bytes(gzip.decompress((H200_RUN / "samples.csv.gz").read_bytes()))
+    return run
+
+
+def test_a_published_run_carries_its_reader_and_check_catches_a_changed_log(tmp_path):
+    results = tmp_path / "results"
+    args = ["publish", str(_h200_run(tmp_path)), "--results", str(results), "--name", "again", "--allow-failures"]
+    out = runner.invoke(app, args)
+    assert out.exit_code == 0, out.output
+    dest = results / "nvidia-h200" / "20261203-again"
+    assert (dest / "independent.md").read_text() == (H200_RUN / "independent.md").read_text()
+    assert "| megakernel | tg128 | current | 5 | -0.09 % | -0.80 % |" in (dest / "independent.md").read_text()
+    line = "median difference +0.07 %, largest 0.96 % over 75 windows"
+    assert line in (results / "README.md").read_text() and line in (ROOT / "README.md").read_text()
+    assert runner.invoke(app, ["report", "--check", str(results)]).exit_code == 0
+
+    log = gzip.decompress((dest / "independent_log.csv.gz").read_bytes()).decode().splitlines()
+    head, rows = log[0], [r.split(",") for r in log[1:]]
+    scaled = [f"{t},{float(e) * 1.05:.0f},{p}" for t, e, p in rows]  # a reader 5 % high
+    (dest / "independent_log.csv.gz").write_bytes(gzip.compress("\n".join([head, *scaled, ""]).encode()))
+    check = runner.invoke(app, ["report", "--check", str(results)])
+    assert check.exit_code == 1 and "independent.md: missing or stale against independent_log.csv.gz" in check.output

@@ -35,7 +35,8 @@ def report(
         typer.Option(
             "--independent",
             help="An energy log of scripts/nvml_energy_log.py taken beside the run: compare every window's energy "
-            "with it (printed, and written to independent.md in the run directory).",
+            "with it (printed, and written to independent.md; the log is kept in the run directory and published "
+            "with it).",
         ),
     ] = None,
 ) -> None:
@@ -58,19 +59,11 @@ def report(
 
 
 def _independent(run_dir: Path, log: Path) -> None:
-    from luce_bench.files import atomic_write
-    from luce_bench.independent import compare, summary_lines
-    from luce_bench.results import read_meta, read_runs
+    from luce_bench.independent import REPORT, keep
 
-    if not (run_dir / "runs.csv").is_file():
-        raise UserError(f"{run_dir} is not a luce-bench run directory (no runs.csv)")
-    comparisons, missing = compare(read_runs(run_dir), read_meta(run_dir), log)
-    lines = summary_lines(comparisons, missing)
-    text = "\n".join([f"# Energy: {run_dir.name} against an independent reader ({log.name})", "", *lines, ""])
-    atomic_write(run_dir / "independent.md", text)
-    for line in lines:
+    for line in keep(run_dir, log):
         typer.echo(line)
-    typer.echo(f"wrote {run_dir / 'independent.md'}")
+    typer.echo(f"wrote {run_dir / REPORT} (the log is kept beside it)")
 
 
 def _check(results: Path, readme: Path | None) -> None:
