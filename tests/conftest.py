@@ -1,8 +1,9 @@
 """Shared fixtures: a per-session model cache with the tiny synthetic checkpoint, and the `gpu` marker's rules.
 
 Tests marked `gpu` skip without a CUDA GPU; with one they run read-only (LUCE_BENCH_READONLY=1: they share a real card
-and must never change a setting), and the end of the run says how many ran and how they went, or why they skipped;
-one more line sums up the other skipped tests by reason (pyproject's -rfE lists only failures and errors).
+and must never change a setting); the other tests run without LUCE_BENCH_READONLY and with the real NVML's setters
+refused (they set simulated cards only). The end of the run says how many GPU tests ran and how they went, or why they
+skipped; one more line sums up the other skipped tests by reason (pyproject's -rfE lists only failures and errors).
 
 Hypothesis runs derandomized (the same examples every run, so CI time and results are stable), without per-example
 deadlines (a CLI invocation may take a while on a busy 2-core machine). With LUCE_BENCH_INVENTORY=FILE, collection
@@ -83,9 +84,36 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(autouse=True)
-def _gpu_tests_read_only(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+def _read_only_by_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GPU tests run read-only; the others set simulated cards only, whatever the caller's LUCE_BENCH_READONLY.
+
+    `make test` under LUCE_BENCH_READONLY=1 on a shared GPU: the variable is dropped for the tests without the marker,
+    whose simulated cards must take settings, and every setter of the real NVML refuses instead.
+    """
     if request.node.get_closest_marker("gpu") is not None:
         monkeypatch.setenv("LUCE_BENCH_READONLY", "1")
+        return
+    monkeypatch.delenv("LUCE_BENCH_READONLY", raising=False)
+    try:
+        import pynvml
+    except ImportError:
+        return
+    for name in dir(pynvml):
+        if name.startswith(REAL_NVML_SETTERS) and callable(getattr(pynvml, name)):
+            monkeypatch.setattr(pynvml, name, _refusing(name, getattr(pynvml, name)))
+
+
+REAL_NVML_SETTERS = ("nvmlDeviceSet", "nvmlDeviceReset", "nvmlDeviceClear", "nvmlSet")
+
+
+def _refusing(name: str, setter: Any) -> Any:
+    """`setter` that raises instead (same signature: tests that autospec pynvml still check argument counts)."""
+
+    @functools.wraps(setter)
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError(f"a test without the gpu marker called the real pynvml.{name}: refused (a shared card)")
+
+    return refuse
 
 
 def gpu_outcomes(reports: dict[str, list[Any]]) -> dict[str, str]:

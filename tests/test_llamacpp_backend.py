@@ -1,5 +1,7 @@
 """llamacpp backend on the CPU build: parity with HF transformers on the tiny model, timing split, device refusal.
 
+A CUDA build skips the tests that load it in this process (CUDA_BUILD below).
+
 Parity is teacher-forced: both engines see the same tokens at every step, so one near-tie cannot send them down
 different paths. The reference is the HF backend in float32 on the same (bf16-valued) weights.
 
@@ -26,6 +28,15 @@ from luce_bench.backends import base  # noqa: E402
 from luce_bench.backends import llamacpp as lcb  # noqa: E402
 from luce_bench.backends.llamacpp import CpuBuildOnGpuHost, LlamaCppBackend  # noqa: E402
 from luce_bench.errors import UserError  # noqa: E402
+
+# These tests load llama.cpp in this (torch) process: right for the CPU build they test. A CUDA build crashes there
+# (H100 and H200: a segfault in llama_model_load_from_file), which is why `create("llamacpp")` runs it in a child
+# process; on a GPU machine with the CUDA build, its tests are tests/gpu/test_baselines_gpu.py and the child-process
+# tests (test_depth.py, below).
+CUDA_BUILD = bool(__import__("llama_cpp").llama_supports_gpu_offload())
+cpu_build_only = pytest.mark.skipif(
+    CUDA_BUILD, reason="llama-cpp-python is a CUDA build: it cannot load in a process with torch (CPU-build tests)"
+)
 
 N_PROMPT, N_DECODE = 32, 20
 SEEDS = (0, 1, 2)
@@ -71,6 +82,7 @@ def _forced_pair(hf, llama, prompt):
     return np.concatenate([r.logits, d.logits]), np.concatenate([lr.logits, ld.logits])
 
 
+@cpu_build_only
 def test_logits_match_hf(tiny, hf, llama):
     ftype, ll = llama
     refs, gots = zip(*(_forced_pair(hf, ll, _prompt(s, tiny.config.vocab_size)) for s in SEEDS), strict=True)
@@ -82,6 +94,7 @@ def test_logits_match_hf(tiny, hf, llama):
     assert max(rows) <= row_tol
 
 
+@cpu_build_only
 def test_greedy_tokens_agree(tiny, hf, llama):
     ftype, ll = llama
     delta = 0.05 if ftype == "bf16" else 0.0
@@ -97,6 +110,7 @@ def test_greedy_tokens_agree(tiny, hf, llama):
         assert gap.max() <= delta, f"seed {s}: llama.cpp chose a token {gap.max():.3f} below HF's best"
 
 
+@cpu_build_only
 def test_decode_continues_prefill_and_reset_repeats(tiny):
     b = LlamaCppBackend(n_ctx=128, allow_cpu=True)
     b.load(tiny, "cpu")
@@ -122,6 +136,7 @@ def test_decode_continues_prefill_and_reset_repeats(tiny):
     c.close()
 
 
+@cpu_build_only
 def test_info_and_describe(tiny):
     d = LlamaCppBackend.describe()
     assert {"llama_cpp_python", "build_commit", "build", "system_info"} <= set(d)
@@ -146,18 +161,27 @@ def test_cpu_build_refused_when_gpu_present(tiny, monkeypatch):
     assert "build-llamacpp-cuda.sh" in str(err.value)
     with pytest.raises(base.BackendUnavailable):
         LlamaCppBackend(n_ctx=64).load(tiny, "cuda")
-    for kw, dev in (({"allow_cpu": True}, "auto"), ({}, "cpu")):  # explicit CPU is allowed
+    assert "CPU-only" in LlamaCppBackend.describe().get("warning", "")
+
+
+@cpu_build_only
+def test_explicit_cpu_is_allowed_on_a_gpu_host(tiny, monkeypatch):
+    import llama_cpp
+
+    monkeypatch.setattr(lcb, "nvidia_gpu_present", lambda: True)
+    monkeypatch.setattr(llama_cpp, "llama_supports_gpu_offload", lambda: False)
+    for kw, dev in (({"allow_cpu": True}, "auto"), ({}, "cpu")):
         b = LlamaCppBackend(n_ctx=64, **kw)
         b.load(tiny, dev)
         assert b.device_kind == "cpu"
         b.close()
-    assert "CPU-only" in LlamaCppBackend.describe().get("warning", "")
 
 
 def test_unavailable_reason_when_installed():
     assert LlamaCppBackend.unavailable_reason() is None
 
 
+@cpu_build_only
 def test_isolated_child_process_gives_the_same_tokens_without_torch(tiny):
     """`create("llamacpp")` runs llama.cpp in a child process with no torch or NVML (the H100 crash workaround)."""
     from luce_bench.backends import create
