@@ -31,7 +31,8 @@
 extern "C" {
 #endif
 
-#define LUCE_MK_ABI_VERSION 7  /* 6: + the prefill entry points (the decode ABI is that of 4); 7: + the prefill at pos > 0 */
+#define LUCE_MK_ABI_VERSION 8  /* 6: + the prefill entry points (the decode ABI is that of 4); 7: + the prefill at pos > 0;
+                                  8: + the prefill's GEMMs through cuBLAS (luce_mk_prefill_cublas) */
 
 /* Small-parameter blob, f32 offsets inside one layer's LUCE_MK_SP_STRIDE floats. */
 enum LuceMkSmallParams {
@@ -53,7 +54,9 @@ enum LuceMkErrors {
     LUCE_MK_ERR_OCCUPANCY = -3,      /* the occupancy API reports 0 resident blocks per SM */
     LUCE_MK_ERR_ARGS = -4,           /* bad arguments */
     LUCE_MK_ERR_GRID = -5,           /* too few SMs */
-    LUCE_MK_ERR_PREFILL_SMEM = -6    /* the prefill's GDN kernels need more shared memory per block than the device has */
+    LUCE_MK_ERR_PREFILL_SMEM = -6,   /* the prefill's GDN kernels need more shared memory per block than the device has */
+    LUCE_MK_ERR_CUBLAS_LOAD = -7,    /* luce_mk_prefill_cublas: no such library, or one without cublasGemmEx & co. */
+    LUCE_MK_ERR_CUBLAS = -8          /* cuBLAS refused a handle, a stream or a GEMM */
 };
 
 /* debug_flags bits: timing experiments only; every result of such a launch is invalid. */
@@ -151,8 +154,16 @@ const char* luce_mk_error_string(int code);
 int64_t luce_mk_prefill_workspace(int n_tokens);
 /* Runs the prefill on `stream` (a cudaStream_t), asynchronously. Returns 0 or an error code (luce_mk_error_string). */
 int luce_mk_prefill(const LuceMkPrefillParams* p, void* stream);
-/* Launches one prefill makes for n_tokens (kernels, for the report). */
+/* Launches one prefill makes for n_tokens (kernels, for the report; cuBLAS's own launches count as one per GEMM). */
 int luce_mk_prefill_launches(int n_tokens);
+/* ABI 8. The build option MK_PF_CUBLAS: 1 if this build runs the prefill's GEMMs through cuBLAS once loaded. */
+int luce_mk_prefill_gemm_option(void);
+/* ABI 8. Load cuBLAS (libcublas.so.*) from `path` for the current device and run the prefill's GEMMs there (NULL:
+   unload, back to the kernel's own GEMMs). Returns 0 or an error code; a build with MK_PF_CUBLAS=0 refuses with
+   LUCE_MK_ERR_ARGS. */
+int luce_mk_prefill_cublas(const char* path);
+/* ABI 8. cuBLAS's version (e.g. 130100) while the prefill's GEMMs run there, else 0. */
+int luce_mk_prefill_cublas_version(void);
 /* Trace points per step: 12 per layer (mk_trace.cuh names them), then 4 per step (step start, LM x ready, LM head
    done, LM barrier passed). */
 int luce_mk_trace_points(void);

@@ -200,6 +200,9 @@ const char* luce_mk_error_string(int code) {
         case kErrArgs: return "luce_mk: bad arguments (n_steps or n_tokens < 1, or beyond max_seq)";
         case LUCE_MK_ERR_PREFILL_SMEM:
             return "luce_mk: the prefill needs about 180 KB of shared memory per block (sm_80 / sm_90 class GPUs)";
+        case LUCE_MK_ERR_CUBLAS_LOAD:
+            return "luce_mk: cuBLAS could not be loaded from that path (or it lacks cublasGemmEx and its helpers)";
+        case LUCE_MK_ERR_CUBLAS: return "luce_mk: cuBLAS refused a handle, a stream or a GEMM of the prefill";
         default: return cudaGetErrorString((cudaError_t)code);
     }
 }

@@ -9,11 +9,13 @@
 //         -> U (fp16) | GEMM out_proj^T (NN) added into X                                       (pf_gdn.cuh)
 //   attn: GEMM qkv (NT) -> Y | norms, RoPE, K/V cache append | causal attention x gate -> U | GEMM o_proj (NT) into X
 //   MLP:  rmsnorm -> Xn | GEMM gate|up (NT) with the SwiGLU epilogue -> U (fp16) | GEMM down^T (NN) into X
-// then the last position's final norm, LM head and argmax -> *last_token. GEMMs: pf_gemm.cuh (tensor cores).
+// then the last position's final norm, LM head and argmax -> *last_token. GEMMs: pf_gemm.cuh (tensor cores), or
+// cuBLAS once loaded in a build with MK_PF_CUBLAS=1 (pf_cublas.cuh; the SwiGLU then is a kernel of its own).
 #include <cuda_runtime.h>
 #include <utility>
 #include "luce_mk.h"
 #include "pf_attn.cuh"
+#include "pf_cublas.cuh"
 #include "pf_gdn.cuh"
 #include "pf_gdn_tc.cuh"
 #include "pf_gemm.cuh"
@@ -59,8 +61,12 @@ int g_sms = 0;
 int g_gemm_slots = 0;  // GEMM blocks resident at once on the GPU (SMs x blocks per SM at GEMM_SMEM)
 
 template <bool NN, int OUT>
-void gemm(const unsigned short* A, const unsigned short* B, float* C, unsigned short* Hout, int M, int N, int K,
-          int ldb, cudaStream_t st) {
+void gemm(const unsigned short* A, const unsigned short* B, float* C, unsigned short* Hout, float* Y, int M, int N,
+          int K, int ldb, cudaStream_t st) {
+    if (MK_PF_CUBLAS && cublas_ready()) {
+        cublas_gemm<NN, OUT>(A, B, C, Hout, Y, M, N, K, ldb, st);
+        return;
+    }
     GemmArgs g{A, B, C, Hout, M, N, K, K, ldb, N, K};
     const int tiles = ((N + GBN - 1) / GBN) * ((M + GBM - 1) / GBM);
     int splits = 1;
@@ -96,8 +102,8 @@ void gdn_layer(const LuceMkPrefillParams& p, const Workspace& ws, char* w, int l
     float* C = (float*)(w + ws.c);
     GdnWork gw{(float*)(w + ws.gq), (float*)(w + ws.gk), (float*)(w + ws.gu), (float*)(w + ws.gw),
                (float*)(w + ws.gg), (float*)(w + ws.gm), ws.np};
-    gemm<false, OUT_STORE>((unsigned short*)(w + ws.xn), layer_w(p.wblob16, l, 0), Y, nullptr, n, GDN_ROWS, H, H,
-                           st);
+    gemm<false, OUT_STORE>((unsigned short*)(w + ws.xn), layer_w(p.wblob16, l, 0), Y, nullptr, nullptr, n, GDN_ROWS,
+                           H, H, st);
     float* hist = p.conv_hist + (int64_t)gi * CONV * 4;
     float* hist0 = nullptr;
     if (p.pos > 0) {  // the first outputs read the history that the last ones overwrite: keep a copy
@@ -117,8 +123,8 @@ void gdn_layer(const LuceMkPrefillParams& p, const Workspace& ws, char* w, int l
                                                              p.pos);
     gdn_gate_kernel<<<n, 512, 0, st>>>((float*)(w + ws.o), Y, sp + SP_GNW, (unsigned short*)(w + ws.u), n);
 #endif
-    gemm<true, OUT_ADD>((unsigned short*)(w + ws.u), layer_w(p.wblob16, l, 1), (float*)(w + ws.x), nullptr, n, H,
-                        DH * DV, H, st);
+    gemm<true, OUT_ADD>((unsigned short*)(w + ws.u), layer_w(p.wblob16, l, 1), (float*)(w + ws.x), nullptr, nullptr,
+                        n, H, DH * DV, H, st);
 }
 
 void attn_layer(const LuceMkPrefillParams& p, const Workspace& ws, char* w, int l, cudaStream_t st) {
@@ -129,13 +135,13 @@ void attn_layer(const LuceMkPrefillParams& p, const Workspace& ws, char* w, int 
     const int64_t cache = (int64_t)fa_index(l) * NKV * p.max_seq * HD;
     unsigned short* kc = (unsigned short*)p.kcache + cache;
     unsigned short* vc = (unsigned short*)p.vcache + cache;
-    gemm<false, OUT_STORE>((unsigned short*)(w + ws.xn), layer_w(p.wblob16, l, 0), Y, nullptr, n, FA_ROWS, H, H,
-                           st);
+    gemm<false, OUT_STORE>((unsigned short*)(w + ws.xn), layer_w(p.wblob16, l, 0), Y, nullptr, nullptr, n, FA_ROWS,
+                           H, H, st);
     attn_prep_kernel<<<n, 384, 0, st>>>(Y, sp, Qa, kc, vc, p.max_seq, p.pos);
     attn_kernel<<<dim3((n + TQ - 1) / TQ, NKV), 128, ATT_SMEM, st>>>(Qa, Y, kc, vc, (unsigned short*)(w + ws.u), n,
                                                                    p.max_seq, p.pos);
-    gemm<false, OUT_ADD>((unsigned short*)(w + ws.u), layer_w(p.wblob16, l, 1), (float*)(w + ws.x), nullptr, n, H,
-                         NQH * HD, NQH * HD, st);
+    gemm<false, OUT_ADD>((unsigned short*)(w + ws.u), layer_w(p.wblob16, l, 1), (float*)(w + ws.x), nullptr,
+                         nullptr, n, H, NQH * HD, NQH * HD, st);
 }
 
 void mlp(const LuceMkPrefillParams& p, const Workspace& ws, char* w, int l, cudaStream_t st) {
@@ -144,9 +150,9 @@ void mlp(const LuceMkPrefillParams& p, const Workspace& ws, char* w, int l, cuda
                                       (unsigned short*)(w + ws.xn));
     // gate|up rows are [gate_i | up_i] pairs: as a [2 FF][H] matrix, output columns 2i, 2i + 1 = gate_i, up_i
     gemm<false, OUT_SWIGLU>((unsigned short*)(w + ws.xn), layer_w(p.wblob16, l, 2), nullptr,
-                            (unsigned short*)(w + ws.u), n, 2 * FF, H, H, st);
-    gemm<true, OUT_ADD>((unsigned short*)(w + ws.u), layer_w(p.wblob16, l, 3), (float*)(w + ws.x), nullptr, n, H,
-                        FF, H, st);
+                            (unsigned short*)(w + ws.u), (float*)(w + ws.y), n, 2 * FF, H, H, st);
+    gemm<true, OUT_ADD>((unsigned short*)(w + ws.u), layer_w(p.wblob16, l, 3), (float*)(w + ws.x), nullptr, nullptr,
+                        n, H, FF, H, st);
 }
 
 int setup_device() {
@@ -197,8 +203,9 @@ int64_t luce_mk_prefill_workspace(int n_tokens) {
 
 int luce_mk_prefill_launches(int n_tokens) {
     if (n_tokens < 1) return 0;
-    // embed + 24 x (rmsnorm + MLP's 3) + 18 GDN x 6 + 6 attention x 4 + LM head + finish (+ the best reset)
-    return 1 + 24 * 4 + 18 * 6 + 6 * 4 + 3;
+    // embed + 24 x (rmsnorm + MLP's 3) + 18 GDN x 6 + 6 attention x 4 + LM head + finish (+ the best reset); with
+    // cuBLAS, each GEMM counts as one and the SwiGLU is one more per layer
+    return 1 + 24 * 4 + 18 * 6 + 6 * 4 + 3 + (MK_PF_CUBLAS && mk::pf::cublas_ready() ? 24 : 0);
 }
 
 int luce_mk_prefill(const LuceMkPrefillParams* p, void* stream) {
@@ -210,6 +217,7 @@ int luce_mk_prefill(const LuceMkPrefillParams* p, void* stream) {
     int rc = setup_device();
     if (rc) return rc;
     cudaStream_t st = (cudaStream_t)stream;
+    g_cublas.status = 0;
     const Workspace ws(p->n_tokens);
     char* w = (char*)p->workspace;
     const int n = p->n_tokens;
@@ -224,12 +232,26 @@ int luce_mk_prefill(const LuceMkPrefillParams* p, void* stream) {
         mlp(*p, ws, w, l, st);
     }
     if (p->hidden) cudaMemcpyAsync(p->hidden, w + ws.x, (size_t)n * H * 4, cudaMemcpyDeviceToDevice, st);
+    if (g_cublas.status) return g_cublas.status;
     if (p->n_layers) return (int)cudaGetLastError();
     lm_head_kernel<<<1024, 256, 0, st>>>((float*)(w + ws.x) + (int64_t)(n - 1) * H, p->sblob + (int64_t)NL * SP,
                                          (const unsigned short*)p->embed, p->logits,
                                          (unsigned long long*)(w + ws.best));
     finish_kernel<<<1, 1, 0, st>>>((unsigned long long*)(w + ws.best), p->last_token);
-    return (int)cudaGetLastError();
+    return g_cublas.status ? g_cublas.status : (int)cudaGetLastError();
 }
+
+int luce_mk_prefill_gemm_option(void) { return MK_PF_CUBLAS; }
+
+int luce_mk_prefill_cublas(const char* path) {
+    if (!MK_PF_CUBLAS) return path ? LUCE_MK_ERR_ARGS : 0;
+    if (!path) {
+        mk::pf::cublas_unload();
+        return 0;
+    }
+    return mk::pf::cublas_load(path);
+}
+
+int luce_mk_prefill_cublas_version(void) { return mk::pf::cublas_ready() ? mk::pf::g_cublas.version : 0; }
 
 }  // extern "C"

@@ -45,6 +45,7 @@ KERNEL_OPTION_SETS = {
     "spin-sleep128": {"MK_SPIN_SLEEP_NS": 128},
     "attn-staged": {"MK_PF_ATT_STAGE": 1},
     "gdn-f32-cuda-cores": {"MK_PF_GDN_TC": 0},
+    "prefill-cublas": {"MK_PF_CUBLAS": 1},
 }
 
 

@@ -7,6 +7,8 @@ and exports the luce_mk.h symbols; arch parsing and the build cache behave.
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
+from pathlib import Path
 
 import pytest
 from conftest import KERNEL_OPTION_SETS
@@ -64,7 +66,7 @@ def test_library_loads_and_exports_abi(built):
     assert lay.wblob_elems + 248320 * 1024 == 752_393_024 - (24 * 2048 + 1024 + 6 * 512 + 18 * (6144 * 4 + 32 + 128))
     assert ctypes.sizeof(klib.LuceMkParams) == 15 * 8 + 8 * 4  # 15 pointers, 7 ints + padding before `trace`
     assert lib.luce_mk_trace_points() == 24 * 12 + 4  # 12 points per layer + 4 per step
-    assert klib.has_prefill(lib) and klib.prefill_continues(lib) and lib.luce_mk_abi_version() == 7
+    assert klib.has_prefill(lib) and klib.prefill_continues(lib) and lib.luce_mk_abi_version() == 8
     # n_layers padded before hidden; pos (ABI 7) appended, padded to 8
     assert ctypes.sizeof(klib.LuceMkPrefillParams) == 9 * 8 + 2 * 4 + 2 * 8 + 8 + 8 + 8
     # prefill workspace for 64 tokens: best 256 B | conv history copy f32 6144 x 4 | X f32 64 x 1024 | Xn bf16 |
@@ -240,8 +242,27 @@ def test_kernel_option_sets_compile_without_spills(tmp_path, name):
     assert {r.arch for r in kernels} == set(ARCHS)
     for r in res.reports:
         assert r.spill_stores == 0 and r.spill_loads == 0, f"{name} {r.arch} {r.function}: spills"
-    lay = klib.layout(klib.load_library(res.lib))
+    lib = klib.load_library(res.lib)
+    lay = klib.layout(lib)
     assert lay.syncs_per_step == 55 and lay.scratch_floats == SCRATCH_FLOATS
+    assert lib.luce_mk_prefill_gemm_option() == KERNEL_OPTION_SETS[name].get("MK_PF_CUBLAS", 0)
+
+
+@needs_nvcc
+def test_the_prefill_loads_cublas_only_where_built_to(built, tmp_path):
+    """A default build refuses a cuBLAS path; an MK_PF_CUBLAS=1 build dlopens it and names what is wrong with it."""
+    from luce_bench.kernels import lib as klib
+
+    lib = klib.load_library(built.lib)
+    assert lib.luce_mk_prefill_gemm_option() == 0 and lib.luce_mk_prefill_cublas_version() == 0
+    assert lib.luce_mk_prefill_cublas(b"/usr/lib/libcublas.so") == -4 and lib.luce_mk_prefill_cublas(None) == 0
+    cb = klib.load_library(kb.build(["sm_90"], tmp_path / "cb", defines={"MK_PF_CUBLAS": 1}).lib)
+    assert cb.luce_mk_prefill_gemm_option() == 1
+    for path in (tmp_path / "libcublas.so.13", Path(ctypes.util.find_library("m") or "libm.so.6")):
+        assert cb.luce_mk_prefill_cublas(str(path).encode()) == -7  # missing, or without cublasGemmEx
+    assert "cublasGemmEx" in cb.luce_mk_error_string(-7).decode()
+    assert "refused a handle" in cb.luce_mk_error_string(-8).decode()
+    assert cb.luce_mk_prefill_cublas_version() == 0 and cb.luce_mk_prefill_cublas(None) == 0
 
 
 @needs_nvcc

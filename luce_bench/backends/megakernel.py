@@ -96,6 +96,7 @@ class MegakernelBackend(Backend):
             raise UserError(f"prefill path {prefill!r}: expected one of {', '.join(MODES)}")
         self.prefill_mode = prefill or mode_from_env()
         self.prefill_used: str | None = None  # the path the last prefill took
+        self.prefill_gemm: str | None = None  # what the kernel prefill's GEMMs run on (kernels/cublas.py attach)
         self.prefill_fallback: str | None = None  # why the last prefill took the token path while "kernel" was chosen
         self._kprefill: Any = None
         self.max_seq = max_seq
@@ -164,6 +165,7 @@ class MegakernelBackend(Backend):
 
         from luce_bench.kernels import lib as klib
         from luce_bench.kernels.build import build, prebuilt
+        from luce_bench.kernels.cublas import attach
 
         if not torch.cuda.is_available():
             raise UserError("megakernel backend: torch sees no CUDA GPU")
@@ -177,6 +179,7 @@ class MegakernelBackend(Backend):
         self.layout = klib.layout(self._lib)
         self.launch = klib.LuceMkLaunchInfo()
         klib.check(self._lib, self._lib.luce_mk_launch_info(self.launch), "launch info")
+        self.prefill_gemm = attach(self._lib)
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         """Repack HF-named CPU tensors into the kernel layout on the device and allocate the state buffers."""
@@ -435,7 +438,7 @@ class MegakernelBackend(Backend):
 
     def _prefill_info(self) -> dict[str, Any]:
         """Which prompt path was chosen and last ran; for the kernel prefill, its launches and CUDA graph use."""
-        out: dict[str, Any] = {"chosen": self.prefill_mode, "last_used": self.prefill_used}
+        out: dict[str, Any] = {"chosen": self.prefill_mode, "last_used": self.prefill_used, "gemm": self.prefill_gemm}
         if self.prefill_fallback:
             out["fallback_reason"] = self.prefill_fallback
         kp = self._kprefill

@@ -7,10 +7,11 @@ from pathlib import Path
 
 from luce_bench.errors import UserError
 
-ABI_VERSION = 7
+ABI_VERSION = 8
 # 4: the decode only (libraries built before the prefill, e.g. for side-by-side benchmarks); 6: + the prefill from
-# position 0; 7: + the prefill at any position (LuceMkPrefillParams.pos, appended: ABI 6 libraries ignore it)
-DECODE_ABIS = (4, 6, 7)
+# position 0; 7: + the prefill at any position (LuceMkPrefillParams.pos, appended: ABI 6 libraries ignore it);
+# 8: + the prefill's GEMMs through cuBLAS (kernels/cublas.py)
+DECODE_ABIS = (4, 6, 7, 8)
 PREFILL_SYMBOLS = ("luce_mk_prefill", "luce_mk_prefill_workspace", "luce_mk_prefill_launches")
 SYMBOLS = (
     "luce_mk_abi_version",
@@ -136,6 +137,13 @@ def load_library(path: Path) -> ctypes.CDLL:
         lib.luce_mk_prefill.restype = ctypes.c_int
         lib.luce_mk_prefill_launches.argtypes = [ctypes.c_int]
         lib.luce_mk_prefill_launches.restype = ctypes.c_int
+    if abi >= 8:
+        lib.luce_mk_prefill_gemm_option.argtypes = []
+        lib.luce_mk_prefill_gemm_option.restype = ctypes.c_int
+        lib.luce_mk_prefill_cublas.argtypes = [ctypes.c_char_p]
+        lib.luce_mk_prefill_cublas.restype = ctypes.c_int
+        lib.luce_mk_prefill_cublas_version.argtypes = []
+        lib.luce_mk_prefill_cublas_version.restype = ctypes.c_int
     return lib
 
 

@@ -183,30 +183,58 @@ def option_ref(setup):
     mk = setup["mk"]
     mk.reset()
     default = mk.decode(len(toks), logits=True, inputs=toks).logits
-    return {"sd": sd, "toks": toks, "ref": reference_logits(sd, toks), "default": default}
+    mode, mk.prefill_mode = mk.prefill_mode, "kernel"
+    mk.reset()
+    default_prefill = mk.prefill(toks[:N_PROMPT], logits=True).logits[0]
+    mk.prefill_mode = mode
+    ref = reference_logits(sd, toks)
+    return {"sd": sd, "toks": toks, "ref": ref, "default": default, "default_prefill": default_prefill}
 
 
 @pytest.mark.parametrize("name", sorted(KERNEL_OPTION_SETS))
 def test_option_set_parity(option_ref, name):
-    """Every build-option set that remains computes the same function.
+    """Every build-option set that remains computes the same function, in the decode and in the kernel prefill.
 
-    Within the parity bound of the fp32 reference, and within f32 reduction-order noise of the default build.
+    Decode: within the parity bound of the fp32 reference, and within f32 reduction-order noise of the default build.
+    Prefill of N_PROMPT tokens: the last logits within the parity bound of the reference (the prefill options change
+    its GEMMs, attention and GDN kernels; the decode options leave it as it is).
     """
     from luce_bench.backends.megakernel import MegakernelBackend
     from luce_bench.kernels.bench import parity
+    from luce_bench.kernels.cublas import find_cublas
 
     be = MegakernelBackend.from_state_dict(option_ref["sd"], max_seq=256, options=KERNEL_OPTION_SETS[name])
     try:
         rep = parity(be, option_ref["toks"], option_ref["ref"])
         be.reset()
         got = be.decode(len(option_ref["toks"]), logits=True, inputs=option_ref["toks"]).logits
+        be.prefill_mode = "kernel"
+        be.reset()
+        pre = be.prefill(option_ref["toks"][:N_PROMPT], logits=True).logits[0]
+        used, gemm = be.prefill_used, be.prefill_gemm
     finally:
         be.close()
     vs_default = float(_rel(got, option_ref["default"]).max())
-    print(json.dumps({"options": name, **rep, "rel_l2_vs_default_max": vs_default}))
+    prefill_vs_ref = float(_rel(pre, option_ref["ref"][N_PROMPT - 1]))
+    prefill_vs_default = float(_rel(pre, option_ref["default_prefill"]))
+    print(
+        json.dumps(
+            {
+                "options": name,
+                **rep,
+                "rel_l2_vs_default_max": vs_default,
+                "prefill_gemm": gemm,
+                "prefill_rel_l2_vs_ref": prefill_vs_ref,
+                "prefill_rel_l2_vs_default": prefill_vs_default,
+            }
+        )
+    )
     assert rep["nan"] == 0
     assert rep["rel_l2_max"] <= REL_L2_MAX, rep
     assert vs_default <= 1e-3, vs_default
+    assert used == "kernel" and np.isfinite(pre).all() and prefill_vs_ref <= REL_L2_MAX, prefill_vs_ref
+    if KERNEL_OPTION_SETS[name].get("MK_PF_CUBLAS") and find_cublas()[0] is not None:
+        assert gemm.startswith("cuBLAS"), gemm  # a GPU machine with cuBLAS: the prefill's GEMMs ran there
 
 
 def test_going_back_to_a_kept_context_repeats_the_decode(setup):

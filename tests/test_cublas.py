@@ -1,0 +1,100 @@
+"""Where the prefill's cuBLAS comes from (kernels/cublas.py), and the one line `attach` gives for each outcome.
+
+The places: LUCE_BENCH_CUBLAS, torch's nvidia-cublas wheel, the CUDA toolkit. The folders are made here with empty
+library files; loading a real cuBLAS into a real kernel is the GPU tests' part (KERNEL_OPTION_SETS "prefill-cublas").
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+from luce_bench.kernels import cublas
+
+
+def _lib_dir(root: Path, *names: str) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        (root / n).write_bytes(b"")
+    return root
+
+
+@pytest.fixture
+def nowhere(monkeypatch, tmp_path):
+    """No cuBLAS anywhere: no variable, no wheel, a toolkit without it."""
+    monkeypatch.delenv(cublas.ENV, raising=False)
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "no-cuda"))
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))
+    monkeypatch.setattr(cublas, "_wheel_folders", list)
+    monkeypatch.setattr(cublas, "_toolkit_folders", lambda: [tmp_path / "no-cuda" / "lib64"])
+    return tmp_path
+
+
+def test_the_variable_names_a_file_or_a_folder_and_the_newest_major_wins(nowhere, monkeypatch):
+    folder = _lib_dir(nowhere / "cb", "libcublas.so", "libcublas.so.12", "libcublas.so.13.1.0.3", "libcublasLt.so.13")
+    monkeypatch.setenv(cublas.ENV, str(folder))
+    assert cublas.find_cublas() == (folder / "libcublas.so.13.1.0.3", cublas.ENV)
+    monkeypatch.setenv(cublas.ENV, str(folder / "libcublas.so.12"))
+    assert cublas.find_cublas() == (folder / "libcublas.so.12", cublas.ENV)
+    monkeypatch.setenv(cublas.ENV, str(nowhere / "missing"))
+    path, why = cublas.find_cublas()
+    assert path is None and why == f"{cublas.ENV}={nowhere / 'missing'}: no libcublas.so there"
+
+
+def test_torch_s_wheel_comes_before_the_toolkit(nowhere, monkeypatch):
+    monkeypatch.undo()  # the real folder finders, over folders made here
+    monkeypatch.delenv(cublas.ENV, raising=False)
+    site = nowhere / "site"
+    wheel = _lib_dir(site / "nvidia" / "cu13" / "lib", "libcublas.so.13", "libcublasLt.so.13")
+    toolkit = _lib_dir(nowhere / "cuda" / "lib64", "libcublas.so.13")
+    monkeypatch.setenv("CUDA_HOME", str(nowhere / "cuda"))
+    monkeypatch.syspath_prepend(str(site))
+    for name in [m for m in sys.modules if m == "nvidia" or m.startswith("nvidia.")]:
+        monkeypatch.delitem(sys.modules, name)
+    importlib.invalidate_caches()
+    assert cublas.find_cublas() == (wheel / "libcublas.so.13", "the nvidia-cublas wheel")
+    monkeypatch.setattr(cublas, "_wheel_folders", list)
+    assert cublas.find_cublas() == (toolkit / "libcublas.so.13", "the CUDA toolkit")
+
+
+def test_nothing_found_says_where_it_looked(nowhere):
+    path, why = cublas.find_cublas()
+    assert path is None and "nvidia-cublas wheel or the CUDA toolkit" in why and cublas.ENV in why
+
+
+class _Lib:
+    """The four entry points `attach` calls, answering as a kernel library of ABI `abi` built with `option` would."""
+
+    def __init__(self, abi: int, option: int, rc: int = 0) -> None:
+        self.abi, self.option, self.rc, self.loaded = abi, option, rc, None
+
+    def luce_mk_abi_version(self) -> int:
+        return self.abi
+
+    def luce_mk_prefill_gemm_option(self) -> int:
+        return self.option
+
+    def luce_mk_prefill_cublas(self, path: bytes) -> int:
+        self.loaded = path
+        return self.rc
+
+    def luce_mk_prefill_cublas_version(self) -> int:
+        return 130100 if self.rc == 0 else 0
+
+    def luce_mk_error_string(self, rc: int) -> bytes:
+        return f"error {rc}".encode()
+
+
+def test_attach_says_what_the_gemms_run_on(nowhere, monkeypatch):
+    own = "own tensor-core kernels (pf_gemm.cuh)"
+    assert cublas.attach(_Lib(7, 1)) == own and cublas.attach(_Lib(8, 0)) == own
+    assert cublas.attach(_Lib(8, 1)).startswith("own tensor-core kernels: MK_PF_CUBLAS=1 but no libcublas.so")
+    lib_file = _lib_dir(nowhere / "cb", "libcublas.so.13") / "libcublas.so.13"
+    monkeypatch.setenv(cublas.ENV, str(lib_file))
+    ok = _Lib(8, 1)
+    assert cublas.attach(ok) == f"cuBLAS 13.1.0 ({lib_file}, from {cublas.ENV})" and ok.loaded == str(lib_file).encode()
+    assert cublas.attach(_Lib(8, 1, rc=-7)) == f"own tensor-core kernels: {lib_file} ({cublas.ENV}): error -7"
