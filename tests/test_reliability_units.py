@@ -178,10 +178,10 @@ def test_a_signal_waits_for_the_end_of_a_deferred_block():
 
 
 def test_the_token_agreement_note_reads_as_a_note():
-    from luce_bench.report import notes
+    from luce_bench.report import AGREEMENT_CAVEAT, notes
     from luce_bench.summary import token_agreement
 
     agreement = token_agreement({"sim tg8": [1, 2, 3, 4], "hf tg8": [1, 2, 9, 4]})
     meta = {"energy": {"available": True}, "token_agreement": agreement}
     # printed as "note: greedy tokens, ..." on the console and as "> greedy tokens, ..." in report.md
-    assert notes(meta) == ["greedy tokens, first tg run: tg8 hf vs sim: 2/4 leading tokens equal"]
+    assert notes(meta) == [f"greedy tokens, first tg run: tg8 hf vs sim: 2/4 leading tokens equal ({AGREEMENT_CAVEAT})"]
