@@ -158,9 +158,9 @@ int luce_mk_prefill(const LuceMkPrefillParams* p, void* stream);
 int luce_mk_prefill_launches(int n_tokens);
 /* ABI 8. The build option MK_PF_CUBLAS: 1 if this build runs the prefill's GEMMs through cuBLAS once loaded. */
 int luce_mk_prefill_gemm_option(void);
-/* ABI 8. Load cuBLAS (libcublas.so.*) from `path` for the current device and run the prefill's GEMMs there (NULL:
-   unload, back to the kernel's own GEMMs). Returns 0 or an error code; a build with MK_PF_CUBLAS=0 refuses with
-   LUCE_MK_ERR_ARGS. */
+/* ABI 8. Load cuBLAS (libcublas.so.*) from `path` (one library per process) and run the prefill's GEMMs there on the
+   current device (NULL: back to the kernel's own GEMMs on it). Returns 0 or an error code; a build with
+   MK_PF_CUBLAS=0, or a second library path, is refused with LUCE_MK_ERR_ARGS. */
 int luce_mk_prefill_cublas(const char* path);
 /* ABI 8. cuBLAS's version (e.g. 130100) while the prefill's GEMMs run there, else 0. */
 int luce_mk_prefill_cublas_version(void);

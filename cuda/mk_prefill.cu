@@ -217,7 +217,7 @@ int luce_mk_prefill(const LuceMkPrefillParams* p, void* stream) {
     int rc = setup_device();
     if (rc) return rc;
     cudaStream_t st = (cudaStream_t)stream;
-    g_cublas.status = 0;
+    g_cublas_status = 0;
     const Workspace ws(p->n_tokens);
     char* w = (char*)p->workspace;
     const int n = p->n_tokens;
@@ -232,13 +232,13 @@ int luce_mk_prefill(const LuceMkPrefillParams* p, void* stream) {
         mlp(*p, ws, w, l, st);
     }
     if (p->hidden) cudaMemcpyAsync(p->hidden, w + ws.x, (size_t)n * H * 4, cudaMemcpyDeviceToDevice, st);
-    if (g_cublas.status) return g_cublas.status;
+    if (g_cublas_status) return g_cublas_status;
     if (p->n_layers) return (int)cudaGetLastError();
     lm_head_kernel<<<1024, 256, 0, st>>>((float*)(w + ws.x) + (int64_t)(n - 1) * H, p->sblob + (int64_t)NL * SP,
                                          (const unsigned short*)p->embed, p->logits,
                                          (unsigned long long*)(w + ws.best));
     finish_kernel<<<1, 1, 0, st>>>((unsigned long long*)(w + ws.best), p->last_token);
-    return g_cublas.status ? g_cublas.status : (int)cudaGetLastError();
+    return g_cublas_status ? g_cublas_status : (int)cudaGetLastError();
 }
 
 int luce_mk_prefill_gemm_option(void) { return MK_PF_CUBLAS; }
@@ -246,12 +246,14 @@ int luce_mk_prefill_gemm_option(void) { return MK_PF_CUBLAS; }
 int luce_mk_prefill_cublas(const char* path) {
     if (!MK_PF_CUBLAS) return path ? LUCE_MK_ERR_ARGS : 0;
     if (!path) {
-        mk::pf::cublas_unload();
+        mk::pf::cublas_off();
         return 0;
     }
     return mk::pf::cublas_load(path);
 }
 
-int luce_mk_prefill_cublas_version(void) { return mk::pf::cublas_ready() ? mk::pf::g_cublas.version : 0; }
+int luce_mk_prefill_cublas_version(void) {
+    return MK_PF_CUBLAS && mk::pf::cublas_ready() ? mk::pf::cublas_device()->version : 0;
+}
 
 }  // extern "C"

@@ -8,8 +8,9 @@
 // (CUBLAS_COMPUTE_32F), f32 output. OUT_ADD is beta = 1 on the f32 residual stream (cuBLAS picks its own split-K; no
 // atomics of ours); OUT_SWIGLU stores the f32 gate|up products in the scratch `Y` and swiglu_kernel makes the fp16 U.
 // Row-major C[M][N] = A[M][K] B is column-major C^T[N][M] = op(B) A^T: cuBLAS's m = N and n = M; NT weights ([N][K]
-// rows) are op T, NN weights ([K][N] rows) op N. The handle works on the stream of each call, with a 32 MiB workspace
-// of its own (set after every stream change, as cuBLAS asks for CUDA-graph capture).
+// rows) are op T, NN weights ([K][N] rows) op N. A device's handle works on the stream of each call, with a 32 MiB
+// workspace of its own (set after every stream change, as cuBLAS asks for CUDA-graph capture); handle, workspace and
+// library stay to the end of the process, since a captured graph replays with them.
 #pragma once
 #include <cuda_runtime.h>
 #include <dlfcn.h>
@@ -26,10 +27,10 @@ namespace pf {
 constexpr int CUBLAS_OP_N = 0, CUBLAS_OP_T = 1, CUBLAS_COMPUTE_32F = 68, CUBLAS_GEMM_DEFAULT = -1;
 constexpr size_t CUBLAS_WORKSPACE = 32u << 20;
 
-struct Cublas {
+// The library and its entry points: loaded once per process, never closed (CUDA graphs may hold its kernels).
+struct CublasLib {
     using Handle = void*;
     int (*create)(Handle*) = nullptr;
-    int (*destroy)(Handle) = nullptr;
     int (*set_stream)(Handle, cudaStream_t) = nullptr;
     int (*set_workspace)(Handle, void*, size_t) = nullptr;
     int (*get_version)(Handle, int*) = nullptr;
@@ -37,68 +38,83 @@ struct Cublas {
                    const void*, void*, int, int, int, int) = nullptr;
     void* lib = nullptr;
     std::string path;
-    Handle handle = nullptr;
-    void* workspace = nullptr;
-    cudaStream_t stream = nullptr;
-    int device = -1;
-    int version = 0;
-    int status = 0;  // the first failed call's cuBLAS status since the last prefill began (0: none)
 };
 
-inline Cublas g_cublas;
+// A device's handle and workspace: made once, kept to the end of the process (a CUDA graph captured through them
+// replays with that workspace), only switched on and off.
+struct CublasDevice {
+    CublasLib::Handle handle = nullptr;
+    void* workspace = nullptr;
+    cudaStream_t stream = (cudaStream_t)-1;  // the stream the handle was last set to (-1: none yet)
+    int version = 0;
+    bool on = false;
+};
 
-// Drop the handle, the workspace and the library: the prefill runs its own GEMMs again.
-inline void cublas_unload() {
-    Cublas& c = g_cublas;
-    if (c.handle) c.destroy(c.handle);
-    if (c.workspace) cudaFree(c.workspace);
-    if (c.lib) dlclose(c.lib);
-    c = Cublas{};
+constexpr int CUBLAS_MAX_DEVICES = 64;
+// static: each kernel library keeps its own (an `inline` variable would be one GNU-unique symbol for every library
+// loaded in the process)
+static CublasLib g_cublas_lib;
+static CublasDevice g_cublas_dev[CUBLAS_MAX_DEVICES];
+static int g_cublas_status = 0;  // the first failed cuBLAS call since the last prefill began (0: none)
+
+inline CublasDevice* cublas_device() {
+    int dev = -1;
+    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= CUBLAS_MAX_DEVICES) return nullptr;
+    return &g_cublas_dev[dev];
 }
 
-// Load `path` and make a handle on the current device: 0, or LUCE_MK_ERR_CUBLAS_LOAD (the library or one of its
-// entry points is missing), LUCE_MK_ERR_CUBLAS (it refused a handle), a cudaError_t (no workspace). Loading what is
-// loaded already changes nothing: CUDA graphs captured through the handle keep its workspace.
+// Load `path` (once per process) and switch cuBLAS on for the current device, making its handle and workspace the
+// first time: 0, or LUCE_MK_ERR_CUBLAS_LOAD (no such library, or one without the entry points), LUCE_MK_ERR_ARGS
+// (another library was loaded before), LUCE_MK_ERR_CUBLAS (it refused a handle), a cudaError_t (no workspace).
+// A failure leaves what was loaded before as it was.
 inline int cublas_load(const char* path) {
-    int dev = -1;
-    if (g_cublas.handle && g_cublas.path == path && cudaGetDevice(&dev) == cudaSuccess && dev == g_cublas.device)
-        return 0;
-    cublas_unload();
-    Cublas c;
-    c.path = path;
-    c.lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-    if (!c.lib) return LUCE_MK_ERR_CUBLAS_LOAD;
-    auto need = [&](auto& fn, const char* name) {
-        fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dlsym(c.lib, name));
-        return fn != nullptr;
-    };
-    if (!(need(c.create, "cublasCreate_v2") && need(c.destroy, "cublasDestroy_v2") &&
-          need(c.set_stream, "cublasSetStream_v2") && need(c.set_workspace, "cublasSetWorkspace_v2") &&
-          need(c.get_version, "cublasGetVersion_v2") && need(c.gemm_ex, "cublasGemmEx"))) {
-        dlclose(c.lib);
-        return LUCE_MK_ERR_CUBLAS_LOAD;
+    CublasLib& L = g_cublas_lib;
+    if (!L.lib) {
+        CublasLib c;
+        c.lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+        if (!c.lib) return LUCE_MK_ERR_CUBLAS_LOAD;
+        auto need = [&](auto& fn, const char* name) {
+            fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dlsym(c.lib, name));
+            return fn != nullptr;
+        };
+        if (!(need(c.create, "cublasCreate_v2") && need(c.set_stream, "cublasSetStream_v2") &&
+              need(c.set_workspace, "cublasSetWorkspace_v2") && need(c.get_version, "cublasGetVersion_v2") &&
+              need(c.gemm_ex, "cublasGemmEx")))
+            return LUCE_MK_ERR_CUBLAS_LOAD;  // left open: closing a half-used libcublas is not worth the risk
+        c.path = path;
+        L = c;
+    } else if (L.path != path) {
+        return LUCE_MK_ERR_ARGS;
     }
-    cudaError_t e = cudaGetDevice(&c.device);
-    if (e == cudaSuccess) e = cudaMalloc(&c.workspace, CUBLAS_WORKSPACE);
-    if (e != cudaSuccess) {
-        dlclose(c.lib);
-        return (int)e;
+    CublasDevice* d = cublas_device();
+    if (!d) return LUCE_MK_ERR_ARGS;
+    if (!d->handle) {
+        void* ws = nullptr;
+        const cudaError_t e = cudaMalloc(&ws, CUBLAS_WORKSPACE);
+        if (e != cudaSuccess) return (int)e;
+        CublasLib::Handle h = nullptr;
+        int version = 0;
+        if (L.create(&h) != 0 || L.get_version(h, &version) != 0) {
+            cudaFree(ws);
+            return LUCE_MK_ERR_CUBLAS;  // a handle that failed its version query is left alone
+        }
+        d->handle = h;
+        d->workspace = ws;
+        d->version = version;
     }
-    if (c.create(&c.handle) != 0 || c.get_version(c.handle, &c.version) != 0) {
-        if (c.handle) c.destroy(c.handle);
-        cudaFree(c.workspace);
-        dlclose(c.lib);
-        return LUCE_MK_ERR_CUBLAS;
-    }
-    c.stream = (cudaStream_t)-1;  // no stream set yet
-    g_cublas = c;
+    d->on = true;
     return 0;
 }
 
-// cuBLAS is loaded for the current device: the prefill's GEMMs go there.
+// Back to the own GEMM kernels on the current device (the handle and workspace stay for graphs that use them).
+inline void cublas_off() {
+    if (CublasDevice* d = cublas_device()) d->on = false;
+}
+
+// cuBLAS is on for the current device: the prefill's GEMMs go there.
 inline bool cublas_ready() {
-    int dev = -1;
-    return g_cublas.handle && cudaGetDevice(&dev) == cudaSuccess && dev == g_cublas.device;
+    const CublasDevice* d = cublas_device();
+    return d && d->on;
 }
 
 // U[m][i] = fp16(silu(G[m][2i]) * G[m][2i + 1]): the SwiGLU that pf_gemm.cuh fuses into its epilogue.
@@ -110,23 +126,24 @@ __global__ void __launch_bounds__(256) swiglu_kernel(const float* G, unsigned sh
 }
 
 // The GEMM of pf_gemm.cuh's gemm() through cuBLAS; `Y` is the f32 scratch for OUT_SWIGLU. A failure is kept in
-// g_cublas.status for luce_mk_prefill to return.
+// g_cublas_status for luce_mk_prefill to return.
 template <bool NN, int OUT>
 void cublas_gemm(const unsigned short* A, const unsigned short* B, float* C, unsigned short* Hout, float* Y, int M,
                  int N, int K, int ldb, cudaStream_t st) {
-    Cublas& c = g_cublas;
-    if (c.stream != st) {
-        if (c.set_stream(c.handle, st) != 0 || c.set_workspace(c.handle, c.workspace, CUBLAS_WORKSPACE) != 0) {
-            c.status = c.status ? c.status : LUCE_MK_ERR_CUBLAS;
+    const CublasLib& L = g_cublas_lib;
+    CublasDevice& d = *cublas_device();  // cublas_ready() said it exists
+    if (d.stream != st) {
+        if (L.set_stream(d.handle, st) != 0 || L.set_workspace(d.handle, d.workspace, CUBLAS_WORKSPACE) != 0) {
+            g_cublas_status = g_cublas_status ? g_cublas_status : LUCE_MK_ERR_CUBLAS;
             return;
         }
-        c.stream = st;
+        d.stream = st;
     }
     const float one = 1.f, beta = OUT == OUT_ADD ? 1.f : 0.f;
     float* out = OUT == OUT_SWIGLU ? Y : C;
-    const int s = c.gemm_ex(c.handle, NN ? CUBLAS_OP_N : CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, B, CUDA_R_16F, ldb, A,
+    const int s = L.gemm_ex(d.handle, NN ? CUBLAS_OP_N : CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, B, CUDA_R_16F, ldb, A,
                             CUDA_R_16F, K, &beta, out, CUDA_R_32F, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-    if (s != 0 && !c.status) c.status = LUCE_MK_ERR_CUBLAS;
+    if (s != 0 && !g_cublas_status) g_cublas_status = LUCE_MK_ERR_CUBLAS;
     if (OUT == OUT_SWIGLU) {
         const int64_t units = (int64_t)M * (N / 2);
         swiglu_kernel<<<(unsigned)((units + 255) / 256), 256, 0, st>>>(Y, Hout, M, N / 2);

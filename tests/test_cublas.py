@@ -31,7 +31,14 @@ def nowhere(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))
     monkeypatch.setattr(cublas, "_wheel_folders", list)
     monkeypatch.setattr(cublas, "_toolkit_folders", lambda: [tmp_path / "no-cuda" / "lib64"])
+    _quiet_process(monkeypatch)
     return tmp_path
+
+
+def _quiet_process(monkeypatch) -> None:
+    """No cuBLAS mapped in this process and no CUDA torch to follow (a GPU machine's test process may have both)."""
+    monkeypatch.setattr(cublas, "_mapped", lambda prefix: [])
+    monkeypatch.setattr(cublas, "_torch_major", lambda: None)
 
 
 def test_the_variable_names_a_file_or_a_folder_and_the_newest_major_wins(nowhere, monkeypatch):
@@ -47,6 +54,7 @@ def test_the_variable_names_a_file_or_a_folder_and_the_newest_major_wins(nowhere
 
 def test_torch_s_wheel_comes_before_the_toolkit(nowhere, monkeypatch):
     monkeypatch.undo()  # the real folder finders, over folders made here
+    _quiet_process(monkeypatch)
     monkeypatch.delenv(cublas.ENV, raising=False)
     site = nowhere / "site"
     wheel = _lib_dir(site / "nvidia" / "cu13" / "lib", "libcublas.so.13", "libcublasLt.so.13")
@@ -59,6 +67,22 @@ def test_torch_s_wheel_comes_before_the_toolkit(nowhere, monkeypatch):
     assert cublas.find_cublas() == (wheel / "libcublas.so.13", "the nvidia-cublas wheel")
     monkeypatch.setattr(cublas, "_wheel_folders", list)
     assert cublas.find_cublas() == (toolkit / "libcublas.so.13", "the CUDA toolkit")
+
+
+def test_the_process_s_own_cublas_then_torch_s_cuda_major_win(nowhere, monkeypatch):
+    folder = _lib_dir(nowhere / "cuda" / "lib64", "libcublas.so.12", "libcublas.so.13")
+    monkeypatch.setattr(cublas, "_toolkit_folders", lambda: [folder])
+    assert cublas.find_cublas() == (folder / "libcublas.so.13", "the CUDA toolkit")  # the newest
+    monkeypatch.setattr(cublas, "_torch_major", lambda: 12)
+    assert cublas.find_cublas() == (folder / "libcublas.so.12", "the CUDA toolkit")  # torch's CUDA major
+    torch_s = nowhere / "site" / "nvidia" / "cu12" / "lib" / "libcublas.so.12"
+    monkeypatch.setattr(cublas, "_mapped", lambda prefix: [torch_s] if prefix == "libcublas.so" else [])
+    assert cublas.find_cublas() == (torch_s, "this process (loaded already)")
+
+
+def test_mapped_reads_this_process_s_libraries():
+    libc = [p for p in cublas._mapped("libc.so") if p.name.startswith("libc.so")]
+    assert libc and all(p.is_absolute() for p in libc)  # a Linux process maps its C library
 
 
 def test_nothing_found_says_where_it_looked(nowhere):

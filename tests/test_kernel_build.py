@@ -179,7 +179,7 @@ def test_kernel_options_from_env(monkeypatch):
 
 
 def test_build_options_are_read_from_the_header():
-    """The names (and defaults) come from cuda/mk_config.cuh: the four decode options, three prefill options."""
+    """The names (and defaults) come from cuda/mk_config.cuh: the decode options, then the prefill options."""
     from luce_bench.kernels.abi import build_options
 
     assert build_options() == {
@@ -190,6 +190,7 @@ def test_build_options_are_read_from_the_header():
         "MK_PF_GBK": "64",
         "MK_PF_GBM": "64",
         "MK_PF_ATT_STAGE": "0",
+        "MK_PF_CUBLAS": "0",
         "MK_PF_GDN_TC": "1",
         "MK_SPIN_SLEEP_NS": "0",
         "MK_SPIN_LIMIT_NS": "20000000000ull",

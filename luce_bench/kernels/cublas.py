@@ -3,11 +3,13 @@
 The kernel library is built without cuBLAS (CI's machine has neither its headers nor the library) and loads it at run
 time from the path this module finds, in this order:
 1. `LUCE_BENCH_CUBLAS`: a libcublas.so file, or a folder that holds one;
-2. the `nvidia-cublas` wheel that a CUDA build of torch brings (site-packages/nvidia/.../lib);
-3. the CUDA toolkit: `CUDA_HOME` / `CUDA_PATH`, the folder of the nvcc on PATH, /usr/local/cuda.
-The newest major version found first wins in each place. libcublasLt, which libcublas needs, is loaded from the same
-folder first (the toolkit's libraries carry no search path of their own). Without cuBLAS the prefill keeps its own
-GEMM kernels, and `attach` says in one line what was missing and how to point at it.
+2. the libcublas this process has loaded already (torch's, once it has run a GEMM): one copy, one version;
+3. the `nvidia-cublas` wheel that a CUDA build of torch brings (site-packages/nvidia/.../lib);
+4. the CUDA toolkit: `CUDA_HOME` / `CUDA_PATH`, the folder of the nvcc on PATH, /usr/local/cuda.
+In 3 and 4 the CUDA major version of the torch in this process wins, else the newest. libcublasLt, which libcublas
+needs, is loaded from the same folder first unless the process has one (the toolkit's libraries carry no search path
+of their own). Without cuBLAS the prefill keeps its own GEMM kernels, and `attach` says in one line what was missing
+and how to point at it.
 """
 
 from __future__ import annotations
@@ -17,25 +19,47 @@ import importlib.util
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 ENV = "LUCE_BENCH_CUBLAS"
 _SONAME = re.compile(r"^libcublas\.so(?:\.(\d+))?(?:\.[\d.]+)?$")
 
 
+def _major(p: Path) -> int:
+    m = _SONAME.match(p.name)
+    return int(m.group(1) or -1) if m else -1
+
+
+def _torch_major() -> int | None:
+    """The CUDA major version of the torch this process imported (None: no torch, or a CPU build)."""
+    version = getattr(getattr(sys.modules.get("torch"), "version", None), "cuda", None)
+    return int(str(version).split(".")[0]) if version else None
+
+
 def _libraries(folder: Path) -> list[Path]:
-    """libcublas.so* files in `folder`, the highest major version first (the bare .so last)."""
-    found = []
-    for p in folder.glob("libcublas.so*") if folder.is_dir() else []:
-        m = _SONAME.match(p.name)
-        if m:
-            found.append((int(m.group(1) or -1), len(p.name), p))
-    return [p for _, _, p in sorted(found, key=lambda t: (-t[0], t[1]))]
+    """libcublas.so* files in `folder`: torch's CUDA major first, then the highest (the bare .so last)."""
+    found = [p for p in (folder.glob("libcublas.so*") if folder.is_dir() else []) if _SONAME.match(p.name)]
+    want = _torch_major()
+    return sorted(found, key=lambda p: (_major(p) != want, -_major(p), len(p.name)))
+
+
+def _mapped(prefix: str) -> list[Path]:
+    """Files named `prefix`* that this process has mapped (Linux; empty elsewhere)."""
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return []
+    paths = {ln.split(maxsplit=5)[5] for ln in lines if len(ln.split(maxsplit=5)) == 6}
+    return sorted(Path(p) for p in paths if Path(p).name.startswith(prefix))
 
 
 def _wheel_folders() -> list[Path]:
     """The lib folders of installed nvidia-cublas wheels (nvidia/cublas/lib, or a CUDA-major one: nvidia/cu13)."""
-    spec = importlib.util.find_spec("nvidia")
+    try:
+        spec = importlib.util.find_spec("nvidia")
+    except (ImportError, ValueError):
+        spec = None
     roots = [Path(p) for p in (spec.submodule_search_locations or [])] if spec else []
     return sorted({p.parent for root in roots for p in root.glob("*/lib/libcublas.so*")})
 
@@ -59,18 +83,29 @@ def find_cublas() -> tuple[Path | None, str]:
         p = Path(explicit).expanduser()
         libs = _libraries(p) if p.is_dir() else ([p] if p.is_file() else [])
         return (libs[0], ENV) if libs else (None, f"{ENV}={explicit}: no libcublas.so there")
+    loaded = [p for p in _mapped("libcublas.so") if _SONAME.match(p.name)]
+    if loaded:
+        return loaded[0], "this process (loaded already)"
     for where, folders in (("the nvidia-cublas wheel", _wheel_folders()), ("the CUDA toolkit", _toolkit_folders())):
-        for folder in folders:
-            libs = _libraries(folder)
-            if libs:
-                return libs[0], where
+        libs = sorted(
+            (lib for folder in folders for lib in _libraries(folder)[:1]),
+            key=lambda p: _major(p) != _torch_major(),  # stable: folder order among equals
+        )
+        if libs:
+            return libs[0], where
     return None, "no libcublas.so in the nvidia-cublas wheel or the CUDA toolkit (set LUCE_BENCH_CUBLAS to its path)"
 
 
 def _preload_lt(lib: Path) -> None:
-    """Load libcublasLt from the folder of `lib`, globally, so that libcublas finds it."""
-    suffix = lib.name.removeprefix("libcublas")
-    for lt in (lib.with_name(f"libcublasLt{suffix}"), *sorted(lib.parent.glob("libcublasLt.so*"), reverse=True)):
+    """Load libcublasLt of `lib`'s major version from its folder, globally, so that libcublas finds it.
+
+    Nothing if the process has a libcublasLt already: a second copy under the same name would not be the one bound.
+    """
+    if _mapped("libcublasLt.so"):
+        return
+    major = _major(lib)
+    names = [f"libcublasLt{lib.name.removeprefix('libcublas')}", f"libcublasLt.so.{major}"] if major >= 0 else []
+    for lt in (lib.parent / n for n in names):
         if lt.is_file():
             ctypes.CDLL(str(lt), mode=ctypes.RTLD_GLOBAL)
             return
