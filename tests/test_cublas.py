@@ -122,3 +122,11 @@ def test_attach_says_what_the_gemms_run_on(nowhere, monkeypatch):
     ok = _Lib(8, 1)
     assert cublas.attach(ok) == f"cuBLAS 13.1.0 ({lib_file}, from {cublas.ENV})" and ok.loaded == str(lib_file).encode()
     assert cublas.attach(_Lib(8, 1, rc=-7)) == f"own tensor-core kernels: {lib_file} ({cublas.ENV}): error -7"
+
+
+def test_info_describes_the_gemms_without_loading_anything(nowhere, monkeypatch):
+    assert cublas.describe(1).startswith("own tensor-core kernels: MK_PF_CUBLAS=1 but cuBLAS is not found: no libcub")
+    assert cublas.describe(0).startswith("own tensor-core kernels (LUCE_BENCH_KERNEL_OPTIONS=MK_PF_CUBLAS=1: cuBLAS")
+    lib_file = _lib_dir(nowhere / "cb", "libcublas.so.13") / "libcublas.so.13"
+    monkeypatch.setenv(cublas.ENV, str(lib_file))
+    assert cublas.describe(1) == f"cuBLAS, {lib_file} (from {cublas.ENV})"

@@ -6,6 +6,7 @@ and `luce_bench/backends/megakernel.py` (the backend).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 
@@ -24,6 +25,10 @@ def build_info(arch: str | None = None, build: bool = False) -> dict[str, Any]:
         info["prefill"] = f"{mode_from_env()} (${PREFILL_ENV}: kernel, the chunked prefill, or tokens)"
     except UserError as exc:
         info["prefill"] = f"error: {exc}"
+    from luce_bench.kernels.cublas import describe
+
+    with contextlib.suppress(UserError):
+        info["prefill_gemm"] = describe(int(b.options_from_env().get("MK_PF_CUBLAS", 0)))
     try:
         nvcc = b.find_nvcc()
         if nvcc is None:

@@ -131,3 +131,12 @@ def attach(lib: ctypes.CDLL) -> str:
     version = int(lib.luce_mk_prefill_cublas_version())
     major, minor, patch = version // 10000, version // 100 % 100, version % 100
     return f"cuBLAS {major}.{minor}.{patch} ({path}, from {where})"
+
+
+def describe(option: int) -> str:
+    """For `luce-bench info` (nothing loaded): what the prefill's GEMMs would run on with build option `option`."""
+    path, where = find_cublas()
+    found = f"{path} (from {where})" if path else f"not found: {where}"
+    if option:
+        return f"cuBLAS, {found}" if path else f"own tensor-core kernels: MK_PF_CUBLAS=1 but cuBLAS is {found}"
+    return f"own tensor-core kernels (LUCE_BENCH_KERNEL_OPTIONS=MK_PF_CUBLAS=1: cuBLAS, {found})"
