@@ -130,13 +130,14 @@ def _w(x: Any) -> str:
 
 
 def gpu_label(meta: dict[str, Any]) -> str:
-    """GPU, driver and the power limit in force (with the default and range)."""
+    """GPU (which card: two cards of one model draw different power for the same work), driver, power limit in force."""
     gpu = meta.get("gpu", {})
     limits = f"default {_w(gpu.get('power_limit_default_w'))}"
     if "power_limit_min_w" in gpu:
         limits += f", range {_w(gpu.get('power_limit_min_w'))}–{_w(gpu.get('power_limit_max_w'))}"
+    card = f" (card {gpu['uuid'].removeprefix('GPU-')[:8]})" if gpu.get("uuid") else ""
     return (
-        f"{gpu.get('name', 'no GPU')}, driver {gpu.get('driver', 'n/a')} (CUDA {gpu.get('cuda_driver', 'n/a')}), "
+        f"{gpu.get('name', 'no GPU')}{card}, driver {gpu.get('driver', 'n/a')} (CUDA {gpu.get('cuda_driver', 'n/a')}), "
         f"power limit in force {_w(gpu.get('power_limit_w'))} ({limits})"
     )
 

@@ -36,6 +36,8 @@ HOW_TO_READ = (
     "Rows are measured at the power limit in force, never set by luce-bench (`compare`, read-only). "
     "`tg128@d4096` decodes 128 tokens after 4096 tokens already in the context (llama-bench's `-d`; the context is "
     "prefilled before the windows and not measured). Ratios divide a row by the same test of llama.cpp or HF. "
+    "Compare W and tok/J within a run: two cards of one model differ (the same code on two H200s here: W 10-13 % "
+    "apart, tok/s 1-12 %). "
     "The bandwidth floor of a decode row is the GPU's peak memory bandwidth (NVML bus width × top memory clock, "
     "meta.json) over the bytes each token must read: the bf16 weights plus the KV cache of its context. "
     "Verdicts: README.md, 'How it measures'."

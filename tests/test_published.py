@@ -69,7 +69,7 @@ def test_ratios_against_a_baseline():
 def test_labels_of_a_committed_h100_run():
     facts = dict(labels(json.loads(H100_META.read_text())))
     assert facts == {
-        "GPU": "NVIDIA H100 80GB HBM3, driver 580.159.04 (CUDA 13.0), power limit in force 700 W "
+        "GPU": "NVIDIA H100 80GB HBM3 (card 3922f63d), driver 580.159.04 (CUDA 13.0), power limit in force 700 W "
         "(default 700 W, range 200 W–700 W)",
         "model": "synthetic-0.8b: synthetic bf16 weights (seed 0) with the exact Qwen3.5-0.8B shapes",
         "megakernel": "version not recorded in meta.json (library build key 4c65e154ae5c)",
