@@ -13,8 +13,10 @@ from __future__ import annotations
 import bisect
 import csv
 import gzip
+import math
 import shutil
 import statistics
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,11 +53,13 @@ def read_log(path: Path) -> tuple[list[float], list[float]]:
         times = [float(r["unix_s"]) for r in rows]
         energy_j = [float(r["energy_mj"]) / 1000.0 for r in rows]
     except FileNotFoundError:
-        raise UserError(f"--independent {path}: no such file") from None
-    except (KeyError, ValueError, TypeError, UnicodeDecodeError, OSError, EOFError):
-        raise UserError(f"--independent {path}: not an energy log (unix_s,energy_mj,power_mw rows)") from None
+        raise UserError(f"{path}: no such file") from None
+    except (KeyError, ValueError, TypeError, UnicodeDecodeError, OSError, EOFError, zlib.error, csv.Error):
+        raise UserError(f"{path}: not an energy log (unix_s,energy_mj,power_mw rows)") from None
+    if not all(math.isfinite(x) for x in (*times, *energy_j)):
+        raise UserError(f"{path}: not an energy log (a reading that is not a number)")
     if len(times) < 2 or any(b <= a for a, b in zip(times, times[1:], strict=False)):
-        raise UserError(f"--independent {path}: needs at least two readings in time order")
+        raise UserError(f"{path}: needs at least two readings in time order")
     return times, energy_j
 
 
@@ -87,7 +91,7 @@ def compare(runs: list[RunRecord], meta: dict[str, Any], log: Path) -> tuple[lis
         setting = setting_text(r.power_limit_req_w, r.sm_clock_mhz)
         out.append(Comparison(r.backend, r.test, setting, r.energy_j, e1 - e0))
     if not out:
-        raise UserError(f"--independent {log}: the log covers none of the run's windows (another run or machine?)")
+        raise UserError(f"{log}: the log covers none of the run's windows (another run or machine?)")
     return out, missing
 
 
@@ -148,7 +152,8 @@ def keep(run_dir: Path, log: Path) -> list[str]:
             if log.suffix == ".gz":
                 shutil.copyfile(log, tmp)
             else:
-                with log.open("rb") as src, gzip.GzipFile(tmp, "wb", mtime=0) as out:
+                # no file name or time in the gzip header: the same log keeps the same bytes
+                with log.open("rb") as src, tmp.open("wb") as raw, gzip.GzipFile("", "wb", fileobj=raw, mtime=0) as out:
                     shutil.copyfileobj(src, out)
     text, lines = report_text(run_dir)
     atomic_write(run_dir / REPORT, text)

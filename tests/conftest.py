@@ -89,7 +89,7 @@ def _read_only_by_kind(request: pytest.FixtureRequest, monkeypatch: pytest.Monke
     """GPU tests run read-only; the others set simulated cards only, whatever the caller's LUCE_BENCH_READONLY.
 
     `make test` under LUCE_BENCH_READONLY=1 on a shared GPU: the variable is dropped for the tests without the marker,
-    whose simulated cards must take settings, and every setter of the real NVML refuses instead.
+    whose simulated cards must take settings, and the real NVML's setters refuse instead.
     """
     if request.node.get_closest_marker("gpu") is not None:
         monkeypatch.setenv("LUCE_BENCH_READONLY", "1")
@@ -104,15 +104,31 @@ def _read_only_by_kind(request: pytest.FixtureRequest, monkeypatch: pytest.Monke
             monkeypatch.setattr(pynvml, name, _refusing(name, getattr(pynvml, name)))
 
 
-REAL_NVML_SETTERS = ("nvmlDeviceSet", "nvmlDeviceReset", "nvmlDeviceClear", "nvmlSet")
+# Names of pynvml calls that change a card or the system (luce-bench itself calls four of them).
+REAL_NVML_SETTERS = (
+    "nvmlDeviceSet",
+    "nvmlDeviceReset",
+    "nvmlDeviceClear",
+    "nvmlDeviceModify",
+    "nvmlDeviceRemove",
+    "nvmlDeviceCreate",
+    "nvmlDevicePowerSmoothing",
+    "nvmlDeviceWorkloadPowerProfile",
+    "nvmlGpuInstance",
+    "nvmlComputeInstanceDestroy",
+    "nvmlSet",
+    "nvmlSystemSet",
+    "nvmlUnitSet",
+    "nvmlGpmSet",
+)
 
 
 def _refusing(name: str, setter: Any) -> Any:
     """`setter` that raises instead (same signature: tests that autospec pynvml still check argument counts)."""
 
     @functools.wraps(setter)
-    def refuse(*args: Any, **kwargs: Any) -> None:
-        raise AssertionError(f"a test without the gpu marker called the real pynvml.{name}: refused (a shared card)")
+    def refuse(*args: Any, **kwargs: Any) -> None:  # pytest.fail: no `except Exception` in the code can swallow it
+        pytest.fail(f"a test without the gpu marker called the real pynvml.{name}: refused (a shared card)")
 
     return refuse
 

@@ -58,16 +58,27 @@ def test_the_same_counter_agrees_and_a_counter_5_percent_high_reads_plus_5(sim_r
     out = runner.invoke(app, ["report", str(sim_run), "--independent", str(high)])
     assert out.exit_code == 0 and 4.7 < _overall_median(out.output) < 5.3, out.output
     assert (sim_run / "independent.md").read_text().startswith("# Energy against an independent reader")
-    kept = gzip.decompress((sim_run / "independent_log.csv.gz").read_bytes())
-    assert kept == high.read_bytes()  # the last log compared is kept in the run, gzipped
+    kept = (sim_run / "independent_log.csv.gz").read_bytes()
+    assert gzip.decompress(kept) == high.read_bytes()  # the last log compared is kept in the run, gzipped
+    assert runner.invoke(app, ["report", str(sim_run), "--independent", str(high)]).exit_code == 0
+    assert (sim_run / "independent_log.csv.gz").read_bytes() == kept  # no name or time in the gzip header
 
 
-@pytest.mark.tries("bad input", "report --independent: a missing log, a log that is not one, a log of another run")
-@pytest.mark.parametrize("case", ["missing", "not-a-log", "other-run"])
+@pytest.mark.tries(
+    "bad input", "report --independent: a missing log, one that is not a log (or a broken gzip, a nan), another run's"
+)
+@pytest.mark.parametrize("case", ["missing", "not-a-log", "broken-gzip", "nan", "other-run"])
 def test_bad_logs_are_one_line(sim_run, tmp_path, case):
     log = tmp_path / "log.csv"
     if case == "not-a-log":
         log.write_text("time,watts\n1,2\n")
+        message = "not an energy log"
+    elif case == "broken-gzip":
+        log = tmp_path / "log.csv.gz"
+        log.write_bytes(gzip.compress(b"unix_s,energy_mj,power_mw\n" * 50)[:12] + b"\xff" * 40)
+        message = "not an energy log"
+    elif case == "nan":
+        log.write_text("unix_s,energy_mj,power_mw\n1.0,5,1\nnan,6,1\n2.0,7,1\n")
         message = "not an energy log"
     elif case == "other-run":
         _log_from_samples(sim_run, log, shift_s=1e6)

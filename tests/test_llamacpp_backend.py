@@ -32,10 +32,10 @@ from luce_bench.errors import UserError  # noqa: E402
 # These tests load llama.cpp in this (torch) process: right for the CPU build they test. A CUDA build crashes there
 # (H100 and H200: a segfault in llama_model_load_from_file), which is why `create("llamacpp")` runs it in a child
 # process; on a GPU machine with the CUDA build, its tests are tests/gpu/test_baselines_gpu.py and the child-process
-# tests (test_depth.py, below).
+# tests (tests/test_depth.py; test_unavailable_reason_when_installed and the refusal test below run either way).
 CUDA_BUILD = bool(__import__("llama_cpp").llama_supports_gpu_offload())
 cpu_build_only = pytest.mark.skipif(
-    CUDA_BUILD, reason="llama-cpp-python is a CUDA build: it cannot load in a process with torch (CPU-build tests)"
+    CUDA_BUILD, reason="llama-cpp-python is a GPU build: it cannot load in a process with torch (CPU-build tests)"
 )
 
 N_PROMPT, N_DECODE = 32, 20

@@ -121,6 +121,17 @@ def test_gpu_tests_run_read_only():
     assert os.environ["LUCE_BENCH_READONLY"] == "1"
 
 
+def test_the_other_tests_set_simulated_cards_only(monkeypatch):
+    """Whatever the caller's LUCE_BENCH_READONLY, a test without the marker runs without it, and a real setter fails."""
+    import os
+
+    pynvml = pytest.importorskip("pynvml")
+    assert "LUCE_BENCH_READONLY" not in os.environ
+    for setter in (pynvml.nvmlDeviceSetPowerManagementLimit, pynvml.nvmlDeviceResetGpuLockedClocks):
+        with pytest.raises(pytest.fail.Exception, match="refused"):
+            setter(None, 100) if setter is pynvml.nvmlDeviceSetPowerManagementLimit else setter(None)
+
+
 def test_info_names_the_missing_pieces_and_their_fixes(monkeypatch):
     from luce_bench.info import setup_gaps
     from luce_bench.setup import probe
