@@ -109,12 +109,11 @@ def summary_lines(comparisons: list[Comparison], missing: int) -> list[str]:
         lines.append(
             f"| {backend} | {test} | {setting} | {len(diffs)} | {statistics.median(diffs):+.2f} % | {worst:+.2f} % |"
         )
-    every = [c.diff_pct for c in comparisons]
+    n, median, largest = overall(comparisons)
     lines.append("")
     lines.append(
-        f"All {len(every)} windows: independent reader vs the run's counter, median {statistics.median(every):+.2f} %, "
-        f"largest |difference| {max(abs(d) for d in every):.2f} %"
-        + (f"; {missing} windows lie outside the log" if missing else "")
+        f"All {n} windows: independent reader vs the run's counter, median {median:+.2f} %, "
+        f"largest |difference| {largest:.2f} %" + (f"; {missing} windows lie outside the log" if missing else "")
     )
     return lines
 
@@ -125,11 +124,15 @@ def overall(comparisons: list[Comparison]) -> tuple[int, float, float]:
     return len(every), statistics.median(every), max(abs(d) for d in every)
 
 
-def report_text(run_dir: Path) -> tuple[str, list[str]]:
-    """independent.md of `run_dir` from its kept log (LOG), and its summary lines."""
+def _compare_run(run_dir: Path, log: Path) -> tuple[list[Comparison], int]:
+    """`compare` of the run in `run_dir` with `log`."""
     from luce_bench.results import read_meta, read_runs
 
-    comparisons, missing = compare(read_runs(run_dir), read_meta(run_dir), run_dir / LOG)
+    return compare(read_runs(run_dir), read_meta(run_dir), log)
+
+
+def _document(comparisons: list[Comparison], missing: int) -> tuple[str, list[str]]:
+    """independent.md's text and its summary lines."""
     lines = summary_lines(comparisons, missing)
     head = (
         f"# Energy against an independent reader\n\nEvery window's energy (the run's NVML counter) against `{LOG}`, "
@@ -139,13 +142,16 @@ def report_text(run_dir: Path) -> tuple[str, list[str]]:
     return "\n".join([head, *lines, ""]), lines
 
 
+def report_text(run_dir: Path) -> tuple[str, list[str]]:
+    """independent.md of `run_dir` from its kept log (LOG), and its summary lines."""
+    return _document(*_compare_run(run_dir, run_dir / LOG))
+
+
 def keep(run_dir: Path, log: Path) -> list[str]:
     """Compare `log` with the run in `run_dir`, keep it there (gzipped, as LOG) and write REPORT; the summary lines."""
     if not (run_dir / "runs.csv").is_file():
         raise UserError(f"{run_dir} is not a luce-bench run directory (no runs.csv)")
-    from luce_bench.results import read_meta, read_runs
-
-    compare(read_runs(run_dir), read_meta(run_dir), log)  # a log that is not this run's is refused before any write
+    found = _compare_run(run_dir, log)  # a log that is not this run's is refused before any write
     kept = run_dir / LOG
     if log.resolve() != kept.resolve():
         with atomic_path(kept) as tmp:
@@ -155,7 +161,7 @@ def keep(run_dir: Path, log: Path) -> list[str]:
                 # no file name or time in the gzip header: the same log keeps the same bytes
                 with log.open("rb") as src, tmp.open("wb") as raw, gzip.GzipFile("", "wb", fileobj=raw, mtime=0) as out:
                     shutil.copyfileobj(src, out)
-    text, lines = report_text(run_dir)
+    text, lines = _document(*found)
     atomic_write(run_dir / REPORT, text)
     return lines
 
@@ -164,6 +170,4 @@ def agreement(run_dir: Path) -> tuple[int, float, float] | None:
     """`overall` of the run against its kept log (LOG); None when the run has none."""
     if not (run_dir / LOG).is_file():
         return None
-    from luce_bench.results import read_meta, read_runs
-
-    return overall(compare(read_runs(run_dir), read_meta(run_dir), run_dir / LOG)[0])
+    return overall(_compare_run(run_dir, run_dir / LOG)[0])

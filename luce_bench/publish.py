@@ -65,10 +65,12 @@ def _refusal(run_dir: Path, meta: dict[str, Any], runs: list[RunRecord], allow_f
 
 
 def _failures(run_dir: Path) -> list[str]:
-    """What failed in a run that finished with failures (status.json), for the tables to print."""
-    from luce_bench.status import read_status
+    """What failed in a run that finished with failures (status.json), for the tables to print; [] for any other."""
+    from luce_bench.status import FAILURES, effective_state, read_status
 
-    status = read_status(run_dir) or {}
+    status = read_status(run_dir)
+    if status is None or effective_state(status) != FAILURES:
+        return []
     return [str(f) for f in status.get("failed", [])] or [str(status.get("reason", "a backend failed"))]
 
 
@@ -126,8 +128,9 @@ def publish(run_dir: Path, results: Path, name: str | None = None, allow_failure
     if why:
         raise UserError(f"cannot publish {run_dir}: {why}")
     meta = _with_commit(meta)
-    if _refusal(run_dir, meta, runs) is not None:  # allowed only by --allow-failures
-        meta = {**meta, "published_with_failures": _failures(run_dir)}
+    failures = _failures(run_dir)  # allowed only by --allow-failures (_refusal)
+    if failures:
+        meta = {**meta, "published_with_failures": failures}
     dest = destination(run_dir, results, name)
     with _staged(dest) as stage:
         shutil.copy2(run_dir / RUNS, stage / RUNS)
@@ -140,7 +143,7 @@ def publish(run_dir: Path, results: Path, name: str | None = None, allow_failure
             shutil.copy2(run_dir / f"{SAMPLES}.gz", stage / f"{SAMPLES}.gz")
         if (run_dir / INDEPENDENT_LOG).is_file():
             shutil.copy2(run_dir / INDEPENDENT_LOG, stage / INDEPENDENT_LOG)
-            atomic_write(stage / INDEPENDENT_REPORT, report_text(stage)[0])
+            (stage / INDEPENDENT_REPORT).write_text(report_text(stage)[0])
         render(stage)  # summary.csv, plots and report.md from the files above, as `report --check` rebuilds them
     return dest
 

@@ -127,9 +127,12 @@ def test_the_other_tests_set_simulated_cards_only(monkeypatch):
 
     pynvml = pytest.importorskip("pynvml")
     assert "LUCE_BENCH_READONLY" not in os.environ
-    for setter in (pynvml.nvmlDeviceSetPowerManagementLimit, pynvml.nvmlDeviceResetGpuLockedClocks):
+    for setter, args in (
+        (pynvml.nvmlDeviceSetPowerManagementLimit, (None, 100)),
+        (pynvml.nvmlDeviceResetGpuLockedClocks, (None,)),
+    ):
         with pytest.raises(pytest.fail.Exception, match="refused"):
-            setter(None, 100) if setter is pynvml.nvmlDeviceSetPowerManagementLimit else setter(None)
+            setter(*args)
 
 
 def test_info_names_the_missing_pieces_and_their_fixes(monkeypatch):

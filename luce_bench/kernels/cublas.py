@@ -37,9 +37,12 @@ def _torch_major() -> int | None:
     return int(str(version).split(".")[0]) if version else None
 
 
-def _libraries(folder: Path) -> list[Path]:
-    """libcublas.so* files in `folder`: torch's CUDA major first, then the highest (the bare .so last)."""
-    found = [p for p in (folder.glob("libcublas.so*") if folder.is_dir() else []) if _SONAME.match(p.name)]
+def _libraries(*folders: Path) -> list[Path]:
+    """The libcublas.so* files in `folders`: torch's CUDA major first, then the highest (the bare .so last).
+
+    Sorted stably: among equals, the earlier folder's comes first.
+    """
+    found = [p for f in folders if f.is_dir() for p in sorted(f.glob("libcublas.so*")) if _SONAME.match(p.name)]
     want = _torch_major()
     return sorted(found, key=lambda p: (_major(p) != want, -_major(p), len(p.name)))
 
@@ -50,8 +53,9 @@ def _mapped(prefix: str) -> list[Path]:
         lines = Path("/proc/self/maps").read_text().splitlines()
     except OSError:
         return []
-    paths = {ln.split(maxsplit=5)[5] for ln in lines if len(ln.split(maxsplit=5)) == 6}
-    return sorted(Path(p) for p in paths if Path(p).name.startswith(prefix))
+    fields = (ln.split(maxsplit=5) for ln in lines)
+    paths = {Path(f[5]) for f in fields if len(f) == 6}
+    return sorted(p for p in paths if p.name.startswith(prefix))
 
 
 def _wheel_folders() -> list[Path]:
@@ -87,10 +91,7 @@ def find_cublas() -> tuple[Path | None, str]:
     if loaded:
         return loaded[0], "this process (loaded already)"
     for where, folders in (("the nvidia-cublas wheel", _wheel_folders()), ("the CUDA toolkit", _toolkit_folders())):
-        libs = sorted(
-            (lib for folder in folders for lib in _libraries(folder)[:1]),
-            key=lambda p: _major(p) != _torch_major(),  # stable: folder order among equals
-        )
+        libs = _libraries(*folders)
         if libs:
             return libs[0], where
     return None, "no libcublas.so in the nvidia-cublas wheel or the CUDA toolkit (set LUCE_BENCH_CUBLAS to its path)"
