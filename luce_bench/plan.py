@@ -270,9 +270,31 @@ def _runnable(names: Sequence[str], optional: Sequence[str], ctx: RunContext) ->
             raise UserError(f"gpu.fake_clock: virtual runs only simulated backends (sim); {name} runs in real time")
         else:
             keep.append(name)
+    _refuse_if_none_left(keep, skipped)
+    return keep, skipped
+
+
+def _refuse_if_none_left(keep: Sequence[str], skipped: dict[str, str]) -> None:
     if not keep and skipped:
         raise UserError("no backend can run here: " + "; ".join(f"{n}: {why}" for n, why in skipped.items()))
-    return keep, skipped
+
+
+def _serving(keep: list[str], optional: Sequence[str], model: ModelSpec, skipped: dict[str, str]) -> list[str]:
+    """The backends of `keep` that can run `model`.
+
+    An optional one that cannot is skipped (its reason kept in `skipped`); a named one is refused.
+    """
+    out = []
+    for name in keep:
+        reason = get_backend(name).model_reason(model)
+        if reason and name not in optional:
+            raise UserError(reason)
+        if reason:
+            skipped[name] = reason
+        else:
+            out.append(name)
+    _refuse_if_none_left(out, skipped)
+    return out
 
 
 def cuda_gpu_visible(ctx: RunContext) -> bool:
@@ -319,6 +341,7 @@ def plan(
     chosen = model_name(cfg, ctx)
     notes = (TINY_NOTE,) if cfg.model == "auto" and chosen == "tiny" else ()
     model = resolve_model(chosen, seed=cfg.model_seed)
+    keep = _serving(keep, optional, model, skipped)
     check_tests_fit(tests, model)
     for backend in keep:  # files a backend would fail on (a damaged cached GGUF) are refused now, not mid-run
         get_backend(backend).check_model(model, **ctx.backend_kwargs(backend))

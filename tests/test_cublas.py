@@ -58,6 +58,8 @@ def test_torch_s_wheel_comes_before_the_toolkit(nowhere, monkeypatch):
     monkeypatch.delenv(cublas.ENV, raising=False)
     site = nowhere / "site"
     wheel = _lib_dir(site / "nvidia" / "cu13" / "lib", "libcublas.so.13", "libcublasLt.so.13")
+    # a regular package, first on the path, hides the namespace portions of a real wheel (a GPU machine's torch)
+    (site / "nvidia" / "__init__.py").write_text("")
     toolkit = _lib_dir(nowhere / "cuda" / "lib64", "libcublas.so.13")
     monkeypatch.setenv("CUDA_HOME", str(nowhere / "cuda"))
     monkeypatch.syspath_prepend(str(site))

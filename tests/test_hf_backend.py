@@ -6,6 +6,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from luce_bench.backends.hf_paths import helpers_for  # noqa: E402 - after the skips
+
 PROMPT = [11, 22, 33, 44, 55, 66, 77, 88, 99, 5]
 
 
@@ -14,7 +16,8 @@ def test_greedy_tokens_equal_generate(hf_tiny):
     first = hf_tiny.prefill(PROMPT)
     rest = hf_tiny.decode(31)
     ours = list(first.tokens + rest.tokens)
-    ref = hf_tiny._model.generate(torch.tensor([PROMPT]), max_new_tokens=32, do_sample=False, min_new_tokens=32)
+    with helpers_for(hf_tiny._model, "cpu"):
+        ref = hf_tiny._model.generate(torch.tensor([PROMPT]), max_new_tokens=32, do_sample=False, min_new_tokens=32)
     assert ours == ref[0, len(PROMPT) :].tolist()
     assert len(set(ours)) > 8, "synthetic weights must not give degenerate (constant) greedy output"
     assert first.elapsed_s > 0 and rest.elapsed_s > 0
@@ -34,7 +37,8 @@ def test_logits_and_teacher_forcing(hf_tiny):
     np.testing.assert_array_equal(forced.logits, free.logits)
     # a full forward pass over prompt + continuation gives the same last logits (cache is right)
     seq = torch.tensor([PROMPT + [first.tokens[0], *free.tokens[:7]]])
-    full = hf_tiny._model(seq).logits[0, -1].float().detach().numpy()
+    with helpers_for(hf_tiny._model, "cpu"):
+        full = hf_tiny._model(seq).logits[0, -1].float().detach().numpy()
     np.testing.assert_allclose(full, free.logits[-1], rtol=0, atol=0.05)
 
 
@@ -75,6 +79,43 @@ def test_kernel_paths_are_read_from_transformers_binding(hf_tiny):
     assert info["kernel_paths_source"] == "bound at import"
     assert (info["gdn_path"] == "pure-torch fallback") == (bound["chunk_gated_delta_rule"] == "torch")
     assert sorted(k for k, v in bound.items() if v == "torch") == info["torch_fallbacks"]
+
+
+def test_a_cpu_model_runs_the_torch_fallbacks_of_helpers_bound_to_a_cuda_only_package(monkeypatch):
+    """As on a GPU machine with fla installed: transformers binds its Triton kernel, which fails for CPU tensors."""
+    import sys
+    import types
+
+    from transformers.integrations import use_kernel_func_from_hub_with_fallback
+
+    from luce_bench.backends.hf_paths import paths
+
+    fast = types.ModuleType("fake_fla")
+
+    def chunk_gated_delta_rule(x, g=None):
+        raise ValueError("Pointer argument (at 0) cannot be accessed from Triton (cpu tensor?)")
+
+    fast.chunk_gated_delta_rule = chunk_gated_delta_rule
+    monkeypatch.setitem(sys.modules, "fake_fla", fast)
+    modeling = types.ModuleType("fake_modeling")
+    monkeypatch.setitem(sys.modules, "fake_modeling", modeling)
+
+    def torch_chunk_gated_delta_rule(x, g=None):
+        return ("torch", x, g)
+
+    helper = use_kernel_func_from_hub_with_fallback("chunk_gated_delta_rule", "fake_fla")(torch_chunk_gated_delta_rule)
+    modeling.torch_chunk_gated_delta_rule = helper
+    model = type("FakeModel", (), {"__module__": "fake_modeling"})()
+
+    with pytest.raises(ValueError, match="Triton"):
+        modeling.torch_chunk_gated_delta_rule(1, g=2)
+    with helpers_for(model, "cuda"):
+        assert modeling.torch_chunk_gated_delta_rule is helper
+    with helpers_for(model, "cpu"):  # the keyword the fallback does not take is dropped, as transformers does
+        assert modeling.torch_chunk_gated_delta_rule(1, g=2, cu_seqlens=None) == ("torch", 1, 2)
+    assert modeling.torch_chunk_gated_delta_rule is helper  # put back
+    cpu = paths(model, set(), "cpu")  # what meta.json says a CPU model ran
+    assert (cpu["gdn_path"], cpu["conv1d_path"]) == ("pure-torch fallback", "pure-torch fallback")
 
 
 def test_kernel_paths_fall_back_to_the_log_when_the_binding_is_unreadable():

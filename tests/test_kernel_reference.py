@@ -15,6 +15,7 @@ pytest.importorskip("transformers")
 def test_reference_matches_transformers_fp32(tmp_path):
     from transformers import AutoModelForCausalLM
 
+    from luce_bench.backends.hf_paths import helpers_for
     from luce_bench.kernels.reference import Reference
     from luce_bench.model.spec import TINY
     from luce_bench.model.synthetic import generate
@@ -23,7 +24,7 @@ def test_reference_matches_transformers_fp32(tmp_path):
     generate(TINY, tmp_path, seed=3)
     model = AutoModelForCausalLM.from_pretrained(str(tmp_path), dtype=torch.float32).eval()
     ids = torch.randint(0, TINY.vocab_size, (1, 20), generator=torch.Generator().manual_seed(5))
-    with torch.no_grad():
+    with torch.no_grad(), helpers_for(model, "cpu"):  # fla's kernels, where installed, run on CUDA only
         want = model(ids).logits[0]
     ref = Reference(load_text_weights(tmp_path), TINY)
     got = torch.stack([ref.step(int(t)) for t in ids[0]])

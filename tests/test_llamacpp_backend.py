@@ -161,6 +161,11 @@ def test_cpu_build_refused_when_gpu_present(tiny, monkeypatch):
     assert "build-llamacpp-cuda.sh" in str(err.value)
     with pytest.raises(base.BackendUnavailable):
         LlamaCppBackend(n_ctx=64).load(tiny, "cuda")
+
+
+@cpu_build_only  # describe() reads the installed build's files: a CUDA build has no CPU-only warning to give
+def test_info_warns_of_a_cpu_build_on_a_gpu_host(monkeypatch):
+    monkeypatch.setattr(lcb, "nvidia_gpu_present", lambda: True)
     assert "CPU-only" in LlamaCppBackend.describe().get("warning", "")
 
 

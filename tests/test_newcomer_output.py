@@ -22,9 +22,12 @@ FAST = ["--reps", "1", "--window-s", "0.2", "--warmup-s", "0.05", "--rep-gap-max
 
 
 def test_default_baselines_that_cannot_run_are_skipped_named_ones_are_refused(tmp_path, tiny_model, monkeypatch):
+    from luce_bench.backends.hf_compiled import HFCompiledBackend
     from luce_bench.backends.llamacpp import LlamaCppBackend
 
     monkeypatch.setattr(LlamaCppBackend, "unavailable_reason", classmethod(lambda cls: "llama_cpp is not installed"))
+    # on a GPU machine it could run: the same answer there
+    monkeypatch.setattr(HFCompiledBackend, "unavailable_reason", classmethod(lambda cls: "torch sees no CUDA GPU"))
     out = tmp_path / "runs"
     result = runner.invoke(app, ["compare", "--fake-gpu", "--model", "tiny", "-o", str(out), *FAST])
     assert result.exit_code == 0, result.output
@@ -34,6 +37,27 @@ def test_default_baselines_that_cannot_run_are_skipped_named_ones_are_refused(tm
         assert {row["backend"] for row in csv.DictReader(f)} == {"hf"}
     named = runner.invoke(app, ["compare", "--fake-gpu", "--baselines", "llamacpp,hf", "-o", str(tmp_path / "x")])
     assert named.exit_code == 2 and "backend llamacpp cannot run here: llama_cpp is not installed" in named.output
+
+
+def test_a_model_the_megakernel_cannot_run_skips_it_by_default_and_refuses_it_by_name(
+    tmp_path, tiny_model, monkeypatch
+):
+    """As on a GPU machine, where the megakernel can run, with the tiny model (other shapes than the kernel's)."""
+    from luce_bench.backends.megakernel import MegakernelBackend
+
+    monkeypatch.setattr(MegakernelBackend, "unavailable_reason", classmethod(lambda cls: None))
+    out = tmp_path / "runs"
+    argv = ["compare", "--fake-gpu", "--model", "tiny", "--baselines", "hf", "-o", str(out), *FAST]
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "skipping megakernel: the megakernel supports only the exact Qwen3.5-0.8B shapes; this model differs" in said
+    (run_dir,) = out.iterdir()
+    with open(run_dir / "runs.csv") as f:
+        assert {row["backend"] for row in csv.DictReader(f)} == {"hf"}
+    named = runner.invoke(app, ["bench", "megakernel", "--fake-gpu", "--model", "tiny", "-o", str(tmp_path / "x")])
+    assert named.exit_code == 2 and named.output.startswith("error: the megakernel supports only the exact")
+    assert not (tmp_path / "x").exists()
 
 
 def test_nothing_runnable_is_one_line_naming_every_reason(tmp_path, monkeypatch):

@@ -34,6 +34,12 @@ exit 9
 """
 
 
+@pytest.fixture(autouse=True)
+def _no_pythonpath(monkeypatch):
+    """The child Pythons here see what a fresh shell's would: a caller's PYTHONPATH (another checkout) is not theirs."""
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+
+
 def fake_exe(folder: Path, name: str, script: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
@@ -212,17 +218,30 @@ def test_the_makefile_passes_wheels_through_and_a_fake_gpu_switches_to_the_gpu_s
     assert first.startswith("setup: NVIDIA H200 (sm_90, driver 570.86.15, CUDA 12.8); nvcc 13.0, cuBLAS;")
     assert first.endswith(f"offline from WHEELS={tmp_path / 'wheels'}")
     assert f"--no-index --find-links {tmp_path / 'wheels'}" in gpu.stdout
-    assert "setup: llama.cpp: WHEELS has no CUDA llama-cpp-python wheel and no sdist" in gpu.stdout
+    if probe.python_facts().llama_cpp_cuda:  # as on the H200: this Python has the CUDA build, the plan keeps it
+        assert "WHEELS has no CUDA llama-cpp-python" not in gpu.stdout and "building llama-cpp" not in gpu.stdout
+    else:
+        assert "setup: llama.cpp: WHEELS has no CUDA llama-cpp-python wheel and no sdist" in gpu.stdout
     assert not (tmp_path / "venv").exists()  # a dry run creates nothing
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_the_makefile_without_nvidia_smi_plans_the_cpu_setup(tmp_path):
-    empty = tmp_path / "empty-bin"
-    empty.mkdir()
-    env_path = [p for p in os.environ["PATH"].split(os.pathsep) if not (Path(p) / "nvidia-smi").exists()]
+    # PATH without nvidia-smi: a folder that holds it (with make, sh and the rest, as /usr/bin does) is replaced by
+    # links to everything else in it
+    shadow, env_path = tmp_path / "shadow-bin", []
+    shadow.mkdir()
+    for folder in map(Path, os.environ["PATH"].split(os.pathsep)):
+        if not (folder / "nvidia-smi").exists():
+            env_path.append(str(folder))
+            continue
+        for exe in folder.iterdir():
+            if exe.name != "nvidia-smi" and not (shadow / exe.name).exists():
+                (shadow / exe.name).symlink_to(exe)
+        if str(shadow) not in env_path:
+            env_path.append(str(shadow))
     cpu = subprocess.run(
-        ["make", "-s", "-C", str(ROOT), "setup", "SETUP_ARGS=--dry-run", f"PYTHON={sys.executable}",
+        [shutil.which("make"), "-s", "-C", str(ROOT), "setup", "SETUP_ARGS=--dry-run", f"PYTHON={sys.executable}",
          f"VENV={tmp_path / 'venv'}", "LLAMACPP_CMAKE_ARGS=-DGGML_NATIVE=OFF -DX=1"],
         capture_output=True, text=True, timeout=120, check=False, env={**os.environ, "PATH": os.pathsep.join(env_path)},
     )  # fmt: skip
@@ -250,14 +269,14 @@ def test_a_venv_made_from_a_venv_sees_the_hosts_packages_through_host_site(tmp_p
     facts = subprocess.run(
         [str(host / "bin" / "python"), "-c", code], cwd=ROOT, capture_output=True, text=True, check=True, timeout=60
     )
-    (site_dir,) = facts.stdout.split()
-    (Path(site_dir) / "only_in_host.py").write_text("WHERE = 'host venv'\n")
+    site_dirs = facts.stdout.split()  # one, or more where the Python is Debian's
+    (Path(site_dirs[0]) / "only_in_host.py").write_text("WHERE = 'host venv'\n")
     new = tmp_path / "new"
     subprocess.run([str(host / "bin" / "python"), "-m", "venv", "--without-pip", "--system-site-packages", str(new)],
                    check=True, timeout=120)  # fmt: skip
     py = str(new / "bin" / "python")
     probe = [py, "-c", "import only_in_host; print(only_in_host.WHERE)"]
     assert subprocess.run(probe, cwd=tmp_path, capture_output=True, timeout=60, check=False).returncode != 0
-    subprocess.run([py, "-m", "luce_bench.setup.link", "--host-site", site_dir], cwd=ROOT, check=True, timeout=60)
+    subprocess.run([py, "-m", "luce_bench.setup.link", "--host-site", *site_dirs], cwd=ROOT, check=True, timeout=60)
     seen = subprocess.run(probe, cwd=tmp_path, capture_output=True, text=True, check=True, timeout=60)
     assert seen.stdout.strip() == "host venv"

@@ -59,6 +59,14 @@ class Backend(ABC):
     def unavailable_reason(cls) -> str | None:
         """Why this backend cannot run on this machine, or None if it can. Must be cheap (no heavy imports)."""
 
+    @classmethod
+    def model_reason(cls, model: ModelSpec) -> str | None:
+        """Why this backend cannot run `model` at all (e.g. other shapes than it is built for), else None; cheap.
+
+        Unlike check_model's bad input, this is a fact of the backend: compare skips a default backend for it.
+        """
+        return None
+
     @classmethod  # noqa: B027 - optional: most backends need no check of their own
     def check_model(cls, model: ModelSpec, **kwargs: Any) -> None:
         """Refuse (UserError) model files this backend would fail on, while the plan is made; cheap; nothing written.

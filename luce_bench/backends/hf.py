@@ -7,6 +7,7 @@ when they are installed, else through slow pure-torch fallbacks; `info()` record
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import time
@@ -104,6 +105,15 @@ class HFBackend(Backend):
 
         return torch.inference_mode()
 
+    def _running(self) -> contextlib.ExitStack:
+        """What every forward runs under: `_no_grad`, and GDN helpers the model's device can run (hf_paths)."""
+        from luce_bench.backends.hf_paths import helpers_for
+
+        stack = contextlib.ExitStack()
+        stack.enter_context(self._no_grad())
+        stack.enter_context(helpers_for(self._model, self._device.type))
+        return stack
+
     def reset(self) -> None:
         """Drop the cache (KV and GDN state)."""
         self._cache = None
@@ -142,7 +152,7 @@ class HFBackend(Backend):
         ids = torch.tensor([list(token_ids)], dtype=torch.long, device=self._device)
         self._sync()
         t0 = time.perf_counter()
-        with self._no_grad():
+        with self._running():
             last = self._forward(ids)
             self._last = last.argmax(dim=-1, keepdim=True)
         self._sync()
@@ -164,7 +174,7 @@ class HFBackend(Backend):
         toks, rows = [], []
         self._sync()
         t0 = time.perf_counter()
-        with self._no_grad():
+        with self._running():
             nxt = self._last
             for i in range(n):
                 step_in = forced[i] if forced is not None else nxt
@@ -192,9 +202,9 @@ class HFBackend(Backend):
             sdpa_cudnn=self.sdpa_cudnn,
         )
         if self._model is not None:
-            info.update(paths(self._model, self._recorder.fallbacks))
+            info.update(paths(self._model, self._recorder.fallbacks, self._device.type))
             info["setup"] = self.setup_text(info)
-        if info.get("torch_fallbacks"):
+        if info.get("torch_fallbacks") and info.get("device", "").startswith("cuda"):  # the kernels are CUDA-only
             info["warning"] = (
                 "GDN layers ran on transformers' pure-torch fallbacks ("
                 + ", ".join(info["torch_fallbacks"])

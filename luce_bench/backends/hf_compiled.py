@@ -219,7 +219,7 @@ class HFCompiledBackend(HFBackend):
         cache = DynamicCache(config=self._model.config)
         ids = torch.tensor([prompt], dtype=torch.long, device=self._device)
         tokens, rows = [], []
-        with torch.no_grad():
+        with self._running():
             for _ in range(steps):
                 out = self._model(input_ids=ids, use_cache=True, logits_to_keep=1, **{self._cache_kw: cache})
                 last = out.logits[0, -1].float()
@@ -258,14 +258,14 @@ class HFCompiledBackend(HFBackend):
         self._last = None
         self._pos = 0
         if self._static is not None:
-            with self._no_grad():
+            with self._running():
                 self._static.reset()
 
     def save_context(self) -> None:
         """Keep a copy of the static cache's state (KV, conv and recurrent states, counters), its fill, last logits."""
         if self._static is None:
             raise RuntimeError("save_context() needs a loaded backend")
-        with self._no_grad():
+        with self._running():
             self._saved = ([_copied(vars(layer)) for layer in self._static.layers], self._pos, self._last)
 
     def restore_context(self) -> None:
@@ -273,7 +273,7 @@ class HFCompiledBackend(HFBackend):
         if self._saved is None:
             raise RuntimeError("restore_context() needs a save_context() first")
         layers, self._pos, self._last = self._saved
-        with self._no_grad():
+        with self._running():
             for layer, kept in zip(self._static.layers, layers, strict=True):
                 for name, value in kept.items():
                     setattr(layer, name, _copied_into(getattr(layer, name, None), value))

@@ -11,10 +11,13 @@ appears only for the first model of a process (the eager and the compiled HF bac
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 import inspect
 import re
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,13 +64,62 @@ def bound_kernels(model: Any) -> dict[str, str] | None:
     return out
 
 
-def paths(model: Any, logged_fallbacks: set[str]) -> dict[str, Any]:
+def _torch_path(fn: Any) -> Callable[..., Any] | None:
+    """The pure-torch fallback of a GDN helper bound to a fast package; None if it runs on torch already.
+
+    Called as transformers calls the helper: keywords the fallback does not take are dropped, as its wrapper does.
+    """
+    inner = _fallback_wrapper(fn)
+    bound = inspect.getclosurevars(inner).nonlocals if inner is not None else {}
+    torch_fn, impl = bound.get("torch_function"), bound.get("implementation")
+    if not inspect.isfunction(torch_fn) or impl is None or impl is torch_fn:
+        return None
+    params = inspect.signature(torch_fn).parameters
+    any_keyword = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+    @functools.wraps(torch_fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return torch_fn(*args, **(kwargs if any_keyword else {k: v for k, v in kwargs.items() if k in params}))
+
+    return call
+
+
+@contextlib.contextmanager
+def helpers_for(model: Any, device_type: str) -> Iterator[None]:
+    """While `model` runs on `device_type`: GDN helpers that device can run.
+
+    transformers binds fla's and causal-conv1d's kernels whatever the device, and they run on CUDA only: a CPU model
+    in a process that has them fails ("Pointer argument ... cannot be accessed from Triton"). On the CPU the helpers
+    are their pure-torch fallbacks for the duration (module globals, put back after: a CUDA model of the same process
+    keeps the fast ones).
+    """
+    module = sys.modules.get(type(model).__module__)
+    swaps = {}
+    if device_type == "cpu" and module is not None:
+        for name in {**GDN_FUNCTIONS, **CONV_FUNCTIONS}:
+            call = _torch_path(getattr(module, name, None))
+            if call is not None:
+                swaps[name] = (getattr(module, name), call)
+    for name, (_, call) in swaps.items():
+        setattr(module, name, call)
+    try:
+        yield
+    finally:
+        for name, (original, _) in swaps.items():
+            setattr(module, name, original)
+
+
+def paths(model: Any, logged_fallbacks: set[str], device_type: str = "cuda") -> dict[str, Any]:
     """`gdn_path`, `conv1d_path` and `torch_fallbacks` for meta.json.
 
-    `logged_fallbacks`: kernel names transformers logged as falling back; used when the binding cannot be read.
+    `logged_fallbacks`: kernel names transformers logged as falling back; used when the binding cannot be read. On
+    the CPU every helper runs its fallback (helpers_for).
     """
     bound = bound_kernels(model)
-    if bound is None:
+    if device_type == "cpu":
+        fallbacks = {*GDN_FUNCTIONS.values(), *CONV_FUNCTIONS.values()}
+        known = "the CPU runs every fallback"
+    elif bound is None:
         fallbacks = set(logged_fallbacks)
         known = "from transformers' log"
     else:

@@ -55,15 +55,21 @@ def _gpu_present() -> bool:
         return Path("/dev/nvidia0").exists()
 
 
-def check_config(cfg: Any) -> None:
-    """UserError unless `cfg` has exactly the Qwen3.5-0.8B shapes the kernel is compiled for."""
+def shape_reason(cfg: Any) -> str | None:
+    """Why `cfg` cannot run on the kernel (it is compiled for exactly the Qwen3.5-0.8B shapes), or None."""
     from luce_bench.model.spec import QWEN35_08B
 
     bad = [f for f in _SHAPE_FIELDS if getattr(cfg, f) != getattr(QWEN35_08B, f)]
-    if bad:
-        raise UserError(
-            "the megakernel supports only the exact Qwen3.5-0.8B shapes; this model differs in " + ", ".join(bad)
-        )
+    if not bad:
+        return None
+    return "the megakernel supports only the exact Qwen3.5-0.8B shapes; this model differs in " + ", ".join(bad)
+
+
+def check_config(cfg: Any) -> None:
+    """UserError unless `cfg` has exactly the Qwen3.5-0.8B shapes the kernel is compiled for."""
+    reason = shape_reason(cfg)
+    if reason:
+        raise UserError(reason)
 
 
 class MegakernelBackend(Backend):
@@ -125,6 +131,11 @@ class MegakernelBackend(Backend):
         if not _gpu_present():
             return "no CUDA GPU visible"
         return None
+
+    @classmethod
+    def model_reason(cls, model: ModelSpec) -> str | None:
+        """Other shapes than Qwen3.5-0.8B's: the kernel is compiled for exactly those."""
+        return shape_reason(model.config)
 
     @classmethod
     def describe(cls) -> dict[str, Any]:

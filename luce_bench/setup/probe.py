@@ -178,7 +178,8 @@ def python_facts() -> PythonFacts:
     modules = frozenset(m for m in MODULES if importlib.util.find_spec(m) is not None)
     in_venv = sys.prefix != sys.base_prefix
     system_site = in_venv and _sees_system_site()
-    venv_site = tuple(site.getsitepackages()) if in_venv else ()
+    # (Debian's Python names dist-packages folders too, which a venv may not have)
+    venv_site = tuple(d for d in site.getsitepackages() if Path(d).is_dir()) if in_venv else ()
     return PythonFacts(
         sys.executable, torch_v, torch_cuda, torch_gpu, llama_v, llama_cuda, modules, system_site, venv_site
     )
