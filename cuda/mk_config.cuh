@@ -17,8 +17,9 @@
 //   MK_PF_GDN_TC      prefill GDN: 1 runs the chunked delta rule on tensor cores (pf_gdn_tc.cuh, tf32; pp520 7.06 ms
 //                     against 9.10, NOTES.md v4), 0 the f32 CUDA-core kernels (pf_gdn.cuh); 0 stays only until the
 //                     per-length GPU test has passed with 1, then it goes
-//   MK_PF_CUBLAS      prefill GEMMs: 1 runs them through cuBLAS once Python has loaded it (pf_cublas.cuh; the own
-//                     kernels until then or without it), 0 always the own kernels (pf_gemm.cuh); to be measured
+//   MK_PF_CUBLAS      prefill GEMMs: 1 runs them through cuBLAS once Python has loaded it (pf_cublas.cuh; pp520 4.79
+//                     ms against 6.39, NOTES.md v6), the own kernels (pf_gemm.cuh) where it is not found; 0 always
+//                     the own kernels: the build for a machine without cuBLAS, and the tuning of the own GEMMs
 //   MK_SPIN_SLEEP_NS  a sleep between two polls of a counter or tagged value in global memory (0: poll at full
 //                     speed, the measured default so far); issue 12 measures what cheaper waiting saves in W and tok/J
 //   MK_SPIN_LIMIT_NS  watchdog: a spin loop that waits longer traps (the launch fails instead of hanging); raise it
@@ -47,7 +48,7 @@
 #define MK_PF_ATT_STAGE 0
 #endif
 #ifndef MK_PF_CUBLAS
-#define MK_PF_CUBLAS 0
+#define MK_PF_CUBLAS 1
 #endif
 #ifndef MK_PF_GDN_TC
 #define MK_PF_GDN_TC 1

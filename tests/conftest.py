@@ -40,12 +40,12 @@ KERNEL_OPTION_SETS = {
     "slot16": {"MK_SLOT_KB": 16},
     "slot24-spin60s": {"MK_SLOT_KB": 24, "MK_SPIN_LIMIT_NS": 60_000_000_000},
     "slot64-inflight2": {"MK_SLOT_KB": 64, "MK_INFLIGHT": 2},
-    "gemm-stages2-bk32": {"MK_PF_GSTAGES": 2, "MK_PF_GBK": 32},
-    "gemm-rows128": {"MK_PF_GBM": 128},
+    "gemm-stages2-bk32": {"MK_PF_CUBLAS": 0, "MK_PF_GSTAGES": 2, "MK_PF_GBK": 32},
+    "gemm-rows128": {"MK_PF_CUBLAS": 0, "MK_PF_GBM": 128},
     "spin-sleep128": {"MK_SPIN_SLEEP_NS": 128},
     "attn-staged": {"MK_PF_ATT_STAGE": 1},
     "gdn-f32-cuda-cores": {"MK_PF_GDN_TC": 0},
-    "prefill-cublas": {"MK_PF_CUBLAS": 1},
+    "prefill-own-gemm": {"MK_PF_CUBLAS": 0},
 }
 
 

@@ -1,7 +1,8 @@
 """Where the prefill's cuBLAS comes from (kernels/cublas.py), and the one line `attach` gives for each outcome.
 
 The places: LUCE_BENCH_CUBLAS, torch's nvidia-cublas wheel, the CUDA toolkit. The folders are made here with empty
-library files; loading a real cuBLAS into a real kernel is the GPU tests' part (KERNEL_OPTION_SETS "prefill-cublas").
+library files; loading a real cuBLAS into a real kernel is the GPU tests' part (the default build against
+KERNEL_OPTION_SETS "prefill-own-gemm").
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ class _Lib:
 def test_attach_says_what_the_gemms_run_on(nowhere, monkeypatch):
     own = "own tensor-core kernels (pf_gemm.cuh)"
     assert cublas.attach(_Lib(7, 1)) == own and cublas.attach(_Lib(8, 0)) == own
-    assert cublas.attach(_Lib(8, 1)).startswith("own tensor-core kernels: MK_PF_CUBLAS=1 but no libcublas.so")
+    assert cublas.attach(_Lib(8, 1)).startswith("own tensor-core kernels: no libcublas.so")
     lib_file = _lib_dir(nowhere / "cb", "libcublas.so.13") / "libcublas.so.13"
     monkeypatch.setenv(cublas.ENV, str(lib_file))
     ok = _Lib(8, 1)
@@ -127,8 +128,8 @@ def test_attach_says_what_the_gemms_run_on(nowhere, monkeypatch):
 
 
 def test_info_describes_the_gemms_without_loading_anything(nowhere, monkeypatch):
-    assert cublas.describe(1).startswith("own tensor-core kernels: MK_PF_CUBLAS=1 but cuBLAS is not found: no libcub")
-    assert cublas.describe(0).startswith("own tensor-core kernels (LUCE_BENCH_KERNEL_OPTIONS=MK_PF_CUBLAS=1: cuBLAS")
+    assert cublas.describe(1).startswith("own tensor-core kernels: cuBLAS is not found: no libcublas.so in the nvidia")
+    assert cublas.describe(0).startswith("own tensor-core kernels (a build with MK_PF_CUBLAS=0; cuBLAS is not found")
     lib_file = _lib_dir(nowhere / "cb", "libcublas.so.13") / "libcublas.so.13"
     monkeypatch.setenv(cublas.ENV, str(lib_file))
     assert cublas.describe(1) == f"cuBLAS, {lib_file} (from {cublas.ENV})"

@@ -190,7 +190,7 @@ def test_build_options_are_read_from_the_header():
         "MK_PF_GBK": "64",
         "MK_PF_GBM": "64",
         "MK_PF_ATT_STAGE": "0",
-        "MK_PF_CUBLAS": "0",
+        "MK_PF_CUBLAS": "1",
         "MK_PF_GDN_TC": "1",
         "MK_SPIN_SLEEP_NS": "0",
         "MK_SPIN_LIMIT_NS": "20000000000ull",
@@ -246,18 +246,18 @@ def test_kernel_option_sets_compile_without_spills(tmp_path, name):
     lib = klib.load_library(res.lib)
     lay = klib.layout(lib)
     assert lay.syncs_per_step == 55 and lay.scratch_floats == SCRATCH_FLOATS
-    assert lib.luce_mk_prefill_gemm_option() == KERNEL_OPTION_SETS[name].get("MK_PF_CUBLAS", 0)
+    assert lib.luce_mk_prefill_gemm_option() == KERNEL_OPTION_SETS[name].get("MK_PF_CUBLAS", 1)
 
 
 @needs_nvcc
 def test_the_prefill_loads_cublas_only_where_built_to(built, tmp_path):
-    """A default build refuses a cuBLAS path; an MK_PF_CUBLAS=1 build dlopens it and names what is wrong with it."""
+    """An MK_PF_CUBLAS=0 build refuses a cuBLAS path; the default build dlopens it and names what is wrong with it."""
     from luce_bench.kernels import lib as klib
 
-    lib = klib.load_library(built.lib)
-    assert lib.luce_mk_prefill_gemm_option() == 0 and lib.luce_mk_prefill_cublas_version() == 0
-    assert lib.luce_mk_prefill_cublas(b"/usr/lib/libcublas.so") == -4 and lib.luce_mk_prefill_cublas(None) == 0
-    cb = klib.load_library(kb.build(["sm_90"], tmp_path / "cb", defines={"MK_PF_CUBLAS": 1}).lib)
+    own = klib.load_library(kb.build(["sm_90"], tmp_path / "own", defines={"MK_PF_CUBLAS": 0}).lib)
+    assert own.luce_mk_prefill_gemm_option() == 0 and own.luce_mk_prefill_cublas_version() == 0
+    assert own.luce_mk_prefill_cublas(b"/usr/lib/libcublas.so") == -4 and own.luce_mk_prefill_cublas(None) == 0
+    cb = klib.load_library(built.lib)
     assert cb.luce_mk_prefill_gemm_option() == 1
     for path in (tmp_path / "libcublas.so.13", Path(ctypes.util.find_library("m") or "libm.so.6")):
         assert cb.luce_mk_prefill_cublas(str(path).encode()) == -7  # missing, or without cublasGemmEx

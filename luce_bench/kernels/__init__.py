@@ -25,10 +25,11 @@ def build_info(arch: str | None = None, build: bool = False) -> dict[str, Any]:
         info["prefill"] = f"{mode_from_env()} (${PREFILL_ENV}: kernel, the chunked prefill, or tokens)"
     except UserError as exc:
         info["prefill"] = f"error: {exc}"
+    from luce_bench.kernels.abi import build_options
     from luce_bench.kernels.cublas import describe
 
     with contextlib.suppress(UserError):
-        info["prefill_gemm"] = describe(int(b.options_from_env().get("MK_PF_CUBLAS", 0)))
+        info["prefill_gemm"] = describe(int({**build_options(), **b.options_from_env()}["MK_PF_CUBLAS"]))
     try:
         nvcc = b.find_nvcc()
         if nvcc is None:

@@ -1,4 +1,4 @@
-"""cuBLAS for the prefill's GEMMs (a kernel built with MK_PF_CUBLAS=1), found where a user has it.
+"""cuBLAS for the prefill's GEMMs (the default build, MK_PF_CUBLAS=1), found where a user has it.
 
 The kernel library is built without cuBLAS (CI's machine has neither its headers nor the library) and loads it at run
 time from the path this module finds, in this order:
@@ -113,7 +113,7 @@ def _preload_lt(lib: Path) -> None:
 
 
 def attach(lib: ctypes.CDLL) -> str:
-    """Give a kernel library built with MK_PF_CUBLAS=1 its cuBLAS, on the current CUDA device.
+    """Give a kernel library built with MK_PF_CUBLAS=1 (the default) its cuBLAS, on the current CUDA device.
 
     Returns what the prefill's GEMMs run on, in one line (why not cuBLAS, where it is not).
     """
@@ -121,7 +121,7 @@ def attach(lib: ctypes.CDLL) -> str:
         return "own tensor-core kernels (pf_gemm.cuh)"
     path, where = find_cublas()
     if path is None:
-        return f"own tensor-core kernels: MK_PF_CUBLAS=1 but {where}"
+        return f"own tensor-core kernels: {where}"
     try:
         _preload_lt(path)
     except OSError as exc:
@@ -139,5 +139,5 @@ def describe(option: int) -> str:
     path, where = find_cublas()
     found = f"{path} (from {where})" if path else f"not found: {where}"
     if option:
-        return f"cuBLAS, {found}" if path else f"own tensor-core kernels: MK_PF_CUBLAS=1 but cuBLAS is {found}"
-    return f"own tensor-core kernels (LUCE_BENCH_KERNEL_OPTIONS=MK_PF_CUBLAS=1: cuBLAS, {found})"
+        return f"cuBLAS, {found}" if path else f"own tensor-core kernels: cuBLAS is {found}"
+    return f"own tensor-core kernels (a build with MK_PF_CUBLAS=0; cuBLAS is {found})"

@@ -233,7 +233,7 @@ def test_option_set_parity(option_ref, name):
     assert rep["rel_l2_max"] <= REL_L2_MAX, rep
     assert vs_default <= 1e-3, vs_default
     assert used == "kernel" and np.isfinite(pre).all() and prefill_vs_ref <= REL_L2_MAX, prefill_vs_ref
-    if KERNEL_OPTION_SETS[name].get("MK_PF_CUBLAS") and find_cublas()[0] is not None:
+    if KERNEL_OPTION_SETS[name].get("MK_PF_CUBLAS", 1) and find_cublas()[0] is not None:
         assert gemm.startswith("cuBLAS"), gemm  # a GPU machine with cuBLAS: the prefill's GEMMs ran there
 
 
