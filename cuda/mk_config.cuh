@@ -12,8 +12,9 @@
 //   MK_PF_GBK         depth that hides L2 latency; 3 x 64 won on the H200 (NOTES.md, prefill v3), another GPU may differ
 //   MK_PF_GBM         prefill GEMM: rows per tile, 64 or 128 (warp tiles 32 x 64 or 64 x 64: more products per
 //                     shared-memory load against more padding rows at M = 520); to be measured (NOTES.md v5)
-//   MK_PF_ATT_STAGE   prefill attention: 1 stages the next key tile by cp.async while this one is multiplied (one
-//                     block per SM), 0 loads each tile through registers when needed; to be measured (NOTES.md v5)
+//   MK_PF_ATT_PLAIN   prefill attention: 0 stages the key tiles by cp.async where the device's shared memory per block
+//                     holds them, else loads them through registers (chosen at run time); 1 always the latter: to
+//                     time and test it on a GPU that holds both (NOTES.md v7)
 //   MK_PF_GDN_TC      prefill GDN: 1 runs the chunked delta rule on tensor cores (pf_gdn_tc.cuh, tf32; pp520 7.06 ms
 //                     against 9.10, NOTES.md v4), 0 the f32 CUDA-core kernels (pf_gdn.cuh); 0 stays only until the
 //                     per-length GPU test has passed with 1, then it goes
@@ -44,8 +45,8 @@
 #ifndef MK_PF_GBM
 #define MK_PF_GBM 64
 #endif
-#ifndef MK_PF_ATT_STAGE
-#define MK_PF_ATT_STAGE 0
+#ifndef MK_PF_ATT_PLAIN
+#define MK_PF_ATT_PLAIN 0
 #endif
 #ifndef MK_PF_CUBLAS
 #define MK_PF_CUBLAS 1
@@ -72,8 +73,8 @@
 #if MK_PF_GBM != 64 && MK_PF_GBM != 128
 #error "MK_PF_GBM must be 64 or 128"
 #endif
-#if MK_PF_ATT_STAGE != 0 && MK_PF_ATT_STAGE != 1
-#error "MK_PF_ATT_STAGE must be 0 or 1"
+#if MK_PF_ATT_PLAIN != 0 && MK_PF_ATT_PLAIN != 1
+#error "MK_PF_ATT_PLAIN must be 0 or 1"
 #endif
 #if MK_PF_CUBLAS != 0 && MK_PF_CUBLAS != 1
 #error "MK_PF_CUBLAS must be 0 or 1"

@@ -58,6 +58,7 @@ struct Workspace {
 };
 
 int g_sms = 0;
+bool g_att_staged = false;  // the attention stages its key tiles (the device's shared memory per block holds them)
 int g_gemm_slots = 0;  // GEMM blocks resident at once on the GPU (SMs x blocks per SM at GEMM_SMEM)
 
 template <bool NN, int OUT>
@@ -138,8 +139,13 @@ void attn_layer(const LuceMkPrefillParams& p, const Workspace& ws, char* w, int 
     gemm<false, OUT_STORE>((unsigned short*)(w + ws.xn), layer_w(p.wblob16, l, 0), Y, nullptr, nullptr, n, FA_ROWS,
                            H, H, st);
     attn_prep_kernel<<<n, 384, 0, st>>>(Y, sp, Qa, kc, vc, p.max_seq, p.pos);
-    attn_kernel<<<dim3((n + TQ - 1) / TQ, NKV), 128, ATT_SMEM, st>>>(Qa, Y, kc, vc, (unsigned short*)(w + ws.u), n,
-                                                                   p.max_seq, p.pos);
+    const dim3 grid((n + TQ - 1) / TQ, NKV);
+    if (g_att_staged)
+        attn_kernel<true><<<grid, 128, ATT_SMEM_STAGED, st>>>(Qa, Y, kc, vc, (unsigned short*)(w + ws.u), n, p.max_seq,
+                                                               p.pos);
+    else
+        attn_kernel<false><<<grid, 128, ATT_SMEM_PLAIN, st>>>(Qa, Y, kc, vc, (unsigned short*)(w + ws.u), n, p.max_seq,
+                                                               p.pos);
     gemm<false, OUT_ADD>((unsigned short*)(w + ws.u), layer_w(p.wblob16, l, 1), (float*)(w + ws.x), nullptr,
                          nullptr, n, H, NQH * HD, NQH * HD, st);
 }
@@ -177,8 +183,10 @@ int setup_device() {
         if ((e = cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)) != cudaSuccess)
             return (int)e;
     }
-    if (optin < GEMM_SMEM || optin < ATT_SMEM) return LUCE_MK_ERR_PREFILL_SMEM;
-    e = cudaFuncSetAttribute(attn_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, ATT_SMEM);
+    if (optin < GEMM_SMEM || optin < ATT_SMEM_PLAIN) return LUCE_MK_ERR_PREFILL_SMEM;
+    g_att_staged = !MK_PF_ATT_PLAIN && optin >= ATT_SMEM_STAGED;
+    e = g_att_staged ? cudaFuncSetAttribute(attn_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, ATT_SMEM_STAGED)
+                     : cudaFuncSetAttribute(attn_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, ATT_SMEM_PLAIN);
     if (e != cudaSuccess) return (int)e;
     for (const void* f : {(const void*)gemm_kernel<false, OUT_STORE>, (const void*)gemm_kernel<false, OUT_ADD>,
                           (const void*)gemm_kernel<false, OUT_SWIGLU>, (const void*)gemm_kernel<true, OUT_ADD>})

@@ -46,10 +46,12 @@ constexpr int TQ = 16;               // query positions per block
 constexpr int TK = 64;               // key positions per tile
 constexpr int T_LD = HD + 8;         // padded fp16 row (528 B: ldmatrix rows in distinct banks)
 constexpr int ATT_TILES = (4 * TQ + 2 * TK) * T_LD * 2;  // Q rows, K tile, V tile (bytes)
-// MK_PF_ATT_STAGE=1: the next key tile's raw bf16 K and V land by cp.async in a dense staging area while this tile is
-// multiplied (one block per SM instead of two); 0: each tile is loaded and converted through registers when needed
-constexpr int ATT_STAGE = MK_PF_ATT_STAGE ? 2 * TK * HD * 2 : 0;
-constexpr int ATT_SMEM = ATT_TILES + ATT_STAGE;
+// Staged (attn_kernel<true>): the next key tile's raw bf16 K and V land by cp.async in a dense staging area while this
+// tile is multiplied (one block per SM; pp520's attention 0.66 -> 0.37 ms on the H200, NOTES.md v7). Where the GPU's
+// shared memory per block holds only the tiles (sm_86, sm_89: 99 KB), attn_kernel<false> loads and converts each tile
+// through registers when needed. mk_prefill.cu picks one per device (MK_PF_ATT_PLAIN=1: always the latter).
+constexpr int ATT_SMEM_PLAIN = ATT_TILES;
+constexpr int ATT_SMEM_STAGED = ATT_TILES + 2 * TK * HD * 2;
 
 __device__ __forceinline__ unsigned pack_h2(float a, float b) {
     return (unsigned)__half_as_ushort(__float2half_rn(a)) | ((unsigned)__half_as_ushort(__float2half_rn(b)) << 16);
@@ -61,6 +63,20 @@ __device__ __forceinline__ uint4 bf8_to_h8(uint4 w) {
     return make_uint4(pack_h2(f[0], f[1]), pack_h2(f[2], f[3]), pack_h2(f[4], f[5]), pack_h2(f[6], f[7]));
 }
 
+// raw bf16 K and V rows p .. p + 63 (zeros past k_last) into the dense staging area, by cp.async (one commit group)
+__device__ __forceinline__ void att_stage(unsigned short* Kst, unsigned short* Vst, const unsigned short* kg,
+                                          const unsigned short* vg, int p, int k_last, int tid) {
+    for (int i = tid; i < TK * (HD / 8); i += 128) {
+        const int r = i / (HD / 8), c = (i % (HD / 8)) * 8;
+        const bool ok = p + r <= k_last;
+        const size_t row = (size_t)(ok ? p + r : 0) * HD + c;
+        cp_async16(Kst + r * HD + c, kg + row, ok);
+        cp_async16(Vst + r * HD + c, vg + row, ok);
+    }
+    cp_async_commit();
+}
+
+template <bool STAGE>
 __global__ void __launch_bounds__(128) attn_kernel(const float* __restrict__ Qa, const float* __restrict__ Y,
                                                       const unsigned short* __restrict__ kc,
                                                       const unsigned short* __restrict__ vc, unsigned short* out, int n,
@@ -88,43 +104,31 @@ __global__ void __launch_bounds__(128) attn_kernel(const float* __restrict__ Qa,
 #pragma unroll
     for (int ni = 0; ni < HD / 8; ++ni) o[ni][0] = o[ni][1] = o[ni][2] = o[ni][3] = 0.f;
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;  // running max (base 2) and this thread's partial sums
-#if MK_PF_ATT_STAGE
-    unsigned short(*Kst)[HD] = reinterpret_cast<unsigned short(*)[HD]>(att_smem + ATT_TILES);
-    unsigned short(*Vst)[HD] = Kst + TK;
-    auto stage = [&](int p) {  // raw bf16 rows p .. p + 63 (zeros past k_last)
-        for (int i = tid; i < TK * (HD / 8); i += 128) {
-            const int r = i / (HD / 8), c = (i % (HD / 8)) * 8;
-            const bool ok = p + r <= k_last;
-            const size_t row = (size_t)(ok ? p + r : 0) * HD + c;
-            cp_async16(&Kst[r][c], kg + row, ok);
-            cp_async16(&Vst[r][c], vg + row, ok);
-        }
-        cp_async_commit();
-    };
-    stage(0);
-#endif
+    unsigned short* Kst = reinterpret_cast<unsigned short*>(att_smem + ATT_TILES);  // STAGE only: [TK][HD] each
+    unsigned short* Vst = Kst + TK * HD;
+    if constexpr (STAGE) att_stage(Kst, Vst, kg, vg, 0, k_last, tid);
     for (int p0 = 0; p0 <= k_last; p0 += TK) {
-#if MK_PF_ATT_STAGE
-        cp_async_wait<0>();  // this thread's copies of tile p0; the barrier makes them everyone's
-        __syncthreads();     // ... and the previous tile is consumed (and Q is written, the first time)
-        for (int i = tid; i < TK * (HD / 8); i += 128) {  // bf16 -> fp16, shared to shared
-            const int r = i / (HD / 8), c = (i % (HD / 8)) * 8;
-            *(uint4*)&Ks[r][c] = bf8_to_h8(*(const uint4*)&Kst[r][c]);
-            *(uint4*)&Vs[r][c] = bf8_to_h8(*(const uint4*)&Vst[r][c]);
+        if constexpr (STAGE) {
+            cp_async_wait<0>();  // this thread's copies of tile p0; the barrier makes them everyone's
+            __syncthreads();     // ... and the previous tile is consumed (and Q is written, the first time)
+            for (int i = tid; i < TK * (HD / 8); i += 128) {  // bf16 -> fp16, shared to shared
+                const int r = i / (HD / 8), c = (i % (HD / 8)) * 8;
+                *(uint4*)&Ks[r][c] = bf8_to_h8(*(const uint4*)(Kst + r * HD + c));
+                *(uint4*)&Vs[r][c] = bf8_to_h8(*(const uint4*)(Vst + r * HD + c));
+            }
+            __syncthreads();  // the staging area is free again
+            if (p0 + TK <= k_last) att_stage(Kst, Vst, kg, vg, p0 + TK, k_last, tid);
+        } else {
+            __syncthreads();  // the previous tile is consumed (and Q is written, the first time)
+            for (int i = tid; i < TK * (HD / 8); i += 128) {  // K and V tiles: 64 rows x 32 uint4, bf16 -> fp16
+                const int r = i / (HD / 8), c = (i % (HD / 8)) * 8;
+                const bool ok = p0 + r <= k_last;
+                const uint4 zero = make_uint4(0, 0, 0, 0);
+                *(uint4*)&Ks[r][c] = ok ? bf8_to_h8(*(const uint4*)(kg + (size_t)(p0 + r) * HD + c)) : zero;
+                *(uint4*)&Vs[r][c] = ok ? bf8_to_h8(*(const uint4*)(vg + (size_t)(p0 + r) * HD + c)) : zero;
+            }
+            __syncthreads();
         }
-        __syncthreads();  // the staging area is free again
-        if (p0 + TK <= k_last) stage(p0 + TK);
-#else
-        __syncthreads();  // the previous tile is consumed (and Q is written, the first time)
-        for (int i = tid; i < TK * (HD / 8); i += 128) {  // K and V tiles: 64 rows x 32 uint4, bf16 -> fp16
-            const int r = i / (HD / 8), c = (i % (HD / 8)) * 8;
-            const bool ok = p0 + r <= k_last;
-            const uint4 zero = make_uint4(0, 0, 0, 0);
-            *(uint4*)&Ks[r][c] = ok ? bf8_to_h8(*(const uint4*)(kg + (size_t)(p0 + r) * HD + c)) : zero;
-            *(uint4*)&Vs[r][c] = ok ? bf8_to_h8(*(const uint4*)(vg + (size_t)(p0 + r) * HD + c)) : zero;
-        }
-        __syncthreads();
-#endif
         // S = Q K^T: 16 rows x 64 keys
         float s[TK / 8][4];
 #pragma unroll

@@ -43,7 +43,7 @@ KERNEL_OPTION_SETS = {
     "gemm-stages2-bk32": {"MK_PF_CUBLAS": 0, "MK_PF_GSTAGES": 2, "MK_PF_GBK": 32},
     "gemm-rows128": {"MK_PF_CUBLAS": 0, "MK_PF_GBM": 128},
     "spin-sleep128": {"MK_SPIN_SLEEP_NS": 128},
-    "attn-staged": {"MK_PF_ATT_STAGE": 1},
+    "attn-plain": {"MK_PF_ATT_PLAIN": 1},
     "gdn-f32-cuda-cores": {"MK_PF_GDN_TC": 0},
     "prefill-own-gemm": {"MK_PF_CUBLAS": 0},
 }
