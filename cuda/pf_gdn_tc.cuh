@@ -4,8 +4,8 @@
 // the state update is sequential over chunks:
 //   gdn_prep_kernel   per (head, chunk of 64 tokens): L2 norms, beta, G = cumsum(g); A = strictly lower beta_i (k_i .
 //                     k_j) exp(G_i - G_j) and M = lower (q_i . k_j) exp(G_i - G_j) on tensor cores; T = (I + A)^-1 by
-//                     forward substitution (f32, 64 columns); U = T diag(beta) V and W = T diag(beta exp(G)) K on
-//                     tensor cores. Leaves Q, Kd = K exp(G_C - G), U, W, M and G.
+//                     forward substitution (f32, a column per thread: pf_tril.cuh); U = T diag(beta) V and W =
+//                     T diag(beta exp(G)) K on tensor cores. Leaves Q, Kd = K exp(G_C - G), U, W, M and G.
 //   gdn_state_kernel  per (head, 16-column value slice), sequential over chunks, the next chunk's tiles loading
 //                     (cp.async) while this one computes: stores the start state S_c, E = U - W S_c, then
 //                     S <- exp(G_C) S + Kd^T E; leaves every chunk's S_c and E, and the final S in the decode layout.
@@ -17,6 +17,7 @@
 // read along its rows (A row-major, B as [n][k]), 8 (mod 32) for one read along its columns (A transposed, B as [k][n]).
 #pragma once
 #include "pf_gdn.cuh"
+#include "pf_tril.cuh"
 
 namespace mk {
 namespace pf {
@@ -192,22 +193,8 @@ __global__ void __launch_bounds__(128) gdn_prep_kernel(const float* C, const flo
     __syncthreads();
     cp_rows128<GC, LD8, 128>(&s.qv[0][0], c0 + 4096, CONV, valid, tid);  // v arrives while T is solved
     cp_async_commit();
-    {  // T = (I + A)^-1 row by row: T[i][col] = -sum_{col <= j < i} A[i][j] T[j][col]; a pair of lanes per column
-        const int col = tid >> 1, half = tid & 1;
-        for (int i = 0; i < GC; ++i) {
-            float acc0 = 0.f, acc1 = 0.f;
-            int j = col + half;
-            for (; j + 2 < i; j += 4) {
-                acc0 = fmaf(s.a[i][j], s.t[j][col], acc0);
-                acc1 = fmaf(s.a[i][j + 2], s.t[j + 2][col], acc1);
-            }
-            if (j < i) acc0 = fmaf(s.a[i][j], s.t[j][col], acc0);
-            float sum = acc0 + acc1;
-            sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-            if (half == 0) s.t[i][col] = col < i ? -sum : (col == i ? 1.f : 0.f);
-            __syncwarp();
-        }
-    }
+    // T = (I + A)^-1: warps 0 and 1, a column per thread (pf_tril.cuh); warps 2 and 3 wait at the barrier below
+    if (tid < GC) tril_inverse_column<GC>(&s.a[0][0], LDT, tid, &s.t[0][tid], LDT);
     cp_async_wait<0>();
     __syncthreads();
     // U = T diag(beta) V and W = T diag(beta exp(G)) K: warp rows r0.., 128 columns (16 n-tiles), k = 64 tokens

@@ -78,3 +78,51 @@ def test_tf32_rounding_keeps_ten_mantissa_bits_and_the_split_stays_close():
     o, s = three_pass_gated_delta_rule(q, k, v, g, beta, chunk=64, tf32=True)
     rel = lambda a, b: float((a - b).norm() / b.norm())  # noqa: E731
     assert 1e-6 < rel(o, o_ref) < 3e-3 and 1e-6 < rel(s, s_ref) < 3e-3
+
+
+TRIL_HARNESS = r"""
+#include <cstdio>
+#include "pf_tril.cuh"
+int main(int argc, char** argv) {
+    constexpr int N = 64, LD = 68;  // the prep kernel's A and T: 64 x 64 rows padded to 68 floats
+    alignas(16) static float a[N * LD], t[N * LD];
+    FILE* f = std::fopen(argv[1], "rb");
+    if (!f || std::fread(a, sizeof(float), N * LD, f) != N * LD) return 1;
+    std::fclose(f);
+    for (int c = 0; c < N; ++c) mk::pf::tril_inverse_column<N>(a, LD, c, t + c, LD);
+    f = std::fopen(argv[2], "wb");
+    return f && std::fwrite(t, sizeof(float), N * LD, f) == N * LD && std::fclose(f) == 0 ? 0 : 1;
+}
+"""
+
+
+def test_the_prep_kernels_triangular_inverse_equals_numpys(tmp_path):
+    """cuda/pf_tril.cuh on the host (nvcc, no GPU): T = (I + A)^-1 of a chunk's A as the prep kernel builds it."""
+    import subprocess
+    from pathlib import Path
+
+    import numpy as np
+
+    from luce_bench.kernels import build as kb
+
+    nvcc = kb.find_nvcc()
+    if nvcc is None:
+        pytest.skip("nvcc not found: the CUDA toolkit is not installed here")
+    (tmp_path / "tril.cu").write_text(TRIL_HARNESS)
+    cuda = Path(kb.source_dir())
+    exe = tmp_path / "tril"
+    subprocess.run([str(nvcc), "-std=c++17", "-O2", "-I", str(cuda), str(tmp_path / "tril.cu"), "-o", str(exe)],
+                   check=True, capture_output=True, timeout=300)  # fmt: skip
+    q, k, v, g, beta = _inputs(64, H=1, K=128, V=8, seed=4)
+    k, g, beta = k[:, 0].numpy(), g[:, 0].numpy() * 0.2, beta[:, 0].numpy()
+    G = np.cumsum(g)
+    a = np.tril(beta[:, None] * (k @ k.T) * np.exp(G[:, None] - G[None, :]), -1)  # strictly lower, as in the kernel
+    padded = np.zeros((64, 68), np.float32)
+    padded[:, :64] = a
+    padded.tofile(tmp_path / "a.bin")
+    subprocess.run([str(exe), str(tmp_path / "a.bin"), str(tmp_path / "t.bin")], check=True, timeout=60)
+    got = np.fromfile(tmp_path / "t.bin", np.float32).reshape(64, 68)[:, :64].astype(np.float64)
+    want = np.linalg.inv(np.eye(64) + a)
+    assert np.allclose(np.triu(got, 1), 0) and np.allclose(np.diag(got), 1)
+    rel = np.linalg.norm(got - want) / np.linalg.norm(want)
+    assert rel < 1e-5, rel
