@@ -114,9 +114,9 @@ void gdn_layer(const LuceMkPrefillParams& p, const Workspace& ws, char* w, int l
     gdn_conv_kernel<<<dim3(CONV / 128, ws.np / GC), 128, 0, st>>>(Y, sp + SP_CONV, hist, hist0, C, n, p.pos);
 #if MK_PF_GDN_TC
     const GdnTcWork tw{(float*)(w + ws.gs), (float*)(w + ws.ge)};
-    gdn_prep_kernel<<<dim3(DH, ws.np / GC), 128, sizeof(PrepSmem), st>>>(C, Y, sp, gw, n);
+    gdn_prep_kernel<<<dim3(DH, ws.np / GC), PREP_THREADS, sizeof(PrepSmem), st>>>(C, Y, sp, gw, n);
     gdn_state_kernel<<<DH * NSL, 128, sizeof(StateSmem), st>>>(gw, tw, p.gdn_state + gi * STATE_L, p.pos);
-    gdn_out_kernel<<<dim3(DH, ws.np / GC), 128, sizeof(OutSmem), st>>>(gw, tw, Y, sp + SP_GNW,
+    gdn_out_kernel<<<dim3(DH, ws.np / GC), OUT_THREADS, sizeof(OutSmem), st>>>(gw, tw, Y, sp + SP_GNW,
                                                                        (unsigned short*)(w + ws.u), n);
 #else
     gdn_chunk_kernel<<<dim3(DH, ws.np / GC), 256, sizeof(ChunkSmem), st>>>(C, Y, sp, gw, n);
@@ -185,8 +185,9 @@ int setup_device() {
     }
     if (optin < GEMM_SMEM || optin < ATT_SMEM_PLAIN) return LUCE_MK_ERR_PREFILL_SMEM;
     g_att_staged = !MK_PF_ATT_PLAIN && optin >= ATT_SMEM_STAGED;
-    e = g_att_staged ? cudaFuncSetAttribute(attn_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, ATT_SMEM_STAGED)
-                     : cudaFuncSetAttribute(attn_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, ATT_SMEM_PLAIN);
+    const void* attn = g_att_staged ? (const void*)attn_kernel<true> : (const void*)attn_kernel<false>;
+    e = cudaFuncSetAttribute(attn, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             g_att_staged ? ATT_SMEM_STAGED : ATT_SMEM_PLAIN);
     if (e != cudaSuccess) return (int)e;
     for (const void* f : {(const void*)gemm_kernel<false, OUT_STORE>, (const void*)gemm_kernel<false, OUT_ADD>,
                           (const void*)gemm_kernel<false, OUT_SWIGLU>, (const void*)gemm_kernel<true, OUT_ADD>})

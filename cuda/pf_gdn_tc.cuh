@@ -76,16 +76,16 @@ __device__ __forceinline__ void frag_b_nk(unsigned& b0, unsigned& b1, const floa
     b1 = tf32(q[4]);
 }
 
-// acc[nt] (16 n-tiles) += the warp's 16 rows r0 .. of A [rows][K] (row-major, stride lda; its column k scaled by
-// sc[k] when sc is given) times B [K][128] (stride ldb, read along its columns)
-template <int K>
-__device__ __forceinline__ void rows16_x128(float acc[16][4], const float* A, int lda, const float* B, int ldb, int r0,
-                                            int lane, const float* sc = nullptr) {
+// acc[nt] (NT n-tiles of 8 columns) += the warp's 16 rows r0 .. of A [rows][K] (row-major, stride lda; its column k
+// scaled by sc[k] when sc is given) times B [K][8 NT] (stride ldb, read along its columns)
+template <int K, int NT>
+__device__ __forceinline__ void rows16_xn(float acc[NT][4], const float* A, int lda, const float* B, int ldb, int r0,
+                                          int lane, const float* sc = nullptr) {
     for (int k0 = 0; k0 < K; k0 += 8) {
         unsigned a[4];
         frag_a(a, A, lda, r0, k0, lane, sc);
 #pragma unroll
-        for (int nt = 0; nt < 16; ++nt) {
+        for (int nt = 0; nt < NT; ++nt) {
             unsigned b0, b1;
             frag_b_kn(b0, b1, B, ldb, k0, nt * 8, lane);
             mma_tf32(acc[nt], a, b0, b1);
@@ -105,7 +105,9 @@ __device__ __forceinline__ void cp_rows128(float* dst, const float* __restrict__
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
-// gdn_prep_kernel: grid (16 heads, chunks), 128 threads (warp w owns rows 16 w .. 16 w + 15 of every 64-row product).
+// gdn_prep_kernel: grid (16 heads, chunks), PREP_THREADS = 256 threads: warp w computes rows 16 (w % 4) .. + 15 of
+// every 64-row product, over the columns of its half (w / 4).
+constexpr int PREP_THREADS = 256;
 struct PrepSmem {
     float qv[GC][LD8];  // q, then v (once Q and M are out)
     float k[GC][LD4];
@@ -114,15 +116,15 @@ struct PrepSmem {
     float beta[GC], G[GC], sv[GC], sw[GC];  // sv = beta, sw = beta exp(G): T's column scales for U and W
 };
 
-__global__ void __launch_bounds__(128) gdn_prep_kernel(const float* C, const float* Y, const float* sp, GdnWork gw,
-                                                       int n) {
+__global__ void __launch_bounds__(PREP_THREADS) gdn_prep_kernel(const float* C, const float* Y, const float* sp,
+                                                                GdnWork gw, int n) {
     extern __shared__ __align__(16) unsigned char pf_smem[];
     PrepSmem& s = *reinterpret_cast<PrepSmem*>(pf_smem);
     const int h = blockIdx.x, c = blockIdx.y, t0 = c * GC, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int valid = min(GC, n - t0);
     const float* c0 = C + (size_t)t0 * CONV + h * 128;
-    cp_rows128<GC, LD8, 128>(&s.qv[0][0], c0, CONV, valid, tid);
-    cp_rows128<GC, LD4, 128>(&s.k[0][0], c0 + 2048, CONV, valid, tid);
+    cp_rows128<GC, LD8, PREP_THREADS>(&s.qv[0][0], c0, CONV, valid, tid);
+    cp_rows128<GC, LD4, PREP_THREADS>(&s.k[0][0], c0 + 2048, CONV, valid, tid);
     cp_async_commit();
     float g = 0.f;  // log decay, <= 0
     if (tid < GC) gdn_gates(Y, sp, h, t0 + tid, tid < valid, s.beta[tid], g);
@@ -137,7 +139,8 @@ __global__ void __launch_bounds__(128) gdn_prep_kernel(const float* C, const flo
     cp_async_wait<0>();
     __syncthreads();
     if (tid >= 32 && tid < GC) s.G[tid] += s.G[31];
-    for (int r = warp; r < GC; r += 4) {  // L2 norms (q also scaled by 1/sqrt(128)), one warp per row, a float4 per lane
+    // L2 norms (q also scaled by 1/sqrt(128)), one warp per row, a float4 per lane
+    for (int r = warp; r < GC; r += PREP_THREADS / 32) {
         float4 q4 = *(float4*)&s.qv[r][lane * 4], k4 = *(float4*)&s.k[r][lane * 4];
         const float rq = rsqrtf(warp_sum(q4.x * q4.x + q4.y * q4.y + q4.z * q4.z + q4.w * q4.w) + EPS) *
                          0.08838834764831845f;
@@ -150,27 +153,27 @@ __global__ void __launch_bounds__(128) gdn_prep_kernel(const float* C, const flo
         s.sv[tid] = s.beta[tid];
         s.sw[tid] = s.beta[tid] * expf(s.G[tid]);
     }
-    const int r0 = warp * 16, g8 = lane >> 2, t4 = lane & 3;
-    {  // K K^T and Q K^T: warp rows r0.., all 64 columns (8 n-tiles), k = 128
-        float kk[8][4] = {}, qk[8][4] = {};
+    const int r0 = (warp & 3) * 16, half = warp >> 2, g8 = lane >> 2, t4 = lane & 3;
+    {  // K K^T and Q K^T: warp rows r0.., columns 32 half .. + 31 (4 n-tiles), k = 128
+        float kk[4][4] = {}, qk[4][4] = {};
         for (int k0 = 0; k0 < DK; k0 += 8) {
             unsigned ak[4], aq[4];
             frag_a(ak, &s.k[0][0], LD4, r0, k0, lane);
             frag_a(aq, &s.qv[0][0], LD8, r0, k0, lane);
 #pragma unroll
-            for (int nt = 0; nt < 8; ++nt) {
+            for (int nt = 0; nt < 4; ++nt) {
                 unsigned b0, b1;
-                frag_b_nk(b0, b1, &s.k[0][0], LD4, k0, nt * 8, lane);
+                frag_b_nk(b0, b1, &s.k[0][0], LD4, k0, (half * 4 + nt) * 8, lane);
                 mma_tf32(kk[nt], ak, b0, b1);
                 mma_tf32(qk[nt], aq, b0, b1);
             }
         }
         float* m = gw.m + ((size_t)h * (gw.np / GC) + c) * GC * GC;
 #pragma unroll
-        for (int nt = 0; nt < 8; ++nt)
+        for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
             for (int hf = 0; hf < 2; ++hf) {  // rows r0 + g8 (c0, c1) and r0 + g8 + 8 (c2, c3)
-                const int i = r0 + g8 + hf * 8, j = nt * 8 + 2 * t4;
+                const int i = r0 + g8 + hf * 8, j = (half * 4 + nt) * 8 + 2 * t4;
                 const float d0 = j <= i ? expf(s.G[i] - s.G[j]) : 0.f, d1 = j + 1 <= i ? expf(s.G[i] - s.G[j + 1]) : 0.f;
                 s.a[i][j] = j < i ? s.beta[i] * kk[nt][2 * hf] * d0 : 0.f;
                 s.a[i][j + 1] = j + 1 < i ? s.beta[i] * kk[nt][2 * hf + 1] * d1 : 0.f;
@@ -181,7 +184,7 @@ __global__ void __launch_bounds__(128) gdn_prep_kernel(const float* C, const flo
     const size_t base = ((size_t)h * gw.np + t0) * DK;
     {  // Q and Kd = K exp(G_C - G) out; then v into q's place
         const float gl = s.G[GC - 1];
-        for (int i = tid; i < GC * 32; i += 128) {
+        for (int i = tid; i < GC * 32; i += PREP_THREADS) {
             const int r = i >> 5, d = (i & 31) * 4;
             const float dec = expf(gl - s.G[r]);
             const float4 k4 = *(float4*)&s.k[r][d];
@@ -191,24 +194,24 @@ __global__ void __launch_bounds__(128) gdn_prep_kernel(const float* C, const flo
         if (tid < GC) gw.g[(size_t)h * gw.np + t0 + tid] = s.G[tid];
     }
     __syncthreads();
-    cp_rows128<GC, LD8, 128>(&s.qv[0][0], c0 + 4096, CONV, valid, tid);  // v arrives while T is solved
+    cp_rows128<GC, LD8, PREP_THREADS>(&s.qv[0][0], c0 + 4096, CONV, valid, tid);  // v arrives while T is solved
     cp_async_commit();
-    // T = (I + A)^-1: warps 0 and 1, a column per thread (pf_tril.cuh); warps 2 and 3 wait at the barrier below
+    // T = (I + A)^-1: warps 0 and 1, a column per thread (pf_tril.cuh); the others wait at the barrier below
     if (tid < GC) tril_inverse_column<GC>(&s.a[0][0], LDT, tid, &s.t[0][tid], LDT);
     cp_async_wait<0>();
     __syncthreads();
-    // U = T diag(beta) V and W = T diag(beta exp(G)) K: warp rows r0.., 128 columns (16 n-tiles), k = 64 tokens
+    // U = T diag(beta) V and W = T diag(beta exp(G)) K: warp rows r0.., columns 64 half .. + 63 (8 n-tiles), k = 64
 #pragma unroll 1
     for (int which = 0; which < 2; ++which) {
         const float* B = which == 0 ? &s.qv[0][0] : &s.k[0][0];
         const int ldb = which == 0 ? LD8 : LD4;
         const float* sc = which == 0 ? s.sv : s.sw;
-        float acc[16][4] = {};
-        rows16_x128<GC>(acc, &s.t[0][0], LDT, B, ldb, r0, lane, sc);
+        float acc[8][4] = {};
+        rows16_xn<GC, 8>(acc, &s.t[0][0], LDT, B + half * 64, ldb, r0, lane, sc);
         float* out = (which == 0 ? gw.u : gw.w) + base;
 #pragma unroll
-        for (int nt = 0; nt < 16; ++nt) {
-            const int row = r0 + g8, col = nt * 8 + 2 * t4;
+        for (int nt = 0; nt < 8; ++nt) {
+            const int row = r0 + g8, col = half * 64 + nt * 8 + 2 * t4;
             *(float2*)(out + row * DK + col) = make_float2(acc[nt][0], acc[nt][1]);
             *(float2*)(out + (row + 8) * DK + col) = make_float2(acc[nt][2], acc[nt][3]);
         }
@@ -325,8 +328,10 @@ __global__ void __launch_bounds__(128, 1) gdn_state_kernel(GdnWork gw, GdnTcWork
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
-// gdn_out_kernel: grid (16 heads, chunks), 128 threads (warp w: rows 16 w .., all 128 value columns). Q S_c first
-// (Q and S_c in shared memory), then M E into the same space, so that two blocks fit on an SM.
+// gdn_out_kernel: grid (16 heads, chunks), OUT_THREADS = 256 threads: warp w computes rows 16 (w % 4) .. + 15 and
+// value columns 64 (w / 4) .. + 63. Q S_c first (Q and S_c in shared memory), then M E into the same space, so that
+// two blocks fit on an SM; a row's gated RMSNorm adds the two column halves' sums of squares in shared memory.
+constexpr int OUT_THREADS = 256;
 struct OutSmem {
     union {
         struct {
@@ -339,26 +344,28 @@ struct OutSmem {
         } p2;
     };
     float G[GC];
+    float ssq[2][GC];  // per column half, each row's sum of squares
 };
 
-__global__ void __launch_bounds__(128) gdn_out_kernel(GdnWork gw, GdnTcWork tw, const float* Y, const float* gnw,
-                                                      unsigned short* U, int n) {
+__global__ void __launch_bounds__(OUT_THREADS) gdn_out_kernel(GdnWork gw, GdnTcWork tw, const float* Y,
+                                                              const float* gnw, unsigned short* U, int n) {
     extern __shared__ __align__(16) unsigned char pf_smem[];
     OutSmem& s = *reinterpret_cast<OutSmem*>(pf_smem);
     const int h = blockIdx.x, c = blockIdx.y, t0 = c * GC, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int g8 = lane >> 2, t4 = lane & 3, r0 = warp * 16, nch = gw.np / GC;
+    const int g8 = lane >> 2, t4 = lane & 3, r0 = (warp & 3) * 16, half = warp >> 2, c0 = half * 64;
+    const int nch = gw.np / GC;
     const size_t base = ((size_t)h * gw.np + t0) * DK;
-    cp_rows128<GC, LD4, 128>(&s.p1.q[0][0], gw.q + base, DK, GC, tid);
-    cp_rows128<DK, LD8, 128>(&s.p1.s[0][0], tw.s + ((size_t)h * nch + c) * DK * DV, DV, DK, tid);
+    cp_rows128<GC, LD4, OUT_THREADS>(&s.p1.q[0][0], gw.q + base, DK, GC, tid);
+    cp_rows128<DK, LD8, OUT_THREADS>(&s.p1.s[0][0], tw.s + ((size_t)h * nch + c) * DK * DV, DV, DK, tid);
     cp_async_commit();
     if (tid < GC) s.G[tid] = gw.g[(size_t)h * gw.np + t0 + tid];
     cp_async_wait<0>();
     __syncthreads();
-    float acc[16][4] = {};
-    rows16_x128<DK>(acc, &s.p1.q[0][0], LD4, &s.p1.s[0][0], LD8, r0, lane);  // Q S_c
+    float acc[8][4] = {};
+    rows16_xn<DK, 8>(acc, &s.p1.q[0][0], LD4, &s.p1.s[0][c0], LD8, r0, lane);  // Q S_c, this warp's 64 columns
     const float e_lo = expf(s.G[r0 + g8]), e_hi = expf(s.G[r0 + g8 + 8]);
 #pragma unroll
-    for (int nt = 0; nt < 16; ++nt) {
+    for (int nt = 0; nt < 8; ++nt) {
         acc[nt][0] *= e_lo;
         acc[nt][1] *= e_lo;
         acc[nt][2] *= e_hi;
@@ -367,30 +374,42 @@ __global__ void __launch_bounds__(128) gdn_out_kernel(GdnWork gw, GdnTcWork tw, 
     __syncthreads();
     {  // M [64][64] and E [64][128] into the space of Q and S_c
         const float* m = gw.m + ((size_t)h * nch + c) * GC * GC;
-#pragma unroll 8
-        for (int i = tid; i < GC * GC / 4; i += 128) cp_async16(&s.p2.m[i >> 4][(i & 15) * 4], m + 4 * i, true);
-        cp_rows128<GC, LD8, 128>(&s.p2.e[0][0], tw.e + base, DK, GC, tid);
+#pragma unroll 4
+        for (int i = tid; i < GC * GC / 4; i += OUT_THREADS) cp_async16(&s.p2.m[i >> 4][(i & 15) * 4], m + 4 * i, true);
+        cp_rows128<GC, LD8, OUT_THREADS>(&s.p2.e[0][0], tw.e + base, DK, GC, tid);
         cp_async_commit();
     }
     cp_async_wait<0>();
     __syncthreads();
-    rows16_x128<GC>(acc, &s.p2.m[0][0], LDT, &s.p2.e[0][0], LD8, r0, lane);  // + M E
-    // gated RMSNorm per token: a row's 128 values lie in the quad of lanes g8 (32 each: columns 8 nt + 2 t4, + 1)
+    rows16_xn<GC, 8>(acc, &s.p2.m[0][0], LDT, &s.p2.e[0][c0], LD8, r0, lane);  // + M E
+    // gated RMSNorm per token: this warp holds 64 of a row's 128 values in the quad of lanes g8 (16 each: columns
+    // c0 + 8 nt + 2 t4, + 1); the quad's sum, then the other half's from shared memory
+    float ss[2];
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
-        const int t = t0 + r0 + g8 + hf * 8;
-        float ss = 0.f;
+        float x = 0.f;
 #pragma unroll
-        for (int nt = 0; nt < 16; ++nt) ss += acc[nt][2 * hf] * acc[nt][2 * hf] + acc[nt][2 * hf + 1] * acc[nt][2 * hf + 1];
-        ss += __shfl_xor_sync(0xffffffffu, ss, 1);
-        ss += __shfl_xor_sync(0xffffffffu, ss, 2);
-        const float r = rsqrtf(ss * (1.0f / DV) + EPS);
+        for (int nt = 0; nt < 8; ++nt)
+            x += acc[nt][2 * hf] * acc[nt][2 * hf] + acc[nt][2 * hf + 1] * acc[nt][2 * hf + 1];
+        x += __shfl_xor_sync(0xffffffffu, x, 1);
+        x += __shfl_xor_sync(0xffffffffu, x, 2);
+        ss[hf] = x;
+    }
+    if (t4 == 0) {
+        s.ssq[half][r0 + g8] = ss[0];
+        s.ssq[half][r0 + g8 + 8] = ss[1];
+    }
+    __syncthreads();
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+        const int row = r0 + g8 + hf * 8, t = t0 + row;
+        const float r = rsqrtf((s.ssq[0][row] + s.ssq[1][row]) * (1.0f / DV) + EPS);
         if (t < n) {
             const float* z = Y + (size_t)t * GDN_ROWS + h * GDN_HROWS + GZ;
             unsigned short* out = U + (size_t)t * (DH * DV) + h * DV;
 #pragma unroll
-            for (int nt = 0; nt < 16; ++nt) {
-                const int col = nt * 8 + 2 * t4;
+            for (int nt = 0; nt < 8; ++nt) {
+                const int col = c0 + nt * 8 + 2 * t4;
                 const float2 z2 = *(const float2*)(z + col);
                 const unsigned lo = f2h(gnw[col] * (acc[nt][2 * hf] * r) * silu(z2.x));
                 const unsigned hi = f2h(gnw[col + 1] * (acc[nt][2 * hf + 1] * r) * silu(z2.y));
