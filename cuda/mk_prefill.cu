@@ -115,7 +115,7 @@ void gdn_layer(const LuceMkPrefillParams& p, const Workspace& ws, char* w, int l
 #if MK_PF_GDN_TC
     const GdnTcWork tw{(float*)(w + ws.gs), (float*)(w + ws.ge)};
     gdn_prep_kernel<<<dim3(DH, ws.np / GC), PREP_THREADS, sizeof(PrepSmem), st>>>(C, Y, sp, gw, n);
-    gdn_state_kernel<<<DH * NSL, 128, sizeof(StateSmem), st>>>(gw, tw, p.gdn_state + gi * STATE_L, p.pos);
+    gdn_state_kernel<<<DH * NSL, STATE_THREADS, sizeof(StateSmem), st>>>(gw, tw, p.gdn_state + gi * STATE_L, p.pos);
     gdn_out_kernel<<<dim3(DH, ws.np / GC), OUT_THREADS, sizeof(OutSmem), st>>>(gw, tw, Y, sp + SP_GNW,
                                                                        (unsigned short*)(w + ws.u), n);
 #else

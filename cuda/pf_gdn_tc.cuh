@@ -219,7 +219,9 @@ __global__ void __launch_bounds__(PREP_THREADS) gdn_prep_kernel(const float* C, 
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
-// gdn_state_kernel: grid 16 heads x 8 value slices (of SLV = 16 columns), 128 threads; sequential over chunks.
+// gdn_state_kernel: grid 16 heads x 8 value slices (of SLV = 16 columns), STATE_THREADS = 256 threads (warp w: rows
+// or keys of its quarter (w % 4), the slice's n-tile w / 4); sequential over chunks.
+constexpr int STATE_THREADS = 256;
 struct StateSmem {
     float w[2][GC][LD4];   // W of chunks c, c + 1 (cp.async double buffer)
     float kd[2][GC][LD8];  // Kd likewise
@@ -229,25 +231,25 @@ struct StateSmem {
 };
 
 __device__ __forceinline__ void state_loads(StateSmem& s, const GdnWork& gw, int buf, size_t base, int j, int tid) {
-    for (int i = tid; i < GC * 32; i += 128) {  // W, Kd: 64 rows x 32 float4
+    for (int i = tid; i < GC * 32; i += STATE_THREADS) {  // W, Kd: 64 rows x 32 float4
         const int r = i >> 5, d = (i & 31) * 4;
         cp_async16(&s.w[buf][r][d], gw.w + base + 4 * i, true);
         cp_async16(&s.kd[buf][r][d], gw.k + base + 4 * i, true);
     }
-    for (int i = tid; i < GC * 4; i += 128) {  // U slice: 64 rows x 4 float4
+    for (int i = tid; i < GC * 4; i += STATE_THREADS) {  // U slice: 64 rows x 4 float4
         const int r = i >> 2, d = (i & 3) * 4;
         cp_async16(&s.u[buf][r][d], gw.u + base + r * DK + j * SLV + d, true);
     }
     cp_async_commit();
 }
 
-__global__ void __launch_bounds__(128, 1) gdn_state_kernel(GdnWork gw, GdnTcWork tw, float* state, int pos) {
+__global__ void __launch_bounds__(STATE_THREADS, 1) gdn_state_kernel(GdnWork gw, GdnTcWork tw, float* state, int pos) {
     extern __shared__ __align__(16) unsigned char pf_smem[];
     StateSmem& s = *reinterpret_cast<StateSmem*>(pf_smem);
     const int h = blockIdx.x >> 3, j = blockIdx.x & 7, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int g8 = lane >> 2, t4 = lane & 3, nch = gw.np / GC;
+    const int g8 = lane >> 2, t4 = lane & 3, nch = gw.np / GC, quarter = warp & 3, nt = warp >> 2;
     // the state the cached positions left (a prompt at position pos > 0), else zeros; the padding columns stay unread
-    load_state_slice(&s.s[0][0], LDS, state + (size_t)(h * NSL + j) * DK * SLV, pos > 0, tid, 128);
+    load_state_slice(&s.s[0][0], LDS, state + (size_t)(h * NSL + j) * DK * SLV, pos > 0, tid, STATE_THREADS);
     state_loads(s, gw, 0, (size_t)h * gw.np * DK, j, tid);
     for (int c = 0; c < nch; ++c) {
         const int buf = c & 1;
@@ -257,71 +259,58 @@ __global__ void __launch_bounds__(128, 1) gdn_state_kernel(GdnWork gw, GdnTcWork
         if (c + 1 < nch) state_loads(s, gw, buf ^ 1, base + GC * DK, j, tid);
         {  // S_c out: [head][chunk][key][value], this slice's 16 columns
             float* dst = tw.s + ((size_t)h * nch + c) * DK * DV + j * SLV;
-            for (int i = tid; i < DK * 4; i += 128) {
+            for (int i = tid; i < DK * 4; i += STATE_THREADS) {
                 const int r = i >> 2, d = (i & 3) * 4;
                 *(float4*)(dst + r * DV + d) = *(float4*)&s.s[r][d];
             }
         }
-        {  // E = U - W S: warp rows 16 warp .., 2 n-tiles, k = 128
-            const int r0 = warp * 16;
-            float acc[2][4] = {};
+        {  // E = U - W S: warp rows 16 quarter .., n-tile nt, k = 128
+            const int r0 = quarter * 16;
+            float acc[4] = {};
             for (int k0 = 0; k0 < DK; k0 += 8) {
-                unsigned a[4];
+                unsigned a[4], b0, b1;
                 frag_a(a, &s.w[buf][0][0], LD4, r0, k0, lane);
-#pragma unroll
-                for (int nt = 0; nt < 2; ++nt) {
-                    unsigned b0, b1;
-                    frag_b_kn(b0, b1, &s.s[0][0], LDS, k0, nt * 8, lane);
-                    mma_tf32(acc[nt], a, b0, b1);
-                }
+                frag_b_kn(b0, b1, &s.s[0][0], LDS, k0, nt * 8, lane);
+                mma_tf32(acc, a, b0, b1);
             }
             float* eg = tw.e + base + j * SLV;
 #pragma unroll
-            for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-                for (int hf = 0; hf < 2; ++hf) {
-                    const int r = r0 + g8 + hf * 8, col = nt * 8 + 2 * t4;
-                    const float2 e2 = make_float2(s.u[buf][r][col] - acc[nt][2 * hf], s.u[buf][r][col + 1] - acc[nt][2 * hf + 1]);
-                    *(float2*)&s.e[r][col] = e2;
-                    *(float2*)(eg + r * DK + col) = e2;
-                }
+            for (int hf = 0; hf < 2; ++hf) {
+                const int r = r0 + g8 + hf * 8, col = nt * 8 + 2 * t4;
+                const float2 e2 = make_float2(s.u[buf][r][col] - acc[2 * hf], s.u[buf][r][col + 1] - acc[2 * hf + 1]);
+                *(float2*)&s.e[r][col] = e2;
+                *(float2*)(eg + r * DK + col) = e2;
+            }
         }
         __syncthreads();
-        {  // S <- exp(G_C) S + Kd^T E: warp keys 32 warp .. (2 m-tiles), 2 n-tiles, k = 64 tokens
+        {  // S <- exp(G_C) S + Kd^T E: warp keys 32 quarter .. (2 m-tiles), n-tile nt, k = 64 tokens
             const float dec = expf(gw.g[(size_t)h * gw.np + (size_t)c * GC + GC - 1]);
-            float acc[2][2][4];
+            const int k0w = quarter * 32;
+            float acc[2][4];
 #pragma unroll
             for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
-                for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-                    for (int x = 0; x < 4; ++x)
-                        acc[mt][nt][x] = dec * s.s[warp * 32 + mt * 16 + g8 + (x >> 1) * 8][nt * 8 + 2 * t4 + (x & 1)];
+                for (int x = 0; x < 4; ++x)
+                    acc[mt][x] = dec * s.s[k0w + mt * 16 + g8 + (x >> 1) * 8][nt * 8 + 2 * t4 + (x & 1)];
             for (int k0 = 0; k0 < GC; k0 += 8) {
-                unsigned a[2][4];
+                unsigned a[2][4], b0, b1;
 #pragma unroll
-                for (int mt = 0; mt < 2; ++mt) frag_a_tr(a[mt], &s.kd[buf][0][0], LD8, warp * 32 + mt * 16, k0, lane);
+                for (int mt = 0; mt < 2; ++mt) frag_a_tr(a[mt], &s.kd[buf][0][0], LD8, k0w + mt * 16, k0, lane);
+                frag_b_kn(b0, b1, &s.e[0][0], LDS, k0, nt * 8, lane);
 #pragma unroll
-                for (int nt = 0; nt < 2; ++nt) {
-                    unsigned b0, b1;
-                    frag_b_kn(b0, b1, &s.e[0][0], LDS, k0, nt * 8, lane);
-#pragma unroll
-                    for (int mt = 0; mt < 2; ++mt) mma_tf32(acc[mt][nt], a[mt], b0, b1);
-                }
+                for (int mt = 0; mt < 2; ++mt) mma_tf32(acc[mt], a[mt], b0, b1);
             }
 #pragma unroll
-            for (int mt = 0; mt < 2; ++mt)  // each warp rewrites only the rows it read
+            for (int mt = 0; mt < 2; ++mt)  // each warp rewrites only the elements it read
 #pragma unroll
-                for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-                    for (int x = 0; x < 4; ++x)
-                        s.s[warp * 32 + mt * 16 + g8 + (x >> 1) * 8][nt * 8 + 2 * t4 + (x & 1)] = acc[mt][nt][x];
+                for (int x = 0; x < 4; ++x)
+                    s.s[k0w + mt * 16 + g8 + (x >> 1) * 8][nt * 8 + 2 * t4 + (x & 1)] = acc[mt][x];
         }
     }
     __syncthreads();
     // the decode layout: [head][value slice][k / 8][v][k % 8]
     float* dst = state + (size_t)(h * NSL + j) * DK * SLV;
-    for (int i = tid; i < DK * SLV; i += 128) {
+    for (int i = tid; i < DK * SLV; i += STATE_THREADS) {
         const int kk = i >> 4, v = i & 15;
         dst[((kk >> 3) * SLV + v) * 8 + (kk & 7)] = s.s[kk][v];
     }
