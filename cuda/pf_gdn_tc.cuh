@@ -106,7 +106,7 @@ __device__ __forceinline__ void cp_rows128(float* dst, const float* __restrict__
 
 // ---------------------------------------------------------------------------------------------------------------------
 // gdn_prep_kernel: grid (16 heads, chunks), PREP_THREADS = 256 threads: warp w computes rows 16 (w % 4) .. + 15 of
-// every 64-row product, over the columns of its half (w / 4).
+// every 64-row product, over the columns of its half (ch = w / 4).
 constexpr int PREP_THREADS = 256;
 struct PrepSmem {
     float qv[GC][LD8];  // q, then v (once Q and M are out)
@@ -153,8 +153,8 @@ __global__ void __launch_bounds__(PREP_THREADS) gdn_prep_kernel(const float* C, 
         s.sv[tid] = s.beta[tid];
         s.sw[tid] = s.beta[tid] * expf(s.G[tid]);
     }
-    const int r0 = (warp & 3) * 16, half = warp >> 2, g8 = lane >> 2, t4 = lane & 3;
-    {  // K K^T and Q K^T: warp rows r0.., columns 32 half .. + 31 (4 n-tiles), k = 128
+    const int r0 = (warp & 3) * 16, ch = warp >> 2, g8 = lane >> 2, t4 = lane & 3;
+    {  // K K^T and Q K^T: warp rows r0.., columns 32 ch .. + 31 (4 n-tiles; ch = w / 4), k = 128
         float kk[4][4] = {}, qk[4][4] = {};
         for (int k0 = 0; k0 < DK; k0 += 8) {
             unsigned ak[4], aq[4];
@@ -163,7 +163,7 @@ __global__ void __launch_bounds__(PREP_THREADS) gdn_prep_kernel(const float* C, 
 #pragma unroll
             for (int nt = 0; nt < 4; ++nt) {
                 unsigned b0, b1;
-                frag_b_nk(b0, b1, &s.k[0][0], LD4, k0, (half * 4 + nt) * 8, lane);
+                frag_b_nk(b0, b1, &s.k[0][0], LD4, k0, (ch * 4 + nt) * 8, lane);
                 mma_tf32(kk[nt], ak, b0, b1);
                 mma_tf32(qk[nt], aq, b0, b1);
             }
@@ -173,7 +173,7 @@ __global__ void __launch_bounds__(PREP_THREADS) gdn_prep_kernel(const float* C, 
         for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
             for (int hf = 0; hf < 2; ++hf) {  // rows r0 + g8 (c0, c1) and r0 + g8 + 8 (c2, c3)
-                const int i = r0 + g8 + hf * 8, j = (half * 4 + nt) * 8 + 2 * t4;
+                const int i = r0 + g8 + hf * 8, j = (ch * 4 + nt) * 8 + 2 * t4;
                 const float d0 = j <= i ? expf(s.G[i] - s.G[j]) : 0.f, d1 = j + 1 <= i ? expf(s.G[i] - s.G[j + 1]) : 0.f;
                 s.a[i][j] = j < i ? s.beta[i] * kk[nt][2 * hf] * d0 : 0.f;
                 s.a[i][j + 1] = j + 1 < i ? s.beta[i] * kk[nt][2 * hf + 1] * d1 : 0.f;
@@ -200,18 +200,18 @@ __global__ void __launch_bounds__(PREP_THREADS) gdn_prep_kernel(const float* C, 
     if (tid < GC) tril_inverse_column<GC>(&s.a[0][0], LDT, tid, &s.t[0][tid], LDT);
     cp_async_wait<0>();
     __syncthreads();
-    // U = T diag(beta) V and W = T diag(beta exp(G)) K: warp rows r0.., columns 64 half .. + 63 (8 n-tiles), k = 64
+    // U = T diag(beta) V and W = T diag(beta exp(G)) K: warp rows r0.., columns 64 ch .. + 63 (8 n-tiles), k = 64
 #pragma unroll 1
     for (int which = 0; which < 2; ++which) {
         const float* B = which == 0 ? &s.qv[0][0] : &s.k[0][0];
         const int ldb = which == 0 ? LD8 : LD4;
         const float* sc = which == 0 ? s.sv : s.sw;
         float acc[8][4] = {};
-        rows16_xn<GC, 8>(acc, &s.t[0][0], LDT, B + half * 64, ldb, r0, lane, sc);
+        rows16_xn<GC, 8>(acc, &s.t[0][0], LDT, B + ch * 64, ldb, r0, lane, sc);
         float* out = (which == 0 ? gw.u : gw.w) + base;
 #pragma unroll
         for (int nt = 0; nt < 8; ++nt) {
-            const int row = r0 + g8, col = half * 64 + nt * 8 + 2 * t4;
+            const int row = r0 + g8, col = ch * 64 + nt * 8 + 2 * t4;
             *(float2*)(out + row * DK + col) = make_float2(acc[nt][0], acc[nt][1]);
             *(float2*)(out + (row + 8) * DK + col) = make_float2(acc[nt][2], acc[nt][3]);
         }
@@ -333,7 +333,7 @@ struct OutSmem {
         } p2;
     };
     float G[GC];
-    float ssq[2][GC];  // per column half, each row's sum of squares
+    float ssq[2][GC];  // per column half (ch), each row's sum of squares
 };
 
 __global__ void __launch_bounds__(OUT_THREADS) gdn_out_kernel(GdnWork gw, GdnTcWork tw, const float* Y,
@@ -341,7 +341,7 @@ __global__ void __launch_bounds__(OUT_THREADS) gdn_out_kernel(GdnWork gw, GdnTcW
     extern __shared__ __align__(16) unsigned char pf_smem[];
     OutSmem& s = *reinterpret_cast<OutSmem*>(pf_smem);
     const int h = blockIdx.x, c = blockIdx.y, t0 = c * GC, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int g8 = lane >> 2, t4 = lane & 3, r0 = (warp & 3) * 16, half = warp >> 2, c0 = half * 64;
+    const int g8 = lane >> 2, t4 = lane & 3, r0 = (warp & 3) * 16, ch = warp >> 2, c0 = ch * 64;
     const int nch = gw.np / GC;
     const size_t base = ((size_t)h * gw.np + t0) * DK;
     cp_rows128<GC, LD4, OUT_THREADS>(&s.p1.q[0][0], gw.q + base, DK, GC, tid);
@@ -385,8 +385,8 @@ __global__ void __launch_bounds__(OUT_THREADS) gdn_out_kernel(GdnWork gw, GdnTcW
         ss[hf] = x;
     }
     if (t4 == 0) {
-        s.ssq[half][r0 + g8] = ss[0];
-        s.ssq[half][r0 + g8 + 8] = ss[1];
+        s.ssq[ch][r0 + g8] = ss[0];
+        s.ssq[ch][r0 + g8 + 8] = ss[1];
     }
     __syncthreads();
 #pragma unroll
