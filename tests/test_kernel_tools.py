@@ -1,6 +1,7 @@
 """The kernel tools' CPU parts.
 
-Variant parsing, the floor, the summary, and the trace analysis on a synthetic trace whose phase times are known.
+Variant parsing, the floor, the summary, the trace analysis on a synthetic trace whose phase times are known, and the
+backend's way around a device that cannot run the kernel prefill.
 """
 
 from __future__ import annotations
@@ -188,3 +189,37 @@ def test_prefill_table_lists_ms_against_n_per_variant():
     caption = " ".join(text.split())
     assert "a: 200-token prefill vs token by token, logits rel L2 3.5e-03, argmax agrees" in caption
     assert "c ms" not in text
+
+
+@pytest.mark.tries("fault", "kernel prefill: the device's shared memory per block is too small for its kernels")
+def test_a_device_too_small_for_the_kernel_prefill_takes_the_token_path_and_says_why(monkeypatch):
+    """As on an A100 or an RTX card today: the library refuses before a kernel runs; the prompt goes token by token."""
+    from luce_bench.backends.megakernel import MegakernelBackend
+    from luce_bench.kernels.abi import error_codes
+    from luce_bench.kernels.lib import LuceMkError
+
+    be = MegakernelBackend(prefill="kernel")
+    calls = []
+    refusal = "megakernel prefill: the prefill needs more shared memory per block than the device has (code -6)"
+
+    class Prefill:
+        def weights16(self, wblob):
+            return wblob
+
+    def kernel_path(ids, logits):
+        calls.append("kernel")
+        raise LuceMkError(refusal, error_codes()["PREFILL_SMEM"])
+
+    monkeypatch.setattr(be, "_kernel_prefill", lambda: Prefill())
+    monkeypatch.setattr(be, "_prefill_kernel", kernel_path)
+    monkeypatch.setattr(be, "_prefill_tokens", lambda ids, logits: ("tokens", len(ids)))
+    be._kprefill, be._bufs = Prefill(), {"wblob": None}
+    assert be.prefill([1, 2, 3]) == ("tokens", 3) and be.prefill_fallback == refusal
+    assert be.prefill([4, 5]) == ("tokens", 2) and be.prefill_fallback == refusal
+    assert calls == ["kernel"]  # asked once
+    other = MegakernelBackend(prefill="kernel")  # any other failure is not a fallback
+    monkeypatch.setattr(other, "_kernel_prefill", lambda: Prefill())
+    monkeypatch.setattr(other, "_prefill_kernel", lambda ids, logits: (_ for _ in ()).throw(LuceMkError("boom", 700)))
+    other._kprefill, other._bufs = Prefill(), {"wblob": None}
+    with pytest.raises(LuceMkError, match="boom"):
+        other.prefill([1])

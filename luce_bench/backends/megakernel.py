@@ -105,6 +105,7 @@ class MegakernelBackend(Backend):
         self.prefill_gemm: str | None = None  # what the kernel prefill's GEMMs run on (kernels/cublas.py attach)
         self.prefill_fallback: str | None = None  # why the last prefill took the token path while "kernel" was chosen
         self._kprefill: Any = None
+        self._prefill_refused: str | None = None  # why this device cannot run the kernel prefill, once it said so
         self.max_seq = max_seq
         self.arch = arch
         self.options = options
@@ -317,15 +318,22 @@ class MegakernelBackend(Backend):
         return torch.tensor(list(ids), dtype=torch.int32, device=self._device)
 
     def prefill(self, token_ids: Sequence[int], logits: bool = False) -> StepResult:
-        """Run the prompt: through the kernel prefill when chosen (at any position with ABI 7), else token by token."""
-        from luce_bench.kernels.lib import prefill_continues
+        """Run the prompt: through the kernel prefill when chosen (at any position with ABI 7), else token by token.
+
+        A device whose shared memory per block the prefill's kernels do not fit (sm_80 and sm_86/89 today) takes the
+        token path, with the reason in `prefill_fallback`, from its first prompt on.
+        """
+        from luce_bench.kernels.abi import error_codes
+        from luce_bench.kernels.lib import LuceMkError, prefill_continues
 
         ids = list(token_ids)
         if not ids:
             raise ValueError("empty prompt")
         self.prefill_fallback = None
         if self.prefill_mode == "kernel":
-            if self._kernel_prefill() is None:
+            if self._prefill_refused is not None:
+                self.prefill_fallback = self._prefill_refused
+            elif self._kernel_prefill() is None:
                 self.prefill_fallback = "this megakernel library has no prefill (ABI < 6)"
             elif self._pos != 0 and not prefill_continues(self._lib):
                 self.prefill_fallback = (
@@ -337,7 +345,12 @@ class MegakernelBackend(Backend):
                 except UserError as exc:
                     self.prefill_fallback = str(exc)
                 else:
-                    return self._prefill_kernel(ids, logits)
+                    try:
+                        return self._prefill_kernel(ids, logits)
+                    except LuceMkError as exc:  # refused before any kernel ran: nothing to undo
+                        if exc.code != error_codes()["PREFILL_SMEM"]:
+                            raise
+                        self.prefill_fallback = self._prefill_refused = str(exc)
         return self._prefill_tokens(ids, logits)
 
     def _kernel_prefill(self) -> Any:

@@ -15,7 +15,7 @@ from pathlib import Path
 ABI_HEADER = "luce_mk.h"
 CONFIG_HEADER = "mk_config.cuh"
 TRACE_HEADER = "mk_trace.cuh"
-_ENUM_ITEM = re.compile(r"^\s*LUCE_MK_(SP|DEBUG)_([A-Z0-9_]+)\s*=\s*(\d+)", re.M)
+_ENUM_ITEM = re.compile(r"^\s*LUCE_MK_(SP|DEBUG|ERR)_([A-Z0-9_]+)\s*=\s*(-?\d+)", re.M)
 _OPTION = re.compile(r"^#ifndef (MK_[A-Z0-9_]+)\s*\n#define \1 (\S+)", re.M)
 
 
@@ -36,6 +36,11 @@ def _enum_items(header: Path, kind: str) -> dict[str, int]:
 def small_params(src: Path | None = None) -> dict[str, int]:
     """{"LN1": 0, "LN2": 1024, ..., "STRIDE": 26784}: f32 offsets inside one layer's block of the small-param blob."""
     return dict(_enum_items((src or _source_dir()) / ABI_HEADER, "SP"))
+
+
+def error_codes(src: Path | None = None) -> dict[str, int]:
+    """{"ARGS": -1, ..., "PREFILL_SMEM": -6, ...}: the library's own return codes (CUDA's are positive)."""
+    return dict(_enum_items((src or _source_dir()) / ABI_HEADER, "ERR"))
 
 
 def debug_flags(src: Path | None = None) -> dict[str, int]:

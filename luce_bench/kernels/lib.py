@@ -164,7 +164,15 @@ def layout(lib: ctypes.CDLL) -> LuceMkLayout:
     return out
 
 
+class LuceMkError(RuntimeError):
+    """A luce_mk call failed; `code` is its return code (luce_mk.h's LUCE_MK_ERR_*, or a cudaError_t)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 def check(lib: ctypes.CDLL, rc: int, what: str) -> None:
-    """Raise a RuntimeError naming the CUDA / luce_mk error if rc != 0."""
+    """Raise a LuceMkError naming the CUDA / luce_mk error if rc != 0."""
     if rc != 0:
-        raise RuntimeError(f"{what}: {lib.luce_mk_error_string(rc).decode()} (code {rc})")
+        raise LuceMkError(f"{what}: {lib.luce_mk_error_string(rc).decode()} (code {rc})", rc)
