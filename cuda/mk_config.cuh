@@ -15,6 +15,8 @@
 //   MK_PF_ATT_PLAIN   prefill attention: 0 stages the key tiles by cp.async where the device's shared memory per block
 //                     holds them, else loads them through registers (chosen at run time); 1 always the latter: to
 //                     time and test it on a GPU that holds both (NOTES.md v7)
+//   MK_PF_ATT_SPLIT   prefill attention: 1 cuts a short prompt's key range into parts run by separate blocks and merged
+//                     (pf_attn.cuh), 0 one block per position block: to time the split against the whole (NOTES.md v9)
 //   MK_PF_GDN_TC      prefill GDN: 1 runs the chunked delta rule on tensor cores (pf_gdn_tc.cuh, tf32; pp520 7.06 ms
 //                     against 9.10, NOTES.md v4), 0 the f32 CUDA-core kernels (pf_gdn.cuh); 0 stays only until the
 //                     per-length GPU test has passed with 1, then it goes
@@ -48,6 +50,9 @@
 #ifndef MK_PF_ATT_PLAIN
 #define MK_PF_ATT_PLAIN 0
 #endif
+#ifndef MK_PF_ATT_SPLIT
+#define MK_PF_ATT_SPLIT 1
+#endif
 #ifndef MK_PF_CUBLAS
 #define MK_PF_CUBLAS 1
 #endif
@@ -75,6 +80,9 @@
 #endif
 #if MK_PF_ATT_PLAIN != 0 && MK_PF_ATT_PLAIN != 1
 #error "MK_PF_ATT_PLAIN must be 0 or 1"
+#endif
+#if MK_PF_ATT_SPLIT != 0 && MK_PF_ATT_SPLIT != 1
+#error "MK_PF_ATT_SPLIT must be 0 or 1"
 #endif
 #if MK_PF_CUBLAS != 0 && MK_PF_CUBLAS != 1
 #error "MK_PF_CUBLAS must be 0 or 1"

@@ -26,7 +26,7 @@ namespace pf {
 
 // Byte offsets of the workspace's arrays for N tokens (each 256-byte aligned).
 struct Workspace {
-    size_t best, h0, x, xn, y, u, c, o, gq, gk, gu, gw, gg, gm, gs, ge, total;
+    size_t best, h0, x, xn, y, u, c, o, gq, gk, gu, gw, gg, gm, gs, ge, ao, aml, acnt, acnt_bytes, total;
     int np;
     explicit Workspace(int n) {
         np = (n + GC - 1) / GC * GC;
@@ -53,12 +53,18 @@ struct Workspace {
         gm = take(DH * P * GC * 4);
         gs = MK_PF_GDN_TC ? take(DH * (P / GC) * DK * DV * 4) : 0;  // every chunk's start state S_c
         ge = MK_PF_GDN_TC ? take(DH * P * DV * 4) : 0;              // E = U - W S_c
+        const bool split = MK_PF_ATT_SPLIT && n <= ATT_SPLIT_MAX_N;     // the attention's parts (AttSplit)
+        ao = take(split ? (size_t)ATT_PARTS_MAX * 4 * TQ * HD * 4 : 0);
+        aml = take(split ? (size_t)ATT_PARTS_MAX * 4 * TQ * 2 * 4 : 0);
+        acnt_bytes = split ? (size_t)ATT_SPLIT_MAX_N / TQ * NKV * 4 : 0;
+        acnt = take(acnt_bytes);
         total = at;
     }
 };
 
 int g_sms = 0;
 bool g_att_staged = false;  // the attention stages its key tiles (the device's shared memory per block holds them)
+int g_att_slots = 0;        // attention blocks resident at once on the GPU
 int g_gemm_slots = 0;  // GEMM blocks resident at once on the GPU (SMs x blocks per SM at GEMM_SMEM)
 
 template <bool NN, int OUT>
@@ -139,13 +145,15 @@ void attn_layer(const LuceMkPrefillParams& p, const Workspace& ws, char* w, int 
     gemm<false, OUT_STORE>((unsigned short*)(w + ws.xn), layer_w(p.wblob16, l, 0), Y, nullptr, nullptr, n, FA_ROWS,
                            H, H, st);
     attn_prep_kernel<<<n, 384, 0, st>>>(Y, sp, Qa, kc, vc, p.max_seq, p.pos);
-    const dim3 grid((n + TQ - 1) / TQ, NKV);
+    const int split = att_split(n, p.pos, g_att_slots);
+    const AttSplit parts{(float*)(w + ws.ao), (float*)(w + ws.aml), (unsigned*)(w + ws.acnt)};
+    const dim3 grid(att_blocks(n, p.pos, split), NKV);
     if (g_att_staged)
         attn_kernel<true><<<grid, 128, ATT_SMEM_STAGED, st>>>(Qa, Y, kc, vc, (unsigned short*)(w + ws.u), n, p.max_seq,
-                                                               p.pos);
+                                                               p.pos, split, parts);
     else
         attn_kernel<false><<<grid, 128, ATT_SMEM_PLAIN, st>>>(Qa, Y, kc, vc, (unsigned short*)(w + ws.u), n, p.max_seq,
-                                                               p.pos);
+                                                               p.pos, split, parts);
     gemm<false, OUT_ADD>((unsigned short*)(w + ws.u), layer_w(p.wblob16, l, 1), (float*)(w + ws.x), nullptr,
                          nullptr, n, H, NQH * HD, NQH * HD, st);
 }
@@ -189,6 +197,11 @@ int setup_device() {
     e = cudaFuncSetAttribute(attn, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              g_att_staged ? ATT_SMEM_STAGED : ATT_SMEM_PLAIN);
     if (e != cudaSuccess) return (int)e;
+    int att_per_sm = 0;
+    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&att_per_sm, attn, 128,
+                                                      g_att_staged ? ATT_SMEM_STAGED : ATT_SMEM_PLAIN);
+    if (e != cudaSuccess) return (int)e;
+    g_att_slots = g_sms * (att_per_sm > 0 ? att_per_sm : 1);
     for (const void* f : {(const void*)gemm_kernel<false, OUT_STORE>, (const void*)gemm_kernel<false, OUT_ADD>,
                           (const void*)gemm_kernel<false, OUT_SWIGLU>, (const void*)gemm_kernel<true, OUT_ADD>})
         if ((e = cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, GEMM_SMEM)) != cudaSuccess)
@@ -231,6 +244,7 @@ int luce_mk_prefill(const LuceMkPrefillParams* p, void* stream) {
     char* w = (char*)p->workspace;
     const int n = p->n_tokens;
     cudaMemsetAsync(w + ws.best, 0, 8, st);
+    if (ws.acnt_bytes) cudaMemsetAsync(w + ws.acnt, 0, ws.acnt_bytes, st);  // the attention parts' counters
     embed_kernel<<<n, 256, 0, st>>>(p->tokens, (const unsigned short*)p->embed, (float*)(w + ws.x));
     const int layers = p->n_layers ? p->n_layers : NL;
     for (int l = 0; l < layers; ++l) {

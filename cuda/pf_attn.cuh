@@ -78,18 +78,56 @@ __device__ __forceinline__ void att_stage(unsigned short* Kst, unsigned short* V
     cp_async_commit();
 }
 
+// Split keys (MK_PF_ATT_SPLIT=1): where the position blocks are fewer than the GPU's block slots (short prompts), a
+// block's keys are cut into parts of `split` tiles, one block each, so that the longest chain of tiles is `split`
+// instead of the last position block's all (pp520: 9 tiles one after another on 66 blocks). Each part leaves its
+// unnormalised output and (max, sum) per row in AttSplit; the part that finishes last merges them (a counter per
+// position block and group, reset by that part for the next launch).
+constexpr int ATT_SPLIT_MAX_N = 1024;  // longer prompts have enough position blocks without splitting
+constexpr int ATT_PARTS_MAX = 256;     // blocks of one split launch, at most (their partials' space in the workspace)
+struct AttSplit {
+    float* o;           // [ATT_PARTS_MAX][64 rows][HD]
+    float* ml;          // [ATT_PARTS_MAX][64 rows][2]: running max (base 2; -inf where the part saw no key) and sum
+    unsigned* counter;  // [position blocks][NKV]: parts finished
+};
+
+// The keys of position block b end at this position (the cached ones first, then the prompt's up to the block's last)
+__host__ __device__ __forceinline__ int att_last_key(int b, int n, int pos) {
+    return pos + (n - 1 < b * TQ + TQ - 1 ? n - 1 : b * TQ + TQ - 1);
+}
+// parts of a position block whose keys end at k_last, cut every `split` tiles
+__host__ __device__ __forceinline__ int att_parts(int k_last, int split) { return (k_last / TK) / split + 1; }
+
 template <bool STAGE>
 __global__ void __launch_bounds__(128) attn_kernel(const float* __restrict__ Qa, const float* __restrict__ Y,
                                                       const unsigned short* __restrict__ kc,
                                                       const unsigned short* __restrict__ vc, unsigned short* out, int n,
-                                                      int max_seq, int pos) {
+                                                      int max_seq, int pos, int split, AttSplit sp) {
     extern __shared__ __align__(16) unsigned char att_smem[];
+    __shared__ int merge_here;
     unsigned short(*Qs)[T_LD] = reinterpret_cast<unsigned short(*)[T_LD]>(att_smem);
     unsigned short(*Ks)[T_LD] = Qs + 4 * TQ;
     unsigned short(*Vs)[T_LD] = Ks + TK;
-    const int g = blockIdx.y, q0 = blockIdx.x * TQ, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    // keys 0 .. k_last: the cached positions before the prompt (pos of them) and the prompt's up to this block's last
-    const int k_last = pos + min(n - 1, q0 + TQ - 1);
+    const int g = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    // this block: position block b, part `part` of `parts` (blocks enumerate the pairs in order when split > 0)
+    int b = blockIdx.x, part = 0, parts = 1;
+    if (split > 0) {
+        for (int first = 0, k = 0;; ++k) {
+            const int pk = att_parts(att_last_key(k, n, pos), split);
+            if ((int)blockIdx.x < first + pk) {
+                b = k;
+                part = blockIdx.x - first;
+                parts = pk;
+                break;
+            }
+            first += pk;
+        }
+    }
+    const int q0 = b * TQ;
+    // keys 0 .. k_last: the cached positions before the prompt (pos of them) and the prompt's up to this block's last;
+    // this part's p_first .. p_last (whole tiles; the last part ends at k_last)
+    const int k_last = att_last_key(b, n, pos);
+    const int p_first = part * split * TK, p_last = parts > 1 ? min(k_last, p_first + split * TK - 1) : k_last;
     const float qscale = 0.0625f * 1.4426950408889634f;  // 1/sqrt(256), and exp -> exp2
     for (int i = tid; i < 4 * TQ * (HD / 4); i += 128) {  // Q rows: 64 x 64 float4
         const int r = i / (HD / 4), d = (i % (HD / 4)) * 4, t = q0 + (r >> 2), j = g * QPG + (r & 3);
@@ -108,8 +146,8 @@ __global__ void __launch_bounds__(128) attn_kernel(const float* __restrict__ Qa,
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;  // running max (base 2) and this thread's partial sums
     unsigned short* Kst = reinterpret_cast<unsigned short*>(att_smem + ATT_TILES);  // STAGE only: [TK][HD] each
     unsigned short* Vst = Kst + TK * HD;
-    if constexpr (STAGE) att_stage(Kst, Vst, kg, vg, 0, k_last, tid);
-    for (int p0 = 0; p0 <= k_last; p0 += TK) {
+    if constexpr (STAGE) att_stage(Kst, Vst, kg, vg, p_first, k_last, tid);
+    for (int p0 = p_first; p0 <= p_last; p0 += TK) {
         if constexpr (STAGE) {
             cp_async_wait<0>();  // this thread's copies of tile p0; the barrier makes them everyone's
             __syncthreads();     // ... and the previous tile is consumed (and Q is written, the first time)
@@ -119,7 +157,7 @@ __global__ void __launch_bounds__(128) attn_kernel(const float* __restrict__ Qa,
                 *(uint4*)&Vs[r][c] = bf8_to_h8(*(const uint4*)(Vst + r * HD + c));
             }
             __syncthreads();  // the staging area is free again
-            if (p0 + TK <= k_last) att_stage(Kst, Vst, kg, vg, p0 + TK, k_last, tid);
+            if (p0 + TK <= p_last) att_stage(Kst, Vst, kg, vg, p0 + TK, k_last, tid);
         } else {
             __syncthreads();  // the previous tile is consumed (and Q is written, the first time)
             for (int i = tid; i < TK * (HD / 8); i += 128) {  // K and V tiles: 64 rows x 32 uint4, bf16 -> fp16
@@ -206,6 +244,50 @@ __global__ void __launch_bounds__(128) attn_kernel(const float* __restrict__ Qa,
         l0 += __shfl_xor_sync(0xffffffffu, l0, off);
         l1 += __shfl_xor_sync(0xffffffffu, l1, off);
     }
+    if (parts > 1) {  // leave this part's rows; the part that finishes last merges every part's
+        const int slot = (blockIdx.x + g * gridDim.x) * 4 * TQ;  // this part's first row in AttSplit
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int r = warp * 16 + gr + 8 * h;
+            float* po = sp.o + (size_t)(slot + r) * HD;
+#pragma unroll
+            for (int ni = 0; ni < HD / 8; ++ni) *(float2*)(po + ni * 8 + tc) = make_float2(o[ni][2 * h], o[ni][2 * h + 1]);
+            const float l = h ? l1 : l0;
+            if (tc == 0) *(float2*)(sp.ml + (size_t)(slot + r) * 2) = make_float2(l > 0.f ? (h ? m1 : m0) : -INFINITY, l);
+        }
+        __threadfence();  // the partials, visible GPU-wide before the count says so
+        __syncthreads();
+        if (tid == 0) merge_here = atomicAdd(&sp.counter[b * NKV + g], 1u) == (unsigned)parts - 1;
+        __syncthreads();
+        if (!merge_here) return;
+        __threadfence();
+        const int first = (blockIdx.x - part + g * gridDim.x) * 4 * TQ;  // part 0's first row
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int r = warp * 16 + gr + 8 * h;
+            float mx = -INFINITY, l = 0.f;
+            for (int q = 0; q < parts; ++q) mx = fmaxf(mx, __ldcg(sp.ml + (size_t)(first + q * 4 * TQ + r) * 2));
+#pragma unroll
+            for (int ni = 0; ni < HD / 8; ++ni) o[ni][2 * h] = o[ni][2 * h + 1] = 0.f;
+            for (int q = 0; q < parts; ++q) {
+                const size_t row = (size_t)first + q * 4 * TQ + r;
+                const float2 ml = __ldcg((const float2*)(sp.ml + row * 2));
+                if (!(ml.y > 0.f)) continue;  // a part whose keys all lie after this row's position
+                const float c = exp2f(ml.x - mx);
+                l += c * ml.y;
+                const float* po = sp.o + row * HD;
+#pragma unroll
+                for (int ni = 0; ni < HD / 8; ++ni) {
+                    const float2 v = __ldcg((const float2*)(po + ni * 8 + tc));
+                    o[ni][2 * h] += c * v.x;
+                    o[ni][2 * h + 1] += c * v.y;
+                }
+            }
+            if (h) l1 = l;
+            else l0 = l;
+        }
+        if (tid == 0) sp.counter[b * NKV + g] = 0;  // ready for the next launch
+    }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {  // rows gr (h = 0) and gr + 8
         const int r = warp * 16 + gr + 8 * h, t = q0 + (r >> 2), j = g * QPG + (r & 3);
@@ -220,6 +302,28 @@ __global__ void __launch_bounds__(128) attn_kernel(const float* __restrict__ Qa,
             out[base + d + 1] = f2h(o[ni][2 * h + 1] * inv * sigm(gate[d + 1]));
         }
     }
+}
+
+// Key tiles per part for a prompt of n tokens at pos (0: no split), given the blocks the GPU runs at once: the
+// smallest split whose parts fit in one wave; none where the position blocks fill the GPU already.
+inline int att_split(int n, int pos, int slots) {
+    const int nqb = (n + TQ - 1) / TQ, fit = slots < ATT_PARTS_MAX ? slots : ATT_PARTS_MAX;
+    if (!MK_PF_ATT_SPLIT || n > ATT_SPLIT_MAX_N || nqb * NKV >= fit) return 0;
+    for (int split = 1; split <= att_last_key(nqb - 1, n, pos) / TK; ++split) {
+        int total = 0;
+        for (int b = 0; b < nqb; ++b) total += att_parts(att_last_key(b, n, pos), split);
+        if (total * NKV <= fit) return split;
+    }
+    return 0;
+}
+
+// Blocks along x of a launch with `split` (the (position block, part) pairs; the position blocks when 0).
+inline int att_blocks(int n, int pos, int split) {
+    const int nqb = (n + TQ - 1) / TQ;
+    if (!split) return nqb;
+    int total = 0;
+    for (int b = 0; b < nqb; ++b) total += att_parts(att_last_key(b, n, pos), split);
+    return total;
 }
 
 }  // namespace pf

@@ -44,6 +44,7 @@ KERNEL_OPTION_SETS = {
     "gemm-rows128": {"MK_PF_CUBLAS": 0, "MK_PF_GBM": 128},
     "spin-sleep128": {"MK_SPIN_SLEEP_NS": 128},
     "attn-plain": {"MK_PF_ATT_PLAIN": 1},
+    "attn-whole": {"MK_PF_ATT_SPLIT": 0},
     "gdn-f32-cuda-cores": {"MK_PF_GDN_TC": 0},
     "prefill-own-gemm": {"MK_PF_CUBLAS": 0},
 }
