@@ -104,7 +104,6 @@ __global__ void __launch_bounds__(128) attn_kernel(const float* __restrict__ Qa,
                                                       const unsigned short* __restrict__ vc, unsigned short* out, int n,
                                                       int max_seq, int pos, int split, AttSplit sp) {
     extern __shared__ __align__(16) unsigned char att_smem[];
-    __shared__ int merge_here;
     unsigned short(*Qs)[T_LD] = reinterpret_cast<unsigned short(*)[T_LD]>(att_smem);
     unsigned short(*Ks)[T_LD] = Qs + 4 * TQ;
     unsigned short(*Vs)[T_LD] = Ks + TK;
@@ -202,7 +201,8 @@ __global__ void __launch_bounds__(128) attn_kernel(const float* __restrict__ Qa,
             mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
             mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
         }
-        // rows past the prompt see only masked keys: keep them finite (their output is never written)
+        // a row whose keys in this tile are all masked (one before a split part's first key): keep it finite; its sum
+        // stays 0 and the merge skips it (rows past the prompt, with zero-filled keys, are never written)
         if (mx0 == -INFINITY) mx0 = 0.f;
         if (mx1 == -INFINITY) mx1 = 0.f;
         const float c0 = exp2f(m0 - mx0), c1 = exp2f(m1 - mx1);
@@ -257,9 +257,12 @@ __global__ void __launch_bounds__(128) attn_kernel(const float* __restrict__ Qa,
         }
         __threadfence();  // the partials, visible GPU-wide before the count says so
         __syncthreads();
-        if (tid == 0) merge_here = atomicAdd(&sp.counter[b * NKV + g], 1u) == (unsigned)parts - 1;
+        // the flag lives in the dynamic area (no static shared memory on top of a size at some GPUs' limit): the K
+        // tile is free, every warp is past the loop
+        volatile int* merge_here = reinterpret_cast<volatile int*>(&Ks[0][0]);
+        if (tid == 0) *merge_here = atomicAdd(&sp.counter[b * NKV + g], 1u) == (unsigned)parts - 1;
         __syncthreads();
-        if (!merge_here) return;
+        if (!*merge_here) return;
         __threadfence();
         const int first = (blockIdx.x - part + g * gridDim.x) * 4 * TQ;  // part 0's first row
 #pragma unroll

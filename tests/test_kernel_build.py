@@ -72,8 +72,9 @@ def test_library_loads_and_exports_abi(built):
     # prefill workspace for 64 tokens: best 256 B | conv history copy f32 6144 x 4 | X f32 64 x 1024 | Xn bf16 |
     # Y f32 64 x 8224 | U bf16 64 x 3584 |
     # conv out f32 64 x 6144 | Q, K, U, W f32 16 x 64 x 128 each | G 16 x 64 | M 16 x 64 x 64 | the tensor-core GDN's
-    # start states S_c f32 16 x 1 chunk x 128 x 128 and E f32 16 x 64 x 128 (no O: its gated norm is fused)
-    assert lib.luce_mk_prefill_workspace(64) == 8_564_992 and lib.luce_mk_prefill_workspace(0) == 0
+    # start states S_c f32 16 x 1 chunk x 128 x 128 and E f32 16 x 64 x 128 (no O: its gated norm is fused) | the
+    # split attention's parts (prompts up to 1024 tokens): rows f32 256 x 64 x 256, (max, sum) 256 x 64 x 2, counters
+    assert lib.luce_mk_prefill_workspace(64) == 25_473_792 and lib.luce_mk_prefill_workspace(0) == 0
     assert lib.luce_mk_prefill_workspace(65) > lib.luce_mk_prefill_workspace(64)
     assert lib.luce_mk_prefill_launches(520) == 1 + 24 * 4 + 18 * 6 + 6 * 4 + 3
 
