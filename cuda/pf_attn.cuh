@@ -49,9 +49,9 @@ constexpr int ATT_TILES = (4 * TQ + 2 * TK) * T_LD * 2;  // Q rows, K tile, V ti
 // Staged (attn_kernel<true>): the next key tile's raw bf16 K and V land by cp.async in a dense staging area while this
 // tile is multiplied (one block per SM; pp520's attention 0.66 -> 0.37 ms on the H200, NOTES.md v7). Where the GPU's
 // shared memory per block holds only the tiles (sm_86, sm_89: 99 KB), attn_kernel<false> loads and converts each tile
-// through registers when needed. mk_prefill.cu picks one per device (MK_PF_ATT_PLAIN=1: always the latter). Today the
-// GDN state kernel's 164 KB already keep the prefill to sm_90 (sm_80 gives 163 KB per block): the plain kernel runs
-// where a smaller state kernel lets the prefill run (NOTES.md v7).
+// through registers when needed. mk_prefill.cu picks one per device (MK_PF_ATT_PLAIN=1: always the latter). The GDN
+// prep and out kernels' 102 KB keep the prefill off sm_86/89 today, so the plain kernel runs only where forced
+// (NOTES.md v7).
 constexpr int ATT_SMEM_PLAIN = ATT_TILES;
 constexpr int ATT_SMEM_STAGED = ATT_TILES + 2 * TK * HD * 2;
 

@@ -225,10 +225,11 @@ constexpr int STATE_THREADS = 256;
 struct StateSmem {
     float w[2][GC][LD4];   // W of chunks c, c + 1 (cp.async double buffer)
     float kd[2][GC][LD8];  // Kd likewise
-    float u[2][GC][LDS];   // this slice of U
+    float u[2][GC][SLV];   // this slice of U (read an element at a time: unpadded)
     float s[DK][LDS];      // the state slice S [128 keys][16 values]
     float e[GC][LDS];      // this slice of E
 };
+static_assert(sizeof(StateSmem) <= 163 * 1024, "the state kernel must fit sm_80's shared memory per block");
 
 __device__ __forceinline__ void state_loads(StateSmem& s, const GdnWork& gw, int buf, size_t base, int j, int tid) {
     for (int i = tid; i < GC * 32; i += STATE_THREADS) {  // W, Kd: 64 rows x 32 float4

@@ -193,7 +193,7 @@ def test_prefill_table_lists_ms_against_n_per_variant():
 
 @pytest.mark.tries("fault", "kernel prefill: the device's shared memory per block is too small for its kernels")
 def test_a_device_too_small_for_the_kernel_prefill_takes_the_token_path_and_says_why(monkeypatch):
-    """As on an A100 or an RTX card today: the library refuses before a kernel runs; the prompt goes token by token."""
+    """As on an RTX 3090 or 4090 today: the library refuses before a kernel runs; the prompt goes token by token."""
     from luce_bench.backends.megakernel import MegakernelBackend
     from luce_bench.kernels.abi import error_codes
     from luce_bench.kernels.lib import LuceMkError

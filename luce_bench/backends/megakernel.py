@@ -320,7 +320,7 @@ class MegakernelBackend(Backend):
     def prefill(self, token_ids: Sequence[int], logits: bool = False) -> StepResult:
         """Run the prompt: through the kernel prefill when chosen (at any position with ABI 7), else token by token.
 
-        A device whose shared memory per block the prefill's kernels do not fit (sm_80 and sm_86/89 today) takes the
+        A device whose shared memory per block the prefill's kernels do not fit (sm_86/89 today) takes the
         token path, with the reason in `prefill_fallback`, from its first prompt on.
         """
         from luce_bench.kernels.abi import error_codes
