@@ -39,7 +39,7 @@ def small_params(src: Path | None = None) -> dict[str, int]:
 
 
 def error_codes(src: Path | None = None) -> dict[str, int]:
-    """{"ARGS": -1, ..., "PREFILL_SMEM": -6, ...}: the library's own return codes (CUDA's are positive)."""
+    """{"NO_COOP": -1, ..., "PREFILL_SMEM": -6, ...}: the library's own return codes (CUDA's are positive)."""
     return dict(_enum_items((src or _source_dir()) / ABI_HEADER, "ERR"))
 
 
