@@ -110,8 +110,10 @@ __device__ __forceinline__ void cp_rows128(float* dst, const float* __restrict__
 // thread = channel x half of the rows, its 35 inputs loaded at once). Like that kernel, it leaves the prompt's last 3
 // raw inputs in hist (slot (pos + t) % 4) and, for a prompt shorter than 3 at position 0, zeroes the slots before it;
 // inputs before the prompt come from hist0 (a copy taken before this layer's prefill) or are 0.
-__device__ __forceinline__ void conv_rows(float* dst, int ld, const float* Y, const float* wconv, float* hist,
-                                          const float* hist0, int h, int part, int t0, int n, int pos, int tid) {
+__device__ __forceinline__ void conv_rows(float* dst, int ld, const float* __restrict__ Y,
+                                          const float* __restrict__ wconv, float* __restrict__ hist,
+                                          const float* __restrict__ hist0, int h, int part, int t0, int n, int pos,
+                                          int tid) {
     const int c = tid & 127, seg = tid >> 7, ch = part * 2048 + h * 128 + c, ycol = h * GDN_HROWS + part * 128 + c;
     const float4 w = *(const float4*)(wconv + ch * 4);
     const int tb = t0 + seg * 32;  // this thread's first row (prompt index)
