@@ -307,19 +307,6 @@ __global__ void __launch_bounds__(128) attn_kernel(const float* __restrict__ Qa,
     }
 }
 
-// Key tiles per part for a prompt of n tokens at pos (0: no split), given the blocks the GPU runs at once: the
-// smallest split whose parts fit in one wave; none where the position blocks fill the GPU already.
-inline int att_split(int n, int pos, int slots) {
-    const int nqb = (n + TQ - 1) / TQ, fit = slots < ATT_PARTS_MAX ? slots : ATT_PARTS_MAX;
-    if (!MK_PF_ATT_SPLIT || n > ATT_SPLIT_MAX_N || nqb * NKV >= fit) return 0;
-    for (int split = 1; split <= att_last_key(nqb - 1, n, pos) / TK; ++split) {
-        int total = 0;
-        for (int b = 0; b < nqb; ++b) total += att_parts(att_last_key(b, n, pos), split);
-        if (total * NKV <= fit) return split;
-    }
-    return 0;
-}
-
 // Blocks along x of a launch with `split` (the (position block, part) pairs; the position blocks when 0).
 inline int att_blocks(int n, int pos, int split) {
     const int nqb = (n + TQ - 1) / TQ;
@@ -327,6 +314,16 @@ inline int att_blocks(int n, int pos, int split) {
     int total = 0;
     for (int b = 0; b < nqb; ++b) total += att_parts(att_last_key(b, n, pos), split);
     return total;
+}
+
+// Key tiles per part for a prompt of n tokens at pos (0: no split), given the blocks the GPU runs at once: the
+// smallest split whose parts fit in one wave; none where the position blocks fill the GPU already.
+inline int att_split(int n, int pos, int slots) {
+    const int nqb = (n + TQ - 1) / TQ, fit = slots < ATT_PARTS_MAX ? slots : ATT_PARTS_MAX;
+    if (!MK_PF_ATT_SPLIT || n > ATT_SPLIT_MAX_N || nqb * NKV >= fit) return 0;
+    for (int split = 1; split <= att_last_key(nqb - 1, n, pos) / TK; ++split)
+        if (att_blocks(n, pos, split) * NKV <= fit) return split;
+    return 0;
 }
 
 }  // namespace pf

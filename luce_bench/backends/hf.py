@@ -105,10 +105,12 @@ class HFBackend(Backend):
 
         return torch.inference_mode()
 
-    def _running(self) -> contextlib.ExitStack:
-        """What every forward runs under: `_no_grad`, and GDN helpers the model's device can run (hf_paths)."""
+    def _running(self) -> contextlib.AbstractContextManager[Any]:
+        """What every forward runs under: `_no_grad`, and on the CPU the GDN helpers it can run (hf_paths)."""
         from luce_bench.backends.hf_paths import helpers_for
 
+        if self._device.type != "cpu":  # nothing to swap: the timed steps on a GPU pay for no extra context
+            return self._no_grad()
         stack = contextlib.ExitStack()
         stack.enter_context(self._no_grad())
         stack.enter_context(helpers_for(self._model, self._device.type))
