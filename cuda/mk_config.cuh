@@ -20,9 +20,6 @@
 //   MK_PF_GDN_TC      prefill GDN: 1 runs the chunked delta rule on tensor cores (pf_gdn_tc.cuh, tf32; pp520 7.06 ms
 //                     against 9.10, NOTES.md v4), 0 the f32 CUDA-core kernels (pf_gdn.cuh); 0 stays only until the
 //                     per-length GPU test has passed with 1, then it goes
-//   MK_PF_CONV_FUSED  prefill GDN: 1 computes the causal conv inside the prep kernel from the in_proj output (one
-//                     kernel and the conv output's round trip fewer per layer), 0 the conv kernel; to be measured
-//                     (NOTES.md v10)
 //   MK_PF_CUBLAS      prefill GEMMs: 1 runs them through cuBLAS once Python has loaded it (pf_cublas.cuh; pp520 4.79
 //                     ms against 6.39, NOTES.md v6), the own kernels (pf_gemm.cuh) where it is not found; 0 always
 //                     the own kernels: the build for a machine without cuBLAS, and the tuning of the own GEMMs
@@ -56,9 +53,6 @@
 #ifndef MK_PF_ATT_SPLIT
 #define MK_PF_ATT_SPLIT 1
 #endif
-#ifndef MK_PF_CONV_FUSED
-#define MK_PF_CONV_FUSED 0
-#endif
 #ifndef MK_PF_CUBLAS
 #define MK_PF_CUBLAS 1
 #endif
@@ -89,9 +83,6 @@
 #endif
 #if MK_PF_ATT_SPLIT != 0 && MK_PF_ATT_SPLIT != 1
 #error "MK_PF_ATT_SPLIT must be 0 or 1"
-#endif
-#if (MK_PF_CONV_FUSED != 0 && MK_PF_CONV_FUSED != 1) || (MK_PF_CONV_FUSED && !MK_PF_GDN_TC)
-#error "MK_PF_CONV_FUSED must be 0 or 1, and 1 only with MK_PF_GDN_TC=1"
 #endif
 #if MK_PF_CUBLAS != 0 && MK_PF_CUBLAS != 1
 #error "MK_PF_CUBLAS must be 0 or 1"

@@ -117,12 +117,10 @@ void gdn_layer(const LuceMkPrefillParams& p, const Workspace& ws, char* w, int l
         hist0 = (float*)(w + ws.h0);
         cudaMemcpyAsync(hist0, hist, (size_t)CONV * 4 * 4, cudaMemcpyDeviceToDevice, st);
     }
-    if (!MK_PF_CONV_FUSED)  // else the prep kernel computes the conv
-        gdn_conv_kernel<<<dim3(CONV / 128, ws.np / GC), 128, 0, st>>>(Y, sp + SP_CONV, hist, hist0, C, n, p.pos);
+    gdn_conv_kernel<<<dim3(CONV / 128, ws.np / GC), 128, 0, st>>>(Y, sp + SP_CONV, hist, hist0, C, n, p.pos);
 #if MK_PF_GDN_TC
     const GdnTcWork tw{(float*)(w + ws.gs), (float*)(w + ws.ge)};
-    gdn_prep_kernel<<<dim3(DH, ws.np / GC), PREP_THREADS, sizeof(PrepSmem), st>>>(C, Y, sp, gw, n, hist, hist0,
-                                                                                   p.pos);
+    gdn_prep_kernel<<<dim3(DH, ws.np / GC), PREP_THREADS, sizeof(PrepSmem), st>>>(C, Y, sp, gw, n);
     gdn_state_kernel<<<DH * NSL, STATE_THREADS, sizeof(StateSmem), st>>>(gw, tw, p.gdn_state + gi * STATE_L, p.pos);
     gdn_out_kernel<<<dim3(DH, ws.np / GC), OUT_THREADS, sizeof(OutSmem), st>>>(gw, tw, Y, sp + SP_GNW,
                                                                        (unsigned short*)(w + ws.u), n);
@@ -229,7 +227,7 @@ int luce_mk_prefill_launches(int n_tokens) {
     if (n_tokens < 1) return 0;
     // embed + 24 x (rmsnorm + MLP's 3) + 18 GDN x 6 + 6 attention x 4 + LM head + finish (+ the best reset); with
     // cuBLAS, each GEMM counts as one and the SwiGLU is one more per layer
-    return 1 + 24 * 4 + 18 * (6 - MK_PF_CONV_FUSED) + 6 * 4 + 3 + (MK_PF_CUBLAS && mk::pf::cublas_ready() ? 24 : 0);
+    return 1 + 24 * 4 + 18 * 6 + 6 * 4 + 3 + (MK_PF_CUBLAS && mk::pf::cublas_ready() ? 24 : 0);
 }
 
 int luce_mk_prefill(const LuceMkPrefillParams* p, void* stream) {

@@ -104,46 +104,10 @@ __device__ __forceinline__ void cp_rows128(float* dst, const float* __restrict__
     }
 }
 
-#if MK_PF_CONV_FUSED
-// The causal conv + SiLU of rows t0 .. t0 + 63 of head h's 128 channels of one part (0 q, 1 k, 2 v), read straight from
-// Y into shared rows dst (stride ld; rows past the prompt 0), as gdn_conv_kernel computes them (PREP_THREADS = 256:
-// thread = channel x half of the rows, its 35 inputs loaded at once). Like that kernel, it leaves the prompt's last 3
-// raw inputs in hist (slot (pos + t) % 4) and, for a prompt shorter than 3 at position 0, zeroes the slots before it;
-// inputs before the prompt come from hist0 (a copy taken before this layer's prefill) or are 0.
-__device__ __forceinline__ void conv_rows(float* dst, int ld, const float* __restrict__ Y,
-                                          const float* __restrict__ wconv, float* __restrict__ hist,
-                                          const float* __restrict__ hist0, int h, int part, int t0, int n, int pos,
-                                          int tid) {
-    const int c = tid & 127, seg = tid >> 7, ch = part * 2048 + h * 128 + c, ycol = h * GDN_HROWS + part * 128 + c;
-    const float4 w = *(const float4*)(wconv + ch * 4);
-    const int tb = t0 + seg * 32;  // this thread's first row (prompt index)
-    float y[35];                   // inputs tb - 3 .. tb + 31
-#pragma unroll
-    for (int e = 0; e < 35; ++e) {
-        const int t = tb - 3 + e;
-        y[e] = t >= 0 ? (t < n ? Y[(size_t)t * GDN_ROWS + ycol] : 0.f)
-                      : (hist0 != nullptr && pos + t >= 0 ? hist0[ch * 4 + ((pos + t) & 3)] : 0.f);
-    }
-#pragma unroll
-    for (int e = 0; e < 32; ++e) {
-        const int t = tb + e;
-        float acc = w.w * y[e + 3];
-        acc = fmaf(w.z, y[e + 2], acc);
-        acc = fmaf(w.y, y[e + 1], acc);
-        acc = fmaf(w.x, y[e], acc);
-        dst[(seg * 32 + e) * ld + c] = t < n ? silu(acc) : 0.f;
-        if (t < n && t >= n - 3) hist[ch * 4 + ((pos + t) & 3)] = y[e + 3];  // what the next decode step reads
-    }
-    if (t0 == 0 && pos == 0 && seg == 0)
-        for (int t = n - 3; t < 0; ++t) hist[ch * 4 + (t & 3)] = 0.f;
-}
-#endif
-
 // ---------------------------------------------------------------------------------------------------------------------
 // gdn_prep_kernel: grid (16 heads, chunks), PREP_THREADS = 256 threads: warp w computes rows 16 (w % 4) .. + 15 of
 // every 64-row product, over the columns of its half (ch = w / 4).
 constexpr int PREP_THREADS = 256;
-static_assert(PREP_THREADS == 256, "conv_rows maps 256 threads to 128 channels x 2 halves of the rows");
 struct PrepSmem {
     float qv[GC][LD8];  // q, then v (once Q and M are out)
     float k[GC][LD4];
@@ -152,23 +116,16 @@ struct PrepSmem {
     float beta[GC], G[GC], sv[GC], sw[GC];  // sv = beta, sw = beta exp(G): T's column scales for U and W
 };
 
-// With MK_PF_CONV_FUSED=1 it computes the conv itself from Y (conv_rows; C, the conv kernel's output, is not read).
 __global__ void __launch_bounds__(PREP_THREADS) gdn_prep_kernel(const float* C, const float* Y, const float* sp,
-                                                                GdnWork gw, int n, float* hist, const float* hist0,
-                                                                int pos) {
+                                                                GdnWork gw, int n) {
     extern __shared__ __align__(16) unsigned char pf_smem[];
     PrepSmem& s = *reinterpret_cast<PrepSmem*>(pf_smem);
     const int h = blockIdx.x, c = blockIdx.y, t0 = c * GC, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int valid = min(GC, n - t0);
     const float* c0 = C + (size_t)t0 * CONV + h * 128;
-#if MK_PF_CONV_FUSED
-    conv_rows(&s.qv[0][0], LD8, Y, sp + SP_CONV, hist, hist0, h, 0, t0, n, pos, tid);
-    conv_rows(&s.k[0][0], LD4, Y, sp + SP_CONV, hist, hist0, h, 1, t0, n, pos, tid);
-#else
     cp_rows128<GC, LD8, PREP_THREADS>(&s.qv[0][0], c0, CONV, valid, tid);
     cp_rows128<GC, LD4, PREP_THREADS>(&s.k[0][0], c0 + 2048, CONV, valid, tid);
     cp_async_commit();
-#endif
     float g = 0.f;  // log decay, <= 0
     if (tid < GC) gdn_gates(Y, sp, h, t0 + tid, tid < valid, s.beta[tid], g);
     if (warp < 2) {  // G = inclusive cumulative sum of g: a scan per warp, then the first half's total to the second
@@ -237,12 +194,8 @@ __global__ void __launch_bounds__(PREP_THREADS) gdn_prep_kernel(const float* C, 
         if (tid < GC) gw.g[(size_t)h * gw.np + t0 + tid] = s.G[tid];
     }
     __syncthreads();
-#if MK_PF_CONV_FUSED
-    conv_rows(&s.qv[0][0], LD8, Y, sp + SP_CONV, hist, hist0, h, 2, t0, n, pos, tid);
-#else
     cp_rows128<GC, LD8, PREP_THREADS>(&s.qv[0][0], c0 + 4096, CONV, valid, tid);  // v arrives while T is solved
     cp_async_commit();
-#endif
     // T = (I + A)^-1: warps 0 and 1, a column per thread (pf_tril.cuh); the others wait at the barrier below
     if (tid < GC) tril_inverse_column<GC>(&s.a[0][0], LDT, tid, &s.t[0][tid], LDT);
     cp_async_wait<0>();

@@ -46,7 +46,6 @@ KERNEL_OPTION_SETS = {
     "attn-plain": {"MK_PF_ATT_PLAIN": 1},
     "attn-whole": {"MK_PF_ATT_SPLIT": 0},
     "gdn-f32-cuda-cores": {"MK_PF_GDN_TC": 0},
-    "conv-fused": {"MK_PF_CONV_FUSED": 1},
     "prefill-own-gemm": {"MK_PF_CUBLAS": 0},
 }
 

@@ -192,7 +192,6 @@ def test_build_options_are_read_from_the_header():
         "MK_PF_GBM": "64",
         "MK_PF_ATT_PLAIN": "0",
         "MK_PF_ATT_SPLIT": "1",
-        "MK_PF_CONV_FUSED": "0",
         "MK_PF_CUBLAS": "1",
         "MK_PF_GDN_TC": "1",
         "MK_SPIN_SLEEP_NS": "0",
