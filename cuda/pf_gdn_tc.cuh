@@ -12,7 +12,8 @@
 //   gdn_out_kernel    per (head, chunk): O = exp(G) (Q S_c) + M E, then the gated RMSNorm times silu(z), as fp16 for
 //                     the out_proj GEMM.
 // Precision: the products' inputs are rounded to tf32 (10-bit mantissa, as the fp16 GEMM inputs), sums in f32; the
-// substitution, norms, gates and the state between chunks stay f32.
+// substitution, norms, gates and the state between chunks stay f32. With MK_PF_WK_HALF=1, W and Kd travel from prep
+// to state in fp16 (the same 10-bit mantissa, half the bytes).
 // Shared-memory rows are padded so that fragment loads hit distinct banks: a row stride = 4 (mod 32) for an operand
 // read along its rows (A row-major, B as [n][k]), 8 (mod 32) for one read along its columns (A transposed, B as [k][n]).
 #pragma once
@@ -27,6 +28,19 @@ constexpr int LD8 = DK + 8;  // 136: rows read along the column
 constexpr int LDT = GC + 4;  // 68: the 64 x 64 A, T and M
 constexpr int LDS = SLV + 8; // 24: a 16-column slice read along its columns
 
+// W and Kd as the prep kernel leaves them for the state kernel: f32, or fp16 with MK_PF_WK_HALF (the same 10-bit
+// mantissa as the tf32 products round them to; |Kd| <= 1 and W = T diag(beta exp(G)) K stay far inside fp16's range),
+// with the state kernel's shared rows padded for its fragment loads in 32-bit words as LD4 / LD8 are.
+#if MK_PF_WK_HALF
+using WkT = unsigned short;
+constexpr int LDW = DK + 8;   // 136 halves = 68 words: read along the row (4 mod 32)
+constexpr int LDK = DK + 16;  // 144 halves = 72 words: read along the column (8 mod 32)
+#else
+using WkT = float;
+constexpr int LDW = LD4;
+constexpr int LDK = LD8;
+#endif
+
 // Per-chunk arrays the state and out kernels read besides GdnWork's: S_c [16 heads][chunks][128][128] and E [16][Np][128].
 struct GdnTcWork {
     float *s, *e;
@@ -36,6 +50,17 @@ __device__ __forceinline__ unsigned tf32(float x) {
     unsigned r;
     asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
     return r;
+}
+// an fp16 value as a tf32 operand: exact (11 significant bits at most)
+__device__ __forceinline__ unsigned tf32(unsigned short h) { return __float_as_uint(__half2float(__ushort_as_half(h))); }
+// two or four f32 values into f32 or fp16 memory
+__device__ __forceinline__ void store2(float* p, float a, float b) { *(float2*)p = make_float2(a, b); }
+__device__ __forceinline__ void store2(unsigned short* p, float a, float b) {
+    *(unsigned*)p = (unsigned)f2h(a) | ((unsigned)f2h(b) << 16);
+}
+__device__ __forceinline__ void store4(float* p, float4 v) { *(float4*)p = v; }
+__device__ __forceinline__ void store4(unsigned short* p, float4 v) {
+    *(uint2*)p = make_uint2((unsigned)f2h(v.x) | ((unsigned)f2h(v.y) << 16), (unsigned)f2h(v.z) | ((unsigned)f2h(v.w) << 16));
 }
 // d += a (16 x 8, row) * b (8 x 8, col), tf32 in, f32 accumulate
 __device__ __forceinline__ void mma_tf32(float d[4], const unsigned a[4], unsigned b0, unsigned b1) {
@@ -56,9 +81,18 @@ __device__ __forceinline__ void frag_a(unsigned a[4], const float* p, int ld, in
     a[2] = tf32(q[4] * s1);
     a[3] = tf32(q[8 * ld + 4] * s1);
 }
-__device__ __forceinline__ void frag_a_tr(unsigned a[4], const float* p, int ld, int r0, int k0, int lane) {
+__device__ __forceinline__ void frag_a(unsigned a[4], const unsigned short* p, int ld, int r0, int k0, int lane) {
     const int g = lane >> 2, t = lane & 3;
-    const float* q = p + (k0 + t) * ld + r0 + g;
+    const unsigned short* q = p + (r0 + g) * ld + k0 + t;
+    a[0] = tf32(q[0]);
+    a[1] = tf32(q[8 * ld]);
+    a[2] = tf32(q[4]);
+    a[3] = tf32(q[8 * ld + 4]);
+}
+template <typename T>
+__device__ __forceinline__ void frag_a_tr(unsigned a[4], const T* p, int ld, int r0, int k0, int lane) {
+    const int g = lane >> 2, t = lane & 3;
+    const T* q = p + (k0 + t) * ld + r0 + g;
     a[0] = tf32(q[0]);
     a[1] = tf32(q[8]);
     a[2] = tf32(q[4 * ld]);
@@ -118,6 +152,7 @@ struct PrepSmem {
 
 __global__ void __launch_bounds__(PREP_THREADS) gdn_prep_kernel(const float* C, const float* Y, const float* sp,
                                                                 GdnWork gw, int n) {
+    pdl_wait();
     extern __shared__ __align__(16) unsigned char pf_smem[];
     PrepSmem& s = *reinterpret_cast<PrepSmem*>(pf_smem);
     const int h = blockIdx.x, c = blockIdx.y, t0 = c * GC, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -189,7 +224,7 @@ __global__ void __launch_bounds__(PREP_THREADS) gdn_prep_kernel(const float* C, 
             const float dec = expf(gl - s.G[r]);
             const float4 k4 = *(float4*)&s.k[r][d];
             *(float4*)(gw.q + base + 4 * i) = *(float4*)&s.qv[r][d];
-            *(float4*)(gw.k + base + 4 * i) = make_float4(k4.x * dec, k4.y * dec, k4.z * dec, k4.w * dec);
+            store4((WkT*)gw.k + base + 4 * i, make_float4(k4.x * dec, k4.y * dec, k4.z * dec, k4.w * dec));
         }
         if (tid < GC) gw.g[(size_t)h * gw.np + t0 + tid] = s.G[tid];
     }
@@ -208,12 +243,16 @@ __global__ void __launch_bounds__(PREP_THREADS) gdn_prep_kernel(const float* C, 
         const float* sc = which == 0 ? s.sv : s.sw;
         float acc[8][4] = {};
         rows16_xn<GC, 8>(acc, &s.t[0][0], LDT, B + ch * 64, ldb, r0, lane, sc);
-        float* out = (which == 0 ? gw.u : gw.w) + base;
 #pragma unroll
         for (int nt = 0; nt < 8; ++nt) {
             const int row = r0 + g8, col = ch * 64 + nt * 8 + 2 * t4;
-            *(float2*)(out + row * DK + col) = make_float2(acc[nt][0], acc[nt][1]);
-            *(float2*)(out + (row + 8) * DK + col) = make_float2(acc[nt][2], acc[nt][3]);
+            if (which == 0) {
+                store2(gw.u + base + row * DK + col, acc[nt][0], acc[nt][1]);
+                store2(gw.u + base + (row + 8) * DK + col, acc[nt][2], acc[nt][3]);
+            } else {
+                store2((WkT*)gw.w + base + row * DK + col, acc[nt][0], acc[nt][1]);
+                store2((WkT*)gw.w + base + (row + 8) * DK + col, acc[nt][2], acc[nt][3]);
+            }
         }
     }
 }
@@ -223,8 +262,8 @@ __global__ void __launch_bounds__(PREP_THREADS) gdn_prep_kernel(const float* C, 
 // or keys of its quarter (w % 4), the slice's n-tile w / 4); sequential over chunks.
 constexpr int STATE_THREADS = 256;
 struct StateSmem {
-    float w[2][GC][LD4];   // W of chunks c, c + 1 (cp.async double buffer)
-    float kd[2][GC][LD8];  // Kd likewise
+    WkT w[2][GC][LDW];   // W of chunks c, c + 1 (cp.async double buffer)
+    WkT kd[2][GC][LDK];  // Kd likewise
     float u[2][GC][SLV];   // this slice of U (read an element at a time: unpadded)
     float s[DK][LDS];      // the state slice S [128 keys][16 values]
     float e[GC][LDS];      // this slice of E
@@ -232,10 +271,11 @@ struct StateSmem {
 static_assert(sizeof(StateSmem) <= 163 * 1024, "the state kernel must fit sm_80's shared memory per block");
 
 __device__ __forceinline__ void state_loads(StateSmem& s, const GdnWork& gw, int buf, size_t base, int j, int tid) {
-    for (int i = tid; i < GC * 32; i += STATE_THREADS) {  // W, Kd: 64 rows x 32 float4
-        const int r = i >> 5, d = (i & 31) * 4;
-        cp_async16(&s.w[buf][r][d], gw.w + base + 4 * i, true);
-        cp_async16(&s.kd[buf][r][d], gw.k + base + 4 * i, true);
+    constexpr int PER16 = 16 / sizeof(WkT), ROW16 = DK / PER16;  // elements per 16 bytes, 16-byte pieces per row
+    for (int i = tid; i < GC * ROW16; i += STATE_THREADS) {      // W, Kd: 64 rows
+        const int r = i / ROW16, d = (i % ROW16) * PER16;
+        cp_async16(&s.w[buf][r][d], (const WkT*)gw.w + base + r * DK + d, true);
+        cp_async16(&s.kd[buf][r][d], (const WkT*)gw.k + base + r * DK + d, true);
     }
     for (int i = tid; i < GC * 4; i += STATE_THREADS) {  // U slice: 64 rows x 4 float4
         const int r = i >> 2, d = (i & 3) * 4;
@@ -245,6 +285,7 @@ __device__ __forceinline__ void state_loads(StateSmem& s, const GdnWork& gw, int
 }
 
 __global__ void __launch_bounds__(STATE_THREADS, 1) gdn_state_kernel(GdnWork gw, GdnTcWork tw, float* state, int pos) {
+    pdl_wait();
     extern __shared__ __align__(16) unsigned char pf_smem[];
     StateSmem& s = *reinterpret_cast<StateSmem*>(pf_smem);
     const int h = blockIdx.x >> 3, j = blockIdx.x & 7, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -270,7 +311,7 @@ __global__ void __launch_bounds__(STATE_THREADS, 1) gdn_state_kernel(GdnWork gw,
             float acc[4] = {};
             for (int k0 = 0; k0 < DK; k0 += 8) {
                 unsigned a[4], b0, b1;
-                frag_a(a, &s.w[buf][0][0], LD4, r0, k0, lane);
+                frag_a(a, &s.w[buf][0][0], LDW, r0, k0, lane);
                 frag_b_kn(b0, b1, &s.s[0][0], LDS, k0, nt * 8, lane);
                 mma_tf32(acc, a, b0, b1);
             }
@@ -296,7 +337,7 @@ __global__ void __launch_bounds__(STATE_THREADS, 1) gdn_state_kernel(GdnWork gw,
             for (int k0 = 0; k0 < GC; k0 += 8) {
                 unsigned a[2][4], b0, b1;
 #pragma unroll
-                for (int mt = 0; mt < 2; ++mt) frag_a_tr(a[mt], &s.kd[buf][0][0], LD8, k0w + mt * 16, k0, lane);
+                for (int mt = 0; mt < 2; ++mt) frag_a_tr(a[mt], &s.kd[buf][0][0], LDK, k0w + mt * 16, k0, lane);
                 frag_b_kn(b0, b1, &s.e[0][0], LDS, k0, nt * 8, lane);
 #pragma unroll
                 for (int mt = 0; mt < 2; ++mt) mma_tf32(acc[mt], a[mt], b0, b1);
@@ -339,6 +380,7 @@ struct OutSmem {
 
 __global__ void __launch_bounds__(OUT_THREADS) gdn_out_kernel(GdnWork gw, GdnTcWork tw, const float* Y,
                                                               const float* gnw, unsigned short* U, int n) {
+    pdl_wait();
     extern __shared__ __align__(16) unsigned char pf_smem[];
     OutSmem& s = *reinterpret_cast<OutSmem*>(pf_smem);
     const int h = blockIdx.x, c = blockIdx.y, t0 = c * GC, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
