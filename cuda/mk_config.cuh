@@ -26,9 +26,6 @@
 //   MK_PF_WK_HALF     prefill GDN: 1 hands W and Kd from the prep to the state kernel in fp16 (the tf32 products'
 //                     mantissa, half the bytes that each of a head's 8 state blocks reads per chunk), 0 in f32: a
 //                     candidate until measured (NOTES.md, prefill v11)
-//   MK_PF_PDL         prefill: 1 launches the own kernels with programmatic dependent launch (sm_90: a kernel's blocks
-//                     start while the one before drains and wait at griddepcontrol.wait), 0 plain launches: a
-//                     candidate until measured (NOTES.md, prefill v11)
 //   MK_SPIN_SLEEP_NS  a sleep between two polls of a counter or tagged value in global memory (0: poll at full
 //                     speed, the measured default so far); issue 12 measures what cheaper waiting saves in W and tok/J
 //   MK_SPIN_LIMIT_NS  watchdog: a spin loop that waits longer traps (the launch fails instead of hanging); raise it
@@ -68,9 +65,6 @@
 #ifndef MK_PF_WK_HALF
 #define MK_PF_WK_HALF 0
 #endif
-#ifndef MK_PF_PDL
-#define MK_PF_PDL 0
-#endif
 #ifndef MK_SPIN_SLEEP_NS
 #define MK_SPIN_SLEEP_NS 0
 #endif
@@ -104,9 +98,6 @@
 #endif
 #if (MK_PF_WK_HALF != 0 && MK_PF_WK_HALF != 1) || (MK_PF_WK_HALF && !MK_PF_GDN_TC)
 #error "MK_PF_WK_HALF must be 0 or 1, and 1 only with MK_PF_GDN_TC=1"
-#endif
-#if MK_PF_PDL != 0 && MK_PF_PDL != 1
-#error "MK_PF_PDL must be 0 or 1"
 #endif
 #if MK_SPIN_SLEEP_NS < 0 || MK_SPIN_SLEEP_NS > 4096
 #error "MK_SPIN_SLEEP_NS must be 0..4096 (ns): longer sleeps push the watchdog's first check past minutes"

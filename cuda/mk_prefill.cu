@@ -10,8 +10,7 @@
 //   attn: GEMM qkv (NT) -> Y | norms, RoPE, K/V cache append | causal attention x gate -> U | GEMM o_proj (NT) into X
 //   MLP:  rmsnorm -> Xn | GEMM gate|up (NT) with the SwiGLU epilogue -> U (fp16) | GEMM down^T (NN) into X
 // then the last position's final norm, LM head and argmax -> *last_token. GEMMs: pf_gemm.cuh (tensor cores), or
-// cuBLAS once loaded in a build with MK_PF_CUBLAS=1 (pf_cublas.cuh; the SwiGLU then is a kernel of its own). The own
-// kernels go through launch() (pf_launch.cuh: programmatic dependent launch with MK_PF_PDL=1).
+// cuBLAS once loaded in a build with MK_PF_CUBLAS=1 (pf_cublas.cuh; the SwiGLU then is a kernel of its own).
 #include <cuda_runtime.h>
 #include <utility>
 #include "luce_mk.h"
@@ -88,7 +87,7 @@ void gemm(const unsigned short* A, const unsigned short* B, float* C, unsigned s
     g.k_per_split = (K / GBK + splits - 1) / splits * GBK;
     splits = (K + g.k_per_split - 1) / g.k_per_split;
     const dim3 grid((N + GBN - 1) / GBN, (M + GBM - 1) / GBM, splits);
-    launch(gemm_kernel<NN, OUT>, grid, GTHREADS, GEMM_SMEM, st, g);
+    gemm_kernel<NN, OUT><<<grid, GTHREADS, GEMM_SMEM, st>>>(g);
 }
 
 // Phase k of layer l's weights (0 in_proj / qkv, 1 out_proj^T / o_proj, 2 gate|up, 3 down^T), in the fp16 copy.
@@ -118,19 +117,18 @@ void gdn_layer(const LuceMkPrefillParams& p, const Workspace& ws, char* w, int l
         hist0 = (float*)(w + ws.h0);
         cudaMemcpyAsync(hist0, hist, (size_t)CONV * 4 * 4, cudaMemcpyDeviceToDevice, st);
     }
-    launch(gdn_conv_kernel, dim3(CONV / 128, ws.np / GC), 128, 0, st, Y, sp + SP_CONV, hist, hist0, C, n, p.pos);
+    gdn_conv_kernel<<<dim3(CONV / 128, ws.np / GC), 128, 0, st>>>(Y, sp + SP_CONV, hist, hist0, C, n, p.pos);
 #if MK_PF_GDN_TC
     const GdnTcWork tw{(float*)(w + ws.gs), (float*)(w + ws.ge)};
-    launch(gdn_prep_kernel, dim3(DH, ws.np / GC), PREP_THREADS, sizeof(PrepSmem), st, C, Y, sp, gw, n);
-    launch(gdn_state_kernel, DH * NSL, STATE_THREADS, sizeof(StateSmem), st, gw, tw, p.gdn_state + gi * STATE_L,
-           p.pos);
-    launch(gdn_out_kernel, dim3(DH, ws.np / GC), OUT_THREADS, sizeof(OutSmem), st, gw, tw, Y, sp + SP_GNW,
-           (unsigned short*)(w + ws.u), n);
+    gdn_prep_kernel<<<dim3(DH, ws.np / GC), PREP_THREADS, sizeof(PrepSmem), st>>>(C, Y, sp, gw, n);
+    gdn_state_kernel<<<DH * NSL, STATE_THREADS, sizeof(StateSmem), st>>>(gw, tw, p.gdn_state + gi * STATE_L, p.pos);
+    gdn_out_kernel<<<dim3(DH, ws.np / GC), OUT_THREADS, sizeof(OutSmem), st>>>(gw, tw, Y, sp + SP_GNW,
+                                                                       (unsigned short*)(w + ws.u), n);
 #else
-    launch(gdn_chunk_kernel, dim3(DH, ws.np / GC), 256, sizeof(ChunkSmem), st, C, Y, sp, gw, n);
-    launch(gdn_scan_kernel, DH * NSL, 256, sizeof(ScanSmem), st, gw, (float*)(w + ws.o), p.gdn_state + gi * STATE_L,
-           n, p.pos);
-    launch(gdn_gate_kernel, n, 512, 0, st, (float*)(w + ws.o), Y, sp + SP_GNW, (unsigned short*)(w + ws.u), n);
+    gdn_chunk_kernel<<<dim3(DH, ws.np / GC), 256, sizeof(ChunkSmem), st>>>(C, Y, sp, gw, n);
+    gdn_scan_kernel<<<DH * NSL, 256, sizeof(ScanSmem), st>>>(gw, (float*)(w + ws.o), p.gdn_state + gi * STATE_L, n,
+                                                             p.pos);
+    gdn_gate_kernel<<<n, 512, 0, st>>>((float*)(w + ws.o), Y, sp + SP_GNW, (unsigned short*)(w + ws.u), n);
 #endif
     gemm<true, OUT_ADD>((unsigned short*)(w + ws.u), layer_w(p.wblob16, l, 1), (float*)(w + ws.x), nullptr, nullptr,
                         n, H, DH * DV, H, st);
@@ -146,24 +144,24 @@ void attn_layer(const LuceMkPrefillParams& p, const Workspace& ws, char* w, int 
     unsigned short* vc = (unsigned short*)p.vcache + cache;
     gemm<false, OUT_STORE>((unsigned short*)(w + ws.xn), layer_w(p.wblob16, l, 0), Y, nullptr, nullptr, n, FA_ROWS,
                            H, H, st);
-    launch(attn_prep_kernel, n, 384, 0, st, Y, sp, Qa, kc, vc, p.max_seq, p.pos);
+    attn_prep_kernel<<<n, 384, 0, st>>>(Y, sp, Qa, kc, vc, p.max_seq, p.pos);
     const int split = att_split(n, p.pos, g_att_slots);
     const AttSplit parts{(float*)(w + ws.ao), (float*)(w + ws.aml), (unsigned*)(w + ws.acnt)};
     const dim3 grid(att_blocks(n, p.pos, split), NKV);
     if (g_att_staged)
-        launch(attn_kernel<true>, grid, 128, ATT_SMEM_STAGED, st, Qa, Y, kc, vc, (unsigned short*)(w + ws.u), n,
-               p.max_seq, p.pos, split, parts);
+        attn_kernel<true><<<grid, 128, ATT_SMEM_STAGED, st>>>(Qa, Y, kc, vc, (unsigned short*)(w + ws.u), n, p.max_seq,
+                                                               p.pos, split, parts);
     else
-        launch(attn_kernel<false>, grid, 128, ATT_SMEM_PLAIN, st, Qa, Y, kc, vc, (unsigned short*)(w + ws.u), n,
-               p.max_seq, p.pos, split, parts);
+        attn_kernel<false><<<grid, 128, ATT_SMEM_PLAIN, st>>>(Qa, Y, kc, vc, (unsigned short*)(w + ws.u), n, p.max_seq,
+                                                               p.pos, split, parts);
     gemm<false, OUT_ADD>((unsigned short*)(w + ws.u), layer_w(p.wblob16, l, 1), (float*)(w + ws.x), nullptr,
                          nullptr, n, H, NQH * HD, NQH * HD, st);
 }
 
 void mlp(const LuceMkPrefillParams& p, const Workspace& ws, char* w, int l, cudaStream_t st) {
     const int n = p.n_tokens;
-    launch(rmsnorm_kernel, n, 256, 0, st, (float*)(w + ws.x), p.sblob + (int64_t)l * SP + SP_LN2,
-           (unsigned short*)(w + ws.xn));
+    rmsnorm_kernel<<<n, 256, 0, st>>>((float*)(w + ws.x), p.sblob + (int64_t)l * SP + SP_LN2,
+                                      (unsigned short*)(w + ws.xn));
     // gate|up rows are [gate_i | up_i] pairs: as a [2 FF][H] matrix, output columns 2i, 2i + 1 = gate_i, up_i
     gemm<false, OUT_SWIGLU>((unsigned short*)(w + ws.xn), layer_w(p.wblob16, l, 2), nullptr,
                             (unsigned short*)(w + ws.u), (float*)(w + ws.y), n, 2 * FF, H, H, st);
@@ -180,9 +178,6 @@ int setup_device() {
     int optin = 0;
     if ((e = cudaDeviceGetAttribute(&g_sms, cudaDevAttrMultiProcessorCount, dev)) != cudaSuccess) return (int)e;
     if ((e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev)) != cudaSuccess) return (int)e;
-    int major = 0;
-    if ((e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev)) != cudaSuccess) return (int)e;
-    g_pdl = MK_PF_PDL && major >= 9;
 #if MK_PF_GDN_TC
     const std::pair<const void*, int> gdn[] = {{(const void*)gdn_prep_kernel, (int)sizeof(PrepSmem)},
                                                {(const void*)gdn_state_kernel, (int)sizeof(StateSmem)},
@@ -250,11 +245,11 @@ int luce_mk_prefill(const LuceMkPrefillParams* p, void* stream) {
     const int n = p->n_tokens;
     cudaMemsetAsync(w + ws.best, 0, 8, st);
     if (ws.acnt_bytes) cudaMemsetAsync(w + ws.acnt, 0, ws.acnt_bytes, st);  // the attention parts' counters
-    launch(embed_kernel, n, 256, 0, st, p->tokens, (const unsigned short*)p->embed, (float*)(w + ws.x));
+    embed_kernel<<<n, 256, 0, st>>>(p->tokens, (const unsigned short*)p->embed, (float*)(w + ws.x));
     const int layers = p->n_layers ? p->n_layers : NL;
     for (int l = 0; l < layers; ++l) {
-        launch(rmsnorm_kernel, n, 256, 0, st, (float*)(w + ws.x), p->sblob + (int64_t)l * SP + SP_LN1,
-               (unsigned short*)(w + ws.xn));
+        rmsnorm_kernel<<<n, 256, 0, st>>>((float*)(w + ws.x), p->sblob + (int64_t)l * SP + SP_LN1,
+                                          (unsigned short*)(w + ws.xn));
         if (is_fa(l)) attn_layer(*p, ws, w, l, st);
         else gdn_layer(*p, ws, w, l, st);
         mlp(*p, ws, w, l, st);
@@ -262,9 +257,10 @@ int luce_mk_prefill(const LuceMkPrefillParams* p, void* stream) {
     if (p->hidden) cudaMemcpyAsync(p->hidden, w + ws.x, (size_t)n * H * 4, cudaMemcpyDeviceToDevice, st);
     if (g_cublas_status) return g_cublas_status;
     if (p->n_layers) return (int)cudaGetLastError();
-    launch(lm_head_kernel, 1024, 256, 0, st, (float*)(w + ws.x) + (int64_t)(n - 1) * H, p->sblob + (int64_t)NL * SP,
-           (const unsigned short*)p->embed, p->logits, (unsigned long long*)(w + ws.best));
-    launch(finish_kernel, 1, 1, 0, st, (unsigned long long*)(w + ws.best), p->last_token);
+    lm_head_kernel<<<1024, 256, 0, st>>>((float*)(w + ws.x) + (int64_t)(n - 1) * H, p->sblob + (int64_t)NL * SP,
+                                         (const unsigned short*)p->embed, p->logits,
+                                         (unsigned long long*)(w + ws.best));
+    finish_kernel<<<1, 1, 0, st>>>((unsigned long long*)(w + ws.best), p->last_token);
     return g_cublas_status ? g_cublas_status : (int)cudaGetLastError();
 }
 

@@ -15,7 +15,6 @@ namespace pf {
 
 __global__ void __launch_bounds__(384) attn_prep_kernel(const float* Y, const float* sp, float* Qa,
                                                         unsigned short* kc, unsigned short* vc, int max_seq, int pos) {
-    pdl_wait();
     __shared__ __align__(16) float hs[12][HD];
     const int t = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, d0 = lane * 8;
     // warps 0-7: query head j (group j / 4); 8, 9: the groups' keys; 10, 11: their values
@@ -104,7 +103,6 @@ __global__ void __launch_bounds__(128) attn_kernel(const float* __restrict__ Qa,
                                                       const unsigned short* __restrict__ kc,
                                                       const unsigned short* __restrict__ vc, unsigned short* out, int n,
                                                       int max_seq, int pos, int split, AttSplit sp) {
-    pdl_wait();
     extern __shared__ __align__(16) unsigned char att_smem[];
     unsigned short(*Qs)[T_LD] = reinterpret_cast<unsigned short(*)[T_LD]>(att_smem);
     unsigned short(*Ks)[T_LD] = Qs + 4 * TQ;

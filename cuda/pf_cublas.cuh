@@ -119,7 +119,6 @@ inline bool cublas_ready() {
 
 // U[m][i] = fp16(silu(G[m][2i]) * G[m][2i + 1]): the SwiGLU that pf_gemm.cuh fuses into its epilogue.
 __global__ void __launch_bounds__(256) swiglu_kernel(const float* G, unsigned short* U, int m, int ff) {
-    pdl_wait();
     const int64_t i = (int64_t)blockIdx.x * 256 + threadIdx.x;
     if (i >= (int64_t)m * ff) return;
     const float2 gu = *(const float2*)(G + 2 * i);
@@ -147,7 +146,7 @@ void cublas_gemm(const unsigned short* A, const unsigned short* B, float* C, uns
     if (s != 0 && !g_cublas_status) g_cublas_status = LUCE_MK_ERR_CUBLAS;
     if (OUT == OUT_SWIGLU) {
         const int64_t units = (int64_t)M * (N / 2);
-        launch(swiglu_kernel, (unsigned)((units + 255) / 256), 256, 0, st, Y, Hout, M, N / 2);
+        swiglu_kernel<<<(unsigned)((units + 255) / 256), 256, 0, st>>>(Y, Hout, M, N / 2);
     }
 }
 

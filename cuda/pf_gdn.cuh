@@ -32,7 +32,6 @@ struct GdnWork {
 __global__ void __launch_bounds__(128) gdn_conv_kernel(const float* __restrict__ Y, const float* __restrict__ wconv,
                                                        float* __restrict__ hist, const float* __restrict__ hist0,
                                                        float* __restrict__ C, int n, int pos) {
-    pdl_wait();
     const int ch = blockIdx.x * 128 + threadIdx.x;               // conv channel: [q 16 x 128 | k | v]
     const int ycol = ((ch & 2047) >> 7) * GDN_HROWS + (ch >> 11) * 128 + (ch & 127);
     const int t0 = blockIdx.y * GC, t1 = min(n, t0 + GC);
@@ -108,7 +107,6 @@ struct ChunkSmem {
 
 __global__ void __launch_bounds__(256, 1) gdn_chunk_kernel(const float* C, const float* Y, const float* sp, GdnWork gw,
                                                         int n) {
-    pdl_wait();
     extern __shared__ __align__(16) unsigned char pf_smem[];
     ChunkSmem& s = *reinterpret_cast<ChunkSmem*>(pf_smem);
     const int h = blockIdx.x, c = blockIdx.y, t0 = c * GC, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -211,7 +209,6 @@ struct ScanSmem {
 };
 
 __global__ void __launch_bounds__(256, 1) gdn_scan_kernel(GdnWork gw, float* O, float* state, int n, int pos) {
-    pdl_wait();
     extern __shared__ __align__(16) unsigned char pf_smem[];
     ScanSmem& s = *reinterpret_cast<ScanSmem*>(pf_smem);
     const int h = blockIdx.x >> 3, j = blockIdx.x & 7, tid = threadIdx.x;
@@ -301,7 +298,6 @@ __global__ void __launch_bounds__(256, 1) gdn_scan_kernel(GdnWork gw, float* O, 
 // Gated RMSNorm per (token, head): u = w * (o / rms(o)) * silu(z), fp16 [N][2048] for the out_proj GEMM.
 __global__ void __launch_bounds__(512) gdn_gate_kernel(const float* O, const float* Y, const float* gnw,
                                                        unsigned short* U, int n) {
-    pdl_wait();
     const int t = blockIdx.x, h = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const float4 o = *(const float4*)(O + (size_t)t * (DH * DV) + h * DV + lane * 4);
     float ss = o.x * o.x + o.y * o.y + o.z * o.z + o.w * o.w;

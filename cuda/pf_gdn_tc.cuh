@@ -152,7 +152,6 @@ struct PrepSmem {
 
 __global__ void __launch_bounds__(PREP_THREADS) gdn_prep_kernel(const float* C, const float* Y, const float* sp,
                                                                 GdnWork gw, int n) {
-    pdl_wait();
     extern __shared__ __align__(16) unsigned char pf_smem[];
     PrepSmem& s = *reinterpret_cast<PrepSmem*>(pf_smem);
     const int h = blockIdx.x, c = blockIdx.y, t0 = c * GC, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -285,7 +284,6 @@ __device__ __forceinline__ void state_loads(StateSmem& s, const GdnWork& gw, int
 }
 
 __global__ void __launch_bounds__(STATE_THREADS, 1) gdn_state_kernel(GdnWork gw, GdnTcWork tw, float* state, int pos) {
-    pdl_wait();
     extern __shared__ __align__(16) unsigned char pf_smem[];
     StateSmem& s = *reinterpret_cast<StateSmem*>(pf_smem);
     const int h = blockIdx.x >> 3, j = blockIdx.x & 7, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -380,7 +378,6 @@ struct OutSmem {
 
 __global__ void __launch_bounds__(OUT_THREADS) gdn_out_kernel(GdnWork gw, GdnTcWork tw, const float* Y,
                                                               const float* gnw, unsigned short* U, int n) {
-    pdl_wait();
     extern __shared__ __align__(16) unsigned char pf_smem[];
     OutSmem& s = *reinterpret_cast<OutSmem*>(pf_smem);
     const int h = blockIdx.x, c = blockIdx.y, t0 = c * GC, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;

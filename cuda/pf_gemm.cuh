@@ -15,7 +15,6 @@
 #include <cuda_fp16.h>
 #include <cstdint>
 #include "mk_math.cuh"
-#include "pf_launch.cuh"
 
 namespace mk {
 namespace pf {
@@ -128,7 +127,6 @@ __device__ __forceinline__ void mma_stage(const unsigned short* As, const unsign
 
 template <bool NN, int OUT>
 __global__ void __launch_bounds__(GTHREADS) gemm_kernel(const GemmArgs g) {
-    pdl_wait();
     extern __shared__ __align__(16) unsigned char gemm_smem[];  // GSTAGES x (A tile, B tile)
     unsigned short(*As)[A_TILE] = reinterpret_cast<unsigned short(*)[A_TILE]>(gemm_smem);
     unsigned short(*Bs)[B_TILE] = reinterpret_cast<unsigned short(*)[B_TILE]>(gemm_smem + GSTAGES * A_TILE * 2);

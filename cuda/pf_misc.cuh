@@ -10,7 +10,6 @@ namespace mk {
 namespace pf {
 
 __global__ void __launch_bounds__(256) embed_kernel(const int* tokens, const unsigned short* embed, float* X) {
-    pdl_wait();
     const int t = blockIdx.x;
     const unsigned short* row = embed + (size_t)tokens[t] * H;
     for (int i = threadIdx.x; i < H; i += 256) X[(size_t)t * H + i] = bf2f(row[i]);
@@ -30,7 +29,6 @@ __device__ __forceinline__ float block_sum256(float v, float* red) {
 
 // Xn[t] = fp16(RMSNorm(X[t]) * w1p), one block per token.
 __global__ void __launch_bounds__(256) rmsnorm_kernel(const float* X, const float* w1p, unsigned short* Xn) {
-    pdl_wait();
     __shared__ float red[8];
     const int t = blockIdx.x;
     const float4 x = *(const float4*)(X + (size_t)t * H + threadIdx.x * 4);
@@ -55,7 +53,6 @@ __device__ __forceinline__ unsigned long long pf_pack_best(float v, int idx) {
 // take rows r = global warp, + total warps, ...; logits (optional) and the packed argmax (atomicMax into *best).
 __global__ void __launch_bounds__(256) lm_head_kernel(const float* xlast, const float* w1p, const unsigned short* embed,
                                                       float* logits, unsigned long long* best) {
-    pdl_wait();
     __shared__ __align__(16) float acts[H];
     __shared__ float red[8];
     __shared__ unsigned long long wbest[8];
@@ -91,7 +88,6 @@ __global__ void __launch_bounds__(256) lm_head_kernel(const float* xlast, const 
 }
 
 __global__ void finish_kernel(const unsigned long long* best, int* last_token) {
-    pdl_wait();
     const int tok = (int)(0xffffffffu - (unsigned)(*best & 0xffffffffull));
     *last_token = (tok >= 0 && tok < V) ? tok : 0;
 }

@@ -47,7 +47,7 @@ KERNEL_OPTION_SETS = {
     "attn-whole": {"MK_PF_ATT_SPLIT": 0},
     "gdn-f32-cuda-cores": {"MK_PF_GDN_TC": 0},
     "prefill-own-gemm": {"MK_PF_CUBLAS": 0},
-    "wk-half-pdl": {"MK_PF_WK_HALF": 1, "MK_PF_PDL": 1},
+    "wk-half": {"MK_PF_WK_HALF": 1},
 }
 
 

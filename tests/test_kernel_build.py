@@ -195,7 +195,6 @@ def test_build_options_are_read_from_the_header():
         "MK_PF_CUBLAS": "1",
         "MK_PF_GDN_TC": "1",
         "MK_PF_WK_HALF": "0",
-        "MK_PF_PDL": "0",
         "MK_SPIN_SLEEP_NS": "0",
         "MK_SPIN_LIMIT_NS": "20000000000ull",
     }
