@@ -29,8 +29,9 @@ constexpr int LDT = GC + 4;  // 68: the 64 x 64 A, T and M
 constexpr int LDS = SLV + 8; // 24: a 16-column slice read along its columns
 
 // W and Kd as the prep kernel leaves them for the state kernel: f32, or fp16 with MK_PF_WK_HALF (the same 10-bit
-// mantissa as the tf32 products round them to; |Kd| <= 1 and W = T diag(beta exp(G)) K stay far inside fp16's range),
-// with the state kernel's shared rows padded for its fragment loads in 32-bit words as LD4 / LD8 are.
+// mantissa as the tf32 products round them to; |Kd| <= 1, W = T diag(beta exp(G)) K is clamped to +-65504 by f2h
+// should T grow that large), with the state kernel's shared rows padded for its fragment loads in 32-bit words as
+// LD4 / LD8 are.
 #if MK_PF_WK_HALF
 using WkT = unsigned short;
 constexpr int LDW = DK + 8;   // 136 halves = 68 words: read along the row (4 mod 32)
@@ -60,7 +61,8 @@ __device__ __forceinline__ void store2(unsigned short* p, float a, float b) {
 }
 __device__ __forceinline__ void store4(float* p, float4 v) { *(float4*)p = v; }
 __device__ __forceinline__ void store4(unsigned short* p, float4 v) {
-    *(uint2*)p = make_uint2((unsigned)f2h(v.x) | ((unsigned)f2h(v.y) << 16), (unsigned)f2h(v.z) | ((unsigned)f2h(v.w) << 16));
+    *(uint2*)p = make_uint2((unsigned)f2h(v.x) | ((unsigned)f2h(v.y) << 16),
+                            (unsigned)f2h(v.z) | ((unsigned)f2h(v.w) << 16));
 }
 // d += a (16 x 8, row) * b (8 x 8, col), tf32 in, f32 accumulate
 __device__ __forceinline__ void mma_tf32(float d[4], const unsigned a[4], unsigned b0, unsigned b1) {
