@@ -7,6 +7,7 @@ backend's way around a device that cannot run the kernel prefill.
 from __future__ import annotations
 
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,6 +159,60 @@ def test_kernel_bench_passes_its_options_to_the_plan(monkeypatch):
     assert plan.prefill_lengths == (1, 520, 8192) and plan.reps == 4 and plan.long_pos == 0 and not plan.check
     r = CliRunner().invoke(app, ["kernel", "bench", "--prefill", "64,x"])
     assert r.exit_code == 2 and "--prefill '64,x'" in r.output
+
+
+def test_kernel_bench_times_the_prefill_in_every_round_and_takes_the_median_over_all(monkeypatch):
+    """A slow first round (5 ms) is outvoted by two rounds at 4 ms; the 200-token check runs once per variant."""
+    import torch
+
+    from luce_bench.backends.megakernel import MegakernelBackend
+
+    class FakeBackend:
+        layout = None
+
+        def info(self):
+            return {}
+
+    calls = {"parity": 0, "prefill": []}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "fake GPU")
+    monkeypatch.setattr(bench, "prebuild", lambda variants, out: {v.name: out for v in variants})
+    monkeypatch.setattr(bench, "random_state_dict", lambda seed: {})
+    monkeypatch.setattr(bench, "bytes_per_token", lambda layout: 1e9)
+    monkeypatch.setattr(MegakernelBackend, "from_state_dict", classmethod(lambda cls, sd, **kw: FakeBackend()))
+    monkeypatch.setattr(bench, "time_decode", lambda *a, **kw: [0.05])
+
+    def fake_parity(be, n, seed):
+        calls["parity"] += 1
+        return {"n": n, "rel_l2": 5e-3, "argmax_agree": True}
+
+    def fake_time_prefill(be, n, reps, seed, graph=True):
+        calls["prefill"].append((n, graph))
+        rnd = (len(calls["prefill"]) - 1) // 2  # one variant, one length: graph and eager per round
+        return [0.005 if rnd == 0 else 0.004] * reps
+
+    monkeypatch.setattr(bench, "prefill_parity", fake_parity)
+    monkeypatch.setattr(bench, "time_prefill", fake_time_prefill)
+    plan = bench.BenchPlan(
+        [bench.parse_variant("a")],
+        reps=6,
+        rounds=3,
+        steps=16,
+        long_pos=0,
+        seed=1,
+        check=False,
+        per_token=False,
+        bandwidth_tbs=4.0,
+        prefill_lengths=(520,),
+    )
+    lines: list[str] = []
+    s = bench.run(plan, say=lines.append, build_dir=Path("/nonexistent"))
+    row = s["variants"][0]
+    assert calls["parity"] == 1 and calls["prefill"] == [(520, True), (520, False)] * 3
+    assert row["prefill"] == [
+        {"n": 520, "ms": pytest.approx(4.0), "tok_s": pytest.approx(130_000), "eager_ms": pytest.approx(4.0)}
+    ]
+    assert sum("prefill N=520" in line for line in lines) == 3
 
 
 def test_prefill_table_lists_ms_against_n_per_variant():
