@@ -29,9 +29,9 @@ constexpr int LDT = GC + 4;  // 68: the 64 x 64 A, T and M
 constexpr int LDS = SLV + 8; // 24: a 16-column slice read along its columns
 
 // W and Kd as the prep kernel leaves them for the state kernel: f32, or fp16 with MK_PF_WK_HALF (the same 10-bit
-// mantissa as the tf32 products round them to; |Kd| <= 1, W = T diag(beta exp(G)) K is clamped to +-65504 by f2h
-// should T grow that large), with the state kernel's shared rows padded for its fragment loads in 32-bit words as
-// LD4 / LD8 are.
+// mantissa as the tf32 products round them to, down to 6e-5; below, an absolute error under 3e-8). |Kd| <= 1; W =
+// T diag(beta exp(G)) K is clamped to +-65504 by f2h should T grow that large. The state kernel's shared rows are
+// padded for its fragment loads in 32-bit words as LD4 / LD8 are.
 #if MK_PF_WK_HALF
 using WkT = unsigned short;
 constexpr int LDW = DK + 8;   // 136 halves = 68 words: read along the row (4 mod 32)
