@@ -244,17 +244,16 @@ __global__ void __launch_bounds__(PREP_THREADS) gdn_prep_kernel(const float* C, 
         const float* sc = which == 0 ? s.sv : s.sw;
         float acc[8][4] = {};
         rows16_xn<GC, 8>(acc, &s.t[0][0], LDT, B + ch * 64, ldb, r0, lane, sc);
+        auto put = [&](auto* out) {  // the warp's rows r0 + g8 (and + 8), into U (f32) or W (WkT)
 #pragma unroll
-        for (int nt = 0; nt < 8; ++nt) {
-            const int row = r0 + g8, col = ch * 64 + nt * 8 + 2 * t4;
-            if (which == 0) {
-                store2(gw.u + base + row * DK + col, acc[nt][0], acc[nt][1]);
-                store2(gw.u + base + (row + 8) * DK + col, acc[nt][2], acc[nt][3]);
-            } else {
-                store2((WkT*)gw.w + base + row * DK + col, acc[nt][0], acc[nt][1]);
-                store2((WkT*)gw.w + base + (row + 8) * DK + col, acc[nt][2], acc[nt][3]);
+            for (int nt = 0; nt < 8; ++nt) {
+                const int row = r0 + g8, col = ch * 64 + nt * 8 + 2 * t4;
+                store2(out + row * DK + col, acc[nt][0], acc[nt][1]);
+                store2(out + (row + 8) * DK + col, acc[nt][2], acc[nt][3]);
             }
-        }
+        };
+        if (which == 0) put(gw.u + base);
+        else put((WkT*)gw.w + base);
     }
 }
 
