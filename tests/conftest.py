@@ -84,6 +84,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if reason:
         for item in gpu_items:
             item.add_marker(pytest.mark.skip(reason=f"gpu test: {reason}"))
+    elif config.pluginmanager.hasplugin("xdist"):
+        # with pytest-xdist (`make test ARGS="-n 8 --dist loadgroup"`) the GPU tests share one worker: two processes
+        # timing the card or running the persistent megakernel side by side would measure each other
+        for item in gpu_items:
+            item.add_marker(pytest.mark.xdist_group("gpu"))
 
 
 @pytest.fixture(autouse=True)

@@ -110,7 +110,7 @@ def test_a_published_run_carries_its_reader_and_check_catches_a_changed_log(tmp_
     assert (dest / "independent.md").read_text() == (H200_RUN / "independent.md").read_text()
     assert "| megakernel | tg128 | current | 5 | -0.09 % | -0.80 % |" in (dest / "independent.md").read_text()
     line = "median difference +0.07 %, largest 0.96 % over 75 windows"
-    assert line in (results / "README.md").read_text() and line in (ROOT / "README.md").read_text()
+    assert line in (results / "README.md").read_text()  # the repository's own README is checked by `make check-results`
     assert runner.invoke(app, ["report", "--check", str(results)]).exit_code == 0
 
     log = gzip.decompress((dest / "independent_log.csv.gz").read_bytes()).decode().splitlines()

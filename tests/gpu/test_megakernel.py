@@ -171,7 +171,23 @@ def test_greedy_tokens_vs_hf(setup):
 
 
 @pytest.fixture(scope="module")
-def option_ref(setup):
+def option_builds(setup):
+    """Every option set's library, compiled side by side (one nvcc each, as many at once as there are cores).
+
+    One after the other they take about a minute each; the parity tests then find them in the build cache.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from luce_bench.kernels.build import build
+
+    arch = setup["mk"].arch
+    with ThreadPoolExecutor(max_workers=max(1, min(len(KERNEL_OPTION_SETS), os.cpu_count() or 1))) as pool:
+        jobs = {name: pool.submit(build, arch, defines=opts) for name, opts in KERNEL_OPTION_SETS.items()}
+        return {name: job.result() for name, job in jobs.items()}
+
+
+@pytest.fixture(scope="module")
+def option_ref(setup, option_builds):
     """192 teacher-forced tokens from position 0, the fp32 reference logits and the default build's logits."""
     import torch
 
