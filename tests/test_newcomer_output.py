@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import warnings
 
+import conftest
 import pytest
 from conftest import gpu_outcomes, gpu_summary, other_skips
 from typer.testing import CliRunner
@@ -179,3 +180,36 @@ def test_info_names_the_missing_pieces_and_their_fixes(monkeypatch):
     result = runner.invoke(app, ["info"])
     assert result.exit_code == 0, result.output
     assert "Missing here" in result.output and "2.13.0+cpu does not see the" in result.output
+
+
+class _Item:
+    def __init__(self, name: str, gpu: bool) -> None:
+        self.name, self.keywords = name, {"gpu": 1} if gpu else {}
+        self.marks: list = []
+
+    def add_marker(self, mark) -> None:  # noqa: ANN001
+        self.marks.append(mark)
+
+
+class _Config:
+    """What the collection hook reads: the hooks' caller and, in an xdist worker, its workerinput."""
+
+    def __init__(self, worker: bool) -> None:
+        self.deselected: list = []
+        self.hook = type("Hook", (), {"pytest_deselected": lambda _, items: self.deselected.extend(items)})()
+        if worker:
+            self.workerinput = {"workerid": "gw0"}
+
+
+@pytest.mark.parametrize("worker", [False, True], ids=["one-process", "xdist-worker"])
+def test_gpu_tests_run_in_one_process_and_are_left_out_of_xdist_workers(monkeypatch, worker):
+    monkeypatch.setattr(conftest, "cuda_gpu_reason", lambda: None)  # a machine with a GPU
+    items = [_Item("cpu", False), _Item("gpu", True)]
+    config = _Config(worker)
+    conftest.pytest_collection_modifyitems(config, items)
+    assert [i.name for i in items] == (["cpu"] if worker else ["cpu", "gpu"])
+    assert [i.name for i in config.deselected] == (["gpu"] if worker else [])
+    monkeypatch.setattr(conftest, "cuda_gpu_reason", lambda: "no CUDA GPU visible to torch")
+    items = [_Item("cpu", False), _Item("gpu", True)]
+    conftest.pytest_collection_modifyitems(_Config(worker), items)  # no GPU: skipped with the reason, as always
+    assert len(items) == 2 and items[1].marks[0].kwargs["reason"] == "gpu test: no CUDA GPU visible to torch"
