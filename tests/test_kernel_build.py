@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 from pathlib import Path
 
 import pytest
@@ -235,13 +236,29 @@ def test_cli_build_refuses_unknown_option():
     assert "unknown kernel option 'MK_POLL'" in r.output and "Traceback" not in r.output
 
 
+@pytest.fixture(scope="session")
+def option_set_builds(tmp_path_factory):
+    """Every option set's build for all four archs, queued together.
+
+    As many run at once as the cores allow (nvcc already compiles the four archs of one build in parallel): one at a
+    time on CI's 2 cores, four on a 16-core machine.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = tmp_path_factory.mktemp("option-sets")
+    pool = ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 1) // len(ARCHS)))
+    jobs = {name: pool.submit(kb.build, ARCHS, root / name, defines=opts) for name, opts in KERNEL_OPTION_SETS.items()}
+    yield jobs
+    pool.shutdown(cancel_futures=True)
+
+
 @needs_nvcc
 @pytest.mark.parametrize("name", sorted(KERNEL_OPTION_SETS))
-def test_kernel_option_sets_compile_without_spills(tmp_path, name):
+def test_kernel_option_sets_compile_without_spills(option_set_builds, name):
     """Every option set that remains compiles for all four archs with 0 spills and the same ABI layout."""
     from luce_bench.kernels import lib as klib
 
-    res = kb.build(ARCHS, out_dir=tmp_path / "lib", defines=KERNEL_OPTION_SETS[name])
+    res = option_set_builds[name].result()
     kernels = [r for r in res.reports if "decode_kernel" in r.function]
     assert {r.arch for r in kernels} == set(ARCHS)
     for r in res.reports:
