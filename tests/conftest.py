@@ -51,6 +51,12 @@ KERNEL_OPTION_SETS = {
 }
 
 
+def selected_option_sets(request: pytest.FixtureRequest, test_name: str) -> list[str]:
+    """The KERNEL_OPTION_SETS names that this run's `test_name[name]` items test (-k may select a few), sorted."""
+    items = request.session.items
+    return sorted({i.callspec.params["name"] for i in items if getattr(i, "originalname", None) == test_name})
+
+
 @functools.lru_cache(maxsize=1)
 def cuda_gpu_reason() -> str | None:
     """None if a CUDA GPU is usable through torch, else why not."""
@@ -192,8 +198,9 @@ XDIST_GPU_LINE = (
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    gpu = gpu_summary(gpu_outcomes(terminalreporter.stats), cuda_gpu_reason())
-    if gpu is None and _xdist_controller(terminalreporter.config) and cuda_gpu_reason() is None:
+    reason = cuda_gpu_reason()
+    gpu = gpu_summary(gpu_outcomes(terminalreporter.stats), reason)
+    if gpu is None and reason is None and _xdist_controller(terminalreporter.config):
         gpu = XDIST_GPU_LINE
     for line in (gpu, other_skips(terminalreporter.stats)):
         if line:

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import KERNEL_OPTION_SETS
+from conftest import KERNEL_OPTION_SETS, selected_option_sets
 
 from luce_bench.errors import UserError
 from luce_bench.kernels import build as kb
@@ -237,8 +237,8 @@ def test_cli_build_refuses_unknown_option():
 
 
 @pytest.fixture(scope="session")
-def option_set_builds(tmp_path_factory):
-    """Every option set's build for all four archs, queued together.
+def option_set_builds(request, tmp_path_factory):
+    """The selected option sets' builds for all four archs, queued together in the tests' order.
 
     As many run at once as the cores allow (nvcc already compiles the four archs of one build in parallel): one at a
     time on CI's 2 cores, four on a 16-core machine.
@@ -247,7 +247,8 @@ def option_set_builds(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("option-sets")
     pool = ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 1) // len(ARCHS)))
-    jobs = {name: pool.submit(kb.build, ARCHS, root / name, defines=opts) for name, opts in KERNEL_OPTION_SETS.items()}
+    names = selected_option_sets(request, "test_kernel_option_sets_compile_without_spills")
+    jobs = {name: pool.submit(kb.build, ARCHS, root / name, defines=KERNEL_OPTION_SETS[name]) for name in names}
     yield jobs
     pool.shutdown(cancel_futures=True)
 

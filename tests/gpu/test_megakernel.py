@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import KERNEL_OPTION_SETS
+from conftest import KERNEL_OPTION_SETS, selected_option_sets
 
 pytestmark = pytest.mark.gpu
 
@@ -171,8 +171,8 @@ def test_greedy_tokens_vs_hf(setup):
 
 
 @pytest.fixture(scope="module")
-def option_builds(setup):
-    """Every option set's library, compiled side by side (one nvcc each, as many at once as there are cores).
+def option_builds(request, setup) -> None:
+    """The selected option sets' libraries, compiled side by side (one nvcc each, as many at once as there are cores).
 
     One after the other they take ~20 s each on the H200 machine (13 sets); the parity tests find them in the cache.
     """
@@ -180,10 +180,10 @@ def option_builds(setup):
 
     from luce_bench.kernels.build import build
 
-    arch = setup["mk"].arch
-    with ThreadPoolExecutor(max_workers=max(1, min(len(KERNEL_OPTION_SETS), os.cpu_count() or 1))) as pool:
-        jobs = {name: pool.submit(build, arch, defines=opts) for name, opts in KERNEL_OPTION_SETS.items()}
-        return {name: job.result() for name, job in jobs.items()}
+    names = selected_option_sets(request, "test_option_set_parity")
+    with ThreadPoolExecutor(max_workers=max(1, min(len(names), os.cpu_count() or 1))) as pool:
+        for job in [pool.submit(build, setup["mk"].arch, defines=KERNEL_OPTION_SETS[n]) for n in names]:
+            job.result()
 
 
 @pytest.fixture(scope="module")
