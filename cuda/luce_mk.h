@@ -31,8 +31,9 @@
 extern "C" {
 #endif
 
-#define LUCE_MK_ABI_VERSION 8  /* 6: + the prefill entry points (the decode ABI is that of 4); 7: + the prefill at pos > 0;
-                                  8: + the prefill's GEMMs through cuBLAS (luce_mk_prefill_cublas) */
+#define LUCE_MK_ABI_VERSION 9  /* 6: + the prefill entry points (the decode ABI is that of 4); 7: + the prefill at pos > 0;
+                                  8: + the prefill's GEMMs through cuBLAS (luce_mk_prefill_cublas);
+                                  9: + LuceMkParams.tune (the per-GPU tuning, chosen at run time) */
 
 /* Small-parameter blob, f32 offsets inside one layer's LUCE_MK_SP_STRIDE floats. */
 enum LuceMkSmallParams {
@@ -67,6 +68,24 @@ enum LuceMkDebugFlags {
     LUCE_MK_DEBUG_NO_MLP_ADDS = 8   /* skip the MLP's split-K f32 reductions into the residual stream (sm_90) */
 };
 
+/* Producer pause reasons (LuceMkTune.pause_mask bits): the stretches of a step during which the producer issues no
+   new weight copy, because queued copies slow the block's dependent L2 round trips (cuda/NOTES.md, MK_PAUSE). */
+enum LuceMkPauseReasons {
+    LUCE_MK_PAUSE_X_LOAD = 4,     /* the residual-stream loads of an RMSNorm prologue */
+    LUCE_MK_PAUSE_GDN_ITEM = 8    /* a GDN work item, up to its out_proj */
+};
+
+/* The per-GPU tuning of the decode kernel: the values that depend on the memory system's latencies, read at run time
+   (Python picks them per device: luce_bench/kernels/tune.py). Out of range: LUCE_MK_ERR_ARGS. */
+typedef struct LuceMkTune {
+    int inflight;       /* 0..64: weight copies in flight per SM while streaming the layers (0: as many as the ring
+                           holds); every queued copy delays the consumers' dependent round trips */
+    int inflight_lm;    /* 0..64: the same while streaming the LM head (its last rows per block go back to inflight) */
+    int l2_lead;        /* 0..64: ring chunks the producer prefetches into L2 ahead of its copies (0: none) */
+    int pause_mask;     /* LuceMkPauseReasons bits the producer honours */
+    int spin_sleep_ns;  /* 0..4096: a sleep between two polls of global memory (0: poll at full speed) */
+} LuceMkTune;
+
 typedef struct LuceMkParams {
     const void* wblob;
     const float* sblob;
@@ -92,6 +111,7 @@ typedef struct LuceMkParams {
     int debug_flags;        /* 0 in normal use; LuceMkDebugFlags bits for timing experiments (results invalid) */
     unsigned long long* trace; /* NULL, or [n_steps][luce_mk_trace_points()][grid] %globaltimer ns at each block's
                                   phase boundaries (timing diagnosis; luce-bench kernel trace) */
+    LuceMkTune tune;           /* ABI 9 */
 } LuceMkParams;
 
 typedef struct LuceMkLayout {

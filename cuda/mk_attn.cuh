@@ -133,23 +133,61 @@ __device__ __forceinline__ void attn_item(Ctx& c, const LuceMkParams& P, int l, 
         q[e] = w.q[c.lane * 8 + e] * 0.0625f;  // 1/sqrt(256)
         acc[e] = 0.f;
     }
+    // Each warp takes positions c0 + warp, + NCW, ...; ATT_BATCH of them at a time: their K and V rows are loaded
+    // together (one L2 round trip per batch, not per position), their scores folded into the softmax at once.
 #pragma unroll 1
-    for (int p = c0 + c.warp; p < c1; p += NCW) {
-        float kf[8], vf[8];
-        if (p == pos) {
+    for (int p0 = c0 + c.warp; p0 < c1; p0 += NCW * ATT_BATCH) {
+        uint4 kr[ATT_BATCH], vr[ATT_BATCH];
 #pragma unroll
-            for (int e = 0; e < 8; ++e) {
-                kf[e] = w.k[c.lane * 8 + e];
-                vf[e] = w.v[c.lane * 8 + e];
+        for (int j = 0; j < ATT_BATCH; ++j) {
+            const int p = p0 + j * NCW;
+            if (p < c1 && p != pos) {
+                kr[j] = __ldcg((const uint4*)(kc + (long long)p * HD + c.lane * 8));
+                vr[j] = __ldcg((const uint4*)(vc + (long long)p * HD + c.lane * 8));
             }
-        } else {
-            unpack8(__ldcg((const uint4*)(kc + (long long)p * HD + c.lane * 8)), kf);
-            unpack8(__ldcg((const uint4*)(vc + (long long)p * HD + c.lane * 8)), vf);
         }
-        float s = 0.f;
+        float sc[ATT_BATCH];
 #pragma unroll
-        for (int e = 0; e < 8; ++e) s = fmaf(q[e], kf[e], s);
-        softmax_step(warp_sum(s), vf, m, ls, acc);
+        for (int j = 0; j < ATT_BATCH; ++j) {
+            const int p = p0 + j * NCW;
+            float kf[8];
+            if (p == pos) {
+#pragma unroll
+                for (int e = 0; e < 8; ++e) kf[e] = w.k[c.lane * 8 + e];
+            } else {
+                unpack8(kr[j], kf);
+            }
+            float s = 0.f;
+#pragma unroll
+            for (int e = 0; e < 8; ++e) s = fmaf(q[e], kf[e], s);
+            sc[j] = p < c1 ? s : -INFINITY;
+        }
+#pragma unroll
+        for (int j = 0; j < ATT_BATCH; ++j) sc[j] = warp_sum(sc[j]);
+        float mn = m;
+#pragma unroll
+        for (int j = 0; j < ATT_BATCH; ++j) mn = fmaxf(mn, sc[j]);
+        const float corr = expf(m - mn);
+        ls *= corr;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[e] *= corr;
+#pragma unroll
+        for (int j = 0; j < ATT_BATCH; ++j) {
+            const int p = p0 + j * NCW;
+            if (p >= c1) break;  // (warp-uniform)
+            float vf[8];
+            if (p == pos) {
+#pragma unroll
+                for (int e = 0; e < 8; ++e) vf[e] = w.v[c.lane * 8 + e];
+            } else {
+                unpack8(vr[j], vf);
+            }
+            const float pr = expf(sc[j] - mn);
+            ls += pr;
+#pragma unroll
+            for (int e = 0; e < 8; ++e) acc[e] = fmaf(pr, vf[e], acc[e]);
+        }
+        m = mn;
     }
     merge_warps(c, m, ls, acc, S.apart[g][ci][hh], S.aml[g][ci][hh]);
     // the last of the head's chunk items to finish (acq_rel count) merges all of them

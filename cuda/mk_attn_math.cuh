@@ -1,5 +1,5 @@
 // mk_attn_math.cuh -- per-head arithmetic of gated attention: the per-head RMSNorm and the partial RoPE as HF forms
-// it (shared by the decode items, mk_attn.cuh, and the prefill, pf_attn.cuh), and the decode's online-softmax step.
+// it (shared by the decode items, mk_attn.cuh, and the prefill, pf_attn.cuh).
 #pragma once
 #include "mk_math.cuh"
 
@@ -26,16 +26,6 @@ __device__ __forceinline__ void rope_pair(float* arr, int i, int pos) {
     const float a = arr[i], b = arr[i + 32];
     arr[i] = a * cs - b * sn;
     arr[i + 32] = b * cs + a * sn;
-}
-
-// Online softmax: fold one position (score s, this lane's 8 values v) into the warp's (m, ls, acc).
-__device__ __forceinline__ void softmax_step(float s, const float v[8], float& m, float& ls, float acc[8]) {
-    const float mn = fmaxf(m, s);
-    const float corr = expf(m - mn), pr = expf(s - mn);
-    ls = fmaf(ls, corr, pr);
-#pragma unroll
-    for (int e = 0; e < 8; ++e) acc[e] = fmaf(acc[e], corr, pr * v[e]);
-    m = mn;
 }
 
 }  // namespace mk

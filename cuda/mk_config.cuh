@@ -3,11 +3,11 @@
 // Every option below is read by luce_bench/kernels/build.py (names are parsed from the `#ifndef MK_*` lines), so an
 // unknown name fails the build there and a bad value fails it here with one #error line. Each one stays because a
 // later tuning step has a reason to switch it (cuda/NOTES.md has the measurements behind the defaults):
-//   MK_INFLIGHT       copies in flight per SM while streaming the layers: the queue depth that every dependent L2
-//                     round trip waits behind; 1 won on the H100 and the H200; another GPU may want another value
-//   MK_INFLIGHT_LM    the same while streaming the LM head (pure streaming; its last LM_TAIL_ROWS rows go back to
-//                     MK_INFLIGHT so the next step does not start behind a deep queue)
-//   MK_SLOT_KB        ring slot (one bulk copy) size; the ring is 192 KB whatever the slot size
+//   MK_SLOT_KB        ring slot (one bulk copy) size; the ring is 192 KB whatever the slot size. The tuning that
+//                     needs no rebuild (copies in flight, L2 lead, pauses, polling sleep) is LuceMkParams.tune
+//                     (luce_mk.h), chosen per GPU at run time
+//   MK_ATT_BATCH      decode attention: positions per warp whose K and V rows are loaded at once (one L2 round
+//                     trip per batch); more costs registers (3 fits sm_90's 128 without spills, 2 every arch)
 //   MK_PF_GSTAGES     prefill GEMM: cp.async stages (2-4) and k depth per stage (MK_PF_GBK 32 or 64): the pipeline
 //   MK_PF_GBK         depth that hides L2 latency; 3 x 64 won on the H200 (NOTES.md, prefill v3), another GPU may differ
 //   MK_PF_GBM         prefill GEMM: rows per tile, 64 or 128 (warp tiles 32 x 64 or 64 x 64: more products per
@@ -26,20 +26,15 @@
 //   MK_PF_WK_HALF     prefill GDN: 1 hands W and Kd from the prep to the state kernel in fp16 (the tf32 products'
 //                     mantissa, half the bytes that each of a head's 8 state blocks reads per chunk), 0 in f32: a
 //                     candidate until measured (NOTES.md, prefill v11)
-//   MK_SPIN_SLEEP_NS  a sleep between two polls of a counter or tagged value in global memory (0: poll at full
-//                     speed, the measured default so far); issue 12 measures what cheaper waiting saves in W and tok/J
 //   MK_SPIN_LIMIT_NS  watchdog: a spin loop that waits longer traps (the launch fails instead of hanging); raise it
 //                     under compute-sanitizer or a debugger
 #pragma once
 
-#ifndef MK_INFLIGHT
-#define MK_INFLIGHT 1
-#endif
-#ifndef MK_INFLIGHT_LM
-#define MK_INFLIGHT_LM 2
-#endif
 #ifndef MK_SLOT_KB
 #define MK_SLOT_KB 32
+#endif
+#ifndef MK_ATT_BATCH
+#define MK_ATT_BATCH 2
 #endif
 #ifndef MK_PF_GSTAGES
 #define MK_PF_GSTAGES 3
@@ -65,18 +60,15 @@
 #ifndef MK_PF_WK_HALF
 #define MK_PF_WK_HALF 0
 #endif
-#ifndef MK_SPIN_SLEEP_NS
-#define MK_SPIN_SLEEP_NS 0
-#endif
 #ifndef MK_SPIN_LIMIT_NS
 #define MK_SPIN_LIMIT_NS 20000000000ull
 #endif
 
-#if MK_INFLIGHT < 0 || MK_INFLIGHT_LM < 0
-#error "MK_INFLIGHT and MK_INFLIGHT_LM must be >= 0 (0: no cap beyond the ring)"
-#endif
 #if MK_SLOT_KB != 16 && MK_SLOT_KB != 24 && MK_SLOT_KB != 32 && MK_SLOT_KB != 48 && MK_SLOT_KB != 64
 #error "MK_SLOT_KB must be 16, 24, 32, 48 or 64"
+#endif
+#if MK_ATT_BATCH < 1 || MK_ATT_BATCH > 4
+#error "MK_ATT_BATCH must be 1..4"
 #endif
 #if MK_PF_GSTAGES < 2 || MK_PF_GSTAGES > 4 || (MK_PF_GBK != 32 && MK_PF_GBK != 64)
 #error "MK_PF_GSTAGES must be 2, 3 or 4 and MK_PF_GBK 32 or 64"
@@ -98,9 +90,6 @@
 #endif
 #if (MK_PF_WK_HALF != 0 && MK_PF_WK_HALF != 1) || (MK_PF_WK_HALF && !MK_PF_GDN_TC)
 #error "MK_PF_WK_HALF must be 0 or 1, and 1 only with MK_PF_GDN_TC=1"
-#endif
-#if MK_SPIN_SLEEP_NS < 0 || MK_SPIN_SLEEP_NS > 4096
-#error "MK_SPIN_SLEEP_NS must be 0..4096 (ns): longer sleeps push the watchdog's first check past minutes"
 #endif
 #if MK_SPIN_LIMIT_NS < 1000000
 #error "MK_SPIN_LIMIT_NS must be at least 1000000 (1 ms)"
@@ -126,10 +115,11 @@ constexpr int NT = NCT + 32;     // + one producer warp = 512 threads (a 17-warp
 
 constexpr int SLOT_BYTES = MK_SLOT_KB * 1024;   // ring slot (one bulk copy)
 constexpr int MAX_SLOTS = 6 * 32 / MK_SLOT_KB;  // 192 KB of ring at most
-constexpr int LM_TAIL_ROWS = 192;               // the LM head's last rows per block stream at the MK_INFLIGHT cap
+constexpr int LM_TAIL_ROWS = 192;               // the LM head's last rows per block stream at the layers' cap
 
 constexpr int ATT_CHUNK = 16;    // min positions per attention work item (one per warp)
 constexpr int ATT_MAXCH = 16;    // max sequence chunks per query head (items per layer <= 2 x 4 x 16 = 128)
+constexpr int ATT_BATCH = MK_ATT_BATCH;  // positions per warp whose K/V rows an attention item loads at once
 
 // Grid barriers per step: after each layer's mixer (24), after each attention layer's o_proj (6), after each MLP
 // (24), after the LM head (1).

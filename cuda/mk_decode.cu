@@ -86,6 +86,7 @@ __global__ void __launch_bounds__(NT, 1) decode_kernel(const __grid_constant__ L
             mbar_init(&smem().empty[i], NCW);
         }
         smem().pause = 0u;
+        smem().sleep_ns = (unsigned)P.tune.spin_sleep_ns;
     }
     __syncthreads();
     if (c.warp == NCW) {
@@ -177,6 +178,11 @@ int luce_mk_launch_info(LuceMkLaunchInfo* out) {
 
 int luce_mk_decode(const LuceMkParams* p, void* stream) {
     if (!p || p->n_steps < 1 || p->pos < 0 || p->pos + p->n_steps > p->max_seq) return kErrArgs;
+    const LuceMkTune& t = p->tune;
+    if (t.inflight < 0 || t.inflight > 64 || t.inflight_lm < 0 || t.inflight_lm > 64 || t.l2_lead < 0 ||
+        t.l2_lead > 64 || (t.pause_mask & ~(LUCE_MK_PAUSE_X_LOAD | LUCE_MK_PAUSE_GDN_ITEM)) || t.spin_sleep_ns < 0 ||
+        t.spin_sleep_ns > 4096)
+        return kErrArgs;
     DevInfo* d = nullptr;
     const int rc = dev_info(&d);
     if (rc) return rc;
@@ -197,7 +203,8 @@ const char* luce_mk_error_string(int code) {
         case kErrSmem: return "luce_mk: not enough shared memory per block for a 2-slot weight ring";
         case kErrOccupancy: return "luce_mk: occupancy API reports 0 resident blocks per SM";
         case kErrGrid: return "luce_mk: too few SMs (each block holds at most 1024 of the 3584 MLP hidden units)";
-        case kErrArgs: return "luce_mk: bad arguments (n_steps or n_tokens < 1, or beyond max_seq)";
+        case kErrArgs:
+            return "luce_mk: bad arguments (n_steps or n_tokens < 1, beyond max_seq, or a tune value out of range)";
         case LUCE_MK_ERR_PREFILL_SMEM:
             return "luce_mk: the prefill needs about 180 KB of shared memory per block (sm_80 / sm_90 class GPUs)";
         case LUCE_MK_ERR_CUBLAS_LOAD:

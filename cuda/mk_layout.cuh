@@ -82,6 +82,7 @@ struct Smem {
     uint64_t full[MAX_SLOTS];     // mbarrier: ring slot landed
     uint64_t empty[MAX_SLOTS];    // mbarrier: ring slot released by the consumer warps
     unsigned pause;               // producer pause reasons (mk_sync.cuh)
+    unsigned sleep_ns;            // tune.spin_sleep_ns (mk_sync.cuh, spin_pause)
     alignas(16) float x[H];       // the sub-layer's input x
     alignas(16) float acts[4096]; // matvec input; the split-K / warp-merge partials of the items
     float red[16];                // block_sum

@@ -132,29 +132,53 @@ constexpr unsigned FULL_ARRIVALS = 32;
 #endif
 
 // ---- producer ----
-// Copies every chunk into the next free slot, with at most MK_INFLIGHT copies in flight (MK_INFLIGHT_LM in the LM
-// head but its last LM_TAIL_ROWS rows): every queued copy delays the consumers' dependent L2 round trips (NOTES.md v9).
+#if __CUDA_ARCH__ >= 900
+// Ask L2 to fetch a chunk from HBM now (no data comes to the SM): a later bulk copy of it reads L2.
+__device__ __forceinline__ void prefetch_l2(const void* src, unsigned bytes) {
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(src), "r"(bytes) : "memory");
+}
+#endif
+
+// Copies every chunk into the next free slot, with at most tune.inflight copies in flight (tune.inflight_lm in the LM
+// head but its last LM_TAIL_ROWS rows): every queued copy delays the consumers' dependent L2 round trips (NOTES.md
+// v9). With tune.l2_lead = n (sm_90) a second walk runs n chunks ahead and asks L2 for each chunk before its copy, so
+// HBM keeps working while the ring is full or the cap holds the copies back.
 __device__ void run_producer(const Ctx& c, const LuceMkParams& P) {
 #if __CUDA_ARCH__ >= 900
     if (c.lane != 0) return;
     const uint64_t pol = evict_first_policy();
+    const int lead = P.tune.l2_lead;
 #endif
-    const unsigned ns = (unsigned)c.ns;
+    const unsigned ns = (unsigned)c.ns, pause_mask = (unsigned)P.tune.pause_mask;
+    const unsigned cap_layers = (unsigned)P.tune.inflight, cap_lm = (unsigned)P.tune.inflight_lm;
     const int lm_end = split_rows(V, c.b + 1, c.G);
     Walk w;
     const char* src;
     unsigned bytes;
+#if __CUDA_ARCH__ >= 900
+    Walk wl;  // the L2 prefetch walk: `lead` chunks ahead of w
+    bool more = lead > 0;
+    for (int i = 0; more && i < lead; ++i)
+        if ((more = walk_next(c, P, wl, src, bytes))) prefetch_l2(src, bytes);
+#endif
     for (unsigned qp = 0; walk_next(c, P, w, src, bytes); ++qp) {
+#if __CUDA_ARCH__ >= 900
+        if (more) {
+            const char* psrc;
+            unsigned pbytes;
+            if ((more = walk_next(c, P, wl, psrc, pbytes))) prefetch_l2(psrc, pbytes);
+        }
+#endif
         const unsigned slot = qp % ns;
         // wait until copy qp - cap has landed (its slot is not re-armed before copy qp - cap + ns > qp, so its full
         // barrier still shows that phase); cap 0 or >= ns: no cap beyond the ring
-        const unsigned cap = (unsigned)(w.l == NL && lm_end - w.r > LM_TAIL_ROWS ? MK_INFLIGHT_LM : MK_INFLIGHT);
+        const unsigned cap = w.l == NL && lm_end - w.r > LM_TAIL_ROWS ? cap_lm : cap_layers;
         if (cap > 0 && cap < ns && qp >= cap) {
             const unsigned q0 = qp - cap;
             mbar_wait(&smem().full[q0 % ns], (q0 / ns) & 1u);
         }
         mbar_wait(&smem().empty[slot], ((qp / ns) & 1u) ^ 1u);
-        pause_wait();
+        pause_wait(pause_mask);
         char* dst = c.ring() + (size_t)slot * SLOT_BYTES;
 #if __CUDA_ARCH__ >= 900
         bulk_load(dst, src, bytes, &smem().full[slot], pol);

@@ -23,18 +23,19 @@ __device__ __forceinline__ unsigned long long global_ns() {
 __device__ __noinline__ void spin_check(unsigned long long t0) {
     if (global_ns() - t0 > MK_SPIN_LIMIT_NS) __trap();
 }
-// Between two polls of a spin loop on global memory: nothing (full-speed polling), or a sleep of MK_SPIN_SLEEP_NS
-// that lets the warp's scheduler slot and the L2 rest (issue 12: cheaper waiting, measured in W and tok/J)
+// Between two polls of a spin loop on global memory: nothing (full-speed polling), or a sleep of tune.spin_sleep_ns
+// (copied into shared memory at the kernel's start) that lets the warp's scheduler slot and the L2 rest: cheaper
+// waiting, measured in W and tok/J
 __device__ __forceinline__ void spin_pause() {
-#if MK_SPIN_SLEEP_NS > 0
-    __nanosleep(MK_SPIN_SLEEP_NS);
-#endif
+    const unsigned ns = *(volatile unsigned*)&smem().sleep_ns;
+    if (ns) __nanosleep(ns);
 }
 
 // ---- producer pause (sm_90): consumer thread 0 raises a reason while the block runs a latency-bound stretch (x
-// loads for a norm, a GDN item up to its out_proj); the producer issues no new copy while any reason is raised,
-// because copies queued in the memory system slow those dependent round trips (NOTES.md, MK_PAUSE) ----
-enum PauseReason : unsigned { PAUSE_X_LOAD = 4, PAUSE_GDN_ITEM = 8 };
+// loads for a norm, a GDN item up to its out_proj); the producer issues no new copy while a reason in
+// tune.pause_mask is raised, because copies queued in the memory system slow those dependent round trips (NOTES.md,
+// MK_PAUSE) ----
+enum PauseReason : unsigned { PAUSE_X_LOAD = LUCE_MK_PAUSE_X_LOAD, PAUSE_GDN_ITEM = LUCE_MK_PAUSE_GDN_ITEM };
 __device__ __forceinline__ void pause_set(PauseReason why, bool on) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     if (threadIdx.x == 0) {
@@ -43,9 +44,9 @@ __device__ __forceinline__ void pause_set(PauseReason why, bool on) {
     }
 #endif
 }
-__device__ __forceinline__ void pause_wait() {
+__device__ __forceinline__ void pause_wait(unsigned mask) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    while (*(volatile unsigned*)&smem().pause) __nanosleep(32);
+    while (*(volatile unsigned*)&smem().pause & mask) __nanosleep(32);
 #endif
 }
 

@@ -11,10 +11,13 @@ import importlib.util
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from luce_bench.backends.base import Backend, ModelSpec, StepResult
 from luce_bench.errors import UserError
+
+if TYPE_CHECKING:
+    from luce_bench.kernels.tune import Tune
 
 _SHAPE_FIELDS = (
     "hidden_size",
@@ -90,10 +93,12 @@ class MegakernelBackend(Backend):
         options: dict[str, int] | None = None,
         lib_dir: Path | None = None,
         prefill: str | None = None,
+        tune: Tune | None = None,
     ) -> None:
         """A backend to load later.
 
         `options`: kernel build options (default: $LUCE_BENCH_KERNEL_OPTIONS); `lib_dir`: a prebuilt library;
+        `tune`: the kernel's run-time tuning (default: the measured values for this GPU, kernels/tune.py);
         `prefill`: "kernel" or "tokens" (default: $LUCE_BENCH_PREFILL, else "kernel"; see kernels/prefill.py).
         """
         from luce_bench.kernels.prefill import MODES, mode_from_env
@@ -110,6 +115,7 @@ class MegakernelBackend(Backend):
         self.arch = arch
         self.options = options
         self.lib_dir = lib_dir
+        self.tune = tune  # None until _open picks the device's
         self._lib: Any = None
         self._build: Any = None
         self.layout: Any = None
@@ -164,9 +170,10 @@ class MegakernelBackend(Backend):
         device: str = "cuda",
         options: dict[str, int] | None = None,
         lib_dir: Path | None = None,
+        tune: Tune | None = None,
     ) -> MegakernelBackend:
         """A loaded backend from HF-named CPU tensors of the 0.8B shapes (kernel tools and tests)."""
-        be = cls(max_seq=max_seq, options=options, lib_dir=lib_dir)
+        be = cls(max_seq=max_seq, options=options, lib_dir=lib_dir, tune=tune)
         be._open(device)
         be.load_state_dict(sd)
         return be
@@ -192,6 +199,10 @@ class MegakernelBackend(Backend):
         self.launch = klib.LuceMkLaunchInfo()
         klib.check(self._lib, self._lib.luce_mk_launch_info(self.launch), "launch info")
         self.prefill_gemm = attach(self._lib)
+        if self.tune is None:
+            from luce_bench.kernels.tune import for_device
+
+            self.tune = for_device(torch.cuda.get_device_name(self._device))
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         """Repack HF-named CPU tensors into the kernel layout on the device and allocate the state buffers."""
@@ -299,6 +310,8 @@ class MegakernelBackend(Backend):
         p.sync_base = self._sync_count & 0xFFFFFFFF
         p.step_base = self._step_count & 0xFFFFFFFF
         p.debug_flags = debug_flags
+        for k, v in self.tune.as_dict().items():
+            setattr(p.tune, k, v)
         if trace is not None:
             need = n * self.trace_points * self.launch.grid
             if trace.numel() < need or trace.element_size() != 8:
@@ -452,6 +465,7 @@ class MegakernelBackend(Backend):
             "syncs_per_step": self.layout.syncs_per_step,
             "max_seq": self.max_seq,
             "options": self.options if self.options is not None else options_from_env(),
+            "tune": self.tune.as_dict() if self.tune and self._lib.luce_mk_abi_version() >= 9 else None,
             "prebuilt": str(self.lib_dir) if self.lib_dir else None,
             "prefill": self._prefill_info(),
             "ptxas": [

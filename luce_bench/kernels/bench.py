@@ -40,11 +40,12 @@ BREAKDOWN = (
 
 @dataclass
 class Variant:
-    """A kernel to measure: build options, or a prebuilt library directory."""
+    """A kernel to measure: build options or a prebuilt library directory, and run-time tune fields to change."""
 
     name: str
     options: dict[str, int] = field(default_factory=dict)
     lib_dir: Path | None = None
+    tune: dict[str, int] = field(default_factory=dict)  # fields replaced in the GPU's tune (kernels/tune.py)
 
 
 @dataclass
@@ -64,15 +65,23 @@ class VariantResult:
 
 
 def parse_variant(text: str) -> Variant:
-    """A variant from "NAME:MK_A=1,MK_B=2" (options), "NAME" (the defaults) or "NAME=DIR" (a prebuilt library)."""
-    name, sep, rest = text.partition(":")
-    if not sep and "=" in text:
-        name, _, path = text.partition("=")
-        return Variant(name.strip(), lib_dir=Path(path.strip()))
-    options = parse_options(rest.split(","), f"--variant {text!r}")
+    """A variant from "NAME:MK_A=1,MK_B=2" (options), "NAME" (the defaults) or "NAME=DIR" (a prebuilt library),
+    each optionally followed by "@field=value,..." (run-time tune fields, e.g. "lead4@l2_lead=4")."""
+    from luce_bench.kernels.tune import parse_fields
+
+    where = f"--variant {text!r}"
+    head, at, tune_text = text.partition("@")
+    tune = parse_fields(tune_text, where) if at else {}
+    if at and not tune:
+        raise UserError(f"{where}: nothing after '@' (expected e.g. @inflight=2)")
+    name, sep, rest = head.partition(":")
+    if not sep and "=" in head:
+        name, _, path = head.partition("=")
+        return Variant(name.strip(), lib_dir=Path(path.strip()), tune=tune)
+    options = parse_options(rest.split(","), where)
     if not name.strip():
-        raise UserError(f"--variant {text!r}: the name is empty")
-    return Variant(name.strip(), options)
+        raise UserError(f"{where}: the name is empty")
+    return Variant(name.strip(), options, tune=tune)
 
 
 def random_state_dict(seed: int, device: str = "cuda") -> dict[str, Any]:
@@ -243,15 +252,22 @@ def parity(be: Any, tokens: list[int], ref: Any) -> dict[str, float]:
 
 
 def prebuild(variants: list[Variant], out_dir: Path) -> dict[str, Path]:
-    """Build every option variant (in parallel threads: nvcc runs out of process) into out_dir/NAME."""
+    """Build every distinct option set once (in parallel threads: nvcc runs out of process) into out_dir/NAME;
+    returns the library directory of every variant that has no prebuilt one (variants that differ only in their
+    run-time tune share a build)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from luce_bench.kernels.build import build
 
-    todo = [v for v in variants if v.lib_dir is None]
+    first: dict[tuple, Variant] = {}
+    for v in variants:
+        if v.lib_dir is None:
+            first.setdefault(tuple(sorted(v.options.items())), v)
+    todo = list(first.values())
     with ThreadPoolExecutor(max_workers=max(1, len(todo))) as ex:
         done = list(ex.map(lambda v: build(out_dir=out_dir / v.name, defines=v.options, force=True), todo))
-    return {v.name: r.lib.parent for v, r in zip(todo, done, strict=True)}
+    built = {tuple(sorted(v.options.items())): r.lib.parent for v, r in zip(todo, done, strict=True)}
+    return {v.name: built[tuple(sorted(v.options.items()))] for v in variants if v.lib_dir is None}
 
 
 @dataclass
@@ -278,12 +294,14 @@ def run(plan: BenchPlan, say: Callable[[str], None] = print, build_dir: Path | N
     import torch
 
     from luce_bench.backends.megakernel import MegakernelBackend
+    from luce_bench.kernels.tune import for_device
 
     if not torch.cuda.is_available():
         raise UserError("luce-bench kernel bench needs a CUDA GPU (torch sees none)")
     names = [v.name for v in plan.variants]
     if len(set(names)) != len(names):
         raise UserError(f"variant names must differ: {names}")
+    gpu = torch.cuda.get_device_name()
     t0 = time.time()
     dirs = prebuild(plan.variants, build_dir or Path(tempfile.mkdtemp(prefix="luce-mk-variants-")))
     say(f"builds: {time.time() - t0:.1f} s")
@@ -308,7 +326,7 @@ def run(plan: BenchPlan, say: Callable[[str], None] = print, build_dir: Path | N
             res = results[v.name]
             if rnd == 0:
                 be = backends[v.name] = MegakernelBackend.from_state_dict(
-                    sd, max_seq=max_seq, lib_dir=v.lib_dir or dirs[v.name]
+                    sd, max_seq=max_seq, lib_dir=v.lib_dir or dirs[v.name], tune=for_device(gpu).changed_by(v.tune)
                 )
                 layout = be.layout
                 res.build = be.info()
@@ -366,6 +384,7 @@ def summarize(
             "parity": r.parity,
             "breakdown_us": r.breakdown_us,
             "options": r.build.get("options"),
+            "tune": r.build.get("tune"),
             "prebuilt": r.build.get("prebuilt"),
             "ptxas": r.build.get("ptxas"),
         }

@@ -69,8 +69,10 @@ def bench_cmd(
     variant: Annotated[
         Optional[list[str]],
         typer.Option(
-            help="NAME:MK_A=1,MK_B=2 (a build-option set), NAME (the defaults) or NAME=DIR (a prebuilt library); "
-            "repeatable, measured side by side. Default: one variant with $LUCE_BENCH_KERNEL_OPTIONS."
+            help="NAME:MK_A=1,MK_B=2 (a build-option set), NAME (the defaults) or NAME=DIR (a prebuilt library), "
+            "each optionally followed by @field=value,... (run-time tune: inflight, inflight_lm, l2_lead, pause_mask, "
+            "spin_sleep_ns; no rebuild); repeatable, measured side by side. Default: one variant with "
+            "$LUCE_BENCH_KERNEL_OPTIONS."
         ),
     ] = None,
     reps: Annotated[int, typer.Option(min=1, help="Timed launches per round at the short position.")] = 10,
@@ -215,7 +217,7 @@ def trace_cmd(
 
     r = trace.run(steps=steps, pos=pos, seed=seed, flags=flags, options=_options(option), lib_dir=prebuilt)
     typer.echo(
-        f"seed {r['seed']}; {r['gpu']}; grid {r['grid']}; untraced {r['untraced_us']:.1f} us/token, traced "
+        f"seed {r['seed']}; {r['gpu']}; tune {r['tune']}; grid {r['grid']}; untraced {r['untraced_us']:.1f} us/token, traced "
         f"{r['traced_us']:.1f} us/token (steps {trace.WARM_STEPS}..{steps - 1} analysed)"
     )
     typer.echo(f"\n{'segment':36s} {'18 GDN (us)':>12s} {'6 attn (us)':>12s} {'per GDN layer':>14s}")

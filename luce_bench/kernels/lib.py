@@ -7,11 +7,12 @@ from pathlib import Path
 
 from luce_bench.errors import UserError
 
-ABI_VERSION = 8
+ABI_VERSION = 9
 # 4: the decode only (libraries built before the prefill, e.g. for side-by-side benchmarks); 6: + the prefill from
 # position 0; 7: + the prefill at any position (LuceMkPrefillParams.pos, appended: ABI 6 libraries ignore it);
-# 8: + the prefill's GEMMs through cuBLAS (kernels/cublas.py)
-DECODE_ABIS = (4, 6, 7, 8)
+# 8: + the prefill's GEMMs through cuBLAS (kernels/cublas.py); 9: + LuceMkParams.tune (appended: older libraries
+# ignore it and run their compiled tuning)
+DECODE_ABIS = (4, 6, 7, 8, 9)
 PREFILL_SYMBOLS = ("luce_mk_prefill", "luce_mk_prefill_workspace", "luce_mk_prefill_launches")
 SYMBOLS = (
     "luce_mk_abi_version",
@@ -23,6 +24,18 @@ SYMBOLS = (
 )
 
 _p = ctypes.c_void_p
+
+
+class LuceMkTune(ctypes.Structure):
+    """Mirror of `LuceMkTune` (kernels/tune.py chooses the values)."""
+
+    _fields_ = [
+        ("inflight", ctypes.c_int),
+        ("inflight_lm", ctypes.c_int),
+        ("l2_lead", ctypes.c_int),
+        ("pause_mask", ctypes.c_int),
+        ("spin_sleep_ns", ctypes.c_int),
+    ]
 
 
 class LuceMkParams(ctypes.Structure):
@@ -51,6 +64,7 @@ class LuceMkParams(ctypes.Structure):
         ("step_base", ctypes.c_uint),
         ("debug_flags", ctypes.c_int),
         ("trace", _p),
+        ("tune", LuceMkTune),
     ]
 
 

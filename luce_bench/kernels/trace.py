@@ -145,7 +145,8 @@ def run(
 ) -> dict[str, Any]:
     """Trace one build on random weights and return the analysis.
 
-    `options`: build options (default: $LUCE_BENCH_KERNEL_OPTIONS); `lib_dir`: a prebuilt library instead.
+    `options`: build options (default: $LUCE_BENCH_KERNEL_OPTIONS); `lib_dir`: a prebuilt library instead. The
+    run-time tune is the GPU's (kernels/tune.py; $LUCE_BENCH_KERNEL_TUNE changes fields).
     """
     import torch
 
@@ -171,5 +172,6 @@ def run(
         steps=steps,
         pos=pos,
         flags=flags,
+        tune=be.tune.as_dict(),
     )
     return out

@@ -1,0 +1,87 @@
+"""The decode kernel's per-GPU tuning (`LuceMkTune` of cuda/luce_mk.h), chosen at run time from the device.
+
+What depends on a GPU's memory system (how many weight copies each SM keeps in flight, how far ahead the producer asks
+L2 for chunks, when it pauses, whether waiting warps sleep between polls) is a launch parameter, not a build option:
+one library serves every card, and `luce-bench kernel bench --variant NAME@inflight=2` compares settings without a
+rebuild. `for_device` picks the measured values for the GPU by name (cuda/NOTES.md has the measurements);
+$LUCE_BENCH_KERNEL_TUNE overrides single fields, e.g. "inflight=2,l2_lead=4".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass
+
+from luce_bench.errors import UserError
+
+TUNE_ENV = "LUCE_BENCH_KERNEL_TUNE"
+PAUSE_X_LOAD, PAUSE_GDN_ITEM = 4, 8  # LuceMkPauseReasons of luce_mk.h
+
+
+@dataclass(frozen=True)
+class Tune:
+    """One setting of the decode kernel's run-time tuning (field names and ranges as LuceMkTune)."""
+
+    inflight: int = 1  # weight copies in flight per SM in the layers (0: as many as the ring holds)
+    inflight_lm: int = 2  # the same in the LM head
+    l2_lead: int = 0  # ring chunks prefetched into L2 ahead of the copies (sm_90)
+    pause_mask: int = PAUSE_X_LOAD | PAUSE_GDN_ITEM  # stretches during which the producer issues nothing (sm_90)
+    spin_sleep_ns: int = 0  # sleep between two polls of global memory
+
+    LIMITS = {"inflight": 64, "inflight_lm": 64, "l2_lead": 64, "spin_sleep_ns": 4096}
+
+    def __post_init__(self) -> None:
+        for name, top in self.LIMITS.items():
+            v = getattr(self, name)
+            if not 0 <= v <= top:
+                raise UserError(f"kernel tune {name}={v}: expected 0..{top}")
+        if self.pause_mask & ~(PAUSE_X_LOAD | PAUSE_GDN_ITEM):
+            raise UserError(
+                f"kernel tune pause_mask={self.pause_mask}: expected a sum of {PAUSE_X_LOAD} (x loads) and "
+                f"{PAUSE_GDN_ITEM} (GDN items)"
+            )
+
+    def as_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+    def changed(self, text: str | None, where: str) -> Tune:
+        """This tune with the fields of "name=value,name=value" replaced (empty or None: unchanged)."""
+        return self.changed_by(parse_fields(text, where))
+
+    def changed_by(self, fields: dict[str, int]) -> Tune:
+        """This tune with these fields replaced."""
+        return dataclasses.replace(self, **fields)
+
+
+# Measured defaults per GPU (name pattern, tune); the first match wins, the last entry matches every GPU.
+# The H100 and H200 rows: cuda/NOTES.md (v9 and v10 for the H100; issue 12's v12 section for the H200).
+_BY_DEVICE: tuple[tuple[str, Tune], ...] = (
+    (r"H200", Tune()),
+    (r"H100", Tune()),
+    (r"", Tune()),
+)
+
+
+def parse_fields(text: str | None, where: str) -> dict[str, int]:
+    """ "inflight=2, l2_lead=4" -> {"inflight": 2, "l2_lead": 4}; one line naming the bad item otherwise."""
+    names = {f.name for f in dataclasses.fields(Tune)}
+    out: dict[str, int] = {}
+    for item in filter(None, (t.strip() for t in (text or "").split(","))):
+        name, sep, value = (s.strip() for s in item.partition("="))
+        if name not in names:
+            raise UserError(f"{where}: unknown kernel tune field {name!r}; the kernel reads {', '.join(sorted(names))}")
+        try:
+            if not sep:
+                raise ValueError
+            out[name] = int(value, 0)
+        except ValueError:
+            raise UserError(f"{where}: {item!r}: expected {name}=INTEGER") from None
+    return out
+
+
+def for_device(device_name: str) -> Tune:
+    """The measured tune for this GPU (by name), with $LUCE_BENCH_KERNEL_TUNE's fields applied."""
+    base = next(t for pattern, t in _BY_DEVICE if re.search(pattern, device_name))
+    return base.changed(os.environ.get(TUNE_ENV), TUNE_ENV)
