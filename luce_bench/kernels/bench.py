@@ -62,11 +62,15 @@ class VariantResult:
     prefill_parity: dict[str, Any] | None = None  # kernel prefill vs token-by-token logits (prefill_parity)
     prefill_s: dict[int, list[float]] = field(default_factory=dict)  # replayed from a CUDA graph
     prefill_eager_s: dict[int, list[float]] = field(default_factory=dict)  # launched kernel by kernel
+    energy: list[tuple[float, float, int]] = field(default_factory=list)  # (s, J, tokens) windows at the short position
 
 
 def parse_variant(text: str) -> Variant:
-    """A variant from "NAME:MK_A=1,MK_B=2" (options), "NAME" (the defaults) or "NAME=DIR" (a prebuilt library),
-    each optionally followed by "@field=value,..." (run-time tune fields, e.g. "lead4@l2_lead=4")."""
+    """A variant from its --variant text.
+
+    "NAME:MK_A=1,MK_B=2" (options), "NAME" (the defaults) or "NAME=DIR" (a prebuilt library), each optionally followed
+    by "@field=value,..." (run-time tune fields, e.g. "deep3@inflight_stream=3").
+    """
     from luce_bench.kernels.tune import parse_fields
 
     where = f"--variant {text!r}"
@@ -164,6 +168,29 @@ def time_decode(
     return times
 
 
+def energy_window(be: Any, prompt: list[int], steps: int, min_s: float, gpu: Any) -> tuple[float, float, int]:
+    """(seconds, joules, tokens) of back-to-back launches of `steps` decode steps after `prompt` for >= `min_s`.
+
+    Joules come from the GPU's energy counter (`gpu`: luce_bench.gpu). Every launch restarts from the prompt's saved
+    context (a device copy of ~19 MB between launches), so all of them decode the same positions.
+    """
+    import torch
+
+    be.reset()
+    be.prefill(prompt)
+    be.save_context()
+    torch.cuda.synchronize()
+    e0, t0, tokens = gpu.total_energy_mj(), time.perf_counter(), 0
+    while True:
+        be.restore_context()
+        be.run_steps(steps)
+        tokens += steps
+        torch.cuda.synchronize()
+        t = time.perf_counter() - t0
+        if t >= min_s:
+            return t, (gpu.total_energy_mj() - e0) / 1e3, tokens
+
+
 def prefill_parity(be: Any, n: int, seed: int) -> dict[str, Any]:
     """The kernel prefill's last logits against the same prompt run token by token through the decode kernel.
 
@@ -252,9 +279,11 @@ def parity(be: Any, tokens: list[int], ref: Any) -> dict[str, float]:
 
 
 def prebuild(variants: list[Variant], out_dir: Path) -> dict[str, Path]:
-    """Build every distinct option set once (in parallel threads: nvcc runs out of process) into out_dir/NAME;
-    returns the library directory of every variant that has no prebuilt one (variants that differ only in their
-    run-time tune share a build)."""
+    """Build every distinct option set once (in parallel threads: nvcc runs out of process) into out_dir/NAME.
+
+    Returns the library directory of every variant that has no prebuilt one (variants that differ only in their
+    run-time tune share a build).
+    """
     from concurrent.futures import ThreadPoolExecutor
 
     from luce_bench.kernels.build import build
@@ -285,6 +314,7 @@ class BenchPlan:
     breakdown: str | None = None  # the variant that gets the debug-flag breakdown
     bandwidth_tbs: float | None = None  # None: measure
     prefill_lengths: tuple[int, ...] = ()  # prompt lengths to time the kernel prefill at (ms against N)
+    energy_s: float = 0.0  # per round and variant, an energy window of at least this long (0: none)
 
 
 def run(plan: BenchPlan, say: Callable[[str], None] = print, build_dir: Path | None = None) -> dict[str, Any]:
@@ -312,6 +342,17 @@ def run(plan: BenchPlan, say: Callable[[str], None] = print, build_dir: Path | N
         + (" (given)" if plan.bandwidth_tbs else " (measured: device-to-device, read + write)")
     )
     sd = random_state_dict(seed)
+    gpu_energy = None
+    if plan.energy_s > 0:
+        from luce_bench.gpu import open_gpu
+        from luce_bench.gpu.base import GPUError
+
+        try:
+            gpu_energy = open_gpu(index=torch.cuda.current_device(), read_only=True)
+            gpu_energy.total_energy_mj()
+        except GPUError as e:  # no NVML, or a GPU without the counter: say so, time without it
+            say(f"energy windows skipped: the GPU's energy counter cannot be read ({e})")
+            gpu_energy = None
     gen = torch.Generator().manual_seed(seed + 1)
     check_toks = torch.randint(0, 248320, (CHECK_TOKENS,), generator=gen).tolist()
     short = torch.randint(0, 248320, (SHORT_POS,), generator=gen).tolist()
@@ -343,6 +384,10 @@ def run(plan: BenchPlan, say: Callable[[str], None] = print, build_dir: Path | N
             if long_:
                 res.long_s += time_decode(be, long_, plan.steps, 2)
                 line += f", pos {plan.long_pos} {plan.steps / statistics.median(res.long_s):.1f} tok/s"
+            if gpu_energy is not None:
+                res.energy.append(energy_window(be, short, plan.steps, plan.energy_s, gpu_energy))
+                es, ej, et = res.energy[-1]
+                line += f", {ej / es:.0f} W, {et / ej:.2f} tok/J"
             if plan.per_token and rnd == 0:
                 res.per_token_s = time_decode(be, short, plan.steps, max(3, plan.reps // 2), per_token=True)
                 line += f", one launch per token {plan.steps / statistics.median(res.per_token_s):.1f} tok/s"
@@ -397,6 +442,10 @@ def summarize(
         )
         if r.long_s:
             row["long_tok_s"] = plan.steps / statistics.median(r.long_s)
+        if r.energy:
+            w = [j / t for t, j, _ in r.energy]
+            tpj = [n / j for _, j, n in r.energy]
+            row.update(energy_w=statistics.median(w), tok_per_j=statistics.median(tpj), energy_windows=len(r.energy))
         if r.per_token_s:
             row["per_token_tok_s"] = plan.steps / statistics.median(r.per_token_s)
         if r.prefill_parity:

@@ -70,8 +70,8 @@ def bench_cmd(
         Optional[list[str]],
         typer.Option(
             help="NAME:MK_A=1,MK_B=2 (a build-option set), NAME (the defaults) or NAME=DIR (a prebuilt library), "
-            "each optionally followed by @field=value,... (run-time tune: inflight, inflight_lm, l2_lead, pause_mask, "
-            "spin_sleep_ns; no rebuild); repeatable, measured side by side. Default: one variant with "
+            "each optionally followed by @field=value,... (run-time tune: inflight, inflight_lm, inflight_stream, "
+            "pause_mask, spin_sleep_ns; no rebuild); repeatable, measured side by side. Default: one variant with "
             "$LUCE_BENCH_KERNEL_OPTIONS."
         ),
     ] = None,
@@ -94,6 +94,15 @@ def bench_cmd(
             help="Also time the kernel prefill at these prompt lengths, e.g. 1,64,520,2048,8192 (ms against N)."
         ),
     ] = None,
+    energy_s: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Per round and variant, also an energy window of at least this many seconds at position 64 (W and "
+            "tok/J from the GPU's energy counter; a screen: `luce-bench bench megakernel` measures tok/J for the "
+            "record).",
+        ),
+    ] = 0.0,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the summary as JSON here.")] = None,
 ) -> None:
     """Decode speed of the megakernel (tg128 at position 64 and at --long), variants side by side, vs the floor."""
@@ -116,6 +125,7 @@ def bench_cmd(
         breakdown=breakdown,
         bandwidth_tbs=bandwidth_tbs,
         prefill_lengths=_lengths(prefill),
+        energy_s=energy_s,
     )
     summary = bench.run(plan, say=lambda line: typer.echo(line))
     _print_bench(summary)
@@ -152,6 +162,8 @@ def _print_bench(s: dict) -> None:
         "of floor",
         f"pos {s['long_pos']} tok/s",
         "1 launch/token tok/s",
+        "W",
+        "tok/J",
         "rel L2 max",
         "n",
     ):
@@ -164,6 +176,8 @@ def _print_bench(s: dict) -> None:
             f"{100 * r['share_of_floor']:.1f} %",
             f"{r['long_tok_s']:,.1f}" if "long_tok_s" in r else "-",
             f"{r['per_token_tok_s']:,.1f}" if "per_token_tok_s" in r else "-",
+            f"{r['energy_w']:.0f}" if "energy_w" in r else "-",
+            f"{r['tok_per_j']:.2f}" if "tok_per_j" in r else "-",
             f"{r['parity']['rel_l2_max']:.2e}" if r["parity"] else "-",
             str(r["n"]),
         )
@@ -217,8 +231,8 @@ def trace_cmd(
 
     r = trace.run(steps=steps, pos=pos, seed=seed, flags=flags, options=_options(option), lib_dir=prebuilt)
     typer.echo(
-        f"seed {r['seed']}; {r['gpu']}; tune {r['tune']}; grid {r['grid']}; untraced {r['untraced_us']:.1f} us/token, traced "
-        f"{r['traced_us']:.1f} us/token (steps {trace.WARM_STEPS}..{steps - 1} analysed)"
+        f"seed {r['seed']}; {r['gpu']}; tune {r['tune']}; grid {r['grid']}; untraced {r['untraced_us']:.1f} "
+        f"us/token, traced {r['traced_us']:.1f} us/token (steps {trace.WARM_STEPS}..{steps - 1} analysed)"
     )
     typer.echo(f"\n{'segment':36s} {'18 GDN (us)':>12s} {'6 attn (us)':>12s} {'per GDN layer':>14s}")
     total = 0.0
