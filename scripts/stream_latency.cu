@@ -2,13 +2,15 @@
 //
 // One block per SM (192 KB of shared memory each). Lane 0 of warp 0 streams a 4 GiB buffer into a ring of shared
 // memory with bulk (TMA) copies, `inflight` copies of `kb` KB in flight, as the decode kernel's producer does
-// (inflight 0: no stream). Lane 0 of warp 1 measures meanwhile, in turn:
+// (inflight 0: no stream; "odd SMs": only the odd blocks stream, the even ones are measured). Lane 0 of warp 1
+// measures meanwhile, in turn:
 //   L2 load   a chain of dependent ld.relaxed.gpu loads through an L2-resident array (each load's address comes from
 //             the previous one): the latency of one L2 round trip;
-//   barrier   a grid barrier of all blocks (red.release.gpu.add + ld.acquire.gpu polling, as mk_sync.cuh's
-//             grid_sync): the time per barrier.
-// Prints, per (kb, inflight): the stream's rate (TB/s over the measured span), the median L2 load latency over the
-// blocks (ns) and the time per barrier (ns).
+//   fence     a relaxed store to the block's own line, then fence.acq_rel.gpu: what a release costs the thread;
+//   barrier   a grid barrier of all blocks, four ways: red.release + ld.acquire polling (mk_sync.cuh's grid_sync),
+//             red.relaxed + ld.relaxed (no ordering: timing only), release + relaxed, relaxed + acquire.
+// Prints, per case: the stream's rate (TB/s over the measured span) and the median over the measured blocks of each
+// latency (ns).
 //
 //   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -o stream_latency scripts/stream_latency.cu
 //   ./stream_latency
@@ -29,16 +31,19 @@
 
 constexpr int RING = 192 * 1024;
 constexpr int CHAIN = 2000;    // dependent loads per block
-constexpr int BARRIERS = 500;  // grid barriers
+constexpr int BARRIERS = 300;  // grid barriers per kind
+constexpr int FENCES = 500;
+constexpr int NOUT = 10;       // per block: L2 load, fence, 4 barrier kinds (ns totals), copies, t0, t1, unused
 
 struct Args {
     const char* src;
     unsigned long long src_bytes;
-    unsigned kb, inflight;
+    unsigned kb, inflight, odd_only;
     const unsigned* chain;  // L2-resident pointer chase: chain[i] = next index
     unsigned chain_len;
-    unsigned* bar;          // barrier counter (zeroed before the launch)
-    unsigned long long* out;  // per block: [load ns total, barrier ns total, copies, t0, t1]
+    unsigned* bar;          // 4 barrier counters, 32 apart (zeroed before the launch)
+    unsigned* own;          // a line per block for the fence test
+    unsigned long long* out;  // per block: NOUT values
 };
 
 __device__ __forceinline__ unsigned long long now_ns() {
@@ -74,7 +79,8 @@ __global__ void __launch_bounds__(64, 1) probe(Args a) {
         unsigned long long off = 0, pol;
         asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));  // as the decode kernel
         unsigned q = 0;
-        for (; a.inflight && phase < 2; ++q) {
+        const bool streams = a.inflight && (!a.odd_only || (b & 1));
+        for (; streams && phase < 2; ++q) {
             if (q >= a.inflight) {  // copy q - inflight has landed (then so has q - ns: inflight <= ns)
                 const unsigned q0 = q - a.inflight;
                 while (!mbar_test(&full[q0 % ns], (q0 / ns) & 1u)) {
@@ -94,7 +100,7 @@ __global__ void __launch_bounds__(64, 1) probe(Args a) {
         for (unsigned j = q > a.inflight ? q - a.inflight : 0; j < q; ++j)  // every issued copy lands before exit
             while (!mbar_test(&full[j % ns], (j / ns) & 1u)) {
             }
-        a.out[b * 5 + 2] = copies;
+        a.out[b * NOUT + 6] = copies;
         return;
     }
     if (threadIdx.x != 32) return;
@@ -109,19 +115,34 @@ __global__ void __launch_bounds__(64, 1) probe(Args a) {
     unsigned long long t1 = now_ns();
     for (int i = 0; i < CHAIN; ++i) asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(idx) : "l"(a.chain + idx));
     const unsigned long long t2 = now_ns();
-    a.out[b * 5 + 0] = (t2 - t1) + (idx == 0xffffffffu);  // (keeps the chain live)
-    for (int i = 1; i <= BARRIERS; ++i) {
-        asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(a.bar) : "memory");
-        const unsigned target = (unsigned)(G * i);
-        unsigned v;
-        do {
-            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(a.bar) : "memory");
-        } while ((int)(v - target) < 0);
+    a.out[b * NOUT + 0] = (t2 - t1) + (idx == 0xffffffffu);  // (keeps the chain live)
+    unsigned* mine = a.own + b * 32;
+    unsigned long long t = now_ns();
+    for (int i = 0; i < FENCES; ++i) {
+        asm volatile("st.relaxed.gpu.global.u32 [%0], %1;" ::"l"(mine), "r"(i) : "memory");
+        asm volatile("fence.acq_rel.gpu;" ::: "memory");
+    }
+    a.out[b * NOUT + 1] = now_ns() - t;
+    for (int kind = 0; kind < 4; ++kind) {
+        unsigned* cnt = a.bar + 32 * kind;
+        for (int i = 1; i <= BARRIERS + 1; ++i) {  // the first one (untimed) lines the blocks up
+            if (i == 2) t = now_ns();
+            if (kind == 0 || kind == 2) asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(cnt) : "memory");
+            else asm volatile("red.relaxed.gpu.global.add.u32 [%0], 1;" ::"l"(cnt) : "memory");
+            const unsigned target = (unsigned)(G * i);
+            unsigned v;
+            do {
+                if (kind == 0 || kind == 3)
+                    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(cnt) : "memory");
+                else
+                    asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(cnt) : "memory");
+            } while ((int)(v - target) < 0);
+        }
+        a.out[b * NOUT + 2 + kind] = now_ns() - t;
     }
     const unsigned long long t3 = now_ns();
-    a.out[b * 5 + 1] = t3 - t2;
-    a.out[b * 5 + 3] = ts;
-    a.out[b * 5 + 4] = t3;
+    a.out[b * NOUT + 7] = ts;
+    a.out[b * NOUT + 8] = t3;
     phase = 2;
 }
 
@@ -144,42 +165,52 @@ int main() {
         std::swap(perm[i], perm[s % i]);
     }
     for (unsigned i = 0; i < chain_len; ++i) h[perm[i]] = perm[(i + 1) % chain_len];
-    unsigned *chain = nullptr, *bar = nullptr;
+    unsigned *chain = nullptr, *bar = nullptr, *own = nullptr;
     unsigned long long* out = nullptr;
     CK(cudaMalloc(&chain, chain_len * 4));
     CK(cudaMemcpy(chain, h.data(), chain_len * 4, cudaMemcpyHostToDevice));
-    CK(cudaMalloc(&bar, 4));
-    CK(cudaMalloc(&out, sms * 5 * 8));
+    CK(cudaMalloc(&bar, 4 * 32 * 4));
+    CK(cudaMalloc(&own, sms * 32 * 4));
+    CK(cudaMalloc(&out, sms * NOUT * 8));
     CK(cudaFuncSetAttribute(probe, cudaFuncAttributeMaxDynamicSharedMemorySize, RING));
-    printf("%s, %d SMs; chain of dependent L2 loads (%d per block), %d grid barriers, under a bulk-copy stream\n",
+    printf("%s, %d SMs, under a bulk-copy stream: L2 load = one of %d dependent loads; fence = st.relaxed + "
+           "fence.acq_rel.gpu; barriers of all blocks (%d each): arrival red.{release|relaxed} + polling "
+           "ld.{acquire|relaxed}; medians over the measured blocks, ns\n",
            prop.name, sms, CHAIN, BARRIERS);
-    printf("%6s %9s %10s %12s %14s\n", "KB", "in flight", "TB/s", "L2 load ns", "barrier ns");
-    const unsigned cases[][2] = {{32, 0}, {32, 1}, {32, 2}, {32, 3}, {32, 4}, {32, 6}, {16, 1}, {16, 2}, {16, 4},
-                                 {64, 1}, {64, 2}, {32, 1}, {32, 0}};
+    printf("%4s %9s %8s %7s %9s %7s %7s %7s %7s %7s\n", "KB", "in flight", "streams", "TB/s", "L2 load", "fence",
+           "rel/acq", "rlx/rlx", "rel/rlx", "rlx/acq");
+    // kb, copies in flight, only the odd blocks stream (the even ones are measured)
+    const unsigned cases[][3] = {{32, 0, 0}, {32, 1, 0}, {32, 2, 0}, {32, 3, 0}, {64, 1, 0}, {16, 2, 0},
+                                 {32, 1, 1}, {32, 2, 1}, {32, 1, 0}, {32, 0, 0}};
     for (auto& c : cases) {
         for (int rep = 0; rep < 2; ++rep) {
-            CK(cudaMemset(bar, 0, 4));
-            CK(cudaMemset(out, 0, sms * 5 * 8));
-            Args a{src, src_bytes, c[0], c[1], chain, chain_len, bar, out};
+            CK(cudaMemset(bar, 0, 4 * 32 * 4));
+            CK(cudaMemset(out, 0, sms * NOUT * 8));
+            Args a{src, src_bytes, c[0], c[1], c[2], chain, chain_len, bar, own, out};
             void* args[] = {&a};
             CK(cudaLaunchCooperativeKernel((const void*)probe, dim3(sms), dim3(64), args, RING, 0));
             CK(cudaDeviceSynchronize());
-            std::vector<unsigned long long> o(sms * 5);
-            CK(cudaMemcpy(o.data(), out, sms * 5 * 8, cudaMemcpyDeviceToHost));
-            std::vector<double> lat;
+            std::vector<unsigned long long> o(sms * NOUT);
+            CK(cudaMemcpy(o.data(), out, sms * NOUT * 8, cudaMemcpyDeviceToHost));
+            std::vector<double> v[6];
             unsigned long long copies = 0, t0 = ~0ull, t1 = 0;
-            double bar_ns = 0;
+            const double per[6] = {CHAIN, FENCES, BARRIERS, BARRIERS, BARRIERS, BARRIERS};
             for (int b = 0; b < sms; ++b) {
-                lat.push_back((double)o[b * 5] / CHAIN);
-                bar_ns = std::max(bar_ns, (double)o[b * 5 + 1] / BARRIERS);
-                copies += o[b * 5 + 2];
-                t0 = std::min(t0, o[b * 5 + 3]);
-                t1 = std::max(t1, o[b * 5 + 4]);
+                copies += o[b * NOUT + 6];
+                t0 = std::min(t0, o[b * NOUT + 7]);
+                t1 = std::max(t1, o[b * NOUT + 8]);
+                if (c[2] && (b & 1)) continue;  // measure the blocks that do not stream
+                for (int k = 0; k < 6; ++k) v[k].push_back((double)o[b * NOUT + k] / per[k]);
             }
-            std::sort(lat.begin(), lat.end());
+            double med[6];
+            for (int k = 0; k < 6; ++k) {
+                std::sort(v[k].begin(), v[k].end());
+                med[k] = v[k][v[k].size() / 2];
+            }
             const double tbs = (double)copies * c[0] * 1024 / (double)(t1 - t0) / 1e3;
             if (rep == 1)
-                printf("%6u %9u %10.2f %12.0f %14.0f\n", c[0], c[1], c[1] ? tbs : 0.0, lat[sms / 2], bar_ns);
+                printf("%4u %9u %8s %7.2f %9.0f %7.0f %7.0f %7.0f %7.0f %7.0f\n", c[0], c[1],
+                       c[1] ? (c[2] ? "odd SMs" : "all") : "-", tbs, med[0], med[1], med[2], med[3], med[4], med[5]);
         }
     }
     return 0;
