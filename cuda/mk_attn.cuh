@@ -126,6 +126,8 @@ __device__ __forceinline__ void attn_merge_head(Ctx& c, const LuceMkParams& P, i
         const float gate = poll_tag_w(S.raw + FA_GROWS * g + 2 * HD * hh + HD + t, gw, ep, nowait);
         st_tag(&S.aout[(g * QPG + hh) * HD + t], ep, (A / L) * sigm(gate));
     }
+    cbar();
+    if (t == 0) hint_add(S.acnt);  // (after the head's 256 stores were issued)
 }
 
 __device__ __forceinline__ void attn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos, unsigned ep) {
@@ -223,7 +225,10 @@ __device__ __forceinline__ void attn_item(Ctx& c, const LuceMkParams& P, int l, 
 
 // P2 of attention layer l: the block's items b, b + G, ...
 __device__ __forceinline__ void attn_mix(Ctx& c, const LuceMkParams& P, int l, int pos, unsigned ep) {
-    if (P.debug_flags & LUCE_MK_DEBUG_NO_MIXING) return;
+    if (P.debug_flags & LUCE_MK_DEBUG_NO_MIXING) {  // no items: count the heads' aout as published all the same
+        if (c.b == 0 && c.tid == 0) atomicAdd(scratch(P).acnt, (unsigned)NQH);
+        return;
+    }
     for (int item = c.b; item < att_items(pos); item += c.G) attn_item(c, P, l, item, pos, ep);
 }
 

@@ -15,8 +15,8 @@ __device__ __forceinline__ unsigned layer_epoch(const LuceMkParams& P, int s, in
 
 __device__ __forceinline__ void in_proj(Ctx& c, const LuceMkParams& P, int s, int l, int tok, unsigned ep) {
     const float* w_ln = P.sblob + (long long)l * SP + SP_LN1;
-    load_x_norm(c, xbuf(P, 2 * l), sub_epoch(P, s, 2 * l), l == 0 ? (const unsigned short*)P.embed + (long long)tok * H : nullptr,
-                w_ln, no_waits(P));
+    const unsigned short* emb = l == 0 ? (const unsigned short*)P.embed + (long long)tok * H : nullptr;
+    load_x_norm(c, P, xbuf(P, 2 * l), sub_epoch(P, s, 2 * l), x_count(c, P, s, 2 * l), emb, w_ln, no_waits(P));
     trace_pt(c, P, s, TR_L * l + TR_X_READY);
     float a[32];
     load_act_regs(a, smem().acts, c.lane);

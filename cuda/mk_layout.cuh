@@ -45,8 +45,9 @@ constexpr int64_t KV_L = int64_t(NKV) * HD;          // K (or V) cache elements 
 
 // ---- global scratch (f32 buffer of layout.scratch_floats): what blocks exchange within a step ----
 // Every value a block reads from another block is tagged (u64 = epoch << 32 | f32 bits, mk_sync.cuh) and polled by
-// its reader: no flag, no fence, no grid barrier (a release waits for the SM's bulk copies in flight, ~1 us on the
-// H200: NOTES.md v12). The residual stream after sub-layer j is x[(j + 1) % 2], reduced from the split-K partials of
+// its reader: no fence, no grid barrier (a release waits for the SM's bulk copies in flight, ~1 us on the H200:
+// NOTES.md v13). Where every block reads the same values (x, aout), relaxed counters tell the readers when to load
+// them (one poller per block instead of 480 threads on the same lines); the tags still decide. The residual stream after sub-layer j is x[(j + 1) % 2], reduced from the split-K partials of
 // its contributors (mk_norm.cuh).
 constexpr int PMAX = 256;        // contributors of one residual update (the 128 GDN items, or the blocks)
 struct Scratch {
@@ -56,6 +57,8 @@ struct Scratch {
     u64 x[2][H];                           // the residual stream (sub-layer j writes x[(j + 1) % 2])
     u64 apart[NKV][ATT_MAXCH][QPG][HD + 2];  // attention: per-chunk unnormalised output, then (max, sum)
     u64 aout[NQH * HD];                    // attention: merged, gated output (o_proj input)
+    alignas(128) unsigned xcnt[32];        // x rows published, +1 per block and sub-layer (a hint: relaxed)
+    alignas(128) unsigned acnt[32];        // aout heads published, +1 per query head and attention layer (a hint)
 };
 static_assert(sizeof(Scratch) % 16 == 0, "scratch is a whole number of float4");
 constexpr int64_t SCRATCH_FLOATS = sizeof(Scratch) / 4;

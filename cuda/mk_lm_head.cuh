@@ -19,7 +19,8 @@ __device__ __forceinline__ int unpack_token(unsigned long long k) { return (int)
 
 __device__ __forceinline__ void lm_head(Ctx& c, const LuceMkParams& P, int s) {
     const int pos = P.pos + s;
-    load_x_norm(c, xbuf(P, 2 * NL), sub_epoch(P, s, 2 * NL), nullptr, P.sblob + (long long)NL * SP, no_waits(P));
+    load_x_norm(c, P, xbuf(P, 2 * NL), sub_epoch(P, s, 2 * NL), x_count(c, P, s, 2 * NL), nullptr,
+                P.sblob + (long long)NL * SP, no_waits(P));
     trace_pt(c, P, s, TR_STEP + 1);
     float a[32];
     load_act_regs(a, smem().acts, c.lane);

@@ -12,7 +12,8 @@ namespace mk {
 __device__ __forceinline__ void mlp(Ctx& c, const LuceMkParams& P, int s, int l) {
     MlpWork& w = smem().w.mlp;
     const int j = 2 * l + 1;
-    load_x_norm(c, xbuf(P, j), sub_epoch(P, s, j), nullptr, P.sblob + (long long)l * SP + SP_LN2, no_waits(P));
+    load_x_norm(c, P, xbuf(P, j), sub_epoch(P, s, j), x_count(c, P, s, j), nullptr, P.sblob + (long long)l * SP + SP_LN2,
+                no_waits(P));
     trace_pt(c, P, s, TR_L * l + TR_MLP_X_READY);
     // every block has read this step's input token once x_1 is complete: the next step's argmax slot is free
     if (l == 0 && c.b == 0 && c.tid == 0) P.best[(P.pos + s + 1) & 1] = 0ull;

@@ -22,6 +22,11 @@ __device__ __forceinline__ u64* xbuf(const LuceMkParams& P, int j) { return scra
 __device__ __forceinline__ unsigned sub_epoch(const LuceMkParams& P, int s, int j) {
     return (P.step_base + (unsigned)s) * 64u + (unsigned)j + 1u;
 }
+// The x-row count (scratch().xcnt, +1 per block and sub-layer) once x_j is complete in step s: sub-layers finished
+// since the scratch was zeroed, times the grid.
+__device__ __forceinline__ unsigned x_count(const Ctx& c, const LuceMkParams& P, int s, int j) {
+    return (unsigned)c.G * ((P.step_base + (unsigned)s) * (2u * NL) + (unsigned)j);
+}
 // Debug timing modes skip every wait on another block's values.
 __device__ __forceinline__ bool no_waits(const LuceMkParams& P) {
     return (P.debug_flags & (LUCE_MK_DEBUG_NO_MATH | LUCE_MK_DEBUG_NO_BARRIERS)) != 0;
@@ -30,6 +35,12 @@ __device__ __forceinline__ bool no_waits(const LuceMkParams& P) {
 // Rows [r0, r1) of the hidden state this block owns (reduces, or writes as o_proj rows).
 __device__ __forceinline__ int own_r0(const Ctx& c) { return split_rows(H, c.b, c.G); }
 __device__ __forceinline__ int own_r1(const Ctx& c) { return split_rows(H, c.b + 1, c.G); }
+
+// This block's rows of x_{j+1} are stored: count them (every block once per sub-layer, after its stores).
+__device__ __forceinline__ void publish_rows_done(const Ctx& c, const LuceMkParams& P) {
+    cbar();
+    if (c.tid == 0) hint_add(scratch(P).xcnt);
+}
 
 // Contributor `who`'s split-K partial (this thread's outputs tid, tid + NCT, tid + 2 NCT in acc) into scratch().part.
 __device__ __forceinline__ void publish_partial(const Ctx& c, const LuceMkParams& P, int who, const float acc[3],
@@ -63,6 +74,7 @@ __device__ __forceinline__ void reduce_rows(const Ctx& c, const LuceMkParams& P,
         sum = warp_sum(sum);
         if (c.lane == 0) st_tag(xout + row, ep_out, smem().x[row] + sum);
     }
+    publish_rows_done(c, P);
 }
 
 // Sum over the consumer threads. Ends with a barrier, so smem().red can be reused at once.
@@ -91,12 +103,13 @@ __device__ __forceinline__ void norm_to_acts(Ctx& c, const float v[3], float ss,
     cbar();
 }
 
-// smem().x <- x (the tagged residual xg of epoch ep, or the bf16 embedding row `emb` when set);
-// smem().acts <- RMSNorm(x) * w1p.
-__device__ __forceinline__ void load_x_norm(Ctx& c, const u64* xg, unsigned ep, const unsigned short* emb,
-                                            const float* w1p, bool nowait) {
+// smem().x <- x (the tagged residual xg of epoch ep, once the x-row count reached `count`; or the bf16 embedding row
+// `emb` when set); smem().acts <- RMSNorm(x) * w1p.
+__device__ __forceinline__ void load_x_norm(Ctx& c, const LuceMkParams& P, const u64* xg, unsigned ep, unsigned count,
+                                            const unsigned short* emb, const float* w1p, bool nowait) {
     float v[3], ss = 0.f;
     pause_set(PAUSE_X_LOAD, true);
+    if (!emb) hint_wait(scratch(P).xcnt, count, nowait);
     u64 w[3];
 #pragma unroll
     for (int k = 0; k < 3; ++k)

@@ -13,6 +13,8 @@ __device__ __forceinline__ void o_proj(Ctx& c, const LuceMkParams& P, int s, int
     const u64* aout = scratch(P).aout;
     const bool nowait = no_waits(P) || (P.debug_flags & LUCE_MK_DEBUG_NO_MIXING);  // (no items: no aout)
     constexpr int PER = (NQH * HD + NCT - 1) / NCT;
+    // the 8 heads' aout published: 8 per attention layer since the scratch was zeroed
+    hint_wait(scratch(P).acnt, (unsigned)NQH * ((P.step_base + (unsigned)s) * (NL / 4) + fa_index(l) + 1), nowait);
     u64 w[PER];
 #pragma unroll
     for (int k = 0; k < PER; ++k)
@@ -28,6 +30,7 @@ __device__ __forceinline__ void o_proj(Ctx& c, const LuceMkParams& P, int s, int
         const float d = warp_sum(dot_smem_part<2048>(row, acts, c.lane));
         if (c.lane == 0) st_tag(xn + r, ep_x, smem().x[r] + d);
     });
+    publish_rows_done(c, P);
     trace_done(c, P, s, TR_L * l + TR_O_DONE);
 }
 

@@ -68,6 +68,25 @@ __device__ __forceinline__ void grid_sync(unsigned* cnt, unsigned target) {
     cbar();
 }
 
+// ---- hint counters: relaxed (no fence: a release would wait for the SM's bulk copies in flight), so they order
+// nothing; readers wait for the count, then poll the tagged values it announces ----
+__device__ __forceinline__ void hint_add(unsigned* cnt) {
+    asm volatile("red.relaxed.gpu.global.add.u32 [%0], 1;" ::"l"(cnt) : "memory");
+}
+// Thread 0 spins until *cnt reaches target (wrap-safe), then the consumer warps go on.
+__device__ __forceinline__ void hint_wait(const unsigned* cnt, unsigned target, bool nowait) {
+    if (threadIdx.x == 0 && !nowait) {
+        unsigned v, n = 0;
+        const unsigned long long t0 = global_ns();
+        do {
+            asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(cnt) : "memory");
+            if ((++n & 0x3fffffu) == 0) spin_check(t0);
+            if ((int)(v - target) < 0) spin_pause();
+        } while ((int)(v - target) < 0);
+    }
+    cbar();
+}
+
 // ---- tagged values: u64 = (epoch << 32) | f32 bits, written once per epoch by one 64-bit store (single-copy
 // atomic). The reader spins until the tag equals the epoch it needs, and the load that sees it returns the data: one
 // L2 round trip instead of a flag's release + poll + data load. Epochs only grow (the host passes step_base), so
