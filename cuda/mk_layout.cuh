@@ -53,7 +53,7 @@ constexpr int PMAX = 256;        // contributors of one residual update (the 128
 struct Scratch {
     u64 raw[GDN_ROWS];                     // P1 outputs (in_proj, or qkv in the first FA_ROWS)
     u64 ss[DH][NSL];                       // GDN gated-norm partial sums of squares per (head, value slice)
-    u64 part[H][PMAX];                     // split-K partials of a residual update: [output][contributor]
+    u64 part[PMAX][H];                     // split-K partials of a residual update: [contributor][output]
     u64 x[2][H];                           // the residual stream (sub-layer j writes x[(j + 1) % 2])
     u64 apart[NKV][ATT_MAXCH][QPG][HD + 2];  // attention: per-chunk unnormalised output, then (max, sum)
     u64 aout[NQH * HD];                    // attention: merged, gated output (o_proj input)

@@ -42,37 +42,42 @@ __device__ __forceinline__ void publish_rows_done(const Ctx& c, const LuceMkPara
     if (c.tid == 0) hint_add(scratch(P).xcnt);
 }
 
-// Contributor `who`'s split-K partial (this thread's outputs tid, tid + NCT, tid + 2 NCT in acc) into scratch().part.
+// Contributor `who`'s split-K partial (this thread's outputs tid, tid + NCT, tid + 2 NCT in acc) into scratch().part
+// (coalesced: a warp stores 32 consecutive outputs).
 __device__ __forceinline__ void publish_partial(const Ctx& c, const LuceMkParams& P, int who, const float acc[3],
                                                 unsigned ep) {
-    u64(*part)[PMAX] = scratch(P).part;
+    u64* part = scratch(P).part[who];
 #pragma unroll
     for (int k = 0; k < 3; ++k)
-        if (c.tid + k * NCT < H) st_tag(&part[c.tid + k * NCT][who], ep, acc[k]);
+        if (c.tid + k * NCT < H) st_tag(part + c.tid + k * NCT, ep, acc[k]);
 }
 
-// The owned rows of x_{j+1} = x_j + the sum of the n contributors' partials (tagged ep_part), stored tagged ep_out:
-// one warp per row, each lane summing contributors lane, lane + 32, ... (all its loads in flight at once), then a
-// shuffle tree: a fixed order. x_j is smem().x. `nowait` (debug timing modes): no polling.
+// The owned rows of x_{j+1} = x_j + the sum of the n contributors' partials (tagged ep_part), stored tagged ep_out.
+// Each thread polls one contributor's values of 4 owned rows (32 bytes), all at once, into smem().acts; then one warp
+// per row sums the contributors in a fixed order (the result is deterministic). x_j is smem().x. `nowait` (debug
+// timing modes): no polling.
 __device__ __forceinline__ void reduce_rows(const Ctx& c, const LuceMkParams& P, int n, unsigned ep_part, u64* xout,
                                             unsigned ep_out, bool nowait) {
-    constexpr int B = 5;  // contributors per lane whose loads fly at once (160 in one round)
-    const u64(*part)[PMAX] = scratch(P).part;
-    for (int row = own_r0(c) + c.warp; row < own_r1(c); row += NCW) {
-        const u64* src = part[row];
+    constexpr int R = 4;  // rows per thread (more spill)
+    const int r0 = own_r0(c), nr = own_r1(c) - r0, groups = (nr + R - 1) / R;
+    float* red = smem().acts;  // [row][contributor]
+    for (int i = c.tid; i < groups * n; i += NCT) {
+        const int who = i % n, a = (i / n) * R;
+        const u64* src = scratch(P).part[who] + r0 + a;
+        u64 w[R];
+#pragma unroll
+        for (int k = 0; k < R; ++k)
+            if (a + k < nr) w[k] = ld_gpu(src + k);
+#pragma unroll
+        for (int k = 0; k < R; ++k)
+            if (a + k < nr) red[(a + k) * n + who] = poll_tag_w(src + k, w[k], ep_part, nowait);
+    }
+    cbar();
+    for (int k = c.warp; k < nr; k += NCW) {
         float sum = 0.f;
-#pragma unroll 1
-        for (int k0 = c.lane; k0 < n; k0 += 32 * B) {
-            u64 w[B];
-#pragma unroll
-            for (int k = 0; k < B; ++k)
-                if (k0 + 32 * k < n) w[k] = ld_gpu(src + k0 + 32 * k);
-#pragma unroll
-            for (int k = 0; k < B; ++k)
-                if (k0 + 32 * k < n) sum += poll_tag_w(src + k0 + 32 * k, w[k], ep_part, nowait);
-        }
+        for (int who = c.lane; who < n; who += 32) sum += red[k * n + who];
         sum = warp_sum(sum);
-        if (c.lane == 0) st_tag(xout + row, ep_out, smem().x[row] + sum);
+        if (c.lane == 0) st_tag(xout + r0 + k, ep_out, smem().x[r0 + k] + sum);
     }
     publish_rows_done(c, P);
 }
