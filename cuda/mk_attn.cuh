@@ -1,12 +1,12 @@
 // mk_attn.cuh -- P2 of a gated attention layer: one work item per (KV group g, query head hh of the group, sequence
 // chunk ci), <= 128 per layer. An item RMS-normalises and rotates (partial RoPE) its query head and the group's key,
 // appends k and v to the cache (the hh == 0 item of the last chunk), runs an online softmax over its chunk's positions
-// (warps stride over positions) and publishes the chunk's (unnormalised output, max, sum); the chunk-0 item of each
-// query head merges the head's chunks and applies the sigmoid output gate.
-// Waits for: the group's qkv outputs (tagged, epoch ep); the chunk-0 item, for the head's other chunks (tagged). Every
-// item takes the current position's k and v from shared memory (the values the cache gets), so no item reads a cache
-// row another block is writing.
-// Publishes: scratch().apart per chunk (tagged); scratch().aout, the merged gated output (tagged).
+// (warps stride over positions) and writes the chunk's (max, sum, unnormalised output); the last chunk item of each
+// query head to finish merges the head's chunks and applies the sigmoid output gate.
+// Waits for: the group's qkv outputs (tagged, epoch ep). Every item takes the current position's k and v from shared
+// memory (the values the cache gets), so no item reads a cache row another block is writing.
+// Publishes: scratch().apart / aml per chunk; scratch().aout, the merged gated output (complete after the mixer
+// barrier); scratch().done counts the head's finished chunks (reset after the barrier).
 #pragma once
 #include "mk_attn_math.cuh"
 #include "mk_norm.cuh"
@@ -19,9 +19,9 @@ namespace mk {
 __device__ __forceinline__ int att_chunks(int pos) { return min(ATT_MAXCH, (pos + ATT_CHUNK) / ATT_CHUNK); }
 __device__ __forceinline__ int att_items(int pos) { return NKV * QPG * att_chunks(pos); }
 
-// Merge the 15 warps' (m, ls, acc) through smem().acts into the chunk's w.po (unnormalised output), w.pm, w.pl.
-// Ends with a block barrier.
-__device__ __forceinline__ void merge_warps(const Ctx& c, float m, float ls, const float acc[8]) {
+// Merge the 15 warps' (m, ls, acc) through smem().acts: threads < 256 write the chunk's unnormalised output to
+// part[t], thread 0 (max, sum) to ml[0..1]. Ends with a block barrier.
+__device__ __forceinline__ void merge_warps(const Ctx& c, float m, float ls, const float acc[8], float* part, float* ml) {
     AttnWork& w = smem().w.attn;
     float* wacc = smem().acts;  // [15 warps][256]
     const int t = c.tid;
@@ -44,10 +44,10 @@ __device__ __forceinline__ void merge_warps(const Ctx& c, float m, float ls, con
             L = fmaf(w.wl[r], f, L);
             A = fmaf(wacc[r * HD + t], f, A);
         }
-        w.po[t] = A;
+        part[t] = A;
         if (t == 0) {
-            w.pm = M;
-            w.pl = L;
+            ml[0] = M;
+            ml[1] = L;
         }
     }
     cbar();
@@ -58,7 +58,7 @@ __device__ __forceinline__ void merge_warps(const Ctx& c, float m, float ls, con
 __device__ __forceinline__ void attn_inputs(Ctx& c, const LuceMkParams& P, int l, int g, int hh, int pos, unsigned ep) {
     AttnWork& w = smem().w.attn;
     if (c.warp < 3) {
-        const bool nowait = no_waits(P);
+        const bool nowait = (P.debug_flags & (LUCE_MK_DEBUG_NO_MATH | LUCE_MK_DEBUG_NO_BARRIERS)) != 0;
         const int d0 = c.lane * 8, off = c.warp == 0 ? 2 * HD * hh : c.warp == 1 ? FK : FV;
         const u64* src = scratch(P).raw + FA_GROWS * g + off + d0;
         lead_wait_tag(src, ep, nowait, true);
@@ -77,57 +77,33 @@ __device__ __forceinline__ void attn_inputs(Ctx& c, const LuceMkParams& P, int l
     cbar();
 }
 
-// The chunk-0 item of query head (g, hh): merge its own chunk (smem) with chunks 1 .. used - 1 (tagged, polled),
-// apply the sigmoid gate, publish aout (tagged ep).
+// The last chunk item of query head (g, hh): merge the `used` chunks' partials, apply the sigmoid gate, store aout.
 __device__ __forceinline__ void attn_merge_head(Ctx& c, const LuceMkParams& P, int g, int hh, int used, unsigned ep) {
-    constexpr int B = 4;  // chunks whose values a thread loads at once (more spill)
     AttnWork& w = smem().w.attn;
     Scratch& S = scratch(P);
     const int t = c.tid;
-    const bool nowait = no_waits(P);
-    u64 gw = 0, aw[B];
-    if (t < HD) {
-        gw = ld_gpu(S.raw + FA_GROWS * g + 2 * HD * hh + HD + t);
+    const bool nowait = (P.debug_flags & (LUCE_MK_DEBUG_NO_MATH | LUCE_MK_DEBUG_NO_BARRIERS)) != 0;
+    const float gate = t < HD ? poll_tag(S.raw + FA_GROWS * g + 2 * HD * hh + HD + t, ep, nowait) : 0.f;
+    float av[ATT_MAXCH];
 #pragma unroll
-        for (int k = 0; k < B; ++k)
-            if (1 + k < used) aw[k] = ld_gpu(&S.apart[g][1 + k][hh][t]);
-    } else if (t < HD + 2 * ATT_MAXCH) {  // the chunks' (max, sum)
-        const int k = (t - HD) >> 1;
-        if (k >= 1 && k < used) {
-            const float v = poll_tag(&S.apart[g][k][hh][HD + ((t - HD) & 1)], ep, nowait);
-            if ((t - HD) & 1) w.cl[k] = v; else w.cm[k] = v;
-        }
-    }
-    if (t == 0) {
-        w.cm[0] = w.pm;
-        w.cl[0] = w.pl;
+    for (int k = 0; k < ATT_MAXCH; ++k) av[k] = (t < HD && k < used) ? __ldcg(&S.apart[g][k][hh][t]) : 0.f;
+    if (t < used) {
+        w.cm[t] = __ldcg(&S.aml[g][t][hh][0]);
+        w.cl[t] = __ldcg(&S.aml[g][t][hh][1]);
     }
     cbar();
     if (t < HD) {
         float M = -INFINITY;
         for (int k = 0; k < used; ++k) M = fmaxf(M, w.cm[k]);
-        float L = w.cl[0] * expf(w.cm[0] - M), A = w.po[t] * expf(w.cm[0] - M);
-#pragma unroll 1
-        for (int k0 = 1; k0 < used; k0 += B) {
-            if (k0 > 1) {
+        float L = 0.f, A = 0.f;
 #pragma unroll
-                for (int k = 0; k < B; ++k)
-                    if (k0 + k < used) aw[k] = ld_gpu(&S.apart[g][k0 + k][hh][t]);
-            }
-#pragma unroll
-            for (int k = 0; k < B; ++k) {
-                if (k0 + k < used) {
-                    const float f = expf(w.cm[k0 + k] - M);
-                    L = fmaf(w.cl[k0 + k], f, L);
-                    A = fmaf(poll_tag_w(&S.apart[g][k0 + k][hh][t], aw[k], ep, nowait), f, A);
-                }
-            }
+        for (int k = 0; k < ATT_MAXCH; ++k) {
+            const float f = k < used ? expf(w.cm[k] - M) : 0.f;
+            L = fmaf(k < used ? w.cl[k] : 0.f, f, L);
+            A = fmaf(av[k], f, A);
         }
-        const float gate = poll_tag_w(S.raw + FA_GROWS * g + 2 * HD * hh + HD + t, gw, ep, nowait);
-        st_tag(&S.aout[(g * QPG + hh) * HD + t], ep, (A / L) * sigm(gate));
+        __stcg(&S.aout[(g * QPG + hh) * HD + t], (A / L) * sigm(gate));
     }
-    cbar();
-    if (t == 0) hint_add(S.acnt);  // (after the head's 256 stores were issued)
 }
 
 __device__ __forceinline__ void attn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos, unsigned ep) {
@@ -213,22 +189,17 @@ __device__ __forceinline__ void attn_item(Ctx& c, const LuceMkParams& P, int l, 
         }
         m = mn;
     }
-    merge_warps(c, m, ls, acc);
-    if (ci > 0) {  // publish the chunk for the head's chunk-0 item
-        if (t < HD) st_tag(&S.apart[g][ci][hh][t], ep, w.po[t]);
-        else if (t < HD + 2) st_tag(&S.apart[g][ci][hh][t], ep, t == HD ? w.pm : w.pl);
-    } else {
-        attn_merge_head(c, P, g, hh, (n + per - 1) / per, ep);
-    }
-    cbar();  // (smem().w.attn is the next item's)
+    merge_warps(c, m, ls, acc, S.apart[g][ci][hh], S.aml[g][ci][hh]);
+    // the last of the head's chunk items to finish (acq_rel count) merges all of them
+    const int used = (n + per - 1) / per;
+    if (t == 0) w.last = atom_add_acq_rel(&S.done[g * QPG + hh][0], 1u) == (unsigned)(used - 1);
+    cbar();
+    if (*(volatile int*)&w.last) attn_merge_head(c, P, g, hh, used, ep);  // (block-uniform)
 }
 
 // P2 of attention layer l: the block's items b, b + G, ...
 __device__ __forceinline__ void attn_mix(Ctx& c, const LuceMkParams& P, int l, int pos, unsigned ep) {
-    if (P.debug_flags & LUCE_MK_DEBUG_NO_MIXING) {  // no items: count the heads' aout as published all the same
-        if (c.b == 0 && c.tid == 0) atomicAdd(scratch(P).acnt, (unsigned)NQH);
-        return;
-    }
+    if (P.debug_flags & LUCE_MK_DEBUG_NO_MIXING) return;
     for (int item = c.b; item < att_items(pos); item += c.G) attn_item(c, P, l, item, pos, ep);
 }
 

@@ -121,9 +121,10 @@ constexpr int ATT_CHUNK = 16;    // min positions per attention work item (one p
 constexpr int ATT_MAXCH = 16;    // max sequence chunks per query head (items per layer <= 2 x 4 x 16 = 128)
 constexpr int ATT_BATCH = MK_ATT_BATCH;  // positions per warp whose K/V rows an attention item loads at once
 
-// Grid barriers per step: one, after the LM head (the argmax is the next step's input); every other exchange between
-// blocks is a tagged value that its reader polls (mk_layout.cuh, Scratch).
-constexpr int SYNCS_PER_STEP = 1;
+// Grid barriers per step: after each layer's mixer (24), after each attention layer's o_proj (6), after each MLP
+// (24), after the LM head (1).
+constexpr int SYNCS_PER_STEP = NL + NL / 4 + NL + 1;
+static_assert(SYNCS_PER_STEP == 55, "18 x 2 + 6 x 3 + 1");
 
 __host__ __device__ constexpr bool is_fa(int l) { return (l & 3) == 3; }
 __host__ __device__ constexpr int fa_index(int l) { return l >> 2; }

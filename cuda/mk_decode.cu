@@ -2,16 +2,14 @@
 // of luce_mk.h (layout, launch sizing from the SM count and the occupancy API, cooperative launch).
 //
 // One cooperative launch runs n_steps whole steps. Each block is 15 consumer warps plus one producer warp that streams
-// the block's weight rows of every phase into a shared-memory ring (mk_ring.cuh) and runs ahead of the consumers.
-// Blocks exchange activations only as tagged values that the reader polls (mk_layout.cuh, Scratch): no grid barrier
-// inside a step. Per step and layer:
-//   P1 in_proj (mk_in_proj.cuh)  RMSNorm + in_proj / qkv rows, outputs as tagged values that P2 polls
-//   P2 GDN   (mk_gdn.cuh)        128 items: conv, delta rule, gated norm, out_proj split-K partials; then every block
-//                                reduces its owned rows of the residual (mk_norm.cuh)
-//   P2 attn  (mk_attn.cuh)       items per (KV group, query head, chunk); the head's chunk-0 item merges
-//   P3 attn  (mk_o_proj.cuh)     o_proj rows + residual
-//   P4 MLP   (mk_mlp.cuh)        RMSNorm + gate/up + SiLU + down_proj^T split-K partials; the owned rows' reduction
-// then the LM head + argmax (mk_lm_head.cuh) | the step's one grid barrier; the argmax is the next step's input token.
+// the block's weight rows of every phase into a shared-memory ring (mk_ring.cuh) and runs ahead across all barriers.
+// Per step and layer (55 grid barriers per step: 18 x 2 + 6 x 3 + 1):
+//   P1 in_proj (mk_in_proj.cuh)  RMSNorm + in_proj / qkv rows, outputs as tagged values that P2 polls (no barrier)
+//   P2 GDN   (mk_gdn.cuh)        128 items: conv, delta rule, gated norm, out_proj split-K into the residual | barrier
+//   P2 attn  (mk_attn.cuh)       items per (KV group, query head, chunk), the last chunk item merges the head | barrier
+//   P3 attn  (mk_o_proj.cuh)     o_proj rows + residual                                                     | barrier
+//   P4 MLP   (mk_mlp.cuh)        RMSNorm + gate/up + SiLU + down_proj^T split-K into the residual            | barrier
+// then the LM head + argmax (mk_lm_head.cuh) | barrier; the argmax is the next step's input token.
 // Memory layouts: mk_layout.cuh; build options: mk_config.cuh; primitives: mk_sync.cuh; timing trace: mk_trace.cuh.
 #include <cuda_runtime.h>
 #include "luce_mk.h"
@@ -40,18 +38,24 @@ __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
     trace_pt(c, P, s, TR_STEP);
     for (int l = 0; l < NL; ++l) {
         const unsigned ep = layer_epoch(P, s, l);
+        float* xmix = xbuf(P, 2 * l + 1);  // the mixer's output residual buffer
         in_proj(c, P, s, l, tok, ep);
+        if (is_fa(l)) attn_mix(c, P, l, pos, ep);
+        else gdn_mix(c, P, l, pos, ep, xmix);
+        trace_done(c, P, s, TR_L * l + TR_MIX_DONE);
+        sync_all(c, P);
+        trace_pt(c, P, s, TR_L * l + TR_MIX_SYNC);
+        if (l == 0 && c.b == 0 && c.tid == 0) P.best[(pos + 1) & 1] = 0ull;  // the next step's argmax slot
+        // every wait on this layer's attention chunk counters ended before the barrier above; the next increments
+        // come at least two barriers later
+        if (c.b == 0 && c.tid < NQH && !(P.debug_flags & LUCE_MK_DEBUG_NO_BARRIERS)) __stcg(&scratch(P).done[c.tid][0], 0u);
         if (is_fa(l)) {
-            attn_mix(c, P, l, pos, ep);
-            trace_done(c, P, s, TR_L * l + TR_MIX_DONE);
-            trace_pt(c, P, s, TR_L * l + TR_MIX_SYNC);
-            o_proj(c, P, s, l, ep);
+            o_proj(c, P, s, l, xmix);
+            sync_all(c, P);
             trace_pt(c, P, s, TR_L * l + TR_O_SYNC);
-        } else {
-            gdn_mix(c, P, l, pos, ep);
-            trace_pt(c, P, s, TR_L * l + TR_MIX_SYNC);
         }
         mlp(c, P, s, l);
+        sync_all(c, P);
         trace_pt(c, P, s, TR_L * l + TR_MLP_SYNC);
     }
     lm_head(c, P, s);
@@ -123,8 +127,7 @@ int dev_info(DevInfo** out) {
         if ((e = cudaDeviceGetAttribute(&d.optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev)) != cudaSuccess) return (int)e;
         if ((e = cudaDeviceGetAttribute(&d.coop, cudaDevAttrCooperativeLaunch, dev)) != cudaSuccess) return (int)e;
         if (!d.coop) return kErrNoCoop;
-        if (d.sms * mk::HS_MAX < mk::FF || d.sms > mk::PMAX) return kErrGrid;  // FF / grid hidden units per block;
-                                                                                // one residual partial per block
+        if (d.sms * mk::HS_MAX < mk::FF) return kErrGrid;  // one block per SM holds FF / grid MLP hidden units
         d.ns = (d.optin - mk::SM_RING) / mk::SLOT_BYTES;
         if (d.ns > mk::MAX_SLOTS) d.ns = mk::MAX_SLOTS;
         if (d.ns < 2) return kErrSmem;
@@ -199,9 +202,7 @@ const char* luce_mk_error_string(int code) {
         case kErrNoCoop: return "luce_mk: device does not support cooperative launch";
         case kErrSmem: return "luce_mk: not enough shared memory per block for a 2-slot weight ring";
         case kErrOccupancy: return "luce_mk: occupancy API reports 0 resident blocks per SM";
-        case kErrGrid:
-            return "luce_mk: too few or too many SMs (4 to 256: a block holds at most 1024 of the 3584 MLP hidden "
-                   "units, and the residual reduction at most 256 partials)";
+        case kErrGrid: return "luce_mk: too few SMs (each block holds at most 1024 of the 3584 MLP hidden units)";
         case kErrArgs:
             return "luce_mk: bad arguments (n_steps or n_tokens < 1, beyond max_seq, or a tune value out of range)";
         case LUCE_MK_ERR_PREFILL_SMEM:

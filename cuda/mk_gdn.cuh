@@ -1,12 +1,10 @@
 // mk_gdn.cuh -- P2 of a Gated DeltaNet layer: 128 work items per layer, one per (head h, 16-column value slice j),
 // spread over the blocks. An item: causal conv + SiLU of its q/k/v channels, L2 norms, beta and decay, the delta-rule
 // update of its 128 x 16 f32 state slice and its 16 outputs, the gated RMSNorm (the head's 8 items exchange their
-// partial sums of squares), then out_proj split-K: its 16 rows of out_proj^T times the 16 normalised outputs, a
-// partial of all 1024 outputs. After its items, every block reduces the 128 partials of its owned rows (mk_norm.cuh).
-// Waits for: the head's in_proj outputs (tagged, epoch ep); the 7 sibling items' sums of squares (tagged); in the
-// reduction, the items' partials (tagged).
-// Publishes: its sum of squares (tagged); the out_proj partial (tagged, contributor = item); x_{2l+1} of the owned
-// rows (tagged).
+// partial sums of squares), then out_proj split-K: its 16 rows of out_proj^T times the 16 normalised outputs, added
+// into the mixer's output residual buffer.
+// Waits for: the head's in_proj outputs (tagged, epoch ep); the 7 sibling items' sums of squares (tagged).
+// Publishes: its sum of squares (tagged); the out_proj partial (f32 reductions; complete after the mixer barrier).
 #pragma once
 #include "mk_norm.cuh"
 #include "mk_trace.cuh"
@@ -22,7 +20,7 @@ __device__ __forceinline__ void gdn_inputs(Ctx& c, const LuceMkParams& P, int l,
                                            float4& sa, float4& sb) {
     GdnWork& w = smem().w.gdn;
     const int h = item >> 3, j = item & 7, t = c.tid;
-    const bool nowait = no_waits(P);
+    const bool nowait = (P.debug_flags & (LUCE_MK_DEBUG_NO_MATH | LUCE_MK_DEBUG_NO_BARRIERS)) != 0;
     const u64* raw = scratch(P).raw + h * GDN_HROWS;
     const float* S = P.gdn_state + (long long)gdn_index(l) * STATE_L + (long long)item * (DK * SLV) + (t & 255) * 8;
     sa = sb = make_float4(0.f, 0.f, 0.f, 0.f);
@@ -141,7 +139,7 @@ __device__ __forceinline__ void gdn_recurrence(Ctx& c, const LuceMkParams& P, in
 // Gated RMSNorm of the slice: u = w * (o / rms(head's 128 outputs)) * silu(z), once the 8 sums of squares arrived.
 __device__ __forceinline__ void gdn_gated_norm(Ctx& c, const LuceMkParams& P, int l, int item, unsigned ep) {
     GdnWork& w = smem().w.gdn;
-    const bool nowait = no_waits(P);
+    const bool nowait = (P.debug_flags & (LUCE_MK_DEBUG_NO_MATH | LUCE_MK_DEBUG_NO_BARRIERS)) != 0;
     if (c.warp == 0) {  // (w.o and w.z were written by this warp / before a block barrier)
         float ss = c.lane < NSL ? poll_tag(&scratch(P).ss[item >> 3][c.lane], ep, nowait) : 0.f;
         ss = warp_sum(ss);
@@ -155,20 +153,23 @@ __device__ __forceinline__ void gdn_gated_norm(Ctx& c, const LuceMkParams& P, in
 }
 
 // out_proj split-K: the item's 16 rows of out_proj^T (segment `seg` of this block's phase-1 stream) times w.u;
-// the item's 1024 partial outputs are published (tagged ep_part, contributor = item).
-__device__ __forceinline__ void gdn_out_proj(Ctx& c, const LuceMkParams& P, int l, int item, int seg,
-                                             unsigned ep_part) {
+// the block's 1024 partial outputs are added to its copy of residual buffer xn.
+__device__ __forceinline__ void gdn_out_proj(Ctx& c, const LuceMkParams& P, int l, int seg, float* xn) {
     const float* u = smem().w.gdn.u;
     float acc[3] = {0.f, 0.f, 0.f};
     const Seg g = phase_seg(c, P, l, 1, seg);
     consume_all_seg(c, g, [&](int r, int n, const char* base) { splitk_rows(base, n, u + (r - g.r0), c.tid, acc); });
-    publish_partial(c, P, item, acc, ep_part);
-    cbar();  // (smem().w.gdn is the next item's)
+    float* part = smem().acts;
+    part[c.tid] = acc[0];
+    part[c.tid + NCT] = acc[1];
+    if (c.tid + 2 * NCT < H) part[c.tid + 2 * NCT] = acc[2];
+    cbar();
+    add_partial(c, xn + (c.b % XC) * H, part, nullptr);
 }
 
 // One work item; `seg` is its index among this block's items (its out_proj^T segment).
-__device__ __forceinline__ void gdn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos, int seg,
-                                         unsigned ep, unsigned ep_part) {
+__device__ __forceinline__ void gdn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos, int seg, float* xn,
+                                         unsigned ep) {
     const int s = pos - P.pos;
     pause_set(PAUSE_GDN_ITEM, true);
     float4 sa, sb;
@@ -179,20 +180,18 @@ __device__ __forceinline__ void gdn_item(Ctx& c, const LuceMkParams& P, int l, i
     gdn_gated_norm(c, P, l, item, ep);
     trace_pt(c, P, s, TR_L * l + TR_ITEM_SS);
     pause_set(PAUSE_GDN_ITEM, false);
-    gdn_out_proj(c, P, l, item, seg, ep_part);
+    gdn_out_proj(c, P, l, seg, xn);
 }
 
-// P2 of GDN layer l: the block's items (b, b + G, ...), then the owned rows of x_{2l+1} reduced from the 128 items'
-// partials. LUCE_MK_DEBUG_NO_MIXING still consumes the out_proj chunks (and the reduction does not wait).
-__device__ __forceinline__ void gdn_mix(Ctx& c, const LuceMkParams& P, int l, int pos, unsigned ep) {
-    const int s = pos - P.pos, j = 2 * l;
-    const bool no_mix = (P.debug_flags & LUCE_MK_DEBUG_NO_MIXING) != 0;
+// P2 of GDN layer l: the block's items (b, b + G, ...), then the owned rows of x added to the output buffer xn
+// (zeroed before the previous barrier). LUCE_MK_DEBUG_NO_MIXING still consumes the out_proj chunks.
+__device__ __forceinline__ void gdn_mix(Ctx& c, const LuceMkParams& P, int l, int pos, unsigned ep, float* xn) {
     for (int seg = 0, item = c.b; item < GDN_ITEMS; ++seg, item += c.G) {
-        if (!no_mix) gdn_item(c, P, l, item, pos, seg, ep, sub_epoch(P, s, j));
+        if (!(P.debug_flags & LUCE_MK_DEBUG_NO_MIXING)) gdn_item(c, P, l, item, pos, seg, xn, ep);
         else consume_all_seg(c, phase_seg(c, P, l, 1, seg), [](int, int, const char*) {});
     }
-    trace_done(c, P, s, TR_L * l + TR_MIX_DONE);
-    reduce_rows(c, P, GDN_ITEMS, sub_epoch(P, s, j), xbuf(P, j + 1), sub_epoch(P, s, j + 1), no_mix || no_waits(P));
+    const int r0 = own_r0(c);
+    if (c.tid < own_r1(c) - r0) atomicAdd(xn + r0 + c.tid, smem().x[r0 + c.tid]);
 }
 
 }  // namespace mk

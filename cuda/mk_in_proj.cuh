@@ -1,6 +1,6 @@
 // mk_in_proj.cuh -- P1 of every layer: RMSNorm of the residual stream (or the token's embedding in layer 0), then the
 // block's rows of the GDN in_proj (8224 rows) or the attention qkv (5120 rows).
-// Waits for: x_{2l}, the previous MLP's output (tagged, polled value by value).
+// Waits for: the previous sub-layer's barrier (its residual buffer is complete).
 // Publishes: every output row as a tagged value in scratch().raw (epoch `ep`), which the mixer items poll directly.
 #pragma once
 #include "mk_norm.cuh"
@@ -15,8 +15,9 @@ __device__ __forceinline__ unsigned layer_epoch(const LuceMkParams& P, int s, in
 
 __device__ __forceinline__ void in_proj(Ctx& c, const LuceMkParams& P, int s, int l, int tok, unsigned ep) {
     const float* w_ln = P.sblob + (long long)l * SP + SP_LN1;
-    const unsigned short* emb = l == 0 ? (const unsigned short*)P.embed + (long long)tok * H : nullptr;
-    load_x_norm(c, P, xbuf(P, 2 * l), sub_epoch(P, s, 2 * l), x_count(c, P, s, 2 * l), emb, w_ln, no_waits(P));
+    zero_owned(c, xbuf(P, 2 * l + 2));  // the MLP's target buffer (mk_norm.cuh)
+    if (l == 0) load_x_norm(c, nullptr, (const unsigned short*)P.embed + (long long)tok * H, w_ln);
+    else load_x_norm(c, xbuf(P, 2 * l), nullptr, w_ln);
     trace_pt(c, P, s, TR_L * l + TR_X_READY);
     float a[32];
     load_act_regs(a, smem().acts, c.lane);

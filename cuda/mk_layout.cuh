@@ -44,21 +44,18 @@ constexpr int64_t STATE_L = int64_t(DH) * DK * DV;   // f32 GDN state per layer
 constexpr int64_t KV_L = int64_t(NKV) * HD;          // K (or V) cache elements per position per attention layer
 
 // ---- global scratch (f32 buffer of layout.scratch_floats): what blocks exchange within a step ----
-// Every value a block reads from another block is tagged (u64 = epoch << 32 | f32 bits, mk_sync.cuh) and polled by
-// its reader: no fence, no grid barrier (a release waits for the SM's bulk copies in flight, ~1 us on the H200:
-// NOTES.md v13). Where every block reads the same values (x, aout), relaxed counters tell the readers when to load
-// them (one poller per block instead of 480 threads on the same lines); the tags still decide. The residual stream after sub-layer j is x[(j + 1) % 2], reduced from the split-K partials of
-// its contributors (mk_norm.cuh).
-constexpr int PMAX = 256;        // contributors of one residual update (the 128 GDN items, or the blocks)
+// Tagged values (u64 = epoch << 32 | f32 bits, mk_sync.cuh) are polled by their readers, so they need no flag.
+// The residual stream is three rotating buffers (mk_norm.cuh), each XC copies that the split-K adds spread over.
+constexpr int XC = 4;            // 4 copies: 132 same-address f32 reductions serialise (~17 ns each); 8 cost more loads
+constexpr int CNT_STRIDE = 32;   // one counter per 128-byte line
 struct Scratch {
-    u64 raw[GDN_ROWS];                     // P1 outputs (in_proj, or qkv in the first FA_ROWS)
-    u64 ss[DH][NSL];                       // GDN gated-norm partial sums of squares per (head, value slice)
-    u64 part[PMAX][H];                     // split-K partials of a residual update: [contributor][output]
-    u64 x[2][H];                           // the residual stream (sub-layer j writes x[(j + 1) % 2])
-    u64 apart[NKV][ATT_MAXCH][QPG][HD + 2];  // attention: per-chunk unnormalised output, then (max, sum)
-    u64 aout[NQH * HD];                    // attention: merged, gated output (o_proj input)
-    alignas(128) unsigned xcnt[32];        // x rows published, +1 per block and sub-layer (a hint: relaxed)
-    alignas(128) unsigned acnt[32];        // aout heads published, +1 per query head and attention layer (a hint)
+    u64 raw[GDN_ROWS];                     // P1 outputs (in_proj, or qkv in the first FA_ROWS), tagged
+    u64 ss[DH][NSL];                       // GDN gated-norm partial sums of squares per (head, value slice), tagged
+    alignas(16) float x[3][XC][H];         // residual stream buffers
+    alignas(16) float apart[NKV][ATT_MAXCH][QPG][HD];  // attention: per-chunk unnormalised outputs
+    float aml[NKV][ATT_MAXCH][QPG][2];     // attention: per-chunk (max, sum)
+    alignas(16) float aout[NQH * HD];      // attention: merged, gated output (o_proj input)
+    alignas(128) unsigned done[NQH][CNT_STRIDE];  // attention: chunk items finished per query head (reset each layer)
 };
 static_assert(sizeof(Scratch) % 16 == 0, "scratch is a whole number of float4");
 constexpr int64_t SCRATCH_FLOATS = sizeof(Scratch) / 4;
@@ -66,9 +63,9 @@ constexpr int64_t SCRATCH_FLOATS = sizeof(Scratch) / 4;
 // ---- shared memory of a block: this struct, then the weight ring at SM_RING ----
 struct AttnWork {                 // attention item
     alignas(16) float q[HD], k[HD], v[HD];
-    float po[HD], pm, pl;         // the item's chunk: unnormalised output, (max, sum)
     float wm[16], wl[16];         // per-warp (max, sum) of the merge
     float cm[ATT_MAXCH], cl[ATT_MAXCH];  // per-chunk (max, sum) of the head merge
+    int last;                     // this item finished its head's chunks last
 };
 struct GdnWork {                  // GDN item
     alignas(16) float q[DK], k[DK];
@@ -78,6 +75,7 @@ struct GdnWork {                  // GDN item
 };
 constexpr int HS_MAX = 1024;      // MLP hidden units per block (FF / grid): grids of >= 4 blocks
 struct MlpWork {
+    alignas(16) float part[H];    // the block's split-K down_proj partial
     float hs[HS_MAX];             // silu(gate) * up of the block's hidden units
 };
 struct Smem {

@@ -1,6 +1,6 @@
 // mk_lm_head.cuh -- the end of a step: final RMSNorm, the block's rows of the tied LM head (the embedding matrix),
 // optional logits, and the argmax over the vocabulary.
-// Waits for: x_48, the last MLP's output (tagged).
+// Waits for: the last MLP's barrier.
 // Publishes: the block's best (logit, token) packed into one u64 and combined with atomicMax into P.best[pos & 1]
 // (complete after the barrier that follows; the other slot is cleared during the next step).
 #pragma once
@@ -19,8 +19,7 @@ __device__ __forceinline__ int unpack_token(unsigned long long k) { return (int)
 
 __device__ __forceinline__ void lm_head(Ctx& c, const LuceMkParams& P, int s) {
     const int pos = P.pos + s;
-    load_x_norm(c, P, xbuf(P, 2 * NL), sub_epoch(P, s, 2 * NL), x_count(c, P, s, 2 * NL), nullptr,
-                P.sblob + (long long)NL * SP, no_waits(P));
+    load_x_norm(c, xbuf(P, 2 * NL), nullptr, P.sblob + (long long)NL * SP);
     trace_pt(c, P, s, TR_STEP + 1);
     float a[32];
     load_act_regs(a, smem().acts, c.lane);

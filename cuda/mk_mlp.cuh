@@ -1,8 +1,8 @@
 // mk_mlp.cuh -- P4 of every layer: RMSNorm, then gate/up + SiLU for this block's slice of the 3584 hidden units, then
 // the matching rows of down_proj^T (split-K: every block contributes a partial of all 1024 outputs).
-// Waits for: x_{2l+1}, the mixer's output (tagged, polled value by value).
-// Publishes: the block's down_proj partial (tagged, contributor = block), then, as the reducer of its owned rows,
-// x_{2l+2} of those rows (mk_norm.cuh).
+// Waits for: the mixer's (or o_proj's) barrier: its residual buffer is complete.
+// Publishes: the block's down_proj partial (plus x on its owned rows), added with f32 reductions into its copy of the
+// next residual buffer (complete after the barrier that follows).
 #pragma once
 #include "mk_norm.cuh"
 #include "mk_trace.cuh"
@@ -11,12 +11,9 @@ namespace mk {
 
 __device__ __forceinline__ void mlp(Ctx& c, const LuceMkParams& P, int s, int l) {
     MlpWork& w = smem().w.mlp;
-    const int j = 2 * l + 1;
-    load_x_norm(c, P, xbuf(P, j), sub_epoch(P, s, j), x_count(c, P, s, j), nullptr, P.sblob + (long long)l * SP + SP_LN2,
-                no_waits(P));
+    zero_owned(c, xbuf(P, 2 * l + 3));  // the next layer's mixer target (mk_norm.cuh)
+    load_x_norm(c, xbuf(P, 2 * l + 1), nullptr, P.sblob + (long long)l * SP + SP_LN2);
     trace_pt(c, P, s, TR_L * l + TR_MLP_X_READY);
-    // every block has read this step's input token once x_1 is complete: the next step's argmax slot is free
-    if (l == 0 && c.b == 0 && c.tid == 0) P.best[(P.pos + s + 1) & 1] = 0ull;
     const int k0 = split_rows(FF, c.b, c.G);  // first hidden unit of this block
     {
         float a[32];
@@ -32,10 +29,13 @@ __device__ __forceinline__ void mlp(Ctx& c, const LuceMkParams& P, int s, int l)
     float acc[3] = {0.f, 0.f, 0.f};
     consume_all(c, layer_phase(P.wblob, l, 3),
                 [&](int r, int n, const char* base) { splitk_rows(base, n, w.hs + (r - k0), c.tid, acc); });
-    const bool no_adds = (P.debug_flags & LUCE_MK_DEBUG_NO_MLP_ADDS) != 0;
-    if (!no_adds) publish_partial(c, P, c.b, acc, sub_epoch(P, s, j));
+    w.part[c.tid] = acc[0];
+    w.part[c.tid + NCT] = acc[1];
+    if (c.tid + 2 * NCT < H) w.part[c.tid + 2 * NCT] = acc[2];
+    cbar();
+    if (!(P.debug_flags & LUCE_MK_DEBUG_NO_MLP_ADDS))
+        add_partial(c, xbuf(P, 2 * l + 2) + (c.b % XC) * H, w.part, smem().x);
     trace_done(c, P, s, TR_L * l + TR_DOWN_DONE);
-    reduce_rows(c, P, c.G, sub_epoch(P, s, j), xbuf(P, j + 1), sub_epoch(P, s, j + 1), no_adds || no_waits(P));
 }
 
 }  // namespace mk

@@ -68,23 +68,11 @@ __device__ __forceinline__ void grid_sync(unsigned* cnt, unsigned target) {
     cbar();
 }
 
-// ---- hint counters: relaxed (no fence: a release would wait for the SM's bulk copies in flight), so they order
-// nothing; readers wait for the count, then poll the tagged values it announces ----
-__device__ __forceinline__ void hint_add(unsigned* cnt) {
-    asm volatile("red.relaxed.gpu.global.add.u32 [%0], 1;" ::"l"(cnt) : "memory");
-}
-// Thread 0 spins until *cnt reaches target (wrap-safe), then the consumer warps go on.
-__device__ __forceinline__ void hint_wait(const unsigned* cnt, unsigned target, bool nowait) {
-    if (threadIdx.x == 0 && !nowait) {
-        unsigned v, n = 0;
-        const unsigned long long t0 = global_ns();
-        do {
-            asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(cnt) : "memory");
-            if ((++n & 0x3fffffu) == 0) spin_check(t0);
-            if ((int)(v - target) < 0) spin_pause();
-        } while ((int)(v - target) < 0);
-    }
-    cbar();
+// *cnt += v with acquire-release semantics; returns the old value.
+__device__ __forceinline__ unsigned atom_add_acq_rel(unsigned* cnt, unsigned v) {
+    unsigned old;
+    asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], %2;" : "=r"(old) : "l"(cnt), "r"(v) : "memory");
+    return old;
 }
 
 // ---- tagged values: u64 = (epoch << 32) | f32 bits, written once per epoch by one 64-bit store (single-copy

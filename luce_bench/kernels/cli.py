@@ -226,7 +226,7 @@ def trace_cmd(
     prebuilt: Annotated[Optional[Path], typer.Option(help="Trace the library built earlier in this directory.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the analysis as JSON here.")] = None,
 ) -> None:
-    """Where a decode step's time goes: per-phase medians over blocks, arrival skews, late blocks."""
+    """Where a decode step's time goes: per-phase medians over blocks, barrier skews, late blocks."""
     from luce_bench.kernels import trace
 
     r = trace.run(steps=steps, pos=pos, seed=seed, flags=flags, options=_options(option), lib_dir=prebuilt)
@@ -243,9 +243,11 @@ def trace_cmd(
     for name, us in r["attention_items"].items():
         typer.echo(f"{name:44s} {us:8.2f} us per attention layer")
     typer.echo(
-        "\narrival skew where every block's output is needed (slowest block - median block), us: "
+        "\nbarrier arrival skew (slowest block - median block), us: "
         + ", ".join(f"{k} mean {v['mean']:.2f} max {v['max']:.2f}" for k, v in r["skew_us"].items())
     )
-    typer.echo("blocks finishing the MLP last most often: " + ", ".join(f"{b} ({n}x)" for b, n in r["last_blocks"]))
+    typer.echo(
+        "blocks arriving last at the P4 barrier most often: " + ", ".join(f"{b} ({n}x)" for b, n in r["last_blocks"])
+    )
     if json_out:
         json_out.write_text(json.dumps(r, indent=2))

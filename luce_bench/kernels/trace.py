@@ -3,9 +3,8 @@
 One launch of `steps` decode steps after a `pos`-token prompt with the trace on: thread 0 of every block stamps
 %globaltimer at each phase boundary (cuda/mk_trace.cuh names the points; they are read from that header). Per phase,
 the median over blocks, averaged over the steps after the first 4 and summed over the 18 GDN and the 6 attention
-layers; the skew where every block's output is needed (slowest block's arrival minus the median block's: the mixer's
-and the MLP's reductions, o_proj) and the blocks that arrive last most often. The trace adds a block barrier per point;
-the untraced launch time is printed beside it.
+layers; the skew at the grid barriers (slowest block's arrival minus the median block's) and the blocks that arrive
+last most often. The trace adds a block barrier per point; the untraced launch time is printed beside it.
 """
 
 from __future__ import annotations
@@ -22,30 +21,32 @@ WARM_STEPS = 4
 
 def segments(tp: dict[str, int]) -> tuple[list[tuple[str, int | None, int]], list[tuple[str, int | None, int]]]:
     """(GDN, attention) segments as (name, start point or None = previous layer's end, end point)."""
-    o_done = tp["TR_ITEM_IN"]  # attention layers reuse point 4 (mk_trace.cuh)
+    o_done, o_sync = tp["TR_ITEM_IN"], tp["TR_ITEM_SS"]  # attention layers reuse points 4 and 5 (mk_trace.cuh)
     mlp = [
         ("P4 prologue", None, tp["TR_MLP_X_READY"]),
         ("P4 gate/up", tp["TR_MLP_X_READY"], tp["TR_GATE_UP_DONE"]),
         ("P4 down + adds", tp["TR_GATE_UP_DONE"], tp["TR_DOWN_DONE"]),
-        ("P4 reduce (owned rows)", tp["TR_DOWN_DONE"], tp["TR_MLP_SYNC"]),
+        ("P4 barrier", tp["TR_DOWN_DONE"], tp["TR_MLP_SYNC"]),
     ]
     p1 = [
-        ("P1 prologue (x polled, normed)", None, tp["TR_X_READY"]),
+        ("P1 prologue (release -> x ready)", None, tp["TR_X_READY"]),
         ("P1 in_proj / qkv", tp["TR_X_READY"], tp["TR_PROJ_DONE"]),
     ]
     gdn = p1 + [
         ("item: polls + conv", tp["TR_PROJ_DONE"], tp["TR_ITEM_IN"]),
         ("item: recurrence + sibling wait", tp["TR_ITEM_IN"], tp["TR_ITEM_SS"]),
         ("item: out_proj + adds", tp["TR_ITEM_SS"], tp["TR_MIX_DONE"]),
-        ("mixer reduce (owned rows)", tp["TR_MIX_DONE"], tp["TR_MIX_SYNC"]),
+        ("mixer barrier", tp["TR_MIX_DONE"], tp["TR_MIX_SYNC"]),
     ]
     gdn += [(n, tp["TR_MIX_SYNC"] if a is None else a, b) for n, a, b in mlp]
     fa = p1 + [
         ("mixer items", tp["TR_PROJ_DONE"], tp["TR_MIX_DONE"]),
-        ("P3 o_proj prologue (aout polled)", tp["TR_MIX_DONE"], tp["TR_O_READY"]),
-        ("P3 o_proj + x rows", tp["TR_O_READY"], o_done),
+        ("mixer barrier", tp["TR_MIX_DONE"], tp["TR_MIX_SYNC"]),
+        ("P3 o_proj prologue", tp["TR_MIX_SYNC"], tp["TR_O_READY"]),
+        ("P3 o_proj", tp["TR_O_READY"], o_done),
+        ("P3 barrier", o_done, o_sync),
     ]
-    fa += [(n, o_done if a is None else a, b) for n, a, b in mlp]
+    fa += [(n, o_sync if a is None else a, b) for n, a, b in mlp]
     return gdn, fa
 
 
@@ -75,7 +76,7 @@ def capture(be: Any, prompt: list[int], steps: int, flags: int = 0) -> tuple[flo
 
 
 def analyse(t_us: Any, tp: dict[str, int]) -> dict[str, Any]:
-    """Per-segment totals (18 GDN layers, 6 attention layers), attention item details, arrival skews, late blocks."""
+    """Per-segment totals (18 GDN layers, 6 attention layers), attention item details, barrier skews, late blocks."""
     import warnings
 
     import numpy as np
