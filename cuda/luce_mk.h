@@ -81,8 +81,6 @@ typedef struct LuceMkTune {
     int inflight;       /* 0..64: weight copies in flight per SM while streaming the layers (0: as many as the ring
                            holds); every queued copy delays the consumers' dependent round trips */
     int inflight_lm;    /* 0..64: the same while streaming the LM head (its last rows per block go back to inflight) */
-    int inflight_stream; /* 0..64: copies in flight while the consumers have caught up with the stream (they wait on
-                            HBM, not on a dependency); 0 or <= inflight: off */
     int pause_mask;     /* LuceMkPauseReasons bits the producer honours */
     int spin_sleep_ns;  /* 0..4096: a sleep between two polls of global memory (0: poll at full speed) */
 } LuceMkTune;

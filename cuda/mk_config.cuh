@@ -3,11 +3,9 @@
 // Every option below is read by luce_bench/kernels/build.py (names are parsed from the `#ifndef MK_*` lines), so an
 // unknown name fails the build there and a bad value fails it here with one #error line. Each one stays because a
 // later tuning step has a reason to switch it (cuda/NOTES.md has the measurements behind the defaults):
-//   MK_SLOT_KB        ring slot (one bulk copy) size; the ring is 192 KB whatever the slot size. The tuning that
-//                     needs no rebuild (copies in flight, L2 lead, pauses, polling sleep) is LuceMkParams.tune
-//                     (luce_mk.h), chosen per GPU at run time
-//   MK_ATT_BATCH      decode attention: positions per warp whose K and V rows are loaded at once (one L2 round
-//                     trip per batch); more costs registers (3 fits sm_90's 128 without spills, 2 every arch)
+//   MK_SLOT_KB        ring slot (one bulk copy) size; the ring is 192 KB whatever the slot size (a layout, so a
+//                     build option). The tuning that needs no rebuild (copies in flight, pauses, polling sleep) is
+//                     LuceMkParams.tune (luce_mk.h), chosen per GPU at run time (luce_bench/kernels/tune.py)
 //   MK_PF_GSTAGES     prefill GEMM: cp.async stages (2-4) and k depth per stage (MK_PF_GBK 32 or 64): the pipeline
 //   MK_PF_GBK         depth that hides L2 latency; 3 x 64 won on the H200 (NOTES.md, prefill v3), another GPU may differ
 //   MK_PF_GBM         prefill GEMM: rows per tile, 64 or 128 (warp tiles 32 x 64 or 64 x 64: more products per
@@ -32,9 +30,6 @@
 
 #ifndef MK_SLOT_KB
 #define MK_SLOT_KB 32
-#endif
-#ifndef MK_ATT_BATCH
-#define MK_ATT_BATCH 2
 #endif
 #ifndef MK_PF_GSTAGES
 #define MK_PF_GSTAGES 3
@@ -66,9 +61,6 @@
 
 #if MK_SLOT_KB != 16 && MK_SLOT_KB != 24 && MK_SLOT_KB != 32 && MK_SLOT_KB != 48 && MK_SLOT_KB != 64
 #error "MK_SLOT_KB must be 16, 24, 32, 48 or 64"
-#endif
-#if MK_ATT_BATCH < 1 || MK_ATT_BATCH > 4
-#error "MK_ATT_BATCH must be 1..4"
 #endif
 #if MK_PF_GSTAGES < 2 || MK_PF_GSTAGES > 4 || (MK_PF_GBK != 32 && MK_PF_GBK != 64)
 #error "MK_PF_GSTAGES must be 2, 3 or 4 and MK_PF_GBK 32 or 64"
@@ -119,7 +111,8 @@ constexpr int LM_TAIL_ROWS = 192;               // the LM head's last rows per b
 
 constexpr int ATT_CHUNK = 16;    // min positions per attention work item (one per warp)
 constexpr int ATT_MAXCH = 16;    // max sequence chunks per query head (items per layer <= 2 x 4 x 16 = 128)
-constexpr int ATT_BATCH = MK_ATT_BATCH;  // positions per warp whose K/V rows an attention item loads at once
+constexpr int ATT_BATCH = 2;     // positions per warp whose K/V rows an attention item loads at once (NOTES.md
+                                 // v12: 3 spills on sm_80/86/89, 4 on sm_90 too)
 
 // Grid barriers per step: after each layer's mixer (24), after each attention layer's o_proj (6), after each MLP
 // (24), after the LM head (1).

@@ -132,11 +132,9 @@ constexpr unsigned FULL_ARRIVALS = 32;
 #endif
 
 // ---- producer ----
-// Copies every chunk into the next free slot. At most tune.inflight copies are in flight (tune.inflight_lm in the LM
+// Copies every chunk into the next free slot, with at most tune.inflight copies in flight (tune.inflight_lm in the LM
 // head but its last LM_TAIL_ROWS rows): every queued copy delays the consumers' dependent L2 round trips (NOTES.md
-// v9). While the consumers have caught up with the stream (they have released chunk qp - tune.inflight_stream, so
-// every earlier copy is consumed or still in flight) they wait on HBM, not on a dependency: then up to
-// tune.inflight_stream copies may fly.
+// v9), and every release a consumer makes waits for the copies in flight on its SM (NOTES.md v13).
 __device__ void run_producer(const Ctx& c, const LuceMkParams& P) {
 #if __CUDA_ARCH__ >= 900
     if (c.lane != 0) return;
@@ -144,7 +142,6 @@ __device__ void run_producer(const Ctx& c, const LuceMkParams& P) {
 #endif
     const unsigned ns = (unsigned)c.ns, pause_mask = (unsigned)P.tune.pause_mask;
     const unsigned cap_layers = (unsigned)P.tune.inflight, cap_lm = (unsigned)P.tune.inflight_lm;
-    const unsigned deep = (unsigned)P.tune.inflight_stream;
     const int lm_end = split_rows(V, c.b + 1, c.G);
     Walk w;
     const char* src;
@@ -152,21 +149,11 @@ __device__ void run_producer(const Ctx& c, const LuceMkParams& P) {
     for (unsigned qp = 0; walk_next(c, P, w, src, bytes); ++qp) {
         const unsigned slot = qp % ns;
         // wait until copy qp - cap has landed (its slot is not re-armed before copy qp - cap + ns > qp, so its full
-        // barrier still shows that phase), or, with deep > cap, until chunk qp - deep has been released (its empty
-        // barrier likewise); cap 0 or >= ns: no cap beyond the ring
+        // barrier still shows that phase); cap 0 or >= ns: no cap beyond the ring
         const unsigned cap = w.l == NL && lm_end - w.r > LM_TAIL_ROWS ? cap_lm : cap_layers;
         if (cap > 0 && cap < ns && qp >= cap) {
-            const unsigned q0 = qp - cap, q1 = qp - deep;
-            const bool streaming = deep > cap && deep < ns && qp >= deep;
-            unsigned n = 0;
-            unsigned long long t0 = 0;
-            while (!mbar_test(&smem().full[q0 % ns], (q0 / ns) & 1u) &&
-                   !(streaming && mbar_test(&smem().empty[q1 % ns], (q1 / ns) & 1u))) {
-                if (++n == 0x400000u) {  // the watchdog, as in mbar_wait
-                    if (t0 == 0) t0 = global_ns(); else spin_check(t0);
-                    n = 0;
-                }
-            }
+            const unsigned q0 = qp - cap;
+            mbar_wait(&smem().full[q0 % ns], (q0 / ns) & 1u);
         }
         mbar_wait(&smem().empty[slot], ((qp / ns) & 1u) ^ 1u);
         pause_wait(pause_mask);

@@ -69,7 +69,7 @@ def parse_variant(text: str) -> Variant:
     """A variant from its --variant text.
 
     "NAME:MK_A=1,MK_B=2" (options), "NAME" (the defaults) or "NAME=DIR" (a prebuilt library), each optionally followed
-    by "@field=value,..." (run-time tune fields, e.g. "deep3@inflight_stream=3").
+    by "@field=value,..." (run-time tune fields, e.g. "lm3@inflight_lm=3").
     """
     from luce_bench.kernels.tune import parse_fields
 

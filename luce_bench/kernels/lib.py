@@ -32,7 +32,6 @@ class LuceMkTune(ctypes.Structure):
     _fields_ = [
         ("inflight", ctypes.c_int),
         ("inflight_lm", ctypes.c_int),
-        ("inflight_stream", ctypes.c_int),
         ("pause_mask", ctypes.c_int),
         ("spin_sleep_ns", ctypes.c_int),
     ]

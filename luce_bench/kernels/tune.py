@@ -1,11 +1,10 @@
 """The decode kernel's per-GPU tuning (`LuceMkTune` of cuda/luce_mk.h), chosen at run time from the device.
 
-What depends on a GPU's memory system (how many weight copies each SM keeps in flight, how deep the queue may grow
-while the consumers wait on the stream itself, when the producer pauses, whether waiting warps sleep between polls) is
-a launch parameter, not a build option: one library serves every card, and `luce-bench kernel bench --variant
-NAME@inflight=2` compares settings without a rebuild. `for_device` picks the measured values for the GPU by name
-(cuda/NOTES.md has the measurements); $LUCE_BENCH_KERNEL_TUNE overrides single fields, e.g.
-"inflight=1,inflight_stream=3".
+What depends on a GPU's memory system (how many weight copies each SM keeps in flight, when the producer pauses,
+whether waiting warps sleep between polls) is a launch parameter, not a build option: one library serves every card,
+and `luce-bench kernel bench --variant NAME@inflight=2` compares settings without a rebuild. `for_device` picks the
+measured values for the GPU by name (cuda/NOTES.md has the measurements); $LUCE_BENCH_KERNEL_TUNE overrides single
+fields, e.g. "inflight=2,spin_sleep_ns=64".
 """
 
 from __future__ import annotations
@@ -27,11 +26,10 @@ class Tune:
 
     inflight: int = 1  # weight copies in flight per SM in the layers (0: as many as the ring holds)
     inflight_lm: int = 2  # the same in the LM head
-    inflight_stream: int = 0  # copies in flight while the consumers have caught up (0 or <= inflight: off)
     pause_mask: int = PAUSE_X_LOAD | PAUSE_GDN_ITEM  # stretches during which the producer issues nothing (sm_90)
     spin_sleep_ns: int = 0  # sleep between two polls of global memory
 
-    LIMITS = {"inflight": 64, "inflight_lm": 64, "inflight_stream": 64, "spin_sleep_ns": 4096}
+    LIMITS = {"inflight": 64, "inflight_lm": 64, "spin_sleep_ns": 4096}
 
     def __post_init__(self) -> None:
         for name, top in self.LIMITS.items():
