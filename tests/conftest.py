@@ -35,19 +35,25 @@ settings.load_profile("luce-bench")
 # sm_80/86/89/90 with 0 spills (tests/test_kernel_build.py), the GPU tests check each for parity
 # (tests/gpu/test_megakernel.py). Import with `from conftest import KERNEL_OPTION_SETS`.
 KERNEL_OPTION_SETS = {
-    "inflight2-lm1": {"MK_INFLIGHT": 2, "MK_INFLIGHT_LM": 1},
-    "uncapped": {"MK_INFLIGHT": 0, "MK_INFLIGHT_LM": 0},
     "slot16": {"MK_SLOT_KB": 16},
     "slot24-spin60s": {"MK_SLOT_KB": 24, "MK_SPIN_LIMIT_NS": 60_000_000_000},
-    "slot64-inflight2": {"MK_SLOT_KB": 64, "MK_INFLIGHT": 2},
+    "slot64": {"MK_SLOT_KB": 64},
     "gemm-stages2-bk32": {"MK_PF_CUBLAS": 0, "MK_PF_GSTAGES": 2, "MK_PF_GBK": 32},
     "gemm-rows128": {"MK_PF_CUBLAS": 0, "MK_PF_GBM": 128},
-    "spin-sleep128": {"MK_SPIN_SLEEP_NS": 128},
     "attn-plain": {"MK_PF_ATT_PLAIN": 1},
     "attn-whole": {"MK_PF_ATT_SPLIT": 0},
     "gdn-f32-cuda-cores": {"MK_PF_GDN_TC": 0},
     "prefill-own-gemm": {"MK_PF_CUBLAS": 0},
     "wk-half": {"MK_PF_WK_HALF": 1},
+}
+
+# Run-time tune settings (luce_bench/kernels/tune.py) other than the measured defaults: the GPU tests run each on the
+# default build (no rebuild) against the reference and the default tune. Fields changed from the GPU's tune.
+KERNEL_TUNE_SETS = {
+    "inflight2-lm1": {"inflight": 2, "inflight_lm": 1},
+    "uncapped": {"inflight": 0, "inflight_lm": 0},
+    "no-pause": {"pause_mask": 0},
+    "spin-sleep128": {"spin_sleep_ns": 128},
 }
 
 

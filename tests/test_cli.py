@@ -228,13 +228,13 @@ def test_info_kernel_rows_are_words_and_point_to_the_command_with_arch():
         ("error", "cannot tell the CUDA arch: no GPU visible to torch or NVML; build for one with "
                   "`luce-bench kernel build --arch sm_90` or set X"),
     ]  # fmt: skip
-    built = {"nvcc": "Build cuda_13.0", "arch": "sm_90", "cache": "/c/k", "built": True, "options": {"MK_INFLIGHT": 2}}
+    built = {"nvcc": "Build cuda_13.0", "arch": "sm_90", "cache": "/c/k", "built": True, "options": {"MK_SLOT_KB": 16}}
     built["kernels"] = [
         {"function": "mk", "arch": "sm_90", "registers": 128, "stack_bytes": 0, "spill_stores": 0, "spill_loads": 4}
     ]
     assert kernel_rows(built, gpu_visible=True)[3:] == [
         ("built", "yes"),
-        ("options", "MK_INFLIGHT=2"),
+        ("options", "MK_SLOT_KB=16"),
         ("kernels", "mk (sm_90): 128 registers, 0 B stack, 0 B spill stores, 4 B spill loads"),
     ]
 

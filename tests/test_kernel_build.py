@@ -65,9 +65,9 @@ def test_library_loads_and_exports_abi(built):
     assert lay.sp_stride == 26784 and lay.sblob_floats == 24 * 26784 + 1024
     # layer params + embedding = 752,393,024 - norms/conv/A/dt (small params are in the f32 blob)
     assert lay.wblob_elems + 248320 * 1024 == 752_393_024 - (24 * 2048 + 1024 + 6 * 512 + 18 * (6144 * 4 + 32 + 128))
-    # 15 pointers, 7 ints + padding before `trace`; the 5-int tune (ABI 9) appended, padded to 8
-    assert ctypes.sizeof(klib.LuceMkParams) == 15 * 8 + 8 * 4 + 5 * 4 + 4
-    assert ctypes.sizeof(klib.LuceMkTune) == 5 * 4
+    # 15 pointers, 7 ints + padding before `trace`; the 4-int tune (ABI 9) appended
+    assert ctypes.sizeof(klib.LuceMkParams) == 15 * 8 + 8 * 4 + 4 * 4
+    assert ctypes.sizeof(klib.LuceMkTune) == 4 * 4
     assert lib.luce_mk_trace_points() == 24 * 12 + 4  # 12 points per layer + 4 per step
     assert klib.has_prefill(lib) and klib.prefill_continues(lib) and lib.luce_mk_abi_version() == 9
     # n_layers padded before hidden; pos (ABI 7) appended, padded to 8
@@ -171,12 +171,13 @@ def test_cli_build_and_info(built):
 def test_kernel_options_from_env(monkeypatch):
     from luce_bench.kernels import build as b
 
-    monkeypatch.setenv(b.OPTIONS_ENV, "MK_INFLIGHT=2, MK_SLOT_KB=0x10")
-    assert b.options_from_env() == {"MK_INFLIGHT": 2, "MK_SLOT_KB": 16}
-    assert b.define_flags(b.options_from_env()) == ["-DMK_INFLIGHT=2", "-DMK_SLOT_KB=16"]
+    monkeypatch.setenv(b.OPTIONS_ENV, "MK_PF_GBM=128, MK_SLOT_KB=0x10")
+    assert b.options_from_env() == {"MK_PF_GBM": 128, "MK_SLOT_KB": 16}
+    assert b.define_flags(b.options_from_env()) == ["-DMK_PF_GBM=128", "-DMK_SLOT_KB=16"]
     monkeypatch.setenv(b.OPTIONS_ENV, "")
     assert b.options_from_env() == {}
-    for bad in ("INFLIGHT=0", "MK_INFLIGHT=fast", "MK_POLL=1", "MK_L2LEAD=65536"):
+    # MK_INFLIGHT and MK_SPIN_SLEEP_NS became run-time tune fields (kernels/tune.py): unknown to the build now
+    for bad in ("SLOT_KB=16", "MK_SLOT_KB=fast", "MK_POLL=1", "MK_L2LEAD=65536", "MK_INFLIGHT=2", "MK_SPIN_SLEEP_NS=64"):
         monkeypatch.setenv(b.OPTIONS_ENV, bad)
         with pytest.raises(UserError):
             b.options_from_env()
@@ -187,8 +188,6 @@ def test_build_options_are_read_from_the_header():
     from luce_bench.kernels.abi import build_options
 
     assert build_options() == {
-        "MK_INFLIGHT": "1",
-        "MK_INFLIGHT_LM": "2",
         "MK_SLOT_KB": "32",
         "MK_PF_GSTAGES": "3",
         "MK_PF_GBK": "64",
@@ -198,13 +197,12 @@ def test_build_options_are_read_from_the_header():
         "MK_PF_CUBLAS": "1",
         "MK_PF_GDN_TC": "1",
         "MK_PF_WK_HALF": "0",
-        "MK_SPIN_SLEEP_NS": "0",
         "MK_SPIN_LIMIT_NS": "20000000000ull",
     }
 
 
 def test_unknown_option_is_one_line_before_nvcc(tmp_path):
-    with pytest.raises(UserError, match=r"unknown kernel option 'MK_HEADBUF'; the kernel reads MK_INFLIGHT"):
+    with pytest.raises(UserError, match=r"unknown kernel option 'MK_HEADBUF'; the kernel reads MK_PF_ATT_PLAIN"):
         kb.build(("sm_90",), out_dir=tmp_path / "lib", defines={"MK_HEADBUF": 1})
     assert not (tmp_path / "lib").exists()
 
@@ -214,11 +212,11 @@ def test_unknown_option_is_one_line_before_nvcc(tmp_path):
     "options, message",
     [
         ({"MK_SLOT_KB": 20}, "MK_SLOT_KB must be 16, 24, 32, 48 or 64"),
-        ({"MK_INFLIGHT": -1}, "MK_INFLIGHT and MK_INFLIGHT_LM must be >= 0"),
+        ({"MK_PF_GBM": 96}, "MK_PF_GBM must be 64 or 128"),
         ({"MK_SPIN_LIMIT_NS": 5}, "MK_SPIN_LIMIT_NS must be at least"),
         ({"MK_PF_GBK": 48}, "MK_PF_GSTAGES must be 2, 3 or 4 and MK_PF_GBK 32 or 64"),
     ],
-    ids=["slot20", "inflight-neg", "spin5", "gbk48"],
+    ids=["slot20", "gbm96", "spin5", "gbk48"],
 )
 def test_bad_option_value_is_the_kernels_own_error_line(tmp_path, options, message):
     with pytest.raises(UserError) as err:

@@ -19,14 +19,42 @@ from luce_bench.kernels.abi import trace_points
 
 def test_parse_variant():
     assert bench.parse_variant("base") == bench.Variant("base", {})
-    assert bench.parse_variant("q2:MK_INFLIGHT=2,MK_SLOT_KB=0x10") == bench.Variant(
-        "q2", {"MK_INFLIGHT": 2, "MK_SLOT_KB": 16}
+    assert bench.parse_variant("q2:MK_PF_GBM=128,MK_SLOT_KB=0x10") == bench.Variant(
+        "q2", {"MK_PF_GBM": 128, "MK_SLOT_KB": 16}
     )
     v = bench.parse_variant("v10=/tmp/v10lib")
-    assert v.name == "v10" and str(v.lib_dir) == "/tmp/v10lib" and v.options == {}
-    for bad in ("x:MK_INFLIGHT=two", ":MK_INFLIGHT=2"):
-        with pytest.raises(UserError):
+    assert v.name == "v10" and str(v.lib_dir) == "/tmp/v10lib" and v.options == {} and v.tune == {}
+    # run-time tune fields after '@', on the defaults, an option set or a prebuilt library
+    assert bench.parse_variant("i2@inflight=2,spin_sleep_ns=0x40") == bench.Variant(
+        "i2", {}, tune={"inflight": 2, "spin_sleep_ns": 64}
+    )
+    assert bench.parse_variant("s16:MK_SLOT_KB=16@pause_mask=0") == bench.Variant(
+        "s16", {"MK_SLOT_KB": 16}, tune={"pause_mask": 0}
+    )
+    v = bench.parse_variant("old=/tmp/lib@inflight_lm=3")
+    assert str(v.lib_dir) == "/tmp/lib" and v.tune == {"inflight_lm": 3}
+    for bad in ("x:MK_SLOT_KB=two", ":MK_SLOT_KB=16", "x@", "x@inflight", "x@inflight=two", "x@l2_lead=4"):
+        with pytest.raises(UserError) as err:
             bench.parse_variant(bad)
+        assert "\n" not in str(err.value)
+
+
+def test_prebuild_builds_each_option_set_once(monkeypatch, tmp_path):
+    """Variants that differ only in their run-time tune share one build."""
+    from luce_bench.kernels import build as kb
+
+    built = []
+
+    def fake_build(out_dir, defines, force):
+        built.append((out_dir.name, dict(defines)))
+        return types.SimpleNamespace(lib=out_dir / kb.LIB_NAME)
+
+    monkeypatch.setattr(kb, "build", fake_build)
+    vs = [bench.parse_variant(t) for t in ("a", "b@inflight=2", "c:MK_SLOT_KB=16", "d:MK_SLOT_KB=16@pause_mask=0")]
+    vs.append(bench.parse_variant("e=/prebuilt@inflight=3"))
+    dirs = bench.prebuild(vs, tmp_path)
+    assert sorted(built) == [("a", {}), ("c", {"MK_SLOT_KB": 16})]
+    assert dirs == {"a": tmp_path / "a", "b": tmp_path / "a", "c": tmp_path / "c", "d": tmp_path / "c"}
 
 
 def test_bytes_per_token_is_the_floor_of_the_0_8b_model():

@@ -26,7 +26,9 @@ def test_kernel_bench_cli(tmp_path):
             "--variant",
             "base",
             "--variant",
-            "inflight2:MK_INFLIGHT=2",
+            "slot16:MK_SLOT_KB=16",
+            "--variant",
+            "inflight2@inflight=2",
             "--reps",
             "1",
             "--rounds",
@@ -36,6 +38,8 @@ def test_kernel_bench_cli(tmp_path):
             "--long",
             "300",
             "--no-per-token",
+            "--energy-s",
+            "0.5",
             "--seed",
             "7",
             "--json",
@@ -44,10 +48,14 @@ def test_kernel_bench_cli(tmp_path):
     )
     assert r.exit_code == 0, r.output
     s = json.loads(out.read_text())
-    assert [v["variant"] for v in s["variants"]] == ["base", "inflight2"]
+    assert [v["variant"] for v in s["variants"]] == ["base", "slot16", "inflight2"]
     for v in s["variants"]:
         assert v["parity"]["nan"] == 0 and v["parity"]["rel_l2_max"] < 2e-2
         assert v["short_tok_s"] > 0 and v["long_tok_s"] > 0 and 0 < v["share_of_floor"] < 1.05
+        assert 30 < v["energy_w"] < 1500 and v["tok_per_j"] > 0  # an energy window ran (not judged here)
+    by = {v["variant"]: v for v in s["variants"]}
+    assert by["inflight2"]["tune"]["inflight"] == 2 and by["base"]["tune"]["inflight"] != 2
+    assert by["slot16"]["options"] == {"MK_SLOT_KB": 16}
     assert 1.0 < s["bandwidth_tbs"] < 10.0
 
 
@@ -63,3 +71,4 @@ def test_kernel_trace_cli(tmp_path):
     total = sum(v["gdn_us"] + v["attn_us"] for v in t["segments"].values())
     assert abs(total - t["step_us"]) < 0.02 * t["step_us"]  # the segments tile the step
     assert "mixer barrier" in t["segments"] and "LM head + argmax" in t["segments"]
+    assert set(t["tune"]) == {"inflight", "inflight_lm", "pause_mask", "spin_sleep_ns"}

@@ -8,7 +8,8 @@
   a failure; the free-running greedy match length is reported too;
 * the same at a long position (>= 2000 cached tokens);
 * outputs are poisoned (NaN logits, -1 tokens) before each launch by the backend; NaN never passes;
-* every build-option set that remains (conftest.KERNEL_OPTION_SETS) against the reference and the default build.
+* every build-option set that remains (conftest.KERNEL_OPTION_SETS) against the reference and the default build;
+* every run-time tune setting (conftest.KERNEL_TUNE_SETS) on the default build, likewise.
 
 HF run in bf16 deviates from the exact math by several 1e-2 on random weights (its residual stream and activations are
 rounded to bf16 at every op; measured max 0.105 vs fp32 on the 0.8B shapes), so the HF reference computes in float32
@@ -23,7 +24,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import KERNEL_OPTION_SETS, selected_option_sets
+from conftest import KERNEL_OPTION_SETS, KERNEL_TUNE_SETS, selected_option_sets
 
 pytestmark = pytest.mark.gpu
 
@@ -251,6 +252,33 @@ def test_option_set_parity(option_ref, name):
     assert used == "kernel" and np.isfinite(pre).all() and prefill_vs_ref <= REL_L2_MAX, prefill_vs_ref
     if KERNEL_OPTION_SETS[name].get("MK_PF_CUBLAS", 1) and find_cublas()[0] is not None:
         assert gemm.startswith("cuBLAS"), gemm  # a GPU machine with cuBLAS: the prefill's GEMMs ran there
+
+
+@pytest.mark.parametrize("name", sorted(KERNEL_TUNE_SETS))
+def test_tune_set_parity(option_ref, name):
+    """Every run-time tune setting computes the same function as the default one (copies in flight, pauses and
+    polling sleeps change when things happen, never what is computed): within the parity bound of the fp32 reference
+    and within f32 reduction-order noise of the default tune, greedy tokens free-running too."""
+    from luce_bench.backends.megakernel import MegakernelBackend
+    from luce_bench.kernels.bench import parity
+    from luce_bench.kernels.tune import for_device
+
+    import torch
+
+    tune = for_device(torch.cuda.get_device_name()).changed_by(KERNEL_TUNE_SETS[name])
+    be = MegakernelBackend.from_state_dict(option_ref["sd"], max_seq=256, tune=tune)
+    try:
+        assert be.info()["tune"] == tune.as_dict()
+        rep = parity(be, option_ref["toks"], option_ref["ref"])
+        be.reset()
+        got = be.decode(len(option_ref["toks"]), logits=True, inputs=option_ref["toks"]).logits
+    finally:
+        be.close()
+    vs_default = float(_rel(got, option_ref["default"]).max())
+    print(json.dumps({"tune": name, **rep, "rel_l2_vs_default_max": vs_default}))
+    assert rep["nan"] == 0
+    assert rep["rel_l2_max"] <= REL_L2_MAX, rep
+    assert vs_default <= 1e-3, vs_default
 
 
 def test_going_back_to_a_kept_context_repeats_the_decode(setup):

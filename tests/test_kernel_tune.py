@@ -1,0 +1,61 @@
+"""The decode kernel's run-time tune (luce_bench/kernels/tune.py): parsing, ranges, the per-GPU choice, the ABI mirror."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import pytest
+
+from luce_bench.errors import UserError
+from luce_bench.kernels import tune as kt
+
+
+def test_fields_parse_into_a_changed_tune():
+    base = kt.Tune()
+    assert kt.parse_fields("inflight=2, spin_sleep_ns=0x40", "x") == {"inflight": 2, "spin_sleep_ns": 64}
+    assert kt.parse_fields("", "x") == {} and kt.parse_fields(None, "x") == {}
+    t = base.changed("inflight_lm=3,pause_mask=4", "x")
+    assert t.inflight_lm == 3 and t.pause_mask == 4 and t.inflight == base.inflight
+    assert t.as_dict() == {**base.as_dict(), "inflight_lm": 3, "pause_mask": 4}
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("l2_lead=4", "unknown kernel tune field 'l2_lead'; the kernel reads inflight, inflight_lm"),
+        ("inflight", "'inflight': expected inflight=INTEGER"),
+        ("inflight=two", "'inflight=two': expected inflight=INTEGER"),
+        ("inflight=65", "kernel tune inflight=65: expected 0..64"),
+        ("spin_sleep_ns=-1", "kernel tune spin_sleep_ns=-1: expected 0..4096"),
+        ("pause_mask=1", "kernel tune pause_mask=1: expected a sum of 4 (x loads) and 8 (GDN items)"),
+    ],
+)
+def test_bad_fields_are_one_line(text, message):
+    with pytest.raises(UserError) as err:
+        kt.Tune().changed(text, "LUCE_BENCH_KERNEL_TUNE")
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_device_choice_and_the_environment(monkeypatch):
+    monkeypatch.delenv(kt.TUNE_ENV, raising=False)
+    for name in ("NVIDIA H200", "NVIDIA H100 80GB HBM3", "NVIDIA GeForce RTX 3090"):
+        assert isinstance(kt.for_device(name), kt.Tune)
+    monkeypatch.setenv(kt.TUNE_ENV, "inflight=3")
+    assert kt.for_device("NVIDIA H200").inflight == 3
+    monkeypatch.setenv(kt.TUNE_ENV, "inflight=3,bogus=1")
+    with pytest.raises(UserError, match=r"^LUCE_BENCH_KERNEL_TUNE: unknown kernel tune field 'bogus'"):
+        kt.for_device("NVIDIA H200")
+
+
+def test_the_python_mirrors_follow_the_header():
+    """LuceMkTune's fields, in order, are the ctypes struct's and the Tune dataclass's (luce_mk.h is the source)."""
+    from luce_bench.kernels import lib as klib
+    from luce_bench.kernels.build import source_dir
+
+    header = (source_dir() / "luce_mk.h").read_text()
+    body = re.search(r"typedef struct LuceMkTune \{(.*?)\} LuceMkTune;", header, re.S).group(1)
+    fields = re.findall(r"^\s*int (\w+);", body, re.M)
+    assert fields == [name for name, _ in klib.LuceMkTune._fields_]
+    assert fields == [f.name for f in dataclasses.fields(kt.Tune)]
+    assert klib.LuceMkParams._fields_[-1][0] == "tune"  # appended (ABI 9): older libraries ignore it
