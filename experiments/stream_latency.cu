@@ -12,7 +12,7 @@
 // Prints, per case: the stream's rate (TB/s over the measured span) and the median over the measured blocks of each
 // latency (ns).
 //
-//   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -o stream_latency scripts/stream_latency.cu
+//   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -o stream_latency experiments/stream_latency.cu
 //   ./stream_latency
 #include <cstdio>
 #include <cstdint>
