@@ -55,8 +55,9 @@ class Tune:
         return dataclasses.replace(self, **fields)
 
 
-# Measured defaults per GPU (name pattern, tune); the first match wins, the last entry matches every GPU.
-# The H100 and H200 rows: cuda/NOTES.md (v9 and v10 for the H100; issue 12's v12 section for the H200).
+# Measured defaults per GPU (name pattern, tune); the first match wins, the last entry matches every GPU. The H100's
+# values come from its v9 and v10 measurements, the H200's from issue 12's screens, where no other setting won
+# (cuda/NOTES.md, "Decode v12 and v13"): both keep the defaults, and an unmeasured GPU starts from them too.
 _BY_DEVICE: tuple[tuple[str, Tune], ...] = (
     (r"H200", Tune()),
     (r"H100", Tune()),
