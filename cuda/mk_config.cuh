@@ -112,7 +112,7 @@ constexpr int LM_TAIL_ROWS = 192;               // the LM head's last rows per b
 constexpr int ATT_CHUNK = 16;    // min positions per attention work item (one per warp)
 constexpr int ATT_MAXCH = 16;    // max sequence chunks per query head (items per layer <= 2 x 4 x 16 = 128)
 constexpr int ATT_BATCH = 2;     // positions per warp whose K/V rows an attention item loads at once (NOTES.md
-                                 // v12: 3 spills on sm_80/86/89, 4 on sm_90 too)
+                                 // v12: a batch of 3 spills on sm_80/86/89, of 4 on sm_90 too)
 
 // Grid barriers per step: after each layer's mixer (24), after each attention layer's o_proj (6), after each MLP
 // (24), after the LM head (1).

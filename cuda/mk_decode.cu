@@ -179,8 +179,9 @@ int luce_mk_launch_info(LuceMkLaunchInfo* out) {
 int luce_mk_decode(const LuceMkParams* p, void* stream) {
     if (!p || p->n_steps < 1 || p->pos < 0 || p->pos + p->n_steps > p->max_seq) return kErrArgs;
     const LuceMkTune& t = p->tune;
-    if (t.inflight < 0 || t.inflight > 64 || t.inflight_lm < 0 || t.inflight_lm > 64 || (t.pause_mask & ~(LUCE_MK_PAUSE_X_LOAD | LUCE_MK_PAUSE_GDN_ITEM)) || t.spin_sleep_ns < 0 ||
-        t.spin_sleep_ns > 4096)
+    const unsigned pauses = LUCE_MK_PAUSE_X_LOAD | LUCE_MK_PAUSE_GDN_ITEM;
+    if (t.inflight < 0 || t.inflight > 64 || t.inflight_lm < 0 || t.inflight_lm > 64 || (t.pause_mask & ~pauses) ||
+        t.spin_sleep_ns < 0 || t.spin_sleep_ns > 4096)
         return kErrArgs;
     DevInfo* d = nullptr;
     const int rc = dev_info(&d);

@@ -155,35 +155,31 @@ def _print_bench(s: dict) -> None:
         title=f"tg{s['steps']} on {s['gpu']} (seed {s['seed']}; floor {s['floor_tok_s']:.0f} tok/s at "
         f"{s['bandwidth_tbs']:.2f} TB/s)"
     )
-    for col in (
-        "variant",
-        f"pos {s['short_pos']} tok/s",
-        "us/token",
-        "of floor",
-        f"pos {s['long_pos']} tok/s",
-        "1 launch/token tok/s",
-        "W",
-        "tok/J",
-        "rel L2 max",
-        "n",
-    ):
+    energy = any("energy_w" in r for r in s["variants"])  # the W and tok/J columns only where windows ran
+    cols = ["variant", f"pos {s['short_pos']} tok/s", "us/token", "of floor", f"pos {s['long_pos']} tok/s"]
+    cols += ["1 launch/token tok/s", *(["W", "tok/J"] if energy else []), "rel L2 max", "n"]
+    for col in cols:
         t.add_column(col, justify="left" if col == "variant" else "right")
     for r in s["variants"]:
-        t.add_row(
+        cells = [
             r["variant"],
             f"{r['short_tok_s']:,.1f}",
             f"{r['short_us_per_token']:.1f}",
             f"{100 * r['share_of_floor']:.1f} %",
             f"{r['long_tok_s']:,.1f}" if "long_tok_s" in r else "-",
             f"{r['per_token_tok_s']:,.1f}" if "per_token_tok_s" in r else "-",
-            f"{r['energy_w']:.0f}" if "energy_w" in r else "-",
-            f"{r['tok_per_j']:.2f}" if "tok_per_j" in r else "-",
-            f"{r['parity']['rel_l2_max']:.2e}" if r["parity"] else "-",
-            str(r["n"]),
-        )
-    Console().print(t)
+        ]
+        if energy:
+            cells += [f"{r['energy_w']:.0f}" if "energy_w" in r else "-"]
+            cells += [f"{r['tok_per_j']:.2f}" if "tok_per_j" in r else "-"]
+        cells += [f"{r['parity']['rel_l2_max']:.2e}" if r["parity"] else "-", str(r["n"])]
+        t.add_row(*cells)
+    console = Console()
+    if not console.is_terminal:  # a log file or a pipe: whole numbers rather than an 80-column squeeze
+        console = Console(width=160)
+    console.print(t)
     if any(r.get("prefill") for r in s["variants"]):
-        Console().print(prefill_table(s))
+        console.print(prefill_table(s))
 
 
 def prefill_table(s: dict) -> Any:
