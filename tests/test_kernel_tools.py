@@ -74,6 +74,24 @@ def test_summary_medians_and_share_of_floor():
     assert row["long_tok_s"] == pytest.approx(1600.0) and row["per_token_tok_s"] == pytest.approx(1280.0)
 
 
+def test_summary_energy_windows_and_their_columns(capsys):
+    """W and tok/J are medians over the windows; the table shows them only where windows ran."""
+    from luce_bench.kernels import cli
+
+    plan = bench.BenchPlan([bench.Variant("a"), bench.Variant("b")], steps=128)
+    a = bench.VariantResult("a", short_s=[0.064], energy=[(2.0, 1000.0, 3200), (2.0, 1100.0, 3200), (2.0, 900.0, 3072)])
+    b = bench.VariantResult("b", short_s=[0.070])
+    s = bench.summarize(plan, {"a": a, "b": b}, bw_tbs=4.2, floor_tok_s=2800.0, seed=1, gpu="GPU")
+    ra, rb = s["variants"]
+    assert ra["energy_w"] == pytest.approx(500.0) and ra["energy_windows"] == 3
+    assert ra["tok_per_j"] == pytest.approx(3.2) and "energy_w" not in rb
+    cli._print_bench(s)
+    out = capsys.readouterr().out
+    assert "tok/J" in out and "3.20" in out and " 500 " in out
+    cli._print_bench(bench.summarize(plan, {"b": b}, bw_tbs=4.2, floor_tok_s=2800.0, seed=1, gpu="GPU"))
+    assert "tok/J" not in capsys.readouterr().out
+
+
 def _synthetic_trace(steps: int = 6, grid: int = 4):
     """A trace in which every layer takes 20 us.
 
