@@ -177,7 +177,7 @@ def test_kernel_options_from_env(monkeypatch):
     monkeypatch.setenv(b.OPTIONS_ENV, "")
     assert b.options_from_env() == {}
     # MK_INFLIGHT and MK_SPIN_SLEEP_NS became run-time tune fields (kernels/tune.py): unknown to the build now
-    for bad in ("SLOT_KB=16", "MK_SLOT_KB=fast", "MK_POLL=1", "MK_L2LEAD=65536", "MK_INFLIGHT=2", "MK_SPIN_SLEEP_NS=64"):
+    for bad in ("SLOT_KB=16", "MK_SLOT_KB=fast", "MK_POLL=1", "MK_L2LEAD=1", "MK_INFLIGHT=2", "MK_SPIN_SLEEP_NS=64"):
         monkeypatch.setenv(b.OPTIONS_ENV, bad)
         with pytest.raises(UserError):
             b.options_from_env()

@@ -1,4 +1,4 @@
-"""The decode kernel's run-time tune (luce_bench/kernels/tune.py): parsing, ranges, the per-GPU choice, the ABI mirror."""
+"""The decode kernel's run-time tune (luce_bench/kernels/tune.py): parsing, ranges, the per-GPU choice, ABI mirrors."""
 
 from __future__ import annotations
 

@@ -256,14 +256,16 @@ def test_option_set_parity(option_ref, name):
 
 @pytest.mark.parametrize("name", sorted(KERNEL_TUNE_SETS))
 def test_tune_set_parity(option_ref, name):
-    """Every run-time tune setting computes the same function as the default one (copies in flight, pauses and
-    polling sleeps change when things happen, never what is computed): within the parity bound of the fp32 reference
-    and within f32 reduction-order noise of the default tune, greedy tokens free-running too."""
+    """Every run-time tune setting computes the same function as the default one.
+
+    Copies in flight, pauses and polling sleeps change when things happen, never what is computed: within the parity
+    bound of the fp32 reference and within f32 reduction-order noise of the default tune.
+    """
+    import torch
+
     from luce_bench.backends.megakernel import MegakernelBackend
     from luce_bench.kernels.bench import parity
     from luce_bench.kernels.tune import for_device
-
-    import torch
 
     tune = for_device(torch.cuda.get_device_name()).changed_by(KERNEL_TUNE_SETS[name])
     be = MegakernelBackend.from_state_dict(option_ref["sd"], max_seq=256, tune=tune)
