@@ -33,7 +33,9 @@ def test_parse_variant():
     )
     v = bench.parse_variant("old=/tmp/lib@inflight_lm=3")
     assert str(v.lib_dir) == "/tmp/lib" and v.tune == {"inflight_lm": 3}
-    for bad in ("x:MK_SLOT_KB=two", ":MK_SLOT_KB=16", "x@", "x@inflight", "x@inflight=two", "x@l2_lead=4"):
+    bad_texts = ["x:MK_SLOT_KB=two", ":MK_SLOT_KB=16", "x@", "x@inflight", "x@inflight=two", "x@l2_lead=4"]
+    bad_texts += ["x@inflight=99", "x@pause_mask=3"]  # ranges are checked before any GPU work
+    for bad in bad_texts:
         with pytest.raises(UserError) as err:
             bench.parse_variant(bad)
         assert "\n" not in str(err.value)

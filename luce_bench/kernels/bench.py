@@ -71,13 +71,17 @@ def parse_variant(text: str) -> Variant:
     "NAME:MK_A=1,MK_B=2" (options), "NAME" (the defaults) or "NAME=DIR" (a prebuilt library), each optionally followed
     by "@field=value,..." (run-time tune fields, e.g. "lm3@inflight_lm=3").
     """
-    from luce_bench.kernels.tune import parse_fields
+    from luce_bench.kernels.tune import Tune, parse_fields
 
     where = f"--variant {text!r}"
     head, at, tune_text = text.partition("@")
     tune = parse_fields(tune_text, where) if at else {}
     if at and not tune:
         raise UserError(f"{where}: nothing after '@' (expected e.g. @inflight=2)")
+    try:
+        Tune().changed_by(tune)  # the ranges, before any GPU work
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from None
     name, sep, rest = head.partition(":")
     if not sep and "=" in head:
         name, _, path = head.partition("=")
