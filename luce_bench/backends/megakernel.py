@@ -115,7 +115,7 @@ class MegakernelBackend(Backend):
         self.arch = arch
         self.options = options
         self.lib_dir = lib_dir
-        self.tune = tune  # None until _open picks the device's
+        self.tune = tune  # None until _open picks the device's (and None for a library without a tune)
         self._lib: Any = None
         self._build: Any = None
         self.layout: Any = None
@@ -199,9 +199,16 @@ class MegakernelBackend(Backend):
         self.launch = klib.LuceMkLaunchInfo()
         klib.check(self._lib, self._lib.luce_mk_launch_info(self.launch), "launch info")
         self.prefill_gemm = attach(self._lib)
-        if self.tune is None:
-            from luce_bench.kernels.tune import for_device
+        from luce_bench.kernels.tune import Tune, for_device
 
+        if self._lib.luce_mk_abi_version() < 9:  # a library from before the run-time tune runs its compiled values
+            if self.tune not in (None, Tune()):
+                raise UserError(
+                    f"{self._build.lib}: ABI {self._lib.luce_mk_abi_version()} has no run-time tune "
+                    f"(asked for {self.tune.as_dict()}); rebuild the kernel or drop the tune fields"
+                )
+            self.tune = None
+        elif self.tune is None:
             self.tune = for_device(torch.cuda.get_device_name(self._device))
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
@@ -310,8 +317,9 @@ class MegakernelBackend(Backend):
         p.sync_base = self._sync_count & 0xFFFFFFFF
         p.step_base = self._step_count & 0xFFFFFFFF
         p.debug_flags = debug_flags
-        for k, v in self.tune.as_dict().items():
-            setattr(p.tune, k, v)
+        if self.tune is not None:  # (None: a library from before ABI 9, which reads no tune)
+            for k, v in self.tune.as_dict().items():
+                setattr(p.tune, k, v)
         if trace is not None:
             need = n * self.trace_points * self.launch.grid
             if trace.numel() < need or trace.element_size() != 8:
@@ -465,7 +473,7 @@ class MegakernelBackend(Backend):
             "syncs_per_step": self.layout.syncs_per_step,
             "max_seq": self.max_seq,
             "options": self.options if self.options is not None else options_from_env(),
-            "tune": self.tune.as_dict() if self.tune and self._lib.luce_mk_abi_version() >= 9 else None,
+            "tune": self.tune.as_dict() if self.tune is not None else None,
             "prebuilt": str(self.lib_dir) if self.lib_dir else None,
             "prefill": self._prefill_info(),
             "ptxas": [

@@ -57,7 +57,7 @@ def _options(header: Path) -> dict[str, str]:
 
 
 def build_options(src: Path | None = None) -> dict[str, str]:
-    """{"MK_INFLIGHT": "1", ...}: every build option the kernel reads, with its default as written."""
+    """{"MK_SLOT_KB": "32", ...}: every build option the kernel reads, with its default as written."""
     return dict(_options((src or _source_dir()) / CONFIG_HEADER))
 
 

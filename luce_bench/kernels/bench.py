@@ -1,7 +1,8 @@
 """Kernel benchmark: decode speed of one or more megakernel builds on the local GPU (`luce-bench kernel bench`).
 
 Method (as the kernel notes quote it): random weights with the exact 0.8B shapes from a seed, generated on the GPU;
-every variant (a build-option set or a prebuilt library) loads the same weights. Per round and variant: tg`steps` at
+every variant (a build-option set or a prebuilt library, each with the GPU's run-time tune or some of its fields
+changed: kernels/tune.py) loads the same weights. Per round and variant: tg`steps` at
 position 64 (after a 64-token prompt), `reps` timed launches of `steps` decode steps each after one warm-up launch,
 CUDA events around the launch; then the same at a long position (2 launches). Variants alternate within each round, so
 slow drift of clocks or temperature hits them all alike; medians over all rounds are reported. The share of the
@@ -10,7 +11,9 @@ library's layout) and the device-to-device copy bandwidth of this GPU, measured 
 against the float32 reference (teacher-forced logits of 192 tokens). With `--prefill`, each round also times the
 kernel prefill at every length (graph replay and kernel by kernel), so prefill medians span the rounds as decode's do;
 its 200-token check against the token path runs once. Debug-flag breakdowns time invalid results.
-These are kernel-speed numbers; energy comes from `luce-bench bench megakernel`.
+These are kernel-speed numbers. With `energy_s`, each round also runs an energy window of that length per variant
+(W and tok/J from the GPU's energy counter): a screen to compare variants; tok/J for the record comes from
+`luce-bench bench megakernel` (>= 10 s windows).
 """
 
 from __future__ import annotations
@@ -336,6 +339,8 @@ def run(plan: BenchPlan, say: Callable[[str], None] = print, build_dir: Path | N
     if len(set(names)) != len(names):
         raise UserError(f"variant names must differ: {names}")
     gpu = torch.cuda.get_device_name()
+    for v in plan.variants:  # a bad $LUCE_BENCH_KERNEL_TUNE or field fails now, not after the builds
+        for_device(gpu).changed_by(v.tune)
     t0 = time.time()
     dirs = prebuild(plan.variants, build_dir or Path(tempfile.mkdtemp(prefix="luce-mk-variants-")))
     say(f"builds: {time.time() - t0:.1f} s")
@@ -351,8 +356,12 @@ def run(plan: BenchPlan, say: Callable[[str], None] = print, build_dir: Path | N
         from luce_bench.gpu import open_gpu
         from luce_bench.gpu.base import GPUError
 
-        try:
-            gpu_energy = open_gpu(index=torch.cuda.current_device(), read_only=True)
+        try:  # by UUID: torch's device numbers and NVML's indices need not agree (CUDA_VISIBLE_DEVICES)
+            uuid = getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "uuid", None)
+            if uuid is not None:
+                gpu_energy = open_gpu(uuid=f"GPU-{uuid}", read_only=True)
+            else:
+                gpu_energy = open_gpu(index=torch.cuda.current_device(), read_only=True)
             gpu_energy.total_energy_mj()
         except GPUError as e:  # no NVML, or a GPU without the counter: say so, time without it
             say(f"energy windows skipped: the GPU's energy counter cannot be read ({e})")
@@ -389,9 +398,12 @@ def run(plan: BenchPlan, say: Callable[[str], None] = print, build_dir: Path | N
                 res.long_s += time_decode(be, long_, plan.steps, 2)
                 line += f", pos {plan.long_pos} {plan.steps / statistics.median(res.long_s):.1f} tok/s"
             if gpu_energy is not None:
-                res.energy.append(energy_window(be, short, plan.steps, plan.energy_s, gpu_energy))
-                es, ej, et = res.energy[-1]
-                line += f", {ej / es:.0f} W, {et / ej:.2f} tok/J"
+                es, ej, et = energy_window(be, short, plan.steps, plan.energy_s, gpu_energy)
+                if ej > 0:  # (a window shorter than the counter's update period reads 0 J)
+                    res.energy.append((es, ej, et))
+                    line += f", {ej / es:.0f} W, {et / ej:.2f} tok/J"
+                else:
+                    line += ", energy window too short for the counter (no W)"
             if plan.per_token and rnd == 0:
                 res.per_token_s = time_decode(be, short, plan.steps, max(3, plan.reps // 2), per_token=True)
                 line += f", one launch per token {plan.steps / statistics.median(res.per_token_s):.1f} tok/s"

@@ -263,7 +263,7 @@ def parse_options(items: Iterable[str], where: str) -> dict[str, int]:
 
 
 def options_from_env() -> dict[str, int]:
-    """Build options from $LUCE_BENCH_KERNEL_OPTIONS, e.g. "MK_INFLIGHT=2,MK_SLOT_KB=16" (empty: the defaults)."""
+    """Build options from $LUCE_BENCH_KERNEL_OPTIONS, e.g. "MK_SLOT_KB=16,MK_PF_GBM=128" (empty: the defaults)."""
     out = parse_options(os.environ.get(OPTIONS_ENV, "").split(","), OPTIONS_ENV)
     define_flags(out)  # validates the names
     return out
@@ -278,7 +278,7 @@ def build(
 ) -> BuildResult:
     """Build (or reuse) the library for `archs` (default: detected).
 
-    `out_dir` overrides the cache directory; `defines` sets build options (e.g. {"MK_INFLIGHT": 2}; default:
+    `out_dir` overrides the cache directory; `defines` sets build options (e.g. {"MK_SLOT_KB": 16}; default:
     $LUCE_BENCH_KERNEL_OPTIONS) and is part of the cache key.
     """
     if defines is None:

@@ -172,6 +172,6 @@ def run(
         steps=steps,
         pos=pos,
         flags=flags,
-        tune=be.tune.as_dict(),
+        tune=be.info()["tune"],  # None for a prebuilt library from before the run-time tune
     )
     return out

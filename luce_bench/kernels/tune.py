@@ -48,7 +48,11 @@ class Tune:
 
     def changed(self, text: str | None, where: str) -> Tune:
         """This tune with the fields of "name=value,name=value" replaced (empty or None: unchanged)."""
-        return self.changed_by(parse_fields(text, where))
+        try:
+            return self.changed_by(parse_fields(text, where))
+        except UserError as e:
+            msg = str(e)
+            raise UserError(msg if msg.startswith(f"{where}: ") else f"{where}: {msg}") from None
 
     def changed_by(self, fields: dict[str, int]) -> Tune:
         """This tune with these fields replaced."""
@@ -73,6 +77,8 @@ def parse_fields(text: str | None, where: str) -> dict[str, int]:
         name, sep, value = (s.strip() for s in item.partition("="))
         if name not in names:
             raise UserError(f"{where}: unknown kernel tune field {name!r}; the kernel reads {', '.join(sorted(names))}")
+        if name in out:
+            raise UserError(f"{where}: {name} is given twice")
         try:
             if not sep:
                 raise ValueError
