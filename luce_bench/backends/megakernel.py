@@ -8,6 +8,7 @@ same kernel (one launch for the whole prompt). torch is used only for device buf
 from __future__ import annotations
 
 import importlib.util
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -199,13 +200,14 @@ class MegakernelBackend(Backend):
         self.launch = klib.LuceMkLaunchInfo()
         klib.check(self._lib, self._lib.luce_mk_launch_info(self.launch), "launch info")
         self.prefill_gemm = attach(self._lib)
-        from luce_bench.kernels.tune import Tune, for_device
+        from luce_bench.kernels.tune import TUNE_ENV, Tune, for_device
 
         if self._lib.luce_mk_abi_version() < 9:  # a library from before the run-time tune runs its compiled values
-            if self.tune not in (None, Tune()):
+            asked = self.tune.as_dict() if self.tune not in (None, Tune()) else os.environ.get(TUNE_ENV)
+            if asked:
                 raise UserError(
                     f"{self._build.lib}: ABI {self._lib.luce_mk_abi_version()} has no run-time tune "
-                    f"(asked for {self.tune.as_dict()}); rebuild the kernel or drop the tune fields"
+                    f"(asked for {asked}); rebuild the kernel or drop the tune fields"
                 )
             self.tune = None
         elif self.tune is None:
