@@ -9,6 +9,9 @@
 //   fence     a relaxed store to the block's own line, then fence.acq_rel.gpu: what a release costs the thread;
 //   barrier   a grid barrier of all blocks, four ways: red.release + ld.acquire polling (mk_sync.cuh's grid_sync),
 //             red.relaxed + ld.relaxed (no ordering: timing only), release + relaxed, relaxed + acquire.
+// In the "streamer fence" cases the streaming lane itself also times a store + fence.acq_rel.gpu right after every 8th
+// copy lands, before it issues the next: the release a producer could make for its block (added after the
+// 2026-12-04 run in cuda/NOTES.md; not yet run).
 // Prints, per case: the stream's rate (TB/s over the measured span) and the median over the measured blocks of each
 // latency (ns).
 //
@@ -33,12 +36,12 @@ constexpr int RING = 192 * 1024;
 constexpr int CHAIN = 2000;    // dependent loads per block
 constexpr int BARRIERS = 300;  // grid barriers per kind
 constexpr int FENCES = 500;
-constexpr int NOUT = 10;       // per block: L2 load, fence, 4 barrier kinds (ns totals), copies, t0, t1, unused
+constexpr int NOUT = 10;       // per block: L2 load, fence, 4 barrier kinds (ns totals), copies, t0, t1, streamer fence
 
 struct Args {
     const char* src;
     unsigned long long src_bytes;
-    unsigned kb, inflight, odd_only;
+    unsigned kb, inflight, odd_only, streamer_fence;
     const unsigned* chain;  // L2-resident pointer chase: chain[i] = next index
     unsigned chain_len;
     unsigned* bar;          // 4 barrier counters, 32 apart (zeroed before the launch)
@@ -73,7 +76,7 @@ __global__ void __launch_bounds__(64, 1) probe(Args a) {
     }
     __syncthreads();
     if (threadIdx.x == 0) {  // the stream
-        unsigned long long copies = 0;
+        unsigned long long copies = 0, sf_ns = 0, sf_n = 0;
         const unsigned long long per_block = a.src_bytes / G / slot_bytes * slot_bytes;
         const char* base = a.src + per_block * b;
         unsigned long long off = 0, pol;
@@ -85,7 +88,15 @@ __global__ void __launch_bounds__(64, 1) probe(Args a) {
                 const unsigned q0 = q - a.inflight;
                 while (!mbar_test(&full[q0 % ns], (q0 / ns) & 1u)) {
                 }
-                if (phase == 1) ++copies;
+                if (phase == 1 && (++copies & 7) == 0 && a.streamer_fence) {
+                    // the release the producer lane could make for its block: right after a copy landed, before the
+                    // next is issued (with inflight 1, none of this SM's copies is in flight)
+                    const unsigned long long tf = now_ns();
+                    asm volatile("st.relaxed.gpu.global.u32 [%0], %1;" ::"l"(a.own + b * 32 + 16), "r"(q) : "memory");
+                    asm volatile("fence.acq_rel.gpu;" ::: "memory");
+                    sf_ns += now_ns() - tf;
+                    ++sf_n;
+                }
             }
             uint64_t* bar = &full[q % ns];
             asm volatile("{ .reg .b64 st; mbarrier.arrive.expect_tx.shared.b64 st, [%0], %1; }" ::"r"(su32(bar)),
@@ -101,6 +112,7 @@ __global__ void __launch_bounds__(64, 1) probe(Args a) {
             while (!mbar_test(&full[j % ns], (j / ns) & 1u)) {
             }
         a.out[b * NOUT + 6] = copies;
+        a.out[b * NOUT + 9] = sf_n ? sf_ns / sf_n : 0;
         return;
     }
     if (threadIdx.x != 32) return;
@@ -177,40 +189,45 @@ int main() {
            "fence.acq_rel.gpu; barriers of all blocks (%d each): arrival red.{release|relaxed} + polling "
            "ld.{acquire|relaxed}; medians over the measured blocks, ns\n",
            prop.name, sms, CHAIN, BARRIERS);
-    printf("%4s %9s %8s %7s %9s %7s %7s %7s %7s %7s\n", "KB", "in flight", "streams", "TB/s", "L2 load", "fence",
-           "rel/acq", "rlx/rlx", "rel/rlx", "rlx/acq");
-    // kb, copies in flight, only the odd blocks stream (the even ones are measured)
-    const unsigned cases[][3] = {{32, 0, 0}, {32, 1, 0}, {32, 2, 0}, {32, 3, 0}, {64, 1, 0}, {16, 2, 0},
-                                 {32, 1, 1}, {32, 2, 1}, {32, 1, 0}, {32, 0, 0}};
+    printf("%4s %9s %8s %7s %9s %7s %7s %7s %7s %7s %9s\n", "KB", "in flight", "streams", "TB/s", "L2 load", "fence",
+           "rel/acq", "rlx/rlx", "rel/rlx", "rlx/acq", "streamer");
+    // kb, copies in flight, only the odd blocks stream (the even ones are measured), the streamer times its own fence
+    const unsigned cases[][4] = {{32, 0, 0, 0}, {32, 1, 0, 0}, {32, 2, 0, 0}, {32, 3, 0, 0}, {64, 1, 0, 0},
+                                 {16, 2, 0, 0}, {32, 1, 1, 0}, {32, 2, 1, 0}, {32, 1, 0, 1}, {32, 2, 0, 1},
+                                 {32, 1, 0, 0}, {32, 0, 0, 0}};
     for (auto& c : cases) {
         for (int rep = 0; rep < 2; ++rep) {
             CK(cudaMemset(bar, 0, 4 * 32 * 4));
             CK(cudaMemset(out, 0, sms * NOUT * 8));
-            Args a{src, src_bytes, c[0], c[1], c[2], chain, chain_len, bar, own, out};
+            Args a{src, src_bytes, c[0], c[1], c[2], c[3], chain, chain_len, bar, own, out};
             void* args[] = {&a};
             CK(cudaLaunchCooperativeKernel((const void*)probe, dim3(sms), dim3(64), args, RING, 0));
             CK(cudaDeviceSynchronize());
             std::vector<unsigned long long> o(sms * NOUT);
             CK(cudaMemcpy(o.data(), out, sms * NOUT * 8, cudaMemcpyDeviceToHost));
-            std::vector<double> v[6];
+            std::vector<double> v[7];
             unsigned long long copies = 0, t0 = ~0ull, t1 = 0;
-            const double per[6] = {CHAIN, FENCES, BARRIERS, BARRIERS, BARRIERS, BARRIERS};
+            const double per[7] = {CHAIN, FENCES, BARRIERS, BARRIERS, BARRIERS, BARRIERS, 1};
             for (int b = 0; b < sms; ++b) {
                 copies += o[b * NOUT + 6];
                 t0 = std::min(t0, o[b * NOUT + 7]);
                 t1 = std::max(t1, o[b * NOUT + 8]);
                 if (c[2] && (b & 1)) continue;  // measure the blocks that do not stream
                 for (int k = 0; k < 6; ++k) v[k].push_back((double)o[b * NOUT + k] / per[k]);
+                v[6].push_back((double)o[b * NOUT + 9]);
             }
-            double med[6];
-            for (int k = 0; k < 6; ++k) {
+            double med[7];
+            for (int k = 0; k < 7; ++k) {
                 std::sort(v[k].begin(), v[k].end());
                 med[k] = v[k][v[k].size() / 2];
             }
             const double tbs = (double)copies * c[0] * 1024 / (double)(t1 - t0) / 1e3;
+            char sf[16] = "-";
+            if (c[3]) snprintf(sf, sizeof sf, "%.0f", med[6]);
             if (rep == 1)
-                printf("%4u %9u %8s %7.2f %9.0f %7.0f %7.0f %7.0f %7.0f %7.0f\n", c[0], c[1],
-                       c[1] ? (c[2] ? "odd SMs" : "all") : "-", tbs, med[0], med[1], med[2], med[3], med[4], med[5]);
+                printf("%4u %9u %8s %7.2f %9.0f %7.0f %7.0f %7.0f %7.0f %7.0f %9s\n", c[0], c[1],
+                       c[1] ? (c[2] ? "odd SMs" : "all") : "-", tbs, med[0], med[1], med[2], med[3], med[4], med[5],
+                       sf);
         }
     }
     return 0;
