@@ -106,6 +106,17 @@ __device__ __forceinline__ void attn_merge_head(Ctx& c, const LuceMkParams& P, i
     }
 }
 
+// This lane's 8 values of a K or V row: the current position's from shared memory (`cur`, as the cache gets them),
+// any other position's from its loaded bf16 row.
+__device__ __forceinline__ void kv_row8(bool current, const float* cur, uint4 loaded, float out[8]) {
+    if (current) {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) out[e] = cur[e];
+    } else {
+        unpack8(loaded, out);
+    }
+}
+
 __device__ __forceinline__ void attn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos, unsigned ep) {
     AttnWork& w = smem().w.attn;
     Scratch& S = scratch(P);
@@ -151,12 +162,7 @@ __device__ __forceinline__ void attn_item(Ctx& c, const LuceMkParams& P, int l, 
         for (int j = 0; j < ATT_BATCH; ++j) {
             const int p = p0 + j * NCW;
             float kf[8];
-            if (p == pos) {
-#pragma unroll
-                for (int e = 0; e < 8; ++e) kf[e] = w.k[c.lane * 8 + e];
-            } else {
-                unpack8(kr[j], kf);
-            }
+            kv_row8(p == pos, w.k + c.lane * 8, kr[j], kf);
             float s = 0.f;
 #pragma unroll
             for (int e = 0; e < 8; ++e) s = fmaf(q[e], kf[e], s);
@@ -176,12 +182,7 @@ __device__ __forceinline__ void attn_item(Ctx& c, const LuceMkParams& P, int l, 
             const int p = p0 + j * NCW;
             if (p >= c1) break;  // (warp-uniform)
             float vf[8];
-            if (p == pos) {
-#pragma unroll
-                for (int e = 0; e < 8; ++e) vf[e] = w.v[c.lane * 8 + e];
-            } else {
-                unpack8(vr[j], vf);
-            }
+            kv_row8(p == pos, w.v + c.lane * 8, vr[j], vf);
             const float pr = expf(sc[j] - mn);
             ls += pr;
 #pragma unroll

@@ -202,11 +202,12 @@ class MegakernelBackend(Backend):
         self.prefill_gemm = attach(self._lib)
         from luce_bench.kernels.tune import TUNE_ENV, Tune, for_device
 
-        if self._lib.luce_mk_abi_version() < 9:  # a library from before the run-time tune runs its compiled values
+        abi = self._lib.luce_mk_abi_version()
+        if abi < 9:  # a library from before the run-time tune runs its compiled values
             asked = self.tune.as_dict() if self.tune not in (None, Tune()) else os.environ.get(TUNE_ENV)
             if asked:
                 raise UserError(
-                    f"{self._build.lib}: ABI {self._lib.luce_mk_abi_version()} has no run-time tune "
+                    f"{self._build.lib}: ABI {abi} has no run-time tune "
                     f"(asked for {asked}); rebuild the kernel or drop the tune fields"
                 )
             self.tune = None

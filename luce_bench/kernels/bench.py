@@ -339,8 +339,8 @@ def run(plan: BenchPlan, say: Callable[[str], None] = print, build_dir: Path | N
     if len(set(names)) != len(names):
         raise UserError(f"variant names must differ: {names}")
     gpu = torch.cuda.get_device_name()
-    for v in plan.variants:  # a bad $LUCE_BENCH_KERNEL_TUNE or field fails now, not after the builds
-        for_device(gpu).changed_by(v.tune)
+    # every variant's tune now: a bad $LUCE_BENCH_KERNEL_TUNE or field fails here, not after the builds
+    tunes = {v.name: for_device(gpu).changed_by(v.tune) for v in plan.variants}
     t0 = time.time()
     dirs = prebuild(plan.variants, build_dir or Path(tempfile.mkdtemp(prefix="luce-mk-variants-")))
     say(f"builds: {time.time() - t0:.1f} s")
@@ -380,7 +380,7 @@ def run(plan: BenchPlan, say: Callable[[str], None] = print, build_dir: Path | N
             res = results[v.name]
             if rnd == 0:
                 be = backends[v.name] = MegakernelBackend.from_state_dict(
-                    sd, max_seq=max_seq, lib_dir=v.lib_dir or dirs[v.name], tune=for_device(gpu).changed_by(v.tune)
+                    sd, max_seq=max_seq, lib_dir=v.lib_dir or dirs[v.name], tune=tunes[v.name]
                 )
                 layout = be.layout
                 res.build = be.info()
