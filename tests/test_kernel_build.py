@@ -268,6 +268,8 @@ def test_kernel_option_sets_compile_without_spills(option_set_builds, name):
     lay = klib.layout(lib)
     assert lay.syncs_per_step == 55 and lay.scratch_floats == SCRATCH_FLOATS
     assert lib.luce_mk_prefill_gemm_option() == KERNEL_OPTION_SETS[name].get("MK_PF_CUBLAS", 1)
+    # the options travel with the library: a prebuilt directory reports what it was compiled with
+    assert res.options == KERNEL_OPTION_SETS[name] == kb.prebuilt(res.lib.parent).options
 
 
 @needs_nvcc
@@ -291,6 +293,12 @@ def test_the_prefill_loads_cublas_only_where_built_to(built, tmp_path):
 def test_prebuilt_reads_a_build_directory(built):
     res = kb.prebuilt(built.lib.parent)
     assert res.lib == built.lib and {r.arch for r in res.reports} == set(ARCHS) and res.cached
+    assert res.options == {} == built.options  # the defaults, recorded beside the library
+    (built.lib.parent / kb.OPTIONS_NAME).rename(built.lib.parent / "options.json.away")
+    try:  # a directory from before the options were recorded: unknown, not "the defaults"
+        assert kb.prebuilt(built.lib.parent).options is None
+    finally:
+        (built.lib.parent / "options.json.away").rename(built.lib.parent / kb.OPTIONS_NAME)
     with pytest.raises(UserError, match="no libluce_mk.so"):
         kb.prebuilt(built.lib.parent / "nothing-here")
 

@@ -459,7 +459,7 @@ class MegakernelBackend(Backend):
 
     def info(self) -> dict[str, Any]:
         """Kernel version (ABI, sources hash), library, build options, launch sizes and ptxas facts for meta.json."""
-        from luce_bench.kernels.build import build_key, options_from_env, source_dir
+        from luce_bench.kernels.build import build_key, source_dir
 
         if self._build is None:
             return {}
@@ -475,7 +475,7 @@ class MegakernelBackend(Backend):
             "ring_slots": self.launch.ring_slots,
             "syncs_per_step": self.layout.syncs_per_step,
             "max_seq": self.max_seq,
-            "options": self.options if self.options is not None else options_from_env(),
+            "options": self._build.options,  # None: a prebuilt library that does not record them
             "tune": self.tune.as_dict() if self.tune is not None else None,
             "prebuilt": str(self.lib_dir) if self.lib_dir else None,
             "prefill": self._prefill_info(),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -27,6 +28,7 @@ from luce_bench.files import atomic_path
 
 LIB_NAME = "libluce_mk.so"
 REPORT_NAME = "ptxas.txt"
+OPTIONS_NAME = "options.json"  # the build options, beside the library (read back for a prebuilt one)
 MAIN_SOURCE = "mk_decode.cu"
 SOURCES = (MAIN_SOURCE, "mk_prefill.cu")  # one library: the decode kernel and the prefill
 BASE_FLAGS = (
@@ -67,6 +69,8 @@ class BuildResult:
     nvcc_version: str
     cached: bool
     reports: list[KernelReport] = field(default_factory=list)
+    # the build options it was compiled with (OPTIONS_NAME in its directory); None: a library built without that file
+    options: dict[str, int] | None = None
 
     @property
     def report_path(self) -> Path:
@@ -301,7 +305,8 @@ def build(
     final = Path(out_dir) if out_dir else cache_root() / key
     lib = final / LIB_NAME
     if lib.is_file() and (final / REPORT_NAME).is_file() and not force:
-        return BuildResult(lib, arch_t, version.splitlines()[-1], True, parse_ptxas((final / REPORT_NAME).read_text()))
+        reports = parse_ptxas((final / REPORT_NAME).read_text())
+        return BuildResult(lib, arch_t, version.splitlines()[-1], True, reports, dict(defines))
     if final.exists():  # a forced rebuild, or a directory without its report
         shutil.rmtree(final, ignore_errors=True)
     try:
@@ -314,12 +319,14 @@ def build(
                 raise nvcc_error(report, proc.returncode)
             (tmp / REPORT_NAME).write_text(report)
             (tmp / "build.txt").write_text(" ".join(cmd) + "\n" + version + "\n")
+            (tmp / OPTIONS_NAME).write_text(json.dumps(dict(sorted(defines.items()))) + "\n")
             if verbose:
                 print(report)
     except OSError:
         if not lib.is_file():  # not a concurrent builder that finished first
             raise
-    return BuildResult(lib, arch_t, version.splitlines()[-1], False, parse_ptxas((final / REPORT_NAME).read_text()))
+    reports = parse_ptxas((final / REPORT_NAME).read_text())
+    return BuildResult(lib, arch_t, version.splitlines()[-1], False, reports, dict(defines))
 
 
 def prebuilt(lib_dir: Path) -> BuildResult:
@@ -333,7 +340,18 @@ def prebuilt(lib_dir: Path) -> BuildResult:
     info = lib_dir / "build.txt"
     version = info.read_text().strip().splitlines()[-1] if info.is_file() else "unknown"
     archs = tuple(sorted({r.arch for r in reports}))
-    return BuildResult(lib, archs, version, True, reports)
+    return BuildResult(lib, archs, version, True, reports, read_options(lib_dir))
+
+
+def read_options(lib_dir: Path) -> dict[str, int] | None:
+    """The build options recorded next to a library (None: none recorded, or unreadable)."""
+    try:
+        raw = json.loads((Path(lib_dir) / OPTIONS_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(raw, dict) or not all(isinstance(k, str) and type(v) is int for k, v in raw.items()):
+        return None
+    return raw
 
 
 def main(argv: list[str] | None = None) -> int:
