@@ -10,8 +10,8 @@
 //   barrier   a grid barrier of all blocks, four ways: red.release + ld.acquire polling (mk_sync.cuh's grid_sync),
 //             red.relaxed + ld.relaxed (no ordering: timing only), release + relaxed, relaxed + acquire.
 // In the "streamer fence" cases the streaming lane itself also times a store + fence.acq_rel.gpu right after every 8th
-// copy lands, before it issues the next: the release a producer could make for its block (added after the
-// 2026-12-04 run in cuda/NOTES.md; not yet run).
+// copy lands, before it issues the next: the release a producer could make for its block (measured 2026-12-04 evening:
+// cuda/NOTES.md, "Candidate (a) screened").
 // Prints, per case: the stream's rate (TB/s over the measured span) and the median over the measured blocks of each
 // latency (ns).
 //
