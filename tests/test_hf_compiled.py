@@ -50,17 +50,18 @@ b.close()
 
 
 def cpu_compile_crash() -> str | None:
-    """Why compiling on the CPU kills a process (the signal and the first line on stderr), or None where it does not.
+    """Why compiling on the CPU kills a process (the signal and the last line on stderr), or None where it does not.
 
     An ordinary failure (an exception, exit status > 0) is not a crash: the fixture then fails with its message.
     """
     proc = subprocess.run([sys.executable, "-c", _CHILD_LOAD], capture_output=True, text=True, timeout=1200)
     if proc.returncode >= 0:
         return None
-    first = next((line for line in proc.stderr.splitlines() if line.strip()), "nothing on stderr")
+    said = [line.strip() for line in proc.stderr.splitlines() if line.strip()]  # glibc's word comes last, if any
     return (
         f"inductor's CPU code kills the process with torch {torch.__version__} here "
-        f"({signal.Signals(-proc.returncode).name}: {first.strip()}); hf-compiled on the GPU: tests/gpu"
+        f"({signal.Signals(-proc.returncode).name}: {said[-1] if said else 'nothing on stderr'}); "
+        "hf-compiled on the GPU: tests/gpu"
     )
 
 
@@ -255,3 +256,13 @@ def test_an_unknown_compile_mode_is_one_line_exit_2(tmp_path, monkeypatch):
     assert result.exit_code == 2, result.output
     assert "error: LUCE_BENCH_HF_COMPILE='fastest': expected one of reduce-overhead, default" in result.output
     assert not out.exists()  # refused before the run directory exists
+
+
+def test_a_cpu_compile_that_kills_its_process_is_named_an_ordinary_failure_is_not(monkeypatch):
+    """The child-process check above: a killed child gives the signal and its last words; an exception gives None."""
+    dying = "import os, sys; print('a warning', file=sys.stderr); print('free(): corrupted', file=sys.stderr)"
+    monkeypatch.setitem(globals(), "_CHILD_LOAD", dying + "; sys.stderr.flush(); os.abort()")
+    reason = cpu_compile_crash()
+    assert reason is not None and "(SIGABRT: free(): corrupted)" in reason and torch.__version__ in reason
+    monkeypatch.setitem(globals(), "_CHILD_LOAD", "raise RuntimeError('an ordinary failure')")
+    assert cpu_compile_crash() is None  # the fixture's own load then fails with the message
