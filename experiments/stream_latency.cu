@@ -7,6 +7,9 @@
 //   L2 load   a chain of dependent ld.relaxed.gpu loads through an L2-resident array (each load's address comes from
 //             the previous one): the latency of one L2 round trip;
 //   fence     a relaxed store to the block's own line, then fence.acq_rel.gpu: what a release costs the thread;
+//   fence cl / fence cta  the same at cluster and at CTA scope: does a narrower release wait for the copies too? (A
+//             cluster-scope release is what a block would make towards a leader block of its cluster; added after the
+//             2026-12-04 evening run, not yet run);
 //   barrier   a grid barrier of all blocks, four ways: red.release + ld.acquire polling (mk_sync.cuh's grid_sync),
 //             red.relaxed + ld.relaxed (no ordering: timing only), release + relaxed, relaxed + acquire.
 // In the "streamer fence" cases the streaming lane itself also times a store + fence.acq_rel.gpu right after every 8th
@@ -36,7 +39,8 @@ constexpr int RING = 192 * 1024;
 constexpr int CHAIN = 2000;    // dependent loads per block
 constexpr int BARRIERS = 300;  // grid barriers per kind
 constexpr int FENCES = 500;
-constexpr int NOUT = 10;       // per block: L2 load, fence, 4 barrier kinds (ns totals), copies, t0, t1, streamer fence
+constexpr int NOUT = 12;  // per block: L2 load, fence, 4 barrier kinds (ns totals), copies, t0, t1, streamer fence,
+                          // cluster-scope fence, CTA-scope fence
 
 struct Args {
     const char* src;
@@ -135,6 +139,20 @@ __global__ void __launch_bounds__(64, 1) probe(Args a) {
         asm volatile("fence.acq_rel.gpu;" ::: "memory");
     }
     a.out[b * NOUT + 1] = now_ns() - t;
+    // the same release at cluster and at CTA scope: does a narrower release also wait for this SM's copies in flight?
+    // (a cluster-scope release is what a member would make to a leader block in its cluster, through DSMEM)
+    t = now_ns();
+    for (int i = 0; i < FENCES; ++i) {
+        asm volatile("st.relaxed.cluster.global.u32 [%0], %1;" ::"l"(mine + 8), "r"(i) : "memory");
+        asm volatile("fence.acq_rel.cluster;" ::: "memory");
+    }
+    a.out[b * NOUT + 10] = now_ns() - t;
+    t = now_ns();
+    for (int i = 0; i < FENCES; ++i) {
+        asm volatile("st.relaxed.cta.global.u32 [%0], %1;" ::"l"(mine + 12), "r"(i) : "memory");
+        asm volatile("fence.acq_rel.cta;" ::: "memory");
+    }
+    a.out[b * NOUT + 11] = now_ns() - t;
     for (int kind = 0; kind < 4; ++kind) {
         unsigned* cnt = a.bar + 32 * kind;
         for (int i = 1; i <= BARRIERS + 1; ++i) {  // the first one (untimed) lines the blocks up
@@ -189,8 +207,8 @@ int main() {
            "fence.acq_rel.gpu; barriers of all blocks (%d each): arrival red.{release|relaxed} + polling "
            "ld.{acquire|relaxed}; medians over the measured blocks, ns\n",
            prop.name, sms, CHAIN, BARRIERS);
-    printf("%4s %9s %8s %7s %9s %7s %7s %7s %7s %7s %9s\n", "KB", "in flight", "streams", "TB/s", "L2 load", "fence",
-           "rel/acq", "rlx/rlx", "rel/rlx", "rlx/acq", "streamer");
+    printf("%4s %9s %8s %7s %9s %7s %7s %7s %7s %7s %9s %8s %8s\n", "KB", "in flight", "streams", "TB/s", "L2 load",
+           "fence", "rel/acq", "rlx/rlx", "rel/rlx", "rlx/acq", "streamer", "fence cl", "fence cta");
     // kb, copies in flight, only the odd blocks stream (the even ones are measured), the streamer times its own fence
     const unsigned cases[][4] = {{32, 0, 0, 0}, {32, 1, 0, 0}, {32, 2, 0, 0}, {32, 3, 0, 0}, {64, 1, 0, 0},
                                  {16, 2, 0, 0}, {32, 1, 1, 0}, {32, 2, 1, 0}, {32, 1, 0, 1}, {32, 2, 0, 1},
@@ -205,9 +223,9 @@ int main() {
             CK(cudaDeviceSynchronize());
             std::vector<unsigned long long> o(sms * NOUT);
             CK(cudaMemcpy(o.data(), out, sms * NOUT * 8, cudaMemcpyDeviceToHost));
-            std::vector<double> v[7];
+            std::vector<double> v[9];
             unsigned long long copies = 0, t0 = ~0ull, t1 = 0;
-            const double per[7] = {CHAIN, FENCES, BARRIERS, BARRIERS, BARRIERS, BARRIERS, 1};
+            const double per[6] = {CHAIN, FENCES, BARRIERS, BARRIERS, BARRIERS, BARRIERS};
             for (int b = 0; b < sms; ++b) {
                 copies += o[b * NOUT + 6];
                 t0 = std::min(t0, o[b * NOUT + 7]);
@@ -215,9 +233,11 @@ int main() {
                 if (c[2] && (b & 1)) continue;  // measure the blocks that do not stream
                 for (int k = 0; k < 6; ++k) v[k].push_back((double)o[b * NOUT + k] / per[k]);
                 v[6].push_back((double)o[b * NOUT + 9]);
+                v[7].push_back((double)o[b * NOUT + 10] / FENCES);
+                v[8].push_back((double)o[b * NOUT + 11] / FENCES);
             }
-            double med[7];
-            for (int k = 0; k < 7; ++k) {
+            double med[9];
+            for (int k = 0; k < 9; ++k) {
                 std::sort(v[k].begin(), v[k].end());
                 med[k] = v[k][v[k].size() / 2];
             }
@@ -225,9 +245,9 @@ int main() {
             char sf[16] = "-";
             if (c[3]) snprintf(sf, sizeof sf, "%.0f", med[6]);
             if (rep == 1)
-                printf("%4u %9u %8s %7.2f %9.0f %7.0f %7.0f %7.0f %7.0f %7.0f %9s\n", c[0], c[1],
+                printf("%4u %9u %8s %7.2f %9.0f %7.0f %7.0f %7.0f %7.0f %7.0f %9s %8.0f %8.0f\n", c[0], c[1],
                        c[1] ? (c[2] ? "odd SMs" : "all") : "-", tbs, med[0], med[1], med[2], med[3], med[4], med[5],
-                       sf);
+                       sf, med[7], med[8]);
         }
     }
     return 0;
