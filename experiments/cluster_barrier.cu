@@ -1,0 +1,252 @@
+// cluster_barrier.cu -- a grid barrier through thread-block-cluster leaders against the flat one, under a bulk-copy
+// weight stream (issue 12's exchange cost, H200; cuda/NOTES.md, "The next question for the exchanges").
+//
+// One block per SM, clusters of CL = 2 blocks. Lane 0 of warp 0 streams a 4 GiB buffer into a 192 KB shared-memory
+// ring with 32 KB bulk copies, as the decode kernel's producer does; lane 0 of warp 1 times two barriers of all blocks:
+//   flat     every block: red.release.gpu on one counter, then ld.acquire.gpu polling (mk_sync.cuh's grid_sync);
+//   leader   the member of each cluster arrives on an mbarrier in its leader's shared memory (a remote arrive,
+//            release at cluster scope); the leader waits for it (acquire, cluster scope), makes the cluster's arrival
+//            on the global counter (red.release.gpu, CL x fewer arrivals) and polls it, then arrives on the member's
+//            "go" mbarrier (release, cluster scope), which the member waits on.
+// Stream cases: none; every block 1 copy in flight; only the members stream, 2 copies in flight (the same bytes per
+// cluster, and the leaders' releases have no copy of their own SM to wait for), or 1. Written 2026-12-04 evening,
+// compiled, not yet run.
+// Prints per case: TB/s of the stream and the median over blocks of each barrier (ns).
+//
+//   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -o cluster_barrier experiments/cluster_barrier.cu
+//   ./cluster_barrier
+#include <cstdio>
+#include <cstdint>
+#include <vector>
+#include <algorithm>
+#include <cuda_runtime.h>
+
+#define CK(x)                                                                                     \
+    do {                                                                                          \
+        cudaError_t e_ = (x);                                                                     \
+        if (e_ != cudaSuccess) {                                                                  \
+            fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));   \
+            return 1;                                                                             \
+        }                                                                                         \
+    } while (0)
+
+constexpr int CL = 2;           // blocks per cluster
+constexpr int RING = 192 * 1024;
+constexpr unsigned SLOT = 32 * 1024;
+constexpr int NS = RING / SLOT;
+constexpr int BARRIERS = 300;   // per kind
+constexpr int NOUT = 5;         // per block: flat ns, leader ns, copies, t0, t1
+
+struct Args {
+    const char* src;
+    unsigned long long src_bytes;
+    unsigned inflight, members_only;  // copies in flight per streaming block; only the members (rank != 0) stream
+    unsigned* bar;                    // 2 counters, 32 apart (zeroed before the launch)
+    unsigned long long* out;
+};
+
+__device__ __forceinline__ unsigned long long now_ns() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+__device__ __forceinline__ unsigned su32(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
+__device__ __forceinline__ unsigned cluster_rank() {
+    unsigned r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+}
+// This block's shared address `a`, as the same variable of block `rank` of the cluster.
+__device__ __forceinline__ unsigned remote(unsigned a, unsigned rank) {
+    unsigned r;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(rank));
+    return r;
+}
+__device__ __forceinline__ void cluster_sync_all() {  // every thread of every block of the cluster (not aligned)
+    asm volatile("barrier.cluster.arrive.release;\n\tbarrier.cluster.wait.acquire;" ::: "memory");
+}
+__device__ __forceinline__ bool mbar_test(uint64_t* b, unsigned parity) {
+    unsigned ok;
+    asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+                 : "=r"(ok) : "r"(su32(b)), "r"(parity) : "memory");
+    return ok != 0;
+}
+__device__ __forceinline__ void mbar_wait_cluster(uint64_t* b, unsigned parity) {  // acquire at cluster scope
+    unsigned ok = 0;
+    while (!ok)
+        asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2; "
+                     "selp.u32 %0, 1, 0, p; }"
+                     : "=r"(ok) : "r"(su32(b)), "r"(parity) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive_remote(unsigned cluster_addr) {  // release at cluster scope
+    asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];" ::"r"(cluster_addr) : "memory");
+}
+
+extern __shared__ __align__(128) unsigned char ring[];
+
+__global__ void __launch_bounds__(64, 1) probe(Args a) {
+    __shared__ uint64_t full[NS];
+    __shared__ uint64_t lbar, go;  // leader: the members' arrivals; member: the leader's go
+    __shared__ volatile unsigned phase;  // 0 warm-up, 1 measuring, 2 stop
+    const int G = gridDim.x, b = blockIdx.x;
+    const unsigned rank = cluster_rank();
+    if (threadIdx.x == 0) {
+        for (int i = 0; i < NS; ++i) asm volatile("mbarrier.init.shared.b64 [%0], 1;" ::"r"(su32(&full[i])));
+        asm volatile("mbarrier.init.shared.b64 [%0], %1;" ::"r"(su32(&lbar)), "r"(CL - 1));
+        asm volatile("mbarrier.init.shared.b64 [%0], 1;" ::"r"(su32(&go)));
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        phase = 0;
+    }
+    __syncthreads();
+    cluster_sync_all();  // every block's mbarriers exist before any remote arrive
+    if (threadIdx.x == 0) {  // the stream
+        unsigned long long copies = 0;
+        const unsigned long long per_block = a.src_bytes / G / SLOT * SLOT;
+        const char* base = a.src + per_block * b;
+        unsigned long long off = 0, pol;
+        asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
+        unsigned q = 0;
+        const bool streams = a.inflight && (!a.members_only || rank != 0);
+        for (; streams && phase < 2; ++q) {
+            if (q >= a.inflight) {
+                const unsigned q0 = q - a.inflight;
+                while (!mbar_test(&full[q0 % NS], (q0 / NS) & 1u)) {
+                }
+                if (phase == 1) ++copies;
+            }
+            uint64_t* bar = &full[q % NS];
+            asm volatile("{ .reg .b64 st; mbarrier.arrive.expect_tx.shared.b64 st, [%0], %1; }" ::"r"(su32(bar)),
+                         "r"(SLOT) : "memory");
+            asm volatile(
+                "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], "
+                "%4;" ::"r"(su32(ring + (q % NS) * SLOT)),
+                "l"(base + off), "r"(SLOT), "r"(su32(bar)), "l"(pol) : "memory");
+            off += SLOT;
+            if (off >= per_block) off = 0;
+        }
+        for (unsigned j = q > a.inflight ? q - a.inflight : 0; j < q; ++j)
+            while (!mbar_test(&full[j % NS], (j / NS) & 1u)) {
+            }
+        a.out[b * NOUT + 2] = copies;
+    } else if (threadIdx.x == 32) {  // the prober
+        const unsigned long long t0 = now_ns();
+        while (now_ns() - t0 < 200000) {
+        }
+        const unsigned long long ts = now_ns();
+        phase = 1;
+        unsigned long long t = 0;
+        unsigned* cnt = a.bar;  // flat: G arrivals per barrier
+        for (int i = 1; i <= BARRIERS + 1; ++i) {  // the first one (untimed) lines the blocks up
+            if (i == 2) t = now_ns();
+            asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(cnt) : "memory");
+            const unsigned target = (unsigned)(G * i);
+            unsigned v;
+            do {
+                asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(cnt) : "memory");
+            } while ((int)(v - target) < 0);
+        }
+        a.out[b * NOUT + 0] = now_ns() - t;
+        cnt = a.bar + 32;  // leader: G / CL arrivals per barrier
+        for (int i = 1; i <= BARRIERS + 1; ++i) {
+            if (i == 2) t = now_ns();
+            const unsigned parity = (unsigned)(i - 1) & 1u;
+            if (rank != 0) {
+                mbar_arrive_remote(remote(su32(&lbar), 0));
+                mbar_wait_cluster(&go, parity);
+            } else {
+                mbar_wait_cluster(&lbar, parity);
+                asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(cnt) : "memory");
+                const unsigned target = (unsigned)(G / CL * i);
+                unsigned v;
+                do {
+                    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(cnt) : "memory");
+                } while ((int)(v - target) < 0);
+                for (unsigned r = 1; r < CL; ++r) mbar_arrive_remote(remote(su32(&go), r));
+            }
+        }
+        a.out[b * NOUT + 1] = now_ns() - t;
+        a.out[b * NOUT + 3] = ts;
+        a.out[b * NOUT + 4] = now_ns();
+        phase = 2;
+    }
+    cluster_sync_all();  // no block leaves while another may still arrive on its mbarriers
+}
+
+int main() {
+    int dev = 0, sms = 0;
+    CK(cudaGetDevice(&dev));
+    CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    cudaDeviceProp prop;
+    CK(cudaGetDeviceProperties(&prop, dev));
+    CK(cudaFuncSetAttribute(probe, cudaFuncAttributeMaxDynamicSharedMemorySize, RING));
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute attr[2];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = CL;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    attr[1].id = cudaLaunchAttributeCooperative;
+    attr[1].val.cooperative = 1;
+    cfg.blockDim = dim3(64);
+    cfg.dynamicSmemBytes = RING;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;  // the occupancy query takes the cluster shape only
+    cfg.gridDim = dim3(sms / CL * CL);
+    int clusters = 0;
+    CK(cudaOccupancyMaxActiveClusters(&clusters, (void*)probe, &cfg));
+    const int grid = std::min(sms / CL, clusters) * CL;
+    cfg.gridDim = dim3(grid);
+    cfg.numAttrs = 2;
+    const unsigned long long src_bytes = 4ull << 30;
+    char* src = nullptr;
+    unsigned* bar = nullptr;
+    unsigned long long* out = nullptr;
+    CK(cudaMalloc(&src, src_bytes));
+    CK(cudaMemset(src, 1, src_bytes));
+    CK(cudaMalloc(&bar, 2 * 32 * 4));
+    CK(cudaMalloc(&out, grid * NOUT * 8));
+    printf("%s, %d SMs, %d blocks in clusters of %d (%d clusters fit), 32 KB bulk copies; barriers of all blocks (%d "
+           "each), medians over blocks, ns\n",
+           prop.name, sms, grid, CL, clusters, BARRIERS);
+    printf("%-34s %7s %8s %8s\n", "stream", "TB/s", "flat", "leader");
+    const unsigned cases[][2] = {{0, 0}, {1, 0}, {2, 1}, {1, 1}, {1, 0}, {0, 0}};  // copies in flight, only members stream
+    bool coop = true;
+    for (auto& c : cases) {
+        for (int rep = 0; rep < 2; ++rep) {
+            CK(cudaMemset(bar, 0, 2 * 32 * 4));
+            CK(cudaMemset(out, 0, grid * NOUT * 8));
+            Args args{src, src_bytes, c[0], c[1], bar, out};
+            cfg.numAttrs = coop ? 2 : 1;
+            cudaError_t e = cudaLaunchKernelEx(&cfg, probe, args);
+            if (e != cudaSuccess && coop) {  // a cooperative launch with clusters refused: co-residency by the grid size
+                printf("(cooperative launch with clusters refused: %s; launching %d blocks without it)\n",
+                       cudaGetErrorString(e), grid);
+                (void)cudaGetLastError();
+                coop = false;
+                cfg.numAttrs = 1;
+                e = cudaLaunchKernelEx(&cfg, probe, args);
+            }
+            CK(e);
+            CK(cudaDeviceSynchronize());
+            std::vector<unsigned long long> o(grid * NOUT);
+            CK(cudaMemcpy(o.data(), out, grid * NOUT * 8, cudaMemcpyDeviceToHost));
+            std::vector<double> flat, lead;
+            unsigned long long copies = 0, t0 = ~0ull, t1 = 0;
+            for (int b = 0; b < grid; ++b) {
+                flat.push_back((double)o[b * NOUT + 0] / BARRIERS);
+                lead.push_back((double)o[b * NOUT + 1] / BARRIERS);
+                copies += o[b * NOUT + 2];
+                t0 = std::min(t0, o[b * NOUT + 3]);
+                t1 = std::max(t1, o[b * NOUT + 4]);
+            }
+            std::sort(flat.begin(), flat.end());
+            std::sort(lead.begin(), lead.end());
+            const double tbs = (double)copies * SLOT / (double)(t1 - t0) / 1e3;
+            char what[64];
+            if (!c[0]) snprintf(what, sizeof what, "none");
+            else snprintf(what, sizeof what, "%u x 32 KB per %s", c[0], c[1] ? "member (leaders idle)" : "block");
+            if (rep == 1) printf("%-34s %7.2f %8.0f %8.0f\n", what, tbs, flat[grid / 2], lead[grid / 2]);
+        }
+    }
+    return 0;
+}
