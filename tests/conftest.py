@@ -171,15 +171,24 @@ def gpu_outcomes(reports: dict[str, list[Any]]) -> dict[str, str]:
     return out
 
 
-def gpu_summary(outcomes: dict[str, str], skip_reason: str | None) -> str | None:
-    """One line on the GPU tests of this run (None when none was collected)."""
+def gpu_summary(outcomes: dict[str, str], skip_reason: str | None, seconds: float | None = None) -> str | None:
+    """One line on the GPU tests of this run (None when none was collected); `seconds`: the time they took."""
     if not outcomes:
         return None
     counts = {k: sum(v == k for v in outcomes.values()) for k in ("passed", "failed", "skipped")}
     text = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
     if skip_reason:
         return f"GPU tests (marker gpu): {text}: {skip_reason}; on a machine with an NVIDIA GPU `make test` runs them"
-    return f"GPU tests (marker gpu): {text}, read-only (LUCE_BENCH_READONLY=1)"
+    took = f" in {int(seconds // 60)} min {int(seconds % 60)} s" if seconds else ""
+    return f"GPU tests (marker gpu): {text}{took}, read-only (LUCE_BENCH_READONLY=1)"
+
+
+_GPU_TEST_S = [0.0]  # setup + call + teardown of every `gpu`-marked test of this run (their fixtures' builds included)
+
+
+def pytest_runtest_logreport(report: Any) -> None:
+    if "gpu" in getattr(report, "keywords", {}):
+        _GPU_TEST_S[0] += getattr(report, "duration", 0.0) or 0.0
 
 
 def other_skips(reports: dict[str, list[Any]]) -> str | None:
@@ -205,7 +214,7 @@ XDIST_GPU_LINE = (
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     reason = cuda_gpu_reason()
-    gpu = gpu_summary(gpu_outcomes(terminalreporter.stats), reason)
+    gpu = gpu_summary(gpu_outcomes(terminalreporter.stats), reason, _GPU_TEST_S[0])
     if gpu is None and reason is None and _xdist_controller(terminalreporter.config):
         gpu = XDIST_GPU_LINE
     for line in (gpu, other_skips(terminalreporter.stats)):
