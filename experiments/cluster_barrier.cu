@@ -1,7 +1,7 @@
 // cluster_barrier.cu -- a grid barrier through thread-block-cluster leaders against the flat one, under a bulk-copy
 // weight stream (issue 12's exchange cost, H200; cuda/NOTES.md, "The next question for the exchanges").
 //
-// One block per SM, clusters of CL = 2 blocks. Lane 0 of warp 0 streams a 4 GiB buffer into a 192 KB shared-memory
+// One block per SM (as many as clusters of CL = 2 blocks fit: the grid is printed). Lane 0 of warp 0 streams a 4 GiB buffer into a 192 KB shared-memory
 // ring with 32 KB bulk copies, as the decode kernel's producer does; lane 0 of warp 1 times two barriers of all blocks:
 //   flat     every block: red.release.gpu on one counter, then ld.acquire.gpu polling (mk_sync.cuh's grid_sync);
 //   leader   the member of each cluster arrives on an mbarrier in its leader's shared memory (a remote arrive,
@@ -10,7 +10,8 @@
 //            "go" mbarrier (release, cluster scope), which the member waits on.
 // Stream cases: none; every block 1 copy in flight; only the members stream, 2 copies in flight (the same bytes per
 // cluster, and the leaders' releases have no copy of their own SM to wait for), or 1. Written 2026-12-04 evening,
-// compiled, not yet run.
+// compiled, not yet run. Not modelled: in the design, the member's copies for the leader land in the leader's shared
+// memory; whether a release waits for copies another SM issued into its own SM is a further question.
 // Prints per case: TB/s of the stream and the median over blocks of each barrier (ns).
 //
 //   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -o cluster_barrier experiments/cluster_barrier.cu

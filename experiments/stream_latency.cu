@@ -205,7 +205,8 @@ int main() {
     CK(cudaFuncSetAttribute(probe, cudaFuncAttributeMaxDynamicSharedMemorySize, RING));
     printf("%s, %d SMs, under a bulk-copy stream: L2 load = one of %d dependent loads; fence = st.relaxed + "
            "fence.acq_rel.gpu; barriers of all blocks (%d each): arrival red.{release|relaxed} + polling "
-           "ld.{acquire|relaxed}; medians over the measured blocks, ns\n",
+           "ld.{acquire|relaxed}; streamer = the streaming lane's fence after a copy lands; fence cl / cta = the "
+           "fence at cluster / CTA scope; medians over the measured blocks, ns\n",
            prop.name, sms, CHAIN, BARRIERS);
     printf("%4s %9s %8s %7s %9s %7s %7s %7s %7s %7s %9s %8s %8s\n", "KB", "in flight", "streams", "TB/s", "L2 load",
            "fence", "rel/acq", "rlx/rlx", "rel/rlx", "rlx/acq", "streamer", "fence cl", "fence cta");

@@ -179,11 +179,14 @@ def gpu_summary(outcomes: dict[str, str], skip_reason: str | None, seconds: floa
     text = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
     if skip_reason:
         return f"GPU tests (marker gpu): {text}: {skip_reason}; on a machine with an NVIDIA GPU `make test` runs them"
-    took = f" in {int(seconds // 60)} min {int(seconds % 60)} s" if seconds else ""
+    took = ""
+    if seconds:
+        took = f" in {int(seconds // 60)} min {int(seconds % 60)} s" if seconds >= 60 else f" in {seconds:.0f} s"
     return f"GPU tests (marker gpu): {text}{took}, read-only (LUCE_BENCH_READONLY=1)"
 
 
-_GPU_TEST_S = [0.0]  # setup + call + teardown of every `gpu`-marked test of this run (their fixtures' builds included)
+# setup + call + teardown of every `gpu`-marked test of this run: fixtures count where a GPU test set them up first
+_GPU_TEST_S = [0.0]
 
 
 def pytest_runtest_logreport(report: Any) -> None:

@@ -6,8 +6,9 @@ CUDA graphs are checked on the GPU (tests/gpu/test_hf_compiled_gpu.py). The firs
 ~1 min on 2 cores (later ones hit inductor's cache).
 
 The compile runs first in a child process: where inductor's CPU code crashes the interpreter (torch 2.11+cu130 on the
-H200 machine: "corrupted double-linked list", SIGABRT, in the compiled step's first call), the module skips with that
-reason instead of aborting the whole test run. Users never compile on the CPU (hf-compiled refuses a CPU device), and
+H200 machine: "corrupted double-linked list", SIGABRT, in the compiled step's first call) or hangs, the module skips
+with that reason instead of aborting the whole test run. (A best-effort check: the child repeats the fixture's load, not
+the state of this process.) Users never compile on the CPU (hf-compiled refuses a CPU device), and
 the GPU's compile is tested in tests/gpu/test_hf_compiled_gpu.py. The child warms inductor's cache, so the fixture's own
 compile that follows costs ~10 s.
 """
@@ -49,19 +50,38 @@ b.close()
 """
 
 
-def cpu_compile_crash() -> str | None:
-    """Why compiling on the CPU kills a process (the signal and the last line on stderr), or None where it does not.
+def _no_core_files() -> None:  # a killed child leaves no core dump in the working tree
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def cpu_compile_crash(timeout_s: float = 600) -> str | None:
+    """Why compiling on the CPU kills (or hangs) a process: the signal and the last line on stderr; None where it runs.
 
     An ordinary failure (an exception, exit status > 0) is not a crash: the fixture then fails with its message.
     """
-    proc = subprocess.run([sys.executable, "-c", _CHILD_LOAD], capture_output=True, text=True, timeout=1200)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _CHILD_LOAD],
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout_s,
+            preexec_fn=_no_core_files,
+        )
+    except subprocess.TimeoutExpired:
+        return f"inductor's CPU compile of the tiny model hangs with torch {torch.__version__} (> {timeout_s:.0f} s)"
     if proc.returncode >= 0:
         return None
+    try:
+        killed_by = signal.Signals(-proc.returncode).name
+    except ValueError:
+        killed_by = f"signal {-proc.returncode}"
     said = [line.strip() for line in proc.stderr.splitlines() if line.strip()]  # glibc's word comes last, if any
     return (
         f"inductor's CPU code kills the process with torch {torch.__version__} here "
-        f"({signal.Signals(-proc.returncode).name}: {said[-1] if said else 'nothing on stderr'}); "
-        "hf-compiled on the GPU: tests/gpu"
+        f"({killed_by}: {said[-1] if said else 'nothing on stderr'}); hf-compiled on the GPU: tests/gpu"
     )
 
 
@@ -259,10 +279,14 @@ def test_an_unknown_compile_mode_is_one_line_exit_2(tmp_path, monkeypatch):
 
 
 def test_a_cpu_compile_that_kills_its_process_is_named_an_ordinary_failure_is_not(monkeypatch):
-    """The child-process check above: a killed child gives the signal and its last words; an exception gives None."""
+    """The child-process check: a killed child gives its signal and last words, a hung one the limit, a raise None."""
     dying = "import os, sys; print('a warning', file=sys.stderr); print('free(): corrupted', file=sys.stderr)"
     monkeypatch.setitem(globals(), "_CHILD_LOAD", dying + "; sys.stderr.flush(); os.abort()")
     reason = cpu_compile_crash()
     assert reason is not None and "(SIGABRT: free(): corrupted)" in reason and torch.__version__ in reason
     monkeypatch.setitem(globals(), "_CHILD_LOAD", "raise RuntimeError('an ordinary failure')")
     assert cpu_compile_crash() is None  # the fixture's own load then fails with the message
+    monkeypatch.setitem(globals(), "_CHILD_LOAD", "import time; time.sleep(60)")
+    assert cpu_compile_crash(timeout_s=1) == (
+        f"inductor's CPU compile of the tiny model hangs with torch {torch.__version__} (> 1 s)"
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -85,7 +86,29 @@ def test_library_loads_and_exports_abi(built):
 @needs_nvcc
 def test_cache_hit(built, tmp_path):
     again = kb.build(ARCHS, built.lib.parent)
-    assert again.cached and again.lib == built.lib
+    assert again.cached and again.lib == built.lib and again.options == built.options
+
+
+@needs_nvcc
+def test_a_directory_built_with_other_flags_is_rebuilt_not_reused(built, tmp_path, monkeypatch):
+    """`kernel build --out DIR` over a library of other options (or from before build keys were recorded) compiles."""
+    other = tmp_path / "other"
+    shutil.copytree(built.lib.parent, other)
+    assert kb.build(ARCHS, other).cached  # the same key: reused
+
+    def no_nvcc(cmd, tmp_dir, run=None):
+        raise RuntimeError("nvcc was called")
+
+    monkeypatch.setattr(kb, "run_nvcc", no_nvcc)
+    for stale in ("another key", None):
+        if stale is None:
+            (other / kb.KEY_NAME).unlink()
+        else:
+            (other / kb.KEY_NAME).write_text(stale)
+        with pytest.raises(RuntimeError, match="nvcc was called"):
+            kb.build(ARCHS, other)
+        shutil.rmtree(other, ignore_errors=True)
+        shutil.copytree(built.lib.parent, other)
 
 
 def test_normalize_arch():
@@ -290,15 +313,17 @@ def test_the_prefill_loads_cublas_only_where_built_to(built, tmp_path):
 
 
 @needs_nvcc
-def test_prebuilt_reads_a_build_directory(built):
+def test_prebuilt_reads_a_build_directory(built, tmp_path):
     res = kb.prebuilt(built.lib.parent)
     assert res.lib == built.lib and {r.arch for r in res.reports} == set(ARCHS) and res.cached
-    assert res.options == {} == built.options  # the defaults, recorded beside the library
-    (built.lib.parent / kb.OPTIONS_NAME).rename(built.lib.parent / "options.json.away")
-    try:  # a directory from before the options were recorded: unknown, not "the defaults"
-        assert kb.prebuilt(built.lib.parent).options is None
-    finally:
-        (built.lib.parent / "options.json.away").rename(built.lib.parent / kb.OPTIONS_NAME)
+    assert res.options == built.options == kb.options_from_env()  # recorded beside the library
+    old = tmp_path / "old"  # a directory from before the options were recorded: unknown, not "the defaults"
+    shutil.copytree(built.lib.parent, old)
+    (old / kb.OPTIONS_NAME).unlink()
+    assert kb.prebuilt(old).options is None
+    for text in ("{not json", '{"MK_SLOT_KB": true}', '{"MK_SLOT_KB": 1.5}', "[1]"):
+        (old / kb.OPTIONS_NAME).write_text(text)
+        assert kb.prebuilt(old).options is None, text
     with pytest.raises(UserError, match="no libluce_mk.so"):
         kb.prebuilt(built.lib.parent / "nothing-here")
 

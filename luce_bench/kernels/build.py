@@ -11,6 +11,7 @@ CLI: `python -m luce_bench.kernels.build --arch sm_80,sm_90 --out DIR`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -29,6 +30,7 @@ from luce_bench.files import atomic_path
 LIB_NAME = "libluce_mk.so"
 REPORT_NAME = "ptxas.txt"
 OPTIONS_NAME = "options.json"  # the build options, beside the library (read back for a prebuilt one)
+KEY_NAME = "build_key.txt"  # sources + flags + nvcc: a directory named by the caller is reused only if equal
 MAIN_SOURCE = "mk_decode.cu"
 SOURCES = (MAIN_SOURCE, "mk_prefill.cu")  # one library: the decode kernel and the prefill
 BASE_FLAGS = (
@@ -304,10 +306,16 @@ def build(
     key = build_key(src, flags, version)
     final = Path(out_dir) if out_dir else cache_root() / key
     lib = final / LIB_NAME
-    if lib.is_file() and (final / REPORT_NAME).is_file() and not force:
+    options = {k: int(v) for k, v in sorted(defines.items())}
+    # a directory named by the caller holds whatever was built there last: reused only if built with this key
+    same = out_dir is None or _read_text(final / KEY_NAME) == key
+    if same and lib.is_file() and (final / REPORT_NAME).is_file() and not force:
+        if read_options(final) is None:  # a cache directory from before the options were recorded
+            with contextlib.suppress(OSError):
+                (final / OPTIONS_NAME).write_text(json.dumps(options) + "\n")
         reports = parse_ptxas((final / REPORT_NAME).read_text())
-        return BuildResult(lib, arch_t, version.splitlines()[-1], True, reports, dict(defines))
-    if final.exists():  # a forced rebuild, or a directory without its report
+        return BuildResult(lib, arch_t, version.splitlines()[-1], True, reports, options)
+    if final.exists():  # a forced rebuild, a directory without its report, or one built with other flags
         shutil.rmtree(final, ignore_errors=True)
     try:
         with atomic_path(final) as tmp:
@@ -319,14 +327,15 @@ def build(
                 raise nvcc_error(report, proc.returncode)
             (tmp / REPORT_NAME).write_text(report)
             (tmp / "build.txt").write_text(" ".join(cmd) + "\n" + version + "\n")
-            (tmp / OPTIONS_NAME).write_text(json.dumps(dict(sorted(defines.items()))) + "\n")
+            (tmp / OPTIONS_NAME).write_text(json.dumps(options) + "\n")
+            (tmp / KEY_NAME).write_text(key + "\n")
             if verbose:
                 print(report)
     except OSError:
         if not lib.is_file():  # not a concurrent builder that finished first
             raise
     reports = parse_ptxas((final / REPORT_NAME).read_text())
-    return BuildResult(lib, arch_t, version.splitlines()[-1], False, reports, dict(defines))
+    return BuildResult(lib, arch_t, version.splitlines()[-1], False, reports, options)
 
 
 def prebuilt(lib_dir: Path) -> BuildResult:
@@ -341,6 +350,13 @@ def prebuilt(lib_dir: Path) -> BuildResult:
     version = info.read_text().strip().splitlines()[-1] if info.is_file() else "unknown"
     archs = tuple(sorted({r.arch for r in reports}))
     return BuildResult(lib, archs, version, True, reports, read_options(lib_dir))
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
 
 
 def read_options(lib_dir: Path) -> dict[str, int] | None:
