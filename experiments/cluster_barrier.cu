@@ -9,9 +9,9 @@
 //            on the global counter (red.release.gpu, CL x fewer arrivals) and polls it, then arrives on the member's
 //            "go" mbarrier (release, cluster scope), which the member waits on.
 // Stream cases: none; every block 1 copy in flight; only the members stream, 2 copies in flight (the same bytes per
-// cluster, and the leaders' releases have no copy of their own SM to wait for), or 1. Written 2026-12-04 evening,
-// compiled, not yet run. Not modelled: in the design, the member's copies for the leader land in the leader's shared
-// memory; whether a release waits for copies another SM issued into its own SM is a further question.
+// cluster, and the leaders' releases have no copy of their own SM to wait for), or 1; the members stream 2 or 1 copies
+// into their leader's ring (the leader's SM issues none but receives them: does its release wait for copies another
+// SM issued into it?). Written 2026-12-04 evening, compiled, not yet run.
 // Prints per case: TB/s of the stream and the median over blocks of each barrier (ns).
 //
 //   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -o cluster_barrier experiments/cluster_barrier.cu
@@ -41,7 +41,9 @@ constexpr int NOUT = 5;         // per block: flat ns, leader ns, copies, t0, t1
 struct Args {
     const char* src;
     unsigned long long src_bytes;
-    unsigned inflight, members_only;  // copies in flight per streaming block; only the members (rank != 0) stream
+    unsigned inflight;  // copies in flight per streaming block
+    unsigned mode;      // 0: every block streams into its own ring; 1: only the members (rank != 0) do;
+                        // 2: the members stream into their leader's ring (the copies land on the leader's SM)
     unsigned* bar;                    // 2 counters, 32 apart (zeroed before the launch)
     unsigned long long* out;
 };
@@ -88,26 +90,66 @@ extern __shared__ __align__(128) unsigned char ring[];
 __global__ void __launch_bounds__(64, 1) probe(Args a) {
     __shared__ uint64_t full[NS];
     __shared__ uint64_t lbar, go;  // leader: the members' arrivals; member: the leader's go
+    __shared__ uint64_t freed[NS];  // mode 2, member: the leader saw the copy into this slot of its ring land
     __shared__ volatile unsigned phase;  // 0 warm-up, 1 measuring, 2 stop
+    __shared__ volatile unsigned fed;    // mode 2, leader: copies the member issued into its ring (set when it stops)
     const int G = gridDim.x, b = blockIdx.x;
     const unsigned rank = cluster_rank();
     if (threadIdx.x == 0) {
         for (int i = 0; i < NS; ++i) asm volatile("mbarrier.init.shared.b64 [%0], 1;" ::"r"(su32(&full[i])));
         asm volatile("mbarrier.init.shared.b64 [%0], %1;" ::"r"(su32(&lbar)), "r"(CL - 1));
         asm volatile("mbarrier.init.shared.b64 [%0], 1;" ::"r"(su32(&go)));
+        for (int i = 0; i < NS; ++i) asm volatile("mbarrier.init.shared.b64 [%0], 1;" ::"r"(su32(&freed[i])));
+        fed = 0xffffffffu;
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
         phase = 0;
     }
     __syncthreads();
     cluster_sync_all();  // every block's mbarriers exist before any remote arrive
-    if (threadIdx.x == 0) {  // the stream
+    if (threadIdx.x == 0 && a.mode == 2 && rank == 0) {  // mode 2, leader: ack each copy that lands in its ring
+        unsigned q = 0;
+        for (;; ++q) {
+            while (!mbar_test(&full[q % NS], (q / NS) & 1u))
+                if (fed <= q) break;  // the member stopped and every copy it issued has landed
+            if (fed <= q) break;
+            mbar_arrive_remote(remote(su32(&freed[q % NS]), 1));
+        }
+    } else if (threadIdx.x == 0 && a.mode == 2 && a.inflight) {  // mode 2, member: stream into the leader's ring
         unsigned long long copies = 0;
         const unsigned long long per_block = a.src_bytes / G / SLOT * SLOT;
         const char* base = a.src + per_block * b;
         unsigned long long off = 0, pol;
         asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
         unsigned q = 0;
-        const bool streams = a.inflight && (!a.members_only || rank != 0);
+        for (; phase < 2; ++q) {
+            if (q >= a.inflight) {  // the leader acked copy q - inflight (and so the slot of q - NS is free)
+                const unsigned q0 = q - a.inflight;
+                while (!mbar_test(&freed[q0 % NS], (q0 / NS) & 1u)) {
+                }
+                if (phase == 1) ++copies;
+            }
+            const unsigned bar = remote(su32(&full[q % NS]), 0), dst = remote(su32(ring + (q % NS) * SLOT), 0);
+            asm volatile("mbarrier.arrive.expect_tx.release.cluster.shared::cluster.b64 _, [%0], %1;" ::"r"(bar),
+                         "r"(SLOT) : "memory");
+            asm volatile(
+                "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], "
+                "%4;" ::"r"(dst), "l"(base + off), "r"(SLOT), "r"(bar), "l"(pol) : "memory");
+            off += SLOT;
+            if (off >= per_block) off = 0;
+        }
+        for (unsigned j = q > a.inflight ? q - a.inflight : 0; j < q; ++j)  // all acked: landed in the leader's ring
+            while (!mbar_test(&freed[j % NS], (j / NS) & 1u)) {
+            }
+        asm volatile("st.shared::cluster.u32 [%0], %1;" ::"r"(remote(su32((const void*)&fed), 0)), "r"(q) : "memory");
+        a.out[b * NOUT + 2] = copies;
+    } else if (threadIdx.x == 0 && a.mode != 2) {  // modes 0 and 1: the stream into the block's own ring
+        unsigned long long copies = 0;
+        const unsigned long long per_block = a.src_bytes / G / SLOT * SLOT;
+        const char* base = a.src + per_block * b;
+        unsigned long long off = 0, pol;
+        asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
+        unsigned q = 0;
+        const bool streams = a.inflight && (a.mode == 0 || rank != 0);
         for (; streams && phase < 2; ++q) {
             if (q >= a.inflight) {
                 const unsigned q0 = q - a.inflight;
@@ -209,8 +251,9 @@ int main() {
     printf("%s, %d SMs, %d blocks in clusters of %d (%d clusters fit), 32 KB bulk copies; barriers of all blocks (%d "
            "each), medians over blocks, ns\n",
            prop.name, sms, grid, CL, clusters, BARRIERS);
-    printf("%-34s %7s %8s %8s\n", "stream", "TB/s", "flat", "leader");
-    const unsigned cases[][2] = {{0, 0}, {1, 0}, {2, 1}, {1, 1}, {1, 0}, {0, 0}};  // copies in flight, only members stream
+    printf("%-38s %7s %8s %8s\n", "stream", "TB/s", "flat", "leader");
+    // copies in flight per streaming block, mode (Args)
+    const unsigned cases[][2] = {{0, 0}, {1, 0}, {2, 1}, {1, 1}, {2, 2}, {1, 2}, {1, 0}, {0, 0}};
     bool coop = true;
     for (auto& c : cases) {
         for (int rep = 0; rep < 2; ++rep) {
@@ -245,8 +288,10 @@ int main() {
             const double tbs = (double)copies * SLOT / (double)(t1 - t0) / 1e3;
             char what[64];
             if (!c[0]) snprintf(what, sizeof what, "none");
-            else snprintf(what, sizeof what, "%u x 32 KB per %s", c[0], c[1] ? "member (leaders idle)" : "block");
-            if (rep == 1) printf("%-34s %7.2f %8.0f %8.0f\n", what, tbs, flat[grid / 2], lead[grid / 2]);
+            else
+                snprintf(what, sizeof what, "%u x 32 KB per %s", c[0],
+                         c[1] == 0 ? "block" : c[1] == 1 ? "member (leaders idle)" : "member, into the leader");
+            if (rep == 1) printf("%-38s %7.2f %8.0f %8.0f\n", what, tbs, flat[grid / 2], lead[grid / 2]);
         }
     }
     return 0;
