@@ -12,7 +12,8 @@
 // cluster, and the leaders' releases have no copy of their own SM to wait for), or 1; the members stream 2 or 1 copies
 // into their leader's ring (the leader's SM issues none but receives them: does its release wait for copies another
 // SM issued into it?). Written 2026-12-04 evening, compiled, not yet run.
-// Prints per case: TB/s of the stream and the median over blocks of each barrier (ns).
+// Prints per case: TB/s of the stream, the median over blocks of each barrier (ns), and how many times a block did not
+// see another cluster's store made before the barrier (CHECKS untimed leader barriers first; must be 0).
 //
 //   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -o cluster_barrier experiments/cluster_barrier.cu
 //   ./cluster_barrier
@@ -36,7 +37,8 @@ constexpr int RING = 192 * 1024;
 constexpr unsigned SLOT = 32 * 1024;
 constexpr int NS = RING / SLOT;
 constexpr int BARRIERS = 300;   // per kind
-constexpr int NOUT = 5;         // per block: flat ns, leader ns, copies, t0, t1
+constexpr int CHECKS = 50;      // leader barriers first run untimed with a data check (does the protocol synchronise?)
+constexpr int NOUT = 6;         // per block: flat ns, leader ns, copies, t0, t1, data-check failures
 
 struct Args {
     const char* src;
@@ -45,6 +47,7 @@ struct Args {
     unsigned mode;      // 0: every block streams into its own ring; 1: only the members (rank != 0) do;
                         // 2: the members stream into their leader's ring (the copies land on the leader's SM)
     unsigned* bar;                    // 2 counters, 32 apart (zeroed before the launch)
+    unsigned* seen;                   // per block: the last leader barrier it reached (the data check)
     unsigned long long* out;
 };
 
@@ -190,9 +193,13 @@ __global__ void __launch_bounds__(64, 1) probe(Args a) {
         }
         a.out[b * NOUT + 0] = now_ns() - t;
         cnt = a.bar + 32;  // leader: G / CL arrivals per barrier
-        for (int i = 1; i <= BARRIERS + 1; ++i) {
-            if (i == 2) t = now_ns();
+        unsigned long long bad = 0;
+        const int other = (b + G / 2 + 1) % G;  // a block of another cluster
+        for (int i = 1; i <= CHECKS + BARRIERS + 1; ++i) {
+            if (i == CHECKS + 2) t = now_ns();
             const unsigned parity = (unsigned)(i - 1) & 1u;
+            if (i <= CHECKS)  // before the arrival: every block must see it after the barrier
+                asm volatile("st.relaxed.gpu.global.u32 [%0], %1;" ::"l"(a.seen + b), "r"(i) : "memory");
             if (rank != 0) {
                 mbar_arrive_remote(remote(su32(&lbar), 0));
                 mbar_wait_cluster(&go, parity);
@@ -206,8 +213,14 @@ __global__ void __launch_bounds__(64, 1) probe(Args a) {
                 } while ((int)(v - target) < 0);
                 for (unsigned r = 1; r < CL; ++r) mbar_arrive_remote(remote(su32(&go), r));
             }
+            if (i <= CHECKS) {
+                unsigned v;
+                asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(a.seen + other) : "memory");
+                bad += (int)(v - (unsigned)i) < 0;
+            }
         }
         a.out[b * NOUT + 1] = now_ns() - t;
+        a.out[b * NOUT + 5] = bad;
         a.out[b * NOUT + 3] = ts;
         a.out[b * NOUT + 4] = now_ns();
         phase = 2;
@@ -242,24 +255,26 @@ int main() {
     cfg.numAttrs = 2;
     const unsigned long long src_bytes = 4ull << 30;
     char* src = nullptr;
-    unsigned* bar = nullptr;
+    unsigned *bar = nullptr, *seen = nullptr;
     unsigned long long* out = nullptr;
     CK(cudaMalloc(&src, src_bytes));
     CK(cudaMemset(src, 1, src_bytes));
     CK(cudaMalloc(&bar, 2 * 32 * 4));
+    CK(cudaMalloc(&seen, grid * 4));
     CK(cudaMalloc(&out, grid * NOUT * 8));
     printf("%s, %d SMs, %d blocks in clusters of %d (%d clusters fit), 32 KB bulk copies; barriers of all blocks (%d "
            "each), medians over blocks, ns\n",
            prop.name, sms, grid, CL, clusters, BARRIERS);
-    printf("%-38s %7s %8s %8s\n", "stream", "TB/s", "flat", "leader");
+    printf("%-38s %7s %8s %8s %12s\n", "stream", "TB/s", "flat", "leader", "check fails");
     // copies in flight per streaming block, mode (Args)
     const unsigned cases[][2] = {{0, 0}, {1, 0}, {2, 1}, {1, 1}, {2, 2}, {1, 2}, {1, 0}, {0, 0}};
     bool coop = true;
     for (auto& c : cases) {
         for (int rep = 0; rep < 2; ++rep) {
             CK(cudaMemset(bar, 0, 2 * 32 * 4));
+            CK(cudaMemset(seen, 0, grid * 4));
             CK(cudaMemset(out, 0, grid * NOUT * 8));
-            Args args{src, src_bytes, c[0], c[1], bar, out};
+            Args args{src, src_bytes, c[0], c[1], bar, seen, out};
             cfg.numAttrs = coop ? 2 : 1;
             cudaError_t e = cudaLaunchKernelEx(&cfg, probe, args);
             if (e != cudaSuccess && coop) {  // a cooperative launch with clusters refused: co-residency by the grid size
@@ -275,8 +290,9 @@ int main() {
             std::vector<unsigned long long> o(grid * NOUT);
             CK(cudaMemcpy(o.data(), out, grid * NOUT * 8, cudaMemcpyDeviceToHost));
             std::vector<double> flat, lead;
-            unsigned long long copies = 0, t0 = ~0ull, t1 = 0;
+            unsigned long long copies = 0, t0 = ~0ull, t1 = 0, bad = 0;
             for (int b = 0; b < grid; ++b) {
+                bad += o[b * NOUT + 5];
                 flat.push_back((double)o[b * NOUT + 0] / BARRIERS);
                 lead.push_back((double)o[b * NOUT + 1] / BARRIERS);
                 copies += o[b * NOUT + 2];
@@ -291,7 +307,8 @@ int main() {
             else
                 snprintf(what, sizeof what, "%u x 32 KB per %s", c[0],
                          c[1] == 0 ? "block" : c[1] == 1 ? "member (leaders idle)" : "member, into the leader");
-            if (rep == 1) printf("%-38s %7.2f %8.0f %8.0f\n", what, tbs, flat[grid / 2], lead[grid / 2]);
+            if (rep == 1)
+                printf("%-38s %7.2f %8.0f %8.0f %12llu\n", what, tbs, flat[grid / 2], lead[grid / 2], bad);
         }
     }
     return 0;
