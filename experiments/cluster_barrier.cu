@@ -1,8 +1,9 @@
 // cluster_barrier.cu -- a grid barrier through thread-block-cluster leaders against the flat one, under a bulk-copy
 // weight stream (issue 12's exchange cost, H200; cuda/NOTES.md, "The next question for the exchanges").
 //
-// One block per SM (as many as clusters of CL = 2 blocks fit: the grid is printed). Lane 0 of warp 0 streams a 4 GiB buffer into a 192 KB shared-memory
-// ring with 32 KB bulk copies, as the decode kernel's producer does; lane 0 of warp 1 times two barriers of all blocks:
+// One block per SM (as many as clusters of CL = 2 blocks fit: the grid is printed). Lane 0 of warp 0 streams a 4 GiB
+// buffer into a 192 KB shared-memory ring with 32 KB bulk copies, as the decode kernel's producer does; lane 0 of
+// warp 1 times two barriers of all blocks:
 //   flat     every block: red.release.gpu on one counter, then ld.acquire.gpu polling (mk_sync.cuh's grid_sync);
 //   leader   the member of each cluster arrives on an mbarrier in its leader's shared memory (a remote arrive,
 //            release at cluster scope); the leader waits for it (acquire, cluster scope), makes the cluster's arrival
@@ -117,7 +118,11 @@ __global__ void __launch_bounds__(64, 1) probe(Args a) {
             if (fed <= q) break;
             mbar_arrive_remote(remote(su32(&freed[q % NS]), 1));
         }
-    } else if (threadIdx.x == 0 && a.mode == 2 && a.inflight) {  // mode 2, member: stream into the leader's ring
+    } else if (threadIdx.x == 0 && a.inflight && (a.mode == 0 || rank != 0)) {  // the stream
+        // modes 0 and 1: into the block's own ring, a slot free once its copy landed (full); mode 2: into the
+        // leader's ring, a slot free once the leader acked its landing (freed)
+        const bool into_leader = a.mode == 2;
+        uint64_t* landed = into_leader ? freed : full;
         unsigned long long copies = 0;
         const unsigned long long per_block = a.src_bytes / G / SLOT * SLOT;
         const char* base = a.src + per_block * b;
@@ -125,54 +130,35 @@ __global__ void __launch_bounds__(64, 1) probe(Args a) {
         asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
         unsigned q = 0;
         for (; phase < 2; ++q) {
-            if (q >= a.inflight) {  // the leader acked copy q - inflight (and so the slot of q - NS is free)
+            if (q >= a.inflight) {  // copy q - inflight is done (and so is q - NS: inflight <= NS)
                 const unsigned q0 = q - a.inflight;
-                while (!mbar_test(&freed[q0 % NS], (q0 / NS) & 1u)) {
+                while (!mbar_test(&landed[q0 % NS], (q0 / NS) & 1u)) {
                 }
                 if (phase == 1) ++copies;
             }
-            const unsigned bar = remote(su32(&full[q % NS]), 0), dst = remote(su32(ring + (q % NS) * SLOT), 0);
-            asm volatile("mbarrier.arrive.expect_tx.release.cluster.shared::cluster.b64 _, [%0], %1;" ::"r"(bar),
-                         "r"(SLOT) : "memory");
+            unsigned bar = su32(&full[q % NS]), dst = su32(ring + (q % NS) * SLOT);
+            if (into_leader) {  // the leader's slot and mbarrier, through distributed shared memory
+                bar = remote(bar, 0);
+                dst = remote(dst, 0);
+                asm volatile("mbarrier.arrive.expect_tx.release.cluster.shared::cluster.b64 _, [%0], %1;" ::"r"(bar),
+                             "r"(SLOT) : "memory");
+            } else {
+                asm volatile("{ .reg .b64 st; mbarrier.arrive.expect_tx.shared.b64 st, [%0], %1; }" ::"r"(bar),
+                             "r"(SLOT) : "memory");
+            }
             asm volatile(
                 "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], "
                 "%4;" ::"r"(dst), "l"(base + off), "r"(SLOT), "r"(bar), "l"(pol) : "memory");
             off += SLOT;
             if (off >= per_block) off = 0;
         }
-        for (unsigned j = q > a.inflight ? q - a.inflight : 0; j < q; ++j)  // all acked: landed in the leader's ring
-            while (!mbar_test(&freed[j % NS], (j / NS) & 1u)) {
+        for (unsigned j = q > a.inflight ? q - a.inflight : 0; j < q; ++j)  // every issued copy done before exit
+            while (!mbar_test(&landed[j % NS], (j / NS) & 1u)) {
             }
-        asm volatile("st.shared::cluster.u32 [%0], %1;" ::"r"(remote(su32((const void*)&fed), 0)), "r"(q) : "memory");
-        a.out[b * NOUT + 2] = copies;
-    } else if (threadIdx.x == 0 && a.mode != 2) {  // modes 0 and 1: the stream into the block's own ring
-        unsigned long long copies = 0;
-        const unsigned long long per_block = a.src_bytes / G / SLOT * SLOT;
-        const char* base = a.src + per_block * b;
-        unsigned long long off = 0, pol;
-        asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
-        unsigned q = 0;
-        const bool streams = a.inflight && (a.mode == 0 || rank != 0);
-        for (; streams && phase < 2; ++q) {
-            if (q >= a.inflight) {
-                const unsigned q0 = q - a.inflight;
-                while (!mbar_test(&full[q0 % NS], (q0 / NS) & 1u)) {
-                }
-                if (phase == 1) ++copies;
-            }
-            uint64_t* bar = &full[q % NS];
-            asm volatile("{ .reg .b64 st; mbarrier.arrive.expect_tx.shared.b64 st, [%0], %1; }" ::"r"(su32(bar)),
-                         "r"(SLOT) : "memory");
-            asm volatile(
-                "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], "
-                "%4;" ::"r"(su32(ring + (q % NS) * SLOT)),
-                "l"(base + off), "r"(SLOT), "r"(su32(bar)), "l"(pol) : "memory");
-            off += SLOT;
-            if (off >= per_block) off = 0;
+        if (into_leader) {  // the leader stops acking after copy q - 1
+            const unsigned fed_at = remote(su32((const void*)&fed), 0);
+            asm volatile("st.shared::cluster.u32 [%0], %1;" ::"r"(fed_at), "r"(q) : "memory");
         }
-        for (unsigned j = q > a.inflight ? q - a.inflight : 0; j < q; ++j)
-            while (!mbar_test(&full[j % NS], (j / NS) & 1u)) {
-            }
         a.out[b * NOUT + 2] = copies;
     } else if (threadIdx.x == 32) {  // the prober
         const unsigned long long t0 = now_ns();
@@ -277,7 +263,7 @@ int main() {
             Args args{src, src_bytes, c[0], c[1], bar, seen, out};
             cfg.numAttrs = coop ? 2 : 1;
             cudaError_t e = cudaLaunchKernelEx(&cfg, probe, args);
-            if (e != cudaSuccess && coop) {  // a cooperative launch with clusters refused: co-residency by the grid size
+            if (e != cudaSuccess && coop) {  // cooperative launch with clusters refused: co-residency by the grid size
                 printf("(cooperative launch with clusters refused: %s; launching %d blocks without it)\n",
                        cudaGetErrorString(e), grid);
                 (void)cudaGetLastError();

@@ -295,15 +295,15 @@ def prebuild(variants: list[Variant], out_dir: Path) -> dict[str, Path]:
 
     from luce_bench.kernels.build import build
 
-    first: dict[tuple, Variant] = {}
+    own = {v.name: tuple(sorted(v.options.items())) for v in variants if v.lib_dir is None}  # name -> option set
+    first: dict[tuple, Variant] = {}  # option set -> the first variant with it (its name names the build directory)
     for v in variants:
-        if v.lib_dir is None:
-            first.setdefault(tuple(sorted(v.options.items())), v)
-    todo = list(first.values())
-    with ThreadPoolExecutor(max_workers=max(1, len(todo))) as ex:
-        done = list(ex.map(lambda v: build(out_dir=out_dir / v.name, defines=v.options, force=True), todo))
-    built = {tuple(sorted(v.options.items())): r.lib.parent for v, r in zip(todo, done, strict=True)}
-    return {v.name: built[tuple(sorted(v.options.items()))] for v in variants if v.lib_dir is None}
+        if v.name in own:
+            first.setdefault(own[v.name], v)
+    with ThreadPoolExecutor(max_workers=max(1, len(first))) as ex:
+        done = ex.map(lambda v: build(out_dir=out_dir / v.name, defines=v.options, force=True), first.values())
+        built = {opts: r.lib.parent for opts, r in zip(first, done, strict=True)}
+    return {name: built[opts] for name, opts in own.items()}
 
 
 @dataclass

@@ -172,6 +172,6 @@ def run(
         steps=steps,
         pos=pos,
         flags=flags,
-        tune=be.info()["tune"],  # None for a prebuilt library from before the run-time tune
+        tune=be.tune.as_dict() if be.tune is not None else None,  # None: a library from before the run-time tune
     )
     return out
