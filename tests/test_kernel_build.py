@@ -10,6 +10,7 @@ import ctypes
 import ctypes.util
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -109,6 +110,53 @@ def test_a_directory_built_with_other_flags_is_rebuilt_not_reused(built, tmp_pat
             kb.build(ARCHS, other)
         shutil.rmtree(other, ignore_errors=True)
         shutil.copytree(built.lib.parent, other)
+
+
+def _fake_nvcc(report: str, lib_bytes: bytes, before=None):
+    """A run_nvcc stand-in: runs `before()` (what happens while nvcc compiles), then writes `lib_bytes` as the lib."""
+
+    def run(cmd, tmp_dir, run=None):
+        if before is not None:
+            before()
+        Path(cmd[cmd.index("-o") + 1]).write_bytes(lib_bytes)
+        return subprocess.CompletedProcess(cmd, 0, stdout=report, stderr="")
+
+    return run
+
+
+def _leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+
+
+@needs_nvcc
+def test_a_concurrent_builder_that_finished_first_is_kept(built, tmp_path, monkeypatch):
+    """Two builders of one key: the second to finish keeps the first one's directory (never deletes or swaps it)."""
+    out = tmp_path / "lib"
+    theirs = built.lib.read_bytes()
+    other_finishes = lambda: shutil.copytree(built.lib.parent, out)  # noqa: E731
+    monkeypatch.setattr(kb, "run_nvcc", _fake_nvcc(built.report_path.read_text(), b"ours", other_finishes))
+    res = kb.build(ARCHS, out)
+    assert not res.cached and res.lib == out / kb.LIB_NAME
+    assert res.lib.read_bytes() == theirs
+    assert _leftovers(tmp_path) == []
+
+
+@needs_nvcc
+@pytest.mark.parametrize("stale", ["another key", "forced"])
+def test_a_rebuild_keeps_the_old_library_readable_until_the_new_one_replaces_it(built, tmp_path, monkeypatch, stale):
+    out = tmp_path / "lib"
+    shutil.copytree(built.lib.parent, out)
+    if stale != "forced":
+        (out / kb.KEY_NAME).write_text(stale)
+    key = (built.lib.parent / kb.KEY_NAME).read_text()
+    old = built.lib.read_bytes()
+    seen = []
+    still_there = lambda: seen.append((out / kb.LIB_NAME).read_bytes() == old)  # noqa: E731
+    monkeypatch.setattr(kb, "run_nvcc", _fake_nvcc(built.report_path.read_text(), b"new", still_there))
+    res = kb.build(ARCHS, out, force=stale == "forced")
+    assert seen == [True]
+    assert res.lib.read_bytes() == b"new" and (out / kb.KEY_NAME).read_text() == key
+    assert _leftovers(tmp_path) == []
 
 
 def test_normalize_arch():
