@@ -18,20 +18,9 @@
 //
 //   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -o cluster_barrier experiments/cluster_barrier.cu
 //   ./cluster_barrier
-#include <cstdio>
-#include <cstdint>
 #include <vector>
 #include <algorithm>
-#include <cuda_runtime.h>
-
-#define CK(x)                                                                                     \
-    do {                                                                                          \
-        cudaError_t e_ = (x);                                                                     \
-        if (e_ != cudaSuccess) {                                                                  \
-            fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));   \
-            return 1;                                                                             \
-        }                                                                                         \
-    } while (0)
+#include "ring_stream.cuh"
 
 constexpr int CL = 2;           // blocks per cluster
 constexpr int RING = 192 * 1024;
@@ -52,12 +41,6 @@ struct Args {
     unsigned long long* out;
 };
 
-__device__ __forceinline__ unsigned long long now_ns() {
-    unsigned long long t;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-    return t;
-}
-__device__ __forceinline__ unsigned su32(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
 __device__ __forceinline__ unsigned cluster_rank() {
     unsigned r;
     asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
@@ -71,12 +54,6 @@ __device__ __forceinline__ unsigned remote(unsigned a, unsigned rank) {
 }
 __device__ __forceinline__ void cluster_sync_all() {  // every thread of every block of the cluster (not aligned)
     asm volatile("barrier.cluster.arrive.release;\n\tbarrier.cluster.wait.acquire;" ::: "memory");
-}
-__device__ __forceinline__ bool mbar_test(uint64_t* b, unsigned parity) {
-    unsigned ok;
-    asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
-                 : "=r"(ok) : "r"(su32(b)), "r"(parity) : "memory");
-    return ok != 0;
 }
 __device__ __forceinline__ void mbar_wait_cluster(uint64_t* b, unsigned parity) {  // acquire at cluster scope
     unsigned ok = 0;

@@ -20,20 +20,9 @@
 //
 //   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -o counted_sum experiments/counted_sum.cu
 //   ./counted_sum
-#include <cstdio>
-#include <cstdint>
 #include <vector>
 #include <algorithm>
-#include <cuda_runtime.h>
-
-#define CK(x)                                                                                     \
-    do {                                                                                          \
-        cudaError_t e_ = (x);                                                                     \
-        if (e_ != cudaSuccess) {                                                                  \
-            fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));   \
-            return 1;                                                                             \
-        }                                                                                         \
-    } while (0)
+#include "ring_stream.cuh"
 
 constexpr int H = 1024;          // elements per exchange (the hidden size)
 constexpr int NCT = 480;         // consumer threads
@@ -59,20 +48,7 @@ struct Args {
     unsigned long long* out;
 };
 
-__device__ __forceinline__ unsigned long long now_ns() {
-    unsigned long long t;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-    return t;
-}
-__device__ __forceinline__ unsigned su32(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
 __device__ __forceinline__ void cbar() { asm volatile("bar.sync 1, %0;" ::"n"(NCT) : "memory"); }
-__device__ __forceinline__ bool mbar_test(uint64_t* b, unsigned parity) {
-    unsigned ok;
-    asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
-                 : "=r"(ok) : "r"(su32(b)), "r"(parity) : "memory");
-    return ok != 0;
-}
-
 // Block b's partial for element i of exchange e: k / 1024 with |k| <= 1000 (exact in f32 and in fixed point).
 __device__ __forceinline__ int part_k(int b, int e, int i) { return (b * 131 + e * 17 + i * 7) % 2001 - 1000; }
 // The exact sum over the G blocks, in units of 1/1024 (only the untimed check computes it).
@@ -98,32 +74,11 @@ __global__ void __launch_bounds__(512, 1) exchange(Args a) {
     }
     __syncthreads();
     if (threadIdx.x < 32) {  // the producer warp: lane 0 streams
-        if (threadIdx.x != 0 || !a.inflight) return;
-        unsigned long long copies = 0, off = 0, pol;
-        const unsigned long long per_block = a.src_bytes / G / SLOT * SLOT;
-        const char* base = a.src + per_block * b;
-        asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
-        unsigned q = 0;
-        for (; phase < 2; ++q) {
-            if (q >= a.inflight) {  // copy q - inflight has landed (and so has q - NS: inflight <= NS)
-                const unsigned q0 = q - a.inflight;
-                while (!mbar_test(&full[q0 % NS], (q0 / NS) & 1u)) {
-                }
-                if (phase == 1) ++copies;
-            }
-            const unsigned bar = su32(&full[q % NS]), dst = su32(ring + (q % NS) * SLOT);
-            asm volatile("{ .reg .b64 st; mbarrier.arrive.expect_tx.shared.b64 st, [%0], %1; }" ::"r"(bar), "r"(SLOT)
-                         : "memory");
-            asm volatile(
-                "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], "
-                "%4;" ::"r"(dst), "l"(base + off), "r"(SLOT), "r"(bar), "l"(pol) : "memory");
-            off += SLOT;
-            if (off >= per_block) off = 0;
+        if (threadIdx.x == 0 && a.inflight) {
+            const unsigned long long per_block = a.src_bytes / G / SLOT * SLOT;
+            a.out[b * NOUT + 1] = stream_ring(full, NS, ring, SLOT, a.src + per_block * b, per_block, a.inflight,
+                                              &phase, [](unsigned long long, unsigned) {});
         }
-        for (unsigned j = q > a.inflight ? q - a.inflight : 0; j < q; ++j)  // every issued copy lands before exit
-            while (!mbar_test(&full[j % NS], (j / NS) & 1u)) {
-            }
-        a.out[b * NOUT + 1] = copies;
         return;
     }
     // the consumers

@@ -20,20 +20,9 @@
 //
 //   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -o stream_latency experiments/stream_latency.cu
 //   ./stream_latency
-#include <cstdio>
-#include <cstdint>
 #include <vector>
 #include <algorithm>
-#include <cuda_runtime.h>
-
-#define CK(x)                                                                                     \
-    do {                                                                                          \
-        cudaError_t e_ = (x);                                                                     \
-        if (e_ != cudaSuccess) {                                                                  \
-            fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));   \
-            return 1;                                                                             \
-        }                                                                                         \
-    } while (0)
+#include "ring_stream.cuh"
 
 constexpr int RING = 192 * 1024;
 constexpr int CHAIN = 2000;    // dependent loads per block
@@ -53,19 +42,6 @@ struct Args {
     unsigned long long* out;  // per block: NOUT values
 };
 
-__device__ __forceinline__ unsigned long long now_ns() {
-    unsigned long long t;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-    return t;
-}
-__device__ __forceinline__ unsigned su32(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
-__device__ __forceinline__ bool mbar_test(uint64_t* b, unsigned parity) {
-    unsigned ok;
-    asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
-                 : "=r"(ok) : "r"(su32(b)), "r"(parity) : "memory");
-    return ok != 0;
-}
-
 extern __shared__ __align__(128) unsigned char ring[];
 
 __global__ void __launch_bounds__(64, 1) probe(Args a) {
@@ -82,39 +58,20 @@ __global__ void __launch_bounds__(64, 1) probe(Args a) {
     if (threadIdx.x == 0) {  // the stream
         unsigned long long copies = 0, sf_ns = 0, sf_n = 0;
         const unsigned long long per_block = a.src_bytes / G / slot_bytes * slot_bytes;
-        const char* base = a.src + per_block * b;
-        unsigned long long off = 0, pol;
-        asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));  // as the decode kernel
-        unsigned q = 0;
-        const bool streams = a.inflight && (!a.odd_only || (b & 1));
-        for (; streams && phase < 2; ++q) {
-            if (q >= a.inflight) {  // copy q - inflight has landed (then so has q - ns: inflight <= ns)
-                const unsigned q0 = q - a.inflight;
-                while (!mbar_test(&full[q0 % ns], (q0 / ns) & 1u)) {
-                }
-                if (phase == 1 && (++copies & 7) == 0 && a.streamer_fence) {
-                    // the release the producer lane could make for its block: right after a copy landed, before the
-                    // next is issued (with inflight 1, none of this SM's copies is in flight)
-                    const unsigned long long tf = now_ns();
-                    asm volatile("st.relaxed.gpu.global.u32 [%0], %1;" ::"l"(a.own + b * 32 + 16), "r"(q) : "memory");
-                    asm volatile("fence.acq_rel.gpu;" ::: "memory");
-                    sf_ns += now_ns() - tf;
-                    ++sf_n;
-                }
-            }
-            uint64_t* bar = &full[q % ns];
-            asm volatile("{ .reg .b64 st; mbarrier.arrive.expect_tx.shared.b64 st, [%0], %1; }" ::"r"(su32(bar)),
-                         "r"(slot_bytes) : "memory");
-            asm volatile(
-                "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], "
-                "%4;" ::"r"(su32(ring + (q % ns) * slot_bytes)),
-                "l"(base + off), "r"(slot_bytes), "r"(su32(bar)), "l"(pol) : "memory");
-            off += slot_bytes;
-            if (off >= per_block) off = 0;
-        }
-        for (unsigned j = q > a.inflight ? q - a.inflight : 0; j < q; ++j)  // every issued copy lands before exit
-            while (!mbar_test(&full[j % ns], (j / ns) & 1u)) {
-            }
+        if (a.inflight && (!a.odd_only || (b & 1)))
+            copies = stream_ring(full, ns, ring, slot_bytes, a.src + per_block * b, per_block, a.inflight, &phase,
+                                 [&](unsigned long long n, unsigned q) {
+                                     if ((n & 7) || !a.streamer_fence) return;
+                                     // the release the producer lane could make for its block: right after a copy
+                                     // landed, before the next is issued (with inflight 1, none of this SM's copies
+                                     // is in flight)
+                                     const unsigned long long tf = now_ns();
+                                     asm volatile("st.relaxed.gpu.global.u32 [%0], %1;" ::"l"(a.own + b * 32 + 16),
+                                                  "r"(q) : "memory");
+                                     asm volatile("fence.acq_rel.gpu;" ::: "memory");
+                                     sf_ns += now_ns() - tf;
+                                     ++sf_n;
+                                 });
         a.out[b * NOUT + 6] = copies;
         a.out[b * NOUT + 9] = sf_n ? sf_ns / sf_n : 0;
         return;

@@ -1,0 +1,67 @@
+// ring_stream.cuh -- what the one-file experiments share: the CUDA error check, the global timer, mbarrier tests and
+// the weight stream of the decode kernel's producer (bulk copies into a shared-memory ring, `inflight` in flight).
+#pragma once
+#include <cstdio>
+#include <cstdint>
+#include <cuda_runtime.h>
+
+#define CK(x)                                                                                     \
+    do {                                                                                          \
+        cudaError_t e_ = (x);                                                                     \
+        if (e_ != cudaSuccess) {                                                                  \
+            fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));   \
+            return 1;                                                                             \
+        }                                                                                         \
+    } while (0)
+
+__device__ __forceinline__ unsigned long long now_ns() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+__device__ __forceinline__ unsigned su32(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
+// Non-blocking: has the mbarrier completed the phase with this parity?
+__device__ __forceinline__ bool mbar_test(uint64_t* b, unsigned parity) {
+    unsigned ok;
+    asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+                 : "=r"(ok) : "r"(su32(b)), "r"(parity) : "memory");
+    return ok != 0;
+}
+
+// One lane streams `per_block` bytes from `base` round and round into `ns` slots of `slot_bytes` at `ring`, each
+// copy completing on its slot's mbarrier in `full` (initialised with one arrival), `inflight` copies in flight
+// (<= ns), with the decode kernel's evict-first L2 policy, until *phase reaches 2; then waits for every issued copy to
+// land. `landed()` runs after each landing while *phase == 1 (a measurement hook). Returns the copies that landed
+// while *phase was 1.
+template <class OnLanded>
+__device__ unsigned long long stream_ring(uint64_t* full, unsigned ns, unsigned char* ring, unsigned slot_bytes,
+                                          const char* base, unsigned long long per_block, unsigned inflight,
+                                          volatile unsigned* phase, OnLanded landed) {
+    unsigned long long copies = 0, off = 0, pol;
+    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
+    unsigned q = 0;
+    for (; *phase < 2; ++q) {
+        if (q >= inflight) {  // copy q - inflight has landed (then so has q - ns: inflight <= ns)
+            const unsigned q0 = q - inflight;
+            while (!mbar_test(&full[q0 % ns], (q0 / ns) & 1u)) {
+            }
+            if (*phase == 1) {
+                ++copies;
+                landed(copies, q);
+            }
+        }
+        const unsigned bar = su32(&full[q % ns]);
+        asm volatile("{ .reg .b64 st; mbarrier.arrive.expect_tx.shared.b64 st, [%0], %1; }" ::"r"(bar),
+                     "r"(slot_bytes) : "memory");
+        asm volatile(
+            "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], "
+            "%4;" ::"r"(su32(ring + (q % ns) * slot_bytes)),
+            "l"(base + off), "r"(slot_bytes), "r"(bar), "l"(pol) : "memory");
+        off += slot_bytes;
+        if (off >= per_block) off = 0;
+    }
+    for (unsigned j = q > inflight ? q - inflight : 0; j < q; ++j)  // every issued copy lands before the exit
+        while (!mbar_test(&full[j % ns], (j / ns) & 1u)) {
+        }
+    return copies;
+}
