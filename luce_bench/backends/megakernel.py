@@ -395,6 +395,9 @@ class MegakernelBackend(Backend):
         self._kprefill.run(self._bufs, tokens, self.max_seq, logits=lg, pos=self._pos)
         torch.cuda.synchronize(self._device)
         elapsed = time.perf_counter() - t0
+        # the decode's argmax slots: step p combines into slot p % 2 and clears the other; a prefill of an odd length
+        # after decode steps would leave the next step a slot holding an earlier step's argmax
+        self._bufs["best"].zero_()
         self._pos += len(ids)
         self.prefill_used = "kernel"
         rows = lg[None].cpu().numpy() if lg is not None else None

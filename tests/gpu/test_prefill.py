@@ -180,3 +180,23 @@ def test_prefill_at_a_position_continues_the_cache(setup, a, decoded, b):
     for key in ("logits", "k_cache", "gdn_state", "conv_hist", "decode_after"):
         assert rep[key] <= REL_L2_MAX, (key, rep)
     assert rep["kv_row_max"] <= KV_ROW_MAX, rep
+
+
+def test_a_greedy_decode_after_a_prefill_of_odd_length_ignores_earlier_argmaxes(setup):
+    """Decode steps, then a kernel prefill of odd length, then greedy steps: each token is its own step's argmax.
+
+    The decode combines step p's argmax into slot p % 2 with atomicMax and clears the other slot; without a clear after
+    the prefill, the next step would find an earlier step's argmax in its slot. Both slots are set to the largest key
+    before the prefill, so a slot the prefill leaves uncleared wins every comparison.
+    """
+    import torch
+
+    mk = setup["mk"]
+    mk.reset()
+    mk.prefill(torch.randint(0, 248320, (33,), generator=setup["gen"]).tolist())
+    mk.decode(3, inputs=torch.randint(0, 248320, (3,), generator=setup["gen"]).tolist())
+    mk._bufs["best"].fill_(-1)  # 0xffff...: the largest packed (logit, token) key
+    mk.prefill(torch.randint(0, 248320, (7,), generator=setup["gen"]).tolist())
+    assert mk.prefill_used == "kernel"
+    r = mk.decode(4, logits=True)
+    assert list(r.tokens) == [int(t) for t in r.logits.argmax(-1)]
