@@ -159,6 +159,14 @@ def test_a_rebuild_keeps_the_old_library_readable_until_the_new_one_replaces_it(
     assert _leftovers(tmp_path) == []
 
 
+def test_an_output_path_that_is_a_file_is_one_line_and_left_alone(tmp_path):
+    out = tmp_path / "lib"
+    out.write_text("mine")
+    with pytest.raises(UserError, match="is a file, not a directory"):
+        kb.build(ARCHS, out)
+    assert out.read_text() == "mine"
+
+
 def test_normalize_arch():
     assert kb.normalize_arch("90") == "sm_90"
     assert kb.normalize_arch("sm_86") == "sm_86"

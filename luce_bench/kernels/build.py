@@ -299,6 +299,8 @@ def build(
     arch_t = tuple(sorted({normalize_arch(a) for a in archs}, key=lambda a: int(a[3:].rstrip("a"))))
     if not arch_t:
         raise UserError("no CUDA arch given")
+    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise UserError(f"{out_dir} is a file, not a directory for the kernel build")
     nvcc = find_nvcc()
     if nvcc is None:
         raise UserError("nvcc not found (install the CUDA toolkit, put nvcc on PATH or set CUDACXX/CUDA_HOME)")
