@@ -192,11 +192,11 @@ __global__ void __launch_bounds__(64, 1) probe(Args a) {
 }
 
 int main() {
-    int dev = 0, sms = 0;
-    CK(cudaGetDevice(&dev));
-    CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    int sms = 0;
     cudaDeviceProp prop;
-    CK(cudaGetDeviceProperties(&prop, dev));
+    char* src = nullptr;
+    if (open_device(&sms, &prop, &src)) return 1;
+    const unsigned long long src_bytes = SRC_BYTES;
     CK(cudaFuncSetAttribute(probe, cudaFuncAttributeMaxDynamicSharedMemorySize, RING));
     cudaLaunchConfig_t cfg = {};
     cudaLaunchAttribute attr[2];
@@ -216,12 +216,8 @@ int main() {
     const int grid = std::min(sms / CL, clusters) * CL;
     cfg.gridDim = dim3(grid);
     cfg.numAttrs = 2;
-    const unsigned long long src_bytes = 4ull << 30;
-    char* src = nullptr;
     unsigned *bar = nullptr, *seen = nullptr;
     unsigned long long* out = nullptr;
-    CK(cudaMalloc(&src, src_bytes));
-    CK(cudaMemset(src, 1, src_bytes));
     CK(cudaMalloc(&bar, 2 * 32 * 4));
     CK(cudaMalloc(&seen, grid * 4));
     CK(cudaMalloc(&out, grid * NOUT * 8));

@@ -178,21 +178,17 @@ __global__ void __launch_bounds__(512, 1) exchange(Args a) {
 }
 
 int main() {
-    int dev = 0, sms = 0;
-    CK(cudaGetDevice(&dev));
-    CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    int sms = 0;
     cudaDeviceProp prop;
-    CK(cudaGetDeviceProperties(&prop, dev));
+    char* src = nullptr;
+    if (open_device(&sms, &prop, &src)) return 1;
+    const unsigned long long src_bytes = SRC_BYTES;
     CK(cudaFuncSetAttribute(exchange, cudaFuncAttributeMaxDynamicSharedMemorySize, RING));
     const int grid = sms;
-    const unsigned long long src_bytes = 4ull << 30;
-    char* src = nullptr;
     float* xf = nullptr;
     unsigned long long *xu = nullptr, *out = nullptr;
     unsigned* bar = nullptr;
     const size_t xf_bytes = 3ull * MAXXC * H * 4, xu_bytes = (size_t)NX * MAXXC * H * 8;
-    CK(cudaMalloc(&src, src_bytes));
-    CK(cudaMemset(src, 1, src_bytes));
     CK(cudaMalloc(&xf, xf_bytes));
     CK(cudaMalloc(&xu, xu_bytes));
     CK(cudaMalloc(&bar, 128));

@@ -14,6 +14,18 @@
         }                                                                                         \
     } while (0)
 
+// main()'s common start: the device's SM count and properties, and the buffer the stream reads (SRC_BYTES, filled).
+constexpr unsigned long long SRC_BYTES = 4ull << 30;
+inline int open_device(int* sms, cudaDeviceProp* prop, char** src) {
+    int dev = 0;
+    CK(cudaGetDevice(&dev));
+    CK(cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, dev));
+    CK(cudaGetDeviceProperties(prop, dev));
+    CK(cudaMalloc(src, SRC_BYTES));
+    CK(cudaMemset(*src, 1, SRC_BYTES));
+    return 0;
+}
+
 __device__ __forceinline__ unsigned long long now_ns() {
     unsigned long long t;
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));

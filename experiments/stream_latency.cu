@@ -134,15 +134,11 @@ __global__ void __launch_bounds__(64, 1) probe(Args a) {
 }
 
 int main() {
-    int dev = 0, sms = 0;
-    CK(cudaGetDevice(&dev));
-    CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    int sms = 0;
     cudaDeviceProp prop;
-    CK(cudaGetDeviceProperties(&prop, dev));
-    const unsigned long long src_bytes = 4ull << 30;
     char* src = nullptr;
-    CK(cudaMalloc(&src, src_bytes));
-    CK(cudaMemset(src, 1, src_bytes));
+    if (open_device(&sms, &prop, &src)) return 1;
+    const unsigned long long src_bytes = SRC_BYTES;
     const unsigned chain_len = 1u << 20;  // 4 MB of indices: L2-resident
     std::vector<unsigned> h(chain_len), perm(chain_len);
     for (unsigned i = 0; i < chain_len; ++i) perm[i] = i;
