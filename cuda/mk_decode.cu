@@ -189,6 +189,7 @@ int luce_mk_decode(const LuceMkParams* p, void* stream) {
     LuceMkParams prm = *p;
     int ns = d->ns;
     void* args[] = {&prm, &ns};
+    (void)cudaGetLastError();  // an error left by an earlier call is not this launch's (the return reports this one)
     cudaError_t e = cudaLaunchCooperativeKernel((const void*)mk::decode_kernel, dim3(d->sms), dim3(mk::NT), args,
                                                 (size_t)d->smem, (cudaStream_t)stream);
     if (e != cudaSuccess) return (int)e;

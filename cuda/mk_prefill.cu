@@ -238,6 +238,7 @@ int luce_mk_prefill(const LuceMkPrefillParams* p, void* stream) {
         return LUCE_MK_ERR_ARGS;
     int rc = setup_device();
     if (rc) return rc;
+    (void)cudaGetLastError();  // an error left by an earlier call is not this prefill's (the return reports this one)
     cudaStream_t st = (cudaStream_t)stream;
     g_cublas_status = 0;
     const Workspace ws(p->n_tokens);

@@ -326,3 +326,83 @@ def test_a_device_too_small_for_the_kernel_prefill_takes_the_token_path_and_says
     other._kprefill, other._bufs = Prefill(), {"wblob": None}
     with pytest.raises(LuceMkError, match="boom"):
         other.prefill([1])
+
+
+def test_a_prompt_past_the_kv_cache_is_refused_before_any_of_it_runs(monkeypatch):
+    from luce_bench.backends.megakernel import MegakernelBackend
+
+    be = MegakernelBackend(max_seq=16, prefill="tokens")
+    ran = []
+    monkeypatch.setattr(be, "_prefill_tokens", lambda ids, logits: ran.append(ids))
+    be._pos = 10
+    with pytest.raises(UserError, match="sequence of 17 tokens exceeds the megakernel's KV cache"):
+        be.prefill([1] * 7)
+    assert ran == []
+    be.prefill([1] * 6)
+    assert ran == [[1] * 6]
+
+
+def test_weights_fp16_cannot_hold_send_every_prompt_the_token_way_after_one_check(monkeypatch):
+    from luce_bench.backends.megakernel import MegakernelBackend
+
+    be = MegakernelBackend(prefill="kernel")
+    checks = []
+    why = "a weight beyond fp16's range (model.layers.3.mlp.down_proj.weight: 7.1e+04)"
+
+    class Prefill:
+        def weights16(self, wblob):
+            checks.append(1)
+            raise UserError(why)
+
+    monkeypatch.setattr(be, "_kernel_prefill", lambda: Prefill())
+    monkeypatch.setattr(be, "_prefill_tokens", lambda ids, logits: ("tokens", len(ids)))
+    be._kprefill, be._bufs = Prefill(), {"wblob": None}
+    assert be.prefill([1, 2]) == ("tokens", 2) and be.prefill([3]) == ("tokens", 1)
+    assert be.prefill_fallback == why and checks == [1]  # the ~1 GB conversion is not tried again per prompt
+
+
+def test_a_kept_context_whose_kv_rows_were_written_again_is_not_restored():
+    """save_context keeps the states, not the KV rows below the position.
+
+    A write below it makes them another prompt's (measure.py and bench.py save again before they restore).
+    """
+    from luce_bench.backends.megakernel import MegakernelBackend
+
+    be = MegakernelBackend()
+    be._bufs = {k: FakeBuf() for k in ("gdn_state", "conv_hist", "best", "last_token")}
+    be._pos = 10
+    be.save_context()
+    be._writes_at(10)  # decoding on from the kept position
+    be.restore_context()
+    assert be._pos == 10
+    be._writes_at(0)  # a reset and a new prompt
+    with pytest.raises(RuntimeError, match="written since save_context"):
+        be.restore_context()
+    be.save_context()
+    be.restore_context()
+
+
+def test_after_a_timing_launch_the_sequence_needs_a_reset(monkeypatch):
+    from luce_bench.backends.megakernel import MegakernelBackend
+
+    be = MegakernelBackend(prefill="tokens")
+    monkeypatch.setattr(be, "_prefill_tokens", lambda ids, logits: "ran")
+    be._timing_launch = True  # what run_steps(..., debug_flags=...) leaves
+    with pytest.raises(RuntimeError, match="call reset"):
+        be.prefill([1])
+    be._bufs = {k: FakeBuf() for k in ("gdn_state", "conv_hist", "best", "scratch", "sync")}
+    be.reset()
+    assert be.prefill([1]) == "ran"
+
+
+class FakeBuf:
+    """A device buffer's in-place API, for the backend's host-side bookkeeping."""
+
+    def zero_(self):
+        return self
+
+    def clone(self):
+        return FakeBuf()
+
+    def copy_(self, other):
+        return self

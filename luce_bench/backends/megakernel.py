@@ -126,6 +126,8 @@ class MegakernelBackend(Backend):
         self._step_count = 0  # steps run on the scratch since it was zeroed (epoch tags of exchanged activations)
         self._bufs: dict[str, Any] = {}
         self._saved: tuple[int, dict[str, Any]] | None = None  # (position, CONTEXT_BUFFERS copies)
+        self._saved_overwritten = False  # KV rows below the kept position were written since save_context()
+        self._timing_launch = False  # a debug-flag launch ran since the last reset(): the sequence is invalid
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -241,26 +243,58 @@ class MegakernelBackend(Backend):
 
     # ---------------------------------------------------------------- run
     def reset(self) -> None:
-        """Start a new sequence: zero the recurrent and conv states, the argmax slots and the scratch."""
+        """Start a new sequence: zero the recurrent and conv states, argmax slots, scratch and barrier count."""
         # scratch too: its residual buffers receive split-K f32 reductions that expect zeroed targets (kept zeroed
-        # by every complete launch; a fresh zero makes a sequence independent of an interrupted one)
-        for k in ("gdn_state", "conv_hist", "best", "scratch"):
+        # by every complete launch; a fresh zero makes a sequence independent of an interrupted one). The barrier
+        # counter too (no launch is in flight on this stream): a launch that ran but reported an error cannot leave
+        # the host's count behind the device's for good
+        for k in ("gdn_state", "conv_hist", "best", "scratch", "sync"):
             self._bufs[k].zero_()
+        self._sync_count = 0
         self._step_count = 0  # the tags restart with the zeroed scratch
         self._pos = 0
+        self._timing_launch = False
 
     def save_context(self) -> None:
         """Keep the position and device copies of CONTEXT_BUFFERS (~19 MB)."""
         self._saved = (self._pos, {k: self._bufs[k].clone() for k in CONTEXT_BUFFERS})
+        self._saved_overwritten = False
 
     def restore_context(self) -> None:
-        """Copy CONTEXT_BUFFERS back and return to the kept position (the KV rows below it are unchanged)."""
+        """Copy CONTEXT_BUFFERS back and return to the kept position.
+
+        The KV rows below it are not copied: they must be unchanged since the save (a refusal otherwise).
+        """
         if self._saved is None:
             raise RuntimeError("restore_context() needs a save_context() first")
+        if self._saved_overwritten:
+            raise RuntimeError(
+                "restore_context(): KV cache rows below the kept position were written since save_context() "
+                "(a reset and a new prompt); save the context again instead"
+            )
         pos, bufs = self._saved
         for k, v in bufs.items():
             self._bufs[k].copy_(v)
         self._pos = pos
+
+    def _check_room(self, n: int) -> None:
+        if self._pos + n > self.max_seq:
+            raise UserError(
+                f"sequence of {self._pos + n} tokens exceeds the megakernel's KV cache "
+                f"({self.max_seq}); construct the backend with a larger max_seq"
+            )
+
+    def _check_valid(self) -> None:
+        if self._timing_launch:
+            raise RuntimeError(
+                "a timing launch (debug flags) left this sequence invalid (its barriers and waits were skipped); "
+                "call reset() first"
+            )
+
+    def _writes_at(self, pos: int) -> None:
+        """KV rows from `pos` on are about to be written: a kept context above it can no longer be restored."""
+        if self._saved is not None and pos < self._saved[0]:
+            self._saved_overwritten = True
 
     @property
     def device(self) -> Any:
@@ -287,11 +321,10 @@ class MegakernelBackend(Backend):
 
         from luce_bench.kernels.lib import LuceMkParams, check
 
-        if self._pos + n > self.max_seq:
-            raise UserError(
-                f"sequence of {self._pos + n} tokens exceeds the megakernel's KV cache "
-                f"({self.max_seq}); construct the backend with a larger max_seq"
-            )
+        self._check_room(n)
+        if not debug_flags:
+            self._check_valid()
+        self._writes_at(self._pos)
         b, dev = self._bufs, self._device
         out = torch.full((n,), -1, dtype=torch.int32, device=dev)  # poisoned: every step must write its token
         lg = None
@@ -330,6 +363,8 @@ class MegakernelBackend(Backend):
             p.trace = trace.data_ptr()
         stream = torch.cuda.current_stream(dev).cuda_stream
         check(self._lib, self._lib.luce_mk_decode(p, stream), "megakernel launch")
+        if debug_flags:
+            self._timing_launch = True
         if not debug_flags & 4:  # LUCE_MK_DEBUG_NO_BARRIERS: the device counter did not move
             self._sync_count += n * self.layout.syncs_per_step
         self._step_count += n  # every launch writes tags of these epochs, debug ones included
@@ -353,6 +388,8 @@ class MegakernelBackend(Backend):
         ids = list(token_ids)
         if not ids:
             raise ValueError("empty prompt")
+        self._check_room(len(ids))  # before any chunk runs: nothing half-prefilled
+        self._check_valid()
         self.prefill_fallback = None
         if self.prefill_mode == "kernel":
             if self._prefill_refused is not None:
@@ -366,8 +403,8 @@ class MegakernelBackend(Backend):
             else:
                 try:
                     self._kprefill.weights16(self._bufs["wblob"])
-                except UserError as exc:
-                    self.prefill_fallback = str(exc)
+                except UserError as exc:  # (a weight beyond fp16's range): asked once, not at every prompt
+                    self.prefill_fallback = self._prefill_refused = str(exc)
                 else:
                     try:
                         return self._prefill_kernel(ids, logits)
@@ -390,6 +427,7 @@ class MegakernelBackend(Backend):
 
         lg = torch.full((self.layout.vocab,), float("nan"), device=self._device) if logits else None
         tokens = self._tokens(ids)
+        self._writes_at(self._pos)
         torch.cuda.synchronize(self._device)
         t0 = time.perf_counter()
         self._kprefill.run(self._bufs, tokens, self.max_seq, logits=lg, pos=self._pos)
@@ -413,6 +451,7 @@ class MegakernelBackend(Backend):
         if self._kernel_prefill() is None:
             raise UserError("this megakernel library has no prefill (ABI < 6)")
         self.reset()
+        self._writes_at(0)
         hidden = torch.empty(len(token_ids), self.layout.hidden, dtype=torch.float32, device=self._device)
         self._kprefill.run(self._bufs, self._tokens(token_ids), self.max_seq, n_layers=n_layers, hidden=hidden)
         torch.cuda.synchronize(self._device)

@@ -301,3 +301,27 @@ def test_going_back_to_a_kept_context_repeats_the_decode(setup):
     after = mk.prefill(ctx[:8]).tokens
     mk.reset()
     assert mk.prefill(ctx + ctx[:8]).tokens == after
+
+
+def test_a_rewritten_kept_context_is_refused_and_a_timing_launch_needs_a_reset(setup):
+    """Two refusals instead of wrong tokens.
+
+    restore_context after a reset and a new prompt (the KV rows are the new prompt's); a decode after a launch with
+    debug flags (a timing mode: skipped barriers, invalid results) until a reset.
+    """
+    import torch
+
+    mk, gen = setup["mk"], setup["gen"]
+    mk.reset()
+    mk.prefill(torch.randint(0, 248320, (64,), generator=gen).tolist())
+    mk.save_context()
+    mk.reset()
+    mk.prefill(torch.randint(0, 248320, (16,), generator=gen).tolist())
+    with pytest.raises(RuntimeError, match="written since save_context"):
+        mk.restore_context()
+    mk.run_steps(4, debug_flags=1)  # LUCE_MK_DEBUG_NO_MATH
+    torch.cuda.synchronize()
+    with pytest.raises(RuntimeError, match="call reset"):
+        mk.decode(1)
+    mk.reset()
+    assert len(mk.decode(2).tokens) == 2
