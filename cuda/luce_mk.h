@@ -17,8 +17,9 @@
  *   embed   bf16 [248320 x 1024]: embedding and (tied) LM head.
  *   kcache/vcache bf16 [6][2][max_seq][256]; gdn_state f32 [18][16][8][16][16][8] ([layer][head][v-slice][k/8][v][k%8]);
  *   conv_hist f32 [18][6144][4] (ring indexed by position % 4); scratch f32 [layout.scratch_floats];
- *   sync u32 [32] (monotonic barrier counter, never reset); best u64 [2] (argmax slots, zeroed by reset and after
- *   a prefill: step p combines into slot p % 2 and clears the other);
+ *   sync u32 [32] (monotonic barrier counter: the kernel never resets it; a caller may zero it together with
+ *   sync_base between launches); best u64 [2] (argmax slots, zeroed by reset and after a prefill: step p combines
+ *   into slot p % 2 and clears the other);
  *   last_token i32 [1] (last produced token; input of step 0 when no forced token is given).
  * A new sequence (reset) needs gdn_state, conv_hist, best and scratch zeroed and pos = 0, step_base = 0; the KV
  * cache needs no clearing.
