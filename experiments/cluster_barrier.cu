@@ -192,11 +192,8 @@ __global__ void __launch_bounds__(64, 1) probe(Args a) {
 }
 
 int main() {
-    int sms = 0;
-    cudaDeviceProp prop;
-    char* src = nullptr;
-    if (open_device(&sms, &prop, &src)) return 1;
-    const unsigned long long src_bytes = SRC_BYTES;
+    Device d;
+    if (open_device(&d)) return 1;
     CK(cudaFuncSetAttribute(probe, cudaFuncAttributeMaxDynamicSharedMemorySize, RING));
     cudaLaunchConfig_t cfg = {};
     cudaLaunchAttribute attr[2];
@@ -210,10 +207,10 @@ int main() {
     cfg.dynamicSmemBytes = RING;
     cfg.attrs = attr;
     cfg.numAttrs = 1;  // the occupancy query takes the cluster shape only
-    cfg.gridDim = dim3(sms / CL * CL);
+    cfg.gridDim = dim3(d.sms / CL * CL);
     int clusters = 0;
     CK(cudaOccupancyMaxActiveClusters(&clusters, (void*)probe, &cfg));
-    const int grid = std::min(sms / CL, clusters) * CL;
+    const int grid = std::min(d.sms / CL, clusters) * CL;
     cfg.gridDim = dim3(grid);
     cfg.numAttrs = 2;
     unsigned *bar = nullptr, *seen = nullptr;
@@ -223,7 +220,7 @@ int main() {
     CK(cudaMalloc(&out, grid * NOUT * 8));
     printf("%s, %d SMs, %d blocks in clusters of %d (%d clusters fit), 32 KB bulk copies; barriers of all blocks (%d "
            "each), medians over blocks, ns\n",
-           prop.name, sms, grid, CL, clusters, BARRIERS);
+           d.prop.name, d.sms, grid, CL, clusters, BARRIERS);
     printf("%-38s %7s %8s %8s %12s\n", "stream", "TB/s", "flat", "leader", "check fails");
     // copies in flight per streaming block, mode (Args)
     const unsigned cases[][2] = {{0, 0}, {1, 0}, {2, 1}, {1, 1}, {2, 2}, {1, 2}, {1, 0}, {0, 0}};
@@ -233,7 +230,7 @@ int main() {
             CK(cudaMemset(bar, 0, 2 * 32 * 4));
             CK(cudaMemset(seen, 0, grid * 4));
             CK(cudaMemset(out, 0, grid * NOUT * 8));
-            Args args{src, src_bytes, c[0], c[1], bar, seen, out};
+            Args args{d.src, SRC_BYTES, c[0], c[1], bar, seen, out};
             cfg.numAttrs = coop ? 2 : 1;
             cudaError_t e = cudaLaunchKernelEx(&cfg, probe, args);
             if (e != cudaSuccess && coop) {  // cooperative launch with clusters refused: co-residency by the grid size

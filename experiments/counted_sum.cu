@@ -178,13 +178,10 @@ __global__ void __launch_bounds__(512, 1) exchange(Args a) {
 }
 
 int main() {
-    int sms = 0;
-    cudaDeviceProp prop;
-    char* src = nullptr;
-    if (open_device(&sms, &prop, &src)) return 1;
-    const unsigned long long src_bytes = SRC_BYTES;
+    Device d;
+    if (open_device(&d)) return 1;
     CK(cudaFuncSetAttribute(exchange, cudaFuncAttributeMaxDynamicSharedMemorySize, RING));
-    const int grid = sms;
+    const int grid = d.sms;
     float* xf = nullptr;
     unsigned long long *xu = nullptr, *out = nullptr;
     unsigned* bar = nullptr;
@@ -195,7 +192,7 @@ int main() {
     CK(cudaMalloc(&out, grid * NOUT * 8));
     printf("%s, %d SMs, %d blocks of 480 consumer threads, each adding to all %d elements per exchange; 32 KB bulk "
            "copies; %d exchanges, ns per exchange (median over blocks)\n",
-           prop.name, sms, grid, H, EXCHANGES);
+           d.prop.name, d.sms, grid, H, EXCHANGES);
     printf("%-9s %3s %10s %7s %10s %12s\n", "exchange", "XC", "in flight", "TB/s", "ns", "check fails");
     // {counted, XC, copies in flight}
     const unsigned cases[][3] = {{0, 4, 0}, {1, 4, 0}, {1, 1, 0}, {1, 8, 0}, {0, 4, 1}, {1, 4, 1}, {1, 1, 1},
@@ -206,7 +203,7 @@ int main() {
             CK(cudaMemset(xu, 0, xu_bytes));
             CK(cudaMemset(bar, 0, 128));
             CK(cudaMemset(out, 0, grid * NOUT * 8));
-            Args args{src, src_bytes, c[2], c[0], c[1], xf, xu, bar, out};
+            Args args{d.src, SRC_BYTES, c[2], c[0], c[1], xf, xu, bar, out};
             void* params[] = {&args};
             CK(cudaLaunchCooperativeKernel((void*)exchange, dim3(grid), dim3(512), params, RING));
             CK(cudaDeviceSynchronize());

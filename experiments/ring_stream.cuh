@@ -16,13 +16,18 @@
 
 // main()'s common start: the device's SM count and properties, and the buffer the stream reads (SRC_BYTES, filled).
 constexpr unsigned long long SRC_BYTES = 4ull << 30;
-inline int open_device(int* sms, cudaDeviceProp* prop, char** src) {
+struct Device {
+    int sms = 0;
+    cudaDeviceProp prop;
+    char* src = nullptr;
+};
+inline int open_device(Device* d) {
     int dev = 0;
     CK(cudaGetDevice(&dev));
-    CK(cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, dev));
-    CK(cudaGetDeviceProperties(prop, dev));
-    CK(cudaMalloc(src, SRC_BYTES));
-    CK(cudaMemset(*src, 1, SRC_BYTES));
+    CK(cudaDeviceGetAttribute(&d->sms, cudaDevAttrMultiProcessorCount, dev));
+    CK(cudaGetDeviceProperties(&d->prop, dev));
+    CK(cudaMalloc(&d->src, SRC_BYTES));
+    CK(cudaMemset(d->src, 1, SRC_BYTES));
     return 0;
 }
 

@@ -134,11 +134,8 @@ __global__ void __launch_bounds__(64, 1) probe(Args a) {
 }
 
 int main() {
-    int sms = 0;
-    cudaDeviceProp prop;
-    char* src = nullptr;
-    if (open_device(&sms, &prop, &src)) return 1;
-    const unsigned long long src_bytes = SRC_BYTES;
+    Device d;
+    if (open_device(&d)) return 1;
     const unsigned chain_len = 1u << 20;  // 4 MB of indices: L2-resident
     std::vector<unsigned> h(chain_len), perm(chain_len);
     for (unsigned i = 0; i < chain_len; ++i) perm[i] = i;
@@ -153,14 +150,14 @@ int main() {
     CK(cudaMalloc(&chain, chain_len * 4));
     CK(cudaMemcpy(chain, h.data(), chain_len * 4, cudaMemcpyHostToDevice));
     CK(cudaMalloc(&bar, 4 * 32 * 4));
-    CK(cudaMalloc(&own, sms * 32 * 4));
-    CK(cudaMalloc(&out, sms * NOUT * 8));
+    CK(cudaMalloc(&own, d.sms * 32 * 4));
+    CK(cudaMalloc(&out, d.sms * NOUT * 8));
     CK(cudaFuncSetAttribute(probe, cudaFuncAttributeMaxDynamicSharedMemorySize, RING));
     printf("%s, %d SMs, under a bulk-copy stream: L2 load = one of %d dependent loads; fence = st.relaxed + "
            "fence.acq_rel.gpu; barriers of all blocks (%d each): arrival red.{release|relaxed} + polling "
            "ld.{acquire|relaxed}; streamer = the streaming lane's fence after a copy lands; fence cl / cta = the "
            "fence at cluster / CTA scope; medians over the measured blocks, ns\n",
-           prop.name, sms, CHAIN, BARRIERS);
+           d.prop.name, d.sms, CHAIN, BARRIERS);
     printf("%4s %9s %8s %7s %9s %7s %7s %7s %7s %7s %9s %8s %8s\n", "KB", "in flight", "streams", "TB/s", "L2 load",
            "fence", "rel/acq", "rlx/rlx", "rel/rlx", "rlx/acq", "streamer", "fence cl", "fence cta");
     // kb, copies in flight, only the odd blocks stream (the even ones are measured), the streamer times its own fence
@@ -170,17 +167,17 @@ int main() {
     for (auto& c : cases) {
         for (int rep = 0; rep < 2; ++rep) {
             CK(cudaMemset(bar, 0, 4 * 32 * 4));
-            CK(cudaMemset(out, 0, sms * NOUT * 8));
-            Args a{src, src_bytes, c[0], c[1], c[2], c[3], chain, chain_len, bar, own, out};
+            CK(cudaMemset(out, 0, d.sms * NOUT * 8));
+            Args a{d.src, SRC_BYTES, c[0], c[1], c[2], c[3], chain, chain_len, bar, own, out};
             void* args[] = {&a};
-            CK(cudaLaunchCooperativeKernel((const void*)probe, dim3(sms), dim3(64), args, RING, 0));
+            CK(cudaLaunchCooperativeKernel((const void*)probe, dim3(d.sms), dim3(64), args, RING, 0));
             CK(cudaDeviceSynchronize());
-            std::vector<unsigned long long> o(sms * NOUT);
-            CK(cudaMemcpy(o.data(), out, sms * NOUT * 8, cudaMemcpyDeviceToHost));
+            std::vector<unsigned long long> o(d.sms * NOUT);
+            CK(cudaMemcpy(o.data(), out, d.sms * NOUT * 8, cudaMemcpyDeviceToHost));
             std::vector<double> v[9];
             unsigned long long copies = 0, t0 = ~0ull, t1 = 0;
             const double per[6] = {CHAIN, FENCES, BARRIERS, BARRIERS, BARRIERS, BARRIERS};
-            for (int b = 0; b < sms; ++b) {
+            for (int b = 0; b < d.sms; ++b) {
                 copies += o[b * NOUT + 6];
                 t0 = std::min(t0, o[b * NOUT + 7]);
                 t1 = std::max(t1, o[b * NOUT + 8]);

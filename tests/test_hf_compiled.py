@@ -7,10 +7,10 @@ CUDA graphs are checked on the GPU (tests/gpu/test_hf_compiled_gpu.py). The firs
 
 The compile runs first in a child process: where inductor's CPU code crashes the interpreter (torch 2.11+cu130 on the
 H200 machine: "corrupted double-linked list", SIGABRT, in the compiled step's first call) or hangs, the module skips
-with that reason instead of aborting the whole test run. (A best-effort check: the child repeats the fixture's load, not
-the state of this process.) Users never compile on the CPU (hf-compiled refuses a CPU device), and
-the GPU's compile is tested in tests/gpu/test_hf_compiled_gpu.py. The child warms inductor's cache, so the fixture's own
-compile that follows costs ~10 s.
+with that reason instead of aborting the whole test run. (A best-effort check: the child repeats the fixture's load,
+not the state of this process.) Users never compile on the CPU (hf-compiled refuses a CPU device), and the GPU's
+compile is tested in tests/gpu/test_hf_compiled_gpu.py. The child warms inductor's cache, so the fixture's own compile
+that follows costs ~10 s.
 """
 
 from __future__ import annotations
