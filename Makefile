@@ -14,6 +14,7 @@ WHEELS ?=
 SDIST ?=
 CUDA_ARCH ?=
 ARGS ?=
+JOBS ?= auto
 SETUP_ARGS ?=
 # The GPU / no-GPU decisions live in luce_bench/setup/ (stdlib only, run by $(PYTHON); tests/test_setup_*.py)
 SETUP = $(PYTHON) -m luce_bench.setup --venv "$(VENV)" --wheels "$(WHEELS)" --torch-spec "$(TORCH_SPEC)" \
@@ -33,8 +34,10 @@ ready:
 run: ready
 	$(BIN)/luce-bench compare $(ARGS)
 
+# the suite in parallel processes where cores and memory allow (pytest-xdist; tests/parallel.py keeps the GPU tests
+# together on one worker and each module whole); JOBS=0: one process, JOBS=N: N workers
 test: ready
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q $$($(BIN)/python -c "import xdist" 2>/dev/null && echo "-n $(JOBS)") $(ARGS)
 
 lint: ready
 	$(BIN)/ruff check .

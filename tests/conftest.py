@@ -20,6 +20,14 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
+from parallel import (  # noqa: F401 - pytest-xdist's hooks, registered from here
+    GPU_SCOPE,
+    plan_is_on,
+    pytest_configure_node,
+    pytest_xdist_auto_num_workers,
+    pytest_xdist_make_scheduler,
+    scope_of,
+)
 
 settings.register_profile(
     "luce-bench",
@@ -89,6 +97,7 @@ def _inventory(items: list[pytest.Item], path: str) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if os.environ.get("LUCE_BENCH_INVENTORY"):
         _inventory(items, os.environ["LUCE_BENCH_INVENTORY"])
+    _gpu_tests_live_in_tests_gpu(items)
     gpu_items = [i for i in items if "gpu" in i.keywords]
     if not gpu_items:
         return
@@ -96,20 +105,30 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if reason:
         for item in gpu_items:
             item.add_marker(pytest.mark.skip(reason=f"gpu test: {reason}"))
-    elif _xdist_worker(config):
-        # pytest-xdist's workers would run them side by side on one card (timing it, or two persistent megakernels
-        # competing for its SMs), and its `loadgroup` cannot keep them together under pytest 9: they are left out,
-        # and the end of the run says so
+    elif _xdist_worker(config) and not plan_is_on(config):
+        # under another --dist mode pytest-xdist's workers would run them side by side on one card (timing it, or two
+        # persistent megakernels competing for its SMs): they are left out, and the end of the run says so. With
+        # `-n N` alone, tests/parallel.py keeps them together on one worker.
         items[:] = [i for i in items if "gpu" not in i.keywords]
         config.hook.pytest_deselected(items=gpu_items)
+
+
+def _gpu_tests_live_in_tests_gpu(items: list[pytest.Item]) -> None:
+    """tests/parallel.py keeps tests/gpu/ on one worker: a `gpu` test elsewhere (or a CPU test there) is refused."""
+    for item in items:
+        in_gpu_dir = scope_of(item.nodeid) == GPU_SCOPE
+        if ("gpu" in item.keywords) != in_gpu_dir:
+            where = "outside tests/gpu/" if not in_gpu_dir else "in tests/gpu/ without the gpu marker"
+            raise pytest.UsageError(f"{item.nodeid}: a test {where}; the GPU tests live in tests/gpu/, and only they")
 
 
 def _xdist_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
 
-def _xdist_controller(config: pytest.Config) -> bool:
-    return not _xdist_worker(config) and config.getoption("dist", "no") != "no"
+def _xdist_controller_leaving_gpu_tests_out(config: pytest.Config) -> bool:
+    """The controller of an xdist run under a --dist mode other than tests/parallel.py's."""
+    return not _xdist_worker(config) and config.getoption("dist", "no") not in ("no", "load")
 
 
 @pytest.fixture(autouse=True)
@@ -210,15 +229,15 @@ def other_skips(reports: dict[str, list[Any]]) -> str | None:
 
 
 XDIST_GPU_LINE = (
-    "GPU tests (marker gpu): not run: pytest-xdist's workers would share the card; "
-    "`make test` without -n, or `make test-gpu`, runs them"
+    "GPU tests (marker gpu): not run: under this --dist mode pytest-xdist's workers would share the card; "
+    "`make test` (`-n N` alone keeps them on one worker), or `make test-gpu`, runs them"
 )
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     reason = cuda_gpu_reason()
     gpu = gpu_summary(gpu_outcomes(terminalreporter.stats), reason, _GPU_TEST_S[0])
-    if gpu is None and reason is None and _xdist_controller(terminalreporter.config):
+    if gpu is None and reason is None and _xdist_controller_leaving_gpu_tests_out(terminalreporter.config):
         gpu = XDIST_GPU_LINE
     for line in (gpu, other_skips(terminalreporter.stats)):
         if line:

@@ -8,6 +8,7 @@ what became of the GPU tests, and `info` names what is missing and the fix.
 from __future__ import annotations
 
 import csv
+import re
 import warnings
 
 import conftest
@@ -143,13 +144,6 @@ def test_the_other_skipped_tests_are_one_line_by_reason():
     assert other_skips({"skipped": [skipped("g", "no GPU", True)]}) is None
 
 
-@pytest.mark.gpu
-def test_gpu_tests_run_read_only():
-    import os
-
-    assert os.environ["LUCE_BENCH_READONLY"] == "1"
-
-
 def test_the_other_tests_set_simulated_cards_only(monkeypatch):
     """Whatever the caller's LUCE_BENCH_READONLY, a test without the marker runs without it, and a real setter fails."""
     import os
@@ -187,8 +181,9 @@ def test_info_names_the_missing_pieces_and_their_fixes(monkeypatch):
 
 
 class _Item:
-    def __init__(self, name: str, gpu: bool) -> None:
+    def __init__(self, name: str, gpu: bool, nodeid: str = "") -> None:
         self.name, self.keywords = name, {"gpu": 1} if gpu else {}
+        self.nodeid = nodeid or (f"tests/gpu/test_x.py::{name}" if gpu else f"tests/test_x.py::{name}")
         self.marks: list = []
 
     def add_marker(self, mark) -> None:  # noqa: ANN001
@@ -198,22 +193,40 @@ class _Item:
 class _Config:
     """What the collection hook reads: the hooks' caller and, in an xdist worker, its workerinput."""
 
-    def __init__(self, worker: bool) -> None:
+    def __init__(self, worker: bool, plan: bool = False) -> None:
         self.deselected: list = []
         self.hook = type("Hook", (), {"pytest_deselected": lambda _, items: self.deselected.extend(items)})()
         if worker:
-            self.workerinput = {"workerid": "gw0"}
+            self.workerinput = {"workerid": "gw0", **({"gpu_together": True} if plan else {})}
 
 
-@pytest.mark.parametrize("worker", [False, True], ids=["one-process", "xdist-worker"])
-def test_gpu_tests_run_in_one_process_and_are_left_out_of_xdist_workers(monkeypatch, worker):
+@pytest.mark.parametrize(
+    ("worker", "plan"),
+    [(False, False), (True, True), (True, False)],
+    ids=["one-process", "xdist-n-alone", "xdist-other-dist-mode"],
+)
+def test_gpu_tests_run_unless_an_xdist_mode_would_spread_them_over_workers(monkeypatch, worker, plan):
     monkeypatch.setattr(conftest, "cuda_gpu_reason", lambda: None)  # a machine with a GPU
     items = [_Item("cpu", False), _Item("gpu", True)]
-    config = _Config(worker)
+    config = _Config(worker, plan)
     conftest.pytest_collection_modifyitems(config, items)
-    assert [i.name for i in items] == (["cpu"] if worker else ["cpu", "gpu"])
-    assert [i.name for i in config.deselected] == (["gpu"] if worker else [])
+    left_out = worker and not plan
+    assert [i.name for i in items] == (["cpu"] if left_out else ["cpu", "gpu"])
+    assert [i.name for i in config.deselected] == (["gpu"] if left_out else [])
     monkeypatch.setattr(conftest, "cuda_gpu_reason", lambda: "no CUDA GPU visible to torch")
     items = [_Item("cpu", False), _Item("gpu", True)]
-    conftest.pytest_collection_modifyitems(_Config(worker), items)  # no GPU: skipped with the reason, as always
+    conftest.pytest_collection_modifyitems(_Config(worker, plan), items)  # no GPU: skipped with the reason, as always
     assert len(items) == 2 and items[1].marks[0].kwargs["reason"] == "gpu test: no CUDA GPU visible to torch"
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        (_Item("g", True, "tests/test_x.py::g"), "tests/test_x.py::g: a test outside tests/gpu/;"),
+        (_Item("c", False, "tests/gpu/test_x.py::c"), "tests/gpu/test_x.py::c: a test in tests/gpu/ without the gpu"),
+    ],
+)
+def test_a_gpu_test_outside_tests_gpu_or_a_cpu_test_inside_is_refused(item, message):
+    """tests/parallel.py keeps tests/gpu/ on one worker, so the directory and the marker must agree."""
+    with pytest.raises(pytest.UsageError, match=re.escape(message)):
+        conftest.pytest_collection_modifyitems(_Config(False), [_Item("cpu", False), item])

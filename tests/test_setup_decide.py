@@ -173,6 +173,7 @@ def test_offline_h200_installs_the_carried_cuda_wheel_and_links_the_package():
         ("pytest", "not installed and not in WHEELS: make test cannot run"),
         ("ruff", "not installed and not in WHEELS: make lint cannot run"),
         ("hypothesis", "not installed and not in WHEELS: make test cannot run"),
+        ("pytest-xdist", "not installed and not in WHEELS: make test runs in one process"),
     ]
     assert titles(plan) == [
         "creating the virtual environment /repo/.venv",
@@ -218,7 +219,7 @@ def test_offline_wheel_for_another_arch_is_not_used_and_the_sdist_is_built():
 def test_offline_without_llama_cpp_or_torch_in_wheels_names_both():
     w = Wheels("/carry/.whl", names=frozenset({"gguf"}))
     plan = decide(machine(gpu=H200, toolkit=TOOLKIT, wheels=w), Options(venv=VENV, wheels=Path(w.path)))
-    assert [g.piece for g in plan.gaps] == ["torch", "llama.cpp", "pytest", "ruff", "hypothesis"]
+    assert [g.piece for g in plan.gaps] == ["torch", "llama.cpp", "pytest", "ruff", "hypothesis", "pytest-xdist"]
     assert plan.gaps[0].problem == "not installed and WHEELS has no CUDA torch: HF cannot run"
     assert plan.gaps[1].fix == "put the sdist there (scripts/repack-llamacpp-sdist.sh)"
     assert not [t for t in titles(plan) if "torch" in t or "llama" in t or "fla" in t]
@@ -261,8 +262,8 @@ def test_a_plain_host_python_needs_no_pth():
 
 
 def test_offline_test_tools_come_from_wheels_or_the_image_and_only_the_rest_is_a_gap():
-    # the H200 image has pytest and hypothesis but no ruff; WHEELS carries hypothesis
-    host = dataclasses.replace(CUDA_TORCH, modules=frozenset({"pytest", "hypothesis"}))
+    # the H200 image has pytest, hypothesis and pytest-xdist (imported as xdist) but no ruff; WHEELS carries hypothesis
+    host = dataclasses.replace(CUDA_TORCH, modules=frozenset({"pytest", "hypothesis", "xdist"}))
     w = Wheels("/carry/.whl", names=frozenset({"llama-cpp-python", "gguf", "diskcache", "hypothesis"}))
     plan = decide(machine(gpu=H200, toolkit=TOOLKIT, host=host, wheels=w), Options(venv=VENV, wheels=Path(w.path)))
     assert step(plan, "installing the test tools").argv[-1] == "hypothesis>=6.100"

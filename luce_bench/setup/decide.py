@@ -207,8 +207,14 @@ def _deps(p: Planner) -> None:
     _test_tools(p, reqs.get("dev", []))
 
 
-# what a missing test tool costs (the dev extra of pyproject.toml)
-TOOL_USE = {"pytest": "make test cannot run", "hypothesis": "make test cannot run", "ruff": "make lint cannot run"}
+# what a missing test tool costs (the dev extra of pyproject.toml), and the module it is imported as where that differs
+TOOL_USE = {
+    "pytest": "make test cannot run",
+    "hypothesis": "make test cannot run",
+    "ruff": "make lint cannot run",
+    "pytest-xdist": "make test runs in one process",
+}
+TOOL_MODULE = {"pytest-xdist": "xdist"}
 
 
 def _test_tools(p: Planner, dev: list[str]) -> None:
@@ -220,7 +226,7 @@ def _test_tools(p: Planner, dev: list[str]) -> None:
     if p.m.wheels is not None:
         for req in dev:
             name = requirement_name(req)
-            if not p.have(name) and name not in p.env.modules:
+            if not p.have(name) and TOOL_MODULE.get(name, name) not in p.env.modules:
                 use = TOOL_USE.get(name, "a test tool is missing")
                 p.gap(name, f"not installed and not in WHEELS: {use}", "put its wheel in WHEELS, then make setup")
         dev = [r for r in dev if p.have(requirement_name(r))]

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]  # the repository (pyproject.toml, Ma
 PROBE_TIMEOUT_S = 60.0
 # Python modules whose presence changes a setup decision: the build backends of luce-bench and llama-cpp-python,
 # flash-linear-attention (HF's fast GDN kernels on a GPU), and the test tools (offline: already there, or a gap)
-MODULES = ("hatchling", "scikit_build_core", "fla", "pytest", "hypothesis", "ruff")
+MODULES = ("hatchling", "scikit_build_core", "fla", "pytest", "hypothesis", "ruff", "xdist")
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,13 @@ import pytest
 pytestmark = pytest.mark.gpu
 
 
+def test_gpu_tests_run_read_only():
+    """Conftest sets LUCE_BENCH_READONLY=1 for every GPU test, whatever the caller's environment."""
+    import os
+
+    assert os.environ["LUCE_BENCH_READONLY"] == "1"
+
+
 @pytest.fixture
 def gpu(monkeypatch):
     pynvml = pytest.importorskip("pynvml")

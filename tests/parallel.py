@@ -1,0 +1,105 @@
+"""How `make test` spreads the suite over processes (pytest-xdist): the GPU tests together, every module in one piece.
+
+* The tests under tests/gpu/ (every `gpu`-marked test lives there; conftest refuses one elsewhere) form one work unit,
+  run in order by one worker, and it is handed out first: its chain (~12 min on the H200) sets the suite's time,
+  while the other workers run the CPU tests beside it. Two workers on one card would time each other, or run two
+  persistent megakernels competing for its SMs.
+* Every other module is one work unit, so its module and session fixtures (the kernel builds of
+  tests/test_kernel_build.py, say) are made once, not once per worker. The longest known one is handed out next.
+* `-n auto` takes one worker per core while memory allows ~WORKER_BYTES each, and none (one process, no xdist) on a
+  machine with fewer than MIN_WORKERS cores' worth, where the extra processes cost more than they save.
+
+The controller tells the workers that this plan is on (`workerinput["gpu_together"]`); under another --dist mode the
+workers leave the GPU tests out, and the run says so (conftest.py). xdist 3.8's own `loadgroup` would do the grouping
+but does not group under pytest 9 (it renames `item._nodeid`, which pytest 9 no longer reads).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+GPU_SCOPE = "tests/gpu/"
+# work units handed out before the others, in this order (the rest: most tests first, xdist's loadscope order)
+FIRST_SCOPES = (GPU_SCOPE, "tests/test_kernel_build.py")
+WORKER_BYTES = 2 << 30  # a worker's peak resident memory, with margin (measured 0.9 GiB on CI's machine)
+MIN_WORKERS = 2
+PLAN_KEY = "gpu_together"
+
+
+def scope_of(nodeid: str) -> str:
+    """The work unit of a test: GPU_SCOPE for the tests under tests/gpu/, else its module's path."""
+    path = nodeid.split("::", 1)[0]
+    return GPU_SCOPE if path.startswith(GPU_SCOPE) else path
+
+
+def auto_workers(cpus: int, available_bytes: int | None) -> int:
+    """Workers for `-n auto`: one per core while memory allows WORKER_BYTES each; 0 (no xdist) below MIN_WORKERS."""
+    n = cpus if available_bytes is None else min(cpus, available_bytes // WORKER_BYTES)
+    return n if n >= MIN_WORKERS else 0
+
+
+def available_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (None where there is none)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def plan_is_on(config: pytest.Config) -> bool:
+    """In a worker: whether the controller runs this plan (the GPU tests stay together on one worker)."""
+    return bool(getattr(config, "workerinput", {}).get(PLAN_KEY))
+
+
+def _takes_over(config: pytest.Config) -> bool:
+    return config.getvalue("dist") == "load"  # what -n gives without --dist
+
+
+def _scheduling(config: pytest.Config, log: Any) -> Any:
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GpuTogetherScheduling(LoadScopeScheduling):
+        """xdist's loadscope with scope_of's units, FIRST_SCOPES handed out first."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return scope_of(nodeid)
+
+        def _assign_work_unit(self, node: Any) -> None:
+            for scope in reversed(FIRST_SCOPES):
+                if scope in self.workqueue:
+                    self.workqueue.move_to_end(scope, last=False)
+            super()._assign_work_unit(node)
+
+    return GpuTogetherScheduling(config, log)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    return _scheduling(config, log) if _takes_over(config) else None
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    if _takes_over(node.config):
+        node.workerinput[PLAN_KEY] = True
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None  # xdist's own rule reads it
+    return auto_workers(usable_cpus(), available_bytes())

@@ -1,0 +1,110 @@
+"""`make test` in parallel (tests/parallel.py): GPU tests on one worker in order, modules whole, workers by cores."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from parallel import GPU_SCOPE, WORKER_BYTES, auto_workers, scope_of
+
+GIB = 1 << 30
+
+
+def test_the_gpu_tests_are_one_unit_and_every_other_module_is_one():
+    assert scope_of("tests/gpu/test_megakernel.py::test_teacher_forced_logits_short") == GPU_SCOPE
+    assert scope_of("tests/gpu/test_prefill.py::test_x[a::b]") == GPU_SCOPE
+    assert scope_of("tests/test_cli.py::test_compare_writes_every_file") == "tests/test_cli.py"
+    assert scope_of("tests/test_cli.py::TestX::test_y[1]") == "tests/test_cli.py"
+    assert scope_of("tests/test_gpu_fake.py::test_z") == "tests/test_gpu_fake.py"  # "gpu" in a CPU module's name
+
+
+@pytest.mark.parametrize(
+    ("cpus", "available", "workers"),
+    [
+        (16, 128 * GIB, 16),  # the H200 machine: a worker per core
+        (16, 20 * GIB, 20 * GIB // WORKER_BYTES),  # memory caps them
+        (2, 24 * GIB, 2),  # CI's machine
+        (1, 24 * GIB, 0),  # one core: one process, no xdist
+        (8, WORKER_BYTES + 1, 0),  # memory for one worker only: likewise
+        (4, None, 4),  # no /proc/meminfo: by cores
+    ],
+)
+def test_auto_takes_a_worker_per_core_while_memory_allows(cpus, available, workers):
+    assert auto_workers(cpus, available) == workers
+
+
+TOY_CONFTEST = """
+import json, os, time
+from parallel import pytest_configure_node, pytest_xdist_make_scheduler  # the hooks under test
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: a GPU test")
+
+def pytest_runtest_call(item):
+    with open(os.environ["TOY_LOG"], "a") as f:
+        f.write(json.dumps([item.nodeid, os.environ.get("PYTEST_XDIST_WORKER"), time.monotonic()]) + "\\n")
+"""
+TOY_TESTS = """
+import pytest
+{mark}
+@pytest.mark.parametrize("k", range({n}))
+def test_t(k):
+    pass
+"""
+
+
+def _toy_run(root: Path, workers: int) -> list[tuple[str, str]]:
+    """Run the toy suite under `-n workers`; (nodeid, worker) in the order the tests ran."""
+    for rel, mark, n in [
+        ("tests/gpu/test_g1.py", "pytestmark = pytest.mark.gpu", 5),
+        ("tests/gpu/test_g2.py", "pytestmark = pytest.mark.gpu", 3),
+        ("tests/test_kernel_build.py", "", 2),
+        ("tests/test_a.py", "", 9),
+        ("tests/test_b.py", "", 7),
+        ("tests/test_c.py", "", 1),
+    ]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(TOY_TESTS.format(mark=mark, n=n))
+    (root / "tests/conftest.py").write_text(TOY_CONFTEST)
+    (root / "pytest.ini").write_text("[pytest]\ntestpaths = tests\n")
+    log = root / "ran.jsonl"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+        "TOY_LOG": str(log),
+    }
+    env.pop("PYTEST_ADDOPTS", None)
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", str(workers)]
+    r = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = sorted((json.loads(line) for line in log.read_text().splitlines()), key=lambda row: row[2])
+    return [(nodeid, worker) for nodeid, worker, _ in rows]
+
+
+def test_xdist_keeps_the_gpu_tests_on_one_worker_in_order_and_each_module_whole(tmp_path):
+    pytest.importorskip("xdist")
+    ran = _toy_run(tmp_path, 3)
+    assert len(ran) == 27
+    by_unit: dict[str, set[str]] = {}
+    for nodeid, worker in ran:
+        by_unit.setdefault(scope_of(nodeid), set()).add(worker)
+    assert all(len(workers) == 1 for workers in by_unit.values()), by_unit  # one worker per unit
+    assert len(set().union(*by_unit.values())) == 3  # and the units spread over the three
+    gpu = [nodeid for nodeid, _ in ran if scope_of(nodeid) == GPU_SCOPE]
+    assert gpu == [f"tests/gpu/test_g1.py::test_t[{k}]" for k in range(5)] + [
+        f"tests/gpu/test_g2.py::test_t[{k}]" for k in range(3)
+    ]
+
+
+def test_the_gpu_tests_go_first_then_the_kernel_builds(tmp_path):
+    pytest.importorskip("xdist")
+    units = []
+    for nodeid, _ in _toy_run(tmp_path, 1):
+        if not units or units[-1] != scope_of(nodeid):
+            units.append(scope_of(nodeid))
+    assert units[:2] == [GPU_SCOPE, "tests/test_kernel_build.py"]
+    assert sorted(units[2:]) == ["tests/test_a.py", "tests/test_b.py", "tests/test_c.py"]
