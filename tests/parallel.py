@@ -54,6 +54,7 @@ def available_bytes() -> int | None:
 
 
 def usable_cpus() -> int:
+    """The cores this process may run on (its affinity mask, e.g. a container's share)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
