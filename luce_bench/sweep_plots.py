@@ -69,7 +69,7 @@ def _style(axes: Any, xlabel: str, ylabel: str) -> None:
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="lower right")  # "best" searches, and warns when that is slow (a busy machine)
 
 
 def _has_clocks(groups: Groups) -> bool:
