@@ -147,7 +147,7 @@ __device__ __forceinline__ void attn_finish(Ctx& c, const LuceMkParams& P, int g
         return;
     }
     const bool spread = att_items(pos) <= c.G;
-    if (r >= (spread ? ATT_HEADS : 1)) return;
+    if (r < 0 || r >= (spread ? ATT_HEADS : 1)) return;  // r < 0: the counters were not reset (debug: no barriers)
     if (r > 0 && c.tid == 0 && !(P.debug_flags & (LUCE_MK_DEBUG_NO_MATH | LUCE_MK_DEBUG_NO_BARRIERS)))
         wait_count(done, (unsigned)used);
     cbar();

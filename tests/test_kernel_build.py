@@ -282,7 +282,9 @@ def test_build_options_are_read_from_the_header():
 
 
 def test_unknown_option_is_one_line_before_nvcc(tmp_path):
-    with pytest.raises(UserError, match=r"unknown kernel option 'MK_HEADBUF'; the kernel reads MK_ATT_HEADS, MK_PF_ATT_PLAIN"):
+    with pytest.raises(
+        UserError, match=r"unknown kernel option 'MK_HEADBUF'; the kernel reads MK_ATT_HEADS, MK_PF_ATT_PLAIN"
+    ):
         kb.build(("sm_90",), out_dir=tmp_path / "lib", defines={"MK_HEADBUF": 1})
     assert not (tmp_path / "lib").exists()
 
