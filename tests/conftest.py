@@ -20,13 +20,13 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
-from parallel import (  # noqa: F401 - pytest-xdist's hooks, registered from here
-    GPU_SCOPE,
+from parallel import (  # noqa: F401 - pytest-xdist's hooks and -s/--trace's one process, registered from here
+    in_gpu_dir,
     plan_is_on,
+    pytest_cmdline_main,
     pytest_configure_node,
     pytest_xdist_auto_num_workers,
     pytest_xdist_make_scheduler,
-    scope_of,
 )
 
 settings.register_profile(
@@ -98,8 +98,8 @@ def _inventory(items: list[pytest.Item], path: str) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if os.environ.get("LUCE_BENCH_INVENTORY"):
         _inventory(items, os.environ["LUCE_BENCH_INVENTORY"])
-    _gpu_tests_live_in_tests_gpu(items)
-    gpu_items = [i for i in items if "gpu" in i.keywords]
+    _gpu_tests_live_in_tests_gpu(config, items)
+    gpu_items = [i for i in items if is_gpu_test(i)]
     if not gpu_items:
         return
     reason = cuda_gpu_reason()
@@ -110,17 +110,39 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         # under another --dist mode pytest-xdist's workers would run them side by side on one card (timing it, or two
         # persistent megakernels competing for its SMs): they are left out, and the end of the run says so. With
         # `-n N` alone, tests/parallel.py keeps them together on one worker.
-        items[:] = [i for i in items if "gpu" not in i.keywords]
+        items[:] = [i for i in items if not is_gpu_test(i)]
         config.hook.pytest_deselected(items=gpu_items)
 
 
-def _gpu_tests_live_in_tests_gpu(items: list[pytest.Item]) -> None:
-    """tests/parallel.py keeps tests/gpu/ on one worker: a `gpu` test elsewhere (or a CPU test there) is refused."""
+def is_gpu_test(item: pytest.Item) -> bool:
+    """The `gpu` marker (not `"gpu" in item.keywords`, which also holds the tests/gpu/ folder's name)."""
+    return item.get_closest_marker("gpu") is not None
+
+
+GPU_DIR = Path(__file__).parent / "gpu"
+_MISPLACED = pytest.StashKey[str]()
+
+
+def _gpu_tests_live_in_tests_gpu(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """tests/parallel.py keeps tests/gpu/ on one worker: a `gpu` test elsewhere (or a CPU test there) is refused.
+
+    One process: a usage error. An xdist worker's usage error would reach the user as an unrelated INTERNALERROR, so
+    there each misplaced test fails at its setup with the reason instead.
+    """
     for item in items:
-        in_gpu_dir = scope_of(item.nodeid) == GPU_SCOPE
-        if ("gpu" in item.keywords) != in_gpu_dir:
+        in_gpu_dir = Path(item.path).parent == GPU_DIR
+        if is_gpu_test(item) != in_gpu_dir:
             where = "outside tests/gpu/" if not in_gpu_dir else "in tests/gpu/ without the gpu marker"
-            raise pytest.UsageError(f"{item.nodeid}: a test {where}; the GPU tests live in tests/gpu/, and only they")
+            why = f"{item.nodeid}: a test {where}; the GPU tests live in tests/gpu/, and only they"
+            if not _xdist_worker(config):
+                raise pytest.UsageError(why)
+            item.stash[_MISPLACED] = why
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if _MISPLACED in item.stash:
+        pytest.fail(item.stash[_MISPLACED], pytrace=False)
 
 
 def _xdist_worker(config: pytest.Config) -> bool:
@@ -186,7 +208,7 @@ def gpu_outcomes(reports: dict[str, list[Any]]) -> dict[str, str]:
     out: dict[str, str] = {}
     for outcome in ("passed", "skipped", "failed", "error"):
         for rep in reports.get(outcome, []):
-            if "gpu" in getattr(rep, "keywords", {}):
+            if _gpu_report(rep):
                 out[rep.nodeid] = "failed" if outcome == "error" else outcome
     return out
 
@@ -209,8 +231,13 @@ def gpu_summary(outcomes: dict[str, str], skip_reason: str | None, seconds: floa
 _GPU_TEST_S = [0.0]
 
 
+def _gpu_report(rep: Any) -> bool:
+    """A report of a GPU test: by its marker, or by its folder (xdist's report of a crashed worker has no keywords)."""
+    return "gpu" in getattr(rep, "keywords", {}) or in_gpu_dir(getattr(rep, "nodeid", ""))
+
+
 def pytest_runtest_logreport(report: Any) -> None:
-    if "gpu" in getattr(report, "keywords", {}):
+    if _gpu_report(report):
         _GPU_TEST_S[0] += getattr(report, "duration", 0.0) or 0.0
 
 
@@ -218,7 +245,7 @@ def other_skips(reports: dict[str, list[Any]]) -> str | None:
     """One line on the skipped tests that are not GPU tests, by reason (pytest's -rfE no longer lists each skip)."""
     reasons: dict[str, int] = {}
     for rep in reports.get("skipped", []):
-        if "gpu" in getattr(rep, "keywords", {}):
+        if _gpu_report(rep):
             continue
         longrepr = getattr(rep, "longrepr", None)
         reason = str(longrepr[2] if isinstance(longrepr, tuple) else longrepr).removeprefix("Skipped: ")

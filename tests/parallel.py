@@ -6,8 +6,11 @@
   persistent megakernels competing for its SMs.
 * Every other module is one work unit, so its module and session fixtures (the kernel builds of
   tests/test_kernel_build.py, say) are made once, not once per worker. The longest known one is handed out next.
-* `-n auto` takes one worker per core while memory allows ~WORKER_BYTES each, and none (one process, no xdist) on a
-  machine with fewer than MIN_WORKERS cores' worth, where the extra processes cost more than they save.
+* `-n auto` takes one worker per core while memory allows ~WORKER_BYTES each (one core fewer on a machine with more
+  than SPARE_CORE_ABOVE), and none (one process, no xdist) on a machine with fewer than MIN_WORKERS cores' worth.
+  `-s` and `--trace` run in one process too, as xdist does for `--pdb`.
+* A worker that crashes (a kernel fault kills the process) fails its test once; the rest of its unit goes to a new
+  worker.
 
 The controller tells the workers that this plan is on (`workerinput["gpu_together"]`); under another --dist mode the
 workers leave the GPU tests out, and the run says so (conftest.py). xdist 3.8's own `loadgroup` would do the grouping
@@ -26,18 +29,29 @@ GPU_SCOPE = "tests/gpu/"
 FIRST_SCOPES = (GPU_SCOPE, "tests/test_kernel_build.py")
 WORKER_BYTES = 2 << 30  # a worker's peak resident memory, with margin (measured 0.9 GiB on CI's machine)
 MIN_WORKERS = 2
+SPARE_CORE_ABOVE = 4
 PLAN_KEY = "gpu_together"
+
+
+def in_gpu_dir(nodeid: str) -> bool:
+    """Whether a test id names a module in the gpu/ folder (whatever the rootdir the ids are relative to)."""
+    parts = nodeid.split("::", 1)[0].split("/")
+    return len(parts) >= 2 and parts[-2] == "gpu"
 
 
 def scope_of(nodeid: str) -> str:
     """The work unit of a test: GPU_SCOPE for the tests under tests/gpu/, else its module's path."""
-    path = nodeid.split("::", 1)[0]
-    return GPU_SCOPE if path.startswith(GPU_SCOPE) else path
+    return GPU_SCOPE if in_gpu_dir(nodeid) else nodeid.split("::", 1)[0]
 
 
 def auto_workers(cpus: int, available_bytes: int | None) -> int:
-    """Workers for `-n auto`: one per core while memory allows WORKER_BYTES each; 0 (no xdist) below MIN_WORKERS."""
-    n = cpus if available_bytes is None else min(cpus, available_bytes // WORKER_BYTES)
+    """Workers for `-n auto`: one per core while memory allows WORKER_BYTES each; 0 (no xdist) below MIN_WORKERS.
+
+    Above SPARE_CORE_ABOVE cores one is left to the GPU worker's host side and the tests' own compile pools.
+    """
+    n = cpus - 1 if cpus > SPARE_CORE_ABOVE else cpus
+    if available_bytes is not None:
+        n = min(n, available_bytes // WORKER_BYTES)
     return n if n >= MIN_WORKERS else 0
 
 
@@ -85,6 +99,20 @@ def _scheduling(config: pytest.Config, log: Any) -> Any:
                     self.workqueue.move_to_end(scope, last=False)
             super()._assign_work_unit(node)
 
+        def remove_node(self, node: Any) -> str | None:
+            """A crashed worker's test is reported once and not run again; the rest of its unit is requeued.
+
+            loadscope would requeue the crashed test with the rest, so every replacement worker would crash on it
+            (a faulting kernel launched ~4N times).
+            """
+            for unit in self.assigned_work.get(node, {}).values():
+                crashed = next((nodeid for nodeid, done in unit.items() if not done), None)
+                if crashed is not None:
+                    unit[crashed] = True
+                    super().remove_node(node)  # requeues the unit's remaining tests
+                    return crashed
+            return super().remove_node(node)
+
     return GpuTogetherScheduling(config, log)
 
 
@@ -97,6 +125,14 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 def pytest_configure_node(node: Any) -> None:
     if _takes_over(node.config):
         node.workerinput[PLAN_KEY] = True
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """-s, --capture=no and --trace need the test in this process (xdist's workers swallow output, ignore --trace)."""
+    opt = config.option
+    if getattr(opt, "numprocesses", None) and (opt.capture == "no" or getattr(opt, "trace", False)):
+        opt.numprocesses = 0
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -112,6 +112,8 @@ def reports():
 def test_the_gpu_test_summary_counts_what_ran(reports):
     outcomes = gpu_outcomes(reports)
     assert outcomes == {"a": "failed", "b": "passed", "c": "failed", "d": "skipped"}
+    crashed = _Report("tests/gpu/test_x.py::t", False)  # xdist's report of a crashed worker carries no keywords
+    assert gpu_outcomes({"failed": [crashed]}) == {"tests/gpu/test_x.py::t": "failed"}
     assert (
         gpu_summary(outcomes, None)
         == "GPU tests (marker gpu): 1 passed, 2 failed, 1 skipped, read-only (LUCE_BENCH_READONLY=1)"
@@ -181,13 +183,21 @@ def test_info_names_the_missing_pieces_and_their_fixes(monkeypatch):
 
 
 class _Item:
-    def __init__(self, name: str, gpu: bool, nodeid: str = "") -> None:
-        self.name, self.keywords = name, {"gpu": 1} if gpu else {}
-        self.nodeid = nodeid or (f"tests/gpu/test_x.py::{name}" if gpu else f"tests/test_x.py::{name}")
-        self.marks: list = []
+    """What the collection hook reads of an item; `in_gpu_dir` defaults to where the marker says it belongs."""
+
+    def __init__(self, name: str, gpu: bool, in_gpu_dir: bool | None = None) -> None:
+        folder = conftest.GPU_DIR if (gpu if in_gpu_dir is None else in_gpu_dir) else conftest.GPU_DIR.parent
+        self.name, self.path = name, folder / "test_x.py"
+        self.nodeid = f"{folder.relative_to(conftest.GPU_DIR.parents[1]).as_posix()}/test_x.py::{name}"
+        self.keywords = {"gpu": 1} if gpu or "/gpu/" in self.nodeid else {}  # pytest's: markers and folder names
+        self.marks: list = [pytest.mark.gpu.mark] if gpu else []
+        self.stash = pytest.Stash()
 
     def add_marker(self, mark) -> None:  # noqa: ANN001
         self.marks.append(mark)
+
+    def get_closest_marker(self, name: str):  # noqa: ANN201
+        return next((m for m in self.marks if m.name == name), None)
 
 
 class _Config:
@@ -216,17 +226,26 @@ def test_gpu_tests_run_unless_an_xdist_mode_would_spread_them_over_workers(monke
     monkeypatch.setattr(conftest, "cuda_gpu_reason", lambda: "no CUDA GPU visible to torch")
     items = [_Item("cpu", False), _Item("gpu", True)]
     conftest.pytest_collection_modifyitems(_Config(worker, plan), items)  # no GPU: skipped with the reason, as always
-    assert len(items) == 2 and items[1].marks[0].kwargs["reason"] == "gpu test: no CUDA GPU visible to torch"
+    assert len(items) == 2 and items[1].marks[-1].kwargs["reason"] == "gpu test: no CUDA GPU visible to torch"
 
 
 @pytest.mark.parametrize(
     ("item", "message"),
     [
-        (_Item("g", True, "tests/test_x.py::g"), "tests/test_x.py::g: a test outside tests/gpu/;"),
-        (_Item("c", False, "tests/gpu/test_x.py::c"), "tests/gpu/test_x.py::c: a test in tests/gpu/ without the gpu"),
+        (_Item("g", True, in_gpu_dir=False), "tests/test_x.py::g: a test outside tests/gpu/;"),
+        (_Item("c", False, in_gpu_dir=True), "tests/gpu/test_x.py::c: a test in tests/gpu/ without the gpu marker"),
     ],
 )
 def test_a_gpu_test_outside_tests_gpu_or_a_cpu_test_inside_is_refused(item, message):
-    """tests/parallel.py keeps tests/gpu/ on one worker, so the directory and the marker must agree."""
+    """tests/parallel.py keeps tests/gpu/ on one worker, so the directory and the marker must agree.
+
+    One process: a usage error. In an xdist worker (whose usage error would reach the user as an unrelated
+    INTERNALERROR) the test fails at its setup with the same reason, and the others run.
+    """
     with pytest.raises(pytest.UsageError, match=re.escape(message)):
         conftest.pytest_collection_modifyitems(_Config(False), [_Item("cpu", False), item])
+    fine = _Item("cpu", False)
+    conftest.pytest_collection_modifyitems(_Config(True, plan=True), [fine, item])
+    conftest.pytest_runtest_setup(fine)
+    with pytest.raises(pytest.fail.Exception, match=re.escape(message)):
+        conftest.pytest_runtest_setup(item)

@@ -20,13 +20,15 @@ def test_the_gpu_tests_are_one_unit_and_every_other_module_is_one():
     assert scope_of("tests/test_cli.py::test_compare_writes_every_file") == "tests/test_cli.py"
     assert scope_of("tests/test_cli.py::TestX::test_y[1]") == "tests/test_cli.py"
     assert scope_of("tests/test_gpu_fake.py::test_z") == "tests/test_gpu_fake.py"  # "gpu" in a CPU module's name
+    assert scope_of("gpu/test_prefill.py::test_x") == GPU_SCOPE  # ids relative to another rootdir (--rootdir=tests)
 
 
 @pytest.mark.parametrize(
     ("cpus", "available", "workers"),
     [
-        (16, 128 * GIB, 16),  # the H200 machine: a worker per core
+        (16, 128 * GIB, 15),  # the H200 machine: a worker per core, one core left to the GPU worker's host side
         (16, 20 * GIB, 20 * GIB // WORKER_BYTES),  # memory caps them
+        (4, 24 * GIB, 4),  # no core to spare on four
         (2, 24 * GIB, 2),  # CI's machine
         (1, 24 * GIB, 0),  # one core: one process, no xdist
         (8, WORKER_BYTES + 1, 0),  # memory for one worker only: likewise
@@ -39,7 +41,7 @@ def test_auto_takes_a_worker_per_core_while_memory_allows(cpus, available, worke
 
 TOY_CONFTEST = """
 import json, os, time
-from parallel import pytest_configure_node, pytest_xdist_make_scheduler  # the hooks under test
+from parallel import pytest_cmdline_main, pytest_configure_node, pytest_xdist_make_scheduler  # the hooks under test
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: a GPU test")
@@ -49,16 +51,17 @@ def pytest_runtest_call(item):
         f.write(json.dumps([item.nodeid, os.environ.get("PYTEST_XDIST_WORKER"), time.monotonic()]) + "\\n")
 """
 TOY_TESTS = """
-import pytest
+import os, pytest
 {mark}
 @pytest.mark.parametrize("k", range({n}))
 def test_t(k):
-    pass
+    if os.environ.get("TOY_CRASH") == os.path.basename(__file__) + str(k):
+        os._exit(1)  # as a kernel fault kills a worker
 """
 
 
-def _toy_run(root: Path, workers: int) -> list[tuple[str, str]]:
-    """Run the toy suite under `-n workers`; (nodeid, worker) in the order the tests ran."""
+def _toy_run(root: Path, workers: int, *args: str, crash: str = "", rc: int = 0) -> list[tuple[str, str]]:
+    """Run the toy suite under `-n workers`; (nodeid, worker) in the order the tests ran (crash: "test_g1.py2")."""
     for rel, mark, n in [
         ("tests/gpu/test_g1.py", "pytestmark = pytest.mark.gpu", 5),
         ("tests/gpu/test_g2.py", "pytestmark = pytest.mark.gpu", 3),
@@ -76,11 +79,13 @@ def _toy_run(root: Path, workers: int) -> list[tuple[str, str]]:
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
         "TOY_LOG": str(log),
+        "TOY_CRASH": crash,
     }
     env.pop("PYTEST_ADDOPTS", None)
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", str(workers)]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", str(workers), *args]
     r = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.returncode == rc, r.stdout + r.stderr
+    (root / "out.txt").write_text(r.stdout)
     rows = sorted((json.loads(line) for line in log.read_text().splitlines()), key=lambda row: row[2])
     return [(nodeid, worker) for nodeid, worker, _ in rows]
 
@@ -108,3 +113,20 @@ def test_the_gpu_tests_go_first_then_the_kernel_builds(tmp_path):
             units.append(scope_of(nodeid))
     assert units[:2] == [GPU_SCOPE, "tests/test_kernel_build.py"]
     assert sorted(units[2:]) == ["tests/test_a.py", "tests/test_b.py", "tests/test_c.py"]
+
+
+def test_a_crashed_worker_fails_its_test_once_and_the_rest_of_its_unit_runs_elsewhere(tmp_path):
+    pytest.importorskip("xdist")
+    ran = _toy_run(tmp_path, 2, crash="test_g1.py2", rc=1)
+    crashed = "tests/gpu/test_g1.py::test_t[2]"
+    assert [nodeid for nodeid, _ in ran].count(crashed) == 1  # not once per replacement worker
+    assert len(ran) == 27  # every test ran
+    assert "1 failed, 26 passed" in (tmp_path / "out.txt").read_text()
+
+
+@pytest.mark.parametrize("flag", ["-s", "--capture=no"])
+def test_output_left_uncaptured_runs_the_tests_in_this_process(tmp_path, flag):
+    """`make test ARGS=-s`: xdist's workers would swallow the output, so the tests run in this process."""
+    pytest.importorskip("xdist")
+    ran = _toy_run(tmp_path, 2, flag)
+    assert len(ran) == 27 and {worker for _, worker in ran} == {None}  # no xdist worker ran them
