@@ -81,7 +81,8 @@ def _toy_run(root: Path, workers: int, *args: str, crash: str = "", rc: int = 0)
         "TOY_LOG": str(log),
         "TOY_CRASH": crash,
     }
-    env.pop("PYTEST_ADDOPTS", None)
+    for name in [k for k in env if k == "PYTEST_ADDOPTS" or k.startswith("PYTEST_XDIST_")]:
+        env.pop(name)  # this run's own options and, under make test, its worker's name, which the toy logs
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", str(workers), *args]
     r = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == rc, r.stdout + r.stderr
