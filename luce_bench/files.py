@@ -12,7 +12,7 @@ import contextlib
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 APP = "luce-bench"
@@ -47,21 +47,24 @@ def _fsync_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(final: Path, durable: bool = False) -> Iterator[Path]:
+def atomic_path(final: Path, durable: bool = False, existing: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """Yield a fresh sibling path of `final`; on success it is renamed onto `final`, on failure removed.
 
     The caller creates a file or a directory at the yielded path. A reader never sees a half-written `final`.
     With `durable`, the file and the directory entry are fsynced (journals must survive a power cut).
+    A directory already at `final` (a rename cannot replace a non-empty one) fails the rename with OSError, unless
+    `existing` decides: True keeps it (another writer put the same thing there first) and drops the new one; False
+    renames it aside, puts the new one in place, then removes it (a process reading from it keeps its open files).
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = _sibling(final, "tmp")
     try:
         yield tmp
         if durable and tmp.is_file():
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
-        os.replace(tmp, final)
+        _rename_into_place(tmp, final, existing)
         if durable:
             _fsync_dir(final.parent)
     finally:
@@ -69,6 +72,33 @@ def atomic_path(final: Path, durable: bool = False) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+
+
+def _sibling(final: Path, suffix: str) -> Path:
+    return final.with_name(f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}.{suffix}")
+
+
+def _rename_into_place(tmp: Path, final: Path, existing: Callable[[Path], bool] | None) -> None:
+    aside: list[Path] = []
+    try:
+        for _ in range(5):  # other writers may put a directory back between our two renames
+            try:
+                os.replace(tmp, final)
+                return
+            except OSError:
+                if existing is None or (final.exists() and not final.is_dir()):
+                    raise
+                if not final.exists():
+                    continue  # it went away between the two calls
+            if existing(final):
+                return
+            aside.append(_sibling(final, "old"))
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(final, aside[-1])
+        raise OSError(f"could not put {final} in place: other writers keep replacing it")
+    finally:
+        for old in aside:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write(path: Path, data: str | bytes, durable: bool = False) -> None:

@@ -27,3 +27,24 @@ def test_atomic_write_replaces_whole_and_a_failure_leaves_the_old_file(tmp_path)
         tmp.write_text("half")
         raise RuntimeError("disk full")
     assert path.read_text() == "two" and [p.name for p in path.parent.iterdir()] == ["meta.json"]
+
+
+@pytest.mark.parametrize("keep", [None, True, False])
+def test_a_directory_in_the_way_fails_the_rename_or_is_kept_or_replaced_as_the_caller_decides(tmp_path, keep):
+    final = tmp_path / "lib"
+    final.mkdir()
+    (final / "v").write_text("old")
+    decide = None if keep is None else (lambda d: (d / "v").read_text() == "old" and keep)
+
+    def write_new() -> None:
+        with files.atomic_path(final, existing=decide) as tmp:
+            tmp.mkdir()
+            (tmp / "v").write_text("new")
+
+    if keep is None:
+        with pytest.raises(OSError):
+            write_new()
+    else:
+        write_new()
+    assert (final / "v").read_text() == ("new" if keep is False else "old")
+    assert [p.name for p in tmp_path.iterdir()] == ["lib"]  # no temp or aside directory left

@@ -294,6 +294,12 @@ def test_prefill_table_lists_ms_against_n_per_variant():
     assert "c ms" not in text
 
 
+def _fake_kernel_prefill(monkeypatch, be, prefill) -> None:  # noqa: ANN001
+    """A loaded-looking backend whose kernel prefill object is `prefill` (weights16 decides the fp16 check)."""
+    monkeypatch.setattr(be, "_kernel_prefill", lambda: prefill)
+    be._kprefill, be._bufs = prefill, {"wblob": None}
+
+
 @pytest.mark.tries("fault", "kernel prefill: the device's shared memory per block is too small for its kernels")
 def test_a_device_too_small_for_the_kernel_prefill_takes_the_token_path_and_says_why(monkeypatch):
     """As on an RTX 3090 or 4090 today: the library refuses before a kernel runs; the prompt goes token by token."""
@@ -313,17 +319,15 @@ def test_a_device_too_small_for_the_kernel_prefill_takes_the_token_path_and_says
         calls.append("kernel")
         raise LuceMkError(refusal, error_codes()["PREFILL_SMEM"])
 
-    monkeypatch.setattr(be, "_kernel_prefill", lambda: Prefill())
+    _fake_kernel_prefill(monkeypatch, be, Prefill())
     monkeypatch.setattr(be, "_prefill_kernel", kernel_path)
     monkeypatch.setattr(be, "_prefill_tokens", lambda ids, logits: ("tokens", len(ids)))
-    be._kprefill, be._bufs = Prefill(), {"wblob": None}
     assert be.prefill([1, 2, 3]) == ("tokens", 3) and be.prefill_fallback == refusal
     assert be.prefill([4, 5]) == ("tokens", 2) and be.prefill_fallback == refusal
     assert calls == ["kernel"]  # asked once
     other = MegakernelBackend(prefill="kernel")  # any other failure is not a fallback
-    monkeypatch.setattr(other, "_kernel_prefill", lambda: Prefill())
+    _fake_kernel_prefill(monkeypatch, other, Prefill())
     monkeypatch.setattr(other, "_prefill_kernel", lambda ids, logits: (_ for _ in ()).throw(LuceMkError("boom", 700)))
-    other._kprefill, other._bufs = Prefill(), {"wblob": None}
     with pytest.raises(LuceMkError, match="boom"):
         other.prefill([1])
 
@@ -354,9 +358,8 @@ def test_weights_fp16_cannot_hold_send_every_prompt_the_token_way_after_one_chec
             checks.append(1)
             raise UserError(why)
 
-    monkeypatch.setattr(be, "_kernel_prefill", lambda: Prefill())
+    _fake_kernel_prefill(monkeypatch, be, Prefill())
     monkeypatch.setattr(be, "_prefill_tokens", lambda ids, logits: ("tokens", len(ids)))
-    be._kprefill, be._bufs = Prefill(), {"wblob": None}
     assert be.prefill([1, 2]) == ("tokens", 2) and be.prefill([3]) == ("tokens", 1)
     assert be.prefill_fallback == why and checks == [1]  # the ~1 GB conversion is not tried again per prompt
 

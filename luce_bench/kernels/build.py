@@ -1,9 +1,9 @@
 """Build the decode megakernel with nvcc (no torch, no cuBLAS) and cache the shared library by content hash.
 
 The cache key is sha256(sources + flags + `nvcc --version`); a build happens in a temporary directory next to the
-final one and is renamed into place, so no reader sees a half-written library, and a builder that finds a complete
-build of the same key there (a concurrent one finished first) keeps it. The ptxas report (`-Xptxas -v`: registers,
-stack, spills per kernel and arch) is kept next to the .so as `ptxas.txt`.
+final one and is renamed into place (luce_bench.files.atomic_path), so no reader sees a half-written library, and a
+builder that finds a complete build of the same key there (a concurrent one finished first) keeps it. The ptxas
+report (`-Xptxas -v`: registers, stack, spills per kernel and arch) is kept next to the .so as `ptxas.txt`.
 
 CLI: `python -m luce_bench.kernels.build --arch sm_80,sm_90 --out DIR`.
 """
@@ -16,17 +16,16 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from luce_bench.errors import UserError
+from luce_bench.files import atomic_path
 
 LIB_NAME = "libluce_mk.so"
 REPORT_NAME = "ptxas.txt"
@@ -316,12 +315,14 @@ def build(
                 (final / OPTIONS_NAME).write_text(json.dumps(options) + "\n")
         reports = parse_ptxas((final / REPORT_NAME).read_text())
         return BuildResult(lib, arch_t, version.splitlines()[-1], True, reports, options)
-    # Compile beside `final`. What is there now (a forced rebuild, a directory without its report, one built with other
-    # flags) stays readable until the new build replaces it; a concurrent builder of the same key is never undone.
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    tmp.chmod(0o755)  # (mkdtemp makes it 0700)
-    try:
+
+    # Compiled beside `final`: what is there now (a forced rebuild, a directory without its report, one built with other
+    # flags) stays readable until the new build replaces it
+    def keep(existing: Path) -> bool:  # a concurrent builder's complete build of the same key is never undone
+        return not force and _reusable(existing, key, keyed=out_dir is None)
+
+    with atomic_path(final, existing=keep) as tmp:
+        tmp.mkdir()
         cmd = [nvcc, *flags, "-I", str(src), "-o", str(tmp / LIB_NAME), *(str(src / f) for f in SOURCES)]
         proc = run_nvcc(cmd, tmp / "nvcc-tmp")
         report = proc.stdout + proc.stderr
@@ -333,9 +334,6 @@ def build(
         (tmp / KEY_NAME).write_text(key + "\n")
         if verbose:
             print(report)
-        _install(tmp, final, key, keep_same=not force, keyed=out_dir is None)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     reports = parse_ptxas((final / REPORT_NAME).read_text())
     return BuildResult(lib, arch_t, version.splitlines()[-1], False, reports, options)
 
@@ -344,33 +342,6 @@ def _reusable(final: Path, key: str, keyed: bool) -> bool:
     """A complete build of `key` in `final` (the keyed cache's directory name is its key; another records it)."""
     complete = (final / LIB_NAME).is_file() and (final / REPORT_NAME).is_file()
     return complete and (keyed or _read_text(final / KEY_NAME) == key)
-
-
-def _install(tmp: Path, final: Path, key: str, keep_same: bool, keyed: bool) -> None:
-    """Rename the finished build `tmp` onto `final`.
-
-    When `final` exists (a rename onto a non-empty directory fails): with `keep_same`, a complete build of the same key
-    there (a concurrent builder finished first) is kept and `tmp` dropped; anything else is renamed aside, replaced,
-    then removed. A process that loaded the old library keeps its mapping.
-    """
-    aside: list[Path] = []
-    try:
-        for _ in range(5):
-            try:
-                os.replace(tmp, final)
-                return
-            except OSError:
-                if not final.exists():
-                    continue  # it went away between the two calls
-            if keep_same and _reusable(final, key, keyed):
-                return
-            aside.append(final.with_name(f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}.old"))
-            with contextlib.suppress(FileNotFoundError):
-                os.replace(final, aside[-1])
-        raise UserError(f"could not put the built kernel in place at {final} (other builders keep replacing it)")
-    finally:
-        for old in aside:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def prebuilt(lib_dir: Path) -> BuildResult:
