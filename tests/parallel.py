@@ -7,7 +7,8 @@
 * Every other module is one work unit, so its module and session fixtures (the kernel builds of
   tests/test_kernel_build.py, say) are made once, not once per worker. The longest known one is handed out next.
 * `-n auto` takes one worker per core while memory allows ~WORKER_BYTES each (one core fewer on a machine with more
-  than SPARE_CORE_ABOVE), and none (one process, no xdist) on a machine with fewer than MIN_WORKERS cores' worth.
+  than SPARE_CORE_ABOVE), no more than the work units the command line names where it names only test files, and none
+  (one process, no xdist) where that leaves fewer than MIN_WORKERS.
   `-s` and `--trace` run in one process too, as xdist does for `--pdb`.
 * A worker that crashes (a kernel fault kills the process) fails its test once; the rest of its unit goes to a new
   worker.
@@ -44,15 +45,35 @@ def scope_of(nodeid: str) -> str:
     return GPU_SCOPE if in_gpu_dir(nodeid) else nodeid.split("::", 1)[0]
 
 
-def auto_workers(cpus: int, available_bytes: int | None) -> int:
+def auto_workers(cpus: int, available_bytes: int | None, units: int | None = None) -> int:
     """Workers for `-n auto`: one per core while memory allows WORKER_BYTES each; 0 (no xdist) below MIN_WORKERS.
 
-    Above SPARE_CORE_ABOVE cores one is left to the GPU worker's host side and the tests' own compile pools.
+    Above SPARE_CORE_ABOVE cores one is left to the GPU worker's host side and the tests' own compile pools. `units`:
+    how many work units the command line names, where it names only files (see units_named); no more workers than that.
     """
     n = cpus - 1 if cpus > SPARE_CORE_ABOVE else cpus
     if available_bytes is not None:
         n = min(n, available_bytes // WORKER_BYTES)
+    if units is not None:
+        n = min(n, units)
     return n if n >= MIN_WORKERS else 0
+
+
+def units_named(args: list[str]) -> int | None:
+    """The work units that command-line arguments name, where each names a test file or a test in one (else None).
+
+    `make test ARGS=tests/test_cli.py` is one unit: one process, no workers to start. A folder, or no argument at all,
+    may hold any number of units (None).
+    """
+    if not args:
+        return None
+    scopes = set()
+    for arg in args:
+        path = arg.split("::", 1)[0]
+        if not path.endswith(".py") or os.path.isdir(path):
+            return None
+        scopes.add(scope_of(path.replace(os.sep, "/")))
+    return len(scopes)
 
 
 def available_bytes() -> int | None:
@@ -139,4 +160,4 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
         return None  # xdist's own rule reads it
-    return auto_workers(usable_cpus(), available_bytes())
+    return auto_workers(usable_cpus(), available_bytes(), units_named(list(config.args)))

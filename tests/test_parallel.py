@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from parallel import GPU_SCOPE, WORKER_BYTES, auto_workers, scope_of
+from parallel import GPU_SCOPE, WORKER_BYTES, auto_workers, scope_of, units_named
 
 GIB = 1 << 30
 
@@ -37,6 +37,20 @@ def test_the_gpu_tests_are_one_unit_and_every_other_module_is_one():
 )
 def test_auto_takes_a_worker_per_core_while_memory_allows(cpus, available, workers):
     assert auto_workers(cpus, available) == workers
+
+
+def test_a_command_line_naming_test_files_starts_no_more_workers_than_it_names_units(tmp_path):
+    assert units_named(["tests/test_cli.py"]) == 1
+    assert units_named(["tests/test_cli.py::test_a", "tests/test_cli.py::test_b[x::y]"]) == 1
+    assert units_named(["tests/test_cli.py", "tests/test_files.py", "tests/gpu/test_a.py", "tests/gpu/test_b.py"]) == 3
+    assert units_named([]) is None  # the whole suite
+    assert units_named(["tests/test_cli.py", "tests"]) is None  # a folder holds any number
+    folder = tmp_path / "odd.py"  # a folder whose name looks like a module
+    folder.mkdir()
+    assert units_named([str(folder)]) is None
+    assert auto_workers(16, 128 * GIB, units_named(["tests/test_cli.py"])) == 0  # one unit: one process
+    assert auto_workers(16, 128 * GIB, 3) == 3
+    assert auto_workers(2, 24 * GIB, 3) == 2
 
 
 TOY_CONFTEST = """
