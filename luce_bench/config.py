@@ -175,7 +175,7 @@ class CooldownConfig(_Section):
 class SweepConfig(_Section):
     """Power-limit and SM-clock sweep (`luce-bench sweep`): either axis, or their grid."""
 
-    limits: Limits = ("420", "300", "220", "150")
+    limits: Limits = ("100%", "75%", "55%", "40%")  # shares of the default limit: valid on every card we know
     clocks: Clocks = ()
     order: Literal["descending", "ascending", "shuffle"] = "descending"
     shuffle_seed: Int | None = None
@@ -199,7 +199,7 @@ class BenchConfig(_Section):
     model: Annotated[Str, AfterValidator(_not_empty)] = "auto"
     model_seed: Int = Field(0, ge=-(2**63), le=2**64 - 1)  # what torch's generator takes
     device: Annotated[Str, AfterValidator(_device)] = "auto"
-    backends: Names = ("hf",)
+    backends: Names = ("all",)  # sweep's; `all`: the megakernel and every baseline that can run here
     tests: Tests = ("pp520", "tg128")
     reps: Int = Field(5, ge=1, le=1000)
     warmup_s: float = Field(3.0, ge=0, le=3600)
@@ -207,7 +207,7 @@ class BenchConfig(_Section):
     rep_gap_max_s: float = Field(1.0, ge=0, le=60)
     test_timeout_s: float = Field(0.0, ge=0, le=86400)  # 0: auto (`test_deadline_s`)
     prompt_seed: Int = 1234
-    output_dir: Str = "results/runs"
+    output_dir: Annotated[Str, AfterValidator(_not_empty)] = "results/runs"
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     gpu: GpuConfig = Field(default_factory=GpuConfig)
     cooldown: CooldownConfig = Field(default_factory=CooldownConfig)
@@ -273,7 +273,12 @@ def _read_yaml(path: Path) -> Any:
 
     text = _read_text(path)
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_loader())  # noqa: S506 - a SafeLoader that refuses duplicate keys
+    except yaml.MarkedYAMLError as exc:
+        where = exc.problem_mark or exc.context_mark
+        at = f"line {where.line + 1}, column {where.column + 1}: " if where is not None else ""
+        what = exc.problem or exc.context or str(exc).splitlines()[0]
+        raise UserError(f"config {path}: invalid YAML at {at}{what}") from None
     except yaml.YAMLError as exc:
         raise UserError(f"config {path}: invalid YAML ({str(exc).splitlines()[0]})") from None
     except (ValueError, TypeError) as exc:  # a scalar YAML accepts but cannot build, e.g. the date 2017-13-45
@@ -283,6 +288,25 @@ def _read_yaml(path: Path) -> Any:
     if data is None:
         raise UserError(f"config {path} has no settings, only comments (omit --config to use the defaults)")
     return data
+
+
+def _loader() -> Any:
+    """yaml.SafeLoader refusing a key given twice in one mapping (PyYAML keeps the last one silently)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen = set()
+            for key_node, _ in node.value:  # the keys as written (merged `<<` keys may be overridden)
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                    key = self.construct_object(key_node)
+                    if key in seen:
+                        where = key_node.start_mark
+                        raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", where)
+                    seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    return Loader
 
 
 def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> BenchConfig:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from luce_bench.files import atomic_path
 from luce_bench.quality import mark
 from luce_bench.records import RunRecord, SummaryRow
 from luce_bench.sampler import Sample
@@ -34,11 +35,14 @@ def num(x: float | None) -> float:
 
 
 def save(plt: Any, fig: Any, title: str, out: Path) -> Path:
-    """Title, lay out, write `out` and close the figure."""
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    """Title, lay out, write `out` (whole or not at all: a full disk leaves no empty image) and close the figure."""
+    try:
+        fig.suptitle(title)
+        fig.tight_layout()
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, dpi=110, format=out.suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
     return out
 
 

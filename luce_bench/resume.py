@@ -62,7 +62,7 @@ def _first_difference(a: Any, b: Any, where: str = "") -> tuple[str, Any, Any] |
 def resume_config(run_dir: Path, params: dict[str, Any], overrides: dict[str, Any]) -> Any:
     """The run's config with the given flags (and --config) applied; UserError if that changes anything."""
     from luce_bench import config as cfgmod
-    from luce_bench.cli.options import FLAG_KEYS, load_config
+    from luce_bench.cli.options import FLAG_KEYS, check_flags, load_config
 
     _, meta = _prior(run_dir)
     stored = {k: v for k, v in meta["config"].items() if k != "output_dir"}
@@ -74,6 +74,7 @@ def resume_config(run_dir: Path, params: dict[str, Any], overrides: dict[str, An
             FLAG_KEYS[k]: (None if v is False else str(v) if isinstance(v, Path) else v) for k, v in flags.items()
         }
         cfg = cfgmod.from_mapping(stored, dotted)
+        check_flags(params, cfg)
     now = {k: v for k, v in cfg.to_dict().items() if k != "output_dir"}
     diff = _first_difference(stored, now)
     if diff is not None:

@@ -167,7 +167,9 @@ CONFIG_FILES = {
     "too-deep": (_deep, "nested too deeply"),
     "bad-date": (lambda t: _write(t, b"reps: 2017-13-45\n"), "invalid YAML value"),
     "bad-tag": (lambda t: _write(t, b"reps: !!python/name:os.system\n"), "invalid YAML"),
-    "syntax": (lambda t: _write(t, b"reps: [\n"), "invalid YAML"),
+    "syntax": (lambda t: _write(t, b"reps: [\n"), "invalid YAML at line 2, column 1: expected the node content"),
+    "duplicate-key": (lambda t: _write(t, b"reps: 2\nwindow_s: 1\nreps: 3\n"), "line 3, column 1: duplicate key"),
+    "duplicate-nested": (lambda t: _write(t, b"sweep:\n  order: ascending\n  order: shuffle\n"), "key 'order'"),
     "not-a-mapping": (lambda t: _write(t, b"- 1\n"), "expected a mapping"),
     "unknown-key": (lambda t: _write(t, b"repz: 3\n"), "unknown key 'repz'"),
     "nan-window": (lambda t: _write(t, b"window_s: .nan\n"), "window_s = nan is out of range"),
@@ -210,6 +212,9 @@ FLAGS = {
     "huge-clock": (["sweep", "--fake-gpu", "--clocks", "99999999"], "not supported by"),
     "unknown-backend": (["sweep", "--fake-gpu", "--backends", "nope"], "unknown backend 'nope'"),
     "empty-backends": (["sweep", "--fake-gpu", "--backends", " , "], "--backends is empty"),
+    "all-and-more": (["sweep", "--fake-gpu", "--backends", "all,sim"], "backends: 'all' stands alone, not beside sim"),
+    "empty-baselines": (["compare", "--fake-gpu", "--baselines", " "], "--baselines is empty: name one or more"),
+    "preset-without-fake-gpu": (["bench", "hf", "--fake-preset", "h200"], "--fake-preset chooses the simulated card"),
     "empty-clocks": (["sweep", "--fake-gpu", "--clocks", ""], "--clocks is empty"),
     "empty-limits": (["sweep", "--fake-gpu", "--limits", ""], "no power limits given"),
     "empty-tests": (["sweep", "--fake-gpu", "--tests", ","], "tests is empty"),
@@ -229,6 +234,13 @@ def test_bad_flags_are_one_line(tiny_model, case):
     with sandbox() as tmp:
         result, calls = invoke([*argv, f"--out={tmp}/runs"] if argv[0] != "nosuchcommand" else argv, tmp)
         refused(result, calls, tmp, fragment)
+
+
+@pytest.mark.tries("bad input", "CLI flags: 0 W, NaN, 1e9 W, huge/negative sizes, unknown backends, paths")
+def test_an_empty_out_is_refused_not_taken_as_the_current_directory(tiny_model):
+    with sandbox() as tmp:
+        result, calls = invoke(["sweep", "--fake-gpu", "--out", ""], tmp)
+        refused(result, calls, tmp, "output_dir is empty")
 
 
 DEVICE_CUDA = {

@@ -14,7 +14,7 @@ def test_default_yaml_loads_with_documented_values():
     cfg = config.load(DEFAULT)
     assert cfg.tests == ("pp520", "tg128")
     assert cfg.reps == 5 and cfg.window_s == 10.0 and cfg.sampler.period_s == 0.1
-    assert cfg.sweep.limits == ("420", "300", "220", "150")
+    assert cfg.sweep.limits == ("100%", "75%", "55%", "40%")
     assert [t.name for t in cfg.test_specs] == ["pp520", "tg128"]
 
 

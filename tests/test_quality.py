@@ -100,6 +100,26 @@ def test_flagged_points_and_bars_are_marked_in_the_plots(monkeypatch, tmp_path):
     assert hatches == ["//", None]  # the throttled backend's bar is hatched, the clean one not
 
 
+def test_a_plot_is_written_whole_or_not_at_all(monkeypatch, tmp_path):
+    plt = plots.pyplot()
+    fig, ax = plt.subplots()
+    ax.plot([1, 2], [3, 4])
+    assert plots.save(plt, fig, "ok", tmp_path / "ok.png").read_bytes().startswith(b"\x89PNG")
+
+    def full_disk(self, fname, **kwargs):
+        with open(fname, "wb") as f:
+            f.write(b"\x89PNG")  # a few bytes land, then the disk is full
+        raise OSError(28, "No space left on device")
+
+    fig, ax = plt.subplots()
+    opened = fig.number
+    monkeypatch.setattr(type(fig), "savefig", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        plots.save(plt, fig, "full", tmp_path / "full.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.png"]  # no partial image, no temp file
+    assert opened not in plt.get_fignums()  # the figure is closed either way
+
+
 @pytest.fixture
 def env(tmp_path, monkeypatch, tiny_model):
     isolate_fake_gpu(tmp_path, monkeypatch)

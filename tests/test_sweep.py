@@ -10,6 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from luce_bench.cli import app
+from luce_bench.cli.measure import sweep_backends
+from luce_bench.errors import UserError
 from luce_bench.gpu import open_gpu
 from luce_bench.gpu.journal import list_journals, new_entry, write_journal
 from luce_bench.plan import LimitTarget, order_targets
@@ -113,6 +115,21 @@ def test_out_of_range_refused_before_any_change(env):
     assert "--clamp" in result.output
     assert runs == [] and list_journals() == []
     assert _card("h100-sxm").persisted_set_calls() == []
+
+
+@pytest.mark.parametrize(("preset", "watts"), [("h200", [280, 385, 525, 700]), ("rtx3090", [168, 231, 315, 420])])
+def test_the_default_limits_are_shares_that_every_card_accepts(env, preset, watts):
+    result, runs = _sweep(env, "--fake-preset", preset)
+    assert result.exit_code == 0, result.output
+    assert sorted({float(r["power_limit_req_w"]) for r in _rows(runs[0] / "summary.csv")}) == watts
+
+
+def test_sweep_backends_all_is_the_megakernel_and_every_baseline_each_skipped_where_it_cannot_run():
+    every = ["megakernel", "llamacpp", "hf", "hf-compiled"]
+    assert sweep_backends(("all",)) == (every, every)  # optional: skipped with a note, not refused
+    assert sweep_backends(("hf", "llamacpp")) == (["hf", "llamacpp"], [])  # named: each must run
+    with pytest.raises(UserError, match="'all' stands alone, not beside hf"):
+        sweep_backends(("all", "hf"))
 
 
 def test_clamp_and_percent_limits(env):

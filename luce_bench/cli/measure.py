@@ -96,8 +96,11 @@ def compare(
 ) -> None:
     """Measure the megakernel against the baselines: tok/s and tok/J per test, one run directory with CSVs and plots."""
     names = list(DEFAULT_BASELINES) if baselines is None else [b.strip() for b in baselines.split(",") if b.strip()]
-    if not names and no_megakernel:
-        raise UserError("nothing to measure: --baselines is empty and --no-megakernel is set")
+    if not names:
+        raise UserError(
+            "--baselines is empty: name one or more of llamacpp, hf, hf-compiled, or leave it out for all three "
+            "(the megakernel alone: luce-bench bench megakernel)"
+        )
     backends = ([] if no_megakernel else ["megakernel"]) + [b for b in names if b != "megakernel"]
     cfg = load_config(ctx.params, backends=",".join(backends))
     optional = ["megakernel", *(DEFAULT_BASELINES if baselines is None else ())]
@@ -125,7 +128,11 @@ CLOCKS_HELP = (
     "Comma list of locked SM clocks in MHz or % of the top SM clock, e.g. 1980,1600,1200,900 or 100%,80%,60%; they "
     "snap to the card's supported clocks. Alone, or with --limits as a grid (default: sweep.clocks)."
 )
-BACKENDS_HELP = "Comma list of backends (default: config `backends`; `sim` with --fake-gpu)."
+BACKENDS_HELP = (
+    "Comma list of backends, or all: the megakernel and every baseline, each skipped with a note where it cannot run "
+    "here (default: config `backends`, all; `sim` with --fake-gpu). Named ones must run."
+)
+ALL = "all"
 SETTLE_HELP = "Settle/warm-up under load after each limit change (s, >= 3 recommended)."
 SPEED_HELP = "Sweet spot keeps at least this share of stock tok/s (0.95)."
 RESUME_HELP = (
@@ -183,4 +190,15 @@ def sweep(
         cfg = resume_config(resume, ctx.params, overrides)
     else:
         cfg = load_config(ctx.params, **overrides)
-    measure(cfg, "sweep", list(cfg.backends), sweep=True, persistence=not no_persistence, resume=resume)
+    names, optional = sweep_backends(cfg.backends)
+    measure(cfg, "sweep", names, optional=optional, sweep=True, persistence=not no_persistence, resume=resume)
+
+
+def sweep_backends(names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(backends to sweep, those skipped rather than refused where they cannot run): `all` is compare's default set."""
+    if ALL not in names:
+        return list(names), []
+    if len(names) > 1:
+        raise UserError(f"backends: '{ALL}' stands alone, not beside {', '.join(n for n in names if n != ALL)}")
+    every = ["megakernel", *DEFAULT_BASELINES]
+    return every, every

@@ -42,8 +42,8 @@ PresetOpt = Annotated[
 ]
 GpuOpt = Annotated[Optional[int], typer.Option("--gpu", help="GPU index.")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
-OutOpt = Annotated[
-    Optional[Path], typer.Option("--out", "-o", help="Directory for run directories (default: results/runs).")
+OutOpt = Annotated[  # a str: Path("") would be "." (the current directory) and an empty --out would pass
+    Optional[str], typer.Option("--out", "-o", help="Directory for run directories (default: results/runs).")
 ]
 CooldownOpt = Annotated[
     Optional[float], typer.Option("--cooldown-max-s", help="Longest cool-down wait between tests (s).")
@@ -140,14 +140,30 @@ def load_config(params: dict[str, Any], **overrides: Any) -> Any:
             value = None
         dotted[FLAG_KEYS[flag]] = str(value) if isinstance(value, Path) else value
     path = params.get("config") or default_config()
-    return cfgmod.load(path, dotted)
+    cfg = cfgmod.load(path, dotted)
+    check_flags(params, cfg)
+    return cfg
+
+
+def check_flags(params: dict[str, Any], cfg: Any) -> None:
+    """Flags that the config makes meaningless are refused rather than ignored."""
+    if params.get("fake_preset") is not None and not cfg.gpu.fake:
+        raise UserError("--fake-preset chooses the simulated card: add --fake-gpu (or gpu.fake: true in the config)")
+
+
+PIPE_COLUMNS = 140  # the tables' width in a pipe or a log (rich's 80 would cut the verdicts short)
 
 
 def console() -> Any:
-    """The rich console commands print to."""
+    """The rich console commands print to: the terminal's width, PIPE_COLUMNS where there is none ($COLUMNS wins)."""
+    import os
+
     from rich.console import Console
 
-    return Console()
+    out = Console()
+    if not out.is_terminal and not os.environ.get("COLUMNS"):
+        out = Console(width=PIPE_COLUMNS)
+    return out
 
 
 def _gpu_error() -> type[Exception]:
