@@ -64,11 +64,18 @@ def test_a_model_the_megakernel_cannot_run_skips_it_by_default_and_refuses_it_by
 
 def test_nothing_runnable_is_one_line_naming_every_reason(tmp_path, monkeypatch):
     from luce_bench.backends.hf import HFBackend
+    from luce_bench.backends.hf_compiled import HFCompiledBackend
+    from luce_bench.backends.llamacpp import LlamaCppBackend
 
-    monkeypatch.setattr(HFBackend, "unavailable_reason", classmethod(lambda cls: "torch is not installed"))
-    result = runner.invoke(app, ["compare", "--fake-gpu", "--baselines", "", "-o", str(tmp_path / "runs")])
+    for cls, why in ((HFBackend, "torch"), (HFCompiledBackend, "inductor"), (LlamaCppBackend, "llama_cpp")):
+        monkeypatch.setattr(cls, "unavailable_reason", classmethod(lambda cls, why=why: f"{why} is not installed"))
+    result = runner.invoke(app, ["compare", "--fake-gpu", "-o", str(tmp_path / "runs")])
     assert result.exit_code == 2, result.output
-    assert "no backend can run here: megakernel: " in result.output and not (tmp_path / "runs").exists()
+    said = " ".join(result.output.split())
+    assert said.startswith("error: no backend can run here: megakernel: "), said
+    for why in ("torch", "inductor", "llama_cpp"):
+        assert f"{why} is not installed" in said
+    assert not (tmp_path / "runs").exists()
 
 
 def test_warnings_during_a_run_go_to_its_log_only(tmp_path, capsys):
