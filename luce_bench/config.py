@@ -109,7 +109,7 @@ def _not_empty(v: Any) -> Any:
 
 def _device(v: str) -> str:
     if v not in ("auto", "cpu", "cuda") and not _CUDA_INDEX.match(v):
-        raise ValueError(f"= {v!r}; expected one of auto, cpu, cuda")
+        raise ValueError(f"= {v!r}; expected one of auto, cpu, cuda or cuda:N (N: a GPU index)")
     return v
 
 

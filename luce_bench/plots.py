@@ -67,6 +67,11 @@ def _limit_label(row: SummaryRow) -> str:
     return row.setting if row.is_setting else "current limit"
 
 
+def bar_label(v: float) -> str:
+    """A bar's value as people read it: 14,625 and 1,636 (not 1.46e+04), 3.09, 0.0123."""
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
+
+
 def bar_chart(summary: Sequence[SummaryRow], metric: str, err: str, ylabel: str, title: str, out: Path) -> Path | None:
     """Grouped bars: one group per test, one bar per backend (x power limit when several). None if no data."""
     rows = [r for r in summary if math.isfinite(num(getattr(r, metric)))]
@@ -87,7 +92,8 @@ def bar_chart(summary: Sequence[SummaryRow], metric: str, err: str, ylabel: str,
             kind = mark(match[0].verdict)
             hatch = {"hatch": MARKS[kind][1], "edgecolor": MARKS[kind][0]} if kind else {}
             ax.bar(i, v, yerr=e if math.isfinite(e) else None, capsize=4, label=label, **hatch)
-            ax.text(i, v, f"{v:.3g}" + (" ⚠" if kind else ""), ha="center", va="bottom", fontsize=8)
+            top = v + e if math.isfinite(e) and e > 0 else v  # above the error bar, not across it
+            ax.text(i, top, bar_label(v) + (" ⚠" if kind else ""), ha="center", va="bottom", fontsize=8)
         depth = next(r.n_depth for r in rows if r.test == test)
         ax.set_title(f"{test}\n(after {depth} cached tokens)" if depth else test)
         ax.set_xticks(range(len(series)))

@@ -100,6 +100,17 @@ def test_flagged_points_and_bars_are_marked_in_the_plots(monkeypatch, tmp_path):
     assert hatches == ["//", None]  # the throttled backend's bar is hatched, the clean one not
 
 
+def test_bar_labels_read_as_numbers_not_exponents():
+    assert [plots.bar_label(v) for v in (14625.6, 1636.2, 271.0, 28.24, 3.0912, 0.01234)] == [
+        "14,626",
+        "1,636",
+        "271",
+        "28.2",
+        "3.09",
+        "0.0123",
+    ]
+
+
 def test_a_plot_is_written_whole_or_not_at_all(monkeypatch, tmp_path):
     plt = plots.pyplot()
     fig, ax = plt.subplots()

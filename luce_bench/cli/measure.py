@@ -68,7 +68,8 @@ def _finish(outcome: Any, out: Any, sweep: bool) -> None:
     if outcome.stop is None and report is not None:
         print_report(report, out)
     if outcome.stop is not None:
-        out.print(f"{state}: {outcome.n_runs} finished repetitions kept in {outcome.run_dir}")
+        reps = "repetition" if outcome.n_runs == 1 else "repetitions"
+        out.print(f"{state}: {outcome.n_runs} finished {reps} kept in {outcome.run_dir}")
         if sweep:
             out.print(f"continue it with: luce-bench sweep --resume {outcome.run_dir}")
     else:
@@ -83,8 +84,9 @@ def _finish(outcome: Any, out: Any, sweep: bool) -> None:
 
 DEFAULT_BASELINES = ("llamacpp", "hf", "hf-compiled")
 BASELINES_HELP = (
-    "Comma list of baselines: llamacpp, hf, hf-compiled. Default: all three, each skipped with a note where it cannot "
-    "run here (as the megakernel is; hf-compiled needs CUDA torch and a compiler); named ones must run."
+    "Comma list of baselines: llamacpp, hf, hf-compiled (and sim with --fake-gpu). Default: the first three, each "
+    "skipped with a note where it cannot run here (as the megakernel is; hf-compiled needs CUDA torch and a compiler); "
+    "named ones must run."
 )
 
 
