@@ -14,6 +14,10 @@ A window's verdict is "ok" or a ";"-joined list of flags, in this order:
 * `counter-reset`: the energy counter went backwards (a driver reload resets it): no energy for this window.
 * `energy-invalid`: the counter did not advance; `no-energy`: no NVML counter at all.
 
+One flag belongs to a summary row, not to a window: `noisy`, where the repetitions' tok/s or tok/J spread by more than
+MAX_SPREAD_PCT (sample std over mean, from MIN_SPREAD_REPS repetitions): the mean is not a number to quote alone (a
+shared CPU, a backend bound by Python's launch overhead).
+
 `STRESS_FLAGS` mark windows measured in a different operating state than the row's setting. A summary averages only
 the windows without them when it has any such windows (`summary_basis`), so throttled windows are never averaged in
 with clean ones; when every window is throttled it averages them all, and its verdict names the flag either way.
@@ -22,6 +26,7 @@ Tables and plots mark results whose verdict has a stress flag ("throttled") or a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +34,8 @@ MIN_TRUSTED_WINDOW_S = 10.0
 MAX_DISAGREE_PCT = 5.0
 MAX_TEMP_DRIFT_C = 5.0
 MAX_POWER_CAPPED_SHARE = 0.05
+MAX_SPREAD_PCT = 5.0
+MIN_SPREAD_REPS = 3
 
 SHORT_WINDOW = "short-window"
 POWER_DISAGREE = "power-disagree"
@@ -39,6 +46,7 @@ NO_SAMPLES = "no-samples"
 COUNTER_RESET = "counter-reset"
 ENERGY_INVALID = "energy-invalid"
 NO_ENERGY = "no-energy"
+NOISY = "noisy"
 
 STRESS_FLAGS = (THERMAL_THROTTLE, POWER_CAPPED)
 
@@ -73,6 +81,18 @@ def energy_flag(energy_j: float) -> str | None:
     if energy_j < 0:
         return COUNTER_RESET
     return ENERGY_INVALID if energy_j == 0 else None
+
+
+def spread_flags(*series: Sequence[float]) -> list[str]:
+    """[NOISY] when any series of repetitions (tok/s, tok/J) has a sample std above MAX_SPREAD_PCT of its mean."""
+    import statistics
+
+    for values in series:
+        finite = [v for v in values if math.isfinite(v)]
+        if len(finite) >= MIN_SPREAD_REPS and statistics.fmean(finite) > 0:
+            if 100.0 * statistics.stdev(finite) / statistics.fmean(finite) > MAX_SPREAD_PCT:
+                return [NOISY]
+    return []
 
 
 def verdict(flags: Sequence[str]) -> str:

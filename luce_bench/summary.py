@@ -36,7 +36,8 @@ def _summary_row(every: Sequence[RunRecord]) -> SummaryRow:
     energy_j = sum(_v(r.energy_j) for r in valid)
     tokens = sum(r.n_tokens for r in valid)
     drift = [abs(_v(r.temp_end_c) - _v(r.temp_start_c)) for r in every]
-    flags = sorted({f for r in every for f in quality.flags_of(r.verdict)})
+    flags = {f for r in every for f in quality.flags_of(r.verdict)} or (set() if valid else {quality.NO_ENERGY})
+    flags |= set(quality.spread_flags([_v(r.avg_ts) for r in rs], [_v(r.tok_per_j) for r in valid]))
     first = rs[0]
     return SummaryRow(
         backend=first.backend,
@@ -74,7 +75,7 @@ def _summary_row(every: Sequence[RunRecord]) -> SummaryRow:
         valid_reps=len(valid),
         device=first.device,
         gpu_simulated=first.gpu_simulated,
-        verdict=";".join(flags) if flags else ("ok" if valid else "no-energy"),
+        verdict=quality.verdict(sorted(flags)),
     )
 
 

@@ -75,7 +75,7 @@ def test_a_summary_never_averages_throttled_windows_with_clean_ones():
     assert stress_notes(runs) == ["sim tg8 @ current: 1 of 3 repetitions left out of the summary (thermal-throttle)"]
     every = [dataclasses.replace(r, verdict="power-capped") for r in runs]
     (all_capped,) = summarize(every)
-    assert (all_capped.n, all_capped.avg_ts) == (3, 90.0) and all_capped.verdict == "power-capped"
+    assert (all_capped.n, all_capped.avg_ts) == (3, 90.0) and all_capped.verdict == "noisy;power-capped"
     assert stress_notes(every) == [
         "sim tg8 @ current: all 3 repetitions flagged power-capped; the summary averages throttled windows"
     ]

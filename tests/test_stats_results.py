@@ -75,7 +75,19 @@ def test_summarize_groups_and_pools_energy():
     assert hf.tok_per_j == pytest.approx((1.28 + 1280 / 1100 + 1280 / 1200) / 3)
     assert hf.j_per_tok == pytest.approx(3300.0 / 3840)
     assert hf.mean_power_w == pytest.approx(110.0)
-    assert hf.valid_reps == 3 and hf.verdict == "ok"
+    assert hf.valid_reps == 3 and hf.verdict == "noisy"  # tok/J 1.28, 1.16, 1.07: a 9 % spread
+
+
+def test_a_summary_whose_repetitions_spread_more_than_5_percent_is_noisy():
+    def group(tok_per_j, valid=True):
+        return summarize([_row("hf", "tg128", i, 1280, 10.0, 1280 / t, valid=valid) for i, t in enumerate(tok_per_j)])
+
+    assert group([2.0, 2.09, 1.91])[0].verdict == "ok"  # sample std 4.5 % of the mean
+    assert group([2.0, 2.2, 1.8])[0].verdict == "noisy"  # 10 %
+    assert group([2.0, 3.0])[0].verdict == "ok"  # two repetitions say nothing about their spread
+    assert group([2.0, 2.2, 1.8], valid=False)[0].verdict == "no-energy"  # tok/s is steady; no tok/J to judge
+    slow = [_row("hf", "tg128", i, tokens, 10.0, 0.0, valid=False) for i, tokens in enumerate([1000, 1300, 800])]
+    assert summarize(slow)[0].verdict == "no-energy;noisy"  # tok/s alone spreads 24 %: both flags
 
 
 def test_summary_groups_by_limit_and_collects_flags():
