@@ -226,7 +226,7 @@ def print_report(report: Report, console: Any, spots: bool = True) -> None:
         table.add_row(
             r.backend,
             r.test,
-            limit_text(r.power_limit_req_w),
+            limit_text(r),
             *([clock_text(r)] if has_clocks else []),
             ci_text(r.avg_ts, r.ts_ci95_lo, r.ts_ci95_hi, 1),
             num_text(r.mean_power_w),

@@ -42,9 +42,11 @@ def _range(lo: float | None, hi: float | None, digits: int) -> str:
     return f"{num_text(lo, digits)}–{num_text(hi, digits)}" if _ok(lo) else "n/a"
 
 
-def limit_text(w: float | None) -> str:
-    """A row's limit: "300 W", or "current" where the run did not set one."""
-    return f"{w:g} W" if w is not None else "current"
+def limit_text(r: SummaryRow) -> str:
+    """A row's power limit: "300 W" as a sweep set it, "700 W (in force)" where the run set none, "n/a" without NVML."""
+    if r.power_limit_req_w is not None:
+        return f"{r.power_limit_req_w:g} W"
+    return f"{r.power_limit_w:g} W (in force)" if _ok(r.power_limit_w) else "n/a"
 
 
 def clocked(summary: Sequence[SummaryRow]) -> bool:
@@ -72,7 +74,7 @@ def table_rows(summary: Sequence[SummaryRow]) -> list[list[str]]:
         [
             r.backend,
             r.test,
-            limit_text(r.power_limit_req_w),
+            limit_text(r),
             *([clock_text(r)] if has_clocks else []),
             _pm(r.avg_ts, r.stddev_ts),
             _range(r.ts_ci95_lo, r.ts_ci95_hi, 1),
