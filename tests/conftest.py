@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, settings
 from parallel import (  # noqa: F401 - pytest-xdist's hooks and -s/--trace's one process, registered from here
+    hide_gpu_from_cpu_workers,
     in_gpu_dir,
     plan_is_on,
     pytest_cmdline_main,
@@ -93,6 +94,10 @@ def _inventory(items: list[pytest.Item], path: str) -> None:
             out.append([*mark.args, item.nodeid, hyp.max_examples if hyp is not None else None])
     with open(path, "w") as f:
         json.dump(out, f)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    hide_gpu_from_cpu_workers(config)  # first: collection asks CUDA whether there is a GPU
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

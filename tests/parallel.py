@@ -12,6 +12,11 @@
   `-s` and `--trace` run in one process too, as xdist does for `--pdb`.
 * A worker that crashes (a kernel fault kills the process) fails its test once; the rest of its unit goes to a new
   worker.
+* One worker is the GPU worker (the first started, or the one started after it crashed): only it gets the GPU unit,
+  first, and only it sees the GPU. Every other worker hides it from CUDA (`CUDA_VISIBLE_DEVICES=""`, set before
+  anything initialises CUDA) and runs the CPU tests as CI's machine does. Otherwise a CPU test that uses CUDA where
+  there is one (HF on `--device auto`) would share the card with the megakernel's persistent launches: on the H200
+  such tests waited 60 s and failed. After the GPU unit, the GPU worker takes CPU units too (the card is idle then).
 
 The controller tells the workers that this plan is on (`workerinput["gpu_together"]`); under another --dist mode the
 workers leave the GPU tests out, and the run says so (conftest.py). xdist 3.8's own `loadgroup` would do the grouping
@@ -32,6 +37,8 @@ WORKER_BYTES = 2 << 30  # a worker's peak resident memory, with margin (measured
 MIN_WORKERS = 2
 SPARE_CORE_ABOVE = 4
 PLAN_KEY = "gpu_together"
+GPU_WORKER_KEY = "gpu_worker"
+_GPU_WORKER = pytest.StashKey[dict[str, Any]]()
 
 
 def in_gpu_dir(nodeid: str) -> bool:
@@ -101,6 +108,17 @@ def plan_is_on(config: pytest.Config) -> bool:
     return bool(getattr(config, "workerinput", {}).get(PLAN_KEY))
 
 
+def hide_gpu_from_cpu_workers(config: pytest.Config) -> None:
+    """In a worker of this plan other than the GPU worker: CUDA sees no device (call before anything initialises it)."""
+    if plan_is_on(config) and not config.workerinput.get(GPU_WORKER_KEY):
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
+def _gpu_worker(config: pytest.Config) -> dict[str, Any]:
+    """The controller's record of which worker is the GPU worker ({"id": "gw0"}; None until one is started)."""
+    return config.stash.setdefault(_GPU_WORKER, {"id": None})
+
+
 def _takes_over(config: pytest.Config) -> bool:
     return config.getvalue("dist") == "load"  # what -n gives without --dist
 
@@ -109,16 +127,29 @@ def _scheduling(config: pytest.Config, log: Any) -> Any:
     from xdist.scheduler import LoadScopeScheduling
 
     class GpuTogetherScheduling(LoadScopeScheduling):
-        """xdist's loadscope with scope_of's units, FIRST_SCOPES handed out first."""
+        """xdist's loadscope with scope_of's units, FIRST_SCOPES first, the GPU unit only to the GPU worker."""
 
         def _split_scope(self, nodeid: str) -> str:
             return scope_of(nodeid)
+
+        def _is_gpu_worker(self, node: Any) -> bool:
+            return node.gateway.id == _gpu_worker(self.config)["id"]
 
         def _assign_work_unit(self, node: Any) -> None:
             for scope in reversed(FIRST_SCOPES):
                 if scope in self.workqueue:
                     self.workqueue.move_to_end(scope, last=False)
-            super()._assign_work_unit(node)
+            if GPU_SCOPE in self.workqueue and not self._is_gpu_worker(node):
+                self.workqueue.move_to_end(GPU_SCOPE)
+            if self.workqueue and (self._is_gpu_worker(node) or next(iter(self.workqueue)) != GPU_SCOPE):
+                super()._assign_work_unit(node)
+
+        def _reschedule(self, node: Any) -> None:
+            if list(self.workqueue) == [GPU_SCOPE] and not self._is_gpu_worker(node):
+                if not node.shutting_down:
+                    node.shutdown()  # what is left is not for it (the GPU worker's replacement takes it)
+                return
+            super()._reschedule(node)
 
         def remove_node(self, node: Any) -> str | None:
             """A crashed worker's test is reported once and not run again; the rest of its unit is requeued.
@@ -126,6 +157,8 @@ def _scheduling(config: pytest.Config, log: Any) -> Any:
             loadscope would requeue the crashed test with the rest, so every replacement worker would crash on it
             (a faulting kernel launched ~4N times).
             """
+            if self._is_gpu_worker(node):
+                _gpu_worker(self.config)["id"] = None  # the next worker started (its replacement) is the GPU worker
             for unit in self.assigned_work.get(node, {}).values():
                 crashed = next((nodeid for nodeid, done in unit.items() if not done), None)
                 if crashed is not None:
@@ -146,6 +179,10 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 def pytest_configure_node(node: Any) -> None:
     if _takes_over(node.config):
         node.workerinput[PLAN_KEY] = True
+        gpu = _gpu_worker(node.config)
+        if gpu["id"] is None:
+            gpu["id"] = node.gateway.id
+        node.workerinput[GPU_WORKER_KEY] = gpu["id"] == node.gateway.id
 
 
 @pytest.hookimpl(tryfirst=True)

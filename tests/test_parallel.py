@@ -56,13 +56,16 @@ def test_a_command_line_naming_test_files_starts_no_more_workers_than_it_names_u
 TOY_CONFTEST = """
 import json, os, time
 from parallel import pytest_cmdline_main, pytest_configure_node, pytest_xdist_make_scheduler  # the hooks under test
+from parallel import hide_gpu_from_cpu_workers
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: a GPU test")
+    hide_gpu_from_cpu_workers(config)
 
 def pytest_runtest_call(item):
+    seen = os.environ.get("CUDA_VISIBLE_DEVICES")
     with open(os.environ["TOY_LOG"], "a") as f:
-        f.write(json.dumps([item.nodeid, os.environ.get("PYTEST_XDIST_WORKER"), time.monotonic()]) + "\\n")
+        f.write(json.dumps([item.nodeid, os.environ.get("PYTEST_XDIST_WORKER"), time.monotonic(), seen]) + "\\n")
 """
 TOY_TESTS = """
 import os, pytest
@@ -76,6 +79,11 @@ def test_t(k):
 
 def _toy_run(root: Path, workers: int, *args: str, crash: str = "", rc: int = 0) -> list[tuple[str, str]]:
     """Run the toy suite under `-n workers`; (nodeid, worker) in the order the tests ran (crash: "test_g1.py2")."""
+    return [(nodeid, worker) for nodeid, worker, _ in _toy_rows(root, workers, *args, crash=crash, rc=rc)]
+
+
+def _toy_rows(root: Path, workers: int, *args: str, crash: str = "", rc: int = 0) -> list[tuple[str, str, str]]:
+    """_toy_run's rows with the CUDA_VISIBLE_DEVICES each test saw (the toy runs under "7")."""
     for rel, mark, n in [
         ("tests/gpu/test_g1.py", "pytestmark = pytest.mark.gpu", 5),
         ("tests/gpu/test_g2.py", "pytestmark = pytest.mark.gpu", 3),
@@ -94,6 +102,7 @@ def _toy_run(root: Path, workers: int, *args: str, crash: str = "", rc: int = 0)
         "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
         "TOY_LOG": str(log),
         "TOY_CRASH": crash,
+        "CUDA_VISIBLE_DEVICES": "7",
     }
     for name in [k for k in env if k == "PYTEST_ADDOPTS" or k.startswith("PYTEST_XDIST_")]:
         env.pop(name)  # this run's own options and, under make test, its worker's name, which the toy logs
@@ -102,7 +111,7 @@ def _toy_run(root: Path, workers: int, *args: str, crash: str = "", rc: int = 0)
     assert r.returncode == rc, r.stdout + r.stderr
     (root / "out.txt").write_text(r.stdout)
     rows = sorted((json.loads(line) for line in log.read_text().splitlines()), key=lambda row: row[2])
-    return [(nodeid, worker) for nodeid, worker, _ in rows]
+    return [(nodeid, worker, seen) for nodeid, worker, _, seen in rows]
 
 
 def test_xdist_keeps_the_gpu_tests_on_one_worker_in_order_and_each_module_whole(tmp_path):
@@ -137,6 +146,29 @@ def test_a_crashed_worker_fails_its_test_once_and_the_rest_of_its_unit_runs_else
     assert [nodeid for nodeid, _ in ran].count(crashed) == 1  # not once per replacement worker
     assert len(ran) == 27  # every test ran
     assert "1 failed, 26 passed" in (tmp_path / "out.txt").read_text()
+
+
+def test_only_the_gpu_worker_sees_the_gpu(tmp_path):
+    """The other workers run the CPU tests as CI does: a CPU test using CUDA would share the card with the GPU tests."""
+    pytest.importorskip("xdist")
+    rows = _toy_rows(tmp_path, 3)
+    gpu_workers = {worker for nodeid, worker, _ in rows if scope_of(nodeid) == GPU_SCOPE}
+    assert len(gpu_workers) == 1
+    for nodeid, worker, seen in rows:
+        assert seen == ("7" if worker in gpu_workers else ""), (nodeid, worker, seen)
+    assert {seen for nodeid, _, seen in rows if scope_of(nodeid) == GPU_SCOPE} == {"7"}
+
+
+def test_the_gpu_workers_replacement_sees_the_gpu_and_finishes_the_gpu_unit(tmp_path):
+    pytest.importorskip("xdist")
+    rows = _toy_rows(tmp_path, 3, crash="test_g1.py2", rc=1)
+    gpu = [(nodeid, worker, seen) for nodeid, worker, seen in rows if scope_of(nodeid) == GPU_SCOPE]
+    assert [nodeid for nodeid, _, _ in gpu] == [f"tests/gpu/test_g1.py::test_t[{k}]" for k in range(5)] + [
+        f"tests/gpu/test_g2.py::test_t[{k}]" for k in range(3)
+    ]
+    assert len({worker for _, worker, _ in gpu}) == 2  # the first GPU worker, then its replacement
+    assert {seen for _, _, seen in gpu} == {"7"}
+    assert len(rows) == 27
 
 
 @pytest.mark.parametrize("flag", ["-s", "--capture=no"])

@@ -139,20 +139,22 @@ def test_steps_show_a_header_the_time_and_the_telling_line_of_a_failure(tmp_path
     py = sys.executable
     plan = SetupPlan(
         steps=[
-            Step("a quick one", (py, "-c", "print('quiet')")),
-            Step("a slow one", (py, "-c", "import time; time.sleep(0.5)")),
+            Step("a quick one", ("sh", "-c", "echo quiet")),  # a shell, not a Python: quick on a loaded machine too
+            Step("a slow one", (py, "-c", "import time; time.sleep(1.5)")),
             Step("an optional one", (py, "-c", "print('ERROR: boom'); print('trailing'); raise SystemExit(1)"),
                  required=False, fail_note="that costs the fast path"),
             Step("a required one", (py, "-c", "print('ERROR: No matching distribution found for typer'); exit(1)")),
         ]
     )  # fmt: skip
     out = io.StringIO()
-    runner = steps.StepRunner(tmp_path / "setup.log", out=out, tick_s=0.1)
+    runner = steps.StepRunner(
+        tmp_path / "setup.log", out=out, tick_s=0.5
+    )  # 16 busy workers on the H200: 0.1 s was short
     with pytest.raises(steps.SetupFailed, match="a required one: ERROR: No matching distribution found for typer"):
         runner.run_all(plan)
     lines = out.getvalue().splitlines()
     assert lines[:2] == ["[setup 1/4] a quick one", "  done in 0s"]
-    assert lines[2] == "[setup 2/4] a slow one" and lines[3] == "  … still running (0s)"
+    assert lines[2] == "[setup 2/4] a slow one" and lines[3] in ("  … still running (0s)", "  … still running (1s)")
     assert "[setup 3/4] an optional one" in lines and "  failed after 0s: ERROR: boom" in lines
     assert "setup: that costs the fast path" in lines
     log = (tmp_path / "setup.log").read_text()
@@ -199,8 +201,18 @@ def fake_toolkit(root: Path) -> Path:
     return fake_exe(root / "bin", "nvcc", '#!/bin/sh\necho "Cuda compilation tools, release 13.0, V13.0.48"\n')
 
 
+def make_env(**changes: str) -> dict[str, str]:
+    """This environment for a make the test runs, without the outer make's variables.
+
+    Under `make test WHEELS=dir` the outer make exports MAKEFLAGS holding WHEELS=dir, and a make the test runs would
+    take it (the CPU-setup test then planned an offline setup and failed on the H200).
+    """
+    outer = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")
+    return {**{k: v for k, v in os.environ.items() if k not in outer}, **changes}
+
+
 def _make(tmp_path: Path, path_dirs: list[Path], *variables: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PATH": os.pathsep.join([*map(str, path_dirs), os.environ["PATH"]])}
+    env = make_env(PATH=os.pathsep.join([*map(str, path_dirs), os.environ["PATH"]]))
     env["CUDACXX"] = str(fake_toolkit(tmp_path / "cuda"))
     argv = ["make", "-s", "-C", str(ROOT), "setup", "SETUP_ARGS=--dry-run", f"PYTHON={sys.executable}",
             f"VENV={tmp_path / 'venv'}", *variables]  # fmt: skip
@@ -243,7 +255,7 @@ def test_the_makefile_without_nvidia_smi_plans_the_cpu_setup(tmp_path):
     cpu = subprocess.run(
         [shutil.which("make"), "-s", "-C", str(ROOT), "setup", "SETUP_ARGS=--dry-run", f"PYTHON={sys.executable}",
          f"VENV={tmp_path / 'venv'}", "LLAMACPP_CMAKE_ARGS=-DGGML_NATIVE=OFF -DX=1"],
-        capture_output=True, text=True, timeout=120, check=False, env={**os.environ, "PATH": os.pathsep.join(env_path)},
+        capture_output=True, text=True, timeout=120, check=False, env=make_env(PATH=os.pathsep.join(env_path)),
     )  # fmt: skip
     assert cpu.returncode == 0, cpu.stderr
     assert "no NVIDIA GPU (no nvidia-smi): the CPU setup" in cpu.stdout.splitlines()[0]

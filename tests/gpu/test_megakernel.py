@@ -357,5 +357,6 @@ def test_a_rewritten_kept_context_is_refused_and_a_timing_launch_needs_a_reset(s
     torch.cuda.synchronize()
     with pytest.raises(RuntimeError, match="call reset"):
         mk.decode(1)
-    mk.reset()
+    mk.reset()  # a sequence starts again with a prompt
+    mk.prefill(torch.randint(0, 248320, (8,), generator=gen).tolist())
     assert len(mk.decode(2).tokens) == 2
