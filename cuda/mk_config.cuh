@@ -24,12 +24,6 @@
 //   MK_PF_WK_HALF     prefill GDN: 1 hands W and Kd from the prep to the state kernel in fp16 (the tf32 products'
 //                     mantissa, half the bytes that each of a head's 8 state blocks reads per chunk), 0 in f32: a
 //                     candidate until measured (NOTES.md, prefill v11)
-//   MK_ATT_HEADS      decode attention: query heads per work item, 1 (v10-v12: one item per KV group, query head and
-//                     sequence chunk, up to 16 chunks) or 2 (an item serves two heads of its group over up to 32
-//                     chunks, so each K/V row is read twice per layer, not four times: half the bytes at long
-//                     context; sm_90 only, sm_80/86/89 keep one head per item in the same layout, as two spill on
-//                     sm_80); a candidate until measured (NOTES.md, candidate (c)). 4 heads per item spill on every
-//                     arch (their 32 accumulators per lane)
 //   MK_SPIN_LIMIT_NS  watchdog: a spin loop that waits longer traps (the launch fails instead of hanging); raise it
 //                     under compute-sanitizer or a debugger
 #pragma once
@@ -61,9 +55,6 @@
 #ifndef MK_PF_WK_HALF
 #define MK_PF_WK_HALF 0
 #endif
-#ifndef MK_ATT_HEADS
-#define MK_ATT_HEADS 1
-#endif
 #ifndef MK_SPIN_LIMIT_NS
 #define MK_SPIN_LIMIT_NS 20000000000ull
 #endif
@@ -73,9 +64,6 @@
 #endif
 #if MK_PF_GSTAGES < 2 || MK_PF_GSTAGES > 4 || (MK_PF_GBK != 32 && MK_PF_GBK != 64)
 #error "MK_PF_GSTAGES must be 2, 3 or 4 and MK_PF_GBK 32 or 64"
-#endif
-#if MK_ATT_HEADS != 1 && MK_ATT_HEADS != 2
-#error "MK_ATT_HEADS must be 1 or 2"
 #endif
 #if MK_PF_GBM != 64 && MK_PF_GBM != 128
 #error "MK_PF_GBM must be 64 or 128"
@@ -122,16 +110,9 @@ constexpr int MAX_SLOTS = 6 * 32 / MK_SLOT_KB;  // 192 KB of ring at most
 constexpr int LM_TAIL_ROWS = 192;               // the LM head's last rows per block stream at the layers' cap
 
 constexpr int ATT_CHUNK = 16;    // min positions per attention work item (one per warp)
-constexpr int ATT_SLOTS = 16 * MK_ATT_HEADS;     // chunk slots per query head in the layouts (host and device alike)
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
-constexpr int ATT_HEADS = 1;                     // query heads per attention work item: two spill on sm_80 (NOTES.md)
-#else
-constexpr int ATT_HEADS = MK_ATT_HEADS;          // query heads per attention work item
-#endif
-constexpr int ATT_MAXCH = 16 * ATT_HEADS;        // max sequence chunks per item's heads (items per layer <= 128)
-constexpr int ATT_BATCH = ATT_HEADS == 1 ? 2 : 1;  // positions per warp whose K/V rows an item loads at once
-                                 // (NOTES.md v12: a batch of 3 spills on sm_80/86/89, of 4 on sm_90 too)
-static_assert(NKV * (QPG / ATT_HEADS) * ATT_MAXCH == 128 && ATT_MAXCH <= ATT_SLOTS, "attention items per layer");
+constexpr int ATT_MAXCH = 16;    // max sequence chunks per query head (items per layer <= 2 x 4 x 16 = 128)
+constexpr int ATT_BATCH = 2;     // positions per warp whose K/V rows an attention item loads at once (NOTES.md
+                                 // v12: a batch of 3 spills on sm_80/86/89, of 4 on sm_90 too)
 
 // Grid barriers per step: after each layer's mixer (24), after each attention layer's o_proj (6), after each MLP
 // (24), after the LM head (1).

@@ -6,7 +6,7 @@
 // Per step and layer (55 grid barriers per step: 18 x 2 + 6 x 3 + 1):
 //   P1 in_proj (mk_in_proj.cuh)  RMSNorm + in_proj / qkv rows, outputs as tagged values that P2 polls (no barrier)
 //   P2 GDN   (mk_gdn.cuh)        128 items: conv, delta rule, gated norm, out_proj split-K into the residual | barrier
-//   P2 attn  (mk_attn.cuh)       items per (KV group, query head(s), chunk), the last items merge the heads | barrier
+//   P2 attn  (mk_attn.cuh)       items per (KV group, query head, chunk), the last chunk item merges the head | barrier
 //   P3 attn  (mk_o_proj.cuh)     o_proj rows + residual                                                     | barrier
 //   P4 MLP   (mk_mlp.cuh)        RMSNorm + gate/up + SiLU + down_proj^T split-K into the residual            | barrier
 // then the LM head + argmax (mk_lm_head.cuh) | barrier; the argmax is the next step's input token.

@@ -52,21 +52,20 @@ struct Scratch {
     u64 raw[GDN_ROWS];                     // P1 outputs (in_proj, or qkv in the first FA_ROWS), tagged
     u64 ss[DH][NSL];                       // GDN gated-norm partial sums of squares per (head, value slice), tagged
     alignas(16) float x[3][XC][H];         // residual stream buffers
-    alignas(16) float apart[NKV][ATT_SLOTS][QPG][HD];  // attention: per-chunk unnormalised outputs
-    float aml[NKV][ATT_SLOTS][QPG][2];     // attention: per-chunk (max, sum)
+    alignas(16) float apart[NKV][ATT_MAXCH][QPG][HD];  // attention: per-chunk unnormalised outputs
+    float aml[NKV][ATT_MAXCH][QPG][2];     // attention: per-chunk (max, sum)
     alignas(16) float aout[NQH * HD];      // attention: merged, gated output (o_proj input)
-    alignas(128) unsigned done[NQH][CNT_STRIDE];  // attention: chunk items finished per item's first query head,
-                                                  // reset each layer
+    alignas(128) unsigned done[NQH][CNT_STRIDE];  // attention: chunk items finished per query head (reset each layer)
 };
 static_assert(sizeof(Scratch) % 16 == 0, "scratch is a whole number of float4");
 constexpr int64_t SCRATCH_FLOATS = sizeof(Scratch) / 4;
 
 // ---- shared memory of a block: this struct, then the weight ring at SM_RING ----
 struct AttnWork {                 // attention item
-    alignas(16) float q[MK_ATT_HEADS][HD], k[HD], v[HD];
+    alignas(16) float q[HD], k[HD], v[HD];
     float wm[16], wl[16];         // per-warp (max, sum) of the merge
-    float cm[ATT_SLOTS], cl[ATT_SLOTS];  // per-chunk (max, sum) of the head merge
-    int order;                    // how many of its heads' chunk items finished before this one
+    float cm[ATT_MAXCH], cl[ATT_MAXCH];  // per-chunk (max, sum) of the head merge
+    int last;                     // this item finished its head's chunks last
 };
 struct GdnWork {                  // GDN item
     alignas(16) float q[DK], k[DK];

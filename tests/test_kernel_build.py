@@ -276,15 +276,12 @@ def test_build_options_are_read_from_the_header():
         "MK_PF_CUBLAS": "1",
         "MK_PF_GDN_TC": "1",
         "MK_PF_WK_HALF": "0",
-        "MK_ATT_HEADS": "1",
         "MK_SPIN_LIMIT_NS": "20000000000ull",
     }
 
 
 def test_unknown_option_is_one_line_before_nvcc(tmp_path):
-    with pytest.raises(
-        UserError, match=r"unknown kernel option 'MK_HEADBUF'; the kernel reads MK_ATT_HEADS, MK_PF_ATT_PLAIN"
-    ):
+    with pytest.raises(UserError, match=r"unknown kernel option 'MK_HEADBUF'; the kernel reads MK_PF_ATT_PLAIN"):
         kb.build(("sm_90",), out_dir=tmp_path / "lib", defines={"MK_HEADBUF": 1})
     assert not (tmp_path / "lib").exists()
 
@@ -348,8 +345,7 @@ def test_kernel_option_sets_compile_without_spills(option_set_builds, name):
         assert r.spill_stores == 0 and r.spill_loads == 0, f"{name} {r.arch} {r.function}: spills"
     lib = klib.load_library(res.lib)
     lay = klib.layout(lib)
-    heads = KERNEL_OPTION_SETS[name].get("MK_ATT_HEADS", 1)  # the attention partials: 16 chunks per head set
-    assert lay.syncs_per_step == 55 and lay.scratch_floats == SCRATCH_FLOATS + (heads - 1) * (32768 + 256)
+    assert lay.syncs_per_step == 55 and lay.scratch_floats == SCRATCH_FLOATS
     assert lib.luce_mk_prefill_gemm_option() == KERNEL_OPTION_SETS[name].get("MK_PF_CUBLAS", 1)
     # the options travel with the library: a prebuilt directory reports what it was compiled with
     assert res.options == KERNEL_OPTION_SETS[name] == kb.prebuilt(res.lib.parent).options

@@ -254,40 +254,6 @@ def test_option_set_parity(option_ref, name):
         assert gemm.startswith("cuBLAS"), gemm  # a GPU machine with cuBLAS: the prefill's GEMMs ran there
 
 
-# option sets that change how the decode's attention splits its work: checked at a long position too, where they use
-# all their chunks (the parity test above stops at position 191)
-LONG_OPTION_SETS = sorted(n for n, opts in KERNEL_OPTION_SETS.items() if "MK_ATT_HEADS" in opts)
-
-
-@pytest.mark.parametrize("name", LONG_OPTION_SETS)
-def test_attention_option_sets_agree_with_the_default_build_at_a_long_position(setup, name):
-    """After the same LONG_POS-token context, 32 forced decode steps give the default build's logits (f32 noise).
-
-    The default build itself is held to the fp32 reference at this position (test_teacher_forced_logits_long).
-    """
-    import torch
-
-    from luce_bench.backends.megakernel import MegakernelBackend
-    from luce_bench.model.weights import load_text_weights
-
-    mk, gen = setup["mk"], setup["gen"]
-    ctx = torch.randint(0, 248320, (LONG_POS,), generator=gen).tolist()
-    toks = torch.randint(0, 248320, (32,), generator=gen).tolist()
-    mk.reset()
-    mk.prefill(ctx)
-    want = mk.decode(len(toks), logits=True, inputs=toks).logits
-    sd = load_text_weights(setup["spec"].path)
-    be = MegakernelBackend.from_state_dict(sd, max_seq=LONG_POS + 64, options=KERNEL_OPTION_SETS[name])
-    try:
-        be.prefill(ctx)
-        got = be.decode(len(toks), logits=True, inputs=toks).logits
-    finally:
-        be.close()
-    vs_default = float(_rel(got, want).max())
-    print(json.dumps({"options": name, "position": LONG_POS, "rel_l2_vs_default_max": vs_default}))
-    assert np.isfinite(got).all() and vs_default <= 1e-3, vs_default
-
-
 @pytest.mark.parametrize("name", sorted(KERNEL_TUNE_SETS))
 def test_tune_set_parity(option_ref, name):
     """Every run-time tune setting computes the same function as the default one.
