@@ -18,6 +18,19 @@ def test_default_yaml_loads_with_documented_values():
     assert [t.name for t in cfg.test_specs] == ["pp520", "tg128"]
 
 
+@pytest.mark.parametrize("path", sorted((DEFAULT.parent / "presets").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_preset_loads_and_its_limits_suit_its_card(path, tmp_path, monkeypatch):
+    from luce_bench.gpu import open_gpu
+    from luce_bench.plan import parse_limits
+
+    monkeypatch.setenv("LUCE_BENCH_FAKE_GPU_STATE", str(tmp_path / "card.json"))
+    cfg = config.load(path)
+    for preset in ("rtx3090", "h100-sxm", "h200") if path.stem == "relative" else (cfg.gpu.fake_preset,):
+        gpu = open_gpu(fake_preset=preset, read_only=True)
+        limits = parse_limits(cfg.sweep.limits, gpu.default_power_limit_mw(), gpu.power_limit_constraints_mw())
+        assert len(limits) == len(cfg.sweep.limits)  # every limit within the card's range, none merged
+
+
 def test_cli_overrides_win_and_none_is_ignored():
     cfg = config.load(DEFAULT, {"reps": 7, "window_s": None, "sweep.limits": "100%,70%", "gpu.fake": True})
     assert cfg.reps == 7 and cfg.window_s == 10.0
