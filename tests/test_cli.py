@@ -23,6 +23,13 @@ def test_every_command_has_help(cmd):
     assert "Usage" in result.output
 
 
+def test_version_prints_the_package_version():
+    from luce_bench import __version__
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output == f"luce-bench {__version__}\n"
+
+
 def _commands(group) -> list[str]:
     """Every command path under the click group `group`, e.g. ["compare", ..., "kernel info", "model prepare"]."""
     out = []

@@ -60,9 +60,20 @@ app = typer.Typer(
 model_app = typer.Typer(no_args_is_help=True, help="Prepare model checkpoints.")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from luce_bench import __version__
+
+        typer.echo(f"luce-bench {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def main_options(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
     read_only: Annotated[
         bool, typer.Option("--read-only", help="Refuse every GPU setter (also LUCE_BENCH_READONLY=1).")
     ] = False,
