@@ -118,7 +118,13 @@ def _test(v: str) -> str:
     return v
 
 
+AUTO_LIMITS = "auto"
+AUTO_SHARES = ("100%", "75%", "55%", "40%")  # of the card's default limit, clamped to its range
+
+
 def _limit(v: str) -> str:
+    if v.strip() == AUTO_LIMITS:
+        return AUTO_LIMITS
     if not _LIMIT_RE.match(v):
         raise ValueError(f": expected watts (220) or a share of the default (70%), got {v!r}")
     return v
@@ -175,7 +181,7 @@ class CooldownConfig(_Section):
 class SweepConfig(_Section):
     """Power-limit and SM-clock sweep (`luce-bench sweep`): either axis, or their grid."""
 
-    limits: Limits = ("100%", "75%", "55%", "40%")  # shares of the default limit: valid on every card we know
+    limits: Limits = (AUTO_LIMITS,)  # AUTO_SHARES of the card's default limit, clamped to its range
     clocks: Clocks = ()
     order: Literal["descending", "ascending", "shuffle"] = "descending"
     shuffle_seed: Int | None = None
@@ -295,16 +301,19 @@ def _loader() -> Any:
     import yaml
 
     class Loader(yaml.SafeLoader):
-        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        def compose_mapping_node(self, anchor: Any) -> Any:
+            # checked as written, before construction: merging (`<<`) rewrites a mapping's keys in place later
+            node = super().compose_mapping_node(anchor)
             seen = set()
-            for key_node, _ in node.value:  # the keys as written (merged `<<` keys may be overridden)
+            for key_node, _ in node.value:
                 if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
-                    key = self.construct_object(key_node)
+                    key = (key_node.tag, key_node.value)
                     if key in seen:
-                        where = key_node.start_mark
-                        raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", where)
+                        raise yaml.composer.ComposerError(
+                            None, None, f"duplicate key {key_node.value!r}", key_node.start_mark
+                        )
                     seen.add(key)
-            return super().construct_mapping(node, deep)
+            return node
 
     return Loader
 

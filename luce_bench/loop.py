@@ -148,18 +148,20 @@ class RunLoop:
         try:
             with self.ui.loading(name, self.plan.model.name):
                 backend.load(self.plan.model, self.ctx.cfg.device)
-        except (UserError, GPUError, RunDirError, KeyboardInterrupt):
-            backend.close()
-            raise
-        except BackendUnavailable as exc:
+        except BackendUnavailable as exc:  # before UserError: UnavailableAndBadInput is both
             backend.close()
             if name not in self.plan.optional:
+                if isinstance(exc, UserError):
+                    raise
                 self._fail(name, name, exc, "failed to load", dead=True)
                 return None
             self.backend_meta[name] = {"skipped": str(exc)}  # e.g. its compilation failed: skipped as at plan time
             self.ui.status(f"[yellow]skipping {name}:[/yellow] {exc}")
             self.dead.add(name)
             return None
+        except (UserError, GPUError, RunDirError, KeyboardInterrupt):
+            backend.close()
+            raise
         except Exception as exc:  # noqa: BLE001 - one backend failing must not stop the others
             backend.close()
             self._fail(name, name, exc, "failed to load", dead=True)

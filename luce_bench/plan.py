@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from luce_bench.backends import get as get_backend
 from luce_bench.backends import unavailable_reason
 from luce_bench.backends.base import ModelSpec
-from luce_bench.config import MAX_TEST_TOKENS, BenchConfig, TestSpec, parse_limit
+from luce_bench.config import AUTO_LIMITS, AUTO_SHARES, MAX_TEST_TOKENS, BenchConfig, TestSpec, parse_limit
 from luce_bench.context import RunContext
 from luce_bench.errors import UserError
 from luce_bench.gpu.base import GPU, GPUError
@@ -142,6 +142,10 @@ def parse_limits(
     items = [s for s in items if s]
     if not items:
         raise UserError("no power limits given (e.g. --limits 420,300,220 or 100%,70%,50%)")
+    if AUTO_LIMITS in items:  # shares that suit any card: those below its range become its minimum (once)
+        if len(items) > 1:
+            raise UserError(f"power limits: '{AUTO_LIMITS}' stands alone (it means {', '.join(AUTO_SHARES)})")
+        items, clamp = list(AUTO_SHARES), True
     lo, hi = constraints_mw
     out: list[LimitTarget] = []
     bad: list[str] = []

@@ -17,6 +17,7 @@ from luce_bench.files import atomic_path
 from luce_bench.quality import mark
 from luce_bench.records import RunRecord, SummaryRow
 from luce_bench.sampler import Sample
+from luce_bench.tables import limit_text
 
 
 def pyplot() -> Any:
@@ -63,8 +64,8 @@ def mark_flagged(ax: Any, points: Sequence[tuple[float, float, str]]) -> None:
 
 
 def _limit_label(row: SummaryRow) -> str:
-    """The row's setting ("300 W", "300 W, 1605 MHz"), or "current limit" for the state in force."""
-    return row.setting if row.is_setting else "current limit"
+    """The row's setting ("300 W", "300 W, 1605 MHz"), or the limit in force ("700 W (in force)", "n/a")."""
+    return row.setting if row.is_setting else limit_text(row)
 
 
 def bar_label(v: float) -> str:
@@ -94,6 +95,7 @@ def bar_chart(summary: Sequence[SummaryRow], metric: str, err: str, ylabel: str,
             ax.bar(i, v, yerr=e if math.isfinite(e) else None, capsize=4, label=label, **hatch)
             top = v + e if math.isfinite(e) and e > 0 else v  # above the error bar, not across it
             ax.text(i, top, bar_label(v) + (" ⚠" if kind else ""), ha="center", va="bottom", fontsize=8)
+        ax.set_ylim(top=ax.get_ylim()[1] * 1.1)  # room for the labels above the error bars, below the title
         depth = next(r.n_depth for r in rows if r.test == test)
         ax.set_title(f"{test}\n(after {depth} cached tokens)" if depth else test)
         ax.set_xticks(range(len(series)))

@@ -126,7 +126,7 @@ def _timeline_end_s(run_dir: Path, rows: list[RunRecord], samples: list[Sample])
 
 def prepare(run_dir: Path, plan: Plan, ctx: RunContext) -> Resume | None:
     """What is left of the sweep in `run_dir` under `plan` (None: nothing); UserError when it cannot be resumed."""
-    status, _ = _prior(run_dir)
+    status, meta = _prior(run_dir)
     now = identity(plan, ctx)
     if status.get("plan_sha256") != now["plan_sha256"]:
         raise UserError(
@@ -142,7 +142,10 @@ def prepare(run_dir: Path, plan: Plan, ctx: RunContext) -> Resume | None:
             CsvAppender(run_dir / name, cls).close()
     reps = ctx.cfg.reps
     done = _done(run_dir, plan, reps)
-    todo = {t: [r for r in range(reps) if r not in done[t]] for t in plan.trials}
+    # an optional backend the run skipped while loading (`all`'s hf-compiled whose compile failed, say) has no rows and
+    # never will: resuming it would load it again, skip it again, and never finish
+    skipped = {name for name, m in (meta.get("backends") or {}).items() if isinstance(m, dict) and "skipped" in m}
+    todo = {t: [r for r in range(reps) if r not in done[t]] for t in plan.trials if key_of(t)[0] not in skipped}
     todo = {t: missing for t, missing in todo.items() if missing}
     if not todo:
         return None

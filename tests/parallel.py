@@ -76,10 +76,13 @@ def units_named(args: list[str]) -> int | None:
         return None
     scopes = set()
     for arg in args:
-        path = arg.split("::", 1)[0]
-        if not path.endswith(".py") or os.path.isdir(path):
+        path = arg.split("::", 1)[0].replace(os.sep, "/").rstrip("/")
+        if path.endswith("/gpu") or path == "gpu":
+            scopes.add(GPU_SCOPE)  # the GPU tests' folder is one unit
+        elif path.endswith(".py") and not os.path.isdir(path):
+            scopes.add(scope_of(path))
+        else:
             return None
-        scopes.add(scope_of(path.replace(os.sep, "/")))
     return len(scopes)
 
 
@@ -144,6 +147,13 @@ def _scheduling(config: pytest.Config, log: Any) -> Any:
             if self.workqueue and (self._is_gpu_worker(node) or next(iter(self.workqueue)) != GPU_SCOPE):
                 super()._assign_work_unit(node)
 
+        def schedule(self) -> None:
+            if self.collection is None:  # the first call: with more workers than units, xdist shuts down the last
+                gpu = [n for n in self.assigned_work if self._is_gpu_worker(n)]  # ones added: never the GPU worker
+                if gpu:
+                    self.assigned_work = {gpu[0]: self.assigned_work.pop(gpu[0]), **self.assigned_work}
+            super().schedule()
+
         def _reschedule(self, node: Any) -> None:
             if list(self.workqueue) == [GPU_SCOPE] and not self._is_gpu_worker(node):
                 if not node.shutting_down:
@@ -157,8 +167,10 @@ def _scheduling(config: pytest.Config, log: Any) -> Any:
             loadscope would requeue the crashed test with the rest, so every replacement worker would crash on it
             (a faulting kernel launched ~4N times).
             """
-            if self._is_gpu_worker(node):
-                _gpu_worker(self.config)["id"] = None  # the next worker started (its replacement) is the GPU worker
+            if self._is_gpu_worker(node) and self._pending_of(self.assigned_work.get(node, {})):
+                _gpu_worker(self.config)["id"] = (
+                    None  # it crashed: its replacement (the next started) is the GPU worker
+                )
             for unit in self.assigned_work.get(node, {}).values():
                 crashed = next((nodeid for nodeid, done in unit.items() if not done), None)
                 if crashed is not None:

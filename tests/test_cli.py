@@ -28,6 +28,8 @@ def test_version_prints_the_package_version():
 
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output == f"luce-bench {__version__}\n"
+    pyproject = (ROOT_CONFIGS.parent / "pyproject.toml").read_text()
+    assert f'\nversion = "{__version__}"\n' in pyproject  # the package's version is the one --version prints
 
 
 def _commands(group) -> list[str]:

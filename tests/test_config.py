@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from luce_bench import config
 from luce_bench.errors import UserError
@@ -14,7 +15,7 @@ def test_default_yaml_loads_with_documented_values():
     cfg = config.load(DEFAULT)
     assert cfg.tests == ("pp520", "tg128")
     assert cfg.reps == 5 and cfg.window_s == 10.0 and cfg.sampler.period_s == 0.1
-    assert cfg.sweep.limits == ("100%", "75%", "55%", "40%")
+    assert cfg.sweep.limits == ("auto",)
     assert [t.name for t in cfg.test_specs] == ["pp520", "tg128"]
 
 
@@ -29,6 +30,15 @@ def test_every_preset_loads_and_its_limits_suit_its_card(path, tmp_path, monkeyp
         gpu = open_gpu(fake_preset=preset, read_only=True)
         limits = parse_limits(cfg.sweep.limits, gpu.default_power_limit_mw(), gpu.power_limit_constraints_mw())
         assert len(limits) == len(cfg.sweep.limits)  # every limit within the card's range, none merged
+
+
+def test_yaml_merge_keys_and_their_overrides_are_not_duplicates(tmp_path):
+    doc = tmp_path / "m.yaml"
+    doc.write_text("defs: {a: &a {x: 1}, b: &b {<<: *a, x: 2}}\nc: {<<: *b}\nd: {<<: *a, x: 3}\n")
+    assert config._read_yaml(doc) == yaml.safe_load(doc.read_text())  # PyYAML's merge, only duplicates refused
+    doc.write_text("a: 1\nb: 2\nd: {x: 1, y: 2, x: 3}\n")
+    with pytest.raises(UserError, match="line 3, column 17: duplicate key 'x'"):
+        config._read_yaml(doc)
 
 
 def test_cli_overrides_win_and_none_is_ignored():

@@ -43,6 +43,7 @@ def test_a_command_line_naming_test_files_starts_no_more_workers_than_it_names_u
     assert units_named(["tests/test_cli.py"]) == 1
     assert units_named(["tests/test_cli.py::test_a", "tests/test_cli.py::test_b[x::y]"]) == 1
     assert units_named(["tests/test_cli.py", "tests/test_files.py", "tests/gpu/test_a.py", "tests/gpu/test_b.py"]) == 3
+    assert units_named(["tests/gpu"]) == units_named(["tests/gpu/", "tests/gpu/test_a.py"]) == 1
     assert units_named([]) is None  # the whole suite
     assert units_named(["tests/test_cli.py", "tests"]) is None  # a folder holds any number
     folder = tmp_path / "odd.py"  # a folder whose name looks like a module
@@ -60,6 +61,8 @@ from parallel import hide_gpu_from_cpu_workers
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: a GPU test")
+    if os.environ.get("PYTEST_XDIST_WORKER") == "gw0" and os.environ.get("TOY_SLOW_GW0"):
+        time.sleep(2)  # the GPU worker is the last one ready
     hide_gpu_from_cpu_workers(config)
 
 def pytest_runtest_call(item):
@@ -82,7 +85,9 @@ def _toy_run(root: Path, workers: int, *args: str, crash: str = "", rc: int = 0)
     return [(nodeid, worker) for nodeid, worker, _ in _toy_rows(root, workers, *args, crash=crash, rc=rc)]
 
 
-def _toy_rows(root: Path, workers: int, *args: str, crash: str = "", rc: int = 0) -> list[tuple[str, str, str]]:
+def _toy_rows(
+    root: Path, workers: int, *args: str, crash: str = "", rc: int = 0, slow_gw0: bool = False
+) -> list[tuple[str, str, str]]:
     """_toy_run's rows with the CUDA_VISIBLE_DEVICES each test saw (the toy runs under "7")."""
     for rel, mark, n in [
         ("tests/gpu/test_g1.py", "pytestmark = pytest.mark.gpu", 5),
@@ -103,6 +108,7 @@ def _toy_rows(root: Path, workers: int, *args: str, crash: str = "", rc: int = 0
         "TOY_LOG": str(log),
         "TOY_CRASH": crash,
         "CUDA_VISIBLE_DEVICES": "7",
+        "TOY_SLOW_GW0": "1" if slow_gw0 else "",
     }
     for name in [k for k in env if k == "PYTEST_ADDOPTS" or k.startswith("PYTEST_XDIST_")]:
         env.pop(name)  # this run's own options and, under make test, its worker's name, which the toy logs
@@ -157,6 +163,16 @@ def test_only_the_gpu_worker_sees_the_gpu(tmp_path):
     for nodeid, worker, seen in rows:
         assert seen == ("7" if worker in gpu_workers else ""), (nodeid, worker, seen)
     assert {seen for nodeid, _, seen in rows if scope_of(nodeid) == GPU_SCOPE} == {"7"}
+
+
+@pytest.mark.parametrize("only_gpu", [True, False])
+def test_a_gpu_worker_ready_last_is_not_the_one_left_out_when_workers_outnumber_units(tmp_path, only_gpu):
+    """With more workers than units, xdist shuts down the workers that were ready last."""
+    pytest.importorskip("xdist")
+    rows = _toy_rows(tmp_path, 4 if only_gpu else 7, *(["tests/gpu"] if only_gpu else []), slow_gw0=True)
+    gpu = [(worker, seen) for nodeid, worker, seen in rows if scope_of(nodeid) == GPU_SCOPE]
+    assert len(gpu) == 8 and {worker for worker, _ in gpu} == {"gw0"} and {seen for _, seen in gpu} == {"7"}
+    assert len(rows) == (8 if only_gpu else 27)
 
 
 def test_the_gpu_workers_replacement_sees_the_gpu_and_finishes_the_gpu_unit(tmp_path):

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from luce_bench import backends, config
+from luce_bench.backends.base import UnavailableAndBadInput
 from luce_bench.backends.sim import SimBackend, SimulatedLoad
 from luce_bench.clock import SimClock
 from luce_bench.context import open_context
@@ -29,6 +30,15 @@ class CrashOnDecode(SimBackend):
 
     def decode(self, n, logits=False, inputs=None):
         raise RuntimeError("simulated crash in decode")
+
+
+class WrongBuild(SimBackend):
+    """A simulated backend that finds the wrong build of itself while loading (as a CPU-only llama.cpp on a GPU)."""
+
+    name = "wrongbuild"
+
+    def load(self, model, device):
+        raise UnavailableAndBadInput("wrongbuild: a CPU-only build on a GPU machine (fix: rebuild it)")
 
 
 class QuietUI:
@@ -68,6 +78,7 @@ def env(tmp_path, monkeypatch, tiny_model):
     for var in ("LUCE_BENCH_FAKE_GPU_STATE", "LUCE_BENCH_READONLY", "LUCE_BENCH_FAKE_GPU_NO_PERMISSION"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setitem(backends.REGISTRY, "crash", f"{__name__}:CrashOnDecode")
+    monkeypatch.setitem(backends.REGISTRY, "wrongbuild", f"{__name__}:WrongBuild")
     return tmp_path
 
 
@@ -118,6 +129,19 @@ def test_an_optional_backend_that_cannot_run_is_skipped_with_its_reason(env):
         # named, it is refused for the same reason: no CUDA GPU (CI), or not its model's shapes (a GPU machine)
         with pytest.raises(UserError, match=re.escape(p.skipped["megakernel"])):
             plan(cfg, ctx, name="x", backends=["megakernel"])
+
+
+def test_a_wrong_build_is_skipped_where_offered_and_refused_where_named(env):
+    cfg = _cfg(env)
+    ui = QuietUI()
+    with open_context(cfg) as ctx:
+        outcome = run(plan(cfg, ctx, name="sweep", backends=["wrongbuild", "sim"], optional=["wrongbuild"]), ctx, ui)
+    assert outcome.failed == [] and {r.backend for r in read_runs(outcome.run_dir)} == {"sim"}
+    assert read_meta(outcome.run_dir)["backends"]["wrongbuild"] == {
+        "skipped": "wrongbuild: a CPU-only build on a GPU machine (fix: rebuild it)"
+    }
+    with open_context(cfg) as ctx, pytest.raises(UserError, match="a CPU-only build on a GPU machine"):
+        run(plan(cfg, ctx, name="sweep", backends=["wrongbuild", "sim"]), ctx, QuietUI())
 
 
 @pytest.mark.tries("fault", "backend crashing partway through a test")

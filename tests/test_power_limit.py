@@ -39,6 +39,17 @@ def test_out_of_range_names_the_card_range():
         parse_limits("420,300,220,150", 700_000, H100, gpu_name="H100")
 
 
+def test_auto_is_four_shares_clamped_to_any_cards_range():
+    h200 = parse_limits("auto", 700_000, (200_000, 700_000))
+    assert [(t.text, t.requested_mw, t.clamped) for t in h200] == [
+        ("100%", 700_000, False), ("75%", 525_000, False), ("55%", 385_000, False), ("40%", 280_000, False)
+    ]  # fmt: skip
+    narrow = parse_limits(["auto"], 250_000, (150_000, 250_000))  # an A100 PCIe's 150-250 W: 55 % and 40 % meet at 150
+    assert [(t.requested_mw, t.clamped) for t in narrow] == [(250_000, False), (187_500, False), (150_000, True)]
+    with pytest.raises(UserError, match="'auto' stands alone"):
+        parse_limits("auto,300", 700_000, H100)
+
+
 def test_clamp_moves_into_range_and_dedupes():
     got = parse_limits("800,150,200", 700_000, H100, clamp=True)
     assert [(t.requested_mw, t.clamped) for t in got] == [(700_000, True), (200_000, True)]

@@ -17,6 +17,8 @@ from test_faults import VIRTUAL
 from typer.testing import CliRunner
 
 from luce_bench import appender
+from luce_bench.backends.base import BackendUnavailable
+from luce_bench.backends.sim import SimBackend
 from luce_bench.cli import app
 from luce_bench.results import read_meta, read_samples
 
@@ -148,3 +150,27 @@ def test_resume_measures_the_trials_a_backend_failed_before(env, monkeypatch):
     rows = check_rows(run_dir)
     assert len(rows) == 18 and {r.test for r in rows[9:]} == {"tg8"}
     assert status(run_dir)["attempts"][0]["state"] == "finished-with-failures"
+
+
+class Unavailable(SimBackend):
+    """A simulated backend that turns out unavailable while loading (as hf-compiled when its compile fails)."""
+
+    name = "unavail"
+
+    def load(self, model, device):
+        raise BackendUnavailable("unavail: its compile failed")
+
+
+def test_a_finished_sweep_that_skipped_an_offered_backend_has_nothing_to_resume(env, monkeypatch):
+    from luce_bench import backends
+    from luce_bench.cli import measure
+
+    monkeypatch.setitem(backends.REGISTRY, "unavail", f"{__name__}:Unavailable")
+    monkeypatch.setattr(measure, "sweep_backends", lambda names: (["sim", "unavail"], ["unavail"]))  # as `all` offers
+    first = runner.invoke(app, ["sweep", "-c", str(env / "v.yaml"), "-o", str(env / "runs"), "--backends", "all"])
+    assert first.exit_code == 0, first.output
+    run_dir = only_run_dir(env / "runs")
+    assert read_meta(run_dir)["backends"]["unavail"] == {"skipped": "unavail: its compile failed"}
+    assert {r.backend for r in check_rows(run_dir)} == {"sim"}
+    again = runner.invoke(app, ["sweep", "--resume", str(run_dir)])
+    assert again.exit_code == 0 and "nothing to resume" in again.output, again.output

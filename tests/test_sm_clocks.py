@@ -86,7 +86,7 @@ def test_clocks_alone_have_no_limit_and_change_the_gpu():
 
 def test_config_clocks_alone_drop_the_limits_default_but_a_grid_keeps_them():
     assert _cfg(**{"sweep.clocks": "1950"}).sweep.limits == ()
-    assert _cfg().sweep.limits == ("100%", "75%", "55%", "40%") and _cfg().sweep.clocks == ()
+    assert _cfg().sweep.limits == ("auto",) and _cfg().sweep.clocks == ()
     assert _cfg(**{"sweep.clocks": "1950", "sweep.limits": "300"}).sweep.limits == ("300",)
     with pytest.raises(UserError, match=r"config: sweep.clocks\[1\]: expected MHz \(1600\) or a share"):
         _cfg(**{"sweep.clocks": "1950,fast"})

@@ -126,7 +126,9 @@ def test_the_default_limits_are_shares_that_every_card_accepts(env, preset, watt
 
 def test_sweep_backends_all_is_the_megakernel_and_every_baseline_each_skipped_where_it_cannot_run():
     every = ["megakernel", "llamacpp", "hf", "hf-compiled"]
-    assert sweep_backends(("all",)) == (every, every)  # optional: skipped with a note, not refused
+    assert (
+        sweep_backends(("all",)) == sweep_backends(("all", "all")) == (every, every)
+    )  # optional: skipped, not refused
     assert sweep_backends(("hf", "llamacpp")) == (["hf", "llamacpp"], [])  # named: each must run
     with pytest.raises(UserError, match="'all' stands alone, not beside hf"):
         sweep_backends(("all", "hf"))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from luce_bench.errors import UserError
 from luce_bench.model.spec import TextConfig
 
 
@@ -42,6 +43,13 @@ class StepResult:
 
 class BackendUnavailable(RuntimeError):
     """The backend cannot run here (missing package, no GPU, no build); the message says why."""
+
+
+class UnavailableAndBadInput(BackendUnavailable, UserError):
+    """Cannot run here in a way the user must fix (a CPU-only llama.cpp on a GPU machine).
+
+    A backend the run named is refused as bad input; one it only offered (a default, `all`) is skipped with the reason.
+    """
 
 
 class Backend(ABC):

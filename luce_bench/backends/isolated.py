@@ -21,7 +21,14 @@ from collections.abc import Sequence
 from multiprocessing.connection import Connection, Pipe
 from typing import Any
 
-from luce_bench.backends.base import Backend, BackendUnavailable, ModelSpec, StepResult, load_class
+from luce_bench.backends.base import (
+    Backend,
+    BackendUnavailable,
+    ModelSpec,
+    StepResult,
+    UnavailableAndBadInput,
+    load_class,
+)
 from luce_bench.errors import UserError
 
 
@@ -79,6 +86,8 @@ class IsolatedBackend(Backend):
         if status == "ok":
             return value
         kind, message = value
+        if kind == "UnavailableAndBadInput":
+            raise UnavailableAndBadInput(message)
         if kind == "UserError":
             raise UserError(message)
         if kind == "BackendUnavailable":
@@ -151,7 +160,9 @@ def _serve(conn: Connection, target: str, kwargs: dict[str, Any]) -> None:
             conn.send(("ok", result))
         except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent
             kind = (
-                "UserError"
+                "UnavailableAndBadInput"
+                if isinstance(exc, UnavailableAndBadInput)
+                else "UserError"
                 if isinstance(exc, UserError)
                 else "BackendUnavailable"
                 if isinstance(exc, BackendUnavailable)
@@ -159,7 +170,7 @@ def _serve(conn: Connection, target: str, kwargs: dict[str, Any]) -> None:
             )
             detail = (
                 str(exc)
-                if kind in ("UserError", "BackendUnavailable")
+                if kind in ("UnavailableAndBadInput", "UserError", "BackendUnavailable")
                 else (f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}")
             )
             conn.send(("error", (kind, detail)))

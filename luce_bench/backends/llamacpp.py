@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from luce_bench.backends.base import Backend, BackendUnavailable, ModelSpec, StepResult
+from luce_bench.backends.base import Backend, BackendUnavailable, ModelSpec, StepResult, UnavailableAndBadInput
 from luce_bench.errors import UserError
 
 # Vendored llama.cpp commit of llama-cpp-python releases (read from the sdist's git submodule), used when the build
@@ -38,7 +38,7 @@ _log_lines: list[str] = []
 _log_state: dict[str, Any] = {"cb": None, "echo": False}
 
 
-class CpuBuildOnGpuHost(BackendUnavailable, UserError):
+class CpuBuildOnGpuHost(UnavailableAndBadInput):
     """A CPU-only llama.cpp was about to run on a machine that has an NVIDIA GPU."""
 
 

@@ -124,7 +124,8 @@ def _opt(kind: Any, *decls: str, help: str) -> Any:  # noqa: A002 - typer's name
 
 
 LIMITS_HELP = (
-    "Comma list of limits in W or % of the default limit, e.g. 420,300,220,150 or 100%,70%,50% (default: sweep.limits)."
+    "Comma list of limits in W or % of the default limit, e.g. 420,300,220,150 or 100%,70%,50%; auto: 100%,75%,55%,40% "
+    "clamped to the card's range (default: sweep.limits, auto)."
 )
 CLOCKS_HELP = (
     "Comma list of locked SM clocks in MHz or % of the top SM clock, e.g. 1980,1600,1200,900 or 100%,80%,60%; they "
@@ -200,7 +201,7 @@ def sweep_backends(names: Sequence[str]) -> tuple[list[str], list[str]]:
     """(backends to sweep, those skipped rather than refused where they cannot run): `all` is compare's default set."""
     if ALL not in names:
         return list(names), []
-    if len(names) > 1:
+    if set(names) != {ALL}:
         raise UserError(f"backends: '{ALL}' stands alone, not beside {', '.join(n for n in names if n != ALL)}")
     every = ["megakernel", *DEFAULT_BASELINES]
     return every, every
