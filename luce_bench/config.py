@@ -11,6 +11,7 @@ their grid. A source that names clocks but no limits sweeps the clocks alone: a 
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +119,7 @@ def _test(v: str) -> str:
     return v
 
 
+ALL_BACKENDS = "all"  # sweep's backends: the megakernel and every baseline, each skipped where it cannot run
 AUTO_LIMITS = "auto"
 AUTO_SHARES = ("100%", "75%", "55%", "40%")  # of the card's default limit, clamped to its range
 
@@ -205,7 +207,7 @@ class BenchConfig(_Section):
     model: Annotated[Str, AfterValidator(_not_empty)] = "auto"
     model_seed: Int = Field(0, ge=-(2**63), le=2**64 - 1)  # what torch's generator takes
     device: Annotated[Str, AfterValidator(_device)] = "auto"
-    backends: Names = ("all",)  # sweep's; `all`: the megakernel and every baseline that can run here
+    backends: Names = (ALL_BACKENDS,)
     tests: Tests = ("pp520", "tg128")
     reps: Int = Field(5, ge=1, le=1000)
     warmup_s: float = Field(3.0, ge=0, le=3600)
@@ -296,6 +298,7 @@ def _read_yaml(path: Path) -> Any:
     return data
 
 
+@functools.cache
 def _loader() -> Any:
     """yaml.SafeLoader refusing a key given twice in one mapping (PyYAML keeps the last one silently)."""
     import yaml

@@ -26,9 +26,11 @@ Tables and plots mark results whose verdict has a stress flag ("throttled") or a
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from luce_bench.stats import Stat
 
 MIN_TRUSTED_WINDOW_S = 10.0
 MAX_DISAGREE_PCT = 5.0
@@ -83,15 +85,11 @@ def energy_flag(energy_j: float) -> str | None:
     return ENERGY_INVALID if energy_j == 0 else None
 
 
-def spread_flags(*series: Sequence[float]) -> list[str]:
-    """[NOISY] when any series of repetitions (tok/s, tok/J) has a sample std above MAX_SPREAD_PCT of its mean."""
-    import statistics
-
-    for values in series:
-        finite = [v for v in values if math.isfinite(v)]
-        if len(finite) >= MIN_SPREAD_REPS and statistics.fmean(finite) > 0:
-            if 100.0 * statistics.stdev(finite) / statistics.fmean(finite) > MAX_SPREAD_PCT:
-                return [NOISY]
+def spread_flags(*stats: Stat) -> list[str]:
+    """[NOISY] when any statistic of the repetitions (tok/s, tok/J) has a sample std over MAX_SPREAD_PCT of its mean."""
+    for s in stats:
+        if s.n >= MIN_SPREAD_REPS and s.mean > 0 and 100.0 * s.std / s.mean > MAX_SPREAD_PCT:
+            return [NOISY]
     return []
 
 

@@ -37,7 +37,7 @@ def _summary_row(every: Sequence[RunRecord]) -> SummaryRow:
     tokens = sum(r.n_tokens for r in valid)
     drift = [abs(_v(r.temp_end_c) - _v(r.temp_start_c)) for r in every]
     flags = {f for r in every for f in quality.flags_of(r.verdict)} or (set() if valid else {quality.NO_ENERGY})
-    flags |= set(quality.spread_flags([_v(r.avg_ts) for r in rs], [_v(r.tok_per_j) for r in valid]))
+    flags |= set(quality.spread_flags(ts, tpj))
     first = rs[0]
     return SummaryRow(
         backend=first.backend,

@@ -139,12 +139,13 @@ def _scheduling(config: pytest.Config, log: Any) -> Any:
             return node.gateway.id == _gpu_worker(self.config)["id"]
 
         def _assign_work_unit(self, node: Any) -> None:
+            gpu_worker = self._is_gpu_worker(node)
             for scope in reversed(FIRST_SCOPES):
                 if scope in self.workqueue:
                     self.workqueue.move_to_end(scope, last=False)
-            if GPU_SCOPE in self.workqueue and not self._is_gpu_worker(node):
+            if GPU_SCOPE in self.workqueue and not gpu_worker:
                 self.workqueue.move_to_end(GPU_SCOPE)
-            if self.workqueue and (self._is_gpu_worker(node) or next(iter(self.workqueue)) != GPU_SCOPE):
+            if self.workqueue and (gpu_worker or next(iter(self.workqueue)) != GPU_SCOPE):
                 super()._assign_work_unit(node)
 
         def schedule(self) -> None:
@@ -168,9 +169,8 @@ def _scheduling(config: pytest.Config, log: Any) -> Any:
             (a faulting kernel launched ~4N times).
             """
             if self._is_gpu_worker(node) and self._pending_of(self.assigned_work.get(node, {})):
-                _gpu_worker(self.config)["id"] = (
-                    None  # it crashed: its replacement (the next started) is the GPU worker
-                )
+                # it crashed: its replacement (the next worker started) is the GPU worker
+                _gpu_worker(self.config)["id"] = None
             for unit in self.assigned_work.get(node, {}).values():
                 crashed = next((nodeid for nodeid, done in unit.items() if not done), None)
                 if crashed is not None:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from luce_bench.cli.options import ReadOnlyOpt, console, load_config, one_line, run_options
+from luce_bench.config import ALL_BACKENDS
 from luce_bench.errors import UserError
 
 if TYPE_CHECKING:
@@ -135,7 +136,6 @@ BACKENDS_HELP = (
     "Comma list of backends, or all: the megakernel and every baseline, each skipped with a note where it cannot run "
     "here (default: config `backends`, all; `sim` with --fake-gpu). Named ones must run."
 )
-ALL = "all"
 SETTLE_HELP = "Settle/warm-up under load after each limit change (s, >= 3 recommended)."
 SPEED_HELP = "Sweet spot keeps at least this share of stock tok/s (0.95)."
 RESUME_HELP = (
@@ -199,9 +199,11 @@ def sweep(
 
 def sweep_backends(names: Sequence[str]) -> tuple[list[str], list[str]]:
     """(backends to sweep, those skipped rather than refused where they cannot run): `all` is compare's default set."""
-    if ALL not in names:
+    if ALL_BACKENDS not in names:
         return list(names), []
-    if set(names) != {ALL}:
-        raise UserError(f"backends: '{ALL}' stands alone, not beside {', '.join(n for n in names if n != ALL)}")
+    if set(names) != {ALL_BACKENDS}:
+        raise UserError(
+            f"backends: '{ALL_BACKENDS}' stands alone, not beside {', '.join(n for n in names if n != ALL_BACKENDS)}"
+        )
     every = ["megakernel", *DEFAULT_BASELINES]
     return every, every

@@ -162,7 +162,7 @@ def console() -> Any:
 
     out = Console()
     if not out.is_terminal and not os.environ.get("COLUMNS"):
-        out = Console(width=PIPE_COLUMNS)
+        out.width = PIPE_COLUMNS
     return out
 
 
