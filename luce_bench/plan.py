@@ -160,8 +160,14 @@ def parse_limits(
                 bad.append(f"{text} ({mw / 1000:g} W)")
                 continue
             mw, clamped = min(max(mw, lo), hi), True
-        if all(t.requested_mw != mw for t in out):
+        twin = next((t for t in out if t.requested_mw == mw), None)
+        if twin is None:
             out.append(LimitTarget(text, mw, clamped))
+        elif not (clamped or twin.clamped):  # two values the user wrote name one limit: a typo, not a wish
+            raise UserError(
+                f"power limits {twin.text} and {text} are both {mw / 1000:g} W: give each limit once "
+                "(--reps repeats a setting)"
+            )
     if bad:
         raise UserError(
             f"power limit {', '.join(bad)} outside the range of {gpu_name}: {lo / 1000:g}-{hi / 1000:g} W "

@@ -103,6 +103,9 @@ def _energy_from_rows(runs: Sequence[RunRecord]) -> dict[str, Any]:
     }
 
 
+NOTHING_MEASURED = "No repetition finished in this run: there is nothing to tabulate yet."
+
+
 def _markdown(
     run_dir: Path, summary: Sequence[SummaryRow], meta: dict[str, Any], plots: Sequence[Path], quality: Sequence[str]
 ) -> str:
@@ -118,6 +121,8 @@ def _markdown(
     ]
     parts += [f"> {n}" for n in notes(meta)]
     parts += [f"> ⚠ {q}" for q in quality]
+    if not summary:
+        return "\n".join([*parts, "", NOTHING_MEASURED]) + "\n"
     parts += [
         "",
         "## Summary (mean ± sample std over repetitions; each repetition is one energy window)",
@@ -217,6 +222,8 @@ def print_report(report: Report, console: Any, spots: bool = True) -> None:
     """Compact rich table of the summary (mean ± 95 % CI half-width), its notes, and a sweep's sweet spots."""
     from rich.table import Table
 
+    if not report.summary:
+        console.print(NOTHING_MEASURED)
     table = Table(title="luce-bench summary (mean ± 95% CI)")
     has_clocks = clocked(report.summary)
     head = ("backend", "test", "limit", *(("SM clock",) if has_clocks else ()), "tok/s", "W", "tok/J", "n", "verdict")
@@ -234,7 +241,8 @@ def print_report(report: Report, console: Any, spots: bool = True) -> None:
             str(r.n),
             mark_verdict(r.verdict, markup=True),
         )
-    console.print(table)
+    if report.summary:
+        console.print(table)
     for n in notes(report.meta):
         console.print(f"[yellow]note:[/yellow] {n}")
     for q in report.quality:

@@ -84,8 +84,14 @@ def parse_clocks(
                 continue
             mhz, clamped = min(max(mhz, lo), hi), True
         target = ClockTarget(text, round(mhz), snap_mhz(mhz, supported_mhz), clamped)
-        if all(t.locked_mhz != target.locked_mhz for t in out):
+        twin = next((t for t in out if t.locked_mhz == target.locked_mhz), None)
+        if twin is None:
             out.append(target)
+        elif twin.requested_mhz == target.requested_mhz and not (clamped or twin.clamped):
+            raise UserError(
+                f"SM clocks {twin.text} and {text} are both {target.requested_mhz} MHz: give each clock once "
+                "(--reps repeats a setting)"
+            )
     if bad:
         raise UserError(
             f"SM clock {', '.join(bad)} not supported by {gpu_name}: it locks {lo}-{hi} MHz "

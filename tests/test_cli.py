@@ -295,6 +295,20 @@ def test_report_refuses_foreign_or_corrupt_files_and_survives_missing_meta(compa
     assert result.exit_code == 2 and "not a luce-bench runs.csv" in result.output
 
 
+def test_report_of_a_run_without_a_finished_repetition_says_so_instead_of_an_empty_table(compare_run, tmp_path):
+    import shutil
+
+    _, run_dirs, _ = compare_run
+    d = tmp_path / "copy"
+    shutil.copytree(run_dirs[0], d)
+    (d / "runs.csv").write_text((d / "runs.csv").read_text().splitlines()[0] + "\n")  # the header alone
+    result = runner.invoke(app, ["report", str(d)])
+    assert result.exit_code == 0, result.output
+    assert "No repetition finished in this run" in result.output and "mean ± 95% CI" not in result.output
+    md = (d / "report.md").read_text()
+    assert "No repetition finished in this run" in md and "## Summary" not in md
+
+
 def test_unknown_fake_preset_in_yaml_is_a_config_error(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("gpu:\n  fake_preset: foo\n")

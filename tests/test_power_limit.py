@@ -55,6 +55,13 @@ def test_clamp_moves_into_range_and_dedupes():
     assert [(t.requested_mw, t.clamped) for t in got] == [(700_000, True), (200_000, True)]
 
 
+def test_a_limit_written_twice_is_refused_not_merged():
+    with pytest.raises(UserError, match=r"power limits 300 and 300W are both 300 W: give each limit once"):
+        parse_limits("420,300,300W", 700_000, H100)
+    with pytest.raises(UserError, match=r"100% and 700 are both 700 W"):
+        parse_limits("100%,700", 700_000, H100)
+
+
 @pytest.mark.tries("bad input", "clock and limit values: malformed or impossible")
 @pytest.mark.parametrize("bad", ["abc", "-5", "0", "", "nan", "inf", "1e400", "-10%", "70%%", ","])
 def test_malformed_limits(bad):

@@ -34,6 +34,11 @@ def test_requests_that_snap_to_the_same_clock_count_once():
     assert [t.locked_mhz for t in parse_clocks("1600,1605,1610", H200)] == [1605]
 
 
+def test_a_clock_written_twice_is_refused():
+    with pytest.raises(UserError, match=r"SM clocks 1980 and 100% are both 1980 MHz: give each clock once"):
+        parse_clocks("1980,1600,100%", H200)
+
+
 def test_out_of_range_names_the_card_range_and_clamp():
     with pytest.raises(UserError, match=r"SM clock 2100 \(2100 MHz\), 300 \(300 MHz\) not supported by H200: "):
         parse_clocks("2100,1200,300", H200, gpu_name="H200")
