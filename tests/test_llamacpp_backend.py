@@ -33,7 +33,8 @@ from luce_bench.errors import UserError  # noqa: E402
 # (H100 and H200: a segfault in llama_model_load_from_file), which is why `create("llamacpp")` runs it in a child
 # process; on a GPU machine with the CUDA build, its tests are tests/gpu/test_baselines_gpu.py and the child-process
 # tests (tests/test_depth.py; test_unavailable_reason_when_installed and the refusal test below run either way).
-CUDA_BUILD = bool(__import__("llama_cpp").llama_supports_gpu_offload())
+# Not llama_supports_gpu_offload(): it says whether a GPU is seen, and make test's CPU workers hide the GPU.
+CUDA_BUILD = lcb.cuda_build()
 cpu_build_only = pytest.mark.skipif(
     CUDA_BUILD, reason="llama-cpp-python is a GPU build: it cannot load in a process with torch (CPU-build tests)"
 )
@@ -154,6 +155,7 @@ def test_cpu_build_refused_when_gpu_present(tiny, monkeypatch):
     import llama_cpp
 
     monkeypatch.setattr(lcb, "nvidia_gpu_present", lambda: True)
+    monkeypatch.setattr(lcb, "cuda_build", lambda: False)
     monkeypatch.setattr(llama_cpp, "llama_supports_gpu_offload", lambda: False)
     with pytest.raises(CpuBuildOnGpuHost) as err:
         LlamaCppBackend(n_ctx=64).load(tiny, "auto")
@@ -161,6 +163,39 @@ def test_cpu_build_refused_when_gpu_present(tiny, monkeypatch):
     assert "build-llamacpp-cuda.sh" in str(err.value)
     with pytest.raises(base.BackendUnavailable):
         LlamaCppBackend(n_ctx=64).load(tiny, "cuda")
+
+
+def test_a_cuda_build_that_sees_no_gpu_is_refused_before_llama_cpp_crashes(tiny, monkeypatch):
+    """Make test's CPU workers on a GPU machine hide the GPU: there a CUDA build segfaulted loading on the CPU."""
+    import llama_cpp
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setattr(lcb, "cuda_build", lambda: True)
+    monkeypatch.setattr(llama_cpp, "llama_supports_gpu_offload", lambda: False)
+    for device in ("cpu", "auto", "cuda"):
+        with pytest.raises(lcb.CudaBuildWithoutGpu, match=r"CUDA build and sees no GPU \(CUDA_VISIBLE_DEVICES=''"):
+            LlamaCppBackend(n_ctx=64, allow_cpu=True).load(tiny, device)
+    assert issubclass(lcb.CudaBuildWithoutGpu, UserError) and issubclass(
+        lcb.CudaBuildWithoutGpu, base.BackendUnavailable
+    )
+
+
+def test_the_build_kind_comes_from_the_build_not_from_the_gpu_it_sees(monkeypatch, tmp_path):
+    import importlib.util
+    import types
+
+    import llama_cpp
+
+    monkeypatch.setattr(llama_cpp, "llama_supports_gpu_offload", lambda: False)
+    assert lcb.cuda_build() == CUDA_BUILD and (lcb.build_info()["build"] == "cuda") == CUDA_BUILD
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "libggml-cuda.so.0").touch()  # a CUDA wheel's layout
+    real = importlib.util.find_spec
+    fake = types.SimpleNamespace(submodule_search_locations=[str(tmp_path)])
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: fake if name == "llama_cpp" else real(name, *a))
+    assert lcb.cuda_build() and lcb.build_info()["build"] == "cuda"
+    (tmp_path / "lib" / "libggml-cuda.so.0").unlink()
+    assert not lcb.cuda_build()
 
 
 @cpu_build_only  # describe() reads the installed build's files: a CUDA build has no CPU-only warning to give
@@ -182,8 +217,21 @@ def test_explicit_cpu_is_allowed_on_a_gpu_host(tiny, monkeypatch):
         b.close()
 
 
-def test_unavailable_reason_when_installed():
+def test_unavailable_reason_when_installed(monkeypatch):
+    monkeypatch.setattr(lcb, "nvidia_gpu_present", lambda: True)
     assert LlamaCppBackend.unavailable_reason() is None
+    monkeypatch.setattr(lcb, "nvidia_gpu_present", lambda: False)
+    assert LlamaCppBackend.unavailable_reason() is None or CUDA_BUILD
+
+
+def test_a_cuda_build_is_unavailable_where_the_gpu_is_hidden(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setattr(lcb, "cuda_build", lambda: True)
+    reason = LlamaCppBackend.unavailable_reason()
+    assert reason and reason.startswith(
+        "this llama-cpp-python is a CUDA build and sees no GPU (CUDA_VISIBLE_DEVICES=''"
+    )
+    assert LlamaCppBackend.describe() == {"available": False, "reason": reason}
 
 
 @cpu_build_only

@@ -42,6 +42,10 @@ class CpuBuildOnGpuHost(UnavailableAndBadInput):
     """A CPU-only llama.cpp was about to run on a machine that has an NVIDIA GPU."""
 
 
+class CudaBuildWithoutGpu(UnavailableAndBadInput):
+    """A CUDA llama.cpp was about to load a model where it sees no GPU (it segfaults there, even for the CPU)."""
+
+
 def _install_log_capture(echo: bool) -> None:
     """Route llama.cpp's log into `_log_lines` (and stderr if `echo`); the callback must stay referenced."""
     import llama_cpp
@@ -68,6 +72,34 @@ def nvidia_gpu_present() -> bool:
     return gpus.is_dir() and any(gpus.iterdir())
 
 
+def cuda_build() -> bool:
+    """Whether the installed llama-cpp-python has llama.cpp's CUDA backend, whether or not it sees a GPU now.
+
+    `llama_supports_gpu_offload()` says whether a GPU device is registered, which a CUDA build answers False where
+    CUDA_VISIBLE_DEVICES hides every GPU; the build's CUDA library (or its system info) says what was built.
+    """
+    spec = importlib.util.find_spec("llama_cpp")
+    for where in (spec.submodule_search_locations or []) if spec else []:
+        lib = Path(where) / "lib"
+        if lib.is_dir():  # a wheel's layout: decided without loading llama.cpp
+            return any(lib.glob("libggml-cuda*"))
+    import llama_cpp
+
+    return "CUDA" in (llama_cpp.llama_print_system_info() or b"").decode("utf-8", "replace") or bool(
+        llama_cpp.llama_supports_gpu_offload()
+    )
+
+
+def no_gpu_for_the_cuda_build() -> str:
+    """Why a CUDA llama.cpp cannot run in this process: it sees no GPU (and would crash loading even on the CPU)."""
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+    why = f"CUDA_VISIBLE_DEVICES={hidden!r} hides the GPUs" if hidden is not None else "no GPU is visible"
+    return (
+        f"this llama-cpp-python is a CUDA build and sees no GPU ({why}); a CUDA build cannot load a model without "
+        "one, not even on the CPU (llama.cpp crashes): make a GPU visible, or install a CPU build of llama-cpp-python"
+    )
+
+
 def build_info() -> dict[str, Any]:
     """Which llama-cpp-python / llama.cpp build is installed: version, commit, CUDA or CPU, system info."""
     import llama_cpp
@@ -89,11 +121,10 @@ def build_info() -> dict[str, Any]:
         commit = KNOWN_COMMITS.get(llama_cpp.__version__, "unknown")
     offload = bool(llama_cpp.llama_supports_gpu_offload())
     system = (llama_cpp.llama_print_system_info() or b"").decode("utf-8", "replace").strip()
-    has_cuda = "CUDA" in system or offload
     return {
         "llama_cpp_python": llama_cpp.__version__,
         "build_commit": commit,
-        "build": "cuda" if has_cuda else "cpu",
+        "build": "cuda" if cuda_build() else "cpu",
         "gpu_offload": offload,
         "system_info": system,
         "build_recipe": marker.get("recipe"),
@@ -154,7 +185,7 @@ class LlamaCppBackend(Backend):
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        """Why llamacpp cannot run here (missing llama_cpp, diskcache or gguf), or None."""
+        """Why llamacpp cannot run here (llama_cpp, diskcache or gguf missing; a CUDA build seeing no GPU), or None."""
         for pkg, hint in (
             ("llama_cpp", "pip install llama-cpp-python (CPU) or " + CUDA_RECIPE + " (CUDA)"),
             ("diskcache", "pip install diskcache (llama-cpp-python imports it)"),
@@ -162,6 +193,8 @@ class LlamaCppBackend(Backend):
         ):
             if importlib.util.find_spec(pkg) is None:
                 return f"{pkg} is not installed ({hint})"
+        if cuda_build() and not nvidia_gpu_present():
+            return no_gpu_for_the_cuda_build()
         return None
 
     @classmethod
@@ -205,7 +238,10 @@ class LlamaCppBackend(Backend):
 
         _install_log_capture(self.verbose)
         lc.llama_backend_init()
-        kind, main_gpu = self._choose_device(device, bool(lc.llama_supports_gpu_offload()))
+        offload = bool(lc.llama_supports_gpu_offload())
+        if not offload and cuda_build():
+            raise CudaBuildWithoutGpu(f"llamacpp: {no_gpu_for_the_cuda_build()}")
+        kind, main_gpu = self._choose_device(device, offload)
         path = ensure_gguf(model.path, model.config, self.gguf_type)
         mark = len(_log_lines)
         mp = lc.llama_model_default_params()

@@ -58,7 +58,11 @@ def _cuda_llamacpp_reason() -> str | None:
         import llama_cpp
     except ImportError:
         return "llama_cpp not installed"
-    return None if llama_cpp.llama_supports_gpu_offload() else "llama_cpp is a CPU build"
+    from luce_bench.backends.llamacpp import cuda_build
+
+    if not cuda_build():
+        return "llama_cpp is a CPU build"
+    return None if llama_cpp.llama_supports_gpu_offload() else "the CUDA build of llama_cpp sees no GPU"
 
 
 def test_llamacpp_cuda_logits_match_hf_on_tiny():
