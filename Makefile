@@ -34,10 +34,14 @@ ready:
 run: ready
 	$(BIN)/luce-bench compare $(ARGS)
 
+# pytest with the suite's own plugins only: a venv that sees the system's site-packages (a GPU machine's torch) would
+# load whatever plugins are installed there (pytest-benchmark warned once per worker on the H200)
+PYTEST = PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 $(BIN)/python -m pytest -p _hypothesis_pytestplugin
+
 # the suite in parallel processes where cores and memory allow (pytest-xdist; tests/parallel.py keeps the GPU tests
 # together on one worker and each module whole); JOBS=0: one process, JOBS=N: N workers
 test: ready
-	$(BIN)/python -m pytest -q $$($(BIN)/python -c "import xdist" 2>/dev/null && echo "-n $(JOBS)") $(ARGS)
+	$(PYTEST) -q $$($(BIN)/python -c "import xdist" 2>/dev/null && echo "-p xdist.plugin -n $(JOBS)") $(ARGS)
 
 lint: ready
 	$(BIN)/ruff check .
@@ -48,7 +52,7 @@ check-results: ready
 	$(BIN)/luce-bench report --check results/
 
 test-gpu: ready
-	LUCE_BENCH_READONLY=1 $(BIN)/python -m pytest -q -m gpu $(ARGS)
+	LUCE_BENCH_READONLY=1 $(PYTEST) -q -m gpu $(ARGS)
 
 # CUDA build of llama-cpp-python for this GPU's arch only (again, even if one is installed), from SDIST, a CUDA wheel
 # or sdist in WHEELS, or PyPI's sdist (see scripts/build-llamacpp-cuda.sh and scripts/repack-llamacpp-sdist.sh)

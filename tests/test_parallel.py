@@ -110,8 +110,10 @@ def _toy_rows(
         "CUDA_VISIBLE_DEVICES": "7",
         "TOY_SLOW_GW0": "1" if slow_gw0 else "",
     }
-    for name in [k for k in env if k == "PYTEST_ADDOPTS" or k.startswith("PYTEST_XDIST_")]:
-        env.pop(name)  # this run's own options and, under make test, its worker's name, which the toy logs
+    for name in [
+        k for k in env if k in ("PYTEST_ADDOPTS", "PYTEST_DISABLE_PLUGIN_AUTOLOAD") or k.startswith("PYTEST_XDIST_")
+    ]:
+        env.pop(name)  # this run's own options (make test's plugin choice too) and, under make test, its worker's name
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", str(workers), *args]
     r = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == rc, r.stdout + r.stderr
