@@ -28,6 +28,7 @@ from parallel import (  # noqa: F401 - pytest-xdist's hooks and -s/--trace's one
     pytest_configure_node,
     pytest_xdist_auto_num_workers,
     pytest_xdist_make_scheduler,
+    share_cores,
 )
 
 settings.register_profile(
@@ -97,6 +98,7 @@ def _inventory(items: list[pytest.Item], path: str) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     hide_gpu_from_cpu_workers(config)  # first: collection asks CUDA whether there is a GPU
+    share_cores(config)  # before anything starts torch's or BLAS's threads
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

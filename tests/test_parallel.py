@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from parallel import GPU_SCOPE, WORKER_BYTES, auto_workers, scope_of, units_named
+from parallel import GPU_SCOPE, THREAD_VARS, WORKER_BYTES, auto_workers, scope_of, units_named, usable_cpus
 
 GIB = 1 << 30
 
@@ -57,16 +57,17 @@ def test_a_command_line_naming_test_files_starts_no_more_workers_than_it_names_u
 TOY_CONFTEST = """
 import json, os, time
 from parallel import pytest_cmdline_main, pytest_configure_node, pytest_xdist_make_scheduler  # the hooks under test
-from parallel import hide_gpu_from_cpu_workers
+from parallel import hide_gpu_from_cpu_workers, share_cores
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: a GPU test")
     if os.environ.get("PYTEST_XDIST_WORKER") == "gw0" and os.environ.get("TOY_SLOW_GW0"):
         time.sleep(2)  # the GPU worker is the last one ready
     hide_gpu_from_cpu_workers(config)
+    share_cores(config)
 
 def pytest_runtest_call(item):
-    seen = os.environ.get("CUDA_VISIBLE_DEVICES")
+    seen = os.environ.get(os.environ.get("TOY_SEEN", "CUDA_VISIBLE_DEVICES"))
     with open(os.environ["TOY_LOG"], "a") as f:
         f.write(json.dumps([item.nodeid, os.environ.get("PYTEST_XDIST_WORKER"), time.monotonic(), seen]) + "\\n")
 """
@@ -86,9 +87,12 @@ def _toy_run(root: Path, workers: int, *args: str, crash: str = "", rc: int = 0)
 
 
 def _toy_rows(
-    root: Path, workers: int, *args: str, crash: str = "", rc: int = 0, slow_gw0: bool = False
+    root: Path, workers: int, *args: str, crash: str = "", rc: int = 0, slow_gw0: bool = False, **env_vars: str
 ) -> list[tuple[str, str, str]]:
-    """_toy_run's rows with the CUDA_VISIBLE_DEVICES each test saw (the toy runs under "7")."""
+    """_toy_run's rows with the value each test saw of CUDA_VISIBLE_DEVICES (the toy runs under "7") or of TOY_SEEN.
+
+    `env_vars` are set for the run; the cores' share variables are unset otherwise.
+    """
     for rel, mark, n in [
         ("tests/gpu/test_g1.py", "pytestmark = pytest.mark.gpu", 5),
         ("tests/gpu/test_g2.py", "pytestmark = pytest.mark.gpu", 3),
@@ -110,10 +114,11 @@ def _toy_rows(
         "CUDA_VISIBLE_DEVICES": "7",
         "TOY_SLOW_GW0": "1" if slow_gw0 else "",
     }
-    for name in [
-        k for k in env if k in ("PYTEST_ADDOPTS", "PYTEST_DISABLE_PLUGIN_AUTOLOAD") or k.startswith("PYTEST_XDIST_")
-    ]:
-        env.pop(name)  # this run's own options (make test's plugin choice too) and, under make test, its worker's name
+    # this run's own options (make test's plugin choice too) and, under make test, its worker's name and core share
+    unset = ("PYTEST_ADDOPTS", "PYTEST_DISABLE_PLUGIN_AUTOLOAD", *THREAD_VARS)
+    for name in [k for k in env if k in unset or k.startswith("PYTEST_XDIST_")]:
+        env.pop(name)
+    env.update(env_vars)
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", str(workers), *args]
     r = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == rc, r.stdout + r.stderr
@@ -165,6 +170,16 @@ def test_only_the_gpu_worker_sees_the_gpu(tmp_path):
     for nodeid, worker, seen in rows:
         assert seen == ("7" if worker in gpu_workers else ""), (nodeid, worker, seen)
     assert {seen for nodeid, _, seen in rows if scope_of(nodeid) == GPU_SCOPE} == {"7"}
+
+
+def test_each_worker_gets_its_share_of_the_cores_for_cpu_threads_unless_the_user_chose(tmp_path):
+    pytest.importorskip("xdist")
+    share = str(max(1, usable_cpus() // 3))
+    rows = _toy_rows(tmp_path, 3, TOY_SEEN="OMP_NUM_THREADS")
+    assert len(rows) == 27 and {seen for _, _, seen in rows} == {share}
+    (tmp_path / "ran.jsonl").unlink()
+    rows = _toy_rows(tmp_path, 3, TOY_SEEN="MKL_NUM_THREADS", OMP_NUM_THREADS="5")
+    assert {seen for _, _, seen in rows} == {None}  # one variable set by the user: the others are left alone too
 
 
 @pytest.mark.parametrize("only_gpu", [True, False])
