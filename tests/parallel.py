@@ -10,9 +10,9 @@
   than SPARE_CORE_ABOVE), no more than the work units the command line names where it names only test files, and none
   (one process, no xdist) where that leaves fewer than MIN_WORKERS.
   `-s` and `--trace` run in one process too, as xdist does for `--pdb`.
-* Each worker starts torch's and BLAS's CPU threads for its share of the cores (OMP_NUM_THREADS, MKL_NUM_THREADS,
+* Each CPU worker starts torch's and BLAS's CPU threads for its share of the cores (OMP_NUM_THREADS, MKL_NUM_THREADS,
   OPENBLAS_NUM_THREADS = cores // workers), unless the user set one of them: one thread per core in every worker
-  oversubscribed the H200's 16 cores fifteen-fold.
+  oversubscribed the H200's 16 cores fifteen-fold. The GPU worker keeps torch's default.
 * A worker that crashes (a kernel fault kills the process) fails its test once; the rest of its unit goes to a new
   worker.
 * One worker is the GPU worker (the first started, or the one started after it crashed): only it gets the GPU unit,
@@ -124,12 +124,14 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 def share_cores(config: pytest.Config) -> None:
-    """In a worker of this plan: torch's and BLAS's CPU threads = its share of the cores (unless the user set them).
+    """In a CPU worker of this plan: torch's and BLAS's CPU threads = its share of the cores (unless the user set them).
 
     Each would otherwise start one thread per core: 15 workers x 16 threads on the H200's 16 cores spent 30 min of CPU
-    time on the CPU tests (CI's 2 workers: 12) and starved the GPU worker's host side.
+    time on the CPU tests (CI's 2 workers: 12) and starved the GPU worker's host side. The GPU worker keeps torch's
+    default: its CPU-bound steps (the 0.8B random weights, compiling) have the machine to themselves once the CPU tests
+    are done.
     """
-    if not plan_is_on(config) or any(os.environ.get(v) for v in THREAD_VARS):
+    if not plan_is_on(config) or config.workerinput.get(GPU_WORKER_KEY) or any(os.environ.get(v) for v in THREAD_VARS):
         return
     share = str(max(1, usable_cpus() // max(1, int(config.workerinput.get("workercount", 1)))))
     for var in THREAD_VARS:
