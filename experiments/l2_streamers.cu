@@ -1,0 +1,220 @@
+// l2_streamers.cu -- can a few SMs that only prefetch weights into L2 take the HBM stream off the SMs that compute?
+// (issue 12; cuda/NOTES.md, "Candidate (d): streamer SMs". Written 2026-12-05 without a GPU: compiled, not yet run.)
+//
+// What it tests. stream_latency.cu measured that a release (fence) waits for the bulk copies in flight of its own SM
+// only (~1,040 ns with one 32 KB copy in flight, ~2,000 with two; 311 ns on an SM that does not stream while the
+// others do), and that one copy in flight per SM streams 4.1 TB/s. The decode kernel therefore keeps one copy in
+// flight and pays ~0.75 us per exchange for it. If S streamer SMs keep the next few megabytes of the stream in L2
+// (cp.async.bulk.prefetch.L2, no shared memory, no fences), the other SMs' copies become L2 hits: they land sooner,
+// so their fences wait less, and one copy in flight may carry more than 30 GB/s per SM.
+//
+// One block per SM. The last S blocks are streamers: each prefetches its share of every round of the stream up to
+// LEAD rounds ahead of compute block 0's progress. The other C blocks compute: lane 0 of warp 0 copies the block's
+// 32 KB part of each round into a 192 KB shared-memory ring (`inflight` copies in flight, evict-first, as the decode
+// kernel's producer; a round is C x 32 KB contiguous, so the C blocks read the buffer front to back together), and
+// lane 0 of warp 1 measures as stream_latency.cu does: a chain of dependent L2 loads, a store + fence.acq_rel.gpu, and
+// a grid barrier of the C compute blocks (red.release + ld.acquire).
+// Prints per case: the compute blocks' copy rate (TB/s over the measured span), the streamers' prefetch rate, and the
+// medians over the compute blocks of the L2 load, the fence and the barrier (ns).
+//
+//   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -o l2_streamers experiments/l2_streamers.cu
+//   ./l2_streamers
+#include <vector>
+#include <algorithm>
+#include "ring_stream.cuh"
+
+constexpr int RING = 192 * 1024;
+constexpr unsigned SLOT = 32 * 1024;
+constexpr unsigned NS = RING / SLOT;
+constexpr int CHAIN = 2000;    // dependent loads per block
+constexpr int FENCES = 500;
+constexpr int BARRIERS = 300;
+constexpr int NOUT = 8;  // per block: L2 load, fence, barrier (ns totals), copies, t0, t1, prefetched bytes, -
+
+struct Args {
+    const char* src;
+    unsigned long long rounds;  // rounds in the buffer (a round: C x SLOT bytes); the stream wraps around
+    unsigned streamers, lead, inflight;
+    const unsigned* chain;  // L2-resident pointer chase: chain[i] = next index
+    unsigned chain_len;
+    unsigned* bar;            // barrier counter (zeroed before the launch)
+    unsigned* own;            // a line per block for the fence test
+    volatile unsigned* prog;  // [0]: rounds compute block 0 has issued; [32]: stop (set by compute block 0)
+    unsigned long long* out;
+};
+
+extern __shared__ __align__(128) unsigned char ring[];
+
+__device__ __forceinline__ void prefetch_l2(const char* p, unsigned bytes) {
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+}
+
+__global__ void __launch_bounds__(64, 1) probe(Args a) {
+    __shared__ uint64_t full[NS];
+    __shared__ volatile unsigned phase;  // 0 warm-up, 1 measuring, 2 stop
+    const int G = gridDim.x, b = blockIdx.x;
+    const int C = G - (int)a.streamers;
+    const unsigned long long round_bytes = (unsigned long long)C * SLOT;
+    if (b >= C) {  // a streamer: lane 0 prefetches its share of each round, up to `lead` rounds ahead of block 0
+        if (threadIdx.x != 0) return;
+        const unsigned s = b - C, S = a.streamers;
+        const unsigned long long share = round_bytes / S / 16 * 16;  // the last streamer also takes the remainder
+        const unsigned long long first = share * s;
+        const unsigned long long bytes = s + 1 == S ? round_bytes - first : share;
+        unsigned long long next = 0, done = 0;  // the next round to prefetch; bytes prefetched while measuring
+        const unsigned long long t0 = now_ns();
+        while (!a.prog[32]) {
+            const unsigned long long upto = (unsigned long long)a.prog[0] + a.lead;  // a 32-bit count, ~1,000 rounds
+            if (next >= upto) {
+                __nanosleep(100);
+                continue;
+            }
+            for (; next < upto; ++next) {
+                const char* base = a.src + (next % a.rounds) * round_bytes + first;
+                for (unsigned long long off = 0; off < bytes; off += 1u << 20) {  // up to 1 MB per prefetch
+                    const unsigned n = (unsigned)min(bytes - off, 1ull << 20);
+                    prefetch_l2(base + off, n);
+                }
+                if (now_ns() - t0 > 200000) done += bytes;  // after the warm-up (as the compute blocks count)
+            }
+        }
+        a.out[b * NOUT + 6] = done;
+        return;
+    }
+    if (threadIdx.x == 0) {
+        for (unsigned i = 0; i < NS; ++i) asm volatile("mbarrier.init.shared.b64 [%0], 1;" ::"r"(su32(&full[i])));
+        phase = 0;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {  // the compute block's stream: its 32 KB of each round, `inflight` copies in flight
+        unsigned long long copies = 0, pol;
+        asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
+        unsigned q = 0;
+        for (; phase < 2; ++q) {
+            if (q >= a.inflight) {
+                const unsigned q0 = q - a.inflight;
+                while (!mbar_test(&full[q0 % NS], (q0 / NS) & 1u)) {
+                }
+                if (phase == 1) ++copies;
+            }
+            if (b == 0) a.prog[0] = q;  // the streamers pace themselves on block 0
+            const unsigned bar = su32(&full[q % NS]);
+            asm volatile("{ .reg .b64 st; mbarrier.arrive.expect_tx.shared.b64 st, [%0], %1; }" ::"r"(bar),
+                         "r"(SLOT) : "memory");
+            const char* p = a.src + (q % a.rounds) * round_bytes + (unsigned long long)b * SLOT;
+            asm volatile(
+                "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, "
+                "[%3], %4;" ::"r"(su32(ring + (q % NS) * SLOT)),
+                "l"(p), "r"(SLOT), "r"(bar), "l"(pol) : "memory");
+        }
+        for (unsigned j = q > a.inflight ? q - a.inflight : 0; j < q; ++j)
+            while (!mbar_test(&full[j % NS], (j / NS) & 1u)) {
+            }
+        a.out[b * NOUT + 3] = copies;
+        return;
+    }
+    if (threadIdx.x != 32) return;
+    // the prober: warm up, then the L2 chain, the fences and the barriers of the compute blocks
+    const unsigned long long tw = now_ns();
+    while (now_ns() - tw < 200000) {
+    }
+    const unsigned long long ts = now_ns();
+    phase = 1;
+    unsigned idx = (b * 977u) % a.chain_len;
+    for (int i = 0; i < 64; ++i) asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(idx) : "l"(a.chain + idx));
+    unsigned long long t = now_ns();
+    for (int i = 0; i < CHAIN; ++i) asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(idx) : "l"(a.chain + idx));
+    a.out[b * NOUT + 0] = (now_ns() - t) + (idx == 0xffffffffu);  // (keeps the chain live)
+    unsigned* mine = a.own + b * 32;
+    t = now_ns();
+    for (int i = 0; i < FENCES; ++i) {
+        asm volatile("st.relaxed.gpu.global.u32 [%0], %1;" ::"l"(mine), "r"(i) : "memory");
+        asm volatile("fence.acq_rel.gpu;" ::: "memory");
+    }
+    a.out[b * NOUT + 1] = now_ns() - t;
+    for (int i = 1; i <= BARRIERS + 1; ++i) {  // the first one (untimed) lines the blocks up
+        if (i == 2) t = now_ns();
+        asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(a.bar) : "memory");
+        const unsigned target = (unsigned)(C * i);
+        unsigned v;
+        do {
+            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(a.bar) : "memory");
+        } while ((int)(v - target) < 0);
+    }
+    a.out[b * NOUT + 2] = now_ns() - t;
+    a.out[b * NOUT + 4] = ts;
+    a.out[b * NOUT + 5] = now_ns();
+    phase = 2;
+    if (b == 0) a.prog[32] = 1;  // every compute block has left the last barrier's arrival: the streamers stop
+}
+
+int main() {
+    Device d;
+    if (open_device(&d)) return 1;
+    const unsigned chain_len = 1u << 20;  // 4 MB of indices: L2-resident
+    std::vector<unsigned> h(chain_len), perm(chain_len);
+    for (unsigned i = 0; i < chain_len; ++i) perm[i] = i;
+    unsigned long long s = 88172645463325252ull;
+    for (unsigned i = chain_len - 1; i > 0; --i) {  // a random single cycle (Sattolo)
+        s ^= s << 13; s ^= s >> 7; s ^= s << 17;
+        std::swap(perm[i], perm[s % i]);
+    }
+    for (unsigned i = 0; i < chain_len; ++i) h[perm[i]] = perm[(i + 1) % chain_len];
+    unsigned *chain = nullptr, *bar = nullptr, *own = nullptr, *prog = nullptr;
+    unsigned long long* out = nullptr;
+    CK(cudaMalloc(&chain, chain_len * 4));
+    CK(cudaMemcpy(chain, h.data(), chain_len * 4, cudaMemcpyHostToDevice));
+    CK(cudaMalloc(&bar, 32 * 4));
+    CK(cudaMalloc(&own, d.sms * 32 * 4));
+    CK(cudaMalloc(&prog, 64 * 4));
+    CK(cudaMalloc(&out, d.sms * NOUT * 8));
+    CK(cudaFuncSetAttribute(probe, cudaFuncAttributeMaxDynamicSharedMemorySize, RING));
+    printf("%s, %d SMs, L2 %d MB; compute blocks copy 32 KB parts of each round (C x 32 KB) into a 192 KB ring; "
+           "streamer blocks prefetch the rounds ahead into L2; medians over the compute blocks: L2 load = one of %d "
+           "dependent loads, fence = st.relaxed + fence.acq_rel.gpu, barrier = red.release + ld.acquire of the compute "
+           "blocks (%d), ns\n",
+           d.prop.name, d.sms, d.prop.l2CacheSize >> 20, CHAIN, BARRIERS);
+    printf("%10s %9s %9s %10s %13s %9s %7s %8s\n", "streamers", "lead (MB)", "in flight", "copy TB/s", "prefetch TB/s",
+           "L2 load", "fence", "barrier");
+    // streamer SMs, lead in rounds, copies in flight per compute block (the first two: today's stream)
+    const unsigned cases[][3] = {{0, 0, 1}, {0, 0, 2}, {4, 2, 1}, {4, 4, 1}, {8, 2, 1}, {8, 4, 1}, {8, 8, 1},
+                                 {8, 4, 2}, {16, 4, 1}, {16, 4, 2}, {0, 0, 1}};
+    for (auto& c : cases) {
+        const int C = d.sms - (int)c[0];
+        const unsigned long long round_bytes = (unsigned long long)C * SLOT;
+        for (int rep = 0; rep < 2; ++rep) {
+            CK(cudaMemset(bar, 0, 32 * 4));
+            CK(cudaMemset(prog, 0, 64 * 4));
+            CK(cudaMemset(out, 0, d.sms * NOUT * 8));
+            Args a{d.src, SRC_BYTES / round_bytes, c[0], c[1], c[2], chain, chain_len, bar, own, prog, out};
+            void* args[] = {&a};
+            CK(cudaLaunchCooperativeKernel((const void*)probe, dim3(d.sms), dim3(64), args, RING, 0));
+            CK(cudaDeviceSynchronize());
+            std::vector<unsigned long long> o(d.sms * NOUT);
+            CK(cudaMemcpy(o.data(), out, d.sms * NOUT * 8, cudaMemcpyDeviceToHost));
+            std::vector<double> v[3];
+            unsigned long long copies = 0, t0 = ~0ull, t1 = 0, pf = 0;
+            const double per[3] = {CHAIN, FENCES, BARRIERS};
+            for (int b = 0; b < d.sms; ++b) {
+                if (b >= C) {
+                    pf += o[b * NOUT + 6];
+                    continue;
+                }
+                copies += o[b * NOUT + 3];
+                t0 = std::min(t0, o[b * NOUT + 4]);
+                t1 = std::max(t1, o[b * NOUT + 5]);
+                for (int k = 0; k < 3; ++k) v[k].push_back((double)o[b * NOUT + k] / per[k]);
+            }
+            double med[3];
+            for (int k = 0; k < 3; ++k) {
+                std::sort(v[k].begin(), v[k].end());
+                med[k] = v[k][v[k].size() / 2];
+            }
+            const double span = (double)(t1 - t0);
+            if (rep == 1)  // the streamers' bytes are counted from their own warm-up end: a rate, roughly
+                printf("%10u %9.1f %9u %10.2f %13.2f %9.0f %7.0f %8.0f\n", c[0], c[1] * round_bytes / 1048576.0,
+                       c[2], copies * (double)SLOT / span / 1e3, pf / span / 1e3, med[0], med[1], med[2]);
+        }
+    }
+    return 0;
+}
