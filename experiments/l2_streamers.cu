@@ -120,18 +120,9 @@ __global__ void __launch_bounds__(64, 1) probe(Args a) {
     }
     const unsigned long long ts = now_ns();
     phase = 1;
-    unsigned idx = (b * 977u) % a.chain_len;
-    for (int i = 0; i < 64; ++i) asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(idx) : "l"(a.chain + idx));
-    unsigned long long t = now_ns();
-    for (int i = 0; i < CHAIN; ++i) asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(idx) : "l"(a.chain + idx));
-    a.out[b * NOUT + 0] = (now_ns() - t) + (idx == 0xffffffffu);  // (keeps the chain live)
-    unsigned* mine = a.own + b * 32;
-    t = now_ns();
-    for (int i = 0; i < FENCES; ++i) {
-        asm volatile("st.relaxed.gpu.global.u32 [%0], %1;" ::"l"(mine), "r"(i) : "memory");
-        asm volatile("fence.acq_rel.gpu;" ::: "memory");
-    }
-    a.out[b * NOUT + 1] = now_ns() - t;
+    a.out[b * NOUT + 0] = l2_chain_ns(a.chain, (b * 977u) % a.chain_len, CHAIN);
+    a.out[b * NOUT + 1] = gpu_fence_ns(a.own + b * 32, FENCES);
+    unsigned long long t = 0;
     for (int i = 1; i <= BARRIERS + 1; ++i) {  // the first one (untimed) lines the blocks up
         if (i == 2) t = now_ns();
         asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(a.bar) : "memory");
@@ -152,18 +143,9 @@ int main() {
     Device d;
     if (open_device(&d)) return 1;
     const unsigned chain_len = 1u << 20;  // 4 MB of indices: L2-resident
-    std::vector<unsigned> h(chain_len), perm(chain_len);
-    for (unsigned i = 0; i < chain_len; ++i) perm[i] = i;
-    unsigned long long s = 88172645463325252ull;
-    for (unsigned i = chain_len - 1; i > 0; --i) {  // a random single cycle (Sattolo)
-        s ^= s << 13; s ^= s >> 7; s ^= s << 17;
-        std::swap(perm[i], perm[s % i]);
-    }
-    for (unsigned i = 0; i < chain_len; ++i) h[perm[i]] = perm[(i + 1) % chain_len];
     unsigned *chain = nullptr, *bar = nullptr, *own = nullptr, *prog = nullptr;
     unsigned long long* out = nullptr;
-    CK(cudaMalloc(&chain, chain_len * 4));
-    CK(cudaMemcpy(chain, h.data(), chain_len * 4, cudaMemcpyHostToDevice));
+    if (make_chain(&chain, chain_len)) return 1;
     CK(cudaMalloc(&bar, 32 * 4));
     CK(cudaMalloc(&own, d.sms * 32 * 4));
     CK(cudaMalloc(&prog, 64 * 4));

@@ -3,6 +3,8 @@
 #pragma once
 #include <cstdio>
 #include <cstdint>
+#include <utility>
+#include <vector>
 #include <cuda_runtime.h>
 
 #define CK(x)                                                                                     \
@@ -43,6 +45,41 @@ __device__ __forceinline__ bool mbar_test(uint64_t* b, unsigned parity) {
     asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
                  : "=r"(ok) : "r"(su32(b)), "r"(parity) : "memory");
     return ok != 0;
+}
+
+// An L2-resident pointer chase for timing dependent loads: `len` indices forming one random cycle (Sattolo), on the
+// device at *chain.
+inline int make_chain(unsigned** chain, unsigned len) {
+    std::vector<unsigned> h(len), perm(len);
+    for (unsigned i = 0; i < len; ++i) perm[i] = i;
+    unsigned long long s = 88172645463325252ull;
+    for (unsigned i = len - 1; i > 0; --i) {
+        s ^= s << 13; s ^= s >> 7; s ^= s << 17;
+        std::swap(perm[i], perm[s % i]);
+    }
+    for (unsigned i = 0; i < len; ++i) h[perm[i]] = perm[(i + 1) % len];
+    CK(cudaMalloc(chain, len * 4));
+    CK(cudaMemcpy(*chain, h.data(), len * 4, cudaMemcpyHostToDevice));
+    return 0;
+}
+
+// ns for `n` dependent ld.relaxed.gpu loads through `chain` (after 64 untimed ones), starting at `start`.
+__device__ __forceinline__ unsigned long long l2_chain_ns(const unsigned* chain, unsigned start, int n) {
+    unsigned idx = start;
+    for (int i = 0; i < 64; ++i) asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(idx) : "l"(chain + idx));
+    const unsigned long long t = now_ns();
+    for (int i = 0; i < n; ++i) asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(idx) : "l"(chain + idx));
+    return (now_ns() - t) + (idx == 0xffffffffu);  // (keeps the chain live)
+}
+
+// ns for `n` x (st.relaxed.gpu to `line` + fence.acq_rel.gpu): what a release costs the thread.
+__device__ __forceinline__ unsigned long long gpu_fence_ns(unsigned* line, int n) {
+    const unsigned long long t = now_ns();
+    for (int i = 0; i < n; ++i) {
+        asm volatile("st.relaxed.gpu.global.u32 [%0], %1;" ::"l"(line), "r"(i) : "memory");
+        asm volatile("fence.acq_rel.gpu;" ::: "memory");
+    }
+    return now_ns() - t;
 }
 
 // One lane streams `per_block` bytes from `base` round and round into `ns` slots of `slot_bytes` at `ring`, each
