@@ -35,8 +35,10 @@ run: ready
 	$(BIN)/luce-bench compare $(ARGS)
 
 # pytest with the suite's own plugins only: a venv that sees the system's site-packages (a GPU machine's torch) would
-# load whatever plugins are installed there (pytest-benchmark warned once per worker on the H200)
-PYTEST = PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 $(BIN)/python -m pytest -p _hypothesis_pytestplugin
+# load whatever plugins are installed there (pytest-benchmark warned once per worker on the H200). Another plugin
+# needs its -p in ARGS (ARGS="-p pytest_cov --cov=luce_bench").
+PYTEST = PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 $(BIN)/python -m pytest \
+	$$($(BIN)/python -c "import _hypothesis_pytestplugin" 2>/dev/null && echo "-p _hypothesis_pytestplugin")
 
 # the suite in parallel processes where cores and memory allow (pytest-xdist; tests/parallel.py keeps the GPU tests
 # together on one worker and each module whole); JOBS=0: one process, JOBS=N: N workers

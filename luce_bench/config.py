@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import functools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -66,6 +67,21 @@ class TestSpec:
                 f"context), N >= 1 and N + D <= {MAX_TEST_TOKENS}, e.g. pp520,tg128,tg128@d4096"
             )
         return cls(m.group(1), n, depth)
+
+
+def refuse_repeats(what: str, unit: str, written: Sequence[tuple[str, float]]) -> None:
+    """UserError when two values the user wrote resolve to the same one (`written`: (text, value) pairs, in order).
+
+    Values that --clamp or snapping bring together are not passed here: those merge.
+    """
+    seen: dict[float, str] = {}
+    for text, value in written:
+        if value in seen:
+            raise UserError(
+                f"{what} {value:g} {unit} is given twice ({seen[value]} and {text}): give each once "
+                "(--reps repeats a setting)"
+            )
+        seen[value] = text
 
 
 def parse_limit(text: str) -> tuple[float, bool]:

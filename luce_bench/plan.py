@@ -19,7 +19,15 @@ from dataclasses import dataclass, field
 from luce_bench.backends import get as get_backend
 from luce_bench.backends import unavailable_reason
 from luce_bench.backends.base import ModelSpec
-from luce_bench.config import AUTO_LIMITS, AUTO_SHARES, MAX_TEST_TOKENS, BenchConfig, TestSpec, parse_limit
+from luce_bench.config import (
+    AUTO_LIMITS,
+    AUTO_SHARES,
+    MAX_TEST_TOKENS,
+    BenchConfig,
+    TestSpec,
+    parse_limit,
+    refuse_repeats,
+)
 from luce_bench.context import RunContext
 from luce_bench.errors import UserError
 from luce_bench.gpu.base import GPU, GPUError
@@ -149,6 +157,7 @@ def parse_limits(
     lo, hi = constraints_mw
     out: list[LimitTarget] = []
     bad: list[str] = []
+    written: list[tuple[str, float]] = []  # (text, W) of the values in range as written
     for text in items:
         value, percent = parse_limit(text)
         mw = round(value / 100.0 * default_mw) if percent else round(value * 1000.0)
@@ -160,19 +169,16 @@ def parse_limits(
                 bad.append(f"{text} ({mw / 1000:g} W)")
                 continue
             mw, clamped = min(max(mw, lo), hi), True
-        twin = next((t for t in out if t.requested_mw == mw), None)
-        if twin is None:
+        if not clamped:
+            written.append((text, mw / 1000))
+        if all(t.requested_mw != mw for t in out):
             out.append(LimitTarget(text, mw, clamped))
-        elif not (clamped or twin.clamped):  # two values the user wrote name one limit: a typo, not a wish
-            raise UserError(
-                f"power limits {twin.text} and {text} are both {mw / 1000:g} W: give each limit once "
-                "(--reps repeats a setting)"
-            )
     if bad:
         raise UserError(
             f"power limit {', '.join(bad)} outside the range of {gpu_name}: {lo / 1000:g}-{hi / 1000:g} W "
             f"(default {default_mw / 1000:g} W); fix --limits or pass --clamp"
         )
+    refuse_repeats("power limit", "W", written)  # a typo, not a wish: clamped values merge
     return out
 
 
@@ -315,9 +321,9 @@ def cuda_gpu_visible(ctx: RunContext) -> bool:
     """
     import os
 
-    from luce_bench.backends.llamacpp import nvidia_gpu_present
+    from luce_bench.backends.llamacpp import HIDING, nvidia_gpu_present
 
-    if os.environ.get("CUDA_VISIBLE_DEVICES") in ("", "-1"):
+    if os.environ.get("CUDA_VISIBLE_DEVICES") in HIDING:
         return False
     return (ctx.gpu is not None and ctx.fake_gpu is None) or nvidia_gpu_present()
 

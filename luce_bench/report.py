@@ -103,7 +103,7 @@ def _energy_from_rows(runs: Sequence[RunRecord]) -> dict[str, Any]:
     }
 
 
-NOTHING_MEASURED = "No repetition finished in this run: there is nothing to tabulate yet."
+NOTHING_MEASURED = "No repetition finished in this run: there is nothing to tabulate."
 
 
 def _markdown(
@@ -121,8 +121,8 @@ def _markdown(
     ]
     parts += [f"> {n}" for n in notes(meta)]
     parts += [f"> ⚠ {q}" for q in quality]
-    if not summary:
-        return "\n".join([*parts, "", NOTHING_MEASURED]) + "\n"
+    if not summary:  # the plots it has (the timeline of the samples) still say what happened
+        return "\n".join([*parts, "", NOTHING_MEASURED, "", *(f"![{p.stem}]({p.name})" for p in plots)]) + "\n"
     parts += [
         "",
         "## Summary (mean ± sample std over repetitions; each repetition is one energy window)",
@@ -207,6 +207,8 @@ def render(run_dir: Path) -> Report:
     summary = summarize(runs)
     if summary:
         write_csv(run_dir / SUMMARY, SummaryRow, summary)
+    else:
+        (run_dir / SUMMARY).unlink(missing_ok=True)  # one from an earlier render would contradict the report
     quality = run_state(run_dir) + stress_notes(runs)
     md = _markdown(run_dir, summary, meta, render_run(run_dir, summary, runs, read_samples(run_dir)), quality)
     report = Report(run_dir, summary, meta, md, quality=quality)
@@ -218,18 +220,15 @@ def render(run_dir: Path) -> Report:
     return report
 
 
-def print_report(report: Report, console: Any, spots: bool = True) -> None:
-    """Compact rich table of the summary (mean ± 95 % CI half-width), its notes, and a sweep's sweet spots."""
+def _summary_table(summary: Sequence[SummaryRow]) -> Any:
     from rich.table import Table
 
-    if not report.summary:
-        console.print(NOTHING_MEASURED)
     table = Table(title="luce-bench summary (mean ± 95% CI)")
-    has_clocks = clocked(report.summary)
+    has_clocks = clocked(summary)
     head = ("backend", "test", "limit", *(("SM clock",) if has_clocks else ()), "tok/s", "W", "tok/J", "n", "verdict")
     for h in head:
         table.add_column(h, justify="left" if h in ("backend", "test", "verdict") else "right")
-    for r in report.summary:
+    for r in summary:
         table.add_row(
             r.backend,
             r.test,
@@ -241,8 +240,12 @@ def print_report(report: Report, console: Any, spots: bool = True) -> None:
             str(r.n),
             mark_verdict(r.verdict, markup=True),
         )
-    if report.summary:
-        console.print(table)
+    return table
+
+
+def print_report(report: Report, console: Any, spots: bool = True) -> None:
+    """Compact rich table of the summary (mean ± 95 % CI half-width), its notes, and a sweep's sweet spots."""
+    console.print(_summary_table(report.summary) if report.summary else NOTHING_MEASURED)
     for n in notes(report.meta):
         console.print(f"[yellow]note:[/yellow] {n}")
     for q in report.quality:

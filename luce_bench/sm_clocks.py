@@ -12,7 +12,7 @@ import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from luce_bench.config import parse_clock
+from luce_bench.config import parse_clock, refuse_repeats
 from luce_bench.errors import UserError
 
 
@@ -75,6 +75,7 @@ def parse_clocks(
     lo, hi = min(supported_mhz), max(supported_mhz)
     out: list[ClockTarget] = []
     bad: list[str] = []
+    written: list[tuple[str, float]] = []  # (text, MHz requested) of the values in range as written
     for text in items:
         mhz = _resolve_mhz(text, hi)
         clamped = False
@@ -84,17 +85,14 @@ def parse_clocks(
                 continue
             mhz, clamped = min(max(mhz, lo), hi), True
         target = ClockTarget(text, round(mhz), snap_mhz(mhz, supported_mhz), clamped)
-        twin = next((t for t in out if t.locked_mhz == target.locked_mhz), None)
-        if twin is None:
+        if not clamped:
+            written.append((text, target.requested_mhz))
+        if all(t.locked_mhz != target.locked_mhz for t in out):
             out.append(target)
-        elif twin.requested_mhz == target.requested_mhz and not (clamped or twin.clamped):
-            raise UserError(
-                f"SM clocks {twin.text} and {text} are both {target.requested_mhz} MHz: give each clock once "
-                "(--reps repeats a setting)"
-            )
     if bad:
         raise UserError(
             f"SM clock {', '.join(bad)} not supported by {gpu_name}: it locks {lo}-{hi} MHz "
             f"({len(set(supported_mhz))} clocks, `luce-bench info` lists them); fix --clocks or pass --clamp"
         )
+    refuse_repeats("SM clock", "MHz", written)  # a typo, not a wish: requests that snap or clamp together merge
     return out

@@ -307,6 +307,8 @@ def test_report_of_a_run_without_a_finished_repetition_says_so_instead_of_an_emp
     assert "No repetition finished in this run" in result.output and "mean ± 95% CI" not in result.output
     md = (d / "report.md").read_text()
     assert "No repetition finished in this run" in md and "## Summary" not in md
+    assert "![timeline](timeline.png)" in md and (d / "timeline.png").is_file()  # what the samples show stays
+    assert not (d / "summary.csv").exists()  # the copied run's summary no longer agreed with its runs.csv
 
 
 def test_unknown_fake_preset_in_yaml_is_a_config_error(tmp_path):

@@ -180,22 +180,37 @@ def test_a_cuda_build_that_sees_no_gpu_is_refused_before_llama_cpp_crashes(tiny,
     )
 
 
-def test_the_build_kind_comes_from_the_build_not_from_the_gpu_it_sees(monkeypatch, tmp_path):
+def _fake_package(monkeypatch, root):
+    """find_spec("llama_cpp") answers a package at `root` (the other names as before)."""
     import importlib.util
     import types
 
+    real = importlib.util.find_spec
+    fake = types.SimpleNamespace(submodule_search_locations=[str(root)])
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: fake if name == "llama_cpp" else real(name, *a))
+
+
+def test_the_build_kind_comes_from_the_build_not_from_the_gpu_it_sees(monkeypatch, tmp_path):
     import llama_cpp
 
-    monkeypatch.setattr(llama_cpp, "llama_supports_gpu_offload", lambda: False)
-    assert lcb.cuda_build() == CUDA_BUILD and (lcb.build_info()["build"] == "cuda") == CUDA_BUILD
+    monkeypatch.delenv("LLAMA_CPP_LIB_PATH", raising=False)
+    monkeypatch.setattr(llama_cpp, "llama_supports_gpu_offload", lambda: False)  # what a CUDA build says, GPU hidden
+    monkeypatch.setattr(llama_cpp, "llama_print_system_info", lambda: b"CPU : AVX2 = 1 |")
+    _fake_package(monkeypatch, tmp_path)
+    assert lcb.cuda_build_files() is None and not lcb.cuda_build()  # no library folder: the files cannot tell
     (tmp_path / "lib").mkdir()
+    assert lcb.cuda_build_files() is None  # a folder without llama.cpp's library does not count
+    (tmp_path / "lib" / "libllama.so").touch()
+    assert lcb.cuda_build_files() is False and lcb.build_info()["build"] == "cpu"
     (tmp_path / "lib" / "libggml-cuda.so.0").touch()  # a CUDA wheel's layout
-    real = importlib.util.find_spec
-    fake = types.SimpleNamespace(submodule_search_locations=[str(tmp_path)])
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: fake if name == "llama_cpp" else real(name, *a))
-    assert lcb.cuda_build() and lcb.build_info()["build"] == "cuda"
-    (tmp_path / "lib" / "libggml-cuda.so.0").unlink()
-    assert not lcb.cuda_build()
+    assert lcb.cuda_build_files() is True and lcb.cuda_build() and lcb.build_info()["build"] == "cuda"
+    other = tmp_path / "elsewhere"  # LLAMA_CPP_LIB_PATH: the libraries llama-cpp-python loads instead
+    other.mkdir()
+    (other / "libllama.so").touch()
+    monkeypatch.setenv("LLAMA_CPP_LIB_PATH", str(other))
+    assert lcb.cuda_build_files() is False
+    monkeypatch.setattr(llama_cpp, "llama_print_system_info", lambda: b"CUDA : ARCHS = 900 | CPU : AVX2 = 1 |")
+    assert lcb.cuda_build()  # the loaded library's own word, where the files say otherwise
 
 
 @cpu_build_only  # describe() reads the installed build's files: a CUDA build has no CPU-only warning to give
@@ -218,20 +233,35 @@ def test_explicit_cpu_is_allowed_on_a_gpu_host(tiny, monkeypatch):
 
 
 def test_unavailable_reason_when_installed(monkeypatch):
-    monkeypatch.setattr(lcb, "nvidia_gpu_present", lambda: True)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert LlamaCppBackend.unavailable_reason() is None
-    monkeypatch.setattr(lcb, "nvidia_gpu_present", lambda: False)
-    assert LlamaCppBackend.unavailable_reason() is None or CUDA_BUILD
+    for files in (False, None):  # a CPU build, or files that cannot tell: not refused on a guess
+        monkeypatch.setattr(lcb, "cuda_build_files", lambda f=files: f)
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+        assert LlamaCppBackend.unavailable_reason() is None
 
 
 def test_a_cuda_build_is_unavailable_where_the_gpu_is_hidden(monkeypatch):
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    monkeypatch.setattr(lcb, "cuda_build", lambda: True)
-    reason = LlamaCppBackend.unavailable_reason()
-    assert reason and reason.startswith(
-        "this llama-cpp-python is a CUDA build and sees no GPU (CUDA_VISIBLE_DEVICES=''"
-    )
-    assert LlamaCppBackend.describe() == {"available": False, "reason": reason}
+    monkeypatch.setattr(lcb, "cuda_build_files", lambda: True)
+    for hidden in ("", "-1"):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", hidden)
+        reason = LlamaCppBackend.unavailable_reason()
+        assert reason == lcb.no_gpu_for_the_cuda_build() and reason.startswith(
+            f"this llama-cpp-python is a CUDA build and sees no GPU (CUDA_VISIBLE_DEVICES={hidden!r} hides the GPUs)"
+        )
+        assert LlamaCppBackend.describe() == {"available": False, "reason": reason}
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5")  # maybe no such GPU, maybe one: load() asks llama.cpp
+    assert LlamaCppBackend.unavailable_reason() is None
+
+
+def test_why_a_cuda_build_sees_no_gpu_names_the_cause(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-abc")
+    assert "(CUDA_VISIBLE_DEVICES='GPU-abc' names no GPU it can use)" in lcb.no_gpu_for_the_cuda_build()
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    monkeypatch.setattr(lcb, "nvidia_gpu_present", lambda: True)
+    assert "though the driver lists one: a driver older than the build's CUDA?" in lcb.no_gpu_for_the_cuda_build()
+    monkeypatch.setattr(lcb, "nvidia_gpu_present", lambda: False)
+    assert "(no NVIDIA driver or GPU here)" in lcb.no_gpu_for_the_cuda_build()
 
 
 @cpu_build_only

@@ -56,10 +56,14 @@ def test_clamp_moves_into_range_and_dedupes():
 
 
 def test_a_limit_written_twice_is_refused_not_merged():
-    with pytest.raises(UserError, match=r"power limits 300 and 300W are both 300 W: give each limit once"):
+    with pytest.raises(UserError, match=r"power limit 300 W is given twice \(300 and 300W\): give each once"):
         parse_limits("420,300,300W", 700_000, H100)
-    with pytest.raises(UserError, match=r"100% and 700 are both 700 W"):
+    with pytest.raises(UserError, match=r"700 W is given twice \(100% and 700\)"):
         parse_limits("100%,700", 700_000, H100)
+    with pytest.raises(UserError, match=r"700 W is given twice \(700 and 700\)"):  # after a clamped 800, too
+        parse_limits("800,700,700", 700_000, H100, clamp=True)
+    with pytest.raises(UserError, match="outside the range"):  # the range is told first, then the repeat
+        parse_limits("900,300,300", 700_000, H100)
 
 
 @pytest.mark.tries("bad input", "clock and limit values: malformed or impossible")

@@ -64,6 +64,20 @@ def test_no_gpu_with_everything_installed_only_refreshes_the_package():
     assert not any(requirement_name(a) in ("torch", "llama-cpp-python") for a in deps)
 
 
+def test_no_gpu_with_a_cuda_llama_cpp_rebuilds_it_for_the_cpu():
+    venv = PythonFacts(PY, torch="2.13.0+cpu", llama_cpp="0.3.36", llama_cpp_cuda=True)
+    plan = decide(machine(venv=venv), Options(venv=VENV, llamacpp_cmake_args="-DGGML_NATIVE=OFF"))
+    llama = step(plan, "rebuilding llama-cpp-python for the CPU")
+    assert llama.argv[-5:] == (
+        "--force-reinstall",
+        "--no-deps",
+        "--no-binary",
+        "llama-cpp-python",
+        "llama-cpp-python==0.3.36",
+    )
+    assert dict(llama.env)["CMAKE_ARGS"] == "-DGGML_NATIVE=OFF" and plan.gaps == []
+
+
 def test_gpu_with_toolkit_and_a_system_cuda_torch_online():
     plan = decide(machine(gpu=H200, toolkit=TOOLKIT, host=CUDA_TORCH), Options(venv=VENV))
     assert plan.system_site and plan.gaps == []

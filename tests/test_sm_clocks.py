@@ -35,8 +35,11 @@ def test_requests_that_snap_to_the_same_clock_count_once():
 
 
 def test_a_clock_written_twice_is_refused():
-    with pytest.raises(UserError, match=r"SM clocks 1980 and 100% are both 1980 MHz: give each clock once"):
+    with pytest.raises(UserError, match=r"SM clock 1980 MHz is given twice \(1980 and 100%\): give each once"):
         parse_clocks("1980,1600,100%", H200)
+    for spec in ("1605,1600,1600", "1600,1605,1600"):  # the order does not matter
+        with pytest.raises(UserError, match=r"1600 MHz is given twice"):
+            parse_clocks(spec, H200)
 
 
 def test_out_of_range_names_the_card_range_and_clamp():

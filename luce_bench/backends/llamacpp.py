@@ -64,36 +64,56 @@ def _install_log_capture(echo: bool) -> None:
         llama_cpp.llama_log_set(_log_state["cb"], None)
 
 
+HIDING = ("", "-1")  # CUDA_VISIBLE_DEVICES values that hide every GPU
+
+
 def nvidia_gpu_present() -> bool:
     """True if an NVIDIA GPU is visible to this process (driver's /proc entry; honours CUDA_VISIBLE_DEVICES="")."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in HIDING:
         return False
     gpus = Path("/proc/driver/nvidia/gpus")
     return gpus.is_dir() and any(gpus.iterdir())
+
+
+def cuda_build_files() -> bool | None:
+    """Whether the installed llama.cpp libraries include the CUDA backend, told from the files alone (no import).
+
+    None when they cannot tell (no library folder found). The folder is the one llama-cpp-python loads from:
+    LLAMA_CPP_LIB_PATH if set, else the package's lib/ (a wheel's layout).
+    """
+    spec = importlib.util.find_spec("llama_cpp")
+    dirs = [Path(os.environ["LLAMA_CPP_LIB_PATH"])] if os.environ.get("LLAMA_CPP_LIB_PATH") else []
+    dirs += [Path(where) / "lib" for where in (spec.submodule_search_locations or [])] if spec else []
+    for lib in dirs:
+        if lib.is_dir() and any(lib.glob("*llama.*")):  # libllama.so, llama.dll
+            return any(lib.glob("*ggml-cuda*"))
+    return None
 
 
 def cuda_build() -> bool:
     """Whether the installed llama-cpp-python has llama.cpp's CUDA backend, whether or not it sees a GPU now.
 
     `llama_supports_gpu_offload()` says whether a GPU device is registered, which a CUDA build answers False where
-    CUDA_VISIBLE_DEVICES hides every GPU; the build's CUDA library (or its system info) says what was built.
+    CUDA_VISIBLE_DEVICES hides every GPU; the system info lists the backends built in, and the files say what was
+    installed. Loads llama.cpp: call it where llama.cpp is to run (the child process), not in a torch process.
     """
-    spec = importlib.util.find_spec("llama_cpp")
-    for where in (spec.submodule_search_locations or []) if spec else []:
-        lib = Path(where) / "lib"
-        if lib.is_dir():  # a wheel's layout: decided without loading llama.cpp
-            return any(lib.glob("libggml-cuda*"))
     import llama_cpp
 
-    return "CUDA" in (llama_cpp.llama_print_system_info() or b"").decode("utf-8", "replace") or bool(
-        llama_cpp.llama_supports_gpu_offload()
-    )
+    system = (llama_cpp.llama_print_system_info() or b"").decode("utf-8", "replace")
+    return "CUDA" in system or bool(llama_cpp.llama_supports_gpu_offload()) or bool(cuda_build_files())
 
 
 def no_gpu_for_the_cuda_build() -> str:
     """Why a CUDA llama.cpp cannot run in this process: it sees no GPU (and would crash loading even on the CPU)."""
-    hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
-    why = f"CUDA_VISIBLE_DEVICES={hidden!r} hides the GPUs" if hidden is not None else "no GPU is visible"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible in HIDING:
+        why = f"CUDA_VISIBLE_DEVICES={visible!r} hides the GPUs"
+    elif visible is not None:
+        why = f"CUDA_VISIBLE_DEVICES={visible!r} names no GPU it can use"
+    elif nvidia_gpu_present():
+        why = "none usable, though the driver lists one: a driver older than the build's CUDA?"
+    else:
+        why = "no NVIDIA driver or GPU here"
     return (
         f"this llama-cpp-python is a CUDA build and sees no GPU ({why}); a CUDA build cannot load a model without "
         "one, not even on the CPU (llama.cpp crashes): make a GPU visible, or install a CPU build of llama-cpp-python"
@@ -193,8 +213,8 @@ class LlamaCppBackend(Backend):
         ):
             if importlib.util.find_spec(pkg) is None:
                 return f"{pkg} is not installed ({hint})"
-        if cuda_build() and not nvidia_gpu_present():
-            return no_gpu_for_the_cuda_build()
+        if os.environ.get("CUDA_VISIBLE_DEVICES") in HIDING and cuda_build_files():
+            return no_gpu_for_the_cuda_build()  # other cases are told by load(), where llama.cpp itself is asked
         return None
 
     @classmethod

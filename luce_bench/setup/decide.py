@@ -101,12 +101,16 @@ def _torch(p: Planner) -> None:
 
 def _llamacpp_cpu(p: Planner) -> None:
     o = p.o
-    if p.env.llama_cpp is not None:
+    if p.env.llama_cpp is not None and not p.env.llama_cpp_cuda:
         return
     if not p.have("llama-cpp-python"):
         p.gap("llama.cpp", "not installed and not in WHEELS: compare runs without it", "put its sdist in WHEELS")
         return
     env = (("CMAKE_ARGS", o.llamacpp_cmake_args), ("CMAKE_BUILD_PARALLEL_LEVEL", str(_cpus())))
+    if p.env.llama_cpp_cuda:  # a CUDA build cannot load a model where there is no GPU (llama.cpp crashes)
+        argv = p.pip("--force-reinstall", "--no-deps", "--no-binary", "llama-cpp-python", o.llamacpp_spec)
+        p.add("rebuilding llama-cpp-python for the CPU (the CUDA build needs a GPU; a few minutes)", argv, env=env)
+        return
     p.add("building llama-cpp-python for the CPU (a few minutes)", p.pip(o.llamacpp_spec), env=env)
 
 
