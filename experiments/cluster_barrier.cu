@@ -138,24 +138,12 @@ __global__ void __launch_bounds__(64, 1) probe(Args a) {
         }
         a.out[b * NOUT + 2] = copies;
     } else if (threadIdx.x == 32) {  // the prober
-        const unsigned long long t0 = now_ns();
-        while (now_ns() - t0 < 200000) {
-        }
+        spin_ns(200000);
         const unsigned long long ts = now_ns();
         phase = 1;
+        a.out[b * NOUT + 0] = release_barriers_ns(a.bar, (unsigned)G, BARRIERS);  // flat: G arrivals per barrier
         unsigned long long t = 0;
-        unsigned* cnt = a.bar;  // flat: G arrivals per barrier
-        for (int i = 1; i <= BARRIERS + 1; ++i) {  // the first one (untimed) lines the blocks up
-            if (i == 2) t = now_ns();
-            asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(cnt) : "memory");
-            const unsigned target = (unsigned)(G * i);
-            unsigned v;
-            do {
-                asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(cnt) : "memory");
-            } while ((int)(v - target) < 0);
-        }
-        a.out[b * NOUT + 0] = now_ns() - t;
-        cnt = a.bar + 32;  // leader: G / CL arrivals per barrier
+        unsigned* cnt = a.bar + 32;  // leader: G / CL arrivals per barrier
         unsigned long long bad = 0;
         const int other = (b + G / 2 + 1) % G;  // a block of another cluster
         for (int i = 1; i <= CHECKS + BARRIERS + 1; ++i) {

@@ -115,24 +115,12 @@ __global__ void __launch_bounds__(64, 1) probe(Args a) {
     }
     if (threadIdx.x != 32) return;
     // the prober: warm up, then the L2 chain, the fences and the barriers of the compute blocks
-    const unsigned long long tw = now_ns();
-    while (now_ns() - tw < 200000) {
-    }
+    spin_ns(200000);
     const unsigned long long ts = now_ns();
     phase = 1;
     a.out[b * NOUT + 0] = l2_chain_ns(a.chain, (b * 977u) % a.chain_len, CHAIN);
     a.out[b * NOUT + 1] = gpu_fence_ns(a.own + b * 32, FENCES);
-    unsigned long long t = 0;
-    for (int i = 1; i <= BARRIERS + 1; ++i) {  // the first one (untimed) lines the blocks up
-        if (i == 2) t = now_ns();
-        asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(a.bar) : "memory");
-        const unsigned target = (unsigned)(C * i);
-        unsigned v;
-        do {
-            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(a.bar) : "memory");
-        } while ((int)(v - target) < 0);
-    }
-    a.out[b * NOUT + 2] = now_ns() - t;
+    a.out[b * NOUT + 2] = release_barriers_ns(a.bar, (unsigned)C, BARRIERS);
     a.out[b * NOUT + 4] = ts;
     a.out[b * NOUT + 5] = now_ns();
     phase = 2;

@@ -72,6 +72,29 @@ __device__ __forceinline__ unsigned long long l2_chain_ns(const unsigned* chain,
     return (now_ns() - t) + (idx == 0xffffffffu);  // (keeps the chain live)
 }
 
+// Busy-waits `ns` nanoseconds (a warm-up: the stream settles before anything is timed).
+__device__ __forceinline__ void spin_ns(unsigned long long ns) {
+    const unsigned long long t = now_ns();
+    while (now_ns() - t < ns) {
+    }
+}
+
+// ns for `n` grid barriers of `arrivals` threads on the counter `cnt` (zeroed before the launch): red.release.gpu
+// arrival, ld.acquire.gpu polling (mk_sync.cuh's grid_sync). An untimed first barrier lines the threads up.
+__device__ __forceinline__ unsigned long long release_barriers_ns(unsigned* cnt, unsigned arrivals, int n) {
+    unsigned long long t = 0;
+    for (int i = 1; i <= n + 1; ++i) {
+        if (i == 2) t = now_ns();
+        asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(cnt) : "memory");
+        const unsigned target = arrivals * (unsigned)i;
+        unsigned v;
+        do {
+            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(cnt) : "memory");
+        } while ((int)(v - target) < 0);
+    }
+    return now_ns() - t;
+}
+
 // ns for `n` x (st.relaxed.gpu to `line` + fence.acq_rel.gpu): what a release costs the thread.
 __device__ __forceinline__ unsigned long long gpu_fence_ns(unsigned* line, int n) {
     const unsigned long long t = now_ns();
