@@ -243,8 +243,6 @@ int main() {
                 t0 = std::min(t0, o[b * NOUT + 3]);
                 t1 = std::max(t1, o[b * NOUT + 4]);
             }
-            std::sort(flat.begin(), flat.end());
-            std::sort(lead.begin(), lead.end());
             const double tbs = (double)copies * SLOT / (double)(t1 - t0) / 1e3;
             char what[64];
             if (!c[0]) snprintf(what, sizeof what, "none");
@@ -252,7 +250,7 @@ int main() {
                 snprintf(what, sizeof what, "%u x 32 KB per %s", c[0],
                          c[1] == 0 ? "block" : c[1] == 1 ? "member (leaders idle)" : "member, into the leader");
             if (rep == 1)
-                printf("%-38s %7.2f %8.0f %8.0f %12llu\n", what, tbs, flat[grid / 2], lead[grid / 2], bad);
+                printf("%-38s %7.2f %8.0f %8.0f %12llu\n", what, tbs, median(flat), median(lead), bad);
         }
     }
     return 0;

@@ -218,11 +218,10 @@ int main() {
                 t1 = std::max(t1, o[b * NOUT + 3]);
                 bad += o[b * NOUT + 4];
             }
-            std::sort(ns.begin(), ns.end());
             const double tbs = c[2] ? (double)copies * SLOT / (double)(t1 - t0) / 1e3 : 0.0;
             if (rep == 1)
                 printf("%-9s %3u %10u %7.2f %10.0f %12llu\n", c[0] ? "counted" : "flat", c[1], c[2], tbs,
-                       ns[grid / 2], bad);
+                       median(ns), bad);
         }
     }
     return 0;

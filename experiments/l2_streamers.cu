@@ -87,30 +87,13 @@ __global__ void __launch_bounds__(64, 1) probe(Args a) {
     }
     __syncthreads();
     if (threadIdx.x == 0) {  // the compute block's stream: its 32 KB of each round, `inflight` copies in flight
-        unsigned long long copies = 0, pol;
-        asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
-        unsigned q = 0;
-        for (; phase < 2; ++q) {
-            if (q >= a.inflight) {
-                const unsigned q0 = q - a.inflight;
-                while (!mbar_test(&full[q0 % NS], (q0 / NS) & 1u)) {
-                }
-                if (phase == 1) ++copies;
-            }
-            if (b == 0) a.prog[0] = q;  // the streamers pace themselves on block 0
-            const unsigned bar = su32(&full[q % NS]);
-            asm volatile("{ .reg .b64 st; mbarrier.arrive.expect_tx.shared.b64 st, [%0], %1; }" ::"r"(bar),
-                         "r"(SLOT) : "memory");
-            const char* p = a.src + (q % a.rounds) * round_bytes + (unsigned long long)b * SLOT;
-            asm volatile(
-                "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, "
-                "[%3], %4;" ::"r"(su32(ring + (q % NS) * SLOT)),
-                "l"(p), "r"(SLOT), "r"(bar), "l"(pol) : "memory");
-        }
-        for (unsigned j = q > a.inflight ? q - a.inflight : 0; j < q; ++j)
-            while (!mbar_test(&full[j % NS], (j / NS) & 1u)) {
-            }
-        a.out[b * NOUT + 3] = copies;
+        a.out[b * NOUT + 3] = stream_ring_at(
+            full, NS, ring, SLOT,
+            [&](unsigned q) {
+                if (b == 0) a.prog[0] = q;  // the streamers pace themselves on block 0
+                return a.src + (q % a.rounds) * round_bytes + (unsigned long long)b * SLOT;
+            },
+            a.inflight, &phase, [](unsigned long long, unsigned) {});
         return;
     }
     if (threadIdx.x != 32) return;
@@ -157,11 +140,8 @@ int main() {
             CK(cudaMemset(prog, 0, 64 * 4));
             CK(cudaMemset(out, 0, d.sms * NOUT * 8));
             Args a{d.src, SRC_BYTES / round_bytes, c[0], c[1], c[2], chain, chain_len, bar, own, prog, out};
-            void* args[] = {&a};
-            CK(cudaLaunchCooperativeKernel((const void*)probe, dim3(d.sms), dim3(64), args, RING, 0));
-            CK(cudaDeviceSynchronize());
-            std::vector<unsigned long long> o(d.sms * NOUT);
-            CK(cudaMemcpy(o.data(), out, d.sms * NOUT * 8, cudaMemcpyDeviceToHost));
+            std::vector<unsigned long long> o;
+            if (run_coop(probe, a, d.sms, 64, RING, out, d.sms * NOUT, &o)) return 1;
             std::vector<double> v[3];
             unsigned long long copies = 0, t0 = ~0ull, t1 = 0, pf = 0;
             const double per[3] = {CHAIN, FENCES, BARRIERS};
@@ -176,10 +156,7 @@ int main() {
                 for (int k = 0; k < 3; ++k) v[k].push_back((double)o[b * NOUT + k] / per[k]);
             }
             double med[3];
-            for (int k = 0; k < 3; ++k) {
-                std::sort(v[k].begin(), v[k].end());
-                med[k] = v[k][v[k].size() / 2];
-            }
+            for (int k = 0; k < 3; ++k) med[k] = median(v[k]);
             const double span = (double)(t1 - t0);
             if (rep == 1)  // the streamers' bytes are counted from their own warm-up end: a rate, roughly
                 printf("%10u %9.1f %9u %10.2f %13.2f %9.0f %7.0f %8.0f\n", c[0], c[1] * round_bytes / 1048576.0,

@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdio>
 #include <cstdint>
+#include <algorithm>
 #include <utility>
 #include <vector>
 #include <cuda_runtime.h>
@@ -105,16 +106,16 @@ __device__ __forceinline__ unsigned long long gpu_fence_ns(unsigned* line, int n
     return now_ns() - t;
 }
 
-// One lane streams `per_block` bytes from `base` round and round into `ns` slots of `slot_bytes` at `ring`, each
-// copy completing on its slot's mbarrier in `full` (initialised with one arrival), `inflight` copies in flight
-// (<= ns), with the decode kernel's evict-first L2 policy, until *phase reaches 2; then waits for every issued copy to
-// land. `landed()` runs after each landing while *phase == 1 (a measurement hook). Returns the copies that landed
-// while *phase was 1.
-template <class OnLanded>
-__device__ unsigned long long stream_ring(uint64_t* full, unsigned ns, unsigned char* ring, unsigned slot_bytes,
-                                          const char* base, unsigned long long per_block, unsigned inflight,
-                                          volatile unsigned* phase, OnLanded landed) {
-    unsigned long long copies = 0, off = 0, pol;
+// One lane streams copy after copy into `ns` slots of `slot_bytes` at `ring`, copy q from `addr_of(q)` (called once
+// per copy, just before it is issued), each copy completing on its slot's mbarrier in `full` (initialised with one
+// arrival), `inflight` copies in flight (<= ns), with the decode kernel's evict-first L2 policy, until *phase reaches
+// 2; then waits for every issued copy to land. `landed()` runs after each landing while *phase == 1 (a measurement
+// hook). Returns the copies that landed while *phase was 1.
+template <class AddrOf, class OnLanded>
+__device__ unsigned long long stream_ring_at(uint64_t* full, unsigned ns, unsigned char* ring, unsigned slot_bytes,
+                                             AddrOf addr_of, unsigned inflight, volatile unsigned* phase,
+                                             OnLanded landed) {
+    unsigned long long copies = 0, pol;
     asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
     unsigned q = 0;
     for (; *phase < 2; ++q) {
@@ -127,18 +128,46 @@ __device__ unsigned long long stream_ring(uint64_t* full, unsigned ns, unsigned 
                 landed(copies, q);
             }
         }
+        const char* src = addr_of(q);
         const unsigned bar = su32(&full[q % ns]);
         asm volatile("{ .reg .b64 st; mbarrier.arrive.expect_tx.shared.b64 st, [%0], %1; }" ::"r"(bar),
                      "r"(slot_bytes) : "memory");
         asm volatile(
             "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], "
             "%4;" ::"r"(su32(ring + (q % ns) * slot_bytes)),
-            "l"(base + off), "r"(slot_bytes), "r"(bar), "l"(pol) : "memory");
-        off += slot_bytes;
-        if (off >= per_block) off = 0;
+            "l"(src), "r"(slot_bytes), "r"(bar), "l"(pol) : "memory");
     }
     for (unsigned j = q > inflight ? q - inflight : 0; j < q; ++j)  // every issued copy lands before the exit
         while (!mbar_test(&full[j % ns], (j / ns) & 1u)) {
         }
     return copies;
+}
+
+// stream_ring_at over `per_block` bytes from `base`, round and round (the decode kernel's producer on its rows).
+template <class OnLanded>
+__device__ unsigned long long stream_ring(uint64_t* full, unsigned ns, unsigned char* ring, unsigned slot_bytes,
+                                          const char* base, unsigned long long per_block, unsigned inflight,
+                                          volatile unsigned* phase, OnLanded landed) {
+    return stream_ring_at(
+        full, ns, ring, slot_bytes,
+        [=](unsigned q) { return base + (unsigned long long)q * slot_bytes % per_block; }, inflight, phase, landed);
+}
+
+// Launches `kernel(a)` cooperatively (`grid` blocks of `threads`, `smem` bytes of dynamic shared memory), waits for
+// it, and copies the `n` results at `out` into *o.
+template <class A>
+inline int run_coop(void (*kernel)(A), A a, int grid, int threads, int smem, const unsigned long long* out, size_t n,
+                    std::vector<unsigned long long>* o) {
+    void* args[] = {&a};
+    CK(cudaLaunchCooperativeKernel((const void*)kernel, dim3(grid), dim3(threads), args, smem, 0));
+    CK(cudaDeviceSynchronize());
+    o->resize(n);
+    CK(cudaMemcpy(o->data(), out, n * 8, cudaMemcpyDeviceToHost));
+    return 0;
+}
+
+// The median (the upper one of an even count) of `v`.
+inline double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
 }

@@ -149,11 +149,8 @@ int main() {
             CK(cudaMemset(bar, 0, 4 * 32 * 4));
             CK(cudaMemset(out, 0, d.sms * NOUT * 8));
             Args a{d.src, SRC_BYTES, c[0], c[1], c[2], c[3], chain, chain_len, bar, own, out};
-            void* args[] = {&a};
-            CK(cudaLaunchCooperativeKernel((const void*)probe, dim3(d.sms), dim3(64), args, RING, 0));
-            CK(cudaDeviceSynchronize());
-            std::vector<unsigned long long> o(d.sms * NOUT);
-            CK(cudaMemcpy(o.data(), out, d.sms * NOUT * 8, cudaMemcpyDeviceToHost));
+            std::vector<unsigned long long> o;
+            if (run_coop(probe, a, d.sms, 64, RING, out, d.sms * NOUT, &o)) return 1;
             std::vector<double> v[9];
             unsigned long long copies = 0, t0 = ~0ull, t1 = 0;
             const double per[6] = {CHAIN, FENCES, BARRIERS, BARRIERS, BARRIERS, BARRIERS};
@@ -168,10 +165,7 @@ int main() {
                 v[8].push_back((double)o[b * NOUT + 11] / FENCES);
             }
             double med[9];
-            for (int k = 0; k < 9; ++k) {
-                std::sort(v[k].begin(), v[k].end());
-                med[k] = v[k][v[k].size() / 2];
-            }
+            for (int k = 0; k < 9; ++k) med[k] = median(v[k]);
             const double tbs = (double)copies * c[0] * 1024 / (double)(t1 - t0) / 1e3;
             char sf[16] = "-";
             if (c[3]) snprintf(sf, sizeof sf, "%.0f", med[6]);

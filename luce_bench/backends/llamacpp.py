@@ -99,8 +99,16 @@ def cuda_build() -> bool:
     """
     import llama_cpp
 
-    system = (llama_cpp.llama_print_system_info() or b"").decode("utf-8", "replace")
-    return "CUDA" in system or bool(llama_cpp.llama_supports_gpu_offload()) or bool(cuda_build_files())
+    return _cuda_in(_system_info(llama_cpp), bool(llama_cpp.llama_supports_gpu_offload()))
+
+
+def _system_info(llama_cpp: Any) -> str:
+    return (llama_cpp.llama_print_system_info() or b"").decode("utf-8", "replace").strip()
+
+
+def _cuda_in(system_info: str, offload: bool) -> bool:
+    """cuda_build() from what the loaded library says (its backends, whether it offloads) and the installed files."""
+    return "CUDA" in system_info or offload or bool(cuda_build_files())
 
 
 def no_gpu_for_the_cuda_build() -> str:
@@ -140,11 +148,11 @@ def build_info() -> dict[str, Any]:
     if commit in ("unknown", "") or commit.startswith("unknown"):
         commit = KNOWN_COMMITS.get(llama_cpp.__version__, "unknown")
     offload = bool(llama_cpp.llama_supports_gpu_offload())
-    system = (llama_cpp.llama_print_system_info() or b"").decode("utf-8", "replace").strip()
+    system = _system_info(llama_cpp)
     return {
         "llama_cpp_python": llama_cpp.__version__,
         "build_commit": commit,
-        "build": "cuda" if cuda_build() else "cpu",
+        "build": "cuda" if _cuda_in(system, offload) else "cpu",
         "gpu_offload": offload,
         "system_info": system,
         "build_recipe": marker.get("recipe"),
