@@ -33,9 +33,10 @@
 extern "C" {
 #endif
 
-#define LUCE_MK_ABI_VERSION 9  /* 6: + the prefill entry points (the decode ABI is that of 4); 7: + the prefill at pos > 0;
+#define LUCE_MK_ABI_VERSION 11 /* 6: + the prefill entry points (the decode ABI is that of 4); 7: + the prefill at pos > 0;
                                   8: + the prefill's GEMMs through cuBLAS (luce_mk_prefill_cublas);
-                                  9: + LuceMkParams.tune (the per-GPU tuning, chosen at run time) */
+                                  9: + LuceMkParams.tune (the per-GPU tuning, chosen at run time); 10: branch
+                                  v14-counted (never merged); 11: + LuceMkTune.streamers, stream_lead */
 
 /* Small-parameter blob, f32 offsets inside one layer's LUCE_MK_SP_STRIDE floats. */
 enum LuceMkSmallParams {
@@ -85,6 +86,11 @@ typedef struct LuceMkTune {
     int inflight_lm;    /* 0..64: the same while streaming the LM head (its last rows per block go back to inflight) */
     int pause_mask;     /* LuceMkPauseReasons bits the producer honours */
     int spin_sleep_ns;  /* 0..4096: a sleep between two polls of global memory (0: poll at full speed) */
+    int streamers;      /* ABI 11. 0..32 (sm_90; 0 elsewhere): the last `streamers` blocks of the grid compute nothing
+                           and prefetch the other blocks' weight chunks into L2 (cp.async.bulk.prefetch.L2), so the
+                           computing blocks' copies hit L2; the grid's rows and items are split over the others. At
+                           least 4 blocks must compute. */
+    int stream_lead;    /* ABI 11. 1..64: how many chunks ahead of a block's producer its streamer prefetches */
 } LuceMkTune;
 
 typedef struct LuceMkParams {

@@ -48,6 +48,7 @@ constexpr int64_t KV_L = int64_t(NKV) * HD;          // K (or V) cache elements 
 // The residual stream is three rotating buffers (mk_norm.cuh), each XC copies that the split-K adds spread over.
 constexpr int XC = 4;            // 4 copies: 132 same-address f32 reductions serialise (~17 ns each); 8 cost more loads
 constexpr int CNT_STRIDE = 32;   // one counter per 128-byte line
+constexpr int STREAM_BLOCKS_MAX = 512;  // computing blocks a grid with streamers may have (tune.streamers)
 struct Scratch {
     u64 raw[GDN_ROWS];                     // P1 outputs (in_proj, or qkv in the first FA_ROWS), tagged
     u64 ss[DH][NSL];                       // GDN gated-norm partial sums of squares per (head, value slice), tagged
@@ -56,6 +57,7 @@ struct Scratch {
     float aml[NKV][ATT_MAXCH][QPG][2];     // attention: per-chunk (max, sum)
     alignas(16) float aout[NQH * HD];      // attention: merged, gated output (o_proj input)
     alignas(128) unsigned done[NQH][CNT_STRIDE];  // attention: chunk items finished per query head (reset each layer)
+    alignas(128) u64 progress[STREAM_BLOCKS_MAX]; // streamers: each computing block's producer, (sync_base << 32) | copies
 };
 static_assert(sizeof(Scratch) % 16 == 0, "scratch is a whole number of float4");
 constexpr int64_t SCRATCH_FLOATS = sizeof(Scratch) / 4;

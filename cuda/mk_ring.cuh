@@ -131,11 +131,28 @@ constexpr unsigned FULL_ARRIVALS = 1;
 constexpr unsigned FULL_ARRIVALS = 32;
 #endif
 
+// ---- streamers' primitives (the streamers below) ----
+#if __CUDA_ARCH__ >= 900
+__device__ __forceinline__ void prefetch_l2(const char* src, unsigned bytes) {
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(src), "r"(bytes) : "memory");
+}
+#endif
+// The producer's word: (launch << 32) | copies issued in this launch (the launch: sync_base, which grows every launch,
+// so a word left by an earlier launch reads as 0 copies).
+__device__ __forceinline__ void publish_progress(u64* word, unsigned launch, unsigned copies) {
+    asm volatile("st.relaxed.gpu.global.u64 [%0], %1;" ::"l"(word), "l"(((u64)launch << 32) | copies) : "memory");
+}
+__device__ __forceinline__ unsigned read_progress(const u64* word, unsigned launch) {
+    const u64 v = ld_gpu(word);
+    return (unsigned)(v >> 32) == launch ? (unsigned)v : 0u;
+}
+
 // ---- producer ----
 // Copies every chunk into the next free slot, with at most tune.inflight copies in flight (tune.inflight_lm in the LM
 // head but its last LM_TAIL_ROWS rows): every queued copy delays the consumers' dependent L2 round trips (NOTES.md
 // v9), and every release a consumer makes waits for the copies in flight on its SM (NOTES.md v13).
-__device__ void run_producer(const Ctx& c, const LuceMkParams& P) {
+// With streamers (tune.streamers > 0) it also publishes how many copies it has issued (`progress`: its block's word).
+__device__ void run_producer(const Ctx& c, const LuceMkParams& P, u64* progress) {
 #if __CUDA_ARCH__ >= 900
     if (c.lane != 0) return;
     const uint64_t pol = evict_first_policy();
@@ -160,10 +177,46 @@ __device__ void run_producer(const Ctx& c, const LuceMkParams& P) {
         char* dst = c.ring() + (size_t)slot * SLOT_BYTES;
 #if __CUDA_ARCH__ >= 900
         bulk_load(dst, src, bytes, &smem().full[slot], pol);
+        if (progress) publish_progress(progress, P.sync_base, qp + 1);
 #else
         warp_async_load(dst, src, bytes, &smem().full[slot], c.lane);
 #endif
     }
+}
+
+// ---- streamers (tune.streamers > 0, sm_90; cuda/NOTES.md, "v15") ----
+// The last tune.streamers blocks of the grid compute nothing. A release waits for the bulk copies in flight of its own
+// SM (NOTES.md, v13), so every computing SM pays for its own HBM stream at every grid barrier; the streamers take the
+// HBM side off them. Each serves a set of computing blocks: it walks each one's chunk stream as its producer does and
+// prefetches the chunks into L2 (cp.async.bulk.prefetch.L2) up to tune.stream_lead chunks ahead of the copies that
+// producer has issued, so the producers' copies hit L2 and land sooner. Prefetches are hints: nothing waits for them
+// and nothing computed depends on them. The streamers take no part in the grid barriers.
+// Streamer block c.b (>= c.G, the computing blocks) serves computing blocks c.b - c.G + S * j, one thread each:
+// j = warp + 16 * lane, so at most ceil(c.G / S) <= 512 threads work, one or a few lanes per warp.
+__device__ void run_streamer(const Ctx& c, const LuceMkParams& P, const u64* progress) {
+#if __CUDA_ARCH__ >= 900
+    const int S = (int)gridDim.x - c.G;
+    Ctx tc = c;  // the served block's view: its walk is its producer's
+    tc.b = c.b - c.G + S * (c.warp + (NT / 32) * c.lane);
+    if (tc.b >= c.G) return;
+    const unsigned lead = (unsigned)P.tune.stream_lead, launch = P.sync_base;
+    const u64* word = progress + tc.b;
+    unsigned issued = 0;  // the producer's copies issued, as last read
+    Walk w;
+    const char* src;
+    unsigned bytes;
+    for (unsigned qs = 0; walk_next(tc, P, w, src, bytes); ++qs) {
+        if (qs >= issued + lead) {
+            const unsigned long long t0 = global_ns();
+            unsigned n = 0;
+            while (qs >= (issued = read_progress(word, launch)) + lead) {
+                if ((++n & 0xfffffu) == 0) spin_check(t0);
+                __nanosleep(256);
+            }
+        }
+        prefetch_l2(src, bytes);
+    }
+#endif
 }
 
 // ---- consumers ----

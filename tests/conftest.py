@@ -64,6 +64,10 @@ KERNEL_TUNE_SETS = {
     "uncapped": {"inflight": 0, "inflight_lm": 0},
     "no-pause": {"pause_mask": 0},
     "spin-sleep128": {"spin_sleep_ns": 128},
+    # 128 computing blocks on an H100/H200 (one GDN item each); 16 leave fewer blocks than items (two items on some),
+    # prefetching one chunk ahead
+    "streamers4": {"streamers": 4},
+    "streamers16-lead1": {"streamers": 16, "stream_lead": 1},
 }
 
 

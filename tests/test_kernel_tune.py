@@ -30,6 +30,8 @@ def test_fields_parse_into_a_changed_tune():
         ("spin_sleep_ns=-1", "kernel tune spin_sleep_ns=-1: expected 0..4096"),
         ("pause_mask=1", "kernel tune pause_mask=1: expected a sum of 4 (x loads) and 8 (GDN items)"),
         ("inflight=2,inflight=3", "inflight is given twice"),
+        ("streamers=33", "kernel tune streamers=33: expected 0..32"),
+        ("streamers=4,stream_lead=0", "kernel tune stream_lead=0: expected 1..64"),
     ],
 )
 def test_bad_fields_are_one_line(text, message):
@@ -44,7 +46,8 @@ def test_the_device_choice_and_the_environment(monkeypatch):
     monkeypatch.delenv(kt.TUNE_ENV, raising=False)
     # the H200 and H100 measured nothing better than the defaults; an unmeasured GPU starts from them
     for name in ("NVIDIA H200", "NVIDIA H100 80GB HBM3", "NVIDIA GeForce RTX 3090"):
-        assert kt.for_device(name) == kt.Tune(inflight=1, inflight_lm=2, pause_mask=12, spin_sleep_ns=0)
+        expected = kt.Tune(inflight=1, inflight_lm=2, pause_mask=12, spin_sleep_ns=0, streamers=0, stream_lead=4)
+        assert kt.for_device(name) == expected
     monkeypatch.setenv(kt.TUNE_ENV, "inflight=3")
     assert kt.for_device("NVIDIA H200").inflight == 3
     monkeypatch.setenv(kt.TUNE_ENV, "inflight=3,bogus=1")

@@ -213,8 +213,14 @@ class MegakernelBackend(Backend):
                     f"(asked for {asked}); rebuild the kernel or drop the tune fields"
                 )
             self.tune = None
-        elif self.tune is None:
-            self.tune = for_device(torch.cuda.get_device_name(self._device))
+        else:
+            if self.tune is None:
+                self.tune = for_device(torch.cuda.get_device_name(self._device))
+            if self.tune.streamers and abi < klib.STREAMER_ABI:
+                raise UserError(
+                    f"{self._build.lib}: ABI {abi} has no streamer blocks (asked for streamers={self.tune.streamers}); "
+                    "rebuild the kernel or drop the field"
+                )
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         """Repack HF-named CPU tensors into the kernel layout on the device and allocate the state buffers."""
@@ -300,6 +306,11 @@ class MegakernelBackend(Backend):
     def device(self) -> Any:
         """The torch device the kernel runs on (after load)."""
         return self._device
+
+    @property
+    def computing_blocks(self) -> int:
+        """Blocks of the grid that compute (after load): all but the tune's streamers, which only prefetch into L2."""
+        return self.launch.grid - (self.tune.streamers if self.tune is not None else 0)
 
     @property
     def trace_points(self) -> int:
@@ -512,6 +523,7 @@ class MegakernelBackend(Backend):
             "archs": list(self._build.archs),
             "nvcc": self._build.nvcc_version,
             "grid": self.launch.grid,
+            "computing_blocks": self.computing_blocks,
             "threads": self.launch.threads,
             "smem_bytes": self.launch.smem_bytes,
             "ring_slots": self.launch.ring_slots,

@@ -226,8 +226,10 @@ def trace_cmd(
     from luce_bench.kernels import trace
 
     r = trace.run(steps=steps, pos=pos, seed=seed, flags=flags, options=_options(option), lib_dir=prebuilt)
+    streaming = r["grid"] - r["computing_blocks"]
+    blocks = f" ({r['computing_blocks']} computing, {streaming} streaming)" if streaming else ""
     typer.echo(
-        f"seed {r['seed']}; {r['gpu']}; tune {r['tune']}; grid {r['grid']}; untraced {r['untraced_us']:.1f} "
+        f"seed {r['seed']}; {r['gpu']}; tune {r['tune']}; grid {r['grid']}{blocks}; untraced {r['untraced_us']:.1f} "
         f"us/token, traced {r['traced_us']:.1f} us/token (steps {trace.WARM_STEPS}..{steps - 1} analysed)"
     )
     typer.echo(f"\n{'segment':36s} {'18 GDN (us)':>12s} {'6 attn (us)':>12s} {'per GDN layer':>14s}")

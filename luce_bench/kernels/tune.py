@@ -1,10 +1,10 @@
 """The decode kernel's per-GPU tuning (`LuceMkTune` of cuda/luce_mk.h), chosen at run time from the device.
 
 What depends on a GPU's memory system (how many weight copies each SM keeps in flight, when the producer pauses,
-whether waiting warps sleep between polls) is a launch parameter, not a build option: one library serves every card,
-and `luce-bench kernel bench --variant NAME@inflight=2` compares settings without a rebuild. `for_device` picks the
-measured values for the GPU by name (cuda/NOTES.md has the measurements); $LUCE_BENCH_KERNEL_TUNE overrides single
-fields, e.g. "inflight=2,spin_sleep_ns=64".
+whether waiting warps sleep between polls, whether a few SMs only prefetch the stream into L2) is a launch parameter,
+not a build option: one library serves every card, and `luce-bench kernel bench --variant NAME@inflight=2` compares
+settings without a rebuild. `for_device` picks the measured values for the GPU by name (cuda/NOTES.md has the
+measurements); $LUCE_BENCH_KERNEL_TUNE overrides single fields, e.g. "inflight=2,spin_sleep_ns=64".
 """
 
 from __future__ import annotations
@@ -28,14 +28,22 @@ class Tune:
     inflight_lm: int = 2  # the same in the LM head
     pause_mask: int = PAUSE_X_LOAD | PAUSE_GDN_ITEM  # stretches during which the producer issues nothing (sm_90)
     spin_sleep_ns: int = 0  # sleep between two polls of global memory
+    streamers: int = 0  # blocks that only prefetch the others' weight chunks into L2 (sm_90, ABI 11; 0: none)
+    stream_lead: int = 4  # chunks a streamer prefetches ahead of each producer's issued copies
 
-    LIMITS = {"inflight": 64, "inflight_lm": 64, "spin_sleep_ns": 4096}
+    LIMITS = {
+        "inflight": (0, 64),
+        "inflight_lm": (0, 64),
+        "spin_sleep_ns": (0, 4096),
+        "streamers": (0, 32),
+        "stream_lead": (1, 64),
+    }
 
     def __post_init__(self) -> None:
-        for name, top in self.LIMITS.items():
+        for name, (low, top) in self.LIMITS.items():
             v = getattr(self, name)
-            if not 0 <= v <= top:
-                raise UserError(f"kernel tune {name}={v}: expected 0..{top}")
+            if not low <= v <= top:
+                raise UserError(f"kernel tune {name}={v}: expected {low}..{top}")
         if self.pause_mask & ~(PAUSE_X_LOAD | PAUSE_GDN_ITEM):
             raise UserError(
                 f"kernel tune pause_mask={self.pause_mask}: expected a sum of {PAUSE_X_LOAD} (x loads) and "
