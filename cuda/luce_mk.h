@@ -89,7 +89,7 @@ typedef struct LuceMkTune {
     int streamers;      /* ABI 11. 0..32 (sm_90; 0 elsewhere): the last `streamers` blocks of the grid compute nothing
                            and prefetch the other blocks' weight chunks into L2 (cp.async.bulk.prefetch.L2), so the
                            computing blocks' copies hit L2; the grid's rows and items are split over the others. At
-                           least 4 blocks must compute. */
+                           least 8 blocks must compute (MIN_GRID). */
     int stream_lead;    /* ABI 11. 1..64: how many chunks ahead of a block's producer its streamer prefetches */
 } LuceMkTune;
 

@@ -134,7 +134,7 @@ int dev_info(DevInfo** out) {
         if ((e = cudaDeviceGetAttribute(&d.coop, cudaDevAttrCooperativeLaunch, dev)) != cudaSuccess) return (int)e;
         if ((e = cudaDeviceGetAttribute(&d.cc_major, cudaDevAttrComputeCapabilityMajor, dev)) != cudaSuccess) return (int)e;
         if (!d.coop) return kErrNoCoop;
-        if (d.sms * mk::HS_MAX < mk::FF) return kErrGrid;  // one block per SM holds FF / grid MLP hidden units
+        if (d.sms < mk::MIN_GRID) return kErrGrid;  // one block per SM: the MLP split and the GDN items need 8
         d.ns = (d.optin - mk::SM_RING) / mk::SLOT_BYTES;
         if (d.ns > mk::MAX_SLOTS) d.ns = mk::MAX_SLOTS;
         if (d.ns < 2) return kErrSmem;
@@ -196,8 +196,7 @@ int luce_mk_decode(const LuceMkParams* p, void* stream) {
     if (rc) return rc;
     if (t.streamers > 0) {  // sm_90's bulk prefetch; enough computing blocks for the MLP split and the progress words
         const int computing = d->sms - t.streamers;
-        if (d->cc_major < 9 || t.stream_lead < 1 || computing * mk::HS_MAX < mk::FF || computing < 4 ||
-            computing > mk::STREAM_BLOCKS_MAX)
+        if (d->cc_major < 9 || t.stream_lead < 1 || computing < mk::MIN_GRID || computing > mk::STREAM_BLOCKS_MAX)
             return kErrArgs;
     }
     LuceMkParams prm = *p;
@@ -217,10 +216,12 @@ const char* luce_mk_error_string(int code) {
         case kErrNoCoop: return "luce_mk: device does not support cooperative launch";
         case kErrSmem: return "luce_mk: not enough shared memory per block for a 2-slot weight ring";
         case kErrOccupancy: return "luce_mk: occupancy API reports 0 resident blocks per SM";
-        case kErrGrid: return "luce_mk: too few SMs (each block holds at most 1024 of the 3584 MLP hidden units)";
+        case kErrGrid:
+            return "luce_mk: too few SMs (8 at least: each block holds at most 1024 of the 3584 MLP hidden units, and "
+                   "one GDN item of each head)";
         case kErrArgs:
             return "luce_mk: bad arguments (n_steps or n_tokens < 1, beyond max_seq, or a tune value out of range; "
-                   "streamers need sm_90, stream_lead >= 1 and at least 4 computing blocks)";
+                   "streamers need sm_90, stream_lead >= 1 and at least 8 computing blocks)";
         case LUCE_MK_ERR_PREFILL_SMEM:
             return "luce_mk: the prefill needs about 180 KB of shared memory per block (sm_80 / sm_90 class GPUs)";
         case LUCE_MK_ERR_CUBLAS_LOAD:

@@ -76,6 +76,11 @@ struct GdnWork {                  // GDN item
     float sc[6];                  // beta, decay, 1/|q|, 1/|k|, raw b, raw a
 };
 constexpr int HS_MAX = 1024;      // MLP hidden units per block (FF / grid): grids of >= 4 blocks
+// The fewest computing blocks a launch may have: FF / HS_MAX MLP hidden units per block, and one block never holds two
+// GDN items of one head (an item waits for its head's other value slices, mk_gdn.cuh: with fewer than NSL blocks a
+// block's second item of a head would wait for itself)
+constexpr int MIN_GRID = NSL > (FF + HS_MAX - 1) / HS_MAX ? NSL : (FF + HS_MAX - 1) / HS_MAX;
+static_assert(MIN_GRID == 8, "8 computing blocks at least");
 struct MlpWork {
     alignas(16) float part[H];    // the block's split-K down_proj partial
     float hs[HS_MAX];             // silu(gate) * up of the block's hidden units

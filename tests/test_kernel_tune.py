@@ -69,3 +69,30 @@ def test_the_python_mirrors_follow_the_header():
     assert fields == [name for name, _ in klib.LuceMkTune._fields_]
     assert fields == [f.name for f in dataclasses.fields(kt.Tune)]
     assert klib.LuceMkParams._fields_[-1][0] == "tune"  # appended (ABI 9): older libraries ignore it
+
+
+@pytest.mark.parametrize(
+    "streamers, sms, cap, archs, why",
+    [
+        (0, 8, (8, 0), ("sm_80",), None),  # no streamers: nothing to refuse
+        (4, 132, (9, 0), ("sm_90",), None),  # an H200 / H100
+        (4, 132, (9, 0), ("sm_80", "sm_86", "sm_89", "sm_90"), None),
+        (4, 132, (10, 0), ("sm_90",), None),  # a newer GPU runs the sm_90 code (PTX)
+        (4, 132, (9, 0), (), None),  # a prebuilt library without its ptxas report: the kernel decides
+        (4, 108, (8, 0), ("sm_80",), "needs an sm_90 GPU (bulk L2 prefetch); this one is sm_80"),
+        (4, 132, (9, 0), ("sm_80", "sm_89"), "needs the kernel built for sm_90; this library has sm_80, sm_89"),
+        (4, 132, (9, 0), ("sm_100",), "needs the kernel built for sm_90; this library has sm_100"),
+        (25, 32, (9, 0), ("sm_90",), "leaves 7 of 32 SMs computing; the kernel needs 8"),
+        (24, 32, (9, 0), ("sm_90",), None),
+    ],
+)
+def test_streamers_are_refused_where_they_cannot_run(streamers, sms, cap, archs, why):
+    got = kt.streamer_refusal(kt.Tune(streamers=streamers), sms, cap, archs)
+    assert got == (None if why is None else f"streamers={streamers} {why}")
+
+
+def test_the_fewest_computing_blocks_follow_the_kernel():
+    from luce_bench.kernels.build import source_dir
+
+    layout = (source_dir() / "mk_layout.cuh").read_text()
+    assert f"static_assert(MIN_GRID == {kt.MIN_COMPUTING_BLOCKS}," in layout

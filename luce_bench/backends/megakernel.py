@@ -202,7 +202,7 @@ class MegakernelBackend(Backend):
         self.launch = klib.LuceMkLaunchInfo()
         klib.check(self._lib, self._lib.luce_mk_launch_info(self.launch), "launch info")
         self.prefill_gemm = attach(self._lib)
-        from luce_bench.kernels.tune import TUNE_ENV, Tune, for_device
+        from luce_bench.kernels.tune import TUNE_ENV, Tune, for_device, streamer_refusal
 
         abi = self._lib.luce_mk_abi_version()
         if abi < 9:  # a library from before the run-time tune runs its compiled values
@@ -221,6 +221,10 @@ class MegakernelBackend(Backend):
                     f"{self._build.lib}: ABI {abi} has no streamer blocks (asked for streamers={self.tune.streamers}); "
                     "rebuild the kernel or drop the field"
                 )
+            cap = torch.cuda.get_device_capability(self._device)
+            why = streamer_refusal(self.tune, self.launch.sm_count, cap, tuple(self._build.archs))
+            if why:
+                raise UserError(f"kernel tune: {why}")
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         """Repack HF-named CPU tensors into the kernel layout on the device and allocate the state buffers."""

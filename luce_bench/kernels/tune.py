@@ -77,6 +77,32 @@ _BY_DEVICE: tuple[tuple[str, Tune], ...] = (
 )
 
 
+MIN_COMPUTING_BLOCKS = 8  # mk_layout.cuh MIN_GRID: the MLP split (4) and one GDN item per head and block (8)
+
+
+def streamer_refusal(tune: Tune, sm_count: int, capability: tuple[int, int], archs: tuple[str, ...]) -> str | None:
+    """Why this device or library cannot run the tune's streamer blocks (None: it can, or the tune has none).
+
+    The kernel refuses such a launch too (LUCE_MK_ERR_ARGS); this says why, before any GPU work. `archs`: the
+    library's ("sm_80", "sm_90", ...; empty: unknown); the device runs the newest one not above its own compute
+    capability, and only sm_90 code streams (an sm_80 library on an H100 would leave the streamer SMs idle).
+    """
+    if not tune.streamers:
+        return None
+    device = capability[0] * 10 + capability[1]
+    if device < 90:
+        return f"streamers={tune.streamers} needs an sm_90 GPU (bulk L2 prefetch); this one is sm_{device}"
+    runs = max((n for n in (int(re.sub(r"\D", "", a)) for a in archs) if n <= device), default=0)
+    if archs and runs < 90:  # (a prebuilt library without its ptxas report does not say)
+        return f"streamers={tune.streamers} needs the kernel built for sm_90; this library has {', '.join(archs)}"
+    if sm_count - tune.streamers < MIN_COMPUTING_BLOCKS:
+        return (
+            f"streamers={tune.streamers} leaves {sm_count - tune.streamers} of {sm_count} SMs computing; the kernel "
+            f"needs {MIN_COMPUTING_BLOCKS}"
+        )
+    return None
+
+
 def parse_fields(text: str | None, where: str) -> dict[str, int]:
     """Tune fields from text: "inflight=2, spin_sleep_ns=64" -> {"inflight": 2, "spin_sleep_ns": 64}."""
     names = {f.name for f in dataclasses.fields(Tune)}
