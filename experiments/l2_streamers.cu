@@ -9,10 +9,12 @@
 // so their fences wait less, and one copy in flight may carry more than 30 GB/s per SM.
 //
 // One block per SM. The last S blocks are streamers: each prefetches its share of every round of the stream up to
-// LEAD rounds ahead of compute block 0's progress. The other C blocks compute: lane 0 of warp 0 copies the block's
-// 32 KB part of each round into a 192 KB shared-memory ring (`inflight` copies in flight, evict-first, as the decode
-// kernel's producer; a round is C x 32 KB contiguous, so the C blocks read the buffer front to back together), and
-// lane 0 of warp 1 measures as stream_latency.cu does: a chain of dependent L2 loads, a store + fence.acq_rel.gpu, and
+// LEAD rounds ahead of compute block 0's progress, in bulk (cp.async.bulk.prefetch.L2, 1 MB or 32 KB per instruction:
+// the TMA unit of the SM issues the lines) or line by line (prefetch.global.L2 from all 64 threads: the load/store
+// units issue them), in case one SM's TMA cannot request lines as fast as the stream needs. The other C blocks
+// compute: lane 0 of warp 0 copies the block's 32 KB part of each round into a 192 KB shared-memory ring (`inflight`
+// copies in flight, evict-first, as the decode kernel's producer; a round is C x 32 KB contiguous, so the C blocks read
+// the buffer front to back together), and lane 0 of warp 1 measures as stream_latency.cu does: a chain of dependent L2 loads, a store + fence.acq_rel.gpu, and
 // a grid barrier of the C compute blocks (red.release + ld.acquire).
 // Prints per case: the compute blocks' copy rate (TB/s over the measured span), the streamers' prefetch rate, and the
 // medians over the compute blocks of the L2 load, the fence and the barrier (ns).
@@ -35,6 +37,8 @@ struct Args {
     const char* src;
     unsigned long long rounds;  // rounds in the buffer (a round: C x SLOT bytes); the stream wraps around
     unsigned streamers, lead, inflight;
+    unsigned mode;  // how a streamer prefetches: 0 bulk, 1 MB per instruction; 1 bulk, 32 KB (the kernel's chunks);
+                    // 2 prefetch.global.L2 line by line, all 64 threads of the block
     const unsigned* chain;  // L2-resident pointer chase: chain[i] = next index
     unsigned chain_len;
     unsigned* bar;            // barrier counter (zeroed before the launch)
@@ -48,6 +52,9 @@ extern __shared__ __align__(128) unsigned char ring[];
 __device__ __forceinline__ void prefetch_l2(const char* p, unsigned bytes) {
     asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
 }
+__device__ __forceinline__ void prefetch_line(const char* p) {
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(p) : "memory");
+}
 
 __global__ void __launch_bounds__(64, 1) probe(Args a) {
     __shared__ uint64_t full[NS];
@@ -55,8 +62,8 @@ __global__ void __launch_bounds__(64, 1) probe(Args a) {
     const int G = gridDim.x, b = blockIdx.x;
     const int C = G - (int)a.streamers;
     const unsigned long long round_bytes = (unsigned long long)C * SLOT;
-    if (b >= C) {  // a streamer: lane 0 prefetches its share of each round, up to `lead` rounds ahead of block 0
-        if (threadIdx.x != 0) return;
+    if (b >= C) {  // a streamer: prefetches its share of each round, up to `lead` rounds ahead of block 0
+        if (a.mode != 2 && threadIdx.x != 0) return;  // bulk modes: thread 0 alone; line mode: every thread
         const unsigned s = b - C, S = a.streamers;
         const unsigned long long share = round_bytes / S / 16 * 16;  // the last streamer also takes the remainder
         const unsigned long long first = share * s;
@@ -71,14 +78,19 @@ __global__ void __launch_bounds__(64, 1) probe(Args a) {
             }
             for (; next < upto; ++next) {
                 const char* base = a.src + (next % a.rounds) * round_bytes + first;
-                for (unsigned long long off = 0; off < bytes; off += 1u << 20) {  // up to 1 MB per prefetch
-                    const unsigned n = (unsigned)min(bytes - off, 1ull << 20);
-                    prefetch_l2(base + off, n);
+                if (a.mode == 2) {
+                    for (unsigned long long off = threadIdx.x * 128ull; off < bytes; off += blockDim.x * 128ull)
+                        prefetch_line(base + off);
+                } else {
+                    const unsigned long long most = a.mode == 0 ? 1ull << 20 : SLOT;
+                    for (unsigned long long off = 0; off < bytes; off += most)
+                        prefetch_l2(base + off, (unsigned)min(bytes - off, most));
                 }
-                if (now_ns() - t0 > 200000) done += bytes;  // after the warm-up (as the compute blocks count)
+                // after the warm-up (as the compute blocks count); thread 0 counts for its block
+                if (threadIdx.x == 0 && now_ns() - t0 > 200000) done += bytes;
             }
         }
-        a.out[b * NOUT + 6] = done;
+        if (threadIdx.x == 0) a.out[b * NOUT + 6] = done;
         return;
     }
     if (threadIdx.x == 0) {
@@ -127,11 +139,13 @@ int main() {
            "dependent loads, fence = st.relaxed + fence.acq_rel.gpu, barrier = red.release + ld.acquire of the compute "
            "blocks (%d), ns\n",
            d.prop.name, d.sms, d.prop.l2CacheSize >> 20, CHAIN, BARRIERS);
-    printf("%10s %9s %9s %10s %13s %9s %7s %8s\n", "streamers", "lead (MB)", "in flight", "copy TB/s", "prefetch TB/s",
-           "L2 load", "fence", "barrier");
-    // streamer SMs, lead in rounds, copies in flight per compute block (the first two: today's stream)
-    const unsigned cases[][3] = {{0, 0, 1}, {0, 0, 2}, {4, 2, 1}, {4, 4, 1}, {8, 2, 1}, {8, 4, 1}, {8, 8, 1},
-                                 {8, 4, 2}, {16, 4, 1}, {16, 4, 2}, {0, 0, 1}};
+    printf("%10s %9s %9s %6s %10s %13s %9s %7s %8s\n", "streamers", "lead (MB)", "in flight", "mode", "copy TB/s",
+           "prefetch TB/s", "L2 load", "fence", "barrier");
+    // streamer SMs, lead in rounds, copies in flight per compute block, prefetch mode (Args::mode: 0 bulk 1 MB, 1 bulk
+    // 32 KB as the kernel's streamers, 2 line by line); the first two: today's stream
+    const unsigned cases[][4] = {{0, 0, 1, 0},  {0, 0, 2, 0},  {4, 2, 1, 0}, {4, 4, 1, 0}, {4, 4, 1, 1}, {4, 4, 1, 2},
+                                 {8, 2, 1, 0},  {8, 4, 1, 0},  {8, 4, 1, 1}, {8, 4, 1, 2}, {8, 8, 1, 0}, {8, 4, 2, 0},
+                                 {16, 4, 1, 0}, {16, 4, 1, 2}, {16, 4, 2, 0}, {0, 0, 1, 0}};
     for (auto& c : cases) {
         const int C = d.sms - (int)c[0];
         const unsigned long long round_bytes = (unsigned long long)C * SLOT;
@@ -139,7 +153,7 @@ int main() {
             CK(cudaMemset(bar, 0, 32 * 4));
             CK(cudaMemset(prog, 0, 64 * 4));
             CK(cudaMemset(out, 0, d.sms * NOUT * 8));
-            Args a{d.src, SRC_BYTES / round_bytes, c[0], c[1], c[2], chain, chain_len, bar, own, prog, out};
+            Args a{d.src, SRC_BYTES / round_bytes, c[0], c[1], c[2], c[3], chain, chain_len, bar, own, prog, out};
             std::vector<unsigned long long> o;
             if (run_coop(probe, a, d.sms, 64, RING, out, d.sms * NOUT, &o)) return 1;
             std::vector<double> v[3];
@@ -159,8 +173,8 @@ int main() {
             for (int k = 0; k < 3; ++k) med[k] = median(v[k]);
             const double span = (double)(t1 - t0);
             if (rep == 1)  // the streamers' bytes are counted from their own warm-up end: a rate, roughly
-                printf("%10u %9.1f %9u %10.2f %13.2f %9.0f %7.0f %8.0f\n", c[0], c[1] * round_bytes / 1048576.0,
-                       c[2], copies * (double)SLOT / span / 1e3, pf / span / 1e3, med[0], med[1], med[2]);
+                printf("%10u %9.1f %9u %6u %10.2f %13.2f %9.0f %7.0f %8.0f\n", c[0], c[1] * round_bytes / 1048576.0,
+                       c[2], c[3], copies * (double)SLOT / span / 1e3, pf / span / 1e3, med[0], med[1], med[2]);
         }
     }
     return 0;
