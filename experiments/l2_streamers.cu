@@ -14,8 +14,9 @@
 // units issue them), in case one SM's TMA cannot request lines as fast as the stream needs. The other C blocks
 // compute: lane 0 of warp 0 copies the block's 32 KB part of each round into a 192 KB shared-memory ring (`inflight`
 // copies in flight, evict-first, as the decode kernel's producer; a round is C x 32 KB contiguous, so the C blocks read
-// the buffer front to back together), and lane 0 of warp 1 measures as stream_latency.cu does: a chain of dependent L2 loads, a store + fence.acq_rel.gpu, and
-// a grid barrier of the C compute blocks (red.release + ld.acquire).
+// the buffer front to back together), and lane 0 of warp 1 measures as stream_latency.cu does: a chain of dependent
+// L2 loads, a store + fence.acq_rel.gpu, and a grid barrier of the C compute blocks (red.release + ld.acquire).
+// Without streamers, the copier can also prefetch its own part a few rounds ahead (modes 3 and 4, Args::mode).
 // Prints per case: the compute blocks' copy rate (TB/s over the measured span), the streamers' prefetch rate, and the
 // medians over the compute blocks of the L2 load, the fence and the barrier (ns).
 //
@@ -38,7 +39,9 @@ struct Args {
     unsigned long long rounds;  // rounds in the buffer (a round: C x SLOT bytes); the stream wraps around
     unsigned streamers, lead, inflight;
     unsigned mode;  // how a streamer prefetches: 0 bulk, 1 MB per instruction; 1 bulk, 32 KB (the kernel's chunks);
-                    // 2 prefetch.global.L2 line by line, all 64 threads of the block
+                    // 2 prefetch.global.L2 line by line, all 64 threads of the block. Without streamers, 3 and 4: the
+                    // compute blocks' copier prefetches its own part `lead` rounds ahead, line by line (3) or in bulk
+                    // (4: v12's "L2 lead", -17 %): does a fence wait for its own SM's prefetches too?
     const unsigned* chain;  // L2-resident pointer chase: chain[i] = next index
     unsigned chain_len;
     unsigned* bar;            // barrier counter (zeroed before the launch)
@@ -103,7 +106,15 @@ __global__ void __launch_bounds__(64, 1) probe(Args a) {
             full, NS, ring, SLOT,
             [&](unsigned q) {
                 if (b == 0) a.prog[0] = q;  // the streamers pace themselves on block 0
-                return a.src + (q % a.rounds) * round_bytes + (unsigned long long)b * SLOT;
+                const auto part = [&](unsigned r) {
+                    return a.src + (r % a.rounds) * round_bytes + (unsigned long long)b * SLOT;
+                };
+                if (a.mode >= 3)  // its own part `lead` rounds ahead (and the first `lead` parts at the start)
+                    for (unsigned r = q ? q + a.lead : 0; r <= q + a.lead; ++r) {
+                        if (a.mode == 4) prefetch_l2(part(r), SLOT);
+                        else for (unsigned off = 0; off < SLOT; off += 128) prefetch_line(part(r) + off);
+                    }
+                return part(q);
             },
             a.inflight, &phase, [](unsigned long long, unsigned) {});
         return;
@@ -145,7 +156,8 @@ int main() {
     // 32 KB as the kernel's streamers, 2 line by line); the first two: today's stream
     const unsigned cases[][4] = {{0, 0, 1, 0},  {0, 0, 2, 0},  {4, 2, 1, 0}, {4, 4, 1, 0}, {4, 4, 1, 1}, {4, 4, 1, 2},
                                  {8, 2, 1, 0},  {8, 4, 1, 0},  {8, 4, 1, 1}, {8, 4, 1, 2}, {8, 8, 1, 0}, {8, 4, 2, 0},
-                                 {16, 4, 1, 0}, {16, 4, 1, 2}, {16, 4, 2, 0}, {0, 0, 1, 0}};
+                                 {16, 4, 1, 0}, {16, 4, 1, 2}, {16, 4, 2, 0}, {0, 2, 1, 3},  {0, 4, 1, 3}, {0, 4, 1, 4},
+                                 {0, 0, 1, 0}};
     for (auto& c : cases) {
         const int C = d.sms - (int)c[0];
         const unsigned long long round_bytes = (unsigned long long)C * SLOT;
