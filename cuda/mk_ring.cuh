@@ -131,12 +131,14 @@ constexpr unsigned FULL_ARRIVALS = 1;
 constexpr unsigned FULL_ARRIVALS = 32;
 #endif
 
-// ---- streamers' primitives (the streamers below) ----
+// ---- L2 prefetch primitives (the streamers below, the producer's own prefetch) ----
 #if __CUDA_ARCH__ >= 900
 __device__ __forceinline__ void prefetch_l2(const char* src, unsigned bytes) {
     asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(src), "r"(bytes) : "memory");
 }
 #endif
+// One 128-byte line into L2 through the load/store unit (the producer's own prefetch, tune.prefetch_lead).
+__device__ __forceinline__ void prefetch_line(const char* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p) : "memory"); }
 // The producer's word: (launch << 32) | copies issued in this launch (the launch: sync_base, which grows every launch,
 // so a word left by an earlier launch reads as 0 copies).
 __device__ __forceinline__ void publish_progress(u64* word, unsigned launch, unsigned copies) {
@@ -152,10 +154,19 @@ __device__ __forceinline__ unsigned read_progress(const u64* word, unsigned laun
 // head but its last LM_TAIL_ROWS rows): every queued copy delays the consumers' dependent L2 round trips (NOTES.md
 // v9), and every release a consumer makes waits for the copies in flight on its SM (NOTES.md v13).
 // With streamers (tune.streamers > 0) it also publishes how many copies it has issued (`progress`: its block's word).
+// With tune.prefetch_lead = k > 0 (sm_90) the whole warp runs the loop: lane 0 copies, and after each copy the 32
+// lanes prefetch the lines of the chunk k ahead into L2 (prefetch.global.L2, not the TMA unit), so that its copy hits
+// L2; lanes 1-31 otherwise return at once.
 __device__ void run_producer(const Ctx& c, const LuceMkParams& P, u64* progress) {
 #if __CUDA_ARCH__ >= 900
-    if (c.lane != 0) return;
+    const unsigned ahead = (unsigned)P.tune.prefetch_lead;
+    if (c.lane != 0 && ahead == 0) return;
     const uint64_t pol = evict_first_policy();
+    Walk wp;  // `ahead` chunks ahead of the copies (the first `ahead` chunks are copied at once: not prefetched)
+    const char* psrc;
+    unsigned pbytes;
+    bool more = true;
+    for (unsigned i = 0; i < ahead && more; ++i) more = walk_next(c, P, wp, psrc, pbytes);
 #endif
     const unsigned ns = (unsigned)c.ns, pause_mask = (unsigned)P.tune.pause_mask;
     const unsigned cap_layers = (unsigned)P.tune.inflight, cap_lm = (unsigned)P.tune.inflight_lm;
@@ -176,8 +187,12 @@ __device__ void run_producer(const Ctx& c, const LuceMkParams& P, u64* progress)
         pause_wait(pause_mask);
         char* dst = c.ring() + (size_t)slot * SLOT_BYTES;
 #if __CUDA_ARCH__ >= 900
-        bulk_load(dst, src, bytes, &smem().full[slot], pol);
-        if (progress) publish_progress(progress, P.sync_base, qp + 1);
+        if (c.lane == 0) {
+            bulk_load(dst, src, bytes, &smem().full[slot], pol);
+            if (progress) publish_progress(progress, P.sync_base, qp + 1);
+        }
+        if (ahead && more && (more = walk_next(c, P, wp, psrc, pbytes)))
+            for (unsigned off = (unsigned)c.lane * 128u; off < pbytes; off += 32u * 128u) prefetch_line(psrc + off);
 #else
         warp_async_load(dst, src, bytes, &smem().full[slot], c.lane);
 #endif

@@ -68,6 +68,7 @@ KERNEL_TUNE_SETS = {
     # prefetching one chunk ahead
     "streamers4": {"streamers": 4},
     "streamers16-lead1": {"streamers": 16, "stream_lead": 1},
+    "prefetch-lead2": {"prefetch_lead": 2},  # the producer warp prefetches lines of the chunk two ahead
 }
 
 

@@ -32,6 +32,7 @@ def test_fields_parse_into_a_changed_tune():
         ("inflight=2,inflight=3", "inflight is given twice"),
         ("streamers=33", "kernel tune streamers=33: expected 0..32"),
         ("streamers=4,stream_lead=0", "kernel tune stream_lead=0: expected 1..64"),
+        ("prefetch_lead=17", "kernel tune prefetch_lead=17: expected 0..16"),
     ],
 )
 def test_bad_fields_are_one_line(text, message):
@@ -46,7 +47,9 @@ def test_the_device_choice_and_the_environment(monkeypatch):
     monkeypatch.delenv(kt.TUNE_ENV, raising=False)
     # the H200 and H100 measured nothing better than the defaults; an unmeasured GPU starts from them
     for name in ("NVIDIA H200", "NVIDIA H100 80GB HBM3", "NVIDIA GeForce RTX 3090"):
-        expected = kt.Tune(inflight=1, inflight_lm=2, pause_mask=12, spin_sleep_ns=0, streamers=0, stream_lead=4)
+        expected = kt.Tune(
+            inflight=1, inflight_lm=2, pause_mask=12, spin_sleep_ns=0, streamers=0, stream_lead=4, prefetch_lead=0
+        )
         assert kt.for_device(name) == expected
     monkeypatch.setenv(kt.TUNE_ENV, "inflight=3")
     assert kt.for_device("NVIDIA H200").inflight == 3
@@ -79,7 +82,7 @@ def test_the_python_mirrors_follow_the_header():
         (4, 132, (9, 0), ("sm_80", "sm_86", "sm_89", "sm_90"), None),
         (4, 132, (10, 0), ("sm_90",), None),  # a newer GPU runs the sm_90 code (PTX)
         (4, 132, (9, 0), (), None),  # a prebuilt library without its ptxas report: the kernel decides
-        (4, 108, (8, 0), ("sm_80",), "needs an sm_90 GPU (bulk L2 prefetch); this one is sm_80"),
+        (4, 108, (8, 0), ("sm_80",), "needs an sm_90 GPU (L2 prefetch); this one is sm_80"),
         (4, 132, (9, 0), ("sm_80", "sm_89"), "needs the kernel built for sm_90; this library has sm_80, sm_89"),
         (4, 132, (9, 0), ("sm_100",), "needs the kernel built for sm_90; this library has sm_100"),
         (25, 32, (9, 0), ("sm_90",), "leaves 7 of 32 SMs computing; the kernel needs 8"),
@@ -87,8 +90,20 @@ def test_the_python_mirrors_follow_the_header():
     ],
 )
 def test_streamers_are_refused_where_they_cannot_run(streamers, sms, cap, archs, why):
-    got = kt.streamer_refusal(kt.Tune(streamers=streamers), sms, cap, archs)
+    got = kt.sm90_refusal(kt.Tune(streamers=streamers), sms, cap, archs)
     assert got == (None if why is None else f"streamers={streamers} {why}")
+
+
+def test_the_producers_prefetch_is_refused_below_sm_90():
+    both = kt.Tune(streamers=4, prefetch_lead=2)
+    assert kt.sm90_refusal(kt.Tune(prefetch_lead=2), 132, (9, 0), ("sm_90",)) is None
+    assert kt.sm90_refusal(kt.Tune(prefetch_lead=2), 8, (9, 0), ("sm_90",)) is None  # no streamers: 8 SMs compute
+    assert kt.sm90_refusal(kt.Tune(prefetch_lead=2), 84, (8, 6), ("sm_86",)) == (
+        "prefetch_lead=2 needs an sm_90 GPU (L2 prefetch); this one is sm_86"
+    )
+    assert kt.sm90_refusal(both, 132, (9, 0), ("sm_80",)) == (
+        "streamers=4, prefetch_lead=2 needs the kernel built for sm_90; this library has sm_80"
+    )
 
 
 def test_the_fewest_computing_blocks_follow_the_kernel():

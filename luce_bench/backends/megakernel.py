@@ -202,7 +202,7 @@ class MegakernelBackend(Backend):
         self.launch = klib.LuceMkLaunchInfo()
         klib.check(self._lib, self._lib.luce_mk_launch_info(self.launch), "launch info")
         self.prefill_gemm = attach(self._lib)
-        from luce_bench.kernels.tune import TUNE_ENV, Tune, for_device, streamer_refusal
+        from luce_bench.kernels.tune import TUNE_ENV, Tune, for_device, sm90_refusal
 
         abi = self._lib.luce_mk_abi_version()
         if abi < 9:  # a library from before the run-time tune runs its compiled values
@@ -216,13 +216,14 @@ class MegakernelBackend(Backend):
         else:
             if self.tune is None:
                 self.tune = for_device(torch.cuda.get_device_name(self._device))
-            if self.tune.streamers and abi < klib.STREAMER_ABI:
+            prefetch = {k: v for k, v in self.tune.as_dict().items() if k in ("streamers", "prefetch_lead") and v}
+            if prefetch and abi < klib.PREFETCH_ABI:
                 raise UserError(
-                    f"{self._build.lib}: ABI {abi} has no streamer blocks (asked for streamers={self.tune.streamers}); "
-                    "rebuild the kernel or drop the field"
+                    f"{self._build.lib}: ABI {abi} has no L2 prefetch fields (asked for "
+                    f"{', '.join(f'{k}={v}' for k, v in prefetch.items())}); rebuild the kernel or drop them"
                 )
             cap = torch.cuda.get_device_capability(self._device)
-            why = streamer_refusal(self.tune, self.launch.sm_count, cap, tuple(self._build.archs))
+            why = sm90_refusal(self.tune, self.launch.sm_count, cap, tuple(self._build.archs))
             if why:
                 raise UserError(f"kernel tune: {why}")
 

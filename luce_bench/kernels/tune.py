@@ -1,7 +1,7 @@
 """The decode kernel's per-GPU tuning (`LuceMkTune` of cuda/luce_mk.h), chosen at run time from the device.
 
 What depends on a GPU's memory system (how many weight copies each SM keeps in flight, when the producer pauses,
-whether waiting warps sleep between polls, whether a few SMs only prefetch the stream into L2) is a launch parameter,
+whether waiting warps sleep between polls, what prefetches the stream into L2 and how far ahead) is a launch parameter,
 not a build option: one library serves every card, and `luce-bench kernel bench --variant NAME@inflight=2` compares
 settings without a rebuild. `for_device` picks the measured values for the GPU by name (cuda/NOTES.md has the
 measurements); $LUCE_BENCH_KERNEL_TUNE overrides single fields, e.g. "inflight=2,spin_sleep_ns=64".
@@ -30,6 +30,7 @@ class Tune:
     spin_sleep_ns: int = 0  # sleep between two polls of global memory
     streamers: int = 0  # blocks that only prefetch the others' weight chunks into L2 (sm_90, ABI 11; 0: none)
     stream_lead: int = 4  # chunks a streamer prefetches ahead of each producer's issued copies
+    prefetch_lead: int = 0  # the producer warp prefetches the lines of the chunk this many ahead (sm_90; 0: none)
 
     LIMITS = {
         "inflight": (0, 64),
@@ -37,6 +38,7 @@ class Tune:
         "spin_sleep_ns": (0, 4096),
         "streamers": (0, 32),
         "stream_lead": (1, 64),
+        "prefetch_lead": (0, 16),
     }
 
     def __post_init__(self) -> None:
@@ -80,22 +82,26 @@ _BY_DEVICE: tuple[tuple[str, Tune], ...] = (
 MIN_COMPUTING_BLOCKS = 8  # mk_layout.cuh MIN_GRID: the MLP split (4) and one GDN item per head and block (8)
 
 
-def streamer_refusal(tune: Tune, sm_count: int, capability: tuple[int, int], archs: tuple[str, ...]) -> str | None:
-    """Why this device or library cannot run the tune's streamer blocks (None: it can, or the tune has none).
+def sm90_refusal(tune: Tune, sm_count: int, capability: tuple[int, int], archs: tuple[str, ...]) -> str | None:
+    """Why this device or library cannot run the tune's L2 prefetching (None: it can, or the tune asks for none).
 
-    The kernel refuses such a launch too (LUCE_MK_ERR_ARGS); this says why, before any GPU work. `archs`: the
-    library's ("sm_80", "sm_90", ...; empty: unknown); the device runs the newest one not above its own compute
-    capability, and only sm_90 code streams (an sm_80 library on an H100 would leave the streamer SMs idle).
+    Streamer blocks (`streamers`) and the producer's own prefetch (`prefetch_lead`) are sm_90 code. The kernel
+    refuses such a launch too (LUCE_MK_ERR_ARGS); this says why, before any GPU work. `archs`: the library's ("sm_80",
+    "sm_90", ...; empty: unknown); the device runs the newest one not above its own compute capability (an sm_80
+    library on an H100 would leave the streamer SMs idle).
     """
-    if not tune.streamers:
+    asked = ", ".join(
+        f"{k}={v}" for k, v in (("streamers", tune.streamers), ("prefetch_lead", tune.prefetch_lead)) if v
+    )
+    if not asked:
         return None
     device = capability[0] * 10 + capability[1]
     if device < 90:
-        return f"streamers={tune.streamers} needs an sm_90 GPU (bulk L2 prefetch); this one is sm_{device}"
+        return f"{asked} needs an sm_90 GPU (L2 prefetch); this one is sm_{device}"
     runs = max((n for n in (int(re.sub(r"\D", "", a)) for a in archs) if n <= device), default=0)
     if archs and runs < 90:  # (a prebuilt library without its ptxas report does not say)
-        return f"streamers={tune.streamers} needs the kernel built for sm_90; this library has {', '.join(archs)}"
-    if sm_count - tune.streamers < MIN_COMPUTING_BLOCKS:
+        return f"{asked} needs the kernel built for sm_90; this library has {', '.join(archs)}"
+    if tune.streamers and sm_count - tune.streamers < MIN_COMPUTING_BLOCKS:
         return (
             f"streamers={tune.streamers} leaves {sm_count - tune.streamers} of {sm_count} SMs computing; the kernel "
             f"needs {MIN_COMPUTING_BLOCKS}"

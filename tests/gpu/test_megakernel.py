@@ -268,8 +268,8 @@ def test_tune_set_parity(option_ref, name):
     from luce_bench.kernels.tune import for_device
 
     tune = for_device(torch.cuda.get_device_name()).changed_by(KERNEL_TUNE_SETS[name])
-    if tune.streamers and torch.cuda.get_device_capability()[0] < 9:
-        pytest.skip("streamer blocks need an sm_90 GPU")
+    if (tune.streamers or tune.prefetch_lead) and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("the L2 prefetch fields need an sm_90 GPU")
     be = MegakernelBackend.from_state_dict(option_ref["sd"], max_seq=256, tune=tune)
     try:
         assert be.info()["tune"] == tune.as_dict()
