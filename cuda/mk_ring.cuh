@@ -2,6 +2,8 @@
 // block's rows of every phase (all layers, then the LM head, for every step) into a ring of shared-memory slots and
 // never waits on activations, only on free slots; the consumer warps take the chunks off the ring in the same order.
 // Waits for: free slots (empty mbarriers). Publishes: full slots (bulk copy completion on the full mbarriers).
+// Optional L2 prefetching ahead of the copies (sm_90, run-time tune): streamer blocks that walk the computing blocks'
+// streams (tune.streamers), or the producer warp's own lanes (tune.prefetch_lead).
 #pragma once
 #include "luce_mk.h"
 #include "mk_math.cuh"
