@@ -216,11 +216,10 @@ class MegakernelBackend(Backend):
         else:
             if self.tune is None:
                 self.tune = for_device(torch.cuda.get_device_name(self._device))
-            prefetch = {k: v for k, v in self.tune.as_dict().items() if k in ("streamers", "prefetch_lead") and v}
-            if prefetch and abi < klib.PREFETCH_ABI:
+            if self.tune.prefetching() and abi < klib.PREFETCH_ABI:
                 raise UserError(
-                    f"{self._build.lib}: ABI {abi} has no L2 prefetch fields (asked for "
-                    f"{', '.join(f'{k}={v}' for k, v in prefetch.items())}); rebuild the kernel or drop them"
+                    f"{self._build.lib}: ABI {abi} has no L2 prefetch fields (asked for {self.tune.prefetching()}); "
+                    "rebuild the kernel or drop them"
                 )
             cap = torch.cuda.get_device_capability(self._device)
             why = sm90_refusal(self.tune, self.launch.sm_count, cap, tuple(self._build.archs))

@@ -52,6 +52,10 @@ class Tune:
                 f"{PAUSE_GDN_ITEM} (GDN items)"
             )
 
+    def prefetching(self) -> str:
+        """The L2 prefetching this tune asks for (sm_90 code, ABI 11), e.g. "streamers=4, prefetch_lead=2"; "": none."""
+        return ", ".join(f"{k}={getattr(self, k)}" for k in ("streamers", "prefetch_lead") if getattr(self, k))
+
     def as_dict(self) -> dict[str, int]:
         """{"inflight": 1, ...}: the fields (meta.json, the ctypes struct)."""
         return dataclasses.asdict(self)
@@ -90,9 +94,7 @@ def sm90_refusal(tune: Tune, sm_count: int, capability: tuple[int, int], archs: 
     "sm_90", ...; empty: unknown); the device runs the newest one not above its own compute capability (an sm_80
     library on an H100 would leave the streamer SMs idle).
     """
-    asked = ", ".join(
-        f"{k}={v}" for k, v in (("streamers", tune.streamers), ("prefetch_lead", tune.prefetch_lead)) if v
-    )
+    asked = tune.prefetching()
     if not asked:
         return None
     device = capability[0] * 10 + capability[1]
