@@ -36,7 +36,8 @@ extern "C" {
 #define LUCE_MK_ABI_VERSION 11 /* 6: + the prefill entry points (the decode ABI is that of 4); 7: + the prefill at pos > 0;
                                   8: + the prefill's GEMMs through cuBLAS (luce_mk_prefill_cublas);
                                   9: + LuceMkParams.tune (the per-GPU tuning, chosen at run time); 10: branch
-                                  v14-counted (never merged); 11: + LuceMkTune.streamers, stream_lead, prefetch_lead */
+                                  v14-counted (never merged); 11: + LuceMkTune.streamers, stream_lead, prefetch_lead,
+                                  kv_prefetch */
 
 /* Small-parameter blob, f32 offsets inside one layer's LUCE_MK_SP_STRIDE floats. */
 enum LuceMkSmallParams {
@@ -93,6 +94,8 @@ typedef struct LuceMkTune {
     int stream_lead;    /* ABI 11. 1..64: how many chunks ahead of a block's producer its streamer prefetches */
     int prefetch_lead;  /* ABI 11. 0..16 (sm_90; 0 elsewhere): the producer warp prefetches the lines of the chunk this
                            many ahead of each copy into L2 (prefetch.global.L2); 0: none */
+    int kv_prefetch;    /* ABI 11. 0 or 1: an attention item prefetches its chunk's K and V cache rows into L2 before
+                           it waits for its query */
 } LuceMkTune;
 
 typedef struct LuceMkParams {

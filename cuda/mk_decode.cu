@@ -189,7 +189,7 @@ int luce_mk_decode(const LuceMkParams* p, void* stream) {
     const unsigned pauses = LUCE_MK_PAUSE_X_LOAD | LUCE_MK_PAUSE_GDN_ITEM;
     if (t.inflight < 0 || t.inflight > 64 || t.inflight_lm < 0 || t.inflight_lm > 64 || (t.pause_mask & ~pauses) ||
         t.spin_sleep_ns < 0 || t.spin_sleep_ns > 4096 || t.streamers < 0 || t.streamers > 32 || t.stream_lead < 0 ||
-        t.stream_lead > 64 || t.prefetch_lead < 0 || t.prefetch_lead > 16)
+        t.stream_lead > 64 || t.prefetch_lead < 0 || t.prefetch_lead > 16 || t.kv_prefetch < 0 || t.kv_prefetch > 1)
         return kErrArgs;
     DevInfo* d = nullptr;
     const int rc = dev_info(&d);

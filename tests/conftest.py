@@ -69,6 +69,7 @@ KERNEL_TUNE_SETS = {
     "streamers4": {"streamers": 4},
     "streamers16-lead1": {"streamers": 16, "stream_lead": 1},
     "prefetch-lead2": {"prefetch_lead": 2},  # the producer warp prefetches lines of the chunk two ahead
+    "kv-prefetch": {"kv_prefetch": 1},  # attention items prefetch their K/V rows
 }
 
 

@@ -33,6 +33,7 @@ def test_fields_parse_into_a_changed_tune():
         ("streamers=33", "kernel tune streamers=33: expected 0..32"),
         ("streamers=4,stream_lead=0", "kernel tune stream_lead=0: expected 1..64"),
         ("prefetch_lead=17", "kernel tune prefetch_lead=17: expected 0..16"),
+        ("kv_prefetch=2", "kernel tune kv_prefetch=2: expected 0..1"),
     ],
 )
 def test_bad_fields_are_one_line(text, message):
@@ -48,7 +49,14 @@ def test_the_device_choice_and_the_environment(monkeypatch):
     # the H200 and H100 measured nothing better than the defaults; an unmeasured GPU starts from them
     for name in ("NVIDIA H200", "NVIDIA H100 80GB HBM3", "NVIDIA GeForce RTX 3090"):
         expected = kt.Tune(
-            inflight=1, inflight_lm=2, pause_mask=12, spin_sleep_ns=0, streamers=0, stream_lead=4, prefetch_lead=0
+            inflight=1,
+            inflight_lm=2,
+            pause_mask=12,
+            spin_sleep_ns=0,
+            streamers=0,
+            stream_lead=4,
+            prefetch_lead=0,
+            kv_prefetch=0,
         )
         assert kt.for_device(name) == expected
     monkeypatch.setenv(kt.TUNE_ENV, "inflight=3")
@@ -92,6 +100,14 @@ def test_the_python_mirrors_follow_the_header():
 def test_streamers_are_refused_where_they_cannot_run(streamers, sms, cap, archs, why):
     got = kt.sm90_refusal(kt.Tune(streamers=streamers), sms, cap, archs)
     assert got == (None if why is None else f"streamers={streamers} {why}")
+
+
+def test_the_prefetch_fields_a_tune_asks_for():
+    assert kt.Tune().prefetching() == "" and kt.Tune(stream_lead=9).prefetching() == ""
+    t = kt.Tune(streamers=4, kv_prefetch=1)
+    assert t.prefetching() == "streamers=4, kv_prefetch=1" and t.sm90_prefetching() == "streamers=4"
+    # the attention items' K/V prefetch is plain prefetch.global.L2: any arch runs it
+    assert kt.sm90_refusal(kt.Tune(kv_prefetch=1), 84, (8, 6), ("sm_86",)) is None
 
 
 def test_the_producers_prefetch_is_refused_below_sm_90():

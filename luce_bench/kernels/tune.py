@@ -20,6 +20,10 @@ TUNE_ENV = "LUCE_BENCH_KERNEL_TUNE"
 PAUSE_X_LOAD, PAUSE_GDN_ITEM = 4, 8  # LuceMkPauseReasons of luce_mk.h
 
 
+PREFETCH_FIELDS = ("streamers", "prefetch_lead", "kv_prefetch")  # ABI 11
+SM90_FIELDS = ("streamers", "prefetch_lead")
+
+
 @dataclass(frozen=True)
 class Tune:
     """One setting of the decode kernel's run-time tuning (field names and ranges as LuceMkTune)."""
@@ -31,6 +35,7 @@ class Tune:
     streamers: int = 0  # blocks that only prefetch the others' weight chunks into L2 (sm_90, ABI 11; 0: none)
     stream_lead: int = 4  # chunks a streamer prefetches ahead of each producer's issued copies
     prefetch_lead: int = 0  # the producer warp prefetches the lines of the chunk this many ahead (sm_90; 0: none)
+    kv_prefetch: int = 0  # 1: attention items prefetch their chunk's K/V cache rows into L2 first (any arch)
 
     LIMITS = {
         "inflight": (0, 64),
@@ -39,6 +44,7 @@ class Tune:
         "streamers": (0, 32),
         "stream_lead": (1, 64),
         "prefetch_lead": (0, 16),
+        "kv_prefetch": (0, 1),
     }
 
     def __post_init__(self) -> None:
@@ -53,8 +59,12 @@ class Tune:
             )
 
     def prefetching(self) -> str:
-        """The L2 prefetching this tune asks for (sm_90 code, ABI 11), e.g. "streamers=4, prefetch_lead=2"; "": none."""
-        return ", ".join(f"{k}={getattr(self, k)}" for k in ("streamers", "prefetch_lead") if getattr(self, k))
+        """The L2 prefetching this tune asks for (ABI 11), e.g. "streamers=4, prefetch_lead=2"; "": none."""
+        return ", ".join(f"{k}={getattr(self, k)}" for k in PREFETCH_FIELDS if getattr(self, k))
+
+    def sm90_prefetching(self) -> str:
+        """The part of `prefetching` that is sm_90 code (streamer blocks, the producer's own prefetch)."""
+        return ", ".join(f"{k}={getattr(self, k)}" for k in SM90_FIELDS if getattr(self, k))
 
     def as_dict(self) -> dict[str, int]:
         """{"inflight": 1, ...}: the fields (meta.json, the ctypes struct)."""
@@ -94,7 +104,7 @@ def sm90_refusal(tune: Tune, sm_count: int, capability: tuple[int, int], archs: 
     "sm_90", ...; empty: unknown); the device runs the newest one not above its own compute capability (an sm_80
     library on an H100 would leave the streamer SMs idle).
     """
-    asked = tune.prefetching()
+    asked = tune.sm90_prefetching()
     if not asked:
         return None
     device = capability[0] * 10 + capability[1]
