@@ -189,7 +189,8 @@ int luce_mk_decode(const LuceMkParams* p, void* stream) {
     const unsigned pauses = LUCE_MK_PAUSE_X_LOAD | LUCE_MK_PAUSE_GDN_ITEM;
     if (t.inflight < 0 || t.inflight > 64 || t.inflight_lm < 0 || t.inflight_lm > 64 || (t.pause_mask & ~pauses) ||
         t.spin_sleep_ns < 0 || t.spin_sleep_ns > 4096 || t.streamers < 0 || t.streamers > 32 || t.stream_lead < 0 ||
-        t.stream_lead > 64 || t.prefetch_lead < 0 || t.prefetch_lead > 16 || t.kv_prefetch < 0 || t.kv_prefetch > 1)
+        t.stream_lead > 64 || t.prefetch_lead < 0 || t.prefetch_lead > 16 || t.kv_prefetch < 0 || t.kv_prefetch > 1 ||
+        t.stream_lines < 0 || t.stream_lines > 1)
         return kErrArgs;
     DevInfo* d = nullptr;
     const int rc = dev_info(&d);
@@ -197,7 +198,8 @@ int luce_mk_decode(const LuceMkParams* p, void* stream) {
     if (t.prefetch_lead > 0 && d->cc_major < 9) return kErrArgs;  // the producer's own prefetch: sm_90's loop only
     if (t.streamers > 0) {  // sm_90's bulk prefetch; enough computing blocks for the MLP split and the progress words
         const int computing = d->sms - t.streamers;
-        if (d->cc_major < 9 || t.stream_lead < 1 || computing < mk::MIN_GRID || computing > mk::STREAM_BLOCKS_MAX)
+        if (d->cc_major < 9 || t.stream_lead < 1 || computing < mk::MIN_GRID || computing > mk::STREAM_BLOCKS_MAX ||
+            computing > 32 * t.streamers)  // two served blocks per warp (mk_ring.cuh, run_streamer)
             return kErrArgs;
     }
     LuceMkParams prm = *p;
@@ -222,7 +224,8 @@ const char* luce_mk_error_string(int code) {
                    "one GDN item of each head)";
         case kErrArgs:
             return "luce_mk: bad arguments (n_steps or n_tokens < 1, beyond max_seq, or a tune value out of range; "
-                   "streamers and prefetch_lead need sm_90, streamers also stream_lead >= 1 and 8 computing blocks)";
+                   "streamers and prefetch_lead need sm_90, streamers also stream_lead >= 1, 8 computing blocks and at "
+                   "most 32 per streamer)";
         case LUCE_MK_ERR_PREFILL_SMEM:
             return "luce_mk: the prefill needs about 180 KB of shared memory per block (sm_80 / sm_90 class GPUs)";
         case LUCE_MK_ERR_CUBLAS_LOAD:

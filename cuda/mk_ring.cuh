@@ -205,40 +205,73 @@ __device__ void run_producer(const Ctx& c, const LuceMkParams& P, u64* progress)
 // The last tune.streamers blocks of the grid compute nothing. A release waits for the bulk copies in flight of its own
 // SM (NOTES.md, v13), so every computing SM pays for its own HBM stream at every grid barrier; the streamers take the
 // HBM side off them. Each serves a set of computing blocks: it walks each one's chunk stream as its producer does and
-// prefetches the chunks into L2 (cp.async.bulk.prefetch.L2) up to tune.stream_lead chunks ahead of the copies that
-// producer has issued, so the producers' copies hit L2 and land sooner. Prefetches are hints: nothing waits for them
+// prefetches the chunks into L2 up to tune.stream_lead chunks ahead of the copies that producer has issued, so the
+// producers' copies hit L2 and land sooner. Prefetches are hints: nothing waits for them
 // and nothing computed depends on them (but the launch ends when they have walked their blocks' streams: one that falls
 // behind skips the chunks already copied). The streamers take no part in the grid barriers. The prefetched lines keep
 // L2's normal priority (the copies that read them are evict-first), and stream_lead x computing blocks x 32 KB should
 // stay well inside L2 (16 MB at lead 4 on 128 blocks; the H200's L2 holds 50 MB).
-// Streamer block c.b (>= c.G, the computing blocks) serves computing blocks c.b - c.G + S * j, one thread each:
-// j = warp + 16 * lane, so at most ceil(c.G / S) <= 512 threads work, one or a few lanes per warp.
-__device__ void run_streamer(const Ctx& c, const LuceMkParams& P, const u64* progress) {
-#if __CUDA_ARCH__ >= 900
-    const int S = (int)gridDim.x - c.G;
-    Ctx tc = c;  // the served block's view: its walk is its producer's
-    tc.b = c.b - c.G + S * (c.warp + (NT / 32) * c.lane);
-    if (tc.b >= c.G) return;
-    const unsigned lead = (unsigned)P.tune.stream_lead, launch = P.sync_base;
-    const u64* word = progress + tc.b;
-    unsigned issued = 0;  // the producer's copies issued, as last read
+// Streamer block c.b (>= c.G, the computing blocks) serves computing blocks c.b - c.G + S * j: warp w serves j = w and
+// j = w + 16 (the host asks 32 S >= G), its lanes in step. Per chunk: one bulk prefetch from lane 0, or with
+// tune.stream_lines the chunk's 128-byte lines from all 32 lanes (prefetch.global.L2, 8 per lane for 32 KB), in case
+// one SM's TMA unit cannot request lines as fast as the stream needs (experiments/l2_streamers.cu measures both).
+struct Served {
+    Ctx t;                // the served block's view: its walk is its producer's
     Walk w;
+    unsigned qs, issued;  // chunks walked; the producer's copies issued, as last read
+    bool on;              // chunks left
+};
+// Moves served block v on by one chunk if it may (fewer than `lead` ahead of its producer's copies): true if it did.
+__device__ __forceinline__ bool stream_step(Served& v, const LuceMkParams& P, const u64* progress, unsigned lead,
+                                            bool lines, int lane) {
+#if __CUDA_ARCH__ >= 900
+    if (v.qs >= v.issued + lead || (v.qs & 7u) == 0) {  // (lane 0 reads, so that the warp stays in step)
+        const unsigned x = lane == 0 ? read_progress(progress + v.t.b, P.sync_base) : 0u;
+        v.issued = __shfl_sync(0xffffffffu, x, 0);
+    }
+    if (v.qs >= v.issued + lead) return false;
     const char* src;
     unsigned bytes;
-    for (unsigned qs = 0; walk_next(tc, P, w, src, bytes); ++qs) {
-        if ((qs & 7u) == 0) issued = read_progress(word, launch);  // a streamer that fell behind learns it
-        if (qs < issued) continue;  // copied already: too late to help
-        if (qs >= issued + lead) {
-            const unsigned long long t0 = global_ns();
-            unsigned n = 0;
-            while (qs >= (issued = read_progress(word, launch)) + lead) {
-                if ((++n & 0xfffffu) == 0) spin_check(t0);
-                __nanosleep(256);
-            }
-        }
-        prefetch_l2(src, bytes);
+    if (!walk_next(v.t, P, v.w, src, bytes)) {
+        v.on = false;
+        return true;
     }
+    if (v.qs >= v.issued) {  // (a chunk its producer has copied already is too late to help)
+        if (lines) {
+            for (unsigned off = (unsigned)lane * 128u; off < bytes; off += 32u * 128u) prefetch_line(src + off);
+        } else if (lane == 0) {
+            prefetch_l2(src, bytes);
+        }
+    }
+    ++v.qs;
+#else
+    v.on = false;  // (no bulk or line prefetch here: a library without sm_90 code leaves the streamers idle)
 #endif
+    return true;
+}
+__device__ void run_streamer(const Ctx& c, const LuceMkParams& P, const u64* progress) {
+    const int S = (int)gridDim.x - c.G, k = c.b - c.G;
+    const unsigned lead = (unsigned)P.tune.stream_lead;
+    const bool lines = P.tune.stream_lines != 0;
+    Served a{c, Walk(), 0u, 0u, false}, b{c, Walk(), 0u, 0u, false};
+    a.t.b = k + S * c.warp;
+    b.t.b = k + S * (c.warp + NT / 32);
+    a.on = a.t.b < c.G;
+    b.on = b.t.b < c.G;
+    unsigned long long t0 = 0;
+    unsigned idle = 0;
+    while (a.on || b.on) {
+        bool moved = false;
+        if (a.on) moved = stream_step(a, P, progress, lead, lines, c.lane);
+        if (b.on) moved = stream_step(b, P, progress, lead, lines, c.lane) || moved;
+        if (moved) {
+            idle = 0;
+            continue;
+        }
+        if (idle++ == 0) t0 = global_ns();
+        else if ((idle & 0xfffu) == 0) spin_check(t0);  // a producer that stopped for MK_SPIN_LIMIT_NS: trap
+        __nanosleep(256);
+    }
 }
 
 // ---- consumers ----

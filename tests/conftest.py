@@ -68,6 +68,7 @@ KERNEL_TUNE_SETS = {
     # prefetching one chunk ahead
     "streamers4": {"streamers": 4},
     "streamers16-lead1": {"streamers": 16, "stream_lead": 1},
+    "streamers4-lines": {"streamers": 4, "stream_lines": 1},  # line by line from a warp per served block
     "prefetch-lead2": {"prefetch_lead": 2},  # the producer warp prefetches lines of the chunk two ahead
     "kv-prefetch": {"kv_prefetch": 1},  # attention items prefetch their K/V rows
 }

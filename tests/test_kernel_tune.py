@@ -34,6 +34,7 @@ def test_fields_parse_into_a_changed_tune():
         ("streamers=4,stream_lead=0", "kernel tune stream_lead=0: expected 1..64"),
         ("prefetch_lead=17", "kernel tune prefetch_lead=17: expected 0..16"),
         ("kv_prefetch=2", "kernel tune kv_prefetch=2: expected 0..1"),
+        ("stream_lines=-1", "kernel tune stream_lines=-1: expected 0..1"),
     ],
 )
 def test_bad_fields_are_one_line(text, message):
@@ -57,6 +58,7 @@ def test_the_device_choice_and_the_environment(monkeypatch):
             stream_lead=4,
             prefetch_lead=0,
             kv_prefetch=0,
+            stream_lines=0,
         )
         assert kt.for_device(name) == expected
     monkeypatch.setenv(kt.TUNE_ENV, "inflight=3")
@@ -95,6 +97,15 @@ def test_the_python_mirrors_follow_the_header():
         (4, 132, (9, 0), ("sm_100",), "needs the kernel built for sm_90; this library has sm_100"),
         (25, 32, (9, 0), ("sm_90",), "leaves 7 of 32 SMs computing; the kernel needs 8"),
         (24, 32, (9, 0), ("sm_90",), None),
+        (
+            3,
+            132,
+            (9, 0),
+            ("sm_90",),
+            "leaves 129 computing blocks; one streamer serves at most 32 (streamers >= 4 here)",
+        ),
+        (1, 33, (9, 0), ("sm_90",), None),  # 32 computing blocks, one streamer
+        (1, 34, (9, 0), ("sm_90",), "leaves 33 computing blocks; one streamer serves at most 32 (streamers >= 2 here)"),
     ],
 )
 def test_streamers_are_refused_where_they_cannot_run(streamers, sms, cap, archs, why):

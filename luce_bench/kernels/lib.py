@@ -12,8 +12,8 @@ ABI_VERSION = 11
 # position 0; 7: + the prefill at any position (LuceMkPrefillParams.pos, appended: ABI 6 libraries ignore it);
 # 8: + the prefill's GEMMs through cuBLAS (kernels/cublas.py); 9: + LuceMkParams.tune (appended: older libraries
 # ignore it and run their compiled tuning); 10: branch v14-counted's other Params (never merged, not read);
-# 11: + LuceMkTune.streamers, stream_lead, prefetch_lead and kv_prefetch (appended: ABI 9 libraries ignore them, and
-# prefetch nothing)
+# 11: + LuceMkTune.streamers, stream_lead, prefetch_lead, kv_prefetch and stream_lines (appended: ABI 9 libraries
+# ignore them, and prefetch nothing)
 DECODE_ABIS = (4, 6, 7, 8, 9, 11)
 PREFETCH_ABI = 11  # the first with the tune's L2 prefetch fields (tune.PREFETCH_FIELDS, stream_lead)
 PREFILL_SYMBOLS = ("luce_mk_prefill", "luce_mk_prefill_workspace", "luce_mk_prefill_launches")
@@ -41,6 +41,7 @@ class LuceMkTune(ctypes.Structure):
         ("stream_lead", ctypes.c_int),
         ("prefetch_lead", ctypes.c_int),
         ("kv_prefetch", ctypes.c_int),
+        ("stream_lines", ctypes.c_int),
     ]
 
 

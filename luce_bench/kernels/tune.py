@@ -36,6 +36,7 @@ class Tune:
     stream_lead: int = 4  # chunks a streamer prefetches ahead of each producer's issued copies
     prefetch_lead: int = 0  # the producer warp prefetches the lines of the chunk this many ahead (sm_90; 0: none)
     kv_prefetch: int = 0  # 1: attention items prefetch their chunk's K/V cache rows into L2 first (any arch)
+    stream_lines: int = 0  # 1: streamers prefetch line by line from a warp, not one bulk prefetch per chunk
 
     LIMITS = {
         "inflight": (0, 64),
@@ -45,6 +46,7 @@ class Tune:
         "stream_lead": (1, 64),
         "prefetch_lead": (0, 16),
         "kv_prefetch": (0, 1),
+        "stream_lines": (0, 1),
     }
 
     def __post_init__(self) -> None:
@@ -94,6 +96,7 @@ _BY_DEVICE: tuple[tuple[str, Tune], ...] = (
 
 
 MIN_COMPUTING_BLOCKS = 8  # mk_layout.cuh MIN_GRID: the MLP split (4) and one GDN item per head and block (8)
+STREAMED_PER_STREAMER = 32  # mk_ring.cuh run_streamer: two served blocks per warp of 16
 
 
 def sm90_refusal(tune: Tune, sm_count: int, capability: tuple[int, int], archs: tuple[str, ...]) -> str | None:
@@ -113,10 +116,16 @@ def sm90_refusal(tune: Tune, sm_count: int, capability: tuple[int, int], archs: 
     runs = max((n for n in (int(re.sub(r"\D", "", a)) for a in archs) if n <= device), default=0)
     if archs and runs < 90:  # (a prebuilt library without its ptxas report does not say)
         return f"{asked} needs the kernel built for sm_90; this library has {', '.join(archs)}"
-    if tune.streamers and sm_count - tune.streamers < MIN_COMPUTING_BLOCKS:
+    computing = sm_count - tune.streamers
+    if tune.streamers and computing > STREAMED_PER_STREAMER * tune.streamers:
         return (
-            f"streamers={tune.streamers} leaves {sm_count - tune.streamers} of {sm_count} SMs computing; the kernel "
-            f"needs {MIN_COMPUTING_BLOCKS}"
+            f"streamers={tune.streamers} leaves {computing} computing blocks; one streamer serves at most "
+            f"{STREAMED_PER_STREAMER} (streamers >= {-(-sm_count // (STREAMED_PER_STREAMER + 1))} here)"
+        )
+    if tune.streamers and computing < MIN_COMPUTING_BLOCKS:
+        return (
+            f"streamers={tune.streamers} leaves {computing} of {sm_count} SMs computing; the kernel needs "
+            f"{MIN_COMPUTING_BLOCKS}"
         )
     return None
 
