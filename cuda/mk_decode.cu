@@ -96,7 +96,7 @@ __global__ void __launch_bounds__(NT, 1) decode_kernel(const __grid_constant__ L
     }
     __syncthreads();
     if (c.warp == NCW) {
-        run_producer(c, P, P.tune.streamers ? scratch(P).progress + c.b : nullptr);
+        run_producer(c, P, P.tune.streamers ? scratch(P).progress + PROGRESS_STRIDE * c.b : nullptr);
         return;
     }
     int tok = 0;
@@ -199,7 +199,7 @@ int luce_mk_decode(const LuceMkParams* p, void* stream) {
     if (t.streamers > 0) {  // sm_90's bulk prefetch; enough computing blocks for the MLP split and the progress words
         const int computing = d->sms - t.streamers;
         if (d->cc_major < 9 || t.stream_lead < 1 || computing < mk::MIN_GRID || computing > mk::STREAM_BLOCKS_MAX ||
-            computing > 32 * t.streamers)  // two served blocks per warp (mk_ring.cuh, run_streamer)
+            computing > mk::STREAMED_PER_STREAMER * t.streamers)
             return kErrArgs;
     }
     LuceMkParams prm = *p;

@@ -49,6 +49,9 @@ constexpr int64_t KV_L = int64_t(NKV) * HD;          // K (or V) cache elements 
 constexpr int XC = 4;            // 4 copies: 132 same-address f32 reductions serialise (~17 ns each); 8 cost more loads
 constexpr int CNT_STRIDE = 32;   // one counter per 128-byte line
 constexpr int STREAM_BLOCKS_MAX = 512;  // computing blocks a grid with streamers may have (tune.streamers)
+constexpr int PROGRESS_STRIDE = 16;     // u64 words: a producer's progress word per 128-byte line
+constexpr int STREAMED_PER_STREAMER = 2 * (NT / 32);  // computing blocks one streamer serves (two per warp)
+static_assert(STREAMED_PER_STREAMER == 32, "32 computing blocks per streamer at most");
 struct Scratch {
     u64 raw[GDN_ROWS];                     // P1 outputs (in_proj, or qkv in the first FA_ROWS), tagged
     u64 ss[DH][NSL];                       // GDN gated-norm partial sums of squares per (head, value slice), tagged
@@ -57,7 +60,8 @@ struct Scratch {
     float aml[NKV][ATT_MAXCH][QPG][2];     // attention: per-chunk (max, sum)
     alignas(16) float aout[NQH * HD];      // attention: merged, gated output (o_proj input)
     alignas(128) unsigned done[NQH][CNT_STRIDE];  // attention: chunk items finished per query head (reset each layer)
-    alignas(128) u64 progress[STREAM_BLOCKS_MAX]; // streamers: each computing block's producer, (sync_base << 32) | copies
+    alignas(128) u64 progress[STREAM_BLOCKS_MAX * PROGRESS_STRIDE];  // streamers: each computing block's producer,
+                                                                      // (sync_base << 32) | copies, one per line
 };
 static_assert(sizeof(Scratch) % 16 == 0, "scratch is a whole number of float4");
 constexpr int64_t SCRATCH_FLOATS = sizeof(Scratch) / 4;

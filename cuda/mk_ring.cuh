@@ -155,7 +155,8 @@ __device__ __forceinline__ unsigned read_progress(const u64* word, unsigned laun
 // Copies every chunk into the next free slot, with at most tune.inflight copies in flight (tune.inflight_lm in the LM
 // head but its last LM_TAIL_ROWS rows): every queued copy delays the consumers' dependent L2 round trips (NOTES.md
 // v9), and every release a consumer makes waits for the copies in flight on its SM (NOTES.md v13).
-// With streamers (tune.streamers > 0) it also publishes how many copies it has issued (`progress`: its block's word).
+// With streamers (tune.streamers > 0) it also publishes how many copies it has issued (`progress`: its block's word,
+// one per 128-byte line).
 // With tune.prefetch_lead = k > 0 (sm_90) the whole warp runs the loop: lane 0 copies, and after each copy the 32
 // lanes prefetch the lines of the chunk k ahead into L2 (prefetch.global.L2, not the TMA unit), so that its copy hits
 // L2; lanes 1-31 otherwise return at once.
@@ -163,12 +164,15 @@ __device__ void run_producer(const Ctx& c, const LuceMkParams& P, u64* progress)
 #if __CUDA_ARCH__ >= 900
     const unsigned ahead = (unsigned)P.tune.prefetch_lead;
     if (c.lane != 0 && ahead == 0) return;
+    const bool copier = c.lane == 0;  // lane 0 waits and copies; with prefetch_lead the others only prefetch
     const uint64_t pol = evict_first_policy();
     Walk wp;  // `ahead` chunks ahead of the copies (the first `ahead` chunks are copied at once: not prefetched)
     const char* psrc;
     unsigned pbytes;
     bool more = true;
     for (unsigned i = 0; i < ahead && more; ++i) more = walk_next(c, P, wp, psrc, pbytes);
+#else
+    const bool copier = true;  // the whole warp copies (cp.async per lane)
 #endif
     const unsigned ns = (unsigned)c.ns, pause_mask = (unsigned)P.tune.pause_mask;
     const unsigned cap_layers = (unsigned)P.tune.inflight, cap_lm = (unsigned)P.tune.inflight_lm;
@@ -181,20 +185,25 @@ __device__ void run_producer(const Ctx& c, const LuceMkParams& P, u64* progress)
         // wait until copy qp - cap has landed (its slot is not re-armed before copy qp - cap + ns > qp, so its full
         // barrier still shows that phase); cap 0 or >= ns: no cap beyond the ring
         const unsigned cap = w.l == NL && lm_end - w.r > LM_TAIL_ROWS ? cap_lm : cap_layers;
-        if (cap > 0 && cap < ns && qp >= cap) {
-            const unsigned q0 = qp - cap;
-            mbar_wait(&smem().full[q0 % ns], (q0 / ns) & 1u);
+        if (copier) {
+            if (cap > 0 && cap < ns && qp >= cap) {
+                const unsigned q0 = qp - cap;
+                mbar_wait(&smem().full[q0 % ns], (q0 / ns) & 1u);
+            }
+            mbar_wait(&smem().empty[slot], ((qp / ns) & 1u) ^ 1u);
+            pause_wait(pause_mask);
         }
-        mbar_wait(&smem().empty[slot], ((qp / ns) & 1u) ^ 1u);
-        pause_wait(pause_mask);
         char* dst = c.ring() + (size_t)slot * SLOT_BYTES;
 #if __CUDA_ARCH__ >= 900
-        if (c.lane == 0) {
+        if (copier) {
             bulk_load(dst, src, bytes, &smem().full[slot], pol);
             if (progress) publish_progress(progress, P.sync_base, qp + 1);
         }
-        if (ahead && more && (more = walk_next(c, P, wp, psrc, pbytes)))
-            for (unsigned off = (unsigned)c.lane * 128u; off < pbytes; off += 32u * 128u) prefetch_line(psrc + off);
+        if (ahead) {
+            __syncwarp();  // the prefetching lanes follow lane 0's copies, never run ahead of them
+            if (more && (more = walk_next(c, P, wp, psrc, pbytes)))
+                for (unsigned off = (unsigned)c.lane * 128u; off < pbytes; off += 32u * 128u) prefetch_line(psrc + off);
+        }
 #else
         warp_async_load(dst, src, bytes, &smem().full[slot], c.lane);
 #endif
@@ -212,7 +221,7 @@ __device__ void run_producer(const Ctx& c, const LuceMkParams& P, u64* progress)
 // L2's normal priority (the copies that read them are evict-first), and stream_lead x computing blocks x 32 KB should
 // stay well inside L2 (16 MB at lead 4 on 128 blocks; the H200's L2 holds 50 MB).
 // Streamer block c.b (>= c.G, the computing blocks) serves computing blocks c.b - c.G + S * j: warp w serves j = w and
-// j = w + 16 (the host asks 32 S >= G), its lanes in step. Per chunk: one bulk prefetch from lane 0, or with
+// j = w + 16 (the host asks STREAMED_PER_STREAMER S >= G), its lanes in step. Per chunk: one bulk prefetch from lane 0, or with
 // tune.stream_lines the chunk's 128-byte lines from all 32 lanes (prefetch.global.L2, 8 per lane for 32 KB), in case
 // one SM's TMA unit cannot request lines as fast as the stream needs (experiments/l2_streamers.cu measures both).
 struct Served {
@@ -226,7 +235,7 @@ __device__ __forceinline__ bool stream_step(Served& v, const LuceMkParams& P, co
                                             bool lines, int lane) {
 #if __CUDA_ARCH__ >= 900
     if (v.qs >= v.issued + lead || (v.qs & 7u) == 0) {  // (lane 0 reads, so that the warp stays in step)
-        const unsigned x = lane == 0 ? read_progress(progress + v.t.b, P.sync_base) : 0u;
+        const unsigned x = lane == 0 ? read_progress(progress + PROGRESS_STRIDE * v.t.b, P.sync_base) : 0u;
         v.issued = __shfl_sync(0xffffffffu, x, 0);
     }
     if (v.qs >= v.issued + lead) return false;

@@ -133,8 +133,9 @@ def test_the_producers_prefetch_is_refused_below_sm_90():
     )
 
 
-def test_the_fewest_computing_blocks_follow_the_kernel():
+def test_the_computing_block_limits_follow_the_kernel():
     from luce_bench.kernels.build import source_dir
 
     layout = (source_dir() / "mk_layout.cuh").read_text()
     assert f"static_assert(MIN_GRID == {kt.MIN_COMPUTING_BLOCKS}," in layout
+    assert f"static_assert(STREAMED_PER_STREAMER == {kt.STREAMED_PER_STREAMER}," in layout

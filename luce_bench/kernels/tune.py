@@ -96,7 +96,7 @@ _BY_DEVICE: tuple[tuple[str, Tune], ...] = (
 
 
 MIN_COMPUTING_BLOCKS = 8  # mk_layout.cuh MIN_GRID: the MLP split (4) and one GDN item per head and block (8)
-STREAMED_PER_STREAMER = 32  # mk_ring.cuh run_streamer: two served blocks per warp of 16
+STREAMED_PER_STREAMER = 32  # mk_layout.cuh: computing blocks one streamer serves (two per warp of 16)
 
 
 def sm90_refusal(tune: Tune, sm_count: int, capability: tuple[int, int], archs: tuple[str, ...]) -> str | None:

@@ -69,10 +69,12 @@ def test_kernel_trace_cli(tmp_path, monkeypatch, streamers):
     from typer.testing import CliRunner
 
     from luce_bench.cli import app
-    from luce_bench.kernels.tune import TUNE_ENV, Tune
+    from luce_bench.kernels.tune import TUNE_ENV, Tune, sm90_refusal
 
-    if streamers and torch.cuda.get_device_capability()[0] < 9:
-        pytest.skip("streamer blocks need an sm_90 GPU")
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    why = sm90_refusal(Tune(streamers=streamers), props.multi_processor_count, (props.major, props.minor), ())
+    if why:
+        pytest.skip(why)
     monkeypatch.setenv(TUNE_ENV, f"streamers={streamers}")
     out = tmp_path / "trace.json"
     r = CliRunner().invoke(app, ["kernel", "trace", "--steps", "8", "--seed", "3", "--json", str(out)])

@@ -254,6 +254,18 @@ def test_option_set_parity(option_ref, name):
         assert gemm.startswith("cuBLAS"), gemm  # a GPU machine with cuBLAS: the prefill's GEMMs ran there
 
 
+def _skip_unless_this_gpu_runs(tune) -> None:
+    """Skip where this GPU cannot run the tune's L2 prefetching (below sm_90, or too many SMs for the streamers)."""
+    import torch
+
+    from luce_bench.kernels.tune import sm90_refusal
+
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    why = sm90_refusal(tune, props.multi_processor_count, (props.major, props.minor), ())
+    if why:
+        pytest.skip(why)
+
+
 @pytest.mark.parametrize("name", sorted(KERNEL_TUNE_SETS))
 def test_tune_set_parity(option_ref, name):
     """Every run-time tune setting computes the same function as the default one.
@@ -268,8 +280,7 @@ def test_tune_set_parity(option_ref, name):
     from luce_bench.kernels.tune import for_device
 
     tune = for_device(torch.cuda.get_device_name()).changed_by(KERNEL_TUNE_SETS[name])
-    if (tune.streamers or tune.prefetch_lead) and torch.cuda.get_device_capability()[0] < 9:
-        pytest.skip("the L2 prefetch fields need an sm_90 GPU")
+    _skip_unless_this_gpu_runs(tune)
     be = MegakernelBackend.from_state_dict(option_ref["sd"], max_seq=256, tune=tune)
     try:
         assert be.info()["tune"] == tune.as_dict()
@@ -298,8 +309,9 @@ def test_streamer_blocks_at_a_long_position(setup):
     from luce_bench.backends.megakernel import MegakernelBackend
     from luce_bench.kernels.tune import for_device
 
-    if torch.cuda.get_device_capability()[0] < 9:
-        pytest.skip("streamer blocks need an sm_90 GPU")
+    fields = {"streamers": 16, "prefetch_lead": 2, "kv_prefetch": 1}
+    tune = for_device(torch.cuda.get_device_name()).changed_by(fields)
+    _skip_unless_this_gpu_runs(tune)
     mk, spec = setup["mk"], setup["spec"]
     gen = torch.Generator().manual_seed(setup["seed"] + 7)
     ctx = torch.randint(0, 248320, (LONG_POS,), generator=gen).tolist()
@@ -307,8 +319,7 @@ def test_streamer_blocks_at_a_long_position(setup):
     mk.reset()
     mk.prefill(ctx)
     want = mk.decode(len(toks), logits=True, inputs=toks).logits
-    fields = {"streamers": 16, "prefetch_lead": 2, "kv_prefetch": 1}
-    be = MegakernelBackend(max_seq=mk.max_seq, tune=for_device(torch.cuda.get_device_name()).changed_by(fields))
+    be = MegakernelBackend(max_seq=mk.max_seq, tune=tune)
     be.load(spec, "cuda")
     try:
         assert be.computing_blocks == be.launch.grid - 16
