@@ -215,15 +215,16 @@ __device__ void run_producer(const Ctx& c, const LuceMkParams& P, u64* progress)
 // SM (NOTES.md, v13), so every computing SM pays for its own HBM stream at every grid barrier; the streamers take the
 // HBM side off them. Each serves a set of computing blocks: it walks each one's chunk stream as its producer does and
 // prefetches the chunks into L2 up to tune.stream_lead chunks ahead of the copies that producer has issued, so the
-// producers' copies hit L2 and land sooner. Prefetches are hints: nothing waits for them
-// and nothing computed depends on them (but the launch ends when they have walked their blocks' streams: one that falls
-// behind skips the chunks already copied). The streamers take no part in the grid barriers. The prefetched lines keep
-// L2's normal priority (the copies that read them are evict-first), and stream_lead x computing blocks x 32 KB should
-// stay well inside L2 (16 MB at lead 4 on 128 blocks; the H200's L2 holds 50 MB).
+// producers' copies hit L2 and land sooner. Prefetches are hints: nothing waits for them and nothing computed depends
+// on them (but the launch ends when they have walked their blocks' streams: one that falls behind skips the chunks
+// already copied). The streamers take no part in the grid barriers. The prefetched lines keep L2's normal priority
+// (the copies that read them are evict-first), and stream_lead x computing blocks x 32 KB should stay well inside L2
+// (16 MB at lead 4 on 128 blocks; the H200's L2 holds 50 MB).
 // Streamer block c.b (>= c.G, the computing blocks) serves computing blocks c.b - c.G + S * j: warp w serves j = w and
-// j = w + 16 (the host asks STREAMED_PER_STREAMER S >= G), its lanes in step. Per chunk: one bulk prefetch from lane 0, or with
-// tune.stream_lines the chunk's 128-byte lines from all 32 lanes (prefetch.global.L2, 8 per lane for 32 KB), in case
-// one SM's TMA unit cannot request lines as fast as the stream needs (experiments/l2_streamers.cu measures both).
+// j = w + 16 (the host asks STREAMED_PER_STREAMER x S >= G), its lanes in step. Per chunk: one bulk prefetch from lane
+// 0, or with tune.stream_lines the chunk's 128-byte lines from all 32 lanes (prefetch.global.L2, 8 per lane for 32 KB),
+// in case one SM's TMA unit cannot request lines as fast as the stream needs (experiments/l2_streamers.cu measures
+// both).
 struct Served {
     Ctx t;                // the served block's view: its walk is its producer's
     Walk w;
