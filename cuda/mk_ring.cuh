@@ -140,7 +140,9 @@ __device__ __forceinline__ void prefetch_l2(const char* src, unsigned bytes) {
 }
 #endif
 // One 128-byte line into L2 through the load/store unit (the producer's own prefetch, tune.prefetch_lead).
-__device__ __forceinline__ void prefetch_line(const char* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p) : "memory"); }
+__device__ __forceinline__ void prefetch_line(const char* p) {
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(p) : "memory");
+}
 // The producer's word: (launch << 32) | copies issued in this launch (the launch: sync_base, which grows every launch,
 // so a word left by an earlier launch reads as 0 copies).
 __device__ __forceinline__ void publish_progress(u64* word, unsigned launch, unsigned copies) {
