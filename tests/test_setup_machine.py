@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -201,13 +202,19 @@ def fake_toolkit(root: Path) -> Path:
     return fake_exe(root / "bin", "nvcc", '#!/bin/sh\necho "Cuda compilation tools, release 13.0, V13.0.48"\n')
 
 
+# the variables the Makefile lets the environment set (`NAME ?= default`): PYTHON, VENV, WHEELS, TORCH_SPEC, ...
+MAKEFILE_VARIABLES = frozenset(re.findall(r"^([A-Z_]+) \?=", (ROOT / "Makefile").read_text(), re.MULTILINE))
+
+
 def make_env(**changes: str) -> dict[str, str]:
     """This environment for a make the test runs, without the outer make's variables.
 
-    Under `make test WHEELS=dir` the outer make exports MAKEFLAGS holding WHEELS=dir, and a make the test runs would
-    take it (the CPU-setup test then planned an offline setup and failed on the H200).
+    Under `make test WHEELS=dir` the outer make exports MAKEFLAGS holding WHEELS=dir, and puts WHEELS=dir itself into
+    its recipes' environment (make exports the variables set on its command line); a make the test runs would take
+    either (the CPU-setup test then planned an offline setup and failed on the H200, and again on an H100 after
+    MAKEFLAGS was dropped). So the Makefile's own variables (every `NAME ?=`) go too.
     """
-    outer = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")
+    outer = {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", *MAKEFILE_VARIABLES}
     return {**{k: v for k, v in os.environ.items() if k not in outer}, **changes}
 
 
@@ -235,6 +242,18 @@ def test_the_makefile_passes_wheels_through_and_a_fake_gpu_switches_to_the_gpu_s
     else:
         assert "setup: llama.cpp: WHEELS has no CUDA llama-cpp-python wheel and no sdist" in gpu.stdout
     assert not (tmp_path / "venv").exists()  # a dry run creates nothing
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_a_make_the_suite_runs_does_not_inherit_the_outer_makes_wheels(tmp_path, monkeypatch):
+    # what `make test WHEELS=dir` hands its pytest: WHEELS in the environment and in MAKEFLAGS
+    monkeypatch.setenv("WHEELS", str(tmp_path / "outer"))
+    monkeypatch.setenv("MAKEFLAGS", f" -- WHEELS={tmp_path / 'outer'}")
+    assert {"WHEELS", "PYTHON", "VENV", "TORCH_SPEC"} <= MAKEFILE_VARIABLES
+    fake_exe(tmp_path / "bin", "nvidia-smi", SMI_OK)
+    gpu = _make(tmp_path, [tmp_path / "bin"])
+    assert gpu.returncode == 0, gpu.stderr
+    assert "offline" not in gpu.stdout.splitlines()[0] and "--no-index" not in gpu.stdout
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
