@@ -33,11 +33,9 @@
 extern "C" {
 #endif
 
-#define LUCE_MK_ABI_VERSION 11 /* 6: + the prefill entry points (the decode ABI is that of 4); 7: + the prefill at pos > 0;
+#define LUCE_MK_ABI_VERSION 9  /* 6: + the prefill entry points (the decode ABI is that of 4); 7: + the prefill at pos > 0;
                                   8: + the prefill's GEMMs through cuBLAS (luce_mk_prefill_cublas);
-                                  9: + LuceMkParams.tune (the per-GPU tuning, chosen at run time); 10: branch
-                                  v14-counted (never merged); 11: + LuceMkTune.streamers, stream_lead, prefetch_lead,
-                                  kv_prefetch, stream_lines */
+                                  9: + LuceMkParams.tune (the per-GPU tuning, chosen at run time) */
 
 /* Small-parameter blob, f32 offsets inside one layer's LUCE_MK_SP_STRIDE floats. */
 enum LuceMkSmallParams {
@@ -87,17 +85,6 @@ typedef struct LuceMkTune {
     int inflight_lm;    /* 0..64: the same while streaming the LM head (its last rows per block go back to inflight) */
     int pause_mask;     /* LuceMkPauseReasons bits the producer honours */
     int spin_sleep_ns;  /* 0..4096: a sleep between two polls of global memory (0: poll at full speed) */
-    int streamers;      /* ABI 11. 0..32 (sm_90; 0 elsewhere): the last `streamers` blocks of the grid compute nothing
-                           and prefetch the other blocks' weight chunks into L2 (cp.async.bulk.prefetch.L2), so the
-                           computing blocks' copies hit L2; the grid's rows and items are split over the others. At
-                           least 8 blocks must compute (MIN_GRID), and at most 32 per streamer. */
-    int stream_lead;    /* ABI 11. 1..64: how many chunks ahead of a block's producer its streamer prefetches */
-    int prefetch_lead;  /* ABI 11. 0..16 (sm_90; 0 elsewhere): the producer warp prefetches the lines of the chunk this
-                           many ahead of each copy into L2 (prefetch.global.L2); 0: none */
-    int kv_prefetch;    /* ABI 11. 0 or 1: an attention item prefetches its chunk's K and V cache rows into L2 before
-                           it waits for its query */
-    int stream_lines;   /* ABI 11. 0 or 1: streamers prefetch line by line from a whole warp (prefetch.global.L2)
-                           instead of one bulk prefetch per chunk */
 } LuceMkTune;
 
 typedef struct LuceMkParams {

@@ -127,11 +127,6 @@ __device__ __forceinline__ void attn_item(Ctx& c, const LuceMkParams& P, int l, 
     const long long cache_off = (long long)(fa_index(l) * NKV + g) * P.max_seq * HD;
     unsigned short* kc = (unsigned short*)P.kcache + cache_off;
     unsigned short* vc = (unsigned short*)P.vcache + cache_off;
-    if (P.tune.kv_prefetch) {  // the chunk's K and V rows into L2 while the item waits for its query (below)
-        const int lines = (c1 - c0) * (HD * 2 / 128);  // 4 lines of 128 bytes per 256-value bf16 row
-        for (int i = t; i < 2 * lines; i += NCT)
-            prefetch_line((const char*)((i < lines ? kc : vc) + (long long)c0 * HD) + (i % lines) * 128);
-    }
     attn_inputs(c, P, l, g, hh, pos, ep);
     if (t < HD) {  // the current position's k, v as the cache stores them (bf16)
         const unsigned short kb = f2bf(w.k[t]), vb = f2bf(w.v[t]);

@@ -10,8 +10,6 @@
 //   P3 attn  (mk_o_proj.cuh)     o_proj rows + residual                                                     | barrier
 //   P4 MLP   (mk_mlp.cuh)        RMSNorm + gate/up + SiLU + down_proj^T split-K into the residual            | barrier
 // then the LM head + argmax (mk_lm_head.cuh) | barrier; the argmax is the next step's input token.
-// With tune.streamers = S > 0 the last S blocks only prefetch the others' weight chunks into L2 (mk_ring.cuh), and
-// every split above is over the G = grid - S computing blocks.
 // Memory layouts: mk_layout.cuh; build options: mk_config.cuh; primitives: mk_sync.cuh; timing trace: mk_trace.cuh.
 #include <cuda_runtime.h>
 #include "luce_mk.h"
@@ -73,7 +71,7 @@ __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
 
 __global__ void __launch_bounds__(NT, 1) decode_kernel(const __grid_constant__ LuceMkParams P, int ns) {
     Ctx c;
-    c.G = (int)gridDim.x - P.tune.streamers;  // the computing blocks; the rest stream (mk_ring.cuh)
+    c.G = gridDim.x;
     c.b = blockIdx.x;
     c.tid = threadIdx.x;
     c.warp = threadIdx.x >> 5;
@@ -82,10 +80,6 @@ __global__ void __launch_bounds__(NT, 1) decode_kernel(const __grid_constant__ L
     c.q = 0;
     c.nsync = 0;
     c.skip_math = (P.debug_flags & LUCE_MK_DEBUG_NO_MATH) != 0;
-    if (c.b >= c.G) {
-        run_streamer(c, P, scratch(P).progress);
-        return;
-    }
     if (threadIdx.x == 0) {
         for (int i = 0; i < ns; ++i) {
             mbar_init(&smem().full[i], FULL_ARRIVALS);
@@ -96,7 +90,7 @@ __global__ void __launch_bounds__(NT, 1) decode_kernel(const __grid_constant__ L
     }
     __syncthreads();
     if (c.warp == NCW) {
-        run_producer(c, P, P.tune.streamers ? scratch(P).progress + PROGRESS_STRIDE * c.b : nullptr);
+        run_producer(c, P);
         return;
     }
     int tok = 0;
@@ -117,7 +111,7 @@ constexpr int kErrNoCoop = LUCE_MK_ERR_NO_COOP, kErrSmem = LUCE_MK_ERR_SMEM, kEr
               kErrArgs = LUCE_MK_ERR_ARGS, kErrGrid = LUCE_MK_ERR_GRID;
 
 struct DevInfo {
-    int sms = 0, optin = 0, coop = 0, ns = 0, smem = 0, occ = 0, cc_major = 0;
+    int sms = 0, optin = 0, coop = 0, ns = 0, smem = 0, occ = 0;
     bool ready = false;
 };
 DevInfo g_dev[64];
@@ -132,7 +126,6 @@ int dev_info(DevInfo** out) {
         if ((e = cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, dev)) != cudaSuccess) return (int)e;
         if ((e = cudaDeviceGetAttribute(&d.optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev)) != cudaSuccess) return (int)e;
         if ((e = cudaDeviceGetAttribute(&d.coop, cudaDevAttrCooperativeLaunch, dev)) != cudaSuccess) return (int)e;
-        if ((e = cudaDeviceGetAttribute(&d.cc_major, cudaDevAttrComputeCapabilityMajor, dev)) != cudaSuccess) return (int)e;
         if (!d.coop) return kErrNoCoop;
         if (d.sms < mk::MIN_GRID) return kErrGrid;  // one block per SM: the MLP split and the GDN items need 8
         d.ns = (d.optin - mk::SM_RING) / mk::SLOT_BYTES;
@@ -188,20 +181,11 @@ int luce_mk_decode(const LuceMkParams* p, void* stream) {
     const LuceMkTune& t = p->tune;
     const unsigned pauses = LUCE_MK_PAUSE_X_LOAD | LUCE_MK_PAUSE_GDN_ITEM;
     if (t.inflight < 0 || t.inflight > 64 || t.inflight_lm < 0 || t.inflight_lm > 64 || (t.pause_mask & ~pauses) ||
-        t.spin_sleep_ns < 0 || t.spin_sleep_ns > 4096 || t.streamers < 0 || t.streamers > 32 || t.stream_lead < 0 ||
-        t.stream_lead > 64 || t.prefetch_lead < 0 || t.prefetch_lead > 16 || t.kv_prefetch < 0 || t.kv_prefetch > 1 ||
-        t.stream_lines < 0 || t.stream_lines > 1)
+        t.spin_sleep_ns < 0 || t.spin_sleep_ns > 4096)
         return kErrArgs;
     DevInfo* d = nullptr;
     const int rc = dev_info(&d);
     if (rc) return rc;
-    if (t.prefetch_lead > 0 && d->cc_major < 9) return kErrArgs;  // the producer's own prefetch: sm_90's loop only
-    if (t.streamers > 0) {  // sm_90's bulk prefetch; enough computing blocks for the MLP split and the progress words
-        const int computing = d->sms - t.streamers;
-        if (d->cc_major < 9 || t.stream_lead < 1 || computing < mk::MIN_GRID || computing > mk::STREAM_BLOCKS_MAX ||
-            computing > mk::STREAMED_PER_STREAMER * t.streamers)
-            return kErrArgs;
-    }
     LuceMkParams prm = *p;
     int ns = d->ns;
     void* args[] = {&prm, &ns};
@@ -223,9 +207,7 @@ const char* luce_mk_error_string(int code) {
             return "luce_mk: too few SMs (8 at least: each block holds at most 1024 of the 3584 MLP hidden units, and "
                    "one GDN item of each head)";
         case kErrArgs:
-            return "luce_mk: bad arguments (n_steps or n_tokens < 1, beyond max_seq, or a tune value out of range; "
-                   "streamers and prefetch_lead need sm_90, streamers also stream_lead >= 1, 8 computing blocks and at "
-                   "most 32 per streamer)";
+            return "luce_mk: bad arguments (n_steps or n_tokens < 1, beyond max_seq, or a tune value out of range)";
         case LUCE_MK_ERR_PREFILL_SMEM:
             return "luce_mk: the prefill needs about 180 KB of shared memory per block (sm_80 / sm_90 class GPUs)";
         case LUCE_MK_ERR_CUBLAS_LOAD:

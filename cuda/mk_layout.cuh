@@ -48,10 +48,6 @@ constexpr int64_t KV_L = int64_t(NKV) * HD;          // K (or V) cache elements 
 // The residual stream is three rotating buffers (mk_norm.cuh), each XC copies that the split-K adds spread over.
 constexpr int XC = 4;            // 4 copies: 132 same-address f32 reductions serialise (~17 ns each); 8 cost more loads
 constexpr int CNT_STRIDE = 32;   // one counter per 128-byte line
-constexpr int STREAM_BLOCKS_MAX = 512;  // computing blocks a grid with streamers may have (tune.streamers)
-constexpr int PROGRESS_STRIDE = 16;     // u64 words: a producer's progress word per 128-byte line
-constexpr int STREAMED_PER_STREAMER = 2 * (NT / 32);  // computing blocks one streamer serves (two per warp)
-static_assert(STREAMED_PER_STREAMER == 32, "32 computing blocks per streamer at most");
 struct Scratch {
     u64 raw[GDN_ROWS];                     // P1 outputs (in_proj, or qkv in the first FA_ROWS), tagged
     u64 ss[DH][NSL];                       // GDN gated-norm partial sums of squares per (head, value slice), tagged
@@ -60,8 +56,6 @@ struct Scratch {
     float aml[NKV][ATT_MAXCH][QPG][2];     // attention: per-chunk (max, sum)
     alignas(16) float aout[NQH * HD];      // attention: merged, gated output (o_proj input)
     alignas(128) unsigned done[NQH][CNT_STRIDE];  // attention: chunk items finished per query head (reset each layer)
-    alignas(128) u64 progress[STREAM_BLOCKS_MAX * PROGRESS_STRIDE];  // streamers: each computing block's producer,
-                                                                      // (sync_base << 32) | copies, one per line
 };
 static_assert(sizeof(Scratch) % 16 == 0, "scratch is a whole number of float4");
 constexpr int64_t SCRATCH_FLOATS = sizeof(Scratch) / 4;
@@ -80,11 +74,11 @@ struct GdnWork {                  // GDN item
     float sc[6];                  // beta, decay, 1/|q|, 1/|k|, raw b, raw a
 };
 constexpr int HS_MAX = 1024;      // MLP hidden units per block (FF / grid): grids of >= 4 blocks
-// The fewest computing blocks a launch may have: FF / HS_MAX MLP hidden units per block, and one block never holds two
-// GDN items of one head (an item waits for its head's other value slices, mk_gdn.cuh: with fewer than NSL blocks a
-// block's second item of a head would wait for itself)
+// The fewest blocks a launch may have: FF / HS_MAX MLP hidden units per block, and one block never holds two GDN items
+// of one head (an item waits for its head's other value slices, mk_gdn.cuh: with fewer than NSL blocks a block's
+// second item of a head would wait for itself)
 constexpr int MIN_GRID = NSL > (FF + HS_MAX - 1) / HS_MAX ? NSL : (FF + HS_MAX - 1) / HS_MAX;
-static_assert(MIN_GRID == 8, "8 computing blocks at least");
+static_assert(MIN_GRID == 8, "8 blocks at least");
 struct MlpWork {
     alignas(16) float part[H];    // the block's split-K down_proj partial
     float hs[HS_MAX];             // silu(gate) * up of the block's hidden units

@@ -1,6 +1,5 @@
 // mk_trace.cuh -- the timing trace (P.trace != NULL): consumer thread 0 of every block stamps %globaltimer at the
-// phase boundaries below; `luce-bench kernel trace` turns the stamps into per-phase times. The buffer has a column per
-// block of the grid; streamer blocks (tune.streamers) leave theirs untouched. Tracing adds a block
+// phase boundaries below; `luce-bench kernel trace` turns the stamps into per-phase times. Tracing adds a block
 // barrier before each "done" point so the stamp covers the whole block; the untraced kernel is unchanged.
 #pragma once
 #include "mk_ring.cuh"
@@ -30,7 +29,7 @@ constexpr int TR_O_DONE = TR_ITEM_IN, TR_O_SYNC = TR_ITEM_SS;
 constexpr int TR_STEP = NL * TR_L, TR_POINTS = TR_STEP + 4;
 
 __device__ __forceinline__ void trace_pt(const Ctx& c, const LuceMkParams& P, int s, int k) {
-    if (P.trace && c.tid == 0) P.trace[((long long)s * TR_POINTS + k) * gridDim.x + c.b] = global_ns();
+    if (P.trace && c.tid == 0) P.trace[((long long)s * TR_POINTS + k) * c.G + c.b] = global_ns();
 }
 // A "done" point: every consumer warp of the block has finished the phase.
 __device__ __forceinline__ void trace_done(const Ctx& c, const LuceMkParams& P, int s, int k) {

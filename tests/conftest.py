@@ -64,13 +64,6 @@ KERNEL_TUNE_SETS = {
     "uncapped": {"inflight": 0, "inflight_lm": 0},
     "no-pause": {"pause_mask": 0},
     "spin-sleep128": {"spin_sleep_ns": 128},
-    # 128 computing blocks on an H100/H200 (one GDN item each); 16 leave fewer blocks than items (two items on some),
-    # prefetching one chunk ahead
-    "streamers4": {"streamers": 4},
-    "streamers16-lead1": {"streamers": 16, "stream_lead": 1},
-    "streamers4-lines": {"streamers": 4, "stream_lines": 1},  # line by line from a warp per served block
-    "prefetch-lead2": {"prefetch_lead": 2},  # the producer warp prefetches lines of the chunk two ahead
-    "kv-prefetch": {"kv_prefetch": 1},  # attention items prefetch their K/V rows
 }
 
 

@@ -202,7 +202,7 @@ class MegakernelBackend(Backend):
         self.launch = klib.LuceMkLaunchInfo()
         klib.check(self._lib, self._lib.luce_mk_launch_info(self.launch), "launch info")
         self.prefill_gemm = attach(self._lib)
-        from luce_bench.kernels.tune import TUNE_ENV, Tune, for_device, sm90_refusal
+        from luce_bench.kernels.tune import TUNE_ENV, Tune, for_device
 
         abi = self._lib.luce_mk_abi_version()
         if abi < 9:  # a library from before the run-time tune runs its compiled values
@@ -213,18 +213,8 @@ class MegakernelBackend(Backend):
                     f"(asked for {asked}); rebuild the kernel or drop the tune fields"
                 )
             self.tune = None
-        else:
-            if self.tune is None:
-                self.tune = for_device(torch.cuda.get_device_name(self._device))
-            if self.tune.prefetching() and abi < klib.PREFETCH_ABI:
-                raise UserError(
-                    f"{self._build.lib}: ABI {abi} has no L2 prefetch fields (asked for {self.tune.prefetching()}); "
-                    "rebuild the kernel or drop them"
-                )
-            cap = torch.cuda.get_device_capability(self._device)
-            why = sm90_refusal(self.tune, self.launch.sm_count, cap, tuple(self._build.archs))
-            if why:
-                raise UserError(f"kernel tune: {why}")
+        elif self.tune is None:
+            self.tune = for_device(torch.cuda.get_device_name(self._device))
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         """Repack HF-named CPU tensors into the kernel layout on the device and allocate the state buffers."""
@@ -310,11 +300,6 @@ class MegakernelBackend(Backend):
     def device(self) -> Any:
         """The torch device the kernel runs on (after load)."""
         return self._device
-
-    @property
-    def computing_blocks(self) -> int:
-        """Blocks of the grid that compute (after load): all but the tune's streamers, which only prefetch into L2."""
-        return self.launch.grid - (self.tune.streamers if self.tune is not None else 0)
 
     @property
     def trace_points(self) -> int:
@@ -527,7 +512,6 @@ class MegakernelBackend(Backend):
             "archs": list(self._build.archs),
             "nvcc": self._build.nvcc_version,
             "grid": self.launch.grid,
-            "computing_blocks": self.computing_blocks,
             "threads": self.launch.threads,
             "smem_bytes": self.launch.smem_bytes,
             "ring_slots": self.launch.ring_slots,

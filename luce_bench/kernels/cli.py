@@ -71,8 +71,8 @@ def bench_cmd(
         typer.Option(
             help="NAME:MK_A=1,MK_B=2 (a build-option set), NAME (the defaults) or NAME=DIR (a prebuilt library), "
             "each optionally followed by @field=value,... (run-time tune: inflight, inflight_lm, pause_mask, "
-            "spin_sleep_ns, streamers, stream_lead, stream_lines, prefetch_lead, kv_prefetch; no rebuild); "
-            "repeatable, measured side by side. Default: one variant with $LUCE_BENCH_KERNEL_OPTIONS."
+            "spin_sleep_ns; no rebuild); repeatable, measured side by side. Default: one variant with "
+            "$LUCE_BENCH_KERNEL_OPTIONS."
         ),
     ] = None,
     reps: Annotated[int, typer.Option(min=1, help="Timed launches per round at the short position.")] = 10,
@@ -226,10 +226,8 @@ def trace_cmd(
     from luce_bench.kernels import trace
 
     r = trace.run(steps=steps, pos=pos, seed=seed, flags=flags, options=_options(option), lib_dir=prebuilt)
-    streaming = r["grid"] - r["computing_blocks"]
-    blocks = f" ({r['computing_blocks']} computing, {streaming} streaming)" if streaming else ""
     typer.echo(
-        f"seed {r['seed']}; {r['gpu']}; tune {r['tune']}; grid {r['grid']}{blocks}; untraced {r['untraced_us']:.1f} "
+        f"seed {r['seed']}; {r['gpu']}; tune {r['tune']}; grid {r['grid']}; untraced {r['untraced_us']:.1f} "
         f"us/token, traced {r['traced_us']:.1f} us/token (steps {trace.WARM_STEPS}..{steps - 1} analysed)"
     )
     typer.echo(f"\n{'segment':36s} {'18 GDN (us)':>12s} {'6 attn (us)':>12s} {'per GDN layer':>14s}")

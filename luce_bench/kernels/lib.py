@@ -7,15 +7,12 @@ from pathlib import Path
 
 from luce_bench.errors import UserError
 
-ABI_VERSION = 11
+ABI_VERSION = 9
 # 4: the decode only (libraries built before the prefill, e.g. for side-by-side benchmarks); 6: + the prefill from
 # position 0; 7: + the prefill at any position (LuceMkPrefillParams.pos, appended: ABI 6 libraries ignore it);
 # 8: + the prefill's GEMMs through cuBLAS (kernels/cublas.py); 9: + LuceMkParams.tune (appended: older libraries
-# ignore it and run their compiled tuning); 10: branch v14-counted's other Params (never merged, not read);
-# 11: + LuceMkTune.streamers, stream_lead, prefetch_lead, kv_prefetch and stream_lines (appended: ABI 9 libraries
-# ignore them, and prefetch nothing)
-DECODE_ABIS = (4, 6, 7, 8, 9, 11)
-PREFETCH_ABI = 11  # the first with the tune's L2 prefetch fields (tune.PREFETCH_FIELDS, stream_lead)
+# ignore it and run their compiled tuning)
+DECODE_ABIS = (4, 6, 7, 8, 9)
 PREFILL_SYMBOLS = ("luce_mk_prefill", "luce_mk_prefill_workspace", "luce_mk_prefill_launches")
 SYMBOLS = (
     "luce_mk_abi_version",
@@ -37,11 +34,6 @@ class LuceMkTune(ctypes.Structure):
         ("inflight_lm", ctypes.c_int),
         ("pause_mask", ctypes.c_int),
         ("spin_sleep_ns", ctypes.c_int),
-        ("streamers", ctypes.c_int),
-        ("stream_lead", ctypes.c_int),
-        ("prefetch_lead", ctypes.c_int),
-        ("kv_prefetch", ctypes.c_int),
-        ("stream_lines", ctypes.c_int),
     ]
 
 

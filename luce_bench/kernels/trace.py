@@ -51,10 +51,7 @@ def segments(tp: dict[str, int]) -> tuple[list[tuple[str, int | None, int]], lis
 
 
 def capture(be: Any, prompt: list[int], steps: int, flags: int = 0) -> tuple[float, float, Any]:
-    """(untraced us/token, traced us/token, trace [steps, points, computing blocks] in us) of launches after `prompt`.
-
-    The buffer has a column per block of the grid; streamer blocks (the tune's `streamers`) stamp nothing.
-    """
+    """(untraced us/token, traced us/token, trace [steps, points, grid] in us) of launches after `prompt`."""
     import numpy as np
     import torch
 
@@ -73,7 +70,7 @@ def capture(be: Any, prompt: list[int], steps: int, flags: int = 0) -> tuple[flo
     npts, grid = be.trace_points, be.launch.grid
     buf = torch.zeros(steps * npts * grid, dtype=torch.int64, device=be.device)
     traced = sorted(launch(buf) for _ in range(3))[1]
-    t_us = buf.view(steps, npts, grid)[:, :, : be.computing_blocks].cpu().numpy().astype(np.float64) / 1e3
+    t_us = buf.view(steps, npts, grid).cpu().numpy().astype(np.float64) / 1e3
     t_us[t_us == 0] = np.nan  # points a block never reaches (item points on blocks without an item)
     return plain, traced, t_us
 
@@ -170,7 +167,6 @@ def run(
         seed=seed,
         gpu=torch.cuda.get_device_name(),
         grid=be.launch.grid,
-        computing_blocks=be.computing_blocks,
         untraced_us=plain,
         traced_us=traced,
         steps=steps,
