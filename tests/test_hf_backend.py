@@ -125,3 +125,13 @@ def test_kernel_paths_fall_back_to_the_log_when_the_binding_is_unreadable():
     assert info["kernel_paths_source"] == "from transformers' log" and "kernel_modules" not in info
     assert (info["gdn_path"], info["conv1d_path"]) == ("pure-torch fallback", "causal-conv1d kernels")
     assert info["torch_fallbacks"] == ["chunk_gated_delta_rule"]
+
+
+def test_a_fallback_warning_names_only_the_packages_that_are_missing():
+    from luce_bench.backends.hf_paths import packages_for
+
+    # the H100 run of 2026-12-05: fla-core installed, causal-conv1d not (it needs a CUDA build)
+    assert packages_for(["causal_conv1d_fn", "causal_conv1d_update"]) == ["causal-conv1d"]
+    assert packages_for({"fused_recurrent_gated_delta_rule"}) == ["fla-core"]
+    assert packages_for(["chunk_gated_delta_rule", "causal_conv1d_fn"]) == ["fla-core", "causal-conv1d"]
+    assert packages_for([]) == []

@@ -194,7 +194,7 @@ class HFBackend(Backend):
 
     def info(self) -> dict[str, Any]:
         """dtype, device, attention, GDN and conv1d paths (fast kernels or pure-torch fallbacks) for meta.json."""
-        from luce_bench.backends.hf_paths import paths
+        from luce_bench.backends.hf_paths import packages_for, paths
 
         info = self.describe()
         info.update(
@@ -210,7 +210,9 @@ class HFBackend(Backend):
             info["warning"] = (
                 "GDN layers ran on transformers' pure-torch fallbacks ("
                 + ", ".join(info["torch_fallbacks"])
-                + "): install fla-core and causal-conv1d for the fast path"
+                + "): install "
+                + " and ".join(packages_for(info["torch_fallbacks"]))
+                + " for the fast path"
             )
         return info
 

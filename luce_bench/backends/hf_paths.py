@@ -136,6 +136,12 @@ def paths(model: Any, logged_fallbacks: set[str], device_type: str = "cuda") -> 
     }
 
 
+def packages_for(fallbacks: list[str] | set[str]) -> list[str]:
+    """The packages whose kernels would replace these fallbacks: fla-core (GDN), causal-conv1d (the short conv)."""
+    need = {"fla-core": set(GDN_FUNCTIONS.values()), "causal-conv1d": set(CONV_FUNCTIONS.values())}
+    return [pkg for pkg, names in need.items() if names & set(fallbacks)]
+
+
 def cache_kwarg(model: Any) -> str:
     """The name `model.forward` takes its cache under: `past_key_values` (transformers 5.17) or `cache` (5.24)."""
     params = inspect.signature(model.forward).parameters
