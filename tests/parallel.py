@@ -1,9 +1,9 @@
 """How `make test` spreads the suite over processes (pytest-xdist): the GPU tests together, every module in one piece.
 
 * The tests under tests/gpu/ (every `gpu`-marked test lives there; conftest refuses one elsewhere) form one work unit,
-  run in order by one worker, and it is handed out first: its chain (8 min 23 s on an H100, 2026-12-05) sets the suite's time,
-  while the other workers run the CPU tests beside it. Two workers on one card would time each other, or run two
-  persistent megakernels competing for its SMs.
+  run in order by one worker, and it is handed out first: its chain (8 min 23 s on an H100, 2026-12-05) sets the
+  suite's time, while the other workers run the CPU tests beside it. Two workers on one card would time each other,
+  or run two persistent megakernels competing for its SMs.
 * Every other module is one work unit, so its module and session fixtures (the kernel builds of
   tests/test_kernel_build.py, say) are made once, not once per worker. The longest known one is handed out next.
 * `-n auto` takes one worker per core while memory allows ~WORKER_BYTES each (one core fewer on a machine with more
