@@ -1,7 +1,7 @@
 // mk_ring.cuh -- the weight stream. Every matvec phase's rows are split over the blocks; the producer warp copies the
 // block's rows of every phase (all layers, then the LM head, for every step) into a ring of shared-memory slots and
 // never waits on activations, only on free slots; the consumer warps take the chunks off the ring in the same order.
-// Waits for: free slots (empty mbarriers). Publishes: full slots (bulk copy completion on the full mbarriers).
+// Waits for: free slots (empty mbarriers). Publishes: full slots (copy completion on the full mbarriers).
 #pragma once
 #include "luce_mk.h"
 #include "mk_math.cuh"
@@ -99,8 +99,14 @@ __device__ __forceinline__ bool walk_next(const Ctx& c, const LuceMkParams& P, W
     }
 }
 
-// ---- copies into the ring ----
-#if __CUDA_ARCH__ >= 900
+// ---- copies into the ring: bulk (TMA) copies from one lane on sm_90, 16-byte cp.async from the whole producer warp
+// before sm_90 and with MK_LDGSTS=1 ----
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !MK_LDGSTS
+#define MK_BULK_STREAM 1
+#else
+#define MK_BULK_STREAM 0
+#endif
+#if MK_BULK_STREAM
 __device__ __forceinline__ uint64_t evict_first_policy() {
     uint64_t pol;
     asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
@@ -125,7 +131,7 @@ __device__ __forceinline__ void warp_async_load(void* dst, const void* src, unsi
 }
 #endif
 // Arrivals that complete a full slot: the TMA thread's expect_tx, or the 32 lanes' cp.async arrivals.
-#if __CUDA_ARCH__ >= 900
+#if MK_BULK_STREAM
 constexpr unsigned FULL_ARRIVALS = 1;
 #else
 constexpr unsigned FULL_ARRIVALS = 32;
@@ -136,7 +142,7 @@ constexpr unsigned FULL_ARRIVALS = 32;
 // head but its last LM_TAIL_ROWS rows): every queued copy delays the consumers' dependent L2 round trips (NOTES.md
 // v9), and every release a consumer makes waits for the copies in flight on its SM (NOTES.md v13).
 __device__ void run_producer(const Ctx& c, const LuceMkParams& P) {
-#if __CUDA_ARCH__ >= 900
+#if MK_BULK_STREAM
     if (c.lane != 0) return;
     const uint64_t pol = evict_first_policy();
 #endif
@@ -158,7 +164,7 @@ __device__ void run_producer(const Ctx& c, const LuceMkParams& P) {
         mbar_wait(&smem().empty[slot], ((qp / ns) & 1u) ^ 1u);
         pause_wait(pause_mask);
         char* dst = c.ring() + (size_t)slot * SLOT_BYTES;
-#if __CUDA_ARCH__ >= 900
+#if MK_BULK_STREAM
         bulk_load(dst, src, bytes, &smem().full[slot], pol);
 #else
         warp_async_load(dst, src, bytes, &smem().full[slot], c.lane);

@@ -1,5 +1,6 @@
 // ring_stream.cuh -- what the one-file experiments share: the CUDA error check, the global timer, mbarrier tests and
-// the weight stream of the decode kernel's producer (bulk copies into a shared-memory ring, `inflight` in flight).
+// the weight stream of the decode kernel's producer (bulk copies into a shared-memory ring, `inflight` in flight), or
+// the same stream through the load/store unit (cp.async).
 #pragma once
 #include <cstdio>
 #include <cstdint>
@@ -151,6 +152,41 @@ __device__ unsigned long long stream_ring(uint64_t* full, unsigned ns, unsigned 
     return stream_ring_at(
         full, ns, ring, slot_bytes,
         [=](unsigned q) { return base + (unsigned long long)q * slot_bytes % per_block; }, inflight, phase, landed);
+}
+
+// The same stream through the load/store unit instead of the TMA: the 32 lanes of the calling warp copy each
+// `slot_bytes` part with 16-byte cp.async.cg (LDGSTS, sm_80's asynchronous copy), one commit group per part, at most
+// `inflight` groups in flight (1..4: cp.async.wait_group takes a constant), until *phase reaches 2. Returns (on every
+// lane) the parts that landed while *phase was 1.
+__device__ __forceinline__ void ldgsts_wait(unsigned pending) {
+    switch (pending) {
+        case 0: asm volatile("cp.async.wait_group 0;" ::: "memory"); break;
+        case 1: asm volatile("cp.async.wait_group 1;" ::: "memory"); break;
+        case 2: asm volatile("cp.async.wait_group 2;" ::: "memory"); break;
+        default: asm volatile("cp.async.wait_group 3;" ::: "memory"); break;
+    }
+}
+__device__ unsigned long long stream_ldgsts(unsigned ns, unsigned char* ring, unsigned slot_bytes, const char* base,
+                                            unsigned long long per_block, unsigned inflight, volatile unsigned* phase) {
+    const unsigned lane = threadIdx.x & 31;
+    unsigned long long copies = 0;
+    for (unsigned q = 0;; ++q) {
+        const unsigned ph = __shfl_sync(~0u, lane == 0 ? *phase : 0u, 0);
+        if (ph >= 2) break;
+        if (q >= inflight) {  // part q - inflight has landed (this lane's share of it; the warp's after __syncwarp)
+            ldgsts_wait(inflight - 1);
+            __syncwarp();
+            if (ph == 1) ++copies;
+        }
+        const char* src = base + (unsigned long long)q * slot_bytes % per_block;
+        unsigned char* dst = ring + (q % ns) * slot_bytes;
+        for (unsigned off = lane * 16; off < slot_bytes; off += 32 * 16)
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(su32(dst + off)), "l"(src + off)
+                         : "memory");
+        asm volatile("cp.async.commit_group;" ::: "memory");
+    }
+    asm volatile("cp.async.wait_all;" ::: "memory");
+    return copies;
 }
 
 // Launches `kernel(a)` cooperatively (`grid` blocks of `threads`, `smem` bytes of dynamic shared memory), waits for

@@ -12,6 +12,9 @@
 //             2026-12-04 evening run, not yet run);
 //   barrier   a grid barrier of all blocks, four ways: red.release + ld.acquire polling (mk_sync.cuh's grid_sync),
 //             red.relaxed + ld.relaxed (no ordering: timing only), release + relaxed, relaxed + acquire.
+// In the "LDGSTS" cases the whole of warp 0 streams the same parts with 16-byte cp.async.cg (the load/store unit's
+// asynchronous copy, commit groups of one part, `inflight` groups in flight) instead of one lane's bulk copies: does a
+// release on the SM wait for those as it does for bulk copies? (Added 2026-12-05 after v15's screen; not yet run.)
 // In the "streamer fence" cases the streaming lane itself also times a store + fence.acq_rel.gpu right after every 8th
 // copy lands, before it issues the next: the release a producer could make for its block (measured 2026-12-04 evening:
 // cuda/NOTES.md, "Candidate (a) screened").
@@ -34,7 +37,7 @@ constexpr int NOUT = 12;  // per block: L2 load, fence, 4 barrier kinds (ns tota
 struct Args {
     const char* src;
     unsigned long long src_bytes;
-    unsigned kb, inflight, odd_only, streamer_fence;
+    unsigned kb, inflight, odd_only, streamer_fence, ldgsts;
     const unsigned* chain;  // L2-resident pointer chase: chain[i] = next index
     unsigned chain_len;
     unsigned* bar;          // 4 barrier counters, 32 apart (zeroed before the launch)
@@ -55,10 +58,17 @@ __global__ void __launch_bounds__(64, 1) probe(Args a) {
         phase = 0;
     }
     __syncthreads();
-    if (threadIdx.x == 0) {  // the stream
+    const unsigned long long per_block = a.src_bytes / G / slot_bytes * slot_bytes;
+    const bool streams = a.inflight && (!a.odd_only || (b & 1));
+    if (threadIdx.x < 32 && a.ldgsts) {  // the stream, through the load/store unit (the whole warp)
+        const unsigned long long copies =
+            streams ? stream_ldgsts(ns, ring, slot_bytes, a.src + per_block * b, per_block, a.inflight, &phase) : 0;
+        if (threadIdx.x == 0) a.out[b * NOUT + 6] = copies;
+        return;
+    }
+    if (threadIdx.x == 0) {  // the stream: bulk copies from one lane
         unsigned long long copies = 0, sf_ns = 0, sf_n = 0;
-        const unsigned long long per_block = a.src_bytes / G / slot_bytes * slot_bytes;
-        if (a.inflight && (!a.odd_only || (b & 1)))
+        if (streams)
             copies = stream_ring(full, ns, ring, slot_bytes, a.src + per_block * b, per_block, a.inflight, &phase,
                                  [&](unsigned long long n, unsigned q) {
                                      if ((n & 7) || !a.streamer_fence) return;
@@ -138,17 +148,21 @@ int main() {
            "ld.{acquire|relaxed}; streamer = the streaming lane's fence after a copy lands; fence cl / cta = the "
            "fence at cluster / CTA scope; medians over the measured blocks, ns\n",
            d.prop.name, d.sms, CHAIN, BARRIERS);
-    printf("%4s %9s %8s %7s %9s %7s %7s %7s %7s %7s %9s %8s %8s\n", "KB", "in flight", "streams", "TB/s", "L2 load",
+    printf("%6s %4s %9s %8s %7s %9s %7s %7s %7s %7s %7s %9s %8s %8s\n", "copy", "KB", "in flight", "streams", "TB/s",
+           "L2 load",
            "fence", "rel/acq", "rlx/rlx", "rel/rlx", "rlx/acq", "streamer", "fence cl", "fence cta");
-    // kb, copies in flight, only the odd blocks stream (the even ones are measured), the streamer times its own fence
-    const unsigned cases[][4] = {{32, 0, 0, 0}, {32, 1, 0, 0}, {32, 2, 0, 0}, {32, 3, 0, 0}, {64, 1, 0, 0},
-                                 {16, 2, 0, 0}, {32, 1, 1, 0}, {32, 2, 1, 0}, {32, 1, 0, 1}, {32, 2, 0, 1},
-                                 {32, 1, 0, 0}, {32, 0, 0, 0}};
+    // kb, copies in flight, only the odd blocks stream (the even ones are measured), the streamer times its own fence,
+    // the copies are cp.async (LDGSTS) from a warp instead of bulk copies from a lane
+    const unsigned cases[][5] = {{32, 0, 0, 0, 0}, {32, 1, 0, 0, 0}, {32, 2, 0, 0, 0}, {32, 3, 0, 0, 0},
+                                 {64, 1, 0, 0, 0}, {16, 2, 0, 0, 0}, {32, 1, 1, 0, 0}, {32, 2, 1, 0, 0},
+                                 {32, 1, 0, 1, 0}, {32, 2, 0, 1, 0}, {32, 1, 0, 0, 1}, {32, 2, 0, 0, 1},
+                                 {32, 4, 0, 0, 1}, {16, 4, 0, 0, 1}, {32, 2, 1, 0, 1}, {32, 1, 0, 0, 0},
+                                 {32, 0, 0, 0, 0}};
     for (auto& c : cases) {
         for (int rep = 0; rep < 2; ++rep) {
             CK(cudaMemset(bar, 0, 4 * 32 * 4));
             CK(cudaMemset(out, 0, d.sms * NOUT * 8));
-            Args a{d.src, SRC_BYTES, c[0], c[1], c[2], c[3], chain, chain_len, bar, own, out};
+            Args a{d.src, SRC_BYTES, c[0], c[1], c[2], c[3], c[4], chain, chain_len, bar, own, out};
             std::vector<unsigned long long> o;
             if (run_coop(probe, a, d.sms, 64, RING, out, d.sms * NOUT, &o)) return 1;
             std::vector<double> v[9];
@@ -170,7 +184,8 @@ int main() {
             char sf[16] = "-";
             if (c[3]) snprintf(sf, sizeof sf, "%.0f", med[6]);
             if (rep == 1)
-                printf("%4u %9u %8s %7.2f %9.0f %7.0f %7.0f %7.0f %7.0f %7.0f %9s %8.0f %8.0f\n", c[0], c[1],
+                printf("%6s %4u %9u %8s %7.2f %9.0f %7.0f %7.0f %7.0f %7.0f %7.0f %9s %8.0f %8.0f\n",
+                       c[4] ? "LDGSTS" : "bulk", c[0], c[1],
                        c[1] ? (c[2] ? "odd SMs" : "all") : "-", tbs, med[0], med[1], med[2], med[3], med[4], med[5],
                        sf, med[7], med[8]);
         }
