@@ -205,7 +205,7 @@ const char* luce_mk_error_string(int code) {
         case kErrOccupancy: return "luce_mk: occupancy API reports 0 resident blocks per SM";
         case kErrGrid:
             return "luce_mk: too few SMs (8 at least: each block holds at most 1024 of the 3584 MLP hidden units, and "
-                   "one GDN item of each head)";
+                   "at most one GDN item of each head)";
         case kErrArgs:
             return "luce_mk: bad arguments (n_steps or n_tokens < 1, beyond max_seq, or a tune value out of range)";
         case LUCE_MK_ERR_PREFILL_SMEM:

@@ -73,7 +73,7 @@ struct GdnWork {                  // GDN item
     float red[8][SLV][3];         // per-warp partial dots (S k, S q, k q)
     float sc[6];                  // beta, decay, 1/|q|, 1/|k|, raw b, raw a
 };
-constexpr int HS_MAX = 1024;      // MLP hidden units per block (FF / grid): grids of >= 4 blocks
+constexpr int HS_MAX = 1024;      // MLP hidden units per block (FF / grid): grids of >= 4 blocks (MIN_GRID below)
 // The fewest blocks a launch may have: FF / HS_MAX MLP hidden units per block, and one block never holds two GDN items
 // of one head (an item waits for its head's other value slices, mk_gdn.cuh: with fewer than NSL blocks a block's
 // second item of a head would wait for itself)

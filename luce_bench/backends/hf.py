@@ -211,7 +211,7 @@ class HFBackend(Backend):
                 "GDN layers ran on transformers' pure-torch fallbacks ("
                 + ", ".join(info["torch_fallbacks"])
                 + "): install "
-                + " and ".join(packages_for(info["torch_fallbacks"]))
+                + " and ".join(packages_for(info["torch_fallbacks"]) or ["fla-core", "causal-conv1d"])
                 + " for the fast path"
             )
         return info
