@@ -106,12 +106,13 @@ __device__ __forceinline__ bool walk_next(const Ctx& c, const LuceMkParams& P, W
 #else
 #define MK_BULK_STREAM 0
 #endif
-#if MK_BULK_STREAM
+// The weights are read once per step: evict them from L2 first (the activations, partials and KV rows stay).
 __device__ __forceinline__ uint64_t evict_first_policy() {
     uint64_t pol;
     asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
     return pol;
 }
+#if MK_BULK_STREAM
 // One thread: expect `bytes` on the mbarrier and start a bulk (TMA 1D) global->shared copy completing on it.
 __device__ __forceinline__ void bulk_load(void* dst, const void* src, unsigned bytes, uint64_t* bar, uint64_t pol) {
     asm volatile("{ .reg .b64 st; mbarrier.arrive.expect_tx.shared.b64 st, [%0], %1; }" ::"r"(smem_u32(bar)), "r"(bytes)
@@ -121,12 +122,20 @@ __device__ __forceinline__ void bulk_load(void* dst, const void* src, unsigned b
         ::"r"(smem_u32(dst)), "l"(src), "r"(bytes), "r"(smem_u32(bar)), "l"(pol) : "memory");
 }
 #else
-// Whole producer warp: 16-byte cp.async per lane, then each lane's arrive fires when its copies land (count 32).
-__device__ __forceinline__ void warp_async_load(void* dst, const void* src, unsigned bytes, uint64_t* bar, int lane) {
+// Whole producer warp: 16-byte cp.async per lane, then each lane's arrive fires when its copies land (count 32). On
+// sm_90 (MK_LDGSTS) with the bulk copies' evict-first policy, so that the two differ only in how they copy.
+__device__ __forceinline__ void warp_async_load(void* dst, const void* src, unsigned bytes, uint64_t* bar, int lane,
+                                                uint64_t pol) {
     const unsigned d = smem_u32(dst);
     const char* s = (const char*)src;
-    for (unsigned o = lane * 16u; o < bytes; o += 512u)
+    for (unsigned o = lane * 16u; o < bytes; o += 512u) {
+#if __CUDA_ARCH__ >= 900
+        asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;" ::"r"(d + o), "l"(s + o), "l"(pol)
+                     : "memory");
+#else
         asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d + o), "l"(s + o) : "memory");
+#endif
+    }
     asm volatile("cp.async.mbarrier.arrive.noinc.shared.b64 [%0];" ::"r"(smem_u32(bar)) : "memory");
 }
 #endif
@@ -144,8 +153,8 @@ constexpr unsigned FULL_ARRIVALS = 32;
 __device__ void run_producer(const Ctx& c, const LuceMkParams& P) {
 #if MK_BULK_STREAM
     if (c.lane != 0) return;
-    const uint64_t pol = evict_first_policy();
 #endif
+    const uint64_t pol = evict_first_policy();
     const unsigned ns = (unsigned)c.ns, pause_mask = (unsigned)P.tune.pause_mask;
     const unsigned cap_layers = (unsigned)P.tune.inflight, cap_lm = (unsigned)P.tune.inflight_lm;
     const int lm_end = split_rows(V, c.b + 1, c.G);
@@ -167,7 +176,7 @@ __device__ void run_producer(const Ctx& c, const LuceMkParams& P) {
 #if MK_BULK_STREAM
         bulk_load(dst, src, bytes, &smem().full[slot], pol);
 #else
-        warp_async_load(dst, src, bytes, &smem().full[slot], c.lane);
+        warp_async_load(dst, src, bytes, &smem().full[slot], c.lane, pol);
 #endif
     }
 }

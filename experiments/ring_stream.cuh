@@ -155,9 +155,9 @@ __device__ unsigned long long stream_ring(uint64_t* full, unsigned ns, unsigned 
 }
 
 // The same stream through the load/store unit instead of the TMA: the 32 lanes of the calling warp copy each
-// `slot_bytes` part with 16-byte cp.async.cg (LDGSTS, sm_80's asynchronous copy), one commit group per part, at most
-// `inflight` groups in flight (1..4: cp.async.wait_group takes a constant), until *phase reaches 2. Returns (on every
-// lane) the parts that landed while *phase was 1.
+// `slot_bytes` part with 16-byte cp.async.cg (LDGSTS, sm_80's asynchronous copy; evict-first in L2 as the bulk
+// copies), one commit group per part, at most `inflight` groups in flight (1..4: cp.async.wait_group takes a
+// constant), until *phase reaches 2. Returns (on every lane) the parts that landed while *phase was 1.
 __device__ __forceinline__ void ldgsts_wait(unsigned pending) {
     switch (pending) {
         case 0: asm volatile("cp.async.wait_group 0;" ::: "memory"); break;
@@ -169,7 +169,8 @@ __device__ __forceinline__ void ldgsts_wait(unsigned pending) {
 __device__ unsigned long long stream_ldgsts(unsigned ns, unsigned char* ring, unsigned slot_bytes, const char* base,
                                             unsigned long long per_block, unsigned inflight, volatile unsigned* phase) {
     const unsigned lane = threadIdx.x & 31;
-    unsigned long long copies = 0;
+    unsigned long long copies = 0, pol;
+    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));  // as the bulk copies
     for (unsigned q = 0;; ++q) {
         const unsigned ph = __shfl_sync(~0u, lane == 0 ? *phase : 0u, 0);
         if (ph >= 2) break;
@@ -181,8 +182,8 @@ __device__ unsigned long long stream_ldgsts(unsigned ns, unsigned char* ring, un
         const char* src = base + (unsigned long long)q * slot_bytes % per_block;
         unsigned char* dst = ring + (q % ns) * slot_bytes;
         for (unsigned off = lane * 16; off < slot_bytes; off += 32 * 16)
-            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(su32(dst + off)), "l"(src + off)
-                         : "memory");
+            asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;" ::"r"(su32(dst + off)),
+                         "l"(src + off), "l"(pol) : "memory");
         asm volatile("cp.async.commit_group;" ::: "memory");
     }
     asm volatile("cp.async.wait_all;" ::: "memory");
