@@ -149,8 +149,7 @@ int main() {
            "fence at cluster / CTA scope; medians over the measured blocks, ns\n",
            d.prop.name, d.sms, CHAIN, BARRIERS);
     printf("%6s %4s %9s %8s %7s %9s %7s %7s %7s %7s %7s %9s %8s %8s\n", "copy", "KB", "in flight", "streams", "TB/s",
-           "L2 load",
-           "fence", "rel/acq", "rlx/rlx", "rel/rlx", "rlx/acq", "streamer", "fence cl", "fence cta");
+           "L2 load", "fence", "rel/acq", "rlx/rlx", "rel/rlx", "rlx/acq", "streamer", "fence cl", "fence cta");
     // kb, copies in flight, only the odd blocks stream (the even ones are measured), the streamer times its own fence,
     // the copies are cp.async (LDGSTS) from a warp instead of bulk copies from a lane
     const unsigned cases[][5] = {{32, 0, 0, 0, 0}, {32, 1, 0, 0, 0}, {32, 2, 0, 0, 0}, {32, 3, 0, 0, 0},
@@ -185,9 +184,8 @@ int main() {
             if (c[3]) snprintf(sf, sizeof sf, "%.0f", med[6]);
             if (rep == 1)
                 printf("%6s %4u %9u %8s %7.2f %9.0f %7.0f %7.0f %7.0f %7.0f %7.0f %9s %8.0f %8.0f\n",
-                       c[4] ? "LDGSTS" : "bulk", c[0], c[1],
-                       c[1] ? (c[2] ? "odd SMs" : "all") : "-", tbs, med[0], med[1], med[2], med[3], med[4], med[5],
-                       sf, med[7], med[8]);
+                       c[4] ? "LDGSTS" : "bulk", c[0], c[1], c[1] ? (c[2] ? "odd SMs" : "all") : "-", tbs, med[0],
+                       med[1], med[2], med[3], med[4], med[5], sf, med[7], med[8]);
         }
     }
     return 0;

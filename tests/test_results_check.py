@@ -30,13 +30,17 @@ def _lines(out) -> list[str]:
     return out.output.strip().splitlines()
 
 
+def _copy_tree(src: Path, dest: Path) -> Path:
+    """Copy the results tree `src` (less its runs/) and the README beside it into `dest`; the copy's results/."""
+    shutil.copytree(src, dest / "results", ignore=shutil.ignore_patterns("runs"))
+    shutil.copy(src.parent / "README.md", dest / "README.md")
+    return dest / "results"
+
+
 @pytest.fixture
 def tree(tmp_path):
     """A copy of results/ and a README with the generated block, next to each other."""
-    results = tmp_path / "results"
-    shutil.copytree(ROOT / "results", results, ignore=shutil.ignore_patterns("runs"))
-    (tmp_path / "README.md").write_text((ROOT / "README.md").read_text())
-    return results
+    return _copy_tree(ROOT / "results", tmp_path)
 
 
 def test_the_repository_results_agree_with_their_csvs():
@@ -57,14 +61,22 @@ def test_a_copy_elsewhere_agrees_once_regenerated(tree):
     assert text.startswith(f"# x\n\n{BEGIN}\n") and text.endswith(f"{END}\n\nmore\n")
 
 
-def _make_run_the_newest(tree: Path) -> Path:
-    """Drop the copy's later runs of RUN's GPU and regenerate the tables: RUN is then its GPU's row in both READMEs."""
+@pytest.fixture(scope="module")
+def newest_tree(tmp_path_factory):
+    """A copy without the later runs of RUN's GPU, tables regenerated: RUN is its GPU's row in both READMEs."""
+    results = _copy_tree(ROOT / "results", tmp_path_factory.mktemp("newest"))
     gpu, name = RUN.split("/")
-    for later in (p for p in (tree / gpu).iterdir() if p.is_dir() and p.name > name):
+    for later in (p for p in (results / gpu).iterdir() if p.is_dir() and p.name > name):
         shutil.rmtree(later)
-    assert runner.invoke(app, ["publish", "--results", str(tree)]).exit_code == 0
-    assert _check(tree).exit_code == 0
-    return tree / RUN
+    assert runner.invoke(app, ["publish", "--results", str(results)]).exit_code == 0
+    assert _check(results).exit_code == 0
+    return results
+
+
+@pytest.fixture
+def run_tree(newest_tree, tmp_path):
+    """A fresh copy of `newest_tree` for one test to spoil."""
+    return _copy_tree(newest_tree, tmp_path)
 
 
 def _edit_cell(path: Path, row: int, column: str, value: str) -> None:
@@ -77,8 +89,9 @@ def _edit_cell(path: Path, row: int, column: str, value: str) -> None:
         w.writerows(rows)
 
 
-def test_editing_a_measurement_without_regenerating_fails_until_regenerated(tree):
-    run = _make_run_the_newest(tree)
+def test_editing_a_measurement_without_regenerating_fails_until_regenerated(run_tree):
+    tree = run_tree
+    run = tree / RUN
     _edit_cell(run / "runs.csv", 15, "avg_ts", "500")  # a llamacpp tg128 window "improved" by hand (453.797)
     tables = [
         f"{path} is stale against the committed CSVs (run `luce-bench publish --results {tree}`)"
@@ -109,8 +122,9 @@ PROBLEMS = {  # what is done to the copy -> the start of the line that must name
 
 @pytest.mark.tries("bad input", "report --check: stale, schema-breaking or meta-less results trees")
 @pytest.mark.parametrize("case", list(PROBLEMS))
-def test_each_problem_is_one_line_and_exit_1(case, tree):
-    run, readme = _make_run_the_newest(tree), tree.parent / "README.md"
+def test_each_problem_is_one_line_and_exit_1(case, run_tree):
+    tree = run_tree
+    run, readme = tree / RUN, tree.parent / "README.md"
     if case == "summary-edited":
         _edit_cell(run / "summary.csv", 0, "avg_ts", "1600")
     elif case == "report-edited":
