@@ -175,9 +175,12 @@ def test_user_errors_are_one_line_exit_2(args, message):
     assert len([ln for ln in result.output.splitlines() if ln.startswith("error:")]) == 1
 
 
-def test_debug_shows_the_traceback():
+def test_debug_shows_the_traceback_and_keeps_the_exit_code():
+    plain = runner.invoke(app, ["report", "/no/such/dir"])
     result = runner.invoke(app, ["--debug", "report", "/no/such/dir"])
-    assert result.exit_code != 0 and result.exception is not None
+    assert plain.exit_code == result.exit_code == 2, result.output
+    assert "Traceback (most recent call last)" in result.output and "UserError" in result.output
+    assert result.output.splitlines()[-1] == plain.output.splitlines()[-1]  # the same one line, after the traceback
 
 
 def test_info_is_clean_without_a_gpu():

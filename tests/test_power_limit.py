@@ -169,6 +169,37 @@ def test_env_read_only_holds_even_for_a_gpu_opened_writable(monkeypatch):
         gpu.set_power_limit_mw(300_000)
 
 
+@pytest.mark.parametrize(
+    ("value", "read_only"),
+    [
+        ("", False),
+        ("0", False),
+        (" false ", False),
+        ("No", False),
+        ("off", False),
+        ("1", True),
+        ("true", True),
+        ("ON", True),
+        ("2", True),
+        ("y", True),
+        ("garbage", True),
+    ],
+)
+def test_the_read_only_switch_fails_closed(monkeypatch, value, read_only):
+    """Only an empty or clearly false LUCE_BENCH_READONLY lets setters run: "2", "y" or a typo mean read-only."""
+    from luce_bench.gpu.base import GPUReadOnlyError, read_only_mode
+    from luce_bench.gpu.fake import FakeGPU
+
+    monkeypatch.setenv("LUCE_BENCH_READONLY", value)
+    assert read_only_mode() is read_only
+    gpu = FakeGPU(read_only=False)
+    if read_only:
+        with pytest.raises(GPUReadOnlyError):
+            gpu.set_power_limit_mw(300_000)
+    else:
+        gpu.set_power_limit_mw(300_000)
+
+
 # --- locked SM clocks on the same rails (issue 14) ----------------------------------------------------------------
 def test_journal_rewritten_before_the_first_clock_change_and_clocks_restored(state_dir):
     gpu = FakeGPU()

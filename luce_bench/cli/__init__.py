@@ -1,13 +1,15 @@
 """luce-bench command line: flags become a validated config, the config a plan; the work lives in other modules.
 
-A user error prints one line and exits with code 2; `--debug` shows the traceback instead. That holds for flags that
-do not parse as well (`--reps abc`, an unknown option or command): `OneLineErrors` prints click's message on one line.
+A user error prints one line and exits with code 2; `--debug` prints the traceback before that line (the exit code
+stays). That holds for flags that do not parse as well (`--reps abc`, an unknown option or command): `OneLineErrors`
+prints click's message on one line.
 """
 
 from __future__ import annotations
 
 import signal
 import sys
+import traceback
 from typing import Annotated, Any
 
 import click
@@ -115,7 +117,7 @@ def main() -> None:
         app()
     except UserError as exc:  # raised outside a command (e.g. while mounting)
         if state["debug"]:
-            raise
+            traceback.print_exc()
         typer.echo(f"error: {one_line(str(exc))}", err=True)
         sys.exit(2)
     finally:

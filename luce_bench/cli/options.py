@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -181,7 +182,7 @@ def one_line(text: str) -> str:
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn UserError and GPU errors into one line on stderr and exit code 2 (`--debug`: the traceback).
+    """Turn UserError and GPU errors into one line on stderr and exit code 2 (`--debug`: the traceback first).
 
     An OSError that reaches here (a report or cache file that cannot be written) is one line and exit code 4.
     """
@@ -192,7 +193,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except (UserError, _gpu_error()) as exc:
             if state["debug"]:
-                raise
+                traceback.print_exc()
             typer.echo(f"error: {one_line(str(exc))}", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
@@ -200,7 +201,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(130) from None
         except OSError as exc:  # a file luce-bench must write (a report, a cache entry): full disk, no permission
             if state["debug"]:
-                raise
+                traceback.print_exc()
             where = f" ({exc.filename})" if exc.filename else ""
             typer.echo(f"error: cannot write{where}: {one_line(exc.strerror or str(exc))}", err=True)
             raise typer.Exit(4) from None

@@ -158,8 +158,11 @@ class GPU(Protocol):
 
 
 def read_only_mode() -> bool:
-    """True when LUCE_BENCH_READONLY is set to a true value (1/true/yes/on), e.g. by --read-only."""
-    return os.environ.get(READONLY_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+    """True when LUCE_BENCH_READONLY (set by --read-only) holds anything but an empty or false value (0/false/no/off).
+
+    A safety switch fails closed: a value it does not recognise ("2", "y", a typo) means read-only too.
+    """
+    return os.environ.get(READONLY_ENV, "").strip().lower() not in {"", "0", "false", "no", "off"}
 
 
 def enable_read_only_mode() -> None:
