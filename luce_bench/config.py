@@ -165,7 +165,22 @@ def _list(*item_checks: AfterValidator, non_empty: bool = True) -> Any:
 
 
 Names = _list()
-Tests = _list(AfterValidator(_test))
+
+
+def _tests_once(v: tuple[str, ...]) -> tuple[str, ...]:
+    """A test named twice would be measured twice and its windows pooled (--reps repeats a test)."""
+    seen: dict[TestSpec, str] = {}
+    for text in v:
+        spec = TestSpec.parse(text)
+        if spec in seen:
+            raise UserError(
+                f"test {text} is given twice ({seen[spec]} and {text}): give each once (--reps repeats a test)"
+            )
+        seen[spec] = text
+    return v
+
+
+Tests = Annotated[_list(AfterValidator(_test)), AfterValidator(_tests_once)]
 Limits = _list(AfterValidator(_limit), non_empty=False)
 Clocks = _list(AfterValidator(_clock), non_empty=False)
 

@@ -1,5 +1,6 @@
 """Config loading and validation: every error names the bad key or value."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,7 @@ def test_cli_overrides_win_and_none_is_ignored():
         pytest.param("sampler:\n  periodd_s: 1\n", "unknown key 'sampler.periodd_s'", id="unknown-nested"),
         pytest.param("window_s: fast\n", "window_s: expected a number", id="type"),
         pytest.param("tests: [pp520, xx1]\n", "bad test 'xx1'", id="bad-test"),
+        pytest.param("tests: tg128,pp64,tg128\n", "test tg128 is given twice (tg128 and tg128)", id="test-twice"),
         pytest.param("sweep:\n  limits: [300, lots]\n", "sweep.limits[1]", id="bad-limit"),
         pytest.param("sweep:\n  order: random\n", "sweep.order = 'random'", id="bad-choice"),
         pytest.param("gpu:\n  fake: maybe\n", "gpu.fake: expected true or false", id="bool"),
@@ -66,7 +68,7 @@ def test_cli_overrides_win_and_none_is_ignored():
 def test_bad_config_names_the_key(tmp_path, yaml_text, message):
     p = tmp_path / "c.yaml"
     p.write_text(yaml_text)
-    with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(UserError, match=re.escape(message)):
         config.load(p)
 
 
