@@ -98,9 +98,15 @@ def check(results: Path, readme: Path | None) -> list[str]:
     """Every problem of the results tree `results` (and the README block in `readme`), one line each."""
     if not results.is_dir():
         raise UserError(f"results directory not found: {results}")
+    runs = run_dirs(results)
+    if not runs:
+        raise UserError(
+            f"{results} is not a results tree: no <gpu>/<run>/ folder in it holds a run's files "
+            "(give the folder that holds the published runs, e.g. results/)"
+        )
     problems: list[str] = []
     clean = True
-    for run in run_dirs(results):
+    for run in runs:
         found = schema_problems(run)
         problems += found or summary_problems(run) + independent_problems(run)
         clean = clean and not found

@@ -161,6 +161,19 @@ def test_a_missing_results_tree_is_bad_input(tmp_path):
     assert out.exit_code == 2 and _lines(out) == [f"error: results directory not found: {tmp_path / 'nope'}"]
 
 
+def test_a_folder_without_published_runs_is_bad_input(tmp_path):
+    """An empty folder, or the ad-hoc runs folder, is not a results tree: one line, not a README 'stale' to publish."""
+    (tmp_path / "runs" / "20260101T000000Z-sweep").mkdir(parents=True)
+    (tmp_path / "runs" / "20260101T000000Z-sweep" / "runs.csv").write_text("x\n")
+    for folder in (tmp_path, tmp_path / "runs"):
+        out = _check(folder)
+        assert out.exit_code == 2, out.output
+        assert _lines(out) == [
+            f"error: {folder} is not a results tree: no <gpu>/<run>/ folder in it holds a run's files (give the "
+            "folder that holds the published runs, e.g. results/)"
+        ]
+
+
 def test_meta_without_bandwidth_says_so_in_the_cell_and_a_recorded_one_gives_the_floor(tree):
     from luce_bench.published import load_run
     from luce_bench.published_tables import headline_rows
