@@ -65,6 +65,12 @@ def resume_config(run_dir: Path, params: dict[str, Any], overrides: dict[str, An
     from luce_bench.cli.options import FLAG_KEYS, check_flags, load_config
 
     _, meta = _prior(run_dir)
+    out = params.get("out")
+    if out is not None and Path(out).resolve() != run_dir.resolve().parent:
+        raise UserError(
+            f"--resume {run_dir}: the run continues in its own folder, not under -o {out}; drop -o (or give "
+            f"-o {run_dir.parent})"
+        )
     stored = {k: v for k, v in meta["config"].items() if k != "output_dir"}
     if params.get("config") is not None:
         cfg = load_config(params, **overrides)

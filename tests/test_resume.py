@@ -99,6 +99,7 @@ REFUSALS = {
     "other-plan": ([], lambda d: _edit_json(d / "status.json", plan_sha256="0" * 64), "plan"),
     "other-gpu": ([], lambda d: _edit_json(d / "status.json", gpu_uuid="GPU-other"), "measured on GPU GPU-other"),
     "not-a-directory": ([], lambda d: shutil.rmtree(d), "not a directory"),
+    "other-out": (["-o", "{env}/elsewhere"], None, "the run continues in its own folder, not under -o"),
 }
 
 
