@@ -252,6 +252,18 @@ class BenchConfig(_Section):
     cooldown: CooldownConfig = Field(default_factory=CooldownConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
 
+    @model_validator(mode="after")
+    def _timeout_fits_the_plan(self) -> BenchConfig:
+        """A test timeout below one test's own warm-up and windows could only fail every backend."""
+        planned_s = self.warmup_s + self.reps * self.window_s
+        if 0 < self.test_timeout_s < planned_s:
+            raise UserError(
+                f"test_timeout_s = {self.test_timeout_s:g} s is shorter than one test's plan (warm-up "
+                f"{self.warmup_s:g} s + {self.reps} x {self.window_s:g} s windows = {planned_s:g} s): raise it, or "
+                "give 0 for the automatic deadline"
+            )
+        return self
+
     @property
     def test_deadline_s(self) -> float:
         """How long one test (warm-up and every repetition) may take: `test_timeout_s`, or 60 s plus 3x its plan.
