@@ -355,9 +355,10 @@ def plan(
     check_device(cfg.device, keep, ctx)
     tests = cfg.test_specs
     chosen = model_name(cfg, ctx)
-    notes = (TINY_NOTE,) if cfg.model == "auto" and chosen == "tiny" else ()
     model = resolve_model(chosen, seed=cfg.model_seed)
     keep = _serving(keep, optional, model, skipped)
+    runs_a_model = any(not get_backend(b).simulated for b in keep)  # the simulated backend runs no model
+    notes = (TINY_NOTE,) if cfg.model == "auto" and chosen == "tiny" and runs_a_model else ()
     check_tests_fit(tests, model)
     for backend in keep:  # files a backend would fail on (a damaged cached GGUF) are refused now, not mid-run
         get_backend(backend).check_model(model, **ctx.backend_kwargs(backend))

@@ -274,7 +274,7 @@ def test_an_unusable_out_is_the_only_line_even_when_the_plan_has_notes(tiny_mode
 
     afile = tmp_path / "afile"
     afile.write_text("x")
-    argv = ["compare", "--fake-gpu", "--no-megakernel", "--baselines", "sim", "--model", "auto", "--out", str(afile)]
+    argv = ["compare", "--fake-gpu", "--no-megakernel", "--baselines", "sim,hf", "--model", "auto", "--out", str(afile)]
     with sandbox():
         result = CliRunner().invoke(app, argv)
     assert result.exit_code == 2, result.output

@@ -98,7 +98,14 @@ def test_trials_are_setting_then_backend_then_test(env):
     got = [(t.setting.label, t.backend, t.test.name) for t in p.trials]
     assert got == [(w, b, t) for w in ("300W", "420W") for b in ("sim", "crash") for t in ("pp64", "tg8")]
     assert p.changes_gpu and p.backends == ["sim", "crash"]
-    assert p.model.name == "tiny" and p.notes == (TINY_NOTE,)  # auto on a simulated GPU
+    assert p.model.name == "tiny" and p.notes == ()  # auto on a simulated GPU; the simulated backends run no model
+
+
+def test_the_tiny_model_note_comes_with_a_backend_that_runs_the_model(env):
+    cfg = _cfg(env, **{"gpu.fake_clock": "real"})
+    with open_context(cfg) as ctx:
+        p = plan(cfg, ctx, name="compare", backends=["sim", "hf"])
+    assert p.model.name == "tiny" and p.notes == (TINY_NOTE,)
 
 
 def test_bad_plans_are_refused_before_anything_exists(env):
@@ -155,7 +162,7 @@ def test_a_crashing_backend_is_recorded_and_the_run_goes_on(env):
     assert [(r.backend, r.test) for r in rows] == [("crash", "pp64")] * 2 + [("sim", "pp64")] * 2 + [("sim", "tg8")] * 2
     assert read_meta(outcome.run_dir)["backends"]["crash"]["error"] == "RuntimeError: simulated crash in decode"
     assert any("crash failed" in line for line in ui.lines)
-    assert ui.lines[0] == f"[yellow]note:[/yellow] {TINY_NOTE}"  # the plan's note, once the run directory exists
+    assert not any(TINY_NOTE in line for line in ui.lines)  # simulated backends only: no model note
 
 
 @pytest.mark.tries("fault", "backend crashing partway through a test")
