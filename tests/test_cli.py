@@ -23,6 +23,21 @@ def test_every_command_has_help(cmd):
     assert "Usage" in result.output
 
 
+def test_help_paragraphs_are_wrapped_by_the_terminal_not_by_the_source():
+    """The docstring's line breaks are the source's 120 columns: --help joins each paragraph and lets rich wrap it."""
+    import typer
+
+    group = typer.main.get_command(app)
+    for path in _commands(group):
+        cmd = group
+        for part in path.split():
+            cmd = cmd.commands[part]
+        for paragraph in (cmd.help or "").split("\n\n"):
+            assert "\n" not in paragraph, (path, paragraph)
+    said = runner.invoke(app, ["sweep", "--help"], env={"COLUMNS": "200"}).output
+    assert "Changing limits and locking clocks need root" in said  # one source line ended after "limits and"
+
+
 def test_version_prints_the_package_version():
     from luce_bench import __version__
 

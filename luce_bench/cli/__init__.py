@@ -18,7 +18,7 @@ from typer import core as typer_core
 from typer.core import TyperGroup
 
 from luce_bench.cli import measure, tools
-from luce_bench.cli.options import handle_errors, one_line, state
+from luce_bench.cli.options import handle_errors, help_text, one_line, state
 from luce_bench.errors import UserError
 
 # typer >= 0.2x carries its own copy of click (typer.core._click); older versions use click itself: catch both
@@ -89,8 +89,8 @@ def main_options(
 
 
 for _fn in (measure.compare, measure.bench, measure.sweep, tools.report, tools.info, tools.restore, tools.publish):
-    app.command(_fn.__name__)(handle_errors(_fn))
-model_app.command("prepare")(handle_errors(tools.model_prepare))
+    app.command(_fn.__name__, help=help_text(_fn))(handle_errors(_fn))
+model_app.command("prepare", help=help_text(tools.model_prepare))(handle_errors(tools.model_prepare))
 app.add_typer(model_app, name="model")
 
 
@@ -103,7 +103,8 @@ def _mount_kernel() -> None:
         from luce_bench.kernels.cli import app as kernel_app
     except ImportError:
         return
-    for command in kernel_app.registered_commands:  # the same one-line errors as every other command
+    for command in kernel_app.registered_commands:  # the same one-line errors and help as every other command
+        command.help = command.help or help_text(command.callback)
         command.callback = handle_errors(command.callback)
     app.add_typer(kernel_app, name="kernel", help=KERNEL_HELP)
 

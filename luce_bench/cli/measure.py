@@ -167,6 +167,7 @@ def sweep(
     --clocks alone sweeps clocks at the current limit; with --limits it sweeps their grid. Changing limits and
     locking clocks need root or CAP_SYS_ADMIN, except on the simulated GPU (some cards and drivers cannot lock clocks
     at all). After a crash or SIGKILL run `luce-bench restore`; `--resume RUN_DIR` then continues the sweep.
+
     Exit codes: 0 done, 1 a backend failed, 2 bad input, 3 GPU error, 4 disk, 5 not restored, 128+N signal N.
     """
     if read_only:

@@ -181,6 +181,12 @@ def one_line(text: str) -> str:
     return "".join(out)
 
 
+def help_text(fn: Callable[..., Any]) -> str:
+    """A command's docstring for --help: each paragraph one line, so the terminal wraps it, not the source's breaks."""
+    paragraphs = inspect.cleandoc(fn.__doc__ or "").split("\n\n")
+    return "\n\n".join(" ".join(p.split()) for p in paragraphs)
+
+
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn UserError and GPU errors into one line on stderr and exit code 2 (`--debug`: the traceback first).
 
