@@ -99,13 +99,21 @@ __device__ __forceinline__ bool walk_next(const Ctx& c, const LuceMkParams& P, W
     }
 }
 
-// ---- copies into the ring: bulk (TMA) copies from one lane on sm_90, 16-byte cp.async from the whole producer warp
-// before sm_90 and with MK_LDGSTS=1 ----
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !MK_LDGSTS
+// ---- copies into the ring: bulk (TMA) copies from one lane on sm_90, 16-byte cp.async (LDGSTS) from the whole
+// producer warp before sm_90 and, on sm_90, for the chunks of the phases in the MK_LDGSTS mask ----
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 #define MK_BULK_STREAM 1
 #else
 #define MK_BULK_STREAM 0
 #endif
+// Whether the chunks of phase k of layer l (l == NL: the LM head) are copied by cp.async.
+__device__ __forceinline__ bool ldgsts_phase(int l, int k) {
+#if MK_BULK_STREAM
+    return (MK_LDGSTS >> (l == NL ? 4 : k)) & 1;
+#else
+    return true;
+#endif
+}
 // The weights are read once per step: evict them from L2 first (the activations, partials and KV rows stay).
 __device__ __forceinline__ uint64_t evict_first_policy() {
     uint64_t pol;
@@ -121,9 +129,9 @@ __device__ __forceinline__ void bulk_load(void* dst, const void* src, unsigned b
         "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;"
         ::"r"(smem_u32(dst)), "l"(src), "r"(bytes), "r"(smem_u32(bar)), "l"(pol) : "memory");
 }
-#else
-// Whole producer warp: 16-byte cp.async per lane, then each lane's arrive fires when its copies land (count 32). On
-// sm_90 (MK_LDGSTS) with the bulk copies' evict-first policy, so that the two differ only in how they copy.
+#endif
+// Whole producer warp: 16-byte cp.async per lane, then each lane's arrive fires when its copies land. On sm_90 with
+// the bulk copies' evict-first policy, so that the two differ only in how they copy.
 __device__ __forceinline__ void warp_async_load(void* dst, const void* src, unsigned bytes, uint64_t* bar, int lane,
                                                 uint64_t pol) {
     const unsigned d = smem_u32(dst);
@@ -138,9 +146,9 @@ __device__ __forceinline__ void warp_async_load(void* dst, const void* src, unsi
     }
     asm volatile("cp.async.mbarrier.arrive.noinc.shared.b64 [%0];" ::"r"(smem_u32(bar)) : "memory");
 }
-#endif
-// Arrivals that complete a full slot: the TMA thread's expect_tx, or the 32 lanes' cp.async arrivals.
-#if MK_BULK_STREAM
+// Arrivals that complete a full slot: the TMA lane's expect_tx alone (bulk copies only), else one per producer lane
+// (32 cp.async arrivals, or the TMA lane's expect_tx and 31 plain arrivals for a bulk chunk).
+#if MK_BULK_STREAM && MK_LDGSTS == 0
 constexpr unsigned FULL_ARRIVALS = 1;
 #else
 constexpr unsigned FULL_ARRIVALS = 32;
@@ -149,11 +157,9 @@ constexpr unsigned FULL_ARRIVALS = 32;
 // ---- producer ----
 // Copies every chunk into the next free slot, with at most tune.inflight copies in flight (tune.inflight_lm in the LM
 // head but its last LM_TAIL_ROWS rows): every queued copy delays the consumers' dependent L2 round trips (NOTES.md
-// v9), and every release a consumer makes waits for the copies in flight on its SM (NOTES.md v13).
+// v9), and every release a consumer makes waits for the bulk copies in flight on its SM (NOTES.md v13, v16).
 __device__ void run_producer(const Ctx& c, const LuceMkParams& P) {
-#if MK_BULK_STREAM
-    if (c.lane != 0) return;
-#endif
+    if (FULL_ARRIVALS == 1 && c.lane != 0) return;
     const uint64_t pol = evict_first_policy();
     const unsigned ns = (unsigned)c.ns, pause_mask = (unsigned)P.tune.pause_mask;
     const unsigned cap_layers = (unsigned)P.tune.inflight, cap_lm = (unsigned)P.tune.inflight_lm;
@@ -173,11 +179,15 @@ __device__ void run_producer(const Ctx& c, const LuceMkParams& P) {
         mbar_wait(&smem().empty[slot], ((qp / ns) & 1u) ^ 1u);
         pause_wait(pause_mask);
         char* dst = c.ring() + (size_t)slot * SLOT_BYTES;
+        uint64_t* full = &smem().full[slot];
+        if (ldgsts_phase(w.l, w.k)) {
+            warp_async_load(dst, src, bytes, full, c.lane, pol);
+        } else {
 #if MK_BULK_STREAM
-        bulk_load(dst, src, bytes, &smem().full[slot], pol);
-#else
-        warp_async_load(dst, src, bytes, &smem().full[slot], c.lane, pol);
+            if (c.lane == 0) bulk_load(dst, src, bytes, full, pol);
+            else mbar_arrive(full);  // FULL_ARRIVALS is 32 only in a mixed build (MK_LDGSTS != 0)
 #endif
+        }
     }
 }
 
