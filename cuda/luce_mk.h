@@ -15,6 +15,11 @@
  *   sblob   f32 small parameters, layer l at l * LUCE_MK_SP_STRIDE, offsets LUCE_MK_SP_* below; the final norm
  *           (1 + w) at 24 * LUCE_MK_SP_STRIDE. Python reads these offsets from this header (luce_bench/kernels/abi.py).
  *   embed   bf16 [248320 x 1024]: embedding and (tied) LM head.
+ *   lm8     u8 [248320 x LUCE_MK_LM8_ROW_BYTES] or NULL: the LM head's screening copy (ABI 10). Row j: 1024 bytes
+ *           q + 128 (q = round(w_j / s_j) in -127..127, s_j = max|w_j| / 127, 1 for a zero row), then f32 s_j, f32
+ *           c_j and 8 zero bytes, where |s_j (h . q_j) - h . w_j| as the kernel computes both is at most ||h||_2 c_j
+ *           (luce_bench/kernels/pack.py, pack_lm_screen). The argmax it gives is the bf16 LM head's, exactly: a block
+ *           scores its rows on the copy and recomputes from `embed` only the rows whose bound reaches its best.
  *   kcache/vcache bf16 [6][2][max_seq][256]; gdn_state f32 [18][16][8][16][16][8] ([layer][head][v-slice][k/8][v][k%8]);
  *   conv_hist f32 [18][6144][4] (ring indexed by position % 4); scratch f32 [layout.scratch_floats];
  *   sync u32 [32] (monotonic barrier counter: the kernel never resets it; a caller may zero it together with
@@ -33,9 +38,17 @@
 extern "C" {
 #endif
 
-#define LUCE_MK_ABI_VERSION 9  /* 6: + the prefill entry points (the decode ABI is that of 4); 7: + the prefill at pos > 0;
+#define LUCE_MK_ABI_VERSION 10 /* 6: + the prefill entry points (the decode ABI is that of 4); 7: + the prefill at pos > 0;
                                   8: + the prefill's GEMMs through cuBLAS (luce_mk_prefill_cublas);
-                                  9: + LuceMkParams.tune (the per-GPU tuning, chosen at run time) */
+                                  9: + LuceMkParams.tune (the per-GPU tuning, chosen at run time);
+                                  10: + LuceMkParams.lm8 and LuceMkTune.lm_screen (the screened LM head) */
+
+/* The LM head's screening copy (lm8): its row size, and the most LM-head rows a block may hold for the kernel to use it
+   (a block keeps one f32 bound per row in shared memory; grids of 61 blocks and more). */
+enum LuceMkLmScreen {
+    LUCE_MK_LM8_ROW_BYTES = 1040, /* 1024 codes, then f32 s and c, then 8 zero bytes */
+    LUCE_MK_LM8_MAX_ROWS = 4096
+};
 
 /* Small-parameter blob, f32 offsets inside one layer's LUCE_MK_SP_STRIDE floats. */
 enum LuceMkSmallParams {
@@ -85,6 +98,8 @@ typedef struct LuceMkTune {
     int inflight_lm;    /* 0..64: the same while streaming the LM head (its last rows per block go back to inflight) */
     int pause_mask;     /* LuceMkPauseReasons bits the producer honours */
     int spin_sleep_ns;  /* 0..4096: a sleep between two polls of global memory (0: poll at full speed) */
+    int lm_screen;      /* 0 or 1 (ABI 10): the LM head scores the screening copy `lm8` (when given) and recomputes only
+                           the rows that can be the argmax; steps that return logits always read the whole bf16 head */
 } LuceMkTune;
 
 typedef struct LuceMkParams {
@@ -113,6 +128,9 @@ typedef struct LuceMkParams {
     unsigned long long* trace; /* NULL, or [n_steps][luce_mk_trace_points()][grid] %globaltimer ns at each block's
                                   phase boundaries (timing diagnosis; luce-bench kernel trace) */
     LuceMkTune tune;           /* ABI 9 */
+    const void* lm8;           /* ABI 10: NULL, or the LM head's screening copy (see the layouts above) */
+    unsigned int* lm_rescored; /* ABI 10: NULL, or [grid] counters: rows block b recomputed from `embed`, added per
+                                  screened step (how well the screen prunes: luce-bench kernel bench) */
 } LuceMkParams;
 
 typedef struct LuceMkLayout {

@@ -9,7 +9,8 @@
 //   P2 attn  (mk_attn.cuh)       items per (KV group, query head, chunk), the last chunk item merges the head | barrier
 //   P3 attn  (mk_o_proj.cuh)     o_proj rows + residual                                                     | barrier
 //   P4 MLP   (mk_mlp.cuh)        RMSNorm + gate/up + SiLU + down_proj^T split-K into the residual            | barrier
-// then the LM head + argmax (mk_lm_head.cuh) | barrier; the argmax is the next step's input token.
+// then the LM head + argmax (mk_lm_head.cuh; screened on an int8 copy unless logits are asked for) | barrier; the
+// argmax is the next step's input token.
 // Memory layouts: mk_layout.cuh; build options: mk_config.cuh; primitives: mk_sync.cuh; timing trace: mk_trace.cuh.
 #include <cuda_runtime.h>
 #include "luce_mk.h"
@@ -181,7 +182,7 @@ int luce_mk_decode(const LuceMkParams* p, void* stream) {
     const LuceMkTune& t = p->tune;
     const unsigned pauses = LUCE_MK_PAUSE_X_LOAD | LUCE_MK_PAUSE_GDN_ITEM;
     if (t.inflight < 0 || t.inflight > 64 || t.inflight_lm < 0 || t.inflight_lm > 64 || (t.pause_mask & ~pauses) ||
-        t.spin_sleep_ns < 0 || t.spin_sleep_ns > 4096)
+        t.spin_sleep_ns < 0 || t.spin_sleep_ns > 4096 || t.lm_screen < 0 || t.lm_screen > 1)
         return kErrArgs;
     DevInfo* d = nullptr;
     const int rc = dev_info(&d);

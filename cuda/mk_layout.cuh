@@ -89,9 +89,11 @@ struct Smem {
     unsigned pause;               // producer pause reasons (mk_sync.cuh)
     unsigned sleep_ns;            // tune.spin_sleep_ns (mk_sync.cuh, spin_pause)
     alignas(16) float x[H];       // the sub-layer's input x
-    alignas(16) float acts[4096]; // matvec input; the split-K / warp-merge partials of the items
+    alignas(16) float acts[4096]; // matvec input; the split-K / warp-merge partials of the items; the screened LM
+                                  // head's per-row bounds
     float red[16];                // block_sum
     u64 best[16];                 // per-warp argmax of the LM head
+    unsigned rescored;            // the screened LM head's rows recomputed in this step
     union {
         AttnWork attn;
         GdnWork gdn;
@@ -99,6 +101,13 @@ struct Smem {
     } w;
 };
 static_assert(NCW * HD <= 4096, "acts holds the 15 warps' attention partials");
+
+// ---- the LM head's screening copy (luce_mk.h, lm8): a block keeps one f32 bound per row of its LM-head rows in acts,
+// so a screened LM head needs ceil(V / grid) <= 4096 (grids of 61 blocks and more; smaller ones read the bf16 head)
+constexpr int LM8_ROW_BYTES = LUCE_MK_LM8_ROW_BYTES;
+constexpr int LM8_MAX_ROWS = LUCE_MK_LM8_MAX_ROWS;
+static_assert(LM8_MAX_ROWS <= 4096, "the bounds live in Smem::acts");
+static_assert(LM8_ROW_BYTES == H + 16 && LM8_ROW_BYTES % 16 == 0, "codes, then s, c and padding (16-byte rows)");
 constexpr int SM_RING = (int)((sizeof(Smem) + 127) / 128 * 128);   // ring slots are 128-byte aligned
 
 }  // namespace mk

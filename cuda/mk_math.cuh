@@ -41,12 +41,9 @@ __device__ __forceinline__ void load_act_regs(float a[32], const float* acts, in
     }
 }
 
-// Partial (not yet warp-reduced) dot of a 1024-wide bf16 row with register activations.
-__device__ __forceinline__ float dot1024_part(const char* row, const float a[32], int lane) {
-    const uint4* w = (const uint4*)row;
-    uint4 v[4];
-#pragma unroll
-    for (int it = 0; it < 4; ++it) v[it] = w[it * 32 + lane];
+// Partial (not yet warp-reduced) dot of a lane's 32 bf16 weights (four uint4, elements as load_act_regs) with its
+// register activations.
+__device__ __forceinline__ float dot1024_regs(const uint4 v[4], const float a[32]) {
     float s0 = 0.f, s1 = 0.f;
 #pragma unroll
     for (int it = 0; it < 4; ++it) {
@@ -56,6 +53,44 @@ __device__ __forceinline__ float dot1024_part(const char* row, const float a[32]
         for (int e = 0; e < 8; e += 2) {
             s0 = fmaf(f[e], a[it * 8 + e], s0);
             s1 = fmaf(f[e + 1], a[it * 8 + e + 1], s1);
+        }
+    }
+    return s0 + s1;
+}
+// Partial dot of a 1024-wide bf16 row in shared memory with register activations.
+__device__ __forceinline__ float dot1024_part(const char* row, const float a[32], int lane) {
+    const uint4* w = (const uint4*)row;
+    uint4 v[4];
+#pragma unroll
+    for (int it = 0; it < 4; ++it) v[it] = w[it * 32 + lane];
+    return dot1024_regs(v, a);
+}
+// The same for a row in global memory that no thread writes during the launch (read-only path).
+__device__ __forceinline__ float dot1024_global_part(const void* row, const float a[32], int lane) {
+    const uint4* w = (const uint4*)row;
+    uint4 v[4];
+#pragma unroll
+    for (int it = 0; it < 4; ++it) v[it] = __ldg(w + it * 32 + lane);
+    return dot1024_regs(v, a);
+}
+
+// Partial dot of a 1024-wide row of the LM head's screening copy (bytes q + 128, luce_mk.h lm8) with register
+// activations: sum of a[i] * q[i], exact codes (2^23 + byte, less 2^23 + 128, is exact in f32), f32 products.
+__device__ __forceinline__ float dot1024_u8_part(const char* row, const float a[32], int lane) {
+    const uint2* w = (const uint2*)row;
+    uint2 v[4];
+#pragma unroll
+    for (int it = 0; it < 4; ++it) v[it] = w[it * 32 + lane];  // elements it * 256 + lane * 8 + e, as load_act_regs
+    float s0 = 0.f, s1 = 0.f;
+#pragma unroll
+    for (int it = 0; it < 4; ++it) {
+#pragma unroll
+        for (int e = 0; e < 8; e += 2) {
+            const unsigned word = e < 4 ? v[it].x : v[it].y;
+            const float q0 = __uint_as_float(__byte_perm(word, 0x4b00u, 0x5440u | (e & 3))) - 8388736.0f;
+            const float q1 = __uint_as_float(__byte_perm(word, 0x4b00u, 0x5440u | ((e + 1) & 3))) - 8388736.0f;
+            s0 = fmaf(q0, a[it * 8 + e], s0);
+            s1 = fmaf(q1, a[it * 8 + e + 1], s1);
         }
     }
     return s0 + s1;

@@ -36,7 +36,14 @@ __device__ __forceinline__ Phase layer_phase(const void* wblob, int l, int k) {
         default: return {outp + (W_OUT + W_GU) * 2, FF, 2048};
     }
 }
-__device__ __forceinline__ Phase lm_phase(const void* embed) { return {(const char*)embed, V, 2048}; }
+// The LM head of step s streams the int8 screening copy (mk_lm_head.cuh) when one is given and the tune asks for it,
+// unless the step returns logits or a block's rows would not fit its bound array.
+__device__ __forceinline__ bool lm_screened(const Ctx& c, const LuceMkParams& P, int s) {
+    return P.lm8 && P.tune.lm_screen && !(P.logits && s >= P.logits_first) && (V + c.G - 1) / c.G <= LM8_MAX_ROWS;
+}
+__device__ __forceinline__ Phase lm_phase(const Ctx& c, const LuceMkParams& P, int s) {
+    return lm_screened(c, P, s) ? Phase{(const char*)P.lm8, V, LM8_ROW_BYTES} : Phase{(const char*)P.embed, V, 2048};
+}
 
 // A contiguous run of rows [r0, r1) of a phase that one block streams and consumes.
 struct Seg {
@@ -47,14 +54,13 @@ __device__ __forceinline__ int split_rows(int R, int b, int G) { return (int)(((
 __device__ __forceinline__ Seg block_seg(const Ctx& c, const Phase& ph) {
     return {ph.src, split_rows(ph.rows, c.b, c.G), split_rows(ph.rows, c.b + 1, c.G), ph.row_bytes};
 }
-// Segments block c.b streams in phase k of layer l (l == NL: the LM head). A GDN layer's out_proj^T is split by work
-// item: item i owns rows [16 i, 16 i + 16), and block b runs items b, b + G, ...
+// Segments block c.b streams in phase k of layer l (l == NL: the LM head, one segment; its rows are lm_phase's). A
+// GDN layer's out_proj^T is split by work item: item i owns rows [16 i, 16 i + 16), and block b runs items b, b + G, ...
 __device__ __forceinline__ int phase_segs(const Ctx& c, int l, int k) {
     if (l < NL && k == 1 && !is_fa(l)) return c.b < GDN_ITEMS ? (GDN_ITEMS - 1 - c.b) / c.G + 1 : 0;
     return 1;
 }
 __device__ __forceinline__ Seg phase_seg(const Ctx& c, const LuceMkParams& P, int l, int k, int i) {
-    if (l == NL) return block_seg(c, lm_phase(P.embed));
     const Phase ph = layer_phase(P.wblob, l, k);
     if (k == 1 && !is_fa(l)) {
         const int item = c.b + i * c.G;
@@ -84,7 +90,7 @@ __device__ __forceinline__ bool walk_next(const Ctx& c, const LuceMkParams& P, W
             ++w.k;
             continue;
         }
-        const Seg g = phase_seg(c, P, w.l, w.k, w.i);
+        const Seg g = w.l == NL ? block_seg(c, lm_phase(c, P, w.s)) : phase_seg(c, P, w.l, w.k, w.i);
         if (w.r < 0) w.r = g.r0;
         if (w.r >= g.r1) {
             w.r = -1;

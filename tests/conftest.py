@@ -65,6 +65,7 @@ KERNEL_TUNE_SETS = {
     "uncapped": {"inflight": 0, "inflight_lm": 0},
     "no-pause": {"pause_mask": 0},
     "spin-sleep128": {"spin_sleep_ns": 128},
+    "full-lm-head": {"lm_screen": 0},  # (teacher-forced logits read the full head anyway: the greedy test compares)
 }
 
 

@@ -118,6 +118,7 @@ class MegakernelBackend(Backend):
         self.lib_dir = lib_dir
         self.tune = tune  # None until _open picks the device's (and None for a library without a tune)
         self._lib: Any = None
+        self._abi = 0
         self._build: Any = None
         self.layout: Any = None
         self.launch: Any = None
@@ -204,7 +205,7 @@ class MegakernelBackend(Backend):
         self.prefill_gemm = attach(self._lib)
         from luce_bench.kernels.tune import TUNE_ENV, Tune, for_device
 
-        abi = self._lib.luce_mk_abi_version()
+        abi = self._abi = int(self._lib.luce_mk_abi_version())
         if abi < 9:  # a library from before the run-time tune runs its compiled values
             asked = self.tune.as_dict() if self.tune not in (None, Tune()) else os.environ.get(TUNE_ENV)
             if asked:
@@ -220,7 +221,7 @@ class MegakernelBackend(Backend):
         """Repack HF-named CPU tensors into the kernel layout on the device and allocate the state buffers."""
         import torch
 
-        from luce_bench.kernels.pack import pack_small, pack_weights
+        from luce_bench.kernels.pack import pack_lm_screen, pack_small, pack_weights
 
         dev = self._device
         lay = self.layout
@@ -229,6 +230,9 @@ class MegakernelBackend(Backend):
         b["wblob"] = pack_weights(sd, lay, dev)
         b["sblob"] = pack_small(sd, lay).to(dev)
         b["embed"] = sd["model.embed_tokens.weight"].to(device=dev, dtype=torch.bfloat16).contiguous()
+        if self._abi >= 10:  # the LM head's screening copy (None for a head with a non-finite weight)
+            b["lm8"] = pack_lm_screen(b["embed"])
+            b["lm_rescored"] = torch.zeros(self.launch.grid, dtype=torch.int32, device=dev)
         kv = self.max_seq * lay.kv_elems_per_pos
         b["kcache"] = torch.zeros(kv, dtype=torch.bfloat16, device=dev)
         b["vcache"] = torch.zeros(kv, dtype=torch.bfloat16, device=dev)
@@ -356,6 +360,9 @@ class MegakernelBackend(Backend):
         if self.tune is not None:  # (None: a library from before ABI 9, which reads no tune)
             for k, v in self.tune.as_dict().items():
                 setattr(p.tune, k, v)
+        if self._abi >= 10:
+            p.lm8 = b["lm8"].data_ptr() if b["lm8"] is not None else None
+            p.lm_rescored = b["lm_rescored"].data_ptr()
         if trace is not None:
             need = n * self.trace_points * self.launch.grid
             if trace.numel() < need or trace.element_size() != 8:
@@ -521,11 +528,39 @@ class MegakernelBackend(Backend):
             "tune": self.tune.as_dict() if self.tune is not None else None,
             "prebuilt": str(self.lib_dir) if self.lib_dir else None,
             "prefill": self._prefill_info(),
+            "lm_screen": self._lm_screen_info(),
             "ptxas": [
                 {"arch": r.arch, "registers": r.registers, "spill_stores": r.spill_stores, "spill_loads": r.spill_loads}
                 for r in self._build.reports
             ],
         }
+
+    def _lm_screen_info(self) -> str:
+        """Whether greedy steps' LM head is screened on the int8 copy (cuda/mk_lm_head.cuh), or why not."""
+        from luce_bench.kernels import abi
+
+        if self._abi < 10:
+            return f"no (ABI {self._abi} library)"
+        if self.tune is not None and not self.tune.lm_screen:
+            return "no (tune lm_screen=0)"
+        if self._bufs and self._bufs.get("lm8") is None:
+            return "no (the LM head holds a non-finite weight)"
+        most = abi.lm_screen()["MAX_ROWS"]
+        if -(-self.layout.vocab // self.launch.grid) > most:
+            return f"no (grid of {self.launch.grid} blocks: more than {most} LM-head rows per block)"
+        return "yes"
+
+    def lm_rescored(self) -> int | None:
+        """LM-head rows recomputed from the bf16 head by screened steps since the last call (all blocks).
+
+        None when this library has no screen. Synchronises the device.
+        """
+        buf = self._bufs.get("lm_rescored")
+        if buf is None:
+            return None
+        n = int(buf.sum().item())
+        buf.zero_()
+        return n
 
     def _prefill_info(self) -> dict[str, Any]:
         """Which prompt path was chosen and last ran; for the kernel prefill, its launches and CUDA graph use."""

@@ -2,6 +2,7 @@
 
 * `small_params()`: the f32 small-parameter blob's offsets, the `LUCE_MK_SP_*` enum of `cuda/luce_mk.h`.
 * `debug_flags()`: the `LUCE_MK_DEBUG_*` bits of `luce_mk.h` (timing experiments).
+* `lm_screen()`: the LM head's screening copy's row size and rows-per-block limit (`LUCE_MK_LM8_*`).
 * `build_options()`: the build options and their defaults, the `#ifndef MK_*` / `#define` pairs of `cuda/mk_config.cuh`.
 * `trace_points()`: the per-layer timing-trace points, `enum TracePoint` of `cuda/mk_trace.cuh`.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 ABI_HEADER = "luce_mk.h"
 CONFIG_HEADER = "mk_config.cuh"
 TRACE_HEADER = "mk_trace.cuh"
-_ENUM_ITEM = re.compile(r"^\s*LUCE_MK_(SP|DEBUG|ERR)_([A-Z0-9_]+)\s*=\s*(-?\d+)", re.M)
+_ENUM_ITEM = re.compile(r"^\s*LUCE_MK_(SP|DEBUG|ERR|LM8)_([A-Z0-9_]+)\s*=\s*(-?\d+)", re.M)
 _OPTION = re.compile(r"^#ifndef (MK_[A-Z0-9_]+)\s*\n#define \1 (\S+)", re.M)
 
 
@@ -46,6 +47,11 @@ def error_codes(src: Path | None = None) -> dict[str, int]:
 def debug_flags(src: Path | None = None) -> dict[str, int]:
     """{"NO_MATH": 1, "NO_MIXING": 2, "NO_BARRIERS": 4, "NO_MLP_ADDS": 8}."""
     return dict(_enum_items((src or _source_dir()) / ABI_HEADER, "DEBUG"))
+
+
+def lm_screen(src: Path | None = None) -> dict[str, int]:
+    """{"ROW_BYTES": 1040, "MAX_ROWS": 4096}."""
+    return dict(_enum_items((src or _source_dir()) / ABI_HEADER, "LM8"))
 
 
 @functools.lru_cache(maxsize=4)

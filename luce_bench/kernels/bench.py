@@ -66,6 +66,7 @@ class VariantResult:
     prefill_s: dict[int, list[float]] = field(default_factory=dict)  # replayed from a CUDA graph
     prefill_eager_s: dict[int, list[float]] = field(default_factory=dict)  # launched kernel by kernel
     energy: list[tuple[float, float, int]] = field(default_factory=list)  # (s, J, tokens) windows at the short position
+    screen: dict[str, Any] | None = None  # screened LM head vs the full one (screen_check)
 
 
 def parse_variant(text: str) -> Variant:
@@ -270,6 +271,33 @@ def reference_logits(sd: dict[str, Any], tokens: list[int]) -> Any:
     return rows
 
 
+def screen_check(be: Any, prompt: list[int], steps: int) -> dict[str, Any] | None:
+    """Greedy tokens after `prompt` with the screened LM head against the full bf16 one (the same launch otherwise).
+
+    {"steps", "equal" (leading steps whose tokens agree), "rescored_per_step" (rows recomputed from the bf16 head,
+    all blocks)}; None when the variant's LM head is not screened.
+    """
+    import dataclasses
+
+    if be.info().get("lm_screen") != "yes":
+        return None
+    tune = be.tune
+    runs = []
+    try:
+        for t in (tune, dataclasses.replace(tune, lm_screen=0)):
+            be.tune = t
+            be.reset()
+            be.prefill(prompt)
+            be.lm_rescored()
+            out, _ = be.run_steps(steps)
+            runs.append((out.tolist(), be.lm_rescored()))
+    finally:
+        be.tune = tune
+    (a, rescored), (b, _) = runs
+    equal = next((i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), steps)
+    return {"steps": steps, "equal": equal, "rescored_per_step": rescored / steps}
+
+
 def parity(be: Any, tokens: list[int], ref: Any) -> dict[str, float]:
     """Teacher-forced kernel logits vs the reference: rel L2 max / median, argmax agreement, NaN count."""
     import numpy as np
@@ -391,6 +419,13 @@ def run(plan: BenchPlan, say: Callable[[str], None] = print, build_dir: Path | N
                         f"{res.parity['rel_l2_median']:.3e}, argmax agree {res.parity['argmax_agree']:.3f}, "
                         f"NaN {res.parity['nan']}"
                     )
+                res.screen = screen_check(be, short, plan.steps)
+                if res.screen:
+                    say(
+                        f"{v.name}: screened LM head: greedy tokens equal to the full head's for "
+                        f"{res.screen['equal']}/{plan.steps} steps, {res.screen['rescored_per_step']:.1f} rows "
+                        "recomputed per step"
+                    )
             be = backends[v.name]
             res.short_s += time_decode(be, short, plan.steps, plan.reps)
             line = f"round {rnd} {v.name}: pos {SHORT_POS} {plan.steps / statistics.median(res.short_s):.1f} tok/s"
@@ -462,6 +497,8 @@ def summarize(
             w = [j / t for t, j, _ in r.energy]
             tpj = [n / j for _, j, n in r.energy]
             row.update(energy_w=statistics.median(w), tok_per_j=statistics.median(tpj), energy_windows=len(r.energy))
+        if r.screen:
+            row["lm_screen"] = r.screen
         if r.per_token_s:
             row["per_token_tok_s"] = plan.steps / statistics.median(r.per_token_s)
         if r.prefill_parity:

@@ -109,3 +109,77 @@ def pack_small(sd: dict[str, Any], layout: Any) -> Any:
             out[base + o["GNW"] : base + o["GNW"] + 128] = sd[g + "norm.weight"].to(f)
     out[24 * sp : 24 * sp + 1024] = 1.0 + sd["model.norm.weight"].to(f)
     return out
+
+
+LM8_PAD = 16  # bytes after a screening row's codes: f32 s, f32 c, 8 zero bytes (LUCE_MK_LM8_ROW_BYTES = 1024 + 16)
+# Slack of the screening bound c_j (luce_mk.h, lm8) for what f32 arithmetic adds to the quantisation error: both dots
+# (the score and the bf16 logit it stands for) round at most ~22 times in a chain (2^-24 each, of sum |a_i w_i| <=
+# ||a|| ||w||), and the score's scale product, the sums d +- e and ||h|| round once more. 1e-5 per unit of weight norm
+# is ~8x that; the relative 1e-4 covers the f32 rounding of c itself.
+_LM8_REL, _LM8_ABS = 1e-4, 1e-5
+
+
+def pack_lm_screen(embed: Any, rows_per_chunk: int = 16384) -> Any | None:
+    """The LM head's int8 screening copy of `embed` [V, K] (uint8 [V, K + 16], on embed's device), or None.
+
+    Row j: the K bytes q_j + 128 with q_j = round(w_j / s_j) in -127..127 and s_j = max|w_j| / 127 (1 for a zero row),
+    then s_j and c_j = ||w_j - s_j q_j||_2 (1 + 1e-4) + 1e-5 (||w_j||_2 + s_j ||q_j||_2) as f32, then 8 zero bytes.
+    For any activations h, |s_j (h . q_j) - h . w_j| <= ||h||_2 c_j holds for the f32 dots the kernel computes (the
+    error term by Cauchy-Schwarz, the rest for f32 rounding), which is what lets the kernel skip a row. None when the
+    head holds a non-finite weight (no bound holds: the kernel then reads the bf16 head).
+    """
+    import torch
+
+    n_rows, k = embed.shape
+    if k + LM8_PAD != abi.lm_screen()["ROW_BYTES"]:
+        raise AssertionError(f"screening rows of {k + LM8_PAD} bytes, luce_mk.h expects {abi.lm_screen()['ROW_BYTES']}")
+    out = torch.zeros((n_rows, k + LM8_PAD), dtype=torch.uint8, device=embed.device)
+    meta = out[:, k : k + 8].view(torch.float32)  # [V, 2]: s, c
+    for r0 in range(0, n_rows, rows_per_chunk):
+        w = embed[r0 : r0 + rows_per_chunk].to(torch.float64)
+        if not torch.isfinite(w).all():
+            return None
+        s = w.abs().amax(1) / 127.0
+        s = torch.where(s > 0, s, torch.ones_like(s))
+        s = s.to(torch.float32).to(torch.float64)  # the f32 scale the kernel reads
+        q = torch.round(w / s[:, None]).clamp_(-127, 127)
+        err = torch.linalg.vector_norm(w - s[:, None] * q, dim=1)
+        slack = torch.linalg.vector_norm(w, dim=1) + s * torch.linalg.vector_norm(q, dim=1)
+        c = err * (1 + _LM8_REL) + _LM8_ABS * slack
+        out[r0 : r0 + rows_per_chunk, :k] = (q + 128).to(torch.uint8)
+        meta[r0 : r0 + rows_per_chunk, 0] = s.to(torch.float32)
+        c32 = c.to(torch.float32)
+        meta[r0 : r0 + rows_per_chunk, 1] = torch.where(c32.to(torch.float64) < c, torch.nextafter(c32, c32 + 1), c32)
+    return out
+
+
+def screened_argmax(h: Any, screen: Any, embed: Any, blocks: int) -> tuple[int, int]:
+    """The screened LM head's argmax in plain torch (f32), as the kernel does it: (token, rows recomputed).
+
+    The vocabulary is split into `blocks` contiguous parts as the kernel's grid splits it. In each part, every row is
+    scored on the screening copy (d_j = s_j h . q_j, e_j = ||h|| c_j); the rows with d_j + e_j >= max_k (d_k - e_k)
+    get their exact logit h . w_j; the part's best is the largest exact logit (the smaller token on a tie), and the
+    answer the best of the parts. Equals torch.argmax(embed @ h) up to f32 rounding ties (tests/test_lm_screen.py).
+    """
+    import torch
+
+    n_rows, k = embed.shape
+    h = h.to(torch.float32)
+    meta = screen[:, k : k + 8].view(torch.float32)
+    q = screen[:, :k].to(torch.float32) - 128.0
+    d = meta[:, 0] * (q @ h)
+    e = torch.linalg.vector_norm(h) * 1.00001 * meta[:, 1]
+    best_v, best_i, rescored = -float("inf"), -1, 0
+    for b in range(blocks):
+        r0, r1 = n_rows * b // blocks, n_rows * (b + 1) // blocks
+        if r0 == r1:
+            continue
+        lo = (d[r0:r1] - e[r0:r1]).max()
+        cand = torch.nonzero(d[r0:r1] + e[r0:r1] >= lo).flatten() + r0
+        rescored += int(cand.numel())
+        exact = embed[cand].to(torch.float32) @ h
+        i = int(torch.argmax(exact))  # the first of equal maxima: the smaller token
+        v = float(exact[i])
+        if v > best_v or (v == best_v and int(cand[i]) < best_i):
+            best_v, best_i = v, int(cand[i])
+    return best_i, rescored

@@ -28,8 +28,9 @@ class Tune:
     inflight_lm: int = 2  # the same in the LM head
     pause_mask: int = PAUSE_X_LOAD | PAUSE_GDN_ITEM  # stretches during which the producer issues nothing (sm_90)
     spin_sleep_ns: int = 0  # sleep between two polls of global memory
+    lm_screen: int = 1  # the LM head scores its int8 screening copy and recomputes only the possible argmax rows
 
-    LIMITS = {"inflight": 64, "inflight_lm": 64, "spin_sleep_ns": 4096}
+    LIMITS = {"inflight": 64, "inflight_lm": 64, "spin_sleep_ns": 4096, "lm_screen": 1}
 
     def __post_init__(self) -> None:
         for name, top in self.LIMITS.items():

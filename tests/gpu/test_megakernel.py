@@ -7,6 +7,8 @@
   disagreement where HF's own top-2 logits lie within bf16 noise counts as a near tie (reported with its margin), not
   a failure; the free-running greedy match length is reported too;
 * the same at a long position (>= 2000 cached tokens);
+* greedy steps' screened LM head (an int8 copy, the possible winners recomputed) against the full bf16 head: the
+  same tokens, teacher-forced and free-running, at a short and a long position;
 * outputs are poisoned (NaN logits, -1 tokens) before each launch by the backend; NaN never passes;
 * every build-option set that remains (conftest.KERNEL_OPTION_SETS) against the reference and the default build;
 * every run-time tune setting (conftest.KERNEL_TUNE_SETS) on the default build, likewise.
@@ -169,6 +171,47 @@ def test_greedy_tokens_vs_hf(setup):
     print(json.dumps({"greedy": rep, "steps": N_DEC, "free_running_equal_steps": same}))
     assert rep["agree"] + rep["near_ties"] == N_DEC
     assert all(0 <= t < 248320 for t in free)
+
+
+@pytest.mark.parametrize("start", [N_PROMPT, LONG_POS])
+def test_screened_lm_head_gives_the_full_heads_tokens(setup, start):
+    """Greedy steps score the LM head on its int8 copy and recompute the rows that can win (cuda/mk_lm_head.cuh).
+
+    Against the full bf16 head (tune lm_screen=0) after the same context: the same token at every one of N_DEC
+    teacher-forced steps (each an independent argmax over the vocabulary) and along a free-running greedy decode, with
+    far fewer rows recomputed than the head has.
+    """
+    import dataclasses
+
+    import torch
+
+    mk, gen = setup["mk"], setup["gen"]
+    assert mk.info()["lm_screen"] == "yes"
+    ctx = torch.randint(0, 248320, (start,), generator=gen).tolist()
+    forced = torch.randint(0, 248320, (N_DEC,), generator=gen).to(device=mk.device, dtype=torch.int32)
+    tune, got = mk.tune, {}
+    try:
+        for screen in (1, 0):
+            mk.tune = dataclasses.replace(tune, lm_screen=screen)
+            runs = []
+            for inputs in (forced, None):
+                mk.reset()
+                mk.prefill(ctx)
+                mk.lm_rescored()
+                out, _ = mk.run_steps(N_DEC, inputs=inputs)
+                runs.append((out.tolist(), mk.lm_rescored()))
+            got[screen] = runs
+    finally:
+        mk.tune = tune
+    (tf1, n_tf), (free1, n_free) = got[1]
+    (tf0, n_off), (free0, _) = got[0]
+    same_free = next((i for i, (a, b) in enumerate(zip(free1, free0, strict=True)) if a != b), N_DEC)
+    print(json.dumps({"start": start, "rescored_per_step": (n_tf + n_free) / (2 * N_DEC), "free_equal": same_free}))
+    assert all(0 <= x < 248320 for x in tf1 + free1)
+    assert tf1 == tf0
+    assert free1 == free0
+    assert n_off == 0  # the full head recomputes nothing
+    assert 0 < n_tf < N_DEC * 248320 // 50  # the screen rules out most rows (every step recomputes its best)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,98 @@
+"""The LM head's int8 screening copy (kernels/pack.py).
+
+Its row format, the bound the kernel's skipping rests on, and the screened argmax rule (the kernel's, in plain torch)
+against a plain argmax. The kernel itself is compared with its full bf16 LM head on the GPU
+(tests/gpu/test_megakernel.py).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from luce_bench.kernels.pack import pack_lm_screen, screened_argmax  # noqa: E402
+
+K = 1024
+
+
+def _head(rows: int, seed: int, scale: float = 0.02) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(rows, K, generator=g) * scale).to(torch.bfloat16)
+
+
+def _meta(screen: torch.Tensor) -> torch.Tensor:
+    return screen[:, K : K + 8].view(torch.float32)
+
+
+def test_rows_hold_offset_codes_scale_bound_and_zero_padding():
+    w = torch.zeros(3, K, dtype=torch.bfloat16)
+    # max |w| = 1: s = 1/127, codes 127, -127, 64 (63.5 rounds to even), -32 (-31.75)
+    w[0, :4] = torch.tensor([1.0, -1.0, 0.5, -0.25])
+    w[2, 7] = -3.0
+    screen = pack_lm_screen(w)
+    assert screen.shape == (3, K + 16) and screen.dtype == torch.uint8
+    assert screen[0, :5].tolist() == [255, 1, 192, 96, 128]
+    assert screen[2, 7].item() == 1 and screen[2, 6].item() == 128
+    s, c = _meta(screen).T
+    assert s.tolist() == pytest.approx([1 / 127, 1.0, 3 / 127])
+    assert s[1].item() == 1.0 and c[1].item() == 0.0  # an all-zero row: scale 1, codes 128, no error
+    assert screen[:, K + 8 :].eq(0).all()
+    assert (c[[0, 2]] > 0).all()
+
+
+def test_bound_holds_for_random_and_worst_case_activations():
+    """|s_j (h . q_j) - h . w_j| <= ||h|| c_j in f32, also for h along a row's own rounding error (the worst case)."""
+    w = _head(512, seed=3)
+    screen = pack_lm_screen(w)
+    s, c = _meta(screen).T
+    q = screen[:, :K].to(torch.float32) - 128.0
+    wf = w.to(torch.float32)
+    g = torch.Generator().manual_seed(4)
+    hs = [torch.randn(K, generator=g) * 3, torch.randn(K, generator=g) * 100]
+    err = wf.double() - s.double()[:, None] * q.double()
+    hs += [(err[j] / err[j].norm() * 40).float() for j in (0, 1, 77, 511)]  # aligned with row j's error
+    for h in hs:
+        gap = (s * (q @ h) - wf @ h).abs()
+        bound = torch.linalg.vector_norm(h) * c
+        assert (gap <= bound).all(), float((gap - bound).max())
+    worst = (s[77] * (q[77] @ hs[4]) - wf[77] @ hs[4]).abs() / (torch.linalg.vector_norm(hs[4]) * c[77])
+    assert worst > 0.99  # the bound is tight, not a loose guess
+
+
+def test_a_non_finite_head_gets_no_screen():
+    w = _head(8, seed=5)
+    w[3, 10] = float("inf")
+    assert pack_lm_screen(w, rows_per_chunk=4) is None
+
+
+@pytest.mark.parametrize("blocks", [1, 7, 132])
+def test_screened_argmax_is_the_plain_argmax_and_prunes(blocks):
+    w = _head(4096, seed=6)
+    screen = pack_lm_screen(w, rows_per_chunk=1000)
+    g = torch.Generator().manual_seed(7)
+    for _ in range(20):
+        h = torch.randn(K, generator=g) * 2
+        tok, rescored = screened_argmax(h, screen, w, blocks)
+        assert tok == int(torch.argmax(w.to(torch.float32) @ h))
+        assert rescored < 4096 // 4  # most rows are ruled out on the copy alone
+
+
+def test_screened_argmax_keeps_ties_and_near_ties_exact():
+    """Equal rows: the smaller token wins, as in the full head; rows a bf16 step apart: the larger logit wins."""
+    w = _head(2048, seed=8)
+    g = torch.Generator().manual_seed(9)
+    h = torch.randn(K, generator=g)
+    top = int(torch.argmax(w.to(torch.float32) @ h))
+    w[1500] = w[top]  # an exact tie with a later token, in another block
+    w[10] = w[top]  # ... and with an earlier one
+    screen = pack_lm_screen(w)
+    assert screened_argmax(h, screen, w, 16)[0] == 10
+    near = w[top].clone()
+    i = int(torch.argmax(h.abs()))
+    bits = near[i : i + 1].view(torch.int16)
+    bits += 1 if (near[i] > 0) == (h[i] > 0) else -1  # the next bf16 value in the direction of h's sign
+    w[1999] = near  # one bf16 step larger along h's largest entry: a slightly larger logit than the ties
+    screen = pack_lm_screen(w)
+    want = int(torch.argmax(w.to(torch.float32) @ h))
+    assert want == 1999 and screened_argmax(h, screen, w, 16)[0] == 1999
