@@ -6,11 +6,6 @@
 //   MK_SLOT_KB        ring slot (one bulk copy) size; the ring is 192 KB whatever the slot size (a layout, so a
 //                     build option). The tuning that needs no rebuild (copies in flight, pauses, polling sleep) is
 //                     LuceMkParams.tune (luce_mk.h), chosen per GPU at run time (luce_bench/kernels/tune.py)
-//   MK_LDGSTS         decode weight stream on sm_90: a mask of the phases whose chunks the whole producer warp copies
-//                     with 16-byte cp.async (the load/store unit, as before sm_90) instead of one bulk (TMA) copy from
-//                     one lane: bit k for phase k of a layer (0 in_proj/qkv, 1 out_proj/o_proj, 2 gate/up, 3 down),
-//                     16 the LM head; 31 all. A release does not wait for these copies as it waits for bulk ones, but
-//                     they stream slower (NOTES.md v16): a candidate until measured per phase
 //   MK_PF_GSTAGES     prefill GEMM: cp.async stages (2-4) and k depth per stage (MK_PF_GBK 32 or 64): the pipeline
 //   MK_PF_GBK         depth that hides L2 latency; 3 x 64 won on the H200 (NOTES.md, prefill v3), another GPU may differ
 //   MK_PF_GBM         prefill GEMM: rows per tile, 64 or 128 (warp tiles 32 x 64 or 64 x 64: more products per
@@ -35,9 +30,6 @@
 
 #ifndef MK_SLOT_KB
 #define MK_SLOT_KB 32
-#endif
-#ifndef MK_LDGSTS
-#define MK_LDGSTS 0
 #endif
 #ifndef MK_PF_GSTAGES
 #define MK_PF_GSTAGES 3
@@ -69,9 +61,6 @@
 
 #if MK_SLOT_KB != 16 && MK_SLOT_KB != 24 && MK_SLOT_KB != 32 && MK_SLOT_KB != 48 && MK_SLOT_KB != 64
 #error "MK_SLOT_KB must be 16, 24, 32, 48 or 64"
-#endif
-#if MK_LDGSTS < 0 || MK_LDGSTS > 31
-#error "MK_LDGSTS must be a mask of 0..31 (bit k: phase k of a layer, 16: the LM head)"
 #endif
 #if MK_PF_GSTAGES < 2 || MK_PF_GSTAGES > 4 || (MK_PF_GBK != 32 && MK_PF_GBK != 64)
 #error "MK_PF_GSTAGES must be 2, 3 or 4 and MK_PF_GBK 32 or 64"

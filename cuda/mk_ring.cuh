@@ -1,7 +1,7 @@
 // mk_ring.cuh -- the weight stream. Every matvec phase's rows are split over the blocks; the producer warp copies the
 // block's rows of every phase (all layers, then the LM head, for every step) into a ring of shared-memory slots and
 // never waits on activations, only on free slots; the consumer warps take the chunks off the ring in the same order.
-// Waits for: free slots (empty mbarriers). Publishes: full slots (copy completion on the full mbarriers).
+// Waits for: free slots (empty mbarriers). Publishes: full slots (bulk copy completion on the full mbarriers).
 #pragma once
 #include "luce_mk.h"
 #include "mk_math.cuh"
@@ -105,28 +105,13 @@ __device__ __forceinline__ bool walk_next(const Ctx& c, const LuceMkParams& P, W
     }
 }
 
-// ---- copies into the ring: bulk (TMA) copies from one lane on sm_90, 16-byte cp.async (LDGSTS) from the whole
-// producer warp before sm_90 and, on sm_90, for the chunks of the phases in the MK_LDGSTS mask ----
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-#define MK_BULK_STREAM 1
-#else
-#define MK_BULK_STREAM 0
-#endif
-// Whether the chunks of phase k of layer l (l == NL: the LM head) are copied by cp.async.
-__device__ __forceinline__ bool ldgsts_phase(int l, int k) {
-#if MK_BULK_STREAM
-    return (MK_LDGSTS >> (l == NL ? 4 : k)) & 1;
-#else
-    return true;
-#endif
-}
-// The weights are read once per step: evict them from L2 first (the activations, partials and KV rows stay).
+// ---- copies into the ring ----
+#if __CUDA_ARCH__ >= 900
 __device__ __forceinline__ uint64_t evict_first_policy() {
     uint64_t pol;
     asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
     return pol;
 }
-#if MK_BULK_STREAM
 // One thread: expect `bytes` on the mbarrier and start a bulk (TMA 1D) global->shared copy completing on it.
 __device__ __forceinline__ void bulk_load(void* dst, const void* src, unsigned bytes, uint64_t* bar, uint64_t pol) {
     asm volatile("{ .reg .b64 st; mbarrier.arrive.expect_tx.shared.b64 st, [%0], %1; }" ::"r"(smem_u32(bar)), "r"(bytes)
@@ -135,26 +120,18 @@ __device__ __forceinline__ void bulk_load(void* dst, const void* src, unsigned b
         "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;"
         ::"r"(smem_u32(dst)), "l"(src), "r"(bytes), "r"(smem_u32(bar)), "l"(pol) : "memory");
 }
-#endif
-// Whole producer warp: 16-byte cp.async per lane, then each lane's arrive fires when its copies land. On sm_90 with
-// the bulk copies' evict-first policy, so that the two differ only in how they copy.
-__device__ __forceinline__ void warp_async_load(void* dst, const void* src, unsigned bytes, uint64_t* bar, int lane,
-                                                uint64_t pol) {
+#else
+// Whole producer warp: 16-byte cp.async per lane, then each lane's arrive fires when its copies land (count 32).
+__device__ __forceinline__ void warp_async_load(void* dst, const void* src, unsigned bytes, uint64_t* bar, int lane) {
     const unsigned d = smem_u32(dst);
     const char* s = (const char*)src;
-    for (unsigned o = lane * 16u; o < bytes; o += 512u) {
-#if __CUDA_ARCH__ >= 900
-        asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;" ::"r"(d + o), "l"(s + o), "l"(pol)
-                     : "memory");
-#else
+    for (unsigned o = lane * 16u; o < bytes; o += 512u)
         asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d + o), "l"(s + o) : "memory");
-#endif
-    }
     asm volatile("cp.async.mbarrier.arrive.noinc.shared.b64 [%0];" ::"r"(smem_u32(bar)) : "memory");
 }
-// Arrivals that complete a full slot: the TMA lane's expect_tx alone (bulk copies only), else one per producer lane
-// (32 cp.async arrivals, or the TMA lane's expect_tx and 31 plain arrivals for a bulk chunk).
-#if MK_BULK_STREAM && MK_LDGSTS == 0
+#endif
+// Arrivals that complete a full slot: the TMA thread's expect_tx, or the 32 lanes' cp.async arrivals.
+#if __CUDA_ARCH__ >= 900
 constexpr unsigned FULL_ARRIVALS = 1;
 #else
 constexpr unsigned FULL_ARRIVALS = 32;
@@ -163,10 +140,12 @@ constexpr unsigned FULL_ARRIVALS = 32;
 // ---- producer ----
 // Copies every chunk into the next free slot, with at most tune.inflight copies in flight (tune.inflight_lm in the LM
 // head but its last LM_TAIL_ROWS rows): every queued copy delays the consumers' dependent L2 round trips (NOTES.md
-// v9), and every release a consumer makes waits for the bulk copies in flight on its SM (NOTES.md v13, v16).
+// v9), and every release a consumer makes waits for the copies in flight on its SM (NOTES.md v13).
 __device__ void run_producer(const Ctx& c, const LuceMkParams& P) {
-    if (FULL_ARRIVALS == 1 && c.lane != 0) return;
+#if __CUDA_ARCH__ >= 900
+    if (c.lane != 0) return;
     const uint64_t pol = evict_first_policy();
+#endif
     const unsigned ns = (unsigned)c.ns, pause_mask = (unsigned)P.tune.pause_mask;
     const unsigned cap_layers = (unsigned)P.tune.inflight, cap_lm = (unsigned)P.tune.inflight_lm;
     const int lm_end = split_rows(V, c.b + 1, c.G);
@@ -185,15 +164,11 @@ __device__ void run_producer(const Ctx& c, const LuceMkParams& P) {
         mbar_wait(&smem().empty[slot], ((qp / ns) & 1u) ^ 1u);
         pause_wait(pause_mask);
         char* dst = c.ring() + (size_t)slot * SLOT_BYTES;
-        uint64_t* full = &smem().full[slot];
-        if (ldgsts_phase(w.l, w.k)) {
-            warp_async_load(dst, src, bytes, full, c.lane, pol);
-        } else {
-#if MK_BULK_STREAM
-            if (c.lane == 0) bulk_load(dst, src, bytes, full, pol);
-            else mbar_arrive(full);  // FULL_ARRIVALS is 32 only in a mixed build (MK_LDGSTS != 0)
+#if __CUDA_ARCH__ >= 900
+        bulk_load(dst, src, bytes, &smem().full[slot], pol);
+#else
+        warp_async_load(dst, src, bytes, &smem().full[slot], c.lane);
 #endif
-        }
     }
 }
 

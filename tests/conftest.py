@@ -55,7 +55,6 @@ KERNEL_OPTION_SETS = {
     "gdn-f32-cuda-cores": {"MK_PF_GDN_TC": 0},
     "prefill-own-gemm": {"MK_PF_CUBLAS": 0},
     "wk-half": {"MK_PF_WK_HALF": 1},
-    "ldgsts-mixed": {"MK_LDGSTS": 5},  # in_proj and gate/up chunks by cp.async on sm_90, the rest bulk copies
 }
 
 # Run-time tune settings (luce_bench/kernels/tune.py) other than the measured defaults: the GPU tests run each on the
