@@ -221,6 +221,7 @@ class MegakernelBackend(Backend):
         """Repack HF-named CPU tensors into the kernel layout on the device and allocate the state buffers."""
         import torch
 
+        from luce_bench.kernels import abi
         from luce_bench.kernels.pack import pack_lm_screen, pack_small, pack_weights
 
         dev = self._device
@@ -230,8 +231,10 @@ class MegakernelBackend(Backend):
         b["wblob"] = pack_weights(sd, lay, dev)
         b["sblob"] = pack_small(sd, lay).to(dev)
         b["embed"] = sd["model.embed_tokens.weight"].to(device=dev, dtype=torch.bfloat16).contiguous()
-        if self._abi >= 10:  # the LM head's screening copy (None for a head with a non-finite weight)
-            b["lm8"] = pack_lm_screen(b["embed"])
+        if self._abi >= 10:  # the LM head's screening copy (None for a head with a non-finite weight, or a grid
+            # whose blocks hold too many rows to use it)
+            fits = -(-lay.vocab // self.launch.grid) <= abi.lm_screen()["MAX_ROWS"]
+            b["lm8"] = pack_lm_screen(b["embed"]) if fits else None
             b["lm_rescored"] = torch.zeros(self.launch.grid, dtype=torch.int32, device=dev)
         kv = self.max_seq * lay.kv_elems_per_pos
         b["kcache"] = torch.zeros(kv, dtype=torch.bfloat16, device=dev)
@@ -543,11 +546,13 @@ class MegakernelBackend(Backend):
             return f"no (ABI {self._abi} library)"
         if self.tune is not None and not self.tune.lm_screen:
             return "no (tune lm_screen=0)"
-        if self._bufs and self._bufs.get("lm8") is None:
-            return "no (the LM head holds a non-finite weight)"
         most = abi.lm_screen()["MAX_ROWS"]
         if -(-self.layout.vocab // self.launch.grid) > most:
             return f"no (grid of {self.launch.grid} blocks: more than {most} LM-head rows per block)"
+        if not self._bufs:
+            return "not loaded"
+        if self._bufs.get("lm8") is None:
+            return "no (the LM head holds a non-finite weight)"
         return "yes"
 
     def lm_rescored(self) -> int | None:

@@ -421,10 +421,11 @@ def run(plan: BenchPlan, say: Callable[[str], None] = print, build_dir: Path | N
                     )
                 res.screen = screen_check(be, short, plan.steps)
                 if res.screen:
+                    verdict = "" if res.screen["equal"] == plan.steps else " -- MISMATCH: the screen is wrong"
                     say(
                         f"{v.name}: screened LM head: greedy tokens equal to the full head's for "
                         f"{res.screen['equal']}/{plan.steps} steps, {res.screen['rescored_per_step']:.1f} rows "
-                        "recomputed per step"
+                        f"recomputed per step{verdict}"
                     )
             be = backends[v.name]
             res.short_s += time_decode(be, short, plan.steps, plan.reps)

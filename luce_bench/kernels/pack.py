@@ -119,7 +119,7 @@ LM8_PAD = 16  # bytes after a screening row's codes: f32 s, f32 c, 8 zero bytes 
 _LM8_REL, _LM8_ABS = 1e-4, 1e-5
 
 
-def pack_lm_screen(embed: Any, rows_per_chunk: int = 16384) -> Any | None:
+def pack_lm_screen(embed: Any, rows_per_chunk: int = 4096) -> Any | None:
     """The LM head's int8 screening copy of `embed` [V, K] (uint8 [V, K + 16], on embed's device), or None.
 
     Row j: the K bytes q_j + 128 with q_j = round(w_j / s_j) in -127..127 and s_j = max|w_j| / 127 (1 for a zero row),
@@ -149,7 +149,8 @@ def pack_lm_screen(embed: Any, rows_per_chunk: int = 16384) -> Any | None:
         out[r0 : r0 + rows_per_chunk, :k] = (q + 128).to(torch.uint8)
         meta[r0 : r0 + rows_per_chunk, 0] = s.to(torch.float32)
         c32 = c.to(torch.float32)
-        meta[r0 : r0 + rows_per_chunk, 1] = torch.where(c32.to(torch.float64) < c, torch.nextafter(c32, c32 + 1), c32)
+        up = torch.nextafter(c32, torch.full_like(c32, float("inf")))
+        meta[r0 : r0 + rows_per_chunk, 1] = torch.where(c32.to(torch.float64) < c, up, c32)
     return out
 
 

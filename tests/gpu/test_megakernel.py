@@ -211,7 +211,8 @@ def test_screened_lm_head_gives_the_full_heads_tokens(setup, start):
     assert tf1 == tf0
     assert free1 == free0
     assert n_off == 0  # the full head recomputes nothing
-    assert 0 < n_tf < N_DEC * 248320 // 50  # the screen rules out most rows (every step recomputes its best)
+    for n in (n_tf, n_free):  # every block recomputes at least its own best row; the screen rules out most rows
+        assert N_DEC * mk.launch.grid <= n < N_DEC * 248320 // 50
 
 
 @pytest.fixture(scope="module")
