@@ -119,6 +119,8 @@ class MegakernelBackend(Backend):
         self.tune = tune  # None until _open picks the device's (and None for a library without a tune)
         self._lib: Any = None
         self._abi = 0
+        self._screened_steps = 0  # decode steps whose LM head was screened, since load
+        self._rescored_rows = 0  # rows those steps recomputed from the bf16 head (lm_rescored() adds them up)
         self._build: Any = None
         self.layout: Any = None
         self.launch: Any = None
@@ -366,6 +368,8 @@ class MegakernelBackend(Backend):
         if self._abi >= 10:
             p.lm8 = b["lm8"].data_ptr() if b["lm8"] is not None else None
             p.lm_rescored = b["lm_rescored"].data_ptr()
+            if b["lm8"] is not None and self.tune.lm_screen and not debug_flags & 1:  # (NO_MATH: no rescoring)
+                self._screened_steps += n if logits_first is None else logits_first
         if trace is not None:
             need = n * self.trace_points * self.launch.grid
             if trace.numel() < need or trace.element_size() != 8:
@@ -532,6 +536,7 @@ class MegakernelBackend(Backend):
             "prebuilt": str(self.lib_dir) if self.lib_dir else None,
             "prefill": self._prefill_info(),
             "lm_screen": self._lm_screen_info(),
+            "lm_rescored_per_step": self._rescored_per_step(),
             "ptxas": [
                 {"arch": r.arch, "registers": r.registers, "spill_stores": r.spill_stores, "spill_loads": r.spill_loads}
                 for r in self._build.reports
@@ -565,7 +570,14 @@ class MegakernelBackend(Backend):
             return None
         n = int(buf.sum().item())
         buf.zero_()
+        self._rescored_rows += n
         return n
+
+    def _rescored_per_step(self) -> float | None:
+        """Rows recomputed per screened step since load (how well the screen prunes on this model), or None."""
+        if not self._screened_steps or self.lm_rescored() is None:
+            return None
+        return self._rescored_rows / self._screened_steps
 
     def _prefill_info(self) -> dict[str, Any]:
         """Which prompt path was chosen and last ran; for the kernel prefill, its launches and CUDA graph use."""

@@ -213,6 +213,7 @@ def test_screened_lm_head_gives_the_full_heads_tokens(setup, start):
     assert n_off == 0  # the full head recomputes nothing
     for n in (n_tf, n_free):  # every block recomputes at least its own best row; the screen rules out most rows
         assert N_DEC * mk.launch.grid <= n < N_DEC * 248320 // 50
+    assert mk.launch.grid <= mk.info()["lm_rescored_per_step"] < 248320 // 50  # (meta.json's figure, since load)
 
 
 @pytest.fixture(scope="module")
