@@ -409,3 +409,54 @@ class FakeBuf:
 
     def copy_(self, other):
         return self
+
+
+class _ScreenedBackend:
+    """The part of MegakernelBackend that screen_check drives.
+
+    Greedy tokens that part from the full head's at a chosen step (a screen that went wrong), and rows recomputed per
+    screened step.
+    """
+
+    def __init__(self, part_at: int | None, rows_per_step: int = 650, screen: str = "yes"):
+        from luce_bench.kernels.tune import Tune
+
+        self.tune, self.part_at, self.rows, self.screen = Tune(), part_at, rows_per_step, screen
+        self.tunes_run: list[int] = []
+        self._rows = 0
+
+    def info(self):
+        return {"lm_screen": self.screen}
+
+    def reset(self):
+        pass
+
+    def prefill(self, prompt):
+        self._rows = 0
+
+    def lm_rescored(self):
+        n, self._rows = self._rows, 0
+        return n
+
+    def run_steps(self, n):
+        torch = pytest.importorskip("torch")
+        self.tunes_run.append(self.tune.lm_screen)
+        toks = list(range(n))
+        if self.tune.lm_screen:
+            self._rows += self.rows * n
+            if self.part_at is not None:
+                toks[self.part_at :] = [t + 1 for t in toks[self.part_at :]]
+        return torch.tensor(toks), None
+
+
+@pytest.mark.parametrize("part_at", [None, 0, 77])
+def test_screen_check_counts_the_leading_equal_steps_and_restores_the_tune(part_at):
+    be = _ScreenedBackend(part_at)
+    rep = bench.screen_check(be, [1, 2, 3], 128)
+    assert rep == {"steps": 128, "equal": 128 if part_at is None else part_at, "rescored_per_step": 650.0}
+    assert be.tunes_run == [1, 0] and be.tune.lm_screen == 1  # screened, then the full head; the tune given back
+
+
+def test_screen_check_skips_a_variant_without_the_screen():
+    be = _ScreenedBackend(None, screen="no (tune lm_screen=0)")
+    assert bench.screen_check(be, [1], 8) is None and be.tunes_run == []
