@@ -80,7 +80,13 @@ def bench_cmd(
     steps: Annotated[int, typer.Option(min=1, help="Decode steps per launch (tgN).")] = 128,
     long_pos: Annotated[int, typer.Option("--long", min=0, help="Long position (cached tokens); 0 skips it.")] = 4000,
     seed: Annotated[Optional[int], typer.Option(help="Weight/prompt seed (default: from the clock, printed).")] = None,
-    check: Annotated[bool, typer.Option(help="Check each variant against the float32 reference first.")] = True,
+    check: Annotated[
+        bool,
+        typer.Option(
+            help="Check each variant against the float32 reference first (and a screened LM head's greedy tokens "
+            "against the full head's)."
+        ),
+    ] = True,
     per_token: Annotated[bool, typer.Option(help="Also time one launch per token (host-driven loop).")] = True,
     breakdown: Annotated[
         Optional[str], typer.Option(help="Variant that gets the debug-flag breakdown (timings of invalid results).")
