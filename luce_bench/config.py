@@ -164,7 +164,17 @@ def _list(*item_checks: AfterValidator, non_empty: bool = True) -> Any:
     return Annotated[tuple[item, ...], BeforeValidator(_items), *([AfterValidator(_not_empty)] if non_empty else [])]
 
 
-Names = _list()
+def _names_once(v: tuple[str, ...]) -> tuple[str, ...]:
+    """A backend named twice is measured once: say so rather than record a list that was not run."""
+    seen: set[str] = set()
+    for name in v:
+        if name in seen:
+            raise UserError(f"backend {name} is given twice: give each once")
+        seen.add(name)
+    return v
+
+
+Names = Annotated[_list(), AfterValidator(_names_once)]
 
 
 def _tests_once(v: tuple[str, ...]) -> tuple[str, ...]:

@@ -368,3 +368,24 @@ def test_info_with_fake_gpu_lists_the_sim_backend_as_available():
     assert result.exit_code == 0, result.output
     sim = next(line for line in result.output.splitlines() if line.strip("│ ").startswith("sim "))
     assert "yes" in sim
+
+
+@pytest.mark.tries("bad input", "CLI: report/publish paths: a file for a directory, a missing tree or --readme")
+def test_report_and_publish_refuse_bad_paths_in_one_line(tmp_path):
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    cases = [
+        (["report", str(a_file)], f"run directory {a_file} is not a directory"),
+        (["publish", "--results", str(a_file)], f"results tree (--results) {a_file} is not a directory"),
+        (["publish", "--results", str(tmp_path / "nope")], "results tree (--results) not found"),
+        (["publish", "--readme", str(tmp_path / "no.md")], "no.md: no such file"),
+        (["report", "--check", "results", "--readme", str(tmp_path / "no.md")], "no.md: no such file"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output, (args, result.output)
+        assert [ln for ln in result.output.splitlines() if ln.strip()] == [
+            ln for ln in result.output.splitlines() if ln.startswith("error:")
+        ]
+    assert not (tmp_path / "nope").exists()

@@ -58,6 +58,7 @@ def test_cli_overrides_win_and_none_is_ignored():
         pytest.param("window_s: fast\n", "window_s: expected a number", id="type"),
         pytest.param("tests: [pp520, xx1]\n", "bad test 'xx1'", id="bad-test"),
         pytest.param("tests: tg128,pp64,tg128\n", "test tg128 is given twice (tg128 and tg128)", id="test-twice"),
+        pytest.param("backends: [sim, sim]\n", "backend sim is given twice", id="backend-twice"),
         pytest.param(
             "reps: 2\nwindow_s: 1\nwarmup_s: 0.5\ntest_timeout_s: 0.5\n",
             "test_timeout_s = 0.5 s is shorter than one test's plan (warm-up 0.5 s + 2 x 1 s windows = 2.5 s)",

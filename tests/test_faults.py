@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import pytest
 from faultkit import DiskFullAfter, card, check_rows, isolate_fake_gpu, only_run_dir, register, status
@@ -218,3 +219,25 @@ def _slow_decode(decode):
         return decode(self, n, logits, inputs)
 
     return slow
+
+
+@pytest.mark.tries("fault", "full disk after the measuring, while the run writes its own report")
+def test_a_run_whose_report_cannot_be_written_ends_with_code_4_and_says_so(env, monkeypatch):
+    import errno
+
+    from luce_bench import records
+
+    def full(path, data, durable=False):
+        if Path(path).name in ("summary.csv", "report.md"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real(path, data, durable)
+
+    real = records.atomic_write
+    monkeypatch.setattr(records, "atomic_write", full)
+    result, run_dir = sweep(env, "--limits", "420")
+    assert result.exit_code == 4, result.output
+    assert "No space left on device" in result.output and "luce-bench report" in result.output
+    assert len(check_rows(run_dir)) > 0  # the measured rows are kept
+    doc = status(run_dir)
+    assert doc["state"] == "stopped" and doc["exit_code"] == 4 and "could not be written" in doc["reason"]
+    assert not (run_dir / "report.md").exists()

@@ -65,7 +65,9 @@ def _finish(outcome: Any, out: Any, sweep: bool) -> None:
         try:
             report = render(outcome.run_dir)
         except (OSError, RunDirError, UserError) as exc:
-            typer.echo(f"warning: could not render the report of {outcome.run_dir}: {exc}", err=True)
+            # the measured rows are kept, but the run directory lacks its summary, report and plots: a write error
+            # (exit 4), also in status.json where it can still be written
+            state, code, reason = _render_failed(outcome.run_dir, state, code, reason, exc)
     if outcome.stop is None and report is not None:
         print_report(report, out)
     if outcome.stop is not None:
@@ -81,6 +83,25 @@ def _finish(outcome: Any, out: Any, sweep: bool) -> None:
         reason = f"backends failed or unavailable: {', '.join(outcome.failed)}"
     typer.echo(f"error: {one_line(reason)} (see {outcome.run_dir}/status.json)", err=True)
     raise typer.Exit(code)
+
+
+def _render_failed(run_dir: Path, state: str, code: int, reason: str, exc: Exception) -> tuple[str, int, str]:
+    """The run's ending once its report could not be written: stopped, exit 4 (unless it already ended worse)."""
+    from luce_bench.status import EXIT_DISK, EXIT_FAILURES, EXIT_OK, STOPPED, read_status, utc_now, write_status
+
+    why = f"the summary, report and plots could not be written ({one_line(str(exc))}); the measured rows are in "
+    why += "runs.csv: `luce-bench report RUN_DIR` renders them again"
+    if code not in (EXIT_OK, EXIT_FAILURES):
+        return state, code, f"{reason}; {why}"
+    reason = f"{reason}; {why}" if reason else why
+    try:
+        doc = read_status(run_dir)
+        if doc is not None:
+            doc.update(state=STOPPED, exit_code=EXIT_DISK, reason=reason, updated_utc=utc_now())
+            write_status(run_dir, doc)
+    except (OSError, UserError):
+        pass  # (the error line below still says it; status.json keeps how the measuring ended)
+    return STOPPED, EXIT_DISK, reason
 
 
 DEFAULT_BASELINES = ("llamacpp", "hf", "hf-compiled")

@@ -16,6 +16,20 @@ ReadmeOpt = Annotated[
 ]
 
 
+def _existing_dir(path: Path, what: str) -> None:
+    """Bad input unless `path` is a directory (one line: missing, or a file)."""
+    if not path.exists():
+        raise UserError(f"{what} not found: {path}")
+    if not path.is_dir():
+        raise UserError(f"{what} {path} is not a directory")
+
+
+def _readme_given(readme: Path | None) -> None:
+    """A --readme that was named must be an existing file (the default one may be absent: the block is skipped)."""
+    if readme is not None and not readme.is_file():
+        raise UserError(f"--readme {readme}: no such file (leave it out to use the README next to the results tree)")
+
+
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run directory (results/runs/...); with --check, a results tree.")],
     llama_bench: Annotated[
@@ -49,8 +63,7 @@ def report(
         return
     from luce_bench.report import llama_bench_table, print_report, render
 
-    if not run_dir.is_dir():
-        raise UserError(f"run directory not found: {run_dir}")
+    _existing_dir(run_dir, "run directory")
     rep = render(run_dir)
     print_report(rep, console(), spots=False)
     if llama_bench:
@@ -70,6 +83,7 @@ def _check(results: Path, readme: Path | None) -> None:
     from luce_bench.check import check
     from luce_bench.publish import readme_of
 
+    _readme_given(readme)
     problems = check(results, readme or readme_of(results))
     for line in problems:
         typer.echo(line, err=True)
@@ -135,6 +149,9 @@ def publish(
     from luce_bench.publish import publish as publish_run
     from luce_bench.publish import readme_of, write_tables
 
+    if run_dir is None or results.exists():  # (publishing a run may start a new tree; regenerating needs one)
+        _existing_dir(results, "results tree (--results)")
+    _readme_given(readme)
     if run_dir is not None:
         typer.echo(f"published to {publish_run(run_dir, results, name, allow_failures)}")
     for path in write_tables(results, readme or readme_of(results)):
