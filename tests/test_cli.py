@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -349,6 +350,22 @@ def test_smoke_config_sweeps_the_simulated_gpu_in_virtual_time(tmp_path, monkeyp
         assert (d / name).is_file(), name
     assert "## Power-limit sweep" in (d / "report.md").read_text()
     assert json.loads((d / "meta.json").read_text())["energy"]["virtual_time"] is True
+
+
+def test_a_shuffle_without_a_seed_draws_one_says_it_and_records_it(tmp_path, monkeypatch, tiny_model):
+    monkeypatch.setenv("LUCE_BENCH_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.delenv("LUCE_BENCH_FAKE_GPU_STATE", raising=False)
+    args = ["sweep", "-c", str(ROOT_CONFIGS / "smoke.yaml"), "--shuffle", "-o", str(tmp_path / "runs")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    seed = int(re.search(r"shuffled with seed (\d+) \(--shuffle --seed \1 repeats it\)", result.output).group(1))
+    (d,) = (tmp_path / "runs").iterdir()
+    assert json.loads((d / "meta.json").read_text())["config"]["sweep"]["shuffle_seed"] == seed  # --resume replays it
+    order = list(dict.fromkeys(r["power_limit_req_w"] for r in csv.DictReader((d / "runs.csv").open())))
+    again = runner.invoke(app, [*args[:-1], str(tmp_path / "again"), "--seed", str(seed)])
+    assert again.exit_code == 0 and "shuffled with seed" not in again.output
+    (d2,) = (tmp_path / "again").iterdir()
+    assert list(dict.fromkeys(r["power_limit_req_w"] for r in csv.DictReader((d2 / "runs.csv").open()))) == order
 
 
 def test_fake_preset_flag_picks_the_simulated_card(tmp_path, tiny_model):

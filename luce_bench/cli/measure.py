@@ -214,9 +214,23 @@ def sweep(
 
         cfg = resume_config(resume, ctx.params, overrides)
     else:
-        cfg = load_config(ctx.params, **overrides)
+        cfg = _seeded(load_config(ctx.params, **overrides))
     names, optional = sweep_backends(cfg.backends)
     measure(cfg, "sweep", names, optional=optional, sweep=True, persistence=not no_persistence, resume=resume)
+
+
+def _seeded(cfg: BenchConfig) -> BenchConfig:
+    """The config with a seed drawn for a shuffled order that has none.
+
+    The seed is printed and recorded (meta.json), so that the order can be repeated (--seed) and a --resume replays it.
+    """
+    if cfg.sweep.order != "shuffle" or cfg.sweep.shuffle_seed is not None:
+        return cfg
+    import secrets
+
+    seed = secrets.randbelow(2**31)
+    console().print(f"order: shuffled with seed {seed} (--shuffle --seed {seed} repeats it)")
+    return cfg.model_copy(update={"sweep": cfg.sweep.model_copy(update={"shuffle_seed": seed})})
 
 
 def sweep_backends(names: Sequence[str]) -> tuple[list[str], list[str]]:
