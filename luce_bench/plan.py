@@ -250,6 +250,30 @@ def sweep_settings(cfg: BenchConfig, gpu: GPU) -> list[Setting]:
     return order_settings(cells, cfg.sweep.order, cfg.sweep.shuffle_seed)
 
 
+def merge_notes(cfg: BenchConfig, settings: Sequence[Setting]) -> tuple[str, ...]:
+    """A note per axis on which requests merged into an earlier one's setting.
+
+    Requests clamped to the same end of the range, or snapped to the same supported clock, are measured once: the
+    user should know which asked-for values have no row of their own.
+    """
+    notes = []
+    axes = (
+        ("power limit", cfg.sweep.limits, {s.power_limit.text for s in settings if s.power_limit}),
+        ("SM clock", cfg.sweep.clocks, {s.sm_clock.text for s in settings if s.sm_clock}),
+    )
+    for what, spec, kept in axes:
+        items = [str(s).strip() for s in spec if str(s).strip()]
+        if not kept or items == [AUTO_LIMITS]:
+            continue
+        merged = [s for s in items if s not in kept]
+        if merged:
+            notes.append(
+                f"{what} {', '.join(merged)}: the same setting as an earlier request once "
+                f"{'snapped to a supported clock or ' if what == 'SM clock' else ''}clamped to the range; measured once"
+            )
+    return tuple(notes)
+
+
 TINY_NOTE = (
     "no CUDA GPU in use: running the CPU-capable backends on the tiny synthetic model (same architecture, small "
     "shapes). Use --model synthetic-0.8b to force the full size."
@@ -347,6 +371,7 @@ def plan(
     backends: Sequence[str],
     optional: Sequence[str] = (),
     settings: Sequence[Setting] = (Setting(),),
+    notes: Sequence[str] = (),
 ) -> Plan:
     """Check the request against this machine and resolve it into trials (setting > backend > test)."""
     from luce_bench.model.resolve import resolve_model
@@ -358,7 +383,7 @@ def plan(
     model = resolve_model(chosen, seed=cfg.model_seed)
     keep = _serving(keep, optional, model, skipped)
     runs_a_model = any(not get_backend(b).simulated for b in keep)  # the simulated backend runs no model
-    notes = (TINY_NOTE,) if cfg.model == "auto" and chosen == "tiny" and runs_a_model else ()
+    notes = (*notes, *((TINY_NOTE,) if cfg.model == "auto" and chosen == "tiny" and runs_a_model else ()))
     check_tests_fit(tests, model)
     for backend in keep:  # files a backend would fail on (a damaged cached GGUF) are refused now, not mid-run
         get_backend(backend).check_model(model, **ctx.backend_kwargs(backend))

@@ -7,7 +7,7 @@ import pytest
 from luce_bench import config
 from luce_bench.errors import UserError
 from luce_bench.gpu.fake import PRESETS, FakeGPU
-from luce_bench.plan import Setting, limit_settings, order_settings, sweep_settings
+from luce_bench.plan import Setting, limit_settings, merge_notes, order_settings, sweep_settings
 from luce_bench.records import SummaryRow
 from luce_bench.sm_clocks import ClockTarget, parse_clocks, snap_mhz
 from luce_bench.summary import sweet_spots
@@ -70,6 +70,20 @@ def _cfg(**over):
 def test_a_limits_only_sweep_plans_exactly_as_before():
     cfg = _cfg(**{"sweep.limits": "220,420,300", "sweep.order": "shuffle", "sweep.shuffle_seed": 5})
     assert sweep_settings(cfg, FakeGPU()) == limit_settings(cfg, FakeGPU())
+
+
+def test_requests_that_merge_into_one_setting_get_a_note():
+    cfg = _cfg(**{"sweep.limits": "", "sweep.clocks": "1935,1936,1200"})  # 1935 and 1936 lock the same clock
+    settings = sweep_settings(cfg, FakeGPU())
+    assert len(settings) == 2
+    (note,) = merge_notes(cfg, settings)
+    assert note.startswith("SM clock 1936: the same setting as an earlier request") and "measured once" in note
+    cfg = _cfg(**{"sweep.limits": "9999,420,300", "sweep.clamp": True})  # 9999 W clamps to the top: 420 W
+    (note,) = merge_notes(cfg, sweep_settings(cfg, FakeGPU()))
+    assert note.startswith("power limit 420: the same setting")
+    cfg = _cfg(**{"sweep.limits": "420,300"})
+    assert merge_notes(cfg, sweep_settings(cfg, FakeGPU())) == ()  # nothing merged: no note
+    assert merge_notes(_cfg(), sweep_settings(_cfg(), FakeGPU())) == ()  # auto: its shares merge by design
 
 
 def test_grid_is_limit_major_then_clock_descending_or_ascending():

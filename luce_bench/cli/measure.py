@@ -28,14 +28,15 @@ def measure(
     """Open the GPU, plan, run, render and print; exit with the run's code (status.EXIT_CODES)."""
     from luce_bench.cli.ui import ConsoleUI
     from luce_bench.context import open_context
-    from luce_bench.plan import Setting, plan, sweep_settings
+    from luce_bench.plan import Setting, merge_notes, plan, sweep_settings
     from luce_bench.runner import run
 
     out, ui = console(), None
     try:
         with open_context(cfg, for_settings=sweep) as ctx:
             settings = sweep_settings(cfg, ctx.gpu) if sweep else [Setting()]
-            p = plan(cfg, ctx, name=name, backends=backends, optional=optional, settings=settings)
+            notes = merge_notes(cfg, settings) if sweep else ()
+            p = plan(cfg, ctx, name=name, backends=backends, optional=optional, settings=settings, notes=notes)
             todo = None
             if resume is not None:
                 from luce_bench.resume import prepare
