@@ -81,6 +81,28 @@ class RunRecord:
     verdict: str
     energy_note: str = ""
 
+    def problems(self) -> list[str]:
+        """What makes this row impossible or self-contradictory (a damaged or hand-edited runs.csv); [] if none."""
+        out = [
+            f"{name} = {value:g} is negative"
+            for name in ("avg_ts", "n_tokens", "energy_j", "tok_per_j", "compute_s")
+            if (value := getattr(self, name)) is not None and value < 0
+        ]
+        if self.window_s <= 0:
+            out.append(f"window_s = {self.window_s:g} is not positive")
+        elif not _close(self.avg_ts, self.n_tokens / self.window_s):
+            out.append(f"avg_ts = {self.avg_ts:g} is not n_tokens / window_s = {self.n_tokens / self.window_s:.6g}")
+        if self.energy_j and self.tok_per_j is not None and not _close(self.tok_per_j, self.n_tokens / self.energy_j):
+            out.append(
+                f"tok_per_j = {self.tok_per_j:g} is not n_tokens / energy_j = {self.n_tokens / self.energy_j:.6g}"
+            )
+        return out
+
+
+def _close(a: float, b: float) -> bool:
+    """Equal to the 6 significant digits the CSVs keep (1e-4 relative leaves room for the rounding of both)."""
+    return abs(a - b) <= 1e-4 * max(abs(a), abs(b), 1e-12)
+
 
 @dataclass(kw_only=True)
 class SummaryRow:
@@ -229,7 +251,10 @@ def _parse(text: str, scalar: type) -> Any:
         if text.lower() not in ("true", "false", "1", "0"):
             raise ValueError(f"expected True or False, got {text!r}")
         return text.lower() in ("true", "1")
-    return scalar(text)
+    value = scalar(text)
+    if scalar is float and not math.isfinite(value):
+        raise ValueError(f"{text!r} is not a finite number (an unknown value is an empty cell)")
+    return value
 
 
 def from_cells(cls: type[R], cells: dict[str, str]) -> R:
@@ -241,13 +266,20 @@ def from_cells(cls: type[R], cells: dict[str, str]) -> R:
             if required:
                 raise ValueError(f"missing column {name}")
             continue
-        value = _parse(text, scalar)
+        try:
+            value = _parse(text, scalar)
+        except ValueError as exc:
+            raise ValueError(f"column {name}: {exc}") from None
         if value is None and scalar is str:
             value = ""
         elif value is None and not nullable:
             raise ValueError(f"column {name} is empty")
         values[name] = value
-    return cls(**values)
+    record = cls(**values)
+    problems = record.problems() if hasattr(record, "problems") else []
+    if problems:
+        raise ValueError("; ".join(problems))
+    return record
 
 
 def write_csv(path: Path, cls: type, records: Iterable[Any]) -> None:

@@ -92,7 +92,12 @@ def _edit_cell(path: Path, row: int, column: str, value: str) -> None:
 def test_editing_a_measurement_without_regenerating_fails_until_regenerated(run_tree):
     tree = run_tree
     run = tree / RUN
-    _edit_cell(run / "runs.csv", 15, "avg_ts", "500")  # a llamacpp tg128 window "improved" by hand (453.797)
+    with (run / "runs.csv").open(newline="") as f:
+        n_tokens = float(list(csv.DictReader(f))[15]["n_tokens"])
+    # a llamacpp tg128 window "improved" by hand (453.797), its window shortened to match (a row that contradicts
+    # itself is refused: test_a_self_contradicting_row_is_refused_by_report_publish_and_check)
+    _edit_cell(run / "runs.csv", 15, "avg_ts", "500")
+    _edit_cell(run / "runs.csv", 15, "window_s", f"{n_tokens / 500:.6g}")
     tables = [
         f"{path} is stale against the committed CSVs (run `luce-bench publish --results {tree}`)"
         for path in (tree / "README.md", tree.parent / "README.md")
@@ -114,7 +119,7 @@ PROBLEMS = {  # what is done to the copy -> the start of the line that must name
     "index-edited": "{tree}/README.md is stale against the committed CSVs",
     "no-meta": "{run}: no meta.json",
     "unknown-column": "{run}/runs.csv: not in the runs.csv schema: column(s) speedup",
-    "bad-cell": "{run}/runs.csv line 3: could not convert string to float: 'fast'",
+    "bad-cell": "{run}/runs.csv line 3: column avg_ts: could not convert string to float: 'fast'",
     "missing-column": "{run}/summary.csv is not a luce-bench summary.csv (missing columns: n)",
     "no-markers": "{readme} has no <!-- results:begin --> ... <!-- results:end --> block",
 }
@@ -154,6 +159,29 @@ def test_each_problem_is_one_line_and_exit_1(case, run_tree):
     schema_broken = case in ("no-meta", "unknown-column", "bad-cell", "missing-column")
     assert lines[-1].endswith("generated tables not checked until the CSVs above read cleanly") == schema_broken
     assert len(lines) == 1 + schema_broken
+
+
+@pytest.mark.tries("bad input", "report, publish, --check: impossible or self-contradicting runs.csv values")
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [
+        ("avg_ts", "-1594.51", "avg_ts = -1594.51 is negative"),
+        ("tok_per_j", "nan", "column tok_per_j: 'nan' is not a finite number"),
+        # the window's energy changed by hand: its tok/J no longer follows
+        ("energy_j", "2000", "tok_per_j = 2.86186 is not n_tokens / energy_j"),
+        ("window_s", "0", "window_s = 0 is not positive"),
+    ],
+)
+def test_a_self_contradicting_row_is_refused_by_report_publish_and_check(run_tree, column, value, message):
+    tree = run_tree
+    run = tree / RUN
+    _edit_cell(run / "runs.csv", 0, column, value)
+    out = _check(tree)
+    assert out.exit_code == 1 and any("runs.csv line 2: " in ln and message in ln for ln in _lines(out)), _lines(out)
+    for args in (["report", str(run)], ["publish", "--results", str(tree)]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2 and message in res.output, (args, res.output)
+    assert "1,456.8" in (tree / "README.md").read_text()  # the published table was not rewritten
 
 
 def test_a_missing_results_tree_is_bad_input(tmp_path):

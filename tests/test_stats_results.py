@@ -132,7 +132,7 @@ def test_reader_names_the_bad_line_and_missing_columns(tmp_path):
     write_csv(tmp_path / "runs.csv", RunRecord, [_row("hf", "tg128", 0, 128, 10.0, 100.0)])
     text = (tmp_path / "runs.csv").read_text().replace(",1280,", ",x,").replace("128,10,", "lots,10,")
     (tmp_path / "runs.csv").write_text(text)
-    with pytest.raises(UserError, match=r"runs.csv line 2: invalid literal"):
+    with pytest.raises(UserError, match=r"runs.csv line 2: column \w+: invalid literal"):
         read_csv(tmp_path / "runs.csv", RunRecord)
     (tmp_path / "summary.csv").write_text("backend,test\nhf,tg128\n")
     with pytest.raises(UserError, match=r"missing columns: model, n_prompt"):
