@@ -85,7 +85,7 @@ class RunRecord:
         """What makes this row impossible or self-contradictory (a damaged or hand-edited runs.csv); [] if none."""
         out = [
             f"{name} = {value:g} is negative"
-            for name in ("avg_ts", "n_tokens", "energy_j", "tok_per_j", "compute_s")
+            for name in ("avg_ts", "n_tokens", "tok_per_j", "compute_s")  # (energy_j < 0: a counter reset, kept)
             if (value := getattr(self, name)) is not None and value < 0
         ]
         if self.window_s <= 0:
