@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -69,19 +69,26 @@ class TestSpec:
         return cls(m.group(1), n, depth)
 
 
+def first_repeat(written: Iterable[tuple[str, Hashable]]) -> tuple[str, str, Any] | None:
+    """(earlier text, later text, value) of the first value written twice (`written`: (text, value) pairs), or None."""
+    seen: dict[Hashable, str] = {}
+    for text, value in written:
+        if value in seen:
+            return seen[value], text, value
+        seen[value] = text
+    return None
+
+
 def refuse_repeats(what: str, unit: str, written: Sequence[tuple[str, float]]) -> None:
     """UserError when two values the user wrote resolve to the same one (`written`: (text, value) pairs, in order).
 
     Values that --clamp or snapping bring together are not passed here: those merge.
     """
-    seen: dict[float, str] = {}
-    for text, value in written:
-        if value in seen:
-            raise UserError(
-                f"{what} {value:g} {unit} is given twice ({seen[value]} and {text}): give each once "
-                "(--reps repeats a setting)"
-            )
-        seen[value] = text
+    if repeat := first_repeat(written):
+        earlier, text, value = repeat
+        raise UserError(
+            f"{what} {value:g} {unit} is given twice ({earlier} and {text}): give each once (--reps repeats a setting)"
+        )
 
 
 def parse_limit(text: str) -> tuple[float, bool]:
@@ -166,11 +173,8 @@ def _list(*item_checks: AfterValidator, non_empty: bool = True) -> Any:
 
 def _names_once(v: tuple[str, ...]) -> tuple[str, ...]:
     """A backend named twice is measured once: say so rather than record a list that was not run."""
-    seen: set[str] = set()
-    for name in v:
-        if name in seen:
-            raise UserError(f"backend {name} is given twice: give each once")
-        seen.add(name)
+    if repeat := first_repeat((name, name) for name in v):
+        raise UserError(f"backend {repeat[1]} is given twice: give each once")
     return v
 
 
@@ -179,14 +183,9 @@ Names = Annotated[_list(), AfterValidator(_names_once)]
 
 def _tests_once(v: tuple[str, ...]) -> tuple[str, ...]:
     """A test named twice would be measured twice and its windows pooled (--reps repeats a test)."""
-    seen: dict[TestSpec, str] = {}
-    for text in v:
-        spec = TestSpec.parse(text)
-        if spec in seen:
-            raise UserError(
-                f"test {text} is given twice ({seen[spec]} and {text}): give each once (--reps repeats a test)"
-            )
-        seen[spec] = text
+    if repeat := first_repeat((text, TestSpec.parse(text)) for text in v):
+        earlier, text, _ = repeat
+        raise UserError(f"test {text} is given twice ({earlier} and {text}): give each once (--reps repeats a test)")
     return v
 
 

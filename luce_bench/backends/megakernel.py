@@ -223,7 +223,6 @@ class MegakernelBackend(Backend):
         """Repack HF-named CPU tensors into the kernel layout on the device and allocate the state buffers."""
         import torch
 
-        from luce_bench.kernels import abi
         from luce_bench.kernels.pack import pack_lm_screen, pack_small, pack_weights
 
         dev = self._device
@@ -235,8 +234,7 @@ class MegakernelBackend(Backend):
         b["embed"] = sd["model.embed_tokens.weight"].to(device=dev, dtype=torch.bfloat16).contiguous()
         if self._abi >= 10:  # the LM head's screening copy (None for a head with a non-finite weight, or a grid
             # whose blocks hold too many rows to use it)
-            fits = -(-lay.vocab // self.launch.grid) <= abi.lm_screen()["MAX_ROWS"]
-            b["lm8"] = pack_lm_screen(b["embed"]) if fits else None
+            b["lm8"] = pack_lm_screen(b["embed"]) if self._grid_refuses_screen() is None else None
             b["lm_rescored"] = torch.zeros(self.launch.grid, dtype=torch.int32, device=dev)
         kv = self.max_seq * lay.kv_elems_per_pos
         b["kcache"] = torch.zeros(kv, dtype=torch.bfloat16, device=dev)
@@ -543,17 +541,23 @@ class MegakernelBackend(Backend):
             ],
         }
 
-    def _lm_screen_info(self) -> str:
-        """Whether greedy steps' LM head is screened on the int8 copy (cuda/mk_lm_head.cuh), or why not."""
+    def _grid_refuses_screen(self) -> str | None:
+        """Why the blocks hold too many LM-head rows for the screen's bound array (the kernel's test), or None."""
         from luce_bench.kernels import abi
 
+        most = abi.lm_screen()["MAX_ROWS"]
+        if -(-self.layout.vocab // self.launch.grid) > most:
+            return f"grid of {self.launch.grid} blocks: more than {most} LM-head rows per block"
+        return None
+
+    def _lm_screen_info(self) -> str:
+        """Whether greedy steps' LM head is screened on the int8 copy (cuda/mk_lm_head.cuh), or why not."""
         if self._abi < 10:
             return f"no (ABI {self._abi} library)"
         if self.tune is not None and not self.tune.lm_screen:
             return "no (tune lm_screen=0)"
-        most = abi.lm_screen()["MAX_ROWS"]
-        if -(-self.layout.vocab // self.launch.grid) > most:
-            return f"no (grid of {self.launch.grid} blocks: more than {most} LM-head rows per block)"
+        if why := self._grid_refuses_screen():
+            return f"no ({why})"
         if not self._bufs:
             return "not loaded"
         if self._bufs.get("lm8") is None:
