@@ -101,7 +101,10 @@ def test_four_limit_sweep_writes_rows_plots_and_sweet_spot(env):
 
 
 def test_throughput_falls_with_the_limit(env):
-    result, runs = _sweep(env, "--limits", "420,150")
+    # virtual time: the sim backend's speed is the FakeGPU model's at each limit, not a 0.2 s real-time window that a
+    # busy CI machine can stretch
+    (env / "virtual.yaml").write_text("gpu:\n  fake_clock: virtual\n")
+    result, runs = _sweep(env, "-c", str(env / "virtual.yaml"), "--limits", "420,150")
     assert result.exit_code == 0, result.output
     ts = {r["power_limit_req_w"]: float(r["avg_ts"]) for r in _rows(runs[0] / "summary.csv") if r["test"] == "pp64"}
     assert ts["150"] < 0.9 * ts["420"]
