@@ -38,11 +38,10 @@
 extern "C" {
 #endif
 
-#define LUCE_MK_ABI_VERSION 11 /* 6: + the prefill entry points (the decode ABI is that of 4); 7: + the prefill at pos > 0;
+#define LUCE_MK_ABI_VERSION 10 /* 6: + the prefill entry points (the decode ABI is that of 4); 7: + the prefill at pos > 0;
                                   8: + the prefill's GEMMs through cuBLAS (luce_mk_prefill_cublas);
                                   9: + LuceMkParams.tune (the per-GPU tuning, chosen at run time);
-                                  10: + LuceMkParams.lm8 and LuceMkTune.lm_screen (the screened LM head);
-                                  11: + LuceMkTune.pause_piece_kb (in the tune's padding: lm8 keeps its offset) */
+                                  10: + LuceMkParams.lm8 and LuceMkTune.lm_screen (the screened LM head) */
 
 /* The LM head's screening copy (lm8): its row size, and the most LM-head rows a block may hold for the kernel to use it
    (a block keeps one f32 bound per row in shared memory; grids of 61 blocks and more). */
@@ -101,8 +100,6 @@ typedef struct LuceMkTune {
     int spin_sleep_ns;  /* 0..4096: a sleep between two polls of global memory (0: poll at full speed) */
     int lm_screen;      /* 0 or 1 (ABI 10): the LM head scores the screening copy `lm8` (when given) and recomputes only
                            the rows that can be the argmax; steps that return logits always read the whole bf16 head */
-    int pause_piece_kb; /* 0..32 (ABI 11): while a pause reason is raised, the producer keeps streaming, one piece of at
-                           most this many KB in flight at a time, instead of issuing nothing (0) */
 } LuceMkTune;
 
 typedef struct LuceMkParams {

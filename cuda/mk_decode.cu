@@ -86,7 +86,6 @@ __global__ void __launch_bounds__(NT, 1) decode_kernel(const __grid_constant__ L
             mbar_init(&smem().full[i], FULL_ARRIVALS);
             mbar_init(&smem().empty[i], NCW);
         }
-        mbar_init(&smem().pace, 1);
         smem().pause = 0u;
         smem().sleep_ns = (unsigned)P.tune.spin_sleep_ns;
     }
@@ -183,8 +182,7 @@ int luce_mk_decode(const LuceMkParams* p, void* stream) {
     const LuceMkTune& t = p->tune;
     const unsigned pauses = LUCE_MK_PAUSE_X_LOAD | LUCE_MK_PAUSE_GDN_ITEM;
     if (t.inflight < 0 || t.inflight > 64 || t.inflight_lm < 0 || t.inflight_lm > 64 || (t.pause_mask & ~pauses) ||
-        t.spin_sleep_ns < 0 || t.spin_sleep_ns > 4096 || t.lm_screen < 0 || t.lm_screen > 1 || t.pause_piece_kb < 0 ||
-        t.pause_piece_kb > 32)
+        t.spin_sleep_ns < 0 || t.spin_sleep_ns > 4096 || t.lm_screen < 0 || t.lm_screen > 1)
         return kErrArgs;
     DevInfo* d = nullptr;
     const int rc = dev_info(&d);

@@ -86,7 +86,6 @@ struct MlpWork {
 struct Smem {
     uint64_t full[MAX_SLOTS];     // mbarrier: ring slot landed
     uint64_t empty[MAX_SLOTS];    // mbarrier: ring slot released by the consumer warps
-    uint64_t pace;                // mbarrier: the producer's paced piece landed (tune.pause_piece_kb, mk_ring.cuh)
     unsigned pause;               // producer pause reasons (mk_sync.cuh)
     unsigned sleep_ns;            // tune.spin_sleep_ns (mk_sync.cuh, spin_pause)
     alignas(16) float x[H];       // the sub-layer's input x

@@ -120,21 +120,6 @@ __device__ __forceinline__ void bulk_load(void* dst, const void* src, unsigned b
         "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;"
         ::"r"(smem_u32(dst)), "l"(src), "r"(bytes), "r"(smem_u32(bar)), "l"(pol) : "memory");
 }
-__device__ __forceinline__ bool paused(unsigned mask) { return (*(volatile unsigned*)&smem().pause & mask) != 0; }
-// One thread, while a pause reason is raised (tune.pause_piece_kb): the chunk in pieces of at most `piece` bytes, one
-// in flight at a time, each completing on the pace mbarrier (the rest at once when the pause ends); then the one
-// arrival that completes the slot's full mbarrier (its phase expects no bytes: the producer saw them land).
-__device__ __forceinline__ void paced_load(char* dst, const char* src, unsigned bytes, uint64_t* full, uint64_t pol,
-                                           unsigned piece, unsigned mask, unsigned& pace_parity) {
-    for (unsigned done = 0; done < bytes;) {
-        const unsigned n = paused(mask) ? min(piece, bytes - done) : bytes - done;
-        bulk_load(dst + done, src + done, n, &smem().pace, pol);
-        mbar_wait(&smem().pace, pace_parity);
-        pace_parity ^= 1u;
-        done += n;
-    }
-    mbar_arrive(full);
-}
 #else
 // Whole producer warp: 16-byte cp.async per lane, then each lane's arrive fires when its copies land (count 32).
 __device__ __forceinline__ void warp_async_load(void* dst, const void* src, unsigned bytes, uint64_t* bar, int lane) {
@@ -163,10 +148,6 @@ __device__ void run_producer(const Ctx& c, const LuceMkParams& P) {
 #endif
     const unsigned ns = (unsigned)c.ns, pause_mask = (unsigned)P.tune.pause_mask;
     const unsigned cap_layers = (unsigned)P.tune.inflight, cap_lm = (unsigned)P.tune.inflight_lm;
-#if __CUDA_ARCH__ >= 900
-    const unsigned piece = (unsigned)P.tune.pause_piece_kb * 1024u;
-    unsigned pace_parity = 0;
-#endif
     const int lm_end = split_rows(V, c.b + 1, c.G);
     Walk w;
     const char* src;
@@ -181,16 +162,11 @@ __device__ void run_producer(const Ctx& c, const LuceMkParams& P) {
             mbar_wait(&smem().full[q0 % ns], (q0 / ns) & 1u);
         }
         mbar_wait(&smem().empty[slot], ((qp / ns) & 1u) ^ 1u);
+        pause_wait(pause_mask);
         char* dst = c.ring() + (size_t)slot * SLOT_BYTES;
 #if __CUDA_ARCH__ >= 900
-        if (piece && paused(pause_mask)) {
-            paced_load(dst, src, bytes, &smem().full[slot], pol, piece, pause_mask, pace_parity);
-            continue;
-        }
-        pause_wait(pause_mask);
         bulk_load(dst, src, bytes, &smem().full[slot], pol);
 #else
-        pause_wait(pause_mask);
         warp_async_load(dst, src, bytes, &smem().full[slot], c.lane);
 #endif
     }

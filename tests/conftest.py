@@ -65,7 +65,6 @@ KERNEL_TUNE_SETS = {
     "no-pause": {"pause_mask": 0},
     "spin-sleep128": {"spin_sleep_ns": 128},
     "full-lm-head": {"lm_screen": 0},  # (teacher-forced logits read the full head anyway: the greedy test compares)
-    "paced-pauses4": {"pause_piece_kb": 4},  # the producer's paced pieces during pauses (sm_90; ignored before)
 }
 
 

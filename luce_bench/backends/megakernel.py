@@ -218,11 +218,6 @@ class MegakernelBackend(Backend):
             self.tune = None
         elif self.tune is None:
             self.tune = for_device(torch.cuda.get_device_name(self._device))
-        if self.tune is not None and abi < 11 and self.tune.pause_piece_kb:
-            raise UserError(
-                f"{self._build.lib}: ABI {abi} has no paced stream during pauses (pause_piece_kb="
-                f"{self.tune.pause_piece_kb}); rebuild the kernel or drop the field"
-            )
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         """Repack HF-named CPU tensors into the kernel layout on the device and allocate the state buffers."""

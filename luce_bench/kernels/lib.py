@@ -7,13 +7,13 @@ from pathlib import Path
 
 from luce_bench.errors import UserError
 
-ABI_VERSION = 11
+ABI_VERSION = 10
 # 4: the decode only (libraries built before the prefill, e.g. for side-by-side benchmarks); 6: + the prefill from
 # position 0; 7: + the prefill at any position (LuceMkPrefillParams.pos, appended: ABI 6 libraries ignore it);
 # 8: + the prefill's GEMMs through cuBLAS (kernels/cublas.py); 9: + LuceMkParams.tune (appended: older libraries
 # ignore it and run their compiled tuning); 10: + the screened LM head (LuceMkTune.lm_screen, LuceMkParams.lm8 and
-# .lm_rescored, appended); 11: + LuceMkTune.pause_piece_kb (in the tune's padding: ABI 10 libraries ignore it)
-DECODE_ABIS = (4, 6, 7, 8, 9, 10, 11)
+# .lm_rescored, appended)
+DECODE_ABIS = (4, 6, 7, 8, 9, 10)
 PREFILL_SYMBOLS = ("luce_mk_prefill", "luce_mk_prefill_workspace", "luce_mk_prefill_launches")
 SYMBOLS = (
     "luce_mk_abi_version",
@@ -36,7 +36,6 @@ class LuceMkTune(ctypes.Structure):
         ("pause_mask", ctypes.c_int),
         ("spin_sleep_ns", ctypes.c_int),
         ("lm_screen", ctypes.c_int),
-        ("pause_piece_kb", ctypes.c_int),
     ]
 
 

@@ -29,9 +29,8 @@ class Tune:
     pause_mask: int = PAUSE_X_LOAD | PAUSE_GDN_ITEM  # stretches during which the producer issues nothing (sm_90)
     spin_sleep_ns: int = 0  # sleep between two polls of global memory
     lm_screen: int = 1  # the LM head scores its int8 screening copy and recomputes only the possible argmax rows
-    pause_piece_kb: int = 0  # during a pause, stream on with one piece of this many KB in flight (0: issue nothing)
 
-    LIMITS = {"inflight": 64, "inflight_lm": 64, "spin_sleep_ns": 4096, "lm_screen": 1, "pause_piece_kb": 32}
+    LIMITS = {"inflight": 64, "inflight_lm": 64, "spin_sleep_ns": 4096, "lm_screen": 1}
 
     def __post_init__(self) -> None:
         for name, top in self.LIMITS.items():
