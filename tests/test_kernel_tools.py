@@ -460,3 +460,24 @@ def test_screen_check_counts_the_leading_equal_steps_and_restores_the_tune(part_
 def test_screen_check_skips_a_variant_without_the_screen():
     be = _ScreenedBackend(None, screen="no (tune lm_screen=0)")
     assert bench.screen_check(be, [1], 8) is None and be.tunes_run == []
+
+
+def test_trace_analysis_follows_the_gdn_mixer_skew_to_where_it_grew():
+    """Block 1 finishes in_proj 0.5 us late and its item 1.5 us later still: the path shows both, point by point."""
+    t, tp = _synthetic_trace()
+    for layer in (x for x in range(24) if x % 4 != 3):
+        base = layer * tp["TR_L"]
+        t[:, base + tp["TR_PROJ_DONE"], 1] += 0.5
+        t[:, base + tp["TR_ITEM_IN"], 1] += 1.0
+        t[:, base + tp["TR_ITEM_SS"], 1] += 1.0
+        t[:, base + tp["TR_MIX_DONE"], 1] += 2.0
+        t[:, base + tp["TR_MIX_DONE"], 0] += 0.5  # another block a little late: the median stays at the others'
+    a = trace.analyse(t, tp)
+    path = a["gdn_skew_path_us"]
+    assert list(path) == ["x ready", "in_proj done", "item inputs", "item sums of squares", "mixer done"]
+    assert path["x ready"] == {"slowest_minus_median": pytest.approx(0), "last_block_late_by": pytest.approx(0)}
+    assert path["in_proj done"]["last_block_late_by"] == pytest.approx(0.5)
+    assert path["item inputs"]["slowest_minus_median"] == pytest.approx(1.0)  # (block 3 has no item: 3 blocks)
+    assert path["mixer done"]["slowest_minus_median"] == pytest.approx(1.75)  # median of 7, 7.5, 9, 7 is 7.25
+    assert path["mixer done"]["last_block_late_by"] == pytest.approx(1.75)
+    assert a["last_blocks_mixer"] == [(1, 18 * 2)]  # every GDN layer of the 2 analysed steps

@@ -251,5 +251,12 @@ def trace_cmd(
     typer.echo(
         "blocks arriving last at the P4 barrier most often: " + ", ".join(f"{b} ({n}x)" for b, n in r["last_blocks"])
     )
+    typer.echo(
+        "blocks arriving last at the GDN mixer barrier most often: "
+        + ", ".join(f"{b} ({n}x)" for b, n in r["last_blocks_mixer"])
+    )
+    typer.echo("GDN mixer skew by point, us (slowest block - median | how late the barrier's last block was there):")
+    for name, v in r["gdn_skew_path_us"].items():
+        typer.echo(f"  {name:24s} {v['slowest_minus_median']:6.2f} | {v['last_block_late_by']:6.2f}")
     if json_out:
         json_out.write_text(json.dumps(r, indent=2))

@@ -4,7 +4,9 @@ One launch of `steps` decode steps after a `pos`-token prompt with the trace on:
 %globaltimer at each phase boundary (cuda/mk_trace.cuh names the points; they are read from that header). Per phase,
 the median over blocks, averaged over the steps after the first 4 and summed over the 18 GDN and the 6 attention
 layers; the skew at the grid barriers (slowest block's arrival minus the median block's) and the blocks that arrive
-last most often. The trace adds a block barrier per point; the untraced launch time is printed beside it.
+last most often; and where the GDN mixer barrier's skew grows: at each point of a GDN layer up to the barrier, the
+slowest block's lag behind the median, and how late the block that arrives last at the barrier already was there.
+The trace adds a block barrier per point; the untraced launch time is printed beside it.
 """
 
 from __future__ import annotations
@@ -94,6 +96,15 @@ def analyse(t_us: Any, tp: dict[str, int]) -> dict[str, Any]:
     skew: dict[str, list[float]] = collections.defaultdict(list)
     detail: dict[str, list[float]] = collections.defaultdict(list)
     last: collections.Counter = collections.Counter()
+    path_pts = [
+        ("x ready", tp["TR_X_READY"]),
+        ("in_proj done", tp["TR_PROJ_DONE"]),
+        ("item inputs", tp["TR_ITEM_IN"]),
+        ("item sums of squares", tp["TR_ITEM_SS"]),
+        ("mixer done", tp["TR_MIX_DONE"]),
+    ]
+    path: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
+    last_mixer: collections.Counter = collections.Counter()
     steps = range(WARM_STEPS, steps_n)
     for s in steps:
         t = t_us[s] - np.nanmin(t_us[s, step0])
@@ -114,6 +125,14 @@ def analyse(t_us: Any, tp: dict[str, int]) -> dict[str, Any]:
                     if np.isfinite(d).any():
                         detail[name + " (median)"].append(float(np.nanmedian(d)))
                         detail[name + " (slowest)"].append(float(np.nanmax(d)))
+            if not fa:  # the GDN mixer barrier's skew, point by point (nan: blocks without an item)
+                done = t[base + tp["TR_MIX_DONE"]]
+                lb = int(np.nanargmax(done))
+                last_mixer[lb] += 1
+                for name, k in path_pts:
+                    arr = t[base + k]
+                    m = np.nanmedian(arr)
+                    path[name].append((float(np.nanmax(arr) - m), float(arr[lb] - m)))
             for name, k in (("mixer", tp["TR_MIX_DONE"]), ("P3", tp["TR_ITEM_IN"]), ("P4", tp["TR_DOWN_DONE"])):
                 if name == "P3" and not fa:
                     continue
@@ -131,6 +150,14 @@ def analyse(t_us: Any, tp: dict[str, int]) -> dict[str, Any]:
         "attention_items": {k: float(np.mean(v)) for k, v in detail.items()},
         "skew_us": {k: {"mean": float(np.mean(v)), "max": float(np.max(v))} for k, v in skew.items()},
         "last_blocks": last.most_common(8),
+        "gdn_skew_path_us": {
+            k: {
+                "slowest_minus_median": float(np.mean([a for a, _ in v])),
+                "last_block_late_by": float(np.mean([b for _, b in v])),
+            }
+            for k, v in path.items()
+        },
+        "last_blocks_mixer": last_mixer.most_common(8),
         "step_us": step_us,
     }
 
