@@ -174,6 +174,8 @@ def _open_dir(plan: Plan, ctx: RunContext, resume: Resume | None) -> RunWriter:
 def _in_dir(plan: Plan, ctx: RunContext, ui: UI, control: Any, resume: Resume | None) -> Outcome:
     """Create (or reopen) the run directory and run the loop in it; stops are recorded, not raised."""
     writer = _open_dir(plan, ctx, resume)
+    if resume is not None:  # said here, once the controller took the GPU (a stale journal refuses before this)
+        ui.status(f"resuming {resume.run_dir}: {sum(len(r) for r in resume.todo.values())} repetitions to measure")
     if control is not None:
         control.run_dir = str(writer.dir.resolve())  # `luce-bench restore` may run from another directory
     status = st.RunStatus.start(writer.dir, identity(plan, ctx), writer.n_runs, resume.status if resume else None)

@@ -121,6 +121,7 @@ def test_sigkill_at_a_random_point_then_restore_and_resume(env, tmp_path, seed):
     refused = luce(env, "sweep", "--resume", str(run_dir))
     if list_journals():  # killed after the first change: the card is still capped until `restore`
         assert refused.returncode == 2 and "luce-bench restore" in refused.stderr
+        assert "resuming" not in refused.stdout  # refused before the run started: it does not say it resumes
         restored = luce(env, "restore")
         assert restored.returncode == 0 and "sweep --resume" in restored.stdout, restored.stderr
         assert status(run_dir)["state"] == "killed" and "luce-bench restore" in status(run_dir)["reason"]

@@ -88,6 +88,13 @@ def _add_foreign_row(run_dir):
     (run_dir / "runs.csv").write_text("".join(lines) + lines[1].replace(",420,420,", ",999,999,"))
 
 
+def _stale_journal(run_dir):
+    from luce_bench.gpu import open_gpu
+    from luce_bench.gpu.journal import new_entry, write_journal
+
+    write_journal(new_entry(open_gpu(fake_preset="rtx3090", read_only=True), "rtx3090"))  # as a killed sweep leaves
+
+
 REFUSALS = {
     "flag-differs": (["--reps", "4"], None, "reps is 4 now, 3 in the run"),
     "config-file-differs": (["-c", "{env}/other.yaml"], None, "window_s is 2.0 now, 1.0 in the run"),
@@ -100,6 +107,7 @@ REFUSALS = {
     "other-gpu": ([], lambda d: _edit_json(d / "status.json", gpu_uuid="GPU-other"), "measured on GPU GPU-other"),
     "not-a-directory": ([], lambda d: shutil.rmtree(d), "not a directory"),
     "other-out": (["-o", "{env}/elsewhere"], None, "the run continues in its own folder, not under -o"),
+    "stale-journal": ([], _stale_journal, "stale power-limit journal"),
 }
 
 
@@ -116,6 +124,7 @@ def test_resume_refusals_are_one_line_and_change_nothing(env, stopped, case):
     assert result.exit_code == 2, result.output
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0] and "Traceback" not in result.output
+    assert "resuming" not in result.output  # it does not say it resumes a run it then refuses
     assert (stopped / "runs.csv").read_bytes() == runs_before if runs_before is not None else not stopped.exists()
     assert card(env / "card.json").get("set_calls") == calls_before  # no setting touched
 

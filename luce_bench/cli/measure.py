@@ -45,7 +45,6 @@ def measure(
                 if todo is None:
                     out.print(f"nothing to resume: every planned repetition is in {resume}")
                     return
-                out.print(f"resuming {resume}: {sum(len(r) for r in todo.todo.values())} repetitions to measure")
             ui = ConsoleUI(out, rows=sweep)
             outcome = run(p, ctx, ui, persistence=persistence, resume=todo)
     finally:
