@@ -199,6 +199,10 @@ def _in_dir(plan: Plan, ctx: RunContext, ui: UI, control: Any, resume: Resume | 
             shutil.rmtree(writer.dir, ignore_errors=True)
             raise
         outcome.stop, outcome.error = Stop(st.STOPPED, f"error: {exc}", st.EXIT_BAD_INPUT), exc
+    except OSError as exc:  # the console (stdout full or closed), or a file outside the run directory's writers
+        where = f" {exc.filename}" if exc.filename else ""
+        outcome.stop = Stop(st.STOPPED, f"cannot write{where}: {exc.strerror or exc}", st.EXIT_DISK)
+        outcome.error = exc
     finally:
         outcome.n_runs = writer.n_runs
     return outcome

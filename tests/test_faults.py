@@ -241,3 +241,25 @@ def test_a_run_whose_report_cannot_be_written_ends_with_code_4_and_says_so(env, 
     doc = status(run_dir)
     assert doc["state"] == "stopped" and doc["exit_code"] == 4 and "could not be written" in doc["reason"]
     assert not (run_dir / "report.md").exists()
+
+
+@pytest.mark.tries("fault", "standard output full or closed while a run measures (luce-bench sweep > /dev/full)")
+def test_a_console_that_cannot_be_written_stops_the_run_with_code_4_and_says_so_in_status(env, monkeypatch):
+    import errno
+
+    from luce_bench.cli.ui import ConsoleUI
+
+    said = []
+
+    def full(self, msg):
+        if len(said) >= 2:  # the first lines go out, then the console fails (stdout is /dev/full)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        said.append(msg)
+
+    monkeypatch.setattr(ConsoleUI, "status", full)
+    result, run_dir = sweep(env, "--limits", "420,300")
+    assert result.exit_code == 4, result.output
+    assert result.output.strip().splitlines()[-1] == "error: cannot write: No space left on device"
+    doc = status(run_dir)  # not left "running": the run says how it ended
+    assert doc["state"] == "stopped" and doc["exit_code"] == 4 and "No space left on device" in doc["reason"]
+    assert card(env / "card.json")["limit_mw"] == 420_000 and not list_journals()  # the limit is back
