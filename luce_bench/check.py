@@ -41,9 +41,12 @@ def schema_problems(run: Path) -> list[str]:
         if unknown:
             out.append(f"{path}: not in the {name} schema: column(s) {', '.join(unknown)}")
         try:
-            read_csv(run / name.removesuffix(".gz"), cls)
+            rows = read_csv(run / name.removesuffix(".gz"), cls)
         except UserError as exc:
             out.append(str(exc))
+            continue
+        if name == RUNS and not rows:
+            out.append(f"{path}: no finished repetition (a published run holds at least one row)")
     return out
 
 
@@ -87,8 +90,9 @@ def table_problems(results: Path, readme: Path | None) -> list[str]:
         docs = expected(results, readme)
     except UserError as exc:
         return [str(exc)]
+    fix = f"run `luce-bench publish --results {results}`"
     return [
-        f"{path} is stale against the committed CSVs (run `luce-bench publish --results {results}`)"
+        f"{path} is missing ({fix})" if not path.is_file() else f"{path} is stale against the committed CSVs ({fix})"
         for path, text in docs.items()
         if not path.is_file() or path.read_text() != text
     ]

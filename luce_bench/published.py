@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from luce_bench.errors import UserError
 from luce_bench.records import RunRecord, SummaryRow, read_csv
 from luce_bench.results import META, RUNS, SUMMARY, read_meta
 from luce_bench.summary import summarize
@@ -62,6 +63,8 @@ def load_run(path: Path) -> CommittedRun:
     must match it: check.py).
     """
     runs = read_csv(path / RUNS, RunRecord)
+    if not runs:
+        raise UserError(f"{path / RUNS}: no finished repetition (a published run holds at least one row)")
     return CommittedRun(path, read_meta(path), summarize(runs), max(r.test_time for r in runs))
 
 

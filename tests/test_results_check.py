@@ -122,6 +122,8 @@ PROBLEMS = {  # what is done to the copy -> the start of the line that must name
     "bad-cell": "{run}/runs.csv line 3: column avg_ts: could not convert string to float: 'fast'",
     "missing-column": "{run}/summary.csv is not a luce-bench summary.csv (missing columns: n)",
     "no-markers": "{readme} has no <!-- results:begin --> ... <!-- results:end --> block",
+    "no-rows": "{run}/runs.csv: no finished repetition",  # a run stopped before its first row
+    "index-missing": "{tree}/README.md is missing (run `luce-bench publish",
 }
 
 
@@ -144,6 +146,10 @@ def test_each_problem_is_one_line_and_exit_1(case, run_tree):
         (run / "runs.csv").write_text("\n".join([text[0] + ",speedup", *(r + ",2" for r in text[1:])]) + "\n")
     elif case == "bad-cell":
         _edit_cell(run / "runs.csv", 1, "avg_ts", "fast")
+    elif case == "no-rows":
+        (run / "runs.csv").write_text((run / "runs.csv").read_text().splitlines()[0] + "\n")
+    elif case == "index-missing":
+        (tree / "README.md").unlink()
     elif case == "missing-column":
         with (run / "summary.csv").open() as f:
             rows = [r for r in csv.reader(f)]
@@ -156,7 +162,7 @@ def test_each_problem_is_one_line_and_exit_1(case, run_tree):
     lines = _lines(out)
     want = PROBLEMS[case].format(run=run, tree=tree, readme=readme)
     assert [ln for ln in lines if ln.startswith(want)], lines
-    schema_broken = case in ("no-meta", "unknown-column", "bad-cell", "missing-column")
+    schema_broken = case in ("no-meta", "unknown-column", "bad-cell", "missing-column", "no-rows")
     assert lines[-1].endswith("generated tables not checked until the CSVs above read cleanly") == schema_broken
     assert len(lines) == 1 + schema_broken
 
