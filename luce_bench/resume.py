@@ -24,7 +24,7 @@ from luce_bench.context import RunContext
 from luce_bench.errors import UserError
 from luce_bench.plan import Plan, Trial, key_of
 from luce_bench.records import RunRecord
-from luce_bench.results import RUNS, SAMPLES, read_meta, read_runs, read_samples
+from luce_bench.results import META, RUNS, SAMPLES, read_meta, read_runs, read_samples
 from luce_bench.runner import Resume, identity
 from luce_bench.sampler import Sample
 from luce_bench.status import RUNNING, effective_state, read_status
@@ -42,6 +42,8 @@ def _prior(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         raise UserError(f"{where}: a {status.get('command')!r} run; only sweeps can be resumed")
     if effective_state(status) == RUNNING:
         raise UserError(f"{where}: the run is still going (pid {status.get('pid')}); wait for it or stop it first")
+    if not (run_dir / META).is_file():
+        raise UserError(f"{where}: no meta.json (the run stopped before writing it); run the sweep again instead")
     meta = read_meta(run_dir)
     if not isinstance(meta.get("config"), dict):
         raise UserError(f"{where}: meta.json holds no config; this run cannot be resumed")

@@ -239,17 +239,21 @@ def run(plan: Plan, ctx: RunContext, ui: UI, persistence: bool = True, resume: R
         assert outcome is not None
         _finish(outcome, control)
         if control is not None and outcome.restore_error is None and not outcome.interrupted and ctx.gpu is not None:
-            _say_restored(ctx, plan, ui)
+            _say_restored(ctx, plan, ui, changed=control.changed)
     if outcome.error is not None:
         raise outcome.error
     return outcome
 
 
-def _say_restored(ctx: RunContext, plan: Plan, ui: UI) -> None:
+def _say_restored(ctx: RunContext, plan: Plan, ui: UI, changed: bool = True) -> None:
     from luce_bench.gpu.journal import lock_text
 
     with contextlib.suppress(GPUError):
-        ui.status(f"power limit restored to {ctx.gpu.power_limit_mw() / 1000:g} W")  # type: ignore[union-attr]
+        watts = f"{ctx.gpu.power_limit_mw() / 1000:g} W"  # type: ignore[union-attr]
+        if not changed:  # stopped before the first setting: nothing to restore, and nothing said to be
+            ui.status(f"power limit unchanged ({watts})")
+            return
+        ui.status(f"power limit restored to {watts}")
         if plan.locks_clocks:
             try:
                 lock = lock_text(ctx.gpu.locked_sm_clocks_mhz())  # type: ignore[union-attr]

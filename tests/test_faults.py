@@ -263,3 +263,26 @@ def test_a_console_that_cannot_be_written_stops_the_run_with_code_4_and_says_so_
     doc = status(run_dir)  # not left "running": the run says how it ended
     assert doc["state"] == "stopped" and doc["exit_code"] == 4 and "No space left on device" in doc["reason"]
     assert card(env / "card.json")["limit_mw"] == 420_000 and not list_journals()  # the limit is back
+
+
+@pytest.mark.tries("fault", "full disk before the run's meta.json exists: no resume hint, nothing said restored")
+def test_a_sweep_stopped_before_its_meta_json_says_it_cannot_be_resumed(env, monkeypatch):
+    import errno
+
+    from luce_bench import results
+
+    def full(path, data, durable=False):
+        if Path(path).name == "meta.json":
+            raise OSError(errno.EFBIG, os.strerror(errno.EFBIG), str(path))
+        return real(path, data, durable)
+
+    real = results.atomic_write
+    monkeypatch.setattr(results, "atomic_write", full)
+    result, run_dir = sweep(env, "--limits", "420,300")
+    assert result.exit_code == 4, result.output
+    said = " ".join(result.output.split())
+    assert "cannot be resumed" in said and "--resume" not in said  # --resume would refuse it
+    assert "power limit unchanged (420 W)" in said and "restored" not in said  # no limit was ever set
+    monkeypatch.setattr(results, "atomic_write", real)
+    again = CliRunner().invoke(app, ["sweep", "--resume", str(run_dir)])
+    assert again.exit_code == 2 and "no meta.json" in again.output and "run the sweep again" in again.output

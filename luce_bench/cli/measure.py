@@ -57,6 +57,7 @@ def _finish(outcome: Any, out: Any, sweep: bool) -> None:
     """Render what was measured, say how the run ended, exit with its code."""
     from luce_bench.appender import RunDirError
     from luce_bench.report import print_report, render
+    from luce_bench.results import META
     from luce_bench.status import EXIT_FAILURES
 
     state, code, reason = outcome.ending()
@@ -73,8 +74,10 @@ def _finish(outcome: Any, out: Any, sweep: bool) -> None:
     if outcome.stop is not None:
         reps = "repetition" if outcome.n_runs == 1 else "repetitions"
         out.print(f"{state}: {outcome.n_runs} finished {reps} kept in {outcome.run_dir}")
-        if sweep:
+        if sweep and (outcome.run_dir / META).is_file():
             out.print(f"continue it with: luce-bench sweep --resume {outcome.run_dir}")
+        elif sweep:  # stopped before meta.json existed: --resume would refuse it
+            out.print("it cannot be resumed (it stopped before writing meta.json): run the sweep again")
     else:
         out.print(f"results: {outcome.run_dir}")
     if code == 0:
