@@ -172,9 +172,10 @@ def _sweep_section(run_dir: Path, summary: Sequence[SummaryRow], meta: dict[str,
 
     sweep = meta["sweep"]
     min_speed = float(sweep.get("sweet_spot_min_speed", 0.95))
-    spots = sweet_spots(summary, min_speed, sweep.get("default_limit_w"))
+    provisional = _cut_short(run_dir)  # a setting the sweep did not reach may be better
+    spots = sweet_spots(summary, min_speed, sweep.get("default_limit_w"), provisional)
     write_csv(run_dir / "sweet_spot.csv", SweetSpot, spots)
-    doc = {"min_speed": min_speed, "sweet_spots": [dataclasses.asdict(s) for s in spots]}
+    doc = {"min_speed": min_speed, "complete": not provisional, "sweet_spots": [dataclasses.asdict(s) for s in spots]}
     atomic_write(run_dir / "sweet_spot.json", json.dumps(doc, indent=2) + "\n")
     plots = render_sweep(run_dir, summary, spots, min_speed)
     lines = _sweep_intro(sweep)
@@ -182,6 +183,17 @@ def _sweep_section(run_dir: Path, summary: Sequence[SummaryRow], meta: dict[str,
     lines += [f"- **{describe_spot(s, min_speed)}**" for s in spots] or [none]
     lines += [""] + [f"![{p.stem}]({p.name})" for p in plots]
     return spots, "\n".join(lines) + "\n"
+
+
+def _cut_short(run_dir: Path) -> bool:
+    """Whether the run stopped before its plan's end (interrupted, stopped, killed) or is still going."""
+    from luce_bench.status import FAILURES, FINISHED, effective_state, read_status
+
+    try:
+        doc = read_status(run_dir)
+    except UserError:
+        return False
+    return doc is not None and effective_state(doc) not in (FINISHED, FAILURES)
 
 
 def run_state(run_dir: Path) -> list[str]:

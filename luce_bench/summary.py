@@ -134,7 +134,7 @@ def _reference(rows: list[SummaryRow], default_w: float | None) -> tuple[Summary
 
 
 def _spot(
-    backend: str, test: str, rows: list[SummaryRow], min_speed: float, default_w: float | None
+    backend: str, test: str, rows: list[SummaryRow], min_speed: float, default_w: float | None, provisional: bool
 ) -> SweetSpot | None:
     stock, reference = _reference(rows, default_w)
     stock_ts, stock_tpj = _v(stock.avg_ts), _v(stock.tok_per_j)
@@ -161,16 +161,23 @@ def _spot(
         stock_tok_per_j=stock_tpj,
         tok_per_j_gain_pct=100.0 * (tpj / stock_tpj - 1.0) if stock_tpj > 0 else math.nan,
         stock_is_default=reference == "stock",
-        significant=best is stock or _v(best.tok_per_j_ci95_lo) > stock_tpj,
+        significant=None if best is stock else _v(best.tok_per_j_ci95_lo) > stock_tpj,
         reference=reference,
+        provisional=provisional,
     )
 
 
 def sweet_spots(
-    summary: Sequence[SummaryRow], min_speed: float = 0.95, default_limit_w: float | None = None
+    summary: Sequence[SummaryRow],
+    min_speed: float = 0.95,
+    default_limit_w: float | None = None,
+    provisional: bool = False,
 ) -> list[SweetSpot]:
-    """One sweet spot per (backend, test) with at least one measured setting; see the module docstring."""
-    spots = [_spot(b, t, rows, min_speed, default_limit_w) for (b, t), rows in by_setting(summary).items()]
+    """One sweet spot per (backend, test) with at least one measured setting; see the module docstring.
+
+    `provisional`: the sweep stopped before measuring every setting, so a setting it never reached may be better.
+    """
+    spots = [_spot(b, t, rows, min_speed, default_limit_w, provisional) for (b, t), rows in by_setting(summary).items()]
     return [s for s in spots if s is not None]
 
 
@@ -183,14 +190,15 @@ def describe_spot(s: SweetSpot, min_speed: float) -> str:
         where = f"{_v(s.limit_w):g} W (enforced {_v(s.enforced_w):g} W)"
         stock = f"{'stock' if s.stock_is_default else 'the highest measured limit'} {_v(s.stock_limit_w):g} W"
     text = (
-        f"{s.backend} {s.test}: sweet spot {where}: "
+        ("provisional (the sweep did not finish): " if s.provisional else "")
+        + f"{s.backend} {s.test}: sweet spot {where}: "
         f"{s.tok_per_j:.3f} tok/J ({_v(s.tok_per_j_gain_pct):+.1f} % vs {stock}), "
         f"{100 * s.speed_share:.1f} % of its tok/s at {100 * _v(s.power_share):.0f} % of its power "
         f"(threshold >= {100 * min_speed:.0f} %)"
     )
     if s.reference == "highest":
         text += "; the card's default limit was not measured"
-    if not s.significant:
+    if s.significant is False:
         text += "; the gain is within the 95 % CI: not significant"
     return text
 

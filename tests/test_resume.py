@@ -43,6 +43,9 @@ def stopped(env, monkeypatch):
 
 
 def test_resume_measures_exactly_the_missing_repetitions(env, stopped):
+    spots = json.loads((stopped / "sweet_spot.json").read_text())  # after 7 of 18 rows: the limits not reached
+    assert spots["complete"] is False and all(s["provisional"] for s in spots["sweet_spots"])  # may be better
+    assert "provisional (the sweep did not finish)" in (stopped / "report.md").read_text()
     before = check_rows(stopped)
     samples_before = read_samples(stopped)
     result = runner.invoke(app, ["sweep", "--resume", str(stopped)])
@@ -58,6 +61,8 @@ def test_resume_measures_exactly_the_missing_repetitions(env, stopped):
     assert read_meta(stopped)["resumes"][0]["rows_before"] == 7
     doc = status(stopped)
     assert doc["state"] == "finished" and doc["rows"] == 18 and doc["attempts"][0]["exit_code"] == 4
+    spots = json.loads((stopped / "sweet_spot.json").read_text())  # finished now: the sweet spots are final
+    assert spots["complete"] is True and not any(s["provisional"] for s in spots["sweet_spots"])
     assert [(s["n"], s["test"]) for s in _summary(stopped)] == [("3", t) for _ in range(3) for t in ("pp64", "tg8")]
     again = runner.invoke(app, ["sweep", "--resume", str(stopped)])
     assert again.exit_code == 0 and "nothing to resume" in again.output and len(check_rows(stopped)) == 18

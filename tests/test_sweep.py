@@ -16,7 +16,7 @@ from luce_bench.gpu import open_gpu
 from luce_bench.gpu.journal import list_journals, new_entry, write_journal
 from luce_bench.plan import LimitTarget, order_targets
 from luce_bench.records import SummaryRow
-from luce_bench.summary import sweet_spots
+from luce_bench.summary import describe_spot, sweet_spots
 
 FAST = [
     "--tests",
@@ -255,6 +255,12 @@ def test_sweet_spot_rule():
     assert spot.tok_per_j_gain_pct == pytest.approx(100 * (0.5 / 0.3 - 1))
     (spot,) = sweet_spots(summary, 0.97, default_limit_w=420)
     assert spot.limit_w == 300
+    # stock itself is the sweet spot when nothing else keeps the speed: no gain is claimed, none is called significant
+    (spot,) = sweet_spots(summary, 0.99, default_limit_w=420)
+    assert spot.limit_w == 420 and spot.tok_per_j_gain_pct == 0.0 and spot.significant is None
+    assert "significant" not in describe_spot(spot, 0.99) and not spot.provisional
+    (spot,) = sweet_spots(summary, 0.95, default_limit_w=420, provisional=True)
+    assert describe_spot(spot, 0.95).startswith("provisional (the sweep did not finish): b tg128: sweet spot 220 W")
 
 
 def test_a_timed_wait_shows_its_seconds_on_a_terminal_and_nothing_in_a_log():
