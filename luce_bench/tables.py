@@ -116,9 +116,16 @@ def _count(n: Any) -> str:
 
 
 def llama_bench_table(summary: Sequence[SummaryRow], meta: dict[str, Any]) -> str:
-    """llama-bench's md printer layout (model, size, params, backend, test, t/s), extended with energy columns."""
+    """llama-bench's md printer layout (model, size, params, backend, test, t/s), extended with energy columns.
+
+    A sweep's rows also name their setting (limit, and SM clock when clocks were locked): without it the rows of one
+    backend and test would look like repeats.
+    """
     model = meta.get("model", {})
-    head = ["model", "size", "params", "backend", "test", "t/s", "W", "tok/J"]
+    swept = any(r.power_limit_req_w is not None for r in summary)
+    locks = clocked(summary)
+    setting = (["limit"] if swept else []) + (["SM clock"] if locks else [])
+    head = ["model", "size", "params", "backend", "test", *setting, "t/s", "W", "tok/J"]
     rows = [
         [
             str(model.get("type", "qwen35")),
@@ -126,6 +133,8 @@ def llama_bench_table(summary: Sequence[SummaryRow], meta: dict[str, Any]) -> st
             _count(model.get("n_params")),
             r.backend,
             r.test.replace("@", " @ "),  # llama-bench writes a depth test as "tg128 @ d4096"
+            *([limit_text(r)] if swept else []),
+            *([clock_text(r)] if locks else []),
             _pm(r.avg_ts, r.stddev_ts),
             num_text(r.mean_power_w),
             _pm(r.tok_per_j, r.tok_per_j_std, 3),

@@ -92,6 +92,9 @@ def test_four_limit_sweep_writes_rows_plots_and_sweet_spot(env):
     spots = json.loads((run / "sweet_spot.json").read_text())["sweet_spots"]
     assert {s["test"] for s in spots} == {"pp64", "tg8"}
     assert "sweet spot" in result.output and "Power-limit sweep" in (run / "report.md").read_text()
+    report = (run / "report.md").read_text()  # llama-bench's layout names each row's limit: no look-alike rows
+    assert "| model | size | params | backend | test | limit | t/s | W | tok/J |" in report
+    assert sum(f"| sim | tg8 | {w} W |" in report for w in (420, 300, 220, 150)) == 4
     said = " ".join(result.output.split())
     assert "limit 1/4: requested 420 W, enforced 420 W idle baseline" in said  # no "(420)" repeating the number
     meta = json.loads((run / "meta.json").read_text())

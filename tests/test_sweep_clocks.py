@@ -116,6 +116,7 @@ def test_grid_sweep_rows_sweet_spot_plots_and_restore(env):
     report = (run / "report.md").read_text()
     assert "## Power-limit x SM-clock sweep (grid)" in report and "![sweep_heatmap](sweep_heatmap.png)" in report
     assert "sweet spot 420 W, 1800 MHz" in report and "vs the fastest setting, 420 W, 1950 MHz" in report
+    assert "| backend | test | limit | SM clock | t/s |" in report and "| sim | tg16 | 420 W | 1800 MHz |" in report
     meta = json.loads((run / "meta.json").read_text())
     assert meta["sweep"]["clocks_locked_mhz"] == [1950, 1800, 1170] and meta["sweep"]["grid"] is True
     assert meta["sweep"]["original_sm_lock_mhz"] is None
