@@ -97,6 +97,22 @@ class Outcome:
         return state, code, reason
 
 
+def no_sweep_running(gpu: Any) -> None:
+    """A run that changes nothing still measures under the GPU's settings: refuse while a sweep is changing them."""
+    from luce_bench.gpu.journal import GpuLock
+
+    try:
+        uuid = gpu.uuid()
+    except GPUError:
+        return  # (a card that cannot name itself has no lock either)
+    holder = GpuLock(uuid).holder()
+    if holder is not None:
+        raise UserError(
+            f"another luce-bench process (pid {holder}) is sweeping power limits on GPU {uuid}: these measurements "
+            "would run under its settings; wait for it to finish"
+        )
+
+
 def preflight(gpu: Any, locks_clocks: bool = False) -> None:
     """Stop before anything changes when settings cannot be changed; the message says how to run it."""
     what = "changes power limits and locks SM clocks" if locks_clocks else "changes power limits"
@@ -225,6 +241,8 @@ def run(plan: Plan, ctx: RunContext, ui: UI, persistence: bool = True, resume: R
 
         preflight(ctx.gpu, plan.locks_clocks)
         control = PowerLimitController(ctx.gpu, fake=ctx.fake_preset, persistence=persistence, log=ui.status)
+    elif ctx.gpu is not None:
+        no_sweep_running(ctx.gpu)
     outcome: Outcome | None = None
     with signals_stop_the_run():
         try:

@@ -284,3 +284,19 @@ def test_a_timed_wait_shows_its_seconds_on_a_terminal_and_nothing_in_a_log():
     assert "settling: sim tg8 under load" in tty.getvalue() and "0.3/0.3 s" in tty.getvalue()
     assert "idle baseline" not in tty.getvalue()
     assert log.getvalue() == ""  # the bar is transient: a log or a pipe gets none of it
+
+
+@pytest.mark.tries("bad input", "compare/bench while a sweep changes the same GPU's power limits")
+def test_a_compare_is_refused_while_a_sweep_holds_the_gpu(env):
+    from luce_bench.gpu.journal import GpuLock
+
+    uuid = _card().uuid()
+    with GpuLock(uuid):  # as a sweep in another process holds it (flock: another open file description conflicts)
+        args = ["compare", "--fake-gpu", "--baselines", "sim", "-o", str(env / "runs"), *FAST[:8]]  # tests .. warmup
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, result.output
+        said = " ".join(result.output.split())
+        assert f"is sweeping power limits on GPU {uuid}" in said and "wait for it to finish" in said
+        assert not (env / "runs").exists()  # refused before any run directory
+    result = CliRunner().invoke(app, args)  # the sweep is over: the same compare runs
+    assert result.exit_code == 0, result.output

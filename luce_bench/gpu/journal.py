@@ -210,6 +210,25 @@ class GpuLock:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
 
+    def holder(self) -> str | None:
+        """The pid of another process that holds the lock now (a sweep changing this GPU's settings), else None.
+
+        Takes nothing: a shared, non-blocking flock is tried and dropped at once.
+        """
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:  # no lock file (no sweep ever ran here), or one this user cannot read: nothing to tell
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
     @property
     def held(self) -> bool:
         """Whether this object holds the lock."""
