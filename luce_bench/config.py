@@ -352,7 +352,13 @@ def _read_yaml(path: Path) -> Any:
 
 @functools.cache
 def _loader() -> Any:
-    """yaml.SafeLoader refusing a key given twice in one mapping (PyYAML keeps the last one silently)."""
+    """yaml.SafeLoader with two changes: a key given twice in one mapping is refused, and 1e3 is a number.
+
+    PyYAML keeps the last of two equal keys silently; and it reads YAML 1.1, where a float needs a dot (1.0e3) and
+    1e3 is a string, where YAML 1.2 reads 1e3 and 2E-5 as numbers.
+    """
+    import re
+
     import yaml
 
     class Loader(yaml.SafeLoader):
@@ -370,6 +376,8 @@ def _loader() -> Any:
                     seen.add(key)
             return node
 
+    exponent = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", exponent, list("-+.0123456789"))
     return Loader
 
 

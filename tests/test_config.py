@@ -42,6 +42,15 @@ def test_yaml_merge_keys_and_their_overrides_are_not_duplicates(tmp_path):
         config._read_yaml(doc)
 
 
+def test_exponent_numbers_read_as_yaml_1_2_reads_them(tmp_path):
+    doc = tmp_path / "e.yaml"
+    doc.write_text("window_s: 1e1\nwarmup_s: 5E-1\nsampler: {period_s: 1.0e-1}\n")  # PyYAML alone: '1e1', '5E-1'
+    cfg = config.load(doc)
+    assert cfg.window_s == 10.0 and cfg.warmup_s == 0.5 and cfg.sampler.period_s == 0.1
+    doc.write_text('x: "1e3"\ny: 1e\nz: 1_0e1\n')  # quoted, or no exponent digits: strings as before
+    assert config._read_yaml(doc) == {"x": "1e3", "y": "1e", "z": 100.0}
+
+
 def test_cli_overrides_win_and_none_is_ignored():
     cfg = config.load(DEFAULT, {"reps": 7, "window_s": None, "sweep.limits": "100%,70%", "gpu.fake": True})
     assert cfg.reps == 7 and cfg.window_s == 10.0
