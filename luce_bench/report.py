@@ -17,7 +17,7 @@ from typing import Any
 from luce_bench.errors import UserError
 from luce_bench.files import atomic_write
 from luce_bench.records import RunRecord, SummaryRow, SweetSpot, write_csv
-from luce_bench.results import SUMMARY, read_meta, read_runs, read_samples
+from luce_bench.results import META, SUMMARY, read_meta, read_runs, read_samples
 from luce_bench.summary import describe_spot, stress_notes, summarize, sweet_spots
 from luce_bench.tables import (
     TABLE_HEAD,
@@ -222,6 +222,8 @@ def render(run_dir: Path) -> Report:
     else:
         (run_dir / SUMMARY).unlink(missing_ok=True)  # one from an earlier render would contradict the report
     quality = run_state(run_dir) + stress_notes(runs)
+    if not (run_dir / META).is_file():  # (a report rebuilt from runs.csv alone)
+        quality.append(f"no {META} in {run_dir}: the model, the GPU and the run's settings are unknown here")
     md = _markdown(run_dir, summary, meta, render_run(run_dir, summary, runs, read_samples(run_dir)), quality)
     report = Report(run_dir, summary, meta, md, quality=quality)
     if meta.get("sweep"):

@@ -16,12 +16,25 @@ FAST = ["--reps", "2", "--window-s", "0.3", "--warmup-s", "0.05", "--rep-gap-max
 
 
 @pytest.mark.parametrize(
-    "cmd", [[], ["compare"], ["bench"], ["sweep"], ["restore"], ["report"], ["info"], ["model"], ["model", "prepare"]]
+    "cmd",
+    [
+        [],
+        ["compare"],
+        ["bench"],
+        ["sweep"],
+        ["restore"],
+        ["report"],
+        ["info"],
+        ["model"],
+        ["model", "prepare"],
+        ["kernel"],
+    ],
 )
 def test_every_command_has_help(cmd):
     result = runner.invoke(app, [*cmd, "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage" in result.output
+    assert runner.invoke(app, [*cmd, "-h"]).output == result.output  # -h too, as most CLIs take it
 
 
 def test_help_paragraphs_are_wrapped_by_the_terminal_not_by_the_source():
@@ -162,6 +175,19 @@ def test_report_rebuilds_from_csvs(compare_run):
     assert result.exit_code == 0, result.output
     assert (d / "summary.csv").is_file() and (d / "tok_s.png").is_file()
     assert "| model | size | params | backend | test | t/s |" in result.output
+
+
+def test_a_report_rebuilt_without_meta_json_says_what_it_lacks(compare_run, tmp_path):
+    import shutil
+
+    _, run_dirs, _ = compare_run
+    d = shutil.copytree(run_dirs[0], tmp_path / "run")
+    (d / "meta.json").unlink()
+    result = runner.invoke(app, ["report", str(d)])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert f"no meta.json in {d}: the model, the GPU and the run's settings are unknown here" in said
+    assert "no meta.json" in (d / "report.md").read_text()
 
 
 @pytest.mark.tries("bad input", "CLI: unknown backend, bad test/size/device, missing model/config/run dir")

@@ -52,6 +52,7 @@ class OneLineErrors(TyperGroup):
 app = typer.Typer(
     cls=OneLineErrors,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},  # inherited by every subcommand
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help=(
