@@ -300,3 +300,14 @@ def test_a_compare_is_refused_while_a_sweep_holds_the_gpu(env):
         assert not (env / "runs").exists()  # refused before any run directory
     result = CliRunner().invoke(app, args)  # the sweep is over: the same compare runs
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.tries("bad input", "a config's backends list with a repeat, under --fake-gpu")
+def test_a_config_that_names_its_backends_is_kept_under_fake_gpu(env):
+    (env / "dup.yaml").write_text("backends: [sim, sim]\n")
+    result, runs = _sweep(env, "-c", str(env / "dup.yaml"), "--limits", "420")
+    assert result.exit_code == 2 and "backend sim is given twice" in result.output and runs == []  # not dropped
+    (env / "all.yaml").write_text("backends: all\n")  # `all` on the simulated card is its simulated backend
+    result, runs = _sweep(env, "-c", str(env / "all.yaml"), "--limits", "420")
+    assert result.exit_code == 0, result.output
+    assert {r["backend"] for r in _rows(runs[0] / "summary.csv")} == {"sim"}

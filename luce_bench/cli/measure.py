@@ -205,7 +205,9 @@ def sweep(
     for flag, value in (("--clocks", clocks), ("--backends", backends)):
         if value is not None and not value.replace(",", " ").strip():
             raise UserError(f"{flag} is empty; leave it out for the config's value")
-    default_backends = "sim" if ctx.params["fake_gpu"] else None
+    # the simulated GPU runs the simulated backend, unless the given config names its backends one by one
+    named = _names_backends(ctx.params.get("config"))
+    default_backends = "sim" if ctx.params["fake_gpu"] and not named else None
     alone = "" if clocks and limits is None else None  # --clocks without --limits: the clocks alone
     overrides = {
         "backends": backends or default_backends,
@@ -220,6 +222,17 @@ def sweep(
         cfg = _seeded(load_config(ctx.params, **overrides))
     names, optional = sweep_backends(cfg.backends)
     measure(cfg, "sweep", names, optional=optional, sweep=True, persistence=not no_persistence, resume=resume)
+
+
+def _names_backends(path: Path | None) -> bool:
+    """Whether the config file at `path` (None: none given) names its backends (a list, not `all`)."""
+    if path is None:
+        return False
+    from luce_bench.config import _read_yaml
+
+    data = _read_yaml(Path(path))
+    value = data.get("backends") if isinstance(data, dict) else None
+    return value is not None and value != ALL_BACKENDS and value != [ALL_BACKENDS]
 
 
 def _seeded(cfg: BenchConfig) -> BenchConfig:
