@@ -221,19 +221,25 @@ def _slow_decode(decode):
     return slow
 
 
+def _failing_writes(monkeypatch, module, names: tuple[str, ...], err: int) -> None:
+    """`module.atomic_write` fails with OSError `err` for files named `names`, and writes every other file."""
+    real = module.atomic_write
+
+    def write(path, data, durable=False):
+        if Path(path).name in names:
+            raise OSError(err, os.strerror(err), str(path))
+        return real(path, data, durable)
+
+    monkeypatch.setattr(module, "atomic_write", write)
+
+
 @pytest.mark.tries("fault", "full disk after the measuring, while the run writes its own report")
 def test_a_run_whose_report_cannot_be_written_ends_with_code_4_and_says_so(env, monkeypatch):
     import errno
 
     from luce_bench import records
 
-    def full(path, data, durable=False):
-        if Path(path).name in ("summary.csv", "report.md"):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        return real(path, data, durable)
-
-    real = records.atomic_write
-    monkeypatch.setattr(records, "atomic_write", full)
+    _failing_writes(monkeypatch, records, ("summary.csv", "report.md"), errno.ENOSPC)
     result, run_dir = sweep(env, "--limits", "420")
     assert result.exit_code == 4, result.output
     assert "No space left on device" in result.output and "luce-bench report" in result.output
@@ -271,13 +277,8 @@ def test_a_sweep_stopped_before_its_meta_json_says_it_cannot_be_resumed(env, mon
 
     from luce_bench import results
 
-    def full(path, data, durable=False):
-        if Path(path).name == "meta.json":
-            raise OSError(errno.EFBIG, os.strerror(errno.EFBIG), str(path))
-        return real(path, data, durable)
-
     real = results.atomic_write
-    monkeypatch.setattr(results, "atomic_write", full)
+    _failing_writes(monkeypatch, results, ("meta.json",), errno.EFBIG)
     result, run_dir = sweep(env, "--limits", "420,300")
     assert result.exit_code == 4, result.output
     said = " ".join(result.output.split())
