@@ -202,10 +202,10 @@ FLAGS = {
     "giga-watts": (["sweep", "--fake-gpu", "--limits", "1000000000"], "outside the range"),
     "exp-watts": (["sweep", "--fake-gpu", "--limits", "1e9"], "got '1e9'"),
     "zero-percent": (["sweep", "--fake-gpu", "--limits", "0%"], "must be positive"),
-    "nan-window": (["sweep", "--fake-gpu", "--window-s", "nan"], "window_s = nan is out of range"),
-    "inf-timeout": (["sweep", "--fake-gpu", "--test-timeout-s", "inf"], "test_timeout_s = inf is out of range"),
-    "negative-reps": (["bench", "sim", "--fake-gpu", "--reps", "-3"], "reps = -3 is out of range"),
-    "huge-reps": (["bench", "sim", "--fake-gpu", "--reps", "99999999999"], "reps = 99999999999 is out of range"),
+    "nan-window": (["sweep", "--fake-gpu", "--window-s", "nan"], "--window-s = nan is out of range"),
+    "inf-timeout": (["sweep", "--fake-gpu", "--test-timeout-s", "inf"], "--test-timeout-s = inf is out of range"),
+    "negative-reps": (["bench", "sim", "--fake-gpu", "--reps", "-3"], "--reps = -3 is out of range"),
+    "huge-reps": (["bench", "sim", "--fake-gpu", "--reps", "99999999999"], "--reps = 99999999999 is out of range"),
     "huge-test": (["bench", "sim", "--fake-gpu", "--tests", "tg999999999"], "bad test 'tg999999999'"),
     "test-too-long": (["bench", "sim", "--fake-gpu", "--tests", "pp5000"], "needs 5001 positions"),
     "zero-clock": (["sweep", "--fake-gpu", "--clocks", "0"], "bad SM clock '0': must be positive"),
@@ -217,13 +217,18 @@ FLAGS = {
     "preset-without-fake-gpu": (["bench", "hf", "--fake-preset", "h200"], "--fake-preset chooses the simulated card"),
     "empty-clocks": (["sweep", "--fake-gpu", "--clocks", ""], "--clocks is empty"),
     "empty-limits": (["sweep", "--fake-gpu", "--limits", ""], "no power limits given"),
-    "empty-tests": (["sweep", "--fake-gpu", "--tests", ","], "tests is empty"),
-    "empty-entry": (["sweep", "--fake-gpu", "--limits", "300,,200"], "sweep.limits has an empty entry: '300,,200'"),
+    "empty-tests": (["sweep", "--fake-gpu", "--tests", ","], "--tests is empty"),
+    "empty-entry": (["sweep", "--fake-gpu", "--limits", "300,,200"], "--limits has an empty entry: '300,,200'"),
     "sim-without-fake-gpu": (["bench", "sim"], "backend sim cannot run here"),
     "missing-model": (["bench", "sim", "--fake-gpu", "--model", "/no/such/model"], "no such directory"),
     "wrong-type": (["sweep", "--reps", "abc"], "Invalid value for '--reps'"),
     "unknown-option": (["sweep", "--nope"], "No such option: --nope"),
     "unknown-command": (["nosuchcommand"], "No such command 'nosuchcommand'"),
+    "negative-limit": (["sweep", "--fake-gpu", "--limits", "-5"], "--limits: expected watts (220) or a share"),
+    "min-speed-above-1": (
+        ["sweep", "--fake-gpu", "--sweet-spot-min-speed", "2"],
+        "--sweet-spot-min-speed = 2.0 is out",
+    ),
 }
 
 
@@ -240,7 +245,7 @@ def test_bad_flags_are_one_line(tiny_model, case):
 def test_an_empty_out_is_refused_not_taken_as_the_current_directory(tiny_model):
     with sandbox() as tmp:
         result, calls = invoke(["sweep", "--fake-gpu", "--out", ""], tmp)
-        refused(result, calls, tmp, "output_dir is empty")
+        refused(result, calls, tmp, "--out is empty")
 
 
 DEVICE_CUDA = {

@@ -141,9 +141,33 @@ def load_config(params: dict[str, Any], **overrides: Any) -> Any:
             value = None
         dotted[FLAG_KEYS[flag]] = str(value) if isinstance(value, Path) else value
     path = params.get("config") or default_config()
-    cfg = cfgmod.load(path, dotted)
+    try:
+        cfg = cfgmod.load(path, dotted)
+    except UserError as exc:
+        given = {FLAG_KEYS[flag]: flag for flag, value in flags.items() if value is not None and value is not False}
+        raise _as_flag(exc, given) from None
     check_flags(params, cfg)
     return cfg
+
+
+def _as_flag(exc: UserError, given: dict[str, str]) -> UserError:
+    """A config error about a value that a flag gave, named by the flag.
+
+    "--limits: expected watts ..." rather than "config: sweep.limits[0]: expected watts ...".
+    """
+    import re
+
+    msg = str(exc)
+    for key, param in given.items():
+        m = re.match(rf"config: {re.escape(key)}(\[\d+\])?(?=[ :]|$)", msg)
+        if m:
+            return UserError(f"{_flag_name(param)}{msg[m.end() :]}")
+    return exc
+
+
+def _flag_name(param: str) -> str:
+    """The long option whose parameter is `param`: its name with dashes, but for the one that differs."""
+    return {"min_speed": "--sweet-spot-min-speed"}.get(param, "--" + param.replace("_", "-"))
 
 
 def check_flags(params: dict[str, Any], cfg: Any) -> None:
