@@ -279,6 +279,16 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             terminalreporter.write_line(line)
 
 
+@pytest.fixture(autouse=True)
+def _private_state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test keeps its power-limit journals and locks in a folder of its own (a test may set another).
+
+    Never the user's folder, and no test sees another's lock (a compare refuses to measure while a sweep holds the
+    lock of its GPU, and the simulated cards of parallel tests share their UUIDs).
+    """
+    monkeypatch.setenv("LUCE_BENCH_STATE_DIR", str(tmp_path_factory.mktemp("luce-state")))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _model_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
     """Synthetic checkpoints go to a per-session cache unless the caller set one (so CI never touches ~/.cache)."""
