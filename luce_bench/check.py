@@ -14,7 +14,7 @@ import gzip
 from pathlib import Path
 
 from luce_bench.errors import UserError
-from luce_bench.published import run_dirs
+from luce_bench.published import NO_ROWS, run_dirs
 from luce_bench.records import RunRecord, SummaryRow, columns, read_csv, to_cells
 from luce_bench.results import META, RUNS, SAMPLES, SUMMARY
 from luce_bench.sampler import Sample
@@ -46,7 +46,7 @@ def schema_problems(run: Path) -> list[str]:
             out.append(str(exc))
             continue
         if name == RUNS and not rows:
-            out.append(f"{path}: no finished repetition (a published run holds at least one row)")
+            out.append(f"{path}: {NO_ROWS}")
     return out
 
 

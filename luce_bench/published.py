@@ -56,6 +56,9 @@ def run_dirs(results: Path) -> list[Path]:
     )
 
 
+NO_ROWS = "no finished repetition (a published run holds at least one row)"
+
+
 def load_run(path: Path) -> CommittedRun:
     """Read one committed run (UserError when a file breaks the schema).
 
@@ -64,7 +67,7 @@ def load_run(path: Path) -> CommittedRun:
     """
     runs = read_csv(path / RUNS, RunRecord)
     if not runs:
-        raise UserError(f"{path / RUNS}: no finished repetition (a published run holds at least one row)")
+        raise UserError(f"{path / RUNS}: {NO_ROWS}")
     return CommittedRun(path, read_meta(path), summarize(runs), max(r.test_time for r in runs))
 
 

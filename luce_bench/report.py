@@ -166,13 +166,17 @@ def _sweep_intro(sweep: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _sweep_section(run_dir: Path, summary: Sequence[SummaryRow], meta: dict[str, Any]) -> tuple[list[SweetSpot], str]:
-    """Sweet spots (written to sweet_spot.csv/.json), the sweep plots, and the report's sweep section."""
+def _sweep_section(
+    run_dir: Path, summary: Sequence[SummaryRow], meta: dict[str, Any], provisional: bool
+) -> tuple[list[SweetSpot], str]:
+    """Sweet spots (written to sweet_spot.csv/.json), the sweep plots, and the report's sweep section.
+
+    `provisional`: the sweep stopped before its plan's end, so a setting it did not reach may be better.
+    """
     from luce_bench.sweep_plots import render_sweep
 
     sweep = meta["sweep"]
     min_speed = float(sweep.get("sweet_spot_min_speed", 0.95))
-    provisional = _cut_short(run_dir)  # a setting the sweep did not reach may be better
     spots = sweet_spots(summary, min_speed, sweep.get("default_limit_w"), provisional)
     write_csv(run_dir / "sweet_spot.csv", SweetSpot, spots)
     doc = {"min_speed": min_speed, "complete": not provisional, "sweet_spots": [dataclasses.asdict(s) for s in spots]}
@@ -185,28 +189,23 @@ def _sweep_section(run_dir: Path, summary: Sequence[SummaryRow], meta: dict[str,
     return spots, "\n".join(lines) + "\n"
 
 
-def _cut_short(run_dir: Path) -> bool:
-    """Whether the run stopped before its plan's end (interrupted, stopped, killed) or is still going."""
-    from luce_bench.status import FAILURES, FINISHED, effective_state, read_status
-
-    try:
-        doc = read_status(run_dir)
-    except UserError:
-        return False
-    return doc is not None and effective_state(doc) not in (FINISHED, FAILURES)
-
-
 def run_state(run_dir: Path) -> list[str]:
     """A line when the run did not finish cleanly (status.json): how far it got, where it stopped, why."""
-    from luce_bench.status import FINISHED, describe, effective_state, read_status
+    return _ending(run_dir)[0]
+
+
+def _ending(run_dir: Path) -> tuple[list[str], bool]:
+    """(run_state's lines, whether the run stopped before its plan's end or is still going), from one status read."""
+    from luce_bench.status import FAILURES, FINISHED, describe, effective_state, read_status
 
     try:
         doc = read_status(run_dir)
     except UserError as exc:
-        return [str(exc)]
-    if doc is None or effective_state(doc) == FINISHED:
-        return []
-    return [f"this run is {describe(doc)}" if effective_state(doc) == "running" else f"run {describe(doc)}"]
+        return [str(exc)], False
+    state = effective_state(doc) if doc is not None else FINISHED
+    if state == FINISHED:
+        return [], False
+    return [f"this run is {describe(doc)}" if state == "running" else f"run {describe(doc)}"], state != FAILURES
 
 
 def render(run_dir: Path) -> Report:
@@ -221,13 +220,14 @@ def render(run_dir: Path) -> Report:
         write_csv(run_dir / SUMMARY, SummaryRow, summary)
     else:
         (run_dir / SUMMARY).unlink(missing_ok=True)  # one from an earlier render would contradict the report
-    quality = run_state(run_dir) + stress_notes(runs)
+    ending, cut_short = _ending(run_dir)
+    quality = ending + stress_notes(runs)
     if not (run_dir / META).is_file():  # (a report rebuilt from runs.csv alone)
         quality.append(f"no {META} in {run_dir}: the model, the GPU and the run's settings are unknown here")
     md = _markdown(run_dir, summary, meta, render_run(run_dir, summary, runs, read_samples(run_dir)), quality)
     report = Report(run_dir, summary, meta, md, quality=quality)
     if meta.get("sweep"):
-        report.spots, section = _sweep_section(run_dir, summary, meta)
+        report.spots, section = _sweep_section(run_dir, summary, meta, provisional=cut_short)
         report.min_speed = float(meta["sweep"].get("sweet_spot_min_speed", 0.95))
         report.markdown += "\n" + section
     atomic_write(run_dir / "report.md", report.markdown)

@@ -205,12 +205,10 @@ def sweep(
     for flag, value in (("--clocks", clocks), ("--backends", backends)):
         if value is not None and not value.replace(",", " ").strip():
             raise UserError(f"{flag} is empty; leave it out for the config's value")
-    # the simulated GPU runs the simulated backend, unless the given config names its backends one by one
-    named = _names_backends(ctx.params.get("config"))
-    default_backends = "sim" if ctx.params["fake_gpu"] and not named else None
+    fake_default = ctx.params["fake_gpu"] and not backends  # the simulated card's backends unless named
     alone = "" if clocks and limits is None else None  # --clocks without --limits: the clocks alone
     overrides = {
-        "backends": backends or default_backends,
+        "backends": backends or ("sim" if fake_default and resume is not None else None),
         "order": "shuffle" if shuffle else order,
         **({"limits": alone} if alone is not None else {}),
     }
@@ -219,20 +217,12 @@ def sweep(
 
         cfg = resume_config(resume, ctx.params, overrides)
     else:
-        cfg = _seeded(load_config(ctx.params, **overrides))
+        cfg = load_config(ctx.params, **overrides)
+        if fake_default and cfg.backends == (ALL_BACKENDS,):  # `all` on the simulated card: its simulated backend
+            cfg = cfg.model_copy(update={"backends": ("sim",)})
+        cfg = _seeded(cfg)
     names, optional = sweep_backends(cfg.backends)
     measure(cfg, "sweep", names, optional=optional, sweep=True, persistence=not no_persistence, resume=resume)
-
-
-def _names_backends(path: Path | None) -> bool:
-    """Whether the config file at `path` (None: none given) names its backends (a list, not `all`)."""
-    if path is None:
-        return False
-    from luce_bench.config import _read_yaml
-
-    data = _read_yaml(Path(path))
-    value = data.get("backends") if isinstance(data, dict) else None
-    return value is not None and value != ALL_BACKENDS and value != [ALL_BACKENDS]
 
 
 def _seeded(cfg: BenchConfig) -> BenchConfig:
