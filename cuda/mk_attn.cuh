@@ -61,6 +61,10 @@ __device__ __forceinline__ void attn_inputs(Ctx& c, const LuceMkParams& P, int l
         const bool nowait = (P.debug_flags & (LUCE_MK_DEBUG_NO_MATH | LUCE_MK_DEBUG_NO_BARRIERS)) != 0;
         const int d0 = c.lane * 8, off = c.warp == 0 ? 2 * HD * hh : c.warp == 1 ? FK : FV;
         const u64* src = scratch(P).raw + FA_GROWS * g + off + d0;
+        const float* wn = P.sblob + (long long)l * SP + (c.warp == 0 ? SP_QN : SP_KN) + d0;
+        float wnv[8];  // the norm weights, loaded before the wait with MK_HOIST & 2
+#pragma unroll
+        for (int e = 0; e < 8; ++e) wnv[e] = ((MK_HOIST & 2) && c.warp < 2) ? wn[e] : 0.f;
         lead_wait_tag(src, ep, nowait, true);
         u64 wv[8];
         float x[8];
@@ -68,8 +72,11 @@ __device__ __forceinline__ void attn_inputs(Ctx& c, const LuceMkParams& P, int l
         for (int e = 0; e < 8; ++e) wv[e] = ld_gpu(src + e);
 #pragma unroll
         for (int e = 0; e < 8; ++e) x[e] = poll_tag_w(src + e, wv[e], ep, nowait);
-        const float* wn = P.sblob + (long long)l * SP + (c.warp == 0 ? SP_QN : SP_KN);
-        head_norm8(c.warp == 0 ? w.q : c.warp == 1 ? w.k : w.v, x, wn, d0, c.warp < 2);
+        if (!(MK_HOIST & 2) && c.warp < 2) {
+#pragma unroll
+            for (int e = 0; e < 8; ++e) wnv[e] = wn[e];
+        }
+        head_norm8_w(c.warp == 0 ? w.q : c.warp == 1 ? w.k : w.v, x, wnv, d0, c.warp < 2);
     }
     cbar();
     trace_pt(c, P, pos - P.pos, TR_L * l + TR_ATT_IN);

@@ -5,14 +5,22 @@
 
 namespace mk {
 
-// One warp: dst[d0 + e] <- RMSNorm(x) * w (a q or k head; 8 values per lane) when `scale`, else x (v).
-__device__ __forceinline__ void head_norm8(float* dst, const float x[8], const float* w, int d0, bool scale) {
+// One warp: dst[d0 + e] <- RMSNorm(x) * wv (a q or k head; 8 values and their 8 weights per lane) when `scale`, else
+// x (v).
+__device__ __forceinline__ void head_norm8_w(float* dst, const float x[8], const float wv[8], int d0, bool scale) {
     float ss = 0.f;
 #pragma unroll
     for (int e = 0; e < 8; ++e) ss = fmaf(x[e], x[e], ss);
     const float r = rsqrtf(warp_sum(ss) * (1.0f / HD) + EPS);
 #pragma unroll
-    for (int e = 0; e < 8; ++e) dst[d0 + e] = scale ? x[e] * r * w[d0 + e] : x[e];
+    for (int e = 0; e < 8; ++e) dst[d0 + e] = scale ? x[e] * r * wv[e] : x[e];
+}
+// The same with the weights read from w[d0 + e].
+__device__ __forceinline__ void head_norm8(float* dst, const float x[8], const float* w, int d0, bool scale) {
+    float wv[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) wv[e] = scale ? w[d0 + e] : 0.f;
+    head_norm8_w(dst, x, wv, d0, scale);
 }
 
 // Partial RoPE of one head (first 64 dims, rotate-half pairing) for the pair (i, i + 32), i < 32.

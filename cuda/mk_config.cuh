@@ -24,6 +24,11 @@
 //   MK_PF_WK_HALF     prefill GDN: 1 hands W and Kd from the prep to the state kernel in fp16 (the tf32 products'
 //                     mantissa, half the bytes that each of a head's 8 state blocks reads per chunk), 0 in f32: a
 //                     candidate until measured (NOTES.md, prefill v11)
+//   MK_HOIST          decode: which loads of constant data (norm weights, conv taps and history, gate parameters) are
+//                     issued before the waits that precede their use instead of after them, as a mask: 1 the GDN
+//                     item's, 2 the RMSNorm prologues' and the attention items' norm weights, 4 spreads the GDN conv
+//                     history writes over the head's 8 items (slice 0 wrote all 256 q/k channels): a candidate
+//                     (NOTES.md v19) until screened against 0
 //   MK_SPIN_LIMIT_NS  watchdog: a spin loop that waits longer traps (the launch fails instead of hanging); raise it
 //                     under compute-sanitizer or a debugger
 #pragma once
@@ -55,6 +60,9 @@
 #ifndef MK_PF_WK_HALF
 #define MK_PF_WK_HALF 0
 #endif
+#ifndef MK_HOIST
+#define MK_HOIST 7
+#endif
 #ifndef MK_SPIN_LIMIT_NS
 #define MK_SPIN_LIMIT_NS 20000000000ull
 #endif
@@ -82,6 +90,9 @@
 #endif
 #if (MK_PF_WK_HALF != 0 && MK_PF_WK_HALF != 1) || (MK_PF_WK_HALF && !MK_PF_GDN_TC)
 #error "MK_PF_WK_HALF must be 0 or 1, and 1 only with MK_PF_GDN_TC=1"
+#endif
+#if MK_HOIST < 0 || MK_HOIST > 7
+#error "MK_HOIST must be a mask of 1, 2 and 4 (0-7)"
 #endif
 #if MK_SPIN_LIMIT_NS < 1000000
 #error "MK_SPIN_LIMIT_NS must be at least 1000000 (1 ms)"

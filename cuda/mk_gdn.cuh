@@ -29,6 +29,21 @@ __device__ __forceinline__ void gdn_inputs(Ctx& c, const LuceMkParams& P, int l,
         sb = __ldcg((const float4*)S + 1);
     }
     const int rix = t < 256 ? t : t < 272 ? GV + j * 16 + (t - 256) : t == 272 ? GB : t == 273 ? GA : GZ + j * SLV + (t - 274);
+    // The conv channel of threads < 272, its taps and history: with MK_HOIST & 1 loaded before the wait for the
+    // in_proj outputs (as are the gate parameters and the gated-norm weights, by threads that wait for nothing)
+    const float* sp = P.sblob + (long long)l * SP;
+    float* hist = P.conv_hist + (long long)gdn_index(l) * CONV * 4;
+    const int ch = t < 128 ? h * 128 + t : t < 256 ? 2048 + h * 128 + (t - 128) : 4096 + h * 128 + j * 16 + (t - 256);
+    float4 hv = make_float4(0.f, 0.f, 0.f, 0.f), wc = hv;
+    if ((MK_HOIST & 1) && t < 272) {
+        hv = __ldcg((const float4*)(hist + ch * 4));
+        wc = *(const float4*)(sp + SP_CONV + ch * 4);
+    }
+    if (MK_HOIST & 1) {
+        if (t == 290) w.sc[6] = sp[SP_DTB + h];
+        else if (t == 291) w.sc[7] = sp[SP_NEGA + h];
+        else if (t >= 292 && t < 292 + SLV) w.gnw[t - 292] = sp[SP_GNW + j * SLV + (t - 292)];
+    }
     float cur = 0.f;
     if (c.warp < 10) lead_wait_tag(raw + rix, ep, nowait, t < 290);
     if (t < 290) cur = poll_tag(raw + rix, ep, nowait);
@@ -36,18 +51,20 @@ __device__ __forceinline__ void gdn_inputs(Ctx& c, const LuceMkParams& P, int l,
     else if (t == 273) w.sc[5] = cur;
     else if (t >= 274 && t < 290) w.z[t - 274] = cur;
     if (t < 272) {
-        float* hist = P.conv_hist + (long long)gdn_index(l) * CONV * 4;
-        const float* wconv = P.sblob + (long long)l * SP + SP_CONV;
-        const int ch = t < 128 ? h * 128 + t : t < 256 ? 2048 + h * 128 + (t - 128) : 4096 + h * 128 + j * 16 + (t - 256);
-        const float4 hv = __ldcg((const float4*)(hist + ch * 4));
-        const float4 wc = *(const float4*)(wconv + ch * 4);
+        if (!(MK_HOIST & 1)) {
+            hv = __ldcg((const float4*)(hist + ch * 4));
+            wc = *(const float4*)(sp + SP_CONV + ch * 4);
+        }
         float acc = wc.w * cur;
         acc = fmaf(wc.z, sel4(hv, (pos - 1) & 3), acc);
         acc = fmaf(wc.y, sel4(hv, (pos - 2) & 3), acc);
         acc = fmaf(wc.x, sel4(hv, (pos - 3) & 3), acc);
         const float o = silu(acc);
         if (t < 128) w.q[t] = o; else if (t < 256) w.k[t - 128] = o; else w.v[t - 256] = o;
-        if (t >= 256 || j == 0) hist[ch * 4 + (pos & 3)] = cur;  // one writer per channel; readers use other slots
+        // one writer per channel (readers use the other slots): the slice's own v channels, and of the head's 256
+        // q/k channels 32 per slice with MK_HOIST & 4, all of them in slice 0 without
+        const bool writer = t >= 256 || ((MK_HOIST & 4) ? (t >> 5) == j : j == 0);
+        if (writer) hist[ch * 4 + (pos & 3)] = cur;
     }
     cbar();
 }
@@ -68,10 +85,10 @@ __device__ __forceinline__ void gdn_gates(Ctx& c, const LuceMkParams& P, int l, 
         qq = warp_sum(qq);
         kk = warp_sum(kk);
         if (c.lane == 0) {
-            const float x = w.sc[5] + sp[SP_DTB + h];
+            const float x = w.sc[5] + ((MK_HOIST & 1) ? w.sc[6] : sp[SP_DTB + h]);
             const float softplus = x > 20.f ? x : log1pf(expf(x));
             w.sc[0] = sigm(w.sc[4]);
-            w.sc[1] = expf(sp[SP_NEGA + h] * softplus);
+            w.sc[1] = expf(((MK_HOIST & 1) ? w.sc[7] : sp[SP_NEGA + h]) * softplus);
             w.sc[2] = rsqrtf(qq + EPS);
             w.sc[3] = rsqrtf(kk + EPS);
         }
@@ -145,7 +162,8 @@ __device__ __forceinline__ void gdn_gated_norm(Ctx& c, const LuceMkParams& P, in
         ss = warp_sum(ss);
         if (c.lane < SLV) {
             const float r = rsqrtf(ss * (1.0f / DV) + EPS);
-            const float n = P.sblob[(long long)l * SP + SP_GNW + (item & 7) * SLV + c.lane] * (w.o[c.lane] * r);
+            const float gw = (MK_HOIST & 1) ? w.gnw[c.lane] : P.sblob[(long long)l * SP + SP_GNW + (item & 7) * SLV + c.lane];
+            const float n = gw * (w.o[c.lane] * r);
             w.u[c.lane] = n * silu(w.z[c.lane]);
         }
     }

@@ -70,8 +70,9 @@ struct AttnWork {                 // attention item
 struct GdnWork {                  // GDN item
     alignas(16) float q[DK], k[DK];
     float v[SLV], e[SLV], o[SLV], u[SLV], z[SLV];
+    float gnw[SLV];               // the slice's gated-norm weights (MK_HOIST & 1)
     float red[8][SLV][3];         // per-warp partial dots (S k, S q, k q)
-    float sc[6];                  // beta, decay, 1/|q|, 1/|k|, raw b, raw a
+    float sc[8];                  // beta, decay, 1/|q|, 1/|k|, raw b, raw a, dt_bias, -exp(A_log) (MK_HOIST & 1)
 };
 constexpr int HS_MAX = 1024;      // MLP hidden units per block (FF / grid): grids of >= 4 blocks (MIN_GRID below)
 // The fewest blocks a launch may have: FF / HS_MAX MLP hidden units per block, and one block never holds two GDN items

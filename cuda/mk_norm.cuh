@@ -61,15 +61,16 @@ __device__ __forceinline__ float block_sum(const Ctx& c, float v) {
     return t;
 }
 
-// acts <- RMSNorm(x) * w1p for this thread's values v[k] = x[tid + k * NCT] (ss: their partial sum of squares).
-__device__ __forceinline__ void norm_to_acts(Ctx& c, const float v[3], float ss, const float* w1p) {
+// acts <- RMSNorm(x) * w1p for this thread's values v[k] = x[tid + k * NCT] (ss: their partial sum of squares; wv:
+// the thread's w1p values, loaded before x with MK_HOIST & 2).
+__device__ __forceinline__ void norm_to_acts(Ctx& c, const float v[3], float ss, const float* w1p, const float wv[3]) {
     ss = block_sum(c, ss);
     pause_set(PAUSE_X_LOAD, false);  // (every x load has returned)
     const float r = rsqrtf(ss * (1.0f / H) + EPS);
 #pragma unroll
     for (int k = 0; k < 3; ++k) {
         const int i = c.tid + k * NCT;
-        if (i < H) smem().acts[i] = v[k] * r * w1p[i];
+        if (i < H) smem().acts[i] = v[k] * r * ((MK_HOIST & 2) ? wv[k] : w1p[i]);
     }
     cbar();
 }
@@ -77,7 +78,9 @@ __device__ __forceinline__ void norm_to_acts(Ctx& c, const float v[3], float ss,
 // smem().x <- x (the XC copies of residual buffer xg summed, or the bf16 embedding row `emb` when set);
 // smem().acts <- RMSNorm(x) * w1p.
 __device__ __forceinline__ void load_x_norm(Ctx& c, const float* xg, const unsigned short* emb, const float* w1p) {
-    float v[3], ss = 0.f;
+    float v[3], wv[3], ss = 0.f;
+#pragma unroll
+    for (int k = 0; k < 3; ++k) wv[k] = ((MK_HOIST & 2) && c.tid + k * NCT < H) ? w1p[c.tid + k * NCT] : 0.f;
     pause_set(PAUSE_X_LOAD, true);
 #pragma unroll
     for (int k = 0; k < 3; ++k) {
@@ -97,7 +100,7 @@ __device__ __forceinline__ void load_x_norm(Ctx& c, const float* xg, const unsig
 #pragma unroll
     for (int k = 0; k < 3; ++k)
         if (c.tid + k * NCT < H) smem().x[c.tid + k * NCT] = v[k];
-    norm_to_acts(c, v, ss, w1p);
+    norm_to_acts(c, v, ss, w1p, wv);
 }
 
 }  // namespace mk
