@@ -11,6 +11,8 @@
 
 namespace mk {
 
+constexpr float QSCALE = 0.08838834764831845f;  // 1/sqrt(128), q's scale after its l2norm
+
 __device__ __forceinline__ float sel4(float4 v, int i) { return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w; }
 
 // The item's inputs, every load in flight at once: its state slice into registers (threads < 256: key group t >> 4,
@@ -69,12 +71,11 @@ __device__ __forceinline__ void gdn_inputs(Ctx& c, const LuceMkParams& P, int l,
     cbar();
 }
 
-// Warp 0: beta = sigmoid(b), decay = exp(-exp(A_log) * softplus(a + dt_bias)), 1/|q|, 1/|k|; then q, k normalised
-// (q also scaled by 1/sqrt(128)).
-__device__ __forceinline__ void gdn_gates(Ctx& c, const LuceMkParams& P, int l, int h) {
+// Warp wg: beta = sigmoid(b), decay = exp(-exp(A_log) * softplus(a + dt_bias)), 1/|q|, 1/|k| into w.sc[0..3].
+__device__ __forceinline__ void gdn_gate_scalars(Ctx& c, const LuceMkParams& P, int l, int h, int wg) {
     GdnWork& w = smem().w.gdn;
     const float* sp = P.sblob + (long long)l * SP;
-    if (c.warp == 0) {
+    if (c.warp == wg) {
         float qq = 0.f, kk = 0.f;
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
@@ -93,13 +94,26 @@ __device__ __forceinline__ void gdn_gates(Ctx& c, const LuceMkParams& P, int l, 
             w.sc[3] = rsqrtf(kk + EPS);
         }
     }
+}
+
+// Without MK_CHAIN & 1: the gate scalars (warp 0), then q and k normalised in shared memory (q also scaled by
+// 1/sqrt(128)) before the recurrence. With it, the recurrence works on the raw q and k and scales its dot products
+// (warp 8 computes the scalars meanwhile): two block barriers fewer.
+__device__ __forceinline__ void gdn_gates(Ctx& c, const LuceMkParams& P, int l, int h) {
+    if (MK_CHAIN & 1) {
+        gdn_gate_scalars(c, P, l, h, 8);  // (warps 0-7 run the dot products; warp 8 has no state)
+        return;
+    }
+    GdnWork& w = smem().w.gdn;
+    gdn_gate_scalars(c, P, l, h, 0);
     cbar();
-    if (c.tid < 128) w.q[c.tid] = w.q[c.tid] * w.sc[2] * 0.08838834764831845f;  // l2norm * 1/sqrt(128)
+    if (c.tid < 128) w.q[c.tid] = w.q[c.tid] * w.sc[2] * QSCALE;  // l2norm * 1/sqrt(128)
     else if (c.tid < 256) w.k[c.tid - 128] = w.k[c.tid - 128] * w.sc[3];
     cbar();
 }
 
-// The delta rule on the slice: e = beta (v - decay S^T k), o = decay S^T q + (k.q) e, S <- decay S + k e^T.
+// The delta rule on the slice: e = beta (v - decay S^T k), o = decay S^T q + (k.q) e, S <- decay S + k e^T (q, k
+// normalised: by the dot products' scales rq, rk with MK_CHAIN & 1, already in shared memory without).
 // Publishes the slice's sum of squares of o (tagged) for the gated norm.
 __device__ __forceinline__ void gdn_recurrence(Ctx& c, const LuceMkParams& P, int l, int item, unsigned ep,
                                                float4 sa, float4 sb) {
@@ -120,6 +134,7 @@ __device__ __forceinline__ void gdn_recurrence(Ctx& c, const LuceMkParams& P, in
     }
     cbar();
     const float beta = w.sc[0], decay = w.sc[1];
+    const float rq = (MK_CHAIN & 1) ? w.sc[2] * QSCALE : 1.f, rk = (MK_CHAIN & 1) ? w.sc[3] : 1.f;
     if (c.warp == 0) {
         float o2 = 0.f;
         if (c.lane < 16) {
@@ -130,8 +145,8 @@ __device__ __forceinline__ void gdn_recurrence(Ctx& c, const LuceMkParams& P, in
                 SQ += w.red[r][c.lane][1];
                 KQ += w.red[r][c.lane][2];
             }
-            const float e = beta * (w.v[c.lane] - decay * SK);
-            const float o = decay * SQ + KQ * e;
+            const float e = beta * (w.v[c.lane] - decay * (SK * rk));
+            const float o = decay * (SQ * rq) + (KQ * (rq * rk)) * e;
             w.e[c.lane] = e;
             w.o[c.lane] = o;
             o2 = o * o;
@@ -142,7 +157,7 @@ __device__ __forceinline__ void gdn_recurrence(Ctx& c, const LuceMkParams& P, in
     cbar();
     if (t < 256) {
         float* S = P.gdn_state + (long long)gdn_index(l) * STATE_L + (long long)item * (DK * SLV) + t * 8;
-        const float e = w.e[v];
+        const float e = w.e[v] * rk;  // (k e^T with k normalised)
         float4 na, nb;
         na.x = fmaf(decay, sa.x, ka.x * e); na.y = fmaf(decay, sa.y, ka.y * e);
         na.z = fmaf(decay, sa.z, ka.z * e); na.w = fmaf(decay, sa.w, ka.w * e);

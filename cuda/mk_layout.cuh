@@ -92,7 +92,7 @@ struct Smem {
     alignas(16) float x[H];       // the sub-layer's input x
     alignas(16) float acts[4096]; // matvec input; the split-K / warp-merge partials of the items; the screened LM
                                   // head's per-row bounds
-    float red[16];                // block_sum
+    float red[2][16];             // block_sum (two alternating buffers with MK_CHAIN & 2); the LM head's bounds
     u64 best[16];                 // per-warp argmax of the LM head
     unsigned rescored;            // the screened LM head's rows recomputed in this step
     union {

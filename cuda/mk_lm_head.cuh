@@ -60,11 +60,11 @@ __device__ __forceinline__ unsigned long long lm_screened_best(Ctx& c, const Luc
         lo = fmaxf(lo, d - e);
     });
     if (c.skip_math) return 0ull;  // (timing mode: no bounds were written)
-    if (c.lane == 0) smem().red[c.warp] = lo;
+    if (c.lane == 0) smem().red[0][c.warp] = lo;
     cbar();
     float L = -INFINITY;
 #pragma unroll
-    for (int w = 0; w < NCW; ++w) L = fmaxf(L, smem().red[w]);
+    for (int w = 0; w < NCW; ++w) L = fmaxf(L, smem().red[0][w]);
     float bv = -INFINITY;
     int bi = 0x7fffffff;
     unsigned n = 0;

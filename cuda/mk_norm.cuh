@@ -48,16 +48,18 @@ __device__ __forceinline__ void add_partial(const Ctx& c, float* x, const float*
 #endif
 }
 
-// Sum over the consumer threads. Ends with a barrier, so smem().red can be reused at once.
-__device__ __forceinline__ float block_sum(const Ctx& c, float v) {
-    float* red = smem().red;
+// Sum over the consumer threads. With MK_CHAIN & 2 the calls alternate between two buffers: a buffer is written
+// again two calls later, after the barrier of the call between, which every thread passes only once it has read it;
+// without, a barrier at the end lets the next call reuse the one buffer.
+__device__ __forceinline__ float block_sum(Ctx& c, float v) {
+    float* red = smem().red[(MK_CHAIN & 2) ? (c.nsum++ & 1) : 0];
     v = warp_sum(v);
     if (c.lane == 0) red[c.warp] = v;
     cbar();
     float t = 0.f;
 #pragma unroll
     for (int i = 0; i < NCW; ++i) t += red[i];
-    cbar();
+    if (!(MK_CHAIN & 2)) cbar();
     return t;
 }
 
