@@ -134,26 +134,6 @@ __device__ __forceinline__ void attn_item(Ctx& c, const LuceMkParams& P, int l, 
     const long long cache_off = (long long)(fa_index(l) * NKV + g) * P.max_seq * HD;
     unsigned short* kc = (unsigned short*)P.kcache + cache_off;
     unsigned short* vc = (unsigned short*)P.vcache + cache_off;
-    // Each warp takes positions c0 + warp, + NCW, ...; ATT_BATCH of them at a time: their K and V rows are loaded
-    // together (one L2 round trip per batch, not per position), their scores folded into the softmax at once. The
-    // cached rows do not depend on this step: with MK_HOIST & 8 the first batch is loaded before the wait for q/k/v
-    // (the current position's row, not yet written, is taken from shared memory instead).
-    uint4 kr[ATT_BATCH], vr[ATT_BATCH];
-    auto load_batch = [&](int p0) {
-#pragma unroll
-        for (int j = 0; j < ATT_BATCH; ++j) {
-            const int p = p0 + j * NCW;
-            if (p < c1 && p != pos) {
-                kr[j] = __ldcg((const uint4*)(kc + (long long)p * HD + c.lane * 8));
-                vr[j] = __ldcg((const uint4*)(vc + (long long)p * HD + c.lane * 8));
-            }
-        }
-    };
-    bool loaded = false;
-    if ((MK_HOIST & 8) && c0 + c.warp < c1) {
-        load_batch(c0 + c.warp);
-        loaded = true;
-    }
     attn_inputs(c, P, l, g, hh, pos, ep);
     if (t < HD) {  // the current position's k, v as the cache stores them (bf16)
         const unsigned short kb = f2bf(w.k[t]), vb = f2bf(w.v[t]);
@@ -171,10 +151,19 @@ __device__ __forceinline__ void attn_item(Ctx& c, const LuceMkParams& P, int l, 
         q[e] = w.q[c.lane * 8 + e] * 0.0625f;  // 1/sqrt(256)
         acc[e] = 0.f;
     }
+    // Each warp takes positions c0 + warp, + NCW, ...; ATT_BATCH of them at a time: their K and V rows are loaded
+    // together (one L2 round trip per batch, not per position), their scores folded into the softmax at once.
 #pragma unroll 1
     for (int p0 = c0 + c.warp; p0 < c1; p0 += NCW * ATT_BATCH) {
-        if (!loaded) load_batch(p0);
-        loaded = false;
+        uint4 kr[ATT_BATCH], vr[ATT_BATCH];
+#pragma unroll
+        for (int j = 0; j < ATT_BATCH; ++j) {
+            const int p = p0 + j * NCW;
+            if (p < c1 && p != pos) {
+                kr[j] = __ldcg((const uint4*)(kc + (long long)p * HD + c.lane * 8));
+                vr[j] = __ldcg((const uint4*)(vc + (long long)p * HD + c.lane * 8));
+            }
+        }
         float sc[ATT_BATCH];
 #pragma unroll
         for (int j = 0; j < ATT_BATCH; ++j) {

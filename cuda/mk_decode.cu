@@ -80,7 +80,6 @@ __global__ void __launch_bounds__(NT, 1) decode_kernel(const __grid_constant__ L
     c.ns = ns;
     c.q = 0;
     c.nsync = 0;
-    c.nsum = 0;
     c.skip_math = (P.debug_flags & LUCE_MK_DEBUG_NO_MATH) != 0;
     if (threadIdx.x == 0) {
         for (int i = 0; i < ns; ++i) {

@@ -168,15 +168,21 @@ __device__ __forceinline__ void gdn_recurrence(Ctx& c, const LuceMkParams& P, in
     }
 }
 
-// Gated RMSNorm of the slice: u = w * (o / rms(head's 128 outputs)) * silu(z), once the 8 sums of squares arrived.
+// The head's gated-norm rstd = 1 / rms(its 128 outputs), once the 8 items' sums of squares arrived (warp 0).
+__device__ __forceinline__ float gdn_head_rstd(Ctx& c, const LuceMkParams& P, int item, unsigned ep) {
+    const bool nowait = (P.debug_flags & (LUCE_MK_DEBUG_NO_MATH | LUCE_MK_DEBUG_NO_BARRIERS)) != 0;
+    const float ss = c.lane < NSL ? poll_tag(&scratch(P).ss[item >> 3][c.lane], ep, nowait) : 0.f;
+    return rsqrtf(warp_sum(ss) * (1.0f / DV) + EPS);
+}
+
+// Gated RMSNorm of the slice: u = w * (o * rstd) * silu(z). Without MK_CHAIN & 4 the rstd is awaited here; with it,
+// u = w * o * silu(z) and the rstd scales the out_proj partial (gdn_out_proj), so the sibling items' sums of squares
+// have the matvec's time to arrive.
 __device__ __forceinline__ void gdn_gated_norm(Ctx& c, const LuceMkParams& P, int l, int item, unsigned ep) {
     GdnWork& w = smem().w.gdn;
-    const bool nowait = (P.debug_flags & (LUCE_MK_DEBUG_NO_MATH | LUCE_MK_DEBUG_NO_BARRIERS)) != 0;
     if (c.warp == 0) {  // (w.o and w.z were written by this warp / before a block barrier)
-        float ss = c.lane < NSL ? poll_tag(&scratch(P).ss[item >> 3][c.lane], ep, nowait) : 0.f;
-        ss = warp_sum(ss);
+        const float r = (MK_CHAIN & 4) ? 1.f : gdn_head_rstd(c, P, item, ep);
         if (c.lane < SLV) {
-            const float r = rsqrtf(ss * (1.0f / DV) + EPS);
             const float gw = (MK_HOIST & 1) ? w.gnw[c.lane] : P.sblob[(long long)l * SP + SP_GNW + (item & 7) * SLV + c.lane];
             const float n = gw * (w.o[c.lane] * r);
             w.u[c.lane] = n * silu(w.z[c.lane]);
@@ -186,18 +192,24 @@ __device__ __forceinline__ void gdn_gated_norm(Ctx& c, const LuceMkParams& P, in
 }
 
 // out_proj split-K: the item's 16 rows of out_proj^T (segment `seg` of this block's phase-1 stream) times w.u;
-// the block's 1024 partial outputs are added to its copy of residual buffer xn.
-__device__ __forceinline__ void gdn_out_proj(Ctx& c, const LuceMkParams& P, int l, int seg, float* xn) {
-    const float* u = smem().w.gdn.u;
+// the block's 1024 partial outputs (times the head's rstd with MK_CHAIN & 4) are added to its copy of residual
+// buffer xn.
+__device__ __forceinline__ void gdn_out_proj(Ctx& c, const LuceMkParams& P, int l, int item, int seg, unsigned ep,
+                                             float* xn) {
+    GdnWork& w = smem().w.gdn;
     float acc[3] = {0.f, 0.f, 0.f};
     const Seg g = phase_seg(c, P, l, 1, seg);
-    consume_all_seg(c, g, [&](int r, int n, const char* base) { splitk_rows(base, n, u + (r - g.r0), c.tid, acc); });
+    consume_all_seg(c, g, [&](int r, int n, const char* base) { splitk_rows(base, n, w.u + (r - g.r0), c.tid, acc); });
+    if ((MK_CHAIN & 4) && c.warp == 0) {
+        const float r = gdn_head_rstd(c, P, item, ep);
+        if (c.lane == 0) w.rstd = r;
+    }
     float* part = smem().acts;
     part[c.tid] = acc[0];
     part[c.tid + NCT] = acc[1];
     if (c.tid + 2 * NCT < H) part[c.tid + 2 * NCT] = acc[2];
     cbar();
-    add_partial(c, xn + (c.b % XC) * H, part, nullptr);
+    add_partial(c, xn + (c.b % XC) * H, part, nullptr, (MK_CHAIN & 4) ? w.rstd : 1.f);
 }
 
 // One work item; `seg` is its index among this block's items (its out_proj^T segment).
@@ -213,7 +225,7 @@ __device__ __forceinline__ void gdn_item(Ctx& c, const LuceMkParams& P, int l, i
     gdn_gated_norm(c, P, l, item, ep);
     trace_pt(c, P, s, TR_L * l + TR_ITEM_SS);
     pause_set(PAUSE_GDN_ITEM, false);
-    gdn_out_proj(c, P, l, seg, xn);
+    gdn_out_proj(c, P, l, item, seg, ep, xn);
 }
 
 // P2 of GDN layer l: the block's items (b, b + G, ...), then the owned rows of x added to the output buffer xn

@@ -60,11 +60,11 @@ __device__ __forceinline__ unsigned long long lm_screened_best(Ctx& c, const Luc
         lo = fmaxf(lo, d - e);
     });
     if (c.skip_math) return 0ull;  // (timing mode: no bounds were written)
-    if (c.lane == 0) smem().red[0][c.warp] = lo;
+    if (c.lane == 0) smem().red[c.warp] = lo;
     cbar();
     float L = -INFINITY;
 #pragma unroll
-    for (int w = 0; w < NCW; ++w) L = fmaxf(L, smem().red[0][w]);
+    for (int w = 0; w < NCW; ++w) L = fmaxf(L, smem().red[w]);
     float bv = -INFINITY;
     int bi = 0x7fffffff;
     unsigned n = 0;
@@ -88,10 +88,10 @@ __device__ __forceinline__ unsigned long long lm_screened_best(Ctx& c, const Luc
 
 __device__ __forceinline__ void lm_head(Ctx& c, const LuceMkParams& P, int s) {
     const int pos = P.pos + s;
-    load_x_norm(c, xbuf(P, 2 * NL), nullptr, P.sblob + (long long)NL * SP);
+    const float r = load_x_norm(c, xbuf(P, 2 * NL), nullptr, P.sblob + (long long)NL * SP);
     trace_pt(c, P, s, TR_STEP + 1);
     float a[32];
-    load_act_regs(a, smem().acts, c.lane);
+    act_regs(a, c.lane, r);
     const bool screened = lm_screened(c, P, s);
     float* lg = (P.logits && s >= P.logits_first) ? P.logits + (long long)(s - P.logits_first) * V : nullptr;
     const unsigned long long best = screened ? lm_screened_best(c, P, s, a) : lm_full_best(c, P, s, a, lg);

@@ -15,7 +15,6 @@ struct Ctx {
     int ns;            // ring slots
     unsigned q;        // chunks consumed so far (consumer view)
     unsigned nsync;    // grid barriers passed in this launch
-    unsigned nsum;     // block_sum calls (its buffer alternates with MK_CHAIN & 2)
     bool skip_math;    // LUCE_MK_DEBUG_NO_MATH: take chunks off the ring without computing
     __device__ __forceinline__ char* ring() const { return (char*)(mk_smem + SM_RING); }
 };

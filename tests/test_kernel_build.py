@@ -277,8 +277,9 @@ def test_build_options_are_read_from_the_header():
         "MK_PF_CUBLAS": "1",
         "MK_PF_GDN_TC": "1",
         "MK_PF_WK_HALF": "0",
-        "MK_HOIST": "31",
-        "MK_CHAIN": "3",
+        "MK_HOIST": "23",
+        "MK_CHAIN": "13",
+        "MK_XC": "4",
         "MK_SPIN_LIMIT_NS": "20000000000ull",
     }
 
