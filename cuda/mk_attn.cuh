@@ -62,9 +62,9 @@ __device__ __forceinline__ void attn_inputs(Ctx& c, const LuceMkParams& P, int l
         const int d0 = c.lane * 8, off = c.warp == 0 ? 2 * HD * hh : c.warp == 1 ? FK : FV;
         const u64* src = scratch(P).raw + FA_GROWS * g + off + d0;
         const float* wn = P.sblob + (long long)l * SP + (c.warp == 0 ? SP_QN : SP_KN) + d0;
-        float wnv[8];  // the norm weights, loaded before the wait with MK_HOIST & 2
+        float wnv[8];  // the norm weights, loaded before the wait (NOTES.md v19: a load after it is a round trip more)
 #pragma unroll
-        for (int e = 0; e < 8; ++e) wnv[e] = ((MK_HOIST & 2) && c.warp < 2) ? wn[e] : 0.f;
+        for (int e = 0; e < 8; ++e) wnv[e] = c.warp < 2 ? wn[e] : 0.f;
         lead_wait_tag(src, ep, nowait, true);
         u64 wv[8];
         float x[8];
@@ -72,10 +72,6 @@ __device__ __forceinline__ void attn_inputs(Ctx& c, const LuceMkParams& P, int l
         for (int e = 0; e < 8; ++e) wv[e] = ld_gpu(src + e);
 #pragma unroll
         for (int e = 0; e < 8; ++e) x[e] = poll_tag_w(src + e, wv[e], ep, nowait);
-        if (!(MK_HOIST & 2) && c.warp < 2) {
-#pragma unroll
-            for (int e = 0; e < 8; ++e) wnv[e] = wn[e];
-        }
         head_norm8_w(c.warp == 0 ? w.q : c.warp == 1 ? w.k : w.v, x, wnv, d0, c.warp < 2);
     }
     cbar();

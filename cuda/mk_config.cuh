@@ -24,17 +24,6 @@
 //   MK_PF_WK_HALF     prefill GDN: 1 hands W and Kd from the prep to the state kernel in fp16 (the tf32 products'
 //                     mantissa, half the bytes that each of a head's 8 state blocks reads per chunk), 0 in f32: a
 //                     candidate until measured (NOTES.md, prefill v11)
-//   MK_HOIST          decode: which loads of constant data (norm weights, conv taps and history, gate parameters) are
-//                     issued before the waits that precede their use instead of after them, as a mask: 1 the GDN
-//                     item's, 2 the RMSNorm prologues' and the attention items' norm weights, 4 spreads the GDN conv
-//                     history writes over the head's 8 items (slice 0 wrote all 256 q/k channels), 16 o_proj's
-//                     attention outputs all in flight at once: candidates (NOTES.md v19, v20) until screened against 0
-//   MK_CHAIN          decode: a shorter chain, as a mask: 1 the GDN item's q/k norms and gates folded into the
-//                     recurrence (2 block barriers fewer per item), 4 the GDN item waits for its siblings' sums of
-//                     squares after its out_proj matvec (the rstd scales the partial), 8 the RMSNorm prologue with one
-//                     block barrier (acts = x * w; the matvec scales its activation registers by the rstd): candidates
-//                     (NOTES.md v20, v21) until screened against 0
-//   MK_XC             decode: copies of each residual buffer that the split-K reductions spread over (1, 2, 4 or 8)
 //   MK_SPIN_LIMIT_NS  watchdog: a spin loop that waits longer traps (the launch fails instead of hanging); raise it
 //                     under compute-sanitizer or a debugger
 #pragma once
@@ -66,15 +55,6 @@
 #ifndef MK_PF_WK_HALF
 #define MK_PF_WK_HALF 0
 #endif
-#ifndef MK_HOIST
-#define MK_HOIST 23
-#endif
-#ifndef MK_CHAIN
-#define MK_CHAIN 13
-#endif
-#ifndef MK_XC
-#define MK_XC 4
-#endif
 #ifndef MK_SPIN_LIMIT_NS
 #define MK_SPIN_LIMIT_NS 20000000000ull
 #endif
@@ -102,15 +82,6 @@
 #endif
 #if (MK_PF_WK_HALF != 0 && MK_PF_WK_HALF != 1) || (MK_PF_WK_HALF && !MK_PF_GDN_TC)
 #error "MK_PF_WK_HALF must be 0 or 1, and 1 only with MK_PF_GDN_TC=1"
-#endif
-#if MK_HOIST < 0 || MK_HOIST > 31 || (MK_HOIST & 8)
-#error "MK_HOIST must be a mask of 1, 2, 4 and 16"
-#endif
-#if MK_CHAIN < 0 || MK_CHAIN > 15 || (MK_CHAIN & 2)
-#error "MK_CHAIN must be a mask of 1, 4 and 8"
-#endif
-#if MK_XC != 1 && MK_XC != 2 && MK_XC != 4 && MK_XC != 8
-#error "MK_XC must be 1, 2, 4 or 8"
 #endif
 #if MK_SPIN_LIMIT_NS < 1000000
 #error "MK_SPIN_LIMIT_NS must be at least 1000000 (1 ms)"

@@ -17,7 +17,8 @@ __device__ __forceinline__ float sel4(float4 v, int i) { return i == 0 ? v.x : i
 
 // The item's inputs, every load in flight at once: its state slice into registers (threads < 256: key group t >> 4,
 // value t & 15, 8 keys); one in_proj output per thread (< 272: a q, k or v channel, 272: b, 273: a, 274..289: the
-// slice's z), the q/k/v channels through the causal conv (4 taps, history ring in conv_hist) and SiLU.
+// slice's z; 290, 291: dt_bias and -exp(A_log) of the head, 292..307: the slice's gated-norm weights), the q/k/v
+// channels through the causal conv (4 taps, history ring in conv_hist) and SiLU.
 __device__ __forceinline__ void gdn_inputs(Ctx& c, const LuceMkParams& P, int l, int item, int pos, unsigned ep,
                                            float4& sa, float4& sb) {
     GdnWork& w = smem().w.gdn;
@@ -31,21 +32,20 @@ __device__ __forceinline__ void gdn_inputs(Ctx& c, const LuceMkParams& P, int l,
         sb = __ldcg((const float4*)S + 1);
     }
     const int rix = t < 256 ? t : t < 272 ? GV + j * 16 + (t - 256) : t == 272 ? GB : t == 273 ? GA : GZ + j * SLV + (t - 274);
-    // The conv channel of threads < 272, its taps and history: with MK_HOIST & 1 loaded before the wait for the
-    // in_proj outputs (as are the gate parameters and the gated-norm weights, by threads that wait for nothing)
+    // The conv channel of threads < 272, its taps and history, loaded before the wait for the in_proj outputs (as are
+    // the gate parameters and the gated-norm weights, by threads that wait for nothing): after it, each would be a
+    // round trip more on the chain (NOTES.md v19)
     const float* sp = P.sblob + (long long)l * SP;
     float* hist = P.conv_hist + (long long)gdn_index(l) * CONV * 4;
     const int ch = t < 128 ? h * 128 + t : t < 256 ? 2048 + h * 128 + (t - 128) : 4096 + h * 128 + j * 16 + (t - 256);
     float4 hv = make_float4(0.f, 0.f, 0.f, 0.f), wc = hv;
-    if ((MK_HOIST & 1) && t < 272) {
+    if (t < 272) {
         hv = __ldcg((const float4*)(hist + ch * 4));
         wc = *(const float4*)(sp + SP_CONV + ch * 4);
     }
-    if (MK_HOIST & 1) {
-        if (t == 290) w.sc[6] = sp[SP_DTB + h];
-        else if (t == 291) w.sc[7] = sp[SP_NEGA + h];
-        else if (t >= 292 && t < 292 + SLV) w.gnw[t - 292] = sp[SP_GNW + j * SLV + (t - 292)];
-    }
+    if (t == 290) w.sc[6] = sp[SP_DTB + h];
+    else if (t == 291) w.sc[7] = sp[SP_NEGA + h];
+    else if (t >= 292 && t < 292 + SLV) w.gnw[t - 292] = sp[SP_GNW + j * SLV + (t - 292)];
     float cur = 0.f;
     if (c.warp < 10) lead_wait_tag(raw + rix, ep, nowait, t < 290);
     if (t < 290) cur = poll_tag(raw + rix, ep, nowait);
@@ -53,10 +53,6 @@ __device__ __forceinline__ void gdn_inputs(Ctx& c, const LuceMkParams& P, int l,
     else if (t == 273) w.sc[5] = cur;
     else if (t >= 274 && t < 290) w.z[t - 274] = cur;
     if (t < 272) {
-        if (!(MK_HOIST & 1)) {
-            hv = __ldcg((const float4*)(hist + ch * 4));
-            wc = *(const float4*)(sp + SP_CONV + ch * 4);
-        }
         float acc = wc.w * cur;
         acc = fmaf(wc.z, sel4(hv, (pos - 1) & 3), acc);
         acc = fmaf(wc.y, sel4(hv, (pos - 2) & 3), acc);
@@ -64,18 +60,18 @@ __device__ __forceinline__ void gdn_inputs(Ctx& c, const LuceMkParams& P, int l,
         const float o = silu(acc);
         if (t < 128) w.q[t] = o; else if (t < 256) w.k[t - 128] = o; else w.v[t - 256] = o;
         // one writer per channel (readers use the other slots): the slice's own v channels, and of the head's 256
-        // q/k channels 32 per slice with MK_HOIST & 4, all of them in slice 0 without
-        const bool writer = t >= 256 || ((MK_HOIST & 4) ? (t >> 5) == j : j == 0);
-        if (writer) hist[ch * 4 + (pos & 3)] = cur;
+        // q/k channels 32 per slice (the 8 items share the stores)
+        if (t >= 256 || (t >> 5) == j) hist[ch * 4 + (pos & 3)] = cur;
     }
     cbar();
 }
 
-// Warp wg: beta = sigmoid(b), decay = exp(-exp(A_log) * softplus(a + dt_bias)), 1/|q|, 1/|k| into w.sc[0..3].
-__device__ __forceinline__ void gdn_gate_scalars(Ctx& c, const LuceMkParams& P, int l, int h, int wg) {
+// Warp 8 (no state slice: warps 0-7 run the recurrence's dot products meanwhile): beta = sigmoid(b), decay =
+// exp(-exp(A_log) * softplus(a + dt_bias)), 1/|q|, 1/|k| into w.sc[0..3]. The recurrence normalises q and k through
+// its dot products' scales, so no block barrier waits for these (NOTES.md v20).
+__device__ __forceinline__ void gdn_gates(Ctx& c) {
     GdnWork& w = smem().w.gdn;
-    const float* sp = P.sblob + (long long)l * SP;
-    if (c.warp == wg) {
+    if (c.warp == 8) {
         float qq = 0.f, kk = 0.f;
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
@@ -86,34 +82,18 @@ __device__ __forceinline__ void gdn_gate_scalars(Ctx& c, const LuceMkParams& P, 
         qq = warp_sum(qq);
         kk = warp_sum(kk);
         if (c.lane == 0) {
-            const float x = w.sc[5] + ((MK_HOIST & 1) ? w.sc[6] : sp[SP_DTB + h]);
+            const float x = w.sc[5] + w.sc[6];
             const float softplus = x > 20.f ? x : log1pf(expf(x));
             w.sc[0] = sigm(w.sc[4]);
-            w.sc[1] = expf(((MK_HOIST & 1) ? w.sc[7] : sp[SP_NEGA + h]) * softplus);
+            w.sc[1] = expf(w.sc[7] * softplus);
             w.sc[2] = rsqrtf(qq + EPS);
             w.sc[3] = rsqrtf(kk + EPS);
         }
     }
 }
 
-// Without MK_CHAIN & 1: the gate scalars (warp 0), then q and k normalised in shared memory (q also scaled by
-// 1/sqrt(128)) before the recurrence. With it, the recurrence works on the raw q and k and scales its dot products
-// (warp 8 computes the scalars meanwhile): two block barriers fewer.
-__device__ __forceinline__ void gdn_gates(Ctx& c, const LuceMkParams& P, int l, int h) {
-    if (MK_CHAIN & 1) {
-        gdn_gate_scalars(c, P, l, h, 8);  // (warps 0-7 run the dot products; warp 8 has no state)
-        return;
-    }
-    GdnWork& w = smem().w.gdn;
-    gdn_gate_scalars(c, P, l, h, 0);
-    cbar();
-    if (c.tid < 128) w.q[c.tid] = w.q[c.tid] * w.sc[2] * QSCALE;  // l2norm * 1/sqrt(128)
-    else if (c.tid < 256) w.k[c.tid - 128] = w.k[c.tid - 128] * w.sc[3];
-    cbar();
-}
-
-// The delta rule on the slice: e = beta (v - decay S^T k), o = decay S^T q + (k.q) e, S <- decay S + k e^T (q, k
-// normalised: by the dot products' scales rq, rk with MK_CHAIN & 1, already in shared memory without).
+// The delta rule on the slice: e = beta (v - decay S^T k), o = decay S^T q + (k.q) e, S <- decay S + k e^T, with q
+// and k normalised (q also scaled by 1/sqrt(128)) through the scales rq, rk of the raw dot products.
 // Publishes the slice's sum of squares of o (tagged) for the gated norm.
 __device__ __forceinline__ void gdn_recurrence(Ctx& c, const LuceMkParams& P, int l, int item, unsigned ep,
                                                float4 sa, float4 sb) {
@@ -134,7 +114,7 @@ __device__ __forceinline__ void gdn_recurrence(Ctx& c, const LuceMkParams& P, in
     }
     cbar();
     const float beta = w.sc[0], decay = w.sc[1];
-    const float rq = (MK_CHAIN & 1) ? w.sc[2] * QSCALE : 1.f, rk = (MK_CHAIN & 1) ? w.sc[3] : 1.f;
+    const float rq = w.sc[2] * QSCALE, rk = w.sc[3];
     if (c.warp == 0) {
         float o2 = 0.f;
         if (c.lane < 16) {
@@ -168,23 +148,16 @@ __device__ __forceinline__ void gdn_recurrence(Ctx& c, const LuceMkParams& P, in
     }
 }
 
-// The head's gated-norm rstd = 1 / rms(its 128 outputs), once the 8 items' sums of squares arrived (warp 0).
-__device__ __forceinline__ float gdn_head_rstd(Ctx& c, const LuceMkParams& P, int item, unsigned ep) {
-    const bool nowait = (P.debug_flags & (LUCE_MK_DEBUG_NO_MATH | LUCE_MK_DEBUG_NO_BARRIERS)) != 0;
-    const float ss = c.lane < NSL ? poll_tag(&scratch(P).ss[item >> 3][c.lane], ep, nowait) : 0.f;
-    return rsqrtf(warp_sum(ss) * (1.0f / DV) + EPS);
-}
-
-// Gated RMSNorm of the slice: u = w * (o * rstd) * silu(z). Without MK_CHAIN & 4 the rstd is awaited here; with it,
-// u = w * o * silu(z) and the rstd scales the out_proj partial (gdn_out_proj), so the sibling items' sums of squares
-// have the matvec's time to arrive.
-__device__ __forceinline__ void gdn_gated_norm(Ctx& c, const LuceMkParams& P, int l, int item, unsigned ep) {
+// Gated RMSNorm of the slice: u = w * (o / rms(head's 128 outputs)) * silu(z), once the 8 sums of squares arrived.
+__device__ __forceinline__ void gdn_gated_norm(Ctx& c, const LuceMkParams& P, int item, unsigned ep) {
     GdnWork& w = smem().w.gdn;
+    const bool nowait = (P.debug_flags & (LUCE_MK_DEBUG_NO_MATH | LUCE_MK_DEBUG_NO_BARRIERS)) != 0;
     if (c.warp == 0) {  // (w.o and w.z were written by this warp / before a block barrier)
-        const float r = (MK_CHAIN & 4) ? 1.f : gdn_head_rstd(c, P, item, ep);
+        float ss = c.lane < NSL ? poll_tag(&scratch(P).ss[item >> 3][c.lane], ep, nowait) : 0.f;
+        ss = warp_sum(ss);
         if (c.lane < SLV) {
-            const float gw = (MK_HOIST & 1) ? w.gnw[c.lane] : P.sblob[(long long)l * SP + SP_GNW + (item & 7) * SLV + c.lane];
-            const float n = gw * (w.o[c.lane] * r);
+            const float r = rsqrtf(ss * (1.0f / DV) + EPS);
+            const float n = w.gnw[c.lane] * (w.o[c.lane] * r);
             w.u[c.lane] = n * silu(w.z[c.lane]);
         }
     }
@@ -192,24 +165,18 @@ __device__ __forceinline__ void gdn_gated_norm(Ctx& c, const LuceMkParams& P, in
 }
 
 // out_proj split-K: the item's 16 rows of out_proj^T (segment `seg` of this block's phase-1 stream) times w.u;
-// the block's 1024 partial outputs (times the head's rstd with MK_CHAIN & 4) are added to its copy of residual
-// buffer xn.
-__device__ __forceinline__ void gdn_out_proj(Ctx& c, const LuceMkParams& P, int l, int item, int seg, unsigned ep,
-                                             float* xn) {
-    GdnWork& w = smem().w.gdn;
+// the block's 1024 partial outputs are added to its copy of residual buffer xn.
+__device__ __forceinline__ void gdn_out_proj(Ctx& c, const LuceMkParams& P, int l, int seg, float* xn) {
+    const float* u = smem().w.gdn.u;
     float acc[3] = {0.f, 0.f, 0.f};
     const Seg g = phase_seg(c, P, l, 1, seg);
-    consume_all_seg(c, g, [&](int r, int n, const char* base) { splitk_rows(base, n, w.u + (r - g.r0), c.tid, acc); });
-    if ((MK_CHAIN & 4) && c.warp == 0) {
-        const float r = gdn_head_rstd(c, P, item, ep);
-        if (c.lane == 0) w.rstd = r;
-    }
+    consume_all_seg(c, g, [&](int r, int n, const char* base) { splitk_rows(base, n, u + (r - g.r0), c.tid, acc); });
     float* part = smem().acts;
     part[c.tid] = acc[0];
     part[c.tid + NCT] = acc[1];
     if (c.tid + 2 * NCT < H) part[c.tid + 2 * NCT] = acc[2];
     cbar();
-    add_partial(c, xn + (c.b % XC) * H, part, nullptr, (MK_CHAIN & 4) ? w.rstd : 1.f);
+    add_partial(c, xn + (c.b % XC) * H, part, nullptr);
 }
 
 // One work item; `seg` is its index among this block's items (its out_proj^T segment).
@@ -220,12 +187,12 @@ __device__ __forceinline__ void gdn_item(Ctx& c, const LuceMkParams& P, int l, i
     float4 sa, sb;
     gdn_inputs(c, P, l, item, pos, ep, sa, sb);
     trace_pt(c, P, s, TR_L * l + TR_ITEM_IN);
-    gdn_gates(c, P, l, item >> 3);
+    gdn_gates(c);
     gdn_recurrence(c, P, l, item, ep, sa, sb);
-    gdn_gated_norm(c, P, l, item, ep);
+    gdn_gated_norm(c, P, item, ep);
     trace_pt(c, P, s, TR_L * l + TR_ITEM_SS);
     pause_set(PAUSE_GDN_ITEM, false);
-    gdn_out_proj(c, P, l, item, seg, ep, xn);
+    gdn_out_proj(c, P, l, seg, xn);
 }
 
 // P2 of GDN layer l: the block's items (b, b + G, ...), then the owned rows of x added to the output buffer xn

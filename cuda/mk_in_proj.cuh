@@ -16,11 +16,11 @@ __device__ __forceinline__ unsigned layer_epoch(const LuceMkParams& P, int s, in
 __device__ __forceinline__ void in_proj(Ctx& c, const LuceMkParams& P, int s, int l, int tok, unsigned ep) {
     const float* w_ln = P.sblob + (long long)l * SP + SP_LN1;
     zero_owned(c, xbuf(P, 2 * l + 2));  // the MLP's target buffer (mk_norm.cuh)
-    const float r = l == 0 ? load_x_norm(c, nullptr, (const unsigned short*)P.embed + (long long)tok * H, w_ln)
-                           : load_x_norm(c, xbuf(P, 2 * l), nullptr, w_ln);
+    if (l == 0) load_x_norm(c, nullptr, (const unsigned short*)P.embed + (long long)tok * H, w_ln);
+    else load_x_norm(c, xbuf(P, 2 * l), nullptr, w_ln);
     trace_pt(c, P, s, TR_L * l + TR_X_READY);
     float a[32];
-    act_regs(a, c.lane, r);
+    load_act_regs(a, smem().acts, c.lane);
     u64* raw = scratch(P).raw;
     consume(c, layer_phase(P.wblob, l, 0), [&](int r, const char* row) {
         const float d = warp_sum(dot1024_part(row, a, c.lane));

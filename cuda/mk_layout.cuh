@@ -46,7 +46,7 @@ constexpr int64_t KV_L = int64_t(NKV) * HD;          // K (or V) cache elements 
 // ---- global scratch (f32 buffer of layout.scratch_floats): what blocks exchange within a step ----
 // Tagged values (u64 = epoch << 32 | f32 bits, mk_sync.cuh) are polled by their readers, so they need no flag.
 // The residual stream is three rotating buffers (mk_norm.cuh), each XC copies that the split-K adds spread over.
-constexpr int XC = MK_XC;        // 4 copies: 132 same-address f32 reductions serialise (~17 ns each); 8 cost more loads
+constexpr int XC = 4;            // 4 copies: 132 same-address f32 reductions serialise (~17 ns each); 8 cost more loads
 constexpr int CNT_STRIDE = 32;   // one counter per 128-byte line
 struct Scratch {
     u64 raw[GDN_ROWS];                     // P1 outputs (in_proj, or qkv in the first FA_ROWS), tagged
@@ -70,10 +70,9 @@ struct AttnWork {                 // attention item
 struct GdnWork {                  // GDN item
     alignas(16) float q[DK], k[DK];
     float v[SLV], e[SLV], o[SLV], u[SLV], z[SLV];
-    float gnw[SLV];               // the slice's gated-norm weights (MK_HOIST & 1)
-    float rstd;                   // the head's gated-norm rstd (MK_CHAIN & 4)
+    float gnw[SLV];               // the slice's gated-norm weights
     float red[8][SLV][3];         // per-warp partial dots (S k, S q, k q)
-    float sc[8];                  // beta, decay, 1/|q|, 1/|k|, raw b, raw a, dt_bias, -exp(A_log) (MK_HOIST & 1)
+    float sc[8];                  // beta, decay, 1/|q|, 1/|k|, raw b, raw a, dt_bias, -exp(A_log)
 };
 constexpr int HS_MAX = 1024;      // MLP hidden units per block (FF / grid): grids of >= 4 blocks (MIN_GRID below)
 // The fewest blocks a launch may have: FF / HS_MAX MLP hidden units per block, and one block never holds two GDN items
@@ -93,7 +92,7 @@ struct Smem {
     alignas(16) float x[H];       // the sub-layer's input x
     alignas(16) float acts[4096]; // matvec input; the split-K / warp-merge partials of the items; the screened LM
                                   // head's per-row bounds
-    float red[16];                // block_sum, the one-barrier RMSNorm prologue, the LM head's largest lower bounds
+    float red[16];                // block_sum; the screened LM head's per-warp largest lower bounds
     u64 best[16];                 // per-warp argmax of the LM head
     unsigned rescored;            // the screened LM head's rows recomputed in this step
     union {

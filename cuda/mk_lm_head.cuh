@@ -88,10 +88,10 @@ __device__ __forceinline__ unsigned long long lm_screened_best(Ctx& c, const Luc
 
 __device__ __forceinline__ void lm_head(Ctx& c, const LuceMkParams& P, int s) {
     const int pos = P.pos + s;
-    const float r = load_x_norm(c, xbuf(P, 2 * NL), nullptr, P.sblob + (long long)NL * SP);
+    load_x_norm(c, xbuf(P, 2 * NL), nullptr, P.sblob + (long long)NL * SP);
     trace_pt(c, P, s, TR_STEP + 1);
     float a[32];
-    act_regs(a, c.lane, r);
+    load_act_regs(a, smem().acts, c.lane);
     const bool screened = lm_screened(c, P, s);
     float* lg = (P.logits && s >= P.logits_first) ? P.logits + (long long)(s - P.logits_first) * V : nullptr;
     const unsigned long long best = screened ? lm_screened_best(c, P, s, a) : lm_full_best(c, P, s, a, lg);

@@ -12,12 +12,12 @@ namespace mk {
 __device__ __forceinline__ void mlp(Ctx& c, const LuceMkParams& P, int s, int l) {
     MlpWork& w = smem().w.mlp;
     zero_owned(c, xbuf(P, 2 * l + 3));  // the next layer's mixer target (mk_norm.cuh)
-    const float rn = load_x_norm(c, xbuf(P, 2 * l + 1), nullptr, P.sblob + (long long)l * SP + SP_LN2);
+    load_x_norm(c, xbuf(P, 2 * l + 1), nullptr, P.sblob + (long long)l * SP + SP_LN2);
     trace_pt(c, P, s, TR_L * l + TR_MLP_X_READY);
     const int k0 = split_rows(FF, c.b, c.G);  // first hidden unit of this block
     {
         float a[32];
-        act_regs(a, c.lane, rn);
+        load_act_regs(a, smem().acts, c.lane);
         consume(c, layer_phase(P.wblob, l, 2), [&](int r, const char* row) {
             const float gt = warp_sum(dot1024_part(row, a, c.lane));
             const float up = warp_sum(dot1024_part(row + 2048, a, c.lane));

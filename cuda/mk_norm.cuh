@@ -25,16 +25,14 @@ __device__ __forceinline__ void zero_owned(const Ctx& c, float* x) {
     for (int i = c.tid; i < n * XC; i += NCT) __stcg(x + (i / n) * H + r0 + i % n, 0.f);
 }
 
-// x += part * scale, plus own[i] for the owned rows when `own` is set: the block's split-K partial into its copy of a
+// x += part, plus own[i] for the owned rows when `own` is set: the block's split-K partial into its copy of a
 // residual buffer (vector f32 reductions in L2 on sm_90, element atomics before).
-__device__ __forceinline__ void add_partial(const Ctx& c, float* x, const float* part, const float* own,
-                                            float scale = 1.f) {
+__device__ __forceinline__ void add_partial(const Ctx& c, float* x, const float* part, const float* own) {
     const int r0 = own_r0(c), r1 = own_r1(c);
 #if __CUDA_ARCH__ >= 900
     if (c.tid < H / 4) {
         const int i = c.tid * 4;
         float4 v = *(const float4*)(part + i);
-        v.x *= scale; v.y *= scale; v.z *= scale; v.w *= scale;
         if (own) {
             if (i >= r0 && i < r1) v.x += own[i];
             if (i + 1 >= r0 && i + 1 < r1) v.y += own[i + 1];
@@ -46,7 +44,7 @@ __device__ __forceinline__ void add_partial(const Ctx& c, float* x, const float*
     }
 #else
 #pragma unroll 1
-    for (int i = c.tid; i < H; i += NCT) atomicAdd(x + i, part[i] * scale + ((own && i >= r0 && i < r1) ? own[i] : 0.f));
+    for (int i = c.tid; i < H; i += NCT) atomicAdd(x + i, part[i] + ((own && i >= r0 && i < r1) ? own[i] : 0.f));
 #endif
 }
 
@@ -63,14 +61,13 @@ __device__ __forceinline__ float block_sum(const Ctx& c, float v) {
     return t;
 }
 
-// smem().x <- x (the XC copies of residual buffer xg summed, or the bf16 embedding row `emb` when set). Without
-// MK_CHAIN & 8: smem().acts <- RMSNorm(x) * w1p, returns 1. With it: smem().acts <- x * w1p, returns the rstd that the
-// matvec applies to its activation registers (act_regs): one block barrier, not three. The norm weights are loaded
-// before x with MK_HOIST & 2.
-__device__ __forceinline__ float load_x_norm(Ctx& c, const float* xg, const unsigned short* emb, const float* w1p) {
+// smem().x <- x (the XC copies of residual buffer xg summed, or the bf16 embedding row `emb` when set);
+// smem().acts <- RMSNorm(x) * w1p. The weights are loaded first: after the wait for x they would be a round trip more
+// on the chain (NOTES.md v19).
+__device__ __forceinline__ void load_x_norm(Ctx& c, const float* xg, const unsigned short* emb, const float* w1p) {
     float v[3], wv[3], ss = 0.f;
 #pragma unroll
-    for (int k = 0; k < 3; ++k) wv[k] = ((MK_HOIST & 2) && c.tid + k * NCT < H) ? w1p[c.tid + k * NCT] : 0.f;
+    for (int k = 0; k < 3; ++k) wv[k] = c.tid + k * NCT < H ? w1p[c.tid + k * NCT] : 0.f;
     pause_set(PAUSE_X_LOAD, true);
 #pragma unroll
     for (int k = 0; k < 3; ++k) {
@@ -88,44 +85,15 @@ __device__ __forceinline__ float load_x_norm(Ctx& c, const float* xg, const unsi
         ss = fmaf(v[k], v[k], ss);
     }
 #pragma unroll
-    for (int k = 0; k < 3; ++k) {
-        const int i = c.tid + k * NCT;
-        if (i < H) {
-            smem().x[i] = v[k];
-            if (MK_CHAIN & 8) smem().acts[i] = v[k] * ((MK_HOIST & 2) ? wv[k] : w1p[i]);
-        }
-    }
-    if (MK_CHAIN & 8) {
-        // red is written again only by the next prologue (or the LM head's bounds), after a grid barrier's block
-        // barrier that every thread passes once it has read it here
-        ss = warp_sum(ss);
-        if (c.lane == 0) smem().red[c.warp] = ss;
-        cbar();
-        float t = 0.f;
-#pragma unroll
-        for (int i = 0; i < NCW; ++i) t += smem().red[i];
-        pause_set(PAUSE_X_LOAD, false);  // (every x load has returned)
-        return rsqrtf(t * (1.0f / H) + EPS);
-    }
+    for (int k = 0; k < 3; ++k)
+        if (c.tid + k * NCT < H) smem().x[c.tid + k * NCT] = v[k];
     ss = block_sum(c, ss);
     pause_set(PAUSE_X_LOAD, false);  // (every x load has returned)
     const float r = rsqrtf(ss * (1.0f / H) + EPS);
 #pragma unroll
-    for (int k = 0; k < 3; ++k) {
-        const int i = c.tid + k * NCT;
-        if (i < H) smem().acts[i] = v[k] * r * ((MK_HOIST & 2) ? wv[k] : w1p[i]);
-    }
+    for (int k = 0; k < 3; ++k)
+        if (c.tid + k * NCT < H) smem().acts[c.tid + k * NCT] = v[k] * r * wv[k];
     cbar();
-    return 1.f;
-}
-
-// A lane's 32 activations (load_act_regs) times load_x_norm's scale.
-__device__ __forceinline__ void act_regs(float a[32], int lane, float scale) {
-    load_act_regs(a, smem().acts, lane);
-    if (MK_CHAIN & 8) {
-#pragma unroll
-        for (int k = 0; k < 32; ++k) a[k] *= scale;
-    }
 }
 
 }  // namespace mk

@@ -11,17 +11,13 @@ namespace mk {
 
 __device__ __forceinline__ void o_proj(Ctx& c, const LuceMkParams& P, int s, int l, float* xn) {
     float* acts = smem().acts;
-    if (MK_HOIST & 16) {  // every load in flight at once
-        constexpr int N = (NQH * HD + NCT - 1) / NCT;
-        float v[N];
+    constexpr int N = (NQH * HD + NCT - 1) / NCT;  // every load in flight at once (NOTES.md v20)
+    float v[N];
 #pragma unroll
-        for (int k = 0; k < N; ++k) v[k] = c.tid + k * NCT < NQH * HD ? __ldcg(&scratch(P).aout[c.tid + k * NCT]) : 0.f;
+    for (int k = 0; k < N; ++k) v[k] = c.tid + k * NCT < NQH * HD ? __ldcg(&scratch(P).aout[c.tid + k * NCT]) : 0.f;
 #pragma unroll
-        for (int k = 0; k < N; ++k)
-            if (c.tid + k * NCT < NQH * HD) acts[c.tid + k * NCT] = v[k];
-    } else {
-        for (int i = c.tid; i < NQH * HD; i += NCT) acts[i] = __ldcg(&scratch(P).aout[i]);
-    }
+    for (int k = 0; k < N; ++k)
+        if (c.tid + k * NCT < NQH * HD) acts[c.tid + k * NCT] = v[k];
     cbar();
     trace_pt(c, P, s, TR_L * l + TR_O_READY);
     consume(c, layer_phase(P.wblob, l, 1), [&](int r, const char* row) {

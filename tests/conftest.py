@@ -55,7 +55,6 @@ KERNEL_OPTION_SETS = {
     "gdn-f32-cuda-cores": {"MK_PF_GDN_TC": 0},
     "prefill-own-gemm": {"MK_PF_CUBLAS": 0},
     "wk-half": {"MK_PF_WK_HALF": 1},
-    "v17-order": {"MK_HOIST": 0, "MK_CHAIN": 0},  # v17's chain (the v19/v20 candidates' screens, cuda/NOTES.md)
 }
 
 # Run-time tune settings (luce_bench/kernels/tune.py) other than the measured defaults: the GPU tests run each on the
