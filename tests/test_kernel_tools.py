@@ -6,6 +6,7 @@ backend's way around a device that cannot run the kernel prefill.
 
 from __future__ import annotations
 
+import json
 import types
 from pathlib import Path
 
@@ -481,3 +482,80 @@ def test_trace_analysis_follows_the_gdn_mixer_skew_to_where_it_grew():
     assert path["mixer done"]["slowest_minus_median"] == pytest.approx(1.75)  # median of 7, 7.5, 9, 7 is 7.25
     assert path["mixer done"]["last_block_late_by"] == pytest.approx(1.75)
     assert a["last_blocks_mixer"] == [(1, 18 * 2)]  # every GDN layer of the 2 analysed steps
+
+
+def test_trace_analysis_follows_the_mlp_barrier_skew_to_where_it_grew():
+    """Block 2 is 1 us late at its MLP prologue, 2 at gate/up and 3 at the arrival (down done), in every layer."""
+    t, tp = _synthetic_trace()
+    for layer in range(24):
+        base = layer * tp["TR_L"]
+        t[:, base + tp["TR_MLP_X_READY"], 2] += 1.0
+        t[:, base + tp["TR_GATE_UP_DONE"], 2] += 2.0  # (the synthetic trace has it 3 us late at down done already)
+    a = trace.analyse(t, tp)
+    path = a["p4_skew_path_us"]
+    assert list(path) == ["barrier before the MLP passed", "MLP x ready", "gate/up done", "down done (arrival)"]
+    for name, late in zip(path, (0.0, 1.0, 2.0, 3.0), strict=True):  # median of 4 blocks, one late: the others
+        assert path[name] == {"slowest_minus_median": pytest.approx(late), "last_block_late_by": pytest.approx(late)}
+    assert a["last_blocks"] == [(2, 24 * 2)]  # every layer, GDN and attention, of the 2 analysed steps
+
+
+def test_trace_raw_timestamps_round_trip(tmp_path):
+    t, tp = _synthetic_trace()
+    out = tmp_path / "trace.npz"
+    trace.save_raw(out, t, tp, {"seed": 7, "gpu": "test"})
+    assert [p.name for p in tmp_path.iterdir()] == ["trace.npz"]  # no partial file left beside it
+    with np.load(out) as z:
+        np.testing.assert_array_equal(z["t_us"], t)  # NaN where block 3 has no item, kept
+        assert dict(zip(z["point_names"].tolist(), z["point_values"].tolist(), strict=True)) == tp
+        assert json.loads(str(z["meta_json"])) == {"gpu": "test", "seed": 7}
+
+
+@pytest.mark.tries("fault", "disk full while writing a kernel trace's raw timestamps")
+def test_trace_raw_write_failure_leaves_nothing(tmp_path, monkeypatch):
+    t, tp = _synthetic_trace()
+
+    def broken(fh, **arrays):
+        fh.write(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez_compressed", broken)
+    with pytest.raises(OSError, match="disk full"):
+        trace.save_raw(tmp_path / "trace.npz", t, tp, {})
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.tries("bad input", "kernel bench / trace: an output file that cannot be written, before any GPU work")
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--raw", "{missing}/t.npz"], "--raw {missing}/t.npz: no directory {missing}"),
+        (["--json", "{dir}"], "--json {dir}: is a directory"),
+    ],
+)
+def test_kernel_trace_refuses_an_output_it_cannot_write_before_any_gpu_work(tmp_path, monkeypatch, args, message):
+    from typer.testing import CliRunner
+
+    from luce_bench.cli import app
+
+    def no_run(**kw):
+        raise AssertionError("traced before the output path was checked")
+
+    monkeypatch.setattr(trace, "run", no_run)
+    subs = {"missing": str(tmp_path / "missing"), "dir": str(tmp_path)}
+    r = CliRunner().invoke(app, ["kernel", "trace", *[a.format(**subs) for a in args]])
+    assert r.exit_code == 2 and message.format(**subs) in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.tries("bad input", "kernel bench / trace: an output file that cannot be written, before any GPU work")
+def test_kernel_bench_refuses_a_json_path_it_cannot_write_before_any_gpu_work(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from luce_bench.cli import app
+
+    def no_run(plan, say=print, build_dir=None):
+        raise AssertionError("benchmarked before the output path was checked")
+
+    monkeypatch.setattr(bench, "run", no_run)
+    bad = tmp_path / "missing" / "bench.json"
+    r = CliRunner().invoke(app, ["kernel", "bench", "--json", str(bad)])
+    assert r.exit_code == 2 and f"--json {bad}: no directory" in r.output and "Traceback" not in r.output

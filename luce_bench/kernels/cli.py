@@ -23,6 +23,18 @@ def _options(items: list[str] | None) -> dict[str, int] | None:
     return parse_options(items, "--option") if items else None
 
 
+def _out_file(path: Path | None, flag: str) -> None:
+    """Refuse an output file that cannot be written before any GPU work (its results would be lost after it)."""
+    from luce_bench.errors import UserError
+
+    if path is None:
+        return
+    if path.is_dir():
+        raise UserError(f"{flag} {path}: is a directory; give a file name")
+    if not path.parent.is_dir():
+        raise UserError(f"{flag} {path}: no directory {path.parent}")
+
+
 @app.callback()
 def _group() -> None:
     """Build, benchmark and trace the bundled CUDA decode megakernel."""
@@ -114,6 +126,7 @@ def bench_cmd(
     """Decode speed of the megakernel (tg128 at position 64 and at --long), variants side by side, vs the floor."""
     from luce_bench.kernels import bench
 
+    _out_file(json_out, "--json")
     variants = [bench.parse_variant(v) for v in (variant or ["default"])]
     if len(variants) == 1 and not variants[0].options and variants[0].lib_dir is None:
         from luce_bench.kernels.build import options_from_env
@@ -227,11 +240,22 @@ def trace_cmd(
     option: OptionList = None,
     prebuilt: Annotated[Optional[Path], typer.Option(help="Trace the library built earlier in this directory.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the analysis as JSON here.")] = None,
+    raw: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Also keep the per-block timestamps here (a NumPy .npz: t_us [steps, points, blocks], the point "
+            "names, the run's facts)."
+        ),
+    ] = None,
 ) -> None:
     """Where a decode step's time goes: per-phase medians over blocks, barrier skews, late blocks."""
     from luce_bench.kernels import trace
 
-    r = trace.run(steps=steps, pos=pos, seed=seed, flags=flags, options=_options(option), lib_dir=prebuilt)
+    _out_file(json_out, "--json")
+    _out_file(raw, "--raw")
+    r = trace.run(
+        steps=steps, pos=pos, seed=seed, flags=flags, options=_options(option), lib_dir=prebuilt, raw_path=raw
+    )
     typer.echo(
         f"seed {r['seed']}; {r['gpu']}; tune {r['tune']}; grid {r['grid']}; untraced {r['untraced_us']:.1f} "
         f"us/token, traced {r['traced_us']:.1f} us/token (steps {trace.WARM_STEPS}..{steps - 1} analysed)"
@@ -255,8 +279,9 @@ def trace_cmd(
         "blocks arriving last at the GDN mixer barrier most often: "
         + ", ".join(f"{b} ({n}x)" for b, n in r["last_blocks_mixer"])
     )
-    typer.echo("GDN mixer skew by point, us (slowest block - median | how late the barrier's last block was there):")
-    for name, v in r["gdn_skew_path_us"].items():
-        typer.echo(f"  {name:24s} {v['slowest_minus_median']:6.2f} | {v['last_block_late_by']:6.2f}")
+    for title, key in (("GDN mixer", "gdn_skew_path_us"), ("MLP (P4)", "p4_skew_path_us")):
+        typer.echo(f"{title} skew by point, us (slowest block - median | how late the barrier's last block was there):")
+        for name, v in r[key].items():
+            typer.echo(f"  {name:30s} {v['slowest_minus_median']:6.2f} | {v['last_block_late_by']:6.2f}")
     if json_out:
         json_out.write_text(json.dumps(r, indent=2))

@@ -4,15 +4,17 @@ One launch of `steps` decode steps after a `pos`-token prompt with the trace on:
 %globaltimer at each phase boundary (cuda/mk_trace.cuh names the points; they are read from that header). Per phase,
 the median over blocks, averaged over the steps after the first 4 and summed over the 18 GDN and the 6 attention
 layers; the skew at the grid barriers (slowest block's arrival minus the median block's) and the blocks that arrive
-last most often; and where the GDN mixer barrier's skew grows: at each point of a GDN layer up to the barrier, the
-slowest block's lag behind the median, and how late the block that arrives last at the barrier already was there.
-The trace adds a block barrier per point; the untraced launch time is printed beside it.
+last most often; and where the skews of the GDN mixer barrier and of the MLP (P4) barrier grow: at each point of a
+layer up to the barrier, the slowest block's lag behind the median, and how late the block that arrives last at the
+barrier already was there. The trace adds a block barrier per point; the untraced launch time is printed beside it.
+`save_raw` keeps the per-block timestamps themselves (`kernel trace --raw`) for questions the summary does not answer.
 """
 
 from __future__ import annotations
 
 import collections
 import time
+from pathlib import Path
 from typing import Any
 
 from luce_bench.errors import UserError
@@ -77,6 +79,45 @@ def capture(be: Any, prompt: list[int], steps: int, flags: int = 0) -> tuple[flo
     return plain, traced, t_us
 
 
+def _path_means(path: dict[str, list[tuple[float, float]]]) -> dict[str, dict[str, float]]:
+    import numpy as np
+
+    return {
+        k: {
+            "slowest_minus_median": float(np.mean([a for a, _ in v])),
+            "last_block_late_by": float(np.mean([b for _, b in v])),
+        }
+        for k, v in path.items()
+    }
+
+
+def save_raw(path: Path, t_us: Any, tp: dict[str, int], meta: dict[str, Any]) -> None:
+    """The per-block timestamps as a NumPy archive, written whole or not at all.
+
+    `t_us` [steps, points, grid] in us (NaN: a point the block never reached); point k of layer l is TR_L * l + k, the
+    step's own points follow the 24 layers (cuda/mk_trace.cuh). `point_names` / `point_values` hold the header's enum,
+    `meta_json` the run's facts (seed, GPU, position, tune).
+    """
+    import json
+
+    import numpy as np
+
+    names = sorted(tp, key=lambda n: (tp[n], n))
+    tmp = path.with_name(path.name + ".part")
+    try:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(
+                fh,
+                t_us=np.asarray(t_us, dtype=np.float64),
+                point_names=np.array(names),
+                point_values=np.array([tp[n] for n in names], dtype=np.int64),
+                meta_json=np.array(json.dumps(meta, sort_keys=True)),
+            )
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def analyse(t_us: Any, tp: dict[str, int]) -> dict[str, Any]:
     """Per-segment totals (18 GDN layers, 6 attention layers), attention item details, barrier skews, late blocks."""
     import warnings
@@ -103,7 +144,14 @@ def analyse(t_us: Any, tp: dict[str, int]) -> dict[str, Any]:
         ("item sums of squares", tp["TR_ITEM_SS"]),
         ("mixer done", tp["TR_MIX_DONE"]),
     ]
+    p4_pts = [  # the MLP's points, from the barrier before it (the mixer's, or o_proj's in attention layers)
+        ("barrier before the MLP passed", None),
+        ("MLP x ready", tp["TR_MLP_X_READY"]),
+        ("gate/up done", tp["TR_GATE_UP_DONE"]),
+        ("down done (arrival)", tp["TR_DOWN_DONE"]),
+    ]
     path: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
+    p4_path: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
     last_mixer: collections.Counter = collections.Counter()
     steps = range(WARM_STEPS, steps_n)
     for s in steps:
@@ -133,6 +181,11 @@ def analyse(t_us: Any, tp: dict[str, int]) -> dict[str, Any]:
                     arr = t[base + k]
                     m = np.nanmedian(arr)
                     path[name].append((float(np.nanmax(arr) - m), float(arr[lb] - m)))
+            lb4 = int(np.nanargmax(t[base + tp["TR_DOWN_DONE"]]))  # the MLP barrier's skew, point by point
+            for name, k in p4_pts:
+                arr = t[base + (k if k is not None else tp["TR_ITEM_SS"] if fa else tp["TR_MIX_SYNC"])]
+                m = np.nanmedian(arr)
+                p4_path[name].append((float(np.nanmax(arr) - m), float(arr[lb4] - m)))
             for name, k in (("mixer", tp["TR_MIX_DONE"]), ("P3", tp["TR_ITEM_IN"]), ("P4", tp["TR_DOWN_DONE"])):
                 if name == "P3" and not fa:
                     continue
@@ -150,13 +203,8 @@ def analyse(t_us: Any, tp: dict[str, int]) -> dict[str, Any]:
         "attention_items": {k: float(np.mean(v)) for k, v in detail.items()},
         "skew_us": {k: {"mean": float(np.mean(v)), "max": float(np.max(v))} for k, v in skew.items()},
         "last_blocks": last.most_common(8),
-        "gdn_skew_path_us": {
-            k: {
-                "slowest_minus_median": float(np.mean([a for a, _ in v])),
-                "last_block_late_by": float(np.mean([b for _, b in v])),
-            }
-            for k, v in path.items()
-        },
+        "gdn_skew_path_us": _path_means(path),
+        "p4_skew_path_us": _path_means(p4_path),
         "last_blocks_mixer": last_mixer.most_common(8),
         "step_us": step_us,
     }
@@ -169,11 +217,13 @@ def run(
     flags: int = 0,
     options: dict[str, int] | None = None,
     lib_dir: Any = None,
+    raw_path: Path | None = None,
 ) -> dict[str, Any]:
     """Trace one build on random weights and return the analysis.
 
     `options`: build options (default: $LUCE_BENCH_KERNEL_OPTIONS); `lib_dir`: a prebuilt library instead. The
-    run-time tune is the GPU's (kernels/tune.py; $LUCE_BENCH_KERNEL_TUNE changes fields).
+    run-time tune is the GPU's (kernels/tune.py; $LUCE_BENCH_KERNEL_TUNE changes fields). `raw_path`: also keep the
+    per-block timestamps there (save_raw).
     """
     import torch
 
@@ -189,7 +239,8 @@ def run(
     )
     prompt = torch.randint(0, 248320, (pos,), generator=torch.Generator().manual_seed(seed + 2)).tolist()
     plain, traced, t_us = capture(be, prompt, steps, flags)
-    out = analyse(t_us, trace_points())
+    tp = trace_points()
+    out = analyse(t_us, tp)
     out.update(
         seed=seed,
         gpu=torch.cuda.get_device_name(),
@@ -201,4 +252,7 @@ def run(
         flags=flags,
         tune=be.tune.as_dict() if be.tune is not None else None,  # None: a library from before the run-time tune
     )
+    if raw_path is not None:
+        meta = {k: out[k] for k in ("seed", "gpu", "grid", "untraced_us", "traced_us", "steps", "pos", "flags", "tune")}
+        save_raw(raw_path, t_us, tp, meta)
     return out

@@ -65,8 +65,10 @@ def test_kernel_trace_cli(tmp_path):
 
     from luce_bench.cli import app
 
-    out = tmp_path / "trace.json"
-    r = CliRunner().invoke(app, ["kernel", "trace", "--steps", "8", "--seed", "3", "--json", str(out)])
+    out, raw = tmp_path / "trace.json", tmp_path / "trace.npz"
+    r = CliRunner().invoke(
+        app, ["kernel", "trace", "--steps", "8", "--seed", "3", "--json", str(out), "--raw", str(raw)]
+    )
     assert r.exit_code == 0, r.output
     t = json.loads(out.read_text())
     total = sum(v["gdn_us"] + v["attn_us"] for v in t["segments"].values())
@@ -76,3 +78,11 @@ def test_kernel_trace_cli(tmp_path):
     path = t["gdn_skew_path_us"]  # the GDN mixer barrier's skew, point by point up to the arrival
     assert list(path)[-1] == "mixer done" and path["mixer done"]["slowest_minus_median"] >= 0
     assert "GDN mixer skew by point" in r.output and t["last_blocks_mixer"]
+    p4 = t["p4_skew_path_us"]  # the same for the MLP barrier, from the barrier before it
+    assert list(p4)[-1] == "down done (arrival)" and "MLP (P4) skew by point" in r.output
+    import numpy as np
+
+    with np.load(raw) as z:  # the per-block timestamps behind the summary
+        tr_l = dict(zip(z["point_names"].tolist(), z["point_values"].tolist(), strict=True))["TR_L"]
+        assert z["t_us"].shape == (8, 24 * tr_l + 4, t["grid"])
+        assert json.loads(str(z["meta_json"]))["seed"] == 3
