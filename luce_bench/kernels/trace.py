@@ -102,20 +102,17 @@ def save_raw(path: Path, t_us: Any, tp: dict[str, int], meta: dict[str, Any]) ->
 
     import numpy as np
 
+    from luce_bench.files import atomic_path
+
     names = sorted(tp, key=lambda n: (tp[n], n))
-    tmp = path.with_name(path.name + ".part")
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(
-                fh,
-                t_us=np.asarray(t_us, dtype=np.float64),
-                point_names=np.array(names),
-                point_values=np.array([tp[n] for n in names], dtype=np.int64),
-                meta_json=np.array(json.dumps(meta, sort_keys=True)),
-            )
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(
+            fh,
+            t_us=np.asarray(t_us, dtype=np.float64),
+            point_names=np.array(names),
+            point_values=np.array([tp[n] for n in names], dtype=np.int64),
+            meta_json=np.array(json.dumps(meta, sort_keys=True)),
+        )
 
 
 def analyse(t_us: Any, tp: dict[str, int]) -> dict[str, Any]:
@@ -144,7 +141,7 @@ def analyse(t_us: Any, tp: dict[str, int]) -> dict[str, Any]:
         ("item sums of squares", tp["TR_ITEM_SS"]),
         ("mixer done", tp["TR_MIX_DONE"]),
     ]
-    p4_pts = [  # the MLP's points, from the barrier before it (the mixer's, or o_proj's in attention layers)
+    p4_pts = [  # the MLP's points, from the barrier before it (None: the layer's, set per layer)
         ("barrier before the MLP passed", None),
         ("MLP x ready", tp["TR_MLP_X_READY"]),
         ("gate/up done", tp["TR_GATE_UP_DONE"]),
@@ -182,8 +179,10 @@ def analyse(t_us: Any, tp: dict[str, int]) -> dict[str, Any]:
                     m = np.nanmedian(arr)
                     path[name].append((float(np.nanmax(arr) - m), float(arr[lb] - m)))
             lb4 = int(np.nanargmax(t[base + tp["TR_DOWN_DONE"]]))  # the MLP barrier's skew, point by point
+            last[lb4] += 1
+            before = tp["TR_ITEM_SS"] if fa else tp["TR_MIX_SYNC"]  # (o_proj's barrier in attention layers)
             for name, k in p4_pts:
-                arr = t[base + (k if k is not None else tp["TR_ITEM_SS"] if fa else tp["TR_MIX_SYNC"])]
+                arr = t[base + (before if k is None else k)]
                 m = np.nanmedian(arr)
                 p4_path[name].append((float(np.nanmax(arr) - m), float(arr[lb4] - m)))
             for name, k in (("mixer", tp["TR_MIX_DONE"]), ("P3", tp["TR_ITEM_IN"]), ("P4", tp["TR_DOWN_DONE"])):
@@ -191,8 +190,6 @@ def analyse(t_us: Any, tp: dict[str, int]) -> dict[str, Any]:
                     continue
                 arr = t[base + k]
                 skew[name].append(float(np.nanmax(arr) - np.nanmedian(arr)))
-                if name == "P4":
-                    last[int(np.nanargmax(arr))] += 1
             prev = med[base + tp["TR_MLP_SYNC"]]
         for name, a, b in (("LM prologue", None, 1), ("LM head + argmax", 1, 2), ("LM barrier", 2, 3)):
             start = prev if a is None else med[step0 + a]
