@@ -86,13 +86,20 @@ __device__ __forceinline__ void attn_merge_head(Ctx& c, const LuceMkParams& P, i
     Scratch& S = scratch(P);
     const int t = c.tid;
     const bool nowait = (P.debug_flags & (LUCE_MK_DEBUG_NO_MATH | LUCE_MK_DEBUG_NO_BARRIERS)) != 0;
-    const float gate = t < HD ? poll_tag(S.raw + FA_GROWS * g + 2 * HD * hh + HD + t, ep, nowait) : 0.f;
+    // the partials first (the count's acquire made them visible), then the gate's poll: in the other order the
+    // poll's asm barrier held them back a round trip
     float av[ATT_MAXCH];
 #pragma unroll
     for (int k = 0; k < ATT_MAXCH; ++k) av[k] = (t < HD && k < used) ? __ldcg(&S.apart[g][k][hh][t]) : 0.f;
+    float cm = 0.f, cl = 0.f;
     if (t < used) {
-        w.cm[t] = __ldcg(&S.aml[g][t][hh][0]);
-        w.cl[t] = __ldcg(&S.aml[g][t][hh][1]);
+        cm = __ldcg(&S.aml[g][t][hh][0]);
+        cl = __ldcg(&S.aml[g][t][hh][1]);
+    }
+    const float gate = t < HD ? poll_tag(S.raw + FA_GROWS * g + 2 * HD * hh + HD + t, ep, nowait) : 0.f;
+    if (t < used) {
+        w.cm[t] = cm;
+        w.cl[t] = cl;
     }
     cbar();
     if (t < HD) {

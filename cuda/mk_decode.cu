@@ -37,13 +37,16 @@ __device__ __forceinline__ void sync_all(Ctx& c, const LuceMkParams& P) {
 __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
     const int pos = P.pos + s;
     trace_pt(c, P, s, TR_STEP);
+    // every prologue's norm weights are loaded before the barrier that precedes it (mk_norm.cuh, norm_weights)
+    NormW wn = norm_weights(c, ln1_w(P, 0));
     for (int l = 0; l < NL; ++l) {
         const unsigned ep = layer_epoch(P, s, l);
         float* xmix = xbuf(P, 2 * l + 1);  // the mixer's output residual buffer
-        in_proj(c, P, s, l, tok, ep);
+        in_proj(c, P, s, l, tok, ep, wn);
         if (is_fa(l)) attn_mix(c, P, l, pos, ep);
         else gdn_mix(c, P, l, pos, ep, xmix);
         trace_done(c, P, s, TR_L * l + TR_MIX_DONE);
+        if (!is_fa(l)) wn = norm_weights(c, ln2_w(P, l));
         sync_all(c, P);
         trace_pt(c, P, s, TR_L * l + TR_MIX_SYNC);
         if (l == 0 && c.b == 0 && c.tid == 0) P.best[(pos + 1) & 1] = 0ull;  // the next step's argmax slot
@@ -52,14 +55,16 @@ __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
         if (c.b == 0 && c.tid < NQH && !(P.debug_flags & LUCE_MK_DEBUG_NO_BARRIERS)) __stcg(&scratch(P).done[c.tid][0], 0u);
         if (is_fa(l)) {
             o_proj(c, P, s, l, xmix);
+            wn = norm_weights(c, ln2_w(P, l));
             sync_all(c, P);
             trace_pt(c, P, s, TR_L * l + TR_O_SYNC);
         }
-        mlp(c, P, s, l);
+        mlp(c, P, s, l, wn);
+        wn = norm_weights(c, l + 1 < NL ? ln1_w(P, l + 1) : final_norm_w(P));
         sync_all(c, P);
         trace_pt(c, P, s, TR_L * l + TR_MLP_SYNC);
     }
-    lm_head(c, P, s);
+    lm_head(c, P, s, wn);
     sync_all(c, P);
     trace_pt(c, P, s, TR_STEP + 3);
     tok = unpack_token(__ldcg(P.best + (pos & 1)));

@@ -86,9 +86,11 @@ __device__ __forceinline__ unsigned long long lm_screened_best(Ctx& c, const Luc
     return bi == 0x7fffffff ? 0ull : pack_best(bv, bi);
 }
 
-__device__ __forceinline__ void lm_head(Ctx& c, const LuceMkParams& P, int s) {
+// `wn`: the final norm weights (norm_weights of final_norm_w(P)), loaded before the barrier that precedes it.
+__device__ __forceinline__ const float* final_norm_w(const LuceMkParams& P) { return P.sblob + (long long)NL * SP; }
+__device__ __forceinline__ void lm_head(Ctx& c, const LuceMkParams& P, int s, const NormW& wn) {
     const int pos = P.pos + s;
-    load_x_norm(c, xbuf(P, 2 * NL), nullptr, P.sblob + (long long)NL * SP);
+    load_x_norm(c, xbuf(P, 2 * NL), nullptr, wn);
     trace_pt(c, P, s, TR_STEP + 1);
     float a[32];
     load_act_regs(a, smem().acts, c.lane);
@@ -101,7 +103,8 @@ __device__ __forceinline__ void lm_head(Ctx& c, const LuceMkParams& P, int s) {
         unsigned long long k = 0;
         for (int r = 0; r < NCW; ++r) k = smem().best[r] > k ? smem().best[r] : k;
         atomicMax(P.best + (pos & 1), k);
-        if (screened && P.lm_rescored) P.lm_rescored[c.b] += smem().rescored;
+        // a reduction, not a load and a store: nothing waits for it (the load was a round trip before the barrier)
+        if (screened && P.lm_rescored) atomicAdd(P.lm_rescored + c.b, smem().rescored);
     }
     trace_pt(c, P, s, TR_STEP + 2);
 }

@@ -9,10 +9,12 @@
 
 namespace mk {
 
-__device__ __forceinline__ void mlp(Ctx& c, const LuceMkParams& P, int s, int l) {
+// `wn`: the post-attention norm weights (norm_weights of ln2_w(P, l)), loaded before the barrier that precedes it.
+__device__ __forceinline__ const float* ln2_w(const LuceMkParams& P, int l) { return P.sblob + (long long)l * SP + SP_LN2; }
+__device__ __forceinline__ void mlp(Ctx& c, const LuceMkParams& P, int s, int l, const NormW& wn) {
     MlpWork& w = smem().w.mlp;
     zero_owned(c, xbuf(P, 2 * l + 3));  // the next layer's mixer target (mk_norm.cuh)
-    load_x_norm(c, xbuf(P, 2 * l + 1), nullptr, P.sblob + (long long)l * SP + SP_LN2);
+    load_x_norm(c, xbuf(P, 2 * l + 1), nullptr, wn);
     trace_pt(c, P, s, TR_L * l + TR_MLP_X_READY);
     const int k0 = split_rows(FF, c.b, c.G);  // first hidden unit of this block
     {

@@ -61,13 +61,22 @@ __device__ __forceinline__ float block_sum(const Ctx& c, float v) {
     return t;
 }
 
-// smem().x <- x (the XC copies of residual buffer xg summed, or the bf16 embedding row `emb` when set);
-// smem().acts <- RMSNorm(x) * w1p. The weights are loaded first: after the wait for x they would be a round trip more
-// on the chain (NOTES.md v19).
-__device__ __forceinline__ void load_x_norm(Ctx& c, const float* xg, const unsigned short* emb, const float* w1p) {
-    float v[3], wv[3], ss = 0.f;
+// This thread's RMSNorm weights w1p[tid + k * NCT], for the next load_x_norm: the caller issues these loads before
+// the grid barrier that precedes the prologue, so they are not on the chain after it (NOTES.md v19, v21).
+struct NormW {
+    float v[3];
+};
+__device__ __forceinline__ NormW norm_weights(const Ctx& c, const float* w1p) {
+    NormW w;
 #pragma unroll
-    for (int k = 0; k < 3; ++k) wv[k] = c.tid + k * NCT < H ? w1p[c.tid + k * NCT] : 0.f;
+    for (int k = 0; k < 3; ++k) w.v[k] = c.tid + k * NCT < H ? w1p[c.tid + k * NCT] : 0.f;
+    return w;
+}
+
+// smem().x <- x (the XC copies of residual buffer xg summed, or the bf16 embedding row `emb` when set);
+// smem().acts <- RMSNorm(x) * w (norm_weights).
+__device__ __forceinline__ void load_x_norm(Ctx& c, const float* xg, const unsigned short* emb, const NormW& w) {
+    float v[3], ss = 0.f;
     pause_set(PAUSE_X_LOAD, true);
 #pragma unroll
     for (int k = 0; k < 3; ++k) {
@@ -92,7 +101,7 @@ __device__ __forceinline__ void load_x_norm(Ctx& c, const float* xg, const unsig
     const float r = rsqrtf(ss * (1.0f / H) + EPS);
 #pragma unroll
     for (int k = 0; k < 3; ++k)
-        if (c.tid + k * NCT < H) smem().acts[c.tid + k * NCT] = v[k] * r * wv[k];
+        if (c.tid + k * NCT < H) smem().acts[c.tid + k * NCT] = v[k] * r * w.v[k];
     cbar();
 }
 
