@@ -43,15 +43,19 @@ __device__ __forceinline__ void gdn_inputs(Ctx& c, const LuceMkParams& P, int l,
         hv = __ldcg((const float4*)(hist + ch * 4));
         wc = *(const float4*)(sp + SP_CONV + ch * 4);
     }
-    if (t == 290) w.sc[6] = sp[SP_DTB + h];
-    else if (t == 291) w.sc[7] = sp[SP_NEGA + h];
-    else if (t >= 292 && t < 292 + SLV) w.gnw[t - 292] = sp[SP_GNW + j * SLV + (t - 292)];
+    // (kept in a register until after warp 9's wait: a store right after the load would hold the warp's lane 0, which
+    // polls, a round trip)
+    const float pv = t == 290 ? sp[SP_DTB + h] : t == 291 ? sp[SP_NEGA + h]
+                   : (t >= 292 && t < 292 + SLV) ? sp[SP_GNW + j * SLV + (t - 292)] : 0.f;
     float cur = 0.f;
     if (c.warp < 10) lead_wait_tag(raw + rix, ep, nowait, t < 290);
     if (t < 290) cur = poll_tag(raw + rix, ep, nowait);
     if (t == 272) w.sc[4] = cur;
     else if (t == 273) w.sc[5] = cur;
     else if (t >= 274 && t < 290) w.z[t - 274] = cur;
+    else if (t == 290) w.sc[6] = pv;
+    else if (t == 291) w.sc[7] = pv;
+    else if (t >= 292 && t < 292 + SLV) w.gnw[t - 292] = pv;
     if (t < 272) {
         float acc = wc.w * cur;
         acc = fmaf(wc.z, sel4(hv, (pos - 1) & 3), acc);
