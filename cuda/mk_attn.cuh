@@ -19,9 +19,13 @@ namespace mk {
 __device__ __forceinline__ int att_chunks(int pos) { return min(ATT_MAXCH, (pos + ATT_CHUNK) / ATT_CHUNK); }
 __device__ __forceinline__ int att_items(int pos) { return NKV * QPG * att_chunks(pos); }
 
-// Merge the 15 warps' (m, ls, acc) through smem().acts: threads < 256 write the chunk's unnormalised output to
-// part[t], thread 0 (max, sum) to ml[0..1]. Ends with a block barrier.
-__device__ __forceinline__ void merge_warps(const Ctx& c, float m, float ls, const float acc[8], float* part, float* ml) {
+// A chunk's merged (max, sum, unnormalised output); threads < HD hold all three (their own dimension's output).
+struct ChunkPart {
+    float m, l, a;
+};
+
+// Merge the 15 warps' (m, ls, acc) through smem().acts. The caller's block barrier ends the reads of acts.
+__device__ __forceinline__ ChunkPart merge_warps(const Ctx& c, float m, float ls, const float acc[8]) {
     AttnWork& w = smem().w.attn;
     float* wacc = smem().acts;  // [15 warps][256]
     const int t = c.tid;
@@ -32,25 +36,22 @@ __device__ __forceinline__ void merge_warps(const Ctx& c, float m, float ls, con
 #pragma unroll
     for (int e = 0; e < 8; ++e) wacc[c.warp * HD + c.lane * 8 + e] = acc[e];
     cbar();
+    ChunkPart r{0.f, 0.f, 0.f};
     if (t < HD) {
         float M = -INFINITY;
 #pragma unroll
-        for (int r = 0; r < NCW; ++r) M = fmaxf(M, w.wm[r]);
+        for (int k = 0; k < NCW; ++k) M = fmaxf(M, w.wm[k]);
         if (M == -INFINITY) M = 0.f;
         float L = 0.f, A = 0.f;
 #pragma unroll
-        for (int r = 0; r < NCW; ++r) {
-            const float f = expf(w.wm[r] - M);
-            L = fmaf(w.wl[r], f, L);
-            A = fmaf(wacc[r * HD + t], f, A);
+        for (int k = 0; k < NCW; ++k) {
+            const float f = expf(w.wm[k] - M);
+            L = fmaf(w.wl[k], f, L);
+            A = fmaf(wacc[k * HD + t], f, A);
         }
-        part[t] = A;
-        if (t == 0) {
-            ml[0] = M;
-            ml[1] = L;
-        }
+        r = ChunkPart{M, L, A};
     }
-    cbar();
+    return r;
 }
 
 // Warps 0-2 poll the query head's, the key's and the value's 256 tagged outputs; q and k are RMS-normalised
@@ -115,6 +116,51 @@ __device__ __forceinline__ void attn_merge_head(Ctx& c, const LuceMkParams& P, i
         __stcg(&S.aout[(g * QPG + hh) * HD + t], (A / L) * sigm(gate));
     }
 }
+
+#if MK_ATT_TAGMERGE
+// The head's last chunk item (ci = used - 1) under MK_ATT_TAGMERGE: every chunk item has stored its (max, sum,
+// output) as tagged values; this one polls the used chunks' (its own included: they come back from L2), merges them
+// and applies the sigmoid gate. The 480 threads share the polls (up to 9 partials each, all in flight at once) through
+// smem().acts. Deadlock-free where a block runs several items: an item waits only for items of smaller index, which
+// every block runs before its larger ones.
+__device__ __forceinline__ void attn_merge_tagged(Ctx& c, const LuceMkParams& P, int g, int hh, int used, unsigned ep) {
+    AttnWork& w = smem().w.attn;
+    Scratch& S = scratch(P);
+    float* pv = smem().acts;  // [chunk][HD]
+    const int t = c.tid;
+    const bool nowait = (P.debug_flags & (LUCE_MK_DEBUG_NO_MATH | LUCE_MK_DEBUG_NO_BARRIERS)) != 0;
+    constexpr int NPER = (ATT_MAXCH * HD + NCT - 1) / NCT;
+    const int np = used * HD;
+    const u64* src = &S.atag[g][hh][0][0] + t;  // element t + i * NCT of the head's [chunk][HD]
+    const u64* mls = &S.amltag[g][hh][0][0] + t;
+    u64 wv[NPER];
+#pragma unroll
+    for (int i = 0; i < NPER; ++i) wv[i] = t + i * NCT < np ? ld_gpu(src + i * NCT) : 0ull;
+    const u64 wml = t < 2 * used ? ld_gpu(mls) : 0ull;
+    const u64 wg = t < HD ? ld_gpu(S.raw + FA_GROWS * g + 2 * HD * hh + HD + t) : 0ull;
+#pragma unroll
+    for (int i = 0; i < NPER; ++i)
+        if (t + i * NCT < np) pv[t + i * NCT] = poll_tag_w(src + i * NCT, wv[i], ep, nowait);
+    if (t < 2 * used) {
+        const float v = poll_tag_w(mls, wml, ep, nowait);
+        if (t & 1) w.cl[t >> 1] = v;
+        else w.cm[t >> 1] = v;
+    }
+    const float gate = t < HD ? poll_tag_w(S.raw + FA_GROWS * g + 2 * HD * hh + HD + t, wg, ep, nowait) : 0.f;
+    cbar();
+    if (t < HD) {
+        float M = -INFINITY;
+        for (int k = 0; k < used; ++k) M = fmaxf(M, w.cm[k]);
+        float L = 0.f, A = 0.f;
+        for (int k = 0; k < used; ++k) {
+            const float f = expf(w.cm[k] - M);
+            L = fmaf(w.cl[k], f, L);
+            A = fmaf(pv[k * HD + t], f, A);
+        }
+        __stcg(&S.aout[(g * QPG + hh) * HD + t], (A / L) * sigm(gate));
+    }
+}
+#endif
 
 // This lane's 8 values of a K or V row: the current position's from shared memory (`cur`, as the cache gets them),
 // any other position's from its loaded bf16 row.
@@ -200,12 +246,28 @@ __device__ __forceinline__ void attn_item(Ctx& c, const LuceMkParams& P, int l, 
         }
         m = mn;
     }
-    merge_warps(c, m, ls, acc, S.apart[g][ci][hh], S.aml[g][ci][hh]);
-    // the last of the head's chunk items to finish (acq_rel count) merges all of them
+    const ChunkPart r = merge_warps(c, m, ls, acc);
     const int used = (n + per - 1) / per;
+#if MK_ATT_TAGMERGE
+    if (t < HD) {
+        st_tag(&S.atag[g][hh][ci][t], ep, r.a);
+        if (t < 2) st_tag(&S.amltag[g][hh][ci][t], ep, t == 0 ? r.m : r.l);
+    }
+    if (ci == used - 1) {  // (block-uniform)
+        cbar();
+        attn_merge_tagged(c, P, g, hh, used, ep);
+    }
+#else
+    if (t < HD) {
+        S.apart[g][ci][hh][t] = r.a;
+        if (t < 2) S.aml[g][ci][hh][t] = t == 0 ? r.m : r.l;
+    }
+    cbar();
+    // the last of the head's chunk items to finish (acq_rel count) merges all of them
     if (t == 0) w.last = atom_add_acq_rel(&S.done[g * QPG + hh][0], 1u) == (unsigned)(used - 1);
     cbar();
     if (*(volatile int*)&w.last) attn_merge_head(c, P, g, hh, used, ep);  // (block-uniform)
+#endif
 }
 
 // P2 of attention layer l: the block's items b, b + G, ...
