@@ -61,10 +61,10 @@
 #define MK_PF_WK_HALF 0
 #endif
 #ifndef MK_ATT_TAGMERGE
-#define MK_ATT_TAGMERGE 0
+#define MK_ATT_TAGMERGE 1
 #endif
 #ifndef MK_ATT_CHUNK
-#define MK_ATT_CHUNK 16
+#define MK_ATT_CHUNK 30
 #endif
 #ifndef MK_SPIN_LIMIT_NS
 #define MK_SPIN_LIMIT_NS 20000000000ull

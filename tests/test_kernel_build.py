@@ -277,8 +277,8 @@ def test_build_options_are_read_from_the_header():
         "MK_PF_CUBLAS": "1",
         "MK_PF_GDN_TC": "1",
         "MK_PF_WK_HALF": "0",
-        "MK_ATT_TAGMERGE": "0",
-        "MK_ATT_CHUNK": "16",
+        "MK_ATT_TAGMERGE": "1",
+        "MK_ATT_CHUNK": "30",
         "MK_SPIN_LIMIT_NS": "20000000000ull",
     }
 
