@@ -1,12 +1,13 @@
 // mk_attn.cuh -- P2 of a gated attention layer: one work item per (KV group g, query head hh of the group, sequence
 // chunk ci), <= 128 per layer. An item RMS-normalises and rotates (partial RoPE) its query head and the group's key,
 // appends k and v to the cache (the hh == 0 item of the last chunk), runs an online softmax over its chunk's positions
-// (warps stride over positions) and writes the chunk's (max, sum, unnormalised output); the last chunk item of each
-// query head to finish merges the head's chunks and applies the sigmoid output gate.
-// Waits for: the group's qkv outputs (tagged, epoch ep). Every item takes the current position's k and v from shared
-// memory (the values the cache gets), so no item reads a cache row another block is writing.
-// Publishes: scratch().apart / aml per chunk; scratch().aout, the merged gated output (complete after the mixer
-// barrier); scratch().done counts the head's finished chunks (reset after the barrier).
+// (warps stride over positions) and stores the chunk's (max, sum, unnormalised output) as tagged values; the head's
+// last chunk item polls them, merges the head's chunks and applies the sigmoid output gate.
+// Waits for: the group's qkv outputs (tagged, epoch ep); the last chunk item, for the head's chunk partials (tagged).
+// Every item takes the current position's k and v from shared memory (the values the cache gets), so no item reads a
+// cache row another block is writing.
+// Publishes: scratch().atag / amltag per chunk (tagged); scratch().aout, the merged gated output (complete after the
+// mixer barrier).
 #pragma once
 #include "mk_attn_math.cuh"
 #include "mk_norm.cuh"
@@ -14,8 +15,9 @@
 
 namespace mk {
 
-// Sequence chunks per query head for pos + 1 cached positions, ceil(n / nch) positions each. The last chunks can be
-// empty (e.g. n = 257: 16 chunks of 17); their items return at once and the merge skips them.
+// Sequence chunks per query head for pos + 1 cached positions, ceil(n / nch) positions each (at most ATT_CHUNK below
+// 16 chunks). A chunk that would start past the last position has no work: its item returns at once and the merge
+// counts only the `used` ones (with ATT_CHUNK = 30 none is empty up to 300,000 positions; the guard stays).
 __device__ __forceinline__ int att_chunks(int pos) { return min(ATT_MAXCH, (pos + ATT_CHUNK) / ATT_CHUNK); }
 __device__ __forceinline__ int att_items(int pos) { return NKV * QPG * att_chunks(pos); }
 
@@ -81,52 +83,16 @@ __device__ __forceinline__ void attn_inputs(Ctx& c, const LuceMkParams& P, int l
     cbar();
 }
 
-// The last chunk item of query head (g, hh): merge the `used` chunks' partials, apply the sigmoid gate, store aout.
-__device__ __forceinline__ void attn_merge_head(Ctx& c, const LuceMkParams& P, int g, int hh, int used, unsigned ep) {
-    AttnWork& w = smem().w.attn;
-    Scratch& S = scratch(P);
-    const int t = c.tid;
-    const bool nowait = (P.debug_flags & (LUCE_MK_DEBUG_NO_MATH | LUCE_MK_DEBUG_NO_BARRIERS)) != 0;
-    // the partials first (the count's acquire made them visible), then the gate's poll: in the other order the
-    // poll's asm barrier held them back a round trip
-    float av[ATT_MAXCH];
-#pragma unroll
-    for (int k = 0; k < ATT_MAXCH; ++k) av[k] = (t < HD && k < used) ? __ldcg(&S.apart[g][k][hh][t]) : 0.f;
-    float cm = 0.f, cl = 0.f;
-    if (t < used) {
-        cm = __ldcg(&S.aml[g][t][hh][0]);
-        cl = __ldcg(&S.aml[g][t][hh][1]);
-    }
-    const float gate = t < HD ? poll_tag(S.raw + FA_GROWS * g + 2 * HD * hh + HD + t, ep, nowait) : 0.f;
-    if (t < used) {
-        w.cm[t] = cm;
-        w.cl[t] = cl;
-    }
-    cbar();
-    if (t < HD) {
-        float M = -INFINITY;
-        for (int k = 0; k < used; ++k) M = fmaxf(M, w.cm[k]);
-        float L = 0.f, A = 0.f;
-#pragma unroll
-        for (int k = 0; k < ATT_MAXCH; ++k) {
-            const float f = k < used ? expf(w.cm[k] - M) : 0.f;
-            L = fmaf(k < used ? w.cl[k] : 0.f, f, L);
-            A = fmaf(av[k], f, A);
-        }
-        __stcg(&S.aout[(g * QPG + hh) * HD + t], (A / L) * sigm(gate));
-    }
-}
-
-#if MK_ATT_TAGMERGE
-// The head's last chunk item (ci = used - 1) under MK_ATT_TAGMERGE: every chunk item has stored its (max, sum,
-// output) as tagged values; this one polls the used chunks' (its own included: they come back from L2), merges them
-// and applies the sigmoid gate. The 480 threads share the polls (up to 9 partials each, all in flight at once) through
+// The head's last chunk item (ci = used - 1): every chunk item has stored its (max, sum, output) as tagged values;
+// this one polls the used chunks' (its own included: they come back from L2), merges them and applies the sigmoid
+// gate. No counter, so no release on the chain (NOTES.md v22: an acq_rel count waited for the SM's copy in flight). The 480 threads share the polls (up to 9 partials each, all in flight at once) through
 // smem().acts. Deadlock-free where a block runs several items: an item waits only for items of smaller index, which
 // every block runs before its larger ones.
 __device__ __forceinline__ void attn_merge_tagged(Ctx& c, const LuceMkParams& P, int g, int hh, int used, unsigned ep) {
     AttnWork& w = smem().w.attn;
     Scratch& S = scratch(P);
     float* pv = smem().acts;  // [chunk][HD]
+    static_assert(ATT_MAXCH * HD <= 4096, "acts holds a head's chunk partials");
     const int t = c.tid;
     const bool nowait = (P.debug_flags & (LUCE_MK_DEBUG_NO_MATH | LUCE_MK_DEBUG_NO_BARRIERS)) != 0;
     constexpr int NPER = (ATT_MAXCH * HD + NCT - 1) / NCT;
@@ -160,7 +126,6 @@ __device__ __forceinline__ void attn_merge_tagged(Ctx& c, const LuceMkParams& P,
         __stcg(&S.aout[(g * QPG + hh) * HD + t], (A / L) * sigm(gate));
     }
 }
-#endif
 
 // This lane's 8 values of a K or V row: the current position's from shared memory (`cur`, as the cache gets them),
 // any other position's from its loaded bf16 row.
@@ -248,7 +213,6 @@ __device__ __forceinline__ void attn_item(Ctx& c, const LuceMkParams& P, int l, 
     }
     const ChunkPart r = merge_warps(c, m, ls, acc);
     const int used = (n + per - 1) / per;
-#if MK_ATT_TAGMERGE
     if (t < HD) {
         st_tag(&S.atag[g][hh][ci][t], ep, r.a);
         if (t < 2) st_tag(&S.amltag[g][hh][ci][t], ep, t == 0 ? r.m : r.l);
@@ -257,17 +221,6 @@ __device__ __forceinline__ void attn_item(Ctx& c, const LuceMkParams& P, int l, 
         cbar();
         attn_merge_tagged(c, P, g, hh, used, ep);
     }
-#else
-    if (t < HD) {
-        S.apart[g][ci][hh][t] = r.a;
-        if (t < 2) S.aml[g][ci][hh][t] = t == 0 ? r.m : r.l;
-    }
-    cbar();
-    // the last of the head's chunk items to finish (acq_rel count) merges all of them
-    if (t == 0) w.last = atom_add_acq_rel(&S.done[g * QPG + hh][0], 1u) == (unsigned)(used - 1);
-    cbar();
-    if (*(volatile int*)&w.last) attn_merge_head(c, P, g, hh, used, ep);  // (block-uniform)
-#endif
 }
 
 // P2 of attention layer l: the block's items b, b + G, ...

@@ -24,11 +24,6 @@
 //   MK_PF_WK_HALF     prefill GDN: 1 hands W and Kd from the prep to the state kernel in fp16 (the tf32 products'
 //                     mantissa, half the bytes that each of a head's 8 state blocks reads per chunk), 0 in f32: a
 //                     candidate until measured (NOTES.md, prefill v11)
-//   MK_ATT_TAGMERGE   decode attention: 1 has every chunk item store its partials as tagged values and the head's
-//                     last chunk item poll them (no counter, no release on the chain), 0 the last item to finish
-//                     (acq_rel count) merges: a candidate until screened (NOTES.md v22)
-//   MK_ATT_CHUNK      decode attention: the fewest positions per chunk item (16: one per warp); a candidate until
-//                     screened (NOTES.md v22)
 //   MK_SPIN_LIMIT_NS  watchdog: a spin loop that waits longer traps (the launch fails instead of hanging); raise it
 //                     under compute-sanitizer or a debugger
 #pragma once
@@ -60,12 +55,6 @@
 #ifndef MK_PF_WK_HALF
 #define MK_PF_WK_HALF 0
 #endif
-#ifndef MK_ATT_TAGMERGE
-#define MK_ATT_TAGMERGE 1
-#endif
-#ifndef MK_ATT_CHUNK
-#define MK_ATT_CHUNK 30
-#endif
 #ifndef MK_SPIN_LIMIT_NS
 #define MK_SPIN_LIMIT_NS 20000000000ull
 #endif
@@ -94,12 +83,6 @@
 #if (MK_PF_WK_HALF != 0 && MK_PF_WK_HALF != 1) || (MK_PF_WK_HALF && !MK_PF_GDN_TC)
 #error "MK_PF_WK_HALF must be 0 or 1, and 1 only with MK_PF_GDN_TC=1"
 #endif
-#if MK_ATT_TAGMERGE != 0 && MK_ATT_TAGMERGE != 1
-#error "MK_ATT_TAGMERGE must be 0 or 1"
-#endif
-#if MK_ATT_CHUNK < 16 || MK_ATT_CHUNK > 256
-#error "MK_ATT_CHUNK must be 16 to 256"
-#endif
 #if MK_SPIN_LIMIT_NS < 1000000
 #error "MK_SPIN_LIMIT_NS must be at least 1000000 (1 ms)"
 #endif
@@ -126,10 +109,11 @@ constexpr int SLOT_BYTES = MK_SLOT_KB * 1024;   // ring slot (one bulk copy)
 constexpr int MAX_SLOTS = 6 * 32 / MK_SLOT_KB;  // 192 KB of ring at most
 constexpr int LM_TAIL_ROWS = 192;               // the LM head's last rows per block stream at the layers' cap
 
-constexpr int ATT_CHUNK = MK_ATT_CHUNK;  // min positions per attention work item (16: one per warp)
-constexpr int ATT_MAXCH = 16;    // max sequence chunks per query head (items per layer <= 2 x 4 x 16 = 128)
 constexpr int ATT_BATCH = 2;     // positions per warp whose K/V rows an attention item loads at once (NOTES.md
                                  // v12: a batch of 3 spills on sm_80/86/89, of 4 on sm_90 too)
+constexpr int ATT_CHUNK = NCW * ATT_BATCH;  // min positions per attention work item: one K/V batch per warp (NOTES.md
+                                            // v22: 16, one position per warp, made more chunks to merge)
+constexpr int ATT_MAXCH = 16;    // max sequence chunks per query head (items per layer <= 2 x 4 x 16 = 128)
 
 // Grid barriers per step: after each layer's mixer (24), after each attention layer's o_proj (6), after each MLP
 // (24), after the LM head (1).

@@ -50,9 +50,6 @@ __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
         sync_all(c, P);
         trace_pt(c, P, s, TR_L * l + TR_MIX_SYNC);
         if (l == 0 && c.b == 0 && c.tid == 0) P.best[(pos + 1) & 1] = 0ull;  // the next step's argmax slot
-        // every wait on this layer's attention chunk counters ended before the barrier above; the next increments
-        // come at least two barriers later
-        if (c.b == 0 && c.tid < NQH && !(P.debug_flags & LUCE_MK_DEBUG_NO_BARRIERS)) __stcg(&scratch(P).done[c.tid][0], 0u);
         if (is_fa(l)) {
             o_proj(c, P, s, l, xmix);
             wn = norm_weights(c, ln2_w(P, l));

@@ -47,19 +47,13 @@ constexpr int64_t KV_L = int64_t(NKV) * HD;          // K (or V) cache elements 
 // Tagged values (u64 = epoch << 32 | f32 bits, mk_sync.cuh) are polled by their readers, so they need no flag.
 // The residual stream is three rotating buffers (mk_norm.cuh), each XC copies that the split-K adds spread over.
 constexpr int XC = 4;            // 4 copies: 132 same-address f32 reductions serialise (~17 ns each); 8 cost more loads
-constexpr int CNT_STRIDE = 32;   // one counter per 128-byte line
 struct Scratch {
     u64 raw[GDN_ROWS];                     // P1 outputs (in_proj, or qkv in the first FA_ROWS), tagged
     u64 ss[DH][NSL];                       // GDN gated-norm partial sums of squares per (head, value slice), tagged
     alignas(16) float x[3][XC][H];         // residual stream buffers
-    alignas(16) float apart[NKV][ATT_MAXCH][QPG][HD];  // attention: per-chunk unnormalised outputs
-    float aml[NKV][ATT_MAXCH][QPG][2];     // attention: per-chunk (max, sum)
     alignas(16) float aout[NQH * HD];      // attention: merged, gated output (o_proj input)
-    alignas(128) unsigned done[NQH][CNT_STRIDE];  // attention: chunk items finished per query head (reset each layer)
-#if MK_ATT_TAGMERGE
     u64 atag[NKV][QPG][ATT_MAXCH][HD];     // attention: per-chunk unnormalised outputs, tagged (a head's contiguous)
     u64 amltag[NKV][QPG][ATT_MAXCH][2];    // attention: per-chunk (max, sum), tagged
-#endif
 };
 static_assert(sizeof(Scratch) % 16 == 0, "scratch is a whole number of float4");
 constexpr int64_t SCRATCH_FLOATS = sizeof(Scratch) / 4;
@@ -69,7 +63,6 @@ struct AttnWork {                 // attention item
     alignas(16) float q[HD], k[HD], v[HD];
     float wm[16], wl[16];         // per-warp (max, sum) of the merge
     float cm[ATT_MAXCH], cl[ATT_MAXCH];  // per-chunk (max, sum) of the head merge
-    int last;                     // this item finished its head's chunks last
 };
 struct GdnWork {                  // GDN item
     alignas(16) float q[DK], k[DK];

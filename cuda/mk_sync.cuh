@@ -68,13 +68,6 @@ __device__ __forceinline__ void grid_sync(unsigned* cnt, unsigned target) {
     cbar();
 }
 
-// *cnt += v with acquire-release semantics; returns the old value.
-__device__ __forceinline__ unsigned atom_add_acq_rel(unsigned* cnt, unsigned v) {
-    unsigned old;
-    asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], %2;" : "=r"(old) : "l"(cnt), "r"(v) : "memory");
-    return old;
-}
-
 // ---- tagged values: u64 = (epoch << 32) | f32 bits, written once per epoch by one 64-bit store (single-copy
 // atomic). The reader spins until the tag equals the epoch it needs, and the load that sees it returns the data: one
 // L2 round trip instead of a flag's release + poll + data load. Epochs only grow (the host passes step_base), so
