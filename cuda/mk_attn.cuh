@@ -17,7 +17,8 @@ namespace mk {
 
 // Sequence chunks per query head for pos + 1 cached positions, ceil(n / nch) positions each (at most ATT_CHUNK below
 // 16 chunks). A chunk that would start past the last position has no work: its item returns at once and the merge
-// counts only the `used` ones (with ATT_CHUNK = 30 none is empty up to 300,000 positions; the guard stays).
+// counts only the `used` ones (with 30 positions per chunk none is empty at any position checked, up to 2M; the
+// guard keeps other chunk sizes safe).
 __device__ __forceinline__ int att_chunks(int pos) { return min(ATT_MAXCH, (pos + ATT_CHUNK) / ATT_CHUNK); }
 __device__ __forceinline__ int att_items(int pos) { return NKV * QPG * att_chunks(pos); }
 
@@ -26,7 +27,9 @@ struct ChunkPart {
     float m, l, a;
 };
 
-// Merge the 15 warps' (m, ls, acc) through smem().acts. The caller's block barrier ends the reads of acts.
+// Merge the 15 warps' (m, ls, acc) through smem().acts. Threads < HD still read acts, w.wm and w.wl when they return:
+// the next block barrier ends those reads (the merger's cbar in attn_item, the next item's in attn_inputs, or
+// sync_all's), so nothing may write them before one.
 __device__ __forceinline__ ChunkPart merge_warps(const Ctx& c, float m, float ls, const float acc[8]) {
     AttnWork& w = smem().w.attn;
     float* wacc = smem().acts;  // [15 warps][256]
@@ -85,9 +88,10 @@ __device__ __forceinline__ void attn_inputs(Ctx& c, const LuceMkParams& P, int l
 
 // The head's last chunk item (ci = used - 1): every chunk item has stored its (max, sum, output) as tagged values;
 // this one polls the used chunks' (its own included: they come back from L2), merges them and applies the sigmoid
-// gate. No counter, so no release on the chain (NOTES.md v22: an acq_rel count waited for the SM's copy in flight). The 480 threads share the polls (up to 9 partials each, all in flight at once) through
-// smem().acts. Deadlock-free where a block runs several items: an item waits only for items of smaller index, which
-// every block runs before its larger ones.
+// gate. No counter, so no release on the chain (NOTES.md v22: an acq_rel count waited for the SM's copy in flight).
+// The 480 threads share the polls (up to 9 partials each, all in flight at once) through smem().acts. Deadlock-free
+// where a block runs several items (grids under 128 blocks at long context; not yet run on a GPU): an item waits only
+// for items of smaller index, which every block runs before its larger ones.
 __device__ __forceinline__ void attn_merge_tagged(Ctx& c, const LuceMkParams& P, int g, int hh, int used, unsigned ep) {
     AttnWork& w = smem().w.attn;
     Scratch& S = scratch(P);

@@ -37,7 +37,8 @@ __device__ __forceinline__ void sync_all(Ctx& c, const LuceMkParams& P) {
 __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
     const int pos = P.pos + s;
     trace_pt(c, P, s, TR_STEP);
-    // every prologue's norm weights are loaded before the barrier that precedes it (mk_norm.cuh, norm_weights)
+    // every prologue's norm weights are loaded before the barrier that precedes it (mk_norm.cuh, norm_weights), but
+    // layer 0's: they are loaded here, beside the embedding row's loads
     NormW wn = norm_weights(c, ln1_w(P, 0));
     for (int l = 0; l < NL; ++l) {
         const unsigned ep = layer_epoch(P, s, l);
