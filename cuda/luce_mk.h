@@ -38,10 +38,11 @@
 extern "C" {
 #endif
 
-#define LUCE_MK_ABI_VERSION 10 /* 6: + the prefill entry points (the decode ABI is that of 4); 7: + the prefill at pos > 0;
+#define LUCE_MK_ABI_VERSION 11 /* 6: + the prefill entry points (the decode ABI is that of 4); 7: + the prefill at pos > 0;
                                   8: + the prefill's GEMMs through cuBLAS (luce_mk_prefill_cublas);
                                   9: + LuceMkParams.tune (the per-GPU tuning, chosen at run time);
-                                  10: + LuceMkParams.lm8 and LuceMkTune.lm_screen (the screened LM head) */
+                                  10: + LuceMkParams.lm8 and LuceMkTune.lm_screen (the screened LM head);
+                                  11: + LuceMkParams.grid (blocks per launch, appended) */
 
 /* The LM head's screening copy (lm8): its row size, and the most LM-head rows a block may hold for the kernel to use it
    (a block keeps one f32 bound per row in shared memory; grids of 61 blocks and more). */
@@ -131,6 +132,10 @@ typedef struct LuceMkParams {
     const void* lm8;           /* ABI 10: NULL, or the LM head's screening copy (see the layouts above) */
     unsigned int* lm_rescored; /* ABI 10: NULL, or [grid] counters: rows block b recomputed from `embed`, added per
                                   screened step (how well the screen prunes: luce-bench kernel bench) */
+    int grid;                  /* ABI 11: blocks of the launch: 0 = one per SM (LuceMkLaunchInfo.grid), else 8 .. the
+                                  SM count (LUCE_MK_ERR_ARGS otherwise), to tune per GPU or to run the paths of a
+                                  smaller GPU. Fixed within a sequence: the barrier counter grows by grid per barrier
+                                  (sync_base counts barriers), so the caller resets `sync` before changing it */
 } LuceMkParams;
 
 typedef struct LuceMkLayout {

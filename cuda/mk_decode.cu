@@ -190,11 +190,13 @@ int luce_mk_decode(const LuceMkParams* p, void* stream) {
     DevInfo* d = nullptr;
     const int rc = dev_info(&d);
     if (rc) return rc;
+    const int grid = p->grid ? p->grid : d->sms;  // every row split, item loop and barrier target reads gridDim.x
+    if (grid < mk::MIN_GRID || grid > d->sms) return kErrArgs;
     LuceMkParams prm = *p;
     int ns = d->ns;
     void* args[] = {&prm, &ns};
     (void)cudaGetLastError();  // an error left by an earlier call is not this launch's (the return reports this one)
-    cudaError_t e = cudaLaunchCooperativeKernel((const void*)mk::decode_kernel, dim3(d->sms), dim3(mk::NT), args,
+    cudaError_t e = cudaLaunchCooperativeKernel((const void*)mk::decode_kernel, dim3(grid), dim3(mk::NT), args,
                                                 (size_t)d->smem, (cudaStream_t)stream);
     if (e != cudaSuccess) return (int)e;
     return (int)cudaGetLastError();
@@ -211,7 +213,8 @@ const char* luce_mk_error_string(int code) {
             return "luce_mk: too few SMs (8 at least: each block holds at most 1024 of the 3584 MLP hidden units, and "
                    "at most one GDN item of each head)";
         case kErrArgs:
-            return "luce_mk: bad arguments (n_steps or n_tokens < 1, beyond max_seq, or a tune value out of range)";
+            return "luce_mk: bad arguments (n_steps or n_tokens < 1, beyond max_seq, a tune value out of range, or a "
+                   "grid outside 8 .. the SM count)";
         case LUCE_MK_ERR_PREFILL_SMEM:
             return "luce_mk: the prefill needs about 180 KB of shared memory per block (sm_80 / sm_90 class GPUs)";
         case LUCE_MK_ERR_CUBLAS_LOAD:

@@ -65,6 +65,10 @@ KERNEL_TUNE_SETS = {
     "no-pause": {"pause_mask": 0},
     "spin-sleep128": {"spin_sleep_ns": 128},
     "full-lm-head": {"lm_screen": 0},  # (teacher-forced logits read the full head anyway: the greedy test compares)
+    # fewer blocks than SMs: blocks run several attention and GDN items (the tagged head merge's waits across items,
+    # NOTES.md v22), the LM head unscreened below 61 blocks
+    "grid8": {"grid": 8},
+    "grid61": {"grid": 61},
 }
 
 

@@ -23,13 +23,15 @@ def test_fields_parse_into_a_changed_tune():
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("l2_lead=4", "unknown kernel tune field 'l2_lead'; the kernel reads inflight, inflight_lm"),
+        ("l2_lead=4", "unknown kernel tune field 'l2_lead'; the kernel reads grid, inflight, inflight_lm"),
         ("inflight", "'inflight': expected inflight=INTEGER"),
         ("inflight=two", "'inflight=two': expected inflight=INTEGER"),
         ("inflight=65", "kernel tune inflight=65: expected 0..64"),
         ("spin_sleep_ns=-1", "kernel tune spin_sleep_ns=-1: expected 0..4096"),
         ("pause_mask=1", "kernel tune pause_mask=1: expected a sum of 4 (x loads) and 8 (GDN items)"),
         ("inflight=2,inflight=3", "inflight is given twice"),
+        ("grid=7", "kernel tune grid=7: expected 0 (one block per SM) or 8 and more"),
+        ("grid=1025", "kernel tune grid=1025: expected 0..1024"),
     ],
 )
 def test_bad_fields_are_one_line(text, message):
@@ -64,6 +66,23 @@ def test_the_python_mirrors_follow_the_header():
     body = re.search(r"typedef struct LuceMkTune \{(.*?)\} LuceMkTune;", header, re.S).group(1)
     fields = re.findall(r"^\s*int (\w+);", body, re.M)
     assert fields == [name for name, _ in klib.LuceMkTune._fields_]
-    assert fields == [f.name for f in dataclasses.fields(kt.Tune)]
-    # appended (the tune in ABI 9, the screened LM head's pointers in ABI 10): older libraries ignore them
-    assert [name for name, _ in klib.LuceMkParams._fields_[-3:]] == ["tune", "lm8", "lm_rescored"]
+    # the dataclass adds the grid, which travels in LuceMkParams (appended in ABI 11: older libraries ignore it)
+    assert [*fields, "grid"] == [f.name for f in dataclasses.fields(kt.Tune)]
+    # appended (the tune in ABI 9, the screened LM head's pointers in ABI 10, the grid in ABI 11): older libraries
+    # ignore them
+    assert [name for name, _ in klib.LuceMkParams._fields_[-4:]] == ["tune", "lm8", "lm_rescored", "grid"]
+    assert re.search(r"^\s*int grid;", header.split("typedef struct LuceMkParams")[1], re.M)
+
+
+def test_the_grid_field():
+    """0 launches one block per SM; else at least the kernel's MIN_GRID, which the dataclass repeats.
+
+    The upper end (the GPU's SM count) is the backend's check at launch.
+    """
+    from luce_bench.kernels.build import source_dir
+
+    assert kt.Tune().grid == 0 and kt.Tune(grid=8).grid == 8 and kt.Tune().changed("grid=100", "x").grid == 100
+    layout = (source_dir() / "mk_layout.cuh").read_text()
+    assert f"static_assert(MIN_GRID == {kt.Tune.MIN_GRID}," in layout
+    with pytest.raises(UserError, match=r"^kernel tune grid=1: expected 0 \(one block per SM\) or 8 and more$"):
+        kt.Tune(grid=1)

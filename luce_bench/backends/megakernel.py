@@ -119,6 +119,7 @@ class MegakernelBackend(Backend):
         self.tune = tune  # None until _open picks the device's (and None for a library without a tune)
         self._lib: Any = None
         self._abi = 0
+        self._seq_grid = 0  # see reset()
         self._screened_steps = 0  # decode steps whose LM head was screened, since load
         self._rescored_rows = 0  # rows those steps recomputed from the bf16 head (lm_rescored() adds them up)
         self._build: Any = None
@@ -234,7 +235,7 @@ class MegakernelBackend(Backend):
         b["embed"] = sd["model.embed_tokens.weight"].to(device=dev, dtype=torch.bfloat16).contiguous()
         if self._abi >= 10:  # the LM head's screening copy (None for a head with a non-finite weight, or a grid
             # whose blocks hold too many rows to use it)
-            b["lm8"] = pack_lm_screen(b["embed"]) if self._grid_refuses_screen() is None else None
+            b["lm8"] = pack_lm_screen(b["embed"]) if self._grid_refuses_screen(self.launch.grid) is None else None
             b["lm_rescored"] = torch.zeros(self.launch.grid, dtype=torch.int32, device=dev)
         kv = self.max_seq * lay.kv_elems_per_pos
         b["kcache"] = torch.zeros(kv, dtype=torch.bfloat16, device=dev)
@@ -248,6 +249,23 @@ class MegakernelBackend(Backend):
         self._sync_count = 0
         self.reset()
 
+    @property
+    def grid(self) -> int:
+        """Blocks per launch: the tune's `grid` (ABI 11) or one per SM (the library's launch info)."""
+        asked = self.tune.grid if self.tune is not None else 0
+        if not asked:
+            return int(self.launch.grid)
+        if self._abi < 11:
+            raise UserError(
+                f"kernel tune grid={asked}: {self._build.lib} is ABI {self._abi}, which launches one block per SM; "
+                "rebuild the kernel or drop the grid"
+            )
+        if asked > self.launch.sm_count:
+            raise UserError(
+                f"kernel tune grid={asked}: this GPU has {self.launch.sm_count} SMs (one block per SM at most)"
+            )
+        return asked
+
     # ---------------------------------------------------------------- run
     def reset(self) -> None:
         """Start a new sequence: zero the recurrent and conv states, argmax slots, scratch and barrier count."""
@@ -259,6 +277,7 @@ class MegakernelBackend(Backend):
             self._bufs[k].zero_()
         self._sync_count = 0
         self._step_count = 0  # the tags restart with the zeroed scratch
+        self._seq_grid = 0  # the grid of this sequence's launches (0: none yet): the barrier counter grows by it
         self._pos = 0
         self._timing_launch = False
 
@@ -321,7 +340,7 @@ class MegakernelBackend(Backend):
         inputs: None (greedy) or an int32 device tensor [n] of forced input tokens (-1: the previous argmax).
         logits_first: None (no logits) or the first step whose logits are returned.
         debug_flags: luce_mk.h LuceMkDebugFlags bits (timing experiments; the results are invalid).
-        trace: None or an int64 device tensor of n * trace_points * launch.grid elements.
+        trace: None or an int64 device tensor of n * trace_points * grid elements.
         Returns (out_tokens [n] int32, logits [n - logits_first, vocab] f32 or None), both on the device.
         """
         import torch
@@ -331,6 +350,12 @@ class MegakernelBackend(Backend):
         self._check_room(n)
         if not debug_flags:
             self._check_valid()
+        grid = self.grid
+        if self._seq_grid and grid != self._seq_grid:
+            raise UserError(
+                f"kernel tune grid: this sequence ran on {self._seq_grid} blocks and this launch asks for {grid}; "
+                "call reset() before changing the grid"
+            )
         self._writes_at(self._pos)
         b, dev = self._bufs, self._device
         out = torch.full((n,), -1, dtype=torch.int32, device=dev)  # poisoned: every step must write its token
@@ -361,20 +386,24 @@ class MegakernelBackend(Backend):
         p.step_base = self._step_count & 0xFFFFFFFF
         p.debug_flags = debug_flags
         if self.tune is not None:  # (None: a library from before ABI 9, which reads no tune)
-            for k, v in self.tune.as_dict().items():
-                setattr(p.tune, k, v)
+            for k, _ in type(p.tune)._fields_:
+                setattr(p.tune, k, getattr(self.tune, k))
+        if self._abi >= 11:
+            p.grid = grid
         if self._abi >= 10:
             p.lm8 = b["lm8"].data_ptr() if b["lm8"] is not None else None
             p.lm_rescored = b["lm_rescored"].data_ptr()
-            if b["lm8"] is not None and self.tune.lm_screen and not debug_flags & 1:  # (NO_MATH: no rescoring)
+            screened = b["lm8"] is not None and self.tune.lm_screen and self._grid_refuses_screen(grid) is None
+            if screened and not debug_flags & 1:  # (NO_MATH: no rescoring)
                 self._screened_steps += n if logits_first is None else logits_first
         if trace is not None:
-            need = n * self.trace_points * self.launch.grid
+            need = n * self.trace_points * grid
             if trace.numel() < need or trace.element_size() != 8:
                 raise ValueError(f"trace buffer needs {need} 64-bit elements")
             p.trace = trace.data_ptr()
         stream = torch.cuda.current_stream(dev).cuda_stream
         check(self._lib, self._lib.luce_mk_decode(p, stream), "megakernel launch")
+        self._seq_grid = grid
         if debug_flags:
             self._timing_launch = True
         if not debug_flags & 4:  # LUCE_MK_DEBUG_NO_BARRIERS: the device counter did not move
@@ -523,7 +552,8 @@ class MegakernelBackend(Backend):
             "lib": str(self._build.lib),
             "archs": list(self._build.archs),
             "nvcc": self._build.nvcc_version,
-            "grid": self.launch.grid,
+            "grid": self.grid,
+            "sm_count": self.launch.sm_count,
             "threads": self.launch.threads,
             "smem_bytes": self.launch.smem_bytes,
             "ring_slots": self.launch.ring_slots,
@@ -541,13 +571,17 @@ class MegakernelBackend(Backend):
             ],
         }
 
-    def _grid_refuses_screen(self) -> str | None:
-        """Why the blocks hold too many LM-head rows for the screen's bound array (the kernel's test), or None."""
+    def _grid_refuses_screen(self, grid: int | None = None) -> str | None:
+        """Why the blocks of `grid` (default: this launch's) hold too many LM-head rows for the screen, or None.
+
+        The kernel makes the same test and then reads the bf16 head.
+        """
         from luce_bench.kernels import abi
 
+        grid = grid or self.grid
         most = abi.lm_screen()["MAX_ROWS"]
-        if -(-self.layout.vocab // self.launch.grid) > most:
-            return f"grid of {self.launch.grid} blocks: more than {most} LM-head rows per block"
+        if -(-self.layout.vocab // grid) > most:
+            return f"grid of {grid} blocks: more than {most} LM-head rows per block"
         return None
 
     def _lm_screen_info(self) -> str:

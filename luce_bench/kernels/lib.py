@@ -7,13 +7,13 @@ from pathlib import Path
 
 from luce_bench.errors import UserError
 
-ABI_VERSION = 10
+ABI_VERSION = 11
 # 4: the decode only (libraries built before the prefill, e.g. for side-by-side benchmarks); 6: + the prefill from
 # position 0; 7: + the prefill at any position (LuceMkPrefillParams.pos, appended: ABI 6 libraries ignore it);
 # 8: + the prefill's GEMMs through cuBLAS (kernels/cublas.py); 9: + LuceMkParams.tune (appended: older libraries
 # ignore it and run their compiled tuning); 10: + the screened LM head (LuceMkTune.lm_screen, LuceMkParams.lm8 and
-# .lm_rescored, appended)
-DECODE_ABIS = (4, 6, 7, 8, 9, 10)
+# .lm_rescored, appended); 11: + LuceMkParams.grid (blocks per launch, appended: kernels/tune.py's `grid`)
+DECODE_ABIS = (4, 6, 7, 8, 9, 10, 11)
 PREFILL_SYMBOLS = ("luce_mk_prefill", "luce_mk_prefill_workspace", "luce_mk_prefill_launches")
 SYMBOLS = (
     "luce_mk_abi_version",
@@ -28,7 +28,7 @@ _p = ctypes.c_void_p
 
 
 class LuceMkTune(ctypes.Structure):
-    """Mirror of `LuceMkTune` (kernels/tune.py chooses the values)."""
+    """Mirror of `LuceMkTune` (kernels/tune.py chooses the values; its `grid` goes to LuceMkParams.grid)."""
 
     _fields_ = [
         ("inflight", ctypes.c_int),
@@ -68,6 +68,7 @@ class LuceMkParams(ctypes.Structure):
         ("tune", LuceMkTune),
         ("lm8", _p),
         ("lm_rescored", _p),
+        ("grid", ctypes.c_int),
     ]
 
 

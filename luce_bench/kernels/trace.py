@@ -71,7 +71,7 @@ def capture(be: Any, prompt: list[int], steps: int, flags: int = 0) -> tuple[flo
         return a.elapsed_time(b) * 1e3 / steps
 
     plain = sorted(launch(None) for _ in range(5))[2]
-    npts, grid = be.trace_points, be.launch.grid
+    npts, grid = be.trace_points, be.grid
     buf = torch.zeros(steps * npts * grid, dtype=torch.int64, device=be.device)
     traced = sorted(launch(buf) for _ in range(3))[1]
     t_us = buf.view(steps, npts, grid).cpu().numpy().astype(np.float64) / 1e3
@@ -241,7 +241,7 @@ def run(
     out.update(
         seed=seed,
         gpu=torch.cuda.get_device_name(),
-        grid=be.launch.grid,
+        grid=be.grid,
         untraced_us=plain,
         traced_us=traced,
         steps=steps,

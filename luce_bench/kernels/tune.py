@@ -1,7 +1,8 @@
 """The decode kernel's per-GPU tuning (`LuceMkTune` of cuda/luce_mk.h), chosen at run time from the device.
 
 What depends on a GPU's memory system (how many weight copies each SM keeps in flight, when the producer pauses,
-whether waiting warps sleep between polls) is a launch parameter, not a build option: one library serves every card,
+whether waiting warps sleep between polls, how many blocks run) is a launch parameter, not a build option: one
+library serves every card,
 and `luce-bench kernel bench --variant NAME@inflight=2` compares settings without a rebuild. `for_device` picks the
 measured values for the GPU by name (cuda/NOTES.md has the measurements); $LUCE_BENCH_KERNEL_TUNE overrides single
 fields, e.g. "inflight=2,spin_sleep_ns=64".
@@ -29,14 +30,20 @@ class Tune:
     pause_mask: int = PAUSE_X_LOAD | PAUSE_GDN_ITEM  # stretches during which the producer issues nothing (sm_90)
     spin_sleep_ns: int = 0  # sleep between two polls of global memory
     lm_screen: int = 1  # the LM head scores its int8 screening copy and recomputes only the possible argmax rows
+    # blocks per launch (LuceMkParams.grid, ABI 11, not LuceMkTune): 0 = one per SM; else MIN_GRID .. the GPU's SM
+    # count (the backend checks the upper end), e.g. to run the paths of a smaller GPU (blocks with several work items)
+    grid: int = 0
 
-    LIMITS = {"inflight": 64, "inflight_lm": 64, "spin_sleep_ns": 4096, "lm_screen": 1}
+    LIMITS = {"inflight": 64, "inflight_lm": 64, "spin_sleep_ns": 4096, "lm_screen": 1, "grid": 1024}
+    MIN_GRID = 8  # the kernel's (cuda/mk_layout.cuh): the MLP split and the GDN items need 8 blocks
 
     def __post_init__(self) -> None:
         for name, top in self.LIMITS.items():
             v = getattr(self, name)
             if not 0 <= v <= top:
                 raise UserError(f"kernel tune {name}={v}: expected 0..{top}")
+        if 0 < self.grid < self.MIN_GRID:
+            raise UserError(f"kernel tune grid={self.grid}: expected 0 (one block per SM) or {self.MIN_GRID} and more")
         if self.pause_mask & ~(PAUSE_X_LOAD | PAUSE_GDN_ITEM):
             raise UserError(
                 f"kernel tune pause_mask={self.pause_mask}: expected a sum of {PAUSE_X_LOAD} (x loads) and "

@@ -28,6 +28,8 @@ import numpy as np
 import pytest
 from conftest import KERNEL_OPTION_SETS, KERNEL_TUNE_SETS, selected_option_sets
 
+from luce_bench.errors import UserError
+
 pytestmark = pytest.mark.gpu
 
 REL_L2_MAX = 2e-2
@@ -212,8 +214,8 @@ def test_screened_lm_head_gives_the_full_heads_tokens(setup, start):
     assert free1 == free0
     assert n_off == 0  # the full head recomputes nothing
     for n in (n_tf, n_free):  # every block recomputes at least its own best row; the screen rules out most rows
-        assert N_DEC * mk.launch.grid <= n < N_DEC * 248320 // 50
-    assert mk.launch.grid <= mk.info()["lm_rescored_per_step"] < 248320 // 50  # (meta.json's figure, since load)
+        assert N_DEC * mk.grid <= n < N_DEC * 248320 // 50
+    assert mk.grid <= mk.info()["lm_rescored_per_step"] < 248320 // 50  # (meta.json's figure, since load)
 
 
 @pytest.fixture(scope="module")
@@ -370,4 +372,41 @@ def test_a_rewritten_kept_context_is_refused_and_a_timing_launch_needs_a_reset(s
         mk.decode(1)
     mk.reset()  # a sequence starts again with a prompt
     mk.prefill(torch.randint(0, 248320, (8,), generator=gen).tolist())
+    assert len(mk.decode(2).tokens) == 2
+
+
+def test_a_smaller_grid_at_long_context_and_its_refusals(setup):
+    """61 blocks at position 2000 give the logits of one block per SM, within f32 reduction-order noise.
+
+    16 attention chunks make 128 items, so blocks run two or three and the tagged head merges wait across them. A
+    grid above the SM count, and a grid changed within a sequence, are one-line refusals before any launch.
+    """
+    import dataclasses
+
+    import torch
+
+    mk, gen = setup["mk"], setup["gen"]
+    ctx = torch.randint(0, 248320, (LONG_POS,), generator=gen).tolist()
+    forced = torch.randint(0, 248320, (16,), generator=gen).tolist()
+    base = mk.tune
+    runs = []
+    try:
+        for grid in (0, 61):
+            mk.tune = dataclasses.replace(base, grid=grid)
+            mk.reset()
+            mk.prefill(ctx)
+            runs.append(mk.decode(len(forced), logits=True, inputs=forced).logits)
+        assert mk.info()["grid"] == 61 and mk.info()["sm_count"] >= 61
+        assert float(_rel(runs[1], runs[0]).max()) <= 1e-3
+        mk.tune = dataclasses.replace(base, grid=mk.launch.sm_count + 1)
+        sms = mk.launch.sm_count
+        with pytest.raises(UserError, match=rf"grid={sms + 1}: this GPU has {sms} SMs"):
+            mk.decode(1)
+        mk.tune = dataclasses.replace(base, grid=0)
+        with pytest.raises(UserError, match="this sequence ran on 61 blocks and this launch asks for"):
+            mk.decode(1)
+    finally:
+        mk.tune = base
+    mk.reset()
+    mk.prefill(ctx[:8])
     assert len(mk.decode(2).tokens) == 2
