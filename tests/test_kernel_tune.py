@@ -71,7 +71,9 @@ def test_the_python_mirrors_follow_the_header():
     # appended (the tune in ABI 9, the screened LM head's pointers in ABI 10, the grid in ABI 11): older libraries
     # ignore them
     assert [name for name, _ in klib.LuceMkParams._fields_[-4:]] == ["tune", "lm8", "lm_rescored", "grid"]
-    assert re.search(r"^\s*int grid;", header.split("typedef struct LuceMkParams")[1], re.M)
+    params = re.search(r"typedef struct LuceMkParams \{(.*?)\} LuceMkParams;", header, re.S).group(1)
+    names = re.findall(r"^\s*[\w ]+?\**\s*\**(\w+);", params, re.M)
+    assert names == [name for name, _ in klib.LuceMkParams._fields_]
 
 
 def test_the_grid_field():
@@ -86,3 +88,24 @@ def test_the_grid_field():
     assert f"static_assert(MIN_GRID == {kt.Tune.MIN_GRID}," in layout
     with pytest.raises(UserError, match=r"^kernel tune grid=1: expected 0 \(one block per SM\) or 8 and more$"):
         kt.Tune(grid=1)
+
+
+def test_the_backend_checks_the_grid_against_the_gpu_and_the_library():
+    """The effective grid: one block per SM for 0; the tune's otherwise, up to the SM count, on ABI 11 and later."""
+    from types import SimpleNamespace
+
+    from luce_bench.backends.megakernel import MegakernelBackend
+
+    be = MegakernelBackend(tune=kt.Tune())
+    be.launch, be._abi, be._build = SimpleNamespace(grid=132, sm_count=132), 11, SimpleNamespace(lib="libluce_mk.so")
+    assert be.grid == 132
+    be.tune = kt.Tune(grid=61)
+    assert be.grid == 61
+    be.tune = kt.Tune(grid=133)
+    with pytest.raises(UserError, match=r"^kernel tune grid=133: this GPU has 132 SMs \(one block per SM at most\)$"):
+        _ = be.grid
+    be.tune, be._abi = kt.Tune(grid=61), 10
+    with pytest.raises(UserError, match=r"grid=61: libluce_mk.so is ABI 10, which launches one block per SM"):
+        _ = be.grid
+    be.tune = kt.Tune()
+    assert be.grid == 132  # an older library with the default grid runs as before

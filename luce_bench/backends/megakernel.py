@@ -219,6 +219,7 @@ class MegakernelBackend(Backend):
             self.tune = None
         elif self.tune is None:
             self.tune = for_device(torch.cuda.get_device_name(self._device))
+        _ = self.grid  # a grid this GPU or library cannot launch is refused here, before any weights move
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         """Repack HF-named CPU tensors into the kernel layout on the device and allocate the state buffers."""

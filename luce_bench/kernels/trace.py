@@ -8,6 +8,8 @@ last most often; and where the skews of the GDN mixer barrier and of the MLP (P4
 layer up to the barrier, the slowest block's lag behind the median, and how late the block that arrives last at the
 barrier already was there. The trace adds a block barrier per point; the untraced launch time is printed beside it.
 `save_raw` keeps the per-block timestamps themselves (`kernel trace --raw`) for questions the summary does not answer.
+On a grid below 128 blocks (the tune's `grid`) a block runs several work items and keeps the stamps of its last one
+(cuda/mk_trace.cuh), so the item segments then count the earlier items' work in the time before them.
 """
 
 from __future__ import annotations

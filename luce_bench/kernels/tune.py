@@ -2,10 +2,9 @@
 
 What depends on a GPU's memory system (how many weight copies each SM keeps in flight, when the producer pauses,
 whether waiting warps sleep between polls, how many blocks run) is a launch parameter, not a build option: one
-library serves every card,
-and `luce-bench kernel bench --variant NAME@inflight=2` compares settings without a rebuild. `for_device` picks the
-measured values for the GPU by name (cuda/NOTES.md has the measurements); $LUCE_BENCH_KERNEL_TUNE overrides single
-fields, e.g. "inflight=2,spin_sleep_ns=64".
+library serves every card, and `luce-bench kernel bench --variant NAME@inflight=2` compares settings without a
+rebuild. `for_device` picks the measured values for the GPU by name (cuda/NOTES.md has the measurements);
+$LUCE_BENCH_KERNEL_TUNE overrides single fields, e.g. "inflight=2,spin_sleep_ns=64".
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ PAUSE_X_LOAD, PAUSE_GDN_ITEM = 4, 8  # LuceMkPauseReasons of luce_mk.h
 
 @dataclass(frozen=True)
 class Tune:
-    """One setting of the decode kernel's run-time tuning (field names and ranges as LuceMkTune)."""
+    """One setting of the decode kernel's run-time tuning (field names and ranges as LuceMkTune, plus the grid)."""
 
     inflight: int = 1  # weight copies in flight per SM in the layers (0: as many as the ring holds)
     inflight_lm: int = 2  # the same in the LM head
@@ -51,7 +50,7 @@ class Tune:
             )
 
     def as_dict(self) -> dict[str, int]:
-        """{"inflight": 1, ...}: the fields (meta.json, the ctypes struct)."""
+        """{"inflight": 1, ...}: the fields (meta.json; the backend copies them into the ctypes structs)."""
         return dataclasses.asdict(self)
 
     def changed(self, text: str | None, where: str) -> Tune:

@@ -315,6 +315,8 @@ def test_tune_set_parity(option_ref, name):
     from luce_bench.kernels.tune import for_device
 
     tune = for_device(torch.cuda.get_device_name()).changed_by(KERNEL_TUNE_SETS[name])
+    if tune.grid > torch.cuda.get_device_properties(0).multi_processor_count:
+        pytest.skip(f"tune set {name}: this GPU has fewer than {tune.grid} SMs")
     be = MegakernelBackend.from_state_dict(option_ref["sd"], max_seq=256, tune=tune)
     try:
         assert be.info()["tune"] == tune.as_dict()
@@ -378,26 +380,41 @@ def test_a_rewritten_kept_context_is_refused_and_a_timing_launch_needs_a_reset(s
 def test_a_smaller_grid_at_long_context_and_its_refusals(setup):
     """61 blocks at position 2000 give the logits of one block per SM, within f32 reduction-order noise.
 
-    16 attention chunks make 128 items, so blocks run two or three and the tagged head merges wait across them. A
-    grid above the SM count, and a grid changed within a sequence, are one-line refusals before any launch.
+    16 attention chunks make 128 items, so blocks run two or three and the tagged head merges wait across them. The
+    screened LM head (4,071 rows per block) gives the full head's greedy tokens there, and only blocks 0..60 count
+    rescored rows (the launch had 61 blocks). A grid above the SM count, and a grid changed within a sequence, are
+    one-line refusals before any launch.
     """
     import dataclasses
 
     import torch
 
     mk, gen = setup["mk"], setup["gen"]
+    if mk.launch.sm_count < 61 or mk.info()["lm_screen"] != "yes":
+        pytest.skip("needs a GPU of 61 SMs or more and the screened LM head")
     ctx = torch.randint(0, 248320, (LONG_POS,), generator=gen).tolist()
     forced = torch.randint(0, 248320, (16,), generator=gen).tolist()
     base = mk.tune
-    runs = []
+    runs, greedy = [], []
     try:
         for grid in (0, 61):
             mk.tune = dataclasses.replace(base, grid=grid)
             mk.reset()
             mk.prefill(ctx)
+            mk.save_context()
             runs.append(mk.decode(len(forced), logits=True, inputs=forced).logits)
-        assert mk.info()["grid"] == 61 and mk.info()["sm_count"] >= 61
+        assert mk.info()["grid"] == 61
         assert float(_rel(runs[1], runs[0]).max()) <= 1e-3
+        counts = mk._bufs["lm_rescored"]
+        for screen in (1, 0):  # at 61 blocks: the screened head's greedy tokens, then the full head's
+            mk.tune = dataclasses.replace(base, grid=61, lm_screen=screen)
+            mk.restore_context()
+            counts.zero_()
+            greedy.append(mk.decode(32).tokens)
+            if screen:
+                torch.cuda.synchronize()
+                assert int(counts[:61].sum()) > 0 and int(counts[61:].sum()) == 0  # 61 blocks ran, no more
+        assert greedy[0] == greedy[1]
         mk.tune = dataclasses.replace(base, grid=mk.launch.sm_count + 1)
         sms = mk.launch.sm_count
         with pytest.raises(UserError, match=rf"grid={sms + 1}: this GPU has {sms} SMs"):
