@@ -12,7 +12,13 @@
 // Stream cases: none; every block 1 copy in flight; only the members stream, 2 copies in flight (the same bytes per
 // cluster, and the leaders' releases have no copy of their own SM to wait for), or 1; the members stream 2 or 1 copies
 // into their leader's ring (the leader's SM issues none but receives them: does its release wait for copies another
-// SM issued into it?). Written 2026-12-04 evening, compiled, not yet run.
+// SM issued into it?). Run on an H100 2026-12-05 (cuda/NOTES.md, "v15 screened"): the leader barrier lost everywhere,
+// but the flat one was cheaper when the members streamed into their leaders (1,586-1,838 ns against 2,555 with every
+// block streaming into its own ring). Hence a last case (added 2026-12-06, session 39, not yet run): **cross-fed**
+// pairs, every block streaming into its partner's ring (rank ^ 1) while lane 0 of warp 2 acknowledges the copies
+// that land in its own ring: the whole stream again, but no SM's release has a copy of its own landing on it. If its
+// flat barrier stays near 1.6-1.8 us at the full stream rate, a producer that feeds its partner's ring would take
+// ~0.7 us off each of a step's 55 barriers.
 // Prints per case: TB/s of the stream, the median over blocks of each barrier (ns), and how many times a block did not
 // see another cluster's store made before the barrier (CHECKS untimed leader barriers first; must be 0).
 //
@@ -35,7 +41,8 @@ struct Args {
     unsigned long long src_bytes;
     unsigned inflight;  // copies in flight per streaming block
     unsigned mode;      // 0: every block streams into its own ring; 1: only the members (rank != 0) do;
-                        // 2: the members stream into their leader's ring (the copies land on the leader's SM)
+                        // 2: the members stream into their leader's ring (the copies land on the leader's SM);
+                        // 3: every block streams into its partner's ring (cross-fed pairs)
     unsigned* bar;                    // 2 counters, 32 apart (zeroed before the launch)
     unsigned* seen;                   // per block: the last leader barrier it reached (the data check)
     unsigned long long* out;
@@ -68,12 +75,12 @@ __device__ __forceinline__ void mbar_arrive_remote(unsigned cluster_addr) {  // 
 
 extern __shared__ __align__(128) unsigned char ring[];
 
-__global__ void __launch_bounds__(64, 1) probe(Args a) {
+__global__ void __launch_bounds__(96, 1) probe(Args a) {
     __shared__ uint64_t full[NS];
     __shared__ uint64_t lbar, go;  // leader: the members' arrivals; member: the leader's go
-    __shared__ uint64_t freed[NS];  // mode 2, member: the leader saw the copy into this slot of its ring land
+    __shared__ uint64_t freed[NS];  // modes 2, 3: the block fed saw the copy into this slot of its ring land
     __shared__ volatile unsigned phase;  // 0 warm-up, 1 measuring, 2 stop
-    __shared__ volatile unsigned fed;    // mode 2, leader: copies the member issued into its ring (set when it stops)
+    __shared__ volatile unsigned fed;    // modes 2, 3: copies the feeding block issued into this ring (set when it stops)
     const int G = gridDim.x, b = blockIdx.x;
     const unsigned rank = cluster_rank();
     if (threadIdx.x == 0) {
@@ -87,18 +94,22 @@ __global__ void __launch_bounds__(64, 1) probe(Args a) {
     }
     __syncthreads();
     cluster_sync_all();  // every block's mbarriers exist before any remote arrive
-    if (threadIdx.x == 0 && a.mode == 2 && rank == 0) {  // mode 2, leader: ack each copy that lands in its ring
+    const bool acker =
+        a.inflight != 0 && (a.mode == 2 ? threadIdx.x == 0 && rank == 0 : a.mode == 3 && threadIdx.x == 64);
+    const unsigned fed_by = a.mode == 2 ? 1u : rank ^ 1u;  // the block whose copies land in this ring (modes 2, 3)
+    if (acker) {  // modes 2 (leader), 3: ack each copy that lands in this block's ring
         unsigned q = 0;
         for (;; ++q) {
             while (!mbar_test(&full[q % NS], (q / NS) & 1u))
-                if (fed <= q) break;  // the member stopped and every copy it issued has landed
+                if (fed <= q) break;  // the feeder stopped and every copy it issued has landed
             if (fed <= q) break;
-            mbar_arrive_remote(remote(su32(&freed[q % NS]), 1));
+            mbar_arrive_remote(remote(su32(&freed[q % NS]), fed_by));
         }
-    } else if (threadIdx.x == 0 && a.inflight && (a.mode == 0 || rank != 0)) {  // the stream
+    } else if (threadIdx.x == 0 && a.inflight && (a.mode == 0 || a.mode == 3 || rank != 0)) {  // the stream
         // modes 0 and 1: into the block's own ring, a slot free once its copy landed (full); mode 2: into the
-        // leader's ring, a slot free once the leader acked its landing (freed)
-        const bool into_leader = a.mode == 2;
+        // leader's ring, mode 3 into the partner's, a slot free once that block acked its landing (freed)
+        const bool into_leader = a.mode >= 2;
+        const unsigned target = a.mode == 2 ? 0u : rank ^ 1u;
         uint64_t* landed = into_leader ? freed : full;
         unsigned long long copies = 0;
         const unsigned long long per_block = a.src_bytes / G / SLOT * SLOT;
@@ -114,9 +125,9 @@ __global__ void __launch_bounds__(64, 1) probe(Args a) {
                 if (phase == 1) ++copies;
             }
             unsigned bar = su32(&full[q % NS]), dst = su32(ring + (q % NS) * SLOT);
-            if (into_leader) {  // the leader's slot and mbarrier, through distributed shared memory
-                bar = remote(bar, 0);
-                dst = remote(dst, 0);
+            if (into_leader) {  // the target's slot and mbarrier, through distributed shared memory
+                bar = remote(bar, target);
+                dst = remote(dst, target);
                 asm volatile("mbarrier.arrive.expect_tx.release.cluster.shared::cluster.b64 _, [%0], %1;" ::"r"(bar),
                              "r"(SLOT) : "memory");
             } else {
@@ -132,8 +143,8 @@ __global__ void __launch_bounds__(64, 1) probe(Args a) {
         for (unsigned j = q > a.inflight ? q - a.inflight : 0; j < q; ++j)  // every issued copy done before exit
             while (!mbar_test(&landed[j % NS], (j / NS) & 1u)) {
             }
-        if (into_leader) {  // the leader stops acking after copy q - 1
-            const unsigned fed_at = remote(su32((const void*)&fed), 0);
+        if (into_leader) {  // the target stops acking after copy q - 1
+            const unsigned fed_at = remote(su32((const void*)&fed), target);
             asm volatile("st.shared::cluster.u32 [%0], %1;" ::"r"(fed_at), "r"(q) : "memory");
         }
         a.out[b * NOUT + 2] = copies;
@@ -191,7 +202,7 @@ int main() {
     attr[0].val.clusterDim.z = 1;
     attr[1].id = cudaLaunchAttributeCooperative;
     attr[1].val.cooperative = 1;
-    cfg.blockDim = dim3(64);
+    cfg.blockDim = dim3(96);
     cfg.dynamicSmemBytes = RING;
     cfg.attrs = attr;
     cfg.numAttrs = 1;  // the occupancy query takes the cluster shape only
@@ -211,7 +222,7 @@ int main() {
            d.prop.name, d.sms, grid, CL, clusters, BARRIERS);
     printf("%-38s %7s %8s %8s %12s\n", "stream", "TB/s", "flat", "leader", "check fails");
     // copies in flight per streaming block, mode (Args)
-    const unsigned cases[][2] = {{0, 0}, {1, 0}, {2, 1}, {1, 1}, {2, 2}, {1, 2}, {1, 0}, {0, 0}};
+    const unsigned cases[][2] = {{0, 0}, {1, 0}, {2, 1}, {1, 1}, {2, 2}, {1, 2}, {1, 3}, {2, 3}, {1, 0}, {0, 0}};
     bool coop = true;
     for (auto& c : cases) {
         for (int rep = 0; rep < 2; ++rep) {
@@ -248,7 +259,10 @@ int main() {
             if (!c[0]) snprintf(what, sizeof what, "none");
             else
                 snprintf(what, sizeof what, "%u x 32 KB per %s", c[0],
-                         c[1] == 0 ? "block" : c[1] == 1 ? "member (leaders idle)" : "member, into the leader");
+                         c[1] == 0   ? "block"
+                         : c[1] == 1 ? "member (leaders idle)"
+                         : c[1] == 2 ? "member, into the leader"
+                                     : "block, into its partner");
             if (rep == 1)
                 printf("%-38s %7.2f %8.0f %8.0f %12llu\n", what, tbs, median(flat), median(lead), bad);
         }

@@ -111,7 +111,8 @@ __global__ void __launch_bounds__(64, 1) probe(Args a) {
             if (r == 1) t = now_ns();
             const unsigned ep = a.epoch0 + (unsigned)r;
             unsigned long long* set = a.slots + (r & 1) * G;
-            if (lane == 0) __stcg(set + b, ((unsigned long long)ep << 32) | value_of(b, r));
+            if (lane == 0)  // (a weak st.global.cg, as mk_sync.cuh's st_tag: the kernel's way)
+                __stcg(set + b, ((unsigned long long)ep << 32) | value_of(b, r));
             if (lane < CL && lane != (int)rank) {
                 unsigned long long w;
                 do {
@@ -180,8 +181,8 @@ int main() {
         printf("no cluster of %d blocks with 192 KB of shared memory each fits on this GPU\n", CL);
         return 1;
     }
-    cfg.gridDim = dim3(grid);  // every cluster resident at once (the occupancy query), so the exchanges cannot wait
-                               // for a block that has not started
+    cfg.gridDim = dim3(grid);  // every cluster resident at once (the occupancy query), so the stream's TB/s window
+                               // (first start to last end) covers them all; a cluster's blocks are co-scheduled
     unsigned long long *slots = nullptr, *out = nullptr;
     CK(cudaMalloc(&slots, 2 * grid * 8));
     CK(cudaMemset(slots, 0, 2 * grid * 8));
