@@ -48,31 +48,6 @@ struct Args {
     unsigned long long* out;
 };
 
-__device__ __forceinline__ unsigned cluster_rank() {
-    unsigned r;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-    return r;
-}
-// This block's shared address `a`, as the same variable of block `rank` of the cluster.
-__device__ __forceinline__ unsigned remote(unsigned a, unsigned rank) {
-    unsigned r;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(rank));
-    return r;
-}
-__device__ __forceinline__ void cluster_sync_all() {  // every thread of every block of the cluster (not aligned)
-    asm volatile("barrier.cluster.arrive.release;\n\tbarrier.cluster.wait.acquire;" ::: "memory");
-}
-__device__ __forceinline__ void mbar_wait_cluster(uint64_t* b, unsigned parity) {  // acquire at cluster scope
-    unsigned ok = 0;
-    while (!ok)
-        asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2; "
-                     "selp.u32 %0, 1, 0, p; }"
-                     : "=r"(ok) : "r"(su32(b)), "r"(parity) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive_remote(unsigned cluster_addr) {  // release at cluster scope
-    asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];" ::"r"(cluster_addr) : "memory");
-}
-
 extern __shared__ __align__(128) unsigned char ring[];
 
 __global__ void __launch_bounds__(96, 1) probe(Args a) {
@@ -196,10 +171,7 @@ int main() {
     CK(cudaFuncSetAttribute(probe, cudaFuncAttributeMaxDynamicSharedMemorySize, RING));
     cudaLaunchConfig_t cfg = {};
     cudaLaunchAttribute attr[2];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = CL;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
+    attr[0] = cluster_dim(CL);
     attr[1].id = cudaLaunchAttributeCooperative;
     attr[1].val.cooperative = 1;
     cfg.blockDim = dim3(96);
@@ -241,20 +213,16 @@ int main() {
                 e = cudaLaunchKernelEx(&cfg, probe, args);
             }
             CK(e);
-            CK(cudaDeviceSynchronize());
-            std::vector<unsigned long long> o(grid * NOUT);
-            CK(cudaMemcpy(o.data(), out, grid * NOUT * 8, cudaMemcpyDeviceToHost));
+            std::vector<unsigned long long> o;
+            if (read_back(out, grid * NOUT, &o)) return 1;
             std::vector<double> flat, lead;
-            unsigned long long copies = 0, t0 = ~0ull, t1 = 0, bad = 0;
+            unsigned long long bad = 0;
             for (int b = 0; b < grid; ++b) {
                 bad += o[b * NOUT + 5];
                 flat.push_back((double)o[b * NOUT + 0] / BARRIERS);
                 lead.push_back((double)o[b * NOUT + 1] / BARRIERS);
-                copies += o[b * NOUT + 2];
-                t0 = std::min(t0, o[b * NOUT + 3]);
-                t1 = std::max(t1, o[b * NOUT + 4]);
             }
-            const double tbs = (double)copies * SLOT / (double)(t1 - t0) / 1e3;
+            const double tbs = stream_tbs(o, grid, NOUT, 2, 3, 4, SLOT);
             char what[64];
             if (!c[0]) snprintf(what, sizeof what, "none");
             else

@@ -1,6 +1,6 @@
-// ring_stream.cuh -- what the one-file experiments share: the CUDA error check, the global timer, mbarrier tests and
-// the weight stream of the decode kernel's producer (bulk copies into a shared-memory ring, `inflight` in flight), or
-// the same stream through the load/store unit (cp.async).
+// ring_stream.cuh -- what the one-file experiments share: the CUDA error check, the global timer, mbarrier tests, the
+// thread-block cluster helpers and the weight stream of the decode kernel's producer (bulk copies into a shared-memory
+// ring, `inflight` in flight), or the same stream through the load/store unit (cp.async).
 #pragma once
 #include <cstdio>
 #include <cstdint>
@@ -190,6 +190,13 @@ __device__ unsigned long long stream_ldgsts(unsigned ns, unsigned char* ring, un
     return copies;
 }
 
+// After a launch: wait for it, then copy the n per-block outputs at `out` into *o.
+inline int read_back(const unsigned long long* out, size_t n, std::vector<unsigned long long>* o) {
+    CK(cudaDeviceSynchronize());
+    o->resize(n);
+    CK(cudaMemcpy(o->data(), out, n * 8, cudaMemcpyDeviceToHost));
+    return 0;
+}
 // Launches `kernel(a)` cooperatively (`grid` blocks of `threads`, `smem` bytes of dynamic shared memory), waits for
 // it, and copies the `n` results at `out` into *o.
 template <class A>
@@ -197,10 +204,54 @@ inline int run_coop(void (*kernel)(A), A a, int grid, int threads, int smem, con
                     std::vector<unsigned long long>* o) {
     void* args[] = {&a};
     CK(cudaLaunchCooperativeKernel((const void*)kernel, dim3(grid), dim3(threads), args, smem, 0));
-    CK(cudaDeviceSynchronize());
-    o->resize(n);
-    CK(cudaMemcpy(o->data(), out, n * 8, cudaMemcpyDeviceToHost));
-    return 0;
+    return read_back(out, n, o);
+}
+// TB/s of a stream from per-block outputs (stride nout): copies of `slot` bytes at index ic, the measured span from
+// the earliest start (index it0) to the latest end (it1), in ns.
+inline double stream_tbs(const std::vector<unsigned long long>& o, int grid, int nout, int ic, int it0, int it1,
+                         unsigned slot) {
+    unsigned long long copies = 0, t0 = ~0ull, t1 = 0;
+    for (int b = 0; b < grid; ++b) {
+        copies += o[b * nout + ic];
+        t0 = std::min(t0, o[b * nout + it0]);
+        t1 = std::max(t1, o[b * nout + it1]);
+    }
+    return (double)copies * slot / (double)(t1 - t0) / 1e3;
+}
+
+// ---- thread-block clusters (cluster_barrier, sibling_exchange) ----
+__device__ __forceinline__ unsigned cluster_rank() {
+    unsigned r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+}
+// This block's shared address `a`, as the same variable of block `rank` of the cluster.
+__device__ __forceinline__ unsigned remote(unsigned a, unsigned rank) {
+    unsigned r;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(rank));
+    return r;
+}
+__device__ __forceinline__ void cluster_sync_all() {  // every thread of every block of the cluster (not aligned)
+    asm volatile("barrier.cluster.arrive.release;\n\tbarrier.cluster.wait.acquire;" ::: "memory");
+}
+__device__ __forceinline__ void mbar_wait_cluster(uint64_t* b, unsigned parity) {  // acquire at cluster scope
+    unsigned ok = 0;
+    while (!ok)
+        asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2; "
+                     "selp.u32 %0, 1, 0, p; }"
+                     : "=r"(ok) : "r"(su32(b)), "r"(parity) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive_remote(unsigned cluster_addr) {  // release at cluster scope
+    asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];" ::"r"(cluster_addr) : "memory");
+}
+// The launch attribute of 1-D clusters of `n` blocks (consecutive blocks: block b has rank b % n).
+inline cudaLaunchAttribute cluster_dim(unsigned n) {
+    cudaLaunchAttribute a;
+    a.id = cudaLaunchAttributeClusterDimension;
+    a.val.clusterDim.x = n;
+    a.val.clusterDim.y = 1;
+    a.val.clusterDim.z = 1;
+    return a;
 }
 
 // The median (the upper one of an even count) of `v`.

@@ -48,26 +48,6 @@ struct Args {
     unsigned long long* out;
 };
 
-__device__ __forceinline__ unsigned cluster_rank() {
-    unsigned r;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-    return r;
-}
-__device__ __forceinline__ unsigned remote(unsigned a, unsigned rank) {  // this block's shared address in block `rank`
-    unsigned r;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(rank));
-    return r;
-}
-__device__ __forceinline__ void cluster_sync_all() {
-    asm volatile("barrier.cluster.arrive.release;\n\tbarrier.cluster.wait.acquire;" ::: "memory");
-}
-__device__ __forceinline__ void mbar_wait_cluster(uint64_t* b, unsigned parity) {
-    unsigned ok = 0;
-    while (!ok)
-        asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2; "
-                     "selp.u32 %0, 1, 0, p; }"
-                     : "=r"(ok) : "r"(su32(b)), "r"(parity) : "memory");
-}
 // The value a block sends in round r (distinct per block and round, so a stale or misplaced one is caught).
 __device__ __forceinline__ unsigned value_of(int block, int r) {
     return (unsigned)block * 7919u + (unsigned)r * 104729u;
@@ -165,10 +145,7 @@ int main() {
     CK(cudaFuncSetAttribute(probe, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
     cudaLaunchConfig_t cfg = {};
     cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = CL;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
+    attr[0] = cluster_dim(CL);
     cfg.blockDim = dim3(64);
     cfg.dynamicSmemBytes = RING;
     cfg.attrs = attr;
@@ -199,20 +176,16 @@ int main() {
             Args args{d.src, SRC_BYTES, inflight, epoch, slots, out};
             epoch += ROUNDS + 1;
             CK(cudaLaunchKernelEx(&cfg, probe, args));
-            CK(cudaDeviceSynchronize());
-            std::vector<unsigned long long> o(grid * NOUT);
-            CK(cudaMemcpy(o.data(), out, grid * NOUT * 8, cudaMemcpyDeviceToHost));
+            std::vector<unsigned long long> o;
+            if (read_back(out, grid * NOUT, &o)) return 1;
             std::vector<double> tags, dsm;
-            unsigned long long copies = 0, t0 = ~0ull, t1 = 0, bad = 0;
+            unsigned long long bad = 0;
             for (int b = 0; b < grid; ++b) {
                 tags.push_back((double)o[b * NOUT + 0] / ROUNDS);
                 dsm.push_back((double)o[b * NOUT + 1] / ROUNDS);
-                copies += o[b * NOUT + 2];
-                t0 = std::min(t0, o[b * NOUT + 3]);
-                t1 = std::max(t1, o[b * NOUT + 4]);
                 bad += o[b * NOUT + 5];
             }
-            const double tbs = (double)copies * SLOT / (double)(t1 - t0) / 1e3;
+            const double tbs = stream_tbs(o, grid, NOUT, 2, 3, 4, SLOT);
             char what[32];
             if (!inflight) snprintf(what, sizeof what, "none");
             else snprintf(what, sizeof what, "%u x 32 KB per block", inflight);
