@@ -107,7 +107,8 @@ __device__ __forceinline__ void attn_merge_tagged(Ctx& c, const LuceMkParams& P,
 #pragma unroll
     for (int i = 0; i < NPER; ++i) wv[i] = t + i * NCT < np ? ld_gpu(src + i * NCT) : 0ull;
     const u64 wml = t < 2 * used ? ld_gpu(mls) : 0ull;
-    const u64 wg = t < HD ? ld_gpu(S.raw + FA_GROWS * g + 2 * HD * hh + HD + t) : 0ull;
+    const u64* gp = S.raw + FA_GROWS * g + 2 * HD * hh + HD + t;  // the head's sigmoid gate (qkv's tagged outputs)
+    const u64 wg = t < HD ? ld_gpu(gp) : 0ull;
 #pragma unroll
     for (int i = 0; i < NPER; ++i)
         if (t + i * NCT < np) pv[t + i * NCT] = poll_tag_w(src + i * NCT, wv[i], ep, nowait);
@@ -116,7 +117,7 @@ __device__ __forceinline__ void attn_merge_tagged(Ctx& c, const LuceMkParams& P,
         if (t & 1) w.cl[t >> 1] = v;
         else w.cm[t >> 1] = v;
     }
-    const float gate = t < HD ? poll_tag_w(S.raw + FA_GROWS * g + 2 * HD * hh + HD + t, wg, ep, nowait) : 0.f;
+    const float gate = t < HD ? poll_tag_w(gp, wg, ep, nowait) : 0.f;
     cbar();
     if (t < HD) {
         float M = -INFINITY;
