@@ -7,7 +7,7 @@
 // Every item takes the current position's k and v from shared memory (the values the cache gets), so no item reads a
 // cache row another block is writing.
 // Publishes: scratch().atag / amltag per chunk (tagged); scratch().aout, the merged gated output (complete after the
-// mixer barrier).
+// mixer barrier; with MK_ATT_TAGOUT tagged, and no barrier).
 #pragma once
 #include "mk_attn_math.cuh"
 #include "mk_norm.cuh"
@@ -128,7 +128,11 @@ __device__ __forceinline__ void attn_merge_tagged(Ctx& c, const LuceMkParams& P,
             L = fmaf(w.cl[k], f, L);
             A = fmaf(pv[k * HD + t], f, A);
         }
+#if MK_ATT_TAGOUT
+        st_tag(&S.aout[(g * QPG + hh) * HD + t], ep, (A / L) * sigm(gate));  // o_proj polls it (no barrier)
+#else
         __stcg(&S.aout[(g * QPG + hh) * HD + t], (A / L) * sigm(gate));
+#endif
     }
 }
 

@@ -24,6 +24,9 @@
 //   MK_PF_WK_HALF     prefill GDN: 1 hands W and Kd from the prep to the state kernel in fp16 (the tf32 products'
 //                     mantissa, half the bytes that each of a head's 8 state blocks reads per chunk), 0 in f32: a
 //                     candidate until measured (NOTES.md, prefill v11)
+//   MK_ATT_TAGOUT     decode attention: 1 stores the merged, gated head outputs as tagged values that o_proj polls,
+//                     so an attention layer has no grid barrier after its mixer (49 barriers per step, not 55); 0
+//                     a barrier, then plain loads. A candidate until screened (NOTES.md v25)
 //   MK_SPIN_LIMIT_NS  watchdog: a spin loop that waits longer traps (the launch fails instead of hanging); raise it
 //                     under compute-sanitizer or a debugger
 #pragma once
@@ -55,6 +58,9 @@
 #ifndef MK_PF_WK_HALF
 #define MK_PF_WK_HALF 0
 #endif
+#ifndef MK_ATT_TAGOUT
+#define MK_ATT_TAGOUT 0
+#endif
 #ifndef MK_SPIN_LIMIT_NS
 #define MK_SPIN_LIMIT_NS 20000000000ull
 #endif
@@ -82,6 +88,9 @@
 #endif
 #if (MK_PF_WK_HALF != 0 && MK_PF_WK_HALF != 1) || (MK_PF_WK_HALF && !MK_PF_GDN_TC)
 #error "MK_PF_WK_HALF must be 0 or 1, and 1 only with MK_PF_GDN_TC=1"
+#endif
+#if MK_ATT_TAGOUT != 0 && MK_ATT_TAGOUT != 1
+#error "MK_ATT_TAGOUT must be 0 or 1"
 #endif
 #if MK_SPIN_LIMIT_NS < 1000000
 #error "MK_SPIN_LIMIT_NS must be at least 1000000 (1 ms)"
@@ -117,8 +126,9 @@ constexpr int ATT_MAXCH = 16;    // max sequence chunks per query head (items pe
 
 // Grid barriers per step: after each layer's mixer (24), after each attention layer's o_proj (6), after each MLP
 // (24), after the LM head (1).
-constexpr int SYNCS_PER_STEP = NL + NL / 4 + NL + 1;
-static_assert(SYNCS_PER_STEP == 55, "18 x 2 + 6 x 3 + 1");
+// With MK_ATT_TAGOUT an attention layer's mixer has none (o_proj polls the tagged head outputs): 49.
+constexpr int SYNCS_PER_STEP = (MK_ATT_TAGOUT ? NL - NL / 4 : NL) + NL / 4 + NL + 1;
+static_assert(SYNCS_PER_STEP == (MK_ATT_TAGOUT ? 49 : 55), "18 x 2 + 6 x 3 + 1, or 18 x 2 + 6 x 2 + 1");
 
 __host__ __device__ constexpr bool is_fa(int l) { return (l & 3) == 3; }
 __host__ __device__ constexpr int fa_index(int l) { return l >> 2; }

@@ -48,11 +48,11 @@ __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
         else gdn_mix(c, P, l, pos, ep, xmix);
         trace_done(c, P, s, TR_L * l + TR_MIX_DONE);
         if (!is_fa(l)) wn = norm_weights(c, ln2_w(P, l));
-        sync_all(c, P);
+        if (!is_fa(l) || !MK_ATT_TAGOUT) sync_all(c, P);  // (MK_ATT_TAGOUT: o_proj polls the tagged head outputs)
         trace_pt(c, P, s, TR_L * l + TR_MIX_SYNC);
         if (l == 0 && c.b == 0 && c.tid == 0) P.best[(pos + 1) & 1] = 0ull;  // the next step's argmax slot
         if (is_fa(l)) {
-            o_proj(c, P, s, l, xmix);
+            o_proj(c, P, s, l, xmix, ep);
             wn = norm_weights(c, ln2_w(P, l));
             sync_all(c, P);
             trace_pt(c, P, s, TR_L * l + TR_O_SYNC);

@@ -277,12 +277,13 @@ def test_build_options_are_read_from_the_header():
         "MK_PF_CUBLAS": "1",
         "MK_PF_GDN_TC": "1",
         "MK_PF_WK_HALF": "0",
+        "MK_ATT_TAGOUT": "0",
         "MK_SPIN_LIMIT_NS": "20000000000ull",
     }
 
 
 def test_unknown_option_is_one_line_before_nvcc(tmp_path):
-    with pytest.raises(UserError, match=r"unknown kernel option 'MK_HEADBUF'; the kernel reads MK_PF_ATT_PLAIN"):
+    with pytest.raises(UserError, match=r"unknown kernel option 'MK_HEADBUF'; the kernel reads MK_ATT_TAGOUT"):
         kb.build(("sm_90",), out_dir=tmp_path / "lib", defines={"MK_HEADBUF": 1})
     assert not (tmp_path / "lib").exists()
 
@@ -346,7 +347,9 @@ def test_kernel_option_sets_compile_without_spills(option_set_builds, name):
         assert r.spill_stores == 0 and r.spill_loads == 0, f"{name} {r.arch} {r.function}: spills"
     lib = klib.load_library(res.lib)
     lay = klib.layout(lib)
-    assert lay.syncs_per_step == 55 and lay.scratch_floats == SCRATCH_FLOATS
+    tagout = KERNEL_OPTION_SETS[name].get("MK_ATT_TAGOUT", 0)  # no barrier after an attention mixer, tagged outputs
+    assert lay.syncs_per_step == (49 if tagout else 55)
+    assert lay.scratch_floats == SCRATCH_FLOATS + (2048 if tagout else 0)  # the head outputs as u64
     assert lib.luce_mk_prefill_gemm_option() == KERNEL_OPTION_SETS[name].get("MK_PF_CUBLAS", 1)
     # the options travel with the library: a prebuilt directory reports what it was compiled with
     assert res.options == KERNEL_OPTION_SETS[name] == kb.prebuilt(res.lib.parent).options
