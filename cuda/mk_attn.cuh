@@ -28,8 +28,8 @@ struct ChunkPart {
 };
 
 // Merge the 15 warps' (m, ls, acc) through smem().acts. Threads < HD still read acts, w.wm and w.wl when they return:
-// the next block barrier ends those reads (the merger's cbar in attn_item, the next item's in attn_inputs, or
-// sync_all's), so nothing may write them before one.
+// the next block barrier ends those reads (the merger's cbar in attn_item, the next item's in attn_inputs, sync_all's,
+// or with MK_ATT_TAGOUT o_proj's), so nothing may write them before one.
 __device__ __forceinline__ ChunkPart merge_warps(const Ctx& c, float m, float ls, const float acc[8]) {
     AttnWork& w = smem().w.attn;
     float* wacc = smem().acts;  // [15 warps][256]

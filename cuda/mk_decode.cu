@@ -3,7 +3,8 @@
 //
 // One cooperative launch runs n_steps whole steps. Each block is 15 consumer warps plus one producer warp that streams
 // the block's weight rows of every phase into a shared-memory ring (mk_ring.cuh) and runs ahead across all barriers.
-// Per step and layer (55 grid barriers per step: 18 x 2 + 6 x 3 + 1):
+// Per step and layer (55 grid barriers per step: 18 x 2 + 6 x 3 + 1; 49 with MK_ATT_TAGOUT, where o_proj polls the
+// attention head outputs and no barrier follows an attention mixer):
 //   P1 in_proj (mk_in_proj.cuh)  RMSNorm + in_proj / qkv rows, outputs as tagged values that P2 polls (no barrier)
 //   P2 GDN   (mk_gdn.cuh)        128 items: conv, delta rule, gated norm, out_proj split-K into the residual | barrier
 //   P2 attn  (mk_attn.cuh)       items per (KV group, query head, chunk), the last chunk item merges the head | barrier

@@ -29,7 +29,8 @@ __device__ __forceinline__ void o_proj(Ctx& c, const LuceMkParams& P, int s, int
             spin_pause();
         }
     }
-    cbar();
+    __syncwarp();
+    cbar();  // (it also ends the reads of acts, wm/wl and cm/cl that attention items left running, as the barrier did)
     const u64* src = scratch(P).aout + c.tid;
     u64 w[N];
 #pragma unroll
