@@ -27,6 +27,9 @@
 //   MK_ATT_TAGOUT     decode attention: 1 stores the merged, gated head outputs as tagged values that o_proj polls,
 //                     so an attention layer has no grid barrier after its mixer (49 barriers per step, not 55); 0
 //                     a barrier, then plain loads. A candidate until screened (NOTES.md v25)
+//   MK_ATT_BATCH      decode attention: positions per warp whose K/V rows are loaded at once (2; 3 fits sm_90's
+//                     registers, spills on sm_80/86/89: those keep 2 whatever is asked); a candidate for position 4000
+//                     until screened (NOTES.md v23)
 //   MK_SPIN_LIMIT_NS  watchdog: a spin loop that waits longer traps (the launch fails instead of hanging); raise it
 //                     under compute-sanitizer or a debugger
 #pragma once
@@ -59,7 +62,10 @@
 #define MK_PF_WK_HALF 0
 #endif
 #ifndef MK_ATT_TAGOUT
-#define MK_ATT_TAGOUT 0
+#define MK_ATT_TAGOUT 1
+#endif
+#ifndef MK_ATT_BATCH
+#define MK_ATT_BATCH 3
 #endif
 #ifndef MK_SPIN_LIMIT_NS
 #define MK_SPIN_LIMIT_NS 20000000000ull
@@ -92,6 +98,9 @@
 #if MK_ATT_TAGOUT != 0 && MK_ATT_TAGOUT != 1
 #error "MK_ATT_TAGOUT must be 0 or 1"
 #endif
+#if MK_ATT_BATCH != 2 && MK_ATT_BATCH != 3
+#error "MK_ATT_BATCH must be 2 or 3"
+#endif
 #if MK_SPIN_LIMIT_NS < 1000000
 #error "MK_SPIN_LIMIT_NS must be at least 1000000 (1 ms)"
 #endif
@@ -118,8 +127,13 @@ constexpr int SLOT_BYTES = MK_SLOT_KB * 1024;   // ring slot (one bulk copy)
 constexpr int MAX_SLOTS = 6 * 32 / MK_SLOT_KB;  // 192 KB of ring at most
 constexpr int LM_TAIL_ROWS = 192;               // the LM head's last rows per block stream at the layers' cap
 
-constexpr int ATT_BATCH = 2;     // positions per warp whose K/V rows an attention item loads at once (NOTES.md
-                                 // v12: a batch of 3 spills on sm_80/86/89, of 4 on sm_90 too)
+// positions per warp whose K/V rows an attention item loads at once (NOTES.md v12: a batch of 3 spills on
+// sm_80/86/89, of 4 on sm_90 too); the host's layouts do not depend on it
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+constexpr int ATT_BATCH = 2;
+#else
+constexpr int ATT_BATCH = MK_ATT_BATCH;
+#endif
 constexpr int ATT_CHUNK = NCW * ATT_BATCH;  // min positions per attention work item: one K/V batch per warp (NOTES.md
                                             // v22: 16, one position per warp, made more chunks to merge)
 constexpr int ATT_MAXCH = 16;    // max sequence chunks per query head (items per layer <= 2 x 4 x 16 = 128)
