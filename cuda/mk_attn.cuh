@@ -6,8 +6,8 @@
 // Waits for: the group's qkv outputs (tagged, epoch ep); the last chunk item, for the head's chunk partials (tagged).
 // Every item takes the current position's k and v from shared memory (the values the cache gets), so no item reads a
 // cache row another block is writing.
-// Publishes: scratch().atag / amltag per chunk (tagged); scratch().aout, the merged gated output (complete after the
-// mixer barrier; with MK_ATT_TAGOUT tagged, and no barrier).
+// Publishes: scratch().atag / amltag per chunk and scratch().aout, the merged gated output, all tagged: no grid
+// barrier follows the mixer, o_proj polls aout (NOTES.md v25).
 #pragma once
 #include "mk_attn_math.cuh"
 #include "mk_norm.cuh"
@@ -28,8 +28,8 @@ struct ChunkPart {
 };
 
 // Merge the 15 warps' (m, ls, acc) through smem().acts. Threads < HD still read acts, w.wm and w.wl when they return:
-// the next block barrier ends those reads (the merger's cbar in attn_item, the next item's in attn_inputs, sync_all's,
-// or with MK_ATT_TAGOUT o_proj's), so nothing may write them before one.
+// the next block barrier ends those reads (the merger's cbar in attn_item, the next item's in attn_inputs, or
+// o_proj's), so nothing may write them before one.
 __device__ __forceinline__ ChunkPart merge_warps(const Ctx& c, float m, float ls, const float acc[8]) {
     AttnWork& w = smem().w.attn;
     float* wacc = smem().acts;  // [15 warps][256]
@@ -128,11 +128,7 @@ __device__ __forceinline__ void attn_merge_tagged(Ctx& c, const LuceMkParams& P,
             L = fmaf(w.cl[k], f, L);
             A = fmaf(pv[k * HD + t], f, A);
         }
-#if MK_ATT_TAGOUT
         st_tag(&S.aout[(g * QPG + hh) * HD + t], ep, (A / L) * sigm(gate));  // o_proj polls it (no barrier)
-#else
-        __stcg(&S.aout[(g * QPG + hh) * HD + t], (A / L) * sigm(gate));
-#endif
     }
 }
 

@@ -24,12 +24,6 @@
 //   MK_PF_WK_HALF     prefill GDN: 1 hands W and Kd from the prep to the state kernel in fp16 (the tf32 products'
 //                     mantissa, half the bytes that each of a head's 8 state blocks reads per chunk), 0 in f32: a
 //                     candidate until measured (NOTES.md, prefill v11)
-//   MK_ATT_TAGOUT     decode attention: 1 stores the merged, gated head outputs as tagged values that o_proj polls,
-//                     so an attention layer has no grid barrier after its mixer (49 barriers per step, not 55); 0
-//                     a barrier, then plain loads. A candidate until screened (NOTES.md v25)
-//   MK_ATT_BATCH      decode attention: positions per warp whose K/V rows are loaded at once (2; 3 fits sm_90's
-//                     registers, spills on sm_80/86/89: those keep 2 whatever is asked); a candidate for position 4000
-//                     until screened (NOTES.md v23)
 //   MK_SPIN_LIMIT_NS  watchdog: a spin loop that waits longer traps (the launch fails instead of hanging); raise it
 //                     under compute-sanitizer or a debugger
 #pragma once
@@ -61,12 +55,6 @@
 #ifndef MK_PF_WK_HALF
 #define MK_PF_WK_HALF 0
 #endif
-#ifndef MK_ATT_TAGOUT
-#define MK_ATT_TAGOUT 1
-#endif
-#ifndef MK_ATT_BATCH
-#define MK_ATT_BATCH 3
-#endif
 #ifndef MK_SPIN_LIMIT_NS
 #define MK_SPIN_LIMIT_NS 20000000000ull
 #endif
@@ -95,12 +83,6 @@
 #if (MK_PF_WK_HALF != 0 && MK_PF_WK_HALF != 1) || (MK_PF_WK_HALF && !MK_PF_GDN_TC)
 #error "MK_PF_WK_HALF must be 0 or 1, and 1 only with MK_PF_GDN_TC=1"
 #endif
-#if MK_ATT_TAGOUT != 0 && MK_ATT_TAGOUT != 1
-#error "MK_ATT_TAGOUT must be 0 or 1"
-#endif
-#if MK_ATT_BATCH != 2 && MK_ATT_BATCH != 3
-#error "MK_ATT_BATCH must be 2 or 3"
-#endif
 #if MK_SPIN_LIMIT_NS < 1000000
 #error "MK_SPIN_LIMIT_NS must be at least 1000000 (1 ms)"
 #endif
@@ -127,22 +109,22 @@ constexpr int SLOT_BYTES = MK_SLOT_KB * 1024;   // ring slot (one bulk copy)
 constexpr int MAX_SLOTS = 6 * 32 / MK_SLOT_KB;  // 192 KB of ring at most
 constexpr int LM_TAIL_ROWS = 192;               // the LM head's last rows per block stream at the layers' cap
 
-// positions per warp whose K/V rows an attention item loads at once (NOTES.md v12: a batch of 3 spills on
-// sm_80/86/89, of 4 on sm_90 too); the host's layouts do not depend on it
+// positions per warp whose K/V rows an attention item loads at once: 3 on sm_90 (128 registers, 0 spills; NOTES.md
+// v23: +1.3-1.8 % at position 4000), 2 on sm_80/86/89, where 3 spills (v12; 4 spills on sm_90 too). The host's
+// layouts do not depend on it
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
 constexpr int ATT_BATCH = 2;
 #else
-constexpr int ATT_BATCH = MK_ATT_BATCH;
+constexpr int ATT_BATCH = 3;
 #endif
 constexpr int ATT_CHUNK = NCW * ATT_BATCH;  // min positions per attention work item: one K/V batch per warp (NOTES.md
                                             // v22: 16, one position per warp, made more chunks to merge)
 constexpr int ATT_MAXCH = 16;    // max sequence chunks per query head (items per layer <= 2 x 4 x 16 = 128)
 
-// Grid barriers per step: after each layer's mixer (24), after each attention layer's o_proj (6), after each MLP
-// (24), after the LM head (1).
-// With MK_ATT_TAGOUT an attention layer's mixer has none (o_proj polls the tagged head outputs): 49.
-constexpr int SYNCS_PER_STEP = (MK_ATT_TAGOUT ? NL - NL / 4 : NL) + NL / 4 + NL + 1;
-static_assert(SYNCS_PER_STEP == (MK_ATT_TAGOUT ? 49 : 55), "18 x 2 + 6 x 3 + 1, or 18 x 2 + 6 x 2 + 1");
+// Grid barriers per step: after each GDN layer's mixer (18), after each attention layer's o_proj (6), after each MLP
+// (24), after the LM head (1). An attention layer's mixer has none: o_proj polls the tagged head outputs (NOTES.md v25).
+constexpr int SYNCS_PER_STEP = 2 * (NL - NL / 4) + 2 * (NL / 4) + 1;
+static_assert(SYNCS_PER_STEP == 49, "18 x 2 + 6 x 2 + 1");
 
 __host__ __device__ constexpr bool is_fa(int l) { return (l & 3) == 3; }
 __host__ __device__ constexpr int fa_index(int l) { return l >> 2; }

@@ -3,11 +3,11 @@
 //
 // One cooperative launch runs n_steps whole steps. Each block is 15 consumer warps plus one producer warp that streams
 // the block's weight rows of every phase into a shared-memory ring (mk_ring.cuh) and runs ahead across all barriers.
-// Per step and layer (55 grid barriers per step: 18 x 2 + 6 x 3 + 1; 49 with MK_ATT_TAGOUT, where o_proj polls the
-// attention head outputs and no barrier follows an attention mixer):
+// Per step and layer (49 grid barriers per step: 18 x 2 + 6 x 2 + 1):
 //   P1 in_proj (mk_in_proj.cuh)  RMSNorm + in_proj / qkv rows, outputs as tagged values that P2 polls (no barrier)
 //   P2 GDN   (mk_gdn.cuh)        128 items: conv, delta rule, gated norm, out_proj split-K into the residual | barrier
-//   P2 attn  (mk_attn.cuh)       items per (KV group, query head, chunk), the last chunk item merges the head | barrier
+//   P2 attn  (mk_attn.cuh)       items per (KV group, query head, chunk), the last chunk item merges the head and
+//                                stores its outputs as tagged values that P3 polls (no barrier)
 //   P3 attn  (mk_o_proj.cuh)     o_proj rows + residual                                                     | barrier
 //   P4 MLP   (mk_mlp.cuh)        RMSNorm + gate/up + SiLU + down_proj^T split-K into the residual            | barrier
 // then the LM head + argmax (mk_lm_head.cuh; screened on an int8 copy unless logits are asked for) | barrier; the
@@ -48,8 +48,10 @@ __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
         if (is_fa(l)) attn_mix(c, P, l, pos, ep);
         else gdn_mix(c, P, l, pos, ep, xmix);
         trace_done(c, P, s, TR_L * l + TR_MIX_DONE);
-        if (!is_fa(l)) wn = norm_weights(c, ln2_w(P, l));
-        if (!is_fa(l) || !MK_ATT_TAGOUT) sync_all(c, P);  // (MK_ATT_TAGOUT: o_proj polls the tagged head outputs)
+        if (!is_fa(l)) {
+            wn = norm_weights(c, ln2_w(P, l));
+            sync_all(c, P);  // (an attention mixer has none: o_proj polls its tagged head outputs)
+        }
         trace_pt(c, P, s, TR_L * l + TR_MIX_SYNC);
         if (l == 0 && c.b == 0 && c.tid == 0) P.best[(pos + 1) & 1] = 0ull;  // the next step's argmax slot
         if (is_fa(l)) {

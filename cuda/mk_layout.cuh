@@ -51,11 +51,7 @@ struct Scratch {
     u64 raw[GDN_ROWS];                     // P1 outputs (in_proj, or qkv in the first FA_ROWS), tagged
     u64 ss[DH][NSL];                       // GDN gated-norm partial sums of squares per (head, value slice), tagged
     alignas(16) float x[3][XC][H];         // residual stream buffers
-#if MK_ATT_TAGOUT
     u64 aout[NQH * HD];                    // attention: merged, gated output (o_proj input), tagged
-#else
-    alignas(16) float aout[NQH * HD];      // attention: merged, gated output (o_proj input)
-#endif
     u64 atag[NKV][QPG][ATT_MAXCH][HD];     // attention: per-chunk unnormalised outputs, tagged (a head's contiguous)
     u64 amltag[NKV][QPG][ATT_MAXCH][2];    // attention: per-chunk (max, sum), tagged
 };

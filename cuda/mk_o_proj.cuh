@@ -1,6 +1,6 @@
 // mk_o_proj.cuh -- P3 of a gated attention layer: o_proj over the merged, gated attention output (2048 values, the
 // same for every block), the block's rows [r0, r1) of the 1024 outputs plus the residual.
-// Waits for: the mixer barrier (scratch().aout complete), or with MK_ATT_TAGOUT the tagged head outputs themselves.
+// Waits for: the tagged head outputs in scratch().aout (epoch ep): no grid barrier follows the attention mixer.
 // Publishes: the owned rows of the mixer's output residual buffer (copy 0 = x + o_proj, the other copies 0; complete
 // after the barrier that follows).
 #pragma once
@@ -13,8 +13,7 @@ __device__ __forceinline__ void o_proj(Ctx& c, const LuceMkParams& P, int s, int
     float* acts = smem().acts;
     constexpr int N = (NQH * HD + NCT - 1) / NCT;  // every load in flight at once (NOTES.md v20)
     float v[N];
-#if MK_ATT_TAGOUT
-    // the head outputs as their mergers store them (tagged, epoch ep): no barrier after the mixer. Not waited for in
+    // the head outputs as their mergers store them (tagged, epoch ep; NOTES.md v25). Not waited for in
     // the debug modes that skip the math, the barriers or the mixer (nothing would store them)
     const bool nowait =
         (P.debug_flags & (LUCE_MK_DEBUG_NO_MATH | LUCE_MK_DEBUG_NO_BARRIERS | LUCE_MK_DEBUG_NO_MIXING)) != 0;
@@ -30,18 +29,13 @@ __device__ __forceinline__ void o_proj(Ctx& c, const LuceMkParams& P, int s, int
         }
     }
     __syncwarp();
-    cbar();  // (it also ends the reads of acts, wm/wl and cm/cl that attention items left running, as the barrier did)
+    cbar();  // (it also ends the reads of acts, wm/wl and cm/cl that this block's attention items left running)
     const u64* src = scratch(P).aout + c.tid;
     u64 w[N];
 #pragma unroll
     for (int k = 0; k < N; ++k) w[k] = c.tid + k * NCT < NQH * HD ? ld_gpu(src + k * NCT) : 0ull;
 #pragma unroll
     for (int k = 0; k < N; ++k) v[k] = c.tid + k * NCT < NQH * HD ? poll_tag_w(src + k * NCT, w[k], ep, nowait) : 0.f;
-#else
-    (void)ep;
-#pragma unroll
-    for (int k = 0; k < N; ++k) v[k] = c.tid + k * NCT < NQH * HD ? __ldcg(&scratch(P).aout[c.tid + k * NCT]) : 0.f;
-#endif
 #pragma unroll
     for (int k = 0; k < N; ++k)
         if (c.tid + k * NCT < NQH * HD) acts[c.tid + k * NCT] = v[k];

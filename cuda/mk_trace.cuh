@@ -12,7 +12,7 @@ enum TracePoint {
     TR_X_READY = 0,      // P1: x loaded and normalised
     TR_PROJ_DONE = 1,    // P1: in_proj / qkv rows written
     TR_MIX_DONE = 2,     // P2: the block's mixer items finished
-    TR_MIX_SYNC = 3,     // P2: mixer barrier passed
+    TR_MIX_SYNC = 3,     // P2: mixer barrier passed (attention layers have none: stamped after their items)
     TR_ITEM_IN = 4,      // GDN item: inputs polled and convolved
     TR_ITEM_SS = 5,      // GDN item: the head's sums of squares arrived
     TR_MLP_X_READY = 6,  // P4: x loaded and normalised

@@ -55,7 +55,6 @@ KERNEL_OPTION_SETS = {
     "gdn-f32-cuda-cores": {"MK_PF_GDN_TC": 0},
     "prefill-own-gemm": {"MK_PF_CUBLAS": 0},
     "wk-half": {"MK_PF_WK_HALF": 1},
-    "attn-tagout": {"MK_ATT_TAGOUT": 1},  # tagged head outputs, no barrier after an attention mixer (a v25 candidate)
 }
 
 # Run-time tune settings (luce_bench/kernels/tune.py) other than the measured defaults: the GPU tests run each on the

@@ -21,9 +21,9 @@ from luce_bench.kernels import build as kb
 
 ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90")
 # f32 words of scratch (mk_layout.cuh Scratch): tagged raw 8224 x 2 + tagged sums of squares 128 x 2 + residual
-# 3 x 4 x 1024 + merged attention output 2048 + tagged attention partials 2 x 4 x 16 x 256 x 2 + tagged (max, sum)
-# 2 x 4 x 16 x 2 x 2
-SCRATCH_FLOATS = 16448 + 256 + 12288 + 2048 + 65536 + 512
+# 3 x 4 x 1024 + tagged merged attention output 2048 x 2 + tagged attention partials 2 x 4 x 16 x 256 x 2 + tagged
+# (max, sum) 2 x 4 x 16 x 2 x 2
+SCRATCH_FLOATS = 16448 + 256 + 12288 + 4096 + 65536 + 512
 needs_nvcc = pytest.mark.skipif(kb.find_nvcc() is None, reason="nvcc not found: the CUDA toolkit is not installed here")
 
 
@@ -62,7 +62,7 @@ def test_library_loads_and_exports_abi(built):
     lay = klib.layout(lib)
     assert lay.wblob_elems == 18 * 21528576 + 6 * 18350080  # all layer matrices, bf16 elements
     assert list(lay.layer_woff)[:5] == [0, 21528576, 43057152, 64585728, 82935808]
-    assert lay.syncs_per_step == 55 and lay.vocab == 248320 and lay.hidden == 1024  # 18 x 2 + 6 x 3 + 1
+    assert lay.syncs_per_step == 49 and lay.vocab == 248320 and lay.hidden == 1024  # 18 x 2 + 6 x 2 + 1
     assert lay.gdn_out_transposed == 1 and lay.scratch_floats == SCRATCH_FLOATS
     assert lay.sp_stride == 26784 and lay.sblob_floats == 24 * 26784 + 1024
     # layer params + embedding = 752,393,024 - norms/conv/A/dt (small params are in the f32 blob)
@@ -277,14 +277,12 @@ def test_build_options_are_read_from_the_header():
         "MK_PF_CUBLAS": "1",
         "MK_PF_GDN_TC": "1",
         "MK_PF_WK_HALF": "0",
-        "MK_ATT_TAGOUT": "1",
-        "MK_ATT_BATCH": "3",
         "MK_SPIN_LIMIT_NS": "20000000000ull",
     }
 
 
 def test_unknown_option_is_one_line_before_nvcc(tmp_path):
-    with pytest.raises(UserError, match=r"unknown kernel option 'MK_HEADBUF'; the kernel reads MK_ATT_BATCH"):
+    with pytest.raises(UserError, match=r"unknown kernel option 'MK_HEADBUF'; the kernel reads MK_PF_ATT_PLAIN"):
         kb.build(("sm_90",), out_dir=tmp_path / "lib", defines={"MK_HEADBUF": 1})
     assert not (tmp_path / "lib").exists()
 
@@ -348,9 +346,7 @@ def test_kernel_option_sets_compile_without_spills(option_set_builds, name):
         assert r.spill_stores == 0 and r.spill_loads == 0, f"{name} {r.arch} {r.function}: spills"
     lib = klib.load_library(res.lib)
     lay = klib.layout(lib)
-    tagout = KERNEL_OPTION_SETS[name].get("MK_ATT_TAGOUT", 0)  # no barrier after an attention mixer, tagged outputs
-    assert lay.syncs_per_step == (49 if tagout else 55)
-    assert lay.scratch_floats == SCRATCH_FLOATS + (2048 if tagout else 0)  # the head outputs as u64
+    assert lay.syncs_per_step == 49 and lay.scratch_floats == SCRATCH_FLOATS
     assert lib.luce_mk_prefill_gemm_option() == KERNEL_OPTION_SETS[name].get("MK_PF_CUBLAS", 1)
     # the options travel with the library: a prebuilt directory reports what it was compiled with
     assert res.options == KERNEL_OPTION_SETS[name] == kb.prebuilt(res.lib.parent).options

@@ -47,8 +47,8 @@ def segments(tp: dict[str, int]) -> tuple[list[tuple[str, int | None, int]], lis
     gdn += [(n, tp["TR_MIX_SYNC"] if a is None else a, b) for n, a, b in mlp]
     fa = p1 + [
         ("mixer items", tp["TR_PROJ_DONE"], tp["TR_MIX_DONE"]),
-        ("mixer barrier", tp["TR_MIX_DONE"], tp["TR_MIX_SYNC"]),
-        ("P3 o_proj prologue", tp["TR_MIX_SYNC"], tp["TR_O_READY"]),
+        # no barrier: o_proj's prologue waits for the tagged head outputs (cuda/NOTES.md v25)
+        ("P3 o_proj prologue", tp["TR_MIX_DONE"], tp["TR_O_READY"]),
         ("P3 o_proj", tp["TR_O_READY"], o_done),
         ("P3 barrier", o_done, o_sync),
     ]
@@ -187,9 +187,8 @@ def analyse(t_us: Any, tp: dict[str, int]) -> dict[str, Any]:
                 arr = t[base + (before if k is None else k)]
                 m = np.nanmedian(arr)
                 p4_path[name].append((float(np.nanmax(arr) - m), float(arr[lb4] - m)))
-            for name, k in (("mixer", tp["TR_MIX_DONE"]), ("P3", tp["TR_ITEM_IN"]), ("P4", tp["TR_DOWN_DONE"])):
-                if name == "P3" and not fa:
-                    continue
+            barriers = [("P3", tp["TR_ITEM_IN"])] if fa else [("mixer", tp["TR_MIX_DONE"])]  # (GDN mixers only)
+            for name, k in barriers + [("P4", tp["TR_DOWN_DONE"])]:
                 arr = t[base + k]
                 skew[name].append(float(np.nanmax(arr) - np.nanmedian(arr)))
             prev = med[base + tp["TR_MLP_SYNC"]]
