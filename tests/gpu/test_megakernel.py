@@ -33,6 +33,11 @@ from luce_bench.errors import UserError
 pytestmark = pytest.mark.gpu
 
 REL_L2_MAX = 2e-2
+# Two launches of one function differ: the residual stream's split-K f32 reductions land in any order, and over 192
+# teacher-forced steps a rounding that flips a bf16 K/V cache value grows. Measured rel L2 max between runs of the
+# same decode code: 1.0e-4 to 3.4e-4 (H200, default build twice, 4 seeds), up to 1.06e-3 (H100, builds that change
+# only the prefill, 2026-12-06): a bound at 2x that tail, still 10x under REL_L2_MAX (cuda/NOTES.md v25).
+RUN_TO_RUN_MAX = 2e-3
 N_PROMPT, N_DEC, LONG_POS = 64, 128, 2000
 
 
@@ -295,7 +300,7 @@ def test_option_set_parity(option_ref, name):
     )
     assert rep["nan"] == 0
     assert rep["rel_l2_max"] <= REL_L2_MAX, rep
-    assert vs_default <= 1e-3, vs_default
+    assert vs_default <= RUN_TO_RUN_MAX, vs_default
     assert used == "kernel" and np.isfinite(pre).all() and prefill_vs_ref <= REL_L2_MAX, prefill_vs_ref
     if KERNEL_OPTION_SETS[name].get("MK_PF_CUBLAS", 1) and find_cublas()[0] is not None:
         assert gemm.startswith("cuBLAS"), gemm  # a GPU machine with cuBLAS: the prefill's GEMMs ran there
@@ -329,7 +334,7 @@ def test_tune_set_parity(option_ref, name):
     print(json.dumps({"tune": name, **rep, "rel_l2_vs_default_max": vs_default}))
     assert rep["nan"] == 0
     assert rep["rel_l2_max"] <= REL_L2_MAX, rep
-    assert vs_default <= 1e-3, vs_default
+    assert vs_default <= RUN_TO_RUN_MAX, vs_default
 
 
 def test_going_back_to_a_kept_context_repeats_the_decode(setup):
@@ -404,7 +409,7 @@ def test_a_smaller_grid_at_long_context_and_its_refusals(setup):
             mk.save_context()
             runs.append(mk.decode(len(forced), logits=True, inputs=forced).logits)
         assert mk.info()["grid"] == 61
-        assert float(_rel(runs[1], runs[0]).max()) <= 1e-3
+        assert float(_rel(runs[1], runs[0]).max()) <= RUN_TO_RUN_MAX
         counts = mk._bufs["lm_rescored"]
         for screen in (1, 0):  # at 61 blocks: the screened head's greedy tokens, then the full head's
             mk.tune = dataclasses.replace(base, grid=61, lm_screen=screen)
