@@ -74,6 +74,11 @@ def test_the_python_mirrors_follow_the_header():
     params = re.search(r"typedef struct LuceMkParams \{(.*?)\} LuceMkParams;", header, re.S).group(1)
     names = re.findall(r"^\s*[\w ]+?\**\s*\**(\w+);", params, re.M)
     assert names == [name for name, _ in klib.LuceMkParams._fields_]
+    # the pause reasons the tune accepts are LuceMkPauseReasons' (the launch refuses any other bit)
+    reasons = dict(re.findall(r"^\s*LUCE_MK_PAUSE_(\w+)\s*=\s*(\d+)", header, re.M))
+    assert {k: int(v) for k, v in reasons.items()} == {"X_LOAD": kt.PAUSE_X_LOAD, "GDN_ITEM": kt.PAUSE_GDN_ITEM}
+    launch_check = re.search(r"const unsigned pauses = ([^;]+);", (source_dir() / "mk_decode.cu").read_text()).group(1)
+    assert set(re.findall(r"LUCE_MK_PAUSE_(\w+)", launch_check)) == set(reasons)
 
 
 def test_the_grid_field():
