@@ -330,7 +330,42 @@ def test_a_device_too_small_for_the_kernel_prefill_takes_the_token_path_and_says
     _fake_kernel_prefill(monkeypatch, other, Prefill())
     monkeypatch.setattr(other, "_prefill_kernel", lambda ids, logits: (_ for _ in ()).throw(LuceMkError("boom", 700)))
     with pytest.raises(LuceMkError, match="boom"):
-        other.prefill([1])
+        other.prefill([1, 2])
+
+
+def test_a_one_token_prompt_is_a_decode_step_on_every_path(monkeypatch):
+    """A tg test's seed token: one decode step (~0.55 ms on the H200) instead of the kernel prefill (~2.1 ms).
+
+    It is not a fallback, and meta.json's prompt path stays the one the longer prompts took.
+    """
+    from luce_bench.backends.megakernel import MegakernelBackend
+
+    be = MegakernelBackend(prefill="kernel")
+
+    class Prefill:
+        graph, graph_error = True, None
+
+        def weights16(self, wblob):
+            return wblob
+
+        def launches(self, n):
+            return 230
+
+    def path(name):
+        def run(ids, logits):
+            be.prefill_used = name
+            return name, len(ids)
+
+        return run
+
+    _fake_kernel_prefill(monkeypatch, be, Prefill())
+    monkeypatch.setattr(be, "_prefill_kernel", path("kernel"))
+    monkeypatch.setattr(be, "_prefill_tokens", path("tokens"))
+    assert be.prefill([7]) == ("tokens", 1) and be.prefill_fallback is None and be.prompt_path is None
+    assert be.prefill([7, 8]) == ("kernel", 2) and be.prompt_path == "kernel"
+    assert be.prefill([9]) == ("tokens", 1) and be.prefill_used == "tokens" and be.prompt_path == "kernel"
+    info = be._prefill_info()
+    assert info["last_used"] == "kernel" and info["one_token_prompts"] == "decode step"
 
 
 def test_a_prompt_past_the_kv_cache_is_refused_before_any_of_it_runs(monkeypatch):
@@ -361,7 +396,7 @@ def test_weights_fp16_cannot_hold_send_every_prompt_the_token_way_after_one_chec
 
     _fake_kernel_prefill(monkeypatch, be, Prefill())
     monkeypatch.setattr(be, "_prefill_tokens", lambda ids, logits: ("tokens", len(ids)))
-    assert be.prefill([1, 2]) == ("tokens", 2) and be.prefill([3]) == ("tokens", 1)
+    assert be.prefill([1, 2]) == ("tokens", 2) and be.prefill([3, 4]) == ("tokens", 2)
     assert be.prefill_fallback == why and checks == [1]  # the ~1 GB conversion is not tried again per prompt
 
 

@@ -108,6 +108,7 @@ class MegakernelBackend(Backend):
             raise UserError(f"prefill path {prefill!r}: expected one of {', '.join(MODES)}")
         self.prefill_mode = prefill or mode_from_env()
         self.prefill_used: str | None = None  # the path the last prefill took
+        self.prompt_path: str | None = None  # the path the last prompt of 2 tokens or more took (meta.json)
         self.prefill_gemm: str | None = None  # what the kernel prefill's GEMMs run on (kernels/cublas.py attach)
         self.prefill_fallback: str | None = None  # why the last prefill took the token path while "kernel" was chosen
         self._kprefill: Any = None
@@ -421,18 +422,28 @@ class MegakernelBackend(Backend):
     def prefill(self, token_ids: Sequence[int], logits: bool = False) -> StepResult:
         """Run the prompt: through the kernel prefill when chosen (at any position with ABI 7), else token by token.
 
-        A device whose shared memory per block the prefill's kernels do not fit (sm_86/89 today) takes the
-        token path, with the reason in `prefill_fallback`, from its first prompt on.
+        A one-token prompt (a tg test's seed) is one decode step on either path: it gives the prefill's GEMMs nothing
+        to batch, and the decode step reads the weights once as well, ~4x faster (cuda/NOTES.md, session 40). A device
+        whose shared memory per block the prefill's kernels do not fit (sm_86/89 today) takes the token path, with the
+        reason in `prefill_fallback`, from its first prompt on.
         """
-        from luce_bench.kernels.abi import error_codes
-        from luce_bench.kernels.lib import LuceMkError, prefill_continues
-
         ids = list(token_ids)
         if not ids:
             raise ValueError("empty prompt")
         self._check_room(len(ids))  # before any chunk runs: nothing half-prefilled
         self._check_valid()
         self.prefill_fallback = None
+        if len(ids) == 1:
+            return self._prefill_tokens(ids, logits)
+        out = self._prefill_prompt(ids, logits)
+        self.prompt_path = self.prefill_used
+        return out
+
+    def _prefill_prompt(self, ids: list[int], logits: bool) -> StepResult:
+        """A prompt of 2 tokens or more on the chosen path, or on the token path with the reason it fell back."""
+        from luce_bench.kernels.abi import error_codes
+        from luce_bench.kernels.lib import LuceMkError, prefill_continues
+
         if self.prefill_mode == "kernel":
             if self._prefill_refused is not None:
                 self.prefill_fallback = self._prefill_refused
@@ -619,8 +630,16 @@ class MegakernelBackend(Backend):
         return self._rescored_rows / self._screened_steps
 
     def _prefill_info(self) -> dict[str, Any]:
-        """Which prompt path was chosen and last ran; for the kernel prefill, its launches and CUDA graph use."""
-        out: dict[str, Any] = {"chosen": self.prefill_mode, "last_used": self.prefill_used, "gemm": self.prefill_gemm}
+        """Which prompt path was chosen and last ran; for the kernel prefill, its launches and CUDA graph use.
+
+        "last_used" is the last prompt's of 2 tokens or more: one-token prompts are decode steps on every path.
+        """
+        out: dict[str, Any] = {
+            "chosen": self.prefill_mode,
+            "last_used": self.prompt_path,
+            "one_token_prompts": "decode step",
+            "gemm": self.prefill_gemm,
+        }
         if self.prefill_fallback:
             out["fallback_reason"] = self.prefill_fallback
         kp = self._kprefill
