@@ -396,6 +396,14 @@ def test_info_names_the_prompt_path(monkeypatch):
     assert build_info()["prefill"] == "error: LUCE_BENCH_PREFILL='fast': expected one of tokens, kernel"
 
 
+def test_info_names_a_kernel_option_the_kernel_does_not_read(monkeypatch):
+    """$LUCE_BENCH_KERNEL_OPTIONS with a typo shows as an error row of `luce-bench info`, GPU or not."""
+    from luce_bench.kernels import build_info
+
+    monkeypatch.setenv("LUCE_BENCH_KERNEL_OPTIONS", "MK_BOGUS=1")
+    assert build_info()["options"].startswith("error: unknown kernel option 'MK_BOGUS'; the kernel reads MK_")
+
+
 @pytest.mark.tries("fault", "nvcc: its threaded device link fails to read its own temp file once (a rerun succeeds)")
 def test_nvcc_is_rerun_once_on_its_temp_file_race_only(tmp_path):
     import subprocess

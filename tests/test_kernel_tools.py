@@ -42,6 +42,31 @@ def test_parse_variant():
         assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"variants": [bench.Variant("a", {}), bench.Variant("a", {})]}, "variant names must differ: ['a', 'a']"),
+        ({"breakdown": "nope"}, "--breakdown 'nope': no such variant (the variants: a)"),
+        ({"bandwidth_tbs": -1.0}, "--bandwidth-tbs -1.0: expected a copy bandwidth in TB/s, above 0"),
+        ({"bandwidth_tbs": float("nan")}, "--bandwidth-tbs nan: expected a copy bandwidth in TB/s, above 0"),
+        ({"long_pos": 262_100}, "--long 262100 + 128 steps: past the model's 262,144 positions"),
+        ({"prefill_lengths": (64, 300_000)}, "--prefill 300000: past the model's 262,144 positions"),
+    ],
+)
+def test_a_bench_plan_that_cannot_run_is_one_line_before_any_gpu_work(change, message):
+    plan = bench.BenchPlan(**{"variants": [bench.Variant("a", {})], "breakdown": "a", "bandwidth_tbs": 3.0, **change})
+    with pytest.raises(UserError) as err:
+        plan.validate()
+    assert str(err.value) == message
+    bench.BenchPlan([bench.Variant("a", {})], breakdown="a", bandwidth_tbs=3.0, long_pos=262_000).validate()
+
+
+def test_a_bad_tune_in_the_environment_stops_the_bench_plan(monkeypatch):
+    monkeypatch.setenv("LUCE_BENCH_KERNEL_TUNE", "pause_mask=2")
+    with pytest.raises(UserError, match=r"^LUCE_BENCH_KERNEL_TUNE: kernel tune pause_mask=2: expected a sum of"):
+        bench.BenchPlan([bench.Variant("a", {})]).validate()
+
+
 def test_prebuild_builds_each_option_set_once(monkeypatch, tmp_path):
     """Variants that differ only in their run-time tune share one build."""
     from luce_bench.kernels import build as kb

@@ -6,7 +6,6 @@ and `luce_bench/backends/megakernel.py` (the backend).
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 
@@ -28,8 +27,10 @@ def build_info(arch: str | None = None, build: bool = False) -> dict[str, Any]:
     from luce_bench.kernels.abi import build_options
     from luce_bench.kernels.cublas import describe
 
-    with contextlib.suppress(UserError):
+    try:
         info["prefill_gemm"] = describe(int({**build_options(), **b.options_from_env()}["MK_PF_CUBLAS"]))
+    except UserError as exc:  # ($LUCE_BENCH_KERNEL_OPTIONS names an option the kernel does not read, or a bad value)
+        info["options"] = f"error: {exc}"
     try:
         nvcc = b.find_nvcc()
         if nvcc is None:

@@ -351,6 +351,32 @@ class BenchPlan:
     prefill_lengths: tuple[int, ...] = ()  # prompt lengths to time the kernel prefill at (ms against N)
     energy_s: float = 0.0  # per round and variant, an energy window of at least this long (0: none)
 
+    def validate(self) -> None:
+        """One line for a plan that cannot run, before any GPU work.
+
+        Checks the names, the breakdown's variant, the bandwidth, positions past the model's context, and
+        $LUCE_BENCH_KERNEL_TUNE's fields.
+        """
+        import math
+        import os
+
+        from luce_bench.kernels.tune import TUNE_ENV, Tune
+        from luce_bench.model.spec import QWEN35_08B
+
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise UserError(f"variant names must differ: {names}")
+        if self.breakdown is not None and self.breakdown not in names:
+            raise UserError(f"--breakdown {self.breakdown!r}: no such variant (the variants: {', '.join(names)})")
+        if self.bandwidth_tbs is not None and not (math.isfinite(self.bandwidth_tbs) and 0 < self.bandwidth_tbs < 100):
+            raise UserError(f"--bandwidth-tbs {self.bandwidth_tbs}: expected a copy bandwidth in TB/s, above 0")
+        top = QWEN35_08B.max_position_embeddings
+        if self.long_pos + self.steps > top:
+            raise UserError(f"--long {self.long_pos} + {self.steps} steps: past the model's {top:,} positions")
+        if any(n > top for n in self.prefill_lengths):
+            raise UserError(f"--prefill {max(self.prefill_lengths)}: past the model's {top:,} positions")
+        Tune().changed(os.environ.get(TUNE_ENV), TUNE_ENV)  # its fields and ranges (each GPU's tune takes them)
+
 
 def run(plan: BenchPlan, say: Callable[[str], None] = print, build_dir: Path | None = None) -> dict[str, Any]:
     """Measure every variant (see the module docstring); `say` gets a line as each result is produced."""
@@ -361,11 +387,9 @@ def run(plan: BenchPlan, say: Callable[[str], None] = print, build_dir: Path | N
     from luce_bench.backends.megakernel import MegakernelBackend
     from luce_bench.kernels.tune import for_device
 
+    plan.validate()
     if not torch.cuda.is_available():
         raise UserError("luce-bench kernel bench needs a CUDA GPU (torch sees none)")
-    names = [v.name for v in plan.variants]
-    if len(set(names)) != len(names):
-        raise UserError(f"variant names must differ: {names}")
     gpu = torch.cuda.get_device_name()
     # every variant's tune now: a bad $LUCE_BENCH_KERNEL_TUNE or field fails here, not after the builds
     tunes = {v.name: for_device(gpu).changed_by(v.tune) for v in plan.variants}
