@@ -74,12 +74,14 @@ def _at(times: list[float], values: list[float], t: float) -> float | None:
 
 def compare(runs: list[RunRecord], meta: dict[str, Any], log: Path) -> tuple[list[Comparison], int]:
     """Windows with energy that the log covers, compared; and how many windows it does not cover."""
+    times, energy = read_log(log)
+    if not any(r.energy_j is not None and r.energy_j > 0 for r in runs):
+        raise UserError("the run measured no GPU energy (no energy counter was read): there is nothing to compare")
     origin = (meta.get("sampler") or {}).get("origin_unix_s")
     if origin is None:
         raise UserError("the run has no wall-clock anchor (meta.json sampler.origin_unix_s): measure it again")
     if meta.get("resumes"):
         raise UserError("a resumed run's windows come from several attempts; the anchor covers only the last")
-    times, energy = read_log(log)
     out, missing = [], 0
     for r in runs:
         if r.energy_j is None or r.energy_j <= 0 or r.t_start_s is None or r.t_end_s is None:

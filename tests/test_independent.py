@@ -65,12 +65,26 @@ def test_the_same_counter_agrees_and_a_counter_5_percent_high_reads_plus_5(sim_r
 
 
 @pytest.mark.tries(
-    "bad input", "report --independent: a missing log, one that is not a log (or a broken gzip, a nan), another run's"
+    "bad input",
+    "report --independent: a missing log, one that is not a log (or a broken gzip, a nan), another run's, "
+    "a run without GPU energy",
 )
-@pytest.mark.parametrize("case", ["missing", "not-a-log", "broken-gzip", "nan", "other-run"])
+@pytest.mark.parametrize("case", ["missing", "not-a-log", "broken-gzip", "nan", "other-run", "no-energy"])
 def test_bad_logs_are_one_line(sim_run, tmp_path, case):
     log = tmp_path / "log.csv"
-    if case == "not-a-log":
+    run = sim_run
+    if case == "no-energy":  # a run on a machine without a GPU counter (make run on a CPU): nothing to compare
+        run = tmp_path / "run"
+        shutil.copytree(sim_run, run)
+        with (run / "runs.csv").open() as f:
+            rows = list(csv.DictReader(f))
+        with (run / "runs.csv").open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows({**r, "energy_j": "", "tok_per_j": "", "j_per_tok": ""} for r in rows)
+        _log_from_samples(sim_run, log)
+        message = "the run measured no GPU energy"
+    elif case == "not-a-log":
         log.write_text("time,watts\n1,2\n")
         message = "not an energy log"
     elif case == "broken-gzip":
@@ -85,7 +99,7 @@ def test_bad_logs_are_one_line(sim_run, tmp_path, case):
         message = "the log covers none of the run's windows"
     else:
         message = "no such file"
-    out = runner.invoke(app, ["report", str(sim_run), "--independent", str(log)])
+    out = runner.invoke(app, ["report", str(run), "--independent", str(log)])
     assert out.exit_code == 2 and message in out.output and len(out.output.strip().splitlines()) == 1, out.output
 
 

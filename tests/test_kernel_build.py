@@ -396,6 +396,7 @@ def test_info_names_the_prompt_path(monkeypatch):
     assert build_info()["prefill"] == "error: LUCE_BENCH_PREFILL='fast': expected one of tokens, kernel"
 
 
+@pytest.mark.tries("bad input", "info: $LUCE_BENCH_KERNEL_OPTIONS naming an option the kernel does not read")
 def test_info_names_a_kernel_option_the_kernel_does_not_read(monkeypatch):
     """$LUCE_BENCH_KERNEL_OPTIONS with a typo shows as an error row of `luce-bench info`, GPU or not."""
     from luce_bench.kernels import build_info

@@ -42,6 +42,9 @@ def test_parse_variant():
         assert "\n" not in str(err.value)
 
 
+@pytest.mark.tries(
+    "bad input", "kernel bench: duplicate names, a --breakdown of no variant, a bad --bandwidth-tbs, positions too far"
+)
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -61,6 +64,7 @@ def test_a_bench_plan_that_cannot_run_is_one_line_before_any_gpu_work(change, me
     bench.BenchPlan([bench.Variant("a", {})], breakdown="a", bandwidth_tbs=3.0, long_pos=262_000).validate()
 
 
+@pytest.mark.tries("bad input", "kernel bench: a $LUCE_BENCH_KERNEL_TUNE field out of range, before any GPU work")
 def test_a_bad_tune_in_the_environment_stops_the_bench_plan(monkeypatch):
     monkeypatch.setenv("LUCE_BENCH_KERNEL_TUNE", "pause_mask=2")
     with pytest.raises(UserError, match=r"^LUCE_BENCH_KERNEL_TUNE: kernel tune pause_mask=2: expected a sum of"):
