@@ -92,7 +92,7 @@ def _render_failed(run_dir: Path, state: str, code: int, reason: str, exc: Excep
     """The run's ending once its report could not be written: stopped, exit 4 (unless it already ended worse)."""
     from luce_bench.status import EXIT_DISK, EXIT_FAILURES, EXIT_OK, STOPPED, read_status, utc_now, write_status
 
-    why = f"the summary, report and plots could not be written ({one_line(str(exc))}); the measured rows are in "
+    why = f"the summary, report and plots could not all be written ({one_line(str(exc))}); the measured rows are in "
     why += "runs.csv: `luce-bench report RUN_DIR` renders them again"
     if code not in (EXIT_OK, EXIT_FAILURES):
         return state, code, f"{reason}; {why}"
