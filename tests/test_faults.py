@@ -245,7 +245,7 @@ def test_a_run_whose_report_cannot_be_written_ends_with_code_4_and_says_so(env, 
     assert "No space left on device" in result.output and "luce-bench report" in result.output
     assert len(check_rows(run_dir)) > 0  # the measured rows are kept
     doc = status(run_dir)
-    assert doc["state"] == "stopped" and doc["exit_code"] == 4 and "could not be written" in doc["reason"]
+    assert doc["state"] == "stopped" and doc["exit_code"] == 4 and "could not all be written" in doc["reason"]
     assert not (run_dir / "report.md").exists()
 
 
