@@ -248,6 +248,18 @@ def test_cli_build_and_info(built):
     assert json.loads(r.output)["arch"] == "sm_90"
 
 
+@pytest.mark.tries("bad input", "kernel info: a CUDA arch in $LUCE_BENCH_CUDA_ARCH that is none")
+def test_kernel_info_refuses_a_bad_arch_in_the_environment(monkeypatch):
+    from typer.testing import CliRunner
+
+    from luce_bench.cli import app
+
+    monkeypatch.setenv("LUCE_BENCH_CUDA_ARCH", "sm_bogus")
+    r = CliRunner().invoke(app, ["kernel", "info"])
+    assert r.exit_code == 2 and "LUCE_BENCH_CUDA_ARCH: bad CUDA arch 'sm_bogus'" in r.output, r.output
+    assert "Traceback" not in r.output
+
+
 def test_kernel_options_from_env(monkeypatch):
     from luce_bench.kernels import build as b
 

@@ -117,11 +117,22 @@ def normalize_arch(arch: str) -> str:
     return f"sm_{m.group(1)}"
 
 
+def env_arch() -> str | None:
+    """$LUCE_BENCH_CUDA_ARCH normalised (None when unset); a UserError naming the variable when it is no arch."""
+    env = os.environ.get("LUCE_BENCH_CUDA_ARCH")
+    if not env:
+        return None
+    try:
+        return normalize_arch(env)
+    except UserError as exc:
+        raise UserError(f"LUCE_BENCH_CUDA_ARCH: {exc}") from None
+
+
 def detect_arch() -> str:
     """Arch of GPU 0: $LUCE_BENCH_CUDA_ARCH, else torch, else NVML; a UserError when none can tell."""
-    env = os.environ.get("LUCE_BENCH_CUDA_ARCH")
+    env = env_arch()
     if env:
-        return normalize_arch(env)
+        return env
     try:
         import torch
 

@@ -45,7 +45,10 @@ def info_cmd(arch: Optional[str] = typer.Option(None, help="arch to describe (de
     """Show nvcc, arch, cache path and (if built) registers/spills as JSON; never compiles."""
     from luce_bench.errors import UserError
     from luce_bench.kernels import build_info
+    from luce_bench.kernels.build import env_arch
 
+    if arch is None:
+        env_arch()  # a bad arch in the environment is bad input too, as a bad --arch is
     info = build_info(arch)
     if arch is not None and info.get("error"):  # an explicit bad --arch is bad input, not a state to report
         raise UserError(info["error"])
