@@ -7,6 +7,7 @@ same kernel (one launch for the whole prompt). torch is used only for device buf
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import time
@@ -583,15 +584,20 @@ class MegakernelBackend(Backend):
             ],
         }
 
+    @functools.cached_property
+    def _lm8_max_rows(self) -> int:
+        """The screen's bound array per block (luce_mk.h), read once: run_steps asks at every launch."""
+        from luce_bench.kernels import abi
+
+        return abi.lm_screen()["MAX_ROWS"]
+
     def _grid_refuses_screen(self, grid: int | None = None) -> str | None:
         """Why the blocks of `grid` (default: this launch's) hold too many LM-head rows for the screen, or None.
 
         The kernel makes the same test and then reads the bf16 head.
         """
-        from luce_bench.kernels import abi
-
         grid = grid or self.grid
-        most = abi.lm_screen()["MAX_ROWS"]
+        most = self._lm8_max_rows
         if -(-self.layout.vocab // grid) > most:
             return f"grid of {grid} blocks: more than {most} LM-head rows per block"
         return None
