@@ -31,6 +31,11 @@ CLOCK_FORMS = "MHz (1600) or a share of the max SM clock (80%)"
 _CUDA_INDEX = re.compile(r"^cuda:\d+$")
 
 
+# meta.json's method.tg_iteration: what one tg<N> iteration runs (luce_bench/measure.py). A resumed sweep must have
+# run the same: before 2026-12-06 a seed step ran first, N + 1 steps for N tokens (no such key in its meta.json)
+TG_ITERATION = "N one-token steps from a seed token (llama-bench)"
+
+
 @dataclass(frozen=True)
 class TestSpec:
     """One llama-bench style test: `pp512` = prompt processing of 512 tokens, `tg128` = 128 generated tokens.
@@ -51,8 +56,8 @@ class TestSpec:
 
     @property
     def positions(self) -> int:
-        """Sequence positions one iteration may fill: the context, the measured tokens, one more (tg's seed token)."""
-        return self.depth + self.n + 1
+        """Sequence positions one iteration fills: the context and the measured tokens (a tg's seed is its first)."""
+        return self.depth + self.n
 
     @classmethod
     def parse(cls, text: str) -> TestSpec:

@@ -5,8 +5,10 @@ repetitions. A repetition is one energy window of at least `window_s` that loops
 it closes the backend has synchronised its device, and the NVML total-energy counter is read at both edges. tok/s and
 tok/J come from that same window (tokens / window seconds, tokens / counter joules). The sampler's instant power,
 integrated over the window, cross-checks the counter. Random 0..`rep_gap_max_s` gaps between windows break phase
-locking with the sensor's update period. A `tg<N>` iteration resets the sequence, feeds one seed token (not
-counted) and times N greedy decode steps; a `pp<N>` iteration resets and times the prefill of N seeded token ids.
+locking with the sensor's update period. A `tg<N>` iteration resets the sequence and times N one-token forward
+steps, the first feeding a seed token and each later one the previous argmax, as llama-bench's tg
+(`config.TG_ITERATION`; before 2026-12-06 a seed step ran first, untimed but inside the window: N + 1 steps for N
+tokens); a `pp<N>` iteration resets and times the prefill of N seeded token ids.
 A depth test (`tg128@d4096`, llama-bench's `-d`) prefills its D context tokens once, unmeasured, before its warm-up,
 and the backend keeps that state (`save_context`); each iteration then goes back to it (`restore_context`, a copy of
 the state, inside the window like a reset) and times only the N prompt tokens or decode steps that follow.
@@ -48,13 +50,19 @@ def prepare_context(backend: Backend, test: TestSpec, prompt: Sequence[int]) -> 
 
 
 def start_iteration(backend: Backend, test: TestSpec, prompt: Sequence[int]) -> None:
-    """The unmeasured start of an iteration: back to a depth test's context, else a new sequence (tg: a seed token)."""
+    """The unmeasured start of an iteration: back to a depth test's context, else a new sequence."""
     if test.depth:
         backend.restore_context()
-        return
-    backend.reset()
-    if test.kind == "tg":
-        backend.prefill(prompt[:1])
+    else:
+        backend.reset()
+
+
+def generate_tokens(backend: Backend, test: TestSpec, prompt: Sequence[int], n: int) -> Any:
+    """The StepResult of a tg iteration's first n steps, after `start_iteration`.
+
+    At a depth they continue the kept context; else they start from a new sequence's seed token, the prompt's first id.
+    """
+    return backend.decode(n) if test.depth else backend.generate(prompt[0], n)
 
 
 def run_once(backend: Backend, test: TestSpec, prompt: Sequence[int]) -> tuple[int, float]:
@@ -62,7 +70,7 @@ def run_once(backend: Backend, test: TestSpec, prompt: Sequence[int]) -> tuple[i
     start_iteration(backend, test, prompt)
     if test.kind == "pp":
         return test.n, backend.prefill(prompt[test.depth : test.depth + test.n]).elapsed_s
-    return test.n, backend.decode(test.n).elapsed_s
+    return test.n, generate_tokens(backend, test, prompt, test.n).elapsed_s
 
 
 @dataclass(frozen=True)
@@ -174,7 +182,7 @@ class Meter:
     def _record_tokens(self, backend: Backend, test: TestSpec, prompt: Sequence[int], label: str) -> None:
         if test.kind == "tg":
             start_iteration(backend, test, prompt)
-            self.first_tokens[label] = list(backend.decode(min(test.n, 32)).tokens)
+            self.first_tokens[label] = list(generate_tokens(backend, test, prompt, min(test.n, 32)).tokens)
 
     def _edge(self) -> Edge:
         rapl, gpu, sampler = self.ctx.rapl, self.ctx.gpu, self.sampler

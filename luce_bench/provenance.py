@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from luce_bench import __version__
+from luce_bench.config import TG_ITERATION
 
 if TYPE_CHECKING:
     from luce_bench.backends.base import ModelSpec
@@ -151,5 +152,6 @@ def run_meta(ctx: RunContext, model: ModelSpec) -> dict[str, Any]:
             "sampler_period_s": cfg.sampler.period_s,
             "energy_source": "nvmlDeviceGetTotalEnergyConsumption delta",
             "power_samples": "field 186 (instant)",
+            "tg_iteration": TG_ITERATION,
         },
     }

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from luce_bench.appender import CsvAppender
+from luce_bench.config import TG_ITERATION
 from luce_bench.context import RunContext
 from luce_bench.errors import UserError
 from luce_bench.plan import Plan, Trial, key_of
@@ -144,6 +145,12 @@ def prepare(run_dir: Path, plan: Plan, ctx: RunContext) -> Resume | None:
     if status.get("gpu_uuid") != now["gpu_uuid"]:
         raise UserError(
             f"--resume {run_dir}: the run was measured on GPU {status.get('gpu_uuid')}, not {now['gpu_uuid']}"
+        )
+    ran = (meta.get("method") or {}).get("tg_iteration")
+    if ran != TG_ITERATION and any(t.kind == "tg" and not t.depth for t in ctx.cfg.test_specs):
+        raise UserError(
+            f"--resume {run_dir}: its tg iterations ran {ran or 'a seed step, then N steps (before 2026-12-06)'}; "
+            f"this luce-bench runs {TG_ITERATION}, so the rows would not compare: start a new sweep"
         )
     for name, cls in ((RUNS, RunRecord), (SAMPLES, Sample)):  # a line cut short by a crash is not a row
         if (run_dir / name).is_file():

@@ -207,7 +207,7 @@ FLAGS = {
     "negative-reps": (["bench", "sim", "--fake-gpu", "--reps", "-3"], "--reps = -3 is out of range"),
     "huge-reps": (["bench", "sim", "--fake-gpu", "--reps", "99999999999"], "--reps = 99999999999 is out of range"),
     "huge-test": (["bench", "sim", "--fake-gpu", "--tests", "tg999999999"], "bad test 'tg999999999'"),
-    "test-too-long": (["bench", "sim", "--fake-gpu", "--tests", "pp5000"], "needs 5001 positions"),
+    "test-too-long": (["bench", "sim", "--fake-gpu", "--tests", "pp5000"], "needs 5000 positions"),
     "zero-clock": (["sweep", "--fake-gpu", "--clocks", "0"], "bad SM clock '0': must be positive"),
     "huge-clock": (["sweep", "--fake-gpu", "--clocks", "99999999"], "not supported by"),
     "unknown-backend": (["sweep", "--fake-gpu", "--backends", "nope"], "unknown backend 'nope'"),

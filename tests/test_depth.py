@@ -33,7 +33,7 @@ CONTEXT = [(i * 37 + 11) % 1000 for i in range(96)]  # ids < 1000: the tiny mode
 def test_a_depth_test_parses_and_keeps_its_name(text, kind, n, depth, name):
     spec = config.TestSpec.parse(text)
     assert (spec.kind, spec.n, spec.depth, spec.name) == (kind, n, depth, name)
-    assert spec.positions == depth + n + 1
+    assert spec.positions == depth + n  # (a tg test's seed token is its first step)
 
 
 @pytest.mark.tries("bad input", "CLI: malformed depth tests (@d0, @4096, missing D, N + D too long)")
@@ -51,16 +51,16 @@ def test_a_malformed_depth_test_is_one_line_and_exit_2(spec, tmp_path):
 def test_a_depth_longer_than_the_model_is_refused_with_its_positions(tiny_model, tmp_path):
     result = runner.invoke(app, ["bench", "sim", "--fake-gpu", "--model", "tiny", "--tests", "tg128@d4000"])
     assert result.exit_code == 2
-    assert "test tg128@d4000 needs 4129 positions; tiny allows at most 4096" in result.output
+    assert "test tg128@d4000 needs 4128 positions; tiny allows at most 4096" in result.output
 
 
 def test_backends_are_sized_for_the_longest_test_depth_included():
     cfg = config.from_mapping({"tests": ["pp520", "tg128@d4096"]})
     ctx = RunContext(cfg, SimClock())
-    assert ctx.backend_kwargs("megakernel") == {"max_seq": 4096 + 128 + 1 + 8}
+    assert ctx.backend_kwargs("megakernel") == {"max_seq": 4096 + 128 + 8}
     assert ctx.backend_kwargs("llamacpp") == {"n_ctx": 4352, "n_batch": 2048, "n_ubatch": 520}
     # the H200 run of 2026-12-03 failed tg128@d4096 on a static cache sized from pp2048 alone (2049 positions)
-    assert ctx.backend_kwargs("hf-compiled") == {"max_cache_len": 4096 + 128 + 1 + 1}
+    assert ctx.backend_kwargs("hf-compiled") == {"max_cache_len": 4096 + 128 + 1}
     assert RunContext(config.from_mapping({"tests": ["tg128"]}), SimClock()).backend_kwargs("megakernel") == {
         "max_seq": 4096
     }
@@ -94,7 +94,10 @@ def test_depth_rows_time_only_the_work_after_the_context(tiny_model, tmp_path, m
     assert float(deep["avg_ts"]) == pytest.approx(1636.0, rel=1e-5)
     assert deep["window_s"] == deep["compute_s"]  # going back to the context takes no time; its prefill is not here
     flat = by_test["tg32"]
-    assert flat["n_depth"] == "0" and float(flat["window_s"]) > float(flat["compute_s"])  # the seed token's prefill
+    # 32 steps from a seed token, all timed, as llama-bench's tg (before 2026-12-06 an untimed seed step ran first)
+    assert flat["n_depth"] == "0" and flat["window_s"] == flat["compute_s"]
+    assert float(flat["avg_ts"]) == pytest.approx(1636.0, rel=1e-5)
+    assert meta_method(run_dir)["tg_iteration"] == "N one-token steps from a seed token (llama-bench)"
     pp = by_test["pp512@d2048"]
     assert (pp["n_prompt"], pp["n_depth"]) == ("512", "2048") and float(pp["avg_ts"]) == pytest.approx(43694.0)
     with (run_dir / "summary.csv").open(newline="") as f:
@@ -105,6 +108,10 @@ def test_depth_rows_time_only_the_work_after_the_context(tiny_model, tmp_path, m
     assert meta["gpu"]["memory_bandwidth_gb_s"] == 4916.7  # the simulated H200's bus and memory clock
     report = (run_dir / "report.md").read_text()
     assert "| sim | tg32@d2048 |" in report and "| tg32 @ d2048 |" in report  # ours and llama-bench's layout
+
+
+def meta_method(run_dir):
+    return json.loads((run_dir / "meta.json").read_text())["method"]
 
 
 def test_a_sweep_settles_on_a_depth_test(tiny_model, tmp_path, monkeypatch):
@@ -175,6 +182,20 @@ def test_sim_goes_back_to_its_context(tiny_model):
     backend = _sim()
     backend.load(tiny_model)
     _same_as_a_fresh_sequence(backend, prefill_too=False)  # its pseudo tokens hash each prefill call on its own
+
+
+def test_sim_generates_from_a_seed_token_as_a_prefill_then_decode_would_in_decode_time(tiny_model):
+    """A tg iteration on the sim: n steps from the seed, the tokens of prefill([seed]) + decode(n - 1), at 250 tok/s."""
+    backend = _sim()
+    backend.load(tiny_model)
+    backend.reset()
+    two_calls = backend.prefill([7]).tokens + backend.decode(11).tokens
+    backend.reset()
+    got = backend.generate(7, 12)
+    assert got.tokens == two_calls and len(set(got.tokens)) > 6
+    assert got.elapsed_s == pytest.approx(12 / 250.0)  # the rtx3090 preset's decode rate, the seed's step included
+    with pytest.raises(ValueError, match="n >= 1"):
+        backend.generate(7, 0)
 
 
 def test_restore_without_a_kept_context_is_an_error():

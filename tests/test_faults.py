@@ -206,17 +206,17 @@ def test_a_report_that_cannot_be_written_is_one_line_and_code_4(env, monkeypatch
 def test_the_automatic_deadline_grows_for_a_backend_that_is_slow_not_hung(env, monkeypatch):
     from luce_bench.backends.sim import SimBackend
 
-    monkeypatch.setattr(SimBackend, "decode", _slow_decode(SimBackend.decode))  # each tg8 iteration: 200 s
+    monkeypatch.setattr(SimBackend, "generate", _slow_generate(SimBackend.generate))  # each tg8 iteration: 200 s
     result, run_dir = sweep(env, "--limits", "420", "--tests", "tg8", "--reps", "2")
     assert result.exit_code == 0, result.output  # 3 x 200 s plus windows: far past the 60 s + 3x plan base
     rows = check_rows(run_dir)
     assert len(rows) == 2 and all(r.window_s >= 200.0 for r in rows)
 
 
-def _slow_decode(decode):
-    def slow(self, n, logits=False, inputs=None):
+def _slow_generate(generate):
+    def slow(self, seed, n):
         self.clock.sleep(200.0)
-        return decode(self, n, logits, inputs)
+        return generate(self, seed, n)
 
     return slow
 

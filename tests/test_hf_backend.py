@@ -23,6 +23,17 @@ def test_greedy_tokens_equal_generate(hf_tiny):
     assert first.elapsed_s > 0 and rest.elapsed_s > 0
 
 
+def test_generate_from_a_seed_token_equals_transformers_generate(hf_tiny):
+    """A tg iteration's steps (Backend.generate's default: prefill of the seed, then decode): n tokens from one id."""
+    hf_tiny.reset()
+    got = hf_tiny.generate(PROMPT[0], 12)
+    with helpers_for(hf_tiny._model, "cpu"):
+        ref = hf_tiny._model.generate(torch.tensor([PROMPT[:1]]), max_new_tokens=12, do_sample=False, min_new_tokens=12)
+    assert list(got.tokens) == ref[0, 1:].tolist() and got.elapsed_s > 0
+    hf_tiny.reset()
+    assert hf_tiny.generate(PROMPT[0], 1).tokens == got.tokens[:1]
+
+
 def test_logits_and_teacher_forcing(hf_tiny):
     hf_tiny.reset()
     first = hf_tiny.prefill(PROMPT, logits=True)

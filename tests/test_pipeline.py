@@ -24,11 +24,14 @@ from luce_bench.runner import run
 
 
 class CrashOnDecode(SimBackend):
-    """A simulated backend whose decode raises (tg tests fail, pp tests run)."""
+    """A simulated backend whose decode steps raise (tg tests fail, pp tests run)."""
 
     name = "crash"
 
     def decode(self, n, logits=False, inputs=None):
+        raise RuntimeError("simulated crash in decode")
+
+    def generate(self, seed, n):  # a tg iteration's steps
         raise RuntimeError("simulated crash in decode")
 
 
@@ -116,7 +119,7 @@ def test_bad_plans_are_refused_before_anything_exists(env):
         with pytest.raises(UserError, match="virtual runs only simulated backends .* hf runs in real time"):
             plan(cfg, ctx, name="x", backends=["hf"])
         long = _cfg(env, tests="pp5000")
-        with pytest.raises(UserError, match="test pp5000 needs 5001 positions; tiny allows at most 4096"):
+        with pytest.raises(UserError, match="test pp5000 needs 5000 positions; tiny allows at most 4096"):
             plan(long, ctx, name="x", backends=["sim"])
     with (
         pytest.raises(UserError, match="virtual needs a simulated GPU"),

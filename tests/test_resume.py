@@ -100,6 +100,13 @@ def _stale_journal(run_dir):
     write_journal(new_entry(open_gpu(fake_preset="rtx3090", read_only=True), "rtx3090"))  # as a killed sweep leaves
 
 
+def _old_tg_iteration(run_dir):
+    """meta.json as a sweep of before 2026-12-06 wrote it: no method.tg_iteration (a seed step ran before the N)."""
+    meta = json.loads((run_dir / "meta.json").read_text())
+    del meta["method"]["tg_iteration"]
+    (run_dir / "meta.json").write_text(json.dumps(meta))
+
+
 REFUSALS = {
     "flag-differs": (["--reps", "4"], None, "reps is 4 now, 3 in the run"),
     "config-file-differs": (["-c", "{env}/other.yaml"], None, "window_s is 2.0 now, 1.0 in the run"),
@@ -113,6 +120,7 @@ REFUSALS = {
     "not-a-directory": ([], lambda d: shutil.rmtree(d), "not a directory"),
     "other-out": (["-o", "{env}/elsewhere"], None, "the run continues in its own folder, not under -o"),
     "stale-journal": ([], _stale_journal, "stale power-limit journal"),
+    "old-tg-iteration": ([], _old_tg_iteration, "its tg iterations ran a seed step, then N steps (before 2026-12-06)"),
 }
 
 

@@ -105,6 +105,21 @@ class Backend(ABC):
         With `logits`, return float32 [n, vocab] (one row per step).
         """
 
+    def generate(self, seed: int, n: int) -> StepResult:
+        """A new sequence's n greedy tokens from one seed token: n one-token forward steps, as llama-bench's tg.
+
+        Step 0 feeds `seed`, each later step the previous argmax; `tokens` are the n argmaxes and `elapsed_s` times
+        all n steps. Call after `reset()`. This default is `prefill([seed])` then `decode(n - 1)`; a backend may run
+        the same steps in one call.
+        """
+        if n < 1:
+            raise ValueError("generate() needs n >= 1")
+        first = self.prefill([seed])
+        if n == 1:
+            return first
+        rest = self.decode(n - 1)
+        return StepResult(tokens=first.tokens + rest.tokens, elapsed_s=first.elapsed_s + rest.elapsed_s)
+
     def save_context(self) -> None:
         """Keep the current sequence (a depth test's prefilled context) so `restore_context` can go back to it.
 

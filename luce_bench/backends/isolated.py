@@ -106,6 +106,10 @@ class IsolatedBackend(Backend):
         """The inner backend's decode, in the child."""
         return self._call("decode", n, logits=logits, inputs=list(inputs) if inputs is not None else None)
 
+    def generate(self, seed: int, n: int) -> StepResult:
+        """The inner backend's generate, in the child (one round trip per tg iteration)."""
+        return self._call("generate", int(seed), n)
+
     def save_context(self) -> None:
         """The inner backend keeps its context, in the child."""
         self._call("save_context")

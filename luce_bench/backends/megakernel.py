@@ -553,6 +553,28 @@ class MegakernelBackend(Backend):
             logits=lg.cpu().numpy() if lg is not None else None,
         )
 
+    def generate(self, seed: int, n: int) -> StepResult:
+        """A new sequence's n greedy tokens from its seed token in one launch (Backend.generate's steps).
+
+        Step 0 reads its input from the `last_token` slot, which holds `seed`; each later step feeds the previous
+        argmax, as `prefill([seed])` then `decode(n - 1)` would in two launches (tests/gpu/test_megakernel.py).
+        """
+        import torch
+
+        if n < 1:
+            raise ValueError("generate() needs n >= 1")
+        if self._pos != 0:
+            raise RuntimeError("generate() starts a new sequence: call reset() first")
+        if not 0 <= seed < self.layout.vocab:
+            raise ValueError(f"seed token {seed} is outside the vocabulary (0..{self.layout.vocab - 1})")
+        self._bufs["last_token"].fill_(seed)
+        torch.cuda.synchronize(self._device)
+        t0 = time.perf_counter()
+        out, _ = self.run_steps(n)
+        torch.cuda.synchronize(self._device)
+        elapsed = time.perf_counter() - t0
+        return StepResult(tokens=tuple(int(t) for t in out.tolist()), elapsed_s=elapsed)
+
     def info(self) -> dict[str, Any]:
         """Kernel version (ABI, sources hash), library, build options, launch sizes and ptxas facts for meta.json."""
         from luce_bench.kernels.build import build_key, source_dir

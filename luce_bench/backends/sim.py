@@ -112,6 +112,17 @@ class SimBackend(Backend):
             out.append(self._last)
         return StepResult(tuple(out), elapsed_s, self._logits(out) if logits else None)
 
+    def generate(self, seed: int, n: int) -> StepResult:
+        """Simulate a new sequence's `n` greedy steps from `seed`, all at the decode rate (the seed's step too)."""
+        if n < 1:
+            raise ValueError("generate() needs n >= 1")
+        elapsed_s = self._compute(n, self._rates[1], DECODE_MEM_BOUND_SHARE)
+        self._last, out = int(seed) % self._vocab, []
+        for _ in range(n):
+            self._last = self._next_token(self._last)
+            out.append(self._last)
+        return StepResult(tuple(out), elapsed_s)
+
     def info(self) -> dict[str, Any]:
         """Provenance: says it is simulated."""
         return {"simulated": True, "note": NOTE, "stock_rates_tok_s": list(self._rates)}
@@ -123,7 +134,7 @@ class SimBackend(Backend):
 
 
 class SimulatedLoad(Backend):
-    """`inner` with the simulated card loaded during each prefill and decode call."""
+    """`inner` with the simulated card loaded during each prefill, decode and generate call."""
 
     def __init__(self, inner: Backend, gpu: FakeGPU) -> None:
         """Wrap `inner`, loading `gpu` while it computes."""
@@ -156,6 +167,14 @@ class SimulatedLoad(Backend):
         self.gpu.set_load(True)
         try:
             return self.inner.decode(n, logits, inputs)
+        finally:
+            self.gpu.set_load(False)
+
+    def generate(self, seed: int, n: int) -> StepResult:
+        """The inner generate, with the card loaded as for decode steps."""
+        self.gpu.set_load(True)
+        try:
+            return self.inner.generate(seed, n)
         finally:
             self.gpu.set_load(False)
 

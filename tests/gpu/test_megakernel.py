@@ -337,6 +337,25 @@ def test_tune_set_parity(option_ref, name):
     assert vs_default <= RUN_TO_RUN_MAX, vs_default
 
 
+def test_generate_runs_a_seed_step_and_greedy_steps_in_one_launch(setup):
+    """A tg iteration: generate(seed, n) gives the tokens of prefill([seed]) then decode(n - 1), in one launch."""
+    import torch
+
+    mk = setup["mk"]
+    seed = int(torch.randint(0, 248320, (1,), generator=setup["gen"]).item())
+    mk.reset()
+    two_launches = mk.prefill([seed]).tokens + mk.decode(31).tokens
+    for _ in range(2):
+        mk.reset()
+        got = mk.generate(seed, 32)
+        assert got.tokens == two_launches and got.elapsed_s > 0
+    with pytest.raises(RuntimeError, match="call reset"):
+        mk.generate(seed, 4)  # the sequence has 32 positions now
+    mk.reset()
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        mk.generate(248320, 4)
+
+
 def test_going_back_to_a_kept_context_repeats_the_decode(setup):
     """A depth test's iterations: after restore_context the kernel decodes what it decoded right after the prefill."""
     import torch
