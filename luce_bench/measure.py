@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from luce_bench import quality
-from luce_bench.backends.base import Backend, ModelSpec
+from luce_bench.backends.base import Backend, ModelSpec, StepResult
 from luce_bench.clock import rfc3339
 from luce_bench.config import TestSpec
 from luce_bench.context import RunContext
@@ -57,7 +57,7 @@ def start_iteration(backend: Backend, test: TestSpec, prompt: Sequence[int]) -> 
         backend.reset()
 
 
-def generate_tokens(backend: Backend, test: TestSpec, prompt: Sequence[int], n: int) -> Any:
+def generate_tokens(backend: Backend, test: TestSpec, prompt: Sequence[int], n: int) -> StepResult:
     """The StepResult of a tg iteration's first n steps, after `start_iteration`.
 
     At a depth they continue the kept context; else they start from a new sequence's seed token, the prompt's first id.
