@@ -211,9 +211,10 @@ def commit_label(meta: dict[str, Any]) -> str:
 
 
 def method_label(meta: dict[str, Any]) -> str:
-    """Repetitions and window length."""
+    """Repetitions, window length, and what a tg iteration ran (a run from before 2026-12-06 records nothing)."""
     method = meta.get("method", {})
-    return f"{method.get('reps', '?')} repetitions of ≥ {method.get('window_s', '?')} s windows per row"
+    tg = method.get("tg_iteration") or "a seed step, then N steps (before 2026-12-06)"
+    return f"{method.get('reps', '?')} repetitions of ≥ {method.get('window_s', '?')} s windows per row; tg<N>: {tg}"
 
 
 def labels(meta: dict[str, Any]) -> list[tuple[str, str]]:

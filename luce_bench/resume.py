@@ -146,7 +146,8 @@ def prepare(run_dir: Path, plan: Plan, ctx: RunContext) -> Resume | None:
         raise UserError(
             f"--resume {run_dir}: the run was measured on GPU {status.get('gpu_uuid')}, not {now['gpu_uuid']}"
         )
-    ran = (meta.get("method") or {}).get("tg_iteration")
+    method = meta.get("method")
+    ran = method.get("tg_iteration") if isinstance(method, dict) else None
     if ran != TG_ITERATION and any(t.kind == "tg" and not t.depth for t in ctx.cfg.test_specs):
         raise UserError(
             f"--resume {run_dir}: its tg iterations ran {ran or 'a seed step, then N steps (before 2026-12-06)'}; "

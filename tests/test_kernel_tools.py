@@ -363,7 +363,7 @@ def test_a_device_too_small_for_the_kernel_prefill_takes_the_token_path_and_says
 
 
 def test_a_one_token_prompt_is_a_decode_step_on_every_path(monkeypatch):
-    """A tg test's seed token: one decode step (~0.55 ms on the H200) instead of the kernel prefill (~2.1 ms).
+    """A one-token prompt: one decode step (~0.55 ms on the H200) instead of the kernel prefill (~2.1 ms).
 
     It is not a fallback, and meta.json's prompt path stays the one the longer prompts took.
     """

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from luce_bench.config import TG_ITERATION
 from luce_bench.gpu.fake import PRESETS, FakeGPU
 from luce_bench.provenance import gpu_meta, peak_bandwidth_gb_s
-from luce_bench.published import floor_text, hf_label, kernel_label, labels, load_run, ratio_text
+from luce_bench.published import floor_text, hf_label, kernel_label, labels, load_run, method_label, ratio_text
 from luce_bench.records import SummaryRow
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,8 +77,12 @@ def test_labels_of_a_committed_h100_run():
         "llama.cpp": "0c1e57098 (llama-cpp-python 0.3.36, cuda build, BF16 GGUF, flash attention on)",
         "HF": "GDN path pure-torch fallback; transformers 5.17.0, torch 2.11.0+cu130, fla not installed",
         "luce-bench commit": "70a0e474e9d11eb5420b91e22db113db4934c9c9",
-        "method": "5 repetitions of ≥ 10.0 s windows per row",
+        "method": "5 repetitions of ≥ 10.0 s windows per row; tg<N>: a seed step, then N steps (before 2026-12-06)",
     }
+    now = {"method": {"reps": 3, "window_s": 10.0, "tg_iteration": TG_ITERATION}}  # a run of this version
+    assert method_label(now) == (
+        "3 repetitions of ≥ 10.0 s windows per row; tg<N>: N one-token steps from a seed token (llama-bench)"
+    )
 
 
 def test_labels_of_a_run_with_the_kernel_version_and_a_skipped_backend():

@@ -121,6 +121,7 @@ REFUSALS = {
     "other-out": (["-o", "{env}/elsewhere"], None, "the run continues in its own folder, not under -o"),
     "stale-journal": ([], _stale_journal, "stale power-limit journal"),
     "old-tg-iteration": ([], _old_tg_iteration, "its tg iterations ran a seed step, then N steps (before 2026-12-06)"),
+    "method-not-a-map": ([], lambda d: _edit_json(d / "meta.json", method="fast"), "its tg iterations ran a seed"),
 }
 
 

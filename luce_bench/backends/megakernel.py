@@ -423,8 +423,9 @@ class MegakernelBackend(Backend):
     def prefill(self, token_ids: Sequence[int], logits: bool = False) -> StepResult:
         """Run the prompt: through the kernel prefill when chosen (at any position with ABI 7), else token by token.
 
-        A one-token prompt (a tg test's seed) is one decode step on either path: it gives the prefill's GEMMs nothing
-        to batch, and the decode step reads the weights once as well, ~4x faster (cuda/NOTES.md, session 40). A device
+        A one-token prompt is one decode step on either path: it gives the prefill's GEMMs nothing to batch, and the
+        decode step reads the weights once as well, ~4x faster (cuda/NOTES.md, session 40). (A tg iteration does not
+        come here: `generate` runs its seed step in the launch of its N steps.) A device
         whose shared memory per block the prefill's kernels do not fit (sm_86/89 today) takes the token path, with the
         reason in `prefill_fallback`, from its first prompt on.
         """
