@@ -34,6 +34,7 @@ _CUDA_INDEX = re.compile(r"^cuda:\d+$")
 # meta.json's method.tg_iteration: what one tg<N> iteration runs (luce_bench/measure.py). A resumed sweep must have
 # run the same: before 2026-12-06 a seed step ran first, N + 1 steps for N tokens (no such key in its meta.json)
 TG_ITERATION = "N one-token steps from a seed token (llama-bench)"
+TG_ITERATION_BEFORE = "a seed step, then N steps (before 2026-12-06)"  # what a meta.json without the key ran
 
 
 @dataclass(frozen=True)

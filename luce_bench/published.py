@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from luce_bench.config import TG_ITERATION_BEFORE
 from luce_bench.errors import UserError
 from luce_bench.records import RunRecord, SummaryRow, read_csv
 from luce_bench.results import META, RUNS, SUMMARY, read_meta
@@ -213,7 +214,7 @@ def commit_label(meta: dict[str, Any]) -> str:
 def method_label(meta: dict[str, Any]) -> str:
     """Repetitions, window length, and what a tg iteration ran (a run from before 2026-12-06 records nothing)."""
     method = meta.get("method", {})
-    tg = method.get("tg_iteration") or "a seed step, then N steps (before 2026-12-06)"
+    tg = method.get("tg_iteration") or TG_ITERATION_BEFORE
     return f"{method.get('reps', '?')} repetitions of ≥ {method.get('window_s', '?')} s windows per row; tg<N>: {tg}"
 
 

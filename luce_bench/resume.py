@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from luce_bench.appender import CsvAppender
-from luce_bench.config import TG_ITERATION
+from luce_bench.config import TG_ITERATION, TG_ITERATION_BEFORE
 from luce_bench.context import RunContext
 from luce_bench.errors import UserError
 from luce_bench.plan import Plan, Trial, key_of
@@ -150,7 +150,7 @@ def prepare(run_dir: Path, plan: Plan, ctx: RunContext) -> Resume | None:
     ran = method.get("tg_iteration") if isinstance(method, dict) else None
     if ran != TG_ITERATION and any(t.kind == "tg" and not t.depth for t in ctx.cfg.test_specs):
         raise UserError(
-            f"--resume {run_dir}: its tg iterations ran {ran or 'a seed step, then N steps (before 2026-12-06)'}; "
+            f"--resume {run_dir}: its tg iterations ran {ran or TG_ITERATION_BEFORE}; "
             f"this luce-bench runs {TG_ITERATION}, so the rows would not compare: start a new sweep"
         )
     for name, cls in ((RUNS, RunRecord), (SAMPLES, Sample)):  # a line cut short by a crash is not a row

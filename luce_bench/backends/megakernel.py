@@ -532,8 +532,6 @@ class MegakernelBackend(Backend):
 
     def decode(self, n: int, logits: bool = False, inputs: Sequence[int] | None = None) -> StepResult:
         """Greedy-decode n tokens in one launch (teacher-forced by `inputs` when given)."""
-        import torch
-
         if n < 1:
             return StepResult(tokens=(), elapsed_s=0.0)
         forced = None
@@ -543,6 +541,12 @@ class MegakernelBackend(Backend):
             forced = self._tokens(inputs)
         elif self._pos == 0:
             raise RuntimeError("decode() needs a prefill() first")
+        return self._timed_steps(n, forced, logits)
+
+    def _timed_steps(self, n: int, forced: Any = None, logits: bool = False) -> StepResult:
+        """One launch of n steps between two device synchronisations: their tokens, time and (optional) logits."""
+        import torch
+
         torch.cuda.synchronize(self._device)
         t0 = time.perf_counter()
         out, lg = self.run_steps(n, forced, 0 if logits else None)
@@ -560,8 +564,6 @@ class MegakernelBackend(Backend):
         Step 0 reads its input from the `last_token` slot, which holds `seed`; each later step feeds the previous
         argmax, as `prefill([seed])` then `decode(n - 1)` would in two launches (tests/gpu/test_megakernel.py).
         """
-        import torch
-
         if n < 1:
             raise ValueError("generate() needs n >= 1")
         if self._pos != 0:
@@ -569,12 +571,7 @@ class MegakernelBackend(Backend):
         if not 0 <= seed < self.layout.vocab:
             raise ValueError(f"seed token {seed} is outside the vocabulary (0..{self.layout.vocab - 1})")
         self._bufs["last_token"].fill_(seed)
-        torch.cuda.synchronize(self._device)
-        t0 = time.perf_counter()
-        out, _ = self.run_steps(n)
-        torch.cuda.synchronize(self._device)
-        elapsed = time.perf_counter() - t0
-        return StepResult(tokens=tuple(int(t) for t in out.tolist()), elapsed_s=elapsed)
+        return self._timed_steps(n)
 
     def info(self) -> dict[str, Any]:
         """Kernel version (ABI, sources hash), library, build options, launch sizes and ptxas facts for meta.json."""
