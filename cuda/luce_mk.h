@@ -38,11 +38,12 @@
 extern "C" {
 #endif
 
-#define LUCE_MK_ABI_VERSION 11 /* 6: + the prefill entry points (the decode ABI is that of 4); 7: + the prefill at pos > 0;
+#define LUCE_MK_ABI_VERSION 12 /* 6: + the prefill entry points (the decode ABI is that of 4); 7: + the prefill at pos > 0;
                                   8: + the prefill's GEMMs through cuBLAS (luce_mk_prefill_cublas);
                                   9: + LuceMkParams.tune (the per-GPU tuning, chosen at run time);
                                   10: + LuceMkParams.lm8 and LuceMkTune.lm_screen (the screened LM head);
-                                  11: + LuceMkParams.grid (blocks per launch, appended) */
+                                  11: + LuceMkParams.grid (blocks per launch, appended);
+                                  12: + LuceMkParams.deep_phases and inflight_deep (appended) */
 
 /* The LM head's screening copy (lm8): its row size, and the most LM-head rows a block may hold for the kernel to use it
    (a block keeps one f32 bound per row in shared memory; grids of 61 blocks and more). */
@@ -136,6 +137,10 @@ typedef struct LuceMkParams {
                                   SM count (LUCE_MK_ERR_ARGS otherwise), to tune per GPU or to run the paths of a
                                   smaller GPU. Fixed within a sequence: the barrier counter grows by grid per barrier
                                   (sync_base counts barriers), so the caller resets `sync` before changing it */
+    int deep_phases;           /* ABI 12: 0..15, layer phases whose weight copies run at inflight_deep copies in flight
+                                  instead of tune.inflight (bit k: 0 in_proj / qkv, 1 out_proj / o_proj, 2 gate|up,
+                                  3 down): more bytes in flight where the consumers only stream, not where they wait */
+    int inflight_deep;         /* ABI 12: 0..64, the cap in those phases (0: as many as the ring holds) */
 } LuceMkParams;
 
 typedef struct LuceMkLayout {

@@ -139,8 +139,9 @@ constexpr unsigned FULL_ARRIVALS = 32;
 
 // ---- producer ----
 // Copies every chunk into the next free slot, with at most tune.inflight copies in flight (tune.inflight_lm in the LM
-// head but its last LM_TAIL_ROWS rows): every queued copy delays the consumers' dependent L2 round trips (NOTES.md
-// v9), and every release a consumer makes waits for the copies in flight on its SM (NOTES.md v13).
+// head but its last LM_TAIL_ROWS rows, P.inflight_deep in the layer phases of P.deep_phases): every queued copy delays
+// the consumers' dependent L2 round trips (NOTES.md v9), and every release a consumer makes waits for the copies in
+// flight on its SM (NOTES.md v13).
 __device__ void run_producer(const Ctx& c, const LuceMkParams& P) {
 #if __CUDA_ARCH__ >= 900
     if (c.lane != 0) return;
@@ -148,6 +149,7 @@ __device__ void run_producer(const Ctx& c, const LuceMkParams& P) {
 #endif
     const unsigned ns = (unsigned)c.ns, pause_mask = (unsigned)P.tune.pause_mask;
     const unsigned cap_layers = (unsigned)P.tune.inflight, cap_lm = (unsigned)P.tune.inflight_lm;
+    const unsigned deep = (unsigned)P.deep_phases, cap_deep = (unsigned)P.inflight_deep;
     const int lm_end = split_rows(V, c.b + 1, c.G);
     Walk w;
     const char* src;
@@ -156,7 +158,8 @@ __device__ void run_producer(const Ctx& c, const LuceMkParams& P) {
         const unsigned slot = qp % ns;
         // wait until copy qp - cap has landed (its slot is not re-armed before copy qp - cap + ns > qp, so its full
         // barrier still shows that phase); cap 0 or >= ns: no cap beyond the ring
-        const unsigned cap = w.l == NL && lm_end - w.r > LM_TAIL_ROWS ? cap_lm : cap_layers;
+        const unsigned cap = w.l == NL ? (lm_end - w.r > LM_TAIL_ROWS ? cap_lm : cap_layers)
+                                       : (deep >> w.k & 1u ? cap_deep : cap_layers);
         if (cap > 0 && cap < ns && qp >= cap) {
             const unsigned q0 = qp - cap;
             mbar_wait(&smem().full[q0 % ns], (q0 / ns) & 1u);

@@ -222,6 +222,7 @@ class MegakernelBackend(Backend):
         elif self.tune is None:
             self.tune = for_device(torch.cuda.get_device_name(self._device))
         _ = self.grid  # a grid this GPU or library cannot launch is refused here, before any weights move
+        self._check_deep_phases()
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         """Repack HF-named CPU tensors into the kernel layout on the device and allocate the state buffers."""
@@ -268,6 +269,14 @@ class MegakernelBackend(Backend):
                 f"kernel tune grid={asked}: this GPU has {self.launch.sm_count} SMs (one block per SM at most)"
             )
         return asked
+
+    def _check_deep_phases(self) -> None:
+        """Refuse a tune with deep phases (ABI 12) for an older library, which would silently run without them."""
+        if self._abi < 12 and self.tune is not None and self.tune.deep_phases:
+            raise UserError(
+                f"kernel tune deep_phases={self.tune.deep_phases}: {self._build.lib} is ABI {self._abi}, which keeps "
+                "tune.inflight copies in flight in every layer phase; rebuild the kernel or drop deep_phases"
+            )
 
     # ---------------------------------------------------------------- run
     def reset(self) -> None:
@@ -393,6 +402,8 @@ class MegakernelBackend(Backend):
                 setattr(p.tune, k, getattr(self.tune, k))
         if self._abi >= 11:
             p.grid = grid
+        if self._abi >= 12:
+            p.deep_phases, p.inflight_deep = self.tune.deep_phases, self.tune.inflight_deep
         if self._abi >= 10:
             p.lm8 = b["lm8"].data_ptr() if b["lm8"] is not None else None
             p.lm_rescored = b["lm_rescored"].data_ptr()

@@ -7,13 +7,13 @@ from pathlib import Path
 
 from luce_bench.errors import UserError
 
-ABI_VERSION = 11
+ABI_VERSION = 12
 # 4: the decode only (libraries built before the prefill, e.g. for side-by-side benchmarks); 6: + the prefill from
 # position 0; 7: + the prefill at any position (LuceMkPrefillParams.pos, appended: ABI 6 libraries ignore it);
 # 8: + the prefill's GEMMs through cuBLAS (kernels/cublas.py); 9: + LuceMkParams.tune (appended: older libraries
 # ignore it and run their compiled tuning); 10: + the screened LM head (LuceMkTune.lm_screen, LuceMkParams.lm8 and
 # .lm_rescored, appended); 11: + LuceMkParams.grid (blocks per launch, appended: kernels/tune.py's `grid`)
-DECODE_ABIS = (4, 6, 7, 8, 9, 10, 11)
+DECODE_ABIS = (4, 6, 7, 8, 9, 10, 11, 12)
 PREFILL_SYMBOLS = ("luce_mk_prefill", "luce_mk_prefill_workspace", "luce_mk_prefill_launches")
 SYMBOLS = (
     "luce_mk_abi_version",
@@ -69,6 +69,8 @@ class LuceMkParams(ctypes.Structure):
         ("lm8", _p),
         ("lm_rescored", _p),
         ("grid", ctypes.c_int),
+        ("deep_phases", ctypes.c_int),
+        ("inflight_deep", ctypes.c_int),
     ]
 
 

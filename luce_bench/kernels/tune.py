@@ -22,7 +22,10 @@ PAUSE_X_LOAD, PAUSE_GDN_ITEM = 4, 8  # LuceMkPauseReasons of luce_mk.h
 
 @dataclass(frozen=True)
 class Tune:
-    """One setting of the decode kernel's run-time tuning (field names and ranges as LuceMkTune, plus the grid)."""
+    """One setting of the decode kernel's run-time tuning.
+
+    The field names and ranges are LuceMkTune's, then the grid and the deep phases, which travel in LuceMkParams.
+    """
 
     inflight: int = 1  # weight copies in flight per SM in the layers (0: as many as the ring holds)
     inflight_lm: int = 2  # the same in the LM head
@@ -32,8 +35,20 @@ class Tune:
     # blocks per launch (LuceMkParams.grid, ABI 11, not LuceMkTune): 0 = one per SM; else MIN_GRID .. the GPU's SM
     # count (the backend checks the upper end), e.g. to run the paths of a smaller GPU (blocks with several work items)
     grid: int = 0
+    # layer phases whose copies run at inflight_deep in flight instead of inflight (LuceMkParams, ABI 12; bit k: 0
+    # in_proj / qkv, 1 out_proj / o_proj, 2 gate|up, 3 down), e.g. deep_phases=1: two copies in flight in in_proj only
+    deep_phases: int = 0
+    inflight_deep: int = 2
 
-    LIMITS = {"inflight": 64, "inflight_lm": 64, "spin_sleep_ns": 4096, "lm_screen": 1, "grid": 1024}
+    LIMITS = {
+        "inflight": 64,
+        "inflight_lm": 64,
+        "spin_sleep_ns": 4096,
+        "lm_screen": 1,
+        "grid": 1024,
+        "deep_phases": 15,
+        "inflight_deep": 64,
+    }
     MIN_GRID = 8  # the kernel's (cuda/mk_layout.cuh): the MLP split and the GDN items need 8 blocks
 
     def __post_init__(self) -> None:

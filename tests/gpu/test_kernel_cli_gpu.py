@@ -74,7 +74,16 @@ def test_kernel_trace_cli(tmp_path):
     total = sum(v["gdn_us"] + v["attn_us"] for v in t["segments"].values())
     assert abs(total - t["step_us"]) < 0.02 * t["step_us"]  # the segments tile the step
     assert "mixer barrier" in t["segments"] and "LM head + argmax" in t["segments"]
-    assert set(t["tune"]) == {"inflight", "inflight_lm", "pause_mask", "spin_sleep_ns", "lm_screen", "grid"}
+    assert set(t["tune"]) == {
+        "inflight",
+        "inflight_lm",
+        "pause_mask",
+        "spin_sleep_ns",
+        "lm_screen",
+        "grid",
+        "deep_phases",
+        "inflight_deep",
+    }
     path = t["gdn_skew_path_us"]  # the GDN mixer barrier's skew, point by point up to the arrival
     assert list(path)[-1] == "mixer done" and path["mixer done"]["slowest_minus_median"] >= 0
     assert "GDN mixer skew by point" in r.output and t["last_blocks_mixer"]
