@@ -12,7 +12,8 @@ ABI_VERSION = 12
 # position 0; 7: + the prefill at any position (LuceMkPrefillParams.pos, appended: ABI 6 libraries ignore it);
 # 8: + the prefill's GEMMs through cuBLAS (kernels/cublas.py); 9: + LuceMkParams.tune (appended: older libraries
 # ignore it and run their compiled tuning); 10: + the screened LM head (LuceMkTune.lm_screen, LuceMkParams.lm8 and
-# .lm_rescored, appended); 11: + LuceMkParams.grid (blocks per launch, appended: kernels/tune.py's `grid`)
+# .lm_rescored, appended); 11: + LuceMkParams.grid (blocks per launch, appended: kernels/tune.py's `grid`); 12: +
+# LuceMkParams.deep_phases and .inflight_deep (appended: kernels/tune.py's fields of the same names)
 DECODE_ABIS = (4, 6, 7, 8, 9, 10, 11, 12)
 PREFILL_SYMBOLS = ("luce_mk_prefill", "luce_mk_prefill_workspace", "luce_mk_prefill_launches")
 SYMBOLS = (
