@@ -180,17 +180,36 @@ def test_greedy_tokens_vs_hf(setup):
     assert all(0 <= t < 248320 for t in free)
 
 
+def _screen_gaps(tokens, full_tokens, full_logits) -> list[tuple[int, float]]:
+    """(step, gap) at every step where the screened head chose another token than the full head.
+
+    gap = (logit of the full head's token - logit of the screened head's token) / |the former|, in the full head's
+    logits at that step. Both token lists must follow one history (teacher forcing, or a free-running decode cut after
+    its first difference).
+    """
+    gaps = []
+    for i, (a, b) in enumerate(zip(tokens, full_tokens, strict=True)):
+        if a != b:
+            row = full_logits[i]
+            gaps.append((i, float((row[b] - row[a]) / max(abs(row[b]), 1e-6))))
+    return gaps
+
+
 @pytest.mark.parametrize("start", [N_PROMPT, LONG_POS])
 def test_screened_lm_head_gives_the_full_heads_tokens(setup, start):
     """Greedy steps score the LM head on its int8 copy and recompute the rows that can win (cuda/mk_lm_head.cuh).
 
-    Against the full bf16 head (tune lm_screen=0) after the same context: the same token at every one of N_DEC
-    teacher-forced steps (each an independent argmax over the vocabulary) and along a free-running greedy decode, with
-    far fewer rows recomputed than the head has.
+    Against the full bf16 head (tune lm_screen=0, its logits returned) after the same context, at N_DEC teacher-forced
+    steps (each an independent argmax over the vocabulary) and along a free-running greedy decode: the same token, or,
+    where the two runs' own rounding differs (their split-K sums land in any order), a token whose full-head logit is
+    within a near tie (agreement.NEAR_TIE, relative) of the best, at one step in 64 at most. A screen that missed the
+    best row would choose a clearly worse one. Far fewer rows are recomputed than the head has.
     """
     import dataclasses
 
     import torch
+
+    from luce_bench.agreement import NEAR_TIE
 
     mk, gen = setup["mk"], setup["gen"]
     assert mk.info()["lm_screen"] == "yes"
@@ -205,18 +224,22 @@ def test_screened_lm_head_gives_the_full_heads_tokens(setup, start):
                 mk.reset()
                 mk.prefill(ctx)
                 mk.lm_rescored()
-                out, _ = mk.run_steps(N_DEC, inputs=inputs)
-                runs.append((out.tolist(), mk.lm_rescored()))
+                out, lg = mk.run_steps(N_DEC, inputs=inputs, logits_first=None if screen else 0)
+                runs.append((out.tolist(), mk.lm_rescored(), lg.cpu().numpy() if lg is not None else None))
             got[screen] = runs
     finally:
         mk.tune = tune
-    (tf1, n_tf), (free1, n_free) = got[1]
-    (tf0, n_off), (free0, _) = got[0]
-    same_free = next((i for i, (a, b) in enumerate(zip(free1, free0, strict=True)) if a != b), N_DEC)
-    print(json.dumps({"start": start, "rescored_per_step": (n_tf + n_free) / (2 * N_DEC), "free_equal": same_free}))
+    (tf1, n_tf, _), (free1, n_free, _) = got[1]
+    (tf0, n_off, tf0_logits), (free0, _, free0_logits) = got[0]
+    assert tf0 == tf0_logits.argmax(-1).tolist() and free0 == free0_logits.argmax(-1).tolist()
+    tf_gaps = _screen_gaps(tf1, tf0, tf0_logits)
+    free_equal = next((i for i, (a, b) in enumerate(zip(free1, free0, strict=True)) if a != b), N_DEC)
+    free_gaps = _screen_gaps(free1[: free_equal + 1], free0[: free_equal + 1], free0_logits)
+    report = {"start": start, "rescored_per_step": (n_tf + n_free) / (2 * N_DEC), "free_equal": free_equal}
+    print(json.dumps({**report, "teacher_forced_gaps": tf_gaps, "free_gaps": free_gaps}))
     assert all(0 <= x < 248320 for x in tf1 + free1)
-    assert tf1 == tf0
-    assert free1 == free0
+    assert all(gap <= NEAR_TIE for _, gap in tf_gaps + free_gaps), (tf_gaps, free_gaps)
+    assert len(tf_gaps) <= N_DEC // 64, tf_gaps
     assert n_off == 0  # the full head recomputes nothing
     for n in (n_tf, n_free):  # every block recomputes at least its own best row; the screen rules out most rows
         assert N_DEC * mk.grid <= n < N_DEC * 248320 // 50
