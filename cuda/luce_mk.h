@@ -43,7 +43,7 @@ extern "C" {
                                   9: + LuceMkParams.tune (the per-GPU tuning, chosen at run time);
                                   10: + LuceMkParams.lm8 and LuceMkTune.lm_screen (the screened LM head);
                                   11: + LuceMkParams.grid (blocks per launch, appended);
-                                  12: + LuceMkParams.deep_phases and inflight_deep (appended) */
+                                  12: + LuceMkParams.deep_phases, inflight_deep and pause_ready (appended) */
 
 /* The LM head's screening copy (lm8): its row size, and the most LM-head rows a block may hold for the kernel to use it
    (a block keeps one f32 bound per row in shared memory; grids of 61 blocks and more). */
@@ -141,6 +141,10 @@ typedef struct LuceMkParams {
                                   instead of tune.inflight (bit k: 0 in_proj / qkv, 1 out_proj / o_proj, 2 gate|up,
                                   3 down): more bytes in flight where the consumers only stream, not where they wait */
     int inflight_deep;         /* ABI 12: 0..64, the cap in those phases (0: as many as the ring holds) */
+    int pause_ready;           /* ABI 12: 0..64, a pause of tune.pause_mask holds only while at least this many of the
+                                  block's issued copies are not yet consumed (0: always; the ring's slots - 1 and more:
+                                  only while the ring is full): a stretch that starts on a drained ring still gets
+                                  chunks */
 } LuceMkParams;
 
 typedef struct LuceMkLayout {

@@ -189,7 +189,8 @@ int luce_mk_decode(const LuceMkParams* p, void* stream) {
     const unsigned pauses = LUCE_MK_PAUSE_X_LOAD | LUCE_MK_PAUSE_GDN_ITEM;
     if (t.inflight < 0 || t.inflight > 64 || t.inflight_lm < 0 || t.inflight_lm > 64 || (t.pause_mask & ~pauses) ||
         t.spin_sleep_ns < 0 || t.spin_sleep_ns > 4096 || t.lm_screen < 0 || t.lm_screen > 1 || p->deep_phases < 0 ||
-        p->deep_phases > 15 || p->inflight_deep < 0 || p->inflight_deep > 64)
+        p->deep_phases > 15 || p->inflight_deep < 0 || p->inflight_deep > 64 || p->pause_ready < 0 ||
+        p->pause_ready > 64)
         return kErrArgs;
     DevInfo* d = nullptr;
     const int rc = dev_info(&d);

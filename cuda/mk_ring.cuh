@@ -138,10 +138,20 @@ constexpr unsigned FULL_ARRIVALS = 32;
 #endif
 
 // ---- producer ----
+// Whether at least k of the copies before copy qp are not yet consumed (k = 0: taken as yes): copy qp - k is not
+// released. Its empty barrier completes phase (qp - k) / ns when the consumers release it; the phase after that needs
+// copy qp - k + ns, which is not issued yet (k < ns), so the parity is unambiguous.
+__device__ __forceinline__ bool ring_stocked(unsigned qp, unsigned k, unsigned ns) {
+    if (k == 0) return true;
+    if (qp < k) return false;
+    const unsigned q0 = qp - k;
+    return !mbar_test(&smem().empty[q0 % ns], (q0 / ns) & 1u);
+}
+
 // Copies every chunk into the next free slot, with at most tune.inflight copies in flight (tune.inflight_lm in the LM
 // head but its last LM_TAIL_ROWS rows, P.inflight_deep in the layer phases of P.deep_phases): every queued copy delays
 // the consumers' dependent L2 round trips (NOTES.md v9), and every release a consumer makes waits for the copies in
-// flight on its SM (NOTES.md v13).
+// flight on its SM (NOTES.md v13). A pause (tune.pause_mask) holds while the ring is stocked (P.pause_ready).
 __device__ void run_producer(const Ctx& c, const LuceMkParams& P) {
 #if __CUDA_ARCH__ >= 900
     if (c.lane != 0) return;
@@ -150,6 +160,8 @@ __device__ void run_producer(const Ctx& c, const LuceMkParams& P) {
     const unsigned ns = (unsigned)c.ns, pause_mask = (unsigned)P.tune.pause_mask;
     const unsigned cap_layers = (unsigned)P.tune.inflight, cap_lm = (unsigned)P.tune.inflight_lm;
     const unsigned deep = (unsigned)P.deep_phases, cap_deep = (unsigned)P.inflight_deep;
+    // (copy qp - ns is released before copy qp goes out: at most ns - 1 copies can be waiting to be consumed)
+    const unsigned ready = min((unsigned)P.pause_ready, ns - 1);
     const int lm_end = split_rows(V, c.b + 1, c.G);
     Walk w;
     const char* src;
@@ -165,7 +177,7 @@ __device__ void run_producer(const Ctx& c, const LuceMkParams& P) {
             mbar_wait(&smem().full[q0 % ns], (q0 / ns) & 1u);
         }
         mbar_wait(&smem().empty[slot], ((qp / ns) & 1u) ^ 1u);
-        pause_wait(pause_mask);
+        while (paused(pause_mask) && ring_stocked(qp, ready, ns)) __nanosleep(32);
         char* dst = c.ring() + (size_t)slot * SLOT_BYTES;
 #if __CUDA_ARCH__ >= 900
         bulk_load(dst, src, bytes, &smem().full[slot], pol);

@@ -44,9 +44,11 @@ __device__ __forceinline__ void pause_set(PauseReason why, bool on) {
     }
 #endif
 }
-__device__ __forceinline__ void pause_wait(unsigned mask) {
+__device__ __forceinline__ bool paused(unsigned mask) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    while (*(volatile unsigned*)&smem().pause & mask) __nanosleep(32);
+    return (*(volatile unsigned*)&smem().pause & mask) != 0;
+#else
+    return false;
 #endif
 }
 

@@ -63,6 +63,7 @@ KERNEL_TUNE_SETS = {
     "inflight2-lm1": {"inflight": 2, "inflight_lm": 1},
     "uncapped": {"inflight": 0, "inflight_lm": 0},
     "deep-in-proj-mlp": {"deep_phases": 13, "inflight_deep": 3},  # three copies in flight in in_proj, gate|up, down
+    "pause-ready2": {"pause_ready": 2},  # the pauses hold only while two copies are not yet consumed
     "no-pause": {"pause_mask": 0},
     "spin-sleep128": {"spin_sleep_ns": 128},
     "full-lm-head": {"lm_screen": 0},  # (teacher-forced logits read the full head anyway: the greedy test compares)

@@ -68,9 +68,9 @@ def test_library_loads_and_exports_abi(built):
     # layer params + embedding = 752,393,024 - norms/conv/A/dt (small params are in the f32 blob)
     assert lay.wblob_elems + 248320 * 1024 == 752_393_024 - (24 * 2048 + 1024 + 6 * 512 + 18 * (6144 * 4 + 32 + 128))
     # 15 pointers, 7 ints + padding before `trace`; the tune (ABI 9; a fifth int in ABI 10) and, padded to 8, the
-    # two pointers of the screened LM head (ABI 10) appended; then the grid (ABI 11) and the deep phases (ABI 12),
-    # padded to 8
-    assert ctypes.sizeof(klib.LuceMkParams) == 15 * 8 + 8 * 4 + 5 * 4 + 4 + 2 * 8 + 3 * 4 + 4
+    # two pointers of the screened LM head (ABI 10) appended; then the grid (ABI 11), the deep phases and pause_ready
+    # (ABI 12)
+    assert ctypes.sizeof(klib.LuceMkParams) == 15 * 8 + 8 * 4 + 5 * 4 + 4 + 2 * 8 + 4 * 4
     assert ctypes.sizeof(klib.LuceMkTune) == 5 * 4
     assert lib.luce_mk_trace_points() == 24 * 12 + 4  # 12 points per layer + 4 per step
     assert klib.has_prefill(lib) and klib.prefill_continues(lib) and lib.luce_mk_abi_version() == 12

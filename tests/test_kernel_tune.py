@@ -66,13 +66,13 @@ def test_the_python_mirrors_follow_the_header():
     body = re.search(r"typedef struct LuceMkTune \{(.*?)\} LuceMkTune;", header, re.S).group(1)
     fields = re.findall(r"^\s*int (\w+);", body, re.M)
     assert fields == [name for name, _ in klib.LuceMkTune._fields_]
-    # the dataclass adds the grid and the deep phases, which travel in LuceMkParams (appended in ABI 11 and 12: older
-    # libraries ignore them)
-    deep = ["deep_phases", "inflight_deep"]
+    # the dataclass adds the grid, the deep phases and pause_ready, which travel in LuceMkParams (appended in ABI 11
+    # and 12: older libraries ignore them)
+    deep = ["deep_phases", "inflight_deep", "pause_ready"]
     assert [*fields, "grid", *deep] == [f.name for f in dataclasses.fields(kt.Tune)]
-    # appended (the tune in ABI 9, the screened LM head's pointers in ABI 10, the grid in ABI 11, the deep phases in
-    # ABI 12): older libraries ignore them
-    assert [name for name, _ in klib.LuceMkParams._fields_[-6:]] == ["tune", "lm8", "lm_rescored", "grid", *deep]
+    # appended (the tune in ABI 9, the screened LM head's pointers in ABI 10, the grid in ABI 11, the deep phases and
+    # pause_ready in ABI 12): older libraries ignore them
+    assert [name for name, _ in klib.LuceMkParams._fields_[-7:]] == ["tune", "lm8", "lm_rescored", "grid", *deep]
     params = re.search(r"typedef struct LuceMkParams \{(.*?)\} LuceMkParams;", header, re.S).group(1)
     names = re.findall(r"^\s*[\w ]+?\**\s*\**(\w+);", params, re.M)
     assert names == [name for name, _ in klib.LuceMkParams._fields_]
@@ -118,24 +118,34 @@ def test_the_backend_checks_the_grid_against_the_gpu_and_the_library():
     assert be.grid == 132  # an older library with the default grid runs as before
 
 
-def test_the_deep_phases():
-    """deep_phases is a mask of the four layer phases (as the launch checks); an older library refuses it."""
+def test_the_abi12_fields():
+    """deep_phases is a mask of the layer phases, pause_ready a copy count, as the launch checks them.
+
+    An older library refuses either.
+    """
     from types import SimpleNamespace
 
     from luce_bench.backends.megakernel import MegakernelBackend
     from luce_bench.kernels.build import source_dir
 
-    assert kt.Tune().deep_phases == 0  # no GPU's measured tune uses them
-    assert kt.Tune().changed("deep_phases=1,inflight_deep=3", "x") == kt.Tune(deep_phases=1, inflight_deep=3)
+    t = kt.Tune()
+    assert (t.deep_phases, t.pause_ready) == (0, 0)  # no GPU's measured tune uses them
+    assert t.changed("deep_phases=1,inflight_deep=3", "x") == kt.Tune(deep_phases=1, inflight_deep=3)
     with pytest.raises(UserError, match=r"^x: kernel tune deep_phases=16: expected 0\.\.15$"):
-        kt.Tune().changed("deep_phases=16", "x")
+        t.changed("deep_phases=16", "x")
+    with pytest.raises(UserError, match=r"^x: kernel tune pause_ready=65: expected 0\.\.64$"):
+        t.changed("pause_ready=65", "x")
     launch = (source_dir() / "mk_decode.cu").read_text()
-    assert "p->deep_phases > 15" in launch and "p->inflight_deep > 64" in launch
-    be = MegakernelBackend(tune=kt.Tune(deep_phases=5))
+    for bound in ("p->deep_phases > 15", "p->inflight_deep > 64", "p->pause_ready > 64"):
+        assert bound in launch
+    be = MegakernelBackend(tune=kt.Tune(deep_phases=5, pause_ready=2))
     be._abi, be._build = 12, SimpleNamespace(lib="libluce_mk.so")
-    be._check_deep_phases()
+    be._check_abi12_fields()
     be._abi = 11
     with pytest.raises(UserError, match=r"^kernel tune deep_phases=5: libluce_mk.so is ABI 11, which keeps"):
-        be._check_deep_phases()
+        be._check_abi12_fields()
+    be.tune = kt.Tune(pause_ready=2)
+    with pytest.raises(UserError, match=r"^kernel tune pause_ready=2: libluce_mk.so is ABI 11, whose pauses"):
+        be._check_abi12_fields()
     be.tune = kt.Tune()
-    be._check_deep_phases()  # an older library with no deep phases runs as before
+    be._check_abi12_fields()  # an older library with neither runs as before

@@ -222,7 +222,7 @@ class MegakernelBackend(Backend):
         elif self.tune is None:
             self.tune = for_device(torch.cuda.get_device_name(self._device))
         _ = self.grid  # a grid this GPU or library cannot launch is refused here, before any weights move
-        self._check_deep_phases()
+        self._check_abi12_fields()
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         """Repack HF-named CPU tensors into the kernel layout on the device and allocate the state buffers."""
@@ -270,12 +270,19 @@ class MegakernelBackend(Backend):
             )
         return asked
 
-    def _check_deep_phases(self) -> None:
-        """Refuse a tune with deep phases (ABI 12) for an older library, which would silently run without them."""
-        if self._abi < 12 and self.tune is not None and self.tune.deep_phases:
+    def _check_abi12_fields(self) -> None:
+        """Refuse a tune with deep phases or pause_ready (ABI 12) for an older library, which would ignore them."""
+        if self._abi >= 12 or self.tune is None:
+            return
+        if self.tune.deep_phases:
             raise UserError(
                 f"kernel tune deep_phases={self.tune.deep_phases}: {self._build.lib} is ABI {self._abi}, which keeps "
                 "tune.inflight copies in flight in every layer phase; rebuild the kernel or drop deep_phases"
+            )
+        if self.tune.pause_ready:
+            raise UserError(
+                f"kernel tune pause_ready={self.tune.pause_ready}: {self._build.lib} is ABI {self._abi}, whose pauses "
+                "always hold; rebuild the kernel or drop pause_ready"
             )
 
     # ---------------------------------------------------------------- run
@@ -404,6 +411,7 @@ class MegakernelBackend(Backend):
             p.grid = grid
         if self._abi >= 12:
             p.deep_phases, p.inflight_deep = self.tune.deep_phases, self.tune.inflight_deep
+            p.pause_ready = self.tune.pause_ready
         if self._abi >= 10:
             p.lm8 = b["lm8"].data_ptr() if b["lm8"] is not None else None
             p.lm_rescored = b["lm_rescored"].data_ptr()

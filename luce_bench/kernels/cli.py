@@ -86,8 +86,9 @@ def bench_cmd(
         typer.Option(
             help="NAME:MK_A=1,MK_B=2 (a build-option set), NAME (the defaults) or NAME=DIR (a prebuilt library), "
             "each optionally followed by @field=value,... (run-time tune: inflight, inflight_lm, pause_mask, "
-            "spin_sleep_ns, lm_screen, grid, deep_phases, inflight_deep; no rebuild); repeatable, measured side by "
-            "side. Default: one variant built with the environment's build options ($LUCE_BENCH_KERNEL_OPTIONS)."
+            "spin_sleep_ns, lm_screen, grid, deep_phases, inflight_deep, pause_ready; no rebuild); repeatable, "
+            "measured side by side. Default: one variant built with the environment's build options "
+            "($LUCE_BENCH_KERNEL_OPTIONS)."
         ),
     ] = None,
     reps: Annotated[int, typer.Option(min=1, help="Timed launches per round at the short position.")] = 10,

@@ -13,7 +13,7 @@ ABI_VERSION = 12
 # 8: + the prefill's GEMMs through cuBLAS (kernels/cublas.py); 9: + LuceMkParams.tune (appended: older libraries
 # ignore it and run their compiled tuning); 10: + the screened LM head (LuceMkTune.lm_screen, LuceMkParams.lm8 and
 # .lm_rescored, appended); 11: + LuceMkParams.grid (blocks per launch, appended: kernels/tune.py's `grid`); 12: +
-# LuceMkParams.deep_phases and .inflight_deep (appended: kernels/tune.py's fields of the same names)
+# LuceMkParams.deep_phases, .inflight_deep and .pause_ready (appended: kernels/tune.py's fields of the same names)
 DECODE_ABIS = (4, 6, 7, 8, 9, 10, 11, 12)
 PREFILL_SYMBOLS = ("luce_mk_prefill", "luce_mk_prefill_workspace", "luce_mk_prefill_launches")
 SYMBOLS = (
@@ -72,6 +72,7 @@ class LuceMkParams(ctypes.Structure):
         ("grid", ctypes.c_int),
         ("deep_phases", ctypes.c_int),
         ("inflight_deep", ctypes.c_int),
+        ("pause_ready", ctypes.c_int),
     ]
 
 

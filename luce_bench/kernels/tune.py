@@ -24,7 +24,8 @@ PAUSE_X_LOAD, PAUSE_GDN_ITEM = 4, 8  # LuceMkPauseReasons of luce_mk.h
 class Tune:
     """One setting of the decode kernel's run-time tuning.
 
-    The field names and ranges are LuceMkTune's, then the grid and the deep phases, which travel in LuceMkParams.
+    The field names and ranges are LuceMkTune's, then the grid, the deep phases and pause_ready, which travel in
+    LuceMkParams.
     """
 
     inflight: int = 1  # weight copies in flight per SM in the layers (0: as many as the ring holds)
@@ -39,6 +40,9 @@ class Tune:
     # in_proj / qkv, 1 out_proj / o_proj, 2 gate|up, 3 down), e.g. deep_phases=1: two copies in flight in in_proj only
     deep_phases: int = 0
     inflight_deep: int = 2
+    # a pause of pause_mask holds only while at least this many of the block's issued copies are not yet consumed
+    # (LuceMkParams, ABI 12; 0: always): a paused stretch that starts on a drained ring still gets its next chunks
+    pause_ready: int = 0
 
     LIMITS = {
         "inflight": 64,
@@ -48,6 +52,7 @@ class Tune:
         "grid": 1024,
         "deep_phases": 15,
         "inflight_deep": 64,
+        "pause_ready": 64,
     }
     MIN_GRID = 8  # the kernel's (cuda/mk_layout.cuh): the MLP split and the GDN items need 8 blocks
 

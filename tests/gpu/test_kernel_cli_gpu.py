@@ -83,6 +83,7 @@ def test_kernel_trace_cli(tmp_path):
         "grid",
         "deep_phases",
         "inflight_deep",
+        "pause_ready",
     }
     path = t["gdn_skew_path_us"]  # the GDN mixer barrier's skew, point by point up to the arrival
     assert list(path)[-1] == "mixer done" and path["mixer done"]["slowest_minus_median"] >= 0
