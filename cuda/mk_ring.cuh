@@ -171,7 +171,7 @@ __device__ void run_producer(const Ctx& c, const LuceMkParams& P) {
         // wait until copy qp - cap has landed (its slot is not re-armed before copy qp - cap + ns > qp, so its full
         // barrier still shows that phase); cap 0 or >= ns: no cap beyond the ring
         const unsigned cap = w.l == NL ? (lm_end - w.r > LM_TAIL_ROWS ? cap_lm : cap_layers)
-                                       : (deep >> w.k & 1u ? cap_deep : cap_layers);
+                                       : ((deep >> w.k) & 1u ? cap_deep : cap_layers);
         if (cap > 0 && cap < ns && qp >= cap) {
             const unsigned q0 = qp - cap;
             mbar_wait(&smem().full[q0 % ns], (q0 / ns) & 1u);

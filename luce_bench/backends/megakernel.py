@@ -370,6 +370,7 @@ class MegakernelBackend(Backend):
         if not debug_flags:
             self._check_valid()
         grid = self.grid
+        self._check_abi12_fields()  # (the tune may have changed since the library was opened)
         if self._seq_grid and grid != self._seq_grid:
             raise UserError(
                 f"kernel tune grid: this sequence ran on {self._seq_grid} blocks and this launch asks for {grid}; "

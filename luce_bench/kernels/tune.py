@@ -70,7 +70,7 @@ class Tune:
             )
 
     def as_dict(self) -> dict[str, int]:
-        """{"inflight": 1, ..., "grid": 0}: the fields, as meta.json records them."""
+        """{"inflight": 1, ..., "grid": 0, ...}: the fields, as meta.json records them."""
         return dataclasses.asdict(self)
 
     def changed(self, text: str | None, where: str) -> Tune:

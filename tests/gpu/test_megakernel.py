@@ -202,14 +202,13 @@ def test_screened_lm_head_gives_the_full_heads_tokens(setup, start):
     Against the full bf16 head (tune lm_screen=0, its logits returned) after the same context, at N_DEC teacher-forced
     steps (each an independent argmax over the vocabulary) and along a free-running greedy decode: the same token, or,
     where the two runs' own rounding differs (their split-K sums land in any order), a token whose full-head logit is
-    within a near tie (agreement.NEAR_TIE, relative) of the best, at one step in 64 at most. A screen that missed the
-    best row would choose a clearly worse one. Far fewer rows are recomputed than the head has.
+    within the run-to-run noise (RUN_TO_RUN_MAX, relative to the best logit) of the best, at one step in 64 at most.
+    The screen's bound itself is checked exactly on the CPU (tests/test_lm_screen.py); here a missed row shows as a
+    worse token beyond that noise, or as differences at many steps. Far fewer rows are recomputed than the head has.
     """
     import dataclasses
 
     import torch
-
-    from luce_bench.agreement import NEAR_TIE
 
     mk, gen = setup["mk"], setup["gen"]
     assert mk.info()["lm_screen"] == "yes"
@@ -238,7 +237,7 @@ def test_screened_lm_head_gives_the_full_heads_tokens(setup, start):
     report = {"start": start, "rescored_per_step": (n_tf + n_free) / (2 * N_DEC), "free_equal": free_equal}
     print(json.dumps({**report, "teacher_forced_gaps": tf_gaps, "free_gaps": free_gaps}))
     assert all(0 <= x < 248320 for x in tf1 + free1)
-    assert all(gap <= NEAR_TIE for _, gap in tf_gaps + free_gaps), (tf_gaps, free_gaps)
+    assert all(gap <= RUN_TO_RUN_MAX for _, gap in tf_gaps + free_gaps), (tf_gaps, free_gaps)
     assert len(tf_gaps) <= N_DEC // 64, tf_gaps
     assert n_off == 0  # the full head recomputes nothing
     for n in (n_tf, n_free):  # every block recomputes at least its own best row; the screen rules out most rows
