@@ -26,7 +26,7 @@ from luce_bench.backends.hf import HFBackend
 from luce_bench.backends.hf_compiled import HFCompiledBackend
 from luce_bench.backends.sim import SimBackend
 
-FAIL_AT_ENV = "FAULTKIT_FAIL_AT"  # the decode or generate call (1-based) that fails or hangs
+FAIL_AT_ENV = "FAULTKIT_FAIL_AT"  # the decode call (1-based) that fails or hangs (sim's generate is a decode call)
 
 
 def _fail_at() -> int:
@@ -34,41 +34,27 @@ def _fail_at() -> int:
 
 
 class CrashSim(SimBackend):
-    """`sim`, whose decode steps (decode or generate calls) raise from call FAULTKIT_FAIL_AT on."""
+    """`sim`, whose decode (and so generate) raises from call FAULTKIT_FAIL_AT on."""
 
     name: ClassVar[str] = "crashsim"
 
-    def _step_call(self) -> None:
+    def decode(self, n: int, logits: bool = False, inputs: Sequence[int] | None = None) -> StepResult:
         self._calls = getattr(self, "_calls", 0) + 1
         if self._calls >= _fail_at():
             raise RuntimeError(f"simulated backend crash at decode call {self._calls}")
-
-    def decode(self, n: int, logits: bool = False, inputs: Sequence[int] | None = None) -> StepResult:
-        self._step_call()
         return super().decode(n, logits, inputs)
-
-    def generate(self, seed: int, n: int) -> StepResult:
-        self._step_call()
-        return super().generate(seed, n)
 
 
 class HangSim(SimBackend):
-    """`sim`, whose decode or generate call FAULTKIT_FAIL_AT takes an hour of virtual time."""
+    """`sim`, whose decode (and so generate) call FAULTKIT_FAIL_AT takes an hour of virtual time."""
 
     name: ClassVar[str] = "hangsim"
 
-    def _step_call(self) -> None:
+    def decode(self, n: int, logits: bool = False, inputs: Sequence[int] | None = None) -> StepResult:
         self._calls = getattr(self, "_calls", 0) + 1
         if self._calls == _fail_at():
             self.clock.sleep(3600.0)
-
-    def decode(self, n: int, logits: bool = False, inputs: Sequence[int] | None = None) -> StepResult:
-        self._step_call()
         return super().decode(n, logits, inputs)
-
-    def generate(self, seed: int, n: int) -> StepResult:
-        self._step_call()
-        return super().generate(seed, n)
 
 
 class HangReal(Backend):

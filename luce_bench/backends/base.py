@@ -112,13 +112,18 @@ class Backend(ABC):
         all n steps. Call after `reset()`. This default is `prefill([seed])` then `decode(n - 1)`; a backend may run
         the same steps in one call.
         """
-        if n < 1:
-            raise ValueError("generate() needs n >= 1")
+        self._check_generate_n(n)
         first = self.prefill([seed])
         if n == 1:
             return first
         rest = self.decode(n - 1)
         return StepResult(tokens=first.tokens + rest.tokens, elapsed_s=first.elapsed_s + rest.elapsed_s)
+
+    @staticmethod
+    def _check_generate_n(n: int) -> None:
+        """Refuse n < 1: the argument check of `generate`, shared by the backends that override it."""
+        if n < 1:
+            raise ValueError("generate() needs n >= 1")
 
     def save_context(self) -> None:
         """Keep the current sequence (a depth test's prefilled context) so `restore_context` can go back to it.

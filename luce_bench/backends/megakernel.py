@@ -584,8 +584,7 @@ class MegakernelBackend(Backend):
         Step 0 reads its input from the `last_token` slot, which holds `seed`; each later step feeds the previous
         argmax, as `prefill([seed])` then `decode(n - 1)` would in two launches (tests/gpu/test_megakernel.py).
         """
-        if n < 1:
-            raise ValueError("generate() needs n >= 1")
+        self._check_generate_n(n)
         if self._pos != 0:
             raise RuntimeError("generate() starts a new sequence: call reset() first")
         if not 0 <= seed < self.layout.vocab:

@@ -113,15 +113,10 @@ class SimBackend(Backend):
         return StepResult(tuple(out), elapsed_s, self._logits(out) if logits else None)
 
     def generate(self, seed: int, n: int) -> StepResult:
-        """Simulate a new sequence's `n` greedy steps from `seed`, all at the decode rate (the seed's step too)."""
-        if n < 1:
-            raise ValueError("generate() needs n >= 1")
-        elapsed_s = self._compute(n, self._rates[1], DECODE_MEM_BOUND_SHARE)
-        self._last, out = int(seed) % self._vocab, []
-        for _ in range(n):
-            self._last = self._next_token(self._last)
-            out.append(self._last)
-        return StepResult(tuple(out), elapsed_s)
+        """Simulate a new sequence's `n` greedy steps from `seed`: `decode(n)` from it (the seed's step too)."""
+        self._check_generate_n(n)
+        self._last = int(seed) % self._vocab
+        return self.decode(n)
 
     def info(self) -> dict[str, Any]:
         """Provenance: says it is simulated."""
