@@ -388,8 +388,16 @@ def _loader() -> Any:
 
 
 def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> BenchConfig:
-    """Read YAML at `path` (defaults only if None), apply dotted `overrides` (None values ignored), validate."""
-    data = _read_yaml(Path(path)) if path is not None else {}
+    """Read YAML at `path` (defaults only if None), apply dotted `overrides` (None values ignored), validate.
+
+    The file is validated on its own first: a broken value in it is bad input even where a flag overrides it."""
+    if path is None:
+        return from_mapping({}, overrides)
+    data = _read_yaml(Path(path))
+    try:
+        from_mapping(data)
+    except UserError as exc:
+        raise UserError(f"config {path}: {str(exc).removeprefix('config: ')}") from None
     return from_mapping(data, overrides)
 
 

@@ -203,8 +203,21 @@ def describe_spot(s: SweetSpot, min_speed: float) -> str:
     return text
 
 
+def _test_tokens(test: str) -> int | None:
+    """The tokens a tg test generates ("tg128@d4096" -> 128); None for a name that is not a test's."""
+    from luce_bench.config import TestSpec
+    from luce_bench.errors import UserError
+
+    try:
+        return TestSpec.parse(test).n
+    except UserError:
+        return None
+
+
 def token_agreement(first_tokens: dict[str, list[int]]) -> dict[str, str]:
-    """For each tg test, how many leading greedy tokens each backend shares with the first backend measured."""
+    """For each tg test, how many leading greedy tokens each backend shares with the first backend measured.
+
+    Only the first tokens of a run are kept (`measure.py`: at most 32 of a tg128), and the text says so."""
     out: dict[str, str] = {}
     by_test: dict[str, list[tuple[str, list[int]]]] = {}
     for label, toks in first_tokens.items():
@@ -216,5 +229,8 @@ def token_agreement(first_tokens: dict[str, list[int]]) -> dict[str, str]:
             same = next(
                 (i for i, (a, b) in enumerate(zip(ref, toks, strict=False)) if a != b), min(len(ref), len(toks))
             )
-            out[f"{test} {name} vs {ref_name}"] = f"{same}/{min(len(ref), len(toks))} leading tokens equal"
+            kept = min(len(ref), len(toks))
+            n = _test_tokens(test)
+            of = f" of {n}" if n and n > kept else ""
+            out[f"{test} {name} vs {ref_name}"] = f"{same}/{kept} leading tokens equal (the first {kept}{of} compared)"
     return out

@@ -214,6 +214,7 @@ FLAGS = {
     "empty-backends": (["sweep", "--fake-gpu", "--backends", " , "], "--backends is empty"),
     "all-and-more": (["sweep", "--fake-gpu", "--backends", "all,sim"], "backends: 'all' stands alone, not beside sim"),
     "empty-baselines": (["compare", "--fake-gpu", "--baselines", " "], "--baselines is empty: name one or more"),
+    "baselines-empty-entry": (["compare", "--fake-gpu", "--baselines", "sim,"], "--baselines has an empty entry"),
     "preset-without-fake-gpu": (["bench", "hf", "--fake-preset", "h200"], "--fake-preset chooses the simulated card"),
     "empty-clocks": (["sweep", "--fake-gpu", "--clocks", ""], "--clocks is empty"),
     "empty-limits": (["sweep", "--fake-gpu", "--limits", ""], "no power limits given"),

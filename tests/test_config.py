@@ -109,7 +109,7 @@ def test_parse_limit(text, expected):
         pytest.param('reps: "3"\n', "reps: expected an integer, got '3'", id="string-int"),
         pytest.param("reps: 2.5\n", "reps: expected an integer, got 2.5", id="fractional-int"),
         pytest.param("gpu:\n  fake: yes please\n", "gpu.fake: expected true or false", id="string-bool"),
-        pytest.param("sampler: 5\n", "config: sampler: expected a mapping, got 5", id="section-not-mapping"),
+        pytest.param("sampler: 5\n", "c.yaml: sampler: expected a mapping, got 5", id="section-not-mapping"),
         pytest.param("tests: 5\n", "tests: expected a list, got 5", id="not-a-list"),
         pytest.param(
             "gpu:\n  fake_clock: fast\n", "gpu.fake_clock = 'fast'; expected one of real, virtual", id="clock"
@@ -139,3 +139,20 @@ def test_unreadable_config_is_one_line(tmp_path):
     p.write_bytes(b"reps: \xff\xfe\n")
     with pytest.raises(UserError, match="cannot read it"):
         config.load(p)
+
+
+@pytest.mark.parametrize(
+    "yaml_text, fragment, overrides",
+    [
+        ("reps: -3\n", "reps = -3 is out of range", {"reps": 1}),
+        ('window_s: "ten"\n', "window_s: expected a number, got 'ten'", {"window_s": 1.0}),
+        ("sweep: {limits: [420, -5]}\n", "sweep.limits[1]", {"sweep.limits": "300"}),
+    ],
+)
+def test_a_broken_file_is_refused_even_where_a_flag_overrides_the_value(tmp_path, yaml_text, fragment, overrides):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml_text)
+    assert config.load(None, overrides).reps >= 1  # the overrides alone are valid
+    with pytest.raises(UserError) as err:
+        config.load(p, overrides)
+    assert str(err.value).startswith(f"config {p}: ") and fragment in str(err.value)

@@ -122,7 +122,10 @@ def compare(
     no_megakernel: Annotated[bool, typer.Option("--no-megakernel", help="Measure only the baselines.")] = False,
 ) -> None:
     """Measure the megakernel against the baselines: tok/s and tok/J per test, one run directory with CSVs and plots."""
-    names = list(DEFAULT_BASELINES) if baselines is None else [b.strip() for b in baselines.split(",") if b.strip()]
+    names = list(DEFAULT_BASELINES) if baselines is None else [b.strip() for b in baselines.split(",")]
+    if any(names) and not all(names):  # "hf,,llamacpp" or "sim,": a typo, as for the other lists
+        raise UserError(f"--baselines has an empty entry: {baselines!r}")
+    names = [b for b in names if b]
     if not names:
         raise UserError(
             "--baselines is empty: name one or more of llamacpp, hf, hf-compiled, or leave it out for all three "
