@@ -390,7 +390,8 @@ def _loader() -> Any:
 def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> BenchConfig:
     """Read YAML at `path` (defaults only if None), apply dotted `overrides` (None values ignored), validate.
 
-    The file is validated on its own first: a broken value in it is bad input even where a flag overrides it."""
+    The file is validated on its own first: a broken value in it is bad input even where a flag overrides it.
+    """
     if path is None:
         return from_mapping({}, overrides)
     data = _read_yaml(Path(path))

@@ -217,7 +217,8 @@ def _test_tokens(test: str) -> int | None:
 def token_agreement(first_tokens: dict[str, list[int]]) -> dict[str, str]:
     """For each tg test, how many leading greedy tokens each backend shares with the first backend measured.
 
-    Only the first tokens of a run are kept (`measure.py`: at most 32 of a tg128), and the text says so."""
+    Only the first tokens of a run are kept (`measure.py`: at most 32 of a tg128), and the text says so.
+    """
     out: dict[str, str] = {}
     by_test: dict[str, list[tuple[str, list[int]]]] = {}
     for label, toks in first_tokens.items():

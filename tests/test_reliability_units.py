@@ -184,6 +184,7 @@ def test_the_token_agreement_note_reads_as_a_note():
     agreement = token_agreement({"sim tg8": [1, 2, 3, 4], "hf tg8": [1, 2, 9, 4]})
     meta = {"energy": {"available": True}, "token_agreement": agreement, "model": {"synthetic": True}}
     # printed as "note: greedy tokens, ..." on the console and as "> greedy tokens, ..." in report.md
-    assert notes(meta) == [f"greedy tokens, first tg run: tg8 hf vs sim: 2/4 leading tokens equal (the first 4 compared) ({AGREEMENT_CAVEAT})"]
+    said = "greedy tokens, first tg run: tg8 hf vs sim: 2/4 leading tokens equal (the first 4 of 8 compared)"
+    assert notes(meta) == [f"{said} ({AGREEMENT_CAVEAT})"]
     meta["model"]["synthetic"] = False  # real weights: no word about random ones
-    assert notes(meta) == ["greedy tokens, first tg run: tg8 hf vs sim: 2/4 leading tokens equal (the first 4 compared)"]
+    assert notes(meta) == [said]
