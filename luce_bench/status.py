@@ -13,7 +13,9 @@ when it ends. Fields:
 * `attempts`: the earlier attempts of a resumed run, each with its state, exit code, reason and rows.
 
 On a full disk the atomic rewrite fails; the status is then written compactly over the old file, in place (its
-blocks are already allocated), padded with spaces to the old length.
+blocks are already allocated), padded with spaces to the old length. So that the ending fits there (its reason is
+often the longest field), every normal write leaves `RESERVE_BYTES` of trailing spaces after the JSON, and a reason
+that still does not fit is cut short.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from luce_bench.files import atomic_write
 
 STATUS = "status.json"
 FORMAT = 1
+RESERVE_BYTES = 1024  # trailing spaces after every normal write: room for the ending on a full disk
 
 EXIT_OK = 0
 EXIT_FAILURES = 1
@@ -76,20 +79,34 @@ def write_status(run_dir: Path, doc: dict[str, Any]) -> bool:
     """Write `doc` to `run_dir`/status.json; on a full disk overwrite the old file in place. False if neither worked."""
     path = Path(run_dir) / STATUS
     try:
-        atomic_write(path, json.dumps(doc, indent=1, default=str) + "\n")
+        atomic_write(path, json.dumps(doc, indent=1, default=str) + "\n" + " " * RESERVE_BYTES)
         return True
     except OSError:
         pass
-    compact = json.dumps(doc, default=str) + "\n"
     try:
         size = path.stat().st_size
-        if len(compact) > size:
+        compact = _fitted(doc, size)
+        if compact is None:
             return False
         with open(path, "r+", encoding="utf-8") as f:  # the old file's blocks are already allocated
-            f.write(compact + " " * (size - len(compact)))
+            f.write(compact + " " * (size - len(compact.encode())))
         return True
     except OSError:
         return False
+
+
+def _fitted(doc: dict[str, Any], size: int) -> str | None:
+    """`doc` as compact JSON of at most `size` bytes, its reason cut short if need be; None if even that is too long."""
+    compact = json.dumps(doc, default=str) + "\n"
+    over = len(compact.encode()) - size
+    reason = str(doc.get("reason") or "")
+    if over <= 0:
+        return compact
+    if len(reason.encode()) < over + 8:
+        return None
+    cut = reason.encode()[: len(reason.encode()) - over - 8].decode(errors="ignore") + " [cut]"
+    compact = json.dumps({**doc, "reason": cut}, default=str) + "\n"
+    return compact if len(compact.encode()) <= size else None
 
 
 def read_status(run_dir: Path) -> dict[str, Any] | None:

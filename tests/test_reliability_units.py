@@ -88,6 +88,28 @@ def test_on_a_full_disk_the_final_status_overwrites_the_old_one_in_place(tmp_pat
     assert (doc["state"], doc["exit_code"], doc["reason"], doc["rows"]) == ("stopped", 4, "disk full", 2)
 
 
+def test_on_a_full_disk_a_long_ending_still_fits_and_an_overlong_reason_is_cut(tmp_path, monkeypatch):
+    # the helper's case: the disk filled mid-run, the status was rewritten in place (compactly) at every step after
+    # that, and the ending's reason (the disk-full message, ~450 characters) is longer than anything before it
+    ident = {"command": "sweep", "rows_planned": 18, "config_sha256": "c" * 64, "plan_sha256": "p" * 64}
+    st = status.RunStatus.start(tmp_path, ident, rows=0, previous=None)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(status, "atomic_write", full)
+    for rep in range(3):
+        st.at(phase="measuring", setting="210W", backend="sim", test="pp128", rep=rep)
+    reason = "run directory not writable: " + "x" * 420
+    assert st.finish("stopped", 4, reason, rows=15)
+    doc = status.read_status(tmp_path)
+    assert (doc["state"], doc["exit_code"], doc["reason"], doc["rows"]) == ("stopped", 4, reason, 15)
+    assert st.finish("stopped", 4, "y" * 5000)  # far longer than the reserve: cut short, still the ending
+    doc = status.read_status(tmp_path)
+    assert doc["state"] == "stopped" and doc["exit_code"] == 4
+    assert doc["reason"].startswith("yyyy") and doc["reason"].endswith(" [cut]") and len(doc["reason"]) < 5000
+
+
 def test_the_deadline_counts_run_clock_time_between_iterations():
     clock = SimClock()
     with deadline(10.0, clock, "sim tg8") as due:

@@ -198,3 +198,18 @@ def test_a_finished_sweep_that_skipped_an_offered_backend_has_nothing_to_resume(
     assert {r.backend for r in check_rows(run_dir)} == {"sim"}
     again = runner.invoke(app, ["sweep", "--resume", str(run_dir)])
     assert again.exit_code == 0 and "nothing to resume" in again.output, again.output
+
+
+def test_a_finished_sweep_in_a_read_only_folder_has_nothing_to_resume(env, monkeypatch):
+    first = runner.invoke(app, ["sweep", "-c", str(env / "v.yaml"), "-o", str(env / "runs"), "--limits", "420"])
+    assert first.exit_code == 0, first.output
+    run_dir = only_run_dir(env / "runs")
+
+    def read_only(path, cls):  # (chmod would not stop a root user: the CSV files may not be opened for writing)
+        raise OSError(30, "Read-only file system", str(path))
+
+    from luce_bench import resume
+
+    monkeypatch.setattr(resume, "CsvAppender", read_only)
+    again = runner.invoke(app, ["sweep", "--resume", str(run_dir)])
+    assert again.exit_code == 0 and "nothing to resume" in again.output, again.output
