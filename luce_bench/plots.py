@@ -3,13 +3,16 @@
 Run plots: tok/s and tok/J per backend and test, and the power/clock timeline. The sweep plots (sweep_plots.py) draw
 through `pyplot()` and `save()` here. Results the verdict flags (quality.mark) are marked in every plot: throttled
 ones (a stress flag) in red, ones from windows shorter than 10 s in orange: hatched bars, rings around points
-(`mark_flagged`), coloured windows in the timeline.
+(`mark_flagged`), coloured windows in the timeline. A run on the simulated GPU is stamped on every plot (`stamped`:
+its title starts with the stamp, and the stamp is written across the figure), as report.md and the console say it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,19 @@ from luce_bench.quality import mark
 from luce_bench.records import RunRecord, SummaryRow
 from luce_bench.sampler import Sample
 from luce_bench.tables import limit_text
+
+SIMULATED_STAMP = "SIMULATED GPU"  # power, energy and clocks of a --fake-gpu run come from a model
+_stamp: contextvars.ContextVar[str] = contextvars.ContextVar("plot_stamp", default="")
+
+
+@contextlib.contextmanager
+def stamped(text: str) -> Iterator[None]:
+    """Every plot `save` writes in the block carries `text` (none when empty): in its title and across the figure."""
+    token = _stamp.set(text)
+    try:
+        yield
+    finally:
+        _stamp.reset(token)
 
 
 def pyplot() -> Any:
@@ -38,7 +54,10 @@ def num(x: float | None) -> float:
 def save(plt: Any, fig: Any, title: str, out: Path) -> Path:
     """Title, lay out, write `out` (whole or not at all: a full disk leaves no empty image) and close the figure."""
     try:
-        fig.suptitle(title)
+        stamp = _stamp.get()
+        fig.suptitle(f"{stamp}: {title}" if stamp else title)
+        if stamp:
+            fig.text(0.5, 0.5, stamp, fontsize=44, color="grey", alpha=0.2, rotation=25, ha="center", va="center")
         fig.tight_layout()
         with atomic_path(out) as tmp:
             fig.savefig(tmp, dpi=110, format=out.suffix.lstrip(".") or "png")
@@ -139,9 +158,20 @@ def timeline(samples: Sequence[Sample], runs: Sequence[RunRecord], out: Path) ->
 
 
 def render_run(
+    run_dir: Path,
+    summary: Sequence[SummaryRow],
+    runs: Sequence[RunRecord],
+    samples: Sequence[Sample],
+    stamp: str = "",
+) -> list[Path]:
+    """Write tok_s.png, tok_j.png and timeline.png where there is data (`stamp`: see `stamped`); the files written."""
+    with stamped(stamp):
+        return _render_run(run_dir, summary, runs, samples)
+
+
+def _render_run(
     run_dir: Path, summary: Sequence[SummaryRow], runs: Sequence[RunRecord], samples: Sequence[Sample]
 ) -> list[Path]:
-    """Write tok_s.png, tok_j.png and timeline.png where there is data; returns the files written."""
     made = [
         bar_chart(
             summary,

@@ -181,12 +181,19 @@ def _sweep_section(
     write_csv(run_dir / "sweet_spot.csv", SweetSpot, spots)
     doc = {"min_speed": min_speed, "complete": not provisional, "sweet_spots": [dataclasses.asdict(s) for s in spots]}
     atomic_write(run_dir / "sweet_spot.json", json.dumps(doc, indent=2) + "\n")
-    plots = render_sweep(run_dir, summary, spots, min_speed)
+    plots = render_sweep(run_dir, summary, spots, min_speed, stamp=_plot_stamp(meta))
     lines = _sweep_intro(sweep)
     none = f"- no sweet spot: no {'setting' if sweep.get('clocks_locked_mhz') else 'limit'} has energy data"
     lines += [f"- **{describe_spot(s, min_speed)}**" for s in spots] or [none]
     lines += [""] + [f"![{p.stem}]({p.name})" for p in plots]
     return spots, "\n".join(lines) + "\n"
+
+
+def _plot_stamp(meta: dict[str, Any]) -> str:
+    """What every plot of the run is stamped with: the simulated GPU's mark, or nothing."""
+    from luce_bench.plots import SIMULATED_STAMP
+
+    return SIMULATED_STAMP if (meta.get("energy") or {}).get("simulated") else ""
 
 
 def run_state(run_dir: Path) -> list[str]:
@@ -224,12 +231,16 @@ def render(run_dir: Path) -> Report:
     quality = ending + stress_notes(runs)
     if not (run_dir / META).is_file():  # (a report rebuilt from runs.csv alone)
         quality.append(f"no {META} in {run_dir}: the model, the GPU and the run's settings are unknown here")
-    md = _markdown(run_dir, summary, meta, render_run(run_dir, summary, runs, read_samples(run_dir)), quality)
+    plots = render_run(run_dir, summary, runs, read_samples(run_dir), stamp=_plot_stamp(meta))
+    md = _markdown(run_dir, summary, meta, plots, quality)
     report = Report(run_dir, summary, meta, md, quality=quality)
     if meta.get("sweep"):
         report.spots, section = _sweep_section(run_dir, summary, meta, provisional=cut_short)
         report.min_speed = float(meta["sweep"].get("sweet_spot_min_speed", 0.95))
         report.markdown += "\n" + section
+    else:  # (no sweep in meta.json, or no meta.json): a sweep section's files from an earlier render would be stale
+        for path in [run_dir / "sweet_spot.csv", run_dir / "sweet_spot.json", *run_dir.glob("sweep_*.png")]:
+            path.unlink(missing_ok=True)
     atomic_write(run_dir / "report.md", report.markdown)
     return report
 

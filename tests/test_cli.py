@@ -376,6 +376,12 @@ def test_smoke_config_sweeps_the_simulated_gpu_in_virtual_time(tmp_path, monkeyp
         assert (d / name).is_file(), name
     assert "## Power-limit sweep" in (d / "report.md").read_text()
     assert json.loads((d / "meta.json").read_text())["energy"]["virtual_time"] is True
+    (d / "meta.json").unlink()  # a report rebuilt without it has no sweep section: its files would be stale
+    rebuilt = runner.invoke(app, ["report", str(d)])
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert "## Power-limit sweep" not in (d / "report.md").read_text()
+    assert not [p.name for p in d.iterdir() if p.name.startswith(("sweet_spot.", "sweep_"))]
+    assert (d / "tok_s.png").is_file() and (d / "summary.csv").is_file()
 
 
 def test_a_shuffle_without_a_seed_draws_one_says_it_and_records_it(tmp_path, monkeypatch, tiny_model):

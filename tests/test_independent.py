@@ -57,7 +57,9 @@ def test_the_same_counter_agrees_and_a_counter_5_percent_high_reads_plus_5(sim_r
     high = _log_from_samples(sim_run, tmp_path / "b", scale=1.05)
     out = runner.invoke(app, ["report", str(sim_run), "--independent", str(high)])
     assert out.exit_code == 0 and 4.7 < _overall_median(out.output) < 5.3, out.output
-    assert (sim_run / "independent.md").read_text().startswith("# Energy against an independent reader")
+    text = (sim_run / "independent.md").read_text()
+    assert text.startswith("# Energy against an independent reader")
+    assert "\n> SIMULATED GPU (--fake-gpu): the run's energy comes from a model" in text  # a simulated run says so
     kept = (sim_run / "independent_log.csv.gz").read_bytes()
     assert gzip.decompress(kept) == high.read_bytes()  # the last log compared is kept in the run, gzipped
     assert runner.invoke(app, ["report", str(sim_run), "--independent", str(high)]).exit_code == 0

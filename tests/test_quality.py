@@ -6,6 +6,7 @@ Known inputs with known outputs (quality.py, summary.py, plots.py), then whole r
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 from faultkit import check_rows, isolate_fake_gpu, only_run_dir
@@ -179,3 +180,37 @@ def test_short_windows_are_flagged_and_marked(env):
     run_dir = only_run_dir(env / "runs")
     assert all(r.verdict.startswith("short-window") for r in check_rows(run_dir))
     assert "⚠ short-window" in (run_dir / "report.md").read_text()
+
+
+def test_every_plot_of_a_simulated_run_is_stamped_and_a_real_runs_are_not(monkeypatch, tmp_path):
+    from conftest import simulated_compare
+
+    from luce_bench import report
+
+    plt = plots.pyplot()
+    fig, ax = plt.subplots()
+    seen = {}
+    monkeypatch.setattr(
+        plt, "close", lambda f: seen.update(title=f._suptitle.get_text(), texts=[t.get_text() for t in f.texts])
+    )
+    with plots.stamped(plots.SIMULATED_STAMP):
+        plots.save(plt, fig, "Throughput", tmp_path / "a.png")
+    assert seen["title"] == "SIMULATED GPU: Throughput" and "SIMULATED GPU" in seen["texts"]
+    fig, ax = plt.subplots()
+    plots.save(plt, fig, "Throughput", tmp_path / "b.png")  # outside the block: no stamp
+    assert seen == {"title": "Throughput", "texts": ["Throughput"]}  # (the title is one of the texts)
+    monkeypatch.undo()
+    plt.close("all")
+
+    run = simulated_compare(tmp_path, "gpu:\n  fake_clock: virtual\ntests: [tg8]\nreps: 1\nwarmup_s: 0\nwindow_s: 1\n")
+    stamps = []
+    real_save = plots.save
+    monkeypatch.setattr(plots, "save", lambda *a: stamps.append(plots._stamp.get()) or real_save(*a))
+    report.render(run)
+    assert len(stamps) >= 2 and set(stamps) == {"SIMULATED GPU"}  # tok_s, tok_j (and the timeline)
+    meta = json.loads((run / "meta.json").read_text())
+    meta["energy"]["simulated"] = False  # as a real card's run says
+    (run / "meta.json").write_text(json.dumps(meta))
+    stamps.clear()
+    report.render(run)
+    assert stamps and set(stamps) == {""}
