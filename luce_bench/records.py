@@ -196,7 +196,8 @@ class SweetSpot:
     stock_tok_per_j: float
     tok_per_j_gain_pct: float | None
     stock_is_default: bool = field(default=True, metadata=_JSON_ONLY)
-    # the gain is outside the 95 % CI (None: the sweet spot is the reference itself, no gain is claimed)
+    # the gain passes a one-sided Welch test at p < 0.05 (summary.gain_is_significant; None: the sweet spot is the
+    # reference itself, or a row has one repetition)
     significant: bool | None = field(default=None, metadata=_JSON_ONLY)
     reference: str = field(default="stock", metadata=_JSON_ONLY)  # stock, highest (limit measured) or fastest
     provisional: bool = field(default=False, metadata=_JSON_ONLY)  # the sweep stopped before measuring every setting

@@ -311,3 +311,27 @@ def test_a_config_that_names_its_backends_is_kept_under_fake_gpu(env):
     result, runs = _sweep(env, "-c", str(env / "all.yaml"), "--limits", "420")
     assert result.exit_code == 0, result.output
     assert {r["backend"] for r in _rows(runs[0] / "summary.csv")} == {"sim"}
+
+
+def test_a_gain_is_significant_only_when_both_rows_scatter_leaves_it_standing():
+    from statistics import mean, stdev
+    from types import SimpleNamespace
+
+    from scipy.stats import ttest_ind
+
+    from luce_bench.summary import gain_is_significant
+
+    def row(mean, std, n):
+        return SimpleNamespace(tok_per_j=mean, tok_per_j_std=std, n=n)
+
+    assert gain_is_significant(row(10.0, 0.1, 5), row(5.0, 0.1, 5)) is True
+    assert gain_is_significant(row(10.0, 1.0, 3), row(9.9, 1.0, 3)) is False
+    # the old rule (the sweet spot's CI above the reference's mean) called this one significant: 10 - 2.262 x 0.1 /
+    # sqrt(10) = 9.93 > 9.9; the reference's own scatter (std 1.0 over 3 windows) explains the 0.1
+    assert gain_is_significant(row(10.0, 0.1, 10), row(9.9, 1.0, 3)) is False
+    assert gain_is_significant(row(10.0, 0.5, 1), row(5.0, 0.1, 5)) is None  # one window: nothing to test
+    assert gain_is_significant(row(10.0, 0.0, 3), row(9.0, 0.0, 3)) is True  # no scatter: the means decide
+    # the same as the test on the windows themselves
+    a, b = [3.1, 3.3, 3.2, 3.25], [3.0, 3.15, 3.05]
+    expect = bool(ttest_ind(a, b, equal_var=False, alternative="greater").pvalue < 0.05)
+    assert gain_is_significant(row(mean(a), stdev(a), 4), row(mean(b), stdev(b), 3)) is expect
