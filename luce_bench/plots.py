@@ -87,6 +87,9 @@ def _limit_label(row: SummaryRow) -> str:
     return row.setting if row.is_setting else limit_text(row)
 
 
+CROWDED_BARS = 6  # more bars than this in a panel (a grid sweep's settings) and the panel is drawn for many
+
+
 def bar_label(v: float) -> str:
     """A bar's value as people read it: 14,625 and 1,636 (not 1.46e+04), 3.09, 0.0123."""
     return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
@@ -101,7 +104,10 @@ def bar_chart(summary: Sequence[SummaryRow], metric: str, err: str, ylabel: str,
     tests = list(dict.fromkeys(r.test for r in rows))
     series = list(dict.fromkeys((r.backend, _limit_label(r)) for r in rows))
     multi_limit = len({s[1] for s in series}) > 1
-    fig, axes = plt.subplots(1, len(tests), figsize=(4.5 * len(tests), 4), squeeze=False)
+    crowded = len(series) > CROWDED_BARS  # a grid sweep's settings: wider panels, labels turned, smaller numbers
+    width_in = max(4.5, 0.55 * len(series) + 1.0) if crowded else 4.5
+    fig, axes = plt.subplots(1, len(tests), figsize=(width_in * len(tests), 4.8 if crowded else 4), squeeze=False)
+    colors = plt.get_cmap("tab20" if len(series) > 10 else "tab10").colors  # no colour twice up to 20 bars
     for ax, test in zip(axes[0], tests, strict=True):
         for i, (backend, lim) in enumerate(series):
             match = [r for r in rows if r.test == test and r.backend == backend and _limit_label(r) == lim]
@@ -111,14 +117,20 @@ def bar_chart(summary: Sequence[SummaryRow], metric: str, err: str, ylabel: str,
             label = f"{backend} @ {lim}" if multi_limit else backend
             kind = mark(match[0].verdict)
             hatch = {"hatch": MARKS[kind][1], "edgecolor": MARKS[kind][0]} if kind else {}
-            ax.bar(i, v, yerr=e if math.isfinite(e) else None, capsize=4, label=label, **hatch)
+            color = colors[i % len(colors)]
+            ax.bar(i, v, yerr=e if math.isfinite(e) else None, capsize=4, label=label, color=color, **hatch)
             top = v + e if math.isfinite(e) and e > 0 else v  # above the error bar, not across it
-            ax.text(i, top, bar_label(v) + (" ⚠" if kind else ""), ha="center", va="bottom", fontsize=8)
-        ax.set_ylim(top=ax.get_ylim()[1] * 1.1)  # room for the labels above the error bars, below the title
+            text = bar_label(v) + (" ⚠" if kind else "")
+            ax.text(i, top, text, ha="center", va="bottom", fontsize=6 if crowded else 8, rotation=90 if crowded else 0)
+        ax.set_ylim(top=ax.get_ylim()[1] * (1.25 if crowded else 1.1))  # room for the labels above the error bars
         depth = next(r.n_depth for r in rows if r.test == test)
         ax.set_title(f"{test}\n(after {depth} cached tokens)" if depth else test)
         ax.set_xticks(range(len(series)))
-        ax.set_xticklabels([f"{b}\n{lim}" if multi_limit else b for b, lim in series], fontsize=8)
+        labels = [f"{b}\n{lim}" if multi_limit else b for b, lim in series]
+        if crowded:  # one line each, turned: "sim 700 W, 1785 MHz"
+            ax.set_xticklabels([t.replace("\n", " ") for t in labels], fontsize=7, rotation=45, ha="right")
+        else:
+            ax.set_xticklabels(labels, fontsize=8)
         ax.set_ylabel(ylabel)
     return save(plt, fig, title, out)
 

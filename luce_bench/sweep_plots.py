@@ -69,7 +69,8 @@ def _style(axes: Any, xlabel: str, ylabel: str) -> None:
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")  # "best" searches, and warns when that is slow (a busy machine)
+        # under the panel, where it covers no point ("best" inside searches, and warns when that is slow)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
 
 
 def _has_clocks(groups: Groups) -> bool:
