@@ -111,6 +111,10 @@ class SimClock:
         """Virtual wall time. Units: s."""
         return self._epoch_unix_s + (self._now_s - self._start_s)
 
+    def continue_wall(self, elapsed_s: float) -> None:
+        """Move the virtual wall time on by `elapsed_s` (a resumed run's earlier timeline): timestamps keep their order."""
+        self._epoch_unix_s += max(elapsed_s, 0.0)
+
     def sleep(self, seconds: float) -> None:
         """Advance by `seconds`, firing every timer that falls due on the way, at its due time."""
         target_s = self._now_s + max(seconds, 0.0)

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from luce_bench import status as st
 from luce_bench.appender import RunDirError
+from luce_bench.clock import SimClock
 from luce_bench.context import RunContext
 from luce_bench.errors import UserError
 from luce_bench.gpu.base import CLOCK_HINT, GPUError, GPUPermissionError, GPUReadOnlyError
@@ -190,6 +191,8 @@ def _open_dir(plan: Plan, ctx: RunContext, resume: Resume | None) -> RunWriter:
 def _in_dir(plan: Plan, ctx: RunContext, ui: UI, control: Any, resume: Resume | None) -> Outcome:
     """Create (or reopen) the run directory and run the loop in it; stops are recorded, not raised."""
     writer = _open_dir(plan, ctx, resume)
+    if resume is not None and isinstance(ctx.clock, SimClock):  # virtual time: the wall clock goes on, as the timeline
+        ctx.clock.continue_wall(resume.t_offset_s)
     if resume is not None:  # said here, once the controller took the GPU (a stale journal refuses before this)
         ui.status(f"resuming {resume.run_dir}: {sum(len(r) for r in resume.todo.values())} repetitions to measure")
     if control is not None:

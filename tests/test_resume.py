@@ -53,6 +53,8 @@ def test_resume_measures_exactly_the_missing_repetitions(env, stopped):
     assert "resuming" in result.output and "11 repetitions to measure" in result.output
     rows = check_rows(stopped)  # no repetition twice
     assert rows[:7] == before and len(rows) == 18
+    times = [r.test_time for r in rows]  # virtual time: the wall clock goes on after the resume, as the timeline does
+    assert times == sorted(times) and times[7] > times[6]
     cut_short = [r.rep for r in rows[7:] if (r.power_limit_req_w, r.test) == (300.0, "pp64")]
     assert cut_short == [1, 2]  # rep 0 of that trial was measured before the stop
     samples = read_samples(stopped)
