@@ -112,7 +112,7 @@ class SimClock:
         return self._epoch_unix_s + (self._now_s - self._start_s)
 
     def continue_wall(self, elapsed_s: float) -> None:
-        """Move the virtual wall time on by `elapsed_s` (a resumed run's earlier timeline): timestamps keep their order."""
+        """Move the virtual wall time on by `elapsed_s` (a resumed run's earlier timeline): timestamps stay in order."""
         self._epoch_unix_s += max(elapsed_s, 0.0)
 
     def sleep(self, seconds: float) -> None:
