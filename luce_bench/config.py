@@ -395,11 +395,25 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
     if path is None:
         return from_mapping({}, overrides)
     data = _read_yaml(Path(path))
-    try:
-        from_mapping(data)
-    except UserError as exc:
-        raise UserError(f"config {path}: {str(exc).removeprefix('config: ')}") from None
+    _refuse_broken_values(data, path)
     return from_mapping(data, overrides)
+
+
+def _refuse_broken_values(data: Any, path: str | Path) -> None:
+    """UserError naming `path` when a value in the file is wrong by itself (a type, a range, an unknown key).
+
+    Checks between fields (a test timeout against the plan's windows) wait for the flags: they run on the merged
+    settings, where a flag may change the other field.
+    """
+    if not isinstance(data, dict):
+        return  # (from_mapping says so)
+    try:
+        BenchConfig.model_validate(copy.deepcopy(data))
+    except ValidationError as exc:
+        if any(e.get("loc") for e in exc.errors()):  # a field's own error, not the whole model's
+            raise UserError(f"config {path}: {message(exc, BenchConfig).removeprefix('config: ')}") from None
+    except UserError:
+        pass  # a check between fields (they raise UserError themselves): the merged settings decide
 
 
 def from_mapping(data: Any, overrides: dict[str, Any] | None = None) -> BenchConfig:

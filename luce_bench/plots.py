@@ -107,7 +107,8 @@ def bar_chart(summary: Sequence[SummaryRow], metric: str, err: str, ylabel: str,
     crowded = len(series) > CROWDED_BARS  # a grid sweep's settings: wider panels, labels turned, smaller numbers
     width_in = max(4.5, 0.55 * len(series) + 1.0) if crowded else 4.5
     fig, axes = plt.subplots(1, len(tests), figsize=(width_in * len(tests), 4.8 if crowded else 4), squeeze=False)
-    colors = plt.get_cmap("tab20" if len(series) > 10 else "tab10").colors  # no colour twice up to 20 bars
+    pairs = plt.get_cmap("tab20").colors  # dark and light of ten hues: all dark ones first, then the light ones
+    colors = plt.get_cmap("tab10").colors if len(series) <= 10 else pairs[0::2] + pairs[1::2]  # none twice up to 20
     for ax, test in zip(axes[0], tests, strict=True):
         for i, (backend, lim) in enumerate(series):
             match = [r for r in rows if r.test == test and r.backend == backend and _limit_label(r) == lim]

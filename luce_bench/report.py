@@ -229,8 +229,13 @@ def render(run_dir: Path) -> Report:
         (run_dir / SUMMARY).unlink(missing_ok=True)  # one from an earlier render would contradict the report
     ending, cut_short = _ending(run_dir)
     quality = ending + stress_notes(runs)
+    sweep_files = [run_dir / "sweet_spot.csv", run_dir / "sweet_spot.json", *sorted(run_dir.glob("sweep_*.png"))]
+    sweep_files = [p for p in sweep_files if p.is_file()]
     if not (run_dir / META).is_file():  # (a report rebuilt from runs.csv alone)
         quality.append(f"no {META} in {run_dir}: the model, the GPU and the run's settings are unknown here")
+        if sweep_files:  # kept: without meta.json they cannot be rebuilt, but they are not this report's
+            names = ", ".join(p.name for p in sweep_files)
+            quality.append(f"{names}: from an earlier report; the sweep section needs {META} to be rebuilt")
     plots = render_run(run_dir, summary, runs, read_samples(run_dir), stamp=_plot_stamp(meta))
     md = _markdown(run_dir, summary, meta, plots, quality)
     report = Report(run_dir, summary, meta, md, quality=quality)
@@ -238,8 +243,8 @@ def render(run_dir: Path) -> Report:
         report.spots, section = _sweep_section(run_dir, summary, meta, provisional=cut_short)
         report.min_speed = float(meta["sweep"].get("sweet_spot_min_speed", 0.95))
         report.markdown += "\n" + section
-    else:  # (no sweep in meta.json, or no meta.json): a sweep section's files from an earlier render would be stale
-        for path in [run_dir / "sweet_spot.csv", run_dir / "sweet_spot.json", *run_dir.glob("sweep_*.png")]:
+    elif (run_dir / META).is_file():  # not a sweep: sweep files from an earlier render would contradict the report
+        for path in sweep_files:
             path.unlink(missing_ok=True)
     atomic_write(run_dir / "report.md", report.markdown)
     return report

@@ -135,11 +135,11 @@ def _timeline_end_s(run_dir: Path, rows: list[RunRecord], samples: list[Sample])
 
 
 def _ends_with_a_whole_line(path: Path) -> bool:
-    """Whether the file is empty or its last byte is a newline (nothing for CsvAppender to cut)."""
+    """Whether the file's last byte is a newline (nothing for CsvAppender to cut; an empty file gets its header)."""
     with open(path, "rb") as f:
         size = f.seek(0, os.SEEK_END)
         if size == 0:
-            return True
+            return False
         f.seek(size - 1)
         return f.read(1) == b"\n"
 

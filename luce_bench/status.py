@@ -35,6 +35,7 @@ from luce_bench.files import atomic_write
 STATUS = "status.json"
 FORMAT = 1
 RESERVE_BYTES = 1024  # trailing spaces after every normal write: room for the ending on a full disk
+CUT = " [cut]"  # the end of a reason cut short to fit a full disk's in-place rewrite
 
 EXIT_OK = 0
 EXIT_FAILURES = 1
@@ -89,24 +90,27 @@ def write_status(run_dir: Path, doc: dict[str, Any]) -> bool:
         if compact is None:
             return False
         with open(path, "r+", encoding="utf-8") as f:  # the old file's blocks are already allocated
-            f.write(compact + " " * (size - len(compact.encode())))
+            f.write(compact + " " * (size - len(compact)))
         return True
     except OSError:
         return False
 
 
 def _fitted(doc: dict[str, Any], size: int) -> str | None:
-    """`doc` as compact JSON of at most `size` bytes, its reason cut short if need be; None if even that is too long."""
+    """`doc` as compact JSON of at most `size` bytes, its reason cut short if need be; None if even that is too long.
+
+    json.dumps escapes every non-ASCII character (and a lone surrogate from an undecodable path), so the text is
+    ASCII: its length is its size in bytes.
+    """
     compact = json.dumps(doc, default=str) + "\n"
-    over = len(compact.encode()) - size
     reason = str(doc.get("reason") or "")
-    if over <= 0:
-        return compact
-    if len(reason.encode()) < over + 8:
-        return None
-    cut = reason.encode()[: len(reason.encode()) - over - 8].decode(errors="ignore") + " [cut]"
-    compact = json.dumps({**doc, "reason": cut}, default=str) + "\n"
-    return compact if len(compact.encode()) <= size else None
+    keep = len(reason)
+    while len(compact) > size:
+        keep -= len(compact) - size + len(CUT)  # an escaped character is longer than one: the loop cuts again
+        if keep <= 0:
+            return None
+        compact = json.dumps({**doc, "reason": reason[:keep] + CUT}, default=str) + "\n"
+    return compact
 
 
 def read_status(run_dir: Path) -> dict[str, Any] | None:

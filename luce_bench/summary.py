@@ -161,7 +161,9 @@ def _spot(
         stock_tok_per_j=stock_tpj,
         tok_per_j_gain_pct=100.0 * (tpj / stock_tpj - 1.0) if stock_tpj > 0 else math.nan,
         stock_is_default=reference == "stock",
-        significant=None if best is stock else gain_is_significant(best, stock),
+        significant=None
+        if best is stock
+        else gain_is_significant(best, stock, candidates=sum(r is not stock for r in ok)),
         reference=reference,
         provisional=provisional,
     )
@@ -170,23 +172,25 @@ def _spot(
 SIGNIFICANCE_P = 0.05  # the one-sided Welch test's level for "the sweet spot's tok/J is higher than the reference's"
 
 
-def gain_is_significant(best: SummaryRow, ref: SummaryRow) -> bool | None:
+def gain_is_significant(best: SummaryRow, ref: SummaryRow, candidates: int = 1) -> bool | None:
     """Whether `best`'s mean tok/J exceeds `ref`'s by more than their windows' spread explains.
 
-    Welch's t-test (unequal variances), one-sided, at SIGNIFICANCE_P, on both rows' mean, sample std and n: both
-    rows' scatter counts (a CI of the sweet spot alone against the reference's mean ignored the reference's). None when
-    either row has fewer than 2 repetitions (no spread to test against).
+    Welch's t-test (unequal variances), one-sided, on both rows' tok/J mean, sample std and windows with energy
+    (`valid_reps`): both rows' scatter counts (a CI of the sweet spot alone against the reference's mean ignored the
+    reference's). `best` was chosen as the best of `candidates` settings, so the level is Bonferroni's,
+    SIGNIFICANCE_P / candidates: picking the winner first would otherwise make a chance gain look significant more
+    often than 5 %. None when either row has fewer than 2 windows with energy (no spread to test against).
     """
     from scipy.stats import ttest_ind_from_stats
 
-    stats = [(_v(r.tok_per_j), _v(r.tok_per_j_std), r.n) for r in (best, ref)]
+    stats = [(_v(r.tok_per_j), _v(r.tok_per_j_std), r.valid_reps) for r in (best, ref)]
     if any(n < 2 or not (math.isfinite(m) and math.isfinite(sd)) for m, sd, n in stats):
         return None
     (m1, s1, n1), (m2, s2, n2) = stats
     if s1 == 0 and s2 == 0:  # no scatter at all (a simulation without noise): the means decide
         return m1 > m2
     p = ttest_ind_from_stats(m1, s1, n1, m2, s2, n2, equal_var=False, alternative="greater").pvalue
-    return bool(p < SIGNIFICANCE_P)
+    return bool(p < SIGNIFICANCE_P / max(candidates, 1))
 
 
 def sweet_spots(
@@ -221,7 +225,9 @@ def describe_spot(s: SweetSpot, min_speed: float) -> str:
     if s.reference == "highest":
         text += "; the card's default limit was not measured"
     if s.significant is False:
-        text += f"; not significant (one-sided Welch test, p >= {SIGNIFICANCE_P:g}: the windows' scatter explains it)"
+        text += (
+            "; not significant (one-sided Welch test, Bonferroni over the settings: the windows' scatter explains it)"
+        )
     return text
 
 

@@ -70,7 +70,7 @@ def _style(axes: Any, xlabel: str, ylabel: str) -> None:
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         # under the panel, where it covers no point ("best" inside searches, and warns when that is slow)
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.24), ncol=2, frameon=False)
 
 
 def _has_clocks(groups: Groups) -> bool:

@@ -376,10 +376,18 @@ def test_smoke_config_sweeps_the_simulated_gpu_in_virtual_time(tmp_path, monkeyp
         assert (d / name).is_file(), name
     assert "## Power-limit sweep" in (d / "report.md").read_text()
     assert json.loads((d / "meta.json").read_text())["energy"]["virtual_time"] is True
-    (d / "meta.json").unlink()  # a report rebuilt without it has no sweep section: its files would be stale
+    meta = (d / "meta.json").read_bytes()
+    (d / "meta.json").unlink()  # a report rebuilt without it has no sweep section, and cannot rebuild the sweep's files
     rebuilt = runner.invoke(app, ["report", str(d)])
     assert rebuilt.exit_code == 0, rebuilt.output
-    assert "## Power-limit sweep" not in (d / "report.md").read_text()
+    md = (d / "report.md").read_text()
+    assert "## Power-limit sweep" not in md and "sweet_spot.csv, sweet_spot.json, sweep_pareto.png" in md
+    assert "from an earlier report; the sweep section needs meta.json to be rebuilt" in md  # kept, and said so
+    assert (d / "sweet_spot.json").is_file() and (d / "sweep_tok_j.png").is_file()
+    sweep_meta = json.loads(meta)
+    del sweep_meta["sweep"]  # a run that is not a sweep: sweep files from an earlier render contradict it
+    (d / "meta.json").write_text(json.dumps(sweep_meta))
+    assert runner.invoke(app, ["report", str(d)]).exit_code == 0
     assert not [p.name for p in d.iterdir() if p.name.startswith(("sweet_spot.", "sweep_"))]
     assert (d / "tok_s.png").is_file() and (d / "summary.csv").is_file()
 

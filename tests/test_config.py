@@ -156,3 +156,12 @@ def test_a_broken_file_is_refused_even_where_a_flag_overrides_the_value(tmp_path
     with pytest.raises(UserError) as err:
         config.load(p, overrides)
     assert str(err.value).startswith(f"config {p}: ") and fragment in str(err.value)
+
+
+def test_a_check_between_fields_waits_for_the_flags(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("test_timeout_s: 30\n")  # shorter than the default plan (3 s + 5 x 10 s), not than the flags' one
+    short = {"reps": 1, "window_s": 5.0, "warmup_s": 1.0}
+    assert config.load(p, short).test_timeout_s == 30
+    with pytest.raises(UserError, match="test_timeout_s = 30 s is shorter than one test's plan"):
+        config.load(p)  # without the flags the merged settings are refused, as before

@@ -214,3 +214,26 @@ def test_every_plot_of_a_simulated_run_is_stamped_and_a_real_runs_are_not(monkey
     stamps.clear()
     report.render(run)
     assert stamps and set(stamps) == {""}
+
+
+def test_a_simulated_sweeps_plots_are_stamped_too(tmp_path, monkeypatch, tiny_model):
+    from pathlib import Path
+
+    from luce_bench import report, sweep_plots
+
+    monkeypatch.setenv("LUCE_BENCH_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.delenv("LUCE_BENCH_FAKE_GPU_STATE", raising=False)
+    smoke = Path(__file__).resolve().parent.parent / "configs" / "smoke.yaml"
+    result = CliRunner().invoke(app, ["sweep", "-c", str(smoke), "--limits", "420,300", "-o", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    (run,) = (tmp_path / "runs").iterdir()
+    seen = []
+    for module in (plots, sweep_plots):  # sweep_plots has its own name for save
+        real = module.save
+        monkeypatch.setattr(
+            module, "save", lambda *a, real=real: seen.append((a[3].name, plots._stamp.get())) or real(*a)
+        )
+    report.render(run)
+    names = {name for name, _ in seen}
+    assert {"tok_s.png", "sweep_tok_j.png", "sweep_pareto_tok_j.png"} <= names
+    assert {stamp for _, stamp in seen} == {"SIMULATED GPU"}

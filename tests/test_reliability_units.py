@@ -104,6 +104,10 @@ def test_on_a_full_disk_a_long_ending_still_fits_and_an_overlong_reason_is_cut(t
     assert st.finish("stopped", 4, reason, rows=15)
     doc = status.read_status(tmp_path)
     assert (doc["state"], doc["exit_code"], doc["reason"], doc["rows"]) == ("stopped", 4, reason, 15)
+    path_like = "cannot write /data/r\udcffx/runs.csv: é" * 40  # escaped in JSON: longer than it looks
+    assert st.finish("stopped", 4, path_like)
+    doc = status.read_status(tmp_path)
+    assert doc["state"] == "stopped" and doc["reason"].endswith(" [cut]") and doc["reason"].startswith("cannot")
     assert st.finish("stopped", 4, "y" * 5000)  # far longer than the reserve: cut short, still the ending
     doc = status.read_status(tmp_path)
     assert doc["state"] == "stopped" and doc["exit_code"] == 4

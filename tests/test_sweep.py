@@ -321,8 +321,8 @@ def test_a_gain_is_significant_only_when_both_rows_scatter_leaves_it_standing():
 
     from luce_bench.summary import gain_is_significant
 
-    def row(mean, std, n):
-        return SimpleNamespace(tok_per_j=mean, tok_per_j_std=std, n=n)
+    def row(mean, std, n, windows=None):  # n windows, `windows` of them with energy (all by default)
+        return SimpleNamespace(tok_per_j=mean, tok_per_j_std=std, n=n, valid_reps=n if windows is None else windows)
 
     assert gain_is_significant(row(10.0, 0.1, 5), row(5.0, 0.1, 5)) is True
     assert gain_is_significant(row(10.0, 1.0, 3), row(9.9, 1.0, 3)) is False
@@ -335,3 +335,8 @@ def test_a_gain_is_significant_only_when_both_rows_scatter_leaves_it_standing():
     a, b = [3.1, 3.3, 3.2, 3.25], [3.0, 3.15, 3.05]
     expect = bool(ttest_ind(a, b, equal_var=False, alternative="greater").pvalue < 0.05)
     assert gain_is_significant(row(mean(a), stdev(a), 4), row(mean(b), stdev(b), 3)) is expect
+    # the tok/J statistics come from the windows with energy: a window whose energy was refused adds no freedom
+    assert gain_is_significant(row(10.0, 0.5, 3, windows=1), row(5.0, 0.1, 5)) is None
+    # chosen as the best of several settings, it must clear p < 0.05 / m (here p = 0.033: 1 setting yes, 2 no)
+    assert gain_is_significant(row(mean(a), stdev(a), 4), row(mean(b), stdev(b), 3), candidates=1) is True
+    assert gain_is_significant(row(mean(a), stdev(a), 4), row(mean(b), stdev(b), 3), candidates=2) is False
