@@ -44,9 +44,11 @@ def test_bad_fields_are_one_line(text, message):
 
 def test_the_device_choice_and_the_environment(monkeypatch):
     monkeypatch.delenv(kt.TUNE_ENV, raising=False)
-    # the H200 and H100 measured nothing better than the defaults; an unmeasured GPU starts from them
-    for name in ("NVIDIA H200", "NVIDIA H100 80GB HBM3", "NVIDIA GeForce RTX 3090"):
+    # the H200 measured nothing better than the defaults; an unmeasured GPU starts from them; the H100 measured
+    # pause_ready=3 (v28, session 43)
+    for name in ("NVIDIA H200", "NVIDIA GeForce RTX 3090"):
         assert kt.for_device(name) == kt.Tune(inflight=1, inflight_lm=2, pause_mask=12, spin_sleep_ns=0)
+    assert kt.for_device("NVIDIA H100 80GB HBM3") == kt.Tune(pause_ready=3)
     monkeypatch.setenv(kt.TUNE_ENV, "inflight=3")
     assert kt.for_device("NVIDIA H200").inflight == 3
     monkeypatch.setenv(kt.TUNE_ENV, "inflight=3,bogus=1")
@@ -149,3 +151,15 @@ def test_the_abi12_fields():
         be._check_abi12_fields()
     be.tune = kt.Tune()
     be._check_abi12_fields()  # an older library with neither runs as before
+
+
+def test_an_older_library_drops_the_measured_abi12_fields_but_not_asked_ones(monkeypatch):
+    monkeypatch.delenv(kt.TUNE_ENV, raising=False)
+    h100 = "NVIDIA H100 80GB HBM3"
+    measured = kt.for_device(h100)
+    assert kt.for_library(measured, h100, 12) == measured  # ABI 12 runs them
+    assert kt.for_library(measured, h100, 11) == kt.Tune()  # ABI 11 lacks pause_ready: the old pauses, no refusal
+    asked = measured.changed_by({"pause_ready": 2, "inflight_lm": 3})  # a variant's own value stays (refused later)
+    assert kt.for_library(asked, h100, 11) == asked
+    monkeypatch.setenv(kt.TUNE_ENV, "pause_ready=3")  # asked in the environment: kept, even at the measured value
+    assert kt.for_library(kt.for_device(h100), h100, 11).pause_ready == 3

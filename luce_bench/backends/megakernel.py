@@ -208,19 +208,22 @@ class MegakernelBackend(Backend):
         self.launch = klib.LuceMkLaunchInfo()
         klib.check(self._lib, self._lib.luce_mk_launch_info(self.launch), "launch info")
         self.prefill_gemm = attach(self._lib)
-        from luce_bench.kernels.tune import TUNE_ENV, Tune, for_device
+        from luce_bench.kernels.tune import TUNE_ENV, Tune, for_device, for_library
 
         abi = self._abi = int(self._lib.luce_mk_abi_version())
+        gpu = torch.cuda.get_device_name(self._device)
         if abi < 9:  # a library from before the run-time tune runs its compiled values
-            asked = self.tune.as_dict() if self.tune not in (None, Tune()) else os.environ.get(TUNE_ENV)
+            measured = (None, Tune(), for_library(for_device(gpu), gpu, abi))  # (kernel bench passes the GPU's own)
+            asked = self.tune.as_dict() if self.tune not in measured else os.environ.get(TUNE_ENV)
             if asked:
                 raise UserError(
                     f"{self._build.lib}: ABI {abi} has no run-time tune "
                     f"(asked for {asked}); rebuild the kernel or drop the tune fields"
                 )
             self.tune = None
-        elif self.tune is None:
-            self.tune = for_device(torch.cuda.get_device_name(self._device))
+        else:
+            tune = self.tune if self.tune is not None else for_device(gpu)
+            self.tune = for_library(tune, gpu, abi)  # (an older library lacks some fields)
         _ = self.grid  # a grid this GPU or library cannot launch is refused here, before any weights move
         self._check_abi12_fields()
 

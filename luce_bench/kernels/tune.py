@@ -87,13 +87,15 @@ class Tune:
 
 
 # Measured defaults per GPU (name pattern, tune); the first match wins, the last entry matches every GPU. The H100's
-# values come from its v9 and v10 measurements, the H200's from issue 12's screens, where no other setting won
-# (cuda/NOTES.md, "Decode v12 and v13"): both keep the defaults, and an unmeasured GPU starts from them too.
+# values come from its v9 and v10 measurements and v28's screens (pause_ready=3: +0.4 % at position 64, +0.6 % at
+# 4000, cuda/NOTES.md "Session 43"); the H200's from issue 12's screens, where no other setting won (cuda/NOTES.md,
+# "Decode v12 and v13"; v27 and v28 not yet measured there). An unmeasured GPU starts from the defaults.
 _BY_DEVICE: tuple[tuple[str, Tune], ...] = (
     (r"H200", Tune()),
-    (r"H100", Tune()),
+    (r"H100", Tune(pause_ready=3)),
     (r"", Tune()),
 )
+ABI12_FIELDS = ("deep_phases", "pause_ready")  # LuceMkParams fields that a library of ABI 11 and older lacks
 
 
 def parse_fields(text: str | None, where: str) -> dict[str, int]:
@@ -115,7 +117,23 @@ def parse_fields(text: str | None, where: str) -> dict[str, int]:
     return out
 
 
+def _measured(device_name: str) -> Tune:
+    return next(t for pattern, t in _BY_DEVICE if re.search(pattern, device_name))
+
+
 def for_device(device_name: str) -> Tune:
     """The measured tune for this GPU (by name), with $LUCE_BENCH_KERNEL_TUNE's fields applied."""
-    base = next(t for pattern, t in _BY_DEVICE if re.search(pattern, device_name))
-    return base.changed(os.environ.get(TUNE_ENV), TUNE_ENV)
+    return _measured(device_name).changed(os.environ.get(TUNE_ENV), TUNE_ENV)
+
+
+def for_library(tune: Tune, device_name: str, abi: int) -> Tune:
+    """`tune` as a library of ABI `abi` can run it.
+
+    A library older than ABI 12 runs without ABI12_FIELDS, so a field that holds the GPU's measured value (not one
+    $LUCE_BENCH_KERNEL_TUNE names) is set back to 0 (its old behaviour) instead of refused. A value asked for, or one
+    a kernel-bench variant changes, stays: the backend refuses it with one line.
+    """
+    if abi >= 12:
+        return tune
+    measured, asked = _measured(device_name), parse_fields(os.environ.get(TUNE_ENV), TUNE_ENV)
+    return tune.changed_by({k: 0 for k in ABI12_FIELDS if k not in asked and getattr(tune, k) == getattr(measured, k)})
