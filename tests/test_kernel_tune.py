@@ -28,7 +28,7 @@ def test_fields_parse_into_a_changed_tune():
         ("inflight=two", "'inflight=two': expected inflight=INTEGER"),
         ("inflight=65", "kernel tune inflight=65: expected 0..64"),
         ("spin_sleep_ns=-1", "kernel tune spin_sleep_ns=-1: expected 0..4096"),
-        ("pause_mask=1", "kernel tune pause_mask=1: expected a sum of 2 (grid barriers), 4 (x loads) and 8 (GDN items)"),
+        ("pause_mask=1", "kernel tune pause_mask=1: expected a sum of 2 (grid barriers), 4 (x loads) and 8 (GDN"),
         ("inflight=2,inflight=3", "inflight is given twice"),
         ("grid=7", "kernel tune grid=7: expected 0 (one block per SM) or 8 and more"),
         ("grid=1025", "kernel tune grid=1025: expected 0..1024"),
