@@ -61,6 +61,20 @@ class CsvAppender:
         if self._cut_partial_line(os.fstat(self._fd).st_size) == 0:
             self._write(",".join(columns(cls)) + "\n")
 
+    @classmethod
+    def repair(cls, path: Path, record_cls: type) -> None:
+        """Cut a line a crash left unfinished, or give an empty file its header; open the file only if either is due.
+
+        (A finished run may lie in a read-only folder: reading it must not need write access.)
+        """
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size:
+                f.seek(size - 1)
+            whole = size > 0 and f.read(1) == b"\n"
+        if not whole:
+            cls(path, record_cls).close()
+
     def _cut_partial_line(self, size: int) -> int:
         """Cut the file back to its last complete line; return its size."""
         if size == 0:

@@ -3,8 +3,9 @@
 Run plots: tok/s and tok/J per backend and test, and the power/clock timeline. The sweep plots (sweep_plots.py) draw
 through `pyplot()` and `save()` here. Results the verdict flags (quality.mark) are marked in every plot: throttled
 ones (a stress flag) in red, ones from windows shorter than 10 s in orange: hatched bars, rings around points
-(`mark_flagged`), coloured windows in the timeline. A run on the simulated GPU is stamped on every plot (`stamped`:
-its title starts with the stamp, and the stamp is written across the figure), as report.md and the console say it.
+(`mark_flagged`), coloured windows in the timeline. A run on the simulated GPU is stamped on every plot (report.py
+renders them inside `stamped`: a title starts with the stamp, which is written across the figure too), as report.md
+and the console say it.
 """
 
 from __future__ import annotations
@@ -171,20 +172,9 @@ def timeline(samples: Sequence[Sample], runs: Sequence[RunRecord], out: Path) ->
 
 
 def render_run(
-    run_dir: Path,
-    summary: Sequence[SummaryRow],
-    runs: Sequence[RunRecord],
-    samples: Sequence[Sample],
-    stamp: str = "",
-) -> list[Path]:
-    """Write tok_s.png, tok_j.png and timeline.png where there is data (`stamp`: see `stamped`); the files written."""
-    with stamped(stamp):
-        return _render_run(run_dir, summary, runs, samples)
-
-
-def _render_run(
     run_dir: Path, summary: Sequence[SummaryRow], runs: Sequence[RunRecord], samples: Sequence[Sample]
 ) -> list[Path]:
+    """Write tok_s.png, tok_j.png and timeline.png where there is data; returns the files written."""
     made = [
         bar_chart(
             summary,

@@ -181,7 +181,7 @@ def _sweep_section(
     write_csv(run_dir / "sweet_spot.csv", SweetSpot, spots)
     doc = {"min_speed": min_speed, "complete": not provisional, "sweet_spots": [dataclasses.asdict(s) for s in spots]}
     atomic_write(run_dir / "sweet_spot.json", json.dumps(doc, indent=2) + "\n")
-    plots = render_sweep(run_dir, summary, spots, min_speed, stamp=_plot_stamp(meta))
+    plots = render_sweep(run_dir, summary, spots, min_speed)
     lines = _sweep_intro(sweep)
     none = f"- no sweet spot: no {'setting' if sweep.get('clocks_locked_mhz') else 'limit'} has energy data"
     lines += [f"- **{describe_spot(s, min_speed)}**" for s in spots] or [none]
@@ -217,7 +217,7 @@ def _ending(run_dir: Path) -> tuple[list[str], bool]:
 
 def render(run_dir: Path) -> Report:
     """Rebuild summary.csv, plots and report.md of `run_dir` (and the sweep section of a sweep) from its files."""
-    from luce_bench.plots import render_run
+    from luce_bench.plots import render_run, stamped
 
     run_dir = Path(run_dir)
     runs, meta = read_runs(run_dir), read_meta(run_dir)
@@ -236,11 +236,12 @@ def render(run_dir: Path) -> Report:
         if sweep_files:  # kept: without meta.json they cannot be rebuilt, but they are not this report's
             names = ", ".join(p.name for p in sweep_files)
             quality.append(f"{names}: from an earlier report; the sweep section needs {META} to be rebuilt")
-    plots = render_run(run_dir, summary, runs, read_samples(run_dir), stamp=_plot_stamp(meta))
-    md = _markdown(run_dir, summary, meta, plots, quality)
-    report = Report(run_dir, summary, meta, md, quality=quality)
-    if meta.get("sweep"):
-        report.spots, section = _sweep_section(run_dir, summary, meta, provisional=cut_short)
+    with stamped(_plot_stamp(meta)):  # every plot of the run, the sweep's too
+        plots = render_run(run_dir, summary, runs, read_samples(run_dir))
+        sweep = _sweep_section(run_dir, summary, meta, provisional=cut_short) if meta.get("sweep") else None
+    report = Report(run_dir, summary, meta, _markdown(run_dir, summary, meta, plots, quality), quality=quality)
+    if sweep is not None:
+        report.spots, section = sweep
         report.min_speed = float(meta["sweep"].get("sweet_spot_min_speed", 0.95))
         report.markdown += "\n" + section
     elif (run_dir / META).is_file():  # not a sweep: sweep files from an earlier render would contradict the report

@@ -15,7 +15,6 @@ not belong to the plan. A stale journal (the run was killed) must be replayed wi
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -134,16 +133,6 @@ def _timeline_end_s(run_dir: Path, rows: list[RunRecord], samples: list[Sample])
     return (max(ends) + 1.0) if ends else 0.0
 
 
-def _ends_with_a_whole_line(path: Path) -> bool:
-    """Whether the file's last byte is a newline (nothing for CsvAppender to cut; an empty file gets its header)."""
-    with open(path, "rb") as f:
-        size = f.seek(0, os.SEEK_END)
-        if size == 0:
-            return False
-        f.seek(size - 1)
-        return f.read(1) == b"\n"
-
-
 def prepare(run_dir: Path, plan: Plan, ctx: RunContext) -> Resume | None:
     """What is left of the sweep in `run_dir` under `plan` (None: nothing); UserError when it cannot be resumed."""
     status, meta = _prior(run_dir)
@@ -165,8 +154,8 @@ def prepare(run_dir: Path, plan: Plan, ctx: RunContext) -> Resume | None:
             f"this luce-bench runs {TG_ITERATION}, so the rows would not compare: start a new sweep"
         )
     for name, cls in ((RUNS, RunRecord), (SAMPLES, Sample)):  # a line cut short by a crash is not a row
-        if (run_dir / name).is_file() and not _ends_with_a_whole_line(run_dir / name):
-            CsvAppender(run_dir / name, cls).close()  # (opened only to cut it: a finished run may be read-only)
+        if (run_dir / name).is_file():
+            CsvAppender.repair(run_dir / name, cls)
     reps = ctx.cfg.reps
     done = _done(run_dir, plan, reps)
     # an optional backend the run skipped while loading (`all`'s hf-compiled whose compile failed, say) has no rows and

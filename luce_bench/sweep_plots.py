@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from luce_bench.plots import mark_flagged, num, pyplot, save, stamped
+from luce_bench.plots import mark_flagged, num, pyplot, save
 from luce_bench.quality import mark
 from luce_bench.records import SummaryRow, SweetSpot
 from luce_bench.summary import by_setting
@@ -233,16 +233,9 @@ def heatmap(summary: Sequence[SummaryRow], spots: Sequence[SweetSpot], min_speed
 
 
 def render_sweep(
-    run_dir: Path, summary: Sequence[SummaryRow], spots: Sequence[SweetSpot], min_speed: float, stamp: str = ""
-) -> list[Path]:
-    """Write the sweep plots where there is data (see the module docstring; `stamp`: plots.stamped); the files."""
-    with stamped(stamp):
-        return _render_sweep(run_dir, summary, spots, min_speed)
-
-
-def _render_sweep(
     run_dir: Path, summary: Sequence[SummaryRow], spots: Sequence[SweetSpot], min_speed: float
 ) -> list[Path]:
+    """Write the sweep plots where there is data (see the module docstring); returns the files written."""
     made = [
         vs_setting_plot(summary, "avg_ts", run_dir / "sweep_tok_s.png"),
         vs_setting_plot(summary, "tok_per_j", run_dir / "sweep_tok_j.png"),

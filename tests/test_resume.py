@@ -207,11 +207,9 @@ def test_a_finished_sweep_in_a_read_only_folder_has_nothing_to_resume(env, monke
     assert first.exit_code == 0, first.output
     run_dir = only_run_dir(env / "runs")
 
-    def read_only(path, cls):  # (chmod would not stop a root user: the CSV files may not be opened for writing)
+    def read_only(self, path, cls):  # (chmod would not stop a root user: the CSV files may not be opened for writing)
         raise OSError(30, "Read-only file system", str(path))
 
-    from luce_bench import resume
-
-    monkeypatch.setattr(resume, "CsvAppender", read_only)
+    monkeypatch.setattr(appender.CsvAppender, "__init__", read_only)
     again = runner.invoke(app, ["sweep", "--resume", str(run_dir)])
     assert again.exit_code == 0 and "nothing to resume" in again.output, again.output

@@ -213,8 +213,8 @@ class MegakernelBackend(Backend):
         abi = self._abi = int(self._lib.luce_mk_abi_version())
         gpu = torch.cuda.get_device_name(self._device)
         if abi < 9:  # a library from before the run-time tune runs its compiled values
-            measured = (None, Tune(), for_library(for_device(gpu), gpu, abi))  # (kernel bench passes the GPU's own)
-            asked = self.tune.as_dict() if self.tune not in measured else os.environ.get(TUNE_ENV)
+            unasked = (None, Tune(), for_device(gpu))  # (kernel bench passes the GPU's own tune)
+            asked = self.tune.as_dict() if self.tune not in unasked else os.environ.get(TUNE_ENV)
             if asked:
                 raise UserError(
                     f"{self._build.lib}: ABI {abi} has no run-time tune "
@@ -275,18 +275,16 @@ class MegakernelBackend(Backend):
 
     def _check_abi12_fields(self) -> None:
         """Refuse a tune with deep phases or pause_ready (ABI 12) for an older library, which would ignore them."""
+        from luce_bench.kernels.tune import ABI12_FIELDS
+
         if self._abi >= 12 or self.tune is None:
             return
-        if self.tune.deep_phases:
-            raise UserError(
-                f"kernel tune deep_phases={self.tune.deep_phases}: {self._build.lib} is ABI {self._abi}, which keeps "
-                "tune.inflight copies in flight in every layer phase; rebuild the kernel or drop deep_phases"
-            )
-        if self.tune.pause_ready:
-            raise UserError(
-                f"kernel tune pause_ready={self.tune.pause_ready}: {self._build.lib} is ABI {self._abi}, whose pauses "
-                "always hold; rebuild the kernel or drop pause_ready"
-            )
+        for name, instead in ABI12_FIELDS.items():
+            if value := getattr(self.tune, name):
+                raise UserError(
+                    f"kernel tune {name}={value}: {self._build.lib} is ABI {self._abi}, {instead}; rebuild the kernel "
+                    f"or drop {name}"
+                )
 
     # ---------------------------------------------------------------- run
     def reset(self) -> None:

@@ -95,7 +95,11 @@ _BY_DEVICE: tuple[tuple[str, Tune], ...] = (
     (r"H100", Tune(pause_ready=3)),
     (r"", Tune()),
 )
-ABI12_FIELDS = ("deep_phases", "pause_ready")  # LuceMkParams fields that a library of ABI 11 and older lacks
+# LuceMkParams fields that a library of ABI 11 and older lacks, and what such a library does instead
+ABI12_FIELDS = {
+    "deep_phases": "which keeps tune.inflight copies in flight in every layer phase",
+    "pause_ready": "whose pauses always hold",
+}
 
 
 def parse_fields(text: str | None, where: str) -> dict[str, int]:
