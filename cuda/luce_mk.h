@@ -88,8 +88,6 @@ enum LuceMkDebugFlags {
 /* Producer pause reasons (LuceMkTune.pause_mask bits): the stretches of a step during which the producer issues no
    new weight copy, because queued copies slow the block's dependent L2 round trips (cuda/NOTES.md, MK_PAUSE). */
 enum LuceMkPauseReasons {
-    LUCE_MK_PAUSE_BARRIER = 2,    /* a grid barrier, from the block's arrival to its release (a library from before
-                                     2026-12-06 evening refuses it: LUCE_MK_ERR_ARGS) */
     LUCE_MK_PAUSE_X_LOAD = 4,     /* the residual-stream loads of an RMSNorm prologue */
     LUCE_MK_PAUSE_GDN_ITEM = 8    /* a GDN work item, up to its out_proj */
 };

@@ -31,9 +31,7 @@ __device__ __forceinline__ void sync_all(Ctx& c, const LuceMkParams& P) {
         cbar();
         return;
     }
-    pause_set(PAUSE_BARRIER, true);  // (thread 0, which arrives and polls; the producer honours it per tune.pause_mask)
     grid_sync(P.sync, (P.sync_base + c.nsync) * (unsigned)c.G);
-    pause_set(PAUSE_BARRIER, false);
 }
 
 // One decode step of the consumer warps: `tok` is the input token, and the argmax on return.
@@ -188,7 +186,7 @@ int luce_mk_launch_info(LuceMkLaunchInfo* out) {
 int luce_mk_decode(const LuceMkParams* p, void* stream) {
     if (!p || p->n_steps < 1 || p->pos < 0 || p->pos + p->n_steps > p->max_seq) return kErrArgs;
     const LuceMkTune& t = p->tune;
-    const unsigned pauses = LUCE_MK_PAUSE_BARRIER | LUCE_MK_PAUSE_X_LOAD | LUCE_MK_PAUSE_GDN_ITEM;
+    const unsigned pauses = LUCE_MK_PAUSE_X_LOAD | LUCE_MK_PAUSE_GDN_ITEM;
     if (t.inflight < 0 || t.inflight > 64 || t.inflight_lm < 0 || t.inflight_lm > 64 || (t.pause_mask & ~pauses) ||
         t.spin_sleep_ns < 0 || t.spin_sleep_ns > 4096 || t.lm_screen < 0 || t.lm_screen > 1 || p->deep_phases < 0 ||
         p->deep_phases > 15 || p->inflight_deep < 0 || p->inflight_deep > 64 || p->pause_ready < 0 ||

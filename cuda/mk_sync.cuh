@@ -31,15 +31,11 @@ __device__ __forceinline__ void spin_pause() {
     if (ns) __nanosleep(ns);
 }
 
-// ---- producer pause (sm_90): consumer thread 0 raises a reason while the block runs a latency-bound stretch (a grid
-// barrier, x loads for a norm, a GDN item up to its out_proj); the producer issues no new copy while a reason in
+// ---- producer pause (sm_90): consumer thread 0 raises a reason while the block runs a latency-bound stretch (x
+// loads for a norm, a GDN item up to its out_proj); the producer issues no new copy while a reason in
 // tune.pause_mask is raised, because copies queued in the memory system slow those dependent round trips (NOTES.md,
 // MK_PAUSE) ----
-enum PauseReason : unsigned {
-    PAUSE_BARRIER = LUCE_MK_PAUSE_BARRIER,
-    PAUSE_X_LOAD = LUCE_MK_PAUSE_X_LOAD,
-    PAUSE_GDN_ITEM = LUCE_MK_PAUSE_GDN_ITEM
-};
+enum PauseReason : unsigned { PAUSE_X_LOAD = LUCE_MK_PAUSE_X_LOAD, PAUSE_GDN_ITEM = LUCE_MK_PAUSE_GDN_ITEM };
 __device__ __forceinline__ void pause_set(PauseReason why, bool on) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     if (threadIdx.x == 0) {

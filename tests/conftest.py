@@ -64,7 +64,6 @@ KERNEL_TUNE_SETS = {
     "uncapped": {"inflight": 0, "inflight_lm": 0},
     "deep-in-proj-mlp": {"deep_phases": 13, "inflight_deep": 3},  # three copies in flight in in_proj, gate|up, down
     "pause-ready2": {"pause_ready": 2},  # the pauses hold only while two copies are not yet consumed
-    "barrier-pause": {"pause_mask": 14, "pause_ready": 2},  # v29: grid barriers pause the producer too (stocked ring)
     "no-pause": {"pause_mask": 0},
     "spin-sleep128": {"spin_sleep_ns": 128},
     "full-lm-head": {"lm_screen": 0},  # (teacher-forced logits read the full head anyway: the greedy test compares)

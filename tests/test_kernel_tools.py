@@ -35,7 +35,7 @@ def test_parse_variant():
     v = bench.parse_variant("old=/tmp/lib@inflight_lm=3")
     assert str(v.lib_dir) == "/tmp/lib" and v.tune == {"inflight_lm": 3}
     bad_texts = ["x:MK_SLOT_KB=two", ":MK_SLOT_KB=16", "x@", "x@inflight", "x@inflight=two", "x@l2_lead=4"]
-    bad_texts += ["x@inflight=99", "x@pause_mask=1"]  # ranges are checked before any GPU work
+    bad_texts += ["x@inflight=99", "x@pause_mask=3"]  # ranges are checked before any GPU work
     for bad in bad_texts:
         with pytest.raises(UserError) as err:
             bench.parse_variant(bad)
@@ -66,8 +66,8 @@ def test_a_bench_plan_that_cannot_run_is_one_line_before_any_gpu_work(change, me
 
 @pytest.mark.tries("bad input", "kernel bench: a $LUCE_BENCH_KERNEL_TUNE field out of range, before any GPU work")
 def test_a_bad_tune_in_the_environment_stops_the_bench_plan(monkeypatch):
-    monkeypatch.setenv("LUCE_BENCH_KERNEL_TUNE", "pause_mask=1")
-    with pytest.raises(UserError, match=r"^LUCE_BENCH_KERNEL_TUNE: kernel tune pause_mask=1: expected a sum of"):
+    monkeypatch.setenv("LUCE_BENCH_KERNEL_TUNE", "pause_mask=2")
+    with pytest.raises(UserError, match=r"^LUCE_BENCH_KERNEL_TUNE: kernel tune pause_mask=2: expected a sum of"):
         bench.BenchPlan([bench.Variant("a", {})]).validate()
 
 

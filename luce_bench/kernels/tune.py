@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from luce_bench.errors import UserError
 
 TUNE_ENV = "LUCE_BENCH_KERNEL_TUNE"
-PAUSE_BARRIER, PAUSE_X_LOAD, PAUSE_GDN_ITEM = 2, 4, 8  # LuceMkPauseReasons of luce_mk.h
+PAUSE_X_LOAD, PAUSE_GDN_ITEM = 4, 8  # LuceMkPauseReasons of luce_mk.h
 
 
 @dataclass(frozen=True)
@@ -63,10 +63,10 @@ class Tune:
                 raise UserError(f"kernel tune {name}={v}: expected 0..{top}")
         if 0 < self.grid < self.MIN_GRID:
             raise UserError(f"kernel tune grid={self.grid}: expected 0 (one block per SM) or {self.MIN_GRID} and more")
-        if self.pause_mask & ~(PAUSE_BARRIER | PAUSE_X_LOAD | PAUSE_GDN_ITEM):
+        if self.pause_mask & ~(PAUSE_X_LOAD | PAUSE_GDN_ITEM):
             raise UserError(
-                f"kernel tune pause_mask={self.pause_mask}: expected a sum of {PAUSE_BARRIER} (grid barriers), "
-                f"{PAUSE_X_LOAD} (x loads) and {PAUSE_GDN_ITEM} (GDN items)"
+                f"kernel tune pause_mask={self.pause_mask}: expected a sum of {PAUSE_X_LOAD} (x loads) and "
+                f"{PAUSE_GDN_ITEM} (GDN items)"
             )
 
     def as_dict(self) -> dict[str, int]:
