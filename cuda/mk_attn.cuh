@@ -228,10 +228,246 @@ __device__ __forceinline__ void attn_item(Ctx& c, const LuceMkParams& P, int l, 
     }
 }
 
-// P2 of attention layer l: the block's items b, b + G, ...
+// ---- MK_ATT_GQA's group items: one per (KV group g, sequence chunk ci), serving the group's four query heads ----
+// Each K/V row is loaded once per group instead of once per query head (NOTES.md, candidate (c) and v30): at position
+// 4000 the per-head items read 32 MB per layer for an 8 MB cache, bound by each SM's loads in flight.
+__device__ __forceinline__ int attg_chunks(int pos) { return min(ATT_GMAXCH, (pos + ATT_GCHUNK) / ATT_GCHUNK); }
+__device__ __forceinline__ int attg_items(int pos) { return NKV * attg_chunks(pos); }
+// The chunk item that merges query head hh when `used` chunks hold positions: the last four items share the group's
+// four merges (with fewer chunks, an item merges several heads).
+__device__ __forceinline__ int attg_merger(int hh, int used) { return used - 1 - hh % used; }
+
+// Warps 0-3 poll the four query heads' 256 tagged outputs, warp 4 the key's, warp 5 the value's; q and k are
+// RMS-normalised (1 + w per head), v kept as is; then the four q heads and k are rotated.
+__device__ __forceinline__ void attn_group_inputs(Ctx& c, const LuceMkParams& P, int l, int g, int pos, unsigned ep) {
+    AttnWork& w = smem().w.attn;
+    if (c.warp < QPG + 2) {
+        const bool nowait = (P.debug_flags & (LUCE_MK_DEBUG_NO_MATH | LUCE_MK_DEBUG_NO_BARRIERS)) != 0;
+        const bool is_q = c.warp < QPG, is_k = c.warp == QPG;
+        const int d0 = c.lane * 8, off = is_q ? 2 * HD * c.warp : is_k ? FK : FV;
+        const u64* src = scratch(P).raw + FA_GROWS * g + off + d0;
+        const float* wn = P.sblob + (long long)l * SP + (is_q ? SP_QN : SP_KN) + d0;
+        float wnv[8];  // the norm weights, loaded before the wait (NOTES.md v19)
+#pragma unroll
+        for (int e = 0; e < 8; ++e) wnv[e] = is_q || is_k ? wn[e] : 0.f;
+        lead_wait_tag(src, ep, nowait, true);
+        u64 wv[8];
+        float x[8];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) wv[e] = ld_gpu(src + e);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) x[e] = poll_tag_w(src + e, wv[e], ep, nowait);
+        head_norm8_w(is_q ? w.q + c.warp * HD : is_k ? w.k : w.v, x, wnv, d0, is_q || is_k);
+    }
+    cbar();
+    trace_pt(c, P, pos - P.pos, TR_L * l + TR_ATT_IN);
+    if (c.tid < 32 * (QPG + 1)) rope_pair(c.tid < 32 * QPG ? w.q + (c.tid >> 5) * HD : w.k, c.tid & 31, pos);
+    cbar();
+}
+
+// Query head hh's merge by its merger item: every chunk item has stored the head's (max, sum, output) as tagged
+// values; up to 64 chunks are polled and folded in rounds of ATT_MAXCH (the polls of a round all in flight, through
+// smem().acts, as attn_merge_tagged), then the sigmoid gate is applied and aout stored for o_proj.
+__device__ __forceinline__ void attn_group_merge(Ctx& c, const LuceMkParams& P, int g, int hh, int used, unsigned ep) {
+    AttnWork& w = smem().w.attn;
+    Scratch& S = scratch(P);
+    float* pv = smem().acts;  // [chunk of the round][HD]
+    const int t = c.tid;
+    const bool nowait = (P.debug_flags & (LUCE_MK_DEBUG_NO_MATH | LUCE_MK_DEBUG_NO_BARRIERS)) != 0;
+    constexpr int NPER = (ATT_MAXCH * HD + NCT - 1) / NCT;
+    const u64* gp = S.raw + FA_GROWS * g + 2 * HD * hh + HD + t;  // the head's sigmoid gate (qkv's tagged outputs)
+    const u64 wg = t < HD ? ld_gpu(gp) : 0ull;
+    float M = -INFINITY, L = 0.f, A = 0.f;
+#pragma unroll 1
+    for (int k0 = 0; k0 < used; k0 += ATT_MAXCH) {
+        const int nk = min(ATT_MAXCH, used - k0), np = nk * HD;
+        const u64* src = &S.atag[g][hh][k0][0] + t;  // element t + i * NCT of the round's [chunk][HD]
+        const u64* mls = &S.amltag[g][hh][k0][0] + t;
+        u64 wv[NPER];
+#pragma unroll
+        for (int i = 0; i < NPER; ++i) wv[i] = t + i * NCT < np ? ld_gpu(src + i * NCT) : 0ull;
+        const u64 wml = t < 2 * nk ? ld_gpu(mls) : 0ull;
+#pragma unroll
+        for (int i = 0; i < NPER; ++i)
+            if (t + i * NCT < np) pv[t + i * NCT] = poll_tag_w(src + i * NCT, wv[i], ep, nowait);
+        if (t < 2 * nk) {
+            const float v = poll_tag_w(mls, wml, ep, nowait);
+            if (t & 1) w.cl[t >> 1] = v;
+            else w.cm[t >> 1] = v;
+        }
+        cbar();
+        if (t < HD) {
+            float Mr = M;
+            for (int k = 0; k < nk; ++k) Mr = fmaxf(Mr, w.cm[k]);
+            const float corr = expf(M - Mr);  // 0 in the first round (M = -inf, L = A = 0)
+            L *= corr;
+            A *= corr;
+            for (int k = 0; k < nk; ++k) {
+                const float f = expf(w.cm[k] - Mr);
+                L = fmaf(w.cl[k], f, L);
+                A = fmaf(pv[k * HD + t], f, A);
+            }
+            M = Mr;
+        }
+        cbar();  // the round's pv, cm and cl are read before the next round (or the next merge) writes them
+    }
+    if (t < HD) {
+        const float gate = poll_tag_w(gp, wg, ep, nowait);
+        st_tag(&S.aout[(g * QPG + hh) * HD + t], ep, (A / L) * sigm(gate));  // o_proj polls it (no barrier)
+    }
+}
+
+// Group item (g = item & 1, ci = item >> 1). Deadlock-free on any grid of >= MIN_GRID blocks: a chunk's partials wait
+// only for qkv; a merger waits for the partials of its group's items, which are at most 6 item indices later (the
+// last four chunks), so on other blocks; a block reaches item j after its items j - G, j - 2G, ..., whose merges wait
+// for items before j: by induction on the index, every item's partials are stored.
+__device__ __forceinline__ void attn_group_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos, unsigned ep) {
+    AttnWork& w = smem().w.attn;
+    Scratch& S = scratch(P);
+    const int g = item & 1, ci = item >> 1, t = c.tid;
+    const int n = pos + 1, per = (n + attg_chunks(pos) - 1) / attg_chunks(pos);
+    const int c0 = ci * per, c1 = min(n, c0 + per);
+    if (c0 >= n) return;  // empty chunk (uniform over the block)
+    const long long cache_off = (long long)(fa_index(l) * NKV + g) * P.max_seq * HD;
+    unsigned short* kc = (unsigned short*)P.kcache + cache_off;
+    unsigned short* vc = (unsigned short*)P.vcache + cache_off;
+    attn_group_inputs(c, P, l, g, pos, ep);
+    if (t < HD) {  // the current position's k, v as the cache stores them (bf16); the last chunk's item writes them
+        const unsigned short kb = f2bf(w.k[t]), vb = f2bf(w.v[t]);
+        if (c1 == n) {
+            kc[(long long)pos * HD + t] = kb;
+            vc[(long long)pos * HD + t] = vb;
+        }
+        w.k[t] = bf2f(kb);
+        w.v[t] = bf2f(vb);
+    }
+    cbar();
+    // Warps 0-13 are seven pairs: warp w scores and accumulates query heads 2 hp, 2 hp + 1 (hp = w & 1) over positions
+    // c0 + (w >> 1), + 7 ATT_GBATCH, ...; ATT_GBATCH of them loaded at once. Two heads per warp hold as many registers
+    // as one head and its q did in attn_item (four would spill); each K/V row is read twice, not four times.
+    const int hp = c.warp & 1;
+    float acc[2][8], m[2], ls[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        m[h] = -INFINITY;
+        ls[h] = 0.f;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[h][e] = 0.f;
+    }
+    const float* qs = w.q + 2 * hp * HD + c.lane * 8;  // head 2 hp + h: this lane's 8 values at qs + h * HD
+#pragma unroll 1
+    for (int p0 = c0 + (c.warp >> 1); c.warp < 2 * ATT_GPAIRS && p0 < c1; p0 += ATT_GPAIRS * ATT_GBATCH) {
+        uint4 kr[ATT_GBATCH], vr[ATT_GBATCH];
+#pragma unroll
+        for (int j = 0; j < ATT_GBATCH; ++j) {
+            const int p = p0 + j * ATT_GPAIRS;
+            if (p < c1 && p != pos) {
+                kr[j] = __ldcg((const uint4*)(kc + (long long)p * HD + c.lane * 8));
+                vr[j] = __ldcg((const uint4*)(vc + (long long)p * HD + c.lane * 8));
+            }
+        }
+        float sc[ATT_GBATCH][2];
+#pragma unroll
+        for (int j = 0; j < ATT_GBATCH; ++j) {
+            const int p = p0 + j * ATT_GPAIRS;
+            float kf[8];
+            kv_row8(p == pos, w.k + c.lane * 8, kr[j], kf);
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const float4 qa = *(const float4*)(qs + h * HD), qb = *(const float4*)(qs + h * HD + 4);
+                float s = qa.x * kf[0];
+                s = fmaf(qa.y, kf[1], s);
+                s = fmaf(qa.z, kf[2], s);
+                s = fmaf(qa.w, kf[3], s);
+                s = fmaf(qb.x, kf[4], s);
+                s = fmaf(qb.y, kf[5], s);
+                s = fmaf(qb.z, kf[6], s);
+                s = fmaf(qb.w, kf[7], s);
+                sc[j][h] = p < c1 ? s : -INFINITY;
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < ATT_GBATCH; ++j)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) sc[j][h] = warp_sum(sc[j][h]) * 0.0625f;  // 1/sqrt(256), exact
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            float mn = m[h];
+#pragma unroll
+            for (int j = 0; j < ATT_GBATCH; ++j) mn = fmaxf(mn, sc[j][h]);
+            const float corr = expf(m[h] - mn);
+            ls[h] *= corr;
+#pragma unroll
+            for (int e = 0; e < 8; ++e) acc[h][e] *= corr;
+            m[h] = mn;
+        }
+#pragma unroll
+        for (int j = 0; j < ATT_GBATCH; ++j) {
+            const int p = p0 + j * ATT_GPAIRS;
+            if (p >= c1) break;  // (warp-uniform)
+            float vf[8];
+            kv_row8(p == pos, w.v + c.lane * 8, vr[j], vf);
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const float pr = expf(sc[j][h] - m[h]);
+                ls[h] += pr;
+#pragma unroll
+                for (int e = 0; e < 8; ++e) acc[h][e] = fmaf(pr, vf[e], acc[h][e]);
+            }
+        }
+    }
+    // The chunk partials of heads h and 2 + h (h = 0, 1): the warps' (max, sum, output) go through smem().acts and
+    // w.wm / w.wl, then threads < HD merge the even warps' for head h and the odd warps' for head 2 + h
+    float* wacc = smem().acts;  // [14 warps][HD]
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        if (h) cbar();  // threads < HD have read head 0's and 2's warp partials
+        if (c.warp < 2 * ATT_GPAIRS) {
+            if (c.lane == 0) {
+                w.wm[c.warp] = m[h];
+                w.wl[c.warp] = ls[h];
+            }
+#pragma unroll
+            for (int e = 0; e < 8; ++e) wacc[c.warp * HD + c.lane * 8 + e] = acc[h][e];
+        }
+        cbar();
+        if (t < HD) {
+#pragma unroll
+            for (int side = 0; side < 2; ++side) {
+                float M = -INFINITY;
+#pragma unroll
+                for (int k = 0; k < ATT_GPAIRS; ++k) M = fmaxf(M, w.wm[2 * k + side]);
+                if (M == -INFINITY) M = 0.f;
+                float L = 0.f, A = 0.f;
+#pragma unroll
+                for (int k = 0; k < ATT_GPAIRS; ++k) {
+                    const float f = expf(w.wm[2 * k + side] - M);
+                    L = fmaf(w.wl[2 * k + side], f, L);
+                    A = fmaf(wacc[(2 * k + side) * HD + t], f, A);
+                }
+                const int hh = 2 * side + h;
+                st_tag(&S.atag[g][hh][ci][t], ep, A);
+                if (t < 2) st_tag(&S.amltag[g][hh][ci][t], ep, t == 0 ? M : L);
+            }
+        }
+    }
+    const int used = (n + per - 1) / per;
+#pragma unroll 1
+    for (int h = 0; h < QPG; ++h) {
+        if (attg_merger(h, used) != ci) continue;  // (block-uniform)
+        cbar();
+        //attn_group_merge(c, P, g, h, used, ep);
+    }
+}
+
+// P2 of attention layer l: the block's items b, b + G, ... (group items with MK_ATT_GQA=1 on sm_90)
 __device__ __forceinline__ void attn_mix(Ctx& c, const LuceMkParams& P, int l, int pos, unsigned ep) {
     if (P.debug_flags & LUCE_MK_DEBUG_NO_MIXING) return;
+#if MK_ATT_GROUP_ITEMS
+    for (int item = c.b; item < attg_items(pos); item += c.G) attn_group_item(c, P, l, item, pos, ep);
+#else
     for (int item = c.b; item < att_items(pos); item += c.G) attn_item(c, P, l, item, pos, ep);
+#endif
 }
 
 }  // namespace mk
