@@ -59,18 +59,21 @@ __device__ __forceinline__ ChunkPart merge_warps(const Ctx& c, float m, float ls
     return r;
 }
 
-// Warps 0-2 poll the query head's, the key's and the value's 256 tagged outputs; q and k are RMS-normalised
-// (1 + w per head), v kept as is; then q and k are rotated.
-__device__ __forceinline__ void attn_inputs(Ctx& c, const LuceMkParams& P, int l, int g, int hh, int pos, unsigned ep) {
+// Warps 0 .. nq - 1 poll query heads hh0 .. hh0 + nq - 1 (into w.q, head-major), warp nq the key's and warp nq + 1 the
+// value's 256 tagged outputs; q and k are RMS-normalised (1 + w per head), v kept as is; then the q heads and k are
+// rotated. A per-head item polls one query head (nq = 1), a group item the group's four.
+__device__ __forceinline__ void attn_inputs(Ctx& c, const LuceMkParams& P, int l, int g, int hh0, int nq, int pos,
+                                            unsigned ep) {
     AttnWork& w = smem().w.attn;
-    if (c.warp < 3) {
+    if (c.warp < nq + 2) {
         const bool nowait = (P.debug_flags & (LUCE_MK_DEBUG_NO_MATH | LUCE_MK_DEBUG_NO_BARRIERS)) != 0;
-        const int d0 = c.lane * 8, off = c.warp == 0 ? 2 * HD * hh : c.warp == 1 ? FK : FV;
+        const bool is_q = c.warp < nq, is_k = c.warp == nq;
+        const int d0 = c.lane * 8, off = is_q ? 2 * HD * (hh0 + c.warp) : is_k ? FK : FV;
         const u64* src = scratch(P).raw + FA_GROWS * g + off + d0;
-        const float* wn = P.sblob + (long long)l * SP + (c.warp == 0 ? SP_QN : SP_KN) + d0;
+        const float* wn = P.sblob + (long long)l * SP + (is_q ? SP_QN : SP_KN) + d0;
         float wnv[8];  // the norm weights, loaded before the wait (NOTES.md v19: a load after it is a round trip more)
 #pragma unroll
-        for (int e = 0; e < 8; ++e) wnv[e] = c.warp < 2 ? wn[e] : 0.f;
+        for (int e = 0; e < 8; ++e) wnv[e] = is_q || is_k ? wn[e] : 0.f;
         lead_wait_tag(src, ep, nowait, true);
         u64 wv[8];
         float x[8];
@@ -78,11 +81,11 @@ __device__ __forceinline__ void attn_inputs(Ctx& c, const LuceMkParams& P, int l
         for (int e = 0; e < 8; ++e) wv[e] = ld_gpu(src + e);
 #pragma unroll
         for (int e = 0; e < 8; ++e) x[e] = poll_tag_w(src + e, wv[e], ep, nowait);
-        head_norm8_w(c.warp == 0 ? w.q : c.warp == 1 ? w.k : w.v, x, wnv, d0, c.warp < 2);
+        head_norm8_w(is_q ? w.q + c.warp * HD : is_k ? w.k : w.v, x, wnv, d0, is_q || is_k);
     }
     cbar();
     trace_pt(c, P, pos - P.pos, TR_L * l + TR_ATT_IN);
-    if (c.tid < 64) rope_pair(c.tid < 32 ? w.q : w.k, c.tid & 31, pos);
+    if (c.tid < 32 * (nq + 1)) rope_pair(c.tid < 32 * nq ? w.q + (c.tid >> 5) * HD : w.k, c.tid & 31, pos);
     cbar();
 }
 
@@ -153,7 +156,7 @@ __device__ __forceinline__ void attn_item(Ctx& c, const LuceMkParams& P, int l, 
     const long long cache_off = (long long)(fa_index(l) * NKV + g) * P.max_seq * HD;
     unsigned short* kc = (unsigned short*)P.kcache + cache_off;
     unsigned short* vc = (unsigned short*)P.vcache + cache_off;
-    attn_inputs(c, P, l, g, hh, pos, ep);
+    attn_inputs(c, P, l, g, hh, 1, pos, ep);
     if (t < HD) {  // the current position's k, v as the cache stores them (bf16)
         const unsigned short kb = f2bf(w.k[t]), vb = f2bf(w.v[t]);
         if (c1 == n && hh == 0) {
@@ -231,44 +234,17 @@ __device__ __forceinline__ void attn_item(Ctx& c, const LuceMkParams& P, int l, 
 // ---- MK_ATT_GQA's group items: one per (KV group g, sequence chunk ci), serving the group's four query heads ----
 // Each K/V row is loaded once per group instead of once per query head (NOTES.md, candidate (c) and v30): at position
 // 4000 the per-head items read 32 MB per layer for an 8 MB cache, bound by each SM's loads in flight.
-__device__ __forceinline__ int attg_chunks(int pos) { return min(ATT_GMAXCH, (pos + ATT_GCHUNK) / ATT_GCHUNK); }
-__device__ __forceinline__ int attg_items(int pos) { return NKV * attg_chunks(pos); }
-// The chunk item that merges query head hh when `used` chunks hold positions: the last four items share the group's
-// four merges (with fewer chunks, an item merges several heads).
-__device__ __forceinline__ int attg_merger(int hh, int used) { return used - 1 - hh % used; }
-
-// Warps 0-3 poll the four query heads' 256 tagged outputs, warp 4 the key's, warp 5 the value's; q and k are
-// RMS-normalised (1 + w per head), v kept as is; then the four q heads and k are rotated.
-__device__ __forceinline__ void attn_group_inputs(Ctx& c, const LuceMkParams& P, int l, int g, int pos, unsigned ep) {
-    AttnWork& w = smem().w.attn;
-    if (c.warp < QPG + 2) {
-        const bool nowait = (P.debug_flags & (LUCE_MK_DEBUG_NO_MATH | LUCE_MK_DEBUG_NO_BARRIERS)) != 0;
-        const bool is_q = c.warp < QPG, is_k = c.warp == QPG;
-        const int d0 = c.lane * 8, off = is_q ? 2 * HD * c.warp : is_k ? FK : FV;
-        const u64* src = scratch(P).raw + FA_GROWS * g + off + d0;
-        const float* wn = P.sblob + (long long)l * SP + (is_q ? SP_QN : SP_KN) + d0;
-        float wnv[8];  // the norm weights, loaded before the wait (NOTES.md v19)
-#pragma unroll
-        for (int e = 0; e < 8; ++e) wnv[e] = is_q || is_k ? wn[e] : 0.f;
-        lead_wait_tag(src, ep, nowait, true);
-        u64 wv[8];
-        float x[8];
-#pragma unroll
-        for (int e = 0; e < 8; ++e) wv[e] = ld_gpu(src + e);
-#pragma unroll
-        for (int e = 0; e < 8; ++e) x[e] = poll_tag_w(src + e, wv[e], ep, nowait);
-        head_norm8_w(is_q ? w.q + c.warp * HD : is_k ? w.k : w.v, x, wnv, d0, is_q || is_k);
-    }
-    cbar();
-    trace_pt(c, P, pos - P.pos, TR_L * l + TR_ATT_IN);
-    if (c.tid < 32 * (QPG + 1)) rope_pair(c.tid < 32 * QPG ? w.q + (c.tid >> 5) * HD : w.k, c.tid & 31, pos);
-    cbar();
+// Chunks per KV group: as many as leave eight blocks of the grid G free for the eight head merges (62 on 132 SMs), at
+// most ATT_GMAXCH, at least 4 (small grids merge after their items), and no more than ATT_GCHUNK positions each fill
+__device__ __forceinline__ int attg_chunks(int pos, int G) {
+    return min(min(ATT_GMAXCH, max(4, (G - NKV * QPG) / NKV)), (pos + ATT_GCHUNK) / ATT_GCHUNK);
 }
+__device__ __forceinline__ int attg_items(int pos, int G) { return NKV * attg_chunks(pos, G); }
 
-// Query head hh's merge by its merger item: every chunk item has stored the head's (max, sum, output) as tagged
-// values; up to 64 chunks are polled and folded in rounds of ATT_MAXCH (the polls of a round all in flight, through
-// smem().acts, as attn_merge_tagged), then the sigmoid gate is applied and aout stored for o_proj.
-__device__ __forceinline__ void attn_group_merge(Ctx& c, const LuceMkParams& P, int g, int hh, int used, unsigned ep) {
+// Query head hh's merge, as attn_merge_tagged but for up to 64 chunks: they are polled and folded in rounds of
+// ATT_MAXCH (a round's polls all in flight, through smem().acts); then the sigmoid gate is applied and aout stored for
+// o_proj.
+__device__ __noinline__ void attn_group_merge(Ctx& c, const LuceMkParams& P, int g, int hh, int used, unsigned ep) {
     AttnWork& w = smem().w.attn;
     Scratch& S = scratch(P);
     float* pv = smem().acts;  // [chunk of the round][HD]
@@ -317,21 +293,19 @@ __device__ __forceinline__ void attn_group_merge(Ctx& c, const LuceMkParams& P, 
     }
 }
 
-// Group item (g = item & 1, ci = item >> 1). Deadlock-free on any grid of >= MIN_GRID blocks: a chunk's partials wait
-// only for qkv; a merger waits for the partials of its group's items, which are at most 6 item indices later (the
-// last four chunks), so on other blocks; a block reaches item j after its items j - G, j - 2G, ..., whose merges wait
-// for items before j: by induction on the index, every item's partials are stored.
+// Group item (g = item & 1, ci = item >> 1): the chunk's partials of the group's four query heads. It waits only for
+// qkv's outputs, never for another item.
 __device__ __forceinline__ void attn_group_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos, unsigned ep) {
     AttnWork& w = smem().w.attn;
     Scratch& S = scratch(P);
     const int g = item & 1, ci = item >> 1, t = c.tid;
-    const int n = pos + 1, per = (n + attg_chunks(pos) - 1) / attg_chunks(pos);
+    const int n = pos + 1, per = (n + attg_chunks(pos, c.G) - 1) / attg_chunks(pos, c.G);
     const int c0 = ci * per, c1 = min(n, c0 + per);
     if (c0 >= n) return;  // empty chunk (uniform over the block)
     const long long cache_off = (long long)(fa_index(l) * NKV + g) * P.max_seq * HD;
     unsigned short* kc = (unsigned short*)P.kcache + cache_off;
     unsigned short* vc = (unsigned short*)P.vcache + cache_off;
-    attn_group_inputs(c, P, l, g, pos, ep);
+    attn_inputs(c, P, l, g, 0, QPG, pos, ep);
     if (t < HD) {  // the current position's k, v as the cache stores them (bf16); the last chunk's item writes them
         const unsigned short kb = f2bf(w.k[t]), vb = f2bf(w.v[t]);
         if (c1 == n) {
@@ -451,20 +425,24 @@ __device__ __forceinline__ void attn_group_item(Ctx& c, const LuceMkParams& P, i
             }
         }
     }
-    const int used = (n + per - 1) / per;
-#pragma unroll 1
-    for (int h = 0; h < QPG; ++h) {
-        if (attg_merger(h, used) != ci) continue;  // (block-uniform)
-        cbar();
-        //attn_group_merge(c, P, g, h, used, ep);
-    }
 }
 
 // P2 of attention layer l: the block's items b, b + G, ... (group items with MK_ATT_GQA=1 on sm_90)
 __device__ __forceinline__ void attn_mix(Ctx& c, const LuceMkParams& P, int l, int pos, unsigned ep) {
     if (P.debug_flags & LUCE_MK_DEBUG_NO_MIXING) return;
 #if MK_ATT_GROUP_ITEMS
-    for (int item = c.b; item < attg_items(pos); item += c.G) attn_group_item(c, P, l, item, pos, ep);
+    const int items = attg_items(pos, c.G);
+    for (int item = c.b; item < items; item += c.G) attn_group_item(c, P, l, item, pos, ep);
+    // The eight head merges, each by the block `items + m` (mod G): blocks left without an item on every grid of >= 16
+    // blocks (attg_chunks), else after the block's own items. A merge waits only for chunk items, which wait for
+    // nothing: no deadlock on any grid.
+    const int nch = attg_chunks(pos, c.G), n = pos + 1, per = (n + nch - 1) / nch, used = (n + per - 1) / per;
+#pragma unroll 1
+    for (int m = 0; m < NKV * QPG; ++m) {
+        if ((items + m) % c.G != c.b) continue;  // (block-uniform)
+        cbar();  // the block's last item has read its warp partials in acts
+        attn_group_merge(c, P, m / QPG, m % QPG, used, ep);
+    }
 #else
     for (int item = c.b; item < att_items(pos); item += c.G) attn_item(c, P, l, item, pos, ep);
 #endif

@@ -131,7 +131,8 @@ constexpr int ATT_CHUNK = NCW * ATT_BATCH;  // min positions per attention work 
                                             // v22: 16, one position per warp, made more chunks to merge)
 constexpr int ATT_MAXCH = 16;    // max sequence chunks per query head (items per layer <= 2 x 4 x 16 = 128)
 // MK_ATT_GQA's group items (sm_90): seven warp pairs, each warp two query heads of the four and two K/V positions at
-// once (three spill, as does either on sm_80/86/89); 64 chunks per group keep 128 items per layer at long context
+// once (three spill, as does either on sm_80/86/89); up to 64 chunks per group (62 on 132 SMs: mk_attn.cuh attg_chunks
+// leaves eight blocks for the head merges)
 #if MK_ATT_GQA && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 #define MK_ATT_GROUP_ITEMS 1
 #else
