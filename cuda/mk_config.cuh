@@ -133,14 +133,14 @@ constexpr int ATT_MAXCH = 16;    // max sequence chunks per query head (items pe
 // MK_ATT_GQA's group items (sm_90): seven warp pairs, each warp two query heads of the four and two K/V positions at
 // once (three spill, as does either on sm_80/86/89); up to 64 chunks per group (62 on 132 SMs: mk_attn.cuh attg_chunks
 // leaves eight blocks for the head merges)
-#if MK_ATT_GQA && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if MK_ATT_GQA && defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900
 #define MK_ATT_GROUP_ITEMS 1
 #else
 #define MK_ATT_GROUP_ITEMS 0
 #endif
 constexpr int ATT_GPAIRS = NCW / 2;
 constexpr int ATT_GBATCH = 2;
-constexpr int ATT_GCHUNK = ATT_GPAIRS * ATT_GBATCH;  // min positions per group item
+constexpr int ATT_GCHUNK = ATT_GPAIRS * ATT_GBATCH;  // positions per group item at most, below the chunk cap
 constexpr int ATT_GMAXCH = 64;                // max sequence chunks per KV group (items per layer <= 2 x 64 = 128)
 constexpr int ATT_PARTS = MK_ATT_GQA > 0 ? ATT_GMAXCH : ATT_MAXCH;  // chunk partials per query head in the scratch
 
