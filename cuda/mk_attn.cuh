@@ -135,6 +135,17 @@ __device__ __forceinline__ void attn_merge_tagged(Ctx& c, const LuceMkParams& P,
     }
 }
 
+// MK_ATT_L2PF: a warp's prefetch of the K and V rows of position p into L2, one per 128-byte line (lanes 0, 8, 16
+// and 24), issued beside a batch's loads for a position of the next batch
+__device__ __forceinline__ void kv_prefetch_l2(const unsigned short* kc, const unsigned short* vc, int p, int lane) {
+#if MK_ATT_L2PF
+    if ((lane & 7) == 0) {
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(kc + (long long)p * HD + lane * 8));
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(vc + (long long)p * HD + lane * 8));
+    }
+#endif
+}
+
 // This lane's 8 values of a K or V row: the current position's from shared memory (`cur`, as the cache gets them),
 // any other position's from its loaded bf16 row.
 __device__ __forceinline__ void kv_row8(bool current, const float* cur, uint4 loaded, float out[8]) {
@@ -185,6 +196,11 @@ __device__ __forceinline__ void attn_item(Ctx& c, const LuceMkParams& P, int l, 
                 kr[j] = __ldcg((const uint4*)(kc + (long long)p * HD + c.lane * 8));
                 vr[j] = __ldcg((const uint4*)(vc + (long long)p * HD + c.lane * 8));
             }
+        }
+#pragma unroll 1
+        for (int j = 0; MK_ATT_L2PF && j < ATT_BATCH; ++j) {
+            const int p = p0 + (ATT_BATCH + j) * NCW;  // the next batch's
+            if (p < c1 && p != pos) kv_prefetch_l2(kc, vc, p, c.lane);
         }
         float sc[ATT_BATCH];
 #pragma unroll
@@ -339,6 +355,11 @@ __device__ __forceinline__ void attn_group_item(Ctx& c, const LuceMkParams& P, i
                 kr[j] = __ldcg((const uint4*)(kc + (long long)p * HD + c.lane * 8));
                 vr[j] = __ldcg((const uint4*)(vc + (long long)p * HD + c.lane * 8));
             }
+        }
+#pragma unroll 1
+        for (int j = 0; MK_ATT_L2PF && j < ATT_GBATCH; ++j) {
+            const int p = p0 + (ATT_GBATCH + j) * ATT_GPAIRS;  // the next batch's
+            if (p < c1 && p != pos) kv_prefetch_l2(kc, vc, p, c.lane);
         }
         float sc[ATT_GBATCH][2];
 #pragma unroll

@@ -10,6 +10,8 @@
 //                     group, chunk) whose warps serve two of the group's four query heads each, so each K/V row is read
 //                     twice, not four times (mk_attn.cuh; a candidate, NOTES.md v30). sm_80/86/89 keep 0: the group
 //                     items spill there
+//   MK_ATT_L2PF       decode attention: 1 prefetches the next batch's K/V rows into L2 while a warp waits for its
+//                     batch, so the next loads come from L2 instead of HBM (a candidate, NOTES.md v31), 0 not
 //   MK_PF_GSTAGES     prefill GEMM: cp.async stages (2-4) and k depth per stage (MK_PF_GBK 32 or 64): the pipeline
 //   MK_PF_GBK         depth that hides L2 latency; 3 x 64 won on the H200 (NOTES.md, prefill v3), another GPU may differ
 //   MK_PF_GBM         prefill GEMM: rows per tile, 64 or 128 (warp tiles 32 x 64 or 64 x 64: more products per
@@ -37,6 +39,9 @@
 #endif
 #ifndef MK_ATT_GQA
 #define MK_ATT_GQA 0
+#endif
+#ifndef MK_ATT_L2PF
+#define MK_ATT_L2PF 0
 #endif
 #ifndef MK_PF_GSTAGES
 #define MK_PF_GSTAGES 3
@@ -74,6 +79,9 @@
 #endif
 #if MK_ATT_GQA != 0 && MK_ATT_GQA != 1
 #error "MK_ATT_GQA must be 0 or 1"
+#endif
+#if MK_ATT_L2PF != 0 && MK_ATT_L2PF != 1
+#error "MK_ATT_L2PF must be 0 or 1"
 #endif
 #if MK_PF_GBM != 64 && MK_PF_GBM != 128
 #error "MK_PF_GBM must be 64 or 128"
