@@ -8,6 +8,9 @@
 // cache row another block is writing.
 // Publishes: scratch().atag / amltag per chunk and scratch().aout, the merged gated output, all tagged: no grid
 // barrier follows the mixer, o_proj polls aout (NOTES.md v25).
+// Candidates (build options, NOTES.md v30 and v31): MK_ATT_GQA=1 (sm_90) replaces the per-head items by one item per
+// (KV group, chunk) and runs the eight head merges on blocks of their own; MK_ATT_L2PF=1 prefetches the next batch's
+// K/V rows into L2.
 #pragma once
 #include "mk_attn_math.cuh"
 #include "mk_norm.cuh"
@@ -248,8 +251,8 @@ __device__ __forceinline__ void attn_item(Ctx& c, const LuceMkParams& P, int l, 
 }
 
 // ---- MK_ATT_GQA's group items: one per (KV group g, sequence chunk ci), serving the group's four query heads ----
-// Each K/V row is loaded once per group instead of once per query head (NOTES.md, candidate (c) and v30): at position
-// 4000 the per-head items read 32 MB per layer for an 8 MB cache, bound by each SM's loads in flight.
+// Each K/V row is loaded twice per group (by two warps, two query heads each) instead of once per query head (NOTES.md,
+// candidate (c) and v30): at position 4000 the per-head items read 32 MB per layer for an 8 MB cache.
 // Chunks per KV group: as many as leave eight blocks of the grid G free for the eight head merges (62 on 132 SMs), at
 // most ATT_GMAXCH, at least 4 (small grids merge after their items), and no more than ATT_GCHUNK positions each fill
 __device__ __forceinline__ int attg_chunks(int pos, int G) {
