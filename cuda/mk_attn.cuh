@@ -318,7 +318,7 @@ __device__ __forceinline__ void attn_group_item(Ctx& c, const LuceMkParams& P, i
     AttnWork& w = smem().w.attn;
     Scratch& S = scratch(P);
     const int g = item & 1, ci = item >> 1, t = c.tid;
-    const int n = pos + 1, per = (n + attg_chunks(pos, c.G) - 1) / attg_chunks(pos, c.G);
+    const int nch = attg_chunks(pos, c.G), n = pos + 1, per = (n + nch - 1) / nch;
     const int c0 = ci * per, c1 = min(n, c0 + per);
     if (c0 >= n) return;  // empty chunk (uniform over the block)
     const long long cache_off = (long long)(fa_index(l) * NKV + g) * P.max_seq * HD;

@@ -134,11 +134,10 @@ SIMULATED_NOTE = (
 
 def _compare_run(run_dir: Path, log: Path) -> tuple[list[Comparison], int, bool]:
     """`compare` of the run in `run_dir` with `log`, and whether the run's GPU was simulated."""
-    from luce_bench.results import read_meta, read_runs
+    from luce_bench.results import ran_simulated, read_meta, read_runs
 
     runs, meta = read_runs(run_dir), read_meta(run_dir)
-    simulated = bool((meta.get("energy") or {}).get("simulated")) or any(r.gpu_simulated for r in runs)
-    return (*compare(runs, meta, log), simulated)
+    return (*compare(runs, meta, log), ran_simulated(meta, runs))
 
 
 def _document(comparisons: list[Comparison], missing: int, simulated: bool) -> tuple[str, list[str]]:

@@ -29,7 +29,7 @@ from luce_bench.independent import LOG as INDEPENDENT_LOG
 from luce_bench.independent import REPORT as INDEPENDENT_REPORT
 from luce_bench.independent import report_text
 from luce_bench.records import RunRecord, read_csv
-from luce_bench.results import META, RUNS, SAMPLES, read_meta
+from luce_bench.results import META, RUNS, SAMPLES, ran_simulated, read_meta
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,79}$")
 
@@ -48,7 +48,7 @@ def _refusal(run_dir: Path, meta: dict[str, Any], runs: list[RunRecord], allow_f
         return "it has no measured rows"
     if not meta:
         return "it has no meta.json (GPU, driver, versions, commit)"
-    if energy.get("simulated") or any(r.gpu_simulated for r in runs):
+    if ran_simulated(meta, runs):
         return "it ran on the simulated GPU (--fake-gpu); committed runs are real measurements only"
     if not energy.get("available") or not meta.get("gpu", {}).get("name"):
         return "it has no GPU energy (no NVML GPU)"

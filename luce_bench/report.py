@@ -17,7 +17,7 @@ from typing import Any
 from luce_bench.errors import UserError
 from luce_bench.files import atomic_write
 from luce_bench.records import RunRecord, SummaryRow, SweetSpot, write_csv
-from luce_bench.results import META, SUMMARY, read_meta, read_runs, read_samples
+from luce_bench.results import META, SUMMARY, ran_simulated, read_meta, read_runs, read_samples
 from luce_bench.summary import describe_spot, stress_notes, summarize, sweet_spots
 from luce_bench.tables import (
     TABLE_HEAD,
@@ -193,7 +193,7 @@ def _plot_stamp(meta: dict[str, Any]) -> str:
     """What every plot of the run is stamped with: the simulated GPU's mark, or nothing."""
     from luce_bench.plots import SIMULATED_STAMP
 
-    return SIMULATED_STAMP if (meta.get("energy") or {}).get("simulated") else ""
+    return SIMULATED_STAMP if ran_simulated(meta) else ""
 
 
 def run_state(run_dir: Path) -> list[str]:

@@ -115,3 +115,8 @@ def read_meta(run_dir: Path) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise UserError(f"{path} is not a luce-bench meta.json (expected an object)")
     return meta
+
+
+def ran_simulated(meta: dict[str, Any], runs: Sequence[RunRecord] = ()) -> bool:
+    """Whether a run measured the simulated GPU (--fake-gpu): its meta.json says so, or any of its rows."""
+    return bool((meta.get("energy") or {}).get("simulated")) or any(r.gpu_simulated for r in runs)
