@@ -6,12 +6,6 @@
 //   MK_SLOT_KB        ring slot (one bulk copy) size; the ring is 192 KB whatever the slot size (a layout, so a
 //                     build option). The tuning that needs no rebuild (copies in flight, pauses, polling sleep) is
 //                     LuceMkParams.tune (luce_mk.h), chosen per GPU at run time (luce_bench/kernels/tune.py)
-//   MK_ATT_GQA        decode attention on sm_90: 0 one work item per (KV group, query head, chunk); 1 one item per (KV
-//                     group, chunk) whose warps serve two of the group's four query heads each, so each K/V row is read
-//                     twice, not four times (mk_attn.cuh; a candidate, NOTES.md v30). sm_80/86/89 keep 0: the group
-//                     items spill there
-//   MK_ATT_L2PF       decode attention: 1 prefetches the next batch's K/V rows into L2 while a warp waits for its
-//                     batch, so the next loads come from L2 instead of HBM (a candidate, NOTES.md v31), 0 not
 //   MK_PF_GSTAGES     prefill GEMM: cp.async stages (2-4) and k depth per stage (MK_PF_GBK 32 or 64): the pipeline
 //   MK_PF_GBK         depth that hides L2 latency; 3 x 64 won on the H200 (NOTES.md, prefill v3), another GPU may differ
 //   MK_PF_GBM         prefill GEMM: rows per tile, 64 or 128 (warp tiles 32 x 64 or 64 x 64: more products per
@@ -36,12 +30,6 @@
 
 #ifndef MK_SLOT_KB
 #define MK_SLOT_KB 32
-#endif
-#ifndef MK_ATT_GQA
-#define MK_ATT_GQA 0
-#endif
-#ifndef MK_ATT_L2PF
-#define MK_ATT_L2PF 0
 #endif
 #ifndef MK_PF_GSTAGES
 #define MK_PF_GSTAGES 3
@@ -76,12 +64,6 @@
 #endif
 #if MK_PF_GSTAGES < 2 || MK_PF_GSTAGES > 4 || (MK_PF_GBK != 32 && MK_PF_GBK != 64)
 #error "MK_PF_GSTAGES must be 2, 3 or 4 and MK_PF_GBK 32 or 64"
-#endif
-#if MK_ATT_GQA != 0 && MK_ATT_GQA != 1
-#error "MK_ATT_GQA must be 0 or 1"
-#endif
-#if MK_ATT_L2PF != 0 && MK_ATT_L2PF != 1
-#error "MK_ATT_L2PF must be 0 or 1"
 #endif
 #if MK_PF_GBM != 64 && MK_PF_GBM != 128
 #error "MK_PF_GBM must be 64 or 128"
@@ -138,19 +120,6 @@ constexpr int ATT_BATCH = 3;
 constexpr int ATT_CHUNK = NCW * ATT_BATCH;  // min positions per attention work item: one K/V batch per warp (NOTES.md
                                             // v22: 16, one position per warp, made more chunks to merge)
 constexpr int ATT_MAXCH = 16;    // max sequence chunks per query head (items per layer <= 2 x 4 x 16 = 128)
-// MK_ATT_GQA's group items (sm_90): seven warp pairs, each warp two query heads of the four and two K/V positions at
-// once (three spill, as does either on sm_80/86/89); up to 64 chunks per group (62 on 132 SMs: mk_attn.cuh attg_chunks
-// leaves eight blocks for the head merges)
-#if MK_ATT_GQA && defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900
-#define MK_ATT_GROUP_ITEMS 1
-#else
-#define MK_ATT_GROUP_ITEMS 0
-#endif
-constexpr int ATT_GPAIRS = NCW / 2;
-constexpr int ATT_GBATCH = 2;
-constexpr int ATT_GCHUNK = ATT_GPAIRS * ATT_GBATCH;  // positions per group item at most, below the chunk cap
-constexpr int ATT_GMAXCH = 64;                // max sequence chunks per KV group (items per layer <= 2 x 64 = 128)
-constexpr int ATT_PARTS = MK_ATT_GQA > 0 ? ATT_GMAXCH : ATT_MAXCH;  // chunk partials per query head in the scratch
 
 // Grid barriers per step: after each GDN layer's mixer (18), after each attention layer's o_proj (6), after each MLP
 // (24), after the LM head (1). An attention layer's mixer has none: o_proj polls the tagged head outputs (NOTES.md v25).

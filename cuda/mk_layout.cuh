@@ -52,18 +52,17 @@ struct Scratch {
     u64 ss[DH][NSL];                       // GDN gated-norm partial sums of squares per (head, value slice), tagged
     alignas(16) float x[3][XC][H];         // residual stream buffers
     u64 aout[NQH * HD];                    // attention: merged, gated output (o_proj input), tagged
-    u64 atag[NKV][QPG][ATT_PARTS][HD];     // attention: per-chunk unnormalised outputs, tagged (a head's contiguous)
-    u64 amltag[NKV][QPG][ATT_PARTS][2];    // attention: per-chunk (max, sum), tagged
+    u64 atag[NKV][QPG][ATT_MAXCH][HD];     // attention: per-chunk unnormalised outputs, tagged (a head's contiguous)
+    u64 amltag[NKV][QPG][ATT_MAXCH][2];    // attention: per-chunk (max, sum), tagged
 };
 static_assert(sizeof(Scratch) % 16 == 0, "scratch is a whole number of float4");
 constexpr int64_t SCRATCH_FLOATS = sizeof(Scratch) / 4;
 
 // ---- shared memory of a block: this struct, then the weight ring at SM_RING ----
 struct AttnWork {                 // attention item
-    alignas(16) float q[QPG * HD];  // the item's query head (a group item's: the group's four, head-major)
-    alignas(16) float k[HD], v[HD];
+    alignas(16) float q[HD], k[HD], v[HD];
     float wm[16], wl[16];         // per-warp (max, sum) of the merge
-    float cm[ATT_MAXCH], cl[ATT_MAXCH];  // per-chunk (max, sum) of the head merge (a group item's: one round's)
+    float cm[ATT_MAXCH], cl[ATT_MAXCH];  // per-chunk (max, sum) of the head merge
 };
 struct GdnWork {                  // GDN item
     alignas(16) float q[DK], k[DK];

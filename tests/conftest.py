@@ -55,9 +55,6 @@ KERNEL_OPTION_SETS = {
     "gdn-f32-cuda-cores": {"MK_PF_GDN_TC": 0},
     "prefill-own-gemm": {"MK_PF_CUBLAS": 0},
     "wk-half": {"MK_PF_WK_HALF": 1},
-    "attn-gqa": {"MK_ATT_GQA": 1},  # v30: one decode attention item per (KV group, chunk) on sm_90
-    "attn-l2pf": {"MK_ATT_L2PF": 1},  # v31: the next batch's K/V rows prefetched into L2
-    "attn-gqa-l2pf": {"MK_ATT_GQA": 1, "MK_ATT_L2PF": 1},
 }
 
 # Run-time tune settings (luce_bench/kernels/tune.py) other than the measured defaults: the GPU tests run each on the

@@ -282,8 +282,6 @@ def test_build_options_are_read_from_the_header():
 
     assert build_options() == {
         "MK_SLOT_KB": "32",
-        "MK_ATT_GQA": "0",
-        "MK_ATT_L2PF": "0",
         "MK_PF_GSTAGES": "3",
         "MK_PF_GBK": "64",
         "MK_PF_GBM": "64",
@@ -297,8 +295,7 @@ def test_build_options_are_read_from_the_header():
 
 
 def test_unknown_option_is_one_line_before_nvcc(tmp_path):
-    names = "MK_ATT_GQA, MK_ATT_L2PF, MK_PF_"
-    with pytest.raises(UserError, match=rf"unknown kernel option 'MK_HEADBUF'; the kernel reads {names}"):
+    with pytest.raises(UserError, match=r"unknown kernel option 'MK_HEADBUF'; the kernel reads MK_PF_ATT_PLAIN"):
         kb.build(("sm_90",), out_dir=tmp_path / "lib", defines={"MK_HEADBUF": 1})
     assert not (tmp_path / "lib").exists()
 
@@ -362,10 +359,7 @@ def test_kernel_option_sets_compile_without_spills(option_set_builds, name):
         assert r.spill_stores == 0 and r.spill_loads == 0, f"{name} {r.arch} {r.function}: spills"
     lib = klib.load_library(res.lib)
     lay = klib.layout(lib)
-    assert lay.syncs_per_step == 49
-    # MK_ATT_GQA=1 keeps 64 chunk partials per query head, not 16: (64 - 16) x (256 + 2) tagged values more per head
-    more = 2 * 4 * 48 * (256 + 2) * 2 if KERNEL_OPTION_SETS[name].get("MK_ATT_GQA") else 0
-    assert lay.scratch_floats == SCRATCH_FLOATS + more
+    assert lay.syncs_per_step == 49 and lay.scratch_floats == SCRATCH_FLOATS
     assert lib.luce_mk_prefill_gemm_option() == KERNEL_OPTION_SETS[name].get("MK_PF_CUBLAS", 1)
     # the options travel with the library: a prebuilt directory reports what it was compiled with
     assert res.options == KERNEL_OPTION_SETS[name] == kb.prebuilt(res.lib.parent).options
