@@ -143,6 +143,17 @@ __device__ __forceinline__ void kv_row8(bool current, const float* cur, uint4 lo
     }
 }
 
+// This lane's part of the K or V rows of a warp's batch: positions p0, p0 + NCW, ... below c1, except the current
+// position `pos` (its k and v come from shared memory: another item of this step writes that cache row).
+__device__ __forceinline__ void kv_load_rows(uint4 r[ATT_BATCH], const unsigned short* cache, int p0, int c1, int pos,
+                                             int lane) {
+#pragma unroll
+    for (int j = 0; j < ATT_BATCH; ++j) {
+        const int p = p0 + j * NCW;
+        if (p < c1 && p != pos) r[j] = __ldcg((const uint4*)(cache + (long long)p * HD + lane * 8));
+    }
+}
+
 __device__ __forceinline__ void attn_item(Ctx& c, const LuceMkParams& P, int l, int item, int pos, unsigned ep) {
     AttnWork& w = smem().w.attn;
     Scratch& S = scratch(P);
@@ -153,6 +164,13 @@ __device__ __forceinline__ void attn_item(Ctx& c, const LuceMkParams& P, int l, 
     const long long cache_off = (long long)(fa_index(l) * NKV + g) * P.max_seq * HD;
     unsigned short* kc = (unsigned short*)P.kcache + cache_off;
     unsigned short* vc = (unsigned short*)P.vcache + cache_off;
+    // The warp's first batch of K/V rows is loaded before the wait for q, k, v: the rows of earlier positions do not
+    // depend on this step, so their round trip overlaps the wait instead of following it (NOTES.md v32). Later
+    // batches are loaded while the batch before them is folded: the K rows once its scores are taken, the V rows once
+    // its outputs are.
+    uint4 kr[ATT_BATCH], vr[ATT_BATCH];
+    kv_load_rows(kr, kc, c0 + c.warp, c1, pos, c.lane);
+    kv_load_rows(vr, vc, c0 + c.warp, c1, pos, c.lane);
     attn_inputs(c, P, l, g, hh, pos, ep);
     if (t < HD) {  // the current position's k, v as the cache stores them (bf16)
         const unsigned short kb = f2bf(w.k[t]), vb = f2bf(w.v[t]);
@@ -174,15 +192,6 @@ __device__ __forceinline__ void attn_item(Ctx& c, const LuceMkParams& P, int l, 
     // together (one L2 round trip per batch, not per position), their scores folded into the softmax at once.
 #pragma unroll 1
     for (int p0 = c0 + c.warp; p0 < c1; p0 += NCW * ATT_BATCH) {
-        uint4 kr[ATT_BATCH], vr[ATT_BATCH];
-#pragma unroll
-        for (int j = 0; j < ATT_BATCH; ++j) {
-            const int p = p0 + j * NCW;
-            if (p < c1 && p != pos) {
-                kr[j] = __ldcg((const uint4*)(kc + (long long)p * HD + c.lane * 8));
-                vr[j] = __ldcg((const uint4*)(vc + (long long)p * HD + c.lane * 8));
-            }
-        }
         float sc[ATT_BATCH];
 #pragma unroll
         for (int j = 0; j < ATT_BATCH; ++j) {
@@ -194,6 +203,7 @@ __device__ __forceinline__ void attn_item(Ctx& c, const LuceMkParams& P, int l, 
             for (int e = 0; e < 8; ++e) s = fmaf(q[e], kf[e], s);
             sc[j] = p < c1 ? s : -INFINITY;
         }
+        kv_load_rows(kr, kc, p0 + NCW * ATT_BATCH, c1, pos, c.lane);  // the next batch's K rows
 #pragma unroll
         for (int j = 0; j < ATT_BATCH; ++j) sc[j] = warp_sum(sc[j]);
         float mn = m;
@@ -214,6 +224,7 @@ __device__ __forceinline__ void attn_item(Ctx& c, const LuceMkParams& P, int l, 
 #pragma unroll
             for (int e = 0; e < 8; ++e) acc[e] = fmaf(pr, vf[e], acc[e]);
         }
+        kv_load_rows(vr, vc, p0 + NCW * ATT_BATCH, c1, pos, c.lane);  // and its V rows
         m = mn;
     }
     const ChunkPart r = merge_warps(c, m, ls, acc);
