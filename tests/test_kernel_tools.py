@@ -43,7 +43,9 @@ def test_parse_variant():
 
 
 @pytest.mark.tries(
-    "bad input", "kernel bench: duplicate names, a --breakdown of no variant, a bad --bandwidth-tbs, positions too far"
+    "bad input",
+    "kernel bench: duplicate names, a --breakdown of no variant, a bad --bandwidth-tbs, positions too far, "
+    "--instances out of range",
 )
 @pytest.mark.parametrize(
     "change, message",
@@ -54,6 +56,8 @@ def test_parse_variant():
         ({"bandwidth_tbs": float("nan")}, "--bandwidth-tbs nan: expected a copy bandwidth in TB/s, above 0"),
         ({"long_pos": 262_100}, "--long 262100 + 128 steps: past the model's 262,144 positions"),
         ({"prefill_lengths": (64, 300_000)}, "--prefill 300000: past the model's 262,144 positions"),
+        ({"instances": 0}, "--instances 0: expected 1 to 8 loads of each variant"),
+        ({"instances": 9}, "--instances 9: expected 1 to 8 loads of each variant"),
     ],
 )
 def test_a_bench_plan_that_cannot_run_is_one_line_before_any_gpu_work(change, message):
@@ -231,10 +235,12 @@ def test_kernel_bench_passes_its_options_to_the_plan(monkeypatch):
     monkeypatch.setattr(bench, "run", fake_run)
     monkeypatch.setattr("luce_bench.kernels.cli._print_bench", lambda s: None)
     args = ["kernel", "bench", "--prefill", "1,520,8192", "--reps", "4", "--long", "0", "--no-check"]
+    args += ["--instances", "3"]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     plan = seen["plan"]
     assert plan.prefill_lengths == (1, 520, 8192) and plan.reps == 4 and plan.long_pos == 0 and not plan.check
+    assert plan.instances == 3
     r = CliRunner().invoke(app, ["kernel", "bench", "--prefill", "64,x"])
     assert r.exit_code == 2 and "--prefill '64,x'" in r.output
 
@@ -291,6 +297,76 @@ def test_kernel_bench_times_the_prefill_in_every_round_and_takes_the_median_over
         {"n": 520, "ms": pytest.approx(4.0), "tok_s": pytest.approx(130_000), "eager_ms": pytest.approx(4.0)}
     ]
     assert sum("prefill N=520" in line for line in lines) == 3
+
+
+def test_kernel_bench_times_every_instance_of_every_variant_in_every_round(monkeypatch, capsys):
+    """Each instance of each variant is loaded once and timed in every round, instance-major.
+
+    Two variants loaded three times each: loads and timings go a #1, b #1, a #2, ...; instance k of either variant
+    runs at 1 + k/100 of the first's time, so each instance's median is known and the variant's median is the middle
+    instance's; the checks and the per-token timing run on the first instance only.
+    """
+    import torch
+
+    from luce_bench.backends.megakernel import MegakernelBackend
+    from luce_bench.kernels import cli
+
+    loads: list[str] = []
+    timed: list[tuple[str, int, int]] = []  # (library, instance, position)
+
+    class FakeBackend:
+        layout = None
+
+        def __init__(self, lib: str, k: int):
+            self.lib, self.k = lib, k
+
+        def info(self):
+            return {"options": {}}
+
+    def from_state_dict(cls, sd, lib_dir=None, **kw):
+        k = sum(name == lib_dir.name for name in loads)
+        loads.append(lib_dir.name)
+        return FakeBackend(lib_dir.name, k)
+
+    def time_decode(be, prompt, steps, reps, per_token=False, debug_flags=0):
+        timed.append((be.lib, be.k, -1 if per_token else len(prompt)))
+        base = 0.064 if len(prompt) == 64 else 0.080
+        return [base * (1 + be.k / 100)] * reps
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "fake GPU")
+    monkeypatch.setattr(bench, "prebuild", lambda variants, out: {v.name: out / v.name for v in variants})
+    monkeypatch.setattr(bench, "random_state_dict", lambda seed: {})
+    monkeypatch.setattr(bench, "bytes_per_token", lambda layout: 1e9)
+    monkeypatch.setattr(MegakernelBackend, "from_state_dict", classmethod(from_state_dict))
+    monkeypatch.setattr(bench, "time_decode", time_decode)
+    monkeypatch.setattr(bench, "screen_check", lambda be, prompt, steps: timed.append((be.lib, be.k, 0)))
+    plan = bench.BenchPlan(
+        [bench.parse_variant("a"), bench.parse_variant("b")],
+        reps=4,
+        rounds=2,
+        long_pos=100,
+        seed=1,
+        check=False,
+        bandwidth_tbs=4.0,
+        instances=3,
+    )
+    lines: list[str] = []
+    s = bench.run(plan, say=lines.append, build_dir=Path("/libs"))
+    assert loads == ["a", "b"] * 3
+    order = [(lib, k) for lib, k, pos in timed if pos == 64]
+    assert order == [("a", 0), ("b", 0), ("a", 1), ("b", 1), ("a", 2), ("b", 2)] * 2
+    assert [(lib, k) for lib, k, pos in timed if pos in (0, -1)] == [("a", 0), ("a", 0), ("b", 0), ("b", 0)]
+    assert s["instances"] == 3
+    for row in s["variants"]:
+        assert row["n"] == 4 * 2 * 3
+        assert [x["short_tok_s"] for x in row["instances"]] == pytest.approx([2000 / (1 + k / 100) for k in range(3)])
+        assert [x["long_tok_s"] for x in row["instances"]] == pytest.approx([1600 / (1 + k / 100) for k in range(3)])
+        assert row["short_tok_s"] == pytest.approx(2000 / 1.01) and row["long_tok_s"] == pytest.approx(1600 / 1.01)
+    assert "round 1 b #3: pos 64 1960.8 tok/s, pos 100 1568.6 tok/s" in lines
+    cli._print_bench(s)
+    out = capsys.readouterr().out
+    assert "pos 64 by instance" in out and "1,960.8 - 2,000.0" in out
 
 
 def test_prefill_table_lists_ms_against_n_per_variant():

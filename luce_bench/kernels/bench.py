@@ -14,10 +14,16 @@ its 200-token check against the token path runs once. Debug-flag breakdowns time
 These are kernel-speed numbers. With `energy_s`, each round also runs an energy window of that length per variant
 (W and tok/J from the GPU's energy counter): a screen to compare variants; tok/J for the record comes from
 `luce-bench bench megakernel` (>= 10 s windows).
+With `instances` > 1 every variant is loaded that many times (each its own buffers: the same library and weights at
+other addresses), and each round times every instance, instance-major (a #1, b #1, a #2, b #2, ...): on an H200 two
+instances of one library differed by up to 2 %, each keeping its speed over the rounds (cuda/NOTES.md, session 45), so
+one instance per variant cannot resolve a smaller difference. The medians span all instances; each instance's median
+is reported too. The checks, the one-launch-per-token timing, the prefill and the breakdown use the first instance.
 """
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from collections.abc import Callable
@@ -30,6 +36,7 @@ from luce_bench.kernels.build import parse_options
 
 PREFILL_CHECK_TOKENS = 200  # the quick prefill check's prompt (3 chunks of 64, then a partial one)
 SHORT_POS = 64
+MAX_INSTANCES = 8  # loads of one variant (each holds its own ~2 GB of weights and caches)
 CHECK_TOKENS = 192
 BREAKDOWN = (
     (1, "no matvec math"),
@@ -67,6 +74,8 @@ class VariantResult:
     prefill_eager_s: dict[int, list[float]] = field(default_factory=dict)  # launched kernel by kernel
     energy: list[tuple[float, float, int]] = field(default_factory=list)  # (s, J, tokens) windows at the short position
     screen: dict[str, Any] | None = None  # screened LM head vs the full one (screen_check)
+    instance_short_s: list[list[float]] = field(default_factory=list)  # short_s by instance (with instances > 1)
+    instance_long_s: list[list[float]] = field(default_factory=list)
 
 
 def parse_variant(text: str) -> Variant:
@@ -350,6 +359,7 @@ class BenchPlan:
     bandwidth_tbs: float | None = None  # None: measure
     prefill_lengths: tuple[int, ...] = ()  # prompt lengths to time the kernel prefill at (ms against N)
     energy_s: float = 0.0  # per round and variant, an energy window of at least this long (0: none)
+    instances: int = 1  # loads of each variant, each timed every round
 
     def validate(self) -> None:
         """One line for a plan that cannot run, before any GPU work.
@@ -363,6 +373,8 @@ class BenchPlan:
         from luce_bench.kernels.tune import TUNE_ENV, Tune
         from luce_bench.model.spec import QWEN35_08B
 
+        if not 1 <= self.instances <= MAX_INSTANCES:
+            raise UserError(f"--instances {self.instances}: expected 1 to {MAX_INSTANCES} loads of each variant")
         names = [v.name for v in self.variants]
         if len(set(names)) != len(names):
             raise UserError(f"variant names must differ: {names}")
@@ -425,70 +437,83 @@ def run(plan: BenchPlan, say: Callable[[str], None] = print, build_dir: Path | N
     ref = reference_logits(sd, check_toks) if plan.check else None
     max_seq = max(4096, plan.long_pos + plan.steps + 8, *(n + 8 for n in plan.prefill_lengths))
     results = {v.name: VariantResult(v.name) for v in plan.variants}
-    backends: dict[str, Any] = {}
+    for res in results.values():
+        res.instance_short_s = [[] for _ in range(plan.instances)]
+        res.instance_long_s = [[] for _ in range(plan.instances)]
+    backends: dict[tuple[str, int], Any] = {}
     layout = None
-    for rnd in range(plan.rounds):
-        for v in plan.variants:
-            res = results[v.name]
-            if rnd == 0:
-                be = backends[v.name] = MegakernelBackend.from_state_dict(
-                    sd, max_seq=max_seq, lib_dir=v.lib_dir or dirs[v.name], tune=tunes[v.name]
-                )
-                layout = be.layout
-                res.build = be.info()
-                if ref is not None:
-                    res.parity = parity(be, check_toks, ref)
-                    say(
-                        f"{v.name}: vs fp32 reference rel L2 max {res.parity['rel_l2_max']:.3e} median "
-                        f"{res.parity['rel_l2_median']:.3e}, argmax agree {res.parity['argmax_agree']:.3f}, "
-                        f"NaN {res.parity['nan']}"
-                    )
-                res.screen = screen_check(be, short, plan.steps)
-                if res.screen:
-                    verdict = "" if res.screen["equal"] == plan.steps else " -- MISMATCH: the screen is wrong"
-                    say(
-                        f"{v.name}: screened LM head: greedy tokens equal to the full head's for "
-                        f"{res.screen['equal']}/{plan.steps} steps, {res.screen['rescored_per_step']:.1f} rows "
-                        f"recomputed per step{verdict}"
-                    )
-            be = backends[v.name]
-            res.short_s += time_decode(be, short, plan.steps, plan.reps)
-            line = f"round {rnd} {v.name}: pos {SHORT_POS} {plan.steps / statistics.median(res.short_s):.1f} tok/s"
-            if long_:
-                res.long_s += time_decode(be, long_, plan.steps, 2)
-                line += f", pos {plan.long_pos} {plan.steps / statistics.median(res.long_s):.1f} tok/s"
-            if gpu_energy is not None:
-                es, ej, et = energy_window(be, short, plan.steps, plan.energy_s, gpu_energy)
-                if ej > 0:  # (a window shorter than the counter's update period reads 0 J)
-                    res.energy.append((es, ej, et))
-                    line += f", {ej / es:.0f} W, {et / ej:.2f} tok/J"
-                else:
-                    line += ", energy window too short for the counter (no W)"
-            if plan.per_token and rnd == 0:
-                res.per_token_s = time_decode(be, short, plan.steps, max(3, plan.reps // 2), per_token=True)
-                line += f", one launch per token {plan.steps / statistics.median(res.per_token_s):.1f} tok/s"
-            say(line)
-            if rnd == 0 and plan.prefill_lengths:
-                res.prefill_parity = prefill_parity(be, PREFILL_CHECK_TOKENS, seed)
+    for rnd, i, v in itertools.product(range(plan.rounds), range(plan.instances), plan.variants):
+        res = results[v.name]
+        label = f"{v.name} #{i + 1}" if plan.instances > 1 else v.name
+        if rnd == 0:
+            backends[v.name, i] = MegakernelBackend.from_state_dict(
+                sd, max_seq=max_seq, lib_dir=v.lib_dir or dirs[v.name], tune=tunes[v.name]
+            )
+        be = backends[v.name, i]
+        layout = be.layout
+        first = i == 0  # the checks, the per-token timing, the prefill and the breakdown: once per variant
+        if rnd == 0 and first:
+            res.build = be.info()
+            if ref is not None:
+                res.parity = parity(be, check_toks, ref)
                 say(
-                    f"  {v.name} prefill of {PREFILL_CHECK_TOKENS} tokens vs the same prompt token by token: logits "
-                    f"rel L2 {res.prefill_parity['rel_l2']:.2e}, argmax agree {res.prefill_parity['argmax_agree']}"
+                    f"{v.name}: vs fp32 reference rel L2 max {res.parity['rel_l2_max']:.3e} median "
+                    f"{res.parity['rel_l2_median']:.3e}, argmax agree {res.parity['argmax_agree']:.3f}, "
+                    f"NaN {res.parity['nan']}"
                 )
-            for n in plan.prefill_lengths:  # every round, so that a slow moment of one round is outvoted
-                tp = time_prefill(be, n, max(3, plan.reps // 2), seed)
-                te = time_prefill(be, n, max(3, plan.reps // 2), seed, graph=False)
-                res.prefill_s.setdefault(n, []).extend(tp)
-                res.prefill_eager_s.setdefault(n, []).extend(te)
+            res.screen = screen_check(be, short, plan.steps)
+            if res.screen:
+                verdict = "" if res.screen["equal"] == plan.steps else " -- MISMATCH: the screen is wrong"
                 say(
-                    f"  round {rnd} {v.name} prefill N={n}: {1e3 * statistics.median(tp):8.3f} ms, "
-                    f"{n / statistics.median(tp):10.0f} tok/s (CUDA graph); "
-                    f"{1e3 * statistics.median(te):8.3f} ms launched kernel by kernel"
+                    f"{v.name}: screened LM head: greedy tokens equal to the full head's for "
+                    f"{res.screen['equal']}/{plan.steps} steps, {res.screen['rescored_per_step']:.1f} rows "
+                    f"recomputed per step{verdict}"
                 )
-            if rnd == 0 and v.name == plan.breakdown:
-                for flags, what in BREAKDOWN:
-                    tb = time_decode(be, short, plan.steps, 3, debug_flags=flags)
-                    res.breakdown_us[what] = 1e6 * statistics.median(tb) / plan.steps
-                    say(f"  {v.name} breakdown (invalid results) {what:24s}: {res.breakdown_us[what]:7.1f} us/token")
+        ts = time_decode(be, short, plan.steps, plan.reps)
+        res.short_s += ts
+        res.instance_short_s[i] += ts
+        mine = res.instance_short_s[i] if plan.instances > 1 else res.short_s
+        line = f"round {rnd} {label}: pos {SHORT_POS} {plan.steps / statistics.median(mine):.1f} tok/s"
+        if long_:
+            tl = time_decode(be, long_, plan.steps, 2)
+            res.long_s += tl
+            res.instance_long_s[i] += tl
+            mine = res.instance_long_s[i] if plan.instances > 1 else res.long_s
+            line += f", pos {plan.long_pos} {plan.steps / statistics.median(mine):.1f} tok/s"
+        if gpu_energy is not None:
+            es, ej, et = energy_window(be, short, plan.steps, plan.energy_s, gpu_energy)
+            if ej > 0:  # (a window shorter than the counter's update period reads 0 J)
+                res.energy.append((es, ej, et))
+                line += f", {ej / es:.0f} W, {et / ej:.2f} tok/J"
+            else:
+                line += ", energy window too short for the counter (no W)"
+        if plan.per_token and rnd == 0 and first:
+            res.per_token_s = time_decode(be, short, plan.steps, max(3, plan.reps // 2), per_token=True)
+            line += f", one launch per token {plan.steps / statistics.median(res.per_token_s):.1f} tok/s"
+        say(line)
+        if not first:
+            continue
+        if rnd == 0 and plan.prefill_lengths:
+            res.prefill_parity = prefill_parity(be, PREFILL_CHECK_TOKENS, seed)
+            say(
+                f"  {v.name} prefill of {PREFILL_CHECK_TOKENS} tokens vs the same prompt token by token: logits "
+                f"rel L2 {res.prefill_parity['rel_l2']:.2e}, argmax agree {res.prefill_parity['argmax_agree']}"
+            )
+        for n in plan.prefill_lengths:  # every round, so that a slow moment of one round is outvoted
+            tp = time_prefill(be, n, max(3, plan.reps // 2), seed)
+            te = time_prefill(be, n, max(3, plan.reps // 2), seed, graph=False)
+            res.prefill_s.setdefault(n, []).extend(tp)
+            res.prefill_eager_s.setdefault(n, []).extend(te)
+            say(
+                f"  round {rnd} {v.name} prefill N={n}: {1e3 * statistics.median(tp):8.3f} ms, "
+                f"{n / statistics.median(tp):10.0f} tok/s (CUDA graph); "
+                f"{1e3 * statistics.median(te):8.3f} ms launched kernel by kernel"
+            )
+        if rnd == 0 and v.name == plan.breakdown:
+            for flags, what in BREAKDOWN:
+                tb = time_decode(be, short, plan.steps, 3, debug_flags=flags)
+                res.breakdown_us[what] = 1e6 * statistics.median(tb) / plan.steps
+                say(f"  {v.name} breakdown (invalid results) {what:24s}: {res.breakdown_us[what]:7.1f} us/token")
     floor_tok_s = bw * 1e12 / bytes_per_token(layout)
     return summarize(plan, results, bw, floor_tok_s, seed, torch.cuda.get_device_name())
 
@@ -518,6 +543,15 @@ def summarize(
         )
         if r.long_s:
             row["long_tok_s"] = plan.steps / statistics.median(r.long_s)
+        if plan.instances > 1:  # each instance's medians, in load order
+            row["instances"] = [
+                {
+                    "short_tok_s": plan.steps / statistics.median(ts),
+                    **({"long_tok_s": plan.steps / statistics.median(tl)} if tl else {}),
+                }
+                for ts, tl in zip(r.instance_short_s, r.instance_long_s, strict=True)
+                if ts
+            ]
         if r.energy:
             w = [j / t for t, j, _ in r.energy]
             tpj = [n / j for _, j, n in r.energy]
@@ -547,6 +581,7 @@ def summarize(
         "long_pos": plan.long_pos,
         "reps": plan.reps,
         "rounds": plan.rounds,
+        "instances": plan.instances,
         "bandwidth_tbs": bw_tbs,
         "floor_tok_s": floor_tok_s,
         "variants": rows,

@@ -125,6 +125,15 @@ def bench_cmd(
             "record).",
         ),
     ] = 0.0,
+    instances: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=8,
+            help="Load each variant this many times (the same library at other addresses) and time every instance "
+            "in every round: instances of one library can differ by ~2 % (cuda/NOTES.md, session 45).",
+        ),
+    ] = 1,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the summary as JSON here.")] = None,
 ) -> None:
     """Decode speed of the megakernel (tg128 at position 64 and at --long), variants side by side, vs the floor."""
@@ -149,6 +158,7 @@ def bench_cmd(
         bandwidth_tbs=bandwidth_tbs,
         prefill_lengths=_lengths(prefill),
         energy_s=energy_s,
+        instances=instances,
     )
     summary = bench.run(plan, say=lambda line: typer.echo(line))
     _print_bench(summary)
@@ -182,7 +192,9 @@ def _print_bench(s: dict) -> None:
     )
     energy = any("energy_w" in r for r in s["variants"])  # the W and tok/J columns only where windows ran
     cols = ["variant", f"pos {s['short_pos']} tok/s", "us/token", "of floor", f"pos {s['long_pos']} tok/s"]
-    cols += ["1 launch/token tok/s", *(["W", "tok/J"] if energy else []), "rel L2 max", "n"]
+    spread = s.get("instances", 1) > 1  # each instance's median at the short position, lowest to highest
+    cols += [*([f"pos {s['short_pos']} by instance"] if spread else []), "1 launch/token tok/s"]
+    cols += [*(["W", "tok/J"] if energy else []), "rel L2 max", "n"]
     for col in cols:
         t.add_column(col, justify="left" if col == "variant" else "right")
     for r in s["variants"]:
@@ -192,8 +204,11 @@ def _print_bench(s: dict) -> None:
             f"{r['short_us_per_token']:.1f}",
             f"{100 * r['share_of_floor']:.1f} %",
             f"{r['long_tok_s']:,.1f}" if "long_tok_s" in r else "-",
-            f"{r['per_token_tok_s']:,.1f}" if "per_token_tok_s" in r else "-",
         ]
+        if spread:
+            by = sorted(x["short_tok_s"] for x in r.get("instances", []))
+            cells += [f"{by[0]:,.1f} - {by[-1]:,.1f}" if by else "-"]
+        cells += [f"{r['per_token_tok_s']:,.1f}" if "per_token_tok_s" in r else "-"]
         if energy:
             cells += [f"{r['energy_w']:.0f}" if "energy_w" in r else "-"]
             cells += [f"{r['tok_per_j']:.2f}" if "tok_per_j" in r else "-"]

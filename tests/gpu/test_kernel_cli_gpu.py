@@ -42,6 +42,8 @@ def test_kernel_bench_cli(tmp_path):
             "0.5",
             "--seed",
             "7",
+            "--instances",
+            "2",
             "--json",
             str(out),
         ],
@@ -52,6 +54,7 @@ def test_kernel_bench_cli(tmp_path):
     for v in s["variants"]:
         assert v["parity"]["nan"] == 0 and v["parity"]["rel_l2_max"] < 2e-2
         assert v["short_tok_s"] > 0 and v["long_tok_s"] > 0 and 0 < v["share_of_floor"] < 1.05
+        assert v["n"] == 2 and len(v["instances"]) == 2 and all(x["short_tok_s"] > 0 for x in v["instances"])
         if "energy_w" in v:  # an energy window ran (where the GPU has a counter; not judged here)
             assert 30 < v["energy_w"] < 1500 and v["tok_per_j"] > 0
     by = {v["variant"]: v for v in s["variants"]}
