@@ -6,6 +6,10 @@
 //   MK_SLOT_KB        ring slot (one bulk copy) size; the ring is 192 KB whatever the slot size (a layout, so a
 //                     build option). The tuning that needs no rebuild (copies in flight, pauses, polling sleep) is
 //                     LuceMkParams.tune (luce_mk.h), chosen per GPU at run time (luce_bench/kernels/tune.py)
+//   MK_LM_TAIL_ROWS   the LM head's last rows per block that stream at the layers' copies in flight (tune.inflight)
+//                     instead of tune.inflight_lm, so the next step's first copies do not queue behind a deep LM
+//                     queue: 192 since v10 (2 KB rows then, 1,040-byte screened rows since v17); to screen against the
+//                     LM head's depth on the H200 (NOTES.md, session 45)
 //   MK_PF_GSTAGES     prefill GEMM: cp.async stages (2-4) and k depth per stage (MK_PF_GBK 32 or 64): the pipeline
 //   MK_PF_GBK         depth that hides L2 latency; 3 x 64 won on the H200 (NOTES.md, prefill v3), another GPU may differ
 //   MK_PF_GBM         prefill GEMM: rows per tile, 64 or 128 (warp tiles 32 x 64 or 64 x 64: more products per
@@ -30,6 +34,9 @@
 
 #ifndef MK_SLOT_KB
 #define MK_SLOT_KB 32
+#endif
+#ifndef MK_LM_TAIL_ROWS
+#define MK_LM_TAIL_ROWS 192
 #endif
 #ifndef MK_PF_GSTAGES
 #define MK_PF_GSTAGES 3
@@ -61,6 +68,9 @@
 
 #if MK_SLOT_KB != 16 && MK_SLOT_KB != 24 && MK_SLOT_KB != 32 && MK_SLOT_KB != 48 && MK_SLOT_KB != 64
 #error "MK_SLOT_KB must be 16, 24, 32, 48 or 64"
+#endif
+#if MK_LM_TAIL_ROWS < 0 || MK_LM_TAIL_ROWS > 4096
+#error "MK_LM_TAIL_ROWS must be 0 to 4096 (rows of a block's LM head)"
 #endif
 #if MK_PF_GSTAGES < 2 || MK_PF_GSTAGES > 4 || (MK_PF_GBK != 32 && MK_PF_GBK != 64)
 #error "MK_PF_GSTAGES must be 2, 3 or 4 and MK_PF_GBK 32 or 64"
@@ -107,7 +117,7 @@ constexpr int NT = NCT + 32;     // + one producer warp = 512 threads (a 17-warp
 
 constexpr int SLOT_BYTES = MK_SLOT_KB * 1024;   // ring slot (one bulk copy)
 constexpr int MAX_SLOTS = 6 * 32 / MK_SLOT_KB;  // 192 KB of ring at most
-constexpr int LM_TAIL_ROWS = 192;               // the LM head's last rows per block stream at the layers' cap
+constexpr int LM_TAIL_ROWS = MK_LM_TAIL_ROWS;   // the LM head's last rows per block stream at the layers' cap
 
 // positions per warp whose K/V rows an attention item loads at once: 3 on sm_90 (128 registers, 0 spills; NOTES.md
 // v23: +1.3-1.8 % at position 4000), 2 on sm_80/86/89, where 3 spills (v12; 4 spills on sm_90 too). The host's
