@@ -59,9 +59,13 @@ __device__ __forceinline__ unsigned long long lm_screened_best(Ctx& c, const Luc
         if (c.lane == 0) ub[r - g.r0] = d + e;
         lo = fmaxf(lo, d - e);
     });
-    if (c.skip_math) return 0ull;  // (timing mode: no bounds were written)
+    if (c.skip_math) {  // (timing mode: no bounds were written)
+        trace_pt(c, P, s, TR_LM_STREAMED);
+        return 0ull;
+    }
     if (c.lane == 0) smem().red[c.warp] = lo;
     cbar();
+    trace_pt(c, P, s, TR_LM_STREAMED);
     float L = -INFINITY;
 #pragma unroll
     for (int w = 0; w < NCW; ++w) L = fmaxf(L, smem().red[w]);
@@ -106,6 +110,7 @@ __device__ __forceinline__ void lm_head(Ctx& c, const LuceMkParams& P, int s, co
         // a reduction, not a load and a store: nothing waits for it (the load was a round trip before the barrier)
         if (screened && P.lm_rescored) atomicAdd(P.lm_rescored + c.b, smem().rescored);
     }
+    if (!screened) trace_pt(c, P, s, TR_LM_STREAMED);
     trace_pt(c, P, s, TR_STEP + 2);
 }
 

@@ -25,8 +25,10 @@ enum TracePoint {
 };
 // Attention layers reuse points 4 and 5 for o_proj done and the o_proj barrier passed.
 constexpr int TR_O_DONE = TR_ITEM_IN, TR_O_SYNC = TR_ITEM_SS;
-// Per-step points after the layers: step start, LM x ready, LM head done, LM barrier passed.
-constexpr int TR_STEP = NL * TR_L, TR_POINTS = TR_STEP + 4;
+// Per-step points after the layers: step start, LM x ready, LM head done, LM barrier passed, and (stamped between the
+// second and the third) LM rows streamed: the screened head's bounds taken, before its rows are recomputed (the full
+// head stamps it with LM head done).
+constexpr int TR_STEP = NL * TR_L, TR_LM_STREAMED = TR_STEP + 4, TR_POINTS = TR_STEP + 5;
 
 __device__ __forceinline__ void trace_pt(const Ctx& c, const LuceMkParams& P, int s, int k) {
     if (P.trace && c.tid == 0) P.trace[((long long)s * TR_POINTS + k) * c.G + c.b] = global_ns();

@@ -72,7 +72,7 @@ def test_library_loads_and_exports_abi(built):
     # (ABI 12)
     assert ctypes.sizeof(klib.LuceMkParams) == 15 * 8 + 8 * 4 + 5 * 4 + 4 + 2 * 8 + 4 * 4
     assert ctypes.sizeof(klib.LuceMkTune) == 5 * 4
-    assert lib.luce_mk_trace_points() == 24 * 12 + 4  # 12 points per layer + 4 per step
+    assert lib.luce_mk_trace_points() == 24 * 12 + 5  # 12 points per layer + 5 per step
     assert klib.has_prefill(lib) and klib.prefill_continues(lib) and lib.luce_mk_abi_version() == 12
     # n_layers padded before hidden; pos (ABI 7) appended, padded to 8
     assert ctypes.sizeof(klib.LuceMkPrefillParams) == 9 * 8 + 2 * 4 + 2 * 8 + 8 + 8 + 8

@@ -136,7 +136,7 @@ def _synthetic_trace(steps: int = 6, grid: int = 4):
     """
     tp = trace_points()
     tr_l = tp["TR_L"]
-    npts = 24 * tr_l + 4
+    npts = 24 * tr_l + 5
     t = np.zeros((steps, npts, grid))
     off = {
         "TR_X_READY": 1,
@@ -168,6 +168,7 @@ def _synthetic_trace(steps: int = 6, grid: int = 4):
                 t[s, base + tp["TR_ITEM_SS"], 3] = np.nan
             t[s, base + tp["TR_DOWN_DONE"], 2] += 3
         t[s, 24 * tr_l + 1] = t0 + 482
+        t[s, 24 * tr_l + 4] = t0 + 485.5  # LM rows streamed
         t[s, 24 * tr_l + 2] = t0 + 487
         t[s, 24 * tr_l + 3] = t0 + 488
     return t, tp
@@ -190,8 +191,8 @@ def test_trace_analysis_recovers_known_phase_times():
     assert fa["P3 barrier"] == pytest.approx(6)
     assert gdn["P4 prologue"] == pytest.approx(18 * 4) and fa["P4 prologue"] == pytest.approx(6 * 1)
     assert gdn["P4 barrier"] == pytest.approx(18 * 5)
-    assert gdn["LM prologue"] == pytest.approx(2) and gdn["LM head + argmax"] == pytest.approx(5)
-    assert gdn["LM barrier"] == pytest.approx(1)
+    assert gdn["LM prologue"] == pytest.approx(2) and gdn["LM head stream"] == pytest.approx(3.5)
+    assert gdn["LM rescore + argmax"] == pytest.approx(1.5) and gdn["LM barrier"] == pytest.approx(1)
     assert sum(v["gdn_us"] + v["attn_us"] for v in seg.values()) == pytest.approx(488)
     assert a["step_us"] == pytest.approx(488)
     assert a["attention_items"]["attention item: wait + norms (median)"] == pytest.approx(2)
@@ -200,10 +201,18 @@ def test_trace_analysis_recovers_known_phase_times():
     assert a["last_blocks"][0] == (2, 24 * 2)  # block 2, every layer of the 2 analysed steps
 
 
+def test_trace_analysis_reads_a_library_without_the_lm_stream_point():
+    """A library from before the LM head's streamed point (4 points per step) gives its one LM head segment."""
+    t, tp = _synthetic_trace()
+    seg = trace.analyse(t[:, :-1], tp)["segments"]
+    assert seg["LM head + argmax"]["gdn_us"] == pytest.approx(5) and "LM head stream" not in seg
+    assert sum(v["gdn_us"] + v["attn_us"] for v in seg.values()) == pytest.approx(488)
+
+
 def test_trace_analysis_refuses_a_foreign_trace():
     t, tp = _synthetic_trace()
     with pytest.raises(UserError, match="points per step"):
-        trace.analyse(t[:, :-1], tp)
+        trace.analyse(t[:, :-2], tp)
     with pytest.raises(UserError, match="more than 4 steps"):
         trace.analyse(t[:3], tp)
 

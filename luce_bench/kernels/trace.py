@@ -127,8 +127,13 @@ def analyse(t_us: Any, tp: dict[str, int]) -> dict[str, Any]:
     steps_n, npts, _ = t_us.shape
     tr_l = tp["TR_L"]
     step0 = NL * tr_l
-    if npts != step0 + 4:
-        raise UserError(f"trace has {npts} points per step, mk_trace.cuh says {step0 + 4}")
+    if npts not in (step0 + 4, step0 + 5):  # (+ 4: a library from before the LM head's streamed point)
+        raise UserError(f"trace has {npts} points per step, mk_trace.cuh says {step0 + 5}")
+    lm_segments = (
+        (("LM prologue", None, 1), ("LM head stream", 1, 4), ("LM rescore + argmax", 4, 2), ("LM barrier", 2, 3))
+        if npts == step0 + 5
+        else (("LM prologue", None, 1), ("LM head + argmax", 1, 2), ("LM barrier", 2, 3))
+    )
     if steps_n <= WARM_STEPS:
         raise UserError(f"trace needs more than {WARM_STEPS} steps (got {steps_n})")
     seg_gdn, seg_fa = segments(tp)
@@ -192,7 +197,7 @@ def analyse(t_us: Any, tp: dict[str, int]) -> dict[str, Any]:
                 arr = t[base + k]
                 skew[name].append(float(np.nanmax(arr) - np.nanmedian(arr)))
             prev = med[base + tp["TR_MLP_SYNC"]]
-        for name, a, b in (("LM prologue", None, 1), ("LM head + argmax", 1, 2), ("LM barrier", 2, 3)):
+        for name, a, b in lm_segments:
             start = prev if a is None else med[step0 + a]
             tot[name][0] += (med[step0 + b] - start) / len(steps)
     step_us = float(np.mean([np.nanmedian(t_us[s, step0 + 3]) - np.nanmin(t_us[s, step0]) for s in steps]))

@@ -76,7 +76,7 @@ def test_kernel_trace_cli(tmp_path):
     t = json.loads(out.read_text())
     total = sum(v["gdn_us"] + v["attn_us"] for v in t["segments"].values())
     assert abs(total - t["step_us"]) < 0.02 * t["step_us"]  # the segments tile the step
-    assert "mixer barrier" in t["segments"] and "LM head + argmax" in t["segments"]
+    assert "mixer barrier" in t["segments"] and "LM head stream" in t["segments"]
     assert set(t["tune"]) == {
         "inflight",
         "inflight_lm",
