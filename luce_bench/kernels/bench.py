@@ -74,7 +74,7 @@ class VariantResult:
     prefill_eager_s: dict[int, list[float]] = field(default_factory=dict)  # launched kernel by kernel
     energy: list[tuple[float, float, int]] = field(default_factory=list)  # (s, J, tokens) windows at the short position
     screen: dict[str, Any] | None = None  # screened LM head vs the full one (screen_check)
-    instance_short_s: list[list[float]] = field(default_factory=list)  # short_s by instance (with instances > 1)
+    instance_short_s: list[list[float]] = field(default_factory=list)  # short_s by instance (the one, or each)
     instance_long_s: list[list[float]] = field(default_factory=list)
 
 
@@ -472,14 +472,13 @@ def run(plan: BenchPlan, say: Callable[[str], None] = print, build_dir: Path | N
         ts = time_decode(be, short, plan.steps, plan.reps)
         res.short_s += ts
         res.instance_short_s[i] += ts
-        mine = res.instance_short_s[i] if plan.instances > 1 else res.short_s
+        mine = res.instance_short_s[i]  # (with one instance: all of short_s)
         line = f"round {rnd} {label}: pos {SHORT_POS} {plan.steps / statistics.median(mine):.1f} tok/s"
         if long_:
             tl = time_decode(be, long_, plan.steps, 2)
             res.long_s += tl
             res.instance_long_s[i] += tl
-            mine = res.instance_long_s[i] if plan.instances > 1 else res.long_s
-            line += f", pos {plan.long_pos} {plan.steps / statistics.median(mine):.1f} tok/s"
+            line += f", pos {plan.long_pos} {plan.steps / statistics.median(res.instance_long_s[i]):.1f} tok/s"
         if gpu_energy is not None:
             es, ej, et = energy_window(be, short, plan.steps, plan.energy_s, gpu_energy)
             if ej > 0:  # (a window shorter than the counter's update period reads 0 J)

@@ -128,10 +128,8 @@ def bench_cmd(
     instances: Annotated[
         int,
         typer.Option(
-            min=1,
-            max=8,
-            help="Load each variant this many times (the same library at other addresses) and time every instance "
-            "in every round: instances of one library can differ by ~2 % (cuda/NOTES.md, session 45).",
+            help="Load each variant this many times, 1 to 8 (the same library at other addresses), and time every "
+            "instance in every round: instances of one library can differ by ~2 % (cuda/NOTES.md, session 45).",
         ),
     ] = 1,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the summary as JSON here.")] = None,
