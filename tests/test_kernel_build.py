@@ -331,6 +331,22 @@ def test_cli_build_refuses_unknown_option():
     assert "unknown kernel option 'MK_POLL'" in r.output and "Traceback" not in r.output
 
 
+@pytest.mark.tries("bad input", "kernel build: one option given twice (--option, $LUCE_BENCH_KERNEL_OPTIONS)")
+def test_an_option_given_twice_is_refused_not_last_wins(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from luce_bench.cli import app
+
+    twice = ["--option", "MK_SLOT_KB=16", "--option", "MK_SLOT_KB=32"]
+    r = CliRunner().invoke(app, ["kernel", "build", "--arch", "sm_90", "--out", str(tmp_path / "lib"), *twice])
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert r.output.strip() == "error: --option: MK_SLOT_KB is given twice", r.output
+    assert not (tmp_path / "lib").exists()
+    monkeypatch.setenv(kb.OPTIONS_ENV, "MK_SLOT_KB=16, MK_SLOT_KB = 32")
+    with pytest.raises(UserError, match=rf"^{kb.OPTIONS_ENV}: MK_SLOT_KB is given twice$"):
+        kb.options_from_env()
+
+
 @pytest.fixture(scope="session")
 def option_set_builds(request, tmp_path_factory):
     """The selected option sets' builds for all four archs, queued together in the tests' order.

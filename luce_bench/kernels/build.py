@@ -271,9 +271,11 @@ def parse_options(items: Iterable[str], where: str) -> dict[str, int]:
     """["MK_A=1", "MK_B=0x10"] -> {"MK_A": 1, "MK_B": 16} ("MK_A" alone is 1); `where` names the source in errors."""
     out: dict[str, int] = {}
     for item in filter(None, (t.strip() for t in items)):
-        name, _, value = item.partition("=")
+        name, _, value = (t.strip() for t in item.partition("="))
+        if name in out:  # two values for one option: neither can be the one meant (tune fields refuse it too)
+            raise UserError(f"{where}: {name} is given twice")
         try:
-            out[name.strip()] = int(value.strip() or "1", 0)
+            out[name] = int(value or "1", 0)
         except ValueError:
             raise UserError(f"{where}: {item!r}: expected MK_NAME=INTEGER") from None
     return out
