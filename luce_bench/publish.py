@@ -103,13 +103,38 @@ def _staged(final: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _row_keys(runs: list[RunRecord]) -> set[tuple[str, str, str, int]]:
+    """What identifies a run's rows: when each window started, and which backend, test and repetition it measured."""
+    return {(r.test_time, r.backend, r.test, r.rep) for r in runs}
+
+
+def published_as(meta: dict[str, Any], runs: list[RunRecord], results: Path) -> Path | None:
+    """The folder under `results` that holds this run already (the same GPU and any row of it), or None.
+
+    A copy of a run, or the run itself published under another name, would list the same measurements twice in the
+    tables; a new run on the same GPU never shares a row's start time with an older one.
+    """
+    uuid, keys = meta.get("gpu", {}).get("uuid"), _row_keys(runs)
+    for folder in sorted(p.parent for p in results.glob(f"*/*/{RUNS}")):
+        same_gpu = read_meta(folder).get("gpu", {}).get("uuid") == uuid
+        if same_gpu and keys & _row_keys(read_csv(folder / RUNS, RunRecord)):
+            return folder
+    return None
+
+
 def destination(run_dir: Path, results: Path, name: str | None) -> Path:
     """`results/<gpu>/<date>-<name>` for the run in `run_dir` (UserError for a bad name or a taken folder)."""
     meta = read_meta(run_dir)
     runs = read_csv(run_dir / RUNS, RunRecord)
-    name = name if name is not None else run_dir.name.split("-", 1)[-1].lower()
-    if not _NAME.match(name):
-        raise UserError(f"--name {name!r}: use lower-case letters, digits, '.', '_' and '-' (e.g. compare-v11)")
+    rule = "use lower-case letters, digits, '.', '_' and '-' (e.g. compare-v11)"
+    if name is not None and not _NAME.match(name):
+        raise UserError(f"--name {name!r}: {rule}")
+    if name is None:
+        name = run_dir.name.split("-", 1)[-1].lower()
+        if not _NAME.match(name):
+            raise UserError(f"the name taken from the run's folder, {name!r}, cannot be used: give --name ({rule})")
+    if earlier := published_as(meta, runs, results):
+        raise UserError(f"{run_dir} is published already, as {earlier.relative_to(results).as_posix()}")
     date = min(r.test_time for r in runs)[:10].replace("-", "") if runs else "nodate"
     dest = results / slug(meta.get("gpu", {}).get("name", "no-gpu")) / f"{date}-{name}"
     if dest.exists():

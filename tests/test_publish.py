@@ -91,10 +91,26 @@ def _edit_meta(run: Path, **changes) -> None:
     (run / "meta.json").write_text(json.dumps({**meta, **changes}))
 
 
-@pytest.mark.tries("bad input", "publish: runs it must refuse (simulated, sweep, no meta, no commit, taken, bad name)")
+@pytest.mark.tries(
+    "bad input",
+    "publish: runs it must refuse (simulated, sweep, no meta, no commit, taken, bad name, published already)",
+)
 @pytest.mark.parametrize(
     "case",
-    ["simulated", "sweep", "no-meta", "no-energy", "no-commit", "taken", "bad-name", "not-a-run", "unfinished"],
+    [
+        "simulated",
+        "sweep",
+        "no-meta",
+        "no-energy",
+        "no-commit",
+        "taken",
+        "bad-name",
+        "bad-folder-name",
+        "again",
+        "copy-again",
+        "not-a-run",
+        "unfinished",
+    ],
 )
 def test_publish_refuses_in_one_line_and_writes_nothing(case, tmp_path, monkeypatch, tiny_model):
     monkeypatch.setenv("LUCE_BENCH_STATE_DIR", str(tmp_path / "state"))
@@ -122,6 +138,15 @@ def test_publish_refuses_in_one_line_and_writes_nothing(case, tmp_path, monkeypa
         message = "exists already: published runs are never replaced"
     elif case == "bad-name":
         extra, message = ["--name", "H200 stock"], "--name 'H200 stock': use lower-case letters"
+    elif case == "bad-folder-name":
+        run = run.rename(tmp_path / "My Run")
+        message = "the name taken from the run's folder, 'my run', cannot be used: give --name (use lower-case"
+    elif case in ("again", "copy-again"):  # published once; again under another name, or a copy of it
+        monkeypatch.setenv("LUCE_BENCH_GIT_COMMIT", "1b915c3aa0d2")
+        assert _publish(run, results, "--name", "first").exit_code == 0
+        if case == "copy-again":
+            run = Path(shutil.copytree(run, tmp_path / "copy" / "20261125T101010Z-compare"))
+        extra, message = ["--name", "second"], "is published already, as nvidia-h100-80gb-hbm3/20261124-first"
     elif case == "not-a-run":
         run, message = tmp_path, "is not a luce-bench run directory"
     else:
