@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from luce_bench.clock import Clock, RealClock, SimClock
 from luce_bench.config import BenchConfig
 from luce_bench.errors import UserError
-from luce_bench.gpu.base import GPU, GPUError
+from luce_bench.gpu.base import GPU, GPUError, GPUIndexError
 
 if TYPE_CHECKING:
     from luce_bench.backends.base import Backend
@@ -79,12 +79,17 @@ def _open_gpu(cfg: BenchConfig, ctx: RunContext, for_settings: bool) -> None:
     if cfg.gpu.fake:
         from luce_bench.gpu.fake import open_fake
 
-        ctx.gpu = ctx.fake_gpu = open_fake(cfg.gpu.fake_preset, cfg.gpu.index, read_only, clock=ctx.clock.now_s)
+        try:
+            ctx.gpu = ctx.fake_gpu = open_fake(cfg.gpu.fake_preset, cfg.gpu.index, read_only, clock=ctx.clock.now_s)
+        except GPUIndexError as exc:
+            raise UserError(f"--gpu {cfg.gpu.index}: {exc}") from None
         return
     from luce_bench.gpu import open_gpu
 
     try:
         ctx.gpu = open_gpu(cfg.gpu.index, read_only=read_only)
+    except GPUIndexError as exc:  # NVML works and has no such card: not a reason to measure without energy
+        raise UserError(f"--gpu {cfg.gpu.index}: {exc}") from None
     except GPUError as exc:
         if for_settings:
             raise UserError(f"cannot sweep without a GPU: {exc} (use --fake-gpu to simulate one)") from None

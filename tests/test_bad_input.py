@@ -226,6 +226,8 @@ FLAGS = {
     "unknown-option": (["sweep", "--nope"], "No such option: --nope"),
     "unknown-command": (["nosuchcommand"], "No such command 'nosuchcommand'"),
     "negative-limit": (["sweep", "--fake-gpu", "--limits", "-5"], "--limits: expected watts (220) or a share"),
+    "no-such-fake-gpu": (["sweep", "--fake-gpu", "--gpu", "5"], "--gpu 5: GPU index 5 out of range: the simulated"),
+    "no-such-fake-gpu-bench": (["bench", "sim", "--fake-gpu", "--gpu", "1"], "--gpu 1: GPU index 1 out of range"),
     "min-speed-above-1": (
         ["sweep", "--fake-gpu", "--sweet-spot-min-speed", "2"],
         "--sweet-spot-min-speed = 2.0 is out",

@@ -97,6 +97,25 @@ def test_unavailable_reasons(nvml):
         NvmlGPU(0)
 
 
+def test_an_index_nvml_does_not_have_is_refused_not_run_without_energy(nvml, tmp_path, monkeypatch):
+    """A bad --gpu on a host whose NVML works is the user's mistake: a measuring run refuses it in one line.
+
+    A host with no NVML at all still runs, without energy.
+    """
+    from luce_bench import config
+    from luce_bench.context import open_context
+    from luce_bench.errors import UserError
+
+    monkeypatch.setenv("LUCE_BENCH_STATE_DIR", str(tmp_path / "state"))
+    cfg = config.load(None, {"gpu.index": 3, "output_dir": str(tmp_path / "runs")})
+    with pytest.raises(UserError, match=r"^--gpu 3: GPU index 3 out of range: NVML sees 1 GPU\(s\)$"):
+        open_context(cfg).__enter__()
+    nvml.nvmlInit.side_effect = _err(REAL.NVML_ERROR_DRIVER_NOT_LOADED)
+    with open_context(cfg) as ctx:
+        assert ctx.gpu is None and "no NVIDIA driver" in ctx.energy_note
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_misspelt_nvml_name_fails(nvml):
     with pytest.raises(AttributeError):
         nvml.nvmlDeviceSetGpuLockedClock  # noqa: B018 - the real name ends in "Clocks"

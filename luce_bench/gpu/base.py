@@ -71,6 +71,10 @@ class GPUUnavailable(GPUError):
     """No usable GPU: no driver, no pynvml, bad index. The message says why."""
 
 
+class GPUIndexError(GPUUnavailable):
+    """The host has GPUs, but none at the index asked for: the user's mistake, never a run without energy."""
+
+
 @runtime_checkable
 class GPU(Protocol):
     """One GPU. Getters are cheap; setters may raise GPUPermissionError or GPUReadOnlyError."""

@@ -40,6 +40,7 @@ from luce_bench.gpu.base import (
     REASON_GPU_IDLE,
     REASON_SW_POWER_CAP,
     GPUError,
+    GPUIndexError,
     GPUNotSupportedError,
     GPUPermissionError,
     GPUUnavailable,
@@ -372,6 +373,8 @@ def open_fake(
 
     With LUCE_BENCH_FAKE_GPU_FAULTS set, the card comes wrapped in a `FaultyGPU` that follows the same interface.
     """
+    if index != 0:  # as NVML answers a bad index: a simulated host has one card
+        raise GPUIndexError(f"GPU index {index} out of range: the simulated host has 1 GPU (index 0)")
     state = os.environ.get(STATE_ENV)
     gpu = FakeGPU(
         preset=preset(preset_name),

@@ -17,6 +17,7 @@ from luce_bench.gpu.base import (
     CLOCK_HINT,
     PERMISSION_HINT,
     GPUError,
+    GPUIndexError,
     GPUNotSupportedError,
     GPUPermissionError,
     GPUUnavailable,
@@ -116,7 +117,7 @@ class NvmlGPU:
             else:
                 count = pynvml.nvmlDeviceGetCount()
                 if not 0 <= index < count:
-                    raise GPUUnavailable(f"GPU index {index} out of range: NVML sees {count} GPU(s)")
+                    raise GPUIndexError(f"GPU index {index} out of range: NVML sees {count} GPU(s)")
                 self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
                 self.index = index
         except pynvml.NVMLError as exc:
