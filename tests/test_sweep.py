@@ -286,6 +286,36 @@ def test_a_timed_wait_shows_its_seconds_on_a_terminal_and_nothing_in_a_log():
     assert log.getvalue() == ""  # the bar is transient: a log or a pipe gets none of it
 
 
+def test_a_log_gets_a_line_per_repetition_and_a_terminal_its_bars():
+    """A compare or bench (no `rows`) writing to a log or a pipe, as `make run > log` or CI, prints a line per rep.
+
+    A bar there shows only when it is complete, so each repetition prints its line as a sweep's do.
+    """
+    import io
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from luce_bench.cli.ui import ConsoleUI
+
+    # the fields of a RunRecord that the line shows
+    rows = [
+        SimpleNamespace(backend="llamacpp", test="pp520", rep=r, avg_ts=43000.0 + r, tok_per_j=95.25) for r in (0, 1)
+    ]
+    tty, log = io.StringIO(), io.StringIO()
+    for file, terminal in ((tty, True), (log, False)):
+        ui = ConsoleUI(Console(file=file, force_terminal=terminal, width=100))
+        for done, row in enumerate(rows, 1):
+            ui.record(row)
+            ui.progress("llamacpp pp520", done, 2)
+        ui.backend_done("llamacpp")
+    assert log.getvalue().splitlines() == [
+        "  llamacpp pp520 rep 0: 43000.0 tok/s, 95.250 tok/J",
+        "  llamacpp pp520 rep 1: 43001.0 tok/s, 95.250 tok/J",
+    ]
+    assert "rep 0:" not in tty.getvalue() and "llamacpp pp520 repetitions" in tty.getvalue()
+
+
 @pytest.mark.tries("bad input", "compare/bench while a sweep changes the same GPU's power limits")
 def test_a_compare_is_refused_while_a_sweep_holds_the_gpu(env):
     from luce_bench.gpu.journal import GpuLock

@@ -8,11 +8,15 @@ from luce_bench.records import RunRecord
 
 
 class ConsoleUI:
-    """Shows a run on a rich console: progress bars per backend, or (`rows`) one line per finished repetition."""
+    """Shows a run on a rich console: progress bars per backend, or one line per finished repetition.
+
+    Lines come with `rows` (sweeps), and wherever the console is not a terminal: a bar in a log or a pipe shows only
+    once it is complete.
+    """
 
     def __init__(self, console: Any, rows: bool = False) -> None:
         """Print to `console`; `rows` replaces the progress bars by a line per repetition (sweeps)."""
-        self.console, self.rows = console, rows
+        self.console, self.rows = console, rows or not console.is_terminal
         self._bar: Any = None
         self._tasks: dict[str, Any] = {}
 
@@ -36,7 +40,7 @@ class ConsoleUI:
         return wait_bar(self.console, label, total_s)
 
     def progress(self, label: str, done: int, total: int) -> None:
-        """Advance the bar of `label` (no bars in `rows` mode)."""
+        """Advance the bar of `label` (no bars in `rows` mode: a line per repetition instead)."""
         if self.rows:
             return
         if self._bar is None:
