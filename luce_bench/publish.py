@@ -8,7 +8,8 @@ the user's card), with luce-bench's git commit recorded. A run that finished wit
 `--allow-failures`: its rows are real, and meta.json's `published_with_failures` lists what failed, which the
 generated tables print beside the numbers. A run that recorded none (a copy of the tree without .git)
 gets it at publish time from `LUCE_BENCH_GIT_COMMIT`, else from this checkout, and meta.json says which. The folder
-is built aside and renamed into place: nothing is half written; an existing folder is never replaced.
+is built aside and renamed into place: nothing is half written; an existing folder is never replaced, and a run that
+the tree holds already (the same GPU and rows, under any name) is not taken again.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def _staged(final: Path) -> Iterator[Path]:
 
 
 def _row_keys(runs: list[RunRecord]) -> set[tuple[str, str, str, int]]:
-    """What identifies a run's rows: when each window started, and which backend, test and repetition it measured."""
+    """What identifies a run's rows: when each window closed, and which backend, test and repetition it measured."""
     return {(r.test_time, r.backend, r.test, r.rep) for r in runs}
 
 
@@ -112,7 +113,7 @@ def published_as(meta: dict[str, Any], runs: list[RunRecord], results: Path) -> 
     """The folder under `results` that holds this run already (the same GPU and any row of it), or None.
 
     A copy of a run, or the run itself published under another name, would list the same measurements twice in the
-    tables; a new run on the same GPU never shares a row's start time with an older one.
+    tables; a new run on the same GPU never shares a window's closing time with an older one.
     """
     uuid, keys = meta.get("gpu", {}).get("uuid"), _row_keys(runs)
     for folder in sorted(p.parent for p in results.glob(f"*/*/{RUNS}")):
