@@ -60,6 +60,12 @@ def read_log(path: Path) -> tuple[list[float], list[float]]:
         raise UserError(f"{path}: not an energy log (a reading that is not a number)")
     if len(times) < 2 or any(b <= a for a, b in zip(times, times[1:], strict=False)):
         raise UserError(f"{path}: needs at least two readings in time order")
+    if back := next((i for i in range(1, len(energy_j)) if energy_j[i] < energy_j[i - 1]), None):
+        # a window across the drop would read a negative or short energy: no comparison is worth showing
+        raise UserError(
+            f"{path} line {back + 2}: the energy counter goes backwards ({energy_j[back] * 1000:.0f} mJ after "
+            f"{energy_j[back - 1] * 1000:.0f}): a counter reset or not one counter's log"
+        )
     return times, energy_j
 
 

@@ -22,7 +22,7 @@ import time
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Log until stopped; 0 on a clean stop, 2 when there is no energy counter to read."""
+    """Log until stopped; 0 on a clean stop, 2 when there is no energy counter to read or no file to write."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", help="CSV file to write (unix_s,energy_mj,power_mw)")
     ap.add_argument("--gpu", type=int, default=0, help="GPU index (default 0)")
@@ -35,25 +35,36 @@ def main(argv: list[str] | None = None) -> int:
         import pynvml
 
         pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(args.gpu)
-        pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
     except Exception as exc:  # noqa: BLE001 - any NVML failure is one line
         print(f"error: no NVML energy counter on GPU {args.gpu}: {exc}", file=sys.stderr)
         return 2
-    stop = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.append(True))
-    with open(args.out, "w", buffering=1) as f:
-        f.write("unix_s,energy_mj,power_mw\n")
-        next_s = time.monotonic()
-        while not stop:
-            energy_mj = pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
-            unix_s = time.time()
-            power_mw = pynvml.nvmlDeviceGetPowerUsage(handle)
-            f.write(f"{unix_s:.4f},{energy_mj},{power_mw}\n")
-            next_s += args.period_s
-            time.sleep(max(0.0, next_s - time.monotonic()))
-    pynvml.nvmlShutdown()
+    try:
+        try:
+            handle = pynvml.nvmlDeviceGetHandleByIndex(args.gpu)
+            pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+        except Exception as exc:  # noqa: BLE001
+            print(f"error: no NVML energy counter on GPU {args.gpu}: {exc}", file=sys.stderr)
+            return 2
+        try:
+            f = open(args.out, "w", buffering=1)  # noqa: SIM115 - closed by the with below
+        except OSError as exc:
+            print(f"error: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
+            return 2
+        stop = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.append(True))
+        with f:
+            f.write("unix_s,energy_mj,power_mw\n")
+            next_s = time.monotonic()
+            while not stop:
+                energy_mj = pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+                unix_s = time.time()
+                power_mw = pynvml.nvmlDeviceGetPowerUsage(handle)
+                f.write(f"{unix_s:.4f},{energy_mj},{power_mw}\n")
+                next_s += args.period_s
+                time.sleep(max(0.0, next_s - time.monotonic()))
+    finally:
+        pynvml.nvmlShutdown()
     return 0
 
 

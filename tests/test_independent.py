@@ -12,6 +12,7 @@ import csv
 import gzip
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -68,10 +69,10 @@ def test_the_same_counter_agrees_and_a_counter_5_percent_high_reads_plus_5(sim_r
 
 @pytest.mark.tries(
     "bad input",
-    "report --independent: a missing log, one that is not a log (or a broken gzip, a nan), another run's, "
-    "a run without GPU energy",
+    "report --independent: a missing log, one that is not a log (or a broken gzip, a nan, a counter going "
+    "backwards), another run's, a run without GPU energy",
 )
-@pytest.mark.parametrize("case", ["missing", "not-a-log", "broken-gzip", "nan", "other-run", "no-energy"])
+@pytest.mark.parametrize("case", ["missing", "not-a-log", "broken-gzip", "nan", "backwards", "other-run", "no-energy"])
 def test_bad_logs_are_one_line(sim_run, tmp_path, case):
     log = tmp_path / "log.csv"
     run = sim_run
@@ -96,13 +97,19 @@ def test_bad_logs_are_one_line(sim_run, tmp_path, case):
     elif case == "nan":
         log.write_text("unix_s,energy_mj,power_mw\n1.0,5,1\nnan,6,1\n2.0,7,1\n")
         message = "not an energy log"
+    elif case == "backwards":
+        log.write_text("unix_s,energy_mj,power_mw\n1.0,5000,1\n2.0,7000,1\n3.0,6500,1\n4.0,9000,1\n")
+        message = "log.csv line 4: the energy counter goes backwards (6500 mJ after 7000): a counter reset"
     elif case == "other-run":
         _log_from_samples(sim_run, log, shift_s=1e6)
         message = "the log covers none of the run's windows"
     else:
         message = "no such file"
+    before = sorted(p.name for p in run.iterdir())
     out = runner.invoke(app, ["report", str(run), "--independent", str(log)])
-    assert out.exit_code == 2 and message in out.output and len(out.output.strip().splitlines()) == 1, out.output
+    assert out.exit_code == 2 and message in " ".join(out.output.split()), out.output
+    assert len(out.output.strip().splitlines()) == 1, out.output
+    assert sorted(p.name for p in run.iterdir()) == before  # no report, no copy of the log
 
 
 def _h200_run(tmp_path: Path) -> Path:
@@ -135,3 +142,36 @@ def test_a_published_run_carries_its_reader_and_check_catches_a_changed_log(tmp_
     (dest / "independent_log.csv.gz").write_bytes(gzip.compress("\n".join([head, *scaled, ""]).encode()))
     check = runner.invoke(app, ["report", "--check", str(results)])
     assert check.exit_code == 1 and "independent.md: missing or stale against independent_log.csv.gz" in check.output
+
+
+def _logger():
+    """scripts/nvml_energy_log.py as a module (it is a script, not part of the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("nvml_energy_log", ROOT / "scripts" / "nvml_energy_log.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.tries("bad input", "the independent reader: no NVML counter, an output file it cannot write")
+@pytest.mark.parametrize("case", ["unwritable", "no-nvml"])
+def test_the_reader_refuses_in_one_line_creates_nothing_and_shuts_nvml_down(tmp_path, monkeypatch, capsys, case):
+    from unittest import mock
+
+    nvml = mock.Mock()
+    nvml.nvmlDeviceGetTotalEnergyConsumption.return_value = 123456
+    if case == "no-nvml":
+        nvml.nvmlInit.side_effect = RuntimeError("NVML Shared Library Not Found")
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    out = tmp_path / ("no-such-dir/log.csv" if case == "unwritable" else "log.csv")
+    assert _logger().main([str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    expected = (
+        f"error: cannot write {out}: No such file or directory"
+        if case == "unwritable"
+        else "error: no NVML energy counter on GPU 0: NVML Shared Library Not Found"
+    )
+    assert err == [expected]
+    assert not any(tmp_path.iterdir())  # no log, no folder
+    assert nvml.nvmlShutdown.call_count == (1 if case == "unwritable" else 0)  # shut down once it was started
