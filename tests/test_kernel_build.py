@@ -345,6 +345,28 @@ def test_an_option_given_twice_is_refused_not_last_wins(monkeypatch, tmp_path):
     monkeypatch.setenv(kb.OPTIONS_ENV, "MK_SLOT_KB=16, MK_SLOT_KB = 32")
     with pytest.raises(UserError, match=rf"^{kb.OPTIONS_ENV}: MK_SLOT_KB is given twice$"):
         kb.options_from_env()
+    with pytest.raises(UserError, match=r"^--option: '=5': expected MK_NAME=INTEGER$"):  # no name is no option
+        kb.parse_options(["=5", "=6"], "--option")
+
+
+def test_option_flags_add_to_the_environments_and_a_second_value_is_refused(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from luce_bench.cli import app
+    from luce_bench.kernels.cli import _options
+
+    monkeypatch.setenv(kb.OPTIONS_ENV, "MK_PF_GBM=128,MK_SLOT_KB=16")
+    assert _options(["MK_LM_TAIL_ROWS=0", "MK_SLOT_KB=16"]) == {
+        "MK_PF_GBM": 128,
+        "MK_SLOT_KB": 16,
+        "MK_LM_TAIL_ROWS": 0,
+    }
+    assert _options(None) is None  # no -D: the build reads the environment itself
+    r = CliRunner().invoke(
+        app, ["kernel", "build", "--arch", "sm_90", "--out", str(tmp_path / "lib"), "-D", "MK_SLOT_KB=32"]
+    )
+    assert r.exit_code == 2 and not (tmp_path / "lib").exists(), r.output
+    assert r.output.strip() == f"error: --option MK_SLOT_KB=32 and ${kb.OPTIONS_ENV}'s MK_SLOT_KB=16: give it once"
 
 
 @pytest.fixture(scope="session")

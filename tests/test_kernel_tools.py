@@ -36,6 +36,7 @@ def test_parse_variant():
     assert str(v.lib_dir) == "/tmp/lib" and v.tune == {"inflight_lm": 3}
     bad_texts = ["x:MK_SLOT_KB=two", ":MK_SLOT_KB=16", "x@", "x@inflight", "x@inflight=two", "x@l2_lead=4"]
     bad_texts += ["x@inflight=99", "x@pause_mask=3"]  # ranges are checked before any GPU work
+    bad_texts += ["x:MK_SLOT_KB=16,MK_SLOT_KB=32", "x@inflight=2,inflight=3", "x:=5"]  # no value wins silently
     for bad in bad_texts:
         with pytest.raises(UserError) as err:
             bench.parse_variant(bad)

@@ -272,6 +272,8 @@ def parse_options(items: Iterable[str], where: str) -> dict[str, int]:
     out: dict[str, int] = {}
     for item in filter(None, (t.strip() for t in items)):
         name, _, value = (t.strip() for t in item.partition("="))
+        if not name:
+            raise UserError(f"{where}: {item!r}: expected MK_NAME=INTEGER")
         if name in out:  # two values for one option: neither can be the one meant (tune fields refuse it too)
             raise UserError(f"{where}: {name} is given twice")
         try:

@@ -12,15 +12,29 @@ app = typer.Typer(help="Build, benchmark and trace the bundled CUDA decode megak
 
 OptionList = Annotated[
     Optional[list[str]],
-    typer.Option("--option", "-D", help="Build option MK_NAME=VALUE (cuda/mk_config.cuh), repeatable."),
+    typer.Option(
+        "--option",
+        "-D",
+        help="Build option MK_NAME=VALUE (cuda/mk_config.cuh), repeatable; added to $LUCE_BENCH_KERNEL_OPTIONS.",
+    ),
 ]
 
 
 def _options(items: list[str] | None) -> dict[str, int] | None:
-    """-D MK_A=1 -D MK_B=2 -> {"MK_A": 1, "MK_B": 2}; None without any (then $LUCE_BENCH_KERNEL_OPTIONS applies)."""
-    from luce_bench.kernels.build import parse_options
+    """-D MK_A=1 -D MK_B=2 -> {"MK_A": 1, "MK_B": 2} with $LUCE_BENCH_KERNEL_OPTIONS' options beside them.
 
-    return parse_options(items, "--option") if items else None
+    None without any -D (then the build reads the environment itself). An option in both with two values is refused.
+    """
+    from luce_bench.errors import UserError
+    from luce_bench.kernels.build import OPTIONS_ENV, options_from_env, parse_options
+
+    if not items:
+        return None
+    flags, env = parse_options(items, "--option"), options_from_env()
+    for name in sorted(flags.keys() & env.keys()):
+        if flags[name] != env[name]:
+            raise UserError(f"--option {name}={flags[name]} and ${OPTIONS_ENV}'s {name}={env[name]}: give it once")
+    return {**env, **flags}
 
 
 def _out_file(path: Path | None, flag: str) -> None:
