@@ -78,12 +78,15 @@ def setup_gaps() -> list[dict[str, str]]:
 
 def gather(gpu_index: int = 0, fake_preset: str | None = None) -> dict[str, Any]:
     """Everything `info` shows, as a dict (`fake_preset`: describe that simulated card instead of NVML's)."""
+    from luce_bench.errors import UserError
     from luce_bench.gpu import open_gpu
-    from luce_bench.gpu.base import GPUError
+    from luce_bench.gpu.base import GPUError, GPUIndexError
 
     out: dict[str, Any] = {"nvcc": nvcc_version()}
     try:
         gpu = open_gpu(gpu_index, fake_preset=fake_preset, read_only=True)
+    except GPUIndexError as exc:  # the host has GPUs, not this one: bad input, as for the run commands
+        raise UserError(f"{exc} (--gpu, gpu.index)") from None
     except GPUError as exc:
         out["gpu_error"] = str(exc)
     else:

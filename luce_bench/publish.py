@@ -127,15 +127,15 @@ def destination(run_dir: Path, results: Path, name: str | None) -> Path:
     """`results/<gpu>/<date>-<name>` for the run in `run_dir` (UserError for a bad name or a taken folder)."""
     meta = read_meta(run_dir)
     runs = read_csv(run_dir / RUNS, RunRecord)
+    if earlier := published_as(meta, runs, results):  # first: no other name would do
+        raise UserError(f"{run_dir} is published already, as {earlier.relative_to(results).as_posix()}")
     rule = "use lower-case letters, digits, '.', '_' and '-' (e.g. compare-v11)"
     if name is not None and not _NAME.match(name):
         raise UserError(f"--name {name!r}: {rule}")
     if name is None:
-        name = run_dir.name.split("-", 1)[-1].lower()
+        name = run_dir.resolve().name.split("-", 1)[-1].lower()  # (resolved: `publish .` names the folder)
         if not _NAME.match(name):
             raise UserError(f"the name taken from the run's folder, {name!r}, cannot be used: give --name ({rule})")
-    if earlier := published_as(meta, runs, results):
-        raise UserError(f"{run_dir} is published already, as {earlier.relative_to(results).as_posix()}")
     date = min(r.test_time for r in runs)[:10].replace("-", "") if runs else "nodate"
     dest = results / slug(meta.get("gpu", {}).get("name", "no-gpu")) / f"{date}-{name}"
     if dest.exists():

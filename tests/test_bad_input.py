@@ -226,8 +226,6 @@ FLAGS = {
     "unknown-option": (["sweep", "--nope"], "No such option: --nope"),
     "unknown-command": (["nosuchcommand"], "No such command 'nosuchcommand'"),
     "negative-limit": (["sweep", "--fake-gpu", "--limits", "-5"], "--limits: expected watts (220) or a share"),
-    "no-such-fake-gpu": (["sweep", "--fake-gpu", "--gpu", "5"], "--gpu 5: GPU index 5 out of range: the simulated"),
-    "no-such-fake-gpu-bench": (["bench", "sim", "--fake-gpu", "--gpu", "1"], "--gpu 1: GPU index 1 out of range"),
     "min-speed-above-1": (
         ["sweep", "--fake-gpu", "--sweet-spot-min-speed", "2"],
         "--sweet-spot-min-speed = 2.0 is out",
@@ -242,6 +240,17 @@ def test_bad_flags_are_one_line(tiny_model, case):
     with sandbox() as tmp:
         result, calls = invoke([*argv, f"--out={tmp}/runs"] if argv[0] != "nosuchcommand" else argv, tmp)
         refused(result, calls, tmp, fragment)
+
+
+@pytest.mark.tries("bad input", "--gpu N for a card the host lacks (the simulated host here; NVML: test_gpu_nvml.py)")
+@pytest.mark.parametrize("command", ["sweep", "bench", "info"])
+def test_a_gpu_index_the_host_lacks_is_one_line_and_leaves_no_lock(tiny_model, command):
+    argv = {"sweep": ["sweep"], "bench": ["bench", "sim"], "info": ["info"]}[command] + ["--fake-gpu", "--gpu", "5"]
+    with sandbox() as tmp:
+        result, calls = invoke([*argv, f"--out={tmp}/runs"] if command != "info" else argv, tmp)
+        said = refused(result, calls, tmp)
+        assert said == "error: GPU index 5 out of range: the simulated host has 1 GPU (index 0) (--gpu, gpu.index)"
+        assert not list(tmp.rglob("*.lock"))  # nothing left behind: no power-limit lock for a card that is not there
 
 
 @pytest.mark.tries("bad input", "CLI flags: 0 W, NaN, 1e9 W, huge/negative sizes, unknown backends, paths")

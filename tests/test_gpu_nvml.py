@@ -108,7 +108,7 @@ def test_an_index_nvml_does_not_have_is_refused_not_run_without_energy(nvml, tmp
 
     monkeypatch.setenv("LUCE_BENCH_STATE_DIR", str(tmp_path / "state"))
     cfg = config.load(None, {"gpu.index": 3, "output_dir": str(tmp_path / "runs")})
-    with pytest.raises(UserError, match=r"^--gpu 3: GPU index 3 out of range: NVML sees 1 GPU\(s\)$"):
+    with pytest.raises(UserError, match=r"^GPU index 3 out of range: NVML sees 1 GPU\(s\) \(--gpu, gpu.index\)$"):
         open_context(cfg).__enter__()
     nvml.nvmlInit.side_effect = _err(REAL.NVML_ERROR_DRIVER_NOT_LOADED)
     with open_context(cfg) as ctx:

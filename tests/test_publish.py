@@ -75,7 +75,8 @@ def test_a_run_without_a_commit_gets_the_one_in_the_environment(tmp_path, monkey
 
 def test_a_run_keeps_its_own_commit_and_is_named_after_its_command(tmp_path, monkeypatch):
     monkeypatch.setenv("LUCE_BENCH_GIT_COMMIT", "not-this-one")
-    out = _publish(_run_dir(tmp_path), tmp_path / "results")
+    monkeypatch.chdir(_run_dir(tmp_path))
+    out = _publish(Path("."), tmp_path / "results")  # `publish .` from inside the run: named after its folder
     assert out.exit_code == 0, out.output
     meta = json.loads((tmp_path / "results" / "nvidia-h100-80gb-hbm3" / "20261124-compare" / "meta.json").read_text())
     assert meta["git_commit"] == "70a0e474e9d11eb5420b91e22db113db4934c9c9" and "git_commit_source" not in meta
