@@ -82,14 +82,14 @@ def _open_gpu(cfg: BenchConfig, ctx: RunContext, for_settings: bool) -> None:
         try:
             ctx.gpu = ctx.fake_gpu = open_fake(cfg.gpu.fake_preset, cfg.gpu.index, read_only, clock=ctx.clock.now_s)
         except GPUIndexError as exc:
-            raise UserError(f"{exc} (--gpu, gpu.index)") from None
+            raise UserError(str(exc)) from None
         return
     from luce_bench.gpu import open_gpu
 
     try:
         ctx.gpu = open_gpu(cfg.gpu.index, read_only=read_only)
     except GPUIndexError as exc:  # NVML works and has no such card: not a reason to measure without energy
-        raise UserError(f"{exc} (--gpu, gpu.index)") from None
+        raise UserError(str(exc)) from None
     except GPUError as exc:
         if for_settings:
             raise UserError(f"cannot sweep without a GPU: {exc} (use --fake-gpu to simulate one)") from None

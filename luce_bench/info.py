@@ -86,7 +86,7 @@ def gather(gpu_index: int = 0, fake_preset: str | None = None) -> dict[str, Any]
     try:
         gpu = open_gpu(gpu_index, fake_preset=fake_preset, read_only=True)
     except GPUIndexError as exc:  # the host has GPUs, not this one: bad input, as for the run commands
-        raise UserError(f"{exc} (--gpu, gpu.index)") from None
+        raise UserError(str(exc)) from None
     except GPUError as exc:
         out["gpu_error"] = str(exc)
     else:

@@ -39,32 +39,37 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no NVML energy counter on GPU {args.gpu}: {exc}", file=sys.stderr)
         return 2
     try:
-        try:
-            handle = pynvml.nvmlDeviceGetHandleByIndex(args.gpu)
-            pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
-        except Exception as exc:  # noqa: BLE001
-            print(f"error: no NVML energy counter on GPU {args.gpu}: {exc}", file=sys.stderr)
-            return 2
-        try:
-            f = open(args.out, "w", buffering=1)  # noqa: SIM115 - closed by the with below
-        except OSError as exc:
-            print(f"error: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
-            return 2
-        stop = []
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.append(True))
-        with f:
-            f.write("unix_s,energy_mj,power_mw\n")
-            next_s = time.monotonic()
-            while not stop:
-                energy_mj = pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
-                unix_s = time.time()
-                power_mw = pynvml.nvmlDeviceGetPowerUsage(handle)
-                f.write(f"{unix_s:.4f},{energy_mj},{power_mw}\n")
-                next_s += args.period_s
-                time.sleep(max(0.0, next_s - time.monotonic()))
+        return _log(pynvml, args)
     finally:
         pynvml.nvmlShutdown()
+
+
+def _log(pynvml, args: argparse.Namespace) -> int:
+    """With NVML started: check the counter, open the file, write a row every period until a signal (0), else 2."""
+    try:
+        handle = pynvml.nvmlDeviceGetHandleByIndex(args.gpu)
+        pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+    except Exception as exc:  # noqa: BLE001
+        print(f"error: no NVML energy counter on GPU {args.gpu}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        f = open(args.out, "w", buffering=1)  # noqa: SIM115 - closed by the with below
+    except OSError as exc:
+        print(f"error: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
+        return 2
+    stop = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.append(True))
+    with f:
+        f.write("unix_s,energy_mj,power_mw\n")
+        next_s = time.monotonic()
+        while not stop:
+            energy_mj = pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+            unix_s = time.time()
+            power_mw = pynvml.nvmlDeviceGetPowerUsage(handle)
+            f.write(f"{unix_s:.4f},{energy_mj},{power_mw}\n")
+            next_s += args.period_s
+            time.sleep(max(0.0, next_s - time.monotonic()))
     return 0
 
 

@@ -74,6 +74,10 @@ class GPUUnavailable(GPUError):
 class GPUIndexError(GPUUnavailable):
     """The host has GPUs, but none at the index asked for: the user's mistake, never a run without energy."""
 
+    def __init__(self, index: int, host: str) -> None:
+        """`host`: what the host has, e.g. "NVML sees 1 GPU(s)"; the message names where an index comes from."""
+        super().__init__(f"GPU index {index} out of range: {host} (--gpu, gpu.index)")
+
 
 @runtime_checkable
 class GPU(Protocol):

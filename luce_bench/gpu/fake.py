@@ -374,7 +374,7 @@ def open_fake(
     With LUCE_BENCH_FAKE_GPU_FAULTS set, the card comes wrapped in a `FaultyGPU` that follows the same interface.
     """
     if index != 0:  # as NVML answers a bad index: a simulated host has one card
-        raise GPUIndexError(f"GPU index {index} out of range: the simulated host has 1 GPU (index 0)")
+        raise GPUIndexError(index, "the simulated host has 1 GPU (index 0)")
     state = os.environ.get(STATE_ENV)
     gpu = FakeGPU(
         preset=preset(preset_name),

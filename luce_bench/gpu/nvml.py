@@ -117,7 +117,7 @@ class NvmlGPU:
             else:
                 count = pynvml.nvmlDeviceGetCount()
                 if not 0 <= index < count:
-                    raise GPUIndexError(f"GPU index {index} out of range: NVML sees {count} GPU(s)")
+                    raise GPUIndexError(index, f"NVML sees {count} GPU(s)")
                 self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
                 self.index = index
         except pynvml.NVMLError as exc:
