@@ -42,20 +42,45 @@ __device__ __forceinline__ unsigned long long lm_full_best(Ctx& c, const LuceMkP
 }
 
 // The warp's best row among the block's rows that the screen cannot rule out (0: none); adds their number to
-// smem().rescored.
-__device__ __forceinline__ unsigned long long lm_screened_best(Ctx& c, const LuceMkParams& P, int s, const float a[32]) {
+// smem().rescored. The activations are in acts.
+__device__ __forceinline__ unsigned long long lm_screened_best(Ctx& c, const LuceMkParams& P, int s) {
+#if MK_LM_DP4A
+    // integer scores (mk_math.cuh): d_j = s_j t (D1 + D2 / 128 + D3 / 128^2) is within 16 s_j t of s_j (h . q_j):
+    // < 4 from the digits' remainder, < 2 from the lanes' two roundings, < 5 from the warp sum, < 1 from the scale
+    // (NOTES.md v33). The activations wait in w.mlp.part for the rescoring (acts gets the bounds)
+    float ss = 0.f, am = 0.f;
+#pragma unroll
+    for (int k = 0; k < 32; ++k) {
+        const float v = smem().acts[(k >> 3) * 256 + c.lane * 8 + (k & 7)];  // as load_act_regs
+        ss = fmaf(v, v, ss);
+        am = fmaxf(am, fabsf(v));
+    }
+    const float t = pow2_at_least(warp_max(am) * (1.f / 127.f));
+    LmDigits dg;
+    lm_digits(smem().acts, c.lane, 1.f / t, dg);
+    float* hsave = smem().w.mlp.part;
+    for (int i = c.tid; i < H; i += NCT) hsave[i] = smem().acts[i];
+#else
+    float a[32];
+    load_act_regs(a, smem().acts, c.lane);
     float ss = 0.f;
 #pragma unroll
     for (int k = 0; k < 32; ++k) ss = fmaf(a[k], a[k], ss);
+#endif
     const float hn = sqrtf(warp_sum(ss)) * 1.00001f;  // ||h||_2 rounded up: every warp holds all 1024 activations
     if (c.tid == 0) smem().rescored = 0u;
-    cbar();  // the bounds overwrite acts: every warp has its activations in registers
+    cbar();  // the bounds overwrite acts: every warp has its activations in registers (or digits)
     float* ub = smem().acts;
     const Seg g = block_seg(c, lm_phase(c, P, s));
     float lo = -INFINITY;  // the largest lower bound among this warp's rows
     consume_seg(c, g, [&](int r, const char* row) {
         const float2 sc = *(const float2*)(row + H);  // s_j, c_j
+#if MK_LM_DP4A
+        const float st = sc.x * t;  // exact: t is a power of two
+        const float d = st * warp_sum(dot1024_u8_dp4a_part(row, dg, c.lane)), e = fmaf(hn, sc.y, 16.f * st);
+#else
         const float d = sc.x * warp_sum(dot1024_u8_part(row, a, c.lane)), e = hn * sc.y;
+#endif
         if (c.lane == 0) ub[r - g.r0] = d + e;
         lo = fmaxf(lo, d - e);
     });
@@ -69,6 +94,12 @@ __device__ __forceinline__ unsigned long long lm_screened_best(Ctx& c, const Luc
     float L = -INFINITY;
 #pragma unroll
     for (int w = 0; w < NCW; ++w) L = fmaxf(L, smem().red[w]);
+#if MK_LM_DP4A
+    float ar[32];  // the activations again, for the rows' exact logits
+    load_act_regs(ar, smem().w.mlp.part, c.lane);
+#else
+    const float* ar = a;
+#endif
     float bv = -INFINITY;
     int bi = 0x7fffffff;
     unsigned n = 0;
@@ -79,7 +110,7 @@ __device__ __forceinline__ unsigned long long lm_screened_best(Ctx& c, const Luc
         while (m) {  // in increasing row order: a tie keeps the smaller token, as in the full way
             const int r = g.r0 + i0 + __ffs(m) - 1;
             m &= m - 1;
-            const float d = warp_sum(dot1024_global_part((const char*)P.embed + (size_t)r * 2048, a, c.lane));
+            const float d = warp_sum(dot1024_global_part((const char*)P.embed + (size_t)r * 2048, ar, c.lane));
             if (d > bv) {
                 bv = d;
                 bi = r;
@@ -96,11 +127,16 @@ __device__ __forceinline__ void lm_head(Ctx& c, const LuceMkParams& P, int s, co
     const int pos = P.pos + s;
     load_x_norm(c, xbuf(P, 2 * NL), nullptr, wn);
     trace_pt(c, P, s, TR_STEP + 1);
-    float a[32];
-    load_act_regs(a, smem().acts, c.lane);
     const bool screened = lm_screened(c, P, s);
     float* lg = (P.logits && s >= P.logits_first) ? P.logits + (long long)(s - P.logits_first) * V : nullptr;
-    const unsigned long long best = screened ? lm_screened_best(c, P, s, a) : lm_full_best(c, P, s, a, lg);
+    unsigned long long best;
+    if (screened) {
+        best = lm_screened_best(c, P, s);
+    } else {
+        float a[32];
+        load_act_regs(a, smem().acts, c.lane);
+        best = lm_full_best(c, P, s, a, lg);
+    }
     if (c.lane == 0) smem().best[c.warp] = best;
     cbar();
     if (c.tid == 0) {

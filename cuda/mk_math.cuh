@@ -96,6 +96,69 @@ __device__ __forceinline__ float dot1024_u8_part(const char* row, const float a[
     return s0 + s1;
 }
 
+#if MK_LM_DP4A
+// ---- the screened LM head's integer scores (MK_LM_DP4A=1, NOTES.md v33) ----
+// The activations a are written as t (d1 + d2 / 128 + d3 / 128^2 + r / 128^2), t the smallest power of two >=
+// max|a| / 127, digits d1 in -127..127, d2 and d3 in -64..64, |r| <= 1/2. Every step is exact in f32 (a scaling by a
+// power of two; a number less its nearest integer), so h . q = t (D1 + D2 / 128 + D3 / 128^2) + t e with |e| <=
+// 127 * 1024 * (1/2) / 128^2 < 4, where Dk = sum q_i dk_i are exact integer dot products (dp4a).
+struct LmDigits {
+    int d[3][8];  // the lane's digits, four signed bytes a word, in the order of the row's codes (as dot1024_u8_part)
+};
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+// The smallest power of two >= v (v finite and >= 0); 1 for v = 0.
+__device__ __forceinline__ float pow2_at_least(float v) {
+    return v > 0.f ? __uint_as_float((__float_as_uint(v) + 0x007fffffu) & 0x7f800000u) : 1.f;
+}
+// The lane's digits of the activations in shared memory (acts, elements as load_act_regs).
+__device__ __forceinline__ void lm_digits(const float* acts, int lane, float inv_t, LmDigits& g) {
+#pragma unroll
+    for (int w = 0; w < 8; ++w) {
+        const float4 a = *(const float4*)(acts + (w >> 1) * 256 + lane * 8 + (w & 1) * 4);
+        const float av[4] = {a.x, a.y, a.z, a.w};
+        unsigned p[3] = {0u, 0u, 0u};
+#pragma unroll
+        for (int b = 0; b < 4; ++b) {
+            const float x = av[b] * inv_t;  // exact
+            const float d1 = rintf(x), y = (x - d1) * 128.f;
+            const float d2 = rintf(y), z = (y - d2) * 128.f;
+            const int k[3] = {(int)d1, (int)d2, (int)rintf(z)};
+#pragma unroll
+            for (int j = 0; j < 3; ++j) p[j] |= ((unsigned)k[j] & 0xffu) << (8 * b);
+        }
+#pragma unroll
+        for (int j = 0; j < 3; ++j) g.d[j][w] = (int)p[j];
+    }
+}
+// The lane's part of (h . q) / t for one screening row: D1 + D2 / 128 + D3 / 128^2 over its 32 codes, two f32
+// roundings (each |Dk| < 2^24 is exact in f32). A code byte q + 128 with its top bit flipped is q as a signed byte.
+__device__ __forceinline__ float dot1024_u8_dp4a_part(const char* row, const LmDigits& g, int lane) {
+    const uint2* w = (const uint2*)row;
+    uint2 v[4];
+#pragma unroll
+    for (int it = 0; it < 4; ++it) v[it] = w[it * 32 + lane];
+#pragma unroll
+    for (int it = 0; it < 4; ++it) {
+        v[it].x ^= 0x80808080u;
+        v[it].y ^= 0x80808080u;
+    }
+    int D[3] = {0, 0, 0};
+#pragma unroll
+    for (int j = 0; j < 3; ++j) {
+#pragma unroll
+        for (int it = 0; it < 4; ++it) {
+            D[j] = __dp4a((int)v[it].x, g.d[j][2 * it], D[j]);
+            D[j] = __dp4a((int)v[it].y, g.d[j][2 * it + 1], D[j]);
+        }
+    }
+    return fmaf((float)D[2], 1.f / 16384.f, fmaf((float)D[1], 1.f / 128.f, (float)D[0]));
+}
+#endif
+
 // Partial dot of a K-wide bf16 row with activations in shared memory (K = 2048: o_proj).
 template <int K>
 __device__ __forceinline__ float dot_smem_part(const char* row, const float* acts, int lane) {

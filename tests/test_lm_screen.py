@@ -105,3 +105,55 @@ def test_screened_argmax_keeps_ties_and_near_ties_exact():
 def test_chunked_packing_is_the_same_bytes():
     w = _head(1000, seed=10)
     assert torch.equal(pack_lm_screen(w, rows_per_chunk=64), pack_lm_screen(w, rows_per_chunk=4096))
+
+
+def _dp4a_scores(h: torch.Tensor, screen: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """The kernel's integer scores (MK_LM_DP4A=1, cuda/mk_math.cuh) step by step in f32, and its scale t.
+
+    The activations become t (d1 + d2 / 128 + d3 / 128^2 + r / 128^2) with t a power of two; each lane's 32 codes
+    give exact integer dots D1..D3, combined by two f32 roundings (an f64 sum rounded once is f32's fmaf here: every
+    term is exact in f64); the lanes are summed in the kernel's xor-butterfly order, then scaled by s_j t.
+    """
+    import numpy as np
+
+    a = h.to(torch.float32).numpy()
+    am = np.float32(np.abs(a).max()) * np.float32(1 / 127)
+    t = np.float32(2.0 ** np.ceil(np.log2(am))) if am > 0 else np.float32(1)
+    assert t >= am and (am == 0 or t < 2 * am)
+    x = a * np.float32(1 / t)
+    d1 = np.rint(x)
+    y = (x - d1) * np.float32(128)
+    d2 = np.rint(y)
+    d3 = np.rint((y - d2) * np.float32(128))
+    assert np.abs(d1).max() <= 127 and np.abs(d2).max() <= 64 and np.abs(d3).max() <= 64
+    q = screen[:, :K].to(torch.int64).numpy() - 128
+    lane = (np.arange(K) // 8) % 32  # element it * 256 + lane * 8 + e belongs to lane `lane`
+    dots = [np.stack([(q[:, lane == j] * d[lane == j].astype(np.int64)).sum(1) for j in range(32)], 1) for d in (d1, d2, d3)]
+    part = ((dots[0] + dots[1] / 128.0).astype(np.float32).astype(np.float64) + dots[2] / 16384.0).astype(np.float32)
+    for o in (16, 8, 4, 2, 1):
+        part = (part + part[:, np.arange(32) ^ o]).astype(np.float32)
+    s = screen[:, K : K + 4].clone().view(torch.float32).numpy()[:, 0]
+    return torch.from_numpy(((s * t).astype(np.float32) * part[:, 0]).astype(np.float32)), float(t)
+
+
+@pytest.mark.parametrize("kind", ["normal", "tiny", "outliers", "zero"])
+def test_integer_scores_are_within_their_slack(kind):
+    """The MK_LM_DP4A scores d_j stay within 16 s_j t of s_j (h . q_j), the slack the kernel adds to e_j."""
+    w = _head(600, seed=11)
+    screen = pack_lm_screen(w)
+    g = torch.Generator().manual_seed(12)
+    h = torch.randn(K, generator=g) * 3
+    if kind == "tiny":
+        h = h * 1e-30
+    elif kind == "outliers":  # a few huge entries, as a real residual stream has: t grows, the slack with it
+        h[[5, 300, 777]] = torch.tensor([400.0, -900.0, 650.0])
+    elif kind == "zero":
+        h = torch.zeros(K)
+    d, t = _dp4a_scores(h, screen)
+    s = _meta(screen)[:, 0].double()
+    exact = s * ((screen[:, :K].double() - 128) @ h.to(torch.float32).double())
+    gap = (d.double() - exact).abs()
+    assert (gap <= 16 * s * t).all(), float((gap / (16 * s * t)).max())
+    if kind == "normal":
+        # the slack is a small share of the screen's own bound: it hardly adds rescored rows
+        assert (16 * s * t).max() < 0.02 * (torch.linalg.vector_norm(h).double() * _meta(screen)[:, 1].double()).min()
