@@ -128,7 +128,10 @@ def _dp4a_scores(h: torch.Tensor, screen: torch.Tensor) -> tuple[torch.Tensor, f
     assert np.abs(d1).max() <= 127 and np.abs(d2).max() <= 64 and np.abs(d3).max() <= 64
     q = screen[:, :K].to(torch.int64).numpy() - 128
     lane = (np.arange(K) // 8) % 32  # element it * 256 + lane * 8 + e belongs to lane `lane`
-    dots = [np.stack([(q[:, lane == j] * d[lane == j].astype(np.int64)).sum(1) for j in range(32)], 1) for d in (d1, d2, d3)]
+    def lane_dots(d):  # [rows, 32]: each lane's exact integer dot of its codes with its digits
+        return np.stack([(q[:, lane == j] * d[lane == j].astype(np.int64)).sum(1) for j in range(32)], 1)
+
+    dots = [lane_dots(d) for d in (d1, d2, d3)]
     part = ((dots[0] + dots[1] / 128.0).astype(np.float32).astype(np.float64) + dots[2] / 16384.0).astype(np.float32)
     for o in (16, 8, 4, 2, 1):
         part = (part + part[:, np.arange(32) ^ o]).astype(np.float32)
