@@ -128,6 +128,7 @@ def _dp4a_scores(h: torch.Tensor, screen: torch.Tensor) -> tuple[torch.Tensor, f
     assert np.abs(d1).max() <= 127 and np.abs(d2).max() <= 64 and np.abs(d3).max() <= 64
     q = screen[:, :K].to(torch.int64).numpy() - 128
     lane = (np.arange(K) // 8) % 32  # element it * 256 + lane * 8 + e belongs to lane `lane`
+
     def lane_dots(d):  # [rows, 32]: each lane's exact integer dot of its codes with its digits
         return np.stack([(q[:, lane == j] * d[lane == j].astype(np.int64)).sum(1) for j in range(32)], 1)
 
