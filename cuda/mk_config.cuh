@@ -12,7 +12,8 @@
 //                     LM head's depth on the H200 (NOTES.md, session 45)
 //   MK_LM_DP4A        1: the screened LM head scores its int8 rows with integer dot products (dp4a) against the
 //                     activations written as three signed 7-bit digits over a power-of-two scale, about half the
-//                     instructions per row of the f32 products (0); a candidate while screened (NOTES.md v33)
+//                     instructions per row of the f32 products (0); sm_90 only (the sm_80/86/89 builds would spill
+//                     and keep the f32 products); a candidate while screened (NOTES.md v33)
 //   MK_PF_GSTAGES     prefill GEMM: cp.async stages (2-4) and k depth per stage (MK_PF_GBK 32 or 64): the pipeline
 //   MK_PF_GBK         depth that hides L2 latency; 3 x 64 won on the H200 (NOTES.md, prefill v3), another GPU may differ
 //   MK_PF_GBM         prefill GEMM: rows per tile, 64 or 128 (warp tiles 32 x 64 or 64 x 64: more products per
@@ -80,6 +81,11 @@
 #endif
 #if MK_LM_DP4A != 0 && MK_LM_DP4A != 1
 #error "MK_LM_DP4A must be 0 or 1"
+#endif
+#if MK_LM_DP4A && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define MK_LM_INT_SCORES 1  // (not an option: MK_LM_DP4A where it applies)
+#else
+#define MK_LM_INT_SCORES 0
 #endif
 #if MK_PF_GSTAGES < 2 || MK_PF_GSTAGES > 4 || (MK_PF_GBK != 32 && MK_PF_GBK != 64)
 #error "MK_PF_GSTAGES must be 2, 3 or 4 and MK_PF_GBK 32 or 64"

@@ -44,7 +44,7 @@ __device__ __forceinline__ unsigned long long lm_full_best(Ctx& c, const LuceMkP
 // The warp's best row among the block's rows that the screen cannot rule out (0: none); adds their number to
 // smem().rescored. The activations are in acts.
 __device__ __forceinline__ unsigned long long lm_screened_best(Ctx& c, const LuceMkParams& P, int s) {
-#if MK_LM_DP4A
+#if MK_LM_INT_SCORES
     // integer scores (mk_math.cuh): d_j = s_j t (D1 + D2 / 128 + D3 / 128^2) is within 16 s_j t of s_j (h . q_j):
     // < 4 from the digits' remainder, < 2 from the lanes' two roundings, < 5 from the warp sum, < 1 from the scale
     // (NOTES.md v33). The activations wait in w.mlp.part for the rescoring (acts gets the bounds)
@@ -75,7 +75,7 @@ __device__ __forceinline__ unsigned long long lm_screened_best(Ctx& c, const Luc
     float lo = -INFINITY;  // the largest lower bound among this warp's rows
     consume_seg(c, g, [&](int r, const char* row) {
         const float2 sc = *(const float2*)(row + H);  // s_j, c_j
-#if MK_LM_DP4A
+#if MK_LM_INT_SCORES
         const float st = sc.x * t;  // exact: t is a power of two
         const float d = st * warp_sum(dot1024_u8_dp4a_part(row, dg, c.lane)), e = fmaf(hn, sc.y, 16.f * st);
 #else
@@ -94,7 +94,7 @@ __device__ __forceinline__ unsigned long long lm_screened_best(Ctx& c, const Luc
     float L = -INFINITY;
 #pragma unroll
     for (int w = 0; w < NCW; ++w) L = fmaxf(L, smem().red[w]);
-#if MK_LM_DP4A
+#if MK_LM_INT_SCORES
     float ar[32];  // the activations again, for the rows' exact logits
     load_act_regs(ar, smem().w.mlp.part, c.lane);
 #else

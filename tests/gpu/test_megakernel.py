@@ -206,11 +206,28 @@ def test_screened_lm_head_gives_the_full_heads_tokens(setup, start):
     The screen's bound itself is checked exactly on the CPU (tests/test_lm_screen.py); here a missed row shows as a
     worse token beyond that noise, or as differences at many steps. Far fewer rows are recomputed than the head has.
     """
+    _check_screened_tokens(setup["mk"], setup["gen"], start)
+
+
+def test_integer_screen_scores_give_the_full_heads_tokens(setup):
+    """The same check for the build whose screen scores rows with integer dot products (MK_LM_DP4A=1, sm_90)."""
+    from luce_bench.backends.megakernel import MegakernelBackend
+    from luce_bench.model.weights import load_text_weights
+
+    sd = load_text_weights(setup["spec"].path)
+    be = MegakernelBackend.from_state_dict(sd, max_seq=LONG_POS + N_DEC + 8, options={"MK_LM_DP4A": 1})
+    try:
+        for start in (N_PROMPT, LONG_POS):
+            _check_screened_tokens(be, setup["gen"], start)
+    finally:
+        be.close()
+
+
+def _check_screened_tokens(mk, gen, start: int) -> None:
     import dataclasses
 
     import torch
 
-    mk, gen = setup["mk"], setup["gen"]
     assert mk.info()["lm_screen"] == "yes"
     ctx = torch.randint(0, 248320, (start,), generator=gen).tolist()
     forced = torch.randint(0, 248320, (N_DEC,), generator=gen).to(device=mk.device, dtype=torch.int32)
