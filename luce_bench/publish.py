@@ -130,12 +130,13 @@ def destination(run_dir: Path, results: Path, name: str | None) -> Path:
     if earlier := published_as(meta, runs, results):  # first: no other name would do
         raise UserError(f"{run_dir} is published already, as {earlier.relative_to(results).as_posix()}")
     rule = "use lower-case letters, digits, '.', '_' and '-' (e.g. compare-v11)"
-    if name is not None and not _NAME.match(name):
-        raise UserError(f"--name {name!r}: {rule}")
-    if name is None:
+    from_folder = name is None
+    if from_folder:
         name = run_dir.resolve().name.split("-", 1)[-1].lower()  # (resolved: `publish .` names the folder)
-        if not _NAME.match(name):
+    if not _NAME.match(name):
+        if from_folder:
             raise UserError(f"the name taken from the run's folder, {name!r}, cannot be used: give --name ({rule})")
+        raise UserError(f"--name {name!r}: {rule}")
     date = min(r.test_time for r in runs)[:10].replace("-", "") if runs else "nodate"
     dest = results / slug(meta.get("gpu", {}).get("name", "no-gpu")) / f"{date}-{name}"
     if dest.exists():

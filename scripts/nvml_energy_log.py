@@ -36,12 +36,17 @@ def main(argv: list[str] | None = None) -> int:
 
         pynvml.nvmlInit()
     except Exception as exc:  # noqa: BLE001 - any NVML failure is one line
-        print(f"error: no NVML energy counter on GPU {args.gpu}: {exc}", file=sys.stderr)
-        return 2
+        return _no_counter(args.gpu, exc)
     try:
         return _log(pynvml, args)
     finally:
         pynvml.nvmlShutdown()
+
+
+def _no_counter(gpu: int, exc: Exception) -> int:
+    """One line for any NVML failure before logging starts; exit code 2."""
+    print(f"error: no NVML energy counter on GPU {gpu}: {exc}", file=sys.stderr)
+    return 2
 
 
 def _log(pynvml, args: argparse.Namespace) -> int:
@@ -50,8 +55,7 @@ def _log(pynvml, args: argparse.Namespace) -> int:
         handle = pynvml.nvmlDeviceGetHandleByIndex(args.gpu)
         pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
     except Exception as exc:  # noqa: BLE001
-        print(f"error: no NVML energy counter on GPU {args.gpu}: {exc}", file=sys.stderr)
-        return 2
+        return _no_counter(args.gpu, exc)
     try:
         f = open(args.out, "w", buffering=1)  # noqa: SIM115 - closed by the with below
     except OSError as exc:

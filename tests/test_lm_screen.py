@@ -136,7 +136,7 @@ def _dp4a_scores(h: torch.Tensor, screen: torch.Tensor) -> tuple[torch.Tensor, f
     part = ((dots[0] + dots[1] / 128.0).astype(np.float32).astype(np.float64) + dots[2] / 16384.0).astype(np.float32)
     for o in (16, 8, 4, 2, 1):
         part = (part + part[:, np.arange(32) ^ o]).astype(np.float32)
-    s = screen[:, K : K + 4].clone().view(torch.float32).numpy()[:, 0]
+    s = _meta(screen)[:, 0].numpy()
     return torch.from_numpy(((s * t).astype(np.float32) * part[:, 0]).astype(np.float32)), float(t)
 
 
