@@ -2,7 +2,8 @@
 // chunk ci), <= 128 per layer. An item RMS-normalises and rotates (partial RoPE) its query head and the group's key,
 // appends k and v to the cache (the hh == 0 item of the last chunk), runs an online softmax over its chunk's positions
 // (warps stride over positions) and stores the chunk's (max, sum, unnormalised output) as tagged values; the head's
-// last chunk item polls them, merges the head's chunks and applies the sigmoid output gate.
+// last chunk item polls them, merges the head's chunks and applies the sigmoid output gate. A head of one chunk
+// (short context) skips the partials: its item applies the gate and stores the output.
 // Waits for: the group's qkv outputs (tagged, epoch ep); the last chunk item, for the head's chunk partials (tagged).
 // Every item takes the current position's k and v from shared memory (the values the cache gets), so no item reads a
 // cache row another block is writing.
@@ -132,6 +133,20 @@ __device__ __forceinline__ void attn_merge_tagged(Ctx& c, const LuceMkParams& P,
     }
 }
 
+// A head with one chunk (pos + 1 <= ATT_CHUNK): its item stores the gated output itself. The same arithmetic as
+// attn_merge_tagged with used == 1 (max m, factor expf(0) = 1), so the same bits (NOTES.md v34); the gate's load is
+// issued before the warps' merge, so its round trip overlaps it.
+__device__ __forceinline__ void attn_single(Ctx& c, const LuceMkParams& P, int g, int hh, float m, float ls,
+                                            const float acc[8], unsigned ep) {
+    Scratch& S = scratch(P);
+    const int t = c.tid;
+    const bool nowait = (P.debug_flags & (LUCE_MK_DEBUG_NO_MATH | LUCE_MK_DEBUG_NO_BARRIERS)) != 0;
+    const u64* gp = S.raw + FA_GROWS * g + 2 * HD * hh + HD + t;  // the head's sigmoid gate (qkv's tagged outputs)
+    const u64 wg = t < HD ? ld_gpu(gp) : 0ull;
+    const ChunkPart r = merge_warps(c, m, ls, acc);
+    if (t < HD) st_tag(&S.aout[(g * QPG + hh) * HD + t], ep, (r.a / r.l) * sigm(poll_tag_w(gp, wg, ep, nowait)));
+}
+
 // This lane's 8 values of a K or V row: the current position's from shared memory (`cur`, as the cache gets them),
 // any other position's from its loaded bf16 row.
 __device__ __forceinline__ void kv_row8(bool current, const float* cur, uint4 loaded, float out[8]) {
@@ -227,8 +242,12 @@ __device__ __forceinline__ void attn_item(Ctx& c, const LuceMkParams& P, int l, 
         kv_load_rows(vr, vc, p0 + NCW * ATT_BATCH, c1, pos, c.lane);  // and its V rows
         m = mn;
     }
-    const ChunkPart r = merge_warps(c, m, ls, acc);
     const int used = (n + per - 1) / per;
+    if (used == 1) {  // (block-uniform) the head's only chunk: no partials to store and poll back, no merge hop
+        attn_single(c, P, g, hh, m, ls, acc, ep);
+        return;
+    }
+    const ChunkPart r = merge_warps(c, m, ls, acc);
     if (t < HD) {
         st_tag(&S.atag[g][hh][ci][t], ep, r.a);
         if (t < 2) st_tag(&S.amltag[g][hh][ci][t], ep, t == 0 ? r.m : r.l);
