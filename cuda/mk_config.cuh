@@ -14,9 +14,6 @@
 //                     activations written as three signed 7-bit digits over a power-of-two scale, about half the
 //                     instructions per row of the f32 products (0); sm_90 only (the sm_80/86/89 builds would spill
 //                     and keep the f32 products); a candidate while screened (NOTES.md v33)
-//   MK_ATT_BATCHES    decode attention: K/V batches per warp in a sequence chunk (1-3), so the positions below which a
-//                     head is one chunk (one item, no merge hop: NOTES.md v34): 1 since v22 (45 positions on sm_90),
-//                     2 or 3 to screen fewer, longer items at tg128's positions against the merge's round trip
 //   MK_PF_GSTAGES     prefill GEMM: cp.async stages (2-4) and k depth per stage (MK_PF_GBK 32 or 64): the pipeline
 //   MK_PF_GBK         depth that hides L2 latency; 3 x 64 won on the H200 (NOTES.md, prefill v3), another GPU may differ
 //   MK_PF_GBM         prefill GEMM: rows per tile, 64 or 128 (warp tiles 32 x 64 or 64 x 64: more products per
@@ -47,9 +44,6 @@
 #endif
 #ifndef MK_LM_DP4A
 #define MK_LM_DP4A 0
-#endif
-#ifndef MK_ATT_BATCHES
-#define MK_ATT_BATCHES 1
 #endif
 #ifndef MK_PF_GSTAGES
 #define MK_PF_GSTAGES 3
@@ -92,9 +86,6 @@
 #define MK_LM_INT_SCORES 1  // (not an option: MK_LM_DP4A where it applies)
 #else
 #define MK_LM_INT_SCORES 0
-#endif
-#if MK_ATT_BATCHES < 1 || MK_ATT_BATCHES > 3
-#error "MK_ATT_BATCHES must be 1, 2 or 3"
 #endif
 #if MK_PF_GSTAGES < 2 || MK_PF_GSTAGES > 4 || (MK_PF_GBK != 32 && MK_PF_GBK != 64)
 #error "MK_PF_GSTAGES must be 2, 3 or 4 and MK_PF_GBK 32 or 64"
@@ -151,9 +142,9 @@ constexpr int ATT_BATCH = 2;
 #else
 constexpr int ATT_BATCH = 3;
 #endif
-// min positions per attention work item: MK_ATT_BATCHES K/V batches per warp (NOTES.md v22: 16, one position per
-// warp, made more chunks to merge)
-constexpr int ATT_CHUNK = NCW * ATT_BATCH * MK_ATT_BATCHES;
+constexpr int ATT_CHUNK = NCW * ATT_BATCH;  // min positions per attention work item: one K/V batch per warp (NOTES.md
+                                            // v22: 16, one position per warp, made more chunks to merge; v34: two or
+                                            // three batches per warp, fewer chunks, lost)
 constexpr int ATT_MAXCH = 16;    // max sequence chunks per query head (items per layer <= 2 x 4 x 16 = 128)
 
 // Grid barriers per step: after each GDN layer's mixer (18), after each attention layer's o_proj (6), after each MLP

@@ -56,7 +56,6 @@ KERNEL_OPTION_SETS = {
     "prefill-own-gemm": {"MK_PF_CUBLAS": 0},
     "wk-half": {"MK_PF_WK_HALF": 1},
     "lm-dp4a": {"MK_LM_DP4A": 1},  # (its screened tokens: test_integer_screen_scores_give_the_full_heads_tokens)
-    "att-batches3": {"MK_ATT_BATCHES": 3},  # one chunk per head up to position 134 on sm_90 (89 on sm_80/86/89)
 }
 
 # Run-time tune settings (luce_bench/kernels/tune.py) other than the measured defaults: the GPU tests run each on the

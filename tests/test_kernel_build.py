@@ -284,7 +284,6 @@ def test_build_options_are_read_from_the_header():
         "MK_SLOT_KB": "32",
         "MK_LM_TAIL_ROWS": "192",
         "MK_LM_DP4A": "0",
-        "MK_ATT_BATCHES": "1",
         "MK_PF_GSTAGES": "3",
         "MK_PF_GBK": "64",
         "MK_PF_GBM": "64",
@@ -298,7 +297,7 @@ def test_build_options_are_read_from_the_header():
 
 
 def test_unknown_option_is_one_line_before_nvcc(tmp_path):
-    names = "MK_ATT_BATCHES, MK_LM_DP4A, MK_LM_TAIL_ROWS, MK_PF_"
+    names = "MK_LM_DP4A, MK_LM_TAIL_ROWS, MK_PF_"
     with pytest.raises(UserError, match=rf"unknown kernel option 'MK_HEADBUF'; the kernel reads {names}"):
         kb.build(("sm_90",), out_dir=tmp_path / "lib", defines={"MK_HEADBUF": 1})
     assert not (tmp_path / "lib").exists()
@@ -310,11 +309,10 @@ def test_unknown_option_is_one_line_before_nvcc(tmp_path):
     [
         ({"MK_SLOT_KB": 20}, "MK_SLOT_KB must be 16, 24, 32, 48 or 64"),
         ({"MK_PF_GBM": 96}, "MK_PF_GBM must be 64 or 128"),
-        ({"MK_ATT_BATCHES": 4}, "MK_ATT_BATCHES must be 1, 2 or 3"),
         ({"MK_SPIN_LIMIT_NS": 5}, "MK_SPIN_LIMIT_NS must be at least"),
         ({"MK_PF_GBK": 48}, "MK_PF_GSTAGES must be 2, 3 or 4 and MK_PF_GBK 32 or 64"),
     ],
-    ids=["slot20", "gbm96", "att-batches4", "spin5", "gbk48"],
+    ids=["slot20", "gbm96", "spin5", "gbk48"],
 )
 def test_bad_option_value_is_the_kernels_own_error_line(tmp_path, options, message):
     with pytest.raises(UserError) as err:
