@@ -45,18 +45,13 @@ constexpr int64_t KV_L = int64_t(NKV) * HD;          // K (or V) cache elements 
 
 // ---- global scratch (f32 buffer of layout.scratch_floats): what blocks exchange within a step ----
 // Tagged values (u64 = epoch << 32 | f32 bits, mk_sync.cuh) are polled by their readers, so they need no flag.
-// The residual stream is three (MK_O_TAGS: four) rotating buffers (mk_norm.cuh), each XC copies that the split-K adds
-// spread over.
+// The residual stream is three rotating buffers (mk_norm.cuh), each XC copies that the split-K adds spread over.
 constexpr int XC = 4;            // 4 copies: 132 same-address f32 reductions serialise (~17 ns each); 8 cost more loads
-constexpr int XROT = MK_O_TAGS ? 4 : 3;  // residual buffers in rotation
 struct Scratch {
     u64 raw[GDN_ROWS];                     // P1 outputs (in_proj, or qkv in the first FA_ROWS), tagged
     u64 ss[DH][NSL];                       // GDN gated-norm partial sums of squares per (head, value slice), tagged
-    alignas(16) float x[XROT][XC][H];      // residual stream buffers
+    alignas(16) float x[3][XC][H];         // residual stream buffers
     u64 aout[NQH * HD];                    // attention: merged, gated output (o_proj input), tagged
-#if MK_O_TAGS
-    u64 xo[H];                             // an attention layer's x + o_proj (the MLP's input), tagged
-#endif
     u64 atag[NKV][QPG][ATT_MAXCH][HD];     // attention: per-chunk unnormalised outputs, tagged (a head's contiguous)
     u64 amltag[NKV][QPG][ATT_MAXCH][2];    // attention: per-chunk (max, sum), tagged
 };

@@ -5,11 +5,6 @@
 // split-K partial with f32 reductions into copy (block % XC), the blocks owning a row also add x itself. It zeroes
 // its owned rows of buffer (j + 2) % 3, the target of sub-layer j + 1, last read in sub-layer j - 1 before the
 // barrier that ended it. Readers sum the XC copies in a fixed order.
-// With MK_O_TAGS no barrier ends an attention layer's mixer sub-layer j (its o_proj stores x as tagged values, the
-// MLP polls them; buffer j + 1 is unused), so the zeroing of the MLP's target j + 2 must come before a barrier that
-// precedes the MLP: the MLP before it (sub-layer j - 1) zeroes it instead of j + 1. Buffer j + 2 was last read in
-// sub-layer j - 2 (a GDN layer's P1, ended by its mixer barrier) only if four buffers rotate (XROT; 48 % 4 == 0):
-// with three it would be the MLP's own input.
 // The prologue: load x (a residual buffer, or the embedding row in layer 0), keep it in smem().x, and write
 // RMSNorm(x) * (1 + w) into smem().acts for the phase's matvec.
 #pragma once
@@ -18,7 +13,7 @@
 namespace mk {
 
 __device__ __forceinline__ Scratch& scratch(const LuceMkParams& P) { return *reinterpret_cast<Scratch*>(P.scratch); }
-__device__ __forceinline__ float* xbuf(const LuceMkParams& P, int j) { return &scratch(P).x[j % XROT][0][0]; }
+__device__ __forceinline__ float* xbuf(const LuceMkParams& P, int j) { return &scratch(P).x[j % 3][0][0]; }
 
 // Rows [r0, r1) of the hidden state this block owns (adds x to, zeroes).
 __device__ __forceinline__ int own_r0(const Ctx& c) { return split_rows(H, c.b, c.G); }
@@ -78,38 +73,25 @@ __device__ __forceinline__ NormW norm_weights(const Ctx& c, const float* w1p) {
     return w;
 }
 
-// smem().x <- x (the XC copies of residual buffer xg summed, or the bf16 embedding row `emb` when set, or the tagged
-// values xt of epoch ep when set: MK_O_TAGS); smem().acts <- RMSNorm(x) * w (norm_weights).
-__device__ __forceinline__ void load_x_norm(Ctx& c, const float* xg, const unsigned short* emb, const NormW& w,
-                                            const u64* xt = nullptr, unsigned ep = 0u, bool nowait = false) {
+// smem().x <- x (the XC copies of residual buffer xg summed, or the bf16 embedding row `emb` when set);
+// smem().acts <- RMSNorm(x) * w (norm_weights).
+__device__ __forceinline__ void load_x_norm(Ctx& c, const float* xg, const unsigned short* emb, const NormW& w) {
     float v[3], ss = 0.f;
     pause_set(PAUSE_X_LOAD, true);
-    if (xt) {  // lane 0 of each warp waits for the warp's first value, then every thread loads and polls its own
-        lead_wait_tag(xt + c.tid, ep, nowait, true);
-        u64 t[3];
 #pragma unroll
-        for (int k = 0; k < 3; ++k) t[k] = c.tid + k * NCT < H ? ld_gpu(xt + c.tid + k * NCT) : 0ull;
+    for (int k = 0; k < 3; ++k) {
+        const int i = c.tid + k * NCT;
+        v[k] = 0.f;
+        if (i < H) {
+            if (emb) {
+                v[k] = bf2f(emb[i]);
+            } else {
+                v[k] = __ldcg(xg + i);
 #pragma unroll
-        for (int k = 0; k < 3; ++k) {
-            v[k] = c.tid + k * NCT < H ? poll_tag_w(xt + c.tid + k * NCT, t[k], ep, nowait) : 0.f;
-            ss = fmaf(v[k], v[k], ss);
-        }
-    } else {
-#pragma unroll
-        for (int k = 0; k < 3; ++k) {
-            const int i = c.tid + k * NCT;
-            v[k] = 0.f;
-            if (i < H) {
-                if (emb) {
-                    v[k] = bf2f(emb[i]);
-                } else {
-                    v[k] = __ldcg(xg + i);
-#pragma unroll
-                    for (int q = 1; q < XC; ++q) v[k] += __ldcg(xg + q * H + i);
-                }
+                for (int q = 1; q < XC; ++q) v[k] += __ldcg(xg + q * H + i);
             }
-            ss = fmaf(v[k], v[k], ss);
         }
+        ss = fmaf(v[k], v[k], ss);
     }
 #pragma unroll
     for (int k = 0; k < 3; ++k)

@@ -56,7 +56,6 @@ KERNEL_OPTION_SETS = {
     "prefill-own-gemm": {"MK_PF_CUBLAS": 0},
     "wk-half": {"MK_PF_WK_HALF": 1},
     "lm-dp4a": {"MK_LM_DP4A": 1},  # (its screened tokens: test_integer_screen_scores_give_the_full_heads_tokens)
-    "o-tags": {"MK_O_TAGS": 1},  # no barrier after an attention layer's o_proj; four residual buffers rotate
 }
 
 # Run-time tune settings (luce_bench/kernels/tune.py) other than the measured defaults: the GPU tests run each on the
