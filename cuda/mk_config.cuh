@@ -10,10 +10,6 @@
 //                     instead of tune.inflight_lm, so the next step's first copies do not queue behind a deep LM
 //                     queue: 192 since v10 (2 KB rows then, 1,040-byte screened rows since v17); to screen against the
 //                     LM head's depth on the H200 (NOTES.md, session 45)
-//   MK_LM_DP4A        1: the screened LM head scores its int8 rows with integer dot products (dp4a) against the
-//                     activations written as three signed 7-bit digits over a power-of-two scale, about half the
-//                     instructions per row of the f32 products (0); sm_90 only (the sm_80/86/89 builds would spill
-//                     and keep the f32 products); a candidate while screened (NOTES.md v33)
 //   MK_PF_GSTAGES     prefill GEMM: cp.async stages (2-4) and k depth per stage (MK_PF_GBK 32 or 64): the pipeline
 //   MK_PF_GBK         depth that hides L2 latency; 3 x 64 won on the H200 (NOTES.md, prefill v3), another GPU may differ
 //   MK_PF_GBM         prefill GEMM: rows per tile, 64 or 128 (warp tiles 32 x 64 or 64 x 64: more products per
@@ -41,9 +37,6 @@
 #endif
 #ifndef MK_LM_TAIL_ROWS
 #define MK_LM_TAIL_ROWS 192
-#endif
-#ifndef MK_LM_DP4A
-#define MK_LM_DP4A 0
 #endif
 #ifndef MK_PF_GSTAGES
 #define MK_PF_GSTAGES 3
@@ -79,11 +72,12 @@
 #if MK_LM_TAIL_ROWS < 0 || MK_LM_TAIL_ROWS > 4096
 #error "MK_LM_TAIL_ROWS must be 0 to 4096 (rows of a block's LM head)"
 #endif
-#if MK_LM_DP4A != 0 && MK_LM_DP4A != 1
-#error "MK_LM_DP4A must be 0 or 1"
-#endif
-#if MK_LM_DP4A && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-#define MK_LM_INT_SCORES 1  // (not an option: MK_LM_DP4A where it applies)
+// The screened LM head scores its int8 rows with integer dot products (dp4a) against the activations written as three
+// signed 7-bit digits over a power-of-two scale on sm_90 (NOTES.md v33: +0.7 % at 64, +0.8 % at 4000 on the H200,
+// where the f32 products kept its stream at 84 % of the copy rate); sm_80/86/89 keep the f32 products (the integer
+// scores spill there)
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define MK_LM_INT_SCORES 1
 #else
 #define MK_LM_INT_SCORES 0
 #endif

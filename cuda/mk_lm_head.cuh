@@ -10,8 +10,8 @@
 //             each row's score d_j = s_j (h . q_j) is within e_j = ||h||_2 c_j of its bf16 logit as the full way
 //             computes it, so only rows with d_j + e_j >= L = max_k (d_k - e_k) can be the block's best; those are
 //             recomputed from the bf16 head in global memory exactly as the full way does (a few per block on the
-//             models measured: kernel bench's "rescored"). With MK_LM_DP4A=1 (sm_90) d_j comes from integer dot
-//             products with the activations' digits, and e_j grows by that arithmetic's own bound (mk_math.cuh).
+//             models measured: kernel bench's "rescored"). On sm_90 d_j comes from integer dot products with
+//             the activations' digits, and e_j grows by that arithmetic's own bound (mk_math.cuh, NOTES.md v33).
 #pragma once
 #include "mk_norm.cuh"
 #include "mk_trace.cuh"

@@ -97,7 +97,7 @@ __device__ __forceinline__ float dot1024_u8_part(const char* row, const float a[
 }
 
 #if MK_LM_INT_SCORES
-// ---- the screened LM head's integer scores (MK_LM_DP4A=1, NOTES.md v33) ----
+// ---- the screened LM head's integer scores (sm_90, NOTES.md v33) ----
 // The activations a are written as t (d1 + d2 / 128 + d3 / 128^2 + r / 128^2), t the smallest power of two >=
 // max|a| / 127, digits d1 in -127..127, d2 and d3 in -64..64, |r| <= 1/2. Every step is exact in f32 (a scaling by a
 // power of two; a number less its nearest integer), so h . q = t (D1 + D2 / 128 + D3 / 128^2) + t e with |e| <=

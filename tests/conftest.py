@@ -55,7 +55,6 @@ KERNEL_OPTION_SETS = {
     "gdn-f32-cuda-cores": {"MK_PF_GDN_TC": 0},
     "prefill-own-gemm": {"MK_PF_CUBLAS": 0},
     "wk-half": {"MK_PF_WK_HALF": 1},
-    "lm-dp4a": {"MK_LM_DP4A": 1},  # (its screened tokens: test_integer_screen_scores_give_the_full_heads_tokens)
 }
 
 # Run-time tune settings (luce_bench/kernels/tune.py) other than the measured defaults: the GPU tests run each on the

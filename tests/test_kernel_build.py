@@ -283,7 +283,6 @@ def test_build_options_are_read_from_the_header():
     assert build_options() == {
         "MK_SLOT_KB": "32",
         "MK_LM_TAIL_ROWS": "192",
-        "MK_LM_DP4A": "0",
         "MK_PF_GSTAGES": "3",
         "MK_PF_GBK": "64",
         "MK_PF_GBM": "64",
@@ -297,7 +296,7 @@ def test_build_options_are_read_from_the_header():
 
 
 def test_unknown_option_is_one_line_before_nvcc(tmp_path):
-    names = "MK_LM_DP4A, MK_LM_TAIL_ROWS, MK_PF_"
+    names = "MK_LM_TAIL_ROWS, MK_PF_"
     with pytest.raises(UserError, match=rf"unknown kernel option 'MK_HEADBUF'; the kernel reads {names}"):
         kb.build(("sm_90",), out_dir=tmp_path / "lib", defines={"MK_HEADBUF": 1})
     assert not (tmp_path / "lib").exists()

@@ -108,7 +108,7 @@ def test_chunked_packing_is_the_same_bytes():
 
 
 def _dp4a_scores(h: torch.Tensor, screen: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """The kernel's integer scores (MK_LM_DP4A=1, cuda/mk_math.cuh) step by step in f32, and its scale t.
+    """The kernel's integer scores (sm_90, cuda/mk_math.cuh) step by step in f32, and its scale t.
 
     The activations become t (d1 + d2 / 128 + d3 / 128^2 + r / 128^2) with t a power of two; each lane's 32 codes
     give exact integer dots D1..D3, combined by two f32 roundings (an f64 sum rounded once is f32's fmaf here: every
@@ -142,7 +142,7 @@ def _dp4a_scores(h: torch.Tensor, screen: torch.Tensor) -> tuple[torch.Tensor, f
 
 @pytest.mark.parametrize("kind", ["normal", "tiny", "outliers", "zero"])
 def test_integer_scores_are_within_their_slack(kind):
-    """The MK_LM_DP4A scores d_j stay within 16 s_j t of s_j (h . q_j), the slack the kernel adds to e_j."""
+    """The integer scores d_j stay within 16 s_j t of s_j (h . q_j), the slack the kernel adds to e_j."""
     w = _head(600, seed=11)
     screen = pack_lm_screen(w)
     g = torch.Generator().manual_seed(12)
