@@ -22,6 +22,7 @@ import io
 import math
 import types
 import typing
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -299,12 +300,20 @@ def read_csv(path: Path, cls: type[R]) -> list[R]:
     gz = path.with_name(path.name + ".gz")
     if not path.is_file() and not gz.is_file():
         return []
-    with path.open(newline="") if path.is_file() else gzip.open(gz, "rt", newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [n for n, _, required, _ in _schema(cls) if required and n not in (reader.fieldnames or [])]
-        if missing:
-            raise UserError(f"{path} is not a luce-bench {path.name} (missing columns: {', '.join(missing)})")
-        try:
-            return [from_cells(cls, row) for row in reader]
-        except (ValueError, TypeError) as exc:
-            raise UserError(f"{path} line {reader.line_num}: {exc}") from None
+    src = path if path.is_file() else gz
+    try:
+        with path.open(newline="") if src is path else gzip.open(gz, "rt", newline="") as f:
+            reader = csv.DictReader(f)
+            missing = [n for n, _, required, _ in _schema(cls) if required and n not in (reader.fieldnames or [])]
+            if missing:
+                raise UserError(f"{path} is not a luce-bench {path.name} (missing columns: {', '.join(missing)})")
+            try:
+                return [from_cells(cls, row) for row in reader]
+            except UnicodeDecodeError:
+                raise
+            except (ValueError, TypeError) as exc:
+                raise UserError(f"{path} line {reader.line_num}: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{src} is not a luce-bench {path.name}: not UTF-8 text (byte {exc.start})") from None
+    except (csv.Error, gzip.BadGzipFile, EOFError, zlib.error) as exc:  # (csv.Error: a field over its size limit)
+        raise UserError(f"{src} is not a luce-bench {path.name}: {exc}") from None

@@ -112,6 +112,8 @@ def read_meta(run_dir: Path) -> dict[str, Any]:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise UserError(f"{path} is not valid JSON ({exc.msg}, line {exc.lineno})") from exc
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not valid JSON (not UTF-8 text, byte {exc.start})") from None
     if not isinstance(meta, dict):
         raise UserError(f"{path} is not a luce-bench meta.json (expected an object)")
     return meta

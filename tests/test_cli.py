@@ -338,6 +338,9 @@ def test_report_refuses_foreign_or_corrupt_files_and_survives_missing_meta(compa
     (d / "runs.csv").write_text("a,b\n1,2\n")
     result = runner.invoke(app, ["report", str(d)])
     assert result.exit_code == 2 and "not a luce-bench runs.csv" in result.output
+    (d / "runs.csv").write_bytes(b"backend,\x81\xfe\n")  # (not UTF-8: a one-line refusal, not a traceback)
+    result = runner.invoke(app, ["report", str(d)])
+    assert result.exit_code == 2 and "runs.csv: not UTF-8 text" in result.output, result.output
 
 
 def test_report_of_a_run_without_a_finished_repetition_says_so_instead_of_an_empty_table(compare_run, tmp_path):

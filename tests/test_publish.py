@@ -111,6 +111,7 @@ def _edit_meta(run: Path, **changes) -> None:
         "copy-again",
         "not-a-run",
         "unfinished",
+        "results-typo",
     ],
 )
 def test_publish_refuses_in_one_line_and_writes_nothing(case, tmp_path, monkeypatch, tiny_model):
@@ -150,6 +151,9 @@ def test_publish_refuses_in_one_line_and_writes_nothing(case, tmp_path, monkeypa
         extra, message = ["--name", "second"], "is published already, as nvidia-h100-80gb-hbm3/20261124-first"
     elif case == "not-a-run":
         run, message = tmp_path, "is not a luce-bench run directory"
+    elif case == "results-typo":  # a new tree starts only inside an existing folder
+        results = tmp_path / "reslts" / "results"
+        extra, message = ["--name", "first"], f"its parent {results.parent} does not exist either"
     else:
         status = {"format": 1, "state": "stopped", "rows": 20, "rows_planned": 30, "reason": "GPU lost"}
         (run / "status.json").write_text(json.dumps(status))
@@ -159,6 +163,7 @@ def test_publish_refuses_in_one_line_and_writes_nothing(case, tmp_path, monkeypa
     assert out.exit_code == 2, out.output
     assert message in out.output and len(out.output.strip().splitlines()) == 1, out.output
     assert (sorted(p.relative_to(tmp_path) for p in results.rglob("*")) if results.exists() else []) == before
+    assert not (tmp_path / "reslts").exists()
 
 
 def test_a_run_with_a_failed_backend_needs_allow_failures_and_its_failure_is_printed(tmp_path, monkeypatch):
@@ -173,6 +178,8 @@ def test_a_run_with_a_failed_backend_needs_allow_failures_and_its_failure_is_pri
     assert not results.exists()
     out = _publish(run, results, "--allow-failures")
     assert out.exit_code == 0, out.output
+    assert f"started a new results tree at {results}" in out.output
+    assert f"no {tmp_path / 'README.md'}: the README's results block was not written" in out.output
     dest = results / "nvidia-h100-80gb-hbm3" / "20261124-compare"
     assert json.loads((dest / "meta.json").read_text())["published_with_failures"] == [failure]
     assert f"- failed in this run (no rows): {failure}" in (results / "README.md").read_text()

@@ -139,6 +139,24 @@ def test_reader_names_the_bad_line_and_missing_columns(tmp_path):
         read_csv(tmp_path / "summary.csv", SummaryRow)
 
 
+@pytest.mark.tries("bad input", "report: foreign or corrupt run files")
+@pytest.mark.parametrize(
+    "name, data, message",
+    [
+        ("runs.csv", b"backend,\x81\xfe\n", r"runs.csv is not a luce-bench runs.csv: not UTF-8 text \(byte 8\)"),
+        ("runs.csv.gz", b"\x1f\x8b not gzip data", r"runs.csv.gz is not a luce-bench runs.csv: "),
+        ("meta.json", b'{"a": "\xff"}', r"meta.json is not valid JSON \(not UTF-8 text, byte 7\)"),
+    ],
+    ids=["bad-bytes", "bad-gzip", "meta-bad-bytes"],
+)
+def test_a_run_file_that_is_not_text_is_one_line(tmp_path, name, data, message):
+    from luce_bench.results import read_meta
+
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(UserError, match=message):
+        read_meta(tmp_path) if name == "meta.json" else read_csv(tmp_path / "runs.csv", RunRecord)
+
+
 def test_writer_appends_rows_immediately_and_reads_back(tmp_path):
     w = RunWriter.create(tmp_path, "x")
     w.add_run(_row("hf", "tg128", 0, 128, 10.0, 100.0))

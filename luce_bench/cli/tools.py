@@ -149,13 +149,24 @@ def publish(
     from luce_bench.publish import publish as publish_run
     from luce_bench.publish import readme_of, write_tables
 
-    if run_dir is None or results.exists():  # (publishing a run may start a new tree; regenerating needs one)
+    new_tree = run_dir is not None and not results.exists()
+    if not new_tree:  # (publishing a run may start a new tree; regenerating needs one)
         _existing_dir(results, "results tree (--results)")
+    elif not results.parent.is_dir():  # a mistyped path would make folders from wherever it starts
+        raise UserError(
+            f"--results {results}: no such folder, and its parent {results.parent} does not exist either "
+            "(a new results tree is started only inside an existing folder)"
+        )
     _readme_given(readme)
     if run_dir is not None:
         typer.echo(f"published to {publish_run(run_dir, results, name, allow_failures)}")
-    for path in write_tables(results, readme or readme_of(results)):
+        if new_tree:
+            typer.echo(f"started a new results tree at {results}")
+    target = readme or readme_of(results)
+    for path in write_tables(results, target):
         typer.echo(f"wrote {path}")
+    if not target.is_file():
+        typer.echo(f"no {target}: the README's results block was not written (--readme names another)")
 
 
 def model_prepare(
