@@ -29,6 +29,7 @@ from luce_bench.context import RunContext
 from luce_bench.deadline import TrialTimeout
 from luce_bench.errors import UserError
 from luce_bench.gpu.base import GPUError
+from luce_bench.gpu.power_limit import caught_signal, signal_exit
 from luce_bench.measure import Conditions, Meter
 from luce_bench.plan import Plan, Setting, Trial
 from luce_bench.provenance import run_meta
@@ -149,7 +150,7 @@ class RunLoop:
             with self.ui.loading(name, self.plan.model.name):
                 backend.load(self.plan.model, self.ctx.cfg.device)
         except BackendUnavailable as exc:  # before UserError: UnavailableAndBadInput is both
-            backend.close()
+            _close_quietly(backend)
             if name not in self.plan.optional:
                 if isinstance(exc, UserError):
                     raise
@@ -159,11 +160,13 @@ class RunLoop:
             self.ui.status(f"[yellow]skipping {name}:[/yellow] {exc}")
             self.dead.add(name)
             return None
-        except (UserError, GPUError, RunDirError, KeyboardInterrupt):
-            backend.close()
+        except (UserError, GPUError, RunDirError, KeyboardInterrupt, SystemExit):
+            _close_quietly(backend)  # (a half-loaded backend's close must not replace the exception)
             raise
         except Exception as exc:  # noqa: BLE001 - one backend failing must not stop the others
-            backend.close()
+            _close_quietly(backend)
+            if (signum := caught_signal()) is not None:  # a Ctrl-C that the load's imports turned into this
+                raise signal_exit(signum) from exc
             self._fail(name, name, exc, "failed to load", dead=True)
             return None
         self.loaded[name] = backend
@@ -277,3 +280,9 @@ class RunLoop:
             if self.sampler is not None
             else None,
         }
+
+
+def _close_quietly(backend: Backend) -> None:
+    """Close a backend whose load failed; a failure to close is not the error to report (the load's is)."""
+    with contextlib.suppress(Exception):
+        backend.close()

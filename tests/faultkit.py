@@ -6,7 +6,9 @@ nothing in the package knows about them:
 * `HangSim`: the simulated backend whose Nth decode call takes a virtual hour;
 * `HangReal`: a real-time backend (no model) whose Nth decode call sleeps for an hour of wall time;
 * `HangIsolated`: `HangReal` in a child process of its own (as llama.cpp runs), hung inside the child;
-* `UncompilableHF`: the real `hf-compiled`, allowed on the CPU, whose torch.compile names a compiler torch lacks.
+* `UncompilableHF`: the real `hf-compiled`, allowed on the CPU, whose torch.compile names a compiler torch lacks;
+* `CtrlCInLoad`: the simulated backend, whose load gets a SIGINT in the middle of an import that swallows it and
+  raises ImportError instead (as transformers' lazy imports did), and whose close then fails (a half-imported module).
 After a fault, `check_rows` reads runs.csv back cell by cell (a half-written row fails to parse) and `card` reads the
 simulated card's state file (the limit and clock lock another process left).
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -107,7 +110,28 @@ class UncompilableHF(HFCompiledBackend):
         return HFBackend.unavailable_reason()  # the CPU is allowed
 
 
-TEST_BACKENDS = {cls.name: f"faultkit:{cls.__name__}" for cls in (CrashSim, HangSim, HangReal, HangIsolated)}
+class CtrlCInLoad(SimBackend):
+    """`sim`, whose load is interrupted by a SIGINT that the code it interrupts turns into an ImportError."""
+
+    name: ClassVar[str] = "ctrlcload"
+
+    def load(self, model: ModelSpec, device: str = "auto") -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)  # the handler runs here: it restores the limits and raises
+            time.sleep(5.0)  # (not reached: the handler raises at once)
+        except BaseException as exc:  # noqa: BLE001 - what a lazy import does with anything its import raises
+            raise ImportError(
+                "Could not import module 'Qwen3_5ForCausalLM'. Are this object's requirements defined correctly?"
+            ) from exc
+        super().load(model, device)
+
+    def close(self) -> None:
+        raise NameError("name 'base_events' is not defined")
+
+
+TEST_BACKENDS = {
+    cls.name: f"faultkit:{cls.__name__}" for cls in (CrashSim, HangSim, HangReal, HangIsolated, CtrlCInLoad)
+}
 
 
 def register(monkeypatch: Any) -> None:

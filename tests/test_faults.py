@@ -287,3 +287,20 @@ def test_a_sweep_stopped_before_its_meta_json_says_it_cannot_be_resumed(env, mon
     monkeypatch.setattr(results, "atomic_write", real)
     again = CliRunner().invoke(app, ["sweep", "--resume", str(run_dir)])
     assert again.exit_code == 2 and "no meta.json" in again.output and "run the sweep again" in again.output
+
+
+@pytest.mark.tries("fault", "SIGINT during a backend's load, swallowed by an import")
+def test_a_ctrl_c_that_a_backends_imports_swallow_still_interrupts_the_run(env, monkeypatch):
+    """A Ctrl-C in a backend's load ends the run as interrupted, not as a backend that failed to load.
+
+    The handler restores the limits and raises; an import turns that into ImportError and the backend's close fails
+    too: the run still ends as interrupted (exit 130, resumable).
+    """
+    (env / "v.yaml").write_text(VIRTUAL.replace("backends: [sim]", "backends: [ctrlcload]"))
+    result, run_dir = sweep(env)
+    assert result.exit_code == 130, result.output
+    assert "failed to load" not in result.output and "NameError" not in result.output
+    doc = status(run_dir)
+    assert doc["state"] == "interrupted" and doc["exit_code"] == 130 and doc["rows"] == 0, doc
+    assert card(env / "card.json").get("limit_mw", 420_000) == 420_000 and not list_journals()  # (none set yet)
+    assert "sweep --resume" in result.output

@@ -49,6 +49,7 @@ class HFBackend(Backend):
         self._saved: Any = None  # (cache, last token) of a depth test's context
         self._cache_kw = "past_key_values"  # `cache` from transformers 5.24 (load reads the model's signature)
         self._recorder = _FallbackRecorder()
+        self._hooked = False  # transformers' log handler replaced by the recorder (load), put back by close
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -90,6 +91,7 @@ class HFBackend(Backend):
         if self._device.type == "cuda":
             torch.backends.cuda.enable_cudnn_sdp(self.sdpa_cudnn)
         hf_logging.get_logger("transformers").addHandler(self._recorder)
+        self._hooked = True
         # The fallback warnings are recorded (info()["torch_fallbacks"], and the report's notes) instead of printed
         # four times in the middle of the progress bars; the weight-loading bar is noise next to ours.
         hf_logging.disable_default_handler()
@@ -224,12 +226,14 @@ class HFBackend(Backend):
         )
 
     def close(self) -> None:
-        """Release the model and restore transformers' log handler."""
-        from transformers.utils import logging as hf_logging
+        """Release the model and restore transformers' log handler (if load got as far as replacing it)."""
+        if self._hooked:
+            from transformers.utils import logging as hf_logging
 
-        hf_logging.get_logger("transformers").removeHandler(self._recorder)
-        hf_logging.enable_default_handler()
-        hf_logging.enable_progress_bar()
+            hf_logging.get_logger("transformers").removeHandler(self._recorder)
+            hf_logging.enable_default_handler()
+            hf_logging.enable_progress_bar()
+            self._hooked = False
         self._model = self._cache = self._last = self._saved = None
 
 

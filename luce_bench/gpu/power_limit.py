@@ -40,6 +40,7 @@ class _Guard:
     active: list[PowerLimitController] = []
     previous: dict[int, object] = {}
     atexit_registered = False
+    caught: int | None = None  # the signal that restored the settings (the run must stop, whatever swallowed it)
 
     @classmethod
     def add(cls, ctl: PowerLimitController) -> None:
@@ -59,6 +60,7 @@ class _Guard:
             for sig, handler in cls.previous.items():
                 signal.signal(sig, handler)  # type: ignore[arg-type]
             cls.previous.clear()
+            cls.caught = None
 
     @classmethod
     def restore_all(cls) -> None:
@@ -71,10 +73,23 @@ class _Guard:
             return  # a second signal while restoring: let the restore finish
         what = "power limits and SM clocks" if any(ctl.clocks_changed for ctl in cls.active) else "power limits"
         print(f"luce-bench: caught {signal.Signals(signum).name}, restoring {what}", file=sys.stderr, flush=True)
+        cls.caught = signum
         cls.restore_all()
-        if signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        raise SystemExit(128 + signum)
+        raise signal_exit(signum)
+
+
+def signal_exit(signum: int) -> BaseException:
+    """What a caught signal raises: KeyboardInterrupt for SIGINT, else SystemExit(128 + signum)."""
+    return KeyboardInterrupt() if signum == signal.SIGINT else SystemExit(128 + signum)
+
+
+def caught_signal() -> int | None:
+    """The signal that restored the GPU's settings during this run, if one did.
+
+    The handler's exception may be swallowed or replaced by the code it interrupts (an import inside a backend's
+    load turns it into an ImportError): whoever catches a broad exception asks this first, and stops the run.
+    """
+    return _Guard.caught
 
 
 class PowerLimitController:
