@@ -3,12 +3,12 @@
 //
 // One cooperative launch runs n_steps whole steps. Each block is 15 consumer warps plus one producer warp that streams
 // the block's weight rows of every phase into a shared-memory ring (mk_ring.cuh) and runs ahead across all barriers.
-// Per step and layer (49 grid barriers per step: 18 x 2 + 6 x 2 + 1):
+// Per step and layer (49 grid barriers per step: 18 x 2 + 6 x 2 + 1; 43 with MK_O_TAGS):
 //   P1 in_proj (mk_in_proj.cuh)  RMSNorm + in_proj / qkv rows, outputs as tagged values that P2 polls (no barrier)
 //   P2 GDN   (mk_gdn.cuh)        128 items: conv, delta rule, gated norm, out_proj split-K into the residual | barrier
 //   P2 attn  (mk_attn.cuh)       items per (KV group, query head, chunk), the last chunk item merges the head and
 //                                stores its outputs as tagged values that P3 polls (no barrier)
-//   P3 attn  (mk_o_proj.cuh)     o_proj rows + residual                                                     | barrier
+//   P3 attn  (mk_o_proj.cuh)     o_proj rows + residual                            | barrier (MK_O_TAGS: tagged rows)
 //   P4 MLP   (mk_mlp.cuh)        RMSNorm + gate/up + SiLU + down_proj^T split-K into the residual            | barrier
 // then the LM head + argmax (mk_lm_head.cuh; screened on an int8 copy unless logits are asked for) | barrier; the
 // argmax is the next step's input token.
@@ -43,7 +43,7 @@ __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
     NormW wn = norm_weights(c, ln1_w(P, 0));
     for (int l = 0; l < NL; ++l) {
         const unsigned ep = layer_epoch(P, s, l);
-        float* xmix = xbuf(P, 2 * l + 1);  // the mixer's output residual buffer
+        float* xmix = xbuf(P, xk(l) + 1);  // the mixer's output residual buffer (MK_O_TAGS: a GDN layer's only)
         in_proj(c, P, s, l, tok, ep, wn);
         if (is_fa(l)) attn_mix(c, P, l, pos, ep);
         else gdn_mix(c, P, l, pos, ep, xmix);
@@ -57,10 +57,10 @@ __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
         if (is_fa(l)) {
             o_proj(c, P, s, l, xmix, ep);
             wn = norm_weights(c, ln2_w(P, l));
-            sync_all(c, P);
+            if (!MK_O_TAGS) sync_all(c, P);  // (MK_O_TAGS: the MLP polls o_proj's tagged rows)
             trace_pt(c, P, s, TR_L * l + TR_O_SYNC);
         }
-        mlp(c, P, s, l, wn);
+        mlp(c, P, s, l, wn, ep);
         wn = norm_weights(c, l + 1 < NL ? ln1_w(P, l + 1) : final_norm_w(P));
         sync_all(c, P);
         trace_pt(c, P, s, TR_L * l + TR_MLP_SYNC);

@@ -16,9 +16,9 @@ __device__ __forceinline__ unsigned layer_epoch(const LuceMkParams& P, int s, in
 // `wn`: the layer's input-norm weights (norm_weights of ln1_w(P, l)), loaded before the barrier that precedes it.
 __device__ __forceinline__ const float* ln1_w(const LuceMkParams& P, int l) { return P.sblob + (long long)l * SP + SP_LN1; }
 __device__ __forceinline__ void in_proj(Ctx& c, const LuceMkParams& P, int s, int l, int tok, unsigned ep, const NormW& w_ln) {
-    zero_owned(c, xbuf(P, 2 * l + 2));  // the MLP's target buffer (mk_norm.cuh)
+    zero_owned(c, xbuf(P, xk(l) + 2));  // the MLP's target buffer (MK_O_TAGS, attention: the next layer's; mk_norm.cuh)
     if (l == 0) load_x_norm(c, nullptr, (const unsigned short*)P.embed + (long long)tok * H, w_ln);
-    else load_x_norm(c, xbuf(P, 2 * l), nullptr, w_ln);
+    else load_x_norm(c, xbuf(P, xk(l)), nullptr, w_ln);
     trace_pt(c, P, s, TR_L * l + TR_X_READY);
     float a[32];
     load_act_regs(a, smem().acts, c.lane);

@@ -54,6 +54,10 @@ struct Scratch {
     u64 aout[NQH * HD];                    // attention: merged, gated output (o_proj input), tagged
     u64 atag[NKV][QPG][ATT_MAXCH][HD];     // attention: per-chunk unnormalised outputs, tagged (a head's contiguous)
     u64 amltag[NKV][QPG][ATT_MAXCH][2];    // attention: per-chunk (max, sum), tagged
+#if MK_O_TAGS
+    u64 xo[H];                             // an attention layer's x + o_proj (the MLP's input), tagged; last, so no
+                                           // other field moves (NOTES.md v35: the residual buffers' place matters)
+#endif
 };
 static_assert(sizeof(Scratch) % 16 == 0, "scratch is a whole number of float4");
 constexpr int64_t SCRATCH_FLOATS = sizeof(Scratch) / 4;

@@ -126,7 +126,7 @@ __device__ __forceinline__ unsigned long long lm_screened_best(Ctx& c, const Luc
 __device__ __forceinline__ const float* final_norm_w(const LuceMkParams& P) { return P.sblob + (long long)NL * SP; }
 __device__ __forceinline__ void lm_head(Ctx& c, const LuceMkParams& P, int s, const NormW& wn) {
     const int pos = P.pos + s;
-    load_x_norm(c, xbuf(P, 2 * NL), nullptr, wn);
+    load_x_norm(c, xbuf(P, xk(NL)), nullptr, wn);
     trace_pt(c, P, s, TR_STEP + 1);
     const bool screened = lm_screened(c, P, s);
     float* lg = (P.logits && s >= P.logits_first) ? P.logits + (long long)(s - P.logits_first) * V : nullptr;

@@ -1,6 +1,7 @@
 // mk_mlp.cuh -- P4 of every layer: RMSNorm, then gate/up + SiLU for this block's slice of the 3584 hidden units, then
 // the matching rows of down_proj^T (split-K: every block contributes a partial of all 1024 outputs).
-// Waits for: the mixer's (or o_proj's) barrier: its residual buffer is complete.
+// Waits for: the mixer's (or o_proj's) barrier: its residual buffer is complete; with MK_O_TAGS after an attention
+// layer, o_proj's tagged rows of x (epoch ep) instead.
 // Publishes: the block's down_proj partial (plus x on its owned rows), added with f32 reductions into its copy of the
 // next residual buffer (complete after the barrier that follows).
 #pragma once
@@ -11,10 +12,19 @@ namespace mk {
 
 // `wn`: the post-attention norm weights (norm_weights of ln2_w(P, l)), loaded before the barrier that precedes it.
 __device__ __forceinline__ const float* ln2_w(const LuceMkParams& P, int l) { return P.sblob + (long long)l * SP + SP_LN2; }
-__device__ __forceinline__ void mlp(Ctx& c, const LuceMkParams& P, int s, int l, const NormW& wn) {
+__device__ __forceinline__ void mlp(Ctx& c, const LuceMkParams& P, int s, int l, const NormW& wn, unsigned ep) {
     MlpWork& w = smem().w.mlp;
+#if MK_O_TAGS
+    const bool tagged = is_fa(l);  // an attention layer's MLP: x + o_proj from o_proj's tagged rows (mk_norm.cuh)
+    if (!tagged) zero_owned(c, xbuf(P, xk(l) + 3));  // the next transition's target
+    const bool nowait = (P.debug_flags & (LUCE_MK_DEBUG_NO_MATH | LUCE_MK_DEBUG_NO_BARRIERS)) != 0;
+    if (tagged) load_x_norm(c, nullptr, nullptr, wn, scratch(P).xo, ep, nowait);
+    else load_x_norm(c, xbuf(P, xk(l) + 1), nullptr, wn);
+#else
+    (void)ep;
     zero_owned(c, xbuf(P, 2 * l + 3));  // the next layer's mixer target (mk_norm.cuh)
     load_x_norm(c, xbuf(P, 2 * l + 1), nullptr, wn);
+#endif
     trace_pt(c, P, s, TR_L * l + TR_MLP_X_READY);
     const int k0 = split_rows(FF, c.b, c.G);  // first hidden unit of this block
     {
@@ -36,7 +46,7 @@ __device__ __forceinline__ void mlp(Ctx& c, const LuceMkParams& P, int s, int l,
     if (c.tid + 2 * NCT < H) w.part[c.tid + 2 * NCT] = acc[2];
     cbar();
     if (!(P.debug_flags & LUCE_MK_DEBUG_NO_MLP_ADDS))
-        add_partial(c, xbuf(P, 2 * l + 2) + (c.b % XC) * H, w.part, smem().x);
+        add_partial(c, xbuf(P, xk(l) + (MK_O_TAGS && is_fa(l) ? 1 : 2)) + (c.b % XC) * H, w.part, smem().x);
     trace_done(c, P, s, TR_L * l + TR_DOWN_DONE);
 }
 

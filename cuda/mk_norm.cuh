@@ -5,6 +5,12 @@
 // split-K partial with f32 reductions into copy (block % XC), the blocks owning a row also add x itself. It zeroes
 // its owned rows of buffer (j + 2) % 3, the target of sub-layer j + 1, last read in sub-layer j - 1 before the
 // barrier that ended it. Readers sum the XC copies in a fixed order.
+// With MK_O_TAGS an attention layer is one transition (j = xk(l): P1 reads buffer j, o_proj's rows are tagged values
+// that the MLP polls, the MLP writes buffer j + 1): its P1 zeroes j + 2 (the next transition's target, last read by the
+// GDN MLP before it, whose barrier ended that) and its MLP zeroes nothing; its own target j + 1 was zeroed by that GDN
+// MLP (as every MLP zeroes the next transition's), last read in the GDN layer's P1, ended by its mixer barrier. 42
+// transitions per step, 42 % 3 == 0. (v35 rotated four buffers instead: the residual buffers' places changed and the
+// GDN layers lost more than the barrier gave, NOTES.md.)
 // The prologue: load x (a residual buffer, or the embedding row in layer 0), keep it in smem().x, and write
 // RMSNorm(x) * (1 + w) into smem().acts for the phase's matvec.
 #pragma once
@@ -14,6 +20,10 @@ namespace mk {
 
 __device__ __forceinline__ Scratch& scratch(const LuceMkParams& P) { return *reinterpret_cast<Scratch*>(P.scratch); }
 __device__ __forceinline__ float* xbuf(const LuceMkParams& P, int j) { return &scratch(P).x[j % 3][0][0]; }
+// The residual transitions before layer l: two per layer (mixer, MLP), one per attention layer with MK_O_TAGS (its
+// mixer's output is o_proj's tagged rows, not a buffer): layer l reads buffer xk(l)
+__host__ __device__ constexpr int xk(int l) { return MK_O_TAGS ? 2 * l - l / 4 : 2 * l; }
+static_assert(xk(NL) % 3 == 0, "a step ends where it starts: 48 (42 with MK_O_TAGS) transitions");
 
 // Rows [r0, r1) of the hidden state this block owns (adds x to, zeroes).
 __device__ __forceinline__ int own_r0(const Ctx& c) { return split_rows(H, c.b, c.G); }
@@ -73,25 +83,38 @@ __device__ __forceinline__ NormW norm_weights(const Ctx& c, const float* w1p) {
     return w;
 }
 
-// smem().x <- x (the XC copies of residual buffer xg summed, or the bf16 embedding row `emb` when set);
-// smem().acts <- RMSNorm(x) * w (norm_weights).
-__device__ __forceinline__ void load_x_norm(Ctx& c, const float* xg, const unsigned short* emb, const NormW& w) {
+// smem().x <- x (the XC copies of residual buffer xg summed, or the bf16 embedding row `emb` when set, or the tagged
+// values xt of epoch ep when set: MK_O_TAGS); smem().acts <- RMSNorm(x) * w (norm_weights).
+__device__ __forceinline__ void load_x_norm(Ctx& c, const float* xg, const unsigned short* emb, const NormW& w,
+                                            const u64* xt = nullptr, unsigned ep = 0u, bool nowait = false) {
     float v[3], ss = 0.f;
     pause_set(PAUSE_X_LOAD, true);
+    if (xt) {  // lane 0 of each warp waits for the warp's first value, then every thread loads and polls its own
+        lead_wait_tag(xt + c.tid, ep, nowait, true);
+        u64 t[3];
 #pragma unroll
-    for (int k = 0; k < 3; ++k) {
-        const int i = c.tid + k * NCT;
-        v[k] = 0.f;
-        if (i < H) {
-            if (emb) {
-                v[k] = bf2f(emb[i]);
-            } else {
-                v[k] = __ldcg(xg + i);
+        for (int k = 0; k < 3; ++k) t[k] = c.tid + k * NCT < H ? ld_gpu(xt + c.tid + k * NCT) : 0ull;
 #pragma unroll
-                for (int q = 1; q < XC; ++q) v[k] += __ldcg(xg + q * H + i);
-            }
+        for (int k = 0; k < 3; ++k) {
+            v[k] = c.tid + k * NCT < H ? poll_tag_w(xt + c.tid + k * NCT, t[k], ep, nowait) : 0.f;
+            ss = fmaf(v[k], v[k], ss);
         }
-        ss = fmaf(v[k], v[k], ss);
+    } else {
+#pragma unroll
+        for (int k = 0; k < 3; ++k) {
+            const int i = c.tid + k * NCT;
+            v[k] = 0.f;
+            if (i < H) {
+                if (emb) {
+                    v[k] = bf2f(emb[i]);
+                } else {
+                    v[k] = __ldcg(xg + i);
+#pragma unroll
+                    for (int q = 1; q < XC; ++q) v[k] += __ldcg(xg + q * H + i);
+                }
+            }
+            ss = fmaf(v[k], v[k], ss);
+        }
     }
 #pragma unroll
     for (int k = 0; k < 3; ++k)

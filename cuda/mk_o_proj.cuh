@@ -2,7 +2,8 @@
 // same for every block), the block's rows [r0, r1) of the 1024 outputs plus the residual.
 // Waits for: the tagged head outputs in scratch().aout (epoch ep): no grid barrier follows the attention mixer.
 // Publishes: the owned rows of the mixer's output residual buffer (copy 0 = x + o_proj, the other copies 0; complete
-// after the barrier that follows).
+// after the barrier that follows); with MK_O_TAGS the rows x + o_proj as tagged values in scratch().xo (epoch ep),
+// which the MLP polls: no barrier follows.
 #pragma once
 #include "mk_norm.cuh"
 #include "mk_trace.cuh"
@@ -44,9 +45,13 @@ __device__ __forceinline__ void o_proj(Ctx& c, const LuceMkParams& P, int s, int
     consume(c, layer_phase(P.wblob, l, 1), [&](int r, const char* row) {
         const float d = warp_sum(dot_smem_part<2048>(row, acts, c.lane));
         if (c.lane == 0) {
+#if MK_O_TAGS
+            st_tag(scratch(P).xo + r, ep, smem().x[r] + d);
+#else
             xn[r] = smem().x[r] + d;
 #pragma unroll 1
             for (int q = 1; q < XC; ++q) xn[q * H + r] = 0.f;
+#endif
         }
     });
     trace_done(c, P, s, TR_L * l + TR_O_DONE);

@@ -55,6 +55,7 @@ KERNEL_OPTION_SETS = {
     "gdn-f32-cuda-cores": {"MK_PF_GDN_TC": 0},
     "prefill-own-gemm": {"MK_PF_CUBLAS": 0},
     "wk-half": {"MK_PF_WK_HALF": 1},
+    "o-tags": {"MK_O_TAGS": 1},  # no barrier after an attention layer's o_proj (one residual transition, not two)
 }
 
 # Run-time tune settings (luce_bench/kernels/tune.py) other than the measured defaults: the GPU tests run each on the
