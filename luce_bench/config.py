@@ -171,10 +171,16 @@ Int = Annotated[int, BeforeValidator(_whole)]  # 3.0 in YAML is 3
 Str = Annotated[str, BeforeValidator(_text)]  # 300 in YAML is "300"
 
 
-def _list(*item_checks: AfterValidator, non_empty: bool = True) -> Any:
+def _one_number(v: Any) -> Any:
+    """`limits: 420` in YAML is a list of one, as `limits: "420"` is (lists of numbers: limits, clocks)."""
+    return (str(v),) if isinstance(v, int | float) and not isinstance(v, bool) else v
+
+
+def _list(*item_checks: AfterValidator, non_empty: bool = True, numbers: bool = False) -> Any:
     """Strings from a YAML list or a comma-separated string (a tuple), each item checked by `item_checks`."""
     item = Annotated[Str, *item_checks] if item_checks else Str
-    return Annotated[tuple[item, ...], BeforeValidator(_items), *([AfterValidator(_not_empty)] if non_empty else [])]
+    before = [BeforeValidator(_items), *([BeforeValidator(_one_number)] if numbers else [])]
+    return Annotated[tuple[item, ...], *before, *([AfterValidator(_not_empty)] if non_empty else [])]
 
 
 def _names_once(v: tuple[str, ...]) -> tuple[str, ...]:
@@ -196,8 +202,8 @@ def _tests_once(v: tuple[str, ...]) -> tuple[str, ...]:
 
 
 Tests = Annotated[_list(AfterValidator(_test)), AfterValidator(_tests_once)]
-Limits = _list(AfterValidator(_limit), non_empty=False)
-Clocks = _list(AfterValidator(_clock), non_empty=False)
+Limits = _list(AfterValidator(_limit), non_empty=False, numbers=True)
+Clocks = _list(AfterValidator(_clock), non_empty=False, numbers=True)
 
 
 class _Section(BaseModel):
@@ -321,12 +327,14 @@ def _read_text(path: Path) -> str:
     """The config file's text; UserError when it is missing, not a file, too large, unreadable, not UTF-8 or empty."""
     if path.is_dir():
         raise UserError(f"config {path} is a directory, not a YAML file")
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"config file not found: {path}")
-    try:
-        if path.stat().st_size > MAX_CONFIG_BYTES:
+    try:  # (a pipe works too: `-c <(sed ... base.yaml)`; reading stops after the size limit)
+        with path.open("rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
             raise UserError(f"config {path} is larger than {MAX_CONFIG_BYTES >> 20} MiB: not a luce-bench config")
-        text = path.read_text(encoding="utf-8")
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"config {path}: cannot read it ({exc})") from None
     if not text.strip():

@@ -163,6 +163,7 @@ CONFIG_FILES = {
     "utf16": (lambda t: _write(t, "reps: 3\n".encode("utf-16")), "cannot read it"),
     "directory": (lambda t: t, "is a directory"),
     "missing": (lambda t: t / "nope.yaml", "config file not found"),
+    "dev-null": (lambda t: Path("/dev/null"), "config /dev/null is empty"),
     "too-large": (lambda t: _write(t, b"# " + b"x" * (2 << 20)), "larger than 1 MiB"),
     "too-deep": (_deep, "nested too deeply"),
     "bad-date": (lambda t: _write(t, b"reps: 2017-13-45\n"), "invalid YAML value"),

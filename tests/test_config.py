@@ -125,12 +125,29 @@ def test_types_are_strict_with_the_same_one_line_messages(tmp_path, yaml_text, m
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.skipif(not Path("/dev/fd").is_dir(), reason="no /dev/fd here")
+def test_a_config_can_come_through_a_pipe():
+    """`-c <(sed 's/reps: 3/reps: 5/' base.yaml)`: the shell hands over /dev/fd/N, a pipe, not a regular file."""
+    import os
+
+    r, w = os.pipe()
+    try:
+        os.write(w, b"reps: 5\nsweep:\n  limits: [300]\n")
+        os.close(w)
+        cfg = config.load(Path(f"/dev/fd/{r}"))
+    finally:
+        os.close(r)
+    assert cfg.reps == 5 and cfg.sweep.limits == ("300",)
+
+
 def test_yaml_numbers_become_strings_and_whole_floats_integers(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("reps: 3.0\nsweep:\n  limits: [300, 220.5, 70%]\nmodel: 123\n")
     cfg = config.load(p)
     assert cfg.reps == 3 and isinstance(cfg.reps, int)
     assert cfg.sweep.limits == ("300", "220.5", "70%") and cfg.model == "123"
+    p.write_text("sweep:\n  limits: 420\n  clocks: 1980\n")  # one number is a list of one, as "420" is
+    assert config.load(p).sweep.limits == ("420",) and config.load(p).sweep.clocks == ("1980",)
 
 
 @pytest.mark.tries("bad input", "config files: empty, unreadable, non-UTF-8, too large/deep, bad values")
