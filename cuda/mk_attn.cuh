@@ -65,7 +65,7 @@ __device__ __forceinline__ ChunkPart merge_warps(const Ctx& c, float m, float ls
 __device__ __forceinline__ void attn_inputs(Ctx& c, const LuceMkParams& P, int l, int g, int hh, int pos, unsigned ep) {
     AttnWork& w = smem().w.attn;
     if (c.warp < 3) {
-        const bool nowait = (P.debug_flags & (LUCE_MK_DEBUG_NO_MATH | LUCE_MK_DEBUG_NO_BARRIERS)) != 0;
+        const bool nowait = tags_nowait(P);
         const int d0 = c.lane * 8, off = c.warp == 0 ? 2 * HD * hh : c.warp == 1 ? FK : FV;
         const u64* src = scratch(P).raw + FA_GROWS * g + off + d0;
         const float* wn = P.sblob + (long long)l * SP + (c.warp == 0 ? SP_QN : SP_KN) + d0;
@@ -87,6 +87,11 @@ __device__ __forceinline__ void attn_inputs(Ctx& c, const LuceMkParams& P, int l
     cbar();
 }
 
+// The query head's sigmoid gate among the group's tagged qkv outputs (the HD values after its q).
+__device__ __forceinline__ const u64* gate_tags(const Scratch& S, int g, int hh) {
+    return S.raw + FA_GROWS * g + 2 * HD * hh + HD;
+}
+
 // The head's last chunk item (ci = used - 1): every chunk item has stored its (max, sum, output) as tagged values;
 // this one polls the used chunks' (its own included: they come back from L2), merges them and applies the sigmoid
 // gate. No counter, so no release on the chain (NOTES.md v22: an acq_rel count waited for the SM's copy in flight).
@@ -99,7 +104,7 @@ __device__ __forceinline__ void attn_merge_tagged(Ctx& c, const LuceMkParams& P,
     float* pv = smem().acts;  // [chunk][HD]
     static_assert(ATT_MAXCH * HD <= 4096, "acts holds a head's chunk partials");
     const int t = c.tid;
-    const bool nowait = (P.debug_flags & (LUCE_MK_DEBUG_NO_MATH | LUCE_MK_DEBUG_NO_BARRIERS)) != 0;
+    const bool nowait = tags_nowait(P);
     constexpr int NPER = (ATT_MAXCH * HD + NCT - 1) / NCT;
     const int np = used * HD;
     const u64* src = &S.atag[g][hh][0][0] + t;  // element t + i * NCT of the head's [chunk][HD]
@@ -108,7 +113,7 @@ __device__ __forceinline__ void attn_merge_tagged(Ctx& c, const LuceMkParams& P,
 #pragma unroll
     for (int i = 0; i < NPER; ++i) wv[i] = t + i * NCT < np ? ld_gpu(src + i * NCT) : 0ull;
     const u64 wml = t < 2 * used ? ld_gpu(mls) : 0ull;
-    const u64* gp = S.raw + FA_GROWS * g + 2 * HD * hh + HD + t;  // the head's sigmoid gate (qkv's tagged outputs)
+    const u64* gp = gate_tags(S, g, hh) + t;
     const u64 wg = t < HD ? ld_gpu(gp) : 0ull;
 #pragma unroll
     for (int i = 0; i < NPER; ++i)
@@ -140,8 +145,8 @@ __device__ __forceinline__ void attn_single(Ctx& c, const LuceMkParams& P, int g
                                             const float acc[8], unsigned ep) {
     Scratch& S = scratch(P);
     const int t = c.tid;
-    const bool nowait = (P.debug_flags & (LUCE_MK_DEBUG_NO_MATH | LUCE_MK_DEBUG_NO_BARRIERS)) != 0;
-    const u64* gp = S.raw + FA_GROWS * g + 2 * HD * hh + HD + t;  // the head's sigmoid gate (qkv's tagged outputs)
+    const bool nowait = tags_nowait(P);
+    const u64* gp = gate_tags(S, g, hh) + t;
     const u64 wg = t < HD ? ld_gpu(gp) : 0ull;
     const ChunkPart r = merge_warps(c, m, ls, acc);
     if (t < HD) st_tag(&S.aout[(g * QPG + hh) * HD + t], ep, (r.a / r.l) * sigm(poll_tag_w(gp, wg, ep, nowait)));

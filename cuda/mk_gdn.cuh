@@ -23,7 +23,7 @@ __device__ __forceinline__ void gdn_inputs(Ctx& c, const LuceMkParams& P, int l,
                                            float4& sa, float4& sb) {
     GdnWork& w = smem().w.gdn;
     const int h = item >> 3, j = item & 7, t = c.tid;
-    const bool nowait = (P.debug_flags & (LUCE_MK_DEBUG_NO_MATH | LUCE_MK_DEBUG_NO_BARRIERS)) != 0;
+    const bool nowait = tags_nowait(P);
     const u64* raw = scratch(P).raw + h * GDN_HROWS;
     const float* S = P.gdn_state + (long long)gdn_index(l) * STATE_L + (long long)item * (DK * SLV) + (t & 255) * 8;
     sa = sb = make_float4(0.f, 0.f, 0.f, 0.f);
@@ -155,7 +155,7 @@ __device__ __forceinline__ void gdn_recurrence(Ctx& c, const LuceMkParams& P, in
 // Gated RMSNorm of the slice: u = w * (o / rms(head's 128 outputs)) * silu(z), once the 8 sums of squares arrived.
 __device__ __forceinline__ void gdn_gated_norm(Ctx& c, const LuceMkParams& P, int item, unsigned ep) {
     GdnWork& w = smem().w.gdn;
-    const bool nowait = (P.debug_flags & (LUCE_MK_DEBUG_NO_MATH | LUCE_MK_DEBUG_NO_BARRIERS)) != 0;
+    const bool nowait = tags_nowait(P);
     if (c.warp == 0) {  // (w.o and w.z were written by this warp / before a block barrier)
         float ss = c.lane < NSL ? poll_tag(&scratch(P).ss[item >> 3][c.lane], ep, nowait) : 0.f;
         ss = warp_sum(ss);

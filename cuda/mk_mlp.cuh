@@ -14,17 +14,15 @@ namespace mk {
 __device__ __forceinline__ const float* ln2_w(const LuceMkParams& P, int l) { return P.sblob + (long long)l * SP + SP_LN2; }
 __device__ __forceinline__ void mlp(Ctx& c, const LuceMkParams& P, int s, int l, const NormW& wn, unsigned ep) {
     MlpWork& w = smem().w.mlp;
+    // MK_O_TAGS, an attention layer's MLP: x + o_proj from o_proj's tagged rows, one transition (mk_norm.cuh)
+    const bool tagged = MK_O_TAGS && is_fa(l);
+    if (!tagged) zero_owned(c, xbuf(P, xk(l) + 3));  // the next transition's target (mk_norm.cuh)
 #if MK_O_TAGS
-    const bool tagged = is_fa(l);  // an attention layer's MLP: x + o_proj from o_proj's tagged rows (mk_norm.cuh)
-    if (!tagged) zero_owned(c, xbuf(P, xk(l) + 3));  // the next transition's target
-    const bool nowait = (P.debug_flags & (LUCE_MK_DEBUG_NO_MATH | LUCE_MK_DEBUG_NO_BARRIERS)) != 0;
-    if (tagged) load_x_norm(c, nullptr, nullptr, wn, scratch(P).xo, ep, nowait);
-    else load_x_norm(c, xbuf(P, xk(l) + 1), nullptr, wn);
+    if (tagged) load_x_norm(c, nullptr, nullptr, wn, scratch(P).xo, ep, tags_nowait(P));
 #else
     (void)ep;
-    zero_owned(c, xbuf(P, 2 * l + 3));  // the next layer's mixer target (mk_norm.cuh)
-    load_x_norm(c, xbuf(P, 2 * l + 1), nullptr, wn);
 #endif
+    if (!tagged) load_x_norm(c, xbuf(P, xk(l) + 1), nullptr, wn);
     trace_pt(c, P, s, TR_L * l + TR_MLP_X_READY);
     const int k0 = split_rows(FF, c.b, c.G);  // first hidden unit of this block
     {
@@ -46,7 +44,7 @@ __device__ __forceinline__ void mlp(Ctx& c, const LuceMkParams& P, int s, int l,
     if (c.tid + 2 * NCT < H) w.part[c.tid + 2 * NCT] = acc[2];
     cbar();
     if (!(P.debug_flags & LUCE_MK_DEBUG_NO_MLP_ADDS))
-        add_partial(c, xbuf(P, xk(l) + (MK_O_TAGS && is_fa(l) ? 1 : 2)) + (c.b % XC) * H, w.part, smem().x);
+        add_partial(c, xbuf(P, xk(l) + (tagged ? 1 : 2)) + (c.b % XC) * H, w.part, smem().x);
     trace_done(c, P, s, TR_L * l + TR_DOWN_DONE);
 }
 

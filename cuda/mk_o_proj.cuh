@@ -16,8 +16,7 @@ __device__ __forceinline__ void o_proj(Ctx& c, const LuceMkParams& P, int s, int
     float v[N];
     // the head outputs as their mergers store them (tagged, epoch ep; NOTES.md v25). Not waited for in
     // the debug modes that skip the math, the barriers or the mixer (nothing would store them)
-    const bool nowait =
-        (P.debug_flags & (LUCE_MK_DEBUG_NO_MATH | LUCE_MK_DEBUG_NO_BARRIERS | LUCE_MK_DEBUG_NO_MIXING)) != 0;
+    const bool nowait = tags_nowait(P) || (P.debug_flags & LUCE_MK_DEBUG_NO_MIXING) != 0;
     // lanes 0-7 of warp 0 wait for one value of each head (its last dimension) while the other threads wait at the
     // block barrier: 8 pollers per block, not 480, keep the L2 free for the items still running (NOTES.md v13: every
     // thread polling cost 25 %); then every value is loaded, a straggler polled on its own

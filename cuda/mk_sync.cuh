@@ -74,6 +74,11 @@ __device__ __forceinline__ void grid_sync(unsigned* cnt, unsigned target) {
 // atomic). The reader spins until the tag equals the epoch it needs, and the load that sees it returns the data: one
 // L2 round trip instead of a flag's release + poll + data load. Epochs only grow (the host passes step_base), so
 // stale data never matches. Reads go to L2 (ld.relaxed.gpu) ----
+// The debug timing modes that skip the math or the barriers: nothing may store the values a poll waits for, so polls
+// take what they find (poll_tag_w's `nowait`)
+__device__ __forceinline__ bool tags_nowait(const LuceMkParams& P) {
+    return (P.debug_flags & (LUCE_MK_DEBUG_NO_MATH | LUCE_MK_DEBUG_NO_BARRIERS)) != 0;
+}
 __device__ __forceinline__ u64 ld_gpu(const u64* p) {
     u64 v;
     asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");

@@ -324,7 +324,7 @@ MAX_CONFIG_BYTES = 1 << 20
 
 
 def _read_text(path: Path) -> str:
-    """The config file's text; UserError when it is missing, not a file, too large, unreadable, not UTF-8 or empty."""
+    """The config file's text; UserError when it is missing, a directory, too large, unreadable, not UTF-8 or empty."""
     if path.is_dir():
         raise UserError(f"config {path} is a directory, not a YAML file")
     if not path.exists():

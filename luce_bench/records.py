@@ -309,9 +309,9 @@ def read_csv(path: Path, cls: type[R]) -> list[R]:
                 raise UserError(f"{path} is not a luce-bench {path.name} (missing columns: {', '.join(missing)})")
             try:
                 return [from_cells(cls, row) for row in reader]
-            except UnicodeDecodeError:
-                raise
             except (ValueError, TypeError) as exc:
+                if isinstance(exc, UnicodeDecodeError):  # (a ValueError too: the file's bytes, not a cell)
+                    raise
                 raise UserError(f"{path} line {reader.line_num}: {exc}") from None
     except UnicodeDecodeError as exc:
         raise UserError(f"{src} is not a luce-bench {path.name}: not UTF-8 text (byte {exc.start})") from None
