@@ -1,5 +1,5 @@
 """`python -m luce_bench` runs the CLI."""
 
-from luce_bench.cli import main
+from luce_bench.entry import main
 
 main()

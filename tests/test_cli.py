@@ -3,6 +3,7 @@
 import csv
 import json
 import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -449,3 +450,38 @@ def test_report_and_publish_refuse_bad_paths_in_one_line(tmp_path):
             ln for ln in result.output.splitlines() if ln.startswith("error:")
         ]
     assert not (tmp_path / "nope").exists()
+
+
+def test_a_ctrl_c_while_the_cli_loads_is_interrupted_not_a_traceback():
+    # a finder that raises KeyboardInterrupt when luce_bench.cli is imported stands for a Ctrl-C during the import
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "class CtrlC:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'luce_bench.cli':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, CtrlC())\n"
+        "from luce_bench.entry import main\n"
+        "main()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (130, "interrupted\n")
+
+
+def test_a_ctrl_c_while_options_are_read_is_interrupted_not_a_traceback(monkeypatch, capsys):
+    import luce_bench.cli as cli
+
+    def ctrl_c() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "app", ctrl_c)
+    handler = signal.getsignal(signal.SIGINT)  # main() leaves SIGINT at its default on the way out
+    try:
+        with pytest.raises(SystemExit) as exc:
+            cli.main()
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert exc.value.code == 130 and capsys.readouterr().err == "interrupted\n"

@@ -289,7 +289,7 @@ def test_link_puts_the_checkout_on_a_bare_venvs_path(tmp_path):
                          text=True, check=True, timeout=60)  # fmt: skip
     assert out.stdout.strip() == str(ROOT / "luce_bench" / "__init__.py")
     script = (tmp_path / "v" / "bin" / "luce-bench").read_text()
-    assert script.startswith(f"#!{py}\n") and "from luce_bench.cli import main" in script
+    assert script.startswith(f"#!{py}\n") and "from luce_bench.entry import main" in script
 
 
 def test_a_venv_made_from_a_venv_sees_the_hosts_packages_through_host_site(tmp_path):

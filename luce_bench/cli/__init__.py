@@ -122,6 +122,9 @@ def main() -> None:
             traceback.print_exc()
         typer.echo(f"error: {one_line(str(exc))}", err=True)
         sys.exit(2)
+    except KeyboardInterrupt:  # outside a command (its options being read): no traceback either
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
     finally:
         # The work is done and recorded: a Ctrl-C from now on ends the process at once, instead of a
         # KeyboardInterrupt raised inside the interpreter's shutdown (printed as an ignored exception).

@@ -1,7 +1,7 @@
 """Install luce-bench into the running venv without a build backend: a .pth file and the `luce-bench` script.
 
 What `pip install -e .` does, for an offline machine whose WHEELS lack hatchling: the venv's Python finds the package
-in the checkout and `luce-bench` runs `luce_bench.cli.main`. Run as `.venv/bin/python -m luce_bench.setup.link`.
+in the checkout and `luce-bench` runs `luce_bench.entry.main`. Run as `.venv/bin/python -m luce_bench.setup.link`.
 
 `--host-site DIR...` instead writes `luce_bench_host_site.pth` (pointing at DIRs): when the Python that made the venv is
 itself a venv (an image's python3 in /opt/torch/.venv, a conda env), `--system-site-packages` shows the new venv only
@@ -19,7 +19,7 @@ from luce_bench.setup.probe import ROOT
 SCRIPT = """#!{python}
 import sys
 
-from luce_bench.cli import main
+from luce_bench.entry import main
 
 sys.exit(main())
 """
