@@ -208,6 +208,7 @@ def test_a_report_rebuilt_without_meta_json_says_what_it_lacks(compare_run, tmp_
         pytest.param(["bench", "hf", "--device", "cuda:x"], "device = 'cuda:x'", id="device"),
         pytest.param(["bench", "hf", "--model", ""], "model is empty", id="empty-model"),
         pytest.param(["kernel", "info", "--arch", "foo"], "bad CUDA arch 'foo'", id="kernel-arch"),
+        pytest.param(["kernel", "info", "--arch", "sm_10"], "'sm_10' is older than the kernels need", id="old-arch"),
     ],
 )
 def test_user_errors_are_one_line_exit_2(args, message):

@@ -174,8 +174,11 @@ def test_normalize_arch():
     assert kb.normalize_arch("sm_86") == "sm_86"
     assert kb.normalize_arch("9.0") == "sm_90"
     assert kb.normalize_arch("compute_80") == "sm_80"
+    assert kb.normalize_arch("sm_90a") == "sm_90a"
     with pytest.raises(UserError):
         kb.normalize_arch("hopper")
+    with pytest.raises(UserError, match="older than the kernels need: sm_80"):
+        kb.normalize_arch("sm_75")  # no bf16 tensor cores or cp.async: nvcc's own error would come later and less clear
 
 
 def test_arch_from_env(monkeypatch):

@@ -48,6 +48,7 @@ BASE_FLAGS = (
     "-lineinfo",
 )
 _ARCH = re.compile(r"^(?:sm_|compute_)?(\d{2,3}a?)$")
+MIN_ARCH = 80  # bf16 tensor cores, cp.async
 
 
 @dataclass
@@ -114,6 +115,8 @@ def normalize_arch(arch: str) -> str:
     m = _ARCH.match(a)
     if not m:
         raise UserError(f"bad CUDA arch {arch!r}: expected e.g. sm_90, sm_80, 90 or 9.0")
+    if int(m.group(1).rstrip("a")) < MIN_ARCH:
+        raise UserError(f"CUDA arch {arch!r} is older than the kernels need: sm_{MIN_ARCH} (Ampere) or newer")
     return f"sm_{m.group(1)}"
 
 
