@@ -219,6 +219,30 @@ def test_user_errors_are_one_line_exit_2(args, message):
     assert len([ln for ln in result.output.splitlines() if ln.startswith("error:")]) == 1
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["publish", "--results", ""],
+        ["publish", ""],
+        ["report", ""],
+        ["report", "results", "--independent", ""],
+        ["report", "results", "--readme", ""],
+        ["sweep", "--fake-gpu", "--resume", ""],
+        ["compare", "--fake-gpu", "-c", ""],
+        ["kernel", "bench", "--json", ""],
+        ["kernel", "build", "--out", " "],
+    ],
+    ids=lambda a: "-".join(x.strip("-") for x in a if x.strip()),
+)
+def test_an_empty_path_is_bad_input_not_the_working_directory(args, tmp_path, monkeypatch):
+    # Path("") is "."; `publish --results ""` once wrote the results tree's README over the project's own
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "is empty: name a path" in result.output and "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_debug_shows_the_traceback_and_keeps_the_exit_code():
     plain = runner.invoke(app, ["report", "/no/such/dir"])
     result = runner.invoke(app, ["--debug", "report", "/no/such/dir"])

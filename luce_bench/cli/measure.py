@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from luce_bench.cli.options import ReadOnlyOpt, console, load_config, one_line, run_options
+from luce_bench.cli.options import ReadOnlyOpt, console, load_config, one_line, path_param, run_options
 from luce_bench.config import ALL_BACKENDS
 from luce_bench.errors import UserError
 
@@ -148,6 +148,8 @@ def bench(
 
 
 def _opt(kind: Any, *decls: str, help: str) -> Any:  # noqa: A002 - typer's name
+    if kind == Optional[Path]:
+        return Annotated[kind, typer.Option(*decls, parser=path_param, help=help)]
     return Annotated[kind, typer.Option(*decls, help=help)]
 
 

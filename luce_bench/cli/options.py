@@ -12,11 +12,14 @@ from typing import Annotated, Any, Optional
 import typer
 
 from luce_bench.errors import UserError
+from luce_bench.path_param import path_param
 
 state = {"debug": False}
 
+
 ConfigOpt = Annotated[
-    Optional[Path], typer.Option("--config", "-c", help="YAML config (default: configs/default.yaml).")
+    Optional[Path],
+    typer.Option("--config", "-c", parser=path_param, help="YAML config (default: configs/default.yaml)."),
 ]
 ModelOpt = Annotated[
     Optional[str],

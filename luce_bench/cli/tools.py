@@ -7,12 +7,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from luce_bench.cli.options import ConfigOpt, FakeOpt, GpuOpt, PresetOpt, ReadOnlyOpt, console, load_config
+from luce_bench.cli.options import ConfigOpt, FakeOpt, GpuOpt, PresetOpt, ReadOnlyOpt, console, load_config, path_param
 from luce_bench.errors import UserError
 
 ReadmeOpt = Annotated[
     Optional[Path],
-    typer.Option("--readme", help="The README with the results block (default: the one next to the results tree)."),
+    typer.Option(
+        "--readme",
+        parser=path_param,
+        help="The README with the results block (default: the one next to the results tree).",
+    ),
 ]
 
 
@@ -31,7 +35,10 @@ def _readme_given(readme: Path | None) -> None:
 
 
 def report(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory (results/runs/...); with --check, a results tree.")],
+    run_dir: Annotated[
+        Path,
+        typer.Argument(parser=path_param, help="A run directory (results/runs/...); with --check, a results tree."),
+    ],
     llama_bench: Annotated[
         bool, typer.Option("--llama-bench", help="Also print the llama-bench style markdown table.")
     ] = False,
@@ -48,6 +55,7 @@ def report(
         Optional[Path],
         typer.Option(
             "--independent",
+            parser=path_param,
             help="An energy log of scripts/nvml_energy_log.py taken beside the run: compare every window's energy "
             "with it (printed, and written to independent.md; the log is kept in the run directory and published "
             "with it).",
@@ -130,12 +138,13 @@ def restore(
 
 def publish(
     run_dir: Annotated[
-        Optional[Path], typer.Argument(help="A run directory to publish (omit to only regenerate the tables).")
+        Optional[Path],
+        typer.Argument(parser=path_param, help="A run directory to publish (omit to only regenerate the tables)."),
     ] = None,
     name: Annotated[
         Optional[str], typer.Option("--name", help="Folder name after the date (default: the run's, e.g. compare).")
     ] = None,
-    results: Annotated[Path, typer.Option("--results", help="The results tree.")] = Path("results"),
+    results: Annotated[Path, typer.Option("--results", parser=path_param, help="The results tree.")] = Path("results"),
     readme: ReadmeOpt = None,
     allow_failures: Annotated[
         bool,

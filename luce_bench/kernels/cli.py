@@ -8,6 +8,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from luce_bench.path_param import path_param
+
 app = typer.Typer(help="Build, benchmark and trace the bundled CUDA decode megakernel.", no_args_is_help=True)
 
 OptionList = Annotated[
@@ -74,7 +76,9 @@ def build_cmd(
     arch: Annotated[
         Optional[str], typer.Option(help="comma-separated archs, e.g. sm_90 or sm_80,sm_90; default: the GPU's")
     ] = None,
-    out: Annotated[Optional[Path], typer.Option(help="output directory (default: the content-hash cache)")] = None,
+    out: Annotated[
+        Optional[Path], typer.Option(parser=path_param, help="output directory (default: the content-hash cache)")
+    ] = None,
     force: Annotated[bool, typer.Option(help="rebuild even if a cached build exists")] = False,
     option: OptionList = None,
 ) -> None:
@@ -146,7 +150,9 @@ def bench_cmd(
             "instance in every round: instances of one library can differ by ~2 % (cuda/NOTES.md, session 45).",
         ),
     ] = 1,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the summary as JSON here.")] = None,
+    json_out: Annotated[
+        Optional[Path], typer.Option("--json", parser=path_param, help="Also write the summary as JSON here.")
+    ] = None,
 ) -> None:
     """Decode speed of the megakernel (tg128 at position 64 and at --long), variants side by side, vs the floor."""
     from luce_bench.kernels import bench
@@ -271,13 +277,18 @@ def trace_cmd(
     seed: Annotated[Optional[int], typer.Option(help="Weight/prompt seed (default: from the clock).")] = None,
     flags: Annotated[int, typer.Option(help="Debug flags for the traced launches (luce_mk.h; results invalid).")] = 0,
     option: OptionList = None,
-    prebuilt: Annotated[Optional[Path], typer.Option(help="Trace the library built earlier in this directory.")] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the analysis as JSON here.")] = None,
+    prebuilt: Annotated[
+        Optional[Path], typer.Option(parser=path_param, help="Trace the library built earlier in this directory.")
+    ] = None,
+    json_out: Annotated[
+        Optional[Path], typer.Option("--json", parser=path_param, help="Also write the analysis as JSON here.")
+    ] = None,
     raw: Annotated[
         Optional[Path],
         typer.Option(
+            parser=path_param,
             help="Also keep the per-block timestamps here (a NumPy .npz: t_us [steps, points, blocks], the point "
-            "names, the run's facts)."
+            "names, the run's facts).",
         ),
     ] = None,
 ) -> None:
