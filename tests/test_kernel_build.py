@@ -486,3 +486,27 @@ def test_nvcc_is_rerun_once_on_its_temp_file_race_only(tmp_path):
     calls.clear()
     other = kb.run_nvcc(["nvcc"], tmp_path / "t", run=fake_run([(1, "error: identifier undefined"), (0, "")]))
     assert other.returncode == 1 and len(calls) == 1  # a real compile error is not retried
+
+
+def test_an_output_directory_holding_other_files_is_refused_and_left_alone(tmp_path, monkeypatch):
+    # the build replaces its directory whole: `--out ~/work` must not delete the user's files
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a").write_text("a")
+    (tmp_path / "precious.txt").write_text("mine")
+    monkeypatch.setattr(kb, "run_nvcc", lambda *a: pytest.fail("nvcc ran"))
+    monkeypatch.chdir(tmp_path)
+    for out in (tmp_path, Path(".")):
+        with pytest.raises(UserError, match=r"holds other files \(precious.txt, sub\)"):
+            kb.build(ARCHS, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["precious.txt", "sub"]
+    assert (tmp_path / "sub" / "a").read_text() == "a"
+    with pytest.raises(UserError, match="the file system's root"):
+        kb.build(ARCHS, Path("/"))
+
+
+def test_an_empty_or_earlier_build_directory_is_a_valid_output(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert kb._out_dir(Path(".")) == tmp_path  # made absolute: '.' has no name to build a sibling from
+    (tmp_path / kb.LIB_NAME).write_bytes(b"old")
+    (tmp_path / kb.REPORT_NAME).write_text("")
+    assert kb._out_dir(tmp_path) == tmp_path

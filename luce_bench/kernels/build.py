@@ -316,8 +316,8 @@ def build(
     arch_t = tuple(sorted({normalize_arch(a) for a in archs}, key=lambda a: int(a[3:].rstrip("a"))))
     if not arch_t:
         raise UserError("no CUDA arch given")
-    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
-        raise UserError(f"{out_dir} is a file, not a directory for the kernel build")
+    if out_dir is not None:
+        out_dir = _out_dir(Path(out_dir))
     nvcc = find_nvcc()
     if nvcc is None:
         raise UserError("nvcc not found (install the CUDA toolkit, put nvcc on PATH or set CUDACXX/CUDA_HOME)")
@@ -354,6 +354,33 @@ def build(
             print(report)
     reports = parse_ptxas((final / REPORT_NAME).read_text())
     return BuildResult(lib, arch_t, version.splitlines()[-1], False, reports, options)
+
+
+BUILD_FILES = frozenset({LIB_NAME, REPORT_NAME, KEY_NAME, OPTIONS_NAME, "build.txt"})  # what a build leaves
+
+
+def _out_dir(out: Path) -> Path:
+    """A directory named for the build, made absolute: new, empty or an earlier build's.
+
+    The new build replaces the directory whole, so one holding anything else is bad input (it would be deleted).
+    """
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file, not a directory for the kernel build")
+    resolved = out.resolve()
+    if resolved == Path(resolved.anchor):
+        raise UserError(f"{out} is the file system's root, not a directory for the kernel build")
+    if out.is_dir():
+        try:
+            others = sorted(p.name for p in out.iterdir() if p.name not in BUILD_FILES)
+        except OSError as exc:
+            raise UserError(f"{out}: cannot list it ({exc.strerror})") from None
+        if others:
+            shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+            raise UserError(
+                f"{out} holds other files ({shown}): the build replaces its directory whole, so name a new or empty "
+                "one (or one a kernel build made)"
+            )
+    return resolved
 
 
 def _reusable(final: Path, key: str, keyed: bool) -> bool:

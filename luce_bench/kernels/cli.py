@@ -77,7 +77,11 @@ def build_cmd(
         Optional[str], typer.Option(help="comma-separated archs, e.g. sm_90 or sm_80,sm_90; default: the GPU's")
     ] = None,
     out: Annotated[
-        Optional[Path], typer.Option(parser=path_param, help="output directory (default: the content-hash cache)")
+        Optional[Path],
+        typer.Option(
+            parser=path_param,
+            help="output directory: new, empty or an earlier build's, replaced whole (default: the content-hash cache)",
+        ),
     ] = None,
     force: Annotated[bool, typer.Option(help="rebuild even if a cached build exists")] = False,
     option: OptionList = None,
