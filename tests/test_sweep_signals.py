@@ -185,3 +185,33 @@ def test_grid_signal_restores_limit_and_clocks(env, tmp_path, sig, limit_mw, loc
     assert "restoring power limits and SM clocks" in err
     assert (_limit_mw(env), _lock_mhz(env)) == (420_000, None)
     assert not list((tmp_path / "state").glob("power-limit-*.json"))
+
+
+_SIGNAL_IN_RENDER = """
+import os, signal, sys, time
+import luce_bench.report as report
+def render(run_dir):  # the signal lands while the report is being written
+    os.kill(os.getpid(), int(os.environ["SIG"]))
+    time.sleep(30)
+report.render = render
+sys.argv[0] = "luce-bench"
+from luce_bench.entry import main
+main()
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_while_the_report_is_written_says_so_and_resume_renders_it(env, tmp_path, sig):
+    args = [*ARGS[:2], "--limits", "420", *ARGS[4:], "--reps", "1", "-o", str(tmp_path / "runs")]
+    done = subprocess.run([sys.executable, "-c", _SIGNAL_IN_RENDER, *args], env={**env, "SIG": str(int(sig))},
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)  # fmt: skip
+    assert done.returncode == 128 + sig, done.stderr
+    assert "while the summary, report and plots were written" in done.stderr and "Traceback" not in done.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    doc = json.loads((run_dir / "status.json").read_text())
+    assert (doc["state"], doc["exit_code"]) == ("interrupted", 128 + sig)  # not "finished" without a report
+    assert not (run_dir / "report.md").exists()
+    again = subprocess.run([sys.executable, "-m", "luce_bench", *args[:-2], "--resume", str(run_dir)], env=env,
+                           capture_output=True, text=True, timeout=120, cwd=ROOT)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert "were missing and are written" in again.stdout and (run_dir / "report.md").is_file()

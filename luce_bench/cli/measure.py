@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import signal
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
 
 import typer
 
@@ -44,6 +46,11 @@ def measure(
                 todo = prepare(resume, p, ctx)
                 if todo is None:
                     out.print(f"nothing to resume: every planned repetition is in {resume}")
+                    if not (resume / "report.md").is_file():  # it stopped while its report was being written
+                        from luce_bench.report import render
+
+                        render(resume)
+                        out.print(f"its summary, report and plots were missing and are written: {resume}")
                     return
             ui = ConsoleUI(out, rows=sweep)
             outcome = run(p, ctx, ui, persistence=persistence, resume=todo)
@@ -64,11 +71,14 @@ def _finish(outcome: Any, out: Any, sweep: bool) -> None:
     report = None
     if outcome.n_runs:
         try:
-            report = render(outcome.run_dir)
+            with _signals_raise():
+                report = render(outcome.run_dir)
         except (OSError, RunDirError, UserError) as exc:
             # the measured rows are kept, but the run directory lacks its summary, report and plots: a write error
             # (exit 4), also in status.json where it can still be written
             state, code, reason = _render_failed(outcome.run_dir, state, code, reason, exc)
+        except (KeyboardInterrupt, SystemExit) as exc:
+            _render_interrupted(outcome.run_dir, exc)
     if outcome.stop is None and report is not None:
         print_report(report, out)
     if outcome.stop is not None:
@@ -85,6 +95,44 @@ def _finish(outcome: Any, out: Any, sweep: bool) -> None:
     if code == EXIT_FAILURES and outcome.failed and not outcome.warnings and outcome.restore_error is None:
         reason = f"backends failed or unavailable: {', '.join(outcome.failed)}"
     typer.echo(f"error: {one_line(reason)} (see {outcome.run_dir}/status.json)", err=True)
+    raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def _signals_raise() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise SystemExit(128 + n) inside the block, as SIGINT raises KeyboardInterrupt.
+
+    The run's own handlers are gone once it has ended; without these a SIGTERM while the report is written would end
+    the process silently and leave status.json saying the run finished.
+    """
+    from luce_bench.gpu.power_limit import signal_exit
+
+    def on_signal(signum: int, frame: object) -> None:
+        raise signal_exit(signum)
+
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def _render_interrupted(run_dir: Path, exc: BaseException) -> NoReturn:
+    """A signal while the report was written: status.json says so, and how to render it; exit 128 + the signal."""
+    from luce_bench.status import INTERRUPTED, read_status, utc_now, write_status
+
+    code = 130 if isinstance(exc, KeyboardInterrupt) else int(exc.code) if isinstance(exc.code, int) else 1
+    reason = (
+        f"interrupted by {signal.Signals(code - 128).name if code > 128 else 'a signal'} while the summary, report "
+        f"and plots were written; every repetition is in runs.csv: `luce-bench report {run_dir}` renders them"
+    )
+    with contextlib.suppress(OSError, UserError, KeyboardInterrupt, SystemExit):
+        doc = read_status(run_dir)
+        if doc is not None:
+            doc.update(state=INTERRUPTED, exit_code=code, reason=reason, updated_utc=utc_now())
+            write_status(run_dir, doc)
+    typer.echo(f"error: {reason}", err=True)
     raise typer.Exit(code)
 
 
