@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -254,23 +253,16 @@ def write_gguf(
     writer.close()
 
 
-def _writable_dir(d: Path) -> bool:
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return False
-    return os.access(d, os.W_OK | os.X_OK)
-
-
 def gguf_path(model_dir: Path, ftype: str, src_hash: str) -> Path:
-    """Where the GGUF of this checkpoint lives: `<model>/gguf/`, or the user cache if the model dir is read-only."""
-    name = f"model-{ftype}-{src_hash[:16]}.gguf"
-    local = model_dir / "gguf"
-    if (local / name).is_file() or _writable_dir(local):
-        return local / name
+    """Where the GGUF of this checkpoint lives: the user cache (the model directory is the user's, never written).
+
+    An export that an earlier version wrote into `<model>/gguf/` is still used where it is.
+    """
     from luce_bench.files import cache_dir
 
-    return cache_dir() / "gguf" / src_hash[:16] / name
+    name = f"model-{ftype}-{src_hash[:16]}.gguf"
+    local = model_dir / "gguf" / name
+    return local if local.is_file() else cache_dir() / "gguf" / src_hash[:16] / name
 
 
 def cached_gguf(model_dir: Path, ftype: str = "bf16") -> Path | None:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import stat
-
 import numpy as np
 import pytest
 
@@ -12,6 +9,7 @@ gguf = pytest.importorskip("gguf")
 torch = pytest.importorskip("torch")
 
 from luce_bench.errors import UserError  # noqa: E402
+from luce_bench.files import cache_dir  # noqa: E402
 from luce_bench.gguf_export import EXPORTER_VERSION, ensure_gguf, gguf_path, source_hash, tensor_items  # noqa: E402
 from luce_bench.model.spec import QWEN35_08B, TINY  # noqa: E402
 from luce_bench.model.synthetic import ensure_synthetic  # noqa: E402
@@ -121,27 +119,33 @@ def test_cache_reuse_hash_and_atomic(tiny_dir):
     p2 = ensure_gguf(tiny_dir, TINY, "bf16", progress=False)
     assert p1 == p2 and p2.stat().st_mtime_ns == mtime  # cached, not rewritten
     h = source_hash(tiny_dir)
-    assert p1 == tiny_dir / "gguf" / f"model-bf16-{h[:16]}.gguf"
+    assert p1 == cache_dir() / "gguf" / h[:16] / f"model-bf16-{h[:16]}.gguf"
     assert not [f for f in p1.parent.iterdir() if f.name.endswith(".tmp")]  # no temp leftovers
     with pytest.raises(UserError):
         ensure_gguf(tiny_dir, TINY, "q4_k", progress=False)
 
 
-def test_read_only_model_dir_falls_back_to_cache(tiny_dir, tmp_path, monkeypatch):
-    ro = tmp_path / "ro-model"
-    ro.mkdir()
+def test_the_users_model_directory_is_never_written(tiny_dir, tmp_path, monkeypatch):
+    # a real checkpoint's bf16 export is ~1.6 GB: it goes to the cache, not beside the user's files
+    mine = tmp_path / "my-model"
+    mine.mkdir()
     for f in ("config.json", "model.safetensors"):
-        (ro / f).write_bytes((tiny_dir / f).read_bytes())
+        (mine / f).write_bytes((tiny_dir / f).read_bytes())
     monkeypatch.setenv("LUCE_BENCH_CACHE", str(tmp_path / "cache"))
-    ro.chmod(stat.S_IRUSR | stat.S_IXUSR)
-    try:
-        if os.access(ro, os.W_OK):  # root ignores permissions: simulate the read-only directory
-            import luce_bench.gguf_export as ge
+    path = ensure_gguf(mine, TINY, "bf16", progress=False)
+    assert path.is_file() and path.is_relative_to(tmp_path / "cache")
+    assert sorted(p.name for p in mine.iterdir()) == ["config.json", "model.safetensors"]
 
-            real = ge._writable_dir
-            monkeypatch.setattr(ge, "_writable_dir", lambda d: False if str(d).startswith(str(ro)) else real(d))
-        path = ensure_gguf(ro, TINY, "bf16", progress=False)
-        assert path.is_file() and str(path).startswith(str(tmp_path / "cache"))
-        assert path == gguf_path(ro, "bf16", source_hash(ro))
-    finally:
-        ro.chmod(stat.S_IRWXU)
+
+def test_an_export_an_earlier_version_left_in_the_model_directory_is_reused(tiny_dir, tmp_path, monkeypatch):
+    mine = tmp_path / "my-model"
+    mine.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        (mine / f).write_bytes((tiny_dir / f).read_bytes())
+    monkeypatch.setenv("LUCE_BENCH_CACHE", str(tmp_path / "cache"))
+    made = ensure_gguf(mine, TINY, "bf16", progress=False)
+    old = mine / "gguf" / made.name
+    old.parent.mkdir()
+    made.rename(old)
+    assert ensure_gguf(mine, TINY, "bf16", progress=False) == old == gguf_path(mine, "bf16", source_hash(mine))
+    assert not made.exists()  # not exported again
