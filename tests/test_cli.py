@@ -477,6 +477,17 @@ def test_report_and_publish_refuse_bad_paths_in_one_line(tmp_path):
     assert not (tmp_path / "nope").exists()
 
 
+def test_publish_without_a_run_refuses_a_folder_that_is_no_results_tree(tmp_path):
+    # a folder's results/ of ad-hoc runs: regenerating would write a README of 'no committed runs' into it
+    adhoc = tmp_path / "results" / "runs" / "20261207-compare"
+    adhoc.mkdir(parents=True)
+    (adhoc / "runs.csv").write_text("x\n")
+    result = runner.invoke(app, ["publish", "--results", str(tmp_path / "results")])
+    assert result.exit_code == 2, result.output
+    assert "is not a results tree" in result.output and "luce-bench publish RUN_DIR" in result.output
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["runs"]
+
+
 def test_a_ctrl_c_while_the_cli_loads_is_interrupted_not_a_traceback():
     # a finder that raises KeyboardInterrupt when luce_bench.cli is imported stands for a Ctrl-C during the import
     import subprocess

@@ -167,6 +167,14 @@ def publish(
             "(a new results tree is started only inside an existing folder)"
         )
     _readme_given(readme)
+    if run_dir is None:
+        from luce_bench.published import run_dirs
+
+        if not run_dirs(results):  # e.g. a folder's results/ of ad-hoc runs: no tables to make, no README to write
+            raise UserError(
+                f"{results} is not a results tree: no <gpu>/<run>/ folder in it holds a published run, so there are "
+                "no tables to regenerate (publish a run with `luce-bench publish RUN_DIR`)"
+            )
     if run_dir is not None:
         typer.echo(f"published to {publish_run(run_dir, results, name, allow_failures)}")
         if new_tree:
