@@ -108,7 +108,10 @@ def check(results: Path, readme: Path | None) -> list[str]:
             f"{results} is not a results tree: no <gpu>/<run>/ folder in it holds a run's files "
             "(give the folder that holds the published runs, e.g. results/)"
         )
-    problems: list[str] = []
+    problems: list[str] = [
+        f"{d}: left by a publish that was killed (remove it; the next publish removes it after an hour)"
+        for d in sorted(results.glob("*/.publish-*"))
+    ]
     clean = True
     for run in runs:
         found = schema_problems(run)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -58,6 +60,7 @@ def atomic_path(final: Path, durable: bool = False, existing: Callable[[Path], b
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_siblings(final)  # a killed writer's (a model export's can be 1.2 GB)
     tmp = _sibling(final, "tmp")
     try:
         yield tmp
@@ -76,6 +79,57 @@ def atomic_path(final: Path, durable: bool = False, existing: Callable[[Path], b
 
 def _sibling(final: Path, suffix: str) -> Path:
     return final.with_name(f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}.{suffix}")
+
+
+STALE_S = 3600.0  # a temporary of a dead process is removed once untouched this long (another host's may be alive)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's process (or no such pid can exist): not ours to judge
+    return True
+
+
+def _untouched_s(path: Path) -> float:
+    """Seconds since `path` (or, for a directory, anything directly in it) last changed."""
+    newest = path.lstat().st_mtime
+    if path.is_dir() and not path.is_symlink():
+        for child in path.iterdir():
+            with contextlib.suppress(OSError):
+                newest = max(newest, child.lstat().st_mtime)
+    return time.time() - newest
+
+
+def remove_stale(parent: Path, pattern: str) -> list[Path]:
+    """Remove what a killed writer (SIGKILL, OOM, power loss) left in `parent`; return what was removed.
+
+    That is every entry whose whole name matches `pattern` (its group `pid`: the writer's process id) when that
+    process is gone and the entry is untouched for STALE_S.
+    """
+    gone = []
+    with contextlib.suppress(OSError):
+        for entry in parent.iterdir():
+            m = re.fullmatch(pattern, entry.name)
+            if not m or int(m["pid"]) == os.getpid() or _pid_alive(int(m["pid"])):
+                continue
+            with contextlib.suppress(OSError):
+                if _untouched_s(entry) < STALE_S:
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+                gone.append(entry)
+    return gone
+
+
+def remove_stale_siblings(final: Path) -> list[Path]:
+    """Remove the temporaries of `final` that a killed atomic_path left (`.NAME.PID.HEX.tmp` / `.old`)."""
+    return remove_stale(final.parent, rf"\.{re.escape(final.name)}\.(?P<pid>\d+)\.[0-9a-f]{{8}}\.(?:tmp|old)")
 
 
 def _rename_into_place(tmp: Path, final: Path, existing: Callable[[Path], bool] | None) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from luce_bench.errors import UserError
-from luce_bench.files import atomic_write
+from luce_bench.files import atomic_write, remove_stale
 from luce_bench.independent import LOG as INDEPENDENT_LOG
 from luce_bench.independent import REPORT as INDEPENDENT_REPORT
 from luce_bench.independent import report_text
@@ -90,11 +91,15 @@ def _with_commit(meta: dict[str, Any]) -> dict[str, Any]:
     return {**meta, "git_commit": commit, "git_commit_source": f"luce-bench publish ({source}); the run recorded none"}
 
 
+STAGE_PATTERN = r"\.publish-(?P<pid>\d+)-\w+"  # a publish's staging folder inside results/<gpu>/
+
+
 @contextlib.contextmanager
 def _staged(final: Path) -> Iterator[Path]:
     """A folder named like `final` in a temporary sibling directory, renamed onto `final` on success."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".publish-", dir=final.parent))
+    remove_stale(final.parent, STAGE_PATTERN)  # a killed publish's
+    tmp = Path(tempfile.mkdtemp(prefix=f".publish-{os.getpid()}-", dir=final.parent))
     try:
         stage = tmp / final.name
         stage.mkdir()

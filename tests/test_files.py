@@ -48,3 +48,33 @@ def test_a_directory_in_the_way_fails_the_rename_or_is_kept_or_replaced_as_the_c
         write_new()
     assert (final / "v").read_text() == ("new" if keep is False else "old")
     assert [p.name for p in tmp_path.iterdir()] == ["lib"]  # no temp or aside directory left
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_killed_writers_temporaries_are_removed_by_the_next_write_once_stale(tmp_path):
+    import os
+
+    final = tmp_path / "model"
+    dead, alive = _dead_pid(), os.getppid()
+    old_dead = tmp_path / f".model.{dead}.0123abcd.tmp"  # what SIGKILL left mid-export: a folder of files
+    old_dead.mkdir()
+    (old_dead / "part").write_bytes(b"x" * 1000)
+    fresh_dead = tmp_path / f".model.{dead}.89abcdef.tmp"  # maybe another host's writer, still going
+    fresh_dead.write_text("x")
+    old_alive = tmp_path / f".model.{alive}.00000000.tmp"  # a running process's
+    old_alive.write_text("x")
+    other = tmp_path / f".other.{dead}.0123abcd.tmp"  # another final's
+    other.write_text("x")
+    for p in (old_dead / "part", old_dead, old_alive, other):
+        os.utime(p, (1, 1))
+    files.atomic_write(final, "done")
+    assert final.read_text() == "done"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model", fresh_dead.name, old_alive.name, other.name])

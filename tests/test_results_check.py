@@ -124,6 +124,7 @@ PROBLEMS = {  # what is done to the copy -> the start of the line that must name
     "no-markers": "{readme} has no <!-- results:begin --> ... <!-- results:end --> block",
     "no-rows": "{run}/runs.csv: no finished repetition",  # a run stopped before its first row
     "index-missing": "{tree}/README.md is missing (run `luce-bench publish",
+    "publish-killed": "{tree}/nvidia-h200/.publish-4242-abc: left by a publish that was killed",
 }
 
 
@@ -150,6 +151,8 @@ def test_each_problem_is_one_line_and_exit_1(case, run_tree):
         (run / "runs.csv").write_text((run / "runs.csv").read_text().splitlines()[0] + "\n")
     elif case == "index-missing":
         (tree / "README.md").unlink()
+    elif case == "publish-killed":
+        (tree / "nvidia-h200" / ".publish-4242-abc" / "20261206-x").mkdir(parents=True)
     elif case == "missing-column":
         with (run / "summary.csv").open() as f:
             rows = [r for r in csv.reader(f)]
