@@ -194,4 +194,16 @@ def render_run(
         ),
         timeline(samples, runs, run_dir / "timeline.png"),
     ]
-    return [p for p in made if p is not None]
+    return drop_unmade(made, run_dir, ("tok_s.png", "tok_j.png", "timeline.png"))
+
+
+def drop_unmade(made: Sequence[Path | None], run_dir: Path, names: Sequence[str]) -> list[Path]:
+    """The plots written; the others of `names` are removed.
+
+    A plot from an earlier render that this one cannot draw would show rows that the CSVs no longer hold.
+    """
+    written = [p for p in made if p is not None]
+    for name in names:
+        if run_dir / name not in written:
+            (run_dir / name).unlink(missing_ok=True)
+    return written

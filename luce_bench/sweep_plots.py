@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from luce_bench.plots import mark_flagged, num, pyplot, save
+from luce_bench.plots import drop_unmade, mark_flagged, num, pyplot, save
 from luce_bench.quality import mark
 from luce_bench.records import SummaryRow, SweetSpot
 from luce_bench.summary import by_setting
@@ -243,4 +243,5 @@ def render_sweep(
         efficiency_pareto_plot(summary, spots, min_speed, run_dir / "sweep_pareto_tok_j.png"),
         heatmap(summary, spots, min_speed, run_dir / "sweep_heatmap.png"),
     ]
-    return [p for p in made if p is not None]
+    names = ("sweep_tok_s.png", "sweep_tok_j.png", "sweep_pareto.png", "sweep_pareto_tok_j.png", "sweep_heatmap.png")
+    return drop_unmade(made, run_dir, names)
