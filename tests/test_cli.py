@@ -521,3 +521,14 @@ def test_a_ctrl_c_while_options_are_read_is_interrupted_not_a_traceback(monkeypa
     finally:
         signal.signal(signal.SIGINT, handler)
     assert exc.value.code == 130 and capsys.readouterr().err == "interrupted\n"
+
+
+def test_a_simulated_backends_pseudo_tokens_are_compared_with_nothing(tmp_path):
+    args = ["compare", "--fake-gpu", "--no-megakernel", "--baselines", "sim,hf", "--model", "tiny"]
+    args += ["--out", str(tmp_path), *FAST[:-1], "tg8", "-c", str(_quick_config(tmp_path))]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (run,) = tmp_path.glob("*-compare")
+    meta = json.loads((run / "meta.json").read_text())
+    assert {r["backend"] for r in csv.DictReader((run / "runs.csv").open())} == {"sim", "hf"}
+    assert not meta.get("token_agreement") and "leading tokens" not in result.output

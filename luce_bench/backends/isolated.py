@@ -39,6 +39,7 @@ class IsolatedBackend(Backend):
         self.name = inner_name  # type: ignore[misc]  # the proxy reports under the inner backend's name
         self._target = target
         self._inner_cls = load_class(target)
+        self.simulated = self._inner_cls.simulated  # type: ignore[misc]
         self._kwargs = kwargs
         self._proc: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None

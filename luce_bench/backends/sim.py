@@ -135,6 +135,7 @@ class SimulatedLoad(Backend):
         """Wrap `inner`, loading `gpu` while it computes."""
         self.inner, self.gpu = inner, gpu
         self.name = inner.name  # type: ignore[misc]  # reported under the inner backend's name
+        self.simulated = inner.simulated  # type: ignore[misc]  # and is a simulation where it is one
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
