@@ -238,7 +238,7 @@ def _capped_card(tmp: Path) -> list:
     return card(tmp / "card.json")["set_calls"]
 
 
-def _restore(tmp: Path, journal: bytes) -> tuple:
+def _restore(tmp: Path, journal: bytes, *args: str) -> tuple:
     from badinput import runner
     from faultkit import card
 
@@ -247,7 +247,7 @@ def _restore(tmp: Path, journal: bytes) -> tuple:
     calls = _capped_card(tmp)
     (tmp / "state").mkdir(exist_ok=True)
     (tmp / "state" / f"power-limit-{UUID}.json").write_bytes(journal)
-    result = runner.invoke(app, ["restore"])
+    result = runner.invoke(app, ["restore", *args])
     return result, calls, card(tmp / "card.json")
 
 
@@ -301,6 +301,9 @@ JOURNALS = {
 @pytest.mark.parametrize("case", list(JOURNALS))
 def test_a_corrupt_or_foreign_journal_is_refused_before_any_change(case):
     journal, fragment = JOURNALS[case]
+    with sandbox() as tmp:
+        result, calls, after = _restore(tmp, journal, "--dry-run")  # says what the real one would: it refuses
+        _refused_restore(result, calls, after, fragment)
     with sandbox() as tmp:
         result, calls, after = _restore(tmp, journal)
         _refused_restore(result, calls, after, fragment)

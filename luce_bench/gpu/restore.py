@@ -120,10 +120,10 @@ def restore_from_journals(
                 lines.append(f"skipped {entry.uuid}: {exc}")
                 continue
             held.append((path, entry, lock))
-        if dry_run:
-            return lines + [f"would restore {entry.describe()}" for _, entry, _ in held]
-        gpus = _open_checked(held, opener)
+        gpus = _open_checked(held, opener)  # (a dry run too: it says only what the real one would do)
         try:
+            if dry_run:
+                return lines + [f"would restore {entry.describe()}" for _, entry, _ in held]
             lines += [_replay(path, entry, gpu) for (path, entry, _), gpu in zip(held, gpus, strict=True)]
         finally:
             for gpu in gpus:
