@@ -228,7 +228,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             if state["debug"]:
                 traceback.print_exc()
             typer.echo(f"error: {one_line(str(exc))}", err=True)
-            raise typer.Exit(2) from None
+            raise typer.Exit(getattr(exc, "exit_code", 2)) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None

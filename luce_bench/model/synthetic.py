@@ -107,7 +107,7 @@ def generate(cfg: TextConfig, out_dir: Path, seed: int, on_tensor: Callable[[str
 
 def ensure_synthetic(size: str, seed: int = DEFAULT_SEED, progress: bool = True) -> Path:
     """Return the directory of the synthetic checkpoint `size`, generating it once if needed."""
-    from luce_bench.errors import UserError
+    from luce_bench.errors import UserError, WriteError
 
     if size not in SIZES:
         raise UserError(f"unknown synthetic size {size!r}; known: {', '.join(SIZES)}")
@@ -124,7 +124,7 @@ def ensure_synthetic(size: str, seed: int = DEFAULT_SEED, progress: bool = True)
     except Exception as exc:  # noqa: BLE001 - OSError, or the safetensors writer's own error on a full disk
         if not is_complete(final):  # lost a race with a concurrent writer that finished first: theirs is fine
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise UserError(f"cannot write the synthetic checkpoint {final}: {reason}") from exc
+            raise WriteError(f"cannot write the synthetic checkpoint {final}: {reason}") from exc
     return final
 
 
