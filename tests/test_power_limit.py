@@ -294,3 +294,15 @@ def test_read_only_refuses_clock_locks_before_anything_changes(monkeypatch):
     with pytest.raises(GPUReadOnlyError):
         PowerLimitController(gpu).__enter__()
     assert gpu.set_calls == [] and list_journals() == []
+
+
+def test_a_state_folder_that_cannot_be_written_is_named_with_its_variable(tmp_path, monkeypatch):
+    from luce_bench.errors import WriteError
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("x")
+    monkeypatch.setenv("LUCE_BENCH_STATE_DIR", str(blocked / "state"))  # under a file: cannot be made
+    gpu = FakeGPU()
+    with pytest.raises(WriteError, match=r"power-limit lock and journal folder .*LUCE_BENCH_STATE_DIR") as exc:
+        PowerLimitController(gpu).__enter__()
+    assert exc.value.exit_code == 4 and gpu.set_calls == []

@@ -22,7 +22,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from luce_bench.files import atomic_write, state_dir
+from luce_bench.errors import WriteError
+from luce_bench.files import STATE_ENV, atomic_write, state_dir
 from luce_bench.gpu.base import GPUError
 
 
@@ -195,8 +196,14 @@ class GpuLock:
 
     def acquire(self) -> None:
         """Take the lock or raise JournalError naming the holder's pid."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise WriteError(
+                f"cannot write the power-limit lock and journal folder {self.path.parent}: {exc.strerror or exc} "
+                f"(set {STATE_ENV} to a writable folder)"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
