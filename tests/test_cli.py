@@ -208,6 +208,11 @@ def test_a_report_rebuilt_without_meta_json_says_what_it_lacks(compare_run, tmp_
         pytest.param(["bench", "hf", "--device", "cuda:x"], "device = 'cuda:x'", id="device"),
         pytest.param(["bench", "hf", "--model", ""], "model is empty", id="empty-model"),
         pytest.param(["kernel", "info", "--arch", "foo"], "bad CUDA arch 'foo'", id="kernel-arch"),
+        pytest.param(
+            ["compare", "--fake-gpu", "--no-megakernel", "--baselines", "megakernel,sim"],
+            "--baselines names the megakernel, which is no baseline",
+            id="megakernel-baseline",
+        ),
         pytest.param(["kernel", "info", "--arch", "sm_10"], "'sm_10' is older than the kernels need", id="old-arch"),
     ],
 )

@@ -179,7 +179,12 @@ def compare(
             "--baselines is empty: name one or more of llamacpp, hf, hf-compiled, or leave it out for all three "
             "(the megakernel alone: luce-bench bench megakernel)"
         )
-    backends = ([] if no_megakernel else ["megakernel"]) + [b for b in names if b != "megakernel"]
+    if "megakernel" in names:  # (with --no-megakernel it was dropped without a word)
+        raise UserError(
+            "--baselines names the megakernel, which is no baseline: compare measures it unless --no-megakernel; "
+            "name the baselines only (llamacpp, hf, hf-compiled)"
+        )
+    backends = ([] if no_megakernel else ["megakernel"]) + names
     cfg = load_config(ctx.params, backends=",".join(backends))
     optional = ["megakernel", *(DEFAULT_BASELINES if baselines is None else ())]
     measure(cfg, "compare", backends, optional=optional)
