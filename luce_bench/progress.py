@@ -9,9 +9,18 @@ from typing import Any
 
 @contextlib.contextmanager
 def param_bar(description: str, total: int) -> Iterator[tuple[Callable[[int], None], Callable[[str], None]]]:
-    """A transient rich bar over `total` units; yields (advance(n), describe(text))."""
+    """A transient rich bar over `total` units; yields (advance(n), describe(text)).
+
+    Where the console is no terminal (a log, a pipe) the bar would show nothing: a line per description instead.
+    """
+    from rich import get_console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    console = get_console()
+    if not console.is_terminal:
+        console.print(f"{description}…", highlight=False)
+        yield (lambda n: None), (lambda text: console.print(f"{text}…", highlight=False))
+        return
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),

@@ -18,6 +18,9 @@ Issue 14 (locked SM clocks) added columns and changed no recorded cell: runs.csv
 whose other bytes are unchanged; samples.csv is unchanged.
 Issue 15 (depth tests) added `n_depth` after `n_gen` to runs.csv and summary.csv (0: these runs have no depth
 tests), inserted the same way.
+Session 49 re-recorded them: the sim backend no longer generates the 32 greedy tokens that a real backend records
+for the token agreement (a simulation's pseudo tokens agree with nothing), so every later moment of virtual time moved
+by those tokens' time, and with it the seeded power and temperature noise of the windows; speeds and plans unchanged.
 `LUCE_BENCH_UPDATE_GOLDEN=1` rewrites the files (only when a change of the numbers is intended).
 """
 

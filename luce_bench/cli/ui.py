@@ -34,7 +34,10 @@ class ConsoleUI:
 
         from luce_bench.progress import wait_bar
 
-        if total_s <= 0 or not self.console.is_terminal:  # a log or a pipe gets the lines around it, no bar
+        if total_s <= 0:
+            return contextlib.nullcontext()
+        if not self.console.is_terminal:  # a log or a pipe: a line when the wait starts, no bar
+            self.console.print(f"{label}, {total_s:g} s…")
             return contextlib.nullcontext()
         self.close()  # one live display at a time
         return wait_bar(self.console, label, total_s)
