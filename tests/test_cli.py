@@ -209,6 +209,10 @@ def test_a_report_rebuilt_without_meta_json_says_what_it_lacks(compare_run, tmp_
         pytest.param(["bench", "hf", "--model", ""], "model is empty", id="empty-model"),
         pytest.param(["kernel", "info", "--arch", "foo"], "bad CUDA arch 'foo'", id="kernel-arch"),
         pytest.param(
+            ["report", "results", "--check", "--independent", "x.csv"], "do different things", id="check-indep"
+        ),
+        pytest.param(["report", "results/x", "--readme", "README.md"], "--readme applies to --check", id="readme"),
+        pytest.param(
             ["compare", "--fake-gpu", "--no-megakernel", "--baselines", "megakernel,sim"],
             "--baselines names the megakernel, which is no baseline",
             id="megakernel-baseline",

@@ -63,6 +63,12 @@ def report(
     ] = None,
 ) -> None:
     """Rebuild summary.csv, plots and report.md of a run from its CSVs alone (or --check a results tree)."""
+    given = [flag for flag, on in (("--check", check), ("--independent", independent is not None)) if on]
+    given += ["--llama-bench"] if llama_bench else []
+    if len(given) > 1:  # each is its own task; the others would be ignored without a word
+        raise UserError(f"{' and '.join(given)} do different things: give one of them")
+    if readme is not None and not check:
+        raise UserError("--readme applies to --check only (publish takes its own --readme)")
     if check:
         _check(run_dir, readme)
         return
