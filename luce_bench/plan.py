@@ -360,7 +360,9 @@ def check_device(device: str, backends: Sequence[str], ctx: RunContext) -> None:
     if not device.startswith("cuda") or all(get_backend(b).simulated for b in backends):
         return
     if not cuda_gpu_visible(ctx):
-        raise UserError(f"--device {device}: no CUDA GPU visible here; use --device auto or --device cpu")
+        raise UserError(
+            f"device {device} (--device, or `device:` in the config): no CUDA GPU visible here; use auto or cpu"
+        )
 
 
 def plan(

@@ -280,7 +280,9 @@ def test_device_cuda_without_a_visible_gpu_is_refused_before_any_backend_loads(t
     with sandbox() as tmp, mock.patch.dict(os.environ, {"CUDA_VISIBLE_DEVICES": ""}):
         result, calls = invoke([*DEVICE_CUDA[case], "--device", "cuda", f"--out={tmp}/runs"], tmp)
         line = refused(result, calls, tmp)
-    assert line == "error: --device cuda: no CUDA GPU visible here; use --device auto or --device cpu"
+    assert line == (
+        "error: device cuda (--device, or `device:` in the config): no CUDA GPU visible here; use auto or cpu"
+    )
 
 
 @pytest.mark.tries("bad input", "CLI: --device cuda with no CUDA GPU visible, an unusable --out: before any note")

@@ -243,8 +243,8 @@ class LlamaCppBackend(Backend):
         if device.startswith("cuda"):
             if not offload:
                 raise BackendUnavailable(
-                    f"--device {device} but this llama-cpp-python build has no GPU "
-                    f"support (build it with {CUDA_RECIPE})"
+                    f"device {device} (--device, or `device:` in the config) but this llama-cpp-python build has no "
+                    f"GPU support (build it with {CUDA_RECIPE})"
                 )
             return "cuda", int(device.split(":")[1]) if ":" in device else 0
         if device != "auto":
