@@ -94,7 +94,9 @@ def _finish(outcome: Any, out: Any, sweep: bool) -> None:
         return
     if code == EXIT_FAILURES and outcome.failed and not outcome.warnings and outcome.restore_error is None:
         reason = f"backends failed or unavailable: {', '.join(outcome.failed)}"
-    typer.echo(f"error: {one_line(reason)} (see {outcome.run_dir}/status.json)", err=True)
+    status = outcome.run_dir / "status.json"
+    see = f" (see {status})" if status.is_file() else ""  # (a disk full at the start may not have let it be written)
+    typer.echo(f"error: {one_line(reason)}{see}", err=True)
     raise typer.Exit(code)
 
 
