@@ -192,6 +192,8 @@ def test_a_truncated_cached_gguf_is_refused_before_a_llamacpp_run(checkpoint, tm
     # llama.cpp is never loaded (the run is stubbed): the check must come first even where it could not run (a CUDA
     # build in a make test worker that hides the GPU)
     monkeypatch.setattr(LlamaCppBackend, "unavailable_reason", classmethod(lambda cls: None))
+    # a cache of its own: the export it cuts would be every other test's export of the same weights
+    monkeypatch.setenv("LUCE_BENCH_CACHE", str(tmp_path / "cache"))
 
     with sandbox() as tmp:
         model = _model_copy(checkpoint, tmp)
