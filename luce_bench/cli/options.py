@@ -16,7 +16,6 @@ from luce_bench.path_param import path_param
 
 state = {"debug": False}
 
-
 ConfigOpt = Annotated[
     Optional[Path],
     typer.Option("--config", "-c", parser=path_param, help="YAML config (default: configs/default.yaml)."),
