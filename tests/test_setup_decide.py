@@ -256,6 +256,17 @@ def test_make_llamacpp_cuda_rebuilds_for_another_arch_without_a_gpu():
     assert titles(plan) == ["building llama-cpp-python with CUDA for sm_89"]
     assert step(plan, "building").argv[2] == "/s/llama_cpp_python-0.3.36.tar.gz"
     assert dict(step(plan, "building").env)["CUDA_ARCH"] == "89"
+    assert step(plan, "building").required  # what `make llamacpp-cuda` asked for: its failure fails the target
+
+
+def test_make_llamacpp_cuda_without_cublas_on_a_machine_without_a_gpu_says_what_stays():
+    venv = PythonFacts(PY, torch="2.13.0", llama_cpp="0.3.36", modules=frozenset({"scikit_build_core"}))
+    m = machine(toolkit=Toolkit(TOOLKIT.nvcc, (13, 0), None), venv=venv, tools=frozenset({"cmake", "ninja"}))
+    plan = decide_llamacpp_cuda(m, Options(venv=VENV), "90")
+    assert plan.steps == [] and [g.line for g in plan.gaps] == [
+        "cuBLAS: llama.cpp cannot be built with CUDA; it is a CPU build: compare here runs the CPU build "
+        f"(fix: {plan.gaps[0].fix})"
+    ]
 
 
 def test_a_host_python_that_is_itself_a_venv_is_seen_through_a_pth():

@@ -142,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         plan = decide_llamacpp_cuda(machine, o, args.cuda_arch or None)
     else:
         plan = decide(machine, o)
+    if args.llamacpp_cuda and plan.gaps and not args.dry_run:  # what was asked for cannot be made here
+        run_plan(plan, Path(args.log), args.dry_run)
+        print("setup: failed: no CUDA build of llama.cpp was made (the line above says why)", file=sys.stderr)
+        return 1
     try:
         run_plan(plan, Path(args.log), args.dry_run)
     except SetupFailed as exc:

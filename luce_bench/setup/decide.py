@@ -178,14 +178,19 @@ def _llamacpp(p: Planner, cuda_arch: str | None = None, redo: bool = False) -> N
     if p.env.llama_cpp_cuda and not redo:
         return
     arch = cuda_arch or m.gpu.arch  # type: ignore[union-attr]
-    state = "a CPU build, refused on a GPU host" if p.env.llama_cpp else "not installed"
-    closes = Gap("llama.cpp", f"{state}: compare runs without llamacpp", LLAMA_CUDA_GAP)
+    if m.gpu is not None:
+        state = "a CPU build, refused on a GPU host" if p.env.llama_cpp else "not installed"
+        costs = "compare runs without llamacpp"
+    else:  # a build for another machine's GPU (CUDA_ARCH): this one keeps what it has
+        state = "a CPU build" if p.env.llama_cpp else "not installed"
+        costs = "compare here runs the CPU build" if p.env.llama_cpp else "compare here runs without llamacpp"
+    closes = Gap("llama.cpp", f"{state}: {costs}", LLAMA_CUDA_GAP)
     if _llamacpp_cuda_wheel(p, arch, closes):
         return
     lacking = [what for what, ok in (("nvcc", m.toolkit.nvcc), ("cuBLAS", m.toolkit.cublas)) if not ok]
     if lacking:
         what = " and ".join(lacking)
-        p.gap(what, f"llama.cpp cannot be built with CUDA; it is {state}: compare runs without llamacpp", TOOLKIT_FIX)
+        p.gap(what, f"llama.cpp cannot be built with CUDA; it is {state}: {costs}", TOOLKIT_FIX)
         return
     _llamacpp_build(p, arch, closes)
 
@@ -298,4 +303,6 @@ def decide_llamacpp_cuda(m: Machine, o: Options, cuda_arch: str | None) -> Setup
     """`make llamacpp-cuda`: (re)build llama.cpp with CUDA for this GPU, or for `cuda_arch` on another machine."""
     p = Planner(m, o)
     _llamacpp(p, cuda_arch=cuda_arch, redo=True)
+    # the build is what was asked for: its failure fails the target (in `make setup` it may fail, and compare skips it)
+    p.plan.steps = [dataclasses.replace(s, required=True) for s in p.plan.steps]
     return p.plan
