@@ -196,7 +196,10 @@ def model_prepare(
     size: Annotated[str, typer.Option("--size", help="synthetic-0.8b or tiny.")] = "synthetic-0.8b",
     seed: Annotated[int, typer.Option("--seed", help="Generator seed.")] = 0,
 ) -> None:
-    """Write a synthetic checkpoint (exact Qwen3.5 shapes, fixed seed) into the user cache, once."""
+    """Write a synthetic checkpoint (fixed seed) into the user cache, once.
+
+    synthetic-0.8b has Qwen3.5-0.8B's exact shapes; tiny is a small model of the same architecture (4 layers).
+    """
     from luce_bench.model.resolve import resolve_model
     from luce_bench.model.spec import SIZES
 
