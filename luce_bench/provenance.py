@@ -150,8 +150,10 @@ def run_meta(ctx: RunContext, model: ModelSpec) -> dict[str, Any]:
             "reps": cfg.reps,
             "warmup_s": cfg.warmup_s,
             "sampler_period_s": cfg.sampler.period_s,
-            "energy_source": "nvmlDeviceGetTotalEnergyConsumption delta",
-            "power_samples": "field 186 (instant)",
+            "energy_source": (
+                "the simulated GPU's energy model" if simulated else "nvmlDeviceGetTotalEnergyConsumption delta"
+            ),
+            "power_samples": "the simulated GPU's power model" if simulated else "field 186 (instant)",
             "tg_iteration": TG_ITERATION,
         },
     }

@@ -67,6 +67,12 @@ def notes(meta: dict[str, Any]) -> list[str]:
     elif not energy.get("available"):
         out.append(f"GPU energy unavailable: {energy.get('reason', 'unknown reason')}. tok/J columns are empty.")
     backends = {k: v for k, v in meta.get("backends", {}).items() if isinstance(v, dict)}
+    if energy.get("simulated"):
+        for name, info in backends.items():
+            if name == "sim":
+                out.append("sim: a SIMULATED backend: no model runs; its tok/s come from the simulated card's model")
+            elif str(info.get("device", "")).startswith("cpu"):
+                out.append(f"{name} ran on the CPU: its W and tok/J are the simulated card's, not its own")
     for name, info in backends.items():
         if info.get("setup"):
             out.append(f"{name}: {info['setup']}")

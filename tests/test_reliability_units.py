@@ -214,3 +214,14 @@ def test_the_token_agreement_note_reads_as_a_note():
     assert notes(meta) == [f"{said} ({AGREEMENT_CAVEAT})"]
     meta["model"]["synthetic"] = False  # real weights: no word about random ones
     assert notes(meta) == [said]
+
+
+def test_a_simulated_runs_notes_say_what_was_simulated_beyond_the_gpu():
+    from luce_bench.report import notes
+
+    meta = {"energy": {"available": True, "simulated": True}, "backends": {"sim": {}, "hf": {"device": "cpu"}}}
+    said = notes(meta)
+    assert "sim: a SIMULATED backend: no model runs; its tok/s come from the simulated card's model" in said
+    assert "hf ran on the CPU: its W and tok/J are the simulated card's, not its own" in said
+    meta["energy"]["simulated"] = False  # a real card: neither note
+    assert not [n for n in notes(meta) if "simulated card" in n]
