@@ -10,7 +10,7 @@ LLAMACPP_SPEC ?= llama-cpp-python==0.3.36
 LLAMACPP_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF -DGGML_NATIVE=OFF
 # Offline / air-gapped: a directory of pre-downloaded wheels and sdists; every pip call then uses only it
 WHEELS ?=
-# llamacpp-cuda: build from this sdist (else WHEELS' or PyPI's); CUDA_ARCH builds for another GPU (e.g. 90)
+# llamacpp-cuda: build from this sdist (else WHEELS' or PyPI's); CUDA_ARCH builds it (and make kernel) for another GPU (e.g. 90)
 SDIST ?=
 CUDA_ARCH ?=
 ARGS ?=
@@ -62,7 +62,7 @@ llamacpp-cuda: ready
 	@$(SETUP) --llamacpp-cuda --cuda-arch "$(CUDA_ARCH)"
 
 kernel: ready
-	$(BIN)/luce-bench kernel build
+	$(BIN)/luce-bench kernel build $(if $(CUDA_ARCH),--arch $(CUDA_ARCH))
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache
