@@ -321,7 +321,8 @@ def test_unknown_option_is_one_line_before_nvcc(tmp_path):
 def test_bad_option_value_is_the_kernels_own_error_line(tmp_path, options, message):
     with pytest.raises(UserError) as err:
         kb.build(("sm_90",), out_dir=tmp_path / "lib", defines=options)
-    assert str(err.value).startswith(f"kernel build options: {message}")
+    given = ", ".join(f"{k}={v}" for k, v in options.items())  # the values nvcc saw (a bare -D MK_X is MK_X=1)
+    assert str(err.value).startswith(f"kernel build options ({given}): {message}")
     assert "\n" not in str(err.value)
     assert not (tmp_path / "lib" / kb.LIB_NAME).exists()
 

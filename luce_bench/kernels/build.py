@@ -260,10 +260,14 @@ def run_nvcc(cmd: list[str], tmp_dir: Path, run: Any = subprocess.run) -> subpro
     return proc
 
 
-def nvcc_error(report: str, returncode: int) -> UserError:
-    """One line for a failed nvcc run: the kernel's own `#error` text when an option is out of range."""
+def nvcc_error(report: str, returncode: int, options: dict[str, int] | None = None) -> UserError:
+    """One line for a failed nvcc run: the kernel's own `#error` text when an option is out of range.
+
+    The options are named with their values: a bare `-D MK_X` is MK_X=1, which the message should show.
+    """
     if m := _HASH_ERROR.search(report):
-        return UserError(f"kernel build options: {m.group(1).strip()}")
+        given = f" ({', '.join(f'{k}={v}' for k, v in sorted(options.items()))})" if options else ""
+        return UserError(f"kernel build options{given}: {m.group(1).strip()}")
     return UserError(f"nvcc failed ({returncode}): " + " | ".join(report.strip().splitlines()[-6:]))
 
 
@@ -345,7 +349,7 @@ def build(
         proc = run_nvcc(cmd, tmp / "nvcc-tmp")
         report = proc.stdout + proc.stderr
         if proc.returncode != 0:
-            raise nvcc_error(report, proc.returncode)
+            raise nvcc_error(report, proc.returncode, options)
         (tmp / REPORT_NAME).write_text(report)
         (tmp / "build.txt").write_text(" ".join(cmd) + "\n" + version + "\n")
         (tmp / OPTIONS_NAME).write_text(json.dumps(options) + "\n")
