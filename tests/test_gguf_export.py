@@ -125,24 +125,25 @@ def test_cache_reuse_hash_and_atomic(tiny_dir):
         ensure_gguf(tiny_dir, TINY, "q4_k", progress=False)
 
 
-def test_the_users_model_directory_is_never_written(tiny_dir, tmp_path, monkeypatch):
-    # a real checkpoint's bf16 export is ~1.6 GB: it goes to the cache, not beside the user's files
+@pytest.fixture
+def mine(tiny_dir, tmp_path, monkeypatch):
+    """A user's own model directory (a copy of the tiny checkpoint), with a cache of its own."""
     mine = tmp_path / "my-model"
     mine.mkdir()
     for f in ("config.json", "model.safetensors"):
         (mine / f).write_bytes((tiny_dir / f).read_bytes())
     monkeypatch.setenv("LUCE_BENCH_CACHE", str(tmp_path / "cache"))
+    return mine
+
+
+def test_the_users_model_directory_is_never_written(mine, tmp_path):
+    # a real checkpoint's bf16 export is ~1.6 GB: it goes to the cache, not beside the user's files
     path = ensure_gguf(mine, TINY, "bf16", progress=False)
     assert path.is_file() and path.is_relative_to(tmp_path / "cache")
     assert sorted(p.name for p in mine.iterdir()) == ["config.json", "model.safetensors"]
 
 
-def test_an_export_an_earlier_version_left_in_the_model_directory_is_reused(tiny_dir, tmp_path, monkeypatch):
-    mine = tmp_path / "my-model"
-    mine.mkdir()
-    for f in ("config.json", "model.safetensors"):
-        (mine / f).write_bytes((tiny_dir / f).read_bytes())
-    monkeypatch.setenv("LUCE_BENCH_CACHE", str(tmp_path / "cache"))
+def test_an_export_an_earlier_version_left_in_the_model_directory_is_reused(mine):
     made = ensure_gguf(mine, TINY, "bf16", progress=False)
     old = mine / "gguf" / made.name
     old.parent.mkdir()
