@@ -18,6 +18,7 @@ from luce_bench.errors import UserError
 from luce_bench.files import atomic_write
 from luce_bench.records import RunRecord, SummaryRow, SweetSpot, write_csv
 from luce_bench.results import META, SUMMARY, ran_simulated, read_meta, read_runs, read_samples
+from luce_bench.status import render_done
 from luce_bench.summary import describe_spot, stress_notes, summarize, sweet_spots
 from luce_bench.tables import (
     TABLE_HEAD,
@@ -209,12 +210,13 @@ def run_state(run_dir: Path) -> list[str]:
 
 def _ending(run_dir: Path) -> tuple[list[str], bool]:
     """(run_state's lines, whether the run stopped before its plan's end or is still going), from one status read."""
-    from luce_bench.status import FAILURES, FINISHED, describe, effective_state, read_status
+    from luce_bench.status import FAILURES, FINISHED, as_ended, describe, effective_state, read_status
 
     try:
         doc = read_status(run_dir)
     except UserError as exc:
         return [str(exc)], False
+    doc = as_ended(doc) if doc is not None else None  # (a signal that stopped only the report's writing: its run's)
     state = effective_state(doc) if doc is not None else FINISHED
     if state == FINISHED:
         return [], False
@@ -254,6 +256,7 @@ def render(run_dir: Path) -> Report:
         for path in sweep_files:
             path.unlink(missing_ok=True)
     atomic_write(run_dir / "report.md", report.markdown)
+    render_done(run_dir)
     return report
 
 

@@ -232,3 +232,54 @@ def mark_killed(run_dir: Path, note: str) -> bool:
             doc.update(state=KILLED, exit_code=137, reason=reason, settings_restored=True, updated_utc=utc_now())
             return write_status(run_dir, doc)
     return False
+
+
+RENDER_PENDING = "render_pending"  # the run's own ending, kept while a signal left its report unwritten
+
+
+def mark_render_interrupted(run_dir: Path, code: int, note: str) -> tuple[str, int, str]:
+    """A signal stopped the writing of the run's summary, report and plots: say so in status.json.
+
+    A run that had finished (or finished with failures) becomes interrupted with `code`; a worse ending (a GPU fault,
+    settings not restored, an earlier signal) is kept, `note` added to its reason. Either way the run's own ending is
+    kept under RENDER_PENDING, and `render_done` puts it back once the report is written. Returns the (state, exit
+    code, reason) to tell the user.
+    """
+    doc = None
+    with contextlib.suppress(UserError, OSError):
+        doc = read_status(run_dir)
+    if doc is None:
+        return INTERRUPTED, code, note
+    ending = doc.get(RENDER_PENDING) or {k: doc.get(k) for k in ("state", "exit_code", "reason")}
+    if ending["exit_code"] in (EXIT_OK, EXIT_FAILURES):
+        state, reason = INTERRUPTED, note
+    else:
+        state, code = str(ending["state"]), int(ending["exit_code"])
+        reason = f"{ending['reason']}; {note}" if ending.get("reason") else note
+    doc.update({RENDER_PENDING: ending, "state": state, "exit_code": code, "reason": reason, "updated_utc": utc_now()})
+    write_status(run_dir, doc)
+    return state, code, reason
+
+
+def as_ended(doc: dict[str, Any]) -> dict[str, Any]:
+    """`doc` with the run's own ending where only the writing of its report was interrupted (RENDER_PENDING)."""
+    return {**doc, **doc[RENDER_PENDING]} if isinstance(doc.get(RENDER_PENDING), dict) else doc
+
+
+def render_done(run_dir: Path) -> None:
+    """The report is written: a status that waited for it (RENDER_PENDING) gets the run's own ending back."""
+    with contextlib.suppress(UserError, OSError):
+        doc = read_status(run_dir)
+        if doc is not None and isinstance(doc.get(RENDER_PENDING), dict):
+            doc = as_ended(doc)
+            doc.pop(RENDER_PENDING)
+            doc["updated_utc"] = utc_now()
+            write_status(run_dir, doc)
+
+
+def render_pending(run_dir: Path) -> bool:
+    """Whether a signal left the run's report unwritten (status.json keeps RENDER_PENDING)."""
+    with contextlib.suppress(UserError, OSError):
+        doc = read_status(run_dir)
+        return doc is not None and isinstance(doc.get(RENDER_PENDING), dict)
+    return False

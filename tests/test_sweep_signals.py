@@ -215,3 +215,7 @@ def test_a_signal_while_the_report_is_written_says_so_and_resume_renders_it(env,
                            capture_output=True, text=True, timeout=120, cwd=ROOT)  # fmt: skip
     assert again.returncode == 0, again.stderr
     assert "were missing and are written" in again.stdout and (run_dir / "report.md").is_file()
+    doc = json.loads((run_dir / "status.json").read_text())  # the run's own ending is back, and the report says it
+    assert (doc["state"], doc["exit_code"], "render_pending" in doc) == ("finished", 0, False)
+    assert "interrupted" not in (run_dir / "report.md").read_text()
+    assert json.loads((run_dir / "sweet_spot.json").read_text())["complete"] is True

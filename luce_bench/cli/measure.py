@@ -46,7 +46,9 @@ def measure(
                 todo = prepare(resume, p, ctx)
                 if todo is None:
                     out.print(f"nothing to resume: every planned repetition is in {resume}")
-                    if not (resume / "report.md").is_file():  # it stopped while its report was being written
+                    from luce_bench.status import render_pending
+
+                    if render_pending(resume) or not (resume / "report.md").is_file():  # a signal stopped its report
                         from luce_bench.report import render
 
                         render(resume)
@@ -78,7 +80,7 @@ def _finish(outcome: Any, out: Any, sweep: bool) -> None:
             # (exit 4), also in status.json where it can still be written
             state, code, reason = _render_failed(outcome.run_dir, state, code, reason, exc)
         except (KeyboardInterrupt, SystemExit) as exc:
-            _render_interrupted(outcome.run_dir, exc)
+            _render_interrupted(outcome.run_dir, exc, complete=outcome.stop is None)
     if outcome.stop is None and report is not None:
         print_report(report, out)
     if outcome.stop is not None:
@@ -120,21 +122,19 @@ def _signals_raise() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _render_interrupted(run_dir: Path, exc: BaseException) -> NoReturn:
-    """A signal while the report was written: status.json says so, and how to render it; exit 128 + the signal."""
-    from luce_bench.status import INTERRUPTED, read_status, utc_now, write_status
+def _render_interrupted(run_dir: Path, exc: BaseException, complete: bool) -> NoReturn:
+    """A signal while the report was written: status.json says so (a worse ending kept), one line; exit."""
+    from luce_bench.status import mark_render_interrupted
 
     code = 130 if isinstance(exc, KeyboardInterrupt) else int(exc.code) if isinstance(exc.code, int) else 1
-    reason = (
+    rows = "every repetition is in runs.csv" if complete else "the repetitions measured are in runs.csv"
+    note = (
         f"interrupted by {signal.Signals(code - 128).name if code > 128 else 'a signal'} while the summary, report "
-        f"and plots were written; every repetition is in runs.csv: `luce-bench report {run_dir}` renders them"
+        f"and plots were written; {rows}: `luce-bench report {run_dir}` renders them"
     )
-    with contextlib.suppress(OSError, UserError, KeyboardInterrupt, SystemExit):
-        doc = read_status(run_dir)
-        if doc is not None:
-            doc.update(state=INTERRUPTED, exit_code=code, reason=reason, updated_utc=utc_now())
-            write_status(run_dir, doc)
-    typer.echo(f"error: {reason}", err=True)
+    with contextlib.suppress(KeyboardInterrupt, SystemExit):  # (a second signal: the line below still says it)
+        _, code, note = mark_render_interrupted(run_dir, code, note)
+    typer.echo(f"error: {one_line(note)}", err=True)
     raise typer.Exit(code)
 
 
