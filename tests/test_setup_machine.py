@@ -311,3 +311,23 @@ def test_a_venv_made_from_a_venv_sees_the_hosts_packages_through_host_site(tmp_p
     subprocess.run([py, "-m", "luce_bench.setup.link", "--host-site", *site_dirs], cwd=ROOT, check=True, timeout=60)
     seen = subprocess.run(probe, cwd=tmp_path, capture_output=True, text=True, check=True, timeout=60)
     assert seen.stdout.strip() == "host venv"
+
+
+@pytest.mark.parametrize("builds", [False, True], ids=["nothing-to-build", "builds-beside-a-note"])
+def test_make_llamacpp_cuda_fails_only_when_nothing_is_built(builds, tmp_path, monkeypatch, capsys):
+    import luce_bench.setup.__main__ as setup_main
+    from luce_bench.setup.plan import Gap, SetupPlan, Step
+
+    gap = Gap("cuBLAS", "llama.cpp cannot be built with CUDA", "install the toolkit")
+    if builds:  # e.g. WHEELS' CUDA wheel is for another arch: a note, and the build goes ahead
+        gap = Gap("llama.cpp", "the CUDA wheel is built for sm_86, this GPU is sm_90: building instead", "")
+    steps = [Step("building llama-cpp-python with CUDA for sm_90", ("true",))] if builds else []
+    monkeypatch.setattr(setup_main, "probe", lambda *a: None)
+    monkeypatch.setattr(setup_main, "decide_llamacpp_cuda", lambda *a: SetupPlan(steps=steps, gaps=[gap]))
+    args = ["--venv", str(tmp_path / "venv"), "--log", str(tmp_path / "setup.log"), "--llamacpp-cuda"]
+    code = setup_main.main([*args, "--cuda-arch", "90"])
+    out = capsys.readouterr()
+    if builds:
+        assert code == 0 and "setup: done" in out.out, out
+    else:
+        assert code == 1 and "no CUDA build of llama.cpp was made" in out.err, out

@@ -142,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         plan = decide_llamacpp_cuda(machine, o, args.cuda_arch or None)
     else:
         plan = decide(machine, o)
-    if args.llamacpp_cuda and plan.gaps and not args.dry_run:  # what was asked for cannot be made here
-        run_plan(plan, Path(args.log), args.dry_run)
+    if args.llamacpp_cuda and not plan.steps and not args.dry_run:  # what was asked for cannot be made here
+        run_plan(plan, Path(args.log), args.dry_run)  # (its gaps: why)
         print("setup: failed: no CUDA build of llama.cpp was made (the line above says why)", file=sys.stderr)
         return 1
     try:
