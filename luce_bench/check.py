@@ -14,6 +14,7 @@ import gzip
 from pathlib import Path
 
 from luce_bench.errors import UserError
+from luce_bench.publish import publishing_now
 from luce_bench.published import NO_ROWS, run_dirs
 from luce_bench.records import RunRecord, SummaryRow, columns, read_csv, to_cells
 from luce_bench.results import META, RUNS, SAMPLES, SUMMARY
@@ -109,8 +110,9 @@ def check(results: Path, readme: Path | None) -> list[str]:
             "(give the folder that holds the published runs, e.g. results/)"
         )
     problems: list[str] = [
-        f"{d}: left by a publish that was killed (remove it; the next publish removes it after an hour)"
+        f"{d}: left by a publish that did not finish (remove it)"
         for d in sorted(results.glob("*/.publish-*"))
+        if not publishing_now(d)
     ]
     clean = True
     for run in runs:

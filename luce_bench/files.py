@@ -9,10 +9,12 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import secrets
 import shutil
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -77,47 +79,68 @@ def atomic_path(final: Path, durable: bool = False, existing: Callable[[Path], b
             tmp.unlink(missing_ok=True)
 
 
-def _sibling(final: Path, suffix: str) -> Path:
-    return final.with_name(f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}.{suffix}")
-
-
-STALE_S = 3600.0  # a temporary of a dead process is removed once untouched this long (another host's may be alive)
-
-
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: object) -> bool:
+    """Whether process `pid` runs on this machine (another user's counts: it cannot be signalled but is there)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except (PermissionError, OverflowError):
-        return True  # another user's process (or no such pid can exist): not ours to judge
+        return True
     return True
 
 
+def host_tag() -> str:
+    """4 hex digits naming this machine and boot: a temporary's writer is judged by its pid only where they match."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = ""
+    return hashlib.sha256(f"{socket.gethostname()} {boot}".encode()).hexdigest()[:4]
+
+
+def _sibling(final: Path, suffix: str) -> Path:
+    return final.with_name(f".{final.name}.{os.getpid()}.{host_tag()}{secrets.token_hex(2)}.{suffix}")
+
+
+STALE_S = 3600.0  # a temporary of this machine's dead process is removed once untouched this long
+OTHER_HOST_STALE_S = 7 * 86400.0  # another machine's (a shared cache): its pid means nothing here, only its age
+
+
 def _untouched_s(path: Path) -> float:
-    """Seconds since `path` (or, for a directory, anything directly in it) last changed."""
+    """Seconds since anything in `path` (a file, or a directory's whole tree) last changed."""
     newest = path.lstat().st_mtime
     if path.is_dir() and not path.is_symlink():
-        for child in path.iterdir():
-            with contextlib.suppress(OSError):
-                newest = max(newest, child.lstat().st_mtime)
+        for root, dirs, names in os.walk(path):
+            for name in [*dirs, *names]:
+                with contextlib.suppress(OSError):
+                    newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime)
     return time.time() - newest
+
+
+def _stale(m: re.Match[str], entry: Path) -> bool:
+    """Whether the writer of `entry` (pattern groups `pid`, `host`) is gone and the entry untouched long enough."""
+    if m["host"] != host_tag():
+        return _untouched_s(entry) >= OTHER_HOST_STALE_S
+    pid = int(m["pid"])
+    return pid != os.getpid() and not pid_alive(pid) and _untouched_s(entry) >= STALE_S
 
 
 def remove_stale(parent: Path, pattern: str) -> list[Path]:
     """Remove what a killed writer (SIGKILL, OOM, power loss) left in `parent`; return what was removed.
 
-    That is every entry whose whole name matches `pattern` (its group `pid`: the writer's process id) when that
-    process is gone and the entry is untouched for STALE_S.
+    That is every entry whose whole name matches `pattern` (groups `pid` and `host`: the writer's process id and
+    host_tag) when that process is gone from this machine and the entry is untouched for STALE_S (another machine's:
+    OTHER_HOST_STALE_S).
     """
     gone = []
     with contextlib.suppress(OSError):
         for entry in parent.iterdir():
             m = re.fullmatch(pattern, entry.name)
-            if not m or int(m["pid"]) == os.getpid() or _pid_alive(int(m["pid"])):
-                continue
             with contextlib.suppress(OSError):
-                if _untouched_s(entry) < STALE_S:
+                if not m or not _stale(m, entry):
                     continue
                 if entry.is_dir() and not entry.is_symlink():
                     shutil.rmtree(entry)
@@ -128,8 +151,20 @@ def remove_stale(parent: Path, pattern: str) -> list[Path]:
 
 
 def remove_stale_siblings(final: Path) -> list[Path]:
-    """Remove the temporaries of `final` that a killed atomic_path left (`.NAME.PID.HEX.tmp` / `.old`)."""
-    return remove_stale(final.parent, rf"\.{re.escape(final.name)}\.(?P<pid>\d+)\.[0-9a-f]{{8}}\.(?:tmp|old)")
+    """Remove the temporaries of `final` that a killed atomic_path left (`.NAME.PID.HOSTHEX.tmp` / `.old`).
+
+    A writer killed between its two renames leaves the only copy in `.old` with `final` missing: that one is put
+    back, not removed.
+    """
+    sib = rf"\.{re.escape(final.name)}\.(?P<pid>\d+)\.(?P<host>[0-9a-f]{{4}})[0-9a-f]{{4}}\."
+    if not final.exists():
+        with contextlib.suppress(OSError):
+            for entry in sorted(final.parent.iterdir(), key=lambda p: p.lstat().st_mtime, reverse=True):
+                m = re.fullmatch(sib + "old", entry.name)
+                if m and _stale(m, entry):
+                    os.replace(entry, final)
+                    break
+    return remove_stale(final.parent, sib + "(?:tmp|old)")
 
 
 def _rename_into_place(tmp: Path, final: Path, existing: Callable[[Path], bool] | None) -> None:

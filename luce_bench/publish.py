@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from luce_bench.errors import UserError
-from luce_bench.files import atomic_write, remove_stale
+from luce_bench.files import atomic_write, host_tag, pid_alive, remove_stale
 from luce_bench.independent import LOG as INDEPENDENT_LOG
 from luce_bench.independent import REPORT as INDEPENDENT_REPORT
 from luce_bench.independent import report_text
@@ -91,7 +91,13 @@ def _with_commit(meta: dict[str, Any]) -> dict[str, Any]:
     return {**meta, "git_commit": commit, "git_commit_source": f"luce-bench publish ({source}); the run recorded none"}
 
 
-STAGE_PATTERN = r"\.publish-(?P<pid>\d+)-\w+"  # a publish's staging folder inside results/<gpu>/
+STAGE_PATTERN = r"\.publish-(?P<pid>\d+)-(?P<host>[0-9a-f]{4})-\w+"  # a publish's staging folder in results/<gpu>/
+
+
+def publishing_now(stage: Path) -> bool:
+    """Whether `stage` (a `.publish-*` folder) is the staging folder of a publish running on this machine now."""
+    m = re.fullmatch(STAGE_PATTERN, stage.name)
+    return bool(m) and m["host"] == host_tag() and pid_alive(int(m["pid"]))
 
 
 @contextlib.contextmanager
@@ -99,7 +105,7 @@ def _staged(final: Path) -> Iterator[Path]:
     """A folder named like `final` in a temporary sibling directory, renamed onto `final` on success."""
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(final.parent, STAGE_PATTERN)  # a killed publish's
-    tmp = Path(tempfile.mkdtemp(prefix=f".publish-{os.getpid()}-", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".publish-{os.getpid()}-{host_tag()}-", dir=final.parent))
     try:
         stage = tmp / final.name
         stage.mkdir()

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from luce_bench.errors import UserError
-from luce_bench.files import atomic_write
+from luce_bench.files import atomic_write, pid_alive
 
 STATUS = "status.json"
 FORMAT = 1
@@ -127,24 +127,12 @@ def read_status(run_dir: Path) -> dict[str, Any] | None:
     return doc
 
 
-def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def effective_state(doc: dict[str, Any]) -> str:
     """The state, with a `running` status whose process is gone (or ran before a reboot) read as `killed`."""
     if doc.get("state") != RUNNING:
         return str(doc.get("state"))
     same_machine = doc.get("host") == socket.gethostname() and doc.get("boot_id") == _boot_id()
-    return RUNNING if same_machine and _alive(doc.get("pid")) else KILLED
+    return RUNNING if same_machine and pid_alive(doc.get("pid")) else KILLED
 
 
 def describe(doc: dict[str, Any]) -> str:

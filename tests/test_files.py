@@ -62,19 +62,38 @@ def _dead_pid() -> int:
 def test_a_killed_writers_temporaries_are_removed_by_the_next_write_once_stale(tmp_path):
     import os
 
-    final = tmp_path / "model"
+    final, here = tmp_path / "model", files.host_tag()
     dead, alive = _dead_pid(), os.getppid()
-    old_dead = tmp_path / f".model.{dead}.0123abcd.tmp"  # what SIGKILL left mid-export: a folder of files
-    old_dead.mkdir()
-    (old_dead / "part").write_bytes(b"x" * 1000)
-    fresh_dead = tmp_path / f".model.{dead}.89abcdef.tmp"  # maybe another host's writer, still going
+    old_dead = tmp_path / f".model.{dead}.{here}0123.tmp"  # what SIGKILL left mid-export: a folder of files
+    (old_dead / "sub").mkdir(parents=True)
+    (old_dead / "sub" / "part").write_bytes(b"x" * 1000)
+    fresh_dead = tmp_path / f".model.{dead}.{here}89ab.tmp"  # untouched for less than an hour
     fresh_dead.write_text("x")
-    old_alive = tmp_path / f".model.{alive}.00000000.tmp"  # a running process's
+    deep = tmp_path / f".model.{dead}.{here}4567.tmp"  # its top is old, a file deep inside was written just now
+    (deep / "a" / "b").mkdir(parents=True)
+    (deep / "a" / "b" / "now").write_text("x")
+    old_alive = tmp_path / f".model.{alive}.{here}0000.tmp"  # a running process's
     old_alive.write_text("x")
-    other = tmp_path / f".other.{dead}.0123abcd.tmp"  # another final's
+    elsewhere = tmp_path / f".model.{dead}.{'0000' if here != '0000' else '1111'}cdef.tmp"  # another machine's
+    elsewhere.write_text("x")
+    other = tmp_path / f".other.{dead}.{here}0123.tmp"  # another final's
     other.write_text("x")
-    for p in (old_dead / "part", old_dead, old_alive, other):
-        os.utime(p, (1, 1))
+    for p in (old_dead / "sub" / "part", old_dead / "sub", old_dead, deep / "a", deep, old_alive, elsewhere, other):
+        os.utime(p, (1e9, 1e9))  # 2001: stale by any measure of this machine's; another's waits a week from then
     files.atomic_write(final, "done")
     assert final.read_text() == "done"
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model", fresh_dead.name, old_alive.name, other.name])
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted(["model", fresh_dead.name, deep.name, old_alive.name, other.name])  # 2001 > a week ago
+
+
+def test_a_writer_killed_between_its_renames_gets_its_only_copy_put_back(tmp_path):
+    import os
+
+    final = tmp_path / "lib"
+    aside = tmp_path / f".lib.{_dead_pid()}.{files.host_tag()}0123.old"  # final renamed aside, the new one never came
+    aside.mkdir()
+    (aside / "libluce_mk.so").write_bytes(b"built")
+    os.utime(aside / "libluce_mk.so", (1e9, 1e9))
+    os.utime(aside, (1e9, 1e9))
+    assert files.remove_stale_siblings(final) == []
+    assert (final / "libluce_mk.so").read_bytes() == b"built" and not aside.exists()

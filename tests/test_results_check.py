@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -124,7 +125,7 @@ PROBLEMS = {  # what is done to the copy -> the start of the line that must name
     "no-markers": "{readme} has no <!-- results:begin --> ... <!-- results:end --> block",
     "no-rows": "{run}/runs.csv: no finished repetition",  # a run stopped before its first row
     "index-missing": "{tree}/README.md is missing (run `luce-bench publish",
-    "publish-killed": "{tree}/nvidia-h200/.publish-4242-abc: left by a publish that was killed",
+    "publish-killed": "{tree}/nvidia-h200/.publish-4242-abc: left by a publish that did not finish",
 }
 
 
@@ -153,6 +154,9 @@ def test_each_problem_is_one_line_and_exit_1(case, run_tree):
         (tree / "README.md").unlink()
     elif case == "publish-killed":
         (tree / "nvidia-h200" / ".publish-4242-abc" / "20261206-x").mkdir(parents=True)
+        from luce_bench.files import host_tag  # a publish running now is not flagged
+
+        (tree / "nvidia-h200" / f".publish-{os.getpid()}-{host_tag()}-x1y2" / "20261206-y").mkdir(parents=True)
     elif case == "missing-column":
         with (run / "summary.csv").open() as f:
             rows = [r for r in csv.reader(f)]
