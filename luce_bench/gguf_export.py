@@ -5,9 +5,10 @@ Conversion rules follow `qwen35.md` §4 (llama.cpp's own `convert_hf_to_gguf.py`
 to [C, K], dt_bias becomes `ssm_dt.bias`. No tokenizer is written: tokenizer model "none" plus the vocab size, so the
 file runs on raw token ids.
 
-Files are cached next to the checkpoint as `<model>/gguf/model-<type>-<hash16>.gguf`, where the hash covers the
-source safetensors, config.json and the exporter version; they are written to a temporary file and renamed into place,
-so a reader never sees a half-written one. A read-only checkpoint directory falls back to the user cache.
+Files are cached in the user cache as `gguf/<hash16>/model-<type>-<hash16>.gguf` (never in the user's checkpoint
+directory; an export an earlier version left in `<model>/gguf/` is still used), where the hash covers the source
+safetensors, config.json and the exporter version; they are written to a temporary file and renamed into place, so a
+reader never sees a half-written one.
 """
 
 from __future__ import annotations

@@ -217,7 +217,8 @@ def _in_dir(plan: Plan, ctx: RunContext, ui: UI, control: Any, resume: Resume | 
         if writer.n_runs == 0 and resume is None:  # nothing measured: leave no run directory behind
             shutil.rmtree(writer.dir, ignore_errors=True)
             raise
-        outcome.stop, outcome.error = Stop(st.STOPPED, f"error: {exc}", st.EXIT_BAD_INPUT), exc
+        code = getattr(exc, "exit_code", st.EXIT_BAD_INPUT)  # (a WriteError: the disk, EXIT_DISK)
+        outcome.stop, outcome.error = Stop(st.STOPPED, f"error: {exc}", code), exc
     except OSError as exc:  # the console (stdout full or closed), or a file outside the run directory's writers
         where = f" {exc.filename}" if exc.filename else ""
         outcome.stop = Stop(st.STOPPED, f"cannot write{where}: {exc.strerror or exc}", st.EXIT_DISK)

@@ -511,3 +511,18 @@ def test_an_empty_or_earlier_build_directory_is_a_valid_output(tmp_path, monkeyp
     (tmp_path / kb.LIB_NAME).write_bytes(b"old")
     (tmp_path / kb.REPORT_NAME).write_text("")
     assert kb._out_dir(tmp_path) == tmp_path
+
+
+def test_a_detected_gpu_older_than_sm80_is_refused_and_the_megakernel_skipped(monkeypatch):
+    import torch
+
+    import luce_bench.backends.megakernel as mk
+
+    monkeypatch.delenv("LUCE_BENCH_CUDA_ARCH", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: (7, 5))  # a T4
+    with pytest.raises(UserError, match="'sm_75' is older than the kernels need"):
+        kb.detect_arch()
+    monkeypatch.setattr(mk, "_gpu_present", lambda: True)
+    monkeypatch.setattr(kb, "find_nvcc", lambda: "/usr/local/cuda/bin/nvcc")
+    assert "'sm_75' is older than the kernels need" in mk.MegakernelBackend.unavailable_reason()

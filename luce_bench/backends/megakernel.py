@@ -137,7 +137,7 @@ class MegakernelBackend(Backend):
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        """Why the kernel cannot run here: no torch, no nvcc or no GPU; None if it can."""
+        """Why the kernel cannot run here: no torch, no nvcc, no GPU or one older than sm_80; None if it can."""
         if importlib.util.find_spec("torch") is None:
             return "torch is not installed (needed for device buffers)"
         from luce_bench.kernels.build import find_nvcc
@@ -146,6 +146,13 @@ class MegakernelBackend(Backend):
             return "nvcc not found (the megakernel is compiled on first use; install the CUDA toolkit)"
         if not _gpu_present():
             return "no CUDA GPU visible"
+        from luce_bench.errors import UserError
+        from luce_bench.kernels.build import detect_arch
+
+        try:
+            detect_arch()
+        except UserError as exc:  # a GPU older than sm_80, or one whose arch nothing can tell
+            return str(exc)
         return None
 
     @classmethod

@@ -121,7 +121,7 @@ def main() -> None:
         if state["debug"]:
             traceback.print_exc()
         typer.echo(f"error: {one_line(str(exc))}", err=True)
-        sys.exit(2)
+        sys.exit(getattr(exc, "exit_code", 2))
     except KeyboardInterrupt:  # outside a command (its options being read): no traceback either
         typer.echo("interrupted", err=True)
         sys.exit(130)

@@ -15,7 +15,8 @@ ReadmeOpt = Annotated[
     typer.Option(
         "--readme",
         parser=path_param,
-        help="The README with the results block (default: the one next to the results tree).",
+        help="The README with the results block (default: the one next to the results tree); for report, with "
+        "--check only.",
     ),
 ]
 

@@ -141,7 +141,7 @@ def detect_arch() -> str:
 
         if torch.cuda.is_available():
             major, minor = torch.cuda.get_device_capability(0)
-            return f"sm_{major}{minor}"
+            return normalize_arch(f"sm_{major}{minor}")  # (a GPU older than the kernels need: a UserError)
     except ImportError:
         pass
     try:
@@ -150,11 +150,13 @@ def detect_arch() -> str:
         pynvml.nvmlInit()
         try:
             major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(pynvml.nvmlDeviceGetHandleByIndex(0))
-            return f"sm_{major}{minor}"
+            found = f"sm_{major}{minor}"
         finally:
             pynvml.nvmlShutdown()
     except Exception:
         pass
+    else:
+        return normalize_arch(found)
     raise UserError(
         "cannot tell the CUDA arch: no GPU visible to torch or NVML; pass --arch (e.g. sm_90) "
         "or set LUCE_BENCH_CUDA_ARCH"
