@@ -184,3 +184,25 @@ def test_a_run_with_a_failed_backend_needs_allow_failures_and_its_failure_is_pri
     assert json.loads((dest / "meta.json").read_text())["published_with_failures"] == [failure]
     assert f"- failed in this run (no rows): {failure}" in (results / "README.md").read_text()
     assert runner.invoke(app, ["report", "--check", str(results)]).exit_code == 0
+
+
+def test_publish_stages_in_a_folder_it_can_tell_and_removes_a_killed_ones(tmp_path):
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from luce_bench import publish
+    from luce_bench.files import host_tag
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    gpu = tmp_path / "nvidia-h200"
+    killed = gpu / f".publish-{proc.pid}-{host_tag()}-k1ll3d" / "20261206-x"  # a publish killed mid-copy
+    killed.mkdir(parents=True)
+    for p in (killed, killed.parent):
+        os.utime(p, (1e9, 1e9))
+    with publish._staged(gpu / "20261207-y") as stage:
+        assert re.fullmatch(publish.STAGE_PATTERN, stage.parent.name) and publish.publishing_now(stage.parent)
+        (stage / "runs.csv").write_text("x\n")
+    assert sorted(p.name for p in gpu.iterdir()) == ["20261207-y"]
