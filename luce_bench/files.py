@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import re
@@ -50,6 +51,9 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_swept: set[Path] = set()  # the files whose killed writers' temporaries this process has looked for
+
+
 @contextlib.contextmanager
 def atomic_path(final: Path, durable: bool = False, existing: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """Yield a fresh sibling path of `final`; on success it is renamed onto `final`, on failure removed.
@@ -62,7 +66,9 @@ def atomic_path(final: Path, durable: bool = False, existing: Callable[[Path], b
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_siblings(final)  # a killed writer's (a model export's can be 1.2 GB)
+    if final not in _swept:  # a killed writer's (a model export's can be 1.2 GB); once per file and process, not
+        _swept.add(final)  # at each of a run's status.json rewrites
+        remove_stale_siblings(final)
     tmp = _sibling(final, "tmp")
     try:
         yield tmp
@@ -92,6 +98,7 @@ def pid_alive(pid: object) -> bool:
     return True
 
 
+@functools.cache
 def host_tag() -> str:
     """4 hex digits naming this machine and boot: a temporary's writer is judged by its pid only where they match."""
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
 
@@ -67,13 +67,14 @@ def _finish(outcome: Any, out: Any, sweep: bool) -> None:
     from luce_bench.appender import RunDirError
     from luce_bench.report import print_report, render
     from luce_bench.results import META
+    from luce_bench.runner import signals_stop_the_run
     from luce_bench.status import EXIT_FAILURES
 
     state, code, reason = outcome.ending()
     report = None
     if outcome.n_runs:
         try:
-            with _signals_raise():
+            with signals_stop_the_run():  # (the run's own handlers are gone: SIGTERM would end it silently)
                 report = render(outcome.run_dir)
         except (OSError, RunDirError, UserError) as exc:
             # the measured rows are kept, but the run directory lacks its summary, report and plots: a write error
@@ -100,26 +101,6 @@ def _finish(outcome: Any, out: Any, sweep: bool) -> None:
     see = f" (see {status})" if status.is_file() else ""  # (a disk full at the start may not have let it be written)
     typer.echo(f"error: {one_line(reason)}{see}", err=True)
     raise typer.Exit(code)
-
-
-@contextlib.contextmanager
-def _signals_raise() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise SystemExit(128 + n) inside the block, as SIGINT raises KeyboardInterrupt.
-
-    The run's own handlers are gone once it has ended; without these a SIGTERM while the report is written would end
-    the process silently and leave status.json saying the run finished.
-    """
-    from luce_bench.gpu.power_limit import signal_exit
-
-    def on_signal(signum: int, frame: object) -> None:
-        raise signal_exit(signum)
-
-    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
 
 
 def _render_interrupted(run_dir: Path, exc: BaseException, complete: bool) -> NoReturn:

@@ -109,13 +109,18 @@ def nvcc_version(nvcc: str) -> str:
     return out.stdout.strip()
 
 
+def arch_number(arch: str) -> int:
+    """'sm_90a', '90a' or '90' -> 90."""
+    return int(arch.removeprefix("sm_").rstrip("a"))
+
+
 def normalize_arch(arch: str) -> str:
     """'90', 'sm_90', 'compute_90', '9.0' -> 'sm_90'; loud error otherwise."""
     a = arch.strip().lower().replace(".", "")
     m = _ARCH.match(a)
     if not m:
         raise UserError(f"bad CUDA arch {arch!r}: expected e.g. sm_90, sm_80, 90 or 9.0")
-    if int(m.group(1).rstrip("a")) < MIN_ARCH:
+    if arch_number(m.group(1)) < MIN_ARCH:
         raise UserError(f"CUDA arch {arch!r} is older than the kernels need: sm_{MIN_ARCH} (Ampere) or newer")
     return f"sm_{m.group(1)}"
 
@@ -319,7 +324,7 @@ def build(
         archs = (detect_arch(),)
     elif isinstance(archs, str):
         archs = tuple(a for a in archs.split(",") if a.strip())
-    arch_t = tuple(sorted({normalize_arch(a) for a in archs}, key=lambda a: int(a[3:].rstrip("a"))))
+    arch_t = tuple(sorted({normalize_arch(a) for a in archs}, key=arch_number))
     if not arch_t:
         raise UserError("no CUDA arch given")
     if out_dir is not None:
