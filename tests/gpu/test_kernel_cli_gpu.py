@@ -97,5 +97,6 @@ def test_kernel_trace_cli(tmp_path):
 
     with np.load(raw) as z:  # the per-block timestamps behind the summary
         tr_l = dict(zip(z["point_names"].tolist(), z["point_values"].tolist(), strict=True))["TR_L"]
-        assert z["t_us"].shape == (8, 24 * tr_l + 4, t["grid"])
+        # five per-step points after the layers: step, LM x ready, LM done, LM barrier, LM streamed (mk_trace.cuh)
+        assert z["t_us"].shape == (8, 24 * tr_l + 5, t["grid"])
         assert json.loads(str(z["meta_json"]))["seed"] == 3
