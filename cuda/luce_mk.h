@@ -159,8 +159,7 @@ typedef struct LuceMkLayout {
     int syncs_per_step;
     int vocab;
     int hidden;
-    int gdn_out_transposed;     /* 1: GDN out_proj stored transposed [2048 x 1024] (split-K); 0: as HF's [1024 x 2048],
-                                   by rows (build option MK_GDN_ROWS) */
+    int gdn_out_transposed;     /* always 1 (GDN out_proj stored transposed [2048 x 1024]) */
 } LuceMkLayout;
 
 typedef struct LuceMkLaunchInfo {

@@ -14,11 +14,6 @@
 //                     polls, so no grid barrier follows o_proj (43 per step, not 49), and the attention layer makes
 //                     one residual transition instead of two (mk_norm.cuh, xk); a candidate while screened (NOTES.md
 //                     v35b)
-//   MK_GDN_ROWS       1 (with MK_O_TAGS=1): a GDN layer is one residual transition too. Its items store their gated
-//                     outputs as tagged values (as the attention merges do) instead of out_proj split-K into the
-//                     residual; out_proj runs by rows as attention's o_proj (weights packed untransposed, layout
-//                     gdn_out_transposed = 0) and stores x + out_proj as tagged rows that the MLP polls: no mixer
-//                     barrier, 25 grid barriers per step; a candidate while screened (NOTES.md v36)
 //   MK_PF_GSTAGES     prefill GEMM: cp.async stages (2-4) and k depth per stage (MK_PF_GBK 32 or 64): the pipeline
 //   MK_PF_GBK         depth that hides L2 latency; 3 x 64 won on the H200 (NOTES.md, prefill v3), another GPU may differ
 //   MK_PF_GBM         prefill GEMM: rows per tile, 64 or 128 (warp tiles 32 x 64 or 64 x 64: more products per
@@ -49,9 +44,6 @@
 #endif
 #ifndef MK_O_TAGS
 #define MK_O_TAGS 0
-#endif
-#ifndef MK_GDN_ROWS
-#define MK_GDN_ROWS 0
 #endif
 #ifndef MK_PF_GSTAGES
 #define MK_PF_GSTAGES 3
@@ -98,9 +90,6 @@
 #endif
 #if MK_O_TAGS != 0 && MK_O_TAGS != 1
 #error "MK_O_TAGS must be 0 or 1"
-#endif
-#if (MK_GDN_ROWS != 0 && MK_GDN_ROWS != 1) || (MK_GDN_ROWS && !MK_O_TAGS)
-#error "MK_GDN_ROWS must be 0 or 1, and 1 only with MK_O_TAGS=1"
 #endif
 #if MK_PF_GSTAGES < 2 || MK_PF_GSTAGES > 4 || (MK_PF_GBK != 32 && MK_PF_GBK != 64)
 #error "MK_PF_GSTAGES must be 2, 3 or 4 and MK_PF_GBK 32 or 64"
@@ -162,12 +151,11 @@ constexpr int ATT_CHUNK = NCW * ATT_BATCH;  // min positions per attention work 
                                             // three batches per warp, fewer chunks, lost)
 constexpr int ATT_MAXCH = 16;    // max sequence chunks per query head (items per layer <= 2 x 4 x 16 = 128)
 
-// Grid barriers per step: after each GDN layer's mixer (18, none with MK_GDN_ROWS: its out_proj polls the items'
-// tagged outputs and the MLP polls out_proj's tagged rows), after each attention layer's o_proj (6, none with
+// Grid barriers per step: after each GDN layer's mixer (18), after each attention layer's o_proj (6, none with
 // MK_O_TAGS: the MLP polls o_proj's tagged rows), after each MLP (24), after the LM head (1). An attention layer's
 // mixer has none: o_proj polls the tagged head outputs (NOTES.md v25).
-constexpr int SYNCS_PER_STEP = (MK_GDN_ROWS ? 1 : 2) * (NL - NL / 4) + (MK_O_TAGS ? 1 : 2) * (NL / 4) + 1;
-static_assert(SYNCS_PER_STEP == (MK_GDN_ROWS ? 25 : MK_O_TAGS ? 43 : 49), "18 x (2 or 1) + 6 x (2 or 1) + 1");
+constexpr int SYNCS_PER_STEP = 2 * (NL - NL / 4) + (MK_O_TAGS ? 1 : 2) * (NL / 4) + 1;
+static_assert(SYNCS_PER_STEP == (MK_O_TAGS ? 43 : 49), "18 x 2 + 6 x (2 or 1) + 1");
 
 __host__ __device__ constexpr bool is_fa(int l) { return (l & 3) == 3; }
 __host__ __device__ constexpr int fa_index(int l) { return l >> 2; }

@@ -3,10 +3,9 @@
 //
 // One cooperative launch runs n_steps whole steps. Each block is 15 consumer warps plus one producer warp that streams
 // the block's weight rows of every phase into a shared-memory ring (mk_ring.cuh) and runs ahead across all barriers.
-// Per step and layer (49 grid barriers per step: 18 x 2 + 6 x 2 + 1; 43 with MK_O_TAGS, 25 with MK_GDN_ROWS):
+// Per step and layer (49 grid barriers per step: 18 x 2 + 6 x 2 + 1; 43 with MK_O_TAGS):
 //   P1 in_proj (mk_in_proj.cuh)  RMSNorm + in_proj / qkv rows, outputs as tagged values that P2 polls (no barrier)
 //   P2 GDN   (mk_gdn.cuh)        128 items: conv, delta rule, gated norm, out_proj split-K into the residual | barrier
-//                                (MK_GDN_ROWS: the gated outputs as tagged values, then P3 by rows as attention's)
 //   P2 attn  (mk_attn.cuh)       items per (KV group, query head, chunk), the last chunk item merges the head and
 //                                stores its outputs as tagged values that P3 polls (no barrier)
 //   P3 attn  (mk_o_proj.cuh)     o_proj rows + residual                            | barrier (MK_O_TAGS: tagged rows)
@@ -44,24 +43,22 @@ __device__ void consumer_step(Ctx& c, const LuceMkParams& P, int s, int& tok) {
     NormW wn = norm_weights(c, ln1_w(P, 0));
     for (int l = 0; l < NL; ++l) {
         const unsigned ep = layer_epoch(P, s, l);
-        // the mixer's output residual buffer (a GDN layer's; MK_O_TAGS an attention layer's, MK_GDN_ROWS every
-        // layer's mixer output is o_proj's / out_proj's tagged rows instead)
-        float* xmix = xbuf(P, xk(l) + 1);
+        float* xmix = xbuf(P, xk(l) + 1);  // the mixer's output residual buffer (MK_O_TAGS: a GDN layer's only)
         in_proj(c, P, s, l, tok, ep, wn);
         if (is_fa(l)) attn_mix(c, P, l, pos, ep);
         else gdn_mix(c, P, l, pos, ep, xmix);
         trace_done(c, P, s, TR_L * l + TR_MIX_DONE);
-        if (!is_fa(l) && !MK_GDN_ROWS) {
+        if (!is_fa(l)) {
             wn = norm_weights(c, ln2_w(P, l));
             sync_all(c, P);  // (an attention mixer has none: o_proj polls its tagged head outputs)
         }
         trace_pt(c, P, s, TR_L * l + TR_MIX_SYNC);
         if (l == 0 && c.b == 0 && c.tid == 0) P.best[(pos + 1) & 1] = 0ull;  // the next step's argmax slot
-        if (is_fa(l) || MK_GDN_ROWS) {  // a P3 by rows over the mixer's tagged outputs
+        if (is_fa(l)) {
             o_proj(c, P, s, l, xmix, ep);
             wn = norm_weights(c, ln2_w(P, l));
             if (!MK_O_TAGS) sync_all(c, P);  // (MK_O_TAGS: the MLP polls o_proj's tagged rows)
-            if (!MK_GDN_ROWS || is_fa(l)) trace_pt(c, P, s, TR_L * l + TR_O_SYNC);  // (a GDN layer's items use it)
+            trace_pt(c, P, s, TR_L * l + TR_O_SYNC);
         }
         mlp(c, P, s, l, wn, ep);
         wn = norm_weights(c, l + 1 < NL ? ln1_w(P, l + 1) : final_norm_w(P));
@@ -170,7 +167,7 @@ void luce_mk_get_layout(LuceMkLayout* o) {
     o->syncs_per_step = mk::SYNCS_PER_STEP;
     o->vocab = mk::V;
     o->hidden = mk::H;
-    o->gdn_out_transposed = MK_GDN_ROWS ? 0 : 1;
+    o->gdn_out_transposed = 1;
 }
 
 int luce_mk_launch_info(LuceMkLaunchInfo* out) {

@@ -2,11 +2,9 @@
 // spread over the blocks. An item: causal conv + SiLU of its q/k/v channels, L2 norms, beta and decay, the delta-rule
 // update of its 128 x 16 f32 state slice and its 16 outputs, the gated RMSNorm (the head's 8 items exchange their
 // partial sums of squares), then out_proj split-K: its 16 rows of out_proj^T times the 16 normalised outputs, added
-// into the mixer's output residual buffer. With MK_GDN_ROWS the item stores its 16 gated outputs as tagged values in
-// scratch().aout instead (index h * 128 + value), and out_proj runs by rows after the items (mk_o_proj.cuh).
+// into the mixer's output residual buffer.
 // Waits for: the head's in_proj outputs (tagged, epoch ep); the 7 sibling items' sums of squares (tagged).
-// Publishes: its sum of squares (tagged); the out_proj partial (f32 reductions; complete after the mixer barrier), or
-// with MK_GDN_ROWS its gated outputs (tagged, epoch ep).
+// Publishes: its sum of squares (tagged); the out_proj partial (f32 reductions; complete after the mixer barrier).
 #pragma once
 #include "mk_norm.cuh"
 #include "mk_trace.cuh"
@@ -154,8 +152,7 @@ __device__ __forceinline__ void gdn_recurrence(Ctx& c, const LuceMkParams& P, in
     }
 }
 
-// Gated RMSNorm of the slice: u = w * (o / rms(head's 128 outputs)) * silu(z), once the 8 sums of squares arrived
-// (MK_GDN_ROWS: stored as tagged values for out_proj by rows, mk_o_proj.cuh).
+// Gated RMSNorm of the slice: u = w * (o / rms(head's 128 outputs)) * silu(z), once the 8 sums of squares arrived.
 __device__ __forceinline__ void gdn_gated_norm(Ctx& c, const LuceMkParams& P, int item, unsigned ep) {
     GdnWork& w = smem().w.gdn;
     const bool nowait = tags_nowait(P);
@@ -165,14 +162,10 @@ __device__ __forceinline__ void gdn_gated_norm(Ctx& c, const LuceMkParams& P, in
         if (c.lane < SLV) {
             const float r = rsqrtf(ss * (1.0f / DV) + EPS);
             const float n = w.gnw[c.lane] * (w.o[c.lane] * r);
-#if MK_GDN_ROWS
-            st_tag(scratch(P).aout + item * SLV + c.lane, ep, n * silu(w.z[c.lane]));
-#else
             w.u[c.lane] = n * silu(w.z[c.lane]);
-#endif
         }
     }
-    cbar();  // (MK_GDN_ROWS too: a block's next item overwrites w.z and w.gnw)
+    cbar();
 }
 
 // out_proj split-K: the item's 16 rows of out_proj^T (segment `seg` of this block's phase-1 stream) times w.u;
@@ -203,18 +196,16 @@ __device__ __forceinline__ void gdn_item(Ctx& c, const LuceMkParams& P, int l, i
     gdn_gated_norm(c, P, item, ep);
     trace_pt(c, P, s, TR_L * l + TR_ITEM_SS);
     pause_set(PAUSE_GDN_ITEM, false);
-    if (!MK_GDN_ROWS) gdn_out_proj(c, P, l, seg, xn);
+    gdn_out_proj(c, P, l, seg, xn);
 }
 
 // P2 of GDN layer l: the block's items (b, b + G, ...), then the owned rows of x added to the output buffer xn
-// (zeroed before the previous barrier). LUCE_MK_DEBUG_NO_MIXING still consumes the out_proj chunks. (MK_GDN_ROWS:
-// the items alone; out_proj by rows follows, mk_o_proj.cuh.)
+// (zeroed before the previous barrier). LUCE_MK_DEBUG_NO_MIXING still consumes the out_proj chunks.
 __device__ __forceinline__ void gdn_mix(Ctx& c, const LuceMkParams& P, int l, int pos, unsigned ep, float* xn) {
     for (int seg = 0, item = c.b; item < GDN_ITEMS; ++seg, item += c.G) {
         if (!(P.debug_flags & LUCE_MK_DEBUG_NO_MIXING)) gdn_item(c, P, l, item, pos, seg, xn, ep);
-        else if (!MK_GDN_ROWS) consume_all_seg(c, phase_seg(c, P, l, 1, seg), [](int, int, const char*) {});
+        else consume_all_seg(c, phase_seg(c, P, l, 1, seg), [](int, int, const char*) {});
     }
-    if (MK_GDN_ROWS) return;
     const int r0 = own_r0(c);
     if (c.tid < own_r1(c) - r0) atomicAdd(xn + r0 + c.tid, smem().x[r0 + c.tid]);
 }

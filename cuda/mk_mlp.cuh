@@ -1,7 +1,7 @@
 // mk_mlp.cuh -- P4 of every layer: RMSNorm, then gate/up + SiLU for this block's slice of the 3584 hidden units, then
 // the matching rows of down_proj^T (split-K: every block contributes a partial of all 1024 outputs).
 // Waits for: the mixer's (or o_proj's) barrier: its residual buffer is complete; with MK_O_TAGS after an attention
-// layer (MK_GDN_ROWS: after every layer), o_proj's (out_proj's) tagged rows of x (epoch ep) instead.
+// layer, o_proj's tagged rows of x (epoch ep) instead.
 // Publishes: the block's down_proj partial (plus x on its owned rows), added with f32 reductions into its copy of the
 // next residual buffer (complete after the barrier that follows).
 #pragma once
@@ -14,9 +14,8 @@ namespace mk {
 __device__ __forceinline__ const float* ln2_w(const LuceMkParams& P, int l) { return P.sblob + (long long)l * SP + SP_LN2; }
 __device__ __forceinline__ void mlp(Ctx& c, const LuceMkParams& P, int s, int l, const NormW& wn, unsigned ep) {
     MlpWork& w = smem().w.mlp;
-    // MK_O_TAGS, an attention layer's MLP (MK_GDN_ROWS: every layer's): x + o_proj from o_proj's tagged rows, one
-    // transition (mk_norm.cuh)
-    const bool tagged = MK_O_TAGS && (MK_GDN_ROWS || is_fa(l));
+    // MK_O_TAGS, an attention layer's MLP: x + o_proj from o_proj's tagged rows, one transition (mk_norm.cuh)
+    const bool tagged = MK_O_TAGS && is_fa(l);
     if (!tagged) zero_owned(c, xbuf(P, xk(l) + 3));  // the next transition's target (mk_norm.cuh)
 #if MK_O_TAGS
     if (tagged) load_x_norm(c, nullptr, nullptr, wn, scratch(P).xo, ep, tags_nowait(P));

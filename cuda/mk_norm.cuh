@@ -11,9 +11,6 @@
 // MLP (as every MLP zeroes the next transition's), last read in the GDN layer's P1, ended by its mixer barrier. 42
 // transitions per step, 42 % 3 == 0. (v35 rotated four buffers instead: the residual buffers' places changed and the
 // GDN layers lost more than the barrier gave, NOTES.md.)
-// With MK_GDN_ROWS every layer is one transition (j = l, 24 % 3 == 0): P1 of layer l reads buffer l and zeroes l + 2
-// (layer l + 1's MLP target; last read by layer l - 1's P1, ended by layer l - 1's MLP barrier), the mixer's output is
-// out_proj's / o_proj's tagged rows, and the MLP adds into l + 1 and zeroes nothing.
 // The prologue: load x (a residual buffer, or the embedding row in layer 0), keep it in smem().x, and write
 // RMSNorm(x) * (1 + w) into smem().acts for the phase's matvec.
 #pragma once
@@ -24,9 +21,9 @@ namespace mk {
 __device__ __forceinline__ Scratch& scratch(const LuceMkParams& P) { return *reinterpret_cast<Scratch*>(P.scratch); }
 __device__ __forceinline__ float* xbuf(const LuceMkParams& P, int j) { return &scratch(P).x[j % 3][0][0]; }
 // The residual transitions before layer l: two per layer (mixer, MLP), one per attention layer with MK_O_TAGS (its
-// mixer's output is o_proj's tagged rows, not a buffer), one per layer with MK_GDN_ROWS: layer l reads buffer xk(l)
-__host__ __device__ constexpr int xk(int l) { return MK_GDN_ROWS ? l : MK_O_TAGS ? 2 * l - l / 4 : 2 * l; }
-static_assert(xk(NL) % 3 == 0, "a step ends where it starts: 48 (42 with MK_O_TAGS, 24 with MK_GDN_ROWS) transitions");
+// mixer's output is o_proj's tagged rows, not a buffer): layer l reads buffer xk(l)
+__host__ __device__ constexpr int xk(int l) { return MK_O_TAGS ? 2 * l - l / 4 : 2 * l; }
+static_assert(xk(NL) % 3 == 0, "a step ends where it starts: 48 (42 with MK_O_TAGS) transitions");
 
 // Rows [r0, r1) of the hidden state this block owns (adds x to, zeroes).
 __device__ __forceinline__ int own_r0(const Ctx& c) { return split_rows(H, c.b, c.G); }

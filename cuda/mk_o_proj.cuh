@@ -4,8 +4,6 @@
 // Publishes: the owned rows of the mixer's output residual buffer (copy 0 = x + o_proj, the other copies 0; complete
 // after the barrier that follows); with MK_O_TAGS the rows x + o_proj as tagged values in scratch().xo (epoch ep),
 // which the MLP polls: no barrier follows.
-// With MK_GDN_ROWS a GDN layer runs it too: out_proj by rows over the items' tagged gated outputs (16 heads x 128, in
-// scratch().aout as the attention outputs), its rows of x + out_proj tagged in scratch().xo.
 #pragma once
 #include "mk_norm.cuh"
 #include "mk_trace.cuh"
@@ -19,15 +17,11 @@ __device__ __forceinline__ void o_proj(Ctx& c, const LuceMkParams& P, int s, int
     // the head outputs as their mergers store them (tagged, epoch ep; NOTES.md v25). Not waited for in
     // the debug modes that skip the math, the barriers or the mixer (nothing would store them)
     const bool nowait = tags_nowait(P) || (P.debug_flags & LUCE_MK_DEBUG_NO_MIXING) != 0;
-    // lanes 0-7 of warp 0 wait for one value of each head (its last dimension; MK_GDN_ROWS, a GDN layer: lanes 0-15,
-    // the value of each head's last item) while the other threads wait at the block barrier: 8 (16) pollers per block,
-    // not 480, keep the L2 free for the items still running (NOTES.md v13: every thread polling cost 25 %); then every
-    // value is loaded, a straggler polled on its own
-    static_assert(NQH * HD == DH * DV, "o_proj and out_proj by rows read 2048 values");
-    const bool gdn = MK_GDN_ROWS && !is_fa(l);
-    const int nh = gdn ? DH : NQH, hd = gdn ? DV : HD;
-    if (c.warp == 0 && c.lane < nh && !nowait) {
-        const u64* h = scratch(P).aout + c.lane * hd + hd - 1;
+    // lanes 0-7 of warp 0 wait for one value of each head (its last dimension) while the other threads wait at the
+    // block barrier: 8 pollers per block, not 480, keep the L2 free for the items still running (NOTES.md v13: every
+    // thread polling cost 25 %); then every value is loaded, a straggler polled on its own
+    if (c.warp == 0 && c.lane < NQH && !nowait) {
+        const u64* h = scratch(P).aout + c.lane * HD + HD - 1;
         const unsigned long long t0 = global_ns();
         for (unsigned n = 1; !tag_ok(ld_gpu(h), ep); ++n) {
             if ((n & 0xfffffu) == 0) spin_check(t0);
@@ -59,7 +53,7 @@ __device__ __forceinline__ void o_proj(Ctx& c, const LuceMkParams& P, int s, int
 #endif
         }
     });
-    if (!gdn) trace_done(c, P, s, TR_L * l + TR_O_DONE);  // (a GDN layer's items use the point)
+    trace_done(c, P, s, TR_L * l + TR_O_DONE);
 }
 
 }  // namespace mk

@@ -90,8 +90,7 @@ void gemm(const unsigned short* A, const unsigned short* B, float* C, unsigned s
     gemm_kernel<NN, OUT><<<grid, GTHREADS, GEMM_SMEM, st>>>(g);
 }
 
-// Phase k of layer l's weights (0 in_proj / qkv, 1 out_proj^T (MK_GDN_ROWS: out_proj) / o_proj, 2 gate|up, 3 down^T),
-// in the fp16 copy.
+// Phase k of layer l's weights (0 in_proj / qkv, 1 out_proj^T / o_proj, 2 gate|up, 3 down^T), in the fp16 copy.
 const unsigned short* layer_w(const void* wblob16, int l, int k) {
     const unsigned short* base = (const unsigned short*)wblob16 + layer_woff(l);
     const int64_t rows = is_fa(l) ? FA_ROWS : GDN_ROWS;
@@ -131,9 +130,8 @@ void gdn_layer(const LuceMkPrefillParams& p, const Workspace& ws, char* w, int l
                                                              p.pos);
     gdn_gate_kernel<<<n, 512, 0, st>>>((float*)(w + ws.o), Y, sp + SP_GNW, (unsigned short*)(w + ws.u), n);
 #endif
-    // out_proj^T [2048][H] (NN), or out_proj [H][2048] as HF's (NT) when the decode runs it by rows (MK_GDN_ROWS)
-    gemm<!MK_GDN_ROWS, OUT_ADD>((unsigned short*)(w + ws.u), layer_w(p.wblob16, l, 1), (float*)(w + ws.x), nullptr,
-                                nullptr, n, H, DH * DV, MK_GDN_ROWS ? DH * DV : H, st);
+    gemm<true, OUT_ADD>((unsigned short*)(w + ws.u), layer_w(p.wblob16, l, 1), (float*)(w + ws.x), nullptr, nullptr,
+                        n, H, DH * DV, H, st);
 }
 
 void attn_layer(const LuceMkPrefillParams& p, const Workspace& ws, char* w, int l, cudaStream_t st) {

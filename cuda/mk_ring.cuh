@@ -24,19 +24,14 @@ struct Phase {
     int rows;
     int row_bytes;    // 2048 (K = 1024, or a row of a transposed matrix), 4096 (K = 2048, or a gate|up pair)
 };
-// Phase k of layer l: 0 in_proj / qkv, 1 GDN out_proj^T (MK_GDN_ROWS: out_proj by rows) / attention o_proj, 2
-// gate|up, 3 down^T.
+// Phase k of layer l: 0 in_proj / qkv, 1 GDN out_proj^T / attention o_proj, 2 gate|up, 3 down^T.
 __device__ __forceinline__ Phase layer_phase(const void* wblob, int l, int k) {
     const char* base = (const char*)wblob + layer_woff(l) * 2;
     const int r1 = is_fa(l) ? FA_ROWS : GDN_ROWS;
     const char* outp = base + (long long)r1 * 2048;
     switch (k) {
         case 0: return {base, r1, 2048};
-#if MK_GDN_ROWS
-        case 1: return Phase{outp, H, 4096};
-#else
         case 1: return is_fa(l) ? Phase{outp, H, 4096} : Phase{outp, 2048, 2048};
-#endif
         case 2: return {outp + W_OUT * 2, FF, 4096};
         default: return {outp + (W_OUT + W_GU) * 2, FF, 2048};
     }
@@ -61,23 +56,16 @@ __device__ __forceinline__ Seg block_seg(const Ctx& c, const Phase& ph) {
 }
 // Segments block c.b streams in phase k of layer l (l == NL: the LM head, one segment; its rows are lm_phase's). A
 // GDN layer's out_proj^T is split by work item: item i owns rows [16 i, 16 i + 16), and block b runs items b, b + G, ...
-// (MK_GDN_ROWS: by block, as o_proj)
 __device__ __forceinline__ int phase_segs(const Ctx& c, int l, int k) {
-#if !MK_GDN_ROWS
     if (l < NL && k == 1 && !is_fa(l)) return c.b < GDN_ITEMS ? (GDN_ITEMS - 1 - c.b) / c.G + 1 : 0;
-#endif
     return 1;
 }
 __device__ __forceinline__ Seg phase_seg(const Ctx& c, const LuceMkParams& P, int l, int k, int i) {
     const Phase ph = layer_phase(P.wblob, l, k);
-#if !MK_GDN_ROWS
     if (k == 1 && !is_fa(l)) {
         const int item = c.b + i * c.G;
         return {ph.src, item * SLV, item * SLV + SLV, ph.row_bytes};
     }
-#else
-    (void)i;
-#endif
     return block_seg(c, ph);
 }
 

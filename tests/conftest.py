@@ -56,7 +56,6 @@ KERNEL_OPTION_SETS = {
     "prefill-own-gemm": {"MK_PF_CUBLAS": 0},
     "wk-half": {"MK_PF_WK_HALF": 1},
     "o-tags": {"MK_O_TAGS": 1},  # no barrier after an attention layer's o_proj (one residual transition, not two)
-    "gdn-rows": {"MK_O_TAGS": 1, "MK_GDN_ROWS": 1},  # and none after a GDN mixer: out_proj by rows (25 per step)
 }
 
 # Run-time tune settings (luce_bench/kernels/tune.py) other than the measured defaults: the GPU tests run each on the

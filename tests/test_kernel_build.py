@@ -287,7 +287,6 @@ def test_build_options_are_read_from_the_header():
         "MK_SLOT_KB": "32",
         "MK_LM_TAIL_ROWS": "192",
         "MK_O_TAGS": "0",
-        "MK_GDN_ROWS": "0",
         "MK_PF_GSTAGES": "3",
         "MK_PF_GBK": "64",
         "MK_PF_GBM": "64",
@@ -301,7 +300,7 @@ def test_build_options_are_read_from_the_header():
 
 
 def test_unknown_option_is_one_line_before_nvcc(tmp_path):
-    names = "MK_GDN_ROWS, MK_LM_TAIL_ROWS, MK_O_TAGS, MK_PF_"
+    names = "MK_LM_TAIL_ROWS, MK_O_TAGS, MK_PF_"
     with pytest.raises(UserError, match=rf"unknown kernel option 'MK_HEADBUF'; the kernel reads {names}"):
         kb.build(("sm_90",), out_dir=tmp_path / "lib", defines={"MK_HEADBUF": 1})
     assert not (tmp_path / "lib").exists()
@@ -314,11 +313,10 @@ def test_unknown_option_is_one_line_before_nvcc(tmp_path):
         ({"MK_SLOT_KB": 20}, "MK_SLOT_KB must be 16, 24, 32, 48 or 64"),
         ({"MK_PF_GBM": 96}, "MK_PF_GBM must be 64 or 128"),
         ({"MK_O_TAGS": 2}, "MK_O_TAGS must be 0 or 1"),
-        ({"MK_GDN_ROWS": 1}, "MK_GDN_ROWS must be 0 or 1, and 1 only with MK_O_TAGS=1"),
         ({"MK_SPIN_LIMIT_NS": 5}, "MK_SPIN_LIMIT_NS must be at least"),
         ({"MK_PF_GBK": 48}, "MK_PF_GSTAGES must be 2, 3 or 4 and MK_PF_GBK 32 or 64"),
     ],
-    ids=["slot20", "gbm96", "o-tags2", "gdn-rows-alone", "spin5", "gbk48"],
+    ids=["slot20", "gbm96", "o-tags2", "spin5", "gbk48"],
 )
 def test_bad_option_value_is_the_kernels_own_error_line(tmp_path, options, message):
     with pytest.raises(UserError) as err:
@@ -407,14 +405,10 @@ def test_kernel_option_sets_compile_without_spills(option_set_builds, name):
         assert r.spill_stores == 0 and r.spill_loads == 0, f"{name} {r.arch} {r.function}: spills"
     lib = klib.load_library(res.lib)
     lay = klib.layout(lib)
-    opts = KERNEL_OPTION_SETS[name]
-    if opts.get("MK_GDN_ROWS", 0):  # no barrier after any mixer; out_proj by rows, stored as HF's
-        assert lay.syncs_per_step == 25 and lay.scratch_floats == SCRATCH_FLOATS + 2048
-    elif opts.get("MK_O_TAGS", 0):  # no barrier after o_proj; o_proj's rows of x, tagged
+    if KERNEL_OPTION_SETS[name].get("MK_O_TAGS", 0):  # no barrier after o_proj; o_proj's rows of x, tagged
         assert lay.syncs_per_step == 43 and lay.scratch_floats == SCRATCH_FLOATS + 2048
     else:
         assert lay.syncs_per_step == 49 and lay.scratch_floats == SCRATCH_FLOATS
-    assert lay.gdn_out_transposed == (0 if opts.get("MK_GDN_ROWS", 0) else 1)
     assert lib.luce_mk_prefill_gemm_option() == KERNEL_OPTION_SETS[name].get("MK_PF_CUBLAS", 1)
     # the options travel with the library: a prebuilt directory reports what it was compiled with
     assert res.options == KERNEL_OPTION_SETS[name] == kb.prebuilt(res.lib.parent).options

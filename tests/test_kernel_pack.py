@@ -75,14 +75,6 @@ def test_gdn_layer_matrices():
     assert down_t.shape == (3584, 1024) and torch.equal(down_t[5], sd[p + "mlp.down_proj.weight"][:, 5])
 
 
-def test_gdn_out_proj_by_rows_is_hfs_matrix():
-    # a library built with MK_GDN_ROWS reports gdn_out_transposed == 0: out_proj streams by rows, as o_proj does
-    sd = _layer_sd(0, attn=False)
-    _, outp, _, _ = pack.layer_matrices(sd, 0, gdn_out_transposed=False)
-    assert outp.shape == (1024, 2048)
-    assert torch.equal(outp, sd["model.layers.0.linear_attn.out_proj.weight"])
-
-
 def test_attention_layer_matrices():
     sd = _layer_sd(3, attn=True)
     proj, outp, _, _ = pack.layer_matrices(sd, 3)

@@ -16,11 +16,10 @@ def is_fa(layer: int) -> bool:
     return layer % 4 == 3
 
 
-def layer_matrices(sd: dict[str, Any], layer: int, gdn_out_transposed: bool = True) -> list[Any]:
+def layer_matrices(sd: dict[str, Any], layer: int) -> list[Any]:
     """The layer's 4 streamed matrices [rows, K] in kernel order (bf16, CPU).
 
-    Every down_proj is streamed transposed (row k = input column k: split-K by block), and the GDN out_proj too unless
-    the library runs it by rows (layout.gdn_out_transposed == 0: build option MK_GDN_ROWS), as HF stores it.
+    The GDN out_proj and every down_proj are streamed transposed (row k = input column k: split-K by block).
     """
     import torch
 
@@ -59,9 +58,7 @@ def layer_matrices(sd: dict[str, Any], layer: int, gdn_out_transposed: bool = Tr
             ],
             0,
         )
-        outp = sd[g + "out_proj.weight"]  # [1024, 2048]
-        if gdn_out_transposed:
-            outp = outp.t().contiguous()  # [2048, 1024]
+        outp = sd[g + "out_proj.weight"].t().contiguous()  # [2048, 1024]
     m = p + "mlp."
     gate_up = torch.stack([sd[m + "gate_proj.weight"], sd[m + "up_proj.weight"]], 1).reshape(-1, 2 * 1024)
     down_t = sd[m + "down_proj.weight"].t().contiguous()  # [3584, 1024]: row k = column k (split-K by block)
@@ -73,10 +70,9 @@ def pack_weights(sd: dict[str, Any], layout: Any, device: Any) -> Any:
     import torch
 
     blob = torch.empty(layout.wblob_elems, dtype=torch.bfloat16, device=device)
-    transposed = bool(layout.gdn_out_transposed)
     for layer in range(24):
         off = layout.layer_woff[layer]
-        for mat in layer_matrices(sd, layer, transposed):
+        for mat in layer_matrices(sd, layer):
             n = mat.numel()
             blob[off : off + n].view_as(mat).copy_(mat.contiguous())
             off += n
