@@ -53,6 +53,27 @@ def test_help_paragraphs_are_wrapped_by_the_terminal_not_by_the_source():
     assert "Changing limits and locking clocks need root" in said  # one source line ended after "limits and"
 
 
+def test_no_option_help_is_cut_at_80_columns():
+    """rich cuts a table cell that holds a word longer than its column ("…"): every help reads whole in 80 columns."""
+    import typer
+
+    group = typer.main.get_command(app)
+    for path in ["", *_commands(group)]:
+        said = runner.invoke(app, [*path.split(), "--help"], env={"COLUMNS": "80"}).output
+        assert "Usage" in said and "…" not in said, (path, said)
+
+
+def test_kernel_bench_help_names_every_tune_field():
+    import dataclasses
+
+    from luce_bench.kernels.tune import Tune
+
+    said = runner.invoke(app, ["kernel", "bench", "--help"], env={"COLUMNS": "200"}).output
+    assert "NAME:MK_A=1,MK_B=2" in said and "NAME=DIR" in said
+    for f in dataclasses.fields(Tune):
+        assert f.name in said, f.name
+
+
 def test_version_prints_the_package_version():
     from luce_bench import __version__
 

@@ -106,11 +106,7 @@ def bench_cmd(
     variant: Annotated[
         Optional[list[str]],
         typer.Option(
-            help="NAME:MK_A=1,MK_B=2 (a build-option set), NAME (the defaults) or NAME=DIR (a prebuilt library), "
-            "each optionally followed by @field=value,... (run-time tune: inflight, inflight_lm, pause_mask, "
-            "spin_sleep_ns, lm_screen, grid, deep_phases, inflight_deep, pause_ready; no rebuild); repeatable, "
-            "measured side by side. Default: one variant built with the environment's build options "
-            "($LUCE_BENCH_KERNEL_OPTIONS)."
+            help="A variant to measure (forms above), repeatable: measured side by side."
         ),
     ] = None,
     reps: Annotated[int, typer.Option(min=1, help="Timed launches per round at the short position.")] = 10,
@@ -158,7 +154,14 @@ def bench_cmd(
         Optional[Path], typer.Option("--json", parser=path_param, help="Also write the summary as JSON here.")
     ] = None,
 ) -> None:
-    """Decode speed of the megakernel (tg128 at position 64 and at --long), variants side by side, vs the floor."""
+    """Decode speed of the megakernel (tg128 at position 64 and at --long), variants side by side, vs the floor.
+
+    A --variant is NAME:MK_A=1,MK_B=2 (a set of build options, cuda/mk_config.cuh), NAME (the default build) or
+    NAME=DIR (a library built earlier), each optionally followed by @field=value,... (the run-time tune, no rebuild:
+    inflight, inflight_lm, pause_mask, spin_sleep_ns, lm_screen, grid, deep_phases, inflight_deep, pause_ready).
+    For example: --variant base --variant ot:MK_O_TAGS=1 --variant g128@grid=128 --instances 2. Without a
+    --variant: one, built with the options of $LUCE_BENCH_KERNEL_OPTIONS.
+    """
     from luce_bench.kernels import bench
 
     _out_file(json_out, "--json")
