@@ -54,7 +54,7 @@ def test_help_paragraphs_are_wrapped_by_the_terminal_not_by_the_source():
 
 
 def test_no_option_help_is_cut_at_80_columns():
-    """rich cuts a table cell that holds a word longer than its column ("…"): every help reads whole in 80 columns."""
+    """Rich cuts a table cell that holds a word longer than its column ("…"): every help reads whole in 80 columns."""
     import typer
 
     group = typer.main.get_command(app)

@@ -105,9 +105,7 @@ def build_cmd(
 def bench_cmd(
     variant: Annotated[
         Optional[list[str]],
-        typer.Option(
-            help="A variant to measure (forms above), repeatable: measured side by side."
-        ),
+        typer.Option(help="A variant to measure (forms above), repeatable: measured side by side."),
     ] = None,
     reps: Annotated[int, typer.Option(min=1, help="Timed launches per round at the short position.")] = 10,
     rounds: Annotated[int, typer.Option(min=1, help="Rounds; variants alternate within each.")] = 2,
