@@ -222,30 +222,30 @@ def mark_killed(run_dir: Path, note: str) -> bool:
     return False
 
 
-RENDER_PENDING = "render_pending"  # the run's own ending, kept while a signal left its report unwritten
+RENDER_PENDING = "render_pending"  # the run's own ending, kept while its report is unwritten (a signal, a full disk)
 
 
-def mark_render_interrupted(run_dir: Path, code: int, note: str) -> tuple[str, int, str]:
-    """A signal stopped the writing of the run's summary, report and plots: say so in status.json.
+def mark_render_unwritten(run_dir: Path, state: str, code: int, note: str) -> tuple[str, int, str]:
+    """The run's summary, report and plots were not all written (a signal, a write error): say so in status.json.
 
-    A run that had finished (or finished with failures) becomes interrupted with `code`; a worse ending (a GPU fault,
-    settings not restored, an earlier signal) is kept, `note` added to its reason. Either way the run's own ending is
-    kept under RENDER_PENDING, and `render_done` puts it back once the report is written. Returns the (state, exit
-    code, reason) to tell the user.
+    A run that had finished (or finished with failures) becomes `state` with `code` (interrupted 128 + n, or stopped
+    with exit 4); a worse ending (a GPU fault, settings not restored, an earlier signal) is kept. `note` is added to
+    the reason either way, and the run's own ending is kept under RENDER_PENDING: `render_done` puts it back once the
+    report is written (`luce-bench report RUN`, `sweep --resume`). Returns the (state, exit code, reason) to tell the
+    user; status.json is left as it was where it cannot be read or written (a full disk).
     """
     doc = None
     with contextlib.suppress(UserError, OSError):
         doc = read_status(run_dir)
     if doc is None:
-        return INTERRUPTED, code, note
+        return state, code, note
     ending = doc.get(RENDER_PENDING) or {k: doc.get(k) for k in ("state", "exit_code", "reason")}
-    if ending["exit_code"] in (EXIT_OK, EXIT_FAILURES):
-        state, reason = INTERRUPTED, note
-    else:
+    if ending["exit_code"] not in (EXIT_OK, EXIT_FAILURES):
         state, code = str(ending["state"]), int(ending["exit_code"])
-        reason = f"{ending['reason']}; {note}" if ending.get("reason") else note
+    reason = f"{ending['reason']}; {note}" if ending.get("reason") else note
     doc.update({RENDER_PENDING: ending, "state": state, "exit_code": code, "reason": reason, "updated_utc": utc_now()})
-    write_status(run_dir, doc)
+    with contextlib.suppress(UserError, OSError):  # (the caller's error line still says it)
+        write_status(run_dir, doc)
     return state, code, reason
 
 

@@ -239,6 +239,7 @@ def test_a_run_whose_report_cannot_be_written_ends_with_code_4_and_says_so(env, 
 
     from luce_bench import records
 
+    writes = records.atomic_write
     _failing_writes(monkeypatch, records, ("summary.csv", "report.md"), errno.ENOSPC)
     result, run_dir = sweep(env, "--limits", "420")
     assert result.exit_code == 4, result.output
@@ -246,7 +247,16 @@ def test_a_run_whose_report_cannot_be_written_ends_with_code_4_and_says_so(env, 
     assert len(check_rows(run_dir)) > 0  # the measured rows are kept
     doc = status(run_dir)
     assert doc["state"] == "stopped" and doc["exit_code"] == 4 and "could not all be written" in doc["reason"]
+    assert f"luce-bench report {run_dir}" in doc["reason"]
     assert not (run_dir / "report.md").exists()
+
+    # space again: the report renders, and the run is the finished run it was (not "stopped" for good)
+    monkeypatch.setattr(records, "atomic_write", writes)
+    again = CliRunner().invoke(app, ["report", str(run_dir)])
+    assert again.exit_code == 0, again.output
+    doc = status(run_dir)
+    assert (doc["state"], doc["exit_code"], doc["reason"]) == ("finished", 0, "") and "render_pending" not in doc
+    assert "stopped" not in (run_dir / "report.md").read_text()
 
 
 @pytest.mark.tries("fault", "standard output full or closed while a run measures (luce-bench sweep > /dev/full)")

@@ -217,11 +217,12 @@ def test_a_finished_sweep_in_a_read_only_folder_has_nothing_to_resume(env, monke
 
 def test_a_signal_while_the_report_is_written_keeps_a_worse_ending(tmp_path):
     # a run that could not put the power limit back (exit 5) must keep saying so, and `luce-bench restore`
-    from luce_bench.status import as_ended, mark_render_interrupted, read_status, render_done, write_status
+    from luce_bench.status import as_ended, mark_render_unwritten, read_status, render_done, write_status
 
     doc = {"format": 1, "state": "stopped", "exit_code": 5, "reason": "run `luce-bench restore`", "rows": 3}
     write_status(tmp_path, doc)
-    state, code, reason = mark_render_interrupted(tmp_path, 130, "interrupted while the report was written")
+    note = "interrupted while the report was written"
+    state, code, reason = mark_render_unwritten(tmp_path, "interrupted", 130, note)
     assert (state, code) == ("stopped", 5) and reason.startswith("run `luce-bench restore`; interrupted while")
     assert as_ended(read_status(tmp_path))["reason"] == "run `luce-bench restore`"
     render_done(tmp_path)

@@ -79,7 +79,7 @@ def _finish(outcome: Any, out: Any, sweep: bool) -> None:
         except (OSError, RunDirError, UserError) as exc:
             # the measured rows are kept, but the run directory lacks its summary, report and plots: a write error
             # (exit 4), also in status.json where it can still be written
-            state, code, reason = _render_failed(outcome.run_dir, state, code, reason, exc)
+            state, code, reason = _render_failed(outcome.run_dir, exc)
         except (KeyboardInterrupt, SystemExit) as exc:
             _render_interrupted(outcome.run_dir, exc, complete=outcome.stop is None)
     if outcome.stop is None and report is not None:
@@ -105,7 +105,7 @@ def _finish(outcome: Any, out: Any, sweep: bool) -> None:
 
 def _render_interrupted(run_dir: Path, exc: BaseException, complete: bool) -> NoReturn:
     """A signal while the report was written: status.json says so (a worse ending kept), one line; exit."""
-    from luce_bench.status import mark_render_interrupted
+    from luce_bench.status import INTERRUPTED, mark_render_unwritten
 
     code = 130 if isinstance(exc, KeyboardInterrupt) else int(exc.code) if isinstance(exc.code, int) else 1
     rows = "every repetition is in runs.csv" if complete else "the repetitions measured are in runs.csv"
@@ -114,28 +114,21 @@ def _render_interrupted(run_dir: Path, exc: BaseException, complete: bool) -> No
         f"and plots were written; {rows}: `luce-bench report {run_dir}` renders them"
     )
     with contextlib.suppress(KeyboardInterrupt, SystemExit):  # (a second signal: the line below still says it)
-        _, code, note = mark_render_interrupted(run_dir, code, note)
+        _, code, note = mark_render_unwritten(run_dir, INTERRUPTED, code, note)
     typer.echo(f"error: {one_line(note)}", err=True)
     raise typer.Exit(code)
 
 
-def _render_failed(run_dir: Path, state: str, code: int, reason: str, exc: Exception) -> tuple[str, int, str]:
-    """The run's ending once its report could not be written: stopped, exit 4 (unless it already ended worse)."""
-    from luce_bench.status import EXIT_DISK, EXIT_FAILURES, EXIT_OK, STOPPED, read_status, utc_now, write_status
+def _render_failed(run_dir: Path, exc: Exception) -> tuple[str, int, str]:
+    """The run's ending once its report could not be written: stopped, exit 4 (unless it already ended worse).
+
+    Until `luce-bench report RUN` writes the report (status.py, mark_render_unwritten).
+    """
+    from luce_bench.status import EXIT_DISK, STOPPED, mark_render_unwritten
 
     why = f"the summary, report and plots could not all be written ({one_line(str(exc))}); the measured rows are in "
-    why += "runs.csv: `luce-bench report RUN_DIR` renders them again"
-    if code not in (EXIT_OK, EXIT_FAILURES):
-        return state, code, f"{reason}; {why}"
-    reason = f"{reason}; {why}" if reason else why
-    try:
-        doc = read_status(run_dir)
-        if doc is not None:
-            doc.update(state=STOPPED, exit_code=EXIT_DISK, reason=reason, updated_utc=utc_now())
-            write_status(run_dir, doc)
-    except (OSError, UserError):
-        pass  # (the error line below still says it; status.json keeps how the measuring ended)
-    return STOPPED, EXIT_DISK, reason
+    why += f"runs.csv: `luce-bench report {run_dir}` renders them again"
+    return mark_render_unwritten(run_dir, STOPPED, EXIT_DISK, why)
 
 
 DEFAULT_BASELINES = ("llamacpp", "hf", "hf-compiled")
