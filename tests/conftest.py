@@ -286,6 +286,18 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             terminalreporter.write_line(line)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_state_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The same for fixtures wider than a test (a module's compare run), set before any of them starts.
+
+    Without it they ran in the user's state folder: they left locks and journals there, and a sweep the user ran beside
+    the suite (holding its simulated card's lock) made them refuse to measure.
+    """
+    path = str(tmp_path_factory.mktemp("luce-state-session"))
+    os.environ["LUCE_BENCH_STATE_DIR"] = path
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _private_state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test keeps its power-limit journals and locks in a folder of its own (a test may set another).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from luce_bench import files
@@ -97,3 +99,24 @@ def test_a_writer_killed_between_its_renames_gets_its_only_copy_put_back(tmp_pat
     os.utime(aside, (1e9, 1e9))
     assert files.remove_stale_siblings(final) == []
     assert (final / "libluce_mk.so").read_bytes() == b"built" and not aside.exists()
+
+
+@pytest.fixture(scope="module")
+def _state_dir_of_a_module_fixture():
+    from luce_bench.files import state_dir
+
+    return state_dir()
+
+
+def test_fixtures_wider_than_a_test_keep_locks_out_of_the_users_state_folder(
+    _state_dir_of_a_module_fixture, tmp_path_factory
+):
+    # a module's compare run (tests/test_cli.py) ran in ~/.local/state/luce-bench: it left its files there and refused
+    # to measure while the user's own sweep of the simulated card held that card's lock
+    import platformdirs
+
+    from luce_bench.files import APP
+
+    got = _state_dir_of_a_module_fixture
+    assert got != Path(platformdirs.user_state_dir(APP, appauthor=False))
+    assert tmp_path_factory.getbasetemp() in got.parents
