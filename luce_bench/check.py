@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import csv
 import gzip
+import re
 from pathlib import Path
 
 from luce_bench.errors import UserError
 from luce_bench.publish import publishing_now
 from luce_bench.published import NO_ROWS, run_dirs
 from luce_bench.records import RunRecord, SummaryRow, columns, read_csv, to_cells
-from luce_bench.results import META, RUNS, SAMPLES, SUMMARY
+from luce_bench.results import META, RUNS, SAMPLES, SUMMARY, read_meta, repeated_row
 from luce_bench.sampler import Sample
 from luce_bench.summary import summarize
 from luce_bench.tables import markdown_table, table_head, table_rows
@@ -48,7 +49,50 @@ def schema_problems(run: Path) -> list[str]:
             continue
         if name == RUNS and not rows:
             out.append(f"{path}: {NO_ROWS}")
+        if name == RUNS and (repeated := repeated_row(rows)):
+            out.append(f"{path}: {repeated}")
     return out
+
+
+def publishable_problems(run: Path) -> list[str]:
+    """What `luce-bench publish` would refuse in a committed run (schema-clean runs only).
+
+    A simulated run, a sweep, no GPU energy, not finished; rows that its status.json does not count; a GPU folder that
+    is not its GPU's.
+    """
+    from luce_bench.publish import refusal, slug
+    from luce_bench.status import read_status
+
+    meta, rows = read_meta(run), read_csv(run / RUNS, RunRecord)
+    out = []
+    why = refusal(run, meta, rows, allow_failures=bool(meta.get("published_with_failures")))
+    if why:
+        out.append(f"{run}: not a publishable run: {why}")
+    try:
+        status = read_status(run)
+    except UserError as exc:
+        status = None
+        out.append(str(exc))
+    counted = status.get("rows") if status is not None else None
+    if isinstance(counted, int) and counted != len(rows):
+        out.append(f"{run / RUNS}: holds {len(rows)} rows where its status.json counted {counted} measured")
+    gpu = slug(str((meta.get("gpu") or {}).get("name") or "no-gpu"))
+    if run.parent.name != gpu:
+        out.append(f"{run}: in the folder of GPU {run.parent.name!r}, but measured on {gpu!r} (meta.json)")
+    return out
+
+
+def plot_problems(run: Path) -> list[str]:
+    """Plots that the run's report.md shows but the run lacks (the tables' links to them are then left out)."""
+    report = run / "report.md"
+    if not report.is_file():
+        return []
+    linked = sorted(set(re.findall(r"\]\(([^)/]+\.png)\)", report.read_text())))
+    return [
+        f"{run / name}: missing, shown by report.md ({REPORT_FIX.format(run)})"
+        for name in linked
+        if not (run / name).is_file()
+    ]
 
 
 def summary_problems(run: Path) -> list[str]:
@@ -117,7 +161,9 @@ def check(results: Path, readme: Path | None) -> list[str]:
     clean = True
     for run in runs:
         found = schema_problems(run)
-        problems += found or summary_problems(run) + independent_problems(run)
+        problems += found or (
+            publishable_problems(run) + summary_problems(run) + plot_problems(run) + independent_problems(run)
+        )
         clean = clean and not found
     if clean:  # the tables are built from every run: only meaningful once each run reads cleanly
         problems += table_problems(results, readme)

@@ -31,7 +31,7 @@ from luce_bench.independent import LOG as INDEPENDENT_LOG
 from luce_bench.independent import REPORT as INDEPENDENT_REPORT
 from luce_bench.independent import report_text
 from luce_bench.records import RunRecord, read_csv
-from luce_bench.results import META, RUNS, SAMPLES, ran_simulated, read_meta
+from luce_bench.results import META, RUNS, SAMPLES, ran_simulated, read_meta, repeated_row
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,79}$")
 
@@ -41,13 +41,15 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
 
 
-def _refusal(run_dir: Path, meta: dict[str, Any], runs: list[RunRecord], allow_failures: bool = False) -> str | None:
+def refusal(run_dir: Path, meta: dict[str, Any], runs: list[RunRecord], allow_failures: bool = False) -> str | None:
     """Why `run_dir` must not be committed, or None."""
     from luce_bench.status import FAILURES, FINISHED, describe, effective_state, read_status
 
     energy = meta.get("energy", {})
     if not runs:
         return "it has no measured rows"
+    if repeated := repeated_row(runs):
+        return f"its {RUNS} {repeated}"
     if not meta:
         return "it has no meta.json (GPU, driver, versions, commit)"
     if ran_simulated(meta, runs):
@@ -162,11 +164,11 @@ def publish(run_dir: Path, results: Path, name: str | None = None, allow_failure
     if not (run_dir / RUNS).is_file():
         raise UserError(f"{run_dir} is not a luce-bench run directory (no runs.csv)")
     meta, runs = read_meta(run_dir), read_csv(run_dir / RUNS, RunRecord)
-    why = _refusal(run_dir, meta, runs, allow_failures)
+    why = refusal(run_dir, meta, runs, allow_failures)
     if why:
         raise UserError(f"cannot publish {run_dir}: {why}")
     meta = _with_commit(meta)
-    failures = _failures(run_dir)  # allowed only by --allow-failures (_refusal)
+    failures = _failures(run_dir)  # allowed only by --allow-failures (refusal)
     if failures:
         meta = {**meta, "published_with_failures": failures}
     dest = destination(run_dir, results, name)

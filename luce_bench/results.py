@@ -92,10 +92,34 @@ class RunWriter:
 
 
 def read_runs(run_dir: Path) -> list[RunRecord]:
-    """The repetitions of `run_dir`; UserError if it is not a run directory."""
+    """The repetitions of `run_dir`; UserError if it is not a run directory, or if a repetition is there twice."""
     if not (run_dir / RUNS).is_file():
         raise UserError(f"{run_dir} is not a luce-bench run directory (no runs.csv)")
-    return read_csv(run_dir / RUNS, RunRecord)
+    rows = read_csv(run_dir / RUNS, RunRecord)
+    repeated = repeated_row(rows)
+    if repeated:
+        raise UserError(f"{run_dir / RUNS}: {repeated}")
+    return rows
+
+
+def repeated_row(rows: Sequence[RunRecord]) -> str | None:
+    """Where a repetition (backend, test, setting, rep) is in `rows` twice, or None.
+
+    A run writes each once, so a second one is a copy (an edit, a merge of two files): a mean would count it twice.
+    """
+    seen: dict[tuple[Any, ...], int] = {}
+    for line, r in enumerate(rows, start=2):
+        limit_mw = round((r.power_limit_req_w or 0.0) * 1000.0)
+        key = (r.backend, r.test, limit_mw, r.sm_clock_mhz or 0, r.rep)
+        if key in seen:
+            where = f"{r.power_limit_req_w:g} W" if r.power_limit_req_w is not None else "the limit in force"
+            clock = f", SM clock {r.sm_clock_mhz} MHz" if r.sm_clock_mhz else ""
+            return (
+                f"line {line} repeats line {seen[key]} ({r.backend} {r.test} at {where}{clock}, repetition {r.rep}): "
+                "a run has one row per repetition"
+            )
+        seen[key] = line
+    return None
 
 
 def read_samples(run_dir: Path) -> list[Sample]:

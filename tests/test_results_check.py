@@ -126,6 +126,7 @@ PROBLEMS = {  # what is done to the copy -> the start of the line that must name
     "no-rows": "{run}/runs.csv: no finished repetition",  # a run stopped before its first row
     "index-missing": "{tree}/README.md is missing (run `luce-bench publish",
     "publish-killed": "{tree}/nvidia-h200/.publish-4242-abc: left by a publish that did not finish",
+    "row-twice": "{run}/runs.csv: line 4 repeats line 3 (megakernel pp520 at the limit in force, repetition 1)",
 }
 
 
@@ -152,6 +153,9 @@ def test_each_problem_is_one_line_and_exit_1(case, run_tree):
         (run / "runs.csv").write_text((run / "runs.csv").read_text().splitlines()[0] + "\n")
     elif case == "index-missing":
         (tree / "README.md").unlink()
+    elif case == "row-twice":  # (a copy of one repetition would be averaged in twice)
+        text = (run / "runs.csv").read_text().splitlines()
+        (run / "runs.csv").write_text("\n".join([*text[:3], text[2], *text[3:]]) + "\n")
     elif case == "publish-killed":
         (tree / "nvidia-h200" / ".publish-4242-abc" / "20261206-x").mkdir(parents=True)
         from luce_bench.files import host_tag  # a publish running now is not flagged
@@ -169,7 +173,7 @@ def test_each_problem_is_one_line_and_exit_1(case, run_tree):
     lines = _lines(out)
     want = PROBLEMS[case].format(run=run, tree=tree, readme=readme)
     assert [ln for ln in lines if ln.startswith(want)], lines
-    schema_broken = case in ("no-meta", "unknown-column", "bad-cell", "missing-column", "no-rows")
+    schema_broken = case in ("no-meta", "unknown-column", "bad-cell", "missing-column", "no-rows", "row-twice")
     assert lines[-1].endswith("generated tables not checked until the CSVs above read cleanly") == schema_broken
     assert len(lines) == 1 + schema_broken
 
@@ -195,6 +199,43 @@ def test_a_self_contradicting_row_is_refused_by_report_publish_and_check(run_tre
         res = runner.invoke(app, args)
         assert res.exit_code == 2 and message in res.output, (args, res.output)
     assert "1,456.8" in (tree / "README.md").read_text()  # the published table was not rewritten
+
+
+def test_a_repetition_there_twice_is_refused_by_report_and_publish(run_tree):
+    run = run_tree / RUN
+    text = (run / "runs.csv").read_text().splitlines()
+    (run / "runs.csv").write_text("\n".join([*text, text[1]]) + "\n")
+    for args in (["report", str(run)], ["publish", str(run), "--results", str(run_tree.parent / "elsewhere")]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2 and f"line {len(text) + 1} repeats line 2" in res.output, (args, res.output)
+
+
+def test_a_missing_plot_is_named_with_the_command_that_makes_it(run_tree):
+    # before, only the README was "stale": publishing dropped the plot's link for good
+    run = run_tree / RUN
+    (run / "tok_s.png").unlink()
+    lines = _lines(_check(run_tree))
+    assert f"{run / 'tok_s.png'}: missing, shown by report.md (run `luce-bench report {run}`)" in lines, lines
+    assert runner.invoke(app, ["report", str(run)]).exit_code == 0
+    assert (run / "tok_s.png").is_file() and _check(run_tree).exit_code == 0
+
+
+@pytest.mark.tries("bad input", "report --check: committed runs that publish refuses (sweep, other GPU's folder)")
+def test_a_committed_run_that_publish_would_refuse_is_flagged(run_tree):
+    run = run_tree / RUN
+    moved = run_tree / "nvidia-h200" / "20261124-moved"
+    shutil.copytree(run, moved)
+    meta = json.loads((run / "meta.json").read_text())
+    (run / "meta.json").write_text(json.dumps({**meta, "sweep": {"limits_w": [300]}}))
+    (run / "status.json").write_text(json.dumps({"format": 1, "state": "finished", "exit_code": 0, "rows": 99}))
+    lines = _lines(_check(run_tree))
+    h100 = "nvidia-h100-80gb-hbm3"
+    assert f"{moved}: in the folder of GPU 'nvidia-h200', but measured on '{h100}' (meta.json)" in lines, lines
+    assert f"{run}: not a publishable run: it is a sweep; published tables hold runs at the limit in force " in "".join(
+        lines
+    ), lines
+    rows = len((run / "runs.csv").read_text().splitlines()) - 1
+    assert f"{run / 'runs.csv'}: holds {rows} rows where its status.json counted 99 measured" in lines, lines
 
 
 def test_a_missing_results_tree_is_bad_input(tmp_path):
