@@ -25,7 +25,7 @@ from luce_bench import status as st
 from luce_bench.appender import RunDirError
 from luce_bench.clock import SimClock
 from luce_bench.context import RunContext
-from luce_bench.errors import UserError
+from luce_bench.errors import UserError, WriteError
 from luce_bench.gpu.base import CLOCK_HINT, GPUError, GPUPermissionError, GPUReadOnlyError
 from luce_bench.loop import RunLoop
 from luce_bench.plan import Plan, fingerprint
@@ -222,7 +222,8 @@ def _in_dir(plan: Plan, ctx: RunContext, ui: UI, control: Any, resume: Resume | 
     except OSError as exc:  # the console (stdout full or closed), or a file outside the run directory's writers
         where = f" {exc.filename}" if exc.filename else ""
         outcome.stop = Stop(st.STOPPED, f"cannot write{where}: {exc.strerror or exc}", st.EXIT_DISK)
-        outcome.error = exc
+        # (a closed pipe stops a run as a full console does, exit 4 and said: not the quiet exit of other commands)
+        outcome.error = WriteError(outcome.stop.reason) if isinstance(exc, BrokenPipeError) else exc
     finally:
         outcome.n_runs = writer.n_runs
     return outcome

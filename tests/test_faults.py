@@ -281,6 +281,45 @@ def test_a_console_that_cannot_be_written_stops_the_run_with_code_4_and_says_so_
     assert card(env / "card.json")["limit_mw"] == 420_000 and not list_journals()  # the limit is back
 
 
+def _cli_into_a_closed_pipe(*args: str) -> tuple[int, str]:
+    """Run the CLI in a process whose stdout reader stops after the first line (`luce-bench ... | head -1`)."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-c", "from luce_bench.entry import main; main()", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read()
+    return proc.wait(timeout=120), err
+
+
+@pytest.mark.tries("fault", "standard output closed while a run measures (luce-bench sweep | head -1)")
+def test_a_closed_pipe_stops_a_run_with_code_4_and_says_so_in_status(env):
+    # rich exited 1 on it, and the run read "stopped: exit requested (1)"
+    code, err = _cli_into_a_closed_pipe("sweep", "-c", str(env / "v.yaml"), "-o", str(env / "runs"))
+    assert code == 4, err
+    assert err.strip().splitlines()[-1] == "error: cannot write: standard output closed (broken pipe)", err
+    doc = status(only_run_dir(env / "runs"))
+    assert (doc["state"], doc["exit_code"]) == ("stopped", 4) and "standard output closed" in doc["reason"]
+    assert card(env / "card.json")["limit_mw"] == 420_000 and not list_journals()  # the limit is back
+
+
+def test_a_closed_pipe_ends_other_commands_quietly(capsys):
+    import typer
+
+    from luce_bench.cli.options import handle_errors
+
+    @handle_errors
+    def info() -> None:  # (`luce-bench info | head -1`: the reader is gone before the last lines)
+        raise BrokenPipeError(32, "standard output closed (broken pipe)")
+
+    with pytest.raises(typer.Exit) as exc:
+        info()
+    assert exc.value.exit_code == 141 and capsys.readouterr().err == ""  # as SIGPIPE would end it: no error line
+
+
 @pytest.mark.tries("fault", "full disk before the run's meta.json exists: no resume hint, nothing said restored")
 def test_a_sweep_stopped_before_its_meta_json_says_it_cannot_be_resumed(env, monkeypatch):
     import errno

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import inspect
+import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -182,12 +184,22 @@ PIPE_COLUMNS = 140  # the tables' width in a pipe or a log (rich's 80 would cut 
 
 
 def console() -> Any:
-    """The rich console commands print to: the terminal's width, PIPE_COLUMNS where there is none ($COLUMNS wins)."""
+    """The rich console commands print to: the terminal's width, PIPE_COLUMNS where there is none ($COLUMNS wins).
+
+    A reader that closes the pipe (`luce-bench sweep | head`) is a BrokenPipeError, an OSError: a run stops on it as
+    on a full console (exit 4, said in status.json), where rich would exit 1 as if asked to.
+    """
     import os
 
     from rich.console import Console
 
-    out = Console()
+    class PipeAwareConsole(Console):
+        def on_broken_pipe(self) -> None:
+            devnull = os.open(os.devnull, os.O_WRONLY)  # (as rich does: the interpreter's last flush must not fail)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise BrokenPipeError(errno.EPIPE, "standard output closed (broken pipe)")
+
+    out = PipeAwareConsole()
     if not out.is_terminal and not os.environ.get("COLUMNS"):
         out.width = PIPE_COLUMNS
     return out
@@ -231,6 +243,10 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
+        except BrokenPipeError:  # the pipe's reader stopped reading (`luce-bench info | head -1`): quietly, as SIGPIPE
+            if state["debug"]:
+                traceback.print_exc()
+            raise typer.Exit(128 + 13) from None  # (a run stops on it with exit 4 and says so: runner.py)
         except OSError as exc:  # a file luce-bench must write (a report, a cache entry): full disk, no permission
             if state["debug"]:
                 traceback.print_exc()
