@@ -304,10 +304,12 @@ def _runnable(names: Sequence[str], optional: Sequence[str], ctx: RunContext) ->
         reason = unavailable_reason(name, simulated_gpu=ctx.fake_gpu is not None)
         if reason and name not in optional:
             raise UserError(f"backend {name} cannot run here: {reason}")
+        if not reason and ctx.virtual_time and not get_backend(name).simulated:
+            reason = "it runs in real time, and gpu.fake_clock: virtual runs only simulated backends (sim)"
+            if name not in optional:  # (named: bad input; `all` skips it with the others that cannot run here)
+                raise UserError(f"gpu.fake_clock: virtual runs only simulated backends (sim); {name} runs in real time")
         if reason:
             skipped[name] = reason
-        elif ctx.virtual_time and not get_backend(name).simulated:
-            raise UserError(f"gpu.fake_clock: virtual runs only simulated backends (sim); {name} runs in real time")
         else:
             keep.append(name)
     _refuse_if_none_left(keep, skipped)

@@ -65,7 +65,7 @@ def _first_difference(a: Any, b: Any, where: str = "") -> tuple[str, Any, Any] |
 def resume_config(run_dir: Path, params: dict[str, Any], overrides: dict[str, Any]) -> Any:
     """The run's config with the given flags (and --config) applied; UserError if that changes anything."""
     from luce_bench import config as cfgmod
-    from luce_bench.cli.options import FLAG_KEYS, check_flags, load_config
+    from luce_bench.cli.options import FLAG_KEYS, check_flags, config_path, load_config
 
     _, meta = _prior(run_dir)
     out = params.get("out")
@@ -75,7 +75,7 @@ def resume_config(run_dir: Path, params: dict[str, Any], overrides: dict[str, An
             f"-o {run_dir.parent})"
         )
     stored = {k: v for k, v in meta["config"].items() if k != "output_dir"}
-    if params.get("config") is not None:
+    if config_path(params) is not None:
         cfg = load_config(params, **overrides)
     else:
         flags = {**{k: v for k, v in params.items() if k in FLAG_KEYS}, **overrides}

@@ -415,6 +415,18 @@ def test_report_of_a_run_without_a_finished_repetition_says_so_instead_of_an_emp
     assert not (d / "summary.csv").exists()  # the copied run's summary no longer agreed with its runs.csv
 
 
+@pytest.mark.parametrize("cmd", [["sweep"], ["compare"], ["bench", "sim"]])
+def test_a_second_config_file_is_refused_not_silently_used_alone(tmp_path, cmd):
+    # before, `-c smoke.yaml -c reps.yaml` measured with reps.yaml alone: the defaults' real-time windows, no fake GPU
+    (tmp_path / "reps.yaml").write_text("reps: 2\n")
+    smoke = str(ROOT_CONFIGS / "smoke.yaml")
+    result = runner.invoke(app, [*cmd, "-c", smoke, "--config", str(tmp_path / "reps.yaml"), "-o", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    assert f"'--config' / '-c': given 2 times ({smoke}, {tmp_path / 'reps.yaml'})" in " ".join(result.output.split())
+    assert not (tmp_path / "o").exists()
+    assert runner.invoke(app, ["info", "-c", smoke]).exit_code == 0  # once is as before
+
+
 def test_unknown_fake_preset_in_yaml_is_a_config_error(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("gpu:\n  fake_preset: foo\n")

@@ -118,6 +118,11 @@ def test_bad_plans_are_refused_before_anything_exists(env):
             plan(cfg, ctx, name="x", backends=["sim", "nope"])
         with pytest.raises(UserError, match="virtual runs only simulated backends .* hf runs in real time"):
             plan(cfg, ctx, name="x", backends=["hf"])
+        # `all` (optional backends) skips them with their reasons, as what cannot run here; none left: refused so
+        with pytest.raises(UserError, match="no backend can run here: .*hf: it runs in real time, and gpu.fake_clock"):
+            plan(cfg, ctx, name="x", backends=["hf", "llamacpp"], optional=["hf", "llamacpp"])
+        p = plan(cfg, ctx, name="x", backends=["sim", "hf"], optional=["hf"])
+        assert p.backends == ["sim"] and "gpu.fake_clock: virtual" in " ".join(p.notes + tuple(p.skipped.values()))
         long = _cfg(env, tests="pp5000")
         with pytest.raises(UserError, match="test pp5000 needs 5000 positions; tiny allows at most 4096"):
             plan(long, ctx, name="x", backends=["sim"])

@@ -18,9 +18,33 @@ from luce_bench.path_param import path_param
 
 state = {"debug": False}
 
+
+def _one_config(values: list[Path] | None) -> list[Path] | None:
+    """--config once at most: a second file would silently replace the first (its values are not merged)."""
+    if values and len(values) > 1:
+        given = ", ".join(str(v) for v in values)
+        raise typer.BadParameter(f"given {len(values)} times ({given}); give one YAML file, which holds every setting")
+    return values
+
+
+def config_path(params: dict[str, Any]) -> Path | None:
+    """The --config file of a command's `params` (the option takes a list, to refuse a second one), or None."""
+    value = params.get("config")
+    if isinstance(value, (list, tuple)):
+        return Path(value[0]) if value else None
+    return value
+
+
 ConfigOpt = Annotated[
-    Optional[Path],
-    typer.Option("--config", "-c", parser=path_param, help="YAML config (default: configs/default.yaml)."),
+    Optional[list[Path]],
+    typer.Option(
+        "--config",
+        "-c",
+        parser=path_param,
+        callback=_one_config,
+        metavar="<Path>",
+        help="YAML config (default: configs/default.yaml).",
+    ),
 ]
 ModelOpt = Annotated[
     Optional[str],
@@ -144,7 +168,7 @@ def load_config(params: dict[str, Any], **overrides: Any) -> Any:
         if value is False:  # a switch that is off leaves the config alone
             value = None
         dotted[FLAG_KEYS[flag]] = str(value) if isinstance(value, Path) else value
-    path = params.get("config") or default_config()
+    path = config_path(params) or default_config()
     try:
         cfg = cfgmod.load(path, dotted)
     except UserError as exc:
