@@ -95,7 +95,21 @@ def pid_alive(pid: object) -> bool:
         return False
     except (PermissionError, OverflowError):
         return True
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """Whether `pid` has ended and only waits to be reaped (Linux /proc; elsewhere: no).
+
+    A run SIGKILLed from a shell that has not yet looked: os.kill still finds it, but it holds no lock and writes
+    nothing any more.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    fields = stat.rpartition(")")[2].split()  # (the command name in parentheses may hold spaces)
+    return bool(fields) and fields[0] in ("Z", "X")
 
 
 @functools.cache

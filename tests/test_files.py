@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,23 @@ def test_fixtures_wider_than_a_test_keep_locks_out_of_the_users_state_folder(
     got = _state_dir_of_a_module_fixture
     assert got != Path(platformdirs.user_state_dir(APP, appauthor=False))
     assert tmp_path_factory.getbasetemp() in got.parents
+
+
+def test_a_process_that_ended_but_is_not_reaped_is_not_alive():
+    # `kill -9` on a run, then `luce-bench restore` before the shell reaped it: the run must read as killed
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(["sleep", "30"])
+    try:
+        assert files.pid_alive(proc.pid)
+        os.kill(proc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while files.pid_alive(proc.pid) and time.monotonic() < deadline:  # (the kill lands asynchronously)
+            time.sleep(0.01)
+        assert not files.pid_alive(proc.pid)
+        assert Path(f"/proc/{proc.pid}").exists()  # not reaped yet: os.kill alone still finds it
+    finally:
+        proc.wait()
+    assert not files.pid_alive(proc.pid)
