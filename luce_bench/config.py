@@ -403,6 +403,8 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
     if path is None:
         return from_mapping({}, overrides)
     data = _read_yaml(Path(path))
+    if not isinstance(data, dict):
+        raise UserError(f"config {path}: top level: expected a mapping of settings, got {data!r}"[:300])
     _refuse_broken_values(data, path)
     return from_mapping(data, overrides)
 

@@ -26,7 +26,7 @@ from luce_bench.appender import RunDirError
 from luce_bench.clock import SimClock
 from luce_bench.context import RunContext
 from luce_bench.errors import UserError, WriteError
-from luce_bench.gpu.base import CLOCK_HINT, GPUError, GPUPermissionError, GPUReadOnlyError
+from luce_bench.gpu.base import CLOCK_HINT, READONLY_ENV, GPUError, GPUPermissionError, GPUReadOnlyError
 from luce_bench.loop import RunLoop
 from luce_bench.plan import Plan, fingerprint
 from luce_bench.records import RunRecord
@@ -114,15 +114,18 @@ def no_sweep_running(gpu: Any) -> None:
         )
 
 
-def preflight(gpu: Any, locks_clocks: bool = False) -> None:
+def preflight(gpu: Any, locks_clocks: bool = False, sets_limits: bool = True) -> None:
     """Stop before anything changes when settings cannot be changed; the message says how to run it."""
-    what = "changes power limits and locks SM clocks" if locks_clocks else "changes power limits"
+    what = (
+        " and ".join(["changes power limits"] * sets_limits + ["locks SM clocks"] * locks_clocks)
+        or "changes GPU settings"
+    )
     try:
         gpu.check_writable()
-    except GPUReadOnlyError as exc:
+    except GPUReadOnlyError:
         raise UserError(
-            f"{exc}. A sweep {what}; unset LUCE_BENCH_READONLY / drop --read-only, or use "
-            "`luce-bench bench` to measure at the current limit"
+            f"read-only mode ({READONLY_ENV}=1 or --read-only): this sweep {what}; unset {READONLY_ENV} / drop "
+            "--read-only, or use `luce-bench bench` to measure at the settings in force"
         ) from None
     except GPUPermissionError as exc:
         raise UserError(f"{exc} Also, {CLOCK_HINT}" if locks_clocks else str(exc)) from None
@@ -244,7 +247,7 @@ def run(plan: Plan, ctx: RunContext, ui: UI, persistence: bool = True, resume: R
     if plan.changes_gpu:
         from luce_bench.gpu.power_limit import PowerLimitController
 
-        preflight(ctx.gpu, plan.locks_clocks)
+        preflight(ctx.gpu, plan.locks_clocks, any(t.setting.power_limit is not None for t in plan.trials))
         control = PowerLimitController(ctx.gpu, fake=ctx.fake_preset, persistence=persistence, log=ui.status)
     elif ctx.gpu is not None:
         no_sweep_running(ctx.gpu)

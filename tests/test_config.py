@@ -76,7 +76,7 @@ def test_cli_overrides_win_and_none_is_ignored():
         pytest.param("sweep:\n  limits: [300, lots]\n", "sweep.limits[1]", id="bad-limit"),
         pytest.param("sweep:\n  order: random\n", "sweep.order = 'random'", id="bad-choice"),
         pytest.param("gpu:\n  fake: maybe\n", "gpu.fake: expected true or false", id="bool"),
-        pytest.param("- 1\n- 2\n", "expected a mapping", id="not-mapping"),
+        pytest.param("- 1\n- 2\n", "c.yaml: top level: expected a mapping of settings", id="not-mapping"),
         pytest.param("reps: [\n", "invalid YAML", id="yaml-syntax"),
     ],
 )

@@ -170,7 +170,11 @@ def test_read_only_refuses_sweep_and_restore(env, monkeypatch, how):
     args = ["--read-only"] if how == "flag" else []
     result, runs = _sweep(env, "--limits", "300", *args)
     assert result.exit_code == 2 and "read-only" in result.output
+    assert "this sweep changes power limits;" in " ".join(result.output.split())
     assert runs == [] and _card().persisted_set_calls() == []
+    clocks, _ = _sweep(env, "--clocks", "90%", *args)  # (what it says it would change is what this sweep changes)
+    said = " ".join(clocks.output.split())
+    assert clocks.exit_code == 2 and "this sweep locks SM clocks;" in said and "power limit" not in said
 
 
 @pytest.mark.tries("bad input", "sweep preconditions: limit out of range, no permission, read-only, stale journal")
