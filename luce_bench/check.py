@@ -28,7 +28,8 @@ REPORT_FIX = "run `luce-bench report {}`"
 
 
 def _header(path: Path) -> list[str]:
-    with gzip.open(path, "rt", newline="") if path.suffix == ".gz" else path.open(newline="") as f:
+    opened = gzip.open(path, "rt", newline="", encoding="utf-8-sig") if path.suffix == ".gz" else None
+    with opened or path.open(newline="", encoding="utf-8-sig") as f:
         return next(csv.reader(f), [])
 
 

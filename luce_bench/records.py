@@ -302,7 +302,12 @@ def read_csv(path: Path, cls: type[R]) -> list[R]:
         return []
     src = path if path.is_file() else gz
     try:
-        with path.open(newline="") if src is path else gzip.open(gz, "rt", newline="") as f:
+        # (utf-8-sig: a file saved by a spreadsheet may start with a byte-order mark, not part of its first column)
+        with (
+            path.open(newline="", encoding="utf-8-sig")
+            if src is path
+            else gzip.open(gz, "rt", newline="", encoding="utf-8-sig")
+        ) as f:
             reader = csv.DictReader(f)
             missing = [n for n, _, required, _ in _schema(cls) if required and n not in (reader.fieldnames or [])]
             if missing:

@@ -139,6 +139,14 @@ def test_reader_names_the_bad_line_and_missing_columns(tmp_path):
         read_csv(tmp_path / "summary.csv", SummaryRow)
 
 
+def test_a_csv_saved_with_a_byte_order_mark_reads_as_without(tmp_path):
+    # a spreadsheet's "save as CSV (UTF-8)" starts the file with U+FEFF: it was read into the first column's name
+    rows = [_row("hf", "tg128", 0, 128, 10.0, 100.0)]
+    write_csv(tmp_path / "runs.csv", RunRecord, rows)
+    (tmp_path / "runs.csv").write_text("\ufeff" + (tmp_path / "runs.csv").read_text(), encoding="utf-8")
+    assert read_csv(tmp_path / "runs.csv", RunRecord) == rows
+
+
 @pytest.mark.tries("bad input", "report: foreign or corrupt run files")
 @pytest.mark.parametrize(
     "name, data, message",
