@@ -74,6 +74,15 @@ def test_kernel_bench_help_names_every_tune_field():
         assert f.name in said, f.name
 
 
+@pytest.mark.parametrize("cmd", [["sweep"], ["kernel", "bench"]])
+def test_a_root_option_after_the_command_says_where_it_goes(cmd):
+    said = runner.invoke(app, [*cmd, "--debug"])
+    assert said.exit_code == 2
+    assert f"--debug: it is luce-bench's own option, given before the command (luce-bench --debug {' '.join(cmd)})" in (
+        " ".join(said.output.split())
+    )
+
+
 def test_version_prints_the_package_version():
     from luce_bench import __version__
 

@@ -25,6 +25,7 @@ from luce_bench.errors import UserError
 _CLICK = {click, getattr(typer_core, "_click", click)}
 USAGE_ERRORS = tuple(m.exceptions.ClickException for m in _CLICK)
 ABORTS = (click.exceptions.Abort, typer.Abort)
+ROOT_ONLY = ("--debug", "--version")  # options of luce-bench itself, not of its commands
 
 
 class OneLineErrors(TyperGroup):
@@ -41,6 +42,10 @@ class OneLineErrors(TyperGroup):
             if message:  # empty: a group called without a command, whose help is shown already
                 ctx = getattr(exc, "ctx", None)
                 where = ctx.command_path if ctx is not None else "luce-bench"
+                name = getattr(exc, "option_name", None)
+                if name in ROOT_ONLY and ctx is not None and ctx.parent is not None:  # (`luce-bench sweep --debug`)
+                    rest = ctx.command_path.split(" ", 1)[-1]
+                    message += f": it is luce-bench's own option, given before the command (luce-bench {name} {rest})"
                 typer.echo(f"error: {message} (see `{where} --help`)", err=True)
             sys.exit(exc.exit_code)
         except ABORTS:
