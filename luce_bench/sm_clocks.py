@@ -43,9 +43,9 @@ def snap_mhz(mhz: float, supported_mhz: Sequence[int]) -> int:
     return hi if hi - mhz < mhz - lo else lo
 
 
-def _resolve_mhz(text: str, top_mhz: int) -> float:
+def _resolve_mhz(text: str, top_mhz: int, clamp: bool = False) -> float:
     value, percent = parse_clock(text)
-    if percent and not 0 < value <= 100:
+    if percent and not (0 < value <= 100 or (clamp and value > 0)):  # (--clamp: above 100 % is the top clock)
         raise UserError(
             f"SM clock {text} out of range: a share of the top SM clock ({top_mhz} MHz) must be above 0 % and at "
             "most 100 %"
@@ -77,7 +77,7 @@ def parse_clocks(
     bad: list[str] = []
     written: list[tuple[str, float]] = []  # (text, MHz requested) of the values in range as written
     for text in items:
-        mhz = _resolve_mhz(text, hi)
+        mhz = _resolve_mhz(text, hi, clamp)
         clamped = False
         if not lo <= round(mhz) <= hi:
             if not clamp:

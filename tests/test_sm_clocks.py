@@ -49,6 +49,11 @@ def test_out_of_range_names_the_card_range_and_clamp():
         parse_clocks("2100", H200)
     got = parse_clocks("2100,300", H200, clamp=True)
     assert [(t.locked_mhz, t.clamped) for t in got] == [(1980, True), (345, True)]
+    # a share above 100 % is out of range the same way: --clamp takes the top clock, as it takes the top limit
+    (top,) = parse_clocks("120%", H200, clamp=True)
+    assert (top.locked_mhz, top.clamped) == (1980, True)
+    with pytest.raises(UserError, match="out of range"):
+        parse_clocks("0%", H200, clamp=True)
 
 
 @pytest.mark.tries("bad input", "clock and limit values: malformed or impossible")
