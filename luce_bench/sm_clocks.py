@@ -81,7 +81,7 @@ def parse_clocks(
         clamped = False
         if not lo <= round(mhz) <= hi:
             if not clamp:
-                bad.append(f"{text} ({round(mhz)} MHz)")
+                bad.append(f"{text} ({round(mhz)} MHz)" if text.endswith("%") else f"{round(mhz)} MHz")
                 continue
             mhz, clamped = min(max(mhz, lo), hi), True
         target = ClockTarget(text, round(mhz), snap_mhz(mhz, supported_mhz), clamped)
