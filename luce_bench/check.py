@@ -28,8 +28,11 @@ REPORT_FIX = "run `luce-bench report {}`"
 
 
 def _header(path: Path) -> list[str]:
-    opened = gzip.open(path, "rt", newline="", encoding="utf-8-sig") if path.suffix == ".gz" else None
-    with opened or path.open(newline="", encoding="utf-8-sig") as f:
+    if path.suffix == ".gz":
+        f = gzip.open(path, "rt", newline="", encoding="utf-8-sig")
+    else:
+        f = path.open(newline="", encoding="utf-8-sig")
+    with f:
         return next(csv.reader(f), [])
 
 
@@ -61,23 +64,22 @@ def publishable_problems(run: Path) -> list[str]:
     A simulated run, a sweep, no GPU energy, not finished; rows that its status.json does not count; a GPU folder that
     is not its GPU's.
     """
-    from luce_bench.publish import refusal, slug
+    from luce_bench.publish import gpu_folder, refusal
     from luce_bench.status import read_status
 
     meta, rows = read_meta(run), read_csv(run / RUNS, RunRecord)
+    try:
+        status = read_status(run)  # (none in what publish commits: a run copied in by hand)
+    except UserError as exc:
+        return [str(exc)]
     out = []
     why = refusal(run, meta, rows, allow_failures=bool(meta.get("published_with_failures")))
     if why:
         out.append(f"{run}: not a publishable run: {why}")
-    try:
-        status = read_status(run)
-    except UserError as exc:
-        status = None
-        out.append(str(exc))
     counted = status.get("rows") if status is not None else None
     if isinstance(counted, int) and counted != len(rows):
         out.append(f"{run / RUNS}: holds {len(rows)} rows where its status.json counted {counted} measured")
-    gpu = slug(str((meta.get("gpu") or {}).get("name") or "no-gpu"))
+    gpu = gpu_folder(meta)
     if run.parent.name != gpu:
         out.append(f"{run}: in the folder of GPU {run.parent.name!r}, but measured on {gpu!r} (meta.json)")
     return out

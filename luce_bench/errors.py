@@ -9,3 +9,11 @@ class WriteError(UserError):
     """A file luce-bench must write could not be written (a full disk, no permission): exit code 4, not 2."""
 
     exit_code = 4
+
+
+class ConsoleClosed(BrokenPipeError):
+    """Standard output's reader is gone (`luce-bench sweep | head`).
+
+    A run stops on it (exit 4), other commands end quietly; never a backend's failure, though the console is written
+    from inside a test.
+    """

@@ -93,7 +93,9 @@ def pid_alive(pid: object) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OverflowError):
+    except PermissionError:  # (another user's: there unless it only waits to be reaped)
+        return not _zombie(pid)
+    except OverflowError:
         return True
     return not _zombie(pid)
 

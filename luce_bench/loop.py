@@ -27,7 +27,7 @@ from luce_bench.appender import RunDirError
 from luce_bench.backends.base import Backend, BackendUnavailable
 from luce_bench.context import RunContext
 from luce_bench.deadline import TrialTimeout
-from luce_bench.errors import UserError
+from luce_bench.errors import ConsoleClosed, UserError
 from luce_bench.gpu.base import GPUError
 from luce_bench.gpu.power_limit import caught_signal, signal_exit
 from luce_bench.measure import Conditions, Meter
@@ -160,7 +160,7 @@ class RunLoop:
             self.ui.status(f"[yellow]skipping {name}:[/yellow] {exc}")
             self.dead.add(name)
             return None
-        except (UserError, GPUError, RunDirError, KeyboardInterrupt, SystemExit):
+        except (UserError, GPUError, RunDirError, ConsoleClosed, KeyboardInterrupt, SystemExit):
             _close_quietly(backend)  # (a half-loaded backend's close must not replace the exception)
             raise
         except Exception as exc:  # noqa: BLE001 - one backend failing must not stop the others
@@ -239,7 +239,7 @@ class RunLoop:
         label = f"{trial.backend}@{trial.setting.label}" if trial.setting.changes_gpu else trial.backend
         try:
             self.meter.run_test(backend, trial.test, limit, self._reps(trial))
-        except (UserError, GPUError, RunDirError):
+        except (UserError, GPUError, RunDirError, ConsoleClosed):  # (the console is written from inside the test)
             raise
         except TrialTimeout as exc:  # a hung backend is not trusted again in this run
             failed_here.add(trial.backend)

@@ -41,6 +41,11 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
 
 
+def gpu_folder(meta: dict[str, Any]) -> str:
+    """The folder of results/ that a run's GPU (meta.json) publishes into, e.g. "nvidia-h200"."""
+    return slug(str((meta.get("gpu") or {}).get("name") or "no-gpu"))
+
+
 def refusal(run_dir: Path, meta: dict[str, Any], runs: list[RunRecord], allow_failures: bool = False) -> str | None:
     """Why `run_dir` must not be committed, or None."""
     from luce_bench.status import FAILURES, FINISHED, describe, effective_state, read_status
@@ -151,7 +156,7 @@ def destination(run_dir: Path, results: Path, name: str | None) -> Path:
             raise UserError(f"the name taken from the run's folder, {name!r}, cannot be used: give --name ({rule})")
         raise UserError(f"--name {name!r}: {rule}")
     date = min(r.test_time for r in runs)[:10].replace("-", "") if runs else "nodate"
-    dest = results / slug(meta.get("gpu", {}).get("name", "no-gpu")) / f"{date}-{name}"
+    dest = results / gpu_folder(meta) / f"{date}-{name}"
     if dest.exists():
         raise UserError(f"{dest} exists already: published runs are never replaced; pick another --name")
     return dest

@@ -225,25 +225,31 @@ def mark_killed(run_dir: Path, note: str) -> bool:
 RENDER_PENDING = "render_pending"  # the run's own ending, kept while its report is unwritten (a signal, a full disk)
 
 
-def mark_render_unwritten(run_dir: Path, state: str, code: int, note: str) -> tuple[str, int, str]:
+def mark_render_unwritten(
+    run_dir: Path, state: str, code: int, note: str, ending: tuple[str, int, str] | None = None
+) -> tuple[str, int, str]:
     """The run's summary, report and plots were not all written (a signal, a write error): say so in status.json.
 
     A run that had finished (or finished with failures) becomes `state` with `code` (interrupted 128 + n, or stopped
     with exit 4); a worse ending (a GPU fault, settings not restored, an earlier signal) is kept. `note` is added to
     the reason either way, and the run's own ending is kept under RENDER_PENDING: `render_done` puts it back once the
-    report is written (`luce-bench report RUN`, `sweep --resume`). Returns the (state, exit code, reason) to tell the
-    user; status.json is left as it was where it cannot be read or written (a full disk).
+    report is written (`luce-bench report RUN`, `sweep --resume`). `ending`: the run's (state, exit code, reason) as
+    the caller knows it, used where status.json does not say it (unreadable, or still "running": its last write
+    failed). Returns the (state, exit code, reason) to tell the user; status.json is left as it was where it cannot be
+    read or written (a full disk).
     """
     doc = None
     with contextlib.suppress(UserError, OSError):
         doc = read_status(run_dir)
+    own = dict(zip(("state", "exit_code", "reason"), ending or (state, EXIT_OK, ""), strict=True))
+    found = (doc or {}).get(RENDER_PENDING) or {k: (doc or {}).get(k) for k in ("state", "exit_code", "reason")}
+    run_end = found if isinstance(found.get("exit_code"), int) else own
+    if run_end["exit_code"] not in (EXIT_OK, EXIT_FAILURES):
+        state, code = str(run_end["state"]), int(run_end["exit_code"])
+    reason = f"{run_end['reason']}; {note}" if run_end.get("reason") else note
     if doc is None:
-        return state, code, note
-    ending = doc.get(RENDER_PENDING) or {k: doc.get(k) for k in ("state", "exit_code", "reason")}
-    if ending["exit_code"] not in (EXIT_OK, EXIT_FAILURES):
-        state, code = str(ending["state"]), int(ending["exit_code"])
-    reason = f"{ending['reason']}; {note}" if ending.get("reason") else note
-    doc.update({RENDER_PENDING: ending, "state": state, "exit_code": code, "reason": reason, "updated_utc": utc_now()})
+        return state, code, reason
+    doc.update({RENDER_PENDING: run_end, "state": state, "exit_code": code, "reason": reason, "updated_utc": utc_now()})
     with contextlib.suppress(UserError, OSError):  # (the caller's error line still says it)
         write_status(run_dir, doc)
     return state, code, reason

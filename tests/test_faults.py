@@ -281,28 +281,38 @@ def test_a_console_that_cannot_be_written_stops_the_run_with_code_4_and_says_so_
     assert card(env / "card.json")["limit_mw"] == 420_000 and not list_journals()  # the limit is back
 
 
-def _cli_into_a_closed_pipe(*args: str) -> tuple[int, str]:
-    """Run the CLI in a process whose stdout reader stops after the first line (`luce-bench ... | head -1`)."""
+def _cli_into_a_closed_pipe(*args: str, lines: int) -> tuple[int, str]:
+    """Run the CLI in a process whose stdout reader stops after `lines` lines (`luce-bench ... | head -N`)."""
     import subprocess
     import sys
 
     cmd = [sys.executable, "-c", "from luce_bench.entry import main; main()", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stderr is not None
-    proc.stdout.readline()
-    proc.stdout.close()
-    err = proc.stderr.read()
-    return proc.wait(timeout=120), err
+    try:
+        for _ in range(lines):
+            proc.stdout.readline()
+        proc.stdout.close()
+        err = proc.stderr.read()
+        return proc.wait(timeout=120), err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.mark.tries("fault", "standard output closed while a run measures (luce-bench sweep | head -1)")
-def test_a_closed_pipe_stops_a_run_with_code_4_and_says_so_in_status(env):
-    # rich exited 1 on it, and the run read "stopped: exit requested (1)"
-    code, err = _cli_into_a_closed_pipe("sweep", "-c", str(env / "v.yaml"), "-o", str(env / "runs"))
+@pytest.mark.parametrize("lines", [1, 6], ids=["before-a-test", "inside-a-test"])
+def test_a_closed_pipe_stops_a_run_with_code_4_and_says_so_in_status(env, lines):
+    # rich exited 1 on it (the run read "stopped: exit requested (1)"); inside a test, the closed console must not
+    # read as the backend failing. 12 repetitions a test: the run writes long after the reader is gone
+    (env / "long.yaml").write_text(VIRTUAL.replace("reps: 3", "reps: 12"))
+    code, err = _cli_into_a_closed_pipe("sweep", "-c", str(env / "long.yaml"), "-o", str(env / "runs"), lines=lines)
     assert code == 4, err
     assert err.strip().splitlines()[-1] == "error: cannot write: standard output closed (broken pipe)", err
     doc = status(only_run_dir(env / "runs"))
     assert (doc["state"], doc["exit_code"]) == ("stopped", 4) and "standard output closed" in doc["reason"]
+    assert not doc.get("failed") and doc["rows"] < 72
     assert card(env / "card.json")["limit_mw"] == 420_000 and not list_journals()  # the limit is back
 
 

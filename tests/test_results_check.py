@@ -236,6 +236,10 @@ def test_a_committed_run_that_publish_would_refuse_is_flagged(run_tree):
     ), lines
     rows = len((run / "runs.csv").read_text().splitlines()) - 1
     assert f"{run / 'runs.csv'}: holds {rows} rows where its status.json counted 99 measured" in lines, lines
+    (run / "status.json").write_text("{")  # unreadable: one line for it, and the check goes on with the others
+    out = _check(run_tree)
+    assert out.exit_code == 1 and any(ln.startswith(f"{run / 'status.json'}") for ln in _lines(out)), out.output
+    assert f"{moved}: in the folder of GPU 'nvidia-h200', but measured on '{h100}' (meta.json)" in _lines(out)
 
 
 def test_a_missing_results_tree_is_bad_input(tmp_path):

@@ -215,6 +215,20 @@ def test_a_finished_sweep_in_a_read_only_folder_has_nothing_to_resume(env, monke
     assert again.exit_code == 0 and "nothing to resume" in again.output, again.output
 
 
+def test_an_unwritten_report_takes_the_runs_ending_from_the_caller_where_status_json_lacks_it(tmp_path):
+    # status.json still "running" (its last write failed: EIO, a read-only remount) or missing: no int(None) traceback,
+    # and a worse ending the caller knows (settings not restored, exit 5) is not lost to "stopped, 4"
+    from luce_bench.status import mark_render_unwritten, read_status, write_status
+
+    restore = ("stopped", 5, "run `luce-bench restore`")
+    state, code, reason = mark_render_unwritten(tmp_path, "stopped", 4, "report unwritten", restore)
+    assert (state, code, reason) == ("stopped", 5, "run `luce-bench restore`; report unwritten")
+    write_status(tmp_path, {"format": 1, "state": "running", "exit_code": None, "reason": "", "rows": 3})
+    state, code, reason = mark_render_unwritten(tmp_path, "stopped", 4, "report unwritten", ("finished", 0, ""))
+    assert (state, code, reason) == ("stopped", 4, "report unwritten")
+    assert read_status(tmp_path)["render_pending"] == {"state": "finished", "exit_code": 0, "reason": ""}
+
+
 def test_a_signal_while_the_report_is_written_keeps_a_worse_ending(tmp_path):
     # a run that could not put the power limit back (exit 5) must keep saying so, and `luce-bench restore`
     from luce_bench.status import as_ended, mark_render_unwritten, read_status, render_done, write_status

@@ -79,9 +79,9 @@ def _finish(outcome: Any, out: Any, sweep: bool) -> None:
         except (OSError, RunDirError, UserError) as exc:
             # the measured rows are kept, but the run directory lacks its summary, report and plots: a write error
             # (exit 4), also in status.json where it can still be written
-            state, code, reason = _render_failed(outcome.run_dir, exc)
+            state, code, reason = _render_failed(outcome.run_dir, exc, (state, code, reason))
         except (KeyboardInterrupt, SystemExit) as exc:
-            _render_interrupted(outcome.run_dir, exc, complete=outcome.stop is None)
+            _render_interrupted(outcome.run_dir, exc, outcome.stop is None, (state, code, reason))
     if outcome.stop is None and report is not None:
         print_report(report, out)
     if outcome.stop is not None:
@@ -103,7 +103,7 @@ def _finish(outcome: Any, out: Any, sweep: bool) -> None:
     raise typer.Exit(code)
 
 
-def _render_interrupted(run_dir: Path, exc: BaseException, complete: bool) -> NoReturn:
+def _render_interrupted(run_dir: Path, exc: BaseException, complete: bool, ending: tuple[str, int, str]) -> NoReturn:
     """A signal while the report was written: status.json says so (a worse ending kept), one line; exit."""
     from luce_bench.status import INTERRUPTED, mark_render_unwritten
 
@@ -114,12 +114,12 @@ def _render_interrupted(run_dir: Path, exc: BaseException, complete: bool) -> No
         f"and plots were written; {rows}: `luce-bench report {run_dir}` renders them"
     )
     with contextlib.suppress(KeyboardInterrupt, SystemExit):  # (a second signal: the line below still says it)
-        _, code, note = mark_render_unwritten(run_dir, INTERRUPTED, code, note)
+        _, code, note = mark_render_unwritten(run_dir, INTERRUPTED, code, note, ending)
     typer.echo(f"error: {one_line(note)}", err=True)
     raise typer.Exit(code)
 
 
-def _render_failed(run_dir: Path, exc: Exception) -> tuple[str, int, str]:
+def _render_failed(run_dir: Path, exc: Exception, ending: tuple[str, int, str]) -> tuple[str, int, str]:
     """The run's ending once its report could not be written: stopped, exit 4 (unless it already ended worse).
 
     Until `luce-bench report RUN` writes the report (status.py, mark_render_unwritten).
@@ -128,7 +128,7 @@ def _render_failed(run_dir: Path, exc: Exception) -> tuple[str, int, str]:
 
     why = f"the summary, report and plots could not all be written ({one_line(str(exc))}); the measured rows are in "
     why += f"runs.csv: `luce-bench report {run_dir}` renders them again"
-    return mark_render_unwritten(run_dir, STOPPED, EXIT_DISK, why)
+    return mark_render_unwritten(run_dir, STOPPED, EXIT_DISK, why, ending)
 
 
 DEFAULT_BASELINES = ("llamacpp", "hf", "hf-compiled")

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from luce_bench.errors import UserError
+from luce_bench.errors import ConsoleClosed, UserError
 from luce_bench.path_param import path_param
 
 state = {"debug": False}
@@ -221,7 +221,7 @@ def console() -> Any:
         def on_broken_pipe(self) -> None:
             devnull = os.open(os.devnull, os.O_WRONLY)  # (as rich does: the interpreter's last flush must not fail)
             os.dup2(devnull, sys.stdout.fileno())
-            raise BrokenPipeError(errno.EPIPE, "standard output closed (broken pipe)")
+            raise ConsoleClosed(errno.EPIPE, "standard output closed (broken pipe)")
 
     out = PipeAwareConsole()
     if not out.is_terminal and not os.environ.get("COLUMNS"):
