@@ -406,7 +406,21 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
     if not isinstance(data, dict):
         raise UserError(f"config {path}: top level: expected a mapping of settings, got {data!r}"[:300])
     _refuse_broken_values(data, path)
-    return from_mapping(data, overrides)
+    try:
+        return from_mapping(data, overrides)
+    except UserError as exc:
+        if str(exc).startswith("config ") or not _file_alone_says(data, str(exc)):
+            raise
+        raise UserError(f"config {path}: {exc}") from None  # (the file's own value: name the file)
+
+
+def _file_alone_says(data: dict[str, Any], message: str) -> bool:
+    """Whether the file's settings without any flag fail with `message` (then the file, not a flag, is at fault)."""
+    try:
+        from_mapping(data)
+    except UserError as exc:
+        return str(exc) == message
+    return False
 
 
 def _refuse_broken_values(data: Any, path: str | Path) -> None:

@@ -87,6 +87,18 @@ def test_bad_config_names_the_key(tmp_path, yaml_text, message):
         config.load(p)
 
 
+def test_a_bad_value_that_a_validator_refuses_names_the_file_and_a_flags_does_not(tmp_path):
+    # "bad test '128'" came without the file's name when the value was the file's
+    p = tmp_path / "c.yaml"
+    p.write_text("tests: [128]\n")
+    with pytest.raises(UserError, match=re.escape(f"config {p}: bad test '128'")):
+        config.load(p)
+    p.write_text("reps: 2\n")
+    with pytest.raises(UserError) as exc:
+        config.load(p, {"tests": "128"})
+    assert str(exc.value).startswith("bad test '128'")  # (a flag's: the CLI names the flag, not the file)
+
+
 @pytest.mark.tries("bad input", "YAML config: bad keys, types and ranges named")
 def test_missing_file_and_unknown_override(tmp_path):
     with pytest.raises(UserError, match="config file not found"):
