@@ -405,39 +405,31 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
     data = _read_yaml(Path(path))
     if not isinstance(data, dict):
         raise UserError(f"config {path}: top level: expected a mapping of settings, got {data!r}"[:300])
-    _refuse_broken_values(data, path)
+    file_says = _refuse_broken_values(data, path)
     try:
         return from_mapping(data, overrides)
     except UserError as exc:
-        if str(exc).startswith("config ") or not _file_alone_says(data, str(exc)):
+        if str(exc) != file_says:  # (a flag's value, or one a flag made wrong: the CLI names the flag)
             raise
         raise UserError(f"config {path}: {exc}") from None  # (the file's own value: name the file)
 
 
-def _file_alone_says(data: dict[str, Any], message: str) -> bool:
-    """Whether the file's settings without any flag fail with `message` (then the file, not a flag, is at fault)."""
-    try:
-        from_mapping(data)
-    except UserError as exc:
-        return str(exc) == message
-    return False
-
-
-def _refuse_broken_values(data: Any, path: str | Path) -> None:
+def _refuse_broken_values(data: dict[str, Any], path: str | Path) -> str | None:
     """UserError naming `path` when a value in the file is wrong by itself (a type, a range, an unknown key).
 
-    Checks between fields (a test timeout against the plan's windows) wait for the flags: they run on the merged
-    settings, where a flag may change the other field.
+    Checks between fields (a test timeout against the plan's windows) and validators' own refusals wait for the
+    flags: they run on the merged settings, where a flag may change the value. Returns what such a check says of the
+    file alone (None: nothing), so that the same refusal of the merged settings can name the file.
     """
-    if not isinstance(data, dict):
-        return  # (from_mapping says so)
     try:
         BenchConfig.model_validate(copy.deepcopy(data))
     except ValidationError as exc:
         if any(e.get("loc") for e in exc.errors()):  # a field's own error, not the whole model's
             raise UserError(f"config {path}: {message(exc, BenchConfig).removeprefix('config: ')}") from None
-    except UserError:
-        pass  # a check between fields (they raise UserError themselves): the merged settings decide
+        return message(exc, BenchConfig)
+    except UserError as exc:
+        return str(exc)
+    return None
 
 
 def from_mapping(data: Any, overrides: dict[str, Any] | None = None) -> BenchConfig:

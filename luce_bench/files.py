@@ -114,14 +114,18 @@ def _zombie(pid: int) -> bool:
     return bool(fields) and fields[0] in ("Z", "X")
 
 
+def boot_id() -> str | None:
+    """This boot's id (Linux), to tell whether a journal, a status or a temporary's writer survived a reboot."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
 @functools.cache
 def host_tag() -> str:
     """4 hex digits naming this machine and boot: a temporary's writer is judged by its pid only where they match."""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        boot = ""
-    return hashlib.sha256(f"{socket.gethostname()} {boot}".encode()).hexdigest()[:4]
+    return hashlib.sha256(f"{socket.gethostname()} {boot_id() or ''}".encode()).hexdigest()[:4]
 
 
 def _sibling(final: Path, suffix: str) -> Path:

@@ -99,6 +99,11 @@ class Plan:
         return any(t.setting.changes_gpu for t in self.trials)
 
     @property
+    def sets_limits(self) -> bool:
+        """Whether any trial sets a power limit."""
+        return any(t.setting.power_limit is not None for t in self.trials)
+
+    @property
     def locks_clocks(self) -> bool:
         """Whether any trial locks the SM clock."""
         return any(t.setting.sm_clock is not None for t in self.trials)

@@ -121,8 +121,8 @@ def _done(run_dir: Path, plan: Plan, reps: int) -> dict[Trial, set[int]]:
                 f"--resume {run_dir}: runs.csv line {i} ({row.backend} {row.test} @ {row.power_limit_req_w} W, "
                 f"{row.sm_clock_mhz} MHz) is not part of this sweep's plan"
             )
-        if not 0 <= row.rep < reps or row.rep in done[trial]:
-            raise UserError(f"--resume {run_dir}: runs.csv line {i} repeats or exceeds repetition {row.rep}")
+        if not 0 <= row.rep < reps:  # (a repetition there twice: read_runs refuses it)
+            raise UserError(f"--resume {run_dir}: runs.csv line {i} exceeds the sweep's {reps} repetitions")
         done[trial].add(row.rep)
     return done
 

@@ -247,7 +247,7 @@ def run(plan: Plan, ctx: RunContext, ui: UI, persistence: bool = True, resume: R
     if plan.changes_gpu:
         from luce_bench.gpu.power_limit import PowerLimitController
 
-        preflight(ctx.gpu, plan.locks_clocks, any(t.setting.power_limit is not None for t in plan.trials))
+        preflight(ctx.gpu, plan.locks_clocks, plan.sets_limits)
         control = PowerLimitController(ctx.gpu, fake=ctx.fake_preset, persistence=persistence, log=ui.status)
     elif ctx.gpu is not None:
         no_sweep_running(ctx.gpu)

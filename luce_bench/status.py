@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from luce_bench.errors import UserError
-from luce_bench.files import atomic_write, pid_alive
+from luce_bench.files import atomic_write, boot_id, pid_alive
 
 STATUS = "status.json"
 FORMAT = 1
@@ -68,12 +68,6 @@ def utc_now() -> str:
 def sha256_json(value: Any) -> str:
     """A stable hash of a JSON-able value (sorted keys)."""
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _boot_id() -> str | None:
-    from luce_bench.gpu.journal import boot_id
-
-    return boot_id()
 
 
 def write_status(run_dir: Path, doc: dict[str, Any]) -> bool:
@@ -131,7 +125,7 @@ def effective_state(doc: dict[str, Any]) -> str:
     """The state, with a `running` status whose process is gone (or ran before a reboot) read as `killed`."""
     if doc.get("state") != RUNNING:
         return str(doc.get("state"))
-    same_machine = doc.get("host") == socket.gethostname() and doc.get("boot_id") == _boot_id()
+    same_machine = doc.get("host") == socket.gethostname() and doc.get("boot_id") == boot_id()
     return RUNNING if same_machine and pid_alive(doc.get("pid")) else KILLED
 
 
@@ -181,7 +175,7 @@ class RunStatus:
             "settings_restored": None,
             "pid": os.getpid(),
             "host": socket.gethostname(),
-            "boot_id": _boot_id(),
+            "boot_id": boot_id(),
             "started_utc": now,
             "updated_utc": now,
             "attempts": attempts,

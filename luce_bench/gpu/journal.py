@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from luce_bench.errors import WriteError
-from luce_bench.files import STATE_ENV, atomic_write, state_dir
+from luce_bench.files import STATE_ENV, atomic_write, boot_id, state_dir
 from luce_bench.gpu.base import GPUError
 
 
@@ -33,14 +33,6 @@ class JournalError(GPUError):
 
 def _safe(uuid: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", uuid)
-
-
-def boot_id() -> str | None:
-    """This boot's id (Linux), to tell whether a journal survived a reboot."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return None
 
 
 @dataclass(frozen=True)

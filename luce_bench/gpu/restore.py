@@ -149,7 +149,7 @@ def _open_checked(held: list[tuple[Path, JournalEntry, GpuLock]], opener: Callab
 
 
 def _replay(path: Path, entry: JournalEntry, gpu: object) -> str:
-    from luce_bench.gpu.journal import boot_id
+    from luce_bench.files import boot_id
 
     try:
         done = apply_entry(gpu, entry)  # type: ignore[arg-type]
