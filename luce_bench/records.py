@@ -202,6 +202,7 @@ class SweetSpot:
     significant: bool | None = field(default=None, metadata=_JSON_ONLY)
     reference: str = field(default="stock", metadata=_JSON_ONLY)  # stock, highest (limit measured) or fastest
     provisional: bool = field(default=False, metadata=_JSON_ONLY)  # the sweep stopped before measuring every setting
+    settings: int = field(default=0, metadata=_JSON_ONLY)  # settings measured for this backend and test (0: not known)
 
     @property
     def setting(self) -> str:

@@ -166,6 +166,7 @@ def _spot(
         else gain_is_significant(best, stock, candidates=sum(r is not stock for r in ok)),
         reference=reference,
         provisional=provisional,
+        settings=len(rows),
     )
 
 
@@ -209,19 +210,31 @@ def sweet_spots(
 
 def describe_spot(s: SweetSpot, min_speed: float) -> str:
     """One sentence for the console and the report."""
+    head = ("provisional (the sweep did not finish): " if s.provisional else "") + f"{s.backend} {s.test}: "
+    enforced = f" (enforced {_v(s.enforced_w):g} W)" if s.limit_w is not None else ""
+    if s.settings == 1:  # nothing to choose between: the numbers, not a gain against itself
+        return head + (
+            f"one setting measured, {s.setting}{enforced}: {s.tok_per_j:.3f} tok/J at {s.avg_ts:,.1f} tok/s; "
+            "a sweet spot needs two or more"
+        )
     if s.reference == "fastest":
-        where = s.setting + (f" (enforced {_v(s.enforced_w):g} W)" if s.limit_w is not None else "")
+        where = s.setting + enforced
         stock = f"the fastest setting, {s.stock_setting}"
     else:
         where = f"{_v(s.limit_w):g} W (enforced {_v(s.enforced_w):g} W)"
         stock = f"{'stock' if s.stock_is_default else 'the highest measured limit'} {_v(s.stock_limit_w):g} W"
-    text = (
-        ("provisional (the sweep did not finish): " if s.provisional else "")
-        + f"{s.backend} {s.test}: sweet spot {where}: "
-        f"{s.tok_per_j:.3f} tok/J ({_v(s.tok_per_j_gain_pct):+.1f} % vs {stock}), "
-        f"{100 * s.speed_share:.1f} % of its tok/s at {100 * _v(s.power_share):.0f} % of its power "
-        f"(threshold >= {100 * min_speed:.0f} %)"
-    )
+    if s.limit_w == s.stock_limit_w and s.sm_clock_mhz == s.stock_sm_clock_mhz:
+        text = head + (
+            f"sweet spot {where}, the reference itself ({stock}): {s.tok_per_j:.3f} tok/J; no other setting kept "
+            f">= {100 * min_speed:.0f} % of its tok/s with more tok/J"
+        )
+    else:
+        text = head + (
+            f"sweet spot {where}: "
+            f"{s.tok_per_j:.3f} tok/J ({_v(s.tok_per_j_gain_pct):+.1f} % vs {stock}), "
+            f"{100 * s.speed_share:.1f} % of its tok/s at {100 * _v(s.power_share):.0f} % of its power "
+            f"(threshold >= {100 * min_speed:.0f} %)"
+        )
     if s.reference == "highest":
         text += "; the card's default limit was not measured"
     if s.significant is False:

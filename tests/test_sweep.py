@@ -266,6 +266,17 @@ def test_sweet_spot_rule():
     (spot,) = sweet_spots(summary, 0.99, default_limit_w=420)
     assert spot.limit_w == 420 and spot.tok_per_j_gain_pct == 0.0 and spot.significant is None
     assert "significant" not in describe_spot(spot, 0.99) and not spot.provisional
+    assert (
+        "sweet spot 420 W (enforced 420 W), the reference itself (stock 420 W): 0.300 tok/J; no other setting "
+        "kept >= 99 % of its tok/s with more tok/J" in describe_spot(spot, 0.99)
+    )
+    assert "+0.0 %" not in describe_spot(spot, 0.99) and spot.settings == 4
+    # one setting: its numbers, no gain against itself
+    (spot,) = sweet_spots(summary[1:2], 0.95, default_limit_w=420)
+    assert spot.settings == 1 and describe_spot(spot, 0.95) == (
+        "b tg128: one setting measured, 300 W (enforced 300 W): 0.400 tok/J at 97.0 tok/s; "
+        "a sweet spot needs two or more"
+    )
     (spot,) = sweet_spots(summary, 0.95, default_limit_w=420, provisional=True)
     assert describe_spot(spot, 0.95).startswith("provisional (the sweep did not finish): b tg128: sweet spot 220 W")
 
