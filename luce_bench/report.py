@@ -29,6 +29,7 @@ from luce_bench.tables import (
     llama_bench_table,
     mark_verdict,
     markdown_table,
+    n_text,
     num_text,
     table_head,
     table_rows,
@@ -277,7 +278,7 @@ def _summary_table(summary: Sequence[SummaryRow]) -> Any:
             ci_text(r.avg_ts, r.ts_ci95_lo, r.ts_ci95_hi, 1),
             num_text(r.mean_power_w),
             ci_text(r.tok_per_j, r.tok_per_j_ci95_lo, r.tok_per_j_ci95_hi, 3),
-            str(r.n),
+            n_text(r),
             mark_verdict(r.verdict, markup=True),
         )
     return table

@@ -62,6 +62,11 @@ def clock_text(r: SummaryRow) -> str:
     return f"{r.sm_clock_mhz} MHz{req}"
 
 
+def n_text(r: SummaryRow) -> str:
+    """Windows averaged: tok/s over n, tok/J over the windows with energy, named where they are fewer."""
+    return str(r.n) if r.valid_reps >= r.n else f"{r.n} (tok/J {r.valid_reps})"
+
+
 def table_head(summary: Sequence[SummaryRow]) -> list[str]:
     """TABLE_HEAD, with an "SM clock" column after the limit when clocks were locked."""
     return [*TABLE_HEAD[:3], "SM clock", *TABLE_HEAD[3:]] if clocked(summary) else list(TABLE_HEAD)
@@ -81,7 +86,7 @@ def table_rows(summary: Sequence[SummaryRow]) -> list[list[str]]:
             num_text(r.mean_power_w),
             _pm(r.tok_per_j, r.tok_per_j_std, 3),
             _range(r.tok_per_j_ci95_lo, r.tok_per_j_ci95_hi, 3),
-            str(r.n),
+            n_text(r),
             mark_verdict(r.verdict),
         ]
         for r in summary

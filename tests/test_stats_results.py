@@ -194,3 +194,14 @@ def test_a_published_run_reads_its_gzipped_samples(tmp_path):
     (tmp_path / "samples.csv.gz").write_bytes(gzip.compress((tmp_path / "samples.csv").read_bytes()))
     (tmp_path / "samples.csv").unlink()
     assert read_samples(tmp_path) == [sample]
+
+
+def test_the_tables_name_fewer_windows_behind_tok_j_than_behind_tok_s():
+    from luce_bench.tables import table_rows
+
+    runs = [_row("hf", "tg128", i, 1280, 10.0, 1000.0, valid=i != 1) for i in range(3)]
+    runs += [_row("mk", "tg128", i, 12800, 10.0, 3000.0) for i in range(3)]
+    hf, mk = summarize(runs)
+    assert (hf.n, hf.valid_reps, mk.n, mk.valid_reps) == (3, 2, 3, 3)
+    assert hf.tok_per_j == pytest.approx(1.28)  # the window without energy is not averaged in as zero
+    assert [r[-2] for r in table_rows([hf, mk])] == ["3 (tok/J 2)", "3"]
