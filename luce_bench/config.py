@@ -85,15 +85,17 @@ def first_repeat(written: Iterable[tuple[str, Hashable]]) -> tuple[str, str, Any
     return None
 
 
-def refuse_repeats(what: str, unit: str, written: Sequence[tuple[str, float]]) -> None:
+def refuse_repeats(what: str, unit: str, written: Sequence[tuple[str, float]], where: str = "") -> None:
     """UserError when two values the user wrote resolve to the same one (`written`: (text, value) pairs, in order).
 
-    Values that --clamp or snapping bring together are not passed here: those merge.
+    Values that --clamp or snapping bring together are not passed here: those merge. `where` names a source that is
+    not a flag ("sweep.limits in config FILE"); a flag's values need no name.
     """
     if repeat := first_repeat(written):
         earlier, text, value = repeat
         raise UserError(
-            f"{what} {value:g} {unit} is given twice ({earlier} and {text}): give each once (--reps repeats a setting)"
+            f"{what} {value:g} {unit} is given twice ({earlier} and {text}){f' in {where}' if where else ''}: give "
+            "each once (--reps repeats a setting)"
         )
 
 

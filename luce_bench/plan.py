@@ -145,8 +145,11 @@ def parse_limits(
     constraints_mw: tuple[int, int],
     clamp: bool = False,
     gpu_name: str = "this GPU",
+    where: str = "--limits",
 ) -> list[LimitTarget]:
     """Resolve "420,300,70%" (W or % of the default limit) and check every value against the card's range.
+
+    `where`: the values' source as an error names it (the flag, or "sweep.limits in config FILE").
 
     Raises:
         UserError: a malformed value, or one outside `constraints_mw` without `clamp`; nothing has changed yet.
@@ -181,9 +184,10 @@ def parse_limits(
     if bad:
         raise UserError(
             f"power limit {', '.join(bad)} outside the range of {gpu_name}: {lo / 1000:g}-{hi / 1000:g} W "
-            f"(default {default_mw / 1000:g} W); fix --limits or pass --clamp"
+            f"(default {default_mw / 1000:g} W); fix {where} or pass --clamp"
         )
-    refuse_repeats("power limit", "W", written)  # a typo, not a wish: clamped values merge
+    # a typo, not a wish: clamped values merge
+    refuse_repeats("power limit", "W", written, "" if where.startswith("--") else where)
     return out
 
 
@@ -202,7 +206,7 @@ def order_targets(
     raise UserError(f"bad sweep order {order!r}; expected descending, ascending or shuffle")
 
 
-def limit_settings(cfg: BenchConfig, gpu: GPU) -> list[Setting]:
+def limit_settings(cfg: BenchConfig, gpu: GPU, where: str = "--limits") -> list[Setting]:
     """One setting per configured power limit, validated against `gpu`'s range, in the configured order."""
     targets = parse_limits(
         cfg.sweep.limits,
@@ -210,17 +214,18 @@ def limit_settings(cfg: BenchConfig, gpu: GPU) -> list[Setting]:
         gpu.power_limit_constraints_mw(),
         clamp=cfg.sweep.clamp,
         gpu_name=gpu.name(),
+        where=where,
     )
     return [Setting(power_limit=t) for t in order_targets(targets, cfg.sweep.order, cfg.sweep.shuffle_seed)]
 
 
-def clock_targets(cfg: BenchConfig, gpu: GPU) -> list[ClockTarget]:
+def clock_targets(cfg: BenchConfig, gpu: GPU, where: str = "--clocks") -> list[ClockTarget]:
     """The configured SM clocks resolved against `gpu`'s supported clocks; UserError where it cannot lock clocks."""
     try:
         supported = gpu.supported_sm_clocks_mhz()
     except GPUError as exc:
         raise UserError(f"cannot sweep SM clocks on {gpu.name()}: {exc}; sweep --limits only") from None
-    return parse_clocks(cfg.sweep.clocks, supported, clamp=cfg.sweep.clamp, gpu_name=gpu.name())
+    return parse_clocks(cfg.sweep.clocks, supported, clamp=cfg.sweep.clamp, gpu_name=gpu.name(), where=where)
 
 
 def _sort_key(s: Setting) -> tuple[int, int]:
@@ -238,19 +243,22 @@ def order_settings(settings: Sequence[Setting], order: str = "descending", seed:
     return sorted(settings, key=_sort_key, reverse=order == "descending")
 
 
-def sweep_settings(cfg: BenchConfig, gpu: GPU) -> list[Setting]:
+def sweep_settings(cfg: BenchConfig, gpu: GPU, sources: dict[str, str] | None = None) -> list[Setting]:
     """One setting per power limit, per SM clock, or per cell of their grid, validated against `gpu`, in order.
 
     Limits only: exactly `limit_settings`. A limit sweep's order is kept for each axis of a grid; shuffle shuffles
-    the cells.
+    the cells. `sources`: where "limits" and "clocks" came from, as errors name them (default: their flags).
     """
+    where = {"limits": "--limits", "clocks": "--clocks", **(sources or {})}
     if not cfg.sweep.clocks:
-        return limit_settings(cfg, gpu)
-    clocks = clock_targets(cfg, gpu)
+        return limit_settings(cfg, gpu, where["limits"])
+    clocks = clock_targets(cfg, gpu, where["clocks"])
     limits: list[LimitTarget | None] = [None]
     if cfg.sweep.limits:
         default_mw, range_mw = gpu.default_power_limit_mw(), gpu.power_limit_constraints_mw()
-        limits = list(parse_limits(cfg.sweep.limits, default_mw, range_mw, cfg.sweep.clamp, gpu.name()))
+        limits = list(
+            parse_limits(cfg.sweep.limits, default_mw, range_mw, cfg.sweep.clamp, gpu.name(), where["limits"])
+        )
     cells = [Setting(power_limit=lim, sm_clock=clk) for lim in limits for clk in clocks]
     return order_settings(cells, cfg.sweep.order, cfg.sweep.shuffle_seed)
 

@@ -60,8 +60,11 @@ def parse_clocks(
     supported_mhz: Sequence[int],
     clamp: bool = False,
     gpu_name: str = "this GPU",
+    where: str = "--clocks",
 ) -> list[ClockTarget]:
     """Resolve "1980,1600,60%" against the card's supported SM clocks (see the module docstring).
+
+    `where`: the values' source as an error names it (the flag, or "sweep.clocks in config FILE").
 
     Raises:
         UserError: a malformed value, or one outside the supported range without `clamp`; nothing has changed yet.
@@ -92,7 +95,8 @@ def parse_clocks(
     if bad:
         raise UserError(
             f"SM clock {', '.join(bad)} not supported by {gpu_name}: it locks {lo}-{hi} MHz "
-            f"({len(set(supported_mhz))} clocks, `luce-bench info` lists them); fix --clocks or pass --clamp"
+            f"({len(set(supported_mhz))} clocks, `luce-bench info` lists them); fix {where} or pass --clamp"
         )
-    refuse_repeats("SM clock", "MHz", written)  # a typo, not a wish: requests that snap or clamp together merge
+    # a typo, not a wish: requests that snap or clamp together merge
+    refuse_repeats("SM clock", "MHz", written, "" if where.startswith("--") else where)
     return out

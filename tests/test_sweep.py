@@ -386,3 +386,20 @@ def test_a_gain_is_significant_only_when_both_rows_scatter_leaves_it_standing():
     # chosen as the best of several settings, it must clear p < 0.05 / m (here p = 0.033: 1 setting yes, 2 no)
     assert gain_is_significant(row(mean(a), stdev(a), 4), row(mean(b), stdev(b), 3), candidates=1) is True
     assert gain_is_significant(row(mean(a), stdev(a), 4), row(mean(b), stdev(b), 3), candidates=2) is False
+
+
+@pytest.mark.tries("bad input", "a config file's sweep limits or clocks: repeated, or outside the card's range")
+def test_a_refused_setting_from_a_config_file_names_the_file(env):
+    (env / "dup.yaml").write_text("sweep:\n  limits: [300, 300]\n")
+    (env / "far.yaml").write_text("sweep:\n  limits: [300, 99999]\n")
+    (env / "clk.yaml").write_text("sweep:\n  clocks: [1500, 1500]\n")
+    for name, said in (
+        ("dup", "power limit 300 W is given twice (300 and 300) in sweep.limits in config {}: give each once"),
+        ("far", "fix sweep.limits in config {} or pass --clamp"),
+        ("clk", "SM clock 1500 MHz is given twice (1500 and 1500) in sweep.clocks in config {}: give each once"),
+    ):
+        result, runs = _sweep(env, "-c", str(env / f"{name}.yaml"))
+        assert result.exit_code == 2 and runs == [], result.output
+        assert said.format(env / f"{name}.yaml") in " ".join(result.output.split())
+    result, runs = _sweep(env, "-c", str(env / "dup.yaml"), "--limits", "300,300")  # the flag's values: no file named
+    assert result.exit_code == 2 and "is given twice (300 and 300): give each once" in " ".join(result.output.split())

@@ -10,7 +10,16 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
 
 import typer
 
-from luce_bench.cli.options import ReadOnlyOpt, console, load_config, one_line, path_param, run_options
+from luce_bench.cli.options import (
+    ReadOnlyOpt,
+    config_path,
+    console,
+    default_config,
+    load_config,
+    one_line,
+    path_param,
+    run_options,
+)
 from luce_bench.config import ALL_BACKENDS
 from luce_bench.errors import UserError
 
@@ -26,8 +35,12 @@ def measure(
     sweep: bool = False,
     persistence: bool = True,
     resume: Path | None = None,
+    sources: dict[str, str] | None = None,
 ) -> None:
-    """Open the GPU, plan, run, render and print; exit with the run's code (status.EXIT_CODES)."""
+    """Open the GPU, plan, run, render and print; exit with the run's code (status.EXIT_CODES).
+
+    `sources`: where a sweep's limits and clocks came from (plan.sweep_settings), so that a refusal names the file.
+    """
     from luce_bench.cli.ui import ConsoleUI
     from luce_bench.context import open_context
     from luce_bench.plan import Setting, merge_notes, plan, sweep_settings
@@ -36,7 +49,7 @@ def measure(
     out, ui = console(), None
     try:
         with open_context(cfg, for_settings=sweep) as ctx:
-            settings = sweep_settings(cfg, ctx.gpu) if sweep else [Setting()]
+            settings = sweep_settings(cfg, ctx.gpu, sources) if sweep else [Setting()]
             notes = merge_notes(cfg, settings) if sweep else ()
             p = plan(cfg, ctx, name=name, backends=backends, optional=optional, settings=settings, notes=notes)
             todo = None
@@ -256,7 +269,31 @@ def sweep(
             cfg = cfg.model_copy(update={"backends": ("sim",)})
         cfg = _seeded(cfg)
     names, optional = sweep_backends(cfg.backends)
-    measure(cfg, "sweep", names, optional=optional, sweep=True, persistence=not no_persistence, resume=resume)
+    sources = _axis_sources(ctx.params, {"limits": limits, "clocks": clocks}, resume)
+    measure(
+        cfg,
+        "sweep",
+        names,
+        optional=optional,
+        sweep=True,
+        persistence=not no_persistence,
+        resume=resume,
+        sources=sources,
+    )
+
+
+def _axis_sources(params: dict[str, Any], flags: dict[str, str | None], resume: Path | None) -> dict[str, str]:
+    """Where each sweep axis's values came from, as a refusal names them: its flag, the resumed run, or the file."""
+    path = config_path(params) or default_config()
+
+    def source(axis: str) -> str:
+        if flags[axis] is not None:
+            return f"--{axis}"
+        if resume is not None:
+            return f"sweep.{axis} of the resumed run ({resume})"
+        return f"sweep.{axis} in config {path}" if path else f"sweep.{axis} (the default)"
+
+    return {axis: source(axis) for axis in flags}
 
 
 def _seeded(cfg: BenchConfig) -> BenchConfig:
