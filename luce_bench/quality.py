@@ -10,7 +10,9 @@ A window's verdict is "ok" or a ";"-joined list of flags, in this order:
   whose limit luce-bench did not set (compare, bench, a clocks-only sweep): the number depends on a limit the run did
   not choose to measure, and a locked clock was not what ran. Under a limit the sweep set, the cap holding the clock
   down is the effect being measured (`clock_reasons` records it), not a flaw.
-* `no-samples`: the sampler recorded nothing in the window (it failed): no cross-check, no clocks, no temperatures.
+* `no-samples`: the sampler recorded nothing in or around the window (it failed): no cross-check, no clocks, no
+  temperatures. A window shorter than the sampler's period that falls between two polls is not one: the two samples
+  around it give its cross-check, clocks and temperatures (and its length flags it `short-window`).
 * `counter-reset`: the energy counter went backwards (a driver reload resets it): no energy for this window.
 * `energy-invalid`: the counter did not advance; `no-energy`: no NVML counter at all.
 
@@ -63,7 +65,7 @@ def sampled_flags(sampled: dict[str, Any], disagree_pct: float | None, limit_set
 
     `limit_set`: luce-bench set this window's power limit (a sweep's limit), so capping is the measured effect.
     """
-    if not sampled.get("n_samples"):
+    if sampled.get("mean_power_w") is None:  # (a window between two polls has the samples around it)
         return [NO_SAMPLES]
     flags = []
     if disagree_pct is not None and abs(disagree_pct) > MAX_DISAGREE_PCT:

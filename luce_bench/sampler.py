@@ -176,8 +176,18 @@ class Sampler:
         Keys: mean_power_w, mean_sm_mhz, mean_mem_mhz, temp_start_c, temp_end_c, throttled_share, clock_reasons (the
         reasons seen in any sample, named), n_samples, and the shares of samples held down by thermal or hardware
         slowdowns (thermal_share) and by the power cap (power_cap_share).
+
+        A window shorter than the period can fall between two polls: n_samples is 0, and the two samples around it
+        (the edges `integrate_power_j` interpolates between) give its clocks and temperatures. Without samples on
+        both sides (the sampler failed, or has not polled yet) every value is None.
         """
         win = self.window(t0_s, t1_s)
+        n = len(win)
+        if not win:
+            pts = list(self.samples)
+            before = [s for s in pts if s.t_s < t0_s]
+            after = [s for s in pts if s.t_s > t1_s]
+            win = [before[-1], after[0]] if before and after else []
         if not win:
             return {
                 "mean_power_w": None,
@@ -191,18 +201,18 @@ class Sampler:
                 "thermal_share": None,
                 "power_cap_share": None,
             }
-        n = len(win)
+        k = len(win)
         return {
             "mean_power_w": self.integrate_power_j(t0_s, t1_s) / (t1_s - t0_s) if t1_s > t0_s else win[0].power_w,
-            "mean_sm_mhz": sum(s.sm_mhz for s in win) / n,
-            "mean_mem_mhz": sum(s.mem_mhz for s in win) / n,
+            "mean_sm_mhz": sum(s.sm_mhz for s in win) / k,
+            "mean_mem_mhz": sum(s.mem_mhz for s in win) / k,
             "temp_start_c": win[0].temp_c,
             "temp_end_c": win[-1].temp_c,
-            "throttled_share": sum(is_throttled(s.reasons) for s in win) / n,
+            "throttled_share": sum(is_throttled(s.reasons) for s in win) / k,
             "clock_reasons": reason_names(functools.reduce(operator.or_, (s.reasons for s in win), 0)),
             "n_samples": n,
-            "thermal_share": sum(bool(s.reasons & THERMAL_MASK) for s in win) / n,
-            "power_cap_share": sum(bool(s.reasons & REASON_SW_POWER_CAP) for s in win) / n,
+            "thermal_share": sum(bool(s.reasons & THERMAL_MASK) for s in win) / k,
+            "power_cap_share": sum(bool(s.reasons & REASON_SW_POWER_CAP) for s in win) / k,
         }
 
     def jitter_ms(self) -> dict[str, float | int]:

@@ -118,6 +118,8 @@ def test_a_sampler_that_raises_stops_alone_and_later_windows_are_flagged(env, mo
     assert len(rows) == PLANNED  # the measurement itself needs only the counter
     late = [r for r in rows if r.t_start_s > 12.0]
     assert late and all("no-samples" in r.verdict and r.n_samples == 0 and r.valid for r in late)
+    # the last sample before the failure, held, is no cross-check
+    assert all(r.sampled_energy_j is None and r.counter_vs_sampled_pct is None for r in late)
     assert all("no-samples" not in r.verdict for r in rows if r.t_end_s < 12.0)
     doc = status(run_dir)
     assert doc["state"] == "finished-with-failures" and "sampler stopped: RuntimeError" in doc["reason"]

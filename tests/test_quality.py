@@ -18,7 +18,14 @@ from luce_bench.cli import app
 from luce_bench.records import RunRecord
 from luce_bench.summary import stress_notes, summarize
 
-CLEAN = {"n_samples": 20, "temp_start_c": 40, "temp_end_c": 42, "thermal_share": 0.0, "power_cap_share": 0.0}
+CLEAN = {
+    "n_samples": 20,
+    "mean_power_w": 300.0,
+    "temp_start_c": 40,
+    "temp_end_c": 42,
+    "thermal_share": 0.0,
+    "power_cap_share": 0.0,
+}
 
 
 @pytest.mark.parametrize(
@@ -30,7 +37,8 @@ CLEAN = {"n_samples": 20, "temp_start_c": 40, "temp_end_c": 42, "thermal_share":
         pytest.param({**CLEAN, "power_cap_share": 1.0}, 1.0, False, ["power-capped"], id="capped-limit-not-set"),
         pytest.param({**CLEAN, "power_cap_share": 0.05}, 1.0, False, [], id="capped-at-the-threshold"),
         pytest.param({**CLEAN, "temp_end_c": 46}, 6.0, False, ["power-disagree", "temp-drift"], id="drift"),
-        pytest.param({**CLEAN, "n_samples": 0}, None, False, ["no-samples"], id="no-samples"),
+        pytest.param({**CLEAN, "n_samples": 0, "mean_power_w": None}, None, False, ["no-samples"], id="no-samples"),
+        pytest.param({**CLEAN, "n_samples": 0}, 1.0, False, [], id="between-two-polls"),
     ],
 )
 def test_sampled_flags(sampled, disagree_pct, limit_set, flags):

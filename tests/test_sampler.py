@@ -100,3 +100,19 @@ def test_virtual_clock_polls_inside_sleeps_at_due_times():
 def test_warns_below_50_ms():
     with pytest.warns(UserWarning, match="0.05"):
         Sampler(FakeGPU(), period_s=0.01)
+
+
+def test_a_window_between_two_polls_takes_the_samples_around_it():
+    clock = Clock()
+    gpu = FakeGPU(clock=clock, trace_w=[(0.0, 100.0), (1.0, 200.0)])
+    sampler = Sampler(gpu, period_s=0.1, clock=clock)
+    for _ in range(3):  # polls at 0.0, 0.1, 0.2 s
+        sampler.poll_once()
+        clock.sleep(0.1)
+    s = sampler.summarize(0.12, 0.15)  # no poll inside: the ones at 0.1 and 0.2 s bracket it
+    assert s["n_samples"] == 0
+    assert s["mean_power_w"] == pytest.approx(sampler.integrate_power_j(0.12, 0.15) / 0.03)
+    assert s["mean_sm_mhz"] == pytest.approx(sum(x.sm_mhz for x in sampler.samples[1:3]) / 2)
+    assert (s["temp_start_c"], s["temp_end_c"]) == (sampler.samples[1].temp_c, sampler.samples[2].temp_c)
+    late = sampler.summarize(0.25, 0.3)  # after the last poll (a sampler that stopped): nothing to give
+    assert late["n_samples"] == 0 and late["mean_power_w"] is None and late["mean_sm_mhz"] is None
