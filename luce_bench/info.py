@@ -11,6 +11,8 @@ import shutil
 import subprocess
 from typing import Any
 
+from rich.markup import escape
+
 from luce_bench.backends import available, get
 from luce_bench.provenance import gpu_meta
 
@@ -123,11 +125,11 @@ def show(console: Any, gpu_index: int = 0, fake_preset: str | None = None) -> No
         g = data["gpu"]
         t = Table(title="GPU" + (" (SIMULATED)" if g.get("simulated") else ""), show_header=False)
         for label, text in gpu_rows(g):
-            t.add_row(label, text)
+            t.add_row(label, escape(text))
         console.print(t)
     else:
         console.print(
-            f"[yellow]GPU:[/yellow] none usable: {data.get('gpu_error')}. "
+            f"[yellow]GPU:[/yellow] none usable: {escape(str(data.get('gpu_error')))}. "
             "Energy columns will stay empty (use --fake-gpu to exercise the pipeline)."
         )
     console.print(f"nvcc: {data.get('nvcc') or 'not found (the megakernel cannot be built)'}")
@@ -135,13 +137,15 @@ def show(console: Any, gpu_index: int = 0, fake_preset: str | None = None) -> No
     for col in ("backend", "available", "why not / details"):
         t.add_column(col)
     for name, row in data["backends"].items():
-        t.add_row(name, "yes" if row["available"] else "no", row["reason"] or details_text(row.get("details") or {}))
+        t.add_row(
+            name, "yes" if row["available"] else "no", escape(row["reason"] or details_text(row.get("details") or {}))
+        )
     console.print(t)
     if data.get("kernel"):
         t = Table(title="Megakernel build", show_header=False)
         real_gpu = "gpu" in data and not data["gpu"].get("simulated")
         for label, text in kernel_rows(data["kernel"], gpu_visible=real_gpu):
-            t.add_row(label, text)
+            t.add_row(label, escape(text))
         console.print(t)
     if data["missing"]:
         _show_missing(console, data["missing"])
@@ -157,5 +161,5 @@ def _show_missing(console: Any, missing: list[dict[str, str]]) -> None:
     for col in ("piece", "what it costs", "fix"):
         t.add_column(col)
     for gap in missing:
-        t.add_row(gap["piece"], gap["problem"], gap["fix"])
+        t.add_row(*(escape(gap[k]) for k in ("piece", "problem", "fix")))
     console.print(t)

@@ -22,6 +22,8 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any
 
+from rich.markup import escape
+
 from luce_bench import quality
 from luce_bench.appender import RunDirError
 from luce_bench.backends.base import Backend, BackendUnavailable
@@ -103,16 +105,16 @@ class RunLoop:
         """The loop."""
         self._write_start_meta()
         for note in self.plan.notes:  # here, not before: bad input (an unusable --out) is refused before any note
-            self.ui.status(f"[yellow]note:[/yellow] {note}")
+            self.ui.status(f"[yellow]note:[/yellow] {escape(note)}")
         for skipped in self.plan.skipped.items():
-            self.ui.status("[yellow]skipping {}:[/yellow] {}".format(*skipped))
+            self.ui.status("[yellow]skipping {}:[/yellow] {}".format(*map(escape, skipped)))
         if self.resident:
             self.status.at(phase="loading")
             for name in self.plan.backends:
                 self._load(name)
             if not self.loaded and self.plan.trials:
                 names = ", ".join(self.plan.backends)
-                self.ui.status(f"[red]no backend could be loaded ({names}): no setting was changed[/red]")
+                self.ui.status(f"[red]no backend could be loaded ({escape(names)}): no setting was changed[/red]")
                 return
         current = Conditions(enforced_w=current_limit_w(self.ctx.gpu))
         blocks = list(self.plan.blocks())
@@ -157,7 +159,7 @@ class RunLoop:
                 self._fail(name, name, exc, "failed to load", dead=True)
                 return None
             self.backend_meta[name] = {"skipped": str(exc)}  # e.g. its compilation failed: skipped as at plan time
-            self.ui.status(f"[yellow]skipping {name}:[/yellow] {exc}")
+            self.ui.status(f"[yellow]skipping {name}:[/yellow] {escape(str(exc))}")
             self.dead.add(name)
             return None
         except (UserError, GPUError, RunDirError, ConsoleClosed, KeyboardInterrupt, SystemExit):
@@ -190,7 +192,7 @@ class RunLoop:
         self.outcome.failed.append(label)
         self.status.doc["failed"].append(f"{label} {what}: {why}")
         self.backend_meta.setdefault(name, {})["error"] = why
-        self.ui.status(f"[red]{label} {what}:[/red] {why}")
+        self.ui.status(f"[red]{escape(label)} {what}:[/red] {escape(why)}")
         if dead:
             self.dead.add(name)
 

@@ -14,12 +14,13 @@ def param_bar(description: str, total: int) -> Iterator[tuple[Callable[[int], No
     Where the console is no terminal (a log, a pipe) the bar would show nothing: a line per description instead.
     """
     from rich import get_console
+    from rich.markup import escape
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = get_console()
     if not console.is_terminal:
-        console.print(f"{description}…", highlight=False)
-        yield (lambda n: None), (lambda text: console.print(f"{text}…", highlight=False))
+        console.print(f"{escape(description)}…", highlight=False)
+        yield (lambda n: None), (lambda text: console.print(f"{escape(text)}…", highlight=False))
         return
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -28,8 +29,8 @@ def param_bar(description: str, total: int) -> Iterator[tuple[Callable[[int], No
         TimeElapsedColumn(),
         transient=True,
     ) as bar:
-        task = bar.add_task(description, total=total)
-        yield (lambda n: bar.advance(task, n)), (lambda text: bar.update(task, description=text))
+        task = bar.add_task(escape(description), total=total)
+        yield (lambda n: bar.advance(task, n)), (lambda text: bar.update(task, description=escape(text)))
 
 
 def waited_s(task: Any) -> float:
@@ -44,6 +45,7 @@ def wait_bar(console: Any, description: str, total_s: float) -> Iterator[None]:
     For waits whose length is known and that report nothing while they last: a sweep's settling under load and its
     idle baseline. The bar follows the wall clock (rich refreshes it), so a run in virtual time only flashes it.
     """
+    from rich.markup import escape
     from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
     from rich.text import Text
 
@@ -66,5 +68,5 @@ def wait_bar(console: Any, description: str, total_s: float) -> Iterator[None]:
         console=console,
         transient=True,
     ) as bar:
-        bar.add_task(description, total=total_s)
+        bar.add_task(escape(description), total=total_s)
         yield

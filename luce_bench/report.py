@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from luce_bench.errors import UserError
 from luce_bench.files import atomic_write
 from luce_bench.records import RunRecord, SummaryRow, SweetSpot, write_csv
@@ -122,8 +124,7 @@ def _markdown(
         f"# luce-bench report: {run_dir.name}",
         "",
         f"- model: {model.get('name', '?')} ({model.get('n_params', '?')} params)",
-        f"- GPU: {gpu.get('name', 'none')} (driver {gpu.get('driver', 'n/a')}, "
-        f"limit {gpu.get('power_limit_w', 'n/a')} W)",
+        _gpu_line(gpu),
         f"- git commit: {meta.get('git_commit', 'n/a')}",
         "",
     ]
@@ -146,11 +147,23 @@ def _markdown(
     return "\n".join(parts) + "\n"
 
 
+def _watts(value: Any) -> str:
+    """A recorded power in W as the tables write it ("420 W"), or "n/a"."""
+    return f"{value:g} W" if isinstance(value, (int, float)) and not isinstance(value, bool) else "n/a"
+
+
+def _gpu_line(gpu: dict[str, Any]) -> str:
+    """The report's GPU line: name, driver and the limit in force; "none" for a run without a GPU."""
+    if not gpu.get("name"):
+        return "- GPU: none"
+    return f"- GPU: {gpu['name']} (driver {gpu.get('driver', 'n/a')}, limit {_watts(gpu.get('power_limit_w'))})"
+
+
 def _sweep_intro(sweep: dict[str, Any]) -> list[str]:
     """The sweep section's heading and what was swept, in order."""
     limits = ", ".join(f"{w:g} W" for w in sweep.get("limits_requested_w", []))
-    original_w = sweep.get("original_limit_w", "n/a")
-    restored = f"original limit {original_w} W"
+    original_w = _watts(sweep.get("original_limit_w"))
+    restored = f"original limit {original_w}"
     if not sweep.get("clocks_locked_mhz"):
         return [
             "## Power-limit sweep",
@@ -168,7 +181,7 @@ def _sweep_intro(sweep: dict[str, Any]) -> list[str]:
     lock = "none" if original is None else original
     lines += [
         f"Sweet spot: best tok/J at >= {100 * float(sweep.get('sweet_spot_min_speed', 0.95)):.0f} % of the fastest "
-        f"setting's tok/s. Original limit {original_w} W and SM clock lock ({lock}) restored after the sweep.",
+        f"setting's tok/s. Original limit {original_w} and SM clock lock ({lock}) restored after the sweep.",
         "",
     ]
     return lines
@@ -288,8 +301,8 @@ def print_report(report: Report, console: Any, spots: bool = True) -> None:
     """Compact rich table of the summary (mean ± 95 % CI half-width), its notes, and a sweep's sweet spots."""
     console.print(_summary_table(report.summary) if report.summary else NOTHING_MEASURED)
     for n in notes(report.meta):
-        console.print(f"[yellow]note:[/yellow] {n}")
+        console.print(f"[yellow]note:[/yellow] {escape(n)}")
     for q in report.quality:
-        console.print(f"[red]quality:[/red] {q}")
+        console.print(f"[red]quality:[/red] {escape(q)}")
     for s in (report.spots or []) if spots else []:
-        console.print(f"[green]{describe_spot(s, report.min_speed)}[/green]")
+        console.print(f"[green]{escape(describe_spot(s, report.min_speed))}[/green]")

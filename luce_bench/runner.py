@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from rich.markup import escape
+
 from luce_bench import status as st
 from luce_bench.appender import RunDirError
 from luce_bench.clock import SimClock
@@ -197,7 +199,8 @@ def _in_dir(plan: Plan, ctx: RunContext, ui: UI, control: Any, resume: Resume | 
     if resume is not None and isinstance(ctx.clock, SimClock):  # virtual time: the wall clock goes on, as the timeline
         ctx.clock.continue_wall(resume.t_offset_s)
     if resume is not None:  # said here, once the controller took the GPU (a stale journal refuses before this)
-        ui.status(f"resuming {resume.run_dir}: {sum(len(r) for r in resume.todo.values())} repetitions to measure")
+        todo = sum(len(r) for r in resume.todo.values())
+        ui.status(f"resuming {escape(str(resume.run_dir))}: {todo} repetitions to measure")
     if control is not None:
         control.run_dir = str(writer.dir.resolve())  # `luce-bench restore` may run from another directory
     status = st.RunStatus.start(writer.dir, identity(plan, ctx), writer.n_runs, resume.status if resume else None)

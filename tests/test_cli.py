@@ -63,6 +63,21 @@ def test_no_option_help_is_cut_at_80_columns():
         assert "Usage" in said and "…" not in said, (path, said)
 
 
+def test_no_help_text_is_eaten_as_rich_markup():
+    """Rich renders help as markup: "t_us [steps, points, blocks]" lost its brackets' words. Every text reads whole."""
+    import typer
+    from rich.markup import render
+
+    group = typer.main.get_command(app)
+    for path in ["", *_commands(group)]:
+        cmd = group
+        for part in path.split():
+            cmd = cmd.commands[part]
+        texts = [cmd.help or "", *(getattr(p, "help", None) or "" for p in cmd.params)]
+        for text in texts:
+            assert render(text).plain == text, (path, text)
+
+
 def test_kernel_bench_help_names_every_tune_field():
     import dataclasses
 
@@ -190,6 +205,13 @@ def test_compare_writes_every_file(compare_run):
     assert "SIMULATED GPU" in report
     assert f"hf: {meta['backends']['hf']['setup']}" in report and "hf: eager transformers" in report
     assert f"megakernel: skipped: {meta['backends']['megakernel']['skipped']}" in report
+
+
+def test_a_report_without_a_gpu_says_none_not_n_a_watts():
+    from luce_bench.report import _gpu_line
+
+    assert _gpu_line({}) == "- GPU: none"
+    assert _gpu_line({"name": "X", "driver": "580", "power_limit_w": 700.0}) == "- GPU: X (driver 580, limit 700 W)"
 
 
 def test_compare_never_sets_a_power_limit(compare_run):
@@ -454,7 +476,8 @@ def test_smoke_config_sweeps_the_simulated_gpu_in_virtual_time(tmp_path, monkeyp
     assert {r["power_limit_req_w"] for r in runs} == {"420", "294", "210"}  # 100 %, 70 %, 50 % of the rtx3090's 420 W
     for name in ("summary.csv", "samples.csv", "sweet_spot.csv", "sweet_spot.json", "tok_s.png", "sweep_pareto.png"):
         assert (d / name).is_file(), name
-    assert "## Power-limit sweep" in (d / "report.md").read_text()
+    md = (d / "report.md").read_text()
+    assert "## Power-limit sweep" in md and "original limit 420 W restored" in md and "limit 420 W)" in md  # not 420.0
     assert json.loads((d / "meta.json").read_text())["energy"]["virtual_time"] is True
     meta = (d / "meta.json").read_bytes()
     (d / "meta.json").unlink()  # a report rebuilt without it has no sweep section, and cannot rebuild the sweep's files

@@ -403,3 +403,13 @@ def test_a_refused_setting_from_a_config_file_names_the_file(env):
         assert said.format(env / f"{name}.yaml") in " ".join(result.output.split())
     result, runs = _sweep(env, "-c", str(env / "dup.yaml"), "--limits", "300,300")  # the flag's values: no file named
     assert result.exit_code == 2 and "is given twice (300 and 300): give each once" in " ".join(result.output.split())
+
+
+@pytest.mark.tries("bad input", "an output folder whose name holds rich markup ([/], [b])")
+def test_paths_with_brackets_are_printed_as_they_are(env):
+    for name in ("x_[/]x", "x_[b]y"):
+        out = env / name
+        result = CliRunner().invoke(app, ["sweep", "--fake-gpu", "-o", str(out), *FAST, "--limits", "420"])
+        assert result.exit_code == 0, result.output
+        (run,) = out.glob("*")
+        assert f"results: {run}" in result.output

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
 
 import typer
+from rich.markup import escape
 
 from luce_bench.cli.options import (
     ReadOnlyOpt,
@@ -58,14 +59,14 @@ def measure(
 
                 todo = prepare(resume, p, ctx)
                 if todo is None:
-                    out.print(f"nothing to resume: every planned repetition is in {resume}")
+                    out.print(f"nothing to resume: every planned repetition is in {escape(str(resume))}")
                     from luce_bench.status import render_pending
 
                     if render_pending(resume) or not (resume / "report.md").is_file():  # a signal stopped its report
                         from luce_bench.report import render
 
                         render(resume)
-                        out.print(f"its summary, report and plots were missing and are written: {resume}")
+                        out.print(f"its summary, report and plots were missing and are written: {escape(str(resume))}")
                     return
             ui = ConsoleUI(out, rows=sweep)
             outcome = run(p, ctx, ui, persistence=persistence, resume=todo)
@@ -99,13 +100,13 @@ def _finish(outcome: Any, out: Any, sweep: bool) -> None:
         print_report(report, out)
     if outcome.stop is not None:
         reps = "repetition" if outcome.n_runs == 1 else "repetitions"
-        out.print(f"{state}: {outcome.n_runs} finished {reps} kept in {outcome.run_dir}")
+        out.print(f"{state}: {outcome.n_runs} finished {reps} kept in {escape(str(outcome.run_dir))}")
         if sweep and (outcome.run_dir / META).is_file():
-            out.print(f"continue it with: luce-bench sweep --resume {outcome.run_dir}")
+            out.print(f"continue it with: luce-bench sweep --resume {escape(str(outcome.run_dir))}")
         elif sweep:  # stopped before meta.json existed: --resume would refuse it
             out.print("it cannot be resumed (it stopped before writing meta.json): run the sweep again")
     else:
-        out.print(f"results: {outcome.run_dir}")
+        out.print(f"results: {escape(str(outcome.run_dir))}")
     if code == 0:
         return
     if code == EXIT_FAILURES and outcome.failed and not outcome.warnings and outcome.restore_error is None:

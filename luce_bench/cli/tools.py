@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 from luce_bench.cli.options import ConfigOpt, FakeOpt, GpuOpt, PresetOpt, ReadOnlyOpt, console, load_config, path_param
 from luce_bench.errors import UserError
 
-ReadmeOpt = Annotated[
-    Optional[Path],
-    typer.Option(
-        "--readme",
-        parser=path_param,
-        help="The README with the results block (default: the one next to the results tree); for report, with "
-        "--check only.",
-    ),
-]
+
+def _readme_opt(help_text: str) -> Any:
+    return Annotated[Optional[Path], typer.Option("--readme", parser=path_param, help=help_text)]
+
+
+_README = "The README with the results block (default: the one next to the results tree)"
+ReadmeOpt = _readme_opt(f"{_README}; with --check only.")
+PublishReadmeOpt = _readme_opt(f"{_README}, whose block publish regenerates.")
 
 
 def _existing_dir(path: Path, what: str) -> None:
@@ -152,7 +151,7 @@ def publish(
         Optional[str], typer.Option("--name", help="Folder name after the date (default: the run's, e.g. compare).")
     ] = None,
     results: Annotated[Path, typer.Option("--results", parser=path_param, help="The results tree.")] = Path("results"),
-    readme: ReadmeOpt = None,
+    readme: PublishReadmeOpt = None,
     allow_failures: Annotated[
         bool,
         typer.Option(

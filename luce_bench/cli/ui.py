@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.markup import escape
+
 from luce_bench.records import RunRecord
 
 
@@ -26,7 +28,7 @@ class ConsoleUI:
 
     def loading(self, backend: str, model: str) -> Any:
         """A spinner while `backend` loads."""
-        return self.console.status(f"loading {backend} with {model}…")
+        return self.console.status(f"loading {escape(backend)} with {escape(model)}…")
 
     def waiting(self, label: str, total_s: float) -> Any:
         """A bar that fills over a timed wait of `total_s` seconds (a sweep's settling and idle baseline)."""
@@ -37,7 +39,7 @@ class ConsoleUI:
         if total_s <= 0:
             return contextlib.nullcontext()
         if not self.console.is_terminal:  # a log or a pipe: a line when the wait starts, no bar
-            self.console.print(f"{label}, {total_s:g} s…")
+            self.console.print(f"{escape(label)}, {total_s:g} s…")
             return contextlib.nullcontext()
         self.close()  # one live display at a time
         return wait_bar(self.console, label, total_s)
@@ -59,7 +61,7 @@ class ConsoleUI:
             )
             self._bar.start()
         if label not in self._tasks:
-            self._tasks[label] = self._bar.add_task(f"{label} repetitions", total=total)
+            self._tasks[label] = self._bar.add_task(f"{escape(label)} repetitions", total=total)
         self._bar.update(self._tasks[label], completed=done)
 
     def record(self, record: RunRecord) -> None:

@@ -292,8 +292,8 @@ def trace_cmd(
         Optional[Path],
         typer.Option(
             parser=path_param,
-            help="Also keep the per-block timestamps here (a NumPy .npz: t_us [steps, points, blocks], the point "
-            "names, the run's facts).",
+            help="Also keep the per-block timestamps here (a NumPy .npz: t_us of shape (steps, points, blocks), "
+            "the point names, the run's facts).",
         ),
     ] = None,
 ) -> None:
