@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import gzip
 import re
+import zlib
 from pathlib import Path
 
 from luce_bench.errors import UserError
@@ -43,7 +44,11 @@ def schema_problems(run: Path) -> list[str]:
         path = run / name
         if not path.is_file():
             continue
-        unknown = [c for c in _header(path) if c not in columns(cls)]
+        try:
+            unknown = [c for c in _header(path) if c not in columns(cls)]
+        except (OSError, EOFError, zlib.error, UnicodeDecodeError, csv.Error) as exc:  # a corrupt gzip, no text
+            out.append(f"{path} is not a luce-bench {name.removesuffix('.gz')}: {exc}")
+            continue
         if unknown:
             out.append(f"{path}: not in the {name} schema: column(s) {', '.join(unknown)}")
         try:

@@ -53,6 +53,55 @@ NO_ENERGY = "no-energy"
 NOISY = "noisy"
 
 STRESS_FLAGS = (THERMAL_THROTTLE, POWER_CAPPED)
+# every flag a window's verdict can hold, in the order it is written (NOISY belongs to summary rows only)
+WINDOW_FLAGS = (
+    SHORT_WINDOW,
+    POWER_DISAGREE,
+    TEMP_DRIFT,
+    THERMAL_THROTTLE,
+    POWER_CAPPED,
+    NO_SAMPLES,
+    COUNTER_RESET,
+    ENERGY_INVALID,
+    NO_ENERGY,
+)
+
+
+def verdict_problems(
+    verdict_text: str,
+    window_s: float,
+    disagree_pct: float | None,
+    temp_start_c: float | None,
+    temp_end_c: float | None,
+    energy_j: float | None,
+) -> list[str]:
+    """How a window's verdict contradicts the row's own numbers (a hand-edited runs.csv); [] if it does not.
+
+    Unknown flags, and the flags that follow from the row alone (short-window, power-disagree, temp-drift,
+    counter-reset) present without their reason or missing with it. The CSVs keep 6 significant digits, so a value
+    within 1e-4 of its threshold is not judged.
+    """
+    flags = flags_of(verdict_text)
+    out = [f"verdict {verdict_text!r}: {f!r} is not a window's flag" for f in flags if f not in WINDOW_FLAGS]
+
+    def judge(flag: str, value: float | None, limit: float, why: str) -> None:
+        if value is None or abs(value - limit) <= 1e-4 * max(abs(limit), 1.0):
+            return
+        if (value > limit) != (flag in flags):
+            said = "without" if flag in flags else "missing, with"
+            out.append(f"verdict {verdict_text!r}: {flag} {said} {why}")
+
+    judge(SHORT_WINDOW, -window_s, -MIN_TRUSTED_WINDOW_S, f"a window of {window_s:g} s")
+    if NO_SAMPLES in flags:  # (the sampler's flags were not judged: older runs kept a held cross-check)
+        disagree_pct = temp_start_c = temp_end_c = None
+    if disagree_pct is not None:
+        judge(POWER_DISAGREE, abs(disagree_pct), MAX_DISAGREE_PCT, f"counter vs sampled {disagree_pct:+.3g} %")
+    if temp_start_c is not None and temp_end_c is not None:
+        drift = abs(temp_end_c - temp_start_c)
+        judge(TEMP_DRIFT, drift, MAX_TEMP_DRIFT_C, f"a drift of {drift:g} C")
+    if energy_j is not None:
+        judge(COUNTER_RESET, -energy_j, 0.0, f"energy_j = {energy_j:g}")
+    return out
 
 
 def window_flags(window_s: float) -> list[str]:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from luce_bench import quality
 from luce_bench.errors import UserError
 from luce_bench.files import atomic_write
 
@@ -97,6 +98,16 @@ class RunRecord:
             out.append(
                 f"tok_per_j = {self.tok_per_j:g} is not n_tokens / energy_j = {self.n_tokens / self.energy_j:.6g}"
             )
+        if self.valid and self.energy_j and self.energy_j > 0 and self.window_s > 0:  # (the row's W and J/token)
+            for name, value, want, how in (
+                ("mean_power_w", self.mean_power_w, self.energy_j / self.window_s, "energy_j / window_s"),
+                ("j_per_tok", self.j_per_tok, self.energy_j / max(self.n_tokens, 1), "energy_j / n_tokens"),
+            ):
+                if value is not None and not _close(value, want):
+                    out.append(f"{name} = {value:g} is not {how} = {want:.6g}")
+        out += quality.verdict_problems(
+            self.verdict, self.window_s, self.counter_vs_sampled_pct, self.temp_start_c, self.temp_end_c, self.energy_j
+        )
         return out
 
 

@@ -24,7 +24,7 @@ from luce_bench.config import TG_ITERATION, TG_ITERATION_BEFORE
 from luce_bench.context import RunContext
 from luce_bench.errors import UserError
 from luce_bench.plan import Plan, Trial, key_of
-from luce_bench.records import RunRecord
+from luce_bench.records import RunRecord, setting_text
 from luce_bench.results import META, RUNS, SAMPLES, read_meta, read_runs, read_samples
 from luce_bench.runner import Resume, identity
 from luce_bench.sampler import Sample
@@ -118,8 +118,9 @@ def _done(run_dir: Path, plan: Plan, reps: int) -> dict[Trial, set[int]]:
         trial = _trial_of(row, plan.trials)
         if trial is None:
             raise UserError(
-                f"--resume {run_dir}: runs.csv line {i} ({row.backend} {row.test} @ {row.power_limit_req_w} W, "
-                f"{row.sm_clock_mhz} MHz) is not part of this sweep's plan"
+                f"--resume {run_dir}: runs.csv line {i} ({row.backend} {row.test} @ "
+                f"{setting_text(row.power_limit_req_w, row.sm_clock_mhz, 'the limit in force')}) is not part of this "
+                "sweep's plan"
             )
         if not 0 <= row.rep < reps:  # (a repetition there twice: read_runs refuses it)
             raise UserError(f"--resume {run_dir}: runs.csv line {i} exceeds the sweep's {reps} repetitions")

@@ -84,7 +84,8 @@ def parse_clocks(
         clamped = False
         if not lo <= round(mhz) <= hi:
             if not clamp:
-                bad.append(f"{text} ({round(mhz)} MHz)" if text.endswith("%") else f"{round(mhz)} MHz")
+                as_written = text.lower().removesuffix("mhz").strip() == str(round(mhz))  # ("50.5" is not "50 MHz")
+                bad.append(f"{round(mhz)} MHz" if as_written else f"{text} ({round(mhz)} MHz)")
                 continue
             mhz, clamped = min(max(mhz, lo), hi), True
         target = ClockTarget(text, round(mhz), snap_mhz(mhz, supported_mhz), clamped)

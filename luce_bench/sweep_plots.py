@@ -189,9 +189,12 @@ def _grid(rows: list[SummaryRow]) -> tuple[list[float], list[int]] | None:
 
 
 def _cell(ax: Any, plt: Any, i: int, j: int, row: SummaryRow, ref_ts: float, min_speed: float, dark: bool) -> None:
-    """One heat-map cell's text (tok/J, share of the reference tok/s); too slow a cell is hatched."""
+    """One heat-map cell's text (tok/J to 3 decimals, as the tables give it; share of the reference tok/s).
+
+    A cell too slow for the sweet spot is hatched.
+    """
     share = num(row.avg_ts) / ref_ts
-    text = f"{num(row.tok_per_j):.3g}\n{100 * share:.0f} %" + (" ⚠" if mark(row.verdict) else "")
+    text = f"{num(row.tok_per_j):.3f}\n{100 * share:.0f} %" + (" ⚠" if mark(row.verdict) else "")
     ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if dark else "black")
     if not share >= min_speed:
         ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", ec="0.5", lw=0))

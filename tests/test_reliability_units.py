@@ -26,7 +26,7 @@ def _row(rep: int) -> RunRecord:
     return RunRecord(
         test_time="2027-01-01T00:00:00Z", backend="sim", model="tiny", model_type="t", model_n_params=1, n_prompt=0,
         n_gen=8, test="tg8", rep=rep, iterations=1, n_tokens=8, window_s=1.0, compute_s=1.0, avg_ts=8.0,
-        device="cuda", gpu_simulated=True, valid=False, verdict="no-energy",
+        device="cuda", gpu_simulated=True, valid=False, verdict="short-window;no-energy",
     )  # fmt: skip
 
 

@@ -94,11 +94,13 @@ def test_editing_a_measurement_without_regenerating_fails_until_regenerated(run_
     tree = run_tree
     run = tree / RUN
     with (run / "runs.csv").open(newline="") as f:
-        n_tokens = float(list(csv.DictReader(f))[15]["n_tokens"])
-    # a llamacpp tg128 window "improved" by hand (453.797), its window shortened to match (a row that contradicts
+        row = list(csv.DictReader(f))[15]
+    n_tokens, energy_j = float(row["n_tokens"]), float(row["energy_j"])
+    # a llamacpp tg128 window changed by hand (453.797), its window and W changed to match (a row that contradicts
     # itself is refused: test_a_self_contradicting_row_is_refused_by_report_publish_and_check)
-    _edit_cell(run / "runs.csv", 15, "avg_ts", "500")
-    _edit_cell(run / "runs.csv", 15, "window_s", f"{n_tokens / 500:.6g}")
+    _edit_cell(run / "runs.csv", 15, "avg_ts", "420")
+    _edit_cell(run / "runs.csv", 15, "window_s", f"{n_tokens / 420:.6g}")
+    _edit_cell(run / "runs.csv", 15, "mean_power_w", f"{energy_j / (n_tokens / 420):.6g}")
     tables = [
         f"{path} is stale against the committed CSVs (run `luce-bench publish --results {tree}`)"
         for path in (tree / "README.md", tree.parent / "README.md")
@@ -111,7 +113,7 @@ def test_editing_a_measurement_without_regenerating_fails_until_regenerated(run_
     assert out.exit_code == 1 and _lines(out) == tables  # ... the published tables not yet
     assert runner.invoke(app, ["publish", "--results", str(tree)]).exit_code == 0
     assert _check(tree).exit_code == 0
-    assert "| llamacpp | tg128 | 464.6 |" in (tree / "README.md").read_text()  # (500 + 450.162 + ... + 456.873) / 5
+    assert "| llamacpp | tg128 | 448.6 |" in (tree / "README.md").read_text()  # (420 + 450.162 + ... + 456.873) / 5
 
 
 PROBLEMS = {  # what is done to the copy -> the start of the line that must name it
@@ -127,6 +129,7 @@ PROBLEMS = {  # what is done to the copy -> the start of the line that must name
     "index-missing": "{tree}/README.md is missing (run `luce-bench publish",
     "publish-killed": "{tree}/nvidia-h200/.publish-4242-abc: left by a publish that did not finish",
     "row-twice": "{run}/runs.csv: line 4 repeats line 3 (megakernel pp520 at the limit in force, repetition 1)",
+    "samples-corrupt": "{run}/samples.csv.gz is not a luce-bench samples.csv: Not a gzipped file",
 }
 
 
@@ -161,6 +164,8 @@ def test_each_problem_is_one_line_and_exit_1(case, run_tree):
         from luce_bench.files import host_tag  # a publish running now is not flagged
 
         (tree / "nvidia-h200" / f".publish-{os.getpid()}-{host_tag()}-x1y2" / "20261206-y").mkdir(parents=True)
+    elif case == "samples-corrupt":  # (it went to the write-error handler: exit 4, "cannot write")
+        (run / "samples.csv.gz").write_text("garbage\n")
     elif case == "missing-column":
         with (run / "summary.csv").open() as f:
             rows = [r for r in csv.reader(f)]
@@ -173,7 +178,15 @@ def test_each_problem_is_one_line_and_exit_1(case, run_tree):
     lines = _lines(out)
     want = PROBLEMS[case].format(run=run, tree=tree, readme=readme)
     assert [ln for ln in lines if ln.startswith(want)], lines
-    schema_broken = case in ("no-meta", "unknown-column", "bad-cell", "missing-column", "no-rows", "row-twice")
+    schema_broken = case in (
+        "no-meta",
+        "unknown-column",
+        "bad-cell",
+        "missing-column",
+        "no-rows",
+        "row-twice",
+        "samples-corrupt",
+    )
     assert lines[-1].endswith("generated tables not checked until the CSVs above read cleanly") == schema_broken
     assert len(lines) == 1 + schema_broken
 
@@ -187,6 +200,11 @@ def test_each_problem_is_one_line_and_exit_1(case, run_tree):
         # the window's energy changed by hand: its tok/J no longer follows
         ("energy_j", "2000", "tok_per_j = 2.86186 is not n_tokens / energy_j"),
         ("window_s", "0", "window_s = 0 is not positive"),
+        ("mean_power_w", "409.656", "mean_power_w = 409.656 is not energy_j / window_s = 509.65"),
+        ("j_per_tok", "0.249423", "j_per_tok = 0.249423 is not energy_j / n_tokens = 0.349423"),
+        ("verdict", "banana", "verdict 'banana': 'banana' is not a window's flag"),
+        ("verdict", "temp-drift", "verdict 'temp-drift': temp-drift without a drift of 3 C"),  # 61 -> 64 C
+        ("verdict", "ok;power-disagree", "power-disagree without counter vs sampled -0.547 %"),
     ],
 )
 def test_a_self_contradicting_row_is_refused_by_report_publish_and_check(run_tree, column, value, message):

@@ -45,6 +45,8 @@ def test_a_clock_written_twice_is_refused():
 def test_out_of_range_names_the_card_range_and_clamp():
     with pytest.raises(UserError, match=r"SM clock 2100 MHz, 300 MHz not supported by H200: "):
         parse_clocks("2100,1200,300", H200, gpu_name="H200")
+    with pytest.raises(UserError, match=r"SM clock 50.5 \(50 MHz\), 300 MHz not supported"):  # as written, then MHz
+        parse_clocks("50.5,300MHz", H200)
     with pytest.raises(UserError, match=r"it locks 345-1980 MHz \(110 clocks"):
         parse_clocks("2100", H200)
     got = parse_clocks("2100,300", H200, clamp=True)
