@@ -479,6 +479,9 @@ def test_smoke_config_sweeps_the_simulated_gpu_in_virtual_time(tmp_path, monkeyp
     md = (d / "report.md").read_text()
     assert "## Power-limit sweep" in md and "original limit 420 W restored" in md and "limit 420 W)" in md  # not 420.0
     assert json.loads((d / "meta.json").read_text())["energy"]["virtual_time"] is True
+    spots = [ln for ln in result.output.splitlines() if "sweet spot" in ln]
+    again = runner.invoke(app, ["report", str(d)])  # the sweep's console lines, sweet spots included
+    assert again.exit_code == 0 and spots and all(ln in again.output for ln in spots), again.output
     meta = (d / "meta.json").read_bytes()
     (d / "meta.json").unlink()  # a report rebuilt without it has no sweep section, and cannot rebuild the sweep's files
     rebuilt = runner.invoke(app, ["report", str(d)])

@@ -79,7 +79,7 @@ def report(
 
     _existing_dir(run_dir, "run directory")
     rep = render(run_dir)
-    print_report(rep, console(), spots=False)
+    print_report(rep, console())  # (a sweep's sweet spots too, as the sweep printed them)
     if llama_bench:
         typer.echo(llama_bench_table(rep.summary, rep.meta))
     typer.echo(f"wrote {run_dir / 'report.md'}")
