@@ -232,9 +232,25 @@ def _ending(run_dir: Path) -> tuple[list[str], bool]:
         return [str(exc)], False
     doc = as_ended(doc) if doc is not None else None  # (a signal that stopped only the report's writing: its run's)
     state = effective_state(doc) if doc is not None else FINISHED
+    resumed = _attempts_line(doc.get("attempts") or []) if doc is not None else []
     if state == FINISHED:
-        return [], False
-    return [f"this run is {describe(doc)}" if state == "running" else f"run {describe(doc)}"], state != FAILURES
+        return resumed, False
+    ending = f"this run is {describe(doc)}" if state == "running" else f"run {describe(doc)}"
+    return [ending, *resumed], state != FAILURES
+
+
+def _attempts_line(attempts: list[dict[str, Any]]) -> list[str]:
+    """One line on a resumed run's earlier attempts (status.json): its windows come from more than one sitting."""
+    if not attempts:
+        return []
+    told = "; ".join(
+        f"{a.get('state', '?')} after {a.get('rows', '?')} rows (last written {a.get('updated_utc', '?')})"
+        for a in attempts
+    )
+    return [
+        f"measured in {len(attempts) + 1} attempts ({told}): each attempt measured its own idle baselines and warm-up, "
+        "and the timeline joins them"
+    ]
 
 
 def render(run_dir: Path) -> Report:
