@@ -306,3 +306,19 @@ def test_a_state_folder_that_cannot_be_written_is_named_with_its_variable(tmp_pa
     with pytest.raises(WriteError, match=r"power-limit lock and journal folder .*LUCE_BENCH_STATE_DIR") as exc:
         PowerLimitController(gpu).__enter__()
     assert exc.value.exit_code == 4 and gpu.set_calls == []
+
+
+def test_restore_leaves_a_running_sweeps_journal_and_says_so_on_stderr(state_dir, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from luce_bench.cli import app
+
+    monkeypatch.setenv("LUCE_BENCH_FAKE_GPU_STATE", str(tmp_path / "fake.json"))
+    from luce_bench.gpu import open_gpu
+
+    with PowerLimitController(open_gpu(fake_preset="rtx3090"), fake="rtx3090") as ctl:  # a sweep that is running
+        ctl.set_limit_mw(220_000)
+        result = CliRunner().invoke(app, ["restore"])
+        assert result.exit_code == 1
+        assert result.stdout == "" and result.stderr.startswith("skipped ") and "another luce-bench" in result.stderr
+        assert open_gpu(fake_preset="rtx3090").power_limit_mw() == 220_000  # left to the sweep

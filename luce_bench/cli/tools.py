@@ -124,7 +124,11 @@ def restore(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be restored; change nothing.")] = False,
     read_only: ReadOnlyOpt = False,
 ) -> None:
-    """Put back the original power limit, SM clock lock and persistence mode recorded by an interrupted sweep."""
+    """Put back the original power limit, SM clock lock and persistence mode recorded by an interrupted sweep.
+
+    A journal whose sweep is still running is left to it, and one that cannot be replayed is kept: both are said on
+    stderr. Exit codes: 0 restored (or nothing to restore), 1 a journal was skipped.
+    """
     from luce_bench.files import state_dir
     from luce_bench.gpu import enable_read_only_mode
     from luce_bench.gpu.journal import list_journals
@@ -137,7 +141,7 @@ def restore(
         return
     lines = restore_from_journals(dry_run=dry_run)
     for line in lines:
-        typer.echo(line)
+        typer.echo(line, err=line.startswith("skipped"))
     if any(line.startswith("skipped") for line in lines):
         raise typer.Exit(1)
 
