@@ -218,7 +218,7 @@ FLAGS = {
     "baselines-empty-entry": (["compare", "--fake-gpu", "--baselines", "sim,"], "--baselines has an empty entry"),
     "preset-without-fake-gpu": (["bench", "hf", "--fake-preset", "h200"], "--fake-preset chooses the simulated card"),
     "empty-clocks": (["sweep", "--fake-gpu", "--clocks", ""], "--clocks is empty"),
-    "empty-limits": (["sweep", "--fake-gpu", "--limits", ""], "no power limits given"),
+    "empty-limits": (["sweep", "--fake-gpu", "--limits", ""], "--limits is empty; leave it out for the config's value"),
     "empty-tests": (["sweep", "--fake-gpu", "--tests", ","], "--tests is empty"),
     "empty-entry": (["sweep", "--fake-gpu", "--limits", "300,,200"], "--limits has an empty entry: '300,,200'"),
     "sim-without-fake-gpu": (["bench", "sim"], "backend sim cannot run here"),

@@ -250,7 +250,7 @@ def sweep(
         raise UserError(f"--shuffle conflicts with --order {order}")
     if seed is not None and not shuffle and order != "shuffle":
         raise UserError("--seed only applies with --shuffle")
-    for flag, value in (("--clocks", clocks), ("--backends", backends)):
+    for flag, value in (("--limits", limits), ("--clocks", clocks), ("--backends", backends)):
         if value is not None and not value.replace(",", " ").strip():
             raise UserError(f"{flag} is empty; leave it out for the config's value")
     fake_default = ctx.params["fake_gpu"] and not backends  # the simulated card's backends unless named
