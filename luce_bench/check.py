@@ -46,8 +46,11 @@ def schema_problems(run: Path) -> list[str]:
             continue
         try:
             unknown = [c for c in _header(path) if c not in columns(cls)]
-        except (OSError, EOFError, zlib.error, UnicodeDecodeError, csv.Error) as exc:  # a corrupt gzip, no text
+        except (gzip.BadGzipFile, EOFError, zlib.error, UnicodeDecodeError, csv.Error) as exc:  # corrupt, or no text
             out.append(f"{path} is not a luce-bench {name.removesuffix('.gz')}: {exc}")
+            continue
+        except OSError as exc:  # (not a file's content: no permission, an I/O error)
+            out.append(f"{path}: cannot read: {exc.strerror or exc}")
             continue
         if unknown:
             out.append(f"{path}: not in the {name} schema: column(s) {', '.join(unknown)}")

@@ -132,7 +132,7 @@ def show(console: Any, gpu_index: int = 0, fake_preset: str | None = None) -> No
             f"[yellow]GPU:[/yellow] none usable: {escape(str(data.get('gpu_error')))}. "
             "Energy columns will stay empty (use --fake-gpu to exercise the pipeline)."
         )
-    console.print(f"nvcc: {data.get('nvcc') or 'not found (the megakernel cannot be built)'}")
+    console.print(f"nvcc: {escape(data.get('nvcc') or 'not found (the megakernel cannot be built)')}")
     t = Table(title="Backends")
     for col in ("backend", "available", "why not / details"):
         t.add_column(col)

@@ -273,6 +273,8 @@ class Meter:
 
     def _sampled(self, t0_s: float, t1_s: float, energy_j: float, flags: list[str], limit_set: bool) -> dict[str, Any]:
         assert self.sampler is not None
+        if not self.sampler.window(t0_s, t1_s):  # shorter than the period, between two polls: wait for the next one
+            self.sampler.wait_past(t1_s)
         s = self.sampler.summarize(t0_s, t1_s)
         # (no samples in or around the window: a held value from before a failure is not a cross-check)
         sampled_j = self.sampler.integrate_power_j(t0_s, t1_s) if s["mean_power_w"] is not None else None

@@ -78,14 +78,18 @@ def verdict_problems(
     """How a window's verdict contradicts the row's own numbers (a hand-edited runs.csv); [] if it does not.
 
     Unknown flags, and the flags that follow from the row alone (short-window, power-disagree, temp-drift,
-    counter-reset) present without their reason or missing with it. The CSVs keep 6 significant digits, so a value
-    within 1e-4 of its threshold is not judged.
+    counter-reset) present without their reason (or without the numbers it is read from) or missing with it. The
+    CSVs keep 6 significant digits, so a value within 1e-4 of its threshold is not judged.
     """
     flags = flags_of(verdict_text)
     out = [f"verdict {verdict_text!r}: {f!r} is not a window's flag" for f in flags if f not in WINDOW_FLAGS]
 
     def judge(flag: str, value: float | None, limit: float, why: str) -> None:
-        if value is None or abs(value - limit) <= 1e-4 * max(abs(limit), 1.0):
+        if value is None:
+            if flag in flags:
+                out.append(f"verdict {verdict_text!r}: {flag} without the numbers it is read from ({why})")
+            return
+        if abs(value - limit) <= 1e-4 * max(abs(limit), 1.0):
             return
         if (value > limit) != (flag in flags):
             said = "without" if flag in flags else "missing, with"
@@ -94,12 +98,18 @@ def verdict_problems(
     judge(SHORT_WINDOW, -window_s, -MIN_TRUSTED_WINDOW_S, f"a window of {window_s:g} s")
     if NO_SAMPLES in flags:  # (the sampler's flags were not judged: older runs kept a held cross-check)
         disagree_pct = temp_start_c = temp_end_c = None
-    if disagree_pct is not None:
+    if disagree_pct is None:
+        judge(POWER_DISAGREE, None, MAX_DISAGREE_PCT, "counter_vs_sampled_pct is empty")
+    else:
         judge(POWER_DISAGREE, abs(disagree_pct), MAX_DISAGREE_PCT, f"counter vs sampled {disagree_pct:+.3g} %")
-    if temp_start_c is not None and temp_end_c is not None:
+    if temp_start_c is None or temp_end_c is None:
+        judge(TEMP_DRIFT, None, MAX_TEMP_DRIFT_C, "a temperature is empty")
+    else:
         drift = abs(temp_end_c - temp_start_c)
         judge(TEMP_DRIFT, drift, MAX_TEMP_DRIFT_C, f"a drift of {drift:g} C")
-    if energy_j is not None:
+    if energy_j is None:
+        judge(COUNTER_RESET, None, 0.0, "energy_j is empty")
+    elif energy_j >= 0 or ENERGY_INVALID not in flags:  # (before counter-reset existed, a reset was energy-invalid)
         judge(COUNTER_RESET, -energy_j, 0.0, f"energy_j = {energy_j:g}")
     return out
 

@@ -103,7 +103,7 @@ class RunRecord:
                 ("mean_power_w", self.mean_power_w, self.energy_j / self.window_s, "energy_j / window_s"),
                 ("j_per_tok", self.j_per_tok, self.energy_j / max(self.n_tokens, 1), "energy_j / n_tokens"),
             ):
-                if value is not None and not _close(value, want):
+                if value is not None and self.n_tokens > 0 and not _close(value, want):
                     out.append(f"{name} = {value:g} is not {how} = {want:.6g}")
         out += quality.verdict_problems(
             self.verdict, self.window_s, self.counter_vs_sampled_pct, self.temp_start_c, self.temp_end_c, self.energy_j

@@ -244,11 +244,11 @@ def _attempts_line(attempts: list[dict[str, Any]]) -> list[str]:
     if not attempts:
         return []
     told = "; ".join(
-        f"{a.get('state', '?')} after {a.get('rows', '?')} rows (last written {a.get('updated_utc', '?')})"
+        f"{a.get('state', '?')} with {a.get('rows', '?')} rows so far (last written {a.get('updated_utc', '?')})"
         for a in attempts
     )
     return [
-        f"measured in {len(attempts) + 1} attempts ({told}): each attempt measured its own idle baselines and warm-up, "
+        f"run in {len(attempts) + 1} attempts ({told}): each attempt measured its own idle baselines and warm-up, "
         "and the timeline joins them"
     ]
 
@@ -313,12 +313,12 @@ def _summary_table(summary: Sequence[SummaryRow]) -> Any:
     return table
 
 
-def print_report(report: Report, console: Any, spots: bool = True) -> None:
+def print_report(report: Report, console: Any) -> None:
     """Compact rich table of the summary (mean ± 95 % CI half-width), its notes, and a sweep's sweet spots."""
     console.print(_summary_table(report.summary) if report.summary else NOTHING_MEASURED)
     for n in notes(report.meta):
         console.print(f"[yellow]note:[/yellow] {escape(n)}")
     for q in report.quality:
         console.print(f"[red]quality:[/red] {escape(q)}")
-    for s in (report.spots or []) if spots else []:
+    for s in report.spots or []:
         console.print(f"[green]{escape(describe_spot(s, report.min_speed))}[/green]")

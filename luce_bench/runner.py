@@ -40,7 +40,7 @@ class UI(Protocol):
     """What the loop tells the user (the CLI's console; tests may pass a silent one)."""
 
     def status(self, msg: str) -> None:
-        """One line of news."""
+        """One line of news, in rich markup: a caller escapes the text it interpolates (rich.markup.escape)."""
 
     def loading(self, backend: str, model: str) -> contextlib.AbstractContextManager[Any]:
         """Around loading a backend."""
@@ -251,7 +251,9 @@ def run(plan: Plan, ctx: RunContext, ui: UI, persistence: bool = True, resume: R
         from luce_bench.gpu.power_limit import PowerLimitController
 
         preflight(ctx.gpu, plan.locks_clocks, plan.sets_limits)
-        control = PowerLimitController(ctx.gpu, fake=ctx.fake_preset, persistence=persistence, log=ui.status)
+        control = PowerLimitController(
+            ctx.gpu, fake=ctx.fake_preset, persistence=persistence, log=lambda msg: ui.status(escape(msg))
+        )  # (its lines are plain text: an error message may hold brackets)
     elif ctx.gpu is not None:
         no_sweep_running(ctx.gpu)
     outcome: Outcome | None = None

@@ -39,6 +39,9 @@ class Sample:
     limit_w: float
 
 
+BRACKET_PERIODS = 2  # the most periods apart that two samples around a window with none of its own may be
+
+
 class Sampler:
     """Poll `gpu` every `period_s` on `clock`; use as a context manager or start()/stop()."""
 
@@ -94,12 +97,25 @@ class Sampler:
         """Stop polling and wait for the poller (idempotent)."""
         if self._cancel is not None:
             self._cancel()
+            self._cancel = None
 
     def __enter__(self) -> Sampler:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def wait_past(self, t_s: float) -> None:
+        """Wait, at most BRACKET_PERIODS periods, until a poll after `t_s` has been taken (none if the sampler failed).
+
+        A window shorter than the period that no poll fell into is summarized from the polls around it, and the one
+        after it comes up to a period later.
+        """
+        deadline_s = self.now_s() + BRACKET_PERIODS * self.period_s
+        while self.failure is None and self._cancel is not None and self.now_s() < deadline_s:
+            if self.samples and self.samples[-1].t_s > t_s:
+                return
+            self.clock.sleep(self.period_s / 4)
 
     def poll_once(self) -> Sample | None:
         """Take one sample now (also used by tests with a fake clock); None when the reading is skipped."""
@@ -178,8 +194,9 @@ class Sampler:
         slowdowns (thermal_share) and by the power cap (power_cap_share).
 
         A window shorter than the period can fall between two polls: n_samples is 0, and the two samples around it
-        (the edges `integrate_power_j` interpolates between) give its clocks and temperatures. Without samples on
-        both sides (the sampler failed, or has not polled yet) every value is None.
+        (the edges `integrate_power_j` interpolates between; `wait_past` waits for the second) give its clocks and
+        temperatures, if they are at most BRACKET_PERIODS periods apart. Otherwise (the sampler failed or skipped
+        readings, or has not polled since) every value is None.
         """
         win = self.window(t0_s, t1_s)
         n = len(win)
@@ -187,7 +204,8 @@ class Sampler:
             pts = list(self.samples)
             before = [s for s in pts if s.t_s < t0_s]
             after = [s for s in pts if s.t_s > t1_s]
-            win = [before[-1], after[0]] if before and after else []
+            near = before and after and after[0].t_s - before[-1].t_s <= BRACKET_PERIODS * self.period_s
+            win = [before[-1], after[0]] if near else []
         if not win:
             return {
                 "mean_power_w": None,

@@ -63,8 +63,8 @@ def clock_text(r: SummaryRow) -> str:
 
 
 def n_text(r: SummaryRow) -> str:
-    """Windows averaged: tok/s over n, tok/J over the windows with energy, named where they are fewer."""
-    return str(r.n) if r.valid_reps >= r.n else f"{r.n} (tok/J {r.valid_reps})"
+    """Windows averaged: tok/s over n, tok/J over the windows with energy, named where some (not all) have none."""
+    return f"{r.n} (tok/J {r.valid_reps})" if 0 < r.valid_reps < r.n else str(r.n)
 
 
 def table_head(summary: Sequence[SummaryRow]) -> list[str]:

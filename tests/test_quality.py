@@ -245,3 +245,26 @@ def test_a_simulated_sweeps_plots_are_stamped_too(tmp_path, monkeypatch, tiny_mo
     names = {name for name, _ in seen}
     assert {"tok_s.png", "sweep_tok_j.png", "sweep_pareto_tok_j.png"} <= names
     assert {stamp for _, stamp in seen} == {"SIMULATED GPU"}
+
+
+@pytest.mark.parametrize(
+    ("verdict", "window_s", "pct", "temps", "energy_j", "problem"),
+    [
+        pytest.param("ok", 10.5, 1.0, (40, 42), 500.0, None, id="clean"),
+        pytest.param("short-window", 9.5, 1.0, (40, 42), 500.0, None, id="short"),
+        pytest.param("ok", 9.5, 1.0, (40, 42), 500.0, "short-window missing, with a window of 9.5 s", id="short-lost"),
+        pytest.param("ok", 10.0, 1.0, (40, 42), 500.0, None, id="at-the-threshold"),  # (6 digits: not judged)
+        pytest.param("temp-drift", 10.5, 1.0, (40, 42), 500.0, "temp-drift without a drift of 2 C", id="drift-made-up"),
+        pytest.param("temp-drift", 10.5, None, None, 500.0, "temp-drift without the numbers", id="drift-no-temps"),
+        pytest.param("power-disagree", 10.5, None, None, 500.0, "without the numbers it is read from", id="no-pct"),
+        pytest.param("counter-reset", 10.5, None, None, -3.0, None, id="reset"),
+        pytest.param("energy-invalid", 10.5, None, None, -3.0, None, id="reset-as-older-runs-wrote-it"),
+        pytest.param("ok", 10.5, None, None, -3.0, "counter-reset missing, with energy_j = -3", id="reset-lost"),
+        pytest.param("no-samples;counter-reset", 10.5, None, None, 5.0, "counter-reset without energy_j = 5", id="nr"),
+        pytest.param("banana", 10.5, 1.0, (40, 42), 500.0, "'banana' is not a window's flag", id="unknown"),
+    ],
+)
+def test_a_verdict_that_contradicts_its_row_is_named(verdict, window_s, pct, temps, energy_j, problem):
+    ts, te = temps or (None, None)
+    got = quality.verdict_problems(verdict, window_s, pct, ts, te, energy_j)
+    assert (got == []) if problem is None else (len(got) == 1 and problem in got[0]), got

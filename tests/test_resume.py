@@ -64,7 +64,7 @@ def test_resume_measures_exactly_the_missing_repetitions(env, stopped):
     doc = status(stopped)
     assert doc["state"] == "finished" and doc["rows"] == 18 and doc["attempts"][0]["exit_code"] == 4
     md = " ".join((stopped / "report.md").read_text().split())  # the reader is told the windows span two sittings
-    assert f"measured in 2 attempts ({doc['attempts'][0]['state']} after 7 rows (last written " in md
+    assert f"run in 2 attempts ({doc['attempts'][0]['state']} with 7 rows so far (last written " in md
     spots = json.loads((stopped / "sweet_spot.json").read_text())  # finished now: the sweet spots are final
     assert spots["complete"] is True and not any(s["provisional"] for s in spots["sweet_spots"])
     assert [(s["n"], s["test"]) for s in _summary(stopped)] == [("3", t) for _ in range(3) for t in ("pp64", "tg8")]

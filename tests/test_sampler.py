@@ -116,3 +116,27 @@ def test_a_window_between_two_polls_takes_the_samples_around_it():
     assert (s["temp_start_c"], s["temp_end_c"]) == (sampler.samples[1].temp_c, sampler.samples[2].temp_c)
     late = sampler.summarize(0.25, 0.3)  # after the last poll (a sampler that stopped): nothing to give
     assert late["n_samples"] == 0 and late["mean_power_w"] is None and late["mean_sm_mhz"] is None
+    del sampler.samples[1:3]  # polls at 0.0 and 0.3 s only: readings skipped for two periods and more
+    sampler.poll_once()
+    assert sampler.summarize(0.12, 0.15)["mean_power_w"] is None  # too far apart to stand for the window
+
+
+def test_a_window_shorter_than_the_period_is_measured_from_the_polls_around_it(tmp_path):
+    import csv
+
+    from typer.testing import CliRunner
+
+    from luce_bench.cli import app
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "gpu: {fake_clock: virtual}\nsampler: {period_s: 0.5}\ntests: [tg8]\nreps: 4\nwindow_s: 0.02\n"
+        "warmup_s: 0\nrep_gap_max_s: 0\n"
+    )
+    result = CliRunner().invoke(app, ["bench", "sim", "--fake-gpu", "-c", str(cfg), "-o", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    (run,) = (tmp_path / "runs").iterdir()
+    rows = list(csv.DictReader((run / "runs.csv").open()))
+    assert len(rows) == 4 and all("no-samples" not in r["verdict"] for r in rows), [r["verdict"] for r in rows]
+    assert all(r["n_samples"] == "0" and r["temp_start_c"] and r["mean_sm_mhz"] for r in rows)
+    # (the simulated counter ticks every 0.1 s: a 0.02 s window reads 0 J or a whole tick, and is flagged for it)

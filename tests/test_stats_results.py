@@ -205,3 +205,5 @@ def test_the_tables_name_fewer_windows_behind_tok_j_than_behind_tok_s():
     assert (hf.n, hf.valid_reps, mk.n, mk.valid_reps) == (3, 2, 3, 3)
     assert hf.tok_per_j == pytest.approx(1.28)  # the window without energy is not averaged in as zero
     assert [r[-2] for r in table_rows([hf, mk])] == ["3 (tok/J 2)", "3"]
+    (cpu,) = summarize([_row("hf", "tg128", i, 1280, 10.0, 1000.0, valid=False) for i in range(3)])
+    assert table_rows([cpu])[0][-2] == "3"  # no energy at all: the empty tok/J column says it, not "(tok/J 0)"

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
 
 import typer
-from rich.markup import escape
 
 from luce_bench.cli.options import (
     ReadOnlyOpt,
@@ -42,6 +41,8 @@ def measure(
 
     `sources`: where a sweep's limits and clocks came from (plan.sweep_settings), so that a refusal names the file.
     """
+    from rich.markup import escape
+
     from luce_bench.cli.ui import ConsoleUI
     from luce_bench.context import open_context
     from luce_bench.plan import Setting, merge_notes, plan, sweep_settings
@@ -78,6 +79,8 @@ def measure(
 
 def _finish(outcome: Any, out: Any, sweep: bool) -> None:
     """Render what was measured, say how the run ended, exit with its code."""
+    from rich.markup import escape
+
     from luce_bench.appender import RunDirError
     from luce_bench.report import print_report, render
     from luce_bench.results import META

@@ -79,7 +79,7 @@ def report(
 
     _existing_dir(run_dir, "run directory")
     rep = render(run_dir)
-    print_report(rep, console())  # (a sweep's sweet spots too, as the sweep printed them)
+    print_report(rep, console())
     if llama_bench:
         typer.echo(llama_bench_table(rep.summary, rep.meta))
     typer.echo(f"wrote {run_dir / 'report.md'}")
@@ -126,8 +126,9 @@ def restore(
 ) -> None:
     """Put back the original power limit, SM clock lock and persistence mode recorded by an interrupted sweep.
 
-    A journal whose sweep is still running is left to it, and one that cannot be replayed is kept: both are said on
-    stderr. Exit codes: 0 restored (or nothing to restore), 1 a journal was skipped.
+    A journal whose sweep is still running is left to it (said on stderr), and one that cannot be replayed is kept.
+    Exit codes: 0 restored (or nothing to restore), 1 a journal left to its running sweep, 2 a journal that cannot be
+    replayed (the error says why).
     """
     from luce_bench.files import state_dir
     from luce_bench.gpu import enable_read_only_mode

@@ -23,7 +23,7 @@ class ConsoleUI:
         self._tasks: dict[str, Any] = {}
 
     def status(self, msg: str) -> None:
-        """One line of news."""
+        """One line of news, in rich markup (callers escape the text they interpolate)."""
         self.console.print(msg)
 
     def loading(self, backend: str, model: str) -> Any:

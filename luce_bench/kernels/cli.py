@@ -207,10 +207,11 @@ def _lengths(text: str | None) -> tuple[int, ...]:
 
 def _print_bench(s: dict) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     t = Table(
-        title=f"tg{s['steps']} on {s['gpu']} (seed {s['seed']}; floor {s['floor_tok_s']:.0f} tok/s at "
+        title=f"tg{s['steps']} on {escape(s['gpu'])} (seed {s['seed']}; floor {s['floor_tok_s']:.0f} tok/s at "
         f"{s['bandwidth_tbs']:.2f} TB/s)"
     )
     energy = any("energy_w" in r for r in s["variants"])  # the W and tok/J columns only where windows ran
@@ -222,7 +223,7 @@ def _print_bench(s: dict) -> None:
         t.add_column(col, justify="left" if col == "variant" else "right")
     for r in s["variants"]:
         cells = [
-            r["variant"],
+            escape(r["variant"]),
             f"{r['short_tok_s']:,.1f}",
             f"{r['short_us_per_token']:.1f}",
             f"{100 * r['share_of_floor']:.1f} %",
@@ -247,14 +248,15 @@ def _print_bench(s: dict) -> None:
 
 def prefill_table(s: dict) -> Any:
     """The kernel prefill's cost against the prompt length: ms (CUDA graph) and tok/s per variant, one row per N."""
+    from rich.markup import escape
     from rich.table import Table
 
     rows = [r for r in s["variants"] if r.get("prefill")]
     t = Table(title="kernel prefill: ms against prompt length N (replayed from a CUDA graph)")
     t.add_column("N", justify="right")
     for r in rows:
-        t.add_column(f"{r['variant']} ms", justify="right")
-        t.add_column(f"{r['variant']} tok/s", justify="right")
+        t.add_column(f"{escape(r['variant'])} ms", justify="right")
+        t.add_column(f"{escape(r['variant'])} tok/s", justify="right")
     by_n = {r["variant"]: {p["n"]: p for p in r["prefill"]} for r in rows}
     for n in sorted({p["n"] for r in rows for p in r["prefill"]}):
         cells = [str(n)]
@@ -267,7 +269,7 @@ def prefill_table(s: dict) -> Any:
         if pp := r.get("prefill_parity"):
             agree = "agrees" if pp["argmax_agree"] else "differs"
             checks.append(
-                f"{r['variant']}: {pp['n']}-token prefill vs token by token, logits rel L2 {pp['rel_l2']:.1e}, "
+                f"{escape(r['variant'])}: {pp['n']}-token prefill vs token by token, logits rel L2 {pp['rel_l2']:.1e}, "
                 f"argmax {agree}"
             )
     if checks:
