@@ -157,10 +157,10 @@ def parse_limits(
     items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s).strip() for s in spec]
     items = [s for s in items if s]
     if not items:
-        raise UserError("no power limits given (e.g. --limits 420,300,220 or 100%,70%,50%)")
+        raise UserError(f"no power limits given in {where} (e.g. 420,300,220 or 100%,70%,50%)")
     if AUTO_LIMITS in items:  # shares that suit any card: those below its range become its minimum (once)
         if len(items) > 1:
-            raise UserError(f"power limits: '{AUTO_LIMITS}' stands alone (it means {', '.join(AUTO_SHARES)})")
+            raise UserError(f"{where}: '{AUTO_LIMITS}' stands alone (it means {', '.join(AUTO_SHARES)})")
         items, clamp = list(AUTO_SHARES), True
     lo, hi = constraints_mw
     out: list[LimitTarget] = []
@@ -174,7 +174,8 @@ def parse_limits(
         clamped = False
         if not lo <= mw <= hi:
             if not clamp:
-                bad.append(f"{text} ({mw / 1000:g} W)")
+                as_written = text.lower().removesuffix("w").strip() == f"{mw / 1000:g}"  # ("70%" is not "294 W")
+                bad.append(f"{mw / 1000:g} W" if as_written else f"{text} ({mw / 1000:g} W)")
                 continue
             mw, clamped = min(max(mw, lo), hi), True
         if not clamped:

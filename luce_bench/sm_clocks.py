@@ -72,7 +72,7 @@ def parse_clocks(
     items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s).strip() for s in spec]
     items = [s for s in items if s]
     if not items:
-        raise UserError("no SM clocks given (e.g. --clocks 1980,1600,1200 or 100%,80%,60%)")
+        raise UserError(f"no SM clocks given in {where} (e.g. 1980,1600,1200 or 100%,80%,60%)")
     if not supported_mhz:
         raise UserError(f"{gpu_name} lists no supported SM clocks: locked clocks are not supported there")
     lo, hi = min(supported_mhz), max(supported_mhz)

@@ -35,8 +35,12 @@ def test_percent_travels_across_gpus():
 
 
 def test_out_of_range_names_the_card_range():
-    with pytest.raises(UserError, match=r"150 \(150 W\) outside the range of H100: 200-700 W .*--clamp"):
+    with pytest.raises(UserError, match=r"power limit 150 W outside the range of H100: 200-700 W .*--clamp"):
         parse_limits("420,300,220,150", 700_000, H100, gpu_name="H100")
+    with pytest.raises(UserError, match=r"power limit 10% \(70 W\), 150.5 W outside"):  # a share, in W
+        parse_limits("10%,150.5W", 700_000, H100)
+    with pytest.raises(UserError, match=r"^no power limits given in sweep.limits in config c.yaml \(e.g."):
+        parse_limits(" , ", 700_000, H100, where="sweep.limits in config c.yaml")
 
 
 def test_auto_is_four_shares_clamped_to_any_cards_range():

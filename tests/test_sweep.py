@@ -117,7 +117,7 @@ def test_throughput_falls_with_the_limit(env):
 def test_out_of_range_refused_before_any_change(env):
     result, runs = _sweep(env, "--fake-preset", "h100-sxm", "--limits", "420,300,220,150")
     assert result.exit_code == 2
-    assert "150 (150 W) outside the range" in result.output and "200-700 W" in result.output
+    assert "power limit 150 W outside the range" in result.output and "200-700 W" in result.output
     assert "--clamp" in result.output
     assert runs == [] and list_journals() == []
     assert _card("h100-sxm").persisted_set_calls() == []
