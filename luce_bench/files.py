@@ -217,6 +217,16 @@ def _rename_into_place(tmp: Path, final: Path, existing: Callable[[Path], bool] 
             shutil.rmtree(old, ignore_errors=True)
 
 
+def default_mode(path: Path) -> None:
+    """Give `path` the 0666 & ~umask permissions that open() gives a new file.
+
+    A writer that made it 0600 (safetensors' does) would keep the other users of a shared cache from reading it.
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 def atomic_write(path: Path, data: str | bytes, durable: bool = False) -> None:
     """Replace `path` with `data` atomically; the file gets the usual 0666 & ~umask permissions."""
     with atomic_path(Path(path), durable) as tmp:

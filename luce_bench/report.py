@@ -83,7 +83,7 @@ def notes(meta: dict[str, Any]) -> list[str]:
         if info.get("skipped"):
             out.append(f"{name}: skipped: {info['skipped']}")
         if info.get("warning"):
-            out.append(f"{name}: {info['warning']}")
+            out.append(f"{name}: {_warning_text(info)}")
         if info.get("error"):
             out.append(f"{name}: FAILED: {info['error']}")
     for name, info in backends.items():
@@ -94,6 +94,22 @@ def notes(meta: dict[str, Any]) -> list[str]:
         synthetic = (meta.get("model") or {}).get("synthetic")
         out.append(f"greedy tokens, first tg run: {pairs}" + (f" ({AGREEMENT_CAVEAT})" if synthetic else ""))
     return out
+
+
+def _warning_text(info: dict[str, Any]) -> str:
+    """A backend's warning from meta.json, its fallback line in today's words.
+
+    Runs before 2026-12-07 wrote "GDN layers ran on ... fallbacks" also where only the short convolution fell back.
+    """
+    import re
+
+    from luce_bench.backends.hf_paths import fallback_warning
+
+    text, fallbacks = str(info["warning"]), info.get("torch_fallbacks") or []
+    if fallbacks:
+        old = r"GDN layers ran on transformers' pure-torch fallbacks \([^)]*\): install [^;]*? for the fast path"
+        text = re.sub(old, lambda _: fallback_warning(fallbacks), text)
+    return text
 
 
 # What a split in the free-running tokens does and does not say (report notes of a run on synthetic weights).

@@ -146,3 +146,13 @@ def test_a_fallback_warning_names_only_the_packages_that_are_missing():
     assert packages_for({"fused_recurrent_gated_delta_rule"}) == ["fla-core"]
     assert packages_for(["chunk_gated_delta_rule", "causal_conv1d_fn"]) == ["fla-core", "causal-conv1d"]
     assert packages_for([]) == []
+    from luce_bench.backends.hf_paths import fallback_warning
+
+    assert fallback_warning(["causal_conv1d_fn", "causal_conv1d_update"]) == (  # not "GDN layers ran on ...": fla ran
+        "the GDN layers' short convolution ran on transformers' pure-torch fallbacks (causal_conv1d_fn, "
+        "causal_conv1d_update): install causal-conv1d for the fast path"
+    )
+    assert fallback_warning(["chunk_gated_delta_rule"]).startswith("the GDN layers' delta rule ran on")
+    assert fallback_warning(["chunk_gated_delta_rule", "causal_conv1d_fn"]).startswith(
+        "the GDN layers (delta rule and short convolution) ran on"
+    )

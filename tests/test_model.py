@@ -96,3 +96,16 @@ def test_local_dir_and_errors(tmp_path, tiny_model, monkeypatch):
     with pytest.raises(UserError, match="cannot get model 'someone/not-cached'"):
         resolve_model("someone/not-cached")
     assert set(SIZES) == {"synthetic-0.8b", "tiny"}
+
+
+def test_the_weights_file_is_as_readable_as_the_config(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        synthetic.generate(TINY, tmp_path, 0)
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes == {"model.safetensors": 0o644, "config.json": 0o644}  # (safetensors wrote 0600: a shared cache)

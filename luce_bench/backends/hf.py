@@ -196,7 +196,7 @@ class HFBackend(Backend):
 
     def info(self) -> dict[str, Any]:
         """dtype, device, attention, GDN and conv1d paths (fast kernels or pure-torch fallbacks) for meta.json."""
-        from luce_bench.backends.hf_paths import packages_for, paths
+        from luce_bench.backends.hf_paths import fallback_warning, paths
 
         info = self.describe()
         info.update(
@@ -209,13 +209,7 @@ class HFBackend(Backend):
             info.update(paths(self._model, self._recorder.fallbacks, self._device.type))
             info["setup"] = self.setup_text(info)
         if info.get("torch_fallbacks") and info.get("device", "").startswith("cuda"):  # the kernels are CUDA-only
-            info["warning"] = (
-                "GDN layers ran on transformers' pure-torch fallbacks ("
-                + ", ".join(info["torch_fallbacks"])
-                + "): install "
-                + " and ".join(packages_for(info["torch_fallbacks"]) or ["fla-core", "causal-conv1d"])
-                + " for the fast path"
-            )
+            info["warning"] = fallback_warning(info["torch_fallbacks"])
         return info
 
     def setup_text(self, info: dict[str, Any]) -> str:

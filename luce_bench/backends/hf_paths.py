@@ -142,6 +142,23 @@ def packages_for(fallbacks: list[str] | set[str]) -> list[str]:
     return [pkg for pkg, names in need.items() if names & set(fallbacks)]
 
 
+def fallback_warning(fallbacks: list[str]) -> str:
+    """The report's line on kernels that ran as transformers' pure-torch fallbacks: which part, and what to install.
+
+    The GDN layers' delta rule comes from fla-core and their short convolution from causal-conv1d: a run with fla-core
+    and without causal-conv1d is slow only in the convolution, and says so.
+    """
+    packages = packages_for(fallbacks) or ["fla-core", "causal-conv1d"]
+    part = {
+        ("fla-core",): "the GDN layers' delta rule",
+        ("causal-conv1d",): "the GDN layers' short convolution",
+    }.get(tuple(packages), "the GDN layers (delta rule and short convolution)")
+    return (
+        f"{part} ran on transformers' pure-torch fallbacks ({', '.join(fallbacks)}): install "
+        f"{' and '.join(packages)} for the fast path"
+    )
+
+
 def cache_kwarg(model: Any) -> str:
     """The name `model.forward` takes its cache under: `past_key_values` (transformers 5.17) or `cache` (5.24)."""
     params = inspect.signature(model.forward).parameters

@@ -203,7 +203,10 @@ def model_prepare(
 ) -> None:
     """Write a synthetic checkpoint (fixed seed) into the user cache, once.
 
-    synthetic-0.8b has Qwen3.5-0.8B's exact shapes; tiny is a small model of the same architecture (4 layers).
+    synthetic-0.8b has Qwen3.5-0.8B's exact shapes; tiny is a small model of the same architecture (4 layers). The
+    cache is $LUCE_BENCH_CACHE, else the user cache directory (~/.cache/luce-bench on Linux).
+
+    Exit codes: 0 written (or already there), 2 bad input, 4 the cache could not be written, 130 interrupted.
     """
     from luce_bench.model.resolve import resolve_model
     from luce_bench.model.spec import SIZES

@@ -101,7 +101,10 @@ def generate(cfg: TextConfig, out_dir: Path, seed: int, on_tensor: Callable[[str
         tensors[name] = _init(kind, shape, gen).to(torch.bfloat16).contiguous()
         if on_tensor:
             on_tensor(name, math.prod(shape))
+    from luce_bench.files import default_mode
+
     save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt", "generator": "luce-bench"})
+    default_mode(out_dir / "model.safetensors")
     (out_dir / "config.json").write_text(json.dumps(cfg.to_hf_dict(), indent=2) + "\n")
 
 
