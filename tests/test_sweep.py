@@ -409,7 +409,8 @@ def test_a_refused_setting_from_a_config_file_names_the_file(env):
 def test_paths_with_brackets_are_printed_as_they_are(env):
     for name in ("x_[/]x", "x_[b]y"):
         out = env / name
-        result = CliRunner().invoke(app, ["sweep", "--fake-gpu", "-o", str(out), *FAST, "--limits", "420"])
+        args = ["sweep", "--fake-gpu", "-o", str(out), *FAST, "--limits", "420"]
+        result = CliRunner().invoke(app, args, env={"COLUMNS": "1000"})  # (a long tmp path is not folded)
         assert result.exit_code == 0, result.output
         (run,) = out.glob("*")
         assert f"results: {run}" in result.output
