@@ -128,11 +128,11 @@ def show(console: Any, gpu_index: int = 0, fake_preset: str | None = None) -> No
             t.add_row(label, escape(text))
         console.print(t)
     else:
-        console.print(
-            f"[yellow]GPU:[/yellow] none usable: {escape(str(data.get('gpu_error')))}. "
-            "Energy columns will stay empty (use --fake-gpu to exercise the pipeline)."
-        )
-    console.print(f"nvcc: {escape(data.get('nvcc') or 'not found (the megakernel cannot be built)')}")
+        from luce_bench.tables import styled
+
+        why = f"none usable: {data.get('gpu_error')}. Energy columns will stay empty (use --fake-gpu to exercise the "
+        console.print(styled(why + "pipeline).", "GPU:", "yellow"))
+    console.print(f"nvcc: {data.get('nvcc') or 'not found (the megakernel cannot be built)'}", markup=False)
     t = Table(title="Backends")
     for col in ("backend", "available", "why not / details"):
         t.add_column(col)

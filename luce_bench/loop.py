@@ -22,8 +22,6 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any
 
-from rich.markup import escape
-
 from luce_bench import quality
 from luce_bench.appender import RunDirError
 from luce_bench.backends.base import Backend, BackendUnavailable
@@ -105,16 +103,16 @@ class RunLoop:
         """The loop."""
         self._write_start_meta()
         for note in self.plan.notes:  # here, not before: bad input (an unusable --out) is refused before any note
-            self.ui.status(f"[yellow]note:[/yellow] {escape(note)}")
-        for skipped in self.plan.skipped.items():
-            self.ui.status("[yellow]skipping {}:[/yellow] {}".format(*map(escape, skipped)))
+            self.ui.status(note, "note:", "yellow")
+        for name, why in self.plan.skipped.items():
+            self.ui.status(why, f"skipping {name}:", "yellow")
         if self.resident:
             self.status.at(phase="loading")
             for name in self.plan.backends:
                 self._load(name)
             if not self.loaded and self.plan.trials:
                 names = ", ".join(self.plan.backends)
-                self.ui.status(f"[red]no backend could be loaded ({escape(names)}): no setting was changed[/red]")
+                self.ui.status(f"no backend could be loaded ({names}): no setting was changed", style="red")
                 return
         current = Conditions(enforced_w=current_limit_w(self.ctx.gpu))
         blocks = list(self.plan.blocks())
@@ -159,7 +157,7 @@ class RunLoop:
                 self._fail(name, name, exc, "failed to load", dead=True)
                 return None
             self.backend_meta[name] = {"skipped": str(exc)}  # e.g. its compilation failed: skipped as at plan time
-            self.ui.status(f"[yellow]skipping {name}:[/yellow] {escape(str(exc))}")
+            self.ui.status(str(exc), f"skipping {name}:", "yellow")
             self.dead.add(name)
             return None
         except (UserError, GPUError, RunDirError, ConsoleClosed, KeyboardInterrupt, SystemExit):
@@ -192,7 +190,7 @@ class RunLoop:
         self.outcome.failed.append(label)
         self.status.doc["failed"].append(f"{label} {what}: {why}")
         self.backend_meta.setdefault(name, {})["error"] = why
-        self.ui.status(f"[red]{escape(label)} {what}:[/red] {escape(why)}")
+        self.ui.status(why, f"{label} {what}:", "red")
         if dead:
             self.dead.add(name)
 
@@ -201,7 +199,7 @@ class RunLoop:
         """Apply the block's setting, settle under load, measure the idle baseline."""
         self.status.at(phase="applying setting", setting=setting.label, backend=None, test=None, rep=None)
         applied = apply_setting(self.control, setting, self.ctx.gpu)
-        self.ui.status(status_line(setting, applied, i, n))
+        self.ui.status(*status_line(setting, applied, i, n), "bold")
         sweep = self.ctx.cfg.sweep
         if self.loaded:
             test = self.ctx.cfg.test_specs[0]

@@ -273,11 +273,14 @@ class Meter:
 
     def _sampled(self, t0_s: float, t1_s: float, energy_j: float, flags: list[str], limit_set: bool) -> dict[str, Any]:
         assert self.sampler is not None
-        if not self.sampler.window(t0_s, t1_s):  # shorter than the period, between two polls: wait for the next one
-            self.sampler.wait_past(t1_s)
         s = self.sampler.summarize(t0_s, t1_s)
-        # (no samples in or around the window: a held value from before a failure is not a cross-check)
-        sampled_j = self.sampler.integrate_power_j(t0_s, t1_s) if s["mean_power_w"] is not None else None
+        if not s["n_samples"]:  # shorter than the period, between two polls: the one after it, then again
+            self.sampler.wait_past(t1_s)
+            s = self.sampler.summarize(t0_s, t1_s)
+        # (the integral summarize averaged; no samples in or around the window: a value held from before a failure is
+        # not a cross-check)
+        mean_w = s["mean_power_w"]
+        sampled_j = None if mean_w is None else mean_w * (t1_s - t0_s) if t1_s > t0_s else 0.0
         out: dict[str, Any] = {
             "mean_sm_mhz": s["mean_sm_mhz"],
             "mean_mem_mhz": s["mean_mem_mhz"],

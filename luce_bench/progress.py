@@ -14,23 +14,22 @@ def param_bar(description: str, total: int) -> Iterator[tuple[Callable[[int], No
     Where the console is no terminal (a log, a pipe) the bar would show nothing: a line per description instead.
     """
     from rich import get_console
-    from rich.markup import escape
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = get_console()
     if not console.is_terminal:
-        console.print(f"{escape(description)}…", highlight=False)
-        yield (lambda n: None), (lambda text: console.print(f"{escape(text)}…", highlight=False))
+        console.print(f"{description}…", highlight=False, markup=False)
+        yield (lambda n: None), (lambda text: console.print(f"{text}…", highlight=False, markup=False))
         return
     with Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         TextColumn("{task.percentage:>3.0f}%"),
         TimeElapsedColumn(),
         transient=True,
     ) as bar:
-        task = bar.add_task(escape(description), total=total)
-        yield (lambda n: bar.advance(task, n)), (lambda text: bar.update(task, description=escape(text)))
+        task = bar.add_task(description, total=total)
+        yield (lambda n: bar.advance(task, n)), (lambda text: bar.update(task, description=text))
 
 
 def waited_s(task: Any) -> float:
@@ -45,7 +44,6 @@ def wait_bar(console: Any, description: str, total_s: float) -> Iterator[None]:
     For waits whose length is known and that report nothing while they last: a sweep's settling under load and its
     idle baseline. The bar follows the wall clock (rich refreshes it), so a run in virtual time only flashes it.
     """
-    from rich.markup import escape
     from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
     from rich.text import Text
 
@@ -61,12 +59,12 @@ def wait_bar(console: Any, description: str, total_s: float) -> Iterator[None]:
             return Text(f"{waited_s(task):.{digits}f}/{task.total:g} s", style="progress.download")
 
     with Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         ElapsedBar(),
         Seconds(),
         TimeElapsedColumn(),
         console=console,
         transient=True,
     ) as bar:
-        bar.add_task(escape(description), total=total_s)
+        bar.add_task(description, total=total_s)
         yield

@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rich.markup import escape
-
 from luce_bench.errors import UserError
 from luce_bench.files import atomic_write
 from luce_bench.records import RunRecord, SummaryRow, SweetSpot, write_csv
@@ -33,6 +31,7 @@ from luce_bench.tables import (
     markdown_table,
     n_text,
     num_text,
+    styled,
     table_head,
     table_rows,
 )
@@ -333,8 +332,8 @@ def print_report(report: Report, console: Any) -> None:
     """Compact rich table of the summary (mean ± 95 % CI half-width), its notes, and a sweep's sweet spots."""
     console.print(_summary_table(report.summary) if report.summary else NOTHING_MEASURED)
     for n in notes(report.meta):
-        console.print(f"[yellow]note:[/yellow] {escape(n)}")
+        console.print(styled(n, "note:", "yellow"))
     for q in report.quality:
-        console.print(f"[red]quality:[/red] {escape(q)}")
+        console.print(styled(q, "quality:", "red"))
     for s in report.spots or []:
-        console.print(f"[green]{escape(describe_spot(s, report.min_speed))}[/green]")
+        console.print(styled(describe_spot(s, report.min_speed), style="green"))

@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from rich.markup import escape
-
 from luce_bench import status as st
 from luce_bench.appender import RunDirError
 from luce_bench.clock import SimClock
@@ -39,8 +37,8 @@ from luce_bench.run_log import warnings_to_log
 class UI(Protocol):
     """What the loop tells the user (the CLI's console; tests may pass a silent one)."""
 
-    def status(self, msg: str) -> None:
-        """One line of news, in rich markup: a caller escapes the text it interpolates (rich.markup.escape)."""
+    def status(self, msg: str, lead: str = "", style: str = "") -> None:
+        """One line of news, plain text; `lead` labels it in `style` (`style` alone: the whole line)."""
 
     def loading(self, backend: str, model: str) -> contextlib.AbstractContextManager[Any]:
         """Around loading a backend."""
@@ -200,7 +198,7 @@ def _in_dir(plan: Plan, ctx: RunContext, ui: UI, control: Any, resume: Resume | 
         ctx.clock.continue_wall(resume.t_offset_s)
     if resume is not None:  # said here, once the controller took the GPU (a stale journal refuses before this)
         todo = sum(len(r) for r in resume.todo.values())
-        ui.status(f"resuming {escape(str(resume.run_dir))}: {todo} repetitions to measure")
+        ui.status(f"resuming {resume.run_dir}: {todo} repetitions to measure")
     if control is not None:
         control.run_dir = str(writer.dir.resolve())  # `luce-bench restore` may run from another directory
     status = st.RunStatus.start(writer.dir, identity(plan, ctx), writer.n_runs, resume.status if resume else None)
@@ -251,9 +249,7 @@ def run(plan: Plan, ctx: RunContext, ui: UI, persistence: bool = True, resume: R
         from luce_bench.gpu.power_limit import PowerLimitController
 
         preflight(ctx.gpu, plan.locks_clocks, plan.sets_limits)
-        control = PowerLimitController(
-            ctx.gpu, fake=ctx.fake_preset, persistence=persistence, log=lambda msg: ui.status(escape(msg))
-        )  # (its lines are plain text: an error message may hold brackets)
+        control = PowerLimitController(ctx.gpu, fake=ctx.fake_preset, persistence=persistence, log=ui.status)
     elif ctx.gpu is not None:
         no_sweep_running(ctx.gpu)
     outcome: Outcome | None = None

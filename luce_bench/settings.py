@@ -54,8 +54,11 @@ def asked_text(text: str, resolved: float, unit: str, clamped: bool = False) -> 
     return asked if not percent and value == resolved else f"{asked} ({resolved:g} {unit})"
 
 
-def status_line(setting: Setting, applied: Applied, i: int, n: int) -> str:
-    """The console line after applying setting `i` of `n`, e.g. "limit 2/4: requested 70% (294 W), enforced 294 W"."""
+def status_line(setting: Setting, applied: Applied, i: int, n: int) -> tuple[str, str]:
+    """The console line after applying setting `i` of `n`, as (text, its lead).
+
+    E.g. ("requested 70% (294 W), enforced 294 W", "limit 2/4:").
+    """
     limit = setting.power_limit
     limit_text = ""
     if limit is not None:
@@ -63,11 +66,11 @@ def status_line(setting: Setting, applied: Applied, i: int, n: int) -> str:
         limit_text = f"requested {asked}, enforced {applied.enforced_w:g} W"
     clock = setting.sm_clock
     if clock is None:
-        return f"[bold]limit {i + 1}/{n}:[/bold] {limit_text}"
+        return limit_text, f"limit {i + 1}/{n}:"
     snapped = " (snapped to a supported clock)" if clock.locked_mhz != clock.requested_mhz else ""
     asked = asked_text(clock.text, clock.requested_mhz, "MHz", clock.clamped)
-    line = f"[bold]setting {i + 1}/{n}:[/bold] SM clock requested {asked}, locked {applied.locked_mhz} MHz{snapped}"
-    return line + (f"; limit {limit_text}" if limit_text else "")
+    line = f"SM clock requested {asked}, locked {applied.locked_mhz} MHz{snapped}"
+    return line + (f"; limit {limit_text}" if limit_text else ""), f"setting {i + 1}/{n}:"
 
 
 def setting_meta(setting: Setting, applied: Applied, idle_w: float | None, t_end_s: float | None) -> dict[str, Any]:

@@ -62,6 +62,16 @@ def clock_text(r: SummaryRow) -> str:
     return f"{r.sm_clock_mhz} MHz{req}"
 
 
+def styled(text: str, lead: str = "", style: str = "") -> Any:
+    """A console line that rich never reads as markup (paths and error messages may hold brackets).
+
+    `lead`, in `style`, labels `text` ("note:"); `style` without a lead colours the whole line.
+    """
+    from rich.text import Text
+
+    return Text.assemble((lead, style), " ", text) if lead else Text(text, style=style)
+
+
 def n_text(r: SummaryRow) -> str:
     """Windows averaged: tok/s over n, tok/J over the windows with energy, named where some (not all) have none."""
     return f"{r.n} (tok/J {r.valid_reps})" if 0 < r.valid_reps < r.n else str(r.n)

@@ -269,7 +269,7 @@ def test_a_console_that_cannot_be_written_stops_the_run_with_code_4_and_says_so_
 
     said = []
 
-    def full(self, msg):
+    def full(self, msg, lead="", style=""):
         if len(said) >= 2:  # the first lines go out, then the console fails (stdout is /dev/full)
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         said.append(msg)

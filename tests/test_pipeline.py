@@ -51,8 +51,8 @@ class QuietUI:
         self.lines: list[str] = []
         self.records: list[RunRecord] = []
 
-    def status(self, msg: str) -> None:
-        self.lines.append(msg)
+    def status(self, msg: str, lead: str = "", style: str = "") -> None:
+        self.lines.append(f"{lead} {msg}" if lead else msg)
 
     def loading(self, backend: str, model: str):
         import contextlib

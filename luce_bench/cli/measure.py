@@ -41,8 +41,6 @@ def measure(
 
     `sources`: where a sweep's limits and clocks came from (plan.sweep_settings), so that a refusal names the file.
     """
-    from rich.markup import escape
-
     from luce_bench.cli.ui import ConsoleUI
     from luce_bench.context import open_context
     from luce_bench.plan import Setting, merge_notes, plan, sweep_settings
@@ -60,14 +58,14 @@ def measure(
 
                 todo = prepare(resume, p, ctx)
                 if todo is None:
-                    out.print(f"nothing to resume: every planned repetition is in {escape(str(resume))}")
+                    out.print(f"nothing to resume: every planned repetition is in {resume}", markup=False)
                     from luce_bench.status import render_pending
 
                     if render_pending(resume) or not (resume / "report.md").is_file():  # a signal stopped its report
                         from luce_bench.report import render
 
                         render(resume)
-                        out.print(f"its summary, report and plots were missing and are written: {escape(str(resume))}")
+                        out.print(f"its summary, report and plots were missing and are written: {resume}", markup=False)
                     return
             ui = ConsoleUI(out, rows=sweep)
             outcome = run(p, ctx, ui, persistence=persistence, resume=todo)
@@ -79,8 +77,6 @@ def measure(
 
 def _finish(outcome: Any, out: Any, sweep: bool) -> None:
     """Render what was measured, say how the run ended, exit with its code."""
-    from rich.markup import escape
-
     from luce_bench.appender import RunDirError
     from luce_bench.report import print_report, render
     from luce_bench.results import META
@@ -103,13 +99,13 @@ def _finish(outcome: Any, out: Any, sweep: bool) -> None:
         print_report(report, out)
     if outcome.stop is not None:
         reps = "repetition" if outcome.n_runs == 1 else "repetitions"
-        out.print(f"{state}: {outcome.n_runs} finished {reps} kept in {escape(str(outcome.run_dir))}")
+        out.print(f"{state}: {outcome.n_runs} finished {reps} kept in {outcome.run_dir}", markup=False)
         if sweep and (outcome.run_dir / META).is_file():
-            out.print(f"continue it with: luce-bench sweep --resume {escape(str(outcome.run_dir))}")
+            out.print(f"continue it with: luce-bench sweep --resume {outcome.run_dir}", markup=False)
         elif sweep:  # stopped before meta.json existed: --resume would refuse it
             out.print("it cannot be resumed (it stopped before writing meta.json): run the sweep again")
     else:
-        out.print(f"results: {escape(str(outcome.run_dir))}")
+        out.print(f"results: {outcome.run_dir}", markup=False)
     if code == 0:
         return
     if code == EXIT_FAILURES and outcome.failed and not outcome.warnings and outcome.restore_error is None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.markup import escape
-
 from luce_bench.records import RunRecord
 
 
@@ -22,13 +20,17 @@ class ConsoleUI:
         self._bar: Any = None
         self._tasks: dict[str, Any] = {}
 
-    def status(self, msg: str) -> None:
-        """One line of news, in rich markup (callers escape the text they interpolate)."""
-        self.console.print(msg)
+    def status(self, msg: str, lead: str = "", style: str = "") -> None:
+        """One line of news, plain text; `lead` labels it in `style` (`style` alone: the whole line)."""
+        from luce_bench.tables import styled
+
+        self.console.print(styled(msg, lead, style))
 
     def loading(self, backend: str, model: str) -> Any:
         """A spinner while `backend` loads."""
-        return self.console.status(f"loading {escape(backend)} with {escape(model)}…")
+        from rich.text import Text
+
+        return self.console.status(Text(f"loading {backend} with {model}…"))
 
     def waiting(self, label: str, total_s: float) -> Any:
         """A bar that fills over a timed wait of `total_s` seconds (a sweep's settling and idle baseline)."""
@@ -39,7 +41,7 @@ class ConsoleUI:
         if total_s <= 0:
             return contextlib.nullcontext()
         if not self.console.is_terminal:  # a log or a pipe: a line when the wait starts, no bar
-            self.console.print(f"{escape(label)}, {total_s:g} s…")
+            self.console.print(f"{label}, {total_s:g} s…", markup=False)
             return contextlib.nullcontext()
         self.close()  # one live display at a time
         return wait_bar(self.console, label, total_s)
@@ -52,7 +54,7 @@ class ConsoleUI:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self._bar = Progress(
-                TextColumn("{task.description}"),
+                TextColumn("{task.description}", markup=False),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
@@ -61,7 +63,7 @@ class ConsoleUI:
             )
             self._bar.start()
         if label not in self._tasks:
-            self._tasks[label] = self._bar.add_task(f"{escape(label)} repetitions", total=total)
+            self._tasks[label] = self._bar.add_task(f"{label} repetitions", total=total)
         self._bar.update(self._tasks[label], completed=done)
 
     def record(self, record: RunRecord) -> None:
