@@ -19,7 +19,7 @@ from luce_bench.files import atomic_write
 from luce_bench.records import RunRecord, SummaryRow, SweetSpot, write_csv
 from luce_bench.results import META, SUMMARY, ran_simulated, read_meta, read_runs, read_samples
 from luce_bench.status import render_done
-from luce_bench.summary import describe_spot, stress_notes, summarize, sweet_spots
+from luce_bench.summary import baseline_notes, describe_spot, stress_notes, summarize, sweet_spots
 from luce_bench.tables import (
     TABLE_HEAD,
     ci_text,
@@ -281,7 +281,7 @@ def render(run_dir: Path) -> Report:
     else:
         (run_dir / SUMMARY).unlink(missing_ok=True)  # one from an earlier render would contradict the report
     ending, cut_short = _ending(run_dir)
-    quality = ending + stress_notes(runs)
+    quality = ending + stress_notes(runs) + baseline_notes(runs)
     sweep_files = [run_dir / "sweet_spot.csv", run_dir / "sweet_spot.json", *sorted(run_dir.glob("sweep_*.png"))]
     sweep_files = [p for p in sweep_files if p.is_file()]
     if not (run_dir / META).is_file():  # (a report rebuilt from runs.csv alone)

@@ -106,6 +106,27 @@ def stress_notes(runs: Sequence[RunRecord]) -> list[str]:
     return out
 
 
+def baseline_notes(runs: Sequence[RunRecord]) -> list[str]:
+    """One line per setting whose windows stand on more than one idle baseline (a resumed run measured it again).
+
+    Each setting's idle baseline is measured once per sitting, so only a resume gives a setting two; net tok/J (and
+    the summary's mean idle W) then average windows over both, and this says by how much the baselines differ.
+    """
+    settings: dict[tuple[float | None, int | None], set[float]] = {}
+    for r in runs:
+        if r.idle_power_w is not None and math.isfinite(r.idle_power_w):
+            settings.setdefault((r.power_limit_req_w, r.sm_clock_mhz), set()).add(round(r.idle_power_w, 1))
+    out = []
+    for (limit_w, clock_mhz), idle_w in settings.items():
+        if len(idle_w) > 1:
+            told = ", ".join(f"{w:.1f}" for w in sorted(idle_w))
+            out.append(
+                f"{setting_text(limit_w, clock_mhz)}: idle baseline measured {len(idle_w)} times ({told} W; "
+                f"{max(idle_w) - min(idle_w):.1f} W apart): net tok/J averages windows over all of them"
+            )
+    return out
+
+
 def _setting_key(r: SummaryRow) -> tuple[bool, float, bool, float]:
     """Highest limit first (no limit last), then highest clock (no lock last)."""
     limit_w, clock_mhz = r.power_limit_req_w, r.sm_clock_mhz

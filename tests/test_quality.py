@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from luce_bench import plots, quality
 from luce_bench.cli import app
 from luce_bench.records import RunRecord
-from luce_bench.summary import stress_notes, summarize
+from luce_bench.summary import baseline_notes, stress_notes, summarize
 
 CLEAN = {
     "n_samples": 20,
@@ -87,6 +87,16 @@ def test_a_summary_never_averages_throttled_windows_with_clean_ones():
     assert (all_capped.n, all_capped.avg_ts) == (3, 90.0) and all_capped.verdict == "noisy;power-capped"
     assert stress_notes(every) == [
         "sim tg8 @ current: all 3 repetitions flagged power-capped; the summary averages throttled windows"
+    ]
+
+
+def test_a_setting_measured_under_two_idle_baselines_is_named_with_both():
+    first = [dataclasses.replace(_row(i, 100.0, 2.0, "ok"), power_limit_req_w=300.0, idle_power_w=85.04) for i in (0, 1)]
+    resumed = dataclasses.replace(_row(2, 100.0, 2.0, "ok"), power_limit_req_w=300.0, idle_power_w=86.0)
+    other = dataclasses.replace(_row(0, 90.0, 2.4, "ok"), power_limit_req_w=220.0, idle_power_w=80.0)
+    assert baseline_notes([*first, other]) == []  # one baseline per setting: nothing to say
+    assert baseline_notes([*first, resumed, other, dataclasses.replace(other, idle_power_w=None)]) == [
+        "300 W: idle baseline measured 2 times (85.0, 86.0 W; 1.0 W apart): net tok/J averages windows over all of them"
     ]
 
 
