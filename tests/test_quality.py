@@ -91,7 +91,9 @@ def test_a_summary_never_averages_throttled_windows_with_clean_ones():
 
 
 def test_a_setting_measured_under_two_idle_baselines_is_named_with_both():
-    first = [dataclasses.replace(_row(i, 100.0, 2.0, "ok"), power_limit_req_w=300.0, idle_power_w=85.04) for i in (0, 1)]
+    first = [
+        dataclasses.replace(_row(i, 100.0, 2.0, "ok"), power_limit_req_w=300.0, idle_power_w=85.04) for i in (0, 1)
+    ]
     resumed = dataclasses.replace(_row(2, 100.0, 2.0, "ok"), power_limit_req_w=300.0, idle_power_w=86.0)
     other = dataclasses.replace(_row(0, 90.0, 2.4, "ok"), power_limit_req_w=220.0, idle_power_w=80.0)
     assert baseline_notes([*first, other]) == []  # one baseline per setting: nothing to say

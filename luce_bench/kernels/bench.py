@@ -364,12 +364,13 @@ class BenchPlan:
     def validate(self) -> None:
         """One line for a plan that cannot run, before any GPU work.
 
-        Checks the names, the breakdown's variant, the bandwidth, positions past the model's context, and
-        $LUCE_BENCH_KERNEL_TUNE's fields.
+        Checks the names, each variant's build options (names the kernel reads) or prebuilt library directory, the
+        breakdown's variant, the bandwidth, positions past the model's context, and $LUCE_BENCH_KERNEL_TUNE's fields.
         """
         import math
         import os
 
+        from luce_bench.kernels.build import define_flags
         from luce_bench.kernels.tune import TUNE_ENV, Tune
         from luce_bench.model.spec import QWEN35_08B
 
@@ -378,6 +379,13 @@ class BenchPlan:
         names = [v.name for v in self.variants]
         if len(set(names)) != len(names):
             raise UserError(f"variant names must differ: {names}")
+        for v in self.variants:
+            if v.lib_dir is not None and not v.lib_dir.is_dir():
+                raise UserError(f"--variant {v.name}={v.lib_dir}: no such directory (a built library's folder)")
+            try:
+                define_flags(v.options)
+            except UserError as exc:
+                raise UserError(f"--variant {v.name}: {exc}") from None
         if self.breakdown is not None and self.breakdown not in names:
             raise UserError(f"--breakdown {self.breakdown!r}: no such variant (the variants: {', '.join(names)})")
         if self.bandwidth_tbs is not None and not (math.isfinite(self.bandwidth_tbs) and 0 < self.bandwidth_tbs < 100):
