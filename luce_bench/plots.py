@@ -96,6 +96,11 @@ def bar_label(v: float) -> str:
     return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
 
 
+def _who(backend: str, on_cpu: set[str]) -> str:
+    """A bar's backend as its label names it: "hf (CPU)" for one that ran on the CPU."""
+    return f"{backend} (CPU)" if backend in on_cpu else backend
+
+
 def bar_chart(summary: Sequence[SummaryRow], metric: str, err: str, ylabel: str, title: str, out: Path) -> Path | None:
     """Grouped bars: one group per test, one bar per backend (x power limit when several). None if no data."""
     rows = [r for r in summary if math.isfinite(num(getattr(r, metric)))]
@@ -104,6 +109,7 @@ def bar_chart(summary: Sequence[SummaryRow], metric: str, err: str, ylabel: str,
     plt = pyplot()
     tests = list(dict.fromkeys(r.test for r in rows))
     series = list(dict.fromkeys((r.backend, _limit_label(r)) for r in rows))
+    on_cpu = {r.backend for r in rows if str(r.device).startswith("cpu")}  # said on the bar: not the GPU's speed
     multi_limit = len({s[1] for s in series}) > 1
     crowded = len(series) > CROWDED_BARS  # a grid sweep's settings: wider panels, labels turned, smaller numbers
     width_in = max(4.5, 0.55 * len(series) + 1.0) if crowded else 4.5
@@ -116,7 +122,7 @@ def bar_chart(summary: Sequence[SummaryRow], metric: str, err: str, ylabel: str,
             if not match:
                 continue
             v, e = num(getattr(match[0], metric)), num(getattr(match[0], err))
-            label = f"{backend} @ {lim}" if multi_limit else backend
+            label = f"{_who(backend, on_cpu)} @ {lim}" if multi_limit else _who(backend, on_cpu)
             kind = mark(match[0].verdict)
             hatch = {"hatch": MARKS[kind][1], "edgecolor": MARKS[kind][0]} if kind else {}
             color = colors[i % len(colors)]
@@ -128,7 +134,7 @@ def bar_chart(summary: Sequence[SummaryRow], metric: str, err: str, ylabel: str,
         depth = next(r.n_depth for r in rows if r.test == test)
         ax.set_title(f"{test}\n(after {depth} cached tokens)" if depth else test)
         ax.set_xticks(range(len(series)))
-        labels = [f"{b}\n{lim}" if multi_limit else b for b, lim in series]
+        labels = [f"{_who(b, on_cpu)}\n{lim}" if multi_limit else _who(b, on_cpu) for b, lim in series]
         if crowded:  # one line each, turned: "sim 700 W, 1785 MHz"
             ax.set_xticklabels([t.replace("\n", " ") for t in labels], fontsize=7, rotation=45, ha="right")
         else:

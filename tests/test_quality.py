@@ -121,6 +121,17 @@ def test_flagged_points_and_bars_are_marked_in_the_plots(monkeypatch, tmp_path):
     assert hatches == ["//", None]  # the throttled backend's bar is hatched, the clean one not
 
 
+def test_a_backend_that_ran_on_the_cpu_is_named_so_on_its_bars(monkeypatch, tmp_path):
+    kept = []
+    monkeypatch.setattr(plots, "save", lambda plt, fig, title, out: kept.append(fig) or out)
+    gpu, cpu = _row(0, 100.0, 2.0, "ok"), dataclasses.replace(_row(0, 9.0, 0.2, "ok"), backend="hf", device="cpu")
+    plots.bar_chart(summarize([gpu, cpu]), "avg_ts", "stddev_ts", "tok/s", "t", tmp_path / "x.png")
+    ax = kept[0].axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["sim", "hf (CPU)"]
+    assert [b.get_label() for b in ax.containers] == ["sim", "hf (CPU)"]
+    plots.pyplot().close("all")
+
+
 def test_bar_labels_read_as_numbers_not_exponents():
     assert [plots.bar_label(v) for v in (14625.6, 1636.2, 271.0, 28.24, 3.0912, 0.01234)] == [
         "14,626",
