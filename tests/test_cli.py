@@ -256,6 +256,7 @@ def test_a_report_rebuilt_without_meta_json_says_what_it_lacks(compare_run, tmp_
         ),
         pytest.param(["compare", "-c", "/no/such.yaml"], "config file not found", id="config"),
         pytest.param(["model", "prepare", "--size", "huge"], "unknown synthetic size", id="size"),
+        pytest.param(["model", "prepare", "--model", "Qwen/Qwen3.5-0.8B"], "needs no preparing", id="prepare-hub"),
         pytest.param(["bench", "hf", "--tests", "pp99999999999"], "bad test 'pp99999999999'", id="huge-test"),
         pytest.param(["bench", "hf", "--device", "cuda:x"], "device = 'cuda:x'", id="device"),
         pytest.param(["bench", "hf", "--model", ""], "model is empty", id="empty-model"),
@@ -380,8 +381,9 @@ def test_info_kernel_rows_are_words_and_point_to_the_command_with_arch():
     ]
 
 
-def test_model_prepare_writes_the_tiny_checkpoint(tiny_model):
-    result = runner.invoke(app, ["model", "prepare", "--size", "tiny"])
+@pytest.mark.parametrize("flag", ["--size", "--model"])
+def test_model_prepare_writes_the_tiny_checkpoint(tiny_model, flag):
+    result = runner.invoke(app, ["model", "prepare", flag, "tiny"])
     assert result.exit_code == 0, result.output
     assert "910,200 params" in result.output
 

@@ -198,7 +198,9 @@ def publish(
 
 
 def model_prepare(
-    size: Annotated[str, typer.Option("--size", help="synthetic-0.8b or tiny.")] = "synthetic-0.8b",
+    size: Annotated[
+        str, typer.Option("--size", "--model", help="synthetic-0.8b or tiny (--model as the other commands name it).")
+    ] = "synthetic-0.8b",
     seed: Annotated[int, typer.Option("--seed", help="Generator seed.")] = 0,
 ) -> None:
     """Write a synthetic checkpoint (fixed seed) into the user cache, once.
@@ -212,7 +214,10 @@ def model_prepare(
     from luce_bench.model.spec import SIZES
 
     if size not in SIZES:
-        raise UserError(f"unknown synthetic size {size!r}; known: {', '.join(SIZES)}")
+        raise UserError(
+            f"unknown synthetic size {size!r}; known: {', '.join(SIZES)} (a real checkpoint, a hub id or a folder, "
+            "needs no preparing: give it to --model of compare, bench or sweep)"
+        )
     if not -(2**63) <= seed < 2**64:
         raise UserError(f"--seed {seed} is out of range [-2**63, 2**64 - 1]")
     spec = resolve_model(size, seed=seed)
