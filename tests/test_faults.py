@@ -13,6 +13,7 @@ window (tg8 rep 0 at 300 W).
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -330,6 +331,20 @@ def test_a_closed_pipe_ends_other_commands_quietly(capsys):
     with pytest.raises(typer.Exit) as exc:
         info()
     assert exc.value.exit_code == 141 and capsys.readouterr().err == ""  # as SIGPIPE would end it: no error line
+
+
+@pytest.mark.tries("fault", "--help or --version into a full standard output (luce-bench --help > /dev/full)")
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["kernel", "--help"]])
+def test_help_into_a_full_disk_is_one_line_and_exit_code_4(args):
+    import subprocess
+
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "luce_bench", *args], stdout=full, stderr=subprocess.PIPE, text=True, timeout=60
+        )
+    assert done.returncode == 4
+    assert done.stderr == "error: cannot write standard output: No space left on device\n"
 
 
 @pytest.mark.tries("fault", "full disk before the run's meta.json exists: no resume hint, nothing said restored")

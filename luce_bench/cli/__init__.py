@@ -130,6 +130,11 @@ def main() -> None:
     except KeyboardInterrupt:  # outside a command (its options being read): no traceback either
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except OSError as exc:  # outside a command: --help or --version into a full disk (`> /dev/full`)
+        if state["debug"]:
+            traceback.print_exc()
+        typer.echo(f"error: cannot write standard output: {one_line(exc.strerror or str(exc))}", err=True)
+        sys.exit(4)
     finally:
         # The work is done and recorded: a Ctrl-C from now on ends the process at once, instead of a
         # KeyboardInterrupt raised inside the interpreter's shutdown (printed as an ignored exception).
