@@ -405,6 +405,24 @@ def test_a_refused_setting_from_a_config_file_names_the_file(env):
     assert result.exit_code == 2 and "is given twice (300 and 300): give each once" in " ".join(result.output.split())
 
 
+def test_an_axis_the_config_file_leaves_unset_is_named_as_the_default(env):
+    from luce_bench.cli.measure import _axis_sources
+    from luce_bench.cli.options import load_config
+
+    (env / "lim.yaml").write_text("sweep:\n  limits: [300, 220]\n")
+    params = {"config": [env / "lim.yaml"]}
+    in_file = load_config(params).sweep.model_fields_set
+    assert "limits" in in_file and "clocks" not in in_file
+    assert _axis_sources(params, {"limits": None, "clocks": None}, None, in_file) == {
+        "limits": f"sweep.limits in config {env / 'lim.yaml'}",
+        "clocks": "sweep.clocks (the default)",
+    }
+    assert _axis_sources(params, {"limits": "300", "clocks": None}, env / "run", in_file) == {
+        "limits": "--limits",
+        "clocks": f"sweep.clocks of the resumed run ({env / 'run'})",
+    }
+
+
 @pytest.mark.tries("bad input", "an output folder whose name holds rich markup ([/], [b])")
 def test_paths_with_brackets_are_printed_as_they_are(env):
     for name in ("x_[/]x", "x_[b]y"):

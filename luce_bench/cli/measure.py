@@ -269,7 +269,7 @@ def sweep(
             cfg = cfg.model_copy(update={"backends": ("sim",)})
         cfg = _seeded(cfg)
     names, optional = sweep_backends(cfg.backends)
-    sources = _axis_sources(ctx.params, {"limits": limits, "clocks": clocks}, resume)
+    sources = _axis_sources(ctx.params, {"limits": limits, "clocks": clocks}, resume, cfg.sweep.model_fields_set)
     measure(
         cfg,
         "sweep",
@@ -282,8 +282,13 @@ def sweep(
     )
 
 
-def _axis_sources(params: dict[str, Any], flags: dict[str, str | None], resume: Path | None) -> dict[str, str]:
-    """Where each sweep axis's values came from, as a refusal names them: its flag, the resumed run, or the file."""
+def _axis_sources(
+    params: dict[str, Any], flags: dict[str, str | None], resume: Path | None, in_file: set[str]
+) -> dict[str, str]:
+    """Where each sweep axis's values came from, as a refusal names them: its flag, the resumed run, or the file.
+
+    `in_file`: the sweep keys the config file set (the rest are the built-in defaults).
+    """
     path = config_path(params) or default_config()
 
     def source(axis: str) -> str:
@@ -291,7 +296,7 @@ def _axis_sources(params: dict[str, Any], flags: dict[str, str | None], resume: 
             return f"--{axis}"
         if resume is not None:
             return f"sweep.{axis} of the resumed run ({resume})"
-        return f"sweep.{axis} in config {path}" if path else f"sweep.{axis} (the default)"
+        return f"sweep.{axis} in config {path}" if path and axis in in_file else f"sweep.{axis} (the default)"
 
     return {axis: source(axis) for axis in flags}
 
