@@ -16,6 +16,7 @@ import zlib
 from pathlib import Path
 
 from luce_bench.errors import UserError
+from luce_bench.files import shell_arg
 from luce_bench.publish import publishing_now
 from luce_bench.published import NO_ROWS, run_dirs
 from luce_bench.records import RunRecord, SummaryRow, columns, read_csv, to_cells
@@ -100,7 +101,7 @@ def plot_problems(run: Path) -> list[str]:
         return []
     linked = sorted(set(re.findall(r"\]\(([^)/]+\.png)\)", report.read_text())))
     return [
-        f"{run / name}: missing, shown by report.md ({REPORT_FIX.format(run)})"
+        f"{run / name}: missing, shown by report.md ({REPORT_FIX.format(shell_arg(run))})"
         for name in linked
         if not (run / name).is_file()
     ]
@@ -109,16 +110,16 @@ def plot_problems(run: Path) -> list[str]:
 def summary_problems(run: Path) -> list[str]:
     """summary.csv against runs.csv, and report.md's table against summary.csv (schema-clean runs only)."""
     if not (run / SUMMARY).is_file():
-        return [f"{run}: no {SUMMARY} ({REPORT_FIX.format(run)})"]
+        return [f"{run}: no {SUMMARY} ({REPORT_FIX.format(shell_arg(run))})"]
     summary = summarize(read_csv(run / RUNS, RunRecord))
     with (run / SUMMARY).open(newline="") as f:
         got = list(csv.reader(f))
     if got != [columns(SummaryRow), *(to_cells(r) for r in summary)]:
-        return [f"{run / SUMMARY} is stale against {RUNS} ({REPORT_FIX.format(run)})"]
+        return [f"{run / SUMMARY} is stale against {RUNS} ({REPORT_FIX.format(shell_arg(run))})"]
     report = run / "report.md"
     table = markdown_table(table_head(summary), table_rows(summary))
     if not report.is_file() or table not in report.read_text():
-        return [f"{report}: missing or its table is stale against {SUMMARY} ({REPORT_FIX.format(run)})"]
+        return [f"{report}: missing or its table is stale against {SUMMARY} ({REPORT_FIX.format(shell_arg(run))})"]
     return []
 
 
@@ -128,7 +129,7 @@ def independent_problems(run: Path) -> list[str]:
 
     if not (run / LOG).is_file():
         return []
-    fix = f"run `luce-bench report {run} --independent {run / LOG}`"
+    fix = f"run `luce-bench report {shell_arg(run)} --independent {shell_arg(run / LOG)}`"
     try:
         text = report_text(run)[0]
     except UserError as exc:
@@ -146,7 +147,7 @@ def table_problems(results: Path, readme: Path | None) -> list[str]:
         docs = expected(results, readme)
     except UserError as exc:
         return [str(exc)]
-    fix = f"run `luce-bench publish --results {results}`"
+    fix = f"run `luce-bench publish --results {shell_arg(results)}`"
     return [
         f"{path} is missing ({fix})" if not path.is_file() else f"{path} is stale against the committed CSVs ({fix})"
         for path, text in docs.items()

@@ -25,6 +25,13 @@ CACHE_ENV = "LUCE_BENCH_CACHE"
 STATE_ENV = "LUCE_BENCH_STATE_DIR"
 
 
+def shell_arg(path: object) -> str:
+    """`path` as a shell reads it back: quoted where it holds spaces, brackets or quotes (a command to paste)."""
+    import shlex
+
+    return shlex.quote(str(path))
+
+
 def cache_dir() -> Path:
     """The user cache directory (see the module docstring)."""
     if os.environ.get(CACHE_ENV):

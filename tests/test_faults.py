@@ -13,6 +13,7 @@ window (tg8 rep 0 at 300 W).
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -74,6 +75,23 @@ def test_energy_counter_not_supported_mid_window_stops_with_code_3(env, monkeypa
     assert doc["settings_restored"] is True and card(env / "card.json")["limit_mw"] == 420_000
     assert not list_journals()
     assert "sweep --resume" in result.output
+
+
+def test_the_resume_command_printed_for_a_folder_with_spaces_and_brackets_pastes_back(env, monkeypatch):
+    import shlex
+
+    monkeypatch.setenv("LUCE_BENCH_FAKE_GPU_FAULTS", '[{"kind": "not-supported", "at_s": 12.0}]')
+    out = env / "my runs [1]"
+    args = ["sweep", "-c", str(env / "v.yaml"), "-o", str(out)]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "1000"})  # (a long tmp path is not folded)
+    assert result.exit_code == 3, result.output
+    (line,) = [t for t in result.output.splitlines() if t.startswith("continue it with: ")]
+    assert shlex.split(line.removeprefix("continue it with: ")) == [
+        "luce-bench",
+        "sweep",
+        "--resume",
+        str(only_run_dir(out)),
+    ]
 
 
 @pytest.mark.tries("fault", "NVML error mid-window: GPU lost (restore after it returns)")
@@ -250,7 +268,7 @@ def test_a_run_whose_report_cannot_be_written_ends_with_code_4_and_says_so(env, 
     assert len(check_rows(run_dir)) > 0  # the measured rows are kept
     doc = status(run_dir)
     assert doc["state"] == "stopped" and doc["exit_code"] == 4 and "could not all be written" in doc["reason"]
-    assert f"luce-bench report {run_dir}" in doc["reason"]
+    assert f"luce-bench report {shlex.quote(str(run_dir))}" in doc["reason"]
     assert not (run_dir / "report.md").exists()
 
     # space again: the report renders, and the run is the finished run it was (not "stopped" for good)

@@ -22,6 +22,7 @@ from luce_bench.cli.options import (
 )
 from luce_bench.config import ALL_BACKENDS
 from luce_bench.errors import UserError
+from luce_bench.files import shell_arg
 
 if TYPE_CHECKING:
     from luce_bench.config import BenchConfig
@@ -101,7 +102,7 @@ def _finish(outcome: Any, out: Any, sweep: bool) -> None:
         reps = "repetition" if outcome.n_runs == 1 else "repetitions"
         out.print(f"{state}: {outcome.n_runs} finished {reps} kept in {outcome.run_dir}", markup=False)
         if sweep and (outcome.run_dir / META).is_file():
-            out.print(f"continue it with: luce-bench sweep --resume {outcome.run_dir}", markup=False)
+            out.print(f"continue it with: luce-bench sweep --resume {shell_arg(outcome.run_dir)}", markup=False)
         elif sweep:  # stopped before meta.json existed: --resume would refuse it
             out.print("it cannot be resumed (it stopped before writing meta.json): run the sweep again")
     else:
@@ -124,7 +125,7 @@ def _render_interrupted(run_dir: Path, exc: BaseException, complete: bool, endin
     rows = "every repetition is in runs.csv" if complete else "the repetitions measured are in runs.csv"
     note = (
         f"interrupted by {signal.Signals(code - 128).name if code > 128 else 'a signal'} while the summary, report "
-        f"and plots were written; {rows}: `luce-bench report {run_dir}` renders them"
+        f"and plots were written; {rows}: `luce-bench report {shell_arg(run_dir)}` renders them"
     )
     with contextlib.suppress(KeyboardInterrupt, SystemExit):  # (a second signal: the line below still says it)
         _, code, note = mark_render_unwritten(run_dir, INTERRUPTED, code, note, ending)
@@ -140,7 +141,7 @@ def _render_failed(run_dir: Path, exc: Exception, ending: tuple[str, int, str]) 
     from luce_bench.status import EXIT_DISK, STOPPED, mark_render_unwritten
 
     why = f"the summary, report and plots could not all be written ({one_line(str(exc))}); the measured rows are in "
-    why += f"runs.csv: `luce-bench report {run_dir}` renders them again"
+    why += f"runs.csv: `luce-bench report {shell_arg(run_dir)}` renders them again"
     return mark_render_unwritten(run_dir, STOPPED, EXIT_DISK, why, ending)
 
 

@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
+from luce_bench.files import shell_arg
 from luce_bench.gpu.base import GPU, GPUError, GPUNotSupportedError, GPUPermissionError
 from luce_bench.gpu.journal import GpuLock, JournalEntry, JournalError, list_journals, lock_text, read_journal
 from luce_bench.status import mark_killed
@@ -160,7 +161,8 @@ def _replay(path: Path, entry: JournalEntry, gpu: object) -> str:
         " (the machine rebooted since the journal was written)" if entry.boot_id and entry.boot_id != boot_id() else ""
     )
     if entry.run_dir and mark_killed(Path(entry.run_dir), "`luce-bench restore` put the original settings back"):
-        note += f"; the killed run {entry.run_dir} can continue with `luce-bench sweep --resume {entry.run_dir}`"
+        resume = f"luce-bench sweep --resume {shell_arg(entry.run_dir)}"
+        note += f"; the killed run {entry.run_dir} can continue with `{resume}`"
     return (
         f"restored GPU {entry.index} ({entry.gpu_name}): {done}, persistence "
         f"{'on' if entry.persistence_mode else 'off'}{note}"
