@@ -147,7 +147,7 @@ def destination(run_dir: Path, results: Path, name: str | None) -> Path:
     runs = read_csv(run_dir / RUNS, RunRecord)
     if earlier := published_as(meta, runs, results):  # first: no other name would do
         raise UserError(f"{run_dir} is published already, as {earlier.relative_to(results).as_posix()}")
-    rule = "use lower-case letters, digits, '.', '_' and '-' (e.g. compare-v11)"
+    rule = "use at most 80 lower-case letters, digits, '.', '_' and '-', the first a letter or digit (e.g. compare-v11)"
     from_folder = name is None
     if from_folder:
         name = run_dir.resolve().name.split("-", 1)[-1].lower()  # (resolved: `publish .` names the folder)

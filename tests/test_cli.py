@@ -260,6 +260,10 @@ def test_a_report_rebuilt_without_meta_json_says_what_it_lacks(compare_run, tmp_
         pytest.param(["bench", "hf", "--tests", "pp99999999999"], "bad test 'pp99999999999'", id="huge-test"),
         pytest.param(["bench", "hf", "--device", "cuda:x"], "device = 'cuda:x'", id="device"),
         pytest.param(["bench", "hf", "--model", ""], "model is empty", id="empty-model"),
+        pytest.param(["bench", ""], "BACKEND is empty: name one of megakernel", id="empty-backend"),
+        pytest.param(["bench", "hf,llamacpp"], "bench measures one backend", id="two-backends"),
+        pytest.param(["kernel", "info", "--arch", ""], "--arch is empty", id="kernel-empty-arch"),
+        pytest.param(["kernel", "build", "--arch", " , "], "--arch is empty", id="kernel-build-empty-arch"),
         pytest.param(["kernel", "info", "--arch", "foo"], "bad CUDA arch 'foo'", id="kernel-arch"),
         pytest.param(
             ["report", "results", "--check", "--independent", "x.csv"], "do different things", id="check-indep"

@@ -106,6 +106,7 @@ def _edit_meta(run: Path, **changes) -> None:
         "no-commit",
         "taken",
         "bad-name",
+        "long-name",
         "bad-folder-name",
         "again",
         "copy-again",
@@ -139,10 +140,12 @@ def test_publish_refuses_in_one_line_and_writes_nothing(case, tmp_path, monkeypa
         (results / "nvidia-h100-80gb-hbm3" / "20261124-compare").mkdir(parents=True)
         message = "exists already: published runs are never replaced"
     elif case == "bad-name":
-        extra, message = ["--name", "H200 stock"], "--name 'H200 stock': use lower-case letters"
+        extra, message = ["--name", "H200 stock"], "--name 'H200 stock': use at most 80 lower-case letters"
+    elif case == "long-name":
+        extra, message = ["--name", "a" * 81], f"--name '{'a' * 81}': use at most 80 lower-case letters"
     elif case == "bad-folder-name":
         run = run.rename(tmp_path / "My Run")
-        message = "the name taken from the run's folder, 'my run', cannot be used: give --name (use lower-case"
+        message = "the name taken from the run's folder, 'my run', cannot be used: give --name (use at most 80 lower-case"
     elif case in ("again", "copy-again"):  # published once; again under another name, or a copy of it
         monkeypatch.setenv("LUCE_BENCH_GIT_COMMIT", "1b915c3aa0d2")
         assert _publish(run, results, "--name", "first").exit_code == 0

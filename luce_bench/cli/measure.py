@@ -186,6 +186,10 @@ def bench(
     backend: Annotated[str, typer.Argument(help="Backend: megakernel, llamacpp, hf, hf-compiled; sim: --fake-gpu.")],
 ) -> None:
     """Measure one backend at the current power limit."""
+    if not backend.strip():
+        raise UserError("BACKEND is empty: name one of megakernel, llamacpp, hf, hf-compiled (sim with --fake-gpu)")
+    if "," in backend:
+        raise UserError(f"BACKEND {backend!r}: bench measures one backend; several side by side: luce-bench compare")
     cfg = load_config(ctx.params, backends=backend)
     measure(cfg, f"bench-{backend}", [backend])
 

@@ -63,12 +63,21 @@ def info_cmd(arch: Optional[str] = typer.Option(None, help="arch to describe (de
     from luce_bench.kernels import build_info
     from luce_bench.kernels.build import env_arch
 
+    _not_empty_arch(arch)
     if arch is None:
         env_arch()  # a bad arch in the environment is bad input too, as a bad --arch is
     info = build_info(arch)
     if arch is not None and info.get("error"):  # an explicit bad --arch is bad input, not a state to report
         raise UserError(info["error"])
     typer.echo(json.dumps(info, indent=2))
+
+
+def _not_empty_arch(arch: str | None) -> None:
+    """An empty --arch is bad input (not the GPU's arch, which leaving it out means)."""
+    from luce_bench.errors import UserError
+
+    if arch is not None and not arch.replace(",", "").strip():
+        raise UserError("--arch is empty: name one, e.g. sm_90, or leave it out for the GPU's")
 
 
 @app.command("build")
@@ -89,6 +98,7 @@ def build_cmd(
     """Compile the megakernel with nvcc (cached by sources + flags + nvcc version) and print registers/spills."""
     from luce_bench.kernels.build import build
 
+    _not_empty_arch(arch)
     res = build(arch, out, force=force, defines=_options(option))
     typer.echo(f"{'cached' if res.cached else 'built'}: {res.lib}")
     typer.echo(f"nvcc: {res.nvcc_version}")
