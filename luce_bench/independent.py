@@ -27,6 +27,7 @@ from luce_bench.records import RunRecord, setting_text
 
 LOG = "independent_log.csv.gz"  # the reader's log, kept in the run directory (and published with it)
 REPORT = "independent.md"
+MAX_PLAUSIBLE_W = 5000.0  # one GPU's energy counter, averaged over a log: the largest boards draw ~1,200 W
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,13 @@ def read_log(path: Path) -> tuple[list[float], list[float]]:
         raise UserError(
             f"{path} line {back + 2}: the energy counter goes backwards ({energy_j[back] * 1000:.0f} mJ after "
             f"{energy_j[back - 1] * 1000:.0f}): a counter reset or not one counter's log"
+        )
+    mean_w = (energy_j[-1] - energy_j[0]) / (times[-1] - times[0])
+    if mean_w > MAX_PLAUSIBLE_W:
+        said = f"{mean_w:,.0f}" if mean_w < 1e9 else f"{mean_w:.2e}"
+        raise UserError(
+            f"{path}: the counter rises by {said} W on average over the log, more than any one GPU draws "
+            f"({MAX_PLAUSIBLE_W:,.0f} W): not one counter's log in mJ"
         )
     return times, energy_j
 

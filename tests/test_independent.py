@@ -70,9 +70,11 @@ def test_the_same_counter_agrees_and_a_counter_5_percent_high_reads_plus_5(sim_r
 @pytest.mark.tries(
     "bad input",
     "report --independent: a missing log, one that is not a log (or a broken gzip, a nan, a counter going "
-    "backwards), another run's, a run without GPU energy",
+    "backwards or rising faster than any GPU draws), another run's, a run without GPU energy",
 )
-@pytest.mark.parametrize("case", ["missing", "not-a-log", "broken-gzip", "nan", "backwards", "other-run", "no-energy"])
+@pytest.mark.parametrize(
+    "case", ["missing", "not-a-log", "broken-gzip", "nan", "backwards", "implausible", "other-run", "no-energy"]
+)
 def test_bad_logs_are_one_line(sim_run, tmp_path, case):
     log = tmp_path / "log.csv"
     run = sim_run
@@ -100,6 +102,9 @@ def test_bad_logs_are_one_line(sim_run, tmp_path, case):
     elif case == "backwards":
         log.write_text("unix_s,energy_mj,power_mw\n1.0,5000,1\n2.0,7000,1\n3.0,6500,1\n4.0,9000,1\n")
         message = "log.csv line 4: the energy counter goes backwards (6500 mJ after 7000): a counter reset"
+    elif case == "implausible":  # (a log in another unit, or scaled: 1e30 mJ)
+        log.write_text("unix_s,energy_mj,power_mw\n1.0,5000,1\n2.0,7000,1\n3.0,1e30,1\n")
+        message = "log.csv: the counter rises by 5.00e+26 W on average over the log, more than any one GPU draws (5,000"
     elif case == "other-run":
         _log_from_samples(sim_run, log, shift_s=1e6)
         message = "the log covers none of the run's windows"

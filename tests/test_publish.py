@@ -145,7 +145,9 @@ def test_publish_refuses_in_one_line_and_writes_nothing(case, tmp_path, monkeypa
         extra, message = ["--name", "a" * 81], f"--name '{'a' * 81}': use at most 80 lower-case letters"
     elif case == "bad-folder-name":
         run = run.rename(tmp_path / "My Run")
-        message = "the name taken from the run's folder, 'my run', cannot be used: give --name (use at most 80 lower-case"
+        message = (
+            "the name taken from the run's folder, 'my run', cannot be used: give --name (use at most 80 lower-case"
+        )
     elif case in ("again", "copy-again"):  # published once; again under another name, or a copy of it
         monkeypatch.setenv("LUCE_BENCH_GIT_COMMIT", "1b915c3aa0d2")
         assert _publish(run, results, "--name", "first").exit_code == 0
