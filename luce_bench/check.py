@@ -120,6 +120,11 @@ def summary_problems(run: Path) -> list[str]:
     table = markdown_table(table_head(summary), table_rows(summary))
     if not report.is_file() or table not in report.read_text():
         return [f"{report}: missing or its table is stale against {SUMMARY} ({REPORT_FIX.format(shell_arg(run))})"]
+    from luce_bench.report import markdown_of
+
+    want = markdown_of(run)
+    if want is not None and report.read_text() != want:
+        return [f"{report} is stale: `report` writes it otherwise now ({REPORT_FIX.format(shell_arg(run))})"]
     return []
 
 

@@ -23,6 +23,7 @@ from luce_bench.records import RunRecord, SummaryRow
 from luce_bench.sampler import Sample
 from luce_bench.tables import limit_text
 
+RUN_PLOTS = ("tok_s.png", "tok_j.png", "timeline.png")  # render_run's files, in the report's order
 SIMULATED_STAMP = "SIMULATED GPU"  # power, energy and clocks of a --fake-gpu run come from a model
 _stamp: contextvars.ContextVar[str] = contextvars.ContextVar("plot_stamp", default="")
 
@@ -200,7 +201,7 @@ def render_run(
         ),
         timeline(samples, runs, run_dir / "timeline.png"),
     ]
-    return drop_unmade(made, run_dir, ("tok_s.png", "tok_j.png", "timeline.png"))
+    return drop_unmade(made, run_dir, RUN_PLOTS)
 
 
 def drop_unmade(made: Sequence[Path | None], run_dir: Path, names: Sequence[str]) -> list[Path]:

@@ -268,6 +268,26 @@ def _attempts_line(attempts: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def markdown_of(run_dir: Path) -> str | None:
+    """The report.md that `render` writes for `run_dir` now, from its files, writing nothing (`report --check`).
+
+    For a finished run with meta.json that is not a sweep (a sweep's section is built with its plots); None otherwise.
+    The plots are the run's plot files as they are: one that is missing is not linked, as `render` leaves it out.
+    """
+    run_dir = Path(run_dir)
+    meta = read_meta(run_dir)
+    if not (run_dir / META).is_file() or meta.get("sweep"):
+        return None
+    runs = read_runs(run_dir)
+    meta.setdefault("energy", _energy_from_rows(runs))
+    summary = summarize(runs)
+    quality = _ending(run_dir)[0] + stress_notes(runs) + baseline_notes(runs)
+    from luce_bench.plots import RUN_PLOTS
+
+    plots = [run_dir / name for name in RUN_PLOTS if (run_dir / name).is_file()]
+    return _markdown(run_dir, summary, meta, plots, quality)
+
+
 def render(run_dir: Path) -> Report:
     """Rebuild summary.csv, plots and report.md of `run_dir` (and the sweep section of a sweep) from its files."""
     from luce_bench.plots import render_run, stamped

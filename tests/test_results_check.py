@@ -119,6 +119,7 @@ def test_editing_a_measurement_without_regenerating_fails_until_regenerated(run_
 PROBLEMS = {  # what is done to the copy -> the start of the line that must name it
     "summary-edited": "{run}/summary.csv is stale against runs.csv",
     "report-edited": "{run}/report.md: missing or its table is stale",
+    "report-note-edited": "{run}/report.md is stale: `report` writes it otherwise now (run `luce-bench report {run}`)",
     "index-edited": "{tree}/README.md is stale against the committed CSVs",
     "no-meta": "{run}: no meta.json",
     "unknown-column": "{run}/runs.csv: not in the runs.csv schema: column(s) speedup",
@@ -143,6 +144,10 @@ def test_each_problem_is_one_line_and_exit_1(case, run_tree):
     elif case == "report-edited":
         text = (run / "report.md").read_text()
         (run / "report.md").write_text(text.replace("1456.76 ± 1.45", "1556.76 ± 1.45"))
+    elif case == "report-note-edited":  # outside the table: a line an older luce-bench wrote, or a hand edit
+        text = (run / "report.md").read_text()
+        assert "- git commit: " in text
+        (run / "report.md").write_text(text.replace("- git commit: ", "- git commit (edited): "))
     elif case == "index-edited":
         (tree / "README.md").write_text((tree / "README.md").read_text().replace("1,456.8", "1,556.8"))
     elif case == "no-meta":
