@@ -1,6 +1,14 @@
 """Errors meant for the user: printed as one line by the CLI, without a traceback unless --debug."""
 
 
+def one_line(text: object) -> str:
+    r"""`text` as one printable line: line breaks become spaces, other control characters escapes like \x1e."""
+    out = []
+    for ch in " ".join(str(text).splitlines()):
+        out.append(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii"))
+    return "".join(out)
+
+
 class UserError(Exception):
     """Bad input or an unmet precondition the user can fix; the message is one clear line."""
 

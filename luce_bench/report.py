@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from luce_bench.errors import UserError
+from luce_bench.errors import UserError, one_line
 from luce_bench.files import atomic_write
 from luce_bench.records import RunRecord, SummaryRow, SweetSpot, write_csv
 from luce_bench.results import META, SUMMARY, ran_simulated, read_meta, read_runs, read_samples
@@ -135,16 +135,17 @@ def _markdown(
     run_dir: Path, summary: Sequence[SummaryRow], meta: dict[str, Any], plots: Sequence[Path], quality: Sequence[str]
 ) -> str:
     gpu, model = meta.get("gpu", {}), meta.get("model", {})
+    known = (run_dir / META).is_file()  # (a report rebuilt from runs.csv alone knows no GPU, model or commit)
     parts = [
-        f"# luce-bench report: {run_dir.name}",
+        f"# luce-bench report: {one_line(run_dir.name)}",
         "",
-        f"- model: {model.get('name', '?')} ({model.get('n_params', '?')} params)",
-        _gpu_line(gpu),
-        f"- git commit: {meta.get('git_commit', 'n/a')}",
+        one_line(f"- model: {model.get('name', '?')} ({model.get('n_params', '?')} params)"),
+        one_line(_gpu_line(gpu)) if known else f"- GPU: unknown here (no {META})",
+        one_line(f"- git commit: {meta.get('git_commit', 'n/a')}"),
         "",
     ]
-    parts += [f"> {n}" for n in notes(meta)]
-    parts += [f"> ⚠ {q}" for q in quality]
+    parts += [f"> {one_line(n)}" for n in notes(meta)]
+    parts += [f"> ⚠ {one_line(q)}" for q in quality]
     if not summary:  # the plots it has (the timeline of the samples) still say what happened
         return "\n".join([*parts, "", NOTHING_MEASURED, "", *(f"![{p.stem}]({p.name})" for p in plots)]) + "\n"
     parts += [

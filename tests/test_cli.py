@@ -240,7 +240,21 @@ def test_a_report_rebuilt_without_meta_json_says_what_it_lacks(compare_run, tmp_
     assert result.exit_code == 0, result.output
     said = " ".join(result.output.split())
     assert f"no meta.json in {d}: the model, the GPU and the run's settings are unknown here" in said
-    assert "no meta.json" in (d / "report.md").read_text()
+    report = (d / "report.md").read_text()
+    assert "- GPU: unknown here (no meta.json)" in report and "- GPU: none" not in report  # (not "no GPU")
+
+
+def test_a_model_name_with_a_line_break_stays_on_its_report_line(compare_run, tmp_path):
+    import shutil
+
+    _, run_dirs, _ = compare_run
+    d = shutil.copytree(run_dirs[0], tmp_path / "run")
+    meta = json.loads((d / "meta.json").read_text())
+    meta["model"]["name"] = "/tmp/we,ird\nname"
+    (d / "meta.json").write_text(json.dumps(meta))
+    assert runner.invoke(app, ["report", str(d)]).exit_code == 0
+    lines = (d / "report.md").read_text().splitlines()
+    assert f"- model: /tmp/we,ird name ({meta['model']['n_params']} params)" in lines
 
 
 @pytest.mark.tries("bad input", "CLI: unknown backend, bad test/size/device, missing model/config/run dir")

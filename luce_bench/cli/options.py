@@ -13,7 +13,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from luce_bench.errors import ConsoleClosed, UserError
+from luce_bench.errors import ConsoleClosed, UserError, one_line
 from luce_bench.path_param import path_param
 
 state = {"debug": False}
@@ -233,14 +233,6 @@ def _gpu_error() -> type[Exception]:
     from luce_bench.gpu.base import GPUError
 
     return GPUError
-
-
-def one_line(text: str) -> str:
-    r"""`text` as one printable line: line breaks become spaces, other control characters escapes like \x1e."""
-    out = []
-    for ch in " ".join(str(text).splitlines()):
-        out.append(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii"))
-    return "".join(out)
 
 
 def help_text(fn: Callable[..., Any]) -> str:
