@@ -85,6 +85,10 @@ def atomic_path(final: Path, durable: bool = False, existing: Callable[[Path], b
         _rename_into_place(tmp, final, existing)
         if durable:
             _fsync_dir(final.parent)
+    except OSError as exc:  # (a write into the temp file names no file: the error names the one being written)
+        if exc.filename is None:
+            exc.filename = str(final)
+        raise
     finally:
         if tmp.is_dir() and not tmp.is_symlink():
             shutil.rmtree(tmp, ignore_errors=True)

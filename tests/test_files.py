@@ -32,6 +32,19 @@ def test_atomic_write_replaces_whole_and_a_failure_leaves_the_old_file(tmp_path)
     assert path.read_text() == "two" and [p.name for p in path.parent.iterdir()] == ["meta.json"]
 
 
+def test_a_write_that_fails_without_a_file_name_names_the_file_being_written(tmp_path):
+    import errno
+
+    path = tmp_path / "summary.csv"
+    with pytest.raises(OSError) as err, files.atomic_path(path):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # (as a full disk under tmp.write_text says it)
+    assert err.value.filename == str(path) and err.value.errno == errno.ENOSPC
+    with pytest.raises(OSError) as err, files.atomic_path(path):
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), "/elsewhere")
+    assert err.value.filename == "/elsewhere"  # one that names its file keeps it
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("keep", [None, True, False])
 def test_a_directory_in_the_way_fails_the_rename_or_is_kept_or_replaced_as_the_caller_decides(tmp_path, keep):
     final = tmp_path / "lib"
