@@ -38,6 +38,7 @@ class OneLineErrors(TyperGroup):
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)
         except USAGE_ERRORS as exc:
+            _close_options_only(exc)
             message = one_line(" ".join(exc.format_message().split()))
             if message:  # empty: a group called without a command, whose help is shown already
                 ctx = getattr(exc, "ctx", None)
@@ -52,6 +53,18 @@ class OneLineErrors(TyperGroup):
             typer.echo("aborted", err=True)
             sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def _close_options_only(exc: Exception) -> None:
+    """Keep only suggestions that look like the unknown option without their dashes (`--foo` is not `--out`)."""
+    import difflib
+
+    name, possibilities = getattr(exc, "option_name", None), getattr(exc, "possibilities", None)
+    if name and possibilities:
+        bare = name.lstrip("-")
+        exc.possibilities = [  # type: ignore[attr-defined]
+            p for p in possibilities if difflib.SequenceMatcher(None, bare, p.lstrip("-")).ratio() >= 0.6
+        ]
 
 
 app = typer.Typer(
