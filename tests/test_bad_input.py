@@ -225,7 +225,7 @@ FLAGS = {
     "missing-model": (["bench", "sim", "--fake-gpu", "--model", "/no/such/model"], "no such directory"),
     "wrong-type": (["sweep", "--reps", "abc"], "Invalid value for '--reps'"),
     "unknown-option": (["sweep", "--nope"], "No such option: --nope"),
-    "unknown-option-unlike-any": (["sweep", "--foo"], "No such option: --foo (see `luce-bench sweep --help`)"),
+    "unknown-option-unlike-any": (["sweep", "--foo"], "No such option: --foo (see `"),
     "unknown-option-typo": (["sweep", "--limt", "3"], "No such option: --limt (Possible options: --limits) (see"),
     "unknown-command": (["nosuchcommand"], "No such command 'nosuchcommand'"),
     "negative-limit": (["sweep", "--fake-gpu", "--limits", "-5"], "--limits: expected watts (220) or a share"),
