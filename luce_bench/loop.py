@@ -115,10 +115,9 @@ class RunLoop:
                 self.ui.status(f"no backend could be loaded ({names}): no setting was changed", style="red")
                 return
         current = Conditions(enforced_w=current_limit_w(self.ctx.gpu))
-        blocks = list(self.plan.blocks())
-        for i, (setting, trials) in enumerate(blocks):
+        for setting, trials in self.plan.blocks():
             failed_here: set[str] = set()
-            limit = self._apply(setting, i, len(blocks)) if setting.changes_gpu else current
+            limit = self._apply(setting, *self.plan.position(setting)) if setting.changes_gpu else current
             for trial in trials:
                 if trial.backend not in failed_here:
                     self._trial(trial, limit, failed_here)

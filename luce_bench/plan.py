@@ -87,6 +87,7 @@ class Plan:
     skipped: dict[str, str] = field(default_factory=dict)  # optional backends that cannot run here, and why
     optional: tuple[str, ...] = ()  # backends skipped, not failed, when they turn out unavailable while loading
     notes: tuple[str, ...] = ()  # for the user, before the run starts
+    settings_planned: tuple[Setting, ...] = ()  # every setting of the whole plan, in order (set by `only`)
 
     @property
     def backends(self) -> list[str]:
@@ -116,7 +117,13 @@ class Plan:
     def only(self, trials: Sequence[Trial]) -> Plan:
         """This plan with just `trials` (in their order here): what a resumed run still has to do."""
         keep = set(trials)
-        return dataclasses.replace(self, trials=tuple(t for t in self.trials if t in keep))
+        planned = self.settings_planned or tuple(setting for setting, _ in self.blocks())
+        return dataclasses.replace(self, trials=tuple(t for t in self.trials if t in keep), settings_planned=planned)
+
+    def position(self, setting: Setting) -> tuple[int, int]:
+        """(index, count) of `setting` among the whole plan's settings: a resumed run numbers them as the first did."""
+        order = self.settings_planned or tuple(s for s, _ in self.blocks())
+        return order.index(setting), len(order)
 
 
 def trial_key(backend: str, test: str, limit_mw: int | None, clock_mhz: int | None) -> tuple[str, str, int, int]:
