@@ -365,6 +365,22 @@ def test_help_into_a_full_disk_is_one_line_and_exit_code_4(args):
     assert done.stderr == "error: cannot write standard output: No space left on device\n"
 
 
+@pytest.mark.tries("fault", "--help into a pipe whose reader is gone (luce-bench --help | true)")
+@pytest.mark.parametrize("args", [["--help"], ["sweep", "--help"]])
+def test_help_into_a_closed_pipe_ends_quietly_as_sigpipe_would(args):
+    import subprocess
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first byte: every write is EPIPE
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "luce_bench", *args], stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60
+        )
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (141, "")
+
+
 @pytest.mark.tries("fault", "full disk before the run's meta.json exists: no resume hint, nothing said restored")
 def test_a_sweep_stopped_before_its_meta_json_says_it_cannot_be_resumed(env, monkeypatch):
     import errno

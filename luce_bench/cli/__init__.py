@@ -131,6 +131,14 @@ def _mount_kernel() -> None:
 _mount_kernel()
 
 
+def _rich_broken_pipe(exc: BaseException) -> bool:
+    """Whether `exc` was raised by rich's console on a broken pipe (typer's help printer has no hook for it)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_name == "on_broken_pipe"
+
+
 def main() -> None:
     """Console-script entry point."""
     try:
@@ -143,6 +151,10 @@ def main() -> None:
     except KeyboardInterrupt:  # outside a command (its options being read): no traceback either
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except SystemExit as exc:  # rich's console ends the process with 1 when the pipe's reader is gone (--help | head)
+        if exc.code == 1 and _rich_broken_pipe(exc):
+            sys.exit(128 + signal.SIGPIPE)  # quietly, as SIGPIPE would end it, as every command does
+        raise
     except OSError as exc:  # outside a command: --help or --version into a full disk (`> /dev/full`)
         if state["debug"]:
             traceback.print_exc()
