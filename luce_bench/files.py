@@ -86,7 +86,7 @@ def atomic_path(final: Path, durable: bool = False, existing: Callable[[Path], b
         if durable:
             _fsync_dir(final.parent)
     except OSError as exc:  # (a write into the temp file names no file: the error names the one being written)
-        if exc.filename is None:
+        if exc.filename is None and exc.errno is not None:  # (an OSError("text") would print as "[Errno None] None")
             exc.filename = str(final)
         raise
     finally:

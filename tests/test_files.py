@@ -42,6 +42,8 @@ def test_a_write_that_fails_without_a_file_name_names_the_file_being_written(tmp
     with pytest.raises(OSError) as err, files.atomic_path(path):
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), "/elsewhere")
     assert err.value.filename == "/elsewhere"  # one that names its file keeps it
+    with pytest.raises(OSError, match="^disk full$"), files.atomic_path(path):
+        raise OSError("disk full")  # no errno: its text stays as it is
     assert list(tmp_path.iterdir()) == []
 
 

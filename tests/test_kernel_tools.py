@@ -701,6 +701,32 @@ def test_kernel_trace_refuses_an_output_it_cannot_write_before_any_gpu_work(tmp_
     assert r.exit_code == 2 and message.format(**subs) in r.output and "Traceback" not in r.output
 
 
+@pytest.mark.tries("bad input", "kernel trace: a bad build option, --prebuilt folder or tune, before the GPU check")
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--prebuilt", "{missing}"], {}, "--prebuilt {missing}: no such directory"),
+        (["-D", "MK_NOPE=1"], {}, "unknown kernel option 'MK_NOPE'"),
+        ([], {"LUCE_BENCH_KERNEL_OPTIONS": "MK_NOPE=1"}, "LUCE_BENCH_KERNEL_OPTIONS: unknown kernel option 'MK_NOPE'"),
+        ([], {"LUCE_BENCH_KERNEL_TUNE": "pause_mask=2"}, "LUCE_BENCH_KERNEL_TUNE: kernel tune pause_mask=2"),
+    ],
+)
+def test_kernel_trace_checks_its_inputs_before_it_needs_a_gpu(tmp_path, monkeypatch, args, env, message):
+    import torch
+    from typer.testing import CliRunner
+
+    from luce_bench.cli import app
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # (as on a GPU machine: the inputs come first)
+    monkeypatch.setattr(trace, "capture", lambda *a: pytest.fail("traced with bad inputs"))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    subs = {"missing": str(tmp_path / "missing")}
+    r = CliRunner().invoke(app, ["kernel", "trace", *[a.format(**subs) for a in args]])
+    said = " ".join(r.output.split())
+    assert r.exit_code == 2 and message.format(**subs) in said and "Traceback" not in r.output, r.output
+
+
 @pytest.mark.tries("bad input", "kernel bench / trace: an output file that cannot be written, before any GPU work")
 def test_kernel_bench_refuses_a_json_path_it_cannot_write_before_any_gpu_work(tmp_path, monkeypatch):
     from typer.testing import CliRunner

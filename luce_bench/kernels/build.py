@@ -300,7 +300,10 @@ def parse_options(items: Iterable[str], where: str) -> dict[str, int]:
 def options_from_env() -> dict[str, int]:
     """Build options from $LUCE_BENCH_KERNEL_OPTIONS, e.g. "MK_SLOT_KB=16,MK_PF_GBM=128" (empty: the defaults)."""
     out = parse_options(os.environ.get(OPTIONS_ENV, "").split(","), OPTIONS_ENV)
-    define_flags(out)  # validates the names
+    try:
+        define_flags(out)  # validates the names
+    except UserError as exc:
+        raise UserError(f"{OPTIONS_ENV}: {exc}") from None
     return out
 
 

@@ -213,6 +213,19 @@ def analyse(t_us: Any, tp: dict[str, int]) -> dict[str, Any]:
     }
 
 
+def _check_inputs(options: dict[str, int] | None, lib_dir: Any) -> None:
+    """Bad build options, a missing --prebuilt folder or a bad $LUCE_BENCH_KERNEL_TUNE: one line before the GPU check."""
+    import os
+
+    from luce_bench.kernels.build import define_flags, options_from_env
+    from luce_bench.kernels.tune import TUNE_ENV, Tune
+
+    define_flags(options if options is not None else options_from_env())
+    if lib_dir is not None and not Path(lib_dir).is_dir():
+        raise UserError(f"--prebuilt {lib_dir}: no such directory (a built library's folder)")
+    Tune().changed(os.environ.get(TUNE_ENV), TUNE_ENV)
+
+
 def run(
     steps: int = 24,
     pos: int = 64,
@@ -234,6 +247,7 @@ def run(
     from luce_bench.kernels.abi import trace_points
     from luce_bench.kernels.bench import random_state_dict
 
+    _check_inputs(options, lib_dir)
     if not torch.cuda.is_available():
         raise UserError("luce-bench kernel trace needs a CUDA GPU (torch sees none)")
     seed = seed if seed is not None else int(time.time()) % 100000
