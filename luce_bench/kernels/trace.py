@@ -214,7 +214,7 @@ def analyse(t_us: Any, tp: dict[str, int]) -> dict[str, Any]:
 
 
 def _check_inputs(options: dict[str, int] | None, lib_dir: Any) -> None:
-    """Bad build options, a missing --prebuilt folder or a bad tune in the environment: one line, before the GPU check."""
+    """Bad build options, a missing --prebuilt folder or a bad tune: one line, before the GPU check."""
     import os
 
     from luce_bench.kernels.build import define_flags, options_from_env
