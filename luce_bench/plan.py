@@ -333,13 +333,18 @@ def _runnable(names: Sequence[str], optional: Sequence[str], ctx: RunContext) ->
             skipped[name] = reason
         else:
             keep.append(name)
-    _refuse_if_none_left(keep, skipped)
+    _refuse_if_none_left(keep, skipped, ctx.fake_gpu is not None)
     return keep, skipped
 
 
-def _refuse_if_none_left(keep: Sequence[str], skipped: dict[str, str]) -> None:
+def _refuse_if_none_left(keep: Sequence[str], skipped: dict[str, str], simulated_gpu: bool = False) -> None:
     if not keep and skipped:
-        raise UserError("no backend can run here: " + "; ".join(f"{n}: {why}" for n, why in skipped.items()))
+        hint = (
+            " (on the simulated GPU its own backend runs: compare --baselines sim, bench sim, sweep --backends sim)"
+            if simulated_gpu and "sim" not in skipped
+            else ""
+        )
+        raise UserError("no backend can run here: " + "; ".join(f"{n}: {why}" for n, why in skipped.items()) + hint)
 
 
 def _serving(keep: list[str], optional: Sequence[str], model: ModelSpec, skipped: dict[str, str]) -> list[str]:

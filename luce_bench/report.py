@@ -22,7 +22,6 @@ from luce_bench.status import render_done
 from luce_bench.summary import baseline_notes, describe_spot, stress_notes, summarize, sweet_spots
 from luce_bench.tables import (
     TABLE_HEAD,
-    ci_text,
     clock_text,
     clocked,
     limit_text,
@@ -31,6 +30,7 @@ from luce_bench.tables import (
     markdown_table,
     n_text,
     num_text,
+    pm_text,
     styled,
     table_head,
     table_rows,
@@ -329,7 +329,7 @@ def render(run_dir: Path) -> Report:
 def _summary_table(summary: Sequence[SummaryRow]) -> Any:
     from rich.table import Table
 
-    table = Table(title="luce-bench summary (mean ± 95% CI)")
+    table = Table(title="luce-bench summary (mean ± sample std over repetitions, as in report.md)")
     has_clocks = clocked(summary)
     head = ("backend", "test", "limit", *(("SM clock",) if has_clocks else ()), "tok/s", "W", "tok/J", "n", "verdict")
     for h in head:
@@ -340,9 +340,9 @@ def _summary_table(summary: Sequence[SummaryRow]) -> Any:
             r.test,
             limit_text(r),
             *([clock_text(r)] if has_clocks else []),
-            ci_text(r.avg_ts, r.ts_ci95_lo, r.ts_ci95_hi, 1),
+            pm_text(r.avg_ts, r.stddev_ts, 1),
             num_text(r.mean_power_w),
-            ci_text(r.tok_per_j, r.tok_per_j_ci95_lo, r.tok_per_j_ci95_hi, 3),
+            pm_text(r.tok_per_j, r.tok_per_j_std, 3),
             n_text(r),
             mark_verdict(r.verdict, markup=True),
         )
@@ -350,7 +350,7 @@ def _summary_table(summary: Sequence[SummaryRow]) -> Any:
 
 
 def print_report(report: Report, console: Any) -> None:
-    """Compact rich table of the summary (mean ± 95 % CI half-width), its notes, and a sweep's sweet spots."""
+    """Compact rich table of the summary (mean ± sample std, as report.md), its notes, and a sweep's sweet spots."""
     console.print(_summary_table(report.summary) if report.summary else NOTHING_MEASURED)
     for n in notes(report.meta):
         console.print(styled(n, "note:", "yellow"))

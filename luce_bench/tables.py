@@ -25,17 +25,11 @@ def num_text(x: float | None, digits: int = 1) -> str:
     return f"{x:.{digits}f}" if _ok(x) else "n/a"
 
 
-def _pm(mean: float | None, std: float | None, digits: int = 2) -> str:
+def pm_text(mean: float | None, std: float | None, digits: int = 2) -> str:
+    """The mean ± the sample std ("n/a" when missing), as report.md and llama-bench write it."""
     if not _ok(mean):
         return "n/a"
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if _ok(std) else f"{mean:.{digits}f}"
-
-
-def ci_text(mean: float | None, lo: float | None, hi: float | None, digits: int) -> str:
-    """The mean ± half its 95 % CI ("n/a" when missing)."""
-    if not _ok(mean):
-        return "n/a"
-    return f"{mean:.{digits}f} ± {(hi - lo) / 2:.{digits}f}" if _ok(lo) and _ok(hi) else f"{mean:.{digits}f}"
 
 
 def _range(lo: float | None, hi: float | None, digits: int) -> str:
@@ -91,10 +85,10 @@ def table_rows(summary: Sequence[SummaryRow]) -> list[list[str]]:
             r.test,
             limit_text(r),
             *([clock_text(r)] if has_clocks else []),
-            _pm(r.avg_ts, r.stddev_ts),
+            pm_text(r.avg_ts, r.stddev_ts),
             _range(r.ts_ci95_lo, r.ts_ci95_hi, 1),
             num_text(r.mean_power_w),
-            _pm(r.tok_per_j, r.tok_per_j_std, 3),
+            pm_text(r.tok_per_j, r.tok_per_j_std, 3),
             _range(r.tok_per_j_ci95_lo, r.tok_per_j_ci95_hi, 3),
             n_text(r),
             mark_verdict(r.verdict),
@@ -150,9 +144,9 @@ def llama_bench_table(summary: Sequence[SummaryRow], meta: dict[str, Any]) -> st
             r.test.replace("@", " @ "),  # llama-bench writes a depth test as "tg128 @ d4096"
             *([limit_text(r)] if swept else []),
             *([clock_text(r)] if locks else []),
-            _pm(r.avg_ts, r.stddev_ts),
+            pm_text(r.avg_ts, r.stddev_ts),
             num_text(r.mean_power_w),
-            _pm(r.tok_per_j, r.tok_per_j_std, 3),
+            pm_text(r.tok_per_j, r.tok_per_j_std, 3),
         ]
         for r in summary
     ]

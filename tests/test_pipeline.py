@@ -121,6 +121,8 @@ def test_bad_plans_are_refused_before_anything_exists(env):
         # `all` (optional backends) skips them with their reasons, as what cannot run here; none left: refused so
         with pytest.raises(UserError, match="no backend can run here: .*hf: it runs in real time, and gpu.fake_clock"):
             plan(cfg, ctx, name="x", backends=["hf", "llamacpp"], optional=["hf", "llamacpp"])
+        with pytest.raises(UserError, match=r"\(on the simulated GPU its own backend runs: compare --baselines sim, "):
+            plan(cfg, ctx, name="x", backends=["hf", "llamacpp"], optional=["hf", "llamacpp"])
         p = plan(cfg, ctx, name="x", backends=["sim", "hf"], optional=["hf"])
         assert p.backends == ["sim"] and "gpu.fake_clock: virtual" in " ".join(p.notes + tuple(p.skipped.values()))
         long = _cfg(env, tests="pp5000")
