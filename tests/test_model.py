@@ -64,6 +64,12 @@ def test_same_seed_same_weights_other_seed_differs(tmp_path):
     assert torch.equal(wa[key], wb[key]) and not torch.equal(wa[key], wc[key])
 
 
+def test_a_negative_seed_is_not_named_like_a_positive_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("LUCE_BENCH_CACHE", str(tmp_path))
+    names = [synthetic.synthetic_dir("tiny", seed).name for seed in (1, -1, 0)]
+    assert names == ["tiny-seed1-v1", "tiny-seed_minus1-v1", "tiny-seed0-v1"]
+
+
 def test_half_written_checkpoint_is_not_loaded(tmp_path, monkeypatch):
     monkeypatch.setenv("LUCE_BENCH_CACHE", str(tmp_path))
     final = synthetic.synthetic_dir("tiny", 5)

@@ -212,7 +212,7 @@ BACKENDS_HELP = (
     "Comma list of backends, or all: the megakernel and every baseline, each skipped with a note where it cannot run "
     "here (default: config `backends`, all; `sim` with --fake-gpu). Named ones must run."
 )
-SETTLE_HELP = "Settle/warm-up under load after each limit change (s, >= 3 recommended)."
+SETTLE_HELP = "Settle/warm-up under load after each setting is applied, a limit and/or a clock (s, >= 3 recommended)."
 SPEED_HELP = "Sweet spot keeps at least this share of stock tok/s (0.95)."
 RESUME_HELP = (
     "Continue the interrupted sweep in RUN_DIR: measure only the repetitions it lacks, with its config (flags and "

@@ -27,7 +27,8 @@ DEFAULT_SEED = 0
 
 def synthetic_dir(size: str, seed: int = DEFAULT_SEED) -> Path:
     """Where the synthetic checkpoint of `size` and `seed` lives (in the user cache, `luce_bench.files`)."""
-    return cache_dir() / "models" / f"{size}-seed{seed}-v{FORMAT_VERSION}"
+    tag = f"seed{seed}" if seed >= 0 else f"seed_minus{-seed}"  # ("tiny-seed-1" would read as seed 1)
+    return cache_dir() / "models" / f"{size}-{tag}-v{FORMAT_VERSION}"
 
 
 def is_complete(path: Path) -> bool:
