@@ -264,6 +264,27 @@ def test_kernel_info_refuses_a_bad_arch_in_the_environment(monkeypatch):
     assert "Traceback" not in r.output
 
 
+@pytest.mark.tries("bad input", "kernel info: no --arch where no GPU tells one, or several archs")
+def test_kernel_info_without_an_arch_to_describe_is_one_line_and_exit_2(monkeypatch):
+    from typer.testing import CliRunner
+
+    from luce_bench.cli import app
+    from luce_bench.kernels import build as b
+
+    def no_gpu() -> str:
+        raise UserError("cannot tell the CUDA arch: no GPU visible to torch or NVML; pass --arch (e.g. sm_90)")
+
+    monkeypatch.delenv("LUCE_BENCH_CUDA_ARCH", raising=False)
+    monkeypatch.setattr(b, "detect_arch", no_gpu)
+    r = CliRunner().invoke(app, ["kernel", "info"])
+    assert (r.exit_code, r.output) == (
+        2,
+        "error: cannot tell the CUDA arch: no GPU visible to torch or NVML; pass --arch (e.g. sm_90)\n",
+    )  # as kernel build says it
+    r = CliRunner().invoke(app, ["kernel", "info", "--arch", "sm_80, sm_90"])
+    assert r.exit_code == 2 and "kernel info describes one arch's build; give one of sm_80, sm_90" in r.output
+
+
 def test_kernel_options_from_env(monkeypatch):
     from luce_bench.kernels import build as b
 

@@ -64,10 +64,13 @@ def info_cmd(arch: Optional[str] = typer.Option(None, help="arch to describe (de
     from luce_bench.kernels.build import env_arch
 
     _not_empty_arch(arch)
+    if arch is not None and "," in arch:
+        archs = ", ".join(a.strip() for a in arch.split(",") if a.strip())
+        raise UserError(f"--arch {arch!r}: kernel info describes one arch's build; give one of {archs}")
     if arch is None:
         env_arch()  # a bad arch in the environment is bad input too, as a bad --arch is
     info = build_info(arch)
-    if arch is not None and info.get("error"):  # an explicit bad --arch is bad input, not a state to report
+    if info.get("error"):  # a bad --arch, or none to be had (no GPU): kernel build refuses the same, exit 2
         raise UserError(info["error"])
     typer.echo(json.dumps(info, indent=2))
 
