@@ -108,7 +108,10 @@ def plot_problems(run: Path) -> list[str]:
 
 
 def summary_problems(run: Path) -> list[str]:
-    """summary.csv against runs.csv, and report.md's table against summary.csv (schema-clean runs only)."""
+    """summary.csv against runs.csv, report.md's table against summary.csv, and report.md against `report`'s.
+
+    The whole report.md is compared with what `report` writes now (`report.markdown_of`); schema-clean runs only.
+    """
     if not (run / SUMMARY).is_file():
         return [f"{run}: no {SUMMARY} ({REPORT_FIX.format(shell_arg(run))})"]
     summary = summarize(read_csv(run / RUNS, RunRecord))
@@ -124,7 +127,8 @@ def summary_problems(run: Path) -> list[str]:
 
     want = markdown_of(run)
     if want is not None and report.read_text() != want:
-        return [f"{report} is stale: `report` writes it otherwise now ({REPORT_FIX.format(shell_arg(run))})"]
+        fix = REPORT_FIX.format(shell_arg(run))
+        return [f"{report} is stale: it differs from what `luce-bench report` writes now ({fix})"]
     return []
 
 

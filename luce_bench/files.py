@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import os
@@ -23,6 +24,10 @@ from pathlib import Path
 APP = "luce-bench"
 CACHE_ENV = "LUCE_BENCH_CACHE"
 STATE_ENV = "LUCE_BENCH_STATE_DIR"
+
+
+# A failed write of a file's bytes (not a console's broken pipe, not an OSError("text") without an errno)
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
 
 
 def shell_arg(path: object) -> str:
@@ -86,7 +91,7 @@ def atomic_path(final: Path, durable: bool = False, existing: Callable[[Path], b
         if durable:
             _fsync_dir(final.parent)
     except OSError as exc:  # (a write into the temp file names no file: the error names the one being written)
-        if exc.filename is None and exc.errno is not None:  # (an OSError("text") would print as "[Errno None] None")
+        if exc.filename is None and exc.errno in WRITE_ERRNOS and not isinstance(exc, BrokenPipeError):
             exc.filename = str(final)
         raise
     finally:

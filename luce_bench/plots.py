@@ -97,6 +97,22 @@ def bar_label(v: float) -> str:
     return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
 
 
+def _bars(summary: Sequence[SummaryRow], metric: str) -> list[SummaryRow]:
+    """The summary rows that have a bar of `metric`."""
+    return [r for r in summary if math.isfinite(num(getattr(r, metric)))]
+
+
+def _timeline_points(samples: Sequence[Sample]) -> list[Sample]:
+    """The samples the timeline draws."""
+    return [s for s in samples if math.isfinite(s.t_s) and math.isfinite(s.power_w)]
+
+
+def run_plot_names(summary: Sequence[SummaryRow], samples: Sequence[Sample]) -> list[str]:
+    """The files `render_run` draws for this data, in its order, drawing nothing (`report --check`)."""
+    drawn = (bool(_bars(summary, "avg_ts")), bool(_bars(summary, "tok_per_j")), bool(_timeline_points(samples)))
+    return [name for name, yes in zip(RUN_PLOTS, drawn, strict=True) if yes]
+
+
 def _who(backend: str, on_cpu: set[str]) -> str:
     """A bar's backend as its label names it: "hf (CPU)" for one that ran on the CPU."""
     return f"{backend} (CPU)" if backend in on_cpu else backend
@@ -104,7 +120,7 @@ def _who(backend: str, on_cpu: set[str]) -> str:
 
 def bar_chart(summary: Sequence[SummaryRow], metric: str, err: str, ylabel: str, title: str, out: Path) -> Path | None:
     """Grouped bars: one group per test, one bar per backend (x power limit when several). None if no data."""
-    rows = [r for r in summary if math.isfinite(num(getattr(r, metric)))]
+    rows = _bars(summary, metric)
     if not rows:
         return None
     plt = pyplot()
@@ -146,7 +162,7 @@ def bar_chart(summary: Sequence[SummaryRow], metric: str, err: str, ylabel: str,
 
 def timeline(samples: Sequence[Sample], runs: Sequence[RunRecord], out: Path) -> Path | None:
     """Power (W) and SM clock (MHz) against time, with every measured window shaded and labelled."""
-    pts = [s for s in samples if math.isfinite(s.t_s) and math.isfinite(s.power_w)]
+    pts = _timeline_points(samples)
     if not pts:
         return None
     plt = pyplot()

@@ -151,7 +151,7 @@ def destination(run_dir: Path, results: Path, name: str | None) -> Path:
     from_folder = name is None
     if from_folder:
         name = run_dir.resolve().name.split("-", 1)[-1].lower()  # (resolved: `publish .` names the folder)
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         if from_folder:
             raise UserError(f"the name taken from the run's folder, {name!r}, cannot be used: give --name ({rule})")
         raise UserError(f"--name {name!r}: {rule}")

@@ -272,8 +272,8 @@ def _attempts_line(attempts: list[dict[str, Any]]) -> list[str]:
 def markdown_of(run_dir: Path) -> str | None:
     """The report.md that `render` writes for `run_dir` now, from its files, writing nothing (`report --check`).
 
-    For a finished run with meta.json that is not a sweep (a sweep's section is built with its plots); None otherwise.
-    The plots are the run's plot files as they are: one that is missing is not linked, as `render` leaves it out.
+    For a run with meta.json that is not a sweep (a sweep's section is built with its plots); None otherwise. The
+    plots linked are those `render` would draw from the data (a missing file is `plot_problems`' to name).
     """
     run_dir = Path(run_dir)
     meta = read_meta(run_dir)
@@ -282,11 +282,16 @@ def markdown_of(run_dir: Path) -> str | None:
     runs = read_runs(run_dir)
     meta.setdefault("energy", _energy_from_rows(runs))
     summary = summarize(runs)
-    quality = _ending(run_dir)[0] + stress_notes(runs) + baseline_notes(runs)
-    from luce_bench.plots import RUN_PLOTS
+    from luce_bench.plots import run_plot_names
 
-    plots = [run_dir / name for name in RUN_PLOTS if (run_dir / name).is_file()]
-    return _markdown(run_dir, summary, meta, plots, quality)
+    plots = [run_dir / name for name in run_plot_names(summary, read_samples(run_dir))]
+    return _markdown(run_dir, summary, meta, plots, _quality(run_dir, runs)[0])
+
+
+def _quality(run_dir: Path, runs: Sequence[RunRecord]) -> tuple[list[str], bool]:
+    """(The report's warnings: how the run ended, throttled repetitions, several idle baselines; whether cut short)."""
+    ending, cut_short = _ending(run_dir)
+    return ending + stress_notes(runs) + baseline_notes(runs), cut_short
 
 
 def render(run_dir: Path) -> Report:
@@ -301,8 +306,7 @@ def render(run_dir: Path) -> Report:
         write_csv(run_dir / SUMMARY, SummaryRow, summary)
     else:
         (run_dir / SUMMARY).unlink(missing_ok=True)  # one from an earlier render would contradict the report
-    ending, cut_short = _ending(run_dir)
-    quality = ending + stress_notes(runs) + baseline_notes(runs)
+    quality, cut_short = _quality(run_dir, runs)
     sweep_files = [run_dir / "sweet_spot.csv", run_dir / "sweet_spot.json", *sorted(run_dir.glob("sweep_*.png"))]
     sweep_files = [p for p in sweep_files if p.is_file()]
     if not (run_dir / META).is_file():  # (a report rebuilt from runs.csv alone)

@@ -121,7 +121,7 @@ def baseline_notes(runs: Sequence[RunRecord]) -> list[str]:
         if len(idle_w) > 1:
             told = ", ".join(f"{w:.1f}" for w in sorted(idle_w))
             out.append(
-                f"{setting_text(limit_w, clock_mhz)}: idle baseline measured {len(idle_w)} times ({told} W; "
+                f"{setting_text(limit_w, clock_mhz)}: the idle baseline differs between sittings ({told} W; "
                 f"{max(idle_w) - min(idle_w):.1f} W apart): net tok/J averages windows over all of them"
             )
     return out

@@ -207,6 +207,16 @@ def test_compare_writes_every_file(compare_run):
     assert f"megakernel: skipped: {meta['backends']['megakernel']['skipped']}" in report
 
 
+def test_the_console_summary_gives_mean_and_sample_std_as_report_md_does(compare_run):
+    result, run_dirs, _ = compare_run
+    rows = list(csv.DictReader((run_dirs[0] / "summary.csv").open()))
+    said = " ".join(result.output.split())
+    assert "luce-bench summary (mean ± sample std over repetitions, as in report.md)" in said
+    for r in rows:  # tok/s to 1 digit, tok/J to 3, each ± its std (summary.csv), not ± a CI half-width
+        assert f"{float(r['avg_ts']):.1f} ± {float(r['stddev_ts']):.1f}" in said, (r, said)
+        assert f"{float(r['tok_per_j']):.3f} ± {float(r['tok_per_j_std']):.3f}" in said, (r, said)
+
+
 def test_a_report_without_a_gpu_says_none_not_n_a_watts():
     from luce_bench.report import _gpu_line
 
@@ -271,6 +281,7 @@ def test_a_model_name_with_a_line_break_stays_on_its_report_line(compare_run, tm
         pytest.param(["compare", "-c", "/no/such.yaml"], "config file not found", id="config"),
         pytest.param(["model", "prepare", "--size", "huge"], "unknown synthetic size", id="size"),
         pytest.param(["model", "prepare", "--model", "Qwen/Qwen3.5-0.8B"], "needs no preparing", id="prepare-hub"),
+        pytest.param(["model", "prepare", "--model", "auto"], "'auto' is a run's choice", id="prepare-auto"),
         pytest.param(["bench", "hf", "--tests", "pp99999999999"], "bad test 'pp99999999999'", id="huge-test"),
         pytest.param(["bench", "hf", "--device", "cuda:x"], "device = 'cuda:x'", id="device"),
         pytest.param(["bench", "hf", "--model", ""], "model is empty", id="empty-model"),

@@ -78,7 +78,6 @@ def test_energy_counter_not_supported_mid_window_stops_with_code_3(env, monkeypa
 
 
 def test_the_resume_command_printed_for_a_folder_with_spaces_and_brackets_pastes_back(env, monkeypatch):
-    import shlex
 
     monkeypatch.setenv("LUCE_BENCH_FAKE_GPU_FAULTS", '[{"kind": "not-supported", "at_s": 12.0}]')
     out = env / "my runs [1]"
@@ -366,7 +365,7 @@ def test_help_into_a_full_disk_is_one_line_and_exit_code_4(args):
 
 
 @pytest.mark.tries("fault", "--help into a pipe whose reader is gone (luce-bench --help | true)")
-@pytest.mark.parametrize("args", [["--help"], ["sweep", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["sweep", "--help"], ["--version"]])
 def test_help_into_a_closed_pipe_ends_quietly_as_sigpipe_would(args):
     import subprocess
 

@@ -44,6 +44,9 @@ def test_a_write_that_fails_without_a_file_name_names_the_file_being_written(tmp
     assert err.value.filename == "/elsewhere"  # one that names its file keeps it
     with pytest.raises(OSError, match="^disk full$"), files.atomic_path(path):
         raise OSError("disk full")  # no errno: its text stays as it is
+    with pytest.raises(BrokenPipeError) as pipe, files.atomic_path(path):
+        raise BrokenPipeError(errno.EPIPE, "standard output closed")  # a console inside the block: not this file's
+    assert pipe.value.filename is None
     assert list(tmp_path.iterdir()) == []
 
 

@@ -73,7 +73,18 @@ def test_the_same_counter_agrees_and_a_counter_5_percent_high_reads_plus_5(sim_r
     "backwards or rising faster than any GPU draws), another run's, a run without GPU energy",
 )
 @pytest.mark.parametrize(
-    "case", ["missing", "not-a-log", "broken-gzip", "nan", "backwards", "implausible", "other-run", "no-energy"]
+    "case",
+    [
+        "missing",
+        "not-a-log",
+        "broken-gzip",
+        "nan",
+        "backwards",
+        "just-above-5-kw",
+        "implausible",
+        "other-run",
+        "no-energy",
+    ],
 )
 def test_bad_logs_are_one_line(sim_run, tmp_path, case):
     log = tmp_path / "log.csv"
@@ -102,6 +113,9 @@ def test_bad_logs_are_one_line(sim_run, tmp_path, case):
     elif case == "backwards":
         log.write_text("unix_s,energy_mj,power_mw\n1.0,5000,1\n2.0,7000,1\n3.0,6500,1\n4.0,9000,1\n")
         message = "log.csv line 4: the energy counter goes backwards (6500 mJ after 7000): a counter reset"
+    elif case == "just-above-5-kw":  # 6 kW on average: refused; 1.2 kW (the largest boards) reads below
+        log.write_text("unix_s,energy_mj,power_mw\n1.0,0,1\n2.0,6000000,1\n")
+        message = "log.csv: the counter rises by 6,000 W on average over the log"
     elif case == "implausible":  # (a log in another unit, or scaled: 1e30 mJ)
         log.write_text("unix_s,energy_mj,power_mw\n1.0,5000,1\n2.0,7000,1\n3.0,1e30,1\n")
         message = "log.csv: the counter rises by 5.00e+26 W on average over the log, more than any one GPU draws (5,000"

@@ -276,6 +276,8 @@ def test_kernel_info_without_an_arch_to_describe_is_one_line_and_exit_2(monkeypa
 
     monkeypatch.delenv("LUCE_BENCH_CUDA_ARCH", raising=False)
     monkeypatch.setattr(b, "detect_arch", no_gpu)
+    monkeypatch.setattr(b, "find_nvcc", lambda: "/usr/local/cuda/bin/nvcc")  # (CI without nvcc: the arch is what fails)
+    monkeypatch.setattr(b, "nvcc_version", lambda nvcc: "Cuda compilation tools\nBuild cuda_13.0")
     r = CliRunner().invoke(app, ["kernel", "info"])
     assert (r.exit_code, r.output) == (
         2,
@@ -283,6 +285,9 @@ def test_kernel_info_without_an_arch_to_describe_is_one_line_and_exit_2(monkeypa
     )  # as kernel build says it
     r = CliRunner().invoke(app, ["kernel", "info", "--arch", "sm_80, sm_90"])
     assert r.exit_code == 2 and "kernel info describes one arch's build; give one of sm_80, sm_90" in r.output
+    monkeypatch.setattr(b, "find_nvcc", lambda: None)  # no toolkit: as kernel build says it
+    r = CliRunner().invoke(app, ["kernel", "info", "--arch", "sm_90"])
+    assert (r.exit_code, r.output) == (2, f"error: {b.NO_NVCC}\n")
 
 
 def test_kernel_options_from_env(monkeypatch):

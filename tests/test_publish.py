@@ -107,6 +107,7 @@ def _edit_meta(run: Path, **changes) -> None:
         "taken",
         "bad-name",
         "long-name",
+        "newline-name",
         "bad-folder-name",
         "again",
         "copy-again",
@@ -143,6 +144,8 @@ def test_publish_refuses_in_one_line_and_writes_nothing(case, tmp_path, monkeypa
         extra, message = ["--name", "H200 stock"], "--name 'H200 stock': use at most 80 lower-case letters"
     elif case == "long-name":
         extra, message = ["--name", "a" * 81], f"--name '{'a' * 81}': use at most 80 lower-case letters"
+    elif case == "newline-name":  # ($ of the pattern matched before a trailing line break)
+        extra, message = ["--name", "abc\n"], "--name 'abc\\n': use at most 80 lower-case letters"
     elif case == "bad-folder-name":
         run = run.rename(tmp_path / "My Run")
         message = (

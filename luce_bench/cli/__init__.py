@@ -20,6 +20,7 @@ from typer.core import TyperGroup
 from luce_bench.cli import measure, tools
 from luce_bench.cli.options import handle_errors, help_text, one_line, state
 from luce_bench.errors import UserError
+from luce_bench.files import WRITE_ERRNOS
 
 # typer >= 0.2x carries its own copy of click (typer.core._click); older versions use click itself: catch both
 _CLICK = {click, getattr(typer_core, "_click", click)}
@@ -83,9 +84,16 @@ model_app = typer.Typer(no_args_is_help=True, help="Prepare model checkpoints.")
 
 def _print_version(value: bool) -> None:
     if value:
+        import os
+
         from luce_bench import __version__
 
-        typer.echo(f"luce-bench {__version__}")
+        try:
+            typer.echo(f"luce-bench {__version__}")
+            sys.stdout.flush()
+        except BrokenPipeError:  # (`luce-bench --version | true`): quietly, as SIGPIPE would end it
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (the interpreter's last flush)
+            sys.exit(128 + signal.SIGPIPE)
         raise typer.Exit()
 
 
@@ -156,6 +164,8 @@ def main() -> None:
             sys.exit(128 + signal.SIGPIPE)  # quietly, as SIGPIPE would end it, as every command does
         raise
     except OSError as exc:  # outside a command: --help or --version into a full disk (`> /dev/full`)
+        if exc.errno not in WRITE_ERRNOS:
+            raise
         if state["debug"]:
             traceback.print_exc()
         typer.echo(f"error: cannot write standard output: {one_line(exc.strerror or str(exc))}", err=True)

@@ -213,6 +213,11 @@ def model_prepare(
     from luce_bench.model.resolve import resolve_model
     from luce_bench.model.spec import SIZES
 
+    if size == "auto":
+        raise UserError(
+            "model prepare writes one synthetic checkpoint: give synthetic-0.8b or tiny ('auto' is a run's choice "
+            "between them: synthetic-0.8b with a CUDA GPU, tiny otherwise)"
+        )
     if size not in SIZES:
         raise UserError(
             f"unknown synthetic size {size!r}; known: {', '.join(SIZES)} (a real checkpoint, a hub id or a folder, "

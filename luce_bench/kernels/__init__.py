@@ -34,7 +34,7 @@ def build_info(arch: str | None = None, build: bool = False) -> dict[str, Any]:
     try:
         nvcc = b.find_nvcc()
         if nvcc is None:
-            info["error"] = "nvcc not found"
+            info["error"] = b.NO_NVCC
             return info
         version = b.nvcc_version(nvcc)
         info["nvcc"] = version.splitlines()[-1]

@@ -279,6 +279,7 @@ def nvcc_error(report: str, returncode: int, options: dict[str, int] | None = No
 
 
 OPTIONS_ENV = "LUCE_BENCH_KERNEL_OPTIONS"
+NO_NVCC = "nvcc not found (install the CUDA toolkit, put nvcc on PATH or set CUDACXX/CUDA_HOME)"
 
 
 def parse_options(items: Iterable[str], where: str) -> dict[str, int]:
@@ -334,7 +335,7 @@ def build(
         out_dir = _out_dir(Path(out_dir))
     nvcc = find_nvcc()
     if nvcc is None:
-        raise UserError("nvcc not found (install the CUDA toolkit, put nvcc on PATH or set CUDACXX/CUDA_HOME)")
+        raise UserError(NO_NVCC)
     version = nvcc_version(nvcc)
     flags = [*BASE_FLAGS, *dflags, *gencode_flags(arch_t)]
     key = build_key(src, flags, version)

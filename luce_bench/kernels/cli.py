@@ -65,8 +65,10 @@ def info_cmd(arch: Optional[str] = typer.Option(None, help="arch to describe (de
 
     _not_empty_arch(arch)
     if arch is not None and "," in arch:
-        archs = ", ".join(a.strip() for a in arch.split(",") if a.strip())
-        raise UserError(f"--arch {arch!r}: kernel info describes one arch's build; give one of {archs}")
+        archs = [a.strip() for a in arch.split(",") if a.strip()]
+        if len(archs) > 1:
+            raise UserError(f"--arch {arch!r}: kernel info describes one arch's build; give one of {', '.join(archs)}")
+        arch = archs[0]
     if arch is None:
         env_arch()  # a bad arch in the environment is bad input too, as a bad --arch is
     info = build_info(arch)

@@ -127,7 +127,8 @@ def ensure_synthetic(size: str, seed: int = DEFAULT_SEED, progress: bool = True)
             (tmp / MARKER).write_text(json.dumps({"size": size, "seed": seed, "format": FORMAT_VERSION}) + "\n")
     except Exception as exc:  # noqa: BLE001 - OSError, or the safetensors writer's own error on a full disk
         if not is_complete(final):  # lost a race with a concurrent writer that finished first: theirs is fine
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            said = getattr(exc, "strerror", None) or str(exc)  # (an OSError's text without its file: named here)
+            reason = said.splitlines()[0] if said else type(exc).__name__
             raise WriteError(f"cannot write the synthetic checkpoint {final}: {reason}") from exc
     return final
 
