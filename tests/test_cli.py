@@ -208,13 +208,21 @@ def test_compare_writes_every_file(compare_run):
 
 
 def test_the_console_summary_gives_mean_and_sample_std_as_report_md_does(compare_run):
+    from rich.console import Console
+
+    from luce_bench.records import RunRecord, read_csv
+    from luce_bench.report import _summary_table
+    from luce_bench.summary import summarize
+
     result, run_dirs, _ = compare_run
-    rows = list(csv.DictReader((run_dirs[0] / "summary.csv").open()))
-    said = " ".join(result.output.split())
-    assert "luce-bench summary (mean ± sample std over repetitions, as in report.md)" in said
-    for r in rows:  # tok/s to 1 digit, tok/J to 3, each ± its std (summary.csv), not ± a CI half-width
-        assert f"{float(r['avg_ts']):.1f} ± {float(r['stddev_ts']):.1f}" in said, (r, said)
-        assert f"{float(r['tok_per_j']):.3f} ± {float(r['tok_per_j_std']):.3f}" in said, (r, said)
+    assert "luce-bench summary (mean ± sample std over repetitions, as in report.md)" in " ".join(result.output.split())
+    summary = summarize(read_csv(run_dirs[0] / "runs.csv", RunRecord))
+    wide = Console(width=400, record=True)  # (every cell whole: the run's own console may fold a long one)
+    wide.print(_summary_table(summary))
+    said = wide.export_text()
+    for r in summary:  # tok/s to 1 digit, tok/J to 3, each ± its sample std, not ± a CI half-width
+        assert f"{r.avg_ts:.1f} ± {r.stddev_ts:.1f}" in said, said
+        assert f"{r.tok_per_j:.3f} ± {r.tok_per_j_std:.3f}" in said, said
 
 
 def test_a_report_without_a_gpu_says_none_not_n_a_watts():
