@@ -114,19 +114,21 @@ def summary_problems(run: Path) -> list[str]:
     """
     if not (run / SUMMARY).is_file():
         return [f"{run}: no {SUMMARY} ({REPORT_FIX.format(shell_arg(run))})"]
-    summary = summarize(read_csv(run / RUNS, RunRecord))
+    runs = read_csv(run / RUNS, RunRecord)
+    summary = summarize(runs)
     with (run / SUMMARY).open(newline="") as f:
         got = list(csv.reader(f))
     if got != [columns(SummaryRow), *(to_cells(r) for r in summary)]:
         return [f"{run / SUMMARY} is stale against {RUNS} ({REPORT_FIX.format(shell_arg(run))})"]
     report = run / "report.md"
+    text = report.read_text() if report.is_file() else None
     table = markdown_table(table_head(summary), table_rows(summary))
-    if not report.is_file() or table not in report.read_text():
+    if text is None or table not in text:
         return [f"{report}: missing or its table is stale against {SUMMARY} ({REPORT_FIX.format(shell_arg(run))})"]
     from luce_bench.report import markdown_of
 
-    want = markdown_of(run)
-    if want is not None and report.read_text() != want:
+    want = markdown_of(run, runs)
+    if want is not None and text != want:
         fix = REPORT_FIX.format(shell_arg(run))
         return [f"{report} is stale: it differs from what `luce-bench report` writes now ({fix})"]
     return []

@@ -370,7 +370,7 @@ class BenchPlan:
         import math
         import os
 
-        from luce_bench.kernels.build import define_flags
+        from luce_bench.kernels.build import check_lib_dir, define_flags
         from luce_bench.kernels.tune import TUNE_ENV, Tune
         from luce_bench.model.spec import QWEN35_08B
 
@@ -380,8 +380,7 @@ class BenchPlan:
         if len(set(names)) != len(names):
             raise UserError(f"variant names must differ: {names}")
         for v in self.variants:
-            if v.lib_dir is not None and not v.lib_dir.is_dir():
-                raise UserError(f"--variant {v.name}={v.lib_dir}: no such directory (a built library's folder)")
+            check_lib_dir(v.lib_dir, f"--variant {v.name}={v.lib_dir}")
             try:
                 define_flags(v.options)
             except UserError as exc:

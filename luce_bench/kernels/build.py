@@ -404,6 +404,12 @@ def _reusable(final: Path, key: str, keyed: bool) -> bool:
     return complete and (keyed or _read_text(final / KEY_NAME) == key)
 
 
+def check_lib_dir(lib_dir: Path | None, where: str) -> None:
+    """A prebuilt library's folder that is not there: one line naming `where` it was given, before any GPU work."""
+    if lib_dir is not None and not Path(lib_dir).is_dir():
+        raise UserError(f"{where}: no such directory (a built library's folder)")
+
+
 def prebuilt(lib_dir: Path) -> BuildResult:
     """A library built earlier into `lib_dir` (libluce_mk.so, with ptxas.txt and build.txt when `build` made it)."""
     lib_dir = Path(lib_dir)

@@ -217,12 +217,11 @@ def _check_inputs(options: dict[str, int] | None, lib_dir: Any) -> None:
     """Bad build options, a missing --prebuilt folder or a bad tune: one line, before the GPU check."""
     import os
 
-    from luce_bench.kernels.build import define_flags, options_from_env
+    from luce_bench.kernels.build import check_lib_dir, define_flags, options_from_env
     from luce_bench.kernels.tune import TUNE_ENV, Tune
 
     define_flags(options if options is not None else options_from_env())
-    if lib_dir is not None and not Path(lib_dir).is_dir():
-        raise UserError(f"--prebuilt {lib_dir}: no such directory (a built library's folder)")
+    check_lib_dir(lib_dir, f"--prebuilt {lib_dir}")
     Tune().changed(os.environ.get(TUNE_ENV), TUNE_ENV)
 
 
