@@ -159,6 +159,12 @@ def verdict(flags: Sequence[str]) -> str:
     return ";".join(flags) or "ok"
 
 
+def ordered(flags: set[str]) -> list[str]:
+    """Flags in the order a window's verdict writes them, then NOISY, then any unknown one (a hand-edited runs.csv)."""
+    order = (*WINDOW_FLAGS, NOISY)
+    return [f for f in order if f in flags] + sorted(flags - set(order))
+
+
 def flags_of(verdict_text: str) -> list[str]:
     """The flags of a verdict cell ("ok" has none)."""
     return [f for f in verdict_text.split(";") if f and f != "ok"]

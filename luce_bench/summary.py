@@ -75,7 +75,7 @@ def _summary_row(every: Sequence[RunRecord]) -> SummaryRow:
         valid_reps=len(valid),
         device=first.device,
         gpu_simulated=first.gpu_simulated,
-        verdict=quality.verdict(sorted(flags)),
+        verdict=quality.verdict(quality.ordered(flags)),
     )
 
 

@@ -84,10 +84,18 @@ def test_a_summary_never_averages_throttled_windows_with_clean_ones():
     assert stress_notes(runs) == ["sim tg8 @ current: 1 of 3 repetitions left out of the summary (thermal-throttle)"]
     every = [dataclasses.replace(r, verdict="power-capped") for r in runs]
     (all_capped,) = summarize(every)
-    assert (all_capped.n, all_capped.avg_ts) == (3, 90.0) and all_capped.verdict == "noisy;power-capped"
+    assert (all_capped.n, all_capped.avg_ts) == (3, 90.0) and all_capped.verdict == "power-capped;noisy"
     assert stress_notes(every) == [
         "sim tg8 @ current: all 3 repetitions flagged power-capped; the summary averages throttled windows"
     ]
+
+
+def test_a_summary_writes_its_flags_in_a_windows_order_then_noisy():
+    runs = [_row(0, 100.0, 2.0, "short-window;power-disagree"), _row(1, 60.0, 1.0, "temp-drift")]
+    runs.append(_row(2, 110.0, 2.2, "ok"))
+    (row,) = summarize(runs)  # tok/s 100, 60, 110: a 33 % spread
+    assert row.verdict == "short-window;power-disagree;temp-drift;noisy"  # as runs.csv writes them, not A to Z
+    assert quality.ordered({"zz-hand-edited", "noisy", "no-energy"}) == ["no-energy", "noisy", "zz-hand-edited"]
 
 
 def test_a_setting_measured_under_two_idle_baselines_is_named_with_both():
