@@ -12,6 +12,8 @@ import contextlib
 import errno
 import functools
 import hashlib
+import json
+import math
 import os
 import re
 import secrets
@@ -250,3 +252,22 @@ def atomic_write(path: Path, data: str | bytes, durable: bool = False) -> None:
             tmp.write_text(data)
         else:
             tmp.write_bytes(data)
+
+
+def _json_safe(value: object) -> object:
+    """`value` with every NaN or infinity (a number that was not measured) as None, containers walked."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def json_text(doc: object, indent: int = 2) -> str:
+    """Standard JSON for a file other programs read: an unmeasured number is null.
+
+    Python's json writes NaN by default, which strict parsers (JavaScript's JSON.parse, jq) reject.
+    """
+    return json.dumps(_json_safe(doc), indent=indent, allow_nan=False) + "\n"

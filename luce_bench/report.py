@@ -8,14 +8,13 @@ with locked SM clocks get an "SM clock" column (locked MHz, the request when it 
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from luce_bench.errors import UserError, one_line
-from luce_bench.files import atomic_write
+from luce_bench.files import atomic_write, json_text
 from luce_bench.records import RunRecord, SummaryRow, SweetSpot, write_csv
 from luce_bench.results import META, SUMMARY, ran_simulated, read_meta, read_runs, read_samples
 from luce_bench.status import render_done
@@ -217,7 +216,7 @@ def _sweep_section(
     spots = sweet_spots(summary, min_speed, sweep.get("default_limit_w"), provisional)
     write_csv(run_dir / "sweet_spot.csv", SweetSpot, spots)
     doc = {"min_speed": min_speed, "complete": not provisional, "sweet_spots": [dataclasses.asdict(s) for s in spots]}
-    atomic_write(run_dir / "sweet_spot.json", json.dumps(doc, indent=2) + "\n")
+    atomic_write(run_dir / "sweet_spot.json", json_text(doc))
     plots = render_sweep(run_dir, summary, spots, min_speed)
     lines = _sweep_intro(sweep)
     none = f"- no sweet spot: no {'setting' if sweep.get('clocks_locked_mhz') else 'limit'} has energy data"

@@ -103,6 +103,18 @@ def test_four_limit_sweep_writes_rows_plots_and_sweet_spot(env):
     assert list_journals() == []
 
 
+def test_a_sweep_without_an_idle_baseline_writes_standard_json(env):
+    result, runs = _sweep(env, "--limits", "300,220", "--idle-s", "0")  # no idle baseline: no net tok/J
+    assert result.exit_code == 0, result.output
+    text = (runs[0] / "sweet_spot.json").read_text()
+
+    def refuse(constant):
+        raise ValueError(f"not standard JSON: {constant}")
+
+    spots = json.loads(text, parse_constant=refuse)["sweet_spots"]  # as JavaScript's JSON.parse or jq read it
+    assert spots and all(s["net_tok_per_j"] is None for s in spots) and all(s["tok_per_j"] > 0 for s in spots)
+
+
 def test_throughput_falls_with_the_limit(env):
     # virtual time: the sim backend's speed is the FakeGPU model's at each limit, not a 0.2 s real-time window that a
     # busy CI machine can stretch

@@ -201,9 +201,9 @@ def bench_cmd(
     summary = bench.run(plan, say=lambda line: typer.echo(line))
     _print_bench(summary)
     if json_out:
-        from luce_bench.files import atomic_write
+        from luce_bench.files import atomic_write, json_text
 
-        atomic_write(json_out, json.dumps(summary, indent=2))
+        atomic_write(json_out, json_text(summary))
 
 
 def _lengths(text: str | None) -> tuple[int, ...]:
@@ -350,6 +350,6 @@ def trace_cmd(
         for name, v in r[key].items():
             typer.echo(f"  {name:30s} {v['slowest_minus_median']:6.2f} | {v['last_block_late_by']:6.2f}")
     if json_out:
-        from luce_bench.files import atomic_write
+        from luce_bench.files import atomic_write, json_text
 
-        atomic_write(json_out, json.dumps(r, indent=2))
+        atomic_write(json_out, json_text(r))
