@@ -198,11 +198,16 @@ def readme_of(results: Path) -> Path:
     return results.resolve().parent / "README.md"
 
 
-def write_tables(results: Path, readme: Path | None) -> list[Path]:
-    """Regenerate results/README.md (and the README block, where that README exists) from the committed CSVs."""
+def write_tables(results: Path, readme: Path | None) -> dict[Path, bool]:
+    """Regenerate results/README.md (and the README block, where that README exists) from the committed CSVs.
+
+    Returns each generated file and whether it changed (an unchanged file is not rewritten).
+    """
     from luce_bench.published_tables import expected
 
     docs = expected(results, readme)  # everything is generated before anything is written
+    changed = {path: not path.is_file() or path.read_text() != text for path, text in docs.items()}
     for path, text in docs.items():
-        atomic_write(path, text)
-    return list(docs)
+        if changed[path]:
+            atomic_write(path, text)
+    return changed

@@ -175,6 +175,12 @@ def replace_block(text: str, block: str, where: str) -> str:
     return text[:start] + block + text[end + len(END) :]
 
 
+def check_block(readme: Path | None) -> None:
+    """UserError when `readme` exists without the markers of its results block (checked before anything is written)."""
+    if readme is not None and readme.is_file():
+        replace_block(readme.read_text(), "", str(readme))
+
+
 def expected(results: Path, readme: Path | None) -> dict[Path, str]:
     """What the generated files must contain: {path: text}; the README only where it exists (and has its markers)."""
     runs = committed(results)

@@ -71,6 +71,8 @@ def test_a_run_without_a_commit_gets_the_one_in_the_environment(tmp_path, monkey
     )
     assert "| megakernel | tg128 | 1,456.8 | 503 | 2.898 | 3.20× | 2.17× | 66.91× | 18.05× |" in index
     assert runner.invoke(app, ["report", "--check", str(results)]).exit_code == 0
+    again = runner.invoke(app, ["publish", "--results", str(results)])  # nothing new: nothing rewritten
+    assert again.exit_code == 0 and again.output.startswith(f"{results / 'README.md'} is up to date\n"), again.output
 
 
 def test_a_run_keeps_its_own_commit_and_is_named_after_its_command(tmp_path, monkeypatch):
@@ -114,6 +116,7 @@ def _edit_meta(run: Path, **changes) -> None:
         "not-a-run",
         "unfinished",
         "results-typo",
+        "readme-without-block",
     ],
 )
 def test_publish_refuses_in_one_line_and_writes_nothing(case, tmp_path, monkeypatch, tiny_model):
@@ -159,6 +162,9 @@ def test_publish_refuses_in_one_line_and_writes_nothing(case, tmp_path, monkeypa
         extra, message = ["--name", "second"], "is published already, as nvidia-h100-80gb-hbm3/20261124-first"
     elif case == "not-a-run":
         run, message = tmp_path, "is not a luce-bench run directory"
+    elif case == "readme-without-block":  # checked before the run is committed, not after
+        (tmp_path / "README.md").write_text("# hi\n")
+        extra, message = ["--name", "first"], "README.md has no <!-- results:begin --> ... <!-- results:end --> block"
     elif case == "results-typo":  # a new tree starts only inside an existing folder
         results = tmp_path / "reslts" / "results"
         extra, message = ["--name", "first"], f"its parent {results.parent} does not exist either"

@@ -168,6 +168,7 @@ def publish(
     """Commit a real run into results/<gpu>/<date>-<name>/ and regenerate the tables from the committed CSVs."""
     from luce_bench.publish import publish as publish_run
     from luce_bench.publish import readme_of, write_tables
+    from luce_bench.published_tables import check_block
 
     new_tree = run_dir is not None and not results.exists()
     if not new_tree:  # (publishing a run may start a new tree; regenerating needs one)
@@ -186,13 +187,14 @@ def publish(
                 f"{results} is not a results tree: no <gpu>/<run>/ folder in it holds a published run, so there are "
                 "no tables to regenerate (publish a run with `luce-bench publish RUN_DIR`)"
             )
+    target = readme or readme_of(results)
+    check_block(target)  # a README without its block is refused before a run is committed
     if run_dir is not None:
         typer.echo(f"published to {publish_run(run_dir, results, name, allow_failures)}")
         if new_tree:
             typer.echo(f"started a new results tree at {results}")
-    target = readme or readme_of(results)
-    for path in write_tables(results, target):
-        typer.echo(f"wrote {path}")
+    for path, changed in write_tables(results, target).items():
+        typer.echo(f"wrote {path}" if changed else f"{path} is up to date")
     if not target.is_file():
         typer.echo(f"no {target}: the README's results block was not written (--readme names another)")
 
