@@ -219,3 +219,22 @@ def test_a_signal_while_the_report_is_written_says_so_and_resume_renders_it(env,
     assert (doc["state"], doc["exit_code"], "render_pending" in doc) == ("finished", 0, False)
     assert "interrupted" not in (run_dir / "report.md").read_text()
     assert json.loads((run_dir / "sweet_spot.json").read_text())["complete"] is True
+
+
+def test_a_second_signal_while_a_stopped_sweeps_report_is_written_keeps_the_resume_hint(tmp_path, capsys):
+    import typer
+
+    from luce_bench.cli.measure import _render_interrupted
+
+    status = {"format": 1, "state": "interrupted", "exit_code": 130, "reason": "interrupted by SIGINT"}
+    (tmp_path / "status.json").write_text(json.dumps(status))
+    with pytest.raises(typer.Exit) as stop:
+        _render_interrupted(tmp_path, KeyboardInterrupt(), False, ("interrupted", 130, "interrupted by SIGINT"), True)
+    assert stop.value.exit_code == 130
+    said = capsys.readouterr().err
+    assert said == (
+        "error: interrupted by SIGINT; a second signal (SIGINT) came while the summary, report and plots were "
+        f"written; the repetitions measured are in runs.csv: `luce-bench sweep --resume {tmp_path}` continues the "
+        "sweep and writes them\n"
+    )
+    assert json.loads((tmp_path / "status.json").read_text())["reason"] == said.removeprefix("error: ").strip()

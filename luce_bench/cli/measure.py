@@ -95,7 +95,8 @@ def _finish(outcome: Any, out: Any, sweep: bool) -> None:
             # (exit 4), also in status.json where it can still be written
             state, code, reason = _render_failed(outcome.run_dir, exc, (state, code, reason))
         except (KeyboardInterrupt, SystemExit) as exc:
-            _render_interrupted(outcome.run_dir, exc, outcome.stop is None, (state, code, reason))
+            resumable = sweep and outcome.stop is not None and (outcome.run_dir / META).is_file()
+            _render_interrupted(outcome.run_dir, exc, outcome.stop is None, (state, code, reason), resumable)
     if outcome.stop is None and report is not None:
         print_report(report, out)
     if outcome.stop is not None:
@@ -117,16 +118,25 @@ def _finish(outcome: Any, out: Any, sweep: bool) -> None:
     raise typer.Exit(code)
 
 
-def _render_interrupted(run_dir: Path, exc: BaseException, complete: bool, ending: tuple[str, int, str]) -> NoReturn:
-    """A signal while the report was written: status.json says so (a worse ending kept), one line; exit."""
+def _render_interrupted(
+    run_dir: Path, exc: BaseException, complete: bool, ending: tuple[str, int, str], resumable: bool = False
+) -> NoReturn:
+    """A signal while the report was written: status.json says so (a worse ending kept), one line; exit.
+
+    `resumable`: a stopped sweep that `sweep --resume` continues (and whose report it writes then).
+    """
     from luce_bench.status import INTERRUPTED, mark_render_unwritten
 
     code = 130 if isinstance(exc, KeyboardInterrupt) else int(exc.code) if isinstance(exc.code, int) else 1
-    rows = "every repetition is in runs.csv" if complete else "the repetitions measured are in runs.csv"
-    note = (
-        f"interrupted by {signal.Signals(code - 128).name if code > 128 else 'a signal'} while the summary, report "
-        f"and plots were written; {rows}: `luce-bench report {shell_arg(run_dir)}` renders them"
-    )
+    name = signal.Signals(code - 128).name if code > 128 else "a signal"
+    what = f"a second signal ({name}) came" if ending[0] == INTERRUPTED else f"interrupted by {name}"
+    if resumable:
+        then = f"the repetitions measured are in runs.csv: `luce-bench sweep --resume {shell_arg(run_dir)}` continues"
+        then += " the sweep and writes them"
+    else:
+        rows = "every repetition is in runs.csv" if complete else "the repetitions measured are in runs.csv"
+        then = f"{rows}: `luce-bench report {shell_arg(run_dir)}` renders them"
+    note = f"{what} while the summary, report and plots were written; {then}"
     with contextlib.suppress(KeyboardInterrupt, SystemExit):  # (a second signal: the line below still says it)
         _, code, note = mark_render_unwritten(run_dir, INTERRUPTED, code, note, ending)
     typer.echo(f"error: {one_line(note)}", err=True)
