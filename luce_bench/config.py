@@ -246,6 +246,16 @@ class SweepConfig(_Section):
     idle_s: float = Field(10.0, ge=0, le=600)
     sweet_spot_min_speed: float = Field(0.95, ge=0.01, le=1.0)
 
+    @model_validator(mode="after")
+    def _seed_needs_shuffle(self) -> SweepConfig:
+        """A seed with another order would be recorded in meta.json as if it had ordered the sweep."""
+        if self.shuffle_seed is not None and self.order != "shuffle":
+            raise UserError(
+                f"a shuffle seed ({self.shuffle_seed}: --seed, sweep.shuffle_seed) applies only to a shuffled order "
+                f"(--shuffle, sweep.order: shuffle); the order is {self.order}"
+            )
+        return self
+
     @model_validator(mode="before")
     @classmethod
     def _clocks_alone(cls, data: Any) -> Any:

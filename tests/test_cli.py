@@ -554,6 +554,29 @@ def test_a_shuffle_without_a_seed_draws_one_says_it_and_records_it(tmp_path, mon
     assert list(dict.fromkeys(r["power_limit_req_w"] for r in csv.DictReader((d2 / "runs.csv").open()))) == order
 
 
+@pytest.mark.parametrize(
+    "yaml_text,flags,refused",
+    [
+        ("sweep: {shuffle_seed: 5}\n", [], "a shuffle seed (5: --seed, sweep.shuffle_seed) applies only to a shuffled"),
+        ("", ["--seed", "5"], "applies only to a shuffled order (--shuffle, sweep.order: shuffle); the order is desc"),
+        ("", ["--seed", "5", "--order", "ascending"], "the order is ascending"),
+        ("sweep: {order: shuffle}\n", ["--seed", "5"], None),  # the file shuffles: the flag's seed orders it
+        ("sweep: {shuffle_seed: 5}\n", ["--shuffle"], None),
+    ],
+)
+def test_a_shuffle_seed_is_refused_wherever_nothing_is_shuffled(tmp_path, tiny_model, yaml_text, flags, refused):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml_text + "gpu: {fake: true, fake_clock: virtual}\nbackends: [sim]\ntests: [tg8]\nreps: 1\n")
+    args = ["sweep", "-c", str(cfg), "--limits", "300,220", "--idle-s", "0", "--settle-s", "0", "--warmup-s", "0"]
+    result = runner.invoke(app, [*args, *flags, "-o", str(tmp_path / "runs")])
+    if refused:
+        assert result.exit_code == 2 and refused in result.output and not (tmp_path / "runs").exists(), result.output
+    else:
+        assert result.exit_code == 0, result.output
+        (d,) = (tmp_path / "runs").iterdir()
+        assert json.loads((d / "meta.json").read_text())["config"]["sweep"]["shuffle_seed"] == 5
+
+
 def test_fake_preset_flag_picks_the_simulated_card(tmp_path, tiny_model):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("gpu: {fake_clock: virtual}\ntests: [tg8]\nreps: 1\nwindow_s: 0.5\nwarmup_s: 0\n")

@@ -262,8 +262,6 @@ def sweep(
         enable_read_only_mode()
     if shuffle and order not in (None, "shuffle"):
         raise UserError(f"--shuffle conflicts with --order {order}")
-    if seed is not None and not shuffle and order != "shuffle":
-        raise UserError("--seed only applies with --shuffle")
     for flag, value in (("--limits", limits), ("--clocks", clocks), ("--backends", backends)):
         if value is not None and not value.replace(",", " ").strip():
             raise UserError(f"{flag} is empty; leave it out for the config's value")
