@@ -72,8 +72,6 @@ class RunLoop:
         self.last_trial = {t.backend: t for t in plan.trials}  # trials are unique
         self.drained = 0
         self.settings_meta: list[dict[str, Any]] = list(writer.meta.get("sweep_limits", [])) if self.resumed else []
-        self.n_trials = len(plan.trials)
-        self.trial_no = 0
         self.counter_resets = 0
 
     def __enter__(self) -> RunLoop:
@@ -226,8 +224,8 @@ class RunLoop:
         return self.todo.get(trial) if self.todo is not None else None
 
     def _trial(self, trial: Trial, limit: Conditions, failed_here: set[str]) -> None:
-        self.trial_no += 1
-        where = {"trial": self.trial_no, "trials": self.n_trials, "setting": trial.setting.label}
+        number, count = self.plan.trial_position(trial)  # a resumed run numbers its trials as the first did
+        where = {"trial": number, "trials": count, "setting": trial.setting.label}
         self.status.at(phase="loading", backend=trial.backend, test=trial.test.name, rep=None, **where)
         backend = self._load(trial.backend)
         if backend is None:

@@ -84,6 +84,15 @@ def _summary(run_dir):
         return list(csv.DictReader(f))
 
 
+def test_a_resumed_sweep_stopped_again_says_where_in_the_whole_plan(env, stopped, monkeypatch):
+    assert (status(stopped)["where"]["trial"], status(stopped)["where"]["trials"]) == (3, 6)  # 7 rows: 3 + 3 + 1
+    with monkeypatch.context() as m:
+        m.setattr(appender, "os", DiskFullAfter(rows=9))  # the third trial's last two rows, then the fourth's first
+        result = runner.invoke(app, ["sweep", "--resume", str(stopped)])
+    assert result.exit_code == 4, result.output
+    assert (status(stopped)["where"]["trial"], status(stopped)["where"]["trials"]) == (4, 6)  # not "2 of 4"
+
+
 def test_the_same_command_with_resume_is_accepted(env, stopped):
     args = ["sweep", "-c", str(env / "v.yaml"), "-o", str(env / "runs"), "--resume", str(stopped)]
     result = runner.invoke(app, args)
