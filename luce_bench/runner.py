@@ -280,7 +280,8 @@ def _say_restored(ctx: RunContext, plan: Plan, ui: UI, changed: bool = True) -> 
         if not changed:  # stopped before the first setting: nothing to restore, and nothing said to be
             ui.status(f"power limit unchanged ({watts})")
             return
-        ui.status(f"power limit restored to {watts}")
+        if plan.sets_limits:  # (a clocks-only sweep leaves the limit alone: nothing to say of it)
+            ui.status(f"power limit restored to {watts}")
         if plan.locks_clocks:
             try:
                 lock = lock_text(ctx.gpu.locked_sm_clocks_mhz())  # type: ignore[union-attr]

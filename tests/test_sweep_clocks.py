@@ -122,6 +122,7 @@ def test_grid_sweep_rows_sweet_spot_plots_and_restore(env):
     assert meta["sweep"]["original_sm_lock_mhz"] is None
     card = _card()
     assert card.power_limit_mw() == 420_000 and card.locked_sm_clocks_mhz() is None
+    assert "power limit restored to 420 W" in result.output and "SM clocks restored (unlocked)" in result.output
     assert list_journals() == []
 
 
@@ -143,6 +144,7 @@ def test_clocks_alone_run_at_the_limit_in_force_and_snap(env):
     calls = _card().persisted_set_calls()
     assert [c[1] for c in calls if c[0] == "sm_lock_mhz"] == [[1605, 1605], [1200, 1200], None]  # unlocked at the end
     assert [c for c in calls if c[0] == "power_limit_mw"] == []
+    assert "SM clocks restored (unlocked)" in said and "power limit restored" not in said  # it set no limit
 
 
 def test_yaml_clocks_alone_and_grid(env):
