@@ -169,7 +169,8 @@ def table_problems(results: Path, readme: Path | None) -> list[str]:
 def check(results: Path, readme: Path | None) -> list[str]:
     """Every problem of the results tree `results` (and the README block in `readme`), one line each."""
     if not results.is_dir():
-        raise UserError(f"results directory not found: {results}")
+        found = "is not a directory" if results.exists() else "not found"
+        raise UserError(f"results directory {found}: {results}")
     runs = run_dirs(results)
     if not runs:
         raise UserError(

@@ -166,6 +166,8 @@ def publish(run_dir: Path, results: Path, name: str | None = None, allow_failure
     """Commit `run_dir` under `results` (see the module docstring) and return its new folder."""
     from luce_bench.report import render
 
+    if not run_dir.exists():
+        raise UserError(f"run directory not found: {run_dir}")
     if not (run_dir / RUNS).is_file():
         raise UserError(f"{run_dir} is not a luce-bench run directory (no runs.csv)")
     meta, runs = read_meta(run_dir), read_csv(run_dir / RUNS, RunRecord)

@@ -220,7 +220,7 @@ def test_a_report_that_cannot_be_written_is_one_line_and_code_4(env, monkeypatch
     rebuilt = CliRunner().invoke(app, ["report", str(run_dir)])
     assert rebuilt.exit_code == 4
     (line,) = [ln for ln in rebuilt.output.splitlines() if ln.strip()]
-    assert line == f"error: cannot write ({run_dir / 'summary.csv'}): No space left on device"
+    assert line == f"error: cannot write {run_dir / 'summary.csv'}: No space left on device"
 
 
 def test_the_automatic_deadline_grows_for_a_backend_that_is_slow_not_hung(env, monkeypatch):

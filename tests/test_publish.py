@@ -114,6 +114,7 @@ def _edit_meta(run: Path, **changes) -> None:
         "again",
         "copy-again",
         "not-a-run",
+        "no-such-run",
         "unfinished",
         "results-typo",
         "readme-without-block",
@@ -162,6 +163,8 @@ def test_publish_refuses_in_one_line_and_writes_nothing(case, tmp_path, monkeypa
         extra, message = ["--name", "second"], "is published already, as nvidia-h100-80gb-hbm3/20261124-first"
     elif case == "not-a-run":
         run, message = tmp_path, "is not a luce-bench run directory"
+    elif case == "no-such-run":  # as `report` says it
+        run, message = tmp_path / "nope", f"run directory not found: {tmp_path / 'nope'}"
     elif case == "readme-without-block":  # checked before the run is committed, not after
         (tmp_path / "README.md").write_text("# hi\n")
         extra, message = ["--name", "first"], "README.md has no <!-- results:begin --> ... <!-- results:end --> block"

@@ -269,6 +269,9 @@ def test_a_committed_run_that_publish_would_refuse_is_flagged(run_tree):
 def test_a_missing_results_tree_is_bad_input(tmp_path):
     out = _check(tmp_path / "nope")
     assert out.exit_code == 2 and _lines(out) == [f"error: results directory not found: {tmp_path / 'nope'}"]
+    (tmp_path / "a-file").write_text("x")
+    out = _check(tmp_path / "a-file")
+    assert out.exit_code == 2 and _lines(out) == [f"error: results directory is not a directory: {tmp_path / 'a-file'}"]
 
 
 def test_a_folder_without_published_runs_is_bad_input(tmp_path):

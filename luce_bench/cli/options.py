@@ -266,7 +266,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except OSError as exc:  # a file luce-bench must write (a report, a cache entry): full disk, no permission
             if state["debug"]:
                 traceback.print_exc()
-            where = f" ({exc.filename})" if exc.filename else ""
+            where = f" {exc.filename}" if exc.filename else ""
             typer.echo(f"error: cannot write{where}: {one_line(exc.strerror or str(exc))}", err=True)
             raise typer.Exit(4) from None
 
