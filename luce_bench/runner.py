@@ -99,9 +99,14 @@ class Outcome:
 
 
 def no_sweep_running(gpu: Any) -> None:
-    """A run that changes nothing still measures under the GPU's settings: refuse while a sweep is changing them."""
+    """A run that changes nothing still measures under the GPU's settings: refuse while a sweep is changing them.
+
+    A simulated card without a state file is this process's own: no other process's sweep can change it.
+    """
     from luce_bench.gpu.journal import GpuLock
 
+    if getattr(gpu, "private", False):
+        return
     try:
         uuid = gpu.uuid()
     except GPUError:

@@ -360,6 +360,16 @@ def test_a_compare_is_refused_while_a_sweep_holds_the_gpu(env):
     assert result.exit_code == 0, result.output
 
 
+def test_a_simulated_card_of_its_own_is_measured_while_another_process_sweeps_one(env, monkeypatch):
+    from luce_bench.gpu.journal import GpuLock
+
+    monkeypatch.delenv("LUCE_BENCH_FAKE_GPU_STATE")  # no state file: each process simulates a card of its own
+    with GpuLock(_card().uuid()):  # another process's sweep of its own simulated card of the same preset
+        args = ["compare", "--fake-gpu", "--baselines", "sim", "-o", str(env / "runs"), *FAST[:8]]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+
+
 @pytest.mark.tries("bad input", "a config's backends list with a repeat, under --fake-gpu")
 def test_a_config_that_names_its_backends_is_kept_under_fake_gpu(env):
     (env / "dup.yaml").write_text("backends: [sim, sim]\n")

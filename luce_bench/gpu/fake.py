@@ -194,6 +194,11 @@ class FakeGPU:
         """Deterministic fake UUID per preset and index."""
         return f"GPU-fake0000-{self.preset.name}-{self.index:04d}"
 
+    @property
+    def private(self) -> bool:
+        """Whether only this process sees the card (no state file): another process's settings cannot reach it."""
+        return self._shared is None
+
     def driver_version(self) -> str:
         """Fake driver version."""
         return "fake-580.00"
