@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from luce_bench.errors import UserError
+from luce_bench.errors import UserError, WriteError
 from luce_bench.files import atomic_path
 from luce_bench.model.gguf_check import check_gguf
 from luce_bench.model.spec import TextConfig
@@ -292,13 +292,19 @@ def ensure_gguf(model_dir: Path, cfg: TextConfig, ftype: str = "bf16", progress:
     if final.is_file():
         check_gguf(final)  # a damaged cached export is refused, not handed to llama.cpp
         return final
-    with atomic_path(final) as tmp:
-        total = cfg.num_params()  # progress counts source parameters
-        if progress and total >= _PROGRESS_MIN_PARAMS:
-            from luce_bench.progress import param_bar
+    try:
+        with atomic_path(final) as tmp:
+            total = cfg.num_params()  # progress counts source parameters
+            if progress and total >= _PROGRESS_MIN_PARAMS:
+                from luce_bench.progress import param_bar
 
-            with param_bar(f"exporting GGUF ({ftype}) {final.name}", total) as (advance, _):
-                write_gguf(model_dir, cfg, tmp, ftype, src_hash, on_params=advance)
-        else:
-            write_gguf(model_dir, cfg, tmp, ftype, src_hash)
+                with param_bar(f"exporting GGUF ({ftype}) {final.name}", total) as (advance, _):
+                    write_gguf(model_dir, cfg, tmp, ftype, src_hash, on_params=advance)
+            else:
+                write_gguf(model_dir, cfg, tmp, ftype, src_hash)
+    except OSError as exc:  # the cache's disk, its permissions, a file-size limit: exit 4, the file named
+        if final.is_file():  # (a concurrent export that finished first: theirs is fine)
+            return final
+        said = exc.strerror or str(exc)  # (the gguf writer's short write: "49152 requested and 8352 written")
+        raise WriteError(f"cannot write the GGUF export {final}: {said.splitlines()[0] if said else exc}") from exc
     return final

@@ -150,3 +150,31 @@ def test_an_export_an_earlier_version_left_in_the_model_directory_is_reused(mine
     made.rename(old)
     assert ensure_gguf(mine, TINY, "bf16", progress=False) == old == gguf_path(mine, "bf16", source_hash(mine))
     assert not made.exists()  # not exported again
+
+
+@pytest.mark.tries("fault", "a GGUF export that cannot be written (the cache a file, a file-size limit)")
+@pytest.mark.parametrize("how", ["cache-is-a-file", "file-size-limit"])
+def test_an_export_that_cannot_be_written_is_a_write_error_naming_the_file(mine, tmp_path, monkeypatch, how):
+    import resource
+    import signal
+
+    from luce_bench.errors import WriteError
+
+    if how == "cache-is-a-file":
+        (tmp_path / "cache").write_text("")  # LUCE_BENCH_CACHE names a file: no folder can be made in it
+        said = "Not a directory"
+    else:
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a short write instead of the signal
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
+        said = "cannot write the GGUF export"
+    try:
+        with pytest.raises(WriteError, match=said) as err:
+            ensure_gguf(mine, TINY, "bf16", progress=False)
+    finally:
+        if how == "file-size-limit":
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+            signal.signal(signal.SIGXFSZ, old_handler)
+    assert err.value.exit_code == 4 and "model-bf16-" in str(err.value) and "\n" not in str(err.value)
+    if how == "file-size-limit":  # nothing half-written is left under the export's name
+        assert not list((tmp_path / "cache").rglob("*.gguf"))
