@@ -15,8 +15,10 @@ import yaml
 from badinput import invoke, refused, refused_or_reached, sandbox
 from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
 from luce_bench import config
+from luce_bench.cli import app
 from luce_bench.errors import UserError
 
 SMOKE = (Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml").read_text()
@@ -302,3 +304,17 @@ def test_an_unusable_out_is_the_only_line_even_when_the_plan_has_notes(tiny_mode
     assert result.exit_code == 2, result.output
     assert result.output.splitlines() == [f"error: --out {afile}: exists and is not a directory"]
     assert TINY_NOTE.split(":")[0] not in result.output  # the plan had its note; bad input comes first
+
+
+@pytest.mark.parametrize(
+    "argv,command",
+    [
+        (["compare", "--tests"], "compare"),
+        (["kernel", "build", "--arch"], "kernel build"),
+        (["--debug", "sweep", "-o"], "sweep"),
+    ],
+)
+def test_an_option_without_its_value_points_at_its_commands_help(argv, command):
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 2
+    assert result.output.strip().endswith(f"requires an argument. (see `luce-bench {command} --help`)"), result.output

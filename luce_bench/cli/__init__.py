@@ -43,7 +43,8 @@ class OneLineErrors(TyperGroup):
             message = one_line(" ".join(exc.format_message().split()))
             if message:  # empty: a group called without a command, whose help is shown already
                 ctx = getattr(exc, "ctx", None)
-                where = ctx.command_path if ctx is not None else "luce-bench"
+                argv = args[0] if args else kwargs.get("args")  # (None: sys.argv)
+                where = ctx.command_path if ctx is not None else self._command_path(argv)
                 name = getattr(exc, "option_name", None)
                 if name in ROOT_ONLY and ctx is not None and ctx.parent is not None:  # (`luce-bench sweep --debug`)
                     rest = ctx.command_path.split(" ", 1)[-1]
@@ -54,6 +55,22 @@ class OneLineErrors(TyperGroup):
             typer.echo("aborted", err=True)
             sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
+
+    def _command_path(self, argv: Any) -> str:
+        """The command that `argv` names ("luce-bench kernel build").
+
+        For an error the parser raised without its context (an option given without its value).
+        """
+        words, group = ["luce-bench"], self
+        for token in argv if argv is not None else sys.argv[1:]:
+            sub = getattr(group, "commands", {}).get(token)
+            if sub is None:
+                if token.startswith("-"):
+                    continue  # (luce-bench's own options before the command)
+                break
+            words.append(token)
+            group = sub
+        return " ".join(words)
 
 
 def _close_options_only(exc: Exception) -> None:
