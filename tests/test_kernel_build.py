@@ -379,6 +379,9 @@ def test_an_option_given_twice_is_refused_not_last_wins(monkeypatch, tmp_path):
         kb.options_from_env()
     with pytest.raises(UserError, match=r"^--option: '=5': expected MK_NAME=INTEGER$"):  # no name is no option
         kb.parse_options(["=5", "=6"], "--option")
+    monkeypatch.setenv(kb.OPTIONS_ENV, "MK_SLOT_KB=16 MK_O_TAGS=1")  # a space where a comma belongs
+    with pytest.raises(UserError, match=r"expected MK_NAME=INTEGER \(several options are separated by commas\)$"):
+        kb.options_from_env()
 
 
 def test_option_flags_add_to_the_environments_and_a_second_value_is_refused(monkeypatch, tmp_path):

@@ -294,7 +294,8 @@ def parse_options(items: Iterable[str], where: str) -> dict[str, int]:
         try:
             out[name] = int(value or "1", 0)
         except ValueError:
-            raise UserError(f"{where}: {item!r}: expected MK_NAME=INTEGER") from None
+            several = " (several options are separated by commas)" if len(item.split()) > 1 or ";" in item else ""
+            raise UserError(f"{where}: {item!r}: expected MK_NAME=INTEGER{several}") from None
     return out
 
 
