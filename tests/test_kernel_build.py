@@ -332,6 +332,17 @@ def test_unknown_option_is_one_line_before_nvcc(tmp_path):
     assert not (tmp_path / "lib").exists()
 
 
+def test_a_compiler_that_is_not_nvcc_and_an_empty_arch_entry_are_one_line(tmp_path):
+    fake = tmp_path / "nvcc"
+    fake.write_text("#!/bin/sh\necho 'not a compiler' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    with pytest.raises(UserError, match=rf"^{fake} --version failed with exit code 3 \(not a compiler\): is it nvcc"):
+        kb.nvcc_version(str(fake))
+    with pytest.raises(UserError, match=r"^--arch 'sm_90,,sm_80' has an empty entry"):
+        kb.build("sm_90,,sm_80", out_dir=tmp_path / "lib")
+    assert not (tmp_path / "lib").exists()
+
+
 @needs_nvcc
 @pytest.mark.parametrize(
     "options, message",

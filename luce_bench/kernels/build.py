@@ -105,7 +105,9 @@ def nvcc_version(nvcc: str) -> str:
     """The full `nvcc --version` text (part of the cache key)."""
     out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=False)
     if out.returncode != 0:
-        raise UserError(f"{nvcc} --version failed: {out.stderr.strip()[:200]}")
+        said = out.stderr.strip().splitlines()
+        why = f" ({said[-1][:200]})" if said else ""
+        raise UserError(f"{nvcc} --version failed with exit code {out.returncode}{why}: is it nvcc? (CUDACXX, PATH)")
     return out.stdout.strip()
 
 
@@ -328,6 +330,8 @@ def build(
     if archs is None:
         archs = (detect_arch(),)
     elif isinstance(archs, str):
+        if len(archs.split(",")) > 1 and not all(a.strip() for a in archs.split(",")):
+            raise UserError(f"--arch {archs!r} has an empty entry: name each arch once, separated by commas")
         archs = tuple(a for a in archs.split(",") if a.strip())
     arch_t = tuple(sorted({normalize_arch(a) for a in archs}, key=arch_number))
     if not arch_t:
