@@ -38,6 +38,20 @@ def test_every_command_has_help(cmd):
     assert runner.invoke(app, [*cmd, "-h"]).output == result.output  # -h too, as most CLIs take it
 
 
+def test_the_defaults_the_help_names_are_the_default_configs():
+    from luce_bench import config
+    from luce_bench.cli.options import RUN_OPTIONS
+
+    cfg = config.load(ROOT_CONFIGS / "default.yaml")
+    said = {name: opt.__metadata__[0].help for name, (opt, _) in RUN_OPTIONS.items()}
+    assert f"Default (the config's): {','.join(cfg.tests)}." in said["tests"]
+    for name in ("reps", "window_s", "warmup_s", "rep_gap_max_s", "gpu"):
+        value = cfg.gpu.index if name == "gpu" else getattr(cfg, name)
+        assert f"default {value:g})" in said[name], name
+    assert f"default {cfg.cooldown.max_s:g})" in said["cooldown_max_s"]
+    assert said["device"].startswith(f"{cfg.device} (default)") and f"(default {cfg.model}:" in said["model"]
+
+
 def test_help_paragraphs_are_wrapped_by_the_terminal_not_by_the_source():
     """The docstring's line breaks are the source's 120 columns: --help joins each paragraph and lets rich wrap it."""
     import typer

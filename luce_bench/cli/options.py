@@ -48,20 +48,32 @@ ConfigOpt = Annotated[
 ]
 ModelOpt = Annotated[
     Optional[str],
-    typer.Option("--model", "-m", help="synthetic-0.8b, tiny, a local HF dir or a hub id (default: auto)."),
+    typer.Option(
+        "--model",
+        "-m",
+        help="synthetic-0.8b, tiny, a local HF dir or a hub id (default auto: synthetic-0.8b with a CUDA GPU, "
+        "tiny otherwise).",
+    ),
 ]
 TestsOpt = Annotated[
     Optional[str],
     typer.Option(
         "--tests",
         "-t",
-        help="Comma list of llama-bench tests, e.g. pp520,tg128; @d<D>: after D cached tokens (tg128@d4096).",
+        help="Comma list of llama-bench tests, e.g. pp520,tg128; @d<D>: after D cached tokens (tg128@d4096). Default "
+        "(the config's): pp520,tg128.",
     ),
 ]
-RepsOpt = Annotated[Optional[int], typer.Option("--reps", "-r", help="Repetitions (energy windows) per test.")]
-WindowOpt = Annotated[Optional[float], typer.Option("--window-s", help="Minimum energy window per repetition (s).")]
-WarmupOpt = Annotated[Optional[float], typer.Option("--warmup-s", help="Warm-up before each test (s).")]
-GapOpt = Annotated[Optional[float], typer.Option("--rep-gap-max-s", help="Max random gap between repetitions (s).")]
+RepsOpt = Annotated[
+    Optional[int], typer.Option("--reps", "-r", help="Repetitions (energy windows) per test (default 5).")
+]
+WindowOpt = Annotated[
+    Optional[float], typer.Option("--window-s", help="Minimum energy window per repetition (s; default 10).")
+]
+WarmupOpt = Annotated[Optional[float], typer.Option("--warmup-s", help="Warm-up before each test (s; default 3).")]
+GapOpt = Annotated[
+    Optional[float], typer.Option("--rep-gap-max-s", help="Max random gap between repetitions (s; default 1).")
+]
 FakeOpt = Annotated[
     bool, typer.Option("--fake-gpu", help="Use a simulated GPU (power, energy, clocks): runs anywhere.")
 ]
@@ -69,13 +81,13 @@ PresetOpt = Annotated[
     Optional[str],
     typer.Option("--fake-preset", help="Simulated card: rtx3090 (100-420 W, default), h100-sxm or h200 (200-700 W)."),
 ]
-GpuOpt = Annotated[Optional[int], typer.Option("--gpu", help="GPU index.")]
-DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+GpuOpt = Annotated[Optional[int], typer.Option("--gpu", help="GPU index (default 0).")]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto (default), cpu, cuda or cuda:N.")]
 OutOpt = Annotated[  # a str: Path("") would be "." (the current directory) and an empty --out would pass
     Optional[str], typer.Option("--out", "-o", help="Directory for run directories (default: results/runs).")
 ]
 CooldownOpt = Annotated[
-    Optional[float], typer.Option("--cooldown-max-s", help="Longest cool-down wait between tests (s).")
+    Optional[float], typer.Option("--cooldown-max-s", help="Longest cool-down wait between tests (s; default 30).")
 ]
 TimeoutOpt = Annotated[
     Optional[float],
