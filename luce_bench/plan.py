@@ -297,7 +297,8 @@ def merge_notes(cfg: BenchConfig, settings: Sequence[Setting]) -> tuple[str, ...
         items = [str(s).strip() for s in spec if str(s).strip()]
         if not kept or items == [AUTO_LIMITS]:
             continue
-        merged = [s for s in items if s not in kept]
+        unit = " W" if what == "power limit" else " MHz"
+        merged = [s if s.endswith("%") else s + unit for s in items if s not in kept]
         if merged:
             notes.append(
                 f"{what} {', '.join(merged)}: the same setting as an earlier request once "
