@@ -152,29 +152,47 @@ def test_an_export_an_earlier_version_left_in_the_model_directory_is_reused(mine
     assert not made.exists()  # not exported again
 
 
-@pytest.mark.tries("fault", "a GGUF export that cannot be written (the cache a file, a file-size limit)")
-@pytest.mark.parametrize("how", ["cache-is-a-file", "file-size-limit"])
-def test_an_export_that_cannot_be_written_is_a_write_error_naming_the_file(mine, tmp_path, monkeypatch, how):
+_EXPORT_IN_A_CHILD = """
+import sys
+from pathlib import Path
+from luce_bench.errors import WriteError
+from luce_bench.gguf_export import ensure_gguf
+from luce_bench.model.spec import TINY
+try:
+    ensure_gguf(Path(sys.argv[1]), TINY, "bf16", progress=False)
+except WriteError as exc:
+    print(exc.exit_code, exc)
+"""
+
+
+def _small_files_only() -> None:  # in the child: a 64 KB file-size limit, a short write instead of SIGXFSZ
     import resource
     import signal
 
-    from luce_bench.errors import WriteError
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+
+@pytest.mark.tries("fault", "a GGUF export that cannot be written (the cache a file, a file-size limit)")
+@pytest.mark.parametrize("how", ["cache-is-a-file", "file-size-limit"])
+def test_an_export_that_cannot_be_written_is_a_write_error_naming_the_file(mine, tmp_path, how):
+    import os
+    import subprocess
+    import sys
 
     if how == "cache-is-a-file":
         (tmp_path / "cache").write_text("")  # LUCE_BENCH_CACHE names a file: no folder can be made in it
-        said = "Not a directory"
-    else:
-        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-        old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a short write instead of the signal
-        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
-        said = "cannot write the GGUF export"
-    try:
-        with pytest.raises(WriteError, match=said) as err:
-            ensure_gguf(mine, TINY, "bf16", progress=False)
-    finally:
-        if how == "file-size-limit":
-            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-            signal.signal(signal.SIGXFSZ, old_handler)
-    assert err.value.exit_code == 4 and "model-bf16-" in str(err.value) and "\n" not in str(err.value)
+    child = subprocess.run(  # (the limit is the child's alone: this process and its other tests keep theirs)
+        [sys.executable, "-c", _EXPORT_IN_A_CHILD, str(mine)],
+        env=os.environ,  # LUCE_BENCH_CACHE from the fixture
+        preexec_fn=_small_files_only if how == "file-size-limit" else None,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    said = child.stdout.strip()
+    assert child.returncode == 0 and said.startswith("4 cannot write the GGUF export "), child.stdout + child.stderr
+    assert "model-bf16-" in said and len(said.splitlines()) == 1
+    assert ("Not a directory" in said) == (how == "cache-is-a-file")
     if how == "file-size-limit":  # nothing half-written is left under the export's name
         assert not list((tmp_path / "cache").rglob("*.gguf"))
