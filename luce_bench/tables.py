@@ -33,7 +33,12 @@ def pm_text(mean: float | None, std: float | None, digits: int = 2) -> str:
 
 
 def _range(lo: float | None, hi: float | None, digits: int) -> str:
-    return f"{num_text(lo, digits)}–{num_text(hi, digits)}" if _ok(lo) else "n/a"
+    """A 95 % CI of tok/s or tok/J, its lower end at 0 at least.
+
+    Neither can be negative, though the t-interval of two scattered repetitions reaches below 0 (summary.csv keeps
+    the interval as computed).
+    """
+    return f"{num_text(max(lo, 0.0), digits)}–{num_text(hi, digits)}" if _ok(lo) else "n/a"
 
 
 def limit_text(r: SummaryRow) -> str:

@@ -207,3 +207,12 @@ def test_the_tables_name_fewer_windows_behind_tok_j_than_behind_tok_s():
     assert [r[-2] for r in table_rows([hf, mk])] == ["3 (tok/J 2)", "3"]
     (cpu,) = summarize([_row("hf", "tg128", i, 1280, 10.0, 1000.0, valid=False) for i in range(3)])
     assert table_rows([cpu])[0][-2] == "3"  # no energy at all: the empty tok/J column says it, not "(tok/J 0)"
+
+
+def test_a_ci_that_reaches_below_zero_starts_at_zero_in_the_table_and_is_kept_in_summary_csv():
+    from luce_bench.tables import table_rows
+
+    (row,) = summarize([_row("hf", "tg8", i, tokens, 1.0, 1000.0) for i, tokens in enumerate([100, 1900])])
+    assert row.ts_ci95_lo == pytest.approx(1000.0 - 12.706204736 * 900.0)  # n = 2: t(1) = 12.706, mean 1000 +- 900
+    cells = table_rows([row])[0]
+    assert cells[4] == f"0.0–{row.ts_ci95_hi:.1f}"  # tok/s cannot be negative: the table starts the interval at 0
