@@ -16,7 +16,7 @@ import zlib
 from pathlib import Path
 
 from luce_bench.errors import UserError
-from luce_bench.files import shell_arg
+from luce_bench.files import existing_dir, shell_arg
 from luce_bench.publish import publishing_now
 from luce_bench.published import NO_ROWS, run_dirs
 from luce_bench.records import RunRecord, SummaryRow, columns, read_csv, to_cells
@@ -168,9 +168,7 @@ def table_problems(results: Path, readme: Path | None) -> list[str]:
 
 def check(results: Path, readme: Path | None) -> list[str]:
     """Every problem of the results tree `results` (and the README block in `readme`), one line each."""
-    if not results.is_dir():
-        found = "is not a directory" if results.exists() else "not found"
-        raise UserError(f"results directory {found}: {results}")
+    existing_dir(results, "results directory")
     runs = run_dirs(results)
     if not runs:
         raise UserError(

@@ -32,6 +32,16 @@ STATE_ENV = "LUCE_BENCH_STATE_DIR"
 WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
 
 
+def existing_dir(path: Path, what: str) -> None:
+    """Bad input unless `path` is a directory (one line: missing, or a file)."""
+    from luce_bench.errors import UserError
+
+    if not path.exists():
+        raise UserError(f"{what} not found: {path}")
+    if not path.is_dir():
+        raise UserError(f"{what} {path} is not a directory")
+
+
 def shell_arg(path: object) -> str:
     """`path` as a shell reads it back: quoted where it holds spaces, brackets or quotes (a command to paste)."""
     import shlex

@@ -305,6 +305,9 @@ def ensure_gguf(model_dir: Path, cfg: TextConfig, ftype: str = "bf16", progress:
     except OSError as exc:  # the cache's disk, its permissions, a file-size limit: exit 4, the file named
         if final.is_file():  # (a concurrent export that finished first: theirs is fine)
             return final
+        where = Path(exc.filename) if exc.filename else None
+        if where is not None and not (final.is_relative_to(where) or where.is_relative_to(final.parent)):
+            raise  # a source weight file that cannot be read: not the export's write
         said = exc.strerror or str(exc)  # (the gguf writer's short write: "49152 requested and 8352 written")
         raise WriteError(f"cannot write the GGUF export {final}: {said.splitlines()[0] if said else exc}") from exc
     return final

@@ -298,7 +298,7 @@ def merge_notes(cfg: BenchConfig, settings: Sequence[Setting]) -> tuple[str, ...
         if not kept or items == [AUTO_LIMITS]:
             continue
         unit = " W" if what == "power limit" else " MHz"
-        merged = [s if s.endswith("%") else s + unit for s in items if s not in kept]
+        merged = [s + unit if s.replace(".", "", 1).isdigit() else s for s in items if s not in kept]  # (420w: its own)
         if merged:
             notes.append(
                 f"{what} {', '.join(merged)}: the same setting as an earlier request once "

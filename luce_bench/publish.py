@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from luce_bench.errors import UserError
-from luce_bench.files import atomic_write, host_tag, pid_alive, remove_stale
+from luce_bench.files import atomic_write, existing_dir, host_tag, pid_alive, remove_stale
 from luce_bench.independent import LOG as INDEPENDENT_LOG
 from luce_bench.independent import REPORT as INDEPENDENT_REPORT
 from luce_bench.independent import report_text
@@ -166,8 +166,7 @@ def publish(run_dir: Path, results: Path, name: str | None = None, allow_failure
     """Commit `run_dir` under `results` (see the module docstring) and return its new folder."""
     from luce_bench.report import render
 
-    if not run_dir.exists():
-        raise UserError(f"run directory not found: {run_dir}")
+    existing_dir(run_dir, "run directory")
     if not (run_dir / RUNS).is_file():
         raise UserError(f"{run_dir} is not a luce-bench run directory (no runs.csv)")
     meta, runs = read_meta(run_dir), read_csv(run_dir / RUNS, RunRecord)

@@ -75,6 +75,9 @@ def resume_config(run_dir: Path, params: dict[str, Any], overrides: dict[str, An
             f"-o {run_dir.parent})"
         )
     stored = {k: v for k, v in meta["config"].items() if k != "output_dir"}
+    sweep = stored.get("sweep")
+    if isinstance(sweep, dict) and sweep.get("order") != "shuffle" and sweep.get("shuffle_seed") is not None:
+        stored["sweep"] = {**sweep, "shuffle_seed": None}  # (recorded before it was refused: it ordered nothing)
     if config_path(params) is not None:
         cfg = load_config(params, **overrides)
     else:
@@ -82,7 +85,16 @@ def resume_config(run_dir: Path, params: dict[str, Any], overrides: dict[str, An
         dotted = {
             FLAG_KEYS[k]: (None if v is False else str(v) if isinstance(v, Path) else v) for k, v in flags.items()
         }
-        cfg = cfgmod.from_mapping(stored, dotted)
+        try:
+            cfg = cfgmod.from_mapping(stored, dotted)
+        except UserError:
+            order, then = dotted.get("sweep.order"), (stored.get("sweep") or {}).get("order")
+            if order is not None and order != then:  # (e.g. --order descending on a shuffled run: its seed stays)
+                raise UserError(
+                    f"--resume {run_dir}: the config differs from the run's: sweep.order is {order!r} now, {then!r} "
+                    "in the run; drop that flag (the run's own config is used) or start a new sweep"
+                ) from None
+            raise
         check_flags(params, cfg)
     now = {k: v for k, v in cfg.to_dict().items() if k != "output_dir"}
     diff = _first_difference(stored, now)

@@ -280,13 +280,15 @@ def run(plan: Plan, ctx: RunContext, ui: UI, persistence: bool = True, resume: R
 def _say_restored(ctx: RunContext, plan: Plan, ui: UI, changed: bool = True) -> None:
     from luce_bench.gpu.journal import lock_text
 
+    if plan.sets_limits:  # (a clocks-only sweep leaves the limit alone: nothing to say of it)
+        with contextlib.suppress(GPUError):
+            watts = f"{ctx.gpu.power_limit_mw() / 1000:g} W"  # type: ignore[union-attr]
+            ui.status(f"power limit restored to {watts}" if changed else f"power limit unchanged ({watts})")
+    if not changed:  # stopped before the first setting: nothing to restore, and nothing said to be
+        if plan.locks_clocks:
+            ui.status("SM clocks unchanged")
+        return
     with contextlib.suppress(GPUError):
-        watts = f"{ctx.gpu.power_limit_mw() / 1000:g} W"  # type: ignore[union-attr]
-        if not changed:  # stopped before the first setting: nothing to restore, and nothing said to be
-            ui.status(f"power limit unchanged ({watts})")
-            return
-        if plan.sets_limits:  # (a clocks-only sweep leaves the limit alone: nothing to say of it)
-            ui.status(f"power limit restored to {watts}")
         if plan.locks_clocks:
             try:
                 lock = lock_text(ctx.gpu.locked_sm_clocks_mhz())  # type: ignore[union-attr]

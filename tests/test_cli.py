@@ -50,6 +50,12 @@ def test_the_defaults_the_help_names_are_the_default_configs():
         assert f"default {value:g})" in said[name], name
     assert f"default {cfg.cooldown.max_s:g})" in said["cooldown_max_s"]
     assert said["device"].startswith(f"{cfg.device} (default)") and f"(default {cfg.model}:" in said["model"]
+    import inspect
+
+    from luce_bench.cli.measure import SETTLE_HELP, sweep
+
+    idle_help = inspect.signature(sweep).parameters["idle_s"].annotation.__metadata__[0].help
+    assert f"default {cfg.sweep.settle_s:g}," in SETTLE_HELP and f"default {cfg.sweep.idle_s:g})" in idle_help
 
 
 def test_help_paragraphs_are_wrapped_by_the_terminal_not_by_the_source():

@@ -338,7 +338,10 @@ def test_a_compiler_that_is_not_nvcc_and_an_empty_arch_entry_are_one_line(tmp_pa
     fake.chmod(0o755)
     with pytest.raises(UserError, match=rf"^{fake} --version failed with exit code 3 \(not a compiler\): is it nvcc"):
         kb.nvcc_version(str(fake))
-    with pytest.raises(UserError, match=r"^--arch 'sm_90,,sm_80' has an empty entry"):
+    fake.chmod(0o644)  # a file that cannot be run: bad input, not a write error
+    with pytest.raises(UserError, match=rf"^cannot run {fake}: Permission denied: is it nvcc"):
+        kb.nvcc_version(str(fake))
+    with pytest.raises(UserError, match=r"^--arch has an empty entry: 'sm_90,,sm_80'$"):
         kb.build("sm_90,,sm_80", out_dir=tmp_path / "lib")
     assert not (tmp_path / "lib").exists()
 
@@ -391,8 +394,12 @@ def test_an_option_given_twice_is_refused_not_last_wins(monkeypatch, tmp_path):
     with pytest.raises(UserError, match=r"^--option: '=5': expected MK_NAME=INTEGER$"):  # no name is no option
         kb.parse_options(["=5", "=6"], "--option")
     monkeypatch.setenv(kb.OPTIONS_ENV, "MK_SLOT_KB=16 MK_O_TAGS=1")  # a space where a comma belongs
-    with pytest.raises(UserError, match=r"expected MK_NAME=INTEGER \(several options are separated by commas\)$"):
+    with pytest.raises(UserError, match=r"expected MK_NAME=INTEGER \(several options: separate them by commas\)$"):
         kb.options_from_env()
+    with pytest.raises(UserError, match=r"^--option: .*\(several options: give each with its own --option\)$"):
+        from luce_bench.kernels.cli import _options
+
+        _options(["MK_SLOT_KB=16 MK_O_TAGS=1"])
 
 
 def test_option_flags_add_to_the_environments_and_a_second_value_is_refused(monkeypatch, tmp_path):

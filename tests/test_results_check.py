@@ -271,7 +271,7 @@ def test_a_missing_results_tree_is_bad_input(tmp_path):
     assert out.exit_code == 2 and _lines(out) == [f"error: results directory not found: {tmp_path / 'nope'}"]
     (tmp_path / "a-file").write_text("x")
     out = _check(tmp_path / "a-file")
-    assert out.exit_code == 2 and _lines(out) == [f"error: results directory is not a directory: {tmp_path / 'a-file'}"]
+    assert out.exit_code == 2 and _lines(out) == [f"error: results directory {tmp_path / 'a-file'} is not a directory"]
 
 
 def test_a_folder_without_published_runs_is_bad_input(tmp_path):

@@ -100,6 +100,15 @@ def test_the_same_command_with_resume_is_accepted(env, stopped):
     assert len(check_rows(stopped)) == 18
 
 
+def test_a_run_that_recorded_a_seed_without_a_shuffle_still_resumes(env, stopped):
+    meta = json.loads((stopped / "meta.json").read_text())  # as a config file could give it before it was refused
+    meta["config"]["sweep"] = {**meta["config"]["sweep"], "shuffle_seed": 5}
+    (stopped / "meta.json").write_text(json.dumps(meta))
+    result = runner.invoke(app, ["sweep", "--resume", str(stopped)])
+    assert result.exit_code == 0, result.output
+    assert len(check_rows(stopped)) == 18
+
+
 def _edit_json(path, **changes):
     doc = json.loads(path.read_text())
     doc.update(changes)
@@ -118,6 +127,12 @@ def _stale_journal(run_dir):
     write_journal(new_entry(open_gpu(fake_preset="rtx3090", read_only=True), "rtx3090"))  # as a killed sweep leaves
 
 
+def _shuffled(run_dir):
+    """The run's config as a shuffled sweep with seed 7 recorded it."""
+    config = json.loads((run_dir / "meta.json").read_text())["config"]
+    return {**config, "sweep": {**config["sweep"], "order": "shuffle", "shuffle_seed": 7}}
+
+
 def _old_tg_iteration(run_dir):
     """meta.json as a sweep of before 2026-12-06 wrote it: no method.tg_iteration (a seed step ran before the N)."""
     meta = json.loads((run_dir / "meta.json").read_text())
@@ -127,6 +142,12 @@ def _old_tg_iteration(run_dir):
 
 REFUSALS = {
     "flag-differs": (["--reps", "4"], None, "reps is 4 now, 3 in the run"),
+    "order-differs": (["--order", "ascending"], None, "sweep.order is 'ascending' now, 'descending' in the run"),
+    "order-differs-from-a-shuffle": (
+        ["--order", "ascending"],
+        lambda d: _edit_json(d / "meta.json", config=_shuffled(d)),
+        "sweep.order is 'ascending' now, 'shuffle' in the run",
+    ),
     "config-file-differs": (["-c", "{env}/other.yaml"], None, "window_s is 2.0 now, 1.0 in the run"),
     "not-a-sweep": ([], lambda d: _edit_json(d / "status.json", command="compare"), "only sweeps can be resumed"),
     "still-running": ([], lambda d: _edit_json(d / "status.json", state="running", pid=os.getpid()), "still going"),

@@ -88,6 +88,9 @@ def test_requests_that_merge_into_one_setting_get_a_note():
     cfg = _cfg(**{"sweep.limits": "9999,420,300", "sweep.clamp": True})  # 9999 W clamps to the top: 420 W
     (note,) = merge_notes(cfg, sweep_settings(cfg, FakeGPU()))
     assert note.startswith("power limit 420 W: the same setting")
+    cfg = _cfg(**{"sweep.limits": "9999W,420w,300", "sweep.clamp": True})  # a unit the request gave is not doubled
+    (note,) = merge_notes(cfg, sweep_settings(cfg, FakeGPU()))
+    assert note.startswith("power limit 420w: the same setting")
     cfg = _cfg(**{"sweep.limits": "420,300"})
     assert merge_notes(cfg, sweep_settings(cfg, FakeGPU())) == ()  # nothing merged: no note
     assert merge_notes(_cfg(), sweep_settings(_cfg(), FakeGPU())) == ()  # auto: its shares merge by design

@@ -85,6 +85,7 @@ def _finish(outcome: Any, out: Any, sweep: bool) -> None:
     from luce_bench.status import EXIT_FAILURES
 
     state, code, reason = outcome.ending()
+    resumable = sweep and outcome.stop is not None and (outcome.run_dir / META).is_file()  # `sweep --resume` takes it
     report = None
     if outcome.n_runs:
         try:
@@ -95,14 +96,13 @@ def _finish(outcome: Any, out: Any, sweep: bool) -> None:
             # (exit 4), also in status.json where it can still be written
             state, code, reason = _render_failed(outcome.run_dir, exc, (state, code, reason))
         except (KeyboardInterrupt, SystemExit) as exc:
-            resumable = sweep and outcome.stop is not None and (outcome.run_dir / META).is_file()
             _render_interrupted(outcome.run_dir, exc, outcome.stop is None, (state, code, reason), resumable)
     if outcome.stop is None and report is not None:
         print_report(report, out)
     if outcome.stop is not None:
         reps = "repetition" if outcome.n_runs == 1 else "repetitions"
         out.print(f"{state}: {outcome.n_runs} finished {reps} kept in {outcome.run_dir}", markup=False)
-        if sweep and (outcome.run_dir / META).is_file():
+        if resumable:
             out.print(f"continue it with: luce-bench sweep --resume {shell_arg(outcome.run_dir)}", markup=False)
         elif sweep:  # stopped before meta.json existed: --resume would refuse it
             out.print("it cannot be resumed (it stopped before writing meta.json): run the sweep again")
@@ -222,7 +222,9 @@ BACKENDS_HELP = (
     "Comma list of backends, or all: the megakernel and every baseline, each skipped with a note where it cannot run "
     "here (default: config `backends`, all; `sim` with --fake-gpu). Named ones must run."
 )
-SETTLE_HELP = "Settle/warm-up under load after each setting is applied, a limit and/or a clock (s, >= 3 recommended)."
+SETTLE_HELP = (
+    "Settle/warm-up under load after each setting is applied, a limit and/or a clock (s; default 3, >= 3 recommended)."
+)
 SPEED_HELP = "Sweet spot keeps at least this share of stock tok/s (0.95)."
 RESUME_HELP = (
     "Continue the interrupted sweep in RUN_DIR: measure only the repetitions it lacks, with its config (flags and "
@@ -238,10 +240,12 @@ def sweep(
     backends: _opt(Optional[str], "--backends", "-b", help=BACKENDS_HELP) = None,
     clamp: _opt(bool, "--clamp", help="Clamp out-of-range limits and clocks to the card's range, not refuse.") = False,
     shuffle: _opt(bool, "--shuffle", help="Shuffle the setting order (with --seed); default is descending.") = False,
-    seed: _opt(Optional[int], "--seed", help="Seed for --shuffle.") = None,
+    seed: _opt(
+        Optional[int], "--seed", help="Seed of a shuffled order (--shuffle, or sweep.order: shuffle in the config)."
+    ) = None,
     order: _opt(Optional[str], "--order", help="descending, ascending or shuffle (default: sweep.order).") = None,
     settle_s: _opt(Optional[float], "--settle-s", help=SETTLE_HELP) = None,
-    idle_s: _opt(Optional[float], "--idle-s", help="Idle-baseline window per setting (s).") = None,
+    idle_s: _opt(Optional[float], "--idle-s", help="Idle-baseline window per setting (s; default 10).") = None,
     min_speed: _opt(Optional[float], "--sweet-spot-min-speed", help=SPEED_HELP) = None,
     read_only: ReadOnlyOpt = False,
     no_persistence: _opt(bool, "--no-persistence", help="Do not turn on persistence mode while sweeping.") = False,

@@ -9,6 +9,7 @@ import typer
 
 from luce_bench.cli.options import ConfigOpt, FakeOpt, GpuOpt, PresetOpt, ReadOnlyOpt, console, load_config, path_param
 from luce_bench.errors import UserError
+from luce_bench.files import existing_dir
 
 
 def _readme_opt(help_text: str) -> Any:
@@ -18,14 +19,6 @@ def _readme_opt(help_text: str) -> Any:
 _README = "The README with the results block (default: the one next to the results tree)"
 ReadmeOpt = _readme_opt(f"{_README}; with --check only.")
 PublishReadmeOpt = _readme_opt(f"{_README}, whose block publish regenerates.")
-
-
-def _existing_dir(path: Path, what: str) -> None:
-    """Bad input unless `path` is a directory (one line: missing, or a file)."""
-    if not path.exists():
-        raise UserError(f"{what} not found: {path}")
-    if not path.is_dir():
-        raise UserError(f"{what} {path} is not a directory")
 
 
 def _readme_given(readme: Path | None) -> None:
@@ -77,7 +70,7 @@ def report(
         return
     from luce_bench.report import llama_bench_table, print_report, render
 
-    _existing_dir(run_dir, "run directory")
+    existing_dir(run_dir, "run directory")
     rep = render(run_dir)
     print_report(rep, console())
     if llama_bench:
@@ -172,7 +165,7 @@ def publish(
 
     new_tree = run_dir is not None and not results.exists()
     if not new_tree:  # (publishing a run may start a new tree; regenerating needs one)
-        _existing_dir(results, "results tree (--results)")
+        existing_dir(results, "results tree (--results)")
     elif not results.parent.is_dir():  # a mistyped path would make folders from wherever it starts
         raise UserError(
             f"--results {results}: no such folder, and its parent {results.parent} does not exist either "

@@ -99,7 +99,7 @@ def parse_variant(text: str) -> Variant:
     if not sep and "=" in head:
         name, _, path = head.partition("=")
         return Variant(name.strip(), lib_dir=Path(path.strip()), tune=tune)
-    options = parse_options(rest.split(","), where)
+    options = parse_options(rest.split(","), where, "separate them by commas")
     if not name.strip():
         raise UserError(f"{where}: the name is empty")
     return Variant(name.strip(), options, tune=tune)

@@ -103,7 +103,10 @@ def find_nvcc() -> str | None:
 
 def nvcc_version(nvcc: str) -> str:
     """The full `nvcc --version` text (part of the cache key)."""
-    out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=False)
+    try:
+        out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=False)
+    except OSError as exc:  # (not a write error: a file that cannot be run)
+        raise UserError(f"cannot run {nvcc}: {exc.strerror or exc}: is it nvcc? (CUDACXX, PATH)") from None
     if out.returncode != 0:
         said = out.stderr.strip().splitlines()
         why = f" ({said[-1][:200]})" if said else ""
@@ -284,8 +287,11 @@ OPTIONS_ENV = "LUCE_BENCH_KERNEL_OPTIONS"
 NO_NVCC = "nvcc not found (install the CUDA toolkit, put nvcc on PATH or set CUDACXX/CUDA_HOME)"
 
 
-def parse_options(items: Iterable[str], where: str) -> dict[str, int]:
-    """["MK_A=1", "MK_B=0x10"] -> {"MK_A": 1, "MK_B": 16} ("MK_A" alone is 1); `where` names the source in errors."""
+def parse_options(items: Iterable[str], where: str, several: str = "give each with its own -D") -> dict[str, int]:
+    """["MK_A=1", "MK_B=0x10"] -> {"MK_A": 1, "MK_B": 16} ("MK_A" alone is 1); `where` names the source in errors.
+
+    `several`: how the source gives several options, said when one item holds two (a space or ';' between them).
+    """
     out: dict[str, int] = {}
     for item in filter(None, (t.strip() for t in items)):
         name, _, value = (t.strip() for t in item.partition("="))
@@ -296,14 +302,14 @@ def parse_options(items: Iterable[str], where: str) -> dict[str, int]:
         try:
             out[name] = int(value or "1", 0)
         except ValueError:
-            several = " (several options are separated by commas)" if len(item.split()) > 1 or ";" in item else ""
-            raise UserError(f"{where}: {item!r}: expected MK_NAME=INTEGER{several}") from None
+            hint = f" (several options: {several})" if len(item.split()) > 1 or ";" in item else ""
+            raise UserError(f"{where}: {item!r}: expected MK_NAME=INTEGER{hint}") from None
     return out
 
 
 def options_from_env() -> dict[str, int]:
     """Build options from $LUCE_BENCH_KERNEL_OPTIONS, e.g. "MK_SLOT_KB=16,MK_PF_GBM=128" (empty: the defaults)."""
-    out = parse_options(os.environ.get(OPTIONS_ENV, "").split(","), OPTIONS_ENV)
+    out = parse_options(os.environ.get(OPTIONS_ENV, "").split(","), OPTIONS_ENV, "separate them by commas")
     try:
         define_flags(out)  # validates the names
     except UserError as exc:
@@ -331,7 +337,7 @@ def build(
         archs = (detect_arch(),)
     elif isinstance(archs, str):
         if len(archs.split(",")) > 1 and not all(a.strip() for a in archs.split(",")):
-            raise UserError(f"--arch {archs!r} has an empty entry: name each arch once, separated by commas")
+            raise UserError(f"--arch has an empty entry: {archs!r}")
         archs = tuple(a for a in archs.split(",") if a.strip())
     arch_t = tuple(sorted({normalize_arch(a) for a in archs}, key=arch_number))
     if not arch_t:

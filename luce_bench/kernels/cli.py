@@ -32,7 +32,7 @@ def _options(items: list[str] | None) -> dict[str, int] | None:
 
     if not items:
         return None
-    flags, env = parse_options(items, "--option"), options_from_env()
+    flags, env = parse_options(items, "--option", "give each with its own --option"), options_from_env()
     for name in sorted(flags.keys() & env.keys()):
         if flags[name] != env[name]:
             raise UserError(f"--option {name}={flags[name]} and ${OPTIONS_ENV}'s {name}={env[name]}: give it once")
