@@ -127,7 +127,7 @@ def summary_problems(run: Path) -> list[str]:
         return [f"{report}: missing or its table is stale against {SUMMARY} ({REPORT_FIX.format(shell_arg(run))})"]
     from luce_bench.report import markdown_of
 
-    want = markdown_of(run, runs)
+    want = markdown_of(run, runs, summary)
     if want is not None and text != want:
         fix = REPORT_FIX.format(shell_arg(run))
         return [f"{report} is stale: it differs from what `luce-bench report` writes now ({fix})"]

@@ -9,6 +9,12 @@ def one_line(text: object) -> str:
     return "".join(out)
 
 
+def reason_of(exc: BaseException) -> str:
+    """Why `exc` happened, in one line: an OSError's text without its file (the caller names that), else its message."""
+    said = getattr(exc, "strerror", None) or str(exc)
+    return said.splitlines()[0] if said else type(exc).__name__
+
+
 class UserError(Exception):
     """Bad input or an unmet precondition the user can fix; the message is one clear line."""
 

@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from luce_bench.errors import UserError
+
 APP = "luce-bench"
 CACHE_ENV = "LUCE_BENCH_CACHE"
 STATE_ENV = "LUCE_BENCH_STATE_DIR"
@@ -34,8 +36,6 @@ WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
 
 def existing_dir(path: Path, what: str) -> None:
     """Bad input unless `path` is a directory (one line: missing, or a file)."""
-    from luce_bench.errors import UserError
-
     if not path.exists():
         raise UserError(f"{what} not found: {path}")
     if not path.is_dir():

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from luce_bench.errors import UserError, WriteError
+from luce_bench.errors import UserError, WriteError, reason_of
 from luce_bench.files import atomic_path
 from luce_bench.model.gguf_check import check_gguf
 from luce_bench.model.spec import TextConfig
@@ -308,6 +308,6 @@ def ensure_gguf(model_dir: Path, cfg: TextConfig, ftype: str = "bf16", progress:
         where = Path(exc.filename) if exc.filename else None
         if where is not None and not (final.is_relative_to(where) or where.is_relative_to(final.parent)):
             raise  # a source weight file that cannot be read: not the export's write
-        said = exc.strerror or str(exc)  # (the gguf writer's short write: "49152 requested and 8352 written")
-        raise WriteError(f"cannot write the GGUF export {final}: {said.splitlines()[0] if said else exc}") from exc
+        # (the gguf writer's short write has no strerror: "49152 requested and 8352 written")
+        raise WriteError(f"cannot write the GGUF export {final}: {reason_of(exc)}") from exc
     return final

@@ -87,7 +87,6 @@ class Plan:
     skipped: dict[str, str] = field(default_factory=dict)  # optional backends that cannot run here, and why
     optional: tuple[str, ...] = ()  # backends skipped, not failed, when they turn out unavailable while loading
     notes: tuple[str, ...] = ()  # for the user, before the run starts
-    settings_planned: tuple[Setting, ...] = ()  # every setting of the whole plan, in order (set by `only`)
     trials_planned: tuple[Trial, ...] = ()  # every trial of the whole plan, in order (set by `only`)
 
     @property
@@ -118,23 +117,19 @@ class Plan:
     def only(self, trials: Sequence[Trial]) -> Plan:
         """This plan with just `trials` (in their order here): what a resumed run still has to do."""
         keep = set(trials)
-        planned = self.settings_planned or tuple(setting for setting, _ in self.blocks())
-        return dataclasses.replace(
-            self,
-            trials=tuple(t for t in self.trials if t in keep),
-            settings_planned=planned,
-            trials_planned=self.trials_planned or self.trials,
-        )
+        planned = self.trials_planned or self.trials
+        return dataclasses.replace(self, trials=tuple(t for t in self.trials if t in keep), trials_planned=planned)
 
     def position(self, setting: Setting) -> tuple[int, int]:
         """(index, count) of `setting` among the whole plan's settings: a resumed run numbers them as the first did."""
-        order = self.settings_planned or tuple(s for s, _ in self.blocks())
+        whole = self.trials_planned or self.trials
+        order = [s for s, _ in itertools.groupby(t.setting for t in whole)]
         return order.index(setting), len(order)
 
     def trial_position(self, trial: Trial) -> tuple[int, int]:
         """(number from 1, count) of `trial` among the whole plan's trials, as `position` numbers settings."""
-        order = self.trials_planned or self.trials
-        return order.index(trial) + 1, len(order)
+        whole = self.trials_planned or self.trials
+        return whole.index(trial) + 1, len(whole)
 
 
 def trial_key(backend: str, test: str, limit_mw: int | None, clock_mhz: int | None) -> tuple[str, str, int, int]:

@@ -268,20 +268,24 @@ def _attempts_line(attempts: list[dict[str, Any]]) -> list[str]:
     ]
 
 
-def markdown_of(run_dir: Path, runs: Sequence[RunRecord] | None = None) -> str | None:
+def markdown_of(
+    run_dir: Path, runs: Sequence[RunRecord] | None = None, summary: Sequence[SummaryRow] | None = None
+) -> str | None:
     """The report.md that `render` writes for `run_dir` now, from its files, writing nothing (`report --check`).
 
     For a run with meta.json that is not a sweep (a sweep's section is built with its plots); None otherwise. The
-    plots linked are those `render` would draw from the data (a missing file is `plot_problems`' to name). `runs`:
-    the run's rows when the caller has read them already.
+    plots linked are those `render` would draw from the data (a missing file is `plot_problems`' to name). `runs`,
+    `summary`: the run's rows and their summary when the caller has them already.
     """
     run_dir = Path(run_dir)
+    if not (run_dir / META).is_file():
+        return None
     meta = read_meta(run_dir)
-    if not (run_dir / META).is_file() or meta.get("sweep"):
+    if meta.get("sweep"):
         return None
     runs = read_runs(run_dir) if runs is None else runs
     meta.setdefault("energy", _energy_from_rows(runs))
-    summary = summarize(runs)
+    summary = summarize(runs) if summary is None else summary
     from luce_bench.plots import run_plot_names
 
     plots = [run_dir / name for name in run_plot_names(summary, read_samples(run_dir))]

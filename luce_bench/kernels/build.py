@@ -336,9 +336,10 @@ def build(
     if archs is None:
         archs = (detect_arch(),)
     elif isinstance(archs, str):
-        if len(archs.split(",")) > 1 and not all(a.strip() for a in archs.split(",")):
+        parts = archs.split(",")
+        if len(parts) > 1 and not all(a.strip() for a in parts):
             raise UserError(f"--arch has an empty entry: {archs!r}")
-        archs = tuple(a for a in archs.split(",") if a.strip())
+        archs = tuple(a for a in parts if a.strip())
     arch_t = tuple(sorted({normalize_arch(a) for a in archs}, key=arch_number))
     if not arch_t:
         raise UserError("no CUDA arch given")

@@ -111,7 +111,7 @@ def generate(cfg: TextConfig, out_dir: Path, seed: int, on_tensor: Callable[[str
 
 def ensure_synthetic(size: str, seed: int = DEFAULT_SEED, progress: bool = True) -> Path:
     """Return the directory of the synthetic checkpoint `size`, generating it once if needed."""
-    from luce_bench.errors import UserError, WriteError
+    from luce_bench.errors import UserError, WriteError, reason_of
 
     if size not in SIZES:
         raise UserError(f"unknown synthetic size {size!r}; known: {', '.join(SIZES)}")
@@ -127,9 +127,7 @@ def ensure_synthetic(size: str, seed: int = DEFAULT_SEED, progress: bool = True)
             (tmp / MARKER).write_text(json.dumps({"size": size, "seed": seed, "format": FORMAT_VERSION}) + "\n")
     except Exception as exc:  # noqa: BLE001 - OSError, or the safetensors writer's own error on a full disk
         if not is_complete(final):  # lost a race with a concurrent writer that finished first: theirs is fine
-            said = getattr(exc, "strerror", None) or str(exc)  # (an OSError's text without its file: named here)
-            reason = said.splitlines()[0] if said else type(exc).__name__
-            raise WriteError(f"cannot write the synthetic checkpoint {final}: {reason}") from exc
+            raise WriteError(f"cannot write the synthetic checkpoint {final}: {reason_of(exc)}") from exc
     return final
 
 
