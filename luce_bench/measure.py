@@ -23,12 +23,19 @@ from typing import Any
 
 from luce_bench import quality
 from luce_bench.backends.base import Backend, ModelSpec, StepResult
-from luce_bench.clock import rfc3339
+from luce_bench.clock import Clock, rfc3339
 from luce_bench.config import TestSpec
 from luce_bench.context import RunContext
 from luce_bench.deadline import deadline
+from luce_bench.gpu.base import GPU
 from luce_bench.records import RunRecord
 from luce_bench.sampler import Sampler
+
+# The idle baseline: its unmeasured start after the settling under load, and how its edges find the energy counter's
+# tick (NVML's counter moves about every 100 ms; measurement.md, rule 4). Units: s.
+IDLE_DRAIN_S = 1.0
+TICK_POLL_S = 0.01
+TICK_WAIT_S = 0.25
 
 
 def _no_deadline() -> None:
@@ -311,11 +318,33 @@ class Meter:
             temp_c = gpu.temperature_c()
 
     def idle_power_w(self, duration_s: float) -> float | None:
-        """Idle draw from the energy counter over `duration_s` with the models resident; None without NVML. Units: W."""
+        """Idle draw from the energy counter over `duration_s` with the models resident; None without NVML. Units: W.
+
+        It follows the settling under load, so its first stretch (`IDLE_DRAIN_S`, at most a quarter of `duration_s`)
+        is not measured: the GPU's draw falls for a while after the work stops, and a counter read at once still lacks
+        up to one tick of the load's energy, which the window would then count as idle. Both edges are then taken
+        where the counter ticks (`_counter_tick`), so neither is stale by part of a tick.
+        """
         gpu, clock = self.ctx.gpu, self.ctx.clock
         if gpu is None or duration_s <= 0:
             return None
-        e0, t0 = gpu.total_energy_mj(), clock.now_s()
-        clock.sleep(duration_s)
-        e1, t1 = gpu.total_energy_mj(), clock.now_s()
+        start_s = clock.now_s()
+        clock.sleep(min(IDLE_DRAIN_S, duration_s / 4))
+        e0, t0 = _counter_tick(gpu, clock)
+        clock.sleep(max(duration_s - (clock.now_s() - start_s), 0.0))
+        e1, t1 = _counter_tick(gpu, clock)
         return (e1 - e0) / 1000.0 / (t1 - t0) if t1 > t0 and e1 > e0 else None
+
+
+def _counter_tick(gpu: GPU, clock: Clock) -> tuple[int, float]:
+    """The energy counter and the time just after its next tick (within `TICK_POLL_S`). Units: mJ, s.
+
+    A counter that does not move within `TICK_WAIT_S` is taken as it is, now.
+    """
+    e, t_end = gpu.total_energy_mj(), clock.now_s() + TICK_WAIT_S
+    while clock.now_s() < t_end:
+        clock.sleep(TICK_POLL_S)
+        now = gpu.total_energy_mj()
+        if now != e:
+            return now, clock.now_s()
+    return e, clock.now_s()

@@ -27,6 +27,19 @@ def _max_abs(values: list[float | None]) -> float:
     return max((abs(v) for v in values if v is not None and math.isfinite(v)), default=math.nan)
 
 
+def _net_tok_per_j(valid: Sequence[RunRecord]) -> float:
+    """Mean net tok/J of the windows with an idle baseline; NaN if any of them drew no more than its idle baseline.
+
+    Such a window has no net tok/J (runs.csv leaves it empty), and a mean over the others alone would keep only the
+    windows that favour the row.
+    """
+    based = [r for r in valid if r.idle_power_w is not None and math.isfinite(r.idle_power_w)]
+    nets = [r.net_tok_per_j for r in based]
+    if any(v is None or not math.isfinite(v) for v in nets):
+        return math.nan
+    return mean(nets)
+
+
 def _summary_row(every: Sequence[RunRecord]) -> SummaryRow:
     """The summary of one group's repetitions: statistics over `quality.summary_basis`, flags over all of them."""
     rs = [every[i] for i in quality.summary_basis([r.verdict for r in every])]
@@ -65,7 +78,7 @@ def _summary_row(every: Sequence[RunRecord]) -> SummaryRow:
         j_per_tok=energy_j / tokens if tokens > 0 and valid else math.nan,
         mean_power_w=mean(r.mean_power_w for r in valid),
         idle_power_w=mean(r.idle_power_w for r in rs),
-        net_tok_per_j=mean(r.net_tok_per_j for r in valid),
+        net_tok_per_j=_net_tok_per_j(valid),
         mean_sm_mhz=mean(r.mean_sm_mhz for r in rs),
         mean_mem_mhz=mean(r.mean_mem_mhz for r in rs),
         throttled_share=mean(r.throttled_share for r in rs),

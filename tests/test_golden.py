@@ -21,6 +21,10 @@ tests), inserted the same way.
 Session 49 re-recorded them: the sim backend no longer generates the 32 greedy tokens that a real backend records
 for the token agreement (a simulation's pseudo tokens agree with nothing), so every later moment of virtual time moved
 by those tokens' time, and with it the seeded power and temperature noise of the windows; speeds and plans unchanged.
+Session 54 re-recorded the sweep: the idle baseline no longer starts at the settling's last iteration (a 0.25 s
+drain, then edges on the counter's ticks: tests/test_idle_baseline.py), so each setting's idle W is the simulated
+card's 30.0 W where it read 33.6, 48.7, 38.9 and 31.9 W, net tok/J follows, and every later moment of virtual time
+moved by the tick waits (with it the seeded noise of the windows); speeds and plans unchanged.
 `LUCE_BENCH_UPDATE_GOLDEN=1` rewrites the files (only when a change of the numbers is intended).
 """
 

@@ -78,6 +78,29 @@ def test_summarize_groups_and_pools_energy():
     assert hf.valid_reps == 3 and hf.verdict == "noisy"  # tok/J 1.28, 1.16, 1.07: a 9 % spread
 
 
+def test_net_tok_per_j_is_empty_when_any_window_drew_no_more_than_its_idle_baseline():
+    # 1000 tokens in 10 s windows over a 72 W idle: 1000, 780 and 700 J; the last nets -20 J, so it has no net tok/J
+    def window(rep, energy_j):
+        net_j = energy_j - 720.0
+        return _row(
+            "hf",
+            "tg128",
+            rep,
+            1000,
+            10.0,
+            energy_j,
+            idle_power_w=72.0,
+            net_tok_per_j=1000 / net_j if net_j > 0 else None,
+        )
+
+    both = summarize([window(0, 1000.0), window(1, 780.0)])[0]
+    assert both.net_tok_per_j == pytest.approx((1000 / 280 + 1000 / 60) / 2)
+    # before: the mean of the two that netted above zero, as if the third had not been measured
+    assert math.isnan(summarize([window(0, 1000.0), window(1, 780.0), window(2, 700.0)])[0].net_tok_per_j)
+    # compare and bench measure no idle baseline: no net tok/J, and nothing to poison
+    assert math.isnan(summarize([_row("hf", "tg128", 0, 1000, 10.0, 1000.0)])[0].net_tok_per_j)
+
+
 def test_a_summary_whose_repetitions_spread_more_than_5_percent_is_noisy():
     def group(tok_per_j, valid=True):
         return summarize([_row("hf", "tg128", i, 1280, 10.0, 1280 / t, valid=valid) for i, t in enumerate(tok_per_j)])
