@@ -132,11 +132,19 @@ class RunLoop:
                 *self.writer.meta.get("resumes", []),
                 {"started_utc": utc_now(), "rows_before": self.writer.n_runs},
             ]
-            self.writer.write_meta({"resumes": resumes, "backends": self.backend_meta})
+            self.writer.write_meta({"resumes": resumes, "backends": self.backend_meta, **self._anchor()})
             return
         sweep = sweep_meta(self.plan, self.ctx.cfg, self.ctx.gpu, self.ctx.clock.unix_s())
         self.writer.write_meta({**run_meta(self.ctx, self.plan.model), **({"sweep": sweep} if sweep else {})})
-        self.writer.write_meta({"backends": self.backend_meta})
+        self.writer.write_meta({"backends": self.backend_meta, **self._anchor()})
+
+    def _anchor(self) -> dict[str, Any]:
+        """The timeline's wall-clock anchor for meta.json, written at the start too.
+
+        A stopped run's windows can then still be lined up with an independent reader's log (`report
+        --independent`); the end adds the sampler's jitter.
+        """
+        return {"sampler": {"origin_unix_s": self.sampler.origin_unix_s}} if self.sampler is not None else {}
 
     # --- backends ----------------------------------------------------------------------------------------------------
     def _load(self, name: str) -> Backend | None:

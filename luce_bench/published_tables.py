@@ -105,7 +105,8 @@ def independent_line(run: CommittedRun, base: Path) -> list[str]:
     n, median, largest = found
     link = f"[{REPORT}]({_link(run.path / REPORT, base)})"
     return [
-        f"- energy, checked by an independent reader (scripts/nvml_energy_log.py, its own process; {link}): "
+        f"- energy, checked by an independent reader of the same counter (scripts/nvml_energy_log.py, its own "
+        f"process; {link}): "
         f"median difference {median:+.2f} %, largest {largest:.2f} % over {n} windows"
     ]
 

@@ -12,6 +12,7 @@ window (tg8 rep 0 at 300 W).
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import sys
@@ -75,6 +76,8 @@ def test_energy_counter_not_supported_mid_window_stops_with_code_3(env, monkeypa
     assert doc["settings_restored"] is True and card(env / "card.json")["limit_mw"] == 420_000
     assert not list_journals()
     assert "sweep --resume" in result.output
+    # the wall-clock anchor is written at the start: the stopped run's windows still line up with an outside log
+    assert json.loads((run_dir / "meta.json").read_text())["sampler"]["origin_unix_s"] > 1.7e9
 
 
 def test_the_resume_command_printed_for_a_folder_with_spaces_and_brackets_pastes_back(env, monkeypatch):
