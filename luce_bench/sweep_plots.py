@@ -7,7 +7,8 @@
   setting beats on both; the star is the sweet spot, the dashed line `min_speed` x the reference tok/s.
 * `sweep_heatmap.png` (a grid of limits x clocks): tok/J per cell, with the share of the reference tok/s; cells below
   the speed threshold are greyed, the sweet spot is outlined.
-Flagged settings (quality.mark) get a ring: red when throttled, orange for windows < 10 s (⚠ in the heat map).
+Flagged settings (quality.mark) get a ring: red when throttled, orange for windows < 10 s (⚠ in the heat map). A
+setting measured once has no interval: its point gets a grey square instead of a bar that would read as exact.
 """
 
 from __future__ import annotations
@@ -51,6 +52,17 @@ def _half_ci(lo: float | None, hi: float | None, std: float | None) -> float:
     if lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi):
         return (hi - lo) / 2
     return std if std is not None and math.isfinite(std) else 0.0
+
+
+SINGLE = "one repetition: no interval"
+
+
+def _mark_single(ax: Any, xs: Sequence[float], ys: Sequence[float], rows: Sequence[SummaryRow]) -> None:
+    """A grey square on each point that stands on one repetition (no 95 % CI to draw), one legend entry per axis."""
+    hit = [(x, y) for x, y, r in zip(xs, ys, rows, strict=True) if r.n < 2 and math.isfinite(x) and math.isfinite(y)]
+    if hit:
+        label = None if SINGLE in ax.get_legend_handles_labels()[1] else SINGLE
+        ax.plot([p[0] for p in hit], [p[1] for p in hit], "s", ms=10, mfc="none", mec="0.45", mew=1.2, label=label)
 
 
 def _panels(groups: Groups) -> tuple[Any, Any, list[tuple[Any, str, list[SummaryRow]]]]:
@@ -101,6 +113,7 @@ def vs_setting_plot(summary: Sequence[SummaryRow], metric: str, out: Path) -> Pa
         for label, line, xs in _lines(backend, rows, clocks):
             ys = [num(getattr(r, metric)) for r in line]
             mark_flagged(ax, [(x, y, r.verdict) for x, y, r in zip(xs, ys, line, strict=True)])
+            _mark_single(ax, xs, ys, line)
             if metric == "avg_ts":
                 err = [_half_ci(r.ts_ci95_lo, r.ts_ci95_hi, r.stddev_ts) for r in line]
                 ax.errorbar(xs, ys, capsize=3, marker="o", label=label, yerr=err)

@@ -13,7 +13,7 @@ from faultkit import check_rows, isolate_fake_gpu, only_run_dir
 from test_faults import VIRTUAL
 from typer.testing import CliRunner
 
-from luce_bench import plots, quality
+from luce_bench import plots, quality, sweep_plots
 from luce_bench.cli import app
 from luce_bench.records import RunRecord
 from luce_bench.summary import baseline_notes, stress_notes, summarize
@@ -128,6 +128,21 @@ def test_flagged_points_and_bars_are_marked_in_the_plots(monkeypatch, tmp_path):
     plots.bar_chart(summary, "avg_ts", "stddev_ts", "tok/s", "t", tmp_path / "x.png")
     hatches = [p.get_hatch() for p in kept[0].axes[0].patches]
     assert hatches == ["//", None]  # the throttled backend's bar is hatched, the clean one not
+
+
+def test_a_setting_measured_once_gets_a_square_not_a_bar_that_reads_as_exact(monkeypatch, tmp_path):
+    kept = []
+    monkeypatch.setattr(sweep_plots, "save", lambda plt, fig, title, out: kept.append(fig) or out)
+
+    def at(rep: int, limit_w: float, ts: float) -> RunRecord:
+        return dataclasses.replace(_row(rep, ts, ts / 50, "ok"), power_limit_req_w=limit_w, power_limit_w=limit_w)
+
+    runs = [at(0, 300.0, 100.0), at(1, 300.0, 102.0), at(0, 220.0, 95.0)]
+    for metric in ("avg_ts", "tok_per_j"):
+        sweep_plots.vs_setting_plot(summarize(runs), metric, tmp_path / f"{metric}.png")
+        (square,) = [ln for ln in kept[-1].axes[0].lines if ln.get_label() == sweep_plots.SINGLE]
+        assert list(square.get_xdata()) == [220.0]  # the 300 W setting has two repetitions and its interval
+    plots.pyplot().close("all")
 
 
 def test_a_backend_that_ran_on_the_cpu_is_named_so_on_its_bars(monkeypatch, tmp_path):
