@@ -101,6 +101,7 @@ class Edge:
     t_s: float | None  # sampler time
     energy_mj: int | None  # NVML counter
     cpu_uj: list[int] | None  # RAPL counters
+    violation_ns: dict[str, int] | None = None  # NVML's violation counters that are readable (GPU.violation_ns)
 
 
 @dataclass
@@ -197,6 +198,7 @@ class Meter:
             t_s=sampler.now_s() if sampler is not None else None,
             energy_mj=gpu.total_energy_mj() if gpu is not None else None,
             cpu_uj=rapl.read_uj() if rapl is not None else None,
+            violation_ns=gpu.violation_ns() if gpu is not None else None,
         )
 
     def _window(
@@ -244,6 +246,7 @@ class Meter:
             t_end_s=end.t_s,
             energy_note=self.ctx.energy_note,
             cpu_energy_j=self._cpu_j(start, end),
+            **violation_pct(start, end, elapsed_s),
             **self._energy(start, end, tokens, elapsed_s, limit),
         )
 
@@ -334,6 +337,25 @@ class Meter:
         clock.sleep(max(duration_s - (clock.now_s() - start_s), 0.0))
         e1, t1 = _counter_tick(gpu, clock)
         return (e1 - e0) / 1000.0 / (t1 - t0) if t1 > t0 and e1 > e0 else None
+
+
+# Which of NVML's violation counters make each share of the window (measurement.md, rule 13)
+VIOLATION_COLUMNS = {"power_cap_pct": ("power_cap",), "thermal_pct": ("sw_thermal", "hw_thermal")}
+
+
+def violation_pct(start: Edge, end: Edge, window_s: float) -> dict[str, float]:
+    """The window's share under each violation (power_cap_pct, thermal_pct), from the counters read at both edges.
+
+    A column whose counters are not all readable at both edges is left out (None in the row); a share is at most
+    100 %. Units: %.
+    """
+    a, b = start.violation_ns or {}, end.violation_ns or {}
+    out = {}
+    for column, names in VIOLATION_COLUMNS.items():
+        if window_s > 0 and all(n in a and n in b for n in names):
+            held_ns = sum(b[n] - a[n] for n in names)
+            out[column] = min(max(100.0 * held_ns / 1e9 / window_s, 0.0), 100.0)  # (two counters may overlap)
+    return out
 
 
 def _counter_tick(gpu: GPU, clock: Clock) -> tuple[int, float]:

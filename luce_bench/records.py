@@ -74,6 +74,8 @@ class RunRecord:
     temp_end_c: float | None = None
     throttled_share: float | None = None
     clock_reasons: str = ""  # clock-event reasons seen in the window, e.g. "sw_power_cap" (GpuIdle left out)
+    power_cap_pct: float | None = None  # NVML's violation counter (field 74): % of the window held by the power cap
+    thermal_pct: float | None = None  # the same for thermal slowdown (fields 269, 270: software and hardware)
     cpu_energy_j: float | None = None  # RAPL package energy, where readable
     t_start_s: float | None = None  # window edges on the sampler's clock
     t_end_s: float | None = None

@@ -25,6 +25,8 @@ Session 54 re-recorded the sweep: the idle baseline no longer starts at the sett
 drain, then edges on the counter's ticks: tests/test_idle_baseline.py), so each setting's idle W is the simulated
 card's 30.0 W where it read 33.6, 48.7, 38.9 and 31.9 W, net tok/J follows, and every later moment of virtual time
 moved by the tick waits (with it the seeded noise of the windows); speeds and plans unchanged.
+Session 54 also added runs.csv's `power_cap_pct` and `thermal_pct` (NVML's violation counters over the window): 100
+exactly where `throttled_share` is 1, else 0; no other cell moved.
 `LUCE_BENCH_UPDATE_GOLDEN=1` rewrites the files (only when a change of the numbers is intended).
 """
 

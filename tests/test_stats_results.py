@@ -7,6 +7,7 @@ import pytest
 
 from luce_bench import stats
 from luce_bench.errors import UserError
+from luce_bench.measure import Edge, violation_pct
 from luce_bench.records import RunRecord, SummaryRow, columns, read_csv, write_csv
 from luce_bench.results import RunWriter, read_meta, read_runs, read_samples
 from luce_bench.sampler import Sample
@@ -99,6 +100,18 @@ def test_net_tok_per_j_is_empty_when_any_window_drew_no_more_than_its_idle_basel
     assert math.isnan(summarize([window(0, 1000.0), window(1, 780.0), window(2, 700.0)])[0].net_tok_per_j)
     # compare and bench measure no idle baseline: no net tok/J, and nothing to poison
     assert math.isnan(summarize([_row("hf", "tg128", 0, 1000, 10.0, 1000.0)])[0].net_tok_per_j)
+
+
+def test_a_windows_violation_shares_come_from_the_counters_at_its_edges():
+    a = Edge(0.0, 0, None, {"power_cap": 0, "sw_thermal": 1_000_000_000, "hw_thermal": 0})
+    b = Edge(10.0, 1, None, {"power_cap": 5_000_000_000, "sw_thermal": 3_500_000_000, "hw_thermal": 500_000_000})
+    assert violation_pct(a, b, 10.0) == {"power_cap_pct": 50.0, "thermal_pct": 30.0}
+    # a counter readable at one edge only (or not at all: an NVML without field values) gives no share
+    assert violation_pct(a, Edge(10.0, 1, None, {"power_cap": 1_000_000_000}), 10.0) == {"power_cap_pct": 10.0}
+    assert violation_pct(Edge(0.0, None, None), Edge(10.0, None, None), 10.0) == {}
+    # software and hardware slowdown counted over the same time: at most the whole window
+    both = Edge(10.0, 1, None, {"power_cap": 0, "sw_thermal": 11_000_000_000, "hw_thermal": 10_000_000_000})
+    assert violation_pct(a, both, 10.0)["thermal_pct"] == 100.0
 
 
 def test_a_summary_whose_repetitions_spread_more_than_5_percent_is_noisy():
