@@ -9,13 +9,14 @@ continues an interrupted run directory (`sweep --resume`).
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from luce_bench.appender import CsvAppender, RunDirError, signals_deferred
-from luce_bench.errors import UserError
+from luce_bench.errors import UserError, WriteError, reason_of
 from luce_bench.files import atomic_write
 from luce_bench.records import RunRecord, read_csv
 from luce_bench.sampler import Sample
@@ -28,14 +29,17 @@ def utc_stamp() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
+def _why(exc: BaseException) -> str:
+    """The reason of an OSError, or of the one behind a RunDirError (whose own message names the CSV again)."""
+    return reason_of(exc.__cause__ if isinstance(exc, RunDirError) and exc.__cause__ is not None else exc)
+
+
 class RunWriter:
     """Owns one new run directory: appends rows and samples, merges meta.json."""
 
     def __init__(self, run_dir: Path, existing: bool = False) -> None:
-        """Create `run_dir` (it must not exist) with empty runs.csv and samples.csv; `existing`: append to it."""
+        """Start runs.csv and samples.csv in the new, empty `run_dir`; `existing`: append to a run's directory."""
         self.dir = run_dir
-        if not existing:
-            run_dir.mkdir(parents=True, exist_ok=False)
         self.meta: dict[str, Any] = read_meta(run_dir) if existing else {}
         self.n_runs = 0
         self._runs = CsvAppender(run_dir / RUNS, RunRecord)
@@ -46,14 +50,18 @@ class RunWriter:
         """Append to the interrupted run directory `run_dir` (a partial last line is cut off first)."""
         try:
             writer = cls(Path(run_dir), existing=True)
-        except OSError as exc:
-            raise UserError(f"cannot append to {run_dir}: {exc.strerror or exc}") from exc
+        except (OSError, RunDirError) as exc:  # (RunDirError: an empty runs.csv's header could not be written)
+            raise WriteError(f"cannot append to {run_dir}: {_why(exc)}") from exc
         writer.n_runs = len(read_runs(writer.dir))  # after the cut
         return writer
 
     @classmethod
     def create(cls, output_dir: str | Path, name: str) -> RunWriter:
-        """A new run directory `<output_dir>/<UTC stamp>-<name>`; UserError if `output_dir` is unusable."""
+        """A new run directory `<output_dir>/<UTC stamp>-<name>`.
+
+        UserError if `output_dir` is a file; WriteError (exit 4) if the directory or its CSV headers cannot be written
+        (a read-only or full disk, no permission), and then no half-made directory is left behind.
+        """
         out = Path(output_dir)
         if out.exists() and not out.is_dir():
             raise UserError(f"--out {out}: exists and is not a directory")
@@ -63,9 +71,14 @@ class RunWriter:
             i += 1
             path = base.with_name(f"{base.name}-{i}")
         try:
-            return cls(path)
+            path.mkdir(parents=True, exist_ok=False)
         except OSError as exc:
-            raise UserError(f"cannot create a run directory under {out}: {exc.strerror or exc}") from exc
+            raise WriteError(f"cannot create a run directory under {out}: {reason_of(exc)}") from exc
+        try:
+            return cls(path)
+        except (OSError, RunDirError) as exc:  # (RunDirError: a CSV's header could not be written)
+            shutil.rmtree(path, ignore_errors=True)  # made just now: it holds at most the CSVs begun here
+            raise WriteError(f"cannot start a run directory in {out}: {_why(exc)}") from exc
 
     def add_run(self, record: RunRecord) -> None:
         """Append one repetition's row to runs.csv (a signal lands before or after the row and its count)."""

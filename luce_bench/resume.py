@@ -23,6 +23,7 @@ from luce_bench.appender import CsvAppender
 from luce_bench.config import TG_ITERATION, TG_ITERATION_BEFORE
 from luce_bench.context import RunContext
 from luce_bench.errors import UserError
+from luce_bench.files import existing_dir
 from luce_bench.plan import Plan, Trial, key_of
 from luce_bench.records import RunRecord, setting_text
 from luce_bench.results import META, RUNS, SAMPLES, read_meta, read_runs, read_samples
@@ -34,8 +35,7 @@ from luce_bench.status import RUNNING, effective_state, read_status
 def _prior(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(status, meta) of the run to resume; UserError when it cannot be resumed."""
     where = f"--resume {run_dir}"
-    if not run_dir.is_dir():
-        raise UserError(f"{where}: not a directory")
+    existing_dir(run_dir, "run directory (--resume)")
     status = read_status(run_dir)
     if status is None:
         raise UserError(f"{where}: no status.json: not a luce-bench run directory that can be resumed")

@@ -13,6 +13,7 @@ from luce_bench.cli import app
 
 runner = CliRunner()
 ROOT_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--reps", "2", "--window-s", "0.3", "--warmup-s", "0.05", "--rep-gap-max-s", "0", "--tests", "pp16,tg8"]
 
 
@@ -626,6 +627,10 @@ def test_report_and_publish_refuse_bad_paths_in_one_line(tmp_path):
         (["publish", "--results", str(tmp_path / "nope")], "results tree (--results) not found"),
         (["publish", "--readme", str(tmp_path / "no.md")], "no.md: no such file"),
         (["report", "--check", "results", "--readme", str(tmp_path / "no.md")], "no.md: no such file"),
+        # a folder of runs where one run is meant: a run in it is named, and --check where it is a results tree
+        (["report", str(ROOT / "results")], "results holds run directories, not a run: pass one of them, e.g. "),
+        (["report", str(ROOT / "results")], "(a results tree: luce-bench report --check checks all of it)"),
+        (["report", str(ROOT / "results" / "nvidia-h200")], "/nvidia-h200/2026"),
     ]
     for args, message in cases:
         result = runner.invoke(app, args)

@@ -207,6 +207,33 @@ def test_a_full_disk_mid_row_leaves_whole_rows_and_stops_with_code_4(env, monkey
     assert card(env / "card.json")["limit_mw"] == 420_000 and not list_journals()
 
 
+@pytest.mark.tries("fault", "full disk or read-only folder when the run directory is made")
+@pytest.mark.parametrize("where", ["header", "mkdir"])
+def test_a_run_directory_that_cannot_be_started_is_one_line_code_4_and_leaves_nothing(env, monkeypatch, where):
+    import errno
+    from pathlib import Path
+
+    if where == "header":  # the disk is full from the first byte: runs.csv's header fails
+        monkeypatch.setattr(appender, "os", DiskFullAfter(rows=-1))
+        said = f"error: cannot start a run directory in {env / 'runs'}: No space left on device"
+    else:
+        real_mkdir = Path.mkdir
+
+        def read_only(path, *args, **kwargs):
+            if path.parent == env / "runs":
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+            return real_mkdir(path, *args, **kwargs)
+
+        (env / "runs").mkdir()
+        monkeypatch.setattr(Path, "mkdir", read_only)
+        said = f"error: cannot create a run directory under {env / 'runs'}: Read-only file system"
+    result = CliRunner().invoke(app, ["sweep", "-c", str(env / "v.yaml"), "-o", str(env / "runs")])
+    assert result.exit_code == 4, result.output
+    assert [ln for ln in result.output.splitlines() if ln.strip()] == [said]
+    assert not (env / "runs").exists() or not list((env / "runs").iterdir())  # no empty run directory left
+    assert card(env / "card.json").get("limit_mw", 420_000) == 420_000 and not list_journals()
+
+
 @pytest.mark.tries("fault", "full disk while writing the report")
 def test_a_report_that_cannot_be_written_is_one_line_and_code_4(env, monkeypatch):
     import errno

@@ -156,7 +156,7 @@ REFUSALS = {
     "foreign-row": ([], _add_foreign_row, "is not part of this sweep's plan"),
     "other-plan": ([], lambda d: _edit_json(d / "status.json", plan_sha256="0" * 64), "plan"),
     "other-gpu": ([], lambda d: _edit_json(d / "status.json", gpu_uuid="GPU-other"), "measured on GPU GPU-other"),
-    "not-a-directory": ([], lambda d: shutil.rmtree(d), "not a directory"),
+    "missing": ([], lambda d: shutil.rmtree(d), "run directory (--resume) not found"),
     "other-out": (["-o", "{env}/elsewhere"], None, "the run continues in its own folder, not under -o"),
     "stale-journal": ([], _stale_journal, "stale power-limit journal"),
     "old-tg-iteration": ([], _old_tg_iteration, "its tg iterations ran a seed step, then N steps (before 2026-12-06)"),

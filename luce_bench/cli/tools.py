@@ -9,7 +9,7 @@ import typer
 
 from luce_bench.cli.options import ConfigOpt, FakeOpt, GpuOpt, PresetOpt, ReadOnlyOpt, console, load_config, path_param
 from luce_bench.errors import UserError
-from luce_bench.files import existing_dir
+from luce_bench.files import existing_dir, shell_arg
 
 
 def _readme_opt(help_text: str) -> Any:
@@ -71,11 +71,25 @@ def report(
     from luce_bench.report import llama_bench_table, print_report, render
 
     existing_dir(run_dir, "run directory")
+    _not_a_tree(run_dir)
     rep = render(run_dir)
     print_report(rep, console())
     if llama_bench:
         typer.echo(llama_bench_table(rep.summary, rep.meta))
     typer.echo(f"wrote {run_dir / 'report.md'}")
+
+
+def _not_a_tree(run_dir: Path) -> None:
+    """A folder of runs (results/, results/runs/) given where one run is meant: one line naming a run in it."""
+    if (run_dir / "runs.csv").is_file():
+        return
+    runs = sorted(run_dir.glob("*/runs.csv")) or sorted(run_dir.glob("*/*/runs.csv"))
+    if not runs:
+        return  # (render says what is missing)
+    tree = " (a results tree: luce-bench report --check checks all of it)" if any(run_dir.glob("*/*/runs.csv")) else ""
+    raise UserError(
+        f"{run_dir} holds run directories, not a run: pass one of them, e.g. {shell_arg(runs[-1].parent)}{tree}"
+    )
 
 
 def _independent(run_dir: Path, log: Path) -> None:
