@@ -27,7 +27,7 @@ from luce_bench.clock import Clock, rfc3339
 from luce_bench.config import TestSpec
 from luce_bench.context import RunContext
 from luce_bench.deadline import deadline
-from luce_bench.gpu.base import GPU
+from luce_bench.gpu.base import GPU, GPUError
 from luce_bench.records import RunRecord
 from luce_bench.sampler import Sampler
 
@@ -198,7 +198,7 @@ class Meter:
             t_s=sampler.now_s() if sampler is not None else None,
             energy_mj=gpu.total_energy_mj() if gpu is not None else None,
             cpu_uj=rapl.read_uj() if rapl is not None else None,
-            violation_ns=gpu.violation_ns() if gpu is not None else None,
+            violation_ns=_violations(gpu),
         )
 
     def _window(
@@ -341,6 +341,20 @@ class Meter:
 
 # Which of NVML's violation counters make each share of the window (measurement.md, rule 13)
 VIOLATION_COLUMNS = {"power_cap_pct": ("power_cap",), "thermal_pct": ("sw_thermal", "hw_thermal")}
+
+
+def _violations(gpu: GPU | None) -> dict[str, int] | None:
+    """NVML's violation counters at a window's edge, or None where the card fails to give them.
+
+    Such a failure only leaves the window's two shares empty: the energy counter, read just before, is what stops a
+    run on a lost GPU.
+    """
+    if gpu is None:
+        return None
+    try:
+        return gpu.violation_ns()
+    except GPUError:
+        return None
 
 
 def violation_pct(start: Edge, end: Edge, window_s: float) -> dict[str, float]:
