@@ -51,15 +51,32 @@ class RunDirError(Exception):
     """A run directory could not be written (disk full, I/O error): the run stops, its finished rows stay intact."""
 
 
+def _header(path: Path) -> list[str]:
+    """The column names on the first line of the CSV `path` (a byte-order mark ignored)."""
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        return next(csv.reader([f.readline()]), [])
+
+
 class CsvAppender:
     """A CSV of records of one type that gains whole, fsynced rows as they finish (see the module docstring)."""
 
     def __init__(self, path: Path, cls: type) -> None:
-        """Open `path` for appending; a new file gets the header first."""
+        """Open `path` for appending; a new file gets the header first.
+
+        Rows follow the file's own header: a file begun by an older luce-bench (a resumed run) lacks the columns added
+        since, so its new rows leave those out instead of shifting every cell after them.
+        """
         self.path = path
+        self._columns = columns(cls)
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-        if self._cut_partial_line(os.fstat(self._fd).st_size) == 0:
-            self._write(",".join(columns(cls)) + "\n")
+        try:
+            if self._cut_partial_line(os.fstat(self._fd).st_size) == 0:
+                self._write(",".join(self._columns) + "\n")
+            else:
+                self._columns = _header(path) or self._columns
+        except BaseException:
+            self.close()
+            raise
 
     @classmethod
     def repair(cls, path: Path, record_cls: type) -> None:
@@ -104,7 +121,7 @@ class CsvAppender:
         """Append `records` and make them durable; RunDirError (file unchanged) if they cannot be written."""
         if records:
             buf = io.StringIO()
-            csv.writer(buf, lineterminator="\n").writerows(to_cells(r) for r in records)
+            csv.writer(buf, lineterminator="\n").writerows(to_cells(r, self._columns) for r in records)
             self._write(buf.getvalue())
 
     def close(self) -> None:

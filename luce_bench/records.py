@@ -23,7 +23,7 @@ import math
 import types
 import typing
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -257,9 +257,9 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def to_cells(record: Any) -> list[str]:
-    """One CSV row of `record`."""
-    return [_cell(getattr(record, name)) for name in columns(type(record))]
+def to_cells(record: Any, names: Sequence[str] | None = None) -> list[str]:
+    """One CSV row of `record`: its columns, or `names` (a file's header; a name it lacks gives an empty cell)."""
+    return [_cell(getattr(record, name, None)) for name in (columns(type(record)) if names is None else names)]
 
 
 def _parse(text: str, scalar: type) -> Any:

@@ -42,6 +42,27 @@ def stopped(env, monkeypatch):
     return only_run_dir(env / "runs")
 
 
+def test_a_run_begun_by_an_older_luce_bench_resumes_under_its_own_header(env, stopped):
+    # the run's runs.csv as c0bc27a wrote it, before power_cap_pct and thermal_pct were added after clock_reasons
+    import csv
+
+    path = stopped / "runs.csv"
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    old = [c for c in rows[0] if c not in ("power_cap_pct", "thermal_pct")]
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, old, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    result = runner.invoke(app, ["sweep", "--resume", str(stopped)])
+    assert result.exit_code == 0, result.output
+    assert path.read_text().splitlines()[0] == ",".join(old)  # the file keeps its header; its new rows follow it
+    resumed = check_rows(stopped)  # every cell parses where its column says (before: shifted by two from line 9)
+    assert len(resumed) == 18 and all(r.valid and r.gpu_simulated for r in resumed)
+    assert all(r.power_cap_pct is None for r in resumed)
+    assert runner.invoke(app, ["report", str(stopped)]).exit_code == 0
+
+
 def test_resume_measures_exactly_the_missing_repetitions(env, stopped):
     spots = json.loads((stopped / "sweet_spot.json").read_text())  # after 7 of 18 rows: the limits not reached
     assert spots["complete"] is False and all(s["provisional"] for s in spots["sweet_spots"])  # may be better
