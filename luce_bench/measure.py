@@ -27,7 +27,7 @@ from luce_bench.clock import Clock, rfc3339
 from luce_bench.config import TestSpec
 from luce_bench.context import RunContext
 from luce_bench.deadline import deadline
-from luce_bench.gpu.base import GPU, GPUError
+from luce_bench.gpu.base import GPU
 from luce_bench.records import RunRecord
 from luce_bench.sampler import Sampler
 
@@ -116,6 +116,7 @@ class Meter:
     on_status: Callable[[str], None] = lambda msg: None
     first_tokens: dict[str, list[int]] = field(default_factory=dict)  # greedy tokens of each tg test, for agreement
     start_temp_c: float | None = None
+    violations_failed: bool = False  # NVML's violation counters failed once (said once)
     _check: Callable[[], None] = field(default=_no_deadline, repr=False)  # the running test's deadline check
 
     def prompt(self, test: TestSpec) -> list[int]:
@@ -198,8 +199,28 @@ class Meter:
             t_s=sampler.now_s() if sampler is not None else None,
             energy_mj=gpu.total_energy_mj() if gpu is not None else None,
             cpu_uj=rapl.read_uj() if rapl is not None else None,
-            violation_ns=_violations(gpu),
+            violation_ns=self._violations(),
         )
+
+    def _violations(self) -> dict[str, int] | None:
+        """NVML's violation counters at a window's edge, or None where the card fails to give them.
+
+        They are telemetry beside the energy: a failure leaves the window's two shares empty and is said once (the
+        energy counter, read just before, is what stops a run on a lost GPU).
+        """
+        gpu = self.ctx.gpu
+        if gpu is None:
+            return None
+        try:
+            return gpu.violation_ns()
+        except Exception as exc:  # noqa: BLE001 - any failure of optional telemetry (GPUError, a binding's own)
+            if not self.violations_failed:
+                self.violations_failed = True
+                self.on_status(
+                    f"NVML's violation counters could not be read ({exc}): power_cap_pct and thermal_pct stay "
+                    "empty in the windows where they fail"
+                )
+            return None
 
     def _window(
         self, backend: Backend, test: TestSpec, prompt: Sequence[int], rep: int, limit: Conditions
@@ -339,36 +360,23 @@ class Meter:
         return (e1 - e0) / 1000.0 / (t1 - t0) if t1 > t0 and e1 > e0 else None
 
 
-# Which of NVML's violation counters make each share of the window (measurement.md, rule 13)
+# Which of NVML's violation counters make each share of the window (measurement.md, rule 13). Software and hardware
+# thermal slowdown may be counted over the same time, so thermal_pct is the longer of the two: exact where one holds
+# the other, at least the true share otherwise.
 VIOLATION_COLUMNS = {"power_cap_pct": ("power_cap",), "thermal_pct": ("sw_thermal", "hw_thermal")}
-
-
-def _violations(gpu: GPU | None) -> dict[str, int] | None:
-    """NVML's violation counters at a window's edge, or None where the card fails to give them.
-
-    Such a failure only leaves the window's two shares empty: the energy counter, read just before, is what stops a
-    run on a lost GPU.
-    """
-    if gpu is None:
-        return None
-    try:
-        return gpu.violation_ns()
-    except GPUError:
-        return None
 
 
 def violation_pct(start: Edge, end: Edge, window_s: float) -> dict[str, float]:
     """The window's share under each violation (power_cap_pct, thermal_pct), from the counters read at both edges.
 
-    A column whose counters are not all readable at both edges is left out (None in the row); a share is at most
-    100 %. Units: %.
+    A column whose counters are not all readable at both edges is left out (None in the row). Units: %.
     """
     a, b = start.violation_ns or {}, end.violation_ns or {}
     out = {}
     for column, names in VIOLATION_COLUMNS.items():
         if window_s > 0 and all(n in a and n in b for n in names):
-            held_ns = sum(b[n] - a[n] for n in names)
-            out[column] = min(max(100.0 * held_ns / 1e9 / window_s, 0.0), 100.0)  # (two counters may overlap)
+            held_ns = max(b[n] - a[n] for n in names)
+            out[column] = min(max(100.0 * held_ns / 1e9 / window_s, 0.0), 100.0)
     return out
 
 

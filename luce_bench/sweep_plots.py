@@ -57,9 +57,13 @@ def _half_ci(lo: float | None, hi: float | None, std: float | None) -> float:
 SINGLE = "one repetition: no interval"
 
 
-def _mark_single(ax: Any, xs: Sequence[float], ys: Sequence[float], rows: Sequence[SummaryRow]) -> None:
-    """A grey square on each point that stands on one repetition (no 95 % CI to draw), one legend entry per axis."""
-    hit = [(x, y) for x, y, r in zip(xs, ys, rows, strict=True) if r.n < 2 and math.isfinite(x) and math.isfinite(y)]
+def _mark_single(ax: Any, xs: Sequence[float], ys: Sequence[float], counts: Sequence[int]) -> None:
+    """A grey square on each point that stands on one window (no 95 % CI to draw), one legend entry per axis.
+
+    `counts`: the windows behind each point (tok/s: the repetitions; tok/J: those with a valid energy reading).
+    """
+    pts = zip(xs, ys, counts, strict=True)
+    hit = [(x, y) for x, y, n in pts if n < 2 and math.isfinite(x) and math.isfinite(y)]
     if hit:
         label = None if SINGLE in ax.get_legend_handles_labels()[1] else SINGLE
         ax.plot([p[0] for p in hit], [p[1] for p in hit], "s", ms=10, mfc="none", mec="0.45", mew=1.2, label=label)
@@ -113,7 +117,7 @@ def vs_setting_plot(summary: Sequence[SummaryRow], metric: str, out: Path) -> Pa
         for label, line, xs in _lines(backend, rows, clocks):
             ys = [num(getattr(r, metric)) for r in line]
             mark_flagged(ax, [(x, y, r.verdict) for x, y, r in zip(xs, ys, line, strict=True)])
-            _mark_single(ax, xs, ys, line)
+            _mark_single(ax, xs, ys, [r.n if metric == "avg_ts" else r.valid_reps for r in line])
             if metric == "avg_ts":
                 err = [_half_ci(r.ts_ci95_lo, r.ts_ci95_hi, r.stddev_ts) for r in line]
                 ax.errorbar(xs, ys, capsize=3, marker="o", label=label, yerr=err)

@@ -640,6 +640,12 @@ def test_report_and_publish_refuse_bad_paths_in_one_line(tmp_path):
             ln for ln in result.output.splitlines() if ln.startswith("error:")
         ]
     assert not (tmp_path / "nope").exists()
+    ad_hoc = tmp_path / "res" / "runs" / "20270101T000000Z-sweep"  # ad-hoc runs only: no results tree to --check
+    ad_hoc.mkdir(parents=True)
+    (ad_hoc / "runs.csv").write_text("backend\n")
+    result = runner.invoke(app, ["report", str(tmp_path / "res")])
+    assert result.exit_code == 2 and f"pass one of them, e.g. {ad_hoc}" in result.output, result.output
+    assert "--check" not in result.output
 
 
 def test_publish_without_a_run_refuses_a_folder_that_is_no_results_tree(tmp_path):

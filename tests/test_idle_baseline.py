@@ -29,7 +29,7 @@ def _meter_after_load(model, stop_s: float, tick_s: float = 0.1) -> Meter:
 
 
 @pytest.mark.parametrize("phase_s", [0.0, 0.03, 0.06, 0.099])
-@pytest.mark.parametrize("idle_s", [1.0, 10.0])
+@pytest.mark.parametrize("idle_s", [1.0, 9.95, 10.0])  # (9.95: not a whole number of ticks)
 def test_idle_baseline_reads_the_idle_draw_wherever_the_load_stopped(tiny_model, phase_s, idle_s):
     meter = _meter_after_load(tiny_model, LOAD_S + phase_s)
     t0 = meter.ctx.clock.now_s()

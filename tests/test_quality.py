@@ -137,11 +137,13 @@ def test_a_setting_measured_once_gets_a_square_not_a_bar_that_reads_as_exact(mon
     def at(rep: int, limit_w: float, ts: float) -> RunRecord:
         return dataclasses.replace(_row(rep, ts, ts / 50, "ok"), power_limit_req_w=limit_w, power_limit_w=limit_w)
 
-    runs = [at(0, 300.0, 100.0), at(1, 300.0, 102.0), at(0, 220.0, 95.0)]
-    for metric in ("avg_ts", "tok_per_j"):
+    no_energy = dataclasses.replace(at(1, 150.0, 80.0), valid=False, energy_j=None, tok_per_j=None, verdict="no-energy")
+    runs = [at(0, 300.0, 100.0), at(1, 300.0, 102.0), at(0, 220.0, 95.0), at(0, 150.0, 81.0), no_energy]
+    # 300 W: two windows and their intervals; 220 W: one window; 150 W: two for tok/s, one of them without energy
+    for metric, single in (("avg_ts", [220.0]), ("tok_per_j", [220.0, 150.0])):
         sweep_plots.vs_setting_plot(summarize(runs), metric, tmp_path / f"{metric}.png")
         (square,) = [ln for ln in kept[-1].axes[0].lines if ln.get_label() == sweep_plots.SINGLE]
-        assert list(square.get_xdata()) == [220.0]  # the 300 W setting has two repetitions and its interval
+        assert list(square.get_xdata()) == single
     plots.pyplot().close("all")
 
 

@@ -81,12 +81,14 @@ def report(
 
 def _not_a_tree(run_dir: Path) -> None:
     """A folder of runs (results/, results/runs/) given where one run is meant: one line naming a run in it."""
+    from luce_bench.published import run_dirs
+
     if (run_dir / "runs.csv").is_file():
         return
     runs = sorted(run_dir.glob("*/runs.csv")) or sorted(run_dir.glob("*/*/runs.csv"))
     if not runs:
         return  # (render says what is missing)
-    tree = " (a results tree: luce-bench report --check checks all of it)" if any(run_dir.glob("*/*/runs.csv")) else ""
+    tree = " (a results tree: luce-bench report --check checks all of it)" if run_dirs(run_dir) else ""
     raise UserError(
         f"{run_dir} holds run directories, not a run: pass one of them, e.g. {shell_arg(runs[-1].parent)}{tree}"
     )
