@@ -34,7 +34,7 @@ from luce_bench.sampler import Sampler
 # The idle baseline: its unmeasured start after the settling under load, and how its edges find the energy counter's
 # tick (NVML's counter moves about every 100 ms; measurement.md, rule 4). Units: s.
 IDLE_DRAIN_S = 1.0
-TICK_POLL_S = 0.01
+TICK_POLL_S = 0.002
 TICK_WAIT_S = 0.25
 
 
@@ -381,14 +381,18 @@ def violation_pct(start: Edge, end: Edge, window_s: float) -> dict[str, float]:
 
 
 def _counter_tick(gpu: GPU, clock: Clock) -> tuple[int, float]:
-    """The energy counter and the time just after its next tick (within `TICK_POLL_S`). Units: mJ, s.
+    """The energy counter at its next tick, and when that tick came. Units: mJ, s.
 
-    A counter that does not move within `TICK_WAIT_S` is taken as it is, now.
+    The tick is timed as the middle of the last poll that saw the old value and the first that saw the new one
+    (`TICK_POLL_S` apart), so both edges of a window are off by at most half that, either way. A counter that does
+    not move within `TICK_WAIT_S` is taken as it is, now.
     """
-    e, t_end = gpu.total_energy_mj(), clock.now_s() + TICK_WAIT_S
+    e, t_before = gpu.total_energy_mj(), clock.now_s()
+    t_end = t_before + TICK_WAIT_S
     while clock.now_s() < t_end:
         clock.sleep(TICK_POLL_S)
-        now = gpu.total_energy_mj()
+        now, t_now = gpu.total_energy_mj(), clock.now_s()
         if now != e:
-            return now, clock.now_s()
+            return now, (t_before + t_now) / 2
+        t_before = t_now
     return e, clock.now_s()
