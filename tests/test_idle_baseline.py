@@ -3,9 +3,9 @@
 The simulated card's power is scripted: 330 W of load, a fall to 30 W over `FALL_S` once the work stops, then 30 W.
 Its energy counter moves in 0.1 s ticks, as NVML's does. Before the fix, the window began at the last iteration and
 took the fall and up to one tick of load energy as idle: this card's 30 W read as 33.0-36.0 W in a 10 s window.
-On a real H100 80GB HBM3 (session 54, read-only, stock 700 W; `.carry/idle_real.py`), after 3 s of bf16 matmuls, three
-5 s baselines read 131.8, 126.4 and 125.2 W the old way and 123.0, 122.4 and 122.8 W this way, against 122.0 W over
-10 s of a card at rest for 5 s; its energy counter ticked every 100.0 ms (97.5-102.5).
+On a real H100 80GB HBM3 (session 54, read-only, stock 700 W; the two readings alternately), each after 3 s of bf16
+matmuls, three 5 s baselines read 131.8, 126.4 and 125.2 W the old way and 123.0, 122.4 and 122.8 W this way, against
+122.0 W over 10 s of a card at rest for 5 s; its energy counter ticked every 100.0 ms (97.5-102.5).
 """
 
 from __future__ import annotations
