@@ -8,6 +8,7 @@ continues an interrupted run directory (`sweep --resume`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from collections.abc import Sequence
@@ -43,7 +44,11 @@ class RunWriter:
         self.meta: dict[str, Any] = read_meta(run_dir) if existing else {}
         self.n_runs = 0
         self._runs = CsvAppender(run_dir / RUNS, RunRecord)
-        self._samples = CsvAppender(run_dir / SAMPLES, Sample)
+        try:
+            self._samples = CsvAppender(run_dir / SAMPLES, Sample)
+        except BaseException:
+            self._runs.close()
+            raise
 
     @classmethod
     def reopen(cls, run_dir: Path) -> RunWriter:
@@ -65,19 +70,29 @@ class RunWriter:
         out = Path(output_dir)
         if out.exists() and not out.is_dir():
             raise UserError(f"--out {out}: exists and is not a directory")
+        made = [d for d in (out, *out.parents) if not d.exists()]  # the folders mkdir will make, deepest first
         base = out / f"{utc_stamp()}-{name}"
         path, i = base, 1
-        while path.exists():
-            i += 1
-            path = base.with_name(f"{base.name}-{i}")
-        try:
-            path.mkdir(parents=True, exist_ok=False)
-        except OSError as exc:
-            raise WriteError(f"cannot create a run directory under {out}: {reason_of(exc)}") from exc
+        while True:
+            try:
+                path.mkdir(parents=True, exist_ok=False)
+                break
+            except FileExistsError as exc:
+                if not path.is_dir():  # a file in the way (a parent of --out): bad input, no other name can help
+                    raise UserError(f"cannot create a run directory under {out}: a file is in its path") from exc
+                i += 1  # another run took this name in the same second: the next free one
+                path = base.with_name(f"{base.name}-{i}")
+            except NotADirectoryError as exc:
+                raise UserError(f"cannot create a run directory under {out}: a file is in its path") from exc
+            except OSError as exc:  # a read-only or full disk, no permission
+                raise WriteError(f"cannot create a run directory under {out}: {reason_of(exc)}") from exc
         try:
             return cls(path)
         except (OSError, RunDirError) as exc:  # (RunDirError: a CSV's header could not be written)
             shutil.rmtree(path, ignore_errors=True)  # made just now: it holds at most the CSVs begun here
+            for folder in made:  # and the folders made for it (each left where something else appeared in it)
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
             raise WriteError(f"cannot start a run directory in {out}: {_why(exc)}") from exc
 
     def add_run(self, record: RunRecord) -> None:

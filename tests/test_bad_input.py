@@ -304,6 +304,11 @@ def test_an_unusable_out_is_the_only_line_even_when_the_plan_has_notes(tiny_mode
     assert result.exit_code == 2, result.output
     assert result.output.splitlines() == [f"error: --out {afile}: exists and is not a directory"]
     assert TINY_NOTE.split(":")[0] not in result.output  # the plan had its note; bad input comes first
+    below = afile / "runs"  # a file further up the path: bad input too, not a write failure
+    with sandbox():
+        result = CliRunner().invoke(app, [*argv[:-1], str(below)])
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines() == [f"error: cannot create a run directory under {below}: a file is in its path"]
 
 
 @pytest.mark.parametrize(

@@ -242,10 +242,15 @@ def test_a_run_directory_that_cannot_be_started_is_one_line_code_4_and_leaves_no
         (env / "runs").mkdir()
         monkeypatch.setattr(Path, "mkdir", read_only)
         said = f"error: cannot create a run directory under {env / 'runs'}: Read-only file system"
-    result = CliRunner().invoke(app, ["sweep", "-c", str(env / "v.yaml"), "-o", str(env / "runs")])
+    out = env / "runs" if where == "mkdir" else env / "new" / "runs"  # (header: two folders made for the run)
+    said = said.replace(str(env / "runs"), str(out))
+    result = CliRunner().invoke(app, ["sweep", "-c", str(env / "v.yaml"), "-o", str(out)])
     assert result.exit_code == 4, result.output
     assert [ln for ln in result.output.splitlines() if ln.strip()] == [said]
-    assert not (env / "runs").exists() or not list((env / "runs").iterdir())  # no empty run directory left
+    if where == "mkdir":
+        assert not list(out.iterdir())  # --out existed: it stays, empty
+    else:
+        assert not (env / "new").exists()  # nothing of what the run made is left
     assert card(env / "card.json").get("limit_mw", 420_000) == 420_000 and not list_journals()
 
 

@@ -217,6 +217,16 @@ def test_writer_appends_rows_immediately_and_reads_back(tmp_path):
     assert not list(w.dir.glob(".*"))  # no temp files left behind
 
 
+def test_two_runs_started_in_the_same_second_get_two_folders(tmp_path, monkeypatch):
+    from luce_bench import results
+
+    monkeypatch.setattr(results, "utc_stamp", lambda: "20270101T000000Z")
+    first, second = RunWriter.create(tmp_path, "sweep"), RunWriter.create(tmp_path, "sweep")
+    assert [first.dir.name, second.dir.name] == ["20270101T000000Z-sweep", "20270101T000000Z-sweep-2"]
+    first.close()
+    second.close()
+
+
 def test_writer_refuses_a_file_as_output_dir(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(UserError, match="exists and is not a directory"):
