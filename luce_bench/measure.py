@@ -31,6 +31,10 @@ from luce_bench.gpu.base import GPU
 from luce_bench.records import RunRecord
 from luce_bench.sampler import Sampler
 
+# Unmeasured work between a repetition's random gap and its window: the energy counter read at the start edge is up to
+# one tick (~100 ms) old, and that stale stretch must be load, as at the end edge, not the gap's lower draw. Units: s.
+PREROLL_S = 0.2
+
 # The idle baseline: its unmeasured start after the settling under load, and how its edges find the energy counter's
 # tick (NVML's counter moves about every 100 ms; measurement.md, rule 4). Units: s.
 IDLE_DRAIN_S = 1.0
@@ -152,6 +156,7 @@ class Meter:
                     self.on_progress(label, rep, cfg.reps)
                     if i and cfg.rep_gap_max_s > 0:
                         clock.sleep(rng.uniform(0.0, cfg.rep_gap_max_s))
+                        self.loop(backend, test, prompt, PREROLL_S, True, context_ready=True)
                     record = self._window(backend, test, prompt, rep, limit)
                     self.on_record(record)
                     records.append(record)

@@ -27,6 +27,8 @@ card's 30.0 W where it read 33.6, 48.7, 38.9 and 31.9 W, net tok/J follows, and 
 moved by the tick waits (with it the seeded noise of the windows); speeds and plans unchanged.
 Session 54 also added runs.csv's `power_cap_pct` and `thermal_pct` (NVML's violation counters over the window): 100
 exactly where `throttled_share` is 1, else 0; no other cell moved.
+Session 54 then re-recorded both: after each random gap, 0.2 s of unmeasured work (measure.PREROLL_S) precedes the
+window, so its start edge's stale tick is load, not the gap; virtual time and the seeded noise moved with it.
 `LUCE_BENCH_UPDATE_GOLDEN=1` rewrites the files (only when a change of the numbers is intended).
 """
 
