@@ -8,7 +8,7 @@
 * `sweep_heatmap.png` (a grid of limits x clocks): tok/J per cell, with the share of the reference tok/s; cells below
   the speed threshold are greyed, the sweet spot is outlined.
 Flagged settings (quality.mark) get a ring: red when throttled, orange for windows < 10 s (⚠ in the heat map). A
-setting measured once has no interval: its point gets a grey square instead of a bar that would read as exact.
+point that stands on one window has no interval: it gets a grey square instead of a bar that would read as exact.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def _half_ci(lo: float | None, hi: float | None, std: float | None) -> float:
     return std if std is not None and math.isfinite(std) else 0.0
 
 
-SINGLE = "one repetition: no interval"
+SINGLE = "one window: no interval"
 
 
 def _mark_single(ax: Any, xs: Sequence[float], ys: Sequence[float], counts: Sequence[int]) -> None:
