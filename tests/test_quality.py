@@ -207,6 +207,10 @@ def test_thermal_throttling_is_flagged_left_out_and_reported(env, monkeypatch):
     hot = [r.rep for r in rows if "thermal-throttle" in r.verdict]
     assert hot and all("thermal-throttle" not in r.verdict for r in rows if r.t_end_s < 12.0 or r.t_start_s > 25.0)
     assert all(r.t_end_s >= 12.0 and r.t_start_s <= 25.0 for r in rows if r.rep in hot and r.test == rows[0].test)
+    # the violation counter agrees with the reasons: time under thermal slowdown only where the fault was on
+    assert all(r.thermal_pct > 0 for r in rows if "thermal-throttle" in r.verdict)
+    assert all(r.thermal_pct == 0 for r in rows if r.t_end_s < 12.0 or r.t_start_s > 25.0)
+    assert sum(r.thermal_pct * r.window_s for r in rows) / 100 == pytest.approx(13.0, abs=0.5)  # 12-25 s, in windows
     report = (run_dir / "report.md").read_text()
     assert "2 of 4 repetitions left out of the summary (thermal-throttle)" in report and hot == [1, 2]
     (line,) = [ln for ln in report.splitlines() if ln.startswith("| sim | pp64 | 420 W |")]
@@ -223,6 +227,7 @@ def test_power_capping_is_flagged_only_where_the_run_did_not_set_the_limit(env):
     assert result.exit_code == 0, result.output
     rows = check_rows(only_run_dir(env / "cmp"))
     assert rows and all("power-capped" in r.verdict and r.throttled_share == 1.0 for r in rows)
+    assert all(r.power_cap_pct == pytest.approx(100.0) for r in rows)  # NVML's counter: the whole window capped
     swept = CliRunner().invoke(app, ["sweep", "-c", str(env / "v.yaml"), "-o", str(env / "sw"), "--limits", "150"])
     assert swept.exit_code == 0, swept.output
     rows = check_rows(only_run_dir(env / "sw"))

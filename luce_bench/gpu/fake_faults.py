@@ -9,7 +9,8 @@ opened (on the card's own clock: virtual time in virtual runs, so a fault lands 
 * `counter-reset`: the energy counter starts again from 0 at `at_s`, as after a driver reload.
 * `crash`: the calls in `calls` raise a RuntimeError that is not a GPUError (a bug in a driver binding), e.g. in the
   sampler thread's `clock_event_reasons`.
-* `thermal`: the clock-event reasons report a software thermal slowdown (the card overheating).
+* `thermal`: the clock-event reasons report a software thermal slowdown (the card overheating), and the `sw_thermal`
+  violation counter counts its time.
 
 `open_fake` applies the faults listed as JSON in LUCE_BENCH_FAKE_GPU_FAULTS, e.g.
 `[{"kind": "not-supported", "at_s": 5.0, "calls": ["total_energy_mj"]}]`, so a test can script a fault into a run it
@@ -119,6 +120,19 @@ class FaultyGPU:
         reasons = self._inner.clock_event_reasons()
         active = any(f.kind == "thermal" and f.active(self._t_s()) for f in self._faults)
         return reasons | REASON_SW_THERMAL if active else reasons
+
+    def violation_ns(self) -> dict[str, int]:
+        """The violation counters, with `sw_thermal` counting the time `thermal` faults have been active. Units: ns."""
+        self._check("violation_ns")
+        counters = dict(self._inner.violation_ns())
+        t_s = self._t_s()
+        held_s = sum(
+            max(min(t_s, f.until_s if f.until_s is not None else t_s) - f.at_s, 0.0)
+            for f in self._faults
+            if f.kind == "thermal"
+        )
+        counters["sw_thermal"] = counters.get("sw_thermal", 0) + int(held_s * 1e9)
+        return counters
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._inner, name)
