@@ -216,6 +216,8 @@ class SweetSpot:
     reference: str = field(default="stock", metadata=_JSON_ONLY)  # stock, highest (limit measured) or fastest
     provisional: bool = field(default=False, metadata=_JSON_ONLY)  # the sweep stopped before measuring every setting
     settings: int = field(default=0, metadata=_JSON_ONLY)  # settings measured for this backend and test (0: not known)
+    # the sweet spot's windows' mean start temperature minus the reference's (None: not known). Units: °C
+    start_temp_diff_c: float | None = field(default=None, metadata=_JSON_ONLY)
 
     @property
     def setting(self) -> str:

@@ -18,7 +18,15 @@ from luce_bench.files import atomic_write, json_text
 from luce_bench.records import RunRecord, SummaryRow, SweetSpot, write_csv
 from luce_bench.results import META, SUMMARY, ran_simulated, read_meta, read_runs, read_samples
 from luce_bench.status import render_done
-from luce_bench.summary import baseline_notes, describe_spot, stress_notes, summarize, sweet_spots
+from luce_bench.summary import (
+    StartTemps,
+    baseline_notes,
+    describe_spot,
+    start_temps,
+    stress_notes,
+    summarize,
+    sweet_spots,
+)
 from luce_bench.tables import (
     TABLE_HEAD,
     clock_text,
@@ -203,7 +211,7 @@ def _sweep_intro(sweep: dict[str, Any]) -> list[str]:
 
 
 def _sweep_section(
-    run_dir: Path, summary: Sequence[SummaryRow], meta: dict[str, Any], provisional: bool
+    run_dir: Path, summary: Sequence[SummaryRow], meta: dict[str, Any], provisional: bool, temps: StartTemps
 ) -> tuple[list[SweetSpot], str]:
     """Sweet spots (written to sweet_spot.csv/.json), the sweep plots, and the report's sweep section.
 
@@ -213,7 +221,7 @@ def _sweep_section(
 
     sweep = meta["sweep"]
     min_speed = float(sweep.get("sweet_spot_min_speed", 0.95))
-    spots = sweet_spots(summary, min_speed, sweep.get("default_limit_w"), provisional)
+    spots = sweet_spots(summary, min_speed, sweep.get("default_limit_w"), provisional, temps)
     write_csv(run_dir / "sweet_spot.csv", SweetSpot, spots)
     doc = {"min_speed": min_speed, "complete": not provisional, "sweet_spots": [dataclasses.asdict(s) for s in spots]}
     atomic_write(run_dir / "sweet_spot.json", json_text(doc))
@@ -320,7 +328,7 @@ def render(run_dir: Path) -> Report:
             quality.append(f"{names}: from an earlier report; the sweep section needs {META} to be rebuilt")
     with stamped(_plot_stamp(meta)):  # every plot of the run, the sweep's too
         plots = render_run(run_dir, summary, runs, read_samples(run_dir))
-        sweep = _sweep_section(run_dir, summary, meta, provisional=cut_short) if meta.get("sweep") else None
+        sweep = _sweep_section(run_dir, summary, meta, cut_short, start_temps(runs)) if meta.get("sweep") else None
     report = Report(run_dir, summary, meta, _markdown(run_dir, summary, meta, plots, quality), quality=quality)
     if sweep is not None:
         report.spots, section = sweep

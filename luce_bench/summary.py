@@ -167,8 +167,32 @@ def _reference(rows: list[SummaryRow], default_w: float | None) -> tuple[Summary
     return (stock, "stock") if stock is not None else (rows[0], "highest")
 
 
+StartTemps = dict[tuple[str, str, float | None, int | None], float]
+# Settings whose windows started further apart than this are not compared silently (a hotter card leaks more power:
+# part of a tok/J difference may be the heat, not the setting). Units: °C
+TEMP_APART_C = 5.0
+
+
+def start_temps(runs: Sequence[RunRecord]) -> StartTemps:
+    """The mean start temperature of each group's windows, keyed as the summary's rows are grouped. Units: °C."""
+    temps: dict[tuple[str, str, float | None, int | None], list[float | None]] = {}
+    for r in runs:
+        temps.setdefault((r.backend, r.test, r.power_limit_req_w, r.sm_clock_mhz), []).append(r.temp_start_c)
+    return {k: m for k, v in temps.items() if math.isfinite(m := mean(v))}
+
+
+def _start_temp_c(row: SummaryRow, temps: StartTemps) -> float:
+    return temps.get((row.backend, row.test, row.power_limit_req_w, row.sm_clock_mhz), math.nan)
+
+
 def _spot(
-    backend: str, test: str, rows: list[SummaryRow], min_speed: float, default_w: float | None, provisional: bool
+    backend: str,
+    test: str,
+    rows: list[SummaryRow],
+    min_speed: float,
+    default_w: float | None,
+    provisional: bool,
+    temps: StartTemps,
 ) -> SweetSpot | None:
     stock, reference = _reference(rows, default_w)
     stock_ts, stock_tpj = _v(stock.avg_ts), _v(stock.tok_per_j)
@@ -201,6 +225,7 @@ def _spot(
         reference=reference,
         provisional=provisional,
         settings=len(rows),
+        start_temp_diff_c=None if math.isnan(d := _start_temp_c(best, temps) - _start_temp_c(stock, temps)) else d,
     )
 
 
@@ -233,12 +258,15 @@ def sweet_spots(
     min_speed: float = 0.95,
     default_limit_w: float | None = None,
     provisional: bool = False,
+    temps: StartTemps | None = None,
 ) -> list[SweetSpot]:
     """One sweet spot per (backend, test) with at least one measured setting; see the module docstring.
 
     `provisional`: the sweep stopped before measuring every setting, so a setting it never reached may be better.
+    `temps`: the groups' mean start temperatures (`start_temps`), to say how far apart the two compared settings began.
     """
-    spots = [_spot(b, t, rows, min_speed, default_limit_w, provisional) for (b, t), rows in by_setting(summary).items()]
+    groups = by_setting(summary).items()
+    spots = [_spot(b, t, rows, min_speed, default_limit_w, provisional, temps or {}) for (b, t), rows in groups]
     return [s for s in spots if s is not None]
 
 
@@ -271,6 +299,12 @@ def describe_spot(s: SweetSpot, min_speed: float) -> str:
         )
     if s.reference == "highest":
         text += "; the card's default limit was not measured"
+    diff_c = s.start_temp_diff_c
+    if diff_c is not None and abs(diff_c) > TEMP_APART_C:
+        text += (
+            f"; its windows started {abs(diff_c):.0f} °C {'hotter' if diff_c > 0 else 'cooler'} than the reference's "
+            "(a hotter card draws more: part of the difference may be the heat, not the setting)"
+        )
     if s.significant is False:
         text += (
             "; not significant (one-sided Welch test, Bonferroni over the settings: the windows' scatter explains it)"

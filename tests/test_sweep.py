@@ -291,6 +291,32 @@ def test_sweet_spot_rule():
     )
     (spot,) = sweet_spots(summary, 0.95, default_limit_w=420, provisional=True)
     assert describe_spot(spot, 0.95).startswith("provisional (the sweep did not finish): b tg128: sweet spot 220 W")
+    # settings whose windows began far apart in temperature are not compared silently (measurement rule 7)
+    key = ("b", "tg128")
+    for ref_c, spot_c, said in ((40.0, 44.0, None), (40.0, 52.6, "13 °C hotter"), (55.0, 41.0, "14 °C cooler")):
+        (spot,) = sweet_spots(summary, 0.95, 420, temps={(*key, 420, None): ref_c, (*key, 220, None): spot_c})
+        assert spot.start_temp_diff_c == pytest.approx(spot_c - ref_c)
+        text = describe_spot(spot, 0.95)
+        assert ("than the reference's (a hotter card draws more" in text) == (said is not None)
+        assert said is None or f"its windows started {said} than the reference's" in text
+    (spot,) = sweet_spots(summary, 0.95, 420)
+    assert spot.start_temp_diff_c is None  # (temperatures not known: nothing said)
+
+
+def test_start_temps_are_the_mean_of_each_groups_windows():
+    from luce_bench.records import RunRecord
+    from luce_bench.summary import start_temps
+
+    def run(limit_w, temp_c):
+        return RunRecord(
+            test_time="2027-01-01T00:00:00Z", backend="b", model="m", model_type="t", model_n_params=1, n_prompt=0,
+            n_gen=8, test="tg8", rep=0, iterations=1, n_tokens=8, window_s=10.0, compute_s=10.0, avg_ts=0.8,
+            power_limit_req_w=limit_w, temp_start_c=temp_c, device="cuda", gpu_simulated=True, valid=True,
+            verdict="ok",
+        )  # fmt: skip
+
+    temps = start_temps([run(420.0, 40.0), run(420.0, 44.0), run(300.0, None), run(220.0, 51.0)])
+    assert temps == {("b", "tg8", 420.0, None): 42.0, ("b", "tg8", 220.0, None): 51.0}  # 300 W: none read
 
 
 def test_a_timed_wait_shows_its_seconds_on_a_terminal_and_one_line_in_a_log():
