@@ -181,6 +181,10 @@ def start_temps(runs: Sequence[RunRecord]) -> StartTemps:
     return {k: m for k, v in temps.items() if math.isfinite(m := mean(v))}
 
 
+def _finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
 def _start_temp_c(row: SummaryRow, temps: StartTemps) -> float:
     return temps.get((row.backend, row.test, row.power_limit_req_w, row.sm_clock_mhz), math.nan)
 
@@ -225,7 +229,7 @@ def _spot(
         reference=reference,
         provisional=provisional,
         settings=len(rows),
-        start_temp_diff_c=None if math.isnan(d := _start_temp_c(best, temps) - _start_temp_c(stock, temps)) else d,
+        start_temp_diff_c=_finite_or_none(_start_temp_c(best, temps) - _start_temp_c(stock, temps)),
     )
 
 
