@@ -81,7 +81,8 @@ def mark_flagged(ax: Any, points: Sequence[tuple[float, float, str]]) -> None:
         hit = [(x, y) for x, y, v in points if mark(v) == kind and math.isfinite(x) and math.isfinite(y)]
         if hit:
             label = None if text in ax.get_legend_handles_labels()[1] else text
-            ax.plot([p[0] for p in hit], [p[1] for p in hit], "o", ms=13, mfc="none", mec=color, mew=1.8, label=label)
+            xs, ys = [p[0] for p in hit], [p[1] for p in hit]  # (its own colour: the lines' colours stay put)
+            ax.plot(xs, ys, "o", ms=13, color=color, mfc="none", mec=color, mew=1.8, label=label)
 
 
 def _limit_label(row: SummaryRow) -> str:

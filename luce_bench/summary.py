@@ -174,11 +174,16 @@ TEMP_APART_C = 5.0
 
 
 def start_temps(runs: Sequence[RunRecord]) -> StartTemps:
-    """The mean start temperature of each group's windows, keyed as the summary's rows are grouped. Units: °C."""
-    temps: dict[tuple[str, str, float | None, int | None], list[float | None]] = {}
+    """The mean start temperature of the windows each summary row averages (`quality.summary_basis`). Units: °C."""
+    groups: dict[tuple[str, str, float | None, int | None], list[RunRecord]] = {}
     for r in runs:
-        temps.setdefault((r.backend, r.test, r.power_limit_req_w, r.sm_clock_mhz), []).append(r.temp_start_c)
-    return {k: m for k, v in temps.items() if math.isfinite(m := mean(v))}
+        groups.setdefault((r.backend, r.test, r.power_limit_req_w, r.sm_clock_mhz), []).append(r)
+    out = {}
+    for key, rs in groups.items():
+        kept = mean(rs[i].temp_start_c for i in quality.summary_basis([r.verdict for r in rs]))
+        if math.isfinite(kept):
+            out[key] = kept
+    return out
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -306,7 +311,7 @@ def describe_spot(s: SweetSpot, min_speed: float) -> str:
     diff_c = s.start_temp_diff_c
     if diff_c is not None and abs(diff_c) > TEMP_APART_C:
         text += (
-            f"; its windows started {abs(diff_c):.0f} °C {'hotter' if diff_c > 0 else 'cooler'} than the reference's "
+            f"; its windows started {abs(diff_c):.1f} °C {'hotter' if diff_c > 0 else 'cooler'} than the reference's "
             "(a hotter card draws more: part of the difference may be the heat, not the setting)"
         )
     if s.significant is False:

@@ -66,7 +66,8 @@ def _mark_single(ax: Any, xs: Sequence[float], ys: Sequence[float], counts: Sequ
     hit = [(x, y) for x, y, n in pts if n < 2 and math.isfinite(x) and math.isfinite(y)]
     if hit:
         label = None if SINGLE in ax.get_legend_handles_labels()[1] else SINGLE
-        ax.plot([p[0] for p in hit], [p[1] for p in hit], "s", ms=10, mfc="none", mec="0.45", mew=1.2, label=label)
+        xs_, ys_ = [p[0] for p in hit], [p[1] for p in hit]  # (a colour of its own: the lines' colours stay put)
+        ax.plot(xs_, ys_, "s", ms=10, color="0.45", mfc="none", mec="0.45", mew=1.2, label=label)
 
 
 def _panels(groups: Groups) -> tuple[Any, Any, list[tuple[Any, str, list[SummaryRow]]]]:

@@ -131,6 +131,8 @@ def test_flagged_points_and_bars_are_marked_in_the_plots(monkeypatch, tmp_path):
 
 
 def test_a_setting_measured_once_gets_a_square_not_a_bar_that_reads_as_exact(monkeypatch, tmp_path):
+    import matplotlib.colors
+
     kept = []
     monkeypatch.setattr(sweep_plots, "save", lambda plt, fig, title, out: kept.append(fig) or out)
 
@@ -144,6 +146,9 @@ def test_a_setting_measured_once_gets_a_square_not_a_bar_that_reads_as_exact(mon
         sweep_plots.vs_setting_plot(summarize(runs), metric, tmp_path / f"{metric}.png")
         (square,) = [ln for ln in kept[-1].axes[0].lines if ln.get_label() == sweep_plots.SINGLE]
         assert list(square.get_xdata()) == single
+        # drawn in its own grey: the backend's line keeps the first colour of the cycle, squares or not
+        line = kept[-1].axes[0].containers[0].lines[0]
+        assert matplotlib.colors.to_hex(line.get_color()) == "#1f77b4"
     plots.pyplot().close("all")
 
 
