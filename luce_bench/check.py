@@ -171,10 +171,12 @@ def check(results: Path, readme: Path | None) -> list[str]:
     existing_dir(results, "results directory")
     runs = run_dirs(results)
     if not runs:
-        raise UserError(
-            f"{results} is not a results tree: no <gpu>/<run>/ folder in it holds a run's files "
-            "(give the folder that holds the published runs, e.g. results/)"
+        hint = (
+            f"; it is one run (luce-bench report {shell_arg(results)} rebuilds its report)"
+            if (results / "runs.csv").is_file()
+            else " (give the folder that holds the published runs, e.g. results/)"
         )
+        raise UserError(f"{results} is not a results tree: no <gpu>/<run>/ folder in it holds a run's files{hint}")
     problems: list[str] = [
         f"{d}: left by a publish that did not finish (remove it)"
         for d in sorted(results.glob("*/.publish-*"))

@@ -318,6 +318,8 @@ def describe_spot(s: SweetSpot, min_speed: float) -> str:
         text += (
             "; not significant (one-sided Welch test, Bonferroni over the settings: the windows' scatter explains it)"
         )
+    elif s.significant is None and (s.limit_w, s.sm_clock_mhz) != (s.stock_limit_w, s.stock_sm_clock_mhz):
+        text += "; not tested for significance (a setting with fewer than two windows with energy)"
     return text
 
 

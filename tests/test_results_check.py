@@ -285,6 +285,11 @@ def test_a_folder_without_published_runs_is_bad_input(tmp_path):
             f"error: {folder} is not a results tree: no <gpu>/<run>/ folder in it holds a run's files (give the "
             "folder that holds the published runs, e.g. results/)"
         ]
+    one = tmp_path / "runs" / "20260101T000000Z-sweep"  # one run: named as one, with the command that fits it
+    assert _lines(_check(one)) == [
+        f"error: {one} is not a results tree: no <gpu>/<run>/ folder in it holds a run's files; it is one run "
+        f"(luce-bench report {one} rebuilds its report)"
+    ]
 
 
 def test_meta_without_bandwidth_says_so_in_the_cell_and_a_recorded_one_gives_the_floor(tree):

@@ -302,6 +302,12 @@ def test_sweet_spot_rule():
         assert said is None or f"its windows started {said} than the reference's" in text
     (spot,) = sweet_spots(summary, 0.95, 420)
     assert spot.start_temp_diff_c is None  # (temperatures not known: nothing said)
+    # one window per setting: no spread to test the gain against, and the sentence says so
+    once = [dataclasses.replace(r, n=1, valid_reps=1) for r in summary]
+    (spot,) = sweet_spots(once, 0.95, 420)
+    assert spot.significant is None and describe_spot(spot, 0.95).endswith(
+        "; not tested for significance (a setting with fewer than two windows with energy)"
+    )
 
 
 def test_start_temps_are_the_mean_of_each_groups_windows():
