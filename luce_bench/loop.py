@@ -132,19 +132,22 @@ class RunLoop:
                 *self.writer.meta.get("resumes", []),
                 {"started_utc": utc_now(), "rows_before": self.writer.n_runs},
             ]
-            self.writer.write_meta({"resumes": resumes, "backends": self.backend_meta, **self._anchor()})
+            self.writer.write_meta({"resumes": resumes, "backends": self.backend_meta, **self._sampler_meta()})
             return
         sweep = sweep_meta(self.plan, self.ctx.cfg, self.ctx.gpu, self.ctx.clock.unix_s())
         self.writer.write_meta({**run_meta(self.ctx, self.plan.model), **({"sweep": sweep} if sweep else {})})
-        self.writer.write_meta({"backends": self.backend_meta, **self._anchor()})
+        self.writer.write_meta({"backends": self.backend_meta, **self._sampler_meta()})
 
-    def _anchor(self) -> dict[str, Any]:
-        """The timeline's wall-clock anchor for meta.json, written at the start too.
+    def _sampler_meta(self, jitter: bool = False) -> dict[str, Any]:
+        """meta.json's `sampler`: the timeline's wall-clock anchor, and at the end (`jitter`) the sampler's jitter.
 
-        A stopped run's windows can then still be lined up with an independent reader's log (`report
-        --independent`); the end adds the sampler's jitter.
+        The anchor is written at the start too, so a stopped run's windows can still be lined up with an independent
+        reader's log (`report --independent`).
         """
-        return {"sampler": {"origin_unix_s": self.sampler.origin_unix_s}} if self.sampler is not None else {}
+        if self.sampler is None:
+            return {}
+        jitter_ms = self.sampler.jitter_ms() if jitter else {}
+        return {"sampler": {**jitter_ms, "origin_unix_s": self.sampler.origin_unix_s}}
 
     # --- backends ----------------------------------------------------------------------------------------------------
     def _load(self, name: str) -> Backend | None:
@@ -281,9 +284,8 @@ class RunLoop:
         return {
             "token_agreement": token_agreement(self.meter.first_tokens),
             "first_tokens": self.meter.first_tokens,
-            "sampler": {**self.sampler.jitter_ms(), "origin_unix_s": self.sampler.origin_unix_s}
-            if self.sampler is not None
-            else None,
+            "sampler": None,  # (no GPU: nothing sampled)
+            **self._sampler_meta(jitter=True),
         }
 
 

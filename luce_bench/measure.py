@@ -198,14 +198,22 @@ class Meter:
             start_iteration(backend, test, prompt)
             self.first_tokens[label] = list(generate_tokens(backend, test, prompt, min(test.n, 32)).tokens)
 
-    def _edge(self) -> Edge:
+    def _edge(self, start: bool) -> Edge:
+        """The readings at a window's edge.
+
+        The violation counters are read outside the energy's span: before the energy counter at the start, after it
+        at the end (an NVML call inside the span would add its time and draw to no work).
+        """
         rapl, gpu, sampler = self.ctx.rapl, self.ctx.gpu, self.sampler
-        return Edge(
+        edge = Edge(
+            violation_ns=self._violations() if start else None,
             t_s=sampler.now_s() if sampler is not None else None,
             energy_mj=gpu.total_energy_mj() if gpu is not None else None,
             cpu_uj=rapl.read_uj() if rapl is not None else None,
-            violation_ns=self._violations(),
         )
+        if not start:
+            edge.violation_ns = self._violations()
+        return edge
 
     def _violations(self) -> dict[str, int] | None:
         """NVML's violation counters at a window's edge, or None where the card fails to give them.
@@ -233,7 +241,7 @@ class Meter:
         clock, window_s = self.ctx.clock, self.ctx.cfg.window_s
         tokens = iters = 0
         compute_s = 0.0
-        start = self._edge()
+        start = self._edge(start=True)
         w0 = clock.now_s()
         while True:
             n, dt = run_once(backend, test, prompt)
@@ -242,7 +250,7 @@ class Meter:
             if clock.now_s() - w0 >= window_s:
                 break
         elapsed_s = clock.now_s() - w0
-        end = self._edge()
+        end = self._edge(start=False)
         cfg = self.model.config
         return RunRecord(
             test_time=rfc3339(clock.unix_s()),

@@ -77,14 +77,13 @@ class RunWriter:
             try:
                 path.mkdir(parents=True, exist_ok=False)
                 break
-            except FileExistsError as exc:
-                if not path.is_dir():  # a file in the way (a parent of --out): bad input, no other name can help
+            except OSError as exc:
+                if isinstance(exc, FileExistsError) and path.is_dir():  # another run took the name this second
+                    i += 1
+                    path = base.with_name(f"{base.name}-{i}")
+                    continue
+                if isinstance(exc, (FileExistsError, NotADirectoryError)):  # a file in --out's path: bad input
                     raise UserError(f"cannot create a run directory under {out}: a file is in its path") from exc
-                i += 1  # another run took this name in the same second: the next free one
-                path = base.with_name(f"{base.name}-{i}")
-            except NotADirectoryError as exc:
-                raise UserError(f"cannot create a run directory under {out}: a file is in its path") from exc
-            except OSError as exc:  # a read-only or full disk, no permission
                 raise WriteError(f"cannot create a run directory under {out}: {reason_of(exc)}") from exc
         try:
             return cls(path)

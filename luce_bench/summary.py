@@ -92,21 +92,26 @@ def _summary_row(every: Sequence[RunRecord]) -> SummaryRow:
     )
 
 
-def summarize(runs: Sequence[RunRecord]) -> list[SummaryRow]:
-    """One row per (backend, test, requested power limit, locked SM clock), in first-seen order."""
-    groups: dict[tuple[str, str, float | None, int | None], list[RunRecord]] = {}
+GroupKey = tuple[str, str, float | None, int | None]  # (backend, test, requested power limit, locked SM clock)
+
+
+def _groups(runs: Sequence[RunRecord]) -> dict[GroupKey, list[RunRecord]]:
+    """The repetitions behind each summary row, by (backend, test, requested limit, locked clock), first seen first."""
+    groups: dict[GroupKey, list[RunRecord]] = {}
     for r in runs:
         groups.setdefault((r.backend, r.test, r.power_limit_req_w, r.sm_clock_mhz), []).append(r)
-    return [_summary_row(rs) for rs in groups.values()]
+    return groups
+
+
+def summarize(runs: Sequence[RunRecord]) -> list[SummaryRow]:
+    """One row per (backend, test, requested power limit, locked SM clock), in first-seen order."""
+    return [_summary_row(rs) for rs in _groups(runs).values()]
 
 
 def stress_notes(runs: Sequence[RunRecord]) -> list[str]:
     """One line per group with throttled repetitions: how many the summary left out, or that it averaged them all."""
-    groups: dict[tuple[str, str, float | None, int | None], list[RunRecord]] = {}
-    for r in runs:
-        groups.setdefault((r.backend, r.test, r.power_limit_req_w, r.sm_clock_mhz), []).append(r)
     out = []
-    for (backend, test, limit_w, clock_mhz), rs in groups.items():
+    for (backend, test, limit_w, clock_mhz), rs in _groups(runs).items():
         hit = [r for r in rs if quality.stressed(r.verdict)]
         if not hit:
             continue
@@ -167,7 +172,7 @@ def _reference(rows: list[SummaryRow], default_w: float | None) -> tuple[Summary
     return (stock, "stock") if stock is not None else (rows[0], "highest")
 
 
-StartTemps = dict[tuple[str, str, float | None, int | None], float]
+StartTemps = dict[GroupKey, float]
 # Settings whose windows started further apart than this are not compared silently (a hotter card leaks more power:
 # part of a tok/J difference may be the heat, not the setting). Units: °C
 TEMP_APART_C = 5.0
@@ -175,11 +180,8 @@ TEMP_APART_C = 5.0
 
 def start_temps(runs: Sequence[RunRecord]) -> StartTemps:
     """The mean start temperature of the windows each summary row averages (`quality.summary_basis`). Units: °C."""
-    groups: dict[tuple[str, str, float | None, int | None], list[RunRecord]] = {}
-    for r in runs:
-        groups.setdefault((r.backend, r.test, r.power_limit_req_w, r.sm_clock_mhz), []).append(r)
     out = {}
-    for key, rs in groups.items():
+    for key, rs in _groups(runs).items():
         kept = mean(rs[i].temp_start_c for i in quality.summary_basis([r.verdict for r in rs]))
         if math.isfinite(kept):
             out[key] = kept
