@@ -41,6 +41,7 @@ class RunWriter:
     def __init__(self, run_dir: Path, existing: bool = False) -> None:
         """Start runs.csv and samples.csv in the new, empty `run_dir`; `existing`: append to a run's directory."""
         self.dir = run_dir
+        self.made: list[Path] = []  # the folders made for a new run directory, deepest first (`discard`)
         self.meta: dict[str, Any] = read_meta(run_dir) if existing else {}
         self.n_runs = 0
         self._runs = CsvAppender(run_dir / RUNS, RunRecord)
@@ -86,13 +87,17 @@ class RunWriter:
                     raise UserError(f"cannot create a run directory under {out}: a file is in its path") from exc
                 raise WriteError(f"cannot create a run directory under {out}: {reason_of(exc)}") from exc
         try:
-            return cls(path)
+            writer = cls(path)
         except (OSError, RunDirError) as exc:  # (RunDirError: a CSV's header could not be written)
-            shutil.rmtree(path, ignore_errors=True)  # made just now: it holds at most the CSVs begun here
-            for folder in made:  # and the folders made for it (each left where something else appeared in it)
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
+            _discard(path, made)
             raise WriteError(f"cannot start a run directory in {out}: {_why(exc)}") from exc
+        writer.made = made
+        return writer
+
+    def discard(self) -> None:
+        """Remove the new run directory (closed, nothing measured in it) and the folders made for it."""
+        self.close()
+        _discard(self.dir, self.made)
 
     def add_run(self, record: RunRecord) -> None:
         """Append one repetition's row to runs.csv (a signal lands before or after the row and its count)."""
@@ -116,6 +121,13 @@ class RunWriter:
         """Close the CSV files."""
         self._runs.close()
         self._samples.close()
+
+
+def _discard(run_dir: Path, made: Sequence[Path]) -> None:
+    shutil.rmtree(run_dir, ignore_errors=True)  # made by this run: it holds only what the run began
+    for folder in made:  # and the folders made for it (each left where something else appeared in it)
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def read_runs(run_dir: Path) -> list[RunRecord]:

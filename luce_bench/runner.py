@@ -13,7 +13,6 @@ SIGTERM and SIGHUP stop any run the way SIGINT does (a sweep's controller restor
 from __future__ import annotations
 
 import contextlib
-import shutil
 import signal
 import threading
 from collections.abc import Iterator
@@ -219,12 +218,15 @@ def _in_dir(plan: Plan, ctx: RunContext, ui: UI, control: Any, resume: Resume | 
     except SystemExit as exc:
         outcome.stop = _signal_stop(exc.code)
     except RunDirError as exc:
+        if writer.n_runs == 0 and resume is None:  # a full disk before the first row: no empty run directory left
+            writer.discard()
+            raise WriteError(f"{exc}; nothing was measured, and the run directory was removed") from exc
         outcome.stop = Stop(st.STOPPED, f"run directory not writable: {exc}", st.EXIT_DISK)
     except GPUError as exc:
         outcome.stop = Stop(st.STOPPED, f"GPU error: {exc}", st.EXIT_GPU_FAULT)
     except UserError as exc:
         if writer.n_runs == 0 and resume is None:  # nothing measured: leave no run directory behind
-            shutil.rmtree(writer.dir, ignore_errors=True)
+            writer.discard()
             raise
         code = getattr(exc, "exit_code", st.EXIT_BAD_INPUT)  # (a WriteError: the disk, EXIT_DISK)
         outcome.stop, outcome.error = Stop(st.STOPPED, f"error: {exc}", code), exc
@@ -266,6 +268,10 @@ def run(plan: Plan, ctx: RunContext, ui: UI, persistence: bool = True, resume: R
             if outcome is None:  # the controller refused to start (lock, stale journal): nothing exists yet
                 raise
             outcome.restore_error = str(exc)
+        except UserError:  # nothing was measured and no run directory is left; a setting made is said restored
+            if control is not None and control.changed and control.restore_error is None and ctx.gpu is not None:
+                _say_restored(ctx, plan, ui)
+            raise
         if outcome is not None and control is not None and control.restore_error and not outcome.restore_error:
             outcome.restore_error = control.restore_error
         assert outcome is not None

@@ -223,7 +223,7 @@ def test_a_full_disk_mid_row_leaves_whole_rows_and_stops_with_code_4(env, monkey
 
 
 @pytest.mark.tries("fault", "full disk or read-only folder when the run directory is made")
-@pytest.mark.parametrize("where", ["header", "mkdir"])
+@pytest.mark.parametrize("where", ["header", "mkdir", "first-row"])
 def test_a_run_directory_that_cannot_be_started_is_one_line_code_4_and_leaves_nothing(env, monkeypatch, where):
     import errno
     from pathlib import Path
@@ -231,6 +231,9 @@ def test_a_run_directory_that_cannot_be_started_is_one_line_code_4_and_leaves_no
     if where == "header":  # the disk is full from the first byte: runs.csv's header fails
         monkeypatch.setattr(appender, "os", DiskFullAfter(rows=-1))
         said = f"error: cannot start a run directory in {env / 'runs'}: No space left on device"
+    elif where == "first-row":  # the headers fit, the first row does not: nothing was measured
+        monkeypatch.setattr(appender, "os", DiskFullAfter(rows=0))
+        said = "No space left on device; nothing was measured, and the run directory was removed"
     else:
         real_mkdir = Path.mkdir
 
@@ -242,11 +245,17 @@ def test_a_run_directory_that_cannot_be_started_is_one_line_code_4_and_leaves_no
         (env / "runs").mkdir()
         monkeypatch.setattr(Path, "mkdir", read_only)
         said = f"error: cannot create a run directory under {env / 'runs'}: Read-only file system"
-    out = env / "runs" if where == "mkdir" else env / "new" / "runs"  # (header: two folders made for the run)
+    out = env / "runs" if where == "mkdir" else env / "new" / "runs"  # (two folders made for the run)
     said = said.replace(str(env / "runs"), str(out))
-    result = CliRunner().invoke(app, ["sweep", "-c", str(env / "v.yaml"), "-o", str(out)])
+    limits = ["--limits", "300"] if where == "first-row" else []  # (first-row: a limit is set, then restored)
+    result = CliRunner().invoke(app, ["sweep", "-c", str(env / "v.yaml"), "-o", str(out), *limits])
     assert result.exit_code == 4, result.output
-    assert [ln for ln in result.output.splitlines() if ln.strip()] == [said]
+    if where == "first-row":  # the run began (its notes, the limit set and restored); its last line says why it ended
+        *before, last = [ln for ln in result.output.splitlines() if ln.strip()]
+        assert last.startswith(f"error: cannot append to {out}/") and last.endswith(f"runs.csv: {said}"), last
+        assert "power limit restored to 420 W" in before
+    else:
+        assert [ln for ln in result.output.splitlines() if ln.strip()] == [said]
     if where == "mkdir":
         assert not list(out.iterdir())  # --out existed: it stays, empty
     else:
@@ -430,22 +439,20 @@ def test_help_into_a_closed_pipe_ends_quietly_as_sigpipe_would(args):
     assert (done.returncode, done.stderr) == (141, "")
 
 
-@pytest.mark.tries("fault", "full disk before the run's meta.json exists: no resume hint, nothing said restored")
-def test_a_sweep_stopped_before_its_meta_json_says_it_cannot_be_resumed(env, monkeypatch):
+@pytest.mark.tries("fault", "full disk before the run's meta.json exists: nothing left, nothing said restored")
+def test_a_sweep_stopped_before_its_meta_json_leaves_no_run_directory(env, monkeypatch):
     import errno
 
     from luce_bench import results
 
-    real = results.atomic_write
     _failing_writes(monkeypatch, results, ("meta.json",), errno.EFBIG)
-    result, run_dir = sweep(env, "--limits", "420,300")
+    result = CliRunner().invoke(app, ["sweep", "-c", str(env / "v.yaml"), "-o", str(env / "runs"), "--limits", "420,300"])
     assert result.exit_code == 4, result.output
     said = " ".join(result.output.split())
-    assert "cannot be resumed" in said and "--resume" not in said  # --resume would refuse it
-    assert "power limit unchanged (420 W)" in said and "restored" not in said  # no limit was ever set
-    monkeypatch.setattr(results, "atomic_write", real)
-    again = CliRunner().invoke(app, ["sweep", "--resume", str(run_dir)])
-    assert again.exit_code == 2 and "no meta.json" in again.output and "run the sweep again" in again.output
+    assert "nothing was measured, and the run directory was removed" in said and "--resume" not in said
+    assert "restored" not in said and "limit 1/2" not in said  # no limit was ever set
+    assert not (env / "runs").exists()  # (--out, made for the run, goes with it)
+    assert card(env / "card.json").get("limit_mw", 420_000) == 420_000 and not list_journals()
 
 
 @pytest.mark.tries("fault", "SIGINT during a backend's load, swallowed by an import")
