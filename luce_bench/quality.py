@@ -3,7 +3,8 @@
 A window's verdict is "ok" or a ";"-joined list of flags, in this order:
 * `short-window`: shorter than MIN_TRUSTED_WINDOW_S (the counter's ~0.1 s ticks give >2 % error, rule 4).
 * `power-disagree`: the sampled instant-power integral and the counter differ by more than MAX_DISAGREE_PCT.
-* `temp-drift`: the temperature moved by more than MAX_TEMP_DRIFT_C within the window.
+* `temp-drift`: the temperature moved by more than MAX_TEMP_DRIFT_C within the window (from its first second's end,
+  sampler.TEMP_SETTLE_S: the die's rebound from the gap before a repetition is not a drift).
 * `thermal-throttle`: a thermal or hardware slowdown (sw/hw thermal, hw slowdown, power brake) held the clocks down
   in any sample of the window: the card ran below the setting the row names.
 * `power-capped`: the power cap held the clocks down in more than MAX_POWER_CAPPED_SHARE of the samples of a window

@@ -70,7 +70,7 @@ class RunRecord:
     n_samples: int | None = None
     mean_sm_mhz: float | None = None
     mean_mem_mhz: float | None = None
-    temp_start_c: float | None = None
+    temp_start_c: float | None = None  # 1 s into the window (sampler.TEMP_SETTLE_S): past the gap before it
     temp_end_c: float | None = None
     throttled_share: float | None = None
     clock_reasons: str = ""  # clock-event reasons seen in the window, e.g. "sw_power_cap" (GpuIdle left out)

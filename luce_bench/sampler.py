@@ -16,6 +16,7 @@ import functools
 import operator
 import statistics
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from luce_bench.clock import Cancel, Clock, RealClock
@@ -40,6 +41,9 @@ class Sample:
 
 
 BRACKET_PERIODS = 2  # the most periods apart that two samples around a window with none of its own may be
+# A window's start temperature is read this far in: the die cools by ~9 C within 0.6 s of a gap between repetitions
+# and is back within ~0.5 s of load (an H200's samples), so an earlier reading measures the gap, not the window.
+TEMP_SETTLE_S = 1.0
 
 
 class Sampler:
@@ -191,7 +195,8 @@ class Sampler:
 
         Keys: mean_power_w, mean_sm_mhz, mean_mem_mhz, temp_start_c, temp_end_c, throttled_share, clock_reasons (the
         reasons seen in any sample, named), n_samples, and the shares of samples held down by thermal or hardware
-        slowdowns (thermal_share) and by the power cap (power_cap_share).
+        slowdowns (thermal_share) and by the power cap (power_cap_share). temp_start_c is the first sample at least
+        TEMP_SETTLE_S into a window longer than twice that (the first sample of a shorter one).
 
         A window shorter than the period can fall between two polls: n_samples is 0, and the two samples around it
         (the edges `integrate_power_j` interpolates between; `wait_past` waits for the second) give its clocks and
@@ -224,7 +229,7 @@ class Sampler:
             "mean_power_w": self.integrate_power_j(t0_s, t1_s) / (t1_s - t0_s) if t1_s > t0_s else win[0].power_w,
             "mean_sm_mhz": sum(s.sm_mhz for s in win) / k,
             "mean_mem_mhz": sum(s.mem_mhz for s in win) / k,
-            "temp_start_c": win[0].temp_c,
+            "temp_start_c": _settled(win, t0_s, t1_s).temp_c,
             "temp_end_c": win[-1].temp_c,
             "throttled_share": sum(is_throttled(s.reasons) for s in win) / k,
             "clock_reasons": reason_names(functools.reduce(operator.or_, (s.reasons for s in win), 0)),
@@ -247,3 +252,12 @@ class Sampler:
             "max_interval_ms": max(gaps),
             "max_abs_jitter_ms": max(abs(g - self.period_s * 1000.0) for g in gaps),
         }
+
+
+def _settled(win: Sequence[Sample], t0_s: float, t1_s: float) -> Sample:
+    """The first sample of `win` at least TEMP_SETTLE_S after `t0_s` (the first one in a window under twice that)."""
+    if t1_s - t0_s >= 2.0 * TEMP_SETTLE_S:
+        for s in win:
+            if s.t_s >= t0_s + TEMP_SETTLE_S:
+                return s
+    return win[0]

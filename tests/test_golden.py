@@ -29,6 +29,8 @@ Session 54 also added runs.csv's `power_cap_pct` and `thermal_pct` (NVML's viola
 exactly where `throttled_share` is 1, else 0; no other cell moved.
 Session 54 then re-recorded both: after each random gap, 0.2 s of unmeasured work (measure.PREROLL_S) precedes the
 window, so its start edge's stale tick is load, not the gap; virtual time and the seeded noise moved with it.
+Session 55 re-recorded both: a window's `temp_start_c` is its first sample 1 s in (sampler.TEMP_SETTLE_S), past the
+die's rebound from the gap before it, so `temp_start_c` and with it `temp-drift` in the verdicts moved; no other cell.
 `LUCE_BENCH_UPDATE_GOLDEN=1` rewrites the files (only when a change of the numbers is intended).
 """
 

@@ -140,3 +140,27 @@ def test_a_window_shorter_than_the_period_is_measured_from_the_polls_around_it(t
     assert len(rows) == 4 and all("no-samples" not in r["verdict"] for r in rows), [r["verdict"] for r in rows]
     assert all(r["n_samples"] == "0" and r["temp_start_c"] and r["mean_sm_mhz"] for r in rows)
     # (the simulated counter ticks every 0.1 s: a 0.02 s window reads 0 J or a whole tick, and is flagged for it)
+
+
+def _temps(sampler: Sampler, temps_c: list[tuple[float, int]]) -> None:
+    from luce_bench.sampler import Sample
+
+    sampler.samples[:] = [Sample(t, 300.0, None, 1980, 3201, c, 0, 0, 700.0) for t, c in temps_c]
+
+
+def test_a_windows_start_temperature_is_read_past_the_rebound_from_the_gap_before_it():
+    """The die is cold at the first sample after a gap and back within ~0.5 s: that is not a drift within the window."""
+    from luce_bench.quality import TEMP_DRIFT, sampled_flags
+
+    sampler = Sampler(FakeGPU(clock=Clock()), period_s=0.1, clock=Clock())
+    rebound = [(0.0, 41), (0.3, 47), (0.6, 50)] + [(0.9 + 0.1 * i, 50 + i // 40) for i in range(92)]  # to 10.0 s
+    _temps(sampler, rebound)
+    s = sampler.summarize(0.0, 10.0)
+    assert (s["temp_start_c"], s["temp_end_c"]) == (50, 52)  # the sample at 1.0 s, not the 41 C at 0.0 s
+    assert TEMP_DRIFT not in sampled_flags(s, 0.0, limit_set=True)
+    drift = [(0.1 * i, 40 + i // 10) for i in range(101)]  # 40 -> 50 C, steadily, over 10 s
+    _temps(sampler, drift)
+    s = sampler.summarize(0.0, 10.0)
+    assert (s["temp_start_c"], s["temp_end_c"]) == (41, 50)  # a drift is still one: 9 C from 1 s in
+    assert TEMP_DRIFT in sampled_flags(s, 0.0, limit_set=True)
+    assert sampler.summarize(0.0, 1.5)["temp_start_c"] == 40  # a window under 2 s starts at its first sample
