@@ -98,6 +98,11 @@ class Conditions:
     sm_clock_mhz: int | None = None
 
 
+def _expected_limit_w(limit: Conditions) -> float | None:
+    """The power limit a row names: the one the run set, else the one in force when its block began. Units: W."""
+    return limit.requested_w if limit.requested_w is not None else limit.enforced_w
+
+
 @dataclass
 class Edge:
     """Readings at one edge of an energy window."""
@@ -298,7 +303,9 @@ class Meter:
         energy_j = (end.energy_mj - start.energy_mj) / 1000.0
         out: dict[str, Any] = {"energy_j": energy_j}
         if self.sampler is not None and start.t_s is not None and end.t_s is not None:
-            out.update(self._sampled(start.t_s, end.t_s, energy_j, flags, limit.requested_w is not None))
+            out.update(self._sampled(start.t_s, end.t_s, energy_j, flags, limit))
+        else:
+            flags += quality.limit_flags(_expected_limit_w(limit), limit.enforced_w, {})
         bad = quality.energy_flag(energy_j)
         if bad is not None:
             out.update(valid=False, verdict=quality.verdict([*flags, bad]))
@@ -315,7 +322,7 @@ class Meter:
             out["net_tok_per_j"] = tokens / net_j if net_j > 0 else None
         return out
 
-    def _sampled(self, t0_s: float, t1_s: float, energy_j: float, flags: list[str], limit_set: bool) -> dict[str, Any]:
+    def _sampled(self, t0_s: float, t1_s: float, energy_j: float, flags: list[str], limit: Conditions) -> dict[str, Any]:
         assert self.sampler is not None
         s = self.sampler.summarize(t0_s, t1_s)
         if not s["n_samples"]:  # shorter than the period, between two polls: the one after it, then again
@@ -337,7 +344,8 @@ class Meter:
         }
         if energy_j > 0 and sampled_j and sampled_j > 0:
             out["counter_vs_sampled_pct"] = 100.0 * (sampled_j - energy_j) / energy_j
-        flags += quality.sampled_flags(s, out.get("counter_vs_sampled_pct"), limit_set)
+        disagree_pct, limit_set = out.get("counter_vs_sampled_pct"), limit.requested_w is not None
+        flags += quality.sampled_flags(s, disagree_pct, limit_set, _expected_limit_w(limit), limit.enforced_w)
         return out
 
     def cooldown(self) -> None:

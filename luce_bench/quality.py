@@ -11,6 +11,9 @@ A window's verdict is "ok" or a ";"-joined list of flags, in this order:
   whose limit luce-bench did not set (compare, bench, a clocks-only sweep): the number depends on a limit the run did
   not choose to measure, and a locked clock was not what ran. Under a limit the sweep set, the cap holding the clock
   down is the effect being measured (`clock_reasons` records it), not a flaw.
+* `limit-mismatch`: the enforced power limit was not the row's: more than MAX_LIMIT_MISMATCH_W from the limit the run
+  set (another cap, a BMC's, held the card lower), or, where the run set none, from the limit in force when the
+  block began (something changed it mid-run), in the read-back after setting it or in any sample of the window.
 * `no-samples`: the sampler recorded nothing in or around the window (it failed): no cross-check, no clocks, no
   temperatures. A window shorter than the sampler's period that falls between two polls is not one: the two samples
   around it give its cross-check, clocks and temperatures (and its length flags it `short-window`).
@@ -21,10 +24,10 @@ One flag belongs to a summary row, not to a window: `noisy`, where the repetitio
 MAX_SPREAD_PCT (sample std over mean, from MIN_SPREAD_REPS repetitions): the mean is not a number to quote alone (a
 shared CPU, a backend bound by Python's launch overhead).
 
-`STRESS_FLAGS` mark windows measured in a different operating state than the row's setting. A summary averages only
-the windows without them when it has any such windows (`summary_basis`), so throttled windows are never averaged in
-with clean ones; when every window is throttled it averages them all, and its verdict names the flag either way.
-Tables and plots mark results whose verdict has a stress flag ("throttled") or a short window ("short"): `mark`.
+`STRESS_FLAGS` mark windows measured in a different operating state than the row's setting. A summary averages every
+window, throttled or not (leaving the throttled ones out would choose windows by their outcome, in the row's favour),
+and its verdict names the flag; the report says how many windows carry it (summary.stress_notes). Tables and plots
+mark results whose verdict has a stress flag ("throttled") or a short window ("short"): `mark`.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ MIN_TRUSTED_WINDOW_S = 10.0
 MAX_DISAGREE_PCT = 5.0
 MAX_TEMP_DRIFT_C = 5.0
 MAX_POWER_CAPPED_SHARE = 0.05
+MAX_LIMIT_MISMATCH_W = 1.0
 MAX_SPREAD_PCT = 5.0
 MIN_SPREAD_REPS = 3
 
@@ -47,13 +51,14 @@ POWER_DISAGREE = "power-disagree"
 TEMP_DRIFT = "temp-drift"
 THERMAL_THROTTLE = "thermal-throttle"
 POWER_CAPPED = "power-capped"
+LIMIT_MISMATCH = "limit-mismatch"
 NO_SAMPLES = "no-samples"
 COUNTER_RESET = "counter-reset"
 ENERGY_INVALID = "energy-invalid"
 NO_ENERGY = "no-energy"
 NOISY = "noisy"
 
-STRESS_FLAGS = (THERMAL_THROTTLE, POWER_CAPPED)
+STRESS_FLAGS = (THERMAL_THROTTLE, POWER_CAPPED, LIMIT_MISMATCH)
 # every flag a window's verdict can hold, in the order it is written (NOISY belongs to summary rows only)
 WINDOW_FLAGS = (
     SHORT_WINDOW,
@@ -61,6 +66,7 @@ WINDOW_FLAGS = (
     TEMP_DRIFT,
     THERMAL_THROTTLE,
     POWER_CAPPED,
+    LIMIT_MISMATCH,
     NO_SAMPLES,
     COUNTER_RESET,
     ENERGY_INVALID,
@@ -120,13 +126,22 @@ def window_flags(window_s: float) -> list[str]:
     return [] if window_s >= MIN_TRUSTED_WINDOW_S else [SHORT_WINDOW]
 
 
-def sampled_flags(sampled: dict[str, Any], disagree_pct: float | None, limit_set: bool) -> list[str]:
+def sampled_flags(
+    sampled: dict[str, Any],
+    disagree_pct: float | None,
+    limit_set: bool,
+    expected_limit_w: float | None = None,
+    enforced_w: float | None = None,
+) -> list[str]:
     """Flags from the sampler's view of a window (`Sampler.summarize`): disagreement, drift, throttling, no samples.
 
     `limit_set`: luce-bench set this window's power limit (a sweep's limit), so capping is the measured effect.
+    `expected_limit_w`: the limit the row names (the one set, else the one in force when the block began); with
+    `enforced_w`, the limit read back when it was set, they give `limit-mismatch` (`limit_flags`).
     """
+    mismatch = limit_flags(expected_limit_w, enforced_w, sampled)
     if sampled.get("mean_power_w") is None:  # (a window between two polls has the samples around it)
-        return [NO_SAMPLES]
+        return [*mismatch, NO_SAMPLES]
     flags = []
     if disagree_pct is not None and abs(disagree_pct) > MAX_DISAGREE_PCT:
         flags.append(POWER_DISAGREE)
@@ -137,7 +152,16 @@ def sampled_flags(sampled: dict[str, Any], disagree_pct: float | None, limit_set
         flags.append(THERMAL_THROTTLE)
     if not limit_set and (sampled.get("power_cap_share") or 0.0) > MAX_POWER_CAPPED_SHARE:
         flags.append(POWER_CAPPED)
-    return flags
+    return flags + mismatch
+
+
+def limit_flags(expected_w: float | None, enforced_w: float | None, sampled: dict[str, Any]) -> list[str]:
+    """[LIMIT_MISMATCH] when the read-back `enforced_w` or a sample's limit is MAX_LIMIT_MISMATCH_W from `expected_w`."""
+    if expected_w is None:
+        return []
+    seen = [enforced_w, sampled.get("limit_min_w"), sampled.get("limit_max_w")]
+    off = [abs(w - expected_w) for w in seen if w is not None]
+    return [LIMIT_MISMATCH] if off and max(off) > MAX_LIMIT_MISMATCH_W else []
 
 
 def energy_flag(energy_j: float) -> str | None:
@@ -182,9 +206,3 @@ def mark(verdict_text: str) -> str | None:
     if any(f in STRESS_FLAGS for f in flags):
         return "throttled"
     return "short" if SHORT_WINDOW in flags else None
-
-
-def summary_basis(verdicts: Sequence[str]) -> list[int]:
-    """Indices of the windows a summary averages: those without stress flags, or all when none is clean."""
-    clean = [i for i, v in enumerate(verdicts) if not stressed(v)]
-    return clean or list(range(len(verdicts)))

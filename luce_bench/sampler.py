@@ -144,8 +144,7 @@ class Sampler:
                 except GPUError:
                     self.read_average = False
             sm_mhz, mem_mhz = self.gpu.clocks_mhz()
-            if not self.samples or len(self.samples) % 10 == 0:  # the limit rarely changes; read it once a second
-                self._limit_w = self.gpu.power_limit_mw() / 1000.0
+            self._limit_w = self.gpu.power_limit_mw() / 1000.0  # every poll: a window's flag reads it (quality.py)
             sample = Sample(
                 t_s,
                 power_w,
@@ -195,8 +194,9 @@ class Sampler:
 
         Keys: mean_power_w, mean_sm_mhz, mean_mem_mhz, temp_start_c, temp_end_c, throttled_share, clock_reasons (the
         reasons seen in any sample, named), n_samples, and the shares of samples held down by thermal or hardware
-        slowdowns (thermal_share) and by the power cap (power_cap_share). temp_start_c is the first sample at least
-        TEMP_SETTLE_S into a window longer than twice that (the first sample of a shorter one).
+        slowdowns (thermal_share) and by the power cap (power_cap_share), and the lowest and highest enforced power
+        limit read (limit_min_w, limit_max_w). temp_start_c is the first sample at least TEMP_SETTLE_S into a window
+        longer than twice that (the first sample of a shorter one).
 
         A window shorter than the period can fall between two polls: n_samples is 0, and the two samples around it
         (the edges `integrate_power_j` interpolates between; `wait_past` waits for the second) give its clocks and
@@ -223,6 +223,8 @@ class Sampler:
                 "n_samples": 0,
                 "thermal_share": None,
                 "power_cap_share": None,
+                "limit_min_w": None,
+                "limit_max_w": None,
             }
         k = len(win)
         return {
@@ -236,6 +238,8 @@ class Sampler:
             "n_samples": n,
             "thermal_share": sum(bool(s.reasons & THERMAL_MASK) for s in win) / k,
             "power_cap_share": sum(bool(s.reasons & REASON_SW_POWER_CAP) for s in win) / k,
+            "limit_min_w": min(s.limit_w for s in win),
+            "limit_max_w": max(s.limit_w for s in win),
         }
 
     def jitter_ms(self) -> dict[str, float | int]:

@@ -1,7 +1,8 @@
 """From repetitions to conclusions: summary rows, the sweet spot of a sweep, greedy-token agreement.
 
-A summary row averages the repetitions `quality.summary_basis` keeps: throttled windows (thermal slowdown, or a power
-cap the run did not set) are left out when the group has clean ones; its verdict names every flag of every repetition.
+A summary row averages every repetition of its group, throttled or not (quality.py: leaving windows out by their
+outcome would favour the row); its verdict names every flag of every repetition, and `stress_notes` how many windows
+carry a stress flag.
 
 Sweet spot, per (backend, test): the setting with the best gross tok/J whose tok/s stays at or above `min_speed` x
 the reference tok/s. The reference of a power-limit sweep is stock: the run at the card's default limit, else the
@@ -41,8 +42,8 @@ def _net_tok_per_j(valid: Sequence[RunRecord]) -> float:
 
 
 def _summary_row(every: Sequence[RunRecord]) -> SummaryRow:
-    """The summary of one group's repetitions: statistics over `quality.summary_basis`, flags over all of them."""
-    rs = [every[i] for i in quality.summary_basis([r.verdict for r in every])]
+    """The summary of one group's repetitions: statistics and flags over all of them."""
+    rs = every
     valid = [r for r in rs if r.valid]
     ts = describe(r.avg_ts for r in rs)
     tpj = describe(r.tok_per_j for r in valid)
@@ -109,7 +110,7 @@ def summarize(runs: Sequence[RunRecord]) -> list[SummaryRow]:
 
 
 def stress_notes(runs: Sequence[RunRecord]) -> list[str]:
-    """One line per group with throttled repetitions: how many the summary left out, or that it averaged them all."""
+    """One line per group with throttled repetitions: how many, which flags; the summary averages them in."""
     out = []
     for (backend, test, limit_w, clock_mhz), rs in _groups(runs).items():
         hit = [r for r in rs if quality.stressed(r.verdict)]
@@ -117,10 +118,8 @@ def stress_notes(runs: Sequence[RunRecord]) -> list[str]:
             continue
         names = ", ".join(sorted({f for r in hit for f in quality.stressed(r.verdict)}))
         where = f"{backend} {test} @ {setting_text(limit_w, clock_mhz)}"
-        if len(hit) < len(rs):
-            out.append(f"{where}: {len(hit)} of {len(rs)} repetitions left out of the summary ({names})")
-        else:
-            out.append(f"{where}: all {len(rs)} repetitions flagged {names}; the summary averages throttled windows")
+        some = f"all {len(rs)}" if len(hit) == len(rs) else f"{len(hit)} of {len(rs)}"
+        out.append(f"{where}: {some} repetitions flagged {names}; the summary averages them with the rest")
     return out
 
 
@@ -179,12 +178,12 @@ TEMP_APART_C = 5.0
 
 
 def start_temps(runs: Sequence[RunRecord]) -> StartTemps:
-    """The mean start temperature of the windows each summary row averages (`quality.summary_basis`). Units: °C."""
+    """The mean start temperature of the windows of each summary row. Units: °C."""
     out = {}
     for key, rs in _groups(runs).items():
-        kept = mean(rs[i].temp_start_c for i in quality.summary_basis([r.verdict for r in rs]))
-        if math.isfinite(kept):
-            out[key] = kept
+        temp_c = mean(r.temp_start_c for r in rs)
+        if math.isfinite(temp_c):
+            out[key] = temp_c
     return out
 
 

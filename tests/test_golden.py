@@ -31,6 +31,9 @@ Session 54 then re-recorded both: after each random gap, 0.2 s of unmeasured wor
 window, so its start edge's stale tick is load, not the gap; virtual time and the seeded noise moved with it.
 Session 55 re-recorded both: a window's `temp_start_c` is its first sample 1 s in (sampler.TEMP_SETTLE_S), past the
 die's rebound from the gap before it, so `temp_start_c` and with it `temp-drift` in the verdicts moved; no other cell.
+Session 55 then re-recorded the sweep's samples.csv: the sampler reads the enforced limit at every poll (a window's
+`limit-mismatch` flag reads it), where it read it once a second, so the `limit_w` of the samples in the second after a
+limit change now shows the new limit (300 W where it still read 420); no other cell moved.
 `LUCE_BENCH_UPDATE_GOLDEN=1` rewrites the files (only when a change of the numbers is intended).
 """
 

@@ -55,16 +55,14 @@ def test_window_and_energy_flags(window_s, energy_j, verdict):
 
 
 @pytest.mark.parametrize(
-    ("verdicts", "basis", "marks"),
+    ("verdicts", "marks"),
     [
-        (["ok", "short-window", "ok"], [0, 1, 2], [None, "short", None]),
-        (["ok", "thermal-throttle", "short-window;power-capped"], [0], [None, "throttled", "throttled"]),
-        (["thermal-throttle", "power-capped"], [0, 1], ["throttled", "throttled"]),
-        (["ok", "temp-drift;no-samples"], [0, 1], [None, None]),
+        (["ok", "short-window", "ok"], [None, "short", None]),
+        (["ok", "thermal-throttle", "short-window;power-capped"], [None, "throttled", "throttled"]),
+        (["limit-mismatch", "temp-drift;no-samples"], ["throttled", None]),
     ],
 )
-def test_summary_basis_leaves_throttled_windows_out(verdicts, basis, marks):
-    assert quality.summary_basis(verdicts) == basis
+def test_tables_and_plots_mark_stressed_and_short_windows(verdicts, marks):
     assert [quality.mark(v) for v in verdicts] == marks
 
 
@@ -76,18 +74,43 @@ def _row(rep: int, avg_ts: float, tok_per_j: float, verdict: str) -> RunRecord:
     )  # fmt: skip
 
 
-def test_a_summary_never_averages_throttled_windows_with_clean_ones():
+def test_a_summary_averages_throttled_windows_with_the_rest_and_names_them():
+    """Leaving a throttled window out would choose windows by their outcome: the row's mean would favour the setting."""
     runs = [_row(0, 100.0, 2.0, "ok"), _row(1, 60.0, 1.0, "thermal-throttle"), _row(2, 110.0, 2.2, "ok")]
     (row,) = summarize(runs)
-    assert (row.n, row.avg_ts, row.tok_per_j, row.valid_reps) == (2, 105.0, 2.1, 2)
-    assert row.verdict == "thermal-throttle"  # named although its window was left out
-    assert stress_notes(runs) == ["sim tg8 @ current: 1 of 3 repetitions left out of the summary (thermal-throttle)"]
+    assert (row.n, row.avg_ts, row.tok_per_j, row.valid_reps) == (3, 90.0, pytest.approx(5.2 / 3), 3)
+    assert row.verdict == "thermal-throttle;noisy"
+    said = "sim tg8 @ current: 1 of 3 repetitions flagged thermal-throttle; the summary averages them with the rest"
+    assert stress_notes(runs) == [said]
     every = [dataclasses.replace(r, verdict="power-capped") for r in runs]
     (all_capped,) = summarize(every)
     assert (all_capped.n, all_capped.avg_ts) == (3, 90.0) and all_capped.verdict == "power-capped;noisy"
     assert stress_notes(every) == [
-        "sim tg8 @ current: all 3 repetitions flagged power-capped; the summary averages throttled windows"
+        "sim tg8 @ current: all 3 repetitions flagged power-capped; the summary averages them with the rest"
     ]
+
+
+@pytest.mark.parametrize(
+    ("expected_w", "enforced_w", "limits_w", "flagged"),
+    [
+        pytest.param(300.0, 300.0, (300.0, 300.0), False, id="as-set"),
+        pytest.param(300.0, 300.4, (299.5, 300.9), False, id="within-1-W"),
+        pytest.param(300.0, 250.0, (250.0, 250.0), True, id="capped-lower-at-set"),
+        pytest.param(300.0, 300.0, (250.0, 300.0), True, id="changed-mid-window"),
+        pytest.param(700.0, 700.0, (700.0, 650.0), True, id="compare-limit-changed"),
+        pytest.param(None, 700.0, (650.0, 650.0), False, id="nothing-expected"),
+        pytest.param(300.0, 300.0, (None, None), False, id="no-samples"),
+    ],
+)
+def test_a_window_whose_enforced_limit_is_not_the_rows_is_flagged(expected_w, enforced_w, limits_w, flagged):
+    if limits_w[0] is None:  # the sampler failed: the read-back alone is judged
+        sampled: dict = {"mean_power_w": None}
+    else:
+        sampled = {"mean_power_w": 250.0, "limit_min_w": min(limits_w), "limit_max_w": max(limits_w)}
+    flags = quality.sampled_flags(sampled, 0.0, True, expected_w, enforced_w)
+    assert (quality.LIMIT_MISMATCH in flags) == flagged
+    readback = quality.limit_flags(expected_w, enforced_w, {})  # without a sampler: the read-back alone
+    assert readback == ([quality.LIMIT_MISMATCH] if expected_w is not None and abs(enforced_w - expected_w) > 1 else [])
 
 
 def test_a_summary_writes_its_flags_in_a_windows_order_then_noisy():
@@ -202,7 +225,7 @@ def env(tmp_path, monkeypatch, tiny_model):
 
 
 @pytest.mark.tries("fault", "thermal throttling mid-sweep (quality flag)")
-def test_thermal_throttling_is_flagged_left_out_and_reported(env, monkeypatch):
+def test_thermal_throttling_is_flagged_averaged_in_and_reported(env, monkeypatch):
     monkeypatch.setenv("LUCE_BENCH_FAKE_GPU_FAULTS", '[{"kind": "thermal", "at_s": 12.0, "until_s": 25.0}]')
     args = ["sweep", "-c", str(env / "v.yaml"), "-o", str(env / "runs"), "--limits", "420", "--reps", "4"]
     result = CliRunner().invoke(app, args)
@@ -217,9 +240,10 @@ def test_thermal_throttling_is_flagged_left_out_and_reported(env, monkeypatch):
     assert all(r.thermal_pct == 0 for r in rows if r.t_end_s < 12.0 or r.t_start_s > 25.0)
     assert sum(r.thermal_pct * r.window_s for r in rows) / 100 == pytest.approx(13.0, abs=0.5)  # 12-25 s, in windows
     report = (run_dir / "report.md").read_text()
-    assert "2 of 4 repetitions left out of the summary (thermal-throttle)" in report and hot == [1, 2]
+    assert "2 of 4 repetitions flagged thermal-throttle; the summary averages them with the rest" in report
+    assert hot == [1, 2]
     (line,) = [ln for ln in report.splitlines() if ln.startswith("| sim | pp64 | 420 W |")]
-    assert line.endswith("| 2 | ⚠ temp-drift;thermal-throttle |")  # n = the 2 clean windows; the flag is marked
+    assert line.endswith("| 4 | ⚠ temp-drift;thermal-throttle |")  # n = every window; the flag is marked
 
 
 @pytest.mark.tries("fault", "power-cap throttling at a limit the run did not set (quality flag)")
