@@ -11,6 +11,8 @@ opened (on the card's own clock: virtual time in virtual runs, so a fault lands 
   sampler thread's `clock_event_reasons`.
 * `thermal`: the clock-event reasons report a software thermal slowdown (the card overheating), and the `sw_thermal`
   violation counter counts its time.
+* `capped`: the enforced power limit reads no higher than `limit_w` (a cap from outside, such as a BMC's, or another
+  tool's setting); the simulated draw does not follow it, only the reading.
 
 `open_fake` applies the faults listed as JSON in LUCE_BENCH_FAKE_GPU_FAULTS, e.g.
 `[{"kind": "not-supported", "at_s": 5.0, "calls": ["total_energy_mj"]}]`, so a test can script a fault into a run it
@@ -27,8 +29,8 @@ from luce_bench.gpu.base import REASON_SW_THERMAL, GPUError, GPUNotSupportedErro
 from luce_bench.gpu.fake import FakeGPU
 
 FAULTS_ENV = "LUCE_BENCH_FAKE_GPU_FAULTS"
-KINDS = ("lost", "not-supported", "counter-reset", "crash", "thermal")
-PASSIVE = ("counter-reset", "thermal")  # change readings instead of raising
+KINDS = ("lost", "not-supported", "counter-reset", "crash", "thermal", "capped")
+PASSIVE = ("counter-reset", "thermal", "capped")  # change readings instead of raising
 # The GPU protocol's calls (gpu/base.py); a lost card refuses them all.
 PROTOCOL_CALLS = frozenset(
     (
@@ -49,6 +51,7 @@ class Fault:
     at_s: float
     until_s: float | None = None
     calls: tuple[str, ...] = ()
+    limit_w: float | None = None  # `capped`: the highest limit the card reads
 
     def active(self, t_s: float) -> bool:
         """Whether the fault is in force at card time `t_s`."""
@@ -72,7 +75,11 @@ def parse_faults(text: str) -> list[Fault]:
             raise ValueError(f"{FAULTS_ENV}: each fault needs a kind in {', '.join(KINDS)}: {item!r}")
         until = item.get("until_s")
         calls = tuple(str(c) for c in item.get("calls", ()))
-        out.append(Fault(item["kind"], float(item.get("at_s", 0.0)), None if until is None else float(until), calls))
+        cap = item.get("limit_w")
+        if item["kind"] == "capped" and cap is None:
+            raise ValueError(f"{FAULTS_ENV}: a capped fault needs limit_w: {item!r}")
+        at_s, until_s = float(item.get("at_s", 0.0)), None if until is None else float(until)
+        out.append(Fault(item["kind"], at_s, until_s, calls, None if cap is None else float(cap)))
     return out
 
 
@@ -120,6 +127,13 @@ class FaultyGPU:
         reasons = self._inner.clock_event_reasons()
         active = any(f.kind == "thermal" and f.active(self._t_s()) for f in self._faults)
         return reasons | REASON_SW_THERMAL if active else reasons
+
+    def power_limit_mw(self) -> int:
+        """The enforced limit, no higher than an active `capped` fault's limit_w. Units: mW."""
+        self._check("power_limit_mw")
+        value = self._inner.power_limit_mw()
+        caps = [f.limit_w for f in self._faults if f.kind == "capped" and f.limit_w is not None and f.active(self._t_s())]
+        return min([value, *(round(w * 1000.0) for w in caps)])
 
     def violation_ns(self) -> dict[str, int]:
         """The violation counters, with `sw_thermal` counting the time `thermal` faults have been active. Units: ns."""
