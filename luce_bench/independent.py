@@ -127,9 +127,10 @@ def summary_lines(comparisons: list[Comparison], missing: int) -> list[str]:
         )
     n, median, largest = overall(comparisons)
     lines.append("")
+    outside = "1 window lies" if missing == 1 else f"{missing} windows lie"
     lines.append(
         f"All {n} windows: independent reader vs the run's counter, median {median:+.2f} %, "
-        f"largest |difference| {largest:.2f} %" + (f"; {missing} windows lie outside the log" if missing else "")
+        f"largest |difference| {largest:.2f} %" + (f"; {outside} outside the log" if missing else "")
     )
     return lines
 

@@ -8,6 +8,7 @@ with locked SM clocks get an "SM clock" column (locked MHz, the request when it 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,7 +145,7 @@ def _markdown(
     gpu, model = meta.get("gpu", {}), meta.get("model", {})
     known = (run_dir / META).is_file()  # (a report rebuilt from runs.csv alone knows no GPU, model or commit)
     parts = [
-        f"# luce-bench report: {one_line(run_dir.name)}",
+        f"# luce-bench report: {one_line(Path(os.path.abspath(run_dir)).name)}",  # (".": the folder's own name)
         "",
         one_line(f"- model: {model.get('name', '?')} ({model.get('n_params', '?')} params)"),
         one_line(_gpu_line(gpu)) if known else f"- GPU: unknown here (no {META})",

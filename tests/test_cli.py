@@ -269,6 +269,19 @@ def test_report_rebuilds_from_csvs(compare_run):
     assert "| model | size | params | backend | test | t/s |" in result.output
 
 
+@pytest.mark.parametrize("given", [".", "./", "../run/."])
+def test_a_report_of_the_current_folder_is_titled_with_its_name(compare_run, tmp_path, monkeypatch, given):
+    """`report .` once wrote "# luce-bench report: " (an empty name), which `report --check` then called stale."""
+    import shutil
+
+    _, run_dirs, _ = compare_run
+    d = shutil.copytree(run_dirs[0], tmp_path / "run")
+    monkeypatch.chdir(d)
+    result = runner.invoke(app, ["report", given])
+    assert result.exit_code == 0, result.output
+    assert (d / "report.md").read_text().splitlines()[0] == "# luce-bench report: run"
+
+
 def test_a_report_rebuilt_without_meta_json_says_what_it_lacks(compare_run, tmp_path):
     import shutil
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -32,10 +33,12 @@ def sim_run(tmp_path_factory) -> Path:
     return simulated_compare(tmp_path_factory.mktemp("independent"), config)
 
 
-def _log_from_samples(run: Path, out: Path, scale: float = 1.0, shift_s: float = 0.0) -> Path:
+def _log_from_samples(
+    run: Path, out: Path, scale: float = 1.0, shift_s: float = 0.0, until_s: float = math.inf
+) -> Path:
     origin = json.loads((run / "meta.json").read_text())["sampler"]["origin_unix_s"]
     with (run / "samples.csv").open() as f:
-        samples = list(csv.DictReader(f))
+        samples = [r for r in csv.DictReader(f) if float(r["t_s"]) < until_s]
     rows = [(origin + float(r["t_s"]) + shift_s, float(r["energy_mj"]), float(r["power_w"])) for r in samples]
     t, e_mj, p_w = rows[-1]
     rows.append((t + 1.0, e_mj + p_w * 1000.0, p_w))  # the reader outlives the run by a second, as it does in use
@@ -65,6 +68,15 @@ def test_the_same_counter_agrees_and_a_counter_5_percent_high_reads_plus_5(sim_r
     assert gzip.decompress(kept) == high.read_bytes()  # the last log compared is kept in the run, gzipped
     assert runner.invoke(app, ["report", str(sim_run), "--independent", str(high)]).exit_code == 0
     assert (sim_run / "independent_log.csv.gz").read_bytes() == kept  # no name or time in the gzip header
+
+
+def test_a_window_the_log_does_not_cover_is_counted_in_words(sim_run, tmp_path):
+    with (sim_run / "runs.csv").open() as f:
+        last_start_s = max(float(r["t_start_s"]) for r in csv.DictReader(f))
+    log = _log_from_samples(sim_run, tmp_path / "short", until_s=last_start_s)  # stops as the last window begins
+    out = runner.invoke(app, ["report", str(sim_run), "--independent", str(log)])
+    assert out.exit_code == 0, out.output
+    assert "; 1 window lies outside the log" in " ".join(out.output.split())
 
 
 @pytest.mark.tries(
