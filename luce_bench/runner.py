@@ -245,7 +245,14 @@ def _finish(outcome: Outcome, control: Any) -> None:
     restored = None if control is None or not control.changed else outcome.restore_error is None
     if outcome.status is not None:
         outcome.status.finish(
-            state, code, reason, rows=outcome.n_runs, warnings=outcome.warnings, settings_restored=restored
+            state,
+            code,
+            reason,
+            rows=outcome.n_runs,
+            warnings=outcome.warnings,
+            settings_restored=restored,
+            # the caller writes the report next (unless `run` raises the run's error): until then it is due
+            render=outcome.n_runs > 0 and outcome.error is None,
         )
 
 

@@ -7,7 +7,8 @@ when it ends. Fields:
   say why (see EXIT_CODES); `settings_restored`: whether the original power limit and clock lock are back (None when
   the run changed nothing).
 * `where`: the last step started: phase (loading, applying setting, warm-up, measuring, cooldown, done), trial n of
-  N, setting, backend, test, repetition.
+  N, setting, backend, test, repetition. After the last row the ending waits under `render_pending`, the state still
+  running, until the summary, report and plots are written (`RunStatus.finish`, `render_done`).
 * `rows` / `rows_planned`; `failed` (backends that failed, with why) and `warnings` (e.g. the sampler stopped).
 * `command`, `config_sha256`, `plan_sha256`, `gpu_uuid`: what `sweep --resume` checks; `pid`, `host`, `boot_id`.
 * `attempts`: the earlier attempts of a resumed run, each with its state, exit code, reason and rows.
@@ -56,6 +57,7 @@ EXIT_CODES = {
     128 + 9: "killed by SIGKILL: nothing could run; `luce-bench restore`, then `luce-bench sweep --resume RUN_DIR`",
 }
 
+RENDER_PENDING = "render_pending"  # the run's own ending, kept while its report is unwritten (a signal, a full disk)
 RUNNING, FINISHED, FAILURES = "running", "finished", "finished-with-failures"
 INTERRUPTED, STOPPED, KILLED = "interrupted", "stopped", "killed"
 
@@ -139,6 +141,8 @@ def describe(doc: dict[str, Any]) -> str:
     rows = f"{doc.get('rows', '?')} of {doc.get('rows_planned', '?')} repetitions"
     if state == KILLED and doc.get("state") == RUNNING:
         reason = "the process ended without a word (SIGKILL, OOM or power loss)"
+        if isinstance(doc.get(RENDER_PENDING), dict):
+            reason += " after its last row, before its report: `luce-bench report RUN_DIR` writes it"
     else:
         reason = doc.get("reason") or ""
     return f"{state}: {rows}" + (f"; last step: {at}" if at else "") + (f"; {reason}" if reason else "")
@@ -199,9 +203,18 @@ class RunStatus:
         self.doc["rows"] = n_rows
         self.write()
 
-    def finish(self, state: str, exit_code: int, reason: str = "", **extra: Any) -> bool:
-        """Record how the run ended (`extra`: rows, failed, warnings, settings_restored)."""
-        self.doc.update(state=state, exit_code=exit_code, reason=reason, **extra)
+    def finish(self, state: str, exit_code: int, reason: str = "", render: bool = False, **extra: Any) -> bool:
+        """Record how the run ended (`extra`: rows, failed, warnings, settings_restored).
+
+        `render`: its summary, report and plots are written next. Until `render_done`, the ending waits under
+        RENDER_PENDING and the state stays running, so a process killed in between reads as killed with its report
+        unwritten (`describe`), never as finished without one.
+        """
+        if not render:
+            self.doc.update(state=state, exit_code=exit_code, reason=reason, **extra)
+            return self.write()
+        ending = {"state": state, "exit_code": exit_code, "reason": reason}
+        self.doc.update(**extra, **{RENDER_PENDING: ending})
         return self.write()
 
 
@@ -216,7 +229,6 @@ def mark_killed(run_dir: Path, note: str) -> bool:
     return False
 
 
-RENDER_PENDING = "render_pending"  # the run's own ending, kept while its report is unwritten (a signal, a full disk)
 
 
 def mark_render_unwritten(

@@ -129,6 +129,30 @@ def test_sigkill_at_a_random_point_then_restore_and_resume(env, tmp_path, seed):
     finish_by_resuming(env, run_dir)
 
 
+@pytest.mark.tries("fault", "SIGKILL after the last row, while the report is written")
+def test_a_run_killed_while_writing_its_report_reads_as_killed_until_report_writes_it(env, tmp_path):
+    """status.json once said "finished" (exit 0) of a run killed before its report: a reader took it as complete."""
+    cli = Path(__file__).resolve().parent / "fault_cli.py"
+    args = ["compare", "--fake-gpu", "--baselines", "sim", "--no-megakernel", "--tests", "tg8", "--reps", "2"]
+    args += ["--window-s", "0.2", "--warmup-s", "0", "--rep-gap-max-s", "0", "-o", str(tmp_path / "runs")]
+    proc = subprocess.run(
+        [sys.executable, str(cli), *args], env={**env, "FAULTKIT_KILL_IN_RENDER": "1"}, capture_output=True, timeout=120
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    run_dir = only_run_dir(tmp_path / "runs")
+    assert len(check_rows(run_dir)) == 2 and not (run_dir / "report.md").exists()
+    doc = status(run_dir)
+    assert doc["state"] == "running" and doc["render_pending"]["state"] == "finished"  # not "finished" yet
+    from luce_bench.status import describe
+
+    assert describe(doc).startswith("killed: 2 of 2 repetitions") and "before its report" in describe(doc)
+    again = luce(env, "report", str(run_dir))
+    assert again.returncode == 0, again.stderr
+    doc = status(run_dir)
+    assert (doc["state"], doc["exit_code"]) == ("finished", 0) and "render_pending" not in doc
+    assert (run_dir / "report.md").is_file()
+
+
 def _small_files() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (4_600, 4_600))  # writing past 4.6 kB fails: EFBIG
 
