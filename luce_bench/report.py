@@ -96,6 +96,7 @@ def notes(meta: dict[str, Any]) -> list[str]:
     for name, info in backends.items():
         if energy.get("available") and not energy.get("simulated") and str(info.get("device", "")).startswith("cpu"):
             out.append(f"{name} ran on the CPU: the GPU energy counter does not cover its work.")
+    out += [f"published with a failure (no rows): {f}" for f in meta.get("published_with_failures", [])]
     if meta.get("token_agreement"):
         pairs = "; ".join(f"{k}: {v}" for k, v in meta["token_agreement"].items())
         synthetic = (meta.get("model") or {}).get("synthetic")

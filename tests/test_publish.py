@@ -200,6 +200,8 @@ def test_a_run_with_a_failed_backend_needs_allow_failures_and_its_failure_is_pri
     dest = results / "nvidia-h100-80gb-hbm3" / "20261124-compare"
     assert json.loads((dest / "meta.json").read_text())["published_with_failures"] == [failure]
     assert f"- failed in this run (no rows): {failure}" in (results / "README.md").read_text()
+    said = f"> published with a failure (no rows): {failure}"  # beside every table of the run, not only the newest
+    assert said in (dest / "report.md").read_text() and said in (results / "README.md").read_text()
     assert runner.invoke(app, ["report", "--check", str(results)]).exit_code == 0
 
 
