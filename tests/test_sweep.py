@@ -413,6 +413,12 @@ def test_a_config_that_names_its_backends_is_kept_under_fake_gpu(env):
     result, runs = _sweep(env, "-c", str(env / "all.yaml"), "--limits", "420")
     assert result.exit_code == 0, result.output
     assert {r["backend"] for r in _rows(runs[0] / "summary.csv")} == {"sim"}
+    (env / "fake.yaml").write_text("backends: all\ngpu:\n  fake: true\n")  # the config's own gpu.fake, no flag
+    args = ["sweep", "-c", str(env / "fake.yaml"), "-o", str(env / "own"), *FAST, "--limits", "420"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (own,) = (env / "own").glob("*")
+    assert {r["backend"] for r in _rows(own / "summary.csv")} == {"sim"}  # the same as under --fake-gpu
 
 
 def test_a_gain_is_significant_only_when_both_rows_scatter_leaves_it_standing():

@@ -282,7 +282,9 @@ def sweep(
         cfg = resume_config(resume, ctx.params, overrides)
     else:
         cfg = load_config(ctx.params, **overrides)
-        if fake_default and cfg.backends == (ALL_BACKENDS,):  # `all` on the simulated card: its simulated backend
+        if not backends and cfg.gpu.fake and cfg.backends == (ALL_BACKENDS,):
+            # a config's `all` on the simulated card (--fake-gpu or gpu.fake): its simulated backend; --backends all
+            # names every real one that can run
             cfg = cfg.model_copy(update={"backends": ("sim",)})
         cfg = _seeded(cfg)
     names, optional = sweep_backends(cfg.backends)
