@@ -84,6 +84,18 @@ def test_no_option_help_is_cut_at_80_columns():
         assert "Usage" in said and "…" not in said, (path, said)
 
 
+def test_a_flag_that_takes_no_value_shows_no_type_in_help():
+    """typer 0.2x wrote `--clamp <bool>`, and `--clamp true` is then an error: a flag shows no type, a value its own."""
+    import typer
+
+    group = typer.main.get_command(app)
+    for path in ["", *_commands(group)]:
+        said = runner.invoke(app, [*path.split(), "--help"], env={"COLUMNS": "160"}).output
+        assert "<bool>" not in said, (path, said)
+    said = runner.invoke(app, ["sweep", "--help"], env={"COLUMNS": "160"}).output
+    assert "<int>" in said  # (--reps: a value's type is still shown)
+
+
 def test_no_help_text_is_eaten_as_rich_markup():
     """Rich renders help as markup: "t_us [steps, points, blocks]" lost its brackets' words. Every text reads whole."""
     import typer

@@ -85,6 +85,26 @@ def _close_options_only(exc: Exception) -> None:
         ]
 
 
+def _flags_show_no_type() -> None:
+    """Help lists a flag that takes no value (--clamp, --debug, --help) without a type.
+
+    typer 0.2x writes `<bool>` after it, which reads as a value to give (`--clamp true` is then an error); click, and
+    typer before, wrote nothing. Patched once, where typer has the method; other options keep their `<int>`, `<Path>`.
+    """
+    option = getattr(typer_core, "TyperOption", None)
+    shown = getattr(option, "display_type_rich", None)
+    if option is None or shown is None or getattr(shown, "flags_show_no_type", False):
+        return
+
+    def display_type_rich(self: Any, ctx: Any) -> str | None:
+        return None if getattr(self, "is_flag", False) and self.metavar is None else shown(self, ctx)
+
+    display_type_rich.flags_show_no_type = True  # type: ignore[attr-defined]
+    option.display_type_rich = display_type_rich
+
+
+_flags_show_no_type()
+
 app = typer.Typer(
     cls=OneLineErrors,
     add_completion=False,
