@@ -57,7 +57,7 @@ def _group() -> None:
 
 
 @app.command("info")
-def info_cmd(arch: Optional[str] = typer.Option(None, help="arch to describe (default: the GPU's)")) -> None:
+def info_cmd(arch: Optional[str] = typer.Option(None, help="Arch to describe (default: the GPU's).")) -> None:
     """Show nvcc, arch, cache path and (if built) registers/spills as JSON; never compiles."""
     from luce_bench.errors import UserError
     from luce_bench.kernels import build_info
@@ -88,16 +88,16 @@ def _not_empty_arch(arch: str | None) -> None:
 @app.command("build")
 def build_cmd(
     arch: Annotated[
-        Optional[str], typer.Option(help="comma-separated archs, e.g. sm_90 or sm_80,sm_90; default: the GPU's")
+        Optional[str], typer.Option(help="Comma-separated archs, e.g. sm_90 or sm_80,sm_90 (default: the GPU's).")
     ] = None,
     out: Annotated[
         Optional[Path],
         typer.Option(
             parser=path_param,
-            help="output directory: new, empty or an earlier build's, replaced whole (default: the content-hash cache)",
+            help="Output directory: new, empty or an earlier build's, replaced whole (default: the content-hash cache).",
         ),
     ] = None,
-    force: Annotated[bool, typer.Option(help="rebuild even if a cached build exists")] = False,
+    force: Annotated[bool, typer.Option(help="Rebuild even if a cached build exists.")] = False,
     option: OptionList = None,
 ) -> None:
     """Compile the megakernel with nvcc (cached by sources + flags + nvcc version) and print registers/spills."""
