@@ -728,3 +728,21 @@ def test_a_simulated_backends_pseudo_tokens_are_compared_with_nothing(tmp_path):
     meta = json.loads((run / "meta.json").read_text())
     assert {r["backend"] for r in csv.DictReader((run / "runs.csv").open())} == {"sim", "hf"}
     assert not meta.get("token_agreement") and "leading tokens" not in result.output
+
+
+def test_in_a_pipe_a_long_line_stays_one_line_and_tables_keep_their_width(capsys, monkeypatch):
+    """A log cut notes mid-sentence at 140 columns (grep then missed them); a table still fits PIPE_COLUMNS."""
+    from rich.table import Table
+
+    from luce_bench.cli.options import PIPE_COLUMNS, console
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    out = console()
+    note = "note: " + " ".join(f"word{i}" for i in range(60))  # ~400 characters
+    out.print(note, markup=False)
+    table = Table("backend", "verdict")
+    table.add_row("sim", "x " * 120)
+    out.print(table)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == note
+    assert all(len(line) <= PIPE_COLUMNS for line in lines[1:])

@@ -222,6 +222,8 @@ PIPE_COLUMNS = 140  # the tables' width in a pipe or a log (rich's 80 would cut 
 def console() -> Any:
     """The rich console commands print to: the terminal's width, PIPE_COLUMNS where there is none ($COLUMNS wins).
 
+    Where there is none, text lines are not wrapped (soft wrap): a long note stays one line in a log.
+
     A reader that closes the pipe (`luce-bench sweep | head`) is a BrokenPipeError, an OSError: a run stops on it as
     on a full console (exit 4, said in status.json), where rich would exit 1 as if asked to.
     """
@@ -236,8 +238,10 @@ def console() -> Any:
             raise ConsoleClosed(errno.EPIPE, "standard output closed (broken pipe)")
 
     out = PipeAwareConsole()
-    if not out.is_terminal and not os.environ.get("COLUMNS"):
-        out.width = PIPE_COLUMNS
+    if not out.is_terminal:  # a pipe or a log: a line of text stays one line (grep finds it); tables keep their width
+        out.soft_wrap = True
+        if not os.environ.get("COLUMNS"):
+            out.width = PIPE_COLUMNS
     return out
 
 
