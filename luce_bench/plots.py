@@ -144,10 +144,16 @@ def bar_chart(summary: Sequence[SummaryRow], metric: str, err: str, ylabel: str,
             kind = mark(match[0].verdict)
             hatch = {"hatch": MARKS[kind][1], "edgecolor": MARKS[kind][0]} if kind else {}
             color = colors[i % len(colors)]
-            ax.bar(i, v, yerr=e if math.isfinite(e) else None, capsize=4, label=label, color=color, **hatch)
-            top = v + e if math.isfinite(e) and e > 0 else v  # above the error bar, not across it
+            spread = e if math.isfinite(e) and e > 0 else None
+            yerr = None if spread is None else [[min(spread, max(v, 0.0))], [spread]]  # (stops at 0, as report.md's)
+            ax.bar(i, v, yerr=yerr, capsize=4, label=label, color=color, **hatch)
+            top = v + spread if spread is not None else v  # above the error bar's cap, not across it
             text = bar_label(v) + (" ⚠" if kind else "")
-            ax.text(i, top, text, ha="center", va="bottom", fontsize=6 if crowded else 8, rotation=90 if crowded else 0)
+            size, turn = (6, 90) if crowded else (8, 0)
+            ax.annotate(
+                text, (i, top), xytext=(0, 2), textcoords="offset points", ha="center", va="bottom", fontsize=size,
+                rotation=turn,
+            )  # fmt: skip
         ax.set_ylim(top=ax.get_ylim()[1] * (1.25 if crowded else 1.1))  # room for the labels above the error bars
         depth = next(r.n_depth for r in rows if r.test == test)
         ax.set_title(f"{test}\n(after {depth} cached tokens)" if depth else test)

@@ -186,6 +186,24 @@ def test_a_backend_that_ran_on_the_cpu_is_named_so_on_its_bars(monkeypatch, tmp_
     plots.pyplot().close("all")
 
 
+def test_an_error_bar_stops_at_zero_and_the_label_sits_above_its_cap(monkeypatch, tmp_path):
+    """A std larger than the mean drew the bar's error below 0 (report.md clips at 0), and the cap struck the label."""
+    kept = []
+    monkeypatch.setattr(plots, "save", lambda plt, fig, title, out: kept.append(fig) or out)
+    runs = [_row(0, 10.0, 2.0, "ok"), _row(1, 100.0, 2.0, "ok")]  # tok/s 55 ± 63.6
+    (row,) = summarize(runs)
+    assert row.stddev_ts > row.avg_ts
+    plots.bar_chart([row], "avg_ts", "stddev_ts", "tok/s", "t", tmp_path / "x.png")
+    ax = kept[0].axes[0]
+    (errors,) = [c for c in ax.containers if hasattr(c, "has_yerr")]
+    (segment,) = errors.lines[2][0].get_segments()
+    assert segment[0][1] == pytest.approx(0.0) and segment[1][1] == pytest.approx(row.avg_ts + row.stddev_ts)
+    (label,) = ax.texts
+    assert label.get_text() == "55" and label.xy[1] == pytest.approx(row.avg_ts + row.stddev_ts)
+    assert label.xyann[1] > 0  # points above the cap
+    plots.pyplot().close("all")
+
+
 def test_bar_labels_read_as_numbers_not_exponents():
     assert [plots.bar_label(v) for v in (14625.6, 1636.2, 271.0, 28.24, 3.0912, 0.01234)] == [
         "14,626",
