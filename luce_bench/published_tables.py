@@ -36,6 +36,8 @@ HOW_TO_READ = (
     "Rows are measured at the power limit in force, never set by luce-bench (`compare`, read-only). "
     "`tg128@d4096` decodes 128 tokens after 4096 tokens already in the context (llama-bench's `-d`; the context is "
     "prefilled before the windows and not measured). Ratios divide a row by the same test of llama.cpp or HF. "
+    "tok/s and tok/J count each whole energy window, the unmeasured start of every iteration included (llama-bench's "
+    "t/s times the calls alone); a run's report.md names each row that spends over 2 % of its windows there. "
     "Compare tok/s, W and tok/J within a run: two lent machines with the same GPU model differ (two H200 machines "
     "here, runs decode-v25 and decode-v32: llama.cpp drew 340 and 345 W, the megakernel 510 and 547 W at 1,931 "
     "tok/s on both). "

@@ -23,6 +23,7 @@ from luce_bench.summary import (
     StartTemps,
     baseline_notes,
     describe_spot,
+    overhead_notes,
     start_temps,
     stress_notes,
     summarize,
@@ -305,7 +306,7 @@ def markdown_of(
 def _quality(run_dir: Path, runs: Sequence[RunRecord]) -> tuple[list[str], bool]:
     """(The report's warnings: how the run ended, throttled repetitions, several idle baselines; whether cut short)."""
     ending, cut_short = _ending(run_dir)
-    return ending + stress_notes(runs) + baseline_notes(runs), cut_short
+    return ending + stress_notes(runs) + overhead_notes(runs) + baseline_notes(runs), cut_short
 
 
 def render(run_dir: Path) -> Report:

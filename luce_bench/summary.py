@@ -123,6 +123,35 @@ def stress_notes(runs: Sequence[RunRecord]) -> list[str]:
     return out
 
 
+# A group whose windows spend more than this share outside the backend's timed calls is said so. Units: %
+MAX_OVERHEAD_PCT = 2.0
+
+
+def overhead_notes(runs: Sequence[RunRecord]) -> list[str]:
+    """One line per group whose windows spend over MAX_OVERHEAD_PCT outside the backend's timed calls.
+
+    A window's tok/s (`avg_ts`) and tok/J count all of it: the timed calls and each iteration's unmeasured start (a
+    new sequence, a depth test's context put back) and the harness between them. llama-bench's t/s times the calls
+    alone (`timed_ts`), so a backend with a costly start reads lower here than there, and a ratio between backends
+    carries the difference of their shares.
+    """
+    out = []
+    for (backend, test, limit_w, clock_mhz), rs in _groups(runs).items():
+        window_s = sum(r.window_s for r in rs)
+        compute_s = sum(r.compute_s for r in rs)
+        if window_s <= 0 or compute_s <= 0:
+            continue
+        share_pct = 100.0 * (1.0 - compute_s / window_s)
+        if share_pct > MAX_OVERHEAD_PCT:
+            tokens = sum(r.n_tokens for r in rs)
+            out.append(
+                f"{backend} {test} @ {setting_text(limit_w, clock_mhz)}: {share_pct:.1f} % of its windows is outside "
+                f"the timed calls (each iteration's start, the harness); its tok/s and tok/J count that time, "
+                f"llama-bench's t/s would not ({tokens / compute_s:,.1f} timed vs {tokens / window_s:,.1f} tok/s)"
+            )
+    return out
+
+
 def baseline_notes(runs: Sequence[RunRecord]) -> list[str]:
     """One line per setting whose windows stand on more than one idle baseline (a resumed run measured it again).
 

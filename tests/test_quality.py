@@ -113,6 +113,20 @@ def test_a_window_whose_enforced_limit_is_not_the_rows_is_flagged(expected_w, en
     assert readback == ([quality.LIMIT_MISMATCH] if expected_w is not None and abs(enforced_w - expected_w) > 1 else [])
 
 
+def test_a_row_that_spends_over_2_percent_of_its_windows_outside_the_timed_calls_is_named():
+    from luce_bench.summary import overhead_notes
+
+    def rep(i: int, backend: str, compute_s: float) -> RunRecord:  # 12 s windows of 1,200 tokens
+        r = dataclasses.replace(_row(i, 100.0, 2.0, "ok"), backend=backend, n_tokens=1200, compute_s=compute_s)
+        return dataclasses.replace(r, timed_ts=1200 / compute_s)
+
+    runs = [rep(0, "llamacpp", 11.0), rep(1, "llamacpp", 11.0), rep(0, "megakernel", 11.9), rep(1, "megakernel", 11.8)]
+    assert overhead_notes(runs) == [
+        "llamacpp tg8 @ current: 8.3 % of its windows is outside the timed calls (each iteration's start, the "
+        "harness); its tok/s and tok/J count that time, llama-bench's t/s would not (109.1 timed vs 100.0 tok/s)"
+    ]  # the megakernel's 1.25 % is not said
+
+
 def test_a_summary_writes_its_flags_in_a_windows_order_then_noisy():
     runs = [_row(0, 100.0, 2.0, "short-window;power-disagree"), _row(1, 60.0, 1.0, "temp-drift")]
     runs.append(_row(2, 110.0, 2.2, "ok"))
