@@ -241,6 +241,7 @@ class SweepConfig(_Section):
     clocks: Clocks = ()
     order: Literal["descending", "ascending", "shuffle"] = "descending"
     shuffle_seed: Int | None = None
+    rounds: Int = Field(1, ge=1, le=1000)  # passes over the settings; repetition r is measured in round r % rounds
     clamp: bool = False
     settle_s: float = Field(3.0, ge=0, le=600)
     idle_s: float = Field(10.0, ge=0, le=600)
@@ -284,6 +285,16 @@ class BenchConfig(_Section):
     gpu: GpuConfig = Field(default_factory=GpuConfig)
     cooldown: CooldownConfig = Field(default_factory=CooldownConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
+
+    @model_validator(mode="after")
+    def _rounds_have_repetitions(self) -> BenchConfig:
+        """Every round measures at least one repetition of every setting."""
+        if self.sweep.rounds > self.reps:
+            raise UserError(
+                f"sweep.rounds = {self.sweep.rounds} exceeds reps = {self.reps}: each round measures at least one "
+                "repetition of every setting (raise --reps or lower --rounds)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _timeout_fits_the_plan(self) -> BenchConfig:

@@ -113,15 +113,21 @@ class RunLoop:
                 self.ui.status(f"no backend could be loaded ({names}): no setting was changed", style="red")
                 return
         current = Conditions(enforced_w=current_limit_w(self.ctx.gpu))
-        for setting, trials in self.plan.blocks():
-            failed_here: set[str] = set()
-            limit = self._apply(setting, *self.plan.position(setting)) if setting.changes_gpu else current
-            for trial in trials:
-                if trial.backend not in failed_here:
-                    self._trial(trial, limit, failed_here)
-            if setting.changes_gpu:
-                self.status.at(phase="cooldown")
-                self.meter.cooldown()  # towards the run's start temperature, bounded by cooldown.max_s
+        rounds = self.ctx.cfg.sweep.rounds if self.plan.changes_gpu else 1
+        for turn in range(rounds):
+            for setting, trials in self.plan.blocks():
+                reps = {t: r for t in trials if (r := self._round_reps(t, turn, rounds))}
+                if not reps:  # (a resumed run: this round of this setting is measured already)
+                    continue
+                failed_here: set[str] = set()
+                where = (*self.plan.position(setting), turn, rounds)
+                limit = self._apply(setting, *where) if setting.changes_gpu else current
+                for trial in trials:
+                    if trial in reps and trial.backend not in failed_here:
+                        self._trial(trial, limit, failed_here, reps[trial])
+                if setting.changes_gpu:
+                    self.status.at(phase="cooldown")
+                    self.meter.cooldown()  # towards the run's start temperature, bounded by cooldown.max_s
         self.status.at(phase="done")
         self._flush_samples()
         self.writer.write_meta(self._final_meta())
@@ -203,11 +209,12 @@ class RunLoop:
             self.dead.add(name)
 
     # --- settings and trials -----------------------------------------------------------------------------------------
-    def _apply(self, setting: Setting, i: int, n: int) -> Conditions:
-        """Apply the block's setting, settle under load, measure the idle baseline."""
+    def _apply(self, setting: Setting, i: int, n: int, turn: int = 0, rounds: int = 1) -> Conditions:
+        """Apply the block's setting (setting i of n, in round `turn` of `rounds`), settle under load, measure idle."""
         self.status.at(phase="applying setting", setting=setting.label, backend=None, test=None, rep=None)
         applied = apply_setting(self.control, setting, self.ctx.gpu)
-        self.ui.status(*status_line(setting, applied, i, n), "bold")
+        text, lead = status_line(setting, applied, i, n)
+        self.ui.status(text, f"round {turn + 1}/{rounds}, {lead}" if rounds > 1 else lead, "bold")
         sweep = self.ctx.cfg.sweep
         if self.loaded:
             test = self.ctx.cfg.test_specs[0]
@@ -219,7 +226,7 @@ class RunLoop:
             idle_w = self.meter.idle_power_w(sweep.idle_s)
         self.ui.status(f"  idle baseline (models resident): {idle_w:.1f} W" if idle_w else "  idle baseline: n/a")
         t_end_s = self.sampler.now_s() if self.sampler is not None else None
-        entry = setting_meta(setting, applied, idle_w, t_end_s)
+        entry = setting_meta(setting, applied, idle_w, t_end_s) | ({"round": turn} if rounds > 1 else {})
         self.settings_meta.append({**entry, "resumed": True} if self.resumed else entry)
         self.writer.write_meta({"sweep_limits": self.settings_meta})
         limit, clock = setting.power_limit, setting.sm_clock
@@ -231,10 +238,12 @@ class RunLoop:
             sm_clock_mhz=applied.locked_mhz,
         )
 
-    def _reps(self, trial: Trial) -> Sequence[int] | None:
-        return self.todo.get(trial) if self.todo is not None else None
+    def _round_reps(self, trial: Trial, turn: int, rounds: int) -> list[int]:
+        """The repetitions of `trial` that round `turn` measures: r % rounds == turn, of those still to do."""
+        todo = self.todo.get(trial, []) if self.todo is not None else range(self.ctx.cfg.reps)
+        return [r for r in todo if r % rounds == turn]
 
-    def _trial(self, trial: Trial, limit: Conditions, failed_here: set[str]) -> None:
+    def _trial(self, trial: Trial, limit: Conditions, failed_here: set[str], reps: Sequence[int]) -> None:
         number, count = self.plan.trial_position(trial)  # a resumed run numbers its trials as the first did
         where = {"trial": number, "trials": count, "setting": trial.setting.label}
         self.status.at(phase="loading", backend=trial.backend, test=trial.test.name, rep=None, **where)
@@ -246,7 +255,7 @@ class RunLoop:
         self.status.at(phase="warm-up")
         label = f"{trial.backend}@{trial.setting.label}" if trial.setting.changes_gpu else trial.backend
         try:
-            self.meter.run_test(backend, trial.test, limit, self._reps(trial))
+            self.meter.run_test(backend, trial.test, limit, reps)
         except (UserError, GPUError, RunDirError, ConsoleClosed):  # (the console is written from inside the test)
             raise
         except TrialTimeout as exc:  # a hung backend is not trusted again in this run

@@ -153,10 +153,11 @@ def overhead_notes(runs: Sequence[RunRecord]) -> list[str]:
 
 
 def baseline_notes(runs: Sequence[RunRecord]) -> list[str]:
-    """One line per setting whose windows stand on more than one idle baseline (a resumed run measured it again).
+    """One line per setting whose windows stand on more than one idle baseline (rounds, or a resumed run).
 
-    Each setting's idle baseline is measured once per sitting, so only a resume gives a setting two; net tok/J (and
-    the summary's mean idle W) then average windows over both, and this says by how much the baselines differ.
+    Each setting's idle baseline is measured each time the setting is applied: once per round (`sweep.rounds`) and
+    again in a resumed run's sitting. Each window's net tok/J stands on its own application's baseline; the summary's
+    net tok/J and mean idle W then average over them, and this says by how much the baselines differ.
     """
     settings: dict[tuple[float | None, int | None], set[float]] = {}
     for r in runs:
@@ -167,7 +168,7 @@ def baseline_notes(runs: Sequence[RunRecord]) -> list[str]:
         if len(idle_w) > 1:
             told = ", ".join(f"{w:.1f}" for w in sorted(idle_w))
             out.append(
-                f"{setting_text(limit_w, clock_mhz)}: the idle baseline differs between sittings ({told} W; "
+                f"{setting_text(limit_w, clock_mhz)}: the idle baseline differs between its measurements ({told} W; "
                 f"{max(idle_w) - min(idle_w):.1f} W apart): net tok/J averages windows over all of them"
             )
     return out

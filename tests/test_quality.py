@@ -143,7 +143,7 @@ def test_a_setting_measured_under_two_idle_baselines_is_named_with_both():
     other = dataclasses.replace(_row(0, 90.0, 2.4, "ok"), power_limit_req_w=220.0, idle_power_w=80.0)
     assert baseline_notes([*first, other]) == []  # one baseline per setting: nothing to say
     assert baseline_notes([*first, resumed, other, dataclasses.replace(other, idle_power_w=None)]) == [
-        "300 W: the idle baseline differs between sittings (85.0, 86.0 W; 1.0 W apart): net tok/J averages windows "
+        "300 W: the idle baseline differs between its measurements (85.0, 86.0 W; 1.0 W apart): net tok/J averages windows "
         "over all of them"
     ]
 

@@ -89,7 +89,7 @@ def test_resume_measures_exactly_the_missing_repetitions(env, stopped):
     md = " ".join((stopped / "report.md").read_text().split())  # the reader is told the windows span two sittings
     assert f"run in 2 attempts ({doc['attempts'][0]['state']} with 7 rows so far (last written " in md
     assert (
-        "300 W: the idle baseline differs between sittings (" in md
+        "300 W: the idle baseline differs between its measurements (" in md
     )  # the setting both sittings measured at (here, apart)
     spots = json.loads((stopped / "sweet_spot.json").read_text())  # finished now: the sweet spots are final
     assert spots["complete"] is True and not any(s["provisional"] for s in spots["sweet_spots"])
@@ -301,3 +301,24 @@ def test_a_signal_while_the_report_is_written_keeps_a_worse_ending(tmp_path):
     after = read_status(tmp_path)
     assert (after["state"], after["exit_code"], after["reason"]) == ("stopped", 5, "run `luce-bench restore`")
     assert "render_pending" not in after
+
+
+def test_a_sweep_in_rounds_resumes_its_rounds_where_it_stopped(env, monkeypatch):
+    """Stopped in round 1 of 2: the resume finishes round 1's repetitions, then measures round 2's, each once."""
+    (env / "r.yaml").write_text(VIRTUAL.replace("sweep:\n", "sweep:\n  rounds: 2\n"))
+    with monkeypatch.context() as m:
+        m.setattr(appender, "os", DiskFullAfter(rows=5))
+        stopped = runner.invoke(app, ["sweep", "-c", str(env / "r.yaml"), "-o", str(env / "runs")])
+    assert stopped.exit_code == 4, stopped.output
+    run_dir = only_run_dir(env / "runs")
+    result = runner.invoke(app, ["sweep", "--resume", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    rows = check_rows(run_dir)
+    got = [(int(r.power_limit_req_w), r.test, r.rep) for r in rows]
+    first = [(420, "pp64", 0), (420, "pp64", 2), (420, "tg8", 0), (420, "tg8", 2), (300, "pp64", 0)]
+    rest_of_round_1 = [(300, "pp64", 2), (300, "tg8", 0), (300, "tg8", 2)]
+    rest_of_round_1 += [(220, t, r) for t in ("pp64", "tg8") for r in (0, 2)]
+    round_2 = [(w, t, 1) for w in (420, 300, 220) for t in ("pp64", "tg8")]
+    assert got == first + rest_of_round_1 + round_2
+    said = " ".join(result.output.split())
+    assert "round 1/2, limit 2/3: requested 300 W" in said and "round 2/2, limit 1/3: requested 420 W" in said

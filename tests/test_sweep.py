@@ -494,3 +494,30 @@ def test_paths_with_brackets_are_printed_as_they_are(env):
         assert result.exit_code == 0, result.output
         (run,) = out.glob("*")
         assert f"results: {run}" in result.output
+
+
+def test_rounds_interleave_the_settings_repetition_r_in_round_r_mod_rounds(env):
+    """`--rounds 2`: every setting twice, each time half of its repetitions, so drift spreads over all settings."""
+    result, runs = _sweep(env, "--limits", "420,300", "--reps", "4", "--rounds", "2", "--tests", "tg8")
+    assert result.exit_code == 0, result.output
+    (run,) = runs
+    rows = sorted(_rows(run / "runs.csv"), key=lambda r: float(r["t_start_s"]))
+    assert [(r["power_limit_req_w"], int(r["rep"])) for r in rows] == [
+        ("420", 0), ("420", 2), ("300", 0), ("300", 2), ("420", 1), ("420", 3), ("300", 1), ("300", 3),
+    ]  # fmt: skip
+    said = " ".join(result.output.split())
+    assert "round 1/2, limit 1/2: requested 420 W" in said and "round 2/2, limit 2/2: requested 300 W" in said
+    applied = json.loads((run / "meta.json").read_text())["sweep_limits"]
+    assert [(a["requested_w"], a["round"]) for a in applied] == [(420.0, 0), (300.0, 0), (420.0, 1), (300.0, 1)]
+    summary = {r["power_limit_req_w"]: r for r in _rows(run / "summary.csv")}
+    assert summary["420"]["n"] == summary["300"]["n"] == "4"  # one row per setting, over both rounds
+
+
+@pytest.mark.tries("bad input", "more sweep rounds than repetitions")
+def test_more_rounds_than_repetitions_is_refused_in_one_line(env):
+    result, runs = _sweep(env, "--limits", "420", "--rounds", "3")  # FAST: 2 repetitions
+    assert result.exit_code == 2 and runs == []
+    assert result.output.strip().splitlines() == [
+        "error: sweep.rounds = 3 exceeds reps = 2: each round measures at least one repetition of every setting "
+        "(raise --reps or lower --rounds)"
+    ]

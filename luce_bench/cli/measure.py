@@ -226,6 +226,10 @@ SETTLE_HELP = (
     "Settle/warm-up under load after each setting is applied, a limit and/or a clock (s; default 3, >= 3 recommended)."
 )
 SPEED_HELP = "Sweet spot keeps at least this share of stock tok/s (0.95)."
+ROUNDS_HELP = (
+    "Passes over the settings (default 1): each measures reps/rounds of every setting's windows, so slow drift spreads "
+    "over all settings instead of reading as a difference between them (3 or more for claims)."
+)
 RESUME_HELP = (
     "Continue the interrupted sweep in RUN_DIR: measure only the repetitions it lacks, with its config (flags and "
     "--config must agree with it, else it is refused)."
@@ -244,6 +248,7 @@ def sweep(
         Optional[int], "--seed", help="Seed of a shuffled order (--shuffle, or sweep.order: shuffle in the config)."
     ) = None,
     order: _opt(Optional[str], "--order", help="descending, ascending or shuffle (default: sweep.order).") = None,
+    rounds: _opt(Optional[int], "--rounds", help=ROUNDS_HELP) = None,
     settle_s: _opt(Optional[float], "--settle-s", help=SETTLE_HELP) = None,
     idle_s: _opt(Optional[float], "--idle-s", help="Idle-baseline window per setting (s; default 10).") = None,
     min_speed: _opt(Optional[float], "--sweet-spot-min-speed", help=SPEED_HELP) = None,

@@ -139,6 +139,7 @@ FLAG_KEYS = {
     "clamp": "sweep.clamp",
     "order": "sweep.order",
     "seed": "sweep.shuffle_seed",
+    "rounds": "sweep.rounds",
     "settle_s": "sweep.settle_s",
     "idle_s": "sweep.idle_s",
     "min_speed": "sweep.sweet_spot_min_speed",
