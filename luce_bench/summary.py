@@ -152,12 +152,17 @@ def overhead_notes(runs: Sequence[RunRecord]) -> list[str]:
     return out
 
 
+# Idle baselines of one setting further apart than this share of their mean are said so. Units: %
+MAX_IDLE_SPREAD_PCT = 2.0
+
+
 def baseline_notes(runs: Sequence[RunRecord]) -> list[str]:
-    """One line per setting whose windows stand on more than one idle baseline (rounds, or a resumed run).
+    """One line per setting whose idle baselines differ by more than MAX_IDLE_SPREAD_PCT of their mean.
 
     Each setting's idle baseline is measured each time the setting is applied: once per round (`sweep.rounds`) and
     again in a resumed run's sitting. Each window's net tok/J stands on its own application's baseline; the summary's
-    net tok/J and mean idle W then average over them, and this says by how much the baselines differ.
+    net tok/J and mean idle W then average over them, and this says by how much the baselines differ where that is
+    more than the counter's own scatter.
     """
     settings: dict[tuple[float | None, int | None], set[float]] = {}
     for r in runs:
@@ -165,7 +170,7 @@ def baseline_notes(runs: Sequence[RunRecord]) -> list[str]:
             settings.setdefault((r.power_limit_req_w, r.sm_clock_mhz), set()).add(round(r.idle_power_w, 1))
     out = []
     for (limit_w, clock_mhz), idle_w in settings.items():
-        if len(idle_w) > 1:
+        if len(idle_w) > 1 and 100.0 * (max(idle_w) - min(idle_w)) > MAX_IDLE_SPREAD_PCT * mean(idle_w):
             told = ", ".join(f"{w:.1f}" for w in sorted(idle_w))
             out.append(
                 f"{setting_text(limit_w, clock_mhz)}: the idle baseline differs between its measurements ({told} W; "

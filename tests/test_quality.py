@@ -139,12 +139,13 @@ def test_a_setting_measured_under_two_idle_baselines_is_named_with_both():
     first = [
         dataclasses.replace(_row(i, 100.0, 2.0, "ok"), power_limit_req_w=300.0, idle_power_w=85.04) for i in (0, 1)
     ]
-    resumed = dataclasses.replace(_row(2, 100.0, 2.0, "ok"), power_limit_req_w=300.0, idle_power_w=86.0)
+    resumed = dataclasses.replace(_row(2, 100.0, 2.0, "ok"), power_limit_req_w=300.0, idle_power_w=88.0)
     other = dataclasses.replace(_row(0, 90.0, 2.4, "ok"), power_limit_req_w=220.0, idle_power_w=80.0)
     assert baseline_notes([*first, other]) == []  # one baseline per setting: nothing to say
-    assert baseline_notes([*first, resumed, other, dataclasses.replace(other, idle_power_w=None)]) == [
-        "300 W: the idle baseline differs between its measurements (85.0, 86.0 W; 1.0 W apart): net tok/J averages windows "
-        "over all of them"
+    close = dataclasses.replace(other, rep=1, idle_power_w=81.5)  # 1.9 % apart: within the counter's own scatter
+    assert baseline_notes([*first, resumed, other, close, dataclasses.replace(other, idle_power_w=None)]) == [
+        "300 W: the idle baseline differs between its measurements (85.0, 88.0 W; 3.0 W apart): net tok/J averages "
+        "windows over all of them"
     ]
 
 
