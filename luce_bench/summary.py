@@ -241,7 +241,8 @@ def _spot(
 ) -> SweetSpot | None:
     stock, reference = _reference(rows, default_w)
     stock_ts, stock_tpj = _v(stock.avg_ts), _v(stock.tok_per_j)
-    ok = [r for r in rows if math.isfinite(_v(r.tok_per_j)) and _v(r.avg_ts) >= min_speed * stock_ts]
+    measured = [r for r in rows if math.isfinite(_v(r.tok_per_j))]
+    ok = [r for r in measured if _v(r.avg_ts) >= min_speed * stock_ts]
     if not ok or not math.isfinite(stock_ts):
         return None
     best = max(ok, key=lambda r: _v(r.tok_per_j))
@@ -264,9 +265,11 @@ def _spot(
         stock_tok_per_j=stock_tpj,
         tok_per_j_gain_pct=100.0 * (tpj / stock_tpj - 1.0) if stock_tpj > 0 else math.nan,
         stock_is_default=reference == "stock",
+        # (every setting measured besides the reference is a candidate: the speed filter chose among them by their
+        # own numbers, so counting only those it kept would make the level depend on the outcome)
         significant=None
         if best is stock
-        else gain_is_significant(best, stock, candidates=sum(r is not stock for r in ok)),
+        else gain_is_significant(best, stock, candidates=sum(r is not stock for r in measured)),
         reference=reference,
         provisional=provisional,
         settings=len(rows),

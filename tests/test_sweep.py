@@ -450,6 +450,27 @@ def test_a_gain_is_significant_only_when_both_rows_scatter_leaves_it_standing():
     assert gain_is_significant(row(mean(a), stdev(a), 4), row(mean(b), stdev(b), 3), candidates=2) is False
 
 
+def test_the_sweet_spots_test_counts_every_setting_measured_the_slow_ones_too():
+    """A setting the speed threshold drops was still a candidate: the level is 0.05 / 2 here, not 0.05 / 1."""
+    from statistics import mean, stdev
+
+    a, b = [3.1, 3.3, 3.2, 3.25], [3.0, 3.15, 3.05]  # p = 0.033 (the test above)
+
+    def row(limit, ts, tpj, sd, n):
+        return SummaryRow(
+            backend="b", model="m", test="tg128", n_prompt=0, n_gen=128, power_limit_req_w=limit, power_limit_w=limit,
+            n=n, avg_ts=ts, tok_per_j=tpj, tok_per_j_std=sd, mean_power_w=100.0, valid_reps=n, device="cuda",
+            gpu_simulated=True, verdict="ok",
+        )  # fmt: skip
+
+    stock, best = row(420, 100.0, mean(b), stdev(b), 3), row(300, 97.0, mean(a), stdev(a), 4)
+    slow = row(150, 60.0, 2.0, 0.1, 3)  # below 95 % of stock's tok/s: never the sweet spot, still tried
+    (alone,) = sweet_spots([stock, best], 0.95, default_limit_w=420)
+    (both,) = sweet_spots([stock, best, slow], 0.95, default_limit_w=420)
+    assert alone.limit_w == both.limit_w == 300
+    assert alone.significant is True and both.significant is False
+
+
 @pytest.mark.tries("bad input", "a config file's sweep limits or clocks: repeated, or outside the card's range")
 def test_a_refused_setting_from_a_config_file_names_the_file(env):
     (env / "dup.yaml").write_text("sweep:\n  limits: [300, 300]\n")
