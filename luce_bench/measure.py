@@ -322,7 +322,9 @@ class Meter:
             out["net_tok_per_j"] = tokens / net_j if net_j > 0 else None
         return out
 
-    def _sampled(self, t0_s: float, t1_s: float, energy_j: float, flags: list[str], limit: Conditions) -> dict[str, Any]:
+    def _sampled(
+        self, t0_s: float, t1_s: float, energy_j: float, flags: list[str], limit: Conditions
+    ) -> dict[str, Any]:
         assert self.sampler is not None
         s = self.sampler.summarize(t0_s, t1_s)
         if not s["n_samples"]:  # shorter than the period, between two polls: the one after it, then again

@@ -156,7 +156,7 @@ def sampled_flags(
 
 
 def limit_flags(expected_w: float | None, enforced_w: float | None, sampled: dict[str, Any]) -> list[str]:
-    """[LIMIT_MISMATCH] when the read-back `enforced_w` or a sample's limit is MAX_LIMIT_MISMATCH_W from `expected_w`."""
+    """[LIMIT_MISMATCH] when the read-back `enforced_w` or a sample's limit is off `expected_w` by over 1 W."""
     if expected_w is None:
         return []
     seen = [enforced_w, sampled.get("limit_min_w"), sampled.get("limit_max_w")]

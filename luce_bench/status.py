@@ -229,8 +229,6 @@ def mark_killed(run_dir: Path, note: str) -> bool:
     return False
 
 
-
-
 def mark_render_unwritten(
     run_dir: Path, state: str, code: int, note: str, ending: tuple[str, int, str] | None = None
 ) -> tuple[str, int, str]:

@@ -85,7 +85,7 @@ def test_no_option_help_is_cut_at_80_columns():
 
 
 def test_a_flag_that_takes_no_value_shows_no_type_in_help():
-    """typer 0.2x wrote `--clamp <bool>`, and `--clamp true` is then an error: a flag shows no type, a value its own."""
+    """Typer 0.2x wrote `--clamp <bool>`, and `--clamp true` is then an error: a flag shows no type, a value its own."""
     import typer
 
     group = typer.main.get_command(app)

@@ -446,7 +446,9 @@ def test_a_sweep_stopped_before_its_meta_json_leaves_no_run_directory(env, monke
     from luce_bench import results
 
     _failing_writes(monkeypatch, results, ("meta.json",), errno.EFBIG)
-    result = CliRunner().invoke(app, ["sweep", "-c", str(env / "v.yaml"), "-o", str(env / "runs"), "--limits", "420,300"])
+    result = CliRunner().invoke(
+        app, ["sweep", "-c", str(env / "v.yaml"), "-o", str(env / "runs"), "--limits", "420,300"]
+    )
     assert result.exit_code == 4, result.output
     said = " ".join(result.output.split())
     assert "nothing was measured, and the run directory was removed" in said and "--resume" not in said

@@ -300,7 +300,9 @@ def test_power_capping_is_flagged_only_where_the_run_did_not_set_the_limit(env):
 @pytest.mark.parametrize("command", ["sweep", "compare"])
 def test_a_limit_capped_from_outside_mid_run_flags_its_windows(env, monkeypatch, command):
     """A BMC's cap (or another tool) holds the enforced limit at 250 W from 12 to 25 s: the rows there say so."""
-    monkeypatch.setenv("LUCE_BENCH_FAKE_GPU_FAULTS", '[{"kind": "capped", "at_s": 12.0, "until_s": 25.0, "limit_w": 250}]')
+    monkeypatch.setenv(
+        "LUCE_BENCH_FAKE_GPU_FAULTS", '[{"kind": "capped", "at_s": 12.0, "until_s": 25.0, "limit_w": 250}]'
+    )
     how = ["--limits", "420"] if command == "sweep" else ["--no-megakernel", "--baselines", "sim"]
     args = [command, "-c", str(env / "v.yaml"), "-o", str(env / "runs"), "--reps", "4", *how]
     result = CliRunner().invoke(app, args)
@@ -311,9 +313,10 @@ def test_a_limit_capped_from_outside_mid_run_flags_its_windows(env, monkeypatch,
     assert capped and all(r.t_end_s >= 12.0 and r.t_start_s <= 25.0 for r in capped)
     assert all("limit-mismatch" in r.verdict for r in rows if r.t_start_s < 24.0 and r.t_end_s > 13.0)
     assert all("limit-mismatch" not in r.verdict for r in rows if r.t_end_s < 12.0 or r.t_start_s > 25.0)
-    assert "repetitions flagged limit-mismatch; the summary averages them with the rest" in (
-        run_dir / "report.md"
-    ).read_text()
+    assert (
+        "repetitions flagged limit-mismatch; the summary averages them with the rest"
+        in (run_dir / "report.md").read_text()
+    )
 
 
 @pytest.mark.tries("fault", "windows shorter than 10 s (quality flag)")

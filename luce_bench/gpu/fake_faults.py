@@ -132,7 +132,9 @@ class FaultyGPU:
         """The enforced limit, no higher than an active `capped` fault's limit_w. Units: mW."""
         self._check("power_limit_mw")
         value = self._inner.power_limit_mw()
-        caps = [f.limit_w for f in self._faults if f.kind == "capped" and f.limit_w is not None and f.active(self._t_s())]
+        caps = [
+            f.limit_w for f in self._faults if f.kind == "capped" and f.limit_w is not None and f.active(self._t_s())
+        ]
         return min([value, *(round(w * 1000.0) for w in caps)])
 
     def violation_ns(self) -> dict[str, int]:

@@ -94,7 +94,8 @@ def build_cmd(
         Optional[Path],
         typer.Option(
             parser=path_param,
-            help="Output directory: new, empty or an earlier build's, replaced whole (default: the content-hash cache).",
+            help="Output directory: new, empty or an earlier build's, replaced whole (default: the content-hash "
+            "cache).",
         ),
     ] = None,
     force: Annotated[bool, typer.Option(help="Rebuild even if a cached build exists.")] = False,
