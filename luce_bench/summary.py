@@ -41,16 +41,15 @@ def _net_tok_per_j(valid: Sequence[RunRecord]) -> float:
     return mean(nets)
 
 
-def _summary_row(every: Sequence[RunRecord]) -> SummaryRow:
+def _summary_row(rs: Sequence[RunRecord]) -> SummaryRow:
     """The summary of one group's repetitions: statistics and flags over all of them."""
-    rs = every
     valid = [r for r in rs if r.valid]
     ts = describe(r.avg_ts for r in rs)
     tpj = describe(r.tok_per_j for r in valid)
     energy_j = sum(_v(r.energy_j) for r in valid)
     tokens = sum(r.n_tokens for r in valid)
-    drift = [abs(_v(r.temp_end_c) - _v(r.temp_start_c)) for r in every]
-    flags = {f for r in every for f in quality.flags_of(r.verdict)} or (set() if valid else {quality.NO_ENERGY})
+    drift = [abs(_v(r.temp_end_c) - _v(r.temp_start_c)) for r in rs]
+    flags = {f for r in rs for f in quality.flags_of(r.verdict)} or (set() if valid else {quality.NO_ENERGY})
     flags |= set(quality.spread_flags(ts, tpj))
     first = rs[0]
     return SummaryRow(
@@ -83,8 +82,8 @@ def _summary_row(every: Sequence[RunRecord]) -> SummaryRow:
         mean_sm_mhz=mean(r.mean_sm_mhz for r in rs),
         mean_mem_mhz=mean(r.mean_mem_mhz for r in rs),
         throttled_share=mean(r.throttled_share for r in rs),
-        clock_reasons=";".join(dict.fromkeys(n for r in every for n in r.clock_reasons.split(";") if n)),
-        max_counter_vs_sampled_pct=_max_abs([r.counter_vs_sampled_pct for r in every]),
+        clock_reasons=";".join(dict.fromkeys(n for r in rs for n in r.clock_reasons.split(";") if n)),
+        max_counter_vs_sampled_pct=_max_abs([r.counter_vs_sampled_pct for r in rs]),
         temp_drift_c=_max_abs(drift),
         valid_reps=len(valid),
         device=first.device,
