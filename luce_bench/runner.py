@@ -295,7 +295,10 @@ def _say_restored(ctx: RunContext, plan: Plan, ui: UI, changed: bool = True) -> 
 
     if plan.sets_limits:  # (a clocks-only sweep leaves the limit alone: nothing to say of it)
         with contextlib.suppress(GPUError):
-            watts = f"{ctx.gpu.power_limit_mw() / 1000:g} W"  # type: ignore[union-attr]
+            set_mw, enforced_mw = ctx.gpu.management_limit_mw(), ctx.gpu.power_limit_mw()  # type: ignore[union-attr]
+            watts = f"{set_mw / 1000:g} W"
+            if enforced_mw != set_mw:  # another cap (a BMC's) holds the card below the limit put back
+                watts += f" (enforced {enforced_mw / 1000:g} W: another cap holds the card lower)"
             ui.status(f"power limit restored to {watts}" if changed else f"power limit unchanged ({watts})")
     if not changed:  # stopped before the first setting: nothing to restore, and nothing said to be
         if plan.locks_clocks:

@@ -319,6 +319,23 @@ def test_a_limit_capped_from_outside_mid_run_flags_its_windows(env, monkeypatch,
     )
 
 
+@pytest.mark.tries("fault", "an outside cap on the enforced limit for the whole sweep: the limit set is restored")
+def test_a_sweep_under_an_outside_cap_restores_the_limit_set_not_the_caps(env, monkeypatch):
+    """The journal once kept the enforced limit (the cap's 250 W) as the original: the card stayed at the last limit."""
+    from luce_bench.gpu import open_gpu
+
+    monkeypatch.setenv("LUCE_BENCH_FAKE_GPU_FAULTS", '[{"kind": "capped", "limit_w": 250}]')
+    args = ["sweep", "-c", str(env / "v.yaml"), "-o", str(env / "runs"), "--limits", "420,300", "--reps", "1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "power limit restored to 420 W (enforced 250 W: another cap holds the card lower)" in said
+    monkeypatch.delenv("LUCE_BENCH_FAKE_GPU_FAULTS")
+    assert open_gpu(fake_preset="rtx3090").management_limit_mw() == 420_000  # the card's own limit is back
+    rows = check_rows(only_run_dir(env / "runs"))
+    assert rows and all("limit-mismatch" in r.verdict and r.power_limit_w == 250.0 for r in rows)
+
+
 @pytest.mark.tries("fault", "windows shorter than 10 s (quality flag)")
 def test_short_windows_are_flagged_and_marked(env):
     (env / "short.yaml").write_text(VIRTUAL)  # 1 s windows

@@ -220,6 +220,11 @@ class FakeGPU:
         self._refresh_from_state()
         return self._limit_mw
 
+    def management_limit_mw(self) -> int:
+        """The limit set (the simulated card has no other cap; a `capped` fault lowers only the enforced one). mW."""
+        self._refresh_from_state()
+        return self._limit_mw
+
     def set_power_limit_mw(self, mw: int) -> None:
         """Set the limit; refuses in read-only mode, with `refuse_set`, or out of range. Units: mW."""
         refuse_if_read_only(self.read_only, f"set the power limit of GPU {self.index} to {mw / 1000:g} W")

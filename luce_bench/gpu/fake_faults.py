@@ -35,6 +35,7 @@ PASSIVE = ("counter-reset", "thermal", "capped")  # change readings instead of r
 PROTOCOL_CALLS = frozenset(
     (
         "name uuid driver_version cuda_driver_version power_limit_constraints_mw default_power_limit_mw power_limit_mw "
+        "management_limit_mw "
         "set_power_limit_mw power_usage_mw average_power_mw total_energy_mj clocks_mhz temperature_c "
         "clock_event_reasons violation_ns supported_sm_clocks_mhz supported_mem_clocks_mhz locked_sm_clocks_mhz "
         "set_locked_sm_clocks_mhz reset_locked_sm_clocks compute_capability persistence_mode set_persistence_mode "

@@ -163,7 +163,7 @@ def new_entry(  # noqa: ANN001 - any GPU
         uuid=gpu.uuid(),
         index=gpu.index,
         gpu_name=gpu.name(),
-        original_limit_mw=int(gpu.power_limit_mw()),
+        original_limit_mw=int(gpu.management_limit_mw()),  # (the limit set; the enforced one may be a cap's)
         persistence_mode=persistence,
         fake=fake,
         pid=os.getpid(),

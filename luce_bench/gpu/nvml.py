@@ -176,6 +176,10 @@ class NvmlGPU:
         """Enforced limit. Units: mW."""
         return int(self._call("read enforced power limit", "nvmlDeviceGetEnforcedPowerLimit"))
 
+    def management_limit_mw(self) -> int:
+        """The power-management limit set on the card (what set_power_limit_mw sets). Units: mW."""
+        return int(self._call("read power-management limit", "nvmlDeviceGetPowerManagementLimit"))
+
     def set_power_limit_mw(self, mw: int) -> None:
         """Set the power-management limit (root / CAP_SYS_ADMIN). Units: mW."""
         refuse_if_read_only(self.read_only, f"set the power limit of GPU {self.index} to {mw / 1000:g} W")

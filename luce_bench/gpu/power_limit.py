@@ -182,9 +182,9 @@ class PowerLimitController:
         """Set the limit (journal first), read back and return the enforced limit. Units: mW."""
         with self._rlock:
             self._journal(clocks=False)
-            if self.gpu.power_limit_mw() != mw:
+            if self.gpu.management_limit_mw() != mw:
                 self.gpu.set_power_limit_mw(int(mw))
-            return int(self.gpu.power_limit_mw())
+            return int(self.gpu.power_limit_mw())  # (enforced: below `mw` where another cap holds the card)
 
     def set_sm_clock_mhz(self, mhz: int) -> int:
         """Lock the SM clock to `mhz` (min = max; journal first); return the lock read back (`mhz` if unreadable).

@@ -43,13 +43,14 @@ def _restore_clocks(gpu: GPU, entry: JournalEntry) -> str:
 
 
 def _restore_limit(gpu: GPU, entry: JournalEntry) -> str:
-    before_mw = int(gpu.power_limit_mw())
+    """Put the power-management limit back (the one set; an outside cap may hold the enforced one lower)."""
+    before_mw = int(gpu.management_limit_mw())
     if before_mw != entry.original_limit_mw:
         gpu.set_power_limit_mw(entry.original_limit_mw)
-    after_mw = int(gpu.power_limit_mw())
+    after_mw = int(gpu.management_limit_mw())
     if after_mw != entry.original_limit_mw:
         raise GPUError(
-            f"enforced limit reads {after_mw / 1000:g} W after restoring {entry.original_limit_mw / 1000:g} W"
+            f"the power limit reads {after_mw / 1000:g} W after restoring {entry.original_limit_mw / 1000:g} W"
         )
     return f"power limit {before_mw / 1000:g} W -> {after_mw / 1000:g} W"
 
