@@ -287,16 +287,6 @@ class BenchConfig(_Section):
     sweep: SweepConfig = Field(default_factory=SweepConfig)
 
     @model_validator(mode="after")
-    def _rounds_have_repetitions(self) -> BenchConfig:
-        """Every round measures at least one repetition of every setting."""
-        if self.sweep.rounds > self.reps:
-            raise UserError(
-                f"sweep.rounds = {self.sweep.rounds} exceeds reps = {self.reps}: each round measures at least one "
-                "repetition of every setting (raise --reps or lower --rounds)"
-            )
-        return self
-
-    @model_validator(mode="after")
     def _timeout_fits_the_plan(self) -> BenchConfig:
         """A test timeout below one test's own warm-up and windows could only fail every backend."""
         planned_s = self.warmup_s + self.reps * self.window_s

@@ -73,6 +73,7 @@ class RunLoop:
         self.drained = 0
         self.settings_meta: list[dict[str, Any]] = list(writer.meta.get("sweep_limits", [])) if self.resumed else []
         self.counter_resets = 0
+        self.current = Conditions()  # the state in force when the loop began (`execute`)
 
     def __enter__(self) -> RunLoop:
         if self.sampler is not None:
@@ -112,7 +113,8 @@ class RunLoop:
                 names = ", ".join(self.plan.backends)
                 self.ui.status(f"no backend could be loaded ({names}): no setting was changed", style="red")
                 return
-        current = Conditions(enforced_w=current_limit_w(self.ctx.gpu))
+        start_w = current_limit_w(self.ctx.gpu)
+        current = self.current = Conditions(enforced_w=start_w, start_limit_w=start_w)
         rounds = self.ctx.cfg.sweep.rounds if self.plan.changes_gpu else 1
         for turn in range(rounds):
             for setting, trials in self.plan.blocks():
@@ -236,6 +238,7 @@ class RunLoop:
             idle_power_w=idle_w,
             sm_clock_req_mhz=clock.requested_mhz if clock else None,
             sm_clock_mhz=applied.locked_mhz,
+            start_limit_w=self.current.start_limit_w,  # (a clocks-only sweep's rows name the run's starting limit)
         )
 
     def _round_reps(self, trial: Trial, turn: int, rounds: int) -> list[int]:

@@ -96,11 +96,14 @@ class Conditions:
     idle_power_w: float | None = None
     sm_clock_req_mhz: int | None = None
     sm_clock_mhz: int | None = None
+    start_limit_w: float | None = None  # the limit in force when the run began (where it sets none, the row's)
 
 
 def _expected_limit_w(limit: Conditions) -> float | None:
-    """The power limit a row names: the one the run set, else the one in force when its block began. Units: W."""
-    return limit.requested_w if limit.requested_w is not None else limit.enforced_w
+    """The power limit a row names: the one the run set, else the one in force when the run began. Units: W."""
+    if limit.requested_w is not None:
+        return limit.requested_w
+    return limit.start_limit_w if limit.start_limit_w is not None else limit.enforced_w
 
 
 @dataclass

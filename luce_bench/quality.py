@@ -13,7 +13,7 @@ A window's verdict is "ok" or a ";"-joined list of flags, in this order:
   down is the effect being measured (`clock_reasons` records it), not a flaw.
 * `limit-mismatch`: the enforced power limit was not the row's: more than MAX_LIMIT_MISMATCH_W from the limit the run
   set (another cap, a BMC's, held the card lower), or, where the run set none, from the limit in force when the
-  block began (something changed it mid-run), in the read-back after setting it or in any sample of the window.
+  run began (something changed it mid-run), in the read-back after setting it or in any sample of the window.
 * `no-samples`: the sampler recorded nothing in or around the window (it failed): no cross-check, no clocks, no
   temperatures. A window shorter than the sampler's period that falls between two polls is not one: the two samples
   around it give its cross-check, clocks and temperatures (and its length flags it `short-window`).
@@ -136,7 +136,7 @@ def sampled_flags(
     """Flags from the sampler's view of a window (`Sampler.summarize`): disagreement, drift, throttling, no samples.
 
     `limit_set`: luce-bench set this window's power limit (a sweep's limit), so capping is the measured effect.
-    `expected_limit_w`: the limit the row names (the one set, else the one in force when the block began); with
+    `expected_limit_w`: the limit the row names (the one set, else the one in force when the run began); with
     `enforced_w`, the limit read back when it was set, they give `limit-mismatch` (`limit_flags`).
     """
     mismatch = limit_flags(expected_limit_w, enforced_w, sampled)

@@ -15,6 +15,7 @@ not belong to the plan. A stale journal (the run was killed) must be replayed wi
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,8 @@ def resume_config(run_dir: Path, params: dict[str, Any], overrides: dict[str, An
             raise
         check_flags(params, cfg)
     now = {k: v for k, v in cfg.to_dict().items() if k != "output_dir"}
+    with contextlib.suppress(UserError):  # a key the run's luce-bench did not have yet reads as its default
+        stored = {k: v for k, v in cfgmod.from_mapping(stored, {}).to_dict().items() if k != "output_dir"}
     diff = _first_difference(stored, now)
     if diff is not None:
         key, then, given = diff

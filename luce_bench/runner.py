@@ -76,6 +76,9 @@ class Outcome:
     restore_error: str | None = None  # the original settings could not be put back
     error: UserError | None = None  # bad input found mid-run, raised again after the status is written
     status: st.RunStatus | None = field(default=None, repr=False)
+    # a signal after the ending was written (render_pending), before the report: the caller says so as it would
+    # inside the report's writing
+    late_signal: BaseException | None = field(default=None, repr=False)
 
     @property
     def interrupted(self) -> bool:
@@ -283,8 +286,12 @@ def run(plan: Plan, ctx: RunContext, ui: UI, persistence: bool = True, resume: R
             outcome.restore_error = control.restore_error
         assert outcome is not None
         _finish(outcome, control)
-        if control is not None and outcome.restore_error is None and not outcome.interrupted and ctx.gpu is not None:
-            _say_restored(ctx, plan, ui, changed=control.changed)
+        try:
+            said = control is not None and outcome.restore_error is None and not outcome.interrupted
+            if said and control is not None and ctx.gpu is not None:
+                _say_restored(ctx, plan, ui, changed=control.changed)
+        except (KeyboardInterrupt, SystemExit) as exc:  # (the status waits for the report: the caller tells)
+            outcome.late_signal = exc
     if outcome.error is not None:
         raise outcome.error
     return outcome

@@ -116,7 +116,9 @@ def sweep_meta(plan: Plan, cfg: Any, gpu: GPU | None, started_unix_s: float) -> 
         "settle_s": cfg.sweep.settle_s,
         "idle_s": cfg.sweep.idle_s,
         "sweet_spot_min_speed": cfg.sweep.sweet_spot_min_speed,
-        "original_limit_w": gpu.power_limit_mw() / 1000.0,
+        "rounds": cfg.sweep.rounds,
+        "original_limit_w": gpu.management_limit_mw() / 1000.0,  # (the limit restore puts back)
+        "original_enforced_w": gpu.power_limit_mw() / 1000.0,
         "default_limit_w": gpu.default_power_limit_mw() / 1000.0,
         "constraints_w": [lo / 1000.0, hi / 1000.0],
         "started_unix_s": started_unix_s,

@@ -117,8 +117,12 @@ def stress_notes(runs: Sequence[RunRecord]) -> list[str]:
             continue
         names = ", ".join(sorted({f for r in hit for f in quality.stressed(r.verdict)}))
         where = f"{backend} {test} @ {setting_text(limit_w, clock_mhz)}"
-        some = f"all {len(rs)}" if len(hit) == len(rs) else f"{len(hit)} of {len(rs)}"
-        out.append(f"{where}: {some} repetitions flagged {names}; the summary averages them with the rest")
+        if len(hit) == len(rs):
+            out.append(f"{where}: all {len(rs)} repetitions flagged {names}; the summary averages them")
+        else:
+            out.append(
+                f"{where}: {len(hit)} of {len(rs)} repetitions flagged {names}; the summary averages them with the rest"
+            )
     return out
 
 

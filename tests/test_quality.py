@@ -86,7 +86,7 @@ def test_a_summary_averages_throttled_windows_with_the_rest_and_names_them():
     (all_capped,) = summarize(every)
     assert (all_capped.n, all_capped.avg_ts) == (3, 90.0) and all_capped.verdict == "power-capped;noisy"
     assert stress_notes(every) == [
-        "sim tg8 @ current: all 3 repetitions flagged power-capped; the summary averages them with the rest"
+        "sim tg8 @ current: all 3 repetitions flagged power-capped; the summary averages them"
     ]
 
 
@@ -317,6 +317,22 @@ def test_a_limit_capped_from_outside_mid_run_flags_its_windows(env, monkeypatch,
         "repetitions flagged limit-mismatch; the summary averages them with the rest"
         in (run_dir / "report.md").read_text()
     )
+
+
+def test_a_clocks_only_sweep_names_the_limit_the_run_began_under(env, monkeypatch):
+    """The cap in force as a later block began once became that block's reference: its clean windows were flagged."""
+    config = VIRTUAL.replace('  limits: ["420", "300", "220"]\n', "").replace("window_s: 1.0", "window_s: 2.0")
+    (env / "clocks.yaml").write_text(config)
+    monkeypatch.setenv("LUCE_BENCH_FAKE_GPU_FAULTS", '[{"kind": "capped", "at_s": 9, "until_s": 30, "limit_w": 250}]')
+    args = ["sweep", "-c", str(env / "clocks.yaml"), "-o", str(env / "runs"), "--clocks", "100%,70%", "--reps", "2"]
+    result = CliRunner().invoke(app, [*args, "--rounds", "2", "--tests", "tg8"])
+    assert result.exit_code == 0, result.output
+    rows = check_rows(only_run_dir(env / "runs"))
+    inside = [r for r in rows if r.t_start_s > 9.5 and r.t_end_s < 29.5]
+    outside = [r for r in rows if r.t_end_s < 8.5 or r.t_start_s > 30.5]
+    assert inside and outside
+    assert all("limit-mismatch" in r.verdict for r in inside)
+    assert all("limit-mismatch" not in r.verdict for r in outside)
 
 
 @pytest.mark.tries("fault", "an outside cap on the enforced limit for the whole sweep: the limit set is restored")

@@ -163,8 +163,11 @@ def test_scripted_faults_fire_on_the_cards_clock():
 def test_a_bad_fault_script_is_one_clear_error():
     from luce_bench.gpu.base import GPUError
 
-    with pytest.raises(GPUError, match="bad LUCE_BENCH_FAKE_GPU_FAULTS: .*kind in lost"):
-        with_faults(FakeGPU(), '[{"kind": "meteor"}]')
+    with pytest.raises(GPUError, match="^bad LUCE_BENCH_FAKE_GPU_FAULTS: each fault needs a kind in lost"):
+        with_faults(FakeGPU(), '[{"kind": "meteor"}]')  # (the variable named once)
+    for cap in ("", ', "limit_w": -5', ', "limit_w": true', ', "limit_w": "250"'):
+        with pytest.raises(GPUError, match="^bad LUCE_BENCH_FAKE_GPU_FAULTS: a capped fault needs a positive limit_w"):
+            with_faults(FakeGPU(), f'[{{"kind": "capped"{cap}}}]')
     assert isinstance(with_faults(FakeGPU(), ""), FakeGPU)
 
 

@@ -63,6 +63,16 @@ def test_a_run_begun_by_an_older_luce_bench_resumes_under_its_own_header(env, st
     assert runner.invoke(app, ["report", str(stopped)]).exit_code == 0
 
 
+def test_a_run_begun_before_a_config_key_existed_resumes_with_its_default(env, stopped):
+    """A sweep begun by a luce-bench without `sweep.rounds` was refused: "sweep.rounds is 1 now, None in the run"."""
+    meta = json.loads((stopped / "meta.json").read_text())
+    del meta["config"]["sweep"]["rounds"]
+    (stopped / "meta.json").write_text(json.dumps(meta))
+    result = runner.invoke(app, ["sweep", "--resume", str(stopped)])
+    assert result.exit_code == 0, result.output
+    assert len(check_rows(stopped)) == 18
+
+
 def test_resume_measures_exactly_the_missing_repetitions(env, stopped):
     spots = json.loads((stopped / "sweet_spot.json").read_text())  # after 7 of 18 rows: the limits not reached
     assert spots["complete"] is False and all(s["provisional"] for s in spots["sweet_spots"])  # may be better

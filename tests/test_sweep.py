@@ -539,6 +539,10 @@ def test_more_rounds_than_repetitions_is_refused_in_one_line(env):
     result, runs = _sweep(env, "--limits", "420", "--rounds", "3")  # FAST: 2 repetitions
     assert result.exit_code == 2 and runs == []
     assert result.output.strip().splitlines() == [
-        "error: sweep.rounds = 3 exceeds reps = 2: each round measures at least one repetition of every setting "
-        "(raise --reps or lower --rounds)"
+        "error: sweep.rounds (--rounds) = 3 exceeds reps (--reps) = 2: each round measures at least one repetition "
+        "of every setting; raise reps or lower rounds"
     ]
+    (env / "r.yaml").write_text("sweep:\n  rounds: 3\n")  # a sweep's rule: compare takes the same config
+    args = ["compare", "-c", str(env / "r.yaml"), "--fake-gpu", "--baselines", "sim", "--no-megakernel", "-o"]
+    compared = CliRunner().invoke(app, [*args, str(env / "cmp"), *FAST[:8]])  # (no sweep flags)
+    assert compared.exit_code == 0, compared.output

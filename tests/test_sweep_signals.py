@@ -190,21 +190,26 @@ def test_grid_signal_restores_limit_and_clocks(env, tmp_path, sig, limit_mw, loc
 _SIGNAL_IN_RENDER = """
 import os, signal, sys, time
 import luce_bench.report as report
-def render(run_dir):  # the signal lands while the report is being written
+import luce_bench.runner as runner
+def signalled(*args, **kwargs):  # the signal lands while the report is being written, or just before
     os.kill(os.getpid(), int(os.environ["SIG"]))
     time.sleep(30)
-report.render = render
+if os.environ["WHERE"] == "render":
+    report.render = signalled
+else:  # as the run says its settings are restored: its ending is written, its report not yet begun
+    runner._say_restored = signalled
 sys.argv[0] = "luce-bench"
 from luce_bench.entry import main
 main()
 """
 
 
+@pytest.mark.parametrize("where", ["render", "restored"])
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_signal_while_the_report_is_written_says_so_and_resume_renders_it(env, tmp_path, sig):
+def test_a_signal_while_the_report_is_written_says_so_and_resume_renders_it(env, tmp_path, sig, where):
     args = [*ARGS[:2], "--limits", "420", *ARGS[4:], "--reps", "1", "-o", str(tmp_path / "runs")]
-    done = subprocess.run([sys.executable, "-c", _SIGNAL_IN_RENDER, *args], env={**env, "SIG": str(int(sig))},
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", _SIGNAL_IN_RENDER, *args], env={**env, "SIG": str(int(sig)),
+                          "WHERE": where}, capture_output=True, text=True, timeout=120, cwd=ROOT)  # fmt: skip
     assert done.returncode == 128 + sig, done.stderr
     assert "while the summary, report and plots were written" in done.stderr and "Traceback" not in done.stderr
     (run_dir,) = (tmp_path / "runs").iterdir()

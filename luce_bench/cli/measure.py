@@ -90,6 +90,8 @@ def _finish(outcome: Any, out: Any, sweep: bool) -> None:
     if outcome.n_runs:
         try:
             with signals_stop_the_run():  # (the run's own handlers are gone: SIGTERM would end it silently)
+                if outcome.late_signal is not None:  # (it came as the run said its settings were restored)
+                    raise outcome.late_signal
                 report = render(outcome.run_dir)
         except (OSError, RunDirError, UserError) as exc:
             # the measured rows are kept, but the run directory lacks its summary, report and plots: a write error
@@ -227,8 +229,9 @@ SETTLE_HELP = (
 )
 SPEED_HELP = "Sweet spot keeps at least this share of stock tok/s (0.95)."
 ROUNDS_HELP = (
-    "Passes over the settings (default 1): each measures reps/rounds of every setting's windows, so slow drift spreads "
-    "over all settings instead of reading as a difference between them (3 or more for claims)."
+    "Passes over the settings (default: sweep.rounds, 1; the presets 3): each measures reps/rounds of every setting's "
+    "windows, so slow drift spreads over all settings instead of reading as a difference between them (3 or more "
+    "for claims)."
 )
 RESUME_HELP = (
     "Continue the interrupted sweep in RUN_DIR: measure only the repetitions it lacks, with its config (flags and "
@@ -292,6 +295,11 @@ def sweep(
             # names every real one that can run
             cfg = cfg.model_copy(update={"backends": ("sim",)})
         cfg = _seeded(cfg)
+    if cfg.sweep.rounds > cfg.reps:  # (a sweep's own rule: compare and bench pass over nothing)
+        raise UserError(
+            f"sweep.rounds (--rounds) = {cfg.sweep.rounds} exceeds reps (--reps) = {cfg.reps}: each round measures "
+            "at least one repetition of every setting; raise reps or lower rounds"
+        )
     names, optional = sweep_backends(cfg.backends)
     sources = _axis_sources(ctx.params, {"limits": limits, "clocks": clocks}, resume, cfg.sweep.model_fields_set)
     measure(

@@ -108,8 +108,10 @@ class GPU(Protocol):
         """Enforced power limit (nvmlDeviceGetEnforcedPowerLimit). Units: mW."""
 
     def management_limit_mw(self) -> int:
-        """The power-management limit set on the card (nvmlDeviceGetPowerManagementLimit): what `set_power_limit_mw`
-        sets. The enforced limit is the lower of it and any other cap (a BMC's, an out-of-band one). Units: mW."""
+        """The power-management limit set on the card (nvmlDeviceGetPowerManagementLimit). Units: mW.
+
+        What `set_power_limit_mw` sets; the enforced limit is the lower of it and any other cap (a BMC's).
+        """
 
     def set_power_limit_mw(self, mw: int) -> None:
         """Set the power-management limit. Units: mW."""

@@ -69,16 +69,16 @@ def parse_faults(text: str) -> list[Fault]:
     """Faults from their JSON list; ValueError names what is wrong."""
     items = json.loads(text)
     if not isinstance(items, list):
-        raise ValueError(f"{FAULTS_ENV}: expected a JSON list of faults")
+        raise ValueError("expected a JSON list of faults")
     out = []
     for item in items:
         if not isinstance(item, dict) or item.get("kind") not in KINDS:
-            raise ValueError(f"{FAULTS_ENV}: each fault needs a kind in {', '.join(KINDS)}: {item!r}")
+            raise ValueError(f"each fault needs a kind in {', '.join(KINDS)}: {item!r}")
         until = item.get("until_s")
         calls = tuple(str(c) for c in item.get("calls", ()))
         cap = item.get("limit_w")
-        if item["kind"] == "capped" and cap is None:
-            raise ValueError(f"{FAULTS_ENV}: a capped fault needs limit_w: {item!r}")
+        if item["kind"] == "capped" and not (isinstance(cap, int | float) and not isinstance(cap, bool) and cap > 0):
+            raise ValueError(f"a capped fault needs a positive limit_w (W): {item!r}")
         at_s, until_s = float(item.get("at_s", 0.0)), None if until is None else float(until)
         out.append(Fault(item["kind"], at_s, until_s, calls, None if cap is None else float(cap)))
     return out
