@@ -9,6 +9,8 @@ Order (measurement.md rules 6-10; llama-bench's "minimise reloads"):
 3. Per trial: cool down towards the run's start temperature, warm up, the repetitions' energy windows (measure.py),
    within the test's deadline. Rows and samples are appended to the run directory as they finish.
 4. After a changed setting: cool down.
+A sweep in rounds (`sweep.rounds` = N) runs steps 2-4 N times over its settings, each pass measuring the repetitions
+r with r % N equal to the pass's number (of those still to do, in a resumed run).
 A backend that fails to load, crashes or runs past its deadline is recorded and the run goes on (a timed-out backend is
 not used again); an optional one (`Plan.optional`) found unavailable while loading (BackendUnavailable, e.g. its
 compilation failed) is skipped with its reason, as at plan time. Bad input (UserError), GPU errors, an unwritable run
@@ -73,7 +75,7 @@ class RunLoop:
         self.drained = 0
         self.settings_meta: list[dict[str, Any]] = list(writer.meta.get("sweep_limits", [])) if self.resumed else []
         self.counter_resets = 0
-        self.current = Conditions()  # the state in force when the loop began (`execute`)
+        self.start_limit_w: float | None = None  # the limit in force when the loop began (`execute`)
 
     def __enter__(self) -> RunLoop:
         if self.sampler is not None:
@@ -113,8 +115,8 @@ class RunLoop:
                 names = ", ".join(self.plan.backends)
                 self.ui.status(f"no backend could be loaded ({names}): no setting was changed", style="red")
                 return
-        start_w = current_limit_w(self.ctx.gpu)
-        current = self.current = Conditions(enforced_w=start_w, start_limit_w=start_w)
+        self.start_limit_w = current_limit_w(self.ctx.gpu)
+        current = Conditions(enforced_w=self.start_limit_w, start_limit_w=self.start_limit_w)
         rounds = self.ctx.cfg.sweep.rounds if self.plan.changes_gpu else 1
         for turn in range(rounds):
             for setting, trials in self.plan.blocks():
@@ -203,8 +205,10 @@ class RunLoop:
     def _fail(self, name: str, label: str, exc: BaseException, what: str, dead: bool) -> None:
         """Record a failure of backend `name`; a dead backend is not tried again in this run."""
         why = f"{type(exc).__name__}: {exc}"
-        self.outcome.failed.append(label)
-        self.status.doc["failed"].append(f"{label} {what}: {why}")
+        if label not in self.outcome.failed:  # (rounds try a setting again: one name each, however often it fails)
+            self.outcome.failed.append(label)
+        if not any(f.startswith(f"{label} {what}: ") for f in self.status.doc["failed"]):  # (its first reason)
+            self.status.doc["failed"].append(f"{label} {what}: {why}")
         self.backend_meta.setdefault(name, {})["error"] = why
         self.ui.status(why, f"{label} {what}:", "red")
         if dead:
@@ -238,7 +242,7 @@ class RunLoop:
             idle_power_w=idle_w,
             sm_clock_req_mhz=clock.requested_mhz if clock else None,
             sm_clock_mhz=applied.locked_mhz,
-            start_limit_w=self.current.start_limit_w,  # (a clocks-only sweep's rows name the run's starting limit)
+            start_limit_w=self.start_limit_w,  # (a clocks-only sweep's rows name the limit the run began under)
         )
 
     def _round_reps(self, trial: Trial, turn: int, rounds: int) -> list[int]:

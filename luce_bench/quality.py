@@ -133,7 +133,7 @@ def sampled_flags(
     expected_limit_w: float | None = None,
     enforced_w: float | None = None,
 ) -> list[str]:
-    """Flags from the sampler's view of a window (`Sampler.summarize`): disagreement, drift, throttling, no samples.
+    """Flags from the sampler's view of a window (`Sampler.summarize`): disagreement, drift, throttling, the limit.
 
     `limit_set`: luce-bench set this window's power limit (a sweep's limit), so capping is the measured effect.
     `expected_limit_w`: the limit the row names (the one set, else the one in force when the run began); with

@@ -6,7 +6,10 @@
 3. However the loop ends, the ORIGINAL limit and clock lock come back (`luce-bench restore` after SIGKILL), and
    status.json says how it ended, where and why, with the exit code the CLI gives (status.EXIT_CODES):
    finished (0), finished with failures (1), stopped by a GPU error (3) or an unwritable run directory (4), settings
-   not restored (5), interrupted by SIGINT / SIGTERM / SIGHUP (128 + the signal). Finished rows always stay.
+   not restored (5), interrupted by SIGINT / SIGTERM / SIGHUP (128 + the signal). Finished rows always stay. A run
+   with rows leaves that ending under status.json's `render_pending` (the state still running) for its caller, which
+   writes the report (cli/measure.py; `status.render_done`); one nothing measured in, or one that raises its error,
+   ends there. A run that measured nothing and stops on bad input or a full disk leaves no run directory.
 SIGTERM and SIGHUP stop any run the way SIGINT does (a sweep's controller restores first, see gpu/power_limit.py).
 """
 
@@ -95,9 +98,19 @@ class Outcome:
         else:
             state, code, reason = st.FINISHED, st.EXIT_OK, ""
         if self.restore_error is not None:
-            not_back = f"the original settings could not be restored ({self.restore_error}): run `luce-bench restore`"
+            not_back = _not_restored(self.restore_error)
             code, reason = st.EXIT_NOT_RESTORED, f"{reason}; {not_back}" if reason else not_back
         return state, code, reason
+
+
+def _not_restored(error: str) -> str:
+    return f"the original settings could not be restored ({error}): run `luce-bench restore`"
+
+
+class NotRestored(UserError):
+    """A run that ended before its first row and could not put the original settings back: exit 5."""
+
+    exit_code = st.EXIT_NOT_RESTORED
 
 
 def no_sweep_running(gpu: Any) -> None:
@@ -278,8 +291,10 @@ def run(plan: Plan, ctx: RunContext, ui: UI, persistence: bool = True, resume: R
             if outcome is None:  # the controller refused to start (lock, stale journal): nothing exists yet
                 raise
             outcome.restore_error = str(exc)
-        except UserError:  # nothing was measured and no run directory is left; a setting made is said restored
-            if control is not None and control.changed and control.restore_error is None and ctx.gpu is not None:
+        except UserError as exc:  # nothing was measured and no run directory is left; a setting made is said restored
+            if control is not None and control.restore_error is not None:  # (the journal stays for `restore`)
+                raise NotRestored(f"{exc}; {_not_restored(control.restore_error)}") from exc
+            if control is not None and control.changed and ctx.gpu is not None:
                 _say_restored(ctx, plan, ui)
             raise
         if outcome is not None and control is not None and control.restore_error and not outcome.restore_error:
@@ -290,8 +305,10 @@ def run(plan: Plan, ctx: RunContext, ui: UI, persistence: bool = True, resume: R
             said = control is not None and outcome.restore_error is None and not outcome.interrupted
             if said and control is not None and ctx.gpu is not None:
                 _say_restored(ctx, plan, ui, changed=control.changed)
-        except (KeyboardInterrupt, SystemExit) as exc:  # (the status waits for the report: the caller tells)
-            outcome.late_signal = exc
+        except (KeyboardInterrupt, SystemExit) as exc:
+            if not (outcome.n_runs > 0 and outcome.error is None):  # no report due: the signal ends the process
+                raise
+            outcome.late_signal = exc  # (the status waits for the report: the caller says so as it would there)
     if outcome.error is not None:
         raise outcome.error
     return outcome
@@ -304,7 +321,7 @@ def _say_restored(ctx: RunContext, plan: Plan, ui: UI, changed: bool = True) -> 
         with contextlib.suppress(GPUError):
             set_mw, enforced_mw = ctx.gpu.management_limit_mw(), ctx.gpu.power_limit_mw()  # type: ignore[union-attr]
             watts = f"{set_mw / 1000:g} W"
-            if enforced_mw != set_mw:  # another cap (a BMC's) holds the card below the limit put back
+            if enforced_mw < set_mw:  # another cap (a BMC's) holds the card below the limit put back
                 watts += f" (enforced {enforced_mw / 1000:g} W: another cap holds the card lower)"
             ui.status(f"power limit restored to {watts}" if changed else f"power limit unchanged ({watts})")
     if not changed:  # stopped before the first setting: nothing to restore, and nothing said to be

@@ -80,7 +80,6 @@ class Sampler:
         self.failure: str | None = None  # why the sampler stopped for good (see the module docstring)
         self._origin = self.clock.now_s() - t_offset_s
         self._cancel: Cancel | None = None
-        self._limit_w = 0.0
 
     def now_s(self) -> float:
         """Seconds on the sampler's clock, same origin as `Sample.t_s`."""
@@ -144,7 +143,7 @@ class Sampler:
                 except GPUError:
                     self.read_average = False
             sm_mhz, mem_mhz = self.gpu.clocks_mhz()
-            self._limit_w = self.gpu.power_limit_mw() / 1000.0  # every poll: a window's flag reads it (quality.py)
+            limit_w = self.gpu.power_limit_mw() / 1000.0  # every poll: a window's limit-mismatch flag reads it
             sample = Sample(
                 t_s,
                 power_w,
@@ -154,7 +153,7 @@ class Sampler:
                 self.gpu.temperature_c(),
                 self.gpu.clock_event_reasons(),
                 self.gpu.total_energy_mj(),
-                self._limit_w,
+                limit_w,
             )
         except GPUError as exc:
             if len(self.errors) < 20:

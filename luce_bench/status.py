@@ -5,10 +5,10 @@ when it ends. Fields:
 * `state`: running, finished, finished-with-failures, interrupted (a signal), stopped (a fault) or killed (the
   process vanished without a word: SIGKILL, OOM, power loss; see `effective_state`); `exit_code` and `reason`
   say why (see EXIT_CODES); `settings_restored`: whether the original power limit and clock lock are back (None when
-  the run changed nothing).
+  the run changed nothing). After the last row of a run with rows, the ending waits under `render_pending`, the
+  state still running, until the summary, report and plots are written (`RunStatus.finish`, `render_done`).
 * `where`: the last step started: phase (loading, applying setting, warm-up, measuring, cooldown, done), trial n of
-  N, setting, backend, test, repetition. After the last row the ending waits under `render_pending`, the state still
-  running, until the summary, report and plots are written (`RunStatus.finish`, `render_done`).
+  N, setting, backend, test, repetition.
 * `rows` / `rows_planned`; `failed` (backends that failed, with why) and `warnings` (e.g. the sampler stopped).
 * `command`, `config_sha256`, `plan_sha256`, `gpu_uuid`: what `sweep --resume` checks; `pid`, `host`, `boot_id`.
 * `attempts`: the earlier attempts of a resumed run, each with its state, exit code, reason and rows.
@@ -57,7 +57,9 @@ EXIT_CODES = {
     128 + 9: "killed by SIGKILL: nothing could run; `luce-bench restore`, then `luce-bench sweep --resume RUN_DIR`",
 }
 
-RENDER_PENDING = "render_pending"  # the run's own ending, kept while its report is unwritten (a signal, a full disk)
+# the run's own ending, kept while its report is unwritten: from its last row until `render_done` (longer after a
+# signal, a full disk or a kill in that time)
+RENDER_PENDING = "render_pending"
 RUNNING, FINISHED, FAILURES = "running", "finished", "finished-with-failures"
 INTERRUPTED, STOPPED, KILLED = "interrupted", "stopped", "killed"
 
@@ -93,19 +95,29 @@ def write_status(run_dir: Path, doc: dict[str, Any]) -> bool:
 
 
 def _fitted(doc: dict[str, Any], size: int) -> str | None:
-    """`doc` as compact JSON of at most `size` bytes, its reason cut short if need be; None if even that is too long.
+    """`doc` as compact JSON of at most `size` bytes, its reasons cut short if need be; None if even that is too long.
 
-    json.dumps escapes every non-ASCII character (and a lone surrogate from an undecodable path), so the text is
-    ASCII: its length is its size in bytes.
+    The reasons are the run's (`reason`) and, while its report is due, the ending waiting under RENDER_PENDING: each
+    is cut to the same length. json.dumps escapes every non-ASCII character (and a lone surrogate from an
+    undecodable path), so the text is ASCII: its length is its size in bytes.
     """
     compact = json.dumps(doc, default=str) + "\n"
-    reason = str(doc.get("reason") or "")
-    keep = len(reason)
+    pending = doc.get(RENDER_PENDING)
+    reasons = [str(doc.get("reason") or "")] + ([str(pending.get("reason") or "")] if isinstance(pending, dict) else [])
+    keep = max(len(r) for r in reasons)
+
+    def cut(text: str) -> str:
+        return text if len(text) <= keep else text[:keep] + CUT
+
     while len(compact) > size:
-        keep -= len(compact) - size + len(CUT)  # an escaped character is longer than one: the loop cuts again
+        long = sum(len(r) >= keep for r in reasons) or 1  # the reasons a shorter `keep` shortens
+        keep -= -(-(len(compact) - size) // long) + len(CUT)  # (an escaped character is longer than one: again)
         if keep <= 0:
             return None
-        compact = json.dumps({**doc, "reason": reason[:keep] + CUT}, default=str) + "\n"
+        fitted = {**doc, "reason": cut(reasons[0])}
+        if isinstance(pending, dict):
+            fitted[RENDER_PENDING] = {**pending, "reason": cut(reasons[1])}
+        compact = json.dumps(fitted, default=str) + "\n"
     return compact
 
 
@@ -164,7 +176,11 @@ class RunStatus:
         attempts = list(previous.get("attempts", [])) if previous else []
         if previous:
             keep = ("started_utc", "updated_utc", "pid", "host", "rows", "exit_code", "reason", "where")
-            attempts.append({"state": effective_state(previous), **{k: previous.get(k) for k in keep}})
+            ended = as_ended(previous)  # (an ending that waited for its report: the run's own)
+            state = effective_state(previous)
+            if state == KILLED and isinstance(previous.get(RENDER_PENDING), dict):  # killed with its report due
+                state = str(ended.get("state"))
+            attempts.append({"state": state, **{k: ended.get(k) for k in keep}})
         now = utc_now()
         doc = {
             "format": FORMAT,
@@ -276,7 +292,7 @@ def render_done(run_dir: Path) -> None:
 
 
 def render_pending(run_dir: Path) -> bool:
-    """Whether a signal left the run's report unwritten (status.json keeps RENDER_PENDING)."""
+    """Whether the run's report is still due (status.json keeps RENDER_PENDING): a signal, a kill or a full disk."""
     with contextlib.suppress(UserError, OSError):
         doc = read_status(run_dir)
         return doc is not None and isinstance(doc.get(RENDER_PENDING), dict)

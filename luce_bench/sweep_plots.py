@@ -54,6 +54,12 @@ def _half_ci(lo: float | None, hi: float | None, std: float | None) -> float:
     return std if std is not None and math.isfinite(std) else 0.0
 
 
+def _from_zero(ys: Sequence[float], err: Sequence[float]) -> list[list[float]]:
+    """Asymmetric error bars that stop at 0 below, as report.md's intervals do (tok/s and tok/J are never negative)."""
+    below = [min(e, max(y, 0.0)) if math.isfinite(y) else e for y, e in zip(ys, err, strict=True)]
+    return [below, list(err)]
+
+
 SINGLE = "one window: no interval"
 
 
@@ -121,12 +127,11 @@ def vs_setting_plot(summary: Sequence[SummaryRow], metric: str, out: Path) -> Pa
             _mark_single(ax, xs, ys, [r.n if metric == "avg_ts" else r.valid_reps for r in line])
             if metric == "avg_ts":
                 err = [_half_ci(r.ts_ci95_lo, r.ts_ci95_hi, r.stddev_ts) for r in line]
-                ax.errorbar(xs, ys, capsize=3, marker="o", label=label, yerr=err)
+                ax.errorbar(xs, ys, capsize=3, marker="o", label=label, yerr=_from_zero(ys, err))
                 continue
             err = [_half_ci(r.tok_per_j_ci95_lo, r.tok_per_j_ci95_hi, r.tok_per_j_std) for r in line]
-            bars = ax.errorbar(
-                xs, [num(r.tok_per_j) for r in line], capsize=3, marker="o", label=f"{label} gross", yerr=err
-            )
+            tpj = [num(r.tok_per_j) for r in line]
+            bars = ax.errorbar(xs, tpj, capsize=3, marker="o", label=f"{label} gross", yerr=_from_zero(tpj, err))
             net = [num(r.net_tok_per_j) for r in line]
             if any(math.isfinite(v) for v in net):  # a clock sweep's many lines: net in its gross line's colour
                 color = bars[0].get_color() if clocks else None

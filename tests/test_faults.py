@@ -176,6 +176,17 @@ def test_a_backend_crashing_partway_fails_its_trials_and_the_others_run(env, mon
     assert card(env / "card.json")["limit_mw"] == 420_000
 
 
+def test_a_backend_failing_in_every_round_is_named_once_per_setting(env, monkeypatch):
+    monkeypatch.setenv("FAULTKIT_FAIL_AT", "3")
+    result, run_dir = sweep(env, "--backends", "crashsim,sim", "--rounds", "3")
+    assert result.exit_code == 1, result.output
+    doc = status(run_dir)
+    labels = [f.split(" failed:")[0] for f in doc["failed"]]
+    assert sorted(labels) == ["crashsim@220W", "crashsim@300W", "crashsim@420W"]  # 3 settings, each tried 3 times
+    said = result.output.strip().splitlines()[-1]
+    assert said.startswith("error: backends failed or unavailable: ") and said.count("crashsim@300W") == 1
+
+
 @pytest.mark.tries("fault", "backend hanging partway through a test (virtual time deadline)")
 def test_a_backend_hanging_in_virtual_time_hits_the_test_deadline(env, monkeypatch):
     monkeypatch.setenv("FAULTKIT_FAIL_AT", "4")
@@ -437,6 +448,24 @@ def test_help_into_a_closed_pipe_ends_quietly_as_sigpipe_would(args):
     finally:
         os.close(write_end)
     assert (done.returncode, done.stderr) == (141, "")
+
+
+def test_a_full_disk_before_the_first_row_and_a_failed_restore_is_exit_5_with_the_journal_kept(env, monkeypatch):
+    from luce_bench.gpu import power_limit
+    from luce_bench.gpu.base import GPUError
+
+    def stuck(gpu, entry):
+        raise GPUError("the limit will not move")
+
+    monkeypatch.setattr(appender, "os", DiskFullAfter(rows=0))
+    monkeypatch.setattr(power_limit, "apply_entry", stuck)
+    out = env / "runs"
+    result = CliRunner().invoke(app, ["sweep", "-c", str(env / "v.yaml"), "-o", str(out), "--limits", "300"])
+    assert result.exit_code == 5, result.output  # not 4: the card is still capped
+    said = " ".join(result.output.split())
+    assert "nothing was measured, and the run directory was removed" in said and "luce-bench restore" in said
+    assert "power limit restored" not in said and list_journals()  # the journal stays for `luce-bench restore`
+    assert card(env / "card.json")["limit_mw"] == 300_000
 
 
 @pytest.mark.tries("fault", "full disk before the run's meta.json exists: nothing left, nothing said restored")

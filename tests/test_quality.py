@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import pytest
 from faultkit import check_rows, isolate_fake_gpu, only_run_dir
@@ -217,6 +218,8 @@ def test_an_error_bar_stops_at_zero_and_the_label_sits_above_its_cap(monkeypatch
     assert label.get_text() == "55" and label.xy[1] == pytest.approx(row.avg_ts + row.stddev_ts)
     assert label.xyann[1] > 0  # points above the cap
     plots.pyplot().close("all")
+    # the sweep plots' intervals stop at 0 the same way
+    assert sweep_plots._from_zero([5.0, 1.0, math.nan], [2.0, 3.0, 1.0]) == [[2.0, 1.0, 1.0], [2.0, 3.0, 1.0]]
 
 
 def test_bar_labels_read_as_numbers_not_exponents():

@@ -112,6 +112,11 @@ def test_on_a_full_disk_a_long_ending_still_fits_and_an_overlong_reason_is_cut(t
     doc = status.read_status(tmp_path)
     assert doc["state"] == "stopped" and doc["exit_code"] == 4
     assert doc["reason"].startswith("yyyy") and doc["reason"].endswith(" [cut]") and len(doc["reason"]) < 5000
+    # a run with rows: its ending waits for the report under render_pending, and its reason is cut there too
+    assert st.finish("stopped", 4, "z" * 5000, render=True, rows=15)
+    doc = status.read_status(tmp_path)
+    pending = doc[status.RENDER_PENDING]
+    assert (pending["state"], pending["exit_code"]) == ("stopped", 4) and pending["reason"].endswith(" [cut]")
 
 
 def test_the_deadline_counts_run_clock_time_between_iterations():

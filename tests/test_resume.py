@@ -98,10 +98,9 @@ def test_resume_measures_exactly_the_missing_repetitions(env, stopped):
     assert doc["state"] == "finished" and doc["rows"] == 18 and doc["attempts"][0]["exit_code"] == 4
     md = " ".join((stopped / "report.md").read_text().split())  # the reader is told the windows span two sittings
     assert f"run in 2 attempts ({doc['attempts'][0]['state']} with 7 rows so far (last written " in md
-    idle_w = {r.idle_power_w for r in rows if r.power_limit_req_w == 300.0}  # both sittings measured at 300 W
-    assert len(idle_w) == 2  # each window nets against its own sitting's baseline; said where they differ by > 2 %
-    apart = 100 * (max(idle_w) - min(idle_w)) > 2.0 * (sum(idle_w) / 2)
-    assert ("300 W: the idle baseline differs between its measurements (" in md) == apart
+    idle_w = sorted({r.idle_power_w for r in rows if r.power_limit_req_w == 300.0})  # both sittings measured 300 W
+    assert len(idle_w) == 2 and idle_w[1] - idle_w[0] < 0.02 * idle_w[0]  # (the simulated card's 30 W, twice)
+    assert "idle baseline differs" not in md  # within 2 %: nothing to say (test_quality: a note where they differ)
     spots = json.loads((stopped / "sweet_spot.json").read_text())  # finished now: the sweet spots are final
     assert spots["complete"] is True and not any(s["provisional"] for s in spots["sweet_spots"])
     assert [(s["n"], s["test"]) for s in _summary(stopped)] == [("3", t) for _ in range(3) for t in ("pp64", "tg8")]

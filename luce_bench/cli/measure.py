@@ -45,9 +45,10 @@ def measure(
     from luce_bench.cli.ui import ConsoleUI
     from luce_bench.context import open_context
     from luce_bench.plan import Setting, merge_notes, plan, sweep_settings
-    from luce_bench.runner import run
+    from luce_bench.runner import run, signals_stop_the_run
 
-    out, ui = console(), None
+    out, ui, outcome = console(), None, None
+    guard = contextlib.ExitStack()  # from the run's end to its report: SIGTERM raises too (signals_stop_the_run)
     try:
         with open_context(cfg, for_settings=sweep) as ctx:
             settings = sweep_settings(cfg, ctx.gpu, sources) if sweep else [Setting()]
@@ -70,10 +71,17 @@ def measure(
                     return
             ui = ConsoleUI(out, rows=sweep)
             outcome = run(p, ctx, ui, persistence=persistence, resume=todo)
+            guard.enter_context(signals_stop_the_run())
+    except (KeyboardInterrupt, SystemExit) as exc:
+        if outcome is None or outcome.n_runs == 0 or outcome.late_signal is not None:
+            guard.close()
+            raise
+        outcome.late_signal = exc  # its ending waits for the report (status.json): said as during the report
     finally:
         if ui is not None:
             ui.close()
-    _finish(outcome, out, sweep)
+    with guard:
+        _finish(outcome, out, sweep)
 
 
 def _finish(outcome: Any, out: Any, sweep: bool) -> None:
