@@ -260,13 +260,18 @@ def env(tmp_path, monkeypatch, tiny_model):
     return tmp_path
 
 
+def _faulted(env, monkeypatch, faults: str, command: str, *args: str, config: str = "v.yaml"):
+    """`command` on the simulated card with `faults` scripted (LUCE_BENCH_FAKE_GPU_FAULTS): (its result, run dir)."""
+    monkeypatch.setenv("LUCE_BENCH_FAKE_GPU_FAULTS", faults)
+    result = CliRunner().invoke(app, [command, "-c", str(env / config), "-o", str(env / "runs"), *args])
+    assert result.exit_code == 0, result.output
+    return result, only_run_dir(env / "runs")
+
+
 @pytest.mark.tries("fault", "thermal throttling mid-sweep (quality flag)")
 def test_thermal_throttling_is_flagged_averaged_in_and_reported(env, monkeypatch):
-    monkeypatch.setenv("LUCE_BENCH_FAKE_GPU_FAULTS", '[{"kind": "thermal", "at_s": 12.0, "until_s": 25.0}]')
-    args = ["sweep", "-c", str(env / "v.yaml"), "-o", str(env / "runs"), "--limits", "420", "--reps", "4"]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
-    run_dir = only_run_dir(env / "runs")
+    thermal = '[{"kind": "thermal", "at_s": 12.0, "until_s": 25.0}]'
+    _, run_dir = _faulted(env, monkeypatch, thermal, "sweep", "--limits", "420", "--reps", "4")
     rows = check_rows(run_dir)
     hot = [r.rep for r in rows if "thermal-throttle" in r.verdict]
     assert hot and all("thermal-throttle" not in r.verdict for r in rows if r.t_end_s < 12.0 or r.t_start_s > 25.0)
@@ -303,14 +308,9 @@ def test_power_capping_is_flagged_only_where_the_run_did_not_set_the_limit(env):
 @pytest.mark.parametrize("command", ["sweep", "compare"])
 def test_a_limit_capped_from_outside_mid_run_flags_its_windows(env, monkeypatch, command):
     """A BMC's cap (or another tool) holds the enforced limit at 250 W from 12 to 25 s: the rows there say so."""
-    monkeypatch.setenv(
-        "LUCE_BENCH_FAKE_GPU_FAULTS", '[{"kind": "capped", "at_s": 12.0, "until_s": 25.0, "limit_w": 250}]'
-    )
+    capped = '[{"kind": "capped", "at_s": 12.0, "until_s": 25.0, "limit_w": 250}]'
     how = ["--limits", "420"] if command == "sweep" else ["--no-megakernel", "--baselines", "sim"]
-    args = [command, "-c", str(env / "v.yaml"), "-o", str(env / "runs"), "--reps", "4", *how]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
-    run_dir = only_run_dir(env / "runs")
+    _, run_dir = _faulted(env, monkeypatch, capped, command, "--reps", "4", *how)
     rows = check_rows(run_dir)
     capped = [r for r in rows if "limit-mismatch" in r.verdict]
     assert capped and all(r.t_end_s >= 12.0 and r.t_start_s <= 25.0 for r in capped)
@@ -326,11 +326,10 @@ def test_a_clocks_only_sweep_names_the_limit_the_run_began_under(env, monkeypatc
     """The cap in force as a later block began once became that block's reference: its clean windows were flagged."""
     config = VIRTUAL.replace('  limits: ["420", "300", "220"]\n', "").replace("window_s: 1.0", "window_s: 2.0")
     (env / "clocks.yaml").write_text(config)
-    monkeypatch.setenv("LUCE_BENCH_FAKE_GPU_FAULTS", '[{"kind": "capped", "at_s": 9, "until_s": 30, "limit_w": 250}]')
-    args = ["sweep", "-c", str(env / "clocks.yaml"), "-o", str(env / "runs"), "--clocks", "100%,70%", "--reps", "2"]
-    result = CliRunner().invoke(app, [*args, "--rounds", "2", "--tests", "tg8"])
-    assert result.exit_code == 0, result.output
-    rows = check_rows(only_run_dir(env / "runs"))
+    capped = '[{"kind": "capped", "at_s": 9, "until_s": 30, "limit_w": 250}]'
+    args = ["--clocks", "100%,70%", "--reps", "2", "--rounds", "2", "--tests", "tg8"]
+    _, run_dir = _faulted(env, monkeypatch, capped, "sweep", *args, config="clocks.yaml")
+    rows = check_rows(run_dir)
     inside = [r for r in rows if r.t_start_s > 9.5 and r.t_end_s < 29.5]
     outside = [r for r in rows if r.t_end_s < 8.5 or r.t_start_s > 30.5]
     assert inside and outside
@@ -343,15 +342,13 @@ def test_a_sweep_under_an_outside_cap_restores_the_limit_set_not_the_caps(env, m
     """The journal once kept the enforced limit (the cap's 250 W) as the original: the card stayed at the last limit."""
     from luce_bench.gpu import open_gpu
 
-    monkeypatch.setenv("LUCE_BENCH_FAKE_GPU_FAULTS", '[{"kind": "capped", "limit_w": 250}]')
-    args = ["sweep", "-c", str(env / "v.yaml"), "-o", str(env / "runs"), "--limits", "420,300", "--reps", "1"]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
+    capped = '[{"kind": "capped", "limit_w": 250}]'
+    result, run_dir = _faulted(env, monkeypatch, capped, "sweep", "--limits", "420,300", "--reps", "1")
     said = " ".join(result.output.split())
     assert "power limit restored to 420 W (enforced 250 W: another cap holds the card lower)" in said
     monkeypatch.delenv("LUCE_BENCH_FAKE_GPU_FAULTS")
     assert open_gpu(fake_preset="rtx3090").management_limit_mw() == 420_000  # the card's own limit is back
-    rows = check_rows(only_run_dir(env / "runs"))
+    rows = check_rows(run_dir)
     assert rows and all("limit-mismatch" in r.verdict and r.power_limit_w == 250.0 for r in rows)
 
 
