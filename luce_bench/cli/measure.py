@@ -63,7 +63,7 @@ def measure(
                     out.print(f"nothing to resume: every planned repetition is in {resume}", markup=False)
                     from luce_bench.status import render_pending
 
-                    if render_pending(resume) or not (resume / "report.md").is_file():  # a signal stopped its report
+                    if render_pending(resume) or not (resume / "report.md").is_file():  # (a signal, a kill)
                         from luce_bench.report import render
 
                         render(resume)
