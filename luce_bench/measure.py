@@ -345,12 +345,14 @@ class Meter:
             "throttled_share": s["throttled_share"],
             "clock_reasons": s["clock_reasons"],
             "n_samples": s["n_samples"],
+            "max_sample_gap_s": s["max_gap_s"],
             "sampled_energy_j": sampled_j,
         }
         if energy_j > 0 and sampled_j and sampled_j > 0:
             out["counter_vs_sampled_pct"] = 100.0 * (sampled_j - energy_j) / energy_j
         disagree_pct, limit_set = out.get("counter_vs_sampled_pct"), limit.requested_w is not None
-        flags += quality.sampled_flags(s, disagree_pct, limit_set, _expected_limit_w(limit), limit.enforced_w)
+        window = {"window_s": t1_s - t0_s, "period_s": self.sampler.period_s}
+        flags += quality.sampled_flags(s, disagree_pct, limit_set, _expected_limit_w(limit), limit.enforced_w, **window)
         return out
 
     def cooldown(self) -> None:

@@ -3,6 +3,9 @@
 A window's verdict is "ok" or a ";"-joined list of flags, in this order:
 * `short-window`: shorter than MIN_TRUSTED_WINDOW_S (the counter's ~0.1 s ticks give >2 % error, rule 4).
 * `power-disagree`: the sampled instant-power integral and the counter differ by more than MAX_DISAGREE_PCT.
+* `sampler-gap`: the sampler left a stretch of the window unsampled longer than SAMPLER_GAP_PERIODS periods and
+  MAX_GAP_SHARE of the window (a Python-bound backend starving its thread): the sampled integral interpolates over
+  it, so the cross-check is not judged (no `power-disagree`); the counter's energy is not affected.
 * `temp-drift`: the temperature moved by more than MAX_TEMP_DRIFT_C within the window (from its first second's end,
   sampler.TEMP_SETTLE_S: the die's rebound from the gap before a repetition is not a drift).
 * `thermal-throttle`: a thermal or hardware slowdown (sw/hw thermal, hw slowdown, power brake) held the clocks down
@@ -43,11 +46,14 @@ MAX_DISAGREE_PCT = 5.0
 MAX_TEMP_DRIFT_C = 5.0
 MAX_POWER_CAPPED_SHARE = 0.05
 MAX_LIMIT_MISMATCH_W = 1.0
+SAMPLER_GAP_PERIODS = 2.5
+MAX_GAP_SHARE = 0.05
 MAX_SPREAD_PCT = 5.0
 MIN_SPREAD_REPS = 3
 
 SHORT_WINDOW = "short-window"
 POWER_DISAGREE = "power-disagree"
+SAMPLER_GAP = "sampler-gap"
 TEMP_DRIFT = "temp-drift"
 THERMAL_THROTTLE = "thermal-throttle"
 POWER_CAPPED = "power-capped"
@@ -63,6 +69,7 @@ STRESS_FLAGS = (THERMAL_THROTTLE, POWER_CAPPED, LIMIT_MISMATCH)
 WINDOW_FLAGS = (
     SHORT_WINDOW,
     POWER_DISAGREE,
+    SAMPLER_GAP,
     TEMP_DRIFT,
     THERMAL_THROTTLE,
     POWER_CAPPED,
@@ -105,7 +112,9 @@ def verdict_problems(
     judge(SHORT_WINDOW, -window_s, -MIN_TRUSTED_WINDOW_S, f"a window of {window_s:g} s")
     if NO_SAMPLES in flags:  # (the sampler's flags were not judged: older runs kept a held cross-check)
         disagree_pct = temp_start_c = temp_end_c = None
-    if disagree_pct is None:
+    if SAMPLER_GAP in flags:  # (the cross-check was not judged: a gap of the sampler's, not a disagreement)
+        pass
+    elif disagree_pct is None:
         judge(POWER_DISAGREE, None, MAX_DISAGREE_PCT, "counter_vs_sampled_pct is empty")
     else:
         judge(POWER_DISAGREE, abs(disagree_pct), MAX_DISAGREE_PCT, f"counter vs sampled {disagree_pct:+.3g} %")
@@ -132,18 +141,23 @@ def sampled_flags(
     limit_set: bool,
     expected_limit_w: float | None = None,
     enforced_w: float | None = None,
+    window_s: float | None = None,
+    period_s: float | None = None,
 ) -> list[str]:
     """Flags from the sampler's view of a window (`Sampler.summarize`): disagreement, drift, throttling, the limit.
 
     `limit_set`: luce-bench set this window's power limit (a sweep's limit), so capping is the measured effect.
     `expected_limit_w`: the limit the row names (the one set, else the one in force when the run began); with
-    `enforced_w`, the limit read back when it was set, they give `limit-mismatch` (`limit_flags`).
+    `enforced_w`, the limit read back when it was set, they give `limit-mismatch` (`limit_flags`). `window_s` and the
+    sampler's `period_s` give `sampler-gap` (`gapped`).
     """
     mismatch = limit_flags(expected_limit_w, enforced_w, sampled)
     if sampled.get("mean_power_w") is None:  # (a window between two polls has the samples around it)
         return [*mismatch, NO_SAMPLES]
     flags = []
-    if disagree_pct is not None and abs(disagree_pct) > MAX_DISAGREE_PCT:
+    if gapped(sampled.get("max_gap_s"), window_s, period_s):  # the cross-check interpolated too far to be judged
+        flags.append(SAMPLER_GAP)
+    elif disagree_pct is not None and abs(disagree_pct) > MAX_DISAGREE_PCT:
         flags.append(POWER_DISAGREE)
     ts, te = sampled.get("temp_start_c"), sampled.get("temp_end_c")
     if ts is not None and te is not None and abs(te - ts) > MAX_TEMP_DRIFT_C:
@@ -153,6 +167,13 @@ def sampled_flags(
     if not limit_set and (sampled.get("power_cap_share") or 0.0) > MAX_POWER_CAPPED_SHARE:
         flags.append(POWER_CAPPED)
     return flags + mismatch
+
+
+def gapped(max_gap_s: float | None, window_s: float | None, period_s: float | None) -> bool:
+    """Whether a window's longest unsampled stretch exceeds SAMPLER_GAP_PERIODS periods and MAX_GAP_SHARE of it."""
+    if max_gap_s is None or window_s is None or period_s is None:
+        return False
+    return max_gap_s > max(SAMPLER_GAP_PERIODS * period_s, MAX_GAP_SHARE * window_s)
 
 
 def limit_flags(expected_w: float | None, enforced_w: float | None, sampled: dict[str, Any]) -> list[str]:

@@ -68,6 +68,7 @@ class RunRecord:
     sampled_energy_j: float | None = None  # integral of the sampled instant power
     counter_vs_sampled_pct: float | None = None
     n_samples: int | None = None
+    max_sample_gap_s: float | None = None  # the window's longest stretch without a sample (the cross-check spans it)
     mean_sm_mhz: float | None = None
     mean_mem_mhz: float | None = None
     temp_start_c: float | None = None  # 1 s into the window (sampler.TEMP_SETTLE_S): past the gap before it

@@ -193,9 +193,11 @@ class Sampler:
 
         Keys: mean_power_w, mean_sm_mhz, mean_mem_mhz, temp_start_c, temp_end_c, throttled_share, clock_reasons (the
         reasons seen in any sample, named), n_samples, and the shares of samples held down by thermal or hardware
-        slowdowns (thermal_share) and by the power cap (power_cap_share), and the lowest and highest enforced power
-        limit read (limit_min_w, limit_max_w). temp_start_c is the first sample at least TEMP_SETTLE_S into a window
-        longer than twice that (the first sample of a shorter one).
+        slowdowns (thermal_share) and by the power cap (power_cap_share), the lowest and highest enforced power limit
+        read (limit_min_w, limit_max_w), and the longest stretch of the window without a sample (max_gap_s: between
+        two samples, or between an edge and the sample nearest it; the integral interpolates over it). temp_start_c is
+        the first sample at least TEMP_SETTLE_S into a window longer than twice that (the first sample of a shorter
+        one).
 
         A window shorter than the period can fall between two polls: n_samples is 0, and the two samples around it
         (the edges `integrate_power_j` interpolates between; `wait_past` waits for the second) give its clocks and
@@ -224,8 +226,10 @@ class Sampler:
                 "power_cap_share": None,
                 "limit_min_w": None,
                 "limit_max_w": None,
+                "max_gap_s": None,
             }
         k = len(win)
+        edges = [t0_s, *(s.t_s for s in win), t1_s] if n else [win[0].t_s, win[-1].t_s]  # (n = 0: the two around it)
         return {
             "mean_power_w": self.integrate_power_j(t0_s, t1_s) / (t1_s - t0_s) if t1_s > t0_s else win[0].power_w,
             "mean_sm_mhz": sum(s.sm_mhz for s in win) / k,
@@ -239,6 +243,7 @@ class Sampler:
             "power_cap_share": sum(bool(s.reasons & REASON_SW_POWER_CAP) for s in win) / k,
             "limit_min_w": min(s.limit_w for s in win),
             "limit_max_w": max(s.limit_w for s in win),
+            "max_gap_s": max(b - a for a, b in zip(edges, edges[1:], strict=False)),
         }
 
     def jitter_ms(self) -> dict[str, float | int]:

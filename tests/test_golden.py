@@ -34,6 +34,8 @@ die's rebound from the gap before it, so `temp_start_c` and with it `temp-drift`
 Session 55 then re-recorded the sweep's samples.csv: the sampler reads the enforced limit at every poll (a window's
 `limit-mismatch` flag reads it), where it read it once a second, so the `limit_w` of the samples in the second after a
 limit change now shows the new limit (300 W where it still read 420); no other cell moved.
+Session 55 then added runs.csv's `max_sample_gap_s` after `n_samples` (the window's longest unsampled stretch: 0.1 s,
+the sampler's period, in every window here); no other cell moved.
 `LUCE_BENCH_UPDATE_GOLDEN=1` rewrites the files (only when a change of the numbers is intended).
 """
 

@@ -92,6 +92,24 @@ def test_a_summary_averages_throttled_windows_with_the_rest_and_names_them():
 
 
 @pytest.mark.parametrize(
+    ("gap_s", "disagree_pct", "flags"),
+    [
+        pytest.param(0.1, 6.0, ["power-disagree"], id="sampled-throughout-disagrees"),
+        pytest.param(0.1, 1.0, [], id="sampled-throughout-agrees"),
+        pytest.param(0.83, 6.0, ["sampler-gap"], id="a-hole-the-integral-spans"),  # (an H200 hf-compiled window's)
+        pytest.param(0.45, 6.0, ["power-disagree"], id="under-5-percent-of-10-s"),
+    ],
+)
+def test_a_cross_check_across_a_hole_in_the_samples_is_not_judged(gap_s, disagree_pct, flags):
+    sampled = {"mean_power_w": 250.0, "max_gap_s": gap_s}
+    assert quality.sampled_flags(sampled, disagree_pct, True, window_s=10.0, period_s=0.1) == flags
+    row = dataclasses.replace(
+        _row(0, 100.0, 2.0, quality.verdict(flags)), counter_vs_sampled_pct=disagree_pct, max_sample_gap_s=gap_s
+    )
+    assert [p for p in row.problems() if "disagree" in p] == []  # (report --check: the verdict follows the row)
+
+
+@pytest.mark.parametrize(
     ("expected_w", "enforced_w", "limits_w", "flagged"),
     [
         pytest.param(300.0, 300.0, (300.0, 300.0), False, id="as-set"),

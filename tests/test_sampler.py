@@ -164,3 +164,12 @@ def test_a_windows_start_temperature_is_read_past_the_rebound_from_the_gap_befor
     assert (s["temp_start_c"], s["temp_end_c"]) == (41, 50)  # a drift is still one: 9 C from 1 s in
     assert TEMP_DRIFT in sampled_flags(s, 0.0, limit_set=True)
     assert sampler.summarize(0.0, 1.5)["temp_start_c"] == 40  # a window under 2 s starts at its first sample
+
+
+def test_a_windows_longest_unsampled_stretch_is_measured_edges_included():
+    """A Python-bound backend can starve the sampler's thread: the window's cross-check interpolates over the hole."""
+    sampler = Sampler(FakeGPU(clock=Clock()), period_s=0.1, clock=Clock())
+    _temps(sampler, [(0.1 * i, 50) for i in range(31)] + [(3.9 + 0.1 * i, 50) for i in range(62)])  # none 3.0-3.9 s
+    assert sampler.summarize(0.0, 10.0)["max_gap_s"] == pytest.approx(0.9)
+    assert sampler.summarize(2.5, 3.5)["max_gap_s"] == pytest.approx(0.5)  # from its last sample to its end edge
+    assert sampler.summarize(3.2, 3.3)["max_gap_s"] is None  # none in or near enough around it: nothing to say
