@@ -96,7 +96,7 @@ def test_a_summary_averages_throttled_windows_with_the_rest_and_names_them():
     [
         pytest.param(0.1, 6.0, ["power-disagree"], id="sampled-throughout-disagrees"),
         pytest.param(0.1, 1.0, [], id="sampled-throughout-agrees"),
-        pytest.param(0.83, 6.0, ["sampler-gap"], id="a-hole-the-integral-spans"),  # (an H200 hf-compiled window's)
+        pytest.param(0.83, 6.0, ["sampler-gap"], id="a-hole-the-integral-spans"),  # (the longest interval published)
         pytest.param(0.45, 6.0, ["power-disagree"], id="under-5-percent-of-10-s"),
     ],
 )
