@@ -35,6 +35,7 @@ def nvml(monkeypatch):
     m.nvmlDeviceGetHandleByIndex.return_value = "h0"
     m.nvmlDeviceGetPowerManagementLimitConstraints.return_value = [200000, 700000]
     m.nvmlDeviceGetEnforcedPowerLimit.return_value = 700000
+    m.nvmlDeviceGetPowerManagementLimit.return_value = 700000
     m.nvmlDeviceGetPowerUsage.side_effect = AssertionError("1 s average must not be used")
     m.nvmlDeviceGetFieldValues.side_effect = lambda h, ids: [_fv({186: 72500, 185: 71000}.get(i, i * 10)) for i in ids]
     m.nvmlDeviceGetClockInfo.side_effect = lambda h, which: {REAL.NVML_CLOCK_SM: 1980, REAL.NVML_CLOCK_MEM: 2619}[which]
@@ -49,6 +50,16 @@ def nvml(monkeypatch):
 
     monkeypatch.setattr(nvml_mod, "_init_count", 0)
     return m
+
+
+def test_the_limit_set_and_the_limit_enforced_are_two_readings(nvml):
+    """Restore keeps and puts back the limit set (a sweep's); an outside cap (a BMC's) lowers only the enforced one."""
+    from luce_bench.gpu.nvml import NvmlGPU
+
+    nvml.nvmlDeviceGetEnforcedPowerLimit.return_value = 600000  # capped from outside
+    gpu = NvmlGPU(0)
+    assert (gpu.management_limit_mw(), gpu.power_limit_mw()) == (700000, 600000)
+    nvml.nvmlDeviceGetPowerManagementLimit.assert_called_with("h0")
 
 
 def test_units_and_instant_power_field(nvml):
