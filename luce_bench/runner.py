@@ -84,6 +84,11 @@ class Outcome:
     late_signal: BaseException | None = field(default=None, repr=False)
 
     @property
+    def report_due(self) -> bool:
+        """Whether the caller writes a report next: rows were measured and `run` returns (raises no error)."""
+        return self.n_runs > 0 and self.error is None
+
+    @property
     def interrupted(self) -> bool:
         """Whether a signal (SIGINT, SIGTERM, SIGHUP) stopped the run."""
         return self.stop is not None and self.stop.state == st.INTERRUPTED
@@ -268,7 +273,7 @@ def _finish(outcome: Outcome, control: Any) -> None:
             warnings=outcome.warnings,
             settings_restored=restored,
             # the caller writes the report next (unless `run` raises the run's error): until then it is due
-            render=outcome.n_runs > 0 and outcome.error is None,
+            render=outcome.report_due,
         )
 
 
@@ -306,7 +311,7 @@ def run(plan: Plan, ctx: RunContext, ui: UI, persistence: bool = True, resume: R
             if said and control is not None and ctx.gpu is not None:
                 _say_restored(ctx, plan, ui, changed=control.changed)
         except (KeyboardInterrupt, SystemExit) as exc:
-            if not (outcome.n_runs > 0 and outcome.error is None):  # no report due: the signal ends the process
+            if not outcome.report_due:  # the signal ends the process
                 raise
             outcome.late_signal = exc  # (the status waits for the report: the caller says so as it would there)
     if outcome.error is not None:

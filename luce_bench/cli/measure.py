@@ -73,7 +73,7 @@ def measure(
             outcome = run(p, ctx, ui, persistence=persistence, resume=todo)
             guard.enter_context(signals_stop_the_run())
     except (KeyboardInterrupt, SystemExit) as exc:
-        if outcome is None or outcome.n_runs == 0 or outcome.late_signal is not None:
+        if outcome is None or not outcome.report_due or outcome.late_signal is not None:
             guard.close()
             raise
         outcome.late_signal = exc  # its ending waits for the report (status.json): said as during the report
