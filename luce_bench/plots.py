@@ -70,7 +70,7 @@ def save(plt: Any, fig: Any, title: str, out: Path) -> Path:
 
 # quality.mark -> (colour, bar hatch, legend label)
 MARKS = {
-    "throttled": ("red", "//", "throttled windows (see verdict)"),
+    "stressed": ("red", "//", "windows off the row's setting (see verdict)"),
     "short": ("orange", "..", "windows < 10 s (see verdict)"),
 }
 

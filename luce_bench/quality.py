@@ -30,7 +30,8 @@ shared CPU, a backend bound by Python's launch overhead).
 `STRESS_FLAGS` mark windows measured in a different operating state than the row's setting. A summary averages every
 window, throttled or not (leaving the throttled ones out would choose windows by their outcome, in the row's favour),
 and its verdict names the flag; the report says how many windows carry it (summary.stress_notes). Tables and plots
-mark results whose verdict has a stress flag ("throttled") or a short window ("short"): `mark`.
+mark results whose verdict has a stress flag ("stressed": throttled, capped, or under another limit) or a short
+window ("short"): `mark`.
 """
 
 from __future__ import annotations
@@ -222,8 +223,8 @@ def stressed(verdict_text: str) -> list[str]:
 
 
 def mark(verdict_text: str) -> str | None:
-    """How tables and plots mark a result: "throttled" (a stress flag), "short" (a short window), or None."""
+    """How tables and plots mark a result: "stressed" (a stress flag), "short" (a short window), or None."""
     flags = flags_of(verdict_text)
     if any(f in STRESS_FLAGS for f in flags):
-        return "throttled"
+        return "stressed"
     return "short" if SHORT_WINDOW in flags else None

@@ -107,7 +107,7 @@ def mark_verdict(verdict: str, markup: bool = False) -> str:
     kind = mark(verdict)
     if kind is None:
         return verdict
-    color = "red" if kind == "throttled" else "yellow"
+    color = "red" if kind == "stressed" else "yellow"
     return f"[{color}]⚠ {verdict}[/{color}]" if markup else f"⚠ {verdict}"
 
 

@@ -59,8 +59,8 @@ def test_window_and_energy_flags(window_s, energy_j, verdict):
     ("verdicts", "marks"),
     [
         (["ok", "short-window", "ok"], [None, "short", None]),
-        (["ok", "thermal-throttle", "short-window;power-capped"], [None, "throttled", "throttled"]),
-        (["limit-mismatch", "temp-drift;no-samples"], ["throttled", None]),
+        (["ok", "thermal-throttle", "short-window;power-capped"], [None, "stressed", "stressed"]),
+        (["limit-mismatch", "temp-drift;no-samples"], ["stressed", None]),
     ],
 )
 def test_tables_and_plots_mark_stressed_and_short_windows(verdicts, marks):
@@ -174,7 +174,7 @@ def test_flagged_points_and_bars_are_marked_in_the_plots(monkeypatch, tmp_path):
     plots.mark_flagged(ax, [(1.0, 2.0, "thermal-throttle"), (3.0, 4.0, "short-window"), (5.0, 6.0, "ok")])
     rings = {line.get_label(): (list(line.get_xdata()), line.get_markeredgecolor()) for line in ax.lines}
     assert rings == {
-        plots.MARKS["throttled"][2]: ([1.0], "red"),
+        plots.MARKS["stressed"][2]: ([1.0], "red"),
         plots.MARKS["short"][2]: ([3.0], "orange"),
     }
     plt.close(fig)
