@@ -69,7 +69,7 @@ def refusal(run_dir: Path, meta: dict[str, Any], runs: list[RunRecord], allow_fa
         return None
     if state != FINISHED:
         hint = " (--allow-failures publishes its rows and lists the failures)" if state == FAILURES else ""
-        return f"it did not finish cleanly: {describe(status)}{hint}"
+        return f"it did not finish cleanly: {describe(status, run_dir)}{hint}"
     return None
 
 

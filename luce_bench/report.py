@@ -261,7 +261,8 @@ def _ending(run_dir: Path) -> tuple[list[str], bool]:
     resumed = _attempts_line(doc.get("attempts") or []) if doc is not None else []
     if state == FINISHED:
         return resumed, False
-    ending = f"this run is {describe(doc)}" if state == "running" else f"run {describe(doc)}"
+    told = describe(doc, run_dir)
+    ending = f"this run is {told}" if state == "running" else f"run {told}"
     return [ending, *resumed], state != FAILURES
 
 

@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shlex
 import socket
 from datetime import datetime, timezone
 from pathlib import Path
@@ -143,8 +144,8 @@ def effective_state(doc: dict[str, Any]) -> str:
     return RUNNING if same_machine and pid_alive(doc.get("pid")) else KILLED
 
 
-def describe(doc: dict[str, Any]) -> str:
-    """One line: the state, where it stopped and why."""
+def describe(doc: dict[str, Any], run_dir: Path | None = None) -> str:
+    """One line: the state, where it stopped and why; its commands name `run_dir` where given (else RUN_DIR)."""
     state = effective_state(doc)
     where = doc.get("where") or {}
     at = ", ".join(
@@ -155,8 +156,12 @@ def describe(doc: dict[str, Any]) -> str:
         reason = "the process ended without a word (SIGKILL, OOM or power loss)"
         if isinstance(doc.get(RENDER_PENDING), dict):
             reason += " after its last row, before its report: `luce-bench report RUN_DIR` writes it"
+        elif doc.get("command") == "sweep":
+            reason += "; `luce-bench restore`, then `luce-bench sweep --resume RUN_DIR` continues it"
     else:
         reason = doc.get("reason") or ""
+    if run_dir is not None:
+        reason = reason.replace("RUN_DIR", shlex.quote(str(run_dir)))
     return f"{state}: {rows}" + (f"; last step: {at}" if at else "") + (f"; {reason}" if reason else "")
 
 

@@ -145,7 +145,9 @@ def test_a_run_killed_while_writing_its_report_reads_as_killed_until_report_writ
     assert doc["state"] == "running" and doc["render_pending"]["state"] == "finished"  # not "finished" yet
     from luce_bench.status import describe
 
-    assert describe(doc).startswith("killed: 2 of 2 repetitions") and "before its report" in describe(doc)
+    told = describe(doc, run_dir)
+    assert told.startswith("killed: 2 of 2 repetitions") and told.endswith(f"`luce-bench report {run_dir}` writes it")
+    assert "--resume" not in told  # a compare, and its rows are all there: nothing to resume
     again = luce(env, "report", str(run_dir))
     assert again.returncode == 0, again.stderr
     doc = status(run_dir)

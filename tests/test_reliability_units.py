@@ -188,7 +188,9 @@ def test_the_report_says_how_a_run_that_did_not_finish_ended(tmp_path):
     st.doc["pid"] = 2**22 + 12345  # the process is gone: SIGKILL
     st.write()
     (line,) = run_state(tmp_path)
-    assert line.startswith("run killed: 1 of 4 repetitions;") and line.endswith("(SIGKILL, OOM or power loss)")
+    assert line.startswith("run killed: 1 of 4 repetitions;") and "(SIGKILL, OOM or power loss)" in line
+    # a killed sweep: what to run next, with this run's own directory (not a placeholder)
+    assert line.endswith(f"`luce-bench restore`, then `luce-bench sweep --resume {tmp_path}` continues it")
     st.finish("finished", 0, rows=4)
     assert run_state(tmp_path) == []
     (tmp_path / "status.json").write_text("[]")
