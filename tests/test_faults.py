@@ -371,19 +371,23 @@ def test_a_console_that_cannot_be_written_stops_the_run_with_code_4_and_says_so_
     assert card(env / "card.json")["limit_mw"] == 420_000 and not list_journals()  # the limit is back
 
 
-def _cli_into_a_closed_pipe(*args: str, lines: int) -> tuple[int, str]:
-    """Run the CLI in a process whose stdout reader stops after `lines` lines (`luce-bench ... | head -N`)."""
+def _cli_into_a_closed_pipe(*args: str, lines: int, merged: bool = False) -> tuple[int, str]:
+    """Run the CLI in a process whose stdout reader stops after `lines` lines (`luce-bench ... | head -N`).
+
+    `merged`: stderr goes into the same pipe (`2>&1 | head -N`), so nothing can be said at all; returns err "".
+    """
     import subprocess
     import sys
 
     cmd = [sys.executable, "-c", "from luce_bench.entry import main; main()", *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout is not None and proc.stderr is not None
+    stderr = subprocess.STDOUT if merged else subprocess.PIPE
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    assert proc.stdout is not None
     try:
         for _ in range(lines):
             proc.stdout.readline()
         proc.stdout.close()
-        err = proc.stderr.read()
+        err = proc.stderr.read() if proc.stderr is not None else ""
         return proc.wait(timeout=120), err
     finally:
         if proc.poll() is None:
@@ -403,6 +407,19 @@ def test_a_closed_pipe_stops_a_run_with_code_4_and_says_so_in_status(env, lines)
     doc = status(only_run_dir(env / "runs"))
     assert (doc["state"], doc["exit_code"]) == ("stopped", 4) and "standard output closed" in doc["reason"]
     assert not doc.get("failed") and doc["rows"] < 72
+    assert card(env / "card.json")["limit_mw"] == 420_000 and not list_journals()  # the limit is back
+
+
+@pytest.mark.tries("fault", "standard output and error closed while a run measures (luce-bench sweep 2>&1 | head -1)")
+def test_a_closed_pipe_for_both_streams_still_exits_4(env):
+    # the error line itself then met the closed pipe: a second BrokenPipeError, and click exited 1 ("a backend failed")
+    (env / "long.yaml").write_text(VIRTUAL.replace("reps: 3", "reps: 12"))
+    code, _ = _cli_into_a_closed_pipe(
+        "sweep", "-c", str(env / "long.yaml"), "-o", str(env / "runs"), lines=1, merged=True
+    )
+    assert code == 4
+    doc = status(only_run_dir(env / "runs"))
+    assert (doc["state"], doc["exit_code"]) == ("stopped", 4) and "standard output closed" in doc["reason"]
     assert card(env / "card.json")["limit_mw"] == 420_000 and not list_journals()  # the limit is back
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import inspect
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -258,6 +260,15 @@ def help_text(fn: Callable[..., Any]) -> str:
     return "\n\n".join(" ".join(p.split()) for p in paragraphs)
 
 
+def _tell(line: str) -> None:
+    """Write `line` to stderr; where stderr is a closed pipe (`2>&1 | head`), say nothing: the exit code tells."""
+    try:
+        typer.echo(line, err=True)
+    except OSError:  # (a BrokenPipeError here would escape the handler and click would exit 1, "a backend failed")
+        with contextlib.suppress(OSError):  # and Python's own flush of stderr at exit must not complain either
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+
+
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn UserError and GPU errors into one line on stderr and exit code 2 (`--debug`: the traceback first).
 
@@ -271,10 +282,10 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except (UserError, _gpu_error()) as exc:
             if state["debug"]:
                 traceback.print_exc()
-            typer.echo(f"error: {one_line(str(exc))}", err=True)
+            _tell(f"error: {one_line(str(exc))}")
             raise typer.Exit(getattr(exc, "exit_code", 2)) from None
         except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
+            _tell("interrupted")
             raise typer.Exit(130) from None
         except BrokenPipeError:  # the pipe's reader stopped reading (`luce-bench info | head -1`): quietly, as SIGPIPE
             if state["debug"]:
@@ -284,7 +295,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             if state["debug"]:
                 traceback.print_exc()
             where = f" {exc.filename}" if exc.filename else ""
-            typer.echo(f"error: cannot write{where}: {one_line(exc.strerror or str(exc))}", err=True)
+            _tell(f"error: cannot write{where}: {one_line(exc.strerror or str(exc))}")
             raise typer.Exit(4) from None
 
     return wrapper
