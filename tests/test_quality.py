@@ -133,17 +133,20 @@ def test_a_window_whose_enforced_limit_is_not_the_rows_is_flagged(expected_w, en
 
 
 def test_a_row_that_spends_over_2_percent_of_its_windows_outside_the_timed_calls_is_named():
-    from luce_bench.summary import overhead_notes
+    from luce_bench.summary import overhead_notes, summarize
 
-    def rep(i: int, backend: str, compute_s: float) -> RunRecord:  # 12 s windows of 1,200 tokens
-        r = dataclasses.replace(_row(i, 100.0, 2.0, "ok"), backend=backend, n_tokens=1200, compute_s=compute_s)
+    def rep(i: int, backend: str, compute_s: float, avg_ts: float = 100.0) -> RunRecord:  # 12 s windows
+        r = dataclasses.replace(_row(i, avg_ts, 2.0, "ok"), backend=backend, n_tokens=1200, compute_s=compute_s)
         return dataclasses.replace(r, timed_ts=1200 / compute_s)
 
-    runs = [rep(0, "llamacpp", 11.0), rep(1, "llamacpp", 11.0), rep(0, "megakernel", 11.9), rep(1, "megakernel", 11.8)]
+    runs = [rep(0, "llamacpp", 11.0), rep(1, "llamacpp", 10.0, 90.0), rep(0, "megakernel", 11.9)]
+    runs.append(rep(1, "megakernel", 11.8))
     assert overhead_notes(runs) == [
-        "llamacpp tg8 @ current: 8.3 % of its windows is outside the timed calls (each iteration's start, the "
-        "harness); its tok/s and tok/J count that time, llama-bench's t/s would not (109.1 timed vs 100.0 tok/s)"
+        "llamacpp tg8 @ current: 12.5 % of its windows is outside the timed calls (each iteration's start, the "
+        "harness); its tok/s and tok/J count that time, llama-bench's t/s would not (114.5 timed vs 95.0 tok/s)"
     ]  # the megakernel's 1.25 % is not said
+    row = summarize(runs)[0]  # the line's tok/s are the summary row's (means over windows, not pooled: 114.3 / 100.0)
+    assert (round(row.timed_ts, 1), round(row.avg_ts, 1)) == (114.5, 95.0)
 
 
 def test_a_summary_writes_its_flags_in_a_windows_order_then_noisy():
