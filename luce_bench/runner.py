@@ -134,7 +134,7 @@ def no_sweep_running(gpu: Any) -> None:
     holder = GpuLock(uuid).holder()
     if holder is not None:
         raise UserError(
-            f"another luce-bench process (pid {holder}) is sweeping power limits on GPU {uuid}: these measurements "
+            f"another luce-bench process (pid {holder}) is sweeping power limits on {uuid}: these measurements "
             "would run under its settings; wait for it to finish"
         )
 

@@ -142,8 +142,9 @@ def test_stale_journal_refused_and_restore_replays_it(state_dir, tmp_path, monke
 
 def test_lock_keeps_two_controllers_apart():
     gpu = FakeGPU()
-    with PowerLimitController(gpu), pytest.raises(JournalError, match="another luce-bench process"):
+    with PowerLimitController(gpu), pytest.raises(JournalError, match="another luce-bench process") as exc:
         PowerLimitController(FakeGPU()).__enter__()
+    assert f"changing power limits on {gpu.uuid()};" in str(exc.value)  # a UUID names itself ("GPU-…"): no "GPU GPU-"
 
 
 def test_missing_permission_fails_before_anything_changes():

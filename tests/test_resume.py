@@ -186,7 +186,7 @@ REFUSALS = {
     "corrupt-status": ([], lambda d: (d / "status.json").write_text("{nope"), "status.json is unreadable"),
     "foreign-row": ([], _add_foreign_row, "is not part of this sweep's plan"),
     "other-plan": ([], lambda d: _edit_json(d / "status.json", plan_sha256="0" * 64), "plan"),
-    "other-gpu": ([], lambda d: _edit_json(d / "status.json", gpu_uuid="GPU-other"), "measured on GPU GPU-other"),
+    "other-gpu": ([], lambda d: _edit_json(d / "status.json", gpu_uuid="GPU-other"), "measured on GPU-other, not GPU-"),
     "missing": ([], lambda d: shutil.rmtree(d), "run directory (--resume) not found"),
     "other-out": (["-o", "{env}/elsewhere"], None, "the run continues in its own folder, not under -o"),
     "stale-journal": ([], _stale_journal, "stale power-limit journal"),

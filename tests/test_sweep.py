@@ -388,7 +388,7 @@ def test_a_compare_is_refused_while_a_sweep_holds_the_gpu(env):
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 2, result.output
         said = " ".join(result.output.split())
-        assert f"is sweeping power limits on GPU {uuid}" in said and "wait for it to finish" in said
+        assert f"is sweeping power limits on {uuid}" in said and "wait for it to finish" in said
         assert not (env / "runs").exists()  # refused before any run directory
     result = CliRunner().invoke(app, args)  # the sweep is over: the same compare runs
     assert result.exit_code == 0, result.output

@@ -202,7 +202,7 @@ class GpuLock:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
             raise JournalError(
-                f"another luce-bench process (pid {holder}) is changing power limits on GPU {self.uuid}; "
+                f"another luce-bench process (pid {holder}) is changing power limits on {self.uuid}; "
                 "wait for it to finish"
             ) from None
         os.ftruncate(fd, 0)
