@@ -325,7 +325,11 @@ def test_a_model_name_with_a_line_break_stays_on_its_report_line(compare_run, tm
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        pytest.param(["compare", "--baselines", "nope", "--fake-gpu"], "unknown backend 'nope'", id="backend"),
+        pytest.param(
+            ["compare", "--baselines", "nope", "--fake-gpu"],
+            "unknown baseline 'nope'; known: llamacpp, hf, hf-compiled, sim (sim with --fake-gpu)",  # no megakernel
+            id="baseline",
+        ),
         pytest.param(["compare", "--tests", "pp0"], "bad test 'pp0'", id="test"),
         pytest.param(["compare", "--reps", "0"], "reps = 0 is out of range", id="reps"),
         pytest.param(["report", "/no/such/dir"], "run directory not found", id="report"),

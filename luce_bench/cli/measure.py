@@ -194,6 +194,11 @@ def compare(
             "--baselines names the megakernel, which is no baseline: compare measures it unless --no-megakernel; "
             "name the baselines only (llamacpp, hf, hf-compiled)"
         )
+    from luce_bench.backends import REGISTRY
+
+    if unknown := [n for n in names if n not in REGISTRY]:  # (the registry's list would offer the megakernel)
+        known = ", ".join(n for n in REGISTRY if n != "megakernel")
+        raise UserError(f"--baselines: unknown baseline {unknown[0]!r}; known: {known} (sim with --fake-gpu)")
     backends = ([] if no_megakernel else ["megakernel"]) + names
     cfg = load_config(ctx.params, backends=",".join(backends))
     optional = ["megakernel", *(DEFAULT_BASELINES if baselines is None else ())]
