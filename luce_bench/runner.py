@@ -307,7 +307,7 @@ def run(plan: Plan, ctx: RunContext, ui: UI, persistence: bool = True, resume: R
         assert outcome is not None
         _finish(outcome, control)
         try:
-            said = control is not None and outcome.restore_error is None and not outcome.interrupted
+            said = control is not None and outcome.restore_error is None
             if said and control is not None and ctx.gpu is not None:
                 _say_restored(ctx, plan, ui, changed=control.changed)
         except (KeyboardInterrupt, SystemExit) as exc:

@@ -120,11 +120,12 @@ def test_sigkill_mid_sweep_then_restore_in_second_process(env, tmp_path):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["SIGTERM", "SIGINT", "SIGHUP"])
 def test_signal_mid_sweep_restores(env, tmp_path, sig):
-    proc = _start_and_wait_for(env, tmp_path, 300_000)
+    proc = _start_and_wait_for(env, tmp_path, 300_000, stdout=subprocess.PIPE)
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=60)
     assert proc.returncode != 0
     assert "restoring power limits" in err
+    assert "power limit restored to 420 W" in out  # confirmed, as after a run that ends by itself
     assert _limit_mw(env) == 420_000
     assert not list((tmp_path / "state").glob("power-limit-*.json"))
 
