@@ -153,6 +153,11 @@ def preflight(gpu: Any, locks_clocks: bool = False, sets_limits: bool = True) ->
             "--read-only, or use `luce-bench bench` to measure at the settings in force"
         ) from None
     except GPUPermissionError as exc:
+        if locks_clocks and not sets_limits:  # a clocks-only sweep runs at the limit in force: the lock is the cause
+            raise UserError(
+                f"no permission to lock the SM clocks of GPU {getattr(gpu, 'index', 0)}: {CLOCK_HINT}. "
+                "`luce-bench bench`/`compare` measure at the clocks in force without any privilege."
+            ) from None
         raise UserError(f"{exc} Also, {CLOCK_HINT}" if locks_clocks else str(exc)) from None
 
 

@@ -209,6 +209,12 @@ def test_missing_permission_names_root_and_clock_support(env, monkeypatch):
     result, runs = _sweep(env, "--clocks", "1200")
     said = " ".join(result.output.split())
     assert "CAP_SYS_ADMIN" in said and "some cards and drivers do not support locked clocks" in said
+    # a clocks-only sweep runs at the limit in force: the clock lock is the cause named, not the power limits
+    assert "no permission to lock the SM clocks of GPU 0" in said and "power limits" not in said
+    _untouched(result, runs)
+    result, runs = _sweep(env, "--limits", "300", "--clocks", "1200")  # a grid: both
+    said = " ".join(result.output.split())
+    assert "no permission to change power limits of GPU 0" in said and "Also, locking SM clocks needs root" in said
     _untouched(result, runs)
 
 
