@@ -155,17 +155,24 @@ AUTO_LIMITS = "auto"
 AUTO_SHARES = ("100%", "75%", "55%", "40%")  # of the card's default limit, clamped to its range
 
 
-def _limit(v: str) -> str:
-    if v.strip() == AUTO_LIMITS:
+def _limit(v: Any) -> str:
+    """A limit as written (before the type check: `true` or `null` in a YAML list is no limit, not "no string")."""
+    v = _text(v)
+    if isinstance(v, str) and v.strip() == AUTO_LIMITS:
         return AUTO_LIMITS
-    if not _LIMIT_RE.match(v):
+    if not isinstance(v, str) or not (m := _LIMIT_RE.match(v)):
         raise ValueError(f": expected watts (220) or a share of the default (70%), got {v!r}")
+    if float(m.group(1)) <= 0:
+        raise ValueError(f": a power limit must be positive, got {v!r}")
     return v
 
 
-def _clock(v: str) -> str:
-    if not _CLOCK_RE.match(v):
+def _clock(v: Any) -> str:
+    v = _text(v)
+    if not isinstance(v, str) or not (m := _CLOCK_RE.match(v)):
         raise ValueError(f": expected {CLOCK_FORMS}, got {v!r}")
+    if float(m.group(1)) <= 0:
+        raise ValueError(f": an SM clock must be positive, got {v!r}")
     return v
 
 
@@ -178,7 +185,7 @@ def _one_number(v: Any) -> Any:
     return (str(v),) if isinstance(v, int | float) and not isinstance(v, bool) else v
 
 
-def _list(*item_checks: AfterValidator, non_empty: bool = True, numbers: bool = False) -> Any:
+def _list(*item_checks: AfterValidator | BeforeValidator, non_empty: bool = True, numbers: bool = False) -> Any:
     """Strings from a YAML list or a comma-separated string (a tuple), each item checked by `item_checks`."""
     item = Annotated[Str, *item_checks] if item_checks else Str
     before = [BeforeValidator(_items), *([BeforeValidator(_one_number)] if numbers else [])]
@@ -192,7 +199,16 @@ def _names_once(v: tuple[str, ...]) -> tuple[str, ...]:
     return v
 
 
-Names = Annotated[_list(), AfterValidator(_names_once)]
+def _known(v: tuple[str, ...]) -> tuple[str, ...]:
+    """Backend names the registry knows (or `all`), refused here so the message names the config key or flag."""
+    from luce_bench.backends import REGISTRY
+
+    if unknown := [n for n in v if n not in REGISTRY and n != ALL_BACKENDS]:
+        raise ValueError(f": unknown backend {unknown[0]!r}; known: {', '.join(REGISTRY)} or {ALL_BACKENDS}")
+    return v
+
+
+Names = Annotated[_list(), AfterValidator(_known), AfterValidator(_names_once)]
 
 
 def _tests_once(v: tuple[str, ...]) -> tuple[str, ...]:
@@ -204,8 +220,8 @@ def _tests_once(v: tuple[str, ...]) -> tuple[str, ...]:
 
 
 Tests = Annotated[_list(AfterValidator(_test)), AfterValidator(_tests_once)]
-Limits = _list(AfterValidator(_limit), non_empty=False, numbers=True)
-Clocks = _list(AfterValidator(_clock), non_empty=False, numbers=True)
+Limits = _list(BeforeValidator(_limit), non_empty=False, numbers=True)
+Clocks = _list(BeforeValidator(_clock), non_empty=False, numbers=True)
 
 
 class _Section(BaseModel):

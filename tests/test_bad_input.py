@@ -179,7 +179,11 @@ CONFIG_FILES = {
     "huge-reps": (lambda t: _write(t, b"reps: 100000000000000000000\n"), "reps = 100000000000000000000 is out"),
     "negative-size": (lambda t: _write(t, b"tests: [pp-5]\n"), "bad test 'pp-5'"),
     "huge-seed": (lambda t: _write(t, b"model_seed: 100000000000000000000000\n"), "model_seed = "),
-    "zero-watts": (lambda t: _write(t, b"sweep: {limits: ['0']}\n"), "bad power limit '0': must be positive"),
+    "zero-watts": (lambda t: _write(t, b"sweep: {limits: ['0']}\n"), "sweep.limits[0]: a power limit must be positive"),
+    "bool-limit": (lambda t: _write(t, b"sweep: {limits: [true]}\n"), "limits[0]: expected watts (220) or a share"),
+    "null-clock": (lambda t: _write(t, b"sweep: {clocks: [1500, null]}\n"), "clocks[1]: expected MHz (1600) or"),
+    "zero-share": (lambda t: _write(t, b"sweep: {limits: ['0%']}\n"), "c.yaml: sweep.limits[0]: a power limit must"),
+    "unknown-backend": (lambda t: _write(t, b"backends: [nope]\n"), "c.yaml: backends: unknown backend 'nope'"),
     "giga-watts": (lambda t: _write(t, b"sweep: {limits: [1000000000]}\n"), "outside the range"),
 }
 
@@ -200,18 +204,18 @@ def test_bad_config_files_are_one_line(tiny_model, case):
 
 
 FLAGS = {
-    "zero-watts": (["sweep", "--fake-gpu", "--limits", "0"], "bad power limit '0': must be positive"),
+    "zero-watts": (["sweep", "--fake-gpu", "--limits", "0"], "--limits: a power limit must be positive, got '0'"),
     "nan-watts": (["sweep", "--fake-gpu", "--limits", "nan"], "got 'nan'"),
     "giga-watts": (["sweep", "--fake-gpu", "--limits", "1000000000"], "outside the range"),
     "exp-watts": (["sweep", "--fake-gpu", "--limits", "1e9"], "got '1e9'"),
-    "zero-percent": (["sweep", "--fake-gpu", "--limits", "0%"], "must be positive"),
+    "zero-percent": (["sweep", "--fake-gpu", "--limits", "0%"], "--limits: a power limit must be positive"),
     "nan-window": (["sweep", "--fake-gpu", "--window-s", "nan"], "--window-s = nan is out of range"),
     "inf-timeout": (["sweep", "--fake-gpu", "--test-timeout-s", "inf"], "--test-timeout-s = inf is out of range"),
     "negative-reps": (["bench", "sim", "--fake-gpu", "--reps", "-3"], "--reps = -3 is out of range"),
     "huge-reps": (["bench", "sim", "--fake-gpu", "--reps", "99999999999"], "--reps = 99999999999 is out of range"),
     "huge-test": (["bench", "sim", "--fake-gpu", "--tests", "tg999999999"], "bad test 'tg999999999'"),
     "test-too-long": (["bench", "sim", "--fake-gpu", "--tests", "pp5000"], "needs 5000 positions"),
-    "zero-clock": (["sweep", "--fake-gpu", "--clocks", "0"], "bad SM clock '0': must be positive"),
+    "zero-clock": (["sweep", "--fake-gpu", "--clocks", "0"], "--clocks: an SM clock must be positive, got '0'"),
     "huge-clock": (["sweep", "--fake-gpu", "--clocks", "99999999"], "not supported by"),
     "unknown-backend": (["sweep", "--fake-gpu", "--backends", "nope"], "unknown backend 'nope'"),
     "empty-backends": (["sweep", "--fake-gpu", "--backends", " , "], "--backends is empty"),

@@ -177,7 +177,7 @@ def test_a_limits_only_sweep_touches_no_clock(env):
         pytest.param(["--clocks", "2100"], "SM clock 2100 MHz not supported by", id="above-range"),
         pytest.param(["--clocks", "1200,100"], "it locks 210-1950 MHz", id="below-range"),
         pytest.param(["--clocks", "120%"], "SM clock 120% out of range", id="percent-over-100"),
-        pytest.param(["--clocks", "0%"], "out of range", id="percent-zero"),
+        pytest.param(["--clocks", "0%"], "--clocks: an SM clock must be positive, got '0%'", id="percent-zero"),
         pytest.param(["--clocks", "fast"], "--clocks: expected MHz (1600) or a share", id="malformed"),
         pytest.param(["--limits", "420,50", "--clocks", "1200"], "outside the range", id="bad-limit-in-grid"),
     ],

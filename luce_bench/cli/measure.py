@@ -215,6 +215,10 @@ def bench(
         raise UserError("BACKEND is empty: name one of megakernel, llamacpp, hf, hf-compiled (sim with --fake-gpu)")
     if "," in backend:
         raise UserError(f"BACKEND {backend!r}: bench measures one backend; several side by side: luce-bench compare")
+    from luce_bench.backends import REGISTRY
+
+    if backend not in REGISTRY:  # ("all" is a sweep's word)
+        raise UserError(f"unknown backend {backend!r}; known: {', '.join(REGISTRY)} (sim with --fake-gpu)")
     cfg = load_config(ctx.params, backends=backend)
     measure(cfg, f"bench-{backend}", [backend])
 
