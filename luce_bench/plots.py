@@ -1,7 +1,7 @@
 """The plots of a run directory, and the one place matplotlib is imported (`pyplot()`; Agg backend).
 
 Run plots: tok/s and tok/J per backend and test, and the power/clock timeline. The sweep plots (sweep_plots.py) draw
-through `pyplot()` and `save()` here. Results the verdict flags (quality.mark) are marked in every plot: throttled
+through `pyplot()` and `save()` here. Results the verdict flags (quality.mark) are marked in every plot: stressed
 ones (a stress flag) in red, ones from windows shorter than 10 s in orange: hatched bars, rings around points
 (`mark_flagged`), coloured windows in the timeline. A run on the simulated GPU is stamped on every plot (report.py
 renders them inside `stamped`: a title starts with the stamp, which is written across the figure too), as report.md
@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
+import textwrap
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,9 @@ def save(plt: Any, fig: Any, title: str, out: Path) -> Path:
     """Title, lay out, write `out` (whole or not at all: a full disk leaves no empty image) and close the figure."""
     try:
         stamp = _stamp.get()
-        fig.suptitle(f"{stamp}: {title}" if stamp else title)
+        text = f"{stamp}: {title}" if stamp else title
+        # wrapped to the figure's width (~10 characters an inch at the title's 12 pt): a one-panel figure is narrow
+        fig.suptitle(textwrap.fill(text, width=max(30, int(fig.get_figwidth() * 10))))
         if stamp:
             fig.text(0.5, 0.5, stamp, fontsize=44, color="grey", alpha=0.2, rotation=25, ha="center", va="center")
         fig.tight_layout()
@@ -161,8 +164,8 @@ def bar_chart(summary: Sequence[SummaryRow], metric: str, err: str, ylabel: str,
         labels = [f"{_who(b, on_cpu)}\n{lim}" if multi_limit else _who(b, on_cpu) for b, lim in series]
         if crowded:  # one line each, turned: "sim 700 W, 1785 MHz"
             ax.set_xticklabels([t.replace("\n", " ") for t in labels], fontsize=7, rotation=45, ha="right")
-        else:
-            ax.set_xticklabels(labels, fontsize=8)
+        else:  # a grid's setting on two lines ("700 W" over "1980 MHz"): side by side at ~1 inch a bar they overlapped
+            ax.set_xticklabels([t.replace(", ", "\n") for t in labels], fontsize=8)
         ax.set_ylabel(ylabel)
     return save(plt, fig, title, out)
 

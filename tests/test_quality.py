@@ -461,3 +461,34 @@ def test_a_verdict_that_contradicts_its_row_is_named(verdict, window_s, pct, tem
     ts, te = temps or (None, None)
     got = quality.verdict_problems(verdict, window_s, pct, ts, te, energy_j)
     assert (got == []) if problem is None else (len(got) == 1 and problem in got[0]), got
+
+
+def test_a_long_title_is_wrapped_to_a_one_panel_figure_and_a_grids_bar_labels_take_two_lines(monkeypatch, tmp_path):
+    plt = plots.pyplot()
+    inside = {}
+
+    def measure(fig):  # (before the figure closes: where its title landed)
+        fig.canvas.draw()
+        box = fig._suptitle.get_window_extent()
+        inside.update(ok=box.x0 >= 0 and box.x1 <= fig.bbox.width, lines=fig._suptitle.get_text().count("\n") + 1)
+
+    monkeypatch.setattr(plt, "close", measure)
+    fig, _ = plt.subplots(figsize=(4.5, 4))
+    with plots.stamped(plots.SIMULATED_STAMP):  # the longest title a run plot has, on one 4.5-inch panel
+        plots.save(plt, fig, "Throughput (mean ± std; ⚠ hatched: flagged windows, see verdict)", tmp_path / "a.png")
+    assert inside == {"ok": True, "lines": 2}  # it ran off both edges on one line
+    monkeypatch.undo()
+    plt.close("all")
+
+    kept = []
+    monkeypatch.setattr(plots, "save", lambda plt, fig, title, out: kept.append(fig) or out)
+
+    def cell(limit_w: float, clock_mhz: int) -> RunRecord:
+        r = _row(0, 100.0, 2.0, "ok")
+        return dataclasses.replace(r, power_limit_req_w=limit_w, power_limit_w=limit_w, sm_clock_mhz=clock_mhz)
+
+    rows = summarize([cell(700.0, 1980), cell(700.0, 1500), cell(400.0, 1980), cell(400.0, 1500)])
+    plots.bar_chart(rows, "avg_ts", "stddev_ts", "tok/s", "t", tmp_path / "x.png")
+    labels = [t.get_text() for t in kept[0].axes[0].get_xticklabels()]
+    assert labels == ["sim\n700 W\n1980 MHz", "sim\n700 W\n1500 MHz", "sim\n400 W\n1980 MHz", "sim\n400 W\n1500 MHz"]
+    plt.close("all")
