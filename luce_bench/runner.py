@@ -319,6 +319,9 @@ def run(plan: Plan, ctx: RunContext, ui: UI, persistence: bool = True, resume: R
             if not outcome.report_due:  # the signal ends the process
                 raise
             outcome.late_signal = exc  # (the status waits for the report: the caller says so as it would there)
+        except OSError:  # a console gone with the signal (`sweep | tee log` and Ctrl-C): the report comes first
+            if not outcome.interrupted:
+                raise
     if outcome.error is not None:
         raise outcome.error
     return outcome

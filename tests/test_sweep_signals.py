@@ -130,6 +130,19 @@ def test_signal_mid_sweep_restores(env, tmp_path, sig):
     assert not list((tmp_path / "state").glob("power-limit-*.json"))
 
 
+def test_ctrl_c_with_the_consoles_reader_gone_still_writes_the_report(env, tmp_path):
+    """`luce-bench sweep | tee log` and Ctrl-C: tee dies too, and the restore's confirmation met a closed pipe."""
+    proc = _start_and_wait_for(env, tmp_path, 300_000, stdout=subprocess.PIPE)
+    proc.send_signal(signal.SIGINT)
+    assert proc.stdout is not None
+    proc.stdout.close()  # (the reader goes with the signal, before the sweep says the limit is back)
+    proc.wait(timeout=60)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    doc = json.loads((run_dir / "status.json").read_text())
+    assert (doc["state"], doc["exit_code"], "render_pending" in doc) == ("interrupted", 130, False)
+    assert (run_dir / "report.md").is_file() and _limit_mw(env) == 420_000
+
+
 GRID = [*ARGS[:2], "--limits", "420,300", "--clocks", "1950,1200", *ARGS[4:], "--tests", "pp64,tg8", "--reps", "2"]
 
 
