@@ -204,7 +204,8 @@ def _known(v: tuple[str, ...]) -> tuple[str, ...]:
     from luce_bench.backends import REGISTRY
 
     if unknown := [n for n in v if n not in REGISTRY and n != ALL_BACKENDS]:
-        raise ValueError(f": unknown backend {unknown[0]!r}; known: {', '.join(REGISTRY)} or {ALL_BACKENDS}")
+        known = ", ".join(REGISTRY)
+        raise ValueError(f": unknown backend {unknown[0]!r}; known: {known} (sim with --fake-gpu), or {ALL_BACKENDS}")
     return v
 
 

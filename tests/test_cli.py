@@ -345,6 +345,8 @@ def test_a_model_name_with_a_line_break_stays_on_its_report_line(compare_run, tm
         pytest.param(["bench", "hf", "--model", ""], "model is empty", id="empty-model"),
         pytest.param(["bench", ""], "BACKEND is empty: name one of megakernel", id="empty-backend"),
         pytest.param(["bench", "hf,llamacpp"], "bench measures one backend", id="two-backends"),
+        pytest.param(["bench", "nope"], "unknown backend 'nope'; known: megakernel, llamacpp, hf", id="bench-unknown"),
+        pytest.param(["bench", "all"], "unknown backend 'all'", id="bench-all"),  # (a sweep's word)
         pytest.param(["kernel", "info", "--arch", ""], "--arch is empty", id="kernel-empty-arch"),
         pytest.param(["kernel", "build", "--arch", " , "], "--arch is empty", id="kernel-build-empty-arch"),
         pytest.param(["kernel", "info", "--arch", "foo"], "bad CUDA arch 'foo'", id="kernel-arch"),
