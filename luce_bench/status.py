@@ -25,14 +25,13 @@ import contextlib
 import hashlib
 import json
 import os
-import shlex
 import socket
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from luce_bench.errors import UserError
-from luce_bench.files import atomic_write, boot_id, pid_alive
+from luce_bench.files import atomic_write, boot_id, pid_alive, shell_arg
 
 STATUS = "status.json"
 FORMAT = 1
@@ -154,14 +153,22 @@ def describe(doc: dict[str, Any], run_dir: Path | None = None) -> str:
     rows = f"{doc.get('rows', '?')} of {doc.get('rows_planned', '?')} repetitions"
     if state == KILLED and doc.get("state") == RUNNING:
         reason = "the process ended without a word (SIGKILL, OOM or power loss)"
-        if isinstance(doc.get(RENDER_PENDING), dict):
+        pending = doc.get(RENDER_PENDING)
+        # (a sweep killed before its meta.json was written has nothing `--resume` can continue)
+        resumable = doc.get("command") == "sweep" and (run_dir is None or (Path(run_dir) / "meta.json").is_file())
+        if isinstance(pending, dict) and pending.get("state") in (FINISHED, FAILURES):
             reason += " after its last row, before its report: `luce-bench report RUN_DIR` writes it"
-        elif doc.get("command") == "sweep":
+        elif isinstance(pending, dict):  # stopped early (its settings already restored), then killed in its report
+            then = "`luce-bench report RUN_DIR`"
+            if resumable:
+                then = "`luce-bench sweep --resume RUN_DIR` continues it and"
+            reason += f" while writing the report of a run {pending.get('state', 'stopped')}: {then} writes it"
+        elif resumable:
             reason += "; `luce-bench restore`, then `luce-bench sweep --resume RUN_DIR` continues it"
     else:
         reason = doc.get("reason") or ""
     if run_dir is not None:
-        reason = reason.replace("RUN_DIR", shlex.quote(str(run_dir)))
+        reason = reason.replace("RUN_DIR", shell_arg(run_dir))
     return f"{state}: {rows}" + (f"; last step: {at}" if at else "") + (f"; {reason}" if reason else "")
 
 

@@ -188,9 +188,18 @@ def test_the_report_says_how_a_run_that_did_not_finish_ended(tmp_path):
     st.doc["pid"] = 2**22 + 12345  # the process is gone: SIGKILL
     st.write()
     (line,) = run_state(tmp_path)
-    assert line.startswith("run killed: 1 of 4 repetitions;") and "(SIGKILL, OOM or power loss)" in line
-    # a killed sweep: what to run next, with this run's own directory (not a placeholder)
+    assert line.startswith("run killed: 1 of 4 repetitions;") and line.endswith("(SIGKILL, OOM or power loss)")
+    (tmp_path / "meta.json").write_text("{}")  # (without it, killed before its first row: nothing to resume)
+    (line,) = run_state(tmp_path)  # a killed sweep: what to run next, with this run's own directory
     assert line.endswith(f"`luce-bench restore`, then `luce-bench sweep --resume {tmp_path}` continues it")
+    st.doc[status.RENDER_PENDING] = {"state": "interrupted", "exit_code": 130, "reason": "interrupted by SIGINT"}
+    st.write()  # interrupted, then killed while writing its report: its settings are back already
+    line = status.describe(status.read_status(tmp_path), tmp_path)  # (the report reads it as the run's ending)
+    assert line.endswith(
+        "while writing the report of a run interrupted: `luce-bench sweep --resume "
+        f"{tmp_path}` continues it and writes it"
+    )
+    del st.doc[status.RENDER_PENDING]
     st.finish("finished", 0, rows=4)
     assert run_state(tmp_path) == []
     (tmp_path / "status.json").write_text("[]")
