@@ -200,7 +200,7 @@ def timeline(samples: Sequence[Sample], runs: Sequence[RunRecord], out: Path) ->
     ax_c.set_xlabel("time (s)")
     ax_p.legend(fontsize=7, loc="lower right")
     ax_c.legend(fontsize=7, loc="lower right")
-    title = "GPU power and clocks (shaded: measured windows; red: throttled, orange: < 10 s)"
+    title = "GPU power and clocks (shaded: measured windows; red: off the row's setting, orange: < 10 s)"
     return save(plt, fig, title, out)
 
 

@@ -28,7 +28,7 @@ MAX_SPREAD_PCT (sample std over mean, from MIN_SPREAD_REPS repetitions): the mea
 shared CPU, a backend bound by Python's launch overhead).
 
 `STRESS_FLAGS` mark windows measured in a different operating state than the row's setting. A summary averages every
-window, throttled or not (leaving the throttled ones out would choose windows by their outcome, in the row's favour),
+window, stressed or not (leaving the stressed ones out would choose windows by their outcome, in the row's favour),
 and its verdict names the flag; the report says how many windows carry it (summary.stress_notes). Tables and plots
 mark results whose verdict has a stress flag ("stressed": throttled, capped, or under another limit) or a short
 window ("short"): `mark`.

@@ -67,7 +67,7 @@ class Report:
     markdown: str
     spots: list[SweetSpot] | None = None  # None: not a sweep
     min_speed: float = 0.95
-    quality: list[str] = dataclasses.field(default_factory=list)  # how the run ended, if badly; throttled repetitions
+    quality: list[str] = dataclasses.field(default_factory=list)  # how the run ended, if badly; stressed repetitions
 
 
 def notes(meta: dict[str, Any]) -> list[str]:
@@ -305,7 +305,7 @@ def markdown_of(
 
 
 def _quality(run_dir: Path, runs: Sequence[RunRecord]) -> tuple[list[str], bool]:
-    """(The report's warnings: how the run ended, throttled repetitions, several idle baselines; whether cut short)."""
+    """(The report's warnings: how the run ended, stressed repetitions, several idle baselines; whether cut short)."""
     ending, cut_short = _ending(run_dir)
     return ending + stress_notes(runs) + overhead_notes(runs) + baseline_notes(runs), cut_short
 

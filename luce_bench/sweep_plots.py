@@ -7,8 +7,9 @@
   setting beats on both; the star is the sweet spot, the dashed line `min_speed` x the reference tok/s.
 * `sweep_heatmap.png` (a grid of limits x clocks): tok/J per cell, with the share of the reference tok/s; cells below
   the speed threshold are greyed, the sweet spot is outlined.
-Flagged settings (quality.mark) get a ring: red when throttled, orange for windows < 10 s (⚠ in the heat map). A
-point that stands on one window has no interval: it gets a grey square instead of a bar that would read as exact.
+Flagged settings (quality.mark) get a ring: red when off the row's setting (a stress flag), orange for windows < 10 s (⚠
+in the heat map). A point that stands on one window has no interval: it gets a grey square instead of a bar that would
+read as exact.
 """
 
 from __future__ import annotations
