@@ -159,7 +159,8 @@ def prepare(run_dir: Path, plan: Plan, ctx: RunContext) -> Resume | None:
             "from the run's; start a new sweep"
         )
     if status.get("gpu_uuid") != now["gpu_uuid"]:
-        raise UserError(f"--resume {run_dir}: the run was measured on {status.get('gpu_uuid')}, not {now['gpu_uuid']}")
+        was = status.get("gpu_uuid") or "a card that did not name itself"
+        raise UserError(f"--resume {run_dir}: the run was measured on {was}, not {now['gpu_uuid']}")
     method = meta.get("method")
     ran = method.get("tg_iteration") if isinstance(method, dict) else None
     if ran != TG_ITERATION and any(t.kind == "tg" and not t.depth for t in ctx.cfg.test_specs):

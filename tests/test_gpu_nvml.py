@@ -103,6 +103,10 @@ def test_unavailable_reasons(nvml):
 
     with pytest.raises(GPUUnavailable, match="index 3 out of range"):
         NvmlGPU(3)
+    nvml.nvmlDeviceGetHandleByUUID.side_effect = _err(REAL.NVML_ERROR_NOT_FOUND)  # a card gone since (restore)
+    with pytest.raises(GPUUnavailable, match=r"^cannot open GPU-1234: ") as exc:
+        NvmlGPU(uuid="GPU-1234")
+    assert "GPU GPU-" not in str(exc.value)
     nvml.nvmlInit.side_effect = _err(REAL.NVML_ERROR_DRIVER_NOT_LOADED)
     with pytest.raises(GPUUnavailable, match="no NVIDIA driver"):
         NvmlGPU(0)

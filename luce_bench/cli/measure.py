@@ -19,6 +19,7 @@ from luce_bench.cli.options import (
     one_line,
     path_param,
     run_options,
+    tell,
 )
 from luce_bench.config import ALL_BACKENDS
 from luce_bench.errors import UserError
@@ -124,7 +125,7 @@ def _finish(outcome: Any, out: Any, sweep: bool) -> None:
         reason = f"backends failed or unavailable: {', '.join(outcome.failed)}"
     status = outcome.run_dir / "status.json"
     see = f" (see {status})" if status.is_file() else ""  # (a disk full at the start may not have let it be written)
-    typer.echo(f"error: {one_line(reason)}{see}", err=True)
+    tell(f"error: {one_line(reason)}{see}")
     raise typer.Exit(code)
 
 
@@ -149,7 +150,7 @@ def _render_interrupted(
     note = f"{what} while the summary, report and plots were written; {then}"
     with contextlib.suppress(KeyboardInterrupt, SystemExit):  # (a second signal: the line below still says it)
         _, code, note = mark_render_unwritten(run_dir, INTERRUPTED, code, note, ending)
-    typer.echo(f"error: {one_line(note)}", err=True)
+    tell(f"error: {one_line(note)}")
     raise typer.Exit(code)
 
 

@@ -260,7 +260,7 @@ def help_text(fn: Callable[..., Any]) -> str:
     return "\n\n".join(" ".join(p.split()) for p in paragraphs)
 
 
-def _tell(line: str) -> None:
+def tell(line: str) -> None:
     """Write `line` to stderr; where stderr is a closed pipe (`2>&1 | head`), say nothing: the exit code tells."""
     try:
         typer.echo(line, err=True)
@@ -282,10 +282,10 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except (UserError, _gpu_error()) as exc:
             if state["debug"]:
                 traceback.print_exc()
-            _tell(f"error: {one_line(str(exc))}")
+            tell(f"error: {one_line(str(exc))}")
             raise typer.Exit(getattr(exc, "exit_code", 2)) from None
         except KeyboardInterrupt:
-            _tell("interrupted")
+            tell("interrupted")
             raise typer.Exit(130) from None
         except BrokenPipeError:  # the pipe's reader stopped reading (`luce-bench info | head -1`): quietly, as SIGPIPE
             if state["debug"]:
@@ -295,7 +295,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             if state["debug"]:
                 traceback.print_exc()
             where = f" {exc.filename}" if exc.filename else ""
-            _tell(f"error: cannot write{where}: {one_line(exc.strerror or str(exc))}")
+            tell(f"error: cannot write{where}: {one_line(exc.strerror or str(exc))}")
             raise typer.Exit(4) from None
 
     return wrapper

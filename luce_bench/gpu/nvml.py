@@ -122,7 +122,7 @@ class NvmlGPU:
                 self.index = index
         except pynvml.NVMLError as exc:
             _nvml_shutdown()
-            raise GPUUnavailable(f"cannot open GPU {uuid or index}: {exc}") from exc
+            raise GPUUnavailable(f"cannot open {uuid or f'GPU {index}'}: {exc}") from exc  # (a UUID reads "GPU-…")
         except GPUUnavailable:
             _nvml_shutdown()
             raise
