@@ -181,7 +181,9 @@ def parse_limits(
     written: list[tuple[str, float]] = []  # (text, W) of the values in range as written
     for text in items:
         value, percent = parse_limit(text)
-        mw = round(value / 100.0 * default_mw) if percent else round(value * 1000.0)  # (> 0: config.py's rule)
+        if value <= 0:  # (config.py refuses it first; a tiny value that rounds to 0 mW is out of range below)
+            raise UserError(f"bad power limit {text!r}: must be positive")
+        mw = round(value / 100.0 * default_mw) if percent else round(value * 1000.0)
         clamped = False
         if not lo <= mw <= hi:
             if not clamp:

@@ -45,11 +45,13 @@ def snap_mhz(mhz: float, supported_mhz: Sequence[int]) -> int:
 
 def _resolve_mhz(text: str, top_mhz: int, clamp: bool = False) -> float:
     value, percent = parse_clock(text)
-    if percent and value > 100 and not clamp:  # (--clamp: above 100 % is the top clock; > 0: config.py's rule)
+    if percent and not (0 < value <= 100 or (clamp and value > 0)):  # (--clamp: above 100 % is the top clock)
         raise UserError(
             f"SM clock {text} out of range: a share of the top SM clock ({top_mhz} MHz) must be above 0 % and at "
             "most 100 %"
         )
+    if value <= 0:  # (config.py refuses it first for a config or flag; this is the function's own contract)
+        raise UserError(f"bad SM clock {text!r}: must be positive")
     return value / 100.0 * top_mhz if percent else value
 
 
