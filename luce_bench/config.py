@@ -201,11 +201,10 @@ def _names_once(v: tuple[str, ...]) -> tuple[str, ...]:
 
 def _known(v: tuple[str, ...]) -> tuple[str, ...]:
     """Backend names the registry knows (or `all`), refused here so the message names the config key or flag."""
-    from luce_bench.backends import REGISTRY
+    from luce_bench.backends import REGISTRY, known_backends
 
     if unknown := [n for n in v if n not in REGISTRY and n != ALL_BACKENDS]:
-        known = ", ".join(REGISTRY)
-        raise ValueError(f": unknown backend {unknown[0]!r}; known: {known} (sim with --fake-gpu), or {ALL_BACKENDS}")
+        raise ValueError(f": unknown backend {unknown[0]!r}; known: {known_backends()}, or {ALL_BACKENDS}")
     return v
 
 

@@ -155,7 +155,7 @@ def preflight(gpu: Any, locks_clocks: bool = False, sets_limits: bool = True) ->
     except GPUPermissionError as exc:
         if locks_clocks and not sets_limits:  # a clocks-only sweep runs at the limit in force: the lock is the cause
             raise UserError(
-                f"no permission to lock the SM clocks of GPU {getattr(gpu, 'index', 0)}: {CLOCK_HINT}. "
+                f"no permission to lock the SM clocks of GPU {gpu.index}: {CLOCK_HINT}. "
                 "`luce-bench bench`/`compare` measure at the clocks in force without any privilege."
             ) from None
         raise UserError(f"{exc} Also, {CLOCK_HINT}" if locks_clocks else str(exc)) from None
@@ -312,8 +312,7 @@ def run(plan: Plan, ctx: RunContext, ui: UI, persistence: bool = True, resume: R
         assert outcome is not None
         _finish(outcome, control)
         try:
-            said = control is not None and outcome.restore_error is None
-            if said and control is not None and ctx.gpu is not None:
+            if control is not None and outcome.restore_error is None and ctx.gpu is not None:
                 _say_restored(ctx, plan, ui, changed=control.changed)
         except (KeyboardInterrupt, SystemExit) as exc:
             if not outcome.report_due:  # the signal ends the process

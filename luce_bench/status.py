@@ -153,9 +153,11 @@ def describe(doc: dict[str, Any], run_dir: Path | None = None) -> str:
     rows = f"{doc.get('rows', '?')} of {doc.get('rows_planned', '?')} repetitions"
     if state == KILLED and doc.get("state") == RUNNING:
         reason = "the process ended without a word (SIGKILL, OOM or power loss)"
+        from luce_bench.results import META
+
         pending = doc.get(RENDER_PENDING)
         # (a sweep killed before its meta.json was written has nothing `--resume` can continue)
-        resumable = doc.get("command") == "sweep" and (run_dir is None or (Path(run_dir) / "meta.json").is_file())
+        resumable = doc.get("command") == "sweep" and (run_dir is None or (run_dir / META).is_file())
         if isinstance(pending, dict) and pending.get("state") in (FINISHED, FAILURES):
             reason += " after its last row, before its report: `luce-bench report RUN_DIR` writes it"
         elif isinstance(pending, dict):  # stopped early (its settings already restored), then killed in its report

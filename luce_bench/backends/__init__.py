@@ -13,6 +13,7 @@ __all__ = [
     "available",
     "create",
     "get",
+    "known_backends",
     "unavailable_reason",
 ]
 
@@ -23,6 +24,11 @@ REGISTRY: dict[str, str] = {
     "hf-compiled": "luce_bench.backends.hf_compiled:HFCompiledBackend",
     "sim": "luce_bench.backends.sim:SimBackend",
 }
+
+
+def known_backends(skip: str = "") -> str:
+    """The registered names for a message ("megakernel, llamacpp, … (sim with --fake-gpu)"), less `skip`."""
+    return f"{', '.join(n for n in REGISTRY if n != skip)} (sim with --fake-gpu)"
 
 
 def get(name: str) -> type[Backend]:

@@ -195,11 +195,10 @@ def compare(
             "--baselines names the megakernel, which is no baseline: compare measures it unless --no-megakernel; "
             "name the baselines only (llamacpp, hf, hf-compiled)"
         )
-    from luce_bench.backends import REGISTRY
+    from luce_bench.backends import REGISTRY, known_backends
 
     if unknown := [n for n in names if n not in REGISTRY]:  # (the registry's list would offer the megakernel)
-        known = ", ".join(n for n in REGISTRY if n != "megakernel")
-        raise UserError(f"--baselines: unknown baseline {unknown[0]!r}; known: {known} (sim with --fake-gpu)")
+        raise UserError(f"--baselines: unknown baseline {unknown[0]!r}; known: {known_backends(skip='megakernel')}")
     backends = ([] if no_megakernel else ["megakernel"]) + names
     cfg = load_config(ctx.params, backends=",".join(backends))
     optional = ["megakernel", *(DEFAULT_BASELINES if baselines is None else ())]
@@ -216,10 +215,10 @@ def bench(
         raise UserError("BACKEND is empty: name one of megakernel, llamacpp, hf, hf-compiled (sim with --fake-gpu)")
     if "," in backend:
         raise UserError(f"BACKEND {backend!r}: bench measures one backend; several side by side: luce-bench compare")
-    from luce_bench.backends import REGISTRY
+    from luce_bench.backends import REGISTRY, known_backends
 
     if backend not in REGISTRY:  # ("all" is a sweep's word)
-        raise UserError(f"unknown backend {backend!r}; known: {', '.join(REGISTRY)} (sim with --fake-gpu)")
+        raise UserError(f"unknown backend {backend!r}; known: {known_backends()}")
     cfg = load_config(ctx.params, backends=backend)
     measure(cfg, f"bench-{backend}", [backend])
 
